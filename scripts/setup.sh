@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine for cnnzoo: a virtual environment in .venv with every pinned dependency.
+#   bash scripts/setup.sh          # the library, the command line and the pretrained-weights extra
+#   bash scripts/setup.sh --dev    # plus the test tools and the reference implementations the tests use
+# Every install goes through constraints.txt: an unpinned torch would pull a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dev=0
+[ "${1:-}" = "--dev" ] && dev=1
+
+# Fashion-MNIST ships as a Debian package; cnnzoo reads it offline from /usr/share/datasets.
+if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
+    || echo "note: could not install Debian's dataset-fashion-mnist; the Fashion-MNIST features will ask for the files" >&2
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+py=.venv/bin/python
+$py -m pip install -q --upgrade pip
+$py -m pip install -q -c constraints.txt torch
+if [ $dev = 1 ]; then
+  $py -m pip install -q -c constraints.txt -e ".[all,test]"
+  # torchvision's model code is a test oracle only: its compiled ops do not load against the CPU
+  # torch, so the tests import its pure-Python model definitions (tests/conftest.py says how).
+  $py -m pip install -q -c constraints.txt --no-deps torchvision
+else
+  $py -m pip install -q -c constraints.txt -e ".[all]"
+fi
+echo "cnnzoo is set up in .venv ($($py -c 'import torch; print("torch", torch.__version__)'))"

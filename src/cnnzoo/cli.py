@@ -1,0 +1,65 @@
+"""The `cnnzoo` command: parse, call the library, print. Each subcommand lives in
+`cnnzoo/commands/<name>.py` with `add_arguments(parser)` and `run(args) -> int`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import CnnzooError
+
+# name -> one-line help. Modules are imported only to build their own parser.
+COMMANDS: dict[str, str] = {
+    "demo": "replay the transfer-learning lecture offline: ImageNet predictions, then a new task",
+    "models": "list the architectures with parameters, GFLOPs, year and paper",
+    "predict": "classify images with a zoo model or a trained bundle",
+    "train": "train a zoo model from scratch (or grow it from a smaller one)",
+    "evaluate": "evaluate a checkpoint on a data set",
+    "transfer": "transfer learning: pretrained backbone + new head on your image folder",
+    "segment": "segment images with a trained U-Net",
+    "data": "export built-in data sets as image folders",
+    "convert": "convert a checkpoint to .safetensors with cnnzoo's key names",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="cnnzoo",
+        description="Landmark CNNs, pretrained weights and transfer learning on a CPU.",
+    )
+    parser.add_argument("--version", action="version", version=f"cnnzoo {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        try:
+            module = importlib.import_module(f".commands.{name}", __package__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.commands.{name}":
+                raise
+            continue
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except CnnzooError as exc:
+        print(f"cnnzoo {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cnnzoo {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Batches from in-memory tensors.
+
+cnnzoo's users have a few hundred to a few tens of thousands of images, so a data set is decoded
+once into a uint8 tensor (N, C, H, W) and batches are cut from it; augmentation runs on whole
+batches of tensors (see `augment.py`), never one PIL image at a time, so that two cores spend
+their time on the network, not on data loading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+# (images float NCHW in [0, 1], targets, generator) -> (images, targets). Targets pass through for
+# classification; segmentation masks (N, H, W) get the same geometry as their images.
+BatchTransform = Callable[[Tensor, Tensor, torch.Generator], tuple[Tensor, Tensor]]
+
+
+class BatchLoader:
+    """Iterates `(inputs, targets)` over in-memory tensors, one epoch per `iter()`.
+
+    images: uint8 (N, C, H, W) (or float in [0, 1]); targets: (N,) class indices or (N, H, W) masks.
+    Each epoch draws its order and augmentation from a generator seeded with `(seed, epoch)`, so
+    an epoch replays identically after a resume. `shard=(rank, world)` keeps every `world`-th
+    sample for distributed training; `mean`/`std` normalise after augmentation.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        targets: Tensor,
+        *,
+        batch_size: int,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        transform: BatchTransform | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        seed: int = 0,
+        shard: tuple[int, int] = (0, 1),
+        channels_last: bool = False,
+    ) -> None:
+        if len(images) != len(targets):
+            raise ValueError(f"{len(images)} images but {len(targets)} targets")
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.images = images
+        self.targets = targets
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.transform = transform
+        c = images.shape[1]
+        self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1)
+        self.std = None if std is None else torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1)
+        self.seed = seed
+        self.rank, self.world = shard
+        self.channels_last = channels_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self, generator: torch.Generator) -> Tensor:
+        n = len(self.images)
+        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        if self.world > 1:
+            # Every rank gets the same number of samples, so the ranks step in lock-step.
+            per_rank = n // self.world
+            order = order[self.rank :: self.world][:per_rank]
+        return order
+
+    def num_samples(self) -> int:
+        return len(self.images) // self.world if self.world > 1 else len(self.images)
+
+    def __len__(self) -> int:
+        n = self.num_samples()
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = self._indices(g)
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            if self.drop_last and len(idx) < self.batch_size:
+                break
+            yield self.make_batch(idx, g)
+
+    def make_batch(self, idx: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        x = self.images[idx]
+        x = x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+        y = self.targets[idx]
+        if self.transform is not None:
+            x, y = self.transform(x, y, generator)
+        if self.mean is not None:
+            x = x.sub_(self.mean).div_(self.std)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y

@@ -1,0 +1,26 @@
+"""The errors cnnzoo raises for bad input. Each message is one line that says what to do."""
+
+
+class CnnzooError(Exception):
+    """Base class: the command line prints these as one line, without a traceback."""
+
+
+class UnknownModelError(CnnzooError, KeyError):
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class InputSizeError(CnnzooError, ValueError):
+    """An input smaller than the model's minimum size."""
+
+
+class WeightsError(CnnzooError, ValueError):
+    """A checkpoint that cannot be read or does not fit the model."""
+
+
+class ImageError(CnnzooError, ValueError):
+    """A file that is not a readable image."""
+
+
+class DataError(CnnzooError, ValueError):
+    """A data set that cannot be used as given (no images, a single class, ...)."""

@@ -1,0 +1,15 @@
+"""The zoo: one module per architecture family, all reached through the registry."""
+
+from .base import AuxOutputs, Classifier, count_parameters
+from .registry import ModelConfig, create_model, get_config, list_models, register_model
+
+__all__ = [
+    "AuxOutputs",
+    "Classifier",
+    "ModelConfig",
+    "count_parameters",
+    "create_model",
+    "get_config",
+    "list_models",
+    "register_model",
+]

@@ -1,0 +1,78 @@
+"""What every zoo classifier shares: timm's forward_features / forward_head / reset_classifier."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import InputSizeError
+
+
+class AuxOutputs(NamedTuple):
+    """Training-mode output of nets with auxiliary classifiers (GoogLeNet).
+
+    The engine's loss is `loss(logits) + aux_weight * sum(loss(a) for a in aux)`; in eval mode
+    such nets return plain logits.
+    """
+
+    logits: Tensor
+    aux: tuple[Tensor, ...]
+    aux_weight: float
+
+
+def check_input_size(model: nn.Module, x: Tensor) -> None:
+    """Raise a one-line `InputSizeError` when `x` is smaller than the model's minimum size."""
+    cfg = getattr(model, "default_cfg", None)
+    if cfg is None or x.dim() != 4:
+        return
+    h, w = x.shape[-2:]
+    if h < cfg.min_size or w < cfg.min_size:
+        raise InputSizeError(
+            f"{cfg.name} needs inputs of at least {cfg.min_size}x{cfg.min_size} pixels, got "
+            f"{h}x{w}: resize the images to at least {cfg.min_size} pixels "
+            f"(default {cfg.input_size[1]}x{cfg.input_size[2]})."
+        )
+
+
+class Classifier(nn.Module):
+    """Base of every zoo classifier.
+
+    Subclasses implement `forward_features` (image -> last feature map), `forward_head`
+    (feature map -> logits, or the pre-logits vector with `pre_logits=True`) and
+    `get_classifier` / `reset_classifier` (the final linear layer). `num_features` is the length
+    of the pre-logits vector; `num_classes == 0` means the net has no head and returns pre-logits.
+    """
+
+    num_classes: int
+    num_features: int
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        raise NotImplementedError
+
+    def get_classifier(self) -> nn.Module:
+        raise NotImplementedError
+
+    def reset_classifier(self, num_classes: int) -> None:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_input_size(self, x)
+        return self.forward_head(self.forward_features(x))
+
+
+def new_head(num_features: int, num_classes: int) -> nn.Module:
+    """A freshly initialised linear head, or Identity for `num_classes == 0` (no head)."""
+    if num_classes <= 0:
+        return nn.Identity()
+    head = nn.Linear(num_features, num_classes)
+    return head
+
+
+@torch.no_grad()
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,117 @@
+"""The model registry: every architecture registers a builder and a default config.
+
+`list_models('res*')` and `create_model(name, num_classes=..., in_chans=..., weights=...)` are the
+whole public surface, as in timm; a new depth of an existing family is one `register_model` call.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from torch import nn
+
+from ..errors import UnknownModelError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What travels with a model: the input it expects and where it comes from.
+
+    `input_size` is (channels, height, width) at the model's default resolution; `min_size` is the
+    smallest height/width the network accepts (smaller inputs raise `InputSizeError`).
+    """
+
+    name: str
+    family: str
+    paper: str
+    year: int
+    input_size: tuple[int, int, int] = (3, 224, 224)
+    min_size: int = 32
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    num_classes: int = 1000
+    task: str = "classification"  # or "segmentation"
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Builder = Callable[..., nn.Module]
+_REGISTRY: dict[str, tuple[Builder, ModelConfig]] = {}
+
+
+def register_model(config: ModelConfig, builder: Builder) -> None:
+    """Register `builder(num_classes=..., in_chans=..., **kwargs)` under `config.name`."""
+    if config.name in _REGISTRY:
+        raise ValueError(f"model {config.name!r} is registered twice")
+    _REGISTRY[config.name] = (builder, config)
+
+
+def _ensure_loaded() -> None:
+    # The family modules register themselves on import; importing the package imports them all.
+    from . import _families  # noqa: F401
+
+
+def list_models(pattern: str = "*", *, task: str | None = None) -> list[str]:
+    """Names of the registered models matching a shell-style wildcard, e.g. 'res*' or 'vgg1?'."""
+    _ensure_loaded()
+    names = [n for n, (_, cfg) in _REGISTRY.items() if task is None or cfg.task == task]
+    return sorted(fnmatch.filter(names, pattern), key=_natural_key)
+
+
+def _natural_key(name: str) -> list[Any]:
+    import re
+
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def get_config(name: str) -> ModelConfig:
+    """The default config of a registered model."""
+    return _lookup(name)[1]
+
+
+def _lookup(name: str) -> tuple[Builder, ModelConfig]:
+    _ensure_loaded()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = fnmatch.filter(_REGISTRY, f"*{name[:4]}*") if name else []
+        hint = f" Did you mean {', '.join(sorted(close)[:5])}?" if close else ""
+        raise UnknownModelError(
+            f"unknown model {name!r}.{hint} `cnnzoo models` lists them all."
+        ) from None
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    weights: Any = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a zoo model by name.
+
+    num_classes: size of the new head (default: the config's, 1000 for ImageNet models);
+        0 builds the model without a head, so `model(x)` returns pooled features
+        (Keras's `include_top=False, pooling='avg'`).
+    in_chans: input channels (1 for grey images); default 3.
+    weights: None (random init), a path to a checkpoint (.pth/.pt/.safetensors/.h5), or a named
+        weights tag such as 'imagenet'. Loading adapts the head and the first conv when
+        `num_classes`/`in_chans` differ from the checkpoint's.
+    """
+    builder, cfg = _lookup(name)
+    n_cls = cfg.num_classes if num_classes is None else num_classes
+    n_in = cfg.input_size[0] if in_chans is None else in_chans
+    model = builder(num_classes=n_cls, in_chans=n_in, **kwargs)
+    model.default_cfg = replace(cfg, num_classes=n_cls, input_size=(n_in, *cfg.input_size[1:]))
+    if weights is not None:
+        from ..weights import load_weights
+
+        load_weights(model, weights, name=name)
+    return model
