@@ -24,3 +24,7 @@ class ImageError(CnnzooError, ValueError):
 
 class DataError(CnnzooError, ValueError):
     """A data set that cannot be used as given (no images, a single class, ...)."""
+
+
+class TrainingError(CnnzooError, RuntimeError):
+    """A training run that cannot go on (loss became NaN/inf, nothing to resume from)."""

@@ -1,4 +1,4 @@
 """Imports every family module so that each registers its models (see registry._ensure_loaded)."""
 
 # ruff: noqa: F401
-from . import alexnet, densenet, efficientnet, googlenet, lenet, resnet, residual_net, unet, vgg
+from . import alexnet, densenet, efficientnet, googlenet, lenet, residual_net, resnet, unet, vgg

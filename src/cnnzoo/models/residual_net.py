@@ -1,0 +1,101 @@
+"""The lecture's small residual network: one skip connection around two convolutions.
+
+    input (C x H x W)
+    -> conv 32 3x3 'same' + ReLU -> conv 32 3x3 'same'
+    -> add the input (through a 1x1 projection when C != 32) -> ReLU
+    -> 2x2 max-pool -> flatten -> dense `hidden` + ReLU -> dense `num_classes`
+
+The lecture adds the block's input to the output of the second conv; that sum needs equal shapes,
+and the lecture's input tensor already has 32 channels. An image has 1 or 3, so the skip path
+carries He et al.'s (2016, Eq. 2) projection shortcut `W_s x`, a 1x1 conv to 32 channels, exactly
+when the channel counts differ (in_chans=32 gives the lecture's pure identity shortcut). The
+residual branch stays the lecture's two convolutions; nothing is added in front of the block.
+No batch norm, as in the lecture.
+
+The dense layers see the flattened pooled map, as Keras's Flatten + Dense do, so a model is built
+for one input size (`img_size`, default 28 for Fashion-MNIST/MNIST) and rejects others with a
+one-line error. Any even size >= 2 can be built.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ..errors import InputSizeError
+from .base import Classifier, check_input_size, new_head
+from .registry import ModelConfig, register_model
+
+FASHION_MNIST_MEAN = (0.2860,)
+FASHION_MNIST_STD = (0.3530,)
+
+
+class ResidualNet(Classifier):
+    """Two 3x3 convs with an identity (or projection) skip, max-pool, two dense layers."""
+
+    def __init__(
+        self,
+        *,
+        num_classes: int = 10,
+        in_chans: int = 1,
+        img_size: int = 28,
+        width: int = 32,
+        hidden: int = 128,
+    ) -> None:
+        super().__init__()
+        if img_size < 2:
+            raise InputSizeError(f"residual_net needs img_size >= 2 (the 2x2 pool), got {img_size}")
+        self.img_size = img_size
+        self.conv1 = nn.Conv2d(in_chans, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
+        # Identity when the input already has `width` channels (the lecture's case).
+        self.shortcut: nn.Module = (
+            nn.Identity() if in_chans == width else nn.Conv2d(in_chans, width, 1, bias=False)
+        )
+        self.relu = nn.ReLU(inplace=True)
+        self.pool = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(width * (img_size // 2) ** 2, hidden)
+        self.num_features = hidden
+        self.num_classes = num_classes
+        self.fc2 = new_head(hidden, num_classes)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        out = self.conv2(self.relu(self.conv1(x)))
+        return self.pool(self.relu(out + self.shortcut(x)))
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.relu(self.fc1(x.flatten(1)))
+        return x if pre_logits else self.fc2(x)
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc2
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.fc2 = new_head(self.num_features, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_input_size(self, x)
+        if x.dim() == 4 and tuple(x.shape[-2:]) != (self.img_size, self.img_size):
+            raise InputSizeError(
+                f"residual_net was built for {self.img_size}x{self.img_size} inputs, got "
+                f"{x.shape[-2]}x{x.shape[-1]}: resize the images or build it with "
+                f"create_model('residual_net', img_size={x.shape[-1]})."
+            )
+        return self.forward_head(self.forward_features(x))
+
+
+def residual_net(
+    *, num_classes: int = 10, in_chans: int = 1, img_size: int = 28, hidden: int = 128
+) -> ResidualNet:
+    return ResidualNet(num_classes=num_classes, in_chans=in_chans, img_size=img_size, hidden=hidden)
+
+
+register_model(
+    ModelConfig(
+        name="residual_net", family="residual_net", year=2016, input_size=(1, 28, 28), min_size=2,
+        paper="lecture example of a skip connection (He et al., CVPR 2016)",
+        mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD, num_classes=10,
+        notes="fixed input size: create_model('residual_net', img_size=...) for others",
+    ),
+    residual_net,
+)  # fmt: skip

@@ -1,0 +1,199 @@
+"""VGG: Simonyan & Zisserman, "Very Deep Convolutional Networks for Large-Scale Image Recognition",
+ICLR 2015 (arXiv:1409.1556).
+
+The nets follow Table 1 of the paper: configurations A (11 weight layers), B (13), D (16) and
+E (19). Every conv is 3x3 / stride 1 / padding 1 followed by ReLU, five 2x2 max-pools split the
+convs into five stages, and three fully connected layers (4096, 4096, classes) with dropout 0.5
+finish the net. The `_bn` forms insert BatchNorm after each conv (not in the paper; the form
+torchvision ships). Module names and shapes are torchvision's (`features.N`, `classifier.{0,3,6}`),
+so its checkpoints load with `strict=True`. As in torchvision, an adaptive average pool to 7x7 sits
+between the convs and the dense layers, so inputs other than 224x224 work.
+
+Small VGGs for a CPU: `width_mult` scales every conv width (d2l.ai trains VGG-11 with a quarter of
+the channels on Fashion-MNIST), `fc_dim` replaces the 4096-wide dense layers and `pool_size` the
+7x7 pooled grid, e.g. `create_model('vgg11', width_mult=0.25, fc_dim=256, pool_size=1)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .base import Classifier, new_head
+from .registry import ModelConfig, register_model
+
+PAPER = "Simonyan & Zisserman, Very Deep Convolutional Networks for Large-Scale Image Recognition"
+
+# Table 1 of the paper: output channels of each 3x3 conv, 'M' = 2x2 max-pool closing a stage.
+VGG_CONFIGS: dict[str, list[int | str]] = {
+    "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "B": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "E": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+          512, 512, 512, 512, "M"],
+}
+
+# Registered depths: name -> configuration letter. A new depth is one line here.
+VGG_DEPTHS: dict[str, str] = {"vgg11": "A", "vgg13": "B", "vgg16": "D", "vgg19": "E"}
+
+# Five 2x2 pools halve the input five times; 32 is the smallest size that leaves a 1x1 map
+# (31 -> 15 -> 7 -> 3 -> 1 -> 0 fails), checked in the tests.
+MIN_SIZE = 32
+
+
+def make_layers(
+    config: list[int | str], *, in_chans: int = 3, batch_norm: bool = False, width_mult: float = 1.0
+) -> nn.Sequential:
+    """Turn a Table-1 channel list into the `features` stack (conv[-bn]-relu ..., max-pool)."""
+    layers: list[nn.Module] = []
+    channels = in_chans
+    for item in config:
+        if item == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            continue
+        out = max(1, round(int(item) * width_mult))
+        layers.append(nn.Conv2d(channels, out, kernel_size=3, padding=1))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(out))
+        layers.append(nn.ReLU(inplace=True))
+        channels = out
+    return nn.Sequential(*layers)
+
+
+class VGG(Classifier):
+    """A VGG network built from a Table-1 channel list (see `VGG_CONFIGS`).
+
+    `forward_head(x, pre_logits=True)` returns the output of the second dense layer
+    (`fc_dim`-wide, 4096 in the paper), the "fc7" features used for transfer learning.
+    """
+
+    def __init__(
+        self,
+        config: list[int | str],
+        *,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        batch_norm: bool = False,
+        width_mult: float = 1.0,
+        fc_dim: int = 4096,
+        pool_size: int = 7,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.config = list(config)
+        self.features = make_layers(
+            config, in_chans=in_chans, batch_norm=batch_norm, width_mult=width_mult
+        )
+        last = [m for m in self.features if isinstance(m, nn.Conv2d)][-1].out_channels
+        self.avgpool = nn.AdaptiveAvgPool2d((pool_size, pool_size))
+        self.num_features = fc_dim
+        self.num_classes = num_classes
+        self.classifier = nn.Sequential(
+            nn.Linear(last * pool_size * pool_size, fc_dim),
+            nn.ReLU(inplace=True),
+            nn.Dropout(p=dropout),
+            nn.Linear(fc_dim, fc_dim),
+            nn.ReLU(inplace=True),
+            nn.Dropout(p=dropout),
+            new_head(fc_dim, num_classes),
+        )
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # torchvision's scheme (He et al. 2015 for convs); the paper's pre-training of net A is
+        # what this replaced, see Section 3.1's note on Glorot initialisation.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.features(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = torch.flatten(self.avgpool(x), 1)
+        x = self.classifier[:6](x)
+        return x if pre_logits else self.classifier[6](x)
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier[6]
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.classifier[6] = new_head(self.num_features, num_classes)
+
+
+@dataclass(frozen=True)
+class VGGConvLayer:
+    """One 3x3 conv of a VGG: its state_dict prefixes and its place in the stage structure.
+
+    `stage` counts max-pools before the conv (0..4); `index` is the position inside the stage.
+    Two VGGs of different depth share (stage, index) for the layers the paper copies when it
+    grows net A into deeper nets (Section 3.1: the first four convs and the three dense layers).
+    """
+
+    stage: int
+    index: int
+    conv: str  # e.g. 'features.0'
+    bn: str | None  # e.g. 'features.1' in the _bn forms, else None
+
+
+def vgg_conv_layers(model: VGG) -> list[VGGConvLayer]:
+    """The conv layers of a VGG in order, with their (stage, index-in-stage) and key prefixes."""
+    layers: list[VGGConvLayer] = []
+    stage = index = 0
+    modules = list(model.features)
+    for i, m in enumerate(modules):
+        if isinstance(m, nn.MaxPool2d):
+            stage, index = stage + 1, 0
+        elif isinstance(m, nn.Conv2d):
+            has_bn = i + 1 < len(modules) and isinstance(modules[i + 1], nn.BatchNorm2d)
+            layers.append(
+                VGGConvLayer(stage, index, f"features.{i}", f"features.{i + 1}" if has_bn else None)
+            )
+            index += 1
+    return layers
+
+
+# The three dense layers ("fc6", "fc7", "fc8") as state_dict prefixes.
+VGG_DENSE_LAYERS = ("classifier.0", "classifier.3", "classifier.6")
+
+
+def _builder(letter: str, batch_norm: bool):
+    def build(*, num_classes: int, in_chans: int, **kwargs: Any) -> VGG:
+        return VGG(
+            VGG_CONFIGS[letter],
+            num_classes=num_classes,
+            in_chans=in_chans,
+            batch_norm=batch_norm,
+            **kwargs,
+        )
+
+    return build
+
+
+for _name, _letter in VGG_DEPTHS.items():
+    for _bn in (False, True):
+        _depth = sum(isinstance(c, int) for c in VGG_CONFIGS[_letter]) + 3
+        register_model(
+            ModelConfig(
+                name=_name + ("_bn" if _bn else ""),
+                family="vgg",
+                paper=PAPER,
+                year=2014,
+                min_size=MIN_SIZE,
+                notes=f"configuration {_letter} ({_depth} weight layers), Table 1"
+                + (", BatchNorm after each conv" if _bn else ""),
+                extra={"config": _letter},
+            ),
+            _builder(_letter, _bn),
+        )

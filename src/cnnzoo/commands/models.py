@@ -1,0 +1,56 @@
+"""`cnnzoo models`: the zoo as a table, with parameters and operations counted by the code."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pattern", default="*", help="shell-style filter, e.g. 'res*' or 'vgg1?'")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..models import get_config, list_models
+    from ..models.flops import count_macs, count_params
+
+    rows = []
+    for name in list_models(args.pattern):
+        cfg = get_config(name)
+        rows.append(
+            {
+                "name": name,
+                "params": count_params(name),
+                "gflops": count_macs(name) / 1e9,
+                "input": "x".join(str(v) for v in cfg.input_size),
+                "classes": cfg.num_classes,
+                "year": cfg.year,
+                "task": cfg.task,
+                "paper": cfg.paper,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no model matches {args.pattern!r}")
+        return 1
+    header = f"{'model':<22}{'params':>14}{'GFLOPs':>9}  {'input':<11}{'classes':>7}  year  paper"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r['name']:<22}{r['params']:>14,}{_gflops(r['gflops']):>9}  {r['input']:<11}"
+            f"{r['classes']:>7}  {r['year']}  {r['paper']}"
+        )
+    print(
+        f"\n{len(rows)} models. GFLOPs: one multiply-add counted as one operation, at the default "
+        "input size (the convention of the papers and of torchvision's tables)."
+    )
+    return 0
+
+
+def _gflops(g: float) -> str:
+    # LeNet-sized nets would print 0.00 with two decimals.
+    return f"{g:.2f}" if g >= 0.1 else f"{g:.4f}"

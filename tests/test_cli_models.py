@@ -1,0 +1,72 @@
+"""`cnnzoo models`: the table's numbers against the published ones."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cnnzoo.cli import main
+
+# torchvision's model tables (GFLOPS, one multiply-add per operation) at 224x224.
+PUBLISHED_GFLOPS = {
+    "alexnet": 0.71,
+    "vgg11": 7.61,
+    "vgg16": 15.47,
+    "vgg19": 19.63,
+    "googlenet": 1.50,
+    "resnet18": 1.81,
+    "resnet50": 4.09,
+    "resnet152": 11.51,
+    "densenet121": 2.83,
+    "densenet201": 4.29,
+}
+PUBLISHED_PARAMS = {
+    "alexnet": 61_100_840,
+    "vgg16": 138_357_544,
+    "resnet50": 25_557_032,
+    "densenet121": 7_978_856,
+    "efficientnet_lite0": 4_652_008,
+    "resnet20": 269_722,
+    "densenet_bc_100_k12": 769_162,
+}
+
+
+@pytest.fixture(scope="module")
+def table():
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["models", "--json"]) == 0
+    return {row["name"]: row for row in json.loads(out.getvalue())}
+
+
+def test_gflops_match_torchvision_tables(table):
+    for name, gflops in PUBLISHED_GFLOPS.items():
+        assert table[name]["gflops"] == pytest.approx(gflops, abs=0.006), name
+
+
+def test_params_match_published(table):
+    for name, params in PUBLISHED_PARAMS.items():
+        assert table[name]["params"] == params, name
+
+
+def test_every_family_is_listed(table):
+    for name in ["lenet5", "alexnet", "vgg11_bn", "googlenet", "plain34", "resnet110",
+                 "densenet161", "unet", "efficientnet_lite0", "residual_net"]:
+        assert name in table
+
+
+def test_pattern_filters_and_prints_a_table(capsys):
+    assert main(["models", "--pattern", "vgg1?"]) == 0
+    out = capsys.readouterr().out
+    lines = [ln.split()[0] for ln in out.splitlines()[2:] if ln.startswith("vgg")]
+    assert lines == ["vgg11", "vgg13", "vgg16", "vgg19"]
+    assert "138,357,544" in out
+
+
+def test_unknown_pattern_says_so(capsys):
+    assert main(["models", "--pattern", "nosuchnet*"]) == 1
+    assert "no model matches" in capsys.readouterr().out

@@ -1,0 +1,236 @@
+"""LeNet-5, AlexNet, VGG and GoogLeNet against published counts, hand counts and torchvision."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import cnnzoo
+from cnnzoo.errors import InputSizeError
+from cnnzoo.models.base import AuxOutputs, count_parameters
+from cnnzoo.models.vgg import VGG_CONFIGS, VGG_DENSE_LAYERS, vgg_conv_layers
+
+VGGS = [f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")]
+TV_NETS = ["alexnet", *VGGS, "googlenet"]
+CLASSIC = ["lenet5", "lenet5_classic", *TV_NETS]
+
+# torchvision's counts (shared/README.md); vgg13_bn and vgg19_bn from torchvision's weight tables.
+PUBLISHED_1000 = {
+    "alexnet": 61_100_840,
+    "vgg11": 132_863_336,
+    "vgg11_bn": 132_868_840,
+    "vgg13": 133_047_848,
+    "vgg13_bn": 133_053_736,
+    "vgg16": 138_357_544,
+    "vgg16_bn": 138_365_992,
+    "vgg19": 143_667_240,
+    "vgg19_bn": 143_678_248,
+    "googlenet": 13_004_888,
+}
+
+
+def _meta_model(name: str, **kwargs) -> nn.Module:
+    # Building on the meta device allocates nothing: counting and size checks stay instant.
+    with torch.device("meta"):
+        return cnnzoo.create_model(name, **kwargs)
+
+
+@pytest.mark.parametrize("name", list(PUBLISHED_1000))
+def test_parameter_count_matches_published(name):
+    assert count_parameters(_meta_model(name)) == PUBLISHED_1000[name]
+
+
+def test_googlenet_without_aux_heads_has_published_count():
+    assert count_parameters(_meta_model("googlenet", aux_logits=False)) == 6_624_904
+
+
+def test_lenet_parameter_counts_match_the_paper():
+    # Section II.B: C1 156, S2 12, C3 1,516 (Table I), S4 32, C5 48,120, F6 10,164; plus the
+    # 84*10+10 = 850 of the linear output layer that replaces the RBF units.
+    classic = cnnzoo.create_model("lenet5_classic")
+    assert count_parameters(classic.c3) == 1516
+    assert count_parameters(classic.s2) == 12 and count_parameters(classic.s4) == 32
+    assert count_parameters(classic) == 156 + 12 + 1516 + 32 + 48_120 + 10_164 + 850
+    # The modern form connects C3 fully: 6*16*25 + 16 = 2,416, and has no subsampling weights.
+    assert count_parameters(cnnzoo.create_model("lenet5")) == 156 + 2416 + 48_120 + 10_164 + 850
+
+
+def test_lenet_classic_c3_follows_table_1():
+    c3 = cnnzoo.create_model("lenet5_classic").c3
+    used = (c3.dense_weight().abs().sum((2, 3)) > 0).int()
+    assert used.sum(1).tolist() == [3] * 6 + [4] * 9 + [6]
+    assert used[:, 0].tolist() == [1, 0, 0, 0, 1, 1, 1, 0, 0, 1, 1, 1, 1, 0, 1, 1]  # Table I
+
+
+def _fwd_bwd(model: nn.Module, batch: int, chans: int, size: int) -> None:
+    x = torch.randn(batch, chans, size, size, requires_grad=True)
+    out = model(x)
+    logits = out.logits if isinstance(out, AuxOutputs) else out
+    assert logits.shape == (batch, model.num_classes)
+    loss = logits.sum() + (sum(a.sum() for a in out.aux) if isinstance(out, AuxOutputs) else 0)
+    loss.backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    model.zero_grad(set_to_none=True)
+
+
+# At the default size, 1 and 3 channels alternate between a family's members to keep the file
+# fast (in_chans only touches the first conv, whatever the depth).
+_DEFAULT_CHANS = {name: 1 if i % 2 else 3 for i, name in enumerate(CLASSIC)}
+
+
+@pytest.mark.parametrize("name", CLASSIC)
+def test_forward_backward_at_minimum_and_default_size(name):
+    cfg = cnnzoo.get_config(name)
+    for chans in (1, 3):
+        model = cnnzoo.create_model(name, num_classes=7, in_chans=chans).train()
+        # Batch 2: BatchNorm in training mode needs more than one value per channel.
+        _fwd_bwd(model, 2, chans, cfg.min_size)
+        if chans == _DEFAULT_CHANS[name]:
+            size = cfg.input_size[1]
+            _fwd_bwd(model, 1 if size > 32 else 2, chans, size)
+        # min_size is the true minimum: one pixel less breaks the network itself.
+        model.eval()
+        with torch.no_grad(), pytest.raises(RuntimeError):
+            model.forward_head(model.forward_features(torch.zeros(1, chans, cfg.min_size - 1,
+                                                                  cfg.min_size - 1)))
+
+
+@pytest.mark.parametrize("name", CLASSIC)
+def test_input_below_minimum_raises_one_line_error(name):
+    model = _meta_model(name)
+    size = model.default_cfg.min_size
+    with pytest.raises(InputSizeError, match=f"at least {size}x{size}") as err:
+        model(torch.zeros(1, model.default_cfg.input_size[0], size, size - 1, device="meta"))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["lenet5", "alexnet", "vgg11_bn", "googlenet"])
+def test_reset_classifier_and_pre_logits(name):
+    cfg = cnnzoo.get_config(name)
+    model = cnnzoo.create_model(name).eval()
+    x = torch.randn(2, cfg.input_size[0], cfg.min_size, cfg.min_size)
+    with torch.no_grad():
+        pre = model.forward_head(model.forward_features(x), pre_logits=True)
+        assert pre.shape == (2, model.num_features)
+        assert torch.allclose(model.get_classifier()(pre), model(x))
+        model.reset_classifier(5)
+        assert model.get_classifier().out_features == 5 and model(x).shape == (2, 5)
+        model.reset_classifier(0)
+        assert torch.equal(model(x), pre)
+    headless = cnnzoo.create_model(name, num_classes=0).eval()
+    assert headless(x).shape == (2, model.num_features)
+
+
+def test_googlenet_aux_logits_in_training_only():
+    model = cnnzoo.create_model("googlenet", num_classes=4)
+    x = torch.randn(2, 3, 64, 64)
+    out = model.train()(x)
+    assert isinstance(out, AuxOutputs) and out.aux_weight == 0.3
+    assert out.logits.shape == (2, 4) and [a.shape for a in out.aux] == [(2, 4), (2, 4)]
+    assert isinstance(model.eval()(x), torch.Tensor)
+    model.reset_classifier(6)
+    assert [a.shape for a in model.train()(x).aux] == [(2, 6), (2, 6)]
+    plain = cnnzoo.create_model("googlenet", num_classes=4, aux_logits=False).train()
+    assert isinstance(plain(x), torch.Tensor)
+
+
+# --- torchvision as the oracle -----------------------------------------------------------
+
+
+def _tv_model(tv_models, name: str, **kwargs) -> nn.Module:
+    if name == "googlenet":
+        kwargs = {"init_weights": True, "aux_logits": True, "transform_input": False, **kwargs}
+    return getattr(tv_models, name)(weights=None, **kwargs)
+
+
+def _ours_from(name: str, ref: nn.Module, **kwargs) -> nn.Module:
+    # Built on meta and filled from the reference (assign=True): strict key and shape check
+    # without paying for a second random initialisation of 100M+ parameters.
+    model = _meta_model(name, **kwargs)
+    model.load_state_dict(ref.state_dict(), strict=True, assign=True)
+    return model
+
+
+def _assert_same(ours: torch.Tensor, ref: torch.Tensor) -> None:
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("name", TV_NETS)
+def test_torchvision_state_dict_loads_and_matches(tv_models, name):
+    ref = _tv_model(tv_models, name).eval()
+    ours = _ours_from(name, ref).eval()
+    # Small inputs keep this fast: the VGGs' minimum, AlexNet's and GoogLeNet's just above it.
+    size = {"alexnet": 67, "googlenet": 40}.get(name, 32)
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        _assert_same(ours(x), ref(x))
+        if name.startswith("vgg"):  # fc7 features equal torchvision's classifier[:6] output
+            feats = torch.flatten(ref.avgpool(ref.features(x)), 1)
+            _assert_same(ours.forward_head(ours.forward_features(x), pre_logits=True),
+                         ref.classifier[:6](feats))
+
+
+def test_googlenet_matches_torchvision_in_training_and_with_transform_input(tv_models):
+    # Dropout off so that training-mode outputs (BatchNorm on batch statistics) are
+    # deterministic: checks the aux heads and their order (aux2, aux1) too.
+    ref = _tv_model(tv_models, "googlenet", dropout=0.0, dropout_aux=0.0).train()
+    ours = _ours_from("googlenet", ref, dropout=0.0, dropout_aux=0.0).train()
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        r, o = ref(x), ours(x)
+    _assert_same(o.logits, r.logits)
+    _assert_same(o.aux[0], r.aux_logits2)
+    _assert_same(o.aux[1], r.aux_logits1)
+
+    ref_t = _tv_model(tv_models, "googlenet", transform_input=True).eval()
+    # torchvision's init (std 0.01) makes an untrained GoogLeNet's output nearly constant;
+    # He init makes the input, and so transform_input, visible in the logits.
+    for m in ref_t.modules():
+        if isinstance(m, torch.nn.Conv2d | torch.nn.Linear):
+            torch.nn.init.kaiming_normal_(m.weight)
+    ours_t = _ours_from("googlenet", ref_t, transform_input=True).eval()
+    with torch.no_grad():
+        _assert_same(ours_t(x), ref_t(x))
+        assert not torch.allclose(ours_t(x), _ours_from("googlenet", ref_t).eval()(x))
+
+
+# --- VGG's configuration table and its helpers -----------------------------------------------
+
+
+def test_vgg_table_matches_paper_depths():
+    # Table 1: A has 8 convs, B 10, D 13, E 16; plus 3 dense layers = 11/13/16/19 weight layers.
+    convs = {k: sum(isinstance(c, int) for c in cfg) for k, cfg in VGG_CONFIGS.items()}
+    assert convs == {"A": 8, "B": 10, "D": 13, "E": 16}
+    assert all(cfg.count("M") == 5 for cfg in VGG_CONFIGS.values())
+
+
+@pytest.mark.parametrize(
+    ("name", "per_stage"),
+    [("vgg11", [1, 1, 2, 2, 2]), ("vgg13_bn", [2, 2, 2, 2, 2]), ("vgg16", [2, 2, 3, 3, 3])],
+)
+def test_vgg_conv_layers_give_stage_positions_and_real_keys(name, per_stage):
+    model = _meta_model(name)
+    layers = vgg_conv_layers(model)
+    assert [sum(layer.stage == s for layer in layers) for s in range(5)] == per_stage
+    assert [layer.index for layer in layers if layer.stage == 2] == list(range(per_stage[2]))
+    modules = dict(model.named_modules())
+    for layer in layers:
+        assert isinstance(modules[layer.conv], nn.Conv2d)
+        assert (layer.bn is not None) == name.endswith("_bn")
+        if layer.bn:
+            assert isinstance(modules[layer.bn], nn.BatchNorm2d)
+    assert all(isinstance(modules[p], nn.Linear) for p in VGG_DENSE_LAYERS)
+
+
+def test_small_vgg_for_fashion_mnist():
+    # d2l's VGG-11 with a quarter of the channels: convs 16,32,64,64,128,128,128,128 (grey in),
+    # then 128 -> 256 -> 256 -> 10 dense layers on a 1x1 pooled map. Counted by hand:
+    convs = (1 * 16 + 16 * 32 + 32 * 64 + 64 * 64 + 64 * 128 + 3 * 128 * 128) * 9
+    conv_bias = 16 + 32 + 64 + 64 + 128 * 4
+    dense = 128 * 256 + 256 + 256 * 256 + 256 + 256 * 10 + 10
+    model = cnnzoo.create_model(
+        "vgg11", num_classes=10, in_chans=1, width_mult=0.25, fc_dim=256, pool_size=1
+    )
+    assert count_parameters(model) == convs + conv_bias + dense
+    assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)

