@@ -33,6 +33,8 @@ MIN_SIZE = 63
 class AlexNet(Classifier):
     """Single-tower AlexNet; `forward_head(x, pre_logits=True)` returns the 4096-d fc7 vector."""
 
+    head_name = "classifier.6"
+
     def __init__(
         self, *, num_classes: int = 1000, in_chans: int = 3, dropout: float = 0.5
     ) -> None:
@@ -74,12 +76,6 @@ class AlexNet(Classifier):
         x = self.classifier[:6](x)
         return x if pre_logits else self.classifier[6](x)
 
-    def get_classifier(self) -> nn.Module:
-        return self.classifier[6]
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.classifier[6] = new_head(self.num_features, num_classes)
 
 
 def _build(*, num_classes: int, in_chans: int, **kwargs: Any) -> AlexNet:

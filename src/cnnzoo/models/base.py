@@ -47,6 +47,9 @@ class Classifier(nn.Module):
 
     num_classes: int
     num_features: int
+    # Dotted path of the final linear layer ("fc", "classifier.6"), as timm's config names it:
+    # the weights loader and transfer learning find the head through it.
+    head_name: str = "fc"
 
     def forward_features(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -55,10 +58,13 @@ class Classifier(nn.Module):
         raise NotImplementedError
 
     def get_classifier(self) -> nn.Module:
-        raise NotImplementedError
+        return self.get_submodule(self.head_name)
 
     def reset_classifier(self, num_classes: int) -> None:
-        raise NotImplementedError
+        """A new, freshly initialised head for `num_classes` (0: none, return pre-logits)."""
+        self.num_classes = num_classes
+        parent, _, leaf = self.head_name.rpartition(".")
+        setattr(self.get_submodule(parent), leaf, new_head(self.num_features, num_classes))
 
     def forward(self, x: Tensor) -> Tensor:
         check_input_size(self, x)

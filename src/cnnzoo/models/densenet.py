@@ -96,6 +96,8 @@ class DenseNet(Classifier):
     layer (the paper uses 0.2 on CIFAR without augmentation).
     """
 
+    head_name = "classifier"
+
     def __init__(
         self,
         growth_rate: int = 32,
@@ -157,12 +159,6 @@ class DenseNet(Classifier):
         x = F.adaptive_avg_pool2d(F.relu(x), 1).flatten(1)
         return x if pre_logits else self.classifier(x)
 
-    def get_classifier(self) -> nn.Module:
-        return self.classifier
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.classifier = new_head(self.num_features, num_classes)
 
 
 # name: (growth rate k, layers per dense block, stem channels) -- Table 1 of the paper.

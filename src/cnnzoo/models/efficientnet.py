@@ -156,6 +156,8 @@ class EfficientNetLite(Classifier):
         k//2 padding, which is only right for weights trained that way.
     """
 
+    head_name = "_fc"
+
     def __init__(
         self, num_classes: int = 1000, in_chans: int = 3, *, dropout: float = 0.2,
         drop_path_rate: float = 0.0, tf_padding: bool = True,
@@ -244,12 +246,6 @@ class EfficientNetLite(Classifier):
         x = self._dropout(torch.flatten(self._avg_pooling(x), 1))
         return x if pre_logits else self._fc(x)
 
-    def get_classifier(self) -> nn.Module:
-        return self._fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self._fc = new_head(HEAD_CHANNELS, num_classes)
 
 
 def efficientnet_lite0(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> EfficientNetLite:

@@ -132,12 +132,6 @@ class LeNet5(Classifier):
         x = self.act(self.f6(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)))
         return x if pre_logits else self.fc(x)
 
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.fc = new_head(self.num_features, num_classes)
 
 
 def _builder(classic: bool):

@@ -32,6 +32,8 @@ FASHION_MNIST_STD = (0.3530,)
 class ResidualNet(Classifier):
     """Two 3x3 convs with an identity (or projection) skip, max-pool, two dense layers."""
 
+    head_name = "fc2"
+
     def __init__(
         self,
         *,
@@ -66,12 +68,6 @@ class ResidualNet(Classifier):
         x = self.relu(self.fc1(x.flatten(1)))
         return x if pre_logits else self.fc2(x)
 
-    def get_classifier(self) -> nn.Module:
-        return self.fc2
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.fc2 = new_head(self.num_features, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         check_input_size(self, x)

@@ -234,12 +234,6 @@ class ResNet(Classifier):
         x = self.avgpool(x).flatten(1)
         return x if pre_logits else self.fc(x)
 
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.fc = new_head(self.num_features, num_classes)
 
 
 # name: (block, blocks per stage) -- Table 1 of the paper.

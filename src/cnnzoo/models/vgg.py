@@ -70,6 +70,8 @@ class VGG(Classifier):
     (`fc_dim`-wide, 4096 in the paper), the "fc7" features used for transfer learning.
     """
 
+    head_name = "classifier.6"
+
     def __init__(
         self,
         config: list[int | str],
@@ -124,12 +126,6 @@ class VGG(Classifier):
         x = self.classifier[:6](x)
         return x if pre_logits else self.classifier[6](x)
 
-    def get_classifier(self) -> nn.Module:
-        return self.classifier[6]
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.classifier[6] = new_head(self.num_features, num_classes)
 
 
 @dataclass(frozen=True)
@@ -168,10 +164,20 @@ def vgg_conv_layers(model: VGG) -> list[VGGConvLayer]:
 VGG_DENSE_LAYERS = ("classifier.0", "classifier.3", "classifier.6")
 
 
+def first_stages(config: list[int | str], stages: int) -> list[int | str]:
+    """The first `stages` stages (up to and including their max-pools) of a Table-1 list: a
+    shallow VGG for small images, e.g. 28-px Fashion-MNIST after three pools is 3x3."""
+    pools = [i for i, item in enumerate(config) if item == "M"]
+    if not 1 <= stages <= len(pools):
+        raise ValueError(f"stages must lie in 1..{len(pools)}, not {stages}")
+    return list(config[: pools[stages - 1] + 1])
+
+
 def _builder(letter: str, batch_norm: bool):
-    def build(*, num_classes: int, in_chans: int, **kwargs: Any) -> VGG:
+    def build(*, num_classes: int, in_chans: int, stages: int | None = None,
+              **kwargs: Any) -> VGG:
         return VGG(
-            VGG_CONFIGS[letter],
+            VGG_CONFIGS[letter] if stages is None else first_stages(VGG_CONFIGS[letter], stages),
             num_classes=num_classes,
             in_chans=in_chans,
             batch_norm=batch_norm,
