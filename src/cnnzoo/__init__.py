@@ -6,10 +6,25 @@ from .models import create_model, get_config, list_models
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # Transfer learning pulls in the data, engine and plotting modules: imported on first use,
+    # so `import cnnzoo` (and every CLI command) stays quick.
+    if name in ("load_bundle", "transfer"):
+        import importlib
+
+        # `cnnzoo.transfer` is the subpackage, made callable: cnnzoo.transfer(data, ...) runs
+        # `cnnzoo.transfer.run.transfer` (see cnnzoo/transfer/__init__.py).
+        module = importlib.import_module(".transfer", __name__)
+        return module if name == "transfer" else module.load_bundle
+    raise AttributeError(f"module 'cnnzoo' has no attribute {name!r}")
+
 __all__ = [
     "CnnzooError",
     "__version__",
     "create_model",
     "get_config",
     "list_models",
+    "load_bundle",
+    "transfer",
 ]

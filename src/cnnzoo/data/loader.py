@@ -25,6 +25,10 @@ class BatchLoader:
     Each epoch draws its order and augmentation from a generator seeded with `(seed, epoch)`, so
     an epoch replays identically after a resume. `shard=(rank, world)` keeps every `world`-th
     sample for distributed training; `mean`/`std` normalise after augmentation.
+
+    even_shards: cut every shard to the same length (n // world), so that the processes step in
+    lock-step (DDP needs that for training). Default: True for shuffled (training) loaders; an
+    evaluation loader keeps the remainder, so every validation image is counted exactly once.
     """
 
     def __init__(
@@ -41,6 +45,7 @@ class BatchLoader:
         seed: int = 0,
         shard: tuple[int, int] = (0, 1),
         channels_last: bool = False,
+        even_shards: bool | None = None,
     ) -> None:
         if len(images) != len(targets):
             raise ValueError(f"{len(images)} images but {len(targets)} targets")
@@ -58,6 +63,7 @@ class BatchLoader:
         self.seed = seed
         self.rank, self.world = shard
         self.channels_last = channels_last
+        self.even_shards = shuffle if even_shards is None else even_shards
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -67,13 +73,18 @@ class BatchLoader:
         n = len(self.images)
         order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
         if self.world > 1:
-            # Every rank gets the same number of samples, so the ranks step in lock-step.
-            per_rank = n // self.world
-            order = order[self.rank :: self.world][:per_rank]
+            order = order[self.rank :: self.world]
+            if self.even_shards:
+                order = order[: n // self.world]
         return order
 
     def num_samples(self) -> int:
-        return len(self.images) // self.world if self.world > 1 else len(self.images)
+        n = len(self.images)
+        if self.world <= 1:
+            return n
+        if self.even_shards:
+            return n // self.world
+        return len(range(self.rank, n, self.world))
 
     def __len__(self) -> int:
         n = self.num_samples()

@@ -22,7 +22,9 @@ markedly faster and tolerates larger learning rates. `batchnorm=False` gives the
 The contracting path is a module with the same encoder protocol as the zoo's classifiers
 (`forward_intermediates(x)` -> feature maps, `feature_channels`, `feature_strides`), and the
 decoder is built from those numbers, so a pretrained classifier (e.g. `efficientnet_lite0`, whose
-features are at strides 2..32) can replace it: `UNet(encoder=...)`.
+features are at strides 2..32) can replace it: `UNet(encoder=...)`, or by name,
+`create_model("unet", encoder_name="resnet34", encoder_weights="imagenet")` (the words of
+segmentation_models_pytorch) for resnet18/34/50, vgg16_bn and efficientnet_lite0.
 """
 
 from __future__ import annotations
@@ -315,9 +317,77 @@ class UNet(nn.Module):
         return self.head(y)
 
 
-def unet(num_classes: int = 2, in_chans: int = 1, **kwargs) -> UNet:
-    """The paper's U-Net (Fig. 1); kwargs: base_width, padding, batchnorm, dropout, encoder."""
-    return UNet(num_classes=num_classes, in_chans=in_chans, **kwargs)
+ENCODERS = ("resnet18", "resnet34", "resnet50", "vgg16_bn", "efficientnet_lite0")
+# segmentation_models_pytorch's decoder widths: a decoder as wide as ResNet-50's 2048-channel
+# maps would hold most of the parameters and the compute; these keep it light.
+ENCODER_DECODER_CHANNELS = (256, 128, 64, 32, 16)
+
+
+class VGGEncoder(nn.Module):
+    """A zoo VGG's `features` as a contracting path: the map before each 2x2 max-pool (strides
+    1, 2, 4, 8, 16), like the paper's own encoder; the last pool and the dense layers go."""
+
+    def __init__(self, features: nn.Sequential) -> None:
+        super().__init__()
+        pools = [i for i, m in enumerate(features) if isinstance(m, nn.MaxPool2d)]
+        self.features = features[: pools[-1]]  # keeps torchvision's `features.N` indices
+        self._taps = tuple(i - 1 for i in pools)
+        self.feature_channels = tuple(
+            [m for m in features[:i] if isinstance(m, nn.Conv2d)][-1].out_channels for i in pools
+        )
+        self.feature_strides = tuple(2**i for i in range(len(pools)))
+
+    def forward_intermediates(self, x: Tensor) -> list[Tensor]:
+        feats: list[Tensor] = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in self._taps:
+                feats.append(x)
+        return feats
+
+
+def build_encoder(name: str, in_chans: int, weights: object = None) -> tuple[nn.Module, ModelConfig]:
+    """A zoo classifier (with `weights`: 'imagenet' or a file) as a U-Net contracting path,
+    without the parts the decoder never uses (pooling head, classifier, EfficientNet's 1280-wide
+    head conv), so that every parameter trains; returns (encoder, the classifier's config)."""
+    from .registry import create_model, get_config
+
+    if name not in ENCODERS:
+        raise ValueError(f"encoder_name must be one of {', '.join(ENCODERS)}, not {name!r}")
+    cfg = get_config(name)
+    # The full head is kept while loading, so that a checkpoint with its classifier fits.
+    net = create_model(name, in_chans=in_chans, weights=weights)
+    if name.startswith("vgg"):
+        return VGGEncoder(net.features), cfg
+    net.reset_classifier(0)
+    for attr in ("_conv_head", "_bn1", "_dropout", "fc"):  # EfficientNet's head conv; ResNet's fc
+        if hasattr(net, attr):
+            setattr(net, attr, nn.Identity())
+    return net, cfg
+
+
+def unet(
+    num_classes: int = 2, in_chans: int = 1, *, encoder_name: str | None = None,
+    encoder_weights: object = None, **kwargs,
+) -> UNet:
+    """The paper's U-Net (Fig. 1); kwargs: base_width, padding, batchnorm, dropout, encoder.
+
+    encoder_name: a zoo classifier as the contracting path (`ENCODERS`; padding 'same');
+    encoder_weights: its pretrained weights ('imagenet' or a checkpoint file), as in
+    segmentation_models_pytorch. The model's `encoder_cfg` then holds the classifier's config
+    (its mean/std are the preprocessing its weights expect).
+    """
+    if encoder_name is None:
+        if encoder_weights is not None:
+            raise ValueError("encoder_weights needs encoder_name (e.g. 'resnet34')")
+        return UNet(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    encoder, cfg = build_encoder(encoder_name, in_chans, encoder_weights)
+    kwargs.setdefault("padding", "same")
+    steps = len(encoder.feature_channels) - 1 + int(round(math.log2(encoder.feature_strides[0])))
+    kwargs.setdefault("decoder_channels", ENCODER_DECODER_CHANNELS[:steps])
+    model = UNet(num_classes=num_classes, in_chans=in_chans, encoder=encoder, **kwargs)
+    model.encoder_cfg = cfg
+    return model
 
 
 register_model(

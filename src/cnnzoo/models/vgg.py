@@ -11,7 +11,9 @@ between the convs and the dense layers, so inputs other than 224x224 work.
 
 Small VGGs for a CPU: `width_mult` scales every conv width (d2l.ai trains VGG-11 with a quarter of
 the channels on Fashion-MNIST), `fc_dim` replaces the 4096-wide dense layers and `pool_size` the
-7x7 pooled grid, e.g. `create_model('vgg11', width_mult=0.25, fc_dim=256, pool_size=1)`.
+7x7 pooled grid, e.g. `create_model('vgg11', width_mult=0.25, fc_dim=256, pool_size=1)`;
+`stages` keeps only the first stages of the configuration (`stages=3` of VGG-13 at half width is
+32-32-pool-64-64-pool-128-128-pool, the small VGG that suits 28-32 px images on a CPU).
 """
 
 from __future__ import annotations

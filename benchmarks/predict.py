@@ -1,0 +1,135 @@
+"""How long `cnnzoo predict` takes on one photo with EfficientNet-Lite0's ImageNet weights, cold
+(a new process, as a user runs it), and where that time goes.
+
+    flock /tmp/cnnzoo-bench.lock .venv/bin/python benchmarks/predict.py [--repeats 3]
+
+Measures, as separate fresh processes (median of --repeats): `import torch`, `import cnnzoo.cli`
+and the whole `cnnzoo predict IMAGE` command; then, inside this process, the steps of one
+prediction: building the model, loading the weights, decoding and preprocessing the image, the
+first forward pass, and warm passes of 1 and 16 images with 1 and 2 threads (`cnnzoo predict`
+uses one thread for up to 16 images). The issue's goal: the whole command under 3 s on 2 cores.
+The photo is scikit-image's chelsea() saved as a JPEG (needs cnnzoo[data,pretrained]).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+GOAL_S = 3.0
+
+
+def wall(cmd: list[str], repeats: int) -> float:
+    """Median wall time of running `cmd` in a fresh process `repeats` times (output discarded)."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def cnnzoo_command() -> list[str]:
+    """The installed `cnnzoo` script next to this Python (what users run), else `-m cnnzoo`."""
+    script = Path(sys.executable).with_name("cnnzoo")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "cnnzoo"]
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3, help="fresh processes per command (median)")
+    ap.add_argument("--model", default="efficientnet_lite0")
+    args = ap.parse_args()
+
+    from PIL import Image
+    from skimage.data import chelsea
+
+    tmp = Path(tempfile.mkdtemp(prefix="cnnzoo-bench-predict-"))
+    photo = tmp / "chelsea.jpg"
+    Image.fromarray(chelsea()).save(photo, quality=95)
+    py = sys.executable
+    rows: list[tuple[str, float]] = []
+    try:
+        # Warm the OS file cache once so that every repeat measures the same thing (a truly
+        # first run after boot also reads ~400 MB of torch libraries from disk).
+        subprocess.run([*cnnzoo_command(), "predict", str(photo)], check=True,
+                       stdout=subprocess.DEVNULL)  # fmt: skip
+        rows.append(("python -c 'import torch'", wall([py, "-c", "import torch"], args.repeats)))
+        rows.append(("python -c 'import cnnzoo.cli'",
+                     wall([py, "-c", "import cnnzoo.cli"], args.repeats)))  # fmt: skip
+        e2e = wall([*cnnzoo_command(), "predict", str(photo), "--model", args.model],
+                   args.repeats)  # fmt: skip
+
+        import torch
+
+        from cnnzoo.models import create_model
+        from cnnzoo.weights import create_pretrained
+
+        torch.set_num_threads(1)  # what `cnnzoo predict` uses for one batch
+        t_build, _ = timed(lambda: create_model(args.model))
+        t_load, model = timed(lambda: create_pretrained(args.model, "imagenet").eval())
+        pre = model.weights_info.preprocessing
+        t_img, x = timed(lambda: pre.load(photo)[None])
+        rows += [
+            (f"  create_model({args.model!r}) (random init)", t_build),
+            (f"  create_pretrained({args.model!r}, 'imagenet') (build + load)", t_load),
+            ("  decode + preprocess the JPEG (451x300)", t_img),
+        ]
+        with torch.inference_mode():
+            rows.append(("  first forward pass (1 image, 1 thread)", timed(lambda: model(x))[0]))
+            batch = x.repeat(16, 1, 1, 1)
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                model(x)
+                one = statistics.median(timed(lambda: model(x))[0] for _ in range(10))
+                sixteen = statistics.median(timed(lambda: model(batch))[0] for _ in range(3))
+                rows += [
+                    (f"  warm forward, 1 image, {threads} thread(s) (median of 10)", one),
+                    (f"  warm forward, 16 images, {threads} thread(s) (median of 3)", sixteen),
+                ]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"cnnzoo predict benchmark -- {cpu_name()}, {os.cpu_count()} cores, "
+          f"torch {torch.__version__}, load average {load}")  # fmt: skip
+    print(f"fresh processes: median of {args.repeats}; in-process steps: one run each unless "
+          "stated\n")  # fmt: skip
+    width = max(len(r[0]) for r in rows) + 2
+    print(f"{'step':<{width}}{'seconds':>9}")
+    print("-" * (width + 9))
+    for name, sec in rows:
+        print(f"{name:<{width}}{sec:>9.3f}")
+    print("-" * (width + 9))
+    verdict = "meets" if e2e < GOAL_S else "MISSES"
+    print(f"{'cnnzoo predict chelsea.jpg (end to end)':<{width}}{e2e:>9.3f}   "
+          f"{verdict} the < {GOAL_S:.0f} s goal")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""`cnnzoo data`: export a built-in data set as an image folder, or check what a folder holds.
+
+cnnzoo data export fashion-mnist DIR --classes tshirt,trouser,sneaker --per-class 50
+cnnzoo data info DIR --img-size 64
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    e = sub.add_parser(
+        "export",
+        help="write a built-in data set as image files (class sub-folders)",
+        description="Write a built-in data set as PNG files in one sub-folder per class: the "
+        "layout your own images need for `cnnzoo train/transfer --data DIR`.",
+    )
+    e.add_argument("name", help="built-in data set: fashion-mnist, digits, or cells (synthetic "
+                   "microscopy: images/ + masks/ + instances/ for segmentation)")
+    e.add_argument("dir", help="output folder (must be new or empty unless --overwrite)")
+    e.add_argument(
+        "--classes",
+        help="comma-separated class names or indices, e.g. tshirt,trouser,sneaker (default: all)",
+    )
+    e.add_argument("--per-class", type=int,
+                   help="images per class (default: all; cells: number of images, default 200)")
+    e.add_argument("--split", default="train", choices=("train", "test"), help="default: train")
+    e.add_argument("--seed", type=int, default=0, help="which images --per-class picks")
+    e.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
+
+    i = sub.add_parser(
+        "info",
+        help="load a data set as training would and print its classes and counts",
+        description="Load an image folder, a CSV manifest or a built-in set the way `train` "
+        "does (bad files are reported and skipped) and print classes, counts and sizes.",
+    )
+    i.add_argument("source", help="image folder, CSV manifest, fashion-mnist or digits")
+    i.add_argument("--img-size", type=int, help="resize images to this square size")
+    i.add_argument("--channels", type=int, choices=(1, 3), default=3, help="default: 3")
+    i.add_argument("--val-fraction", type=float, default=0.2, help="when there is no val/ folder")
+    i.add_argument("--seed", type=int, default=0, help="seed of the stratified split")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "export":
+        return _export(args)
+    return _info(args)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ..data.export import ExportOptions, export_dataset
+
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    options = ExportOptions(
+        classes=classes,
+        per_class=args.per_class,
+        split=args.split,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
+    print(export_dataset(args.name, args.dir, options))
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from ..data.builtin import load_dataset
+    from ..data.images import ImageSpec
+
+    spec = ImageSpec(size=args.img_size, channels=args.channels)
+    splits = load_dataset(args.source, spec, val_fraction=args.val_fraction, seed=args.seed)
+    parts = [("train", splits.train), ("val", splits.val)]
+    if splits.test is not None:
+        parts.append(("test", splits.test))
+    counts = {name: ds.class_counts() for name, ds in parts}
+    width = max(len("class"), *(len(c) for c in splits.class_names))
+    print(f"{'class':<{width}}" + "".join(f"{name:>8}" for name, _ in parts))
+    for k, cls in enumerate(splits.class_names):
+        print(f"{cls:<{width}}" + "".join(f"{counts[name][k]:>8}" for name, _ in parts))
+    print(f"{'total':<{width}}" + "".join(f"{len(ds):>8}" for _, ds in parts))
+    c, h, w = splits.train.images.shape[1:]
+    print(
+        f"\n{splits.num_classes} classes, images {c}x{h}x{w}; {len(splits.skipped)} files skipped"
+    )
+    return 0

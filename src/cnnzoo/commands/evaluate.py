@@ -1,0 +1,45 @@
+"""`cnnzoo evaluate CHECKPOINT [--data ...]`: accuracy, top-5 and the confusion matrix."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="last.pt or best.pt written by `cnnzoo train`")
+    p.add_argument("--data", default=None,
+                   help="image folder, CSV manifest, 'fashion-mnist' or 'digits' (default: the "
+                        "data set the checkpoint was trained on, its validation split)")
+    p.add_argument("--split", choices=("val", "test", "all"), default=None,
+                   help="which images: the run's validation split (default on the training "
+                        "data and built-ins), the test part, or all (default on other data)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--confusion", metavar="PNG", help="also write the confusion matrix as a PNG")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..engine.report import per_class_table, plot_confusion
+    from ..engine.run import evaluate_checkpoint
+
+    metrics, acc, names = evaluate_checkpoint(args.checkpoint, args.data,
+                                              batch_size=args.batch_size, split=args.split)
+    if args.confusion:
+        from pathlib import Path
+
+        plot_confusion(acc.confusion, names, Path(args.confusion))
+    if args.json:
+        print(json.dumps({**metrics, "classes": names, "confusion": acc.confusion.tolist(),
+                          **acc.per_class()}))
+        return 0
+    n = int(acc.confusion.sum())
+    print(f"{n} images: accuracy {metrics['acc']:.4f}  top-5 {metrics['top5']:.4f}  "
+          f"loss {metrics['loss']:.4f}")
+    width = max(5, *(len(c) for c in names))
+    print("confusion matrix (rows: true class, columns: predicted)")
+    print(" " * width + " " + " ".join(f"{i:>5d}" for i in range(len(names))))
+    for i, (name, row) in enumerate(zip(names, acc.confusion.tolist(), strict=True)):
+        print(f"{name:>{width}} " + " ".join(f"{v:>5d}" for v in row) + f"   ({i})")
+    print("\n".join(per_class_table(acc, names)))
+    return 0

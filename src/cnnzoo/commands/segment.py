@@ -1,0 +1,119 @@
+"""`cnnzoo segment`: masks and contour overlays from a trained U-Net, for images of any size.
+
+    cnnzoo segment scan.png --checkpoint runs/unet/best.pt --out masks/
+    cnnzoo segment folder/ --checkpoint runs/unet/best.pt --tile 256
+
+Each image is decoded on its own (a bad file prints one line; the others are still segmented;
+the exit code is then 1) and segmented with the paper's overlap-tile strategy
+(`cnnzoo.segmentation.tiling`), so memory stays bounded whatever the image size. Writes
+`<stem>_mask.png` (0/255 for two classes, class indices otherwise: the format training reads)
+and `<stem>_overlay.png` (the predicted contours over the image).
+
+Also home of the segmentation options of `cnnzoo train --task segmentation`
+(`add_training_arguments`), so that they live next to the rest of the segmentation CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_training_arguments(p: argparse.ArgumentParser) -> None:
+    """The `--task segmentation` options of `cnnzoo train`."""
+    g = p.add_argument_group("segmentation (--task segmentation; model unet)")
+    g.add_argument("--loss", choices=("ce", "dice", "ce+dice", "weighted_ce"), default="ce+dice",
+                   help="weighted_ce: U-Net's border-weighted cross-entropy (default ce+dice)")
+    g.add_argument("--classes", help="class names in index order, e.g. background,cell "
+                   "(default: classes.txt in the folder, else 0, 1, ...)")
+    g.add_argument("--crop", type=int, default=None,
+                   help="training tile side in pixels (default 128; snapped to a legal size)")
+    g.add_argument("--padding", choices=("same", "valid"), default="same",
+                   help="'valid' is the paper's net (output smaller than input); default same")
+    g.add_argument("--base-width", type=int, default=16,
+                   help="channels of the first U-Net level (paper: 64; default 16)")
+    g.add_argument("--encoder", metavar="NAME", default=None,
+                   help="a zoo classifier as the contracting path: resnet18, resnet34, "
+                        "resnet50, vgg16_bn or efficientnet_lite0")
+    g.add_argument("--encoder-weights", metavar="imagenet|FILE", default=None,
+                   help="pretrained weights of the encoder")
+    g.add_argument("--cells", type=int, default=200,
+                   help="--data cells: number of synthetic images (default 200)")
+    g.add_argument("--elastic", type=float, default=10.0,
+                   help="elastic deformation std in pixels (paper: 10; 0 disables)")
+    g.add_argument("--w0", type=float, default=10.0, help="weighted_ce border weight (paper: 10)")
+    g.add_argument("--sigma", type=float, default=5.0,
+                   help="weighted_ce border width in pixels (paper: about 5)")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+    p.add_argument("--checkpoint", required=True, metavar="FILE",
+                   help="best.pt or last.pt of `cnnzoo train unet --task segmentation`")
+    p.add_argument("--out", metavar="DIR", default="segmented",
+                   help="output folder (default ./segmented)")
+    p.add_argument("--tile", type=int, default=512,
+                   help="input tile side in pixels (default 512; bounds the memory)")
+    p.add_argument("--margin", type=int, default=None,
+                   help="context per tile side in 'same' mode (default: the receptive-field "
+                        "radius, which makes the tiles agree exactly with a whole-image pass)")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+
+
+def write_mask_png(mask, num_classes: int, path: Path) -> Path:
+    """Save a (H, W) class-index mask: 0/255 for two classes, indices otherwise."""
+    import numpy as np
+    from PIL import Image
+
+    m = np.asarray(mask, dtype=np.uint8)
+    Image.fromarray(m * 255 if num_classes == 2 else m).save(path)
+    return path
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from ..data.images import load_image
+    from ..errors import ImageError
+    from ..segmentation.tiling import predict_tiled
+    from ..segmentation.training import load_segmenter
+    from ..segmentation.visual import overlay
+    from .predict import expand_paths
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    paths = expand_paths(args.images)
+    if not paths:
+        print("cnnzoo segment: no image files found in " + ", ".join(args.images),
+              file=sys.stderr)
+        return 1
+    model, meta = load_segmenter(args.checkpoint)
+    k, channels = int(meta["num_classes"]), int(meta["in_chans"])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    for path in tqdm(paths, desc="segment", leave=False, disable=len(paths) < 2):
+        try:
+            img = np.array(load_image(path, 1 if channels == 1 else 3))
+        except ImageError as exc:
+            print(f"cnnzoo segment: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        chw = torch.from_numpy(img[None] if img.ndim == 2 else img.transpose(2, 0, 1).copy())
+        mask = predict_tiled(model, chw, tile=args.tile, margin=args.margin,
+                             batch_size=args.batch_size, mean=tuple(meta["mean"]),
+                             std=tuple(meta["std"]), output="mask",
+                             progress=len(paths) == 1).numpy()
+        stem = Path(path).stem
+        mask_path = write_mask_png(mask, k, out / f"{stem}_mask.png")
+        overlay_path = out / f"{stem}_overlay.png"
+        Image.fromarray(overlay(img, mask)).save(overlay_path)
+        share = ", ".join(f"{name} {float((mask == i).mean()):.1%}"
+                          for i, name in enumerate(meta.get("class_names") or range(k)))
+        print(f"{path}: {img.shape[1]}x{img.shape[0]} -> {mask_path}, {overlay_path} ({share})")
+    return 1 if failed else 0

@@ -1,0 +1,142 @@
+"""`cnnzoo train`: train a zoo model from scratch (or grown from a shallower one) on a data set.
+
+    cnnzoo train lenet5 --data digits --epochs 10
+    cnnzoo train resnet20 --data fashion-mnist --epochs 8 --batch-size 256 --lr 0.2
+    cnnzoo train vgg13 --data DIR --init-from runs/vgg11/best.pt      # growth, Simonyan & Zisserman
+    torchrun --nproc-per-node 2 -m cnnzoo train resnet20 --data fashion-mnist   # data parallel
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _model_arg(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    for cast in (int, float):
+        try:
+            return key, cast(value)
+        except ValueError:
+            pass
+    if value.lower() in ("true", "false"):
+        return key, value.lower() == "true"
+    return key, value
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="zoo model name (`cnnzoo models` lists them)")
+    p.add_argument("--data", required=True,
+                   help="image folder (one sub-folder per class), CSV manifest, 'fashion-mnist' "
+                        "or 'digits'")
+    p.add_argument("--task", choices=("classification", "segmentation"), default="classification")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="default 128 (segmentation: 8)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate (default 0.1 for sgd, 2e-3 for adamw)")
+    p.add_argument("--optimizer", choices=("sgd", "adamw"), default=None,
+                   help="default sgd (segmentation: adamw, lr 3e-3, weight decay 1e-4)")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--no-nesterov", dest="nesterov", action="store_false")
+    p.add_argument("--schedule", choices=("onecycle", "cosine", "constant"), default="onecycle")
+    p.add_argument("--warmup-epochs", type=float, default=0.0,
+                   help="linear warm-up for cosine/constant schedules")
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="default 5e-4 for sgd, 0.05 for adamw; never on norms and biases")
+    p.add_argument("--grad-clip", type=float, default=None, help="max gradient norm")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="auto: time both on this CPU and model, keep the faster")
+    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto")
+    p.add_argument("--freeze-bn", action="store_true",
+                   help="freeze BatchNorm layers: running statistics are used, not updated, "
+                        "and their scale/shift do not train")
+    p.add_argument("--patience", type=int, default=None,
+                   help="early stopping: epochs without a better validation loss; the best "
+                        "weights are restored")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint")
+    p.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="start from a trained shallower net of the same family (growth)")
+    p.add_argument("--grow-rule", choices=("paper", "all"), default="paper",
+                   help="VGG growth: the paper's first four convs + dense layers, or every "
+                        "conv whose place exists in both")
+    p.add_argument("--out", metavar="DIR", help="output folder (default runs/MODEL)")
+    p.add_argument("--img-size", type=int, default=None,
+                   help="input size (default: built-ins keep their size, raised to the model's "
+                        "minimum; folders use the model's default)")
+    p.add_argument("--augment", choices=("none", "flip-crop", "crop", "photo"), default=None,
+                   help="default: crop for digits, flip-crop otherwise")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--model-arg", type=_model_arg, action="append", default=[],
+                   metavar="KEY=VALUE",
+                   help="extra model option, e.g. width_mult=0.25 (repeatable)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
+    from .segment import add_training_arguments
+
+    add_training_arguments(p)
+
+
+def config_from_args(args: argparse.Namespace):
+    from ..engine.loop import TrainConfig
+
+    adamw = args.optimizer == "adamw"
+    return TrainConfig(
+        epochs=args.epochs, optimizer=args.optimizer or "sgd",
+        lr=args.lr if args.lr is not None else (2e-3 if adamw else 0.1),
+        momentum=args.momentum, nesterov=args.nesterov,
+        weight_decay=args.weight_decay if args.weight_decay is not None else
+        (0.05 if adamw else 5e-4),
+        schedule=args.schedule, warmup_epochs=args.warmup_epochs, grad_clip=args.grad_clip,
+        precision=args.precision, channels_last=args.channels_last, freeze_bn=args.freeze_bn,
+        patience=args.patience, seed=args.seed, progress=args.progress,
+        tensorboard=args.tensorboard,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..engine.distributed import cleanup, init_distributed
+    from ..engine.run import DataOptions, out_dir_for, train_classifier
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dist = init_distributed()
+    config = config_from_args(args)
+    out = out_dir_for(args.model, args.out)
+
+    def say(msg: str) -> None:
+        if dist.is_main:
+            print(msg, file=sys.stderr)
+
+    try:
+        if args.task == "segmentation":
+            # Segmentation is a configuration of the same loop; its data, losses and metrics
+            # live in cnnzoo.segmentation (issue 7).
+            from ..segmentation.training import train_segmentation
+
+            result = train_segmentation(args, config, out_dir=out, dist=dist, say=say)
+        else:
+            data = DataOptions(args.data, img_size=args.img_size,
+                               batch_size=args.batch_size or 128,
+                               augment=args.augment, val_fraction=args.val_fraction)
+            result = train_classifier(
+                args.model, data, config, out_dir=out, resume=args.resume,
+                init_from=args.init_from, grow_rule=args.grow_rule,
+                label_smoothing=args.label_smoothing, model_kwargs=dict(args.model_arg),
+                dist=dist, say=say)
+    finally:
+        cleanup()
+    if dist.is_main:
+        final = ", ".join(f"{k} {v:.4f}" for k, v in result.final.items())
+        print(f"{args.model}: best {result.monitor} {result.best_value:.4f} at epoch "
+              f"{result.best_epoch}; final validation {final}")
+        print(f"checkpoints, metrics and report in {out}/")
+    return 0

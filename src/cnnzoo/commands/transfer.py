@@ -1,0 +1,160 @@
+"""`cnnzoo transfer`: a pretrained backbone + a new head on your image folder -> a bundle.
+
+    cnnzoo transfer DATA --model efficientnet_lite0 --weights imagenet --out runs/parts
+    cnnzoo transfer DATA --mode features --head mlp          # seconds, once features are cached
+    cnnzoo transfer DATA --model vgg16 --weights vgg16-397923af.pth --mode finetune
+    cnnzoo predict photo.jpg --bundle runs/parts/bundle
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", metavar="DATA",
+                   help="image folder (one sub-folder per class, optionally train/ val/ test/) "
+                        "or CSV manifest (path,label[,split])")  # fmt: skip
+    p.add_argument("--model", default="efficientnet_lite0",
+                   help="zoo model name (default efficientnet_lite0)")
+    p.add_argument("--weights", default="imagenet",
+                   help="'imagenet' (default) or a checkpoint file (.pth/.pt/.safetensors/.h5) "
+                        "in torchvision, timm, Keras or cnnzoo layout")  # fmt: skip
+    p.add_argument("--mode", choices=("features", "finetune", "both"), default="both",
+                   help="features: frozen backbone + new head (fast); finetune: head, then the "
+                        "whole net; both (default): features, then fine-tune from that head")  # fmt: skip
+    p.add_argument("--head", choices=("linear", "mlp"), default="linear",
+                   help="linear: logistic regression with L2 tuned by cross-validation (default)")
+    p.add_argument("--l2", type=float, default=None, help="fixed L2 strength (default: tuned)")
+    p.add_argument("--views", type=int, default=2, choices=(1, 2, 3, 4),
+                   help="views per image for features and prediction: 1 image, 2 + mirror "
+                        "(default), 3 + centre zoom, 4 + its mirror")  # fmt: skip
+    p.add_argument("--img-size", type=int, default=None,
+                   help="input size (default: the weights', 224 for ImageNet)")
+    p.add_argument("--fit", choices=("crop", "resize"), default="crop",
+                   help="crop: the weights' resize + centre crop (default); resize: squash the "
+                        "whole image (small, tightly framed images)")  # fmt: skip
+    p.add_argument("--epochs", type=int, default=6, help="fine-tuning epochs (default 6)")
+    p.add_argument("--head-epochs", type=int, default=3,
+                   help="epochs of the head alone before fine-tuning (mode finetune; default 3)")
+    p.add_argument("--lr", type=float, default=1e-3, help="head learning rate (default 1e-3)")
+    p.add_argument("--lr-decay", type=float, default=0.4,
+                   help="learning-rate factor per backbone block, head to stem (default 0.4)")
+    p.add_argument("--update-bn", action="store_true",
+                   help="update BatchNorm statistics while fine-tuning (default: frozen)")
+    p.add_argument("--patience", type=int, default=3,
+                   help="early stopping on validation loss (default 3; 0 turns it off)")
+    p.add_argument("--augment", choices=("none", "flip-crop", "crop", "photo"),
+                   default="flip-crop", help="fine-tuning augmentation (default flip-crop)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="validation share when DATA has no val/ part (default 0.2)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
+    p.add_argument("--cache", metavar="DIR", default=None,
+                   help="feature cache folder (default $CNNZOO_CACHE/features)")
+    p.add_argument("--no-cache", dest="use_cache", action="store_false")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted fine-tuning in --out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="output folder (default runs/transfer-MODEL)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    from ..transfer import FinetuneConfig, TransferConfig
+
+    ft = FinetuneConfig(
+        head_epochs=args.head_epochs, epochs=args.epochs, lr=args.lr, lr_decay=args.lr_decay,
+        freeze_bn=not args.update_bn, patience=args.patience or None, batch_size=args.batch_size,
+        augment=args.augment, precision=args.precision, seed=args.seed, progress=args.progress,
+    )  # fmt: skip
+    return TransferConfig(
+        mode=args.mode, head=args.head, l2=args.l2, views=args.views, img_size=args.img_size,
+        fit=args.fit, batch_size=args.batch_size, val_fraction=args.val_fraction,
+        precision=args.precision, cache_dir=args.cache, use_cache=args.use_cache,
+        seed=args.seed, progress=args.progress, finetune=ft,
+    )  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..transfer import transfer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out) if args.out else Path("runs") / f"transfer-{args.model}"
+    result = transfer(args.data, model=args.model, weights=args.weights, out=out,
+                      config=config_from_args(args), resume=args.resume)  # fmt: skip
+    m = result.metrics
+    stages = ", ".join(f"{s} {m[s]['val_acc']:.3f}" for s in ("features", "finetune") if s in m)
+    print(f"{args.model}: validation accuracy {stages}; kept {m['kept']}")
+    print(f"bundle, report and checkpoints in {out}/")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# `cnnzoo predict IMAGE... --bundle DIR` (the option lives in commands/predict.py)
+
+
+def probability_line(probs: Sequence[float]) -> str:
+    """The lecture's format: "[0.   0.99 0.01 0.   0.  ]" -- numpy's print of the rounded
+    probabilities, in class order."""
+    import numpy as np
+
+    return np.array2string(np.round(np.asarray(probs, dtype=np.float64), 2), precision=2,
+                           suppress_small=True)  # fmt: skip
+
+
+def predict_with_bundle(bundle_dir: str | os.PathLike[str], paths: Sequence[Path], *,
+                        top: int = 5, as_json: bool = False) -> int:  # fmt: skip
+    """Print, per image, "Prediction: <class>  Probability: [...]" and the top-k classes (or
+    JSON). An unreadable image prints one error line and the others are still predicted;
+    returns 1 if any failed, else 0."""
+    import torch
+
+    from ..errors import ImageError
+    from ..transfer import load_bundle
+    from .predict import format_predictions
+
+    bundle = load_bundle(bundle_dir)
+    names = bundle.class_names
+    results: list[dict[str, Any]] = []
+    good: list[tuple[dict[str, Any], Any]] = []
+    failed = 0
+    for path in paths:  # decoded one by one: a bad file costs only its own line
+        r: dict[str, Any] = {"image": os.fspath(path)}
+        results.append(r)
+        try:
+            good.append((r, bundle.load_images([path])[0]))
+        except ImageError as exc:
+            r["error"] = str(exc)
+            failed += 1
+    pred = bundle.predict(torch.stack([x for _, x in good])) if good else None
+    for i, (r, _) in enumerate(good):
+        probs = pred.probabilities[i]
+        order = probs.argsort(descending=True)[: max(1, min(top, len(names)))].tolist()
+        r.update(prediction=pred.classes[i], probabilities=dict(zip(names, probs.tolist(), strict=True)),
+                 predictions=[{"rank": k, "index": j, "class": names[j],
+                               "probability": float(probs[j])}
+                              for k, j in enumerate(order, 1)])  # fmt: skip
+    for r in results:
+        if "error" in r:
+            print(f"cnnzoo predict: error: {r['error']}", file=sys.stderr)
+        elif not as_json:
+            print(r["image"])
+            print(f"Prediction: {r['prediction']}  Probability: "
+                  f"{probability_line(list(r['probabilities'].values()))}")  # fmt: skip
+            print("\n".join(format_predictions(r["predictions"])))
+    if as_json:
+        json.dump(results, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    return 1 if failed else 0

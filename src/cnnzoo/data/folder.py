@@ -1,0 +1,411 @@
+"""Image folders and CSV manifests -> an in-memory `Splits` of uint8 tensors.
+
+Layouts (class names are folder names, sorted as torchvision's ImageFolder and Keras sort them):
+
+    DIR/cat/1.jpg, DIR/dog/2.png, ...              -> stratified train/val split (seeded)
+    DIR/train/cat/..., DIR/val/cat/...             -> those parts ('valid', 'validation' too)
+    DIR/train/..., DIR/test/...                    -> test/ serves as validation
+    DIR/train/..., DIR/val/..., DIR/test/...       -> train, val and test
+    labels.csv with rows `path,label[,split]`      -> paths relative to the CSV's folder
+
+Bad files never stop loading: a file with an image extension that does not decode (corrupt,
+truncated, empty, not really an image) is skipped with one warning line naming it and the cause,
+and a count follows at the end. Hidden files and folders (".DS_Store", "._x.jpg"), Thumbs.db and
+desktop.ini are skipped silently; other files without an image extension (notes.txt, a CSV) are
+listed in one note line. What cannot be trained on -- no images, one class, a class folder with
+no readable image -- raises a one-line `DataError` that says what to do.
+
+Messages go to the "cnnzoo.data" logger; without logging configured Python prints them to stderr.
+Decoding runs on `workers` threads (PIL releases the GIL while decoding and resizing).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import DataError, ImageError
+from .dataset import ImageDataset, Splits
+from .images import IMAGE_EXTENSIONS, ImageSpec
+
+log = logging.getLogger("cnnzoo.data")
+
+TRAIN_DIRS = ("train", "training")
+VAL_DIRS = ("val", "valid", "validation")
+TEST_DIRS = ("test", "testing")
+_QUIET = {"thumbs.db", "desktop.ini"}
+_EXAMPLE = "one sub-folder per class, e.g. DIR/cat/1.jpg and DIR/dog/2.jpg"
+
+
+def _is_image_file(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _visible(name: str) -> bool:
+    return not name.startswith(".") and name.lower() not in _QUIET
+
+
+def _subdirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and _visible(p.name))
+
+
+def _files_under(folder: Path, ignored: list[Path]) -> list[Path]:
+    """Image files under `folder`, recursively, in a stable order; others go to `ignored`."""
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if _visible(d))
+        for name in sorted(filenames):
+            if not _visible(name):
+                continue
+            (found if _is_image_file(name) else ignored).append(Path(dirpath, name))
+    return found
+
+
+def _scan_classes(root: Path, ignored: list[Path]) -> dict[str, list[Path]]:
+    """{class name: image files} for a folder with one sub-folder per class."""
+    for p in root.iterdir():
+        if p.is_file() and _visible(p.name):
+            ignored.append(p)
+    return {d.name: _files_under(d, ignored) for d in _subdirs(root)}
+
+
+def _check_classes(root: Path, classes: dict[str, list[Path]], ignored: list[Path]) -> None:
+    if not any(classes.values()):
+        loose = [p for p in ignored if p.parent == root and _is_image_file(p.name)]
+        if loose:
+            raise DataError(
+                f"{root} holds images but no class sub-folders: move them into {_EXAMPLE}"
+            )
+        raise DataError(f"no images found in {root}: expected {_EXAMPLE} (or a CSV manifest)")
+    empty = [name for name, files in classes.items() if not files]
+    if empty:
+        raise DataError(
+            f"class folder {root / empty[0]} has no images"
+            + (f" (nor {', '.join(empty[1:])})" if len(empty) > 1 else "")
+            + ": add images to it or remove it"
+        )
+    if len(classes) == 1:
+        (name,) = classes
+        raise DataError(
+            f"{root} has a single class folder ({name!r}): a classifier needs two or more, "
+            f"{_EXAMPLE}"
+        )
+
+
+def _find_parts(root: Path) -> dict[str, Path]:
+    """{'train'|'val'|'test': folder} when `root` is split into such sub-folders."""
+    by_name = {d.name.lower(): d for d in _subdirs(root)}
+    # Only when every sub-folder is a part name: 'train' may also be a class (of vehicles).
+    if not by_name or not set(by_name) <= set(TRAIN_DIRS + VAL_DIRS + TEST_DIRS):
+        return {}
+    parts: dict[str, Path] = {}
+    for part, names in (("train", TRAIN_DIRS), ("val", VAL_DIRS), ("test", TEST_DIRS)):
+        for n in names:
+            if n in by_name:
+                parts[part] = by_name[n]
+                break
+    return parts if "train" in parts else {}
+
+
+def decode_images(
+    paths: Sequence[Path | str],
+    spec: ImageSpec,
+    *,
+    workers: int = 2,
+    progress: bool = True,
+    desc: str = "decoding",
+) -> tuple[list[torch.Tensor | None], list[str]]:
+    """Decode files on `workers` threads: one uint8 (C, H, W) tensor per path (None where the
+    file could not be read) and the one-line reasons for the failures, in path order."""
+
+    def one(path: Path | str) -> torch.Tensor | str:
+        try:
+            return spec.load(path)
+        except ImageError as exc:
+            return str(exc)
+
+    out: list[torch.Tensor | None] = []
+    errors: list[str] = []
+    with (
+        ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
+        tqdm(
+            total=len(paths), desc=desc, unit="img", disable=None if progress else True, leave=False
+        ) as bar,
+    ):
+        for result in pool.map(one, paths):
+            if isinstance(result, str):
+                errors.append(result)
+                out.append(None)
+            else:
+                out.append(result)
+            bar.update(1)
+    return out, errors
+
+
+def _stack(tensors: list[torch.Tensor], where: Path) -> torch.Tensor:
+    shapes = {tuple(t.shape) for t in tensors}
+    if len(shapes) > 1:
+        a, b = sorted(shapes)[:2]
+        raise DataError(
+            f"images in {where} have different sizes (e.g. {a[2]}x{a[1]} and {b[2]}x{b[1]} "
+            "pixels): give a size to resize them to (size=224, or --img-size 224)"
+        )
+    return torch.stack(tensors)
+
+
+def _build(
+    items: Sequence[tuple[Path, int]],
+    class_names: list[str],
+    spec: ImageSpec,
+    where: Path,
+    *,
+    workers: int,
+    progress: bool,
+    desc: str,
+    skipped: list[str],
+    require_all_classes: bool,
+) -> ImageDataset:
+    """Decode `items` ((file, class index)) into a data set; failures are appended to `skipped`."""
+    tensors, errors = decode_images(
+        [p for p, _ in items], spec, workers=workers, progress=progress, desc=desc
+    )
+    skipped.extend(errors)
+    good = [
+        (t, label, str(p)) for t, (p, label) in zip(tensors, items, strict=True) if t is not None
+    ]
+    if not good:
+        raise DataError(f"none of the {len(items)} images in {where} could be read (see warnings)")
+    labels = torch.tensor([label for _, label, _ in good], dtype=torch.int64)
+    if require_all_classes:
+        counts = torch.bincount(labels, minlength=len(class_names))
+        missing = [class_names[i] for i in range(len(class_names)) if counts[i] == 0]
+        if missing:
+            raise DataError(
+                f"class {missing[0]!r} in {where} has no readable image (see warnings): "
+                "add readable images or remove the class"
+            )
+    images = _stack([t for t, _, _ in good], where)
+    return ImageDataset(images, labels, class_names, [p for _, _, p in good])
+
+
+def _report(skipped: list[str], ignored: list[Path], total: int) -> None:
+    for message in skipped:
+        log.warning("skipped %s", message)
+    if skipped:
+        log.warning("skipped %d of %d image files that could not be read", len(skipped), total)
+    if ignored:
+        names = ", ".join(p.name for p in ignored[:3]) + (", ..." if len(ignored) > 3 else "")
+        log.warning(
+            "ignored %d file%s without an image extension (%s)",
+            len(ignored),
+            "" if len(ignored) == 1 else "s",
+            names,
+        )
+
+
+def load_folder(
+    root: str | os.PathLike[str],
+    spec: ImageSpec | None = None,
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    workers: int = 2,
+    progress: bool = True,
+) -> Splits:
+    """Load an image folder (layouts in the module docstring) into memory.
+
+    spec: how images are decoded and sized (default: RGB at each image's own size, which needs
+    equally sized images). val_fraction/seed: the stratified split used when the folder has no
+    val/ (or valid/, validation/, test/) part.
+    """
+    spec = spec or ImageSpec()
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder: give an image folder ({_EXAMPLE})")
+    ignored: list[Path] = []
+    parts = _find_parts(root)
+    if not parts:
+        parts = {"train": root}
+    scans = {part: _scan_classes(folder, ignored) for part, folder in parts.items()}
+    _check_classes(parts["train"], scans["train"], ignored)
+    class_names = list(scans["train"])
+    index = {name: i for i, name in enumerate(class_names)}
+    for part in ("val", "test"):
+        for name, files in scans.get(part, {}).items():
+            if name not in index and files:
+                raise DataError(
+                    f"{parts[part] / name} is a class that {parts['train']} does not have: "
+                    "add it to the training folder or remove it"
+                )
+
+    skipped: list[str] = []
+    total = 0
+    datasets: dict[str, ImageDataset] = {}
+    for part, classes in scans.items():
+        items = [(f, index[name]) for name, files in classes.items() for f in files]
+        if not items:
+            continue
+        total += len(items)
+        datasets[part] = _build(
+            items,
+            class_names,
+            spec,
+            parts[part],
+            workers=workers,
+            progress=progress,
+            desc=f"decoding {part}",
+            skipped=skipped,
+            require_all_classes=part == "train",
+        )
+    _report(skipped, ignored, total)
+    return _assemble(datasets, skipped, val_fraction, seed)
+
+
+def _assemble(
+    datasets: dict[str, ImageDataset], skipped: list[str], val_fraction: float, seed: int
+) -> Splits:
+    train = datasets["train"]
+    val = datasets.get("val")
+    test = datasets.get("test")
+    if val is None and test is not None:
+        val, test = test, None  # train/ + test/ only: test/ is what there is to validate on
+    if val is None:
+        train, val = train.split(val_fraction, seed)
+    for part in (val, test):
+        if part is not None and part.images.shape[1:] != train.images.shape[1:]:
+            raise DataError(
+                "the train and validation images have different sizes: "
+                "give a size to resize them to (size=224, or --img-size 224)"
+            )
+    return Splits(train, val, test, skipped)
+
+
+_SPLIT_NAMES = {
+    **{n: "train" for n in TRAIN_DIRS},
+    **{n: "val" for n in VAL_DIRS},
+    **{n: "test" for n in TEST_DIRS},
+}
+
+
+def _class_order(labels: set[str]) -> list[str]:
+    # Integer labels sort as numbers ("2" before "10"); names sort as ImageFolder sorts folders.
+    if all(label.lstrip("-").isdigit() for label in labels):
+        return sorted(labels, key=int)
+    return sorted(labels)
+
+
+def load_csv(
+    manifest: str | os.PathLike[str],
+    spec: ImageSpec | None = None,
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    workers: int = 2,
+    progress: bool = True,
+) -> Splits:
+    """Load a CSV manifest: rows `path,label` and optionally a third column `split`
+    (train / val / test). A header row naming the columns is optional; relative paths are
+    relative to the CSV's folder. Without a split column, a stratified split is made."""
+    spec = spec or ImageSpec()
+    manifest = Path(manifest)
+    if not manifest.is_file():
+        raise DataError(f"{manifest} does not exist: give a CSV with rows `path,label`")
+    base = manifest.parent
+    with open(manifest, newline="", encoding="utf-8-sig") as fh:
+        rows = [r for r in csv.reader(fh)]
+    columns = {"path": 0, "label": 1, "split": 2}
+    start = 0
+    if rows and rows[0] and rows[0][0].strip().lower() in ("path", "file", "filename", "image"):
+        header = [h.strip().lower() for h in rows[0]]
+        columns = {
+            "path": 0,
+            "label": header.index("label") if "label" in header else 1,
+            "split": header.index("split") if "split" in header else -1,
+        }
+        start = 1
+    entries: list[tuple[Path, str, str]] = []
+    skipped: list[str] = []
+    for lineno, row in enumerate(rows[start:], start=start + 1):
+        if not row or all(not c.strip() for c in row):
+            continue
+        try:
+            path, label = row[columns["path"]].strip(), row[columns["label"]].strip()
+        except IndexError:
+            path, label = "", ""
+        split = "train"
+        if 0 <= columns["split"] < len(row) and row[columns["split"]].strip():
+            split = _SPLIT_NAMES.get(row[columns["split"]].strip().lower(), "")
+        if not path or not label or not split:
+            skipped.append(f"{manifest} line {lineno}: expected `path,label[,train|val|test]`")
+            continue
+        entries.append((base / path, label, split))
+    if not entries:
+        raise DataError(f"{manifest} lists no images: write one `path,label` row per image")
+    class_names = _class_order({label for _, label, split in entries if split == "train"})
+    if len(class_names) < 2:
+        raise DataError(
+            f"{manifest} has {len(class_names)} class among its training rows: "
+            "a classifier needs two or more labels"
+        )
+    index = {name: i for i, name in enumerate(class_names)}
+    for path, label, split in entries:
+        if label not in index:
+            raise DataError(
+                f"{manifest}: {path.name} ({split}) has label {label!r}, which no training row has: "
+                "fix the label or add training images of it"
+            )
+    datasets: dict[str, ImageDataset] = {}
+    for part in ("train", "val", "test"):
+        items = [(p, index[label]) for p, label, split in entries if split == part]
+        if items:
+            datasets[part] = _build(
+                items,
+                class_names,
+                spec,
+                manifest,
+                workers=workers,
+                progress=progress,
+                desc=f"decoding {part}",
+                skipped=skipped,
+                require_all_classes=part == "train",
+            )
+    _report(skipped, [], len(entries))
+    return _assemble(datasets, skipped, val_fraction, seed)
+
+
+def write_image_folder(
+    dataset: ImageDataset,
+    root: str | os.PathLike[str],
+    *,
+    stems: Sequence[str] | None = None,
+    exist_ok: bool = False,
+) -> list[int]:
+    """Write a data set as PNGs in class sub-folders (the layout `load_folder` reads).
+
+    Files are named `<stem>.png`, stems defaulting to the zero-padded index in `dataset`.
+    Refuses a folder that already holds files unless exist_ok (files of the same name are then
+    overwritten; nothing is deleted). Returns the number of images written per class.
+    """
+    from PIL import Image
+
+    root = Path(root)
+    if root.exists() and any(root.iterdir()) and not exist_ok:
+        raise DataError(f"{root} is not empty: choose a new folder (or overwrite: --overwrite)")
+    if stems is None:
+        width = len(str(max(len(dataset) - 1, 0)))
+        stems = [f"{i:0{width}d}" for i in range(len(dataset))]
+    for name in dataset.class_names:
+        (root / name).mkdir(parents=True, exist_ok=True)
+    for i in range(len(dataset)):
+        a = dataset.images[i].permute(1, 2, 0).numpy()
+        img = Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a)
+        name = dataset.class_names[int(dataset.labels[i])]
+        img.save(root / name / f"{stems[i]}.png")
+    return dataset.class_counts()

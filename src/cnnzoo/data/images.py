@@ -1,0 +1,278 @@
+"""Decoding one image file into a PIL image in RGB or L, and the resize helpers everyone uses.
+
+Every reader of user images in cnnzoo (image folders, `predict`, `transfer`, `segment`) goes
+through `load_image`, so that every image mode decodes the same way and every unreadable file
+fails with the same one-line `ImageError` naming the file and the cause (the peers' users lose
+whole training runs to an error that does not say which file: vision #138, pytorch #7238).
+
+Mode conversion, decided once here:
+
+- RGB / L pass through; "1" (bilevel) becomes L; P, CMYK, YCbCr, HSV, LAB become RGB.
+- Alpha (RGBA, LA, PA, P with transparency) is composited on white by default -- transparent
+  product photos and icons are drawn on a white page, and a black background would turn dark
+  objects into silhouettes; `alpha="drop"` keeps the stored colour of transparent pixels instead.
+- 16-bit grey (I;16, I;16B, I;16L) is scaled to 8 bits by 255/65535 with rounding. PIL's own
+  `convert("L")` clips everything above 255 to white, which turns a 16-bit scan into a mask.
+- 32-bit integer grey ("I") is treated as 16-bit data (what older Pillow versions produced for
+  16-bit PNGs), clipped to 0..65535 and scaled as above.
+- Float grey ("F", e.g. float TIFF): values in [0, 1] are multiplied by 255; any other range is
+  stretched linearly from its minimum to its maximum; NaN becomes 0.
+- The EXIF orientation tag is applied (phones store portrait photos as rotated landscapes).
+- Multi-frame files (GIF, TIFF stacks) give their first frame.
+
+Decompression bombs: an image with more pixels than `PIL.Image.MAX_IMAGE_PIXELS` (89,478,485 by
+default, about 9,459 x 9,459) is refused with an `ImageError` before its pixels are decoded. Raise
+that module attribute to accept larger images (or set it to None to disable the check).
+
+Sizes follow torch: `size` is an int (square, or the shorter side) or `(height, width)`.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import ImageError
+
+Interpolation = Literal["nearest", "bilinear", "bicubic", "lanczos"]
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+# File suffixes PIL decodes that users keep photos and scans in. Folder readers use this to tell
+# an image that failed to decode (warned about) from a file that was never meant to be an image.
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".gif", ".tif", ".tiff",
+     ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".jp2", ".j2k"}
+)  # fmt: skip
+
+# `warnings.catch_warnings` swaps the process-wide filter list, so two decoding threads entering
+# it at once could leave the "error" filter installed for good; the lock serialises only the
+# header read in `Image.open` (microseconds), never the pixel decoding.
+_OPEN_LOCK = threading.Lock()
+
+
+def _fail(path: str | os.PathLike[str], cause: str) -> ImageError:
+    cause = " ".join(str(cause).split())  # one line, whatever PIL's message looked like
+    return ImageError(f"{os.fspath(path)}: {cause}")
+
+
+def load_image(
+    path: str | os.PathLike[str],
+    channels: Literal[1, 3] = 3,
+    *,
+    alpha: Literal["white", "drop"] = "white",
+) -> Image.Image:
+    """Decode an image file into a PIL image in mode RGB (channels=3) or L (channels=1).
+
+    Any mode PIL reads is accepted (see the module docstring for how each one converts); the
+    EXIF orientation is applied. Raises `ImageError` with one line naming the file and the cause:
+    missing, empty, not an image, truncated/corrupt data, or a decompression bomb.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, not {channels!r}")
+    try:
+        size = os.path.getsize(path)
+    except FileNotFoundError:
+        raise _fail(path, "no such file") from None
+    except OSError as exc:
+        raise _fail(path, f"cannot read the file ({exc.strerror or exc})") from None
+    if size == 0:
+        raise _fail(path, "empty file (0 bytes)")
+    try:
+        with open(path, "rb") as fh:
+            with _OPEN_LOCK, warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(fh)
+            _check_pixels(path, img.size)
+            img.load()  # decode now, while the file is open and errors can name it
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise _fail(path, "not an image (PIL does not recognise the format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _fail(path, f"refused as a decompression bomb ({exc})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        # PIL reports truncated files as OSError("image file is truncated"), broken streams as
+        # OSError/SyntaxError/ValueError depending on the plugin.
+        raise _fail(path, f"truncated or corrupt image data ({exc})") from None
+    try:
+        return convert_image(img, channels, alpha=alpha)
+    except (OSError, ValueError) as exc:
+        raise _fail(path, f"cannot convert mode {img.mode} ({exc})") from None
+
+
+def _check_pixels(path: str | os.PathLike[str], size: tuple[int, int]) -> None:
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and size[0] * size[1] > limit:
+        raise _fail(
+            path,
+            f"refused as a decompression bomb ({size[0]}x{size[1]} = {size[0] * size[1]:,} pixels "
+            f"> PIL.Image.MAX_IMAGE_PIXELS = {limit:,}; raise that limit if the image is genuine)",
+        )
+
+
+def convert_image(
+    img: Image.Image,
+    channels: Literal[1, 3] = 3,
+    *,
+    alpha: Literal["white", "drop"] = "white",
+    exif: bool = True,
+) -> Image.Image:
+    """Convert an already-open PIL image to RGB or L the way `load_image` does (EXIF included)."""
+    if exif:
+        try:
+            img = ImageOps.exif_transpose(img)
+        except Exception:  # noqa: BLE001 -- a broken EXIF block must not lose a readable image
+            pass
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(img)
+        if mode == "I":
+            a = np.clip(a, 0, 65535)
+        # Round-to-nearest of a * 255 / 65535 (= a / 257), in integers so no float error.
+        img = Image.fromarray(((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8))
+    elif mode == "F":
+        a = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        lo, hi = float(a.min()), float(a.max())
+        if lo < 0.0 or hi > 1.0:
+            a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+        img = Image.fromarray(np.rint(a * 255.0).astype(np.uint8))
+    elif mode == "1":
+        img = img.convert("L")
+    elif mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif mode == "PA":
+        img = img.convert("RGBA")
+    elif mode not in ("L", "LA", "RGB", "RGBA"):
+        img = img.convert("RGB")  # CMYK, YCbCr, HSV, LAB, RGBX, RGBa, La ...
+
+    if img.mode in ("RGBA", "LA"):
+        if alpha == "white":
+            rgba = img.convert("RGBA")
+            background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+            background.alpha_composite(rgba)
+            # Grey stays grey: ITU-R 601 weights sum to 1, so RGB -> L below is exact for R=G=B.
+            img = background.convert("RGB")
+        else:
+            img = img.convert(img.mode[:-1])  # keep the stored colour, discard the alpha band
+
+    target = "L" if channels == 1 else "RGB"
+    return img if img.mode == target else img.convert(target)
+
+
+def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def resize_shorter(
+    img: Image.Image, size: int, interpolation: Interpolation = "bilinear"
+) -> Image.Image:
+    """Resize so the shorter side is `size`, keeping the aspect ratio.
+
+    PIL's resize filters are antialiased (the filter widens with the scale factor), so a large
+    photo shrinks without aliasing -- torchvision's `Resize(size, antialias=True)` on PIL input.
+    """
+    w, h = img.size
+    if min(w, h) == size:
+        return img
+    if w <= h:
+        new_w, new_h = size, max(1, round(h * size / w))
+    else:
+        new_w, new_h = max(1, round(w * size / h)), size
+    return img.resize((new_w, new_h), _RESAMPLE[interpolation])
+
+
+def center_crop(img: Image.Image, size: int | tuple[int, int]) -> Image.Image:
+    """Crop the centre `size` (int or (height, width)); a smaller image is padded with zeros."""
+    th, tw = _hw(size)
+    w, h = img.size
+    # Rounding as torchvision does, so the same crop box is taken for the same input.
+    left = int(round((w - tw) / 2.0))
+    top = int(round((h - th) / 2.0))
+    return img.crop((left, top, left + tw, top + th))
+
+
+def resize_exact(
+    img: Image.Image, size: int | tuple[int, int], interpolation: Interpolation = "bilinear"
+) -> Image.Image:
+    """Resize to exactly `size` (int = square, or (height, width)), ignoring the aspect ratio."""
+    th, tw = _hw(size)
+    if img.size == (tw, th):
+        return img
+    return img.resize((tw, th), _RESAMPLE[interpolation])
+
+
+def fit_image(
+    img: Image.Image,
+    size: int | tuple[int, int],
+    *,
+    method: Literal["resize", "crop"] = "resize",
+    resize_size: int | None = None,
+    interpolation: Interpolation = "bilinear",
+) -> Image.Image:
+    """Bring an image to `size`, the way a data set or a model's preprocessing asks.
+
+    method="resize": exact resize to `size` (the whole image, aspect ratio not kept).
+    method="crop": resize the shorter side to `resize_size` (default: the larger side of
+    `size`), then centre-crop `size` -- ImageNet's "resize 256, crop 224".
+    """
+    if method == "resize":
+        return resize_exact(img, size, interpolation)
+    if method == "crop":
+        shorter = resize_size if resize_size is not None else max(_hw(size))
+        return center_crop(resize_shorter(img, shorter, interpolation), size)
+    raise ValueError(f"method must be 'resize' or 'crop', not {method!r}")
+
+
+def to_tensor_uint8(img: Image.Image) -> torch.Tensor:
+    """A PIL image in L or RGB as a uint8 tensor (C, H, W) -- no scaling, no normalisation."""
+    if img.mode not in ("L", "RGB"):
+        raise ValueError(f"expected an L or RGB image, got mode {img.mode}: use convert_image")
+    a = np.asarray(img, dtype=np.uint8)  # a read-only view of PIL's buffer: copy below
+    a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+    return torch.from_numpy(np.array(a, order="C", copy=True))
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """How every image of a data set is decoded and brought to one size.
+
+    size: int (square) or (height, width); None keeps each image's own size (a data set then
+    needs all images equally sized). method/resize_size/interpolation: see `fit_image`
+    ("resize" squashes the whole image; "crop" is shorter side + centre crop, what transfer
+    learning uses with a weights entry's preprocessing). channels: 1 (L) or 3 (RGB).
+    """
+
+    size: int | tuple[int, int] | None = None
+    channels: Literal[1, 3] = 3
+    method: Literal["resize", "crop"] = "resize"
+    resize_size: int | None = None
+    interpolation: Interpolation = "bilinear"
+    alpha: Literal["white", "drop"] = "white"
+
+    def apply(self, img: Image.Image) -> Image.Image:
+        """Fit an already-converted image (mode L/RGB) to this spec's size."""
+        if self.size is None:
+            return img
+        return fit_image(
+            img,
+            self.size,
+            method=self.method,
+            resize_size=self.resize_size,
+            interpolation=self.interpolation,
+        )
+
+    def load(self, path: str | os.PathLike[str]) -> torch.Tensor:
+        """Decode, convert, resize: a uint8 (C, H, W) tensor, or `ImageError`."""
+        return to_tensor_uint8(self.apply(load_image(path, self.channels, alpha=self.alpha)))

@@ -1,0 +1,253 @@
+"""Image/mask pairs for segmentation: a folder pair matched by file stem, or a CSV manifest.
+
+Layout read by `load_mask_pairs(root)`::
+
+    root/images/a.png   root/masks/a.png   [root/instances/a.png]   [root/classes.txt]
+
+Masks are single-channel PNGs of class indices (0, 1, 2, ...; palette PNGs count as indices), or
+0/255 for two classes (255 becomes class 1). In a mask with other values 255 means "ignore" (the
+Pascal VOC convention) and is kept as `IGNORE_INDEX`. An optional `instances/` folder holds
+16-bit PNGs of instance ids (0 = background), used for the border weight map of U-Net's loss;
+without it, instances are the connected components of the foreground.
+
+A CSV manifest has a header and columns `image,mask[,instances]`, paths relative to the CSV.
+
+A pair with a missing mask, an unreadable file or a mask whose size differs from its image is
+reported in one line (`report`, stderr by default) and skipped; the rest of the data set loads.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+IGNORE_INDEX = 255
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+@dataclass
+class MaskPairs:
+    """Decoded pairs. images: uint8 (H, W, C) arrays; masks: uint8 (H, W) class indices
+    (`IGNORE_INDEX` = ignore); instances: int32 (H, W) ids or None; sizes may differ per pair."""
+
+    images: list[np.ndarray]
+    masks: list[np.ndarray]
+    instances: list[np.ndarray] | None
+    names: list[str]
+    classes: list[str]
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_chans(self) -> int:
+        return self.images[0].shape[2]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _files_by_stem(folder: Path) -> dict[str, Path]:
+    return {
+        p.stem: p
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    }
+
+
+def find_pairs(
+    root: str | Path, *, images: str = "images", masks: str = "masks", instances: str = "instances"
+) -> tuple[list[tuple[str, Path, Path, Path | None]], list[str]]:
+    """(name, image, mask, instances-or-None) per stem present in both folders, and one message
+    per image without a mask or mask without an image."""
+    root = Path(root)
+    img_dir, mask_dir, inst_dir = root / images, root / masks, root / instances
+    for d in (img_dir, mask_dir):
+        if not d.is_dir():
+            raise DataError(
+                f"{d} is not a folder: put images in {img_dir} and masks (same file stems) in "
+                f"{mask_dir}, or pass a CSV manifest."
+            )
+    imgs, msks = _files_by_stem(img_dir), _files_by_stem(mask_dir)
+    insts = _files_by_stem(inst_dir) if inst_dir.is_dir() else {}
+    problems = [f"skipped {imgs[s]}: no mask {s}.* in {mask_dir}" for s in imgs if s not in msks]
+    problems += [f"skipped {msks[s]}: no image {s}.* in {img_dir}" for s in msks if s not in imgs]
+    pairs = [(s, imgs[s], msks[s], insts.get(s)) for s in imgs if s in msks]
+    return pairs, problems
+
+
+def read_manifest(path: str | Path) -> list[tuple[str, Path, Path, Path | None]]:
+    """Rows of a CSV manifest with columns image,mask[,instances] (paths relative to the CSV)."""
+    path = Path(path)
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"image", "mask"} <= set(rows[0]):
+        raise DataError(f"{path}: expected a header with the columns image,mask[,instances].")
+    base = path.parent
+    out = []
+    for row in rows:
+        img, mask = base / row["image"], base / row["mask"]
+        inst = base / row["instances"] if row.get("instances") else None
+        out.append((img.stem, img, mask, inst))
+    return out
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode in ("RGB", "RGBA"):
+            arr = np.asarray(im.convert("RGB"))
+            if not (
+                np.array_equal(arr[..., 0], arr[..., 1])
+                and np.array_equal(arr[..., 0], arr[..., 2])
+            ):
+                raise ValueError("colour mask; save one channel of class indices (or 0/255)")
+            return arr[..., 0].copy()
+        if im.mode not in ("L", "P", "1", "I", "I;16"):
+            raise ValueError(f"mask mode {im.mode}; save one channel of class indices")
+        arr = np.asarray(im)
+    if arr.dtype == bool:
+        return arr.astype(np.uint8)
+    if arr.max(initial=0) > 255:
+        raise ValueError("mask values above 255; save class indices 0..254")
+    return arr.astype(np.uint8)
+
+
+def _read_instances(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im).astype(np.int32)
+
+
+_GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """uint8 (H, W, 1) for grey files, (H, W, 3) otherwise; decoded by `images.load_image`, so
+    every mode converts as everywhere else in cnnzoo and a bad file fails with one line."""
+    from PIL import Image
+
+    from .images import load_image
+
+    try:
+        with Image.open(path) as im:
+            channels = 1 if im.mode in _GREY_MODES else 3
+    except OSError:
+        channels = 3  # let load_image produce the one-line error
+    arr = np.asarray(load_image(path, channels))
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def load_mask_pairs(
+    source: str | Path,
+    *,
+    classes: Sequence[str] | None = None,
+    report: Callable[[str], None] | None = _stderr,
+) -> MaskPairs:
+    """Load pairs from a folder (`images/` + `masks/`) or a CSV manifest (a `.csv` path).
+
+    classes: class names, index order (`--classes background,cell`); default `classes.txt` in the
+        folder if present, else '0', '1', ... up to the largest index found.
+    report: called with one line per skipped pair (None: silent; all lines are also kept in
+        `MaskPairs.skipped`).
+    """
+    source = Path(source)
+    if source.suffix.lower() == ".csv":
+        entries, problems = read_manifest(source), []
+        root = source.parent
+    elif source.is_dir():
+        entries, problems = find_pairs(source)
+        root = source
+    else:
+        raise DataError(
+            f"{source} is neither a folder with images/ and masks/ nor a .csv manifest."
+        )
+    if classes is None and (root / "classes.txt").is_file():
+        classes = [c.strip() for c in (root / "classes.txt").read_text().splitlines() if c.strip()]
+
+    images, masks, insts, names = [], [], [], []
+    have_instances = all(e[3] is not None for e in entries)
+    for name, img_path, mask_path, inst_path in entries:
+        try:
+            img = _read_image(img_path)
+        except (OSError, ValueError) as exc:
+            problems.append(f"skipped {name}: {exc}")  # ImageError names the file
+            continue
+        try:
+            mask = _read_mask(mask_path)
+            inst = _read_instances(inst_path) if have_instances and inst_path else None
+        except (OSError, ValueError) as exc:
+            problems.append(f"skipped {name}: cannot read mask {mask_path}: {exc}")
+            continue
+        if mask.shape != img.shape[:2]:
+            problems.append(
+                f"skipped {name}: mask {mask.shape[1]}x{mask.shape[0]} but image "
+                f"{img.shape[1]}x{img.shape[0]} ({mask_path})"
+            )
+            continue
+        if inst is not None and inst.shape != mask.shape:
+            problems.append(
+                f"skipped {name}: instance mask size differs from the image ({inst_path})"
+            )
+            continue
+        values = np.unique(mask)
+        if set(values.tolist()) <= {0, 255}:
+            mask = (mask == 255).astype(np.uint8)  # 0/255 two-class mask
+        images.append(img)
+        masks.append(mask)
+        insts.append(inst)
+        names.append(name)
+    if report is not None:
+        for line in problems:
+            report(line)
+    if not images:
+        raise DataError(f"no usable image/mask pairs in {source}: see the messages above.")
+
+    largest = max(int(m[m != IGNORE_INDEX].max(initial=0)) for m in masks)
+    if classes is None:
+        classes = [str(i) for i in range(max(largest + 1, 2))]
+    classes = list(classes)
+    if len(classes) < 2:
+        raise DataError("segmentation needs at least two classes (e.g. --classes background,cell).")
+    if largest >= len(classes):
+        # Drop the offending masks rather than fail: one stray value should not cost the run.
+        keep = []
+        for i, m in enumerate(masks):
+            bad = int(m[m != IGNORE_INDEX].max(initial=0))
+            if bad >= len(classes):
+                line = f"skipped {names[i]}: mask value {bad} but only {len(classes)} classes"
+                problems.append(line)
+                if report is not None:
+                    report(line)
+            else:
+                keep.append(i)
+        images, masks = [images[i] for i in keep], [masks[i] for i in keep]
+        insts, names = [insts[i] for i in keep], [names[i] for i in keep]
+        if not images:
+            raise DataError(f"no mask in {source} fits the {len(classes)} classes given.")
+    # Grey and colour mixed: promote the grey ones, so one data set has one channel count.
+    if len({im.shape[2] for im in images}) > 1:
+        images = [np.repeat(im, 3, axis=2) if im.shape[2] == 1 else im for im in images]
+    return MaskPairs(
+        images=images,
+        masks=masks,
+        instances=insts if have_instances and entries else None,
+        names=names,
+        classes=classes,
+        skipped=problems,
+    )

@@ -1,0 +1,79 @@
+"""Checkpoints that survive a kill at any moment and load with `torch.load(weights_only=True)`.
+
+Everything stored is a tensor or a Python primitive (dict/list/tuple/str/int/float/bool/None),
+so loading never unpickles arbitrary objects. Files are written to a temporary file in the same
+folder, fsync'ed, then `os.replace`d over the old one: a reader sees the old checkpoint or the
+new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import WeightsError
+
+
+def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """`torch.save(obj, path)` via temp file + fsync + os.replace (atomic on POSIX)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a cnnzoo checkpoint safely (weights_only=True); a one-line error if unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"checkpoint {path} does not exist: pass the file written by `cnnzoo train`")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        raise WeightsError(f"cannot read checkpoint {path} ({type(exc).__name__}): "
+                           "is it a file written by `cnnzoo train`?") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise WeightsError(f"{path} is not a cnnzoo training checkpoint (no 'model' entry)")
+    return ckpt
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNG states (torch, Python, NumPy) as tensors and primitives."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    try:
+        import numpy as np
+
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        state["numpy"] = (name, torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss),
+                          float(cached))
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        pass
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    # weights_only loading turns the inner tuple into a list; random.setstate wants tuples.
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "numpy" in state:
+        import numpy as np
+
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype("uint32"), pos, has_gauss, cached))

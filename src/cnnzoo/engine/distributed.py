@@ -1,0 +1,101 @@
+"""Data-parallel training on CPUs with `torchrun` (DistributedDataParallel over gloo).
+
+    torchrun --nproc-per-node 2 -m cnnzoo train resnet20 --data fashion-mnist
+    torchrun --nnodes 2 --node-rank 0 --rdzv-backend c10d --rdzv-endpoint HOST:29400 \\
+        --nproc-per-node 2 -m cnnzoo train ...            # same on the other node, --node-rank 1
+
+torchrun sets RANK / WORLD_SIZE / LOCAL_RANK / LOCAL_WORLD_SIZE; without them everything here is
+a no-op and the run is a single process. Each process reads its own shard of the data
+(`BatchLoader(shard=(rank, world))`); DDP averages gradients in backward, so a step over the
+global batch equals a single process's step over the same samples (tested); metrics are summed
+across processes before they are computed; only rank 0 writes files and prints.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        return (self.rank, self.world)
+
+
+def init_distributed(backend: str = "gloo") -> DistContext:
+    """Join the process group torchrun set up (if any) and share the cores between processes."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext()
+    ctx = DistContext(
+        rank=int(os.environ["RANK"]),
+        world=world,
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        local_world=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+    )
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    # N processes on one machine each default to all cores: oversubscription halves throughput.
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.local_world))
+    return ctx
+
+
+def wrap_model(model: nn.Module, ctx: DistContext) -> nn.Module:
+    """DistributedDataParallel on CPU when running under torchrun, else the model itself."""
+    if not ctx.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, broadcast_buffers=True)
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") and isinstance(
+        model, nn.parallel.DistributedDataParallel) else model
+
+
+def all_reduce_sum(t: Tensor) -> Tensor:
+    """Sum `t` in place over all processes (no-op in a single process). gloo has no int64
+    reduction issue, but float64/int64 are reduced as they are."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def broadcast_flag(flag: bool) -> bool:
+    """True on every process if it is True on any (used to stop all ranks together)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = torch.tensor([1 if flag else 0], dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+    return flag
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

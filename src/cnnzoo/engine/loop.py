@@ -1,0 +1,379 @@
+"""The training loop: one loop for every task (classification, transfer learning, segmentation).
+
+A task (`engine/task.py`) says what the loss and the metrics are; `TrainConfig` says how to
+optimise; the caller's parameter groups say which parameters train at which learning rate
+(frozen parameters have `requires_grad=False`). The loop adds what every run needs: bf16 /
+channels_last where measured faster (`engine/precision.py`), a progress bar, per-epoch metrics
+(JSONL + TensorBoard), atomic checkpoints every epoch, bit-identical `resume`, a clean stop on a
+NaN/inf loss, early stopping that restores the best weights, DDP under torchrun, and a report.
+
+The hot path does no per-step `.item()` and no per-step Python beyond the optimizer step: metrics
+accumulate as tensors and the loss is checked for NaN/inf only every `log_every` steps (the steps
+in between are thrown away with the run, the last good checkpoint is from the previous epoch).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import TrainingError
+from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from .distributed import DistContext, all_reduce_sum, broadcast_flag, unwrap_model, wrap_model
+from .logs import MetricsLog
+from .optim import ParamGroup, StepSchedule, build_optimizer
+from .precision import Precision, choose_precision
+from .task import MetricAccumulator, Task, is_better
+
+
+@dataclass
+class TrainConfig:
+    """How to optimise. Defaults are the recipe that trains the small zoo nets well on a CPU:
+    SGD with Nesterov momentum, one-cycle schedule, weight decay 5e-4 (not on norms/biases)."""
+
+    epochs: int = 10
+    optimizer: str = "sgd"  # 'sgd' | 'adamw'
+    lr: float = 0.1  # peak learning rate (per-group lrs in param_groups override it)
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"  # 'onecycle' | 'cosine' | 'constant'
+    warmup_epochs: float = 0.0  # linear warm-up for 'cosine' / 'constant'
+    pct_start: float = 0.25  # rising fraction of 'onecycle'
+    grad_clip: float | None = None  # max global gradient norm
+    precision: str = "auto"  # 'auto' | 'bf16' | 'fp32'
+    channels_last: str = "auto"  # 'auto' | 'on' | 'off'
+    # Freeze every BatchNorm layer as it is: running statistics are neither used from the batch
+    # nor updated (eval mode), and the affine weight/bias are left out of the optimizer -- unless
+    # a caller's param_groups list them explicitly (then they train, with frozen statistics).
+    freeze_bn: bool = False
+    patience: int | None = None  # early stopping on the monitored validation metric
+    restore_best: bool | None = None  # default: True when early stopping is on
+    seed: int = 0
+    log_every: int = 20  # steps between progress-bar updates and NaN checks
+    progress: bool = True  # tqdm bars (the per-epoch lines are printed regardless)
+    verbose: bool = True  # per-epoch lines, resume / early-stop / precision notes on stderr
+    tensorboard: bool = True
+    report: bool = True  # learning curves / confusion matrix PNGs at the end
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best_value: float | None
+    monitor: str
+    precision: Precision
+    stopped_early: bool = False
+    final: dict[str, float] = field(default_factory=dict)  # validation metrics of the final model
+    out_dir: Path | None = None
+    accumulator: MetricAccumulator | None = None  # of the final validation pass
+
+
+def batchnorm_params(model: nn.Module) -> list[nn.Parameter]:
+    """The affine weights and biases of every BatchNorm layer of `model`."""
+    return [p for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for p in m.parameters(recurse=False)]
+
+
+def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
+    """`model.train()`, but with BatchNorm in eval mode when `freeze_bn` (the fine-tuning trap:
+    a frozen backbone must keep its moving statistics, keras #9214)."""
+    model.train()
+    if freeze_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+class Trainer:
+    """Train `model` on `task` with batches from `train_loader` (a `BatchLoader` or any iterable
+    of (inputs, targets) with `len()` and optional `set_epoch`).
+
+    out_dir: where last.pt / best.pt / metrics.jsonl / tb / report PNGs go (None: nothing written,
+        resume impossible). param_groups: [{"params": [...], "lr": ..., "name": ...}, ...] for
+        discriminative learning rates; parameters not listed train at `config.lr`.
+    meta: primitives stored in every checkpoint (model name, classes, preprocessing) so that
+        `cnnzoo evaluate` can rebuild the model.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: Task,
+        train_loader: Any,
+        val_loader: Any = None,
+        config: TrainConfig | None = None,
+        *,
+        out_dir: str | Path | None = None,
+        param_groups: list[ParamGroup] | None = None,
+        meta: dict[str, Any] | None = None,
+        dist: DistContext | None = None,
+    ) -> None:
+        self.model = model
+        self.task = task
+        self.train_loader = train_loader
+        self.val_loader = val_loader
+        self.config = config or TrainConfig()
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.param_groups = param_groups
+        self.meta = meta or {}
+        self.dist = dist or DistContext()
+        self.precision = Precision()
+
+    # ----------------------------------------------------------------- files
+    @property
+    def _writes(self) -> bool:
+        return self.out_dir is not None and self.dist.is_main
+
+    def _say(self, msg: str) -> None:
+        if self.dist.is_main and self.config.verbose:
+            print(msg, file=sys.stderr, flush=True)
+
+    def _checkpoint(self, **state: Any) -> dict[str, Any]:
+        return {
+            "format": "cnnzoo-checkpoint-1",
+            "model": unwrap_model(self.model).state_dict(),
+            "config": self.config.to_dict(),
+            "precision": self.precision.to_dict(),
+            "task": self.task.name,
+            "meta": self.meta,
+            **state,
+        }
+
+    # ----------------------------------------------------------------- main
+    def fit(self, *, resume: bool | str | Path = False) -> FitResult:
+        """Train for `config.epochs` epochs (continuing from a checkpoint with `resume`).
+
+        resume=True continues from out_dir/last.pt when it exists (and starts afresh otherwise);
+        a path continues from that file. Raises `TrainingError` when the loss becomes NaN/inf.
+        """
+        cfg, task = self.config, self.task
+        ckpt = self._load_resume(resume)
+        model = unwrap_model(self.model)  # a second fit() must not wrap DDP twice
+        if ckpt is not None:
+            model.load_state_dict(ckpt["model"])
+            self.precision = Precision(**{**ckpt["precision"], "source": "checkpoint"})
+        else:
+            torch.manual_seed(cfg.seed)
+            sample = next(iter(self.train_loader))
+            self.precision = choose_precision(
+                model, task, sample, precision=cfg.precision, channels_last=cfg.channels_last)
+        prec = self.precision
+        self._say(f"precision: {prec.describe()}")
+        model.to(memory_format=prec.memory_format)
+        net = wrap_model(model, self.dist)
+        self.model = net
+
+        optimizer = build_optimizer(
+            model, name=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay,
+            momentum=cfg.momentum, nesterov=cfg.nesterov, groups=self.param_groups,
+            exclude=batchnorm_params(model) if cfg.freeze_bn else ())
+        steps = len(self.train_loader)
+        scheduler = StepSchedule(optimizer, cfg.epochs * steps, schedule=cfg.schedule,
+                                 warmup=int(cfg.warmup_epochs * steps), pct_start=cfg.pct_start)
+
+        start, history, best, best_epoch, bad_epochs = 0, [], None, 0, 0
+        best_state: dict[str, Tensor] | None = None
+        if ckpt is not None:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            set_rng_state(ckpt["rng"])
+            start, history = ckpt["epoch"], list(ckpt["history"])
+            best, best_epoch, bad_epochs = ckpt["best"], ckpt["best_epoch"], ckpt["bad_epochs"]
+            best_path = self.out_dir / "best.pt" if self.out_dir else None
+            if best_path is not None and best_path.exists():
+                best_state = load_checkpoint(best_path)["model"]
+            self._say(f"resuming after epoch {start} of {cfg.epochs}")
+
+        log = MetricsLog(self.out_dir, tensorboard=cfg.tensorboard, history=history) \
+            if self._writes else None
+        monitor = f"{'val' if self.val_loader is not None else 'train'}_{task.monitor}"
+        stopped = False
+        try:
+            for epoch in range(start, cfg.epochs):
+                if hasattr(self.train_loader, "set_epoch"):
+                    self.train_loader.set_epoch(epoch)
+                t0 = time.perf_counter()
+                train_acc, n_images = self._train_epoch(net, optimizer, scheduler, epoch)
+                seconds = time.perf_counter() - t0
+                record: dict[str, Any] = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}
+                record.update({f"train_{k}": v for k, v in train_acc.compute().items()})
+                if self.val_loader is not None:
+                    val_acc = self.evaluate(self.val_loader)
+                    record.update({f"val_{k}": v for k, v in val_acc.compute().items()})
+                record["seconds"] = round(seconds, 3)
+                record["images_per_s"] = round(n_images / max(seconds, 1e-9), 1)
+                history.append(record)
+
+                value = record[monitor]
+                if is_better(value, best, task.mode):
+                    best, best_epoch, bad_epochs = value, epoch + 1, 0
+                    best_state = {k: v.detach().clone()
+                                  for k, v in unwrap_model(net).state_dict().items()}
+                    if self._writes:
+                        atomic_save(self._checkpoint(epoch=epoch + 1, history=history),
+                                    self.out_dir / "best.pt")
+                else:
+                    bad_epochs += 1
+                if self._writes:
+                    atomic_save(self._checkpoint(
+                        epoch=epoch + 1, history=history, optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(), rng=rng_state(), best=best,
+                        best_epoch=best_epoch, bad_epochs=bad_epochs), self.out_dir / "last.pt")
+                    log.write(record)
+                self._say(_epoch_line(record, cfg.epochs))
+                if cfg.patience is not None and bad_epochs >= cfg.patience:
+                    stopped = True
+                    self._say(f"early stopping: {monitor} has not improved for {bad_epochs} "
+                              f"epochs (best {best:.4f} at epoch {best_epoch})")
+                    break
+        finally:
+            if log is not None:
+                log.close()
+
+        restore = cfg.restore_best if cfg.restore_best is not None else cfg.patience is not None
+        if restore and best_state is not None:
+            unwrap_model(net).load_state_dict(best_state)
+            self._say(f"restored the best weights (epoch {best_epoch})")
+        result = FitResult(history, best_epoch, best, monitor, prec, stopped, out_dir=self.out_dir)
+        if self.val_loader is not None:
+            acc = self.evaluate(self.val_loader)
+            result.final, result.accumulator = acc.compute(), acc
+        if self._writes and cfg.report and history:
+            from .report import write_report
+
+            for line in write_report(self.out_dir, history, result.accumulator, task):
+                self._say(line)
+        return result
+
+    def _load_resume(self, resume: bool | str | Path) -> dict[str, Any] | None:
+        if resume is False or resume is None:
+            return None
+        if resume is True:
+            if self.out_dir is None:
+                raise TrainingError("resume needs an output folder: pass out_dir / --out DIR")
+            path = self.out_dir / "last.pt"
+            if not path.exists():
+                self._say(f"no checkpoint in {self.out_dir}: starting a new run")
+                return None
+        else:
+            path = Path(resume)
+        ckpt = load_checkpoint(path)
+        if "optimizer" not in ckpt:
+            raise TrainingError(f"{path} holds weights only, not a resumable run: resume from "
+                                "last.pt, or start a new run with --init-from")
+        old = ckpt["config"]
+        changed = [k for k in ("epochs", "lr", "schedule", "optimizer", "seed")
+                   if old.get(k) != getattr(self.config, k)]
+        if changed:
+            self._say(f"warning: resuming with different {', '.join(changed)} than the "
+                      "checkpoint; the result will differ from an uninterrupted run")
+        return ckpt
+
+    # ----------------------------------------------------------------- epochs
+    def _train_epoch(
+        self, net: nn.Module, optimizer: torch.optim.Optimizer,
+        scheduler: StepSchedule, epoch: int,
+    ) -> tuple[MetricAccumulator, int]:
+        cfg, task, prec = self.config, self.task, self.precision
+        set_train_mode(net, cfg.freeze_bn)
+        acc = task.metrics()
+        nonfinite = torch.zeros((), dtype=torch.bool)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        cl = prec.channels_last
+        total = len(self.train_loader)
+        bar = _progress(total, f"epoch {epoch + 1}/{cfg.epochs}",
+                        enabled=cfg.progress and self.dist.is_main)
+        n_images, shown, t0 = 0, 0, time.perf_counter()
+        for step, (x, y) in enumerate(self.train_loader):
+            if cl and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with prec.autocast():
+                out = net(x)
+            loss = task.loss(out, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            with torch.no_grad():
+                acc.update(out, y, loss)
+                nonfinite |= ~torch.isfinite(loss.detach())
+            n_images += y.shape[0]
+            if (step + 1) % cfg.log_every == 0 or step + 1 == total:
+                if broadcast_flag(bool(nonfinite)):
+                    if bar is not None:
+                        bar.close()
+                    self._diverged(epoch, step, scheduler)
+                if bar is not None:
+                    run = acc.running()
+                    ips = n_images * self.dist.world / max(time.perf_counter() - t0, 1e-9)
+                    bar.set_postfix_str(
+                        " ".join(f"{k} {v:.4f}" for k, v in run.items()) + f" {ips:,.0f} img/s",
+                        refresh=False)
+                    bar.update(step + 1 - shown)
+                    shown = step + 1
+        if bar is not None:
+            bar.close()
+        acc.reduce(all_reduce_sum)
+        return acc, n_images * self.dist.world
+
+    def _diverged(self, epoch: int, step: int, scheduler: StepSchedule) -> None:
+        where = f"epoch {epoch + 1}, by step {step + 1}"
+        lr = scheduler.get_last_lr()[0]
+        keep = (f"the last good checkpoint is {self.out_dir / 'last.pt'} (epoch {epoch})"
+                if self.out_dir is not None and epoch > 0 else "no checkpoint was written")
+        raise TrainingError(
+            f"loss became NaN/inf in {where} (lr {lr:.3g}): lower --lr or set --grad-clip; "
+            f"{keep}")
+
+    @torch.no_grad()
+    def evaluate(self, loader: Any, model: nn.Module | None = None) -> MetricAccumulator:
+        """Metrics of `model` (default: the trained model) over `loader`, summed over processes."""
+        net = unwrap_model(model if model is not None else self.model)
+        was_training = net.training
+        net.eval()
+        acc = self.task.metrics()
+        cl = self.precision.channels_last
+        try:
+            for x, y in loader:
+                if cl and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with self.precision.autocast():
+                    out = net(x)
+                acc.update(out, y, self.task.loss(out, y))
+        finally:
+            net.train(was_training)
+        acc.reduce(all_reduce_sum)
+        return acc
+
+
+def _progress(total: int, desc: str, *, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, mininterval=0.5)
+
+
+def _epoch_line(record: dict[str, Any], epochs: int) -> str:
+    parts = [f"epoch {record['epoch']}/{epochs}"]
+    for k, v in record.items():
+        if k in ("epoch", "seconds", "images_per_s"):
+            continue
+        if isinstance(v, float) and math.isfinite(v):
+            parts.append(f"{k} {v:.4g}")
+    parts.append(f"{record['seconds']:.1f}s {record['images_per_s']:,.0f} img/s")
+    return "  ".join(parts)

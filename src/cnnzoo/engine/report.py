@@ -1,0 +1,97 @@
+"""End-of-run report: learning curves, confusion matrix and per-class precision/recall.
+
+Written with matplotlib's Agg backend (no display needed). Tasks other than classification get
+the learning curves; their own figures (segmentation contours) belong to their helpers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .task import ClassificationAccumulator, Task
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(history: list[dict[str, Any]], path: Path) -> Path:
+    """One panel per metric (loss, acc, ...), train and validation per epoch."""
+    plt = _pyplot()
+    metrics = sorted({k.split("_", 1)[1] for r in history for k in r
+                      if k.startswith(("train_", "val_"))})
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    epochs = [r["epoch"] for r in history]
+    for ax, m in zip(axes[0], metrics, strict=True):
+        for split, style in (("train", "-o"), ("val", "-s")):
+            ys = [r.get(f"{split}_{m}") for r in history]
+            if any(y is not None for y in ys):
+                ax.plot(epochs, ys, style, ms=3, label=split)
+        ax.set_title(m)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_confusion(confusion: Any, class_names: list[str], path: Path) -> Path:
+    """Row-normalised confusion matrix (rows: true class) with the counts written in."""
+    plt = _pyplot()
+    cm = confusion.double()
+    norm = cm / cm.sum(1, keepdim=True).clamp(min=1)
+    n = len(class_names)
+    size = min(2.0 + 0.55 * n, 16)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(n), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def per_class_table(acc: ClassificationAccumulator, class_names: list[str]) -> list[str]:
+    """Lines of a per-class precision / recall / support table."""
+    pc = acc.per_class()
+    support = acc.confusion.sum(1).tolist()
+    width = max(8, *(len(c) for c in class_names))
+    lines = [f"{'class':<{width}}  precision  recall  support"]
+    for name, p, r, s in zip(class_names, pc["precision"], pc["recall"], support, strict=True):
+        lines.append(f"{name:<{width}}  {p:9.3f}  {r:6.3f}  {s:7d}")
+    return lines
+
+
+def write_report(out_dir: Path, history: list[dict[str, Any]],
+                 acc: Any, task: Task) -> list[str]:
+    """Write curves.png (+ confusion.png and per_class.csv for classification); return what to
+    print."""
+    out_dir = Path(out_dir)
+    said = [f"learning curves: {plot_curves(history, out_dir / 'curves.png')}"]
+    if isinstance(acc, ClassificationAccumulator):
+        names = getattr(task, "class_names", None) or [str(i) for i in range(acc.num_classes)]
+        said.append(f"confusion matrix: {plot_confusion(acc.confusion, names, out_dir / 'confusion.png')}")
+        pc = acc.per_class()
+        support = acc.confusion.sum(1).tolist()
+        rows = ["class,precision,recall,support"] + [
+            f"{n},{p:.4f},{r:.4f},{s}"
+            for n, p, r, s in zip(names, pc["precision"], pc["recall"], support, strict=True)]
+        (out_dir / "per_class.csv").write_text("\n".join(rows) + "\n")
+        said.extend(per_class_table(acc, names))
+    return said

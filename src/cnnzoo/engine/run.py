@@ -1,0 +1,265 @@
+"""A classification run from names: data source + model name + `TrainConfig` -> trained model.
+
+What `cnnzoo train` and `cnnzoo evaluate` call; the commands only parse and print. The data come
+from `cnnzoo.data.load_dataset` as in-memory uint8 tensors; resizing and augmentation run on
+batches (`cnnzoo.data.augment`); normalisation uses the training images' own per-channel mean
+and standard deviation (right for training from scratch; transfer learning uses the weights'
+preprocessing instead and builds its own loaders).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data.loader import BatchLoader
+from ..errors import DataError, WeightsError
+from .checkpoint import load_checkpoint
+from .distributed import DistContext
+from .grow import grow_from
+from .loop import FitResult, TrainConfig, Trainer
+from .task import ClassificationAccumulator, ClassificationTask
+
+BUILTIN_NATIVE_SIZE = {"fashion-mnist": 28, "digits": 8}
+
+
+@dataclass
+class DataOptions:
+    source: str
+    img_size: int | None = None  # default: see `default_image_size`
+    batch_size: int = 128
+    augment: str | None = None  # default: 'crop' for digits, 'flip-crop' otherwise
+    val_fraction: float = 0.2
+    channels: int | None = None  # default: the data's own (grey built-ins) / the model's
+
+
+def default_image_size(source: str, model_cfg: Any) -> int:
+    """Built-in sets keep their native size, raised to the model's minimum (digits 8 -> 32 for
+    LeNet-5); folders are brought to the model's default input size (224 for ImageNet nets)."""
+    native = BUILTIN_NATIVE_SIZE.get(str(source).lower())
+    if native is not None:
+        return max(native, model_cfg.min_size)
+    return model_cfg.input_size[1]
+
+
+def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images in [0, 1] units, in chunks (no float copy)."""
+    c = images.shape[1]
+    s = torch.zeros(c, dtype=torch.float64)
+    s2 = torch.zeros(c, dtype=torch.float64)
+    for part in images.split(chunk):
+        x = part.double().div_(255)
+        s += x.sum((0, 2, 3))
+        s2 += (x * x).sum((0, 2, 3))
+    n = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = s / n
+    std = (s2 / n - mean**2).clamp(min=1e-12).sqrt()
+    return mean.tolist(), std.tolist()
+
+
+# Resizing a built-in set once costs N x C x size^2 bytes. Up to this budget it is done up-front
+# (Fashion-MNIST 28 -> 32 px: 72 MB with its test set), which takes the resize out of every
+# training step (it was 12 % of a LeNet-5 step); above it (224 px: 3.5 GB) it runs per batch.
+RESIZE_IN_MEMORY_BYTES = 512 * 2**20
+
+
+def resize_in_memory(splits: Any, size: int) -> Any:
+    """`splits` with every part resized to `size` x `size` when that fits the budget above."""
+    from ..data.dataset import Splits
+
+    parts = [p for p in (splits.train, splits.val, splits.test) if p is not None]
+    total = sum(len(p) * p.channels * size * size for p in parts)
+    if total > RESIZE_IN_MEMORY_BYTES or all(p.image_size == (size, size) for p in parts):
+        return splits
+    test = splits.test.resized(size) if splits.test is not None else None
+    return Splits(splits.train.resized(size), splits.val.resized(size), test, splits.skipped)
+
+
+def load_splits(opts: DataOptions, model_name: str, *, seed: int = 0) -> tuple[Any, int, int]:
+    """(Splits, image size, channels) for training `model_name` on `opts.source`."""
+    from ..data import builtin
+    from ..data.images import ImageSpec
+    from ..models import get_config
+
+    cfg = get_config(model_name)
+    size = opts.img_size or default_image_size(opts.source, cfg)
+    is_builtin = str(opts.source).lower() in BUILTIN_NATIVE_SIZE
+    channels = opts.channels or (1 if is_builtin else cfg.input_size[0])
+    # Folders hold images of any size, so they are brought to `size` while decoding; built-ins
+    # are resized once in memory when that is small, else per batch (see `resize_in_memory`).
+    spec = ImageSpec(size=None if is_builtin else size, channels=channels)
+    splits = builtin.load_dataset(opts.source, spec, val_fraction=opts.val_fraction, seed=seed)
+    if is_builtin:
+        splits = resize_in_memory(splits, size)
+    if splits.num_classes < 2:
+        raise DataError(f"{opts.source} has a single class: training needs at least two")
+    return splits, size, channels
+
+
+def make_loaders(
+    splits: Any, size: int, opts: DataOptions, *, seed: int, mean: list[float],
+    std: list[float], dist: DistContext | None = None,
+) -> tuple[BatchLoader, BatchLoader]:
+    from ..data.augment import default_augmentation
+
+    shard = (dist or DistContext()).shard
+    kind = opts.augment or ("crop" if str(opts.source).lower() == "digits" else "flip-crop")
+    train = BatchLoader(
+        splits.train.images, splits.train.labels, batch_size=opts.batch_size, shuffle=True,
+        drop_last=len(splits.train) // shard[1] > opts.batch_size,
+        transform=default_augmentation(kind, size), mean=mean, std=std, seed=seed, shard=shard)
+    val = BatchLoader(
+        splits.val.images, splits.val.labels, batch_size=max(opts.batch_size, 256),
+        transform=default_augmentation("none", size), mean=mean, std=std, shard=shard)
+    return train, val
+
+
+def model_meta(model_name: str, model: nn.Module, *, num_classes: int, in_chans: int,
+               img_size: int, mean: list[float], std: list[float], class_names: list[str],
+               dataset: str, model_kwargs: dict[str, Any], val_fraction: float = 0.2,
+               seed: int = 0) -> dict[str, Any]:
+    """What a checkpoint needs to rebuild and feed the model, and to find its validation split
+    again (primitives only). Folders are stored as absolute paths."""
+    where = Path(dataset)
+    if str(dataset).lower() not in BUILTIN_NATIVE_SIZE and where.exists():
+        dataset = str(where.resolve())
+    meta = {"model": model_name, "num_classes": num_classes, "in_chans": in_chans,
+            "img_size": img_size, "mean": mean, "std": std, "class_names": class_names,
+            "dataset": str(dataset), "model_kwargs": model_kwargs,
+            "val_fraction": val_fraction, "seed": seed}
+    config = getattr(model, "config", None)
+    if getattr(getattr(model, "default_cfg", None), "family", None) == "vgg" and config:
+        meta["vgg_config"] = list(config)
+    return meta
+
+
+def train_classifier(
+    model_name: str,
+    data: DataOptions,
+    config: TrainConfig,
+    *,
+    out_dir: str | os.PathLike[str] | None,
+    resume: bool = False,
+    init_from: str | os.PathLike[str] | None = None,
+    grow_rule: str = "paper",
+    label_smoothing: float = 0.1,
+    model_kwargs: dict[str, Any] | None = None,
+    dist: DistContext | None = None,
+    say: Any = print,
+) -> FitResult:
+    """Train `model_name` from scratch (or grown from `init_from`) on `data.source`."""
+    from ..models import create_model
+
+    model_kwargs = dict(model_kwargs or {})
+    splits, size, channels = load_splits(data, model_name, seed=config.seed)
+    say(f"data: {splits!r}, training at {size}x{size}")
+    mean, std = channel_stats(splits.train.images)
+    train, val = make_loaders(splits, size, data, seed=config.seed, mean=mean, std=std, dist=dist)
+    torch.manual_seed(config.seed)
+    model = create_model(model_name, num_classes=splits.num_classes, in_chans=channels,
+                         **model_kwargs)
+    if init_from is not None and not resume:
+        src = load_checkpoint(init_from)
+        report = grow_from(model, src["model"], source_meta=src.get("meta"), rule=grow_rule)
+        say(f"initialised from {init_from}:")
+        for line in report.lines():
+            say("  " + line)
+    meta = model_meta(model_name, model, num_classes=splits.num_classes, in_chans=channels,
+                      img_size=size, mean=mean, std=std, class_names=splits.class_names,
+                      dataset=data.source, model_kwargs=model_kwargs,
+                      val_fraction=data.val_fraction, seed=config.seed)
+    task = ClassificationTask(splits.num_classes, label_smoothing=label_smoothing,
+                              class_names=splits.class_names)
+    trainer = Trainer(model, task, train, val, config, out_dir=out_dir, meta=meta, dist=dist)
+    return trainer.fit(resume=resume)
+
+
+def model_from_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model a `cnnzoo train` checkpoint holds; returns (model in eval mode, meta)."""
+    from ..models import create_model
+
+    ckpt = load_checkpoint(path)
+    meta = ckpt.get("meta") or {}
+    if "model" not in meta or not isinstance(meta.get("model"), str):
+        raise WeightsError(f"{path} does not say which model it holds: evaluate checkpoints "
+                           "written by `cnnzoo train` (last.pt or best.pt)")
+    model = create_model(meta["model"], num_classes=meta["num_classes"],
+                         in_chans=meta["in_chans"], **meta.get("model_kwargs", {}))
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), meta
+
+
+def _same_source(a: str, b: str) -> bool:
+    if a.lower() == b.lower():
+        return True
+    pa, pb = Path(a), Path(b)
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+def evaluate_checkpoint(
+    path: str | os.PathLike[str], source: str | None = None, *, batch_size: int = 256,
+    split: str | None = None,
+) -> tuple[dict[str, float], ClassificationAccumulator, list[str]]:
+    """Accuracy, top-5 and the confusion matrix of a checkpoint on `source`.
+
+    source: default the data set it was trained on. split: 'val' (the validation split the run
+    used: same fraction and seed, so no training image is counted), 'test' (the source's test
+    part, e.g. DIR/test/; Fashion-MNIST's test set is its validation split), or 'all' (every
+    image). Default: 'val' on the training data, 'all' on another folder or CSV (a held-out
+    set), 'val' on a built-in.
+    """
+    from ..data import builtin
+    from ..data.augment import default_augmentation
+    from ..data.dataset import ImageDataset
+    from ..data.images import ImageSpec
+
+    model, meta = model_from_checkpoint(path)
+    trained_on = str(meta.get("dataset") or "")
+    src = str(source or trained_on)
+    if not src:
+        raise DataError("say which data to evaluate on: --data DIR|fashion-mnist|digits")
+    is_builtin = src.lower() in BUILTIN_NATIVE_SIZE
+    if split is None:
+        split = "val" if is_builtin or _same_source(src, trained_on) else "all"
+    if split not in ("val", "test", "all"):
+        raise DataError(f"split must be val, test or all, not {split!r}")
+    size = meta["img_size"]
+    spec = ImageSpec(size=None if is_builtin else size, channels=meta["in_chans"])
+    splits = builtin.load_dataset(src, spec, val_fraction=meta.get("val_fraction", 0.2),
+                                  seed=meta.get("seed", 0))
+    if is_builtin:  # the same pixels the run validated on
+        splits = resize_in_memory(splits, size)
+    if split == "all":
+        parts = [p for p in (splits.train, splits.val, splits.test) if p is not None]
+        ds = ImageDataset(torch.cat([p.images for p in parts]),
+                          torch.cat([p.labels for p in parts]), splits.class_names)
+    elif split == "test":
+        if splits.test is None and not is_builtin:
+            raise DataError(f"{src} has no test part (DIR/test/ or rows marked test): use "
+                            "--split val or --split all")
+        ds = splits.test if splits.test is not None else splits.val
+    else:
+        ds = splits.val
+    names = meta.get("class_names") or [str(i) for i in range(meta["num_classes"])]
+    if ds.class_names != names:
+        if set(ds.class_names) - set(names):
+            raise DataError(f"{src} has classes the checkpoint was not trained on: "
+                            f"{sorted(set(ds.class_names) - set(names))}")
+        remap = torch.tensor([names.index(c) for c in ds.class_names])
+        ds.labels = remap[ds.labels]
+    loader = BatchLoader(ds.images, ds.labels, batch_size=batch_size,
+                         transform=default_augmentation("none", size),
+                         mean=meta["mean"], std=meta["std"])
+    task = ClassificationTask(meta["num_classes"], class_names=names)
+    trainer = Trainer(model, task, loader, config=TrainConfig(progress=False, verbose=False))
+    acc = trainer.evaluate(loader)
+    return acc.compute(), acc, names
+
+
+def out_dir_for(model_name: str, out: str | None) -> Path:
+    return Path(out) if out else Path("runs") / model_name

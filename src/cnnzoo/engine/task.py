@@ -1,0 +1,167 @@
+"""What a training run optimises and measures: the `Task` protocol and the classification task.
+
+The engine has one loop (`engine/loop.py`); a task only says how to turn the model's outputs and
+the targets into a loss, how to accumulate metrics over a whole epoch, and which metric early
+stopping / best-checkpoint selection watches. Segmentation (`cnnzoo.segmentation`) implements the
+same protocol; transfer learning is a classification task with parameter groups and frozen layers.
+
+Metrics are accumulated as tensors (sums and counts), never as per-step Python floats, so the hot
+loop does not synchronise on `.item()` and a distributed run can all-reduce the sums before the
+epoch's numbers are computed (a mean over the whole epoch, not a mean of batch means).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..models.base import AuxOutputs
+
+# Applied in place to every accumulated tensor before `compute()`; the distributed engine passes
+# an all-reduce(SUM), so every rank computes the metrics of the whole (global) epoch.
+Reducer = Callable[[Tensor], Any]
+
+
+@runtime_checkable
+class MetricAccumulator(Protocol):
+    """Sums over one epoch. `update` is called once per batch inside `torch.no_grad()`."""
+
+    def update(self, outputs: Any, targets: Tensor, loss: Tensor) -> None:
+        """Add one batch. `loss` is the batch's mean loss (a 0-d tensor, not yet synced)."""
+
+    def reduce(self, fn: Reducer) -> None:
+        """Apply `fn` in place to every accumulated tensor (all-reduce across processes)."""
+
+    def compute(self) -> dict[str, float]:
+        """The epoch's metrics, e.g. {'loss': 0.31, 'acc': 0.91}. Always contains 'loss'."""
+
+    def running(self) -> dict[str, float]:
+        """Metrics so far, for the progress bar (may sync; called every few steps only)."""
+
+
+@runtime_checkable
+class Task(Protocol):
+    """A training objective.
+
+    name: 'classification', 'segmentation', ...
+    monitor: the validation metric that picks the best epoch and drives early stopping.
+    mode: 'min' if lower `monitor` is better (a loss), 'max' otherwise (accuracy, Dice).
+    """
+
+    name: str
+    monitor: str
+    mode: Literal["min", "max"]
+
+    def loss(self, outputs: Any, targets: Tensor) -> Tensor:
+        """Mean loss of a batch as a 0-d float32 tensor (outputs may be bf16 or `AuxOutputs`)."""
+
+    def metrics(self) -> MetricAccumulator:
+        """A fresh accumulator for one epoch (train or validation)."""
+
+
+def main_output(outputs: Any) -> Tensor:
+    """The logits a metric looks at: the main head of `AuxOutputs`, else the outputs themselves."""
+    return outputs.logits if isinstance(outputs, AuxOutputs) else outputs
+
+
+def is_better(value: float, best: float | None, mode: str) -> bool:
+    """True when `value` improves on `best` under `mode` ('min' or 'max')."""
+    if best is None:
+        return True
+    return value < best if mode == "min" else value > best
+
+
+class ClassificationAccumulator:
+    """Loss sum, top-1 / top-5 hits and the confusion matrix (rows = true, columns = predicted)."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.loss_sum = torch.zeros((), dtype=torch.float64)
+        self.count = torch.zeros((), dtype=torch.float64)
+        self.correct = torch.zeros((), dtype=torch.float64)
+        self.correct5 = torch.zeros((), dtype=torch.float64)
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+
+    @torch.no_grad()
+    def update(self, outputs: Any, targets: Tensor, loss: Tensor) -> None:
+        logits = main_output(outputs).detach()
+        n = targets.shape[0]
+        self.loss_sum += loss.detach().double() * n
+        self.count += n
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        pred = top[:, 0]
+        self.correct += (pred == targets).sum()
+        self.correct5 += (top == targets[:, None]).any(dim=1).sum()
+        c = self.num_classes
+        self.confusion += torch.bincount(targets * c + pred, minlength=c * c).view(c, c)
+
+    def reduce(self, fn: Reducer) -> None:
+        for t in (self.loss_sum, self.count, self.correct, self.correct5, self.confusion):
+            fn(t)
+
+    def running(self) -> dict[str, float]:
+        n = max(float(self.count), 1.0)
+        return {"loss": float(self.loss_sum) / n, "acc": float(self.correct) / n}
+
+    def compute(self) -> dict[str, float]:
+        n = max(float(self.count), 1.0)
+        return {
+            "loss": float(self.loss_sum) / n,
+            "acc": float(self.correct) / n,
+            "top5": float(self.correct5) / n,
+        }
+
+    def per_class(self) -> dict[str, list[float]]:
+        """Per-class precision and recall from the confusion matrix (0 where undefined)."""
+        cm = self.confusion.double()
+        tp = cm.diag()
+        predicted = cm.sum(0)
+        actual = cm.sum(1)
+        precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), torch.zeros_like(tp))
+        recall = torch.where(actual > 0, tp / actual.clamp(min=1), torch.zeros_like(tp))
+        return {"precision": precision.tolist(), "recall": recall.tolist()}
+
+
+class ClassificationTask:
+    """Cross-entropy with label smoothing (Szegedy et al. 2016, "Rethinking the Inception
+    Architecture", Sec. 7); for `AuxOutputs` (GoogLeNet, Szegedy et al. 2015, Sec. 5) the loss is
+    main + aux_weight * sum(aux losses). Monitors validation loss (lower is better).
+    """
+
+    name = "classification"
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        label_smoothing: float = 0.0,
+        class_names: list[str] | None = None,
+        monitor: str = "loss",
+        mode: Literal["min", "max"] = "min",
+    ) -> None:
+        self.num_classes = num_classes
+        self.label_smoothing = label_smoothing
+        self.class_names = class_names or [str(i) for i in range(num_classes)]
+        self.monitor = monitor
+        self.mode = mode
+
+    def _ce(self, logits: Tensor, targets: Tensor) -> Tensor:
+        # fp32 loss even under bf16 autocast: log-softmax in bf16 loses the small probabilities.
+        return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
+
+    def loss(self, outputs: Any, targets: Tensor) -> Tensor:
+        if isinstance(outputs, AuxOutputs):
+            total = self._ce(outputs.logits, targets)
+            if outputs.aux:
+                aux = sum(self._ce(a, targets) for a in outputs.aux)
+                total = total + outputs.aux_weight * aux
+            return total
+        return self._ce(outputs, targets)
+
+    def metrics(self) -> ClassificationAccumulator:
+        return ClassificationAccumulator(self.num_classes)

@@ -1,0 +1,282 @@
+"""Segmentation data as tensors the engine's `BatchLoader` cuts batches from.
+
+`load_segmentation(source)` turns 'cells' (the synthetic microscopy set), a folder of
+`images/` + `masks/` or a CSV manifest into `SegmentationSet`s: images uint8 (N, C, H, W) and
+targets. Targets are
+- (N, H, W) uint8 class indices, or
+- (N, 2, H, W) float32 = (class index, U-Net weight map) for the paper's weighted loss: the map is
+  computed once per training image from its instance mask (`losses.unet_weight_map`) and
+  stacked with the mask, so that `PairedTransform` moves both with the image.
+
+Images of different sizes are cut into square tiles (mirror-padded when smaller), since a batch
+needs one size; same-sized images stay whole and are randomly cropped per batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import Tensor
+
+from ..data.augment import (
+    ColorJitter,
+    Compose,
+    ElasticDeform,
+    HorizontalFlip,
+    RandomCrop,
+    RandomRot90,
+    VerticalFlip,
+)
+from ..data.loader import BatchTransform
+from ..errors import DataError
+from .losses import IGNORE_INDEX, balanced_class_weights, unet_weight_map
+
+
+@dataclass
+class SegmentationSet:
+    """images: uint8 (N, C, H, W); masks: uint8 (N, H, W); instances: int32 (N, H, W) or None."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    instances: np.ndarray | None
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, idx: Sequence[int] | np.ndarray) -> SegmentationSet:
+        idx = np.asarray(idx, dtype=np.int64)
+        inst = None if self.instances is None else self.instances[idx]
+        return SegmentationSet(
+            self.images[idx], self.masks[idx], inst, [self.names[i] for i in idx]
+        )
+
+    def cell_instances(self) -> np.ndarray:
+        """Instance ids: the stored ones, else the 4-connected components of the foreground."""
+        if self.instances is not None:
+            return self.instances
+        out = np.zeros(self.masks.shape, dtype=np.int32)
+        for i, m in enumerate(self.masks):
+            out[i] = ndimage.label((m > 0) & (m != IGNORE_INDEX))[0]
+        return out
+
+    def targets(
+        self, weighted: bool, class_weights: np.ndarray | None = None, *, w0: float = 10.0,
+        sigma: float = 5.0,
+    ) -> Tensor:
+        """(N, H, W) uint8 masks, or (N, 2, H, W) float32 (mask, weight map) when `weighted`."""
+        if not weighted:
+            return torch.from_numpy(self.masks.copy())
+        inst = self.cell_instances()
+        out = np.empty((len(self), 2, *self.masks.shape[1:]), dtype=np.float32)
+        for i in range(len(self)):
+            out[i, 0] = self.masks[i]
+            out[i, 1] = unet_weight_map(
+                inst[i], self.masks[i], class_weights=class_weights, w0=w0, sigma=sigma
+            )
+        return torch.from_numpy(out)
+
+    def image_tensor(self) -> Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self.images))
+
+
+@dataclass
+class SegmentationSplits:
+    train: SegmentationSet
+    val: SegmentationSet
+    classes: list[str]
+    skipped: list[str]
+    source: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.train.images.shape[1])
+
+    def class_weights(self) -> np.ndarray:
+        """w_c of the weight map, from the training masks' pixel frequencies."""
+        return balanced_class_weights(self.train.masks, self.num_classes)
+
+
+def _tiles_1d(n: int, size: int) -> list[int]:
+    """Start offsets of ceil(n / size) windows of `size` spread evenly over 0..n-size."""
+    if n <= size:
+        return [0]
+    count = math.ceil(n / size)
+    return [round(i * (n - size) / (count - 1)) for i in range(count)]
+
+
+def _pad_to(a: np.ndarray, size: int) -> np.ndarray:
+    """Mirror-pad the first two axes up to `size` (the paper's mirroring at image borders)."""
+    ph, pw = max(size - a.shape[0], 0), max(size - a.shape[1], 0)
+    if not (ph or pw):
+        return a
+    pads = [(ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)] + [(0, 0)] * (a.ndim - 2)
+    return np.pad(a, pads, mode="symmetric")
+
+
+def stack_pairs(
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    instances: Sequence[np.ndarray] | None,
+    names: Sequence[str],
+    tile: int,
+) -> SegmentationSet:
+    """Stack (H, W, C) images / (H, W) masks into one set: as they are when all share one size,
+    else as `tile` x `tile` tiles (images smaller than a tile are mirror-padded)."""
+    if len({im.shape[:2] for im in images}) == 1:
+        inst = None if instances is None else np.stack(instances).astype(np.int32)
+        return SegmentationSet(
+            np.stack(images).transpose(0, 3, 1, 2).copy(), np.stack(masks), inst, list(names)
+        )
+    out_img, out_mask, out_inst, out_names = [], [], [], []
+    for k, (im, m) in enumerate(zip(images, masks, strict=True)):
+        inst = None if instances is None else instances[k]
+        im, m = _pad_to(im, tile), _pad_to(m, tile)
+        inst = None if inst is None else _pad_to(inst, tile)
+        for y in _tiles_1d(im.shape[0], tile):
+            for x in _tiles_1d(im.shape[1], tile):
+                out_img.append(im[y : y + tile, x : x + tile])
+                out_mask.append(m[y : y + tile, x : x + tile])
+                if inst is not None:
+                    out_inst.append(inst[y : y + tile, x : x + tile])
+                out_names.append(f"{names[k]}@{y},{x}")
+    return SegmentationSet(
+        np.stack(out_img).transpose(0, 3, 1, 2).copy(),
+        np.stack(out_mask),
+        np.stack(out_inst).astype(np.int32) if instances is not None else None,
+        out_names,
+    )
+
+
+def load_cells(
+    n_train: int = 160, n_val: int = 40, *, size: int = 256, seed: int = 0
+) -> SegmentationSplits:
+    """The synthetic cell set: training and validation images come from disjoint seed streams."""
+    from ..data.cells import CLASSES, make_cells
+
+    parts = []
+    for split, n in (("train", n_train), ("val", n_val)):
+        d = make_cells(n, size=size, seed=seed, split=split)
+        parts.append(
+            SegmentationSet(
+                d.images[:, None], d.masks, d.instances, [f"cells-{split}/{i}" for i in range(n)]
+            )
+        )
+    return SegmentationSplits(parts[0], parts[1], list(CLASSES), [], "cells")
+
+
+def load_segmentation(
+    source: str | Path,
+    *,
+    classes: Sequence[str] | None = None,
+    val_fraction: float = 0.2,
+    tile: int = 256,
+    seed: int = 0,
+    cells: int = 200,
+) -> SegmentationSplits:
+    """'cells' (synthetic, `cells` images), a folder (`images/`, `masks/`, optional `val/` with
+    the same layout) or a CSV manifest; without a `val/` folder a seeded `val_fraction` of the
+    images (whole images, before tiling) is held out."""
+    if str(source) == "cells":
+        n_val = max(1, round(cells * val_fraction))
+        return load_cells(cells - n_val, n_val, seed=seed)
+    from ..data.masks import load_mask_pairs
+
+    source = Path(source)
+    pairs = load_mask_pairs(source, classes=classes)
+    val_dir = source / "val" if source.is_dir() else None
+    if val_dir is not None and (val_dir / "images").is_dir():
+        val_pairs = load_mask_pairs(val_dir, classes=pairs.classes)
+        train_idx, val_idx = list(range(len(pairs))), None
+    else:
+        val_pairs = None
+        if len(pairs) < 2:
+            raise DataError(f"{source} has {len(pairs)} usable pair: need at least 2 to validate.")
+        order = np.random.default_rng(seed).permutation(len(pairs))
+        n_val = min(max(1, round(len(pairs) * val_fraction)), len(pairs) - 1)
+        val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
+
+    def pick(p, idx):
+        idx = range(len(p)) if idx is None else idx
+        inst = None if p.instances is None else [p.instances[i] for i in idx]
+        return stack_pairs(
+            [p.images[i] for i in idx], [p.masks[i] for i in idx], inst,
+            [p.names[i] for i in idx], tile,
+        )
+
+    train = pick(pairs, train_idx)
+    val = pick(val_pairs, None) if val_pairs is not None else pick(pairs, val_idx)
+    if train.images.shape[1] != val.images.shape[1]:
+        raise DataError("training and validation images differ in channels (grey vs colour).")
+    skipped = pairs.skipped + (val_pairs.skipped if val_pairs is not None else [])
+    return SegmentationSplits(train, val, pairs.classes, skipped, str(source))
+
+
+class PairedTransform:
+    """Geometry for image + targets, photometry for the image only.
+
+    `geometric` transforms get the mask as (N, H, W) targets (nearest-neighbour); a weight-map
+    channel rides along as an extra *image* channel, so it gets exactly the same geometry (and
+    bilinear resampling in elastic warps); `photometric` transforms see the image channels only.
+    """
+
+    def __init__(
+        self, geometric: Sequence[BatchTransform], photometric: Sequence[BatchTransform] = ()
+    ) -> None:
+        self.geometric = Compose(list(geometric))
+        self.photometric = Compose(list(photometric))
+
+    def __call__(
+        self, images: Tensor, targets: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        c = images.shape[1]
+        if targets.dim() == 4:  # (mask, weight map)
+            stacked = torch.cat([images, targets[:, 1:].to(images.dtype)], 1)
+            stacked, mask = self.geometric(stacked, targets[:, 0].round().long(), generator)
+            images, weights = stacked[:, :c], stacked[:, c:]
+            images, _ = self.photometric(images, mask, generator)
+            return images, torch.cat([mask[:, None].to(weights.dtype), weights], 1)
+        images, targets = self.geometric(images, targets.long(), generator)
+        images, _ = self.photometric(images, targets, generator)
+        return images, targets
+
+    def __repr__(self) -> str:
+        return f"PairedTransform({self.geometric!r}, {self.photometric!r})"
+
+
+def train_transform(crop: int, *, elastic: float = 10.0, jitter: float = 0.2) -> PairedTransform:
+    """The paper's augmentation (Sec. 3.1: shifts, rotations, elastic deformations, grey-value
+    variations): random `crop` window, flips, 90-degree rotations, elastic deformation with
+    `elastic` px displacements on a 3 x 3 grid (0 disables), brightness/contrast jitter."""
+    geometric: list[BatchTransform] = [
+        RandomCrop(crop), HorizontalFlip(), VerticalFlip(), RandomRot90(),
+    ]
+    if elastic > 0:
+        geometric.append(ElasticDeform(sigma=elastic, p=0.5))
+    photometric: list[BatchTransform] = [ColorJitter(jitter, jitter, 0.0)] if jitter > 0 else []
+    return PairedTransform(geometric, photometric)
+
+
+class CenterCrop:
+    """Crop the centre `size` of every image and target (validation in 'valid' mode)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, images: Tensor, targets: Tensor, generator: torch.Generator):
+        del generator
+        h, w = images.shape[-2:]
+        s = self.size
+        top, left = (h - s) // 2, (w - s) // 2
+        images = images[..., top : top + s, left : left + s]
+        return images, targets[..., top : top + s, left : left + s]

@@ -1,0 +1,157 @@
+"""The overlap-tile strategy (Ronneberger et al. 2015, Sec. 2 and Fig. 2).
+
+An image of any size is segmented tile by tile: the output is cut into abutting tiles of K x K
+pixels, and each tile's prediction is computed from an input window that adds `margin` pixels of
+context on every side. Context beyond the image border is the image mirrored at that border, so
+border pixels see plausible surroundings instead of zeros. Memory is bounded by one batch of
+tiles plus the output (a uint8 mask with `output='mask'`), whatever the image size.
+
+- padding='valid' (the paper): the net itself trims 92 pixels per side (4 levels), the input
+  tile is a legal size (188 + 16k) and its output 4 + 16k pixels; the kept part is cut to a
+  multiple of 16 (2 more pixels per side), so every tile starts on the same 2x2-pooling grid and
+  the stitched tiles are exactly the prediction of the whole mirrored image in one pass.
+- padding='same': the output tile is the centre of the net's output. With `margin` at least the
+  receptive-field radius (92 px for 4 levels: the same context the valid net trims) and tile
+  offsets on the pooling grid (multiples of 16), every kept pixel equals the whole-image
+  prediction, except within `margin` of the image border where mirroring replaces zero padding.
+  A smaller margin is faster and in practice nearly as good (`--margin`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class TileGeometry:
+    """in_size: input tile side; out_size: side of the part of each output kept; margin: context
+    per side; trim: pixels the net itself removes per side (valid mode), 0 in 'same' mode."""
+
+    in_size: int
+    out_size: int
+    margin: int
+    trim: int
+
+
+def receptive_margin(model: nn.Module) -> tuple[int, int]:
+    """(context margin, alignment) for a zoo U-Net in 'same' mode.
+
+    For the paper's encoder of depth D the receptive-field radius is what the valid net trims,
+    6 * 2^D - 4 px (92 for D = 4); for a classifier encoder (stride 32, deep) the exact radius is
+    several hundred pixels, so 3 * 32 is used (nearly exact in practice, see docs).
+    """
+    strides = tuple(getattr(getattr(model, "encoder", None), "feature_strides", (1, 2, 4, 8, 16)))
+    align = max(strides)
+    if getattr(model, "custom_encoder", False):
+        return 3 * align, align
+    depth = len(strides) - 1
+    radius = 6 * 2**depth - 4
+    return int(math.ceil(radius / align) * align), align
+
+
+def tile_geometry(model: nn.Module, tile: int = 512, margin: int | None = None) -> TileGeometry:
+    """The tiling for `model` with input tiles of about `tile` pixels."""
+    padding = getattr(model, "padding", "same")
+    if padding == "valid":
+        from ..models.unet import valid_input_size
+
+        in_size = valid_input_size(max(tile - 184, 20))  # at least 16 px kept
+        out = model.output_size(in_size)
+        trim = (in_size - out) // 2
+        keep = out // 16 * 16  # tile offsets on the pooling grid: shift-equivariant stitching
+        return TileGeometry(in_size, keep, trim + (out - keep) // 2, trim)
+    default_margin, align = receptive_margin(model)
+    m = default_margin if margin is None else int(math.ceil(margin / align) * align)
+    in_size = max(int(math.ceil(tile / align) * align), 2 * m + align)
+    return TileGeometry(in_size, in_size - 2 * m, m, 0)
+
+
+def mirror_indices(start: int, size: int, n: int) -> Tensor:
+    """Indices start..start+size-1 reflected into 0..n-1 (numpy's 'reflect': the edge pixel is
+    not repeated), for any distance outside the image."""
+    idx = torch.arange(start, start + size)
+    if n == 1:
+        return torch.zeros_like(idx)
+    period = 2 * (n - 1)
+    idx = idx.remainder(period)
+    return torch.where(idx >= n, period - idx, idx)
+
+
+@torch.no_grad()
+def predict_tiled(
+    model: nn.Module,
+    image: Tensor | np.ndarray,
+    *,
+    tile: int = 512,
+    margin: int | None = None,
+    batch_size: int = 4,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    output: Literal["probs", "logits", "mask"] = "probs",
+    progress: bool = False,
+) -> Tensor:
+    """Segment one image (C, H, W) of any size with the overlap-tile strategy.
+
+    image: uint8 (divided by 255) or float; `mean`/`std` normalise each tile after that.
+    tile: input tile side in pixels (snapped to a legal size); margin: context per side in
+        'same' mode (default: the receptive-field radius, exact); batch_size: tiles per forward.
+    progress: a tqdm bar over the tiles (for large images).
+    Returns (num_classes, H, W) float32 probabilities or logits, or a uint8 (H, W) mask.
+    """
+    img = torch.as_tensor(image)
+    if img.dim() != 3:
+        raise ValueError(f"expected one image (C, H, W), got shape {tuple(img.shape)}")
+    _, h, w = img.shape
+    geo = tile_geometry(model, tile, margin)
+    k = geo.out_size
+    origins = [(y, x) for y in range(0, h, k) for x in range(0, w, k)]
+    mean_t = None if mean is None else torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    std_t = None if std is None else torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    was_training = model.training
+    model.eval()
+    result: Tensor | None = None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(origins), desc="tiles", leave=False, disable=not progress)
+    try:
+        for start in range(0, len(origins), batch_size):
+            chunk = origins[start : start + batch_size]
+            tiles = []
+            for y, x in chunk:
+                rows = mirror_indices(y - geo.margin, geo.in_size, h)
+                cols = mirror_indices(x - geo.margin, geo.in_size, w)
+                t = img[:, rows][:, :, cols]
+                t = t.float().div_(255) if t.dtype == torch.uint8 else t.float()
+                if mean_t is not None:
+                    t = (t - mean_t) / std_t
+                tiles.append(t)
+            logits = model(torch.stack(tiles)).float()
+            crop = geo.margin - geo.trim
+            logits = logits[..., crop : crop + k, crop : crop + k]
+            if result is None:
+                c = logits.shape[1]
+                result = (
+                    torch.zeros(h, w, dtype=torch.uint8)
+                    if output == "mask"
+                    else torch.zeros(c, h, w, dtype=torch.float32)
+                )
+            if output == "probs":
+                logits = logits.softmax(1)
+            for (y, x), out in zip(chunk, logits, strict=True):
+                hh, ww = min(k, h - y), min(k, w - x)
+                if output == "mask":
+                    result[y : y + hh, x : x + ww] = out[:, :hh, :ww].argmax(0).to(torch.uint8)
+                else:
+                    result[:, y : y + hh, x : x + ww] = out[:, :hh, :ww]
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+        model.train(was_training)
+    assert result is not None
+    return result

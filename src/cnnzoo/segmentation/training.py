@@ -1,0 +1,311 @@
+"""A segmentation run: data + U-Net + loss -> the engine's `Trainer` -> checkpoint and report.
+
+`train(...)` is what `cnnzoo train unet --task segmentation` calls; the command only parses.
+`load_segmenter(checkpoint)` rebuilds the trained net for `cnnzoo segment`.
+
+Defaults are the recipe measured on 2 CPU cores (docs/segmentation.md): 'same' padding, base
+width 16, 128 x 128 random crops, batch 8, AdamW with a one-cycle schedule peaking at 3e-3.
+Normalisation uses the training images' own mean/std (training from scratch), or the encoder's
+ImageNet statistics when it starts from pretrained weights.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.loader import BatchLoader
+from ..engine.distributed import DistContext, unwrap_model
+from ..engine.loop import FitResult, TrainConfig, Trainer
+from ..errors import DataError
+from .data import CenterCrop, SegmentationSplits, load_segmentation, train_transform
+from .task import SegmentationTask
+
+# What differs from the engine's classification defaults (SGD 0.1 suits BN classifiers on
+# Fashion-MNIST; a U-Net trained on a few hundred crops converges faster and more reliably with
+# AdamW, and wants no weight decay on its tiny decoder).
+SEGMENTATION_DEFAULTS: dict[str, Any] = {
+    "epochs": 20,
+    "optimizer": "adamw",
+    "lr": 3e-3,
+    "weight_decay": 1e-4,
+    "schedule": "onecycle",
+    "pct_start": 0.15,
+}
+
+
+@dataclass
+class SegmentationRun:
+    """What `train` returns: the engine's `FitResult`, the trained model, the data and task."""
+
+    result: FitResult
+    model: nn.Module
+    splits: SegmentationSplits
+    task: SegmentationTask
+    meta: dict[str, Any]
+
+
+def segmentation_config(**overrides: Any) -> TrainConfig:
+    """`TrainConfig` with the segmentation defaults above, then `overrides`."""
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise TypeError(f"unknown TrainConfig fields: {', '.join(sorted(unknown))}")
+    return TrainConfig(**{**SEGMENTATION_DEFAULTS, **overrides})
+
+
+def _legal_crop(model: nn.Module, size: int, limit: int) -> int:
+    """A crop the net accepts: multiples of 16 in 'same' mode, 188 + 16k in 'valid' mode."""
+    if getattr(model, "padding", "same") == "valid":
+        from ..models.unet import valid_input_size, valid_output_size
+
+        legal = valid_input_size(1)
+        n = legal
+        while n + 16 <= min(size, limit):
+            n += 16
+        if n > limit:
+            raise DataError(
+                f"padding='valid' needs tiles of at least {legal} px but the images are {limit} "
+                "px: use padding='same' or larger images."
+            )
+        valid_output_size(n)
+        return n
+    return max(16, min(size, limit) // 16 * 16)
+
+
+def build_model(
+    num_classes: int, in_chans: int, *, model: str = "unet", padding: str = "same",
+    base_width: int = 16, encoder_name: str | None = None, encoder_weights: Any = None,
+    model_kwargs: dict[str, Any] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The zoo U-Net and the kwargs that rebuild it (stored in the checkpoint; the encoder's
+    pretrained weights are not among them: the checkpoint holds the trained weights)."""
+    from ..models import create_model, get_config
+
+    if get_config(model).task != "segmentation":
+        raise DataError(
+            f"{model} is a classifier: segmentation trains unet (use --encoder {model} to make "
+            f"{model} its contracting path)."
+        )
+    kwargs: dict[str, Any] = {"padding": padding, **(model_kwargs or {})}
+    if encoder_name:
+        kwargs["encoder_name"] = encoder_name
+        net = create_model(model, num_classes=num_classes, in_chans=in_chans,
+                           encoder_weights=encoder_weights, **kwargs)
+    else:
+        kwargs["base_width"] = base_width
+        net = create_model(model, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    return net, kwargs
+
+
+def train(
+    data: str | os.PathLike[str] | SegmentationSplits = "cells",
+    *,
+    out_dir: str | os.PathLike[str] | None = None,
+    model: str = "unet",
+    padding: str = "same",
+    base_width: int = 16,
+    encoder_name: str | None = None,
+    encoder_weights: Any = None,
+    loss: str = "ce+dice",
+    crop: int = 128,
+    batch_size: int = 8,
+    classes: Sequence[str] | None = None,
+    val_fraction: float = 0.2,
+    cells: int = 200,
+    elastic: float = 10.0,
+    jitter: float = 0.2,
+    w0: float = 10.0,
+    sigma: float = 5.0,
+    count_instances: bool | None = None,
+    config: TrainConfig | None = None,
+    resume: bool | str | os.PathLike[str] = False,
+    model_kwargs: dict[str, Any] | None = None,
+    dist: DistContext | None = None,
+    say: Callable[[str], Any] = print,
+    **config_overrides: Any,
+) -> SegmentationRun:
+    """Train a U-Net on `data`: 'cells' (synthetic microscopy, `cells` images), a folder with
+    `images/` + `masks/` (+ optional `instances/`, `val/`) or a CSV manifest.
+
+    loss: 'ce', 'dice', 'ce+dice' or 'weighted_ce' (U-Net's border weight map, w0 / sigma).
+    crop: training tile side (random crops; snapped to a size the net accepts).
+    encoder_name / encoder_weights: a zoo classifier as the contracting path (smp's names).
+    config / config_overrides: the engine's `TrainConfig` (default `segmentation_config()`).
+    count_instances: report the cell count error (default: when there are two classes).
+    model_kwargs: further U-Net options (batchnorm, dropout, decoder_channels).
+    dist: the process group under torchrun (each rank trains on its shard of the images).
+    Writes last.pt / best.pt, metrics, learning curves and `validation.png` into `out_dir`.
+    """
+    from ..engine.run import channel_stats
+
+    cfg = config if config is not None else segmentation_config(**config_overrides)
+    splits = data if isinstance(data, SegmentationSplits) else load_segmentation(
+        data, classes=classes, val_fraction=val_fraction, tile=max(2 * crop, 256),
+        seed=cfg.seed, cells=cells)
+    k, c = splits.num_classes, splits.in_chans
+    torch.manual_seed(cfg.seed)
+    net, model_kwargs = build_model(
+        k, c, model=model, padding=padding, base_width=base_width,
+        encoder_name=encoder_name, encoder_weights=encoder_weights, model_kwargs=model_kwargs)
+    dist = dist or DistContext()
+    h, w = splits.train.images.shape[-2:]
+    tile = _legal_crop(net, crop, min(h, w))
+    vh, vw = splits.val.images.shape[-2:]
+    val_tile = _legal_crop(net, min(vh, vw), min(vh, vw))
+    if encoder_weights is not None:  # the preprocessing the encoder's weights expect
+        mean = list(net.encoder_cfg.mean)
+        std = list(net.encoder_cfg.std)
+    else:
+        mean, std = channel_stats(torch.from_numpy(splits.train.images))
+    if len(mean) != c:
+        mean, std = [float(np.mean(mean))] * c, [float(np.mean(std))] * c
+
+    task = SegmentationTask(
+        k, loss=loss, class_names=splits.classes,
+        count_instances=(k == 2) if count_instances is None else count_instances)
+    weighted = task.needs_weight_map
+    cw = splits.class_weights() if weighted else None
+    say(f"data: {splits.source}: {len(splits.train)} training and {len(splits.val)} validation "
+        f"images of {h}x{w}, {k} classes ({', '.join(splits.classes)}); loss {loss}, "
+        f"training tiles {tile}x{tile}")
+    train_targets = splits.train.targets(weighted, cw, w0=w0, sigma=sigma)
+    val_targets = splits.val.targets(weighted, cw, w0=w0, sigma=sigma)
+    n_train = len(splits.train) // dist.world
+    train_loader = BatchLoader(
+        splits.train.image_tensor(), train_targets, batch_size=batch_size, shuffle=True,
+        drop_last=n_train > batch_size, transform=train_transform(tile, elastic=elastic,
+        jitter=jitter), mean=mean, std=std, seed=cfg.seed, shard=dist.shard)
+    val_loader = BatchLoader(
+        splits.val.image_tensor(), val_targets, batch_size=max(batch_size, 16),
+        transform=CenterCrop(val_tile) if val_tile != min(vh, vw) or vh != vw else None,
+        mean=mean, std=std, shard=dist.shard)
+    meta = {
+        "task": "segmentation", "model": model, "model_kwargs": model_kwargs,
+        "num_classes": k, "in_chans": c, "img_size": tile, "tile": tile, "mean": mean,
+        "std": std, "class_names": list(splits.classes), "dataset": splits.source,
+        "loss": loss,
+    }
+    trainer = Trainer(net, task, train_loader, val_loader, cfg, out_dir=out_dir, meta=meta,
+                      dist=dist)
+    result = trainer.fit(resume=resume)
+    net = unwrap_model(trainer.model)
+    if out_dir is not None and cfg.report and dist.is_main:
+        if dist.world > 1:  # the grid shows the first validation images, not rank 0's share
+            val_loader = BatchLoader(
+                splits.val.image_tensor(), val_targets, batch_size=val_loader.batch_size,
+                transform=val_loader.transform, mean=mean, std=std)
+        path = write_validation_grid(net, splits, val_loader, Path(out_dir) / "validation.png")
+        say(f"wrote {path}")
+    return SegmentationRun(result, net, splits, task, meta)
+
+
+@torch.no_grad()
+def predict_batches(model: nn.Module, loader: BatchLoader, limit: int | None = None):
+    """(images uint8 (N, H, W, C) as fed, true masks, predicted masks) of the first `limit`
+    samples of a (non-shuffled) loader; for the report grid."""
+    was = model.training
+    model.eval()
+    imgs, truths, preds = [], [], []
+    mean = loader.mean if loader.mean is not None else 0.0
+    std = loader.std if loader.std is not None else 1.0
+    try:
+        for x, y in loader:
+            logits = model(x.float())
+            raw = (x * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8)
+            t = y[:, 0].round().to(torch.uint8) if y.dim() == 4 else y.to(torch.uint8)
+            imgs.extend(raw.permute(0, 2, 3, 1).numpy())
+            truths.extend(t.numpy())
+            preds.extend(logits.argmax(1).to(torch.uint8).numpy())
+            if limit is not None and len(imgs) >= limit:
+                break
+    finally:
+        model.train(was)
+    return imgs[:limit], truths[:limit], preds[:limit]
+
+
+def write_validation_grid(
+    model: nn.Module, splits: SegmentationSplits, val_loader: BatchLoader, path: Path,
+    n: int = 8,
+) -> Path:
+    """The report's picture: `n` validation images with true and predicted contours."""
+    from .metrics import confusion_matrix as cm
+    from .metrics import dice_iou
+    from .visual import save_validation_grid
+
+    imgs, truths, preds = predict_batches(model, val_loader, n)
+    titles = []
+    for i, (t, p) in enumerate(zip(truths, preds, strict=True)):
+        top, left = (t.shape[0] - p.shape[0]) // 2, (t.shape[1] - p.shape[1]) // 2
+        tc = t[top : top + p.shape[0], left : left + p.shape[1]]
+        _, iou = dice_iou(cm(torch.from_numpy(p), torch.from_numpy(tc), splits.num_classes))
+        titles.append(f"{splits.val.names[i]}  IoU {float(iou[1:].mean()):.3f}")
+    return save_validation_grid(imgs, truths, preds, path, titles=titles)
+
+
+def load_segmenter(checkpoint: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
+    """(model in eval mode, meta) from a checkpoint written by a segmentation run."""
+    from ..engine.checkpoint import load_checkpoint
+    from ..errors import WeightsError
+    from ..models import create_model
+
+    ckpt = load_checkpoint(checkpoint)
+    meta = ckpt.get("meta") or {}
+    if meta.get("task") != "segmentation" and ckpt.get("task") != "segmentation":
+        raise WeightsError(
+            f"{checkpoint} is not a segmentation checkpoint: train one with "
+            "`cnnzoo train unet --task segmentation`."
+        )
+    kwargs = dict(meta.get("model_kwargs") or {})
+    model = create_model(meta.get("model", "unet"), num_classes=meta["num_classes"],
+                         in_chans=meta["in_chans"], **kwargs)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise WeightsError(f"{checkpoint} does not fit the model it names ({first})") from None
+    return model.eval(), meta
+
+
+def train_segmentation(
+    args: Any, config: TrainConfig, *, out_dir: str | os.PathLike[str] | None,
+    dist: DistContext | None = None, say: Callable[[str], Any] = print,
+) -> FitResult:
+    """`cnnzoo train unet --task segmentation ...`: the parsed command line -> `train`.
+
+    `config` is the command's `TrainConfig`; where the command line left optimizer, learning
+    rate or weight decay unset, the segmentation defaults above replace the classification ones.
+    """
+    from dataclasses import replace
+
+    from ..errors import CnnzooError
+
+    if getattr(args, "init_from", None):
+        raise CnnzooError("--init-from grows classifiers; a U-Net starts from scratch or from "
+                          "a pretrained encoder (--encoder NAME --encoder-weights imagenet|FILE)")
+    changes: dict[str, Any] = {"pct_start": SEGMENTATION_DEFAULTS["pct_start"]}
+    if getattr(args, "optimizer", None) is None:
+        changes["optimizer"] = SEGMENTATION_DEFAULTS["optimizer"]
+    if changes.get("optimizer", config.optimizer) == SEGMENTATION_DEFAULTS["optimizer"]:
+        if getattr(args, "lr", None) is None:
+            changes["lr"] = SEGMENTATION_DEFAULTS["lr"]
+        if getattr(args, "weight_decay", None) is None:
+            changes["weight_decay"] = SEGMENTATION_DEFAULTS["weight_decay"]
+    cfg = replace(config, **changes)
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    run = train(
+        args.data, out_dir=out_dir, model=args.model, padding=args.padding,
+        base_width=args.base_width, encoder_name=args.encoder,
+        encoder_weights=args.encoder_weights, loss=args.loss,
+        crop=args.crop or args.img_size or 128, batch_size=args.batch_size or 8,
+        classes=classes, val_fraction=args.val_fraction, cells=args.cells,
+        elastic=args.elastic, w0=args.w0, sigma=args.sigma, config=cfg, resume=args.resume,
+        model_kwargs=dict(args.model_arg), dist=dist, say=say)
+    return run.result

@@ -1,0 +1,89 @@
+"""Pictures of masks: contours drawn over images, and the validation grid of the report."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+# Class k >= 1 is drawn in PALETTE[(k - 1) % len]; ground truth is always green.
+PALETTE = np.array(
+    [[255, 0, 255], [255, 160, 0], [0, 200, 255], [255, 255, 0], [255, 60, 60], [160, 100, 255]],
+    dtype=np.uint8,
+)
+TRUTH = np.array([0, 255, 0], dtype=np.uint8)
+
+
+def contours(mask: np.ndarray) -> np.ndarray:
+    """Boundary pixels of the foreground regions: a pixel of class >= 1 with a 4-neighbour of a
+    different class (or the image edge does not count). Touching cells separated by a one-pixel
+    background seam get two outlines."""
+    m = np.asarray(mask)
+    edge = np.zeros(m.shape, dtype=bool)
+    diff_v = m[1:] != m[:-1]
+    diff_h = m[:, 1:] != m[:, :-1]
+    edge[1:] |= diff_v
+    edge[:-1] |= diff_v
+    edge[:, 1:] |= diff_h
+    edge[:, :-1] |= diff_h
+    return edge & (m > 0) & (m != 255)
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+    """(H, W), (H, W, 1) or (H, W, 3) uint8 -> (H, W, 3) uint8."""
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = img[..., None]
+    return np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img[..., :3]
+
+
+def overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None = None) -> np.ndarray:
+    """The image in RGB with the predicted class contours (magenta for class 1, then
+    orange, cyan, ...) and, if given, the ground-truth contours in green underneath."""
+    out = to_rgb(image).copy()
+    if truth is not None:
+        out[contours(truth)] = TRUTH
+    edge = contours(pred)
+    colours = PALETTE[(np.clip(pred.astype(np.int64), 1, None) - 1) % len(PALETTE)]
+    out[edge] = colours[edge]
+    return out
+
+
+def save_validation_grid(
+    images: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray],
+    preds: Sequence[np.ndarray],
+    path: str | Path,
+    *,
+    titles: Sequence[str] | None = None,
+    columns: int = 4,
+) -> Path:
+    """A PNG grid of validation images with ground-truth (green) and predicted (magenta)
+    contours; the valid-mode prediction may be smaller than the image (it is centred)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    cols = min(columns, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.5 * rows), squeeze=False,
+                             layout="constrained")  # titles never run into the row above
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i in range(n):
+        img, t, p = np.asarray(images[i]), np.asarray(truths[i]), np.asarray(preds[i])
+        top, left = (img.shape[0] - p.shape[0]) // 2, (img.shape[1] - p.shape[1]) // 2
+        img = img[top : top + p.shape[0], left : left + p.shape[1]]
+        t = t[top : top + p.shape[0], left : left + p.shape[1]]
+        ax = axes.ravel()[i]
+        ax.imshow(overlay(img, p, t), interpolation="nearest")
+        if titles is not None:
+            ax.set_title(titles[i], fontsize=8)
+    fig.suptitle("validation: ground truth (green) vs prediction (magenta)", fontsize=10)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,224 @@
+"""The result of transfer learning: a bundle folder that predicts on its own.
+
+    DIR/model.safetensors   the whole network (backbone + new head) in cnnzoo's key names
+    DIR/bundle.json         model name, class names, preprocessing, views, head, val metrics
+
+`load_bundle(DIR)` rebuilds the network from the JSON, checks that every tensor of the
+.safetensors file fits it (a JSON that does not match its weights is one `WeightsError`), and
+returns a `Bundle` whose `.predict(images)` gives class names and probabilities. Prediction
+repeats exactly what validation did: the same decoding and resizing (`ImageSpec`), the same
+normalisation, and the mean of the class probabilities over the same views (test-time flip).
+
+A bundle is written into a temporary sibling folder and renamed into place, so a reader (or a
+crash) never sees half a bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from PIL import Image
+from torch import Tensor, nn
+
+from ..data.images import ImageSpec, convert_image, to_tensor_uint8
+from ..errors import WeightsError
+from ..weights import Preprocessing
+from ..weights.files import save_safetensors
+from .features import MAX_VIEWS, forward_pre_logits, inference_dtype, model_input
+
+FORMAT = "cnnzoo-bundle-1"
+WEIGHTS_FILE = "model.safetensors"
+JSON_FILE = "bundle.json"
+
+
+class Predictions(NamedTuple):
+    """`classes[i]` is the predicted class name of image i; `probabilities[i]` its class
+    probabilities (K,) in `class_names` order, summing to 1."""
+
+    classes: list[str]
+    probabilities: Tensor
+    class_names: list[str]
+
+
+def input_spec(pre: Preprocessing, fit: str = "crop") -> ImageSpec:
+    """How a bundle's images are decoded and sized: the weights' preprocessing ('crop': shorter
+    side to resize_size, centre crop) or the whole image squashed to the crop size ('resize')."""
+    return ImageSpec(size=pre.crop_size, channels=1 if pre.channels == 1 else 3, method=fit,
+                     resize_size=pre.resize_size, interpolation=pre.interpolation)  # fmt: skip
+
+
+@torch.inference_mode()
+def predict_tensor(model: nn.Module, images: Tensor, pre: Preprocessing, *, views: int = 2,
+                   batch_size: int = 32, precision: str = "auto") -> Tensor:  # fmt: skip
+    """Class probabilities (N, K) of uint8 images (N, C, H, W): softmax of the logits, averaged
+    over `views` (the image and its mirror by default). The model must be in eval mode."""
+    dtype = inference_dtype(precision)
+    if dtype == "bf16":  # bf16 kernels want channels_last weights too (the input is converted)
+        model.to(memory_format=torch.channels_last)
+    out = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        probs = 0.0
+        for v in range(views):
+            x = model_input(chunk, pre, v)
+            feats = forward_pre_logits(model, x, dtype)
+            probs = probs + model.get_classifier()(feats).float().softmax(-1)
+        out.append(probs / views)
+    if not out:
+        return torch.zeros(0, getattr(model, "num_classes", 0))
+    return torch.cat(out)
+
+
+@dataclass
+class Bundle:
+    """A trained transfer-learning model with everything needed to use it."""
+
+    model: nn.Module
+    model_name: str
+    class_names: list[str]
+    preprocessing: Preprocessing
+    fit: str = "crop"
+    views: int = 2
+    head: dict[str, Any] | None = None
+    metrics: dict[str, Any] | None = None
+    extra: dict[str, Any] | None = None
+    path: Path | None = None
+
+    @property
+    def spec(self) -> ImageSpec:
+        return input_spec(self.preprocessing, self.fit)
+
+    def load_images(self, images: Sequence[Any]) -> Tensor:
+        """Paths, PIL images or uint8 (C, H, W) tensors -> one uint8 batch at the bundle's size.
+        An unreadable file raises a one-line `ImageError` naming it."""
+        spec = self.spec
+        out = []
+        for item in images:
+            if isinstance(item, Tensor):
+                if item.dtype != torch.uint8 or item.dim() != 3:
+                    raise ValueError("tensor images must be uint8 (C, H, W)")
+                arr = item.permute(1, 2, 0).numpy()
+                item = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+            if isinstance(item, Image.Image):
+                out.append(to_tensor_uint8(spec.apply(convert_image(item, spec.channels))))
+            else:
+                out.append(spec.load(item))
+        return torch.stack(out)
+
+    def predict(self, images: Sequence[Any] | Tensor, *, batch_size: int = 32) -> Predictions:
+        """Class names and probabilities for image files, PIL images or uint8 tensors (a list,
+        or one (N, C, H, W) uint8 batch at any size)."""
+        if isinstance(images, Tensor) and images.dim() == 4:
+            batch = images
+        else:
+            batch = self.load_images(list(images))
+        self.model.eval()
+        probs = predict_tensor(self.model, batch, self.preprocessing, views=self.views,
+                               batch_size=batch_size)  # fmt: skip
+        classes = [self.class_names[i] for i in probs.argmax(1).tolist()]
+        return Predictions(classes, probs, list(self.class_names))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT, "model": self.model_name, "class_names": list(self.class_names),
+            "num_classes": len(self.class_names), "in_chans": self.preprocessing.channels,
+            "preprocessing": self.preprocessing.to_dict(), "fit": self.fit, "views": self.views,
+            "head": self.head or {"kind": "linear"}, "metrics": self.metrics or {},
+            **(self.extra or {}),
+        }  # fmt: skip
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the bundle folder atomically (temp folder + rename); returns its path."""
+        target = Path(directory)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        try:
+            meta = {"format": FORMAT, "model": self.model_name}
+            save_safetensors(self.model.state_dict(), tmp / WEIGHTS_FILE, meta)
+            (tmp / JSON_FILE).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+            old = None
+            if target.exists():
+                old = target.with_name(f".{target.name}.old-{os.getpid()}")
+                os.replace(target, old)
+            os.replace(tmp, target)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        self.path = target
+        return target
+
+
+def build_model(name: str, num_classes: int, in_chans: int, head: dict[str, Any] | None,
+                model_kwargs: dict[str, Any] | None = None) -> nn.Module:  # fmt: skip
+    """The bundle's network with random weights: the zoo model and the head the JSON names."""
+    from ..models import create_model
+    from .heads import MLPHead, install_head
+
+    model = create_model(name, num_classes=num_classes, in_chans=in_chans, **(model_kwargs or {}))
+    head = head or {"kind": "linear"}
+    if head.get("kind") == "mlp":
+        install_head(model, MLPHead(model.num_features, num_classes, int(head["hidden"]),
+                                    float(head.get("dropout", 0.0))))  # fmt: skip
+    elif head.get("kind") != "linear":
+        raise WeightsError(f"unknown head kind {head.get('kind')!r} in the bundle's JSON")
+    return model
+
+
+def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
+    """Load a bundle folder written by `cnnzoo transfer`; see the module docstring."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    if not (d / JSON_FILE).is_file() or not (d / WEIGHTS_FILE).is_file():
+        raise WeightsError(f"{d} is not a bundle: it needs {JSON_FILE} and {WEIGHTS_FILE} "
+                           "(the bundle/ folder `cnnzoo transfer` writes)")  # fmt: skip
+    try:
+        meta = json.loads((d / JSON_FILE).read_text())
+        if meta.get("format") != FORMAT:
+            raise WeightsError(f"{d / JSON_FILE}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        names = [str(c) for c in meta["class_names"]]
+        pre = Preprocessing.from_dict(meta["preprocessing"])
+        views = int(meta.get("views", 1))
+        if not 1 <= views <= MAX_VIEWS or len(names) < 2:
+            raise ValueError("views or class_names out of range")
+    except WeightsError:
+        raise
+    except (ValueError, KeyError, TypeError) as exc:
+        raise WeightsError(f"{d / JSON_FILE} is not a valid bundle description "
+                           f"({type(exc).__name__}: {exc})") from None  # fmt: skip
+    try:
+        state = load_file(str(d / WEIGHTS_FILE))
+    except (SafetensorError, OSError) as exc:
+        raise WeightsError(f"{d / WEIGHTS_FILE} cannot be read ({' '.join(str(exc).split())})") from None
+    model = build_model(meta["model"], len(names), pre.channels, meta.get("head"),
+                        meta.get("model_kwargs"))  # fmt: skip
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and state[k].shape != v.shape]  # fmt: skip
+    if missing or unexpected or shapes:
+        what = shapes[:2] or [f"missing {k}" for k in missing[:2]] or [
+            f"unexpected {k}" for k in unexpected[:2]]  # fmt: skip
+        raise WeightsError(
+            f"{d / JSON_FILE} does not match {d / WEIGHTS_FILE} ({meta['model']} with "
+            f"{len(names)} classes): {len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(shapes)} mis-shaped tensors, e.g. {'; '.join(what)}")  # fmt: skip
+    model.load_state_dict(state)
+    model.eval()
+    known = {"format", "model", "class_names", "num_classes", "in_chans", "preprocessing", "fit",
+             "views", "head", "metrics"}  # fmt: skip
+    return Bundle(model, meta["model"], names, pre, str(meta.get("fit", "crop")), views,
+                  meta.get("head"), meta.get("metrics"),
+                  {k: v for k, v in meta.items() if k not in known}, d)  # fmt: skip

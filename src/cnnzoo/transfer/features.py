@@ -1,0 +1,249 @@
+"""The frozen backbone as a feature extractor, and the on-disk cache that makes a second run fast.
+
+`extract_features` runs a pretrained model once over uint8 images in eval mode under
+`torch.inference_mode` -- no gradient, no BatchNorm update, nothing in the model changes -- and
+returns its pre-logits vector (timm's `forward_head(..., pre_logits=True)`, Keras's
+`include_top=False, pooling='avg'`) for each image and each *view* of it. Views are fixed,
+deterministic variants of an image (the image, its mirror, a 87.5 % centre zoom and that zoom's
+mirror): the head trains on all of them as extra samples and prediction averages over them
+(test-time augmentation). Fixed rather than random, so a cached feature never depends on which
+batch an image was in.
+
+`FeatureCache` keeps the features on disk, keyed by what determines them: the model name, a
+fingerprint of the weights file, the preprocessing, the views and the numeric precision (one
+cache file per such key), and inside that file one row per image, keyed by a hash of the decoded
+pixels. A second run with another head or other hyper-parameters computes nothing; a changed or
+added image is recomputed alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..weights import Preprocessing
+from ..weights.files import save_safetensors
+
+MAX_VIEWS = 4
+VIEW_NAMES = ("image", "mirror", "zoom", "zoom+mirror")
+ZOOM = 0.875  # the centre crop ImageNet evaluation takes (224 of 256)
+
+
+def view(x: Tensor, index: int) -> Tensor:
+    """View `index` (see VIEW_NAMES) of a float batch (N, C, H, W); deterministic."""
+    if index < 0 or index >= MAX_VIEWS:
+        raise ValueError(f"view index must lie in [0, {MAX_VIEWS}), not {index}")
+    if index >= 2:
+        h, w = x.shape[-2:]
+        ch, cw = round(h * ZOOM), round(w * ZOOM)
+        top, left = (h - ch) // 2, (w - cw) // 2
+        x = F.interpolate(x[..., top:top + ch, left:left + cw], size=(h, w), mode="bilinear",
+                          antialias=True, align_corners=False)  # fmt: skip
+    return x.flip(-1) if index % 2 == 1 else x
+
+
+def inference_dtype(precision: str = "auto") -> str:
+    """'bf16' or 'fp32' for forward passes: 'auto' takes bf16 only on CPUs with native bf16
+    (AVX-512 bf16 / AMX), where it runs conv nets about twice as fast; emulated bf16 is slower."""
+    if precision in ("bf16", "fp32"):
+        return precision
+    if precision != "auto":
+        raise ValueError(f"precision must be auto, bf16 or fp32, not {precision!r}")
+    from ..engine.precision import cpu_features
+
+    return "bf16" if cpu_features()["native_bf16"] else "fp32"
+
+
+def model_input(images: Tensor, pre: Preprocessing, view_index: int = 0) -> Tensor:
+    """uint8 (N, C, H, W) at any size -> the normalised input at the weights' crop size."""
+    x = images.float().div_(255)
+    size = pre.crop_size
+    if tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
+                          align_corners=False)  # fmt: skip
+    return pre.normalize(view(x, view_index))
+
+
+@torch.inference_mode()
+def forward_pre_logits(model: nn.Module, x: Tensor, dtype: str = "fp32") -> Tensor:
+    """The model's pooled pre-logits vector (N, D) in float32; the model must be in eval mode."""
+    x = x.contiguous(memory_format=torch.channels_last) if dtype == "bf16" else x
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+        f = model.forward_head(model.forward_features(x), pre_logits=True)
+    return f.float()
+
+
+def extract_features(
+    model: nn.Module,
+    images: Tensor,
+    pre: Preprocessing,
+    *,
+    views: int = 2,
+    batch_size: int = 32,
+    precision: str = "auto",
+    progress: bool = True,
+    desc: str = "features",
+) -> Tensor:
+    """Pre-logits features (N, views, D) of uint8 `images` (N, C, H, W) through frozen `model`.
+
+    The model is put in eval mode (dropout off, BatchNorm uses its running statistics) and run
+    under inference mode: its parameters and buffers are not changed. Its train/eval mode is
+    restored afterwards.
+    """
+    from tqdm.auto import tqdm
+
+    if not 1 <= views <= MAX_VIEWS:
+        raise ValueError(f"views must lie in [1, {MAX_VIEWS}], not {views}")
+    dtype = inference_dtype(precision)
+    was_training = model.training
+    model.eval()
+    if dtype == "bf16":
+        model.to(memory_format=torch.channels_last)
+    out: list[Tensor] = []
+    try:
+        with tqdm(total=len(images) * views, desc=desc, unit="img", leave=False,
+                  disable=None if progress else True) as bar:  # fmt: skip
+            for start in range(0, len(images), batch_size):
+                chunk = images[start:start + batch_size]
+                per_view = []
+                for v in range(views):
+                    per_view.append(forward_pre_logits(model, model_input(chunk, pre, v), dtype))
+                    bar.update(len(chunk))
+                out.append(torch.stack(per_view, dim=1))
+    finally:
+        model.train(was_training)
+        model.to(memory_format=torch.contiguous_format)
+    if not out:
+        return torch.zeros(0, views, 0)
+    return torch.cat(out)
+
+
+# --------------------------------------------------------------------------------- the cache
+
+
+def image_hashes(images: Tensor) -> list[str]:
+    """A content hash per uint8 image (N, C, H, W): shape and pixels, 128-bit BLAKE2b."""
+    out = []
+    for img in images:
+        h = hashlib.blake2b(digest_size=16)
+        h.update(str(tuple(img.shape)).encode())
+        h.update(img.contiguous().numpy().tobytes())
+        out.append(h.hexdigest())
+    return out
+
+
+@cache
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    del size, mtime_ns  # part of the memo key: a rewritten file is hashed again
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()[:24]
+
+
+def weights_fingerprint(source: str | os.PathLike[str] | None) -> str:
+    """What identifies a set of weights: the SHA-256 of the checkpoint file's bytes (the file a
+    named tag resolves to, or the path given), or 'random' for None."""
+    if source is None:
+        return "random"
+    p = Path(source)
+    if not p.is_file():
+        return str(source)
+    st = p.stat()
+    return _file_digest(str(p.resolve()), st.st_size, st.st_mtime_ns)
+
+
+def feature_cache_dir() -> Path:
+    """Default cache: $CNNZOO_CACHE/features, else ~/.cache/cnnzoo/features (XDG respected)."""
+    from ..data.builtin import cache_dir
+
+    return cache_dir() / "features"
+
+
+class FeatureCache:
+    """Features of images under one key (model, weights, preprocessing, views, precision).
+
+    Stored as one .safetensors file per key: a float32 (M, views, D) tensor and, in its metadata,
+    the M image hashes in row order. Writes are atomic (temp file + rename).
+    """
+
+    def __init__(self, root: str | os.PathLike[str], key: dict[str, Any]) -> None:
+        self.root = Path(root)
+        self.key = key
+        text = json.dumps(key, sort_keys=True)
+        self.path = self.root / f"{hashlib.sha256(text.encode()).hexdigest()[:20]}.safetensors"
+        self._rows: dict[str, Tensor] | None = None
+
+    def _load(self) -> dict[str, Tensor]:
+        if self._rows is None:
+            self._rows = {}
+            if self.path.is_file():
+                try:
+                    from safetensors import safe_open
+
+                    with safe_open(str(self.path), framework="pt") as f:
+                        hashes = json.loads((f.metadata() or {}).get("hashes", "[]"))
+                        feats = f.get_tensor("features")
+                    if len(hashes) == len(feats):
+                        self._rows = dict(zip(hashes, feats, strict=True))
+                except Exception:  # noqa: BLE001 - a damaged cache file is only recomputed
+                    self._rows = {}
+        return self._rows
+
+    def get(self, hashes: Sequence[str]) -> dict[int, Tensor]:
+        """{position in `hashes`: cached features (views, D)} for the images found."""
+        rows = self._load()
+        return {i: rows[h] for i, h in enumerate(hashes) if h in rows}
+
+    def put(self, hashes: Sequence[str], features: Tensor) -> None:
+        rows = self._load()
+        rows.update(zip(hashes, features, strict=True))
+        self.root.mkdir(parents=True, exist_ok=True)
+        keys = list(rows)
+        meta = {"hashes": json.dumps(keys), "key": json.dumps(self.key, sort_keys=True)}
+        save_safetensors({"features": torch.stack([rows[k] for k in keys])}, self.path, meta)
+
+
+def cached_features(
+    model: nn.Module,
+    images: Tensor,
+    pre: Preprocessing,
+    *,
+    model_name: str,
+    weights_id: str,
+    views: int = 2,
+    batch_size: int = 32,
+    precision: str = "auto",
+    cache_dir: str | os.PathLike[str] | None = None,
+    use_cache: bool = True,
+    progress: bool = True,
+    desc: str = "features",
+) -> tuple[Tensor, int]:
+    """`extract_features` through the cache: (features (N, views, D), number computed now)."""
+    if not use_cache:
+        feats = extract_features(model, images, pre, views=views, batch_size=batch_size,
+                                 precision=precision, progress=progress, desc=desc)  # fmt: skip
+        return feats, len(images)
+    key = {"model": model_name, "weights": weights_id, "preprocessing": pre.to_dict(),
+           "views": views, "dtype": inference_dtype(precision),
+           "in_chans": int(images.shape[1])}  # fmt: skip
+    store = FeatureCache(cache_dir or feature_cache_dir(), key)
+    hashes = image_hashes(images)
+    found = store.get(hashes)
+    todo = [i for i in range(len(images)) if i not in found]
+    if todo:
+        new = extract_features(model, images[todo], pre, views=views, batch_size=batch_size,
+                               precision=precision, progress=progress, desc=desc)  # fmt: skip
+        store.put([hashes[i] for i in todo], new)
+        found.update(zip(todo, new, strict=True))
+    return torch.stack([found[i] for i in range(len(images))]), len(todo)

@@ -1,0 +1,102 @@
+"""The transfer report: the engine's confusion matrix, curves and per-class table, plus the grid of
+"top losses" -- the validation images the model got wrong most confidently, with their
+probabilities (what fastai users know as `plot_top_losses`): mislabelled images, ambiguous
+classes and what the model latches onto show up there first."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..engine.report import _pyplot, per_class_table, plot_confusion, plot_curves
+from ..engine.task import ClassificationAccumulator
+
+
+def accumulate(probs: Tensor, labels: Tensor, num_classes: int) -> ClassificationAccumulator:
+    """An engine accumulator (loss, accuracy, top-5, confusion) filled from probabilities."""
+    acc = ClassificationAccumulator(num_classes)
+    logp = probs.clamp_min(1e-12).log()
+    loss = torch.nn.functional.nll_loss(logp, labels)
+    acc.update(logp, labels, loss)
+    return acc
+
+
+def top_losses(probs: Tensor, labels: Tensor, k: int = 16) -> list[int]:
+    """Indices of the wrongly predicted images, highest loss (-log p(true class)) first."""
+    wrong = torch.nonzero(probs.argmax(1) != labels).flatten()
+    if len(wrong) == 0:
+        return []
+    loss = -probs[wrong, labels[wrong]].clamp_min(1e-12).log()
+    return wrong[loss.argsort(descending=True)][:k].tolist()
+
+
+def plot_top_losses(images: Tensor, probs: Tensor, labels: Tensor, class_names: list[str],
+                    path: Path, k: int = 16) -> Path:  # fmt: skip
+    """A grid of the `k` most confidently wrong images: true class, prediction, probabilities."""
+    plt = _pyplot()
+    idx = top_losses(probs, labels, k)
+    cols = 4
+    rows = max(1, -(-len(idx) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    if not idx:
+        axes[0][0].text(0, 0.5, "no wrong predictions on the validation images", fontsize=11)
+    for ax, i in zip(axes.flat, idx, strict=False):
+        img = images[i].permute(1, 2, 0).numpy()
+        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
+        p = probs[i]
+        pred, true = int(p.argmax()), int(labels[i])
+        ax.set_title(f"true {class_names[true]} ({p[true]:.2f})\npredicted {class_names[pred]} "
+                     f"({p[pred]:.2f})", fontsize=9)  # fmt: skip
+    fig.suptitle("validation images predicted wrong, most confident first", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_l2_curve(cv: list[dict[str, float]], path: Path) -> Path:
+    """For the features head: cross-validated accuracy and loss against the L2 strength."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.4))
+    l2 = [r["l2"] for r in cv]
+    for ax, key in zip(axes, ("cv_loss", "cv_acc"), strict=True):
+        ax.semilogx(l2, [r[key] for r in cv], "-o", ms=3)
+        ax.set_xlabel("L2 strength")
+        ax.set_title(key.replace("_", " "))
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(out_dir: Path, *, images: Tensor, probs: Tensor, labels: Tensor,
+                 class_names: list[str], history: list[dict[str, Any]] | None,
+                 cv: list[dict[str, float]] | None, metrics: dict[str, Any]) -> list[str]:  # fmt: skip
+    """confusion.png, per_class.csv, curves.png, top_losses.png and metrics.json in `out_dir`;
+    returns the lines to print (file names and the per-class table)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    acc = accumulate(probs, labels, len(class_names))
+    said = [f"confusion matrix: {plot_confusion(acc.confusion, class_names, out_dir / 'confusion.png')}"]
+    if history:
+        said.append(f"learning curves: {plot_curves(history, out_dir / 'curves.png')}")
+    elif cv:
+        said.append(f"L2 cross-validation curve: {plot_l2_curve(cv, out_dir / 'curves.png')}")
+    said.append("top losses: "
+                f"{plot_top_losses(images, probs, labels, class_names, out_dir / 'top_losses.png')}")
+    pc = acc.per_class()
+    support = acc.confusion.sum(1).tolist()
+    rows = ["class,precision,recall,support"] + [
+        f"{n},{p:.4f},{r:.4f},{s}"
+        for n, p, r, s in zip(class_names, pc["precision"], pc["recall"], support, strict=True)]
+    (out_dir / "per_class.csv").write_text("\n".join(rows) + "\n")
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    said.extend(per_class_table(acc, class_names))
+    return said

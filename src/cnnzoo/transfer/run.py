@@ -1,0 +1,266 @@
+"""`transfer(data, model=..., weights=...)`: a pretrained network + your images -> a bundle.
+
+The steps, each timed and announced through `say`:
+
+1. load the weights (`cnnzoo.weights`: 'imagenet' or any checkpoint file) and take their
+   preprocessing; decode the images the way those weights expect (`cnnzoo.data`: folder or CSV
+   manifest, unreadable files skipped with a one-line warning, grey images as RGB);
+2. *features* (modes 'features' and 'both'): the frozen backbone's pre-logits vectors of every
+   image and view, through the on-disk cache, and a new head fitted on them (`heads`);
+3. *fine-tune* (modes 'finetune' and 'both'): the engine's two phases (`finetune`), in 'both'
+   starting from the features head. The fine-tuned network is kept only if its validation
+   loss beats the features head's -- with a few dozen images fine-tuning can make things worse;
+4. the bundle (`bundle/`) and the report (confusion, curves, per-class table, top losses).
+
+Nothing is written before the data have loaded and been checked, so bad input leaves no
+half-written output folder behind.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..data.dataset import Splits
+from ..errors import DataError
+from ..weights import Preprocessing
+from .bundle import Bundle, input_spec, predict_tensor
+from .features import cached_features, inference_dtype, weights_fingerprint
+from .finetune import FinetuneConfig, finetune
+from .heads import HeadFit, fit_logistic, fit_mlp, head_probabilities, install_head
+from .report import write_report
+
+MODES = ("features", "finetune", "both")
+HEADS = ("linear", "mlp")
+
+
+@dataclass
+class TransferConfig:
+    """mode: 'features', 'finetune' or 'both'. head: 'linear' (logistic regression, L2 tuned by
+    cross-validation unless `l2` is given) or 'mlp'. views: 1-4 fixed views per image for the
+    features and for prediction (2 = the image and its mirror). img_size: input size (default:
+    the weights' crop size, 224 for ImageNet weights). fit: 'crop' (the weights' resize-and-
+    centre-crop) or 'resize' (the whole image squashed to the input size; better for small,
+    tightly framed images)."""
+
+    mode: str = "both"
+    head: str = "linear"
+    l2: float | None = None
+    views: int = 2
+    img_size: int | None = None
+    fit: str = "crop"
+    batch_size: int = 32
+    val_fraction: float = 0.2
+    precision: str = "auto"
+    cache_dir: str | None = None
+    use_cache: bool = True
+    keep_best: bool = True  # mode 'both': keep the features head if its validation loss is lower
+    seed: int = 0
+    progress: bool = True
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+
+@dataclass
+class TransferResult:
+    bundle: Bundle
+    out_dir: Path | None
+    metrics: dict[str, Any]  # per stage: {'features': {...}, 'finetune': {...}, 'kept': ...}
+    timings: dict[str, float]
+    features_computed: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    val_probabilities: Tensor | None = None
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def load_backbone(name: str, weights: Any, *, img_size: int | None = None,
+                  model_kwargs: dict[str, Any] | None = None) -> tuple[nn.Module, Preprocessing, str]:  # fmt: skip
+    """The zoo model with `weights` loaded (None: random init), the preprocessing those weights
+    expect (resized to `img_size` if given) and a fingerprint of the weights for the cache."""
+    from ..models import create_model
+    from ..weights import get_weights, is_weights_tag, load_weights, resolve
+
+    model = create_model(name, **(model_kwargs or {}))
+    if weights is None:
+        pre = Preprocessing.for_model(model)
+        wid = "random"
+    else:
+        info = load_weights(model, weights, name=name)
+        pre = info.preprocessing
+        src = resolve(get_weights(name, weights)) if is_weights_tag(weights) and not os.path.exists(weights) else weights  # noqa: E501
+        wid = weights_fingerprint(src)
+    if img_size is not None and img_size != pre.crop_size:
+        resize = round(img_size * pre.resize_size / pre.crop_size)
+        pre = Preprocessing(img_size, resize, pre.interpolation, pre.mean, pre.std, pre.channels)
+    return model, pre, wid
+
+
+def _load_data(data: Any, pre: Preprocessing, cfg: TransferConfig) -> Splits:
+    from ..data.builtin import BUILTIN_DATASETS, load_dataset
+    from ..data.images import ImageSpec
+
+    if isinstance(data, Splits):
+        splits = data
+    else:
+        builtin = str(data).lower() in BUILTIN_DATASETS and not Path(str(data)).exists()
+        # Built-in sets stay at their native size in memory (Fashion-MNIST at 224 px would take
+        # 9 GB) and are resized per batch; image files are decoded at the input size directly.
+        spec = ImageSpec(channels=pre.channels) if builtin else input_spec(pre, cfg.fit)
+        splits = load_dataset(data, spec, val_fraction=cfg.val_fraction, seed=cfg.seed,
+                              progress=cfg.progress)  # fmt: skip
+    if splits.num_classes < 2:
+        raise DataError("transfer learning needs two or more classes")
+    if len(splits.val) == 0:
+        raise DataError("no validation images: add a val/ folder or more images per class")
+    want = pre.channels
+    parts = [p.with_channels(want) if p.channels != want else p for p in (splits.train, splits.val)]
+    test = splits.test.with_channels(want) if splits.test is not None else None
+    return Splits(parts[0], parts[1], test, splits.skipped)
+
+
+def _stage_metrics(probs: Tensor, labels: Tensor) -> dict[str, float]:
+    loss = torch.nn.functional.nll_loss(probs.clamp_min(1e-12).log(), labels)
+    return {"val_acc": float((probs.argmax(1) == labels).double().mean()),
+            "val_loss": float(loss), "val_images": len(labels)}  # fmt: skip
+
+
+def transfer(
+    data: Any,
+    *,
+    model: str = "efficientnet_lite0",
+    weights: Any = "imagenet",
+    out: str | os.PathLike[str] | None = None,
+    config: TransferConfig | None = None,
+    resume: bool = False,
+    model_kwargs: dict[str, Any] | None = None,
+    say: Any = _stderr,
+) -> TransferResult:
+    """Transfer learning on `data` (image folder, CSV manifest, built-in name or `Splits`) with
+    the zoo model `model` and `weights` ('imagenet', a checkpoint path, or None for random);
+    writes the bundle and report into `out` (None: nothing written). See the module docstring."""
+    cfg = config or TransferConfig()
+    if cfg.mode not in MODES:
+        raise DataError(f"mode must be one of {', '.join(MODES)}, not {cfg.mode!r}")
+    if cfg.head not in HEADS:
+        raise DataError(f"head must be one of {', '.join(HEADS)}, not {cfg.head!r}")
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    net, pre, wid = load_backbone(model, weights, img_size=cfg.img_size, model_kwargs=model_kwargs)
+    splits = _load_data(data, pre, cfg)
+    timings["load"] = time.perf_counter() - t
+    k = splits.num_classes
+    say(f"data: {len(splits.train)} training and {len(splits.val)} validation images, {k} classes "
+        f"({', '.join(splits.class_names)}); {model} at {pre.crop_size} px, "
+        f"{inference_dtype(cfg.precision)} [{timings['load']:.1f}s]")  # fmt: skip
+    net.reset_classifier(k)
+    torch.manual_seed(cfg.seed)
+    out_dir = Path(out) if out is not None else None
+    labels = splits.val.labels
+    metrics: dict[str, Any] = {}
+    head_info: dict[str, Any] = {"kind": "linear"}
+    fit: HeadFit | None = None
+    computed = 0
+    features_state = None
+
+    if cfg.mode in ("features", "both"):
+        t = time.perf_counter()
+        common = dict(model_name=model, weights_id=wid if weights is not None else f"random-{cfg.seed}",
+                      views=cfg.views, batch_size=cfg.batch_size, precision=cfg.precision,
+                      cache_dir=cfg.cache_dir, use_cache=cfg.use_cache, progress=cfg.progress)  # fmt: skip
+        ftr, n1 = cached_features(net, splits.train.images, pre, desc="features train", **common)
+        fva, n2 = cached_features(net, splits.val.images, pre, desc="features val", **common)
+        computed = n1 + n2
+        timings["features"] = time.perf_counter() - t
+        n_img = len(splits.train) + len(splits.val)
+        say(f"features: frozen {model} over {n_img} images x {cfg.views} views, "
+            f"{computed} computed, {n_img - computed} from the cache "
+            f"[{timings['features']:.1f}s]")  # fmt: skip
+        t = time.perf_counter()
+        if cfg.head == "linear":
+            fit = fit_logistic(ftr, splits.train.labels, k, l2=cfg.l2, seed=cfg.seed)
+        else:
+            fit = fit_mlp(ftr, splits.train.labels, k, seed=cfg.seed)
+            head_info = {"kind": "mlp", "hidden": fit.head.hidden, "dropout": fit.head.dropout}
+        install_head(net, fit.head)
+        probs = head_probabilities(fit.head, fva)
+        metrics["features"] = {**_stage_metrics(probs, labels), "head": cfg.head,
+                               "l2": fit.l2, "cv": fit.cv}  # fmt: skip
+        timings["head"] = time.perf_counter() - t
+        l2 = f" (L2 {fit.l2:g}, chosen by cross-validation)" if fit.l2 is not None and cfg.l2 is None else ""
+        say(f"head: {cfg.head}{l2}; validation accuracy {metrics['features']['val_acc']:.3f} "
+            f"[{timings['head']:.1f}s]")  # fmt: skip
+        final_probs = probs
+        features_state = copy.deepcopy(net.state_dict())
+
+    history: list[dict[str, Any]] = []
+    if cfg.mode in ("finetune", "both"):
+        if cfg.head == "mlp" and fit is None:
+            from .heads import MLPHead
+
+            install_head(net, MLPHead(net.num_features, k))
+            head_info = {"kind": "mlp", "hidden": 256, "dropout": 0.3}
+        t = time.perf_counter()
+        ft = cfg.finetune
+        meta = {"model": model, "num_classes": k, "class_names": splits.class_names,
+                "preprocessing": pre.to_dict(), "transfer": True}  # fmt: skip
+        head_res, full_res = finetune(
+            net, splits, pre, ft, out_dir=out_dir / "finetune" if out_dir else None, meta=meta,
+            resume=resume, head_trained=cfg.mode == "both", say=say)  # fmt: skip
+        for res, phase in ((head_res, "head"), (full_res, "full")):
+            if res is not None:
+                history.extend({**r, "phase": phase} for r in res.history)
+        net.eval()
+        probs = predict_tensor(net, splits.val.images, pre, views=cfg.views,
+                               batch_size=max(cfg.batch_size, 32), precision=cfg.precision)  # fmt: skip
+        metrics["finetune"] = _stage_metrics(probs, labels)
+        timings["finetune"] = time.perf_counter() - t
+        say(f"fine-tune: validation accuracy {metrics['finetune']['val_acc']:.3f} "
+            f"[{timings['finetune']:.1f}s]")  # fmt: skip
+        final_probs = probs
+        kept = "finetune"
+        better = features_state is not None and (
+            metrics["features"]["val_loss"] < metrics["finetune"]["val_loss"])
+        metrics["kept_by_val"] = "features" if better else "finetune"
+        if better and cfg.keep_best:
+            net.load_state_dict(features_state)
+            final_probs = head_probabilities(fit.head, fva) if fit is not None else final_probs
+            kept = "features"
+            say("kept the features head: its validation loss "
+                f"{metrics['features']['val_loss']:.4f} beats the fine-tuned "
+                f"{metrics['finetune']['val_loss']:.4f}")  # fmt: skip
+        metrics["kept"] = kept
+    else:
+        metrics["kept"] = "features"
+    metrics["val_acc"] = metrics[metrics["kept"]]["val_acc"]
+    metrics["val_loss"] = metrics[metrics["kept"]]["val_loss"]
+
+    net.eval()
+    extra = {"weights": {"source": str(weights), "fingerprint": wid}, "mode": cfg.mode,
+             "model_kwargs": dict(model_kwargs or {}),
+             "skipped_files": list(splits.skipped)}  # fmt: skip
+    summary = copy.deepcopy(metrics)
+    summary.get("features", {}).pop("cv", None)  # the full table is in the report's metrics.json
+    bundle = Bundle(net, model, list(splits.class_names), pre, cfg.fit, cfg.views, head_info,
+                    summary, extra)
+    if out_dir is not None:
+        t = time.perf_counter()
+        path = bundle.save(out_dir / "bundle")
+        cv = fit.cv if fit is not None else None
+        lines = write_report(out_dir, images=splits.val.images, probs=final_probs, labels=labels,
+                             class_names=list(splits.class_names), history=history, cv=cv,
+                             metrics={**metrics, "timings_s": timings})  # fmt: skip
+        timings["report"] = time.perf_counter() - t
+        say(f"bundle: {path} (predict with `cnnzoo predict IMAGE --bundle {path}`)")
+        for line in lines:
+            say(line)
+    return TransferResult(bundle, out_dir, metrics, timings, computed, history, final_probs)

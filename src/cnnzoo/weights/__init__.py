@@ -1,0 +1,267 @@
+"""Pretrained weights: safe, offline, from any common format.
+
+`load_weights(model, weights)` accepts a checkpoint path (.pth/.pt state_dict, .safetensors,
+Keras .h5/.weights.h5), a named tag ('imagenet'), or a state_dict. It reads the file safely
+(`files`), converts the key layout (`layouts`: torchvision, timm, lukemelas, Keras), adapts the
+head and the first conv to the model's `num_classes`/`in_chans` (`adapt`), and refuses anything
+else with one error listing the missing/unexpected keys and shape conflicts. The model gets a
+`weights_info` attribute: where the weights came from, their preprocessing and class names.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from ..errors import WeightsError
+from .adapt import (
+    adapt_input_conv,
+    adapt_state_dict,
+    check_fit,
+    first_conv_key,
+    head_keys,
+    load_into,
+)
+from .classes import Prediction, decode_predictions, imagenet_classes, imagenet_wnids
+from .files import Checkpoint, read_checkpoint, save_safetensors
+from .layouts import convert_checkpoint
+from .named import (
+    WeightsEntry,
+    cache_dir,
+    download_weights,
+    get_weights,
+    is_weights_tag,
+    list_weights,
+    resolve,
+)
+from .preprocess import Preprocessing
+
+log = logging.getLogger("cnnzoo.weights")
+
+__all__ = [
+    "Checkpoint",
+    "Prediction",
+    "Preprocessing",
+    "WeightsEntry",
+    "WeightsInfo",
+    "adapt_input_conv",
+    "cache_dir",
+    "checkpoint_shape",
+    "convert_file",
+    "create_pretrained",
+    "decode_predictions",
+    "download_weights",
+    "get_weights",
+    "imagenet_classes",
+    "imagenet_wnids",
+    "list_weights",
+    "load_state_dict",
+    "load_weights",
+    "open_weights",
+    "read_checkpoint",
+]
+
+
+@dataclass
+class WeightsInfo:
+    """What `load_weights` loaded: set as `model.weights_info`."""
+
+    source: str  # file path, or 'state_dict'
+    layout: str  # 'torchvision', 'lukemelas', 'timm', 'keras', 'cnnzoo'
+    preprocessing: Preprocessing
+    class_names: list[str] | None  # None when the head was re-initialised
+    head_loaded: bool
+    entry: WeightsEntry | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def open_weights(
+    weights: Any, name: str | None = None
+) -> tuple[Checkpoint, WeightsEntry | None]:
+    """Read `weights` (path, named tag, state_dict or `Checkpoint`): (checkpoint, named entry)."""
+    if isinstance(weights, Checkpoint):
+        return weights, None
+    if isinstance(weights, Mapping):
+        tensors = {k: v for k, v in weights.items() if isinstance(v, Tensor)}
+        return Checkpoint(path="state_dict", format="torch", tensors=tensors), None
+    if is_weights_tag(weights) and not os.path.exists(weights):
+        if name is None:
+            raise WeightsError(f"named weights {weights!r} need a model name")
+        entry = get_weights(name, weights)
+        return read_checkpoint(resolve(entry)), entry
+    if isinstance(weights, (str, os.PathLike)):
+        # A named entry's own file passed by path (torchvision's googlenet-1378be20.pth) still
+        # gets that entry's preprocessing, class names and accuracy.
+        known = [e for e in list_weights(name) if e.file == Path(weights).name] if name else []
+        return read_checkpoint(weights), (known[0] if known else None)
+    raise WeightsError(
+        f"weights must be a file path, 'imagenet' or a state_dict, not {type(weights).__name__}"
+    )
+
+
+def load_state_dict(
+    model: nn.Module, weights: Any, *, name: str | None = None
+) -> tuple[dict[str, Tensor], WeightsInfo]:
+    """Read and convert `weights` for `model` without loading them: (state_dict, info).
+
+    The state_dict is in the model's key names, adapted to its head and input channels, and
+    checked: any missing/unexpected key or shape conflict raises one `WeightsError`.
+    """
+    name = name or getattr(getattr(model, "default_cfg", None), "name", None)
+    ckpt, entry = open_weights(weights, name)
+    return _fit(model, ckpt, entry, name)
+
+
+def _fit(
+    model: nn.Module, ckpt: Checkpoint, entry: WeightsEntry | None, name: str | None
+) -> tuple[dict[str, Tensor], WeightsInfo]:
+    conv = convert_checkpoint(ckpt, model, name)
+    sd, notes = adapt_state_dict(conv.state_dict, model)
+    missing, unexpected, conflicts = check_fit(sd, model)
+    if missing or unexpected or conflicts:
+        raise WeightsError(_mismatch_message(ckpt.path, name, conv.layout, missing, unexpected,
+                                             conflicts))  # fmt: skip
+    head_loaded = getattr(model, "num_classes", None) != 0 and not any(
+        "classifier re-initialised" in n for n in notes
+    )
+    pre, classes = _preprocessing_and_classes(model, entry, conv, ckpt, head_loaded)
+    info = WeightsInfo(
+        source=ckpt.path, layout=conv.layout, preprocessing=pre, class_names=classes,
+        head_loaded=head_loaded, entry=entry, notes=conv.notes + notes,
+    )  # fmt: skip
+    return sd, info
+
+
+def load_weights(model: nn.Module, weights: Any, *, name: str | None = None) -> WeightsInfo:
+    """Load `weights` (path, 'imagenet' or state_dict) into `model`; see the module docstring.
+
+    Changes made to fit the model (head re-initialised, first conv adapted, Keras conversions)
+    are logged as warnings on the 'cnnzoo.weights' logger and listed in `info.notes`.
+    """
+    sd, info = load_state_dict(model, weights, name=name)
+    load_into(model, sd)
+    _record(model, info)
+    return info
+
+
+def _record(model: nn.Module, info: WeightsInfo) -> None:
+    for note in info.notes:
+        log.warning("cnnzoo: %s", note)
+    model.weights_info = info
+
+
+def create_pretrained(name: str, weights: Any, **model_kwargs: Any) -> nn.Module:
+    """Build `name` shaped like its checkpoint and load it: the checkpoint's own number of classes
+    and input channels are kept unless `num_classes`/`in_chans` are given.
+
+    `create_model(name, weights=...)` builds the default 1000-class RGB model and re-initialises
+    a head that does not fit (the transfer-learning case); predicting with, or converting, a
+    fine-tuned 10-class or grey checkpoint needs the model the checkpoint was trained as.
+    """
+    from ..models import create_model, get_config
+
+    get_config(name)  # an unknown name fails as such, before any weights are looked up
+    ckpt, entry = open_weights(weights, name)
+    kwargs = dict(model_kwargs)
+    model = create_model(name, **kwargs)
+    shape = {k: v for k, v in checkpoint_shape(ckpt, model, name).items() if k not in kwargs}
+    cfg = model.default_cfg
+    if (shape.get("in_chans", cfg.input_size[0]), shape.get("num_classes", cfg.num_classes)) != (
+        cfg.input_size[0], cfg.num_classes,
+    ):  # fmt: skip
+        model = create_model(name, **kwargs, **shape)
+    sd, info = _fit(model, ckpt, entry, name)
+    own = model.state_dict()
+    if own.keys() <= sd.keys():
+        # The checkpoint's tensors become the parameters instead of being copied into them.
+        sd = {k: (v.to(own[k].dtype) if v.is_floating_point() else v).contiguous()
+              for k, v in sd.items()}  # fmt: skip
+        model.load_state_dict(sd, strict=True, assign=True)
+    else:  # a head the checkpoint lacks keeps its fresh initialisation
+        load_into(model, sd)
+    _record(model, info)
+    return model
+
+
+def checkpoint_shape(ckpt: Checkpoint, model: nn.Module, name: str | None) -> dict[str, int]:
+    """`num_classes` and `in_chans` of a checkpoint for `model`'s architecture (those it shows)."""
+    sd = convert_checkpoint(ckpt, model, name).state_dict
+    out = {}
+    first = first_conv_key(model)
+    if first in sd and sd[first].dim() == 4:
+        out["in_chans"] = int(sd[first].shape[1])
+    head_w = sorted(k for k in head_keys(model) if k.endswith("weight"))
+    if head_w and head_w[0] in sd and sd[head_w[0]].dim() == 2:
+        out["num_classes"] = int(sd[head_w[0]].shape[0])
+    return out
+
+
+def _preprocessing_and_classes(
+    model: nn.Module, entry: WeightsEntry | None, conv: Any, ckpt: Checkpoint, head_loaded: bool
+) -> tuple[Preprocessing, list[str] | None]:
+    in_chans = _in_chans(model)
+    meta = ckpt.metadata
+    if entry is not None:
+        pre, classes = entry.preprocessing, entry.class_names()
+    elif "preprocessing" in meta:  # written by `cnnzoo convert`
+        pre = Preprocessing.from_dict(json.loads(meta["preprocessing"]))
+        classes = json.loads(meta["class_names"]) if "class_names" in meta else None
+    else:
+        pre, classes = Preprocessing.for_model(model, conv.mean, conv.std), None
+    n_out = getattr(model, "num_classes", None)
+    if not head_loaded or (classes is not None and n_out is not None and len(classes) != n_out):
+        classes = None
+    if classes is None and head_loaded and n_out == 1000:
+        classes = imagenet_classes()
+    return pre.with_channels(in_chans) if in_chans else pre, classes
+
+
+def _in_chans(model: nn.Module) -> int | None:
+    cfg = getattr(model, "default_cfg", None)
+    return cfg.input_size[0] if cfg is not None else None
+
+
+def _mismatch_message(path, name, layout, missing, unexpected, conflicts) -> str:
+    def few(items: list[str]) -> str:
+        more = f" (+{len(items) - 4} more)" if len(items) > 4 else ""
+        return ", ".join(items[:4]) + more
+
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing keys: {few(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys: {few(unexpected)}")
+    if conflicts:
+        parts.append(f"{len(conflicts)} shape conflicts: {few(conflicts)}")
+    return (
+        f"{path} does not fit {name or 'the model'} ({layout} layout): " + "; ".join(parts)
+        + " -- is it a checkpoint of another architecture or width?"
+    )
+
+
+def convert_file(
+    src: str | os.PathLike[str], dst: str | os.PathLike[str], model_name: str, **model_kwargs: Any
+) -> WeightsInfo:
+    """Convert any supported checkpoint to `.safetensors` with cnnzoo's key names.
+
+    The model keeps the checkpoint's head size and input channels. The output records the model
+    name, source layout, preprocessing and class names in the safetensors metadata, so loading it
+    later needs no guessing.
+    """
+    model = create_pretrained(model_name, src, **model_kwargs)
+    info: WeightsInfo = model.weights_info
+    meta = {
+        "format": "cnnzoo", "model": model_name, "source_layout": info.layout,
+        "source_file": Path(info.source).name, "preprocessing": json.dumps(info.preprocessing.to_dict()),
+    }  # fmt: skip
+    if info.class_names is not None:
+        meta["class_names"] = json.dumps(info.class_names)
+    save_safetensors(model.state_dict(), dst, meta)
+    return info

@@ -1,0 +1,171 @@
+"""Fitting a converted checkpoint to a model built with other `num_classes` or `in_chans`.
+
+- A head whose shape differs from the checkpoint's (or that the checkpoint lacks) keeps the
+  model's fresh initialisation; everything else loads. This is the transfer-learning case
+  (timm's `num_classes=...` with `pretrained=True`), and it is logged, never silent.
+- A first convolution with other input channels gets the checkpoint's kernel adapted by timm's
+  rule (`timm.models._manipulate.adapt_input_conv`): for one channel the kernel is summed over
+  the RGB channels -- a grey image g seen as RGB (g, g, g) gives exactly the same response --
+  and for C > 3 channels the RGB kernel is repeated and scaled by 3 / C. A grey (1-channel)
+  kernel becomes a C-channel one by repeating it scaled by 1 / C, so that (g, g, g) again gives
+  exactly the grey net's response.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import WeightsError
+
+log = logging.getLogger("cnnzoo.weights")
+
+
+def adapt_input_conv(weight: Tensor, in_chans: int) -> Tensor:
+    """A conv kernel (O, I, kH, kW) for `in_chans` input channels from one trained for I."""
+    o, i, kh, kw = weight.shape
+    if in_chans == i:
+        return weight
+    dtype = weight.dtype
+    w = weight.float()
+    if in_chans == 1:
+        w = w.sum(dim=1, keepdim=True)
+    elif i == 3:
+        # Repeat R, G, B cyclically over the new channels; the 3/C scale keeps the activation's
+        # magnitude when the extra channels carry similar signal.
+        w = w.repeat(1, math.ceil(in_chans / 3), 1, 1)[:, :in_chans] * (3 / in_chans)
+    elif i == 1:
+        w = w.repeat(1, in_chans, 1, 1) / in_chans
+    else:
+        raise WeightsError(
+            f"cannot adapt a first conv trained on {i} input channels to in_chans={in_chans} "
+            f"(only 1 or 3 channels adapt); build the model with in_chans={i}"
+        )
+    return w.to(dtype)
+
+
+def head_keys(model: nn.Module) -> set[str]:
+    """state_dict keys of the model's classifier (empty if it has none or is not a Classifier)."""
+    get = getattr(model, "get_classifier", None)
+    if get is None:
+        return set()
+    try:
+        head = get()
+    except NotImplementedError:
+        return set()
+    for prefix, m in model.named_modules():
+        if m is head and prefix:
+            return {f"{prefix}.{k}" for k in m.state_dict()}
+    return set()
+
+
+def output_keys(model: nn.Module) -> set[str]:
+    """state_dict keys of every layer that outputs the classes: the head, plus the last linear
+    layer of auxiliary classifiers (GoogLeNet's aux1.fc2 / aux2.fc2), found as the Linear layers
+    with `num_classes` outputs. All of them must be re-initialised together for a new task."""
+    keys = head_keys(model)
+    n_cls = getattr(model, "num_classes", None)
+    if n_cls:
+        for prefix, m in model.named_modules():
+            if isinstance(m, nn.Linear) and m.out_features == n_cls and prefix:
+                keys |= {f"{prefix}.{k}" for k in m.state_dict()}
+    return keys
+
+
+def _switched_off(model: nn.Module, key: str) -> bool:
+    """Whether `key` belongs to a submodule this model was built without: one set to None
+    (GoogLeNet's aux heads with aux_logits=False) or an Identity (the head with num_classes=0)."""
+    m = model
+    for part in key.split(".")[:-1]:
+        child = getattr(m, part, "absent")
+        if child is None or isinstance(child, nn.Identity):
+            return True
+        if not isinstance(child, nn.Module):
+            return False  # the model has no such part at all: a really unexpected key
+        m = child
+    return False
+
+
+def first_conv_key(model: nn.Module) -> str | None:
+    """The weight key of the first Conv2d in module order (the one that sees the image)."""
+    for prefix, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            return f"{prefix}.weight"
+    return None
+
+
+def adapt_state_dict(
+    sd: dict[str, Tensor], model: nn.Module
+) -> tuple[dict[str, Tensor], list[str]]:
+    """Adapt `sd` (already in the model's names) to the model's head size and input channels.
+
+    Returns the adapted state_dict (head entries that do not fit removed) and human-readable
+    notes of what was changed.
+    """
+    own = model.state_dict()
+    sd = dict(sd)
+    notes: list[str] = []
+    first = first_conv_key(model)
+    if first and first in sd and first in own:
+        w, target = sd[first], own[first]
+        if w.dim() == 4 and w.shape[1] != target.shape[1] and w.shape[0] == target.shape[0]:
+            sd[first] = adapt_input_conv(w, target.shape[1])
+            rule = "summed over" if target.shape[1] == 1 else "repeated across"
+            notes.append(
+                f"first conv {first}: {w.shape[1]}-channel kernel {rule} its input channels for "
+                f"in_chans={target.shape[1]}"
+            )
+    # Checkpoints older than PyTorch 0.4.1 have no BatchNorm counters; the counter only matters
+    # for momentum=None, so the model's own (zero) value stands in.
+    for k, v in own.items():
+        if k.endswith("num_batches_tracked") and k not in sd:
+            sd[k] = v
+    # Classifiers this model was built without (num_classes=0: pooled features, Keras's
+    # include_top=False; aux_logits=False) simply leave the checkpoint's ones out.
+    off = [k for k in sd if k not in own and _switched_off(model, k)]
+    if off:
+        for k in off:
+            del sd[k]
+        layers = sorted({k.rsplit(".", 1)[0] for k in off})
+        more = f" and {len(layers) - 3} more" if len(layers) > 3 else ""
+        notes.append(f"checkpoint layers {', '.join(layers[:3])}{more} not loaded: the model "
+                     "was built without them (num_classes=0 or no auxiliary heads)")  # fmt: skip
+    heads = head_keys(model)
+    outputs = output_keys(model)
+    mismatched = [k for k in sorted(outputs) if k in sd and sd[k].shape != own[k].shape]
+    missing = [k for k in heads if k not in sd]
+    if mismatched or (missing and heads):
+        if mismatched:
+            old = next(sd[k].shape[0] for k in mismatched)
+            why = f"the checkpoint's head has {old} classes, the model {own[mismatched[0]].shape[0]}"
+        else:
+            why = "the checkpoint has no head"
+        for k in outputs:
+            sd.pop(k, None)
+        notes.append(f"classifier re-initialised ({why}); all other layers loaded")
+    return sd, notes
+
+
+def check_fit(sd: dict[str, Tensor], model: nn.Module) -> tuple[list[str], list[str], list[str]]:
+    """(missing, unexpected, shape conflicts) of `sd` against the model, heads allowed missing."""
+    own = model.state_dict()
+    heads = output_keys(model)
+    missing = [k for k in own if k not in sd and k not in heads]
+    unexpected = [k for k in sd if k not in own]
+    conflicts = [
+        f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
+        for k in sd
+        if k in own and sd[k].shape != own[k].shape
+    ]
+    return missing, unexpected, conflicts
+
+
+@torch.no_grad()
+def load_into(model: nn.Module, sd: dict[str, Tensor]) -> None:
+    """Copy `sd` into the model; keys absent from `sd` (only a re-initialised head) are kept."""
+    own = model.state_dict()
+    full = {k: sd.get(k, v) for k, v in own.items()}
+    model.load_state_dict(full, strict=True)

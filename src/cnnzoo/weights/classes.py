@@ -1,0 +1,63 @@
+"""The 1000 ImageNet (ILSVRC-2012) class names and `decode_predictions`.
+
+`imagenet_classes.txt` holds one line per class index: the WordNet id and the short name Keras
+Applications uses (`n03788365 mosquito_net`), the order every ImageNet classifier's logits use.
+The list agrees with torchvision's `_IMAGENET_CATEGORIES` except that Keras's names keep the two
+historic duplicates ('crane' 134 and 517, 'maillot' 638 and 639) and underscores for spaces.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+
+class Prediction(NamedTuple):
+    index: int
+    name: str
+    probability: float
+
+
+@cache
+def _read() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    text = resources.files(__package__).joinpath("imagenet_classes.txt").read_text("utf-8")
+    rows = [line.split(" ", 1) for line in text.splitlines() if line.strip()]
+    return tuple(r[0] for r in rows), tuple(r[1] for r in rows)
+
+
+def imagenet_classes() -> list[str]:
+    """The 1000 class names in logit order ('tench', 'goldfish', ..., 'toilet_tissue')."""
+    return list(_read()[1])
+
+
+def imagenet_wnids() -> list[str]:
+    """The WordNet ids of the 1000 classes ('n01440764', ...), the folder names of ImageNet."""
+    return list(_read()[0])
+
+
+def decode_predictions(
+    probs: Tensor, top: int = 5, class_names: list[str] | None = None
+) -> list[list[Prediction]]:
+    """The `top` most probable classes of each row of `probs` (N, K) (or one row (K,)).
+
+    `probs` are probabilities (apply softmax to logits first); names default to ImageNet's
+    when K is 1000.
+    """
+    if probs.dim() == 1:
+        probs = probs[None]
+    k = probs.shape[1]
+    names = class_names if class_names is not None else (imagenet_classes() if k == 1000 else None)
+    if names is not None and len(names) != k:
+        raise ValueError(f"{len(names)} class names for {k} outputs")
+    values, indices = torch.topk(probs.detach().float(), min(top, k), dim=1)
+    return [
+        [
+            Prediction(int(i), names[int(i)] if names else str(int(i)), float(p))
+            for p, i in zip(vs, ix, strict=True)
+        ]
+        for vs, ix in zip(values, indices, strict=True)
+    ]

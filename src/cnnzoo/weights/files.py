@@ -1,0 +1,262 @@
+"""Reading checkpoint files safely: PyTorch .pth/.pt, .safetensors and Keras .h5/.weights.h5.
+
+Nothing here executes code from a file. PyTorch files are read with `torch.load(...,
+weights_only=True)`, whose unpickler only rebuilds tensors and plain containers; a file that
+needs any other Python object (a pickled class instance, a whole pickled `nn.Module`) is refused
+with a `WeightsError` before anything in it runs. safetensors and HDF5 hold raw arrays only.
+
+The result is a `Checkpoint`: flat `name -> tensor` for PyTorch and safetensors files, or, for
+Keras files, the list of weighted layers in model order (`KerasLayer`), which `layouts.py` maps
+onto a zoo model.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import warnings
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import WeightsError
+
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
+SAFETENSORS_SUFFIXES = (".safetensors",)
+KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
+
+# Containers that training scripts wrap a state_dict in (timm/engine checkpoints, Lightning, ...).
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "model_state", "net", "module")
+# Prefixes added by DistributedDataParallel / DataParallel and by torch.compile.
+_STRIP_PREFIXES = ("module.", "_orig_mod.")
+
+
+@dataclass
+class KerasLayer:
+    """One Keras layer with weights: its kind and its arrays in Keras's variable order.
+
+    kind: 'conv' ([kernel HWIO, bias?]), 'depthwise' ([kernel HW I 1, bias?]), 'dense' ([kernel
+    (in, out), bias?]) or 'bn' ([gamma, beta, moving_mean, moving_variance]).
+    """
+
+    name: str
+    kind: str
+    arrays: list[Tensor]
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint file holds, before conversion to a model's key names."""
+
+    path: str
+    format: str  # 'torch', 'safetensors' or 'keras'
+    tensors: dict[str, Tensor] = field(default_factory=dict)
+    keras_layers: list[KerasLayer] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Read a checkpoint file of any supported format (chosen by its contents, then suffix)."""
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsError(f"{p}: no such weights file")
+    if p.stat().st_size == 0:
+        raise WeightsError(f"{p}: empty file (0 bytes)")
+    with open(p, "rb") as fh:
+        magic = fh.read(8)
+    name = p.name.lower()
+    if magic == b"\x89HDF\r\n\x1a\n" or name.endswith(KERAS_SUFFIXES):
+        return _read_keras(p)
+    if name.endswith(SAFETENSORS_SUFFIXES):
+        return _read_safetensors(p)
+    return _read_torch(p)
+
+
+def _read_torch(p: Path) -> Checkpoint:
+    try:
+        with warnings.catch_warnings():
+            # "Detected pickle protocol 4": noise before the error below explains the file.
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # weights_only's unpickler stops at the first global it does not allow-list, before
+        # calling it: the file's code never runs.
+        text = str(exc)
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found or "Unsupported global" in text:
+            what = f" ({found.group(1)})" if found else ""
+            raise WeightsError(
+                f"{p}: refused: the file contains pickled Python objects{what}, and loading them "
+                "could run arbitrary code; cnnzoo reads tensors only -- re-save it with "
+                "torch.save(model.state_dict(), path) or as .safetensors"
+            ) from None
+        # Anything else the safe unpickler cannot parse: not a PyTorch file at all (an image, a
+        # text file), or a pickle written by something other than torch.save.
+        detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+        why = f" ({detail.group(1).strip()})" if detail else ""
+        raise WeightsError(
+            f"{p}: not a PyTorch checkpoint{why}; expected a state_dict saved with torch.save, "
+            ".safetensors or Keras .h5"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        msg = " ".join(str(exc).split())[:160]
+        raise WeightsError(
+            f"{p}: not a readable PyTorch checkpoint (truncated or another format?): {msg}"
+        ) from None
+    return Checkpoint(path=str(p), format="torch", tensors=_unwrap(obj, p))
+
+
+def _unwrap(obj: Any, p: Path) -> dict[str, Tensor]:
+    """Find the name -> tensor mapping inside what torch.load returned."""
+    for _ in range(3):  # e.g. {'model': {'state_dict': {...}}}
+        if isinstance(obj, Mapping) and not _is_tensor_dict(obj):
+            inner = next(
+                (obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None
+            )
+            if inner is None:
+                break
+            obj = inner
+    if not isinstance(obj, Mapping) or not _is_tensor_dict(obj):
+        raise WeightsError(
+            f"{p}: no state_dict found (expected a dict of tensors, optionally under "
+            f"'state_dict' or 'model'); got {type(obj).__name__}"
+        )
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
+    for prefix in _STRIP_PREFIXES:
+        if tensors and all(k.startswith(prefix) for k in tensors):
+            tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
+    return tensors
+
+
+def _is_tensor_dict(obj: Mapping) -> bool:
+    values = list(obj.values())
+    return bool(values) and sum(isinstance(v, Tensor) for v in values) >= max(1, len(values) // 2)
+
+
+def _read_safetensors(p: Path) -> Checkpoint:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(p), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 -- not a dict
+    except (SafetensorError, OSError, ValueError) as exc:
+        msg = " ".join(str(exc).split())[:160]
+        raise WeightsError(f"{p}: not a readable .safetensors file: {msg}") from None
+    return Checkpoint(path=str(p), format="safetensors", tensors=tensors, metadata=metadata)
+
+
+def _read_keras(p: Path) -> Checkpoint:
+    """Keras 3 `.weights.h5` (layers/<auto name>/vars/<i>) or the legacy Keras 2 `.h5` format.
+
+    Keras 3 names the groups after the layer *class* in creation order (conv2d, conv2d_1, ...),
+    not after the layer names, so layers are ordered by that counter within each kind; the legacy
+    format lists the layer names in model order in the file's `layer_names` attribute.
+    """
+    try:
+        import h5py
+    except ImportError:
+        raise WeightsError(
+            f"{p}: reading Keras .h5 files needs h5py: pip install cnnzoo[keras]"
+        ) from None
+    if p.name.lower().endswith(".keras"):
+        raise WeightsError(
+            f"{p}: a .keras archive; save the weights alone with model.save_weights('x.weights.h5')"
+        )
+    try:
+        with h5py.File(p, "r") as f:
+            if "layers" in f and isinstance(f["layers"], h5py.Group) and "layer_names" not in f.attrs:
+                layers = _keras3_layers(f["layers"])
+            else:
+                root = f["model_weights"] if "model_weights" in f else f  # a whole saved model
+                layers = _legacy_layers(root)
+    except WeightsError:
+        raise
+    except (OSError, KeyError, ValueError) as exc:
+        msg = " ".join(str(exc).split())[:160]
+        raise WeightsError(f"{p}: not a readable Keras weights file: {msg}") from None
+    if not layers:
+        raise WeightsError(f"{p}: no layer weights found in this HDF5 file")
+    return Checkpoint(path=str(p), format="keras", keras_layers=layers)
+
+
+_KERAS3_KINDS = {
+    "conv2d": "conv",
+    "depthwise_conv2d": "depthwise",
+    "dense": "dense",
+    "batch_normalization": "bn",
+}
+
+
+def _keras3_layers(group: Any) -> list[KerasLayer]:
+    import h5py
+
+    out: list[tuple[str, int, KerasLayer]] = []
+    for gname, g in group.items():
+        m = re.fullmatch(r"([a-z0-9_]+?)(?:_(\d+))?", gname)
+        if not m or not isinstance(g, h5py.Group):
+            continue
+        base, idx = m.group(1), int(m.group(2) or 0)
+        if "vars" not in g or len(g["vars"]) == 0:
+            if "layers" in g:  # a nested model: not supported, say so rather than mis-map
+                raise WeightsError(
+                    f"nested Keras model {gname!r} in the weights file: save the inner model's "
+                    "weights (inner.save_weights(...)) and load those"
+                )
+            continue
+        arrays = [torch.from_numpy(g["vars"][str(i)][()]) for i in range(len(g["vars"]))]
+        kind = _KERAS3_KINDS.get(base) or _kind_from_arrays(arrays)
+        out.append((kind, idx, KerasLayer(name=gname, kind=kind, arrays=arrays)))
+    out.sort(key=lambda t: (t[0], t[1]))
+    return [layer for _, _, layer in out]
+
+
+def _legacy_layers(root: Any) -> list[KerasLayer]:
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in root.attrs["layer_names"]]
+    out = []
+    for name in names:
+        g = root[name]
+        wnames = [w.decode() if isinstance(w, bytes) else str(w) for w in g.attrs["weight_names"]]
+        if not wnames:
+            continue
+        arrays = [torch.from_numpy(g[w][()]) for w in wnames]
+        lowered = " ".join(wnames).lower()
+        kind = "depthwise" if "depthwise" in lowered else _kind_from_arrays(arrays)
+        out.append(KerasLayer(name=name, kind=kind, arrays=arrays))
+    return out
+
+
+def _kind_from_arrays(arrays: list[Tensor]) -> str:
+    if arrays[0].dim() == 4:
+        return "conv"
+    if arrays[0].dim() == 2:
+        return "dense"
+    if len(arrays) == 4 and all(a.dim() == 1 for a in arrays):
+        return "bn"
+    return "other"
+
+
+def save_safetensors(
+    tensors: Mapping[str, Tensor], path: str | os.PathLike[str], metadata: dict[str, str] | None
+) -> None:
+    """Write `tensors` as .safetensors atomically (temp file + rename, so no half-written file)."""
+    from safetensors.torch import save_file
+
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    data = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    try:
+        save_file(data, str(tmp), metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates 0600; give the usual permissions
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

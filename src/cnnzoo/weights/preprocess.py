@@ -1,0 +1,118 @@
+"""The input pipeline a set of weights was trained with, applied to PIL images or uint8 tensors.
+
+ImageNet classifiers are evaluated with "resize the shorter side to 256, centre-crop 224,
+normalise" (torchvision's `ImageClassification` transform, Keras's and timm's crop_pct 0.875).
+Image decoding and the resize/crop helpers are `cnnzoo.data.images`'s; this module only chains
+them and normalises.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from ..data.images import center_crop, load_image, resize_shorter, to_tensor_uint8
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize the shorter side to `resize_size` (`interpolation`), centre-crop `crop_size`,
+    scale to [0, 1], then (x - mean) / std per channel. `channels` is 3 (RGB) or 1 (grey)."""
+
+    crop_size: int = 224
+    resize_size: int = 256
+    interpolation: str = "bilinear"
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    channels: int = 3
+
+    @classmethod
+    def for_model(
+        cls,
+        model: torch.nn.Module,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+    ) -> Preprocessing:
+        """The default for a model: its config's input size, crop ratio 0.875, its mean/std."""
+        cfg = getattr(model, "default_cfg", None)
+        if cfg is None:
+            return cls()
+        c, h, _ = cfg.input_size
+        m = tuple(mean if mean is not None else cfg.mean)
+        s = tuple(std if std is not None else cfg.std)
+        if c == 1 and len(m) == 3:  # grey model with RGB statistics: average them
+            m, s = (sum(m) / 3,), (sum(s) / 3,)
+        return cls(crop_size=h, resize_size=round(h / 0.875), mean=m, std=s, channels=c)
+
+    def with_channels(self, channels: int) -> Preprocessing:
+        """The same pipeline for a model with `channels` input channels (grey or RGB)."""
+        if channels == self.channels:
+            return self
+        m, s = self.mean, self.std
+        if channels == 1:
+            m, s = (sum(m) / len(m),), (sum(s) / len(s),)
+        else:
+            m, s = m * channels if len(m) == 1 else m, s * channels if len(s) == 1 else s
+        return Preprocessing(self.crop_size, self.resize_size, self.interpolation, m, s, channels)
+
+    def to_dict(self) -> dict:
+        return {
+            "crop_size": self.crop_size, "resize_size": self.resize_size,
+            "interpolation": self.interpolation, "mean": list(self.mean), "std": list(self.std),
+            "channels": self.channels,
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocessing:
+        return cls(
+            crop_size=int(d["crop_size"]), resize_size=int(d["resize_size"]),
+            interpolation=str(d.get("interpolation", "bilinear")), mean=tuple(d["mean"]),
+            std=tuple(d["std"]), channels=int(d.get("channels", len(d["mean"]))),
+        )  # fmt: skip
+
+    # -- applying it -------------------------------------------------------------------------
+
+    def geometry(self, img: Image.Image) -> Image.Image:
+        """Resize the shorter side and centre-crop (no conversion, no normalisation)."""
+        img = resize_shorter(img, self.resize_size, self.interpolation)  # type: ignore[arg-type]
+        return center_crop(img, self.crop_size)
+
+    def normalize(self, x: Tensor) -> Tensor:
+        """uint8 (..., C, H, W) or float in [0, 1] -> normalised float32."""
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        c = x.shape[-3]
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(c, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(c, 1, 1)
+        return (x - mean) / std
+
+    def image_to_uint8(self, img: Image.Image) -> Tensor:
+        """A PIL image (any mode already converted to RGB/L) -> cropped uint8 (C, H, W)."""
+        want = "L" if self.channels == 1 else "RGB"
+        if img.mode != want:
+            img = img.convert(want)
+        return to_tensor_uint8(self.geometry(img))
+
+    def __call__(self, img: Image.Image | Tensor) -> Tensor:
+        """A PIL image or a uint8 (C, H, W) tensor -> the normalised (C, crop, crop) input."""
+        if isinstance(img, Tensor):
+            if img.dtype != torch.uint8 or img.dim() != 3:
+                raise ValueError("expected a uint8 tensor (C, H, W)")
+            arr = img.permute(1, 2, 0).numpy()
+            img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+        return self.normalize(self.image_to_uint8(img))
+
+    def load(self, path: str | os.PathLike[str]) -> Tensor:
+        """Decode an image file (any mode, EXIF-rotated; `ImageError` if unreadable) and apply."""
+        return self(load_image(path, channels=1 if self.channels == 1 else 3))
+
+    def batch(self, images: Sequence[Image.Image | Tensor]) -> Tensor:
+        """Stack several images into one (N, C, crop, crop) batch."""
+        return torch.stack([self(im) for im in images])

@@ -1,0 +1,582 @@
+"""cnnzoo.data: image decoding, folders and manifests, built-in sets, batch augmentation, export.
+
+Truth comes from outside the code under test: the real Fashion-MNIST files (published class
+counts, first labels and pixel mean), scikit-learn's digits, images made here with PIL whose
+pixels are known, and hand-computed geometry.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import io
+import logging
+import shutil
+import threading
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnzoo.cli import main
+from cnnzoo.data import builtin
+from cnnzoo.data.augment import (
+    ColorJitter,
+    HorizontalFlip,
+    PadCrop,
+    RandomResizedCrop,
+    default_augmentation,
+    resize_batch,
+)
+from cnnzoo.data.builtin import load_dataset, load_digits, load_fashion_mnist, read_idx
+from cnnzoo.data.dataset import ImageDataset, resolve_classes
+from cnnzoo.data.export import ExportOptions, export_dataset
+from cnnzoo.data.folder import load_csv, load_folder
+from cnnzoo.data.images import (
+    ImageSpec,
+    center_crop,
+    fit_image,
+    load_image,
+    resize_shorter,
+    to_tensor_uint8,
+)
+from cnnzoo.data.loader import BatchLoader
+from cnnzoo.errors import DataError, ImageError
+
+# --- built-in data sets -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fmnist_test() -> ImageDataset:
+    return load_fashion_mnist("test")
+
+
+def test_fashion_mnist_train_parses_real_files():
+    ds = load_fashion_mnist("train")
+    assert ds.images.shape == (60000, 1, 28, 28) and ds.images.dtype == torch.uint8
+    assert ds.class_counts() == [6000] * 10  # the data set's README: 6,000 per class
+    # First labels of the official file (ankle boot, T-shirt, T-shirt, dress, ...) and the
+    # well-known normalisation mean 0.2860 of the training pixels.
+    assert ds.labels[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]
+    assert ds.images.float().mean().item() / 255 == pytest.approx(0.2860, abs=1e-4)
+
+
+def test_fashion_mnist_test_split(fmnist_test):
+    assert fmnist_test.images.shape == (10000, 1, 28, 28)
+    assert fmnist_test.class_counts() == [1000] * 10
+    assert fmnist_test.labels[:5].tolist() == [9, 2, 1, 1, 6]
+
+
+def test_read_idx_hand_made_and_truncated(tmp_path):
+    # Header: 0, 0, type 0x08 (ubyte), 2 dims; dims 2 and 3 big-endian; then the 6 values.
+    p = tmp_path / "x-idx2-ubyte"
+    p.write_bytes(bytes([0, 0, 8, 2, 0, 0, 0, 2, 0, 0, 0, 3, 1, 2, 3, 4, 5, 6]))
+    np.testing.assert_array_equal(read_idx(p), [[1, 2, 3], [4, 5, 6]])
+    p.write_bytes(bytes([0, 0, 8, 2, 0, 0, 0, 2, 0, 0, 0, 3, 1, 2, 3]))
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(p)
+
+
+def _no_local_fmnist(monkeypatch, tmp_path):
+    monkeypatch.setattr(builtin, "SYSTEM_FASHION_MNIST", tmp_path / "none")
+    monkeypatch.setenv("CNNZOO_CACHE", str(tmp_path / "cache"))
+
+
+def test_fashion_mnist_missing_says_how_to_get_it(monkeypatch, tmp_path):
+    _no_local_fmnist(monkeypatch, tmp_path)
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist") as exc:
+        load_fashion_mnist("train", download=False)
+    assert "\n" not in str(exc.value) and str(tmp_path / "cache" / "fashion-mnist") in str(
+        exc.value
+    )
+
+
+def test_fashion_mnist_download_checks_md5_and_leaves_nothing(monkeypatch, tmp_path):
+    """The real download code against a local HTTP server that serves Debian's re-compressed
+    files: their MD5 differs from the published one, so the download is refused, cleanly."""
+    served = tmp_path / "served"
+    served.mkdir()
+    for name in builtin.FASHION_MNIST_FILES:
+        (served / name).symlink_to(builtin.SYSTEM_FASHION_MNIST / name)
+    _no_local_fmnist(monkeypatch, tmp_path)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    monkeypatch.setattr(
+        builtin,
+        "download_fashion_mnist",
+        functools.partial(builtin.download_fashion_mnist, url=url),
+    )
+    try:
+        with pytest.raises(DataError, match="download failed.*MD5.*apt-get"):
+            load_fashion_mnist("test")
+    finally:
+        server.shutdown()
+    cache = tmp_path / "cache" / "fashion-mnist"
+    assert list(cache.iterdir()) == []  # no half-written or unverified file
+
+
+def test_digits_scaled_from_sklearn():
+    from sklearn.datasets import load_digits as sk
+
+    ref = sk()
+    ds = load_digits()
+    assert ds.images.shape == (1797, 1, 8, 8)
+    # 0..16 -> 0..255: 16 -> 255, 0 -> 0, 8 -> 127.5 rounded to even 128.
+    np.testing.assert_array_equal(ds.images[:, 0].numpy(), np.rint(ref.images * 255 / 16))
+    assert ds.images.max() == 255 and ds.labels.tolist() == ref.target.tolist()
+    splits = load_dataset("digits")
+    assert len(splits.train) + len(splits.val) == 1797
+    assert splits.train.images.shape[1] == 1  # built-ins keep their grey channel by default
+
+
+def test_load_dataset_builtin_with_spec_and_unknown_source(tmp_path):
+    s = load_dataset("digits", ImageSpec(size=16, channels=3))
+    assert s.train.images.shape[1:] == (3, 16, 16)
+    # Grey repeated to RGB: the three channels are equal.
+    assert torch.equal(s.train.images[:, 0], s.train.images[:, 2])
+    with pytest.raises(DataError, match="neither a built-in"):
+        load_dataset(str(tmp_path / "nope"))
+
+
+# --- the in-memory data set -------------------------------------------------------------------
+
+
+def _toy(counts: list[int]) -> ImageDataset:
+    labels = torch.cat([torch.full((n,), k) for k, n in enumerate(counts)])
+    images = torch.arange(len(labels), dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 1, 2, 2)
+    return ImageDataset(
+        images.contiguous(), labels, [f"c{k}" for k in range(len(counts))],
+        [f"img{i}" for i in range(len(labels))],
+    )  # fmt: skip
+
+
+def test_stratified_split_keeps_proportions():
+    ds = _toy([50, 30, 20])
+    train, val = ds.split(0.2, seed=1)
+    assert val.class_counts() == [10, 6, 4] and train.class_counts() == [40, 24, 16]
+    assert sorted(train.paths + val.paths) == sorted(ds.paths)  # disjoint and complete
+    again, _ = ds.split(0.2, seed=1)
+    other, _ = ds.split(0.2, seed=2)
+    assert again.paths == train.paths and other.paths != train.paths
+    # A class of 2 still gets one validation image; a class of 1 stays in training.
+    tr, va = _toy([2, 1, 10]).split(0.2)
+    assert va.class_counts() == [1, 0, 2] and tr.class_counts() == [1, 1, 8]
+
+
+def test_subset_relabels_in_given_order():
+    ds = _toy([5, 5, 5])
+    sub = ds.subset(classes=["c2", 0], per_class=3, seed=0)
+    assert sub.class_names == ["c2", "c0"] and sub.class_counts() == [3, 3]
+    assert all(int(p[3:]) >= 10 for p in sub.paths[:3])  # the first three come from c2
+
+
+def test_resolve_classes_loosely():
+    names = ["tshirt", "trouser", "shirt", "ankle_boot"]
+    assert resolve_classes(["T-shirt/top", "Ankle boot", "shirt", 1], names) == [0, 3, 2, 1]
+    with pytest.raises(DataError, match="several"):
+        resolve_classes(["t"], names)
+    with pytest.raises(DataError, match="not a class"):
+        resolve_classes(["hat"], names)
+
+
+# --- image decoding ---------------------------------------------------------------------------
+
+
+def _pixels(img: Image.Image) -> list[int]:
+    return np.asarray(img).ravel().tolist()
+
+
+def _save(img: Image.Image, path, **kw):
+    img.save(path, **kw)
+    return path
+
+
+def test_every_mode_decodes_to_rgb_or_l(tmp_path):
+    rgb = _save(Image.new("RGB", (3, 2), (10, 20, 30)), tmp_path / "rgb.png")
+    assert load_image(rgb).getpixel((0, 0)) == (10, 20, 30)
+    assert load_image(rgb, 1).getpixel((0, 0)) == round(0.299 * 10 + 0.587 * 20 + 0.114 * 30)
+
+    grey = _save(Image.new("L", (3, 2), 77), tmp_path / "l.png")
+    assert load_image(grey).getpixel((0, 0)) == (77, 77, 77)
+    assert to_tensor_uint8(load_image(grey, 1)).shape == (1, 2, 3)
+
+    # Alpha: half-transparent red over white is (255, 128, 128); fully transparent is white;
+    # alpha="drop" keeps the stored colour.
+    rgba = Image.new("RGBA", (2, 1))
+    rgba.putpixel((0, 0), (255, 0, 0, 128))
+    rgba.putpixel((1, 0), (0, 0, 0, 0))
+    p = _save(rgba, tmp_path / "rgba.png")
+    img = load_image(p)
+    assert img.mode == "RGB"
+    assert img.getpixel((0, 0)) == pytest.approx((255, 127, 127), abs=1)
+    assert img.getpixel((1, 0)) == (255, 255, 255)
+    assert load_image(p, alpha="drop").getpixel((1, 0)) == (0, 0, 0)
+    la = _save(Image.new("LA", (2, 2), (0, 0)), tmp_path / "la.png")
+    assert load_image(la, 1).getpixel((0, 0)) == 255
+
+    pal = Image.new("P", (2, 1))
+    pal.putpalette([0, 0, 255, 0, 255, 0] + [0] * 762)
+    pal.putpixel((0, 0), 1)
+    assert load_image(_save(pal, tmp_path / "p.png")).getpixel((0, 0)) == (0, 255, 0)
+    pal.info["transparency"] = 0  # index 0 transparent -> white background
+    assert (
+        load_image(_save(pal, tmp_path / "pt.png", transparency=0)).getpixel((1, 0)) == (255,) * 3
+    )
+
+    cmyk = _save(Image.new("CMYK", (2, 2), (0, 255, 255, 0)), tmp_path / "cmyk.jpg", quality=100)
+    r, g, b = load_image(cmyk).getpixel((0, 0))
+    assert r > 240 and g < 15 and b < 15  # cyan-free, full magenta + yellow = red
+
+    bilevel = _save(Image.new("1", (2, 2), 1), tmp_path / "one.png")
+    assert load_image(bilevel, 1).getpixel((0, 0)) == 255
+
+
+def test_16_bit_and_float_images_are_scaled(tmp_path):
+    a = np.array([[0, 257, 32768, 65535]], dtype=np.uint16)
+    for name in ("g16.png", "g16.tif"):
+        p = _save(Image.fromarray(a), tmp_path / name)
+        assert Image.open(p).mode.startswith("I")
+        # value / 257, rounded: 0, 1, 127.5 -> 128, 255 (PIL's convert("L") would clip to 255)
+        assert _pixels(load_image(p, 1)) == [0, 1, 128, 255]
+    f = np.array([[0.0, 0.25, 1.0]], dtype=np.float32)
+    p = _save(Image.fromarray(f), tmp_path / "f.tif")
+    assert _pixels(load_image(p, 1)) == [0, 64, 255]
+    f = np.array([[-2.0, 0.0, 2.0]], dtype=np.float32)  # outside [0, 1]: min-max stretched
+    assert _pixels(load_image(_save(Image.fromarray(f), tmp_path / "g.tif"), 1)) == [
+        0,
+        128,
+        255,
+    ]
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    # Stored 3 wide x 2 high, red pixel at top-left; orientation 6 = "rotate 90 CW to display".
+    img = Image.new("RGB", (3, 2), (0, 0, 0))
+    img.putpixel((0, 0), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    p = _save(img, tmp_path / "rot.png", exif=exif.tobytes())
+    out = load_image(p)
+    assert out.size == (2, 3)  # displayed 2 wide x 3 high
+    # Rotating 90 degrees clockwise takes the top-left pixel to the top-right.
+    assert out.getpixel((1, 0)) == (255, 0, 0) and out.getpixel((0, 0)) == (0, 0, 0)
+
+
+def test_unreadable_files_give_one_line_image_errors(tmp_path):
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    text = tmp_path / "text.jpg"
+    text.write_text("not an image at all")
+    good = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(
+        good, "JPEG"
+    )
+    truncated = tmp_path / "cut.jpg"
+    truncated.write_bytes(good.getvalue()[: len(good.getvalue()) // 2])
+    cases = {
+        empty: "empty file",
+        text: "not an image",
+        truncated: "truncated",
+        tmp_path / "missing.png": "no such file",
+    }
+    for path, cause in cases.items():
+        with pytest.raises(ImageError) as exc:
+            load_image(path)
+        msg = str(exc.value)
+        assert msg.startswith(str(path)) and cause in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("side", [12, 20])  # PIL warns above the limit and raises above twice it
+def test_decompression_bomb_refused(tmp_path, monkeypatch, side):
+    p = _save(Image.new("L", (side, side)), tmp_path / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(ImageError, match="decompression bomb"):
+        load_image(p)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # the documented way to accept it
+    assert load_image(p).size == (side, side)
+
+
+def test_resize_helpers():
+    img = Image.new("RGB", (300, 200))
+    assert resize_shorter(img, 100).size == (150, 100)
+    assert resize_shorter(Image.new("RGB", (200, 300)), 100).size == (100, 150)
+    assert fit_image(img, 224, method="crop", resize_size=256).size == (224, 224)
+    assert fit_image(img, (10, 20)).size == (20, 10)  # (height, width) as in torch
+    # Centre crop of a known pattern: columns 0..5 valued 0..5; the middle 2 are 2 and 3.
+    pattern = Image.fromarray(np.tile(np.arange(6, dtype=np.uint8), (4, 1)))
+    assert to_tensor_uint8(center_crop(pattern, (2, 2)))[0].tolist() == [[2, 3], [2, 3]]
+    t = to_tensor_uint8(Image.new("RGB", (3, 2), (1, 2, 3)))
+    assert t.shape == (3, 2, 3) and t[:, 0, 0].tolist() == [1, 2, 3]
+
+
+# --- folders and manifests --------------------------------------------------------------------
+
+
+def _png(path, value: int, size=(8, 8)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("L", size, value).save(path)
+
+
+def test_folder_with_bad_files_loads_the_good_ones(tmp_path, caplog):
+    for cls, value in (("cat", 10), ("dog", 200)):
+        for i in range(5):
+            _png(tmp_path / cls / f"{i}.png", value)
+    (tmp_path / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is no jpeg")
+    (tmp_path / "dog" / "zero.png").write_bytes(b"")
+    (tmp_path / "dog" / "notes.txt").write_text("a note")
+    (tmp_path / "dog" / ".DS_Store").write_bytes(b"\0\0")
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        s = load_folder(tmp_path, ImageSpec(size=6, channels=1), progress=False)
+    assert s.class_names == ["cat", "dog"]
+    assert len(s.train) + len(s.val) == 10 and s.train.images.shape[1:] == (1, 6, 6)
+    lines = caplog.messages
+    assert any("broken.jpg" in m and "skipped" in m for m in lines)
+    assert any("zero.png" in m and "empty file" in m for m in lines)
+    assert any("skipped 2 of 12" in m for m in lines)
+    assert any("notes.txt" in m and "ignored 1 file" in m for m in lines)
+    assert not any(".DS_Store" in m for m in lines)
+    assert len(s.skipped) == 2
+    # Labels follow the pixels: cats are dark, dogs bright.
+    all_imgs = torch.cat([s.train.images, s.val.images])
+    all_lbls = torch.cat([s.train.labels, s.val.labels])
+    assert torch.equal(all_imgs[:, 0, 0, 0] > 100, all_lbls == 1)
+
+
+def test_folder_errors(tmp_path):
+    _png(tmp_path / "a" / "1.png", 0)
+    (tmp_path / "b").mkdir()
+    with pytest.raises(DataError, match=r"class folder .*b has no images.*add images"):
+        load_folder(tmp_path, progress=False)
+    shutil.rmtree(tmp_path / "b")
+    with pytest.raises(DataError, match="single class folder"):
+        load_folder(tmp_path, progress=False)
+    shutil.rmtree(tmp_path / "a")
+    with pytest.raises(DataError, match="no images found"):
+        load_folder(tmp_path, progress=False)
+    _png(tmp_path / "loose.png", 0)
+    with pytest.raises(DataError, match="no class sub-folders"):
+        load_folder(tmp_path, progress=False)
+    with pytest.raises(DataError, match="not a folder"):
+        load_folder(tmp_path / "nowhere", progress=False)
+    _png(tmp_path / "x" / "1.png", 0, (8, 8))
+    _png(tmp_path / "y" / "1.png", 0, (9, 8))
+    with pytest.raises(DataError, match="different sizes.*give a size"):
+        load_folder(tmp_path, progress=False)
+
+
+def test_folder_all_files_of_a_class_unreadable(tmp_path):
+    _png(tmp_path / "a" / "1.png", 0)
+    _png(tmp_path / "b" / "1.png", 0)
+    (tmp_path / "b" / "1.png").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="class 'b'.*no readable image"):
+        load_folder(tmp_path, progress=False)
+
+
+def test_train_val_test_subfolders(tmp_path):
+    for part, n in (("train", 4), ("valid", 2), ("test", 3)):
+        for cls in ("x", "y"):
+            for i in range(n):
+                _png(tmp_path / part / cls / f"{i}.png", 0)
+    s = load_folder(tmp_path, progress=False)
+    assert (len(s.train), len(s.val), len(s.test)) == (8, 4, 6)
+    shutil.rmtree(tmp_path / "valid")  # test/ then serves as validation
+    s = load_folder(tmp_path, progress=False)
+    assert (len(s.train), len(s.val), s.test) == (8, 6, None)
+    # 'train' among other class folders is a class, not a part.
+    _png(tmp_path / "bus" / "1.png", 0)
+    assert "train" in load_folder(tmp_path, ImageSpec(size=8), progress=False).class_names
+
+
+def test_csv_manifest(tmp_path):
+    rows = ["path,label,split"]
+    for i in range(6):
+        for cls, v in (("2", 0), ("10", 255)):
+            _png(tmp_path / "imgs" / f"{cls}_{i}.png", v)
+            rows.append(f"imgs/{cls}_{i}.png,{cls},{'val' if i >= 4 else 'train'}")
+    rows.append("imgs/missing.png,2,train")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    s = load_csv(manifest, progress=False)
+    assert s.class_names == ["2", "10"]  # integer labels sort as numbers
+    assert s.train.class_counts() == [4, 4] and s.val.class_counts() == [2, 2]
+    assert len(s.skipped) == 1 and "missing.png" in s.skipped[0]
+    assert load_dataset(manifest, progress=False).train.class_counts() == [4, 4]
+    # Without a split column and header: a stratified split.
+    manifest.write_text("\n".join(r.rsplit(",", 1)[0] for r in rows[1:-1]) + "\n")
+    s = load_csv(manifest, val_fraction=0.5, progress=False)
+    assert s.train.class_counts() == [3, 3] and s.val.class_counts() == [3, 3]
+    manifest.write_text("a.png,cat\n")
+    with pytest.raises(DataError, match="two or more"):
+        load_csv(manifest, progress=False)
+
+
+# --- augmentation -----------------------------------------------------------------------------
+
+
+def _g(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_horizontal_flip_of_a_known_pattern():
+    x = torch.arange(12, dtype=torch.float32).view(1, 1, 3, 4).repeat(16, 1, 1, 1)
+    mask = torch.arange(12).view(1, 3, 4).repeat(16, 1, 1)
+    y, m = HorizontalFlip(p=1.0)(x, mask, _g())
+    assert y[0, 0, 0].tolist() == [3, 2, 1, 0] and m[0, 0].tolist() == [3, 2, 1, 0]
+    y, m = HorizontalFlip(p=0.5)(x, mask, _g(3))
+    flipped = (y != x).flatten(1).any(1)
+    assert 0 < flipped.sum() < 16  # some, not all: one draw per sample
+    assert torch.equal(y[flipped], x[flipped].flip(-1)) and torch.equal(y[~flipped], x[~flipped])
+    assert torch.equal(m.float(), y[:, 0])  # the mask moved with its image
+    labels = torch.arange(16)
+    assert torch.equal(HorizontalFlip()(x, labels, _g())[1], labels)  # labels pass through
+
+
+def test_pad_crop_keeps_content_and_moves_masks():
+    n, h, w, p = 16, 5, 7, 2
+    x = torch.rand(n, 3, h, w)
+    mask = torch.arange(h * w).view(1, h, w).repeat(n, 1, 1)
+    for mode in ("zeros", "reflect"):
+        y, m = PadCrop(p, mode=mode)(x, mask, _g(1))
+        padded = torch.nn.functional.pad(
+            x, (p, p, p, p), mode="reflect" if mode == "reflect" else "constant"
+        )
+        mpad = torch.nn.functional.pad(
+            mask.unsqueeze(1).float(),
+            (p, p, p, p),
+            mode="reflect" if mode == "reflect" else "constant",
+        )
+        shifts = set()
+        for i in range(n):
+            # Each output is exactly one window of the padded image, and its mask the same window.
+            hits = [
+                (dy, dx)
+                for dy in range(2 * p + 1)
+                for dx in range(2 * p + 1)
+                if torch.equal(y[i], padded[i, :, dy : dy + h, dx : dx + w])
+            ]
+            assert len(hits) == 1
+            dy, dx = hits[0]
+            assert torch.equal(m[i].float(), mpad[i, 0, dy : dy + h, dx : dx + w])
+            shifts.add(hits[0])
+        assert len(shifts) > 3  # per-sample offsets, not one per batch
+
+
+def test_random_resized_crop_masks_follow_images():
+    n, k, s = 8, 4, 32
+    yy, xx = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
+    mask = ((yy // 8 + xx // 8) % k).expand(n, s, s).clone()  # a checkerboard of 4 classes
+    onehot = torch.nn.functional.one_hot(mask, k).permute(0, 3, 1, 2).float()
+    y, m = RandomResizedCrop(24, scale=(0.2, 0.8))(onehot, mask, _g(2))
+    assert y.shape == (n, k, 24, 24) and m.shape == (n, 24, 24) and m.dtype == mask.dtype
+    # Where the bilinear image is exactly one-hot, all four source pixels had that class, so the
+    # nearest-sampled mask must agree there.
+    pure = y.max(1).values == 1.0
+    assert pure.float().mean() > 0.5
+    assert torch.equal(m[pure], y.argmax(1)[pure])
+    assert not torch.equal(y[0], y[1])  # a different crop per sample
+
+
+def test_same_seed_same_batch_and_loader_replay():
+    x = torch.rand(8, 3, 16, 16)
+    aug = default_augmentation("photo", 12)
+    a, _ = aug(x.clone(), torch.zeros(8), _g(5))
+    b, _ = aug(x.clone(), torch.zeros(8), _g(5))
+    c, _ = aug(x.clone(), torch.zeros(8), _g(6))
+    assert torch.equal(a, b) and not torch.equal(a, c) and a.shape == (8, 3, 12, 12)
+    images = (torch.rand(20, 1, 28, 28) * 255).to(torch.uint8)
+    loader = BatchLoader(
+        images, torch.arange(20), batch_size=8, shuffle=True,
+        transform=default_augmentation("flip-crop", 32), seed=3,
+    )  # fmt: skip
+    loader.set_epoch(1)
+    first = [xb for xb, _ in loader]
+    loader.set_epoch(1)
+    assert all(torch.equal(p, q) for p, q in zip(first, [xb for xb, _ in loader], strict=True))
+    assert first[0].shape == (8, 1, 32, 32)
+    with pytest.raises(DataError):
+        default_augmentation("mixup", 32)
+
+
+def test_color_jitter_is_per_sample_and_grey_safe():
+    x = torch.full((6, 3, 4, 4), 0.5)
+    y, labels = ColorJitter(brightness=0.5, contrast=0.0, saturation=0.0)(x, torch.arange(6), _g())
+    per_image = y.flatten(1)
+    assert torch.allclose(per_image, per_image[:, :1].expand_as(per_image))  # uniform within
+    assert per_image[:, 0].unique().numel() == 6  # one factor per sample
+    assert ((per_image[:, 0] >= 0.25) & (per_image[:, 0] <= 0.75)).all()
+    grey = torch.rand(6, 1, 4, 4).expand(6, 3, 4, 4).contiguous()
+    y, _ = ColorJitter()(grey, labels, _g())
+    assert torch.allclose(y[:, 0], y[:, 1], atol=1e-6) and torch.allclose(
+        y[:, 1], y[:, 2], atol=1e-6
+    )
+    y1, _ = ColorJitter()(grey[:, :1], labels, _g())
+    assert y1.shape == (6, 1, 4, 4) and y1.min() >= 0 and y1.max() <= 1
+    mask = torch.randint(0, 3, (6, 4, 4))
+    assert torch.equal(ColorJitter()(grey, mask, _g())[1], mask)  # photometric: masks untouched
+
+
+def test_resize_batch_images_and_masks():
+    x = torch.rand(2, 1, 28, 28)
+    mask = torch.randint(0, 5, (2, 28, 28))
+    y, m = resize_batch(x, 32, mask)
+    assert y.shape == (2, 1, 32, 32) and m.shape == (2, 32, 32)
+    assert set(m.unique().tolist()) <= set(mask.unique().tolist())
+    assert resize_batch(x, (28, 28))[0] is x
+
+
+# --- export -----------------------------------------------------------------------------------
+
+
+def test_export_fashion_mnist_loads_back(tmp_path, fmnist_test):
+    out = tmp_path / "fm"
+    msg = export_dataset(
+        "fashion-mnist",
+        out,
+        ExportOptions(["sneaker", "tshirt", "bag"], per_class=10, split="test"),
+    )
+    assert "wrote 30" in msg
+    s = load_folder(out, ImageSpec(channels=1), progress=False)
+    assert s.class_names == ["bag", "sneaker", "tshirt"]  # folder names, sorted
+    total = [a + b for a, b in zip(s.train.class_counts(), s.val.class_counts(), strict=True)]
+    assert total == [10, 10, 10]
+    # PNG is lossless: a written file equals the original test image it is named after.
+    path = sorted((out / "bag").iterdir())[0]
+    index = int(path.stem.split("_")[1])
+    assert fmnist_test.labels[index] == 8
+    assert torch.equal(to_tensor_uint8(load_image(path, 1)), fmnist_test.images[index])
+    with pytest.raises(DataError, match="not empty"):
+        export_dataset("fashion-mnist", out, ExportOptions(per_class=1))
+
+
+def test_data_cli(tmp_path, capsys):
+    assert main(["data", "export", "digits", str(tmp_path / "d"), "--per-class", "3",
+                 "--classes", "0,7"]) == 0  # fmt: skip
+    assert "wrote 6 digits" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["0", "7"]
+    assert main(["data", "info", str(tmp_path / "d"), "--channels", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "2 classes, images 1x8x8" in out
+    fm = tmp_path / "fm"
+    assert main(["data", "export", "fashion-mnist", str(fm), "--classes", "tshirt,Ankle boot",
+                 "--per-class", "4"]) == 0  # fmt: skip
+    assert "wrote 8 Fashion-MNIST train images" in capsys.readouterr().out
+    assert {p.name: len(list(p.iterdir())) for p in fm.iterdir()} == {"tshirt": 4,
+                                                                      "ankle_boot": 4}
+    assert main(["data", "export", "nosuch", str(tmp_path / "e")]) == 2
+    assert "no built-in data set 'nosuch'" in capsys.readouterr().err
+
+
+def test_shards_cover_every_validation_image_once_and_training_shards_are_even():
+    x = torch.zeros(359, 1, 2, 2, dtype=torch.uint8)
+    y = torch.arange(359)
+    val = [torch.cat([b[1] for b in BatchLoader(x, y, batch_size=50, shard=(r, 2))])
+           for r in (0, 1)]
+    assert sorted(torch.cat(val).tolist()) == list(range(359))  # 180 + 179, none lost
+    train = [BatchLoader(x, y, batch_size=50, shuffle=True, seed=4, shard=(r, 2)) for r in (0, 1)]
+    got = [torch.cat([b[1] for b in loader]) for loader in train]
+    assert len(got[0]) == len(got[1]) == 179 and len(train[0]) == len(train[1]) == 4
+    assert not set(got[0].tolist()) & set(got[1].tolist())  # disjoint: each reads its shard

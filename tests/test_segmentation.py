@@ -1,0 +1,426 @@
+"""U-Net segmentation (issue 7): the border weight map, Dice/IoU, paired augmentation, the
+overlap-tile strategy, image/mask pairs, and the `train --task segmentation` / `segment` CLI.
+
+Independent truth: values worked out by hand from the paper's formula and the metric
+definitions, brute-force numpy re-computations, and whole-image predictions of the same net.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnzoo.cli import main
+from cnnzoo.data.augment import ElasticDeform, HorizontalFlip, RandomCrop, RandomRot90
+from cnnzoo.data.cells import make_cells, semantic_from_instances
+from cnnzoo.data.masks import load_mask_pairs
+from cnnzoo.models import create_model
+from cnnzoo.segmentation.data import PairedTransform, train_transform
+from cnnzoo.segmentation.losses import segmentation_loss, unet_weight_map
+from cnnzoo.segmentation.metrics import SegmentationAccumulator, confusion_matrix, dice_iou
+from cnnzoo.segmentation.tiling import mirror_indices, predict_tiled
+
+# ----------------------------------------------------------------------------- weight map
+
+
+def test_weight_map_two_cells_matches_hand_computed_values():
+    # Two one-pixel cells at (0, 0) and (0, 4) of a 3 x 5 image; w_c given as 1 everywhere.
+    inst = np.zeros((3, 5), dtype=np.int32)
+    inst[0, 0], inst[0, 4] = 1, 2
+    mask = (inst > 0).astype(np.uint8)
+    w = unet_weight_map(inst, mask, class_weights=[1.0, 1.0], w0=10.0, sigma=5.0)
+    # Pixel (2, 2): d1 = d2 = sqrt(8); w = 1 + 10 exp(-(2 sqrt 8)^2 / 50) = 1 + 10 exp(-0.64).
+    assert w[2, 2] == pytest.approx(1 + 10 * math.exp(-0.64), abs=1e-5)
+    assert w[2, 2] == pytest.approx(6.272924, abs=1e-5)
+    # Pixel (1, 1): d1 = sqrt(2) (cell 1), d2 = sqrt(10) (cell 2).
+    s = math.sqrt(2) + math.sqrt(10)
+    assert w[1, 1] == pytest.approx(1 + 10 * math.exp(-(s**2) / 50), abs=1e-5)
+    # Pixel (0, 2), midway: d1 = d2 = 2 -> 1 + 10 exp(-16 / 50).
+    assert w[0, 2] == pytest.approx(1 + 10 * math.exp(-0.32), abs=1e-5)
+    # Cell pixels get w_c only (the border term is on the background between cells).
+    assert w[0, 0] == pytest.approx(1.0) and w[0, 4] == pytest.approx(1.0)
+
+    # Brute force over every pixel, straight from Eq. 2.
+    cells = [np.argwhere(inst == k) for k in (1, 2)]
+    for y in range(3):
+        for x in range(5):
+            if mask[y, x]:
+                continue
+            d = sorted(np.hypot(c[:, 0] - y, c[:, 1] - x).min() for c in cells)
+            want = 1 + 10 * math.exp(-((d[0] + d[1]) ** 2) / 50)
+            assert w[y, x] == pytest.approx(want, abs=1e-5)
+
+
+def test_weight_map_class_balance_and_single_cell():
+    inst = np.zeros((3, 5), dtype=np.int32)
+    inst[0, 0], inst[0, 4] = 1, 2
+    mask = (inst > 0).astype(np.uint8)
+    w = unet_weight_map(inst, mask, w0=0.0)
+    # w_c(k) = N / (K n_k): 15 pixels, 13 background, 2 cell.
+    assert w[1, 1] == pytest.approx(15 / (2 * 13), abs=1e-6)
+    assert w[0, 0] == pytest.approx(15 / (2 * 2), abs=1e-6)
+    # One cell has no second nearest cell: no border term at all.
+    one = np.where(inst == 2, 0, inst)
+    w1 = unet_weight_map(one, (one > 0).astype(np.uint8), class_weights=[1.0, 1.0])
+    np.testing.assert_allclose(w1, np.ones((3, 5)), atol=1e-6)
+
+
+def test_weighted_ce_is_weight_mean_times_log2_for_uniform_logits():
+    mask = torch.tensor([[[0, 1], [1, 0]]])
+    weight = torch.tensor([[[1.0, 2.0], [3.0, 6.0]]])
+    target = torch.stack([mask.float(), weight], 1)  # (N, 2, H, W)
+    logits = torch.zeros(1, 2, 2, 2)
+    loss = segmentation_loss(logits, target, "weighted_ce")
+    assert float(loss) == pytest.approx(3.0 * math.log(2), abs=1e-6)
+
+
+def test_valid_mode_loss_crops_the_mask_to_the_output():
+    torch.manual_seed(1)
+    logits = torch.randn(2, 3, 4, 4)
+    mask = torch.randint(0, 3, (2, 8, 8))
+    loss = segmentation_loss(logits, mask, "ce")
+    want = torch.nn.functional.cross_entropy(logits, mask[:, 2:6, 2:6])
+    assert float(loss) == pytest.approx(float(want), abs=1e-6)
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def test_dice_iou_hand_computed():
+    truth = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0]])
+    pred = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 0, 0]])
+    cm = confusion_matrix(pred, truth, 2)
+    assert cm.tolist() == [[5, 1], [1, 2]]
+    dice, iou = dice_iou(cm)
+    # cell: TP 2, FP 1, FN 1 -> Dice 4/6, IoU 2/4; background: TP 5, FP 1, FN 1.
+    assert dice.tolist() == pytest.approx([10 / 12, 4 / 6])
+    assert iou.tolist() == pytest.approx([5 / 7, 2 / 4])
+
+
+def test_empty_mask_conventions():
+    empty = torch.zeros(3, 3, dtype=torch.long)
+    some = empty.clone()
+    some[1, 1] = 1
+    # Absent from truth and prediction: 1 (nothing to find, nothing wrongly found).
+    d, j = dice_iou(confusion_matrix(empty, empty, 2))
+    assert d[1] == 1 and j[1] == 1
+    # Absent from the truth but predicted: 0.  Present but not predicted: 0.
+    d, j = dice_iou(confusion_matrix(some, empty, 2))
+    assert d[1] == 0 and j[1] == 0
+    d, j = dice_iou(confusion_matrix(empty, some, 2))
+    assert d[1] == 0 and j[1] == 0
+    # Ignored pixels (255) count nowhere.
+    truth = some.clone()
+    truth[0, 0] = 255
+    pred = some.clone()
+    pred[0, 0] = 1
+    assert confusion_matrix(pred, truth, 2).sum() == 8
+
+
+def test_accumulator_sums_over_the_set_not_a_mean_of_images():
+    # Image A: 1 true cell pixel, found. Image B: 8 true, 4 found, 0 false positives.
+    ta = torch.zeros(4, 4, dtype=torch.long)
+    ta[0, 0] = 1
+    tb = torch.zeros(4, 4, dtype=torch.long)
+    tb[:2] = 1
+    pb = torch.zeros(4, 4, dtype=torch.long)
+    pb[0] = 1
+    logits = torch.stack([torch.stack([1 - x, x]).float() for x in (ta, pb)])
+    acc = SegmentationAccumulator(2, ["bg", "cell"])
+    acc.update(logits[:1], ta[None], torch.tensor(0.5))
+    acc.update(logits[1:], tb[None], torch.tensor(1.5))
+    m = acc.compute()
+    assert m["iou"] == pytest.approx(5 / 9)  # (1 + 4) / (1 + 8); per-image mean would be 0.75
+    assert m["dice"] == pytest.approx(10 / 14)
+    assert m["pixel_acc"] == pytest.approx(28 / 32)
+    assert m["loss"] == pytest.approx(1.0)
+
+
+def test_count_error_sees_merged_cells():
+    inst = np.zeros((12, 12), dtype=np.int32)
+    inst[2:6, 2:6] = 1
+    inst[2:6, 6:10] = 2  # touching cell 1
+    truth = semantic_from_instances(inst)  # one-pixel seams keep them apart
+    merged = (inst > 0).astype(np.int64)  # a prediction that closes the gap
+    acc = SegmentationAccumulator(2, count_instances=True, min_area=4)
+    acc.add_counts(merged[None], truth[None].astype(np.int64))
+    acc.add_counts(truth[None].astype(np.int64), truth[None].astype(np.int64))
+    acc.images += 2
+    m = acc.compute()
+    assert m["count_err"] == pytest.approx(0.5)  # |1 - 2| and |2 - 2| over 2 images
+    assert m["count_rel"] == pytest.approx(1 / 4)
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def _pattern(n: int = 4, size: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
+    """Asymmetric shapes (an L and a bar of class 2), so any flip or turn shows."""
+    m = torch.zeros(n, size, size, dtype=torch.long)
+    m[:, 8:30, 10:16] = 1
+    m[:, 24:30, 10:34] = 1
+    m[:, 36:42, 30:44] = 2
+    img = (m > 0).float()[:, None] * 0.8 + 0.1
+    return img, m
+
+
+def test_paired_geometry_moves_the_mask_with_the_image_exactly():
+    img, m = _pattern()
+    g = torch.Generator().manual_seed(3)
+    t = PairedTransform([RandomCrop(40), HorizontalFlip(), RandomRot90()])
+    out_img, out_m = t(img, m, g)
+    assert out_m.shape == (4, 40, 40)
+    assert torch.equal((out_img[:, 0] > 0.5), out_m > 0)
+    # Something moved: the samples differ from a plain top-left crop.
+    assert not all(torch.equal(out_m[i], m[i, :40, :40]) for i in range(4))
+
+
+def test_elastic_deformation_keeps_masks_aligned_nearest_neighbour():
+    img, m = _pattern(n=6)
+    g = torch.Generator().manual_seed(0)
+    out_img, out_m = PairedTransform([ElasticDeform(sigma=6.0)])(img, m, g)
+    assert set(out_m.unique().tolist()) <= {0, 1, 2}  # nearest: no new class values
+    assert not torch.equal(out_m, m)  # it did deform
+    v = out_img[:, 0]
+    # Bilinear image vs nearest mask agree wherever the image is clearly inside or outside.
+    assert bool(((v > 0.85) <= (out_m > 0)).all()) and bool(((v < 0.15) <= (out_m == 0)).all())
+    inside = (v > 0.85).sum() + (v < 0.15).sum()
+    assert inside > 0.8 * v.numel()
+    # sigma 0: the identity.
+    same_img, same_m = PairedTransform([ElasticDeform(sigma=0.0)])(img, m, g)
+    assert torch.equal(same_m, m) and torch.allclose(same_img, img, atol=1e-5)
+
+
+def test_weight_map_channel_rides_with_the_geometry_and_photometry_skips_targets():
+    img, m = _pattern()
+    weight = m.float() * 3 + 1  # a map with the mask's shape, easy to predict
+    target = torch.stack([m.float(), weight], 1)
+    g = torch.Generator().manual_seed(5)
+    out_img, out_t = train_transform(32, elastic=8.0, jitter=0.3)(img, target, g)
+    mask, w = out_t[:, 0], out_t[:, 1]
+    assert out_img.shape == (4, 1, 32, 32) and out_t.shape == (4, 2, 32, 32)
+    # Where the mask is a clean class, the bilinear-warped weight is that class's weight.
+    core = torch.nn.functional.max_pool2d(
+        (mask[:, None] != torch.nn.functional.avg_pool2d(mask[:, None], 3, 1, 1)).float(),
+        3, 1, 1)[:, 0] == 0
+    assert torch.allclose(w[core], mask[core] * 3 + 1, atol=1e-4)
+    assert set(mask.unique().tolist()) <= {0.0, 1.0, 2.0}
+
+
+# ----------------------------------------------------------------------------- tiling
+
+
+def test_mirror_indices_match_numpy_reflect():
+    a = np.arange(7)
+    padded = np.pad(a, 20, mode="reflect")
+    assert mirror_indices(-20, 47, 7).tolist() == padded.tolist()
+
+
+def _eval_unet(seed: int = 0):
+    torch.manual_seed(seed)
+    net = create_model("unet", num_classes=3, in_chans=1, padding="same", base_width=4)
+    for mod in net.modules():  # non-trivial BatchNorm statistics
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-0.2, 0.2)
+            mod.running_var.uniform_(0.5, 1.5)
+    return net.eval()
+
+
+def test_overlap_tile_matches_whole_image_away_from_borders():
+    net = _eval_unet()
+    torch.manual_seed(2)
+    img = torch.rand(1, 320, 352)
+    with torch.no_grad():
+        whole = net(img[None])[0]
+    tiled = predict_tiled(net, img, tile=320, output="logits")  # margin 96: 128-px tiles
+    assert tiled.shape == whole.shape
+    inner = (slice(None), slice(96, -96), slice(96, -96))
+    assert (tiled[inner] - whole[inner]).abs().max() < 1e-4
+    # Near the border the mirrored context differs from zero padding (it is not a no-op).
+    assert (tiled[:, :8] - whole[:, :8]).abs().max() > 1e-3
+
+
+def test_valid_unet_tiles_equal_whole_mirrored_image():
+    torch.manual_seed(0)
+    net = create_model("unet", num_classes=2, in_chans=1, padding="valid", base_width=4).eval()
+    img = torch.rand(1, 100, 90)
+    # 220 px tiles -> 36 px out, 32 kept (a multiple of 16: each tile on the pooling grid).
+    tiled = predict_tiled(net, img, tile=220, output="logits")
+    # The whole image mirrored (numpy's reflect) in one pass: 94 px of context on the top/left
+    # (92 trimmed by the net + 2 cut from each tile), padded to the legal sizes 300 x 284.
+    pad = np.pad(img[0].numpy(), ((94, 300 - 94 - 100), (94, 284 - 94 - 90)), mode="reflect")
+    with torch.no_grad():
+        whole = net(torch.from_numpy(pad)[None, None])[0, :, 2:102, 2:92]
+    assert tiled.shape == (2, 100, 90)
+    assert (tiled - whole).abs().max() < 1e-4
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _png(path, arr):
+    Image.fromarray(arr).save(path)
+
+
+def test_mask_pairs_report_missing_and_mismatched_pairs_one_line_each(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    img = np.full((16, 20), 100, dtype=np.uint8)
+    m = np.zeros((16, 20), dtype=np.uint8)
+    m[4:8, 4:8] = 255
+    for stem in ("a", "b", "c", "d"):
+        _png(tmp_path / "images" / f"{stem}.png", img)
+    _png(tmp_path / "masks" / "a.png", m)
+    _png(tmp_path / "masks" / "b.png", m[:10])  # size mismatch
+    _png(tmp_path / "masks" / "d.png", m)
+    _png(tmp_path / "masks" / "e.png", m)  # mask without an image; c has no mask
+    lines: list[str] = []
+    pairs = load_mask_pairs(tmp_path, classes=["background", "cell"], report=lines.append)
+    assert pairs.names == ["a", "d"]
+    assert len(lines) == 3 and all("\n" not in line for line in lines)
+    assert any("c.png" in line and "no mask" in line for line in lines)
+    assert any("e.png" in line and "no image" in line for line in lines)
+    assert any(line.startswith("skipped b") and "20x10" in line and "20x16" in line
+               for line in lines)
+    # 0/255 masks are two classes.
+    assert pairs.masks[0].max() == 1 and int(pairs.masks[0].sum()) == 16
+
+
+def test_csv_manifest_with_class_indices_and_a_missing_file(tmp_path):
+    img = np.zeros((8, 8, 3), dtype=np.uint8)
+    m = np.zeros((8, 8), dtype=np.uint8)
+    m[:4] = 2
+    m[0, 0] = 255  # with other classes present, 255 is "ignore" (VOC)
+    _png(tmp_path / "x.png", img)
+    _png(tmp_path / "x_mask.png", m)
+    (tmp_path / "list.csv").write_text("image,mask\nx.png,x_mask.png\ngone.png,x_mask.png\n")
+    lines: list[str] = []
+    pairs = load_mask_pairs(tmp_path / "list.csv", classes=["a", "b", "c"], report=lines.append)
+    assert pairs.names == ["x"] and pairs.in_chans == 3
+    assert pairs.masks[0][0, 0] == 255 and pairs.masks[0][1, 0] == 2
+    assert len(lines) == 1 and "gone.png" in lines[0] and "no such file" in lines[0]
+
+
+def test_cells_are_reproducible_and_export_reads_back(tmp_path):
+    a = make_cells(2, size=64, seed=7)
+    b = make_cells(3, size=64, seed=7)
+    assert np.array_equal(a.images, b.images[:2]) and np.array_equal(a.masks, b.masks[:2])
+    assert not np.array_equal(make_cells(1, size=64, seed=7, split="test").images, a.images[:1])
+    # Touching cells exist and their seams split them in the semantic mask.
+    from scipy import ndimage
+
+    big = make_cells(2, size=128, seed=0)
+    touching = 0
+    for inst, sem in zip(big.instances, big.masks, strict=True):
+        touching += int(ndimage.label(inst > 0)[1] < inst.max())  # some cells do touch
+        comps, n = ndimage.label(sem)
+        for c in range(1, n + 1):  # every component of the semantic mask is one single cell
+            assert len(np.unique(inst[comps == c])) == 1
+    assert touching == 2
+    assert main(["data", "export", "cells", str(tmp_path / "c"), "--per-class", "3",
+                 "--seed", "7"]) == 0
+    pairs = load_mask_pairs(tmp_path / "c", report=None)
+    assert pairs.classes == ["background", "cell"] and len(pairs) == 3
+    want = make_cells(3, seed=7)
+    assert np.array_equal(np.stack(pairs.masks), want.masks)
+    assert np.array_equal(np.stack(pairs.instances), want.instances)
+    assert np.array_equal(np.stack(pairs.images)[..., 0], want.images)
+    # exporting over it again is refused in one line
+    assert main(["data", "export", "cells", str(tmp_path / "c"), "--per-class", "3"]) == 2
+
+
+# ----------------------------------------------------------------------------- encoders
+
+
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0"])
+def test_classifier_encoders_and_their_weights(tmp_path, name):
+    src = create_model(name)  # a random "pretrained" classifier saved as a file
+    path = tmp_path / f"{name}.pth"
+    torch.save(src.state_dict(), path)
+    net = create_model("unet", num_classes=3, in_chans=3, encoder_name=name,
+                       encoder_weights=str(path)).eval()
+    sd = src.state_dict()
+    enc = net.encoder.state_dict()
+    shared = [k for k in enc if k in sd]
+    assert len(shared) == len(enc) and all(torch.equal(enc[k], sd[k]) for k in shared)
+    with torch.no_grad():
+        assert net(torch.rand(1, 3, 64, 80)).shape == (1, 3, 64, 80)
+
+
+def test_vgg16_bn_encoder_taps_before_each_pool():
+    net = create_model("unet", num_classes=2, in_chans=1, encoder_name="vgg16_bn").eval()
+    assert net.encoder.feature_channels == (64, 128, 256, 512, 512)
+    feats = net.encoder.forward_intermediates(torch.rand(1, 1, 64, 64))
+    assert [f.shape[-1] for f in feats] == [64, 32, 16, 8, 4]
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("seg") / "run"
+    rc = main(["train", "unet", "--task", "segmentation", "--data", "cells", "--cells", "6",
+               "--epochs", "2", "--crop", "64", "--batch-size", "4", "--base-width", "4",
+               "--loss", "weighted_ce", "--precision", "fp32", "--channels-last", "off",
+               "--no-progress", "--no-tensorboard", "--out", str(out)])
+    assert rc == 0
+    return out
+
+
+def test_train_unet_segmentation_cli_end_to_end(trained):
+    for name in ("best.pt", "last.pt", "curves.png", "validation.png", "metrics.jsonl"):
+        assert (trained / name).is_file(), name
+    rows = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    for key in ("val_iou_cell", "val_dice_cell", "val_pixel_acc", "val_count_err", "val_loss"):
+        assert key in rows[-1]
+    ckpt = torch.load(trained / "best.pt", weights_only=True)
+    assert ckpt["meta"]["task"] == "segmentation" and ckpt["meta"]["loss"] == "weighted_ce"
+
+
+def test_segment_cli_1024_image_writes_mask_and_overlay(trained, tmp_path):
+    from cnnzoo.segmentation.training import load_segmenter
+
+    data = make_cells(1, size=1024, seed=1, split="test")
+    _png(tmp_path / "big.png", data.images[0])
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    rc = main(["segment", str(tmp_path / "big.png"), str(tmp_path / "broken.png"),
+               "--checkpoint", str(trained / "best.pt"), "--out", str(out), "--tile", "1024",
+               "--batch-size", "1"])
+    assert rc == 1  # one bad file, reported, the other segmented
+    mask = np.asarray(Image.open(out / "big_mask.png"))
+    assert mask.shape == (1024, 1024) and set(np.unique(mask)) <= {0, 255}
+    overlay = np.asarray(Image.open(out / "big_overlay.png"))
+    assert overlay.shape == (1024, 1024, 3)
+    # The mask is the net's own prediction: compare with one whole-image pass in the interior.
+    model, meta = load_segmenter(trained / "best.pt")
+    x = (torch.from_numpy(data.images[0]).float()[None, None] / 255 - meta["mean"][0])
+    with torch.no_grad():
+        whole = model(x / meta["std"][0])[0].argmax(0).numpy()
+    inner = (slice(96, -96), slice(96, -96))
+    agree = ((mask[inner] > 0) == (whole[inner] > 0)).mean()
+    assert agree > 0.999
+    # Overlay: the image where there is no contour, magenta on the predicted contours.
+    from cnnzoo.segmentation.visual import contours
+
+    edge = contours(mask // 255)
+    assert (overlay[~edge] == data.images[0][~edge][:, None]).all()
+    assert (overlay[edge] == [255, 0, 255]).all()
+
+
+def test_segment_rejects_a_classification_checkpoint(tmp_path, capsys):
+    from cnnzoo.engine.checkpoint import atomic_save
+
+    atomic_save({"model": {}, "meta": {"model": "lenet5"}, "task": "classification"},
+                tmp_path / "c.pt")
+    _png(tmp_path / "x.png", np.zeros((32, 32), dtype=np.uint8))
+    rc = main(["segment", str(tmp_path / "x.png"), "--checkpoint", str(tmp_path / "c.pt")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "not a segmentation checkpoint" in err[0]

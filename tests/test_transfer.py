@@ -1,0 +1,282 @@
+"""Transfer learning: frozen means frozen, the feature cache, bundles, a torchvision VGG16
+checkpoint end to end, and bad input.
+
+Real pretrained weights are not the point of these tests (the benchmark measures accuracy), so
+most use small random-weight nets on tiny real Fashion-MNIST images."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from cnnzoo.cli import main
+from cnnzoo.data import ImageDataset, Splits
+from cnnzoo.data.folder import write_image_folder
+from cnnzoo.errors import WeightsError
+from cnnzoo.models import create_model
+from cnnzoo.transfer import (
+    FinetuneConfig,
+    TransferConfig,
+    cached_features,
+    extract_features,
+    finetune,
+    load_bundle,
+    transfer,
+)
+from cnnzoo.transfer.finetune import backbone_parameters
+from cnnzoo.weights import Preprocessing
+
+CLASSES = ["tshirt", "pullover", "dress", "coat", "shirt"]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNZOO_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def fmnist() -> ImageDataset:
+    """8 real Fashion-MNIST images of each of the hard set's 5 classes, grey 28x28."""
+    from cnnzoo.data import load_fashion_mnist
+
+    return load_fashion_mnist("test").subset(per_class=8, classes=CLASSES, seed=1)
+
+
+@pytest.fixture(scope="module")
+def folder(fmnist, tmp_path_factory):
+    root = tmp_path_factory.mktemp("fm") / "data"
+    write_image_folder(fmnist, root)
+    return root
+
+
+def _small_pre(size: int = 32) -> Preprocessing:
+    return Preprocessing(size, size, "bilinear", (0.5,) * 3, (0.5,) * 3, 3)
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _backbone_unchanged(before: dict, model: torch.nn.Module, head_prefix: str) -> None:
+    after = model.state_dict()
+    checked = 0
+    for k, v in before.items():
+        if k.startswith(head_prefix):
+            continue
+        assert torch.equal(v, after[k]), k  # bit-identical, BN running stats included
+        checked += 1
+    assert any("running_mean" in k for k in before) and checked > 50
+
+
+def test_features_leave_the_backbone_bit_identical(fmnist):
+    model = create_model("resnet18", num_classes=5)
+    model.train()  # a model left in training mode must not update its BN statistics either
+    before = _state(model)
+    images = fmnist.with_channels(3).images
+    feats = extract_features(model, images, _small_pre(), views=2, progress=False)
+    assert feats.shape == (len(images), 2, 512)
+    _backbone_unchanged(before, model, "fc.")
+    assert model.training  # mode restored
+    # The mirror view is the mirrored image: a different input, so different features.
+    assert not torch.allclose(feats[:, 0], feats[:, 1])
+
+
+def test_frozen_phase_of_finetune_moves_only_the_head(fmnist):
+    model = create_model("resnet18", num_classes=5)
+    train, val = fmnist.with_channels(3).split(0.25, seed=0)
+    before = _state(model)
+    cfg = FinetuneConfig(head_epochs=2, epochs=0, batch_size=8, progress=False,
+                         precision="fp32", channels_last="off")  # fmt: skip
+    head_res, full_res = finetune(model, Splits(train, val), _small_pre(), cfg, out_dir=None,
+                                  say=lambda _: None)  # fmt: skip
+    assert head_res is not None and full_res is None and len(head_res.history) == 2
+    _backbone_unchanged(before, model, "fc.")
+    assert not torch.equal(before["fc.weight"], model.state_dict()["fc.weight"])  # the head trained
+    # Unfrozen again afterwards, ready for phase 2.
+    assert all(p.requires_grad for _, p in backbone_parameters(model))
+
+
+def test_feature_cache_reused_and_invalidated_per_image(fmnist, tmp_path):
+    model = create_model("resnet18", num_classes=0).eval()
+    images = fmnist.with_channels(3).images[:10].clone()
+    kw = dict(model_name="resnet18", weights_id="random-test", views=2, cache_dir=tmp_path / "c",
+              progress=False)  # fmt: skip
+    first, n1 = cached_features(model, images, _small_pre(), **kw)
+    again, n2 = cached_features(model, images, _small_pre(), **kw)
+    assert (n1, n2) == (10, 0) and torch.equal(first, again)
+    images[3, :, 10:18, 10:18] = 255  # one image changes on disk
+    third, n3 = cached_features(model, images, _small_pre(), **kw)
+    assert n3 == 1
+    assert not torch.equal(third[3], first[3])
+    keep = [i for i in range(10) if i != 3]
+    assert torch.equal(third[keep], first[keep])
+    # Another key (other weights) shares nothing.
+    _, n4 = cached_features(model, images, _small_pre(), **{**kw, "weights_id": "other"})
+    assert n4 == 10
+
+
+def _tiny_config(**kw) -> TransferConfig:
+    ft = FinetuneConfig(head_epochs=1, epochs=1, batch_size=8, progress=False)
+    return TransferConfig(img_size=32, fit="resize", batch_size=16, progress=False,
+                          finetune=ft, **kw)  # fmt: skip
+
+
+def test_transfer_bundle_round_trip_and_report(folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    res = transfer(folder, model="resnet18", weights=None, out=out,
+                   config=_tiny_config(mode="both"), say=lambda _: None)  # fmt: skip
+    for name in ("confusion.png", "curves.png", "top_losses.png", "per_class.csv", "metrics.json"):
+        assert (out / name).stat().st_size > 0, name
+    rows = (out / "per_class.csv").read_text().splitlines()
+    assert rows[0] == "class,precision,recall,support" and len(rows) == 6
+    files = sorted(folder.rglob("*.png"))[:6]
+    bundle = load_bundle(out / "bundle")
+    assert bundle.class_names == sorted(CLASSES) and bundle.model_name == "resnet18"
+    p_mem = res.bundle.predict(files)
+    p_disk = bundle.predict(files)
+    assert torch.equal(p_mem.probabilities, p_disk.probabilities)
+    assert p_disk.classes == p_mem.classes
+    assert torch.allclose(p_disk.probabilities.sum(1), torch.ones(len(files)), atol=1e-5)
+    # Validation accuracy recorded in the JSON is the report's.
+    meta = json.loads((out / "bundle" / "bundle.json").read_text())
+    assert meta["metrics"]["val_acc"] == pytest.approx(res.metrics["val_acc"])
+    # The CLI: the lecture's line, class order, probabilities summing to 1.
+    rc = main(["predict", str(files[0]), "--bundle", str(out / "bundle"), "--top", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    assert rc == 0 and lines[1].startswith(f"Prediction: {p_disk.classes[0]}  Probability: [")
+    probs = [float(v) for v in lines[1].split("[", 1)[1].rstrip("]").split()]
+    assert len(probs) == 5 and sum(probs) == pytest.approx(1.0, abs=0.03)
+    # A second run with another head reuses every cached feature.
+    res2 = transfer(folder, model="resnet18", weights=None, out=tmp_path / "run2",
+                    config=_tiny_config(mode="features", head="mlp"), say=lambda _: None)  # fmt: skip
+    assert res2.features_computed == 0
+    assert load_bundle(tmp_path / "run2" / "bundle").head["kind"] == "mlp"
+
+
+def test_torchvision_vgg16_checkpoint_end_to_end(tv_models, folder, tmp_path, capsys):
+    """The lecture's own path: a VGG16 checkpoint in torchvision's layout, `--model vgg16`."""
+    torch.manual_seed(0)
+    ref = tv_models.vgg16()
+    ckpt = tmp_path / "vgg16-made-here.pth"
+    torch.save(ref.state_dict(), ckpt)
+    del ref
+    out = tmp_path / "vgg"
+    rc = main(["transfer", str(folder), "--model", "vgg16", "--weights", str(ckpt),
+               "--mode", "features", "--img-size", "32", "--fit", "resize", "--views", "1",
+               "--out", str(out), "--no-progress"])  # fmt: skip
+    assert rc == 0
+    assert "features 0." in capsys.readouterr().out
+    bundle = load_bundle(out / "bundle")
+    sd = bundle.model.state_dict()
+    # Every backbone tensor came from the checkpoint (fc8 is the new 5-class head).
+    ref_sd = torch.load(ckpt, weights_only=True)
+    assert torch.equal(sd["features.28.weight"], ref_sd["features.28.weight"])
+    assert torch.equal(sd["classifier.3.weight"], ref_sd["classifier.3.weight"])
+    assert sd["classifier.6.weight"].shape == (5, 4096)
+    img = sorted(folder.rglob("*.png"))[0]
+    assert main(["predict", str(img), "--bundle", str(out / "bundle"), "--json"]) == 0
+    rec = json.loads(capsys.readouterr().out)[0]
+    assert rec["prediction"] in CLASSES and sum(rec["probabilities"].values()) == pytest.approx(1)
+
+
+# ------------------------------------------------------------------------------- bad input
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if "error:" in line]
+    assert len(errors) == 1, err
+    return errors[0]
+
+
+def test_one_class_folder_is_one_line_and_writes_nothing(fmnist, tmp_path, capsys):
+    data = tmp_path / "data"
+    write_image_folder(fmnist.subset(classes=["coat"]), data)
+    out = tmp_path / "out"
+    rc = main(["transfer", str(data), "--model", "resnet18", "--weights", str(tmp_path / "x.pth"),
+               "--out", str(out), "--no-progress"])  # fmt: skip
+    assert rc == 2 and not out.exists()
+    # The weights file does not exist: that is reported first, in one line.
+    assert "no such weights file" in _one_line_error(capsys)
+    ckpt = tmp_path / "r18.pth"
+    torch.save(create_model("resnet18").state_dict(), ckpt)
+    rc = main(["transfer", str(data), "--model", "resnet18", "--weights", str(ckpt),
+               "--out", str(out), "--no-progress"])  # fmt: skip
+    assert rc == 2 and not out.exists()
+    assert "single class" in _one_line_error(capsys)
+
+
+def test_unreadable_images(fmnist, tmp_path, capsys, caplog):
+    data = tmp_path / "data"
+    write_image_folder(fmnist, data)
+    (data / "coat" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    res = transfer(data, model="resnet18", weights=None, out=None,
+                   config=_tiny_config(mode="features"), say=lambda _: None)  # fmt: skip
+    warned = [r.getMessage() for r in caplog.records if "broken.png" in r.getMessage()]
+    assert len(warned) == 1 and "\n" not in warned[0]  # skipped with one line naming it
+    assert res.bundle.extra["skipped_files"] and len(res.bundle.class_names) == 5
+    # A class whose every image is unreadable is an error, before anything is written.
+    bad = tmp_path / "bad"
+    write_image_folder(fmnist.subset(classes=["coat", "dress"]), bad)
+    for f in (bad / "dress").iterdir():
+        f.write_bytes(b"not an image")
+    out = tmp_path / "out"
+    rc = main(["transfer", str(bad), "--mode", "features",
+               "--out", str(out), "--no-progress"])  # fmt: skip
+    assert rc == 2 and not out.exists()
+    assert "dress" in _one_line_error(capsys)
+
+
+@pytest.fixture(scope="module")
+def features_run(folder, tmp_path_factory):
+    """One features-mode run of a random resnet18, shared by the tests that only read it."""
+    out = tmp_path_factory.mktemp("features") / "run"
+    res = transfer(folder, model="resnet18", weights=None, out=out,
+                   config=_tiny_config(mode="features", cache_dir=str(out.parent / "cache")),
+                   say=lambda _: None)  # fmt: skip
+    return res, out
+
+
+def test_bundle_json_not_matching_weights(features_run, folder, tmp_path, capsys):
+    import shutil
+
+    res, out = features_run
+    bad = tmp_path / "bundle"
+    shutil.copytree(out / "bundle", bad)
+    meta_path = bad / "bundle.json"
+    meta = json.loads(meta_path.read_text())
+    meta["class_names"] = meta["class_names"][:4]  # 4 classes, the weights have a 5-class head
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(WeightsError, match="does not match"):
+        load_bundle(bad)
+    img = str(next(folder.rglob("*.png")))
+    assert main(["predict", img, "--bundle", str(bad)]) == 2
+    assert "does not match" in _one_line_error(capsys)
+    meta["model"] = "resnet34"
+    meta["class_names"] = sorted(CLASSES)
+    meta_path.write_text(json.dumps(meta))
+    assert main(["predict", img, "--bundle", str(bad)]) == 2
+    _one_line_error(capsys)
+    # An unreadable image given to a good bundle: one line, the others still predicted.
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"")
+    assert main(["predict", str(broken), img, "--bundle", str(out / "bundle")]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.count("Prediction: ") == 1
+    assert captured.err.count("error:") == 1 and "empty" in captured.err
+
+
+def test_grey_file_pil_image_and_tensor_give_the_same_prediction(features_run, folder):
+    import numpy as np
+
+    res, _ = features_run
+    f = sorted(folder.rglob("*.png"))[0]
+    pil = Image.open(f)
+    assert pil.mode == "L"  # a grey file, RGB weights
+    a = res.bundle.predict([f]).probabilities
+    b = res.bundle.predict([pil]).probabilities
+    c = res.bundle.predict([torch.from_numpy(np.array(pil))[None]]).probabilities
+    assert torch.equal(a, b) and torch.equal(a, c)

