@@ -12,7 +12,7 @@ on 200 test images per class from the official test split. Methods:
 
 - scratch: cnnzoo's own from-scratch training (`engine.Trainer`, the `cnnzoo train` recipe:
   SGD + Nesterov, one-cycle, label smoothing 0.1, pad-crop + flip) of a CIFAR ResNet-20 at the
-  native 28 px, for at least `--scratch-steps` steps; the best validation epoch is kept.
+  native 28 px, for at least `--scratch-steps` steps; the final model is scored.
 - features: `cnnzoo.transfer` mode 'features' -- frozen ImageNet EfficientNet-Lite0, features
   of the image and its mirror, logistic regression with the L2 cross-validated.
 - fine-tune: mode 'both' -- that head, then the whole net with layer-wise learning rates and
@@ -20,9 +20,10 @@ on 200 test images per class from the official test split. Methods:
   validation loss; `kept` says which of features / fine-tune validation would have chosen).
 
 Times are wall-clock seconds of training (feature extraction + head, or fine-tuning, or the
-scratch run), not of scoring the test images. Feature extraction of images seen before comes
-from the cache: a features run re-using the cache takes seconds, so the first run's time is the
-honest one; the table shows the time of the first.
+scratch run), not of scoring the test images. The draws are nested (the 10 images of a class
+are among its 50, those among its 200) and features go through the cache, so a features time
+covers only the images the smaller sizes had not seen, plus the head's cross-validation; the
+fine-tune time includes its own (cached) features step.
 """
 
 from __future__ import annotations
@@ -90,7 +91,10 @@ def scratch(splits: Splits, test: ImageDataset, steps: int, seed: int) -> tuple[
                       transform=default_augmentation("none", 28), mean=mean, std=std)  # fmt: skip
     torch.manual_seed(seed)
     model = create_model("resnet20", num_classes=5, in_chans=1)
-    cfg = TrainConfig(epochs=epochs, lr=0.1, weight_decay=5e-4, restore_best=True, seed=seed,
+    # The final model of the one-cycle schedule, not the epoch of best validation loss: with
+    # 10 validation images per class and batch statistics of 50 images, that loss jumps
+    # around (1.7 -> 14 -> 1.7 in a measured run) and "best" picked near-chance early epochs.
+    cfg = TrainConfig(epochs=epochs, lr=0.1, weight_decay=5e-4, restore_best=False, seed=seed,
                       progress=False, verbose=False, tensorboard=False, report=False)  # fmt: skip
     task = ClassificationTask(5, label_smoothing=0.1)
     trainer = Trainer(model, task, train, val, cfg)
@@ -184,7 +188,7 @@ def _table(rows: list[dict]) -> str:
             f"| {_fmt(r.get('features'), '.3f')} ({_fmt(r.get('t_features'), '.0f')}) "
             f"| {_fmt(r.get('finetune'), '.3f')} ({_fmt(r.get('t_finetune'), '.0f')}) "
             f"| {_fmt(best, '.3f')} | {_fmt(target, '.2f') if target else '-'} "
-            f"| {cal[0]:.3f} / {cal[1]:.3f} |" if cal else "| - |")  # fmt: skip
+            + (f"| {cal[0]:.3f} / {cal[1]:.3f} |" if cal else "| - |"))  # fmt: skip
     return "\n".join(out)
 
 
