@@ -77,7 +77,6 @@ class AlexNet(Classifier):
         return x if pre_logits else self.classifier[6](x)
 
 
-
 def _build(*, num_classes: int, in_chans: int, **kwargs: Any) -> AlexNet:
     return AlexNet(num_classes=num_classes, in_chans=in_chans, **kwargs)
 

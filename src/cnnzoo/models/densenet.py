@@ -160,7 +160,6 @@ class DenseNet(Classifier):
         return x if pre_logits else self.classifier(x)
 
 
-
 # name: (growth rate k, layers per dense block, stem channels) -- Table 1 of the paper.
 IMAGENET_CONFIGS: dict[str, tuple[int, tuple[int, ...], int]] = {
     "densenet121": (32, (6, 12, 24, 16), 64),

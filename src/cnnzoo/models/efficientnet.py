@@ -247,7 +247,6 @@ class EfficientNetLite(Classifier):
         return x if pre_logits else self._fc(x)
 
 
-
 def efficientnet_lite0(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> EfficientNetLite:
     """EfficientNet-Lite0, 4,652,008 parameters at 1000 classes."""
     return EfficientNetLite(num_classes=num_classes, in_chans=in_chans, **kwargs)

@@ -133,7 +133,6 @@ class LeNet5(Classifier):
         return x if pre_logits else self.fc(x)
 
 
-
 def _builder(classic: bool):
     def build(*, num_classes: int, in_chans: int, **kwargs: Any) -> LeNet5:
         return LeNet5(num_classes=num_classes, in_chans=in_chans, classic=classic, **kwargs)

@@ -235,7 +235,6 @@ class ResNet(Classifier):
         return x if pre_logits else self.fc(x)
 
 
-
 # name: (block, blocks per stage) -- Table 1 of the paper.
 IMAGENET_DEPTHS: dict[str, tuple[Block, list[int]]] = {
     "resnet18": (BasicBlock, [2, 2, 2, 2]),

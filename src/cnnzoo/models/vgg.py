@@ -129,7 +129,6 @@ class VGG(Classifier):
         return x if pre_logits else self.classifier[6](x)
 
 
-
 @dataclass(frozen=True)
 class VGGConvLayer:
     """One 3x3 conv of a VGG: its state_dict prefixes and its place in the stage structure.
