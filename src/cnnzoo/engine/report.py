@@ -78,6 +78,18 @@ def per_class_table(acc: ClassificationAccumulator, class_names: list[str]) -> l
     return lines
 
 
+def write_per_class_csv(acc: ClassificationAccumulator, class_names: list[str],
+                        path: Path) -> Path:
+    """per_class.csv: class, precision, recall, support (the table above, for machines)."""
+    pc = acc.per_class()
+    support = acc.confusion.sum(1).tolist()
+    rows = ["class,precision,recall,support"] + [
+        f"{n},{p:.4f},{r:.4f},{s}"
+        for n, p, r, s in zip(class_names, pc["precision"], pc["recall"], support, strict=True)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
 def write_report(out_dir: Path, history: list[dict[str, Any]],
                  acc: Any, task: Task) -> list[str]:
     """Write curves.png (+ confusion.png and per_class.csv for classification); return what to
@@ -87,11 +99,6 @@ def write_report(out_dir: Path, history: list[dict[str, Any]],
     if isinstance(acc, ClassificationAccumulator):
         names = getattr(task, "class_names", None) or [str(i) for i in range(acc.num_classes)]
         said.append(f"confusion matrix: {plot_confusion(acc.confusion, names, out_dir / 'confusion.png')}")
-        pc = acc.per_class()
-        support = acc.confusion.sum(1).tolist()
-        rows = ["class,precision,recall,support"] + [
-            f"{n},{p:.4f},{r:.4f},{s}"
-            for n, p, r, s in zip(names, pc["precision"], pc["recall"], support, strict=True)]
-        (out_dir / "per_class.csv").write_text("\n".join(rows) + "\n")
+        write_per_class_csv(acc, names, out_dir / "per_class.csv")
         said.extend(per_class_table(acc, names))
     return said

@@ -12,7 +12,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..engine.report import _pyplot, per_class_table, plot_confusion, plot_curves
+from ..engine.report import (
+    _pyplot,
+    per_class_table,
+    plot_confusion,
+    plot_curves,
+    write_per_class_csv,
+)
 from ..engine.task import ClassificationAccumulator
 
 
@@ -91,12 +97,7 @@ def write_report(out_dir: Path, *, images: Tensor, probs: Tensor, labels: Tensor
         said.append(f"L2 cross-validation curve: {plot_l2_curve(cv, out_dir / 'curves.png')}")
     said.append("top losses: "
                 f"{plot_top_losses(images, probs, labels, class_names, out_dir / 'top_losses.png')}")
-    pc = acc.per_class()
-    support = acc.confusion.sum(1).tolist()
-    rows = ["class,precision,recall,support"] + [
-        f"{n},{p:.4f},{r:.4f},{s}"
-        for n, p, r, s in zip(class_names, pc["precision"], pc["recall"], support, strict=True)]
-    (out_dir / "per_class.csv").write_text("\n".join(rows) + "\n")
+    write_per_class_csv(acc, class_names, out_dir / "per_class.csv")
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     said.extend(per_class_table(acc, class_names))
     return said

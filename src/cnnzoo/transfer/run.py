@@ -88,7 +88,7 @@ def load_backbone(name: str, weights: Any, *, img_size: int | None = None,
     """The zoo model with `weights` loaded (None: random init), the preprocessing those weights
     expect (resized to `img_size` if given) and a fingerprint of the weights for the cache."""
     from ..models import create_model
-    from ..weights import get_weights, is_weights_tag, load_weights, resolve
+    from ..weights import load_weights
 
     model = create_model(name, **(model_kwargs or {}))
     if weights is None:
@@ -97,8 +97,7 @@ def load_backbone(name: str, weights: Any, *, img_size: int | None = None,
     else:
         info = load_weights(model, weights, name=name)
         pre = info.preprocessing
-        src = resolve(get_weights(name, weights)) if is_weights_tag(weights) and not os.path.exists(weights) else weights  # noqa: E501
-        wid = weights_fingerprint(src)
+        wid = weights_fingerprint(info.source)  # the file a named tag resolved to, or the path
     if img_size is not None and img_size != pre.crop_size:
         resize = round(img_size * pre.resize_size / pre.crop_size)
         pre = Preprocessing(img_size, resize, pre.interpolation, pre.mean, pre.std, pre.channels)
