@@ -142,8 +142,9 @@ def part_loading(rounds: int) -> None:
 
     print("\n## Data loading: step time with the real pipeline vs a preloaded tensor\n")
     print("The loaders `cnnzoo train --data fashion-mnist` builds (uint8 images in memory; per "
-          "batch: index, float, pad-2 reflect crop + flip, normalise), on the first "
-          "`steps x batch` training images; the model trains in bf16 + channels_last.\n")
+          "batch: index, pad-2 reflect crop + flip on the uint8 batch, float + normalise), on "
+          "the first `steps x batch` training images; the model trains in bf16 + "
+          "channels_last.\n")
     print("| model | input | batch | loader alone ms/batch | step, preloaded ms | "
           "step, real data ms | ratio |")
     print("|---|---|---|---|---|---|---|")
@@ -183,6 +184,14 @@ def part_loading(rounds: int) -> None:
           f"{load_s:.2f} s.")
 
 
+def load_size(model: str, kwargs: dict[str, Any]) -> int:
+    """The input size `cnnzoo train MODEL --data fashion-mnist` trains at."""
+    from cnnzoo.engine.run import default_image_size
+    from cnnzoo.models import get_config, min_input_size
+
+    return default_image_size("fashion-mnist", get_config(model), min_input_size(model, **kwargs))
+
+
 def part_accuracy(args: argparse.Namespace) -> None:
     from cnnzoo.engine.run import DataOptions, train_classifier
 
@@ -192,8 +201,9 @@ def part_accuracy(args: argparse.Namespace) -> None:
         kwargs[k] = float(v) if "." in v else int(v)
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, optimizer="sgd", schedule="onecycle",
                       weight_decay=5e-4, precision="auto", channels_last="auto",
-                      progress=False, verbose=True, tensorboard=False, seed=0)
-    data = DataOptions("fashion-mnist", batch_size=args.batch_size, augment="flip-crop")
+                      progress=False, verbose=True, tensorboard=False, seed=0, tta=True)
+    data = DataOptions("fashion-mnist", batch_size=args.batch_size, augment="flip-crop",
+                       erase=args.erase)
     out = Path(args.out)
     t0 = time.perf_counter()
     result = train_classifier(args.model, data, cfg, out_dir=out, label_smoothing=0.1,
@@ -203,13 +213,16 @@ def part_accuracy(args: argparse.Namespace) -> None:
     n_params = sum(p.numel() for p in create_model(args.model, num_classes=10, in_chans=1,
                                                    **kwargs).parameters())
     print("\n## Fashion-MNIST accuracy run\n")
-    print("| model | params | epochs | batch | peak lr | precision | training s | "
-          "wall s (all) | test accuracy |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    size = load_size(args.model, kwargs)
+    print("| model | params | input | epochs | batch | peak lr | erase | precision | training s | "
+          "wall s (all) | test accuracy | with flip TTA | load avg (1, 5, 15 min) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     arg_text = ", ".join(f"{k}={v}" for k, v in kwargs.items())
-    print(f"| {args.model}({arg_text}) | {n_params:,} | {len(result.history)} | "
-          f"{args.batch_size} | {args.lr} | {result.precision.describe()} | {train_s:.0f} | "
-          f"{total:.0f} | {result.final['acc'] * 100:.2f} % |")
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"| {args.model}({arg_text}) | {n_params:,} | {size} | {len(result.history)} | "
+          f"{args.batch_size} | {args.lr} | {args.erase} | {result.precision.describe()} | "
+          f"{train_s:.0f} | {total:.0f} | {result.final['acc'] * 100:.2f} % | "
+          f"{result.final_tta['acc'] * 100:.2f} % | {load} |")
     print("\nPer epoch (test accuracy after each epoch, training seconds):")
     for r in result.history:
         print(f"  epoch {r['epoch']:2d}: acc {r['val_acc'] * 100:.2f} %  {r['seconds']:.0f} s  "
@@ -230,6 +243,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=0.2)
+    p.add_argument("--erase", type=float, default=0.0,
+                   help="accuracy run: random-erasing probability (cnnzoo train --erase)")
     p.add_argument("--out", default="runs/bench-fmnist")
     args = p.parse_args()
     if args.model_arg is None:

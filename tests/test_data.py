@@ -580,3 +580,70 @@ def test_shards_cover_every_validation_image_once_and_training_shards_are_even()
     got = [torch.cat([b[1] for b in loader]) for loader in train]
     assert len(got[0]) == len(got[1]) == 179 and len(train[0]) == len(train[1]) == 4
     assert not set(got[0].tolist()) & set(got[1].tolist())  # disjoint: each reads its shard
+
+
+def test_random_erasing_boxes_follow_the_paper():
+    from cnnzoo.data.augment import Compose, RandomErasing
+
+    n, h, w = 2000, 28, 28
+    x = torch.zeros(n, 1, h, w)
+    labels = torch.arange(n)
+    y, out_labels = RandomErasing(0.5)(x, labels, _g(4))
+    assert torch.equal(out_labels, labels)  # labels pass through
+    erased = (y != 0).flatten(1).any(1)
+    assert 0.45 < erased.float().mean() < 0.55  # probability p
+    area = (y != 0).flatten(1).float().mean(1)[erased]  # noise is nonzero almost surely
+    # 2-40 % of the image, up to the rounding of the box sides to whole pixels
+    assert area.min() >= 0.01 and area.max() <= 0.45 and 0.18 < area.mean() < 0.24
+    for i in erased.nonzero().flatten()[:50].tolist():  # each erased region is one rectangle
+        rows, cols = (y[i, 0] != 0).nonzero().unbind(1)
+        box = y[i, 0, rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        assert (box != 0).float().mean() > 0.99
+    assert torch.equal(RandomErasing(0.5)(x, labels, _g(4))[0], y)  # replayable
+    aug = default_augmentation("flip-crop", 28, erase=0.5)
+    assert isinstance(aug, Compose) and isinstance(aug.transforms[-1], RandomErasing)
+    assert not any(isinstance(t, RandomErasing)
+                   for t in default_augmentation("flip-crop", 28).transforms)
+    with pytest.raises(DataError):
+        RandomErasing(1.5)
+
+
+def test_uint8_batches_take_the_same_geometry_as_float_batches():
+    from cnnzoo.data.augment import Compose, RandomCrop, RandomRot90, VerticalFlip
+
+    x8 = torch.randint(0, 256, (24, 3, 20, 20), generator=_g(1), dtype=torch.uint8)
+    for aug in (default_augmentation("flip-crop", 20), default_augmentation("crop", 20),
+                Compose([PadCrop(3, mode="zeros"), VerticalFlip(), RandomCrop(16),
+                         RandomRot90()])):
+        a, _ = aug(x8.clone(), torch.zeros(24), _g(7))
+        b, _ = aug(x8.float().div(255), torch.zeros(24), _g(7))
+        assert a.dtype == torch.uint8  # every step was exact: no float copy was made
+        assert torch.equal(a.float().div(255), b)
+    # The first step that is not exact gets a float batch in [0, 1].
+    a, _ = default_augmentation("flip-crop", 20, erase=1.0)(x8.clone(), torch.zeros(24), _g(7))
+    assert a.dtype == torch.float32 and 0 <= a.min() and a.max() <= 1
+    a, _ = default_augmentation("none", 24)(x8.clone(), torch.zeros(24), _g(7))
+    assert a.dtype == torch.float32 and a.shape[-1] == 24  # resizing needs float
+
+
+def test_loader_normalises_uint8_and_can_emit_channels_last():
+    x8 = torch.randint(0, 256, (10, 3, 6, 6), generator=_g(2), dtype=torch.uint8)
+    y = torch.arange(10)
+    mean, std = [0.2, 0.4, 0.6], [0.3, 0.2, 0.1]
+    loader = BatchLoader(x8, y, batch_size=10, transform=default_augmentation("none", 6),
+                         mean=mean, std=std)
+    xb, yb = next(iter(loader))
+    ref = (x8.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(
+        1, 3, 1, 1)
+    assert torch.allclose(xb, ref, atol=1e-5) and torch.equal(yb, y)
+    assert xb.is_contiguous()
+    loader.channels_last = True
+    xc, _ = next(iter(loader))
+    assert xc.is_contiguous(memory_format=torch.channels_last) and torch.equal(xc, xb)
+    # Without a transform the images are kept channels_last and normalised in that layout.
+    bare = BatchLoader(x8, y, batch_size=4, shuffle=True, mean=mean, std=std, seed=1,
+                       channels_last=True)
+    plain = BatchLoader(x8, y, batch_size=4, shuffle=True, mean=mean, std=std, seed=1)
+    for (a, ya), (b, yb) in zip(bare, plain, strict=True):
+        assert a.is_contiguous(memory_format=torch.channels_last) and not a.is_contiguous()
+        assert torch.allclose(a, b, atol=1e-5) and torch.equal(ya, yb)

@@ -466,7 +466,7 @@ def test_cli_trains_on_a_messy_folder_and_evaluates(tmp_path, capsys, caplog):
     _photo_folder(data)
     args = ["train", "lenet5", "--data", str(data), "--epochs", "4", "--batch-size", "8",
             "--lr", "0.05", "--precision", "fp32", "--channels-last", "off", "--no-progress",
-            "--out", str(out)]
+            "--erase", "0.25", "--tta", "--out", str(out)]
     assert main(args) == 2  # the empty class folder: one line, nothing trained
     err = capsys.readouterr().err.strip()
     assert err == (f"cnnzoo train: error: class folder {data / 'empty'} has no images: add "
@@ -505,6 +505,8 @@ def test_cli_trains_on_a_messy_folder_and_evaluates(tmp_path, capsys, caplog):
     assert sum(map(sum, report["confusion"])) == 4
     assert abs(report["acc"] - records[-1]["val_acc"]) < 1e-9
     assert abs(report["top5"] - records[-1]["val_top5"]) < 1e-9
+    assert main(["evaluate", str(out / "last.pt"), "--json", "--tta"]) == 0  # flip averaging
+    assert sum(map(sum, json.loads(capsys.readouterr().out)["confusion"])) == 4
     # (its loss is plain cross-entropy; the training log's val_loss includes label smoothing)
     # Another folder is a held-out set: all of its images count.
     assert main(["evaluate", str(out / "last.pt"), "--data", str(data), "--split", "all"]) == 0
@@ -527,3 +529,51 @@ def test_vgg_stages_option_builds_the_small_fashion_mnist_vgg():
     assert m(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
     with pytest.raises(ValueError, match="stages must lie in 1..5"):
         create_model("vgg11", stages=6)
+
+
+def test_vgg_min_size_follows_stages_so_fashion_mnist_trains_at_28px():
+    from cnnzoo.engine.run import default_image_size
+    from cnnzoo.errors import InputSizeError
+    from cnnzoo.models import get_config, min_input_size
+
+    assert min_input_size("vgg13_bn") == get_config("vgg13_bn").min_size == 32
+    for stages in (1, 3, 4):
+        m = create_model("vgg11_bn", num_classes=10, in_chans=1, stages=stages,
+                         width_mult=0.25, fc_dim=16, pool_size=1).eval()
+        size = min_input_size("vgg11_bn", stages=stages, width_mult=0.25)
+        assert size == m.default_cfg.min_size == 2**stages
+        # min_size is the true minimum: one pixel less leaves an empty map after the last pool.
+        assert m.forward_head(m.forward_features(torch.zeros(1, 1, size, size))).shape == (1, 10)
+        with pytest.raises(RuntimeError):
+            m.forward_head(m.forward_features(torch.zeros(1, 1, size - 1, size - 1)))
+    m = create_model("vgg11_bn", num_classes=10, stages=3, width_mult=0.25, fc_dim=16).eval()
+    with pytest.raises(InputSizeError, match="at least 8x8"):
+        m(torch.zeros(1, 3, 7, 7))
+    cfg = get_config("vgg13_bn")
+    assert default_image_size("fashion-mnist", cfg) == 32
+    assert default_image_size("fashion-mnist", cfg, min_input_size("vgg13_bn", stages=3)) == 28
+
+
+def test_accumulator_counts_and_flip_tta_averages_logits():
+    acc = ClassificationTask(4).metrics()
+    logits = torch.tensor([[4.0, 3, 2, 1], [1, 4, 3, 2], [1, 2, 3, 4], [4, 1, 2, 3]])
+    targets = torch.tensor([0, 2, 0, 3])
+    acc.update(logits, targets, torch.tensor(0.5))
+    acc.update(logits[:2], targets[:2], torch.tensor(1.5))
+    # hits: top-1 rows 0 (twice); top-5 of 4 classes: everything; loss mean of batch means
+    assert acc.compute() == {"loss": (0.5 * 4 + 1.5 * 2) / 6, "acc": 2 / 6, "top5": 1.0}
+    assert int(acc.correct) == 2 and int(acc.confusion.sum()) == 6
+
+    class Asym(nn.Module):  # logits from the left half only: a flip changes them
+        def forward(self, x):
+            return x[..., :2].flatten(1)
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 1, 2, 4, generator=g)
+    loader = [(x, torch.arange(6) % 4)]
+    trainer = Trainer(Asym(), ClassificationTask(4), loader, config=TrainConfig(**FP32))
+    plain = trainer.evaluate(loader).compute()
+    tta = trainer.evaluate(loader, tta=True).compute()
+    avg = (x[..., :2].flatten(1) + x.flip(-1)[..., :2].flatten(1)) / 2
+    want = torch.nn.functional.cross_entropy(avg, torch.arange(6) % 4).item()
+    assert abs(tta["loss"] - want) < 1e-6 and tta != plain

@@ -15,6 +15,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="which images: the run's validation split (default on the training "
                         "data and built-ins), the test part, or all (default on other data)")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average the logits of each image and of its "
+                        "horizontal mirror (for models trained with flips)")
     p.add_argument("--confusion", metavar="PNG", help="also write the confusion matrix as a PNG")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -24,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.run import evaluate_checkpoint
 
     metrics, acc, names = evaluate_checkpoint(args.checkpoint, args.data,
-                                              batch_size=args.batch_size, split=args.split)
+                                              batch_size=args.batch_size, split=args.split,
+                                              tta=args.tta)
     if args.confusion:
         from pathlib import Path
 

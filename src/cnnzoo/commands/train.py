@@ -71,6 +71,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "minimum; folders use the model's default)")
     p.add_argument("--augment", choices=("none", "flip-crop", "crop", "photo"), default=None,
                    help="default: crop for digits, flip-crop otherwise")
+    p.add_argument("--erase", type=float, default=0.0, metavar="P",
+                   help="random erasing (Zhong et al. 2017) with probability P on top of "
+                        "--augment (0: off; the paper uses 0.5)")
+    p.add_argument("--tta", action="store_true",
+                   help="also report the final validation accuracy with flip test-time "
+                        "augmentation")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--model-arg", type=_model_arg, action="append", default=[],
                    metavar="KEY=VALUE",
@@ -96,7 +102,7 @@ def config_from_args(args: argparse.Namespace):
         schedule=args.schedule, warmup_epochs=args.warmup_epochs, grad_clip=args.grad_clip,
         precision=args.precision, channels_last=args.channels_last, freeze_bn=args.freeze_bn,
         patience=args.patience, seed=args.seed, progress=args.progress,
-        tensorboard=args.tensorboard,
+        tensorboard=args.tensorboard, tta=getattr(args, "tta", False),
     )
 
 
@@ -126,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             data = DataOptions(args.data, img_size=args.img_size,
                                batch_size=args.batch_size or 128,
-                               augment=args.augment, val_fraction=args.val_fraction)
+                               augment=args.augment, val_fraction=args.val_fraction,
+                               erase=args.erase)
             result = train_classifier(
                 args.model, data, config, out_dir=out, resume=args.resume,
                 init_from=args.init_from, grow_rule=args.grow_rule,
@@ -138,5 +145,8 @@ def run(args: argparse.Namespace) -> int:
         final = ", ".join(f"{k} {v:.4f}" for k, v in result.final.items())
         print(f"{args.model}: best {result.monitor} {result.best_value:.4f} at epoch "
               f"{result.best_epoch}; final validation {final}")
+        if result.final_tta:
+            tta = ", ".join(f"{k} {v:.4f}" for k, v in result.final_tta.items())
+            print(f"final validation with flip TTA: {tta}")
         print(f"checkpoints, metrics and report in {out}/")
     return 0

@@ -62,6 +62,10 @@ class TrainConfig:
     verbose: bool = True  # per-epoch lines, resume / early-stop / precision notes on stderr
     tensorboard: bool = True
     report: bool = True  # learning curves / confusion matrix PNGs at the end
+    # Also evaluate the final model with test-time flip averaging (the logits of each validation
+    # image and of its mirror image, averaged): `FitResult.final_tta`. Only for data whose
+    # training augmentation flips; per-epoch validation and best-epoch selection stay plain.
+    tta: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,6 +82,7 @@ class FitResult:
     final: dict[str, float] = field(default_factory=dict)  # validation metrics of the final model
     out_dir: Path | None = None
     accumulator: MetricAccumulator | None = None  # of the final validation pass
+    final_tta: dict[str, float] = field(default_factory=dict)  # the same with flip TTA
 
 
 def batchnorm_params(model: nn.Module) -> list[nn.Parameter]:
@@ -171,6 +176,12 @@ class Trainer:
                 model, task, sample, precision=cfg.precision, channels_last=cfg.channels_last)
         prec = self.precision
         self._say(f"precision: {prec.describe()}")
+        if prec.channels_last:
+            # A BatchLoader then makes channels_last batches itself; without a transform it keeps
+            # multi-channel images in that layout, so no batch is permuted in the loop.
+            for loader in (self.train_loader, self.val_loader):
+                if isinstance(getattr(loader, "channels_last", None), bool):
+                    loader.channels_last = True
         model.to(memory_format=prec.memory_format)
         net = wrap_model(model, self.dist)
         self.model = net
@@ -250,6 +261,10 @@ class Trainer:
         if self.val_loader is not None:
             acc = self.evaluate(self.val_loader)
             result.final, result.accumulator = acc.compute(), acc
+            if cfg.tta:
+                result.final_tta = self.evaluate(self.val_loader, tta=True).compute()
+                self._say("final validation with flip TTA: " + " ".join(
+                    f"{k} {v:.4f}" for k, v in result.final_tta.items()))
         if self._writes and cfg.report and history:
             from .report import write_report
 
@@ -340,8 +355,13 @@ class Trainer:
             f"{keep}")
 
     @torch.no_grad()
-    def evaluate(self, loader: Any, model: nn.Module | None = None) -> MetricAccumulator:
-        """Metrics of `model` (default: the trained model) over `loader`, summed over processes."""
+    def evaluate(
+        self, loader: Any, model: nn.Module | None = None, *, tta: bool = False
+    ) -> MetricAccumulator:
+        """Metrics of `model` (default: the trained model) over `loader`, summed over processes.
+
+        tta: test-time augmentation by horizontal flip -- the model's logits for each image and
+        for its mirror image are averaged (the loss is that of the averaged logits)."""
         net = unwrap_model(model if model is not None else self.model)
         was_training = net.training
         net.eval()
@@ -353,6 +373,8 @@ class Trainer:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with self.precision.autocast():
                     out = net(x)
+                    if tta:
+                        out = (out.float() + net(x.flip(-1)).float()) / 2
                 acc.update(out, y, self.task.loss(out, y))
         finally:
             net.train(was_training)

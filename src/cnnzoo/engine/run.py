@@ -36,14 +36,17 @@ class DataOptions:
     augment: str | None = None  # default: 'crop' for digits, 'flip-crop' otherwise
     val_fraction: float = 0.2
     channels: int | None = None  # default: the data's own (grey built-ins) / the model's
+    erase: float = 0.0  # random-erasing probability added to the training augmentation
 
 
-def default_image_size(source: str, model_cfg: Any) -> int:
+def default_image_size(source: str, model_cfg: Any, min_size: int | None = None) -> int:
     """Built-in sets keep their native size, raised to the model's minimum (digits 8 -> 32 for
-    LeNet-5); folders are brought to the model's default input size (224 for ImageNet nets)."""
+    LeNet-5); folders are brought to the model's default input size (224 for ImageNet nets).
+    min_size: the minimum of the model as built (default `model_cfg.min_size`), e.g. 8 for
+    `vgg13_bn` with `stages=3`, which therefore trains on Fashion-MNIST at its native 28 px."""
     native = BUILTIN_NATIVE_SIZE.get(str(source).lower())
     if native is not None:
-        return max(native, model_cfg.min_size)
+        return max(native, model_cfg.min_size if min_size is None else min_size)
     return model_cfg.input_size[1]
 
 
@@ -80,14 +83,19 @@ def resize_in_memory(splits: Any, size: int) -> Any:
     return Splits(splits.train.resized(size), splits.val.resized(size), test, splits.skipped)
 
 
-def load_splits(opts: DataOptions, model_name: str, *, seed: int = 0) -> tuple[Any, int, int]:
-    """(Splits, image size, channels) for training `model_name` on `opts.source`."""
+def load_splits(
+    opts: DataOptions, model_name: str, *, seed: int = 0,
+    model_kwargs: dict[str, Any] | None = None,
+) -> tuple[Any, int, int]:
+    """(Splits, image size, channels) for training `model_name` (built with `model_kwargs`) on
+    `opts.source`."""
     from ..data import builtin
     from ..data.images import ImageSpec
-    from ..models import get_config
+    from ..models import get_config, min_input_size
 
     cfg = get_config(model_name)
-    size = opts.img_size or default_image_size(opts.source, cfg)
+    size = opts.img_size or default_image_size(
+        opts.source, cfg, min_input_size(model_name, **(model_kwargs or {})))
     is_builtin = str(opts.source).lower() in BUILTIN_NATIVE_SIZE
     channels = opts.channels or (1 if is_builtin else cfg.input_size[0])
     # Folders hold images of any size, so they are brought to `size` while decoding; built-ins
@@ -112,7 +120,8 @@ def make_loaders(
     train = BatchLoader(
         splits.train.images, splits.train.labels, batch_size=opts.batch_size, shuffle=True,
         drop_last=len(splits.train) // shard[1] > opts.batch_size,
-        transform=default_augmentation(kind, size), mean=mean, std=std, seed=seed, shard=shard)
+        transform=default_augmentation(kind, size, erase=opts.erase), mean=mean, std=std,
+        seed=seed, shard=shard)
     val = BatchLoader(
         splits.val.images, splits.val.labels, batch_size=max(opts.batch_size, 256),
         transform=default_augmentation("none", size), mean=mean, std=std, shard=shard)
@@ -156,7 +165,8 @@ def train_classifier(
     from ..models import create_model
 
     model_kwargs = dict(model_kwargs or {})
-    splits, size, channels = load_splits(data, model_name, seed=config.seed)
+    splits, size, channels = load_splits(data, model_name, seed=config.seed,
+                                         model_kwargs=model_kwargs)
     say(f"data: {splits!r}, training at {size}x{size}")
     mean, std = channel_stats(splits.train.images)
     train, val = make_loaders(splits, size, data, seed=config.seed, mean=mean, std=std, dist=dist)
@@ -203,7 +213,7 @@ def _same_source(a: str, b: str) -> bool:
 
 def evaluate_checkpoint(
     path: str | os.PathLike[str], source: str | None = None, *, batch_size: int = 256,
-    split: str | None = None,
+    split: str | None = None, tta: bool = False,
 ) -> tuple[dict[str, float], ClassificationAccumulator, list[str]]:
     """Accuracy, top-5 and the confusion matrix of a checkpoint on `source`.
 
@@ -211,7 +221,7 @@ def evaluate_checkpoint(
     used: same fraction and seed, so no training image is counted), 'test' (the source's test
     part, e.g. DIR/test/; Fashion-MNIST's test set is its validation split), or 'all' (every
     image). Default: 'val' on the training data, 'all' on another folder or CSV (a held-out
-    set), 'val' on a built-in.
+    set), 'val' on a built-in. tta: average the logits of each image and its mirror image.
     """
     from ..data import builtin
     from ..data.augment import default_augmentation
@@ -257,7 +267,7 @@ def evaluate_checkpoint(
                          mean=meta["mean"], std=meta["std"])
     task = ClassificationTask(meta["num_classes"], class_names=names)
     trainer = Trainer(model, task, loader, config=TrainConfig(progress=False, verbose=False))
-    acc = trainer.evaluate(loader)
+    acc = trainer.evaluate(loader, tta=tta)
     return acc.compute(), acc, names
 
 

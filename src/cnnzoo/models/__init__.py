@@ -1,7 +1,14 @@
 """The zoo: one module per architecture family, all reached through the registry."""
 
 from .base import AuxOutputs, Classifier, count_parameters
-from .registry import ModelConfig, create_model, get_config, list_models, register_model
+from .registry import (
+    ModelConfig,
+    create_model,
+    get_config,
+    list_models,
+    min_input_size,
+    register_model,
+)
 
 __all__ = [
     "AuxOutputs",
@@ -11,5 +18,6 @@ __all__ = [
     "create_model",
     "get_config",
     "list_models",
+    "min_input_size",
     "register_model",
 ]

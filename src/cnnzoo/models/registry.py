@@ -42,14 +42,26 @@ class ModelConfig:
 
 
 Builder = Callable[..., nn.Module]
+# Minimum input size of a model built with some options, e.g. VGG with `stages=3` (three pools)
+# accepts 8 px where the full five-stage net needs 32.
+MinSizeRule = Callable[..., int]
 _REGISTRY: dict[str, tuple[Builder, ModelConfig]] = {}
+_MIN_SIZE_RULES: dict[str, MinSizeRule] = {}
 
 
-def register_model(config: ModelConfig, builder: Builder) -> None:
-    """Register `builder(num_classes=..., in_chans=..., **kwargs)` under `config.name`."""
+def register_model(
+    config: ModelConfig, builder: Builder, *, min_size: MinSizeRule | None = None
+) -> None:
+    """Register `builder(num_classes=..., in_chans=..., **kwargs)` under `config.name`.
+
+    min_size: `rule(**kwargs) -> int` for models whose options change the smallest input they
+    accept (the builder's keyword arguments minus num_classes/in_chans); default `config.min_size`.
+    """
     if config.name in _REGISTRY:
         raise ValueError(f"model {config.name!r} is registered twice")
     _REGISTRY[config.name] = (builder, config)
+    if min_size is not None:
+        _MIN_SIZE_RULES[config.name] = min_size
 
 
 def _ensure_loaded() -> None:
@@ -73,6 +85,14 @@ def _natural_key(name: str) -> list[Any]:
 def get_config(name: str) -> ModelConfig:
     """The default config of a registered model."""
     return _lookup(name)[1]
+
+
+def min_input_size(name: str, **kwargs: Any) -> int:
+    """The smallest input height/width of `name` built with the options `kwargs`
+    (`config.min_size` unless the family registered a rule, e.g. VGG's `stages`)."""
+    cfg = get_config(name)
+    rule = _MIN_SIZE_RULES.get(name)
+    return cfg.min_size if rule is None else rule(**kwargs)
 
 
 def _lookup(name: str) -> tuple[Builder, ModelConfig]:
@@ -109,7 +129,8 @@ def create_model(
     n_cls = cfg.num_classes if num_classes is None else num_classes
     n_in = cfg.input_size[0] if in_chans is None else in_chans
     model = builder(num_classes=n_cls, in_chans=n_in, **kwargs)
-    model.default_cfg = replace(cfg, num_classes=n_cls, input_size=(n_in, *cfg.input_size[1:]))
+    model.default_cfg = replace(cfg, num_classes=n_cls, input_size=(n_in, *cfg.input_size[1:]),
+                                min_size=min_input_size(name, **kwargs))
     if weights is not None:
         from ..weights import load_weights
 
