@@ -26,7 +26,7 @@ from cnnzoo.transfer import (
     load_bundle,
     transfer,
 )
-from cnnzoo.transfer.finetune import backbone_parameters
+from cnnzoo.transfer.finetune import backbone_parameters, phase_epochs, train_batch_size
 from cnnzoo.weights import Preprocessing
 
 CLASSES = ["tshirt", "pullover", "dress", "coat", "shirt"]
@@ -99,6 +99,18 @@ def test_frozen_phase_of_finetune_moves_only_the_head(fmnist):
     assert all(p.requires_grad for _, p in backbone_parameters(model))
 
 
+def test_few_images_get_smaller_batches_and_at_least_min_steps():
+    cfg = FinetuneConfig(epochs=6, min_steps=90, batch_size=32)
+    # 50 images: batch 12 (a quarter), 4 steps per epoch (last partial batch dropped), 23 epochs.
+    assert train_batch_size(cfg, 50) == 12 and phase_epochs(cfg, 50) == 23
+    # 1,000 images: batch 32, 31 steps per epoch; 6 epochs already make 186 >= 90 steps.
+    assert train_batch_size(cfg, 1000) == 32 and phase_epochs(cfg, 1000) == 6
+    # Tiny sets: never below 8 per batch unless there are fewer images; one step per epoch.
+    assert train_batch_size(cfg, 20) == 8 and phase_epochs(cfg, 20) == 45
+    assert train_batch_size(cfg, 5) == 5 and phase_epochs(cfg, 5) == 90
+    assert phase_epochs(FinetuneConfig(epochs=4, min_steps=0), 50) == 4
+
+
 def test_feature_cache_reused_and_invalidated_per_image(fmnist, tmp_path):
     model = create_model("resnet18", num_classes=0).eval()
     images = fmnist.with_channels(3).images[:10].clone()
@@ -119,7 +131,7 @@ def test_feature_cache_reused_and_invalidated_per_image(fmnist, tmp_path):
 
 
 def _tiny_config(**kw) -> TransferConfig:
-    ft = FinetuneConfig(head_epochs=1, epochs=1, batch_size=8, progress=False)
+    ft = FinetuneConfig(head_epochs=1, epochs=1, min_steps=0, batch_size=8, progress=False)
     return TransferConfig(img_size=32, fit="resize", batch_size=16, progress=False,
                           finetune=ft, **kw)  # fmt: skip
 

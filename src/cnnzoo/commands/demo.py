@@ -132,9 +132,10 @@ def run(args: argparse.Namespace) -> int:
     from ..transfer import FinetuneConfig, TransferConfig, load_bundle, transfer
 
     steps.start(3, f"Transfer learning: frozen {MODEL} features + a new head, then fine-tuning "
-                   f"(= cnnzoo transfer {data} --fit resize --epochs {args.epochs})")  # fmt: skip
+                   f"(= cnnzoo transfer {data} --fit resize --epochs {args.epochs} --min-steps 0)")  # fmt: skip
     base = dict(img_size=args.img_size, fit="resize", progress=args.progress)
-    ft = FinetuneConfig(epochs=args.epochs, progress=args.progress)
+    # min_steps=0: the demo keeps to its few epochs so that it ends within minutes.
+    ft = FinetuneConfig(epochs=args.epochs, min_steps=0, progress=args.progress)
     feats_res = transfer(data, model=MODEL, out=out / "features",
                          config=TransferConfig(mode="features", **base), say=_say)  # fmt: skip
     both_res = transfer(data, model=MODEL, out=out / "transfer",

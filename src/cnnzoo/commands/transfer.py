@@ -40,7 +40,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fit", choices=("crop", "resize"), default="crop",
                    help="crop: the weights' resize + centre crop (default); resize: squash the "
                         "whole image (small, tightly framed images)")  # fmt: skip
-    p.add_argument("--epochs", type=int, default=6, help="fine-tuning epochs (default 6)")
+    p.add_argument("--epochs", type=int, default=6,
+                   help="fine-tuning epochs (default 6, more when needed to reach --min-steps)")
+    p.add_argument("--min-steps", type=int, default=90,
+                   help="fine-tuning steps at least, whatever --epochs says (default 90)")
     p.add_argument("--head-epochs", type=int, default=3,
                    help="epochs of the head alone before fine-tuning (mode finetune; default 3)")
     p.add_argument("--lr", type=float, default=1e-3, help="head learning rate (default 1e-3)")
@@ -72,7 +75,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
     from ..transfer import FinetuneConfig, TransferConfig
 
     ft = FinetuneConfig(
-        head_epochs=args.head_epochs, epochs=args.epochs, lr=args.lr, lr_decay=args.lr_decay,
+        head_epochs=args.head_epochs, epochs=args.epochs, min_steps=args.min_steps, lr=args.lr,
+        lr_decay=args.lr_decay,
         freeze_bn=not args.update_bn, patience=args.patience or None, batch_size=args.batch_size,
         augment=args.augment, precision=args.precision, seed=args.seed, progress=args.progress,
     )  # fmt: skip

@@ -19,6 +19,7 @@ channels_last, the progress bar, early stopping and the curves hold as in `cnnzo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,14 +38,21 @@ from .features import inference_dtype
 @dataclass
 class FinetuneConfig:
     head_epochs: int = 3  # phase 1 (0 skips it)
-    epochs: int = 6  # phase 2
+    epochs: int = 6  # phase 2, raised to reach `min_steps`
+    # Phase 2 takes at least this many optimizer steps. With 50 images an epoch is a step or
+    # two, and six epochs barely moved the network: on the hard Fashion-MNIST set at 10 images
+    # per class 6 steps gave 0.627 test accuracy, 90 steps 0.658.
+    min_steps: int = 90
     lr: float = 1e-3  # AdamW peak learning rate of the head in phase 2 (and of phase 1)
-    lr_decay: float = 0.4  # each backbone block trains at lr_decay x the block above it
+    # Each backbone block trains at lr_decay x the block above it. A gentler 0.7 looked better
+    # at 10 images per class (0.673 vs 0.658, one run) but worse at 50 (0.719 vs 0.761: the
+    # validation loss rose after 3 epochs), so ULMFiT's ~1/2.6 stays.
+    lr_decay: float = 0.4
     groups: int = 4  # backbone blocks for discriminative learning rates
     weight_decay: float = 0.02
     freeze_bn: bool = True
     patience: int | None = 3  # early stopping on validation loss (None: off)
-    batch_size: int = 32
+    batch_size: int = 32  # capped at a quarter of the training images (at least 8)
     augment: str = "flip-crop"  # see data.augment.default_augmentation
     label_smoothing: float = 0.1
     precision: str = "auto"
@@ -91,14 +99,28 @@ def layer_groups(model: nn.Module, lr: float, groups: int, decay: float) -> list
     return out
 
 
+def train_batch_size(cfg: FinetuneConfig, n: int) -> int:
+    """`cfg.batch_size`, but at most n // 4 (at least 8): with 50 images a batch of 32 makes one
+    step per epoch, and the per-epoch validation would cost as much as the training."""
+    return max(1, min(cfg.batch_size, max(8, n // 4), n))
+
+
+def phase_epochs(cfg: FinetuneConfig, n: int) -> int:
+    """Phase-2 epochs: `cfg.epochs`, raised so that they make at least `cfg.min_steps` steps."""
+    batch = train_batch_size(cfg, n)
+    steps = n // batch if n > batch else 1
+    return max(cfg.epochs, math.ceil(cfg.min_steps / max(steps, 1)))
+
+
 def make_loaders(splits: Splits, pre: Preprocessing, cfg: FinetuneConfig) -> tuple[BatchLoader, BatchLoader]:
     """Training batches (augmented, resized to the weights' size) and validation batches, both
     normalised with the weights' mean and std."""
     size = pre.crop_size
     n = len(splits.train)
+    batch = train_batch_size(cfg, n)
     train = BatchLoader(
-        splits.train.images, splits.train.labels, batch_size=cfg.batch_size, shuffle=True,
-        drop_last=n > cfg.batch_size, transform=default_augmentation(cfg.augment, size),
+        splits.train.images, splits.train.labels, batch_size=batch, shuffle=True,
+        drop_last=n > batch, transform=default_augmentation(cfg.augment, size),
         mean=pre.mean, std=pre.std, seed=cfg.seed,
     )  # fmt: skip
     val = BatchLoader(
@@ -159,12 +181,16 @@ def finetune(
         head_result = trainer.fit(resume=resume)
     if cfg.epochs > 0:
         bn = "frozen" if cfg.freeze_bn else "updating"
-        say(f"fine-tune 2/2: the whole network for up to {cfg.epochs} epochs, layer-wise lr "
+        epochs = phase_epochs(cfg, len(splits.train))
+        say(f"fine-tune 2/2: the whole network for up to {epochs} epochs, layer-wise lr "
             f"{cfg.lr:g} (head) down to {cfg.lr * cfg.lr_decay ** cfg.groups:.2g}, BatchNorm "
             f"statistics {bn}")  # fmt: skip
         freeze_backbone(model, False)
         groups = layer_groups(model, cfg.lr, cfg.groups, cfg.lr_decay)
-        config = _engine_config(cfg, cfg.epochs, cfg.lr, cfg.patience)
+        # Patience counts nominal epochs: when short epochs were added to reach min_steps, it
+        # grows with them, or noise in a 50-image validation loss would stop the run at once.
+        patience = cfg.patience and math.ceil(cfg.patience * epochs / max(cfg.epochs, 1))
+        config = _engine_config(cfg, epochs, cfg.lr, patience)
         trainer = Trainer(model, task, train, val, config, param_groups=groups,
                           out_dir=out / "full" if out else None, meta=meta)  # fmt: skip
         full_result = trainer.fit(resume=resume)
