@@ -577,3 +577,19 @@ def test_accumulator_counts_and_flip_tta_averages_logits():
     avg = (x[..., :2].flatten(1) + x.flip(-1)[..., :2].flatten(1)) / 2
     want = torch.nn.functional.cross_entropy(avg, torch.arange(6) % 4).item()
     assert abs(tta["loss"] - want) < 1e-6 and tta != plain
+
+
+def test_flip_tta_mirrors_dense_outputs_back():
+    from cnnzoo.segmentation.task import SegmentationTask
+
+    torch.manual_seed(0)
+    net = nn.Conv2d(1, 2, 1)  # per-pixel, so a mirrored input gives exactly the mirrored map
+    x = torch.rand(3, 1, 5, 6)
+    masks = (torch.rand(3, 5, 6) > 0.5).long()
+    loader = [(x, masks)]
+    trainer = Trainer(net, SegmentationTask(2, loss="ce"), loader, config=TrainConfig(**FP32))
+    plain = trainer.evaluate(loader).compute()
+    tta = trainer.evaluate(loader, tta=True).compute()
+    # Averaging the map with its mirror-back is the map itself; unaligned it would not be.
+    assert plain.keys() == tta.keys()
+    assert all(abs(plain[k] - tta[k]) < 1e-6 for k in plain)

@@ -361,7 +361,8 @@ class Trainer:
         """Metrics of `model` (default: the trained model) over `loader`, summed over processes.
 
         tta: test-time augmentation by horizontal flip -- the model's logits for each image and
-        for its mirror image are averaged (the loss is that of the averaged logits)."""
+        for its mirror image are averaged (the loss is that of the averaged logits); dense
+        (segmentation) logits of the mirror image are mirrored back first."""
         net = unwrap_model(model if model is not None else self.model)
         was_training = net.training
         net.eval()
@@ -374,7 +375,10 @@ class Trainer:
                 with self.precision.autocast():
                     out = net(x)
                     if tta:
-                        out = (out.float() + net(x.flip(-1)).float()) / 2
+                        mirrored = net(x.flip(-1)).float()
+                        if mirrored.dim() == 4:  # dense (segmentation) logits: mirror them back
+                            mirrored = mirrored.flip(-1)
+                        out = (out.float() + mirrored) / 2
                 acc.update(out, y, self.task.loss(out, y))
         finally:
             net.train(was_training)
