@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import DataError
-from .loader import BatchTransform
+from .loader import BatchTransform, unit_float
 
 __all__ = [
     "BatchTransform",
@@ -59,10 +59,6 @@ def _sample_masks(masks: Tensor, grid: Tensor, fill: int) -> Tensor:
     return (out.squeeze(1) + fill).round_().to(masks.dtype)
 
 
-def _unit_float(images: Tensor) -> Tensor:
-    return images.float().div_(255) if images.dtype == torch.uint8 else images
-
-
 class Compose:
     """Apply transforms in order.
 
@@ -81,7 +77,7 @@ class Compose:
     def __call__(self, images: Tensor, targets: Tensor, generator: torch.Generator):
         for t in self.transforms:
             if images.dtype == torch.uint8 and not getattr(t, "exact_on_uint8", False):
-                images = _unit_float(images)
+                images = unit_float(images)
             images, targets = t(images, targets, generator)
         return images, targets
 
@@ -118,8 +114,8 @@ class Resize:
 
     def __call__(self, images: Tensor, targets: Tensor, generator: torch.Generator):
         del generator
-        if tuple(images.shape[-2:]) != self.size:
-            images = _unit_float(images)
+        if images.dtype == torch.uint8 and tuple(images.shape[-2:]) != self.size:
+            images = unit_float(images)
         images, masks = resize_batch(
             images, self.size, targets if _is_mask(images, targets) else None
         )

@@ -133,7 +133,7 @@ class BatchLoader:
         y = self.targets.index_select(0, idx)
         if self.transform is not None:
             if x.dtype != torch.uint8 or not getattr(self.transform, "accepts_uint8", False):
-                x = _unit_float(x)
+                x = unit_float(x)
             # A transform that accepts uint8 (`augment.Compose`) runs its exact geometric steps
             # (crops, flips) on the 4x smaller uint8 batch and may hand back uint8.
             x, y = self.transform(x, y, generator)
@@ -157,6 +157,6 @@ class BatchLoader:
         return x, y
 
 
-def _unit_float(x: Tensor) -> Tensor:
+def unit_float(x: Tensor) -> Tensor:
     """uint8 images -> float in [0, 1]; float images -> float32."""
     return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
