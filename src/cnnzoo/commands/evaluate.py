@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from .train import add_tta_argument
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="last.pt or best.pt written by `cnnzoo train`")
@@ -15,9 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="which images: the run's validation split (default on the training "
                         "data and built-ins), the test part, or all (default on other data)")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--tta", action="store_true",
-                   help="test-time augmentation: average the logits of each image and of its "
-                        "horizontal mirror (for models trained with flips)")
+    add_tta_argument(p, "test-time augmentation")
     p.add_argument("--confusion", metavar="PNG", help="also write the confusion matrix as a PNG")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
 
     metrics, acc, names = evaluate_checkpoint(args.checkpoint, args.data,
                                               batch_size=args.batch_size, split=args.split,
-                                              tta=args.tta)
+                                              tta=args.tta or False)
     if args.confusion:
         from pathlib import Path
 

@@ -74,9 +74,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--erase", type=float, default=0.0, metavar="P",
                    help="random erasing (Zhong et al. 2017) with probability P on top of "
                         "--augment (0: off; the paper uses 0.5)")
-    p.add_argument("--tta", action="store_true",
-                   help="also report the final validation accuracy with flip test-time "
-                        "augmentation")
+    add_tta_argument(p, "also report the final validation accuracy with test-time augmentation")
+    p.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                   help="validate and keep an exponential moving average of the weights with "
+                        "this decay per step (e.g. 0.998); default off")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--model-arg", type=_model_arg, action="append", default=[],
                    metavar="KEY=VALUE",
@@ -87,6 +88,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from .segment import add_training_arguments
 
     add_training_arguments(p)
+
+
+def add_tta_argument(p: argparse.ArgumentParser, what: str) -> None:
+    # The choices are engine.loop.TTA_MODES, spelt out so that building the parser does not
+    # import torch (a test checks they agree).
+    p.add_argument("--tta", nargs="?", const="flip", default=None, choices=("flip", "flip-shift"),
+                   help=f"{what}: flip (the default: each image and its mirror image, "
+                        "averaged), or flip-shift (also their one-pixel diagonal shifts: 10 "
+                        "views); for models trained with flips and crops")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -102,7 +112,8 @@ def config_from_args(args: argparse.Namespace):
         schedule=args.schedule, warmup_epochs=args.warmup_epochs, grad_clip=args.grad_clip,
         precision=args.precision, channels_last=args.channels_last, freeze_bn=args.freeze_bn,
         patience=args.patience, seed=args.seed, progress=args.progress,
-        tensorboard=args.tensorboard, tta=getattr(args, "tta", False),
+        tensorboard=args.tensorboard, tta=getattr(args, "tta", None) or False,
+        ema=getattr(args, "ema", None),
     )
 
 
@@ -147,6 +158,6 @@ def run(args: argparse.Namespace) -> int:
               f"{result.best_epoch}; final validation {final}")
         if result.final_tta:
             tta = ", ".join(f"{k} {v:.4f}" for k, v in result.final_tta.items())
-            print(f"final validation with flip TTA: {tta}")
+            print(f"final validation with {args.tta} TTA: {tta}")
         print(f"checkpoints, metrics and report in {out}/")
     return 0

@@ -213,7 +213,7 @@ def _same_source(a: str, b: str) -> bool:
 
 def evaluate_checkpoint(
     path: str | os.PathLike[str], source: str | None = None, *, batch_size: int = 256,
-    split: str | None = None, tta: bool = False,
+    split: str | None = None, tta: bool | str = False,
 ) -> tuple[dict[str, float], ClassificationAccumulator, list[str]]:
     """Accuracy, top-5 and the confusion matrix of a checkpoint on `source`.
 
@@ -221,7 +221,7 @@ def evaluate_checkpoint(
     used: same fraction and seed, so no training image is counted), 'test' (the source's test
     part, e.g. DIR/test/; Fashion-MNIST's test set is its validation split), or 'all' (every
     image). Default: 'val' on the training data, 'all' on another folder or CSV (a held-out
-    set), 'val' on a built-in. tta: average the logits of each image and its mirror image.
+    set), 'val' on a built-in. tta: test-time augmentation, see `engine.loop.tta_views`.
     """
     from ..data import builtin
     from ..data.augment import default_augmentation
