@@ -201,8 +201,7 @@ def part_accuracy(args: argparse.Namespace) -> None:
         kwargs[k] = float(v) if "." in v else int(v)
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, optimizer="sgd", schedule="onecycle",
                       weight_decay=5e-4, precision="auto", channels_last="auto",
-                      progress=False, verbose=True, tensorboard=False, seed=0, tta=args.tta,
-                      ema=args.ema)
+                      progress=False, verbose=True, tensorboard=False, seed=0, tta=args.tta)
     data = DataOptions("fashion-mnist", batch_size=args.batch_size, augment="flip-crop",
                        erase=args.erase)
     out = Path(args.out)
@@ -215,15 +214,13 @@ def part_accuracy(args: argparse.Namespace) -> None:
                                                    **kwargs).parameters())
     print("\n## Fashion-MNIST accuracy run\n")
     size = load_size(args.model, kwargs)
-    print("| model | params | input | epochs | batch | peak lr | erase | EMA | precision | "
-          f"training s | wall s (all) | test accuracy | with {args.tta} TTA | "
-          "load avg (1, 5, 15 min) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | params | input | epochs | batch | peak lr | erase | precision | training s | "
+          f"wall s (all) | test accuracy | with {args.tta} TTA | load avg (1, 5, 15 min) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     arg_text = ", ".join(f"{k}={v}" for k, v in kwargs.items())
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"| {args.model}({arg_text}) | {n_params:,} | {size} | {len(result.history)} | "
-          f"{args.batch_size} | {args.lr} | {args.erase} | {args.ema or '-'} | "
-          f"{result.precision.describe()} | "
+          f"{args.batch_size} | {args.lr} | {args.erase} | {result.precision.describe()} | "
           f"{train_s:.0f} | {total:.0f} | {result.final['acc'] * 100:.2f} % | "
           f"{result.final_tta['acc'] * 100:.2f} % | {load} |")
     print("\nPer epoch (test accuracy after each epoch, training seconds):")
@@ -250,8 +247,6 @@ def main() -> None:
                    help="accuracy run: random-erasing probability (cnnzoo train --erase)")
     p.add_argument("--tta", default="flip-shift", choices=("flip", "flip-shift"),
                    help="accuracy run: the test-time augmentation of the extra column")
-    p.add_argument("--ema", type=float, default=None,
-                   help="accuracy run: weight-average decay per step (cnnzoo train --ema)")
     p.add_argument("--out", default="runs/bench-fmnist")
     args = p.parse_args()
     if args.model_arg is None:

@@ -18,7 +18,6 @@ from torch import nn
 from cnnzoo.cli import main
 from cnnzoo.data.loader import BatchLoader
 from cnnzoo.engine.checkpoint import atomic_save, load_checkpoint
-from cnnzoo.engine.ema import WeightAverage
 from cnnzoo.engine.grow import grow_from
 from cnnzoo.engine.loop import TTA_MODES, TrainConfig, Trainer, tta_views
 from cnnzoo.engine.optim import StepSchedule, build_optimizer
@@ -243,68 +242,6 @@ def test_early_stopping_restores_the_best_weights(tmp_path):
     for k, v in net.state_dict().items():
         assert torch.equal(v, best["model"][k]), k
     assert abs(result.final["loss"] - result.best_value) < 1e-9
-
-
-def test_weight_average_against_hand_computed_values():
-    net = nn.Sequential(nn.Linear(1, 1, bias=False), nn.BatchNorm1d(1))
-    net[0].weight.data.fill_(1.0)
-    avg = WeightAverage(net, decay=0.5)
-    want = 1.0
-    for n, w in enumerate((3.0, -2.0, 5.0, 7.0)):
-        net[0].weight.data.fill_(w)
-        net[1].running_mean.fill_(w)  # buffers are copied, not averaged
-        avg.update(net)
-        d = min(0.5, (1 + n) / (10 + n))  # warm-up: 1/10, 2/11, 3/12, 4/13 (below 0.5)
-        want = d * want + (1 - d) * w
-        assert abs(float(avg.model[0].weight) - want) < 1e-6
-        assert float(avg.model[1].running_mean) == w
-    assert abs(want - 5.913287) < 1e-6  # the four updates worked out on paper
-    with pytest.raises(ValueError, match="between 0 and 1"):
-        WeightAverage(net, decay=1.0)
-
-
-class _StopAfter(ClassificationTask):
-    """Raises during training step `stop` (a run killed mid-epoch, in process)."""
-
-    def __init__(self, stop: int) -> None:
-        super().__init__(3)
-        self.calls, self.stop = 0, stop
-
-    def loss(self, outputs, targets):
-        if torch.is_grad_enabled():
-            self.calls += 1
-            if self.calls == self.stop:
-                raise KeyboardInterrupt
-        return super().loss(outputs, targets)
-
-
-def test_ema_run_validates_the_average_and_resumes_bit_identically(tmp_path):
-    cfg = TrainConfig(epochs=4, lr=0.2, ema=0.9, **FP32)
-
-    def run(out, task, resume=False):
-        torch.manual_seed(0)
-        net = _TinyNet()
-        trainer = Trainer(net, task, _tiny_loader(), _tiny_loader(n=32, seed=5), cfg, out_dir=out)
-        return net, trainer.fit(resume=resume)
-
-    net, result = run(tmp_path / "ref", ClassificationTask(3))
-    ref = load_checkpoint(tmp_path / "ref" / "last.pt")
-    assert ref["ema_updates"] == 16  # 4 epochs of 4 steps
-    # The run ends holding the average: "model" is what validation measured, and it differs
-    # from the trained weights kept for resume.
-    for k, v in net.state_dict().items():
-        assert torch.equal(v, ref["model"][k]), k
-    assert not torch.equal(ref["model"]["fc.weight"], ref["train_model"]["fc.weight"])
-    # Killed in epoch 3 (step 11 of 16), resumed from the end of epoch 2.
-    with pytest.raises(KeyboardInterrupt):
-        run(tmp_path / "run", _StopAfter(11))
-    assert load_checkpoint(tmp_path / "run" / "last.pt")["ema_updates"] == 8
-    run(tmp_path / "run", ClassificationTask(3), resume=True)
-    got = load_checkpoint(tmp_path / "run" / "last.pt")
-    for key in ("model", "train_model"):
-        for k in ref[key]:
-            assert torch.equal(ref[key][k], got[key][k]), (key, k)
-    assert result.history[-1]["val_loss"] == got["history"][-1]["val_loss"]
 
 
 def test_frozen_bn_keeps_running_statistics(tmp_path):

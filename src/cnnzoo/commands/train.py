@@ -75,9 +75,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="random erasing (Zhong et al. 2017) with probability P on top of "
                         "--augment (0: off; the paper uses 0.5)")
     add_tta_argument(p, "also report the final validation accuracy with test-time augmentation")
-    p.add_argument("--ema", type=float, default=None, metavar="DECAY",
-                   help="validate and keep an exponential moving average of the weights with "
-                        "this decay per step (e.g. 0.998); default off")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--model-arg", type=_model_arg, action="append", default=[],
                    metavar="KEY=VALUE",
@@ -113,7 +110,6 @@ def config_from_args(args: argparse.Namespace):
         precision=args.precision, channels_last=args.channels_last, freeze_bn=args.freeze_bn,
         patience=args.patience, seed=args.seed, progress=args.progress,
         tensorboard=args.tensorboard, tta=getattr(args, "tta", None) or False,
-        ema=getattr(args, "ema", None),
     )
 
 

@@ -27,7 +27,6 @@ from torch import Tensor, nn
 from ..errors import TrainingError
 from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from .distributed import DistContext, all_reduce_sum, broadcast_flag, unwrap_model, wrap_model
-from .ema import WeightAverage
 from .logs import MetricsLog
 from .optim import ParamGroup, StepSchedule, build_optimizer
 from .precision import Precision, choose_precision
@@ -68,9 +67,6 @@ class TrainConfig:
     # four one-pixel diagonal shifts of both. Only for data whose training augmentation flips
     # and crops; per-epoch validation and best-epoch selection stay plain.
     tta: bool | str = False
-    # Validate, choose the best epoch and finish with an exponential moving average of the
-    # weights (engine/ema.py), this decay per step; None: the trained weights themselves.
-    ema: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,7 +136,6 @@ class Trainer:
         self.meta = meta or {}
         self.dist = dist or DistContext()
         self.precision = Precision()
-        self.ema: WeightAverage | None = None
 
     # ----------------------------------------------------------------- files
     @property
@@ -152,16 +147,9 @@ class Trainer:
             print(msg, file=sys.stderr, flush=True)
 
     def _checkpoint(self, **state: Any) -> dict[str, Any]:
-        # "model" is always the weights that validation measured: the average with --ema (the
-        # trained weights then travel as "train_model", for resume).
-        model = unwrap_model(self.model)
-        if self.ema is not None:
-            state["train_model"] = model.state_dict()
-            state["ema_updates"] = self.ema.updates
-            model = self.ema.model
         return {
             "format": "cnnzoo-checkpoint-1",
-            "model": model.state_dict(),
+            "model": unwrap_model(self.model).state_dict(),
             "config": self.config.to_dict(),
             "precision": self.precision.to_dict(),
             "task": self.task.name,
@@ -180,7 +168,7 @@ class Trainer:
         ckpt = self._load_resume(resume)
         model = unwrap_model(self.model)  # a second fit() must not wrap DDP twice
         if ckpt is not None:
-            model.load_state_dict(ckpt.get("train_model", ckpt["model"]))
+            model.load_state_dict(ckpt["model"])
             self.precision = Precision(**{**ckpt["precision"], "source": "checkpoint"})
         else:
             torch.manual_seed(cfg.seed)
@@ -196,11 +184,6 @@ class Trainer:
                 if isinstance(getattr(loader, "channels_last", None), bool):
                     loader.channels_last = True
         model.to(memory_format=prec.memory_format)
-        self.ema = WeightAverage(model, cfg.ema) if cfg.ema else None
-        if self.ema is not None and ckpt is not None:
-            if "ema_updates" not in ckpt:
-                raise TrainingError("the checkpoint was written without --ema: resume without it")
-            self.ema.load(ckpt["model"], ckpt["ema_updates"])
         net = wrap_model(model, self.dist)
         self.model = net
 
@@ -239,7 +222,7 @@ class Trainer:
                 record: dict[str, Any] = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}
                 record.update({f"train_{k}": v for k, v in train_acc.compute().items()})
                 if self.val_loader is not None:
-                    val_acc = self.evaluate(self.val_loader, self._measured())
+                    val_acc = self.evaluate(self.val_loader)
                     record.update({f"val_{k}": v for k, v in val_acc.compute().items()})
                 record["seconds"] = round(seconds, 3)
                 record["images_per_s"] = round(n_images / max(seconds, 1e-9), 1)
@@ -249,7 +232,7 @@ class Trainer:
                 if is_better(value, best, task.mode):
                     best, best_epoch, bad_epochs = value, epoch + 1, 0
                     best_state = {k: v.detach().clone()
-                                  for k, v in self._measured().state_dict().items()}
+                                  for k, v in unwrap_model(net).state_dict().items()}
                     if self._writes:
                         atomic_save(self._checkpoint(epoch=epoch + 1, history=history),
                                     self.out_dir / "best.pt")
@@ -271,9 +254,6 @@ class Trainer:
             if log is not None:
                 log.close()
 
-        if self.ema is not None:
-            unwrap_model(net).load_state_dict(self.ema.state_dict())
-            self._say(f"the model now holds the weight average (EMA decay {cfg.ema:g})")
         restore = cfg.restore_best if cfg.restore_best is not None else cfg.patience is not None
         if restore and best_state is not None:
             unwrap_model(net).load_state_dict(best_state)
@@ -292,10 +272,6 @@ class Trainer:
             for line in write_report(self.out_dir, history, result.accumulator, task):
                 self._say(line)
         return result
-
-    def _measured(self) -> nn.Module:
-        """The weights validation measures: the average with --ema, else the trained model."""
-        return self.ema.model if self.ema is not None else unwrap_model(self.model)
 
     def _load_resume(self, resume: bool | str | Path) -> dict[str, Any] | None:
         if resume is False or resume is None:
@@ -348,8 +324,6 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
             scheduler.step()
-            if self.ema is not None:
-                self.ema.update(unwrap_model(net))
             with torch.no_grad():
                 acc.update(out, y, loss)
                 nonfinite |= ~torch.isfinite(loss.detach())
