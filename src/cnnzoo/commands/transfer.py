@@ -47,12 +47,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--head-epochs", type=int, default=3,
                    help="epochs of the head alone before fine-tuning (mode finetune; default 3)")
     p.add_argument("--lr", type=float, default=1e-3, help="head learning rate (default 1e-3)")
-    p.add_argument("--lr-decay", type=float, default=0.4,
-                   help="learning-rate factor per backbone block, head to stem (default 0.4)")
+    p.add_argument("--lr-decay", type=float, default=0.7,
+                   help="learning-rate factor per backbone block, head to stem (default 0.7)")
     p.add_argument("--update-bn", action="store_true",
                    help="update BatchNorm statistics while fine-tuning (default: frozen)")
-    p.add_argument("--patience", type=int, default=3,
-                   help="early stopping on validation loss (default 3; 0 turns it off)")
+    p.add_argument("--patience", type=int, default=None,
+                   help="early stopping on validation loss after N epochs without improvement, "
+                        "restoring the best epoch (default off: the final weights are kept; "
+                        "with a few validation images per class their loss is too noisy)")
     p.add_argument("--augment", choices=("none", "flip-crop", "crop", "photo"),
                    default="flip-crop", help="fine-tuning augmentation (default flip-crop)")
     p.add_argument("--batch-size", type=int, default=32)
