@@ -117,7 +117,8 @@ def main() -> None:
     ap.add_argument("--img-size", type=int, default=224)
     ap.add_argument("--fit", default="resize", choices=["resize", "crop"])
     ap.add_argument("--views", type=int, default=2)
-    ap.add_argument("--epochs", type=int, default=6, help="fine-tuning epochs")
+    ap.add_argument("--epochs", type=int, default=FinetuneConfig.epochs,
+                    help="fine-tuning epochs")
     ap.add_argument("--scratch-steps", type=int, default=600)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()

@@ -40,8 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fit", choices=("crop", "resize"), default="crop",
                    help="crop: the weights' resize + centre crop (default); resize: squash the "
                         "whole image (small, tightly framed images)")  # fmt: skip
-    p.add_argument("--epochs", type=int, default=6,
-                   help="fine-tuning epochs (default 6, more when needed to reach --min-steps)")
+    p.add_argument("--epochs", type=int, default=12,
+                   help="fine-tuning epochs (default 12, more when needed to reach --min-steps)")
     p.add_argument("--min-steps", type=int, default=90,
                    help="fine-tuning steps at least, whatever --epochs says (default 90)")
     p.add_argument("--head-epochs", type=int, default=3,
