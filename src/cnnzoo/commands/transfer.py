@@ -55,6 +55,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="early stopping on validation loss after N epochs without improvement, "
                         "restoring the best epoch (default off: the final weights are kept; "
                         "with a few validation images per class their loss is too noisy)")
+    p.add_argument("--keep-best", action="store_true",
+                   help="mode both: keep the features head when its validation loss beats the "
+                        "fine-tuned net's (default: keep the fine-tuned net; a few validation "
+                        "images per class choose badly)")
     p.add_argument("--augment", choices=("none", "flip-crop", "crop", "photo"),
                    default="flip-crop", help="fine-tuning augmentation (default flip-crop)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -86,7 +90,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         mode=args.mode, head=args.head, l2=args.l2, views=args.views, img_size=args.img_size,
         fit=args.fit, batch_size=args.batch_size, val_fraction=args.val_fraction,
         precision=args.precision, cache_dir=args.cache, use_cache=args.use_cache,
-        seed=args.seed, progress=args.progress, finetune=ft,
+        keep_best=args.keep_best, seed=args.seed, progress=args.progress, finetune=ft,
     )  # fmt: skip
 
 

@@ -62,7 +62,11 @@ class TransferConfig:
     precision: str = "auto"
     cache_dir: str | None = None
     use_cache: bool = True
-    keep_best: bool = True  # mode 'both': keep the features head if its validation loss is lower
+    # Mode 'both': keep the features head instead of the fine-tuned net when its validation loss
+    # is lower. Off by default: with 10 validation images per class the choice was wrong in 2
+    # of 8 benchmark cases, by 0.065 test accuracy (hard set, 10/class) and 0.010, while always
+    # keeping the fine-tuned net lost 0.006 once.
+    keep_best: bool = False
     seed: int = 0
     progress: bool = True
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
