@@ -402,7 +402,7 @@ def tta_views(x: Tensor, mode: bool | str) -> list[tuple[Tensor, Any]]:
     'flip' (True): x and its mirror image. 'flip-shift': also x shifted by one pixel along
     each of the four diagonals (reflect-padded, as the training pad-and-crop fills), each
     with its mirror image -- ten views. Measured on three 16-epoch Fashion-MNIST VGG runs
-    (docs/training.md): +0.09..0.17 points for 'flip', +0.25..0.40 for 'flip-shift'."""
+    (docs/training.md): +0.10..0.21 points for 'flip', +0.23..0.43 for 'flip-shift'."""
     mode = tta_name(mode)
     if mode not in TTA_MODES:
         raise ValueError(f"unknown TTA {mode!r}: choose one of {', '.join(TTA_MODES)}")
