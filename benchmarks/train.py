@@ -184,16 +184,8 @@ def part_loading(rounds: int) -> None:
           f"{load_s:.2f} s.")
 
 
-def load_size(model: str, kwargs: dict[str, Any]) -> int:
-    """The input size `cnnzoo train MODEL --data fashion-mnist` trains at."""
-    from cnnzoo.engine.run import default_image_size
-    from cnnzoo.models import get_config, min_input_size
-
-    return default_image_size("fashion-mnist", get_config(model), min_input_size(model, **kwargs))
-
-
 def part_accuracy(args: argparse.Namespace) -> None:
-    from cnnzoo.engine.run import DataOptions, train_classifier
+    from cnnzoo.engine.run import DataOptions, default_image_size, train_classifier
 
     kwargs: dict[str, Any] = {}
     for item in args.model_arg:
@@ -210,10 +202,11 @@ def part_accuracy(args: argparse.Namespace) -> None:
                               model_kwargs=kwargs, say=lambda m: print(m, flush=True))
     total = time.perf_counter() - t0
     train_s = sum(r["seconds"] for r in result.history)
-    n_params = sum(p.numel() for p in create_model(args.model, num_classes=10, in_chans=1,
-                                                   **kwargs).parameters())
+    model = create_model(args.model, num_classes=10, in_chans=1, **kwargs)
+    n_params = sum(p.numel() for p in model.parameters())
+    # The size `cnnzoo train` chose: the model's default_cfg carries its minimum as built.
+    size = default_image_size("fashion-mnist", model.default_cfg)
     print("\n## Fashion-MNIST accuracy run\n")
-    size = load_size(args.model, kwargs)
     print("| model | params | input | epochs | batch | peak lr | erase | precision | training s | "
           f"wall s (all) | test accuracy | with {args.tta} TTA | load avg (1, 5, 15 min) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")

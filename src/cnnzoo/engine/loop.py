@@ -264,8 +264,6 @@ class Trainer:
             result.final, result.accumulator = acc.compute(), acc
             if cfg.tta:
                 result.final_tta = self.evaluate(self.val_loader, tta=cfg.tta).compute()
-                self._say(f"final validation with {tta_name(cfg.tta)} TTA: " + " ".join(
-                    f"{k} {v:.4f}" for k, v in result.final_tta.items()))
         if self._writes and cfg.report and history:
             from .report import write_report
 
@@ -389,11 +387,6 @@ class Trainer:
 TTA_MODES = ("flip", "flip-shift")
 
 
-def tta_name(mode: bool | str) -> str:
-    """'flip' for True (the original boolean option), else the mode itself."""
-    return "flip" if mode is True else str(mode)
-
-
 def tta_views(x: Tensor, mode: bool | str) -> list[tuple[Tensor, Any]]:
     """(view, undo) pairs of test-time augmentation for a batch x (N, C, H, W); `undo` maps a
     dense (N, K, H, W) output of the view back onto the original pixels and leaves class
@@ -403,7 +396,7 @@ def tta_views(x: Tensor, mode: bool | str) -> list[tuple[Tensor, Any]]:
     each of the four diagonals (reflect-padded, as the training pad-and-crop fills), each
     with its mirror image -- ten views. Measured on three 16-epoch Fashion-MNIST VGG runs
     (docs/training.md): +0.10..0.21 points for 'flip', +0.23..0.43 for 'flip-shift'."""
-    mode = tta_name(mode)
+    mode = "flip" if mode is True else mode  # True: the original boolean option
     if mode not in TTA_MODES:
         raise ValueError(f"unknown TTA {mode!r}: choose one of {', '.join(TTA_MODES)}")
 
