@@ -244,6 +244,18 @@ def test_early_stopping_restores_the_best_weights(tmp_path):
     assert abs(result.final["loss"] - result.best_value) < 1e-9
 
 
+def test_patience_zero_means_no_early_stopping():
+    # "0 epochs without improvement" would stop after the first epoch: it means off, as the
+    # transfer command's --patience 0 always did; a negative count is an error.
+    train, val = _tiny_loader(n=64, seed=1), _tiny_loader(n=64, seed=2)
+    cfg = TrainConfig(epochs=4, lr=0.5, schedule="constant", patience=0, **FP32)
+    assert cfg.patience is None
+    result = Trainer(_TinyNet(), ClassificationTask(3), train, val, cfg).fit()
+    assert not result.stopped_early and len(result.history) == 4
+    with pytest.raises(ValueError, match="patience must be"):
+        TrainConfig(patience=-1)
+
+
 def test_frozen_bn_keeps_running_statistics(tmp_path):
     torch.manual_seed(0)
     net = _TinyNet()
@@ -552,6 +564,8 @@ def test_vgg_min_size_follows_stages_so_fashion_mnist_trains_at_28px():
     cfg = get_config("vgg13_bn")
     assert default_image_size("fashion-mnist", cfg) == 32
     assert default_image_size("fashion-mnist", cfg, min_input_size("vgg13_bn", stages=3)) == 28
+    # 8-pixel digits go back to the 32 px of the bitmaps they were averaged from.
+    assert default_image_size("digits", cfg, min_input_size("vgg13_bn", stages=3)) == 32
 
 
 def test_accumulator_counts_and_flip_tta_averages_logits():

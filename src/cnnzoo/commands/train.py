@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "and their scale/shift do not train")
     p.add_argument("--patience", type=int, default=None,
                    help="early stopping: epochs without a better validation loss; the best "
-                        "weights are restored")
+                        "weights are restored (default and 0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint")

@@ -54,7 +54,9 @@ class TrainConfig:
     # nor updated (eval mode), and the affine weight/bias are left out of the optimizer -- unless
     # a caller's param_groups list them explicitly (then they train, with frozen statistics).
     freeze_bn: bool = False
-    patience: int | None = None  # early stopping on the monitored validation metric
+    # Early stopping on the monitored validation metric after `patience` epochs without
+    # improvement; None or 0: off (0 would otherwise stop after the first epoch).
+    patience: int | None = None
     restore_best: bool | None = None  # default: True when early stopping is on
     seed: int = 0
     log_every: int = 20  # steps between progress-bar updates and NaN checks
@@ -67,6 +69,13 @@ class TrainConfig:
     # four one-pixel diagonal shifts of both. Only for data whose training augmentation flips
     # and crops; per-epoch validation and best-epoch selection stay plain.
     tta: bool | str = False
+
+    def __post_init__(self) -> None:
+        if self.patience is not None and self.patience < 0:
+            raise ValueError(f"patience must be a number of epochs >= 1 (0 or None: off), "
+                             f"not {self.patience}")
+        if self.patience == 0:
+            self.patience = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -56,7 +56,7 @@ class FinetuneConfig:
     groups: int = 4  # backbone blocks for discriminative learning rates
     weight_decay: float = 0.02
     freeze_bn: bool = True
-    # Early stopping on validation loss, restoring the best epoch; None (the default): phase 2
+    # Early stopping on validation loss, restoring the best epoch; None or 0 (the default): phase 2
     # runs its one-cycle schedule to the end and keeps the final weights. With 10 validation
     # images per class that loss is noise, and "best" picked early epochs: hard set at 10 / 50
     # per class, lr_decay 0.7, 0.645 / 0.719 with the best-loss epoch restored, 0.691 / 0.769
@@ -199,7 +199,8 @@ def finetune(
         groups = layer_groups(model, cfg.lr, cfg.groups, cfg.lr_decay)
         # Patience counts nominal epochs: when short epochs were added to reach min_steps, it
         # grows with them, or noise in a 50-image validation loss would stop the run at once.
-        patience = cfg.patience and math.ceil(cfg.patience * epochs / max(cfg.epochs, 1))
+        patience = (math.ceil(cfg.patience * epochs / max(cfg.epochs, 1)) if cfg.patience
+                    else None)  # 0 means off, as on the command line
         config = _engine_config(cfg, epochs, cfg.lr, patience)
         trainer = Trainer(model, task, train, val, config, param_groups=groups,
                           out_dir=out / "full" if out else None, meta=meta)  # fmt: skip
