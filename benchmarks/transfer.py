@@ -2,6 +2,7 @@
 
     python benchmarks/transfer.py                       # both sets, 10/50/200 images per class
     python benchmarks/transfer.py --sets hard --sizes 10 50 --methods features
+    python benchmarks/transfer.py --sets hard --sizes 10 50 --seeds 0 1 2   # mean of 3 draws
     flock /tmp/cnnzoo-bench.lock python benchmarks/transfer.py    # on a shared machine
 
 Two 5-class sets (issue 6): easy (T-shirt, trouser, sneaker, bag, ankle boot) and hard
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -120,7 +122,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=FinetuneConfig.epochs,
                     help="fine-tuning epochs")
     ap.add_argument("--scratch-steps", type=int, default=600)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0],
+                    help="one row per set and size averages these seeds (each its own draw "
+                         "of training, validation and test images, and its own training run)")
     args = ap.parse_args()
 
     cache = tempfile.mkdtemp(prefix="cnnzoo-bench-features-")
@@ -130,42 +134,61 @@ def main() -> None:
     rows = []
     for set_name in args.sets:
         for n in args.sizes:
-            splits, test = make_sets(set_name, n, args.val, args.test, args.seed)
-            row: dict[str, object] = {"set": set_name, "n": n}
-            if "scratch" in args.methods:
-                row["scratch"], row["t_scratch"] = scratch(splits, test, args.scratch_steps, args.seed)
-            base = dict(img_size=args.img_size, fit=args.fit, views=args.views, cache_dir=cache,
-                        progress=False, seed=args.seed)  # fmt: skip
-            # Test images are images too: their features are cached once per set and size.
-            test_splits = Splits(test, test)
-            if "features" in args.methods:
-                t0 = time.perf_counter()
-                res = transfer(splits, out=None, config=TransferConfig(mode="features", **base),
-                               say=lambda _: None)  # fmt: skip
-                row["t_features"] = time.perf_counter() - t0
-                net = res.bundle.model
-                feats, _ = cached_features(
-                    net, test_splits.train.with_channels(3).images, res.bundle.preprocessing,
-                    model_name="efficientnet_lite0", weights_id=res.bundle.extra["weights"]["fingerprint"],
-                    views=args.views, cache_dir=cache, progress=False)  # fmt: skip
-                probs = head_probabilities(net.get_classifier(), feats)
-                row["features"] = float((probs.argmax(1) == test.labels).double().mean())
-                row["l2"] = res.metrics["features"]["l2"]
-            if "finetune" in args.methods:
-                ft = FinetuneConfig(epochs=args.epochs, progress=False, verbose=False, seed=args.seed)
-                t0 = time.perf_counter()
-                res = transfer(splits, out=None,
-                               config=TransferConfig(mode="both", keep_best=False, finetune=ft, **base),
-                               say=lambda _: None)  # fmt: skip
-                row["t_finetune"] = time.perf_counter() - t0
-                pred = res.bundle.predict(test.with_channels(3).images)
-                row["finetune"] = float((pred.probabilities.argmax(1) == test.labels).double().mean())
-                row["kept"] = res.metrics["kept_by_val"]
-                row["epochs_run"] = sum(1 for r in res.history if r.get("phase") == "full")
-            rows.append(row)
-            print(_line(row), flush=True)
+            per_seed = []
+            for seed in args.seeds:
+                per_seed.append(run_row(set_name, n, seed, args, cache))
+                print(_line(per_seed[-1]), flush=True)
+            rows.append(_mean_row(per_seed))
     print()
-    print(_table(rows))
+    print(_table(rows, len(args.seeds)))
+
+
+def run_row(set_name: str, n: int, seed: int, args: argparse.Namespace, cache: str) -> dict:
+    """Every method on one seeded draw of the set at n images per class."""
+    splits, test = make_sets(set_name, n, args.val, args.test, seed)
+    row: dict[str, object] = {"set": set_name, "n": n, "seed": seed}
+    if "scratch" in args.methods:
+        row["scratch"], row["t_scratch"] = scratch(splits, test, args.scratch_steps, seed)
+    base = dict(img_size=args.img_size, fit=args.fit, views=args.views, cache_dir=cache,
+                progress=False, seed=seed)  # fmt: skip
+    # Test images are images too: their features are cached once per set and size.
+    test_splits = Splits(test, test)
+    if "features" in args.methods:
+        t0 = time.perf_counter()
+        res = transfer(splits, out=None, config=TransferConfig(mode="features", **base),
+                       say=lambda _: None)  # fmt: skip
+        row["t_features"] = time.perf_counter() - t0
+        net = res.bundle.model
+        feats, _ = cached_features(
+            net, test_splits.train.with_channels(3).images, res.bundle.preprocessing,
+            model_name="efficientnet_lite0", weights_id=res.bundle.extra["weights"]["fingerprint"],
+            views=args.views, cache_dir=cache, progress=False)  # fmt: skip
+        probs = head_probabilities(net.get_classifier(), feats)
+        row["features"] = float((probs.argmax(1) == test.labels).double().mean())
+        row["l2"] = res.metrics["features"]["l2"]
+    if "finetune" in args.methods:
+        ft = FinetuneConfig(epochs=args.epochs, progress=False, verbose=False, seed=seed)
+        t0 = time.perf_counter()
+        res = transfer(splits, out=None,
+                       config=TransferConfig(mode="both", keep_best=False, finetune=ft, **base),
+                       say=lambda _: None)  # fmt: skip
+        row["t_finetune"] = time.perf_counter() - t0
+        pred = res.bundle.predict(test.with_channels(3).images)
+        row["finetune"] = float((pred.probabilities.argmax(1) == test.labels).double().mean())
+        row["kept"] = res.metrics["kept_by_val"]
+        row["epochs_run"] = sum(1 for r in res.history if r.get("phase") == "full")
+    return row
+
+
+def _mean_row(per_seed: list[dict]) -> dict:
+    """One table row from the seeds' rows: means, and each method's per-seed accuracies."""
+    out: dict[str, object] = {"set": per_seed[0]["set"], "n": per_seed[0]["n"]}
+    for key in ("scratch", "features", "finetune", "t_scratch", "t_features", "t_finetune"):
+        if key in per_seed[0]:
+            values = [float(r[key]) for r in per_seed]
+            out[key] = statistics.fmean(values)
+            out[key + "_all"] = values
+    return out
 
 
 def _fmt(v: object, spec: str) -> str:
@@ -176,8 +199,16 @@ def _line(r: dict) -> str:
     return " ".join(f"{k}={_fmt(v, '.4g') if isinstance(v, float) else v}" for k, v in r.items())
 
 
-def _table(rows: list[dict]) -> str:
-    out = ["| set | images/class | scratch (s) | features (s) | fine-tune (s) | best transfer | "
+def _table(rows: list[dict], n_seeds: int) -> str:
+    def cell(r: dict, m: str) -> str:
+        acc = _fmt(r.get(m), ".3f")
+        if n_seeds > 1 and m in r:  # the spread is part of the result at 10 images per class
+            acc += " [" + " ".join(f"{v:.3f}" for v in r[m + "_all"]) + "]"
+        return f"{acc} ({_fmt(r.get('t_' + m), '.0f')})"
+
+    what = f"mean of {n_seeds} seeds [each seed]" if n_seeds > 1 else "one seed"
+    out = [f"Test accuracy, {what}; (training seconds).\n",
+           "| set | images/class | scratch (s) | features (s) | fine-tune (s) | best transfer | "
            "target | issue's bare code: features / scratch |",
            "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
@@ -185,13 +216,11 @@ def _table(rows: list[dict]) -> str:
         target = TARGETS.get((r["set"], r["n"]))
         cal = CALIBRATION.get((r["set"], r["n"]))
         out.append(
-            f"| {r['set']} | {r['n']} | {_fmt(r.get('scratch'), '.3f')} ({_fmt(r.get('t_scratch'), '.0f')}) "
-            f"| {_fmt(r.get('features'), '.3f')} ({_fmt(r.get('t_features'), '.0f')}) "
-            f"| {_fmt(r.get('finetune'), '.3f')} ({_fmt(r.get('t_finetune'), '.0f')}) "
-            f"| {_fmt(best, '.3f')} | {_fmt(target, '.2f') if target else '-'} "
+            f"| {r['set']} | {r['n']} | {cell(r, 'scratch')} | {cell(r, 'features')} "
+            f"| {cell(r, 'finetune')} | {_fmt(best, '.3f')} "
+            f"| {_fmt(target, '.2f') if target else '-'} "
             + (f"| {cal[0]:.3f} / {cal[1]:.3f} |" if cal else "| - |"))  # fmt: skip
     return "\n".join(out)
-
 
 if __name__ == "__main__":
     main()
