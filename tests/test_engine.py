@@ -256,6 +256,14 @@ def test_patience_zero_means_no_early_stopping():
         TrainConfig(patience=-1)
 
 
+@pytest.mark.parametrize("command", [["train", "lenet5", "--data", "digits"], ["transfer", "x"]])
+def test_negative_patience_is_a_usage_error(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([*command, "--patience", "-1"])
+    assert exc.value.code == 2
+    assert "--patience: must be a number of epochs (0: off), not -1" in capsys.readouterr().err
+
+
 def test_frozen_bn_keeps_running_statistics(tmp_path):
     torch.manual_seed(0)
     net = _TinyNet()

@@ -26,6 +26,14 @@ def _model_arg(text: str) -> tuple[str, object]:
     return key, value
 
 
+def patience_epochs(text: str) -> int:
+    """--patience: a number of epochs, 0 for off (what the engine makes of 0 too)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of epochs (0: off), not {value}")
+    return value
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="zoo model name (`cnnzoo models` lists them)")
     p.add_argument("--data", required=True,
@@ -54,7 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--freeze-bn", action="store_true",
                    help="freeze BatchNorm layers: running statistics are used, not updated, "
                         "and their scale/shift do not train")
-    p.add_argument("--patience", type=int, default=None,
+    p.add_argument("--patience", type=patience_epochs, default=None,
                    help="early stopping: epochs without a better validation loss; the best "
                         "weights are restored (default and 0: off)")
     p.add_argument("--seed", type=int, default=0)

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .train import patience_epochs
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", metavar="DATA",
@@ -51,7 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="learning-rate factor per backbone block, head to stem (default 0.7)")
     p.add_argument("--update-bn", action="store_true",
                    help="update BatchNorm statistics while fine-tuning (default: frozen)")
-    p.add_argument("--patience", type=int, default=None,
+    p.add_argument("--patience", type=patience_epochs, default=None,
                    help="early stopping on validation loss after N epochs without improvement, "
                         "restoring the best epoch (default off: the final weights are kept; "
                         "with a few validation images per class their loss is too noisy)")
