@@ -154,9 +154,9 @@ def _engine_config(cfg: FinetuneConfig, epochs: int, lr: float, patience: int | 
         # first steps are sign-like, and a full-size first step on every backbone weight at
         # once wrecked the pretrained features in a measured run (val loss 1.2 -> 4.0).
         schedule="onecycle", pct_start=0.3, precision=precision,
-        channels_last=channels_last, freeze_bn=cfg.freeze_bn, patience=patience,
-        restore_best=patience is not None, seed=cfg.seed, progress=cfg.progress, verbose=cfg.verbose,
-        tensorboard=False, report=False,
+        # restore_best is left to the engine: on exactly when early stopping is (0: off).
+        channels_last=channels_last, freeze_bn=cfg.freeze_bn, patience=patience, seed=cfg.seed,
+        progress=cfg.progress, verbose=cfg.verbose, tensorboard=False, report=False,
     )  # fmt: skip
 
 
@@ -199,8 +199,7 @@ def finetune(
         groups = layer_groups(model, cfg.lr, cfg.groups, cfg.lr_decay)
         # Patience counts nominal epochs: when short epochs were added to reach min_steps, it
         # grows with them, or noise in a 50-image validation loss would stop the run at once.
-        patience = (math.ceil(cfg.patience * epochs / max(cfg.epochs, 1)) if cfg.patience
-                    else None)  # 0 means off, as on the command line
+        patience = cfg.patience and math.ceil(cfg.patience * epochs / max(cfg.epochs, 1))
         config = _engine_config(cfg, epochs, cfg.lr, patience)
         trainer = Trainer(model, task, train, val, config, param_groups=groups,
                           out_dir=out / "full" if out else None, meta=meta)  # fmt: skip
