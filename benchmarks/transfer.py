@@ -16,9 +16,10 @@ on 200 test images per class from the official test split. Methods:
   native 28 px, for at least `--scratch-steps` steps; the final model is scored.
 - features: `cnnzoo.transfer` mode 'features' -- frozen ImageNet EfficientNet-Lite0, features
   of the image and its mirror, logistic regression with the L2 cross-validated.
-- fine-tune: mode 'both' -- that head, then the whole net with layer-wise learning rates and
-  frozen BatchNorm, its final weights (the fine-tuned net, whatever its validation loss; `kept`
-  says which of features / fine-tune validation would have chosen).
+- fine-tune: mode 'both' -- the features head, then fine-tuning from a new head: the head on
+  the frozen backbone, then the whole net with layer-wise learning rates and frozen BatchNorm,
+  its final weights (the fine-tuned net, whatever its validation loss; `kept` says which of
+  features / fine-tune validation would have chosen).
 
 Times are wall-clock seconds of training (feature extraction + head, or fine-tuning, or the
 scratch run), not of scoring the test images. The draws are nested (the 10 images of a class

@@ -140,6 +140,8 @@ def test_transfer_bundle_round_trip_and_report(folder, tmp_path, capsys):
     out = tmp_path / "run"
     res = transfer(folder, model="resnet18", weights=None, out=out,
                    config=_tiny_config(mode="both"), say=lambda _: None)  # fmt: skip
+    # 'both' fits the features head, then fine-tunes from a new head: phase 1 runs too.
+    assert "features" in res.metrics and {r["phase"] for r in res.history} == {"head", "full"}
     for name in ("confusion.png", "curves.png", "top_losses.png", "per_class.csv", "metrics.json"):
         assert (out / name).stat().st_size > 0, name
     rows = (out / "per_class.csv").read_text().splitlines()
@@ -166,6 +168,25 @@ def test_transfer_bundle_round_trip_and_report(folder, tmp_path, capsys):
                     config=_tiny_config(mode="features", head="mlp"), say=lambda _: None)  # fmt: skip
     assert res2.features_computed == 0
     assert load_bundle(tmp_path / "run2" / "bundle").head["kind"] == "mlp"
+
+
+def test_keep_best_restores_the_features_net_exactly(fmnist):
+    """Mode 'both' fine-tunes from a new head; when `keep_best` prefers the features head (here
+    fine-tuning at lr 0.5 wrecks the net), the bundle is the features run's net, bit for bit."""
+    splits = Splits(fmnist, fmnist.subset(per_class=3, seed=2))
+    ft = FinetuneConfig(head_epochs=1, epochs=1, min_steps=0, batch_size=8, lr=0.5,
+                        progress=False, verbose=False)  # fmt: skip
+    common = dict(img_size=32, fit="resize", batch_size=16, progress=False, use_cache=False)
+    torch.manual_seed(0)
+    both = transfer(splits, model="resnet18", weights=None, say=lambda _: None,
+                    config=TransferConfig(mode="both", keep_best=True, finetune=ft, **common))
+    torch.manual_seed(0)  # the same random backbone
+    feats = transfer(splits, model="resnet18", weights=None, say=lambda _: None,
+                     config=TransferConfig(mode="features", **common))
+    assert both.metrics["kept"] == "features"
+    assert both.metrics["finetune"]["val_loss"] > both.metrics["features"]["val_loss"]
+    a, b = both.bundle.model.state_dict(), feats.bundle.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in b)
 
 
 def test_torchvision_vgg16_checkpoint_end_to_end(tv_models, folder, tmp_path, capsys):

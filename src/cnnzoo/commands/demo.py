@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     base = dict(img_size=args.img_size, fit="resize", progress=args.progress)
     # Half of `cnnzoo transfer`'s 90 steps, so that the demo ends within a few minutes. With
     # the final weights kept, 16 steps (4 epochs of 4) left the net worse than the features
-    # head it started from (0.670 vs 0.703 held out).
+    # head (0.670 vs 0.703 held out).
     ft = FinetuneConfig(epochs=args.epochs, min_steps=args.min_steps, progress=args.progress)
     feats_res = transfer(data, model=MODEL, out=out / "features",
                          config=TransferConfig(mode="features", **base), say=_say)  # fmt: skip

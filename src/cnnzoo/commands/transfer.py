@@ -30,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "in torchvision, timm, Keras or cnnzoo layout")  # fmt: skip
     p.add_argument("--mode", choices=("features", "finetune", "both"), default="both",
                    help="features: frozen backbone + new head (fast); finetune: head, then the "
-                        "whole net; both (default): features, then fine-tune from that head")  # fmt: skip
+                        "whole net; both (default): features, then finetune (from a new head, which "
+                        "measured better than starting from the features head)")  # fmt: skip
     p.add_argument("--head", choices=("linear", "mlp"), default="linear",
                    help="linear: logistic regression with L2 tuned by cross-validation (default)")
     p.add_argument("--l2", type=float, default=None, help="fixed L2 strength (default: tuned)")

@@ -66,7 +66,10 @@ def wrap_model(model: nn.Module, ctx: DistContext) -> nn.Module:
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, broadcast_buffers=True)
+    # Buffers (BatchNorm running statistics) are broadcast from rank 0 at every forward: DDP's
+    # default. Not passed explicitly: torch 2.13 deprecates `broadcast_buffers` with a warning
+    # on every run, and older versions do not know its replacement `forward_sync_buffers`.
+    return DistributedDataParallel(model)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:

@@ -6,8 +6,7 @@ channels_last, the progress bar, early stopping and the curves hold as in `cnnzo
 
 1. *head*: every backbone parameter has `requires_grad=False` and BatchNorm runs in eval mode,
    so only the new classifier moves; the backbone's weights and running statistics stay
-   bit-identical. Skipped when the head is already trained (mode 'both': the logistic-regression
-   head from the features step).
+   bit-identical. Skipped when `head_epochs` is 0.
 2. *full*: the backbone is unfrozen in `groups` blocks of consecutive layers; the block next to
    the head trains at `lr * lr_decay`, the next at `lr * lr_decay**2`, ... (discriminative
    fine-tuning, Howard & Ruder 2018, ULMFiT Sec. 3.2): early layers hold generic edges and
@@ -169,10 +168,9 @@ def finetune(
     out_dir: str | Path | None,
     meta: dict[str, Any] | None = None,
     resume: bool = False,
-    head_trained: bool = False,
     say: Any = print,
 ) -> tuple[FitResult | None, FitResult | None]:
-    """Run phase 1 (unless `head_trained` or head_epochs == 0) and phase 2 (unless epochs == 0)
+    """Run phase 1 (unless head_epochs == 0) and phase 2 (unless epochs == 0)
     on `model` in place; returns their results. Checkpoints go to out_dir/head and
     out_dir/full; `resume=True` continues an interrupted run from them."""
     task = ClassificationTask(splits.num_classes, label_smoothing=cfg.label_smoothing,
@@ -180,7 +178,7 @@ def finetune(
     train, val = make_loaders(splits, pre, cfg)
     out = Path(out_dir) if out_dir is not None else None
     head_result = full_result = None
-    if cfg.head_epochs > 0 and not head_trained:
+    if cfg.head_epochs > 0:
         say(f"fine-tune 1/2: the new head alone for {cfg.head_epochs} epochs "
             "(backbone and BatchNorm statistics frozen)")  # fmt: skip
         freeze_backbone(model, True)
