@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from cnnzoo.commands.train import size_epochs  # noqa: E402
 from cnnzoo.data.loader import BatchLoader  # noqa: E402
 from cnnzoo.engine.loop import TrainConfig, Trainer  # noqa: E402
 from cnnzoo.engine.precision import Precision  # noqa: E402
@@ -195,7 +196,7 @@ def part_accuracy(args: argparse.Namespace) -> None:
                       weight_decay=5e-4, precision="auto", channels_last="auto",
                       progress=False, verbose=True, tensorboard=False, seed=0, tta=args.tta)
     data = DataOptions("fashion-mnist", batch_size=args.batch_size, augment="flip-crop",
-                       erase=args.erase)
+                       erase=args.erase, progressive=args.progressive)
     out = Path(args.out)
     t0 = time.perf_counter()
     result = train_classifier(args.model, data, cfg, out_dir=out,
@@ -209,13 +210,14 @@ def part_accuracy(args: argparse.Namespace) -> None:
     size = default_image_size("fashion-mnist", model.default_cfg)
     print("\n## Fashion-MNIST accuracy run\n")
     print("| model | params | input | epochs | batch | peak lr | label smoothing | erase | "
-          "precision | training s | "
+          "progressive | precision | training s | "
           f"wall s (all) | test accuracy | with {args.tta} TTA | load avg (1, 5, 15 min) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    prog = "{} px for {} epochs".format(*args.progressive) if args.progressive else "off"
     arg_text = ", ".join(f"{k}={v}" for k, v in kwargs.items())
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"| {args.model}({arg_text}) | {n_params:,} | {size} | {len(result.history)} | "
-          f"{args.batch_size} | {args.lr} | {args.label_smoothing} | {args.erase} | "
+          f"{args.batch_size} | {args.lr} | {args.label_smoothing} | {args.erase} | {prog} | "
           f"{result.precision.describe()} | "
           f"{train_s:.0f} | {total:.0f} | {result.final['acc'] * 100:.2f} % | "
           f"{result.final_tta['acc'] * 100:.2f} % | {load} |")
@@ -244,6 +246,8 @@ def main() -> None:
     p.add_argument("--label-smoothing", type=float, default=0.05)
     p.add_argument("--erase", type=float, default=0.0,
                    help="accuracy run: random-erasing probability (cnnzoo train --erase)")
+    p.add_argument("--progressive", type=size_epochs, default=None, metavar="SIZE:EPOCHS",
+                   help="accuracy run: progressive resizing (cnnzoo train --progressive)")
     p.add_argument("--tta", default="flip-shift", choices=("flip", "flip-shift"),
                    help="accuracy run: the test-time augmentation of the extra column")
     p.add_argument("--out", default="runs/bench-fmnist")

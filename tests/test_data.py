@@ -25,6 +25,7 @@ from cnnzoo.data.augment import (
     ColorJitter,
     HorizontalFlip,
     PadCrop,
+    ProgressiveResize,
     RandomResizedCrop,
     default_augmentation,
     resize_batch,
@@ -499,6 +500,31 @@ def test_same_seed_same_batch_and_loader_replay():
     assert first[0].shape == (8, 1, 32, 32)
     with pytest.raises(DataError):
         default_augmentation("mixup", 32)
+
+
+def test_progressive_resize_shrinks_only_the_first_epochs():
+    """Epochs before `epochs` get the full-size batch resized (antialiased bilinear) to the
+    small size; later epochs, and an epoch set directly as after a resume, are untouched."""
+    images = (torch.rand(24, 1, 28, 28) * 255).to(torch.uint8)
+
+    def loader(transform):
+        return BatchLoader(images, torch.arange(24), batch_size=8, shuffle=True,
+                           transform=transform, mean=(0.3,), std=(0.2,), seed=4)  # fmt: skip
+
+    full = loader(default_augmentation("flip-crop", 28))
+    prog = loader(ProgressiveResize(default_augmentation("flip-crop", 28), 20, epochs=2))
+    for epoch in (0, 1, 2, 5, 1):
+        full.set_epoch(epoch)
+        prog.set_epoch(epoch)
+        for (a, ya), (b, yb) in zip(full, prog, strict=True):
+            assert torch.equal(ya, yb)
+            if epoch < 2:
+                # Normalisation is affine per channel and resizing a convex combination, so
+                # normalise-then-resize equals resize-then-normalise up to rounding.
+                assert b.shape == (8, 1, 20, 20)
+                assert torch.allclose(b, resize_batch(a, 20)[0], atol=1e-4)
+            else:
+                assert torch.equal(a, b)
 
 
 def test_color_jitter_is_per_sample_and_grey_safe():

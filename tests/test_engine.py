@@ -16,15 +16,16 @@ import torch
 from torch import nn
 
 from cnnzoo.cli import main
+from cnnzoo.data import builtin
 from cnnzoo.data.loader import BatchLoader
 from cnnzoo.engine.checkpoint import atomic_save, load_checkpoint
 from cnnzoo.engine.grow import grow_from
 from cnnzoo.engine.loop import TTA_MODES, TrainConfig, Trainer, tta_views
 from cnnzoo.engine.optim import StepSchedule, build_optimizer
 from cnnzoo.engine.precision import Precision, choose_precision
-from cnnzoo.engine.run import DataOptions, train_classifier
+from cnnzoo.engine.run import DataOptions, make_loaders, train_classifier
 from cnnzoo.engine.task import ClassificationTask
-from cnnzoo.errors import TrainingError
+from cnnzoo.errors import DataError, TrainingError
 from cnnzoo.models import create_model
 from cnnzoo.models.base import AuxOutputs
 from cnnzoo.models.vgg import VGG_DENSE_LAYERS, vgg_conv_layers
@@ -262,6 +263,27 @@ def test_negative_patience_is_a_usage_error(command, capsys):
         main([*command, "--patience", "-1"])
     assert exc.value.code == 2
     assert "--patience: must be a number of epochs (0: off), not -1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["20", "20:0", "a:3", "20:8:1", ":8"])
+def test_progressive_needs_size_and_epochs(value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "lenet5", "--data", "digits", "--progressive", value])
+    assert exc.value.code == 2
+    assert f"--progressive: must be SIZE:EPOCHS, e.g. 20:8, not {value!r}" in capsys.readouterr().err
+
+
+def test_progressive_size_must_be_below_the_training_size():
+    splits = builtin.load_dataset("digits", val_fraction=0.2)
+    opts = DataOptions("digits", progressive=(32, 2))
+    with pytest.raises(DataError, match="size below the training size 32, not 32"):
+        make_loaders(splits, 32, opts, seed=0, mean=[0.5], std=[0.2])
+    train, _ = make_loaders(splits, 32, DataOptions("digits", progressive=(16, 2)), seed=0,
+                            mean=[0.5], std=[0.2])  # fmt: skip
+    train.set_epoch(1)
+    assert next(iter(train))[0].shape[-2:] == (16, 16)
+    train.set_epoch(2)
+    assert next(iter(train))[0].shape[-2:] == (32, 32)
 
 
 def test_frozen_bn_keeps_running_statistics(tmp_path):

@@ -34,6 +34,18 @@ def patience_epochs(text: str) -> int:
     return value
 
 
+def size_epochs(text: str) -> tuple[int, int]:
+    """--progressive SIZE:EPOCHS, two positive whole numbers."""
+    size, sep, epochs = text.partition(":")
+    try:
+        pair = (int(size), int(epochs))
+    except ValueError:
+        pair = (0, 0)
+    if not sep or min(pair) < 1:
+        raise argparse.ArgumentTypeError(f"must be SIZE:EPOCHS, e.g. 20:8, not {text!r}")
+    return pair
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="zoo model name (`cnnzoo models` lists them)")
     p.add_argument("--data", required=True,
@@ -82,6 +94,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--erase", type=float, default=0.0, metavar="P",
                    help="random erasing (Zhong et al. 2017) with probability P on top of "
                         "--augment (0: off; the paper uses 0.5)")
+    p.add_argument("--progressive", type=size_epochs, default=None, metavar="SIZE:EPOCHS",
+                   help="progressive resizing: train the first EPOCHS epochs at SIZE px (cheaper), "
+                        "the rest at the full size, e.g. 20:8 for 28-px Fashion-MNIST")
     add_tta_argument(p, "also report the final validation accuracy with test-time augmentation")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--model-arg", type=_model_arg, action="append", default=[],
@@ -139,6 +154,11 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if args.task == "segmentation":
+            if args.progressive:
+                from ..errors import DataError
+
+                raise DataError("--progressive is for classification; segmentation trains on "
+                                 "crops (--crop) of its own size")
             # Segmentation is a configuration of the same loop; its data, losses and metrics
             # live in cnnzoo.segmentation (issue 7).
             from ..segmentation.training import train_segmentation
@@ -148,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
             data = DataOptions(args.data, img_size=args.img_size,
                                batch_size=args.batch_size or 128,
                                augment=args.augment, val_fraction=args.val_fraction,
-                               erase=args.erase)
+                               erase=args.erase, progressive=args.progressive)
             result = train_classifier(
                 args.model, data, config, out_dir=out, resume=args.resume,
                 init_from=args.init_from, grow_rule=args.grow_rule,

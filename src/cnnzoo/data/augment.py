@@ -35,6 +35,7 @@ __all__ = [
     "RandomErasing",
     "RandomResizedCrop",
     "RandomRot90",
+    "ProgressiveResize",
     "Resize",
     "VerticalFlip",
     "default_augmentation",
@@ -370,6 +371,34 @@ def default_augmentation(
     if erase > 0:
         steps.append(RandomErasing(erase))
     return Compose(steps)
+
+
+class ProgressiveResize:
+    """Progressive resizing (fast.ai's DAWNBench ImageNet runs, 2018): the batches of the first
+    `epochs` epochs leave `transform` and are then resized to the smaller `size`, so those
+    epochs cost roughly (size / full size)^2 of a full one; later epochs pass through. The
+    last epochs at full size let the net (and its BatchNorm statistics) settle on the size it
+    is evaluated at. The loader tells it the epoch (`set_epoch`), so a resumed run replays the
+    same sizes."""
+
+    def __init__(self, transform: BatchTransform, size: int | Sequence[int], epochs: int) -> None:
+        self.transform = transform
+        self.small = Resize(size)
+        self.epochs = epochs
+        self.epoch = 0
+        self.accepts_uint8 = getattr(transform, "accepts_uint8", False)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __call__(self, images: Tensor, targets: Tensor, generator: torch.Generator):
+        images, targets = self.transform(images, targets, generator)
+        if self.epoch < self.epochs:
+            images, targets = self.small(images, targets, generator)
+        return images, targets
+
+    def __repr__(self) -> str:
+        return f"ProgressiveResize({self.transform!r}, {self.small.size}, epochs<{self.epochs})"
 
 
 # ---------------------------------------------------------------------------------------------

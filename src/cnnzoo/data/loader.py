@@ -76,6 +76,8 @@ class BatchLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        if hasattr(self.transform, "set_epoch"):  # e.g. augment.ProgressiveResize
+            self.transform.set_epoch(epoch)
 
     def _indices(self, generator: torch.Generator) -> Tensor:
         n = len(self.images)

@@ -41,6 +41,9 @@ class DataOptions:
     val_fraction: float = 0.2
     channels: int | None = None  # default: the data's own (grey built-ins) / the model's
     erase: float = 0.0  # random-erasing probability added to the training augmentation
+    # (size, epochs): the first `epochs` epochs train at the smaller `size` (progressive
+    # resizing, `augment.ProgressiveResize`); None: every epoch at the full size.
+    progressive: tuple[int, int] | None = None
 
 
 def default_image_size(source: str, model_cfg: Any, min_size: int | None = None) -> int:
@@ -120,15 +123,21 @@ def make_loaders(
     splits: Any, size: int, opts: DataOptions, *, seed: int, mean: list[float],
     std: list[float], dist: DistContext | None = None,
 ) -> tuple[BatchLoader, BatchLoader]:
-    from ..data.augment import default_augmentation
+    from ..data.augment import ProgressiveResize, default_augmentation
 
     shard = (dist or DistContext()).shard
     kind = opts.augment or ("crop" if str(opts.source).lower() == "digits" else "flip-crop")
+    transform = default_augmentation(kind, size, erase=opts.erase)
+    if opts.progressive is not None:
+        small, epochs = opts.progressive
+        if not 1 <= small < size:
+            raise DataError(f"progressive resizing needs a size below the training size {size}, "
+                            f"not {small}: e.g. --progressive {max(1, size * 3 // 4)}:{epochs}")
+        transform = ProgressiveResize(transform, small, epochs)
     train = BatchLoader(
         splits.train.images, splits.train.labels, batch_size=opts.batch_size, shuffle=True,
-        drop_last=len(splits.train) // shard[1] > opts.batch_size,
-        transform=default_augmentation(kind, size, erase=opts.erase), mean=mean, std=std,
-        seed=seed, shard=shard)
+        drop_last=len(splits.train) // shard[1] > opts.batch_size, transform=transform,
+        mean=mean, std=std, seed=seed, shard=shard)
     val = BatchLoader(
         splits.val.images, splits.val.labels, batch_size=max(opts.batch_size, 256),
         transform=default_augmentation("none", size), mean=mean, std=std, shard=shard)
