@@ -179,7 +179,6 @@ def transfer(
     out_dir = Path(out) if out is not None else None
     labels = splits.val.labels
     metrics: dict[str, Any] = {}
-    head_info: dict[str, Any] = {"kind": "linear"}
     fit: HeadFit | None = None
     computed = 0
     features_state = None
@@ -202,7 +201,6 @@ def transfer(
             fit = fit_logistic(ftr, splits.train.labels, k, l2=cfg.l2, seed=cfg.seed)
         else:
             fit = fit_mlp(ftr, splits.train.labels, k, seed=cfg.seed)
-            head_info = {"kind": "mlp", "hidden": fit.head.hidden, "dropout": fit.head.dropout}
         install_head(net, fit.head)
         probs = head_probabilities(fit.head, fva)
         metrics["features"] = {**_stage_metrics(probs, labels), "head": cfg.head,
@@ -216,12 +214,7 @@ def transfer(
 
     history: list[dict[str, Any]] = []
     if cfg.mode in ("finetune", "both"):
-        if cfg.head == "mlp":
-            head = MLPHead(net.num_features, k)
-            install_head(net, head)
-            head_info = {"kind": "mlp", "hidden": head.hidden, "dropout": head.dropout}
-        else:
-            install_head(net, new_head)
+        install_head(net, MLPHead(net.num_features, k) if cfg.head == "mlp" else new_head)
         t = time.perf_counter()
         ft = cfg.finetune
         meta = {"model": model, "num_classes": k, "class_names": splits.class_names,
@@ -258,6 +251,11 @@ def transfer(
     metrics["val_loss"] = metrics[metrics["kept"]]["val_loss"]
 
     net.eval()
+    # What the bundle needs to rebuild the head, read off the head the net now has.
+    head = net.get_classifier()
+    head_info: dict[str, Any] = (
+        {"kind": "mlp", "hidden": head.hidden, "dropout": head.dropout}
+        if isinstance(head, MLPHead) else {"kind": "linear"})
     extra = {"weights": {"source": str(weights), "fingerprint": wid}, "mode": cfg.mode,
              "model_kwargs": dict(model_kwargs or {}),
              "skipped_files": list(splits.skipped)}  # fmt: skip
