@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from cnnzoo.commands.train import size_epochs  # noqa: E402
+from cnnzoo.commands.train import model_arg, size_epochs  # noqa: E402
 from cnnzoo.data.loader import BatchLoader  # noqa: E402
 from cnnzoo.engine.loop import TrainConfig, Trainer  # noqa: E402
 from cnnzoo.engine.precision import Precision  # noqa: E402
@@ -188,10 +188,7 @@ def part_loading(rounds: int) -> None:
 def part_accuracy(args: argparse.Namespace) -> None:
     from cnnzoo.engine.run import DataOptions, default_image_size, train_classifier
 
-    kwargs: dict[str, Any] = {}
-    for item in args.model_arg:
-        k, _, v = item.partition("=")
-        kwargs[k] = float(v) if "." in v else int(v)
+    kwargs: dict[str, Any] = dict(args.model_arg)
     cfg = TrainConfig(epochs=args.epochs, lr=args.lr, optimizer="sgd", schedule="onecycle",
                       weight_decay=5e-4, precision="auto", channels_last="auto",
                       progress=False, verbose=True, tensorboard=False, seed=0, tta=args.tta)
@@ -235,7 +232,8 @@ def main() -> None:
                    help="speed part: which of lenet5,resnet20,resnet18")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     p.add_argument("--model", default="vgg13_bn", help="accuracy run: zoo model")
-    p.add_argument("--model-arg", action="append", default=None, metavar="KEY=VALUE",
+    p.add_argument("--model-arg", type=model_arg, action="append", default=None,
+                   metavar="KEY=VALUE",
                    help="accuracy run: model option (default for the VGGs: the best recipe, "
                         "stages=3 width_mult=0.5 fc_dim=256 pool_size=3 dropout=0.0)")
     p.add_argument("--epochs", type=int, default=16)
@@ -253,8 +251,9 @@ def main() -> None:
     p.add_argument("--out", default="runs/bench-fmnist")
     args = p.parse_args()
     if args.model_arg is None:
-        args.model_arg = (["stages=3", "width_mult=0.5", "fc_dim=256", "pool_size=3",
-                           "dropout=0.0"] if args.model.startswith("vgg") else [])
+        args.model_arg = ([("stages", 3), ("width_mult", 0.5), ("fc_dim", 256),
+                           ("pool_size", 3), ("dropout", 0.0)]
+                          if args.model.startswith("vgg") else [])  # fmt: skip
     torch.set_num_threads(args.threads)
     cpu = "unknown"
     try:

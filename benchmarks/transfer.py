@@ -122,6 +122,12 @@ def main() -> None:
     ap.add_argument("--views", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=FinetuneConfig.epochs,
                     help="fine-tuning epochs")
+    ap.add_argument("--min-steps", type=int, default=FinetuneConfig.min_steps,
+                    help="fine-tuning steps at least")
+    ap.add_argument("--mixup", type=float, default=FinetuneConfig.mixup,
+                    help="fine-tuning mixup alpha (0: off)")
+    ap.add_argument("--cutmix", type=float, default=FinetuneConfig.cutmix,
+                    help="fine-tuning CutMix alpha (0: off)")
     ap.add_argument("--scratch-steps", type=int, default=600)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0],
                     help="one row per set and size averages these seeds (each its own draw "
@@ -168,7 +174,9 @@ def run_row(set_name: str, n: int, seed: int, args: argparse.Namespace, cache: s
         row["features"] = float((probs.argmax(1) == test.labels).double().mean())
         row["l2"] = res.metrics["features"]["l2"]
     if "finetune" in args.methods:
-        ft = FinetuneConfig(epochs=args.epochs, progress=False, verbose=False, seed=seed)
+        ft = FinetuneConfig(epochs=args.epochs, min_steps=args.min_steps, mixup=args.mixup,
+                            cutmix=args.cutmix, progress=False, verbose=False,
+                            seed=seed)  # fmt: skip
         t0 = time.perf_counter()
         res = transfer(splits, out=None,
                        config=TransferConfig(mode="both", keep_best=False, finetune=ft, **base),

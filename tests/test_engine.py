@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cnnzoo.cli import main
@@ -21,6 +22,7 @@ from cnnzoo.data.loader import BatchLoader
 from cnnzoo.engine.checkpoint import atomic_save, load_checkpoint
 from cnnzoo.engine.grow import grow_from
 from cnnzoo.engine.loop import TTA_MODES, TrainConfig, Trainer, tta_views
+from cnnzoo.engine.mixing import BatchMixer
 from cnnzoo.engine.optim import StepSchedule, build_optimizer
 from cnnzoo.engine.precision import Precision, choose_precision
 from cnnzoo.engine.run import DataOptions, make_loaders, train_classifier
@@ -29,6 +31,7 @@ from cnnzoo.errors import DataError, TrainingError
 from cnnzoo.models import create_model
 from cnnzoo.models.base import AuxOutputs
 from cnnzoo.models.vgg import VGG_DENSE_LAYERS, vgg_conv_layers
+from cnnzoo.transfer import FinetuneConfig
 
 FP32 = {"precision": "fp32", "channels_last": "off", "progress": False, "tensorboard": False}
 
@@ -401,6 +404,7 @@ import torch
 from cnnzoo.cli import main
 from cnnzoo.data.loader import BatchLoader
 from cnnzoo.engine.distributed import cleanup, init_distributed, wrap_model
+from cnnzoo.engine.mixing import BatchMixer
 from cnnzoo.engine.loop import TTA_MODES, TrainConfig, Trainer, tta_views
 from cnnzoo.engine.task import ClassificationTask
 from cnnzoo.models import create_model
@@ -571,6 +575,18 @@ def test_vgg_stages_option_builds_the_small_fashion_mnist_vgg():
     assert m(torch.zeros(2, 1, 32, 32)).shape == (2, 10)
     with pytest.raises(ValueError, match="stages must lie in 1..5"):
         create_model("vgg11", stages=6)
+    # One multiplier per stage, as --model-arg passes it: a narrower first stage.
+    m = create_model("vgg13_bn", num_classes=10, in_chans=1, stages=3,
+                     width_mult="0.375,0.5,0.5", fc_dim=256, pool_size=3, dropout=0.0)
+    convs = [(1, 24), (24, 24), (24, 64), (64, 64), (64, 128), (128, 128)]
+    hand = sum(i * 9 * o + o + 2 * o for i, o in convs)
+    hand += (128 * 3 * 3 * 256 + 256) + (256 * 256 + 256) + (256 * 10 + 10)
+    assert sum(p.numel() for p in m.parameters()) == hand
+    assert m(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match="width_mult needs 3 positive multipliers"):
+        create_model("vgg13_bn", stages=3, width_mult=[0.5, 0.5])
+    with pytest.raises(ValueError, match="one number per stage separated by commas"):
+        create_model("vgg13_bn", stages=3, width_mult="0.5;0.5;0.5")
 
 
 def test_vgg_min_size_follows_stages_so_fashion_mnist_trains_at_28px():
@@ -672,3 +688,146 @@ def test_flip_shift_tta_views_and_their_undo():
     p = argparse.ArgumentParser()
     add_tta_argument(p, "tta")
     assert tuple(p._option_string_actions["--tta"].choices) == TTA_MODES
+
+
+# --------------------------------------------------------------------------- mixup / CutMix
+
+
+def _distinct_images(n: int = 6, size: int = 8) -> torch.Tensor:
+    # Image i is the constant i + 1, so every pixel tells which image it came from.
+    return torch.arange(1.0, n + 1).view(n, 1, 1, 1).expand(n, 2, size, size).contiguous()
+
+
+def test_mixup_blends_each_image_with_its_partner_reproducibly_per_epoch():
+    x = _distinct_images()
+    mixer = BatchMixer(mixup=0.4, seed=3)
+    mixer.set_epoch(2)
+    mixed, mix = mixer(x)
+    assert sorted(mix.perm.tolist()) == list(range(6)) and 0.0 <= mix.lam <= 1.0
+    expected = mix.lam * x + (1 - mix.lam) * x[mix.perm]
+    torch.testing.assert_close(mixed, expected)
+    assert torch.equal(x, _distinct_images())  # the batch itself is left alone
+    again = BatchMixer(mixup=0.4, seed=3)
+    again.set_epoch(2)  # what a resumed run does at the start of the epoch
+    mixed2, mix2 = again(x)
+    assert torch.equal(mixed, mixed2) and torch.equal(mix.perm, mix2.perm)
+    again.set_epoch(3)
+    assert again(x)[1].lam != mix.lam
+    with pytest.raises(ValueError, match="mixup alpha must be >= 0"):
+        BatchMixer(mixup=-0.1)
+
+
+def test_cutmix_pastes_one_box_and_lam_is_the_share_left():
+    x = _distinct_images(n=8, size=16)
+    mixer = BatchMixer(cutmix=1.0, seed=0)
+    for _ in range(10):
+        mixed, mix = mixer(x)
+        for i in range(8):
+            own = mixed[i] == x[i]
+            partner = mixed[i] == x[mix.perm[i]]
+            assert bool((own | partner).all())  # pixels are copied, never blended
+            if mix.perm[i] == i:
+                continue
+            pasted = (~own[0]).nonzero()
+            share = float(own[0].double().mean())
+            assert share == pytest.approx(mix.lam)
+            if len(pasted):  # one axis-aligned box, the same in every channel
+                (y0, x0), (y1, x1) = pasted.min(0).values, pasted.max(0).values
+                assert len(pasted) == (y1 - y0 + 1) * (x1 - x0 + 1)
+                assert torch.equal(own[0], own[1])
+    # Both on: each batch is one or the other, about half each.
+    both = BatchMixer(mixup=0.4, cutmix=1.0, seed=0)
+    kinds = []
+    for _ in range(40):
+        mixed, mix = both(x)
+        copied = bool(((mixed == x) | (mixed == x[mix.perm])).all())
+        kinds.append(copied)
+    assert 10 <= sum(kinds) <= 30
+
+
+def test_a_mixup_step_is_cross_entropy_against_the_mixed_soft_targets():
+    # Independent truth: F.cross_entropy with probability targets lam*onehot(y) +
+    # (1-lam)*onehot(y[perm]) on the mixed batch, stepped by plain SGD by hand.
+    loader = _tiny_loader(n=16, batch=16)  # one step
+    net = _TinyNet()
+    ref = _TinyNet()
+    ref.load_state_dict(net.state_dict())
+    cfg = TrainConfig(epochs=1, lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0,
+                      schedule="constant", mixup=0.4, seed=5, **FP32)
+    Trainer(net, ClassificationTask(3), loader, config=cfg).fit()
+
+    loader.set_epoch(0)
+    x, y = next(iter(loader))
+    mixer = BatchMixer(mixup=0.4, seed=5)
+    mixed, mix = mixer(x)
+    assert 0.05 < mix.lam < 0.95  # a real blend, so that the check below means something
+    soft = mix.lam * F.one_hot(y, 3).float() + (1 - mix.lam) * F.one_hot(y[mix.perm], 3).float()
+    ref.train()
+    F.cross_entropy(ref(mixed), soft).backward()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p -= 0.1 * p.grad
+    for (name, a), b in zip(net.state_dict().items(), ref.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+class _DiesAtEpoch:
+    """A loader that raises (a killed process) when epoch `die` starts, once."""
+
+    def __init__(self, loader, die: int) -> None:
+        self.loader, self.die = loader, die
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        return iter(self.loader)
+
+    def set_epoch(self, epoch):
+        if epoch == self.die:
+            self.die = -1
+            raise KeyboardInterrupt
+        self.loader.set_epoch(epoch)
+
+
+def test_a_resumed_mixup_run_mixes_as_the_uninterrupted_one(tmp_path):
+    cfg = TrainConfig(epochs=3, lr=0.05, mixup=0.4, cutmix=1.0, seed=1, **FP32)
+    init = _TinyNet().state_dict()
+    whole, killed, resumed = _TinyNet(), _TinyNet(), _TinyNet()
+    for net in (whole, killed):
+        net.load_state_dict(init)
+    Trainer(whole, ClassificationTask(3), _tiny_loader(), config=cfg).fit()
+    dying = _DiesAtEpoch(_tiny_loader(), die=2)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(killed, ClassificationTask(3), dying, config=cfg, out_dir=tmp_path).fit()
+    Trainer(resumed, ClassificationTask(3), _tiny_loader(), config=cfg,
+            out_dir=tmp_path).fit(resume=True)  # fmt: skip
+    assert not torch.equal(whole.fc.weight, torch.as_tensor(init["fc.weight"]))
+    for k, v in whole.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+    # And the mixing mattered: the same run without it ends elsewhere.
+    plain = _TinyNet()
+    plain.load_state_dict(init)
+    Trainer(plain, ClassificationTask(3), _tiny_loader(),
+            config=TrainConfig(epochs=3, lr=0.05, seed=1, **FP32)).fit()  # fmt: skip
+    assert not torch.equal(plain.fc.weight, whole.fc.weight)
+
+
+def test_mixing_is_refused_for_segmentation_and_parsed_from_the_command_line(capsys):
+    from cnnzoo.cli import build_parser
+    from cnnzoo.commands import train as train_cmd
+    from cnnzoo.commands import transfer as transfer_cmd
+    from cnnzoo.segmentation.task import SegmentationTask
+
+    with pytest.raises(TrainingError, match="the segmentation task has none"):
+        Trainer(_TinyNet(), SegmentationTask(2), _tiny_loader(), config=TrainConfig(mixup=0.2))
+    args = build_parser().parse_args(["train", "lenet5", "--data", "digits", "--mixup", "0.2",
+                                      "--cutmix", "1"])  # fmt: skip
+    cfg = train_cmd.config_from_args(args)
+    assert (cfg.mixup, cfg.cutmix) == (0.2, 1.0)
+    args = build_parser().parse_args(["transfer", "x", "--cutmix", "0.5"])
+    ft = transfer_cmd.config_from_args(args).finetune
+    assert ft.cutmix == 0.5 and ft.mixup == FinetuneConfig.mixup
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["transfer", "x", "--mixup", "-1"])
+    assert "--mixup: must be an alpha >= 0 (0: off), e.g. 0.4, not '-1'" in capsys.readouterr().err

@@ -12,7 +12,8 @@ import argparse
 import sys
 
 
-def _model_arg(text: str) -> tuple[str, object]:
+def model_arg(text: str) -> tuple[str, object]:
+    """--model-arg KEY=VALUE: VALUE as an int, a float, a bool, else the string."""
     key, sep, value = text.partition("=")
     if not sep:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -31,6 +32,17 @@ def patience_epochs(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be a number of epochs (0: off), not {value}")
+    return value
+
+
+def beta_alpha(text: str) -> float:
+    """--mixup / --cutmix: a Beta distribution's alpha, 0 for off."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be an alpha >= 0 (0: off), e.g. 0.4, not {text!r}")
     return value
 
 
@@ -98,8 +110,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="progressive resizing: train the first EPOCHS epochs at SIZE px (cheaper), "
                         "the rest at the full size, e.g. 20:8 for 28-px Fashion-MNIST")
     add_tta_argument(p, "also report the final validation accuracy with test-time augmentation")
+    add_mixing_arguments(p)
     p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--model-arg", type=_model_arg, action="append", default=[],
+    p.add_argument("--model-arg", type=model_arg, action="append", default=[],
                    metavar="KEY=VALUE",
                    help="extra model option, e.g. width_mult=0.25 (repeatable)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
@@ -119,6 +132,15 @@ def add_tta_argument(p: argparse.ArgumentParser, what: str) -> None:
                         "views); for models trained with flips and crops")
 
 
+def add_mixing_arguments(p: argparse.ArgumentParser, mixup: float = 0.0) -> None:
+    p.add_argument("--mixup", type=beta_alpha, default=mixup, metavar="ALPHA",
+                   help="mixup (Zhang et al. 2018): blend each training batch with a shuffled "
+                        f"copy, weights from Beta(ALPHA, ALPHA) (default {mixup:g}; 0: off)")
+    p.add_argument("--cutmix", type=beta_alpha, default=0.0, metavar="ALPHA",
+                   help="CutMix (Yun et al. 2019): paste a box of another image instead "
+                        "(default 0: off; with --mixup too, each batch uses one of the two)")
+
+
 def config_from_args(args: argparse.Namespace):
     from ..engine.loop import TrainConfig
 
@@ -133,6 +155,7 @@ def config_from_args(args: argparse.Namespace):
         precision=args.precision, channels_last=args.channels_last, freeze_bn=args.freeze_bn,
         patience=args.patience, seed=args.seed, progress=args.progress,
         tensorboard=args.tensorboard, tta=getattr(args, "tta", None) or False,
+        mixup=args.mixup, cutmix=args.cutmix,
     )
 
 

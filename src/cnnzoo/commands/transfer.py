@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .train import patience_epochs
+from .train import add_mixing_arguments, patience_epochs
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -64,6 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "images per class choose badly)")
     p.add_argument("--augment", choices=("none", "flip-crop", "crop", "photo"),
                    default="flip-crop", help="fine-tuning augmentation (default flip-crop)")
+    add_mixing_arguments(p)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--val-fraction", type=float, default=0.2,
                    help="validation share when DATA has no val/ part (default 0.2)")
@@ -88,6 +89,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         lr_decay=args.lr_decay,
         freeze_bn=not args.update_bn, patience=args.patience or None, batch_size=args.batch_size,
         augment=args.augment, precision=args.precision, seed=args.seed, progress=args.progress,
+        mixup=args.mixup, cutmix=args.cutmix,
     )  # fmt: skip
     return TransferConfig(
         mode=args.mode, head=args.head, l2=args.l2, views=args.views, img_size=args.img_size,

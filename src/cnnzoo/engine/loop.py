@@ -28,6 +28,7 @@ from ..errors import TrainingError
 from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from .distributed import DistContext, all_reduce_sum, broadcast_flag, unwrap_model, wrap_model
 from .logs import MetricsLog
+from .mixing import BatchMixer
 from .optim import ParamGroup, StepSchedule, build_optimizer
 from .precision import Precision, choose_precision
 from .task import MetricAccumulator, Task, is_better
@@ -69,6 +70,10 @@ class TrainConfig:
     # four one-pixel diagonal shifts of both. Only for data whose training augmentation flips
     # and crops; per-epoch validation and best-epoch selection stay plain.
     tta: bool | str = False
+    # Batch mixing for classification (engine/mixing.py): the Beta alpha of mixup and of CutMix,
+    # 0 for off; with both on, each batch uses one of them.
+    mixup: float = 0.0
+    cutmix: float = 0.0
 
     def __post_init__(self) -> None:
         if self.patience is not None and self.patience < 0:
@@ -145,6 +150,11 @@ class Trainer:
         self.meta = meta or {}
         self.dist = dist or DistContext()
         self.precision = Precision()
+        cfg = self.config
+        self.mixer = BatchMixer(cfg.mixup, cfg.cutmix, seed=cfg.seed, rank=self.dist.rank)
+        if self.mixer.enabled and task.name != "classification":
+            raise TrainingError(f"mixup and CutMix mix class labels; the {task.name} task has "
+                                "none: leave --mixup / --cutmix at 0")
 
     # ----------------------------------------------------------------- files
     @property
@@ -225,6 +235,7 @@ class Trainer:
             for epoch in range(start, cfg.epochs):
                 if hasattr(self.train_loader, "set_epoch"):
                     self.train_loader.set_epoch(epoch)
+                self.mixer.set_epoch(epoch)
                 t0 = time.perf_counter()
                 train_acc, n_images = self._train_epoch(net, optimizer, scheduler, epoch)
                 seconds = time.perf_counter() - t0
@@ -297,7 +308,7 @@ class Trainer:
             raise TrainingError(f"{path} holds weights only, not a resumable run: resume from "
                                 "last.pt, or start a new run with --init-from")
         old = ckpt["config"]
-        changed = [k for k in ("epochs", "lr", "schedule", "optimizer", "seed")
+        changed = [k for k in ("epochs", "lr", "schedule", "optimizer", "seed", "mixup", "cutmix")
                    if old.get(k) != getattr(self.config, k)]
         if changed:
             self._say(f"warning: resuming with different {', '.join(changed)} than the "
@@ -320,11 +331,17 @@ class Trainer:
                         enabled=cfg.progress and self.dist.is_main)
         n_images, shown, t0 = 0, 0, time.perf_counter()
         for step, (x, y) in enumerate(self.train_loader):
+            mix = None
+            if self.mixer.enabled:
+                x, mix = self.mixer(x)
             if cl and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             with prec.autocast():
                 out = net(x)
             loss = task.loss(out, y)
+            if mix is not None:
+                partner = task.loss(out, y.index_select(0, mix.perm))
+                loss = mix.lam * loss + (1.0 - mix.lam) * partner
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:

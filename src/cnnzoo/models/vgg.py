@@ -14,10 +14,13 @@ the channels on Fashion-MNIST), `fc_dim` replaces the 4096-wide dense layers and
 7x7 pooled grid, e.g. `create_model('vgg11', width_mult=0.25, fc_dim=256, pool_size=1)`;
 `stages` keeps only the first stages of the configuration (`stages=3` of VGG-13 at half width is
 32-32-pool-64-64-pool-128-128-pool, the small VGG that suits 28-32 px images on a CPU).
+`width_mult` may also hold one multiplier per stage (a sequence, or "0.375,0.5,0.5" from the
+command line): the first stage runs at full resolution and costs most per channel.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,17 +57,39 @@ def min_size_for(*, stages: int | None = None, **kwargs: Any) -> int:
     return MIN_SIZE if stages is None else 2 ** int(stages)
 
 
+def stage_multipliers(width_mult: float | Sequence[float] | str, stages: int) -> list[float]:
+    """One width multiplier per stage from a number, a sequence or "a,b,c" (one per stage)."""
+    if isinstance(width_mult, str):
+        try:
+            width_mult = [float(v) for v in width_mult.split(",")]
+        except ValueError:
+            raise ValueError(f"width_mult must be a number or one number per stage separated by "
+                             f"commas, not {width_mult!r}") from None
+    mults = [float(width_mult)] * stages if isinstance(width_mult, int | float) else \
+        [float(v) for v in width_mult]
+    if len(mults) == 1:
+        mults = mults * stages
+    if len(mults) != stages or min(mults) <= 0:
+        raise ValueError(f"width_mult needs {stages} positive multipliers, one per stage, "
+                         f"not {len(mults)}: {mults}")
+    return mults
+
+
 def make_layers(
-    config: list[int | str], *, in_chans: int = 3, batch_norm: bool = False, width_mult: float = 1.0
+    config: list[int | str], *, in_chans: int = 3, batch_norm: bool = False,
+    width_mult: float | Sequence[float] | str = 1.0,
 ) -> nn.Sequential:
     """Turn a Table-1 channel list into the `features` stack (conv[-bn]-relu ..., max-pool)."""
     layers: list[nn.Module] = []
     channels = in_chans
+    mults = stage_multipliers(width_mult, config.count("M"))
+    stage = 0
     for item in config:
         if item == "M":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            stage += 1
             continue
-        out = max(1, round(int(item) * width_mult))
+        out = max(1, round(int(item) * mults[stage]))
         layers.append(nn.Conv2d(channels, out, kernel_size=3, padding=1))
         if batch_norm:
             layers.append(nn.BatchNorm2d(out))
@@ -89,7 +114,7 @@ class VGG(Classifier):
         num_classes: int = 1000,
         in_chans: int = 3,
         batch_norm: bool = False,
-        width_mult: float = 1.0,
+        width_mult: float | Sequence[float] | str = 1.0,
         fc_dim: int = 4096,
         pool_size: int = 7,
         dropout: float = 0.5,

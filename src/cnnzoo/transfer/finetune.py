@@ -64,6 +64,9 @@ class FinetuneConfig:
     batch_size: int = 32  # capped at a quarter of the training images (at least 8)
     augment: str = "flip-crop"  # see data.augment.default_augmentation
     label_smoothing: float = 0.1
+    # Batch mixing in both phases (engine/mixing.py): Beta alphas, 0 for off.
+    mixup: float = 0.0
+    cutmix: float = 0.0
     precision: str = "auto"
     channels_last: str = "auto"
     seed: int = 0
@@ -156,6 +159,7 @@ def _engine_config(cfg: FinetuneConfig, epochs: int, lr: float, patience: int | 
         # restore_best is left to the engine: on exactly when early stopping is (0: off).
         channels_last=channels_last, freeze_bn=cfg.freeze_bn, patience=patience, seed=cfg.seed,
         progress=cfg.progress, verbose=cfg.verbose, tensorboard=False, report=False,
+        mixup=cfg.mixup, cutmix=cfg.cutmix,
     )  # fmt: skip
 
 
