@@ -27,7 +27,7 @@ from cnnzoo.engine.optim import StepSchedule, build_optimizer
 from cnnzoo.engine.precision import Precision, choose_precision
 from cnnzoo.engine.run import DataOptions, make_loaders, train_classifier
 from cnnzoo.engine.task import ClassificationTask
-from cnnzoo.errors import DataError, TrainingError
+from cnnzoo.errors import DataError, ModelOptionError, TrainingError
 from cnnzoo.models import create_model
 from cnnzoo.models.base import AuxOutputs
 from cnnzoo.models.vgg import VGG_DENSE_LAYERS, vgg_conv_layers
@@ -583,10 +583,20 @@ def test_vgg_stages_option_builds_the_small_fashion_mnist_vgg():
     hand += (128 * 3 * 3 * 256 + 256) + (256 * 256 + 256) + (256 * 10 + 10)
     assert sum(p.numel() for p in m.parameters()) == hand
     assert m(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
-    with pytest.raises(ValueError, match="width_mult needs 3 positive multipliers"):
+    with pytest.raises(ModelOptionError, match="width_mult needs 3 positive multipliers"):
         create_model("vgg13_bn", stages=3, width_mult=[0.5, 0.5])
-    with pytest.raises(ValueError, match="one number per stage separated by commas"):
+    with pytest.raises(ModelOptionError, match="one number per stage separated by commas"):
         create_model("vgg13_bn", stages=3, width_mult="0.5;0.5;0.5")
+
+
+def test_a_bad_model_option_is_one_line_on_the_command_line(tmp_path, capsys):
+    code = main(["train", "vgg13_bn", "--data", "digits", "--model-arg", "stages=3",
+                 "--model-arg", "width_mult=0.25,0.5", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "Traceback" not in "\n".join(err)
+    assert err[-1] == ("cnnzoo train: error: vgg13_bn: bad model option in stages=3 "
+                       "width_mult=0.25,0.5: width_mult needs 3 positive multipliers, one per "
+                       "stage, not 2: [0.25, 0.5]")
 
 
 def test_vgg_min_size_follows_stages_so_fashion_mnist_trains_at_28px():

@@ -10,6 +10,10 @@ class UnknownModelError(CnnzooError, KeyError):
         return str(self.args[0])
 
 
+class ModelOptionError(CnnzooError, ValueError):
+    """A model option (`--model-arg KEY=VALUE`, a `create_model` keyword) the model rejects."""
+
+
 class InputSizeError(CnnzooError, ValueError):
     """An input smaller than the model's minimum size."""
 

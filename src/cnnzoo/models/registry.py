@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import UnknownModelError
+from ..errors import ModelOptionError, UnknownModelError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -128,7 +128,14 @@ def create_model(
     builder, cfg = _lookup(name)
     n_cls = cfg.num_classes if num_classes is None else num_classes
     n_in = cfg.input_size[0] if in_chans is None else in_chans
-    model = builder(num_classes=n_cls, in_chans=n_in, **kwargs)
+    try:
+        model = builder(num_classes=n_cls, in_chans=n_in, **kwargs)
+    except (TypeError, ValueError) as exc:
+        if not kwargs:
+            raise
+        # A misspelt or ill-formed option: say which, in one line, not a traceback.
+        options = " ".join(f"{k}={v}" for k, v in kwargs.items())
+        raise ModelOptionError(f"{name}: bad model option in {options}: {exc}") from None
     model.default_cfg = replace(cfg, num_classes=n_cls, input_size=(n_in, *cfg.input_size[1:]),
                                 min_size=min_input_size(name, **kwargs))
     if weights is not None:
