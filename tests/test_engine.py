@@ -404,7 +404,6 @@ import torch
 from cnnzoo.cli import main
 from cnnzoo.data.loader import BatchLoader
 from cnnzoo.engine.distributed import cleanup, init_distributed, wrap_model
-from cnnzoo.engine.mixing import BatchMixer
 from cnnzoo.engine.loop import TTA_MODES, TrainConfig, Trainer, tta_views
 from cnnzoo.engine.task import ClassificationTask
 from cnnzoo.models import create_model

@@ -132,10 +132,11 @@ def add_tta_argument(p: argparse.ArgumentParser, what: str) -> None:
                         "views); for models trained with flips and crops")
 
 
-def add_mixing_arguments(p: argparse.ArgumentParser, mixup: float = 0.0) -> None:
-    p.add_argument("--mixup", type=beta_alpha, default=mixup, metavar="ALPHA",
+def add_mixing_arguments(p: argparse.ArgumentParser) -> None:
+    """--mixup / --cutmix, for `cnnzoo train` and `cnnzoo transfer` (engine/mixing.py)."""
+    p.add_argument("--mixup", type=beta_alpha, default=0.0, metavar="ALPHA",
                    help="mixup (Zhang et al. 2018): blend each training batch with a shuffled "
-                        f"copy, weights from Beta(ALPHA, ALPHA) (default {mixup:g}; 0: off)")
+                        "copy, weights from Beta(ALPHA, ALPHA) (default 0: off)")
     p.add_argument("--cutmix", type=beta_alpha, default=0.0, metavar="ALPHA",
                    help="CutMix (Yun et al. 2019): paste a box of another image instead "
                         "(default 0: off; with --mixup too, each batch uses one of the two)")

@@ -65,9 +65,10 @@ def stage_multipliers(width_mult: float | Sequence[float] | str, stages: int) ->
         except ValueError:
             raise ValueError(f"width_mult must be a number or one number per stage separated by "
                              f"commas, not {width_mult!r}") from None
-    mults = [float(width_mult)] * stages if isinstance(width_mult, int | float) else \
-        [float(v) for v in width_mult]
-    if len(mults) == 1:
+    if isinstance(width_mult, int | float):
+        width_mult = [width_mult]
+    mults = [float(v) for v in width_mult]
+    if len(mults) == 1:  # one number: every stage
         mults = mults * stages
     if len(mults) != stages or min(mults) <= 0:
         raise ValueError(f"width_mult needs {stages} positive multipliers, one per stage, "
