@@ -43,6 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+from cnnzoo.commands.train import beta_alpha  # noqa: E402
 from cnnzoo.data import ImageDataset, Splits, load_fashion_mnist  # noqa: E402
 from cnnzoo.data.augment import default_augmentation  # noqa: E402
 from cnnzoo.data.loader import BatchLoader  # noqa: E402
@@ -124,9 +125,9 @@ def main() -> None:
                     help="fine-tuning epochs")
     ap.add_argument("--min-steps", type=int, default=FinetuneConfig.min_steps,
                     help="fine-tuning steps at least")
-    ap.add_argument("--mixup", type=float, default=FinetuneConfig.mixup,
+    ap.add_argument("--mixup", type=beta_alpha, default=FinetuneConfig.mixup,
                     help="fine-tuning mixup alpha (0: off)")
-    ap.add_argument("--cutmix", type=float, default=FinetuneConfig.cutmix,
+    ap.add_argument("--cutmix", type=beta_alpha, default=FinetuneConfig.cutmix,
                     help="fine-tuning CutMix alpha (0: off)")
     ap.add_argument("--scratch-steps", type=int, default=600)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0],
