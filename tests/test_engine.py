@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -441,10 +442,20 @@ cleanup()
 def test_torchrun_ddp_averages_gradients_like_one_process_on_the_global_batch(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(_DDP_WORKER)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-addr", "127.0.0.1", "--master-port", str(29500 + os.getpid() % 1000),
-           str(script), str(tmp_path)]
-    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+
+    def launch(port: int) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+               "--master-addr", "127.0.0.1", "--master-port", str(port), str(script),
+               str(tmp_path)]
+        return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+
+    port = 29500 + os.getpid() % 1000
+    done = launch(port)
+    if done.returncode != 0 and "SIGABRT" in done.stderr:
+        # gloo's C++ teardown aborted both ranks once in CI ("terminate called without an
+        # active exception"; not reproduced in 60 local runs): one retry, reported as a warning.
+        warnings.warn(f"torchrun aborted, retried once: {done.stderr[-500:]}", stacklevel=1)
+        done = launch(port + 1)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
 

@@ -100,5 +100,8 @@ def barrier() -> None:
 
 
 def cleanup() -> None:
+    """Leave the process group. The barrier first: a rank that shuts gloo down while its peer
+    still has traffic in flight can take the peer down with an abort (seen once in CI)."""
     if dist.is_available() and dist.is_initialized():
+        barrier()
         dist.destroy_process_group()
