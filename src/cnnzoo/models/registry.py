@@ -25,6 +25,8 @@ class ModelConfig:
 
     `input_size` is (channels, height, width) at the model's default resolution; `min_size` is the
     smallest height/width the network accepts (smaller inputs raise `InputSizeError`).
+    `transfer_stages`: the feature stages a transfer-learning head reads by default (pooled and
+    concatenated, `models.taps`); empty: the model's own pre-logits vector.
     """
 
     name: str
@@ -37,6 +39,7 @@ class ModelConfig:
     std: tuple[float, ...] = IMAGENET_STD
     num_classes: int = 1000
     task: str = "classification"  # or "segmentation"
+    transfer_stages: tuple[int, ...] = ()
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -160,12 +160,19 @@ class Bundle:
 
 def build_model(name: str, num_classes: int, in_chans: int, head: dict[str, Any] | None,
                 model_kwargs: dict[str, Any] | None = None) -> nn.Module:  # fmt: skip
-    """The bundle's network with random weights: the zoo model and the head the JSON names."""
+    """The bundle's network with random weights: the zoo model and the head the JSON names
+    (on the pooled feature stages `head['stages']` when given, see `models.taps`)."""
     from ..models import create_model
+    from ..models.taps import StageTaps
     from .heads import MLPHead, install_head
 
     model = create_model(name, num_classes=num_classes, in_chans=in_chans, **(model_kwargs or {}))
     head = head or {"kind": "linear"}
+    if head.get("stages"):
+        try:
+            model = StageTaps(model, head["stages"], num_classes)
+        except ValueError as exc:
+            raise WeightsError(f"the bundle's head: {exc}") from None
     if head.get("kind") == "mlp":
         install_head(model, MLPHead(model.num_features, num_classes, int(head["hidden"]),
                                     float(head.get("dropout", 0.0))))  # fmt: skip

@@ -10,7 +10,8 @@ mirror): the head trains on all of them as extra samples and prediction averages
 batch an image was in.
 
 `FeatureCache` keeps the features on disk, keyed by what determines them: the model name, a
-fingerprint of the weights file, the preprocessing, the views and the numeric precision (one
+fingerprint of the weights file, the feature stages pooled (`models.taps`; none for the
+pre-logits vector), the preprocessing, the views and the numeric precision (one
 cache file per such key), and inside that file one row per image, keyed by a hash of the decoded
 pixels. A second run with another head or other hyper-parameters computes nothing; a changed or
 added image is recomputed alone.
@@ -221,6 +222,7 @@ def cached_features(
     *,
     model_name: str,
     weights_id: str,
+    stages: Sequence[int] | None = None,
     views: int = 2,
     batch_size: int = 32,
     precision: str = "auto",
@@ -229,7 +231,8 @@ def cached_features(
     progress: bool = True,
     desc: str = "features",
 ) -> tuple[Tensor, int]:
-    """`extract_features` through the cache: (features (N, views, D), number computed now)."""
+    """`extract_features` through the cache: (features (N, views, D), number computed now).
+    `stages`: the feature stages `model` (a `StageTaps`) pools, part of the cache key."""
     if not use_cache:
         feats = extract_features(model, images, pre, views=views, batch_size=batch_size,
                                  precision=precision, progress=progress, desc=desc)  # fmt: skip
@@ -237,6 +240,8 @@ def cached_features(
     key = {"model": model_name, "weights": weights_id, "preprocessing": pre.to_dict(),
            "views": views, "dtype": inference_dtype(precision),
            "in_chans": int(images.shape[1])}  # fmt: skip
+    if stages:  # absent for the pre-logits features, so their earlier cache files stay valid
+        key["stages"] = list(stages)
     store = FeatureCache(cache_dir or feature_cache_dir(), key)
     hashes = image_hashes(images)
     found = store.get(hashes)

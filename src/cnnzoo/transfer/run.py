@@ -5,8 +5,9 @@ The steps, each timed and announced through `say`:
 1. load the weights (`cnnzoo.weights`: 'imagenet' or any checkpoint file) and take their
    preprocessing; decode the images the way those weights expect (`cnnzoo.data`: folder or CSV
    manifest, unreadable files skipped with a one-line warning, grey images as RGB);
-2. *features* (modes 'features' and 'both'): the frozen backbone's pre-logits vectors of every
-   image and view, through the on-disk cache, and a new head fitted on them (`heads`);
+2. *features* (modes 'features' and 'both'): the frozen backbone's pre-logits vectors (or its
+   pooled feature stages, `TransferConfig.stages`) of every image and view, through the on-disk
+   cache, and a new head fitted on them (`heads`);
 3. *fine-tune* (modes 'finetune' and 'both'): the engine's two phases (`finetune`), both of
    them also in 'both': a new head is trained on the frozen backbone, then the whole net. The
    features head is not the starting point: fine-tuning from it scored lower (measured: see
@@ -33,6 +34,7 @@ from torch import Tensor, nn
 
 from ..data.dataset import Splits
 from ..errors import DataError
+from ..models.taps import StageTaps, check_stages
 from ..weights import Preprocessing
 from .bundle import Bundle, input_spec, predict_tensor
 from .features import cached_features, inference_dtype, weights_fingerprint
@@ -58,6 +60,13 @@ class TransferConfig:
     l2: float | None = None
     views: int = 2
     img_size: int | None = None
+    # Feature stages the features head reads, pooled and concatenated (models.taps.StageTaps),
+    # e.g. (4, 5); 'auto': the model's default (`ModelConfig.transfer_stages`: (4, 5) for
+    # efficientnet_lite0, none for the others); None or (): the model's own pre-logits vector.
+    # Fine-tuning always trains the model with its own head: with Lite0's stages 4 + 5 it
+    # scored the same or a little lower (3 draws, hard set 10 / 50 per class 0.653 / 0.760
+    # against 0.649 / 0.766; easy set 10 per class 0.957 against 0.964; docs/transfer.md).
+    stages: tuple[int, ...] | str | None = "auto"
     fit: str = "crop"
     batch_size: int = 32
     val_fraction: float = 0.2
@@ -110,6 +119,23 @@ def load_backbone(name: str, weights: Any, *, img_size: int | None = None,
     return model, pre, wid
 
 
+def resolve_stages(model: str, stages: tuple[int, ...] | str | None,
+                   mode: str = "features") -> tuple[int, ...]:  # fmt: skip
+    """The feature stages the features head on `model` reads: 'auto' is the model's default,
+    () its pre-logits vector. Mode 'finetune' has no features head."""
+    if stages == "auto":
+        from ..models import get_config
+
+        return tuple(get_config(model).transfer_stages) if mode != "finetune" else ()
+    if isinstance(stages, str):
+        raise DataError("stages must be 'auto', None or stage numbers such as (4, 5), "
+                        f"not {stages!r}")  # fmt: skip
+    if stages and mode == "finetune":
+        raise DataError("stages choose what the features head reads; mode 'finetune' has none "
+                        "(use mode 'features' or 'both')")  # fmt: skip
+    return tuple(stages or ())
+
+
 def _load_data(data: Any, pre: Preprocessing, cfg: TransferConfig) -> Splits:
     from ..data.builtin import BUILTIN_DATASETS, load_dataset
     from ..data.images import ImageSpec
@@ -160,7 +186,16 @@ def transfer(
         raise DataError(f"head must be one of {', '.join(HEADS)}, not {cfg.head!r}")
     timings: dict[str, float] = {}
     t = time.perf_counter()
+    # Seeded before anything random: the new heads (and a random backbone) are initialised from
+    # the global generator, and a second call in one process used to fine-tune from another head.
+    torch.manual_seed(cfg.seed)
     net, pre, wid = load_backbone(model, weights, img_size=cfg.img_size, model_kwargs=model_kwargs)
+    stages = resolve_stages(model, cfg.stages, cfg.mode)
+    if stages:  # checked before the images are decoded
+        try:
+            check_stages(net, stages)
+        except ValueError as exc:
+            raise DataError(f"stages: {exc}") from None
     splits = _load_data(data, pre, cfg)
     timings["load"] = time.perf_counter() - t
     k = splits.num_classes
@@ -175,17 +210,22 @@ def transfer(
     # logistic-regression features head; easy set, one draw, 10 / 50 / 200 per class: 0.957 /
     # 0.961 / 0.984 against 0.944 / 0.953 / 0.979.
     new_head = net.get_classifier()
-    torch.manual_seed(cfg.seed)
+    if stages:
+        # The features net: a head on the pooled stages. Its backbone is `net`'s (whose own head,
+        # `new_head`, waits for fine-tuning): one copy of the weights in memory.
+        net = StageTaps(net, stages, k)
+    torch.manual_seed(cfg.seed)  # the same dropout and batch streams with or without stages
     out_dir = Path(out) if out is not None else None
     labels = splits.val.labels
     metrics: dict[str, Any] = {}
     fit: HeadFit | None = None
     computed = 0
-    features_state = None
+    features_net: nn.Module | None = None
 
     if cfg.mode in ("features", "both"):
         t = time.perf_counter()
         common = dict(model_name=model, weights_id=wid if weights is not None else f"random-{cfg.seed}",
+                      stages=net.stages if isinstance(net, StageTaps) else None,
                       views=cfg.views, batch_size=cfg.batch_size, precision=cfg.precision,
                       cache_dir=cfg.cache_dir, use_cache=cfg.use_cache, progress=cfg.progress)  # fmt: skip
         ftr, n1 = cached_features(net, splits.train.images, pre, desc="features train", **common)
@@ -193,7 +233,9 @@ def transfer(
         computed = n1 + n2
         timings["features"] = time.perf_counter() - t
         n_img = len(splits.train) + len(splits.val)
-        say(f"features: frozen {model} over {n_img} images x {cfg.views} views, "
+        taps = f" (stages {'+'.join(map(str, net.stages))}, {net.num_features} features)" if (
+            isinstance(net, StageTaps)) else ""
+        say(f"features: frozen {model}{taps} over {n_img} images x {cfg.views} views, "
             f"{computed} computed, {n_img - computed} from the cache "
             f"[{timings['features']:.1f}s]")  # fmt: skip
         t = time.perf_counter()
@@ -210,10 +252,14 @@ def transfer(
         say(f"head: {cfg.head}{l2}; validation accuracy {metrics['features']['val_acc']:.3f} "
             f"[{timings['head']:.1f}s]")  # fmt: skip
         final_probs = probs
-        features_state = copy.deepcopy(net.state_dict())
+        if cfg.mode == "both" and cfg.keep_best:  # fine-tuning changes the shared backbone
+            features_net = copy.deepcopy(net)
 
     history: list[dict[str, Any]] = []
     if cfg.mode in ("finetune", "both"):
+        if isinstance(net, StageTaps):  # fine-tuning trains the model with its own head
+            net = net.backbone
+            net.num_classes = k
         install_head(net, MLPHead(net.num_features, k) if cfg.head == "mlp" else new_head)
         t = time.perf_counter()
         ft = cfg.finetune
@@ -234,11 +280,11 @@ def transfer(
             f"[{timings['finetune']:.1f}s]")  # fmt: skip
         final_probs = probs
         kept = "finetune"
-        better = features_state is not None and (
+        better = "features" in metrics and (
             metrics["features"]["val_loss"] < metrics["finetune"]["val_loss"])
         metrics["kept_by_val"] = "features" if better else "finetune"
-        if better and cfg.keep_best:
-            net.load_state_dict(features_state)
+        if better and features_net is not None:
+            net = features_net
             final_probs = head_probabilities(fit.head, fva) if fit is not None else final_probs
             kept = "features"
             say("kept the features head: its validation loss "
@@ -256,6 +302,8 @@ def transfer(
     head_info: dict[str, Any] = (
         {"kind": "mlp", "hidden": head.hidden, "dropout": head.dropout}
         if isinstance(head, MLPHead) else {"kind": "linear"})
+    if isinstance(net, StageTaps):
+        head_info["stages"] = list(net.stages)
     extra = {"weights": {"source": str(weights), "fingerprint": wid}, "mode": cfg.mode,
              "model_kwargs": dict(model_kwargs or {}),
              "skipped_files": list(splits.skipped)}  # fmt: skip
