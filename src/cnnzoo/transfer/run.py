@@ -191,9 +191,9 @@ def transfer(
     torch.manual_seed(cfg.seed)
     net, pre, wid = load_backbone(model, weights, img_size=cfg.img_size, model_kwargs=model_kwargs)
     stages = resolve_stages(model, cfg.stages, cfg.mode)
-    if stages:  # checked before the images are decoded
+    if stages:  # checked (and put in order) before the images are decoded
         try:
-            check_stages(net, stages)
+            stages = check_stages(net, stages)
         except ValueError as exc:
             raise DataError(f"stages: {exc}") from None
     splits = _load_data(data, pre, cfg)
@@ -225,7 +225,7 @@ def transfer(
     if cfg.mode in ("features", "both"):
         t = time.perf_counter()
         common = dict(model_name=model, weights_id=wid if weights is not None else f"random-{cfg.seed}",
-                      stages=net.stages if isinstance(net, StageTaps) else None,
+                      stages=stages,
                       views=cfg.views, batch_size=cfg.batch_size, precision=cfg.precision,
                       cache_dir=cfg.cache_dir, use_cache=cfg.use_cache, progress=cfg.progress)  # fmt: skip
         ftr, n1 = cached_features(net, splits.train.images, pre, desc="features train", **common)
@@ -233,8 +233,8 @@ def transfer(
         computed = n1 + n2
         timings["features"] = time.perf_counter() - t
         n_img = len(splits.train) + len(splits.val)
-        taps = f" (stages {'+'.join(map(str, net.stages))}, {net.num_features} features)" if (
-            isinstance(net, StageTaps)) else ""
+        taps = f" (stages {'+'.join(map(str, stages))}, {net.num_features} features)" if (
+            stages) else ""
         say(f"features: frozen {model}{taps} over {n_img} images x {cfg.views} views, "
             f"{computed} computed, {n_img - computed} from the cache "
             f"[{timings['features']:.1f}s]")  # fmt: skip
