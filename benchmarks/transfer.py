@@ -3,6 +3,7 @@
     python benchmarks/transfer.py                       # both sets, 10/50/200 images per class
     python benchmarks/transfer.py --sets hard --sizes 10 50 --methods features
     python benchmarks/transfer.py --sets hard --sizes 10 50 --seeds 0 1 2   # mean of 3 draws
+    python benchmarks/transfer.py --model efficientnet_lite2 --sets hard      # another backbone
     flock /tmp/cnnzoo-bench.lock python benchmarks/transfer.py    # on a shared machine
 
 Two 5-class sets (issue 6): easy (T-shirt, trouser, sneaker, bag, ankle boot) and hard
@@ -14,8 +15,9 @@ on 200 test images per class from the official test split. Methods:
 - scratch: cnnzoo's own from-scratch training (`engine.Trainer`, the `cnnzoo train` recipe:
   SGD + Nesterov, one-cycle, label smoothing 0.1, pad-crop + flip) of a CIFAR ResNet-20 at the
   native 28 px, for at least `--scratch-steps` steps; the final model is scored.
-- features: `cnnzoo.transfer` mode 'features' -- frozen ImageNet EfficientNet-Lite0, features
-  of the image and its mirror, logistic regression with the L2 cross-validated.
+- features: `cnnzoo.transfer` mode 'features' -- the frozen ImageNet backbone (`--model`,
+  default EfficientNet-Lite0; efficientnet_lite1 / lite2 install offline too), features of the
+  image and its mirror, logistic regression with the L2 cross-validated.
 - fine-tune: mode 'both' -- the features head, then fine-tuning from a new head: the head on
   the frozen backbone, then the whole net with layer-wise learning rates and frozen BatchNorm,
   its final weights (the fine-tuned net, whatever its validation loss; `kept` says which of
@@ -56,6 +58,7 @@ from cnnzoo.transfer import FinetuneConfig, TransferConfig, transfer  # noqa: E4
 from cnnzoo.transfer.features import cached_features  # noqa: E402
 from cnnzoo.transfer.heads import head_probabilities  # noqa: E402
 from cnnzoo.transfer.run import resolve_stages  # noqa: E402
+from cnnzoo.weights import get_weights  # noqa: E402
 
 SETS = {
     "easy": ["tshirt", "trouser", "sneaker", "bag", "ankle_boot"],
@@ -120,11 +123,14 @@ def main() -> None:
                     choices=["scratch", "features", "finetune"])  # fmt: skip
     ap.add_argument("--val", type=int, default=10, help="validation images per class")
     ap.add_argument("--test", type=int, default=200, help="test images per class")
-    ap.add_argument("--img-size", type=int, default=224)
+    ap.add_argument("--model", default="efficientnet_lite0",
+                    help="backbone with ImageNet weights (efficientnet_lite0/1/2 install offline)")
+    ap.add_argument("--img-size", type=int, default=None,
+                    help="input size (default: the weights' own, 224 for Lite0)")
     ap.add_argument("--fit", default="resize", choices=["resize", "crop"])
     ap.add_argument("--views", type=int, default=2)
     ap.add_argument("--stages", type=stages_arg, default="auto", metavar="4,5|auto|none",
-                    help="heads read these pooled feature stages (default: Lite0's, 4,5)")
+                    help="the features head reads these pooled stages (default: the model's)")
     ap.add_argument("--epochs", type=int, default=FinetuneConfig.epochs,
                     help="fine-tuning epochs")
     ap.add_argument("--min-steps", type=int, default=FinetuneConfig.min_steps,
@@ -140,9 +146,10 @@ def main() -> None:
     args = ap.parse_args()
 
     cache = tempfile.mkdtemp(prefix="cnnzoo-bench-features-")
-    stages = resolve_stages("efficientnet_lite0", args.stages)
+    stages = resolve_stages(args.model, args.stages)
+    size = args.img_size or get_weights(args.model).preprocessing.crop_size
     print(f"# cnnzoo transfer benchmark: torch {torch.__version__}, {torch.get_num_threads()} "
-          f"threads, {os.cpu_count()} CPUs; efficientnet_lite0 ImageNet at {args.img_size} px, "
+          f"threads, {os.cpu_count()} CPUs; {args.model} ImageNet at {size} px, "
           f"{args.views} views, head on {f'stages {stages}' if stages else 'the last features'}; "
           f"feature cache {cache}", flush=True)  # fmt: skip
     rows = []
@@ -169,13 +176,13 @@ def run_row(set_name: str, n: int, seed: int, args: argparse.Namespace, cache: s
     test_splits = Splits(test, test)
     if "features" in args.methods:
         t0 = time.perf_counter()
-        res = transfer(splits, out=None, config=TransferConfig(mode="features", **base),
-                       say=lambda _: None)  # fmt: skip
+        res = transfer(splits, model=args.model, out=None,
+                       config=TransferConfig(mode="features", **base), say=lambda _: None)  # fmt: skip
         row["t_features"] = time.perf_counter() - t0
         net = res.bundle.model
         feats, _ = cached_features(
             net, test_splits.train.with_channels(3).images, res.bundle.preprocessing,
-            model_name="efficientnet_lite0", weights_id=res.bundle.extra["weights"]["fingerprint"],
+            model_name=args.model, weights_id=res.bundle.extra["weights"]["fingerprint"],
             stages=res.bundle.head.get("stages"), views=args.views, cache_dir=cache,
             progress=False)  # fmt: skip
         probs = head_probabilities(net.get_classifier(), feats)
@@ -186,7 +193,7 @@ def run_row(set_name: str, n: int, seed: int, args: argparse.Namespace, cache: s
                             cutmix=args.cutmix, progress=False, verbose=False,
                             seed=seed)  # fmt: skip
         t0 = time.perf_counter()
-        res = transfer(splits, out=None,
+        res = transfer(splits, model=args.model, out=None,
                        config=TransferConfig(mode="both", keep_best=False, finetune=ft, **base),
                        say=lambda _: None)  # fmt: skip
         row["t_finetune"] = time.perf_counter() - t0

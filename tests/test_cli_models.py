@@ -27,6 +27,7 @@ PUBLISHED_PARAMS = {
     "resnet50": 25_557_032,
     "densenet121": 7_978_856,
     "efficientnet_lite0": 4_652_008,
+    "efficientnet_lite2": 6_092_072,
     "resnet20": 269_722,
     "densenet_bc_100_k12": 769_162,
 }
@@ -55,7 +56,8 @@ def test_params_match_published(table):
 
 def test_every_family_is_listed(table):
     for name in ["lenet5", "alexnet", "vgg11_bn", "googlenet", "plain34", "resnet110",
-                 "densenet161", "unet", "efficientnet_lite0", "residual_net"]:
+                 "densenet161", "unet", "efficientnet_lite0", "efficientnet_lite2",
+                 "residual_net"]:
         assert name in table
 
 

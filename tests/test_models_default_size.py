@@ -15,7 +15,8 @@ from cnnzoo import create_model, get_config
 # The in_chans not used for each name at the default size by the family test files.
 BIG = {
     "resnet34": 1, "resnet50": 3, "resnet101": 1, "resnet152": 3, "plain34": 1,
-    "densenet161": 1, "densenet169": 3, "densenet201": 1, "efficientnet_lite0": 1, "unet": 3,
+    "densenet161": 1, "densenet169": 3, "densenet201": 1, "efficientnet_lite0": 1,
+    "efficientnet_lite1": 1, "efficientnet_lite2": 1, "unet": 3,
 }  # fmt: skip
 
 

