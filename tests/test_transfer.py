@@ -163,6 +163,9 @@ def test_transfer_bundle_round_trip_and_report(folder, tmp_path, capsys):
     assert rc == 0 and lines[1].startswith(f"Prediction: {p_disk.classes[0]}  Probability: [")
     probs = [float(v) for v in lines[1].split("[", 1)[1].rstrip("]").split()]
     assert len(probs) == 5 and sum(probs) == pytest.approx(1.0, abs=0.03)
+    # The fine-tuning checkpoint is not a `cnnzoo train` one: evaluate points to the bundle.
+    assert main(["evaluate", str(out / "finetune" / "full" / "last.pt")]) == 2
+    assert "--bundle" in _one_line_error(capsys)
     # A second run with another head reuses every cached feature.
     res2 = transfer(folder, model="resnet18", weights=None, out=tmp_path / "run2",
                     config=_tiny_config(mode="features", head="mlp"), say=lambda _: None)  # fmt: skip
@@ -304,6 +307,42 @@ def test_bundle_json_not_matching_weights(features_run, folder, tmp_path, capsys
     captured = capsys.readouterr()
     assert captured.out.count("Prediction: ") == 1
     assert captured.err.count("error:") == 1 and "empty" in captured.err
+
+
+def test_evaluate_bundle_scores_what_predict_predicts(features_run, folder, tmp_path, capsys):
+    import shutil
+
+    res, out = features_run
+    bundle = load_bundle(out / "bundle")
+    # Default: the run's own validation split, scored as the run scored it.
+    assert main(["evaluate", "--bundle", str(out / "bundle"), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["acc"] == pytest.approx(res.metrics["val_acc"], abs=1e-9)
+    assert got["loss"] == pytest.approx(res.metrics["val_loss"], rel=1e-4)
+    assert sum(map(sum, got["confusion"])) == res.metrics["features"]["val_images"]
+    # Another folder (a held-out set with 2 of the 5 classes): every image, labels by name,
+    # counted by hand from `predict`.
+    held = tmp_path / "held"
+    for c in ("shirt", "dress"):
+        shutil.copytree(folder / c, held / c)
+    files = sorted(held.rglob("*.png"))
+    pred = bundle.predict(files)
+    truth = [f.parent.name for f in files]
+    hits = sum(p == t for p, t in zip(pred.classes, truth, strict=True))
+    metrics, acc = bundle.evaluate(held)
+    assert metrics["acc"] == hits / len(files) and int(acc.confusion.sum()) == len(files)
+    names = bundle.class_names
+    assert [int(acc.confusion[names.index(c)].sum()) for c in ("shirt", "dress")] == [8, 8]
+    assert main(["evaluate", "--bundle", str(out / "bundle"), "--data", str(held)]) == 0
+    assert f"{len(files)} images: accuracy {hits / len(files):.4f}" in capsys.readouterr().out
+    # Bad combinations and a class the bundle never saw: one line each.
+    shutil.copytree(folder / "coat", held / "hat")
+    assert main(["evaluate", "--bundle", str(out / "bundle"), "--data", str(held)]) == 2
+    assert "hat" in _one_line_error(capsys)
+    assert main(["evaluate"]) == 2
+    assert "--bundle" in _one_line_error(capsys)
+    assert main(["evaluate", "--bundle", str(out / "bundle"), "--tta"]) == 2
+    assert "views" in _one_line_error(capsys)
 
 
 def test_grey_file_pil_image_and_tensor_give_the_same_prediction(features_run, folder):

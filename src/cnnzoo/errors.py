@@ -32,3 +32,7 @@ class DataError(CnnzooError, ValueError):
 
 class TrainingError(CnnzooError, RuntimeError):
     """A training run that cannot go on (loss became NaN/inf, nothing to resume from)."""
+
+
+class UsageError(CnnzooError, ValueError):
+    """Command-line options that do not go together (argparse cannot say it on its own)."""

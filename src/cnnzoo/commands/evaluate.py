@@ -1,4 +1,5 @@
-"""`cnnzoo evaluate CHECKPOINT [--data ...]`: accuracy, top-5 and the confusion matrix."""
+"""`cnnzoo evaluate CHECKPOINT | --bundle DIR [--data ...]`: accuracy, top-5 and the confusion
+matrix of a `cnnzoo train` checkpoint or a `cnnzoo transfer` bundle."""
 
 from __future__ import annotations
 
@@ -9,15 +10,19 @@ from .train import add_tta_argument
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="last.pt or best.pt written by `cnnzoo train`")
+    p.add_argument("checkpoint", nargs="?", help="last.pt or best.pt written by `cnnzoo train`")
+    p.add_argument("--bundle", metavar="DIR",
+                   help="instead of a checkpoint: a bundle written by `cnnzoo transfer` "
+                        "(OUT/bundle), predicted as `cnnzoo predict` does")
     p.add_argument("--data", default=None,
                    help="image folder, CSV manifest, 'fashion-mnist' or 'digits' (default: the "
-                        "data set the checkpoint was trained on, its validation split)")
+                        "data set the model was trained on, its validation split)")
     p.add_argument("--split", choices=("val", "test", "all"), default=None,
                    help="which images: the run's validation split (default on the training "
                         "data and built-ins), the test part, or all (default on other data)")
     p.add_argument("--batch-size", type=int, default=256)
-    add_tta_argument(p, "test-time augmentation")
+    add_tta_argument(p, "test-time augmentation (checkpoints; a bundle averages the views it "
+                        "was trained with)")
     p.add_argument("--confusion", metavar="PNG", help="also write the confusion matrix as a PNG")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -25,10 +30,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..engine.report import per_class_table, plot_confusion
     from ..engine.run import evaluate_checkpoint
+    from ..errors import UsageError
 
-    metrics, acc, names = evaluate_checkpoint(args.checkpoint, args.data,
-                                              batch_size=args.batch_size, split=args.split,
-                                              tta=args.tta or False)
+    if (args.checkpoint is None) == (args.bundle is None):
+        raise UsageError("give a checkpoint (cnnzoo train's last.pt or best.pt) or --bundle DIR "
+                         "(cnnzoo transfer's OUT/bundle), one of them")  # fmt: skip
+    if args.bundle is not None:
+        if args.tta:
+            raise UsageError("--tta is for checkpoints: a bundle predicts with the views it was "
+                             "trained with (cnnzoo transfer --views)")  # fmt: skip
+        from ..transfer import load_bundle
+
+        bundle = load_bundle(args.bundle)
+        metrics, acc = bundle.evaluate(args.data, split=args.split,
+                                       batch_size=min(args.batch_size, 64))  # fmt: skip
+        names = bundle.class_names
+    else:
+        metrics, acc, names = evaluate_checkpoint(args.checkpoint, args.data,
+                                                  batch_size=args.batch_size, split=args.split,
+                                                  tta=args.tta or False)  # fmt: skip
     if args.confusion:
         from pathlib import Path
 

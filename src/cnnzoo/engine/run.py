@@ -214,6 +214,9 @@ def model_from_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict
     if "model" not in meta or not isinstance(meta.get("model"), str):
         raise WeightsError(f"{path} does not say which model it holds: evaluate checkpoints "
                            "written by `cnnzoo train` (last.pt or best.pt)")
+    if meta.get("transfer"):
+        raise WeightsError(f"{path} is a checkpoint of transfer fine-tuning: evaluate the bundle "
+                           "the run wrote (cnnzoo evaluate --bundle OUT/bundle --data DIR)")
     model = create_model(meta["model"], num_classes=meta["num_classes"],
                          in_chans=meta["in_chans"], **meta.get("model_kwargs", {}))
     model.load_state_dict(ckpt["model"])
@@ -227,38 +230,31 @@ def _same_source(a: str, b: str) -> bool:
     return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
 
 
-def evaluate_checkpoint(
-    path: str | os.PathLike[str], source: str | None = None, *, batch_size: int = 256,
-    split: str | None = None, tta: bool | str = False,
-) -> tuple[dict[str, float], ClassificationAccumulator, list[str]]:
-    """Accuracy, top-5 and the confusion matrix of a checkpoint on `source`.
+def evaluation_images(
+    src: str, spec: Any, split: str | None, class_names: list[str], *, trained_on: str = "",
+    val_fraction: float = 0.2, seed: int = 0, size: int | None = None,
+) -> Any:
+    """The labelled images to score a model on, labels in `class_names` order (an ImageDataset).
 
-    source: default the data set it was trained on. split: 'val' (the validation split the run
-    used: same fraction and seed, so no training image is counted), 'test' (the source's test
-    part, e.g. DIR/test/; Fashion-MNIST's test set is its validation split), or 'all' (every
-    image). Default: 'val' on the training data, 'all' on another folder or CSV (a held-out
-    set), 'val' on a built-in. tta: test-time augmentation, see `engine.loop.tta_views`.
+    split: 'val' (the validation split of `trained_on`'s run: same fraction and seed, so no
+    training image is counted), 'test' (the source's test part, e.g. DIR/test/; Fashion-MNIST's
+    test set is its validation split), or 'all' (every image). Default: 'val' on the training
+    data, 'all' on another folder or CSV (a held-out set), 'val' on a built-in. Built-in sets
+    load at their native size and are resized to `size` when given. `spec` decodes files.
     """
     from ..data import builtin
-    from ..data.augment import default_augmentation
     from ..data.dataset import ImageDataset
     from ..data.images import ImageSpec
 
-    model, meta = model_from_checkpoint(path)
-    trained_on = str(meta.get("dataset") or "")
-    src = str(source or trained_on)
-    if not src:
-        raise DataError("say which data to evaluate on: --data DIR|fashion-mnist|digits")
     is_builtin = src.lower() in BUILTIN_NATIVE_SIZE
     if split is None:
         split = "val" if is_builtin or _same_source(src, trained_on) else "all"
     if split not in ("val", "test", "all"):
         raise DataError(f"split must be val, test or all, not {split!r}")
-    size = meta["img_size"]
-    spec = ImageSpec(size=None if is_builtin else size, channels=meta["in_chans"])
-    splits = builtin.load_dataset(src, spec, val_fraction=meta.get("val_fraction", 0.2),
-                                  seed=meta.get("seed", 0))
-    if is_builtin:  # the same pixels the run validated on
+    if is_builtin:
+        spec = ImageSpec(size=None, channels=spec.channels)
+    splits = builtin.load_dataset(src, spec, val_fraction=val_fraction, seed=seed)
+    if is_builtin and size is not None:  # the same pixels the run validated on
         splits = resize_in_memory(splits, size)
     if split == "all":
         parts = [p for p in (splits.train, splits.val, splits.test) if p is not None]
@@ -271,13 +267,37 @@ def evaluate_checkpoint(
         ds = splits.test if splits.test is not None else splits.val
     else:
         ds = splits.val
-    names = meta.get("class_names") or [str(i) for i in range(meta["num_classes"])]
-    if ds.class_names != names:
-        if set(ds.class_names) - set(names):
-            raise DataError(f"{src} has classes the checkpoint was not trained on: "
-                            f"{sorted(set(ds.class_names) - set(names))}")
-        remap = torch.tensor([names.index(c) for c in ds.class_names])
+    if ds.class_names != class_names:
+        if set(ds.class_names) - set(class_names):
+            raise DataError(f"{src} has classes the model was not trained on: "
+                            f"{sorted(set(ds.class_names) - set(class_names))}")
+        remap = torch.tensor([class_names.index(c) for c in ds.class_names])
         ds.labels = remap[ds.labels]
+        ds.class_names = list(class_names)
+    return ds
+
+
+def evaluate_checkpoint(
+    path: str | os.PathLike[str], source: str | None = None, *, batch_size: int = 256,
+    split: str | None = None, tta: bool | str = False,
+) -> tuple[dict[str, float], ClassificationAccumulator, list[str]]:
+    """Accuracy, top-5 and the confusion matrix of a checkpoint on `source` (default: the data
+    set it was trained on); `split` as in `evaluation_images`. tta: test-time augmentation, see
+    `engine.loop.tta_views`.
+    """
+    from ..data.augment import default_augmentation
+    from ..data.images import ImageSpec
+
+    model, meta = model_from_checkpoint(path)
+    trained_on = str(meta.get("dataset") or "")
+    src = str(source or trained_on)
+    if not src:
+        raise DataError("say which data to evaluate on: --data DIR|fashion-mnist|digits")
+    size = meta["img_size"]
+    names = meta.get("class_names") or [str(i) for i in range(meta["num_classes"])]
+    ds = evaluation_images(src, ImageSpec(size=size, channels=meta["in_chans"]), split, names,
+                           trained_on=trained_on, val_fraction=meta.get("val_fraction", 0.2),
+                           seed=meta.get("seed", 0), size=size)  # fmt: skip
     loader = BatchLoader(ds.images, ds.labels, batch_size=batch_size,
                          transform=default_augmentation("none", size),
                          mean=meta["mean"], std=meta["std"])

@@ -126,6 +126,39 @@ class Bundle:
         classes = [self.class_names[i] for i in probs.argmax(1).tolist()]
         return Predictions(classes, probs, list(self.class_names))
 
+    def evaluate(self, source: str | os.PathLike[str] | None = None, *, split: str | None = None,
+                 batch_size: int = 32) -> tuple[dict[str, float], Any]:  # fmt: skip
+        """Accuracy, top-5, loss and the confusion matrix on labelled images, predicted exactly
+        as `predict` does; returns (metrics, the `ClassificationAccumulator`).
+
+        source: an image folder, CSV manifest or built-in name (default: the data the bundle
+        was trained on, when `cnnzoo transfer` read it from a folder, CSV or built-in). split:
+        as in `engine.run.evaluation_images`; by default the run's validation split on its own
+        data, every image of another folder.
+        """
+        from ..engine.run import evaluation_images
+        from ..engine.task import ClassificationAccumulator
+        from ..errors import DataError
+
+        data = (self.extra or {}).get("data") or {}
+        trained_on = str(data.get("source") or "")
+        src = str(source or trained_on)
+        if not src:
+            raise DataError("this bundle was trained on images passed in memory: say which "
+                            "labelled images to evaluate on (--data DIR|CSV)")  # fmt: skip
+        ds = evaluation_images(src, self.spec, split, list(self.class_names),
+                               trained_on=trained_on, val_fraction=data.get("val_fraction", 0.2),
+                               seed=data.get("seed", 0))  # fmt: skip
+        if ds.channels != self.preprocessing.channels:
+            ds = ds.with_channels(self.preprocessing.channels)
+        self.model.eval()
+        probs = predict_tensor(self.model, ds.images, self.preprocessing, views=self.views,
+                               batch_size=batch_size)  # fmt: skip
+        log_probs = probs.clamp_min(1e-12).log()
+        acc = ClassificationAccumulator(len(self.class_names))
+        acc.update(log_probs, ds.labels, torch.nn.functional.nll_loss(log_probs, ds.labels))
+        return acc.compute(), acc
+
     def to_json(self) -> dict[str, Any]:
         return {
             "format": FORMAT, "model": self.model_name, "class_names": list(self.class_names),

@@ -307,6 +307,10 @@ def transfer(
     extra = {"weights": {"source": str(weights), "fingerprint": wid}, "mode": cfg.mode,
              "model_kwargs": dict(model_kwargs or {}),
              "skipped_files": list(splits.skipped)}  # fmt: skip
+    if isinstance(data, str | os.PathLike):  # `Bundle.evaluate` finds the validation split again
+        source = Path(data).resolve() if Path(data).exists() else data
+        extra["data"] = {"source": str(source), "val_fraction": cfg.val_fraction,
+                         "seed": cfg.seed}  # fmt: skip
     summary = copy.deepcopy(metrics)
     summary.get("features", {}).pop("cv", None)  # the full table is in the report's metrics.json
     bundle = Bundle(net, model, list(splits.class_names), pre, cfg.fit, cfg.views, head_info,
