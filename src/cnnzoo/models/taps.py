@@ -7,7 +7,7 @@ stage of `backbone.forward_intermediates` (numbered from 1 in its order: for Ima
 1 at stride 2, ..., stage 5 at stride 32) and concatenates them into the pre-logits vector its
 linear head reads (Evci et al., Head2Toe, ICML 2022, select features from every layer; two
 stages are the cheap version). Transfer learning's features head uses it
-(`TransferConfig.stages`; Lite0's default, `ModelConfig.transfer_stages`).
+(`TransferConfig.stages`; EfficientNet-Lite's default, `ModelConfig.transfer_stages`).
 
 Measured (docs/transfer.md): a logistic regression on Lite0's stages 4 + 5 (112 + 320 pooled
 channels) against its 1280-channel head features, hard Fashion-MNIST set, 3 draws: 0.645 against

@@ -62,7 +62,7 @@ class TransferConfig:
     img_size: int | None = None
     # Feature stages the features head reads, pooled and concatenated (models.taps.StageTaps),
     # e.g. (4, 5); 'auto': the model's default (`ModelConfig.transfer_stages`: (4, 5) for
-    # efficientnet_lite0, none for the others); None or (): the model's own pre-logits vector.
+    # efficientnet_lite0/1/2, none for the others); None or (): the model's own pre-logits vector.
     # Fine-tuning always trains the model with its own head: with Lite0's stages 4 + 5 it
     # scored the same or a little lower (3 draws, hard set 10 / 50 per class 0.653 / 0.760
     # against 0.649 / 0.766; easy set 10 per class 0.957 against 0.964; docs/transfer.md).

