@@ -337,7 +337,7 @@ def test_cells_are_reproducible_and_export_reads_back(tmp_path):
 # ----------------------------------------------------------------------------- encoders
 
 
-@pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0"])
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0", "efficientnet_lite2"])
 def test_classifier_encoders_and_their_weights(tmp_path, name):
     src = create_model(name)  # a random "pretrained" classifier saved as a file
     path = tmp_path / f"{name}.pth"

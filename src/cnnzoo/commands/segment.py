@@ -35,7 +35,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="channels of the first U-Net level (paper: 64; default 16)")
     g.add_argument("--encoder", metavar="NAME", default=None,
                    help="a zoo classifier as the contracting path: resnet18, resnet34, "
-                        "resnet50, vgg16_bn or efficientnet_lite0")
+                        "resnet50, vgg16_bn or efficientnet_lite0/1/2")
     g.add_argument("--encoder-weights", metavar="imagenet|FILE", default=None,
                    help="pretrained weights of the encoder")
     g.add_argument("--cells", type=int, default=200,

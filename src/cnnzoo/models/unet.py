@@ -24,7 +24,7 @@ The contracting path is a module with the same encoder protocol as the zoo's cla
 decoder is built from those numbers, so a pretrained classifier (e.g. `efficientnet_lite0`, whose
 features are at strides 2..32) can replace it: `UNet(encoder=...)`, or by name,
 `create_model("unet", encoder_name="resnet34", encoder_weights="imagenet")` (the words of
-segmentation_models_pytorch) for resnet18/34/50, vgg16_bn and efficientnet_lite0.
+segmentation_models_pytorch) for resnet18/34/50, vgg16_bn and efficientnet_lite0/1/2.
 """
 
 from __future__ import annotations
@@ -317,7 +317,8 @@ class UNet(nn.Module):
         return self.head(y)
 
 
-ENCODERS = ("resnet18", "resnet34", "resnet50", "vgg16_bn", "efficientnet_lite0")
+ENCODERS = ("resnet18", "resnet34", "resnet50", "vgg16_bn", "efficientnet_lite0",
+            "efficientnet_lite1", "efficientnet_lite2")
 # segmentation_models_pytorch's decoder widths: a decoder as wide as ResNet-50's 2048-channel
 # maps would hold most of the parameters and the compute; these keep it light.
 ENCODER_DECODER_CHANNELS = (256, 128, 64, 32, 16)
