@@ -42,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
         from ..transfer import load_bundle
 
         bundle = load_bundle(args.bundle)
+        # --batch-size's default (256) suits checkpoints at their training size; a bundle's net
+        # runs at its weights' size (224-260 px) over several views, so batches stay at 64.
         metrics, acc = bundle.evaluate(args.data, split=args.split,
                                        batch_size=min(args.batch_size, 64))  # fmt: skip
         names = bundle.class_names
