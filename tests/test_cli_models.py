@@ -70,5 +70,19 @@ def test_pattern_filters_and_prints_a_table(capsys):
 
 
 def test_unknown_pattern_says_so(capsys):
-    assert main(["models", "--pattern", "nosuchnet*"]) == 1
-    assert "no model matches" in capsys.readouterr().out
+    assert main(["models", "--pattern", "nosuchnet*"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cnnzoo models: error: no model matches") and "\n" not in err
+
+
+def test_a_closed_pipe_is_not_a_traceback():
+    """`cnnzoo models | head -1`: the reader leaves before the table is written."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys\n"
+            "r, w = os.pipe(); os.close(r); os.dup2(w, 1)\n"
+            "from cnnzoo.cli import main\n"
+            "sys.exit(main(['models']))\n")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 141 and done.stderr == ""

@@ -175,3 +175,16 @@ def test_predict_refuses_a_checkpoint_without_a_head(tmp_path, capsys):
     assert main(["predict", str(tmp_path), "--model", "resnet20", "--weights", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "no trained classifier" in err and "\n" not in err
+    # Converting it keeps it a backbone (no random head written into the file), so predict
+    # still refuses the converted file; a missing output folder is a one-line error.
+    out = tmp_path / "backbone.safetensors"
+    assert main(["convert", str(path), str(out), "--model", "resnet20"]) == 0
+    assert "backbone only" in capsys.readouterr().out
+    assert main(["predict", str(tmp_path / "x.png"), "--model", "resnet20",
+                 "--weights", str(out)]) == 2
+    assert "no trained classifier" in capsys.readouterr().err
+    assert main(["convert", str(path), str(tmp_path / "new" / "b.safetensors"),
+                 "--model", "resnet20"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "create it first" in err and "\n" not in err
+    assert not (tmp_path / "new").exists()

