@@ -61,7 +61,7 @@ def cpu_name() -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=3, help="fresh processes per command (median)")
     ap.add_argument("--model", default="efficientnet_lite0")
     args = ap.parse_args()

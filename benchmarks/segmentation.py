@@ -44,7 +44,7 @@ def evaluate_held_out(model, mean, std, n: int, seed: int) -> dict[str, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--losses", default="ce,weighted_ce",
                     help="comma-separated losses to compare (default ce,weighted_ce)")
     ap.add_argument("--epochs", type=int, default=25)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from cnnzoo.commands.train import model_arg, size_epochs  # noqa: E402
+from cnnzoo.commands.argtypes import model_arg, size_epochs  # noqa: E402
 from cnnzoo.data.loader import BatchLoader  # noqa: E402
 from cnnzoo.engine.loop import TrainConfig, Trainer  # noqa: E402
 from cnnzoo.engine.precision import Precision  # noqa: E402

@@ -45,7 +45,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from cnnzoo.commands.train import beta_alpha  # noqa: E402
+from cnnzoo.commands.argtypes import beta_alpha  # noqa: E402
 from cnnzoo.commands.transfer import stages_arg  # noqa: E402
 from cnnzoo.data import ImageDataset, Splits, load_fashion_mnist  # noqa: E402
 from cnnzoo.data.augment import default_augmentation  # noqa: E402

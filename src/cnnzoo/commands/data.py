@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from .argtypes import COUNT, FRACTION
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -24,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--classes",
         help="comma-separated class names or indices, e.g. tshirt,trouser,sneaker (default: all)",
     )
-    e.add_argument("--per-class", type=int,
+    e.add_argument("--per-class", type=COUNT,
                    help="images per class (default: all; cells: number of images, default 200)")
     e.add_argument("--split", default="train", choices=("train", "test"), help="default: train")
     e.add_argument("--seed", type=int, default=0, help="which images --per-class picks")
@@ -37,9 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "does (bad files are reported and skipped) and print classes, counts and sizes.",
     )
     i.add_argument("source", help="image folder, CSV manifest, fashion-mnist or digits")
-    i.add_argument("--img-size", type=int, help="resize images to this square size")
+    i.add_argument("--img-size", type=COUNT, help="resize images to this square size")
     i.add_argument("--channels", type=int, choices=(1, 3), default=3, help="default: 3")
-    i.add_argument("--val-fraction", type=float, default=0.2, help="when there is no val/ folder")
+    i.add_argument("--val-fraction", type=FRACTION, default=0.2, help="when there is no val/ folder")
     i.add_argument("--seed", type=int, default=0, help="seed of the stratified split")
 
 
@@ -51,8 +53,14 @@ def run(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from ..data.export import ExportOptions, export_dataset
+    from ..errors import UsageError
 
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    if args.classes is not None and not classes:
+        raise UsageError(f"--classes {args.classes!r} names no class; e.g. --classes 0,1 or "
+                         "tshirt,trouser")  # fmt: skip
+    if classes and args.name == "cells":
+        raise UsageError("cells is a segmentation set with one class (cell): leave out --classes")
     options = ExportOptions(
         classes=classes,
         per_class=args.per_class,

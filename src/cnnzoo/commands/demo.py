@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .argtypes import COUNT, whole
+
 MODEL = "efficientnet_lite0"
 # The hard 5-class set of the benchmark: tops that differ in sleeves, length and collars.
 CLASSES = ["tshirt", "pullover", "dress", "coat", "shirt"]
@@ -27,18 +29,18 @@ CLASSES = ["tshirt", "pullover", "dress", "coat", "shirt"]
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", default="runs/demo",
                    help="where the image folder, bundles and reports go (default runs/demo)")
-    p.add_argument("--per-class", type=int, default=30,
+    p.add_argument("--per-class", type=COUNT, default=30,
                    help="training images per class (default 30; 10 more per class validate)")
-    p.add_argument("--test-per-class", type=int, default=60,
+    p.add_argument("--test-per-class", type=COUNT, default=60,
                    help="held-out test images per class (default 60)")
-    p.add_argument("--img-size", type=int, default=224,
+    p.add_argument("--img-size", type=COUNT, default=224,
                    help="input size of the pretrained network (default 224)")
-    p.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs (default 4)")
-    p.add_argument("--min-steps", type=int, default=48,
+    p.add_argument("--epochs", type=COUNT, default=4, help="fine-tuning epochs (default 4)")
+    p.add_argument("--min-steps", type=whole(0), default=48,
                    help="fine-tuning steps at least (default 48; cnnzoo transfer's is 90)")
-    p.add_argument("--scratch-epochs", type=int, default=30,
+    p.add_argument("--scratch-epochs", type=COUNT, default=30,
                    help="epochs of the from-scratch comparison (default 30)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--threads", type=COUNT, default=None, help="torch threads (default: all cores)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 

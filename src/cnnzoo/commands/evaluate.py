@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from .argtypes import COUNT
 from .train import add_tta_argument
 
 
@@ -20,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", choices=("val", "test", "all"), default=None,
                    help="which images: the run's validation split (default on the training "
                         "data and built-ins), the test part, or all (default on other data)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=COUNT, default=256)
     add_tta_argument(p, "test-time augmentation (checkpoints; a bundle averages the views it "
                         "was trained with)")
     p.add_argument("--confusion", metavar="PNG", help="also write the confusion matrix as a PNG")

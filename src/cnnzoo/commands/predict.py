@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from .argtypes import COUNT
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
@@ -38,21 +40,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", metavar="DIR",
                    help="a bundle folder written by `cnnzoo transfer` (replaces --model/--weights); "
                         "prints 'Prediction: <class>  Probability: [...]' per image")  # fmt: skip
-    p.add_argument("--top", type=_positive, default=5, help="classes shown per image (default 5)")
+    p.add_argument("--top", type=COUNT, default=5, help="classes shown per image (default 5)")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
-    p.add_argument("--threads", type=_positive, default=None,
+    p.add_argument("--threads", type=COUNT, default=None,
                    help="CPU threads (default: 1 for up to 16 images, else all cores)")  # fmt: skip
-    p.add_argument("--batch-size", type=_positive, default=16, help=argparse.SUPPRESS)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+    p.add_argument("--batch-size", type=COUNT, default=16, help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:

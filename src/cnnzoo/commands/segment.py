@@ -16,8 +16,11 @@ Also home of the segmentation options of `cnnzoo train --task segmentation`
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+from .argtypes import COUNT, real, whole
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,23 +30,23 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="weighted_ce: U-Net's border-weighted cross-entropy (default ce+dice)")
     g.add_argument("--classes", help="class names in index order, e.g. background,cell "
                    "(default: classes.txt in the folder, else 0, 1, ...)")
-    g.add_argument("--crop", type=int, default=None,
+    g.add_argument("--crop", type=COUNT, default=None,
                    help="training tile side in pixels (default 128; snapped to a legal size)")
     g.add_argument("--padding", choices=("same", "valid"), default="same",
                    help="'valid' is the paper's net (output smaller than input); default same")
-    g.add_argument("--base-width", type=int, default=16,
+    g.add_argument("--base-width", type=COUNT, default=16,
                    help="channels of the first U-Net level (paper: 64; default 16)")
     g.add_argument("--encoder", metavar="NAME", default=None,
                    help="a zoo classifier as the contracting path: resnet18, resnet34, "
                         "resnet50, vgg16_bn or efficientnet_lite0/1/2")
     g.add_argument("--encoder-weights", metavar="imagenet|FILE", default=None,
                    help="pretrained weights of the encoder")
-    g.add_argument("--cells", type=int, default=200,
+    g.add_argument("--cells", type=COUNT, default=200,
                    help="--data cells: number of synthetic images (default 200)")
-    g.add_argument("--elastic", type=float, default=10.0,
+    g.add_argument("--elastic", type=real(0), default=10.0,
                    help="elastic deformation std in pixels (paper: 10; 0 disables)")
-    g.add_argument("--w0", type=float, default=10.0, help="weighted_ce border weight (paper: 10)")
-    g.add_argument("--sigma", type=float, default=5.0,
+    g.add_argument("--w0", type=real(0), default=10.0, help="weighted_ce border weight (paper: 10)")
+    g.add_argument("--sigma", type=real(0, above=True), default=5.0,
                    help="weighted_ce border width in pixels (paper: about 5)")
 
 
@@ -53,13 +56,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="best.pt or last.pt of `cnnzoo train unet --task segmentation`")
     p.add_argument("--out", metavar="DIR", default="segmented",
                    help="output folder (default ./segmented)")
-    p.add_argument("--tile", type=int, default=512,
+    p.add_argument("--tile", type=COUNT, default=512,
                    help="input tile side in pixels (default 512; bounds the memory)")
-    p.add_argument("--margin", type=int, default=None,
+    p.add_argument("--margin", type=whole(0), default=None,
                    help="context per tile side in 'same' mode (default: the receptive-field "
                         "radius, which makes the tiles agree exactly with a whole-image pass)")
-    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    p.add_argument("--batch-size", type=COUNT, default=4, help="tiles per forward pass")
+    p.add_argument("--threads", type=COUNT, default=None, help="torch threads (default: all)")
 
 
 def write_mask_png(mask, num_classes: int, path: Path) -> Path:
@@ -72,6 +75,18 @@ def write_mask_png(mask, num_classes: int, path: Path) -> Path:
     return path
 
 
+def output_stems(paths: list[Path]) -> dict[Path, str]:
+    """Output name (without _mask.png) per image: its stem, or, when two images share a stem
+    (a/x.png, b/x.png, x.jpg), its path below their common folder, so none overwrites another."""
+    stems = [p.stem for p in paths]
+    if len(set(stems)) < len(stems):
+        root = Path(os.path.commonpath([p.resolve().parent for p in paths]))
+        stems = [p.resolve().relative_to(root).with_suffix("").as_posix() for p in paths]
+    if len(set(stems)) < len(stems):  # x.png and x.jpg side by side
+        stems = [f"{s}_{p.suffix.lstrip('.')}" for s, p in zip(stems, paths, strict=True)]
+    return dict(zip(paths, stems, strict=True))
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
@@ -79,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..data.images import load_image
-    from ..errors import ImageError
+    from ..errors import ImageError, UsageError
     from ..segmentation.tiling import predict_tiled
     from ..segmentation.training import load_segmenter
     from ..segmentation.visual import overlay
@@ -92,9 +107,12 @@ def run(args: argparse.Namespace) -> int:
         print("cnnzoo segment: no image files found in " + ", ".join(args.images),
               file=sys.stderr)
         return 1
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder: choose another output folder")
     model, meta = load_segmenter(args.checkpoint)
     k, channels = int(meta["num_classes"]), int(meta["in_chans"])
-    out = Path(args.out)
+    names = output_stems(paths)
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
     for path in tqdm(paths, desc="segment", leave=False, disable=len(paths) < 2):
@@ -109,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
                              batch_size=args.batch_size, mean=tuple(meta["mean"]),
                              std=tuple(meta["std"]), output="mask",
                              progress=len(paths) == 1).numpy()
-        stem = Path(path).stem
+        stem = names[path]
+        (out / stem).parent.mkdir(parents=True, exist_ok=True)
         mask_path = write_mask_png(mask, k, out / f"{stem}_mask.png")
         overlay_path = out / f"{stem}_overlay.png"
         Image.fromarray(overlay(img, mask)).save(overlay_path)

@@ -11,75 +11,42 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-def model_arg(text: str) -> tuple[str, object]:
-    """--model-arg KEY=VALUE: VALUE as an int, a float, a bool, else the string."""
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    for cast in (int, float):
-        try:
-            return key, cast(value)
-        except ValueError:
-            pass
-    if value.lower() in ("true", "false"):
-        return key, value.lower() == "true"
-    return key, value
-
-
-def patience_epochs(text: str) -> int:
-    """--patience: a number of epochs, 0 for off (what the engine makes of 0 too)."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number of epochs (0: off), not {value}")
-    return value
-
-
-def beta_alpha(text: str) -> float:
-    """--mixup / --cutmix: a Beta distribution's alpha, 0 for off."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be an alpha >= 0 (0: off), e.g. 0.4, not {text!r}")
-    return value
-
-
-def size_epochs(text: str) -> tuple[int, int]:
-    """--progressive SIZE:EPOCHS, two positive whole numbers."""
-    size, sep, epochs = text.partition(":")
-    try:
-        pair = (int(size), int(epochs))
-    except ValueError:
-        pair = (0, 0)
-    if not sep or min(pair) < 1:
-        raise argparse.ArgumentTypeError(f"must be SIZE:EPOCHS, e.g. 20:8, not {text!r}")
-    return pair
+from .argtypes import (
+    COUNT,
+    FRACTION,
+    LEARNING_RATE,
+    beta_alpha,
+    model_arg,
+    patience_epochs,
+    real,
+    size_epochs,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="zoo model name (`cnnzoo models` lists them)")
     p.add_argument("--data", required=True,
                    help="image folder (one sub-folder per class), CSV manifest, 'fashion-mnist' "
-                        "or 'digits'")
+                        "or 'digits'; with --task segmentation: a folder of images/ + masks/, "
+                        "or 'cells'")
     p.add_argument("--task", choices=("classification", "segmentation"), default="classification")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=None,
+    p.add_argument("--epochs", type=COUNT, default=10)
+    p.add_argument("--batch-size", type=COUNT, default=None,
                    help="default 128 (segmentation: 8)")
-    p.add_argument("--lr", type=float, default=None,
+    p.add_argument("--lr", type=LEARNING_RATE, default=None,
                    help="peak learning rate (default 0.1 for sgd, 2e-3 for adamw)")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default=None,
                    help="default sgd (segmentation: adamw, lr 3e-3, weight decay 1e-4)")
-    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--momentum", type=real(0, 1, below=True), default=0.9)
     p.add_argument("--no-nesterov", dest="nesterov", action="store_false")
     p.add_argument("--schedule", choices=("onecycle", "cosine", "constant"), default="onecycle")
-    p.add_argument("--warmup-epochs", type=float, default=0.0,
+    p.add_argument("--warmup-epochs", type=real(0), default=0.0,
                    help="linear warm-up for cosine/constant schedules")
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--weight-decay", type=float, default=None,
+    p.add_argument("--label-smoothing", type=real(0, 1, below=True), default=0.1)
+    p.add_argument("--weight-decay", type=real(0), default=None,
                    help="default 5e-4 for sgd, 0.05 for adamw; never on norms and biases")
-    p.add_argument("--grad-clip", type=float, default=None, help="max gradient norm")
+    p.add_argument("--grad-clip", type=real(0, above=True), default=None,
+                   help="max gradient norm")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="auto: time both on this CPU and model, keep the faster")
     p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto")
@@ -98,12 +65,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="VGG growth: the paper's first four convs + dense layers, or every "
                         "conv whose place exists in both")
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/MODEL)")
-    p.add_argument("--img-size", type=int, default=None,
+    p.add_argument("--img-size", type=COUNT, default=None,
                    help="input size (default: built-ins keep their size, raised to the model's "
                         "minimum; folders use the model's default)")
     p.add_argument("--augment", choices=("none", "flip-crop", "crop", "photo"), default=None,
                    help="default: crop for digits, flip-crop otherwise")
-    p.add_argument("--erase", type=float, default=0.0, metavar="P",
+    p.add_argument("--erase", type=real(0, 1), default=0.0, metavar="P",
                    help="random erasing (Zhong et al. 2017) with probability P on top of "
                         "--augment (0: off; the paper uses 0.5)")
     p.add_argument("--progressive", type=size_epochs, default=None, metavar="SIZE:EPOCHS",
@@ -111,11 +78,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the rest at the full size, e.g. 20:8 for 28-px Fashion-MNIST")
     add_tta_argument(p, "also report the final validation accuracy with test-time augmentation")
     add_mixing_arguments(p)
-    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--val-fraction", type=FRACTION, default=0.2)
     p.add_argument("--model-arg", type=model_arg, action="append", default=[],
                    metavar="KEY=VALUE",
                    help="extra model option, e.g. width_mult=0.25 (repeatable)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--threads", type=COUNT, default=None, help="torch threads (default: all cores)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
     from .segment import add_training_arguments

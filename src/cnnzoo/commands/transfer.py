@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .train import add_mixing_arguments, patience_epochs
+from .argtypes import COUNT, FRACTION, LEARNING_RATE, patience_epochs, real, whole
+from .train import add_mixing_arguments
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,23 +41,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "model's last features; auto (default): the model's choice, 4,5 for "
                         "efficientnet_lite* (measured better), none for the others. "
                         "Fine-tuning always trains the model with its own head")  # fmt: skip
-    p.add_argument("--l2", type=float, default=None, help="fixed L2 strength (default: tuned)")
+    p.add_argument("--l2", type=real(0, above=True), default=None, help="fixed L2 strength (default: tuned)")
     p.add_argument("--views", type=int, default=2, choices=(1, 2, 3, 4),
                    help="views per image for features and prediction: 1 image, 2 + mirror "
                         "(default), 3 + centre zoom, 4 + its mirror")  # fmt: skip
-    p.add_argument("--img-size", type=int, default=None,
+    p.add_argument("--img-size", type=COUNT, default=None,
                    help="input size (default: the weights', 224 for ImageNet)")
     p.add_argument("--fit", choices=("crop", "resize"), default="crop",
                    help="crop: the weights' resize + centre crop (default); resize: squash the "
                         "whole image (small, tightly framed images)")  # fmt: skip
-    p.add_argument("--epochs", type=int, default=12,
+    p.add_argument("--epochs", type=COUNT, default=12,
                    help="fine-tuning epochs (default 12, more when needed to reach --min-steps)")
-    p.add_argument("--min-steps", type=int, default=90,
+    p.add_argument("--min-steps", type=whole(0), default=90,
                    help="fine-tuning steps at least, whatever --epochs says (default 90)")
-    p.add_argument("--head-epochs", type=int, default=3,
+    p.add_argument("--head-epochs", type=whole(0), default=3,
                    help="epochs of the head alone before fine-tuning (mode finetune; default 3)")
-    p.add_argument("--lr", type=float, default=1e-3, help="head learning rate (default 1e-3)")
-    p.add_argument("--lr-decay", type=float, default=0.7,
+    p.add_argument("--lr", type=LEARNING_RATE, default=1e-3, help="head learning rate (default 1e-3)")
+    p.add_argument("--lr-decay", type=real(0, 1, above=True), default=0.7,
                    help="learning-rate factor per backbone block, head to stem (default 0.7)")
     p.add_argument("--update-bn", action="store_true",
                    help="update BatchNorm statistics while fine-tuning (default: frozen)")
@@ -71,8 +72,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--augment", choices=("none", "flip-crop", "crop", "photo"),
                    default="flip-crop", help="fine-tuning augmentation (default flip-crop)")
     add_mixing_arguments(p)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--val-fraction", type=float, default=0.2,
+    p.add_argument("--batch-size", type=COUNT, default=32)
+    p.add_argument("--val-fraction", type=FRACTION, default=0.2,
                    help="validation share when DATA has no val/ part (default 0.2)")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
     p.add_argument("--cache", metavar="DIR", default=None,
@@ -83,7 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", metavar="DIR", default=None,
                    help="output folder (default runs/transfer-MODEL)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--threads", type=COUNT, default=None, help="torch threads (default: all cores)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 

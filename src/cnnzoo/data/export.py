@@ -71,6 +71,8 @@ def export_dataset(
     entry = EXPORTERS.get(name)
     if entry is None:
         raise DataError(f"no built-in data set {name!r}: choose one of {', '.join(EXPORTERS)}")
+    if Path(dest).exists() and not Path(dest).is_dir():
+        raise DataError(f"{dest} is a file, not a folder: choose a new or empty output folder")
     if isinstance(entry, str):
         module, _, attr = entry.partition(":")
         entry = getattr(importlib.import_module(module), attr)

@@ -1,0 +1,111 @@
+"""argparse types for the commands' options.
+
+A value outside what an option can mean (`--epochs 0`, `--val-fraction 1`, `--lr -1`) is
+argparse's one-line usage error naming the option and the range, before any work starts or any
+file is written, not a traceback from deep in the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+
+
+def whole(low: int = 1, *, note: str = "") -> Callable[[str], int]:
+    """A whole number >= `low`; `note` explains a special value, e.g. '0: off'."""
+    extra = f" ({note})" if note else ""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be a whole number >= {low}{extra}, not {text!r}"
+            ) from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}{extra}, not {value}")
+        return value
+
+    return parse
+
+
+def real(
+    low: float | None = None, high: float | None = None, *, above: bool = False,
+    below: bool = False, note: str = "",
+) -> Callable[[str], float]:  # fmt: skip
+    """A finite number in [low, high]; `above`/`below` make that end open (> low, < high)."""
+    ends = []
+    if low is not None:
+        ends.append(f"{'>' if above else '>='} {low:g}")
+    if high is not None:
+        ends.append(f"{'<' if below else '<='} {high:g}")
+    want = "a number " + " and ".join(ends) + (f" ({note})" if note else "")
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if (not math.isfinite(value)
+                or (low is not None and (value <= low if above else value < low))
+                or (high is not None and (value >= high if below else value > high))):  # fmt: skip
+            raise argparse.ArgumentTypeError(f"must be {want}, not {text!r}")
+        return value
+
+    return parse
+
+
+def model_arg(text: str) -> tuple[str, object]:
+    """--model-arg KEY=VALUE: VALUE as an int, a float, a bool, else the string."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    for cast in (int, float):
+        try:
+            return key, cast(value)
+        except ValueError:
+            pass
+    if value.lower() in ("true", "false"):
+        return key, value.lower() == "true"
+    return key, value
+
+
+def patience_epochs(text: str) -> int:
+    """--patience: a number of epochs, 0 for off (what the engine makes of 0 too)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of epochs (0: off), not {text}")
+    return value
+
+
+def beta_alpha(text: str) -> float:
+    """--mixup / --cutmix: a Beta distribution's alpha, 0 for off."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be an alpha >= 0 (0: off), e.g. 0.4, not {text!r}")
+    return value
+
+
+def size_epochs(text: str) -> tuple[int, int]:
+    """--progressive SIZE:EPOCHS, two positive whole numbers."""
+    size, sep, epochs = text.partition(":")
+    try:
+        pair = (int(size), int(epochs))
+    except ValueError:
+        pair = (0, 0)
+    if not sep or min(pair) < 1:
+        raise argparse.ArgumentTypeError(f"must be SIZE:EPOCHS, e.g. 20:8, not {text!r}")
+    return pair
+
+
+# The options several commands share, with their ranges.
+COUNT = whole(1)  # epochs, batch sizes, threads, images per class, top-k
+FRACTION = real(0, 1, above=True, below=True)  # --val-fraction
+LEARNING_RATE = real(0, above=True)

@@ -1,0 +1,81 @@
+"""Command-line options outside what they can mean are one-line usage errors before any work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cnnzoo.cli import main
+
+# (command line, the option's name in the error). Each of these used to be a traceback from
+# deep in the engine, or was accepted and did something else (batch size 0 became 128).
+BAD = [
+    (["train", "lenet5", "--data", "digits", "--epochs", "0"], "--epochs"),
+    (["train", "lenet5", "--data", "digits", "--batch-size", "0"], "--batch-size"),
+    (["train", "lenet5", "--data", "digits", "--val-fraction", "1"], "--val-fraction"),
+    (["train", "lenet5", "--data", "digits", "--val-fraction", "0"], "--val-fraction"),
+    (["train", "lenet5", "--data", "digits", "--lr", "-1"], "--lr"),
+    (["train", "lenet5", "--data", "digits", "--lr", "nan"], "--lr"),
+    (["train", "lenet5", "--data", "digits", "--label-smoothing", "2"], "--label-smoothing"),
+    (["train", "lenet5", "--data", "digits", "--erase", "-0.5"], "--erase"),
+    (["train", "lenet5", "--data", "digits", "--grad-clip", "-1"], "--grad-clip"),
+    (["train", "lenet5", "--data", "digits", "--img-size", "0"], "--img-size"),
+    (["train", "lenet5", "--data", "digits", "--threads", "0"], "--threads"),
+    (["train", "lenet5", "--data", "digits", "--patience", "x"], "--patience"),
+    (["train", "unet", "--task", "segmentation", "--data", "cells", "--crop", "0"], "--crop"),
+    (["transfer", "DIR", "--lr-decay", "0"], "--lr-decay"),
+    (["transfer", "DIR", "--epochs", "-2"], "--epochs"),
+    (["transfer", "DIR", "--l2", "0"], "--l2"),
+    (["segment", "a.png", "--checkpoint", "c.pt", "--batch-size", "0"], "--batch-size"),
+    (["segment", "a.png", "--checkpoint", "c.pt", "--margin", "-5"], "--margin"),
+    (["data", "export", "digits", "DIR", "--per-class", "-3"], "--per-class"),
+    (["predict", "a.png", "--top", "abc"], "--top"),
+    (["evaluate", "c.pt", "--batch-size", "0"], "--batch-size"),
+    (["demo", "--per-class", "0"], "--per-class"),
+]
+
+
+@pytest.mark.parametrize(("argv", "option"), BAD, ids=[" ".join(a[:1] + a[-2:]) for a, _ in BAD])
+def test_out_of_range_options_are_usage_errors(argv, option, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"argument {option}: must be" in last and argv[-1] in last
+    assert list(tmp_path.iterdir()) == []  # nothing started, nothing written
+
+
+def test_ranges_keep_their_limits():
+    from cnnzoo.commands.argtypes import FRACTION, LEARNING_RATE, real, whole
+
+    assert whole(0)("0") == 0 and FRACTION("0.2") == 0.2 and LEARNING_RATE("3e-4") == 3e-4
+    assert real(0, 1)("1") == 1.0 and real(0, 1)("0") == 0.0  # closed ends are allowed
+    for parse, text in ((FRACTION, "1.0"), (real(0, 1), "1.01"), (whole(1), "1.5"),
+                        (LEARNING_RATE, "inf")):  # fmt: skip
+        with pytest.raises(Exception, match="must be"):
+            parse(text)
+
+
+def test_data_export_bad_destinations_and_classes(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["data", "export", "digits", str(afile)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert main(["data", "export", "digits", str(tmp_path / "d"), "--classes", ","]) == 2
+    assert "names no class" in capsys.readouterr().err
+    assert main(["data", "export", "cells", str(tmp_path / "c"), "--classes", "cell"]) == 2
+    assert "leave out --classes" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_segment_outputs_never_overwrite_each_other():
+    from cnnzoo.commands.segment import output_stems
+
+    flat = [Path("/t/a/x.png"), Path("/t/b/y.png")]
+    assert list(output_stems(flat).values()) == ["x", "y"]  # the usual case: plain stems
+    same = [Path("/t/a/x.png"), Path("/t/b/x.png")]
+    assert list(output_stems(same).values()) == ["a/x", "b/x"]
+    side = [Path("/t/a/x.png"), Path("/t/a/x.jpg")]
+    assert list(output_stems(side).values()) == ["x_png", "x_jpg"]
