@@ -377,6 +377,80 @@ def test_folder_all_files_of_a_class_unreadable(tmp_path):
         load_folder(tmp_path, progress=False)
 
 
+def test_unreadable_class_error_comes_after_the_lines_naming_the_files(tmp_path, caplog):
+    # The error says "(see warnings)": the skip lines must be there even though loading fails.
+    _png(tmp_path / "f" / "good" / "1.png", 0)
+    (tmp_path / "f" / "bad").mkdir()
+    (tmp_path / "f" / "bad" / "a.png").write_text("not an image")
+    (tmp_path / "f" / "bad" / "b.png").write_bytes(b"")
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        with pytest.raises(DataError, match="class 'bad'.*see warnings"):
+            load_folder(tmp_path / "f", progress=False)
+    assert any("a.png" in m and m.startswith("skipped") for m in caplog.messages)
+    assert any("b.png" in m and "empty file" in m for m in caplog.messages)
+    assert "skipped 2 of 3 image files that could not be read" in caplog.messages
+    caplog.clear()
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("f/good/1.png,good\nf/gone.png,gone\n")
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        with pytest.raises(DataError, match="class 'gone'.*see warnings"):
+            load_csv(manifest, progress=False)
+    assert any("gone.png" in m and "no such file" in m for m in caplog.messages)
+    caplog.clear()
+    manifest.write_text("f/bad/a.png,x\nf/bad/b.png,y\n")
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        with pytest.raises(DataError, match="none of the 2 images.*see warnings"):
+            load_csv(manifest, progress=False)
+    assert sum("a.png" in m or "b.png" in m for m in caplog.messages) == 2
+
+
+def test_csv_header_names_the_columns_in_any_order(tmp_path, caplog):
+    for i in range(4):
+        _png(tmp_path / f"cat{i}.png", 10)
+        _png(tmp_path / f"dog{i}.png", 200)
+    manifest = tmp_path / "m.csv"
+
+    def write(header: str, row) -> None:
+        lines = [header] if header else []
+        for i in range(4):
+            for cls in ("cat", "dog"):
+                lines.append(row(f"{cls}{i}.png", cls, "val" if i == 3 else "train"))
+        manifest.write_text("\n".join(lines) + "\n")
+
+    def dark_is_cat(s) -> bool:
+        imgs = torch.cat([s.train.images, s.val.images])[:, 0, 0, 0]
+        labels = torch.cat([s.train.labels, s.val.labels])
+        return torch.equal(imgs < 100, labels == s.class_names.index("cat"))
+
+    write("label,path", lambda p, c, _: f"{c},{p}")
+    s = load_csv(manifest, ImageSpec(channels=1), val_fraction=0.25, progress=False)
+    assert s.class_names == ["cat", "dog"] and len(s.train) + len(s.val) == 8
+    assert dark_is_cat(s)
+    write("split,path,label", lambda p, c, sp: f"{sp},{p},{c}")
+    s = load_csv(manifest, ImageSpec(channels=1), progress=False)
+    assert s.train.class_counts() == [3, 3] and s.val.class_counts() == [1, 1]
+    assert dark_is_cat(s)
+    write("class,file", lambda p, c, _: f"{c},{p}")  # aliases other tools' manifests use
+    assert dark_is_cat(load_csv(manifest, ImageSpec(channels=1), progress=False))
+    # Headerless manifests keep the documented order path,label[,split].
+    write("", lambda p, c, sp: f"{p},{c},{sp}")
+    s = load_csv(manifest, ImageSpec(channels=1), progress=False)
+    assert s.val.class_counts() == [1, 1] and dark_is_cat(s)
+    # A header naming an unknown column, or lacking one, is one line listing the names.
+    write("file,klass", lambda p, c, _: f"{p},{c}")
+    with pytest.raises(DataError, match=r"unknown column 'klass'.*path .*label"):
+        load_csv(manifest, progress=False)
+    write("path,split", lambda p, c, sp: f"{p},{sp}")
+    with pytest.raises(DataError, match="no label column"):
+        load_csv(manifest, progress=False)
+    # A bad split value in a header-ordered file names that order.
+    write("split,path,label", lambda p, c, sp: f"{sp},{p},{c}")
+    manifest.write_text(manifest.read_text() + "holdout,cat0.png,cat\n")
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        assert len(load_csv(manifest, progress=False).skipped) == 1
+    assert any("line 10: expected `split,path,label`" in m for m in caplog.messages)
+
+
 def test_train_val_test_subfolders(tmp_path):
     for part, n in (("train", 4), ("valid", 2), ("test", 3)):
         for cls in ("x", "y"):

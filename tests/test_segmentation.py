@@ -18,9 +18,15 @@ from PIL import Image
 from cnnzoo.cli import main
 from cnnzoo.data.augment import ElasticDeform, HorizontalFlip, RandomCrop, RandomRot90
 from cnnzoo.data.cells import make_cells, semantic_from_instances
-from cnnzoo.data.masks import load_mask_pairs
+from cnnzoo.data.masks import IGNORE_INDEX, load_mask_pairs
+from cnnzoo.errors import DataError
 from cnnzoo.models import create_model
-from cnnzoo.segmentation.data import PairedTransform, train_transform
+from cnnzoo.segmentation.data import (
+    PairedTransform,
+    load_segmentation,
+    stack_pairs,
+    train_transform,
+)
 from cnnzoo.segmentation.losses import segmentation_loss, unet_weight_map
 from cnnzoo.segmentation.metrics import SegmentationAccumulator, confusion_matrix, dice_iou
 from cnnzoo.segmentation.tiling import mirror_indices, predict_tiled
@@ -304,6 +310,118 @@ def test_csv_manifest_with_class_indices_and_a_missing_file(tmp_path):
     assert pairs.names == ["x"] and pairs.in_chans == 3
     assert pairs.masks[0][0, 0] == 255 and pairs.masks[0][1, 0] == 2
     assert len(lines) == 1 and "gone.png" in lines[0] and "no such file" in lines[0]
+
+
+def _pair_folder(root, stems, size=(16, 20)):
+    """images/ and masks/ (0/255, a 4x4 square) for `stems`; returns the mask written."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    m = np.zeros(size, dtype=np.uint8)
+    m[4:8, 4:8] = 255
+    for stem in stems:
+        _png(root / "images" / f"{stem}.png", np.full(size, 100, dtype=np.uint8))
+        _png(root / "masks" / f"{stem}.png", m)
+    return m
+
+
+def test_jpeg_masks_are_skipped_and_all_jpeg_is_one_line(tmp_path):
+    m = _pair_folder(tmp_path / "d", ["a", "b"])
+    (tmp_path / "d" / "masks" / "b.png").unlink()
+    Image.fromarray(m).save(tmp_path / "d" / "masks" / "b.jpg", quality=75)
+    assert len(np.unique(np.asarray(Image.open(tmp_path / "d" / "masks" / "b.jpg")))) > 2
+    lines: list[str] = []
+    pairs = load_mask_pairs(tmp_path / "d", report=lines.append)
+    assert pairs.names == ["a"] and pairs.classes == ["0", "1"]  # not 200-odd noise classes
+    assert lines == [lines[0]] and "b.jpg" in lines[0] and "JPEG" in lines[0]
+    (tmp_path / "d" / "masks" / "a.png").unlink()
+    Image.fromarray(m).save(tmp_path / "d" / "masks" / "a.jpg")
+    with pytest.raises(DataError, match="every mask in .* is a JPEG.*PNG"):
+        load_mask_pairs(tmp_path / "d", report=None)
+
+
+def test_stray_mask_value_is_named_when_classes_are_inferred(tmp_path):
+    _pair_folder(tmp_path, ["a", "b", "c"], (40, 40))
+    m = np.asarray(Image.open(tmp_path / "masks" / "b.png")) // 255
+    m[0, 0] = 5  # one stray pixel in a 0/1 set (1 of 4,800 labelled pixels)
+    _png(tmp_path / "masks" / "b.png", m)
+    _png(tmp_path / "masks" / "a.png", m.clip(0, 1))
+    lines: list[str] = []
+    pairs = load_mask_pairs(tmp_path, report=lines.append)
+    assert pairs.num_classes == 6 and len(lines) == 1
+    assert "6 classes inferred" in lines[0] and "value 5 is on 1 pixel in 1 mask (b)" in lines[0]
+    assert "values 2, 3, 4 in no mask" in lines[0] and "--classes" in lines[0]
+    # Named classes: no note, the mask with the stray value is skipped as before.
+    lines.clear()
+    pairs = load_mask_pairs(tmp_path, classes=["bg", "cell"], report=lines.append)
+    assert pairs.names == ["a", "c"] and lines == ["skipped b: mask value 5 but only 2 classes"]
+
+
+def test_instances_missing_or_corrupt_for_some_pairs_and_duplicate_stems(tmp_path):
+    _pair_folder(tmp_path, ["a", "b", "c", "e"])
+    (tmp_path / "instances").mkdir()
+    inst = np.zeros((16, 20), dtype=np.uint16)
+    inst[4:8, 4:6], inst[4:8, 6:8] = 1, 2  # two touching cells: one component of the mask
+    _png(tmp_path / "instances" / "a.png", inst)
+    _png(tmp_path / "instances" / "c.png", inst)
+    (tmp_path / "instances" / "e.png").write_bytes(b"garbage")
+    _png(tmp_path / "images" / "f.png", np.zeros((16, 20), np.uint8))
+    _png(tmp_path / "images" / "f.jpg", np.zeros((16, 20), np.uint8))
+    _png(tmp_path / "masks" / "f.png", np.zeros((16, 20), np.uint8))
+    lines: list[str] = []
+    pairs = load_mask_pairs(tmp_path, report=lines.append)
+    assert pairs.names == ["a", "b", "c"]
+    # The instance files are used where they exist; b gets the mask's components.
+    assert np.array_equal(pairs.instances[0], inst) and np.array_equal(pairs.instances[2], inst)
+    assert np.array_equal(pairs.instances[1], (pairs.masks[1] > 0).astype(np.int32))
+    assert any("1 of 3 pairs have no instance file (b)" in line for line in lines)
+    # A corrupt instance file is named as such, not as a mask problem.
+    bad = [line for line in lines if line.startswith("skipped e")]
+    assert len(bad) == 1 and "cannot read instances" in bad[0] and "instances/e.png" in bad[0]
+    # Two images of one stem: both named, the pair skipped, no "no image" line for its mask.
+    dup = [line for line in lines if "f." in line]
+    assert len(dup) == 1 and "f.jpg and" in dup[0] and "f.png" in dup[0] and "same stem" in dup[0]
+    assert len(lines) == 3
+
+
+def test_validation_tiles_count_every_pixel_once(tmp_path):
+    sizes = [(30, 30), (70, 40), (64, 64)]
+    rng = np.random.default_rng(0)
+    masks = [rng.integers(0, 2, s, dtype=np.uint8) for s in sizes]
+    images = [np.full((*s, 1), 7, dtype=np.uint8) for s in sizes]
+    val = stack_pairs(images, masks, None, ["a", "b", "c"], 64, count_once=True)
+    counted = val.masks != IGNORE_INDEX
+    assert int(counted.sum()) == sum(h * w for h, w in sizes)  # padding counts nowhere
+    assert int(val.masks[counted].sum()) == sum(int(m.sum()) for m in masks)
+    assert len(val) == 1 + 2 + 1  # 70 rows: two tiles that do not overlap
+    acc = SegmentationAccumulator(2)
+    acc.update(torch.nn.functional.one_hot(torch.from_numpy(val.masks).long().clamp(0, 1), 2)
+               .permute(0, 3, 1, 2).float(), torch.from_numpy(val.masks), torch.zeros(()))
+    assert int(acc.confusion.sum()) == 30 * 30 + 70 * 40 + 64 * 64
+    assert val.describe() == "3 images of 30x30 to 64x64 in 4 tiles of 64x64"
+    # Training tiles keep the paper's mirrored borders (labels there are real mirrored labels).
+    train = stack_pairs(images, masks, None, ["a", "b", "c"], 64)
+    assert not (train.masks == IGNORE_INDEX).any()
+    # Through load_segmentation: a mixed-size val/ folder is tiled the same way.
+    _pair_folder(tmp_path, ["t1"], (32, 32))
+    _png(tmp_path / "images" / "t2.png", np.zeros((48, 32), np.uint8))
+    _png(tmp_path / "masks" / "t2.png", np.zeros((48, 32), np.uint8))
+    _pair_folder(tmp_path / "val", ["v1"], (20, 20))
+    _png(tmp_path / "val" / "images" / "v2.png", np.zeros((40, 20), np.uint8))
+    _png(tmp_path / "val" / "masks" / "v2.png", np.zeros((40, 20), np.uint8))
+    splits = load_segmentation(tmp_path, tile=32)
+    assert int((splits.val.masks != IGNORE_INDEX).sum()) == 20 * 20 + 40 * 20
+    assert splits.describe() == (
+        "training: 2 images of 32x32 to 32x48 in 3 tiles of 32x32; "
+        "validation: 2 images of 20x20 to 20x40 in 3 tiles of 32x32"
+    )
+
+
+def test_cells_need_two_images_to_validate():
+    with pytest.raises(DataError, match="cells has 1 image: need at least 2 to validate"):
+        load_segmentation("cells", cells=1)
+    splits = load_segmentation("cells", cells=2, val_fraction=0.9)
+    assert (len(splits.train), len(splits.val)) == (1, 1)
+    assert splits.describe() == "1 training and 1 validation images of 256x256"
 
 
 def test_cells_are_reproducible_and_export_reads_back(tmp_path):

@@ -7,13 +7,15 @@ Layouts (class names are folder names, sorted as torchvision's ImageFolder and K
     DIR/train/..., DIR/test/...                    -> test/ serves as validation
     DIR/train/..., DIR/val/..., DIR/test/...       -> train, val and test
     labels.csv with rows `path,label[,split]`      -> paths relative to the CSV's folder
+                                                      (a header may name them in any order)
 
 Bad files never stop loading: a file with an image extension that does not decode (corrupt,
 truncated, empty, not really an image) is skipped with one warning line naming it and the cause,
 and a count follows at the end. Hidden files and folders (".DS_Store", "._x.jpg"), Thumbs.db and
 desktop.ini are skipped silently; other files without an image extension (notes.txt, a CSV) are
 listed in one note line. What cannot be trained on -- no images, one class, a class folder with
-no readable image -- raises a one-line `DataError` that says what to do.
+no readable image -- raises a one-line `DataError` that says what to do; the skip lines are
+reported before it, since such an error points at them ("see warnings").
 
 Messages go to the "cnnzoo.data" logger; without logging configured Python prints them to stderr.
 Decoding runs on `workers` threads (PIL releases the GIL while decoding and resizing).
@@ -246,25 +248,27 @@ def load_folder(
                 )
 
     skipped: list[str] = []
-    total = 0
+    total = sum(len(files) for classes in scans.values() for files in classes.values())
     datasets: dict[str, ImageDataset] = {}
-    for part, classes in scans.items():
-        items = [(f, index[name]) for name, files in classes.items() for f in files]
-        if not items:
-            continue
-        total += len(items)
-        datasets[part] = _build(
-            items,
-            class_names,
-            spec,
-            parts[part],
-            workers=workers,
-            progress=progress,
-            desc=f"decoding {part}",
-            skipped=skipped,
-            require_all_classes=part == "train",
-        )
-    _report(skipped, ignored, total)
+    try:
+        for part, classes in scans.items():
+            items = [(f, index[name]) for name, files in classes.items() for f in files]
+            if not items:
+                continue
+            datasets[part] = _build(
+                items,
+                class_names,
+                spec,
+                parts[part],
+                workers=workers,
+                progress=progress,
+                desc=f"decoding {part}",
+                skipped=skipped,
+                require_all_classes=part == "train",
+            )
+    finally:
+        # Also when _build raises: its "(see warnings)" errors point at these skip lines.
+        _report(skipped, ignored, total)
     return _assemble(datasets, skipped, val_fraction, seed)
 
 
@@ -294,6 +298,47 @@ _SPLIT_NAMES = {
 }
 
 
+# Header names a manifest's columns may have, in any order (the aliases are what other tools'
+# CSVs use: a Kaggle `file,class` manifest should load as it is).
+_COLUMN_NAMES = {
+    **{n: "path" for n in ("path", "file", "filename", "filepath", "image", "image_path")},
+    **{n: "label" for n in ("label", "class", "class_name", "category", "target")},
+    **{n: "split" for n in ("split", "subset")},
+}
+
+
+def _header_columns(row: list[str], manifest: Path) -> dict[str, int] | None:
+    """{'path'|'label'|'split': column index} when `row` is a header, None for a data row.
+
+    A header is a row that names at least one known column and holds no image file name (so a
+    data row whose label happens to be 'class' stays a data row)."""
+    names = [c.strip().lower() for c in row]
+    if not any(n in _COLUMN_NAMES for n in names) or any(_is_image_file(n) for n in names):
+        return None
+    expected = "path (or file, filename, image), label (or class) and optionally split"
+    columns: dict[str, int] = {}
+    for i, name in enumerate(names):
+        if not name:
+            continue
+        if name not in _COLUMN_NAMES:
+            raise DataError(
+                f"{manifest}: unknown column {row[i].strip()!r} in the header: "
+                f"name the columns {expected}"
+            )
+        if _COLUMN_NAMES[name] in columns:
+            raise DataError(
+                f"{manifest}: the header names the {_COLUMN_NAMES[name]} column twice: "
+                f"name the columns {expected}"
+            )
+        columns[_COLUMN_NAMES[name]] = i
+    if "path" not in columns or "label" not in columns:
+        missing = "path" if "path" not in columns else "label"
+        raise DataError(
+            f"{manifest}: the header has no {missing} column: name the columns {expected}"
+        )
+    return columns
+
+
 def _class_order(labels: set[str]) -> list[str]:
     # Integer labels sort as numbers ("2" before "10"); names sort as ImageFolder sorts folders.
     if all(label.lstrip("-").isdigit() for label in labels):
@@ -311,8 +356,10 @@ def load_csv(
     progress: bool = True,
 ) -> Splits:
     """Load a CSV manifest: rows `path,label` and optionally a third column `split`
-    (train / val / test). A header row naming the columns is optional; relative paths are
-    relative to the CSV's folder. Without a split column, a stratified split is made."""
+    (train / val / test). A header row naming the columns is optional; with one, the columns may
+    come in any order under the names in `_COLUMN_NAMES` (path/file/filename/image,
+    label/class, split). Relative paths are relative to the CSV's folder. Without a split
+    column, a stratified split is made."""
     spec = spec or ImageSpec()
     manifest = Path(manifest)
     if not manifest.is_file():
@@ -320,33 +367,28 @@ def load_csv(
     base = manifest.parent
     with open(manifest, newline="", encoding="utf-8-sig") as fh:
         rows = [r for r in csv.reader(fh)]
-    columns = {"path": 0, "label": 1, "split": 2}
-    start = 0
-    if rows and rows[0] and rows[0][0].strip().lower() in ("path", "file", "filename", "image"):
-        header = [h.strip().lower() for h in rows[0]]
-        columns = {
-            "path": 0,
-            "label": header.index("label") if "label" in header else 1,
-            "split": header.index("split") if "split" in header else -1,
-        }
-        start = 1
+    first = next((i for i, r in enumerate(rows) if any(c.strip() for c in r)), len(rows))
+    columns = _header_columns(rows[first], manifest) if first < len(rows) else None
+    start = first + 1 if columns else 0
+    # What a malformed row is told to look like: the header's order, else the documented one.
+    layout = ",".join(sorted(columns, key=columns.__getitem__)) if columns else "path,label[,split]"
+    columns = columns or {"path": 0, "label": 1, "split": 2}
     entries: list[tuple[Path, str, str]] = []
     skipped: list[str] = []
     for lineno, row in enumerate(rows[start:], start=start + 1):
         if not row or all(not c.strip() for c in row):
             continue
-        try:
-            path, label = row[columns["path"]].strip(), row[columns["label"]].strip()
-        except IndexError:
-            path, label = "", ""
-        split = "train"
-        if 0 <= columns["split"] < len(row) and row[columns["split"]].strip():
-            split = _SPLIT_NAMES.get(row[columns["split"]].strip().lower(), "")
-        if not path or not label or not split:
-            skipped.append(f"{manifest} line {lineno}: expected `path,label[,train|val|test]`")
+        cells = {k: row[i].strip() if i < len(row) else "" for k, i in columns.items()}
+        given = cells.get("split", "").lower()
+        split = _SPLIT_NAMES.get(given, "") if given else "train"
+        if not cells["path"] or not cells["label"] or not split:
+            skipped.append(
+                f"{manifest} line {lineno}: expected `{layout}` (split: train, val or test)"
+            )
             continue
-        entries.append((base / path, label, split))
+        entries.append((base / cells["path"], cells["label"], split))
     if not entries:
+        _report(skipped, [], len(skipped))  # the malformed lines say why no row was taken
         raise DataError(f"{manifest} lists no images: write one `path,label` row per image")
     class_names = _class_order({label for _, label, split in entries if split == "train"})
     if len(class_names) < 2:
@@ -362,21 +404,25 @@ def load_csv(
                 "fix the label or add training images of it"
             )
     datasets: dict[str, ImageDataset] = {}
-    for part in ("train", "val", "test"):
-        items = [(p, index[label]) for p, label, split in entries if split == part]
-        if items:
-            datasets[part] = _build(
-                items,
-                class_names,
-                spec,
-                manifest,
-                workers=workers,
-                progress=progress,
-                desc=f"decoding {part}",
-                skipped=skipped,
-                require_all_classes=part == "train",
-            )
-    _report(skipped, [], len(entries))
+    total = len(entries) + len(skipped)  # every data row, malformed ones too
+    try:
+        for part in ("train", "val", "test"):
+            items = [(p, index[label]) for p, label, split in entries if split == part]
+            if items:
+                datasets[part] = _build(
+                    items,
+                    class_names,
+                    spec,
+                    manifest,
+                    workers=workers,
+                    progress=progress,
+                    desc=f"decoding {part}",
+                    skipped=skipped,
+                    require_all_classes=part == "train",
+                )
+    finally:
+        # Also when _build raises: its "(see warnings)" errors point at these skip lines.
+        _report(skipped, [], total)
     return _assemble(datasets, skipped, val_fraction, seed)
 
 

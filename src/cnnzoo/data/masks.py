@@ -6,14 +6,18 @@ Layout read by `load_mask_pairs(root)`::
 
 Masks are single-channel PNGs of class indices (0, 1, 2, ...; palette PNGs count as indices), or
 0/255 for two classes (255 becomes class 1). In a mask with other values 255 means "ignore" (the
-Pascal VOC convention) and is kept as `IGNORE_INDEX`. An optional `instances/` folder holds
-16-bit PNGs of instance ids (0 = background), used for the border weight map of U-Net's loss;
-without it, instances are the connected components of the foreground.
+Pascal VOC convention) and is kept as `IGNORE_INDEX`. JPEG masks are refused: compression adds
+in-between values along every edge, and each would become a class. An optional `instances/`
+folder holds 16-bit PNGs of instance ids (0 = background), used for the border weight map of
+U-Net's loss; without it, instances are the connected components of the foreground -- also for
+the pairs that lack an instance file when others have one (a note names them).
 
 A CSV manifest has a header and columns `image,mask[,instances]`, paths relative to the CSV.
 
-A pair with a missing mask, an unreadable file or a mask whose size differs from its image is
-reported in one line (`report`, stderr by default) and skipped; the rest of the data set loads.
+A pair with a missing mask, an unreadable file, a JPEG mask, two files of one stem (a.png and
+a.jpg) or a mask whose size differs from its image is reported in one line (`report`, stderr by
+default) and skipped; the rest of the data set loads. When the classes are inferred from the
+largest mask value, a note names the inferred classes that hardly occur or do not occur at all.
 """
 
 from __future__ import annotations
@@ -25,11 +29,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from ..errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 IGNORE_INDEX = 255
+# Lossy formats: their compression puts in-between values along every edge of a mask, and each
+# of those would become a class (a 0/255 JPEG mask reads as 254 classes).
+_LOSSY_FORMATS = frozenset({"JPEG", "MPO"})
+# An inferred class (above 0) holding less than this share of the labelled pixels is named in a
+# note: one stray value in one mask silently adds classes, and absent classes score 1.
+_RARE_SHARE = 1e-3
 
 
 def _stderr(msg: str) -> None:
@@ -60,12 +71,21 @@ class MaskPairs:
         return len(self.images)
 
 
-def _files_by_stem(folder: Path) -> dict[str, Path]:
-    return {
-        p.stem: p
-        for p in sorted(folder.iterdir())
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    }
+def _files_by_stem(folder: Path, problems: list[str], ambiguous: set[str]) -> dict[str, Path]:
+    """{stem: file}; a stem held by two files (a.png and a.jpg) is left out, added to
+    `ambiguous` and reported in `problems`: which of them the pair means cannot be told."""
+    by_stem: dict[str, list[Path]] = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            by_stem.setdefault(p.stem, []).append(p)
+    for stem, paths in by_stem.items():
+        if len(paths) > 1:
+            ambiguous.add(stem)
+            problems.append(
+                f"skipped {stem}: {' and '.join(map(str, paths))} have the same stem: "
+                "keep one of them (pairs are matched by file stem)"
+            )
+    return {stem: paths[0] for stem, paths in by_stem.items() if len(paths) == 1}
 
 
 def find_pairs(
@@ -81,9 +101,15 @@ def find_pairs(
                 f"{d} is not a folder: put images in {img_dir} and masks (same file stems) in "
                 f"{mask_dir}, or pass a CSV manifest."
             )
-    imgs, msks = _files_by_stem(img_dir), _files_by_stem(mask_dir)
-    insts = _files_by_stem(inst_dir) if inst_dir.is_dir() else {}
-    problems = [f"skipped {imgs[s]}: no mask {s}.* in {mask_dir}" for s in imgs if s not in msks]
+    problems: list[str] = []
+    ambiguous: set[str] = set()
+    imgs = _files_by_stem(img_dir, problems, ambiguous)
+    msks = _files_by_stem(mask_dir, problems, ambiguous)
+    insts = _files_by_stem(inst_dir, problems, ambiguous) if inst_dir.is_dir() else {}
+    # A stem reported above for two files in one folder is not also "without a mask/image".
+    imgs = {s: p for s, p in imgs.items() if s not in ambiguous}
+    msks = {s: p for s, p in msks.items() if s not in ambiguous}
+    problems += [f"skipped {imgs[s]}: no mask {s}.* in {mask_dir}" for s in imgs if s not in msks]
     problems += [f"skipped {msks[s]}: no image {s}.* in {img_dir}" for s in msks if s not in imgs]
     pairs = [(s, imgs[s], msks[s], insts.get(s)) for s in imgs if s in msks]
     return pairs, problems
@@ -105,10 +131,55 @@ def read_manifest(path: str | Path) -> list[tuple[str, Path, Path, Path | None]]
     return out
 
 
+class _LossyFile(ValueError):
+    """A mask or instance file in a lossy format (its values are not the ones saved)."""
+
+
+def _some(names: Sequence[str], limit: int = 3) -> str:
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+
+
+def _rare_values_note(masks: Sequence[np.ndarray], names: Sequence[str], k: int) -> list[str]:
+    """A note when classes inferred from the largest mask value include classes (above 0) that
+    hardly occur or do not occur: usually stray values, each of which adds classes silently."""
+    counts = np.zeros(IGNORE_INDEX, dtype=np.int64)
+    files: dict[int, list[str]] = {}
+    for m, name in zip(masks, names, strict=True):
+        c = np.bincount(m.ravel(), minlength=256)[:IGNORE_INDEX]
+        counts += c
+        for v in np.flatnonzero(c[1:k]) + 1:
+            files.setdefault(int(v), []).append(name)
+    labelled = int(counts.sum())
+    rare = [v for v in range(1, k) if 0 < counts[v] < _RARE_SHARE * labelled]
+    absent = [v for v in range(1, k) if counts[v] == 0]
+    if not rare and not absent:
+        return []
+    parts = [
+        f"value {v} is on {counts[v]} pixel{'' if counts[v] == 1 else 's'} in "
+        f"{len(files[v])} mask{'' if len(files[v]) == 1 else 's'} ({_some(files[v])})"
+        for v in rare
+    ]
+    if absent:
+        parts.append(
+            f"{'value' if len(absent) == 1 else 'values'} {', '.join(map(str, absent))} in no mask"
+        )
+    return [
+        f"note: {k} classes inferred from the mask values 0..{k - 1}, but "
+        + "; ".join(parts)
+        + ": if these are stray values, name the classes (--classes or classes.txt) and "
+        "masks with values beyond them are skipped"
+    ]
+
+
 def _read_mask(path: Path) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as im:
+        if im.format in _LOSSY_FORMATS:
+            raise _LossyFile(
+                "JPEG mask: lossy compression changes the class values along every edge; "
+                "save masks as PNG"
+            )
         if im.mode in ("RGB", "RGBA"):
             arr = np.asarray(im.convert("RGB"))
             if not (
@@ -131,7 +202,12 @@ def _read_instances(path: Path) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as im:
-        return np.asarray(im).astype(np.int32)
+        if im.format in _LOSSY_FORMATS:
+            raise _LossyFile("JPEG instance ids: lossy compression changes them; save a PNG")
+        arr = np.asarray(im)
+    if arr.ndim != 2:
+        raise ValueError("not one channel; save instance ids as a grey (16-bit) PNG")
+    return arr.astype(np.int32)
 
 
 _GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
@@ -163,8 +239,8 @@ def load_mask_pairs(
 
     classes: class names, index order (`--classes background,cell`); default `classes.txt` in the
         folder if present, else '0', '1', ... up to the largest index found.
-    report: called with one line per skipped pair (None: silent; all lines are also kept in
-        `MaskPairs.skipped`).
+    report: called with one line per skipped pair (kept in `MaskPairs.skipped` too) and per
+        note (pairs without an instance file, rare inferred classes); None: silent.
     """
     source = Path(source)
     if source.suffix.lower() == ".csv":
@@ -181,7 +257,11 @@ def load_mask_pairs(
         classes = [c.strip() for c in (root / "classes.txt").read_text().splitlines() if c.strip()]
 
     images, masks, insts, names = [], [], [], []
-    have_instances = all(e[3] is not None for e in entries)
+    # Instance files for some pairs only: use them where they exist and components elsewhere
+    # (said in a note below), rather than dropping every instance file for one missing.
+    have_instances = any(e[3] is not None for e in entries)
+    without_instances: list[str] = []
+    lossy = 0  # masks skipped for being JPEGs: when all are, the error says so
     for name, img_path, mask_path, inst_path in entries:
         try:
             img = _read_image(img_path)
@@ -190,9 +270,17 @@ def load_mask_pairs(
             continue
         try:
             mask = _read_mask(mask_path)
-            inst = _read_instances(inst_path) if have_instances and inst_path else None
+        except _LossyFile as exc:
+            lossy += 1
+            problems.append(f"skipped {name}: {mask_path}: {exc}")
+            continue
         except (OSError, ValueError) as exc:
             problems.append(f"skipped {name}: cannot read mask {mask_path}: {exc}")
+            continue
+        try:
+            inst = _read_instances(inst_path) if inst_path else None
+        except (OSError, ValueError) as exc:
+            problems.append(f"skipped {name}: cannot read instances {inst_path}: {exc}")
             continue
         if mask.shape != img.shape[:2]:
             problems.append(
@@ -208,6 +296,10 @@ def load_mask_pairs(
         values = np.unique(mask)
         if set(values.tolist()) <= {0, 255}:
             mask = (mask == 255).astype(np.uint8)  # 0/255 two-class mask
+        if have_instances and inst is None:
+            # What `SegmentationSet.cell_instances` does for a set without instance files.
+            inst = ndimage.label((mask > 0) & (mask != IGNORE_INDEX))[0].astype(np.int32)
+            without_instances.append(name)
         images.append(img)
         masks.append(mask)
         insts.append(inst)
@@ -215,12 +307,28 @@ def load_mask_pairs(
     if report is not None:
         for line in problems:
             report(line)
+    if not images and lossy == len(entries):
+        raise DataError(
+            f"every mask in {source} is a JPEG, whose compression changes class values: "
+            "save the masks as PNG."
+        )
     if not images:
         raise DataError(f"no usable image/mask pairs in {source}: see the messages above.")
+    notes: list[str] = []
+    if without_instances:
+        notes.append(
+            f"note: {len(without_instances)} of {len(names)} pairs have no instance file "
+            f"({_some(without_instances)}): their instances are the connected components of "
+            "the mask's foreground"
+        )
 
     largest = max(int(m[m != IGNORE_INDEX].max(initial=0)) for m in masks)
     if classes is None:
         classes = [str(i) for i in range(max(largest + 1, 2))]
+        notes += _rare_values_note(masks, names, len(classes))
+    if report is not None:
+        for line in notes:
+            report(line)
     classes = list(classes)
     if len(classes) < 2:
         raise DataError("segmentation needs at least two classes (e.g. --classes background,cell).")

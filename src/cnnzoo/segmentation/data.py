@@ -9,7 +9,8 @@ targets. Targets are
   stacked with the mask, so that `PairedTransform` moves both with the image.
 
 Images of different sizes are cut into square tiles (mirror-padded when smaller), since a batch
-needs one size; same-sized images stay whole and are randomly cropped per batch.
+needs one size; same-sized images stay whole and are randomly cropped per batch. Validation
+tiles do not overlap and their padding is ignored, so each pixel counts once in the metrics.
 """
 
 from __future__ import annotations
@@ -40,12 +41,14 @@ from .losses import IGNORE_INDEX, balanced_class_weights, unet_weight_map
 
 @dataclass
 class SegmentationSet:
-    """images: uint8 (N, C, H, W); masks: uint8 (N, H, W); instances: int32 (N, H, W) or None."""
+    """images: uint8 (N, C, H, W); masks: uint8 (N, H, W); instances: int32 (N, H, W) or None.
+    source_sizes: (H, W) of each image the N tiles were cut from, None when N whole images."""
 
     images: np.ndarray
     masks: np.ndarray
     instances: np.ndarray | None
     names: list[str]
+    source_sizes: list[tuple[int, int]] | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -56,6 +59,18 @@ class SegmentationSet:
         return SegmentationSet(
             self.images[idx], self.masks[idx], inst, [self.names[i] for i in idx]
         )
+
+    def describe(self) -> str:
+        """'40 images of 256x256', or for tiles '3 images of 30x30 to 600x400 in 8 tiles of
+        256x256' (what a startup line should say: the tiles are not the user's images)."""
+        h, w = self.images.shape[-2:]
+        if self.source_sizes is None:
+            return f"{len(self)} image{'' if len(self) == 1 else 's'} of {h}x{w}"
+        by_area = sorted(self.source_sizes, key=lambda s: (s[0] * s[1], s))
+        (h0, w0), (h1, w1) = by_area[0], by_area[-1]
+        sizes = f"{w0}x{h0}" if (h0, w0) == (h1, w1) else f"{w0}x{h0} to {w1}x{h1}"
+        n = len(self.source_sizes)
+        return f"{n} image{'' if n == 1 else 's'} of {sizes} in {len(self)} tiles of {w}x{h}"
 
     def cell_instances(self) -> np.ndarray:
         """Instance ids: the stored ones, else the 4-connected components of the foreground."""
@@ -106,6 +121,15 @@ class SegmentationSplits:
         """w_c of the weight map, from the training masks' pixel frequencies."""
         return balanced_class_weights(self.train.masks, self.num_classes)
 
+    def describe(self) -> str:
+        """'160 training and 40 validation images of 256x256', or with tiles what each part is
+        cut from (for the run's startup line)."""
+        whole = self.train.source_sizes is None and self.val.source_sizes is None
+        if whole and self.train.images.shape[-2:] == self.val.images.shape[-2:]:
+            h, w = self.train.images.shape[-2:]
+            return f"{len(self.train)} training and {len(self.val)} validation images of {w}x{h}"
+        return f"training: {self.train.describe()}; validation: {self.val.describe()}"
+
 
 def _tiles_1d(n: int, size: int) -> list[int]:
     """Start offsets of ceil(n / size) windows of `size` spread evenly over 0..n-size."""
@@ -115,12 +139,18 @@ def _tiles_1d(n: int, size: int) -> list[int]:
     return [round(i * (n - size) / (count - 1)) for i in range(count)]
 
 
-def _pad_to(a: np.ndarray, size: int) -> np.ndarray:
-    """Mirror-pad the first two axes up to `size` (the paper's mirroring at image borders)."""
-    ph, pw = max(size - a.shape[0], 0), max(size - a.shape[1], 0)
+def _pad_to(
+    a: np.ndarray, height: int, width: int | None = None, *, fill: int | None = None
+) -> np.ndarray:
+    """Pad the first two axes up to `height` x `width` (default square), centred: mirrored
+    (the paper's mirroring at image borders), or with the constant `fill`."""
+    width = height if width is None else width
+    ph, pw = max(height - a.shape[0], 0), max(width - a.shape[1], 0)
     if not (ph or pw):
         return a
     pads = [(ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)] + [(0, 0)] * (a.ndim - 2)
+    if fill is not None:
+        return np.pad(a, pads, mode="constant", constant_values=fill)
     return np.pad(a, pads, mode="symmetric")
 
 
@@ -130,9 +160,15 @@ def stack_pairs(
     instances: Sequence[np.ndarray] | None,
     names: Sequence[str],
     tile: int,
+    *,
+    count_once: bool = False,
 ) -> SegmentationSet:
     """Stack (H, W, C) images / (H, W) masks into one set: as they are when all share one size,
-    else as `tile` x `tile` tiles (images smaller than a tile are mirror-padded)."""
+    else as `tile` x `tile` tiles (images smaller than a tile are mirror-padded).
+
+    count_once (validation): the tiles do not overlap and the padding's mask is `IGNORE_INDEX`,
+    so that every pixel of an image counts exactly once in the metrics; otherwise the mirrored
+    border of a 30 x 30 image would count 70 times as much as the image itself."""
     if len({im.shape[:2] for im in images}) == 1:
         inst = None if instances is None else np.stack(instances).astype(np.int32)
         return SegmentationSet(
@@ -141,10 +177,17 @@ def stack_pairs(
     out_img, out_mask, out_inst, out_names = [], [], [], []
     for k, (im, m) in enumerate(zip(images, masks, strict=True)):
         inst = None if instances is None else instances[k]
-        im, m = _pad_to(im, tile), _pad_to(m, tile)
-        inst = None if inst is None else _pad_to(inst, tile)
-        for y in _tiles_1d(im.shape[0], tile):
-            for x in _tiles_1d(im.shape[1], tile):
+        if count_once:
+            th, tw = (math.ceil(n / tile) * tile for n in m.shape)
+            im, m = _pad_to(im, th, tw), _pad_to(m, th, tw, fill=IGNORE_INDEX)
+            inst = None if inst is None else _pad_to(inst, th, tw, fill=0)
+            ys, xs = range(0, th, tile), range(0, tw, tile)
+        else:
+            im, m = _pad_to(im, tile), _pad_to(m, tile)
+            inst = None if inst is None else _pad_to(inst, tile)
+            ys, xs = _tiles_1d(im.shape[0], tile), _tiles_1d(im.shape[1], tile)
+        for y in ys:
+            for x in xs:
                 out_img.append(im[y : y + tile, x : x + tile])
                 out_mask.append(m[y : y + tile, x : x + tile])
                 if inst is not None:
@@ -155,6 +198,7 @@ def stack_pairs(
         np.stack(out_mask),
         np.stack(out_inst).astype(np.int32) if instances is not None else None,
         out_names,
+        [m.shape[:2] for m in masks],
     )
 
 
@@ -188,7 +232,13 @@ def load_segmentation(
     the same layout) or a CSV manifest; without a `val/` folder a seeded `val_fraction` of the
     images (whole images, before tiling) is held out."""
     if str(source) == "cells":
-        n_val = max(1, round(cells * val_fraction))
+        # The same hold-out rule as for a folder: at least one image on each side.
+        if cells < 2:
+            raise DataError(
+                f"cells has {cells} image{'' if cells == 1 else 's'}: need at least 2 to "
+                "validate (--cells 2 or more)."
+            )
+        n_val = min(max(1, round(cells * val_fraction)), cells - 1)
         return load_cells(cells - n_val, n_val, seed=seed)
     from ..data.masks import load_mask_pairs
 
@@ -206,16 +256,17 @@ def load_segmentation(
         n_val = min(max(1, round(len(pairs) * val_fraction)), len(pairs) - 1)
         val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
 
-    def pick(p, idx):
+    def pick(p, idx, count_once=False):
         idx = range(len(p)) if idx is None else idx
         inst = None if p.instances is None else [p.instances[i] for i in idx]
         return stack_pairs(
             [p.images[i] for i in idx], [p.masks[i] for i in idx], inst,
-            [p.names[i] for i in idx], tile,
+            [p.names[i] for i in idx], tile, count_once=count_once,
         )
 
     train = pick(pairs, train_idx)
-    val = pick(val_pairs, None) if val_pairs is not None else pick(pairs, val_idx)
+    val = (pick(val_pairs, None, True) if val_pairs is not None
+           else pick(pairs, val_idx, True))
     if train.images.shape[1] != val.images.shape[1]:
         raise DataError("training and validation images differ in channels (grey vs colour).")
     skipped = pairs.skipped + (val_pairs.skipped if val_pairs is not None else [])
