@@ -68,7 +68,8 @@ def main() -> None:
         t0 = time.perf_counter()
         run = train("cells", out_dir=out, loss=loss, cells=args.cells, crop=args.crop,
                     batch_size=args.batch_size, base_width=args.base_width, epochs=args.epochs,
-                    lr=args.lr, seed=args.seed, progress=False, tensorboard=False, say=print)
+                    lr=args.lr, seed=args.seed, progress=False, tensorboard=False, say=print,
+                    overwrite=True)
         minutes = (time.perf_counter() - t0) / 60
         train_min = sum(r["seconds"] for r in run.result.history) / 60
         held = evaluate_held_out(run.model, run.meta["mean"], run.meta["std"], args.test,

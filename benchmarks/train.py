@@ -199,7 +199,8 @@ def part_accuracy(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     result = train_classifier(args.model, data, cfg, out_dir=out,
                               label_smoothing=args.label_smoothing,
-                              model_kwargs=kwargs, say=lambda m: print(m, flush=True))
+                              model_kwargs=kwargs, say=lambda m: print(m, flush=True),
+                              overwrite=True)
     total = time.perf_counter() - t0
     train_s = sum(r["seconds"] for r in result.history)
     model = create_model(args.model, num_classes=10, in_chans=1, **kwargs)

@@ -28,7 +28,7 @@ from cnnzoo.engine.optim import StepSchedule, build_optimizer
 from cnnzoo.engine.precision import Precision, choose_precision
 from cnnzoo.engine.run import DataOptions, make_loaders, train_classifier
 from cnnzoo.engine.task import ClassificationTask
-from cnnzoo.errors import DataError, ModelOptionError, TrainingError
+from cnnzoo.errors import DataError, ModelOptionError, TrainingError, WeightsError
 from cnnzoo.models import create_model
 from cnnzoo.models.base import AuxOutputs
 from cnnzoo.models.vgg import VGG_DENSE_LAYERS, vgg_conv_layers
@@ -215,6 +215,93 @@ def test_nan_loss_stops_with_one_line_and_keeps_the_last_good_checkpoint(tmp_pat
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
+def test_a_run_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_path):
+    # A NaN in epoch 1: no empty metrics.jsonl or tb/, not even the folder.
+    cfg = TrainConfig(epochs=2, lr=0.05, log_every=1, **{**FP32, "tensorboard": True})
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError, match="no checkpoint was written$"):
+        Trainer(_TinyNet(), _NaNAfter(good=2), _tiny_loader(), config=cfg, out_dir=out).fit()
+    assert not out.exists()
+
+    # Into a folder that holds a run (Trainer replaces by default): the old run is untouched
+    # until the new one has a checkpoint, then none of its files (old tb events) remain.
+    Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg, out_dir=out).fit()
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    old_events = sorted((out / "tb").iterdir())
+    with pytest.raises(TrainingError, match=f"the run already in {out} is left as it was"):
+        Trainer(_TinyNet(), _NaNAfter(good=2), _tiny_loader(), config=cfg, out_dir=out).fit()
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert sorted((out / "tb").iterdir()) == old_events
+    cfg.epochs = 1
+    Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg, out_dir=out).fit()
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    events = sorted((out / "tb").iterdir())
+    assert len(events) == 1 and events[0] not in old_events
+    assert load_checkpoint(out / "last.pt")["epoch"] == 1
+
+
+def test_a_folder_holding_a_run_is_refused_without_overwrite(tmp_path):
+    cfg = TrainConfig(epochs=1, lr=0.05, **FP32)
+    Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg, out_dir=tmp_path).fit()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(TrainingError) as err:
+        Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg,
+                out_dir=tmp_path).fit(overwrite=False)  # fmt: skip
+    assert str(err.value) == (f"{tmp_path} holds a run (last.pt): pass --resume to continue it, "
+                              "--overwrite to replace it, or another --out")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    # Resuming it is fine; so is a new folder.
+    Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg,
+            out_dir=tmp_path).fit(resume=True, overwrite=False)  # fmt: skip
+    Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg,
+            out_dir=tmp_path / "new").fit(overwrite=False)  # fmt: skip
+    (tmp_path / "afile").write_text("")
+    for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
+        with pytest.raises(TrainingError, match="afile is a file, not a folder: pass another"):
+            Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg,
+                    out_dir=out).fit()  # fmt: skip
+
+
+def test_resume_refuses_another_model_data_or_options_and_warns_of_another_loss(tmp_path,
+                                                                               capsys):
+    meta = {"model": "tiny", "model_kwargs": {"width": 4}, "dataset": "digits",
+            "class_names": ["a", "b", "c"], "num_classes": 3, "in_chans": 1, "loss": "ce"}
+    cfg = TrainConfig(epochs=1, lr=0.05, **FP32)
+    Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg, out_dir=tmp_path,
+            meta=meta).fit()  # fmt: skip
+    kept = (tmp_path / "last.pt").read_bytes()
+    cases = [
+        ({"model": "wide"}, "is tiny, not wide: resume it as `cnnzoo train tiny ... --resume`"),
+        ({"model_kwargs": {"width": 8}}, "was trained with other model options (width=4, not "
+                                         "width=8): resume with the checkpoint's options"),
+        ({"dataset": "fashion-mnist"}, "was trained on digits, not fashion-mnist: resume with "
+                                       "--data digits"),
+        ({"class_names": ["a", "b", "d"]}, "was trained on the classes a, b, c, and the data "
+                                           "now has a, b, d: resume with the data it was "
+                                           "trained on"),
+    ]
+    for change, why in cases:
+        with pytest.raises(TrainingError) as err:
+            Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg,
+                    out_dir=tmp_path, meta={**meta, **change}).fit(resume=True)  # fmt: skip
+        assert str(err.value) == (f"the checkpoint in {tmp_path} {why}, or start a new run with "
+                                  "another --out")
+    # A model the meta cannot tell apart: still one line, not load_state_dict's traceback.
+    with pytest.raises(TrainingError) as err:
+        Trainer(_TinyNet(classes=5), ClassificationTask(5), _tiny_loader(classes=5), config=cfg,
+                out_dir=tmp_path, meta={}).fit(resume=True)  # fmt: skip
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"the checkpoint in {tmp_path} does not fit this "
+                                              "model (Error(s) in loading state_dict")
+    assert (tmp_path / "last.pt").read_bytes() == kept  # nothing trained or written
+    capsys.readouterr()
+    cfg.epochs = 2
+    Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg, out_dir=tmp_path,
+            meta={**meta, "loss": "dice"}).fit(resume=True)  # fmt: skip
+    assert ("warning: resuming with different epochs (was 1), loss (was ce) than the "
+            "checkpoint") in capsys.readouterr().err
+
+
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     atomic_save({"model": {"w": torch.ones(3)}, "epoch": 1}, path)
@@ -247,6 +334,29 @@ def test_early_stopping_restores_the_best_weights(tmp_path):
     for k, v in net.state_dict().items():
         assert torch.equal(v, best["model"][k]), k
     assert abs(result.final["loss"] - result.best_value) < 1e-9
+
+
+def test_a_resumed_early_stopped_run_stays_finished(tmp_path):
+    train, val = _tiny_loader(n=64, seed=1), _tiny_loader(n=64, seed=2)
+    cfg = TrainConfig(epochs=30, lr=0.5, schedule="constant", patience=2, weight_decay=0,
+                      **FP32)
+    first = Trainer(_TinyNet(), ClassificationTask(3), train, val, cfg, out_dir=tmp_path).fit()
+    assert first.stopped_early
+    last = (tmp_path / "last.pt").read_bytes()
+    net = _TinyNet()
+    again = Trainer(net, ClassificationTask(3), train, val, cfg, out_dir=tmp_path).fit(
+        resume=True)
+    assert again.stopped_early and again.history == first.history  # no epoch trained
+    assert (again.best_epoch, again.best_value) == (first.best_epoch, first.best_value)
+    assert (tmp_path / "last.pt").read_bytes() == last
+    best = load_checkpoint(tmp_path / "best.pt")["model"]
+    for k, v in net.state_dict().items():  # the best weights, restored as at the stop
+        assert torch.equal(v, best[k]), k
+    # A larger patience continues the run, as more epochs continue a finished one.
+    cfg.patience = 3
+    more = Trainer(_TinyNet(), ClassificationTask(3), train, val, cfg, out_dir=tmp_path).fit(
+        resume=True)
+    assert len(more.history) > len(first.history)
 
 
 def test_patience_zero_means_no_early_stopping():
@@ -370,6 +480,44 @@ def test_growth_of_resnets_copies_every_shared_place():
     assert set(report.copied) == {k for k in a.state_dict() if k in b.state_dict()
                                   and not k.endswith("num_batches_tracked")} | {
         k for k in a.state_dict() if k.endswith("num_batches_tracked") and k in b.state_dict()}
+
+
+def test_growth_copies_whole_layers_and_refuses_other_widths_or_families():
+    kw = {"num_classes": 10, "in_chans": 1, "fc_dim": 64, "pool_size": 1}
+    a = create_model("vgg11", width_mult=0.125, **kw)
+    wide = create_model("vgg13", width_mult=0.25, **kw)
+    state = {k: v.clone() for k, v in wide.state_dict().items()}
+    src_meta = {"model": "vgg11", "model_kwargs": {"width_mult": 0.125, "fc_dim": 64,
+                                                   "pool_size": 1}}
+    with pytest.raises(WeightsError) as err:
+        grow_from(wide, a.state_dict(), source_meta=src_meta,
+                  target_kwargs={"width_mult": 0.25, "fc_dim": 64, "pool_size": 1})
+    assert str(err.value) == (
+        "the source checkpoint's layers do not fit this model: the source was built with "
+        "width_mult=0.125, this model with width_mult=0.25 (features.0: 8x1x3x3 in the source, "
+        "16x1x3x3 here); grow with the source's options (--model-arg)")
+    for k, v in wide.state_dict().items():  # not half a copy: nothing changed
+        assert torch.equal(v, state[k]), k
+    with pytest.raises(WeightsError, match=r"features.0: 8x1x3x3 in the source, 16x1x3x3 here"):
+        grow_from(wide, a.state_dict(), source_meta={"model": "vgg11"})  # no options stored
+    with pytest.raises(WeightsError) as err:
+        grow_from(wide, create_model("lenet5").state_dict(), source_meta={"model": "lenet5"})
+    assert str(err.value).startswith("the source checkpoint is lenet5, not a VGG; growth goes "
+                                     "vgg11 → vgg13 → vgg16")
+    with pytest.raises(WeightsError, match="is lenet5, not a resnet model"):
+        grow_from(create_model("resnet32"), create_model("lenet5").state_dict(),
+                  source_meta={"model": "lenet5"})
+    # Another number of classes: the head stays fresh, weight and bias alike, and is reported.
+    b = create_model("vgg13", width_mult=0.125, **{**kw, "num_classes": 4})
+    head = {k: v.clone() for k, v in b.classifier[6].state_dict().items()}
+    report = grow_from(b, a.state_dict(), source_meta=src_meta,
+                       target_kwargs=src_meta["model_kwargs"])
+    assert not any(k.startswith("classifier.6.") for k in report.copied)
+    assert {"classifier.6.weight", "classifier.6.bias"} <= set(report.fresh)
+    for k, v in b.classifier[6].state_dict().items():
+        assert torch.equal(v, head[k]), k
+    assert report.lines()[-1] == ("not copied, their shapes differ from the source's (1 layers): "
+                                  "classifier.6")
 
 
 # --------------------------------------------------------------------------- precision
@@ -571,6 +719,77 @@ def test_cli_trains_on_a_messy_folder_and_evaluates(tmp_path, capsys, caplog):
     assert "confusion matrix (rows: true class, columns: predicted)" in text
     assert main(["evaluate", str(tmp_path / "nothing.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_refuses_to_replace_or_mix_runs_in_one_line(tmp_path, capsys):
+    out = tmp_path / "run"
+    base = ["train", "lenet5", "--data", "digits", "--epochs", "1", "--precision", "fp32",
+            "--channels-last", "off", "--no-progress", "--no-tensorboard", "--out", str(out)]
+    assert main(base) == 0
+    files = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+
+    def error(args: list[str]) -> str:
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "Traceback" not in "\n".join(err)
+        return err[-1]
+
+    assert error(base) == (f"cnnzoo train: error: {out} holds a run (last.pt): pass --resume to "
+                           "continue it, --overwrite to replace it, or another --out")
+    assert error(["train", "resnet20", *base[2:], "--resume"]) == (
+        f"cnnzoo train: error: the checkpoint in {out} is lenet5, not resnet20: resume it as "
+        "`cnnzoo train lenet5 ... --resume`, or start a new run with another --out")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == files  # the run as it was
+    (tmp_path / "afile").write_text("")
+    assert error([*base[:-1], str(tmp_path / "afile")]) == (
+        f"cnnzoo train: error: {tmp_path / 'afile'} is a file, not a folder: pass another --out DIR")
+    # unet defaults to --task segmentation; asked to classify, it is refused before any work.
+    assert error(["train", "unet", "--task", "classification", *base[2:-1],
+                  str(tmp_path / "u")]) == (
+        "cnnzoo train: error: unet is a segmentation model: train it with --task segmentation "
+        "(data: 'cells', or a folder with images/ and masks/)")
+    assert error(["train", "unet", *base[2:-1], str(tmp_path / "u")]).endswith(
+        "digits is neither a folder with images/ and masks/ nor a .csv manifest.")
+    assert not (tmp_path / "u").exists()
+
+
+def test_segmentation_resume_checks_model_options_and_encoder_errors_read_cleanly(
+        tmp_path, monkeypatch, capsys):
+    from cnnzoo.errors import UsageError, WeightsError
+    from cnnzoo.segmentation.training import build_model, train
+
+    opts = dict(cells=4, crop=32, batch_size=2, epochs=1, base_width=4, progress=False,
+                tensorboard=False, report=False, precision="fp32", channels_last="off",
+                say=lambda m: None)
+    train("cells", out_dir=tmp_path, **opts)
+    kept = (tmp_path / "last.pt").read_bytes()
+    with pytest.raises(TrainingError) as err:
+        train("cells", out_dir=tmp_path, resume=True, **{**opts, "base_width": 8})
+    assert str(err.value) == (
+        f"the checkpoint in {tmp_path} was trained with other model options (base_width=4, not "
+        "base_width=8): resume with the checkpoint's options, or start a new run with another "
+        "--out")
+    with pytest.raises(TrainingError, match="holds a run"):
+        train("cells", out_dir=tmp_path, **opts)
+    assert (tmp_path / "last.pt").read_bytes() == kept
+    capsys.readouterr()
+    train("cells", out_dir=tmp_path, resume=True, loss="dice", **{**opts, "epochs": 2})
+    assert "loss (was ce+dice)" in capsys.readouterr().err
+
+    with pytest.raises(UsageError, match="^--encoder-weights needs --encoder NAME"):
+        build_model(2, 1, encoder_weights="imagenet")
+    missing = tmp_path / "nothing.pth"
+    with pytest.raises(WeightsError) as err:
+        build_model(2, 1, encoder_name="resnet18", encoder_weights=str(missing))
+    assert str(err.value) == f"{missing}: no such weights file"  # no 'bad model option' prefix
+    for var in ("CNNZOO_CACHE", "TORCH_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.setenv(var, str(tmp_path / "empty"))
+    with pytest.raises(WeightsError) as err:
+        build_model(2, 1, encoder_name="resnet18", encoder_weights="imagenet")
+    msg = str(err.value)
+    assert msg.startswith("resnet18 weights 'imagenet' are not on this machine")
+    assert "(--encoder-weights path/resnet18-" in msg and "CLI --weights" not in msg
 
 
 def test_vgg_stages_option_builds_the_small_fashion_mnist_vgg():

@@ -29,7 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="image folder (one sub-folder per class), CSV manifest, 'fashion-mnist' "
                         "or 'digits'; with --task segmentation: a folder of images/ + masks/, "
                         "or 'cells'")
-    p.add_argument("--task", choices=("classification", "segmentation"), default="classification")
+    p.add_argument("--task", choices=("classification", "segmentation"), default=None,
+                   help="default: segmentation for unet, classification otherwise")
     p.add_argument("--epochs", type=COUNT, default=10)
     p.add_argument("--batch-size", type=COUNT, default=None,
                    help="default 128 (segmentation: 8)")
@@ -59,6 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run --out holds (its files go when the new run writes its "
+                        "first checkpoint)")
     p.add_argument("--init-from", metavar="CHECKPOINT",
                    help="start from a trained shallower net of the same family (growth)")
     p.add_argument("--grow-rule", choices=("paper", "all"), default="paper",
@@ -133,6 +137,11 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.distributed import cleanup, init_distributed
     from ..engine.run import DataOptions, out_dir_for, train_classifier
 
+    if args.task is None:
+        from ..models import get_config
+
+        segmenter = get_config(args.model).task == "segmentation"
+        args.task = "segmentation" if segmenter else "classification"
     if args.threads:
         torch.set_num_threads(args.threads)
     dist = init_distributed()
@@ -164,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
                 args.model, data, config, out_dir=out, resume=args.resume,
                 init_from=args.init_from, grow_rule=args.grow_rule,
                 label_smoothing=args.label_smoothing, model_kwargs=dict(args.model_arg),
-                dist=dist, say=say)
+                dist=dist, say=say, overwrite=args.overwrite)
     finally:
         cleanup()
     if dist.is_main:

@@ -9,7 +9,12 @@ the first four convs of net A to the same places in the deeper net, plus the thr
 `rule='all'` copies every conv whose (stage, index) exists in both.
 
 Other families (ResNet-18 -> 34, DenseNet, ...) name their tensors by place already
-('layer1.1.conv1.weight'), so every tensor whose key and shape exist in both is copied.
+('layer1.1.conv1.weight'), so every layer whose keys and shapes exist in both is copied.
+
+A layer is copied whole (weight, bias, BatchNorm statistics) or not at all. A VGG layer at a
+shared place, or any layer when the two nets were built with other options (width_mult,
+fc_dim, ...), that does not fit means the nets differ in width: an error, not a net of which
+nothing but a bias was copied. Only the head may differ (another number of classes).
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ class GrowReport:
     copied: dict[str, str] = field(default_factory=dict)  # target key -> source key
     fresh: list[str] = field(default_factory=list)  # kept their fresh initialisation
     unused: list[str] = field(default_factory=list)  # source keys that went nowhere
+    # Layers (prefixes) left fresh because their source layer has other shapes: the head when
+    # the number of classes differs, or deeper DenseNet/ResNet parts whose widths follow depth.
+    reshaped: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         """Human-readable summary, grouped by layer prefix."""
@@ -48,6 +56,11 @@ class GrowReport:
                    + ", ".join(fresh))
         if self.unused:
             out.append(f"not used from the source: {', '.join(prefixes(self.unused))}")
+        if self.reshaped:
+            more = len(self.reshaped) - 6
+            out.append(f"not copied, their shapes differ from the source's ({len(self.reshaped)} "
+                       "layers): " + ", ".join(self.reshaped[:6])
+                       + (f", ... and {more} more" if more > 0 else ""))
         return out
 
 
@@ -78,33 +91,58 @@ def _vgg_mapping(target: nn.Module, source_state: dict[str, Tensor], source_conf
     return mapping
 
 
+def _family(model_name: Any) -> str | None:
+    from ..models import get_config
+
+    try:
+        return get_config(str(model_name)).family
+    except Exception:  # noqa: BLE001 - a name this version does not know: no family to compare
+        return None
+
+
+def _shape(t: Tensor) -> str:
+    return "x".join(map(str, t.shape)) or "scalar"
+
+
 def grow_from(
     model: nn.Module,
     source_state: dict[str, Tensor],
     *,
     source_meta: dict[str, Any] | None = None,
     rule: str = "paper",
+    target_kwargs: dict[str, Any] | None = None,
 ) -> GrowReport:
-    """Copy tensors of a trained shallower net (`source_state`) into `model`, in place.
+    """Copy layers of a trained shallower net (`source_state`) into `model`, in place.
 
-    rule: 'paper' (VGG: first four convs + dense layers, Sec. 3.1) or 'all' (every tensor whose
-    place exists in both). Tensors whose shapes differ (another width, another head) are left
-    freshly initialised and reported. `source_meta` is the checkpoint's meta (needs 'vgg_config'
-    for VGG sources: the Table-1 channel list of net A).
+    rule: 'paper' (VGG: first four convs + dense layers, Sec. 3.1) or 'all' (every layer whose
+    place exists in both). A layer is copied whole or left freshly initialised; a head of
+    another size stays fresh and is reported. `source_meta` is the checkpoint's meta (its
+    'model' and 'model_kwargs'; VGG needs 'vgg_config' or a VGG 'model': net A's Table-1
+    channel list); `target_kwargs` the options `model` was built with. Raises `WeightsError`
+    when the source is another family, or when the nets differ in width or options.
     """
     if rule not in ("paper", "all"):
         raise ValueError(f"rule must be 'paper' or 'all', not {rule!r}")
     target_state = model.state_dict()
     family = getattr(getattr(model, "default_cfg", None), "family", None)
+    meta = source_meta or {}
+    source_name = meta.get("model")
+    source_family = _family(source_name) if source_name else None
+    if family and source_family and source_family != family:
+        if family == "vgg":
+            raise WeightsError(f"the source checkpoint is {source_name}, not a VGG; growth goes "
+                               "vgg11 → vgg13 → vgg16 → vgg19: pass a checkpoint of `cnnzoo "
+                               "train vgg11 ...` (or of the VGG before this one)")
+        raise WeightsError(f"the source checkpoint is {source_name}, not a {family} model: grow "
+                           f"from a trained shallower {family} model")
     report = GrowReport()
     pairs: dict[str, str] = {}
     if family == "vgg":
-        meta = source_meta or {}
         config = meta.get("vgg_config")
-        if config is None and meta.get("model"):
+        if config is None and source_name:
             from ..models.vgg import VGG_CONFIGS, VGG_DEPTHS
 
-            letter = VGG_DEPTHS.get(str(meta["model"]).removesuffix("_bn"))
+            letter = VGG_DEPTHS.get(str(source_name).removesuffix("_bn"))
             config = VGG_CONFIGS.get(letter) if letter else None
         if config is None:
             raise WeightsError("the source checkpoint does not say which VGG it is: grow from a "
@@ -115,14 +153,37 @@ def grow_from(
                     pairs[k] = s_prefix + k[len(t_prefix):]
     else:
         pairs = {k: k for k in target_state if k in source_state}
-    with torch.no_grad():
-        for k, v in target_state.items():
+
+    # Whole layers: a layer fits when each of its tensors has a source of the same shape.
+    layers: dict[str, list[str]] = {}
+    for k in target_state:
+        layers.setdefault(k.rsplit(".", 1)[0], []).append(k)
+    head = getattr(model, "head_name", None)
+    misfit: list[tuple[str, str, str]] = []  # (layer, source shape, target shape), body only
+    for prefix, keys in layers.items():
+        needed = [k for k in keys if not k.endswith("num_batches_tracked")]
+        sources = [pairs.get(k) for k in needed]
+        if not needed or any(s is None or s not in source_state for s in sources):
+            report.fresh.extend(needed)
+            continue
+        wrong = [(k, s) for k, s in zip(needed, sources, strict=True)
+                 if source_state[s].shape != target_state[k].shape]
+        if wrong:
+            report.fresh.extend(needed)
+            report.reshaped.append(prefix)
+            if prefix != head:
+                k, s = wrong[0]
+                misfit.append((prefix, _shape(source_state[s]), _shape(target_state[k])))
+            continue
+        for k in keys:  # BatchNorm's num_batches_tracked too, where the source has it
             s = pairs.get(k)
-            if s is not None and s in source_state and source_state[s].shape == v.shape:
-                v.copy_(source_state[s])
+            if s is not None and s in source_state and \
+                    source_state[s].shape == target_state[k].shape:
                 report.copied[k] = s
-            elif not k.endswith("num_batches_tracked"):
-                report.fresh.append(k)
+    _check_fit(misfit, family, meta, target_kwargs)  # before a tensor is changed
+    with torch.no_grad():
+        for k, s in report.copied.items():
+            target_state[k].copy_(source_state[s])
     used = set(report.copied.values())
     report.unused = [k for k in source_state if k not in used
                      and not k.endswith("num_batches_tracked")]
@@ -130,3 +191,30 @@ def grow_from(
         raise WeightsError("no tensor of the source checkpoint fits this model: grow within one "
                            "family (e.g. vgg11 -> vgg13) with the same number of classes")
     return report
+
+
+def _check_fit(misfit: list[tuple[str, str, str]], family: str | None, meta: dict[str, Any],
+               target_kwargs: dict[str, Any] | None) -> None:
+    """A one-line error when layers other than the head do not fit because the two nets were
+    built with other options (or, for VGG, whose places always match, for any reason)."""
+    if not misfit:
+        return
+    def show(kwargs: dict[str, Any], key: str) -> str:
+        return f"{key}={kwargs[key]}" if key in kwargs else f"{key} unset"
+
+    src, tgt = meta.get("model_kwargs"), target_kwargs
+    diff: list[str] = []
+    if src is not None and tgt is not None:
+        keys = sorted(k for k in {*src, *tgt} if src.get(k, ...) != tgt.get(k, ...))
+        diff = [" ".join(show(src, k) for k in keys), " ".join(show(tgt, k) for k in keys)]
+    if family != "vgg" and not diff:
+        return  # e.g. DenseNet-121 -> 169: widths after the deeper block follow depth (reported)
+    layer, there, here = misfit[0]
+    shapes = f"{layer}: {there} in the source, {here} here"
+    if diff:
+        raise WeightsError(
+            f"the source checkpoint's layers do not fit this model: the source was built with "
+            f"{diff[0]}, this model with {diff[1]} ({shapes}); grow with the source's options "
+            "(--model-arg)")
+    raise WeightsError(f"the source checkpoint's layers do not fit this model ({shapes}): grow "
+                       "with the source's model options (--model-arg) and input channels")

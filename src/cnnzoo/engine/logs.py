@@ -13,27 +13,39 @@ class MetricsLog:
     On resume the file is rewritten from the checkpoint's own history (`history`): a run killed
     between writing its checkpoint and its metrics line, or after writing lines of epochs the
     checkpoint never saw, still ends with exactly one line per epoch. TensorBoard events of
-    epochs after the checkpoint are purged the same way.
+    epochs after the checkpoint are purged the same way. A new run creates neither the file nor
+    `tb/` before its first record, so a run that fails in its first epoch leaves no empty logs.
     """
 
     def __init__(self, out_dir: Path, *, tensorboard: bool = True,
                  history: list[dict[str, Any]] | None = None) -> None:
+        self.out_dir = out_dir
         self.path = out_dir / "metrics.jsonl"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        history = history or []
+        self.tensorboard = tensorboard
+        self.resumed_epochs = len(history or [])
+        self.writer: Any = None
+        self.opened = False
+        if history:  # a resumed run's folder exists: bring its log in line with the checkpoint
+            self._open(history)
+
+    def _open(self, history: list[dict[str, Any]]) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         self.path.write_text("".join(json.dumps(r) + "\n" for r in history))
-        self.writer = None
-        if tensorboard:
+        self.opened = True
+        if self.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
                 # Epochs are logged as steps 1..E; a resumed run drops the killed run's later ones.
-                self.writer = SummaryWriter(str(out_dir / "tb"),
-                                            purge_step=len(history) + 1 if history else None)
+                n = self.resumed_epochs
+                self.writer = SummaryWriter(str(self.out_dir / "tb"),
+                                            purge_step=n + 1 if n else None)
             except Exception:  # noqa: BLE001 - tensorboard missing or broken: JSONL is enough
                 self.writer = None
 
     def write(self, record: dict[str, Any]) -> None:
+        if not self.opened:
+            self._open([])
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         if self.writer is not None:

@@ -150,6 +150,7 @@ class Trainer:
         self.meta = meta or {}
         self.dist = dist or DistContext()
         self.precision = Precision()
+        self._replacing = False  # fit() is replacing the run out_dir holds, not yet cleared
         cfg = self.config
         self.mixer = BatchMixer(cfg.mixup, cfg.cutmix, seed=cfg.seed, rank=self.dist.rank)
         if self.mixer.enabled and task.name != "classification":
@@ -177,17 +178,34 @@ class Trainer:
         }
 
     # ----------------------------------------------------------------- main
-    def fit(self, *, resume: bool | str | Path = False) -> FitResult:
+    def fit(self, *, resume: bool | str | Path = False, overwrite: bool = True) -> FitResult:
         """Train for `config.epochs` epochs (continuing from a checkpoint with `resume`).
 
         resume=True continues from out_dir/last.pt when it exists (and starts afresh otherwise);
-        a path continues from that file. Raises `TrainingError` when the loss becomes NaN/inf.
+        a path continues from that file. A resumed run that early stopping ended stays finished.
+        overwrite: a new run into an out_dir that holds one (last.pt) replaces it -- its files
+        go when this run writes its first checkpoint, so a run that fails before keeps them;
+        False refuses with `TrainingError` (what `cnnzoo train` does without --overwrite).
+        Raises `TrainingError` when the loss becomes NaN/inf.
         """
         cfg, task = self.config, self.task
+        check_out_dir(self.out_dir, resume=resume is not False and resume is not None,
+                      overwrite=overwrite)
         ckpt = self._load_resume(resume)
+        # A new run into a folder that holds one: the old files go with the first checkpoint.
+        replacing = ckpt is None and self.out_dir is not None and \
+            (self.out_dir / "last.pt").exists()
+        self._replacing = replacing
         model = unwrap_model(self.model)  # a second fit() must not wrap DDP twice
         if ckpt is not None:
-            model.load_state_dict(ckpt["model"])
+            try:
+                model.load_state_dict(ckpt["model"])
+            except RuntimeError as exc:  # a mismatch the meta checks could not see
+                first = str(exc).strip().splitlines()[0]
+                raise TrainingError(
+                    f"the checkpoint in {self._resume_where(resume)} does not fit this model "
+                    f"({first}): resume with the model and options it was trained with, or "
+                    "start a new run with another --out") from None
             self.precision = Precision(**{**ckpt["precision"], "source": "checkpoint"})
         else:
             torch.manual_seed(cfg.seed)
@@ -214,8 +232,10 @@ class Trainer:
         scheduler = StepSchedule(optimizer, cfg.epochs * steps, schedule=cfg.schedule,
                                  warmup=int(cfg.warmup_epochs * steps), pct_start=cfg.pct_start)
 
+        monitor = f"{'val' if self.val_loader is not None else 'train'}_{task.monitor}"
         start, history, best, best_epoch, bad_epochs = 0, [], None, 0, 0
         best_state: dict[str, Tensor] | None = None
+        stopped = False
         if ckpt is not None:
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
@@ -225,14 +245,19 @@ class Trainer:
             best_path = self.out_dir / "best.pt" if self.out_dir else None
             if best_path is not None and best_path.exists():
                 best_state = load_checkpoint(best_path)["model"]
-            self._say(f"resuming after epoch {start} of {cfg.epochs}")
+            # Early stopping ended the run after writing this checkpoint: it is finished, as a
+            # run of all its epochs is (a larger --patience continues it, with a warning).
+            stopped = cfg.patience is not None and bad_epochs >= cfg.patience
+            if stopped:
+                self._say(f"the run stopped early after epoch {start} of {cfg.epochs} ({monitor} "
+                          f"best at epoch {best_epoch}): nothing left to train")
+            else:
+                self._say(f"resuming after epoch {start} of {cfg.epochs}")
 
         log = MetricsLog(self.out_dir, tensorboard=cfg.tensorboard, history=history) \
             if self._writes else None
-        monitor = f"{'val' if self.val_loader is not None else 'train'}_{task.monitor}"
-        stopped = False
         try:
-            for epoch in range(start, cfg.epochs):
+            for epoch in range(start, start if stopped else cfg.epochs):
                 if hasattr(self.train_loader, "set_epoch"):
                     self.train_loader.set_epoch(epoch)
                 self.mixer.set_epoch(epoch)
@@ -248,6 +273,9 @@ class Trainer:
                 record["images_per_s"] = round(n_images / max(seconds, 1e-9), 1)
                 history.append(record)
 
+                if replacing and self._writes:
+                    clear_run(self.out_dir)
+                    replacing = self._replacing = False
                 value = record[monitor]
                 if is_better(value, best, task.mode):
                     best, best_epoch, bad_epochs = value, epoch + 1, 0
@@ -307,13 +335,27 @@ class Trainer:
         if "optimizer" not in ckpt:
             raise TrainingError(f"{path} holds weights only, not a resumable run: resume from "
                                 "last.pt, or start a new run with --init-from")
+        conflict = resume_conflict(ckpt.get("meta") or {}, self.meta, ckpt.get("task"),
+                                   self.task.name)
+        if conflict:
+            raise TrainingError(f"the checkpoint in {self._resume_where(resume)} {conflict}, or "
+                                "start a new run with another --out")
         old = ckpt["config"]
-        changed = [k for k in ("epochs", "lr", "schedule", "optimizer", "seed", "mixup", "cutmix")
+        changed = [f"{k} (was {old.get(k)})" for k in RESUME_WARN_CONFIG
                    if old.get(k) != getattr(self.config, k)]
+        old_meta = ckpt.get("meta") or {}
+        changed += [f"{k} (was {old_meta[k]})" for k in RESUME_WARN_META
+                    if k in old_meta and k in self.meta and old_meta[k] != self.meta[k]]
         if changed:
             self._say(f"warning: resuming with different {', '.join(changed)} than the "
                       "checkpoint; the result will differ from an uninterrupted run")
         return ckpt
+
+    def _resume_where(self, resume: bool | str | Path) -> Path:
+        """The folder (resume=True) or file a resumed run continues from, for messages."""
+        if resume is True and self.out_dir is not None:
+            return self.out_dir
+        return Path(resume)
 
     # ----------------------------------------------------------------- epochs
     def _train_epoch(
@@ -375,6 +417,8 @@ class Trainer:
         lr = scheduler.get_last_lr()[0]
         keep = (f"the last good checkpoint is {self.out_dir / 'last.pt'} (epoch {epoch})"
                 if self.out_dir is not None and epoch > 0 else "no checkpoint was written")
+        if self._replacing:
+            keep += f" and the run already in {self.out_dir} is left as it was"
         raise TrainingError(
             f"loss became NaN/inf in {where} (lr {lr:.3g}): lower --lr or set --grad-clip; "
             f"{keep}")
@@ -408,6 +452,92 @@ class Trainer:
             net.train(was_training)
         acc.reduce(all_reduce_sum)
         return acc
+
+
+# Changes that a resumed run survives but that make it differ from an uninterrupted one: the
+# config's, and the meta's (segmentation's loss; the input size and the validation split).
+RESUME_WARN_CONFIG = ("epochs", "lr", "schedule", "optimizer", "seed", "mixup", "cutmix",
+                      "patience")
+RESUME_WARN_META = ("loss", "img_size", "val_fraction")
+
+
+def _same_data(a: Any, b: Any) -> bool:
+    """Two data sources are the same: equal names (built-ins in any case) or one folder."""
+    a, b = str(a), str(b)
+    if a.lower() == b.lower():
+        return True
+    pa, pb = Path(a), Path(b)
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
+def _options(kwargs: dict[str, Any], keys: list[str]) -> str:
+    return " ".join(f"{k}={kwargs[k]}" if k in kwargs else f"{k} unset" for k in keys)
+
+
+def resume_conflict(old: dict[str, Any], new: dict[str, Any], old_task: str | None = None,
+                    new_task: str | None = None) -> str | None:
+    """Why a checkpoint whose meta is `old` cannot continue as a run whose meta is `new` (the
+    end of a sentence starting 'the checkpoint in DIR ...'), or None. Keys either side lacks
+    are not compared (transfer runs store no data set)."""
+    if old_task and new_task and old_task != new_task:
+        return f"is a {old_task} run, not {new_task}: resume it with --task {old_task}"
+    if "model" in old and "model" in new and old["model"] != new["model"]:
+        return (f"is {old['model']}, not {new['model']}: resume it as "
+                f"`cnnzoo train {old['model']} ... --resume`")
+    if "model_kwargs" in old and "model_kwargs" in new:
+        a, b = old["model_kwargs"] or {}, new["model_kwargs"] or {}
+        keys = sorted(k for k in {*a, *b} if a.get(k, ...) != b.get(k, ...))
+        if keys:
+            return (f"was trained with other model options ({_options(a, keys)}, not "
+                    f"{_options(b, keys)}): resume with the checkpoint's options")
+    if "dataset" in old and "dataset" in new and not _same_data(old["dataset"], new["dataset"]):
+        return (f"was trained on {old['dataset']}, not {new['dataset']}: resume with --data "
+                f"{old['dataset']}")
+    if "class_names" in old and "class_names" in new and \
+            list(old["class_names"]) != list(new["class_names"]):
+        return (f"was trained on the classes {', '.join(map(str, old['class_names']))}, and "
+                f"the data now has {', '.join(map(str, new['class_names']))}: resume with the "
+                "data it was trained on")
+    for k in ("num_classes", "in_chans"):
+        if k in old and k in new and old[k] != new[k]:
+            return f"has {k}={old[k]}, not {new[k]}: resume with the data it was trained on"
+    return None
+
+
+def check_out_dir(out_dir: str | Path | None, *, resume: bool, overwrite: bool) -> None:
+    """Refuse an output folder that is a file, or that holds a run (last.pt) when this run
+    neither resumes nor replaces it: one `TrainingError` line saying what to do, before any
+    data is loaded or file written."""
+    if out_dir is None:
+        return
+    out = Path(out_dir)
+    for p in (out, *out.parents):  # the first part that exists must be a folder
+        if p.exists():
+            if not p.is_dir():
+                raise TrainingError(f"{p} is a file, not a folder: pass another --out DIR")
+            break
+    if not resume and not overwrite and (out / "last.pt").exists():
+        raise TrainingError(f"{out} holds a run (last.pt): pass --resume to continue it, "
+                            "--overwrite to replace it, or another --out")
+
+
+# What a run writes besides last.pt and best.pt (report.py, logs.py, segmentation's grid).
+RUN_FILES = ("metrics.jsonl", "tb", "curves.png", "confusion.png", "per_class.csv",
+             "validation.png")
+
+
+def clear_run(out_dir: Path) -> None:
+    """Remove the files of the run a new one replaces, so none of its metrics, TensorBoard
+    events or figures mix with the new run's. last.pt goes first: a kill before the new one is
+    written leaves no checkpoint to resume into the half-replaced folder."""
+    import shutil
+
+    for name in ("last.pt", "best.pt", *RUN_FILES):
+        p = out_dir / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
 
 
 TTA_MODES = ("flip", "flip-shift")

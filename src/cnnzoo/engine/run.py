@@ -18,11 +18,11 @@ import torch
 from torch import nn
 
 from ..data.loader import BatchLoader
-from ..errors import DataError, WeightsError
+from ..errors import DataError, UsageError, WeightsError
 from .checkpoint import load_checkpoint
 from .distributed import DistContext
 from .grow import grow_from
-from .loop import FitResult, TrainConfig, Trainer
+from .loop import FitResult, TrainConfig, Trainer, check_out_dir
 from .task import ClassificationAccumulator, ClassificationTask
 
 BUILTIN_NATIVE_SIZE = {"fashion-mnist": 28, "digits": 8}
@@ -176,10 +176,21 @@ def train_classifier(
     model_kwargs: dict[str, Any] | None = None,
     dist: DistContext | None = None,
     say: Any = print,
+    overwrite: bool = False,
 ) -> FitResult:
-    """Train `model_name` from scratch (or grown from `init_from`) on `data.source`."""
-    from ..models import create_model
+    """Train `model_name` from scratch (or grown from `init_from`) on `data.source`.
 
+    overwrite: replace a run that `out_dir` already holds (last.pt); without it (and without
+    `resume`) such a folder is refused with one line before any data is loaded, so a repeated
+    command never silently replaces the results of an earlier run.
+    """
+    from ..models import create_model, get_config
+
+    if get_config(model_name).task == "segmentation":
+        # Trained as a classifier, the U-Net would learn images/ against masks/ as two classes.
+        raise UsageError(f"{model_name} is a segmentation model: train it with --task "
+                         "segmentation (data: 'cells', or a folder with images/ and masks/)")
+    check_out_dir(out_dir, resume=resume, overwrite=overwrite)
     model_kwargs = dict(model_kwargs or {})
     splits, size, channels = load_splits(data, model_name, seed=config.seed,
                                          model_kwargs=model_kwargs)
@@ -191,7 +202,8 @@ def train_classifier(
                          **model_kwargs)
     if init_from is not None and not resume:
         src = load_checkpoint(init_from)
-        report = grow_from(model, src["model"], source_meta=src.get("meta"), rule=grow_rule)
+        report = grow_from(model, src["model"], source_meta=src.get("meta"), rule=grow_rule,
+                           target_kwargs=model_kwargs)
         say(f"initialised from {init_from}:")
         for line in report.lines():
             say("  " + line)
@@ -202,7 +214,7 @@ def train_classifier(
     task = ClassificationTask(splits.num_classes, label_smoothing=label_smoothing,
                               class_names=splits.class_names)
     trainer = Trainer(model, task, train, val, config, out_dir=out_dir, meta=meta, dist=dist)
-    return trainer.fit(resume=resume)
+    return trainer.fit(resume=resume, overwrite=overwrite)
 
 
 def model_from_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:

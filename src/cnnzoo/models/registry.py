@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import ModelOptionError, UnknownModelError
+from ..errors import CnnzooError, ModelOptionError, UnknownModelError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -142,6 +142,8 @@ def create_model(
         raise ModelOptionError(f"{name}: in_chans must be a whole number >= 1, not {n_in!r}")
     try:
         model = builder(num_classes=n_cls, in_chans=n_in, **kwargs)
+    except CnnzooError:
+        raise  # already one line (an encoder's weights that do not load, ...)
     except (TypeError, ValueError) as exc:
         if not kwargs:
             raise

@@ -12,6 +12,7 @@ ImageNet statistics when it starts from pretrained weights.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -23,8 +24,8 @@ from torch import nn
 
 from ..data.loader import BatchLoader
 from ..engine.distributed import DistContext, unwrap_model
-from ..engine.loop import FitResult, TrainConfig, Trainer
-from ..errors import DataError
+from ..engine.loop import FitResult, TrainConfig, Trainer, check_out_dir
+from ..errors import CnnzooError, DataError, ModelOptionError, UsageError
 from .data import CenterCrop, SegmentationSplits, load_segmentation, train_transform
 from .task import SegmentationTask
 
@@ -94,15 +95,42 @@ def build_model(
             f"{model} is a classifier: segmentation trains unet (use --encoder {model} to make "
             f"{model} its contracting path)."
         )
+    _check_encoder(encoder_name, encoder_weights)
     kwargs: dict[str, Any] = {"padding": padding, **(model_kwargs or {})}
     if encoder_name:
         kwargs["encoder_name"] = encoder_name
-        net = create_model(model, num_classes=num_classes, in_chans=in_chans,
-                           encoder_weights=encoder_weights, **kwargs)
+        try:
+            net = create_model(model, num_classes=num_classes, in_chans=in_chans,
+                               encoder_weights=encoder_weights, **kwargs)
+        except CnnzooError as exc:
+            raise _encoder_error(exc, model) from None
     else:
         kwargs["base_width"] = base_width
         net = create_model(model, num_classes=num_classes, in_chans=in_chans, **kwargs)
     return net, kwargs
+
+
+def _check_encoder(encoder_name: str | None, encoder_weights: Any) -> None:
+    # Without an encoder the weights would be dropped (the plain U-Net has no pretrained form).
+    if encoder_weights is not None and not encoder_name:
+        raise UsageError("--encoder-weights needs --encoder NAME: the weights are a "
+                         "classifier's, used as the U-Net's contracting path (e.g. --encoder "
+                         "resnet18 --encoder-weights imagenet)")
+
+
+def _encoder_error(exc: CnnzooError, model: str) -> CnnzooError:
+    """The encoder's own error, in the words of `cnnzoo train`: missing weights are passed with
+    --encoder-weights FILE there, not --weights. (A `ModelOptionError` of `create_model` wraps a
+    TypeError/ValueError with a 'bad model option in ...' prefix listing options the user never
+    typed: its original is kept as __context__.)"""
+    cause = exc.__context__ if isinstance(exc, ModelOptionError) else exc
+    if cause is None or not str(cause):
+        return exc
+    text = re.sub(r"\(weights='([^']*)', CLI --weights FILE\)", r"(--encoder-weights \1)",
+                  str(cause))
+    if isinstance(cause, CnnzooError):
+        return type(cause)(text)
+    return ModelOptionError(f"{model}: {text}")
 
 
 def train(
@@ -130,6 +158,7 @@ def train(
     model_kwargs: dict[str, Any] | None = None,
     dist: DistContext | None = None,
     say: Callable[[str], Any] = print,
+    overwrite: bool = False,
     **config_overrides: Any,
 ) -> SegmentationRun:
     """Train a U-Net on `data`: 'cells' (synthetic microscopy, `cells` images), a folder with
@@ -142,10 +171,14 @@ def train(
     count_instances: report the cell count error (default: when there are two classes).
     model_kwargs: further U-Net options (batchnorm, dropout, decoder_channels).
     dist: the process group under torchrun (each rank trains on its shard of the images).
+    overwrite: replace a run `out_dir` already holds (last.pt); without it (or `resume`) such a
+    folder is refused with one line before the data are loaded.
     Writes last.pt / best.pt, metrics, learning curves and `validation.png` into `out_dir`.
     """
     from ..engine.run import channel_stats
 
+    check_out_dir(out_dir, resume=bool(resume), overwrite=overwrite)
+    _check_encoder(encoder_name, encoder_weights)
     cfg = config if config is not None else segmentation_config(**config_overrides)
     splits = data if isinstance(data, SegmentationSplits) else load_segmentation(
         data, classes=classes, val_fraction=val_fraction, tile=max(2 * crop, 256),
@@ -173,9 +206,8 @@ def train(
         count_instances=(k == 2) if count_instances is None else count_instances)
     weighted = task.needs_weight_map
     cw = splits.class_weights() if weighted else None
-    say(f"data: {splits.source}: {len(splits.train)} training and {len(splits.val)} validation "
-        f"images of {h}x{w}, {k} classes ({', '.join(splits.classes)}); loss {loss}, "
-        f"training tiles {tile}x{tile}")
+    say(f"data: {splits.source}: {splits.describe()}, {k} classes ({', '.join(splits.classes)}); "
+        f"loss {loss}, training tiles {tile}x{tile}")
     train_targets = splits.train.targets(weighted, cw, w0=w0, sigma=sigma)
     val_targets = splits.val.targets(weighted, cw, w0=w0, sigma=sigma)
     n_train = len(splits.train) // dist.world
@@ -195,7 +227,7 @@ def train(
     }
     trainer = Trainer(net, task, train_loader, val_loader, cfg, out_dir=out_dir, meta=meta,
                       dist=dist)
-    result = trainer.fit(resume=resume)
+    result = trainer.fit(resume=resume, overwrite=overwrite)
     net = unwrap_model(trainer.model)
     if out_dir is not None and cfg.report and dist.is_main:
         if dist.world > 1:  # the grid shows the first validation images, not rank 0's share
@@ -285,8 +317,6 @@ def train_segmentation(
     """
     from dataclasses import replace
 
-    from ..errors import CnnzooError
-
     if getattr(args, "init_from", None):
         raise CnnzooError("--init-from grows classifiers; a U-Net starts from scratch or from "
                           "a pretrained encoder (--encoder NAME --encoder-weights imagenet|FILE)")
@@ -307,5 +337,6 @@ def train_segmentation(
         crop=args.crop or args.img_size or 128, batch_size=args.batch_size or 8,
         classes=classes, val_fraction=args.val_fraction, cells=args.cells,
         elastic=args.elastic, w0=args.w0, sigma=args.sigma, config=cfg, resume=args.resume,
-        model_kwargs=dict(args.model_arg), dist=dist, say=say)
+        model_kwargs=dict(args.model_arg), dist=dist, say=say,
+        overwrite=getattr(args, "overwrite", False))
     return run.result
