@@ -248,28 +248,48 @@ def load_folder(
                 )
 
     skipped: list[str] = []
-    total = sum(len(files) for classes in scans.values() for files in classes.values())
+    items = {
+        part: [(f, index[name]) for name, files in classes.items() for f in files]
+        for part, classes in scans.items()
+    }
+    datasets = _build_parts(
+        items, class_names, spec, parts, skipped, ignored, workers=workers, progress=progress
+    )
+    return _assemble(datasets, skipped, val_fraction, seed)
+
+
+def _build_parts(
+    items: dict[str, list[tuple[Path, int]]],
+    class_names: list[str],
+    spec: ImageSpec,
+    where: dict[str, Path],
+    skipped: list[str],
+    ignored: list[Path],
+    *,
+    workers: int,
+    progress: bool,
+) -> dict[str, ImageDataset]:
+    """`_build` each part that has items, then report the skipped files -- also when a part
+    cannot be used, since that error ("... (see warnings)") points at the skip lines."""
+    total = len(skipped) + sum(len(v) for v in items.values())  # skipped: malformed CSV rows
     datasets: dict[str, ImageDataset] = {}
     try:
-        for part, classes in scans.items():
-            items = [(f, index[name]) for name, files in classes.items() for f in files]
-            if not items:
-                continue
-            datasets[part] = _build(
-                items,
-                class_names,
-                spec,
-                parts[part],
-                workers=workers,
-                progress=progress,
-                desc=f"decoding {part}",
-                skipped=skipped,
-                require_all_classes=part == "train",
-            )
+        for part, part_items in items.items():
+            if part_items:
+                datasets[part] = _build(
+                    part_items,
+                    class_names,
+                    spec,
+                    where[part],
+                    workers=workers,
+                    progress=progress,
+                    desc=f"decoding {part}",
+                    skipped=skipped,
+                    require_all_classes=part == "train",
+                )
     finally:
-        # Also when _build raises: its "(see warnings)" errors point at these skip lines.
         _report(skipped, ignored, total)
-    return _assemble(datasets, skipped, val_fraction, seed)
+    return datasets
 
 
 def _assemble(
@@ -403,26 +423,13 @@ def load_csv(
                 f"{manifest}: {path.name} ({split}) has label {label!r}, which no training row has: "
                 "fix the label or add training images of it"
             )
-    datasets: dict[str, ImageDataset] = {}
-    total = len(entries) + len(skipped)  # every data row, malformed ones too
-    try:
-        for part in ("train", "val", "test"):
-            items = [(p, index[label]) for p, label, split in entries if split == part]
-            if items:
-                datasets[part] = _build(
-                    items,
-                    class_names,
-                    spec,
-                    manifest,
-                    workers=workers,
-                    progress=progress,
-                    desc=f"decoding {part}",
-                    skipped=skipped,
-                    require_all_classes=part == "train",
-                )
-    finally:
-        # Also when _build raises: its "(see warnings)" errors point at these skip lines.
-        _report(skipped, [], total)
+    parts = ("train", "val", "test")
+    items = {part: [(p, index[label]) for p, label, split in entries if split == part]
+             for part in parts}  # fmt: skip
+    datasets = _build_parts(
+        items, class_names, spec, dict.fromkeys(parts, manifest), skipped, [],
+        workers=workers, progress=progress,
+    )  # fmt: skip
     return _assemble(datasets, skipped, val_fraction, seed)
 
 
