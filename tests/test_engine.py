@@ -28,7 +28,7 @@ from cnnzoo.engine.optim import StepSchedule, build_optimizer
 from cnnzoo.engine.precision import Precision, choose_precision
 from cnnzoo.engine.run import DataOptions, make_loaders, train_classifier
 from cnnzoo.engine.task import ClassificationTask
-from cnnzoo.errors import DataError, ModelOptionError, TrainingError, WeightsError
+from cnnzoo.errors import DataError, ModelOptionError, TrainingError, UsageError, WeightsError
 from cnnzoo.models import create_model
 from cnnzoo.models.base import AuxOutputs
 from cnnzoo.models.vgg import VGG_DENSE_LAYERS, vgg_conv_layers
@@ -257,7 +257,7 @@ def test_a_folder_holding_a_run_is_refused_without_overwrite(tmp_path):
             out_dir=tmp_path / "new").fit(overwrite=False)  # fmt: skip
     (tmp_path / "afile").write_text("")
     for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
-        with pytest.raises(TrainingError, match="afile is a file, not a folder: pass another"):
+        with pytest.raises(UsageError, match="afile is a file, not a folder: choose another"):
             Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg,
                     out_dir=out).fit()  # fmt: skip
 
@@ -743,7 +743,8 @@ def test_cli_refuses_to_replace_or_mix_runs_in_one_line(tmp_path, capsys):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == files  # the run as it was
     (tmp_path / "afile").write_text("")
     assert error([*base[:-1], str(tmp_path / "afile")]) == (
-        f"cnnzoo train: error: {tmp_path / 'afile'} is a file, not a folder: pass another --out DIR")
+        f"cnnzoo train: error: --out {tmp_path / 'afile'}: {tmp_path / 'afile'} is a file, not a "
+        "folder: choose another folder")
     # unet defaults to --task segmentation; asked to classify, it is refused before any work.
     assert error(["train", "unet", "--task", "classification", *base[2:-1],
                   str(tmp_path / "u")]) == (
@@ -756,7 +757,7 @@ def test_cli_refuses_to_replace_or_mix_runs_in_one_line(tmp_path, capsys):
 
 def test_segmentation_resume_checks_model_options_and_encoder_errors_read_cleanly(
         tmp_path, monkeypatch, capsys):
-    from cnnzoo.errors import UsageError, WeightsError
+    from cnnzoo.errors import WeightsError
     from cnnzoo.segmentation.training import build_model, train
 
     opts = dict(cells=4, crop=32, batch_size=2, epochs=1, base_width=4, progress=False,

@@ -173,6 +173,51 @@ def test_transfer_bundle_round_trip_and_report(folder, tmp_path, capsys):
     assert load_bundle(tmp_path / "run2" / "bundle").head["kind"] == "mlp"
 
 
+def test_curves_put_the_two_phases_one_after_the_other(tmp_path, monkeypatch):
+    """Each phase's log counts epochs from 1: plotted as logged, the head phase and the
+    whole-net phase overlapped and were joined into a zig-zag."""
+    import matplotlib.pyplot as plt
+
+    from cnnzoo.transfer.report import plot_finetune_curves
+
+    figures = []
+    subplots = plt.subplots
+    monkeypatch.setattr(plt, "subplots", lambda *a, **k: figures.append(subplots(*a, **k))
+                        or figures[-1])  # fmt: skip
+    row = {"train_loss": 1.0, "train_acc": 0.5, "train_top5": 1.0, "val_loss": 1.1,
+           "val_acc": 0.4, "val_top5": 1.0}  # fmt: skip
+    history = [{**row, "epoch": e, "phase": "head"} for e in (1, 2, 3)] + [
+        {**row, "epoch": e, "phase": "full"} for e in (1, 2, 3, 4)]
+    plot_finetune_curves(history, tmp_path / "curves.png", num_classes=5)
+    fig, axes = figures[-1]
+    # top-5 is 1 throughout with 5 classes: no panel for it.
+    assert [ax.get_title() for ax in axes[0]] == ["acc", "loss"]
+    for ax in axes[0]:
+        lines = [line for line in ax.get_lines() if line.get_label() in ("train", "val")]
+        assert [list(line.get_xdata()) for line in lines] == [list(range(1, 8))] * 2
+        switch = [line for line in ax.get_lines() if line not in lines]
+        assert [list(line.get_xdata()) for line in switch] == [[3.5, 3.5]]  # the phase switch
+    assert "epochs 1-3" in fig._suptitle.get_text() and "epochs 4-7" in fig._suptitle.get_text()
+    plot_finetune_curves(history, tmp_path / "curves.png", num_classes=6)
+    assert [ax.get_title() for ax in figures[-1][1][0]] == ["acc", "loss", "top5"]
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_settings_as_keywords_and_a_clear_message_for_the_others(fmnist):
+    import cnnzoo
+
+    splits = Splits(fmnist, fmnist.subset(per_class=3, seed=2))
+    res = cnnzoo.transfer(splits, model="resnet18", weights=None, mode="features", img_size=32,
+                          fit="resize", views=1, use_cache=False, progress=False,
+                          say=lambda _: None)  # fmt: skip
+    assert res.bundle.extra["mode"] == "features" and res.bundle.views == 1
+    assert "finetune" not in res.metrics and res.history == []
+    with pytest.raises(TypeError, match=r"FinetuneConfig\(epochs=\.\.\.\)"):
+        transfer(splits, model="resnet18", weights=None, epochs=3)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'modes'.*TransferConfig"):
+        transfer(splits, model="resnet18", weights=None, modes="features")
+
+
 @pytest.mark.parametrize("stages", [(), (4, 5)])
 def test_keep_best_restores_the_features_net_exactly(fmnist, stages):
     """Mode 'both' fine-tunes from a new head; when `keep_best` prefers the features head (here
@@ -206,9 +251,15 @@ def test_torchvision_vgg16_checkpoint_end_to_end(tv_models, folder, tmp_path, ca
     out = tmp_path / "vgg"
     rc = main(["transfer", str(folder), "--model", "vgg16", "--weights", str(ckpt),
                "--mode", "features", "--img-size", "32", "--fit", "resize", "--views", "1",
-               "--out", str(out), "--no-progress"])  # fmt: skip
+               "--out", str(out), "--no-progress", "--epochs", "5", "--mixup", "0.2"])  # fmt: skip
     assert rc == 0
-    assert "features 0." in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "features 0." in captured.out
+    # Fine-tuning options in mode features: a note, not silence; no checkpoints promised.
+    notes = [line for line in captured.err.splitlines() if "note:" in line]
+    assert len(notes) == 1 and "--epochs, --mixup" in notes[0] and "ignored" in notes[0]
+    assert captured.out.splitlines()[-1] == f"bundle and report in {out}/"
+    assert not (out / "finetune").exists()
     bundle = load_bundle(out / "bundle")
     sd = bundle.model.state_dict()
     # Every backbone tensor came from the checkpoint (fc8 is the new 5-class head).
@@ -270,6 +321,60 @@ def test_unreadable_images(fmnist, tmp_path, capsys, caplog):
     assert "dress" in _one_line_error(capsys)
 
 
+def test_out_or_cache_that_is_a_file_is_one_line_before_any_work(folder, tmp_path, capsys):
+    from cnnzoo.errors import UsageError
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    missing = str(tmp_path / "no-such-data")  # checked after the folders, if at all
+    for option, where in (("--out", afile), ("--out", afile / "sub"), ("--cache", afile)):
+        rc = main(["transfer", missing, "--mode", "features", option, str(where),
+                   "--no-progress"])  # fmt: skip
+        assert rc == 2
+        line = _one_line_error(capsys)
+        assert f"{option} {where}: {afile} is a file, not a folder" in line
+    # The library too, before the weights or the images are loaded.
+    with pytest.raises(UsageError, match="is a file"):
+        transfer(missing, model="resnet18", weights=None, out=afile / "run", say=print)
+    with pytest.raises(UsageError, match="feature cache"):
+        transfer(missing, model="resnet18", weights=None, say=print,
+                 config=TransferConfig(mode="features", cache_dir=str(afile)))  # fmt: skip
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--mode", "features", "--resume"], "--resume continues"),
+    (["--mode", "finetune", "--keep-best"], "--keep-best chooses"),
+    (["--mode", "features", "--keep-best"], "--keep-best chooses"),
+    (["--head", "mlp", "--l2", "0.1"], "--l2 is the linear head's"),
+    (["--no-cache", "--cache", "somewhere"], "--cache DIR and --no-cache"),
+])  # fmt: skip
+def test_conflicting_transfer_options_are_one_line(argv, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["transfer", str(tmp_path / "no-such-data"), "--out", str(out), *argv])
+    assert rc == 2 and message in _one_line_error(capsys) and not out.exists()
+
+
+def test_unused_options_get_a_note_and_head_epochs_help_names_both_modes(capsys):
+    import argparse
+
+    from cnnzoo.commands.transfer import add_arguments, check_options
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    assert check_options(p.parse_args(["d", "--mode", "finetune"])) == []
+    # Typed at its default value: nothing to say (only options that change something count).
+    assert check_options(p.parse_args(["d", "--mode", "features", "--epochs", "12"])) == []
+    notes = check_options(p.parse_args(["d", "--mode", "finetune", "--l2", "0.1",
+                                        "--no-cache"]))  # fmt: skip
+    assert len(notes) == 1 and "--l2, --no-cache" in notes[0] and "the features step" in notes[0]
+    notes = check_options(p.parse_args(["d", "--mode", "features", "--patience", "2",
+                                        "--head-epochs", "1", "--update-bn"]))  # fmt: skip
+    assert "--head-epochs, --update-bn, --patience only apply to fine-tuning" in notes[0]
+    with pytest.raises(SystemExit):
+        main(["transfer", "--help"])
+    assert "(modes finetune and both;" in " ".join(capsys.readouterr().out.split())
+
+
 @pytest.fixture(scope="module")
 def features_run(folder, tmp_path_factory):
     """One features-mode run of a random resnet18, shared by the tests that only read it."""
@@ -292,6 +397,14 @@ def test_bundle_json_not_matching_weights(features_run, folder, tmp_path, capsys
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(WeightsError, match="does not match"):
         load_bundle(bad)
+    # num_classes and in_chans must agree with class_names and the preprocessing (which build
+    # the net), or a hand-edited JSON loads and predicts without a word.
+    for key, value in (("num_classes", 4), ("in_chans", 1)):
+        edited = {**json.loads((out / "bundle" / "bundle.json").read_text()), key: value}
+        meta_path.write_text(json.dumps(edited))
+        with pytest.raises(WeightsError, match=f"does not match itself: {key} is {value}"):
+            load_bundle(bad)
+    meta_path.write_text(json.dumps(meta))
     img = str(next(folder.rglob("*.png")))
     assert main(["predict", img, "--bundle", str(bad)]) == 2
     assert "does not match" in _one_line_error(capsys)
@@ -307,6 +420,18 @@ def test_bundle_json_not_matching_weights(features_run, folder, tmp_path, capsys
     captured = capsys.readouterr()
     assert captured.out.count("Prediction: ") == 1
     assert captured.err.count("error:") == 1 and "empty" in captured.err
+
+
+def test_bundle_folder_has_the_usual_permissions(features_run):
+    import os
+    import stat
+
+    _, out = features_run
+    umask = os.umask(0)
+    os.umask(umask)
+    # Not mkdtemp's private 0700: what any other folder of the run gets.
+    assert stat.S_IMODE((out / "bundle").stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((out / "bundle").stat().st_mode) == stat.S_IMODE(out.stat().st_mode)
 
 
 def test_evaluate_bundle_scores_what_predict_predicts(features_run, folder, tmp_path, capsys):
@@ -331,10 +456,23 @@ def test_evaluate_bundle_scores_what_predict_predicts(features_run, folder, tmp_
     hits = sum(p == t for p, t in zip(pred.classes, truth, strict=True))
     metrics, acc = bundle.evaluate(held)
     assert metrics["acc"] == hits / len(files) and int(acc.confusion.sum()) == len(files)
+    ev = bundle.evaluate(held)  # the same, by name
+    assert ev.metrics == metrics and torch.equal(ev.accumulator.confusion, acc.confusion)
     names = bundle.class_names
     assert [int(acc.confusion[names.index(c)].sum()) for c in ("shirt", "dress")] == [8, 8]
-    assert main(["evaluate", "--bundle", str(out / "bundle"), "--data", str(held)]) == 0
+    png = tmp_path / "new" / "folder" / "confusion.png"  # its folder is made
+    assert main(["evaluate", "--bundle", str(out / "bundle"), "--data", str(held),
+                 "--confusion", str(png)]) == 0  # fmt: skip
     assert f"{len(files)} images: accuracy {hits / len(files):.4f}" in capsys.readouterr().out
+    assert png.stat().st_size > 0
+    # A --confusion that cannot be written: one line, before anything is predicted or printed.
+    (tmp_path / "afile").write_text("x")
+    for bad in (tmp_path / "afile" / "c.png", tmp_path / "new"):
+        assert main(["evaluate", "--bundle", str(out / "bundle"), "--data", str(held),
+                     "--confusion", str(bad)]) == 2  # fmt: skip
+        captured = capsys.readouterr()
+        errors = [line for line in captured.err.splitlines() if "error:" in line]
+        assert len(errors) == 1 and "--confusion" in errors[0] and captured.out == ""
     # Bad combinations and a class the bundle never saw: one line each.
     shutil.copytree(folder / "coat", held / "hat")
     assert main(["evaluate", "--bundle", str(out / "bundle"), "--data", str(held)]) == 2
@@ -356,6 +494,20 @@ def test_grey_file_pil_image_and_tensor_give_the_same_prediction(features_run, f
     b = res.bundle.predict([pil]).probabilities
     c = res.bundle.predict([torch.from_numpy(np.array(pil))[None]]).probabilities
     assert torch.equal(a, b) and torch.equal(a, c)
+    # numpy arrays (H, W) and (H, W, 3), as Preprocessing takes them, and a single image of
+    # any kind (not a list) is one image: one row, the same probabilities.
+    rgb = np.array(pil.convert("RGB"))
+    two = res.bundle.predict([np.array(pil), rgb]).probabilities  # a batch of 2: float noise
+    assert torch.allclose(two, a.expand(2, -1), atol=1e-6)
+    for one in (str(f), f, pil, np.array(pil), rgb, torch.from_numpy(rgb).permute(2, 0, 1)):
+        assert torch.equal(res.bundle.predict(one).probabilities, a), type(one)
+    # An (H, W, C) tensor is a clear error; an empty list empty predictions.
+    with pytest.raises(ValueError, match="permute"):
+        res.bundle.predict(torch.from_numpy(rgb))
+    with pytest.raises(ValueError, match="permute"):
+        res.bundle.predict(torch.from_numpy(rgb)[None])
+    empty = res.bundle.predict([])
+    assert empty.classes == [] and empty.probabilities.shape == (0, 5)
 
 
 # ------------------------------------------------------------------- heads on feature stages

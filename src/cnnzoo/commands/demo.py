@@ -122,7 +122,9 @@ def run(args: argparse.Namespace) -> int:
         write_image_folder(ds, data / part, exist_ok=True)
     _say(f"{data}/train/<class>/*.png  {args.per_class} per class: "
          f"{', '.join(CLASSES)} (28x28 grey)")  # fmt: skip
-    _say(f"{data}/val/<class>/*.png    10 per class, for early stopping")
+    # Early stopping is off by default: the validation images score each step (and fill the
+    # report's confusion matrix and top losses); they choose nothing.
+    _say(f"{data}/val/<class>/*.png    10 per class, to score each step (validation accuracy)")
     _say(f"{data}/test/<class>/*.png   {args.test_per_class} per class, held out until step 5")
     sample = data / "test" / CLASSES[0] / sorted(p.name for p in (data / "test" / CLASSES[0]).iterdir())[0]
     _say(f"the ImageNet head on {sample.relative_to(out)} (a {CLASSES[0]}): its 1000 classes "
@@ -135,9 +137,12 @@ def run(args: argparse.Namespace) -> int:
     # 3. Transfer ----------------------------------------------------------------------------
     from ..transfer import FinetuneConfig, TransferConfig, load_bundle, transfer
 
-    steps.start(3, f"Transfer learning: frozen {MODEL} features + a new head, then fine-tuning "
-                   f"(= cnnzoo transfer {data} --fit resize --epochs {args.epochs} "
-                   f"--min-steps {args.min_steps})")  # fmt: skip
+    steps.start(3, f"Transfer learning: frozen {MODEL} features + a new head, then fine-tuning")
+    # Two runs, so that step 5 can score both bundles: the second repeats the features step
+    # (from the cache) before it fine-tunes.
+    _say(f"= cnnzoo transfer {data} --mode features --fit resize --out {out / 'features'}")
+    _say(f"  cnnzoo transfer {data} --fit resize --epochs {args.epochs} --min-steps "
+         f"{args.min_steps} --out {out / 'transfer'}")  # fmt: skip
     base = dict(img_size=args.img_size, fit="resize", progress=args.progress)
     # Half of `cnnzoo transfer`'s 90 steps, so that the demo ends within a few minutes. With
     # the final weights kept, 16 steps (4 epochs of 4) left the net worse than the features

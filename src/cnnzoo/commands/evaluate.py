@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from .argtypes import COUNT
 from .train import add_tta_argument
@@ -28,6 +29,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def check_confusion_path(path: str) -> None:
+    """--confusion PNG must be writable as a file: not a folder, not under a file."""
+    from ..errors import UsageError
+    from ..paths import check_folder
+
+    if Path(path).is_dir():
+        raise UsageError(f"--confusion {path} is a folder: give a file name such as "
+                         f"{Path(path) / 'confusion.png'}")  # fmt: skip
+    check_folder(Path(path).parent, "--confusion")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..engine.report import per_class_table, plot_confusion
     from ..engine.run import evaluate_checkpoint
@@ -36,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
     if (args.checkpoint is None) == (args.bundle is None):
         raise UsageError("give a checkpoint (cnnzoo train's last.pt or best.pt) or --bundle DIR "
                          "(cnnzoo transfer's OUT/bundle), one of them")  # fmt: skip
+    if args.confusion:  # checked before the images are predicted, not after
+        check_confusion_path(args.confusion)
     if args.bundle is not None:
         if args.tta:
             raise UsageError("--tta is for checkpoints: a bundle predicts with the views it was "
@@ -53,8 +67,9 @@ def run(args: argparse.Namespace) -> int:
                                                   batch_size=args.batch_size, split=args.split,
                                                   tta=args.tta or False)  # fmt: skip
     if args.confusion:
-        from pathlib import Path
-
+        # Its folder is made, as `--out` folders are: a path that names a new folder is one
+        # the user meant to have.
+        Path(args.confusion).parent.mkdir(parents=True, exist_ok=True)
         plot_confusion(acc.confusion, names, Path(args.confusion))
     if args.json:
         print(json.dumps({**metrics, "classes": names, "confusion": acc.confusion.tolist(),

@@ -94,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..data.images import load_image
-    from ..errors import ImageError, UsageError
+    from ..errors import ImageError
+    from ..paths import check_folder
     from ..segmentation.tiling import predict_tiled
     from ..segmentation.training import load_segmenter
     from ..segmentation.visual import overlay
@@ -108,8 +109,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file, not a folder: choose another output folder")
+    check_folder(out, "--out")
     model, meta = load_segmenter(args.checkpoint)
     k, channels = int(meta["num_classes"]), int(meta["in_chans"])
     names = output_stems(paths)

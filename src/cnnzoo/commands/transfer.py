@@ -55,7 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-steps", type=whole(0), default=90,
                    help="fine-tuning steps at least, whatever --epochs says (default 90)")
     p.add_argument("--head-epochs", type=whole(0), default=3,
-                   help="epochs of the head alone before fine-tuning (mode finetune; default 3)")
+                   help="epochs of the new head alone before fine-tuning the whole net "
+                        "(modes finetune and both; default 3, 0 skips it)")
     p.add_argument("--lr", type=LEARNING_RATE, default=1e-3, help="head learning rate (default 1e-3)")
     p.add_argument("--lr-decay", type=real(0, 1, above=True), default=0.7,
                    help="learning-rate factor per backbone block, head to stem (default 0.7)")
@@ -118,20 +119,76 @@ def config_from_args(args: argparse.Namespace) -> Any:
     )  # fmt: skip
 
 
+# Options only one step reads (fine-tuning; the features step). Given in a mode without that
+# step they are ignored, and a note says so.
+FINETUNE_OPTIONS = ("epochs", "min_steps", "head_epochs", "lr", "lr_decay", "update_bn",
+                    "patience", "augment", "mixup", "cutmix")  # fmt: skip
+FEATURES_OPTIONS = ("l2", "cache", "use_cache")
+
+
+def _option(dest: str) -> str:
+    return "--no-cache" if dest == "use_cache" else "--" + dest.replace("_", "-")
+
+
+def given_options(args: argparse.Namespace) -> set[str]:
+    """The options set on the command line to something other than their default (argparse
+    does not record which were typed; a default typed out changes nothing anyway)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    defaults = vars(parser.parse_args(["--", args.data]))
+    return {k for k, v in defaults.items() if k != "data" and getattr(args, k, v) != v}
+
+
+def check_options(args: argparse.Namespace) -> list[str]:
+    """Options that contradict each other or the mode: one `UsageError` line, before anything
+    is loaded. Returns the notes for options the mode merely does not use."""
+    from ..errors import UsageError
+
+    given = given_options(args)
+    if args.mode == "features" and args.resume:
+        raise UsageError("--resume continues an interrupted fine-tuning; --mode features has "
+                         "none (its features come from the cache: just run it again)")
+    if args.keep_best and args.mode != "both":
+        raise UsageError("--keep-best chooses between the features head and the fine-tuned net "
+                         "in --mode both; for the best fine-tuning epoch use --patience N")
+    if args.head == "mlp" and "l2" in given:
+        raise UsageError("--l2 is the linear head's L2 strength; --head mlp has none "
+                         "(drop --l2, or use --head linear)")  # fmt: skip
+    if not args.use_cache and "cache" in given:
+        raise UsageError("--cache DIR and --no-cache contradict each other: drop one")
+    notes = []
+    unused = {"features": FINETUNE_OPTIONS, "finetune": FEATURES_OPTIONS}.get(args.mode, ())
+    ignored = [_option(k) for k in unused if k in given]
+    if ignored:
+        what = "fine-tuning" if args.mode == "features" else "the features step"
+        notes.append(f"note: {', '.join(ignored)} only apply to {what}, which --mode "
+                     f"{args.mode} does not run; ignored")  # fmt: skip
+    return notes
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..paths import check_folder
     from ..transfer import transfer
 
+    notes = check_options(args)
+    out = Path(args.out) if args.out else Path("runs") / f"transfer-{args.model}"
+    check_folder(out, "--out")
+    if args.cache and args.use_cache and args.mode != "finetune":
+        check_folder(args.cache, "--cache")
+    for note in notes:
+        print(f"cnnzoo transfer: {note}", file=sys.stderr)
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = Path(args.out) if args.out else Path("runs") / f"transfer-{args.model}"
     result = transfer(args.data, model=args.model, weights=args.weights, out=out,
                       config=config_from_args(args), resume=args.resume)  # fmt: skip
     m = result.metrics
     stages = ", ".join(f"{s} {m[s]['val_acc']:.3f}" for s in ("features", "finetune") if s in m)
     print(f"{args.model}: validation accuracy {stages}; kept {m['kept']}")
-    print(f"bundle, report and checkpoints in {out}/")
+    # Only fine-tuning writes checkpoints (OUT/finetune/), for --resume.
+    print(f"bundle and report in {out}/" if args.mode == "features"
+          else f"bundle, report and fine-tuning checkpoints in {out}/")  # fmt: skip
     return 0
 
 

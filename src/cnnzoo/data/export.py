@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
+from ..paths import check_folder
 from .builtin import load_digits, load_fashion_mnist
 from .dataset import ImageDataset
 from .folder import write_image_folder
@@ -71,8 +72,7 @@ def export_dataset(
     entry = EXPORTERS.get(name)
     if entry is None:
         raise DataError(f"no built-in data set {name!r}: choose one of {', '.join(EXPORTERS)}")
-    if Path(dest).exists() and not Path(dest).is_dir():
-        raise DataError(f"{dest} is a file, not a folder: choose a new or empty output folder")
+    check_folder(dest, "output folder")
     if isinstance(entry, str):
         module, _, attr = entry.partition(":")
         entry = getattr(importlib.import_module(module), attr)

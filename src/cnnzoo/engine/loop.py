@@ -510,12 +510,10 @@ def check_out_dir(out_dir: str | Path | None, *, resume: bool, overwrite: bool) 
     data is loaded or file written."""
     if out_dir is None:
         return
+    from ..paths import check_folder
+
     out = Path(out_dir)
-    for p in (out, *out.parents):  # the first part that exists must be a folder
-        if p.exists():
-            if not p.is_dir():
-                raise TrainingError(f"{p} is a file, not a folder: pass another --out DIR")
-            break
+    check_folder(out, "--out")
     if not resume and not overwrite and (out / "last.pt").exists():
         raise TrainingError(f"{out} holds a run (last.pt): pass --resume to continue it, "
                             "--overwrite to replace it, or another --out")

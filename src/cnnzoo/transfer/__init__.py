@@ -13,7 +13,7 @@ import sys
 import types
 from typing import Any
 
-from .bundle import Bundle, Predictions, load_bundle
+from .bundle import Bundle, Evaluation, Predictions, load_bundle
 from .features import FeatureCache, cached_features, extract_features
 from .finetune import FinetuneConfig, finetune
 from .heads import fit_logistic, fit_mlp
@@ -21,6 +21,7 @@ from .run import TransferConfig, TransferResult, transfer
 
 __all__ = [
     "Bundle",
+    "Evaluation",
     "FeatureCache",
     "FinetuneConfig",
     "Predictions",

@@ -24,12 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
 
 from ..data.images import ImageSpec, convert_image, to_tensor_uint8
 from ..errors import WeightsError
+from ..paths import usual_permissions
 from ..weights import Preprocessing
 from ..weights.files import save_safetensors
 from .features import MAX_VIEWS, forward_pre_logits, inference_dtype, model_input
@@ -46,6 +48,33 @@ class Predictions(NamedTuple):
     classes: list[str]
     probabilities: Tensor
     class_names: list[str]
+
+
+class Evaluation(NamedTuple):
+    """What `Bundle.evaluate` returns: `metrics` {'acc', 'top5', 'loss'} and the engine's
+    `ClassificationAccumulator` (`.confusion` (K, K), rows the true class; `.per_class()`).
+    A tuple, so `metrics, acc = bundle.evaluate(...)` works too."""
+
+    metrics: dict[str, float]
+    accumulator: Any
+
+
+@dataclass(frozen=True)
+class _Decoder(Preprocessing):
+    """`Preprocessing.__call__`'s handling of what an image may be (PIL image, uint8 (C, H, W)
+    tensor, uint8 (H, W[, C]) array, path), with a bundle's decoding and sizing (`spec`: its
+    `fit` may squash instead of crop) and no normalisation: a uint8 (C, H, W) tensor."""
+
+    spec: ImageSpec = ImageSpec()
+
+    def load(self, path: str | os.PathLike[str]) -> Tensor:
+        return self.spec.load(path)
+
+    def image_to_uint8(self, img: Image.Image) -> Tensor:
+        return to_tensor_uint8(self.spec.apply(convert_image(img, self.spec.channels)))
+
+    def normalize(self, x: Tensor) -> Tensor:
+        return x  # `predict_tensor` normalises each view itself
 
 
 def input_spec(pre: Preprocessing, fit: str = "crop") -> ImageSpec:
@@ -102,30 +131,37 @@ class Bundle:
         return input_spec(self.preprocessing, self.fit)
 
     def load_images(self, images: Sequence[Any]) -> Tensor:
-        """Paths, PIL images or uint8 (C, H, W) tensors -> one uint8 batch at the bundle's size.
-        An unreadable file raises a one-line `ImageError` naming it."""
-        spec = self.spec
-        out = []
-        for item in images:
-            if isinstance(item, Tensor):
-                if item.dtype != torch.uint8 or item.dim() != 3:
-                    raise ValueError("tensor images must be uint8 (C, H, W)")
-                arr = item.permute(1, 2, 0).numpy()
-                item = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
-            if isinstance(item, Image.Image):
-                out.append(to_tensor_uint8(spec.apply(convert_image(item, spec.channels))))
-            else:
-                out.append(spec.load(item))
+        """Paths, PIL images, uint8 (C, H, W) tensors or uint8 (H, W[, C]) arrays -> one uint8
+        batch (N, C, H, W) at the bundle's size. An unreadable file raises a one-line
+        `ImageError` naming it; an image of another type or layout a one-line `ValueError`."""
+        decode = _Decoder(self.preprocessing.crop_size, spec=self.spec)
+        out = [decode(item) for item in images]
+        if not out:
+            return torch.zeros(0, self.spec.channels, self.preprocessing.crop_size,
+                               self.preprocessing.crop_size, dtype=torch.uint8)  # fmt: skip
         return torch.stack(out)
 
-    def predict(self, images: Sequence[Any] | Tensor, *, batch_size: int = 32) -> Predictions:
-        """Class names and probabilities for image files, PIL images or uint8 tensors (a list,
-        or one (N, C, H, W) uint8 batch at any size)."""
+    def predict(self, images: Sequence[Any] | Any, *, batch_size: int = 32) -> Predictions:
+        """Class names and probabilities for images: a list of image files, PIL images, uint8
+        (C, H, W) tensors or uint8 (H, W[, C]) arrays; one (N, C, H, W) uint8 batch at any
+        size; or a single image of any of these kinds (then one row). An empty list gives
+        empty predictions."""
+        # One image, not a sequence to iterate: a path would otherwise be taken apart into its
+        # characters, a (C, H, W) tensor into its channels, an (H, W, C) array into its rows.
+        single = (str, os.PathLike, Image.Image, np.ndarray)
+        if isinstance(images, single) or isinstance(images, Tensor) and images.dim() in (2, 3):
+            images = [images]
         if isinstance(images, Tensor) and images.dim() == 4:
+            if images.dtype != torch.uint8 or images.shape[1] not in (1, 3, 4):
+                hint = ": use images.permute(0, 3, 1, 2)" if images.shape[-1] in (1, 3, 4) else ""
+                raise ValueError(f"expected a uint8 batch (N, C, H, W), not {images.dtype} "
+                                 f"{tuple(images.shape)}{hint}")  # fmt: skip
             batch = images
         else:
             batch = self.load_images(list(images))
         self.model.eval()
+        if len(batch) == 0:
+            return Predictions([], torch.zeros(0, len(self.class_names)), list(self.class_names))
         probs = predict_tensor(self.model, batch, self.preprocessing, views=self.views,
                                batch_size=batch_size)  # fmt: skip
         classes = [self.class_names[i] for i in probs.argmax(1).tolist()]
@@ -134,9 +170,9 @@ class Bundle:
     def evaluate(
         self, source: str | os.PathLike[str] | None = None, *, split: str | None = None,
         batch_size: int = 32, progress: bool = True,
-    ) -> tuple[dict[str, float], Any]:
+    ) -> Evaluation:
         """Accuracy, top-5, loss and the confusion matrix on labelled images, predicted exactly
-        as `predict` does; returns (metrics, the `ClassificationAccumulator`).
+        as `predict` does; returns an `Evaluation` (metrics, accumulator).
 
         source: an image folder, CSV manifest or built-in name (default: the data the bundle
         was trained on, when `cnnzoo transfer` read it from a folder, CSV or built-in). split:
@@ -164,7 +200,7 @@ class Bundle:
         log_probs = probs.clamp_min(1e-12).log()
         acc = ClassificationAccumulator(len(self.class_names))
         acc.update(log_probs, ds.labels, torch.nn.functional.nll_loss(log_probs, ds.labels))
-        return acc.compute(), acc
+        return Evaluation(acc.compute(), acc)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -181,6 +217,7 @@ class Bundle:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
         try:
+            usual_permissions(tmp)  # mkdtemp's folder is private; the bundle is not
             meta = {"format": FORMAT, "model": self.model_name}
             save_safetensors(self.model.state_dict(), tmp / WEIGHTS_FILE, meta)
             (tmp / JSON_FILE).write_text(json.dumps(self.to_json(), indent=2) + "\n")
@@ -239,6 +276,14 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
         views = int(meta.get("views", 1))
         if not 1 <= views <= MAX_VIEWS or len(names) < 2:
             raise ValueError("views or class_names out of range")
+        # Redundant with class_names and the preprocessing, which build the net: a JSON edited
+        # in one place and not the other would otherwise load and predict without a word.
+        for key, want, what in (("num_classes", len(names), "class_names lists {} classes"),
+                                ("in_chans", pre.channels, "preprocessing has {} channels")):  # fmt: skip
+            if key in meta and meta[key] != want:
+                raise WeightsError(f"{d / JSON_FILE} does not match itself: {key} is "
+                                   f"{meta[key]!r} but its {what.format(want)}; fix the one "
+                                   "that was edited")  # fmt: skip
     except WeightsError:
         raise
     except (ValueError, KeyError, TypeError) as exc:

@@ -22,6 +22,7 @@ half-written output folder behind.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import sys
 import time
@@ -35,9 +36,10 @@ from torch import Tensor, nn
 from ..data.dataset import Splits
 from ..errors import DataError
 from ..models.taps import StageTaps, check_stages
+from ..paths import check_folder
 from ..weights import Preprocessing
 from .bundle import Bundle, input_spec, predict_tensor
-from .features import cached_features, inference_dtype, weights_fingerprint
+from .features import cached_features, feature_cache_dir, inference_dtype, weights_fingerprint
 from .finetune import FinetuneConfig, finetune
 from .heads import HeadFit, MLPHead, fit_logistic, fit_mlp, head_probabilities, install_head
 from .report import write_report
@@ -159,6 +161,23 @@ def _load_data(data: Any, pre: Preprocessing, cfg: TransferConfig) -> Splits:
     return Splits(parts[0], parts[1], test, splits.skipped)
 
 
+def _config(config: TransferConfig | None, options: dict[str, Any]) -> TransferConfig:
+    """`config` with `TransferConfig` fields given as keywords (`transfer(data, mode=...)`)."""
+    cfg = config or TransferConfig()
+    if not options:
+        return cfg
+    fields = {f.name for f in dataclasses.fields(TransferConfig)}
+    ft_fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    for name in options:
+        if name in ft_fields and name not in fields:
+            raise TypeError(f"transfer(): {name!r} is a fine-tuning setting: pass "
+                            f"finetune=FinetuneConfig({name}=...)")  # fmt: skip
+        if name not in fields:
+            raise TypeError(f"transfer() got an unexpected keyword argument {name!r}: its "
+                            f"settings are TransferConfig's fields ({', '.join(sorted(fields))})")
+    return dataclasses.replace(cfg, **options)
+
+
 def _stage_metrics(probs: Tensor, labels: Tensor) -> dict[str, float]:
     loss = torch.nn.functional.nll_loss(probs.clamp_min(1e-12).log(), labels)
     return {"val_acc": float((probs.argmax(1) == labels).double().mean()),
@@ -175,15 +194,22 @@ def transfer(
     resume: bool = False,
     model_kwargs: dict[str, Any] | None = None,
     say: Any = _stderr,
+    **options: Any,
 ) -> TransferResult:
     """Transfer learning on `data` (image folder, CSV manifest, built-in name or `Splits`) with
     the zoo model `model` and `weights` ('imagenet', a checkpoint path, or None for random);
-    writes the bundle and report into `out` (None: nothing written). See the module docstring."""
-    cfg = config or TransferConfig()
+    writes the bundle and report into `out` (None: nothing written). The settings are
+    `config` (a `TransferConfig`), or its fields as keywords (`mode="features"`), which
+    override `config`'s. See the module docstring."""
+    cfg = _config(config, options)
     if cfg.mode not in MODES:
         raise DataError(f"mode must be one of {', '.join(MODES)}, not {cfg.mode!r}")
     if cfg.head not in HEADS:
         raise DataError(f"head must be one of {', '.join(HEADS)}, not {cfg.head!r}")
+    if out is not None:
+        check_folder(out, "output folder")
+    if cfg.use_cache and cfg.mode != "finetune":
+        check_folder(cfg.cache_dir or feature_cache_dir(), "feature cache")
     timings: dict[str, float] = {}
     t = time.perf_counter()
     # Seeded before anything random: the new heads (and a random backbone) are initialised from

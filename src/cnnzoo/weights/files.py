@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ..errors import WeightsError
+from ..paths import usual_permissions
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -276,9 +277,7 @@ def save_safetensors(
     data = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     try:
         save_file(data, str(tmp), metadata=metadata)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates 0600; give the usual permissions
+        usual_permissions(tmp)  # safetensors creates 0600
         os.replace(tmp, p)
     except (OSError, SafetensorError) as exc:  # read-only folder, disk full, p is a folder
         reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:120]

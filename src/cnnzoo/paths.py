@@ -1,0 +1,30 @@
+"""Output folders: checked before any work, so that a file in the way costs nothing first."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import UsageError
+
+
+def check_folder(path: str | os.PathLike[str], what: str) -> None:
+    """`path` is a folder to write into (it may not exist yet): the first part of it that exists
+    must be a folder, else one `UsageError` line naming `what` (e.g. '--out') and the file in the
+    way -- instead of mkdir's traceback after the work is done."""
+    p = Path(path)
+    for part in (p, *p.parents):
+        if part.exists():
+            if not part.is_dir():
+                raise UsageError(f"{what} {p}: {part} is a file, not a folder: choose another "
+                                 "folder")  # fmt: skip
+            return
+
+
+def usual_permissions(path: str | os.PathLike[str]) -> None:
+    """Give a file or folder made private by its maker (safetensors' files and mkdtemp's
+    folders are 0600 / 0700) the permissions the user's umask gives anything else, before it is
+    renamed into place."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~umask)
