@@ -23,6 +23,8 @@ BAD = [
     (["train", "lenet5", "--data", "digits", "--img-size", "0"], "--img-size"),
     (["train", "lenet5", "--data", "digits", "--threads", "0"], "--threads"),
     (["train", "lenet5", "--data", "digits", "--patience", "x"], "--patience"),
+    (["train", "lenet5", "--data", "digits", "--seed", "-1"], "--seed"),
+    (["transfer", "DIR", "--seed", "-1"], "--seed"),
     (["train", "unet", "--task", "segmentation", "--data", "cells", "--crop", "0"], "--crop"),
     (["transfer", "DIR", "--lr-decay", "0"], "--lr-decay"),
     (["transfer", "DIR", "--epochs", "-2"], "--epochs"),

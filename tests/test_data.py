@@ -388,7 +388,7 @@ def test_unreadable_class_error_comes_after_the_lines_naming_the_files(tmp_path,
             load_folder(tmp_path / "f", progress=False)
     assert any("a.png" in m and m.startswith("skipped") for m in caplog.messages)
     assert any("b.png" in m and "empty file" in m for m in caplog.messages)
-    assert "skipped 2 of 3 image files that could not be read" in caplog.messages
+    assert "skipped 2 of 3 images (each named above, with why)" in caplog.messages
     caplog.clear()
     manifest = tmp_path / "m.csv"
     manifest.write_text("f/good/1.png,good\nf/gone.png,gone\n")

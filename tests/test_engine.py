@@ -507,6 +507,16 @@ def test_growth_copies_whole_layers_and_refuses_other_widths_or_families():
     with pytest.raises(WeightsError, match="is lenet5, not a resnet model"):
         grow_from(create_model("resnet32"), create_model("lenet5").state_dict(),
                   source_meta={"model": "lenet5"})
+    # The same options, but a grey source for colour data: the channels are named (this read
+    # "built with , this model with" before), for VGG and for ResNet alike.
+    for small, deep, kwargs in (("vgg11", "vgg13", {"width_mult": 0.125, "fc_dim": 64,
+                                                    "pool_size": 1}),
+                                ("resnet20", "resnet32", {})):  # fmt: skip
+        grey = create_model(small, in_chans=1, num_classes=10, **kwargs)
+        with pytest.raises(WeightsError, match=r"other channels \(grey vs colour\)"):
+            grow_from(create_model(deep, in_chans=3, num_classes=10, **kwargs),
+                      grey.state_dict(), source_meta={"model": small, "model_kwargs": kwargs},
+                      target_kwargs=kwargs)
     # Another number of classes: the head stays fresh, weight and bias alike, and is reported.
     b = create_model("vgg13", width_mult=0.125, **{**kw, "num_classes": 4})
     head = {k: v.clone() for k, v in b.classifier[6].state_dict().items()}
@@ -685,7 +695,7 @@ def test_cli_trains_on_a_messy_folder_and_evaluates(tmp_path, capsys, caplog):
         f"skipped {data / 'cat' / 'broken.jpg'}: truncated or corrupt image data "
         "(Truncated File Read)",
         f"skipped {data / 'dog' / 'zero.png'}: empty file (0 bytes)",
-        "skipped 2 of 26 image files that could not be read",
+        "skipped 2 of 26 images (each named above, with why)",
         "ignored 1 file without an image extension (notes.txt)",
     ]
     err = capsys.readouterr().err
@@ -777,6 +787,10 @@ def test_segmentation_resume_checks_model_options_and_encoder_errors_read_cleanl
     capsys.readouterr()
     train("cells", out_dir=tmp_path, resume=True, loss="dice", **{**opts, "epochs": 2})
     assert "loss (was ce+dice)" in capsys.readouterr().err
+    # Another --cells is other data of the same name: warned, with the old counts.
+    train("cells", out_dir=tmp_path, resume=True, loss="dice",
+          **{**opts, "epochs": 3, "cells": 6})  # fmt: skip
+    assert "images (was {'train': 3, 'val': 1})" in capsys.readouterr().err
 
     with pytest.raises(UsageError, match="^--encoder-weights needs --encoder NAME"):
         build_model(2, 1, encoder_weights="imagenet")

@@ -107,5 +107,6 @@ def size_epochs(text: str) -> tuple[int, int]:
 
 # The options several commands share, with their ranges.
 COUNT = whole(1)  # epochs, batch sizes, threads, images per class, top-k
+SEED = whole(0)  # numpy's generators take no negative seed
 FRACTION = real(0, 1, above=True, below=True)  # --val-fraction
 LEARNING_RATE = real(0, above=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from .argtypes import COUNT, FRACTION
+from .argtypes import COUNT, FRACTION, SEED
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--per-class", type=COUNT,
                    help="images per class (default: all; cells: number of images, default 200)")
     e.add_argument("--split", default="train", choices=("train", "test"), help="default: train")
-    e.add_argument("--seed", type=int, default=0, help="which images --per-class picks")
+    e.add_argument("--seed", type=SEED, default=0, help="which images --per-class picks")
     e.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
 
     i = sub.add_parser(
@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     i.add_argument("--img-size", type=COUNT, help="resize images to this square size")
     i.add_argument("--channels", type=int, choices=(1, 3), default=3, help="default: 3")
     i.add_argument("--val-fraction", type=FRACTION, default=0.2, help="when there is no val/ folder")
-    i.add_argument("--seed", type=int, default=0, help="seed of the stratified split")
+    i.add_argument("--seed", type=SEED, default=0, help="seed of the stratified split")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from .argtypes import (
     COUNT,
     FRACTION,
     LEARNING_RATE,
+    SEED,
     beta_alpha,
     model_arg,
     patience_epochs,
@@ -57,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=patience_epochs, default=None,
                    help="early stopping: epochs without a better validation loss; the best "
                         "weights are restored (default and 0: off)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true",

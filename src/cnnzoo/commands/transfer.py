@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .argtypes import COUNT, FRACTION, LEARNING_RATE, patience_epochs, real, whole
+from .argtypes import COUNT, FRACTION, LEARNING_RATE, SEED, patience_epochs, real, whole
 from .train import add_mixing_arguments
 
 
@@ -82,7 +82,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", dest="use_cache", action="store_false")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted fine-tuning in --out")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--out", metavar="DIR", default=None,
                    help="output folder (default runs/transfer-MODEL)")
     p.add_argument("--threads", type=COUNT, default=None, help="torch threads (default: all cores)")

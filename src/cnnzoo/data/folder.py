@@ -201,7 +201,7 @@ def _report(skipped: list[str], ignored: list[Path], total: int) -> None:
     for message in skipped:
         log.warning("skipped %s", message)
     if skipped:
-        log.warning("skipped %d of %d image files that could not be read", len(skipped), total)
+        log.warning("skipped %d of %d images (each named above, with why)", len(skipped), total)
     if ignored:
         names = ", ".join(p.name for p in ignored[:3]) + (", ..." if len(ignored) > 3 else "")
         log.warning(

@@ -180,7 +180,8 @@ def grow_from(
             if s is not None and s in source_state and \
                     source_state[s].shape == target_state[k].shape:
                 report.copied[k] = s
-    _check_fit(misfit, family, meta, target_kwargs)  # before a tensor is changed
+    first_conv = next((k.rsplit(".", 1)[0] for k, v in target_state.items() if v.dim() == 4), None)
+    _check_fit(misfit, family, meta, target_kwargs, first_conv)  # before a tensor is changed
     with torch.no_grad():
         for k, s in report.copied.items():
             target_state[k].copy_(source_state[s])
@@ -194,9 +195,10 @@ def grow_from(
 
 
 def _check_fit(misfit: list[tuple[str, str, str]], family: str | None, meta: dict[str, Any],
-               target_kwargs: dict[str, Any] | None) -> None:
+               target_kwargs: dict[str, Any] | None, first_conv: str | None) -> None:
     """A one-line error when layers other than the head do not fit because the two nets were
-    built with other options (or, for VGG, whose places always match, for any reason)."""
+    built with other options or for other input channels (or, for VGG, whose places always
+    match, for any reason)."""
     if not misfit:
         return
     def show(kwargs: dict[str, Any], key: str) -> str:
@@ -204,13 +206,21 @@ def _check_fit(misfit: list[tuple[str, str, str]], family: str | None, meta: dic
 
     src, tgt = meta.get("model_kwargs"), target_kwargs
     diff: list[str] = []
-    if src is not None and tgt is not None:
-        keys = sorted(k for k in {*src, *tgt} if src.get(k, ...) != tgt.get(k, ...))
+    keys = sorted(k for k in {*(src or {}), *(tgt or {})}
+                  if (src or {}).get(k, ...) != (tgt or {}).get(k, ...))  # fmt: skip
+    if src is not None and tgt is not None and keys:
         diff = [" ".join(show(src, k) for k in keys), " ".join(show(tgt, k) for k in keys)]
-    if family != "vgg" and not diff:
-        return  # e.g. DenseNet-121 -> 169: widths after the deeper block follow depth (reported)
     layer, there, here = misfit[0]
     shapes = f"{layer}: {there} in the source, {here} here"
+    a, b = there.split("x"), here.split("x")
+    if not diff and layer == first_conv and a[1:2] != b[1:2] and a[0] == b[0] and a[2:] == b[2:]:
+        # The first conv differs in its input channels only: a grey source and colour data (or
+        # the other way round), which the options cannot name.
+        raise WeightsError(f"the source checkpoint's layers do not fit this model ({shapes}): "
+                           "it was trained on images with other channels (grey vs colour); "
+                           "grow on data of the same kind")  # fmt: skip
+    if family != "vgg" and not diff:
+        return  # e.g. DenseNet-121 -> 169: widths after the deeper block follow depth (reported)
     if diff:
         raise WeightsError(
             f"the source checkpoint's layers do not fit this model: the source was built with "

@@ -455,10 +455,11 @@ class Trainer:
 
 
 # Changes that a resumed run survives but that make it differ from an uninterrupted one: the
-# config's, and the meta's (segmentation's loss; the input size and the validation split).
+# config's, and the meta's (segmentation's loss; the input size, the validation split and the
+# number of images, which a folder given more images or another --cells changes).
 RESUME_WARN_CONFIG = ("epochs", "lr", "schedule", "optimizer", "seed", "mixup", "cutmix",
                       "patience")
-RESUME_WARN_META = ("loss", "img_size", "val_fraction")
+RESUME_WARN_META = ("loss", "img_size", "val_fraction", "images")
 
 
 def _same_data(a: Any, b: Any) -> bool:

@@ -211,6 +211,8 @@ def train_classifier(
                       img_size=size, mean=mean, std=std, class_names=splits.class_names,
                       dataset=data.source, model_kwargs=model_kwargs,
                       val_fraction=data.val_fraction, seed=config.seed)
+    # How many images each part had: a resumed run warns when the folder (or --cells) changed.
+    meta["images"] = {"train": len(splits.train), "val": len(splits.val)}
     task = ClassificationTask(splits.num_classes, label_smoothing=label_smoothing,
                               class_names=splits.class_names)
     trainer = Trainer(model, task, train, val, config, out_dir=out_dir, meta=meta, dist=dist)

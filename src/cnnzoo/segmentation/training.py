@@ -91,10 +91,11 @@ def build_model(
     from ..models import create_model, get_config
 
     if get_config(model).task != "segmentation":
-        raise DataError(
-            f"{model} is a classifier: segmentation trains unet (use --encoder {model} to make "
-            f"{model} its contracting path)."
-        )
+        from ..models.unet import ENCODERS
+
+        how = (f"use --encoder {model} to make {model} its contracting path" if model in ENCODERS
+               else f"its --encoder may be one of {', '.join(ENCODERS)}")  # fmt: skip
+        raise DataError(f"{model} is a classifier: segmentation trains unet ({how}).")
     _check_encoder(encoder_name, encoder_weights)
     kwargs: dict[str, Any] = {"padding": padding, **(model_kwargs or {})}
     if encoder_name:
@@ -223,7 +224,7 @@ def train(
         "task": "segmentation", "model": model, "model_kwargs": model_kwargs,
         "num_classes": k, "in_chans": c, "img_size": tile, "tile": tile, "mean": mean,
         "std": std, "class_names": list(splits.classes), "dataset": splits.source,
-        "loss": loss,
+        "loss": loss, "images": {"train": len(splits.train), "val": len(splits.val)},
     }
     trainer = Trainer(net, task, train_loader, val_loader, cfg, out_dir=out_dir, meta=meta,
                       dist=dist)
