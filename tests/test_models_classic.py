@@ -234,3 +234,24 @@ def test_small_vgg_for_fashion_mnist():
     )
     assert count_parameters(model) == convs + conv_bias + dense
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_create_model_arguments_are_checked_in_one_line():
+    """Wrong values and other libraries' option names: one line that says what to write."""
+    from cnnzoo.errors import ModelOptionError, UnknownModelError
+
+    cases = [
+        (dict(num_classes=-1), "num_classes must be a whole number >= 0, not -1"),
+        (dict(in_chans=0), "in_chans must be a whole number >= 1, not 0"),
+        (dict(bogus=1), "resnet18 has no option 'bogus'"),
+        (dict(pretrained=True), "has no option 'pretrained': use weights='imagenet'"),  # timm
+        (dict(include_top=False), "use num_classes=0 for the pooled features"),  # Keras
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ModelOptionError) as err:
+            cnnzoo.create_model("resnet18", **kwargs)
+        assert message in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(UnknownModelError, match="Did you mean resnet18\\?"):
+        cnnzoo.create_model("ResNet18")
+    features = cnnzoo.create_model("resnet18", num_classes=0).eval()  # Keras's include_top=False
+    assert features(torch.zeros(1, 3, 64, 64)).shape == (1, 512)

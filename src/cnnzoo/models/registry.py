@@ -115,6 +115,17 @@ def _lookup(name: str) -> tuple[Builder, ModelConfig]:
         ) from None
 
 
+# What timm's and Keras Applications' options are called here, for users who come from them.
+_PEER_OPTIONS = {
+    "pretrained": "use weights='imagenet' (or a checkpoint path)",
+    "include_top": "use num_classes=0 for the pooled features without a head",
+    "pooling": "num_classes=0 gives globally average-pooled features; forward_features(x) the map",
+    "input_shape": "use in_chans=1 or 3; the input size is free above the model's minimum",
+    "classes": "use num_classes=N",
+    "num_labels": "use num_classes=N",
+}
+
+
 def create_model(
     name: str,
     *,
@@ -150,7 +161,10 @@ def create_model(
         # A misspelt or ill-formed option: say which, in one line, not a traceback.
         unknown = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
         if unknown:
-            raise ModelOptionError(f"{name} has no option {unknown.group(1)!r}") from None
+            option = unknown.group(1)
+            hint = _PEER_OPTIONS.get(option)
+            raise ModelOptionError(f"{name} has no option {option!r}"
+                                   + (f": {hint}" if hint else "")) from None
         options = " ".join(f"{k}={v}" for k, v in kwargs.items())
         raise ModelOptionError(f"{name}: bad model option in {options}: {exc}") from None
     model.default_cfg = replace(cfg, num_classes=n_cls, input_size=(n_in, *cfg.input_size[1:]),
