@@ -76,8 +76,9 @@ def run(args: argparse.Namespace) -> int:
                           **acc.per_class()}))
         return 0
     n = int(acc.confusion.sum())
-    print(f"{n} images: accuracy {metrics['acc']:.4f}  top-5 {metrics['top5']:.4f}  "
-          f"loss {metrics['loss']:.4f}")
+    # Top-5 of 5 classes or fewer is 1 by definition: not worth a column.
+    top5 = f"  top-5 {metrics['top5']:.4f}" if len(names) > 5 else ""
+    print(f"{n} images: accuracy {metrics['acc']:.4f}{top5}  loss {metrics['loss']:.4f}")
     width = max(5, *(len(c) for c in names))
     print("confusion matrix (rows: true class, columns: predicted)")
     print(" " * width + " " + " ".join(f"{i:>5d}" for i in range(len(names))))

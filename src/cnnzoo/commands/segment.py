@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data.images import load_image
     from ..errors import ImageError
     from ..paths import check_folder
-    from ..segmentation.tiling import predict_tiled
+    from ..segmentation.tiling import predict_tiled, tile_geometry
     from ..segmentation.training import load_segmenter
     from ..segmentation.visual import overlay
     from .predict import expand_paths
@@ -112,6 +112,12 @@ def run(args: argparse.Namespace) -> int:
     check_folder(out, "--out")
     model, meta = load_segmenter(args.checkpoint)
     k, channels = int(meta["num_classes"]), int(meta["in_chans"])
+    geo = tile_geometry(model, args.tile, args.margin)
+    if geo.out_size * 4 < geo.in_size:
+        # Each input tile is mostly context: many more forward passes than the image needs.
+        print(f"cnnzoo segment: note: tiles of {geo.in_size} px keep {geo.out_size} px each "
+              f"({geo.margin} px of context per side); a larger --tile or a smaller --margin "
+              "is faster", file=sys.stderr)  # fmt: skip
     names = output_stems(paths)
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
