@@ -188,3 +188,28 @@ def test_predict_refuses_a_checkpoint_without_a_head(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "create it first" in err and "\n" not in err
     assert not (tmp_path / "new").exists()
+
+
+def test_predict_a_training_checkpoint_as_evaluate_scores_it(tmp_path, capsys):
+    """`cnnzoo train`'s best.pt carries its model, class names, input size and the training
+    images' mean/std: predict uses them all (it fell back to Lite0, or with --model printed
+    class indices and normalised with ImageNet's statistics), so it agrees with evaluate."""
+    from pathlib import Path as P
+
+    out, test = tmp_path / "run", tmp_path / "test"
+    assert main(["train", "lenet5", "--data", "digits", "--epochs", "2", "--precision", "fp32",
+                 "--channels-last", "off", "--no-progress", "--no-tensorboard",
+                 "--out", str(out)]) == 0
+    assert main(["data", "export", "digits", str(test), "--split", "test",
+                 "--per-class", "6"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "best.pt"), "--data", str(test), "--json"]) == 0
+    want = json.loads(capsys.readouterr().out)["acc"]
+    assert main(["predict", str(test), "--weights", str(out / "best.pt"), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert len(got) == 60 and {r["predictions"][0]["class"] for r in got} <= set("0123456789")
+    hits = sum(P(r["image"]).parent.name == r["predictions"][0]["class"] for r in got)
+    assert hits / len(got) == pytest.approx(want)
+    assert main(["predict", str(test), "--weights", str(out / "best.pt"), "--model",
+                 "resnet18"]) == 2
+    assert "holds lenet5, not resnet18" in capsys.readouterr().err

@@ -491,9 +491,15 @@ def trained(tmp_path_factory):
     return out
 
 
-def test_train_unet_segmentation_cli_end_to_end(trained):
+def test_train_unet_segmentation_cli_end_to_end(trained, capsys):
     for name in ("best.pt", "last.pt", "curves.png", "validation.png", "metrics.jsonl"):
         assert (trained / name).is_file(), name
+    # `evaluate` scores classifiers: a U-Net checkpoint gets one line pointing to `segment`
+    # (it read the cells folder as three classes: images, instances, masks).
+    assert main(["evaluate", str(trained / "best.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a segmentation checkpoint (unet)" in err and "cnnzoo segment" in err
+    assert "\n" not in err
     rows = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2
     for key in ("val_iou_cell", "val_dice_cell", "val_pixel_acc", "val_count_err", "val_loss"):

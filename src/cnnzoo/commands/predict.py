@@ -36,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "cnnzoo[pretrained])")  # fmt: skip
     p.add_argument("--weights", default=None,
                    help="checkpoint file (.pth/.pt/.safetensors/.h5) or 'imagenet' (default); "
-                        "a checkpoint keeps its own classes and input channels")  # fmt: skip
+                        "a checkpoint keeps its own classes and input channels, and one of "
+                        "`cnnzoo train` (best.pt) also its model, class names and input")  # fmt: skip
     p.add_argument("--bundle", metavar="DIR",
                    help="a bundle folder written by `cnnzoo transfer` (replaces --model/--weights); "
                         "prints 'Prediction: <class>  Probability: [...]' per image")  # fmt: skip
@@ -48,6 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..engine.run import CheckpointInput, model_from_checkpoint, training_checkpoint
     from ..errors import UsageError, WeightsError
     from ..weights import create_pretrained
     from ..weights.files import stored_model_name
@@ -61,19 +63,28 @@ def run(args: argparse.Namespace) -> int:
                              "and --weights")
         return predict_with_bundle(args.bundle, paths, top=args.top, as_json=args.json)
     args.weights = args.weights or "imagenet"
-    args.model = args.model or stored_model_name(args.weights) or "efficientnet_lite0"
+    run = training_checkpoint(args.weights)
     with _threads(args.threads, len(paths), args.batch_size):
-        model = create_pretrained(args.model, args.weights)
-        info = model.weights_info
-        if not info.head_loaded:
-            raise WeightsError(
-                f"{info.source} has no trained classifier for {args.model} (only a backbone), so "
-                "its predictions would be random; pass a checkpoint that includes the head"
-            )
-        results = classify_files(
-            model, info.preprocessing, paths, class_names=info.class_names, top=args.top,
-            batch_size=args.batch_size,
-        )  # fmt: skip
+        if run is not None:  # `cnnzoo train`'s best.pt / last.pt: its model, classes and input
+            model, meta = model_from_checkpoint(args.weights, run)
+            if args.model and args.model != meta["model"]:
+                raise UsageError(f"{args.weights} holds {meta['model']}, not {args.model}: "
+                                 "leave out --model")  # fmt: skip
+            pre: Any = CheckpointInput.from_meta(meta)
+            names = meta.get("class_names")
+        else:
+            args.model = args.model or stored_model_name(args.weights) or "efficientnet_lite0"
+            model = create_pretrained(args.model, args.weights)
+            info = model.weights_info
+            if not info.head_loaded:
+                raise WeightsError(
+                    f"{info.source} has no trained classifier for {args.model} (only a "
+                    "backbone), so its predictions would be random; pass a checkpoint that "
+                    "includes the head"
+                )
+            pre, names = info.preprocessing, info.class_names
+        results = classify_files(model, pre, paths, class_names=names, top=args.top,
+                                 batch_size=args.batch_size)  # fmt: skip
     return 1 if print_results(results, as_json=args.json) else 0
 
 

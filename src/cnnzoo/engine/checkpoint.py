@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import WeightsError
+from ..paths import usual_permissions
 
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
@@ -29,6 +30,7 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        usual_permissions(tmp)  # mkstemp's file is private; a run's other files are not
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -219,11 +219,14 @@ def train_classifier(
     return trainer.fit(resume=resume, overwrite=overwrite)
 
 
-def model_from_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model a `cnnzoo train` checkpoint holds; returns (model in eval mode, meta)."""
+def model_from_checkpoint(
+    path: str | os.PathLike[str], ckpt: dict[str, Any] | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the classifier a `cnnzoo train` checkpoint holds (`ckpt`: the file already
+    loaded); returns (model in eval mode, meta)."""
     from ..models import create_model
 
-    ckpt = load_checkpoint(path)
+    ckpt = ckpt if ckpt is not None else load_checkpoint(path)
     meta = ckpt.get("meta") or {}
     if "model" not in meta or not isinstance(meta.get("model"), str):
         raise WeightsError(f"{path} does not say which model it holds: evaluate checkpoints "
@@ -231,10 +234,56 @@ def model_from_checkpoint(path: str | os.PathLike[str]) -> tuple[nn.Module, dict
     if meta.get("transfer"):
         raise WeightsError(f"{path} is a checkpoint of transfer fine-tuning: evaluate the bundle "
                            "the run wrote (cnnzoo evaluate --bundle OUT/bundle --data DIR)")
+    if meta.get("task") == "segmentation":
+        raise WeightsError(f"{path} is a segmentation checkpoint ({meta['model']}): its "
+                           "validation Dice/IoU are in the run's metrics.jsonl; segment images "
+                           "with cnnzoo segment IMAGE --checkpoint FILE")  # fmt: skip
     model = create_model(meta["model"], num_classes=meta["num_classes"],
                          in_chans=meta["in_chans"], **meta.get("model_kwargs", {}))
     model.load_state_dict(ckpt["model"])
     return model.eval(), meta
+
+
+@dataclass(frozen=True)
+class CheckpointInput:
+    """The input a `cnnzoo train` checkpoint was trained on, for one image file: decoded to its
+    channels, the whole image resized to its `img_size`, then (x / 255 - mean) / std with the
+    training images' statistics -- what training and `evaluate` feed it. Has `load(path)`, like
+    a weights entry's `Preprocessing`, so `cnnzoo predict` takes either."""
+
+    size: int
+    channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> CheckpointInput:
+        return cls(int(meta["img_size"]), int(meta["in_chans"]), tuple(meta["mean"]),
+                   tuple(meta["std"]))  # fmt: skip
+
+    def load(self, path: str | os.PathLike[str]) -> torch.Tensor:
+        from ..data.images import ImageSpec
+
+        x = ImageSpec(size=self.size, channels=1 if self.channels == 1 else 3).load(path)
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
+        return (x.float() / 255 - mean) / std
+
+
+def training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The loaded file when `path` is a checkpoint written by `cnnzoo train` (its format tag
+    and the run's meta), else None (a plain state_dict, another format)."""
+    p = Path(path)
+    if not p.is_file() or p.suffix.lower() not in (".pt", ".pth", ".ckpt"):
+        return None
+    try:
+        ckpt = load_checkpoint(p)
+    except WeightsError:
+        return None  # not one of ours: the weights loader reads it, or says why not
+    meta = ckpt.get("meta")
+    if str(ckpt.get("format", "")).startswith("cnnzoo-checkpoint") and isinstance(meta, dict):
+        return ckpt
+    return None
 
 
 def _same_source(a: str, b: str) -> bool:
