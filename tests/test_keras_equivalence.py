@@ -57,6 +57,39 @@ def test_densenet121_matches_keras_both_file_formats(tmp_path):
         np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
 
 
+def test_headless_keras_densenet_is_a_backbone_for_transfer(tmp_path):
+    """include_top=False, pooling='avg' -- the file people bring for transfer learning: it
+    loads as the backbone (pooled features equal Keras's), with a new head for new classes, and
+    `cnnzoo convert` keeps it a backbone. A headless VGG16 lacks fc6/fc7: one line says so."""
+    from cnnzoo.cli import main
+    from cnnzoo.errors import WeightsError
+
+    rng = np.random.default_rng(1)
+    km = keras.applications.DenseNet121(weights=None, include_top=False, pooling="avg",
+                                        input_shape=(32, 32, 3))
+    _randomize_bn_stats(km, rng)
+    x = rng.normal(size=(2, 32, 32, 3)).astype("float32")
+    ref = _keras_out(km, x)
+    path = tmp_path / "densenet121_notop.weights.h5"
+    km.save_weights(str(path))
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    backbone = cnnzoo.create_model("densenet121", num_classes=0, weights=str(path)).eval()
+    five = cnnzoo.create_model("densenet121", num_classes=5, weights=str(path)).eval()
+    assert not five.weights_info.head_loaded
+    with torch.no_grad():
+        np.testing.assert_allclose(backbone(xt).numpy(), ref, rtol=1e-4,
+                                   atol=1e-4 * np.abs(ref).max())
+        pooled = five.forward_head(five.forward_features(xt), pre_logits=True)
+        np.testing.assert_allclose(pooled.numpy(), ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    out = tmp_path / "densenet121_notop.safetensors"
+    assert main(["convert", str(path), str(out), "--model", "densenet121"]) == 0
+    vgg = keras.applications.VGG16(weights=None, include_top=False, input_shape=(32, 32, 3))
+    vgg_path = tmp_path / "vgg16_notop.weights.h5"
+    vgg.save_weights(str(vgg_path))
+    with pytest.raises(WeightsError, match="convolutions only \\(include_top=False\\)"):
+        cnnzoo.create_model("vgg16", num_classes=5, weights=str(vgg_path))
+
+
 def test_vgg16_matches_keras_including_flatten_order(tmp_path):
     """VGG16 at 64 px with include_top=True: Keras flattens the 2x2x512 map in HWC order, the
     zoo (pool_size=2, the 2x2 map unchanged) in CHW order, so fc1 must be permuted to match; the

@@ -157,7 +157,17 @@ def from_keras(layers: list[KerasLayer], model: nn.Module, name: str) -> Convert
             mods["bn"].append((prefix, m))
         elif isinstance(m, nn.Linear):
             mods["dense"].append((prefix, m))
+    # Keras's include_top=False: a DenseNet file without its one dense layer is the backbone;
+    # the head is left out here and re-initialised (and reported) like any missing head.
+    if family == "densenet" and not by_kind["dense"] and len(mods["dense"]) == 1:
+        mods["dense"] = []
     counts = {k: (len(by_kind[k]), len(mods[k])) for k in mods}
+    if family == "vgg" and not by_kind["dense"] and mods["dense"]:
+        raise WeightsError(
+            f"the Keras file is {name}'s convolutions only (include_top=False): cnnzoo's {name} "
+            "also has the dense layers fc6 and fc7, which the file lacks; save the Keras model "
+            "with include_top=True (its fc6/fc7 are what transfer learning reuses)"
+        )
     if any(a != b for a, b in counts.values()):
         got = ", ".join(f"{a} {k}" for k, (a, _) in counts.items())
         want = ", ".join(f"{b} {k}" for k, (_, b) in counts.items())
