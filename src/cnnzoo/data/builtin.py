@@ -171,7 +171,7 @@ def load_digits() -> ImageDataset:
         from sklearn.datasets import load_digits as sk_load_digits
     except ImportError:
         raise DataError(
-            "the digits data set comes with scikit-learn: pip install scikit-learn"
+            "the digits data set comes with scikit-learn: pip install 'cnnzoo[data]'"
         ) from None
     bunch = sk_load_digits()
     images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)
