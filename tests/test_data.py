@@ -436,13 +436,22 @@ def test_csv_header_names_the_columns_in_any_order(tmp_path, caplog):
     write("", lambda p, c, sp: f"{p},{c},{sp}")
     s = load_csv(manifest, ImageSpec(channels=1), progress=False)
     assert s.val.class_counts() == [1, 1] and dark_is_cat(s)
-    # A header naming an unknown column, or lacking one, is one line listing the names.
+    # Columns nobody asked for (metadata) are ignored; a path column first with an unknown
+    # second name takes it as the label (the older manifests' layout).
+    write("filename,label,width", lambda p, c, _: f"{p},{c},28")
+    assert dark_is_cat(load_csv(manifest, ImageSpec(channels=1), progress=False))
     write("file,klass", lambda p, c, _: f"{p},{c}")
-    with pytest.raises(DataError, match=r"unknown column 'klass'.*path .*label"):
-        load_csv(manifest, progress=False)
+    assert dark_is_cat(load_csv(manifest, ImageSpec(channels=1), progress=False))
     write("path,split", lambda p, c, sp: f"{p},{sp}")
     with pytest.raises(DataError, match="no label column"):
         load_csv(manifest, progress=False)
+    # A data row is not a header because a cell reads 'class' or 'image': a label 'class' and
+    # files without an extension.
+    for i in range(4):
+        (tmp_path / f"image{i}").write_bytes((tmp_path / f"cat{i}.png").read_bytes())
+    write("", lambda p, c, _: f"image{p[3:-4]},class" if c == "cat" else f"{p},{c}")
+    s = load_csv(manifest, ImageSpec(channels=1), progress=False)
+    assert s.class_names == ["class", "dog"] and len(s.train) + len(s.val) == 8
     # A bad split value in a header-ordered file names that order.
     write("split,path,label", lambda p, c, sp: f"{sp},{p},{c}")
     manifest.write_text(manifest.read_text() + "holdout,cat0.png,cat\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -255,6 +256,16 @@ def test_a_folder_holding_a_run_is_refused_without_overwrite(tmp_path):
             out_dir=tmp_path).fit(resume=True, overwrite=False)  # fmt: skip
     Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg,
             out_dir=tmp_path / "new").fit(overwrite=False)  # fmt: skip
+    # A run kept as best.pt and its log only (last.pt deleted to save space) is a run too,
+    # and it cannot be resumed.
+    (tmp_path / "new" / "last.pt").unlink()
+    kept = {p.name: p.read_bytes() for p in (tmp_path / "new").iterdir() if p.is_file()}
+    for resume, message in ((False, "holds a run (best.pt)"),
+                            (True, "has no last.pt to resume (it holds best.pt, metrics.jsonl")):
+        with pytest.raises(TrainingError, match=re.escape(message)):
+            Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg,
+                    out_dir=tmp_path / "new").fit(resume=resume, overwrite=False)  # fmt: skip
+    assert {p.name: p.read_bytes() for p in (tmp_path / "new").iterdir() if p.is_file()} == kept
     (tmp_path / "afile").write_text("")
     for out in (tmp_path / "afile", tmp_path / "afile" / "sub"):
         with pytest.raises(UsageError, match="afile is a file, not a folder: choose another"):
@@ -298,8 +309,8 @@ def test_resume_refuses_another_model_data_or_options_and_warns_of_another_loss(
     cfg.epochs = 2
     Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg, out_dir=tmp_path,
             meta={**meta, "loss": "dice"}).fit(resume=True)  # fmt: skip
-    assert ("warning: resuming with different epochs (was 1), loss (was ce) than the "
-            "checkpoint") in capsys.readouterr().err
+    assert ("warning: resuming with different epochs (was 1, now 2), loss (was ce, now dice) "
+            "than the checkpoint") in capsys.readouterr().err
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
@@ -786,11 +797,11 @@ def test_segmentation_resume_checks_model_options_and_encoder_errors_read_cleanl
     assert (tmp_path / "last.pt").read_bytes() == kept
     capsys.readouterr()
     train("cells", out_dir=tmp_path, resume=True, loss="dice", **{**opts, "epochs": 2})
-    assert "loss (was ce+dice)" in capsys.readouterr().err
+    assert "loss (was ce+dice, now dice)" in capsys.readouterr().err
     # Another --cells is other data of the same name: warned, with the old counts.
     train("cells", out_dir=tmp_path, resume=True, loss="dice",
           **{**opts, "epochs": 3, "cells": 6})  # fmt: skip
-    assert "images (was {'train': 3, 'val': 1})" in capsys.readouterr().err
+    assert "images (was train 3, val 1, now train 5, val 1)" in capsys.readouterr().err
 
     with pytest.raises(UsageError, match="^--encoder-weights needs --encoder NAME"):
         build_model(2, 1, encoder_weights="imagenet")

@@ -213,3 +213,13 @@ def test_predict_a_training_checkpoint_as_evaluate_scores_it(tmp_path, capsys):
     assert main(["predict", str(test), "--weights", str(out / "best.pt"), "--model",
                  "resnet18"]) == 2
     assert "holds lenet5, not resnet18" in capsys.readouterr().err
+    # Converted to .safetensors it keeps all that: the same predictions, without --model.
+    conv = tmp_path / "lenet5.safetensors"
+    assert main(["convert", str(out / "best.pt"), str(conv), "--model", "lenet5"]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(test), "--weights", str(conv), "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert [r["predictions"][0]["class"] for r in again] == \
+        [r["predictions"][0]["class"] for r in got]
+    assert [r["predictions"][0]["probability"] for r in again] == pytest.approx(
+        [r["predictions"][0]["probability"] for r in got], abs=1e-6)

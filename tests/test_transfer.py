@@ -508,6 +508,14 @@ def test_grey_file_pil_image_and_tensor_give_the_same_prediction(features_run, f
         res.bundle.predict(torch.from_numpy(rgb)[None])
     empty = res.bundle.predict([])
     assert empty.classes == [] and empty.probabilities.shape == (0, 5)
+    # A 2-D tensor is one grey image; a grey (N, 1, H, W) batch for this RGB bundle, and an
+    # (N, H, W, C) array, are their images.
+    grey = torch.from_numpy(np.array(pil))
+    assert torch.equal(res.bundle.predict(grey).probabilities, a)
+    batch = res.bundle.predict(grey[None, None].expand(2, 1, -1, -1)).probabilities
+    assert torch.allclose(batch, a.expand(2, -1), atol=1e-6)
+    stacked = res.bundle.predict(np.stack([rgb, rgb])).probabilities
+    assert torch.allclose(stacked, a.expand(2, -1), atol=1e-6)
 
 
 # ------------------------------------------------------------------- heads on feature stages

@@ -19,6 +19,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.output.endswith(".safetensors"):
         raise WeightsError(f"{args.output}: the output must end in .safetensors")
+    if _convert_training_checkpoint(args):
+        return 0
     log = logging.getLogger("cnnzoo.weights")
     level = log.level
     log.setLevel(logging.ERROR)  # the notes are printed below, once
@@ -32,3 +34,34 @@ def run(args: argparse.Namespace) -> int:
             note = "the checkpoint has no classifier: the output holds the backbone only"
         print(f"  note: {note}")
     return 0
+
+
+def _convert_training_checkpoint(args: argparse.Namespace) -> bool:
+    """A `cnnzoo train` checkpoint: its weights, with what predicting needs besides them (model
+    options, class names, input size and the training images' mean/std) in the metadata, so
+    that `cnnzoo predict --weights OUT` predicts as `--weights best.pt` does. False for any
+    other file (converted by layout as usual)."""
+    import json
+    from pathlib import Path
+
+    from ..engine.run import CheckpointInput, model_from_checkpoint, training_checkpoint
+    from ..errors import UsageError
+    from ..weights.files import save_safetensors
+
+    ckpt = training_checkpoint(args.input)
+    if ckpt is None:
+        return False
+    model, meta = model_from_checkpoint(args.input, ckpt)
+    if meta["model"] != args.model:
+        raise UsageError(f"{args.input} holds {meta['model']}, not {args.model}: pass --model "
+                         f"{meta['model']}")  # fmt: skip
+    save_safetensors(model.state_dict(), args.output, {
+        "format": "cnnzoo", "model": meta["model"], "source_layout": "cnnzoo train",
+        "source_file": Path(args.input).name,
+        "model_kwargs": json.dumps(meta.get("model_kwargs") or {}),
+        "class_names": json.dumps(meta.get("class_names")),
+        "checkpoint_input": CheckpointInput.from_meta(meta).to_json(),
+    })  # fmt: skip
+    print(f"{args.input} (a cnnzoo train checkpoint) -> {args.output} ({meta['model']}, with its "
+          "classes and input)")
+    return True

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.run import CheckpointInput, model_from_checkpoint, training_checkpoint
     from ..errors import UsageError, WeightsError
     from ..weights import create_pretrained
-    from ..weights.files import stored_model_name
+    from ..weights.files import stored_metadata
 
     paths = expand_paths(args.images)
     if args.bundle:  # a transfer-learning bundle: its own classes, preprocessing and views
@@ -73,8 +73,10 @@ def run(args: argparse.Namespace) -> int:
             pre: Any = CheckpointInput.from_meta(meta)
             names = meta.get("class_names")
         else:
-            args.model = args.model or stored_model_name(args.weights) or "efficientnet_lite0"
-            model = create_pretrained(args.model, args.weights)
+            stored = stored_metadata(args.weights)  # a `cnnzoo convert` output says what it is
+            args.model = args.model or stored.get("model") or "efficientnet_lite0"
+            kwargs = json.loads(stored.get("model_kwargs", "{}"))
+            model = create_pretrained(args.model, args.weights, **kwargs)
             info = model.weights_info
             if not info.head_loaded:
                 raise WeightsError(
@@ -83,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
                     "includes the head"
                 )
             pre, names = info.preprocessing, info.class_names
+            if "checkpoint_input" in stored:  # converted from a `cnnzoo train` checkpoint
+                pre = CheckpointInput.from_meta(json.loads(stored["checkpoint_input"]))
+                names = json.loads(stored.get("class_names", "null")) or names
         results = classify_files(model, pre, paths, class_names=names, top=args.top,
                                  batch_size=args.batch_size)  # fmt: skip
     return 1 if print_results(results, as_json=args.json) else 0

@@ -138,6 +138,10 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.distributed import cleanup, init_distributed
     from ..engine.run import DataOptions, out_dir_for, train_classifier
 
+    if args.resume and args.overwrite:
+        from ..errors import UsageError
+
+        raise UsageError("--resume continues the run in --out, --overwrite replaces it: pass one")
     if args.task is None:
         from ..models import get_config
 

@@ -165,7 +165,8 @@ def check_options(args: argparse.Namespace) -> list[str]:
     ignored = [_option(k) for k in unused if k in given]
     if ignored:
         what = "fine-tuning" if args.mode == "features" else "the features step"
-        notes.append(f"note: {', '.join(ignored)} only apply to {what}, which --mode "
+        verb = "applies" if len(ignored) == 1 else "apply"
+        notes.append(f"note: {', '.join(ignored)} only {verb} to {what}, which --mode "
                      f"{args.mode} does not run; ignored")  # fmt: skip
     return notes
 

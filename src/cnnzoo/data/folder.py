@@ -330,33 +330,34 @@ _COLUMN_NAMES = {
 def _header_columns(row: list[str], manifest: Path) -> dict[str, int] | None:
     """{'path'|'label'|'split': column index} when `row` is a header, None for a data row.
 
-    A header is a row that names at least one known column and holds no image file name (so a
-    data row whose label happens to be 'class' stays a data row)."""
+    A header names a path and a label column (in any order; other columns, e.g. width or notes,
+    are ignored), or starts with a path column name (then the label is the second column, the
+    layout older manifests have). A row holding an image file name is data, and so is one where
+    only some cell happens to read 'class' or 'image' (a path without an extension, a label)."""
     names = [c.strip().lower() for c in row]
-    if not any(n in _COLUMN_NAMES for n in names) or any(_is_image_file(n) for n in names):
+    if any(_is_image_file(n) for n in names):
         return None
-    expected = "path (or file, filename, image), label (or class) and optionally split"
     columns: dict[str, int] = {}
     for i, name in enumerate(names):
-        if not name:
+        role = _COLUMN_NAMES.get(name)
+        if role is None:
             continue
-        if name not in _COLUMN_NAMES:
+        if role in columns:
             raise DataError(
-                f"{manifest}: unknown column {row[i].strip()!r} in the header: "
-                f"name the columns {expected}"
+                f"{manifest}: the header names the {role} column twice: name the columns path "
+                "(or file, filename, image), label (or class) and optionally split"
             )
-        if _COLUMN_NAMES[name] in columns:
+        columns[role] = i
+    if "path" in columns and "label" in columns:
+        return columns
+    if names and _COLUMN_NAMES.get(names[0]) == "path" and len(names) > 1:
+        if "label" not in columns and 1 in columns.values():
             raise DataError(
-                f"{manifest}: the header names the {_COLUMN_NAMES[name]} column twice: "
-                f"name the columns {expected}"
+                f"{manifest}: the header has no label column: name the columns path (or file, "
+                "filename, image), label (or class) and optionally split"
             )
-        columns[_COLUMN_NAMES[name]] = i
-    if "path" not in columns or "label" not in columns:
-        missing = "path" if "path" not in columns else "label"
-        raise DataError(
-            f"{manifest}: the header has no {missing} column: name the columns {expected}"
-        )
-    return columns
+        return {**columns, "label": columns.get("label", 1)}
+    return None
 
 
 def _class_order(labels: set[str]) -> list[str]:

@@ -193,8 +193,7 @@ class Trainer:
                       overwrite=overwrite)
         ckpt = self._load_resume(resume)
         # A new run into a folder that holds one: the old files go with the first checkpoint.
-        replacing = ckpt is None and self.out_dir is not None and \
-            (self.out_dir / "last.pt").exists()
+        replacing = ckpt is None and self.out_dir is not None and bool(run_files(self.out_dir))
         self._replacing = replacing
         model = unwrap_model(self.model)  # a second fit() must not wrap DDP twice
         if ckpt is not None:
@@ -341,10 +340,12 @@ class Trainer:
             raise TrainingError(f"the checkpoint in {self._resume_where(resume)} {conflict}, or "
                                 "start a new run with another --out")
         old = ckpt["config"]
-        changed = [f"{k} (was {old.get(k)})" for k in RESUME_WARN_CONFIG
+        changed = [f"{k} (was {old.get(k)}, now {getattr(self.config, k)})"
+                   for k in RESUME_WARN_CONFIG
                    if old.get(k) != getattr(self.config, k)]
         old_meta = ckpt.get("meta") or {}
-        changed += [f"{k} (was {old_meta[k]})" for k in RESUME_WARN_META
+        changed += [f"{k} (was {_plain(old_meta[k])}, now {_plain(self.meta[k])})"
+                    for k in RESUME_WARN_META
                     if k in old_meta and k in self.meta and old_meta[k] != self.meta[k]]
         if changed:
             self._say(f"warning: resuming with different {', '.join(changed)} than the "
@@ -462,6 +463,13 @@ RESUME_WARN_CONFIG = ("epochs", "lr", "schedule", "optimizer", "seed", "mixup", 
 RESUME_WARN_META = ("loss", "img_size", "val_fraction", "images")
 
 
+def _plain(value: Any) -> str:
+    """{'train': 242, 'val': 60} -> 'train 242, val 60' for a message; other values as they are."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items())
+    return str(value)
+
+
 def _same_data(a: Any, b: Any) -> bool:
     """Two data sources are the same: equal names (built-ins in any case) or one folder."""
     a, b = str(a), str(b)
@@ -505,19 +513,30 @@ def resume_conflict(old: dict[str, Any], new: dict[str, Any], old_task: str | No
     return None
 
 
+def run_files(out_dir: Path) -> list[str]:
+    """The files of a run that `out_dir` holds: its checkpoints, and its logs (a run whose
+    checkpoints were deleted to save space still has results worth keeping)."""
+    return [n for n in ("last.pt", "best.pt", "metrics.jsonl", "tb") if (out_dir / n).exists()]
+
+
 def check_out_dir(out_dir: str | Path | None, *, resume: bool, overwrite: bool) -> None:
-    """Refuse an output folder that is a file, or that holds a run (last.pt) when this run
-    neither resumes nor replaces it: one `TrainingError` line saying what to do, before any
-    data is loaded or file written."""
+    """Refuse an output folder that is a file, or that holds a run when this run neither
+    resumes it (from its last.pt) nor replaces it: one `TrainingError` line saying what to do,
+    before any data is loaded or file written."""
     if out_dir is None:
         return
     from ..paths import check_folder
 
     out = Path(out_dir)
     check_folder(out, "--out")
-    if not resume and not overwrite and (out / "last.pt").exists():
-        raise TrainingError(f"{out} holds a run (last.pt): pass --resume to continue it, "
-                            "--overwrite to replace it, or another --out")
+    held = run_files(out)
+    if not held or overwrite or (resume and "last.pt" in held):
+        return
+    if resume:
+        raise TrainingError(f"{out} has no last.pt to resume (it holds {', '.join(held)}): pass "
+                            "--overwrite to start a new run there, or another --out")
+    raise TrainingError(f"{out} holds a run ({held[0]}): pass --resume to continue it, "
+                        "--overwrite to replace it, or another --out")
 
 
 # What a run writes besides last.pt and best.pt (report.py, logs.py, segmentation's grid).

@@ -9,6 +9,7 @@ preprocessing instead and builds its own loaders).
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -232,8 +233,9 @@ def model_from_checkpoint(
         raise WeightsError(f"{path} does not say which model it holds: evaluate checkpoints "
                            "written by `cnnzoo train` (last.pt or best.pt)")
     if meta.get("transfer"):
-        raise WeightsError(f"{path} is a checkpoint of transfer fine-tuning: evaluate the bundle "
-                           "the run wrote (cnnzoo evaluate --bundle OUT/bundle --data DIR)")
+        raise WeightsError(f"{path} is a checkpoint of transfer fine-tuning: use the bundle the "
+                           "run wrote (cnnzoo predict IMAGE --bundle OUT/bundle, cnnzoo evaluate "
+                           "--bundle OUT/bundle --data DIR)")
     if meta.get("task") == "segmentation":
         raise WeightsError(f"{path} is a segmentation checkpoint ({meta['model']}): its "
                            "validation Dice/IoU are in the run's metrics.jsonl; segment images "
@@ -258,8 +260,14 @@ class CheckpointInput:
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> CheckpointInput:
-        return cls(int(meta["img_size"]), int(meta["in_chans"]), tuple(meta["mean"]),
-                   tuple(meta["std"]))  # fmt: skip
+        """From a checkpoint's meta, or from `to_json`'s dict (a converted file's metadata)."""
+        size = meta["img_size"] if "img_size" in meta else meta["size"]
+        chans = meta["in_chans"] if "in_chans" in meta else meta["channels"]
+        return cls(int(size), int(chans), tuple(meta["mean"]), tuple(meta["std"]))
+
+    def to_json(self) -> str:
+        return json.dumps({"size": self.size, "channels": self.channels,
+                           "mean": list(self.mean), "std": list(self.std)})  # fmt: skip
 
     def load(self, path: str | os.PathLike[str]) -> torch.Tensor:
         from ..data.images import ImageSpec

@@ -148,15 +148,22 @@ class Bundle:
         empty predictions."""
         # One image, not a sequence to iterate: a path would otherwise be taken apart into its
         # characters, a (C, H, W) tensor into its channels, an (H, W, C) array into its rows.
+        if isinstance(images, np.ndarray) and images.ndim == 4:  # (N, H, W, C): its images
+            images = list(images)
+        if isinstance(images, Tensor) and images.dim() == 2:  # (H, W): one grey image
+            images = images[None]
         single = (str, os.PathLike, Image.Image, np.ndarray)
-        if isinstance(images, single) or isinstance(images, Tensor) and images.dim() in (2, 3):
+        if isinstance(images, single) or isinstance(images, Tensor) and images.dim() == 3:
             images = [images]
         if isinstance(images, Tensor) and images.dim() == 4:
             if images.dtype != torch.uint8 or images.shape[1] not in (1, 3, 4):
                 hint = ": use images.permute(0, 3, 1, 2)" if images.shape[-1] in (1, 3, 4) else ""
                 raise ValueError(f"expected a uint8 batch (N, C, H, W), not {images.dtype} "
                                  f"{tuple(images.shape)}{hint}")  # fmt: skip
-            batch = images
+            # Another channel count than the bundle's (grey images for an RGB bundle): each
+            # image is converted as a file would be.
+            batch = images if images.shape[1] == self.spec.channels else \
+                self.load_images(list(images))
         else:
             batch = self.load_images(list(images))
         self.model.eval()

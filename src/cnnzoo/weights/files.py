@@ -145,19 +145,20 @@ def _is_tensor_dict(obj: Mapping) -> bool:
     return bool(values) and sum(isinstance(v, Tensor) for v in values) >= max(1, len(values) // 2)
 
 
-def stored_model_name(path: str | os.PathLike[str]) -> str | None:
-    """The zoo model a `cnnzoo convert` output was written for (from its header), else None."""
+def stored_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The metadata a `cnnzoo convert` output carries (its model, options, classes, input),
+    read from the header only; {} for any other file."""
     from safetensors import SafetensorError, safe_open
 
     p = Path(path)
     if not (p.is_file() and p.name.lower().endswith(SAFETENSORS_SUFFIXES)):
-        return None
+        return {}
     try:
         with safe_open(str(p), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
+            meta = dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError):
-        return None  # read_checkpoint reports it
-    return meta.get("model") if meta.get("format") == "cnnzoo" else None
+        return {}  # read_checkpoint reports it
+    return meta if meta.get("format") == "cnnzoo" else {}
 
 
 def _read_safetensors(p: Path) -> Checkpoint:
