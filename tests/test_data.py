@@ -756,3 +756,13 @@ def test_loader_normalises_uint8_and_can_emit_channels_last():
     for (a, ya), (b, yb) in zip(bare, plain, strict=True):
         assert a.is_contiguous(memory_format=torch.channels_last) and not a.is_contiguous()
         assert torch.allclose(a, b, atol=1e-5) and torch.equal(ya, yb)
+
+
+def test_a_segmentation_folder_is_not_read_as_classes(tmp_path):
+    """images/ + masks/ (+ instances/) as three 'classes' would train a classifier to tell
+    photos from masks; it is one line pointing to the U-Net instead."""
+    for sub in ("images", "masks", "instances"):
+        for i in range(3):
+            _png(tmp_path / sub / f"{i}.png", 40 * i)
+    with pytest.raises(DataError, match=r"is a segmentation set \(images/ \+ masks/\).*unet"):
+        load_folder(tmp_path, progress=False)

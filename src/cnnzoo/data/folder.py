@@ -86,6 +86,12 @@ def _check_classes(root: Path, classes: dict[str, list[Path]], ignored: list[Pat
                 f"{root} holds images but no class sub-folders: move them into {_EXAMPLE}"
             )
         raise DataError(f"no images found in {root}: expected {_EXAMPLE} (or a CSV manifest)")
+    if {"images", "masks"} <= set(classes) and set(classes) <= {"images", "masks", "instances"}:
+        # The layout of a segmentation set: as classes, every mask would be a "mask" image.
+        raise DataError(
+            f"{root} is a segmentation set (images/ + masks/), not one sub-folder per class: "
+            f"train a U-Net on it (cnnzoo train unet --data {root})"
+        )
     empty = [name for name, files in classes.items() if not files]
     if empty:
         raise DataError(
