@@ -6,6 +6,7 @@ the learning curves; their own figures (segmentation contours) belong to their h
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,22 +22,37 @@ def _pyplot() -> Any:
     return plt
 
 
-def plot_curves(history: list[dict[str, Any]], path: Path) -> Path:
-    """One panel per metric (loss, acc, ...), train and validation per epoch."""
+def logged_metrics(history: list[dict[str, Any]]) -> list[str]:
+    """The metrics the history logs for train or validation (loss, acc, ...), sorted."""
+    return sorted({k.split("_", 1)[1] for r in history for k in r
+                   if k.startswith(("train_", "val_"))})  # fmt: skip
+
+
+def plot_curves(
+    history: list[dict[str, Any]], path: Path, *, metrics: list[str] | None = None,
+    epochs: list[int] | None = None, breaks: Sequence[float] = (), title: str | None = None,
+) -> Path:  # fmt: skip
+    """One panel per metric (default: every logged one), train and validation per epoch.
+
+    epochs: the x values (default: each record's 'epoch'); breaks: x positions of dotted lines
+    (where a phase of training starts); title: above the panels."""
     plt = _pyplot()
-    metrics = sorted({k.split("_", 1)[1] for r in history for k in r
-                      if k.startswith(("train_", "val_"))})
+    metrics = logged_metrics(history) if metrics is None else metrics
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
-    epochs = [r["epoch"] for r in history]
+    epochs = [r["epoch"] for r in history] if epochs is None else epochs
     for ax, m in zip(axes[0], metrics, strict=True):
         for split, style in (("train", "-o"), ("val", "-s")):
             ys = [r.get(f"{split}_{m}") for r in history]
             if any(y is not None for y in ys):
                 ax.plot(epochs, ys, style, ms=3, label=split)
+        for x in breaks:
+            ax.axvline(x, color="grey", ls=":", lw=1)
         ax.set_title(m)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend()
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -14,8 +14,10 @@ from torch import Tensor
 
 from ..engine.report import (
     _pyplot,
+    logged_metrics,
     per_class_table,
     plot_confusion,
+    plot_curves,
     write_per_class_csv,
 )
 from ..engine.task import ClassificationAccumulator
@@ -71,43 +73,25 @@ PHASES = {"head": "new head alone", "full": "whole network"}
 def curve_metrics(history: list[dict[str, Any]], num_classes: int) -> list[str]:
     """The metrics curves.png plots: loss, accuracy, ...; top-5 only with more than 5 classes
     (with 5 or fewer it is 1 at every epoch)."""
-    keys = {k.split("_", 1)[1] for r in history for k in r if k.startswith(("train_", "val_"))}
-    if num_classes <= 5:
-        keys.discard("top5")
-    return sorted(keys)
+    return [m for m in logged_metrics(history) if m != "top5" or num_classes > 5]
 
 
 def plot_finetune_curves(history: list[dict[str, Any]], path: Path, num_classes: int) -> Path:
     """Fine-tuning curves, one panel per metric: the phases one after the other on one epoch
     axis (each phase's log counts its epochs from 1), a dotted line where the whole network
     starts to train."""
-    plt = _pyplot()
-    metrics = curve_metrics(history, num_classes)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
-    x = list(range(1, len(history) + 1))
     phases = [r.get("phase", "full") for r in history]
     # Where each phase starts: a line between its first epoch and the last of the one before.
     starts = [i for i in range(1, len(phases)) if phases[i] != phases[i - 1]]
-    for ax, m in zip(axes[0], metrics, strict=True):
-        for split, style in (("train", "-o"), ("val", "-s")):
-            ys = [r.get(f"{split}_{m}") for r in history]
-            if any(y is not None for y in ys):
-                ax.plot(x, ys, style, ms=3, label=split)
-        for i in starts:
-            ax.axvline(i + 0.5, color="grey", ls=":", lw=1)
-        ax.set_title(m)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.legend()
+    title = None
     if starts:
         bounds = [0, *starts, len(phases)]
         names = ", then ".join(f"{PHASES.get(phases[a], phases[a])} (epochs {a + 1}-{b})"
                                for a, b in zip(bounds, bounds[1:], strict=False))  # fmt: skip
-        fig.suptitle(f"fine-tuning: {names}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+        title = f"fine-tuning: {names}"
+    return plot_curves(history, path, metrics=curve_metrics(history, num_classes),
+                       epochs=list(range(1, len(history) + 1)),
+                       breaks=[i + 0.5 for i in starts], title=title)  # fmt: skip
 
 
 def plot_l2_curve(cv: list[dict[str, float]], path: Path) -> Path:
