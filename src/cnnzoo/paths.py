@@ -1,4 +1,5 @@
-"""Output folders: checked before any work, so that a file in the way costs nothing first."""
+"""Paths the commands are given: output folders (checked before any work, so that a file in the
+way costs nothing first), their permissions, and whether two data sources are one."""
 
 from __future__ import annotations
 
@@ -28,3 +29,13 @@ def usual_permissions(path: str | os.PathLike[str]) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~umask)
+
+
+def same_source(a: object, b: object) -> bool:
+    """Two data sources are one: equal names (built-ins in any case: 'Fashion-MNIST') or the
+    same existing file or folder however written (relative, absolute, a trailing slash)."""
+    a, b = str(a), str(b)
+    if a.lower() == b.lower():
+        return True
+    pa, pb = Path(a), Path(b)
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()

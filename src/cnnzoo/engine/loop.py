@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import TrainingError
+from ..paths import check_folder, same_source
 from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from .distributed import DistContext, all_reduce_sum, broadcast_flag, unwrap_model, wrap_model
 from .logs import MetricsLog
@@ -193,8 +194,7 @@ class Trainer:
                       overwrite=overwrite)
         ckpt = self._load_resume(resume)
         # A new run into a folder that holds one: the old files go with the first checkpoint.
-        replacing = ckpt is None and self.out_dir is not None and bool(run_files(self.out_dir))
-        self._replacing = replacing
+        self._replacing = ckpt is None and self.out_dir is not None and bool(run_files(self.out_dir))
         model = unwrap_model(self.model)  # a second fit() must not wrap DDP twice
         if ckpt is not None:
             try:
@@ -272,9 +272,9 @@ class Trainer:
                 record["images_per_s"] = round(n_images / max(seconds, 1e-9), 1)
                 history.append(record)
 
-                if replacing and self._writes:
+                if self._replacing and self._writes:
                     clear_run(self.out_dir)
-                    replacing = self._replacing = False
+                    self._replacing = False
                 value = record[monitor]
                 if is_better(value, best, task.mode):
                     best, best_epoch, bad_epochs = value, epoch + 1, 0
@@ -470,15 +470,6 @@ def _plain(value: Any) -> str:
     return str(value)
 
 
-def _same_data(a: Any, b: Any) -> bool:
-    """Two data sources are the same: equal names (built-ins in any case) or one folder."""
-    a, b = str(a), str(b)
-    if a.lower() == b.lower():
-        return True
-    pa, pb = Path(a), Path(b)
-    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
-
-
 def _options(kwargs: dict[str, Any], keys: list[str]) -> str:
     return " ".join(f"{k}={kwargs[k]}" if k in kwargs else f"{k} unset" for k in keys)
 
@@ -499,7 +490,7 @@ def resume_conflict(old: dict[str, Any], new: dict[str, Any], old_task: str | No
         if keys:
             return (f"was trained with other model options ({_options(a, keys)}, not "
                     f"{_options(b, keys)}): resume with the checkpoint's options")
-    if "dataset" in old and "dataset" in new and not _same_data(old["dataset"], new["dataset"]):
+    if "dataset" in old and "dataset" in new and not same_source(old["dataset"], new["dataset"]):
         return (f"was trained on {old['dataset']}, not {new['dataset']}: resume with --data "
                 f"{old['dataset']}")
     if "class_names" in old and "class_names" in new and \
@@ -525,8 +516,6 @@ def check_out_dir(out_dir: str | Path | None, *, resume: bool, overwrite: bool) 
     before any data is loaded or file written."""
     if out_dir is None:
         return
-    from ..paths import check_folder
-
     out = Path(out_dir)
     check_folder(out, "--out")
     held = run_files(out)

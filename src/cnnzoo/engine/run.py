@@ -20,6 +20,7 @@ from torch import nn
 
 from ..data.loader import BatchLoader
 from ..errors import DataError, UsageError, WeightsError
+from ..paths import same_source
 from .checkpoint import load_checkpoint
 from .distributed import DistContext
 from .grow import grow_from
@@ -294,13 +295,6 @@ def training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     return None
 
 
-def _same_source(a: str, b: str) -> bool:
-    if a.lower() == b.lower():
-        return True
-    pa, pb = Path(a), Path(b)
-    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
-
-
 def evaluation_images(
     src: str, spec: Any, split: str | None, class_names: list[str], *, trained_on: str = "",
     val_fraction: float = 0.2, seed: int = 0, size: int | None = None,
@@ -319,7 +313,7 @@ def evaluation_images(
 
     is_builtin = src.lower() in BUILTIN_NATIVE_SIZE
     if split is None:
-        split = "val" if is_builtin or _same_source(src, trained_on) else "all"
+        split = "val" if is_builtin or same_source(src, trained_on) else "all"
     if split not in ("val", "test", "all"):
         raise DataError(f"split must be val, test or all, not {split!r}")
     if is_builtin:
