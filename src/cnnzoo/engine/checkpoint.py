@@ -39,13 +39,16 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a cnnzoo checkpoint safely (weights_only=True); a one-line error if unreadable."""
+def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> dict[str, Any]:
+    """Load a cnnzoo checkpoint safely (weights_only=True); a one-line error if unreadable.
+
+    mmap: map the tensors instead of reading them (a zip-format file only): cheap when the file
+    may turn out not to be one of ours and is read again by the weights loader."""
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"checkpoint {path} does not exist: pass the file written by `cnnzoo train`")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
         raise WeightsError(f"cannot read checkpoint {path} ({type(exc).__name__}): "
                            "is it a file written by `cnnzoo train`?") from None
