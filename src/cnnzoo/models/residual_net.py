@@ -68,7 +68,6 @@ class ResidualNet(Classifier):
         x = self.relu(self.fc1(x.flatten(1)))
         return x if pre_logits else self.fc2(x)
 
-
     def forward(self, x: Tensor) -> Tensor:
         check_input_size(self, x)
         if x.dim() == 4 and tuple(x.shape[-2:]) != (self.img_size, self.img_size):
