@@ -268,16 +268,16 @@ def _table(rows: list[dict], n_seeds: int) -> str:
            "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         nets = [k for k in r if k.startswith("scratch:") and not k.endswith("_all")]
+        label = ""
         if nets:  # the scratch net with the best mean, named
             net = max(nets, key=lambda k: r[k])
             r["scratch"], r["t_scratch"], r["scratch_all"] = r[net], r["t_" + net], r[net + "_all"]
+            label = net.removeprefix("scratch:") + " "
         best = max((r[m] for m in ("features", "finetune") if m in r), default=None)
         target = TARGETS.get((r["set"], r["n"]))
         cal = CALIBRATION.get((r["set"], r["n"]))
         out.append(
-            f"| {r['set']} | {r['n']} | "
-            + (f"{max(nets, key=lambda k: r[k])[8:]} " if nets else "")
-            + f"{cell(r, 'scratch')} | {cell(r, 'features')} "
+            f"| {r['set']} | {r['n']} | {label}{cell(r, 'scratch')} | {cell(r, 'features')} "
             f"| {cell(r, 'finetune')} | {_fmt(best, '.3f')} "
             f"| {_fmt(target, '.2f') if target else '-'} "
             + (f"| {cal[0]:.3f} / {cal[1]:.3f} |" if cal else "| - |"))  # fmt: skip
