@@ -14,11 +14,11 @@ on 200 test images per class from the official test split. Methods:
 
 - scratch: cnnzoo's own from-scratch training (`engine.Trainer`, as `cnnzoo train` runs it:
   one-cycle, label smoothing 0.1, pad-crop + flip, at least `--scratch-steps` steps, the final
-  model scored) of each of `--scratch-nets`, each with its own recipe (`SCRATCH`): LeNet-5 at
-  32 px and the CIFAR ResNet-20 at the native 28 px with SGD + Nesterov, the lecture's small
-  residual net at 28 px with AdamW. The table shows the net with the best mean accuracy: which
-  net trains best from scratch depends on the number of images (the small nets at 10 and 50 per
-  class, ResNet-20 at 200), and scratch is not to be shown weaker than cnnzoo can make it.
+  model scored, SGD + Nesterov at 0.1) of each of `--scratch-nets` (`SCRATCH`): LeNet-5 at
+  32 px, the lecture's small residual net and the CIFAR ResNet-20 at the native 28 px. The
+  table shows the net with the best mean accuracy: which net trains best from scratch depends
+  on the number of images (the small nets at 10 and 50 per class, ResNet-20 at 200), and
+  scratch is not to be shown weaker than cnnzoo can make it.
 - features: `cnnzoo.transfer` mode 'features' -- the frozen ImageNet backbone (`--model`,
   default EfficientNet-Lite0; efficientnet_lite1 / lite2 install offline too), features of the
   image and its mirror, logistic regression with the L2 cross-validated.
@@ -91,11 +91,12 @@ def make_sets(name: str, n: int, n_val: int, n_test: int, seed: int) -> tuple[Sp
     return Splits(train_pool.select(torch.cat(tr)), train_pool.select(torch.cat(va))), test
 
 
-# Each scratch net's recipe: input size, optimizer, peak learning rate, weight decay. SGD at 0.1
-# is the engine's default; the lecture's residual net has no BatchNorm and trains with AdamW.
+# Each scratch net's recipe: input size, optimizer, peak learning rate, weight decay -- the
+# engine's defaults for all three (AdamW 1e-3 did no better on residual_net: 0.710 against 0.714
+# at 50 per class on the hard set, three draws); LeNet-5 needs 32 px.
 SCRATCH = {
     "lenet5": dict(size=32, optimizer="sgd", lr=0.1, weight_decay=5e-4),
-    "residual_net": dict(size=28, optimizer="adamw", lr=1e-3, weight_decay=0.05),
+    "residual_net": dict(size=28, optimizer="sgd", lr=0.1, weight_decay=5e-4),
     "resnet20": dict(size=28, optimizer="sgd", lr=0.1, weight_decay=5e-4),
 }
 
