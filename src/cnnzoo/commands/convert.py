@@ -30,8 +30,6 @@ def run(args: argparse.Namespace) -> int:
         log.setLevel(level)
     print(f"{args.input} ({info.layout} layout) -> {args.output} ({args.model}, cnnzoo keys)")
     for note in info.notes:
-        if not info.head_loaded and "classifier re-initialised" in note:
-            note = "the checkpoint has no classifier: the output holds the backbone only"
         print(f"  note: {note}")
     return 0
 

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -270,6 +270,10 @@ def convert_file(
     if not info.head_loaded:
         # A backbone-only checkpoint: leave the freshly initialised head out, so that the file
         # still reads as "no trained classifier" (predict refuses it, transfer adds its own).
+        # The loader's "classifier re-initialised" note is then not true of the output.
         sd = {k: v for k, v in sd.items() if k not in head_keys(model)}
+        notes = ["the checkpoint has no classifier: the output holds the backbone only"
+                 if "classifier re-initialised" in n else n for n in info.notes]  # fmt: skip
+        info = replace(info, notes=notes)
     save_safetensors(sd, dst, meta)
     return info
