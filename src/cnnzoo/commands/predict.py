@@ -63,10 +63,10 @@ def run(args: argparse.Namespace) -> int:
                              "and --weights")
         return predict_with_bundle(args.bundle, paths, top=args.top, as_json=args.json)
     args.weights = args.weights or "imagenet"
-    run = training_checkpoint(args.weights)
+    trained = training_checkpoint(args.weights)
     with _threads(args.threads, len(paths), args.batch_size):
-        if run is not None:  # `cnnzoo train`'s best.pt / last.pt: its model, classes and input
-            model, meta = model_from_checkpoint(args.weights, run)
+        if trained is not None:  # `cnnzoo train`'s best.pt / last.pt: its model, classes, input
+            model, meta = model_from_checkpoint(args.weights, trained)
             if args.model and args.model != meta["model"]:
                 raise UsageError(f"{args.weights} holds {meta['model']}, not {args.model}: "
                                  "leave out --model")  # fmt: skip

@@ -71,6 +71,12 @@ class MaskPairs:
         return len(self.images)
 
 
+def foreground_components(mask: np.ndarray) -> np.ndarray:
+    """Instance ids of a mask without an instance file: the 4-connected components of its
+    foreground (any class above 0; ignored pixels are not foreground)."""
+    return ndimage.label((mask > 0) & (mask != IGNORE_INDEX))[0].astype(np.int32)
+
+
 def _files_by_stem(folder: Path, problems: list[str], ambiguous: set[str]) -> dict[str, Path]:
     """{stem: file}; a stem held by two files (a.png and a.jpg) is left out, added to
     `ambiguous` and reported in `problems`: which of them the pair means cannot be told."""
@@ -297,8 +303,7 @@ def load_mask_pairs(
         if set(values.tolist()) <= {0, 255}:
             mask = (mask == 255).astype(np.uint8)  # 0/255 two-class mask
         if have_instances and inst is None:
-            # What `SegmentationSet.cell_instances` does for a set without instance files.
-            inst = ndimage.label((mask > 0) & (mask != IGNORE_INDEX))[0].astype(np.int32)
+            inst = foreground_components(mask)  # as for a set without any instance file
             without_instances.append(name)
         images.append(img)
         masks.append(mask)

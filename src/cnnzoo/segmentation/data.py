@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 from torch import Tensor
 
 from ..data.augment import (
@@ -35,6 +34,7 @@ from ..data.augment import (
     VerticalFlip,
 )
 from ..data.loader import BatchTransform
+from ..data.masks import foreground_components
 from ..errors import DataError
 from .losses import IGNORE_INDEX, balanced_class_weights, unet_weight_map
 
@@ -78,7 +78,7 @@ class SegmentationSet:
             return self.instances
         out = np.zeros(self.masks.shape, dtype=np.int32)
         for i, m in enumerate(self.masks):
-            out[i] = ndimage.label((m > 0) & (m != IGNORE_INDEX))[0]
+            out[i] = foreground_components(m)
         return out
 
     def targets(
