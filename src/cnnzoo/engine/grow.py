@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import WeightsError
+from .loop import differing_options
 
 
 @dataclass
@@ -201,15 +202,8 @@ def _check_fit(misfit: list[tuple[str, str, str]], family: str | None, meta: dic
     match, for any reason)."""
     if not misfit:
         return
-    def show(kwargs: dict[str, Any], key: str) -> str:
-        return f"{key}={kwargs[key]}" if key in kwargs else f"{key} unset"
-
     src, tgt = meta.get("model_kwargs"), target_kwargs
-    diff: list[str] = []
-    keys = sorted(k for k in {*(src or {}), *(tgt or {})}
-                  if (src or {}).get(k, ...) != (tgt or {}).get(k, ...))  # fmt: skip
-    if src is not None and tgt is not None and keys:
-        diff = [" ".join(show(src, k) for k in keys), " ".join(show(tgt, k) for k in keys)]
+    diff = differing_options(src, tgt) if src is not None and tgt is not None else None
     layer, there, here = misfit[0]
     shapes = f"{layer}: {there} in the source, {here} here"
     a, b = there.split("x"), here.split("x")

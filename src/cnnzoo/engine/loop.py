@@ -470,8 +470,20 @@ def _plain(value: Any) -> str:
     return str(value)
 
 
-def _options(kwargs: dict[str, Any], keys: list[str]) -> str:
-    return " ".join(f"{k}={kwargs[k]}" if k in kwargs else f"{k} unset" for k in keys)
+def differing_options(
+    a: dict[str, Any] | None, b: dict[str, Any] | None
+) -> tuple[str, str] | None:
+    """The model options two nets were built with, where they differ, for a message:
+    ('width_mult=0.5 fc_dim unset', 'width_mult=1 fc_dim=256'); None when they agree."""
+    a, b = a or {}, b or {}
+    keys = sorted(k for k in {*a, *b} if a.get(k, ...) != b.get(k, ...))
+    if not keys:
+        return None
+
+    def show(kwargs: dict[str, Any]) -> str:
+        return " ".join(f"{k}={kwargs[k]}" if k in kwargs else f"{k} unset" for k in keys)
+
+    return show(a), show(b)
 
 
 def resume_conflict(old: dict[str, Any], new: dict[str, Any], old_task: str | None = None,
@@ -485,11 +497,10 @@ def resume_conflict(old: dict[str, Any], new: dict[str, Any], old_task: str | No
         return (f"is {old['model']}, not {new['model']}: resume it as "
                 f"`cnnzoo train {old['model']} ... --resume`")
     if "model_kwargs" in old and "model_kwargs" in new:
-        a, b = old["model_kwargs"] or {}, new["model_kwargs"] or {}
-        keys = sorted(k for k in {*a, *b} if a.get(k, ...) != b.get(k, ...))
-        if keys:
-            return (f"was trained with other model options ({_options(a, keys)}, not "
-                    f"{_options(b, keys)}): resume with the checkpoint's options")
+        diff = differing_options(old["model_kwargs"], new["model_kwargs"])
+        if diff:
+            return (f"was trained with other model options ({diff[0]}, not {diff[1]}): resume "
+                    "with the checkpoint's options")
     if "dataset" in old and "dataset" in new and not same_source(old["dataset"], new["dataset"]):
         return (f"was trained on {old['dataset']}, not {new['dataset']}: resume with --data "
                 f"{old['dataset']}")
@@ -504,10 +515,16 @@ def resume_conflict(old: dict[str, Any], new: dict[str, Any], old_task: str | No
     return None
 
 
+# A folder holding one of these holds a run: its checkpoints, and its logs (a run whose
+# checkpoints were deleted to save space still has results worth keeping).
+RUN_MARKERS = ("last.pt", "best.pt", "metrics.jsonl", "tb")
+# Everything a run writes (report.py, logs.py, segmentation's grid); last.pt first, see clear_run.
+RUN_FILES = (*RUN_MARKERS, "curves.png", "confusion.png", "per_class.csv", "validation.png")
+
+
 def run_files(out_dir: Path) -> list[str]:
-    """The files of a run that `out_dir` holds: its checkpoints, and its logs (a run whose
-    checkpoints were deleted to save space still has results worth keeping)."""
-    return [n for n in ("last.pt", "best.pt", "metrics.jsonl", "tb") if (out_dir / n).exists()]
+    """The `RUN_MARKERS` that `out_dir` holds."""
+    return [n for n in RUN_MARKERS if (out_dir / n).exists()]
 
 
 def check_out_dir(out_dir: str | Path | None, *, resume: bool, overwrite: bool) -> None:
@@ -528,18 +545,13 @@ def check_out_dir(out_dir: str | Path | None, *, resume: bool, overwrite: bool) 
                         "--overwrite to replace it, or another --out")
 
 
-# What a run writes besides last.pt and best.pt (report.py, logs.py, segmentation's grid).
-RUN_FILES = ("metrics.jsonl", "tb", "curves.png", "confusion.png", "per_class.csv",
-             "validation.png")
-
-
 def clear_run(out_dir: Path) -> None:
     """Remove the files of the run a new one replaces, so none of its metrics, TensorBoard
     events or figures mix with the new run's. last.pt goes first: a kill before the new one is
     written leaves no checkpoint to resume into the half-replaced folder."""
     import shutil
 
-    for name in ("last.pt", "best.pt", *RUN_FILES):
+    for name in RUN_FILES:
         p = out_dir / name
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p)
