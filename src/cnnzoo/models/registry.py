@@ -106,9 +106,13 @@ def _lookup(name: str) -> tuple[Builder, ModelConfig]:
         return _REGISTRY[name]
     except KeyError:
         low = name.lower()
-        close = ([low] if low in _REGISTRY
-                 else difflib.get_close_matches(low, _REGISTRY, n=5, cutoff=0.75)
-                 or sorted(fnmatch.filter(_REGISTRY, f"*{low[:4]}*"))[:5] if name else [])  # fmt: skip
+        if not name:
+            close = []
+        elif low in _REGISTRY:  # 'ResNet18'
+            close = [low]
+        else:  # a typo, else names sharing the first four letters
+            close = (difflib.get_close_matches(low, _REGISTRY, n=5, cutoff=0.75)
+                     or sorted(fnmatch.filter(_REGISTRY, f"*{low[:4]}*"))[:5])  # fmt: skip
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise UnknownModelError(
             f"unknown model {name!r}.{hint} `cnnzoo models` lists them all."
