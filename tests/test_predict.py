@@ -164,6 +164,30 @@ def test_predict_with_a_fine_tuned_checkpoint_keeps_its_classes(image_dir, tmp_p
         assert p["probability"] == pytest.approx(want[p["index"]].item(), abs=1e-5)
 
 
+def test_predict_checkpoints_of_other_input_channels_and_a_unet(image_dir, tmp_path, capsys):
+    """A grey net saved with in_chans=3 predicts (RGB statistics repeated from its grey ones);
+    4 input channels and a U-Net are one-line errors that say what to do."""
+    photo = str(image_dir / "rgb.jpg")
+    net = cnnzoo.create_model("lenet5", in_chans=3).eval()
+    torch.save(net.state_dict(), tmp_path / "rgb_lenet.pth")
+    assert main(["predict", photo, "--model", "lenet5", "--weights",
+                 str(tmp_path / "rgb_lenet.pth"), "--json", "--top", "10"]) == 0
+    got = json.loads(capsys.readouterr().out)[0]["predictions"]
+    assert sum(p["probability"] for p in got) == pytest.approx(1.0, abs=1e-5)
+    pre = cnnzoo.weights.create_pretrained("lenet5", tmp_path / "rgb_lenet.pth").weights_info
+    grey = cnnzoo.get_config("lenet5")
+    assert pre.preprocessing.mean == grey.mean * 3 and pre.preprocessing.channels == 3
+    for name, kwargs, expect in [
+        ("resnet18", {"in_chans": 4, "num_classes": 3}, "4 input channels"),
+        ("unet", {"base_width": 4}, "cnnzoo segment"),
+    ]:
+        torch.save(cnnzoo.create_model(name, **kwargs).state_dict(), tmp_path / "net.pth")
+        assert main(["predict", photo, "--model", name, "--weights",
+                     str(tmp_path / "net.pth")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert expect in err and "\n" not in err, err
+
+
 def test_predict_refuses_a_checkpoint_without_a_head(tmp_path, capsys):
     net = cnnzoo.create_model("resnet20")
     path = tmp_path / "backbone.pth"

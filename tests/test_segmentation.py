@@ -22,6 +22,7 @@ from cnnzoo.data.masks import IGNORE_INDEX, load_mask_pairs
 from cnnzoo.errors import DataError
 from cnnzoo.models import create_model
 from cnnzoo.segmentation.data import (
+    PadToNet,
     PairedTransform,
     load_segmentation,
     stack_pairs,
@@ -324,6 +325,19 @@ def _pair_folder(root, stems, size=(16, 20)):
     return m
 
 
+def test_255_is_class_one_only_when_every_mask_is_0_255(tmp_path):
+    _pair_folder(tmp_path / "two", ["a", "b"])
+    assert [np.unique(m).tolist() for m in load_mask_pairs(tmp_path / "two").masks] == [[0, 1]] * 2
+    # A 4-class set: one mask holding only background and ignored pixels keeps them ignored.
+    _pair_folder(tmp_path / "four", ["a", "b"])
+    _png(tmp_path / "four" / "masks" / "c.png", np.arange(4, dtype=np.uint8).repeat(80)
+         .reshape(16, 20))
+    _png(tmp_path / "four" / "images" / "c.png", np.zeros((16, 20), np.uint8))
+    pairs = load_mask_pairs(tmp_path / "four")
+    assert pairs.classes == ["0", "1", "2", "3"]
+    assert [np.unique(m).tolist() for m in pairs.masks] == [[0, 255], [0, 255], [0, 1, 2, 3]]
+
+
 def test_jpeg_masks_are_skipped_and_all_jpeg_is_one_line(tmp_path):
     m = _pair_folder(tmp_path / "d", ["a", "b"])
     (tmp_path / "d" / "masks" / "b.png").unlink()
@@ -414,6 +428,38 @@ def test_validation_tiles_count_every_pixel_once(tmp_path):
         "training: 2 images of 32x32 to 32x48 in 3 tiles of 32x32; "
         "validation: 2 images of 20x20 to 20x40 in 3 tiles of 32x32"
     )
+
+
+@pytest.mark.parametrize("padding, size", [("same", (100, 150)), ("valid", (17, 90))])
+def test_validation_scores_every_pixel_of_any_shape_once(padding, size):
+    from cnnzoo.segmentation.training import _whole_input
+
+    net = create_model("unet", num_classes=2, in_chans=1, padding=padding, base_width=4).eval()
+    h, w = size
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (2, 1, h, w), dtype=torch.uint8, generator=gen)
+    masks = torch.randint(0, 2, (2, h, w), dtype=torch.uint8, generator=gen)
+    x, y = PadToNet(_whole_input(net))(images, masks, gen)
+    top, left = (x.shape[-2] - h) // 2, (x.shape[-1] - w) // 2
+    assert torch.equal(x[..., top : top + h, left : left + w], images)  # the image, centred
+    with torch.no_grad():
+        logits = net(x.float())
+    acc = SegmentationAccumulator(2)
+    acc.update(logits, y, torch.zeros(()))
+    assert int(acc.confusion.sum()) == 2 * h * w  # every pixel once, the padding nowhere
+    assert int(acc.confusion[1].sum()) == int(masks.sum())  # the image's own labels
+
+
+def test_images_smaller_than_a_tile_train_and_validate_whole(tmp_path):
+    _pair_folder(tmp_path / "data", ["a", "b", "c"], size=(10, 12))
+    out = tmp_path / "run"
+    rc = main(["train", "unet", "--task", "segmentation", "--data", str(tmp_path / "data"),
+               "--padding", "valid", "--epochs", "1", "--base-width", "4", "--precision",
+               "fp32", "--channels-last", "off", "--no-progress", "--no-tensorboard",
+               "--out", str(out)])
+    assert rc == 0
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert math.isclose(row["val_pixel_acc"] * 120, round(row["val_pixel_acc"] * 120))
 
 
 def test_cells_need_two_images_to_validate():

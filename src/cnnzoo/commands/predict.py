@@ -51,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..engine.run import CheckpointInput, model_from_checkpoint, training_checkpoint
     from ..errors import UsageError, WeightsError
+    from ..models import get_config
     from ..weights import create_pretrained
     from ..weights.files import stored_metadata
 
@@ -75,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             stored = stored_metadata(args.weights)  # a `cnnzoo convert` output says what it is
             args.model = args.model or stored.get("model") or "efficientnet_lite0"
+            if get_config(args.model).task == "segmentation":
+                raise UsageError(f"{args.model} segments images: train it with `cnnzoo train "
+                                 f"{args.model} --task segmentation`, then use `cnnzoo segment "
+                                 "IMAGE --checkpoint best.pt`")  # fmt: skip
             kwargs = json.loads(stored.get("model_kwargs", "{}"))
             model = create_pretrained(args.model, args.weights, **kwargs)
             info = model.weights_info
@@ -88,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
             if "checkpoint_input" in stored:  # converted from a `cnnzoo train` checkpoint
                 pre = CheckpointInput.from_meta(json.loads(stored["checkpoint_input"]))
                 names = json.loads(stored.get("class_names", "null")) or names
+        if getattr(pre, "channels", 3) not in (1, 3):
+            raise UsageError(f"{args.weights} is a net with {pre.channels} input channels, but "
+                             "images decode to grey or RGB (1 or 3)")  # fmt: skip
         results = classify_files(model, pre, paths, class_names=names, top=args.top,
                                  batch_size=args.batch_size)  # fmt: skip
     return 1 if print_results(results, as_json=args.json) else 0

@@ -5,8 +5,9 @@ Layout read by `load_mask_pairs(root)`::
     root/images/a.png   root/masks/a.png   [root/instances/a.png]   [root/classes.txt]
 
 Masks are single-channel PNGs of class indices (0, 1, 2, ...; palette PNGs count as indices), or
-0/255 for two classes (255 becomes class 1). In a mask with other values 255 means "ignore" (the
-Pascal VOC convention) and is kept as `IGNORE_INDEX`. JPEG masks are refused: compression adds
+0/255 for two classes: when every mask holds only 0 and 255 (and no more than two classes are
+given), 255 becomes class 1. Otherwise 255 means "ignore" (the Pascal VOC convention) and is kept
+as `IGNORE_INDEX`, also in a mask that holds only 0 and 255. JPEG masks are refused: compression adds
 in-between values along every edge, and each would become a class. An optional `instances/`
 folder holds 16-bit PNGs of instance ids (0 = background), used for the border weight map of
 U-Net's loss; without it, instances are the connected components of the foreground -- also for
@@ -299,11 +300,7 @@ def load_mask_pairs(
                 f"skipped {name}: instance mask size differs from the image ({inst_path})"
             )
             continue
-        values = np.unique(mask)
-        if set(values.tolist()) <= {0, 255}:
-            mask = (mask == 255).astype(np.uint8)  # 0/255 two-class mask
         if have_instances and inst is None:
-            inst = foreground_components(mask)  # as for a set without any instance file
             without_instances.append(name)
         images.append(img)
         masks.append(mask)
@@ -319,6 +316,14 @@ def load_mask_pairs(
         )
     if not images:
         raise DataError(f"no usable image/mask pairs in {source}: see the messages above.")
+    # 0/255 masks are two classes only when every mask is 0/255: one mask of a multi-class set
+    # that holds just background and ignored pixels must not turn its ignored pixels into class 1.
+    if (classes is None or len(classes) == 2) and all(
+        set(np.unique(m).tolist()) <= {0, IGNORE_INDEX} for m in masks
+    ):
+        masks = [(m == IGNORE_INDEX).astype(np.uint8) for m in masks]
+    insts = [foreground_components(m) if have_instances and inst is None else inst
+             for m, inst in zip(masks, insts, strict=True)]  # as for a set without any
     notes: list[str] = []
     if without_instances:
         notes.append(

@@ -16,12 +16,13 @@ tiles do not overlap and their padding is ignored, so each pixel counts once in 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..data.augment import (
@@ -37,6 +38,7 @@ from ..data.loader import BatchTransform
 from ..data.masks import foreground_components
 from ..errors import DataError
 from .losses import IGNORE_INDEX, balanced_class_weights, unet_weight_map
+from .tiling import mirror_indices
 
 
 @dataclass
@@ -99,6 +101,21 @@ class SegmentationSet:
 
     def image_tensor(self) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(self.images))
+
+    def padded(self, size: int) -> SegmentationSet:
+        """The set with images, masks and instances mirror-padded (centred) to at least
+        `size` x `size`: images smaller than the smallest tile a net takes."""
+        h, w = self.masks.shape[1:]
+        th, tw = max(h, size), max(w, size)
+        if (th, tw) == (h, w):
+            return self
+
+        def pad(a: np.ndarray) -> np.ndarray:  # (N, H, W, ...) -> padded
+            return np.stack([_pad_to(x, th, tw) for x in a])
+
+        images = pad(self.images.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2).copy()
+        inst = None if self.instances is None else pad(self.instances)
+        return SegmentationSet(images, pad(self.masks), inst, self.names, self.source_sizes)
 
 
 @dataclass
@@ -318,16 +335,25 @@ def train_transform(crop: int, *, elastic: float = 10.0, jitter: float = 0.2) ->
     return PairedTransform(geometric, photometric)
 
 
-class CenterCrop:
-    """Crop the centre `size` of every image and target (validation in 'valid' mode)."""
+class PadToNet:
+    """Validation: every image mirror-padded, centred, to `size(h)` x `size(w)`, the smallest input
+    whose output covers it all; the targets padded with `IGNORE_INDEX` (weight 0). Every pixel of
+    the image then counts exactly once in the metrics and the padding nowhere; the image stays
+    the centre of both the padded input and the net's output."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: Callable[[int], int]) -> None:
         self.size = size
 
     def __call__(self, images: Tensor, targets: Tensor, generator: torch.Generator):
         del generator
         h, w = images.shape[-2:]
-        s = self.size
-        top, left = (h - s) // 2, (w - s) // 2
-        images = images[..., top : top + s, left : left + s]
-        return images, targets[..., top : top + s, left : left + s]
+        th, tw = self.size(h), self.size(w)
+        if (th, tw) == (h, w):
+            return images, targets
+        top, left = (th - h) // 2, (tw - w) // 2
+        images = images[..., mirror_indices(-top, th, h), :][..., mirror_indices(-left, tw, w)]
+        pad = [left, tw - w - left, top, th - h - top]
+        if targets.dim() == 4:  # (mask, weight map)
+            mask = F.pad(targets[:, :1], pad, value=IGNORE_INDEX)
+            return images, torch.cat([mask, F.pad(targets[:, 1:], pad, value=0.0)], 1)
+        return images, F.pad(targets, pad, value=IGNORE_INDEX)

@@ -11,6 +11,7 @@ ImageNet statistics when it starts from pretrained weights.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Callable, Sequence
@@ -26,8 +27,9 @@ from ..data.loader import BatchLoader
 from ..engine.distributed import DistContext, unwrap_model
 from ..engine.loop import FitResult, TrainConfig, Trainer, check_out_dir
 from ..errors import CnnzooError, DataError, ModelOptionError, UsageError
-from .data import CenterCrop, SegmentationSplits, load_segmentation, train_transform
+from .data import PadToNet, SegmentationSplits, load_segmentation, train_transform
 from .task import SegmentationTask
+from .tiling import receptive_margin
 
 # What differs from the engine's classification defaults (SGD 0.1 suits BN classifiers on
 # Fashion-MNIST; a U-Net trained on a few hundred crops converges faster and more reliably with
@@ -63,22 +65,28 @@ def segmentation_config(**overrides: Any) -> TrainConfig:
 
 
 def _legal_crop(model: nn.Module, size: int, limit: int) -> int:
-    """A crop the net accepts: multiples of 16 in 'same' mode, 188 + 16k in 'valid' mode."""
+    """A training crop the net accepts, at most `limit` (the images' side, at least the net's
+    `min_size`): multiples of 16 in 'same' mode, 188 + 16k in 'valid' mode."""
     if getattr(model, "padding", "same") == "valid":
-        from ..models.unet import valid_input_size, valid_output_size
+        from ..models.unet import valid_input_size
 
-        legal = valid_input_size(1)
-        n = legal
+        n = valid_input_size(1)
         while n + 16 <= min(size, limit):
             n += 16
-        if n > limit:
-            raise DataError(
-                f"padding='valid' needs tiles of at least {legal} px but the images are {limit} "
-                "px: use padding='same' or larger images."
-            )
-        valid_output_size(n)
         return n
     return max(16, min(size, limit) // 16 * 16)
+
+
+def _whole_input(model: nn.Module) -> Callable[[int], int]:
+    """The smallest input side whose output covers `n` pixels: the next multiple of the net's
+    alignment in 'same' mode (16; 32 with a classifier encoder), n + 184 or a little more in
+    'valid' mode (the net trims 92 px per side)."""
+    if getattr(model, "padding", "same") == "valid":
+        from ..models.unet import valid_input_size
+
+        return valid_input_size
+    align = receptive_margin(model)[1]
+    return lambda n: max(math.ceil(n / align) * align, align)
 
 
 def build_model(
@@ -190,10 +198,10 @@ def train(
         k, c, model=model, padding=padding, base_width=base_width,
         encoder_name=encoder_name, encoder_weights=encoder_weights, model_kwargs=model_kwargs)
     dist = dist or DistContext()
-    h, w = splits.train.images.shape[-2:]
+    # Images smaller than the smallest tile the net takes are mirror-padded (the paper's rule).
+    train_set = splits.train.padded(net.min_size)
+    h, w = train_set.images.shape[-2:]
     tile = _legal_crop(net, crop, min(h, w))
-    vh, vw = splits.val.images.shape[-2:]
-    val_tile = _legal_crop(net, min(vh, vw), min(vh, vw))
     if encoder_weights is not None:  # the preprocessing the encoder's weights expect
         mean = list(net.encoder_cfg.mean)
         std = list(net.encoder_cfg.std)
@@ -209,16 +217,16 @@ def train(
     cw = splits.class_weights() if weighted else None
     say(f"data: {splits.source}: {splits.describe()}, {k} classes ({', '.join(splits.classes)}); "
         f"loss {loss}, training tiles {tile}x{tile}")
-    train_targets = splits.train.targets(weighted, cw, w0=w0, sigma=sigma)
+    train_targets = train_set.targets(weighted, cw, w0=w0, sigma=sigma)
     val_targets = splits.val.targets(weighted, cw, w0=w0, sigma=sigma)
-    n_train = len(splits.train) // dist.world
+    n_train = len(train_set) // dist.world
     train_loader = BatchLoader(
-        splits.train.image_tensor(), train_targets, batch_size=batch_size, shuffle=True,
+        train_set.image_tensor(), train_targets, batch_size=batch_size, shuffle=True,
         drop_last=n_train > batch_size, transform=train_transform(tile, elastic=elastic,
         jitter=jitter), mean=mean, std=std, seed=cfg.seed, shard=dist.shard)
     val_loader = BatchLoader(
         splits.val.image_tensor(), val_targets, batch_size=max(batch_size, 16),
-        transform=CenterCrop(val_tile) if val_tile != min(vh, vw) or vh != vw else None,
+        transform=PadToNet(_whole_input(net)),
         mean=mean, std=std, shard=dist.shard)
     meta = {
         "task": "segmentation", "model": model, "model_kwargs": model_kwargs,
@@ -264,6 +272,11 @@ def predict_batches(model: nn.Module, loader: BatchLoader, limit: int | None = N
     return imgs[:limit], truths[:limit], preds[:limit]
 
 
+def _centre(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    top, left = (a.shape[0] - h) // 2, (a.shape[1] - w) // 2
+    return a[top : top + h, left : left + w]
+
+
 def write_validation_grid(
     model: nn.Module, splits: SegmentationSplits, val_loader: BatchLoader, path: Path,
     n: int = 8,
@@ -274,11 +287,12 @@ def write_validation_grid(
     from .visual import save_validation_grid
 
     imgs, truths, preds = predict_batches(model, val_loader, n)
+    # The loader pads the images for the net (`PadToNet`); each image is the centre of all three.
+    h, w = splits.val.masks.shape[1:]
+    imgs, truths, preds = ([_centre(a, h, w) for a in part] for part in (imgs, truths, preds))
     titles = []
     for i, (t, p) in enumerate(zip(truths, preds, strict=True)):
-        top, left = (t.shape[0] - p.shape[0]) // 2, (t.shape[1] - p.shape[1]) // 2
-        tc = t[top : top + p.shape[0], left : left + p.shape[1]]
-        _, iou = dice_iou(cm(torch.from_numpy(p), torch.from_numpy(tc), splits.num_classes))
+        _, iou = dice_iou(cm(torch.from_numpy(p), torch.from_numpy(t), splits.num_classes))
         titles.append(f"{splits.val.names[i]}  IoU {float(iou[1:].mean()):.3f}")
     return save_validation_grid(imgs, truths, preds, path, titles=titles)
 

@@ -69,7 +69,7 @@ def save_validation_grid(
     n = len(images)
     cols = min(columns, n)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.5 * rows), squeeze=False,
+    fig, axes = plt.subplots(rows, cols, figsize=(max(3.2 * cols, 6.4), 3.5 * rows), squeeze=False,
                              layout="constrained")  # titles never run into the row above
     for ax in axes.ravel():
         ax.axis("off")

@@ -49,19 +49,20 @@ class Preprocessing:
         c, h, _ = cfg.input_size
         m = tuple(mean if mean is not None else cfg.mean)
         s = tuple(std if std is not None else cfg.std)
-        if c == 1 and len(m) == 3:  # grey model with RGB statistics: average them
-            m, s = (sum(m) / 3,), (sum(s) / 3,)
-        return cls(crop_size=h, resize_size=round(h / 0.875), mean=m, std=s, channels=c)
+        pre = cls(crop_size=h, resize_size=round(h / 0.875), mean=m, std=s, channels=len(m))
+        return pre.with_channels(c)  # e.g. a grey model built with in_chans=3, or the reverse
 
     def with_channels(self, channels: int) -> Preprocessing:
-        """The same pipeline for a model with `channels` input channels (grey or RGB)."""
-        if channels == self.channels:
-            return self
+        """The same pipeline for a model with `channels` input channels: grey averages the
+        statistics; more channels than there are repeat them cyclically, as the first conv's
+        pretrained kernel is repeated (`weights.adapt`)."""
         m, s = self.mean, self.std
+        if channels == self.channels and len(m) == channels:
+            return self
         if channels == 1:
             m, s = (sum(m) / len(m),), (sum(s) / len(s),)
         else:
-            m, s = m * channels if len(m) == 1 else m, s * channels if len(s) == 1 else s
+            m, s = (tuple(v[i % len(v)] for i in range(channels)) for v in (m, s))
         return Preprocessing(self.crop_size, self.resize_size, self.interpolation, m, s, channels)
 
     def to_dict(self) -> dict:
@@ -96,6 +97,10 @@ class Preprocessing:
 
     def image_to_uint8(self, img: Image.Image) -> Tensor:
         """A PIL image (any mode already converted to RGB/L) -> cropped uint8 (C, H, W)."""
+        if self.channels not in (1, 3):
+            raise ValueError(
+                f"the model takes {self.channels}-channel input, but images decode to grey or "
+                f"RGB: stack the (N, {self.channels}, H, W) input yourself and normalize() it")
         want = "L" if self.channels == 1 else "RGB"
         if img.mode != want:
             img = img.convert(want)
