@@ -75,7 +75,7 @@ class _TinyNet(nn.Module):
 # --------------------------------------------------------------------------- task
 
 
-def test_classification_task_against_hand_computed_values():
+def test_classification_task_against_hand_computed_values(tmp_path):
     task = ClassificationTask(3, label_smoothing=0.0)
     logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 2.0], [0.0, 1.0, 0.5]])
     y = torch.tensor([0, 1, 0, 2])
@@ -92,6 +92,15 @@ def test_classification_task_against_hand_computed_values():
     assert acc.confusion.tolist() == [[1, 0, 1], [0, 1, 0], [0, 1, 0]]
     pc = acc.per_class()
     assert pc["precision"] == [1.0, 0.5, 0.0] and pc["recall"] == [0.5, 1.0, 0.0]
+    # per_class.csv quotes a class name with a comma: a CSV reader gets the table back.
+    import csv
+
+    from cnnzoo.engine.report import write_per_class_csv
+
+    path = write_per_class_csv(acc, ["red, large", "b", "c"], tmp_path / "pc.csv")
+    assert list(csv.reader(path.open())) == [
+        ["class", "precision", "recall", "support"], ["red, large", "1.0000", "0.5000", "2"],
+        ["b", "0.5000", "1.0000", "1"], ["c", "0.0000", "0.0000", "1"]]
     # Label smoothing eps: (1 - eps) * CE + eps * mean over classes of -log p.
     smooth = ClassificationTask(3, label_smoothing=0.3).loss(logits, y)
     logp = logits.log_softmax(1)
@@ -740,6 +749,23 @@ def test_cli_trains_on_a_messy_folder_and_evaluates(tmp_path, capsys, caplog):
     assert "confusion matrix (rows: true class, columns: predicted)" in text
     assert main(["evaluate", str(tmp_path / "nothing.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    # A held-out folder of one class is scored (a training folder needs two).
+    import shutil
+
+    shutil.copytree(data / "dog", tmp_path / "held" / "dog")
+    assert main(["evaluate", str(out / "last.pt"), "--data", str(tmp_path / "held")]) == 0
+    assert capsys.readouterr().out.startswith("12 images: accuracy ")
+    # One line each, before anything is predicted: a folder for the checkpoint, a --confusion
+    # matplotlib cannot write, a class the model does not know.
+    for args, expect in [
+        ([str(out)], f"{out} is a folder: give a checkpoint file, e.g. {out / 'best.pt'}"),
+        ([str(out / "last.pt"), "--confusion", str(tmp_path / "cm.txt")],
+         "give a picture file name ending in .png"),
+        ([str(out / "last.pt"), "--data", "digits"], "has classes the model was not trained on"),
+    ]:
+        assert main(["evaluate", *args]) == 2
+        captured = capsys.readouterr()
+        assert expect in captured.err and captured.err.count("\n") == 1 and not captured.out
 
 
 def test_cli_refuses_to_replace_or_mix_runs_in_one_line(tmp_path, capsys):

@@ -128,9 +128,19 @@ def test_predict_cli_text_format_and_folders(image_dir, capsys):
     sub.mkdir(exist_ok=True)
     (sub / "a.jpg").write_bytes((image_dir / "rgb.jpg").read_bytes())
     (sub / "readme.txt").write_text("ignored: not an image suffix")
+    # What training skips, predict skips too: macOS's ._ files, hidden folders.
+    (sub / "._a.jpg").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (sub / ".ipynb_checkpoints").mkdir(exist_ok=True)
+    (sub / ".ipynb_checkpoints" / "a-checkpoint.jpg").write_bytes(b"stale")
     rc = main(["predict", str(sub), "--top", "2"])
     lines = capsys.readouterr().out.splitlines()
     assert rc == 0 and lines[0].endswith("a.jpg") and len(lines) == 3
+    # A folder without images among other paths: one line, the others still predicted.
+    (image_dir / "no_images").mkdir(exist_ok=True)
+    assert main(["predict", str(image_dir / "no_images"), str(sub), "--top", "2"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == f"cnnzoo predict: {image_dir / 'no_images'}: no image files in this folder\n"
+    assert captured.out.splitlines() == lines
     # The lecture's list: "  1. tiger_cat: 39.47%".
     rank, name, pct = lines[1].split()
     assert lines[1].startswith("  1. ") and lines[2].startswith("  2. ")

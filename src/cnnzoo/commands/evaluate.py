@@ -29,15 +29,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+PICTURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
 def check_confusion_path(path: str) -> None:
-    """--confusion PNG must be writable as a file: not a folder, not under a file."""
+    """--confusion PNG must be writable as a picture file: not a folder, not under a file, with
+    a suffix matplotlib writes (it would add .png to a name without one, or fail on .txt)."""
     from ..errors import UsageError
     from ..paths import check_folder
 
     if Path(path).is_dir():
         raise UsageError(f"--confusion {path} is a folder: give a file name such as "
                          f"{Path(path) / 'confusion.png'}")  # fmt: skip
+    if Path(path).suffix.lower() not in PICTURE_SUFFIXES:
+        raise UsageError(f"--confusion {path}: give a picture file name ending in "
+                         f"{', '.join(PICTURE_SUFFIXES)}")  # fmt: skip
     check_folder(Path(path).parent, "--confusion")
+
+
+def check_checkpoint_path(path: str) -> None:
+    """A bundle or a run folder given where a checkpoint file belongs: say what to pass."""
+    from ..errors import UsageError
+
+    p = Path(path)
+    for bundle in (p, p / "bundle", p.parent):
+        if (bundle / "bundle.json").is_file() and (p.is_dir() or p.parent == bundle):
+            raise UsageError(f"{path}: a transfer bundle is evaluated with --bundle {bundle}")
+    if p.is_dir():
+        found = [p / n for n in ("best.pt", "last.pt") if (p / n).is_file()]
+        raise UsageError(f"{path} is a folder: give a checkpoint file"
+                         + (f", e.g. {found[0]}" if found else " (a run's best.pt or last.pt)"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
                          "(cnnzoo transfer's OUT/bundle), one of them")  # fmt: skip
     if args.confusion:  # checked before the images are predicted, not after
         check_confusion_path(args.confusion)
+    if args.checkpoint is not None:
+        check_checkpoint_path(args.checkpoint)
     if args.bundle is not None:
         if args.tta:
             raise UsageError("--tta is for checkpoints: a bundle predicts with the views it was "

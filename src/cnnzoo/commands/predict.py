@@ -49,56 +49,69 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    problems: list[str] = []
+    paths = expand_paths(args.images, problems)
+    for line in problems:
+        print(f"cnnzoo predict: {line}", file=sys.stderr)
+    with _threads(args.threads, len(paths), args.batch_size):
+        failed = _predict(args, paths)
+    return 1 if failed or problems else 0
+
+
+def _predict(args: argparse.Namespace, paths: list[Path]) -> bool:
+    """Print the predictions for `paths`; True if any image could not be read."""
     from ..engine.run import CheckpointInput, model_from_checkpoint, training_checkpoint
     from ..errors import UsageError, WeightsError
     from ..models import get_config
+    from ..transfer.bundle import FORMAT as BUNDLE_FORMAT
     from ..weights import create_pretrained
     from ..weights.files import stored_metadata
 
-    paths = expand_paths(args.images)
     if args.bundle:  # a transfer-learning bundle: its own classes, preprocessing and views
         from .transfer import predict_with_bundle
 
         if args.model or args.weights:
             raise UsageError("--bundle brings its own model and weights; leave out --model "
                              "and --weights")
-        return predict_with_bundle(args.bundle, paths, top=args.top, as_json=args.json)
+        return bool(predict_with_bundle(args.bundle, paths, top=args.top, as_json=args.json))
     args.weights = args.weights or "imagenet"
     trained = training_checkpoint(args.weights)
-    with _threads(args.threads, len(paths), args.batch_size):
-        if trained is not None:  # `cnnzoo train`'s best.pt / last.pt: its model, classes, input
-            model, meta = model_from_checkpoint(args.weights, trained)
-            if args.model and args.model != meta["model"]:
-                raise UsageError(f"{args.weights} holds {meta['model']}, not {args.model}: "
-                                 "leave out --model")  # fmt: skip
-            pre: Any = CheckpointInput.from_meta(meta)
-            names = meta.get("class_names")
-        else:
-            stored = stored_metadata(args.weights)  # a `cnnzoo convert` output says what it is
-            args.model = args.model or stored.get("model") or "efficientnet_lite0"
-            if get_config(args.model).task == "segmentation":
-                raise UsageError(f"{args.model} segments images: train it with `cnnzoo train "
-                                 f"{args.model} --task segmentation`, then use `cnnzoo segment "
-                                 "IMAGE --checkpoint best.pt`")  # fmt: skip
-            kwargs = json.loads(stored.get("model_kwargs", "{}"))
-            model = create_pretrained(args.model, args.weights, **kwargs)
-            info = model.weights_info
-            if not info.head_loaded:
-                raise WeightsError(
-                    f"{info.source} has no trained classifier for {args.model} (only a "
-                    "backbone), so its predictions would be random; pass a checkpoint that "
-                    "includes the head"
-                )
-            pre, names = info.preprocessing, info.class_names
-            if "checkpoint_input" in stored:  # converted from a `cnnzoo train` checkpoint
-                pre = CheckpointInput.from_meta(json.loads(stored["checkpoint_input"]))
-                names = json.loads(stored.get("class_names", "null")) or names
-        if getattr(pre, "channels", 3) not in (1, 3):
-            raise UsageError(f"{args.weights} is a net with {pre.channels} input channels, but "
-                             "images decode to grey or RGB (1 or 3)")  # fmt: skip
-        results = classify_files(model, pre, paths, class_names=names, top=args.top,
-                                 batch_size=args.batch_size)  # fmt: skip
-    return 1 if print_results(results, as_json=args.json) else 0
+    if trained is not None:  # `cnnzoo train`'s best.pt / last.pt: its model, classes, input
+        model, meta = model_from_checkpoint(args.weights, trained)
+        if args.model and args.model != meta["model"]:
+            raise UsageError(f"{args.weights} holds {meta['model']}, not {args.model}: "
+                             "leave out --model")  # fmt: skip
+        pre: Any = CheckpointInput.from_meta(meta)
+        names = meta.get("class_names")
+    else:
+        stored = stored_metadata(args.weights)  # a `cnnzoo convert` output says what it is
+        if stored.get("format") == BUNDLE_FORMAT:  # its classes, input and views are elsewhere
+            raise UsageError(f"{args.weights} is the weights file of a transfer bundle: pass "
+                             f"its folder, --bundle {Path(args.weights).parent}")  # fmt: skip
+        args.model = args.model or stored.get("model") or "efficientnet_lite0"
+        if get_config(args.model).task == "segmentation":
+            raise UsageError(f"{args.model} segments images: train it with `cnnzoo train "
+                             f"{args.model} --task segmentation`, then use `cnnzoo segment "
+                             "IMAGE --checkpoint best.pt`")  # fmt: skip
+        kwargs = json.loads(stored.get("model_kwargs", "{}"))
+        model = create_pretrained(args.model, args.weights, **kwargs)
+        info = model.weights_info
+        if not info.head_loaded:
+            raise WeightsError(
+                f"{info.source} has no trained classifier for {args.model} (only a "
+                "backbone), so its predictions would be random; pass a checkpoint that "
+                "includes the head"
+            )
+        pre, names = info.preprocessing, info.class_names
+        if "checkpoint_input" in stored:  # converted from a `cnnzoo train` checkpoint
+            pre = CheckpointInput.from_meta(json.loads(stored["checkpoint_input"]))
+            names = json.loads(stored.get("class_names", "null")) or names
+    if getattr(pre, "channels", 3) not in (1, 3):
+        raise UsageError(f"{args.weights} is a net with {pre.channels} input channels, but "
+                         "images decode to grey or RGB (1 or 3)")  # fmt: skip
+    results = classify_files(model, pre, paths, class_names=names, top=args.top,
+                             batch_size=args.batch_size)  # fmt: skip
+    return bool(print_results(results, as_json=args.json))
 
 
 @contextmanager
@@ -121,23 +134,32 @@ def _threads(threads: int | None, n_images: int, batch_size: int) -> Iterator[No
         torch.set_num_threads(before)
 
 
-def expand_paths(items: Sequence[str | os.PathLike[str]]) -> list[Path]:
+def expand_paths(
+    items: Sequence[str | os.PathLike[str]], problems: list[str] | None = None
+) -> list[Path]:
     """Files as given (whatever their suffix: a wrong one gets its own error line); folders
-    expanded, recursively, to their files with an image suffix, sorted."""
-    from ..data.images import IMAGE_EXTENSIONS
+    expanded, recursively, to their image files (hidden ones skipped, as in training).
+
+    A folder without image files is an `ImageError`, unless `problems` is given and other items
+    hold images: then it adds one line there and the others are still read."""
+    from ..data.folder import image_files
     from ..errors import ImageError
 
     out: list[Path] = []
+    empty: list[str] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*")
-                           if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)  # fmt: skip
+            found = image_files(p)
             if not found:
-                raise ImageError(f"{p}: no image files in this folder")
+                empty.append(f"{p}: no image files in this folder")
             out.extend(found)
         else:
             out.append(p)
+    if empty and (problems is None or not out):
+        raise ImageError(empty[0])
+    if problems is not None:
+        problems.extend(empty)
     return out
 
 

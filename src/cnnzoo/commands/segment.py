@@ -103,11 +103,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    paths = expand_paths(args.images)
-    if not paths:
-        print("cnnzoo segment: no image files found in " + ", ".join(args.images),
-              file=sys.stderr)
-        return 1
+    problems: list[str] = []
+    paths = expand_paths(args.images, problems)
+    for line in problems:
+        print(f"cnnzoo segment: {line}", file=sys.stderr)
     out = Path(args.out)
     check_folder(out, "--out")
     model, meta = load_segmenter(args.checkpoint)
@@ -141,4 +140,4 @@ def run(args: argparse.Namespace) -> int:
         share = ", ".join(f"{name} {float((mask == i).mean()):.1%}"
                           for i, name in enumerate(meta.get("class_names") or range(k)))
         print(f"{path}: {img.shape[1]}x{img.shape[0]} -> {mask_path}, {overlay_path} ({share})")
-    return 1 if failed else 0
+    return 1 if failed or problems else 0

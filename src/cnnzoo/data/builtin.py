@@ -222,6 +222,7 @@ def load_dataset(
     seed: int = 0,
     workers: int = 2,
     progress: bool = True,
+    min_classes: int = 2,
 ) -> Splits:
     """Train/validation data from a built-in name, an image folder or a CSV manifest.
 
@@ -229,6 +230,7 @@ def load_dataset(
     (stratified split), a folder (see `folder.load_folder`) or a .csv manifest.
     spec: size and channels to bring every image to. For built-ins the default keeps their
     native 28x28 / 8x8 grey; a spec with size=None keeps the size but applies the channels.
+    min_classes: what a folder or manifest must hold (1 for a held-out set to score on).
     """
     name = str(source)
     key = _ALIASES.get(name.lower(), name.lower())
@@ -237,11 +239,13 @@ def load_dataset(
     path = Path(source)
     if path.is_dir():
         return load_folder(
-            path, spec, val_fraction=val_fraction, seed=seed, workers=workers, progress=progress
+            path, spec, val_fraction=val_fraction, seed=seed, workers=workers, progress=progress,
+            min_classes=min_classes,
         )
     if path.suffix.lower() == ".csv":
         return load_csv(
-            path, spec, val_fraction=val_fraction, seed=seed, workers=workers, progress=progress
+            path, spec, val_fraction=val_fraction, seed=seed, workers=workers, progress=progress,
+            min_classes=min_classes,
         )
     raise DataError(
         f"{name!r} is neither a built-in data set ({', '.join(BUILTIN_DATASETS)}) nor an image "

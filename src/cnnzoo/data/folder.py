@@ -70,6 +70,12 @@ def _files_under(folder: Path, ignored: list[Path]) -> list[Path]:
     return found
 
 
+def image_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Image files under `folder`, recursively, in a stable order, skipping what training skips:
+    hidden files and folders (`.DS_Store`, macOS's `._x.jpg`, `.ipynb_checkpoints/`)."""
+    return _files_under(Path(folder), [])
+
+
 def _scan_classes(root: Path, ignored: list[Path]) -> dict[str, list[Path]]:
     """{class name: image files} for a folder with one sub-folder per class."""
     for p in root.iterdir():
@@ -78,7 +84,9 @@ def _scan_classes(root: Path, ignored: list[Path]) -> dict[str, list[Path]]:
     return {d.name: _files_under(d, ignored) for d in _subdirs(root)}
 
 
-def _check_classes(root: Path, classes: dict[str, list[Path]], ignored: list[Path]) -> None:
+def _check_classes(
+    root: Path, classes: dict[str, list[Path]], ignored: list[Path], min_classes: int = 2
+) -> None:
     if not any(classes.values()):
         loose = [p for p in ignored if p.parent == root and _is_image_file(p.name)]
         if loose:
@@ -99,7 +107,7 @@ def _check_classes(root: Path, classes: dict[str, list[Path]], ignored: list[Pat
             + (f" (nor {', '.join(empty[1:])})" if len(empty) > 1 else "")
             + ": add images to it or remove it"
         )
-    if len(classes) == 1:
+    if len(classes) < min_classes:
         (name,) = classes
         raise DataError(
             f"{root} has a single class folder ({name!r}): a classifier needs two or more, "
@@ -226,12 +234,14 @@ def load_folder(
     seed: int = 0,
     workers: int = 2,
     progress: bool = True,
+    min_classes: int = 2,
 ) -> Splits:
     """Load an image folder (layouts in the module docstring) into memory.
 
     spec: how images are decoded and sized (default: RGB at each image's own size, which needs
     equally sized images). val_fraction/seed: the stratified split used when the folder has no
-    val/ (or valid/, validation/, test/) part.
+    val/ (or valid/, validation/, test/) part. min_classes: 2 to train a classifier; 1 for a
+    held-out set to score one on, which may hold a single class.
     """
     spec = spec or ImageSpec()
     root = Path(root)
@@ -242,7 +252,7 @@ def load_folder(
     if not parts:
         parts = {"train": root}
     scans = {part: _scan_classes(folder, ignored) for part, folder in parts.items()}
-    _check_classes(parts["train"], scans["train"], ignored)
+    _check_classes(parts["train"], scans["train"], ignored, min_classes)
     class_names = list(scans["train"])
     index = {name: i for i, name in enumerate(class_names)}
     for part in ("val", "test"):
@@ -381,6 +391,7 @@ def load_csv(
     seed: int = 0,
     workers: int = 2,
     progress: bool = True,
+    min_classes: int = 2,
 ) -> Splits:
     """Load a CSV manifest: rows `path,label` and optionally a third column `split`
     (train / val / test). A header row naming the columns is optional; with one, the columns may
@@ -418,7 +429,7 @@ def load_csv(
         _report(skipped, [], len(skipped))  # the malformed lines say why no row was taken
         raise DataError(f"{manifest} lists no images: write one `path,label` row per image")
     class_names = _class_order({label for _, label, split in entries if split == "train"})
-    if len(class_names) < 2:
+    if len(class_names) < min_classes:
         raise DataError(
             f"{manifest} has {len(class_names)} class among its training rows: "
             "a classifier needs two or more labels"

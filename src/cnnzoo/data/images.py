@@ -81,6 +81,8 @@ def load_image(
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, not {channels!r}")
+    if os.path.isdir(path):
+        raise _fail(path, "a folder, not an image file")
     try:
         size = os.path.getsize(path)
     except FileNotFoundError:

@@ -97,12 +97,18 @@ def per_class_table(acc: ClassificationAccumulator, class_names: list[str]) -> l
 def write_per_class_csv(acc: ClassificationAccumulator, class_names: list[str],
                         path: Path) -> Path:
     """per_class.csv: class, precision, recall, support (the table above, for machines)."""
+    import csv
+    import io
+
     pc = acc.per_class()
     support = acc.confusion.sum(1).tolist()
-    rows = ["class,precision,recall,support"] + [
-        f"{n},{p:.4f},{r:.4f},{s}"
-        for n, p, r, s in zip(class_names, pc["precision"], pc["recall"], support, strict=True)]
-    path.write_text("\n".join(rows) + "\n")
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")  # quotes a class named "red, large"
+    writer.writerow(["class", "precision", "recall", "support"])
+    writer.writerows([n, f"{p:.4f}", f"{r:.4f}", s]
+                     for n, p, r, s in zip(class_names, pc["precision"], pc["recall"], support,
+                                           strict=True))  # fmt: skip
+    path.write_text(text.getvalue())
     return path
 
 

@@ -318,9 +318,12 @@ def evaluation_images(
         split = "val" if is_builtin or same_source(src, trained_on) else "all"
     if split not in ("val", "test", "all"):
         raise DataError(f"split must be val, test or all, not {split!r}")
+    if not is_builtin and not Path(src).exists() and same_source(src, trained_on):
+        raise DataError(f"{src}, the data the model was trained on, is not there any more: "
+                        "pass the images to score with --data")  # fmt: skip
     if is_builtin:
         spec = ImageSpec(size=None, channels=spec.channels)
-    splits = builtin.load_dataset(src, spec, val_fraction=val_fraction, seed=seed)
+    splits = builtin.load_dataset(src, spec, val_fraction=val_fraction, seed=seed, min_classes=1)
     if is_builtin and size is not None:  # the same pixels the run validated on
         splits = resize_in_memory(splits, size)
     if split == "all":
@@ -329,15 +332,17 @@ def evaluation_images(
                           torch.cat([p.labels for p in parts]), splits.class_names)
     elif split == "test":
         if splits.test is None and not is_builtin:
-            raise DataError(f"{src} has no test part (DIR/test/ or rows marked test): use "
-                            "--split val or --split all")
+            raise DataError(f"{src} has no test part apart from its validation part (DIR/test/ "
+                            "beside DIR/val/, or rows marked test): use --split val or --split "
+                            "all")  # fmt: skip
         ds = splits.test if splits.test is not None else splits.val
     else:
         ds = splits.val
     if ds.class_names != class_names:
         if set(ds.class_names) - set(class_names):
             raise DataError(f"{src} has classes the model was not trained on: "
-                            f"{sorted(set(ds.class_names) - set(class_names))}")
+                            f"{sorted(set(ds.class_names) - set(class_names))}; score it on "
+                            f"images of its classes ({', '.join(class_names)})")  # fmt: skip
         remap = torch.tensor([class_names.index(c) for c in ds.class_names])
         ds.labels = remap[ds.labels]
         ds.class_names = list(class_names)
