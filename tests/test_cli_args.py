@@ -120,3 +120,13 @@ def test_demo_names_every_missing_extra_at_once(tmp_path, monkeypatch, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 2
     assert capsys.readouterr().err.strip().endswith("pip install 'cnnzoo[data,pretrained]'")
     assert not (tmp_path / "demo").exists()
+
+
+def test_model_arg_values_are_typed():
+    from cnnzoo.commands.argtypes import model_arg
+
+    # 'no' as a string would be truthy: batchnorm=no would have kept BatchNorm on.
+    assert [model_arg(f"batchnorm={v}")[1] for v in ("no", "Off", "false", "yes", "on", "TRUE")] \
+        == [False, False, False, True, True, True]
+    assert model_arg("stages=3") == ("stages", 3) and model_arg("dropout=0.2") == ("dropout", 0.2)
+    assert model_arg("padding=same") == ("padding", "same")

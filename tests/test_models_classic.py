@@ -255,3 +255,13 @@ def test_create_model_arguments_are_checked_in_one_line():
         cnnzoo.create_model("ResNet18")
     features = cnnzoo.create_model("resnet18", num_classes=0).eval()  # Keras's include_top=False
     assert features(torch.zeros(1, 3, 64, 64)).shape == (1, 512)
+
+
+def test_residual_net_config_follows_its_img_size_and_inputs_must_be_batches():
+    m = cnnzoo.create_model("residual_net", img_size=32)
+    assert m.default_cfg.input_size == (1, 32, 32) and m.default_cfg.min_size == 32
+    assert m(torch.rand(2, 1, 32, 32)).shape == (2, 10)
+    with pytest.raises(InputSizeError, match=r"got 32x34: resize the images\.$"):
+        m(torch.rand(1, 1, 32, 34))  # not square: rebuilding for one side would not help
+    with pytest.raises(InputSizeError, match=r"got shape \(1, 32, 32\): add the batch dimension"):
+        m(torch.rand(1, 32, 32))

@@ -57,7 +57,8 @@ def real(
 
 
 def model_arg(text: str) -> tuple[str, object]:
-    """--model-arg KEY=VALUE: VALUE as an int, a float, a bool, else the string."""
+    """--model-arg KEY=VALUE: VALUE as an int, a float, a bool (true/false, yes/no, on/off: a
+    string 'no' would be truthy), else the string."""
     key, sep, value = text.partition("=")
     if not sep:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -66,8 +67,8 @@ def model_arg(text: str) -> tuple[str, object]:
             return key, cast(value)
         except ValueError:
             pass
-    if value.lower() in ("true", "false"):
-        return key, value.lower() == "true"
+    if value.lower() in ("true", "yes", "on", "false", "no", "off"):
+        return key, value.lower() in ("true", "yes", "on")
     return key, value
 
 

@@ -23,9 +23,14 @@ class AuxOutputs(NamedTuple):
 
 
 def check_input_size(model: nn.Module, x: Tensor) -> None:
-    """Raise a one-line `InputSizeError` when `x` is smaller than the model's minimum size."""
+    """Raise a one-line `InputSizeError` when `x` is not a batch or is smaller than the model's
+    minimum size."""
+    if x.dim() != 4:  # torch would fail deep inside, at the first flatten or dense layer
+        shape = "(" + ", ".join(map(str, x.shape)) + ")"
+        raise InputSizeError(f"expected a batch (N, C, H, W), got shape {shape}"
+                             + (": add the batch dimension, x[None]" if x.dim() == 3 else ""))
     cfg = getattr(model, "default_cfg", None)
-    if cfg is None or x.dim() != 4:
+    if cfg is None:
         return
     h, w = x.shape[-2:]
     if h < cfg.min_size or w < cfg.min_size:

@@ -171,7 +171,9 @@ def create_model(
                                    + (f": {hint}" if hint else "")) from None
         options = " ".join(f"{k}={v}" for k, v in kwargs.items())
         raise ModelOptionError(f"{name}: bad model option in {options}: {exc}") from None
-    model.default_cfg = replace(cfg, num_classes=n_cls, input_size=(n_in, *cfg.input_size[1:]),
+    size = kwargs.get("img_size")  # a net built for one input size (residual_net) says which
+    hw = (size, size) if isinstance(size, int) else cfg.input_size[1:]
+    model.default_cfg = replace(cfg, num_classes=n_cls, input_size=(n_in, *hw),
                                 min_size=min_input_size(name, **kwargs))
     if weights is not None:
         from ..weights import load_weights

@@ -70,11 +70,12 @@ class ResidualNet(Classifier):
 
     def forward(self, x: Tensor) -> Tensor:
         check_input_size(self, x)
-        if x.dim() == 4 and tuple(x.shape[-2:]) != (self.img_size, self.img_size):
+        h, w = x.shape[-2:]
+        if (h, w) != (self.img_size, self.img_size):
+            rebuild = f" or build it with create_model('residual_net', img_size={h})" if h == w else ""
             raise InputSizeError(
                 f"residual_net was built for {self.img_size}x{self.img_size} inputs, got "
-                f"{x.shape[-2]}x{x.shape[-1]}: resize the images or build it with "
-                f"create_model('residual_net', img_size={x.shape[-1]})."
+                f"{h}x{w}: resize the images{rebuild}."
             )
         return self.forward_head(self.forward_features(x))
 
@@ -93,4 +94,5 @@ register_model(
         notes="fixed input size: create_model('residual_net', img_size=...) for others",
     ),
     residual_net,
+    min_size=lambda *, img_size=28, **_: img_size,  # its dense layer takes one size only
 )  # fmt: skip
