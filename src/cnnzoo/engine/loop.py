@@ -236,8 +236,7 @@ class Trainer:
         best_state: dict[str, Tensor] | None = None
         stopped = False
         if ckpt is not None:
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
+            restore_optimizer(optimizer, scheduler, ckpt)
             set_rng_state(ckpt["rng"])
             start, history = ckpt["epoch"], list(ckpt["history"])
             best, best_epoch, bad_epochs = ckpt["best"], ckpt["best_epoch"], ckpt["bad_epochs"]
@@ -250,6 +249,9 @@ class Trainer:
             if stopped:
                 self._say(f"the run stopped early after epoch {start} of {cfg.epochs} ({monitor} "
                           f"best at epoch {best_epoch}): nothing left to train")
+            elif start >= cfg.epochs:
+                self._say(f"the run has trained {start} epochs (--epochs {cfg.epochs}): nothing "
+                          "left to train")
             else:
                 self._say(f"resuming after epoch {start} of {cfg.epochs}")
 
@@ -340,6 +342,15 @@ class Trainer:
             raise TrainingError(f"the checkpoint in {self._resume_where(resume)} {conflict}, or "
                                 "start a new run with another --out")
         old = ckpt["config"]
+        # The optimizer's state (momentum, Adam's moments) is per parameter group: another
+        # optimizer, or BatchNorm's weights joining or leaving the groups, cannot continue it.
+        for k in ("optimizer", "freeze_bn"):
+            if old.get(k, getattr(TrainConfig, k)) != getattr(self.config, k):
+                raise TrainingError(
+                    f"the checkpoint in {self._resume_where(resume)} was trained with {k}="
+                    f"{old.get(k, getattr(TrainConfig, k))}, and its optimizer state cannot "
+                    f"continue with {k}={getattr(self.config, k)}: resume with the run's "
+                    f"{k}, or start a new run from its weights (--init-from)")
         changed = [f"{k} (was {old.get(k)}, now {getattr(self.config, k)})"
                    for k in RESUME_WARN_CONFIG
                    if old.get(k) != getattr(self.config, k)]
@@ -458,8 +469,26 @@ class Trainer:
 # Changes that a resumed run survives but that make it differ from an uninterrupted one: the
 # config's, and the meta's (segmentation's loss; the input size, the validation split and the
 # number of images, which a folder given more images or another --cells changes).
-RESUME_WARN_CONFIG = ("epochs", "lr", "schedule", "optimizer", "seed", "mixup", "cutmix",
-                      "patience")
+RESUME_WARN_CONFIG = ("epochs", "lr", "schedule", "weight_decay", "momentum", "nesterov", "seed",
+                      "mixup", "cutmix", "patience")
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, scheduler: StepSchedule,
+                      ckpt: dict[str, Any]) -> None:
+    """Load the checkpoint's optimizer and scheduler state (momentum, step), keeping this run's
+    hyper-parameters: loading would bring back the old lr, weight decay and momentum, so a
+    resumed run told to lower --lr (after a NaN, say) would go on with the old one. Unchanged
+    settings give back exactly the saved values (a resume stays bit-identical)."""
+    fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    for group, hyper in zip(optimizer.param_groups, fresh, strict=True):
+        group.update(hyper)  # initial_lr is the new peak lr of the group
+    scheduler.base_lrs = [g["initial_lr"] for g in optimizer.param_groups]
+    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs,
+                                   scheduler.lr_lambdas, strict=True):  # fmt: skip
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]  # what get_last_lr() reports
 RESUME_WARN_META = ("loss", "img_size", "val_fraction", "images")
 
 
