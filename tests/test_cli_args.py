@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -130,3 +131,33 @@ def test_model_arg_values_are_typed():
         == [False, False, False, True, True, True]
     assert model_arg("stages=3") == ("stages", 3) and model_arg("dropout=0.2") == ("dropout", 0.2)
     assert model_arg("padding=same") == ("padding", "same")
+
+
+def test_train_refusals_before_any_work(tmp_path, monkeypatch, capsys):
+    """Each of these used to be a traceback or a run without meaning: model options the data
+    sets, a VGG stages value that first sized the images for it (stages=9: 512 px, 6.6 GB), no
+    image left for validation (val_loss 0 every epoch), an --out that cannot be written (found
+    after the first epoch)."""
+    from PIL import Image
+
+    for cls in ("a", "b"):  # one image per class: none left to validate on
+        (tmp_path / "one" / cls).mkdir(parents=True)
+        Image.new("L", (20, 20), 100).save(tmp_path / "one" / cls / "1.png")
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p).name != "readonly"
+                        and real_access(p, mode))  # fmt: skip
+    (tmp_path / "readonly").mkdir()
+    base = ["train", "lenet5", "--data", "digits", "--epochs", "1"]
+    cases = [
+        (base + ["--model-arg", "num_classes=5"], "num_classes: set by the data"),
+        (["train", "vgg11", "--data", "digits", "--model-arg", "stages=9"],
+         "vgg: stages must lie in 1..5, not 9"),
+        (["train", "lenet5", "--data", str(tmp_path / "one")], "leaves no image for validation"),
+        (base + ["--out", str(tmp_path / "readonly" / "run")], "readonly is not writable"),
+    ]
+    for argv, expect in cases:
+        out = [] if "--out" in argv else ["--out", str(tmp_path / "run")]
+        assert main(argv + out) == 2
+        err = capsys.readouterr().err.strip()
+        assert expect in err and "\n" not in err, err
+    assert not (tmp_path / "run").exists()

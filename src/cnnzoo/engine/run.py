@@ -25,6 +25,7 @@ from .checkpoint import load_checkpoint
 from .distributed import DistContext
 from .grow import grow_from
 from .loop import FitResult, TrainConfig, Trainer, check_out_dir
+from .precision import Precision
 from .task import ClassificationAccumulator, ClassificationTask
 
 BUILTIN_NATIVE_SIZE = {"fashion-mnist": 28, "digits": 8}
@@ -118,6 +119,10 @@ def load_splits(
         splits = resize_in_memory(splits, size)
     if splits.num_classes < 2:
         raise DataError(f"{opts.source} has a single class: training needs at least two")
+    if splits.val is None or len(splits.val) == 0:
+        # Else every epoch reports val_loss 0 and 'best' and early stopping mean nothing.
+        raise DataError(f"{opts.source} leaves no image for validation: add images (at least 2 "
+                        "per class), a val/ folder, or raise --val-fraction")  # fmt: skip
     return splits, size, channels
 
 
@@ -194,6 +199,10 @@ def train_classifier(
                          "segmentation (data: 'cells', or a folder with images/ and masks/)")
     check_out_dir(out_dir, resume=resume, overwrite=overwrite)
     model_kwargs = dict(model_kwargs or {})
+    taken = sorted({"num_classes", "in_chans"} & set(model_kwargs))
+    if taken:
+        raise UsageError(f"{', '.join(taken)}: set by the data (its classes; its channels or "
+                         "--channels), not by --model-arg")  # fmt: skip
     splits, size, channels = load_splits(data, model_name, seed=config.seed,
                                          model_kwargs=model_kwargs)
     say(f"data: {splits!r}, training at {size}x{size}")
@@ -360,7 +369,8 @@ def evaluate_checkpoint(
     from ..data.augment import default_augmentation
     from ..data.images import ImageSpec
 
-    model, meta = model_from_checkpoint(path)
+    ckpt = load_checkpoint(path)
+    model, meta = model_from_checkpoint(path, ckpt)
     trained_on = str(meta.get("dataset") or "")
     src = str(source or trained_on)
     if not src:
@@ -375,6 +385,9 @@ def evaluate_checkpoint(
                          mean=meta["mean"], std=meta["std"])
     task = ClassificationTask(meta["num_classes"], class_names=names)
     trainer = Trainer(model, task, loader, config=TrainConfig(progress=False, verbose=False))
+    if "precision" in ckpt:  # the run's own (bf16 or fp32): its validation numbers, repeated
+        trainer.precision = Precision(**{**ckpt["precision"], "source": "checkpoint"})
+        model.to(memory_format=trainer.precision.memory_format)
     acc = trainer.evaluate(loader, tta=tta)
     return acc.compute(), acc, names
 

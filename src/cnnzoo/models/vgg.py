@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import ModelOptionError
 from .base import Classifier, new_head
 from .registry import ModelConfig, register_model
 
@@ -54,7 +55,13 @@ def min_size_for(*, stages: int | None = None, **kwargs: Any) -> int:
     """The smallest input of a VGG built with `stages` (None: all five) -- one pixel per 2x2 pool
     halving, 2**stages."""
     del kwargs
-    return MIN_SIZE if stages is None else 2 ** int(stages)
+    if stages is None:
+        return MIN_SIZE
+    if not (isinstance(stages, int) and 1 <= stages <= 5):
+        # Checked here too: data are sized from this before the net is built (stages=9 would
+        # have asked for 512-px images first).
+        raise ModelOptionError(f"vgg: stages must lie in 1..5, not {stages!r}")
+    return 2**stages
 
 
 def stage_multipliers(width_mult: float | Sequence[float] | str, stages: int) -> list[float]:
