@@ -67,6 +67,8 @@ def test_pattern_filters_and_prints_a_table(capsys):
     lines = [ln.split()[0] for ln in out.splitlines()[2:] if ln.startswith("vgg")]
     assert lines == ["vgg11", "vgg13", "vgg16", "vgg19"]
     assert "138,357,544" in out
+    assert main(["models", "--pattern", "VGG1?"]) == 0  # names are lower case; patterns any
+    assert capsys.readouterr().out == out
 
 
 def test_unknown_pattern_says_so(capsys):

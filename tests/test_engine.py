@@ -269,7 +269,8 @@ def test_a_folder_holding_a_run_is_refused_without_overwrite(tmp_path):
     # and it cannot be resumed.
     (tmp_path / "new" / "last.pt").unlink()
     kept = {p.name: p.read_bytes() for p in (tmp_path / "new").iterdir() if p.is_file()}
-    for resume, message in ((False, "holds a run (best.pt)"),
+    for resume, message in ((False, "holds a run's files (best.pt, metrics.jsonl) but no "
+                                    "last.pt to resume: pass --overwrite"),
                             (True, "has no last.pt to resume (it holds best.pt, metrics.jsonl")):
         with pytest.raises(TrainingError, match=re.escape(message)):
             Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg,

@@ -297,7 +297,8 @@ class Trainer:
                 if cfg.patience is not None and bad_epochs >= cfg.patience:
                     stopped = True
                     self._say(f"early stopping: {monitor} has not improved for {bad_epochs} "
-                              f"epochs (best {best:.4f} at epoch {best_epoch})")
+                              f"epoch{'s' if bad_epochs != 1 else ''} (best {best:.4f} at epoch "
+                              f"{best_epoch})")
                     break
         finally:
             if log is not None:
@@ -570,6 +571,9 @@ def check_out_dir(out_dir: str | Path | None, *, resume: bool, overwrite: bool) 
     if resume:
         raise TrainingError(f"{out} has no last.pt to resume (it holds {', '.join(held)}): pass "
                             "--overwrite to start a new run there, or another --out")
+    if "last.pt" not in held:  # nothing --resume could continue
+        raise TrainingError(f"{out} holds a run's files ({', '.join(held)}) but no last.pt to "
+                            "resume: pass --overwrite to replace them, or another --out")
     raise TrainingError(f"{out} holds a run ({held[0]}): pass --resume to continue it, "
                         "--overwrite to replace it, or another --out")
 

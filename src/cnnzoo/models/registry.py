@@ -75,10 +75,11 @@ def _ensure_loaded() -> None:
 
 
 def list_models(pattern: str = "*", *, task: str | None = None) -> list[str]:
-    """Names of the registered models matching a shell-style wildcard, e.g. 'res*' or 'vgg1?'."""
+    """Names of the registered models matching a shell-style wildcard, e.g. 'res*' or 'vgg1?'
+    (in any case: 'ResNet*', as create_model's hint takes 'ResNet18')."""
     _ensure_loaded()
     names = [n for n, (_, cfg) in _REGISTRY.items() if task is None or cfg.task == task]
-    return sorted(fnmatch.filter(names, pattern), key=_natural_key)
+    return sorted(fnmatch.filter(names, pattern.lower()), key=_natural_key)
 
 
 def _natural_key(name: str) -> list[Any]:
