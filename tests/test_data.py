@@ -452,12 +452,21 @@ def test_csv_header_names_the_columns_in_any_order(tmp_path, caplog):
     write("", lambda p, c, _: f"image{p[3:-4]},class" if c == "cat" else f"{p},{c}")
     s = load_csv(manifest, ImageSpec(channels=1), progress=False)
     assert s.class_names == ["class", "dog"] and len(s.train) + len(s.val) == 8
-    # A bad split value in a header-ordered file names that order.
+    # A row without a label in a header-ordered file names that order; an unknown split value
+    # is one line for all its rows (50 rows marked 'holdout' used to be 50 lines).
     write("split,path,label", lambda p, c, sp: f"{sp},{p},{c}")
-    manifest.write_text(manifest.read_text() + "holdout,cat0.png,cat\n")
+    manifest.write_text(manifest.read_text() + "train,cat0.png,\n"
+                        + "holdout,cat0.png,cat\n" * 5)  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
-        assert len(load_csv(manifest, progress=False).skipped) == 1
+        assert len(load_csv(manifest, progress=False).skipped) == 2
     assert any("line 10: expected `split,path,label`" in m for m in caplog.messages)
+    assert f"skipped {manifest}: 5 rows with split 'holdout' (lines 11, 12, 13, ...): the split " \
+        "is train, val or test" in caplog.messages
+    # Only the validation rows unreadable: the error names that part.
+    write("split,path,label", lambda p, c, sp: f"{sp},{p},{c}" if sp == "train" else
+          f"{sp},gone{p},{c}")  # fmt: skip
+    with pytest.raises(DataError, match=r"none of the 2 val images in .*m.csv could be read"):
+        load_csv(manifest, progress=False)
 
 
 def test_train_val_test_subfolders(tmp_path):

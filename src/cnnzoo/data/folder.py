@@ -184,20 +184,21 @@ def _build(
     *,
     workers: int,
     progress: bool,
-    desc: str,
+    part: str,
     skipped: list[str],
     require_all_classes: bool,
 ) -> ImageDataset:
     """Decode `items` ((file, class index)) into a data set; failures are appended to `skipped`."""
     tensors, errors = decode_images(
-        [p for p, _ in items], spec, workers=workers, progress=progress, desc=desc
+        [p for p, _ in items], spec, workers=workers, progress=progress, desc=f"decoding {part}"
     )
     skipped.extend(errors)
     good = [
         (t, label, str(p)) for t, (p, label) in zip(tensors, items, strict=True) if t is not None
     ]
     if not good:
-        raise DataError(f"none of the {len(items)} images in {where} could be read (see warnings)")
+        raise DataError(f"none of the {len(items)} {part} images in {where} could be read (see "
+                        "warnings)")
     labels = torch.tensor([label for _, label, _ in good], dtype=torch.int64)
     if require_all_classes:
         counts = torch.bincount(labels, minlength=len(class_names))
@@ -299,7 +300,7 @@ def _build_parts(
                     where[part],
                     workers=workers,
                     progress=progress,
-                    desc=f"decoding {part}",
+                    part=part,
                     skipped=skipped,
                     require_all_classes=part == "train",
                 )
@@ -413,18 +414,27 @@ def load_csv(
     columns = columns or {"path": 0, "label": 1, "split": 2}
     entries: list[tuple[Path, str, str]] = []
     skipped: list[str] = []
+    unknown_splits: dict[str, list[int]] = {}  # one line per value, not per row
     for lineno, row in enumerate(rows[start:], start=start + 1):
         if not row or all(not c.strip() for c in row):
             continue
         cells = {k: row[i].strip() if i < len(row) else "" for k, i in columns.items()}
         given = cells.get("split", "").lower()
         split = _SPLIT_NAMES.get(given, "") if given else "train"
-        if not cells["path"] or not cells["label"] or not split:
+        if not cells["path"] or not cells["label"]:
             skipped.append(
                 f"{manifest} line {lineno}: expected `{layout}` (split: train, val or test)"
             )
             continue
+        if not split:
+            unknown_splits.setdefault(cells["split"], []).append(lineno)
+            continue
         entries.append((base / cells["path"], cells["label"], split))
+    for value, lines in unknown_splits.items():
+        shown = ", ".join(map(str, lines[:3])) + (", ..." if len(lines) > 3 else "")
+        skipped.append(f"{manifest}: {len(lines)} row{'s' if len(lines) > 1 else ''} with split "
+                       f"{value!r} (line{'s' if len(lines) > 1 else ''} {shown}): the split is "
+                       "train, val or test")  # fmt: skip
     if not entries:
         _report(skipped, [], len(skipped))  # the malformed lines say why no row was taken
         raise DataError(f"{manifest} lists no images: write one `path,label` row per image")
