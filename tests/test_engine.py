@@ -435,6 +435,17 @@ def test_progressive_size_must_be_below_the_training_size():
     assert next(iter(train))[0].shape[-2:] == (32, 32)
 
 
+@pytest.mark.parametrize(("value", "expect"), [
+    ("24:1", "--progressive 24:1: lenet5 takes inputs of at least 32 px"),
+    ("36:3", "--progressive 36:3 covers all 3 epochs, so the net would never train at its full"),
+])
+def test_progressive_sizes_and_epochs_the_net_cannot_use(value, expect, tmp_path, capsys):
+    assert main(["train", "lenet5", "--data", "digits", "--epochs", "3", "--progressive", value,
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert expect in err and "\n" not in err and not (tmp_path / "run").exists()
+
+
 def test_frozen_bn_keeps_running_statistics(tmp_path):
     torch.manual_seed(0)
     net = _TinyNet()

@@ -191,7 +191,7 @@ def train_classifier(
     `resume`) such a folder is refused with one line before any data is loaded, so a repeated
     command never silently replaces the results of an earlier run.
     """
-    from ..models import create_model, get_config
+    from ..models import create_model, get_config, min_input_size
 
     if get_config(model_name).task == "segmentation":
         # Trained as a classifier, the U-Net would learn images/ against masks/ as two classes.
@@ -203,6 +203,16 @@ def train_classifier(
     if taken:
         raise UsageError(f"{', '.join(taken)}: set by the data (its classes; its channels or "
                          "--channels), not by --model-arg")  # fmt: skip
+    if data.progressive is not None:  # before the data are loaded, in the option's own words
+        small, epochs = data.progressive
+        smallest = min_input_size(model_name, **model_kwargs)
+        if small < smallest:
+            raise UsageError(f"--progressive {small}:{epochs}: {model_name} takes inputs of at "
+                             f"least {smallest} px")  # fmt: skip
+        if epochs >= config.epochs:
+            raise UsageError(f"--progressive {small}:{epochs} covers all {config.epochs} epochs, "
+                             "so the net would never train at its full size: give fewer "
+                             "epochs than --epochs")  # fmt: skip
     splits, size, channels = load_splits(data, model_name, seed=config.seed,
                                          model_kwargs=model_kwargs)
     say(f"data: {splits!r}, training at {size}x{size}")
