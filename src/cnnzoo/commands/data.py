@@ -30,7 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="images per class (default: all; cells: number of images, default 200)")
     e.add_argument("--split", default="train", choices=("train", "test"), help="default: train")
     e.add_argument("--seed", type=SEED, default=0, help="which images --per-class picks")
-    e.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
+    e.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty folder (same-named files are replaced, nothing "
+                        "is deleted)")
 
     i = sub.add_parser(
         "info",
