@@ -154,6 +154,7 @@ def test_train_refusals_before_any_work(tmp_path, monkeypatch, capsys):
          "vgg: stages must lie in 1..5, not 9"),
         (["train", "lenet5", "--data", str(tmp_path / "one")], "leaves no image for validation"),
         (base + ["--out", str(tmp_path / "readonly" / "run")], "readonly is not writable"),
+        (["train", "lenet5", "--data", ""], "the data source is empty"),
     ]
     for argv, expect in cases:
         out = [] if "--out" in argv else ["--out", str(tmp_path / "run")]
@@ -161,3 +162,19 @@ def test_train_refusals_before_any_work(tmp_path, monkeypatch, capsys):
         err = capsys.readouterr().err.strip()
         assert expect in err and "\n" not in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_an_interrupted_training_run_says_how_to_continue(tmp_path, monkeypatch, capsys):
+    import cnnzoo.commands.train as train_command
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_command, "run", interrupted)
+    argv = ["train", "lenet5", "--data", "digits", "--out", str(tmp_path)]
+    assert main(argv) == 130
+    assert capsys.readouterr().err == "\ncnnzoo train: interrupted\n"  # no epoch saved yet
+    (tmp_path / "last.pt").write_bytes(b"")
+    assert main(argv) == 130
+    assert capsys.readouterr().err == (f"\ncnnzoo train: interrupted; {tmp_path / 'last.pt'} "
+                                       "holds the last finished epoch: add --resume to continue\n")

@@ -53,13 +53,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cnnzoo {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"cnnzoo {args.command}: interrupted", file=sys.stderr)
+        # On a line of its own: a progress bar may hold the cursor.
+        print(f"\ncnnzoo {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # The reader went away (`cnnzoo models | head`): stop quietly, and keep Python's exit
         # flush from failing on the closed pipe again (the recipe in the `signal` docs).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """For an interrupted training run that has saved an epoch: how to continue it."""
+    if args.command != "train":
+        return ""
+    from .engine.run import out_dir_for
+
+    last = out_dir_for(args.model, args.out) / "last.pt"
+    return f"; {last} holds the last finished epoch: add --resume to continue" \
+        if last.is_file() else ""
 
 
 if __name__ == "__main__":

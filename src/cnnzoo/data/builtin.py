@@ -233,6 +233,9 @@ def load_dataset(
     min_classes: what a folder or manifest must hold (1 for a held-out set to score on).
     """
     name = str(source)
+    if not name.strip():  # Path("") is the current folder, which is not what an empty name meant
+        raise DataError(f"the data source is empty: give an image folder, a .csv manifest or "
+                        f"one of {', '.join(BUILTIN_DATASETS)}")  # fmt: skip
     key = _ALIASES.get(name.lower(), name.lower())
     if key in BUILTIN_DATASETS and not Path(name).exists():
         return BUILTIN_DATASETS[key](spec or ImageSpec(channels=1), val_fraction, seed)

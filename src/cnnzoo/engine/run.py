@@ -98,10 +98,10 @@ def resize_in_memory(splits: Any, size: int) -> Any:
 
 def load_splits(
     opts: DataOptions, model_name: str, *, seed: int = 0,
-    model_kwargs: dict[str, Any] | None = None,
+    model_kwargs: dict[str, Any] | None = None, progress: bool = True,
 ) -> tuple[Any, int, int]:
     """(Splits, image size, channels) for training `model_name` (built with `model_kwargs`) on
-    `opts.source`."""
+    `opts.source`; progress: the bar while a folder's images are decoded."""
     from ..data import builtin
     from ..data.images import ImageSpec
     from ..models import get_config, min_input_size
@@ -114,7 +114,8 @@ def load_splits(
     # Folders hold images of any size, so they are brought to `size` while decoding; built-ins
     # are resized once in memory when that is small, else per batch (see `resize_in_memory`).
     spec = ImageSpec(size=None if is_builtin else size, channels=channels)
-    splits = builtin.load_dataset(opts.source, spec, val_fraction=opts.val_fraction, seed=seed)
+    splits = builtin.load_dataset(opts.source, spec, val_fraction=opts.val_fraction, seed=seed,
+                                  progress=progress)
     if is_builtin:
         splits = resize_in_memory(splits, size)
     if splits.num_classes < 2:
@@ -214,7 +215,7 @@ def train_classifier(
                              "so the net would never train at its full size: give fewer "
                              "epochs than --epochs")  # fmt: skip
     splits, size, channels = load_splits(data, model_name, seed=config.seed,
-                                         model_kwargs=model_kwargs)
+                                         model_kwargs=model_kwargs, progress=config.progress)
     say(f"data: {splits!r}, training at {size}x{size}")
     mean, std = channel_stats(splits.train.images)
     train, val = make_loaders(splits, size, data, seed=config.seed, mean=mean, std=std, dist=dist)
