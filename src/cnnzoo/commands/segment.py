@@ -114,9 +114,11 @@ def run(args: argparse.Namespace) -> int:
     geo = tile_geometry(model, args.tile, args.margin)
     if geo.out_size * 4 < geo.in_size:
         # Each input tile is mostly context: many more forward passes than the image needs.
+        # In 'valid' mode the net itself trims the context: only a larger tile helps.
+        faster = "a larger --tile" + ("" if geo.trim else " or a smaller --margin")
         print(f"cnnzoo segment: note: tiles of {geo.in_size} px keep {geo.out_size} px each "
-              f"({geo.margin} px of context per side); a larger --tile or a smaller --margin "
-              "is faster", file=sys.stderr)  # fmt: skip
+              f"({geo.margin} px of context per side); {faster} is faster",
+              file=sys.stderr)  # fmt: skip
     names = output_stems(paths)
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
