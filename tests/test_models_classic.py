@@ -265,3 +265,17 @@ def test_residual_net_config_follows_its_img_size_and_inputs_must_be_batches():
         m(torch.rand(1, 1, 32, 34))  # not square: rebuilding for one side would not help
     with pytest.raises(InputSizeError, match=r"got shape \(1, 32, 32\): add the batch dimension"):
         m(torch.rand(1, 32, 32))
+
+
+def test_reset_classifier_updates_what_records_the_head():
+    src = cnnzoo.create_model("lenet5", num_classes=4)
+    m = cnnzoo.create_model("lenet5", num_classes=4, weights=src.state_dict())
+    assert m.weights_info.head_loaded and m.default_cfg.num_classes == 4
+    m.reset_classifier(7)
+    assert m.default_cfg.num_classes == 7 == m.num_classes == m(torch.rand(1, 1, 32, 32)).shape[1]
+    assert m.weights_info.class_names is None and not m.weights_info.head_loaded
+    g = cnnzoo.create_model("googlenet", num_classes=5)
+    g.reset_classifier(3)
+    assert g.default_cfg.num_classes == 3 and g.aux1.fc2.out_features == 3
+    with pytest.raises(cnnzoo.errors.ModelOptionError, match="num_classes must be a whole"):
+        cnnzoo.create_model("lenet5", num_classes=True)  # a bool is an int to isinstance

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import NamedTuple
 
 import torch
@@ -67,9 +68,20 @@ class Classifier(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """A new, freshly initialised head for `num_classes` (0: none, return pre-logits)."""
-        self.num_classes = num_classes
         parent, _, leaf = self.head_name.rpartition(".")
         setattr(self.get_submodule(parent), leaf, new_head(self.num_features, num_classes))
+        self._head_replaced(num_classes)
+
+    def _head_replaced(self, num_classes: int) -> None:
+        """Bookkeeping after a new head: the class count everywhere it is recorded, and no
+        class names of the old head (decode_predictions would pair 1000 names with 10 outputs)."""
+        self.num_classes = num_classes
+        cfg = getattr(self, "default_cfg", None)
+        if cfg is not None:
+            self.default_cfg = replace(cfg, num_classes=num_classes)
+        info = getattr(self, "weights_info", None)
+        if info is not None:
+            info.class_names, info.head_loaded = None, False
 
     def forward(self, x: Tensor) -> Tensor:
         check_input_size(self, x)

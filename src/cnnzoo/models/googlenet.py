@@ -229,8 +229,8 @@ class GoogLeNet(Classifier):
 
         `num_classes=0` removes the head and the auxiliary classifiers.
         """
-        self.num_classes = num_classes
         self.fc = new_head(self.num_features, num_classes)
+        self._head_replaced(num_classes)
         if num_classes <= 0:
             self.aux1 = self.aux2 = None
             self.aux_logits = False

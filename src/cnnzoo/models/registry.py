@@ -152,9 +152,9 @@ def create_model(
     builder, cfg = _lookup(name)
     n_cls = cfg.num_classes if num_classes is None else num_classes
     n_in = cfg.input_size[0] if in_chans is None else in_chans
-    if not (isinstance(n_cls, int) and n_cls >= 0):
+    if not (isinstance(n_cls, int) and not isinstance(n_cls, bool) and n_cls >= 0):
         raise ModelOptionError(f"{name}: num_classes must be a whole number >= 0, not {n_cls!r}")
-    if not (isinstance(n_in, int) and n_in >= 1):
+    if not (isinstance(n_in, int) and not isinstance(n_in, bool) and n_in >= 1):
         raise ModelOptionError(f"{name}: in_chans must be a whole number >= 1, not {n_in!r}")
     try:
         model = builder(num_classes=n_cls, in_chans=n_in, **kwargs)
