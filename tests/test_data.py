@@ -399,7 +399,7 @@ def test_unreadable_class_error_comes_after_the_lines_naming_the_files(tmp_path,
     caplog.clear()
     manifest.write_text("f/bad/a.png,x\nf/bad/b.png,y\n")
     with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
-        with pytest.raises(DataError, match="none of the 2 images.*see warnings"):
+        with pytest.raises(DataError, match="none of the 2 train images.*see warnings"):
             load_csv(manifest, progress=False)
     assert sum("a.png" in m or "b.png" in m for m in caplog.messages) == 2
 
