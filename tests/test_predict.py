@@ -187,6 +187,15 @@ def test_predict_checkpoints_of_other_input_channels_and_a_unet(image_dir, tmp_p
     pre = cnnzoo.weights.create_pretrained("lenet5", tmp_path / "rgb_lenet.pth").weights_info
     grey = cnnzoo.get_config("lenet5")
     assert pre.preprocessing.mean == grey.mean * 3 and pre.preprocessing.channels == 3
+    from safetensors.torch import save_file
+
+    bundle = tmp_path / "bundle"  # a transfer bundle's weights file: its folder is what to pass
+    bundle.mkdir()
+    save_file(cnnzoo.create_model("resnet20", num_classes=3).state_dict(),
+              bundle / "model.safetensors", metadata={"format": "cnnzoo-bundle-1",
+                                                      "model": "resnet20"})  # fmt: skip
+    assert main(["predict", photo, "--weights", str(bundle / "model.safetensors")]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"pass its folder, --bundle {bundle}")
     for name, kwargs, expect in [
         ("resnet18", {"in_chans": 4, "num_classes": 3}, "4 input channels"),
         ("unet", {"base_width": 4}, "cnnzoo segment"),

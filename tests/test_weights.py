@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import logging
+import re
 
 import pytest
 import torch
@@ -125,6 +126,26 @@ def test_wrapped_ddp_checkpoint_and_old_densenet_keys(tv_models, tmp_path):
         torch.testing.assert_close(model(_x()), ref(_x()), rtol=1e-4, atol=1e-5)
 
 
+def test_every_source_is_unwrapped_and_prefix_stripped(tv_resnet18, tmp_path):
+    """DDP's `module.` and torch.compile's `_orig_mod.` prefixes and a training script's
+    {'state_dict': ...} wrapper are undone alike for .pth, .safetensors and in-memory dicts."""
+    from safetensors.torch import save_file
+
+    ref, _ = tv_resnet18
+    ref_sd = ref.state_dict()
+    sources = {}
+    for prefix in ("module.", "_orig_mod."):
+        path = tmp_path / f"{prefix.strip('.')}.safetensors"
+        save_file({prefix + k: v.contiguous() for k, v in ref_sd.items()}, str(path))
+        sources[path.name] = str(path)
+        sources[f"dict {prefix}"] = {prefix + k: v for k, v in ref_sd.items()}
+    sources["dict state_dict"] = {"epoch": 3, "state_dict": ref_sd}
+    for what, weights in sources.items():
+        sd = cnnzoo.create_model("resnet18", weights=weights).state_dict()
+        assert sd.keys() == ref_sd.keys(), what
+        assert all(torch.equal(sd[k], ref_sd[k]) for k in ref_sd), what
+
+
 def test_torchvision_googlenet_file_with_aux_heads_and_its_preprocessing(tv_models, tmp_path):
     """torchvision's googlenet file keeps the two auxiliary heads, and its TensorFlow-trained
     weights expect (x - 0.5) / 0.5, which torchvision makes from ImageNet-normalised input with
@@ -155,6 +176,31 @@ def test_torchvision_googlenet_file_with_aux_heads_and_its_preprocessing(tv_mode
     assert not bare.weights_info.head_loaded
 
 
+def test_googlenet_checkpoint_without_aux_heads_predicts_and_converts(tmp_path):
+    """torchvision's usual fine-tune, aux_logits=False: create_pretrained (predict, convert)
+    builds GoogLeNet without auxiliary heads; create_model says to."""
+    from PIL import Image
+
+    from cnnzoo.cli import main
+    from cnnzoo.weights import create_pretrained
+
+    src = cnnzoo.create_model("googlenet", aux_logits=False, num_classes=7).eval()
+    path = tmp_path / "googlenet7.pth"
+    torch.save(src.state_dict(), path)
+    model = create_pretrained("googlenet", str(path)).eval()
+    assert model.aux1 is None and model.aux2 is None and model.fc.out_features == 7
+    with torch.no_grad():
+        torch.testing.assert_close(model(_x()), src(_x()))
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(tmp_path / "red.png")
+    out = tmp_path / "googlenet7.safetensors"
+    assert main(["convert", str(path), str(out), "--model", "googlenet"]) == 0
+    for weights in (path, out):
+        assert main(["predict", str(tmp_path / "red.png"), "--model", "googlenet", "--weights",
+                     str(weights), "--json"]) == 0
+    with pytest.raises(WeightsError, match="build the model with aux_logits=False"):
+        cnnzoo.create_model("googlenet", num_classes=7, weights=str(path))
+
+
 def test_num_classes_mismatch_loads_all_but_the_head(tv_resnet18, caplog):
     ref, path = tv_resnet18
     with caplog.at_level(logging.WARNING, logger="cnnzoo.weights"):
@@ -164,6 +210,22 @@ def test_num_classes_mismatch_loads_all_but_the_head(tv_resnet18, caplog):
     assert sd["fc.weight"].shape == (7, 512)
     assert all(torch.equal(sd[k], ref_sd[k]) for k in ref_sd if not k.startswith("fc."))
     assert model.weights_info.class_names is None and not model.weights_info.head_loaded
+
+
+@pytest.mark.parametrize(("name", "kwargs", "width"), [
+    ("lenet5", {}, 84),  # F6's units
+    ("vgg11", {"width_mult": 0.25, "fc_dim": 64}, 64),  # fc6's and fc7's
+])
+def test_hidden_layer_as_wide_as_the_classes_is_still_loaded(name, kwargs, width, caplog):
+    """A new head of as many classes as a hidden layer has units: only the head is renewed."""
+    src = cnnzoo.create_model(name, num_classes=5, **kwargs)
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.weights"):
+        model = cnnzoo.create_model(name, num_classes=width, weights=src.state_dict(), **kwargs)
+    assert "5 classes, the model " + str(width) in caplog.text
+    sd, src_sd = model.state_dict(), src.state_dict()
+    head = {f"{model.head_name}.weight", f"{model.head_name}.bias"}
+    assert sd[f"{model.head_name}.weight"].shape == (width, width)
+    assert all(torch.equal(sd[k], src_sd[k]) for k in src_sd if k not in head)
 
 
 def test_in_chans_1_sums_the_first_conv(tv_resnet18):
@@ -178,6 +240,23 @@ def test_in_chans_1_sums_the_first_conv(tv_resnet18):
     with torch.no_grad():
         torch.testing.assert_close(grey(g), ref(g.repeat(1, 3, 1, 1)), rtol=1e-4, atol=1e-4)
     assert grey.weights_info.preprocessing.channels == 1
+
+
+def test_in_chans_adapts_every_conv_that_reads_the_image():
+    """residual_net's 1x1 projection shortcut sees the image as conv1 does: both are summed
+    over the colours, so a grey image g gives the RGB net's response to (g, g, g)."""
+    rgb = cnnzoo.create_model("residual_net", in_chans=3).eval()
+    grey = cnnzoo.create_model("residual_net", in_chans=1, weights=rgb.state_dict()).eval()
+    # By hand: output channel 5 of the shortcut = R + G + B of the RGB kernel.
+    assert grey.shortcut.weight[5, 0, 0, 0].item() == pytest.approx(
+        rgb.shortcut.weight[5, :, 0, 0].sum().item())
+    g = _x(28, c=1)
+    with torch.no_grad():
+        torch.testing.assert_close(grey(g), rgb(g.repeat(1, 3, 1, 1)), rtol=1e-4, atol=1e-5)
+    # The other way: a grey checkpoint (the default) into an RGB model.
+    again = cnnzoo.create_model("residual_net", in_chans=3, weights=grey.state_dict()).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(g.repeat(1, 3, 1, 1)), grey(g), rtol=1e-4, atol=1e-5)
 
 
 def test_create_pretrained_keeps_the_checkpoints_classes_and_channels(tmp_path):
@@ -248,6 +327,40 @@ def test_convert_to_safetensors_round_trip(tv_resnet18, tmp_path):
         cnnzoo.create_model("resnet34", weights=str(out))
 
 
+def test_convert_records_the_model_options_for_predict(tmp_path, capsys):
+    """`--model-arg` (as `cnnzoo train` takes it) builds the narrow VGG the checkpoint is for,
+    and the output records the options, so predict needs neither --model nor them."""
+    import json
+
+    from PIL import Image
+    from safetensors import safe_open
+
+    from cnnzoo.cli import main
+    from cnnzoo.weights import create_pretrained
+
+    src = cnnzoo.create_model("vgg11", width_mult=0.25, fc_dim=64, num_classes=5).eval()
+    path = tmp_path / "vgg11-narrow.pth"
+    torch.save(src.state_dict(), path)
+    out = tmp_path / "vgg11-narrow.safetensors"
+    assert main(["convert", str(path), str(out), "--model", "vgg11", "--model-arg",
+                 "width_mult=0.25", "--model-arg", "fc_dim=64"]) == 0
+    with safe_open(str(out), "pt") as f:
+        kwargs = json.loads(f.metadata()["model_kwargs"])
+    assert kwargs == {"width_mult": 0.25, "fc_dim": 64}
+    with torch.no_grad():
+        torch.testing.assert_close(create_pretrained("vgg11", str(out), **kwargs).eval()(_x()),
+                                   src(_x()))
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(tmp_path / "red.png")
+    assert main(["predict", str(tmp_path / "red.png"), "--weights", str(out), "--json"]) == 0
+    # A `cnnzoo train` checkpoint records its own options: --model-arg would be ignored.
+    trained = tmp_path / "best.pt"
+    torch.save({"format": "cnnzoo-checkpoint", "meta": {"model": "vgg11"}, "model": {}}, trained)
+    capsys.readouterr()
+    assert main(["convert", str(trained), str(tmp_path / "b.safetensors"), "--model", "vgg11",
+                 "--model-arg", "fc_dim=64"]) == 2
+    assert "leave out --model-arg" in capsys.readouterr().err
+
+
 def test_timm_vgg_conv_mlp_layout(tmp_path):
     """timm keeps fc6/fc7 as convs (pre_logits.fc1 (4096, 512, 7, 7), .fc2 1x1) and head.fc."""
     src = cnnzoo.create_model("vgg11", width_mult=0.25, fc_dim=64, num_classes=5).eval()
@@ -315,6 +428,56 @@ def test_named_weights_needing_a_download_say_where_and_how(tmp_path, monkeypatc
     assert "--weights" in msg and "\n" not in msg
     with pytest.raises(WeightsError, match="no named weights"):
         cnnzoo.create_model("lenet5", weights="imagenet")
+
+
+def test_unknown_or_empty_weights_names_say_what_exists():
+    with pytest.raises(WeightsError, match="^imagenet21k: .*resnet18's named weights: 'imagenet'$"):
+        cnnzoo.create_model("resnet18", weights="imagenet21k")
+    with pytest.raises(WeightsError, match="lenet5 has no named weights; pass a checkpoint file"):
+        cnnzoo.create_model("lenet5", weights="imagenet21k")
+    with pytest.raises(WeightsError, match="^an empty name is not a weights file"):
+        cnnzoo.create_model("resnet18", weights="")
+
+
+def test_headless_checkpoint_is_refused_by_predict_without_a_head_warning(tmp_path, caplog):
+    """A backbone-only checkpoint is a model without a head: nothing is re-initialised, so
+    predict's refusal is not preceded by a 'classifier re-initialised' warning."""
+    from PIL import Image
+
+    from cnnzoo.cli import main
+    from cnnzoo.weights import create_pretrained
+
+    src = cnnzoo.create_model("resnet20")
+    path = tmp_path / "backbone.pth"
+    torch.save({k: v for k, v in src.state_dict().items() if not k.startswith("fc.")}, path)
+    model = create_pretrained("resnet20", str(path))
+    assert model.num_classes == 0 and not model.weights_info.head_loaded
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "red.png")
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.weights"):
+        assert main(["predict", str(tmp_path / "red.png"), "--model", "resnet20",
+                     "--weights", str(path)]) == 2
+    assert "re-initialised" not in caplog.text
+
+
+@pytest.mark.parametrize(("counts", "name", "says", "not_says"), [
+    ((120, 121, 1), "resnet18", "looks like densenet121's weights", "original v1"),
+    ((120, 121, 1), "resnet50", "load it as densenet121", "original v1"),
+    ((53, 53, 1), "resnet18", "Keras's ResNet50 is the original v1", "looks like"),
+    ((3, 0, 0), "resnet18", "not for resnet18$", "original v1"),
+    ((168, 169, 1), "densenet121", "load it as densenet169", "same network"),
+])
+def test_keras_refusals_fit_the_file(counts, name, says, not_says):
+    """The reason given follows what the file's layer counts show it to be: a DenseNet is not
+    called a ResNet50 v1, and Keras has no ResNet-18 to speak of."""
+    from cnnzoo.weights.files import Checkpoint, KerasLayer
+    from cnnzoo.weights.layouts import convert_checkpoint
+
+    layers = [KerasLayer(f"{kind}{i}", kind, [torch.zeros(1)])
+              for kind, n in zip(("conv", "bn", "dense"), counts, strict=True) for i in range(n)]
+    model = cnnzoo.create_model(name, num_classes=10)
+    with pytest.raises(WeightsError) as e:
+        convert_checkpoint(Checkpoint("x.h5", "keras", keras_layers=layers), model, name)
+    assert re.search(says, str(e.value)) and not re.search(not_says, str(e.value)), str(e.value)
 
 
 def test_named_weights_found_in_torch_hub_cache(tv_resnet18, tmp_path, monkeypatch):

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import argparse
 
+from .argtypes import model_arg
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", metavar="IN", help="checkpoint: .pth/.pt, .safetensors, Keras .h5")
     p.add_argument("output", metavar="OUT", help="output file (.safetensors)")
     p.add_argument("--model", required=True, help="zoo model the checkpoint is for, e.g. vgg16")
+    p.add_argument("--model-arg", type=model_arg, action="append", default=[],
+                   metavar="KEY=VALUE",
+                   help="model option the checkpoint was built with, e.g. width_mult=0.25 "
+                        "(repeatable; recorded in OUT for predict)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -25,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     level = log.level
     log.setLevel(logging.ERROR)  # the notes are printed below, once
     try:
-        info = convert_file(args.input, args.output, args.model)
+        info = convert_file(args.input, args.output, args.model, **dict(args.model_arg))
     finally:
         log.setLevel(level)
     print(f"{args.input} ({info.layout} layout) -> {args.output} ({args.model}, cnnzoo keys)")
@@ -49,6 +55,9 @@ def _convert_training_checkpoint(args: argparse.Namespace) -> bool:
     ckpt = training_checkpoint(args.input)
     if ckpt is None:
         return False
+    if args.model_arg:  # they would be ignored: the checkpoint's own options rebuild the model
+        raise UsageError(f"{args.input} is a cnnzoo train checkpoint, which records its model "
+                         "options: leave out --model-arg")  # fmt: skip
     model, meta = model_from_checkpoint(args.input, ckpt)
     if meta["model"] != args.model:
         raise UsageError(f"{args.input} holds {meta['model']}, not {args.model}: pass --model "

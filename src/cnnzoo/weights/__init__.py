@@ -24,13 +24,14 @@ from ..errors import WeightsError
 from .adapt import (
     adapt_input_conv,
     adapt_state_dict,
+    aux_classifiers,
     check_fit,
     first_conv_key,
     head_keys,
     load_into,
 )
 from .classes import Prediction, decode_predictions, imagenet_classes, imagenet_wnids
-from .files import Checkpoint, read_checkpoint, save_safetensors
+from .files import Checkpoint, read_checkpoint, save_safetensors, state_dict_tensors
 from .layouts import convert_checkpoint
 from .named import (
     WeightsEntry,
@@ -89,7 +90,7 @@ def open_weights(
     if isinstance(weights, Checkpoint):
         return weights, None
     if isinstance(weights, Mapping):
-        tensors = {k: v for k, v in weights.items() if isinstance(v, Tensor)}
+        tensors = state_dict_tensors(weights, "state_dict")
         return Checkpoint(path="state_dict", format="torch", tensors=tensors), None
     if is_weights_tag(weights) and not os.path.exists(weights):
         if name is None:
@@ -97,6 +98,8 @@ def open_weights(
         entry = get_weights(name, weights)
         return read_checkpoint(resolve(entry)), entry
     if isinstance(weights, (str, os.PathLike)):
+        if _looks_like_tag(weights) and not os.path.exists(weights):
+            raise WeightsError(_unknown_tag_message(os.fspath(weights), name))
         # A named entry's own file passed by path (torchvision's googlenet-1378be20.pth) still
         # gets that entry's preprocessing, class names and accuracy.
         known = [e for e in list_weights(name) if e.file == Path(weights).name] if name else []
@@ -104,6 +107,24 @@ def open_weights(
     raise WeightsError(
         f"weights must be a file path, 'imagenet' or a state_dict, not {type(weights).__name__}"
     )
+
+
+def _looks_like_tag(weights: str | os.PathLike[str]) -> bool:
+    """A bare word ('imagenet21k'): no folder and no file suffix, so more likely an unknown
+    weights name than a missing file."""
+    text = os.fspath(weights)
+    return bool(text) and Path(text).name == text and not Path(text).suffix
+
+
+def _unknown_tag_message(word: str, name: str | None) -> str:
+    tags = [repr(e.tag) for e in list_weights(name)] if name else []
+    if tags:
+        known = f"{name}'s named weights: {', '.join(tags)}"
+    elif name:
+        known = f"{name} has no named weights; pass a checkpoint file path"
+    else:
+        known = "pass a checkpoint file path"
+    return f"{word}: no such weights file or named weights; {known}"
 
 
 def load_state_dict(
@@ -159,7 +180,8 @@ def _record(model: nn.Module, info: WeightsInfo) -> None:
 
 def create_pretrained(name: str, weights: Any, **model_kwargs: Any) -> nn.Module:
     """Build `name` shaped like its checkpoint and load it: the checkpoint's own number of classes
-    and input channels are kept unless `num_classes`/`in_chans` are given.
+    (0, no head, for a backbone-only checkpoint), input channels and, for GoogLeNet, auxiliary
+    classifiers or none are kept unless `num_classes`/`in_chans`/`aux_logits` are given.
 
     `create_model(name, weights=...)` builds the default 1000-class RGB model and re-initialises
     a head that does not fit (the transfer-learning case); predicting with, or converting, a
@@ -173,9 +195,9 @@ def create_pretrained(name: str, weights: Any, **model_kwargs: Any) -> nn.Module
     model = create_model(name, **kwargs)
     shape = {k: v for k, v in checkpoint_shape(ckpt, model, name).items() if k not in kwargs}
     cfg = model.default_cfg
-    if (shape.get("in_chans", cfg.input_size[0]), shape.get("num_classes", cfg.num_classes)) != (
-        cfg.input_size[0], cfg.num_classes,
-    ):  # fmt: skip
+    built = {"in_chans": cfg.input_size[0], "num_classes": cfg.num_classes,
+             "aux_logits": bool(aux_classifiers(model))}  # fmt: skip
+    if any(built[k] != v for k, v in shape.items()):
         model = create_model(name, **kwargs, **shape)
     sd, info = _fit(model, ckpt, entry, name)
     own = model.state_dict()
@@ -190,16 +212,27 @@ def create_pretrained(name: str, weights: Any, **model_kwargs: Any) -> nn.Module
     return model
 
 
-def checkpoint_shape(ckpt: Checkpoint, model: nn.Module, name: str | None) -> dict[str, int]:
-    """`num_classes` and `in_chans` of a checkpoint for `model`'s architecture (those it shows)."""
+def checkpoint_shape(ckpt: Checkpoint, model: nn.Module, name: str | None) -> dict[str, int | bool]:
+    """`num_classes` (0 when it has no head) and `in_chans` of a checkpoint for `model`'s
+    architecture (those it shows), and `aux_logits=False` when the model has auxiliary
+    classifiers and the checkpoint none."""
     sd = convert_checkpoint(ckpt, model, name).state_dict
-    out = {}
+    out: dict[str, int | bool] = {}
+    aux = aux_classifiers(model)
+    # GoogLeNet fine-tuned with aux_logits=False (torchvision's usual fine-tune) has no aux* keys.
+    if aux and not any(k.split(".", 1)[0] in aux for k in sd):
+        out["aux_logits"] = False
     first = first_conv_key(model)
     if first in sd and sd[first].dim() == 4:
         out["in_chans"] = int(sd[first].shape[1])
-    head_w = sorted(k for k in head_keys(model) if k.endswith("weight"))
+    head = head_keys(model)
+    head_w = sorted(k for k in head if k.endswith("weight"))
     if head_w and head_w[0] in sd and sd[head_w[0]].dim() == 2:
         out["num_classes"] = int(sd[head_w[0]].shape[0])
+    elif head and not head & sd.keys():
+        # A backbone-only checkpoint shows a model without a head; building it so re-initialises
+        # nothing (predict refuses it without first warning of a new random head).
+        out["num_classes"] = 0
     return out
 
 
@@ -241,8 +274,12 @@ def _mismatch_message(ckpt, name, layout, missing, unexpected, conflicts) -> str
     if conflicts:
         parts.append(f"{len(conflicts)} shape conflicts: {few(conflicts)}")
     stored = ckpt.metadata.get("model")  # `cnnzoo convert` records it
-    hint = (f"the file was converted for {stored}; use that model name" if stored and stored != name
-            else "is it a checkpoint of another architecture or width?")  # fmt: skip
+    if stored and stored != name:
+        hint = f"the file was converted for {stored}; use that model name"
+    elif missing and not unexpected and not conflicts and all(k.startswith("aux") for k in missing):
+        hint = "the checkpoint has no auxiliary classifiers: build the model with aux_logits=False"
+    else:
+        hint = "is it a checkpoint of another architecture or width?"
     return (
         f"{ckpt.path} does not fit {name or 'the model'} ({layout} layout): " + "; ".join(parts)
         + f" -- {hint}"
@@ -255,25 +292,26 @@ def convert_file(
     """Convert any supported checkpoint to `.safetensors` with cnnzoo's key names.
 
     The model keeps the checkpoint's head size and input channels. The output records the model
-    name, source layout, preprocessing and class names in the safetensors metadata, so loading it
-    later needs no guessing.
+    name and options (`model_kwargs`: width_mult, fc_dim, ...), source layout, preprocessing and
+    class names in the safetensors metadata, so loading it later needs no guessing.
     """
     model = create_pretrained(model_name, src, **model_kwargs)
     info: WeightsInfo = model.weights_info
     meta = {
-        "format": "cnnzoo", "model": model_name, "source_layout": info.layout,
-        "source_file": Path(info.source).name, "preprocessing": json.dumps(info.preprocessing.to_dict()),
+        "format": "cnnzoo", "model": model_name, "model_kwargs": json.dumps(model_kwargs),
+        "source_layout": info.layout, "source_file": Path(info.source).name,
+        "preprocessing": json.dumps(info.preprocessing.to_dict()),
     }  # fmt: skip
     if info.class_names is not None:
         meta["class_names"] = json.dumps(info.class_names)
     sd = model.state_dict()
     if not info.head_loaded:
-        # A backbone-only checkpoint: leave the freshly initialised head out, so that the file
-        # still reads as "no trained classifier" (predict refuses it, transfer adds its own).
-        # The loader's "classifier re-initialised" note is then not true of the output.
+        # A backbone-only checkpoint: leave any freshly initialised head (num_classes given) out,
+        # so that the file still reads as "no trained classifier" (predict refuses it, transfer
+        # adds its own). The loader's "classifier re-initialised" note is then not true of it.
         sd = {k: v for k, v in sd.items() if k not in head_keys(model)}
-        notes = ["the checkpoint has no classifier: the output holds the backbone only"
-                 if "classifier re-initialised" in n else n for n in info.notes]  # fmt: skip
-        info = replace(info, notes=notes)
+        notes = [n for n in info.notes if "classifier re-initialised" not in n]
+        info = replace(info, notes=[*notes, f"no trained classifier for {model_name}: the "
+                                            "output holds the backbone only"])  # fmt: skip
     save_safetensors(sd, dst, meta)
     return info

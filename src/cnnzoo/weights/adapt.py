@@ -3,7 +3,8 @@
 - A head whose shape differs from the checkpoint's (or that the checkpoint lacks) keeps the
   model's fresh initialisation; everything else loads. This is the transfer-learning case
   (timm's `num_classes=...` with `pretrained=True`), and it is logged, never silent.
-- A first convolution with other input channels gets the checkpoint's kernel adapted by timm's
+- Every convolution that reads the image (the first one; residual_net's projection shortcut
+  too), built for other input channels, gets the checkpoint's kernel adapted by timm's
   rule (`timm.models._manipulate.adapt_input_conv`): for one channel the kernel is summed over
   the RGB channels -- a grey image g seen as RGB (g, g, g) gives exactly the same response --
   and for C > 3 channels the RGB kernel is repeated and scaled by 3 / C. A grey (1-channel)
@@ -41,7 +42,7 @@ def adapt_input_conv(weight: Tensor, in_chans: int) -> Tensor:
         w = w.repeat(1, in_chans, 1, 1) / in_chans
     else:
         raise WeightsError(
-            f"cannot adapt a first conv trained on {i} input channels to in_chans={in_chans} "
+            f"cannot adapt an input conv trained on {i} input channels to in_chans={in_chans} "
             f"(only 1 or 3 channels adapt); build the model with in_chans={i}"
         )
     return w.to(dtype)
@@ -62,16 +63,23 @@ def head_keys(model: nn.Module) -> set[str]:
     return set()
 
 
+def aux_classifiers(model: nn.Module) -> dict[str, nn.Module]:
+    """The model's auxiliary classifiers by name (GoogLeNet's aux1, aux2; none when built with
+    aux_logits=False): the child modules named aux*, as cnnzoo and torchvision name them."""
+    return {n: m for n, m in model.named_children() if n.startswith("aux")}
+
+
 def output_keys(model: nn.Module) -> set[str]:
     """state_dict keys of every layer that outputs the classes: the head, plus the last linear
-    layer of auxiliary classifiers (GoogLeNet's aux1.fc2 / aux2.fc2), found as the Linear layers
-    with `num_classes` outputs. All of them must be re-initialised together for a new task."""
+    layer of each auxiliary classifier (GoogLeNet's aux1.fc2 / aux2.fc2), the layers
+    `reset_classifier` replaces. All of them must be re-initialised together for a new task.
+    Found by place, not by width: a hidden layer as wide as the class count is not a head."""
     keys = head_keys(model)
-    n_cls = getattr(model, "num_classes", None)
-    if n_cls:
-        for prefix, m in model.named_modules():
-            if isinstance(m, nn.Linear) and m.out_features == n_cls and prefix:
-                keys |= {f"{prefix}.{k}" for k in m.state_dict()}
+    for name, aux in aux_classifiers(model).items():
+        linears = [p for p, m in aux.named_modules() if isinstance(m, nn.Linear)]
+        if linears:
+            last = aux.get_submodule(linears[-1])
+            keys |= {f"{name}.{linears[-1]}.{k}" for k in last.state_dict()}
     return keys
 
 
@@ -97,6 +105,19 @@ def first_conv_key(model: nn.Module) -> str | None:
     return None
 
 
+def input_conv_keys(model: nn.Module) -> list[str]:
+    """Weight keys of the convolutions that may read the image: the first Conv2d, and every
+    other ungrouped one with as many input channels (residual_net's 1x1 projection shortcut
+    also sees the image). A deeper conv that merely has that many channels is not adapted:
+    its checkpoint kernel has the same channels as the model's, whatever the image's."""
+    first = first_conv_key(model)
+    if first is None:
+        return []
+    in_chans = model.get_submodule(first.rsplit(".", 1)[0]).in_channels
+    return [f"{p}.weight" for p, m in model.named_modules()
+            if isinstance(m, nn.Conv2d) and m.groups == 1 and m.in_channels == in_chans]  # fmt: skip
+
+
 def adapt_state_dict(
     sd: dict[str, Tensor], model: nn.Module
 ) -> tuple[dict[str, Tensor], list[str]]:
@@ -108,16 +129,22 @@ def adapt_state_dict(
     own = model.state_dict()
     sd = dict(sd)
     notes: list[str] = []
-    first = first_conv_key(model)
-    if first and first in sd and first in own:
-        w, target = sd[first], own[first]
-        if w.dim() == 4 and w.shape[1] != target.shape[1] and w.shape[0] == target.shape[0]:
-            sd[first] = adapt_input_conv(w, target.shape[1])
-            rule = "summed over" if target.shape[1] == 1 else "repeated across"
-            notes.append(
-                f"first conv {first}: {w.shape[1]}-channel kernel {rule} its input channels for "
-                f"in_chans={target.shape[1]}"
-            )
+    keys = [k for k in input_conv_keys(model) if k in sd and sd[k].dim() == 4]
+    if keys and sd[keys[0]].shape[1] != own[keys[0]].shape[1]:
+        # The image's channels in the checkpoint and in the model, as the first conv shows them.
+        old_in, new_in = sd[keys[0]].shape[1], own[keys[0]].shape[1]
+        adapted = []
+        for key in keys:
+            w, target = sd[key], own[key]
+            # Only the image's channels may differ: anything else is another architecture,
+            # which check_fit reports as a shape conflict.
+            if (w.shape[1], target.shape[1]) == (old_in, new_in) and w.shape[0] == target.shape[0]:
+                sd[key] = adapt_input_conv(w, new_in)
+                adapted.append(key)
+        if adapted:
+            rule = "summed over" if new_in == 1 else "repeated across"
+            notes.append(f"convs reading the image ({', '.join(adapted)}): {old_in}-channel "
+                         f"kernels {rule} their input channels for in_chans={new_in}")  # fmt: skip
     # Checkpoints older than PyTorch 0.4.1 have no BatchNorm counters; the counter only matters
     # for momentum=None, so the model's own (zero) value stands in.
     for k, v in own.items():

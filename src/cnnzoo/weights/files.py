@@ -5,9 +5,9 @@ weights_only=True)`, whose unpickler only rebuilds tensors and plain containers;
 needs any other Python object (a pickled class instance, a whole pickled `nn.Module`) is refused
 with a `WeightsError` before anything in it runs. safetensors and HDF5 hold raw arrays only.
 
-The result is a `Checkpoint`: flat `name -> tensor` for PyTorch and safetensors files, or, for
-Keras files, the list of weighted layers in model order (`KerasLayer`), which `layouts.py` maps
-onto a zoo model.
+The result is a `Checkpoint`: flat `name -> tensor` for PyTorch and safetensors files (and
+in-memory state_dicts), normalised by `state_dict_tensors`, or, for Keras files, the list of
+weighted layers in model order (`KerasLayer`), which `layouts.py` maps onto a zoo model.
 """
 
 from __future__ import annotations
@@ -63,6 +63,8 @@ class Checkpoint:
 
 def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Read a checkpoint file of any supported format (chosen by its contents, then suffix)."""
+    if not os.fspath(path):  # Path("") is ".", which would be reported as a folder
+        raise WeightsError("an empty name is not a weights file: pass a checkpoint file path")
     p = Path(path)
     if p.is_dir():
         raise WeightsError(f"{p}: a folder, not a weights file; pass the checkpoint file in it")
@@ -115,11 +117,13 @@ def _read_torch(p: Path) -> Checkpoint:
         raise WeightsError(
             f"{p}: not a readable PyTorch checkpoint (truncated, or another format?){msg}"
         ) from None
-    return Checkpoint(path=str(p), format="torch", tensors=_unwrap(obj, p))
+    return Checkpoint(path=str(p), format="torch", tensors=state_dict_tensors(obj, str(p)))
 
 
-def _unwrap(obj: Any, p: Path) -> dict[str, Tensor]:
-    """Find the name -> tensor mapping inside what torch.load returned."""
+def state_dict_tensors(obj: Any, source: str) -> dict[str, Tensor]:
+    """The name -> tensor mapping inside a loaded checkpoint, a safetensors file's contents or a
+    state_dict passed in memory: unwrapped from training-script containers, with the DDP /
+    torch.compile prefixes removed. Every source goes through here, so all load alike."""
     for _ in range(3):  # e.g. {'model': {'state_dict': {...}}}
         if isinstance(obj, Mapping) and not _is_tensor_dict(obj):
             inner = next(
@@ -130,7 +134,7 @@ def _unwrap(obj: Any, p: Path) -> dict[str, Tensor]:
             obj = inner
     if not isinstance(obj, Mapping) or not _is_tensor_dict(obj):
         raise WeightsError(
-            f"{p}: no state_dict found (expected a dict of tensors, optionally under "
+            f"{source}: no state_dict found (expected a dict of tensors, optionally under "
             f"'state_dict' or 'model'); got {type(obj).__name__}"
         )
     tensors = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
@@ -146,8 +150,9 @@ def _is_tensor_dict(obj: Mapping) -> bool:
 
 
 def stored_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
-    """The metadata a `cnnzoo convert` output carries (its model, options, classes, input),
-    read from the header only; {} for any other file."""
+    """The metadata a `cnnzoo convert` output (format 'cnnzoo': its model, options, classes,
+    input) or a transfer bundle's weights file ('cnnzoo-bundle-1') carries, read from the header
+    only; {} for any other file."""
     from safetensors import SafetensorError, safe_open
 
     p = Path(path)
@@ -158,7 +163,7 @@ def stored_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
             meta = dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError):
         return {}  # read_checkpoint reports it
-    return meta if meta.get("format") == "cnnzoo" else {}
+    return meta if str(meta.get("format", "")).startswith("cnnzoo") else {}
 
 
 def _read_safetensors(p: Path) -> Checkpoint:
@@ -171,7 +176,8 @@ def _read_safetensors(p: Path) -> Checkpoint:
     except (SafetensorError, OSError, ValueError) as exc:
         msg = " ".join(str(exc).split())[:160]
         raise WeightsError(f"{p}: not a readable .safetensors file: {msg}") from None
-    return Checkpoint(path=str(p), format="safetensors", tensors=tensors, metadata=metadata)
+    return Checkpoint(path=str(p), format="safetensors", tensors=state_dict_tensors(tensors, str(p)),
+                      metadata=metadata)  # fmt: skip
 
 
 def _read_keras(p: Path) -> Checkpoint:

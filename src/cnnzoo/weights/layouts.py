@@ -137,12 +137,12 @@ def from_keras(layers: list[KerasLayer], model: nn.Module, name: str) -> Convert
     the i-th Keras conv/BN/dense layer is the model's i-th Conv2d/BatchNorm2d/Linear.
     """
     family = _model_family(model, name)
+    guess = _keras_net(layers)
     if family not in ("vgg", "densenet") or name.endswith("_bn") or "bc_100" in name:
         raise WeightsError(
             f"Keras checkpoints can be converted for vgg11/13/16/19 and densenet121/161/169/201 "
             f"(the nets Keras Applications defines like torchvision), not for {name}"
-            + ("; Keras's ResNet50 is the original v1, not the v1.5 of cnnzoo's resnet50"
-               if name.startswith("resnet") else "")
+            + _keras_refusal_reason(guess, name)
         )  # fmt: skip
     by_kind: dict[str, list[KerasLayer]] = {"conv": [], "bn": [], "dense": []}
     for layer in layers:
@@ -172,9 +172,10 @@ def from_keras(layers: list[KerasLayer], model: nn.Module, name: str) -> Convert
         got = ", ".join(f"{a} {k}" for k, (a, _) in counts.items())
         want = ", ".join(f"{b} {k}" for k, (_, b) in counts.items())
         raise WeightsError(
-            f"the Keras file has {got} layers but {name} has {want}: is it the same network "
-            "(include_top=True)?"
-        )
+            f"the Keras file has {got} layers but {name} has {want}: "
+            + (f"it looks like {guess}'s weights; load it as {guess}" if guess and guess != name
+               else "is it the same network (include_top=True)?")
+        )  # fmt: skip
     eps_keras = _KERAS_BN_EPS.get(family, 1e-3)
     sd: dict[str, Tensor] = {}
     last_conv_out = None
@@ -213,6 +214,34 @@ def from_keras(layers: list[KerasLayer], model: nn.Module, name: str) -> Convert
             "0..255 minus the ImageNet means (mean=(0.482, 0.458, 0.408), std=1/255)"
         )
     return conv
+
+
+# Keras Applications' nets by their (conv, BatchNorm) layer counts: VGG has no BN, ResNet v1 one
+# BN per conv, DenseNet one more BN than convs (its last layer). DenseNet's conv count is its
+# depth minus the dense layer.
+_KERAS_NETS = {
+    **{(n, 0): f"vgg{d}" for d, n in ((11, 8), (13, 10), (16, 13), (19, 16))},
+    **{(n, n): f"resnet{d}" for d, n in ((50, 53), (101, 104), (152, 155))},
+    **{(d - 1, d): f"densenet{d}" for d in (121, 161, 169, 201)},
+}
+
+
+def _keras_net(layers: list[KerasLayer]) -> str | None:
+    """The zoo name of the Keras Applications net whose layers a file holds, if it is one."""
+    kinds = [layer.kind for layer in layers]
+    return _KERAS_NETS.get((kinds.count("conv"), kinds.count("bn")))
+
+
+def _keras_refusal_reason(guess: str | None, name: str) -> str:
+    """Why a Keras file cannot load into `name`, as far as the file tells."""
+    if guess is None and name in ("resnet50", "resnet101", "resnet152"):
+        guess = name  # an unrecognised file for a ResNet that Keras also defines
+    if guess and guess.startswith("resnet"):
+        return (f"; Keras's ResNet{guess[6:]} is the original v1, not the v1.5 of cnnzoo's "
+                f"{guess}")  # fmt: skip
+    if guess:
+        return f"; the file looks like {guess}'s weights: load it as {guess}"
+    return ""
 
 
 def _hwc_to_chw(w: Tensor, channels: int) -> Tensor:
