@@ -15,7 +15,7 @@ from PIL import Image
 from cnnzoo.cli import main
 from cnnzoo.data import ImageDataset, Splits
 from cnnzoo.data.folder import write_image_folder
-from cnnzoo.errors import DataError, WeightsError
+from cnnzoo.errors import UsageError, WeightsError
 from cnnzoo.models import create_model
 from cnnzoo.transfer import (
     FinetuneConfig,
@@ -131,17 +131,20 @@ def test_feature_cache_reused_and_invalidated_per_image(fmnist, tmp_path):
 
 
 def _tiny_config(**kw) -> TransferConfig:
-    ft = FinetuneConfig(head_epochs=1, epochs=1, min_steps=0, batch_size=8, progress=False)
-    return TransferConfig(img_size=32, fit="resize", batch_size=16, progress=False,
+    ft = FinetuneConfig(head_epochs=1, epochs=1, min_steps=0)
+    return TransferConfig(img_size=32, fit="resize", batch_size=8, progress=False,
                           finetune=ft, **kw)  # fmt: skip
 
 
 def test_transfer_bundle_round_trip_and_report(folder, tmp_path, capsys):
     out = tmp_path / "run"
+    said: list[str] = []
     res = transfer(folder, model="resnet18", weights=None, out=out,
-                   config=_tiny_config(mode="both"), say=lambda _: None)  # fmt: skip
+                   config=_tiny_config(mode="both"), say=said.append)  # fmt: skip
     # 'both' fits the features head, then fine-tunes from a new head: phase 1 runs too.
     assert "features" in res.metrics and {r["phase"] for r in res.history} == {"head", "full"}
+    assert any("the new head alone for 1 epoch (" in line for line in said), said
+    assert any("the whole network for up to 1 epoch," in line for line in said), said
     for name in ("confusion.png", "curves.png", "top_losses.png", "per_class.csv", "metrics.json"):
         assert (out / name).stat().st_size > 0, name
     rows = (out / "per_class.csv").read_text().splitlines()
@@ -166,11 +169,26 @@ def test_transfer_bundle_round_trip_and_report(folder, tmp_path, capsys):
     # The fine-tuning checkpoint is not a `cnnzoo train` one: evaluate points to the bundle.
     assert main(["evaluate", str(out / "finetune" / "full" / "last.pt")]) == 2
     assert "--bundle" in _one_line_error(capsys)
-    # A second run with another head reuses every cached feature.
-    res2 = transfer(folder, model="resnet18", weights=None, out=tmp_path / "run2",
+    # The command line does not replace a run without --overwrite (nor --resume): an
+    # interrupted fine-tuning's checkpoints would go with it.
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    argv = ["transfer", str(folder), "--model", "resnet18", "--weights", str(tmp_path / "w.pth"),
+            "--mode", "features", "--head", "mlp", "--out", str(out), "--no-progress"]
+    assert main(argv) == 2
+    assert f"{out} holds a transfer run" in _one_line_error(capsys)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    # A second run with another head, into the same folder (the library replaces a run by
+    # default), reuses every cached feature and leaves nothing of the first run: no
+    # fine-tuning checkpoints and no curves.png (an MLP head has no L2 curve to draw).
+    res2 = transfer(folder, model="resnet18", weights=None, out=out,
                     config=_tiny_config(mode="features", head="mlp"), say=lambda _: None)  # fmt: skip
     assert res2.features_computed == 0
-    assert load_bundle(tmp_path / "run2" / "bundle").head["kind"] == "mlp"
+    assert load_bundle(out / "bundle").head["kind"] == "mlp"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "bundle", "confusion.png", "metrics.json", "per_class.csv", "top_losses.png"]
+    with pytest.raises(UsageError, match="holds a transfer run"):
+        transfer(folder, model="resnet18", weights=None, out=out, overwrite=False,
+                 config=_tiny_config(mode="features"), say=lambda _: None)  # fmt: skip
 
 
 def test_curves_put_the_two_phases_one_after_the_other(tmp_path, monkeypatch):
@@ -224,9 +242,8 @@ def test_keep_best_restores_the_features_net_exactly(fmnist, stages):
     fine-tuning at lr 0.5 wrecks the net), the bundle is the features run's net, bit for bit --
     also when the features head reads pooled stages and fine-tuning changed their backbone."""
     splits = Splits(fmnist, fmnist.subset(per_class=3, seed=2))
-    ft = FinetuneConfig(head_epochs=1, epochs=1, min_steps=0, batch_size=8, lr=0.5,
-                        progress=False, verbose=False)  # fmt: skip
-    common = dict(img_size=32, fit="resize", batch_size=16, progress=False, use_cache=False,
+    ft = FinetuneConfig(head_epochs=1, epochs=1, min_steps=0, lr=0.5, verbose=False)
+    common = dict(img_size=32, fit="resize", batch_size=8, progress=False, use_cache=False,
                   stages=stages)  # fmt: skip
     both = transfer(splits, model="resnet18", weights=None, say=lambda _: None,
                     config=TransferConfig(mode="both", keep_best=True, finetune=ft, **common))
@@ -322,8 +339,6 @@ def test_unreadable_images(fmnist, tmp_path, capsys, caplog):
 
 
 def test_out_or_cache_that_is_a_file_is_one_line_before_any_work(folder, tmp_path, capsys):
-    from cnnzoo.errors import UsageError
-
     afile = tmp_path / "afile"
     afile.write_text("x")
     missing = str(tmp_path / "no-such-data")  # checked after the folders, if at all
@@ -342,16 +357,87 @@ def test_out_or_cache_that_is_a_file_is_one_line_before_any_work(folder, tmp_pat
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--mode", "features", "--resume"], "--resume continues"),
-    (["--mode", "finetune", "--keep-best"], "--keep-best chooses"),
-    (["--mode", "features", "--keep-best"], "--keep-best chooses"),
-    (["--head", "mlp", "--l2", "0.1"], "--l2 is the linear head's"),
-    (["--no-cache", "--cache", "somewhere"], "--cache DIR and --no-cache"),
+    (["--mode", "features", "--resume"], "(--resume) continues"),
+    (["--mode", "finetune", "--keep-best"], "(--keep-best) chooses"),
+    (["--mode", "features", "--keep-best"], "(--keep-best) chooses"),
+    (["--head", "mlp", "--l2", "0.1"], "(--l2) is the linear head's"),
+    (["--no-cache", "--cache", "somewhere"], "(--cache DIR) and use_cache=False (--no-cache)"),
 ])  # fmt: skip
 def test_conflicting_transfer_options_are_one_line(argv, message, tmp_path, capsys):
     out = tmp_path / "out"
     rc = main(["transfer", str(tmp_path / "no-such-data"), "--out", str(out), *argv])
     assert rc == 2 and message in _one_line_error(capsys) and not out.exists()
+
+
+@pytest.mark.parametrize("settings, resume, message", [
+    (dict(mode="features", keep_best=True), False, r"keep_best \(--keep-best\) chooses"),
+    (dict(mode="finetune", keep_best=True), False, r"keep_best \(--keep-best\) chooses"),
+    (dict(mode="features"), True, r"resume \(--resume\) continues"),
+    (dict(head="mlp", l2=0.1), False, r"l2 \(--l2\) is the linear head's"),
+    (dict(l2=-1.0), False, r"l2 \(--l2\) must be a number > 0"),
+    (dict(l2=0.0), False, r"l2 \(--l2\) must be a number > 0"),
+    (dict(batch_size=0), False, r"batch_size \(--batch-size\) must be a whole number >= 1"),
+    (dict(img_size=0), False, r"img_size \(--img-size\) must be a whole number >= 1"),
+    (dict(views=5), False, r"views \(--views\) must be a whole number from 1 to 4"),
+    (dict(fit="squash"), False, r"fit \(--fit\) must be one of crop, resize"),
+    (dict(stages="4,5"), False, r"stages \(--stages\) must be 'auto', None or stage numbers"),
+    (dict(mode="finetune", stages=(4, 5)), False, r"mode 'finetune' has none"),
+    (dict(cache_dir="c", use_cache=False), False, r"\(--cache DIR\) and use_cache=False"),
+    (dict(batch_size=8, finetune=FinetuneConfig(batch_size=16)), False,
+     r"FinetuneConfig\(batch_size=16\) disagrees with the run's batch_size=8"),
+])  # fmt: skip
+def test_the_library_refuses_what_the_command_line_refuses(settings, resume, message, tmp_path):
+    """One place checks the settings, `transfer` itself, before anything is read (the data
+    folder does not exist: reading it would be another error)."""
+    with pytest.raises(UsageError, match=message) as info:
+        transfer(tmp_path / "no-such-data", model="resnet18", weights=None, resume=resume,
+                 out=tmp_path / "out", say=print, **settings)  # fmt: skip
+    assert "\n" not in str(info.value) and not (tmp_path / "out").exists()
+
+
+def test_an_output_folder_inside_the_data_is_refused(folder, tmp_path, capsys):
+    """A report inside DATA would be read as a class ('run') by the next run on DATA."""
+    inside = folder / "run"
+    with pytest.raises(UsageError, match="lies inside the data folder"):
+        transfer(folder, model="resnet18", weights=None, out=inside, say=print)
+    link = tmp_path / "link"
+    link.symlink_to(folder)  # however it is written
+    assert main(["transfer", str(folder), "--out", str(link / "run"), "--no-progress"]) == 2
+    assert "lies inside the data folder" in _one_line_error(capsys)
+    assert not inside.exists() and sorted(p.name for p in folder.iterdir()) == sorted(CLASSES)
+
+
+def test_fine_tuning_gets_the_run_wide_settings_from_the_library_and_the_cli(folder, tmp_path,
+                                                                            monkeypatch):  # fmt: skip
+    """batch_size, precision, seed and progress are set once, on the run: the library passed
+    fine-tuning FinetuneConfig's defaults instead (bf16, progress bars, batch 32, seed 0)."""
+    from cnnzoo.transfer import run as run_module
+
+    got: list[FinetuneConfig] = []
+
+    class Seen(Exception):
+        pass
+
+    def spy(model, splits, pre, cfg, **kw):
+        got.append(cfg)
+        raise Seen  # enough seen: no need to train
+
+    monkeypatch.setattr(run_module, "finetune", spy)
+    with pytest.raises(Seen):
+        transfer(folder, model="resnet18", weights=None, mode="finetune", img_size=32,
+                 precision="fp32", seed=5, batch_size=8, progress=False, say=print,
+                 finetune=FinetuneConfig(epochs=2, mixup=0.2))  # fmt: skip
+    ckpt = tmp_path / "r18.pth"
+    torch.save(create_model("resnet18").state_dict(), ckpt)
+    with pytest.raises(Seen):
+        main(["transfer", str(folder), "--model", "resnet18", "--weights", str(ckpt),
+              "--mode", "finetune", "--img-size", "32", "--precision", "fp32", "--seed", "5",
+              "--batch-size", "8", "--no-progress", "--epochs", "2", "--mixup", "0.2",
+              "--out", str(tmp_path / "cli")])  # fmt: skip
+    api, cli = got
+    assert (api.precision, api.seed, api.batch_size, api.progress) == ("fp32", 5, 8, False)
+    assert (api.epochs, api.mixup) == (2, 0.2)  # fine-tuning's own settings are kept
+    assert cli == api
 
 
 def test_unused_options_get_a_note_and_head_epochs_help_names_both_modes(capsys):
@@ -608,7 +694,7 @@ def test_transfer_on_feature_stages_round_trips_and_has_its_own_cache(folder, tm
                        say=lambda _: None).bundle.model.state_dict()  # fmt: skip
     sd = fine.model.state_dict()
     assert sd.keys() == without.keys() and all(torch.equal(sd[k], without[k]) for k in sd)
-    with pytest.raises(DataError, match="mode 'finetune' has none"):
+    with pytest.raises(UsageError, match="mode 'finetune' has none"):
         transfer(folder, model="resnet18", weights=None,
                  config=_tiny_config(mode="finetune", stages=(4, 5)), say=lambda _: None)
 
@@ -632,3 +718,144 @@ def test_lite0_heads_read_stages_4_and_5_by_default(folder, tmp_path, capsys):
     assert last.head == {"kind": "linear"} and last.model.get_classifier().in_features == 1280
     out = capsys.readouterr().out
     assert out.count("validation accuracy features 0.") == 2
+
+
+# ---------------------------------------------------------------- what a bundle records and does
+
+
+def test_a_batch_is_sized_as_its_files_are(tmp_path):
+    """A 'crop' bundle sizes a picture in an (N, C, H, W) batch as it sizes its file: shorter
+    side to resize_size, then the centre crop (the batch used to be squashed whole)."""
+    import numpy as np
+
+    from cnnzoo.transfer import Bundle
+
+    torch.manual_seed(0)
+    pre = Preprocessing(32, 40, "bilinear", (0.5,) * 3, (0.5,) * 3, 3)
+    bundle = Bundle(create_model("resnet18", num_classes=3).eval(), "resnet18", ["a", "b", "c"],
+                    pre, fit="crop", views=2)  # fmt: skip
+    rng = np.random.default_rng(0)
+    # 300 x 900, three different thirds: the crop keeps (part of) the middle one only.
+    picture = np.concatenate([np.full((300, 300, 3), 255, np.uint8),
+                              rng.integers(0, 256, (300, 300, 3), dtype=np.uint8),
+                              np.zeros((300, 300, 3), np.uint8)], axis=1)  # fmt: skip
+    path = tmp_path / "wide.png"
+    Image.fromarray(picture).save(path)
+    batch = torch.from_numpy(picture).permute(2, 0, 1)[None].contiguous()
+    from_file = bundle.predict(path).probabilities
+    from_batch = bundle.predict(batch).probabilities
+    assert torch.equal(from_batch, from_file)
+    # Independent truth, by hand with PIL: 300 x 900 -> 40 x 120, then the centre 32 x 32.
+    cropped = Image.fromarray(picture).resize((120, 40), Image.Resampling.BILINEAR)
+    cropped = np.array(cropped.crop((44, 4, 76, 36)))
+    truth = bundle.predict_loaded(torch.from_numpy(cropped).permute(2, 0, 1)[None].contiguous())
+    assert torch.equal(from_batch, truth.probabilities)
+    squashed = Image.fromarray(picture).resize((32, 32), Image.Resampling.BILINEAR)
+    wrong = bundle.predict_loaded(torch.from_numpy(np.array(squashed)).permute(2, 0, 1)[None]
+                                  .contiguous()).probabilities  # fmt: skip
+    assert not torch.allclose(wrong, from_batch, atol=1e-4)  # the test tells the two apart
+    # A batch of two: each image as alone (float noise of a batch of two aside).
+    assert torch.allclose(bundle.predict(batch.expand(2, -1, -1, -1)).probabilities,
+                          from_file.expand(2, -1), atol=1e-6)  # fmt: skip
+    with pytest.raises(ValueError, match="from load_images"):
+        bundle.predict_loaded(batch)  # not sized yet
+
+
+def test_a_builtin_sets_bundle_records_the_fit_it_was_trained_with(tmp_path):
+    """Built-in sets are squashed to the input size: the bundle says 'resize', so their images
+    exported as files are predicted as validation saw them (recorded as 'crop', their borders
+    were cut off: about 0.86 accuracy instead of 0.98 here)."""
+    from cnnzoo.data import load_dataset
+
+    said: list[str] = []
+    res = transfer("digits", model="resnet18", weights=None, out=tmp_path / "run", mode="features",
+                   img_size=32, views=1, l2=0.01, use_cache=False, progress=False,
+                   say=said.append)  # fmt: skip
+    bundle = load_bundle(tmp_path / "run" / "bundle")
+    assert res.bundle.fit == bundle.fit == "resize"
+    assert "(images resized whole: fit resize)" in said[0]
+    val = load_dataset("digits", val_fraction=0.2, seed=0).val  # the run's validation split
+    write_image_folder(val, tmp_path / "files", stems=[f"{i:04d}" for i in range(len(val))])
+    files = sorted((tmp_path / "files").rglob("*.png"), key=lambda f: f.stem)
+    pred = bundle.predict(files).probabilities.argmax(1)
+    # As validation predicted them (bf16 and uint8 files aside: nearly every one the same).
+    assert float((pred == res.val_probabilities.argmax(1)).double().mean()) > 0.98
+    acc = float((pred == val.labels).double().mean())
+    assert acc == pytest.approx(res.metrics["val_acc"], abs=0.01)
+
+
+def test_a_bundle_made_with_model_kwargs_in_chans_loads(folder, tmp_path):
+    """`create_model` got in_chans twice (the bundle's own and model_kwargs') and the bundle
+    could not be loaded."""
+    out = tmp_path / "grey"
+    res = transfer(folder, model="resnet18", weights=None, out=out, model_kwargs={"in_chans": 1},
+                   config=_tiny_config(mode="features", use_cache=False),
+                   say=lambda _: None)  # fmt: skip
+    meta = json.loads((out / "bundle" / "bundle.json").read_text())
+    assert meta["in_chans"] == 1 and meta["model_kwargs"] == {}
+    files = sorted(folder.rglob("*.png"))[:4]
+    expected = res.bundle.predict(files).probabilities
+    assert torch.equal(load_bundle(out / "bundle").predict(files).probabilities, expected)
+    # A bundle written before the fix, with in_chans in model_kwargs too, loads as well.
+    meta["model_kwargs"] = {"in_chans": 1}
+    (out / "bundle" / "bundle.json").write_text(json.dumps(meta))
+    assert torch.equal(load_bundle(out / "bundle").predict(files).probabilities, expected)
+
+
+def test_the_head_line_says_how_the_l2_was_chosen(fmnist):
+    """With a class of one training image there is no cross-validation: the fixed L2 is said
+    as fixed (the line claimed 'chosen by cross-validation' next to an empty "cv")."""
+    from cnnzoo.transfer.heads import FALLBACK_L2
+
+    coat = fmnist.class_names.index("coat")
+    keep = [i for i, y in enumerate(fmnist.labels.tolist()) if y != coat][:30]
+    keep.append(fmnist.labels.tolist().index(coat))  # the only coat to train on
+    splits = Splits(fmnist.select(torch.tensor(keep)), fmnist.subset(per_class=2, seed=3))
+    lines: dict[str, str] = {}
+    for name, settings in (("fallback", {}), ("given", {"l2": 0.5}),
+                           ("cv", {"l2": None})):  # fmt: skip
+        data = splits if name != "cv" else Splits(fmnist, splits.val)
+        said: list[str] = []
+        res = transfer(data, model="resnet18", weights=None, mode="features", img_size=32,
+                       fit="resize", views=1, use_cache=False, progress=False, say=said.append,
+                       **settings)  # fmt: skip
+        lines[name] = next(line for line in said if line.startswith("head:"))
+        if name == "fallback":
+            assert res.metrics["features"]["cv"] == [] and res.metrics["features"]["l2"] == FALLBACK_L2
+    assert "(L2 0.01, fixed: cross-validation needs 2 or more training images in every class)" \
+        in lines["fallback"]  # fmt: skip
+    assert "(L2 0.5, as given)" in lines["given"]
+    assert "chosen by cross-validation" in lines["cv"]
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda m: m.update(fit="squash"), "fit must be 'crop' or 'resize', not 'squash'"),
+    (lambda m: m["preprocessing"].update(crop_size=0), "preprocessing.crop_size must be"),
+    (lambda m: m["preprocessing"].update(crop_size=-5), "preprocessing.crop_size must be"),
+    (lambda m: m["preprocessing"].update(mean=[0.5, 0.5]), "preprocessing.mean must be 3 numbers"),
+    (lambda m: m["preprocessing"].update(std=[0, 0, 0]), "preprocessing.std must be > 0"),
+    (lambda m: m["preprocessing"].update(interpolation="cubic"),
+     "preprocessing.interpolation must be one of nearest, bilinear"),
+    (lambda m: m.update(model_kwargs=[1]), "model_kwargs must be an object"),
+    (lambda m: m.update(class_names=["a", "b", "a", "c", "d"]), "class_names lists 'a' twice"),
+    (lambda m: m.update(class_names="abcde"), "class_names must be a list"),
+    (lambda m: m.update(views="2"), "views must be a whole number from 1 to 4"),
+    (lambda m: m["head"].update(kind="mlp"), "head.hidden"),
+    (lambda m: [1, 2], "must hold a JSON object, not a list"),
+])  # fmt: skip
+def test_a_damaged_bundle_json_is_one_line_naming_the_field(features_run, folder, tmp_path,
+                                                           capsys, edit, field):  # fmt: skip
+    import shutil
+
+    _, out = features_run
+    bad = tmp_path / "bundle"
+    shutil.copytree(out / "bundle", bad)
+    meta = json.loads((bad / "bundle.json").read_text())
+    edited = edit(meta)
+    (bad / "bundle.json").write_text(json.dumps(meta if edited is None else edited))
+    with pytest.raises(WeightsError, match=str(bad / "bundle.json")) as info:
+        load_bundle(bad)
+    assert field in str(info.value) and "\n" not in str(info.value)
+    img = str(next(folder.rglob("*.png")))
+    assert main(["predict", img, "--bundle", str(bad)]) == 2
+    assert field in _one_line_error(capsys)

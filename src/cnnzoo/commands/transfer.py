@@ -82,6 +82,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", dest="use_cache", action="store_false")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted fine-tuning in --out")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run --out holds (its files go when this run starts "
+                        "writing); without it (or --resume) such a folder is refused")
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--out", metavar="DIR", default=None,
                    help="output folder (default runs/transfer-MODEL)")
@@ -103,12 +106,12 @@ def stages_arg(text: str) -> tuple[int, ...] | str:
 def config_from_args(args: argparse.Namespace) -> Any:
     from ..transfer import FinetuneConfig, TransferConfig
 
+    # --batch-size, --precision, --seed and --no-progress are the run's (TransferConfig's):
+    # `transfer` hands them to fine-tuning.
     ft = FinetuneConfig(
         head_epochs=args.head_epochs, epochs=args.epochs, min_steps=args.min_steps, lr=args.lr,
-        lr_decay=args.lr_decay,
-        freeze_bn=not args.update_bn, patience=args.patience or None, batch_size=args.batch_size,
-        augment=args.augment, precision=args.precision, seed=args.seed, progress=args.progress,
-        mixup=args.mixup, cutmix=args.cutmix,
+        lr_decay=args.lr_decay, freeze_bn=not args.update_bn, patience=args.patience or None,
+        augment=args.augment, mixup=args.mixup, cutmix=args.cutmix,
     )  # fmt: skip
     return TransferConfig(
         mode=args.mode, head=args.head, l2=args.l2, views=args.views, img_size=args.img_size,
@@ -141,25 +144,17 @@ def given_options(args: argparse.Namespace) -> set[str]:
 
 def check_options(args: argparse.Namespace) -> list[str]:
     """Options that contradict each other or the mode: one `UsageError` line, before anything
-    is loaded. Returns the notes for options the mode merely does not use."""
+    is loaded (the library's `check_config`, and the weights here). Returns the notes for
+    options the mode merely does not use."""
     from ..errors import UsageError
+    from ..transfer.run import check_config
 
-    given = given_options(args)
     if str(args.weights).lower() in ("none", "random", "scratch") and not Path(args.weights).exists():
         raise UsageError("transfer starts from pretrained weights (--weights imagenet or a "
                          f"checkpoint file); to train {args.model} from scratch: cnnzoo train "
                          f"{args.model} --data {args.data}")  # fmt: skip
-    if args.mode == "features" and args.resume:
-        raise UsageError("--resume continues an interrupted fine-tuning; --mode features has "
-                         "none (its features come from the cache: just run it again)")
-    if args.keep_best and args.mode != "both":
-        raise UsageError("--keep-best chooses between the features head and the fine-tuned net "
-                         "in --mode both; for the best fine-tuning epoch use --patience N")
-    if args.head == "mlp" and "l2" in given:
-        raise UsageError("--l2 is the linear head's L2 strength; --head mlp has none "
-                         "(drop --l2, or use --head linear)")  # fmt: skip
-    if not args.use_cache and "cache" in given:
-        raise UsageError("--cache DIR and --no-cache contradict each other: drop one")
+    check_config(config_from_args(args), resume=args.resume)
+    given = given_options(args)
     notes = []
     unused = {"features": FINETUNE_OPTIONS, "finetune": FEATURES_OPTIONS}.get(args.mode, ())
     ignored = [_option(k) for k in unused if k in given]
@@ -187,7 +182,8 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     result = transfer(args.data, model=args.model, weights=args.weights, out=out,
-                      config=config_from_args(args), resume=args.resume)  # fmt: skip
+                      config=config_from_args(args), resume=args.resume,
+                      overwrite=args.overwrite)  # fmt: skip
     m = result.metrics
     stages = ", ".join(f"{s} {m[s]['val_acc']:.3f}" for s in ("features", "finetune") if s in m)
     print(f"{args.model}: validation accuracy {stages}; kept {m['kept']}")
@@ -234,7 +230,7 @@ def predict_with_bundle(bundle_dir: str | os.PathLike[str], paths: Sequence[Path
         except ImageError as exc:
             r["error"] = str(exc)
             failed += 1
-    pred = bundle.predict(torch.stack([x for _, x in good])) if good else None
+    pred = bundle.predict_loaded(torch.stack([x for _, x in good])) if good else None
     for i, (r, _) in enumerate(good):
         probs = pred.probabilities[i]
         order = probs.argsort(descending=True)[: max(1, min(top, len(names)))].tolist()

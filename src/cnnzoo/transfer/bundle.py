@@ -6,8 +6,10 @@
 `load_bundle(DIR)` rebuilds the network from the JSON, checks that every tensor of the
 .safetensors file fits it (a JSON that does not match its weights is one `WeightsError`), and
 returns a `Bundle` whose `.predict(images)` gives class names and probabilities. Prediction
-repeats exactly what validation did: the same decoding and resizing (`ImageSpec`), the same
-normalisation, and the mean of the class probabilities over the same views (test-time flip).
+repeats exactly what validation did: the same decoding and resizing (`ImageSpec`, the bundle's
+`fit`, for every kind of image, a ready (N, C, H, W) batch included), the same normalisation,
+and the mean of the class probabilities over the same views (test-time flip). A bundle.json
+that was edited into something `Bundle` cannot use is one `WeightsError` line naming the field.
 
 A bundle is written into a temporary sibling folder and renamed into place, so a reader (or a
 crash) never sees half a bundle.
@@ -16,20 +18,21 @@ crash) never sees half a bundle.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, get_args
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from ..data.images import ImageSpec, convert_image, to_tensor_uint8
+from ..data.images import ImageSpec, Interpolation, convert_image, to_tensor_uint8
 from ..errors import WeightsError
 from ..paths import usual_permissions
 from ..weights import Preprocessing
@@ -39,6 +42,10 @@ from .features import MAX_VIEWS, forward_pre_logits, inference_dtype, model_inpu
 FORMAT = "cnnzoo-bundle-1"
 WEIGHTS_FILE = "model.safetensors"
 JSON_FILE = "bundle.json"
+# How images are brought to the input size (`input_spec`): the weights' resize + centre crop, or
+# the whole image squashed.
+FITS = ("crop", "resize")
+HEAD_KINDS = ("linear", "mlp")
 
 
 class Predictions(NamedTuple):
@@ -144,8 +151,10 @@ class Bundle:
     def predict(self, images: Sequence[Any] | Any, *, batch_size: int = 32) -> Predictions:
         """Class names and probabilities for images: a list of image files, PIL images, uint8
         (C, H, W) tensors or uint8 (H, W[, C]) arrays; one (N, C, H, W) uint8 batch at any
-        size; or a single image of any of these kinds (then one row). An empty list gives
-        empty predictions."""
+        size; or a single image of any of these kinds (then one row). Every image is decoded
+        and sized as a file would be (`load_images`), except the images of a batch for a
+        'resize' bundle, which are squashed as a run's in-memory images were. An empty list
+        gives empty predictions."""
         # One image, not a sequence to iterate: a path would otherwise be taken apart into its
         # characters, a (C, H, W) tensor into its channels, an (H, W, C) array into its rows.
         if isinstance(images, np.ndarray) and images.ndim == 4:  # (N, H, W, C): its images
@@ -160,12 +169,26 @@ class Bundle:
                 hint = ": use images.permute(0, 3, 1, 2)" if images.shape[-1] in (1, 3, 4) else ""
                 raise ValueError(f"expected a uint8 batch (N, C, H, W), not {images.dtype} "
                                  f"{tuple(images.shape)}{hint}")  # fmt: skip
-            # Another channel count than the bundle's (grey images for an RGB bundle): each
-            # image is converted as a file would be.
-            batch = images if images.shape[1] == self.spec.channels else \
-                self.load_images(list(images))
-        else:
-            batch = self.load_images(list(images))
+            if self.fit == "resize" and images.shape[1] == self.spec.channels:
+                # Squashed whole by the model's input step, as the in-memory images of a run
+                # (built-in sets) were in training: the benchmark's test batches take this path.
+                return self._predict(images, batch_size)
+        # A 'crop' bundle's batch, squashed straight to the input size, lost the centre crop its
+        # files get, and the same picture got another answer: sized as a file would be.
+        return self.predict_loaded(self.load_images(list(images)), batch_size=batch_size)
+
+    def predict_loaded(self, batch: Tensor, *, batch_size: int = 32) -> Predictions:
+        """`predict` for images already decoded and sized by `load_images`: a uint8 batch
+        (N, C, crop_size, crop_size). (`predict` would size them once more: a 'crop' bundle
+        would crop their centre again.)"""
+        size = self.preprocessing.crop_size
+        if batch.dtype != torch.uint8 or tuple(batch.shape[1:]) != (self.spec.channels, size, size):
+            raise ValueError(f"expected a uint8 batch (N, {self.spec.channels}, {size}, {size}) "
+                             f"from load_images, not {batch.dtype} {tuple(batch.shape)}: "
+                             "pass other images to predict")  # fmt: skip
+        return self._predict(batch, batch_size)
+
+    def _predict(self, batch: Tensor, batch_size: int) -> Predictions:
         self.model.eval()
         if len(batch) == 0:
             return Predictions([], torch.zeros(0, len(self.class_names)), list(self.class_names))
@@ -250,7 +273,10 @@ def build_model(name: str, num_classes: int, in_chans: int, head: dict[str, Any]
     from ..models.taps import StageTaps
     from .heads import MLPHead, install_head
 
-    model = create_model(name, num_classes=num_classes, in_chans=in_chans, **(model_kwargs or {}))
+    # The bundle's own class count and channels win: bundles written before `transfer` kept
+    # them out of model_kwargs hold in_chans there too, and create_model got it twice.
+    kwargs = {**(model_kwargs or {}), "num_classes": num_classes, "in_chans": in_chans}
+    model = create_model(name, **kwargs)
     head = head or {"kind": "linear"}
     if head.get("stages"):
         try:
@@ -260,9 +286,86 @@ def build_model(name: str, num_classes: int, in_chans: int, head: dict[str, Any]
     if head.get("kind") == "mlp":
         install_head(model, MLPHead(model.num_features, num_classes, int(head["hidden"]),
                                     float(head.get("dropout", 0.0))))  # fmt: skip
-    elif head.get("kind") != "linear":
-        raise WeightsError(f"unknown head kind {head.get('kind')!r} in the bundle's JSON")
     return model
+
+
+def is_whole(value: Any, low: int = 1) -> bool:
+    """An int (not a bool) >= low: what a count or size in a JSON file or a config must be."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _numbers(value: Any, n: int) -> bool:
+    return isinstance(value, list) and len(value) == n and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value)
+
+
+def check_description(meta: Any, path: Path) -> None:
+    """A bundle.json that `Bundle` can use, or one `WeightsError` line naming the file and the
+    first field that is wrong. A hand-edited or damaged description otherwise crashed with a
+    traceback deep in decoding, or loaded and predicted nan (std 0) or wrong names (duplicate
+    class names, or a string taken apart into letters)."""
+
+    def bad(problem: str) -> WeightsError:
+        return WeightsError(f"{path}: {problem} (fix that field, or run cnnzoo transfer again)")
+
+    if not isinstance(meta, dict):
+        raise WeightsError(f"{path} must hold a JSON object, not a {type(meta).__name__}: write "
+                           "the bundle again with cnnzoo transfer")  # fmt: skip
+    if meta.get("format") != FORMAT:
+        raise WeightsError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    if not isinstance(meta.get("model"), str):
+        raise bad(f"model must be a zoo model name, not {meta.get('model')!r}")
+    names = meta.get("class_names")
+    if not (isinstance(names, list) and len(names) >= 2
+            and all(isinstance(c, str) and c for c in names)):  # fmt: skip
+        raise bad("class_names must be a list of 2 or more class names")
+    twice = [c for i, c in enumerate(names) if c in names[:i]]
+    if twice:
+        raise bad(f"class_names lists {twice[0]!r} twice")
+    pre = meta.get("preprocessing")
+    if not isinstance(pre, dict):
+        raise bad("preprocessing must be an object (crop_size, resize_size, mean, std, ...)")
+    for key in ("crop_size", "resize_size"):
+        if not is_whole(pre.get(key)):
+            raise bad(f"preprocessing.{key} must be a whole number >= 1, not {pre.get(key)!r}")
+    interpolations = get_args(Interpolation)
+    if pre.get("interpolation", "bilinear") not in interpolations:
+        raise bad(f"preprocessing.interpolation must be one of {', '.join(interpolations)}, "
+                  f"not {pre.get('interpolation')!r}")  # fmt: skip
+    mean = pre.get("mean")
+    channels = pre.get("channels", len(mean) if isinstance(mean, list) else None)
+    if not is_whole(channels):
+        raise bad(f"preprocessing.channels must be a whole number >= 1, not {channels!r}")
+    for key in ("mean", "std"):
+        if not _numbers(pre.get(key), channels):
+            raise bad(f"preprocessing.{key} must be {channels} number{'s' * (channels > 1)}, "
+                      f"one per channel, not {pre.get(key)!r}")  # fmt: skip
+    if not all(v > 0 for v in pre["std"]):
+        raise bad(f"preprocessing.std must be > 0 (it divides), not {pre['std']!r}")
+    if meta.get("fit", "crop") not in FITS:
+        raise bad(f"fit must be {' or '.join(map(repr, FITS))}, not {meta.get('fit')!r}")
+    if not (is_whole(meta.get("views", 1)) and meta.get("views", 1) <= MAX_VIEWS):
+        raise bad(f"views must be a whole number from 1 to {MAX_VIEWS}, not {meta.get('views')!r}")
+    head = meta.get("head")
+    if head is not None:
+        if not isinstance(head, dict) or head.get("kind") not in HEAD_KINDS:
+            raise bad(f"head must be an object whose kind is {' or '.join(HEAD_KINDS)}, not "
+                      f"{head!r}")  # fmt: skip
+        if head["kind"] == "mlp" and not is_whole(head.get("hidden")):
+            raise bad(f"head.hidden (an mlp head's width) must be a whole number >= 1, not "
+                      f"{head.get('hidden')!r}")  # fmt: skip
+        if not (_numbers([head.get("dropout", 0.0)], 1) and 0 <= head.get("dropout", 0.0) < 1):
+            raise bad(f"head.dropout must be a number in [0, 1), not {head.get('dropout')!r}")
+    for key in ("model_kwargs", "metrics", "data"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise bad(f"{key} must be an object, not {meta[key]!r}")
+    # Redundant with class_names and the preprocessing, which build the net: a JSON edited in
+    # one place and not the other would otherwise load and predict without a word.
+    for key, want, what in (("num_classes", len(names), "class_names lists {} classes"),
+                            ("in_chans", channels, "preprocessing has {} channels")):  # fmt: skip
+        if key in meta and meta[key] != want:
+            raise WeightsError(f"{path} does not match itself: {key} is {meta[key]!r} but its "
+                               f"{what.format(want)}; fix the one that was edited")  # fmt: skip
 
 
 def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
@@ -276,26 +379,12 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
                            "(the bundle/ folder `cnnzoo transfer` writes)")  # fmt: skip
     try:
         meta = json.loads((d / JSON_FILE).read_text())
-        if meta.get("format") != FORMAT:
-            raise WeightsError(f"{d / JSON_FILE}: format {meta.get('format')!r}, expected {FORMAT!r}")
-        names = [str(c) for c in meta["class_names"]]
-        pre = Preprocessing.from_dict(meta["preprocessing"])
-        views = int(meta.get("views", 1))
-        if not 1 <= views <= MAX_VIEWS or len(names) < 2:
-            raise ValueError("views or class_names out of range")
-        # Redundant with class_names and the preprocessing, which build the net: a JSON edited
-        # in one place and not the other would otherwise load and predict without a word.
-        for key, want, what in (("num_classes", len(names), "class_names lists {} classes"),
-                                ("in_chans", pre.channels, "preprocessing has {} channels")):  # fmt: skip
-            if key in meta and meta[key] != want:
-                raise WeightsError(f"{d / JSON_FILE} does not match itself: {key} is "
-                                   f"{meta[key]!r} but its {what.format(want)}; fix the one "
-                                   "that was edited")  # fmt: skip
-    except WeightsError:
-        raise
-    except (ValueError, KeyError, TypeError) as exc:
+    except ValueError as exc:  # not JSON, or not text
         raise WeightsError(f"{d / JSON_FILE} is not a valid bundle description "
                            f"({type(exc).__name__}: {exc})") from None  # fmt: skip
+    check_description(meta, d / JSON_FILE)
+    names = list(meta["class_names"])
+    pre = Preprocessing.from_dict(meta["preprocessing"])
     try:
         state = load_file(str(d / WEIGHTS_FILE))
     except (SafetensorError, OSError) as exc:
@@ -318,6 +407,6 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
     model.eval()
     known = {"format", "model", "class_names", "num_classes", "in_chans", "preprocessing", "fit",
              "views", "head", "metrics"}  # fmt: skip
-    return Bundle(model, meta["model"], names, pre, str(meta.get("fit", "crop")), views,
+    return Bundle(model, meta["model"], names, pre, meta.get("fit", "crop"), meta.get("views", 1),
                   meta.get("head"), meta.get("metrics"),
                   {k: v for k, v in meta.items() if k not in known}, d)  # fmt: skip

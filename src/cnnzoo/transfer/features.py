@@ -65,7 +65,13 @@ def inference_dtype(precision: str = "auto") -> str:
 
 
 def model_input(images: Tensor, pre: Preprocessing, view_index: int = 0) -> Tensor:
-    """uint8 (N, C, H, W) at any size -> the normalised input at the weights' crop size."""
+    """uint8 (N, C, H, W) -> the normalised input at the weights' crop size, view `view_index`.
+
+    Images decoded for the run (`bundle.input_spec`: files, `Bundle.load_images`) are at that
+    size already and pass as they are. Others (built-in sets and in-memory images, kept at their
+    own size so that Fashion-MNIST does not take 9 GB at 224 px) are squashed whole -- fit
+    'resize', which `transfer` records for them. A 'crop' bundle's pictures must go through
+    `Bundle.load_images` first, or they lose the centre crop their files get."""
     x = images.float().div_(255)
     size = pre.crop_size
     if tuple(x.shape[-2:]) != (size, size):

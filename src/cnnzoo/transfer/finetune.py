@@ -61,6 +61,8 @@ class FinetuneConfig:
     # per class, lr_decay 0.7, 0.645 / 0.719 with the best-loss epoch restored, 0.691 / 0.769
     # with the final weights.
     patience: int | None = None
+    # batch_size, precision, seed and progress: `transfer` sets them from its TransferConfig
+    # (one value for the whole run; `run.SHARED_FIELDS`).
     batch_size: int = 32  # capped at a quarter of the training images (at least 8)
     augment: str = "flip-crop"  # see data.augment.default_augmentation
     label_smoothing: float = 0.1
@@ -163,6 +165,10 @@ def _engine_config(cfg: FinetuneConfig, epochs: int, lr: float, patience: int | 
     )  # fmt: skip
 
 
+def _epochs(n: int) -> str:
+    return f"{n} epoch" if n == 1 else f"{n} epochs"
+
+
 def finetune(
     model: nn.Module,
     splits: Splits,
@@ -183,7 +189,7 @@ def finetune(
     out = Path(out_dir) if out_dir is not None else None
     head_result = full_result = None
     if cfg.head_epochs > 0:
-        say(f"fine-tune 1/2: the new head alone for {cfg.head_epochs} epochs "
+        say(f"fine-tune 1/2: the new head alone for {_epochs(cfg.head_epochs)} "
             "(backbone and BatchNorm statistics frozen)")  # fmt: skip
         freeze_backbone(model, True)
         config = _engine_config(cfg, cfg.head_epochs, cfg.lr * 3, None)
@@ -194,7 +200,7 @@ def finetune(
     if cfg.epochs > 0:
         bn = "frozen" if cfg.freeze_bn else "updating"
         epochs = phase_epochs(cfg, len(splits.train))
-        say(f"fine-tune 2/2: the whole network for up to {epochs} epochs, layer-wise lr "
+        say(f"fine-tune 2/2: the whole network for up to {_epochs(epochs)}, layer-wise lr "
             f"{cfg.lr:g} (head) down to {cfg.lr * cfg.lr_decay ** cfg.groups:.2g}, BatchNorm "
             f"statistics {bn}")  # fmt: skip
         freeze_backbone(model, False)

@@ -24,6 +24,8 @@ from torch import Tensor, nn
 
 # L2 strengths tried by cross-validation (on the mean cross-entropy of standardised features).
 L2_GRID = tuple(10.0 ** e for e in (-4.0, -3.5, -3.0, -2.5, -2.0, -1.5, -1.0, -0.5, 0.0))
+# The L2 used when some class has too few images (< 2) to cross-validate: mid-grid.
+FALLBACK_L2 = 1e-2
 
 
 @dataclass
@@ -126,7 +128,7 @@ def fit_logistic(
     """Logistic regression on features (N, views, D); `l2=None` tunes it by cross-validation.
 
     The number of folds is capped by the smallest class (each fold must hold every class once
-    at least); with fewer than 2 images in some class the middle of the grid (1e-2) is used.
+    at least); with fewer than 2 images in some class `FALLBACK_L2` is used and `cv` is empty.
     """
     with single_thread():
         return _fit_logistic(feats, labels, num_classes, l2=l2, folds=folds, seed=seed)
@@ -140,7 +142,7 @@ def _fit_logistic(feats: Tensor, labels: Tensor, num_classes: int, *, l2: float 
         smallest = int(torch.bincount(labels, minlength=num_classes).min())
         k = min(folds, smallest)
         if k < 2:
-            l2 = 1e-2
+            l2 = FALLBACK_L2
         else:
             parts = _folds(labels, k, seed)
             prepared = []

@@ -68,6 +68,8 @@ def plot_top_losses(images: Tensor, probs: Tensor, labels: Tensor, class_names: 
 
 
 PHASES = {"head": "new head alone", "full": "whole network"}
+# What `write_report` writes into a run's folder (curves.png only with something to plot).
+REPORT_FILES = ("confusion.png", "curves.png", "top_losses.png", "per_class.csv", "metrics.json")
 
 
 def curve_metrics(history: list[dict[str, Any]], num_classes: int) -> list[str]:
@@ -86,8 +88,10 @@ def plot_finetune_curves(history: list[dict[str, Any]], path: Path, num_classes:
     title = None
     if starts:
         bounds = [0, *starts, len(phases)]
-        names = ", then ".join(f"{PHASES.get(phases[a], phases[a])} (epochs {a + 1}-{b})"
-                               for a, b in zip(bounds, bounds[1:], strict=False))  # fmt: skip
+        names = ", then ".join(
+            f"{PHASES.get(phases[a], phases[a])} "
+            f"({f'epoch {b}' if b == a + 1 else f'epochs {a + 1}-{b}'})"
+            for a, b in zip(bounds, bounds[1:], strict=False))  # fmt: skip
         title = f"fine-tuning: {names}"
     return plot_curves(history, path, metrics=curve_metrics(history, num_classes),
                        epochs=list(range(1, len(history) + 1)),
