@@ -859,3 +859,12 @@ def test_a_damaged_bundle_json_is_one_line_naming_the_field(features_run, folder
     img = str(next(folder.rglob("*.png")))
     assert main(["predict", img, "--bundle", str(bad)]) == 2
     assert field in _one_line_error(capsys)
+
+
+def test_the_run_folder_given_for_its_bundle_says_where_the_bundle_is(features_run, tmp_path):
+    _, out = features_run
+    with pytest.raises(WeightsError, match=f"{out} is the folder of a transfer run: its bundle "
+                                           f"is {out / 'bundle'}"):  # fmt: skip
+        load_bundle(out)
+    with pytest.raises(WeightsError, match="is not a bundle: it needs bundle.json"):
+        load_bundle(tmp_path)

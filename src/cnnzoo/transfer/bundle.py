@@ -375,6 +375,9 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
 
     d = Path(directory)
     if not (d / JSON_FILE).is_file() or not (d / WEIGHTS_FILE).is_file():
+        if (d / "bundle" / JSON_FILE).is_file():  # the run's folder, given for its bundle
+            raise WeightsError(f"{d} is the folder of a transfer run: its bundle is "
+                               f"{d / 'bundle'}")  # fmt: skip
         raise WeightsError(f"{d} is not a bundle: it needs {JSON_FILE} and {WEIGHTS_FILE} "
                            "(the bundle/ folder `cnnzoo transfer` writes)")  # fmt: skip
     try:
