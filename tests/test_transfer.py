@@ -868,3 +868,23 @@ def test_the_run_folder_given_for_its_bundle_says_where_the_bundle_is(features_r
         load_bundle(out)
     with pytest.raises(WeightsError, match="is not a bundle: it needs bundle.json"):
         load_bundle(tmp_path)
+
+
+def test_resuming_fine_tuning_on_other_data_is_refused(folder, tmp_path):
+    """As `cnnzoo train --resume` does: the checkpoint records its data set and input size."""
+    import shutil
+
+    from cnnzoo.errors import TrainingError
+
+    out = tmp_path / "run"
+    transfer(folder, model="resnet18", weights=None, out=out, config=_tiny_config(mode="finetune"),
+             say=lambda _: None)  # fmt: skip
+    meta = torch.load(out / "finetune" / "full" / "last.pt", weights_only=True)["meta"]
+    assert meta["dataset"] == str(folder.resolve()) and meta["img_size"] == 32
+    other = tmp_path / "other"
+    shutil.copytree(folder, other)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(TrainingError, match=f"was trained on {folder.resolve()}, not "):
+        transfer(other, model="resnet18", weights=None, out=out, resume=True,
+                 config=_tiny_config(mode="finetune"), say=lambda _: None)  # fmt: skip
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # all kept

@@ -271,14 +271,12 @@ def check_out(out: str | os.PathLike[str], data: Any, *, resume: bool, overwrite
                          "fine-tuning, or another --out")  # fmt: skip
 
 
-def _clear_run(out_dir: Path, *, keep: tuple[str, ...] = ()) -> None:
-    """Remove what an earlier run wrote into `out_dir` (but `keep`), just before this run
-    writes: a features run into the folder of a fine-tuning run left its curves.png and
+def _clear_run(out_dir: Path, names: tuple[str, ...] = RUN_FILES) -> None:
+    """Remove what an earlier run wrote into `out_dir` (of `names`), just before this run
+    writes there: a features run into the folder of a fine-tuning run left its curves.png and
     finetune/ checkpoints next to the new bundle."""
-    for name in RUN_FILES:
+    for name in names:
         path = out_dir / name
-        if name in keep:
-            continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
@@ -398,8 +396,8 @@ def transfer(
         if cfg.mode == "both" and cfg.keep_best:  # fine-tuning changes the shared backbone
             features_net = copy.deepcopy(net)
 
-    if out_dir is not None:  # this run writes from here on: fine-tuning's checkpoints, or the bundle
-        _clear_run(out_dir, keep=("finetune",) if resume else ())
+    if out_dir is not None and not resume:  # the old run's checkpoints, before ours are written
+        _clear_run(out_dir, ("finetune",))
     history: list[dict[str, Any]] = []
     if cfg.mode in ("finetune", "both"):
         if isinstance(net, StageTaps):  # fine-tuning trains the model with its own head
@@ -409,7 +407,9 @@ def transfer(
         t = time.perf_counter()
         ft = dataclasses.replace(cfg.finetune, **{n: getattr(cfg, n) for n in SHARED_FIELDS})
         meta = {"model": model, "num_classes": k, "class_names": splits.class_names,
-                "preprocessing": pre.to_dict(), "transfer": True}  # fmt: skip
+                "preprocessing": pre.to_dict(), "img_size": pre.crop_size, "transfer": True}
+        if isinstance(data, str | os.PathLike):  # a resume on other data is refused, as in train
+            meta["dataset"] = str(Path(data).resolve() if Path(data).exists() else data)
         head_res, full_res = finetune(
             net, splits, pre, ft, out_dir=out_dir / "finetune" if out_dir else None, meta=meta,
             resume=resume, say=say)  # fmt: skip
@@ -465,6 +465,9 @@ def transfer(
                     summary, extra)
     if out_dir is not None:
         t = time.perf_counter()
+        # The old run's bundle and report go only now: a fine-tuning that fails (a resume on
+        # other data, a NaN) leaves them as they were.
+        _clear_run(out_dir, tuple(n for n in RUN_FILES if n != "finetune"))
         path = bundle.save(out_dir / "bundle")
         cv = fit.cv if fit is not None else None
         lines = write_report(out_dir, images=splits.val.images, probs=final_probs, labels=labels,
