@@ -71,6 +71,9 @@ def test_data_export_bad_destinations_and_classes(tmp_path, capsys):
     assert main(["data", "export", "cells", str(tmp_path / "c"), "--classes", "cell"]) == 2
     assert "leave out --classes" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+    # The names training takes work here too: any case, aliases.
+    assert main(["data", "export", "Digits", str(tmp_path / "d"), "--per-class", "1"]) == 0
+    assert "wrote 10 digits train images" in capsys.readouterr().out
 
 
 def test_segment_outputs_never_overwrite_each_other():

@@ -214,6 +214,12 @@ _ALIASES = {
 }
 
 
+def builtin_key(name: str) -> str:
+    """A built-in set's own name for `name` as users write it: any case, Fashion-MNIST's
+    aliases ('Digits' -> 'digits', 'fmnist' -> 'fashion-mnist'); other names lower-cased."""
+    return _ALIASES.get(name.lower(), name.lower())
+
+
 def load_dataset(
     source: str | os.PathLike[str],
     spec: ImageSpec | None = None,
@@ -236,7 +242,7 @@ def load_dataset(
     if not name.strip():  # Path("") is the current folder, which is not what an empty name meant
         raise DataError(f"the data source is empty: give an image folder, a .csv manifest or "
                         f"one of {', '.join(BUILTIN_DATASETS)}")  # fmt: skip
-    key = _ALIASES.get(name.lower(), name.lower())
+    key = builtin_key(name)
     if key in BUILTIN_DATASETS and not Path(name).exists():
         return BUILTIN_DATASETS[key](spec or ImageSpec(channels=1), val_fraction, seed)
     path = Path(source)

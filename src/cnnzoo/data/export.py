@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from ..paths import check_folder
-from .builtin import load_digits, load_fashion_mnist
+from .builtin import builtin_key, load_digits, load_fashion_mnist
 from .dataset import ImageDataset
 from .folder import write_image_folder
 
@@ -69,7 +69,7 @@ def export_dataset(
     name: str, dest: str | os.PathLike[str], options: ExportOptions | None = None
 ) -> str:
     """Export the built-in data set `name` into the folder `dest`; returns a summary line."""
-    entry = EXPORTERS.get(name)
+    entry = EXPORTERS.get(builtin_key(name))  # the names training takes: 'Digits', 'fmnist'
     if entry is None:
         raise DataError(f"no built-in data set {name!r}: choose one of {', '.join(EXPORTERS)}")
     check_folder(dest, "output folder")
