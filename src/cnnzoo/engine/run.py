@@ -63,11 +63,15 @@ def default_image_size(source: str, model_cfg: Any, min_size: int | None = None)
     return model_cfg.input_size[1]
 
 
-def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 images in [0, 1] units, in chunks (no float copy)."""
+def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images in [0, 1] units, in chunks (no float copy of
+    the whole set)."""
+    from ..data.dataset import CHUNK_BYTES
+
     c = images.shape[1]
     s = torch.zeros(c, dtype=torch.float64)
     s2 = torch.zeros(c, dtype=torch.float64)
+    chunk = max(1, CHUNK_BYTES // (8 * images[0].numel())) if len(images) else 1
     for part in images.split(chunk):
         x = part.double().div_(255)
         s += x.sum((0, 2, 3))
