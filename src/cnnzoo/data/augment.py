@@ -337,6 +337,7 @@ class RandomErasing:
 
 
 AUGMENTATIONS = ("none", "flip-crop", "crop", "photo")
+FLIPPING = ("flip-crop", "photo")  # the ones that mirror images: test-time flips fit their nets
 
 
 def default_augmentation(

@@ -10,6 +10,7 @@ preprocessing instead and builds its own loaders).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.augment import FLIPPING
 from ..data.loader import BatchLoader
 from ..errors import DataError, UsageError, WeightsError
 from ..paths import same_source
@@ -131,6 +133,12 @@ def load_splits(
     return splits, size, channels
 
 
+def augment_kind(opts: DataOptions) -> str:
+    """The training augmentation: the one asked for, else pad-crop, plus flips unless the data
+    are digits (a mirrored digit is another symbol or none)."""
+    return opts.augment or ("crop" if str(opts.source).lower() == "digits" else "flip-crop")
+
+
 def make_loaders(
     splits: Any, size: int, opts: DataOptions, *, seed: int, mean: list[float],
     std: list[float], dist: DistContext | None = None,
@@ -138,7 +146,7 @@ def make_loaders(
     from ..data.augment import ProgressiveResize, default_augmentation
 
     shard = (dist or DistContext()).shard
-    kind = opts.augment or ("crop" if str(opts.source).lower() == "digits" else "flip-crop")
+    kind = augment_kind(opts)
     transform = default_augmentation(kind, size, erase=opts.erase)
     if opts.progressive is not None:
         small, epochs = opts.progressive
@@ -239,6 +247,9 @@ def train_classifier(
                       val_fraction=data.val_fraction, seed=config.seed)
     # How many images each part had: a resumed run warns when the folder (or --cells) changed.
     meta["images"] = {"train": len(splits.train), "val": len(splits.val)}
+    meta["augment"] = augment_kind(data)  # `evaluate --tta` says when the net never saw flips
+    if config.tta and meta["augment"] not in FLIPPING:
+        say(tta_note(meta["augment"]))
     task = ClassificationTask(splits.num_classes, label_smoothing=label_smoothing,
                               class_names=splits.class_names)
     trainer = Trainer(model, task, train, val, config, out_dir=out_dir, meta=meta, dist=dist)
@@ -403,8 +414,15 @@ def evaluate_checkpoint(
     if "precision" in ckpt:  # the run's own (bf16 or fp32): its validation numbers, repeated
         trainer.precision = Precision(**{**ckpt["precision"], "source": "checkpoint"})
         model.to(memory_format=trainer.precision.memory_format)
+    if tta and meta.get("augment", "flip-crop") not in FLIPPING:
+        logging.getLogger("cnnzoo.engine").warning(tta_note(meta["augment"]))
     acc = trainer.evaluate(loader, tta=tta)
     return acc.compute(), acc, names
+
+
+def tta_note(augment: str) -> str:
+    return (f"note: --tta averages over mirrored images, but the net trained without flips "
+            f"(augmentation {augment}): its TTA accuracy may be lower, not higher")
 
 
 def out_dir_for(model_name: str, out: str | None) -> Path:
