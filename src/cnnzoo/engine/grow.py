@@ -190,8 +190,11 @@ def grow_from(
     report.unused = [k for k in source_state if k not in used
                      and not k.endswith("num_batches_tracked")]
     if not report.copied:
-        raise WeightsError("no tensor of the source checkpoint fits this model: grow within one "
-                           "family (e.g. vgg11 -> vgg13) with the same number of classes")
+        source = f" ({source_name})" if source_name else ""
+        raise WeightsError(f"no layer of the source checkpoint{source} fits this model: growth "
+                           "copies layers of equal shape between nets of one design (vgg11 -> "
+                           "vgg13, resnet20 -> resnet32; not the CIFAR resnet20 -> the ImageNet "
+                           "resnet18)")  # fmt: skip
     return report
 
 
