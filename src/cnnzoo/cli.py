@@ -7,6 +7,7 @@ import argparse
 import importlib
 import os
 import sys
+import typing
 
 from .errors import CnnzooError
 
@@ -24,10 +25,18 @@ COMMANDS: dict[str, str] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line and a pointer to --help: the full usage of `train`
+    ran to 25 lines above the one that said what was wrong."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cnnzoo",
         description="Landmark CNNs, pretrained weights and transfer learning on a CPU.",
     )
