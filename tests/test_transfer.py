@@ -378,6 +378,7 @@ def test_conflicting_transfer_options_are_one_line(argv, message, tmp_path, caps
     (dict(l2=0.0), False, r"l2 \(--l2\) must be a number > 0"),
     (dict(batch_size=0), False, r"batch_size \(--batch-size\) must be a whole number >= 1"),
     (dict(img_size=0), False, r"img_size \(--img-size\) must be a whole number >= 1"),
+    (dict(img_size=8), False, r"img_size \(--img-size\) 8: resnet18 takes inputs of at least"),
     (dict(views=5), False, r"views \(--views\) must be a whole number from 1 to 4"),
     (dict(fit="squash"), False, r"fit \(--fit\) must be one of crop, resize"),
     (dict(stages="4,5"), False, r"stages \(--stages\) must be 'auto', None or stage numbers"),

@@ -316,6 +316,13 @@ def transfer(
         check_out(out, data, resume=resume, overwrite=overwrite)
     if cfg.use_cache and cfg.mode != "finetune":
         check_folder(cfg.cache_dir or feature_cache_dir(), "feature cache")
+    if cfg.img_size is not None:  # in the option's words, before the weights load
+        from ..models import min_input_size
+
+        smallest = min_input_size(model, **(model_kwargs or {}))
+        if cfg.img_size < smallest:
+            raise UsageError(f"img_size (--img-size) {cfg.img_size}: {model} takes inputs of at "
+                             f"least {smallest} px")  # fmt: skip
     timings: dict[str, float] = {}
     t = time.perf_counter()
     # Seeded before anything random: the new heads (and a random backbone) are initialised from
