@@ -4,6 +4,8 @@ way costs nothing first), their permissions, and whether two data sources are on
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from .errors import UsageError
@@ -24,6 +26,17 @@ def check_folder(path: str | os.PathLike[str], what: str) -> None:
             if not os.access(part, os.W_OK | os.X_OK):
                 raise UsageError(f"{what} {p}: {part} is not writable: choose another folder")
             return
+
+
+def remove_entries(folder: Path, names: Sequence[str]) -> None:
+    """Delete `folder / name` for each of `names` that exists, in that order: files, links
+    (not what they point to) and whole folders. What a run replacing another clears."""
+    for name in names:
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
 
 
 def usual_permissions(path: str | os.PathLike[str]) -> None:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import TrainingError
-from ..paths import check_folder, same_source
+from ..paths import check_folder, remove_entries, same_source
 from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from .distributed import DistContext, all_reduce_sum, broadcast_flag, unwrap_model, wrap_model
 from .logs import MetricsLog
@@ -582,14 +582,7 @@ def clear_run(out_dir: Path) -> None:
     """Remove the files of the run a new one replaces, so none of its metrics, TensorBoard
     events or figures mix with the new run's. last.pt goes first: a kill before the new one is
     written leaves no checkpoint to resume into the half-replaced folder."""
-    import shutil
-
-    for name in RUN_FILES:
-        p = out_dir / name
-        if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p)
-        elif p.exists() or p.is_symlink():
-            p.unlink()
+    remove_entries(out_dir, RUN_FILES)
 
 
 TTA_MODES = ("flip", "flip-shift")

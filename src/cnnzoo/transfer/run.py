@@ -27,7 +27,6 @@ import copy
 import dataclasses
 import math
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ from torch import Tensor, nn
 from ..data.dataset import Splits
 from ..errors import DataError, UsageError
 from ..models.taps import StageTaps, check_stages
-from ..paths import check_folder
+from ..paths import check_folder, remove_entries
 from ..weights import Preprocessing
 from .bundle import FITS, HEAD_KINDS, Bundle, input_spec, is_whole, predict_tensor
 from .features import (
@@ -271,18 +270,6 @@ def check_out(out: str | os.PathLike[str], data: Any, *, resume: bool, overwrite
                          "fine-tuning, or another --out")  # fmt: skip
 
 
-def _clear_run(out_dir: Path, names: tuple[str, ...] = RUN_FILES) -> None:
-    """Remove what an earlier run wrote into `out_dir` (of `names`), just before this run
-    writes there: a features run into the folder of a fine-tuning run left its curves.png and
-    finetune/ checkpoints next to the new bundle."""
-    for name in names:
-        path = out_dir / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-
-
 def _stage_metrics(probs: Tensor, labels: Tensor) -> dict[str, float]:
     loss = torch.nn.functional.nll_loss(probs.clamp_min(1e-12).log(), labels)
     return {"val_acc": float((probs.argmax(1) == labels).double().mean()),
@@ -403,8 +390,10 @@ def transfer(
         if cfg.mode == "both" and cfg.keep_best:  # fine-tuning changes the shared backbone
             features_net = copy.deepcopy(net)
 
+    # What an earlier run wrote goes just before this run writes the same kind of thing (a
+    # features run into a fine-tuning run's folder left its curves.png and finetune/ there).
     if out_dir is not None and not resume:  # the old run's checkpoints, before ours are written
-        _clear_run(out_dir, ("finetune",))
+        remove_entries(out_dir, ("finetune",))
     history: list[dict[str, Any]] = []
     if cfg.mode in ("finetune", "both"):
         if isinstance(net, StageTaps):  # fine-tuning trains the model with its own head
@@ -474,7 +463,7 @@ def transfer(
         t = time.perf_counter()
         # The old run's bundle and report go only now: a fine-tuning that fails (a resume on
         # other data, a NaN) leaves them as they were.
-        _clear_run(out_dir, tuple(n for n in RUN_FILES if n != "finetune"))
+        remove_entries(out_dir, [n for n in RUN_FILES if n != "finetune"])
         path = bundle.save(out_dir / "bundle")
         cv = fit.cv if fit is not None else None
         lines = write_report(out_dir, images=splits.val.images, probs=final_probs, labels=labels,
