@@ -445,6 +445,12 @@ def test_csv_header_names_the_columns_in_any_order(tmp_path, caplog):
     write("path,split", lambda p, c, sp: f"{p},{sp}")
     with pytest.raises(DataError, match="no label column"):
         load_csv(manifest, progress=False)
+    write("split,path", lambda p, c, sp: f"{sp},{p}")  # in any order: still a header
+    with pytest.raises(DataError, match="no label column"):
+        load_csv(manifest, progress=False)
+    write("label,split", lambda p, c, sp: f"{c},{sp}")
+    with pytest.raises(DataError, match="no path column"):
+        load_csv(manifest, progress=False)
     # A data row is not a header because a cell reads 'class' or 'image': a label 'class' and
     # files without an extension.
     for i in range(4):
@@ -462,6 +468,7 @@ def test_csv_header_names_the_columns_in_any_order(tmp_path, caplog):
     assert any("line 10: expected `split,path,label`" in m for m in caplog.messages)
     assert f"skipped {manifest}: 5 rows with split 'holdout' (lines 11, 12, 13, ...): the split " \
         "is train, val or test" in caplog.messages
+    assert "skipped 6 of 14 images (each named above, with why)" in caplog.messages  # rows
     # Only the validation rows unreadable: the error names that part.
     write("split,path,label", lambda p, c, sp: f"{sp},{p},{c}" if sp == "train" else
           f"{sp},gone{p},{c}")  # fmt: skip

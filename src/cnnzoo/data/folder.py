@@ -212,11 +212,12 @@ def _build(
     return ImageDataset(images, labels, class_names, [p for _, _, p in good])
 
 
-def _report(skipped: list[str], ignored: list[Path], total: int) -> None:
+def _report(skipped: list[str], ignored: list[Path], total: int, grouped: int = 0) -> None:
     for message in skipped:
         log.warning("skipped %s", message)
     if skipped:
-        log.warning("skipped %d of %d images (each named above, with why)", len(skipped), total)
+        log.warning("skipped %d of %d images (each named above, with why)",
+                    len(skipped) + grouped, total)  # fmt: skip
     if ignored:
         names = ", ".join(p.name for p in ignored[:3]) + (", ..." if len(ignored) > 3 else "")
         log.warning(
@@ -285,10 +286,14 @@ def _build_parts(
     *,
     workers: int,
     progress: bool,
+    grouped: int = 0,
 ) -> dict[str, ImageDataset]:
     """`_build` each part that has items, then report the skipped files -- also when a part
-    cannot be used, since that error ("... (see warnings)") points at the skip lines."""
-    total = len(skipped) + sum(len(v) for v in items.values())  # skipped: malformed CSV rows
+    cannot be used, since that error ("... (see warnings)") points at the skip lines.
+    grouped: skipped CSV rows beyond one per line of `skipped` (one line names all the rows of
+    an unknown split value)."""
+    # skipped holds malformed CSV rows too: they count among the images.
+    total = len(skipped) + grouped + sum(len(v) for v in items.values())
     datasets: dict[str, ImageDataset] = {}
     try:
         for part, part_items in items.items():
@@ -305,7 +310,7 @@ def _build_parts(
                     require_all_classes=part == "train",
                 )
     finally:
-        _report(skipped, ignored, total)
+        _report(skipped, ignored, total, grouped)
     return datasets
 
 
@@ -367,13 +372,15 @@ def _header_columns(row: list[str], manifest: Path) -> dict[str, int] | None:
         columns[role] = i
     if "path" in columns and "label" in columns:
         return columns
-    if names and _COLUMN_NAMES.get(names[0]) == "path" and len(names) > 1:
-        if "label" not in columns and 1 in columns.values():
-            raise DataError(
-                f"{manifest}: the header has no label column: name the columns path (or file, "
-                "filename, image), label (or class) and optionally split"
-            )
-        return {**columns, "label": columns.get("label", 1)}
+    first_is_path = bool(names) and _COLUMN_NAMES.get(names[0]) == "path" and len(names) > 1
+    if first_is_path and "label" not in columns and 1 not in columns.values():
+        return {**columns, "label": 1}  # the older layout: path, then the label under any name
+    if first_is_path or len(columns) > 1:  # a header (split,path) that lacks a column
+        missing = "label" if "path" in columns else "path"
+        raise DataError(
+            f"{manifest}: the header has no {missing} column: name the columns path (or file, "
+            "filename, image), label (or class) and optionally split"
+        )
     return None
 
 
@@ -435,8 +442,9 @@ def load_csv(
         skipped.append(f"{manifest}: {len(lines)} row{'s' if len(lines) > 1 else ''} with split "
                        f"{value!r} (line{'s' if len(lines) > 1 else ''} {shown}): the split is "
                        "train, val or test")  # fmt: skip
-    if not entries:
-        _report(skipped, [], len(skipped))  # the malformed lines say why no row was taken
+    grouped = sum(len(lines) - 1 for lines in unknown_splits.values())
+    if not entries:  # the malformed lines say why no row was taken
+        _report(skipped, [], len(skipped) + grouped, grouped)
         raise DataError(f"{manifest} lists no images: write one `path,label` row per image")
     class_names = _class_order({label for _, label, split in entries if split == "train"})
     if len(class_names) < min_classes:
@@ -456,7 +464,7 @@ def load_csv(
              for part in parts}  # fmt: skip
     datasets = _build_parts(
         items, class_names, spec, dict.fromkeys(parts, manifest), skipped, [],
-        workers=workers, progress=progress,
+        workers=workers, progress=progress, grouped=grouped,
     )  # fmt: skip
     return _assemble(datasets, skipped, val_fraction, seed)
 
