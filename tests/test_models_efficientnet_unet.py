@@ -284,3 +284,15 @@ def test_unet_encoder_protocol_with_a_zoo_classifier():
         assert model(torch.randn(1, 3, 65, 97)).shape == (1, 4, 65, 97)
     with pytest.raises(ValueError, match="padding='same'"):
         UNet(encoder=encoder, padding="valid")
+
+
+def test_unet_min_input_size_is_what_the_net_takes():
+    """The registry's rule (used to size data before a net is built) agrees with the net."""
+    from cnnzoo.models import min_input_size
+    from cnnzoo.models.unet import ENCODERS
+
+    cases = [{}, {"padding": "same"}] + [{"padding": "same", "encoder_name": e} for e in ENCODERS]
+    for kwargs in cases:
+        net = create_model("unet", base_width=4, **kwargs)
+        assert min_input_size("unet", **kwargs) == net.min_size == net.default_cfg.min_size
+    assert [min_input_size("unet", **k) for k in cases[:2]] == [188, 16]

@@ -159,8 +159,9 @@ def run(args: argparse.Namespace) -> int:
     steps.start(3, f"Transfer learning: frozen {MODEL} features + a new head, then fine-tuning")
     # Two runs, so that step 5 can score both bundles: the second repeats the features step
     # (from the cache) before it fine-tunes.
-    _say(f"= cnnzoo transfer {data} --mode features --fit resize --out {out / 'features'}")
-    _say(f"  cnnzoo transfer {data} --fit resize --epochs {args.epochs} --min-steps "
+    size = f" --img-size {args.img_size}" if args.img_size != 224 else ""  # Lite0's own: 224
+    _say(f"= cnnzoo transfer {data} --mode features --fit resize{size} --out {out / 'features'}")
+    _say(f"  cnnzoo transfer {data} --fit resize{size} --epochs {args.epochs} --min-steps "
          f"{args.min_steps} --out {out / 'transfer'}")  # fmt: skip
     base = dict(img_size=args.img_size, fit="resize", progress=args.progress)
     # Half of `cnnzoo transfer`'s 90 steps, so that the demo ends within a few minutes. With

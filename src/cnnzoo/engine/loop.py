@@ -250,8 +250,9 @@ class Trainer:
                 self._say(f"the run stopped early after epoch {start} of {cfg.epochs} ({monitor} "
                           f"best at epoch {best_epoch}): nothing left to train")
             elif start >= cfg.epochs:
-                self._say(f"the run has trained {start} epochs (--epochs {cfg.epochs}): nothing "
-                          "left to train")
+                # Not "--epochs": transfer's head phase counts --head-epochs.
+                self._say(f"the run has trained {start} epochs and {cfg.epochs} are asked for: "
+                          "nothing left to train")
             else:
                 self._say(f"resuming after epoch {start} of {cfg.epochs}")
 

@@ -407,4 +407,9 @@ register_model(
         notes="padding='valid' (572 -> 388) or 'same'; legal valid sizes 188 + 16k",
     ),
     unet,
+    # As UNet.min_size: 'same' padding takes 16 px (32 with a stride-32 classifier encoder; the
+    # VGG encoder's deepest map has stride 16).
+    min_size=lambda *, padding="valid", encoder_name=None, **_: (
+        valid_input_size(1) if padding == "valid"
+        else 32 if encoder_name and not encoder_name.startswith("vgg") else SAME_MIN_SIZE),
 )
