@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             img = np.array(load_image(path, 1 if channels == 1 else 3))
         except ImageError as exc:
-            print(f"cnnzoo segment: {exc}", file=sys.stderr)
+            print(f"cnnzoo segment: error: {exc}", file=sys.stderr)  # as predict says it
             failed += 1
             continue
         chw = torch.from_numpy(img[None] if img.ndim == 2 else img.transpose(2, 0, 1).copy())
