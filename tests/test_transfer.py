@@ -889,3 +889,15 @@ def test_resuming_fine_tuning_on_other_data_is_refused(folder, tmp_path):
         transfer(other, model="resnet18", weights=None, out=out, resume=True,
                  config=_tiny_config(mode="finetune"), say=lambda _: None)  # fmt: skip
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # all kept
+
+
+def test_a_googlenet_file_without_aux_heads_is_a_backbone(folder, tmp_path):
+    """torchvision's usual fine-tuned GoogLeNet (aux_logits=False): the backbone is built like
+    the file, as predict and convert build it, instead of failing on 14 missing aux keys."""
+    src = create_model("googlenet", aux_logits=False, num_classes=7)
+    torch.save(src.state_dict(), tmp_path / "g.pth")
+    res = transfer(folder, model="googlenet", weights=str(tmp_path / "g.pth"), out=None,
+                   config=_tiny_config(mode="features"), say=lambda _: None)  # fmt: skip
+    net = res.bundle.model
+    assert not any(n.startswith("aux") for n, _ in net.named_children())
+    assert torch.equal(net.conv1.conv.weight, src.conv1.conv.weight)  # loaded, not random

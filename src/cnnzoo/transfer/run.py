@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import os
 import sys
@@ -120,14 +121,20 @@ def load_backbone(name: str, weights: Any, *, img_size: int | None = None,
     """The zoo model with `weights` loaded (None: random init), the preprocessing those weights
     expect (resized to `img_size` if given) and a fingerprint of the weights for the cache."""
     from ..models import create_model
-    from ..weights import load_weights
+    from ..weights import create_pretrained
+    from ..weights.files import stored_metadata
 
-    model = create_model(name, **(model_kwargs or {}))
     if weights is None:
+        model = create_model(name, **(model_kwargs or {}))
         pre = Preprocessing.for_model(model)
         wid = "random"
     else:
-        info = load_weights(model, weights, name=name)
+        # Built like its checkpoint, as predict and convert build it: a GoogLeNet file without
+        # auxiliary heads, the options a `cnnzoo convert` output records (a narrow VGG).
+        stored = stored_metadata(weights) if isinstance(weights, str | os.PathLike) else {}
+        kwargs = {**json.loads(stored.get("model_kwargs", "{}")), **(model_kwargs or {})}
+        model = create_pretrained(name, weights, **kwargs)
+        info = model.weights_info
         pre = info.preprocessing
         wid = weights_fingerprint(info.source)  # the file a named tag resolved to, or the path
     if img_size is not None and img_size != pre.crop_size:
