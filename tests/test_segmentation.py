@@ -338,6 +338,27 @@ def test_255_is_class_one_only_when_every_mask_is_0_255(tmp_path):
     assert [np.unique(m).tolist() for m in pairs.masks] == [[0, 255], [0, 255], [0, 1, 2, 3]]
 
 
+def test_a_val_folder_reads_255_as_its_training_folder_does(tmp_path):
+    # Training masks 0/1 with ignored (255) pixels; one val mask holds only 0 and 255.
+    m = np.zeros((16, 20), np.uint8)
+    m[4:8, 4:8], m[0] = 1, 255
+    for root, stems in ((tmp_path, ["a", "b"]), (tmp_path / "val", ["v"])):
+        (root / "images").mkdir(parents=True)
+        (root / "masks").mkdir()
+        for stem in stems:
+            _png(root / "images" / f"{stem}.png", np.full((16, 20), 100, np.uint8))
+            _png(root / "masks" / f"{stem}.png", m if root == tmp_path else (m == 255).astype(np.uint8) * 255)
+    splits = load_segmentation(tmp_path)
+    assert np.unique(splits.val.masks).tolist() == [0, 255]  # ignored, not class 1
+    # A 0/255 training folder: 255 is class 1 in val/ too, whose 1 stays 1.
+    for stem in ("a", "b"):
+        _png(tmp_path / "masks" / f"{stem}.png", (m == 1).astype(np.uint8) * 255)
+    _png(tmp_path / "val" / "masks" / "v.png", m)
+    splits = load_segmentation(tmp_path)
+    assert np.unique(splits.train.masks).tolist() == [0, 1]
+    assert np.unique(splits.val.masks).tolist() == [0, 1]
+
+
 def test_jpeg_masks_are_skipped_and_all_jpeg_is_one_line(tmp_path):
     m = _pair_folder(tmp_path / "d", ["a", "b"])
     (tmp_path / "d" / "masks" / "b.png").unlink()

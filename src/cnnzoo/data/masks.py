@@ -59,6 +59,7 @@ class MaskPairs:
     names: list[str]
     classes: list[str]
     skipped: list[str] = field(default_factory=list)
+    binary_255: bool = False  # the masks' 255 was read as class 1 (a 0/255 two-class set)
 
     @property
     def num_classes(self) -> int:
@@ -241,6 +242,7 @@ def load_mask_pairs(
     *,
     classes: Sequence[str] | None = None,
     report: Callable[[str], None] | None = _stderr,
+    binary_255: bool | None = None,
 ) -> MaskPairs:
     """Load pairs from a folder (`images/` + `masks/`) or a CSV manifest (a `.csv` path).
 
@@ -248,6 +250,8 @@ def load_mask_pairs(
         folder if present, else '0', '1', ... up to the largest index found.
     report: called with one line per skipped pair (kept in `MaskPairs.skipped` too) and per
         note (pairs without an instance file, rare inferred classes); None: silent.
+    binary_255: whether 255 is class 1 (True) or ignored (False); None: decided from these
+        masks (module docstring). A `val/` folder takes its training folder's decision.
     """
     source = Path(source)
     if source.suffix.lower() == ".csv":
@@ -318,10 +322,11 @@ def load_mask_pairs(
         raise DataError(f"no usable image/mask pairs in {source}: see the messages above.")
     # 0/255 masks are two classes only when every mask is 0/255: one mask of a multi-class set
     # that holds just background and ignored pixels must not turn its ignored pixels into class 1.
-    if (classes is None or len(classes) == 2) and all(
-        set(np.unique(m).tolist()) <= {0, IGNORE_INDEX} for m in masks
-    ):
-        masks = [(m == IGNORE_INDEX).astype(np.uint8) for m in masks]
+    if binary_255 is None:
+        binary_255 = (classes is None or len(classes) == 2) and all(
+            set(np.unique(m).tolist()) <= {0, IGNORE_INDEX} for m in masks)
+    if binary_255:
+        masks = [np.where(m == IGNORE_INDEX, 1, m).astype(np.uint8) for m in masks]
     insts = [foreground_components(m) if have_instances and inst is None else inst
              for m, inst in zip(masks, insts, strict=True)]  # as for a set without any
     notes: list[str] = []
@@ -368,4 +373,5 @@ def load_mask_pairs(
         names=names,
         classes=classes,
         skipped=problems,
+        binary_255=binary_255,
     )

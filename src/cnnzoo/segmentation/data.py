@@ -263,7 +263,8 @@ def load_segmentation(
     pairs = load_mask_pairs(source, classes=classes)
     val_dir = source / "val" if source.is_dir() else None
     if val_dir is not None and (val_dir / "images").is_dir():
-        val_pairs = load_mask_pairs(val_dir, classes=pairs.classes)
+        # The training folder's reading of 255 (class 1 or ignore), whatever val/'s masks hold.
+        val_pairs = load_mask_pairs(val_dir, classes=pairs.classes, binary_255=pairs.binary_255)
         train_idx, val_idx = list(range(len(pairs))), None
     else:
         val_pairs = None
