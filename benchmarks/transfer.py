@@ -60,6 +60,7 @@ from cnnzoo.engine.run import channel_stats  # noqa: E402
 from cnnzoo.engine.task import ClassificationTask  # noqa: E402
 from cnnzoo.models import create_model  # noqa: E402
 from cnnzoo.transfer import FinetuneConfig, TransferConfig, transfer  # noqa: E402
+from cnnzoo.transfer.bundle import predict_tensor  # noqa: E402
 from cnnzoo.transfer.features import cached_features  # noqa: E402
 from cnnzoo.transfer.heads import head_probabilities  # noqa: E402
 from cnnzoo.transfer.run import resolve_stages  # noqa: E402
@@ -222,8 +223,12 @@ def run_row(set_name: str, n: int, seed: int, args: argparse.Namespace, cache: s
                        config=TransferConfig(mode="both", keep_best=False, finetune=ft, **base),
                        say=lambda _: None)  # fmt: skip
         row["t_finetune"] = time.perf_counter() - t0
-        pred = res.bundle.predict(test.with_channels(3).images)
-        row["finetune"] = float((pred.probabilities.argmax(1) == test.labels).double().mean())
+        # As the run validated its in-memory images (squashed per batch by `model_input`), not
+        # as files (`Bundle.predict` sizes every picture as a file, with PIL).
+        b = res.bundle
+        probs = predict_tensor(b.model, test.with_channels(3).images, b.preprocessing,
+                               views=b.views)  # fmt: skip
+        row["finetune"] = float((probs.argmax(1) == test.labels).double().mean())
         row["kept"] = res.metrics["kept_by_val"]
         row["epochs_run"] = sum(1 for r in res.history if r.get("phase") == "full")
     return row

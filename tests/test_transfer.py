@@ -760,6 +760,10 @@ def test_a_batch_is_sized_as_its_files_are(tmp_path):
                           from_file.expand(2, -1), atol=1e-6)  # fmt: skip
     with pytest.raises(ValueError, match="from load_images"):
         bundle.predict_loaded(batch)  # not sized yet
+    # A 'resize' bundle too: the batch is squashed as its file is, with PIL.
+    bundle.fit = "resize"
+    assert torch.equal(bundle.predict(batch).probabilities, bundle.predict(path).probabilities)
+    assert torch.equal(bundle.predict(batch).probabilities, wrong)
 
 
 def test_a_builtin_sets_bundle_records_the_fit_it_was_trained_with(tmp_path):

@@ -151,10 +151,9 @@ class Bundle:
     def predict(self, images: Sequence[Any] | Any, *, batch_size: int = 32) -> Predictions:
         """Class names and probabilities for images: a list of image files, PIL images, uint8
         (C, H, W) tensors or uint8 (H, W[, C]) arrays; one (N, C, H, W) uint8 batch at any
-        size; or a single image of any of these kinds (then one row). Every image is decoded
-        and sized as a file would be (`load_images`), except the images of a batch for a
-        'resize' bundle, which are squashed as a run's in-memory images were. An empty list
-        gives empty predictions."""
+        size; or a single image of any of these kinds (then one row). Every image, those of a
+        batch included, is decoded and sized as a file would be (`load_images`): the same
+        picture gets one answer whatever its form. An empty list gives empty predictions."""
         # One image, not a sequence to iterate: a path would otherwise be taken apart into its
         # characters, a (C, H, W) tensor into its channels, an (H, W, C) array into its rows.
         if isinstance(images, np.ndarray) and images.ndim == 4:  # (N, H, W, C): its images
@@ -169,10 +168,6 @@ class Bundle:
                 hint = ": use images.permute(0, 3, 1, 2)" if images.shape[-1] in (1, 3, 4) else ""
                 raise ValueError(f"expected a uint8 batch (N, C, H, W), not {images.dtype} "
                                  f"{tuple(images.shape)}{hint}")  # fmt: skip
-            if self.fit == "resize" and images.shape[1] == self.spec.channels:
-                # Squashed whole by the model's input step, as the in-memory images of a run
-                # (built-in sets) were in training: the benchmark's test batches take this path.
-                return self._predict(images, batch_size)
         # A 'crop' bundle's batch, squashed straight to the input size, lost the centre crop its
         # files get, and the same picture got another answer: sized as a file would be.
         return self.predict_loaded(self.load_images(list(images)), batch_size=batch_size)
