@@ -386,6 +386,11 @@ def test_conflicting_transfer_options_are_one_line(argv, message, tmp_path, caps
     (dict(cache_dir="c", use_cache=False), False, r"\(--cache DIR\) and use_cache=False"),
     (dict(batch_size=8, finetune=FinetuneConfig(batch_size=16)), False,
      r"FinetuneConfig\(batch_size=16\) disagrees with the run's batch_size=8"),
+    (dict(finetune=FinetuneConfig(epochs=-1)), False, r"FinetuneConfig.epochs \(--epochs\) must"),
+    (dict(finetune=FinetuneConfig(head_epochs=-2)), False, r"head_epochs \(--head-epochs\)"),
+    (dict(finetune=FinetuneConfig(groups=0)), False, r"FinetuneConfig.groups must be a whole"),
+    (dict(finetune=FinetuneConfig(lr=-1.0)), False, r"FinetuneConfig.lr \(--lr\) must be"),
+    (dict(finetune=FinetuneConfig(lr_decay=0.0)), False, r"lr_decay \(--lr-decay\) must lie"),
 ])  # fmt: skip
 def test_the_library_refuses_what_the_command_line_refuses(settings, resume, message, tmp_path):
     """One place checks the settings, `transfer` itself, before anything is read (the data

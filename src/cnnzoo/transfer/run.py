@@ -249,6 +249,18 @@ def check_config(cfg: TransferConfig, *, resume: bool = False) -> None:
     if cfg.cache_dir is not None and not cfg.use_cache:
         raise UsageError("cache_dir (--cache DIR) and use_cache=False (--no-cache) contradict "
                          "each other: drop one")  # fmt: skip
+    ft = cfg.finetune  # the command line's types refuse these; the library says the same
+    for name, option, low in (("epochs", "--epochs", 1), ("head_epochs", "--head-epochs", 0),
+                              ("min_steps", "--min-steps", 0), ("groups", None, 1)):  # fmt: skip
+        if not is_whole(getattr(ft, name), low):
+            where = f" ({option})" if option else ""
+            raise UsageError(f"FinetuneConfig.{name}{where} must be a whole number >= {low}, "
+                             f"not {getattr(ft, name)!r}")  # fmt: skip
+    if not (isinstance(ft.lr, int | float) and math.isfinite(ft.lr) and ft.lr > 0):
+        raise UsageError(f"FinetuneConfig.lr (--lr) must be a number > 0, not {ft.lr!r}")
+    if not (isinstance(ft.lr_decay, int | float) and 0 < ft.lr_decay <= 1):
+        raise UsageError(f"FinetuneConfig.lr_decay (--lr-decay) must lie in (0, 1], not "
+                         f"{ft.lr_decay!r}")  # fmt: skip
     default = FinetuneConfig()
     for name in SHARED_FIELDS:  # a FinetuneConfig value that would be replaced is a mistake
         mine, run_wide = getattr(cfg.finetune, name), getattr(cfg, name)
