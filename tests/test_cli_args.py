@@ -196,3 +196,14 @@ def test_tta_on_a_net_trained_without_flips_says_so(tmp_path, capsys, caplog):
     caplog.clear()
     assert main(["evaluate", str(out / "last.pt")]) == 0
     assert not any(note in m for m in caplog.messages)
+
+
+def test_same_source_ignores_case_for_built_in_names_only(tmp_path, monkeypatch):
+    from cnnzoo.paths import same_source
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "digfold").mkdir()
+    (tmp_path / "DIGFOLD").mkdir()  # another folder (on a case-sensitive file system)
+    assert same_source("Fashion-MNIST", "fashion-mnist")
+    assert same_source("digfold", str(tmp_path / "digfold") + "/")
+    assert not same_source("digfold", "DIGFOLD") or (tmp_path / "digfold").samefile("DIGFOLD")

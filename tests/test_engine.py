@@ -295,8 +295,8 @@ def test_resume_refuses_another_model_data_or_options_and_warns_of_another_loss(
         ({"model": "wide"}, "is tiny, not wide: resume it as `cnnzoo train tiny ... --resume`"),
         ({"model_kwargs": {"width": 8}}, "was trained with other model options (width=4, not "
                                          "width=8): resume with the checkpoint's options"),
-        ({"dataset": "fashion-mnist"}, "was trained on digits, not fashion-mnist: resume with "
-                                       "--data digits"),
+        ({"dataset": "fashion-mnist"}, "was trained on digits, not fashion-mnist: resume on "
+                                       "digits"),
         ({"class_names": ["a", "b", "d"]}, "was trained on the classes a, b, c, and the data "
                                            "now has a, b, d: resume with the data it was "
                                            "trained on"),

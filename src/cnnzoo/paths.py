@@ -52,7 +52,7 @@ def same_source(a: object, b: object) -> bool:
     """Two data sources are one: equal names (built-ins in any case: 'Fashion-MNIST') or the
     same existing file or folder however written (relative, absolute, a trailing slash)."""
     a, b = str(a), str(b)
-    if a.lower() == b.lower():
-        return True
     pa, pb = Path(a), Path(b)
-    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+    if pa.exists() or pb.exists():  # folders digfold and DIGFOLD are two data sets
+        return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+    return a.lower() == b.lower()

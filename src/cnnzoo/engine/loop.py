@@ -533,8 +533,8 @@ def resume_conflict(old: dict[str, Any], new: dict[str, Any], old_task: str | No
             return (f"was trained with other model options ({diff[0]}, not {diff[1]}): resume "
                     "with the checkpoint's options")
     if "dataset" in old and "dataset" in new and not same_source(old["dataset"], new["dataset"]):
-        return (f"was trained on {old['dataset']}, not {new['dataset']}: resume with --data "
-                f"{old['dataset']}")
+        # Not "--data": transfer takes its data as an argument.
+        return f"was trained on {old['dataset']}, not {new['dataset']}: resume on {old['dataset']}"
     if "class_names" in old and "class_names" in new and \
             list(old["class_names"]) != list(new["class_names"]):
         return (f"was trained on the classes {', '.join(map(str, old['class_names']))}, and "
