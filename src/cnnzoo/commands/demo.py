@@ -138,6 +138,12 @@ def run(args: argparse.Namespace) -> int:
     sets = {"train": pool.select(torch.cat(parts["train"])),
             "val": pool.select(torch.cat(parts["val"])), "test": test}  # fmt: skip
     for part, ds in sets.items():
+        # An earlier demo with another --per-class left images of other numbers there, which
+        # would join the parts (and leak validation images into training): they go first.
+        for cls in CLASSES:
+            for old in (data / part / cls).glob("*.png"):
+                if old.stem.isdigit():  # the names write_image_folder gives, nothing else
+                    old.unlink()
         write_image_folder(ds, data / part, exist_ok=True)
     _say(f"{data}/train/<class>/*.png  {args.per_class} per class: "
          f"{', '.join(CLASSES)} (28x28 grey)")  # fmt: skip
