@@ -165,6 +165,10 @@ def test_train_refusals_before_any_work(tmp_path, monkeypatch, capsys):
         err = capsys.readouterr().err.strip()
         assert expect in err and "\n" not in err, err
     assert not (tmp_path / "run").exists()
+    # convert too: the checkpoint's head says its classes (a given count dropped the head).
+    assert main(["convert", "a.pth", "b.safetensors", "--model", "resnet18", "--model-arg",
+                 "num_classes=7"]) == 2
+    assert "num_classes: set by the checkpoint itself" in capsys.readouterr().err
 
 
 def test_an_interrupted_training_run_says_how_to_continue(tmp_path, monkeypatch, capsys):

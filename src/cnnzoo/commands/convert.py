@@ -20,11 +20,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
-    from ..errors import WeightsError
+    from ..errors import UsageError, WeightsError
     from ..weights import convert_file
 
     if not args.output.endswith(".safetensors"):
         raise WeightsError(f"{args.output}: the output must end in .safetensors")
+    taken = sorted({"num_classes", "in_chans"} & {k for k, _ in args.model_arg})
+    if taken:  # the file's head and first conv say them; a given one dropped the trained head
+        raise UsageError(f"{', '.join(taken)}: set by the checkpoint itself, not by --model-arg")
     if _convert_training_checkpoint(args):
         return 0
     log = logging.getLogger("cnnzoo.weights")

@@ -251,7 +251,8 @@ class Trainer:
                           f"best at epoch {best_epoch}): nothing left to train")
             elif start >= cfg.epochs:
                 # Not "--epochs": transfer's head phase counts --head-epochs.
-                self._say(f"the run has trained {start} epochs and {cfg.epochs} are asked for: "
+                self._say(f"the run has trained {start} epoch{'s' * (start != 1)} and "
+                          f"{cfg.epochs} {'is' if cfg.epochs == 1 else 'are'} asked for: "
                           "nothing left to train")
             else:
                 self._say(f"resuming after epoch {start} of {cfg.epochs}")
