@@ -211,3 +211,18 @@ def test_same_source_ignores_case_for_built_in_names_only(tmp_path, monkeypatch)
     assert same_source("Fashion-MNIST", "fashion-mnist")
     assert same_source("digfold", str(tmp_path / "digfold") + "/")
     assert not same_source("digfold", "DIGFOLD") or (tmp_path / "digfold").samefile("DIGFOLD")
+
+
+def test_resume_names_every_changed_setting(tmp_path, capsys):
+    """A smaller --batch-size rewinds the one-cycle schedule (more steps per epoch): it, the
+    warm-up, label smoothing and the augmentation used to change without a word."""
+    base = ["train", "lenet5", "--data", "digits", "--no-progress", "--no-tensorboard",
+            "--out", str(tmp_path)]
+    assert main([*base, "--epochs", "1"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--epochs", "2", "--resume", "--batch-size", "64", "--warmup-epochs",
+                 "1", "--label-smoothing", "0", "--augment", "none"]) == 0
+    warning = next(ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln)
+    for change in ("warmup_epochs (was 0.0, now 1.0)", "batch_size (was 128, now 64)",
+                   "augment (was crop, now none)", "label_smoothing (was 0.1, now 0.0)"):
+        assert change in warning, warning

@@ -472,8 +472,11 @@ class Trainer:
 # Changes that a resumed run survives but that make it differ from an uninterrupted one: the
 # config's, and the meta's (segmentation's loss; the input size, the validation split and the
 # number of images, which a folder given more images or another --cells changes).
-RESUME_WARN_CONFIG = ("epochs", "lr", "schedule", "weight_decay", "momentum", "nesterov", "seed",
-                      "mixup", "cutmix", "patience")
+RESUME_WARN_CONFIG = ("epochs", "lr", "schedule", "warmup_epochs", "weight_decay", "momentum",
+                      "nesterov", "grad_clip", "seed", "mixup", "cutmix", "patience")
+# batch_size too: another one changes the steps per epoch, so the schedule's step lands elsewhere.
+RESUME_WARN_META = ("loss", "img_size", "val_fraction", "images", "batch_size", "augment",
+                    "label_smoothing")
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, scheduler: StepSchedule,
@@ -492,7 +495,6 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, scheduler: StepSchedule,
                                    scheduler.lr_lambdas, strict=True):  # fmt: skip
         group["lr"] = base * factor(scheduler.last_epoch)
     scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]  # what get_last_lr() reports
-RESUME_WARN_META = ("loss", "img_size", "val_fraction", "images")
 
 
 def _plain(value: Any) -> str:

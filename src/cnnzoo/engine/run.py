@@ -248,6 +248,7 @@ def train_classifier(
     # How many images each part had: a resumed run warns when the folder (or --cells) changed.
     meta["images"] = {"train": len(splits.train), "val": len(splits.val)}
     meta["augment"] = augment_kind(data)  # `evaluate --tta` says when the net never saw flips
+    meta["batch_size"], meta["label_smoothing"] = data.batch_size, label_smoothing
     if config.tta and meta["augment"] not in FLIPPING:
         say(tta_note(meta["augment"]))
     task = ClassificationTask(splits.num_classes, label_smoothing=label_smoothing,
