@@ -226,3 +226,5 @@ def test_resume_names_every_changed_setting(tmp_path, capsys):
     for change in ("warmup_epochs (was 0.0, now 1.0)", "batch_size (was 128, now 64)",
                    "augment (was crop, now none)", "label_smoothing (was 0.1, now 0.0)"):
         assert change in warning, warning
+    # --freeze-bn changes nothing for a net without BatchNorm: its resume is not refused.
+    assert main([*base, "--epochs", "3", "--resume", "--freeze-bn"]) == 0

@@ -347,7 +347,10 @@ class Trainer:
         old = ckpt["config"]
         # The optimizer's state (momentum, Adam's moments) is per parameter group: another
         # optimizer, or BatchNorm's weights joining or leaving the groups, cannot continue it.
-        for k in ("optimizer", "freeze_bn"):
+        # (freeze_bn only moves parameters when the net has BatchNorm layers to freeze.)
+        kinds = ("optimizer", "freeze_bn") if batchnorm_params(unwrap_model(self.model)) \
+            else ("optimizer",)
+        for k in kinds:
             if old.get(k, getattr(TrainConfig, k)) != getattr(self.config, k):
                 raise TrainingError(
                     f"the checkpoint in {self._resume_where(resume)} was trained with {k}="
