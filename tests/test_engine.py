@@ -1148,3 +1148,19 @@ def test_mixing_is_refused_for_segmentation_and_parsed_from_the_command_line(cap
     with pytest.raises(SystemExit):
         build_parser().parse_args(["transfer", "x", "--mixup", "-1"])
     assert "--mixup: must be an alpha >= 0 (0: off), e.g. 0.4, not '-1'" in capsys.readouterr().err
+
+
+def test_built_in_names_in_any_spelling_are_the_built_in_sets(tmp_path, monkeypatch):
+    """Sizing and augmentation read a data source's name as load_dataset does: 'FMNIST' was
+    taken for a folder (224 px for a VGG, 60,000 images resized in memory), and a folder named
+    'digits' for the built-in set."""
+    from cnnzoo.engine.run import DataOptions, augment_kind, default_image_size
+    from cnnzoo.models import get_config
+
+    cfg = get_config("vgg13_bn")
+    assert default_image_size("FMNIST", cfg, 8) == default_image_size("fashion-mnist", cfg, 8) == 28
+    assert augment_kind(DataOptions("Digits")) == "crop"  # no flips for digits
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "digits").mkdir()  # now 'digits' is that folder, as load_dataset reads it
+    assert augment_kind(DataOptions("digits")) == "flip-crop"
+    assert default_image_size("digits", cfg) == 224

@@ -220,6 +220,13 @@ def builtin_key(name: str) -> str:
     return _ALIASES.get(name.lower(), name.lower())
 
 
+def builtin_name(source: str | os.PathLike[str]) -> str | None:
+    """The built-in set `source` names ('FMNIST' -> 'fashion-mnist'), or None: a file or folder
+    of that name wins, as `load_dataset` reads it."""
+    key = builtin_key(str(source))
+    return key if key in BUILTIN_DATASETS and not Path(str(source)).exists() else None
+
+
 def load_dataset(
     source: str | os.PathLike[str],
     spec: ImageSpec | None = None,
@@ -242,8 +249,8 @@ def load_dataset(
     if not name.strip():  # Path("") is the current folder, which is not what an empty name meant
         raise DataError(f"the data source is empty: give an image folder, a .csv manifest or "
                         f"one of {', '.join(BUILTIN_DATASETS)}")  # fmt: skip
-    key = builtin_key(name)
-    if key in BUILTIN_DATASETS and not Path(name).exists():
+    key = builtin_name(name)
+    if key is not None:
         return BUILTIN_DATASETS[key](spec or ImageSpec(channels=1), val_fraction, seed)
     path = Path(source)
     if path.is_dir():

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..data.augment import FLIPPING
+from ..data.builtin import builtin_name
 from ..data.loader import BatchLoader
 from ..errors import DataError, UsageError, WeightsError
 from ..paths import same_source
@@ -57,8 +58,8 @@ def default_image_size(source: str, model_cfg: Any, min_size: int | None = None)
     ImageNet nets). min_size: the minimum of the model as built (default `model_cfg.min_size`),
     e.g. 8 for `vgg13_bn` with `stages=3`, which therefore trains on Fashion-MNIST at its
     native 28 px."""
-    name = str(source).lower()
-    native = BUILTIN_NATIVE_SIZE.get(name)
+    name = builtin_name(source)
+    native = BUILTIN_NATIVE_SIZE.get(name) if name else None
     if native is not None:
         return max(native, BUILTIN_MIN_TRAIN_SIZE.get(name, 0),
                    model_cfg.min_size if min_size is None else min_size)
@@ -115,7 +116,7 @@ def load_splits(
     cfg = get_config(model_name)
     size = opts.img_size or default_image_size(
         opts.source, cfg, min_input_size(model_name, **(model_kwargs or {})))
-    is_builtin = str(opts.source).lower() in BUILTIN_NATIVE_SIZE
+    is_builtin = builtin_name(opts.source) is not None
     channels = opts.channels or (1 if is_builtin else cfg.input_size[0])
     # Folders hold images of any size, so they are brought to `size` while decoding; built-ins
     # are resized once in memory when that is small, else per batch (see `resize_in_memory`).
@@ -136,7 +137,7 @@ def load_splits(
 def augment_kind(opts: DataOptions) -> str:
     """The training augmentation: the one asked for, else pad-crop, plus flips unless the data
     are digits (a mirrored digit is another symbol or none)."""
-    return opts.augment or ("crop" if str(opts.source).lower() == "digits" else "flip-crop")
+    return opts.augment or ("crop" if builtin_name(opts.source) == "digits" else "flip-crop")
 
 
 def make_loaders(
@@ -171,7 +172,7 @@ def model_meta(model_name: str, model: nn.Module, *, num_classes: int, in_chans:
     """What a checkpoint needs to rebuild and feed the model, and to find its validation split
     again (primitives only). Folders are stored as absolute paths."""
     where = Path(dataset)
-    if str(dataset).lower() not in BUILTIN_NATIVE_SIZE and where.exists():
+    if where.exists():  # a folder or CSV (also one named like a built-in): stored absolute
         dataset = str(where.resolve())
     meta = {"model": model_name, "num_classes": num_classes, "in_chans": in_chans,
             "img_size": img_size, "mean": mean, "std": std, "class_names": class_names,
@@ -349,7 +350,7 @@ def evaluation_images(
     from ..data.dataset import ImageDataset
     from ..data.images import ImageSpec
 
-    is_builtin = src.lower() in BUILTIN_NATIVE_SIZE
+    is_builtin = builtin_name(src) is not None
     if split is None:
         split = "val" if is_builtin or same_source(src, trained_on) else "all"
     if split not in ("val", "test", "all"):

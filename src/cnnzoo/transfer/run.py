@@ -159,15 +159,14 @@ def _load_data(data: Any, pre: Preprocessing, cfg: TransferConfig) -> tuple[Spli
     """The splits, with the model's channels, and the fit their images got: `cfg.fit` for image
     files (decoded at the input size by `input_spec`) and for in-memory images already at that
     size; 'resize' for the others, which `model_input` squashes per batch."""
-    from ..data.builtin import load_dataset
+    from ..data.builtin import builtin_name, load_dataset
     from ..data.images import ImageSpec
 
     if isinstance(data, Splits):
         splits = data
         builtin = False
     else:
-        # Not a file or folder: a built-in name (any of its aliases), or load_dataset's error.
-        builtin = not Path(str(data)).exists()
+        builtin = builtin_name(data) is not None  # any spelling: 'fmnist', 'Digits'
         # Built-in sets stay at their native size in memory (Fashion-MNIST at 224 px would take
         # 9 GB) and are resized per batch; image files are decoded at the input size directly.
         spec = ImageSpec(channels=pre.channels) if builtin else input_spec(pre, cfg.fit)
