@@ -910,3 +910,22 @@ def test_a_googlenet_file_without_aux_heads_is_a_backbone(folder, tmp_path):
     net = res.bundle.model
     assert not any(n.startswith("aux") for n, _ in net.named_children())
     assert torch.equal(net.conv1.conv.weight, src.conv1.conv.weight)  # loaded, not random
+
+
+def test_report_draws_class_names_with_dollars_and_emoji_as_text(tmp_path):
+    """'$100 to $200' is a price range, not maths: matplotlib's mathtext parser failed on it
+    after the bundle was written, leaving a run without its report. A glyph the font lacks is
+    drawn as a box without a warning per character and figure."""
+    import warnings
+
+    from cnnzoo.transfer.report import write_report
+
+    names = ["under_$100", "$100_to_$200", "rocket 🚀"]
+    labels = torch.tensor([0, 1, 2, 0])
+    probs = torch.tensor([[0.1, 0.8, 0.1], [0.2, 0.7, 0.1], [0.6, 0.2, 0.2], [0.9, 0.05, 0.05]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        said = write_report(tmp_path, images=torch.rand(4, 1, 8, 8), probs=probs, labels=labels,
+                            class_names=names, history=None, cv=None, metrics={"acc": 0.25})
+    assert all((tmp_path / f).stat().st_size > 0 for f in ("confusion.png", "top_losses.png"))
+    assert any("$100_to_$200" in line for line in said)  # the per-class table

@@ -6,14 +6,19 @@ the learning curves; their own figures (segmentation contours) belong to their h
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from .task import ClassificationAccumulator, Task
 
+P = ParamSpec("P")
+R = TypeVar("R")
 
-def _pyplot() -> Any:
+
+def pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -22,12 +27,34 @@ def _pyplot() -> Any:
     return plt
 
 
+def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """Write `fig` to `path` and close it."""
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return Path(path)
+
+
+def quiet_glyphs(plot: Callable[P, R]) -> Callable[P, R]:
+    """Decorates a plotting function: a class or file name with a character the font lacks (an
+    emoji) is drawn as a box, and matplotlib's warning about it -- repeated for every glyph,
+    every layout pass and every figure -- says nothing the user can act on."""
+
+    @functools.wraps(plot)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font")
+            return plot(*args, **kwargs)
+
+    return wrapper
+
+
 def logged_metrics(history: list[dict[str, Any]]) -> list[str]:
     """The metrics the history logs for train or validation (loss, acc, ...), sorted."""
     return sorted({k.split("_", 1)[1] for r in history for k in r
                    if k.startswith(("train_", "val_"))})  # fmt: skip
 
 
+@quiet_glyphs
 def plot_curves(
     history: list[dict[str, Any]], path: Path, *, metrics: list[str] | None = None,
     epochs: list[int] | None = None, breaks: Sequence[float] = (), title: str | None = None,
@@ -36,7 +63,7 @@ def plot_curves(
 
     epochs: the x values (default: each record's 'epoch'); breaks: x positions of dotted lines
     (where a phase of training starts); title: above the panels."""
-    plt = _pyplot()
+    plt = pyplot()
     metrics = logged_metrics(history) if metrics is None else metrics
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
     epochs = [r["epoch"] for r in history] if epochs is None else epochs
@@ -54,22 +81,23 @@ def plot_curves(
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
+@quiet_glyphs
 def plot_confusion(confusion: Any, class_names: list[str], path: Path) -> Path:
     """Row-normalised confusion matrix (rows: true class) with the counts written in."""
-    plt = _pyplot()
+    plt = pyplot()
     cm = confusion.double()
     norm = cm / cm.sum(1, keepdim=True).clamp(min=1)
     n = len(class_names)
     size = min(2.0 + 0.55 * n, 16)
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), class_names, rotation=45, ha="right")
-    ax.set_yticks(range(n), class_names)
+    # parse_math=False: class names are text; matplotlib would read "$100 to $200" as maths
+    # and fail.
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right", parse_math=False)
+    ax.set_yticks(range(n), class_names, parse_math=False)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if n <= 30:
@@ -78,9 +106,7 @@ def plot_confusion(confusion: Any, class_names: list[str], path: Path) -> Path:
                 ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
                         color="white" if norm[i, j] > 0.5 else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def per_class_table(acc: ClassificationAccumulator, class_names: list[str]) -> list[str]:

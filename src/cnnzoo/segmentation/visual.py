@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engine.report import pyplot, quiet_glyphs, save_figure
+
 # Class k >= 1 is drawn in PALETTE[(k - 1) % len]; ground truth is always green.
 PALETTE = np.array(
     [[255, 0, 255], [255, 160, 0], [0, 200, 255], [255, 255, 0], [255, 60, 60], [160, 100, 255]],
@@ -50,6 +52,7 @@ def overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None = None
     return out
 
 
+@quiet_glyphs
 def save_validation_grid(
     images: Sequence[np.ndarray],
     truths: Sequence[np.ndarray],
@@ -61,11 +64,7 @@ def save_validation_grid(
 ) -> Path:
     """A PNG grid of validation images with ground-truth (green) and predicted (magenta)
     contours; the valid-mode prediction may be smaller than the image (it is centred)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     n = len(images)
     cols = min(columns, n)
     rows = -(-n // cols)
@@ -81,9 +80,6 @@ def save_validation_grid(
         ax = axes.ravel()[i]
         ax.imshow(overlay(img, p, t), interpolation="nearest")
         if titles is not None:
-            ax.set_title(titles[i], fontsize=8)
+            ax.set_title(titles[i], fontsize=8, parse_math=False)  # file names, not maths
     fig.suptitle("validation: ground truth (green) vs prediction (magenta)", fontsize=10)
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

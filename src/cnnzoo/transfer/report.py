@@ -13,11 +13,13 @@ import torch
 from torch import Tensor
 
 from ..engine.report import (
-    _pyplot,
     logged_metrics,
     per_class_table,
     plot_confusion,
     plot_curves,
+    pyplot,
+    quiet_glyphs,
+    save_figure,
     write_per_class_csv,
 )
 from ..engine.task import ClassificationAccumulator
@@ -41,10 +43,11 @@ def top_losses(probs: Tensor, labels: Tensor, k: int = 16) -> list[int]:
     return wrong[loss.argsort(descending=True)][:k].tolist()
 
 
+@quiet_glyphs
 def plot_top_losses(images: Tensor, probs: Tensor, labels: Tensor, class_names: list[str],
                     path: Path, k: int = 16) -> Path:  # fmt: skip
     """A grid of the `k` most confidently wrong images: true class, prediction, probabilities."""
-    plt = _pyplot()
+    plt = pyplot()
     idx = top_losses(probs, labels, k)
     cols = 4
     rows = max(1, -(-len(idx) // cols))
@@ -59,12 +62,10 @@ def plot_top_losses(images: Tensor, probs: Tensor, labels: Tensor, class_names: 
         p = probs[i]
         pred, true = int(p.argmax()), int(labels[i])
         ax.set_title(f"true {class_names[true]} ({p[true]:.2f})\npredicted {class_names[pred]} "
-                     f"({p[pred]:.2f})", fontsize=9)  # fmt: skip
+                     f"({p[pred]:.2f})", fontsize=9, parse_math=False)  # fmt: skip
     fig.suptitle("validation images predicted wrong, most confident first", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 PHASES = {"head": "new head alone", "full": "whole network"}
@@ -98,9 +99,10 @@ def plot_finetune_curves(history: list[dict[str, Any]], path: Path, num_classes:
                        breaks=[i + 0.5 for i in starts], title=title)  # fmt: skip
 
 
+@quiet_glyphs
 def plot_l2_curve(cv: list[dict[str, float]], path: Path) -> Path:
     """For the features head: cross-validated accuracy and loss against the L2 strength."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.4))
     l2 = [r["l2"] for r in cv]
     for ax, key in zip(axes, ("cv_loss", "cv_acc"), strict=True):
@@ -109,9 +111,7 @@ def plot_l2_curve(cv: list[dict[str, float]], path: Path) -> Path:
         ax.set_title(key.replace("_", " "))
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_report(out_dir: Path, *, images: Tensor, probs: Tensor, labels: Tensor,
