@@ -347,6 +347,24 @@ def test_folder_with_bad_files_loads_the_good_ones(tmp_path, caplog):
     assert torch.equal(all_imgs[:, 0, 0, 0] > 100, all_lbls == 1)
 
 
+def test_linked_folders_inside_a_class_are_read_once_and_a_link_loop_ends(tmp_path):
+    """A folder linked into a class folder holds that class's images, as a linked file or a
+    linked class folder does; they vanished without a word (os.walk does not follow links)."""
+    from cnnzoo.data.folder import image_files
+
+    root, extra = tmp_path / "data", tmp_path / "phone_export"
+    for i in range(3):
+        _png(root / "cat" / f"{i}.png", 10)
+        _png(root / "dog" / f"{i}.png", 200)
+        _png(extra / f"x{i}.png", 200)
+    (root / "dog" / "linked").symlink_to(extra, target_is_directory=True)
+    (root / "dog" / "again").symlink_to(extra, target_is_directory=True)  # the same folder twice
+    (extra / "up").symlink_to(root / "dog", target_is_directory=True)  # a loop back up
+    s = load_folder(root, ImageSpec(size=6, channels=1), progress=False)
+    assert len(s.train) + len(s.val) == 9  # 3 cats, 3 dogs and the 3 linked ones, once each
+    assert len(image_files(root / "dog")) == 6  # what `cnnzoo predict` finds in the folder
+
+
 def test_folder_errors(tmp_path):
     _png(tmp_path / "a" / "1.png", 0)
     (tmp_path / "b").mkdir()

@@ -59,10 +59,20 @@ def _subdirs(root: Path) -> list[Path]:
 
 
 def _files_under(folder: Path, ignored: list[Path]) -> list[Path]:
-    """Image files under `folder`, recursively, in a stable order; others go to `ignored`."""
+    """Image files under `folder`, recursively, in a stable order; others go to `ignored`.
+
+    Linked folders are followed, as linked files and a linked class folder are (a phone's
+    export linked into a class folder), each real folder once: a link back up is no loop."""
     found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if _visible(d))
+    seen = {os.path.realpath(folder)}
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        keep = []
+        for d in sorted(d for d in dirnames if _visible(d)):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if real not in seen:
+                seen.add(real)
+                keep.append(d)
+        dirnames[:] = keep
         for name in sorted(filenames):
             if not _visible(name):
                 continue
