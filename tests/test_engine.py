@@ -792,6 +792,15 @@ def test_cli_trains_on_a_messy_folder_and_evaluates(tmp_path, capsys, caplog):
         assert main(["evaluate", *args]) == 2
         captured = capsys.readouterr()
         assert expect in captured.err and captured.err.count("\n") == 1 and not captured.out
+    # Images added since training move the split: "the validation split" would now hold
+    # training images, so it is refused; the same folder as a held-out set (--split all) is not.
+    shutil.copy(data / "dog" / "0.png", data / "dog" / "new.png")
+    assert main(["evaluate", str(out / "last.pt")]) == 2
+    captured = capsys.readouterr()
+    assert "has changed since the run was trained" in captured.err and not captured.out
+    assert main(["evaluate", str(out / "last.pt"), "--split", "all"]) == 0
+    (data / "dog" / "new.png").unlink()  # as trained again: scored again
+    assert main(["evaluate", str(out / "last.pt")]) == 0
 
 
 def test_cli_refuses_to_replace_or_mix_runs_in_one_line(tmp_path, capsys):

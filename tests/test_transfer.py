@@ -929,3 +929,27 @@ def test_report_draws_class_names_with_dollars_and_emoji_as_text(tmp_path):
                             class_names=names, history=None, cv=None, metrics={"acc": 0.25})
     assert all((tmp_path / f).stat().st_size > 0 for f in ("confusion.png", "top_losses.png"))
     assert any("$100_to_$200" in line for line in said)  # the per-class table
+
+
+def test_evaluate_refuses_the_validation_split_of_a_folder_changed_since(folder, tmp_path,
+                                                                          capsys):
+    """The bundle records which files its validation split held; three images added since move
+    the split, and training images would be scored as validation ones."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(folder, data)
+    out = tmp_path / "run"
+    transfer(data, model="resnet18", weights=None, out=out,
+             config=_tiny_config(mode="features"), say=lambda _: None)  # fmt: skip
+    bundle = load_bundle(out / "bundle")
+    n_val = int(bundle.evaluate(progress=False).accumulator.confusion.sum())
+    for i in range(3):
+        shutil.copy(next((data / "coat").glob("*.png")), data / "coat" / f"new{i}.png")
+    assert main(["evaluate", "--bundle", str(out / "bundle")]) == 2
+    assert "has changed since the run was trained" in _one_line_error(capsys)
+    _, acc = bundle.evaluate(split="all", progress=False)  # every image, as a held-out set
+    assert int(acc.confusion.sum()) == len(list(data.rglob("*.png")))
+    for i in range(3):
+        (data / "coat" / f"new{i}.png").unlink()
+    assert int(bundle.evaluate(progress=False).accumulator.confusion.sum()) == n_val

@@ -7,6 +7,8 @@ once into one uint8 tensor (N, C, H, W): 60,000 Fashion-MNIST images take 47 MB,
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -76,6 +78,17 @@ class ImageDataset:
     def image_size(self) -> tuple[int, int]:
         """(height, width)."""
         return (self.images.shape[2], self.images.shape[3])
+
+    def files_digest(self, source: str | os.PathLike[str]) -> str | None:
+        """A short digest of which files these images are, named relative to `source` (an image
+        folder, or a CSV manifest's folder); None when they were not read from files. A run
+        records its validation split's, so that scoring "the validation split" later can tell
+        whether the folder still splits the same way (`engine.run.evaluation_images`)."""
+        if not self.paths:
+            return None
+        base = os.path.abspath(source if os.path.isdir(source) else os.path.dirname(source))
+        names = sorted(os.path.relpath(os.path.abspath(p), base) for p in self.paths)
+        return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
 
     def class_counts(self) -> list[int]:
         """Number of images per class, in `class_names` order."""

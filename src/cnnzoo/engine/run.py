@@ -248,6 +248,8 @@ def train_classifier(
                       val_fraction=data.val_fraction, seed=config.seed)
     # How many images each part had: a resumed run warns when the folder (or --cells) changed.
     meta["images"] = {"train": len(splits.train), "val": len(splits.val)}
+    if builtin_name(data.source) is None:  # `evaluate` checks that the folder splits the same
+        meta["val_files"] = splits.val.files_digest(data.source)
     meta["augment"] = augment_kind(data)  # `evaluate --tta` says when the net never saw flips
     meta["batch_size"], meta["label_smoothing"] = data.batch_size, label_smoothing
     if config.tta and meta["augment"] not in FLIPPING:
@@ -337,6 +339,7 @@ def training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any] | None:
 def evaluation_images(
     src: str, spec: Any, split: str | None, class_names: list[str], *, trained_on: str = "",
     val_fraction: float = 0.2, seed: int = 0, size: int | None = None,
+    val_files: str | None = None,
 ) -> Any:
     """The labelled images to score a model on, labels in `class_names` order (an ImageDataset).
 
@@ -345,6 +348,9 @@ def evaluation_images(
     test set is its validation split), or 'all' (every image). Default: 'val' on the training
     data, 'all' on another folder or CSV (a held-out set), 'val' on a built-in. Built-in sets
     load at their native size and are resized to `size` when given. `spec` decodes files.
+    val_files: the run's `ImageDataset.files_digest` of its validation split: a folder that no
+    longer splits into those files (images added, removed or renamed since) is refused for
+    'val', whose images would now include some the run trained on.
     """
     from ..data import builtin
     from ..data.dataset import ImageDataset
@@ -375,6 +381,11 @@ def evaluation_images(
         ds = splits.test if splits.test is not None else splits.val
     else:
         ds = splits.val
+        if (val_files and not is_builtin and same_source(src, trained_on)
+                and ds.files_digest(src) != val_files):
+            raise DataError(f"{src} has changed since the run was trained (images added, "
+                            "removed, renamed or now readable), so its validation split would "
+                            "hold images the run trained on: pass --data with held-out images")
     if ds.class_names != class_names:
         if set(ds.class_names) - set(class_names):
             raise DataError(f"{src} has classes the model was not trained on: "
@@ -407,7 +418,8 @@ def evaluate_checkpoint(
     names = meta.get("class_names") or [str(i) for i in range(meta["num_classes"])]
     ds = evaluation_images(src, ImageSpec(size=size, channels=meta["in_chans"]), split, names,
                            trained_on=trained_on, val_fraction=meta.get("val_fraction", 0.2),
-                           seed=meta.get("seed", 0), size=size)  # fmt: skip
+                           seed=meta.get("seed", 0), size=size,
+                           val_files=meta.get("val_files"))  # fmt: skip
     loader = BatchLoader(ds.images, ds.labels, batch_size=batch_size,
                          transform=default_augmentation("none", size),
                          mean=meta["mean"], std=meta["std"])

@@ -216,7 +216,8 @@ class Bundle:
                             "labelled images to evaluate on (--data DIR|CSV)")  # fmt: skip
         ds = evaluation_images(src, self.spec, split, list(self.class_names),
                                trained_on=trained_on, val_fraction=data.get("val_fraction", 0.2),
-                               seed=data.get("seed", 0))  # fmt: skip
+                               seed=data.get("seed", 0),
+                               val_files=data.get("val_files"))  # fmt: skip
         if ds.channels != self.preprocessing.channels:
             ds = ds.with_channels(self.preprocessing.channels)
         self.model.eval()

@@ -473,6 +473,10 @@ def transfer(
         source = Path(data).resolve() if Path(data).exists() else data
         extra["data"] = {"source": str(source), "val_fraction": cfg.val_fraction,
                          "seed": cfg.seed}  # fmt: skip
+        from ..data.builtin import builtin_name
+
+        if builtin_name(data) is None:  # `Bundle.evaluate` checks the folder splits the same
+            extra["data"]["val_files"] = splits.val.files_digest(data)
     summary = copy.deepcopy(metrics)
     summary.get("features", {}).pop("cv", None)  # the full table is in the report's metrics.json
     bundle = Bundle(net, model, list(splits.class_names), pre, fit_used, cfg.views, head_info,
