@@ -835,6 +835,17 @@ def test_cli_refuses_to_replace_or_mix_runs_in_one_line(tmp_path, capsys):
     assert error(["train", "unet", *base[2:-1], str(tmp_path / "u")]).endswith(
         "digits is neither a folder with images/ and masks/ nor a .csv manifest.")
     assert not (tmp_path / "u").exists()
+    # A run inside its own data folder: the next run would read its curves.png as a class
+    # 'run'. Refused for classification and segmentation alike, before any work.
+    (tmp_path / "imgs" / "a").mkdir(parents=True)
+    for args in (["lenet5"], ["unet", "--task", "segmentation"]):
+        inside = tmp_path / "imgs" / "run"
+        assert error(["train", *args, "--data", str(tmp_path / "imgs"), "--out",
+                      str(inside)]).endswith("lies inside the data folder "
+                                             f"{tmp_path / 'imgs'}: the next run would read its "
+                                             "files as images; choose an output folder outside "
+                                             "it")  # fmt: skip
+        assert not inside.exists()
 
 
 def test_segmentation_resume_checks_model_options_and_encoder_errors_read_cleanly(

@@ -411,6 +411,18 @@ def test_an_output_folder_inside_the_data_is_refused(folder, tmp_path, capsys):
     assert main(["transfer", str(folder), "--out", str(link / "run"), "--no-progress"]) == 2
     assert "lies inside the data folder" in _one_line_error(capsys)
     assert not inside.exists() and sorted(p.name for p in folder.iterdir()) == sorted(CLASSES)
+    # A class folder that is a link: DATA/camera/run resolves outside DATA, but is read as
+    # DATA's camera images.
+    import shutil
+
+    data, elsewhere = tmp_path / "data", tmp_path / "camera_photos"
+    shutil.copytree(folder / "coat", elsewhere)
+    shutil.copytree(folder / "shirt", data / "shirt")
+    (data / "camera").symlink_to(elsewhere, target_is_directory=True)
+    assert main(["transfer", str(data), "--out", str(data / "camera" / "run"),
+                 "--no-progress"]) == 2  # fmt: skip
+    assert "lies inside the data folder" in _one_line_error(capsys)
+    assert not (elsewhere / "run").exists()
 
 
 def test_fine_tuning_gets_the_run_wide_settings_from_the_library_and_the_cli(folder, tmp_path,

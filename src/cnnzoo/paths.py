@@ -28,6 +28,21 @@ def check_folder(path: str | os.PathLike[str], what: str) -> None:
             return
 
 
+def check_outside(out: str | os.PathLike[str], data: object) -> None:
+    """One `UsageError` line when the output folder `out` is, or lies inside, the data folder
+    `data`: the next run would read the run's files (its report's pictures) as images. Compared
+    as written and with links resolved, so neither a linked class folder (DATA/cat/run, cat a
+    link) nor a link to DATA hides it."""
+    if not (isinstance(data, str | os.PathLike) and Path(data).is_dir()):
+        return
+    for where, folder in ((Path(os.path.abspath(out)), Path(os.path.abspath(data))),
+                          (Path(out).resolve(), Path(data).resolve())):  # fmt: skip
+        if where == folder or folder in where.parents:
+            raise UsageError(f"output folder {out} lies inside the data folder {data}: the next "
+                             "run would read its files as images; choose an output folder "
+                             "outside it")  # fmt: skip
+
+
 def remove_entries(folder: Path, names: Sequence[str]) -> None:
     """Delete `folder / name` for each of `names` that exists, in that order: files, links
     (not what they point to) and whole folders. What a run replacing another clears."""

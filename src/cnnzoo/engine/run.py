@@ -23,7 +23,7 @@ from ..data.augment import FLIPPING
 from ..data.builtin import builtin_name
 from ..data.loader import BatchLoader
 from ..errors import DataError, UsageError, WeightsError
-from ..paths import same_source
+from ..paths import check_outside, same_source
 from .checkpoint import load_checkpoint
 from .distributed import DistContext
 from .grow import grow_from
@@ -212,6 +212,8 @@ def train_classifier(
         raise UsageError(f"{model_name} is a segmentation model: train it with --task "
                          "segmentation (data: 'cells', or a folder with images/ and masks/)")
     check_out_dir(out_dir, resume=resume, overwrite=overwrite)
+    if out_dir is not None:
+        check_outside(out_dir, data.source)
     model_kwargs = dict(model_kwargs or {})
     taken = sorted({"num_classes", "in_chans"} & set(model_kwargs))
     if taken:

@@ -27,6 +27,7 @@ from ..data.loader import BatchLoader
 from ..engine.distributed import DistContext, unwrap_model
 from ..engine.loop import FitResult, TrainConfig, Trainer, check_out_dir
 from ..errors import CnnzooError, DataError, ModelOptionError, UsageError
+from ..paths import check_outside
 from .data import PadToNet, SegmentationSplits, load_segmentation, train_transform
 from .task import SegmentationTask
 from .tiling import receptive_margin
@@ -187,6 +188,8 @@ def train(
     from ..engine.run import channel_stats
 
     check_out_dir(out_dir, resume=bool(resume), overwrite=overwrite)
+    if out_dir is not None:
+        check_outside(out_dir, data)
     _check_encoder(encoder_name, encoder_weights)
     cfg = config if config is not None else segmentation_config(**config_overrides)
     splits = data if isinstance(data, SegmentationSplits) else load_segmentation(

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from ..data.dataset import Splits
 from ..errors import DataError, UsageError
 from ..models.taps import StageTaps, check_stages
-from ..paths import check_folder, remove_entries
+from ..paths import check_folder, check_outside, remove_entries
 from ..weights import Preprocessing
 from .bundle import FITS, HEAD_KINDS, Bundle, input_spec, is_whole, predict_tensor
 from .features import (
@@ -275,12 +275,7 @@ def check_out(out: str | os.PathLike[str], data: Any, *, resume: bool, overwrite
     class), and holding no earlier run unless `overwrite` replaces it or `resume` continues
     its fine-tuning (as `cnnzoo train` treats its --out)."""
     check_folder(out, "output folder")
-    if isinstance(data, str | os.PathLike) and Path(data).is_dir():
-        where, folder = Path(out).resolve(), Path(data).resolve()
-        if where == folder or folder in where.parents:
-            raise UsageError(f"output folder {out} lies inside the data folder {data}: the next "
-                             "run would read its files as images; choose an output folder "
-                             "outside it")  # fmt: skip
+    check_outside(out, data)
     held = [name for name in RUN_FILES if (Path(out) / name).exists()]
     if held and not (overwrite or resume):
         raise UsageError(f"{out} holds a transfer run ({held[0]}): pass --overwrite "
