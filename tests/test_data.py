@@ -527,6 +527,9 @@ def test_csv_manifest(tmp_path):
     manifest.write_text("\n".join(r.rsplit(",", 1)[0] for r in rows[1:-1]) + "\n")
     s = load_csv(manifest, val_fraction=0.5, progress=False)
     assert s.train.class_counts() == [3, 3] and s.val.class_counts() == [3, 3]
+    # Written on Windows: backslashes separate the folders (here they would be file names).
+    manifest.write_text("\n".join(r.rsplit(",", 1)[0].replace("/", "\\") for r in rows[1:-1]))
+    assert load_csv(manifest, val_fraction=0.5, progress=False).train.class_counts() == [3, 3]
     manifest.write_text("a.png,cat\n")
     with pytest.raises(DataError, match="two or more"):
         load_csv(manifest, progress=False)

@@ -80,6 +80,18 @@ def _files_under(folder: Path, ignored: list[Path]) -> list[Path]:
     return found
 
 
+def manifest_path(base: Path, text: str) -> Path:
+    """A CSV manifest's path cell, relative to the CSV's folder `base` unless absolute. A
+    manifest written on Windows separates folders with backslashes, which here are part of a
+    file name: read them as separators when only that names an existing file."""
+    path = base / text
+    if "\\" in text and os.sep == "/" and not path.exists():
+        posix = base / text.replace("\\", "/")
+        if posix.exists():
+            return posix
+    return path
+
+
 def image_files(folder: str | os.PathLike[str]) -> list[Path]:
     """Image files under `folder`, recursively, in a stable order, skipping what training skips:
     hidden files and folders (`.DS_Store`, macOS's `._x.jpg`, `.ipynb_checkpoints/`)."""
@@ -446,7 +458,7 @@ def load_csv(
         if not split:
             unknown_splits.setdefault(cells["split"], []).append(lineno)
             continue
-        entries.append((base / cells["path"], cells["label"], split))
+        entries.append((manifest_path(base, cells["path"]), cells["label"], split))
     for value, lines in unknown_splits.items():
         shown = ", ".join(map(str, lines[:3])) + (", ..." if len(lines) > 3 else "")
         skipped.append(f"{manifest}: {len(lines)} row{'s' if len(lines) > 1 else ''} with split "

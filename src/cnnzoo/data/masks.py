@@ -33,6 +33,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import DataError
+from .folder import manifest_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 IGNORE_INDEX = 255
@@ -133,8 +134,8 @@ def read_manifest(path: str | Path) -> list[tuple[str, Path, Path, Path | None]]
     base = path.parent
     out = []
     for row in rows:
-        img, mask = base / row["image"], base / row["mask"]
-        inst = base / row["instances"] if row.get("instances") else None
+        img, mask = manifest_path(base, row["image"]), manifest_path(base, row["mask"])
+        inst = manifest_path(base, row["instances"]) if row.get("instances") else None
         out.append((img.stem, img, mask, inst))
     return out
 
