@@ -171,7 +171,7 @@ def test_train_refusals_before_any_work(tmp_path, monkeypatch, capsys):
     assert "num_classes: set by the checkpoint itself" in capsys.readouterr().err
 
 
-def test_an_interrupted_training_run_says_how_to_continue(tmp_path, monkeypatch, capsys):
+def test_an_interrupted_training_or_transfer_run_says_how_to_continue(tmp_path, monkeypatch, capsys):
     import cnnzoo.commands.train as train_command
 
     def interrupted(args):
@@ -185,6 +185,19 @@ def test_an_interrupted_training_run_says_how_to_continue(tmp_path, monkeypatch,
     assert main(argv) == 130
     assert capsys.readouterr().err == (f"\ncnnzoo train: interrupted; {tmp_path / 'last.pt'} "
                                        "holds the last finished epoch: add --resume to continue\n")
+    # Transfer: its fine-tuning phases keep their checkpoints under OUT/finetune/.
+    import cnnzoo.commands.transfer as transfer_command
+
+    monkeypatch.setattr(transfer_command, "run", interrupted)
+    argv = ["transfer", "digits", "--out", str(tmp_path / "t")]
+    assert main(argv) == 130
+    assert capsys.readouterr().err == "\ncnnzoo transfer: interrupted\n"
+    (tmp_path / "t" / "finetune" / "head").mkdir(parents=True)
+    (tmp_path / "t" / "finetune" / "head" / "last.pt").write_bytes(b"")
+    assert main(argv) == 130
+    assert capsys.readouterr().err == (f"\ncnnzoo transfer: interrupted; {tmp_path / 't' / 'finetune'}"
+                                       " holds the fine-tuning's last finished epoch: add --resume "
+                                       "to continue\n")
 
 
 def test_tta_on_a_net_trained_without_flips_says_so(tmp_path, capsys, caplog):

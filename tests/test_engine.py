@@ -101,6 +101,16 @@ def test_classification_task_against_hand_computed_values(tmp_path):
     assert list(csv.reader(path.open())) == [
         ["class", "precision", "recall", "support"], ["red, large", "1.0000", "0.5000", "2"],
         ["b", "0.5000", "1.0000", "1"], ["c", "0.0000", "0.0000", "1"]]
+    # The printed table: a class without an image (here 'd') has no recall, and says so.
+    from cnnzoo.engine.report import per_class_table
+    from cnnzoo.engine.task import ClassificationAccumulator
+
+    four = ClassificationAccumulator(4)
+    four.confusion[:3, :3] = acc.confusion
+    assert per_class_table(four, ["a", "b", "c", "d"]) == [
+        "class     precision  recall  support", "a             1.000   0.500        2",
+        "b             0.500   1.000        1", "c             0.000   0.000        1",
+        "d             0.000       -        0", "(no image of d among these: not measured)"]
     # Label smoothing eps: (1 - eps) * CE + eps * mean over classes of -log p.
     smooth = ClassificationTask(3, label_smoothing=0.3).loss(logits, y)
     logp = logits.log_softmax(1)

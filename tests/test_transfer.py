@@ -585,6 +585,9 @@ def test_evaluate_bundle_scores_what_predict_predicts(features_run, folder, tmp_
     assert "--bundle" in _one_line_error(capsys)
     assert main(["evaluate", "--bundle", str(out / "bundle"), "--tta"]) == 2
     assert "views" in _one_line_error(capsys)
+    assert main(["evaluate", "--bundle", str(out / "bundle"), str(held)]) == 2  # no --data
+    assert f"go after --data: cnnzoo evaluate --bundle {out / 'bundle'} --data {held}" in (
+        _one_line_error(capsys))
 
 
 def test_grey_file_pil_image_and_tensor_give_the_same_prediction(features_run, folder):
@@ -890,6 +893,12 @@ def test_the_run_folder_given_for_its_bundle_says_where_the_bundle_is(features_r
         load_bundle(out)
     with pytest.raises(WeightsError, match="is not a bundle: it needs bundle.json"):
         load_bundle(tmp_path)
+    with pytest.raises(WeightsError, match="nothere does not exist: give the bundle/ folder"):
+        load_bundle(tmp_path / "nothere")
+    for name in ("model.safetensors", "bundle.json"):
+        with pytest.raises(WeightsError, match=f"is a file of the bundle: give its folder, "
+                                               f"{out / 'bundle'}$"):  # fmt: skip
+            load_bundle(out / "bundle" / name)
 
 
 def test_resuming_fine_tuning_on_other_data_is_refused(folder, tmp_path):

@@ -73,14 +73,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _resume_hint(args: argparse.Namespace) -> str:
-    """For an interrupted training run that has saved an epoch: how to continue it."""
-    if args.command != "train":
-        return ""
-    from .engine.run import out_dir_for
+    """For an interrupted training or fine-tuning run that has saved an epoch: how to continue
+    it."""
+    if args.command == "train":
+        from .engine.run import out_dir_for
 
-    last = out_dir_for(args.model, args.out) / "last.pt"
-    return f"; {last} holds the last finished epoch: add --resume to continue" \
-        if last.is_file() else ""
+        last = out_dir_for(args.model, args.out) / "last.pt"
+        if last.is_file():
+            return f"; {last} holds the last finished epoch: add --resume to continue"
+    elif args.command == "transfer":
+        from .commands.transfer import out_folder
+
+        tuned = out_folder(args) / "finetune"  # its phases' checkpoints: head/, full/
+        if any((tuned / phase / "last.pt").is_file() for phase in ("head", "full")):
+            return (f"; {tuned} holds the fine-tuning's last finished epoch: add --resume to "
+                    "continue")
+    return ""
 
 
 if __name__ == "__main__":

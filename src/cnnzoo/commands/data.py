@@ -90,7 +90,7 @@ def _info(args: argparse.Namespace) -> int:
         print(f"{cls:<{width}}" + "".join(f"{counts[name][k]:>8}" for name, _ in parts))
     print(f"{'total':<{width}}" + "".join(f"{len(ds):>8}" for _, ds in parts))
     c, h, w = splits.train.images.shape[1:]
-    print(
-        f"\n{splits.num_classes} classes, images {c}x{h}x{w}; {len(splits.skipped)} files skipped"
-    )
+    n = len(splits.skipped)
+    print(f"\n{splits.num_classes} classes, images {c}x{h}x{w}; {n} file{'' if n == 1 else 's'} "
+          "skipped")  # fmt: skip
     return 0

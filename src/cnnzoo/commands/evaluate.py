@@ -66,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.run import evaluate_checkpoint
     from ..errors import UsageError
 
+    if args.bundle is not None and args.checkpoint is not None and Path(args.checkpoint).is_dir():
+        raise UsageError(f"images to score go after --data: cnnzoo evaluate --bundle "
+                         f"{args.bundle} --data {args.checkpoint}")  # fmt: skip
     if (args.checkpoint is None) == (args.bundle is None):
         raise UsageError("give a checkpoint (cnnzoo train's last.pt or best.pt) or --bundle DIR "
                          "(cnnzoo transfer's OUT/bundle), one of them")  # fmt: skip

@@ -166,6 +166,11 @@ def check_options(args: argparse.Namespace) -> list[str]:
     return notes
 
 
+def out_folder(args: argparse.Namespace) -> Path:
+    """Where the run writes: --out, or runs/transfer-MODEL."""
+    return Path(args.out) if args.out else Path("runs") / f"transfer-{args.model}"
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -173,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
     from ..transfer import transfer
 
     notes = check_options(args)
-    out = Path(args.out) if args.out else Path("runs") / f"transfer-{args.model}"
+    out = out_folder(args)
     check_folder(out, "--out")
     if args.cache and args.use_cache and args.mode != "finetune":
         check_folder(args.cache, "--cache")

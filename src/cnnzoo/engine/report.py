@@ -116,7 +116,11 @@ def per_class_table(acc: ClassificationAccumulator, class_names: list[str]) -> l
     width = max(8, *(len(c) for c in class_names))
     lines = [f"{'class':<{width}}  precision  recall  support"]
     for name, p, r, s in zip(class_names, pc["precision"], pc["recall"], support, strict=True):
-        lines.append(f"{name:<{width}}  {p:9.3f}  {r:6.3f}  {s:7d}")
+        # A class with no image here has no recall: a 0.000 would read as a class never found.
+        lines.append(f"{name:<{width}}  {p:9.3f}  {f'{r:6.3f}' if s else '     -'}  {s:7d}")
+    unseen = [name for name, s in zip(class_names, support, strict=True) if not s]
+    if unseen:
+        lines.append(f"(no image of {', '.join(unseen)} among these: not measured)")
     return lines
 
 

@@ -371,6 +371,11 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
 
     d = Path(directory)
     if not (d / JSON_FILE).is_file() or not (d / WEIGHTS_FILE).is_file():
+        if not d.exists():
+            raise WeightsError(f"{d} does not exist: give the bundle/ folder `cnnzoo transfer` "
+                               "wrote")  # fmt: skip
+        if d.name in (JSON_FILE, WEIGHTS_FILE) and (d.parent / JSON_FILE).is_file():
+            raise WeightsError(f"{d} is a file of the bundle: give its folder, {d.parent}")
         if (d / "bundle" / JSON_FILE).is_file():  # the run's folder, given for its bundle
             raise WeightsError(f"{d} is the folder of a transfer run: its bundle is "
                                f"{d / 'bundle'}")  # fmt: skip
