@@ -1194,3 +1194,21 @@ def test_built_in_names_in_any_spelling_are_the_built_in_sets(tmp_path, monkeypa
     (tmp_path / "digits").mkdir()  # now 'digits' is that folder, as load_dataset reads it
     assert augment_kind(DataOptions("digits")) == "flip-crop"
     assert default_image_size("digits", cfg) == 224
+
+
+def test_residual_net_is_built_for_the_size_it_trains_at(tmp_path, capsys):
+    """Its dense layer sees the flattened map, so it takes one input size. Digits train at 32 px
+    (the net's default is 28), or at its img_size option; both were errors that named the
+    Python API."""
+    from cnnzoo.engine.checkpoint import load_checkpoint
+
+    base = ["train", "residual_net", "--data", "digits", "--epochs", "1", "--precision", "fp32",
+            "--channels-last", "off", "--no-progress", "--no-tensorboard", "--overwrite"]
+    for extra, size in (([], 32), (["--model-arg", "img_size=12"], 12)):
+        assert main([*base, *extra, "--out", str(tmp_path / str(size))]) == 0
+        meta = load_checkpoint(tmp_path / str(size) / "last.pt")["meta"]
+        assert meta["img_size"] == meta["model_kwargs"]["img_size"] == size
+    capsys.readouterr()
+    assert main([*base, "--img-size", "16", "--model-arg", "img_size=12", "--out",
+                 str(tmp_path / "x")]) == 2  # fmt: skip
+    assert "residual_net is built for the size it trains at" in capsys.readouterr().err

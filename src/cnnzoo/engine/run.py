@@ -114,7 +114,8 @@ def load_splits(
     from ..models import get_config, min_input_size
 
     cfg = get_config(model_name)
-    size = opts.img_size or default_image_size(
+    # A net built for one size (residual_net's img_size option) trains at that size.
+    size = opts.img_size or (model_kwargs or {}).get("img_size") or default_image_size(
         opts.source, cfg, min_input_size(model_name, **(model_kwargs or {})))
     is_builtin = builtin_name(opts.source) is not None
     channels = opts.channels or (1 if is_builtin else cfg.input_size[0])
@@ -205,7 +206,7 @@ def train_classifier(
     `resume`) such a folder is refused with one line before any data is loaded, so a repeated
     command never silently replaces the results of an earlier run.
     """
-    from ..models import create_model, get_config, min_input_size
+    from ..models import create_model, fixed_input_size, get_config, min_input_size
 
     if get_config(model_name).task == "segmentation":
         # Trained as a classifier, the U-Net would learn images/ against masks/ as two classes.
@@ -229,9 +230,16 @@ def train_classifier(
             raise UsageError(f"--progressive {small}:{epochs} covers all {config.epochs} epochs, "
                              "so the net would never train at its full size: give fewer "
                              "epochs than --epochs")  # fmt: skip
+    if fixed_input_size(model_name):
+        given = model_kwargs.get("img_size")
+        if given is not None and data.img_size is not None and given != data.img_size:
+            raise UsageError(f"--img-size {data.img_size} and --model-arg img_size={given}: "
+                             f"{model_name} is built for the size it trains at; give one")
     splits, size, channels = load_splits(data, model_name, seed=config.seed,
                                          model_kwargs=model_kwargs, progress=config.progress)
     say(f"data: {splits!r}, training at {size}x{size}")
+    if fixed_input_size(model_name):
+        model_kwargs.setdefault("img_size", size)
     mean, std = channel_stats(splits.train.images)
     train, val = make_loaders(splits, size, data, seed=config.seed, mean=mean, std=std, dist=dist)
     torch.manual_seed(config.seed)

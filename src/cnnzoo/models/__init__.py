@@ -4,6 +4,7 @@ from .base import AuxOutputs, Classifier, count_parameters
 from .registry import (
     ModelConfig,
     create_model,
+    fixed_input_size,
     get_config,
     list_models,
     min_input_size,
@@ -16,6 +17,7 @@ __all__ = [
     "ModelConfig",
     "count_parameters",
     "create_model",
+    "fixed_input_size",
     "get_config",
     "list_models",
     "min_input_size",

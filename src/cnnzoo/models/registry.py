@@ -101,6 +101,14 @@ def min_input_size(name: str, **kwargs: Any) -> int:
     return cfg.min_size if rule is None else rule(**kwargs)
 
 
+def fixed_input_size(name: str) -> bool:
+    """`name` is built for one input size, its option `img_size` (residual_net: its dense layer
+    sees the flattened map)."""
+    import inspect
+
+    return "img_size" in inspect.signature(_lookup(name)[0]).parameters
+
+
 def _lookup(name: str) -> tuple[Builder, ModelConfig]:
     _ensure_loaded()
     try:
