@@ -563,6 +563,14 @@ def test_growth_copies_whole_layers_and_refuses_other_widths_or_families():
     with pytest.raises(WeightsError, match="is lenet5, not a resnet model"):
         grow_from(create_model("resnet32"), create_model("lenet5").state_dict(),
                   source_meta={"model": "lenet5"})
+    # Conv weights trained with BatchNorm after them, into a net without it (or the reverse):
+    # they were copied, the BN layers listed as unused.
+    bn = create_model("vgg11_bn", width_mult=0.125, **kw)
+    for target, source, src in ((create_model("vgg13", width_mult=0.125, **kw), bn, "vgg11_bn"),
+                                (create_model("vgg13_bn", width_mult=0.125, **kw), a, "vgg11")):
+        with pytest.raises(WeightsError, match="has BatchNorm and .* does not: grow between"):
+            grow_from(target, source.state_dict(), source_meta={**src_meta, "model": src},
+                      target_kwargs=src_meta["model_kwargs"])
     # The same options, but a grey source for colour data: the channels are named (this read
     # "built with , this model with" before), for VGG and for ResNet alike.
     for small, deep, kwargs in (("vgg11", "vgg13", {"width_mult": 0.125, "fc_dim": 64,

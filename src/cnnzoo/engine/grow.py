@@ -136,6 +136,16 @@ def grow_from(
                                "train vgg11 ...` (or of the VGG before this one)")
         raise WeightsError(f"the source checkpoint is {source_name}, not a {family} model: grow "
                            f"from a trained shallower {family} model")
+    # Conv weights trained with BatchNorm after them are on another scale without it (and the
+    # reverse): copied, they would start the net far off, with no warning.
+    source_bn = any(k.endswith("running_mean") for k in source_state)
+    target_bn = any(k.endswith("running_mean") for k in target_state)
+    if source_bn != target_bn:
+        target = getattr(getattr(model, "default_cfg", None), "name", None) or "this model"
+        source = source_name or "the source checkpoint"
+        has, lacks = (source, target) if source_bn else (target, source)
+        raise WeightsError(f"{has} has BatchNorm and {lacks} does not: grow between nets that "
+                           "both have it (vgg11_bn -> vgg13_bn) or both lack it (vgg11 -> vgg13)")
     report = GrowReport()
     pairs: dict[str, str] = {}
     if family == "vgg":
