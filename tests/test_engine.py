@@ -1220,3 +1220,18 @@ def test_residual_net_is_built_for_the_size_it_trains_at(tmp_path, capsys):
     assert main([*base, "--img-size", "16", "--model-arg", "img_size=12", "--out",
                  str(tmp_path / "x")]) == 2  # fmt: skip
     assert "residual_net is built for the size it trains at" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("precision", [["--precision", "fp32", "--channels-last", "off"], []])
+def test_one_image_batches_into_1x1_batchnorm_maps_are_one_line(tmp_path, capsys, precision):
+    """resnet18 at 32 px ends in 1x1 maps: with --batch-size 1 its BatchNorm sees one value
+    per channel, a torch ValueError deep in the first step (or in the precision measurement)."""
+    out = tmp_path / "run"
+    assert main(["train", "resnet18", "--data", "digits", "--img-size", "32", "--batch-size",
+                 "1", "--epochs", "1", *precision, "--no-progress", "--no-tensorboard",
+                 "--out", str(out)]) == 2  # fmt: skip
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == ("cnnzoo train: error: a batch of one image reaches a BatchNorm layer as 1x1 "
+                    "maps, which it cannot normalise: use --batch-size 2 or more, or larger "
+                    "images (--img-size)")
+    assert not (out / "last.pt").exists()

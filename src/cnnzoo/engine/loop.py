@@ -14,9 +14,11 @@ in between are thrown away with the run, the last good checkpoint is from the pr
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -209,8 +211,9 @@ class Trainer:
         else:
             torch.manual_seed(cfg.seed)
             sample = next(iter(self.train_loader))
-            self.precision = choose_precision(
-                model, task, sample, precision=cfg.precision, channels_last=cfg.channels_last)
+            with one_image_batchnorm_hint():
+                self.precision = choose_precision(
+                    model, task, sample, precision=cfg.precision, channels_last=cfg.channels_last)
         prec = self.precision
         self._say(f"precision: {prec.describe()}")
         if prec.channels_last:
@@ -265,7 +268,8 @@ class Trainer:
                     self.train_loader.set_epoch(epoch)
                 self.mixer.set_epoch(epoch)
                 t0 = time.perf_counter()
-                train_acc, n_images = self._train_epoch(net, optimizer, scheduler, epoch)
+                with one_image_batchnorm_hint():
+                    train_acc, n_images = self._train_epoch(net, optimizer, scheduler, epoch)
                 seconds = time.perf_counter() - t0
                 record: dict[str, Any] = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}
                 record.update({f"train_{k}": v for k, v in train_acc.compute().items()})
@@ -637,6 +641,21 @@ def _progress(total: int, desc: str, *, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, mininterval=0.5)
+
+
+@contextlib.contextmanager
+def one_image_batchnorm_hint() -> Iterator[None]:
+    """BatchNorm cannot normalise one value per channel: a batch of one image whose maps have
+    shrunk to 1x1 (resnet18 at 32 px, --batch-size 1). Torch's ValueError, raised deep in the
+    first forward pass, becomes one line that says what to change."""
+    try:
+        yield
+    except ValueError as exc:
+        if "Expected more than 1 value per channel" not in str(exc):
+            raise
+        raise TrainingError("a batch of one image reaches a BatchNorm layer as 1x1 maps, which "
+                            "it cannot normalise: use --batch-size 2 or more, or larger images "
+                            "(--img-size)") from None
 
 
 def _epoch_line(record: dict[str, Any], epochs: int) -> str:
