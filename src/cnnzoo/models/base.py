@@ -8,7 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from ..errors import InputSizeError
+from ..errors import InputSizeError, ModelOptionError
 
 
 class AuxOutputs(NamedTuple):
@@ -88,9 +88,17 @@ class Classifier(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+def is_whole(value: object, low: int = 1) -> bool:
+    """An int (not a bool: True is an int to isinstance) >= low: what a count or a size given
+    in code, on the command line or in a JSON file must be."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
 def new_head(num_features: int, num_classes: int) -> nn.Module:
     """A freshly initialised linear head, or Identity for `num_classes == 0` (no head)."""
-    if num_classes <= 0:
+    if not is_whole(num_classes, 0):  # reset_classifier(-1) built a headless net
+        raise ModelOptionError(f"num_classes must be a whole number >= 0, not {num_classes!r}")
+    if num_classes == 0:
         return nn.Identity()
     head = nn.Linear(num_features, num_classes)
     return head

@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import CnnzooError, ModelOptionError, UnknownModelError
+from .base import is_whole
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -160,9 +161,13 @@ def create_model(
     builder, cfg = _lookup(name)
     n_cls = cfg.num_classes if num_classes is None else num_classes
     n_in = cfg.input_size[0] if in_chans is None else in_chans
-    if not (isinstance(n_cls, int) and not isinstance(n_cls, bool) and n_cls >= 0):
+    if not is_whole(n_cls, 0):
         raise ModelOptionError(f"{name}: num_classes must be a whole number >= 0, not {n_cls!r}")
-    if not (isinstance(n_in, int) and not isinstance(n_in, bool) and n_in >= 1):
+    if n_cls == 0 and cfg.task == "segmentation":  # its last 1x1 conv is not a removable head
+        raise ModelOptionError(f"{name} is a segmentation model: num_classes is the number of "
+                               "mask classes, at least 1 (num_classes=0, the headless "
+                               "classifier, is for classification models)")  # fmt: skip
+    if not is_whole(n_in):
         raise ModelOptionError(f"{name}: in_chans must be a whole number >= 1, not {n_in!r}")
     try:
         model = builder(num_classes=n_cls, in_chans=n_in, **kwargs)

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from ..data.images import ImageSpec, Interpolation, convert_image, to_tensor_uint8
 from ..errors import WeightsError
+from ..models.base import is_whole
 from ..paths import usual_permissions
 from ..weights import Preprocessing
 from ..weights.files import save_safetensors
@@ -283,11 +284,6 @@ def build_model(name: str, num_classes: int, in_chans: int, head: dict[str, Any]
         install_head(model, MLPHead(model.num_features, num_classes, int(head["hidden"]),
                                     float(head.get("dropout", 0.0))))  # fmt: skip
     return model
-
-
-def is_whole(value: Any, low: int = 1) -> bool:
-    """An int (not a bool) >= low: what a count or size in a JSON file or a config must be."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
 def _numbers(value: Any, n: int) -> bool:

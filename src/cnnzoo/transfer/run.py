@@ -39,10 +39,11 @@ from torch import Tensor, nn
 
 from ..data.dataset import Splits
 from ..errors import DataError, UsageError
+from ..models.base import is_whole
 from ..models.taps import StageTaps, check_stages
 from ..paths import check_folder, check_outside, remove_entries
 from ..weights import Preprocessing
-from .bundle import FITS, HEAD_KINDS, Bundle, input_spec, is_whole, predict_tensor
+from .bundle import FITS, HEAD_KINDS, Bundle, input_spec, predict_tensor
 from .features import (
     MAX_VIEWS,
     cached_features,
