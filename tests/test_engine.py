@@ -928,8 +928,17 @@ def test_vgg_stages_option_builds_the_small_fashion_mnist_vgg():
     hand += (128 * 3 * 3 * 256 + 256) + (256 * 256 + 256) + (256 * 10 + 10)
     assert sum(p.numel() for p in m.parameters()) == hand
     assert m(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
-    with pytest.raises(ModelOptionError, match="width_mult needs 3 positive multipliers"):
+    with pytest.raises(ModelOptionError, match=r"width_mult needs 3 multipliers, one per stage \(or"):
         create_model("vgg13_bn", stages=3, width_mult=[0.5, 0.5])
+    with pytest.raises(ModelOptionError, match="width_mult must be positive, not 0$"):
+        create_model("vgg13_bn", stages=3, width_mult=0)  # it said "3 positive ..., not 3"
+    # What the model's name decides, and a word where a number belongs: one line each.
+    with pytest.raises(ModelOptionError, match="lenet5 sets classic itself, so it is not one of "
+                                               "its options; the lenet models are lenet5, "
+                                               "lenet5_classic"):  # fmt: skip
+        create_model("lenet5", classic=True)
+    with pytest.raises(ModelOptionError, match="dropout=none: a number is expected$"):
+        create_model("alexnet", dropout="none")
     with pytest.raises(ModelOptionError, match="one number per stage separated by commas"):
         create_model("vgg13_bn", stages=3, width_mult="0.5;0.5;0.5")
 
@@ -940,8 +949,8 @@ def test_a_bad_model_option_is_one_line_on_the_command_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and "Traceback" not in "\n".join(err)
     assert err[-1] == ("cnnzoo train: error: vgg13_bn: bad model option in stages=3 "
-                       "width_mult=0.25,0.5: width_mult needs 3 positive multipliers, one per "
-                       "stage, not 2: [0.25, 0.5]")
+                       "width_mult=0.25,0.5: width_mult needs 3 multipliers, one per stage (or "
+                       "one for all), not 2: [0.25, 0.5]")
 
 
 def test_vgg_min_size_follows_stages_so_fashion_mnist_trains_at_28px():

@@ -183,7 +183,16 @@ def create_model(
             hint = _PEER_OPTIONS.get(option)
             raise ModelOptionError(f"{name} has no option {option!r}"
                                    + (f": {hint}" if hint else "")) from None
+        fixed = re.search(r"multiple values for keyword argument '(\w+)'", str(exc))
+        if fixed:  # lenet5 classic=True: what its name already decides
+            option = fixed.group(1)
+            kin = [n for n in list_models() if _REGISTRY[n][1].family == cfg.family]
+            raise ModelOptionError(f"{name} sets {option} itself, so it is not one of its options"
+                                   f"; the {cfg.family} models are {', '.join(kin)}") from None
         options = " ".join(f"{k}={v}" for k, v in kwargs.items())
+        if "not supported between instances of 'str'" in str(exc):  # dropout=none
+            raise ModelOptionError(f"{name}: bad model option in {options}: a number is "
+                                   "expected") from None
         raise ModelOptionError(f"{name}: bad model option in {options}: {exc}") from None
     size = kwargs.get("img_size")  # a net built for one input size (residual_net) says which
     hw = (size, size) if isinstance(size, int) else cfg.input_size[1:]

@@ -77,9 +77,11 @@ def stage_multipliers(width_mult: float | Sequence[float] | str, stages: int) ->
     mults = [float(v) for v in width_mult]
     if len(mults) == 1:  # one number: every stage
         mults = mults * stages
-    if len(mults) != stages or min(mults) <= 0:
-        raise ValueError(f"width_mult needs {stages} positive multipliers, one per stage, "
-                         f"not {len(mults)}: {mults}")
+    if len(mults) != stages:
+        raise ValueError(f"width_mult needs {stages} multipliers, one per stage (or one for "
+                         f"all), not {len(mults)}: {mults}")
+    if min(mults) <= 0:
+        raise ValueError(f"width_mult must be positive, not {min(mults):g}")
     return mults
 
 
