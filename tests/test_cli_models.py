@@ -34,19 +34,45 @@ PUBLISHED_PARAMS = {
 
 
 @pytest.fixture(scope="module")
-def table():
+def table(tmp_path_factory):
+    """The table as counted now: an empty cache, so no stored number is checked."""
     import contextlib
     import io
 
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
+        mp.setenv("CNNZOO_CACHE", str(tmp_path_factory.mktemp("cache")))
         assert main(["models", "--json"]) == 0
     return {row["name"]: row for row in json.loads(out.getvalue())}
+
+
+def test_counts_are_kept_and_counted_again_when_the_zoo_changes(tmp_path, monkeypatch):
+    from cnnzoo.models.flops import table_counts
+
+    monkeypatch.setenv("CNNZOO_CACHE", str(tmp_path))
+    assert table_counts(["lenet5"]) == {"lenet5": (61_706, 416_520)}
+    stored = json.loads((tmp_path / "models.json").read_text())
+    stored["counts"]["lenet5"] = [1, 2]
+    (tmp_path / "models.json").write_text(json.dumps(stored))
+    assert table_counts(["lenet5"]) == {"lenet5": (1, 2)}  # read, not counted
+    stored["key"] = "another zoo"
+    (tmp_path / "models.json").write_text(json.dumps(stored))
+    assert table_counts(["lenet5", "resnet20"])["lenet5"] == (61_706, 416_520)
+    (tmp_path / "models.json").write_text("{half a fi")  # damaged: counted again
+    assert table_counts(["lenet5"]) == {"lenet5": (61_706, 416_520)}
 
 
 def test_gflops_match_torchvision_tables(table):
     for name, gflops in PUBLISHED_GFLOPS.items():
         assert table[name]["gflops"] == pytest.approx(gflops, abs=0.006), name
+
+
+def test_lenet5_operations_counted_by_hand(table):
+    """32x32 grey input: C1 6x28x28x25 = 117,600; C3 16x10x10x150 = 240,000; C5 120x400 =
+    48,000; F6 120x84 = 10,080; output 84x10 = 840. The classic C3 reads 60 of the 96 input
+    maps (Table I): 60x25x100 = 150,000, not the dense 240,000 it is computed as."""
+    assert round(table["lenet5"]["gflops"] * 1e9) == 416_520
+    assert round(table["lenet5_classic"]["gflops"] * 1e9) == 416_520 - 90_000
 
 
 def test_params_match_published(table):
@@ -75,6 +101,10 @@ def test_unknown_pattern_says_so(capsys):
     assert main(["models", "--pattern", "nosuchnet*"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("cnnzoo models: error: no model matches") and "\n" not in err
+    assert main(["models", "--pattern", "resnet"]) == 2  # a name part, not a pattern
+    assert "'*resnet*' matches names that contain it" in capsys.readouterr().err
+    assert main(["models", "--pattern", "alexnet"]) == 0
+    assert "\n1 model. GFLOPs" in capsys.readouterr().out
 
 
 def test_a_closed_pipe_is_not_a_traceback():

@@ -11,6 +11,15 @@ from pathlib import Path
 from .errors import UsageError
 
 
+def cache_root() -> Path:
+    """cnnzoo's cache (weights, Fashion-MNIST, features, precision choices, the models table):
+    $CNNZOO_CACHE, else $XDG_CACHE_HOME/cnnzoo, else ~/.cache/cnnzoo."""
+    if env := os.environ.get("CNNZOO_CACHE"):
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "cnnzoo"
+
+
 def check_folder(path: str | os.PathLike[str], what: str) -> None:
     """`path` is a folder to write into (it may not exist yet): the first part of it that exists
     must be a folder we may write into, else one `UsageError` line naming `what` (e.g. '--out')

@@ -14,16 +14,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import UnknownModelError
     from ..models import get_config, list_models
-    from ..models.flops import count_macs, count_params
+    from ..models.flops import table_counts
 
     rows = []
-    for name in list_models(args.pattern):
+    names = list_models(args.pattern)
+    counts = table_counts(names)
+    for name in names:
         cfg = get_config(name)
         rows.append(
             {
                 "name": name,
-                "params": count_params(name),
-                "gflops": count_macs(name) / 1e9,
+                "params": counts[name][0],
+                "gflops": counts[name][1] / 1e9,
                 "input": "x".join(str(v) for v in cfg.input_size),
                 "classes": cfg.num_classes,
                 "year": cfg.year,
@@ -35,7 +37,10 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     if not rows:
-        raise UnknownModelError(f"no model matches {args.pattern!r}; `cnnzoo models` lists them all")
+        glob = "" if set("*?[") & set(args.pattern) else f" (a pattern: '*{args.pattern}*' " \
+            "matches names that contain it)"
+        raise UnknownModelError(f"no model matches {args.pattern!r}{glob}; `cnnzoo models` lists "
+                                "them all")  # fmt: skip
     header = f"{'model':<22}{'params':>14}{'GFLOPs':>9}  {'input':<11}{'classes':>7}  year  paper"
     print(header)
     print("-" * len(header))
@@ -45,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
             f"{r['classes']:>7}  {r['year']}  {r['paper']}"
         )
     print(
-        f"\n{len(rows)} models. GFLOPs: one multiply-add counted as one operation, at the default "
+        f"\n{len(rows)} model{'s' if len(rows) != 1 else ''}. GFLOPs: one multiply-add counted as one operation, at the default "
         "input size (the convention of the papers and of torchvision's tables)."
     )
     return 0

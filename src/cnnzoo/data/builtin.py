@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..paths import cache_root
 from .dataset import ImageDataset, Splits
 from .folder import load_csv, load_folder
 from .images import ImageSpec
@@ -53,17 +54,9 @@ SYSTEM_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 _SPLIT_PREFIX = {"train": "train", "test": "t10k"}
 
 
-def cache_dir() -> Path:
-    """cnnzoo's cache: $CNNZOO_CACHE, else $XDG_CACHE_HOME/cnnzoo, else ~/.cache/cnnzoo."""
-    if env := os.environ.get("CNNZOO_CACHE"):
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "cnnzoo"
-
-
 def fashion_mnist_dirs() -> list[Path]:
     """Where Fashion-MNIST is looked for, in order."""
-    return [SYSTEM_FASHION_MNIST, cache_dir() / "fashion-mnist"]
+    return [SYSTEM_FASHION_MNIST, cache_root() / "fashion-mnist"]
 
 
 # --- idx files --------------------------------------------------------------------------------
@@ -106,7 +99,7 @@ def _find_fashion_mnist(download: bool) -> Path:
     for d in fashion_mnist_dirs():
         if all((d / n).is_file() or (d / n[:-3]).is_file() for n in names):
             return d
-    target = cache_dir() / "fashion-mnist"
+    target = cache_root() / "fashion-mnist"
     help_text = (
         "install Debian's package (sudo apt-get install dataset-fashion-mnist) or copy the 4 files "
         f"({', '.join(names)}) from {FASHION_MNIST_URL} into {target}"

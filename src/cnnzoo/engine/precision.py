@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..paths import cache_root
 from .task import Task
 
 
@@ -75,8 +76,7 @@ def cpu_features() -> dict[str, Any]:
 
 
 def _cache_path() -> Path:
-    root = os.environ.get("CNNZOO_CACHE") or os.path.join(Path.home(), ".cache", "cnnzoo")
-    return Path(root) / "precision.json"
+    return cache_root() / "precision.json"
 
 
 def _cache_key(model: nn.Module, shape: tuple[int, ...]) -> str:

@@ -97,6 +97,12 @@ class SparseConv2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return F.conv2d(x, self.dense_weight(), self.bias)
 
+    def unused_macs(self, out: Tensor) -> int:
+        """Multiply-adds the dense weight's zeros add to this output `out` (N, C, H, W): what a
+        count of operations (`models.flops`) takes off, as the paper counts connections."""
+        unused = self.out_channels * self.in_channels - len(self.out_idx)
+        return out.shape[0] * out.shape[2] * out.shape[3] * unused * self.kernel_size**2
+
 
 class LeNet5(Classifier):
     """LeNet-5 in its classic (`classic=True`) or modern form; see the module docstring.

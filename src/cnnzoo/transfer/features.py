@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..paths import cache_root
 from ..weights import Preprocessing
 from ..weights.files import save_safetensors
 
@@ -172,9 +173,7 @@ def weights_fingerprint(source: str | os.PathLike[str] | None) -> str:
 
 def feature_cache_dir() -> Path:
     """Default cache: $CNNZOO_CACHE/features, else ~/.cache/cnnzoo/features (XDG respected)."""
-    from ..data.builtin import cache_dir
-
-    return cache_dir() / "features"
+    return cache_root() / "features"
 
 
 class FeatureCache:

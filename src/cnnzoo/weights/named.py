@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import WeightsError
+from ..paths import cache_root
 from .classes import imagenet_classes
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
@@ -144,10 +145,7 @@ def get_weights(model: str, tag: str = "imagenet") -> WeightsEntry:
 
 def cache_dir() -> Path:
     """Where cnnzoo keeps downloaded weights: $CNNZOO_CACHE/weights or ~/.cache/cnnzoo/weights."""
-    root = os.environ.get("CNNZOO_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "cnnzoo"
-    )
-    return Path(root) / "weights"
+    return cache_root() / "weights"
 
 
 def _torch_hub_dir() -> Path:
