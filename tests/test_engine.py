@@ -1244,3 +1244,21 @@ def test_one_image_batches_into_1x1_batchnorm_maps_are_one_line(tmp_path, capsys
                     "maps, which it cannot normalise: use --batch-size 2 or more, or larger "
                     "images (--img-size)")
     assert not (out / "last.pt").exists()
+
+
+def test_learning_curves_mark_whole_epochs(tmp_path, monkeypatch):
+    """Two epochs drew ticks at 1.0, 1.2, ... 2.0: an epoch is counted, not measured."""
+    import cnnzoo.engine.report as report
+
+    ticks: list[float] = []
+    save = report.save_figure
+
+    def spy(fig, path, dpi=110):
+        ticks.extend(t for ax in fig.axes for t in ax.get_xticks())
+        return save(fig, path, dpi)
+
+    monkeypatch.setattr(report, "save_figure", spy)
+    history = [{"epoch": 1, "train_loss": 1.0, "val_loss": 1.1},
+               {"epoch": 2, "train_loss": 0.5, "val_loss": 0.7}]
+    report.plot_curves(history, tmp_path / "curves.png")
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks

@@ -63,6 +63,8 @@ def plot_curves(
 
     epochs: the x values (default: each record's 'epoch'); breaks: x positions of dotted lines
     (where a phase of training starts); title: above the panels."""
+    from matplotlib import ticker
+
     plt = pyplot()
     metrics = logged_metrics(history) if metrics is None else metrics
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
@@ -76,6 +78,7 @@ def plot_curves(
             ax.axvline(x, color="grey", ls=":", lw=1)
         ax.set_title(m)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))  # no epoch 1.5
         ax.grid(alpha=0.3)
         ax.legend()
     if title:
