@@ -22,6 +22,8 @@ BAD = [
     (["train", "lenet5", "--data", "digits", "--erase", "-0.5"], "--erase"),
     (["train", "lenet5", "--data", "digits", "--grad-clip", "-1"], "--grad-clip"),
     (["train", "lenet5", "--data", "digits", "--img-size", "0"], "--img-size"),
+    (["train", "lenet5", "--data", "digits", "--img-size", "100000"], "--img-size"),  # 5 TB
+    (["transfer", "DIR", "--img-size", "5000"], "--img-size"),
     (["train", "lenet5", "--data", "digits", "--threads", "0"], "--threads"),
     (["train", "lenet5", "--data", "digits", "--patience", "x"], "--patience"),
     (["train", "lenet5", "--data", "digits", "--seed", "-1"], "--seed"),

@@ -12,8 +12,9 @@ import math
 from collections.abc import Callable
 
 
-def whole(low: int = 1, *, note: str = "") -> Callable[[str], int]:
-    """A whole number >= `low`; `note` explains a special value, e.g. '0: off'."""
+def whole(low: int = 1, *, high: int | None = None, note: str = "") -> Callable[[str], int]:
+    """A whole number >= `low` (and <= `high`); `note` explains a special value, e.g. '0: off',
+    or the limit."""
     extra = f" ({note})" if note else ""
 
     def parse(text: str) -> int:
@@ -25,6 +26,8 @@ def whole(low: int = 1, *, note: str = "") -> Callable[[str], int]:
             ) from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be >= {low}{extra}, not {value}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}{extra}, not {value}")
         return value
 
     return parse
@@ -108,6 +111,8 @@ def size_epochs(text: str) -> tuple[int, int]:
 
 # The options several commands share, with their ranges.
 COUNT = whole(1)  # epochs, batch sizes, threads, images per class, top-k
+# --img-size: 100000 asked torch for terabytes and ended in a MemoryError traceback.
+IMG_SIZE = whole(1, high=4096, note="a batch of larger images does not fit in memory")
 SEED = whole(0)  # numpy's generators take no negative seed
 FRACTION = real(0, 1, above=True, below=True)  # --val-fraction
 LEARNING_RATE = real(0, above=True)

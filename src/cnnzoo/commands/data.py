@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from .argtypes import COUNT, FRACTION, SEED
+from .argtypes import COUNT, FRACTION, IMG_SIZE, SEED
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "does (bad files are reported and skipped) and print classes, counts and sizes.",
     )
     i.add_argument("source", help="image folder, CSV manifest, fashion-mnist or digits")
-    i.add_argument("--img-size", type=COUNT, help="resize images to this square size")
+    i.add_argument("--img-size", type=IMG_SIZE, help="resize images to this square size")
     i.add_argument("--channels", type=int, choices=(1, 3), default=3, help="default: 3")
     i.add_argument("--val-fraction", type=FRACTION, default=0.2, help="when there is no val/ folder")
     i.add_argument("--seed", type=SEED, default=0, help="seed of the stratified split")

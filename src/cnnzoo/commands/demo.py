@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .argtypes import COUNT, whole
+from .argtypes import COUNT, IMG_SIZE, whole
 
 MODEL = "efficientnet_lite0"
 # The hard 5-class set of the benchmark: tops that differ in sleeves, length and collars.
@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="training images per class (default 30; 10 more per class validate)")
     p.add_argument("--test-per-class", type=COUNT, default=60,
                    help="held-out test images per class (default 60)")
-    p.add_argument("--img-size", type=COUNT, default=224,
+    p.add_argument("--img-size", type=IMG_SIZE, default=224,
                    help="input size of the pretrained network (default 224)")
     p.add_argument("--epochs", type=COUNT, default=4, help="fine-tuning epochs (default 4)")
     p.add_argument("--min-steps", type=whole(0), default=48,

@@ -14,6 +14,7 @@ import sys
 from .argtypes import (
     COUNT,
     FRACTION,
+    IMG_SIZE,
     LEARNING_RATE,
     SEED,
     beta_alpha,
@@ -70,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="VGG growth: the paper's first four convs + dense layers, or every "
                         "conv whose place exists in both")
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/MODEL)")
-    p.add_argument("--img-size", type=COUNT, default=None,
+    p.add_argument("--img-size", type=IMG_SIZE, default=None,
                    help="input size (default: built-ins keep their size, raised to the model's "
                         "minimum; folders use the model's default)")
     p.add_argument("--augment", choices=("none", "flip-crop", "crop", "photo"), default=None,

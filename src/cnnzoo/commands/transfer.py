@@ -16,7 +16,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .argtypes import COUNT, FRACTION, LEARNING_RATE, SEED, patience_epochs, real, whole
+from .argtypes import (
+    COUNT,
+    FRACTION,
+    IMG_SIZE,
+    LEARNING_RATE,
+    SEED,
+    patience_epochs,
+    real,
+    whole,
+)
 from .train import add_mixing_arguments
 
 
@@ -45,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--views", type=int, default=2, choices=(1, 2, 3, 4),
                    help="views per image for features and prediction: 1 image, 2 + mirror "
                         "(default), 3 + centre zoom, 4 + its mirror")  # fmt: skip
-    p.add_argument("--img-size", type=COUNT, default=None,
+    p.add_argument("--img-size", type=IMG_SIZE, default=None,
                    help="input size (default: the weights', 224 for ImageNet)")
     p.add_argument("--fit", choices=("crop", "resize"), default="crop",
                    help="crop: the weights' resize + centre crop (default); resize: squash the "
