@@ -285,3 +285,27 @@ def test_reset_classifier_updates_what_records_the_head():
     # A U-Net's last 1x1 conv is its mask classes, not a head to drop.
     with pytest.raises(cnnzoo.errors.ModelOptionError, match="unet is a segmentation model"):
         cnnzoo.create_model("unet", num_classes=0)
+
+
+def test_every_model_lists_the_options_it_takes():
+    """`ModelConfig.options` is what the unknown-option error names: each listed option is
+    taken (at its default value) and each keyword of the model's builder is listed."""
+    import inspect
+
+    from cnnzoo.models.registry import _lookup
+
+    for name in cnnzoo.list_models():
+        builder, cfg = _lookup(name)
+        sig = inspect.signature(builder, eval_str=True)
+        explicit = {p.name: p.default for p in sig.parameters.values()
+                    if p.kind is p.KEYWORD_ONLY and p.name not in ("num_classes", "in_chans")}
+        assert set(explicit) <= set(cfg.options), (name, explicit)
+        init = inspect.signature(sig.return_annotation.__init__).parameters
+        for option in cfg.options:
+            default = explicit[option] if option in explicit else init[option].default
+            with torch.device("meta"):
+                cnnzoo.create_model(name, **{option: default})
+    with pytest.raises(cnnzoo.errors.ModelOptionError,
+                       match="has no option 'dropout': did you mean drop_rate\\? its options are "
+                             "drop_rate$"):  # fmt: skip
+        cnnzoo.create_model("densenet121", dropout=0.2)

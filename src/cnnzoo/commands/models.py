@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
                 "classes": cfg.num_classes,
                 "year": cfg.year,
                 "task": cfg.task,
+                "options": list(cfg.options),  # --model-arg / create_model keywords
                 "paper": cfg.paper,
             }
         )

@@ -88,6 +88,7 @@ register_model(
         paper=PAPER,
         year=2012,
         min_size=MIN_SIZE,
+        options=("dropout",),
         notes="single-tower variant (Krizhevsky 2014, 'one weird trick'), as in torchvision",
     ),
     _build,

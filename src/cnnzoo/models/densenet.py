@@ -195,7 +195,8 @@ def densenet_bc_100_k12(
 # CIFAR net has two such pools and needs 4 pixels.
 for _name, (_k, _blocks, _init) in IMAGENET_CONFIGS.items():
     register_model(
-        ModelConfig(name=_name, family="densenet", paper=_PAPER, year=2017, min_size=29),
+        ModelConfig(name=_name, family="densenet", paper=_PAPER, year=2017, min_size=29,
+                    options=("drop_rate",)),
         _imagenet_builder(_k, _blocks, _init),
     )
 
@@ -204,6 +205,7 @@ register_model(
         name="densenet_bc_100_k12", family="densenet", paper=_PAPER, year=2017,
         input_size=(3, 32, 32), min_size=4, mean=CIFAR_MEAN, std=CIFAR_STD, num_classes=10,
         notes="CIFAR DenseNet-BC, L=100, k=12, compression 0.5",
+        options=("drop_rate",),
     ),
     densenet_bc_100_k12,
 )  # fmt: skip

@@ -316,6 +316,7 @@ for _fn, _size, _stages in (
             # (shared/README.md): the (x - 127) / 128 of Google's TF Lite models.
             mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
             notes=_NOTES, transfer_stages=_stages,
+            options=("dropout", "drop_path_rate", "tf_padding", "stages"),
         ),
         _fn,
     )  # fmt: skip

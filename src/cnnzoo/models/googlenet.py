@@ -251,6 +251,7 @@ register_model(
         paper=PAPER,
         year=2014,
         min_size=MIN_SIZE,
+        options=("aux_logits", "transform_input", "dropout", "dropout_aux"),
         notes="Inception v1 with BatchNorm, 2 auxiliary classifiers (training only), Table 1",
     ),
     _build,

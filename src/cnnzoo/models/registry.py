@@ -29,7 +29,9 @@ class ModelConfig:
     `input_size` is (channels, height, width) at the model's default resolution; `min_size` is the
     smallest height/width the network accepts (smaller inputs raise `InputSizeError`).
     `transfer_stages`: the feature stages a transfer-learning head reads by default (pooled and
-    concatenated, `models.taps`); empty: the model's own pre-logits vector.
+    concatenated, `models.taps`); empty: the model's own pre-logits vector. `options`: the
+    keyword options `create_model` takes for it besides num_classes, in_chans and weights
+    (`--model-arg`), named in the error for any other.
     """
 
     name: str
@@ -43,6 +45,7 @@ class ModelConfig:
     num_classes: int = 1000
     task: str = "classification"  # or "segmentation"
     transfer_stages: tuple[int, ...] = ()
+    options: tuple[str, ...] = ()
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -181,8 +184,12 @@ def create_model(
         if unknown:
             option = unknown.group(1)
             hint = _PEER_OPTIONS.get(option)
-            raise ModelOptionError(f"{name} has no option {option!r}"
-                                   + (f": {hint}" if hint else "")) from None
+            if hint is None:
+                close = difflib.get_close_matches(option, cfg.options, n=1, cutoff=0.6)
+                hint = (f"did you mean {close[0]}? " if close else "") + (
+                    f"its options are {', '.join(cfg.options)}" if cfg.options
+                    else "it has none besides num_classes and in_chans")
+            raise ModelOptionError(f"{name} has no option {option!r}: {hint}") from None
         fixed = re.search(r"multiple values for keyword argument '(\w+)'", str(exc))
         if fixed:  # lenet5 classic=True: what its name already decides
             option = fixed.group(1)

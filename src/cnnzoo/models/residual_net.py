@@ -92,6 +92,7 @@ register_model(
         paper="lecture example of a skip connection (He et al., CVPR 2016)",
         mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD, num_classes=10,
         notes="fixed input size: create_model('residual_net', img_size=...) for others",
+        options=("img_size", "hidden"),
     ),
     residual_net,
     min_size=lambda *, img_size=28, **_: img_size,  # its dense layer takes one size only

@@ -405,6 +405,8 @@ register_model(
         num_classes=2,
         task="segmentation",
         notes="padding='valid' (572 -> 388) or 'same'; legal valid sizes 188 + 16k",
+        options=("padding", "batchnorm", "dropout", "base_width", "decoder_channels",
+                 "encoder_name", "encoder_weights"),
     ),
     unet,
     # As UNet.min_size: 'same' padding takes 16 px (32 with a stride-32 classifier encoder; the

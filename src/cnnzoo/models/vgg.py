@@ -244,6 +244,7 @@ for _name, _letter in VGG_DEPTHS.items():
                 notes=f"configuration {_letter} ({_depth} weight layers), Table 1"
                 + (", BatchNorm after each conv" if _bn else ""),
                 extra={"config": _letter},
+                options=("stages", "width_mult", "fc_dim", "pool_size", "dropout"),
             ),
             _builder(_letter, _bn),
             min_size=min_size_for,
