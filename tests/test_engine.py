@@ -853,6 +853,9 @@ def test_cli_refuses_to_replace_or_mix_runs_in_one_line(tmp_path, capsys):
     assert error(["train", "unet", *base[2:-1], str(tmp_path / "u")]).endswith(
         "digits is neither a folder with images/ and masks/ nor a .csv manifest.")
     assert not (tmp_path / "u").exists()
+    # An input size the model cannot take, in the option's words (not "resize the images").
+    assert error([*base[:-1], str(tmp_path / "small"), "--img-size", "28"]) == (
+        "cnnzoo train: error: --img-size 28: lenet5 takes inputs of at least 32 px")
     # A run inside its own data folder: the next run would read its curves.png as a class
     # 'run'. Refused for classification and segmentation alike, before any work.
     (tmp_path / "imgs" / "a").mkdir(parents=True)

@@ -220,6 +220,11 @@ def train_classifier(
     if taken:
         raise UsageError(f"{', '.join(taken)}: set by the data (its classes; its channels or "
                          "--channels), not by --model-arg")  # fmt: skip
+    if data.img_size is not None and not fixed_input_size(model_name):
+        smallest = min_input_size(model_name, **model_kwargs)
+        if data.img_size < smallest:  # before the data are loaded, in the option's own words
+            raise UsageError(f"--img-size {data.img_size}: {model_name} takes inputs of at "
+                             f"least {smallest} px")  # fmt: skip
     if data.progressive is not None:  # before the data are loaded, in the option's own words
         small, epochs = data.progressive
         smallest = min_input_size(model_name, **model_kwargs)
