@@ -220,9 +220,16 @@ def train_classifier(
     if taken:
         raise UsageError(f"{', '.join(taken)}: set by the data (its classes; its channels or "
                          "--channels), not by --model-arg")  # fmt: skip
-    if data.img_size is not None and not fixed_input_size(model_name):
+    # Input sizes before the data are loaded, in the options' own words. residual_net is built
+    # for the size it trains at (its img_size option); any other net has a least size.
+    fixed = fixed_input_size(model_name)
+    given = model_kwargs.get("img_size", data.img_size)
+    if fixed and data.img_size is not None and given != data.img_size:
+        raise UsageError(f"--img-size {data.img_size} and --model-arg img_size={given}: "
+                         f"{model_name} is built for the size it trains at; give one")
+    if not fixed and data.img_size is not None:
         smallest = min_input_size(model_name, **model_kwargs)
-        if data.img_size < smallest:  # before the data are loaded, in the option's own words
+        if data.img_size < smallest:
             raise UsageError(f"--img-size {data.img_size}: {model_name} takes inputs of at "
                              f"least {smallest} px")  # fmt: skip
     if data.progressive is not None:  # before the data are loaded, in the option's own words
@@ -235,15 +242,10 @@ def train_classifier(
             raise UsageError(f"--progressive {small}:{epochs} covers all {config.epochs} epochs, "
                              "so the net would never train at its full size: give fewer "
                              "epochs than --epochs")  # fmt: skip
-    if fixed_input_size(model_name):
-        given = model_kwargs.get("img_size")
-        if given is not None and data.img_size is not None and given != data.img_size:
-            raise UsageError(f"--img-size {data.img_size} and --model-arg img_size={given}: "
-                             f"{model_name} is built for the size it trains at; give one")
     splits, size, channels = load_splits(data, model_name, seed=config.seed,
                                          model_kwargs=model_kwargs, progress=config.progress)
     say(f"data: {splits!r}, training at {size}x{size}")
-    if fixed_input_size(model_name):
+    if fixed:
         model_kwargs.setdefault("img_size", size)
     mean, std = channel_stats(splits.train.images)
     train, val = make_loaders(splits, size, data, seed=config.seed, mean=mean, std=std, dist=dist)
