@@ -898,6 +898,10 @@ def test_segmentation_resume_checks_model_options_and_encoder_errors_read_cleanl
 
     with pytest.raises(UsageError, match="^--encoder-weights needs --encoder NAME"):
         build_model(2, 1, encoder_weights="imagenet")
+    # base_width as a --model-arg lost to --base-width's default (a 16-wide net was trained).
+    for option, flag in (("base_width", "--base-width"), ("padding", "--padding")):
+        with pytest.raises(UsageError, match=f"^{option} has an option of its own: use {flag}"):
+            build_model(2, 1, model_kwargs={option: 8})
     missing = tmp_path / "nothing.pth"
     with pytest.raises(WeightsError) as err:
         build_model(2, 1, encoder_name="resnet18", encoder_weights=str(missing))

@@ -106,6 +106,14 @@ def build_model(
                else f"its --encoder may be one of {', '.join(ENCODERS)}")  # fmt: skip
         raise DataError(f"{model} is a classifier: segmentation trains unet ({how}).")
     _check_encoder(encoder_name, encoder_weights)
+    # Options with their own flag: a --model-arg of the same name lost to the flag's default
+    # (base_width) or silently beat the flag (padding).
+    own = {"padding": "--padding", "base_width": "--base-width", "encoder_name": "--encoder",
+           "encoder_weights": "--encoder-weights"}
+    taken = [k for k in own if k in (model_kwargs or {})]
+    if taken:
+        raise UsageError(f"{taken[0]} has an option of its own: use {own[taken[0]]} "
+                         f"(train({taken[0]}=...) in Python), not --model-arg")
     kwargs: dict[str, Any] = {"padding": padding, **(model_kwargs or {})}
     if encoder_name:
         kwargs["encoder_name"] = encoder_name
