@@ -296,6 +296,15 @@ def test_mask_pairs_report_missing_and_mismatched_pairs_one_line_each(tmp_path):
                for line in lines)
     # 0/255 masks are two classes.
     assert pairs.masks[0].max() == 1 and int(pairs.masks[0].sum()) == 16
+    # Any format images are read in pairs (a .webp was "no image w.*"), a mask may be named
+    # <stem>_mask (as `cnnzoo segment` writes them), and hidden files are no pairs.
+    Image.fromarray(img).save(tmp_path / "images" / "w.webp", lossless=True)
+    _png(tmp_path / "masks" / "w.png", m)
+    _png(tmp_path / "masks" / "c_mask.png", m)
+    _png(tmp_path / "masks" / "._a.png", m)
+    lines.clear()
+    pairs = load_mask_pairs(tmp_path, classes=["background", "cell"], report=lines.append)
+    assert pairs.names == ["a", "c", "d", "w"] and len(lines) == 2  # b and e, as before
 
 
 def test_csv_manifest_with_class_indices_and_a_missing_file(tmp_path):

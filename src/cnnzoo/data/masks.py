@@ -34,8 +34,8 @@ from scipy import ndimage
 
 from ..errors import DataError
 from .folder import manifest_path
+from .images import IMAGE_EXTENSIONS
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 IGNORE_INDEX = 255
 # Lossy formats: their compression puts in-between values along every edge of a mask, and each
 # of those would become a class (a 0/255 JPEG mask reads as 254 classes).
@@ -85,7 +85,8 @@ def _files_by_stem(folder: Path, problems: list[str], ambiguous: set[str]) -> di
     `ambiguous` and reported in `problems`: which of them the pair means cannot be told."""
     by_stem: dict[str, list[Path]] = {}
     for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+        # Every format images are read in (.webp, .gif, ...); no hidden files (macOS's ._a.png).
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."):
             by_stem.setdefault(p.stem, []).append(p)
     for stem, paths in by_stem.items():
         if len(paths) > 1:
@@ -118,6 +119,11 @@ def find_pairs(
     # A stem reported above for two files in one folder is not also "without a mask/image".
     imgs = {s: p for s, p in imgs.items() if s not in ambiguous}
     msks = {s: p for s, p in msks.items() if s not in ambiguous}
+    # img_05_mask.png is img_05.png's mask: the names `cnnzoo segment` writes, and a common way
+    # of naming masks, unless a mask of the plain stem is there too.
+    for stem in [s for s in msks if s.endswith("_mask") and s not in imgs]:
+        if stem[: -len("_mask")] in imgs and stem[: -len("_mask")] not in msks:
+            msks[stem[: -len("_mask")]] = msks.pop(stem)
     problems += [f"skipped {imgs[s]}: no mask {s}.* in {mask_dir}" for s in imgs if s not in msks]
     problems += [f"skipped {msks[s]}: no image {s}.* in {img_dir}" for s in msks if s not in imgs]
     pairs = [(s, imgs[s], msks[s], insts.get(s)) for s in imgs if s in msks]
