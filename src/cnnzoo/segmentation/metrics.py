@@ -17,7 +17,9 @@ Conventions (documented in docs/segmentation.md):
 - Instance count error: per image, |number of predicted cells - number of true cells|, where the
   cells are the 4-connected components of the foreground (classes >= 1) with at least
   `min_area` pixels, in both the prediction and the truth; reported as the mean over images
-  (`count_err`) and relative to the true count summed over images (`count_rel`).
+  (`count_err`) and relative to the true count summed over images (`count_rel`). The
+  accumulator sees what the loader gives: for validation images of mixed sizes, cut into tiles,
+  "image" means tile (a cell on a tile's edge counts in both tiles, in truth and prediction).
 """
 
 from __future__ import annotations
