@@ -305,6 +305,14 @@ def test_mask_pairs_report_missing_and_mismatched_pairs_one_line_each(tmp_path):
     lines.clear()
     pairs = load_mask_pairs(tmp_path, classes=["background", "cell"], report=lines.append)
     assert pairs.names == ["a", "c", "d", "w"] and len(lines) == 2  # b and e, as before
+    # 0/255 masks with three class names: 255 is 'ignore', no pixel is a cell; said, not silent.
+    lines.clear()
+    pairs = load_mask_pairs(tmp_path, classes=["bg", "cell", "extra"], report=lines.append)
+    assert int((pairs.masks[0] == 255).sum()) == 16
+    assert [ln for ln in lines if ln.startswith("note:")] == [
+        "note: every mask holds only 0 and 255, and with 3 classes 255 means 'ignore', so no "
+        "pixel is labelled cell, extra; if 255 marks the foreground, name two classes (--classes "
+        "background,cell)"]
 
 
 def test_csv_manifest_with_class_indices_and_a_missing_file(tmp_path):

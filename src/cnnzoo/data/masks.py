@@ -329,14 +329,19 @@ def load_mask_pairs(
         raise DataError(f"no usable image/mask pairs in {source}: see the messages above.")
     # 0/255 masks are two classes only when every mask is 0/255: one mask of a multi-class set
     # that holds just background and ignored pixels must not turn its ignored pixels into class 1.
+    only_0_255 = all(set(np.unique(m).tolist()) <= {0, IGNORE_INDEX} for m in masks)
+    unlabelled = binary_255 is None and only_0_255 and classes is not None and len(classes) != 2
     if binary_255 is None:
-        binary_255 = (classes is None or len(classes) == 2) and all(
-            set(np.unique(m).tolist()) <= {0, IGNORE_INDEX} for m in masks)
+        binary_255 = (classes is None or len(classes) == 2) and only_0_255
     if binary_255:
         masks = [np.where(m == IGNORE_INDEX, 1, m).astype(np.uint8) for m in masks]
     insts = [foreground_components(m) if have_instances and inst is None else inst
              for m, inst in zip(masks, insts, strict=True)]  # as for a set without any
     notes: list[str] = []
+    if unlabelled:  # every foreground pixel ignored: a run that learns nothing, without a word
+        notes.append(f"note: every mask holds only 0 and 255, and with {len(classes)} classes "
+                     f"255 means 'ignore', so no pixel is labelled {', '.join(classes[1:])}; "
+                     "if 255 marks the foreground, name two classes (--classes background,cell)")
     if without_instances:
         notes.append(
             f"note: {len(without_instances)} of {len(names)} pairs have no instance file "
