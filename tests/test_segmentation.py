@@ -592,7 +592,7 @@ def test_train_unet_segmentation_cli_end_to_end(trained, capsys):
     assert ckpt["meta"]["task"] == "segmentation" and ckpt["meta"]["loss"] == "weighted_ce"
 
 
-def test_segment_cli_1024_image_writes_mask_and_overlay(trained, tmp_path):
+def test_segment_cli_1024_image_writes_mask_and_overlay(trained, tmp_path, capsys):
     from cnnzoo.segmentation.training import load_segmenter
 
     data = make_cells(1, size=1024, seed=1, split="test")
@@ -621,6 +621,12 @@ def test_segment_cli_1024_image_writes_mask_and_overlay(trained, tmp_path):
     edge = contours(mask // 255)
     assert (overlay[~edge] == data.images[0][~edge][:, None]).all()
     assert (overlay[edge] == [255, 0, 255]).all()
+    # Context beyond memory: one line before any tile is made (was a 25 GB MemoryError).
+    rc = main(["segment", str(tmp_path / "big.png"), "--checkpoint", str(trained / "best.pt"),
+               "--out", str(tmp_path / "o2"), "--margin", "5000"])
+    assert rc == 2 and not (tmp_path / "o2" / "big_mask.png").exists()
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "more than 4096 px fit in memory: choose a smaller --tile or --margin")
 
 
 def test_segment_rejects_a_classification_checkpoint(tmp_path, capsys):

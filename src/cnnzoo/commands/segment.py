@@ -22,6 +22,8 @@ from pathlib import Path
 
 from .argtypes import COUNT, real, whole
 
+MAX_TILE = 4096  # input tile side: the --img-size limit of training (argtypes.IMG_SIZE)
+
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
     """The `--task segmentation` options of `cnnzoo train`."""
@@ -60,7 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="input tile side in pixels (default 512; bounds the memory)")
     p.add_argument("--margin", type=whole(0), default=None,
                    help="context per tile side in 'same' mode (default: the receptive-field "
-                        "radius, which makes the tiles agree exactly with a whole-image pass)")
+                        "radius, which makes the tiles of the paper's U-Net agree exactly with "
+                        "a whole-image pass; with a classifier encoder, whose receptive field "
+                        "is larger, 96 px: nearly)")
     p.add_argument("--batch-size", type=COUNT, default=4, help="tiles per forward pass")
     p.add_argument("--threads", type=COUNT, default=None, help="torch threads (default: all)")
 
@@ -94,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..data.images import load_image
-    from ..errors import ImageError
+    from ..errors import ImageError, UsageError
     from ..paths import check_folder
     from ..segmentation.tiling import predict_tiled, tile_geometry
     from ..segmentation.training import load_segmenter
@@ -112,6 +116,10 @@ def run(args: argparse.Namespace) -> int:
     model, meta = load_segmenter(args.checkpoint)
     k, channels = int(meta["num_classes"]), int(meta["in_chans"])
     geo = tile_geometry(model, args.tile, args.margin)
+    if geo.in_size > MAX_TILE:  # --margin 5000: a 10,000-px tile, a 25 GB MemoryError traceback
+        raise UsageError(f"--tile {args.tile} with {geo.margin} px of context per side makes "
+                         f"input tiles of {geo.in_size} px, more than {MAX_TILE} px fit in "
+                         "memory: choose a smaller --tile or --margin")  # fmt: skip
     if geo.out_size * 4 < geo.in_size:
         # Each input tile is mostly context: many more forward passes than the image needs.
         # In 'valid' mode the net itself trims the context: only a larger tile helps.
