@@ -305,6 +305,12 @@ def test_mask_pairs_report_missing_and_mismatched_pairs_one_line_each(tmp_path):
     lines.clear()
     pairs = load_mask_pairs(tmp_path, classes=["background", "cell"], report=lines.append)
     assert pairs.names == ["a", "c", "d", "w"] and len(lines) == 2  # b and e, as before
+    # A mask with the image's sides swapped: drawn on a photo before its EXIF turn.
+    _png(tmp_path / "masks" / "b.png", m.T.copy())
+    lines.clear()
+    load_mask_pairs(tmp_path, classes=["background", "cell"], report=lines.append)
+    assert any(ln.startswith("skipped b: mask 16x20 but image 20x16") and "EXIF" in ln
+               for ln in lines), lines
     # 0/255 masks with three class names: 255 is 'ignore', no pixel is a cell; said, not silent.
     lines.clear()
     pairs = load_mask_pairs(tmp_path, classes=["bg", "cell", "extra"], report=lines.append)
@@ -322,12 +328,14 @@ def test_csv_manifest_with_class_indices_and_a_missing_file(tmp_path):
     m[0, 0] = 255  # with other classes present, 255 is "ignore" (VOC)
     _png(tmp_path / "x.png", img)
     _png(tmp_path / "x_mask.png", m)
-    (tmp_path / "list.csv").write_text("image,mask\nx.png,x_mask.png\ngone.png,x_mask.png\n")
+    (tmp_path / "list.csv").write_text("image,mask\nx.png,x_mask.png\ngone.png,x_mask.png\n"
+                                       "x.png,\n")  # fmt: skip
     lines: list[str] = []
     pairs = load_mask_pairs(tmp_path / "list.csv", classes=["a", "b", "c"], report=lines.append)
     assert pairs.names == ["x"] and pairs.in_chans == 3
     assert pairs.masks[0][0, 0] == 255 and pairs.masks[0][1, 0] == 2
-    assert len(lines) == 1 and "gone.png" in lines[0] and "no such file" in lines[0]
+    assert len(lines) == 2 and "gone.png" in lines[0] and "no such file" in lines[0]
+    assert lines[1] == f"skipped x: no mask file given for {tmp_path / 'x.png'}"  # not EISDIR
 
 
 def _pair_folder(root, stems, size=(16, 20)):
@@ -374,6 +382,12 @@ def test_a_val_folder_reads_255_as_its_training_folder_does(tmp_path):
     splits = load_segmentation(tmp_path)
     assert np.unique(splits.train.masks).tolist() == [0, 1]
     assert np.unique(splits.val.masks).tolist() == [0, 1]
+    # Grey training images, a colour val/ image: the grey ones are promoted, as within one
+    # folder (this was an error that did not say what to do).
+    _png(tmp_path / "val" / "images" / "v.png", np.full((16, 20, 3), 100, np.uint8))
+    splits = load_segmentation(tmp_path)
+    assert splits.train.images.shape[1] == splits.val.images.shape[1] == 3
+    assert (splits.train.images == 100).all()
 
 
 def test_jpeg_masks_are_skipped_and_all_jpeg_is_one_line(tmp_path):

@@ -286,6 +286,9 @@ def load_mask_pairs(
         except (OSError, ValueError) as exc:
             problems.append(f"skipped {name}: {exc}")  # ImageError names the file
             continue
+        if mask_path.is_dir():  # a manifest row with an empty mask cell names the CSV's folder
+            problems.append(f"skipped {name}: no mask file given for {img_path}")
+            continue
         try:
             mask = _read_mask(mask_path)
         except _LossyFile as exc:
@@ -301,9 +304,13 @@ def load_mask_pairs(
             problems.append(f"skipped {name}: cannot read instances {inst_path}: {exc}")
             continue
         if mask.shape != img.shape[:2]:
+            # Images are turned upright by their EXIF orientation (a phone's portrait photo); a
+            # mask drawn on the stored pixels then has the image's sides swapped.
+            turned = " (the image's sides swapped: is it turned by its EXIF orientation? draw " \
+                "the mask on the upright image)" if mask.shape == img.shape[1::-1] else ""
             problems.append(
                 f"skipped {name}: mask {mask.shape[1]}x{mask.shape[0]} but image "
-                f"{img.shape[1]}x{img.shape[0]} ({mask_path})"
+                f"{img.shape[1]}x{img.shape[0]} ({mask_path}){turned}"
             )
             continue
         if inst is not None and inst.shape != mask.shape:

@@ -286,7 +286,11 @@ def load_segmentation(
     val = (pick(val_pairs, None, True) if val_pairs is not None
            else pick(pairs, val_idx, True))
     if train.images.shape[1] != val.images.shape[1]:
-        raise DataError("training and validation images differ in channels (grey vs colour).")
+        # Grey training images and colour val/ ones (or the reverse): the grey part is promoted,
+        # as grey and colour files within one folder are (data.masks).
+        for part in (train, val):
+            if part.images.shape[1] == 1:
+                part.images = np.repeat(part.images, 3, axis=1)
     skipped = pairs.skipped + (val_pairs.skipped if val_pairs is not None else [])
     return SegmentationSplits(train, val, pairs.classes, skipped, str(source))
 
