@@ -24,6 +24,7 @@ from cnnzoo.models import create_model
 from cnnzoo.segmentation.data import (
     PadToNet,
     PairedTransform,
+    SegmentationSet,
     load_segmentation,
     stack_pairs,
     train_transform,
@@ -358,9 +359,14 @@ def test_255_is_class_one_only_when_every_mask_is_0_255(tmp_path):
     _png(tmp_path / "four" / "masks" / "c.png", np.arange(4, dtype=np.uint8).repeat(80)
          .reshape(16, 20))
     _png(tmp_path / "four" / "images" / "c.png", np.zeros((16, 20), np.uint8))
-    pairs = load_mask_pairs(tmp_path / "four")
+    lines: list[str] = []
+    pairs = load_mask_pairs(tmp_path / "four", report=lines.append)
     assert pairs.classes == ["0", "1", "2", "3"]
     assert [np.unique(m).tolist() for m in pairs.masks] == [[0, 255], [0, 255], [0, 1, 2, 3]]
+    # ... and says so: with a mix of 0/255 and 0/1 masks the 0/255 ones lost all foreground.
+    assert ("note: 2 of 3 masks hold only 0 and 255 (a, b), the others class indices: 255 means "
+            "'ignore' in such a set, so these masks have no foreground; save them with 1 for "
+            "the foreground if 255 marks it") in lines
 
 
 def test_a_val_folder_reads_255_as_its_training_folder_does(tmp_path):
@@ -411,6 +417,7 @@ def test_stray_mask_value_is_named_when_classes_are_inferred(tmp_path):
     m[0, 0] = 5  # one stray pixel in a 0/1 set (1 of 4,800 labelled pixels)
     _png(tmp_path / "masks" / "b.png", m)
     _png(tmp_path / "masks" / "a.png", m.clip(0, 1))
+    _png(tmp_path / "masks" / "c.png", m.clip(0, 1))  # 0/1 too: a 0/255 one gets its own note
     lines: list[str] = []
     pairs = load_mask_pairs(tmp_path, report=lines.append)
     assert pairs.num_classes == 6 and len(lines) == 1
@@ -464,6 +471,10 @@ def test_validation_tiles_count_every_pixel_once(tmp_path):
                .permute(0, 3, 1, 2).float(), torch.from_numpy(val.masks), torch.zeros(()))
     assert int(acc.confusion.sum()) == 30 * 30 + 70 * 40 + 64 * 64
     assert val.describe() == "3 images of 30x30 to 64x64 in 4 tiles of 64x64"
+    # Whole images: width x height too (a 230-wide, 200-high image read '200x230').
+    whole = SegmentationSet(np.zeros((1, 1, 200, 230), np.uint8), np.zeros((1, 200, 230),
+                            np.uint8), None, ["w"])  # fmt: skip
+    assert whole.describe() == "1 image of 230x200"
     # Training tiles keep the paper's mirrored borders (labels there are real mirrored labels).
     train = stack_pairs(images, masks, None, ["a", "b", "c"], 64)
     assert not (train.masks == IGNORE_INDEX).any()

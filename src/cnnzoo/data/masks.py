@@ -336,7 +336,11 @@ def load_mask_pairs(
         raise DataError(f"no usable image/mask pairs in {source}: see the messages above.")
     # 0/255 masks are two classes only when every mask is 0/255: one mask of a multi-class set
     # that holds just background and ignored pixels must not turn its ignored pixels into class 1.
-    only_0_255 = all(set(np.unique(m).tolist()) <= {0, IGNORE_INDEX} for m in masks)
+    values = [set(np.unique(m).tolist()) for m in masks]
+    only_0_255 = all(v <= {0, IGNORE_INDEX} for v in values)
+    # Some masks 0/255, the others class indices: the 0/255 ones lose their foreground.
+    white = [n for n, v in zip(names, values, strict=True) if v == {0, IGNORE_INDEX}]
+    mixed = binary_255 is None and white and not only_0_255
     unlabelled = binary_255 is None and only_0_255 and classes is not None and len(classes) != 2
     if binary_255 is None:
         binary_255 = (classes is None or len(classes) == 2) and only_0_255
@@ -349,6 +353,11 @@ def load_mask_pairs(
         notes.append(f"note: every mask holds only 0 and 255, and with {len(classes)} classes "
                      f"255 means 'ignore', so no pixel is labelled {', '.join(classes[1:])}; "
                      "if 255 marks the foreground, name two classes (--classes background,cell)")
+    if mixed:
+        notes.append(f"note: {len(white)} of {len(names)} masks hold only 0 and 255 "
+                     f"({_some(white)}), the others class indices: 255 means 'ignore' in such a "
+                     "set, so these masks have no foreground; save them with 1 for the "
+                     "foreground if 255 marks it")  # fmt: skip
     if without_instances:
         notes.append(
             f"note: {len(without_instances)} of {len(names)} pairs have no instance file "

@@ -67,7 +67,7 @@ class SegmentationSet:
         256x256' (what a startup line should say: the tiles are not the user's images)."""
         h, w = self.images.shape[-2:]
         if self.source_sizes is None:
-            return f"{len(self)} image{'' if len(self) == 1 else 's'} of {h}x{w}"
+            return f"{len(self)} image{'' if len(self) == 1 else 's'} of {w}x{h}"  # width first
         by_area = sorted(self.source_sizes, key=lambda s: (s[0] * s[1], s))
         (h0, w0), (h1, w1) = by_area[0], by_area[-1]
         sizes = f"{w0}x{h0}" if (h0, w0) == (h1, w1) else f"{w0}x{h0} to {w1}x{h1}"
