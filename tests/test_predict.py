@@ -266,3 +266,14 @@ def test_predict_a_training_checkpoint_as_evaluate_scores_it(tmp_path, capsys):
         [r["predictions"][0]["class"] for r in got]
     assert [r["predictions"][0]["probability"] for r in again] == pytest.approx(
         [r["predictions"][0]["probability"] for r in got], abs=1e-6)
+
+
+def test_a_file_named_twice_is_read_once(tmp_path):
+    """A folder and one of its files (or a shell glob and a name) were two inputs: segment then
+    renamed every output to tell the copies apart."""
+    from cnnzoo.commands.predict import expand_paths
+
+    for name in ("a.png", "b.png"):
+        Image.new("L", (4, 4)).save(tmp_path / name)
+    got = expand_paths([tmp_path, tmp_path / "b.png", str(tmp_path / "." / "a.png")])
+    assert [p.name for p in got] == ["a.png", "b.png"]

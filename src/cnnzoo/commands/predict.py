@@ -160,7 +160,16 @@ def expand_paths(
         raise ImageError(empty[0])
     if problems is not None:
         problems.extend(empty)
-    return out
+    # A file named twice (a folder and one of its files, `*.png a.png`) is read once: segment
+    # wrote both copies under one name (renaming every output), predict printed it twice.
+    seen: set[str] = set()
+    unique = []
+    for path in out:
+        key = os.path.realpath(path)
+        if key not in seen:
+            seen.add(key)
+            unique.append(path)
+    return unique
 
 
 def classify_files(
