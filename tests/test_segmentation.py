@@ -266,6 +266,11 @@ def test_valid_unet_tiles_equal_whole_mirrored_image():
         whole = net(torch.from_numpy(pad)[None, None])[0, :, 2:102, 2:92]
     assert tiled.shape == (2, 100, 90)
     assert (tiled - whole).abs().max() < 1e-4
+    # A grey (H, W) array is one image; a colour (H, W, C) one names the transpose it needs.
+    assert torch.equal(predict_tiled(net, img[0], tile=220, output="logits"), tiled)
+    rgb = create_model("unet", num_classes=2, in_chans=3, padding="same", base_width=4).eval()
+    with pytest.raises(ValueError, match=r"channels last .* pass image.transpose\(2, 0, 1\)"):
+        predict_tiled(rgb, np.zeros((40, 50, 3), np.uint8))
 
 
 # ----------------------------------------------------------------------------- data

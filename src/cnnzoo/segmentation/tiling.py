@@ -105,8 +105,14 @@ def predict_tiled(
     Returns (num_classes, H, W) float32 probabilities or logits, or a uint8 (H, W) mask.
     """
     img = torch.as_tensor(image)
+    if img.dim() == 2:  # one grey image (H, W), as skimage and PIL give it
+        img = img[None]
     if img.dim() != 3:
         raise ValueError(f"expected one image (C, H, W), got shape {tuple(img.shape)}")
+    chans = getattr(model, "in_chans", None)
+    if chans is not None and img.shape[0] != chans and img.shape[-1] == chans:
+        raise ValueError(f"image of shape {tuple(img.shape)} has its channels last (skimage's "
+                         "and PIL's layout): pass image.transpose(2, 0, 1) (C, H, W)")
     _, h, w = img.shape
     geo = tile_geometry(model, tile, margin)
     k = geo.out_size
