@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     names = output_stems(paths)
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
-    for path in tqdm(paths, desc="segment", leave=False, disable=len(paths) < 2):
+    for path in tqdm(paths, desc="segment", leave=False, disable=True if len(paths) < 2 else None):
         try:
             img = np.array(load_image(path, 1 if channels == 1 else 3))
         except ImageError as exc:

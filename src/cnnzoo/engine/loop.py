@@ -640,7 +640,9 @@ def _progress(total: int, desc: str, *, enabled: bool) -> Any:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, mininterval=0.5)
+    # disable=None: no bar when stderr is not a terminal (a log file), as everywhere in cnnzoo.
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, mininterval=0.5,
+                disable=None)
 
 
 @contextlib.contextmanager
