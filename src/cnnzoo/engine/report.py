@@ -76,9 +76,9 @@ def plot_curves(
                 ax.plot(epochs, ys, style, ms=3, label=split)
         for x in breaks:
             ax.axvline(x, color="grey", ls=":", lw=1)
-        ax.set_title(m)
+        ax.set_title(m, parse_math=False)  # per-class metrics carry class names: dice_$100
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))  # no epoch 1.5
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True, min_n_ticks=1))  # no 1.5
         ax.grid(alpha=0.3)
         ax.legend()
     if title:
