@@ -1275,3 +1275,26 @@ def test_learning_curves_mark_whole_epochs(tmp_path, monkeypatch):
     report.plot_curves([{"epoch": 1, "train_dice_$100_to_$200": 0.4,
                          "val_dice_$100_to_$200": 0.5}], tmp_path / "one.png")  # fmt: skip
     assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_a_given_val_folder_may_grow_after_training(tmp_path, capsys):
+    """Only a validation part drawn from the training images can take training images when the
+    folder changes; more held-out images in val/ were refused as 'changed' all the same."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for part, n in (("train", 6), ("val", 2)):
+        for cls, level in (("dark", 40), ("light", 200)):
+            (tmp_path / "d" / part / cls).mkdir(parents=True)
+            for i in range(n):
+                pixels = np.clip(rng.normal(level, 20, (32, 32)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(tmp_path / "d" / part / cls / f"{i}.png")
+    out = tmp_path / "run"
+    assert main(["train", "lenet5", "--data", str(tmp_path / "d"), "--epochs", "1",
+                 "--precision", "fp32", "--channels-last", "off", "--no-progress",
+                 "--no-tensorboard", "--out", str(out)]) == 0  # fmt: skip
+    Image.new("L", (32, 32), 30).save(tmp_path / "d" / "val" / "dark" / "new.png")
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "last.pt"), "--json"]) == 0
+    assert sum(map(sum, json.loads(capsys.readouterr().out)["confusion"])) == 5

@@ -205,6 +205,9 @@ class Splits:
     val: ImageDataset
     test: ImageDataset | None = None
     skipped: list[str] = field(default_factory=list)
+    # The validation part was drawn from the training images (val_fraction, seed), not given
+    # (a val/ folder, rows marked val): only then can a changed folder move images between them.
+    val_drawn: bool = False
 
     @property
     def class_names(self) -> list[str]:

@@ -344,7 +344,8 @@ def _assemble(
     test = datasets.get("test")
     if val is None and test is not None:
         val, test = test, None  # train/ + test/ only: test/ is what there is to validate on
-    if val is None:
+    drawn = val is None
+    if drawn:
         train, val = train.split(val_fraction, seed)
     for part in (val, test):
         if part is not None and part.images.shape[1:] != train.images.shape[1:]:
@@ -352,7 +353,7 @@ def _assemble(
                 "the train and validation images have different sizes: "
                 "give a size to resize them to (size=224, or --img-size 224)"
             )
-    return Splits(train, val, test, skipped)
+    return Splits(train, val, test, skipped, val_drawn=drawn)
 
 
 _SPLIT_NAMES = {

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,14 +93,14 @@ RESIZE_IN_MEMORY_BYTES = 512 * 2**20
 
 def resize_in_memory(splits: Any, size: int) -> Any:
     """`splits` with every part resized to `size` x `size` when that fits the budget above."""
-    from ..data.dataset import Splits
 
     parts = [p for p in (splits.train, splits.val, splits.test) if p is not None]
     total = sum(len(p) * p.channels * size * size for p in parts)
     if total > RESIZE_IN_MEMORY_BYTES or all(p.image_size == (size, size) for p in parts):
         return splits
     test = splits.test.resized(size) if splits.test is not None else None
-    return Splits(splits.train.resized(size), splits.val.resized(size), test, splits.skipped)
+    return replace(splits, train=splits.train.resized(size), val=splits.val.resized(size),
+                   test=test)
 
 
 def load_splits(
@@ -265,8 +265,8 @@ def train_classifier(
                       val_fraction=data.val_fraction, seed=config.seed)
     # How many images each part had: a resumed run warns when the folder (or --cells) changed.
     meta["images"] = {"train": len(splits.train), "val": len(splits.val)}
-    if builtin_name(data.source) is None:  # `evaluate` checks that the folder splits the same
-        meta["val_files"] = splits.val.files_digest(data.source)
+    if splits.val_drawn and builtin_name(data.source) is None:  # `evaluate` checks that the
+        meta["val_files"] = splits.val.files_digest(data.source)  # folder splits the same
     meta["augment"] = augment_kind(data)  # `evaluate --tta` says when the net never saw flips
     meta["batch_size"], meta["label_smoothing"] = data.batch_size, label_smoothing
     if config.tta and meta["augment"] not in FLIPPING:
@@ -398,7 +398,7 @@ def evaluation_images(
         ds = splits.test if splits.test is not None else splits.val
     else:
         ds = splits.val
-        if (val_files and not is_builtin and same_source(src, trained_on)
+        if (val_files and splits.val_drawn and not is_builtin and same_source(src, trained_on)
                 and ds.files_digest(src) != val_files):
             raise DataError(f"{src} has changed since the run was trained (images added, "
                             "removed, renamed or now readable), so its validation split would "

@@ -30,7 +30,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -184,7 +184,7 @@ def _load_data(data: Any, pre: Preprocessing, cfg: TransferConfig) -> tuple[Spli
     # its exported files lost their borders at prediction (digits: accuracy 0.90 against 1.00).
     at_size = splits.train.image_size == (pre.crop_size, pre.crop_size)
     fit = cfg.fit if at_size and not builtin else "resize"
-    return Splits(parts[0], parts[1], test, splits.skipped), fit
+    return replace(splits, train=parts[0], val=parts[1], test=test), fit
 
 
 def _config(config: TransferConfig | None, options: dict[str, Any]) -> TransferConfig:
@@ -471,8 +471,8 @@ def transfer(
                          "seed": cfg.seed}  # fmt: skip
         from ..data.builtin import builtin_name
 
-        if builtin_name(data) is None:  # `Bundle.evaluate` checks the folder splits the same
-            extra["data"]["val_files"] = splits.val.files_digest(data)
+        if splits.val_drawn and builtin_name(data) is None:  # `Bundle.evaluate` checks that
+            extra["data"]["val_files"] = splits.val.files_digest(data)  # it splits the same
     summary = copy.deepcopy(metrics)
     summary.get("features", {}).pop("cv", None)  # the full table is in the report's metrics.json
     bundle = Bundle(net, model, list(splits.class_names), pre, fit_used, cfg.views, head_info,
