@@ -27,7 +27,6 @@ from ..data.loader import BatchLoader
 from ..engine.distributed import DistContext, unwrap_model
 from ..engine.loop import FitResult, TrainConfig, Trainer, check_out_dir
 from ..errors import CnnzooError, DataError, ModelOptionError, UsageError
-from ..paths import check_outside
 from .data import PadToNet, SegmentationSplits, load_segmentation, train_transform
 from .task import SegmentationTask
 from .tiling import receptive_margin
@@ -195,9 +194,9 @@ def train(
     """
     from ..engine.run import channel_stats
 
+    # (An --out inside the data folder is fine here: only images/, masks/, instances/ and val/
+    # are read, so DIR/runs/ is never taken for data.)
     check_out_dir(out_dir, resume=bool(resume), overwrite=overwrite)
-    if out_dir is not None:
-        check_outside(out_dir, data)
     _check_encoder(encoder_name, encoder_weights)
     cfg = config if config is not None else segmentation_config(**config_overrides)
     splits = data if isinstance(data, SegmentationSplits) else load_segmentation(
