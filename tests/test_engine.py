@@ -1235,6 +1235,15 @@ def test_residual_net_is_built_for_the_size_it_trains_at(tmp_path, capsys):
     assert main([*base, "--img-size", "16", "--model-arg", "img_size=12", "--out",
                  str(tmp_path / "x")]) == 2  # fmt: skip
     assert "residual_net is built for the size it trains at" in capsys.readouterr().err
+    # Its size option is checked as --img-size is, before any image is loaded; and it cannot
+    # start small (--progressive).
+    for extra, message in ((["--model-arg", "img_size=100000"], "a whole number from 2 to 4096"),
+                           (["--model-arg", "img_size=abc"], "a whole number from 2 to 4096"),
+                           (["--img-size", "32", "--progressive", "28:1", "--epochs", "2"],
+                            "cannot start at a smaller one")):  # fmt: skip
+        assert main([*base, *extra, "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
 
 
 @pytest.mark.parametrize("precision", [["--precision", "fp32", "--channels-last", "off"], []])

@@ -11,6 +11,8 @@ import argparse
 import math
 from collections.abc import Callable
 
+from ..limits import MAX_INPUT_SIZE
+
 
 def whole(low: int = 1, *, high: int | None = None, note: str = "") -> Callable[[str], int]:
     """A whole number >= `low` (and <= `high`); `note` explains a special value, e.g. '0: off',
@@ -111,8 +113,7 @@ def size_epochs(text: str) -> tuple[int, int]:
 
 # The options several commands share, with their ranges.
 COUNT = whole(1)  # epochs, batch sizes, threads, images per class, top-k
-# --img-size: 100000 asked torch for terabytes and ended in a MemoryError traceback.
-IMG_SIZE = whole(1, high=4096, note="a batch of larger images does not fit in memory")
+IMG_SIZE = whole(1, high=MAX_INPUT_SIZE, note="a batch of larger images does not fit in memory")
 SEED = whole(0)  # numpy's generators take no negative seed
 FRACTION = real(0, 1, above=True, below=True)  # --val-fraction
 LEARNING_RATE = real(0, above=True)

@@ -22,8 +22,6 @@ from pathlib import Path
 
 from .argtypes import COUNT, real, whole
 
-MAX_TILE = 4096  # input tile side: the --img-size limit of training (argtypes.IMG_SIZE)
-
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
     """The `--task segmentation` options of `cnnzoo train`."""
@@ -99,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data.images import load_image
     from ..errors import ImageError, UsageError
+    from ..limits import MAX_INPUT_SIZE
     from ..paths import check_folder
     from ..segmentation.tiling import predict_tiled, tile_geometry
     from ..segmentation.training import load_segmenter
@@ -116,9 +115,9 @@ def run(args: argparse.Namespace) -> int:
     model, meta = load_segmenter(args.checkpoint)
     k, channels = int(meta["num_classes"]), int(meta["in_chans"])
     geo = tile_geometry(model, args.tile, args.margin)
-    if geo.in_size > MAX_TILE:  # --margin 5000: a 10,000-px tile, a 25 GB MemoryError traceback
+    if geo.in_size > MAX_INPUT_SIZE:  # --margin 5000: a 10,000-px tile, a 25 GB MemoryError traceback
         raise UsageError(f"--tile {args.tile} with {geo.margin} px of context per side makes "
-                         f"input tiles of {geo.in_size} px, more than {MAX_TILE} px fit in "
+                         f"input tiles of {geo.in_size} px, more than {MAX_INPUT_SIZE} px fit in "
                          "memory: choose a smaller --tile or --margin")  # fmt: skip
     if geo.out_size * 4 < geo.in_size:
         # Each input tile is mostly context: many more forward passes than the image needs.

@@ -206,7 +206,9 @@ def train_classifier(
     `resume`) such a folder is refused with one line before any data is loaded, so a repeated
     command never silently replaces the results of an earlier run.
     """
+    from ..limits import MAX_INPUT_SIZE
     from ..models import create_model, fixed_input_size, get_config, min_input_size
+    from ..models.base import is_whole
 
     if get_config(model_name).task == "segmentation":
         # Trained as a classifier, the U-Net would learn images/ against masks/ as two classes.
@@ -227,6 +229,13 @@ def train_classifier(
     if fixed and data.img_size is not None and given != data.img_size:
         raise UsageError(f"--img-size {data.img_size} and --model-arg img_size={given}: "
                          f"{model_name} is built for the size it trains at; give one")
+    if fixed and "img_size" in model_kwargs and not (is_whole(given, 2)
+                                                      and given <= MAX_INPUT_SIZE):
+        raise UsageError(f"--model-arg img_size={given}: the size {model_name} trains at, a "
+                         f"whole number from 2 to {MAX_INPUT_SIZE}")  # fmt: skip
+    if fixed and data.progressive is not None:
+        raise UsageError(f"--progressive: {model_name} is built for one input size, so it "
+                         "cannot start at a smaller one")  # fmt: skip
     if not fixed and data.img_size is not None:
         smallest = min_input_size(model_name, **model_kwargs)
         if data.img_size < smallest:
