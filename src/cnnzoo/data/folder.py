@@ -62,14 +62,17 @@ def _files_under(folder: Path, ignored: list[Path]) -> list[Path]:
     """Image files under `folder`, recursively, in a stable order; others go to `ignored`.
 
     Linked folders are followed, as linked files and a linked class folder are (a phone's
-    export linked into a class folder), each real folder once: a link back up is no loop."""
+    export linked into a class folder), each real folder once. A link to a folder above
+    `folder` is not: it would walk `folder` again and, from the data folder, the other
+    classes' images too."""
     found: list[Path] = []
-    seen = {os.path.realpath(folder)}
+    top = os.path.realpath(folder)
+    seen = {top}
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         keep = []
         for d in sorted(d for d in dirnames if _visible(d)):
             real = os.path.realpath(os.path.join(dirpath, d))
-            if real not in seen:
+            if real not in seen and not top.startswith(real.rstrip(os.sep) + os.sep):
                 seen.add(real)
                 keep.append(d)
         dirnames[:] = keep
