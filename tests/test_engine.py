@@ -745,6 +745,7 @@ def test_cli_trains_on_a_messy_folder_and_evaluates(tmp_path, capsys, caplog):
     args = ["train", "lenet5", "--data", str(data), "--epochs", "4", "--batch-size", "8",
             "--lr", "0.05", "--precision", "fp32", "--channels-last", "off", "--no-progress",
             "--erase", "0.25", "--tta", "--out", str(out)]
+    train_args = args
     assert main(args) == 2  # the empty class folder: one line, nothing trained
     err = capsys.readouterr().err.strip()
     assert err == (f"cnnzoo train: error: class folder {data / 'empty'} has no images: add "
@@ -817,6 +818,12 @@ def test_cli_trains_on_a_messy_folder_and_evaluates(tmp_path, capsys, caplog):
     captured = capsys.readouterr()
     assert "has changed since the run was trained" in captured.err and not captured.out
     assert main(["evaluate", str(out / "last.pt"), "--split", "all"]) == 0
+    # Resumed on the changed folder: the checkpoints keep the split the run started with.
+    longer = [a if a != "4" else "5" for a in train_args]
+    assert main([*longer, "--resume"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "last.pt")]) == 2
+    assert "has changed since the run was trained" in capsys.readouterr().err
     (data / "dog" / "new.png").unlink()  # as trained again: scored again
     assert main(["evaluate", str(out / "last.pt")]) == 0
 

@@ -371,6 +371,11 @@ class Trainer:
         if changed:
             self._say(f"warning: resuming with different {', '.join(changed)} than the "
                       "checkpoint; the result will differ from an uninterrupted run")
+        if "val_files" in old_meta:
+            # The validation files the run started with: the epochs before this resume trained
+            # on the rest, so a folder changed since still cannot be scored as its validation
+            # split (`evaluate`), even from this run's later checkpoints.
+            self.meta["val_files"] = old_meta["val_files"]
         return ckpt
 
     def _resume_where(self, resume: bool | str | Path) -> Path:
