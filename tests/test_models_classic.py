@@ -279,9 +279,14 @@ def test_reset_classifier_updates_what_records_the_head():
     assert g.default_cfg.num_classes == 3 and g.aux1.fc2.out_features == 3
     with pytest.raises(cnnzoo.errors.ModelOptionError, match="num_classes must be a whole"):
         cnnzoo.create_model("lenet5", num_classes=True)  # a bool is an int to isinstance
-    for bad in (-1, 2.0):  # -1 gave a headless net that said num_classes=-1
+    for bad in (-1, 2.0, True):  # -1 gave a headless net that said num_classes=-1
         with pytest.raises(cnnzoo.errors.ModelOptionError, match="num_classes must be a whole"):
             m.reset_classifier(bad)
+    import numpy as np
+
+    for count in (np.int64(3), torch.tensor(3)):  # len(np.unique(labels)), a 0-d tensor
+        m.reset_classifier(count)
+        assert type(m.num_classes) is int and m(torch.rand(1, 1, 32, 32)).shape == (1, 3)
     # A U-Net's last 1x1 conv is its mask classes, not a head to drop.
     with pytest.raises(cnnzoo.errors.ModelOptionError, match="unet is a segmentation model"):
         cnnzoo.create_model("unet", num_classes=0)

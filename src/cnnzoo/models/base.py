@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import replace
 from typing import NamedTuple
 
@@ -75,6 +76,7 @@ class Classifier(nn.Module):
     def _head_replaced(self, num_classes: int) -> None:
         """Bookkeeping after a new head: the class count everywhere it is recorded, and no
         class names of the old head (decode_predictions would pair 1000 names with 10 outputs)."""
+        num_classes = operator.index(num_classes)  # a plain int in the config and checkpoints
         self.num_classes = num_classes
         cfg = getattr(self, "default_cfg", None)
         if cfg is not None:
@@ -96,8 +98,13 @@ def is_whole(value: object, low: int = 1) -> bool:
 
 def new_head(num_features: int, num_classes: int) -> nn.Module:
     """A freshly initialised linear head, or Identity for `num_classes == 0` (no head)."""
-    if not is_whole(num_classes, 0):  # reset_classifier(-1) built a headless net
+    try:  # numpy's and torch's integers too (len(np.unique(labels)), a 0-d tensor)
+        whole = not isinstance(num_classes, bool) and operator.index(num_classes) >= 0
+    except TypeError:
+        whole = False
+    if not whole:  # reset_classifier(-1) built a headless net
         raise ModelOptionError(f"num_classes must be a whole number >= 0, not {num_classes!r}")
+    num_classes = operator.index(num_classes)
     if num_classes == 0:
         return nn.Identity()
     head = nn.Linear(num_features, num_classes)
