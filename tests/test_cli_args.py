@@ -200,6 +200,12 @@ def test_an_interrupted_training_or_transfer_run_says_how_to_continue(tmp_path, 
     assert capsys.readouterr().err == (f"\ncnnzoo transfer: interrupted; {tmp_path / 't' / 'finetune'}"
                                        " holds the fine-tuning's last finished epoch: add --resume "
                                        "to continue\n")
+    # With --overwrite, a checkpoint from before this command is the replaced run's.
+    import os
+
+    os.utime(tmp_path / "t" / "finetune" / "head" / "last.pt", (1, 1))
+    assert main([*argv, "--overwrite"]) == 130
+    assert capsys.readouterr().err == "\ncnnzoo transfer: interrupted\n"
 
 
 def test_tta_on_a_net_trained_without_flips_says_so(tmp_path, capsys, caplog):

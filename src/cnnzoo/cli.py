@@ -7,7 +7,9 @@ import argparse
 import importlib
 import os
 import sys
+import time
 import typing
+from pathlib import Path
 
 from .errors import CnnzooError
 
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    started = time.time()
     try:
         return int(args._run(args) or 0)
     except CnnzooError as exc:
@@ -63,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         # On a line of its own: a progress bar may hold the cursor.
-        print(f"\ncnnzoo {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
+        print(f"\ncnnzoo {args.command}: interrupted{_resume_hint(args, started)}",
+              file=sys.stderr)
         return 130
     except BrokenPipeError:
         # The reader went away (`cnnzoo models | head`): stop quietly, and keep Python's exit
@@ -72,20 +76,25 @@ def main(argv: list[str] | None = None) -> int:
         return 141
 
 
-def _resume_hint(args: argparse.Namespace) -> str:
+def _resume_hint(args: argparse.Namespace, started: float) -> str:
     """For an interrupted training or fine-tuning run that has saved an epoch: how to continue
-    it."""
+    it. With --overwrite, a checkpoint older than this command is the replaced run's."""
+
+    def ours(path: Path) -> bool:
+        return path.is_file() and not (getattr(args, "overwrite", False)
+                                       and path.stat().st_mtime < started)
+
     if args.command == "train":
         from .engine.run import out_dir_for
 
         last = out_dir_for(args.model, args.out) / "last.pt"
-        if last.is_file():
+        if ours(last):
             return f"; {last} holds the last finished epoch: add --resume to continue"
     elif args.command == "transfer":
         from .commands.transfer import out_folder
 
         tuned = out_folder(args) / "finetune"  # its phases' checkpoints: head/, full/
-        if any((tuned / phase / "last.pt").is_file() for phase in ("head", "full")):
+        if any(ours(tuned / phase / "last.pt") for phase in ("head", "full")):
             return (f"; {tuned} holds the fine-tuning's last finished epoch: add --resume to "
                     "continue")
     return ""
