@@ -111,6 +111,9 @@ def test_classification_task_against_hand_computed_values(tmp_path):
         "class     precision  recall  support", "a             1.000   0.500        2",
         "b             0.500   1.000        1", "c             0.000   0.000        1",
         "d             0.000       -        0", "(no image of d among these: not measured)"]
+    assert four.per_class()["recall"][3] is None  # null in evaluate --json, not 0
+    rows = list(csv.reader(write_per_class_csv(four, list("abcd"), tmp_path / "4.csv").open()))
+    assert rows[4] == ["d", "0.0000", "", "0"]
     # Label smoothing eps: (1 - eps) * CE + eps * mean over classes of -log p.
     smooth = ClassificationTask(3, label_smoothing=0.3).loss(logits, y)
     logp = logits.log_softmax(1)

@@ -120,15 +120,19 @@ class ClassificationAccumulator:
             "top5": float(self.correct5) / n,
         }
 
-    def per_class(self) -> dict[str, list[float]]:
-        """Per-class precision and recall from the confusion matrix (0 where undefined)."""
+    def per_class(self) -> dict[str, list[float | None]]:
+        """Per-class precision and recall from the confusion matrix: precision 0 for a class
+        never predicted (scikit-learn's zero_division=0); recall None for a class with no image
+        here, which was not measured (a 0 read as a class never found)."""
         cm = self.confusion.double()
         tp = cm.diag()
         predicted = cm.sum(0)
         actual = cm.sum(1)
         precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), torch.zeros_like(tp))
-        recall = torch.where(actual > 0, tp / actual.clamp(min=1), torch.zeros_like(tp))
-        return {"precision": precision.tolist(), "recall": recall.tolist()}
+        recall = (tp / actual.clamp(min=1)).tolist()
+        return {"precision": precision.tolist(),
+                "recall": [r if n > 0 else None for r, n in zip(recall, actual.tolist(),
+                                                                   strict=True)]}  # fmt: skip
 
 
 class ClassificationTask:
