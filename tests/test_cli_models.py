@@ -60,6 +60,11 @@ def test_counts_are_kept_and_counted_again_when_the_zoo_changes(tmp_path, monkey
     assert table_counts(["lenet5", "resnet20"])["lenet5"] == (61_706, 416_520)
     (tmp_path / "models.json").write_text("{half a fi")  # damaged: counted again
     assert table_counts(["lenet5"]) == {"lenet5": (61_706, 416_520)}
+    stored = json.loads((tmp_path / "models.json").read_text())
+    for bad in ([1], None, ["1", 2]):  # the right key, a damaged entry
+        stored["counts"]["lenet5"] = bad
+        (tmp_path / "models.json").write_text(json.dumps(stored))
+        assert table_counts(["lenet5"]) == {"lenet5": (61_706, 416_520)}
 
 
 def test_gflops_match_torchvision_tables(table):

@@ -1267,7 +1267,7 @@ def test_one_image_batches_into_1x1_batchnorm_maps_are_one_line(tmp_path, capsys
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last == ("cnnzoo train: error: a batch of one image reaches a BatchNorm layer as 1x1 "
                     "maps, which it cannot normalise: use --batch-size 2 or more, or larger "
-                    "images (--img-size)")
+                    "images (--img-size; --crop for segmentation)")
     assert not (out / "last.pt").exists()
 
 

@@ -662,7 +662,7 @@ def one_image_batchnorm_hint() -> Iterator[None]:
             raise
         raise TrainingError("a batch of one image reaches a BatchNorm layer as 1x1 maps, which "
                             "it cannot normalise: use --batch-size 2 or more, or larger images "
-                            "(--img-size)") from None
+                            "(--img-size; --crop for segmentation)") from None
 
 
 def _epoch_line(record: dict[str, Any], epochs: int) -> str:

@@ -61,6 +61,9 @@ def table_counts(names: Sequence[str]) -> dict[str, tuple[int, int]]:
     try:
         stored = json.loads(path.read_text())
         counts = stored["counts"] if stored.get("key") == key else {}
+        # Only well-formed entries: [parameters, multiply-adds]; anything else is counted again.
+        counts = {n: c for n, c in counts.items()
+                  if isinstance(c, list) and len(c) == 2 and all(type(v) is int for v in c)}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         counts = {}
     missing = [n for n in names if n not in counts]
