@@ -51,8 +51,9 @@ def run(args: argparse.Namespace) -> int:
             f"{r['classes']:>7}  {r['year']}  {r['paper']}"
         )
     print(
-        f"\n{len(rows)} model{'s' if len(rows) != 1 else ''}. GFLOPs: one multiply-add counted as one operation, at the default "
-        "input size (the convention of the papers and of torchvision's tables)."
+        f"\n{len(rows)} model{'s' if len(rows) != 1 else ''}. GFLOPs: one multiply-add counted "
+        "as one operation, at the default input size (the convention of the papers and of "
+        "torchvision's tables)."
     )
     return 0
 

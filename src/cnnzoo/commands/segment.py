@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     model, meta = load_segmenter(args.checkpoint)
     k, channels = int(meta["num_classes"]), int(meta["in_chans"])
     geo = tile_geometry(model, args.tile, args.margin)
-    if geo.in_size > MAX_INPUT_SIZE:  # --margin 5000: a 10,000-px tile, a 25 GB MemoryError traceback
+    if geo.in_size > MAX_INPUT_SIZE:  # --margin 5000: 10,000-px tiles, a 25 GB MemoryError
         raise UsageError(f"--tile {args.tile} with {geo.margin} px of context per side makes "
                          f"input tiles of {geo.in_size} px, more than {MAX_INPUT_SIZE} px fit in "
                          "memory: choose a smaller --tile or --margin")  # fmt: skip

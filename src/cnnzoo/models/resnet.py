@@ -295,7 +295,8 @@ for _name, _n in CIFAR_DEPTHS.items():
         ModelConfig(
             name=_name, family="resnet", paper=_PAPER, year=2016, input_size=(3, 32, 32),
             min_size=1, mean=CIFAR_MEAN, std=CIFAR_STD, num_classes=10,
-            notes=f"CIFAR ResNet, 6n+2 layers with n={_n}; shortcut='A' (default), 'B' or 'none' (plain)",
+            notes=(f"CIFAR ResNet, 6n+2 layers with n={_n}; shortcut='A' (default), 'B' or "
+                   "'none' (plain)"),
             options=("shortcut",),
         ),
         _cifar_builder(_n),

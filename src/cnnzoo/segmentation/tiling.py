@@ -124,7 +124,8 @@ def predict_tiled(
     result: Tensor | None = None
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(origins), desc="tiles", leave=False, disable=None if progress else True)
+    bar = tqdm(total=len(origins), desc="tiles", leave=False,
+               disable=None if progress else True)
     try:
         for start in range(0, len(origins), batch_size):
             chunk = origins[start : start + batch_size]
