@@ -66,7 +66,10 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.run import evaluate_checkpoint
     from ..errors import UsageError
 
-    if args.bundle is not None and args.checkpoint is not None and Path(args.checkpoint).is_dir():
+    given = Path(args.checkpoint) if args.checkpoint is not None else None
+    if args.bundle is not None and given is not None and args.data is None and (
+            (given.is_dir() and not any((given / n).is_file() for n in ("best.pt", "last.pt")))
+            or given.suffix.lower() == ".csv"):  # images, not a run: meant for --data
         raise UsageError(f"images to score go after --data: cnnzoo evaluate --bundle "
                          f"{args.bundle} --data {args.checkpoint}")  # fmt: skip
     if (args.checkpoint is None) == (args.bundle is None):
