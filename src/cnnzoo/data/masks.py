@@ -340,7 +340,7 @@ def load_mask_pairs(
     only_0_255 = all(v <= {0, IGNORE_INDEX} for v in values)
     # Some masks 0/255, the others class indices: the 0/255 ones lose their foreground.
     white = [n for n, v in zip(names, values, strict=True) if v == {0, IGNORE_INDEX}]
-    mixed = binary_255 is None and white and not only_0_255
+    mixed = binary_255 is None and bool(white) and not only_0_255
     unlabelled = binary_255 is None and only_0_255 and classes is not None and len(classes) != 2
     if binary_255 is None:
         binary_255 = (classes is None or len(classes) == 2) and only_0_255
