@@ -93,7 +93,6 @@ RESIZE_IN_MEMORY_BYTES = 512 * 2**20
 
 def resize_in_memory(splits: Any, size: int) -> Any:
     """`splits` with every part resized to `size` x `size` when that fits the budget above."""
-
     parts = [p for p in (splits.train, splits.val, splits.test) if p is not None]
     total = sum(len(p) * p.channels * size * size for p in parts)
     if total > RESIZE_IN_MEMORY_BYTES or all(p.image_size == (size, size) for p in parts):
@@ -236,14 +235,12 @@ def train_classifier(
     if fixed and data.progressive is not None:
         raise UsageError(f"--progressive: {model_name} is built for one input size, so it "
                          "cannot start at a smaller one")  # fmt: skip
-    if not fixed and data.img_size is not None:
-        smallest = min_input_size(model_name, **model_kwargs)
-        if data.img_size < smallest:
-            raise UsageError(f"--img-size {data.img_size}: {model_name} takes inputs of at "
-                             f"least {smallest} px")  # fmt: skip
-    if data.progressive is not None:  # before the data are loaded, in the option's own words
+    smallest = min_input_size(model_name, **model_kwargs)
+    if not fixed and data.img_size is not None and data.img_size < smallest:
+        raise UsageError(f"--img-size {data.img_size}: {model_name} takes inputs of at least "
+                         f"{smallest} px")  # fmt: skip
+    if data.progressive is not None:
         small, epochs = data.progressive
-        smallest = min_input_size(model_name, **model_kwargs)
         if small < smallest:
             raise UsageError(f"--progressive {small}:{epochs}: {model_name} takes inputs of at "
                              f"least {smallest} px")  # fmt: skip

@@ -99,16 +99,12 @@ def is_whole(value: object, low: int = 1) -> bool:
 def new_head(num_features: int, num_classes: int) -> nn.Module:
     """A freshly initialised linear head, or Identity for `num_classes == 0` (no head)."""
     try:  # numpy's and torch's integers too (len(np.unique(labels)), a 0-d tensor)
-        whole = not isinstance(num_classes, bool) and operator.index(num_classes) >= 0
+        n = -1 if isinstance(num_classes, bool) else operator.index(num_classes)
     except TypeError:
-        whole = False
-    if not whole:  # reset_classifier(-1) built a headless net
+        n = -1
+    if n < 0:  # reset_classifier(-1) built a headless net
         raise ModelOptionError(f"num_classes must be a whole number >= 0, not {num_classes!r}")
-    num_classes = operator.index(num_classes)
-    if num_classes == 0:
-        return nn.Identity()
-    head = nn.Linear(num_features, num_classes)
-    return head
+    return nn.Identity() if n == 0 else nn.Linear(num_features, n)
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -184,7 +184,7 @@ def _load_data(data: Any, pre: Preprocessing, cfg: TransferConfig) -> tuple[Spli
     # its exported files lost their borders at prediction (digits: accuracy 0.90 against 1.00).
     at_size = splits.train.image_size == (pre.crop_size, pre.crop_size)
     fit = cfg.fit if at_size and not builtin else "resize"
-    return replace(splits, train=parts[0], val=parts[1], test=test), fit
+    return dataclasses.replace(splits, train=parts[0], val=parts[1], test=test), fit
 
 
 def _config(config: TransferConfig | None, options: dict[str, Any]) -> TransferConfig:
