@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..text import plural
 from .argtypes import COUNT, FRACTION, IMG_SIZE, SEED
 
 
@@ -91,6 +92,6 @@ def _info(args: argparse.Namespace) -> int:
     print(f"{'total':<{width}}" + "".join(f"{len(ds):>8}" for _, ds in parts))
     c, h, w = splits.train.images.shape[1:]
     n = len(splits.skipped)
-    print(f"\n{splits.num_classes} classes, images {c}x{h}x{w}; {n} file{'' if n == 1 else 's'} "
+    print(f"\n{splits.num_classes} classes, images {c}x{h}x{w}; {plural(n, 'file')} "
           "skipped")  # fmt: skip
     return 0

@@ -7,6 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..text import plural
 from .argtypes import COUNT
 from .train import add_tta_argument
 
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     n = int(acc.confusion.sum())
     # Top-5 of 5 classes or fewer is 1 by definition: not worth a column.
     top5 = f"  top-5 {metrics['top5']:.4f}" if len(names) > 5 else ""
-    print(f"{n} images: accuracy {metrics['acc']:.4f}{top5}  loss {metrics['loss']:.4f}")
+    print(f"{plural(n, 'image')}: accuracy {metrics['acc']:.4f}{top5}  loss {metrics['loss']:.4f}")
     width = max(5, *(len(c) for c in names))
     print("confusion matrix (rows: true class, columns: predicted)")
     print(" " * width + " " + " ".join(f"{i:>5d}" for i in range(len(names))))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..text import plural
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pattern", default="*", help="shell-style filter, e.g. 'res*' or 'vgg1?'")
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
             f"{r['classes']:>7}  {r['year']}  {r['paper']}"
         )
     print(
-        f"\n{len(rows)} model{'s' if len(rows) != 1 else ''}. GFLOPs: one multiply-add counted "
+        f"\n{plural(len(rows), 'model')}. GFLOPs: one multiply-add counted "
         "as one operation, at the default input size (the convention of the papers and of "
         "torchvision's tables)."
     )

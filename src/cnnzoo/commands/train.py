@@ -72,8 +72,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "conv whose place exists in both")
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/MODEL)")
     p.add_argument("--img-size", type=IMG_SIZE, default=None,
-                   help="input size (default: built-ins keep their size, raised to the model's "
-                        "minimum; folders use the model's default)")
+                   help="input size (default: the data's own size, raised to the model's "
+                        "minimum, when it is below the model's default size (224 for ImageNet "
+                        "nets) and all images share it; else that default)")
     p.add_argument("--augment", choices=("none", "flip-crop", "crop", "photo"), default=None,
                    help="default: crop for digits, flip-crop otherwise")
     p.add_argument("--erase", type=real(0, 1), default=0.0, metavar="P",

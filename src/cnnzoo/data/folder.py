@@ -34,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import DataError, ImageError
+from ..text import plural
 from .dataset import ImageDataset, Splits
 from .images import IMAGE_EXTENSIONS, ImageSpec
 
@@ -99,6 +100,17 @@ def image_files(folder: str | os.PathLike[str]) -> list[Path]:
     """Image files under `folder`, recursively, in a stable order, skipping what training skips:
     hidden files and folders (`.DS_Store`, macOS's `._x.jpg`, `.ipynb_checkpoints/`)."""
     return _files_under(Path(folder), [])
+
+
+def source_images(source: str | os.PathLike[str]) -> list[Path]:
+    """The image files an image folder or CSV manifest names (every part), without decoding
+    them; [] for anything else (a built-in name, a missing path: loading says what is wrong)."""
+    path = Path(source)
+    if path.is_dir():
+        return image_files(path)
+    if path.suffix.lower() == ".csv" and path.is_file():
+        return [p for p, _, _ in _manifest_rows(path)[0]]
+    return []
 
 
 def _scan_classes(root: Path, ignored: list[Path]) -> dict[str, list[Path]]:
@@ -245,12 +257,8 @@ def _report(skipped: list[str], ignored: list[Path], total: int, grouped: int = 
                     len(skipped) + grouped, total)  # fmt: skip
     if ignored:
         names = ", ".join(p.name for p in ignored[:3]) + (", ..." if len(ignored) > 3 else "")
-        log.warning(
-            "ignored %d file%s without an image extension (%s)",
-            len(ignored),
-            "" if len(ignored) == 1 else "s",
-            names,
-        )
+        log.warning("ignored %s without an image extension (%s)",
+                    plural(len(ignored), "file"), names)  # fmt: skip
 
 
 def load_folder(
@@ -417,23 +425,9 @@ def _class_order(labels: set[str]) -> list[str]:
     return sorted(labels)
 
 
-def load_csv(
-    manifest: str | os.PathLike[str],
-    spec: ImageSpec | None = None,
-    *,
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    workers: int = 2,
-    progress: bool = True,
-    min_classes: int = 2,
-) -> Splits:
-    """Load a CSV manifest: rows `path,label` and optionally a third column `split`
-    (train / val / test). A header row naming the columns is optional; with one, the columns may
-    come in any order under the names in `_COLUMN_NAMES` (path/file/filename/image,
-    label/class, split). Relative paths are relative to the CSV's folder. Without a split
-    column, a stratified split is made."""
-    spec = spec or ImageSpec()
-    manifest = Path(manifest)
+def _manifest_rows(manifest: Path) -> tuple[list[tuple[Path, str, str]], list[str], int]:
+    """A manifest's rows as (image path, label, split), the one-line reasons for the rows left
+    out, and how many left-out rows those lines group (one line per unknown split value)."""
     if not manifest.is_file():
         raise DataError(f"{manifest} does not exist: give a CSV with rows `path,label`")
     base = manifest.parent
@@ -465,10 +459,31 @@ def load_csv(
         entries.append((manifest_path(base, cells["path"]), cells["label"], split))
     for value, lines in unknown_splits.items():
         shown = ", ".join(map(str, lines[:3])) + (", ..." if len(lines) > 3 else "")
-        skipped.append(f"{manifest}: {len(lines)} row{'s' if len(lines) > 1 else ''} with split "
+        skipped.append(f"{manifest}: {plural(len(lines), 'row')} with split "
                        f"{value!r} (line{'s' if len(lines) > 1 else ''} {shown}): the split is "
                        "train, val or test")  # fmt: skip
     grouped = sum(len(lines) - 1 for lines in unknown_splits.values())
+    return entries, skipped, grouped
+
+
+def load_csv(
+    manifest: str | os.PathLike[str],
+    spec: ImageSpec | None = None,
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    workers: int = 2,
+    progress: bool = True,
+    min_classes: int = 2,
+) -> Splits:
+    """Load a CSV manifest: rows `path,label` and optionally a third column `split`
+    (train / val / test). A header row naming the columns is optional; with one, the columns may
+    come in any order under the names in `_COLUMN_NAMES` (path/file/filename/image,
+    label/class, split). Relative paths are relative to the CSV's folder. Without a split
+    column, a stratified split is made."""
+    spec = spec or ImageSpec()
+    manifest = Path(manifest)
+    entries, skipped, grouped = _manifest_rows(manifest)
     if not entries:  # the malformed lines say why no row was taken
         _report(skipped, [], len(skipped) + grouped, grouped)
         raise DataError(f"{manifest} lists no images: write one `path,label` row per image")

@@ -32,6 +32,7 @@ from __future__ import annotations
 import os
 import threading
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -60,6 +61,8 @@ IMAGE_EXTENSIONS = frozenset(
 # it at once could leave the "error" filter installed for good; the lock serialises only the
 # header read in `Image.open` (microseconds), never the pixel decoding.
 _OPEN_LOCK = threading.Lock()
+# The EXIF tag saying how a camera held the picture; 5-8 mean turned a quarter (ImageOps).
+_EXIF_ORIENTATION = 0x0112
 
 
 def _fail(path: str | os.PathLike[str], cause: str) -> ImageError:
@@ -112,6 +115,30 @@ def load_image(
         return convert_image(img, channels, alpha=alpha)
     except (OSError, ValueError) as exc:
         raise _fail(path, f"cannot convert mode {img.mode} ({exc})") from None
+
+
+def header_size(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """(width, height) of an image file as `load_image` gives it (EXIF orientation applied),
+    read from its header without decoding the pixels; None for a file that does not open."""
+    try:
+        with _OPEN_LOCK, warnings.catch_warnings():  # see _OPEN_LOCK
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                turned = img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
+        return None
+    return (height, width) if turned else (width, height)
+
+
+def common_size(
+    paths: Sequence[str | os.PathLike[str]], sample: int = 256
+) -> tuple[int, int] | None:
+    """The (width, height) that every readable image of `paths` has, judged from the headers of
+    at most `sample` files spread evenly over them; None when they differ or none opens."""
+    step = max(1, -(-len(paths) // sample))
+    sizes = {header_size(p) for p in paths[::step]} - {None}
+    return sizes.pop() if len(sizes) == 1 else None
 
 
 def _check_pixels(path: str | os.PathLike[str], size: tuple[int, int]) -> None:

@@ -33,6 +33,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import DataError
+from ..text import plural
 from .folder import manifest_path
 from .images import IMAGE_EXTENSIONS
 
@@ -170,8 +171,8 @@ def _rare_values_note(masks: Sequence[np.ndarray], names: Sequence[str], k: int)
     if not rare and not absent:
         return []
     parts = [
-        f"value {v} is on {counts[v]} pixel{'' if counts[v] == 1 else 's'} in "
-        f"{len(files[v])} mask{'' if len(files[v]) == 1 else 's'} ({_some(files[v])})"
+        f"value {v} is on {plural(counts[v], 'pixel')} in "
+        f"{plural(len(files[v]), 'mask')} ({_some(files[v])})"
         for v in rare
     ]
     if absent:

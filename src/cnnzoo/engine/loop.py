@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ..errors import TrainingError
 from ..paths import check_folder, remove_entries, same_source
+from ..text import plural
 from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from .distributed import DistContext, all_reduce_sum, broadcast_flag, unwrap_model, wrap_model
 from .logs import MetricsLog
@@ -254,7 +255,7 @@ class Trainer:
                           f"best at epoch {best_epoch}): nothing left to train")
             elif start >= cfg.epochs:
                 # Not "--epochs": transfer's head phase counts --head-epochs.
-                self._say(f"the run has trained {start} epoch{'s' * (start != 1)} and "
+                self._say(f"the run has trained {plural(start, 'epoch')} and "
                           f"{cfg.epochs} {'is' if cfg.epochs == 1 else 'are'} asked for: "
                           "nothing left to train")
             else:
@@ -302,8 +303,8 @@ class Trainer:
                 self._say(_epoch_line(record, cfg.epochs))
                 if cfg.patience is not None and bad_epochs >= cfg.patience:
                     stopped = True
-                    self._say(f"early stopping: {monitor} has not improved for {bad_epochs} "
-                              f"epoch{'s' if bad_epochs != 1 else ''} (best {best:.4f} at epoch "
+                    self._say(f"early stopping: {monitor} has not improved for "
+                              f"{plural(bad_epochs, 'epoch')} (best {best:.4f} at epoch "
                               f"{best_epoch})")
                     break
         finally:

@@ -21,6 +21,8 @@ from torch import nn
 
 from ..data.augment import FLIPPING
 from ..data.builtin import builtin_name
+from ..data.folder import source_images
+from ..data.images import common_size
 from ..data.loader import BatchLoader
 from ..errors import DataError, UsageError, WeightsError
 from ..paths import check_outside, same_source
@@ -53,17 +55,26 @@ class DataOptions:
 
 
 def default_image_size(source: str, model_cfg: Any, min_size: int | None = None) -> int:
-    """Built-in sets keep their native size (digits: 32, see BUILTIN_MIN_TRAIN_SIZE), raised to
-    the model's minimum; folders are brought to the model's default input size (224 for
-    ImageNet nets). min_size: the minimum of the model as built (default `model_cfg.min_size`),
-    e.g. 8 for `vgg13_bn` with `stages=3`, which therefore trains on Fashion-MNIST at its
-    native 28 px."""
+    """The size a model trains at on `source` when none is given: the data's own size, raised
+    to the model's minimum, when that is below the model's default input size (224 for
+    ImageNet nets); else the default. Built-in sets have their native size (digits: 32, see
+    BUILTIN_MIN_TRAIN_SIZE); a folder or manifest has one when all its images share it (then
+    the larger side, see `images.common_size`). Upsampling 28-px images to 224 adds no detail
+    and costs 64x the compute. min_size: the minimum of the model as built (default
+    `model_cfg.min_size`), e.g. 8 for `vgg13_bn` with `stages=3`, which therefore trains on
+    Fashion-MNIST at its native 28 px."""
+    least = model_cfg.min_size if min_size is None else min_size
+    default = model_cfg.input_size[1]
     name = builtin_name(source)
-    native = BUILTIN_NATIVE_SIZE.get(name) if name else None
-    if native is not None:
-        return max(native, BUILTIN_MIN_TRAIN_SIZE.get(name, 0),
-                   model_cfg.min_size if min_size is None else min_size)
-    return model_cfg.input_size[1]
+    if name:
+        native = BUILTIN_NATIVE_SIZE.get(name)
+        if native is None:
+            return default
+        return max(native, BUILTIN_MIN_TRAIN_SIZE.get(name, 0), least)
+    own = common_size(source_images(source))
+    if own is None or max(own) >= default:
+        return default
+    return max(*own, least)
 
 
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -250,7 +261,10 @@ def train_classifier(
                              "epochs than --epochs")  # fmt: skip
     splits, size, channels = load_splits(data, model_name, seed=config.seed,
                                          model_kwargs=model_kwargs, progress=config.progress)
-    say(f"data: {splits!r}, training at {size}x{size}")
+    own = (data.img_size is None and "img_size" not in model_kwargs
+           and builtin_name(data.source) is None and size < get_config(model_name).input_size[1])
+    say(f"data: {splits!r}, training at {size}x{size}"
+        + (" (the images' own size; --img-size N for another)" if own else ""))
     if fixed:
         model_kwargs.setdefault("img_size", size)
     mean, std = channel_stats(splits.train.images)

@@ -37,6 +37,7 @@ from ..data.augment import (
 from ..data.loader import BatchTransform
 from ..data.masks import foreground_components
 from ..errors import DataError
+from ..text import plural
 from .losses import IGNORE_INDEX, balanced_class_weights, unet_weight_map
 from .tiling import mirror_indices
 
@@ -67,12 +68,12 @@ class SegmentationSet:
         256x256' (what a startup line should say: the tiles are not the user's images)."""
         h, w = self.images.shape[-2:]
         if self.source_sizes is None:
-            return f"{len(self)} image{'' if len(self) == 1 else 's'} of {w}x{h}"  # width first
+            return f"{plural(len(self), 'image')} of {w}x{h}"  # width first
         by_area = sorted(self.source_sizes, key=lambda s: (s[0] * s[1], s))
         (h0, w0), (h1, w1) = by_area[0], by_area[-1]
         sizes = f"{w0}x{h0}" if (h0, w0) == (h1, w1) else f"{w0}x{h0} to {w1}x{h1}"
         n = len(self.source_sizes)
-        return f"{n} image{'' if n == 1 else 's'} of {sizes} in {len(self)} tiles of {w}x{h}"
+        return f"{plural(n, 'image')} of {sizes} in {plural(len(self), 'tile')} of {w}x{h}"
 
     def cell_instances(self) -> np.ndarray:
         """Instance ids: the stored ones, else the 4-connected components of the foreground."""
@@ -252,7 +253,7 @@ def load_segmentation(
         # The same hold-out rule as for a folder: at least one image on each side.
         if cells < 2:
             raise DataError(
-                f"cells has {cells} image{'' if cells == 1 else 's'}: need at least 2 to "
+                f"cells has {plural(cells, 'image')}: need at least 2 to "
                 "validate (--cells 2 or more)."
             )
         n_val = min(max(1, round(cells * val_fraction)), cells - 1)

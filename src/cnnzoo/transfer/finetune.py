@@ -31,6 +31,7 @@ from ..data.dataset import Splits
 from ..data.loader import BatchLoader
 from ..engine.loop import FitResult, TrainConfig, Trainer
 from ..engine.task import ClassificationTask
+from ..text import plural
 from ..weights import Preprocessing
 from .features import inference_dtype
 
@@ -165,10 +166,6 @@ def _engine_config(cfg: FinetuneConfig, epochs: int, lr: float, patience: int | 
     )  # fmt: skip
 
 
-def _epochs(n: int) -> str:
-    return f"{n} epoch" if n == 1 else f"{n} epochs"
-
-
 def finetune(
     model: nn.Module,
     splits: Splits,
@@ -189,7 +186,7 @@ def finetune(
     out = Path(out_dir) if out_dir is not None else None
     head_result = full_result = None
     if cfg.head_epochs > 0:
-        say(f"fine-tune 1/2: the new head alone for {_epochs(cfg.head_epochs)} "
+        say(f"fine-tune 1/2: the new head alone for {plural(cfg.head_epochs, 'epoch')} "
             "(backbone and BatchNorm statistics frozen)")  # fmt: skip
         freeze_backbone(model, True)
         config = _engine_config(cfg, cfg.head_epochs, cfg.lr * 3, None)
@@ -200,7 +197,7 @@ def finetune(
     if cfg.epochs > 0:
         bn = "frozen" if cfg.freeze_bn else "updating"
         epochs = phase_epochs(cfg, len(splits.train))
-        say(f"fine-tune 2/2: the whole network for up to {_epochs(epochs)}, layer-wise lr "
+        say(f"fine-tune 2/2: the whole network for up to {plural(epochs, 'epoch')}, layer-wise lr "
             f"{cfg.lr:g} (head) down to {cfg.lr * cfg.lr_decay ** cfg.groups:.2g}, BatchNorm "
             f"statistics {bn}")  # fmt: skip
         freeze_backbone(model, False)

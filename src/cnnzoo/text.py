@@ -1,0 +1,7 @@
+"""Wording that messages share (kept free of heavy imports, as limits.py)."""
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """'1 image', '3 images': the count with its noun in agreement; `many` for a plural that is
+    not the word + 's' ('1 class', '2 classes')."""
+    return f"{n} {word if n == 1 else many or word + 's'}"
