@@ -177,8 +177,8 @@ def test_torchvision_googlenet_file_with_aux_heads_and_its_preprocessing(tv_mode
 
 
 def test_googlenet_checkpoint_without_aux_heads_predicts_and_converts(tmp_path):
-    """torchvision's usual fine-tune, aux_logits=False: create_pretrained (predict, convert)
-    builds GoogLeNet without auxiliary heads; create_model says to."""
+    """torchvision's usual fine-tune, aux_logits=False: create_pretrained (predict, convert) and
+    create_model build GoogLeNet without auxiliary heads; asked for them, they say to not."""
     from PIL import Image
 
     from cnnzoo.cli import main
@@ -197,8 +197,9 @@ def test_googlenet_checkpoint_without_aux_heads_predicts_and_converts(tmp_path):
     for weights in (path, out):
         assert main(["predict", str(tmp_path / "red.png"), "--model", "googlenet", "--weights",
                      str(weights), "--json"]) == 0
+    assert cnnzoo.create_model("googlenet", weights=str(path)).aux1 is None  # the same
     with pytest.raises(WeightsError, match="build the model with aux_logits=False"):
-        cnnzoo.create_model("googlenet", num_classes=7, weights=str(path))
+        cnnzoo.create_model("googlenet", aux_logits=True, weights=str(path))
 
 
 def test_num_classes_mismatch_loads_all_but_the_head(tv_resnet18, caplog):
@@ -280,11 +281,27 @@ def test_create_pretrained_keeps_the_checkpoints_classes_and_channels(tmp_path):
         torch.testing.assert_close(again(_x(32, c=1)), src(_x(32, c=1)))
 
 
+def test_create_model_gives_back_a_saved_fine_tuned_net(tmp_path):
+    """A 5-class grey net saved as a state_dict and built again from its file: it came back
+    with a random 1000-class head and an RGB first conv (a logged warning the only sign)."""
+    src = cnnzoo.create_model("resnet18", num_classes=5, in_chans=1).eval()
+    path = tmp_path / "mine.pth"
+    torch.save(src.state_dict(), path)
+    for weights in (str(path), src.state_dict()):
+        again = cnnzoo.create_model("resnet18", weights=weights).eval()
+        assert (again.num_classes, again.conv1.in_channels) == (5, 1)
+        assert again.default_cfg.num_classes == 5 and again.default_cfg.input_size[0] == 1
+        assert again.weights_info.head_loaded
+        with torch.no_grad():
+            assert torch.equal(again(_x(64, c=1)), src(_x(64, c=1)))
+
+
 def test_grey_checkpoint_into_rgb_model_repeats_the_kernel(tmp_path):
     src = cnnzoo.create_model("resnet20", in_chans=1).eval()
     path = tmp_path / "grey.pth"
     torch.save(src.state_dict(), path)
-    rgb = cnnzoo.create_model("resnet20", weights=str(path)).eval()
+    assert cnnzoo.create_model("resnet20", weights=str(path)).conv1.in_channels == 1
+    rgb = cnnzoo.create_model("resnet20", in_chans=3, weights=str(path)).eval()
     # By hand: each RGB channel gets the grey kernel / 3, so (g, g, g) gives the grey response.
     assert rgb.conv1.weight[0, 2, 1, 1].item() == pytest.approx(src.conv1.weight[0, 0, 1, 1].item() / 3)
     g = _x(32, c=1)

@@ -153,14 +153,23 @@ def create_model(
 ) -> nn.Module:
     """Build a zoo model by name.
 
-    num_classes: size of the new head (default: the config's, 1000 for ImageNet models);
-        0 builds the model without a head, so `model(x)` returns pooled features
-        (Keras's `include_top=False, pooling='avg'`).
-    in_chans: input channels (1 for grey images); default 3.
-    weights: None (random init), a path to a checkpoint (.pth/.pt/.safetensors/.h5), or a named
-        weights tag such as 'imagenet'. Loading adapts the head and the first conv when
-        `num_classes`/`in_chans` differ from the checkpoint's.
+    num_classes: size of the head (default: the checkpoint's with `weights`, else the config's,
+        1000 for ImageNet models); 0 builds the model without a head, so `model(x)` returns
+        pooled features (Keras's `include_top=False, pooling='avg'`).
+    in_chans: input channels (1 for grey images); default: the checkpoint's with `weights`,
+        else 3 (1 for LeNet-5).
+    weights: None (random init), a path to a checkpoint (.pth/.pt/.safetensors/.h5), a
+        state_dict, or a named weights tag such as 'imagenet'. The model is shaped like the
+        checkpoint (so a fine-tuned 5-class grey file comes back as it was saved), except where
+        `num_classes`/`in_chans` are given: then the head is re-initialised and the first conv
+        adapted (see `cnnzoo.weights.create_pretrained`).
     """
+    if weights is not None:
+        from ..weights import create_pretrained
+
+        given = {k: v for k, v in (("num_classes", num_classes), ("in_chans", in_chans))
+                 if v is not None}  # fmt: skip
+        return create_pretrained(name, weights, **given, **kwargs)
     builder, cfg = _lookup(name)
     n_cls = cfg.num_classes if num_classes is None else num_classes
     n_in = cfg.input_size[0] if in_chans is None else in_chans
@@ -205,8 +214,4 @@ def create_model(
     hw = (size, size) if isinstance(size, int) else cfg.input_size[1:]
     model.default_cfg = replace(cfg, num_classes=n_cls, input_size=(n_in, *hw),
                                 min_size=min_input_size(name, **kwargs))
-    if weights is not None:
-        from ..weights import load_weights
-
-        load_weights(model, weights, name=name)
     return model

@@ -179,13 +179,12 @@ def _record(model: nn.Module, info: WeightsInfo) -> None:
 
 
 def create_pretrained(name: str, weights: Any, **model_kwargs: Any) -> nn.Module:
-    """Build `name` shaped like its checkpoint and load it: the checkpoint's own number of classes
-    (0, no head, for a backbone-only checkpoint), input channels and, for GoogLeNet, auxiliary
-    classifiers or none are kept unless `num_classes`/`in_chans`/`aux_logits` are given.
-
-    `create_model(name, weights=...)` builds the default 1000-class RGB model and re-initialises
-    a head that does not fit (the transfer-learning case); predicting with, or converting, a
-    fine-tuned 10-class or grey checkpoint needs the model the checkpoint was trained as.
+    """Build `name` shaped like its checkpoint and load it (what `create_model(name,
+    weights=...)` does): the checkpoint's own number of classes (0, no head, for a backbone-only
+    checkpoint), input channels and, for GoogLeNet, auxiliary classifiers or none are kept
+    unless `num_classes`/`in_chans`/`aux_logits` are given. A given `num_classes` that differs
+    re-initialises the head (the transfer-learning case), a given `in_chans` adapts the first
+    conv; predicting with, or converting, a fine-tuned 10-class or grey checkpoint needs neither.
     """
     from ..models import create_model, get_config
 
