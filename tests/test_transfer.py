@@ -157,6 +157,18 @@ def test_transfer_bundle_round_trip_and_report(folder, tmp_path, capsys):
     assert torch.equal(p_mem.probabilities, p_disk.probabilities)
     assert p_disk.classes == p_mem.classes
     assert torch.allclose(p_disk.probabilities.sum(1), torch.ones(len(files)), atol=1e-5)
+    # Predicting leaves the net trainable (Grad-CAM, more fine-tuning): in bf16 it was turned
+    # channels-last inside inference mode, which made its parameters inference tensors.
+    from cnnzoo.transfer.bundle import predict_tensor
+
+    images = bundle.load_images(files)
+    with pytest.raises(ValueError, match="batch_size must be a whole number >= 1, not 0"):
+        predict_tensor(bundle.model, images, bundle.preprocessing, batch_size=0)
+    bf16 = predict_tensor(bundle.model, images, bundle.preprocessing, precision="bf16")
+    assert (bf16.argmax(1) == p_disk.probabilities.argmax(1)).float().mean() >= 0.5
+    assert not any(p.is_inference() for p in bundle.model.parameters())
+    bundle.model(images[:2].float()).sum().backward()
+    assert all(p.grad is not None for p in bundle.model.fc.parameters())
     # Validation accuracy recorded in the JSON is the report's.
     meta = json.loads((out / "bundle" / "bundle.json").read_text())
     assert meta["metrics"]["val_acc"] == pytest.approx(res.metrics["val_acc"])

@@ -36,6 +36,7 @@ from ..data.images import ImageSpec, Interpolation, convert_image, to_tensor_uin
 from ..errors import WeightsError
 from ..models.base import is_whole
 from ..paths import usual_permissions
+from ..text import plural
 from ..weights import Preprocessing
 from ..weights.files import save_safetensors
 from .features import MAX_VIEWS, forward_pre_logits, inference_dtype, model_input
@@ -92,28 +93,36 @@ def input_spec(pre: Preprocessing, fit: str = "crop") -> ImageSpec:
                      resize_size=pre.resize_size, interpolation=pre.interpolation)  # fmt: skip
 
 
-@torch.inference_mode()
 def predict_tensor(model: nn.Module, images: Tensor, pre: Preprocessing, *, views: int = 2,
                    batch_size: int = 32, precision: str = "auto",
                    progress: bool = False) -> Tensor:  # fmt: skip
     """Class probabilities (N, K) of uint8 images (N, C, H, W): softmax of the logits, averaged
-    over `views` (the image and its mirror by default). The model must be in eval mode."""
+    over `views` (the image and its mirror by default). The model must be in eval mode; its
+    parameters stay plain contiguous tensors (so Grad-CAM or more fine-tuning still work)."""
     from tqdm.auto import tqdm
 
+    if not is_whole(batch_size):
+        raise ValueError(f"batch_size must be a whole number >= 1, not {batch_size!r}")
     dtype = inference_dtype(precision)
-    if dtype == "bf16":  # bf16 kernels want channels_last weights too (the input is converted)
+    # bf16 kernels want channels_last weights too (the input is converted). Outside inference
+    # mode: converted inside it, the parameters would become inference tensors for good.
+    if dtype == "bf16":
         model.to(memory_format=torch.channels_last)
     out = []
     starts = range(0, len(images), batch_size)
-    for start in tqdm(starts, desc="predict", unit="batch", leave=False,
-                      disable=None if progress else True):  # fmt: skip
-        chunk = images[start:start + batch_size]
-        probs = 0.0
-        for v in range(views):
-            x = model_input(chunk, pre, v)
-            feats = forward_pre_logits(model, x, dtype)
-            probs = probs + model.get_classifier()(feats).float().softmax(-1)
-        out.append(probs / views)
+    try:
+        for start in tqdm(starts, desc="predict", unit="batch", leave=False,
+                          disable=None if progress else True):  # fmt: skip
+            chunk = images[start:start + batch_size]
+            probs = 0.0
+            with torch.inference_mode():
+                for v in range(views):
+                    x = model_input(chunk, pre, v)
+                    feats = forward_pre_logits(model, x, dtype)
+                    probs = probs + model.get_classifier()(feats).float().softmax(-1)
+            out.append(probs / views)
+    finally:
+        model.to(memory_format=torch.contiguous_format)
     if not out:
         return torch.zeros(0, getattr(model, "num_classes", 0))
     return torch.cat(out)
@@ -330,7 +339,7 @@ def check_description(meta: Any, path: Path) -> None:
         raise bad(f"preprocessing.channels must be a whole number >= 1, not {channels!r}")
     for key in ("mean", "std"):
         if not _numbers(pre.get(key), channels):
-            raise bad(f"preprocessing.{key} must be {channels} number{'s' * (channels > 1)}, "
+            raise bad(f"preprocessing.{key} must be {plural(channels, 'number')}, "
                       f"one per channel, not {pre.get(key)!r}")  # fmt: skip
     if not all(v > 0 for v in pre["std"]):
         raise bad(f"preprocessing.std must be > 0 (it divides), not {pre['std']!r}")
