@@ -120,7 +120,7 @@ def test_classification_task_against_hand_computed_values(tmp_path):
     hand = (0.7 * -logp[torch.arange(4), y] + 0.3 * -logp.mean(1)).mean()
     assert torch.allclose(smooth, hand)
     # GoogLeNet-style auxiliary heads: main + aux_weight * sum(aux).
-    aux = AuxOutputs(logits, (logits.flip(0), logits * 2), 0.3)
+    aux = AuxOutputs(logits, logits.flip(0), logits * 2, 0.3)
     want = task.loss(logits, y) + 0.3 * (task.loss(logits.flip(0), y) + task.loss(logits * 2, y))
     assert torch.allclose(task.loss(aux, y), want)
 
@@ -382,6 +382,40 @@ def test_early_stopping_restores_the_best_weights(tmp_path):
     for k, v in net.state_dict().items():
         assert torch.equal(v, best["model"][k]), k
     assert abs(result.final["loss"] - result.best_value) < 1e-9
+
+
+def test_fit_hands_the_model_back_ready_to_predict_and_save(tmp_path):
+    """Training turns the net channels-last (where faster) and to train mode, and fit() left it
+    so: safetensors refused to save it ('non contiguous tensor'), and predicting normalised with
+    each batch's own BatchNorm statistics."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (32, 3, 8, 8), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, 3, (32,), generator=g)
+    norm = {"mean": [0.5] * 3, "std": [0.25] * 3}
+    train = BatchLoader(x, y, batch_size=16, shuffle=True, **norm)
+    val = BatchLoader(x, y, batch_size=16, **norm)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    cfg = TrainConfig(epochs=1, precision="bf16", channels_last="on", progress=False,
+                      tensorboard=False)  # fmt: skip
+    result = Trainer(net, ClassificationTask(3), train, val, cfg).fit()
+    assert result.precision.channels_last  # trained channels-last
+    assert not net.training and all(p.is_contiguous() for p in net.parameters())
+    assert not train.channels_last and not val.channels_last
+    save_file(net.state_dict(), tmp_path / "net.safetensors")
+
+
+def test_a_task_and_model_of_other_class_counts_is_one_line():
+    """Was torch's 'IndexError: Target 8 is out of bounds' (or, with fewer labels than
+    outputs, a run whose confusion matrix silently dropped the extra classes)."""
+    for task_classes, net_classes in ((5, 3), (3, 5)):
+        with pytest.raises(TrainingError, match=rf"the model outputs \(16, {net_classes}\) for "
+                           rf"a {task_classes}-class task: build it with "
+                           rf"num_classes={task_classes}$"):  # fmt: skip
+            Trainer(_TinyNet(classes=net_classes), ClassificationTask(task_classes),
+                    _tiny_loader(classes=3), config=TrainConfig(epochs=1, **FP32)).fit()
 
 
 def test_a_resumed_early_stopped_run_stays_finished(tmp_path):

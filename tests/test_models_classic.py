@@ -182,6 +182,10 @@ def test_googlenet_matches_torchvision_in_training_and_with_transform_input(tv_m
     _assert_same(o.logits, r.logits)
     _assert_same(o.aux[0], r.aux_logits2)
     _assert_same(o.aux[1], r.aux_logits1)
+    # torchvision's training loops unpack three values: (logits, aux_logits2, aux_logits1).
+    assert len(o) == len(r) == 3 and o._fields == r._fields
+    for mine, theirs in zip(o, r, strict=True):
+        _assert_same(mine, theirs)
 
     ref_t = _tv_model(tv_models, "googlenet", transform_input=True).eval()
     # torchvision's init (std 0.01) makes an untrained GoogLeNet's output nearly constant;
@@ -314,3 +318,32 @@ def test_every_model_lists_the_options_it_takes():
                        match="has no option 'dropout': did you mean drop_rate\\? its options are "
                              "drop_rate$"):  # fmt: skip
         cnnzoo.create_model("densenet121", dropout=0.2)
+
+
+def test_list_models_takes_several_patterns_and_pretrained_as_timm_does():
+    assert cnnzoo.list_models(["vgg1?", "resnet1*"]) == [
+        "resnet18", "resnet101", "resnet110", "resnet152", "vgg11", "vgg13", "vgg16", "vgg19"]
+    with_weights = cnnzoo.list_models(pretrained=True)
+    assert "efficientnet_lite0" in with_weights and "resnet18" in with_weights
+    assert not {"lenet5", "resnet20", "residual_net", "unet"} & set(with_weights)
+    from cnnzoo.models import get_config
+
+    # A model where its name belongs: one line, not "'ResNet' object has no attribute 'lower'".
+    with torch.device("meta"):
+        net = cnnzoo.create_model("resnet18")
+    with pytest.raises(TypeError, match="not a ResNet: a model's own is model.default_cfg$"):
+        get_config(net)
+
+
+def test_the_config_has_one_mean_and_std_per_input_channel():
+    """A grey ResNet's config had input_size (1, 224, 224) with the three RGB means; a colour
+    LeNet-5 three channels with one. The average of the channels' statistics stands in."""
+    for name in cnnzoo.list_models(task="classification"):
+        for chans in (1, 3):
+            with torch.device("meta"):
+                cfg = cnnzoo.create_model(name, in_chans=chans).default_cfg
+            assert len(cfg.mean) == len(cfg.std) == cfg.input_size[0] == chans, name
+    with torch.device("meta"):
+        grey = cnnzoo.create_model("resnet18", in_chans=1).default_cfg
+    assert grey.mean == pytest.approx(((0.485 + 0.456 + 0.406) / 3,))
+    assert grey.std == pytest.approx(((0.229 + 0.224 + 0.225) / 3,))

@@ -145,6 +145,11 @@ def test_transfer_bundle_round_trip_and_report(folder, tmp_path, capsys):
     assert "features" in res.metrics and {r["phase"] for r in res.history} == {"head", "full"}
     assert any("the new head alone for 1 epoch (" in line for line in said), said
     assert any("the whole network for up to 1 epoch," in line for line in said), said
+    # The engine's lines (precision, epochs) go where transfer's do, not to stderr.
+    assert any(line.startswith("precision: ") for line in said), said
+    assert any(line.startswith("note: no weights given, so resnet18 is randomly initialised")
+               for line in said), said  # fmt: skip
+    assert "precision: " not in capsys.readouterr().err
     for name in ("confusion.png", "curves.png", "top_losses.png", "per_class.csv", "metrics.json"):
         assert (out / name).stat().st_size > 0, name
     rows = (out / "per_class.csv").read_text().splitlines()
@@ -152,6 +157,10 @@ def test_transfer_bundle_round_trip_and_report(folder, tmp_path, capsys):
     files = sorted(folder.rglob("*.png"))[:6]
     bundle = load_bundle(out / "bundle")
     assert bundle.class_names == sorted(CLASSES) and bundle.model_name == "resnet18"
+    acc = bundle.metrics["val_acc"]
+    assert repr(bundle) == (f"Bundle(resnet18, 5 classes ({', '.join(sorted(CLASSES))}), 32 px, "
+                            f"val_acc {acc:.3f}, {out / 'bundle'})")  # not 121 lines of layers
+    assert "Sequential" not in repr(res) and "val_probabilities" not in repr(res)
     p_mem = res.bundle.predict(files)
     p_disk = bundle.predict(files)
     assert torch.equal(p_mem.probabilities, p_disk.probabilities)

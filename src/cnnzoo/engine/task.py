@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import TrainingError
 from ..models.base import AuxOutputs
 
 # Applied in place to every accumulated tensor before `compute()`; the distributed engine passes
@@ -159,6 +160,11 @@ class ClassificationTask:
         self.mode = mode
 
     def _ce(self, logits: Tensor, targets: Tensor) -> Tensor:
+        if logits.dim() != 2 or logits.shape[1] != self.num_classes:
+            # Else "Target 8 is out of bounds", or a silently wrong confusion matrix.
+            raise TrainingError(f"the model outputs {tuple(logits.shape)} for a "
+                                f"{self.num_classes}-class task: build it with "
+                                f"num_classes={self.num_classes}")  # fmt: skip
         # fp32 loss even under bf16 autocast: log-softmax in bf16 loses the small probabilities.
         return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
 

@@ -12,16 +12,33 @@ from torch import Tensor, nn
 from ..errors import InputSizeError, ModelOptionError
 
 
-class AuxOutputs(NamedTuple):
+class _AuxFields(NamedTuple):
+    logits: Tensor
+    aux_logits2: Tensor
+    aux_logits1: Tensor
+
+
+class AuxOutputs(_AuxFields):
     """Training-mode output of nets with auxiliary classifiers (GoogLeNet).
 
-    The engine's loss is `loss(logits) + aux_weight * sum(loss(a) for a in aux)`; in eval mode
-    such nets return plain logits.
+    It unpacks as torchvision's `GoogLeNetOutputs` does, so torchvision's training loops run
+    unchanged: `logits, aux_logits2, aux_logits1 = model(x)` (aux2 sits on inception 4d, aux1
+    on 4a). The engine's loss is `loss(logits) + aux_weight * sum(loss(a) for a in aux)`; the
+    weight rides along as an attribute, not a fourth value. In eval mode such nets return
+    plain logits.
     """
 
-    logits: Tensor
-    aux: tuple[Tensor, ...]
     aux_weight: float
+
+    def __new__(cls, logits: Tensor, aux_logits2: Tensor, aux_logits1: Tensor,
+                aux_weight: float = 0.3) -> AuxOutputs:  # fmt: skip
+        self = super().__new__(cls, logits, aux_logits2, aux_logits1)
+        self.aux_weight = aux_weight  # the paper's 0.3 when rebuilt from its three values
+        return self
+
+    @property
+    def aux(self) -> tuple[Tensor, Tensor]:
+        return self.aux_logits2, self.aux_logits1
 
 
 def check_input_size(model: nn.Module, x: Tensor) -> None:

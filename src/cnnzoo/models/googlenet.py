@@ -119,7 +119,7 @@ class GoogLeNet(Classifier):
     """Inception v1 with optional auxiliary classifiers.
 
     In training mode (and with `aux_logits=True`) `forward` returns
-    `AuxOutputs(logits, (aux2, aux1), aux_weight=0.3)` -- torchvision's order: aux2 sits on
+    `AuxOutputs(logits, aux2, aux1)` with `aux_weight=0.3` -- torchvision's order: aux2 sits on
     inception 4d, aux1 on 4a; in eval mode it returns the logits alone.
     `forward_features`/`forward_head` never compute the auxiliary heads.
     """
@@ -219,7 +219,7 @@ class GoogLeNet(Classifier):
         x = self._4a_to_4d(x)
         aux2 = self.aux2(x)
         logits = self.forward_head(self._4d_to_end(x))
-        return AuxOutputs(logits, (aux2, aux1), self.aux_weight)
+        return AuxOutputs(logits, aux2, aux1, self.aux_weight)
 
     def get_classifier(self) -> nn.Module:
         return self.fc

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -78,12 +78,24 @@ def _ensure_loaded() -> None:
     from . import _families  # noqa: F401
 
 
-def list_models(pattern: str = "*", *, task: str | None = None) -> list[str]:
+def list_models(
+    pattern: str | Sequence[str] = "*", *, task: str | None = None, pretrained: bool = False
+) -> list[str]:
     """Names of the registered models matching a shell-style wildcard, e.g. 'res*' or 'vgg1?'
-    (in any case: 'ResNet*', as create_model's hint takes 'ResNet18')."""
+    (in any case: 'ResNet*', as create_model's hint takes 'ResNet18'), or any of several
+    (['vgg*', 'res*'], as timm takes them). pretrained: only those with named ImageNet weights
+    (`weights='imagenet'`; some are downloaded on first use)."""
     _ensure_loaded()
-    names = [n for n, (_, cfg) in _REGISTRY.items() if task is None or cfg.task == task]
-    return sorted(fnmatch.filter(names, pattern.lower()), key=_natural_key)
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    if not all(isinstance(p, str) for p in patterns):
+        raise TypeError(f"pattern must be a string or a list of strings, not {pattern!r}")
+    names = {n for n, (_, cfg) in _REGISTRY.items() if task is None or cfg.task == task
+             for p in patterns if fnmatch.fnmatch(n, p.lower())}  # fmt: skip
+    if pretrained:
+        from ..weights import list_weights
+
+        names &= {e.model for e in list_weights()}
+    return sorted(names, key=_natural_key)
 
 
 def _natural_key(name: str) -> list[Any]:
@@ -115,6 +127,10 @@ def fixed_input_size(name: str) -> bool:
 
 def _lookup(name: str) -> tuple[Builder, ModelConfig]:
     _ensure_loaded()
+    if not isinstance(name, str):  # a model passed for its name: its config travels with it
+        hint = ": a model's own is model.default_cfg" if isinstance(name, nn.Module) else ""
+        raise TypeError(f"expected a model name such as 'resnet18', not a "
+                        f"{type(name).__name__}{hint}")  # fmt: skip
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -212,6 +228,9 @@ def create_model(
         raise ModelOptionError(f"{name}: bad model option in {options}: {exc}") from None
     size = kwargs.get("img_size")  # a net built for one input size (residual_net) says which
     hw = (size, size) if isinstance(size, int) else cfg.input_size[1:]
-    model.default_cfg = replace(cfg, num_classes=n_cls, input_size=(n_in, *hw),
-                                min_size=min_input_size(name, **kwargs))
+    mean, std = cfg.mean, cfg.std
+    if len(mean) != n_in:  # grey input to an RGB net (or the reverse): the channels' average
+        mean, std = (sum(mean) / len(mean),) * n_in, (sum(std) / len(std),) * n_in
+    model.default_cfg = replace(cfg, num_classes=n_cls, input_size=(n_in, *hw), mean=mean,
+                                std=std, min_size=min_input_size(name, **kwargs))
     return model

@@ -143,6 +143,14 @@ class Bundle:
     extra: dict[str, Any] | None = None
     path: Path | None = None
 
+    def __repr__(self) -> str:  # not the whole network and every setting: a notebook line
+        names = ", ".join(self.class_names[:8]) + (", ..." if len(self.class_names) > 8 else "")
+        acc = (self.metrics or {}).get("val_acc")
+        return (f"Bundle({self.model_name}, {plural(len(self.class_names), 'class', 'classes')} "
+                f"({names}), {self.preprocessing.crop_size} px"
+                + (f", val_acc {acc:.3f}" if isinstance(acc, float) else "")
+                + (f", {self.path}" if self.path else "") + ")")
+
     @property
     def spec(self) -> ImageSpec:
         return input_spec(self.preprocessing, self.fit)
@@ -159,9 +167,9 @@ class Bundle:
         return torch.stack(out)
 
     def predict(self, images: Sequence[Any] | Any, *, batch_size: int = 32) -> Predictions:
-        """Class names and probabilities for images: a list of image files, PIL images, uint8
-        (C, H, W) tensors or uint8 (H, W[, C]) arrays; one (N, C, H, W) uint8 batch at any
-        size; or a single image of any of these kinds (then one row). Every image, those of a
+        """Class names and probabilities for images: a list of image files, PIL images,
+        (C, H, W) tensors or (H, W[, C]) arrays (uint8, uint16, bool, or float in [0, 1]); one
+        (N, C, H, W) batch at any size; or a single image of any of these kinds (then one row). Every image, those of a
         batch included, is decoded and sized as a file would be (`load_images`): the same
         picture gets one answer whatever its form. An empty list gives empty predictions."""
         # One image, not a sequence to iterate: a path would otherwise be taken apart into its

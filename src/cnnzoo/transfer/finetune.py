@@ -192,7 +192,7 @@ def finetune(
         config = _engine_config(cfg, cfg.head_epochs, cfg.lr * 3, None)
         config.freeze_bn = True  # nothing in the backbone may move in this phase
         trainer = Trainer(model, task, train, val, config,
-                          out_dir=out / "head" if out else None, meta=meta)  # fmt: skip
+                          out_dir=out / "head" if out else None, meta=meta, say=say)  # fmt: skip
         head_result = trainer.fit(resume=resume)
     if cfg.epochs > 0:
         bn = "frozen" if cfg.freeze_bn else "updating"
@@ -207,7 +207,7 @@ def finetune(
         patience = cfg.patience and math.ceil(cfg.patience * epochs / max(cfg.epochs, 1))
         config = _engine_config(cfg, epochs, cfg.lr, patience)
         trainer = Trainer(model, task, train, val, config, param_groups=groups,
-                          out_dir=out / "full" if out else None, meta=meta)  # fmt: skip
+                          out_dir=out / "full" if out else None, meta=meta, say=say)  # fmt: skip
         full_result = trainer.fit(resume=resume)
     freeze_backbone(model, False)
     return head_result, full_result

@@ -109,8 +109,8 @@ class TransferResult:
     metrics: dict[str, Any]  # per stage: {'features': {...}, 'finetune': {...}, 'kept': ...}
     timings: dict[str, float]
     features_computed: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    val_probabilities: Tensor | None = None
+    history: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    val_probabilities: Tensor | None = field(default=None, repr=False)
 
 
 def _stderr(msg: str) -> None:
@@ -343,6 +343,9 @@ def transfer(
     say(f"data: {len(splits.train)} training and {len(splits.val)} validation images, {k} classes "
         f"({', '.join(splits.class_names)}); {model} at {pre.crop_size} px{squashed}, "
         f"{inference_dtype(cfg.precision)} [{timings['load']:.1f}s]")  # fmt: skip
+    if weights is None:  # allowed (a baseline, tests), but not what anyone means by transfer
+        say(f"note: no weights given, so {model} is randomly initialised: its frozen features "
+            "transfer nothing learnt; give weights='imagenet' or a checkpoint file")
     net.reset_classifier(k)
     # Fine-tuning starts from this new, untrained head even in mode 'both', where the features
     # head replaces it first; phase 1 trains it on the frozen backbone (with augmentation and

@@ -77,7 +77,7 @@ class WeightsInfo:
     source: str  # file path, or 'state_dict'
     layout: str  # 'torchvision', 'lukemelas', 'timm', 'keras', 'cnnzoo'
     preprocessing: Preprocessing
-    class_names: list[str] | None  # None when the head was re-initialised
+    class_names: list[str] | None = field(repr=False)  # None when the head was re-initialised
     head_loaded: bool
     entry: WeightsEntry | None = None
     notes: list[str] = field(default_factory=list)
@@ -176,6 +176,12 @@ def _record(model: nn.Module, info: WeightsInfo) -> None:
     for note in info.notes:
         log.warning("cnnzoo: %s", note)
     model.weights_info = info
+    # timm's rule: the config travels with the weights (GoogLeNet's TensorFlow-trained ones
+    # want (x - 0.5) / 0.5, not the ImageNet statistics its architecture's config names).
+    cfg, pre = getattr(model, "default_cfg", None), info.preprocessing
+    if cfg is not None and len(pre.mean) == cfg.input_size[0]:
+        model.default_cfg = replace(cfg, mean=tuple(pre.mean), std=tuple(pre.std),
+                                    input_size=(cfg.input_size[0], pre.crop_size, pre.crop_size))
 
 
 def create_pretrained(name: str, weights: Any, **model_kwargs: Any) -> nn.Module:

@@ -12,6 +12,7 @@ from functools import cache
 from importlib import resources
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -40,17 +41,25 @@ def imagenet_wnids() -> list[str]:
 
 
 def decode_predictions(
-    probs: Tensor, top: int = 5, class_names: list[str] | None = None
+    probs: Tensor | np.ndarray, top: int = 5, class_names: list[str] | None = None
 ) -> list[list[Prediction]]:
-    """The `top` most probable classes of each row of `probs` (N, K) (or one row (K,)).
+    """The `top` most probable classes of each row of `probs` (N, K) (or one row (K,)), a
+    tensor or a numpy array (Keras's habit).
 
-    `probs` are probabilities (apply softmax to logits first); names default to ImageNet's
-    when K is 1000.
+    `probs` are probabilities: rows of logits (which do not sum to 1) are refused, since their
+    values would read as probabilities of 15. Names default to ImageNet's when K is 1000.
     """
     if top < 1:
         raise ValueError(f"top must be at least 1, not {top}")
+    probs = torch.as_tensor(probs)
     if probs.dim() == 1:
         probs = probs[None]
+    if probs.dim() != 2:
+        raise ValueError(f"expected probabilities (N, K) or (K,), not shape {tuple(probs.shape)}")
+    sums = probs.detach().double().sum(1)
+    if len(sums) and ((sums - 1).abs().max() > 1e-2 or probs.min() < 0):
+        raise ValueError("the rows are not probabilities (they do not sum to 1): pass "
+                         "model(x).softmax(1), not the logits")
     k = probs.shape[1]
     names = class_names if class_names is not None else (imagenet_classes() if k == 1000 else None)
     if names is not None and len(names) != k:

@@ -17,7 +17,13 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from ..data.images import center_crop, load_image, resize_shorter, to_tensor_uint8
+from ..data.images import (
+    array_to_uint8,
+    center_crop,
+    load_image,
+    resize_shorter,
+    to_tensor_uint8,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -107,23 +113,26 @@ class Preprocessing:
         return to_tensor_uint8(self.geometry(img))
 
     def __call__(self, img: Image.Image | Tensor | np.ndarray | str | os.PathLike[str]) -> Tensor:
-        """A PIL image, a uint8 (C, H, W) tensor, a uint8 (H, W[, C]) array (what PIL, OpenCV
-        after BGR -> RGB, and scikit-image give) or an image path -> the normalised
-        (C, crop, crop) input."""
+        """A PIL image, a (C, H, W) tensor, an (H, W[, C]) array (what PIL, OpenCV after BGR ->
+        RGB, and scikit-image give) or an image path -> the normalised (C, crop, crop) input.
+        Tensors and arrays may be uint8, uint16, bool or float in [0, 1] (`array_to_uint8`)."""
         if isinstance(img, str | os.PathLike):
             return self.load(img)
         if isinstance(img, Tensor):
-            if img.dtype != torch.uint8 or img.dim() != 3:
-                raise ValueError(f"expected a uint8 tensor (C, H, W), not {img.dtype} "
-                                 f"{tuple(img.shape)}")  # fmt: skip
+            if img.dim() == 4:
+                raise ValueError(f"expected one image (C, H, W), not a batch {tuple(img.shape)}: "
+                                 "use .batch(images)")  # fmt: skip
+            if img.dim() != 3:
+                raise ValueError(f"expected an image tensor (C, H, W), not {tuple(img.shape)}")
             if img.shape[0] not in (1, 3, 4) and img.shape[-1] in (1, 3, 4):
                 raise ValueError(f"expected a (C, H, W) tensor, not {tuple(img.shape)}: "
                                  "use img.permute(2, 0, 1)")  # fmt: skip
-            img = img.permute(1, 2, 0).numpy()
+            img = img.detach().cpu()
+            img = (img.float() if img.is_floating_point() else img).permute(1, 2, 0).numpy()
         if isinstance(img, np.ndarray):
-            if img.dtype != np.uint8 or img.ndim not in (2, 3):
-                raise ValueError(f"expected a uint8 array (H, W) or (H, W, C), not {img.dtype} "
-                                 f"{img.shape}")  # fmt: skip
+            if img.ndim not in (2, 3):
+                raise ValueError(f"expected an image array (H, W) or (H, W, C), not {img.shape}")
+            img = array_to_uint8(img)
             img = Image.fromarray(img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img)
         if not isinstance(img, Image.Image):
             raise TypeError(f"expected a PIL image, uint8 tensor or array, or a path, not "
