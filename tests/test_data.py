@@ -623,6 +623,13 @@ def test_same_seed_same_batch_and_loader_replay():
     assert first[0].shape == (8, 1, 32, 32)
     with pytest.raises(DataError):
         default_augmentation("mixup", 32)
+    # Reflect padding needs a pad below the side: 2-px images pad by 1 (was a traceback), 1-px
+    # ones not at all.
+    for side in (1, 2, 3):
+        tiny = torch.arange(2 * side * side, dtype=torch.float32).view(2, 1, side, side)
+        out, _ = default_augmentation("flip-crop", side)(tiny.clone(), torch.zeros(2), _g(0))
+        assert out.shape == tiny.shape
+        assert set(out.flatten().tolist()) <= set(tiny.flatten().tolist())  # pixels moved only
 
 
 def test_progressive_resize_shrinks_only_the_first_epochs():

@@ -480,6 +480,14 @@ def test_progressive_size_must_be_below_the_training_size():
     assert next(iter(train))[0].shape[-2:] == (16, 16)
     train.set_epoch(2)
     assert next(iter(train))[0].shape[-2:] == (32, 32)
+    # The log says which epochs trained small (the epoch lines looked alike before).
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10))
+    res = Trainer(net, ClassificationTask(10), train, config=TrainConfig(epochs=3, **FP32)).fit()
+    assert [r.get("train_px") for r in res.history] == [16, 16, None]
+    from cnnzoo.engine.loop import _epoch_line
+
+    assert _epoch_line(res.history[0], 3).startswith("epoch 1/3  at 16 px  lr ")
+    assert " px " not in _epoch_line(res.history[2], 3)
 
 
 @pytest.mark.parametrize(("value", "expect"), [
@@ -801,7 +809,7 @@ def test_cli_trains_on_a_messy_folder_and_evaluates(tmp_path, capsys, caplog):
         "ignored 1 file without an image extension (notes.txt)",
     ]
     err = capsys.readouterr().err
-    assert "Splits(2 classes, train=20, val=4, 1x32x32)" in err  # all 24 good images kept
+    assert "Splits(2 classes, train=20, val=4, 3x32x32)" in err  # all 24 good images, colour
     records = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2, 3, 4]
     assert {"train_loss", "train_acc", "val_loss", "val_acc", "val_top5", "lr",
@@ -1032,55 +1040,110 @@ def test_vgg_min_size_follows_stages_so_fashion_mnist_trains_at_28px():
     assert default_image_size("digits", cfg, min_input_size("vgg13_bn", stages=3)) == 32
 
 
-def test_a_folder_of_small_equal_images_trains_at_their_own_size(tmp_path, capsys):
+def test_a_folder_of_small_images_trains_at_their_own_size_and_colour(tmp_path, capsys):
     """Upsampling 28-px images to a VGG's 224 px adds no detail for 64x the compute (161 s an
-    epoch for vgg13_bn stages=3 on an exported Fashion-MNIST folder); the built-in set trains at
-    its own 28 px, and so does a folder of such images now."""
+    epoch for vgg13_bn stages=3 on an exported Fashion-MNIST folder). Tiny images go up to 32
+    (resnet20 on 8-px digit files: 0.275 against 0.55 at 32 px); grey images train a 1-channel
+    net and colour ones a 3-channel one, as the built-ins do."""
     from PIL import Image
 
-    from cnnzoo.data.images import header_size, load_image
-    from cnnzoo.engine.run import default_image_size
+    from cnnzoo.data.images import image_header, load_image
+    from cnnzoo.engine.run import image_size_choice
     from cnnzoo.models import get_config, min_input_size
 
-    def folder(root: Path, sizes: list[tuple[int, int]]) -> Path:  # (width, height) per image
-        for i, (w, h) in enumerate(sizes):
+    def folder(root: Path, sizes: list[tuple[int, int]], mode: str = "L") -> Path:
+        for i, (w, h) in enumerate(sizes):  # (width, height) per image, two classes
             (root / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
-            Image.new("L", (w, h), 60 + 80 * (i % 2)).save(root / "ab"[i % 2] / f"{i}.png")
+            Image.new(mode, (w, h), (60 + 80 * (i % 2),) * len(mode)).save(
+                root / "ab"[i % 2] / f"{i}.png")
         return root
 
-    cfg = get_config("vgg13_bn")
+    vgg, residual = get_config("vgg13_bn"), get_config("residual_net")
     three_pools = min_input_size("vgg13_bn", stages=3)
-    assert (three_pools, cfg.min_size, cfg.input_size[1]) == (8, 32, 224)
+    assert (three_pools, vgg.min_size, vgg.input_size[1], residual.input_size[1]) == (8, 32, 224, 28)
+
+    def choice(data: Path, cfg=vgg, least=three_pools) -> tuple[int, str]:
+        return image_size_choice(str(data), cfg, least)
+
+    assert choice(folder(tmp_path / "s48", [(48, 48)] * 4)) == (48, "the images' own size")
+    mixed = folder(tmp_path / "mixed", [(40, 40)] * 3 + [(48, 48)])
+    assert choice(mixed) == (48, "the images' largest side")
+    assert choice(folder(tmp_path / "wide", [(40, 30)] * 4)) == (
+        40, "the images' own size; non-square images are squashed to a square")
     small = folder(tmp_path / "small", [(28, 28)] * 10)
-    (small / "a" / "broken.png").write_bytes(b"not a png")  # unreadable: no size, skipped later
-    assert default_image_size(str(small), cfg, three_pools) == 28
-    assert default_image_size(str(small), cfg) == 32  # raised to five pools' minimum
-    wide = folder(tmp_path / "wide", [(40, 30)] * 4)
-    assert default_image_size(str(wide), cfg, three_pools) == 40  # the larger side
-    mixed = folder(tmp_path / "mixed", [(28, 28)] * 3 + [(30, 30)])
-    big = folder(tmp_path / "big", [(300, 300)] * 4)
-    for data in (mixed, big):  # no one size, or one above the default: the default
-        assert default_image_size(str(data), cfg, three_pools) == 224
+    (small / "a" / "broken.png").write_bytes(b"not a png")  # no header: skipped later
+    assert choice(small) == (32, "the images are 28 px, raised to 32, the least cnnzoo trains "
+                                 "small images at")  # fmt: skip
+    assert choice(small, least=32) == (32, "the images are 28 px, raised to 32, vgg13_bn's "
+                                           "minimum")  # fmt: skip
+    assert choice(folder(tmp_path / "big", [(300, 300)] * 2 + [(40, 40)] * 2)) == (224, "")
+    # Only the parts training reads decide: a test/ part of larger images does not.
+    parts = tmp_path / "parts"
+    folder(parts / "train", [(40, 40)] * 4)
+    folder(parts / "val", [(44, 44)] * 2)
+    folder(parts / "test", [(300, 300)] * 2)
+    assert choice(parts) == (44, "the images' largest side")
     manifest = tmp_path / "list.csv"  # a manifest is sized by the images it lists
-    manifest.write_text("".join(f"{p.relative_to(tmp_path)},{p.parent.name}\n"
-                                for p in sorted(small.rglob("*.png"))))
-    assert default_image_size(str(manifest), cfg, three_pools) == 28
+    manifest.write_text("".join(f"{q.relative_to(tmp_path)},{q.parent.name}\n"
+                                for q in sorted(mixed.rglob("*.png"))))
+    assert choice(manifest) == (48, "the images' largest side")
+    # residual_net is built for one size: its default, and how to build it for the images'.
+    assert choice(small, residual, 28) == (28, "the images' own size; residual_net is built "
+                                               "for it")  # fmt: skip
+    assert choice(mixed, residual, 28) == (
+        28, "residual_net is built for 28 px, the images are up to 48 px: --model-arg "
+            "img_size=48 builds it for theirs")  # fmt: skip
     # A phone held upright stores 30x20 with EXIF orientation 6; it decodes as 20x30.
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.new("RGB", (30, 20)).save(tmp_path / "turned.jpg", exif=exif)
-    assert header_size(tmp_path / "turned.jpg") == load_image(tmp_path / "turned.jpg").size \
-        == (20, 30)
+    assert image_header(tmp_path / "turned.jpg") == (20, 30, False)
+    assert load_image(tmp_path / "turned.jpg").size == (20, 30)
 
     out = tmp_path / "run"
-    assert main(["train", "vgg11_bn", "--model-arg", "stages=3", "--model-arg",
-                 "width_mult=0.25", "--model-arg", "fc_dim=16", "--data", str(small),
-                 "--epochs", "1", "--batch-size", "4", "--precision", "fp32",
-                 "--channels-last", "off", "--no-progress", "--no-tensorboard",
-                 "--out", str(out)]) == 0  # fmt: skip
-    assert "training at 28x28 (the images' own size; --img-size N for another)" in \
-        capsys.readouterr().err
-    assert load_checkpoint(out / "last.pt")["meta"]["img_size"] == 28
+    args = ["train", "vgg11_bn", "--model-arg", "stages=3", "--model-arg", "width_mult=0.25",
+            "--model-arg", "fc_dim=16", "--data", str(small), "--epochs", "1", "--batch-size",
+            "4", "--precision", "fp32", "--channels-last", "off", "--no-progress",
+            "--no-tensorboard", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "1x32x32), training at 32x32 (the images are 28 px, raised to 32, the least cnnzoo " \
+           "trains small images at; --img-size N for another)" in err
+    meta = load_checkpoint(out / "last.pt")["meta"]
+    assert (meta["img_size"], meta["in_chans"]) == (32, 1)
+    # A larger colour image added: resumed, the run keeps the size and channels it began with.
+    Image.new("RGB", (100, 100), (200, 30, 30)).save(small / "a" / "big.png")
+    assert choice(small)[0] == 100
+    assert main([*(a if a != "1" else "2" for a in args), "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "1x32x32), training at 32x32" in err and "different img_size" not in err
+    assert load_checkpoint(out / "last.pt")["meta"]["img_size"] == 32
+    # Colour images train a 3-channel LeNet-5 (grey by default); --channels decides.
+    colour = folder(tmp_path / "colour", [(32, 32)] * 10, mode="RGB")
+    for extra, chans in (([], 3), (["--channels", "1"], 1)):
+        assert main(["train", "lenet5", "--data", str(colour), "--epochs", "1", "--batch-size",
+                     "4", "--precision", "fp32", "--channels-last", "off", "--no-progress",
+                     "--no-tensorboard", "--overwrite", "--out", str(tmp_path / "lenet"),
+                     *extra]) == 0  # fmt: skip
+        assert f"{chans}x32x32), training at 32x32" in capsys.readouterr().err
+
+
+def test_a_vgg_cut_for_small_images_hears_about_its_imagenet_head():
+    from cnnzoo.engine.run import say_head_note
+
+    said: list[str] = []
+    for kwargs in ({"stages": 3, "width_mult": 0.25}, {"stages": 3, "fc_dim": 256}, {}):
+        with torch.device("meta"):
+            net = create_model("vgg11_bn", num_classes=10, in_chans=1, **kwargs)
+        say_head_note("vgg11_bn", net, kwargs, said.append)
+    with torch.device("meta"):
+        net = create_model("resnet20", num_classes=10)
+    say_head_note("resnet20", net, {"stages": 3}, said.append)
+    # By hand: the last stage has 256 / 4 = 64 channels, so the head is 7*7*64*4096 + 4096
+    # + 4096*4096 + 4096 + 4096*10 + 10 = 29,671,434.
+    assert said == ["note: vgg11_bn with stages=3 keeps the ImageNet head: 29,671,434 of its "
+                    "29,732,010 parameters; --model-arg fc_dim=256 --model-arg pool_size=3 fit "
+                    "small images (docs/training.md)"]
 
 
 def test_accumulator_counts_and_flip_tta_averages_logits():

@@ -235,7 +235,7 @@ def _scratch(data: Path, size: int, epochs: int, out: Path, progress: bool) -> f
     from ..transfer.features import inference_dtype
 
     opts = DataOptions(str(data), img_size=size, batch_size=32)
-    splits, size, channels = load_splits(opts, MODEL)
+    splits, size, channels, _ = load_splits(opts, MODEL)
     mean, std = channel_stats(splits.train.images)
     train, val = make_loaders(splits, size, opts, seed=0, mean=mean, std=std)
     torch.manual_seed(0)

@@ -72,9 +72,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "conv whose place exists in both")
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/MODEL)")
     p.add_argument("--img-size", type=IMG_SIZE, default=None,
-                   help="input size (default: the data's own size, raised to the model's "
-                        "minimum, when it is below the model's default size (224 for ImageNet "
-                        "nets) and all images share it; else that default)")
+                   help="input size (default: the images' largest side, raised to the model's "
+                        "minimum and to 32, when it is below the model's default size (224 for "
+                        "ImageNet nets); else that default)")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                   help="input channels: 1 (grey) or 3 (RGB) (default: the data's own: 1 when "
+                        "every image is grey, as the built-ins are, else 3)")
     p.add_argument("--augment", choices=("none", "flip-crop", "crop", "photo"), default=None,
                    help="default: crop for digits, flip-crop otherwise")
     p.add_argument("--erase", type=real(0, 1), default=0.0, metavar="P",
@@ -161,18 +164,21 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if args.task == "segmentation":
-            if args.progressive:
-                from ..errors import DataError
+            from ..errors import DataError
 
+            if args.progressive:
                 raise DataError("--progressive is for classification; segmentation trains on "
                                  "crops (--crop) of its own size")
+            if args.channels:
+                raise DataError("--channels is for classification; segmentation keeps its "
+                                "images' own channels (grey, or colour when any is)")
             # Segmentation is a configuration of the same loop; its data, losses and metrics
             # live in cnnzoo.segmentation (issue 7).
             from ..segmentation.training import train_segmentation
 
             result = train_segmentation(args, config, out_dir=out, dist=dist, say=say)
         else:
-            data = DataOptions(args.data, img_size=args.img_size,
+            data = DataOptions(args.data, img_size=args.img_size, channels=args.channels,
                                batch_size=args.batch_size or 128,
                                augment=args.augment, val_fraction=args.val_fraction,
                                erase=args.erase, progressive=args.progressive)

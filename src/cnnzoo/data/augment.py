@@ -347,7 +347,8 @@ def default_augmentation(
 
     - "none": only resize to `size` (also what evaluation uses).
     - "flip-crop": resize, pad-and-crop by `padding` (default max(2, size // 12): 2 px at
-      28-32 px, the Fashion-MNIST/CIFAR recipe) with reflect padding, horizontal flip.
+      28-32 px, the Fashion-MNIST/CIFAR recipe; below the side, as reflect padding needs) with
+      reflect padding, horizontal flip.
     - "crop": the same without the flip (digits and text, where mirroring changes the class).
     - "photo": random resized crop (scale 0.35-1) to `size`, horizontal flip, colour jitter
       0.3 -- for transfer learning on photos, where a model sees each image many times.
@@ -357,6 +358,8 @@ def default_augmentation(
     """
     hw = _hw(size)
     pad = padding if padding is not None else max(2, min(hw) // 12)
+    # Reflect padding needs a pad below the side: 2-px images get 1, 1-px ones none.
+    pad = min(pad, min(hw) - 1)
     if kind == "none":
         return Resize(hw)
     if kind == "flip-crop":
@@ -391,6 +394,10 @@ class ProgressiveResize:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def smaller_size(self, epoch: int) -> int | None:
+        """The side the batches of `epoch` are shrunk to, None for a full-size epoch."""
+        return self.small.size[0] if epoch < self.epochs else None
 
     def __call__(self, images: Tensor, targets: Tensor, generator: torch.Generator):
         images, targets = self.transform(images, targets, generator)

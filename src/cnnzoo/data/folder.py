@@ -28,6 +28,7 @@ import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,7 +37,7 @@ from tqdm.auto import tqdm
 from ..errors import DataError, ImageError
 from ..text import plural
 from .dataset import ImageDataset, Splits
-from .images import IMAGE_EXTENSIONS, ImageSpec
+from .images import IMAGE_EXTENSIONS, ImageSpec, image_header
 
 log = logging.getLogger("cnnzoo.data")
 
@@ -102,15 +103,45 @@ def image_files(folder: str | os.PathLike[str]) -> list[Path]:
     return _files_under(Path(folder), [])
 
 
+@dataclass(frozen=True)
+class ImagesSeen:
+    """What the headers of a data source's images say (`seen_images`)."""
+
+    largest: int  # the largest side of any of them
+    same: bool  # all of one size
+    square: bool  # all square
+    grey: bool  # all grey
+
+
 def source_images(source: str | os.PathLike[str]) -> list[Path]:
-    """The image files an image folder or CSV manifest names (every part), without decoding
-    them; [] for anything else (a built-in name, a missing path: loading says what is wrong)."""
+    """The training and validation image files an image folder or CSV manifest names (not its
+    test part), without decoding them; [] for anything else (a built-in name, a missing path:
+    loading says what is wrong)."""
     path = Path(source)
     if path.is_dir():
-        return image_files(path)
+        parts = _find_parts(path)
+        if not parts:
+            return image_files(path)
+        return [f for part in ("train", "val") if part in parts for f in image_files(parts[part])]
     if path.suffix.lower() == ".csv" and path.is_file():
-        return [p for p, _, _ in _manifest_rows(path)[0]]
+        return [p for p, _, split in _manifest_rows(path)[0] if split != "test"]
     return []
+
+
+def seen_images(source: str | os.PathLike[str], sample: int = 256) -> ImagesSeen | None:
+    """Sizes and colour of a folder's or manifest's training and validation images, from the
+    headers of at most `sample` files spread evenly over them (`images.image_header`); None
+    when there are none that open (a built-in name, say). A sample: an image it misses is
+    resized like any other, it cannot break a run."""
+    files = source_images(source)
+    step = max(1, -(-len(files) // sample))
+    heads = {h for f in files[::step] if (h := image_header(f)) is not None}
+    if not heads:
+        return None
+    sizes = {(w, h) for w, h, _ in heads}
+    return ImagesSeen(largest=max(max(wh) for wh in sizes), same=len(sizes) == 1,
+                      square=all(w == h for w, h in sizes),
+                      grey=all(grey for _, _, grey in heads))  # fmt: skip
 
 
 def _scan_classes(root: Path, ignored: list[Path]) -> dict[str, list[Path]]:

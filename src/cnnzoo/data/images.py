@@ -32,7 +32,6 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -117,28 +116,24 @@ def load_image(
         raise _fail(path, f"cannot convert mode {img.mode} ({exc})") from None
 
 
-def header_size(path: str | os.PathLike[str]) -> tuple[int, int] | None:
-    """(width, height) of an image file as `load_image` gives it (EXIF orientation applied),
-    read from its header without decoding the pixels; None for a file that does not open."""
+# PIL modes of grey images (`convert_image` turns LA into L on white, 16-bit and float into L).
+GREY_MODES = frozenset({"1", "L", "LA", "I", "F", "I;16", "I;16B", "I;16L", "I;16N"})
+
+
+def image_header(path: str | os.PathLike[str]) -> tuple[int, int, bool] | None:
+    """(width, height, grey) of an image file as `load_image` gives it (EXIF orientation
+    applied), read from its header without decoding the pixels; None for a file that does not
+    open. Palette images count as colour (their palette is not looked at)."""
     try:
         with _OPEN_LOCK, warnings.catch_warnings():  # see _OPEN_LOCK
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 width, height = img.size
+                grey = img.mode in GREY_MODES
                 turned = img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
         return None
-    return (height, width) if turned else (width, height)
-
-
-def common_size(
-    paths: Sequence[str | os.PathLike[str]], sample: int = 256
-) -> tuple[int, int] | None:
-    """The (width, height) that every readable image of `paths` has, judged from the headers of
-    at most `sample` files spread evenly over them; None when they differ or none opens."""
-    step = max(1, -(-len(paths) // sample))
-    sizes = {header_size(p) for p in paths[::step]} - {None}
-    return sizes.pop() if len(sizes) == 1 else None
+    return (height, width, grey) if turned else (width, height, grey)
 
 
 def _check_pixels(path: str | os.PathLike[str], size: tuple[int, int]) -> None:

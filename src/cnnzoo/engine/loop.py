@@ -282,6 +282,11 @@ class Trainer:
                     train_acc, n_images = self._train_epoch(net, optimizer, scheduler, epoch)
                 seconds = time.perf_counter() - t0
                 record: dict[str, Any] = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}
+                # Progressive resizing: which epochs trained at the smaller size, in the log.
+                smaller = getattr(getattr(self.train_loader, "transform", None), "smaller_size",
+                                  None)  # fmt: skip
+                if smaller is not None and smaller(epoch) is not None:
+                    record["train_px"] = smaller(epoch)
                 record.update({f"train_{k}": v for k, v in train_acc.compute().items()})
                 if self.val_loader is not None:
                     val_acc = self.evaluate(self.val_loader)
@@ -682,6 +687,8 @@ def one_image_batchnorm_hint() -> Iterator[None]:
 
 def _epoch_line(record: dict[str, Any], epochs: int) -> str:
     parts = [f"epoch {record['epoch']}/{epochs}"]
+    if "train_px" in record:
+        parts.append(f"at {record['train_px']} px")
     for k, v in record.items():
         if k in ("epoch", "seconds", "images_per_s"):
             continue

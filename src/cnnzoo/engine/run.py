@@ -21,8 +21,7 @@ from torch import nn
 
 from ..data.augment import FLIPPING
 from ..data.builtin import builtin_name
-from ..data.folder import source_images
-from ..data.images import common_size
+from ..data.folder import ImagesSeen, seen_images
 from ..data.loader import BatchLoader
 from ..errors import DataError, UsageError, WeightsError
 from ..paths import check_outside, same_source
@@ -38,6 +37,10 @@ BUILTIN_NATIVE_SIZE = {"fashion-mnist": 28, "digits": 8}
 # bitmaps block-averaged by 4; at 8 px a net with three 2x pools ends on 1x1 maps
 # (vgg13_bn stages=3 width 0.25, 6 epochs: 73.5 % at 8 px, 98.6 % at 32 px).
 BUILTIN_MIN_TRAIN_SIZE = {"digits": 32}
+# The least size a folder of smaller images trains at by default (`image_size_choice`): below it
+# pad-and-crop and the nets' pools leave too little. Digits exported as 8-px files, 3 epochs:
+# resnet20 0.275 at 8 px against 0.55 at 32 px, vgg11_bn stages=3 0.30 against 0.825.
+LEAST_OWN_SIZE = 32
 
 
 @dataclass
@@ -55,26 +58,54 @@ class DataOptions:
 
 
 def default_image_size(source: str, model_cfg: Any, min_size: int | None = None) -> int:
-    """The size a model trains at on `source` when none is given: the data's own size, raised
-    to the model's minimum, when that is below the model's default input size (224 for
-    ImageNet nets); else the default. Built-in sets have their native size (digits: 32, see
-    BUILTIN_MIN_TRAIN_SIZE); a folder or manifest has one when all its images share it (then
-    the larger side, see `images.common_size`). Upsampling 28-px images to 224 adds no detail
-    and costs 64x the compute. min_size: the minimum of the model as built (default
-    `model_cfg.min_size`), e.g. 8 for `vgg13_bn` with `stages=3`, which therefore trains on
-    Fashion-MNIST at its native 28 px."""
+    """The size a model trains at on `source` when none is given; see `image_size_choice`."""
+    return image_size_choice(source, model_cfg, min_size)[0]
+
+
+def image_size_choice(
+    source: str, model_cfg: Any, min_size: int | None = None, seen: ImagesSeen | None = None
+) -> tuple[int, str]:
+    """(size, why) for training a model on `source` when no size is given; `why` is '' or the
+    words the run prints after the size.
+
+    The data's own size, when it is below the model's default input size (224 for ImageNet
+    nets): upsampling 28-px images to 224 adds no detail and costs 64x the compute. Raised to
+    the model's minimum as built (`min_size`, default `model_cfg.min_size`: 8 for `vgg13_bn`
+    with `stages=3`) and, for a folder, to `LEAST_OWN_SIZE` (or the model's default, if that is
+    smaller). Built-in sets have their native size (digits: 32, see BUILTIN_MIN_TRAIN_SIZE);
+    a folder's or manifest's is the largest side of its training and validation images
+    (`seen`, from `folder.seen_images` when not given). A net built for one size (residual_net)
+    gets the same choice, capped at its default, and says how to build it for the images'."""
+    from ..models import fixed_input_size
+
     least = model_cfg.min_size if min_size is None else min_size
     default = model_cfg.input_size[1]
     name = builtin_name(source)
     if name:
         native = BUILTIN_NATIVE_SIZE.get(name)
         if native is None:
-            return default
-        return max(native, BUILTIN_MIN_TRAIN_SIZE.get(name, 0), least)
-    own = common_size(source_images(source))
-    if own is None or max(own) >= default:
-        return default
-    return max(*own, least)
+            return default, ""
+        return max(native, BUILTIN_MIN_TRAIN_SIZE.get(name, 0), least), ""
+    seen = seen or seen_images(source)
+    if seen is None:
+        return default, ""
+    own = seen.largest
+    size = default if own >= default else max(own, least, min(LEAST_OWN_SIZE, default))
+    if fixed_input_size(model_cfg.name):
+        if size == own:
+            return size, f"the images' own size; {model_cfg.name} is built for it"
+        return size, (f"{model_cfg.name} is built for {size} px, the images are "
+                      f"{'' if seen.same else 'up to '}{own} px: --model-arg img_size={own} "
+                      "builds it for theirs")  # fmt: skip
+    if own >= default:
+        return size, ""
+    squashed = "" if seen.square else "; non-square images are squashed to a square"
+    if size == own:
+        return size, f"the images' {'own size' if seen.same else 'largest side'}{squashed}"
+    floor = (f"{model_cfg.name}'s minimum" if size == least
+             else "the least cnnzoo trains small images at")  # fmt: skip
+    return size, (f"the images are {'' if seen.same else 'up to '}{own} px, raised to {size}, "
+                  f"{floor}{squashed}")
 
 
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -117,18 +148,25 @@ def load_splits(
     opts: DataOptions, model_name: str, *, seed: int = 0,
     model_kwargs: dict[str, Any] | None = None, progress: bool = True,
 ) -> tuple[Any, int, int]:
-    """(Splits, image size, channels) for training `model_name` (built with `model_kwargs`) on
-    `opts.source`; progress: the bar while a folder's images are decoded."""
+    """(Splits, image size, channels, why that size) for training `model_name` (built with
+    `model_kwargs`) on `opts.source`; progress: the bar while a folder's images are decoded.
+    Without `opts.channels`, grey data train a 1-channel net and colour data a 3-channel one
+    (built-ins are grey), whatever the model's default: LeNet-5 would drop a colour folder's
+    colour, and a grey folder would feed a ResNet three copies of each image."""
     from ..data import builtin
     from ..data.images import ImageSpec
     from ..models import get_config, min_input_size
 
     cfg = get_config(model_name)
-    # A net built for one size (residual_net's img_size option) trains at that size.
-    size = opts.img_size or (model_kwargs or {}).get("img_size") or default_image_size(
-        opts.source, cfg, min_input_size(model_name, **(model_kwargs or {})))
     is_builtin = builtin_name(opts.source) is not None
-    channels = opts.channels or (1 if is_builtin else cfg.input_size[0])
+    seen = None if is_builtin else seen_images(opts.source)
+    # A net built for one size (residual_net's img_size option) trains at that size.
+    size, why = opts.img_size or (model_kwargs or {}).get("img_size"), ""
+    if not size:
+        size, why = image_size_choice(opts.source, cfg,
+                                      min_input_size(model_name, **(model_kwargs or {})), seen)
+    channels = opts.channels or (1 if is_builtin or seen is not None and seen.grey
+                                 else 3 if seen is not None else cfg.input_size[0])  # fmt: skip
     # Folders hold images of any size, so they are brought to `size` while decoding; built-ins
     # are resized once in memory when that is small, else per batch (see `resize_in_memory`).
     spec = ImageSpec(size=None if is_builtin else size, channels=channels)
@@ -142,7 +180,7 @@ def load_splits(
         # Else every epoch reports val_loss 0 and 'best' and early stopping mean nothing.
         raise DataError(f"{opts.source} leaves no image for validation: add images (at least 2 "
                         "per class), a val/ folder, or raise --val-fraction")  # fmt: skip
-    return splits, size, channels
+    return splits, size, channels, why
 
 
 def augment_kind(opts: DataOptions) -> str:
@@ -259,12 +297,21 @@ def train_classifier(
             raise UsageError(f"--progressive {small}:{epochs} covers all {config.epochs} epochs, "
                              "so the net would never train at its full size: give fewer "
                              "epochs than --epochs")  # fmt: skip
-    splits, size, channels = load_splits(data, model_name, seed=config.seed,
-                                         model_kwargs=model_kwargs, progress=config.progress)
-    own = (data.img_size is None and "img_size" not in model_kwargs
-           and builtin_name(data.source) is None and size < get_config(model_name).input_size[1])
+    # A resumed run keeps the size and channels it started with, a grown net those of the net
+    # it grows from: the data's own would move when images are added to the folder.
+    before = _trained_input(Path(out_dir) / "last.pt" if resume and out_dir is not None
+                            else init_from, data.source)  # fmt: skip
+    if before is not None:
+        ran_size, ran_channels = before
+        if data.img_size is None and "img_size" not in model_kwargs and ran_size >= smallest:
+            data = replace(data, img_size=ran_size)
+        if data.channels is None:
+            data = replace(data, channels=ran_channels)
+    splits, size, channels, why = load_splits(data, model_name, seed=config.seed,
+                                              model_kwargs=model_kwargs,
+                                              progress=config.progress)  # fmt: skip
     say(f"data: {splits!r}, training at {size}x{size}"
-        + (" (the images' own size; --img-size N for another)" if own else ""))
+        + (f" ({why}; --img-size N for another)" if why else ""))
     if fixed:
         model_kwargs.setdefault("img_size", size)
     mean, std = channel_stats(splits.train.images)
@@ -272,6 +319,7 @@ def train_classifier(
     torch.manual_seed(config.seed)
     model = create_model(model_name, num_classes=splits.num_classes, in_chans=channels,
                          **model_kwargs)
+    say_head_note(model_name, model, model_kwargs, say)
     if init_from is not None and not resume:
         src = load_checkpoint(init_from)
         report = grow_from(model, src["model"], source_meta=src.get("meta"), rule=grow_rule,
@@ -296,6 +344,37 @@ def train_classifier(
     trainer = Trainer(model, task, train, val, config, out_dir=out_dir, meta=meta, dist=dist,
                       say=say)
     return trainer.fit(resume=resume, overwrite=overwrite)
+
+
+def say_head_note(model_name: str, model: nn.Module, model_kwargs: dict[str, Any],
+                  say: Any) -> None:
+    """A VGG cut to fewer stages for small images keeps the 4096-wide ImageNet head behind a
+    7x7 pool, which then only repeats a 3x3 map: say so, with the options that fit (a QA run
+    found vgg11_bn stages=3 width_mult=0.25 to be 29.7 M parameters, 60,864 of them convs)."""
+    from ..models import get_config
+    from ..models.base import count_parameters
+
+    if get_config(model_name).family != "vgg" or model_kwargs.get("stages", 5) >= 5 \
+            or "fc_dim" in model_kwargs:
+        return
+    total = count_parameters(model)
+    head = count_parameters(model.classifier)
+    say(f"note: {model_name} with stages={model_kwargs['stages']} keeps the ImageNet head: "
+        f"{head:,} of its {total:,} parameters; --model-arg fc_dim=256 --model-arg pool_size=3 "
+        "fit small images (docs/training.md)")
+
+
+def _trained_input(path: str | os.PathLike[str] | None, source: str) -> tuple[int, int] | None:
+    """(img_size, in_chans) a `cnnzoo train` checkpoint was trained with on `source`; None when
+    there is no such file, it was trained on other data, or it does not say (loading it later
+    says what is wrong)."""
+    if path is None or not Path(path).is_file():
+        return None
+    meta = load_checkpoint(path).get("meta") or {}
+    size, chans = meta.get("img_size"), meta.get("in_chans")
+    if not same_source(meta.get("dataset"), source):
+        return None
+    return (size, chans) if isinstance(size, int) and chans in (1, 3) else None
 
 
 def model_from_checkpoint(
