@@ -147,7 +147,7 @@ def resize_in_memory(splits: Any, size: int) -> Any:
 def load_splits(
     opts: DataOptions, model_name: str, *, seed: int = 0,
     model_kwargs: dict[str, Any] | None = None, progress: bool = True,
-) -> tuple[Any, int, int]:
+) -> tuple[Any, int, int, str]:
     """(Splits, image size, channels, why that size) for training `model_name` (built with
     `model_kwargs`) on `opts.source`; progress: the bar while a folder's images are decoded.
     Without `opts.channels`, grey data train a 1-channel net and colour data a 3-channel one
