@@ -386,8 +386,16 @@ def test_folder_errors(tmp_path):
         load_folder(tmp_path / "nowhere", progress=False)
     _png(tmp_path / "x" / "1.png", 0, (8, 8))
     _png(tmp_path / "y" / "1.png", 0, (9, 8))
-    with pytest.raises(DataError, match="different sizes.*give a size"):
+    # The suggestion is the largest side (nothing lost), not 224 (3,000x the pixels of 8x8).
+    with pytest.raises(DataError, match=r"different sizes.*give a size to resize them to "
+                                        r"\(size=9, or --img-size 9\)$"):  # fmt: skip
         load_folder(tmp_path, progress=False)
+    for part, side in (("train", 8), ("val", 12)):  # each part of one size, the parts not
+        for cls in "xy":
+            _png(tmp_path / "parts" / part / cls / "1.png", 0, (side, side))
+    with pytest.raises(DataError, match=r"the train and validation images have different "
+                                        r"sizes: .*\(size=12, or --img-size 12\)$"):  # fmt: skip
+        load_folder(tmp_path / "parts", progress=False)
 
 
 def test_folder_all_files_of_a_class_unreadable(tmp_path):

@@ -237,9 +237,10 @@ def _stack(tensors: list[torch.Tensor], where: Path) -> torch.Tensor:
     shapes = {tuple(t.shape) for t in tensors}
     if len(shapes) > 1:
         a, b = sorted(shapes)[:2]
+        n = max(max(s[1:]) for s in shapes)  # the largest side: nothing is lost by upsampling
         raise DataError(
             f"images in {where} have different sizes (e.g. {a[2]}x{a[1]} and {b[2]}x{b[1]} "
-            "pixels): give a size to resize them to (size=224, or --img-size 224)"
+            f"pixels): give a size to resize them to (size={n}, or --img-size {n})"
         )
     return torch.stack(tensors)
 
@@ -391,9 +392,10 @@ def _assemble(
         train, val = train.split(val_fraction, seed)
     for part in (val, test):
         if part is not None and part.images.shape[1:] != train.images.shape[1:]:
+            n = max(*part.images.shape[2:], *train.images.shape[2:])
             raise DataError(
-                "the train and validation images have different sizes: "
-                "give a size to resize them to (size=224, or --img-size 224)"
+                f"the train and validation images have different sizes: give a size to "
+                f"resize them to (size={n}, or --img-size {n})"
             )
     return Splits(train, val, test, skipped, val_drawn=drawn)
 
