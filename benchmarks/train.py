@@ -152,7 +152,7 @@ def part_loading(rounds: int) -> None:
     for name, batch in (("resnet20", 128), ("lenet5", 256)):
         t0 = time.perf_counter()
         opts = DataOptions("fashion-mnist", batch_size=batch)
-        splits, size, _ = load_splits(opts, name)
+        splits, size, _, _ = load_splits(opts, name)
         load_s = time.perf_counter() - t0
         mean, std = channel_stats(splits.train.images)
         full, _ = make_loaders(splits, size, opts, seed=0, mean=mean, std=std)

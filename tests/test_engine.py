@@ -405,6 +405,12 @@ def test_fit_hands_the_model_back_ready_to_predict_and_save(tmp_path):
     assert not net.training and all(p.is_contiguous() for p in net.parameters())
     assert not train.channels_last and not val.channels_last
     save_file(net.state_dict(), tmp_path / "net.safetensors")
+    # Also when training fails (a NaN loss here; an interrupt takes the same way out).
+    net.train()
+    with pytest.raises(TrainingError, match="loss became NaN/inf"):
+        Trainer(net, _NaNAfter(good=0), train, val, cfg).fit()
+    assert not net.training and all(p.is_contiguous() for p in net.parameters())
+    assert not train.channels_last and not val.channels_last
 
 
 def test_a_task_and_model_of_other_class_counts_is_one_line():

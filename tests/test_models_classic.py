@@ -127,6 +127,14 @@ def test_googlenet_aux_logits_in_training_only():
     x = torch.randn(2, 3, 64, 64)
     out = model.train()(x)
     assert isinstance(out, AuxOutputs) and out.aux_weight == 0.3
+    # Rebuilt by NamedTuple's own means, it keeps its weight (they skipped __new__).
+    model.aux_weight = 0.5
+    out = model(x)
+    changed = out._replace(logits=out.logits * 2)
+    assert changed.aux_weight == 0.5 and torch.equal(changed.logits, out.logits * 2)
+    assert AuxOutputs._make(out).aux_weight == 0.3  # three values: the paper's weight
+    with pytest.raises(ValueError, match="no field 'aux'"):
+        out._replace(aux=None)
     assert out.logits.shape == (2, 4) and [a.shape for a in out.aux] == [(2, 4), (2, 4)]
     assert isinstance(model.eval()(x), torch.Tensor)
     model.reset_classifier(6)

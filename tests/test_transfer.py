@@ -176,6 +176,14 @@ def test_transfer_bundle_round_trip_and_report(folder, tmp_path, capsys):
     bf16 = predict_tensor(bundle.model, images, bundle.preprocessing, precision="bf16")
     assert (bf16.argmax(1) == p_disk.probabilities.argmax(1)).float().mean() >= 0.5
     assert not any(p.is_inference() for p in bundle.model.parameters())
+    # A float batch in [0, 1] is the same pictures (was "expected a uint8 batch").
+    assert torch.equal(bundle.predict(images.float() / 255).probabilities,
+                       bundle.predict(images).probabilities)  # fmt: skip
+    with pytest.raises(ValueError, match=r"not \(6, 32, 32, 3\): use images.permute"):
+        bundle.predict(images.permute(0, 2, 3, 1))
+    with torch.inference_mode():  # the caller's inference mode too
+        predict_tensor(bundle.model, images, bundle.preprocessing, precision="bf16")
+    assert not any(p.is_inference() for p in bundle.model.parameters())
     bundle.model(images[:2].float()).sum().backward()
     assert all(p.grad is not None for p in bundle.model.fc.parameters())
     # Validation accuracy recorded in the JSON is the report's.

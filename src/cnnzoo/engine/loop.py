@@ -197,9 +197,23 @@ class Trainer:
         overwrite: a new run into an out_dir that holds one (last.pt) replaces it -- its files
         go when this run writes its first checkpoint, so a run that fails before keeps them;
         False refuses with `TrainingError` (what `cnnzoo train` does without --overwrite).
-        Raises `TrainingError` when the loss becomes NaN/inf. The model is returned in eval mode
-        with contiguous parameters (training may switch it to channels_last).
+        Raises `TrainingError` when the loss becomes NaN/inf. The model comes back in eval mode
+        with contiguous parameters (training may switch it to channels_last), also when training
+        fails or is interrupted.
         """
+        # A BatchLoader makes channels_last batches itself when training does (set in _fit);
+        # whatever happens, the loaders go back as they came and the model ready to predict:
+        # in eval mode, with contiguous parameters (safetensors refuses channels-last ones).
+        flags = {id(ld): (ld, ld.channels_last) for ld in (self.train_loader, self.val_loader)
+                 if isinstance(getattr(ld, "channels_last", None), bool)}  # fmt: skip
+        try:
+            return self._fit(resume, overwrite, [ld for ld, _ in flags.values()])
+        finally:
+            unwrap_model(self.model).to(memory_format=torch.contiguous_format).eval()
+            for loader, flag in flags.values():
+                loader.channels_last = flag
+
+    def _fit(self, resume: bool | str | Path, overwrite: bool, loaders: list[Any]) -> FitResult:
         cfg, task = self.config, self.task
         check_out_dir(self.out_dir, resume=resume is not False and resume is not None,
                       overwrite=overwrite)
@@ -225,12 +239,10 @@ class Trainer:
                     model, task, sample, precision=cfg.precision, channels_last=cfg.channels_last)
         prec = self.precision
         self._say(f"precision: {prec.describe()}")
-        # A BatchLoader makes channels_last batches itself; without a transform it keeps
-        # multi-channel images in that layout, so no batch is permuted in the loop.
-        flags = {id(ld): (ld, ld.channels_last) for ld in (self.train_loader, self.val_loader)
-                 if isinstance(getattr(ld, "channels_last", None), bool)}  # fmt: skip
         if prec.channels_last:
-            for loader, _ in flags.values():
+            # A BatchLoader then makes channels_last batches itself; without a transform it keeps
+            # multi-channel images in that layout, so no batch is permuted in the loop.
+            for loader in loaders:
                 loader.channels_last = True
         model.to(memory_format=prec.memory_format)
         net = wrap_model(model, self.dist)
@@ -340,11 +352,6 @@ class Trainer:
 
             for line in write_report(self.out_dir, history, result.accumulator, task):
                 self._say(line)
-        # The loaders go back as they came and the model ready to predict: in eval mode and
-        # with contiguous parameters (safetensors refuses channels-last ones).
-        model.to(memory_format=torch.contiguous_format).eval()
-        for loader, flag in flags.values():
-            loader.channels_last = flag
         return result
 
     def _load_resume(self, resume: bool | str | Path) -> dict[str, Any] | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import operator
 from dataclasses import replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +39,17 @@ class AuxOutputs(_AuxFields):
     @property
     def aux(self) -> tuple[Tensor, Tensor]:
         return self.aux_logits2, self.aux_logits1
+
+    # NamedTuple's own build the tuple without __new__, which would leave no aux_weight.
+    @classmethod
+    def _make(cls, iterable: Any) -> AuxOutputs:
+        return cls(*iterable)
+
+    def _replace(self, **changes: Any) -> AuxOutputs:
+        values = [changes.pop(name, value) for name, value in zip(self._fields, self, strict=True)]
+        if changes:
+            raise ValueError(f"AuxOutputs has no field {sorted(changes)[0]!r}")
+        return type(self)(*values, self.aux_weight)
 
 
 def check_input_size(model: nn.Module, x: Tensor) -> None:

@@ -105,9 +105,11 @@ def predict_tensor(model: nn.Module, images: Tensor, pre: Preprocessing, *, view
         raise ValueError(f"batch_size must be a whole number >= 1, not {batch_size!r}")
     dtype = inference_dtype(precision)
     # bf16 kernels want channels_last weights too (the input is converted). Outside inference
-    # mode: converted inside it, the parameters would become inference tensors for good.
+    # mode, the caller's too: converted inside it, the parameters would become inference
+    # tensors for good.
     if dtype == "bf16":
-        model.to(memory_format=torch.channels_last)
+        with torch.inference_mode(False):
+            model.to(memory_format=torch.channels_last)
     out = []
     starts = range(0, len(images), batch_size)
     try:
@@ -122,7 +124,8 @@ def predict_tensor(model: nn.Module, images: Tensor, pre: Preprocessing, *, view
                     probs = probs + model.get_classifier()(feats).float().softmax(-1)
             out.append(probs / views)
     finally:
-        model.to(memory_format=torch.contiguous_format)
+        with torch.inference_mode(False):
+            model.to(memory_format=torch.contiguous_format)
     if not out:
         return torch.zeros(0, getattr(model, "num_classes", 0))
     return torch.cat(out)
@@ -181,11 +184,9 @@ class Bundle:
         single = (str, os.PathLike, Image.Image, np.ndarray)
         if isinstance(images, single) or isinstance(images, Tensor) and images.dim() == 3:
             images = [images]
-        if isinstance(images, Tensor) and images.dim() == 4:
-            if images.dtype != torch.uint8 or images.shape[1] not in (1, 3, 4):
-                hint = ": use images.permute(0, 3, 1, 2)" if images.shape[-1] in (1, 3, 4) else ""
-                raise ValueError(f"expected a uint8 batch (N, C, H, W), not {images.dtype} "
-                                 f"{tuple(images.shape)}{hint}")  # fmt: skip
+        if isinstance(images, Tensor) and images.dim() == 4 and images.shape[1] not in (1, 3, 4):
+            hint = ": use images.permute(0, 3, 1, 2)" if images.shape[-1] in (1, 3, 4) else ""
+            raise ValueError(f"expected a batch (N, C, H, W), not {tuple(images.shape)}{hint}")
         # A 'crop' bundle's batch, squashed straight to the input size, lost the centre crop its
         # files get, and the same picture got another answer: sized as a file would be.
         return self.predict_loaded(self.load_images(list(images)), batch_size=batch_size)

@@ -114,8 +114,9 @@ def extract_features(
     dtype = inference_dtype(precision)
     was_training = model.training
     model.eval()
-    if dtype == "bf16":
-        model.to(memory_format=torch.channels_last)
+    if dtype == "bf16":  # outside any inference mode: see bundle.predict_tensor
+        with torch.inference_mode(False):
+            model.to(memory_format=torch.channels_last)
     out: list[Tensor] = []
     try:
         with tqdm(total=len(images) * views, desc=desc, unit="img", leave=False,
@@ -129,7 +130,8 @@ def extract_features(
                 out.append(torch.stack(per_view, dim=1))
     finally:
         model.train(was_training)
-        model.to(memory_format=torch.contiguous_format)
+        with torch.inference_mode(False):
+            model.to(memory_format=torch.contiguous_format)
     if not out:
         return torch.zeros(0, views, 0)
     return torch.cat(out)
