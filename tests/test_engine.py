@@ -1117,6 +1117,9 @@ def test_a_folder_of_small_images_trains_at_their_own_size_and_colour(tmp_path, 
            "trains small images at; --img-size N for another)" in err
     meta = load_checkpoint(out / "last.pt")["meta"]
     assert (meta["img_size"], meta["in_chans"]) == (32, 1)
+    # create_model builds it with the options the run recorded (stages=3, ...), not defaults.
+    again = create_model("vgg11_bn", weights=str(out / "last.pt"))
+    assert again.weights_info.preprocessing.crop_size == 32 and len(again.features) < 20
     # A larger colour image added: resumed, the run keeps the size and channels it began with.
     Image.new("RGB", (100, 100), (200, 30, 30)).save(small / "a" / "big.png")
     assert choice(small)[0] == 100
@@ -1474,3 +1477,15 @@ def test_a_given_val_folder_may_grow_after_training(tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", str(out / "last.pt"), "--json"]) == 0
     assert sum(map(sum, json.loads(capsys.readouterr().out)["confusion"])) == 5
+
+
+def test_growing_across_channels_names_the_flag_that_fixes_it():
+    """A grey source and data read as colour (a run from before channels followed the data, on
+    a copied folder): the fix is --channels, which the message now says."""
+    opts = {"stages": 2, "width_mult": 0.25, "fc_dim": 8, "pool_size": 1}
+    src = create_model("vgg11", num_classes=3, in_chans=1, **opts)
+    dst = create_model("vgg13", num_classes=3, in_chans=3, **opts)
+    with pytest.raises(WeightsError, match=r"other channels \(grey vs colour\); grow on data of "
+                                           r"the same kind, or pass --channels 1$"):  # fmt: skip
+        grow_from(dst, src.state_dict(), source_meta={"model": "vgg11", "model_kwargs": opts},
+                  target_kwargs=opts)

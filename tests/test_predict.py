@@ -266,6 +266,22 @@ def test_predict_a_training_checkpoint_as_evaluate_scores_it(tmp_path, capsys):
         [r["predictions"][0]["class"] for r in got]
     assert [r["predictions"][0]["probability"] for r in again] == pytest.approx(
         [r["predictions"][0]["probability"] for r in got], abs=1e-6)
+    # In Python, create_model on either file feeds images as training did (it normalised with
+    # the architecture's config: 0.33 where predict scored 0.70, in the QA's run).
+    meta = torch.load(out / "best.pt", weights_only=True)["meta"]
+    files = [P(r["image"]) for r in got]
+    for weights in (out / "best.pt", conv):
+        model = cnnzoo.create_model("lenet5", weights=str(weights)).eval()
+        pre = model.weights_info.preprocessing
+        assert (pre.crop_size, pre.fit, pre.channels) == (meta["img_size"], "resize", 1)
+        assert list(pre.mean) == meta["mean"] and list(pre.std) == meta["std"]
+        assert model.weights_info.class_names == meta["class_names"]
+        with torch.no_grad():
+            probs = model(pre.batch(files)).softmax(1)
+        assert probs.max(1).values.tolist() == pytest.approx(
+            [r["predictions"][0]["probability"] for r in got], abs=1e-5)
+    with pytest.raises(cnnzoo.errors.WeightsError, match="holds lenet5, not resnet18"):
+        cnnzoo.create_model("resnet18", weights=str(out / "best.pt"))
 
 
 def test_a_file_named_twice_is_read_once(tmp_path):

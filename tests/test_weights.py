@@ -345,7 +345,7 @@ def test_convert_to_safetensors_round_trip(tv_resnet18, tmp_path):
 
     Image.new("RGB", (64, 48), (200, 30, 30)).save(tmp_path / "red.png")
     assert main(["predict", str(tmp_path / "red.png"), "--weights", str(out), "--json"]) == 0
-    with pytest.raises(WeightsError, match="converted for resnet18; use that model name"):
+    with pytest.raises(WeightsError, match="r18.safetensors holds resnet18, not resnet34: build it as resnet18$"):
         cnnzoo.create_model("resnet34", weights=str(out))
 
 
@@ -549,6 +549,8 @@ def test_decode_predictions_by_hand():
     # Logits would read as probabilities of 15: refused, saying what to pass.
     with pytest.raises(ValueError, match=r"not probabilities .* pass model\(x\)\.softmax\(1\)"):
         decode_predictions(torch.tensor([[15.1, -2.0, 3.0]]), class_names=["a", "b", "c"])
+    with pytest.raises(ValueError, match="not probabilities"):  # NaN rows compared as fine
+        decode_predictions(torch.full((1, 3), float("nan")), class_names=["a", "b", "c"])
 
 
 def test_preprocessing_geometry_and_normalisation():
@@ -591,7 +593,7 @@ def test_preprocessing_takes_arrays_tensors_and_paths_alike(tmp_path):
     for same in (arr / 255.0, (arr / 255.0).astype(np.float32), arr.astype(np.uint16) * 257,
                  torch.from_numpy(arr).permute(2, 0, 1).float() / 255):
         assert torch.equal(pre(same), want)
-    with pytest.raises(ValueError, match=r"must lie in \[0, 1\] .*not \[0, 231\]: divide it by "
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\] .*not \[0\.0, 231\.0\]: divide it by "
                                          "255, or pass uint8"):  # fmt: skip
         pre(arr.astype(np.float32))  # 0..255 floats would turn white
     with pytest.raises(ValueError, match=r"not a batch \(2, 3, 300, 451\): use \.batch\(images\)"):

@@ -48,12 +48,11 @@ def _convert_training_checkpoint(args: argparse.Namespace) -> bool:
     options, class names, input size and the training images' mean/std) in the metadata, so
     that `cnnzoo predict --weights OUT` predicts as `--weights best.pt` does. False for any
     other file (converted by layout as usual)."""
-    import json
     from pathlib import Path
 
-    from ..engine.run import CheckpointInput, model_from_checkpoint, training_checkpoint
+    from ..engine.run import model_from_checkpoint, training_checkpoint
     from ..errors import UsageError
-    from ..weights.files import save_safetensors
+    from ..weights.files import save_safetensors, training_metadata
 
     ckpt = training_checkpoint(args.input)
     if ckpt is None:
@@ -65,13 +64,8 @@ def _convert_training_checkpoint(args: argparse.Namespace) -> bool:
     if meta["model"] != args.model:
         raise UsageError(f"{args.input} holds {meta['model']}, not {args.model}: pass --model "
                          f"{meta['model']}")  # fmt: skip
-    save_safetensors(model.state_dict(), args.output, {
-        "format": "cnnzoo", "model": meta["model"], "source_layout": "cnnzoo train",
-        "source_file": Path(args.input).name,
-        "model_kwargs": json.dumps(meta.get("model_kwargs") or {}),
-        "class_names": json.dumps(meta.get("class_names")),
-        "checkpoint_input": CheckpointInput.from_meta(meta).to_json(),
-    })  # fmt: skip
+    save_safetensors(model.state_dict(), args.output,
+                     {**training_metadata(ckpt), "source_file": Path(args.input).name})
     print(f"{args.input} (a cnnzoo train checkpoint) -> {args.output} ({meta['model']}, with its "
           "classes and input)")
     return True

@@ -93,8 +93,7 @@ def _predict(args: argparse.Namespace, paths: list[Path]) -> bool:
             raise UsageError(f"{args.model} segments images: train it with `cnnzoo train "
                              f"{args.model} --task segmentation`, then use `cnnzoo segment "
                              "IMAGE --checkpoint best.pt`")  # fmt: skip
-        kwargs = json.loads(stored.get("model_kwargs", "{}"))
-        model = create_pretrained(args.model, args.weights, **kwargs)
+        model = create_pretrained(args.model, args.weights)  # with the file's stored options
         info = model.weights_info
         if not info.head_loaded:
             raise WeightsError(
@@ -102,10 +101,8 @@ def _predict(args: argparse.Namespace, paths: list[Path]) -> bool:
                 "backbone), so its predictions would be random; pass a checkpoint that "
                 "includes the head"
             )
+        # A converted `cnnzoo train` checkpoint's input and classes are in its metadata.
         pre, names = info.preprocessing, info.class_names
-        if "checkpoint_input" in stored:  # converted from a `cnnzoo train` checkpoint
-            pre = CheckpointInput.from_meta(json.loads(stored["checkpoint_input"]))
-            names = json.loads(stored.get("class_names", "null")) or names
     if getattr(pre, "channels", 3) not in (1, 3):
         raise UsageError(f"{args.weights} is a net with {pre.channels} input channels, but "
                          "images decode to grey or RGB (1 or 3)")  # fmt: skip

@@ -214,8 +214,8 @@ def array_to_uint8(a: np.ndarray) -> np.ndarray:
     if np.issubdtype(a.dtype, np.floating):
         if a.size and not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1):
             raise ValueError(f"a float image must lie in [0, 1] (scikit-image's convention), "
-                             f"not [{a.min():g}, {a.max():g}]: divide it by 255, or pass "
-                             "uint8")  # fmt: skip
+                             f"not [{float(a.min())!r}, {float(a.max())!r}]: divide it by "
+                             "255, or pass uint8")  # fmt: skip
         return np.rint(a * 255).astype(np.uint8)
     if np.issubdtype(a.dtype, np.integer) and (not a.size or (a.min() >= 0 and a.max() <= 255)):
         return a.astype(np.uint8)

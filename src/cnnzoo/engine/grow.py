@@ -225,7 +225,7 @@ def _check_fit(misfit: list[tuple[str, str, str]], family: str | None, meta: dic
         # the other way round), which the options cannot name.
         raise WeightsError(f"the source checkpoint's layers do not fit this model ({shapes}): "
                            "it was trained on images with other channels (grey vs colour); "
-                           "grow on data of the same kind")  # fmt: skip
+                           f"grow on data of the same kind, or pass --channels {a[1]}")  # fmt: skip
     if family != "vgg" and not diff:
         return  # e.g. DenseNet-121 -> 169: widths after the deeper block follow depth (reported)
     if diff:

@@ -584,7 +584,9 @@ def resume_conflict(old: dict[str, Any], new: dict[str, Any], old_task: str | No
                 "data it was trained on")
     for k in ("num_classes", "in_chans"):
         if k in old and k in new and old[k] != new[k]:
-            return f"has {k}={old[k]}, not {new[k]}: resume with the data it was trained on"
+            flag = f" (or --channels {old[k]})" if k == "in_chans" else ""
+            return (f"has {k}={old[k]}, not {new[k]}: resume with the data it was trained "
+                    f"on{flag}")  # fmt: skip
     return None
 
 

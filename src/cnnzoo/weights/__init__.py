@@ -188,7 +188,9 @@ def create_pretrained(name: str, weights: Any, **model_kwargs: Any) -> nn.Module
     """Build `name` shaped like its checkpoint and load it (what `create_model(name,
     weights=...)` does): the checkpoint's own number of classes (0, no head, for a backbone-only
     checkpoint), input channels and, for GoogLeNet, auxiliary classifiers or none are kept
-    unless `num_classes`/`in_chans`/`aux_logits` are given. A given `num_classes` that differs
+    unless `num_classes`/`in_chans`/`aux_logits` are given; a `cnnzoo train` checkpoint or
+    `cnnzoo convert` output also brings its model options (those given win), class names
+    and input (size, the training images' mean/std) as `weights_info.preprocessing`. A given `num_classes` that differs
     re-initialises the head (the transfer-learning case), a given `in_chans` adapts the first
     conv; predicting with, or converting, a fine-tuned 10-class or grey checkpoint needs neither.
     """
@@ -196,7 +198,13 @@ def create_pretrained(name: str, weights: Any, **model_kwargs: Any) -> nn.Module
 
     get_config(name)  # an unknown name fails as such, before any weights are looked up
     ckpt, entry = open_weights(weights, name)
-    kwargs = dict(model_kwargs)
+    stored = ckpt.metadata
+    if stored.get("format") == "cnnzoo" and stored.get("model", name) != name:
+        raise WeightsError(f"{ckpt.path} holds {stored['model']}, not {name}: build it as "
+                           f"{stored['model']}")  # fmt: skip
+    # A `cnnzoo train` checkpoint or `cnnzoo convert` output records the options it was built
+    # with (stages, width_mult, ...): without them its tensors fit no default-built net.
+    kwargs = {**json.loads(stored.get("model_kwargs", "{}")), **model_kwargs}
     model = create_model(name, **kwargs)
     shape = {k: v for k, v in checkpoint_shape(ckpt, model, name).items() if k not in kwargs}
     cfg = model.default_cfg
@@ -251,6 +259,13 @@ def _preprocessing_and_classes(
     elif "preprocessing" in meta:  # written by `cnnzoo convert`
         pre = Preprocessing.from_dict(json.loads(meta["preprocessing"]))
         classes = json.loads(meta["class_names"]) if "class_names" in meta else None
+    elif "checkpoint_input" in meta:  # a `cnnzoo train` checkpoint, or converted from one
+        seen = json.loads(meta["checkpoint_input"])
+        # Fed as training fed it: the whole image squashed to its size, its images' statistics.
+        pre = Preprocessing(crop_size=seen["size"], resize_size=seen["size"],
+                            mean=tuple(seen["mean"]), std=tuple(seen["std"]),
+                            channels=seen["channels"], fit="resize")  # fmt: skip
+        classes = json.loads(meta.get("class_names", "null"))
     else:
         pre, classes = Preprocessing.for_model(model, conv.mean, conv.std), None
     n_out = getattr(model, "num_classes", None)

@@ -57,7 +57,8 @@ def decode_predictions(
     if probs.dim() != 2:
         raise ValueError(f"expected probabilities (N, K) or (K,), not shape {tuple(probs.shape)}")
     sums = probs.detach().double().sum(1)
-    if len(sums) and ((sums - 1).abs().max() > 1e-2 or probs.min() < 0):
+    if len(sums) and not (torch.isfinite(sums).all() and (sums - 1).abs().max() <= 1e-2
+                          and probs.min() >= 0):  # fmt: skip
         raise ValueError("the rows are not probabilities (they do not sum to 1): pass "
                          "model(x).softmax(1), not the logits")
     k = probs.shape[1]

@@ -12,6 +12,7 @@ weighted layers in model order (`KerasLayer`), which `layouts.py` maps onto a zo
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -117,7 +118,30 @@ def _read_torch(p: Path) -> Checkpoint:
         raise WeightsError(
             f"{p}: not a readable PyTorch checkpoint (truncated, or another format?){msg}"
         ) from None
-    return Checkpoint(path=str(p), format="torch", tensors=state_dict_tensors(obj, str(p)))
+    return Checkpoint(path=str(p), format="torch", tensors=state_dict_tensors(obj, str(p)),
+                      metadata=training_metadata(obj))
+
+
+def training_metadata(obj: Any) -> dict[str, str]:
+    """For a `cnnzoo train` classification checkpoint, what `cnnzoo convert` writes into the
+    safetensors it makes of one (model, options, class names and the input it was trained on:
+    size, channels, the training images' mean and std); {} for anything else."""
+    if not isinstance(obj, Mapping):
+        return {}
+    meta = obj.get("meta")
+    if not (str(obj.get("format", "")).startswith("cnnzoo-checkpoint") and isinstance(meta, Mapping)
+            and obj.get("task", "classification") == "classification"
+            and not meta.get("transfer")):  # fmt: skip
+        return {}
+    try:
+        seen = {"size": int(meta["img_size"]), "channels": int(meta["in_chans"]),
+                "mean": [float(v) for v in meta["mean"]], "std": [float(v) for v in meta["std"]]}
+        return {"format": "cnnzoo", "model": str(meta["model"]), "source_layout": "cnnzoo train",
+                "model_kwargs": json.dumps(dict(meta.get("model_kwargs") or {})),
+                "class_names": json.dumps(meta.get("class_names")),
+                "checkpoint_input": json.dumps(seen)}  # fmt: skip
+    except (KeyError, TypeError, ValueError):
+        return {}  # a meta that does not say: loaded as a plain state_dict
 
 
 def state_dict_tensors(obj: Any, source: str) -> dict[str, Tensor]:

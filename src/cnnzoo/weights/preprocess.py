@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from ..data.images import (
     array_to_uint8,
     center_crop,
     load_image,
+    resize_exact,
     resize_shorter,
     to_tensor_uint8,
 )
@@ -32,7 +33,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 @dataclass(frozen=True)
 class Preprocessing:
     """Resize the shorter side to `resize_size` (`interpolation`), centre-crop `crop_size`,
-    scale to [0, 1], then (x - mean) / std per channel. `channels` is 3 (RGB) or 1 (grey)."""
+    scale to [0, 1], then (x - mean) / std per channel. `channels` is 3 (RGB) or 1 (grey).
+    fit "resize" squashes the whole image to `crop_size` instead of cropping: what `cnnzoo
+    train` does, so its checkpoints predict as they were trained."""
 
     crop_size: int = 224
     resize_size: int = 256
@@ -40,6 +43,7 @@ class Preprocessing:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     channels: int = 3
+    fit: str = "crop"
 
     @classmethod
     def for_model(
@@ -69,13 +73,13 @@ class Preprocessing:
             m, s = (sum(m) / len(m),), (sum(s) / len(s),)
         else:
             m, s = (tuple(v[i % len(v)] for i in range(channels)) for v in (m, s))
-        return Preprocessing(self.crop_size, self.resize_size, self.interpolation, m, s, channels)
+        return replace(self, mean=m, std=s, channels=channels)
 
     def to_dict(self) -> dict:
         return {
             "crop_size": self.crop_size, "resize_size": self.resize_size,
             "interpolation": self.interpolation, "mean": list(self.mean), "std": list(self.std),
-            "channels": self.channels,
+            "channels": self.channels, "fit": self.fit,
         }  # fmt: skip
 
     @classmethod
@@ -84,12 +88,16 @@ class Preprocessing:
             crop_size=int(d["crop_size"]), resize_size=int(d["resize_size"]),
             interpolation=str(d.get("interpolation", "bilinear")), mean=tuple(d["mean"]),
             std=tuple(d["std"]), channels=int(d.get("channels", len(d["mean"]))),
+            fit=str(d.get("fit", "crop")),
         )  # fmt: skip
 
     # -- applying it -------------------------------------------------------------------------
 
     def geometry(self, img: Image.Image) -> Image.Image:
-        """Resize the shorter side and centre-crop (no conversion, no normalisation)."""
+        """Resize the shorter side and centre-crop, or squash with fit "resize" (no
+        conversion, no normalisation)."""
+        if self.fit == "resize":
+            return resize_exact(img, self.crop_size, self.interpolation)  # type: ignore[arg-type]
         img = resize_shorter(img, self.resize_size, self.interpolation)  # type: ignore[arg-type]
         return center_crop(img, self.crop_size)
 
