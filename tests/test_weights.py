@@ -345,7 +345,8 @@ def test_convert_to_safetensors_round_trip(tv_resnet18, tmp_path):
 
     Image.new("RGB", (64, 48), (200, 30, 30)).save(tmp_path / "red.png")
     assert main(["predict", str(tmp_path / "red.png"), "--weights", str(out), "--json"]) == 0
-    with pytest.raises(WeightsError, match="r18.safetensors holds resnet18, not resnet34: build it as resnet18$"):
+    with pytest.raises(WeightsError,
+                       match="r18.safetensors holds resnet18, not resnet34: build it as resnet18$"):
         cnnzoo.create_model("resnet34", weights=str(out))
 
 
