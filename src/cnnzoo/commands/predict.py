@@ -60,11 +60,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace, paths: list[Path]) -> bool:
     """Print the predictions for `paths`; True if any image could not be read."""
-    from ..engine.run import CheckpointInput, model_from_checkpoint, training_checkpoint
+    from ..engine.run import model_from_checkpoint, training_checkpoint
     from ..errors import UsageError, WeightsError
     from ..models import get_config
     from ..transfer.bundle import FORMAT as BUNDLE_FORMAT
-    from ..weights import create_pretrained
+    from ..weights import Preprocessing, create_pretrained
     from ..weights.files import stored_metadata
 
     if args.bundle:  # a transfer-learning bundle: its own classes, preprocessing and views
@@ -81,7 +81,8 @@ def _predict(args: argparse.Namespace, paths: list[Path]) -> bool:
         if args.model and args.model != meta["model"]:
             raise UsageError(f"{args.weights} holds {meta['model']}, not {args.model}: "
                              "leave out --model")  # fmt: skip
-        pre: Any = CheckpointInput.from_meta(meta)
+        pre = Preprocessing.of_training_run(meta["img_size"], meta["in_chans"], meta["mean"],
+                                            meta["std"])  # fmt: skip
         names = meta.get("class_names")
     else:
         stored = stored_metadata(args.weights)  # a `cnnzoo convert` output says what it is

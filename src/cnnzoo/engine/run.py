@@ -9,7 +9,6 @@ preprocessing instead and builds its own loaders).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, replace
@@ -401,38 +400,6 @@ def model_from_checkpoint(
                          in_chans=meta["in_chans"], **meta.get("model_kwargs", {}))
     model.load_state_dict(ckpt["model"])
     return model.eval(), meta
-
-
-@dataclass(frozen=True)
-class CheckpointInput:
-    """The input a `cnnzoo train` checkpoint was trained on, for one image file: decoded to its
-    channels, the whole image resized to its `img_size`, then (x / 255 - mean) / std with the
-    training images' statistics -- what training and `evaluate` feed it. Has `load(path)`, like
-    a weights entry's `Preprocessing`, so `cnnzoo predict` takes either."""
-
-    size: int
-    channels: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    @classmethod
-    def from_meta(cls, meta: dict[str, Any]) -> CheckpointInput:
-        """From a checkpoint's meta, or from `to_json`'s dict (a converted file's metadata)."""
-        size = meta["img_size"] if "img_size" in meta else meta["size"]
-        chans = meta["in_chans"] if "in_chans" in meta else meta["channels"]
-        return cls(int(size), int(chans), tuple(meta["mean"]), tuple(meta["std"]))
-
-    def to_json(self) -> str:
-        return json.dumps({"size": self.size, "channels": self.channels,
-                           "mean": list(self.mean), "std": list(self.std)})  # fmt: skip
-
-    def load(self, path: str | os.PathLike[str]) -> torch.Tensor:
-        from ..data.images import ImageSpec
-
-        x = ImageSpec(size=self.size, channels=1 if self.channels == 1 else 3).load(path)
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
-        return (x.float() / 255 - mean) / std
 
 
 def training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any] | None:

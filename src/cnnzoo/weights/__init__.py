@@ -260,11 +260,7 @@ def _preprocessing_and_classes(
         pre = Preprocessing.from_dict(json.loads(meta["preprocessing"]))
         classes = json.loads(meta["class_names"]) if "class_names" in meta else None
     elif "checkpoint_input" in meta:  # a `cnnzoo train` checkpoint, or converted from one
-        seen = json.loads(meta["checkpoint_input"])
-        # Fed as training fed it: the whole image squashed to its size, its images' statistics.
-        pre = Preprocessing(crop_size=seen["size"], resize_size=seen["size"],
-                            mean=tuple(seen["mean"]), std=tuple(seen["std"]),
-                            channels=seen["channels"], fit="resize")  # fmt: skip
+        pre = Preprocessing.of_training_run(**json.loads(meta["checkpoint_input"]))
         classes = json.loads(meta.get("class_names", "null"))
     else:
         pre, classes = Preprocessing.for_model(model, conv.mean, conv.std), None

@@ -19,10 +19,8 @@ from torch import Tensor
 
 from ..data.images import (
     array_to_uint8,
-    center_crop,
+    fit_image,
     load_image,
-    resize_exact,
-    resize_shorter,
     to_tensor_uint8,
 )
 
@@ -62,6 +60,14 @@ class Preprocessing:
         pre = cls(crop_size=h, resize_size=round(h / 0.875), mean=m, std=s, channels=len(m))
         return pre.with_channels(c)  # e.g. a grey model built with in_chans=3, or the reverse
 
+    @classmethod
+    def of_training_run(cls, size: int, channels: int, mean: Sequence[float],
+                        std: Sequence[float]) -> Preprocessing:  # fmt: skip
+        """What `cnnzoo train` fed its net (and `evaluate` feeds it): the whole image squashed
+        to `size`, then the training images' own mean and std."""
+        return cls(crop_size=int(size), resize_size=int(size), mean=tuple(mean), std=tuple(std),
+                   channels=int(channels), fit="resize")
+
     def with_channels(self, channels: int) -> Preprocessing:
         """The same pipeline for a model with `channels` input channels: grey averages the
         statistics; more channels than there are repeat them cyclically, as the first conv's
@@ -96,10 +102,9 @@ class Preprocessing:
     def geometry(self, img: Image.Image) -> Image.Image:
         """Resize the shorter side and centre-crop, or squash with fit "resize" (no
         conversion, no normalisation)."""
-        if self.fit == "resize":
-            return resize_exact(img, self.crop_size, self.interpolation)  # type: ignore[arg-type]
-        img = resize_shorter(img, self.resize_size, self.interpolation)  # type: ignore[arg-type]
-        return center_crop(img, self.crop_size)
+        return fit_image(img, self.crop_size, method=self.fit,  # type: ignore[arg-type]
+                         resize_size=self.resize_size,
+                         interpolation=self.interpolation)  # type: ignore[arg-type]
 
     def normalize(self, x: Tensor) -> Tensor:
         """uint8 (..., C, H, W) or float in [0, 1] -> normalised float32."""
