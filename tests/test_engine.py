@@ -1489,3 +1489,15 @@ def test_growing_across_channels_names_the_flag_that_fixes_it():
                                            r"the same kind, or pass --channels 1$"):  # fmt: skip
         grow_from(dst, src.state_dict(), source_meta={"model": "vgg11", "model_kwargs": opts},
                   target_kwargs=opts)
+
+
+def test_resume_into_a_new_folder_still_grows_from_init_from(tmp_path, capsys):
+    """--resume where there is no run yet starts afresh; with --init-from that fresh start
+    skipped the growth without a word (`not resume` was the test)."""
+    common = ["--data", "digits", "--epochs", "1", "--batch-size", "256", "--precision", "fp32",
+              "--channels-last", "off", "--no-progress", "--no-tensorboard"]
+    assert main(["train", "resnet20", *common, "--out", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+    assert main(["train", "resnet32", *common, "--init-from", str(tmp_path / "a" / "last.pt"),
+                 "--resume", "--out", str(tmp_path / "b")]) == 0
+    assert f"initialised from {tmp_path / 'a' / 'last.pt'}:" in capsys.readouterr().err

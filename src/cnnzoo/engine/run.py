@@ -298,8 +298,11 @@ def train_classifier(
                              "epochs than --epochs")  # fmt: skip
     # A resumed run keeps the size and channels it started with, a grown net those of the net
     # it grows from: the data's own would move when images are added to the folder.
-    before = _trained_input(Path(out_dir) / "last.pt" if resume and out_dir is not None
-                            else init_from, data.source)  # fmt: skip
+    # --resume into a folder without last.pt starts afresh (the Trainer says so): then a given
+    # --init-from still grows the net, which it silently skipped.
+    resuming = resume and out_dir is not None and (Path(out_dir) / "last.pt").is_file()
+    before = _trained_input(Path(out_dir) / "last.pt" if resuming else init_from,
+                            data.source)  # fmt: skip
     if before is not None:
         ran_size, ran_channels = before
         if data.img_size is None and "img_size" not in model_kwargs and ran_size >= smallest:
@@ -319,7 +322,7 @@ def train_classifier(
     model = create_model(model_name, num_classes=splits.num_classes, in_chans=channels,
                          **model_kwargs)
     say_head_note(model_name, model, model_kwargs, say)
-    if init_from is not None and not resume:
+    if init_from is not None and not resuming:
         src = load_checkpoint(init_from)
         report = grow_from(model, src["model"], source_meta=src.get("meta"), rule=grow_rule,
                            target_kwargs=model_kwargs)
