@@ -172,9 +172,10 @@ class Bundle:
     def predict(self, images: Sequence[Any] | Any, *, batch_size: int = 32) -> Predictions:
         """Class names and probabilities for images: a list of image files, PIL images,
         (C, H, W) tensors or (H, W[, C]) arrays (uint8, uint16, bool, or float in [0, 1]); one
-        (N, C, H, W) batch at any size; or a single image of any of these kinds (then one row). Every image, those of a
-        batch included, is decoded and sized as a file would be (`load_images`): the same
-        picture gets one answer whatever its form. An empty list gives empty predictions."""
+        (N, C, H, W) batch at any size; or a single image of any of these kinds (then one
+        row). Every image, those of a batch included, is decoded and sized as a file would be
+        (`load_images`): the same picture gets one answer whatever its form. An empty list
+        gives empty predictions."""
         # One image, not a sequence to iterate: a path would otherwise be taken apart into its
         # characters, a (C, H, W) tensor into its channels, an (H, W, C) array into its rows.
         if isinstance(images, np.ndarray) and images.ndim == 4:  # (N, H, W, C): its images

@@ -189,10 +189,11 @@ def create_pretrained(name: str, weights: Any, **model_kwargs: Any) -> nn.Module
     weights=...)` does): the checkpoint's own number of classes (0, no head, for a backbone-only
     checkpoint), input channels and, for GoogLeNet, auxiliary classifiers or none are kept
     unless `num_classes`/`in_chans`/`aux_logits` are given; a `cnnzoo train` checkpoint or
-    `cnnzoo convert` output also brings its model options (those given win), class names
-    and input (size, the training images' mean/std) as `weights_info.preprocessing`. A given `num_classes` that differs
-    re-initialises the head (the transfer-learning case), a given `in_chans` adapts the first
-    conv; predicting with, or converting, a fine-tuned 10-class or grey checkpoint needs neither.
+    `cnnzoo convert` output also brings its model options (those given win), class names and
+    input (size, the training images' mean/std) as `weights_info.preprocessing`. A given
+    `num_classes` that differs re-initialises the head (the transfer-learning case), a given
+    `in_chans` adapts the first conv; predicting with, or converting, a fine-tuned 10-class or
+    grey checkpoint needs neither.
     """
     from ..models import create_model, get_config
 
