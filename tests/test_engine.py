@@ -1117,9 +1117,20 @@ def test_a_folder_of_small_images_trains_at_their_own_size_and_colour(tmp_path, 
            "trains small images at; --img-size N for another)" in err
     meta = load_checkpoint(out / "last.pt")["meta"]
     assert (meta["img_size"], meta["in_chans"]) == (32, 1)
-    # create_model builds it with the options the run recorded (stages=3, ...), not defaults.
+    # create_model builds it with the options the run recorded (stages=3, ...), not defaults;
+    # so do convert and transfer, and their outputs record them (they did not, and did not load).
     again = create_model("vgg11_bn", weights=str(out / "last.pt"))
     assert again.weights_info.preprocessing.crop_size == 32 and len(again.features) < 20
+    from cnnzoo import load_bundle, transfer
+    from cnnzoo.weights import convert_file
+
+    convert_file(out / "last.pt", tmp_path / "vgg.safetensors", "vgg11_bn")
+    assert len(create_model("vgg11_bn", weights=str(tmp_path / "vgg.safetensors")).features) < 20
+    transfer(str(small), model="vgg11_bn", weights=str(out / "last.pt"), mode="features",
+             out=tmp_path / "tr", say=lambda _: None, progress=False)  # fmt: skip
+    bundle = load_bundle(tmp_path / "tr" / "bundle")
+    assert bundle.extra["model_kwargs"] == meta["model_kwargs"]
+    assert len(bundle.predict(sorted(small.rglob("[0-9]*.png"))).classes) == 10
     # A larger colour image added: resumed, the run keeps the size and channels it began with.
     Image.new("RGB", (100, 100), (200, 30, 30)).save(small / "a" / "big.png")
     assert choice(small)[0] == 100

@@ -941,6 +941,12 @@ def test_resuming_fine_tuning_on_other_data_is_refused(folder, tmp_path):
              say=lambda _: None)  # fmt: skip
     meta = torch.load(out / "finetune" / "full" / "last.pt", weights_only=True)["meta"]
     assert meta["dataset"] == str(folder.resolve()) and meta["img_size"] == 32
+    # create_model refuses it as predict does (it loaded with the architecture's input).
+    import cnnzoo
+
+    with pytest.raises(WeightsError, match="is a checkpoint of transfer fine-tuning: load the "
+                                           "bundle the run wrote"):  # fmt: skip
+        cnnzoo.create_model("resnet18", weights=str(out / "finetune" / "full" / "last.pt"))
     other = tmp_path / "other"
     shutil.copytree(folder, other)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}

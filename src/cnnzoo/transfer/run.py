@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import os
 import sys
@@ -123,7 +122,6 @@ def load_backbone(name: str, weights: Any, *, img_size: int | None = None,
     expect (resized to `img_size` if given) and a fingerprint of the weights for the cache."""
     from ..models import create_model
     from ..weights import create_pretrained
-    from ..weights.files import stored_metadata
 
     if weights is None:
         model = create_model(name, **(model_kwargs or {}))
@@ -131,16 +129,15 @@ def load_backbone(name: str, weights: Any, *, img_size: int | None = None,
         wid = "random"
     else:
         # Built like its checkpoint, as predict and convert build it: a GoogLeNet file without
-        # auxiliary heads, the options a `cnnzoo convert` output records (a narrow VGG).
-        stored = stored_metadata(weights) if isinstance(weights, str | os.PathLike) else {}
-        kwargs = {**json.loads(stored.get("model_kwargs", "{}")), **(model_kwargs or {})}
-        model = create_pretrained(name, weights, **kwargs)
+        # auxiliary heads, the options a `cnnzoo convert` output or a `cnnzoo train` checkpoint
+        # records (a narrow VGG).
+        model = create_pretrained(name, weights, **(model_kwargs or {}))
         info = model.weights_info
         pre = info.preprocessing
         wid = weights_fingerprint(info.source)  # the file a named tag resolved to, or the path
     if img_size is not None and img_size != pre.crop_size:
         resize = round(img_size * pre.resize_size / pre.crop_size)
-        pre = Preprocessing(img_size, resize, pre.interpolation, pre.mean, pre.std, pre.channels)
+        pre = dataclasses.replace(pre, crop_size=img_size, resize_size=resize)
     return model, pre, wid
 
 
@@ -330,6 +327,7 @@ def transfer(
     # the global generator, and a second call in one process used to fine-tune from another head.
     torch.manual_seed(cfg.seed)
     net, pre, wid = load_backbone(model, weights, img_size=cfg.img_size, model_kwargs=model_kwargs)
+    built_with = dict(getattr(getattr(net, "weights_info", None), "model_kwargs", None) or {})
     stages = resolve_stages(model, cfg.stages, cfg.mode)
     if stages:  # checked (and put in order) before the images are decoded
         try:
@@ -464,7 +462,9 @@ def transfer(
         head_info["stages"] = list(net.stages)
     # Without the class count and channels: the bundle records those itself (num_classes,
     # in_chans), and `build_model` passing them twice made the bundle unloadable.
-    own = {key: value for key, value in (model_kwargs or {}).items()
+    # The options the net was built with: given, or recorded by its weights file (a narrow
+    # VGG trained with `cnnzoo train`: its bundle did not load without them).
+    own = {key: value for key, value in {**built_with, **(model_kwargs or {})}.items()
            if key not in ("num_classes", "in_chans")}  # fmt: skip
     extra = {"weights": {"source": str(weights), "fingerprint": wid}, "mode": cfg.mode,
              "model_kwargs": own, "skipped_files": list(splits.skipped)}  # fmt: skip

@@ -81,6 +81,10 @@ class WeightsInfo:
     head_loaded: bool
     entry: WeightsEntry | None = None
     notes: list[str] = field(default_factory=list)
+    # The options the net was built with (`create_pretrained`: given, the file's recorded ones,
+    # GoogLeNet's aux_logits from its keys), besides num_classes and in_chans: what a bundle or
+    # a converted file must record to build it again.
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 def open_weights(
@@ -200,6 +204,9 @@ def create_pretrained(name: str, weights: Any, **model_kwargs: Any) -> nn.Module
     get_config(name)  # an unknown name fails as such, before any weights are looked up
     ckpt, entry = open_weights(weights, name)
     stored = ckpt.metadata
+    if stored.get("transfer_checkpoint"):  # as predict, evaluate and convert refuse it
+        raise WeightsError(f"{ckpt.path} is a checkpoint of transfer fine-tuning: load the bundle "
+                           "the run wrote, cnnzoo.load_bundle('OUT/bundle')")  # fmt: skip
     if stored.get("format") == "cnnzoo" and stored.get("model", name) != name:
         raise WeightsError(f"{ckpt.path} holds {stored['model']}, not {name}: build it as "
                            f"{stored['model']}")  # fmt: skip
@@ -214,6 +221,8 @@ def create_pretrained(name: str, weights: Any, **model_kwargs: Any) -> nn.Module
     if any(built[k] != v for k, v in shape.items()):
         model = create_model(name, **kwargs, **shape)
     sd, info = _fit(model, ckpt, entry, name)
+    options = {k: v for k, v in {**kwargs, **shape}.items() if k not in ("num_classes", "in_chans")}
+    info = replace(info, model_kwargs=options)
     own = model.state_dict()
     if own.keys() <= sd.keys():
         # The checkpoint's tensors become the parameters instead of being copied into them.
@@ -292,7 +301,7 @@ def _mismatch_message(ckpt, name, layout, missing, unexpected, conflicts) -> str
         parts.append(f"{len(conflicts)} shape conflicts: {few(conflicts)}")
     stored = ckpt.metadata.get("model")  # `cnnzoo convert` records it
     if stored and stored != name:
-        hint = f"the file was converted for {stored}; use that model name"
+        hint = f"the file holds {stored}; use that model name"
     elif missing and not unexpected and not conflicts and all(k.startswith("aux") for k in missing):
         hint = "the checkpoint has no auxiliary classifiers: build the model with aux_logits=False"
     else:
@@ -315,7 +324,7 @@ def convert_file(
     model = create_pretrained(model_name, src, **model_kwargs)
     info: WeightsInfo = model.weights_info
     meta = {
-        "format": "cnnzoo", "model": model_name, "model_kwargs": json.dumps(model_kwargs),
+        "format": "cnnzoo", "model": model_name, "model_kwargs": json.dumps(info.model_kwargs),
         "source_layout": info.layout, "source_file": Path(info.source).name,
         "preprocessing": json.dumps(info.preprocessing.to_dict()),
     }  # fmt: skip

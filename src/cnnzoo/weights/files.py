@@ -123,23 +123,29 @@ def _read_torch(p: Path) -> Checkpoint:
 
 
 def training_metadata(obj: Any) -> dict[str, str]:
-    """For a `cnnzoo train` classification checkpoint, what `cnnzoo convert` writes into the
-    safetensors it makes of one (model, options, class names and the input it was trained on:
-    size, channels, the training images' mean and std); {} for anything else."""
+    """For a checkpoint written by `cnnzoo train`, what `cnnzoo convert` writes into the
+    safetensors it makes of one: the model, its options and class names and, for a classifier,
+    the input it was trained on (size, channels, the training images' mean and std). A
+    transfer fine-tuning checkpoint is marked as one (its bundle is what to load); {} for
+    anything else."""
     if not isinstance(obj, Mapping):
         return {}
     meta = obj.get("meta")
     if not (str(obj.get("format", "")).startswith("cnnzoo-checkpoint") and isinstance(meta, Mapping)
-            and obj.get("task", "classification") == "classification"
-            and not meta.get("transfer")):  # fmt: skip
+            and isinstance(meta.get("model"), str)):  # fmt: skip
         return {}
+    if meta.get("transfer"):
+        return {"format": "cnnzoo", "model": meta["model"], "transfer_checkpoint": "true"}
     try:
-        seen = {"size": int(meta["img_size"]), "channels": int(meta["in_chans"]),
-                "mean": [float(v) for v in meta["mean"]], "std": [float(v) for v in meta["std"]]}
-        return {"format": "cnnzoo", "model": str(meta["model"]), "source_layout": "cnnzoo train",
-                "model_kwargs": json.dumps(dict(meta.get("model_kwargs") or {})),
-                "class_names": json.dumps(meta.get("class_names")),
-                "checkpoint_input": json.dumps(seen)}  # fmt: skip
+        out = {"format": "cnnzoo", "model": meta["model"], "source_layout": "cnnzoo train",
+               "model_kwargs": json.dumps(dict(meta.get("model_kwargs") or {})),
+               "class_names": json.dumps(meta.get("class_names"))}  # fmt: skip
+        if obj.get("task", "classification") == "classification":  # segmentation tiles instead
+            seen = {"size": int(meta["img_size"]), "channels": int(meta["in_chans"]),
+                    "mean": [float(v) for v in meta["mean"]],
+                    "std": [float(v) for v in meta["std"]]}  # fmt: skip
+            out["checkpoint_input"] = json.dumps(seen)
+        return out
     except (KeyError, TypeError, ValueError):
         return {}  # a meta that does not say: loaded as a plain state_dict
 
