@@ -65,7 +65,7 @@ def _predict(args: argparse.Namespace, paths: list[Path]) -> bool:
     from ..models import get_config
     from ..transfer.bundle import FORMAT as BUNDLE_FORMAT
     from ..weights import Preprocessing, create_pretrained
-    from ..weights.files import stored_metadata
+    from ..weights.files import stored_metadata, training_input
 
     if args.bundle:  # a transfer-learning bundle: its own classes, preprocessing and views
         from .transfer import predict_with_bundle
@@ -81,8 +81,7 @@ def _predict(args: argparse.Namespace, paths: list[Path]) -> bool:
         if args.model and args.model != meta["model"]:
             raise UsageError(f"{args.weights} holds {meta['model']}, not {args.model}: "
                              "leave out --model")  # fmt: skip
-        pre = Preprocessing.of_training_run(meta["img_size"], meta["in_chans"], meta["mean"],
-                                            meta["std"])  # fmt: skip
+        pre = Preprocessing.of_training_run(**training_input(meta))
         names = meta.get("class_names")
     else:
         stored = stored_metadata(args.weights)  # a `cnnzoo convert` output says what it is

@@ -372,7 +372,10 @@ def _trained_input(path: str | os.PathLike[str] | None, source: str) -> tuple[in
     says what is wrong)."""
     if path is None or not Path(path).is_file():
         return None
-    meta = load_checkpoint(path).get("meta") or {}
+    try:  # mapped, not read: the Trainer (or the growth) reads the file afterwards
+        meta = load_checkpoint(path, mmap=True).get("meta") or {}
+    except WeightsError:
+        return None
     size, chans = meta.get("img_size"), meta.get("in_chans")
     if not same_source(meta.get("dataset"), source):
         return None

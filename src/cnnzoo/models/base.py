@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, NamedTuple
 
@@ -116,6 +117,20 @@ class Classifier(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         check_input_size(self, x)
         return self.forward_head(self.forward_features(x))
+
+
+def stats_for_channels(
+    mean: Sequence[float], std: Sequence[float], channels: int
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std for an input of `channels` channels from statistics of another
+    count: grey averages them; more channels repeat them cyclically, as the first conv's
+    pretrained kernel is repeated (`weights.adapt`)."""
+    if len(mean) == channels:
+        return tuple(mean), tuple(std)
+    if channels == 1:
+        return (sum(mean) / len(mean),), (sum(std) / len(std),)
+    m, s = (tuple(v[i % len(v)] for i in range(channels)) for v in (mean, std))
+    return m, s
 
 
 def is_whole(value: object, low: int = 1) -> bool:

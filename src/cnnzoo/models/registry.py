@@ -16,7 +16,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import CnnzooError, ModelOptionError, UnknownModelError
-from .base import is_whole
+from .base import is_whole, stats_for_channels
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -228,9 +228,7 @@ def create_model(
         raise ModelOptionError(f"{name}: bad model option in {options}: {exc}") from None
     size = kwargs.get("img_size")  # a net built for one input size (residual_net) says which
     hw = (size, size) if isinstance(size, int) else cfg.input_size[1:]
-    mean, std = cfg.mean, cfg.std
-    if len(mean) != n_in:  # grey input to an RGB net (or the reverse): the channels' average
-        mean, std = (sum(mean) / len(mean),) * n_in, (sum(std) / len(std),) * n_in
+    mean, std = stats_for_channels(cfg.mean, cfg.std, n_in)  # grey input to an RGB net, ...
     model.default_cfg = replace(cfg, num_classes=n_cls, input_size=(n_in, *hw), mean=mean,
                                 std=std, min_size=min_input_size(name, **kwargs))
     return model

@@ -141,13 +141,18 @@ def training_metadata(obj: Any) -> dict[str, str]:
                "model_kwargs": json.dumps(dict(meta.get("model_kwargs") or {})),
                "class_names": json.dumps(meta.get("class_names"))}  # fmt: skip
         if obj.get("task", "classification") == "classification":  # segmentation tiles instead
-            seen = {"size": int(meta["img_size"]), "channels": int(meta["in_chans"]),
-                    "mean": [float(v) for v in meta["mean"]],
-                    "std": [float(v) for v in meta["std"]]}  # fmt: skip
-            out["checkpoint_input"] = json.dumps(seen)
+            out["checkpoint_input"] = json.dumps(training_input(meta))
         return out
     except (KeyError, TypeError, ValueError):
         return {}  # a meta that does not say: loaded as a plain state_dict
+
+
+def training_input(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The input a `cnnzoo train` classifier was trained on, from its checkpoint's meta: the
+    keywords of `Preprocessing.of_training_run` (size, channels, the training images' mean and
+    std)."""
+    return {"size": int(meta["img_size"]), "channels": int(meta["in_chans"]),
+            "mean": [float(v) for v in meta["mean"]], "std": [float(v) for v in meta["std"]]}
 
 
 def state_dict_tensors(obj: Any, source: str) -> dict[str, Tensor]:

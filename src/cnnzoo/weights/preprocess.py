@@ -23,6 +23,7 @@ from ..data.images import (
     load_image,
     to_tensor_uint8,
 )
+from ..models.base import stats_for_channels
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -69,16 +70,11 @@ class Preprocessing:
                    channels=int(channels), fit="resize")
 
     def with_channels(self, channels: int) -> Preprocessing:
-        """The same pipeline for a model with `channels` input channels: grey averages the
-        statistics; more channels than there are repeat them cyclically, as the first conv's
-        pretrained kernel is repeated (`weights.adapt`)."""
-        m, s = self.mean, self.std
-        if channels == self.channels and len(m) == channels:
+        """The same pipeline for a model with `channels` input channels (statistics as
+        `models.base.stats_for_channels` gives them)."""
+        if channels == self.channels and len(self.mean) == channels:
             return self
-        if channels == 1:
-            m, s = (sum(m) / len(m),), (sum(s) / len(s),)
-        else:
-            m, s = (tuple(v[i % len(v)] for i in range(channels)) for v in (m, s))
+        m, s = stats_for_channels(self.mean, self.std, channels)
         return replace(self, mean=m, std=s, channels=channels)
 
     def to_dict(self) -> dict:
