@@ -1126,10 +1126,13 @@ def test_a_folder_of_small_images_trains_at_their_own_size_and_colour(tmp_path, 
 
     convert_file(out / "last.pt", tmp_path / "vgg.safetensors", "vgg11_bn")
     assert len(create_model("vgg11_bn", weights=str(tmp_path / "vgg.safetensors")).features) < 20
+    said: list[str] = []
     transfer(str(small), model="vgg11_bn", weights=str(out / "last.pt"), mode="features",
-             out=tmp_path / "tr", say=lambda _: None, progress=False)  # fmt: skip
+             out=tmp_path / "tr", say=said.append, progress=False)  # fmt: skip
     bundle = load_bundle(tmp_path / "tr" / "bundle")
     assert bundle.extra["model_kwargs"] == meta["model_kwargs"]
+    # ... and squash the images whole, as the run did (transfer cropped them by default).
+    assert bundle.fit == "resize" and "as these weights were trained: fit resize" in said[0]
     assert len(bundle.predict(sorted(small.rglob("[0-9]*.png"))).classes) == 10
     # A larger colour image added: resumed, the run keeps the size and channels it began with.
     Image.new("RGB", (100, 100), (200, 30, 30)).save(small / "a" / "big.png")

@@ -4,6 +4,7 @@ bad files (one broken file never stops the others)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -253,6 +254,10 @@ def test_predict_a_training_checkpoint_as_evaluate_scores_it(tmp_path, capsys):
     assert len(got) == 60 and {r["predictions"][0]["class"] for r in got} <= set("0123456789")
     hits = sum(P(r["image"]).parent.name == r["predictions"][0]["class"] for r in got)
     assert hits / len(got) == pytest.approx(want)
+    # Told by its contents, not its name: renamed, it needs no --model either.
+    shutil.copy(out / "best.pt", tmp_path / "run.bin")
+    assert main(["predict", str(test), "--weights", str(tmp_path / "run.bin"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == got
     assert main(["predict", str(test), "--weights", str(out / "best.pt"), "--model",
                  "resnet18"]) == 2
     assert "holds lenet5, not resnet18" in capsys.readouterr().err

@@ -56,9 +56,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default), 3 + centre zoom, 4 + its mirror")  # fmt: skip
     p.add_argument("--img-size", type=IMG_SIZE, default=None,
                    help="input size (default: the weights', 224 for ImageNet)")
-    p.add_argument("--fit", choices=("crop", "resize"), default="crop",
-                   help="crop: the weights' resize + centre crop (default); resize: squash the "
-                        "whole image (small, tightly framed images)")  # fmt: skip
+    p.add_argument("--fit", choices=("crop", "resize"), default=None,
+                   help="crop: the weights' resize + centre crop; resize: squash the whole image "
+                        "(small, tightly framed images); default: as the weights were trained, "
+                        "crop for ImageNet, resize for a cnnzoo train checkpoint")  # fmt: skip
     p.add_argument("--epochs", type=COUNT, default=12,
                    help="fine-tuning epochs (default 12, more when needed to reach --min-steps)")
     p.add_argument("--min-steps", type=whole(0), default=90,

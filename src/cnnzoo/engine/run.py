@@ -410,9 +410,14 @@ def model_from_checkpoint(
 
 def training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The loaded file when `path` is a checkpoint written by `cnnzoo train` (its format tag
-    and the run's meta), else None (a plain state_dict, another format)."""
+    and the run's meta), else None (a plain state_dict, another format). Told by its contents,
+    whatever its name: a renamed run.bin was taken for a bare state_dict."""
     p = Path(path)
-    if not p.is_file() or p.suffix.lower() not in (".pt", ".pth", ".ckpt"):
+    try:
+        with open(p, "rb") as fh:
+            if fh.read(4) != b"PK\x03\x04":  # torch.save's zip archive; safetensors, HDF5 ...
+                return None
+    except OSError:  # a folder, a missing file: the weights loader says which
         return None
     try:
         # Mapped, not read: a torchvision .pth of 500 MB took 0.32 s to be read here only to be

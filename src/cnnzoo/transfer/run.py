@@ -69,7 +69,9 @@ class TransferConfig:
     features and for prediction (2 = the image and its mirror). img_size: input size (default:
     the weights' crop size, 224 for ImageNet weights). fit: 'crop' (the weights' resize-and-
     centre-crop) or 'resize' (the whole image squashed to the input size; better for small,
-    tightly framed images); built-in sets are always squashed, and their bundles say 'resize'.
+    tightly framed images); None (default): as the weights were trained, 'crop' for ImageNet
+    weights, 'resize' for a `cnnzoo train` checkpoint; built-in sets are always squashed, and
+    their bundles say 'resize'.
     batch_size, precision, seed and progress hold for the whole run, fine-tuning included
     (`SHARED_FIELDS`: `finetune`'s fields of those names are set from them)."""
 
@@ -85,7 +87,7 @@ class TransferConfig:
     # scored the same or a little lower (3 draws, hard set 10 / 50 per class 0.653 / 0.760
     # against 0.649 / 0.766; easy set 10 per class 0.957 against 0.964; docs/transfer.md).
     stages: tuple[int, ...] | str | None = "auto"
-    fit: str = "crop"
+    fit: str | None = None
     batch_size: int = 32
     val_fraction: float = 0.2
     precision: str = "auto"
@@ -214,7 +216,7 @@ def check_config(cfg: TransferConfig, *, resume: bool = False) -> None:
         raise UsageError(f"mode (--mode) must be one of {', '.join(MODES)}, not {cfg.mode!r}")
     if cfg.head not in HEAD_KINDS:
         raise UsageError(f"head (--head) must be one of {', '.join(HEAD_KINDS)}, not {cfg.head!r}")
-    if cfg.fit not in FITS:
+    if cfg.fit is not None and cfg.fit not in FITS:
         raise UsageError(f"fit (--fit) must be one of {', '.join(FITS)}, not {cfg.fit!r}")
     if isinstance(cfg.stages, str) and cfg.stages != "auto":
         raise UsageError("stages (--stages) must be 'auto', None or stage numbers such as "
@@ -327,6 +329,10 @@ def transfer(
     # the global generator, and a second call in one process used to fine-tune from another head.
     torch.manual_seed(cfg.seed)
     net, pre, wid = load_backbone(model, weights, img_size=cfg.img_size, model_kwargs=model_kwargs)
+    # A `cnnzoo train` checkpoint saw whole images squashed; cropping would cut the sides of
+    # non-square images that its net never had cut.
+    fit_given = cfg.fit is not None
+    cfg = dataclasses.replace(cfg, fit=cfg.fit or pre.fit)
     built_with = dict(getattr(getattr(net, "weights_info", None), "model_kwargs", None) or {})
     stages = resolve_stages(model, cfg.stages, cfg.mode)
     if stages:  # checked (and put in order) before the images are decoded
@@ -337,7 +343,11 @@ def transfer(
     splits, fit_used = _load_data(data, pre, cfg)
     timings["load"] = time.perf_counter() - t
     k = splits.num_classes
-    squashed = " (images resized whole: fit resize)" if fit_used != cfg.fit else ""
+    squashed = ""
+    if fit_used != cfg.fit:
+        squashed = " (images resized whole: fit resize)"
+    elif fit_used == "resize" and not fit_given:
+        squashed = " (images resized whole, as these weights were trained: fit resize)"
     say(f"data: {len(splits.train)} training and {len(splits.val)} validation images, {k} classes "
         f"({', '.join(splits.class_names)}); {model} at {pre.crop_size} px{squashed}, "
         f"{inference_dtype(cfg.precision)} [{timings['load']:.1f}s]")  # fmt: skip
