@@ -224,7 +224,6 @@ def _scratch(data: Path, size: int, epochs: int, out: Path, progress: bool) -> f
     """EfficientNet-Lite0 from random weights on the engine, as `cnnzoo train` runs it (data
     statistics for normalisation, flip-crop augmentation), scored on the test folder."""
     import torch
-    from torch import nn
 
     from ..data.augment import default_augmentation
     from ..data.loader import BatchLoader
@@ -240,13 +239,6 @@ def _scratch(data: Path, size: int, epochs: int, out: Path, progress: bool) -> f
     train, val = make_loaders(splits, size, opts, seed=0, mean=mean, std=std)
     torch.manual_seed(0)
     model = create_model(MODEL, num_classes=splits.num_classes, in_chans=channels)
-    # Lite0 keeps TensorFlow's BatchNorm decay 0.99 (momentum 0.01), right for ImageNet's
-    # hundreds of thousands of steps; in a 150-step run the running statistics would still be
-    # mostly their initial 0/1 and the evaluated net near chance (measured: 0.22 on 5 classes).
-    # PyTorch's default momentum 0.1 converges within such a run.
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.momentum = 0.1
     dtype = inference_dtype("auto")  # skip the engine's timing trial: a few seconds saved
     cfg = TrainConfig(epochs=epochs, optimizer="adamw", lr=2e-3, weight_decay=0.05,
                       precision=dtype, channels_last="on" if dtype == "bf16" else "off",
