@@ -33,19 +33,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 PICTURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 
-def check_confusion_path(path: str) -> None:
-    """--confusion PNG must be writable as a picture file: not a folder, not under a file, with
-    a suffix matplotlib writes (it would add .png to a name without one, or fail on .txt)."""
+def check_picture_path(path: str, option: str = "--confusion") -> None:
+    """A picture file to write (`option` PNG) must be writable as one: not a folder, not under
+    a file, with a suffix matplotlib writes (it would add .png to a name without one, or fail on
+    .txt)."""
     from ..errors import UsageError
     from ..paths import check_folder
 
     if Path(path).is_dir():
-        raise UsageError(f"--confusion {path} is a folder: give a file name such as "
-                         f"{Path(path) / 'confusion.png'}")  # fmt: skip
+        raise UsageError(f"{option} {path} is a folder: give a file name such as "
+                         f"{Path(path) / (option.strip('-') + '.png')}")  # fmt: skip
     if Path(path).suffix.lower() not in PICTURE_SUFFIXES:
-        raise UsageError(f"--confusion {path}: give a picture file name ending in "
+        raise UsageError(f"{option} {path}: give a picture file name ending in "
                          f"{', '.join(PICTURE_SUFFIXES)}")  # fmt: skip
-    check_folder(Path(path).parent, "--confusion")
+    check_folder(Path(path).parent, option)
 
 
 def check_checkpoint_path(path: str) -> None:
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("give a checkpoint (cnnzoo train's last.pt or best.pt) or --bundle DIR "
                          "(cnnzoo transfer's OUT/bundle), one of them")  # fmt: skip
     if args.confusion:  # checked before the images are predicted, not after
-        check_confusion_path(args.confusion)
+        check_picture_path(args.confusion)
     if args.checkpoint is not None:
         check_checkpoint_path(args.checkpoint)
     if args.bundle is not None:

@@ -88,6 +88,35 @@ def plot_curves(
 
 
 @quiet_glyphs
+def plot_runs(runs: Sequence[Any], path: Path) -> Path:
+    """Several runs' curves over one another (`engine.compare.RunSummary`s): training loss,
+    validation loss and the validation metric per epoch, one line (and colour) per run."""
+    from matplotlib import ticker
+
+    plt = pyplot()
+    metric = runs[0].metric
+    panels = (("train_loss", "training loss"), ("val_loss", "validation loss"),
+              (f"val_{metric}", f"validation {metric}"))  # fmt: skip
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels, strict=True):
+        ys: list[float] = []
+        for r in runs:
+            points = [(h["epoch"], h[key]) for h in r.history if h.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points, strict=True), "-o", ms=2.5, label=r.label)
+                ys += [y for _, y in points]
+        ax.set_title(title)
+        if key.endswith("loss") and ys and min(ys) > 0 and max(ys) > 20 * min(ys):
+            ax.set_yscale("log")  # one diverging epoch (a plain net's 5,000) flattens the rest
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True, min_n_ticks=1))
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+@quiet_glyphs
 def plot_confusion(confusion: Any, class_names: list[str], path: Path) -> Path:
     """Row-normalised confusion matrix (rows: true class) with the counts written in."""
     plt = pyplot()

@@ -152,4 +152,6 @@ def new_head(num_features: int, num_classes: int) -> nn.Module:
 
 @torch.no_grad()
 def count_parameters(model: nn.Module) -> int:
+    """The model's parameters (trainable or not; buffers such as BatchNorm statistics are not
+    parameters)."""
     return sum(p.numel() for p in model.parameters())

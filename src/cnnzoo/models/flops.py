@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -19,12 +20,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from .registry import create_model, get_config
 
 
-def count_macs(name: str, input_size: tuple[int, int, int] | None = None) -> int:
-    """Multiply-adds of one forward pass of `name` at `input_size` (default: the model's own)."""
+def count_macs(name: str, input_size: tuple[int, int, int] | None = None, **kwargs: Any) -> int:
+    """Multiply-adds of one forward pass of `name` at `input_size` (default: the model's own),
+    built with `kwargs` (num_classes, model options such as shortcut='none')."""
     cfg = get_config(name)
     c, h, w = input_size or cfg.input_size
     with torch.device("meta"):
-        model = create_model(name, in_chans=c).eval()
+        model = create_model(name, in_chans=c, **kwargs).eval()
         x = torch.empty(1, c, h, w)
     # A sparse layer run as a dense one (LeNet-5's C3 table) counts only its connections.
     unused: list[int] = []

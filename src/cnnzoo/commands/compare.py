@@ -1,0 +1,65 @@
+"""`cnnzoo compare RUN...`: one table of `cnnzoo train` runs (what each net cost and scored)
+and what differed between them besides the model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="run folders of `cnnzoo train` (--out; their last.pt is read) or "
+                        "checkpoint files, e.g. runs/*")  # fmt: skip
+    p.add_argument("--plot", metavar="PNG",
+                   help="also draw the runs' learning curves over one another")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..engine.compare import differences, summarize_runs
+
+    if args.plot:
+        from .evaluate import check_picture_path
+
+        check_picture_path(args.plot, "--plot")
+    runs = summarize_runs(args.runs)
+    diffs = differences(runs)
+    if args.plot:
+        from ..engine.report import plot_runs
+
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        plot_runs(runs, Path(args.plot))
+    if args.json:
+        print(json.dumps({"runs": [r.to_dict() for r in runs], "differences": diffs}, indent=1))
+        return 0
+    m = runs[0].metric
+    head = ["run", "model", "params", "MFLOPs", "input", "epochs", "train s", "img/s",
+            "train loss", f"train {m}", f"val {m}", f"best val {m}"]  # fmt: skip
+    rows = [[r.label, r.name, f"{r.params:,}", _num(r.macs and r.macs / 1e6, ".2f"), r.input,
+             str(r.epochs), f"{r.train_seconds:.1f}", _num(r.images_per_s, ".0f"),
+             _num(r.train_loss, ".4f"), _num(r.train_metric, ".4f"), _num(r.final, ".4f"),
+             "-" if r.best is None else f"{r.best:.4f} ({r.best_epoch})"]
+            for r in runs]  # fmt: skip
+    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
+    for row in [head, *rows]:  # text left, numbers right
+        print("  ".join(c.ljust(w) if i < 2 else c.rjust(w)
+                        for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip())
+    print("MFLOPs: multiply-adds of one image at the run's input, as `cnnzoo models` counts "
+          "them; train s and img/s: as measured during each run, on its machine and load")
+    if diffs:
+        print("besides the model, these runs differ in (so the table compares more than the "
+              "nets):")
+        for line in diffs:
+            print(f"  {line}")
+    else:
+        print("same data, validation images, input and training recipe: the nets are what "
+              "differs")
+    if args.plot:
+        print(f"learning curves: {args.plot}")
+    return 0

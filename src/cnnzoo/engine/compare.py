@@ -1,0 +1,197 @@
+"""Comparing training runs: what each net cost and scored, and what else differed between them.
+
+A comparison of two nets says something about the nets only when everything else was the same:
+the data and the validation images, the input size, the epochs and the training recipe. cnnzoo
+picks some of these per model (the input size: LeNet-5 trains at 32 px, ResNet-20 at 28 on the
+same images), so the table comes with the list of what differs besides the model. Everything is
+read from the runs' checkpoints (`meta`, `config`, `history`); nothing is trained or evaluated.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from .checkpoint import load_checkpoint
+
+# Per task: the validation metric the table and the plot rank by (acc, or Dice for U-Nets).
+TASK_METRIC = {"classification": "acc", "segmentation": "dice"}
+# Training settings that should agree for a like-for-like comparison, in the order they are
+# reported, with their words; read from the checkpoint's config, else its meta.
+RECIPE = (
+    ("epochs", "epochs"), ("augment", "augmentation"), ("label_smoothing", "label smoothing"),
+    ("loss", "loss"), ("batch_size", "batch size"), ("optimizer", "optimizer"),
+    ("lr", "learning rate"), ("weight_decay", "weight decay"), ("schedule", "schedule"),
+    ("mixup", "mixup"), ("cutmix", "CutMix"), ("freeze_bn", "frozen BatchNorm"),
+    ("seed", "seed"),
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run as the comparison sees it. `metric` is 'acc' or 'dice'; `final` and `best` are
+    its validation values (best over the epochs, at `best_epoch`); `settings` what should be
+    equal between runs compared."""
+
+    label: str
+    path: Path
+    task: str
+    model: str
+    model_kwargs: dict[str, Any]
+    params: int
+    macs: int | None  # multiply-adds of one image at the run's input size
+    input: str  # channels x size, e.g. "1x28"
+    epochs: int  # epochs done
+    train_seconds: float
+    images_per_s: float | None  # median over the epochs: the run's speed on its machine
+    train_loss: float | None
+    metric: str
+    train_metric: float | None
+    final: float | None
+    best: float | None
+    best_epoch: int | None
+    settings: dict[str, Any] = field(repr=False)
+    history: list[dict[str, Any]] = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        """The model with its options: 'resnet20 shortcut=none'."""
+        opts = " ".join(f"{k}={v}" for k, v in sorted(self.model_kwargs.items()))
+        return f"{self.model} {opts}".strip()
+
+    def to_dict(self) -> dict[str, Any]:
+        keys = ("label", "task", "model", "model_kwargs", "params", "macs", "input", "epochs",
+                "train_seconds", "images_per_s", "train_loss", "metric", "train_metric",
+                "final", "best", "best_epoch", "settings")  # fmt: skip
+        return {"path": str(self.path), **{k: getattr(self, k) for k in keys}}
+
+
+def run_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """The checkpoint of a run: the file given, or a run folder's last.pt (its whole history),
+    else its best.pt."""
+    p = Path(path)
+    if p.is_dir():
+        for name in ("last.pt", "best.pt"):
+            if (p / name).is_file():
+                return p / name
+        raise UsageError(f"{p} holds no run (no last.pt or best.pt): give the --out folder of "
+                         "a `cnnzoo train` run")  # fmt: skip
+    if not p.exists():
+        raise UsageError(f"{p}: no such run folder or checkpoint")
+    return p
+
+
+def _labels(paths: list[Path]) -> list[str]:
+    """Each run's folder name, or more of its path where two runs share a name (runs/a/x and
+    runs/b/x: a/x and b/x)."""
+    folders = [p.parent.resolve() for p in paths]
+    depth = 1
+    while depth < 8:
+        labels = ["/".join(f.parts[-depth:]) for f in folders]
+        if len(set(labels)) == len(labels):
+            break
+        depth += 1
+    return [label + ("" if p.name == "last.pt" else f"/{p.name}")
+            for label, p in zip(labels, paths, strict=True)]  # fmt: skip
+
+
+def summarize_runs(paths: list[str | os.PathLike[str]]) -> list[RunSummary]:
+    """Read each run (a run folder or a checkpoint of `cnnzoo train`); all must be of one task."""
+    files = [run_checkpoint(p) for p in paths]
+    if len({f.resolve() for f in files}) != len(files):
+        raise UsageError("a run is named twice: give each run once")
+    runs = [_summary(f, label) for f, label in zip(files, _labels(files), strict=True)]
+    tasks = sorted({r.task for r in runs})
+    if len(tasks) > 1:
+        raise UsageError(f"these runs are of different tasks ({', '.join(tasks)}): compare "
+                         "classifiers with classifiers and U-Nets with U-Nets")  # fmt: skip
+    return runs
+
+
+def _summary(path: Path, label: str) -> RunSummary:
+    from ..models import count_macs, count_parameters, create_model
+
+    ckpt = load_checkpoint(path, mmap=True)
+    meta, config = ckpt.get("meta") or {}, ckpt.get("config") or {}
+    if meta.get("transfer"):
+        raise UsageError(f"{path} is a transfer fine-tuning checkpoint: its bundle.json holds "
+                         "its validation metrics; compare `cnnzoo train` runs here")  # fmt: skip
+    task = str(ckpt.get("task") or meta.get("task") or "classification")
+    history = list(ckpt.get("history") or [])
+    if not history or "model" not in meta:
+        raise UsageError(f"{path} records no finished epoch: nothing to compare yet")
+    name, kwargs = meta["model"], dict(meta.get("model_kwargs") or {})
+    size, chans = int(meta["img_size"]), int(meta["in_chans"])
+    build = {"num_classes": int(meta["num_classes"]), **kwargs}
+    import torch
+
+    with torch.device("meta"):  # shapes only: no memory, no time
+        params = count_parameters(create_model(name, in_chans=chans, **build))
+    try:
+        macs: int | None = count_macs(name, (chans, size, size), **build)
+    except Exception:  # noqa: BLE001 -- a size the net cannot take alone: the table says '-'
+        macs = None
+    metric = TASK_METRIC.get(task, "acc")
+    vals = [(r.get(f"val_{metric}"), r["epoch"]) for r in history]
+    scored = [(v, e) for v, e in vals if v is not None]
+    best, best_epoch = max(scored, key=lambda ve: ve[0]) if scored else (None, None)
+    last = history[-1]
+    speeds = [r["images_per_s"] for r in history if r.get("images_per_s")]
+    data = f"{meta.get('dataset')}"
+    if meta.get("images"):
+        data += f" ({meta['images'].get('train')} training, {meta['images'].get('val')} validation)"
+    # The validation images: the same folder split the same way (its digest when drawn from a
+    # folder), or the same built-in split.
+    val = meta.get("val_files") or (meta.get("dataset"), meta.get("val_fraction"),
+                                    meta.get("seed"))  # fmt: skip
+    settings: dict[str, Any] = {"data": data, "validation images": val,
+                                "input": f"{chans}x{size}"}  # fmt: skip
+    for key, _ in RECIPE:
+        value = config.get(key, meta.get(key))
+        if value is not None:
+            settings[key] = value
+    return RunSummary(
+        label=label, path=path, task=task, model=name, model_kwargs=kwargs, params=params,
+        macs=macs, input=f"{chans}x{size}", epochs=int(last["epoch"]),
+        train_seconds=float(sum(r.get("seconds", 0.0) for r in history)),
+        images_per_s=statistics.median(speeds) if speeds else None,
+        train_loss=last.get("train_loss"), metric=metric,
+        train_metric=last.get(f"train_{metric}"), final=last.get(f"val_{metric}"), best=best,
+        best_epoch=best_epoch, settings=settings, history=history)  # fmt: skip
+
+
+def differences(runs: list[RunSummary]) -> list[str]:
+    """What differs between the runs besides the model, one line per setting: 'input: 1x28
+    (resnet20, resnet56), 1x32 (lenet5)'. [] for a like-for-like comparison."""
+    words = {"data": "data", "validation images": "validation images", "input": "input",
+             **dict(RECIPE)}  # fmt: skip
+    lines = []
+    for key, word in words.items():
+        groups: dict[str, list[str]] = {}
+        shown: dict[str, str] = {}
+        for r in runs:
+            value = r.settings.get(key)
+            groups.setdefault(repr(value), []).append(r.label)
+            shown[repr(value)] = _show(value)
+        if len(groups) < 2:
+            continue
+        if key == "validation images":  # a digest or a split: its value tells a reader nothing
+            if not any(line.startswith("data:") for line in lines):  # else that line says it
+                runs_by = "; ".join(", ".join(g) for g in groups.values())
+                lines.append(f"{word}: not the same ({runs_by})")
+        else:
+            lines.append(f"{word}: " + ", ".join(f"{shown[k]} ({', '.join(g)})"
+                                                 for k, g in groups.items()))  # fmt: skip
+    return lines
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)

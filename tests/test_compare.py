@@ -1,0 +1,121 @@
+"""`cnnzoo compare`: the table of training runs and what differed between them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cnnzoo.cli import main
+from cnnzoo.engine.checkpoint import atomic_save
+from cnnzoo.engine.compare import differences, summarize_runs
+from cnnzoo.errors import UsageError
+
+TRAIN = ["--data", "digits", "--epochs", "2", "--batch-size", "64", "--precision", "fp32",
+         "--channels-last", "off", "--no-progress", "--no-tensorboard"]  # fmt: skip
+
+
+def _fake_run(folder, *, model="resnet20", kwargs=None, size=28, task="classification",
+              history=None, **settings):  # fmt: skip
+    """A run folder whose last.pt holds what `cnnzoo train` records (no weights needed)."""
+    meta = {"model": model, "model_kwargs": kwargs or {}, "num_classes": 10, "in_chans": 1,
+            "img_size": size, "dataset": "fashion-mnist", "val_fraction": 0.2, "seed": 0,
+            "images": {"train": 48000, "val": 12000}, "augment": "flip-crop",
+            "batch_size": 128, "label_smoothing": 0.1}  # fmt: skip
+    config = {"epochs": 2, "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4,
+              "schedule": "onecycle", "mixup": 0.0, "cutmix": 0.0, "freeze_bn": False, "seed": 0}
+    for key, value in settings.items():
+        (config if key in config else meta)[key] = value
+    history = history or [
+        {"epoch": 1, "train_loss": 1.5, "train_acc": 0.5, "val_loss": 1.0, "val_acc": 0.7,
+         "seconds": 10.0, "images_per_s": 100.0},
+        {"epoch": 2, "train_loss": 0.9, "train_acc": 0.8, "val_loss": 0.8, "val_acc": 0.65,
+         "seconds": 12.5, "images_per_s": 300.0},
+    ]  # fmt: skip
+    folder.mkdir(parents=True)
+    atomic_save({"format": "cnnzoo-checkpoint-1", "model": {}, "task": task, "meta": meta,
+                 "config": config, "history": history, "epoch": len(history)},
+                folder / "last.pt")  # fmt: skip
+    return folder
+
+
+def test_the_table_reads_each_run_and_counts_its_net(tmp_path):
+    """Parameters and multiply-adds are counted for the run's net (options, classes, channels,
+    input), the time is the sum of the epochs, best is the best epoch's validation accuracy."""
+    a = _fake_run(tmp_path / "a")
+    b = _fake_run(tmp_path / "b", kwargs={"shortcut": "none"})
+    runs = summarize_runs([a, b])
+    # ResNet-20 is 269,722 parameters for 3 channels and 10 classes (the paper's 0.27 M); one
+    # input channel has 2 x 16 x 3 x 3 = 288 fewer; option-A shortcuts have no parameters, so
+    # the plain net has as many.
+    assert [r.params for r in runs] == [269_722 - 288, 269_722 - 288]
+    # 40.8 M multiply-adds at 32 px and 3 channels; at 28 px about (28/32)^2 of that.
+    assert runs[0].macs == pytest.approx(40.8e6 * (28 / 32) ** 2, rel=0.03)
+    assert runs[0].train_seconds == 22.5 and runs[0].images_per_s == 200.0
+    assert (runs[0].final, runs[0].best, runs[0].best_epoch) == (0.65, 0.7, 1)
+    assert [r.label for r in runs] == ["a", "b"] and runs[1].name == "resnet20 shortcut=none"
+    assert differences(runs) == []
+
+
+def test_differences_besides_the_model_are_named(tmp_path):
+    a = _fake_run(tmp_path / "a", model="lenet5", size=32)
+    b = _fake_run(tmp_path / "b", augment="none", lr=0.05)
+    c = _fake_run(tmp_path / "c", seed=1, val_fraction=0.1)
+    got = differences(summarize_runs([a, b, c]))
+    assert got == [
+        "validation images: not the same (a, b; c)",
+        "input: 1x32 (a), 1x28 (b, c)",
+        "augmentation: flip-crop (a, c), none (b)",
+        "learning rate: 0.1 (a, c), 0.05 (b)",
+        "seed: 0 (a, b), 1 (c)",
+    ]
+    d = _fake_run(tmp_path / "d", dataset="digits", images={"train": 1438, "val": 359})
+    got = differences(summarize_runs([a, d]))
+    # Other data have other validation images: the data line says it, once.
+    assert got[0] == ("data: fashion-mnist (48000 training, 12000 validation) (a), "
+                      "digits (1438 training, 359 validation) (d)")
+    assert not any(line.startswith("validation images") for line in got)
+
+
+def test_runs_that_cannot_be_compared_are_one_line(tmp_path):
+    a = _fake_run(tmp_path / "a")
+    seg = _fake_run(tmp_path / "seg", model="unet", task="segmentation",
+                    kwargs={"base_width": 8, "padding": "same"})
+    with pytest.raises(UsageError, match="different tasks"):
+        summarize_runs([a, seg])
+    with pytest.raises(UsageError, match="holds no run"):
+        summarize_runs([a, tmp_path])
+    with pytest.raises(UsageError, match="named twice"):
+        summarize_runs([a, a / "last.pt"])
+    atomic_save({"format": "cnnzoo-checkpoint-1", "model": {}, "history": [{"epoch": 1}],
+                 "meta": {"model": "resnet18", "transfer": True}}, tmp_path / "ft.pt")
+    with pytest.raises(UsageError, match="transfer fine-tuning checkpoint"):
+        summarize_runs([tmp_path / "ft.pt"])
+    # Two runs that share a folder name are told apart by their parents.
+    b = _fake_run(tmp_path / "x" / "a")
+    assert [r.label for r in summarize_runs([a, b])] == [f"{tmp_path.name}/a", "x/a"]
+
+
+def test_compare_two_real_runs_from_the_command_line(tmp_path, capsys):
+    """Two `cnnzoo train` runs on digits: LeNet-5 with ReLU and max-pooling against the paper's
+    tanh and subsampling. The table shows their published sizes (61,706 and 60,850
+    parameters) and names the one setting that differs besides the net."""
+    out_a, out_b = tmp_path / "relu", tmp_path / "classic"
+    assert main(["train", "lenet5", *TRAIN, "--out", str(out_a)]) == 0
+    assert main(["train", "lenet5_classic", *TRAIN, "--augment", "none", "--out", str(out_b)]) == 0
+    capsys.readouterr()
+    png = tmp_path / "curves" / "compare.png"
+    assert main(["compare", str(out_a), str(out_b), "--plot", str(png)]) == 0
+    text = capsys.readouterr().out
+    assert "61,706" in text and "60,850" in text and png.stat().st_size > 0
+    assert "  augmentation: crop (relu), none (classic)" in text
+    assert main(["compare", str(out_a), str(out_b / "last.pt"), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    hist = torch.load(out_a / "last.pt", weights_only=True)["history"]
+    row = got["runs"][0]
+    assert row["best"] == max(h["val_acc"] for h in hist) and row["epochs"] == 2
+    assert row["train_seconds"] == pytest.approx(sum(h["seconds"] for h in hist))
+    assert got["differences"] == ["augmentation: crop (relu), none (classic)"]
+    assert main(["compare", str(out_a), "--plot", str(tmp_path / "c.txt")]) == 2
+    assert "--plot" in capsys.readouterr().err
