@@ -1515,3 +1515,16 @@ def test_resume_into_a_new_folder_still_grows_from_init_from(tmp_path, capsys):
     assert main(["train", "resnet32", *common, "--init-from", str(tmp_path / "a" / "last.pt"),
                  "--resume", "--out", str(tmp_path / "b")]) == 0
     assert f"initialised from {tmp_path / 'a' / 'last.pt'}:" in capsys.readouterr().err
+
+
+def test_epoch_lines_show_top5_only_above_5_classes():
+    """Top-5 accuracy of 5 classes or fewer is 1 by definition: the demo's lines read
+    'train_top5 1 ... val_top5 1' every epoch. metrics.jsonl keeps it."""
+    from cnnzoo.engine.loop import _epoch_line
+
+    record = {"epoch": 2, "lr": 0.1, "train_loss": 0.5, "train_acc": 0.75, "train_top5": 1.0,
+              "val_loss": 0.25, "val_acc": 0.5, "val_top5": 1.0, "seconds": 1.5,
+              "images_per_s": 1000.0}  # fmt: skip
+    assert _epoch_line(record, 3, 5) == ("epoch 2/3  lr 0.1  train_loss 0.5  train_acc 0.75  "
+                                         "val_loss 0.25  val_acc 0.5  1.5s 1,000 img/s")
+    assert "train_top5 1  val_loss 0.25  val_acc 0.5  val_top5 1  1.5s" in _epoch_line(record, 3, 6)

@@ -326,7 +326,7 @@ class Trainer:
                         scheduler=scheduler.state_dict(), rng=rng_state(), best=best,
                         best_epoch=best_epoch, bad_epochs=bad_epochs), self.out_dir / "last.pt")
                     log.write(record)
-                self._say(_epoch_line(record, cfg.epochs))
+                self._say(_epoch_line(record, cfg.epochs, getattr(self.task, "num_classes", 0)))
                 if cfg.patience is not None and bad_epochs >= cfg.patience:
                     stopped = True
                     self._say(f"early stopping: {monitor} has not improved for "
@@ -694,12 +694,14 @@ def one_image_batchnorm_hint() -> Iterator[None]:
                             "(--img-size; --crop for segmentation)") from None
 
 
-def _epoch_line(record: dict[str, Any], epochs: int) -> str:
+def _epoch_line(record: dict[str, Any], epochs: int, num_classes: int = 0) -> str:
+    """One epoch's log line; top-5 accuracy only above 5 classes, where it can be below 1
+    (metrics.jsonl keeps it)."""
     parts = [f"epoch {record['epoch']}/{epochs}"]
     if "train_px" in record:
         parts.append(f"at {record['train_px']} px")
     for k, v in record.items():
-        if k in ("epoch", "seconds", "images_per_s"):
+        if k in ("epoch", "seconds", "images_per_s") or k.endswith("_top5") and num_classes <= 5:
             continue
         if isinstance(v, float) and math.isfinite(v):
             parts.append(f"{k} {v:.4g}")
