@@ -721,9 +721,11 @@ def test_data_cli(tmp_path, capsys):
                  "--classes", "0,7"]) == 0  # fmt: skip
     assert "wrote 6 digits" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["0", "7"]
-    assert main(["data", "info", str(tmp_path / "d"), "--channels", "1"]) == 0
-    out = capsys.readouterr().out
-    assert "2 classes, images 1x8x8" in out
+    assert main(["data", "info", str(tmp_path / "d"), "--channels", "3"]) == 0
+    assert "2 classes, images 3x8x8" in capsys.readouterr().out
+    # Without --channels, the data's own, as `cnnzoo train` reads them (it said 3x8x8).
+    assert main(["data", "info", str(tmp_path / "d")]) == 0
+    assert "2 classes, images 1x8x8" in capsys.readouterr().out
     fm = tmp_path / "fm"
     assert main(["data", "export", "fashion-mnist", str(fm), "--classes", "tshirt,Ankle boot",
                  "--per-class", "4"]) == 0  # fmt: skip

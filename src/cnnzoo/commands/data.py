@@ -43,7 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     i.add_argument("source", help="image folder, CSV manifest, fashion-mnist or digits")
     i.add_argument("--img-size", type=IMG_SIZE, help="resize images to this square size")
-    i.add_argument("--channels", type=int, choices=(1, 3), default=3, help="default: 3")
+    i.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                   help="default: the data's own, as `cnnzoo train` reads them (1 when every "
+                        "image is grey, as the built-ins are, else 3)")  # fmt: skip
     i.add_argument("--val-fraction", type=FRACTION, default=0.2, help="when there is no val/ folder")
     i.add_argument("--seed", type=SEED, default=0, help="seed of the stratified split")
 
@@ -76,10 +78,12 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from ..data.builtin import load_dataset
+    from ..data.builtin import load_dataset, own_channels
+    from ..data.folder import seen_images
     from ..data.images import ImageSpec
 
-    spec = ImageSpec(size=args.img_size, channels=args.channels)
+    channels = args.channels or own_channels(args.source, seen_images(args.source)) or 3
+    spec = ImageSpec(size=args.img_size, channels=channels)
     splits = load_dataset(args.source, spec, val_fraction=args.val_fraction, seed=args.seed)
     parts = [("train", splits.train), ("val", splits.val)]
     if splits.test is not None:

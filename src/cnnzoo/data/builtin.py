@@ -29,7 +29,7 @@ import torch
 from ..errors import DataError
 from ..paths import cache_root
 from .dataset import ImageDataset, Splits
-from .folder import load_csv, load_folder
+from .folder import ImagesSeen, load_csv, load_folder
 from .images import ImageSpec
 
 FASHION_MNIST_CLASSES = (
@@ -218,6 +218,15 @@ def builtin_name(source: str | os.PathLike[str]) -> str | None:
     of that name wins, as `load_dataset` reads it."""
     key = builtin_key(str(source))
     return key if key in BUILTIN_DATASETS and not Path(str(source)).exists() else None
+
+
+def own_channels(source: str | os.PathLike[str], seen: ImagesSeen | None) -> int | None:
+    """The channels a data source's images have, as training reads them: 1 for the (grey)
+    built-ins and for files that are all grey (`seen`, from `folder.seen_images`), 3 for files
+    of which any is colour, None when there are no files to tell."""
+    if builtin_name(source) is not None:
+        return 1
+    return None if seen is None else 1 if seen.grey else 3
 
 
 def load_dataset(

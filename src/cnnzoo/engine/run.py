@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..data.augment import FLIPPING
-from ..data.builtin import builtin_name
+from ..data.builtin import builtin_name, own_channels
 from ..data.folder import ImagesSeen, seen_images
 from ..data.loader import BatchLoader
 from ..errors import DataError, UsageError, WeightsError
@@ -164,8 +164,7 @@ def load_splits(
     if not size:
         size, why = image_size_choice(opts.source, cfg,
                                       min_input_size(model_name, **(model_kwargs or {})), seen)
-    channels = opts.channels or (1 if is_builtin or seen is not None and seen.grey
-                                 else 3 if seen is not None else cfg.input_size[0])  # fmt: skip
+    channels = opts.channels or own_channels(opts.source, seen) or cfg.input_size[0]
     # Folders hold images of any size, so they are brought to `size` while decoding; built-ins
     # are resized once in memory when that is small, else per batch (see `resize_in_memory`).
     spec = ImageSpec(size=None if is_builtin else size, channels=channels)
