@@ -96,6 +96,47 @@ def test_valid_mode_loss_crops_the_mask_to_the_output():
     assert float(loss) == pytest.approx(float(want), abs=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["ce", "dice", "ce+dice", "weighted_ce"])
+def test_losses_of_ignored_pixels_count_nowhere(kind):
+    # Every pixel predicts p = (1/4, 3/4): logits (0, ln 3).
+    logits = torch.zeros(1, 2, 2, 2)
+    logits[:, 1] = math.log(3)
+    mask = torch.tensor([[[0, 1], [255, 255]]])  # two labelled pixels, two ignored (VOC)
+    weight = torch.tensor([[[2.0, 3.0], [0.0, 0.0]]])
+
+    def target(m):
+        return torch.stack([m.float(), weight], 1) if kind == "weighted_ce" else m
+
+    ce0, ce1 = math.log(4), math.log(4 / 3)  # -ln p of the true class
+    # soft Dice (smooth 1) over the labelled pixels: class 0 (2/4 + 1) / (1/2 + 1 + 1),
+    # class 1 (6/4 + 1) / (3/2 + 1 + 1)
+    dice = 1 - (1.5 / 2.5 + 2.5 / 3.5) / 2
+    want = {"ce": (ce0 + ce1) / 2, "dice": dice, "ce+dice": (ce0 + ce1) / 2 + dice,
+            "weighted_ce": (2 * ce0 + 3 * ce1) / 2}[kind]
+    assert float(segmentation_loss(logits, target(mask), kind)) == pytest.approx(want, abs=1e-6)
+    # No labelled pixel at all (a crop of an unlabelled region): zero, not NaN, and backward
+    # works (it stopped training with "loss became NaN/inf ... lower --lr").
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    none = torch.full((2, 8, 8), IGNORE_INDEX)
+    t = torch.stack([none.float(), torch.zeros(2, 8, 8)], 1) if kind == "weighted_ce" else none
+    loss = segmentation_loss(x, t, kind)
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert x.grad is not None and torch.equal(x.grad, torch.zeros_like(x))
+
+
+def test_class_weighted_ce_is_torchs_weighted_mean_and_zero_when_all_ignored():
+    logits = torch.zeros(1, 2, 2, 2)
+    logits[:, 1] = math.log(3)
+    mask = torch.tensor([[[0, 1], [255, 255]]])
+    w = torch.tensor([1.0, 3.0])
+    want = (1 * math.log(4) + 3 * math.log(4 / 3)) / (1 + 3)
+    got = segmentation_loss(logits, mask, "ce", class_weights=w)
+    assert float(got) == pytest.approx(want, abs=1e-6)
+    none = torch.full((1, 2, 2), IGNORE_INDEX)
+    assert float(segmentation_loss(logits, none, "ce", class_weights=w)) == 0.0
+
+
 # ----------------------------------------------------------------------------- metrics
 
 
