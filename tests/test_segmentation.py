@@ -415,7 +415,7 @@ def test_255_is_class_one_only_when_every_mask_is_0_255(tmp_path):
             "the foreground if 255 marks it") in lines
 
 
-def test_a_val_folder_reads_255_as_its_training_folder_does(tmp_path):
+def test_a_val_folder_reads_255_as_its_training_folder_does(tmp_path, capsys):
     # Training masks 0/1 with ignored (255) pixels; one val mask holds only 0 and 255.
     m = np.zeros((16, 20), np.uint8)
     m[4:8, 4:8], m[0] = 1, 255
@@ -425,8 +425,14 @@ def test_a_val_folder_reads_255_as_its_training_folder_does(tmp_path):
         for stem in stems:
             _png(root / "images" / f"{stem}.png", np.full((16, 20), 100, np.uint8))
             _png(root / "masks" / f"{stem}.png", m if root == tmp_path else (m == 255).astype(np.uint8) * 255)
+    capsys.readouterr()
     splits = load_segmentation(tmp_path)
     assert np.unique(splits.val.masks).tolist() == [0, 255]  # ignored, not class 1
+    # ... and said, naming the mask, as for the same mix within one folder (val_dice was 0
+    # without a word).
+    assert (f"note: 1 of 1 masks in {tmp_path / 'val'} hold only 0 and 255 (v), but 255 means "
+            "'ignore' for the training masks, so these masks have no foreground; save them with "
+            "1 for the foreground if 255 marks it") in capsys.readouterr().err.splitlines()
     # A 0/255 training folder: 255 is class 1 in val/ too, whose 1 stays 1.
     for stem in ("a", "b"):
         _png(tmp_path / "masks" / f"{stem}.png", (m == 1).astype(np.uint8) * 255)
@@ -434,6 +440,7 @@ def test_a_val_folder_reads_255_as_its_training_folder_does(tmp_path):
     splits = load_segmentation(tmp_path)
     assert np.unique(splits.train.masks).tolist() == [0, 1]
     assert np.unique(splits.val.masks).tolist() == [0, 1]
+    assert "note:" not in capsys.readouterr().err
     # Grey training images, a colour val/ image: the grey ones are promoted, as within one
     # folder (this was an error that did not say what to do).
     _png(tmp_path / "val" / "images" / "v.png", np.full((16, 20, 3), 100, np.uint8))

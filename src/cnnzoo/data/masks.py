@@ -342,6 +342,9 @@ def load_mask_pairs(
     # Some masks 0/255, the others class indices: the 0/255 ones lose their foreground.
     white = [n for n, v in zip(names, values, strict=True) if v == {0, IGNORE_INDEX}]
     mixed = binary_255 is None and bool(white) and not only_0_255
+    # A val/ folder reads 255 as its training folder does: 0/255 masks there next to 0/1 training
+    # masks lose all their foreground just as a mix within one folder does, and are named too.
+    inherited_ignore = binary_255 is False and bool(white)
     unlabelled = binary_255 is None and only_0_255 and classes is not None and len(classes) != 2
     if binary_255 is None:
         binary_255 = (classes is None or len(classes) == 2) and only_0_255
@@ -359,6 +362,11 @@ def load_mask_pairs(
                      f"({_some(white)}), the others class indices: 255 means 'ignore' in such a "
                      "set, so these masks have no foreground; save them with 1 for the "
                      "foreground if 255 marks it")  # fmt: skip
+    if inherited_ignore:
+        notes.append(f"note: {len(white)} of {len(names)} masks in {source} hold only 0 and 255 "
+                     f"({_some(white)}), but 255 means 'ignore' for the training masks, so these "
+                     "masks have no foreground; save them with 1 for the foreground if 255 "
+                     "marks it")  # fmt: skip
     if without_instances:
         notes.append(
             f"note: {len(without_instances)} of {len(names)} pairs have no instance file "
