@@ -578,6 +578,30 @@ def test_images_smaller_than_a_tile_train_and_validate_whole(tmp_path):
     assert math.isclose(row["val_pixel_acc"] * 120, round(row["val_pixel_acc"] * 120))
 
 
+def test_valid_padding_crop_is_the_output_side_and_images_get_the_trimmed_context(tmp_path):
+    from cnnzoo.segmentation.training import _legal_crop, train
+
+    net = create_model("unet", num_classes=2, in_chans=1, padding="valid", base_width=4)
+    # The paper's tile: 572 in -> 388 out; the default crop 128 -> 316 in, 132 out (it was a
+    # 188 input scoring 4 x 4 centre pixels per step).
+    assert _legal_crop(net, 388, 10_000) == 572 and net.output_size(572) == 388
+    assert _legal_crop(net, 128, 10_000) == 316 and net.output_size(316) == 132
+    # At most what the images allow: 64-px images + 2 x 92 px of mirrored context = 248 ->
+    # 236 in (188 + 16 * 3), 52 out.
+    assert _legal_crop(net, 128, 64 + 184) == 236 and net.output_size(236) == 52
+    # Mirror padding by a margin keeps the image in the centre.
+    m = np.arange(20, dtype=np.uint8).reshape(4, 5)
+    sset = SegmentationSet(m[None, None], m[None], None, ["a"]).padded(16, margin=3)
+    assert sset.masks.shape == (1, 16, 16) and np.array_equal(sset.masks[0, 6:10, 5:10], m)
+    sset = SegmentationSet(m[None, None], m[None], None, ["a"]).padded(4, margin=3)
+    assert sset.masks.shape == (1, 10, 11) and np.array_equal(sset.masks[0, 3:7, 3:8], m)
+    _pair_folder(tmp_path / "d", ["a", "b", "c"], size=(64, 64))
+    lines: list[str] = []
+    train(tmp_path / "d", padding="valid", base_width=4, epochs=1, say=lines.append,
+          precision="fp32", channels_last="off", progress=False, tensorboard=False, report=False)
+    assert lines[0].endswith("training tiles 236x236 in, 52x52 out")
+
+
 def test_cells_need_two_images_to_validate():
     with pytest.raises(DataError, match="cells has 1 image: need at least 2 to validate"):
         load_segmentation("cells", cells=1)

@@ -103,11 +103,12 @@ class SegmentationSet:
     def image_tensor(self) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(self.images))
 
-    def padded(self, size: int) -> SegmentationSet:
-        """The set with images, masks and instances mirror-padded (centred) to at least
-        `size` x `size`: images smaller than the smallest tile a net takes."""
+    def padded(self, size: int, margin: int = 0) -> SegmentationSet:
+        """The set with images, masks and instances mirror-padded (centred) by `margin` px per
+        side, then to at least `size` x `size`: images smaller than the smallest tile a net
+        takes; the context a 'valid' net trims."""
         h, w = self.masks.shape[1:]
-        th, tw = max(h, size), max(w, size)
+        th, tw = max(h + 2 * margin, size), max(w + 2 * margin, size)
         if (th, tw) == (h, w):
             return self
 

@@ -65,16 +65,26 @@ def segmentation_config(**overrides: Any) -> TrainConfig:
 
 
 def _legal_crop(model: nn.Module, size: int, limit: int) -> int:
-    """A training crop the net accepts, at most `limit` (the images' side, at least the net's
-    `min_size`): multiples of 16 in 'same' mode, 188 + 16k in 'valid' mode."""
+    """A training crop (input side) the net accepts, at most `limit` (the images' side, at least
+    the net's `min_size`): `size` snapped to a multiple of 16 in 'same' mode; in 'valid' mode
+    `size` is the output side asked for, and the crop the smallest legal input (188 + 16k) whose
+    output is at least that (128 -> 316 in, 132 out; the paper's 388 -> 572), as far as the
+    images allow. (`size` as the input gave the default 128 a 188 input scoring 4 x 4 pixels.)"""
     if getattr(model, "padding", "same") == "valid":
         from ..models.unet import valid_input_size
 
-        n = valid_input_size(1)
-        while n + 16 <= min(size, limit):
-            n += 16
+        n = valid_input_size(size)
+        while n > limit and n - 16 >= model.min_size:  # legal sizes are 16 apart
+            n -= 16
         return n
     return max(16, min(size, limit) // 16 * 16)
+
+
+def _context(model: nn.Module) -> int:
+    """Pixels per side a 'valid' net trims (92 for 4 levels), 0 in 'same' mode."""
+    if getattr(model, "padding", "same") != "valid":
+        return 0
+    return (model.min_size - model.output_size(model.min_size)) // 2
 
 
 def _whole_input(model: nn.Module) -> Callable[[int], int]:
@@ -209,9 +219,15 @@ def train(
         encoder_name=encoder_name, encoder_weights=encoder_weights, model_kwargs=model_kwargs)
     dist = dist or DistContext()
     # Images smaller than the smallest tile the net takes are mirror-padded (the paper's rule).
-    train_set = splits.train.padded(net.min_size)
+    # A 'valid' net's output is its input less `trim` px per side: the images get that much
+    # mirrored context, as the overlap-tile input has, so a crop's output can lie on any pixel
+    # of the image (not only on its centre) and the output is as large as the image allows.
+    trim = _context(net)
+    train_set = splits.train.padded(net.min_size, margin=trim)
     h, w = train_set.images.shape[-2:]
     tile = _legal_crop(net, crop, min(h, w))
+    out_tile = net.output_size(tile)
+    tiles = f"{tile}x{tile}" + (f" in, {out_tile}x{out_tile} out" if out_tile != tile else "")
     if encoder_weights is not None:  # the preprocessing the encoder's weights expect
         mean = list(net.encoder_cfg.mean)
         std = list(net.encoder_cfg.std)
@@ -226,7 +242,7 @@ def train(
     weighted = task.needs_weight_map
     cw = splits.class_weights() if weighted else None
     say(f"data: {splits.source}: {splits.describe()}, {k} classes ({', '.join(splits.classes)}); "
-        f"loss {loss}, training tiles {tile}x{tile}")
+        f"loss {loss}, training tiles {tiles}")
     train_targets = train_set.targets(weighted, cw, w0=w0, sigma=sigma)
     val_targets = splits.val.targets(weighted, cw, w0=w0, sigma=sigma)
     n_train = len(train_set) // dist.world
