@@ -566,6 +566,37 @@ def test_validation_scores_every_pixel_of_any_shape_once(padding, size):
     assert int(acc.confusion[1].sum()) == int(masks.sum())  # the image's own labels
 
 
+def test_validation_batches_are_bounded_by_pixels_and_do_not_change_the_metrics():
+    from cnnzoo.data.loader import BatchLoader
+    from cnnzoo.segmentation.task import SegmentationTask
+    from cnnzoo.segmentation.training import _val_batch_size, _whole_input
+
+    # 16 training tiles of 128 px = 262,144 px: one 1440 x 1088 image a batch (it was 16),
+    # four 256 x 256 ones, and small images stay at max(batch size, 16).
+    assert _val_batch_size(8, 128, 1440 * 1088) == 1
+    assert _val_batch_size(8, 128, 256 * 256) == 4
+    assert _val_batch_size(8, 128, 48 * 48) == 16 and _val_batch_size(32, 128, 48 * 48) == 32
+    # The metrics are sums over pixels (and cells per image): batching does not change them.
+    net = _eval_unet()
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (5, 1, 40, 44), dtype=torch.uint8, generator=gen)
+    masks = torch.randint(0, 3, (5, 40, 44), dtype=torch.uint8, generator=gen)
+    masks[:, :20, :20] = 1  # some cells to count
+    masks[1, 5:30] = IGNORE_INDEX
+    task = SegmentationTask(3, count_instances=True)
+    scores = []
+    for bs in (1, 2, 5):
+        acc = task.metrics()
+        loader = BatchLoader(images, masks, batch_size=bs, transform=PadToNet(_whole_input(net)))
+        with torch.no_grad():
+            for x, y in loader:
+                out = net(x)
+                acc.update(out, y, task.loss(out, y))
+        assert int(acc.confusion.sum()) == 5 * 40 * 44 - 25 * 44
+        scores.append({k: v for k, v in acc.compute().items() if k != "loss"})
+    assert scores[0] == scores[1] == scores[2]
+
+
 def test_images_smaller_than_a_tile_train_and_validate_whole(tmp_path):
     _pair_folder(tmp_path / "data", ["a", "b", "c"], size=(10, 12))
     out = tmp_path / "run"
