@@ -385,6 +385,26 @@ def test_csv_manifest_with_class_indices_and_a_missing_file(tmp_path):
     assert lines[1] == f"skipped x: no mask file given for {tmp_path / 'x.png'}"  # not EISDIR
 
 
+def test_csv_manifest_split_column_picks_validation_and_holds_test_out(tmp_path, capsys):
+    _pair_folder(tmp_path / "d", ["a", "b", "c", "d", "e", "f"], size=(8, 8))
+    rows = [("a", "train"), ("b", "val"), ("c", "train"), ("d", "test"), ("e", "VAL"),
+            ("f", "holdout")]
+    (tmp_path / "d" / "list.csv").write_text("image,mask,split\n" + "".join(
+        f"images/{n}.png,masks/{n}.png,{part}\n" for n, part in rows))
+    capsys.readouterr()
+    splits = load_segmentation(tmp_path / "d" / "list.csv")
+    assert splits.train.names == ["a", "c"] and splits.val.names == ["b", "e"]  # was random
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"{tmp_path / 'd' / 'list.csv'}: 1 row with split 'holdout' (line 7): the "
+                   "split is train, val or test"]
+    # No val row: a seeded fraction of the training rows, as without the column.
+    (tmp_path / "d" / "list.csv").write_text("image,mask,split\n" + "".join(
+        f"images/{n}.png,masks/{n}.png,{'test' if n == 'f' else 'train'}\n" for n, _ in rows))
+    splits = load_segmentation(tmp_path / "d" / "list.csv")
+    assert sorted(splits.train.names + splits.val.names) == ["a", "b", "c", "d", "e"]
+    assert len(splits.val) == 1
+
+
 def _pair_folder(root, stems, size=(16, 20)):
     """images/ and masks/ (0/255, a 4x4 square) for `stems`; returns the mask written."""
     (root / "images").mkdir(parents=True)

@@ -13,7 +13,9 @@ folder holds 16-bit PNGs of instance ids (0 = background), used for the border w
 U-Net's loss; without it, instances are the connected components of the foreground -- also for
 the pairs that lack an instance file when others have one (a note names them).
 
-A CSV manifest has a header and columns `image,mask[,instances]`, paths relative to the CSV.
+A CSV manifest has a header and columns `image,mask[,instances][,split]`, paths relative to the
+CSV; a split column (train/val/test, as in classification manifests) picks the validation pairs
+and holds the test ones out.
 
 A pair with a missing mask, an unreadable file, a JPEG mask, two files of one stem (a.png and
 a.jpg) or a mask whose size differs from its image is reported in one line (`report`, stderr by
@@ -62,6 +64,8 @@ class MaskPairs:
     classes: list[str]
     skipped: list[str] = field(default_factory=list)
     binary_255: bool = False  # the masks' 255 was read as class 1 (a 0/255 two-class set)
+    # Per pair 'train' or 'val': a manifest's split column; None without one (a folder).
+    splits: list[str] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -131,19 +135,42 @@ def find_pairs(
     return pairs, problems
 
 
-def read_manifest(path: str | Path) -> list[tuple[str, Path, Path, Path | None]]:
-    """Rows of a CSV manifest with columns image,mask[,instances] (paths relative to the CSV)."""
+def read_manifest(
+    path: str | Path, problems: list[str] | None = None
+) -> list[tuple[str, Path, Path, Path | None, str | None]]:
+    """Rows of a CSV manifest with columns image,mask[,instances][,split] (paths relative to the
+    CSV) as (name, image, mask, instances, split). split: 'train', 'val' or 'test' (the names
+    classification manifests take, `folder._SPLIT_NAMES`), 'train' in an empty cell, None
+    without a split column; rows of another split value are left out, one line per value in
+    `problems`."""
+    from .folder import _SPLIT_NAMES
+
     path = Path(path)
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f))
     if not rows or not {"image", "mask"} <= set(rows[0]):
-        raise DataError(f"{path}: expected a header with the columns image,mask[,instances].")
+        raise DataError(f"{path}: expected a header with the columns image,mask[,instances]"
+                        "[,split].")
+    column = next((c for c in ("split", "subset") if c in rows[0]), None)
     base = path.parent
     out = []
-    for row in rows:
+    unknown: dict[str, list[int]] = {}
+    for lineno, row in enumerate(rows, start=2):
+        split = None
+        if column is not None:
+            given = (row.get(column) or "").strip()
+            split = _SPLIT_NAMES.get(given.lower()) if given else "train"
+            if split is None:
+                unknown.setdefault(given, []).append(lineno)
+                continue
         img, mask = manifest_path(base, row["image"]), manifest_path(base, row["mask"])
         inst = manifest_path(base, row["instances"]) if row.get("instances") else None
-        out.append((img.stem, img, mask, inst))
+        out.append((img.stem, img, mask, inst, split))
+    for value, lines in unknown.items():
+        if problems is not None:
+            problems.append(f"{path}: {plural(len(lines), 'row')} with split {value!r} (line"
+                            f"{'s' if len(lines) > 1 else ''} {_some([str(n) for n in lines])}):"
+                            " the split is train, val or test")  # fmt: skip
     return out
 
 
@@ -251,6 +278,7 @@ def load_mask_pairs(
     classes: Sequence[str] | None = None,
     report: Callable[[str], None] | None = _stderr,
     binary_255: bool | None = None,
+    parts: Sequence[str] = ("train", "val"),
 ) -> MaskPairs:
     """Load pairs from a folder (`images/` + `masks/`) or a CSV manifest (a `.csv` path).
 
@@ -260,13 +288,16 @@ def load_mask_pairs(
         note (pairs without an instance file, rare inferred classes); None: silent.
     binary_255: whether 255 is class 1 (True) or ignored (False); None: decided from these
         masks (module docstring). A `val/` folder takes its training folder's decision.
+    parts: the rows of a manifest's split column that are read (test rows are held out).
     """
     source = Path(source)
     if source.suffix.lower() == ".csv":
-        entries, problems = read_manifest(source), []
+        problems: list[str] = []
+        entries = [e for e in read_manifest(source, problems) if e[4] is None or e[4] in parts]
         root = source.parent
     elif source.is_dir():
-        entries, problems = find_pairs(source)
+        found, problems = find_pairs(source)
+        entries = [(*e, None) for e in found]
         root = source
     else:
         raise DataError(
@@ -275,13 +306,13 @@ def load_mask_pairs(
     if classes is None and (root / "classes.txt").is_file():
         classes = [c.strip() for c in (root / "classes.txt").read_text().splitlines() if c.strip()]
 
-    images, masks, insts, names = [], [], [], []
+    images, masks, insts, names, splits = [], [], [], [], []
     # Instance files for some pairs only: use them where they exist and components elsewhere
     # (said in a note below), rather than dropping every instance file for one missing.
     have_instances = any(e[3] is not None for e in entries)
     without_instances: list[str] = []
     lossy = 0  # masks skipped for being JPEGs: when all are, the error says so
-    for name, img_path, mask_path, inst_path in entries:
+    for name, img_path, mask_path, inst_path, split in entries:
         try:
             img = _read_image(img_path)
         except (OSError, ValueError) as exc:
@@ -325,6 +356,7 @@ def load_mask_pairs(
         masks.append(mask)
         insts.append(inst)
         names.append(name)
+        splits.append(split)
     if report is not None:
         for line in problems:
             report(line)
@@ -398,6 +430,7 @@ def load_mask_pairs(
                 keep.append(i)
         images, masks = [images[i] for i in keep], [masks[i] for i in keep]
         insts, names = [insts[i] for i in keep], [names[i] for i in keep]
+        splits = [splits[i] for i in keep]
         if not images:
             raise DataError(f"no mask in {source} fits the {len(classes)} classes given.")
     # Grey and colour mixed: promote the grey ones, so one data set has one channel count.
@@ -411,4 +444,5 @@ def load_mask_pairs(
         classes=classes,
         skipped=problems,
         binary_255=binary_255,
+        splits=splits if entries and entries[0][4] is not None else None,
     )

@@ -248,8 +248,9 @@ def load_segmentation(
     cells: int = 200,
 ) -> SegmentationSplits:
     """'cells' (synthetic, `cells` images), a folder (`images/`, `masks/`, optional `val/` with
-    the same layout) or a CSV manifest; without a `val/` folder a seeded `val_fraction` of the
-    images (whole images, before tiling) is held out."""
+    the same layout) or a CSV manifest (its `split` column's val rows validate, test rows are
+    left out); without a `val/` folder or val rows a seeded `val_fraction` of the images (whole
+    images, before tiling) is held out."""
     if str(source) == "cells":
         # The same hold-out rule as for a folder: at least one image on each side.
         if cells < 2:
@@ -268,6 +269,13 @@ def load_segmentation(
         # The training folder's reading of 255 (class 1 or ignore), whatever val/'s masks hold.
         val_pairs = load_mask_pairs(val_dir, classes=pairs.classes, binary_255=pairs.binary_255)
         train_idx, val_idx = list(range(len(pairs))), None
+    elif pairs.splits is not None and "val" in pairs.splits:
+        # A manifest's split column, as classification manifests have it (test rows are not read).
+        val_pairs = None
+        train_idx = [i for i, p in enumerate(pairs.splits) if p == "train"]
+        val_idx = [i for i, p in enumerate(pairs.splits) if p == "val"]
+        if not train_idx:
+            raise DataError(f"{source} has no usable training row: mark some rows train.")
     else:
         val_pairs = None
         if len(pairs) < 2:
