@@ -782,6 +782,29 @@ def test_segment_cli_1024_image_writes_mask_and_overlay(trained, tmp_path, capsy
         "more than 4096 px fit in memory: choose a smaller --tile or --margin")
 
 
+@pytest.mark.parametrize("option", [["--augment", "photo"], ["--erase", "0.5"],
+                                    ["--label-smoothing", "0"]])
+def test_classification_options_are_refused_for_segmentation(option, tmp_path, capsys):
+    # They had no effect: the run was the default one, without a word.
+    out = tmp_path / "run"
+    rc = main(["train", "unet", "--task", "segmentation", "--data", "cells", *option,
+               "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and f"{option[0]} is for classification" in err[0]
+    assert not out.exists()  # before any work
+
+
+def test_classification_options_at_their_defaults_pass_and_patience_says_dice(capsys):
+    # At their defaults they are no request: the run goes on to the data (here refused later).
+    rc = main(["train", "unet", "--task", "segmentation", "--data", "cells", "--cells", "1",
+               "--erase", "0", "--label-smoothing", "0.1"])
+    assert rc == 2 and "cells has 1 image" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "better validation loss (segmentation: foreground Dice)" in help_text
+
+
 def test_segment_rejects_a_classification_checkpoint(tmp_path, capsys):
     from cnnzoo.engine.checkpoint import atomic_save
 
