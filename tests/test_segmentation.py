@@ -482,6 +482,18 @@ def test_jpeg_masks_are_skipped_and_all_jpeg_is_one_line(tmp_path):
     Image.fromarray(m).save(tmp_path / "d" / "masks" / "a.jpg")
     with pytest.raises(DataError, match="every mask in .* is a JPEG.*PNG"):
         load_mask_pairs(tmp_path / "d", report=None)
+    # An empty masks/ folder is not "every mask is a JPEG" (0 of 0 masks).
+    (tmp_path / "d" / "masks" / "a.jpg").unlink()
+    (tmp_path / "d" / "masks" / "b.jpg").unlink()
+    with pytest.raises(DataError) as exc:
+        load_mask_pairs(tmp_path / "d", report=None)
+    assert str(exc.value) == (
+        f"{tmp_path / 'd' / 'masks'} holds no masks: save one mask per image in "
+        f"{tmp_path / 'd' / 'masks'}, named by the image's stem (masks/a.png for images/a.jpg).")
+    # Masks of other stems only: the pairing rule, and the skipped lines above say which.
+    _png(tmp_path / "d" / "masks" / "z.png", m)
+    with pytest.raises(DataError, match=r"^no mask in .* has the stem of an image in .*file stem"):
+        load_mask_pairs(tmp_path / "d", report=None)
 
 
 def test_stray_mask_value_is_named_when_classes_are_inferred(tmp_path):

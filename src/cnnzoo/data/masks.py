@@ -272,6 +272,24 @@ def _read_image(path: Path) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr
 
 
+def _no_pairs(source: Path) -> str:
+    """Why a folder or manifest gave no image/mask pair at all, in one line."""
+    if source.suffix.lower() == ".csv":
+        return f"{source} lists no image/mask pair: write one `image,mask` row per image."
+    todo = {"images": "put the images there, and their masks (same file stems) in "
+                      f"{source / 'masks'}.",
+            "masks": f"save one mask per image in {source / 'masks'}, named by the image's stem "
+                     "(masks/a.png for images/a.jpg)."}
+    for what, how in todo.items():
+        d = source / what
+        if not any(p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+                   for p in d.iterdir()):
+            return f"{d} holds no {what}: {how}"
+    return (f"no mask in {source / 'masks'} has the stem of an image in {source / 'images'}: "
+            "pairs are matched by file stem (masks/a.png or masks/a_mask.png for images/a.jpg); "
+            "see the lines above.")
+
+
 def load_mask_pairs(
     source: str | Path,
     *,
@@ -360,6 +378,8 @@ def load_mask_pairs(
     if report is not None:
         for line in problems:
             report(line)
+    if not entries:  # (with none, "every mask is a JPEG" was true of 0 of 0 masks)
+        raise DataError(_no_pairs(source))
     if not images and lossy == len(entries):
         raise DataError(
             f"every mask in {source} is a JPEG, whose compression changes class values: "
