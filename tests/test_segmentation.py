@@ -482,9 +482,20 @@ def test_jpeg_masks_are_skipped_and_all_jpeg_is_one_line(tmp_path):
     Image.fromarray(m).save(tmp_path / "d" / "masks" / "a.jpg")
     with pytest.raises(DataError, match="every mask in .* is a JPEG.*PNG"):
         load_mask_pairs(tmp_path / "d", report=None)
+    # A lossy WebP (it decodes to RGB) is a lossy mask too, not a "colour mask"; a lossless
+    # one is read.
+    for stem in ("a", "b"):
+        (tmp_path / "d" / "masks" / f"{stem}.jpg").unlink()
+    Image.fromarray(m).save(tmp_path / "d" / "masks" / "b.webp", quality=80)
+    Image.fromarray(m).save(tmp_path / "d" / "masks" / "a.webp", lossless=True)
+    lines.clear()
+    pairs = load_mask_pairs(tmp_path / "d", report=lines.append)
+    assert pairs.names == ["a"] and np.array_equal(pairs.masks[0], m // 255)
+    assert lines == [f"skipped b: {tmp_path / 'd' / 'masks' / 'b.webp'}: lossy WebP mask: lossy "
+                     "compression changes the class values along every edge; save masks as PNG"]
+    (tmp_path / "d" / "masks" / "b.webp").unlink()
+    (tmp_path / "d" / "masks" / "a.webp").unlink()
     # An empty masks/ folder is not "every mask is a JPEG" (0 of 0 masks).
-    (tmp_path / "d" / "masks" / "a.jpg").unlink()
-    (tmp_path / "d" / "masks" / "b.jpg").unlink()
     with pytest.raises(DataError) as exc:
         load_mask_pairs(tmp_path / "d", report=None)
     assert str(exc.value) == (

@@ -7,7 +7,7 @@ Layout read by `load_mask_pairs(root)`::
 Masks are single-channel PNGs of class indices (0, 1, 2, ...; palette PNGs count as indices), or
 0/255 for two classes: when every mask holds only 0 and 255 (and no more than two classes are
 given), 255 becomes class 1. Otherwise 255 means "ignore" (the Pascal VOC convention) and is kept
-as `IGNORE_INDEX`, also in a mask that holds only 0 and 255. JPEG masks are refused: compression adds
+as `IGNORE_INDEX`, also in a mask that holds only 0 and 255. JPEG and lossy WebP masks are refused: compression adds
 in-between values along every edge, and each would become a class. An optional `instances/`
 folder holds 16-bit PNGs of instance ids (0 = background), used for the border weight map of
 U-Net's loss; without it, instances are the connected components of the foreground -- also for
@@ -214,13 +214,35 @@ def _rare_values_note(masks: Sequence[np.ndarray], names: Sequence[str], k: int)
     ]
 
 
+def _lossy_format(path: Path, fmt: str | None) -> str | None:
+    """'JPEG' or 'lossy WebP' for a file whose stored values are not the ones saved, else None.
+    WebP is lossy or lossless per file: its first image chunk says which ('VP8 ' or 'VP8L');
+    a lossy one also decodes to RGB, and was taken for a colour mask."""
+    if fmt in _LOSSY_FORMATS:
+        return "JPEG"
+    if fmt != "WEBP":
+        return None
+    with open(path, "rb") as f:
+        data = f.read(1 << 16)  # the chunk headers before the image data
+    pos = 12  # after 'RIFF' size 'WEBP'
+    while pos + 8 <= len(data):
+        fourcc, size = data[pos : pos + 4], int.from_bytes(data[pos + 4 : pos + 8], "little")
+        if fourcc == b"VP8 ":
+            return "lossy WebP"
+        if fourcc == b"VP8L":
+            return None
+        pos += 8 + size + (size & 1)  # 'VP8X', 'ALPH', 'ICCP', ... (padded to even sizes)
+    return None
+
+
 def _read_mask(path: Path) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as im:
-        if im.format in _LOSSY_FORMATS:
+        lossy = _lossy_format(path, im.format)
+        if lossy:
             raise _LossyFile(
-                "JPEG mask: lossy compression changes the class values along every edge; "
+                f"{lossy} mask: lossy compression changes the class values along every edge; "
                 "save masks as PNG"
             )
         if im.mode in ("RGB", "RGBA"):
@@ -245,8 +267,9 @@ def _read_instances(path: Path) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as im:
-        if im.format in _LOSSY_FORMATS:
-            raise _LossyFile("JPEG instance ids: lossy compression changes them; save a PNG")
+        lossy = _lossy_format(path, im.format)
+        if lossy:
+            raise _LossyFile(f"{lossy} instance ids: lossy compression changes them; save a PNG")
         arr = np.asarray(im)
     if arr.ndim != 2:
         raise ValueError("not one channel; save instance ids as a grey (16-bit) PNG")
@@ -329,7 +352,7 @@ def load_mask_pairs(
     # (said in a note below), rather than dropping every instance file for one missing.
     have_instances = any(e[3] is not None for e in entries)
     without_instances: list[str] = []
-    lossy = 0  # masks skipped for being JPEGs: when all are, the error says so
+    lossy = 0  # masks skipped for a lossy format: when all are, the error says so
     for name, img_path, mask_path, inst_path, split in entries:
         try:
             img = _read_image(img_path)
@@ -382,7 +405,8 @@ def load_mask_pairs(
         raise DataError(_no_pairs(source))
     if not images and lossy == len(entries):
         raise DataError(
-            f"every mask in {source} is a JPEG, whose compression changes class values: "
+            f"every mask in {source} is a JPEG or lossy WebP, whose compression changes class "
+            "values: "
             "save the masks as PNG."
         )
     if not images:
