@@ -312,6 +312,19 @@ def test_valid_unet_tiles_equal_whole_mirrored_image():
     rgb = create_model("unet", num_classes=2, in_chans=3, padding="same", base_width=4).eval()
     with pytest.raises(ValueError, match=r"channels last .* pass image.transpose\(2, 0, 1\)"):
         predict_tiled(rgb, np.zeros((40, 50, 3), np.uint8))
+    # Another channel count: one line that says what to pass (torch's errors named tensors).
+    with pytest.raises(ValueError) as exc:
+        predict_tiled(net, np.zeros((40, 50, 3), np.uint8))  # colour array, grey net
+    assert str(exc.value).startswith("image of shape (40, 50, 3) has 3 channels (H, W, C), but "
+                                     "the net takes 1: pass a grey (H, W) image, e.g. np.asarray("
+                                     "PIL.Image.open(path).convert('L'))")
+    with pytest.raises(ValueError) as exc:
+        predict_tiled(rgb, np.zeros((40, 50, 4), np.uint8))  # RGBA
+    assert str(exc.value) == ("image of shape (40, 50, 4) has 4 channels (H, W, C), but the net "
+                              "takes 3: pass its colour channels, image.transpose(2, 0, 1)"
+                              "[:3] (3, H, W), without the alpha channel")
+    with pytest.raises(ValueError, match=r"has 1 channel .*np.repeat\(image, 3, axis=0\)"):
+        predict_tiled(rgb, np.zeros((1, 40, 50), np.uint8))
 
 
 # ----------------------------------------------------------------------------- data
