@@ -697,6 +697,22 @@ def test_cells_need_two_images_to_validate():
     assert splits.describe() == "1 training and 1 validation images of 256x256"
 
 
+def test_segmentation_objects_have_one_line_reprs(tmp_path):
+    # repr(splits) was ~15,000 characters of arrays; the task and accumulator `<... at 0x...>`.
+    from cnnzoo.segmentation.task import SegmentationTask
+
+    splits = load_segmentation("cells", cells=4)
+    assert repr(splits) == "SegmentationSplits(cells: 2 classes, train=3 1x256x256, val=1 1x256x256)"
+    assert repr(splits.train) == "SegmentationSet(3 images of 256x256, 1 channel)"
+    task = SegmentationTask(2, loss="weighted_ce", count_instances=True)
+    assert repr(task) == "SegmentationTask(2 classes, loss='weighted_ce', monitor='dice')"
+    acc = task.metrics()
+    acc.update(torch.zeros(2, 2, 4, 5), torch.zeros(2, 4, 5, dtype=torch.long), torch.zeros(()))
+    assert repr(acc) == "SegmentationAccumulator(2 classes, 2 images, 40 pixels, counting cells)"
+    _pair_folder(tmp_path, ["a", "b"])
+    assert repr(load_mask_pairs(tmp_path, report=None)) == "MaskPairs(2 pairs, 2 classes, 0 skipped)"
+
+
 def test_cells_are_reproducible_and_export_reads_back(tmp_path):
     a = make_cells(2, size=64, seed=7)
     b = make_cells(3, size=64, seed=7)

@@ -78,6 +78,10 @@ class MaskPairs:
     def __len__(self) -> int:
         return len(self.images)
 
+    def __repr__(self) -> str:  # a notebook line, as ImageDataset's (not the arrays)
+        return (f"MaskPairs({plural(len(self), 'pair')}, {len(self.classes)} classes, "
+                f"{len(self.skipped)} skipped)")
+
 
 def foreground_components(mask: np.ndarray) -> np.ndarray:
     """Instance ids of a mask without an instance file: the 4-connected components of its

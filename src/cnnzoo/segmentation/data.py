@@ -56,6 +56,9 @@ class SegmentationSet:
     def __len__(self) -> int:
         return len(self.images)
 
+    def __repr__(self) -> str:  # a notebook line, as ImageDataset's (not the arrays)
+        return f"SegmentationSet({self.describe()}, {plural(self.images.shape[1], 'channel')})"
+
     def subset(self, idx: Sequence[int] | np.ndarray) -> SegmentationSet:
         idx = np.asarray(idx, dtype=np.int64)
         inst = None if self.instances is None else self.instances[idx]
@@ -135,6 +138,13 @@ class SegmentationSplits:
     @property
     def in_chans(self) -> int:
         return int(self.train.images.shape[1])
+
+    def __repr__(self) -> str:  # as data.Splits: counts and sizes, not the arrays
+        def part(s: SegmentationSet) -> str:
+            return f"{len(s)} {'x'.join(map(str, s.images.shape[1:]))}"
+
+        return (f"SegmentationSplits({self.source}: {self.num_classes} classes, "
+                f"train={part(self.train)}, val={part(self.val)})")
 
     def class_weights(self) -> np.ndarray:
         """w_c of the weight map, from the training masks' pixel frequencies."""
