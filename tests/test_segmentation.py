@@ -602,6 +602,38 @@ def test_validation_tiles_count_every_pixel_once(tmp_path):
     )
 
 
+def test_validation_grid_draws_only_the_image_part_of_padded_tiles(tmp_path, monkeypatch):
+    from cnnzoo.data.loader import BatchLoader
+    from cnnzoo.segmentation import visual
+    from cnnzoo.segmentation.data import SegmentationSplits
+    from cnnzoo.segmentation.training import _whole_input, write_validation_grid
+
+    rng = np.random.default_rng(0)
+    sizes = [(30, 30), (70, 40)]
+    images = [rng.integers(0, 256, (*s, 1), dtype=np.uint8) for s in sizes]
+    masks = [rng.integers(0, 3, s, dtype=np.uint8) for s in sizes]
+    val = stack_pairs(images, masks, None, ["a", "b"], 64, count_once=True)
+    # a (30 x 30) is centred in 64 x 64, b (70 x 40) in 128 x 64 (29 rows above, 12 left).
+    assert val.regions == [(17, 47, 17, 47), (29, 64, 12, 52), (0, 35, 12, 52)]
+    net = _eval_unet()
+    loader = BatchLoader(torch.from_numpy(val.images), torch.from_numpy(val.masks),
+                         batch_size=4, transform=PadToNet(_whole_input(net)))
+    splits = SegmentationSplits(val, val, ["0", "1", "2"], [], "x")
+    drawn = {}
+
+    def capture(imgs, truths, preds, path, titles=None):
+        drawn.update(imgs=imgs, truths=truths, preds=preds)
+        return path
+
+    monkeypatch.setattr(visual, "save_validation_grid", capture)
+    write_validation_grid(net, splits, loader, tmp_path / "v.png")
+    # The images themselves, not their mirrored copies (a 65x116 image showed as ~8 of them).
+    want = [images[0], images[1][:35], images[1][35:]]
+    assert [im.shape[:2] for im in drawn["imgs"]] == [(30, 30), (35, 40), (35, 40)]
+    assert all(np.array_equal(got[..., 0], w[..., 0]) for got, w in zip(drawn["imgs"], want, strict=True))
+    assert np.array_equal(drawn["truths"][2], masks[1][35:])
+
+
 @pytest.mark.parametrize("padding, size", [("same", (100, 150)), ("valid", (17, 90))])
 def test_validation_scores_every_pixel_of_any_shape_once(padding, size):
     from cnnzoo.segmentation.training import _whole_input

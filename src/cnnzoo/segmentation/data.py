@@ -45,13 +45,16 @@ from .tiling import mirror_indices
 @dataclass
 class SegmentationSet:
     """images: uint8 (N, C, H, W); masks: uint8 (N, H, W); instances: int32 (N, H, W) or None.
-    source_sizes: (H, W) of each image the N tiles were cut from, None when N whole images."""
+    source_sizes: (H, W) of each image the N tiles were cut from, None when N whole images.
+    regions: per validation tile, (top, bottom, left, right) of the part that is the image, not
+    its mirrored padding (what the report draws); None when every tile is image throughout."""
 
     images: np.ndarray
     masks: np.ndarray
     instances: np.ndarray | None
     names: list[str]
     source_sizes: list[tuple[int, int]] | None = None
+    regions: list[tuple[int, int, int, int]] | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -203,11 +206,14 @@ def stack_pairs(
         return SegmentationSet(
             np.stack(images).transpose(0, 3, 1, 2).copy(), np.stack(masks), inst, list(names)
         )
-    out_img, out_mask, out_inst, out_names = [], [], [], []
+    out_img, out_mask, out_inst, out_names, regions = [], [], [], [], []
     for k, (im, m) in enumerate(zip(images, masks, strict=True)):
         inst = None if instances is None else instances[k]
+        h, w = m.shape
+        top, left = 0, 0
         if count_once:
             th, tw = (math.ceil(n / tile) * tile for n in m.shape)
+            top, left = (th - h) // 2, (tw - w) // 2  # as _pad_to centres
             im, m = _pad_to(im, th, tw), _pad_to(m, th, tw, fill=IGNORE_INDEX)
             inst = None if inst is None else _pad_to(inst, th, tw, fill=0)
             ys, xs = range(0, th, tile), range(0, tw, tile)
@@ -222,12 +228,16 @@ def stack_pairs(
                 if inst is not None:
                     out_inst.append(inst[y : y + tile, x : x + tile])
                 out_names.append(f"{names[k]}@{y},{x}")
+                # The image's part of the tile (validation pads with a mirror image of it).
+                regions.append((max(top - y, 0), min(top + h - y, tile),
+                                max(left - x, 0), min(left + w - x, tile)))
     return SegmentationSet(
         np.stack(out_img).transpose(0, 3, 1, 2).copy(),
         np.stack(out_mask),
         np.stack(out_inst).astype(np.int32) if instances is not None else None,
         out_names,
         [m.shape[:2] for m in masks],
+        regions if count_once else None,
     )
 
 

@@ -326,6 +326,13 @@ def write_validation_grid(
     # The loader pads the images for the net (`PadToNet`); each image is the centre of all three.
     h, w = splits.val.masks.shape[1:]
     imgs, truths, preds = ([_centre(a, h, w) for a in part] for part in (imgs, truths, preds))
+    if splits.val.regions is not None:
+        # Tiles of validation images smaller than a tile are mostly mirrored padding: draw only
+        # the image (a 65 x 116 image showed as ~8 mirrored copies with contours on them).
+        boxes = splits.val.regions[: len(imgs)]
+        imgs, truths, preds = (
+            [a[y0:y1, x0:x1] for a, (y0, y1, x0, x1) in zip(part, boxes, strict=True)]
+            for part in (imgs, truths, preds))
     titles = []
     for i, (t, p) in enumerate(zip(truths, preds, strict=True)):
         _, iou = dice_iou(cm(torch.from_numpy(p), torch.from_numpy(t), splits.num_classes))
