@@ -87,6 +87,13 @@ def test_segment_outputs_never_overwrite_each_other():
     assert list(output_stems(same).values()) == ["a/x", "b/x"]
     side = [Path("/t/a/x.png"), Path("/t/a/x.jpg")]
     assert list(output_stems(side).values()) == ["x_png", "x_jpg"]
+    # Only the images that share a stem are renamed (b.png was b_png too, not b as documented).
+    mixed = [Path("/t/a/x.png"), Path("/t/a/x.jpg"), Path("/t/a/b.png"), Path("/t/c/y.png"),
+             Path("/t/d/y.png")]
+    assert list(output_stems(mixed).values()) == ["x_png", "x_jpg", "b", "c/y", "d/y"]
+    # A renamed one meeting another's own stem: still no two alike.
+    clash = [Path("/t/a.png"), Path("/t/a.jpg"), Path("/t/a_png.gif")]
+    assert len(set(output_stems(clash).values())) == 3
 
 
 def test_predict_bundle_refuses_model_and_weights(tmp_path, capsys):

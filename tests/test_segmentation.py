@@ -96,6 +96,47 @@ def test_valid_mode_loss_crops_the_mask_to_the_output():
     assert float(loss) == pytest.approx(float(want), abs=1e-6)
 
 
+@pytest.mark.parametrize("kind", ["ce", "dice", "ce+dice", "weighted_ce"])
+def test_losses_of_ignored_pixels_count_nowhere(kind):
+    # Every pixel predicts p = (1/4, 3/4): logits (0, ln 3).
+    logits = torch.zeros(1, 2, 2, 2)
+    logits[:, 1] = math.log(3)
+    mask = torch.tensor([[[0, 1], [255, 255]]])  # two labelled pixels, two ignored (VOC)
+    weight = torch.tensor([[[2.0, 3.0], [0.0, 0.0]]])
+
+    def target(m):
+        return torch.stack([m.float(), weight], 1) if kind == "weighted_ce" else m
+
+    ce0, ce1 = math.log(4), math.log(4 / 3)  # -ln p of the true class
+    # soft Dice (smooth 1) over the labelled pixels: class 0 (2/4 + 1) / (1/2 + 1 + 1),
+    # class 1 (6/4 + 1) / (3/2 + 1 + 1)
+    dice = 1 - (1.5 / 2.5 + 2.5 / 3.5) / 2
+    want = {"ce": (ce0 + ce1) / 2, "dice": dice, "ce+dice": (ce0 + ce1) / 2 + dice,
+            "weighted_ce": (2 * ce0 + 3 * ce1) / 2}[kind]
+    assert float(segmentation_loss(logits, target(mask), kind)) == pytest.approx(want, abs=1e-6)
+    # No labelled pixel at all (a crop of an unlabelled region): zero, not NaN, and backward
+    # works (it stopped training with "loss became NaN/inf ... lower --lr").
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    none = torch.full((2, 8, 8), IGNORE_INDEX)
+    t = torch.stack([none.float(), torch.zeros(2, 8, 8)], 1) if kind == "weighted_ce" else none
+    loss = segmentation_loss(x, t, kind)
+    assert loss.item() == 0.0 and loss.requires_grad
+    loss.backward()
+    assert x.grad is not None and torch.equal(x.grad, torch.zeros_like(x))
+
+
+def test_class_weighted_ce_is_torchs_weighted_mean_and_zero_when_all_ignored():
+    logits = torch.zeros(1, 2, 2, 2)
+    logits[:, 1] = math.log(3)
+    mask = torch.tensor([[[0, 1], [255, 255]]])
+    w = torch.tensor([1.0, 3.0])
+    want = (1 * math.log(4) + 3 * math.log(4 / 3)) / (1 + 3)
+    got = segmentation_loss(logits, mask, "ce", class_weights=w)
+    assert float(got) == pytest.approx(want, abs=1e-6)
+    none = torch.full((1, 2, 2), IGNORE_INDEX)
+    assert float(segmentation_loss(logits, none, "ce", class_weights=w)) == 0.0
+
+
 # ----------------------------------------------------------------------------- metrics
 
 
@@ -271,6 +312,19 @@ def test_valid_unet_tiles_equal_whole_mirrored_image():
     rgb = create_model("unet", num_classes=2, in_chans=3, padding="same", base_width=4).eval()
     with pytest.raises(ValueError, match=r"channels last .* pass image.transpose\(2, 0, 1\)"):
         predict_tiled(rgb, np.zeros((40, 50, 3), np.uint8))
+    # Another channel count: one line that says what to pass (torch's errors named tensors).
+    with pytest.raises(ValueError) as exc:
+        predict_tiled(net, np.zeros((40, 50, 3), np.uint8))  # colour array, grey net
+    assert str(exc.value).startswith("image of shape (40, 50, 3) has 3 channels (H, W, C), but "
+                                     "the net takes 1: pass a grey (H, W) image, e.g. np.asarray("
+                                     "PIL.Image.open(path).convert('L'))")
+    with pytest.raises(ValueError) as exc:
+        predict_tiled(rgb, np.zeros((40, 50, 4), np.uint8))  # RGBA
+    assert str(exc.value) == ("image of shape (40, 50, 4) has 4 channels (H, W, C), but the net "
+                              "takes 3: pass its colour channels, image.transpose(2, 0, 1)"
+                              "[:3] (3, H, W), without the alpha channel")
+    with pytest.raises(ValueError, match=r"has 1 channel .*np.repeat\(image, 3, axis=0\)"):
+        predict_tiled(rgb, np.zeros((1, 40, 50), np.uint8))
 
 
 # ----------------------------------------------------------------------------- data
@@ -344,6 +398,26 @@ def test_csv_manifest_with_class_indices_and_a_missing_file(tmp_path):
     assert lines[1] == f"skipped x: no mask file given for {tmp_path / 'x.png'}"  # not EISDIR
 
 
+def test_csv_manifest_split_column_picks_validation_and_holds_test_out(tmp_path, capsys):
+    _pair_folder(tmp_path / "d", ["a", "b", "c", "d", "e", "f"], size=(8, 8))
+    rows = [("a", "train"), ("b", "val"), ("c", "train"), ("d", "test"), ("e", "VAL"),
+            ("f", "holdout")]
+    (tmp_path / "d" / "list.csv").write_text("image,mask,split\n" + "".join(
+        f"images/{n}.png,masks/{n}.png,{part}\n" for n, part in rows))
+    capsys.readouterr()
+    splits = load_segmentation(tmp_path / "d" / "list.csv")
+    assert splits.train.names == ["a", "c"] and splits.val.names == ["b", "e"]  # was random
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"{tmp_path / 'd' / 'list.csv'}: 1 row with split 'holdout' (line 7): the "
+                   "split is train, val or test"]
+    # No val row: a seeded fraction of the training rows, as without the column.
+    (tmp_path / "d" / "list.csv").write_text("image,mask,split\n" + "".join(
+        f"images/{n}.png,masks/{n}.png,{'test' if n == 'f' else 'train'}\n" for n, _ in rows))
+    splits = load_segmentation(tmp_path / "d" / "list.csv")
+    assert sorted(splits.train.names + splits.val.names) == ["a", "b", "c", "d", "e"]
+    assert len(splits.val) == 1
+
+
 def _pair_folder(root, stems, size=(16, 20)):
     """images/ and masks/ (0/255, a 4x4 square) for `stems`; returns the mask written."""
     (root / "images").mkdir(parents=True)
@@ -374,7 +448,7 @@ def test_255_is_class_one_only_when_every_mask_is_0_255(tmp_path):
             "the foreground if 255 marks it") in lines
 
 
-def test_a_val_folder_reads_255_as_its_training_folder_does(tmp_path):
+def test_a_val_folder_reads_255_as_its_training_folder_does(tmp_path, capsys):
     # Training masks 0/1 with ignored (255) pixels; one val mask holds only 0 and 255.
     m = np.zeros((16, 20), np.uint8)
     m[4:8, 4:8], m[0] = 1, 255
@@ -384,8 +458,14 @@ def test_a_val_folder_reads_255_as_its_training_folder_does(tmp_path):
         for stem in stems:
             _png(root / "images" / f"{stem}.png", np.full((16, 20), 100, np.uint8))
             _png(root / "masks" / f"{stem}.png", m if root == tmp_path else (m == 255).astype(np.uint8) * 255)
+    capsys.readouterr()
     splits = load_segmentation(tmp_path)
     assert np.unique(splits.val.masks).tolist() == [0, 255]  # ignored, not class 1
+    # ... and said, naming the mask, as for the same mix within one folder (val_dice was 0
+    # without a word).
+    assert (f"note: 1 of 1 masks in {tmp_path / 'val'} hold only 0 and 255 (v), but 255 means "
+            "'ignore' for the training masks, so these masks have no foreground; save them with "
+            "1 for the foreground if 255 marks it") in capsys.readouterr().err.splitlines()
     # A 0/255 training folder: 255 is class 1 in val/ too, whose 1 stays 1.
     for stem in ("a", "b"):
         _png(tmp_path / "masks" / f"{stem}.png", (m == 1).astype(np.uint8) * 255)
@@ -393,6 +473,7 @@ def test_a_val_folder_reads_255_as_its_training_folder_does(tmp_path):
     splits = load_segmentation(tmp_path)
     assert np.unique(splits.train.masks).tolist() == [0, 1]
     assert np.unique(splits.val.masks).tolist() == [0, 1]
+    assert "note:" not in capsys.readouterr().err
     # Grey training images, a colour val/ image: the grey ones are promoted, as within one
     # folder (this was an error that did not say what to do).
     _png(tmp_path / "val" / "images" / "v.png", np.full((16, 20, 3), 100, np.uint8))
@@ -413,6 +494,29 @@ def test_jpeg_masks_are_skipped_and_all_jpeg_is_one_line(tmp_path):
     (tmp_path / "d" / "masks" / "a.png").unlink()
     Image.fromarray(m).save(tmp_path / "d" / "masks" / "a.jpg")
     with pytest.raises(DataError, match="every mask in .* is a JPEG.*PNG"):
+        load_mask_pairs(tmp_path / "d", report=None)
+    # A lossy WebP (it decodes to RGB) is a lossy mask too, not a "colour mask"; a lossless
+    # one is read.
+    for stem in ("a", "b"):
+        (tmp_path / "d" / "masks" / f"{stem}.jpg").unlink()
+    Image.fromarray(m).save(tmp_path / "d" / "masks" / "b.webp", quality=80)
+    Image.fromarray(m).save(tmp_path / "d" / "masks" / "a.webp", lossless=True)
+    lines.clear()
+    pairs = load_mask_pairs(tmp_path / "d", report=lines.append)
+    assert pairs.names == ["a"] and np.array_equal(pairs.masks[0], m // 255)
+    assert lines == [f"skipped b: {tmp_path / 'd' / 'masks' / 'b.webp'}: lossy WebP mask: lossy "
+                     "compression changes the class values along every edge; save masks as PNG"]
+    (tmp_path / "d" / "masks" / "b.webp").unlink()
+    (tmp_path / "d" / "masks" / "a.webp").unlink()
+    # An empty masks/ folder is not "every mask is a JPEG" (0 of 0 masks).
+    with pytest.raises(DataError) as exc:
+        load_mask_pairs(tmp_path / "d", report=None)
+    assert str(exc.value) == (
+        f"{tmp_path / 'd' / 'masks'} holds no masks: save one mask per image in "
+        f"{tmp_path / 'd' / 'masks'}, named by the image's stem (masks/a.png for images/a.jpg).")
+    # Masks of other stems only: the pairing rule, and the skipped lines above say which.
+    _png(tmp_path / "d" / "masks" / "z.png", m)
+    with pytest.raises(DataError, match=r"^no mask in .* has the stem of an image in .*file stem"):
         load_mask_pairs(tmp_path / "d", report=None)
 
 
@@ -498,6 +602,38 @@ def test_validation_tiles_count_every_pixel_once(tmp_path):
     )
 
 
+def test_validation_grid_draws_only_the_image_part_of_padded_tiles(tmp_path, monkeypatch):
+    from cnnzoo.data.loader import BatchLoader
+    from cnnzoo.segmentation import visual
+    from cnnzoo.segmentation.data import SegmentationSplits
+    from cnnzoo.segmentation.training import _whole_input, write_validation_grid
+
+    rng = np.random.default_rng(0)
+    sizes = [(30, 30), (70, 40)]
+    images = [rng.integers(0, 256, (*s, 1), dtype=np.uint8) for s in sizes]
+    masks = [rng.integers(0, 3, s, dtype=np.uint8) for s in sizes]
+    val = stack_pairs(images, masks, None, ["a", "b"], 64, count_once=True)
+    # a (30 x 30) is centred in 64 x 64, b (70 x 40) in 128 x 64 (29 rows above, 12 left).
+    assert val.regions == [(17, 47, 17, 47), (29, 64, 12, 52), (0, 35, 12, 52)]
+    net = _eval_unet()
+    loader = BatchLoader(torch.from_numpy(val.images), torch.from_numpy(val.masks),
+                         batch_size=4, transform=PadToNet(_whole_input(net)))
+    splits = SegmentationSplits(val, val, ["0", "1", "2"], [], "x")
+    drawn = {}
+
+    def capture(imgs, truths, preds, path, titles=None):
+        drawn.update(imgs=imgs, truths=truths, preds=preds)
+        return path
+
+    monkeypatch.setattr(visual, "save_validation_grid", capture)
+    write_validation_grid(net, splits, loader, tmp_path / "v.png")
+    # The images themselves, not their mirrored copies (a 65x116 image showed as ~8 of them).
+    want = [images[0], images[1][:35], images[1][35:]]
+    assert [im.shape[:2] for im in drawn["imgs"]] == [(30, 30), (35, 40), (35, 40)]
+    assert all(np.array_equal(got[..., 0], w[..., 0]) for got, w in zip(drawn["imgs"], want, strict=True))
+    assert np.array_equal(drawn["truths"][2], masks[1][35:])
+
+
 @pytest.mark.parametrize("padding, size", [("same", (100, 150)), ("valid", (17, 90))])
 def test_validation_scores_every_pixel_of_any_shape_once(padding, size):
     from cnnzoo.segmentation.training import _whole_input
@@ -518,6 +654,37 @@ def test_validation_scores_every_pixel_of_any_shape_once(padding, size):
     assert int(acc.confusion[1].sum()) == int(masks.sum())  # the image's own labels
 
 
+def test_validation_batches_are_bounded_by_pixels_and_do_not_change_the_metrics():
+    from cnnzoo.data.loader import BatchLoader
+    from cnnzoo.segmentation.task import SegmentationTask
+    from cnnzoo.segmentation.training import _val_batch_size, _whole_input
+
+    # 16 training tiles of 128 px = 262,144 px: one 1440 x 1088 image a batch (it was 16),
+    # four 256 x 256 ones, and small images stay at max(batch size, 16).
+    assert _val_batch_size(8, 128, 1440 * 1088) == 1
+    assert _val_batch_size(8, 128, 256 * 256) == 4
+    assert _val_batch_size(8, 128, 48 * 48) == 16 and _val_batch_size(32, 128, 48 * 48) == 32
+    # The metrics are sums over pixels (and cells per image): batching does not change them.
+    net = _eval_unet()
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (5, 1, 40, 44), dtype=torch.uint8, generator=gen)
+    masks = torch.randint(0, 3, (5, 40, 44), dtype=torch.uint8, generator=gen)
+    masks[:, :20, :20] = 1  # some cells to count
+    masks[1, 5:30] = IGNORE_INDEX
+    task = SegmentationTask(3, count_instances=True)
+    scores = []
+    for bs in (1, 2, 5):
+        acc = task.metrics()
+        loader = BatchLoader(images, masks, batch_size=bs, transform=PadToNet(_whole_input(net)))
+        with torch.no_grad():
+            for x, y in loader:
+                out = net(x)
+                acc.update(out, y, task.loss(out, y))
+        assert int(acc.confusion.sum()) == 5 * 40 * 44 - 25 * 44
+        scores.append({k: v for k, v in acc.compute().items() if k != "loss"})
+    assert scores[0] == scores[1] == scores[2]
+
+
 def test_images_smaller_than_a_tile_train_and_validate_whole(tmp_path):
     _pair_folder(tmp_path / "data", ["a", "b", "c"], size=(10, 12))
     out = tmp_path / "run"
@@ -530,12 +697,52 @@ def test_images_smaller_than_a_tile_train_and_validate_whole(tmp_path):
     assert math.isclose(row["val_pixel_acc"] * 120, round(row["val_pixel_acc"] * 120))
 
 
+def test_valid_padding_crop_is_the_output_side_and_images_get_the_trimmed_context(tmp_path):
+    from cnnzoo.segmentation.training import _legal_crop, train
+
+    net = create_model("unet", num_classes=2, in_chans=1, padding="valid", base_width=4)
+    # The paper's tile: 572 in -> 388 out; the default crop 128 -> 316 in, 132 out (it was a
+    # 188 input scoring 4 x 4 centre pixels per step).
+    assert _legal_crop(net, 388, 10_000) == 572 and net.output_size(572) == 388
+    assert _legal_crop(net, 128, 10_000) == 316 and net.output_size(316) == 132
+    # At most what the images allow: 64-px images + 2 x 92 px of mirrored context = 248 ->
+    # 236 in (188 + 16 * 3), 52 out.
+    assert _legal_crop(net, 128, 64 + 184) == 236 and net.output_size(236) == 52
+    # Mirror padding by a margin keeps the image in the centre.
+    m = np.arange(20, dtype=np.uint8).reshape(4, 5)
+    sset = SegmentationSet(m[None, None], m[None], None, ["a"]).padded(16, margin=3)
+    assert sset.masks.shape == (1, 16, 16) and np.array_equal(sset.masks[0, 6:10, 5:10], m)
+    sset = SegmentationSet(m[None, None], m[None], None, ["a"]).padded(4, margin=3)
+    assert sset.masks.shape == (1, 10, 11) and np.array_equal(sset.masks[0, 3:7, 3:8], m)
+    _pair_folder(tmp_path / "d", ["a", "b", "c"], size=(64, 64))
+    lines: list[str] = []
+    train(tmp_path / "d", padding="valid", base_width=4, epochs=1, say=lines.append,
+          precision="fp32", channels_last="off", progress=False, tensorboard=False, report=False)
+    assert lines[0].endswith("training tiles 236x236 in, 52x52 out")
+
+
 def test_cells_need_two_images_to_validate():
     with pytest.raises(DataError, match="cells has 1 image: need at least 2 to validate"):
         load_segmentation("cells", cells=1)
     splits = load_segmentation("cells", cells=2, val_fraction=0.9)
     assert (len(splits.train), len(splits.val)) == (1, 1)
     assert splits.describe() == "1 training and 1 validation images of 256x256"
+
+
+def test_segmentation_objects_have_one_line_reprs(tmp_path):
+    # repr(splits) was ~15,000 characters of arrays; the task and accumulator `<... at 0x...>`.
+    from cnnzoo.segmentation.task import SegmentationTask
+
+    splits = load_segmentation("cells", cells=4)
+    assert repr(splits) == "SegmentationSplits(cells: 2 classes, train=3 1x256x256, val=1 1x256x256)"
+    assert repr(splits.train) == "SegmentationSet(3 images of 256x256, 1 channel)"
+    task = SegmentationTask(2, loss="weighted_ce", count_instances=True)
+    assert repr(task) == "SegmentationTask(2 classes, loss='weighted_ce', monitor='dice')"
+    acc = task.metrics()
+    acc.update(torch.zeros(2, 2, 4, 5), torch.zeros(2, 4, 5, dtype=torch.long), torch.zeros(()))
+    assert repr(acc) == "SegmentationAccumulator(2 classes, 2 images, 40 pixels, counting cells)"
+    _pair_folder(tmp_path, ["a", "b"])
+    assert repr(load_mask_pairs(tmp_path, report=None)) == "MaskPairs(2 pairs, 2 classes, 0 skipped)"
 
 
 def test_cells_are_reproducible_and_export_reads_back(tmp_path):
@@ -657,6 +864,29 @@ def test_segment_cli_1024_image_writes_mask_and_overlay(trained, tmp_path, capsy
     assert rc == 2 and not (tmp_path / "o2" / "big_mask.png").exists()
     assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
         "more than 4096 px fit in memory: choose a smaller --tile or --margin")
+
+
+@pytest.mark.parametrize("option", [["--augment", "photo"], ["--erase", "0.5"],
+                                    ["--label-smoothing", "0"]])
+def test_classification_options_are_refused_for_segmentation(option, tmp_path, capsys):
+    # They had no effect: the run was the default one, without a word.
+    out = tmp_path / "run"
+    rc = main(["train", "unet", "--task", "segmentation", "--data", "cells", *option,
+               "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and f"{option[0]} is for classification" in err[0]
+    assert not out.exists()  # before any work
+
+
+def test_classification_options_at_their_defaults_pass_and_patience_says_dice(capsys):
+    # At their defaults they are no request: the run goes on to the data (here refused later).
+    rc = main(["train", "unet", "--task", "segmentation", "--data", "cells", "--cells", "1",
+               "--erase", "0", "--label-smoothing", "0.1"])
+    assert rc == 2 and "cells has 1 image" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "better validation loss (segmentation: foreground Dice)" in help_text
 
 
 def test_segment_rejects_a_classification_checkpoint(tmp_path, capsys):

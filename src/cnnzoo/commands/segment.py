@@ -31,7 +31,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--classes", help="class names in index order, e.g. background,cell "
                    "(default: classes.txt in the folder, else 0, 1, ...)")
     g.add_argument("--crop", type=COUNT, default=None,
-                   help="training tile side in pixels (default 128; snapped to a legal size)")
+                   help="training tile side in pixels (default 128; snapped to a legal size); "
+                        "with --padding valid the output side: 388 gives the paper's 572-px "
+                        "input")
     g.add_argument("--padding", choices=("same", "valid"), default="same",
                    help="'valid' is the paper's net (output smaller than input); default same")
     g.add_argument("--base-width", type=COUNT, default=16,
@@ -78,15 +80,27 @@ def write_mask_png(mask, num_classes: int, path: Path) -> Path:
 
 
 def output_stems(paths: list[Path]) -> dict[Path, str]:
-    """Output name (without _mask.png) per image: its stem, or, when two images share a stem
-    (a/x.png, b/x.png, x.jpg), its path below their common folder, so none overwrites another."""
-    stems = [p.stem for p in paths]
-    if len(set(stems)) < len(stems):
-        root = Path(os.path.commonpath([p.resolve().parent for p in paths]))
-        stems = [p.resolve().relative_to(root).with_suffix("").as_posix() for p in paths]
-    if len(set(stems)) < len(stems):  # x.png and x.jpg side by side
-        stems = [f"{s}_{p.suffix.lstrip('.')}" for s, p in zip(stems, paths, strict=True)]
-    return dict(zip(paths, stems, strict=True))
+    """Output name (without _mask.png) per image: its stem, or, for the images that share a stem
+    (a/x.png, b/x.png, x.jpg), their path below their common folder, and their extension when
+    that is not enough (x.png, x.jpg side by side), so none overwrites another. Images whose stem
+    is their own keep it (`b_png_mask.png` for a lone b.png was a surprise)."""
+    from collections import Counter
+
+    names = {p: p.stem for p in paths}
+
+    def clashing() -> list[Path]:
+        count = Counter(names.values())
+        return [p for p in paths if count[names[p]] > 1]
+
+    groups: dict[str, list[Path]] = {}
+    for p in clashing():
+        groups.setdefault(names[p], []).append(p)
+    for same in groups.values():  # each stem's files, below their own common folder
+        root = Path(os.path.commonpath([p.resolve().parent for p in same]))
+        names.update({p: p.resolve().relative_to(root).with_suffix("").as_posix() for p in same})
+    names.update({p: f"{names[p]}_{p.suffix.lstrip('.')}" for p in clashing()})
+    names.update({p: f"{names[p]}_{i}" for i, p in enumerate(clashing(), 1)})  # a.png, a_png.png
+    return names
 
 
 def run(args: argparse.Namespace) -> int:

@@ -24,6 +24,8 @@ from .argtypes import (
     size_epochs,
 )
 
+LABEL_SMOOTHING = 0.1
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="zoo model name (`cnnzoo models` lists them)")
@@ -45,7 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", choices=("onecycle", "cosine", "constant"), default="onecycle")
     p.add_argument("--warmup-epochs", type=real(0), default=0.0,
                    help="linear warm-up for cosine/constant schedules")
-    p.add_argument("--label-smoothing", type=real(0, 1, below=True), default=0.1)
+    p.add_argument("--label-smoothing", type=real(0, 1, below=True), default=LABEL_SMOOTHING,
+                   help="classification only (default 0.1)")
     p.add_argument("--weight-decay", type=real(0), default=None,
                    help="default 5e-4 for sgd, 0.05 for adamw; never on norms and biases")
     p.add_argument("--grad-clip", type=real(0, above=True), default=None,
@@ -57,8 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="freeze BatchNorm layers: running statistics are used, not updated, "
                         "and their scale/shift do not train")
     p.add_argument("--patience", type=patience_epochs, default=None,
-                   help="early stopping: epochs without a better validation loss; the best "
-                        "weights are restored (default and 0: off)")
+                   help="early stopping: epochs without a better validation loss "
+                        "(segmentation: foreground Dice); the best weights are restored "
+                        "(default and 0: off)")
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint")
@@ -79,7 +83,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="input channels: 1 (grey) or 3 (RGB) (default: the data's own: 1 when "
                         "every image is grey, as the built-ins are, else 3)")
     p.add_argument("--augment", choices=("none", "flip-crop", "crop", "photo"), default=None,
-                   help="default: crop for digits, flip-crop otherwise")
+                   help="default: crop for digits, flip-crop otherwise (classification only)")
     p.add_argument("--erase", type=real(0, 1), default=0.0, metavar="P",
                    help="random erasing (Zhong et al. 2017) with probability P on top of "
                         "--augment (0: off; the paper uses 0.5)")
@@ -172,6 +176,18 @@ def run(args: argparse.Namespace) -> int:
             if args.channels:
                 raise DataError("--channels is for classification; segmentation keeps its "
                                 "images' own channels (grey, or colour when any is)")
+            # Classification options segmentation has no use for: a run that ignores them is
+            # the default run, so a set one is refused rather than silently dropped.
+            if args.augment is not None:
+                raise DataError("--augment is for classification; segmentation always applies "
+                                "the paper's crops, flips, turns and elastic deformation "
+                                "(--elastic 0 turns the deformation off)")
+            if args.erase:
+                raise DataError("--erase is for classification; segmentation's augmentation "
+                                "is set with --elastic")
+            if args.label_smoothing != LABEL_SMOOTHING:
+                raise DataError("--label-smoothing is for classification; segmentation's loss "
+                                "is chosen with --loss")
             # Segmentation is a configuration of the same loop; its data, losses and metrics
             # live in cnnzoo.segmentation (issue 7).
             from ..segmentation.training import train_segmentation

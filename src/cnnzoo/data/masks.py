@@ -7,13 +7,15 @@ Layout read by `load_mask_pairs(root)`::
 Masks are single-channel PNGs of class indices (0, 1, 2, ...; palette PNGs count as indices), or
 0/255 for two classes: when every mask holds only 0 and 255 (and no more than two classes are
 given), 255 becomes class 1. Otherwise 255 means "ignore" (the Pascal VOC convention) and is kept
-as `IGNORE_INDEX`, also in a mask that holds only 0 and 255. JPEG masks are refused: compression adds
+as `IGNORE_INDEX`, also in a mask that holds only 0 and 255. JPEG and lossy WebP masks are refused: compression adds
 in-between values along every edge, and each would become a class. An optional `instances/`
 folder holds 16-bit PNGs of instance ids (0 = background), used for the border weight map of
 U-Net's loss; without it, instances are the connected components of the foreground -- also for
 the pairs that lack an instance file when others have one (a note names them).
 
-A CSV manifest has a header and columns `image,mask[,instances]`, paths relative to the CSV.
+A CSV manifest has a header and columns `image,mask[,instances][,split]`, paths relative to the
+CSV; a split column (train/val/test, as in classification manifests) picks the validation pairs
+and holds the test ones out.
 
 A pair with a missing mask, an unreadable file, a JPEG mask, two files of one stem (a.png and
 a.jpg) or a mask whose size differs from its image is reported in one line (`report`, stderr by
@@ -62,6 +64,8 @@ class MaskPairs:
     classes: list[str]
     skipped: list[str] = field(default_factory=list)
     binary_255: bool = False  # the masks' 255 was read as class 1 (a 0/255 two-class set)
+    # Per pair 'train' or 'val': a manifest's split column; None without one (a folder).
+    splits: list[str] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -73,6 +77,10 @@ class MaskPairs:
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def __repr__(self) -> str:  # a notebook line, as ImageDataset's (not the arrays)
+        return (f"MaskPairs({plural(len(self), 'pair')}, {len(self.classes)} classes, "
+                f"{len(self.skipped)} skipped)")
 
 
 def foreground_components(mask: np.ndarray) -> np.ndarray:
@@ -131,19 +139,42 @@ def find_pairs(
     return pairs, problems
 
 
-def read_manifest(path: str | Path) -> list[tuple[str, Path, Path, Path | None]]:
-    """Rows of a CSV manifest with columns image,mask[,instances] (paths relative to the CSV)."""
+def read_manifest(
+    path: str | Path, problems: list[str] | None = None
+) -> list[tuple[str, Path, Path, Path | None, str | None]]:
+    """Rows of a CSV manifest with columns image,mask[,instances][,split] (paths relative to the
+    CSV) as (name, image, mask, instances, split). split: 'train', 'val' or 'test' (the names
+    classification manifests take, `folder._SPLIT_NAMES`), 'train' in an empty cell, None
+    without a split column; rows of another split value are left out, one line per value in
+    `problems`."""
+    from .folder import _SPLIT_NAMES
+
     path = Path(path)
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f))
     if not rows or not {"image", "mask"} <= set(rows[0]):
-        raise DataError(f"{path}: expected a header with the columns image,mask[,instances].")
+        raise DataError(f"{path}: expected a header with the columns image,mask[,instances]"
+                        "[,split].")
+    column = next((c for c in ("split", "subset") if c in rows[0]), None)
     base = path.parent
     out = []
-    for row in rows:
+    unknown: dict[str, list[int]] = {}
+    for lineno, row in enumerate(rows, start=2):
+        split = None
+        if column is not None:
+            given = (row.get(column) or "").strip()
+            split = _SPLIT_NAMES.get(given.lower()) if given else "train"
+            if split is None:
+                unknown.setdefault(given, []).append(lineno)
+                continue
         img, mask = manifest_path(base, row["image"]), manifest_path(base, row["mask"])
         inst = manifest_path(base, row["instances"]) if row.get("instances") else None
-        out.append((img.stem, img, mask, inst))
+        out.append((img.stem, img, mask, inst, split))
+    for value, lines in unknown.items():
+        if problems is not None:
+            problems.append(f"{path}: {plural(len(lines), 'row')} with split {value!r} (line"
+                            f"{'s' if len(lines) > 1 else ''} {_some([str(n) for n in lines])}):"
+                            " the split is train, val or test")  # fmt: skip
     return out
 
 
@@ -187,13 +218,35 @@ def _rare_values_note(masks: Sequence[np.ndarray], names: Sequence[str], k: int)
     ]
 
 
+def _lossy_format(path: Path, fmt: str | None) -> str | None:
+    """'JPEG' or 'lossy WebP' for a file whose stored values are not the ones saved, else None.
+    WebP is lossy or lossless per file: its first image chunk says which ('VP8 ' or 'VP8L');
+    a lossy one also decodes to RGB, and was taken for a colour mask."""
+    if fmt in _LOSSY_FORMATS:
+        return "JPEG"
+    if fmt != "WEBP":
+        return None
+    with open(path, "rb") as f:
+        data = f.read(1 << 16)  # the chunk headers before the image data
+    pos = 12  # after 'RIFF' size 'WEBP'
+    while pos + 8 <= len(data):
+        fourcc, size = data[pos : pos + 4], int.from_bytes(data[pos + 4 : pos + 8], "little")
+        if fourcc == b"VP8 ":
+            return "lossy WebP"
+        if fourcc == b"VP8L":
+            return None
+        pos += 8 + size + (size & 1)  # 'VP8X', 'ALPH', 'ICCP', ... (padded to even sizes)
+    return None
+
+
 def _read_mask(path: Path) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as im:
-        if im.format in _LOSSY_FORMATS:
+        lossy = _lossy_format(path, im.format)
+        if lossy:
             raise _LossyFile(
-                "JPEG mask: lossy compression changes the class values along every edge; "
+                f"{lossy} mask: lossy compression changes the class values along every edge; "
                 "save masks as PNG"
             )
         if im.mode in ("RGB", "RGBA"):
@@ -218,8 +271,9 @@ def _read_instances(path: Path) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as im:
-        if im.format in _LOSSY_FORMATS:
-            raise _LossyFile("JPEG instance ids: lossy compression changes them; save a PNG")
+        lossy = _lossy_format(path, im.format)
+        if lossy:
+            raise _LossyFile(f"{lossy} instance ids: lossy compression changes them; save a PNG")
         arr = np.asarray(im)
     if arr.ndim != 2:
         raise ValueError("not one channel; save instance ids as a grey (16-bit) PNG")
@@ -245,12 +299,31 @@ def _read_image(path: Path) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr
 
 
+def _no_pairs(source: Path) -> str:
+    """Why a folder or manifest gave no image/mask pair at all, in one line."""
+    if source.suffix.lower() == ".csv":
+        return f"{source} lists no image/mask pair: write one `image,mask` row per image."
+    todo = {"images": "put the images there, and their masks (same file stems) in "
+                      f"{source / 'masks'}.",
+            "masks": f"save one mask per image in {source / 'masks'}, named by the image's stem "
+                     "(masks/a.png for images/a.jpg)."}
+    for what, how in todo.items():
+        d = source / what
+        if not any(p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+                   for p in d.iterdir()):
+            return f"{d} holds no {what}: {how}"
+    return (f"no mask in {source / 'masks'} has the stem of an image in {source / 'images'}: "
+            "pairs are matched by file stem (masks/a.png or masks/a_mask.png for images/a.jpg); "
+            "see the lines above.")
+
+
 def load_mask_pairs(
     source: str | Path,
     *,
     classes: Sequence[str] | None = None,
     report: Callable[[str], None] | None = _stderr,
     binary_255: bool | None = None,
+    parts: Sequence[str] = ("train", "val"),
 ) -> MaskPairs:
     """Load pairs from a folder (`images/` + `masks/`) or a CSV manifest (a `.csv` path).
 
@@ -260,13 +333,16 @@ def load_mask_pairs(
         note (pairs without an instance file, rare inferred classes); None: silent.
     binary_255: whether 255 is class 1 (True) or ignored (False); None: decided from these
         masks (module docstring). A `val/` folder takes its training folder's decision.
+    parts: the rows of a manifest's split column that are read (test rows are held out).
     """
     source = Path(source)
     if source.suffix.lower() == ".csv":
-        entries, problems = read_manifest(source), []
+        problems: list[str] = []
+        entries = [e for e in read_manifest(source, problems) if e[4] is None or e[4] in parts]
         root = source.parent
     elif source.is_dir():
-        entries, problems = find_pairs(source)
+        found, problems = find_pairs(source)
+        entries = [(*e, None) for e in found]
         root = source
     else:
         raise DataError(
@@ -275,13 +351,13 @@ def load_mask_pairs(
     if classes is None and (root / "classes.txt").is_file():
         classes = [c.strip() for c in (root / "classes.txt").read_text().splitlines() if c.strip()]
 
-    images, masks, insts, names = [], [], [], []
+    images, masks, insts, names, splits = [], [], [], [], []
     # Instance files for some pairs only: use them where they exist and components elsewhere
     # (said in a note below), rather than dropping every instance file for one missing.
     have_instances = any(e[3] is not None for e in entries)
     without_instances: list[str] = []
-    lossy = 0  # masks skipped for being JPEGs: when all are, the error says so
-    for name, img_path, mask_path, inst_path in entries:
+    lossy = 0  # masks skipped for a lossy format: when all are, the error says so
+    for name, img_path, mask_path, inst_path, split in entries:
         try:
             img = _read_image(img_path)
         except (OSError, ValueError) as exc:
@@ -325,12 +401,16 @@ def load_mask_pairs(
         masks.append(mask)
         insts.append(inst)
         names.append(name)
+        splits.append(split)
     if report is not None:
         for line in problems:
             report(line)
+    if not entries:  # (with none, "every mask is a JPEG" was true of 0 of 0 masks)
+        raise DataError(_no_pairs(source))
     if not images and lossy == len(entries):
         raise DataError(
-            f"every mask in {source} is a JPEG, whose compression changes class values: "
+            f"every mask in {source} is a JPEG or lossy WebP, whose compression changes class "
+            "values: "
             "save the masks as PNG."
         )
     if not images:
@@ -342,6 +422,9 @@ def load_mask_pairs(
     # Some masks 0/255, the others class indices: the 0/255 ones lose their foreground.
     white = [n for n, v in zip(names, values, strict=True) if v == {0, IGNORE_INDEX}]
     mixed = binary_255 is None and bool(white) and not only_0_255
+    # A val/ folder reads 255 as its training folder does: 0/255 masks there next to 0/1 training
+    # masks lose all their foreground just as a mix within one folder does, and are named too.
+    inherited_ignore = binary_255 is False and bool(white)
     unlabelled = binary_255 is None and only_0_255 and classes is not None and len(classes) != 2
     if binary_255 is None:
         binary_255 = (classes is None or len(classes) == 2) and only_0_255
@@ -359,6 +442,11 @@ def load_mask_pairs(
                      f"({_some(white)}), the others class indices: 255 means 'ignore' in such a "
                      "set, so these masks have no foreground; save them with 1 for the "
                      "foreground if 255 marks it")  # fmt: skip
+    if inherited_ignore:
+        notes.append(f"note: {len(white)} of {len(names)} masks in {source} hold only 0 and 255 "
+                     f"({_some(white)}), but 255 means 'ignore' for the training masks, so these "
+                     "masks have no foreground; save them with 1 for the foreground if 255 "
+                     "marks it")  # fmt: skip
     if without_instances:
         notes.append(
             f"note: {len(without_instances)} of {len(names)} pairs have no instance file "
@@ -390,6 +478,7 @@ def load_mask_pairs(
                 keep.append(i)
         images, masks = [images[i] for i in keep], [masks[i] for i in keep]
         insts, names = [insts[i] for i in keep], [names[i] for i in keep]
+        splits = [splits[i] for i in keep]
         if not images:
             raise DataError(f"no mask in {source} fits the {len(classes)} classes given.")
     # Grey and colour mixed: promote the grey ones, so one data set has one channel count.
@@ -403,4 +492,5 @@ def load_mask_pairs(
         classes=classes,
         skipped=problems,
         binary_255=binary_255,
+        splits=splits if entries and entries[0][4] is not None else None,
     )

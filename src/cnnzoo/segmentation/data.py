@@ -45,16 +45,22 @@ from .tiling import mirror_indices
 @dataclass
 class SegmentationSet:
     """images: uint8 (N, C, H, W); masks: uint8 (N, H, W); instances: int32 (N, H, W) or None.
-    source_sizes: (H, W) of each image the N tiles were cut from, None when N whole images."""
+    source_sizes: (H, W) of each image the N tiles were cut from, None when N whole images.
+    regions: per validation tile, (top, bottom, left, right) of the part that is the image, not
+    its mirrored padding (what the report draws); None when every tile is image throughout."""
 
     images: np.ndarray
     masks: np.ndarray
     instances: np.ndarray | None
     names: list[str]
     source_sizes: list[tuple[int, int]] | None = None
+    regions: list[tuple[int, int, int, int]] | None = None
 
     def __len__(self) -> int:
         return len(self.images)
+
+    def __repr__(self) -> str:  # a notebook line, as ImageDataset's (not the arrays)
+        return f"SegmentationSet({self.describe()}, {plural(self.images.shape[1], 'channel')})"
 
     def subset(self, idx: Sequence[int] | np.ndarray) -> SegmentationSet:
         idx = np.asarray(idx, dtype=np.int64)
@@ -103,11 +109,12 @@ class SegmentationSet:
     def image_tensor(self) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(self.images))
 
-    def padded(self, size: int) -> SegmentationSet:
-        """The set with images, masks and instances mirror-padded (centred) to at least
-        `size` x `size`: images smaller than the smallest tile a net takes."""
+    def padded(self, size: int, margin: int = 0) -> SegmentationSet:
+        """The set with images, masks and instances mirror-padded (centred) by `margin` px per
+        side, then to at least `size` x `size`: images smaller than the smallest tile a net
+        takes; the context a 'valid' net trims."""
         h, w = self.masks.shape[1:]
-        th, tw = max(h, size), max(w, size)
+        th, tw = max(h + 2 * margin, size), max(w + 2 * margin, size)
         if (th, tw) == (h, w):
             return self
 
@@ -134,6 +141,13 @@ class SegmentationSplits:
     @property
     def in_chans(self) -> int:
         return int(self.train.images.shape[1])
+
+    def __repr__(self) -> str:  # as data.Splits: counts and sizes, not the arrays
+        def part(s: SegmentationSet) -> str:
+            return f"{len(s)} {'x'.join(map(str, s.images.shape[1:]))}"
+
+        return (f"SegmentationSplits({self.source}: {self.num_classes} classes, "
+                f"train={part(self.train)}, val={part(self.val)})")
 
     def class_weights(self) -> np.ndarray:
         """w_c of the weight map, from the training masks' pixel frequencies."""
@@ -192,11 +206,14 @@ def stack_pairs(
         return SegmentationSet(
             np.stack(images).transpose(0, 3, 1, 2).copy(), np.stack(masks), inst, list(names)
         )
-    out_img, out_mask, out_inst, out_names = [], [], [], []
+    out_img, out_mask, out_inst, out_names, regions = [], [], [], [], []
     for k, (im, m) in enumerate(zip(images, masks, strict=True)):
         inst = None if instances is None else instances[k]
+        h, w = m.shape
+        top, left = 0, 0
         if count_once:
             th, tw = (math.ceil(n / tile) * tile for n in m.shape)
+            top, left = (th - h) // 2, (tw - w) // 2  # as _pad_to centres
             im, m = _pad_to(im, th, tw), _pad_to(m, th, tw, fill=IGNORE_INDEX)
             inst = None if inst is None else _pad_to(inst, th, tw, fill=0)
             ys, xs = range(0, th, tile), range(0, tw, tile)
@@ -211,12 +228,16 @@ def stack_pairs(
                 if inst is not None:
                     out_inst.append(inst[y : y + tile, x : x + tile])
                 out_names.append(f"{names[k]}@{y},{x}")
+                # The image's part of the tile (validation pads with a mirror image of it).
+                regions.append((max(top - y, 0), min(top + h - y, tile),
+                                max(left - x, 0), min(left + w - x, tile)))
     return SegmentationSet(
         np.stack(out_img).transpose(0, 3, 1, 2).copy(),
         np.stack(out_mask),
         np.stack(out_inst).astype(np.int32) if instances is not None else None,
         out_names,
         [m.shape[:2] for m in masks],
+        regions if count_once else None,
     )
 
 
@@ -247,8 +268,9 @@ def load_segmentation(
     cells: int = 200,
 ) -> SegmentationSplits:
     """'cells' (synthetic, `cells` images), a folder (`images/`, `masks/`, optional `val/` with
-    the same layout) or a CSV manifest; without a `val/` folder a seeded `val_fraction` of the
-    images (whole images, before tiling) is held out."""
+    the same layout) or a CSV manifest (its `split` column's val rows validate, test rows are
+    left out); without a `val/` folder or val rows a seeded `val_fraction` of the images (whole
+    images, before tiling) is held out."""
     if str(source) == "cells":
         # The same hold-out rule as for a folder: at least one image on each side.
         if cells < 2:
@@ -267,6 +289,13 @@ def load_segmentation(
         # The training folder's reading of 255 (class 1 or ignore), whatever val/'s masks hold.
         val_pairs = load_mask_pairs(val_dir, classes=pairs.classes, binary_255=pairs.binary_255)
         train_idx, val_idx = list(range(len(pairs))), None
+    elif pairs.splits is not None and "val" in pairs.splits:
+        # A manifest's split column, as classification manifests have it (test rows are not read).
+        val_pairs = None
+        train_idx = [i for i, p in enumerate(pairs.splits) if p == "train"]
+        val_idx = [i for i, p in enumerate(pairs.splits) if p == "val"]
+        if not train_idx:
+            raise DataError(f"{source} has no usable training row: mark some rows train.")
     else:
         val_pairs = None
         if len(pairs) < 2:

@@ -30,6 +30,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor
@@ -143,6 +144,22 @@ def dice_loss(logits: Tensor, mask: Tensor, *, smooth: float = 1.0) -> Tensor:
     return 1.0 - ((2 * inter + smooth) / (denom + smooth)).mean()
 
 
+def _mean_ce(logits: Tensor, mask: Tensor, class_weights: Tensor | None) -> Tensor:
+    """Cross-entropy averaged over the labelled pixels as `F.cross_entropy` averages it (by the
+    class weights' sum when given), but 0 for a batch with no labelled pixel: torch's mean is
+    0 / 0 = NaN there, and a VOC-style crop that is all 'ignore' stopped training."""
+    ce = F.cross_entropy(logits, mask, weight=class_weights, ignore_index=IGNORE_INDEX,
+                         reduction="none")  # 0 on ignored pixels
+    valid = mask != IGNORE_INDEX
+    if class_weights is None:
+        denom = valid.sum().to(ce.dtype)
+    else:
+        w = class_weights.to(ce.dtype)[mask.clamp(max=len(class_weights) - 1)]
+        denom = (w * valid).sum()
+    # No labelled pixel (or only zero-weight ones): the sum is 0, so is the loss, with a graph.
+    return ce.sum() / denom.clamp(min=torch.finfo(ce.dtype).tiny)
+
+
 def segmentation_loss(
     logits: Tensor, target: Tensor, kind: str = "ce", *, class_weights: Tensor | None = None
 ) -> Tensor:
@@ -160,10 +177,10 @@ def segmentation_loss(
             raise ValueError("'weighted_ce' needs targets (N, 2, H, W) = (mask, weight map)")
         ce = F.cross_entropy(logits, mask, reduction="none", ignore_index=IGNORE_INDEX)
         valid = mask != IGNORE_INDEX
-        return (ce * weight * valid).sum() / valid.sum().clamp(min=1)
+        return (ce * weight * valid).sum() / valid.sum().clamp(min=1)  # all ignored: 0
     loss = logits.new_zeros(())
     if kind in ("ce", "ce+dice"):
-        loss = loss + F.cross_entropy(logits, mask, weight=class_weights, ignore_index=IGNORE_INDEX)
+        loss = loss + _mean_ce(logits, mask, class_weights)
     if kind in ("dice", "ce+dice"):
         loss = loss + dice_loss(logits, mask)
     return loss

@@ -91,6 +91,11 @@ class SegmentationAccumulator:
         self.count_abs_err = torch.zeros((), dtype=torch.float64)
         self.true_count = torch.zeros((), dtype=torch.float64)
 
+    def __repr__(self) -> str:  # the sums so far, in a line
+        counts = ", counting cells" if self.count_instances else ""
+        return (f"SegmentationAccumulator({self.num_classes} classes, {int(self.images)} images, "
+                f"{int(self.confusion.sum())} pixels{counts})")
+
     @torch.no_grad()
     def update(self, outputs: Any, targets: Tensor, loss: Tensor) -> None:
         logits = getattr(outputs, "logits", outputs).detach()

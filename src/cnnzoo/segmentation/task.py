@@ -48,6 +48,10 @@ class SegmentationTask:
         self.monitor = monitor
         self.mode = mode
 
+    def __repr__(self) -> str:
+        return (f"SegmentationTask({self.num_classes} classes, loss={self.loss_name!r}, "
+                f"monitor={self.monitor!r})")
+
     @property
     def needs_weight_map(self) -> bool:
         return self.loss_name == "weighted_ce"

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..text import plural
+
 
 @dataclass(frozen=True)
 class TileGeometry:
@@ -83,6 +85,28 @@ def mirror_indices(start: int, size: int, n: int) -> Tensor:
     return torch.where(idx >= n, period - idx, idx)
 
 
+def _channel_advice(shape: tuple[int, ...], chans: int) -> str:
+    """One line for an image whose channel count is not the net's: what to pass instead (the
+    conversions `cnnzoo segment` makes when it reads a file, via `cnnzoo.data.images`)."""
+    last = shape[-1] in (1, 3, 4) and shape[0] not in (1, 3, 4)  # (H, W, C), as PIL gives it
+    c = shape[-1] if last else shape[0]
+    take = "image.transpose(2, 0, 1)" if last else "image"
+    if chans == 1:
+        how = ("a grey (H, W) image, e.g. np.asarray(PIL.Image.open(path).convert('L')), as "
+               "cnnzoo segment reads files for a grey net")
+    elif c == 4:
+        how = f"its colour channels, {take}[:3] (3, H, W), without the alpha channel"
+    elif c == 1:
+        how = f"it as three channels (3, H, W), np.repeat({take}, 3, axis=0)"
+    else:
+        how = "an RGB image (3, H, W), e.g. np.asarray(PIL.Image.open(path).convert('RGB'))" \
+            ".transpose(2, 0, 1)"
+    layout = "(H, W, C)" if last else "(C, H, W)"
+    return (f"image of shape {shape} has {plural(c, 'channel')} {layout}, but the net takes "
+            f"{chans}: "
+            f"pass {how}")
+
+
 @torch.no_grad()
 def predict_tiled(
     model: nn.Module,
@@ -113,6 +137,10 @@ def predict_tiled(
     if chans is not None and img.shape[0] != chans and img.shape[-1] == chans:
         raise ValueError(f"image of shape {tuple(img.shape)} has its channels last (skimage's "
                          "and PIL's layout): pass image.transpose(2, 0, 1) (C, H, W)")
+    if chans is not None and img.shape[0] != chans:
+        # Another channel count (an RGB array for a grey net, RGBA): torch's own error names
+        # tensor sizes, not the image. What `cnnzoo segment` does for such files, said here.
+        raise ValueError(_channel_advice(tuple(img.shape), chans))
     _, h, w = img.shape
     geo = tile_geometry(model, tile, margin)
     k = geo.out_size

@@ -65,16 +65,26 @@ def segmentation_config(**overrides: Any) -> TrainConfig:
 
 
 def _legal_crop(model: nn.Module, size: int, limit: int) -> int:
-    """A training crop the net accepts, at most `limit` (the images' side, at least the net's
-    `min_size`): multiples of 16 in 'same' mode, 188 + 16k in 'valid' mode."""
+    """A training crop (input side) the net accepts, at most `limit` (the images' side, at least
+    the net's `min_size`): `size` snapped to a multiple of 16 in 'same' mode; in 'valid' mode
+    `size` is the output side asked for, and the crop the smallest legal input (188 + 16k) whose
+    output is at least that (128 -> 316 in, 132 out; the paper's 388 -> 572), as far as the
+    images allow. (`size` as the input gave the default 128 a 188 input scoring 4 x 4 pixels.)"""
     if getattr(model, "padding", "same") == "valid":
         from ..models.unet import valid_input_size
 
-        n = valid_input_size(1)
-        while n + 16 <= min(size, limit):
-            n += 16
+        n = valid_input_size(size)
+        while n > limit and n - 16 >= model.min_size:  # legal sizes are 16 apart
+            n -= 16
         return n
     return max(16, min(size, limit) // 16 * 16)
+
+
+def _context(model: nn.Module) -> int:
+    """Pixels per side a 'valid' net trims (92 for 4 levels), 0 in 'same' mode."""
+    if getattr(model, "padding", "same") != "valid":
+        return 0
+    return (model.min_size - model.output_size(model.min_size)) // 2
 
 
 def _whole_input(model: nn.Module) -> Callable[[int], int]:
@@ -87,6 +97,14 @@ def _whole_input(model: nn.Module) -> Callable[[int], int]:
         return valid_input_size
     align = receptive_margin(model)[1]
     return lambda n: max(math.ceil(n / align) * align, align)
+
+
+def _val_batch_size(batch_size: int, tile: int, pixels: int) -> int:
+    """Validation images per batch: `batch_size`, at least 16, but holding no more pixels than
+    16 training tiles (`tile` px a side) and at least one image of `pixels` (as fed to the net).
+    Validation images of one size stay whole, so 16 of 1440 x 1080 took 4.85 GB at 6 images;
+    the metrics are sums over pixels, so the batching does not change them."""
+    return max(1, min(max(batch_size, 16), 16 * tile * tile // max(pixels, 1)))
 
 
 def build_model(
@@ -209,9 +227,15 @@ def train(
         encoder_name=encoder_name, encoder_weights=encoder_weights, model_kwargs=model_kwargs)
     dist = dist or DistContext()
     # Images smaller than the smallest tile the net takes are mirror-padded (the paper's rule).
-    train_set = splits.train.padded(net.min_size)
+    # A 'valid' net's output is its input less `trim` px per side: the images get that much
+    # mirrored context, as the overlap-tile input has, so a crop's output can lie on any pixel
+    # of the image (not only on its centre) and the output is as large as the image allows.
+    trim = _context(net)
+    train_set = splits.train.padded(net.min_size, margin=trim)
     h, w = train_set.images.shape[-2:]
     tile = _legal_crop(net, crop, min(h, w))
+    out_tile = net.output_size(tile)
+    tiles = f"{tile}x{tile}" + (f" in, {out_tile}x{out_tile} out" if out_tile != tile else "")
     if encoder_weights is not None:  # the preprocessing the encoder's weights expect
         mean = list(net.encoder_cfg.mean)
         std = list(net.encoder_cfg.std)
@@ -226,7 +250,7 @@ def train(
     weighted = task.needs_weight_map
     cw = splits.class_weights() if weighted else None
     say(f"data: {splits.source}: {splits.describe()}, {k} classes ({', '.join(splits.classes)}); "
-        f"loss {loss}, training tiles {tile}x{tile}")
+        f"loss {loss}, training tiles {tiles}")
     train_targets = train_set.targets(weighted, cw, w0=w0, sigma=sigma)
     val_targets = splits.val.targets(weighted, cw, w0=w0, sigma=sigma)
     n_train = len(train_set) // dist.world
@@ -234,9 +258,11 @@ def train(
         train_set.image_tensor(), train_targets, batch_size=batch_size, shuffle=True,
         drop_last=n_train > batch_size, transform=train_transform(tile, elastic=elastic,
         jitter=jitter), mean=mean, std=std, seed=cfg.seed, shard=dist.shard)
+    fit = _whole_input(net)
+    vh, vw = splits.val.images.shape[-2:]
     val_loader = BatchLoader(
-        splits.val.image_tensor(), val_targets, batch_size=max(batch_size, 16),
-        transform=PadToNet(_whole_input(net)),
+        splits.val.image_tensor(), val_targets,
+        batch_size=_val_batch_size(batch_size, tile, fit(vh) * fit(vw)), transform=PadToNet(fit),
         mean=mean, std=std, shard=dist.shard)
     meta = {
         "task": "segmentation", "model": model, "model_kwargs": model_kwargs,
@@ -300,6 +326,13 @@ def write_validation_grid(
     # The loader pads the images for the net (`PadToNet`); each image is the centre of all three.
     h, w = splits.val.masks.shape[1:]
     imgs, truths, preds = ([_centre(a, h, w) for a in part] for part in (imgs, truths, preds))
+    if splits.val.regions is not None:
+        # Tiles of validation images smaller than a tile are mostly mirrored padding: draw only
+        # the image (a 65 x 116 image showed as ~8 mirrored copies with contours on them).
+        boxes = splits.val.regions[: len(imgs)]
+        imgs, truths, preds = (
+            [a[y0:y1, x0:x1] for a, (y0, y1, x0, x1) in zip(part, boxes, strict=True)]
+            for part in (imgs, truths, preds))
     titles = []
     for i, (t, p) in enumerate(zip(truths, preds, strict=True)):
         _, iou = dice_iou(cm(torch.from_numpy(p), torch.from_numpy(t), splits.num_classes))
