@@ -221,3 +221,53 @@ def test_heads(name):
         torch.testing.assert_close(model(x), feats)
         model.reset_classifier(7)
         assert model(x).shape == (2, 7)
+
+
+@pytest.mark.parametrize("act", ["tanh", "sigmoid", "silu"])
+def test_cifar_resnet_act_block_by_hand_and_same_keys(act):
+    """resnet20 act=...: every ReLU of the stem and the blocks becomes `act` (no ReLU left), the
+    state_dict keys and shapes stay, and a block computes act(bn2(conv2(act(bn1(conv1 x)))) + x)
+    with torch's functional activation. The in-place SiLU leaves the gradients those of the
+    out-of-place function."""
+    f = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "silu": nn.functional.silu}[act]
+    relu_net, net = create_model("resnet20"), create_model("resnet20", act=act)
+    assert not any(isinstance(m, nn.ReLU) for m in net.modules())
+    assert {k: v.shape for k, v in net.state_dict().items()} == {
+        k: v.shape for k, v in relu_net.state_dict().items()}
+    block = net.layer1[1].eval()
+    x = torch.randn(2, 16, 5, 5, requires_grad=True)
+    want = f(block.bn2(block.conv2(f(block.bn1(block.conv1(x))))) + x)
+    (gx_want,) = torch.autograd.grad(want.sum(), x)
+    got = block(x)
+    torch.testing.assert_close(got, want)
+    (gx,) = torch.autograd.grad(got.sum(), x)
+    torch.testing.assert_close(gx, gx_want)
+    stem = net.eval()._stem(torch.randn(1, 3, 4, 4))
+    assert stem.min() >= 0 if act == "sigmoid" else stem.min() < 0  # not clipped at zero
+
+
+def test_act_default_is_todays_net_and_tanh_convs_take_their_gain():
+    """act='relu' (the default) builds resnet20 exactly as before from one seed; 'tanh' draws
+    the same numbers scaled by calculate_gain('tanh') / calculate_gain('relu')."""
+    nets = {}
+    for act in (None, "relu", "tanh"):
+        torch.manual_seed(3)
+        nets[act] = create_model("resnet20", **({} if act is None else {"act": act}))
+    for (k, v), v_relu, v_tanh in zip(nets[None].state_dict().items(),
+                                      nets["relu"].state_dict().values(),
+                                      nets["tanh"].state_dict().values(), strict=True):  # fmt: skip
+        assert torch.equal(v, v_relu), k
+        if k.endswith("conv1.weight") or k.endswith("conv2.weight"):
+            ratio = nn.init.calculate_gain("tanh") / nn.init.calculate_gain("relu")
+            torch.testing.assert_close(v_tanh, v * ratio)
+
+
+def test_residual_net_act_by_hand():
+    model = create_model("residual_net", in_chans=32, img_size=6, act="tanh").eval()
+    x = torch.randn(2, 32, 6, 6)
+    with torch.no_grad():
+        y = model.conv2(torch.tanh(model.conv1(x)))
+        feats = nn.functional.max_pool2d(torch.tanh(y + x), 2)
+        torch.testing.assert_close(model.forward_features(x), feats)
+        hidden = torch.tanh(model.fc1(feats.flatten(1)))
+        torch.testing.assert_close(model(x), model.fc2(hidden))

@@ -15,6 +15,8 @@ No batch norm, as in the lecture.
 The dense layers see the flattened pooled map, as Keras's Flatten + Dense do, so a model is built
 for one input size (`img_size`, default 28 for Fashion-MNIST/MNIST) and rejects others with a
 one-line error. Any even size >= 2 can be built.
+
+`act` replaces every ReLU ('tanh', 'sigmoid', 'gelu', 'silu', 'leaky_relu').
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ..errors import InputSizeError
-from .base import Classifier, check_input_size, new_head
+from .base import Activation, Classifier, check_input_size, make_activation, new_head
 from .registry import ModelConfig, register_model
 
 FASHION_MNIST_MEAN = (0.2860,)
@@ -42,6 +44,7 @@ class ResidualNet(Classifier):
         img_size: int = 28,
         width: int = 32,
         hidden: int = 128,
+        act: Activation = "relu",
     ) -> None:
         super().__init__()
         if img_size < 2:
@@ -53,7 +56,7 @@ class ResidualNet(Classifier):
         self.shortcut: nn.Module = (
             nn.Identity() if in_chans == width else nn.Conv2d(in_chans, width, 1, bias=False)
         )
-        self.relu = nn.ReLU(inplace=True)
+        self.act = make_activation(act, inplace=True)
         self.pool = nn.MaxPool2d(2)
         self.fc1 = nn.Linear(width * (img_size // 2) ** 2, hidden)
         self.num_features = hidden
@@ -61,11 +64,11 @@ class ResidualNet(Classifier):
         self.fc2 = new_head(hidden, num_classes)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        out = self.conv2(self.relu(self.conv1(x)))
-        return self.pool(self.relu(out + self.shortcut(x)))
+        out = self.conv2(self.act(self.conv1(x)))
+        return self.pool(self.act(out + self.shortcut(x)))
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        x = self.relu(self.fc1(x.flatten(1)))
+        x = self.act(self.fc1(x.flatten(1)))
         return x if pre_logits else self.fc2(x)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -81,9 +84,11 @@ class ResidualNet(Classifier):
 
 
 def residual_net(
-    *, num_classes: int = 10, in_chans: int = 1, img_size: int = 28, hidden: int = 128
+    *, num_classes: int = 10, in_chans: int = 1, img_size: int = 28, hidden: int = 128,
+    act: Activation = "relu",
 ) -> ResidualNet:
-    return ResidualNet(num_classes=num_classes, in_chans=in_chans, img_size=img_size, hidden=hidden)
+    return ResidualNet(num_classes=num_classes, in_chans=in_chans, img_size=img_size,
+                       hidden=hidden, act=act)  # fmt: skip
 
 
 register_model(
@@ -92,7 +97,7 @@ register_model(
         paper="lecture example of a skip connection (He et al., CVPR 2016)",
         mean=FASHION_MNIST_MEAN, std=FASHION_MNIST_STD, num_classes=10,
         notes="fixed input size: create_model('residual_net', img_size=...) for others",
-        options=("img_size", "hidden"),
+        options=("img_size", "hidden", "act"),
     ),
     residual_net,
     min_size=lambda *, img_size=28, **_: img_size,  # its dense layer takes one size only
