@@ -271,3 +271,39 @@ def test_residual_net_act_by_hand():
         torch.testing.assert_close(model.forward_features(x), feats)
         hidden = torch.tanh(model.fc1(feats.flatten(1)))
         torch.testing.assert_close(model(x), model.fc2(hidden))
+
+
+def test_residual_net_shortcut_option_spelt_as_the_cifar_resnets():
+    """shortcut='none' removes the skip: relu(conv2(relu(conv1 x))) by hand, and the keys of the
+    default net minus the projection's; 'A' zero-pads the grey input to 32 channels (no
+    parameters); 'B' is the default net (projection only where the channels change)."""
+    from cnnzoo.errors import ModelOptionError
+
+    default = create_model("residual_net")
+    assert isinstance(create_model("residual_net", shortcut="B").shortcut, nn.Conv2d)
+    plain = create_model("residual_net", shortcut="none").eval()
+    assert plain.shortcut is None
+    assert set(default.state_dict()) - set(plain.state_dict()) == {"shortcut.weight"}
+    plain.load_state_dict({k: v for k, v in default.state_dict().items() if k != "shortcut.weight"})
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        y = torch.relu(plain.conv2(torch.relu(plain.conv1(x))))
+        torch.testing.assert_close(plain.forward_features(x), nn.functional.max_pool2d(y, 2))
+        # The same weights with the skip give another output: the skip was really there.
+        assert not torch.allclose(default.eval().forward_features(x), plain.forward_features(x))
+    a = create_model("residual_net", shortcut="A").eval()
+    assert count_parameters(default) - count_parameters(a) == 32  # the 1x1 conv's 1x32 weights
+    a.load_state_dict({k: v for k, v in default.state_dict().items() if k != "shortcut.weight"})
+    with torch.no_grad():
+        padded = nn.functional.pad(x, (0, 0, 0, 0, 15, 16))  # 31 zero channels around the input
+        y = torch.relu(a.conv2(torch.relu(a.conv1(x))) + padded)
+        torch.testing.assert_close(a.forward_features(x), nn.functional.max_pool2d(y, 2))
+    # The lecture's identity at 32 input channels is kept by 'A' and 'B', dropped by 'none'.
+    for shortcut in ("A", "B"):
+        assert isinstance(create_model("residual_net", in_chans=32, shortcut=shortcut).shortcut,
+                          nn.Identity)  # fmt: skip
+    with pytest.raises(ModelOptionError, match="shortcut='A' zero-pads the 64 input channels"):
+        create_model("residual_net", in_chans=64, shortcut="A")
+    with pytest.raises(ModelOptionError, match=r"shortcut must be one of A, B, none, not 'C'"):
+        create_model("residual_net", shortcut="C")
+    assert "shortcut" in get_config("residual_net").options
