@@ -307,3 +307,31 @@ def test_residual_net_shortcut_option_spelt_as_the_cifar_resnets():
     with pytest.raises(ModelOptionError, match=r"shortcut must be one of A, B, none, not 'C'"):
         create_model("residual_net", shortcut="C")
     assert "shortcut" in get_config("residual_net").options
+
+
+def test_a_plain_cifar_depth_points_to_the_resnet_without_shortcuts(capsys):
+    """'plain56' is not registered: the paper's plain CIFAR nets are resnetN with
+    shortcut='none', which the error says (it suggested plain18, plain34); other depths name
+    the plain nets there are; plain18 spelt otherwise still gets "did you mean"."""
+    from cnnzoo.cli import main
+    from cnnzoo.errors import UnknownModelError
+
+    for name, depth in (("plain56", 56), ("Plain-20", 20), ("plain_110", 110)):
+        with pytest.raises(UnknownModelError) as err:
+            create_model(name)
+        assert str(err.value) == (
+            f"unknown model {name!r}: the plain {depth}-layer CIFAR net is resnet{depth} without "
+            f"shortcuts: create_model('resnet{depth}', shortcut='none'), on the command line "
+            f"resnet{depth} --model-arg shortcut=none")
+    with pytest.raises(UnknownModelError, match=r"'plain50': the plain nets are plain18, plain34 "
+                                                r"\(ImageNet\) and resnet20/32/44/56/110 with "
+                                                "shortcut='none'"):  # fmt: skip
+        create_model("plain50")
+    with pytest.raises(UnknownModelError, match=r"Did you mean plain18\?"):
+        create_model("plain-18")
+    # What it points to builds the plain net: the keys of resnet56 (option A has no parameters).
+    with torch.device("meta"):
+        plain = create_model("resnet56", shortcut="none")
+        assert list(plain.state_dict()) == list(create_model("resnet56").state_dict())
+    assert main(["train", "plain56", "--data", "digits"]) == 2
+    assert "resnet56 --model-arg shortcut=none" in capsys.readouterr().err

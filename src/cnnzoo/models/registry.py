@@ -56,6 +56,9 @@ Builder = Callable[..., nn.Module]
 MinSizeRule = Callable[..., int]
 _REGISTRY: dict[str, tuple[Builder, ModelConfig]] = {}
 _MIN_SIZE_RULES: dict[str, MinSizeRule] = {}
+# Families' advice for names that are not registered but mean one of their models built with an
+# option ('plain56' is resnet56 with shortcut='none'): `hint(lower_case_name) -> text or None`.
+_NAME_HINTS: list[Callable[[str], str | None]] = []
 
 
 def register_model(
@@ -71,6 +74,12 @@ def register_model(
     _REGISTRY[config.name] = (builder, config)
     if min_size is not None:
         _MIN_SIZE_RULES[config.name] = min_size
+
+
+def register_name_hint(hint: Callable[[str], str | None]) -> None:
+    """Add `hint(name) -> str | None`: what the unknown-model error says for a lower-case `name`
+    a family recognises (None: not one of its), instead of the nearest registered names."""
+    _NAME_HINTS.append(hint)
 
 
 def _ensure_loaded() -> None:
@@ -135,6 +144,10 @@ def _lookup(name: str) -> tuple[Builder, ModelConfig]:
         return _REGISTRY[name]
     except KeyError:
         low = name.lower()
+        for family_hint in _NAME_HINTS:
+            said = family_hint(low)
+            if said:
+                raise UnknownModelError(f"unknown model {name!r}: {said}") from None
         if not name:
             close = []
         elif low in _REGISTRY:  # 'ResNet18'

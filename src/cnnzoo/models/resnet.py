@@ -24,6 +24,7 @@ that activation's gain); the modules keep torchvision's name `relu` whatever the
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Literal
 
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Activation, Classifier, init_nonlinearity, make_activation, new_head
-from .registry import ModelConfig, register_model
+from .registry import ModelConfig, register_model, register_name_hint
 
 # The shortcut options of Sec. 3.3: A zero-padding, B projection where the shape changes, none.
 Shortcut = Literal["A", "B", "none"]
@@ -296,7 +297,8 @@ for _name, (_block, _layers) in IMAGENET_DEPTHS.items():
         _imagenet_builder(_block, _layers, "B"),
     )  # fmt: skip
 
-for _name, _src in (("plain18", "resnet18"), ("plain34", "resnet34")):
+_PLAIN_NAMES = ("plain18", "plain34")
+for _name, _src in zip(_PLAIN_NAMES, ("resnet18", "resnet34"), strict=True):
     register_model(
         ModelConfig(
             name=_name, family="resnet", paper=_PAPER, year=2016, min_size=32,
@@ -316,3 +318,22 @@ for _name, _n in CIFAR_DEPTHS.items():
         ),
         _cifar_builder(_n),
     )  # fmt: skip
+
+
+def _plain_name_hint(name: str) -> str | None:
+    """'plain56' / 'plain-56': the paper's plain CIFAR nets are the CIFAR ResNets with
+    shortcut='none' (not registered twice); other depths: the plain nets there are."""
+    match = re.fullmatch(r"plain[-_]?(\d+)", name)
+    if match is None or f"plain{int(match.group(1))}" in _PLAIN_NAMES:
+        return None  # plain18 spelt otherwise: the usual "did you mean"
+    res = f"resnet{int(match.group(1))}"
+    if res in CIFAR_DEPTHS:
+        return (f"the plain {match.group(1)}-layer CIFAR net is {res} without shortcuts: "
+                f"create_model('{res}', shortcut='none'), on the command line {res} "
+                "--model-arg shortcut=none")
+    cifar = "/".join(d.removeprefix("resnet") for d in CIFAR_DEPTHS)
+    return (f"the plain nets are {', '.join(_PLAIN_NAMES)} (ImageNet) and resnet{cifar} with "
+            "shortcut='none' (CIFAR, --model-arg shortcut=none)")
+
+
+register_name_hint(_plain_name_hint)
