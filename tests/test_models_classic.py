@@ -446,3 +446,26 @@ def test_a_bad_act_is_one_line_naming_the_choices():
     # Nets without the option say so, as for any other unknown option.
     with pytest.raises(ModelOptionError, match="googlenet has no option 'act'"):
         _meta_model("googlenet", act="tanh")
+
+
+def test_probability_options_take_a_number_in_0_1():
+    """dropout / dropout_aux / drop_rate / drop_path_rate given True (`--model-arg dropout=yes`
+    built Dropout(p=True), p = 1.0: every unit dropped), 1, a negative number or a word: one
+    line naming the option and the range. 0 (an int from the command line) and 0.3 build, and
+    the Dropout really has that p."""
+    from cnnzoo.errors import ModelOptionError
+    from cnnzoo.models.registry import PROBABILITY_OPTIONS
+
+    found = {(n, o) for n in cnnzoo.list_models() for o in cnnzoo.get_config(n).options
+             if "drop" in o}  # fmt: skip
+    assert {o for _, o in found} == PROBABILITY_OPTIONS  # every such option is checked
+    assert len(found) == 1 + 8 * 1 + 2 + 5 + 3 * 2 + 1  # alexnet, vgg, googlenet, densenet, ...
+    for name, option in sorted(found):
+        for bad in (True, 1, 1.0, -0.1, float("nan"), "none"):
+            with pytest.raises(ModelOptionError) as err:
+                _meta_model(name, **{option: bad})
+            assert str(err.value) == (f"{name}: {option} is a probability, a number in [0, 1), "
+                                      f"not {bad!r}")  # fmt: skip
+    for p in (0, 0.3):
+        m = cnnzoo.create_model("alexnet", dropout=p)
+        assert [d.p for d in m.modules() if isinstance(d, nn.Dropout)] == [p, p]
