@@ -123,3 +123,35 @@ def test_a_closed_pipe_is_not_a_traceback():
             "sys.exit(main(['models']))\n")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 141 and done.stderr == ""
+
+
+def test_json_gives_each_option_its_default_and_choices(table):
+    """Besides the option names (kept as they were), `option_defaults` holds the default each is
+    built with -- checked against the built nets -- and `option_choices` the values of the
+    options with a fixed set (shortcut, act, padding, the bools)."""
+    import torch
+
+    from cnnzoo import create_model
+    from cnnzoo.models.base import ACTIVATIONS
+
+    for name, row in table.items():
+        assert list(row["option_defaults"]) == row["options"], name
+        assert set(row["option_choices"]) <= set(row["options"]), name
+    r20 = table["resnet20"]
+    assert r20["options"] == ["shortcut", "act"]
+    assert r20["option_defaults"] == {"shortcut": "A", "act": "relu"}
+    assert r20["option_choices"] == {"shortcut": ["A", "B", "none"], "act": list(ACTIVATIONS)}
+    assert table["residual_net"]["option_defaults"]["shortcut"] == "B"
+    assert table["unet"]["option_choices"]["padding"] == ["valid", "same"]
+    assert table["googlenet"]["option_choices"]["aux_logits"] == [True, False]
+    assert "dropout" not in table["alexnet"]["option_choices"]  # a number, not a fixed set
+    with torch.device("meta"):
+        for name, attr in (("efficientnet_lite0", "_dropout"), ("efficientnet_lite2", "_dropout"),
+                           ("googlenet", "dropout")):  # fmt: skip
+            built = getattr(create_model(name), attr).p
+            assert table[name]["option_defaults"]["dropout"] == built, name
+        assert table["alexnet"]["option_defaults"]["dropout"] == create_model(
+            "alexnet").classifier[0].p == 0.5
+        assert table["vgg11"]["option_defaults"]["fc_dim"] == create_model(
+            "vgg11").classifier[0].out_features == 4096
+    assert table["efficientnet_lite2"]["option_defaults"]["dropout"] == 0.3

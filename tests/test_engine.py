@@ -1005,7 +1005,8 @@ def test_vgg_stages_option_builds_the_small_fashion_mnist_vgg():
                                                "its options; the lenet models are lenet5, "
                                                "lenet5_classic"):  # fmt: skip
         create_model("lenet5", classic=True)
-    with pytest.raises(ModelOptionError, match="dropout=none: a number is expected$"):
+    with pytest.raises(ModelOptionError, match=r"alexnet: dropout is a probability, a number in "
+                                               r"\[0, 1\), not 'none'$"):  # fmt: skip
         create_model("alexnet", dropout="none")
     with pytest.raises(ModelOptionError, match="one number per stage separated by commas"):
         create_model("vgg13_bn", stages=3, width_mult="0.5;0.5;0.5")
@@ -1528,3 +1529,32 @@ def test_epoch_lines_show_top5_only_above_5_classes():
     assert _epoch_line(record, 3, 5) == ("epoch 2/3  lr 0.1  train_loss 0.5  train_acc 0.75  "
                                          "val_loss 0.25  val_acc 0.5  1.5s 1,000 img/s")
     assert "train_top5 1  val_loss 0.25  val_acc 0.5  val_top5 1  1.5s" in _epoch_line(record, 3, 6)
+
+
+def test_a_bad_model_arg_is_refused_before_the_data_load(tmp_path, monkeypatch, capsys):
+    """An option the model does not take, a probability given as yes (True, which built
+    Dropout(p=1.0)) or 1, a value outside an option's choices: one line before any image is
+    read (the data load is replaced by a failure here), in create_model's words."""
+    import cnnzoo.engine.run as run
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data were loaded before the options were checked")
+
+    monkeypatch.setattr(run, "load_splits", no_data)
+    cases = [
+        ("alexnet", ["bogus=1"], "alexnet has no option 'bogus': its options are dropout, act"),
+        ("alexnet", ["dropout=yes"], "alexnet: dropout is a probability, a number in [0, 1), "
+                                     "not True"),
+        ("densenet121", ["drop_rate=1"], "densenet121: drop_rate is a probability, a number in "
+                                         "[0, 1), not 1"),
+        ("resnet20", ["shortcut=C"], "resnet20: shortcut must be one of A, B, none, not 'C'"),
+        ("lenet5", ["act=softplus"], "lenet5: act must be one of relu, tanh, sigmoid, gelu, "
+                                     "silu, leaky_relu, not 'softplus'"),
+    ]
+    for model, args, message in cases:
+        argv = ["train", model, "--data", "digits", "--out", str(tmp_path / "run")]
+        for arg in args:
+            argv += ["--model-arg", arg]
+        assert main(argv) == 2, model
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1] == f"cnnzoo train: error: {message}"

@@ -355,3 +355,117 @@ def test_the_config_has_one_mean_and_std_per_input_channel():
         grey = cnnzoo.create_model("resnet18", in_chans=1).default_cfg
     assert grey.mean == pytest.approx(((0.485 + 0.456 + 0.406) / 3,))
     assert grey.std == pytest.approx(((0.229 + 0.224 + 0.225) / 3,))
+
+
+# Each `act` against torch's own functional form of it (the truth the modules are checked by).
+FUNCTIONAL_ACTS = {
+    "relu": torch.relu,
+    "tanh": torch.tanh,
+    "sigmoid": torch.sigmoid,
+    "gelu": nn.functional.gelu,
+    "silu": nn.functional.silu,
+    "leaky_relu": nn.functional.leaky_relu,  # negative slope 0.01, PyTorch's default
+}
+
+
+@pytest.mark.parametrize("act", list(FUNCTIONAL_ACTS))
+def test_lenet5_act_computes_the_named_function_with_the_same_keys(act):
+    """lenet5's `act` swaps the activation of every layer, nothing else: the same state_dict
+    keys, and the output of the net written out with torch's functional activation."""
+    from cnnzoo.models.base import ACTIVATIONS
+
+    assert set(ACTIVATIONS) == set(FUNCTIONAL_ACTS)
+    f = FUNCTIONAL_ACTS[act]
+    relu_net = cnnzoo.create_model("lenet5", num_classes=3)
+    m = cnnzoo.create_model("lenet5", num_classes=3, act=act).eval()
+    assert list(m.state_dict()) == list(relu_net.state_dict())
+    m.load_state_dict(relu_net.state_dict())
+    x = torch.randn(2, 1, 32, 32)
+    F = nn.functional
+    with torch.no_grad():
+        h = F.max_pool2d(f(F.conv2d(x, m.c1.weight, m.c1.bias)), 2)
+        h = F.max_pool2d(f(F.conv2d(h, m.c3.weight, m.c3.bias)), 2)
+        h = f(F.conv2d(h, m.c5.weight, m.c5.bias)).flatten(1)
+        want = F.linear(f(F.linear(h, m.f6.weight, m.f6.bias)), m.fc.weight, m.fc.bias)
+        torch.testing.assert_close(m(x), want)
+    if act != "relu":  # another function: other outputs from the same weights
+        assert not torch.allclose(m(x), relu_net.eval()(x))
+
+
+def test_act_replaces_every_relu_of_alexnet_and_vgg_and_keeps_the_keys():
+    """Where torchvision has a ReLU, `act='tanh'` has a Tanh (AlexNet: 5 convs + 2 dense; VGG-11:
+    8 convs + 2 dense), with the same state_dict keys and shapes."""
+    for name, kwargs, relus in (("alexnet", {}, 7), ("vgg11", {}, 10), ("vgg11_bn", {}, 10),
+                                ("vgg13_bn", {"stages": 3}, 6 + 2)):  # fmt: skip
+        relu_net, tanh_net = _meta_model(name, **kwargs), _meta_model(name, act="tanh", **kwargs)
+        kinds = [type(m) for m in relu_net.modules()]
+        assert kinds.count(nn.ReLU) == relus and nn.Tanh not in kinds, name
+        kinds = [type(m) for m in tanh_net.modules()]
+        assert kinds.count(nn.Tanh) == relus and nn.ReLU not in kinds, name
+        assert {k: v.shape for k, v in relu_net.state_dict().items()} == {
+            k: v.shape for k, v in tanh_net.state_dict().items()}, name
+    # Forward and backward through the in-place positions, for every activation.
+    from cnnzoo.models.base import ACTIVATIONS
+
+    for act in ACTIVATIONS:
+        m = cnnzoo.create_model("vgg11", num_classes=3, act=act, width_mult=0.125, fc_dim=8,
+                                pool_size=1)  # fmt: skip
+        x = torch.randn(2, 3, 32, 32, requires_grad=True)
+        m(x).sum().backward()
+        assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0, act
+
+
+def test_vgg_act_initialises_the_convs_with_its_gain():
+    """He init with the activation's gain (torch's calculate_gain: relu sqrt(2), tanh 5/3,
+    sigmoid 1) from the same draws: under one seed the tanh net's convs are the ReLU net's
+    times (5/3)/sqrt(2); the dense layers keep N(0, 0.01)."""
+    nets = {}
+    for act in ("relu", "tanh", "sigmoid"):
+        torch.manual_seed(0)
+        nets[act] = cnnzoo.create_model("vgg11", act=act, width_mult=0.125, fc_dim=8, pool_size=1)
+    relu_w = nets["relu"].features[0].weight
+    for act in ("tanh", "sigmoid"):
+        ratio = nn.init.calculate_gain(act) / nn.init.calculate_gain("relu")
+        torch.testing.assert_close(nets[act].features[0].weight, relu_w * ratio)
+        torch.testing.assert_close(nets[act].classifier[0].weight,
+                                   nets["relu"].classifier[0].weight)  # fmt: skip
+
+
+def test_a_bad_act_is_one_line_naming_the_choices():
+    from cnnzoo.errors import ModelOptionError
+
+    for name in ("lenet5", "alexnet", "vgg11", "resnet20", "residual_net"):
+        with pytest.raises(ModelOptionError) as err:
+            _meta_model(name, act="softplus")
+        msg = str(err.value)
+        assert "act must be one of relu, tanh, sigmoid, gelu, silu, leaky_relu" in msg, msg
+        assert "'softplus'" in msg and "\n" not in msg
+    # The paper's net keeps the paper's scaled tanh; the option belongs to the modern form.
+    with pytest.raises(ModelOptionError, match="lenet5_classic keeps the paper's scaled tanh"):
+        cnnzoo.create_model("lenet5_classic", act="relu")
+    # Nets without the option say so, as for any other unknown option.
+    with pytest.raises(ModelOptionError, match="googlenet has no option 'act'"):
+        _meta_model("googlenet", act="tanh")
+
+
+def test_probability_options_take_a_number_in_0_1():
+    """dropout / dropout_aux / drop_rate / drop_path_rate given True (`--model-arg dropout=yes`
+    built Dropout(p=True), p = 1.0: every unit dropped), 1, a negative number or a word: one
+    line naming the option and the range. 0 (an int from the command line) and 0.3 build, and
+    the Dropout really has that p."""
+    from cnnzoo.errors import ModelOptionError
+    from cnnzoo.models.registry import PROBABILITY_OPTIONS
+
+    found = {(n, o) for n in cnnzoo.list_models() for o in cnnzoo.get_config(n).options
+             if "drop" in o}  # fmt: skip
+    assert {o for _, o in found} == PROBABILITY_OPTIONS  # every such option is checked
+    assert len(found) == 1 + 8 * 1 + 2 + 5 + 3 * 2 + 1  # alexnet, vgg, googlenet, densenet, ...
+    for name, option in sorted(found):
+        for bad in (True, 1, 1.0, -0.1, float("nan"), "none"):
+            with pytest.raises(ModelOptionError) as err:
+                _meta_model(name, **{option: bad})
+            assert str(err.value) == (f"{name}: {option} is a probability, a number in [0, 1), "
+                                      f"not {bad!r}")  # fmt: skip
+    for p in (0, 0.3):
+        m = cnnzoo.create_model("alexnet", dropout=p)
+        assert [d.p for d in m.modules() if isinstance(d, nn.Dropout)] == [p, p]

@@ -221,3 +221,117 @@ def test_heads(name):
         torch.testing.assert_close(model(x), feats)
         model.reset_classifier(7)
         assert model(x).shape == (2, 7)
+
+
+@pytest.mark.parametrize("act", ["tanh", "sigmoid", "silu"])
+def test_cifar_resnet_act_block_by_hand_and_same_keys(act):
+    """resnet20 act=...: every ReLU of the stem and the blocks becomes `act` (no ReLU left), the
+    state_dict keys and shapes stay, and a block computes act(bn2(conv2(act(bn1(conv1 x)))) + x)
+    with torch's functional activation. The in-place SiLU leaves the gradients those of the
+    out-of-place function."""
+    f = {"tanh": torch.tanh, "sigmoid": torch.sigmoid, "silu": nn.functional.silu}[act]
+    relu_net, net = create_model("resnet20"), create_model("resnet20", act=act)
+    assert not any(isinstance(m, nn.ReLU) for m in net.modules())
+    assert {k: v.shape for k, v in net.state_dict().items()} == {
+        k: v.shape for k, v in relu_net.state_dict().items()}
+    block = net.layer1[1].eval()
+    x = torch.randn(2, 16, 5, 5, requires_grad=True)
+    want = f(block.bn2(block.conv2(f(block.bn1(block.conv1(x))))) + x)
+    (gx_want,) = torch.autograd.grad(want.sum(), x)
+    got = block(x)
+    torch.testing.assert_close(got, want)
+    (gx,) = torch.autograd.grad(got.sum(), x)
+    torch.testing.assert_close(gx, gx_want)
+    stem = net.eval()._stem(torch.randn(1, 3, 4, 4))
+    assert stem.min() >= 0 if act == "sigmoid" else stem.min() < 0  # not clipped at zero
+
+
+def test_act_default_is_todays_net_and_tanh_convs_take_their_gain():
+    """act='relu' (the default) builds resnet20 exactly as before from one seed; 'tanh' draws
+    the same numbers scaled by calculate_gain('tanh') / calculate_gain('relu')."""
+    nets = {}
+    for act in (None, "relu", "tanh"):
+        torch.manual_seed(3)
+        nets[act] = create_model("resnet20", **({} if act is None else {"act": act}))
+    for (k, v), v_relu, v_tanh in zip(nets[None].state_dict().items(),
+                                      nets["relu"].state_dict().values(),
+                                      nets["tanh"].state_dict().values(), strict=True):  # fmt: skip
+        assert torch.equal(v, v_relu), k
+        if k.endswith("conv1.weight") or k.endswith("conv2.weight"):
+            ratio = nn.init.calculate_gain("tanh") / nn.init.calculate_gain("relu")
+            torch.testing.assert_close(v_tanh, v * ratio)
+
+
+def test_residual_net_act_by_hand():
+    model = create_model("residual_net", in_chans=32, img_size=6, act="tanh").eval()
+    x = torch.randn(2, 32, 6, 6)
+    with torch.no_grad():
+        y = model.conv2(torch.tanh(model.conv1(x)))
+        feats = nn.functional.max_pool2d(torch.tanh(y + x), 2)
+        torch.testing.assert_close(model.forward_features(x), feats)
+        hidden = torch.tanh(model.fc1(feats.flatten(1)))
+        torch.testing.assert_close(model(x), model.fc2(hidden))
+
+
+def test_residual_net_shortcut_option_spelt_as_the_cifar_resnets():
+    """shortcut='none' removes the skip: relu(conv2(relu(conv1 x))) by hand, and the keys of the
+    default net minus the projection's; 'A' zero-pads the grey input to 32 channels (no
+    parameters); 'B' is the default net (projection only where the channels change)."""
+    from cnnzoo.errors import ModelOptionError
+
+    default = create_model("residual_net")
+    assert isinstance(create_model("residual_net", shortcut="B").shortcut, nn.Conv2d)
+    plain = create_model("residual_net", shortcut="none").eval()
+    assert plain.shortcut is None
+    assert set(default.state_dict()) - set(plain.state_dict()) == {"shortcut.weight"}
+    plain.load_state_dict({k: v for k, v in default.state_dict().items() if k != "shortcut.weight"})
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        y = torch.relu(plain.conv2(torch.relu(plain.conv1(x))))
+        torch.testing.assert_close(plain.forward_features(x), nn.functional.max_pool2d(y, 2))
+        # The same weights with the skip give another output: the skip was really there.
+        assert not torch.allclose(default.eval().forward_features(x), plain.forward_features(x))
+    a = create_model("residual_net", shortcut="A").eval()
+    assert count_parameters(default) - count_parameters(a) == 32  # the 1x1 conv's 1x32 weights
+    a.load_state_dict({k: v for k, v in default.state_dict().items() if k != "shortcut.weight"})
+    with torch.no_grad():
+        padded = nn.functional.pad(x, (0, 0, 0, 0, 15, 16))  # 31 zero channels around the input
+        y = torch.relu(a.conv2(torch.relu(a.conv1(x))) + padded)
+        torch.testing.assert_close(a.forward_features(x), nn.functional.max_pool2d(y, 2))
+    # The lecture's identity at 32 input channels is kept by 'A' and 'B', dropped by 'none'.
+    for shortcut in ("A", "B"):
+        assert isinstance(create_model("residual_net", in_chans=32, shortcut=shortcut).shortcut,
+                          nn.Identity)  # fmt: skip
+    with pytest.raises(ModelOptionError, match="shortcut='A' zero-pads the 64 input channels"):
+        create_model("residual_net", in_chans=64, shortcut="A")
+    with pytest.raises(ModelOptionError, match=r"shortcut must be one of A, B, none, not 'C'"):
+        create_model("residual_net", shortcut="C")
+    assert "shortcut" in get_config("residual_net").options
+
+
+def test_a_plain_cifar_depth_points_to_the_resnet_without_shortcuts(capsys):
+    """'plain56' is not registered: the paper's plain CIFAR nets are resnetN with
+    shortcut='none', which the error says (it suggested plain18, plain34); other depths name
+    the plain nets there are; plain18 spelt otherwise still gets "did you mean"."""
+    from cnnzoo.cli import main
+    from cnnzoo.errors import UnknownModelError
+
+    for name, depth in (("plain56", 56), ("Plain-20", 20), ("plain_110", 110)):
+        with pytest.raises(UnknownModelError) as err:
+            create_model(name)
+        assert str(err.value) == (
+            f"unknown model {name!r}: the plain {depth}-layer CIFAR net is resnet{depth} without "
+            f"shortcuts: create_model('resnet{depth}', shortcut='none'), on the command line "
+            f"resnet{depth} --model-arg shortcut=none")
+    with pytest.raises(UnknownModelError, match=r"'plain50': the plain nets are plain18, plain34 "
+                                                r"\(ImageNet\) and resnet20/32/44/56/110 with "
+                                                "shortcut='none'"):  # fmt: skip
+        create_model("plain50")
+    with pytest.raises(UnknownModelError, match=r"Did you mean plain18\?"):
+        create_model("plain-18")
+    # What it points to builds the plain net: the keys of resnet56 (option A has no parameters).
+    with torch.device("meta"):
+        plain = create_model("resnet56", shortcut="none")
+        assert list(plain.state_dict()) == list(create_model("resnet56").state_dict())
+    assert main(["train", "plain56", "--data", "digits"]) == 2
+    assert "resnet56 --model-arg shortcut=none" in capsys.readouterr().err

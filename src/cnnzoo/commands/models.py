@@ -17,12 +17,14 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import UnknownModelError
     from ..models import get_config, list_models
     from ..models.flops import table_counts
+    from ..models.registry import model_options
 
     rows = []
     names = list_models(args.pattern)
     counts = table_counts(names)
     for name in names:
         cfg = get_config(name)
+        specs = model_options(name)
         rows.append(
             {
                 "name": name,
@@ -33,6 +35,10 @@ def run(args: argparse.Namespace) -> int:
                 "year": cfg.year,
                 "task": cfg.task,
                 "options": list(cfg.options),  # --model-arg / create_model keywords
+                # Each option's default, and the values it takes where that set is fixed.
+                "option_defaults": {k: spec.default for k, spec in specs.items()},
+                "option_choices": {k: list(spec.choices) for k, spec in specs.items()
+                                   if spec.choices is not None},
                 "paper": cfg.paper,
             }
         )

@@ -255,6 +255,7 @@ def train_classifier(
     from ..limits import MAX_INPUT_SIZE
     from ..models import create_model, fixed_input_size, get_config, min_input_size
     from ..models.base import is_whole
+    from ..models.registry import check_options
 
     if get_config(model_name).task == "segmentation":
         # Trained as a classifier, the U-Net would learn images/ against masks/ as two classes.
@@ -268,6 +269,9 @@ def train_classifier(
     if taken:
         raise UsageError(f"{', '.join(taken)}: set by the data (its classes; its channels or "
                          "--channels), not by --model-arg")  # fmt: skip
+    # The options' names and values create_model can judge without building, before the data
+    # load (slow for a big folder); what needs the net (width_mult per stage, ...) fails later.
+    check_options(model_name, model_kwargs)
     # Input sizes before the data are loaded, in the options' own words. residual_net is built
     # for the size it trains at (its img_size option); any other net has a least size.
     fixed = fixed_input_size(model_name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import torch
 from torch import Tensor, nn
@@ -148,6 +148,39 @@ def new_head(num_features: int, num_classes: int) -> nn.Module:
     if n < 0:  # reset_classifier(-1) built a headless net
         raise ModelOptionError(f"num_classes must be a whole number >= 0, not {num_classes!r}")
     return nn.Identity() if n == 0 else nn.Linear(num_features, n)
+
+
+# The `act` option of the nets where ReLU is compared with what came before it (LeNet-5, AlexNet,
+# VGG, the CIFAR ResNets, residual_net): 'relu' is the default and builds today's nets exactly.
+Activation = Literal["relu", "tanh", "sigmoid", "gelu", "silu", "leaky_relu"]
+ACTIVATIONS: tuple[str, ...] = get_args(Activation)
+
+
+def make_activation(name: str, *, inplace: bool = False) -> nn.Module:
+    """The activation module called `name` (one of ACTIVATIONS). `inplace` is honoured where
+    PyTorch has it (ReLU, LeakyReLU, SiLU) and may only be asked for where the net used
+    `ReLU(inplace=True)`: after a conv, BN or linear layer whose output nothing else reads."""
+    if name == "relu":
+        return nn.ReLU(inplace=inplace)
+    if name == "tanh":
+        return nn.Tanh()
+    if name == "sigmoid":
+        return nn.Sigmoid()
+    if name == "gelu":
+        return nn.GELU()
+    if name == "silu":
+        return nn.SiLU(inplace=inplace)
+    if name == "leaky_relu":
+        return nn.LeakyReLU(0.01, inplace=inplace)
+    raise ModelOptionError(f"act must be one of {', '.join(ACTIVATIONS)}, not {name!r}")
+
+
+def init_nonlinearity(act: str) -> str:
+    """`nonlinearity` for nn.init.kaiming_normal_ under activation `act`: its gain keeps the
+    signal's variance through the layers (relu sqrt(2), tanh 5/3, sigmoid 1; the ReLU-like
+    gelu, silu and leaky_relu take ReLU's). The draws are the same, only scaled, so 'relu' nets
+    are initialised exactly as before."""
+    return act if act in ("tanh", "sigmoid") else "relu"
 
 
 @torch.no_grad()

@@ -282,17 +282,25 @@ def efficientnet_lite0(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> 
     return EfficientNetLite(num_classes=num_classes, in_chans=in_chans, **kwargs)
 
 
-def efficientnet_lite1(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> EfficientNetLite:
+# The defaults Lite1 and Lite2 differ in are in their signatures, where `cnnzoo models --json`
+# reads each option's default.
+LITE1_STAGES = scaled_stages(1.0, 1.1)
+LITE2_STAGES = scaled_stages(1.1, 1.2)
+
+
+def efficientnet_lite1(num_classes: int = 1000, in_chans: int = 3, *,
+                       stages: tuple[tuple[int, int, int, int, int], ...] = LITE1_STAGES,
+                       **kwargs) -> EfficientNetLite:  # fmt: skip
     """EfficientNet-Lite1 (width 1.0, depth 1.1, 240 px), 5,416,680 parameters at 1000 classes."""
-    kwargs.setdefault("stages", scaled_stages(1.0, 1.1))
-    return EfficientNetLite(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    return EfficientNetLite(num_classes=num_classes, in_chans=in_chans, stages=stages, **kwargs)
 
 
-def efficientnet_lite2(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> EfficientNetLite:
+def efficientnet_lite2(num_classes: int = 1000, in_chans: int = 3, *, dropout: float = 0.3,
+                       stages: tuple[tuple[int, int, int, int, int], ...] = LITE2_STAGES,
+                       **kwargs) -> EfficientNetLite:  # fmt: skip
     """EfficientNet-Lite2 (width 1.1, depth 1.2, 260 px), 6,092,072 parameters at 1000 classes."""
-    kwargs.setdefault("stages", scaled_stages(1.1, 1.2))
-    kwargs.setdefault("dropout", 0.3)
-    return EfficientNetLite(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    return EfficientNetLite(num_classes=num_classes, in_chans=in_chans, dropout=dropout,
+                            stages=stages, **kwargs)  # fmt: skip
 
 
 _PAPER = "Tan & Le, EfficientNet: Rethinking Model Scaling for CNNs (ICML 2019), Lite variant"

@@ -15,7 +15,9 @@ Two registered forms:
   layer is a linear layer trained with cross-entropy instead of the paper's Euclidean RBF units
   with fixed 7x12 bitmap codes (850 parameters instead of none trainable).
 - `lenet5`, the modern form most courses teach: ReLU, 2x2 max-pooling, C3 fully connected to
-  S2. Same layer sizes, 61,706 parameters at 10 classes. It trains faster and better.
+  S2. Same layer sizes, 61,706 parameters at 10 classes. It trains faster and better. Its `act`
+  option swaps ReLU for 'tanh', 'sigmoid' (the squashing functions of the 1990s), 'gelu', 'silu'
+  or 'leaky_relu', everything else kept, to see what ReLU alone changes.
 
 MNIST/Fashion-MNIST images are 28x28; the paper pads them to 32x32 (Section III.A), which is also
 the minimum size here (C5's 5x5 kernel needs S4's 5x5 maps). Larger inputs work: C5's maps are
@@ -30,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Classifier, new_head
+from ..errors import ModelOptionError
+from .base import Activation, Classifier, make_activation, new_head
 from .registry import ModelConfig, register_model
 
 PAPER = "LeCun et al., Gradient-Based Learning Applied to Document Recognition"
@@ -110,19 +113,23 @@ class LeNet5(Classifier):
     `forward_features` returns C5's 120 maps; `forward_head(x, pre_logits=True)` F6's 84 units.
     """
 
-    def __init__(self, *, num_classes: int = 10, in_chans: int = 1, classic: bool = False):
+    def __init__(self, *, num_classes: int = 10, in_chans: int = 1, classic: bool = False,
+                 act: Activation | None = None):
         super().__init__()
+        if classic and act is not None:
+            raise ModelOptionError("lenet5_classic keeps the paper's scaled tanh (Appendix A); "
+                                   "act is an option of lenet5")
         self.classic = classic
         self.num_classes = num_classes
         self.num_features = 84
-        act: type[nn.Module] = ScaledTanh if classic else nn.ReLU
         self.c1 = nn.Conv2d(in_chans, 6, kernel_size=5)
         self.s2 = Subsampling(6) if classic else nn.MaxPool2d(2)
         self.c3: nn.Module = SparseConv2d(C3_TABLE, 6, 5) if classic else nn.Conv2d(6, 16, 5)
         self.s4 = Subsampling(16) if classic else nn.MaxPool2d(2)
         self.c5 = nn.Conv2d(16, 120, kernel_size=5)
         self.f6 = nn.Linear(120, 84)
-        self.act = act()
+        # One module for every layer (no parameters, so the state_dict keys do not change).
+        self.act = ScaledTanh() if classic else make_activation(act or "relu")
         self.fc = new_head(84, num_classes)
 
     def forward_features(self, x: Tensor) -> Tensor:
@@ -139,16 +146,19 @@ class LeNet5(Classifier):
         return x if pre_logits else self.fc(x)
 
 
-def _builder(classic: bool):
-    def build(*, num_classes: int, in_chans: int, **kwargs: Any) -> LeNet5:
-        return LeNet5(num_classes=num_classes, in_chans=in_chans, classic=classic, **kwargs)
-
-    return build
+def _build_modern(*, num_classes: int, in_chans: int, act: Activation = "relu",
+                  **kwargs: Any) -> LeNet5:
+    return LeNet5(num_classes=num_classes, in_chans=in_chans, classic=False, act=act, **kwargs)
 
 
-for _name, _classic, _note in (
-    ("lenet5", False, "modern form: ReLU, max-pool, full C3"),
-    ("lenet5_classic", True, "paper's form: scaled tanh, trainable subsampling, Table I C3"),
+def _build_classic(*, num_classes: int, in_chans: int, **kwargs: Any) -> LeNet5:
+    return LeNet5(num_classes=num_classes, in_chans=in_chans, classic=True, **kwargs)
+
+
+for _name, _build, _options, _note in (
+    ("lenet5", _build_modern, ("act",), "modern form: ReLU, max-pool, full C3"),
+    ("lenet5_classic", _build_classic, (),
+     "paper's form: scaled tanh, trainable subsampling, Table I C3"),
 ):
     register_model(
         ModelConfig(
@@ -161,7 +171,8 @@ for _name, _classic, _note in (
             mean=GREY_MEAN,
             std=GREY_STD,
             num_classes=10,
+            options=_options,
             notes=_note,
         ),
-        _builder(_classic),
+        _build,
     )

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import inspect
+import numbers
 import re
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
@@ -56,6 +59,9 @@ Builder = Callable[..., nn.Module]
 MinSizeRule = Callable[..., int]
 _REGISTRY: dict[str, tuple[Builder, ModelConfig]] = {}
 _MIN_SIZE_RULES: dict[str, MinSizeRule] = {}
+# Families' advice for names that are not registered but mean one of their models built with an
+# option ('plain56' is resnet56 with shortcut='none'): `hint(lower_case_name) -> text or None`.
+_NAME_HINTS: list[Callable[[str], str | None]] = []
 
 
 def register_model(
@@ -71,6 +77,12 @@ def register_model(
     _REGISTRY[config.name] = (builder, config)
     if min_size is not None:
         _MIN_SIZE_RULES[config.name] = min_size
+
+
+def register_name_hint(hint: Callable[[str], str | None]) -> None:
+    """Add `hint(name) -> str | None`: what the unknown-model error says for a lower-case `name`
+    a family recognises (None: not one of its), instead of the nearest registered names."""
+    _NAME_HINTS.append(hint)
 
 
 def _ensure_loaded() -> None:
@@ -135,6 +147,10 @@ def _lookup(name: str) -> tuple[Builder, ModelConfig]:
         return _REGISTRY[name]
     except KeyError:
         low = name.lower()
+        for family_hint in _NAME_HINTS:
+            said = family_hint(low)
+            if said:
+                raise UnknownModelError(f"unknown model {name!r}: {said}") from None
         if not name:
             close = []
         elif low in _REGISTRY:  # 'ResNet18'
@@ -146,6 +162,97 @@ def _lookup(name: str) -> tuple[Builder, ModelConfig]:
         raise UnknownModelError(
             f"unknown model {name!r}.{hint} `cnnzoo models` lists them all."
         ) from None
+
+
+# Options that are probabilities wherever a model has them (a dropout rate, a stochastic-depth
+# rate): create_model takes a number in [0, 1) for them. True (`--model-arg dropout=yes`) was
+# Dropout(p=True), p = 1.0, a net whose every unit is dropped and that cannot learn.
+PROBABILITY_OPTIONS = frozenset({"dropout", "dropout_aux", "drop_rate", "drop_path_rate"})
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One option of a model as its builder's signature declares it: the default it is built
+    with, and the values it takes where that set is fixed (a Literal or a bool), else None."""
+
+    default: Any
+    choices: tuple[Any, ...] | None = None
+
+
+def _builder_parameters(builder: Builder) -> dict[str, tuple[Any, Any]] | None:
+    """name -> (default, type hint) of every keyword `builder` takes: its own parameters, and
+    through its **kwargs those of the class it returns (its return annotation). None when that
+    cannot be told (**kwargs without an annotated class): then any keyword may be taken."""
+    found: dict[str, tuple[Any, Any]] = {}
+    fn: Any = builder
+    while fn is not None:
+        try:
+            hints = typing.get_type_hints(fn)
+        except Exception:  # an annotation that does not resolve: no hints, not no options
+            hints = {}
+        params = inspect.signature(fn).parameters.values()
+        for p in params:
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self":
+                found.setdefault(p.name, (p.default, hints.get(p.name)))  # the builder's first
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            return found
+        returned = hints.get("return")
+        if not isinstance(returned, type):
+            return None
+        fn = returned.__init__
+    return found
+
+
+def _choices(hint: Any) -> tuple[Any, ...] | None:
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint)
+    return (True, False) if hint is bool else None
+
+
+def model_options(name: str) -> dict[str, OptionSpec]:
+    """The options of `name` (`ModelConfig.options`, in order) with the default each is built
+    with and, where the set is fixed, the values it takes (from the builder's signature)."""
+    builder, cfg = _lookup(name)
+    params = _builder_parameters(builder) or {}
+    specs = {}
+    for option in cfg.options:
+        default, hint = params.get(option, (None, None))
+        specs[option] = OptionSpec(None if default is inspect.Parameter.empty else default,
+                                   _choices(hint))  # fmt: skip
+    return specs
+
+
+def _no_option_message(name: str, cfg: ModelConfig, option: str) -> str:
+    hint = _PEER_OPTIONS.get(option)
+    if hint is None:
+        close = difflib.get_close_matches(option, cfg.options, n=1, cutoff=0.6)
+        hint = (f"did you mean {close[0]}? " if close else "") + (
+            f"its options are {', '.join(cfg.options)}" if cfg.options
+            else "it has none besides num_classes and in_chans")
+    return f"{name} has no option {option!r}: {hint}"
+
+
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """Raise create_model's one-line ModelOptionError for what can be told without building
+    `name`: an option it does not take, a probability outside [0, 1) (or a bool), a value
+    outside an option's fixed choices. Cheap, so a run can check before loading its data."""
+    builder, cfg = _lookup(name)
+    params = _builder_parameters(builder)
+    if params is not None:
+        for option in options:
+            if option not in params:
+                raise ModelOptionError(_no_option_message(name, cfg, option))
+    specs = model_options(name)
+    for option, value in options.items():
+        if option in PROBABILITY_OPTIONS and option in specs and not (
+                isinstance(value, numbers.Real) and not isinstance(value, bool)
+                and 0 <= value < 1):  # fmt: skip
+            raise ModelOptionError(f"{name}: {option} is a probability, a number in [0, 1), "
+                                   f"not {value!r}")  # fmt: skip
+        choices = specs[option].choices if option in specs else None
+        if choices is not None and value not in choices:  # (1 and 0 are a bool's too)
+            raise ModelOptionError(f"{name}: {option} must be one of "
+                                   f"{', '.join(map(str, choices))}, not {value!r}")  # fmt: skip
 
 
 # What timm's and Keras Applications' options are called here, for users who come from them.
@@ -187,6 +294,7 @@ def create_model(
                  if v is not None}  # fmt: skip
         return create_pretrained(name, weights, **given, **kwargs)
     builder, cfg = _lookup(name)
+    check_options(name, kwargs)
     n_cls = cfg.num_classes if num_classes is None else num_classes
     n_in = cfg.input_size[0] if in_chans is None else in_chans
     if not is_whole(n_cls, 0):
@@ -206,15 +314,8 @@ def create_model(
             raise
         # A misspelt or ill-formed option: say which, in one line, not a traceback.
         unknown = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
-        if unknown:
-            option = unknown.group(1)
-            hint = _PEER_OPTIONS.get(option)
-            if hint is None:
-                close = difflib.get_close_matches(option, cfg.options, n=1, cutoff=0.6)
-                hint = (f"did you mean {close[0]}? " if close else "") + (
-                    f"its options are {', '.join(cfg.options)}" if cfg.options
-                    else "it has none besides num_classes and in_chans")
-            raise ModelOptionError(f"{name} has no option {option!r}: {hint}") from None
+        if unknown:  # check_options tells most before building; a builder it cannot read
+            raise ModelOptionError(_no_option_message(name, cfg, unknown.group(1))) from None
         fixed = re.search(r"multiple values for keyword argument '(\w+)'", str(exc))
         if fixed:  # lenet5 classic=True: what its name already decides
             option = fixed.group(1)

@@ -17,18 +17,25 @@ CIFAR nets (Sec. 4.2, Table 6): a 3x3 conv with 16 filters, three stages of n Ba
 32x32, 16x16 and 8x8 with 16/32/64 filters, global average pooling and a 10-way fc: 6n+2 layers
 (n = 3, 5, 7, 9, 18 for ResNet-20/32/44/56/110). Shortcuts are identities; where the width
 doubles, option A (the paper's default for CIFAR) subsamples by 2 and pads the new channels with
-zeros (no parameters), option B uses a 1x1 projection conv + BN.
+zeros (no parameters), option B uses a 1x1 projection conv + BN. Their `act` option replaces
+every ReLU ('tanh', 'sigmoid', 'gelu', 'silu', 'leaky_relu'; the convs' He initialisation takes
+that activation's gain); the modules keep torchvision's name `relu` whatever they compute.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from typing import Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Classifier, new_head
-from .registry import ModelConfig, register_model
+from .base import Activation, Classifier, init_nonlinearity, make_activation, new_head
+from .registry import ModelConfig, register_model, register_name_hint
+
+# The shortcut options of Sec. 3.3: A zero-padding, B projection where the shape changes, none.
+Shortcut = Literal["A", "B", "none"]
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -74,11 +81,12 @@ class BasicBlock(nn.Module):
         stride: int = 1,
         downsample: nn.Module | None = None,
         shortcut: bool = True,
+        act: Activation = "relu",
     ) -> None:
         super().__init__()
         self.conv1 = conv3x3(inplanes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = make_activation(act, inplace=True)
         self.conv2 = conv3x3(planes, planes)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
@@ -104,6 +112,7 @@ class Bottleneck(nn.Module):
         stride: int = 1,
         downsample: nn.Module | None = None,
         shortcut: bool = True,
+        act: Activation = "relu",
     ) -> None:
         super().__init__()
         width = planes
@@ -113,7 +122,7 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = conv1x1(width, planes * self.expansion)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = make_activation(act, inplace=True)
         self.downsample = downsample
         self.shortcut = shortcut
 
@@ -137,6 +146,7 @@ class ResNet(Classifier):
     stem: 'imagenet' (7x7/2 conv + 3x3/2 max-pool) or 'cifar' (3x3/1 conv, no pool).
     shortcut: 'B' (1x1 projection where the shape changes: torchvision's ImageNet nets), 'A'
         (zero-padding, parameter-free: the paper's CIFAR nets) or 'none' (plain net).
+    act: the activation in place of every ReLU (`models.base.ACTIVATIONS`).
 
     `forward_intermediates(x)` returns the stem's output and each stage's output (strides 2, 4, 8,
     16, 32 on ImageNet) with channel counts `feature_channels`, e.g. for a U-Net encoder.
@@ -149,9 +159,10 @@ class ResNet(Classifier):
         *,
         widths: tuple[int, ...] = (64, 128, 256, 512),
         stem: str = "imagenet",
-        shortcut: str = "B",
+        shortcut: Shortcut = "B",
         num_classes: int = 1000,
         in_chans: int = 3,
+        act: Activation = "relu",
     ) -> None:
         super().__init__()
         if shortcut not in ("A", "B", "none"):
@@ -159,13 +170,14 @@ class ResNet(Classifier):
         if stem not in ("imagenet", "cifar"):
             raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
         self.shortcut_type = shortcut
+        self.act_type = act
         self.inplanes = widths[0]
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_chans, self.inplanes, 7, stride=2, padding=3, bias=False)
         else:
             self.conv1 = conv3x3(in_chans, self.inplanes)
         self.bn1 = nn.BatchNorm2d(self.inplanes)
-        self.relu = nn.ReLU(inplace=True)
+        self.relu = make_activation(act, inplace=True)
         # The CIFAR nets have no pooling stem; Identity keeps forward() one code path.
         self.maxpool: nn.Module = (
             nn.MaxPool2d(3, stride=2, padding=1) if stem == "imagenet" else nn.Identity()
@@ -187,10 +199,12 @@ class ResNet(Classifier):
         self.num_classes = num_classes
         self.fc = new_head(self.num_features, num_classes)
 
-        # torchvision's init (He et al. 2015 for convs), so random-init nets are comparable.
+        # torchvision's init (He et al. 2015 for convs), so random-init nets are comparable;
+        # another `act` takes its own gain (tanh 5/3, sigmoid 1) instead of ReLU's sqrt(2).
+        nonlinearity = init_nonlinearity(act)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity=nonlinearity)
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
@@ -206,9 +220,10 @@ class ResNet(Classifier):
                 downsample = nn.Sequential(
                     conv1x1(self.inplanes, out_planes, stride), nn.BatchNorm2d(out_planes)
                 )
-        layers = [block(self.inplanes, planes, stride, downsample, has_shortcut)]
+        layers = [block(self.inplanes, planes, stride, downsample, has_shortcut, self.act_type)]
         self.inplanes = out_planes
-        layers += [block(self.inplanes, planes, shortcut=has_shortcut) for _ in range(1, blocks)]
+        layers += [block(self.inplanes, planes, shortcut=has_shortcut, act=self.act_type)
+                   for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def _stem(self, x: Tensor) -> Tensor:
@@ -258,10 +273,11 @@ def _imagenet_builder(block: Block, layers: list[int], shortcut: str) -> Callabl
 
 
 def _cifar_builder(n: int) -> Callable[..., ResNet]:
-    def build(*, num_classes: int = 10, in_chans: int = 3, shortcut: str = "A") -> ResNet:
+    def build(*, num_classes: int = 10, in_chans: int = 3, shortcut: Shortcut = "A",
+              act: Activation = "relu") -> ResNet:
         return ResNet(
             BasicBlock, [n] * 3, widths=(16, 32, 64), stem="cifar", shortcut=shortcut,
-            num_classes=num_classes, in_chans=in_chans,
+            num_classes=num_classes, in_chans=in_chans, act=act,
         )  # fmt: skip
 
     return build
@@ -281,7 +297,8 @@ for _name, (_block, _layers) in IMAGENET_DEPTHS.items():
         _imagenet_builder(_block, _layers, "B"),
     )  # fmt: skip
 
-for _name, _src in (("plain18", "resnet18"), ("plain34", "resnet34")):
+_PLAIN_NAMES = ("plain18", "plain34")
+for _name, _src in zip(_PLAIN_NAMES, ("resnet18", "resnet34"), strict=True):
     register_model(
         ModelConfig(
             name=_name, family="resnet", paper=_PAPER, year=2016, min_size=32,
@@ -297,7 +314,26 @@ for _name, _n in CIFAR_DEPTHS.items():
             min_size=1, mean=CIFAR_MEAN, std=CIFAR_STD, num_classes=10,
             notes=(f"CIFAR ResNet, 6n+2 layers with n={_n}; shortcut='A' (default), 'B' or "
                    "'none' (plain)"),
-            options=("shortcut",),
+            options=("shortcut", "act"),
         ),
         _cifar_builder(_n),
     )  # fmt: skip
+
+
+def _plain_name_hint(name: str) -> str | None:
+    """'plain56' / 'plain-56': the paper's plain CIFAR nets are the CIFAR ResNets with
+    shortcut='none' (not registered twice); other depths: the plain nets there are."""
+    match = re.fullmatch(r"plain[-_]?(\d+)", name)
+    if match is None or f"plain{int(match.group(1))}" in _PLAIN_NAMES:
+        return None  # plain18 spelt otherwise: the usual "did you mean"
+    res = f"resnet{int(match.group(1))}"
+    if res in CIFAR_DEPTHS:
+        return (f"the plain {match.group(1)}-layer CIFAR net is {res} without shortcuts: "
+                f"create_model('{res}', shortcut='none'), on the command line {res} "
+                "--model-arg shortcut=none")
+    cifar = "/".join(d.removeprefix("resnet") for d in CIFAR_DEPTHS)
+    return (f"the plain nets are {', '.join(_PLAIN_NAMES)} (ImageNet) and resnet{cifar} with "
+            "shortcut='none' (CIFAR, --model-arg shortcut=none)")
+
+
+register_name_hint(_plain_name_hint)

@@ -16,6 +16,9 @@ the channels on Fashion-MNIST), `fc_dim` replaces the 4096-wide dense layers and
 32-32-pool-64-64-pool-128-128-pool, the small VGG that suits 28-32 px images on a CPU).
 `width_mult` may also hold one multiplier per stage (a sequence, or "0.375,0.5,0.5" from the
 command line): the first stage runs at full resolution and costs most per channel.
+`act` replaces every ReLU ('tanh', 'sigmoid', 'gelu', 'silu', 'leaky_relu'; the convs' He
+initialisation takes that activation's gain), e.g. to see a sigmoid VGG-11 fail to train where
+the ReLU one learns.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ModelOptionError
-from .base import Classifier, new_head
+from .base import Activation, Classifier, init_nonlinearity, make_activation, new_head
 from .registry import ModelConfig, register_model
 
 PAPER = "Simonyan & Zisserman, Very Deep Convolutional Networks for Large-Scale Image Recognition"
@@ -87,7 +90,7 @@ def stage_multipliers(width_mult: float | Sequence[float] | str, stages: int) ->
 
 def make_layers(
     config: list[int | str], *, in_chans: int = 3, batch_norm: bool = False,
-    width_mult: float | Sequence[float] | str = 1.0,
+    width_mult: float | Sequence[float] | str = 1.0, act: Activation = "relu",
 ) -> nn.Sequential:
     """Turn a Table-1 channel list into the `features` stack (conv[-bn]-relu ..., max-pool)."""
     layers: list[nn.Module] = []
@@ -103,7 +106,7 @@ def make_layers(
         layers.append(nn.Conv2d(channels, out, kernel_size=3, padding=1))
         if batch_norm:
             layers.append(nn.BatchNorm2d(out))
-        layers.append(nn.ReLU(inplace=True))
+        layers.append(make_activation(act, inplace=True))
         channels = out
     return nn.Sequential(*layers)
 
@@ -128,11 +131,12 @@ class VGG(Classifier):
         fc_dim: int = 4096,
         pool_size: int = 7,
         dropout: float = 0.5,
+        act: Activation = "relu",
     ) -> None:
         super().__init__()
         self.config = list(config)
         self.features = make_layers(
-            config, in_chans=in_chans, batch_norm=batch_norm, width_mult=width_mult
+            config, in_chans=in_chans, batch_norm=batch_norm, width_mult=width_mult, act=act
         )
         last = [m for m in self.features if isinstance(m, nn.Conv2d)][-1].out_channels
         self.avgpool = nn.AdaptiveAvgPool2d((pool_size, pool_size))
@@ -140,21 +144,23 @@ class VGG(Classifier):
         self.num_classes = num_classes
         self.classifier = nn.Sequential(
             nn.Linear(last * pool_size * pool_size, fc_dim),
-            nn.ReLU(inplace=True),
+            make_activation(act, inplace=True),
             nn.Dropout(p=dropout),
             nn.Linear(fc_dim, fc_dim),
-            nn.ReLU(inplace=True),
+            make_activation(act, inplace=True),
             nn.Dropout(p=dropout),
             new_head(fc_dim, num_classes),
         )
-        self._init_weights()
+        self._init_weights(act)
 
-    def _init_weights(self) -> None:
+    def _init_weights(self, act: str = "relu") -> None:
         # torchvision's scheme (He et al. 2015 for convs); the paper's pre-training of net A is
-        # what this replaced, see Section 3.1's note on Glorot initialisation.
+        # what this replaced, see Section 3.1's note on Glorot initialisation. Another `act`
+        # takes its own gain (tanh 5/3, sigmoid 1) instead of ReLU's sqrt(2).
+        nonlinearity = init_nonlinearity(act)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity=nonlinearity)
                 nn.init.zeros_(m.bias)
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
@@ -244,7 +250,7 @@ for _name, _letter in VGG_DEPTHS.items():
                 notes=f"configuration {_letter} ({_depth} weight layers), Table 1"
                 + (", BatchNorm after each conv" if _bn else ""),
                 extra={"config": _letter},
-                options=("stages", "width_mult", "fc_dim", "pool_size", "dropout"),
+                options=("stages", "width_mult", "fc_dim", "pool_size", "dropout", "act"),
             ),
             _builder(_letter, _bn),
             min_size=min_size_for,
