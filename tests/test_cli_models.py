@@ -155,3 +155,21 @@ def test_json_gives_each_option_its_default_and_choices(table):
         assert table["vgg11"]["option_defaults"]["fc_dim"] == create_model(
             "vgg11").classifier[0].out_features == 4096
     assert table["efficientnet_lite2"]["option_defaults"]["dropout"] == 0.3
+
+
+def test_counts_at_another_input_size(capsys):
+    """`--img-size 28 --channels 1`: what a Fashion-MNIST run costs. ResNet-20 by hand at
+    1x28x28: stem 16*9*784 = 112,896; stage 1 six 16->16 convs at 28x28, 6 * 1,806,336; stage 2
+    903,168 (16->32, stride 2) + 5 * 1,806,336 at 14x14; stage 3 the same at 7x7; the head 640.
+    Option-A shortcuts and BatchNorm add no multiply-adds."""
+    assert main(["models", "--pattern", "resnet20", "--img-size", "28", "--channels", "1",
+                 "--json"]) == 0  # fmt: skip
+    (row,) = json.loads(capsys.readouterr().out)
+    by_hand = 112_896 + 6 * 1_806_336 + 2 * (903_168 + 5 * 1_806_336) + 640
+    assert round(row["gflops"] * 1e9) == by_hand == 30_821_248
+    assert row["params"] == 269_722 - 16 * 2 * 9 and row["input"] == "1x28x28"
+    assert main(["models", "--pattern", "lenet5", "--img-size", "28"]) == 0  # LeNet takes 32
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("lenet5 "))
+    assert line.split()[2] == "-" and "3x28x28" not in line and "1x28x28" in line
+    assert main(["models", "--channels", "1"]) == 2
+    assert "--channels goes with --img-size" in capsys.readouterr().err

@@ -6,10 +6,16 @@ import argparse
 import json
 
 from ..text import plural
+from .argtypes import IMG_SIZE
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pattern", default="*", help="shell-style filter, e.g. 'res*' or 'vgg1?'")
+    p.add_argument("--img-size", type=IMG_SIZE, default=None, metavar="N",
+                   help="count parameters and GFLOPs for N x N inputs (default: each model's "
+                        "own size), e.g. 28 for Fashion-MNIST; '-' where a net needs more")
+    p.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                   help="with --img-size: input channels (default: each model's own)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -19,18 +25,31 @@ def run(args: argparse.Namespace) -> int:
     from ..models.flops import table_counts
     from ..models.registry import model_options
 
+    if args.channels is not None and args.img_size is None:
+        from ..errors import UsageError
+
+        raise UsageError("--channels goes with --img-size (the input to count at)")
     rows = []
     names = list_models(args.pattern)
-    counts = table_counts(names)
+    if args.img_size is None:
+        counts: dict[str, tuple[int, int | None]] = dict(table_counts(names))
+    else:  # not cached: counting every model at another size takes about 10 s
+        from ..models.flops import counts_at
+
+        counts = {n: counts_at(n, args.channels or get_config(n).input_size[0], args.img_size)
+                  for n in names}  # fmt: skip
     for name in names:
         cfg = get_config(name)
         specs = model_options(name)
+        size = cfg.input_size if args.img_size is None else (
+            args.channels or cfg.input_size[0], args.img_size, args.img_size)
+        macs = counts[name][1]
         rows.append(
             {
                 "name": name,
                 "params": counts[name][0],
-                "gflops": counts[name][1] / 1e9,
-                "input": "x".join(str(v) for v in cfg.input_size),
+                "gflops": None if macs is None else macs / 1e9,
+                "input": "x".join(str(v) for v in size),
                 "classes": cfg.num_classes,
                 "year": cfg.year,
                 "task": cfg.task,
@@ -58,14 +77,17 @@ def run(args: argparse.Namespace) -> int:
             f"{r['name']:<22}{r['params']:>14,}{_gflops(r['gflops']):>9}  {r['input']:<11}"
             f"{r['classes']:>7}  {r['year']}  {r['paper']}"
         )
+    where = "at the default input size" if args.img_size is None else \
+        f"at {args.img_size}x{args.img_size} ('-': the net needs larger inputs)"
     print(
         f"\n{plural(len(rows), 'model')}. GFLOPs: one multiply-add counted "
-        "as one operation, at the default input size (the convention of the papers and of "
-        "torchvision's tables)."
+        f"as one operation, {where} (the convention of the papers and of torchvision's tables)."
     )
     return 0
 
 
-def _gflops(g: float) -> str:
+def _gflops(g: float | None) -> str:
+    if g is None:
+        return "-"
     # LeNet-sized nets would print 0.00 with two decimals.
     return f"{g:.2f}" if g >= 0.1 else f"{g:.4f}"

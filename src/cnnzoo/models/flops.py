@@ -46,6 +46,20 @@ def count_params(name: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def counts_at(name: str, channels: int, size: int) -> tuple[int, int | None]:
+    """(parameters, multiply-adds) of `name` for `channels` x `size` x `size` inputs, as
+    `cnnzoo train` would build it for them (residual_net for that size); multiply-adds None
+    below the net's least input size."""
+    from .registry import fixed_input_size, min_input_size
+
+    kwargs = {"img_size": size} if fixed_input_size(name) else {}
+    with torch.device("meta"):
+        params = sum(p.numel() for p in create_model(name, in_chans=channels, **kwargs).parameters())
+    if size < min_input_size(name, **kwargs):
+        return params, None
+    return params, count_macs(name, (channels, size, size), **kwargs)
+
+
 def table_counts(names: Sequence[str]) -> dict[str, tuple[int, int]]:
     """{name: (parameters, multiply-adds)} at each model's defaults, for `cnnzoo models`.
 
