@@ -92,6 +92,10 @@ def test_runs_that_cannot_be_compared_are_one_line(tmp_path):
                  "meta": {"model": "resnet18", "transfer": True}}, tmp_path / "ft.pt")
     with pytest.raises(UsageError, match="transfer fine-tuning checkpoint"):
         summarize_runs([tmp_path / "ft.pt"])
+    atomic_save({"format": "cnnzoo-checkpoint-1", "model": {}, "history": [{"epoch": 1}],
+                 "meta": {"model": "resnet18"}}, tmp_path / "lib.pt")  # the engine as a library
+    with pytest.raises(UsageError, match="does not record its model and input"):
+        summarize_runs([tmp_path / "lib.pt"])
     # Two runs that share a folder name are told apart by their parents.
     b = _fake_run(tmp_path / "x" / "a")
     assert [r.label for r in summarize_runs([a, b])] == [f"{tmp_path.name}/a", "x/a"]

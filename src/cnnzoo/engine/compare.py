@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..errors import UsageError
 from .checkpoint import load_checkpoint
 
@@ -122,13 +124,15 @@ def _summary(path: Path, label: str) -> RunSummary:
                          "its validation metrics; compare `cnnzoo train` runs here")  # fmt: skip
     task = str(ckpt.get("task") or meta.get("task") or "classification")
     history = list(ckpt.get("history") or [])
-    if not history or "model" not in meta:
+    if not {"model", "img_size", "in_chans", "num_classes"} <= set(meta):
+        # (the engine used as a library writes what its caller's meta holds)
+        raise UsageError(f"{path} does not record its model and input, as `cnnzoo train` "
+                         "runs do: nothing to compare it by")  # fmt: skip
+    if not history:
         raise UsageError(f"{path} records no finished epoch: nothing to compare yet")
     name, kwargs = meta["model"], dict(meta.get("model_kwargs") or {})
     size, chans = int(meta["img_size"]), int(meta["in_chans"])
     build = {"num_classes": int(meta["num_classes"]), **kwargs}
-    import torch
-
     with torch.device("meta"):  # shapes only: no memory, no time
         params = count_parameters(create_model(name, in_chans=chans, **build))
     try:
