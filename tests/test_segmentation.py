@@ -815,12 +815,14 @@ def trained(tmp_path_factory):
 def test_train_unet_segmentation_cli_end_to_end(trained, capsys):
     for name in ("best.pt", "last.pt", "curves.png", "validation.png", "metrics.jsonl"):
         assert (trained / name).is_file(), name
-    # `evaluate` scores classifiers: a U-Net checkpoint gets one line pointing to `segment`
-    # (it read the cells folder as three classes: images, instances, masks).
-    assert main(["evaluate", str(trained / "best.pt")]) == 2
+    # `predict` classifies: a U-Net checkpoint gets one line pointing to `segment` and to
+    # `evaluate` (which scores it, tests below).
+    _png(trained.parent / "x.png", np.zeros((32, 32), np.uint8))
+    assert main(["predict", str(trained.parent / "x.png"), "--weights",
+                 str(trained / "best.pt")]) == 2
     err = capsys.readouterr().err.strip()
     assert "is a segmentation checkpoint (unet)" in err and "cnnzoo segment" in err
-    assert "\n" not in err
+    assert "cnnzoo evaluate" in err and "\n" not in err
     rows = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 2
     for key in ("val_iou_cell", "val_dice_cell", "val_pixel_acc", "val_count_err", "val_loss"):
@@ -898,3 +900,188 @@ def test_segment_rejects_a_classification_checkpoint(tmp_path, capsys):
     rc = main(["segment", str(tmp_path / "x.png"), "--checkpoint", str(tmp_path / "c.pt")])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "not a segmentation checkpoint" in err[0]
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def _put(path, arr):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _png(path, arr)
+
+
+def _evaluate_json(capsys, *args) -> dict:
+    capsys.readouterr()
+    assert main(["evaluate", *map(str, args), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("data, precision", [("folder", "fp32"), ("cells", "bf16")])
+def test_evaluate_repeats_the_runs_final_validation_scores(data, precision, tmp_path, capsys):
+    """Truth: the run's own last metrics.jsonl row, written by the training loop's validation.
+
+    That loop validates each (same-sized) image in one pass, the convolutions zero-padding its
+    border; `evaluate` predicts as `segment` does, with mirrored context. With --margin 0 and a
+    tile of the images' side the two are the same pass: every score must agree exactly (in bf16
+    too: the same autocast). With `segment`'s default geometry only the border context differs."""
+    if data == "folder":  # 8 pairs of 0/255 masks (255 = cell); 2 validate, drawn with the seed
+        cells = make_cells(8, size=64, seed=3)
+        src, side = tmp_path / "pairs", 64
+        for i in range(8):
+            _put(src / "images" / f"c{i}.png", cells.images[i])
+            _put(src / "masks" / f"c{i}.png", cells.masks[i] * 255)
+        source = ["--data", str(src), "--val-fraction", "0.25", "--seed", "5"]
+    else:
+        source, side = ["--data", "cells", "--cells", "6"], 256
+    out = tmp_path / "run"
+    assert main(["train", "unet", "--task", "segmentation", *source, "--epochs", "1",
+                 "--crop", "32", "--batch-size", "4", "--base-width", "8", "--precision",
+                 precision, "--channels-last", "off", "--no-progress", "--no-tensorboard",
+                 "--out", str(out)]) == 0
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    got = _evaluate_json(capsys, out / "last.pt", "--tile", side, "--margin", 0)
+    assert got["split"] == "val" and got["images"] == (2 if data == "folder" else 1)
+    assert got["pixels"] == got["images"] * side * side and got["ignored_pixels"] == 0
+    scores = [k[4:] for k in last if k.startswith("val_") and k != "val_loss"]
+    assert {"dice", "iou", "pixel_acc", "count_err"} <= set(scores) and len(scores) == 9
+    for key in scores:  # per class (background, cell; '0', '1' for a folder) and the means
+        assert got[key] == pytest.approx(last[f"val_{key}"], abs=1e-12), key
+    # The default (overlap-tile, mirrored borders): the same images, border context aside.
+    # Measured: |d Dice| 0.002 on 256-px cells; these nets of 1 epoch on 64 px are the worst
+    # case (every pixel lies within the 96-px receptive radius of a border).
+    tiled = _evaluate_json(capsys, out / "last.pt")
+    assert tiled["pixels"] == got["pixels"] and tiled["tile"] == 512 and tiled["margin"] == 96
+    assert abs(tiled["dice"] - last["val_dice"]) < 0.05
+    if data == "cells":
+        return
+    # The folder changes (a pair removed): its drawn validation split would now hold training
+    # pairs (c2, c5 of c1..c7 instead of c1, c4 of c0..c7).
+    (src / "images" / "c0.png").unlink()
+    (src / "masks" / "c0.png").unlink()
+    assert main(["evaluate", str(out / "last.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has changed since the run was trained" in err[0]
+    # A checkpoint that does not record its fraction: said, not guessed.
+    from cnnzoo.engine.checkpoint import atomic_save
+
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    del ckpt["meta"]["val_fraction"]
+    atomic_save(ckpt, tmp_path / "old.pt")
+    assert main(["evaluate", str(tmp_path / "old.pt")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot be reproduced exactly" in err[0]
+
+
+def _threshold_unet(path, dataset: str) -> None:
+    """A U-Net checkpoint that predicts 'cell' exactly where a pixel is >= 128: every weight 0
+    but the centre taps that carry the input to the head along the top level (ReLU keeps it,
+    the lower levels give 0), and a head bias of -0.5 (mean 0, std 1: the input is x / 255)."""
+    from cnnzoo.engine.checkpoint import atomic_save
+
+    kwargs = {"padding": "same", "base_width": 4, "batchnorm": False}
+    net = create_model("unet", num_classes=2, in_chans=1, **kwargs)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        net.encoder.levels[0][0].weight[0, 0, 1, 1] = 1
+        net.encoder.levels[0][2].weight[0, 0, 1, 1] = 1
+        net.decoder.blocks[-1][0].weight[0, :, 1, 1] = 1  # the skip's channel 0, whichever half
+        net.decoder.blocks[-1][2].weight[0, 0, 1, 1] = 1
+        net.head.weight[1, 0] = 1
+        net.head.bias[1] = -0.5
+    meta = {"task": "segmentation", "model": "unet", "model_kwargs": kwargs, "num_classes": 2,
+            "in_chans": 1, "mean": [0.0], "std": [1.0], "class_names": ["background", "cell"],
+            "dataset": dataset, "binary_255": False, "count_instances": True}
+    atomic_save({"format": "cnnzoo-checkpoint-1", "model": net.state_dict(),
+                 "task": "segmentation", "meta": meta}, path)
+
+
+def test_evaluate_scores_held_out_pairs_as_computed_by_hand(tmp_path, capsys):
+    """Two pairs whose masks and predictions are known: the confusion matrix is recounted with
+    numpy, the cell counts are known by construction."""
+    # A (24 x 32): bright blocks R1, R2, R3 are predicted cells; the truth has R1, R2 and R4
+    # (missed): 3 cells each, count error 0. Its last two rows are ignored (255).
+    a_img = np.full((24, 32), 50, np.uint8)
+    a_mask = np.zeros((24, 32), np.uint8)
+    for y0, y1, x0, x1 in ((2, 8, 2, 8), (12, 20, 4, 10), (2, 6, 20, 30)):
+        a_img[y0:y1, x0:x1] = 200
+    for y0, y1, x0, x1 in ((2, 8, 2, 8), (12, 20, 4, 10), (14, 22, 20, 28)):
+        a_mask[y0:y1, x0:x1] = 1
+    a_mask[22:] = IGNORE_INDEX
+    a_img[22:, :6] = 255  # bright but ignored: counts nowhere, not even as a predicted cell
+    # B (17 x 21, another size): one predicted block; the truth has two cells, one inside the
+    # block and one beside it: count error 1.
+    b_img = np.full((17, 21), 127, np.uint8)  # 127: just below the threshold
+    b_img[3:9, 3:12] = 128
+    b_mask = np.zeros((17, 21), np.uint8)
+    b_mask[3:9, 3:8] = 1
+    b_mask[12:15, 10:18] = 1
+    root = tmp_path / "held"
+    _put(root / "images" / "a.png", a_img)
+    _put(root / "masks" / "a.png", a_mask)
+    _put(root / "test" / "images" / "b.png", b_img)
+    _put(root / "test" / "masks" / "b.png", b_mask)
+    _threshold_unet(tmp_path / "net.pt", str(tmp_path / "elsewhere"))
+
+    def expected(pairs):
+        cm = np.zeros((2, 2), np.int64)
+        for img, truth in pairs:
+            keep = truth != IGNORE_INDEX
+            np.add.at(cm, (truth[keep], (img[keep] >= 128).astype(int)), 1)
+        tp, fp, fn = cm[1, 1], cm[0, 1], cm[1, 0]
+        return cm, 2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn)
+
+    # Another folder than the run's: all of its pairs (test/ too), whatever their sizes.
+    got = _evaluate_json(capsys, tmp_path / "net.pt", "--data", root, "--tile", 64)
+    cm, dice, iou = expected([(a_img, a_mask), (b_img, b_mask)])
+    assert got["split"] == "all" and got["images"] == 2 and got["confusion"] == cm.tolist()
+    assert got["ignored_pixels"] == 2 * 32 and got["pixels"] == 22 * 32 + 17 * 21
+    assert got["dice"] == pytest.approx(dice, abs=1e-12) and got["dice_cell"] == got["dice"]
+    assert got["iou"] == pytest.approx(iou, abs=1e-12)
+    assert got["pixel_acc"] == pytest.approx(np.trace(cm) / cm.sum(), abs=1e-12)
+    bg = 2 * cm[0, 0] / (2 * cm[0, 0] + cm[0, 1] + cm[1, 0])
+    assert got["dice_background"] == pytest.approx(bg, abs=1e-12)
+    assert got["count_err"] == pytest.approx(0.5) and got["count_rel"] == pytest.approx(1 / 5)
+    # --split test: DIR/test/ only; a CSV manifest's test rows the same way.
+    got = _evaluate_json(capsys, tmp_path / "net.pt", "--data", root, "--split", "test")
+    cm, dice, _ = expected([(b_img, b_mask)])
+    assert got["images"] == 1 and got["confusion"] == cm.tolist()
+    assert got["dice"] == pytest.approx(dice, abs=1e-12) and got["count_err"] == 1
+    (tmp_path / "m.csv").write_text("image,mask,split\nheld/images/a.png,held/masks/a.png,train\n"
+                                    "held/test/images/b.png,held/test/masks/b.png,test\n")
+    got = _evaluate_json(capsys, tmp_path / "net.pt", "--data", tmp_path / "m.csv", "--split",
+                         "test")
+    assert got["images"] == 1 and got["confusion"] == cm.tolist()
+    # The table: one line per class and the foreground mean.
+    assert main(["evaluate", str(tmp_path / "net.pt"), "--data", str(root), "--split", "test",
+                 "--confusion", str(tmp_path / "cm.png")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{root}, its test part: 1 image, 357 pixels scored")
+    assert lines[3].split()[:2] == ["cell", f"{dice:.4f}"] and lines[4].startswith("foreground")
+    assert "cell count error 1.00 per image" in lines[5] and (tmp_path / "cm.png").is_file()
+
+
+def test_evaluate_mismatched_checkpoints_and_data_are_one_line(trained, tmp_path, capsys):
+    from cnnzoo.engine.checkpoint import atomic_save
+
+    atomic_save({"model": {}, "meta": {"model": "lenet5", "class_names": ["a", "b"]},
+                 "task": "classification"}, tmp_path / "c.pt")
+    pairs = tmp_path / "pairs"
+    _pair_folder(pairs, ["p"])
+    classes = tmp_path / "classes"
+    for c in ("a", "b"):
+        _put(classes / c / "x.png", np.zeros((8, 8), np.uint8))
+    seg = str(trained / "last.pt")
+    cases = [
+        (["evaluate", str(tmp_path / "c.pt"), "--data", str(pairs)], "holds image/mask pairs"),
+        (["evaluate", str(tmp_path / "c.pt"), "--data", "cells"], "holds image/mask pairs"),
+        (["evaluate", seg, "--data", "digits"], "is a classification data set"),
+        (["evaluate", seg, "--data", str(classes)], "has no images/ and masks/ folder"),
+        (["evaluate", seg, "--tta"], "--tta is for classifiers"),
+        (["evaluate", seg, "--data", str(pairs), "--split", "test"], "has no test part"),
+        (["evaluate", str(tmp_path / "c.pt"), "--tile", "64"], "--tile is for segmentation"),
+    ]
+    for argv, words in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], (argv, err)

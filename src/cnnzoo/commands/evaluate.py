@@ -1,5 +1,6 @@
 """`cnnzoo evaluate CHECKPOINT | --bundle DIR [--data ...]`: accuracy, top-5 and the confusion
-matrix of a `cnnzoo train` checkpoint or a `cnnzoo transfer` bundle."""
+matrix of a `cnnzoo train` checkpoint or a `cnnzoo transfer` bundle; per-class Dice/IoU, pixel
+accuracy and the cell count error of a segmentation checkpoint (`segmentation.evaluation`)."""
 
 from __future__ import annotations
 
@@ -9,23 +10,31 @@ from pathlib import Path
 
 from ..text import plural
 from .argtypes import COUNT
+from .segment import add_tiling_arguments
 from .train import add_tta_argument
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", nargs="?", help="last.pt or best.pt written by `cnnzoo train`")
+    p.add_argument("checkpoint", nargs="?", help="last.pt or best.pt written by `cnnzoo train` "
+                   "(a classifier, or a U-Net of --task segmentation)")
     p.add_argument("--bundle", metavar="DIR",
                    help="instead of a checkpoint: a bundle written by `cnnzoo transfer` "
                         "(OUT/bundle), predicted as `cnnzoo predict` does")
     p.add_argument("--data", default=None,
-                   help="image folder, CSV manifest, 'fashion-mnist' or 'digits' (default: the "
-                        "data set the model was trained on, its validation split)")
+                   help="image folder, CSV manifest, 'fashion-mnist' or 'digits'; for a "
+                        "segmentation checkpoint a folder with images/ and masks/, a CSV "
+                        "manifest of image,mask pairs or 'cells' (default: the data set the "
+                        "model was trained on, its validation split)")
     p.add_argument("--split", choices=("val", "test", "all"), default=None,
                    help="which images: the run's validation split (default on the training "
-                        "data and built-ins), the test part, or all (default on other data)")
-    p.add_argument("--batch-size", type=COUNT, default=256)
-    add_tta_argument(p, "test-time augmentation (checkpoints; a bundle averages the views it "
-                        "was trained with)")
+                        "data and built-ins), the test part (DIR/test/, rows marked test), or "
+                        "all (default on other data)")
+    p.add_argument("--batch-size", type=COUNT, default=None,
+                   help="images per forward pass (default 256); segmentation: tiles (default 4)")
+    add_tta_argument(p, "test-time augmentation (classifier checkpoints; a bundle averages the "
+                        "views it was trained with)")
+    add_tiling_arguments(p, default=None, note="segmentation checkpoints, predicted as "
+                                               "`cnnzoo segment` does: ")
     p.add_argument("--confusion", metavar="PNG", help="also write the confusion matrix as a PNG")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -81,6 +90,17 @@ def run(args: argparse.Namespace) -> int:
         check_picture_path(args.confusion)
     if args.checkpoint is not None:
         check_checkpoint_path(args.checkpoint)
+        meta, task = checkpoint_meta(args.checkpoint)
+        if task == "segmentation":
+            return run_segmentation(args)
+        refuse_mask_data(args.data, f"{args.checkpoint} is a classifier ({meta.get('model')})",
+                         meta.get("class_names"))  # fmt: skip
+    else:
+        refuse_mask_data(args.data, f"{args.bundle} is a classifier's bundle")
+    if args.tile is not None or args.margin is not None:
+        raise UsageError(f"{'--tile' if args.tile is not None else '--margin'} is for "
+                         "segmentation checkpoints: a classifier scores whole images")
+    batch_size = args.batch_size or 256
     if args.bundle is not None:
         if args.tta:
             raise UsageError("--tta is for checkpoints: a bundle predicts with the views it was "
@@ -91,11 +111,11 @@ def run(args: argparse.Namespace) -> int:
         # --batch-size's default (256) suits checkpoints at their training size; a bundle's net
         # runs at its weights' size (224-260 px) over several views, so batches stay at 64.
         metrics, acc = bundle.evaluate(args.data, split=args.split,
-                                       batch_size=min(args.batch_size, 64))  # fmt: skip
+                                       batch_size=min(batch_size, 64))  # fmt: skip
         names = bundle.class_names
     else:
         metrics, acc, names = evaluate_checkpoint(args.checkpoint, args.data,
-                                                  batch_size=args.batch_size, split=args.split,
+                                                  batch_size=batch_size, split=args.split,
                                                   tta=args.tta or False)  # fmt: skip
     if args.confusion:
         # Its folder is made, as `--out` folders are: a path that names a new folder is one
@@ -116,4 +136,73 @@ def run(args: argparse.Namespace) -> int:
     for i, (name, row) in enumerate(zip(names, acc.confusion.tolist(), strict=True)):
         print(f"{name:>{width}} " + " ".join(f"{v:>5d}" for v in row) + f"   ({i})")
     print("\n".join(per_class_table(acc, names)))
+    return 0
+
+
+def checkpoint_meta(path: str) -> tuple[dict, str]:
+    """(meta, task) of a `cnnzoo train` checkpoint, read mapped (the evaluation reads it again)."""
+    from ..engine.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path, mmap=True)
+    meta = ckpt.get("meta") or {}
+    segmentation = "segmentation" in (ckpt.get("task"), meta.get("task"))
+    return meta, "segmentation" if segmentation else "classification"
+
+
+def refuse_mask_data(data: str | None, what: str, class_names: list[str] | None = None) -> None:
+    """Image/mask pairs given to a classifier: its loader would read images/ and masks/ as two
+    classes and score the net on them without a word."""
+    from ..data.masks import holds_mask_pairs
+    from ..errors import UsageError
+
+    if data is None or not holds_mask_pairs(data) or (
+            {"images", "masks"} <= set(class_names or [])):  # a classifier of those classes
+        return
+    raise UsageError(f"{data} holds image/mask pairs for segmentation, and {what}: score a "
+                     "segmentation checkpoint (cnnzoo train unet --task segmentation) on it")
+
+
+def run_segmentation(args: argparse.Namespace) -> int:
+    """`cnnzoo evaluate` of a segmentation checkpoint: a table of per-class Dice / IoU."""
+    import sys
+
+    from ..engine.report import plot_confusion
+    from ..errors import UsageError
+    from ..segmentation.evaluation import evaluate_segmenter
+
+    if args.tta:
+        raise UsageError("--tta is for classifiers: a segmentation checkpoint is scored on the "
+                         "masks `cnnzoo segment` writes, which averages no views")
+    ev = evaluate_segmenter(args.checkpoint, args.data, split=args.split,
+                            tile=args.tile or 512, margin=args.margin,
+                            batch_size=args.batch_size or 4, progress=True)  # fmt: skip
+    for line in ev.notes:
+        print(line, file=sys.stderr)
+    acc, m, names = ev.accumulator, ev.metrics, ev.class_names
+    if args.confusion:
+        Path(args.confusion).parent.mkdir(parents=True, exist_ok=True)
+        plot_confusion(acc.confusion, names, Path(args.confusion))
+    if args.json:
+        print(json.dumps(ev.to_dict()))
+        return 0
+    which = {"val": "the run's validation split" if ev.own_split else "its validation split",
+             "test": "its test part", "all": "all its pairs"}[ev.split]
+    pixels = int(acc.confusion.sum())
+    ignored = f", {ev.ignored:,} ignored (255)" if ev.ignored else ""
+    geo = ev.geometry
+    print(f"{ev.source}, {which}: {plural(len(ev.names), 'image')}, {pixels:,} pixels scored"
+          f"{ignored}; overlap-tile prediction, {geo.in_size}-px tiles with {geo.margin} px of "
+          "context")
+    width = max(10, *(len(c) for c in names))
+    support = acc.confusion.sum(1).tolist()
+    print(f"{'class':<{width}}    Dice     IoU   pixels")
+    for name, n in zip(names, support, strict=True):
+        print(f"{name:<{width}}  {m[f'dice_{name}']:.4f}  {m[f'iou_{name}']:.4f}  {n:>7,}")
+    fg = "mean (fg)" if len(names) > 2 else "foreground"
+    print(f"{fg:<{width}}  {m['dice']:.4f}  {m['iou']:.4f}")
+    line = f"pixel accuracy {m['pixel_acc']:.4f}"
+    if "count_err" in m:
+        line += (f"; cell count error {m['count_err']:.2f} per image "
+                 f"({m['count_rel']:.1%} of the true count)")
+    print(line)
     return 0

@@ -58,15 +58,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="best.pt or last.pt of `cnnzoo train unet --task segmentation`")
     p.add_argument("--out", metavar="DIR", default="segmented",
                    help="output folder (default ./segmented)")
-    p.add_argument("--tile", type=COUNT, default=512,
-                   help="input tile side in pixels (default 512; bounds the memory)")
-    p.add_argument("--margin", type=whole(0), default=None,
-                   help="context per tile side in 'same' mode (default: the receptive-field "
-                        "radius, which makes the tiles of the paper's U-Net agree exactly with "
-                        "a whole-image pass; with a classifier encoder, whose receptive field "
-                        "is larger, 96 px: nearly)")
+    add_tiling_arguments(p)
     p.add_argument("--batch-size", type=COUNT, default=4, help="tiles per forward pass")
     p.add_argument("--threads", type=COUNT, default=None, help="torch threads (default: all)")
+
+
+def add_tiling_arguments(p: argparse.ArgumentParser, default: int | None = 512,
+                         note: str = "") -> None:
+    """--tile and --margin of the overlap-tile prediction (`segment`, and `evaluate` on a
+    segmentation checkpoint, which scores what `segment` writes)."""
+    p.add_argument("--tile", type=COUNT, default=default,
+                   help=f"{note}input tile side in pixels (default 512; bounds the memory)")
+    p.add_argument("--margin", type=whole(0), default=None,
+                   help=f"{note}context per tile side in 'same' mode (default: the "
+                        "receptive-field radius, which makes the tiles of the paper's U-Net "
+                        "agree exactly with a whole-image pass; with a classifier encoder, "
+                        "whose receptive field is larger, 96 px: nearly)")
 
 
 def write_mask_png(mask, num_classes: int, path: Path) -> Path:
@@ -110,10 +117,9 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..data.images import load_image
-    from ..errors import ImageError, UsageError
-    from ..limits import MAX_INPUT_SIZE
+    from ..errors import ImageError
     from ..paths import check_folder
-    from ..segmentation.tiling import predict_tiled, tile_geometry
+    from ..segmentation.tiling import checked_geometry, predict_tiled
     from ..segmentation.training import load_segmenter
     from ..segmentation.visual import overlay
     from .predict import expand_paths
@@ -128,11 +134,7 @@ def run(args: argparse.Namespace) -> int:
     check_folder(out, "--out")
     model, meta = load_segmenter(args.checkpoint)
     k, channels = int(meta["num_classes"]), int(meta["in_chans"])
-    geo = tile_geometry(model, args.tile, args.margin)
-    if geo.in_size > MAX_INPUT_SIZE:  # --margin 5000: 10,000-px tiles, a 25 GB MemoryError
-        raise UsageError(f"--tile {args.tile} with {geo.margin} px of context per side makes "
-                         f"input tiles of {geo.in_size} px, more than {MAX_INPUT_SIZE} px fit in "
-                         "memory: choose a smaller --tile or --margin")  # fmt: skip
+    geo = checked_geometry(model, args.tile, args.margin)
     if geo.out_size * 4 < geo.in_size:
         # Each input tile is mostly context: many more forward passes than the image needs.
         # In 'valid' mode the net itself trims the context: only a larger tile helps.

@@ -82,6 +82,22 @@ class MaskPairs:
         return (f"MaskPairs({plural(len(self), 'pair')}, {len(self.classes)} classes, "
                 f"{len(self.skipped)} skipped)")
 
+    def subset(self, idx: Sequence[int]) -> MaskPairs:
+        """The pairs at `idx`, same classes and reading of 255 (`skipped` stays with the whole)."""
+        inst = None if self.instances is None else [self.instances[i] for i in idx]
+        splits = None if self.splits is None else [self.splits[i] for i in idx]
+        return MaskPairs([self.images[i] for i in idx], [self.masks[i] for i in idx], inst,
+                         [self.names[i] for i in idx], list(self.classes), [], self.binary_255,
+                         splits)  # fmt: skip
+
+    def __add__(self, other: MaskPairs) -> MaskPairs:
+        """Both sets of pairs (a folder's and its val/ folder's), the classes of the first."""
+        both = self.instances is not None and other.instances is not None
+        inst = [*self.instances, *other.instances] if both else None
+        return MaskPairs([*self.images, *other.images], [*self.masks, *other.masks], inst,
+                         [*self.names, *other.names], list(self.classes),
+                         [*self.skipped, *other.skipped], self.binary_255)  # fmt: skip
+
 
 def foreground_components(mask: np.ndarray) -> np.ndarray:
     """Instance ids of a mask without an instance file: the 4-connected components of its
@@ -283,20 +299,38 @@ def _read_instances(path: Path) -> np.ndarray:
 _GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 
-def _read_image(path: Path) -> np.ndarray:
-    """uint8 (H, W, 1) for grey files, (H, W, 3) otherwise; decoded by `images.load_image`, so
-    every mode converts as everywhere else in cnnzoo and a bad file fails with one line."""
+def _read_image(path: Path, channels: int | None = None) -> np.ndarray:
+    """uint8 (H, W, 1) for grey files, (H, W, 3) otherwise (or `channels`, 1 or 3: what a
+    trained net takes, converted as `cnnzoo segment` converts its files); decoded by
+    `images.load_image`, so every mode converts as everywhere else in cnnzoo and a bad file
+    fails with one line."""
     from PIL import Image
 
     from .images import load_image
 
-    try:
-        with Image.open(path) as im:
-            channels = 1 if im.mode in _GREY_MODES else 3
-    except OSError:
-        channels = 3  # let load_image produce the one-line error
+    if channels is None:
+        try:
+            with Image.open(path) as im:
+                channels = 1 if im.mode in _GREY_MODES else 3
+        except OSError:
+            channels = 3  # let load_image produce the one-line error
     arr = np.asarray(load_image(path, channels))
     return arr[..., None] if arr.ndim == 2 else arr
+
+
+def holds_mask_pairs(source: str | Path) -> bool:
+    """Whether `source` is segmentation data: 'cells', a folder with images/ and masks/, or a
+    CSV manifest with image and mask columns (told apart from a classifier's data by layout)."""
+    source = Path(source)
+    if str(source) == "cells":
+        return True
+    if source.is_dir():
+        return (source / "images").is_dir() and (source / "masks").is_dir()
+    if source.suffix.lower() == ".csv" and source.is_file():
+        with source.open(newline="", encoding="utf-8-sig") as f:
+            header = next(csv.reader(f), [])
+        return {"image", "mask"} <= {c.strip() for c in header}
+    return False
 
 
 def _no_pairs(source: Path) -> str:
@@ -324,6 +358,7 @@ def load_mask_pairs(
     report: Callable[[str], None] | None = _stderr,
     binary_255: bool | None = None,
     parts: Sequence[str] = ("train", "val"),
+    channels: int | None = None,
 ) -> MaskPairs:
     """Load pairs from a folder (`images/` + `masks/`) or a CSV manifest (a `.csv` path).
 
@@ -334,6 +369,7 @@ def load_mask_pairs(
     binary_255: whether 255 is class 1 (True) or ignored (False); None: decided from these
         masks (module docstring). A `val/` folder takes its training folder's decision.
     parts: the rows of a manifest's split column that are read (test rows are held out).
+    channels: decode every image with 1 or 3 channels (a trained net's); None: each file's own.
     """
     source = Path(source)
     if source.suffix.lower() == ".csv":
@@ -359,7 +395,7 @@ def load_mask_pairs(
     lossy = 0  # masks skipped for a lossy format: when all are, the error says so
     for name, img_path, mask_path, inst_path, split in entries:
         try:
-            img = _read_image(img_path)
+            img = _read_image(img_path, channels)
         except (OSError, ValueError) as exc:
             problems.append(f"skipped {name}: {exc}")  # ImageError names the file
             continue

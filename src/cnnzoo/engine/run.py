@@ -402,9 +402,9 @@ def model_from_checkpoint(
                            "run wrote (cnnzoo predict IMAGE --bundle OUT/bundle, cnnzoo evaluate "
                            "--bundle OUT/bundle --data DIR)")
     if meta.get("task") == "segmentation":
-        raise WeightsError(f"{path} is a segmentation checkpoint ({meta['model']}): its "
-                           "validation Dice/IoU are in the run's metrics.jsonl; segment images "
-                           "with cnnzoo segment IMAGE --checkpoint FILE")  # fmt: skip
+        raise WeightsError(f"{path} is a segmentation checkpoint ({meta['model']}): segment "
+                           "images with cnnzoo segment IMAGE --checkpoint FILE; score it on "
+                           "image/mask pairs with cnnzoo evaluate FILE --data DIR")  # fmt: skip
     model = create_model(meta["model"], num_classes=meta["num_classes"],
                          in_chans=meta["in_chans"], **meta.get("model_kwargs", {}))
     model.load_state_dict(ckpt["model"])

@@ -15,6 +15,7 @@ tiles do not overlap and their padding is ignored, so each pixel counts once in 
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from ..data.augment import (
     VerticalFlip,
 )
 from ..data.loader import BatchTransform
-from ..data.masks import foreground_components
+from ..data.masks import MaskPairs, foreground_components
 from ..errors import DataError
 from ..text import plural
 from .losses import IGNORE_INDEX, balanced_class_weights, unet_weight_map
@@ -133,6 +134,8 @@ class SegmentationSplits:
     classes: list[str]
     skipped: list[str]
     source: str
+    val_files: str | None = None  # `PairSplit.val_files` of a folder's drawn validation pairs
+    binary_255: bool | None = None  # the masks' 255 read as class 1 (None: cells, no masks read)
 
     @property
     def num_classes(self) -> int:
@@ -241,21 +244,94 @@ def stack_pairs(
     )
 
 
+def cell_set(split: str, n: int, *, size: int = 256, seed: int = 0) -> SegmentationSet:
+    """`n` synthetic cell images of one stream ('train', 'val' or 'test': disjoint seeds)."""
+    from ..data.cells import make_cells
+
+    d = make_cells(n, size=size, seed=seed, split=split)
+    return SegmentationSet(
+        d.images[:, None], d.masks, d.instances, [f"cells-{split}/{i}" for i in range(n)]
+    )
+
+
 def load_cells(
     n_train: int = 160, n_val: int = 40, *, size: int = 256, seed: int = 0
 ) -> SegmentationSplits:
     """The synthetic cell set: training and validation images come from disjoint seed streams."""
-    from ..data.cells import CLASSES, make_cells
+    from ..data.cells import CLASSES
 
-    parts = []
-    for split, n in (("train", n_train), ("val", n_val)):
-        d = make_cells(n, size=size, seed=seed, split=split)
-        parts.append(
-            SegmentationSet(
-                d.images[:, None], d.masks, d.instances, [f"cells-{split}/{i}" for i in range(n)]
-            )
+    train, val = (cell_set(split, n, size=size, seed=seed)
+                  for split, n in (("train", n_train), ("val", n_val)))  # fmt: skip
+    return SegmentationSplits(train, val, list(CLASSES), [], "cells")
+
+
+def cells_val_count(cells: int, val_fraction: float = 0.2) -> int:
+    """How many of `cells` synthetic images validate: the same hold-out rule as for a folder,
+    at least one image on each side."""
+    if cells < 2:
+        raise DataError(
+            f"cells has {plural(cells, 'image')}: need at least 2 to validate (--cells 2 or more)."
         )
-    return SegmentationSplits(parts[0], parts[1], list(CLASSES), [], "cells")
+    return min(max(1, round(cells * val_fraction)), cells - 1)
+
+
+@dataclass
+class PairSplit:
+    """A folder's or manifest's pairs split into training and validation pairs (whole images).
+    drawn: the validation pairs were drawn at random (no val/ folder, no val rows), so only the
+    same seed, fraction and files give them again (`val_files`)."""
+
+    train: MaskPairs
+    val: MaskPairs
+    drawn: bool
+
+    @property
+    def classes(self) -> list[str]:
+        return self.train.classes
+
+    def val_files(self) -> str | None:
+        """A short digest of which pairs were drawn for validation (None when not drawn): a run
+        records it, so that scoring its validation split later can tell whether the folder
+        still splits the same way (`segmentation.evaluation`)."""
+        if not self.drawn:
+            return None
+        return hashlib.sha256("\n".join(sorted(self.val.names)).encode()).hexdigest()[:16]
+
+
+def split_pairs(
+    source: str | Path, *, classes: Sequence[str] | None = None, val_fraction: float = 0.2,
+    seed: int = 0, binary_255: bool | None = None, channels: int | None = None,
+) -> PairSplit:
+    """The training and validation pairs of a folder or manifest, as `load_segmentation` splits
+    them (see there). binary_255 / channels: as `load_mask_pairs` takes them (a trained net's
+    reading of 255 and its channels, when scoring it)."""
+    from ..data.masks import load_mask_pairs
+
+    source = Path(source)
+    pairs = load_mask_pairs(source, classes=classes, binary_255=binary_255, channels=channels)
+    val_dir = source / "val" if source.is_dir() else None
+    if val_dir is not None and (val_dir / "images").is_dir():
+        # The training folder's reading of 255 (class 1 or ignore), whatever val/'s masks hold.
+        val_pairs = load_mask_pairs(val_dir, classes=pairs.classes, binary_255=pairs.binary_255,
+                                    channels=channels)  # fmt: skip
+        return PairSplit(pairs, val_pairs, drawn=False)
+    if pairs.splits is not None and "val" in pairs.splits:
+        # A manifest's split column, as classification manifests have it (test rows are not read).
+        train_idx = [i for i, p in enumerate(pairs.splits) if p == "train"]
+        val_idx = [i for i, p in enumerate(pairs.splits) if p == "val"]
+        if not train_idx:
+            raise DataError(f"{source} has no usable training row: mark some rows train.")
+        drawn = False
+    else:
+        if len(pairs) < 2:
+            raise DataError(f"{source} has {len(pairs)} usable pair: need at least 2 to validate.")
+        order = np.random.default_rng(seed).permutation(len(pairs))
+        n_val = min(max(1, round(len(pairs) * val_fraction)), len(pairs) - 1)
+        val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
+        drawn = True
+    train, val = pairs.subset(train_idx), pairs.subset(val_idx)
+    train.skipped = pairs.skipped
+    return PairSplit(train, val, drawn)
 
 
 def load_segmentation(
@@ -272,57 +348,23 @@ def load_segmentation(
     left out); without a `val/` folder or val rows a seeded `val_fraction` of the images (whole
     images, before tiling) is held out."""
     if str(source) == "cells":
-        # The same hold-out rule as for a folder: at least one image on each side.
-        if cells < 2:
-            raise DataError(
-                f"cells has {plural(cells, 'image')}: need at least 2 to "
-                "validate (--cells 2 or more)."
-            )
-        n_val = min(max(1, round(cells * val_fraction)), cells - 1)
+        n_val = cells_val_count(cells, val_fraction)
         return load_cells(cells - n_val, n_val, seed=seed)
-    from ..data.masks import load_mask_pairs
+    split = split_pairs(source, classes=classes, val_fraction=val_fraction, seed=seed)
 
-    source = Path(source)
-    pairs = load_mask_pairs(source, classes=classes)
-    val_dir = source / "val" if source.is_dir() else None
-    if val_dir is not None and (val_dir / "images").is_dir():
-        # The training folder's reading of 255 (class 1 or ignore), whatever val/'s masks hold.
-        val_pairs = load_mask_pairs(val_dir, classes=pairs.classes, binary_255=pairs.binary_255)
-        train_idx, val_idx = list(range(len(pairs))), None
-    elif pairs.splits is not None and "val" in pairs.splits:
-        # A manifest's split column, as classification manifests have it (test rows are not read).
-        val_pairs = None
-        train_idx = [i for i, p in enumerate(pairs.splits) if p == "train"]
-        val_idx = [i for i, p in enumerate(pairs.splits) if p == "val"]
-        if not train_idx:
-            raise DataError(f"{source} has no usable training row: mark some rows train.")
-    else:
-        val_pairs = None
-        if len(pairs) < 2:
-            raise DataError(f"{source} has {len(pairs)} usable pair: need at least 2 to validate.")
-        order = np.random.default_rng(seed).permutation(len(pairs))
-        n_val = min(max(1, round(len(pairs) * val_fraction)), len(pairs) - 1)
-        val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
+    def pick(p: MaskPairs, count_once: bool = False) -> SegmentationSet:
+        return stack_pairs(p.images, p.masks, p.instances, p.names, tile, count_once=count_once)
 
-    def pick(p, idx, count_once=False):
-        idx = range(len(p)) if idx is None else idx
-        inst = None if p.instances is None else [p.instances[i] for i in idx]
-        return stack_pairs(
-            [p.images[i] for i in idx], [p.masks[i] for i in idx], inst,
-            [p.names[i] for i in idx], tile, count_once=count_once,
-        )
-
-    train = pick(pairs, train_idx)
-    val = (pick(val_pairs, None, True) if val_pairs is not None
-           else pick(pairs, val_idx, True))
+    train, val = pick(split.train), pick(split.val, True)
     if train.images.shape[1] != val.images.shape[1]:
         # Grey training images and colour val/ ones (or the reverse): the grey part is promoted,
         # as grey and colour files within one folder are (data.masks).
         for part in (train, val):
             if part.images.shape[1] == 1:
                 part.images = np.repeat(part.images, 3, axis=1)
-    skipped = pairs.skipped + (val_pairs.skipped if val_pairs is not None else [])
-    return SegmentationSplits(train, val, pairs.classes, skipped, str(source))
+    return SegmentationSplits(train, val, split.classes, split.train.skipped + split.val.skipped,
+                              str(source), val_files=split.val_files(),
+                              binary_255=split.train.binary_255)  # fmt: skip
 
 
 class PairedTransform:

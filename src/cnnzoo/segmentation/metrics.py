@@ -102,14 +102,17 @@ class SegmentationAccumulator:
         mask = crop_to(targets, *logits.shape[-2:])
         if mask.dim() == 4:  # (mask, weight map) targets
             mask = mask[:, 0].round()
-        mask = mask.long()
-        pred = logits.argmax(1)
-        n = mask.shape[0]
-        self.loss_sum += loss.detach().double() * n
-        self.images += n
-        self.confusion += confusion_matrix(pred, mask, self.num_classes)
+        self.loss_sum += loss.detach().double() * mask.shape[0]
+        self.add_masks(logits.argmax(1), mask.long())
+
+    def add_masks(self, pred: Tensor, truth: Tensor) -> None:
+        """Add a batch of predicted and true class masks (N, H, W): what `update` adds for
+        logits, and what `cnnzoo evaluate` adds for the masks of the overlap-tile prediction
+        (no loss: the loss sum is left as it is)."""
+        self.images += truth.shape[0]
+        self.confusion += confusion_matrix(pred, truth, self.num_classes)
         if self.count_instances:
-            self.add_counts(pred.numpy(), mask.numpy())
+            self.add_counts(pred.numpy(), truth.numpy())
 
     def add_counts(self, pred: np.ndarray, truth: np.ndarray) -> None:
         """Add the count errors of a batch of predicted and true masks (N, H, W)."""

@@ -74,6 +74,20 @@ def tile_geometry(model: nn.Module, tile: int = 512, margin: int | None = None) 
     return TileGeometry(in_size, in_size - 2 * m, m, 0)
 
 
+def checked_geometry(model: nn.Module, tile: int = 512, margin: int | None = None) -> TileGeometry:
+    """`tile_geometry`, refused in one line when its input tiles would not fit in memory
+    (`--margin 5000`: 10,000-px tiles, a 25 GB MemoryError), before any tile is made."""
+    from ..errors import UsageError
+    from ..limits import MAX_INPUT_SIZE
+
+    geo = tile_geometry(model, tile, margin)
+    if geo.in_size > MAX_INPUT_SIZE:
+        raise UsageError(f"--tile {tile} with {geo.margin} px of context per side makes "
+                         f"input tiles of {geo.in_size} px, more than {MAX_INPUT_SIZE} px fit in "
+                         "memory: choose a smaller --tile or --margin")  # fmt: skip
+    return geo
+
+
 def mirror_indices(start: int, size: int, n: int) -> Tensor:
     """Indices start..start+size-1 reflected into 0..n-1 (numpy's 'reflect': the edge pixel is
     not repeated), for any distance outside the image."""

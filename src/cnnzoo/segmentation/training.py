@@ -264,12 +264,23 @@ def train(
         splits.val.image_tensor(), val_targets,
         batch_size=_val_batch_size(batch_size, tile, fit(vh) * fit(vw)), transform=PadToNet(fit),
         mean=mean, std=std, shard=dist.shard)
+    where = Path(splits.source)
     meta = {
         "task": "segmentation", "model": model, "model_kwargs": model_kwargs,
         "num_classes": k, "in_chans": c, "img_size": tile, "tile": tile, "mean": mean,
-        "std": std, "class_names": list(splits.classes), "dataset": splits.source,
+        "std": std, "class_names": list(splits.classes),
+        # Absolute, as classification runs store it: `cnnzoo evaluate` finds it from anywhere.
+        # ('cells' is the synthetic set even where a folder of that name exists.)
+        "dataset": splits.source if splits.source == "cells" or not where.exists()
+        else str(where.resolve()),
         "loss": loss, "images": {"train": len(splits.train), "val": len(splits.val)},
+        # What `cnnzoo evaluate` needs to score the run's own validation images again (the seed
+        # is the config's) and to read held-out masks and count cells as the run did.
+        "val_fraction": val_fraction, "binary_255": splits.binary_255,
+        "count_instances": task.count_instances,
     }
+    if splits.val_files is not None:
+        meta["val_files"] = splits.val_files
     trainer = Trainer(net, task, train_loader, val_loader, cfg, out_dir=out_dir, meta=meta,
                       dist=dist)
     result = trainer.fit(resume=resume, overwrite=overwrite)
@@ -340,13 +351,16 @@ def write_validation_grid(
     return save_validation_grid(imgs, truths, preds, path, titles=titles)
 
 
-def load_segmenter(checkpoint: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
-    """(model in eval mode, meta) from a checkpoint written by a segmentation run."""
+def load_segmenter(
+    checkpoint: str | os.PathLike[str], ckpt: dict[str, Any] | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """(model in eval mode, meta) from a checkpoint written by a segmentation run (`ckpt`: the
+    file already loaded)."""
     from ..engine.checkpoint import load_checkpoint
     from ..errors import WeightsError
     from ..models import create_model
 
-    ckpt = load_checkpoint(checkpoint)
+    ckpt = ckpt if ckpt is not None else load_checkpoint(checkpoint)
     meta = ckpt.get("meta") or {}
     if meta.get("task") != "segmentation" and ckpt.get("task") != "segmentation":
         raise WeightsError(
