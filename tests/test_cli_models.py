@@ -171,5 +171,8 @@ def test_counts_at_another_input_size(capsys):
     assert main(["models", "--pattern", "lenet5", "--img-size", "28"]) == 0  # LeNet takes 32
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("lenet5 "))
     assert line.split()[2] == "-" and "3x28x28" not in line and "1x28x28" in line
+    # 224 is not one of the valid-padding U-Net's sizes (it stopped the whole table).
+    assert main(["models", "--pattern", "unet", "--img-size", "224", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["gflops"] is None
     assert main(["models", "--channels", "1"]) == 2
     assert "--channels goes with --img-size" in capsys.readouterr().err

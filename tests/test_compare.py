@@ -107,7 +107,8 @@ def test_compare_two_real_runs_from_the_command_line(tmp_path, capsys):
     parameters) and names the one setting that differs besides the net."""
     out_a, out_b = tmp_path / "relu", tmp_path / "classic"
     assert main(["train", "lenet5", *TRAIN, "--out", str(out_a)]) == 0
-    assert main(["train", "lenet5_classic", *TRAIN, "--augment", "none", "--out", str(out_b)]) == 0
+    assert main(["train", "lenet5_classic", *TRAIN, "--augment", "none", "--erase", "0.5",
+                 "--out", str(out_b)]) == 0  # fmt: skip
     capsys.readouterr()
     png = tmp_path / "curves" / "compare.png"
     assert main(["compare", str(out_a), str(out_b), "--plot", str(png)]) == 0
@@ -120,6 +121,40 @@ def test_compare_two_real_runs_from_the_command_line(tmp_path, capsys):
     row = got["runs"][0]
     assert row["best"] == max(h["val_acc"] for h in hist) and row["epochs"] == 2
     assert row["train_seconds"] == pytest.approx(sum(h["seconds"] for h in hist))
-    assert got["differences"] == ["augmentation: crop (relu), none (classic)"]
+    assert got["differences"] == ["augmentation: crop (relu), none (classic)",
+                                  "random erasing: 0 (relu), 0.5 (classic)"]  # (not recorded)
     assert main(["compare", str(out_a), "--plot", str(tmp_path / "c.txt")]) == 2
     assert "--plot" in capsys.readouterr().err
+
+
+def test_the_rest_of_the_recipe_and_unfinished_runs(tmp_path):
+    """Settings the first version did not read (momentum, clipping, warm-up) or runs did not
+    record (erasing, progressive resizing, growth): a run with them was 'the same recipe'."""
+    a = _fake_run(tmp_path / "a", epochs=5, momentum=0.9)
+    b = _fake_run(tmp_path / "b", momentum=0.5, grad_clip=1.0, erase=0.5, progressive=[16, 1],
+                  init_from="/runs/r20/best.pt")  # fmt: skip
+    runs = summarize_runs([a, b])
+    assert differences(runs) == [
+        "initialised from: scratch (a), /runs/r20/best.pt (b)",
+        "epochs: 5 (a), 2 (b)",
+        "random erasing: 0 (a), 0.5 (b)",
+        "progressive resizing: off (a), 16 px for 1 epochs (b)",
+        "momentum: 0.9 (a), 0.5 (b)",
+        "gradient clipping: off (a), 1 (b)",
+    ]
+    assert (runs[0].epochs, runs[0].planned) == (2, 5)  # killed after 2 of 5 epochs
+
+
+def test_labels_and_entries_that_are_not_runs(tmp_path):
+    a = _fake_run(tmp_path / "a")
+    atomic_save(torch.load(a / "last.pt", weights_only=True), a / "best.pt")
+    # best.pt and last.pt of one run: told apart by the file, not by a full path with '//'.
+    assert [r.label for r in summarize_runs([a / "best.pt", a])] == ["a/best.pt", "a"]
+    (tmp_path / "failed").mkdir()
+    (tmp_path / "train.log").write_text("epoch 1\n")
+    said: list[str] = []
+    runs = summarize_runs([a, tmp_path / "failed", tmp_path / "train.log"], skip=said.append)
+    assert [r.label for r in runs] == ["a"] and len(said) == 2
+    assert said[0].startswith(f"skipped {tmp_path / 'failed'}: ") and "holds no run" in said[0]
+    with pytest.raises(UsageError, match="none of these is a run"):
+        summarize_runs([tmp_path / "failed"], skip=said.append)

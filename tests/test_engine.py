@@ -589,6 +589,25 @@ def test_growth_of_resnets_copies_every_shared_place():
         k for k in a.state_dict() if k.endswith("num_batches_tracked") and k in b.state_dict()}
 
 
+def test_growth_refuses_options_that_change_what_layers_compute():
+    """A resnet20 trained with tanh grew into a ReLU resnet32 without a word (every shape fits;
+    validation loss 140 after growth); shortcut 'A' against 'none' fits too."""
+    a = create_model("resnet20", num_classes=10, act="tanh")
+    b = create_model("resnet32", num_classes=10)
+    before = {k: v.clone() for k, v in b.state_dict().items()}
+    meta = {"model": "resnet20", "model_kwargs": {"act": "tanh"}}
+    with pytest.raises(WeightsError, match=r"built with act=tanh, this model with act unset: .*"
+                                           r"\(--model-arg act=tanh\)"):
+        grow_from(b, a.state_dict(), source_meta=meta, target_kwargs={})
+    assert all(torch.equal(v, before[k]) for k, v in b.state_dict().items())  # nothing copied
+    with pytest.raises(WeightsError, match="shortcut=none, this model with shortcut unset"):
+        grow_from(b, create_model("resnet20", shortcut="none").state_dict(),
+                  source_meta={"model": "resnet20", "model_kwargs": {"shortcut": "none"}},
+                  target_kwargs={})  # fmt: skip
+    tanh32 = create_model("resnet32", num_classes=10, act="tanh")
+    assert grow_from(tanh32, a.state_dict(), source_meta=meta, target_kwargs={"act": "tanh"}).copied
+
+
 def test_growth_copies_whole_layers_and_refuses_other_widths_or_families():
     kw = {"num_classes": 10, "in_chans": 1, "fc_dim": 64, "pool_size": 1}
     a = create_model("vgg11", width_mult=0.125, **kw)

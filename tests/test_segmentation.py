@@ -325,6 +325,10 @@ def test_valid_unet_tiles_equal_whole_mirrored_image():
                               "[:3] (3, H, W), without the alpha channel")
     with pytest.raises(ValueError, match=r"has 1 channel .*np.repeat\(image, 3, axis=0\)"):
         predict_tiled(rgb, np.zeros((1, 40, 50), np.uint8))
+    # A grey (H, W) array: its own shape, and a repeat that makes (3, H, W) of it, not (3H, W).
+    with pytest.raises(ValueError, match=r"shape \(40, 50\) has 1 channel \(H, W\).*"
+                                         r"np.repeat\(image\[None\], 3, axis=0\)"):
+        predict_tiled(rgb, np.zeros((40, 50), np.uint8))
 
 
 # ----------------------------------------------------------------------------- data

@@ -602,3 +602,21 @@ def test_preprocessing_takes_arrays_tensors_and_paths_alike(tmp_path):
     with pytest.raises(ValueError, match="top must be at least 1"):
         decode_predictions(torch.rand(1, 1000), top=0)
 
+
+
+def test_a_checkpoint_refuses_an_activation_it_was_not_trained_with(tmp_path):
+    """create_model(weights=a tanh run's best.pt, act='relu') built a ReLU net with the tanh
+    weights: they fit either way. Given options win over the recorded ones, except those that
+    change what the layers compute (act, shortcut); the same value is fine."""
+    from cnnzoo.cli import main
+    from cnnzoo.errors import ModelOptionError
+
+    out = tmp_path / "tanh"
+    assert main(["train", "lenet5", "--data", "digits", "--epochs", "1", "--model-arg",
+                 "act=tanh", "--precision", "fp32", "--channels-last", "off", "--no-progress",
+                 "--no-tensorboard", "--out", str(out)]) == 0  # fmt: skip
+    with pytest.raises(ModelOptionError, match="was trained with act=tanh: leave out act='relu'"):
+        cnnzoo.create_model("lenet5", weights=str(out / "best.pt"), act="relu")
+    net = cnnzoo.create_model("lenet5", weights=str(out / "best.pt"), act="tanh")
+    assert any(isinstance(m, torch.nn.Tanh) for m in net.modules())
+    assert not any(isinstance(m, torch.nn.ReLU) for m in net.modules())

@@ -14,9 +14,10 @@ from collections.abc import Callable
 from ..limits import MAX_INPUT_SIZE
 
 
-def whole(low: int = 1, *, high: int | None = None, note: str = "") -> Callable[[str], int]:
-    """A whole number >= `low` (and <= `high`); `note` explains a special value, e.g. '0: off',
-    or the limit."""
+def whole(low: int = 1, *, high: int | None = None, note: str = "",
+          high_note: str = "") -> Callable[[str], int]:  # fmt: skip
+    """A whole number >= `low` (and <= `high`); `note` explains a special value, e.g. '0: off';
+    `high_note` why the upper limit, said only to a value above it."""
     extra = f" ({note})" if note else ""
 
     def parse(text: str) -> int:
@@ -29,7 +30,8 @@ def whole(low: int = 1, *, high: int | None = None, note: str = "") -> Callable[
         if value < low:
             raise argparse.ArgumentTypeError(f"must be >= {low}{extra}, not {value}")
         if high is not None and value > high:
-            raise argparse.ArgumentTypeError(f"must be <= {high}{extra}, not {value}")
+            why = f" ({high_note})" if high_note else extra
+            raise argparse.ArgumentTypeError(f"must be <= {high}{why}, not {value}")
         return value
 
     return parse
@@ -113,7 +115,7 @@ def size_epochs(text: str) -> tuple[int, int]:
 
 # The options several commands share, with their ranges.
 COUNT = whole(1)  # epochs, batch sizes, threads, images per class, top-k
-IMG_SIZE = whole(1, high=MAX_INPUT_SIZE, note="a batch of larger images does not fit in memory")
+IMG_SIZE = whole(1, high=MAX_INPUT_SIZE, high_note="a batch of larger images does not fit in memory")
 SEED = whole(0)  # numpy's generators take no negative seed
 FRACTION = real(0, 1, above=True, below=True)  # --val-fraction
 LEARNING_RATE = real(0, above=True)

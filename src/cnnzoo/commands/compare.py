@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         from .evaluate import check_picture_path
 
         check_picture_path(args.plot, "--plot")
-    runs = summarize_runs(args.runs)
+    runs = summarize_runs(args.runs, skip=lambda line: print(line, file=sys.stderr))
     diffs = differences(runs)
     if args.plot:
         from ..engine.report import plot_runs
@@ -42,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     head = ["run", "model", "params", "MFLOPs", "input", "epochs", "train s", "img/s",
             "train loss", f"train {m}", f"val {m}", f"best val {m}"]  # fmt: skip
     rows = [[r.label, r.name, f"{r.params:,}", _num(r.macs and r.macs / 1e6, ".2f"), r.input,
-             str(r.epochs), f"{r.train_seconds:.1f}", _num(r.images_per_s, ".0f"),
+             str(r.epochs) if r.epochs >= r.planned else f"{r.epochs}/{r.planned}",
+             f"{r.train_seconds:.1f}", _num(r.images_per_s, ".0f"),
              _num(r.train_loss, ".4f"), _num(r.train_metric, ".4f"), _num(r.final, ".4f"),
              "-" if r.best is None else f"{r.best:.4f} ({r.best_epoch})"]
             for r in runs]  # fmt: skip
@@ -52,7 +54,11 @@ def run(args: argparse.Namespace) -> int:
                         for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip())
     print("MFLOPs: multiply-adds of one image at the run's input, as `cnnzoo models` counts "
           "them; train s and img/s: as measured during each run, on its machine and load")
-    if diffs:
+    if any(r.epochs < r.planned for r in runs):
+        print("N/M epochs: N of the M the run was to train (interrupted, or stopped early)")
+    if len(runs) == 1:
+        pass
+    elif diffs:
         print("besides the model, these runs differ in (so the table compares more than the "
               "nets):")
         for line in diffs:

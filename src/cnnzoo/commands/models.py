@@ -13,7 +13,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pattern", default="*", help="shell-style filter, e.g. 'res*' or 'vgg1?'")
     p.add_argument("--img-size", type=IMG_SIZE, default=None, metavar="N",
                    help="count parameters and GFLOPs for N x N inputs (default: each model's "
-                        "own size), e.g. 28 for Fashion-MNIST; '-' where a net needs more")
+                        "own size), e.g. 28 for Fashion-MNIST; '-' where a net does not take it")
     p.add_argument("--channels", type=int, choices=(1, 3), default=None,
                    help="with --img-size: input channels (default: each model's own)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -78,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
             f"{r['classes']:>7}  {r['year']}  {r['paper']}"
         )
     where = "at the default input size" if args.img_size is None else \
-        f"at {args.img_size}x{args.img_size} ('-': the net needs larger inputs)"
+        f"at {args.img_size}x{args.img_size} ('-': a size the net does not take), with each " \
+        "model's default head"
     print(
         f"\n{plural(len(rows), 'model')}. GFLOPs: one multiply-add counted "
         f"as one operation, {where} (the convention of the papers and of torchvision's tables)."

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import UsageError
+from ..errors import CnnzooError, UsageError, WeightsError
 from .checkpoint import load_checkpoint
 
 # Per task: the validation metric the table and the plot rank by (acc, or Dice for U-Nets).
@@ -25,12 +26,20 @@ TASK_METRIC = {"classification": "acc", "segmentation": "dice"}
 # Training settings that should agree for a like-for-like comparison, in the order they are
 # reported, with their words; read from the checkpoint's config, else its meta.
 RECIPE = (
-    ("epochs", "epochs"), ("augment", "augmentation"), ("label_smoothing", "label smoothing"),
-    ("loss", "loss"), ("batch_size", "batch size"), ("optimizer", "optimizer"),
-    ("lr", "learning rate"), ("weight_decay", "weight decay"), ("schedule", "schedule"),
-    ("mixup", "mixup"), ("cutmix", "CutMix"), ("freeze_bn", "frozen BatchNorm"),
-    ("seed", "seed"),
+    ("init_from", "initialised from"), ("epochs", "epochs"), ("augment", "augmentation"),
+    ("erase", "random erasing"), ("progressive", "progressive resizing"),
+    ("elastic", "elastic deformation"), ("jitter", "jitter"),
+    ("label_smoothing", "label smoothing"), ("loss", "loss"), ("w0", "border weight w0"),
+    ("sigma", "border weight sigma"), ("batch_size", "batch size"), ("optimizer", "optimizer"),
+    ("lr", "learning rate"), ("momentum", "momentum"), ("nesterov", "Nesterov"),
+    ("weight_decay", "weight decay"), ("schedule", "schedule"),
+    ("warmup_epochs", "warm-up epochs"), ("grad_clip", "gradient clipping"), ("mixup", "mixup"),
+    ("cutmix", "CutMix"), ("freeze_bn", "frozen BatchNorm"), ("seed", "seed"),
 )  # fmt: skip
+# What a setting a checkpoint does not record was (older runs did not record every one); how
+# an unset one reads.
+ABSENT = {"erase": 0.0, "progressive": None, "init_from": None, "grad_clip": None}
+UNSET = {"init_from": "scratch", "progressive": "off", "grad_clip": "off"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,7 @@ class RunSummary:
     macs: int | None  # multiply-adds of one image at the run's input size
     input: str  # channels x size, e.g. "1x28"
     epochs: int  # epochs done
+    planned: int  # epochs the run was to train (more than done: interrupted or stopped early)
     train_seconds: float
     images_per_s: float | None  # median over the epochs: the run's speed on its machine
     train_loss: float | None
@@ -67,7 +77,7 @@ class RunSummary:
 
     def to_dict(self) -> dict[str, Any]:
         keys = ("label", "task", "model", "model_kwargs", "params", "macs", "input", "epochs",
-                "train_seconds", "images_per_s", "train_loss", "metric", "train_metric",
+                "planned", "train_seconds", "images_per_s", "train_loss", "metric", "train_metric",
                 "final", "best", "best_epoch", "settings")  # fmt: skip
         return {"path": str(self.path), **{k: getattr(self, k) for k in keys}}
 
@@ -88,25 +98,46 @@ def run_checkpoint(path: str | os.PathLike[str]) -> Path:
 
 
 def _labels(paths: list[Path]) -> list[str]:
-    """Each run's folder name, or more of its path where two runs share a name (runs/a/x and
-    runs/b/x: a/x and b/x)."""
+    """Each run's folder name (with '/best.pt' for a run's best.pt), or more of its path where
+    two runs would share a label (runs/a/x and runs/b/x: a/x and b/x)."""
     folders = [p.parent.resolve() for p in paths]
-    depth = 1
-    while depth < 8:
-        labels = ["/".join(f.parts[-depth:]) for f in folders]
+    ends = ["" if p.name == "last.pt" else f"/{p.name}" for p in paths]
+    for depth in range(1, max(len(f.parts) for f in folders) + 1):
+        labels = ["/".join(f.parts[1:][-depth:]) + end for f, end in zip(folders, ends, strict=True)]
         if len(set(labels)) == len(labels):
-            break
-        depth += 1
-    return [label + ("" if p.name == "last.pt" else f"/{p.name}")
-            for label, p in zip(labels, paths, strict=True)]  # fmt: skip
+            return labels
+    return [str(p) for p in paths]
 
 
-def summarize_runs(paths: list[str | os.PathLike[str]]) -> list[RunSummary]:
-    """Read each run (a run folder or a checkpoint of `cnnzoo train`); all must be of one task."""
-    files = [run_checkpoint(p) for p in paths]
+def summarize_runs(paths: list[str | os.PathLike[str]],
+                   skip: Callable[[str], None] | None = None) -> list[RunSummary]:  # fmt: skip
+    """Read each run (a run folder or a checkpoint of `cnnzoo train`); all must be of one task.
+    skip: given, a path that holds no run (an empty or failed run's folder, a log file in
+    runs/*) is reported to it in one line and left out, instead of stopping the comparison."""
+    files, read = [], []
+    for p in paths:
+        try:
+            f = run_checkpoint(p)
+            read.append((f, load_checkpoint(f, mmap=True)))
+            files.append(f)
+        except (UsageError, WeightsError) as exc:
+            if skip is None:
+                raise
+            skip(f"skipped {p}: {exc}")
+    if not files:
+        raise UsageError("none of these is a run of `cnnzoo train` (see the lines above)")
     if len({f.resolve() for f in files}) != len(files):
         raise UsageError("a run is named twice: give each run once")
-    runs = [_summary(f, label) for f, label in zip(files, _labels(files), strict=True)]
+    runs = []
+    for (f, ckpt), label in zip(read, _labels(files), strict=True):
+        try:
+            runs.append(_summary(f, label, ckpt))
+        except CnnzooError as exc:  # also a net cnnzoo no longer builds (dropout=True)
+            if skip is None:
+                raise
+            skip(f"skipped {f}: {exc}")
+    if not runs:
+        raise UsageError("none of these is a run of `cnnzoo train` (see the lines above)")
     tasks = sorted({r.task for r in runs})
     if len(tasks) > 1:
         raise UsageError(f"these runs are of different tasks ({', '.join(tasks)}): compare "
@@ -114,10 +145,9 @@ def summarize_runs(paths: list[str | os.PathLike[str]]) -> list[RunSummary]:
     return runs
 
 
-def _summary(path: Path, label: str) -> RunSummary:
+def _summary(path: Path, label: str, ckpt: dict[str, Any]) -> RunSummary:
     from ..models import count_macs, count_parameters, create_model
 
-    ckpt = load_checkpoint(path, mmap=True)
     meta, config = ckpt.get("meta") or {}, ckpt.get("config") or {}
     if meta.get("transfer"):
         raise UsageError(f"{path} is a transfer fine-tuning checkpoint: its bundle.json holds "
@@ -155,12 +185,14 @@ def _summary(path: Path, label: str) -> RunSummary:
     settings: dict[str, Any] = {"data": data, "validation images": val,
                                 "input": f"{chans}x{size}"}  # fmt: skip
     for key, _ in RECIPE:
-        value = config.get(key, meta.get(key))
-        if value is not None:
-            settings[key] = value
+        value = config.get(key, meta.get(key, ABSENT.get(key, "absent")))
+        if value == "absent":  # (a classifier has no elastic deformation, a U-Net no erasing)
+            continue
+        settings[key] = tuple(value) if isinstance(value, list) else value
     return RunSummary(
         label=label, path=path, task=task, model=name, model_kwargs=kwargs, params=params,
         macs=macs, input=f"{chans}x{size}", epochs=int(last["epoch"]),
+        planned=int(config.get("epochs") or last["epoch"]),
         train_seconds=float(sum(r.get("seconds", 0.0) for r in history)),
         images_per_s=statistics.median(speeds) if speeds else None,
         train_loss=last.get("train_loss"), metric=metric,
@@ -180,7 +212,7 @@ def differences(runs: list[RunSummary]) -> list[str]:
         for r in runs:
             value = r.settings.get(key)
             groups.setdefault(repr(value), []).append(r.label)
-            shown[repr(value)] = _show(value)
+            shown[repr(value)] = _show(key, value)
         if len(groups) < 2:
             continue
         if key == "validation images":  # a digest or a split: its value tells a reader nothing
@@ -193,9 +225,11 @@ def differences(runs: list[RunSummary]) -> list[str]:
     return lines
 
 
-def _show(value: Any) -> str:
+def _show(key: str, value: Any) -> str:
     if value is None:
-        return "-"
+        return UNSET.get(key, "-")
+    if key == "progressive":
+        return f"{value[0]} px for {value[1]} epochs"
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import WeightsError
+from ..models.registry import FUNCTION_OPTIONS
 from .loop import differing_options
 
 
@@ -193,6 +194,7 @@ def grow_from(
                 report.copied[k] = s
     first_conv = next((k.rsplit(".", 1)[0] for k, v in target_state.items() if v.dim() == 4), None)
     _check_fit(misfit, family, meta, target_kwargs, first_conv)  # before a tensor is changed
+    _check_function(meta.get("model_kwargs"), target_kwargs)
     with torch.no_grad():
         for k, s in report.copied.items():
             target_state[k].copy_(source_state[s])
@@ -206,6 +208,20 @@ def grow_from(
                            "vgg13, resnet20 -> resnet32; not the CIFAR resnet20 -> the ImageNet "
                            "resnet18)")  # fmt: skip
     return report
+
+
+def _check_function(src: dict[str, Any] | None, tgt: dict[str, Any] | None) -> None:
+    """A one-line error when the nets differ in an option of `FUNCTION_OPTIONS`."""
+    if src is None or tgt is None:
+        return
+    keys = [k for k in FUNCTION_OPTIONS if src.get(k, ...) != tgt.get(k, ...)]
+    diff = differing_options({k: src[k] for k in keys if k in src},
+                             {k: tgt[k] for k in keys if k in tgt})  # fmt: skip
+    if diff:
+        given = " ".join(f"--model-arg {k}={src[k]}" for k in keys if k in src)
+        raise WeightsError(f"the source was built with {diff[0]}, this model with {diff[1]}: its "
+                           "layers would compute other functions here; grow with the source's "
+                           f"options ({given or 'leave out --model-arg ' + ' '.join(keys)})")
 
 
 def _check_fit(misfit: list[tuple[str, str, str]], family: str | None, meta: dict[str, Any],

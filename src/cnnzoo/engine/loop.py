@@ -403,6 +403,8 @@ class Trainer:
             # on the rest, so a folder changed since still cannot be scored as its validation
             # split (`evaluate`), even from this run's later checkpoints.
             self.meta["val_files"] = old_meta["val_files"]
+        if "init_from" in old_meta:  # a grown run stays one when resumed without --init-from
+            self.meta.setdefault("init_from", old_meta["init_from"])
         return ckpt
 
     def _resume_where(self, resume: bool | str | Path) -> Path:

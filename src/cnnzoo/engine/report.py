@@ -100,10 +100,11 @@ def plot_runs(runs: Sequence[Any], path: Path) -> Path:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), squeeze=False)
     for ax, (key, title) in zip(axes[0], panels, strict=True):
         ys: list[float] = []
-        for r in runs:
+        for i, r in enumerate(runs):
             points = [(h["epoch"], h[key]) for h in r.history if h.get(key) is not None]
-            if points:
-                ax.plot(*zip(*points, strict=True), "-o", ms=2.5, label=r.label)
+            if points:  # matplotlib has 10 colours: the 11th run on is dashed, then dotted
+                ax.plot(*zip(*points, strict=True), marker="o", ms=2.5, label=r.label,
+                        ls=("-", "--", ":", "-.")[i // 10 % 4])  # fmt: skip
                 ys += [y for _, y in points]
         ax.set_title(title)
         if key.endswith("loss") and ys and min(ys) > 0 and max(ys) > 20 * min(ys):

@@ -342,6 +342,11 @@ def train_classifier(
         meta["val_files"] = splits.val.files_digest(data.source)  # folder splits the same
     meta["augment"] = augment_kind(data)  # `evaluate --tta` says when the net never saw flips
     meta["batch_size"], meta["label_smoothing"] = data.batch_size, label_smoothing
+    # The rest of the recipe the config does not hold, for `cnnzoo compare` to tell runs apart.
+    meta["erase"] = data.erase
+    meta["progressive"] = list(data.progressive) if data.progressive else None
+    if init_from is not None:
+        meta["init_from"] = str(Path(init_from).resolve())
     if config.tta and meta["augment"] not in FLIPPING:
         say(tta_note(meta["augment"]))
     task = ClassificationTask(splits.num_classes, label_smoothing=label_smoothing,

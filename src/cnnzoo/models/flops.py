@@ -47,9 +47,11 @@ def count_params(name: str) -> int:
 
 
 def counts_at(name: str, channels: int, size: int) -> tuple[int, int | None]:
-    """(parameters, multiply-adds) of `name` for `channels` x `size` x `size` inputs, as
-    `cnnzoo train` would build it for them (residual_net for that size); multiply-adds None
-    below the net's least input size."""
+    """(parameters, multiply-adds) of `name` for `channels` x `size` x `size` inputs, with its
+    default head, built for that size where it is built for one (residual_net); multiply-adds
+    None for a size the net does not take (below its least, or not one of a valid-padding
+    U-Net's sizes)."""
+    from ..errors import InputSizeError
     from .registry import fixed_input_size, min_input_size
 
     kwargs = {"img_size": size} if fixed_input_size(name) else {}
@@ -57,7 +59,10 @@ def counts_at(name: str, channels: int, size: int) -> tuple[int, int | None]:
         params = sum(p.numel() for p in create_model(name, in_chans=channels, **kwargs).parameters())
     if size < min_input_size(name, **kwargs):
         return params, None
-    return params, count_macs(name, (channels, size, size), **kwargs)
+    try:
+        return params, count_macs(name, (channels, size, size), **kwargs)
+    except InputSizeError:
+        return params, None
 
 
 def table_counts(names: Sequence[str]) -> dict[str, tuple[int, int]]:

@@ -168,6 +168,10 @@ def _lookup(name: str) -> tuple[Builder, ModelConfig]:
 # rate): create_model takes a number in [0, 1) for them. True (`--model-arg dropout=yes`) was
 # Dropout(p=True), p = 1.0, a net whose every unit is dropped and that cannot learn.
 PROBABILITY_OPTIONS = frozenset({"dropout", "dropout_aux", "drop_rate", "drop_path_rate"})
+# Options that change what layers compute without changing their shapes, so weights trained
+# with one value load into a net built with another without a complaint (tanh weights in a ReLU
+# net: a validation loss of 140 after growth). Growth and loading weights refuse a mismatch.
+FUNCTION_OPTIONS = ("act", "shortcut")
 
 
 @dataclass(frozen=True)

@@ -102,9 +102,10 @@ def mirror_indices(start: int, size: int, n: int) -> Tensor:
 def _channel_advice(shape: tuple[int, ...], chans: int) -> str:
     """One line for an image whose channel count is not the net's: what to pass instead (the
     conversions `cnnzoo segment` makes when it reads a file, via `cnnzoo.data.images`)."""
-    last = shape[-1] in (1, 3, 4) and shape[0] not in (1, 3, 4)  # (H, W, C), as PIL gives it
-    c = shape[-1] if last else shape[0]
-    take = "image.transpose(2, 0, 1)" if last else "image"
+    flat = len(shape) == 2  # one grey (H, W) image
+    last = not flat and shape[-1] in (1, 3, 4) and shape[0] not in (1, 3, 4)  # (H, W, C), PIL's
+    c = 1 if flat else shape[-1] if last else shape[0]
+    take = "image[None]" if flat else "image.transpose(2, 0, 1)" if last else "image"
     if chans == 1:
         how = ("a grey (H, W) image, e.g. np.asarray(PIL.Image.open(path).convert('L')), as "
                "cnnzoo segment reads files for a grey net")
@@ -115,7 +116,7 @@ def _channel_advice(shape: tuple[int, ...], chans: int) -> str:
     else:
         how = "an RGB image (3, H, W), e.g. np.asarray(PIL.Image.open(path).convert('RGB'))" \
             ".transpose(2, 0, 1)"
-    layout = "(H, W, C)" if last else "(C, H, W)"
+    layout = "(H, W)" if flat else "(H, W, C)" if last else "(C, H, W)"
     return (f"image of shape {shape} has {plural(c, 'channel')} {layout}, but the net takes "
             f"{chans}: "
             f"pass {how}")
@@ -143,6 +144,7 @@ def predict_tiled(
     Returns (num_classes, H, W) float32 probabilities or logits, or a uint8 (H, W) mask.
     """
     img = torch.as_tensor(image)
+    given = tuple(img.shape)
     if img.dim() == 2:  # one grey image (H, W), as skimage and PIL give it
         img = img[None]
     if img.dim() != 3:
@@ -154,7 +156,7 @@ def predict_tiled(
     if chans is not None and img.shape[0] != chans:
         # Another channel count (an RGB array for a grey net, RGBA): torch's own error names
         # tensor sizes, not the image. What `cnnzoo segment` does for such files, said here.
-        raise ValueError(_channel_advice(tuple(img.shape), chans))
+        raise ValueError(_channel_advice(given, chans))
     _, h, w = img.shape
     geo = tile_geometry(model, tile, margin)
     k = geo.out_size

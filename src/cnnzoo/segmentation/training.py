@@ -278,6 +278,9 @@ def train(
         # is the config's) and to read held-out masks and count cells as the run did.
         "val_fraction": val_fraction, "binary_255": splits.binary_255,
         "count_instances": task.count_instances,
+        # The rest of the recipe, for `cnnzoo compare` to tell runs apart.
+        "batch_size": batch_size, "elastic": elastic, "jitter": jitter,
+        **({"w0": w0, "sigma": sigma} if task.needs_weight_map else {}),
     }
     if splits.val_files is not None:
         meta["val_files"] = splits.val_files

@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..errors import WeightsError
+from ..errors import ModelOptionError, WeightsError
 from .adapt import (
     adapt_input_conv,
     adapt_state_dict,
@@ -200,6 +200,7 @@ def create_pretrained(name: str, weights: Any, **model_kwargs: Any) -> nn.Module
     grey checkpoint needs neither.
     """
     from ..models import create_model, get_config
+    from ..models.registry import FUNCTION_OPTIONS, model_options
 
     get_config(name)  # an unknown name fails as such, before any weights are looked up
     ckpt, entry = open_weights(weights, name)
@@ -212,7 +213,16 @@ def create_pretrained(name: str, weights: Any, **model_kwargs: Any) -> nn.Module
                            f"{stored['model']}")  # fmt: skip
     # A `cnnzoo train` checkpoint or `cnnzoo convert` output records the options it was built
     # with (stages, width_mult, ...): without them its tensors fit no default-built net.
-    kwargs = {**json.loads(stored.get("model_kwargs", "{}")), **model_kwargs}
+    recorded = json.loads(stored.get("model_kwargs", "{}"))
+    if "model_kwargs" in stored:  # (a foreign file does not say what it was trained with)
+        defaults = {k: spec.default for k, spec in model_options(name).items()}
+        for k in FUNCTION_OPTIONS:
+            was = recorded.get(k, defaults.get(k))
+            if k in model_kwargs and model_kwargs[k] != was:  # the weights fit either way
+                raise ModelOptionError(f"{ckpt.path} was trained with {k}={was}: leave out "
+                                       f"{k}={model_kwargs[k]!r}, with which its weights would "
+                                       "compute another function")  # fmt: skip
+    kwargs = {**recorded, **model_kwargs}
     model = create_model(name, **kwargs)
     shape = {k: v for k, v in checkpoint_shape(ckpt, model, name).items() if k not in kwargs}
     cfg = model.default_cfg
