@@ -604,6 +604,9 @@ def test_growth_refuses_options_that_change_what_layers_compute():
         grow_from(b, create_model("resnet20", shortcut="none").state_dict(),
                   source_meta={"model": "resnet20", "model_kwargs": {"shortcut": "none"}},
                   target_kwargs={})  # fmt: skip
+    # act='relu' given on one side and left out on the other agree (it is the default).
+    grow_from(b, create_model("resnet20").state_dict(),
+              source_meta={"model": "resnet20", "model_kwargs": {"act": "relu"}}, target_kwargs={})
     tanh32 = create_model("resnet32", num_classes=10, act="tanh")
     assert grow_from(tanh32, a.state_dict(), source_meta=meta, target_kwargs={"act": "tanh"}).copied
 

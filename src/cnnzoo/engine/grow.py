@@ -194,7 +194,8 @@ def grow_from(
                 report.copied[k] = s
     first_conv = next((k.rsplit(".", 1)[0] for k, v in target_state.items() if v.dim() == 4), None)
     _check_fit(misfit, family, meta, target_kwargs, first_conv)  # before a tensor is changed
-    _check_function(meta.get("model_kwargs"), target_kwargs)
+    _check_function(meta.get("model_kwargs"), target_kwargs,
+                    getattr(getattr(model, "default_cfg", None), "name", None))
     with torch.no_grad():
         for k, s in report.copied.items():
             target_state[k].copy_(source_state[s])
@@ -210,11 +211,19 @@ def grow_from(
     return report
 
 
-def _check_function(src: dict[str, Any] | None, tgt: dict[str, Any] | None) -> None:
-    """A one-line error when the nets differ in an option of `FUNCTION_OPTIONS`."""
+def _check_function(src: dict[str, Any] | None, tgt: dict[str, Any] | None,
+                    name: str | None) -> None:  # fmt: skip
+    """A one-line error when the nets differ in an option of `FUNCTION_OPTIONS` (an option
+    left out is its default: act='relu' given and left out agree)."""
     if src is None or tgt is None:
         return
-    keys = [k for k in FUNCTION_OPTIONS if src.get(k, ...) != tgt.get(k, ...)]
+    defaults: dict[str, Any] = {}
+    if name is not None:
+        from ..models.registry import model_options
+
+        defaults = {k: spec.default for k, spec in model_options(name).items()}
+    keys = [k for k in FUNCTION_OPTIONS
+            if src.get(k, defaults.get(k, ...)) != tgt.get(k, defaults.get(k, ...))]
     diff = differing_options({k: src[k] for k in keys if k in src},
                              {k: tgt[k] for k in keys if k in tgt})  # fmt: skip
     if diff:
