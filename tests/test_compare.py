@@ -92,6 +92,11 @@ def test_runs_that_cannot_be_compared_are_one_line(tmp_path):
                  "meta": {"model": "resnet18", "transfer": True}}, tmp_path / "ft.pt")
     with pytest.raises(UsageError, match="transfer fine-tuning checkpoint"):
         summarize_runs([tmp_path / "ft.pt"])
+    (tmp_path / "tr" / "bundle").mkdir(parents=True)  # a `cnnzoo transfer --out` folder
+    (tmp_path / "tr" / "bundle" / "bundle.json").write_text("{}")
+    with pytest.raises(UsageError, match=r"tr is a transfer run: its validation metrics are in "
+                                         r".*tr/bundle/bundle.json"):
+        summarize_runs([tmp_path / "tr"])
     atomic_save({"format": "cnnzoo-checkpoint-1", "model": {}, "history": [{"epoch": 1}],
                  "meta": {"model": "resnet18"}}, tmp_path / "lib.pt")  # the engine as a library
     with pytest.raises(UsageError, match="does not record its model and input"):

@@ -110,10 +110,12 @@ def test_classification_task_against_hand_computed_values(tmp_path):
     assert per_class_table(four, ["a", "b", "c", "d"]) == [
         "class     precision  recall  support", "a             1.000   0.500        2",
         "b             0.500   1.000        1", "c             0.000   0.000        1",
-        "d             0.000       -        0", "(no image of d among these: not measured)"]
-    assert four.per_class()["recall"][3] is None  # null in evaluate --json, not 0
+        "d                 -       -        0", "(no image of d among these: not measured)"]
+    # Neither predicted nor present: no precision either (0/0; it read 0.000). A class with
+    # images that is never predicted keeps scikit-learn's 0 ('c' above: each was missed).
+    assert four.per_class()["recall"][3] is None and four.per_class()["precision"][3] is None
     rows = list(csv.reader(write_per_class_csv(four, list("abcd"), tmp_path / "4.csv").open()))
-    assert rows[4] == ["d", "0.0000", "", "0"]
+    assert rows[4] == ["d", "", "", "0"]
     # Label smoothing eps: (1 - eps) * CE + eps * mean over classes of -log p.
     smooth = ClassificationTask(3, label_smoothing=0.3).loss(logits, y)
     logp = logits.log_softmax(1)

@@ -944,9 +944,20 @@ def test_resuming_fine_tuning_on_other_data_is_refused(folder, tmp_path):
     # create_model refuses it as predict does (it loaded with the architecture's input).
     import cnnzoo
 
-    with pytest.raises(WeightsError, match="is a checkpoint of transfer fine-tuning: load the "
-                                           "bundle the run wrote"):  # fmt: skip
+    with pytest.raises(WeightsError) as err:  # naming its run's bundle, not OUT/bundle
         cnnzoo.create_model("resnet18", weights=str(out / "finetune" / "full" / "last.pt"))
+    assert str(err.value).endswith(f"its run's bundle holds the model ({out / 'bundle'}: "
+                                   f"--bundle, cnnzoo.load_bundle), and "
+                                   f"{out / 'bundle' / 'model.safetensors'} is its weights file")
+    # Another --update-bn: refused in transfer's words (it named --init-from, a train option).
+    import dataclasses
+
+    cfg = _tiny_config(mode="finetune")
+    cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, freeze_bn=False))
+    with pytest.raises(TrainingError, match=r"continue with freeze_bn=False: resume without "
+                                            r"--update-bn, as the run began, or start over"):
+        transfer(folder, model="resnet18", weights=None, out=out, resume=True, config=cfg,
+                 say=lambda _: None)  # fmt: skip
     other = tmp_path / "other"
     shutil.copytree(folder, other)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}

@@ -80,3 +80,11 @@ def same_source(a: object, b: object) -> bool:
     if pa.exists() or pb.exists():  # folders digfold and DIGFOLD are two data sets
         return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
     return a.lower() == b.lower()
+
+
+def transfer_bundle(checkpoint: str | os.PathLike[str]) -> Path:
+    """The bundle folder of the transfer run a fine-tuning checkpoint (OUT/finetune/full/last.pt)
+    belongs to, for messages that point to it: OUT/bundle."""
+    p = Path(checkpoint)
+    return p.parents[2] / "bundle" if len(p.parents) > 2 and p.parent.parent.name == "finetune" \
+        else Path("OUT/bundle")

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ..errors import CnnzooError, UsageError, WeightsError
+from ..paths import transfer_bundle
 from .checkpoint import load_checkpoint
 
 # Per task: the validation metric the table and the plot rank by (acc, or Dice for U-Nets).
@@ -86,6 +87,10 @@ def run_checkpoint(path: str | os.PathLike[str]) -> Path:
     """The checkpoint of a run: the file given, or a run folder's last.pt (its whole history),
     else its best.pt."""
     p = Path(path)
+    for bundle in (p / "bundle", p):
+        if (bundle / "bundle.json").is_file():
+            raise UsageError(f"{p} is a transfer run: its validation metrics are in "
+                             f"{bundle / 'bundle.json'}; compare compares `cnnzoo train` runs")
     if p.is_dir():
         for name in ("last.pt", "best.pt"):
             if (p / name).is_file():
@@ -150,8 +155,9 @@ def _summary(path: Path, label: str, ckpt: dict[str, Any]) -> RunSummary:
 
     meta, config = ckpt.get("meta") or {}, ckpt.get("config") or {}
     if meta.get("transfer"):
-        raise UsageError(f"{path} is a transfer fine-tuning checkpoint: its bundle.json holds "
-                         "its validation metrics; compare `cnnzoo train` runs here")  # fmt: skip
+        raise UsageError(f"{path} is a transfer fine-tuning checkpoint: its validation metrics "
+                         f"are in {transfer_bundle(path) / 'bundle.json'}; compare compares "
+                         "`cnnzoo train` runs")  # fmt: skip
     task = str(ckpt.get("task") or meta.get("task") or "classification")
     history = list(ckpt.get("history") or [])
     if not {"model", "img_size", "in_chans", "num_classes"} <= set(meta):

@@ -382,12 +382,18 @@ class Trainer:
         kinds = ("optimizer", "freeze_bn") if batchnorm_params(unwrap_model(self.model)) \
             else ("optimizer",)
         for k in kinds:
-            if old.get(k, getattr(TrainConfig, k)) != getattr(self.config, k):
+            was = old.get(k, getattr(TrainConfig, k))
+            if was != getattr(self.config, k):
+                if self.meta.get("transfer") and k == "freeze_bn":  # in `cnnzoo transfer`'s words
+                    how = (f"resume {'without' if was else 'with'} --update-bn, as the run "
+                           "began, or start over (--overwrite)")
+                else:
+                    how = (f"resume with the run's {k}, or start a new run from its weights "
+                           "(--init-from)")
                 raise TrainingError(
                     f"the checkpoint in {self._resume_where(resume)} was trained with {k}="
-                    f"{old.get(k, getattr(TrainConfig, k))}, and its optimizer state cannot "
-                    f"continue with {k}={getattr(self.config, k)}: resume with the run's "
-                    f"{k}, or start a new run from its weights (--init-from)")
+                    f"{was}, and its optimizer state cannot continue with {k}="
+                    f"{getattr(self.config, k)}: {how}")
         changed = [f"{k} (was {old.get(k)}, now {getattr(self.config, k)})"
                    for k in RESUME_WARN_CONFIG
                    if old.get(k) != getattr(self.config, k)]

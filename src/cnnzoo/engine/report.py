@@ -150,8 +150,9 @@ def per_class_table(acc: ClassificationAccumulator, class_names: list[str]) -> l
     lines = [f"{'class':<{width}}  precision  recall  support"]
     for name, p, r, s in zip(class_names, pc["precision"], pc["recall"], support, strict=True):
         # A class with no image here has no recall: a 0.000 would read as a class never found.
-        lines.append(f"{name:<{width}}  {p:9.3f}  {'     -' if r is None else f'{r:6.3f}'}  "
-                     f"{s:7d}")
+        # ... nor precision when it was not predicted either.
+        lines.append(f"{name:<{width}}  {'        -' if p is None else f'{p:9.3f}'}  "
+                     f"{'     -' if r is None else f'{r:6.3f}'}  {s:7d}")
     unseen = [name for name, s in zip(class_names, support, strict=True) if not s]
     if unseen:
         lines.append(f"(no image of {', '.join(unseen)} among these: not measured)")
@@ -169,7 +170,7 @@ def write_per_class_csv(acc: ClassificationAccumulator, class_names: list[str],
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")  # quotes a class named "red, large"
     writer.writerow(["class", "precision", "recall", "support"])
-    writer.writerows([n, f"{p:.4f}", "" if r is None else f"{r:.4f}", s]  # "": not measured
+    writer.writerows([n, "" if p is None else f"{p:.4f}", "" if r is None else f"{r:.4f}", s]
                      for n, p, r, s in zip(class_names, pc["precision"], pc["recall"], support,
                                            strict=True))  # fmt: skip
     path.write_text(text.getvalue())

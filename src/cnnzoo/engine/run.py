@@ -23,7 +23,7 @@ from ..data.builtin import builtin_name, own_channels
 from ..data.folder import ImagesSeen, seen_images
 from ..data.loader import BatchLoader
 from ..errors import DataError, UsageError, WeightsError
-from ..paths import check_outside, same_source
+from ..paths import check_outside, same_source, transfer_bundle
 from .checkpoint import load_checkpoint
 from .distributed import DistContext
 from .grow import grow_from
@@ -403,9 +403,10 @@ def model_from_checkpoint(
         raise WeightsError(f"{path} does not say which model it holds: evaluate checkpoints "
                            "written by `cnnzoo train` (last.pt or best.pt)")
     if meta.get("transfer"):
+        bundle = transfer_bundle(path)
         raise WeightsError(f"{path} is a checkpoint of transfer fine-tuning: use the bundle the "
-                           "run wrote (cnnzoo predict IMAGE --bundle OUT/bundle, cnnzoo evaluate "
-                           "--bundle OUT/bundle --data DIR)")
+                           f"run wrote (cnnzoo predict IMAGE --bundle {bundle}, cnnzoo evaluate "
+                           f"--bundle {bundle} --data DIR)")  # fmt: skip
     if meta.get("task") == "segmentation":
         raise WeightsError(f"{path} is a segmentation checkpoint ({meta['model']}): segment "
                            "images with cnnzoo segment IMAGE --checkpoint FILE; score it on "

@@ -123,17 +123,18 @@ class ClassificationAccumulator:
 
     def per_class(self) -> dict[str, list[float | None]]:
         """Per-class precision and recall from the confusion matrix: precision 0 for a class
-        never predicted (scikit-learn's zero_division=0); recall None for a class with no image
-        here, which was not measured (a 0 read as a class never found)."""
+        never predicted that has images (scikit-learn's zero_division=0: each was missed);
+        None for one with neither, and recall None for a class with no image here: not
+        measured (a 0 read as a class never found)."""
         cm = self.confusion.double()
         tp = cm.diag()
-        predicted = cm.sum(0)
-        actual = cm.sum(1)
-        precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), torch.zeros_like(tp))
-        recall = (tp / actual.clamp(min=1)).tolist()
-        return {"precision": precision.tolist(),
-                "recall": [r if n > 0 else None for r, n in zip(recall, actual.tolist(),
-                                                                   strict=True)]}  # fmt: skip
+        predicted = cm.sum(0).tolist()
+        actual = cm.sum(1).tolist()
+        precision = (tp / cm.sum(0).clamp(min=1)).tolist()
+        recall = (tp / cm.sum(1).clamp(min=1)).tolist()
+        return {"precision": [p if m > 0 or n > 0 else None
+                              for p, m, n in zip(precision, predicted, actual, strict=True)],
+                "recall": [r if n > 0 else None for r, n in zip(recall, actual, strict=True)]}
 
 
 class ClassificationTask:

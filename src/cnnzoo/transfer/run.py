@@ -456,6 +456,12 @@ def transfer(
             say("kept the features head: its validation loss "
                 f"{metrics['features']['val_loss']:.4f} beats the fine-tuned "
                 f"{metrics['finetune']['val_loss']:.4f}")  # fmt: skip
+        gap = metrics["features"]["val_acc"] - metrics["finetune"]["val_acc"] \
+            if "features" in metrics else 0.0
+        if kept == "finetune" and gap >= 0.05:  # small validation sets mislead (docs), not this
+            say(f"note: the features head scored {gap:.3f} higher on the validation images than "
+                "the fine-tuned net kept here; --keep-best keeps the one with the lower "
+                "validation loss")  # fmt: skip
         metrics["kept"] = kept
     else:
         metrics["kept"] = "features"

@@ -21,6 +21,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from ..errors import ModelOptionError, WeightsError
+from ..paths import transfer_bundle
 from .adapt import (
     adapt_input_conv,
     adapt_state_dict,
@@ -206,8 +207,10 @@ def create_pretrained(name: str, weights: Any, **model_kwargs: Any) -> nn.Module
     ckpt, entry = open_weights(weights, name)
     stored = ckpt.metadata
     if stored.get("transfer_checkpoint"):  # as predict, evaluate and convert refuse it
-        raise WeightsError(f"{ckpt.path} is a checkpoint of transfer fine-tuning: load the bundle "
-                           "the run wrote, cnnzoo.load_bundle('OUT/bundle')")  # fmt: skip
+        bundle = transfer_bundle(ckpt.path)
+        raise WeightsError(f"{ckpt.path} is a checkpoint of transfer fine-tuning: its run's "
+                           f"bundle holds the model ({bundle}: --bundle, cnnzoo.load_bundle), "
+                           f"and {bundle / 'model.safetensors'} is its weights file")  # fmt: skip
     if stored.get("format") == "cnnzoo" and stored.get("model", name) != name:
         raise WeightsError(f"{ckpt.path} holds {stored['model']}, not {name}: build it as "
                            f"{stored['model']}")  # fmt: skip
