@@ -86,7 +86,7 @@ def test_runs_that_cannot_be_compared_are_one_line(tmp_path):
         summarize_runs([a, seg])
     with pytest.raises(UsageError, match="holds no run"):
         summarize_runs([a, tmp_path])
-    with pytest.raises(UsageError, match="named twice"):
+    with pytest.raises(UsageError, match=f"^{a} and {a / 'last.pt'} name one run"):
         summarize_runs([a, a / "last.pt"])
     atomic_save({"format": "cnnzoo-checkpoint-1", "model": {}, "history": [{"epoch": 1}],
                  "meta": {"model": "resnet18", "transfer": True}}, tmp_path / "ft.pt")
@@ -143,7 +143,7 @@ def test_the_rest_of_the_recipe_and_unfinished_runs(tmp_path):
         "initialised from: scratch (a), /runs/r20/best.pt (b)",
         "epochs: 5 (a), 2 (b)",
         "random erasing: 0 (a), 0.5 (b)",
-        "progressive resizing: off (a), 16 px for 1 epochs (b)",
+        "progressive resizing: off (a), 16 px for 1 epoch (b)",
         "momentum: 0.9 (a), 0.5 (b)",
         "gradient clipping: off (a), 1 (b)",
     ]
@@ -163,3 +163,31 @@ def test_labels_and_entries_that_are_not_runs(tmp_path):
     assert said[0].startswith(f"skipped {tmp_path / 'failed'}: ") and "holds no run" in said[0]
     with pytest.raises(UsageError, match="none of these is a run"):
         summarize_runs([tmp_path / "failed"], skip=said.append)
+
+
+def test_what_had_no_effect_is_not_a_difference_and_what_did_is(tmp_path):
+    # AdamW has no momentum, one-cycle its own warm-up: such settings changed nothing.
+    a = _fake_run(tmp_path / "a", optimizer="adamw", momentum=0.9, warmup_epochs=0.0)
+    b = _fake_run(tmp_path / "b", optimizer="adamw", momentum=0.5, warmup_epochs=1.0)
+    assert differences(summarize_runs([a, b])) == []
+    # Two runs on one folder that validated on other images stay named when a third run's data
+    # differ (the data line hid them).
+    c = _fake_run(tmp_path / "c", val_files="digest-1")
+    d = _fake_run(tmp_path / "d", val_files="digest-2")
+    e = _fake_run(tmp_path / "e", dataset="digits")
+    got = differences(summarize_runs([c, d, e]))
+    assert got[0].startswith("data: fashion-mnist") and got[1] == \
+        "validation images: not the same (c; d; e)"
+    # The precision a run used (auto picks it per model) is recorded at the top level.
+    ckpt = torch.load(c / "last.pt", weights_only=True)
+    ckpt["precision"] = {"dtype": "bf16", "channels_last": True}
+    atomic_save(ckpt, c / "last.pt")
+    assert "precision: bf16 (c), - (d)" in differences(summarize_runs([c, d]))
+    # The model column leaves out options at their defaults (act=relu is resnet20 itself).
+    f = _fake_run(tmp_path / "f", kwargs={"act": "relu", "shortcut": "none"})
+    assert summarize_runs([f])[0].name == "resnet20 shortcut=none"
+    # A hand-made file is skipped with a line, not a traceback.
+    atomic_save({"model": {}, "meta": 5, "history": [{"epoch": 1}]}, tmp_path / "odd.pt")
+    said: list[str] = []
+    assert len(summarize_runs([f, tmp_path / "odd.pt"], skip=said.append)) == 1
+    assert "is not laid out as `cnnzoo train` writes checkpoints" in said[0]

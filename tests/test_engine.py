@@ -598,11 +598,11 @@ def test_growth_refuses_options_that_change_what_layers_compute():
     b = create_model("resnet32", num_classes=10)
     before = {k: v.clone() for k, v in b.state_dict().items()}
     meta = {"model": "resnet20", "model_kwargs": {"act": "tanh"}}
-    with pytest.raises(WeightsError, match=r"built with act=tanh, this model with act unset: .*"
+    with pytest.raises(WeightsError, match=r"built with act=tanh, this model with act=relu: .*"
                                            r"\(--model-arg act=tanh\)"):
         grow_from(b, a.state_dict(), source_meta=meta, target_kwargs={})
     assert all(torch.equal(v, before[k]) for k, v in b.state_dict().items())  # nothing copied
-    with pytest.raises(WeightsError, match="shortcut=none, this model with shortcut unset"):
+    with pytest.raises(WeightsError, match="shortcut=none, this model with shortcut=A"):
         grow_from(b, create_model("resnet20", shortcut="none").state_dict(),
                   source_meta={"model": "resnet20", "model_kwargs": {"shortcut": "none"}},
                   target_kwargs={})  # fmt: skip

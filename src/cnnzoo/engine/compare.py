@@ -20,6 +20,7 @@ import torch
 
 from ..errors import CnnzooError, UsageError, WeightsError
 from ..paths import transfer_bundle
+from ..text import plural
 from .checkpoint import load_checkpoint
 
 # Per task: the validation metric the table and the plot rank by (acc, or Dice for U-Nets).
@@ -35,7 +36,8 @@ RECIPE = (
     ("lr", "learning rate"), ("momentum", "momentum"), ("nesterov", "Nesterov"),
     ("weight_decay", "weight decay"), ("schedule", "schedule"),
     ("warmup_epochs", "warm-up epochs"), ("grad_clip", "gradient clipping"), ("mixup", "mixup"),
-    ("cutmix", "CutMix"), ("freeze_bn", "frozen BatchNorm"), ("seed", "seed"),
+    ("cutmix", "CutMix"), ("freeze_bn", "frozen BatchNorm"), ("precision", "precision"),
+    ("seed", "seed"),
 )  # fmt: skip
 # What a setting a checkpoint does not record was (older runs did not record every one); how
 # an unset one reads.
@@ -73,7 +75,11 @@ class RunSummary:
     @property
     def name(self) -> str:
         """The model with its options: 'resnet20 shortcut=none'."""
-        opts = " ".join(f"{k}={v}" for k, v in sorted(self.model_kwargs.items()))
+        from ..models.registry import model_options
+
+        defaults = {k: spec.default for k, spec in model_options(self.model).items()}
+        opts = " ".join(f"{k}={v}" for k, v in sorted(self.model_kwargs.items())
+                        if defaults.get(k, ...) != v)  # act=relu is resnet20 itself
         return f"{self.model} {opts}".strip()
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,34 +125,53 @@ def summarize_runs(paths: list[str | os.PathLike[str]],
     """Read each run (a run folder or a checkpoint of `cnnzoo train`); all must be of one task.
     skip: given, a path that holds no run (an empty or failed run's folder, a log file in
     runs/*) is reported to it in one line and left out, instead of stopping the comparison."""
-    files, read = [], []
+    files, read, given = [], [], []
     for p in paths:
         try:
             f = run_checkpoint(p)
             read.append((f, load_checkpoint(f, mmap=True)))
             files.append(f)
+            given.append(p)
         except (UsageError, WeightsError) as exc:
             if skip is None:
                 raise
             skip(f"skipped {p}: {exc}")
     if not files:
         raise UsageError("none of these is a run of `cnnzoo train` (see the lines above)")
-    if len({f.resolve() for f in files}) != len(files):
-        raise UsageError("a run is named twice: give each run once")
+    seen: dict[Path, Any] = {}
+    for f, p in zip(files, given, strict=True):
+        if f.resolve() in seen:
+            raise UsageError(f"{seen[f.resolve()]} and {p} name one run: give each run once")
+        seen[f.resolve()] = p
     runs = []
     for (f, ckpt), label in zip(read, _labels(files), strict=True):
         try:
-            runs.append(_summary(f, label, ckpt))
+            try:
+                runs.append(_summary(f, label, ckpt))
+            except CnnzooError:
+                raise
+            except (AttributeError, KeyError, TypeError, ValueError) as exc:  # a hand-made file
+                raise UsageError(f"{f} is not laid out as `cnnzoo train` writes checkpoints "
+                                 f"({type(exc).__name__}: {exc})") from None
         except CnnzooError as exc:  # also a net cnnzoo no longer builds (dropout=True)
             if skip is None:
                 raise
             skip(f"skipped {f}: {exc}")
     if not runs:
         raise UsageError("none of these is a run of `cnnzoo train` (see the lines above)")
-    tasks = sorted({r.task for r in runs})
+    tasks: dict[str, list[str]] = {}
+    for r in runs:
+        tasks.setdefault(r.task, []).append(r.label)
+    if len(tasks) > 1 and skip is not None:  # runs/* holding both: the more common ones
+        keep = max(tasks, key=lambda t: len(tasks[t]))
+        for r in runs:
+            if r.task != keep:
+                skip(f"skipped {r.label}: a {r.task} run among {keep} runs")
+        return [r for r in runs if r.task == keep]
     if len(tasks) > 1:
-        raise UsageError(f"these runs are of different tasks ({', '.join(tasks)}): compare "
-                         "classifiers with classifiers and U-Nets with U-Nets")  # fmt: skip
+        which = "; ".join(f"{t}: {', '.join(labels)}" for t, labels in tasks.items())
+        raise UsageError(f"these runs are of different tasks ({which}): compare classifiers "
+                         "with classifiers and U-Nets with U-Nets")  # fmt: skip
     return runs
 
 
@@ -195,6 +220,14 @@ def _summary(path: Path, label: str, ckpt: dict[str, Any]) -> RunSummary:
         if value == "absent":  # (a classifier has no elastic deformation, a U-Net no erasing)
             continue
         settings[key] = tuple(value) if isinstance(value, list) else value
+    # Settings the run had no use for: AdamW has no momentum, one-cycle its own warm-up.
+    if settings.get("optimizer") == "adamw":
+        settings.pop("momentum", None)
+        settings.pop("nesterov", None)
+    if settings.get("schedule") == "onecycle":
+        settings.pop("warmup_epochs", None)
+    if isinstance(ckpt.get("precision"), dict):  # what the run used (auto picks per model)
+        settings["precision"] = str(ckpt["precision"].get("dtype"))
     return RunSummary(
         label=label, path=path, task=task, model=name, model_kwargs=kwargs, params=params,
         macs=macs, input=f"{chans}x{size}", epochs=int(last["epoch"]),
@@ -222,7 +255,11 @@ def differences(runs: list[RunSummary]) -> list[str]:
         if len(groups) < 2:
             continue
         if key == "validation images":  # a digest or a split: its value tells a reader nothing
-            if not any(line.startswith("data:") for line in lines):  # else that line says it
+            data = {r.label: repr(r.settings.get("data")) for r in runs}
+            val = {r.label: repr(r.settings.get(key)) for r in runs}
+            # Other data have other validation images: the data line says so. Said here only
+            # when runs on the same data validated on different images.
+            if any(data[a] == data[b] and val[a] != val[b] for a in data for b in data):
                 runs_by = "; ".join(", ".join(g) for g in groups.values())
                 lines.append(f"{word}: not the same ({runs_by})")
         else:
@@ -235,7 +272,7 @@ def _show(key: str, value: Any) -> str:
     if value is None:
         return UNSET.get(key, "-")
     if key == "progressive":
-        return f"{value[0]} px for {value[1]} epochs"
+        return f"{value[0]} px for {plural(value[1], 'epoch')}"
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)

@@ -222,11 +222,12 @@ def _check_function(src: dict[str, Any] | None, tgt: dict[str, Any] | None,
         from ..models.registry import model_options
 
         defaults = {k: spec.default for k, spec in model_options(name).items()}
-    keys = [k for k in FUNCTION_OPTIONS
-            if src.get(k, defaults.get(k, ...)) != tgt.get(k, defaults.get(k, ...))]
-    diff = differing_options({k: src[k] for k in keys if k in src},
-                             {k: tgt[k] for k in keys if k in tgt})  # fmt: skip
-    if diff:
+    full_src = {k: src.get(k, defaults.get(k)) for k in FUNCTION_OPTIONS if k in src or k in defaults}
+    full_tgt = {k: tgt.get(k, defaults.get(k)) for k in FUNCTION_OPTIONS if k in tgt or k in defaults}
+    keys = [k for k in FUNCTION_OPTIONS if full_src.get(k, ...) != full_tgt.get(k, ...)]
+    diff = differing_options({k: full_src[k] for k in keys if k in full_src},
+                             {k: full_tgt[k] for k in keys if k in full_tgt})  # fmt: skip
+    if diff:  # (an option left out is shown at its default: act=relu, not 'act unset')
         given = " ".join(f"--model-arg {k}={src[k]}" for k in keys if k in src)
         raise WeightsError(f"the source was built with {diff[0]}, this model with {diff[1]}: its "
                            "layers would compute other functions here; grow with the source's "

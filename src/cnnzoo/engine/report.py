@@ -102,9 +102,10 @@ def plot_runs(runs: Sequence[Any], path: Path) -> Path:
         ys: list[float] = []
         for i, r in enumerate(runs):
             points = [(h["epoch"], h[key]) for h in r.history if h.get(key) is not None]
-            if points:  # matplotlib has 10 colours: the 11th run on is dashed, then dotted
-                ax.plot(*zip(*points, strict=True), marker="o", ms=2.5, label=r.label,
-                        ls=("-", "--", ":", "-.")[i // 10 % 4])  # fmt: skip
+            if points:  # matplotlib has 10 colours: the 11th run on is dashed, then dotted,
+                # the 41st on marked otherwise
+                ax.plot(*zip(*points, strict=True), marker="os^x"[i // 40 % 4], ms=2.5,
+                        label=r.label, ls=("-", "--", ":", "-.")[i // 10 % 4])  # fmt: skip
                 ys += [y for _, y in points]
         ax.set_title(title)
         if key.endswith("loss") and ys and min(ys) > 0 and max(ys) > 20 * min(ys):
@@ -112,7 +113,10 @@ def plot_runs(runs: Sequence[Any], path: Path) -> Path:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=8)
+    # Beside the panels, in as many columns as the runs need (25 runs overflowed one panel).
+    columns = 1 + (len(runs) - 1) // 20
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), ncol=columns)
+    fig.set_size_inches(13 + 2.2 * columns, 3.8 + 0.12 * max(0, min(len(runs), 20) - 12))
     fig.tight_layout()
     return save_figure(fig, path)
 

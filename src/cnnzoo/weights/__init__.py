@@ -217,11 +217,14 @@ def create_pretrained(name: str, weights: Any, **model_kwargs: Any) -> nn.Module
     # A `cnnzoo train` checkpoint or `cnnzoo convert` output records the options it was built
     # with (stages, width_mult, ...): without them its tensors fit no default-built net.
     recorded = json.loads(stored.get("model_kwargs", "{}"))
-    if "model_kwargs" in stored:  # (a foreign file does not say what it was trained with)
-        defaults = {k: spec.default for k, spec in model_options(name).items()}
+    if "model_kwargs" in stored:
+        # A `cnnzoo train` run records every option it was built with (one left out had its
+        # default); a converted foreign file only those given to convert.
+        trained = stored.get("source_layout") == "cnnzoo train"
+        defaults = {k: spec.default for k, spec in model_options(name).items()} if trained else {}
         for k in FUNCTION_OPTIONS:
             was = recorded.get(k, defaults.get(k))
-            if k in model_kwargs and model_kwargs[k] != was:  # the weights fit either way
+            if k in model_kwargs and was is not None and model_kwargs[k] != was:  # both fit
                 raise ModelOptionError(f"{ckpt.path} was trained with {k}={was}: leave out "
                                        f"{k}={model_kwargs[k]!r}, with which its weights would "
                                        "compute another function")  # fmt: skip
