@@ -56,14 +56,12 @@ def run(args: argparse.Namespace) -> int:
           "them; train s and img/s: as measured during each run, on its machine and load")
     if any(r.epochs < r.planned for r in runs):
         print("N/M epochs: N of the M the run was to train (interrupted, or stopped early)")
-    if len(runs) == 1:
-        pass
-    elif diffs:
+    if diffs:
         print("besides the model, these runs differ in (so the table compares more than the "
               "nets):")
         for line in diffs:
             print(f"  {line}")
-    else:
+    elif len(runs) > 1:  # (one run is compared with nothing)
         print("same data, validation images, input and training recipe: the nets are what "
               "differs")
     if args.plot:
