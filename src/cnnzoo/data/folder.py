@@ -407,6 +407,21 @@ _SPLIT_NAMES = {
 }
 
 
+def manifest_split(cell: str) -> str | None:
+    """A manifest's split cell as 'train', 'val' or 'test' (any of the part folders' names, in
+    any case); an empty cell is 'train'; None for another value (the row is left out)."""
+    given = cell.strip()
+    return _SPLIT_NAMES.get(given.lower()) if given else "train"
+
+
+def unknown_split_lines(manifest: Path, unknown: dict[str, list[int]]) -> list[str]:
+    """One line per split value no part is called (rows left out), with up to 3 of its lines."""
+    return [f"{manifest}: {plural(len(lines), 'row')} with split {value!r} (line"
+            f"{'s' if len(lines) > 1 else ''} {', '.join(map(str, lines[:3]))}"
+            f"{', ...' if len(lines) > 3 else ''}): the split is train, val or test"
+            for value, lines in unknown.items()]  # fmt: skip
+
+
 # Header names a manifest's columns may have, in any order (the aliases are what other tools'
 # CSVs use: a Kaggle `file,class` manifest should load as it is).
 _COLUMN_NAMES = {
@@ -479,22 +494,17 @@ def _manifest_rows(manifest: Path) -> tuple[list[tuple[Path, str, str]], list[st
         if not row or all(not c.strip() for c in row):
             continue
         cells = {k: row[i].strip() if i < len(row) else "" for k, i in columns.items()}
-        given = cells.get("split", "").lower()
-        split = _SPLIT_NAMES.get(given, "") if given else "train"
+        split = manifest_split(cells.get("split", ""))
         if not cells["path"] or not cells["label"]:
             skipped.append(
                 f"{manifest} line {lineno}: expected `{layout}` (split: train, val or test)"
             )
             continue
-        if not split:
+        if split is None:
             unknown_splits.setdefault(cells["split"], []).append(lineno)
             continue
         entries.append((manifest_path(base, cells["path"]), cells["label"], split))
-    for value, lines in unknown_splits.items():
-        shown = ", ".join(map(str, lines[:3])) + (", ..." if len(lines) > 3 else "")
-        skipped.append(f"{manifest}: {plural(len(lines), 'row')} with split "
-                       f"{value!r} (line{'s' if len(lines) > 1 else ''} {shown}): the split is "
-                       "train, val or test")  # fmt: skip
+    skipped += unknown_split_lines(manifest, unknown_splits)
     grouped = sum(len(lines) - 1 for lines in unknown_splits.values())
     return entries, skipped, grouped
 

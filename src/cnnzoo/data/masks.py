@@ -160,10 +160,10 @@ def read_manifest(
 ) -> list[tuple[str, Path, Path, Path | None, str | None]]:
     """Rows of a CSV manifest with columns image,mask[,instances][,split] (paths relative to the
     CSV) as (name, image, mask, instances, split). split: 'train', 'val' or 'test' (the names
-    classification manifests take, `folder._SPLIT_NAMES`), 'train' in an empty cell, None
+    classification manifests take, `folder.manifest_split`), 'train' in an empty cell, None
     without a split column; rows of another split value are left out, one line per value in
     `problems`."""
-    from .folder import _SPLIT_NAMES
+    from .folder import manifest_split, unknown_split_lines
 
     path = Path(path)
     with path.open(newline="", encoding="utf-8-sig") as f:
@@ -178,19 +178,15 @@ def read_manifest(
     for lineno, row in enumerate(rows, start=2):
         split = None
         if column is not None:
-            given = (row.get(column) or "").strip()
-            split = _SPLIT_NAMES.get(given.lower()) if given else "train"
+            split = manifest_split(row.get(column) or "")
             if split is None:
-                unknown.setdefault(given, []).append(lineno)
+                unknown.setdefault((row.get(column) or "").strip(), []).append(lineno)
                 continue
         img, mask = manifest_path(base, row["image"]), manifest_path(base, row["mask"])
         inst = manifest_path(base, row["instances"]) if row.get("instances") else None
         out.append((img.stem, img, mask, inst, split))
-    for value, lines in unknown.items():
-        if problems is not None:
-            problems.append(f"{path}: {plural(len(lines), 'row')} with split {value!r} (line"
-                            f"{'s' if len(lines) > 1 else ''} {_some([str(n) for n in lines])}):"
-                            " the split is train, val or test")  # fmt: skip
+    if problems is not None:
+        problems += unknown_split_lines(path, unknown)
     return out
 
 
