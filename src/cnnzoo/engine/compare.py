@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ..errors import CnnzooError, UsageError, WeightsError
 from ..paths import transfer_bundle
 from ..text import plural
@@ -75,9 +73,9 @@ class RunSummary:
     @property
     def name(self) -> str:
         """The model with its options: 'resnet20 shortcut=none'."""
-        from ..models.registry import model_options
+        from ..models.registry import option_defaults
 
-        defaults = {k: spec.default for k, spec in model_options(self.model).items()}
+        defaults = option_defaults(self.model)
         opts = " ".join(f"{k}={v}" for k, v in sorted(self.model_kwargs.items())
                         if defaults.get(k, ...) != v)  # act=relu is resnet20 itself
         return f"{self.model} {opts}".strip()
@@ -176,7 +174,7 @@ def summarize_runs(paths: list[str | os.PathLike[str]],
 
 
 def _summary(path: Path, label: str, ckpt: dict[str, Any]) -> RunSummary:
-    from ..models import count_macs, count_parameters, create_model
+    from ..models.flops import counts_at
 
     meta, config = ckpt.get("meta") or {}, ckpt.get("config") or {}
     if meta.get("transfer"):
@@ -193,13 +191,8 @@ def _summary(path: Path, label: str, ckpt: dict[str, Any]) -> RunSummary:
         raise UsageError(f"{path} records no finished epoch: nothing to compare yet")
     name, kwargs = meta["model"], dict(meta.get("model_kwargs") or {})
     size, chans = int(meta["img_size"]), int(meta["in_chans"])
-    build = {"num_classes": int(meta["num_classes"]), **kwargs}
-    with torch.device("meta"):  # shapes only: no memory, no time
-        params = count_parameters(create_model(name, in_chans=chans, **build))
-    try:
-        macs: int | None = count_macs(name, (chans, size, size), **build)
-    except Exception:  # noqa: BLE001 -- a size the net cannot take alone: the table says '-'
-        macs = None
+    # Shapes only ('meta' device); '-' in the table for a size the net does not take alone.
+    params, macs = counts_at(name, chans, size, num_classes=int(meta["num_classes"]), **kwargs)
     metric = TASK_METRIC.get(task, "acc")
     vals = [(r.get(f"val_{metric}"), r["epoch"]) for r in history]
     scored = [(v, e) for v, e in vals if v is not None]

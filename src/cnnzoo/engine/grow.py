@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import WeightsError
-from ..models.registry import FUNCTION_OPTIONS
+from ..models.registry import FUNCTION_OPTIONS, option_defaults
 from .loop import differing_options
 
 
@@ -217,11 +217,7 @@ def _check_function(src: dict[str, Any] | None, tgt: dict[str, Any] | None,
     left out is its default: act='relu' given and left out agree)."""
     if src is None or tgt is None:
         return
-    defaults: dict[str, Any] = {}
-    if name is not None:
-        from ..models.registry import model_options
-
-        defaults = {k: spec.default for k, spec in model_options(name).items()}
+    defaults = option_defaults(name) if name is not None else {}
     full_src = {k: src.get(k, defaults.get(k)) for k in FUNCTION_OPTIONS if k in src or k in defaults}
     full_tgt = {k: tgt.get(k, defaults.get(k)) for k in FUNCTION_OPTIONS if k in tgt or k in defaults}
     keys = [k for k in FUNCTION_OPTIONS if full_src.get(k, ...) != full_tgt.get(k, ...)]

@@ -46,15 +46,16 @@ def count_params(name: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def counts_at(name: str, channels: int, size: int) -> tuple[int, int | None]:
-    """(parameters, multiply-adds) of `name` for `channels` x `size` x `size` inputs, with its
-    default head, built for that size where it is built for one (residual_net); multiply-adds
-    None for a size the net does not take (below its least, or not one of a valid-padding
-    U-Net's sizes)."""
+def counts_at(name: str, channels: int, size: int, **kwargs: Any) -> tuple[int, int | None]:
+    """(parameters, multiply-adds) of `name` built with `kwargs` (num_classes, options; default:
+    its default head) for `channels` x `size` x `size` inputs, and for that size where it is
+    built for one (residual_net); multiply-adds None for a size the net does not take (below
+    its least, or not one of a valid-padding U-Net's sizes). Built on the 'meta' device."""
     from ..errors import InputSizeError
     from .registry import fixed_input_size, min_input_size
 
-    kwargs = {"img_size": size} if fixed_input_size(name) else {}
+    if fixed_input_size(name):
+        kwargs = {"img_size": size, **kwargs}
     with torch.device("meta"):
         params = sum(p.numel() for p in create_model(name, in_chans=channels, **kwargs).parameters())
     if size < min_input_size(name, **kwargs):

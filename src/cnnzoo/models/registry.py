@@ -226,6 +226,11 @@ def model_options(name: str) -> dict[str, OptionSpec]:
     return specs
 
 
+def option_defaults(name: str) -> dict[str, Any]:
+    """{option: the value `name` is built with when it is left out} (`model_options`)."""
+    return {k: spec.default for k, spec in model_options(name).items()}
+
+
 def _no_option_message(name: str, cfg: ModelConfig, option: str) -> str:
     hint = _PEER_OPTIONS.get(option)
     if hint is None:

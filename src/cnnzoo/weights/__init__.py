@@ -201,7 +201,7 @@ def create_pretrained(name: str, weights: Any, **model_kwargs: Any) -> nn.Module
     grey checkpoint needs neither.
     """
     from ..models import create_model, get_config
-    from ..models.registry import FUNCTION_OPTIONS, model_options
+    from ..models.registry import FUNCTION_OPTIONS, option_defaults
 
     get_config(name)  # an unknown name fails as such, before any weights are looked up
     ckpt, entry = open_weights(weights, name)
@@ -221,7 +221,7 @@ def create_pretrained(name: str, weights: Any, **model_kwargs: Any) -> nn.Module
         # A `cnnzoo train` run records every option it was built with (one left out had its
         # default); a converted foreign file only those given to convert.
         trained = stored.get("source_layout") == "cnnzoo train"
-        defaults = {k: spec.default for k, spec in model_options(name).items()} if trained else {}
+        defaults = option_defaults(name) if trained else {}
         for k in FUNCTION_OPTIONS:
             was = recorded.get(k, defaults.get(k))
             if k in model_kwargs and was is not None and model_kwargs[k] != was:  # both fit
