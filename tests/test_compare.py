@@ -191,3 +191,43 @@ def test_what_had_no_effect_is_not_a_difference_and_what_did_is(tmp_path):
     said: list[str] = []
     assert len(summarize_runs([f, tmp_path / "odd.pt"], skip=said.append)) == 1
     assert "is not laid out as `cnnzoo train` writes checkpoints" in said[0]
+
+
+def test_the_validation_score_is_of_the_weights_the_run_ended_with(tmp_path):
+    """Early stopping restores the epoch of the best validation loss: a finished run's score is
+    that epoch's, not the last one's; an unfinished run still holds its last epoch's weights."""
+    history = [
+        {"epoch": e, "train_loss": 1.0, "train_acc": 0.5, "val_loss": loss, "val_acc": acc,
+         "seconds": 1.0, "images_per_s": 100.0}
+        for e, loss, acc in [(1, 1.0, 0.6), (2, 0.7, 0.75), (3, 0.9, 0.8), (4, 0.95, 0.7)]
+    ]  # fmt: skip
+
+    def run(name, *, patience=2, restore=None, bad=2, epochs=10):
+        folder = _fake_run(tmp_path / name, history=history)
+        ckpt = torch.load(folder / "last.pt", weights_only=True)
+        ckpt["config"].update(patience=patience, restore_best=restore, epochs=epochs)
+        ckpt.update(best=0.7, best_epoch=2, bad_epochs=bad)
+        atomic_save(ckpt, folder / "last.pt")
+        return folder
+
+    got = {r.label: (r.final, r.final_epoch, r.best, r.best_epoch) for r in summarize_runs(
+        [run("stopped"), run("all_epochs", bad=1, epochs=4), run("killed", bad=1),
+         run("no_restore", restore=False), run("no_patience", patience=None)])}
+    assert got == {"stopped": (0.75, 2, 0.8, 3), "all_epochs": (0.75, 2, 0.8, 3),
+                   "killed": (0.7, 4, 0.8, 3), "no_restore": (0.7, 4, 0.8, 3),
+                   "no_patience": (0.7, 4, 0.8, 3)}  # fmt: skip
+
+
+def test_an_early_stopped_run_compares_with_the_score_train_reported(tmp_path, capsys):
+    out = tmp_path / "stopped"
+    assert main(["train", "lenet5", *TRAIN, "--epochs", "12", "--patience", "1", "--out",
+                 str(out)]) == 0  # fmt: skip
+    said = capsys.readouterr().out
+    final_acc = float(said.split("final validation loss ")[1].split("acc ")[1].split(",")[0])
+    assert main(["compare", str(out), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)["runs"][0]
+    assert round(row["final"], 4) == final_acc
+    assert main(["compare", str(out)]) == 0
+    # The table marks a score that is not the last epoch's.
+    marked = "which early stopping restored" in capsys.readouterr().out
+    assert marked == (row["final_epoch"] != row["epochs"])

@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     rows = [[r.label, r.name, f"{r.params:,}", _num(r.macs and r.macs / 1e6, ".2f"), r.input,
              str(r.epochs) if r.epochs >= r.planned else f"{r.epochs}/{r.planned}",
              f"{r.train_seconds:.1f}", _num(r.images_per_s, ".0f"),
-             _num(r.train_loss, ".4f"), _num(r.train_metric, ".4f"), _num(r.final, ".4f"),
+             _num(r.train_loss, ".4f"), _num(r.train_metric, ".4f"),
+             _num(r.final, ".4f") + ("" if r.final_epoch == r.epochs else f" ({r.final_epoch})"),
              "-" if r.best is None else f"{r.best:.4f} ({r.best_epoch})"]
             for r in runs]  # fmt: skip
     widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
@@ -56,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
           "them; train s and img/s: as measured during each run, on its machine and load")
     if any(r.epochs < r.planned for r in runs):
         print("N/M epochs: N of the M the run was to train (interrupted, or stopped early)")
+    if any(r.final_epoch != r.epochs for r in runs):
+        print(f"val {m} (E): of epoch E's weights, which early stopping restored at the end")
     if diffs:
         print("besides the model, these runs differ in (so the table compares more than the "
               "nets):")

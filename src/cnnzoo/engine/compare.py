@@ -46,8 +46,9 @@ UNSET = {"init_from": "scratch", "progressive": "off", "grad_clip": "off"}
 @dataclass(frozen=True)
 class RunSummary:
     """One run as the comparison sees it. `metric` is 'acc' or 'dice'; `final` and `best` are
-    its validation values (best over the epochs, at `best_epoch`); `settings` what should be
-    equal between runs compared."""
+    its validation values: of the weights the run ended with (those of `final_epoch`: the last
+    epoch, or the one early stopping restored), and the best over the epochs (at
+    `best_epoch`); `settings` what should be equal between runs compared."""
 
     label: str
     path: Path
@@ -65,6 +66,7 @@ class RunSummary:
     metric: str
     train_metric: float | None
     final: float | None
+    final_epoch: int
     best: float | None
     best_epoch: int | None
     settings: dict[str, Any] = field(repr=False)
@@ -83,7 +85,7 @@ class RunSummary:
     def to_dict(self) -> dict[str, Any]:
         keys = ("label", "task", "model", "model_kwargs", "params", "macs", "input", "epochs",
                 "planned", "train_seconds", "images_per_s", "train_loss", "metric", "train_metric",
-                "final", "best", "best_epoch", "settings")  # fmt: skip
+                "final", "final_epoch", "best", "best_epoch", "settings")  # fmt: skip
         return {"path": str(self.path), **{k: getattr(self, k) for k in keys}}
 
 
@@ -198,6 +200,7 @@ def _summary(path: Path, label: str, ckpt: dict[str, Any]) -> RunSummary:
     scored = [(v, e) for v, e in vals if v is not None]
     best, best_epoch = max(scored, key=lambda ve: ve[0]) if scored else (None, None)
     last = history[-1]
+    kept = _kept_epoch(ckpt, config, history)
     speeds = [r["images_per_s"] for r in history if r.get("images_per_s")]
     data = f"{meta.get('dataset')}"
     if meta.get("images"):
@@ -228,8 +231,25 @@ def _summary(path: Path, label: str, ckpt: dict[str, Any]) -> RunSummary:
         train_seconds=float(sum(r.get("seconds", 0.0) for r in history)),
         images_per_s=statistics.median(speeds) if speeds else None,
         train_loss=last.get("train_loss"), metric=metric,
-        train_metric=last.get(f"train_{metric}"), final=last.get(f"val_{metric}"), best=best,
+        train_metric=last.get(f"train_{metric}"), final=kept.get(f"val_{metric}"),
+        final_epoch=int(kept["epoch"]), best=best,
         best_epoch=best_epoch, settings=settings, history=history)  # fmt: skip
+
+
+def _kept_epoch(ckpt: dict[str, Any], config: dict[str, Any],
+                history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The record of the epoch whose weights the run ended with: with early stopping on (and
+    its restoring not turned off), a finished run -- all its epochs, or stopped early -- gives back the
+    weights of its best epoch by the monitored metric (the validation loss for classifiers),
+    whatever the last epoch scored. An unfinished run holds its last epoch's."""
+    last = history[-1]
+    patience, best_epoch = config.get("patience"), ckpt.get("best_epoch")
+    if patience is None or config.get("restore_best") is False or not best_epoch:
+        return last
+    finished = (int(last["epoch"]) >= int(config.get("epochs") or last["epoch"])
+                or int(ckpt.get("bad_epochs") or 0) >= int(patience))
+    kept = [r for r in history if r["epoch"] == best_epoch]
+    return kept[0] if finished and kept else last
 
 
 def differences(runs: list[RunSummary]) -> list[str]:
