@@ -958,6 +958,15 @@ def test_resuming_fine_tuning_on_other_data_is_refused(folder, tmp_path):
                                             r"--update-bn, as the run began, or start over"):
         transfer(folder, model="resnet18", weights=None, out=out, resume=True, config=cfg,
                  say=lambda _: None)  # fmt: skip
+    # Another --lr: the warning names --lr's values in both phases (the head phase trains the
+    # new head at 3x --lr and named those, 0.003 and 0.006, which no option had been).
+    cfg = _tiny_config(mode="finetune")
+    cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, lr=2e-3))
+    said: list[str] = []
+    transfer(folder, model="resnet18", weights=None, out=out, resume=True, config=cfg,
+             say=said.append)  # fmt: skip
+    warned = [line for line in said if line.startswith("warning: resuming with different")]
+    assert len(warned) == 2 and all("lr (was 0.001, now 0.002)" in w for w in warned), said
     other = tmp_path / "other"
     shutil.copytree(folder, other)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}

@@ -189,9 +189,13 @@ def finetune(
         say(f"fine-tune 1/2: the new head alone for {plural(cfg.head_epochs, 'epoch')} "
             "(backbone and BatchNorm statistics frozen)")  # fmt: skip
         freeze_backbone(model, True)
-        config = _engine_config(cfg, cfg.head_epochs, cfg.lr * 3, None)
+        config = _engine_config(cfg, cfg.head_epochs, cfg.lr, None)
         config.freeze_bn = True  # nothing in the backbone may move in this phase
-        trainer = Trainer(model, task, train, val, config,
+        # The lone new head trains at 3x --lr. As a group's own rate, not as the config's lr:
+        # the config keeps --lr, which a resume compares with the checkpoint's.
+        head = [{"params": list(model.get_classifier().parameters()), "lr": cfg.lr * 3,
+                 "name": "head"}]  # fmt: skip
+        trainer = Trainer(model, task, train, val, config, param_groups=head,
                           out_dir=out / "head" if out else None, meta=meta, say=say)  # fmt: skip
         head_result = trainer.fit(resume=resume)
     if cfg.epochs > 0:
