@@ -1029,3 +1029,24 @@ def test_evaluate_refuses_the_validation_split_of_a_folder_changed_since(folder,
     for i in range(3):
         (data / "coat" / f"new{i}.png").unlink()
     assert int(bundle.evaluate(progress=False).accumulator.confusion.sum()) == n_val
+
+
+def test_report_without_mistakes_says_so_and_the_l2_curve_marks_the_chosen_value(tmp_path):
+    from PIL import Image
+
+    from cnnzoo.transfer.report import plot_l2_curve, write_report
+
+    labels = torch.tensor([0, 1, 1])
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6]])  # all right
+    cv = [{"l2": lam, "cv_acc": acc, "cv_loss": loss}
+          for lam, acc, loss in [(0.01, 0.5, 0.9), (0.1, 0.7, 0.6), (1.0, 0.6, 0.7)]]  # fmt: skip
+    said = write_report(tmp_path / "run", images=torch.rand(3, 1, 8, 8), probs=probs,
+                        labels=labels, class_names=["a", "b"], history=None, cv=cv,
+                        metrics={"acc": 1.0}, l2=0.1)  # fmt: skip
+    assert f"top losses: none, every validation image is predicted right " \
+           f"({tmp_path / 'run' / 'top_losses.png'})" in said
+    with Image.open(tmp_path / "run" / "top_losses.png") as im:
+        assert im.height < 150  # one line of text, not an empty 4-column grid
+    plain = plot_l2_curve(cv, tmp_path / "plain.png")
+    with Image.open(tmp_path / "run" / "curves.png") as a, Image.open(plain) as b:
+        assert a.size == b.size and a.tobytes() != b.tobytes()  # the chosen L2 drawn in

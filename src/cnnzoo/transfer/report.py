@@ -49,13 +49,17 @@ def plot_top_losses(images: Tensor, probs: Tensor, labels: Tensor, class_names: 
     """A grid of the `k` most confidently wrong images: true class, prediction, probabilities."""
     plt = pyplot()
     idx = top_losses(probs, labels, k)
+    if not idx:  # a one-line picture, not an empty grid under a title promising images
+        fig, ax = plt.subplots(figsize=(6.4, 0.9))
+        ax.axis("off")
+        ax.text(0.5, 0.5, f"every one of the {len(labels)} validation images is predicted "
+                "right", ha="center", va="center", fontsize=11)  # fmt: skip
+        return save_figure(fig, path, dpi=100)
     cols = 4
-    rows = max(1, -(-len(idx) // cols))
+    rows = -(-len(idx) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    if not idx:
-        axes[0][0].text(0, 0.5, "no wrong predictions on the validation images", fontsize=11)
     for ax, i in zip(axes.flat, idx, strict=False):
         img = images[i].permute(1, 2, 0).numpy()
         ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
@@ -100,13 +104,17 @@ def plot_finetune_curves(history: list[dict[str, Any]], path: Path, num_classes:
 
 
 @quiet_glyphs
-def plot_l2_curve(cv: list[dict[str, float]], path: Path) -> Path:
-    """For the features head: cross-validated accuracy and loss against the L2 strength."""
+def plot_l2_curve(cv: list[dict[str, float]], path: Path, chosen: float | None = None) -> Path:
+    """For the features head: cross-validated accuracy and loss against the L2 strength, the
+    `chosen` one (the head's) marked."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.4))
     l2 = [r["l2"] for r in cv]
     for ax, key in zip(axes, ("cv_loss", "cv_acc"), strict=True):
         ax.semilogx(l2, [r[key] for r in cv], "-o", ms=3)
+        if chosen is not None:
+            ax.axvline(chosen, color="C3", ls=":", label=f"chosen: {chosen:g}")
+            ax.legend(fontsize=8)
         ax.set_xlabel("L2 strength")
         ax.set_title(key.replace("_", " "))
         ax.grid(alpha=0.3)
@@ -116,9 +124,11 @@ def plot_l2_curve(cv: list[dict[str, float]], path: Path) -> Path:
 
 def write_report(out_dir: Path, *, images: Tensor, probs: Tensor, labels: Tensor,
                  class_names: list[str], history: list[dict[str, Any]] | None,
-                 cv: list[dict[str, float]] | None, metrics: dict[str, Any]) -> list[str]:  # fmt: skip
+                 cv: list[dict[str, float]] | None, metrics: dict[str, Any],
+                 l2: float | None = None) -> list[str]:  # fmt: skip
     """confusion.png, per_class.csv, curves.png, top_losses.png and metrics.json in `out_dir`;
-    returns the lines to print (file names and the per-class table)."""
+    returns the lines to print (file names and the per-class table). `l2`: the features
+    head's, marked on its cross-validation curve `cv`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     acc = accumulate(probs, labels, len(class_names))
@@ -127,9 +137,11 @@ def write_report(out_dir: Path, *, images: Tensor, probs: Tensor, labels: Tensor
         curves = plot_finetune_curves(history, out_dir / "curves.png", len(class_names))
         said.append(f"learning curves: {curves}")
     elif cv:
-        said.append(f"L2 cross-validation curve: {plot_l2_curve(cv, out_dir / 'curves.png')}")
-    said.append("top losses: "
-                f"{plot_top_losses(images, probs, labels, class_names, out_dir / 'top_losses.png')}")
+        curve = plot_l2_curve(cv, out_dir / "curves.png", l2)
+        said.append(f"L2 cross-validation curve: {curve}")
+    grid = plot_top_losses(images, probs, labels, class_names, out_dir / "top_losses.png")
+    said.append(f"top losses: {grid}" if top_losses(probs, labels, 1)
+                else f"top losses: none, every validation image is predicted right ({grid})")
     write_per_class_csv(acc, class_names, out_dir / "per_class.csv")
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     said.extend(per_class_table(acc, class_names))

@@ -505,7 +505,8 @@ def transfer(
         cv = fit.cv if fit is not None else None
         lines = write_report(out_dir, images=splits.val.images, probs=final_probs, labels=labels,
                              class_names=list(splits.class_names), history=history, cv=cv,
-                             metrics={**metrics, "timings_s": timings})  # fmt: skip
+                             metrics={**metrics, "timings_s": timings},
+                             l2=fit.l2 if fit is not None else None)  # fmt: skip
         timings["report"] = time.perf_counter() - t
         say(f"bundle: {path} (predict with `cnnzoo predict IMAGE --bundle {path}`)")
         for line in lines:
