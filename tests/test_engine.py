@@ -333,19 +333,25 @@ def test_resume_refuses_another_model_data_or_options_and_warns_of_another_loss(
     capsys.readouterr()
     cfg.epochs = 2
     Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg, out_dir=tmp_path,
-            meta={**meta, "loss": "dice"}).fit(resume=True)  # fmt: skip
+            meta={**meta, "loss": "dice", "erase": 0.5}).fit(resume=True)  # fmt: skip
+    # (erase: the first run recorded none, as runs before erasing was recorded)
     assert ("warning: resuming with different epochs (was 1, now 2), loss (was ce, now dice) "
+            "than the checkpoint") in capsys.readouterr().err
+    cfg.epochs = 3
+    Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg, out_dir=tmp_path,
+            meta={**meta, "loss": "dice", "erase": 0.0}).fit(resume=True)  # fmt: skip
+    assert ("warning: resuming with different epochs (was 2, now 3), erase (was 0.5, now 0.0) "
             "than the checkpoint") in capsys.readouterr().err
     # A new --lr / weight decay is what the resumed epochs use (loading the optimizer's state
     # used to bring back the old ones, while the warning named the new); another optimizer is
     # refused in one line, as its state cannot continue.
-    cfg.epochs, cfg.lr, cfg.weight_decay, cfg.schedule = 3, 0.001, 0.1, "constant"
+    cfg.epochs, cfg.lr, cfg.weight_decay, cfg.schedule = 4, 0.001, 0.1, "constant"
     run = Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg,
                   out_dir=tmp_path, meta=meta).fit(resume=True)  # fmt: skip
     assert run.history[-1]["lr"] == pytest.approx(0.001)
     groups = load_checkpoint(tmp_path / "last.pt")["optimizer"]["param_groups"]
     assert [(g["lr"], g["weight_decay"]) for g in groups] == [(0.001, 0.1), (0.001, 0.0)]
-    cfg.epochs, cfg.optimizer = 4, "adamw"
+    cfg.epochs, cfg.optimizer = 5, "adamw"
     with pytest.raises(TrainingError, match="was trained with optimizer=sgd, and its optimizer "
                                             "state cannot continue with optimizer=adamw"):
         Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg, out_dir=tmp_path,
