@@ -279,6 +279,43 @@ def test_residual_net_config_follows_its_img_size_and_inputs_must_be_batches():
         m(torch.rand(1, 32, 32))
 
 
+@pytest.mark.parametrize("name", ["lenet5", "vgg11", "googlenet", "resnet18", "densenet121",
+                                  "efficientnet_lite0", "residual_net"])  # fmt: skip
+def test_inputs_a_model_cannot_take_get_one_line_saying_what_to_do(name):
+    """Keras users pass channels-last batches, uint8 images and numpy arrays; a grey batch
+    meets an RGB net. These got torch's errors from the first conv ("expected scalar type Byte
+    but found Float"), an AttributeError, or, for (N, H, W, C), 'got 64x3: resize the images'."""
+    import numpy as np
+
+    model = cnnzoo.create_model(name).eval()
+    c, size = model.default_cfg.input_size[0], model.default_cfg.input_size[1]
+    other = 1 if c == 3 else 3
+    checks = [
+        (torch.rand(1, size, size, c), InputSizeError, r"permute\(0, 3, 1, 2\)"),
+        (torch.rand(1, other, size, size), InputSizeError,
+         rf"takes {c}-channel input, got {other} channels.*in_chans={other}"),
+        (torch.randint(0, 256, (1, c, size, size), dtype=torch.uint8), TypeError,
+         r"float tensor, not torch\.uint8.*Preprocessing"),
+        (torch.rand(1, c, size, size, dtype=torch.float64), TypeError,
+         r"torch\.float32 tensor like the model's weights, not torch\.float64: pass "
+         r"x\.to\(torch\.float32\)"),
+        (np.random.rand(1, c, size, size).astype(np.float32), TypeError,
+         r"float tensor .*not a ndarray.*Preprocessing"),
+    ]
+    for x, error, message in checks:
+        with pytest.raises(error, match=message) as err:
+            model(x)
+        assert "\n" not in str(err.value)
+    # What it takes still works (other dtypes under autocast too), and a first conv replaced by
+    # hand (torchvision's way to take grey images) sets the channel count, not the config.
+    assert model(torch.rand(2, c, size, size)).shape == (2, model.num_classes)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(torch.rand(2, c, size, size, dtype=torch.bfloat16)).shape[0] == 2
+    if name == "resnet18":
+        model.conv1 = nn.Conv2d(other, 64, 7, 2, 3, bias=False)
+        assert model(torch.rand(2, other, size, size)).shape == (2, 1000)
+
+
 def test_reset_classifier_updates_what_records_the_head():
     src = cnnzoo.create_model("lenet5", num_classes=4)
     m = cnnzoo.create_model("lenet5", num_classes=4, weights=src.state_dict())
