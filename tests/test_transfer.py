@@ -420,6 +420,9 @@ def test_conflicting_transfer_options_are_one_line(argv, message, tmp_path, caps
     (dict(finetune=FinetuneConfig(groups=0)), False, r"FinetuneConfig.groups must be a whole"),
     (dict(finetune=FinetuneConfig(lr=-1.0)), False, r"FinetuneConfig.lr \(--lr\) must be"),
     (dict(finetune=FinetuneConfig(lr_decay=0.0)), False, r"lr_decay \(--lr-decay\) must lie"),
+    # A dict of FinetuneConfig's fields was an AttributeError ('dict' object has no attribute).
+    (dict(finetune={"epochs": 1}), False,
+     r"finetune must be a FinetuneConfig, not a dict: finetune=FinetuneConfig\(\*\*settings\)"),
 ])  # fmt: skip
 def test_the_library_refuses_what_the_command_line_refuses(settings, resume, message, tmp_path):
     """One place checks the settings, `transfer` itself, before anything is read (the data
