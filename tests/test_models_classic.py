@@ -258,6 +258,11 @@ def test_create_model_arguments_are_checked_in_one_line():
         (dict(bogus=1), "resnet18 has no option 'bogus'"),
         (dict(pretrained=True), "has no option 'pretrained': use weights='imagenet'"),  # timm
         (dict(include_top=False), "use num_classes=0 for the pooled features"),  # Keras
+        # timm's: these said only "it has none besides num_classes and in_chans".
+        (dict(features_only=True), "has no option 'features_only': model.forward_intermediates(x)"),
+        (dict(out_indices=(1, 2)), "has no option 'out_indices': model.forward_intermediates(x)"),
+        (dict(checkpoint_path="r18.pth"), "has no option 'checkpoint_path': use weights='path/to"),
+        (dict(global_pool="avg"), "has no option 'global_pool': num_classes=0 gives globally"),
     ]
     for kwargs, message in cases:
         with pytest.raises(ModelOptionError) as err:
