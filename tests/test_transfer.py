@@ -250,6 +250,18 @@ def test_curves_put_the_two_phases_one_after_the_other(tmp_path, monkeypatch):
     assert (tmp_path / "curves.png").stat().st_size > 0
 
 
+def test_the_lazy_library_entry_points_are_listed_by_dir():
+    """cnnzoo.transfer and cnnzoo.load_bundle are imported on first use, so a fresh `import
+    cnnzoo` left them out of dir(cnnzoo): a notebook's tab completion did not offer them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, cnnzoo; print(sorted(set(cnnzoo.__all__) - set(dir(cnnzoo))), "
+            "'cnnzoo.transfer' in sys.modules)")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["[]", "False"]  # listed, and still not imported
+
+
 def test_settings_as_keywords_and_a_clear_message_for_the_others(fmnist):
     import cnnzoo
 
