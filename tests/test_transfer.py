@@ -659,6 +659,11 @@ def test_grey_file_pil_image_and_tensor_give_the_same_prediction(features_run, f
         res.bundle.predict(torch.from_numpy(rgb)[None])
     empty = res.bundle.predict([])
     assert empty.classes == [] and empty.probabilities.shape == (0, 5)
+    # Something that is no image at all: what an image may be, not "'int' object is not
+    # iterable".
+    with pytest.raises(TypeError, match="expected a PIL image, uint8 tensor or array, or a "
+                                        "path, not int"):  # fmt: skip
+        res.bundle.predict(3)
     # A 2-D tensor is one grey image; a grey (N, 1, H, W) batch for this RGB bundle, and an
     # (N, H, W, C) array, are their images.
     grey = torch.from_numpy(np.array(pil))
