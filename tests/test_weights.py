@@ -568,6 +568,8 @@ def test_preprocessing_geometry_and_normalisation():
     assert x[2, 0, 0].item() == pytest.approx(128 / 255 * 2 - 1, abs=1e-6)
     t = torch.full((1, 300, 200), 255, dtype=torch.uint8)
     assert pre.with_channels(1)(t).shape == (1, 224, 224)
+    assert pre.batch([img, t]).shape == (2, 3, 224, 224)
+    assert pre.batch([]).shape == (0, 3, 224, 224)  # was torch.stack's RuntimeError
 
 
 def test_preprocessing_takes_arrays_tensors_and_paths_alike(tmp_path):

@@ -152,5 +152,8 @@ class Preprocessing:
         return self(load_image(path, channels=1 if self.channels == 1 else 3))
 
     def batch(self, images: Sequence[Image.Image | Tensor | np.ndarray | str]) -> Tensor:
-        """Stack several images into one (N, C, crop, crop) batch."""
-        return torch.stack([self(im) for im in images])
+        """Stack several images into one (N, C, crop, crop) batch (N = 0 for none)."""
+        out = [self(im) for im in images]
+        if not out:  # torch.stack: "expects a non-empty TensorList"
+            return torch.zeros(0, self.channels, self.crop_size, self.crop_size)
+        return torch.stack(out)
