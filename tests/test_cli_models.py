@@ -157,6 +157,17 @@ def test_json_gives_each_option_its_default_and_choices(table):
     assert table["efficientnet_lite2"]["option_defaults"]["dropout"] == 0.3
 
 
+def test_count_macs_builds_a_fixed_size_net_for_the_size_asked():
+    """count_macs('residual_net', (1, 32, 32)) raised 'built for 28x28 inputs ... build it with
+    create_model(img_size=32)': the net takes one size, so it is built for the one asked. By
+    hand at 1x32x32: conv1 32*9*1024, conv2 32*32*9*1024, the 1x1 projection 32*1024, fc1
+    32*16*16*128, fc2 128*10."""
+    from cnnzoo.models import count_macs
+
+    by_hand = 294_912 + 9_437_184 + 32_768 + 1_048_576 + 1_280
+    assert count_macs("residual_net", (1, 32, 32)) == by_hand == 10_814_720
+
+
 def test_counts_at_another_input_size(capsys):
     """`--img-size 28 --channels 1`: what a Fashion-MNIST run costs. ResNet-20 by hand at
     1x28x28: stem 16*9*784 = 112,896; stage 1 six 16->16 convs at 28x28, 6 * 1,806,336; stage 2

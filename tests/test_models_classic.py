@@ -258,6 +258,11 @@ def test_create_model_arguments_are_checked_in_one_line():
         (dict(bogus=1), "resnet18 has no option 'bogus'"),
         (dict(pretrained=True), "has no option 'pretrained': use weights='imagenet'"),  # timm
         (dict(include_top=False), "use num_classes=0 for the pooled features"),  # Keras
+        # timm's: these said only "it has none besides num_classes and in_chans".
+        (dict(features_only=True), "has no option 'features_only': model.forward_intermediates(x)"),
+        (dict(out_indices=(1, 2)), "has no option 'out_indices': model.forward_intermediates(x)"),
+        (dict(checkpoint_path="r18.pth"), "has no option 'checkpoint_path': use weights='path/to"),
+        (dict(global_pool="avg"), "has no option 'global_pool': num_classes=0 gives globally"),
     ]
     for kwargs, message in cases:
         with pytest.raises(ModelOptionError) as err:
@@ -277,6 +282,43 @@ def test_residual_net_config_follows_its_img_size_and_inputs_must_be_batches():
         m(torch.rand(1, 1, 32, 34))  # not square: rebuilding for one side would not help
     with pytest.raises(InputSizeError, match=r"got shape \(1, 32, 32\): add the batch dimension"):
         m(torch.rand(1, 32, 32))
+
+
+@pytest.mark.parametrize("name", ["lenet5", "vgg11", "googlenet", "resnet18", "densenet121",
+                                  "efficientnet_lite0", "residual_net"])  # fmt: skip
+def test_inputs_a_model_cannot_take_get_one_line_saying_what_to_do(name):
+    """Keras users pass channels-last batches, uint8 images and numpy arrays; a grey batch
+    meets an RGB net. These got torch's errors from the first conv ("expected scalar type Byte
+    but found Float"), an AttributeError, or, for (N, H, W, C), 'got 64x3: resize the images'."""
+    import numpy as np
+
+    model = cnnzoo.create_model(name).eval()
+    c, size = model.default_cfg.input_size[0], model.default_cfg.input_size[1]
+    other = 1 if c == 3 else 3
+    checks = [
+        (torch.rand(1, size, size, c), InputSizeError, r"permute\(0, 3, 1, 2\)"),
+        (torch.rand(1, other, size, size), InputSizeError,
+         rf"takes {c}-channel input, got {other} channels.*in_chans={other}"),
+        (torch.randint(0, 256, (1, c, size, size), dtype=torch.uint8), TypeError,
+         r"float tensor, not torch\.uint8.*Preprocessing"),
+        (torch.rand(1, c, size, size, dtype=torch.float64), TypeError,
+         r"torch\.float32 tensor like the model's weights, not torch\.float64: pass "
+         r"x\.to\(torch\.float32\)"),
+        (np.random.rand(1, c, size, size).astype(np.float32), TypeError,
+         r"float tensor .*not a ndarray.*Preprocessing"),
+    ]
+    for x, error, message in checks:
+        with pytest.raises(error, match=message) as err:
+            model(x)
+        assert "\n" not in str(err.value)
+    # What it takes still works (other dtypes under autocast too), and a first conv replaced by
+    # hand (torchvision's way to take grey images) sets the channel count, not the config.
+    assert model(torch.rand(2, c, size, size)).shape == (2, model.num_classes)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(torch.rand(2, c, size, size, dtype=torch.bfloat16)).shape[0] == 2
+    if name == "resnet18":
+        model.conv1 = nn.Conv2d(other, 64, 7, 2, 3, bias=False)
+        assert model(torch.rand(2, other, size, size)).shape == (2, 1000)
 
 
 def test_reset_classifier_updates_what_records_the_head():

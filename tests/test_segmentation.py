@@ -329,6 +329,16 @@ def test_valid_unet_tiles_equal_whole_mirrored_image():
     with pytest.raises(ValueError, match=r"shape \(40, 50\) has 1 channel \(H, W\).*"
                                          r"np.repeat\(image\[None\], 3, axis=0\)"):
         predict_tiled(rgb, np.zeros((40, 50), np.uint8))
+    # A PIL image ("Could not infer dtype of Image") is read as `cnnzoo segment` reads a file:
+    # converted to the net's channels, grey for a grey net.
+    from PIL import Image
+
+    colour = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    pil = Image.fromarray(colour)
+    assert torch.equal(predict_tiled(rgb, pil, output="logits"),
+                       predict_tiled(rgb, colour.transpose(2, 0, 1), output="logits"))
+    assert torch.equal(predict_tiled(net, pil, tile=220, output="logits"),
+                       predict_tiled(net, np.array(pil.convert("L")), tile=220, output="logits"))
 
 
 # ----------------------------------------------------------------------------- data

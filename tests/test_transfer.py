@@ -250,6 +250,18 @@ def test_curves_put_the_two_phases_one_after_the_other(tmp_path, monkeypatch):
     assert (tmp_path / "curves.png").stat().st_size > 0
 
 
+def test_the_lazy_library_entry_points_are_listed_by_dir():
+    """cnnzoo.transfer and cnnzoo.load_bundle are imported on first use, so a fresh `import
+    cnnzoo` left them out of dir(cnnzoo): a notebook's tab completion did not offer them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, cnnzoo; print(sorted(set(cnnzoo.__all__) - set(dir(cnnzoo))), "
+            "'cnnzoo.transfer' in sys.modules)")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["[]", "False"]  # listed, and still not imported
+
+
 def test_settings_as_keywords_and_a_clear_message_for_the_others(fmnist):
     import cnnzoo
 
@@ -420,6 +432,9 @@ def test_conflicting_transfer_options_are_one_line(argv, message, tmp_path, caps
     (dict(finetune=FinetuneConfig(groups=0)), False, r"FinetuneConfig.groups must be a whole"),
     (dict(finetune=FinetuneConfig(lr=-1.0)), False, r"FinetuneConfig.lr \(--lr\) must be"),
     (dict(finetune=FinetuneConfig(lr_decay=0.0)), False, r"lr_decay \(--lr-decay\) must lie"),
+    # A dict of FinetuneConfig's fields was an AttributeError ('dict' object has no attribute).
+    (dict(finetune={"epochs": 1}), False,
+     r"finetune must be a FinetuneConfig, not a dict: finetune=FinetuneConfig\(\*\*settings\)"),
 ])  # fmt: skip
 def test_the_library_refuses_what_the_command_line_refuses(settings, resume, message, tmp_path):
     """One place checks the settings, `transfer` itself, before anything is read (the data
@@ -644,6 +659,11 @@ def test_grey_file_pil_image_and_tensor_give_the_same_prediction(features_run, f
         res.bundle.predict(torch.from_numpy(rgb)[None])
     empty = res.bundle.predict([])
     assert empty.classes == [] and empty.probabilities.shape == (0, 5)
+    # Something that is no image at all: what an image may be, not "'int' object is not
+    # iterable".
+    with pytest.raises(TypeError, match="expected a PIL image, uint8 tensor or array, or a "
+                                        "path, not int"):  # fmt: skip
+        res.bundle.predict(3)
     # A 2-D tensor is one grey image; a grey (N, 1, H, W) batch for this RGB bundle, and an
     # (N, H, W, C) array, are their images.
     grey = torch.from_numpy(np.array(pil))

@@ -568,6 +568,8 @@ def test_preprocessing_geometry_and_normalisation():
     assert x[2, 0, 0].item() == pytest.approx(128 / 255 * 2 - 1, abs=1e-6)
     t = torch.full((1, 300, 200), 255, dtype=torch.uint8)
     assert pre.with_channels(1)(t).shape == (1, 224, 224)
+    assert pre.batch([img, t]).shape == (2, 3, 224, 224)
+    assert pre.batch([]).shape == (0, 3, 224, 224)  # was torch.stack's RuntimeError
 
 
 def test_preprocessing_takes_arrays_tensors_and_paths_alike(tmp_path):
@@ -601,6 +603,34 @@ def test_preprocessing_takes_arrays_tensors_and_paths_alike(tmp_path):
         pre(torch.from_numpy(np.stack([arr, arr])).permute(0, 3, 1, 2))
     with pytest.raises(ValueError, match="top must be at least 1"):
         decode_predictions(torch.rand(1, 1000), top=0)
+
+
+def test_preprocessing_converts_pil_images_and_arrays_as_files_are_read(tmp_path):
+    """An RGBA or 16-bit image given as a PIL image or an array was converted with PIL's plain
+    convert(): the alpha band dropped (files are composited on white) and 16-bit grey clipped
+    to white. Every form now gives the input its file gives, and the one a plain RGB image of
+    the same picture gives."""
+    import numpy as np
+    from PIL import Image
+
+    from cnnzoo.weights import Preprocessing
+
+    pre = Preprocessing(32, 32, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    rgba = np.dstack([rgb, np.zeros((40, 40), np.uint8)])
+    rgba[10:30, 10:30, 3] = 255  # an opaque square on a transparent background
+    on_white = np.full_like(rgb, 255)
+    on_white[10:30, 10:30] = rgb[10:30, 10:30]
+    want = pre(Image.fromarray(on_white))
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    for same in (tmp_path / "rgba.png", Image.open(tmp_path / "rgba.png"), rgba,
+                 torch.from_numpy(rgba).permute(2, 0, 1)):
+        assert torch.equal(pre(same), want)
+    grey16 = np.arange(40 * 40, dtype=np.uint16).reshape(40, 40) * 40  # 0 .. 63,960
+    Image.fromarray(grey16).save(tmp_path / "grey16.png")
+    want = pre(Image.fromarray(((grey16.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)))
+    for same in (tmp_path / "grey16.png", Image.open(tmp_path / "grey16.png"), grey16):
+        assert torch.equal(pre(same), want)
 
 
 

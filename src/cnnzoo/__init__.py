@@ -19,6 +19,11 @@ def __getattr__(name: str):
         return module if name == "transfer" else module.load_bundle
     raise AttributeError(f"module 'cnnzoo' has no attribute {name!r}")
 
+
+def __dir__() -> list[str]:
+    # The lazy names too, so that a notebook's tab completion offers them before first use.
+    return sorted({*globals(), "load_bundle", "transfer"})
+
 __all__ = [
     "CnnzooError",
     "__version__",

@@ -15,7 +15,8 @@ class ModelOptionError(CnnzooError, ValueError):
 
 
 class InputSizeError(CnnzooError, ValueError):
-    """An input smaller than the model's minimum size."""
+    """An input a model cannot take: not an (N, C, H, W) batch, another channel count than its
+    first conv reads, or smaller than its minimum size."""
 
 
 class WeightsError(CnnzooError, ValueError):

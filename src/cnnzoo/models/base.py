@@ -53,14 +53,42 @@ class AuxOutputs(_AuxFields):
         return type(self)(*values, self.aux_weight)
 
 
+_PREPROCESS_HINT = ("images become one with model.weights_info.preprocessing.batch(images) "
+                    "(no weights: cnnzoo.weights.Preprocessing.for_model(model))")
+
+
 def check_input_size(model: nn.Module, x: Tensor) -> None:
-    """Raise a one-line `InputSizeError` when `x` is not a batch or is smaller than the model's
-    minimum size."""
+    """Raise a one-line error saying what to do when `x` is not a float tensor (TypeError), not
+    an (N, C, H, W) batch with the model's channel count, or smaller than the model's minimum
+    size (`InputSizeError`)."""
+    if not isinstance(x, Tensor):  # a numpy array: torch's AttributeError named no remedy
+        raise TypeError(f"expected a float tensor (N, C, H, W), not a {type(x).__name__}: "
+                        f"torch.as_tensor(x); {_PREPROCESS_HINT}")  # fmt: skip
+    if not x.is_floating_point():  # uint8 images: "expected scalar type Byte but found Float"
+        raise TypeError(f"expected a float tensor, not {x.dtype}: scale and normalise it as the "
+                        f"weights expect; {_PREPROCESS_HINT}")  # fmt: skip
+    shape = "(" + ", ".join(map(str, x.shape)) + ")"
     if x.dim() != 4:  # torch would fail deep inside, at the first flatten or dense layer
-        shape = "(" + ", ".join(map(str, x.shape)) + ")"
         raise InputSizeError(f"expected a batch (N, C, H, W), got shape {shape}"
                              + (": add the batch dimension, x[None]" if x.dim() == 3 else ""))
     cfg = getattr(model, "default_cfg", None)
+    # The first conv reads the image: its width holds even where it was replaced by hand.
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if conv is not None and x.shape[1] != conv.in_channels:
+        c, name = conv.in_channels, cfg.name if cfg is not None else type(model).__name__
+        if x.shape[-1] == c:  # Keras's and PIL's (N, H, W, C): the size check said "resize"
+            hint = "it looks channels-last (N, H, W, C): pass x.permute(0, 3, 1, 2)"
+        else:
+            hint = f"build the model with in_chans={x.shape[1]}"
+            if c == 3 and x.shape[1] == 1:
+                hint += " (RGB weights are summed over the colours), or pass x.expand(-1, 3, -1, -1)"
+        raise InputSizeError(f"{name} takes {c}-channel input, got {x.shape[1]} channels "
+                             f"(shape {shape})" + (f": {hint}" if hint else ""))  # fmt: skip
+    if (conv is not None and x.dtype != conv.weight.dtype
+            and not torch.is_autocast_enabled(x.device.type)):  # fmt: skip
+        # numpy's float64 through torch.as_tensor: "expected scalar type Double but found Float"
+        raise TypeError(f"expected a {conv.weight.dtype} tensor like the model's weights, not "
+                        f"{x.dtype}: pass x.to({conv.weight.dtype}) (numpy arrays are float64)")
     if cfg is None:
         return
     h, w = x.shape[-2:]

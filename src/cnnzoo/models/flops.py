@@ -17,14 +17,17 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .registry import create_model, get_config
+from .registry import create_model, fixed_input_size, get_config
 
 
 def count_macs(name: str, input_size: tuple[int, int, int] | None = None, **kwargs: Any) -> int:
     """Multiply-adds of one forward pass of `name` at `input_size` (default: the model's own),
-    built with `kwargs` (num_classes, model options such as shortcut='none')."""
+    built with `kwargs` (num_classes, model options such as shortcut='none'; a net built for
+    one size, residual_net, is built for `input_size` unless `img_size` is given)."""
     cfg = get_config(name)
     c, h, w = input_size or cfg.input_size
+    if fixed_input_size(name) and h == w:
+        kwargs = {"img_size": h, **kwargs}
     with torch.device("meta"):
         model = create_model(name, in_chans=c, **kwargs).eval()
         x = torch.empty(1, c, h, w)
@@ -52,7 +55,7 @@ def counts_at(name: str, channels: int, size: int, **kwargs: Any) -> tuple[int, 
     built for one (residual_net); multiply-adds None for a size the net does not take (below
     its least, or not one of a valid-padding U-Net's sizes). Built on the 'meta' device."""
     from ..errors import InputSizeError
-    from .registry import fixed_input_size, min_input_size
+    from .registry import min_input_size
 
     if fixed_input_size(name):
         kwargs = {"img_size": size, **kwargs}

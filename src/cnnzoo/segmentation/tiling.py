@@ -25,8 +25,10 @@ from typing import Literal
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor, nn
 
+from ..data.images import convert_image
 from ..text import plural
 
 
@@ -125,7 +127,7 @@ def _channel_advice(shape: tuple[int, ...], chans: int) -> str:
 @torch.no_grad()
 def predict_tiled(
     model: nn.Module,
-    image: Tensor | np.ndarray,
+    image: Tensor | np.ndarray | Image.Image,
     *,
     tile: int = 512,
     margin: int | None = None,
@@ -137,19 +139,23 @@ def predict_tiled(
 ) -> Tensor:
     """Segment one image (C, H, W) of any size with the overlap-tile strategy.
 
-    image: uint8 (divided by 255) or float; `mean`/`std` normalise each tile after that.
+    image: uint8 (divided by 255) or float, or a PIL image (converted to the net's channels as
+        `cnnzoo segment` reads files); `mean`/`std` normalise each tile after that.
     tile: input tile side in pixels (snapped to a legal size); margin: context per side in
         'same' mode (default: the receptive-field radius, exact); batch_size: tiles per forward.
     progress: a tqdm bar over the tiles (for large images).
     Returns (num_classes, H, W) float32 probabilities or logits, or a uint8 (H, W) mask.
     """
+    chans = getattr(model, "in_chans", None)
+    if isinstance(image, Image.Image):  # as `cnnzoo segment` reads a file for this net
+        image = np.array(convert_image(image, 1 if chans == 1 else 3))  # a writable copy
+        image = image if image.ndim == 2 else np.ascontiguousarray(image.transpose(2, 0, 1))
     img = torch.as_tensor(image)
     given = tuple(img.shape)
     if img.dim() == 2:  # one grey image (H, W), as skimage and PIL give it
         img = img[None]
     if img.dim() != 3:
         raise ValueError(f"expected one image (C, H, W), got shape {tuple(img.shape)}")
-    chans = getattr(model, "in_chans", None)
     if chans is not None and img.shape[0] != chans and img.shape[-1] == chans:
         raise ValueError(f"image of shape {tuple(img.shape)} has its channels last (skimage's "
                          "and PIL's layout): pass image.transpose(2, 0, 1) (C, H, W)")

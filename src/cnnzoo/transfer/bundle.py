@@ -22,7 +22,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, get_args
@@ -183,8 +183,9 @@ class Bundle:
         if isinstance(images, Tensor) and images.dim() == 2:  # (H, W): one grey image
             images = images[None]
         single = (str, os.PathLike, Image.Image, np.ndarray)
-        if isinstance(images, single) or isinstance(images, Tensor) and images.dim() == 3:
-            images = [images]
+        if (isinstance(images, single) or isinstance(images, Tensor) and images.dim() == 3
+                or not isinstance(images, Iterable)):  # fmt: skip
+            images = [images]  # (not an image at all: the decoder's error says what may be)
         if isinstance(images, Tensor) and images.dim() == 4 and images.shape[1] not in (1, 3, 4):
             hint = ": use images.permute(0, 3, 1, 2)" if images.shape[-1] in (1, 3, 4) else ""
             raise ValueError(f"expected a batch (N, C, H, W), not {tuple(images.shape)}{hint}")

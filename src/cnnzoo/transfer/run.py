@@ -249,6 +249,9 @@ def check_config(cfg: TransferConfig, *, resume: bool = False) -> None:
         raise UsageError("cache_dir (--cache DIR) and use_cache=False (--no-cache) contradict "
                          "each other: drop one")  # fmt: skip
     ft = cfg.finetune  # the command line's types refuse these; the library says the same
+    if not isinstance(ft, FinetuneConfig):
+        raise UsageError(f"finetune must be a FinetuneConfig, not a {type(ft).__name__}: "
+                         "finetune=FinetuneConfig(**settings) (from cnnzoo.transfer)")  # fmt: skip
     for name, option, low in (("epochs", "--epochs", 1), ("head_epochs", "--head-epochs", 0),
                               ("min_steps", "--min-steps", 0), ("groups", None, 1)):  # fmt: skip
         if not is_whole(getattr(ft, name), low):

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ..data.images import (
     array_to_uint8,
+    convert_image,
     fit_image,
     load_image,
     to_tensor_uint8,
@@ -111,15 +112,13 @@ class Preprocessing:
         return (x - mean) / std
 
     def image_to_uint8(self, img: Image.Image) -> Tensor:
-        """A PIL image (any mode already converted to RGB/L) -> cropped uint8 (C, H, W)."""
+        """A PIL image of any mode -> cropped uint8 (C, H, W), converted as `load_image` converts
+        a file's (alpha composited on white, 16-bit scaled, EXIF orientation applied)."""
         if self.channels not in (1, 3):
             raise ValueError(
                 f"the model takes {self.channels}-channel input, but images decode to grey or "
                 f"RGB: stack the (N, {self.channels}, H, W) input yourself and normalize() it")
-        want = "L" if self.channels == 1 else "RGB"
-        if img.mode != want:
-            img = img.convert(want)
-        return to_tensor_uint8(self.geometry(img))
+        return to_tensor_uint8(self.geometry(convert_image(img, 1 if self.channels == 1 else 3)))
 
     def __call__(self, img: Image.Image | Tensor | np.ndarray | str | os.PathLike[str]) -> Tensor:
         """A PIL image, a (C, H, W) tensor, an (H, W[, C]) array (what PIL, OpenCV after BGR ->
@@ -153,5 +152,8 @@ class Preprocessing:
         return self(load_image(path, channels=1 if self.channels == 1 else 3))
 
     def batch(self, images: Sequence[Image.Image | Tensor | np.ndarray | str]) -> Tensor:
-        """Stack several images into one (N, C, crop, crop) batch."""
-        return torch.stack([self(im) for im in images])
+        """Stack several images into one (N, C, crop, crop) batch (N = 0 for none)."""
+        out = [self(im) for im in images]
+        if not out:  # torch.stack: "expects a non-empty TensorList"
+            return torch.zeros(0, self.channels, self.crop_size, self.crop_size)
+        return torch.stack(out)
