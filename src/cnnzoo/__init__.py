@@ -24,6 +24,7 @@ def __dir__() -> list[str]:
     # The lazy names too, so that a notebook's tab completion offers them before first use.
     return sorted({*globals(), "load_bundle", "transfer"})
 
+
 __all__ = [
     "CnnzooError",
     "__version__",
