@@ -74,11 +74,15 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     if p.stat().st_size == 0:
         raise WeightsError(f"{p}: empty file (0 bytes)")
     with open(p, "rb") as fh:
-        magic = fh.read(8)
+        magic = fh.read(9)
     name = p.name.lower()
-    if magic == b"\x89HDF\r\n\x1a\n" or name.endswith(KERAS_SUFFIXES):
+    if magic[:8] == b"\x89HDF\r\n\x1a\n" or name.endswith(KERAS_SUFFIXES):
         return _read_keras(p)
-    if name.endswith(SAFETENSORS_SUFFIXES):
+    # Files get renamed (a safetensors `model.bin`), so the contents decide before the suffix:
+    # safetensors starts with its JSON header's length and then "{"; torch.save writes a zip
+    # (before PyTorch 1.6 a pickle, starting with its PROTO opcode), never "{" there.
+    saved_by_torch = magic[:2] == b"PK" or magic[:1] == b"\x80"
+    if magic[8:] == b"{" or (name.endswith(SAFETENSORS_SUFFIXES) and not saved_by_torch):
         return _read_safetensors(p)
     return _read_torch(p)
 
@@ -88,7 +92,9 @@ def _read_torch(p: Path) -> Checkpoint:
         with warnings.catch_warnings():
             # "Detected pickle protocol 4": noise before the error below explains the file.
             warnings.simplefilter("ignore", UserWarning)
-            obj = torch.load(p, map_location="cpu", weights_only=True)
+            # A file object: given a path, torch.load reads a `.safetensors` name as safetensors.
+            with open(p, "rb") as fh:
+                obj = torch.load(fh, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # weights_only's unpickler stops at the first global it does not allow-list, before
         # calling it: the file's code never runs.
