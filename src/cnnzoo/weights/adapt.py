@@ -48,7 +48,7 @@ def adapt_input_conv(weight: Tensor, in_chans: int) -> Tensor:
     return w.to(dtype)
 
 
-def _head_name(model: nn.Module) -> str | None:
+def head_name(model: nn.Module) -> str | None:
     """The module name of the model's classifier (an Identity when built with num_classes=0);
     None if it is not a Classifier."""
     get = getattr(model, "get_classifier", None)
@@ -63,7 +63,7 @@ def _head_name(model: nn.Module) -> str | None:
 
 def head_keys(model: nn.Module) -> set[str]:
     """state_dict keys of the model's classifier (empty if it has none or is not a Classifier)."""
-    name = _head_name(model)
+    name = head_name(model)
     if name is None:
         return set()
     return {f"{name}.{k}" for k in model.get_submodule(name).state_dict()}
@@ -97,7 +97,7 @@ def _switched_off(model: nn.Module, key: str) -> bool:
     first = key.split(".", 1)[0]
     if first.startswith("aux") and getattr(model, first, "absent") is None:
         return True
-    head = _head_name(model)
+    head = head_name(model)
     return (head is not None and isinstance(model.get_submodule(head), nn.Identity)
             and key.startswith(f"{head}."))  # fmt: skip
 
