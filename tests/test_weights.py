@@ -127,8 +127,9 @@ def test_wrapped_ddp_checkpoint_and_old_densenet_keys(tv_models, tmp_path):
 
 
 def test_every_source_is_unwrapped_and_prefix_stripped(tv_resnet18, tmp_path):
-    """DDP's `module.` and torch.compile's `_orig_mod.` prefixes and a training script's
-    {'state_dict': ...} wrapper are undone alike for .pth, .safetensors and in-memory dicts."""
+    """DDP's `module.`, torch.compile's `_orig_mod.` and Lightning's `model.` prefixes and a
+    training script's {'state_dict': ...} wrapper are undone alike for .pth, .ckpt, .safetensors
+    and in-memory dicts."""
     from safetensors.torch import save_file
 
     ref, _ = tv_resnet18
@@ -140,6 +141,14 @@ def test_every_source_is_unwrapped_and_prefix_stripped(tv_resnet18, tmp_path):
         sources[path.name] = str(path)
         sources[f"dict {prefix}"] = {prefix + k: v for k, v in ref_sd.items()}
     sources["dict state_dict"] = {"epoch": 3, "state_dict": ref_sd}
+    # PyTorch Lightning: the LightningModule's attribute ('self.model') prefixes every key, after
+    # torch.compile's too when the net was compiled inside it.
+    for prefix in ("model.", "model._orig_mod."):
+        path = tmp_path / f"{prefix.strip('.')}.ckpt"
+        torch.save({"epoch": 3, "global_step": 9, "pytorch-lightning_version": "2.4.0",
+                    "state_dict": {prefix + k: v for k, v in ref_sd.items()},
+                    "optimizer_states": [], "lr_schedulers": []}, path)  # fmt: skip
+        sources[path.name] = str(path)
     for what, weights in sources.items():
         sd = cnnzoo.create_model("resnet18", weights=weights).state_dict()
         assert sd.keys() == ref_sd.keys(), what

@@ -34,8 +34,10 @@ KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
 
 # Containers that training scripts wrap a state_dict in (timm/engine checkpoints, Lightning, ...).
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "model_state", "net", "module")
-# Prefixes added by DistributedDataParallel / DataParallel and by torch.compile.
-_STRIP_PREFIXES = ("module.", "_orig_mod.")
+# Prefixes added by DistributedDataParallel / DataParallel, by torch.compile and by PyTorch
+# Lightning (the LightningModule's `self.model`), in any nesting; no zoo model has a child of
+# these names.
+_STRIP_PREFIXES = ("module.", "_orig_mod.", "model.")
 
 
 @dataclass
@@ -179,9 +181,9 @@ def state_dict_tensors(obj: Any, source: str) -> dict[str, Tensor]:
             f"'state_dict' or 'model'); got {type(obj).__name__}"
         )
     tensors = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
-    for prefix in _STRIP_PREFIXES:
-        if tensors and all(k.startswith(prefix) for k in tensors):
-            tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
+    while tensors and (prefix := next((p for p in _STRIP_PREFIXES
+                                       if all(k.startswith(p) for k in tensors)), None)):  # fmt: skip
+        tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
     return tensors
 
 
