@@ -133,3 +133,26 @@ def test_keras_resnet_is_refused_with_a_reason(tmp_path):
     ckpt = Checkpoint("x.h5", "keras", keras_layers=[KerasLayer("c", "conv", [torch.zeros(1)])])
     with pytest.raises(WeightsError, match="original v1"):
         convert_checkpoint(ckpt, model, "resnet50")
+
+
+def test_keras_file_with_its_top_into_a_headless_model(tmp_path):
+    """num_classes=0 from a whole Keras file (include_top=True), as from a torchvision one: the
+    predictions layer is left out with a note, and the model returns what Keras's layer before
+    it does (DenseNet's avg_pool, VGG's fc2 after its ReLU)."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 32, 32, 3)).astype("float32")
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    dense = keras.applications.DenseNet121(weights=None, input_shape=(32, 32, 3))
+    _randomize_bn_stats(dense, rng)
+    vgg = keras.applications.VGG16(weights=None, input_shape=(32, 32, 3))
+    for km, name, before, kwargs, bgr in ((dense, "densenet121", "avg_pool", {}, False),
+                                          (vgg, "vgg16", "fc2", {"pool_size": 1}, True)):
+        path = tmp_path / f"{name}.weights.h5"
+        km.save_weights(str(path))
+        features = keras.Model(km.inputs, km.get_layer(before).output)
+        ref = _keras_out(features, np.ascontiguousarray(x[..., ::-1]) if bgr else x)
+        model = cnnzoo.create_model(name, num_classes=0, weights=str(path), **kwargs).eval()
+        assert any("not loaded" in n for n in model.weights_info.notes), name
+        with torch.no_grad():
+            out = model(xt).numpy()
+        np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max(), err_msg=name)

@@ -1070,3 +1070,20 @@ def test_report_without_mistakes_says_so_and_the_l2_curve_marks_the_chosen_value
     plain = plot_l2_curve(cv, tmp_path / "plain.png")
     with Image.open(tmp_path / "run" / "curves.png") as a, Image.open(plain) as b:
         assert a.size == b.size and a.tobytes() != b.tobytes()  # the chosen L2 drawn in
+
+
+def test_a_file_that_names_its_model_needs_no_model_option(folder, tmp_path, capsys):
+    """`cnnzoo transfer DATA --weights FILE` with a `cnnzoo convert` output (or a `cnnzoo train`
+    checkpoint): the model it records is used, as predict does, instead of the default
+    efficientnet_lite0 and an error telling to build it as what it is."""
+    from cnnzoo.weights import convert_file
+
+    src = create_model("resnet20", num_classes=10)
+    torch.save(src.state_dict(), tmp_path / "r20.pth")
+    convert_file(tmp_path / "r20.pth", tmp_path / "r20.safetensors", "resnet20")
+    out = tmp_path / "run"
+    assert main(["transfer", str(folder), "--weights", str(tmp_path / "r20.safetensors"),
+                 "--mode", "features", "--img-size", "32", "--no-progress", "--no-cache",
+                 "--out", str(out)]) == 0  # fmt: skip
+    assert "resnet20: validation accuracy" in capsys.readouterr().out
+    assert json.loads((out / "bundle" / "bundle.json").read_text())["model"] == "resnet20"

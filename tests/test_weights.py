@@ -127,8 +127,9 @@ def test_wrapped_ddp_checkpoint_and_old_densenet_keys(tv_models, tmp_path):
 
 
 def test_every_source_is_unwrapped_and_prefix_stripped(tv_resnet18, tmp_path):
-    """DDP's `module.` and torch.compile's `_orig_mod.` prefixes and a training script's
-    {'state_dict': ...} wrapper are undone alike for .pth, .safetensors and in-memory dicts."""
+    """DDP's `module.`, torch.compile's `_orig_mod.` and Lightning's `model.` prefixes and a
+    training script's {'state_dict': ...} wrapper are undone alike for .pth, .ckpt, .safetensors
+    and in-memory dicts."""
     from safetensors.torch import save_file
 
     ref, _ = tv_resnet18
@@ -140,6 +141,14 @@ def test_every_source_is_unwrapped_and_prefix_stripped(tv_resnet18, tmp_path):
         sources[path.name] = str(path)
         sources[f"dict {prefix}"] = {prefix + k: v for k, v in ref_sd.items()}
     sources["dict state_dict"] = {"epoch": 3, "state_dict": ref_sd}
+    # PyTorch Lightning: the LightningModule's attribute ('self.model') prefixes every key, after
+    # torch.compile's too when the net was compiled inside it.
+    for prefix in ("model.", "model._orig_mod."):
+        path = tmp_path / f"{prefix.strip('.')}.ckpt"
+        torch.save({"epoch": 3, "global_step": 9, "pytorch-lightning_version": "2.4.0",
+                    "state_dict": {prefix + k: v for k, v in ref_sd.items()},
+                    "optimizer_states": [], "lr_schedulers": []}, path)  # fmt: skip
+        sources[path.name] = str(path)
     for what, weights in sources.items():
         sd = cnnzoo.create_model("resnet18", weights=weights).state_dict()
         assert sd.keys() == ref_sd.keys(), what
@@ -320,6 +329,48 @@ def test_mismatch_is_one_error_listing_keys(tv_resnet18):
         cnnzoo.create_model("resnet34", weights=str(path))
     msg = str(e.value)
     assert "\n" not in msg and "missing keys" in msg and "layer1.2.conv1.weight" in msg
+
+
+@pytest.mark.parametrize("model", ["resnet50", "efficientnet_lite0", "plain18"])
+def test_mismatch_names_the_architecture_the_file_holds(tv_resnet18, model):
+    """Another depth (resnet34 vs resnet50), a look-alike (plain18 has no projection shortcuts)
+    or another family (predict's and transfer's default model when --model is forgotten): the
+    one line says what the file is, not only what does not fit."""
+    _, path = tv_resnet18
+    with pytest.raises(WeightsError) as e:
+        cnnzoo.create_model(model, weights=str(path))
+    msg = str(e.value)
+    assert "\n" not in msg and f"does not fit {model}" in msg
+    assert "looks like resnet18's weights" in msg
+
+
+def test_file_format_is_chosen_by_contents_not_suffix(tv_resnet18, tmp_path):
+    """A .safetensors file renamed .bin/.pth and a torch.save file named .safetensors load."""
+    from safetensors.torch import save_file
+
+    ref, path = tv_resnet18
+    ref_sd = ref.state_dict()
+    st_bin = tmp_path / "model.bin"
+    save_file({k: v.contiguous() for k, v in ref_sd.items()}, str(st_bin))
+    pth_st = tmp_path / "model.safetensors"
+    pth_st.write_bytes(path.read_bytes())
+    for weights in (st_bin, pth_st):
+        sd = cnnzoo.create_model("resnet18", weights=str(weights)).state_dict()
+        assert all(torch.equal(sd[k], ref_sd[k]) for k in ref_sd), weights
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.complex64])
+def test_non_real_float_tensors_are_one_error(tmp_path, dtype):
+    """Integer or complex tensors where the model has float parameters: one line naming the
+    key, not a traceback from load_state_dict nor a complex-valued model."""
+    src = cnnzoo.create_model("resnet20")
+    path = tmp_path / "odd.pth"
+    torch.save({k: v.to(dtype) if v.is_floating_point() else v
+                for k, v in src.state_dict().items()}, path)  # fmt: skip
+    with pytest.raises(WeightsError) as e:
+        cnnzoo.create_model("resnet20", weights=str(path))
+    msg = str(e.value)
+    assert "\n" not in msg and "conv1.weight" in msg and str(dtype).split(".")[1] in msg
 
 
 # -- conversions and safetensors round trip -----------------------------------------------------

@@ -33,8 +33,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("data", metavar="DATA",
                    help="image folder (one sub-folder per class, optionally train/ val/ test/) "
                         "or CSV manifest (path,label[,split])")  # fmt: skip
-    p.add_argument("--model", default="efficientnet_lite0",
-                   help="zoo model name (default efficientnet_lite0)")
+    p.add_argument("--model", default=None,
+                   help="zoo model name (default: the one a `cnnzoo train` checkpoint or "
+                        "`cnnzoo convert` file given as --weights records, else "
+                        "efficientnet_lite0)")
     p.add_argument("--weights", default="imagenet",
                    help="'imagenet' (default) or a checkpoint file (.pth/.pt/.safetensors/.h5) "
                         "in torchvision, timm, Keras or cnnzoo layout")  # fmt: skip
@@ -160,9 +162,10 @@ def check_options(args: argparse.Namespace) -> list[str]:
     from ..transfer.run import check_config
 
     if str(args.weights).lower() in ("none", "random", "scratch") and not Path(args.weights).exists():
+        model = model_of(args)
         raise UsageError("transfer starts from pretrained weights (--weights imagenet or a "
-                         f"checkpoint file); to train {args.model} from scratch: cnnzoo train "
-                         f"{args.model} --data {args.data}")  # fmt: skip
+                         f"checkpoint file); to train {model} from scratch: cnnzoo train "
+                         f"{model} --data {args.data}")  # fmt: skip
     check_config(config_from_args(args), resume=args.resume)
     given = given_options(args)
     notes = []
@@ -176,6 +179,20 @@ def check_options(args: argparse.Namespace) -> list[str]:
     return notes
 
 
+def model_of(args: argparse.Namespace) -> str:
+    """--model, else the model the --weights file records (a `cnnzoo train` checkpoint, a
+    `cnnzoo convert` output), else efficientnet_lite0: what predict builds."""
+    from ..engine.run import training_checkpoint
+    from ..weights.files import stored_metadata
+
+    if args.model:
+        return args.model
+    trained = training_checkpoint(args.weights)
+    if trained is not None:
+        return trained["meta"]["model"]
+    return stored_metadata(args.weights).get("model") or "efficientnet_lite0"
+
+
 def out_folder(args: argparse.Namespace) -> Path:
     """Where the run writes: --out, or runs/transfer-MODEL."""
     return Path(args.out) if args.out else Path("runs") / f"transfer-{args.model}"
@@ -187,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
     from ..paths import check_folder
     from ..transfer import transfer
 
+    args.model = model_of(args)
     notes = check_options(args)
     out = out_folder(args)
     check_folder(out, "--out")

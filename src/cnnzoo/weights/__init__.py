@@ -4,8 +4,9 @@
 Keras .h5/.weights.h5), a named tag ('imagenet'), or a state_dict. It reads the file safely
 (`files`), converts the key layout (`layouts`: torchvision, timm, lukemelas, Keras), adapts the
 head and the first conv to the model's `num_classes`/`in_chans` (`adapt`), and refuses anything
-else with one error listing the missing/unexpected keys and shape conflicts. The model gets a
-`weights_info` attribute: where the weights came from, their preprocessing and class names.
+else with one error listing the missing/unexpected keys and shape or dtype conflicts. The model
+gets a `weights_info` attribute: where the weights came from, their preprocessing and class
+names.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def load_state_dict(
     """Read and convert `weights` for `model` without loading them: (state_dict, info).
 
     The state_dict is in the model's key names, adapted to its head and input channels, and
-    checked: any missing/unexpected key or shape conflict raises one `WeightsError`.
+    checked: any missing/unexpected key or shape/dtype conflict raises one `WeightsError`.
     """
     name = name or getattr(getattr(model, "default_cfg", None), "name", None)
     ckpt, entry = open_weights(weights, name)
@@ -153,7 +154,7 @@ def _fit(
     missing, unexpected, conflicts = check_fit(sd, model)
     if missing or unexpected or conflicts:
         raise WeightsError(_mismatch_message(ckpt, name, conv.layout, missing, unexpected,
-                                             conflicts))  # fmt: skip
+                                             conflicts, _architecture_of(ckpt, name)))  # fmt: skip
     head_loaded = getattr(model, "num_classes", None) != 0 and not any(
         "classifier re-initialised" in n for n in notes
     )
@@ -303,7 +304,47 @@ def _in_chans(model: nn.Module) -> int | None:
     return cfg.input_size[0] if cfg is not None else None
 
 
-def _mismatch_message(ckpt, name, layout, missing, unexpected, conflicts) -> str:
+def _architecture_of(ckpt: Checkpoint, name: str | None) -> str | None:
+    """The zoo model (default options; any head and input channels) that a checkpoint which
+    does not fit `name` fits, for the error: `name`'s family first, then every family whose
+    first model shares a key with the file. The candidates are built on the meta device (no
+    memory, no initialisation to speak of); only this error path pays for it. Keras files and
+    `cnnzoo convert` outputs say what they are by other means."""
+    import torch
+
+    from ..models import create_model, get_config, list_models
+
+    if ckpt.format == "keras" or ckpt.metadata.get("model"):
+        return None
+    families: dict[str, list[str]] = {}
+    for n in list_models():
+        families.setdefault(get_config(n).family, []).append(n)
+    own = get_config(name).family if name in list_models() else None
+    order = sorted(families, key=lambda f: f != own)
+
+    def fits(candidate: str, first_only: bool = False) -> bool:
+        with torch.device("meta"):
+            model = create_model(candidate)
+        sd = convert_checkpoint(ckpt, model, candidate).state_dict
+        if first_only:  # the family's first model: does the file share any name with it?
+            return bool(sd.keys() & model.state_dict().keys())
+        sd, _ = adapt_state_dict(sd, model)
+        return not any(check_fit(sd, model))
+
+    try:
+        for family in order:
+            members = families[family]
+            if family != own and not fits(members[0], first_only=True):
+                continue
+            for candidate in members:
+                if candidate != name and fits(candidate):
+                    return candidate
+    except Exception:  # noqa: BLE001 -- a hint for the error being raised: never replace it
+        return None
+    return None
+
+
+def _mismatch_message(ckpt, name, layout, missing, unexpected, conflicts, holds=None) -> str:
     def few(items: list[str]) -> str:
         more = f" (+{len(items) - 4} more)" if len(items) > 4 else ""
         return ", ".join(items[:4]) + more
@@ -314,10 +355,13 @@ def _mismatch_message(ckpt, name, layout, missing, unexpected, conflicts) -> str
     if unexpected:
         parts.append(f"{len(unexpected)} unexpected keys: {few(unexpected)}")
     if conflicts:
-        parts.append(f"{len(conflicts)} shape conflicts: {few(conflicts)}")
+        parts.append(f"{len(conflicts)} conflicts: {few(conflicts)}")
     stored = ckpt.metadata.get("model")  # `cnnzoo convert` records it
     if stored and stored != name:
         hint = f"the file holds {stored}; use that model name"
+    elif holds:  # what the file is, before the keys that tell it
+        return (f"{ckpt.path} does not fit {name or 'the model'}: the file looks like {holds}'s "
+                f"weights, load it as {holds} ({layout} layout; " + "; ".join(parts) + ")")
     elif missing and not unexpected and not conflicts and all(k.startswith("aux") for k in missing):
         hint = "the checkpoint has no auxiliary classifiers: build the model with aux_logits=False"
     else:

@@ -48,19 +48,25 @@ def adapt_input_conv(weight: Tensor, in_chans: int) -> Tensor:
     return w.to(dtype)
 
 
-def head_keys(model: nn.Module) -> set[str]:
-    """state_dict keys of the model's classifier (empty if it has none or is not a Classifier)."""
+def head_name(model: nn.Module) -> str | None:
+    """The module name of the model's classifier (an Identity when built with num_classes=0);
+    None if it is not a Classifier."""
     get = getattr(model, "get_classifier", None)
     if get is None:
-        return set()
+        return None
     try:
         head = get()
     except NotImplementedError:
+        return None
+    return next((prefix for prefix, m in model.named_modules() if m is head and prefix), None)
+
+
+def head_keys(model: nn.Module) -> set[str]:
+    """state_dict keys of the model's classifier (empty if it has none or is not a Classifier)."""
+    name = head_name(model)
+    if name is None:
         return set()
-    for prefix, m in model.named_modules():
-        if m is head and prefix:
-            return {f"{prefix}.{k}" for k in m.state_dict()}
-    return set()
+    return {f"{name}.{k}" for k in model.get_submodule(name).state_dict()}
 
 
 def aux_classifiers(model: nn.Module) -> dict[str, nn.Module]:
@@ -84,17 +90,16 @@ def output_keys(model: nn.Module) -> set[str]:
 
 
 def _switched_off(model: nn.Module, key: str) -> bool:
-    """Whether `key` belongs to a submodule this model was built without: one set to None
-    (GoogLeNet's aux heads with aux_logits=False) or an Identity (the head with num_classes=0)."""
-    m = model
-    for part in key.split(".")[:-1]:
-        child = getattr(m, part, "absent")
-        if child is None or isinstance(child, nn.Identity):
-            return True
-        if not isinstance(child, nn.Module):
-            return False  # the model has no such part at all: a really unexpected key
-        m = child
-    return False
+    """Whether `key` belongs to a classifier this model was built without: the head with
+    num_classes=0 (an Identity in its place) or an auxiliary classifier set to None (GoogLeNet's
+    aux_logits=False). Nothing else: layers of the checkpoint that the model lacks (a ResNet's
+    projection shortcuts, for a plain net) are unexpected keys."""
+    first = key.split(".", 1)[0]
+    if first.startswith("aux") and getattr(model, first, "absent") is None:
+        return True
+    head = head_name(model)
+    return (head is not None and isinstance(model.get_submodule(head), nn.Identity)
+            and key.startswith(f"{head}."))  # fmt: skip
 
 
 def first_conv_key(model: nn.Module) -> str | None:
@@ -177,16 +182,20 @@ def adapt_state_dict(
 
 
 def check_fit(sd: dict[str, Tensor], model: nn.Module) -> tuple[list[str], list[str], list[str]]:
-    """(missing, unexpected, shape conflicts) of `sd` against the model, heads allowed missing."""
+    """(missing, unexpected, conflicts) of `sd` against the model, heads allowed missing: a
+    conflict is another shape, or integer/complex values where the model has real floats
+    (fp16, bf16, fp64 are cast when loaded)."""
     own = model.state_dict()
     heads = output_keys(model)
     missing = [k for k in own if k not in sd and k not in heads]
     unexpected = [k for k in sd if k not in own]
-    conflicts = [
-        f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}"
-        for k in sd
-        if k in own and sd[k].shape != own[k].shape
-    ]
+    conflicts = []
+    for k in (k for k in sd if k in own):
+        if sd[k].shape != own[k].shape:
+            conflicts.append(f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}")
+        elif own[k].is_floating_point() and not sd[k].is_floating_point():
+            conflicts.append(f"{k} {str(sd[k].dtype).removeprefix('torch.')} vs "
+                             f"{str(own[k].dtype).removeprefix('torch.')}")  # fmt: skip
     return missing, unexpected, conflicts
 
 

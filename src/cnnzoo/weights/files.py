@@ -34,8 +34,10 @@ KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
 
 # Containers that training scripts wrap a state_dict in (timm/engine checkpoints, Lightning, ...).
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "model_state", "net", "module")
-# Prefixes added by DistributedDataParallel / DataParallel and by torch.compile.
-_STRIP_PREFIXES = ("module.", "_orig_mod.")
+# Prefixes added by DistributedDataParallel / DataParallel, by torch.compile and by PyTorch
+# Lightning (the LightningModule's `self.model`), in any nesting; no zoo model has a child of
+# these names.
+_STRIP_PREFIXES = ("module.", "_orig_mod.", "model.")
 
 
 @dataclass
@@ -74,11 +76,15 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     if p.stat().st_size == 0:
         raise WeightsError(f"{p}: empty file (0 bytes)")
     with open(p, "rb") as fh:
-        magic = fh.read(8)
+        magic = fh.read(9)
     name = p.name.lower()
-    if magic == b"\x89HDF\r\n\x1a\n" or name.endswith(KERAS_SUFFIXES):
+    if magic[:8] == b"\x89HDF\r\n\x1a\n" or name.endswith(KERAS_SUFFIXES):
         return _read_keras(p)
-    if name.endswith(SAFETENSORS_SUFFIXES):
+    # Files get renamed (a safetensors `model.bin`), so the contents decide before the suffix:
+    # safetensors starts with its JSON header's length and then "{"; torch.save writes a zip
+    # (before PyTorch 1.6 a pickle, starting with its PROTO opcode), never "{" there.
+    saved_by_torch = magic[:2] == b"PK" or magic[:1] == b"\x80"
+    if magic[8:] == b"{" or (name.endswith(SAFETENSORS_SUFFIXES) and not saved_by_torch):
         return _read_safetensors(p)
     return _read_torch(p)
 
@@ -88,7 +94,9 @@ def _read_torch(p: Path) -> Checkpoint:
         with warnings.catch_warnings():
             # "Detected pickle protocol 4": noise before the error below explains the file.
             warnings.simplefilter("ignore", UserWarning)
-            obj = torch.load(p, map_location="cpu", weights_only=True)
+            # A file object: given a path, torch.load reads a `.safetensors` name as safetensors.
+            with open(p, "rb") as fh:
+                obj = torch.load(fh, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # weights_only's unpickler stops at the first global it does not allow-list, before
         # calling it: the file's code never runs.
@@ -173,9 +181,9 @@ def state_dict_tensors(obj: Any, source: str) -> dict[str, Tensor]:
             f"'state_dict' or 'model'); got {type(obj).__name__}"
         )
     tensors = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
-    for prefix in _STRIP_PREFIXES:
-        if tensors and all(k.startswith(prefix) for k in tensors):
-            tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
+    while tensors and (prefix := next((p for p in _STRIP_PREFIXES
+                                       if all(k.startswith(p) for k in tensors)), None)):  # fmt: skip
+        tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
     return tensors
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import WeightsError
+from .adapt import head_name
 from .files import Checkpoint, KerasLayer
 
 # torchvision/models/densenet.py: '.'s are no longer allowed in module names, old checkpoints
@@ -161,6 +162,12 @@ def from_keras(layers: list[KerasLayer], model: nn.Module, name: str) -> Convert
     # the head is left out here and re-initialised (and reported) like any missing head.
     if family == "densenet" and not by_kind["dense"] and len(mods["dense"]) == 1:
         mods["dense"] = []
+    # A model built with num_classes=0 from a file with its top: Keras's predictions layer goes
+    # to the head's name, which adapt_state_dict leaves out (and notes) as for any checkpoint.
+    head = head_name(model)
+    if (getattr(model, "num_classes", None) == 0 and head is not None
+            and len(by_kind["dense"]) == len(mods["dense"]) + 1):  # fmt: skip
+        mods["dense"].append((head, model.get_submodule(head)))
     counts = {k: (len(by_kind[k]), len(mods[k])) for k in mods}
     if family == "vgg" and not by_kind["dense"] and mods["dense"]:
         raise WeightsError(
