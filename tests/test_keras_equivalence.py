@@ -99,13 +99,16 @@ def test_vgg16_matches_keras_including_flatten_order(tmp_path):
                                   classifier_activation=None)
     path = tmp_path / "vgg16.weights.h5"
     km.save_weights(str(path))
+    archive = tmp_path / "vgg16.keras"  # Keras 3's model.save: config + model.weights.h5 zipped
+    km.save(str(archive))
     x_rgb = rng.normal(size=(2, 64, 64, 3)).astype("float32")
     ref = _keras_out(km, np.ascontiguousarray(x_rgb[..., ::-1]))  # Keras VGG takes BGR
 
-    model = cnnzoo.create_model("vgg16", pool_size=2, weights=str(path)).eval()
-    with torch.no_grad():
-        out = model(torch.from_numpy(x_rgb).permute(0, 3, 1, 2).contiguous()).numpy()
-    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+    for given in (archive, path):
+        model = cnnzoo.create_model("vgg16", pool_size=2, weights=str(given)).eval()
+        with torch.no_grad():
+            out = model(torch.from_numpy(x_rgb).permute(0, 3, 1, 2).contiguous()).numpy()
+        np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
     # Caffe preprocessing: 0..255 minus the ImageNet means, no scaling.
     pre = model.weights_info.preprocessing
     assert pre.std == pytest.approx((1 / 255,) * 3)

@@ -75,7 +75,13 @@ def test_unreadable_files_give_one_line_errors(tmp_path):
     table.write_text("a,b\n1,2\n")
     folder = tmp_path / "checkpoints"
     folder.mkdir()
-    for p in (empty, junk, torn, photo, notes, table, folder, tmp_path / "missing.pth"):
+    import zipfile
+
+    no_weights = tmp_path / "config_only.keras"  # a zip without model.weights.h5
+    with zipfile.ZipFile(no_weights, "w") as z:
+        z.writestr("config.json", "{}")
+    for p in (empty, junk, torn, photo, notes, table, folder, tmp_path / "missing.pth",
+              no_weights):  # fmt: skip
         with pytest.raises(WeightsError) as e:
             read_checkpoint(p)
         assert "\n" not in str(e.value) and str(p) in str(e.value)

@@ -12,11 +12,13 @@ weighted layers in model order (`KerasLayer`), which `layouts.py` maps onto a zo
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
 import re
 import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,12 +238,11 @@ def _read_keras(p: Path) -> Checkpoint:
         raise WeightsError(
             f"{p}: reading Keras .h5 files needs h5py: pip install cnnzoo[keras]"
         ) from None
+    source: Any = p
     if p.name.lower().endswith(".keras"):
-        raise WeightsError(
-            f"{p}: a .keras archive; save the weights alone with model.save_weights('x.weights.h5')"
-        )
+        source = _keras_archive_weights(p)
     try:
-        with h5py.File(p, "r") as f:
+        with h5py.File(source, "r") as f:
             if "layers" in f and isinstance(f["layers"], h5py.Group) and "layer_names" not in f.attrs:
                 layers = _keras3_layers(f["layers"])
             else:
@@ -255,6 +256,17 @@ def _read_keras(p: Path) -> Checkpoint:
     if not layers:
         raise WeightsError(f"{p}: no layer weights found in this HDF5 file")
     return Checkpoint(path=str(p), format="keras", keras_layers=layers)
+
+
+def _keras_archive_weights(p: Path) -> io.BytesIO:
+    """The weights of a Keras 3 `.keras` archive (`model.save`): a zip holding the model's
+    config and `model.weights.h5`, the `.weights.h5` layout; read from memory."""
+    try:
+        with zipfile.ZipFile(p) as z:
+            return io.BytesIO(z.read("model.weights.h5"))
+    except (zipfile.BadZipFile, KeyError, OSError) as exc:
+        raise WeightsError(f"{p}: not a readable .keras archive ({exc}); save the weights "
+                           "alone with model.save_weights('x.weights.h5')") from None
 
 
 _KERAS3_KINDS = {
