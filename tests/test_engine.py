@@ -370,6 +370,38 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
+@pytest.mark.parametrize("torch_error", ["oserror", "zip-writer"])
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_old_one(
+        tmp_path, monkeypatch, torch_error):
+    """A full disk while saving: torch.save raised OSError, or (its zip writer, on a real full
+    tmpfs) RuntimeError('unexpected pos ...') from it, and `cnnzoo train` printed a traceback."""
+    path = tmp_path / "last.pt"
+    atomic_save({"model": {"w": torch.ones(3)}, "epoch": 1}, path)
+
+    def full_disk(obj, f, *a, **k):
+        f.write(b"part of a checkpoint")
+        full = OSError(28, "No space left on device")
+        if torch_error == "oserror":
+            raise full
+        try:
+            raise full
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos "
+                               "98240 vs 98136") from None
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(TrainingError) as err:
+        atomic_save({"model": {"w": torch.zeros(3)}, "epoch": 2}, path)
+    assert str(err.value) == (f"cannot write {path} (No space left on device): free some space "
+                              "or choose another --out; the last.pt there before is unchanged")
+    with pytest.raises(TrainingError, match=r"cannot write .*best\.pt \(No space left on device\): "
+                                            r"free some space or choose another --out$"):
+        atomic_save({"model": {"w": torch.zeros(3)}, "epoch": 2}, tmp_path / "best.pt")
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
 def test_early_stopping_restores_the_best_weights(tmp_path):
     # Random labels: validation loss rises as the net memorises the training set.
     train = _tiny_loader(n=64, seed=1)

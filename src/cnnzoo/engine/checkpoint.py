@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..errors import WeightsError
+from ..errors import TrainingError, WeightsError
 from ..paths import usual_permissions
 
 
@@ -32,9 +32,16 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
             os.fsync(f.fileno())
         usual_permissions(tmp)  # mkstemp's file is private; a run's other files are not
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        # A full disk: torch's zip writer reports the OSError as a RuntimeError raised from it.
+        cause = exc if isinstance(exc, OSError) else exc.__context__
+        if isinstance(exc, OSError | RuntimeError) and isinstance(cause, OSError):
+            reason = cause.strerror or " ".join(str(cause).split())
+            kept = f"; the {path.name} there before is unchanged" if path.exists() else ""
+            raise TrainingError(f"cannot write {path} ({reason}): free some space or choose "
+                                f"another --out{kept}") from None
         raise
     return path
 
