@@ -1574,6 +1574,20 @@ def test_resume_into_a_new_folder_still_grows_from_init_from(tmp_path, capsys):
     assert f"initialised from {tmp_path / 'a' / 'last.pt'}:" in capsys.readouterr().err
 
 
+def test_a_run_folder_given_for_a_checkpoint_file_says_which_file(tmp_path, capsys):
+    """`--init-from runs/vgg11` (the folder, as --resume and compare take it) said the folder
+    'does not exist'."""
+    run = tmp_path / "vgg11"
+    atomic_save({"model": {"w": torch.ones(1)}}, run / "best.pt")
+    with pytest.raises(WeightsError, match=f"^{re.escape(str(run))} is a folder: give a "
+                                           f"checkpoint file, e.g. {re.escape(str(run))}/best.pt$"):
+        load_checkpoint(run)
+    assert main(["train", "vgg13", "--data", "digits", "--init-from", str(run),
+                 "--out", str(tmp_path / "vgg13")]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"cnnzoo train: error: {run} is a folder: give a checkpoint file, e.g. {run}/best.pt")
+
+
 def test_epoch_lines_show_top5_only_above_5_classes():
     """Top-5 accuracy of 5 classes or fewer is 1 by definition: the demo's lines read
     'train_top5 1 ... val_top5 1' every epoch. metrics.jsonl keeps it."""

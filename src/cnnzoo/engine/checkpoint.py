@@ -52,6 +52,8 @@ def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> dict
     mmap: map the tensors instead of reading them (a zip-format file only): cheap when the file
     may turn out not to be one of ours and is read again by the weights loader."""
     path = Path(path)
+    if path.is_dir():
+        raise WeightsError(folder_given(path))
     if not path.is_file():
         raise WeightsError(f"checkpoint {path} does not exist: pass the file written by `cnnzoo train`")
     try:
@@ -62,6 +64,13 @@ def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> dict
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise WeightsError(f"{path} is not a cnnzoo training checkpoint (no 'model' entry)")
     return ckpt
+
+
+def folder_given(path: Path) -> str:
+    """What to say when a run's folder is given where its checkpoint file belongs."""
+    found = [path / n for n in ("best.pt", "last.pt") if (path / n).is_file()]
+    return (f"{path} is a folder: give a checkpoint file"
+            + (f", e.g. {found[0]}" if found else " (a run's best.pt or last.pt)"))
 
 
 def rng_state() -> dict[str, Any]:
