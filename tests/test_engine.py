@@ -352,6 +352,38 @@ def test_resume_refuses_another_model_data_or_options_and_warns_of_another_loss(
                 meta=meta).fit(resume=True)  # fmt: skip
 
 
+def test_a_precision_given_on_resume_is_used_and_warned_of(tmp_path):
+    """`--resume --precision bf16` on an fp32 run printed 'precision: fp32 NCHW (checkpoint)'
+    and trained on in fp32 without a word. A choice given explicitly now applies to the
+    remaining epochs, with the warning other changed settings get; 'auto' keeps the run's."""
+    lines: list[str] = []
+    cfg = TrainConfig(epochs=1, lr=0.05, **FP32)
+
+    def fit(**change):
+        Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(),
+                config=TrainConfig(**{**cfg.to_dict(), **change}), out_dir=tmp_path,
+                say=lines.append).fit(resume=True)  # fmt: skip
+        return load_checkpoint(tmp_path / "last.pt")["precision"]
+
+    fit()
+    lines.clear()
+    saved = fit(epochs=2, precision="bf16", channels_last="auto")
+    assert (saved["dtype"], saved["channels_last"]) == ("bf16", False)
+    assert ("warning: resuming with different epochs (was 1, now 2), precision (was fp32 NCHW, "
+            "now bf16 NCHW) than the checkpoint; the result will differ from an uninterrupted "
+            "run") in lines
+    assert "precision: bf16 NCHW (forced)" in lines
+    lines.clear()
+    saved = fit(epochs=3, precision="auto", channels_last="on")
+    assert (saved["dtype"], saved["channels_last"]) == ("bf16", True)
+    assert any("precision (was bf16 NCHW, now bf16 channels_last)" in ln for ln in lines)
+    lines.clear()
+    saved = fit(epochs=3, precision="auto", channels_last="auto")  # nothing left: kept as is
+    assert (saved["dtype"], saved["channels_last"]) == ("bf16", True)
+    assert "precision: bf16 channels_last (checkpoint)" in lines
+    assert not any(ln.startswith("warning") for ln in lines)
+
+
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     atomic_save({"model": {"w": torch.ones(3)}, "epoch": 1}, path)

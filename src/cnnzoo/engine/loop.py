@@ -230,7 +230,6 @@ class Trainer:
                     f"the checkpoint in {self._resume_where(resume)} does not fit this model "
                     f"({first}): resume with the model and options it was trained with, or "
                     "start a new run with another --out") from None
-            self.precision = Precision(**{**ckpt["precision"], "source": "checkpoint"})
         else:
             torch.manual_seed(cfg.seed)
             sample = next(iter(self.train_loader))
@@ -401,6 +400,11 @@ class Trainer:
         changed += [f"{k} (was {_plain(old_meta[k])}, now {_plain(self.meta[k])})"
                     for k in RESUME_WARN_META
                     if k in old_meta and k in self.meta and old_meta[k] != self.meta[k]]
+        # A --precision / --channels-last given explicitly applies to the remaining epochs.
+        saved = Precision(**ckpt["precision"])
+        self.precision = saved.resumed(self.config.precision, self.config.channels_last)
+        if self.precision.source != "checkpoint":
+            changed.append(f"precision (was {saved.setup}, now {self.precision.setup})")
         if changed:
             self._say(f"warning: resuming with different {', '.join(changed)} than the "
                       "checkpoint; the result will differ from an uninterrupted run")
