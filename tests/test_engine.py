@@ -758,6 +758,21 @@ def test_precision_choice_is_measured_cached_and_leaves_model_and_rng_alone(tmp_
     assert (tmp_path / "precision.json").exists()
 
 
+@pytest.mark.parametrize("cache", ["[1, 2]", "null", "{KEY: 5}", '{KEY: {"dtype": "fp16"}}'])
+def test_a_precision_cache_of_another_shape_is_measured_again(tmp_path, monkeypatch, cache):
+    """Valid JSON that is not the cache's dict of entries (edited by hand, another version's
+    layout) ended the run in an AttributeError/KeyError traceback."""
+    from cnnzoo.engine.precision import _cache_key
+
+    monkeypatch.setenv("CNNZOO_CACHE", str(tmp_path))
+    net, batch = _TinyNet(), (torch.randn(16, 1, 8, 8), torch.randint(0, 3, (16,)))
+    key = json.dumps(_cache_key(net, tuple(batch[0].shape)) + "|auto|auto")
+    (tmp_path / "precision.json").write_text(cache.replace("KEY", key))
+    chosen = choose_precision(net, ClassificationTask(3), batch)
+    assert chosen.source == "measured"
+    assert choose_precision(net, ClassificationTask(3), batch).source == "cached"
+
+
 # --------------------------------------------------------------------------- distributed
 
 _DDP_WORKER = '''

@@ -102,10 +102,18 @@ def _cache_key(model: nn.Module, shape: tuple[int, ...]) -> str:
 
 
 def _read_cache() -> dict[str, Any]:
+    """The cached choices, keeping only well-formed entries: a file edited by hand or written in
+    another layout costs a re-measurement, not the run."""
     try:
-        return json.loads(_cache_path().read_text())
+        data = json.loads(_cache_path().read_text())
     except (OSError, ValueError):
         return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items()
+            if isinstance(v, dict) and v.get("dtype") in ("fp32", "bf16")
+            and isinstance(v.get("channels_last"), bool)
+            and isinstance(v.get("speedup", 1.0), int | float)}  # fmt: skip
 
 
 def _write_cache(key: str, value: dict[str, Any]) -> None:
