@@ -823,3 +823,10 @@ def test_a_segmentation_folder_is_not_read_as_classes(tmp_path):
             _png(tmp_path / sub / f"{i}.png", 40 * i)
     with pytest.raises(DataError, match=r"is a segmentation set \(images/ \+ masks/\).*unet"):
         load_folder(tmp_path, progress=False)
+    # The built-in segmentation set by name: 'neither a built-in data set (fashion-mnist,
+    # digits)' said cnnzoo had no 'cells', which `cnnzoo train unet --data cells` trains on.
+    with pytest.raises(DataError) as err:
+        load_dataset("cells")
+    assert str(err.value) == ("'cells' is the built-in segmentation set (image/mask pairs), not "
+                              "one class per folder: train a U-Net on it (cnnzoo train unet "
+                              "--data cells)")
