@@ -1621,18 +1621,29 @@ def test_resume_into_a_new_folder_still_grows_from_init_from(tmp_path, capsys):
     assert f"initialised from {tmp_path / 'a' / 'last.pt'}:" in capsys.readouterr().err
 
 
-def test_a_run_folder_given_for_a_checkpoint_file_says_which_file(tmp_path, capsys):
+def test_a_run_folder_given_for_a_checkpoint_file_says_which_file(tmp_path, monkeypatch,
+                                                                  capsys):
     """`--init-from runs/vgg11` (the folder, as --resume and compare take it) said the folder
-    'does not exist'."""
+    'does not exist', and only after the data load (slow for a big folder), as did a path
+    with a typo: both are refused before any image is read."""
+    import cnnzoo.engine.run as run_module
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data were loaded before --init-from was read")
+
+    monkeypatch.setattr(run_module, "load_splits", no_data)
     run = tmp_path / "vgg11"
     atomic_save({"model": {"w": torch.ones(1)}}, run / "best.pt")
     with pytest.raises(WeightsError, match=f"^{re.escape(str(run))} is a folder: give a "
                                            f"checkpoint file, e.g. {re.escape(str(run))}/best.pt$"):
         load_checkpoint(run)
-    assert main(["train", "vgg13", "--data", "digits", "--init-from", str(run),
-                 "--out", str(tmp_path / "vgg13")]) == 2
-    assert capsys.readouterr().err.splitlines()[-1] == (
-        f"cnnzoo train: error: {run} is a folder: give a checkpoint file, e.g. {run}/best.pt")
+    for given, message in ((run, f"{run} is a folder: give a checkpoint file, e.g. "
+                                 f"{run}/best.pt"),
+                           (run / "bset.pt", f"checkpoint {run}/bset.pt does not exist: pass the "
+                                             "file written by `cnnzoo train`")):
+        assert main(["train", "vgg13", "--data", "digits", "--init-from", str(given),
+                     "--out", str(tmp_path / "vgg13")]) == 2
+        assert capsys.readouterr().err.splitlines()[-1] == f"cnnzoo train: error: {message}"
 
 
 def test_epoch_lines_show_top5_only_above_5_classes():
