@@ -402,6 +402,19 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
+def test_a_checkpoint_write_clears_what_a_killed_one_left(tmp_path):
+    """SIGKILL (or the OOM killer) during a write leaves the hidden temporary file, as large as a
+    checkpoint (1 GB for a VGG-11's last.pt), and it stayed there for good; the next write of
+    the same file removes it, and nothing else."""
+    stale = [tmp_path / ".last.pt.jtejg_rv.tmp", tmp_path / ".last.pt.x1.tmp"]
+    kept = [tmp_path / ".best.pt.q2.tmp", tmp_path / "last.pt.tmp", tmp_path / ".last.pt.x"]
+    for p in stale + kept:
+        p.write_bytes(b"part of a checkpoint")
+    atomic_save({"model": {"w": torch.ones(3)}, "epoch": 1}, tmp_path / "last.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["last.pt"] + [p.name for p in kept])
+
+
 @pytest.mark.parametrize("torch_error", ["oserror", "zip-writer"])
 def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_old_one(
         tmp_path, monkeypatch, torch_error):

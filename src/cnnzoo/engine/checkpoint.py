@@ -8,6 +8,7 @@ new one, never half of one.
 
 from __future__ import annotations
 
+import glob
 import os
 import random
 import tempfile
@@ -24,6 +25,10 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     """`torch.save(obj, path)` via temp file + fsync + os.replace (atomic on POSIX)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # What a write of this file that was killed (SIGKILL, the OOM killer) left: as large as a
+    # checkpoint, and hidden.
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
