@@ -384,6 +384,22 @@ def test_a_precision_given_on_resume_is_used_and_warned_of(tmp_path):
     assert not any(ln.startswith("warning") for ln in lines)
 
 
+def test_a_damaged_last_pt_says_how_to_go_on(tmp_path):
+    """A last.pt cut short (copied from a full disk, written by an older version without the
+    atomic write) asked 'is it a file written by `cnnzoo train`?' of the run's own file, and
+    said nothing of what to do."""
+    cfg = TrainConfig(epochs=1, lr=0.05, **FP32)
+    Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg, out_dir=tmp_path).fit()
+    last = tmp_path / "last.pt"
+    last.write_bytes(last.read_bytes()[:500])
+    cfg.epochs = 2
+    with pytest.raises(TrainingError) as err:
+        Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg,
+                out_dir=tmp_path).fit(resume=True)  # fmt: skip
+    assert str(err.value) == (f"cannot read {last}, so the run cannot be resumed: start it "
+                              "again with --overwrite, or train into another --out")
+
+
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     atomic_save({"model": {"w": torch.ones(3)}, "epoch": 1}, path)

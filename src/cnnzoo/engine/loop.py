@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import TrainingError
+from ..errors import TrainingError, WeightsError
 from ..paths import check_folder, remove_entries, same_source
 from ..text import plural
 from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
@@ -365,7 +365,15 @@ class Trainer:
                 return None
         else:
             path = Path(resume)
-        ckpt = load_checkpoint(path)
+        try:
+            ckpt = load_checkpoint(path)
+        except WeightsError:
+            if resume is not True:
+                raise
+            # The run's own last.pt, cut short or damaged: asking whether it is a file of
+            # `cnnzoo train` does not help; say how to go on.
+            raise TrainingError(f"cannot read {path}, so the run cannot be resumed: start it "
+                                "again with --overwrite, or train into another --out") from None
         if "optimizer" not in ckpt:
             raise TrainingError(f"{path} holds weights only, not a resumable run: resume from "
                                 "last.pt, or start a new run with --init-from")
