@@ -352,6 +352,23 @@ def test_resume_refuses_another_model_data_or_options_and_warns_of_another_loss(
                 meta=meta).fit(resume=True)  # fmt: skip
 
 
+def test_resuming_with_other_erasing_or_progressive_resizing_warns(tmp_path):
+    """--erase and --progressive change what the remaining epochs train on, as --augment does,
+    but a resume with other values went on without the warning the other settings give."""
+    meta = {"model": "tiny", "erase": 0.0, "progressive": None}
+    cfg = TrainConfig(epochs=1, lr=0.05, **FP32)
+    lines: list[str] = []
+    Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg, out_dir=tmp_path,
+            meta=meta).fit()  # fmt: skip
+    cfg.epochs = 2
+    Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg, out_dir=tmp_path,
+            meta={**meta, "erase": 0.5, "progressive": [16, 1]}, say=lines.append
+            ).fit(resume=True)  # fmt: skip
+    assert ("warning: resuming with different epochs (was 1, now 2), erase (was 0.0, now 0.5), "
+            "progressive (was off, now 16:1) than the checkpoint; the result will differ from an "
+            "uninterrupted run") in lines
+
+
 def test_a_precision_given_on_resume_is_used_and_warned_of(tmp_path):
     """`--resume --precision bf16` on an fp32 run printed 'precision: fp32 NCHW (checkpoint)'
     and trained on in fp32 without a word. A choice given explicitly now applies to the

@@ -535,7 +535,7 @@ RESUME_WARN_CONFIG = ("epochs", "lr", "schedule", "warmup_epochs", "weight_decay
                       "nesterov", "grad_clip", "seed", "mixup", "cutmix", "patience")
 # batch_size too: another one changes the steps per epoch, so the schedule's step lands elsewhere.
 RESUME_WARN_META = ("loss", "img_size", "val_fraction", "images", "batch_size", "augment",
-                    "label_smoothing")
+                    "erase", "progressive", "label_smoothing")
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, scheduler: StepSchedule,
@@ -557,10 +557,13 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, scheduler: StepSchedule,
 
 
 def _plain(value: Any) -> str:
-    """{'train': 242, 'val': 60} -> 'train 242, val 60' for a message; other values as they are."""
+    """{'train': 242, 'val': 60} -> 'train 242, val 60' for a message; a progressive schedule
+    [16, 3] -> '16:3' as --progressive takes it, None -> 'off'; other values as they are."""
     if isinstance(value, dict):
         return ", ".join(f"{k} {v}" for k, v in value.items())
-    return str(value)
+    if isinstance(value, list | tuple):
+        return ":".join(map(str, value))
+    return "off" if value is None else str(value)
 
 
 def differing_options(
