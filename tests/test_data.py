@@ -505,6 +505,27 @@ def test_csv_header_names_the_columns_in_any_order(tmp_path, caplog):
         load_csv(manifest, progress=False)
 
 
+def test_an_image_a_manifest_lists_twice_is_read_once(tmp_path, caplog):
+    """Two manifests pasted together list images twice: each copy was read, so an image in
+    both a train and a val row (or, without a split column, drawn to both sides) was validated
+    on after being trained on, and the validation accuracy was that of training images."""
+    rows = ["path,label,split"]
+    for i in range(4):
+        for cls, v in (("cat", 10), ("dog", 200)):
+            _png(tmp_path / "imgs" / f"{cls}{i}.png", v)
+            rows.append(f"imgs/{cls}{i}.png,{cls},{'val' if i == 3 else 'train'}")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\n".join(rows + ["imgs/cat0.png,cat,val", "./imgs/dog1.png,dog,train",
+                                          f"{tmp_path}/imgs/dog2.png,cat,train"]) + "\n")
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        s = load_csv(manifest, progress=False)
+    assert s.train.class_counts() == [3, 3] and s.val.class_counts() == [1, 1]
+    assert f"skipped {manifest}: 3 rows list an image an earlier row lists (lines 10, 11, 12; " \
+        "line 10 repeats line 2, imgs/cat0.png): each image is read once, from its first row" \
+        in caplog.messages
+    assert "skipped 3 of 11 images (each named above, with why)" in caplog.messages
+
+
 def test_train_val_test_subfolders(tmp_path):
     for part, n in (("train", 4), ("valid", 2), ("test", 3)):
         for cls in ("x", "y"):
@@ -823,3 +844,10 @@ def test_a_segmentation_folder_is_not_read_as_classes(tmp_path):
             _png(tmp_path / sub / f"{i}.png", 40 * i)
     with pytest.raises(DataError, match=r"is a segmentation set \(images/ \+ masks/\).*unet"):
         load_folder(tmp_path, progress=False)
+    # The built-in segmentation set by name: 'neither a built-in data set (fashion-mnist,
+    # digits)' said cnnzoo had no 'cells', which `cnnzoo train unet --data cells` trains on.
+    with pytest.raises(DataError) as err:
+        load_dataset("cells")
+    assert str(err.value) == ("'cells' is the built-in segmentation set (image/mask pairs), not "
+                              "one class per folder: train a U-Net on it (cnnzoo train unet "
+                              "--data cells)")

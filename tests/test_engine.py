@@ -333,29 +333,98 @@ def test_resume_refuses_another_model_data_or_options_and_warns_of_another_loss(
     capsys.readouterr()
     cfg.epochs = 2
     Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg, out_dir=tmp_path,
-            meta={**meta, "loss": "dice", "erase": 0.5}).fit(resume=True)  # fmt: skip
-    # (erase: the first run recorded none, as runs before erasing was recorded)
+            meta={**meta, "loss": "dice"}).fit(resume=True)  # fmt: skip
     assert ("warning: resuming with different epochs (was 1, now 2), loss (was ce, now dice) "
-            "than the checkpoint") in capsys.readouterr().err
-    cfg.epochs = 3
-    Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg, out_dir=tmp_path,
-            meta={**meta, "loss": "dice", "erase": 0.0}).fit(resume=True)  # fmt: skip
-    assert ("warning: resuming with different epochs (was 2, now 3), erase (was 0.5, now 0.0) "
             "than the checkpoint") in capsys.readouterr().err
     # A new --lr / weight decay is what the resumed epochs use (loading the optimizer's state
     # used to bring back the old ones, while the warning named the new); another optimizer is
     # refused in one line, as its state cannot continue.
-    cfg.epochs, cfg.lr, cfg.weight_decay, cfg.schedule = 4, 0.001, 0.1, "constant"
+    cfg.epochs, cfg.lr, cfg.weight_decay, cfg.schedule = 3, 0.001, 0.1, "constant"
     run = Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg,
                   out_dir=tmp_path, meta=meta).fit(resume=True)  # fmt: skip
     assert run.history[-1]["lr"] == pytest.approx(0.001)
     groups = load_checkpoint(tmp_path / "last.pt")["optimizer"]["param_groups"]
     assert [(g["lr"], g["weight_decay"]) for g in groups] == [(0.001, 0.1), (0.001, 0.0)]
-    cfg.epochs, cfg.optimizer = 5, "adamw"
+    cfg.epochs, cfg.optimizer = 4, "adamw"
     with pytest.raises(TrainingError, match="was trained with optimizer=sgd, and its optimizer "
                                             "state cannot continue with optimizer=adamw"):
         Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg, out_dir=tmp_path,
                 meta=meta).fit(resume=True)  # fmt: skip
+
+
+def test_resuming_with_other_erasing_or_progressive_resizing_warns(tmp_path):
+    """--erase and --progressive change what the remaining epochs train on, as --augment does,
+    but a resume with other values went on without the warning the other settings give."""
+    meta = {"model": "tiny", "erase": 0.0, "progressive": None}
+    cfg = TrainConfig(epochs=1, lr=0.05, **FP32)
+    lines: list[str] = []
+    Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg, out_dir=tmp_path,
+            meta=meta).fit()  # fmt: skip
+    cfg.epochs = 2
+    Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg, out_dir=tmp_path,
+            meta={**meta, "erase": 0.5, "progressive": [16, 1]}, say=lines.append
+            ).fit(resume=True)  # fmt: skip
+    assert ("warning: resuming with different epochs (was 1, now 2), erase (was 0.0, now 0.5), "
+            "progressive (was off, now 16:1) than the checkpoint; the result will differ from an "
+            "uninterrupted run") in lines
+    # A U-Net's recipe (the engine sees only the meta): elastic deformation, jitter.
+    meta = {"model": "tiny", "elastic": 0.0, "jitter": 0.1}
+    Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg,
+            out_dir=tmp_path / "seg", meta=meta).fit()  # fmt: skip
+    cfg.epochs = 3
+    Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg,
+            out_dir=tmp_path / "seg", meta={**meta, "elastic": 0.5}, say=lines.append
+            ).fit(resume=True)  # fmt: skip
+    assert any("epochs (was 2, now 3), elastic (was 0.0, now 0.5) than" in line
+               for line in lines), lines
+
+
+def test_a_precision_given_on_resume_is_used_and_warned_of(tmp_path):
+    """`--resume --precision bf16` on an fp32 run printed 'precision: fp32 NCHW (checkpoint)'
+    and trained on in fp32 without a word. A choice given explicitly now applies to the
+    remaining epochs, with the warning other changed settings get; 'auto' keeps the run's."""
+    lines: list[str] = []
+    cfg = TrainConfig(epochs=1, lr=0.05, **FP32)
+
+    def fit(**change):
+        Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(),
+                config=TrainConfig(**{**cfg.to_dict(), **change}), out_dir=tmp_path,
+                say=lines.append).fit(resume=True)  # fmt: skip
+        return load_checkpoint(tmp_path / "last.pt")["precision"]
+
+    fit()
+    lines.clear()
+    saved = fit(epochs=2, precision="bf16", channels_last="auto")
+    assert (saved["dtype"], saved["channels_last"]) == ("bf16", False)
+    assert ("warning: resuming with different epochs (was 1, now 2), precision (was fp32 NCHW, "
+            "now bf16 NCHW) than the checkpoint; the result will differ from an uninterrupted "
+            "run") in lines
+    assert "precision: bf16 NCHW (forced)" in lines
+    lines.clear()
+    saved = fit(epochs=3, precision="auto", channels_last="on")
+    assert (saved["dtype"], saved["channels_last"]) == ("bf16", True)
+    assert any("precision (was bf16 NCHW, now bf16 channels_last)" in ln for ln in lines)
+    lines.clear()
+    saved = fit(epochs=3, precision="auto", channels_last="auto")  # nothing left: kept as is
+    assert (saved["dtype"], saved["channels_last"]) == ("bf16", True)
+    assert "precision: bf16 channels_last (checkpoint)" in lines
+    assert not any(ln.startswith("warning") for ln in lines)
+
+
+def test_a_damaged_last_pt_says_how_to_go_on(tmp_path):
+    """A last.pt cut short (copied from a full disk, written by an older version without the
+    atomic write) asked 'is it a file written by `cnnzoo train`?' of the run's own file, and
+    said nothing of what to do."""
+    cfg = TrainConfig(epochs=1, lr=0.05, **FP32)
+    Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg, out_dir=tmp_path).fit()
+    last = tmp_path / "last.pt"
+    last.write_bytes(last.read_bytes()[:500])
+    cfg.epochs = 2
+    with pytest.raises(TrainingError) as err:
+        Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg,
+                out_dir=tmp_path).fit(resume=True)  # fmt: skip
+    assert str(err.value) == (f"cannot read {last}, so the run cannot be resumed: start it "
+                              "again with --overwrite, or train into another --out")
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
@@ -373,6 +442,51 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", real_save)
     ckpt = load_checkpoint(path)  # still the complete old one, loadable with weights_only
     assert ckpt["epoch"] == 1 and torch.equal(ckpt["model"]["w"], torch.ones(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+def test_a_checkpoint_write_clears_what_a_killed_one_left(tmp_path):
+    """SIGKILL (or the OOM killer) during a write leaves the hidden temporary file, as large as a
+    checkpoint (1 GB for a VGG-11's last.pt), and it stayed there for good; the next write of
+    the same file removes it, and nothing else."""
+    stale = [tmp_path / ".last.pt.jtejg_rv.tmp", tmp_path / ".last.pt.x1.tmp"]
+    kept = [tmp_path / ".best.pt.q2.tmp", tmp_path / "last.pt.tmp", tmp_path / ".last.pt.x"]
+    for p in stale + kept:
+        p.write_bytes(b"part of a checkpoint")
+    atomic_save({"model": {"w": torch.ones(3)}, "epoch": 1}, tmp_path / "last.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["last.pt"] + [p.name for p in kept])
+
+
+@pytest.mark.parametrize("torch_error", ["oserror", "zip-writer"])
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_old_one(
+        tmp_path, monkeypatch, torch_error):
+    """A full disk while saving: torch.save raised OSError, or (its zip writer, on a real full
+    tmpfs) RuntimeError('unexpected pos ...') from it, and `cnnzoo train` printed a traceback."""
+    path = tmp_path / "last.pt"
+    atomic_save({"model": {"w": torch.ones(3)}, "epoch": 1}, path)
+
+    def full_disk(obj, f, *a, **k):
+        f.write(b"part of a checkpoint")
+        full = OSError(28, "No space left on device")
+        if torch_error == "oserror":
+            raise full
+        try:
+            raise full
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos "
+                               "98240 vs 98136") from None
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(TrainingError) as err:
+        atomic_save({"model": {"w": torch.zeros(3)}, "epoch": 2}, path)
+    assert str(err.value) == (f"cannot write {path} (No space left on device): free some space "
+                              "or choose another --out; the last.pt there before is unchanged")
+    with pytest.raises(TrainingError, match=r"cannot write .*best\.pt \(No space left on device\): "
+                                            r"free some space or choose another --out$"):
+        atomic_save({"model": {"w": torch.zeros(3)}, "epoch": 2}, tmp_path / "best.pt")
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
@@ -698,6 +812,21 @@ def test_precision_choice_is_measured_cached_and_leaves_model_and_rng_alone(tmp_
     again = choose_precision(net, task, batch)
     assert again.source == "cached" and again.dtype == chosen.dtype
     assert (tmp_path / "precision.json").exists()
+
+
+@pytest.mark.parametrize("cache", ["[1, 2]", "null", "{KEY: 5}", '{KEY: {"dtype": "fp16"}}'])
+def test_a_precision_cache_of_another_shape_is_measured_again(tmp_path, monkeypatch, cache):
+    """Valid JSON that is not the cache's dict of entries (edited by hand, another version's
+    layout) ended the run in an AttributeError/KeyError traceback."""
+    from cnnzoo.engine.precision import _cache_key
+
+    monkeypatch.setenv("CNNZOO_CACHE", str(tmp_path))
+    net, batch = _TinyNet(), (torch.randn(16, 1, 8, 8), torch.randint(0, 3, (16,)))
+    key = json.dumps(_cache_key(net, tuple(batch[0].shape)) + "|auto|auto")
+    (tmp_path / "precision.json").write_text(cache.replace("KEY", key))
+    chosen = choose_precision(net, ClassificationTask(3), batch)
+    assert chosen.source == "measured"
+    assert choose_precision(net, ClassificationTask(3), batch).source == "cached"
 
 
 # --------------------------------------------------------------------------- distributed
@@ -1546,6 +1675,31 @@ def test_resume_into_a_new_folder_still_grows_from_init_from(tmp_path, capsys):
     assert main(["train", "resnet32", *common, "--init-from", str(tmp_path / "a" / "last.pt"),
                  "--resume", "--out", str(tmp_path / "b")]) == 0
     assert f"initialised from {tmp_path / 'a' / 'last.pt'}:" in capsys.readouterr().err
+
+
+def test_a_run_folder_given_for_a_checkpoint_file_says_which_file(tmp_path, monkeypatch,
+                                                                  capsys):
+    """`--init-from runs/vgg11` (the folder, as --resume and compare take it) said the folder
+    'does not exist', and only after the data load (slow for a big folder), as did a path
+    with a typo: both are refused before any image is read."""
+    import cnnzoo.engine.run as run_module
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data were loaded before --init-from was read")
+
+    monkeypatch.setattr(run_module, "load_splits", no_data)
+    run = tmp_path / "vgg11"
+    atomic_save({"model": {"w": torch.ones(1)}}, run / "best.pt")
+    with pytest.raises(WeightsError, match=f"^{re.escape(str(run))} is a folder: give a "
+                                           f"checkpoint file, e.g. {re.escape(str(run))}/best.pt$"):
+        load_checkpoint(run)
+    for given, message in ((run, f"{run} is a folder: give a checkpoint file, e.g. "
+                                 f"{run}/best.pt"),
+                           (run / "bset.pt", f"checkpoint {run}/bset.pt does not exist: pass the "
+                                             "file written by `cnnzoo train`")):
+        assert main(["train", "vgg13", "--data", "digits", "--init-from", str(given),
+                     "--out", str(tmp_path / "vgg13")]) == 2
+        assert capsys.readouterr().err.splitlines()[-1] == f"cnnzoo train: error: {message}"
 
 
 def test_epoch_lines_show_top5_only_above_5_classes():

@@ -441,6 +441,44 @@ def test_convert_records_the_model_options_for_predict(tmp_path, capsys):
     assert "leave out --model-arg" in capsys.readouterr().err
 
 
+def test_a_train_checkpoint_converts_without_model(tmp_path, capsys):
+    """A `cnnzoo train` checkpoint names its model, and convert checked a given --model against
+    it, yet refused to run without one; a file that does not name its model still needs it."""
+    from cnnzoo.cli import main
+    from cnnzoo.data.loader import BatchLoader
+    from cnnzoo.engine.loop import TrainConfig, Trainer
+    from cnnzoo.engine.run import model_meta
+    from cnnzoo.engine.task import ClassificationTask
+
+    model = cnnzoo.create_model("lenet5", num_classes=2, in_chans=1)
+    g = torch.Generator().manual_seed(0)
+    loader = BatchLoader(torch.randint(0, 256, (8, 1, 32, 32), generator=g, dtype=torch.uint8),
+                         torch.arange(8) % 2, batch_size=4, mean=[0.5], std=[0.25])
+    meta = model_meta("lenet5", model, num_classes=2, in_chans=1, img_size=32, mean=[0.5],
+                      std=[0.25], class_names=["a", "b"], dataset="x", model_kwargs={},
+                      val_fraction=0.2, seed=0)
+    cfg = TrainConfig(epochs=1, precision="fp32", channels_last="off", progress=False,
+                      tensorboard=False, verbose=False, report=False)
+    Trainer(model, ClassificationTask(2), loader, config=cfg, out_dir=tmp_path / "run",
+            meta=meta).fit()
+    out = tmp_path / "lenet5.safetensors"
+    assert main(["convert", str(tmp_path / "run" / "best.pt"), str(out)]) == 0
+    assert capsys.readouterr().out.startswith(f"{tmp_path / 'run' / 'best.pt'} (a cnnzoo train "
+                                              f"checkpoint) -> {out} (lenet5, ")
+    from cnnzoo.weights import create_pretrained
+
+    with torch.no_grad():
+        x = torch.randn(2, 1, 32, 32)
+        torch.testing.assert_close(create_pretrained("lenet5", str(out)).eval()(x),
+                                   model.eval()(x))
+    plain = tmp_path / "lenet5.pth"
+    torch.save(model.state_dict(), plain)
+    assert main(["convert", str(plain), str(tmp_path / "b.safetensors")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"cnnzoo convert: error: {plain} does not say which zoo model it holds: pass --model "
+        "NAME (`cnnzoo models` lists them)")
+
+
 def test_timm_vgg_conv_mlp_layout(tmp_path):
     """timm keeps fc6/fc7 as convs (pre_logits.fc1 (4096, 512, 7, 7), .fc2 1x1) and head.fc."""
     src = cnnzoo.create_model("vgg11", width_mult=0.25, fc_dim=64, num_classes=5).eval()

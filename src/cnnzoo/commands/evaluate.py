@@ -60,6 +60,7 @@ def check_picture_path(path: str, option: str = "--confusion") -> None:
 
 def check_checkpoint_path(path: str) -> None:
     """A bundle or a run folder given where a checkpoint file belongs: say what to pass."""
+    from ..engine.checkpoint import folder_given
     from ..errors import UsageError
 
     p = Path(path)
@@ -67,9 +68,7 @@ def check_checkpoint_path(path: str) -> None:
         if (bundle / "bundle.json").is_file() and (p.is_dir() or p.parent == bundle):
             raise UsageError(f"{path}: a transfer bundle is evaluated with --bundle {bundle}")
     if p.is_dir():
-        found = [p / n for n in ("best.pt", "last.pt") if (p / n).is_file()]
-        raise UsageError(f"{path} is a folder: give a checkpoint file"
-                         + (f", e.g. {found[0]}" if found else " (a run's best.pt or last.pt)"))
+        raise UsageError(folder_given(p))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -265,6 +265,9 @@ def load_dataset(
             path, spec, val_fraction=val_fraction, seed=seed, workers=workers, progress=progress,
             min_classes=min_classes,
         )
+    if name == "cells":  # the segmentation set's name, as `cnnzoo train unet --data` reads it
+        raise DataError("'cells' is the built-in segmentation set (image/mask pairs), not one "
+                        "class per folder: train a U-Net on it (cnnzoo train unet --data cells)")
     raise DataError(
         f"{name!r} is neither a built-in data set ({', '.join(BUILTIN_DATASETS)}) nor an image "
         "folder or CSV manifest: check the path"

@@ -490,6 +490,10 @@ def _manifest_rows(manifest: Path) -> tuple[list[tuple[Path, str, str]], list[st
     entries: list[tuple[Path, str, str]] = []
     skipped: list[str] = []
     unknown_splits: dict[str, list[int]] = {}  # one line per value, not per row
+    # An image listed twice (pasted manifests) is read once: a copy on each side of the split
+    # would be validated on after being trained on.
+    first_row: dict[str, int] = {}
+    repeats: list[tuple[int, int, str]] = []  # (line, line of the first row, path as written)
     for lineno, row in enumerate(rows[start:], start=start + 1):
         if not row or all(not c.strip() for c in row):
             continue
@@ -503,9 +507,25 @@ def _manifest_rows(manifest: Path) -> tuple[list[tuple[Path, str, str]], list[st
         if split is None:
             unknown_splits.setdefault(cells["split"], []).append(lineno)
             continue
-        entries.append((manifest_path(base, cells["path"]), cells["label"], split))
+        path = manifest_path(base, cells["path"])
+        key = os.path.normcase(os.path.abspath(path))
+        if key in first_row:
+            repeats.append((lineno, first_row[key], cells["path"]))
+            continue
+        first_row[key] = lineno
+        entries.append((path, cells["label"], split))
     skipped += unknown_split_lines(manifest, unknown_splits)
     grouped = sum(len(lines) - 1 for lines in unknown_splits.values())
+    if repeats:
+        line, first, written = repeats[0]
+        where = f"line {line} repeats line {first}, {written}"
+        if len(repeats) > 1:
+            lines = ", ".join(str(r[0]) for r in repeats[:3]) + (", ..." if len(repeats) > 3 else "")
+            where = f"lines {lines}; {where}"
+        skipped.append(f"{manifest}: {plural(len(repeats), 'row')} "
+                       f"{'lists' if len(repeats) == 1 else 'list'} an image an earlier row lists "
+                       f"({where}): each image is read once, from its first row")
+        grouped += len(repeats) - 1
     return entries, skipped, grouped
 
 

@@ -8,6 +8,7 @@ new one, never half of one.
 
 from __future__ import annotations
 
+import glob
 import os
 import random
 import tempfile
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..errors import WeightsError
+from ..errors import TrainingError, WeightsError
 from ..paths import usual_permissions
 
 
@@ -24,6 +25,10 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     """`torch.save(obj, path)` via temp file + fsync + os.replace (atomic on POSIX)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    # What a write of this file that was killed (SIGKILL, the OOM killer) left: as large as a
+    # checkpoint, and hidden.
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -32,9 +37,16 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
             os.fsync(f.fileno())
         usual_permissions(tmp)  # mkstemp's file is private; a run's other files are not
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        # A full disk: torch's zip writer reports the OSError as a RuntimeError raised from it.
+        cause = exc if isinstance(exc, OSError) else exc.__context__
+        if isinstance(exc, OSError | RuntimeError) and isinstance(cause, OSError):
+            reason = cause.strerror or " ".join(str(cause).split())
+            kept = f"; the {path.name} there before is unchanged" if path.exists() else ""
+            raise TrainingError(f"cannot write {path} ({reason}): free some space or choose "
+                                f"another --out{kept}") from None
         raise
     return path
 
@@ -45,6 +57,8 @@ def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> dict
     mmap: map the tensors instead of reading them (a zip-format file only): cheap when the file
     may turn out not to be one of ours and is read again by the weights loader."""
     path = Path(path)
+    if path.is_dir():
+        raise WeightsError(folder_given(path))
     if not path.is_file():
         raise WeightsError(f"checkpoint {path} does not exist: pass the file written by `cnnzoo train`")
     try:
@@ -55,6 +69,13 @@ def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> dict
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise WeightsError(f"{path} is not a cnnzoo training checkpoint (no 'model' entry)")
     return ckpt
+
+
+def folder_given(path: Path) -> str:
+    """What to say when a run's folder is given where its checkpoint file belongs."""
+    found = [path / n for n in ("best.pt", "last.pt") if (path / n).is_file()]
+    return (f"{path} is a folder: give a checkpoint file"
+            + (f", e.g. {found[0]}" if found else " (a run's best.pt or last.pt)"))
 
 
 def rng_state() -> dict[str, Any]:

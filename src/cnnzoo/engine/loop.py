@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import TrainingError
+from ..errors import TrainingError, WeightsError
 from ..paths import check_folder, remove_entries, same_source
 from ..text import plural
 from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
@@ -230,7 +230,6 @@ class Trainer:
                     f"the checkpoint in {self._resume_where(resume)} does not fit this model "
                     f"({first}): resume with the model and options it was trained with, or "
                     "start a new run with another --out") from None
-            self.precision = Precision(**{**ckpt["precision"], "source": "checkpoint"})
         else:
             torch.manual_seed(cfg.seed)
             sample = next(iter(self.train_loader))
@@ -366,7 +365,15 @@ class Trainer:
                 return None
         else:
             path = Path(resume)
-        ckpt = load_checkpoint(path)
+        try:
+            ckpt = load_checkpoint(path)
+        except WeightsError:
+            if resume is not True:
+                raise
+            # The run's own last.pt, cut short or damaged: asking whether it is a file of
+            # `cnnzoo train` does not help; say how to go on.
+            raise TrainingError(f"cannot read {path}, so the run cannot be resumed: start it "
+                                "again with --overwrite, or train into another --out") from None
         if "optimizer" not in ckpt:
             raise TrainingError(f"{path} holds weights only, not a resumable run: resume from "
                                 "last.pt, or start a new run with --init-from")
@@ -401,6 +408,11 @@ class Trainer:
         changed += [f"{k} (was {_plain(old_meta[k])}, now {_plain(self.meta[k])})"
                     for k in RESUME_WARN_META
                     if k in old_meta and k in self.meta and old_meta[k] != self.meta[k]]
+        # A --precision / --channels-last given explicitly applies to the remaining epochs.
+        saved = Precision(**ckpt["precision"])
+        self.precision = saved.resumed(self.config.precision, self.config.channels_last)
+        if self.precision.source != "checkpoint":
+            changed.append(f"precision (was {saved.setup}, now {self.precision.setup})")
         if changed:
             self._say(f"warning: resuming with different {', '.join(changed)} than the "
                       "checkpoint; the result will differ from an uninterrupted run")
@@ -524,7 +536,8 @@ RESUME_WARN_CONFIG = ("epochs", "lr", "schedule", "warmup_epochs", "weight_decay
 # batch_size too: another one changes the steps per epoch, so the schedule's step lands elsewhere.
 # The rest of the recipe as runs record it (`cnnzoo compare` shows a resumed run's last values).
 RESUME_WARN_META = ("loss", "img_size", "val_fraction", "images", "batch_size", "augment",
-                    "label_smoothing", "erase", "progressive", "elastic", "jitter", "w0", "sigma")
+                    "erase", "progressive", "label_smoothing", "elastic", "jitter", "w0",
+                    "sigma")
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, scheduler: StepSchedule,
@@ -546,10 +559,13 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, scheduler: StepSchedule,
 
 
 def _plain(value: Any) -> str:
-    """{'train': 242, 'val': 60} -> 'train 242, val 60' for a message; other values as they are."""
+    """{'train': 242, 'val': 60} -> 'train 242, val 60' for a message; a progressive schedule
+    [16, 3] -> '16:3' as --progressive takes it, None -> 'off'; other values as they are."""
     if isinstance(value, dict):
         return ", ".join(f"{k} {v}" for k, v in value.items())
-    return str(value)
+    if isinstance(value, list | tuple):
+        return ":".join(map(str, value))
+    return "off" if value is None else str(value)
 
 
 def differing_options(

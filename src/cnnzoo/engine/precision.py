@@ -44,10 +44,23 @@ class Precision:
     def memory_format(self) -> torch.memory_format:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
+    @property
+    def setup(self) -> str:
+        """'bf16 channels_last', 'fp32 NCHW', ..."""
+        return f"{self.dtype} {'channels_last' if self.channels_last else 'NCHW'}"
+
     def describe(self) -> str:
-        fmt = "channels_last" if self.channels_last else "NCHW"
         extra = f", {self.speedup:.2f}x vs fp32 NCHW" if self.source == "measured" else ""
-        return f"{self.dtype} {fmt} ({self.source}{extra})"
+        return f"{self.setup} ({self.source}{extra})"
+
+    def resumed(self, precision: str = "auto", channels_last: str = "auto") -> Precision:
+        """The setup a run saved with this one continues in: its own, except what `precision`
+        ('bf16' | 'fp32') or `channels_last` ('on' | 'off') gives explicitly ('auto': keep)."""
+        dtype = self.dtype if precision == "auto" else precision
+        cl = self.channels_last if channels_last == "auto" else channels_last == "on"
+        if (dtype, cl) == (self.dtype, self.channels_last):
+            return Precision(self.dtype, self.channels_last, "checkpoint", self.speedup)
+        return Precision(dtype, cl, "forced")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,10 +102,18 @@ def _cache_key(model: nn.Module, shape: tuple[int, ...]) -> str:
 
 
 def _read_cache() -> dict[str, Any]:
+    """The cached choices, keeping only well-formed entries: a file edited by hand or written in
+    another layout costs a re-measurement, not the run."""
     try:
-        return json.loads(_cache_path().read_text())
+        data = json.loads(_cache_path().read_text())
     except (OSError, ValueError):
         return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items()
+            if isinstance(v, dict) and v.get("dtype") in ("fp32", "bf16")
+            and isinstance(v.get("channels_last"), bool)
+            and isinstance(v.get("speedup", 1.0), int | float)}  # fmt: skip
 
 
 def _write_cache(key: str, value: dict[str, Any]) -> None:

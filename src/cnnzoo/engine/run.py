@@ -304,6 +304,9 @@ def train_classifier(
     # --resume into a folder without last.pt starts afresh (the Trainer says so): then a given
     # --init-from still grows the net, which it silently skipped.
     resuming = resume and out_dir is not None and (Path(out_dir) / "last.pt").is_file()
+    # The net to grow from, read before the data load (slow for a big folder): a typo or a
+    # run's folder fails at once.
+    src = load_checkpoint(init_from) if init_from is not None and not resuming else None
     before = _trained_input(Path(out_dir) / "last.pt" if resuming else init_from,
                             data.source)  # fmt: skip
     if before is not None:
@@ -325,8 +328,7 @@ def train_classifier(
     model = create_model(model_name, num_classes=splits.num_classes, in_chans=channels,
                          **model_kwargs)
     say_head_note(model_name, model, model_kwargs, say)
-    if init_from is not None and not resuming:
-        src = load_checkpoint(init_from)
+    if src is not None:
         report = grow_from(model, src["model"], source_meta=src.get("meta"), rule=grow_rule,
                            target_kwargs=model_kwargs)
         say(f"initialised from {init_from}:")
