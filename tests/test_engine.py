@@ -785,8 +785,22 @@ def test_growth_copies_whole_layers_and_refuses_other_widths_or_families():
     assert {"classifier.6.weight", "classifier.6.bias"} <= set(report.fresh)
     for k, v in b.classifier[6].state_dict().items():
         assert torch.equal(v, head[k]), k
-    assert report.lines()[-1] == ("not copied, their shapes differ from the source's (1 layers): "
+    assert report.lines()[-1] == ("not copied, their shapes differ from the source's (1 layer): "
                                   "classifier.6")
+    # As many classes, but others: the head's rows would score the wrong ones, so it stays fresh
+    # too (it was copied without a word); the same classes copy it.
+    c = create_model("vgg13", width_mult=0.125, **kw)
+    head = {k: v.clone() for k, v in c.classifier[6].state_dict().items()}
+    names = [f"c{i}" for i in range(kw["num_classes"])]
+    report = grow_from(c, a.state_dict(), source_meta={**src_meta, "class_names": names},
+                       target_kwargs=src_meta["model_kwargs"],
+                       target_classes=["bag", *names[1:]])  # fmt: skip
+    assert all(torch.equal(v, head[k]) for k, v in c.classifier[6].state_dict().items())
+    assert any(line.startswith("the head is not copied: the source was trained on other "
+                               "classes (c0, c1, ") for line in report.lines())
+    report = grow_from(c, a.state_dict(), source_meta={**src_meta, "class_names": names},
+                       target_kwargs=src_meta["model_kwargs"], target_classes=names)
+    assert torch.equal(c.classifier[6].weight, a.classifier[6].weight)
 
 
 # --------------------------------------------------------------------------- precision

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from ..errors import WeightsError
 from ..models.registry import FUNCTION_OPTIONS, option_defaults
+from ..text import plural
 from .loop import differing_options
 
 
@@ -40,6 +41,9 @@ class GrowReport:
     # Layers (prefixes) left fresh because their source layer has other shapes: the head when
     # the number of classes differs, or deeper DenseNet/ResNet parts whose widths follow depth.
     reshaped: list[str] = field(default_factory=list)
+    # The head left fresh because the source was trained on other classes (as many, but other
+    # names or order): its rows would score the wrong classes. (source classes, these classes)
+    other_classes: tuple[list[str], list[str]] | None = None
 
     def lines(self) -> list[str]:
         """Human-readable summary, grouped by layer prefix."""
@@ -51,17 +55,21 @@ class GrowReport:
 
         copied = prefixes(self.copied)
         renamed = {t.rsplit(".", 1)[0]: s.rsplit(".", 1)[0] for t, s in self.copied.items()}
-        out = [f"copied {len(self.copied)} tensors ({len(copied)} layers):"]
+        out = [f"copied {len(self.copied)} tensors ({plural(len(copied), 'layer')}):"]
         out += [f"  {p}" + (f" <- {renamed[p]}" if renamed[p] != p else "") for p in copied]
         fresh = prefixes(self.fresh)
-        out.append(f"freshly initialised {len(self.fresh)} tensors ({len(fresh)} layers): "
-                   + ", ".join(fresh))
+        out.append(f"freshly initialised {len(self.fresh)} tensors "
+                   f"({plural(len(fresh), 'layer')}): " + ", ".join(fresh))
+        if self.other_classes is not None:
+            was, now = (", ".join(names) for names in self.other_classes)
+            out.append(f"the head is not copied: the source was trained on other classes ({was}; "
+                       f"here {now})")
         if self.unused:
             out.append(f"not used from the source: {', '.join(prefixes(self.unused))}")
         if self.reshaped:
             more = len(self.reshaped) - 6
-            out.append(f"not copied, their shapes differ from the source's ({len(self.reshaped)} "
-                       "layers): " + ", ".join(self.reshaped[:6])
+            out.append("not copied, their shapes differ from the source's "
+                       f"({plural(len(self.reshaped), 'layer')}): " + ", ".join(self.reshaped[:6])
                        + (f", ... and {more} more" if more > 0 else ""))
         return out
 
@@ -113,6 +121,7 @@ def grow_from(
     source_meta: dict[str, Any] | None = None,
     rule: str = "paper",
     target_kwargs: dict[str, Any] | None = None,
+    target_classes: list[str] | None = None,
 ) -> GrowReport:
     """Copy layers of a trained shallower net (`source_state`) into `model`, in place.
 
@@ -120,7 +129,8 @@ def grow_from(
     place exists in both). A layer is copied whole or left freshly initialised; a head of
     another size stays fresh and is reported. `source_meta` is the checkpoint's meta (its
     'model' and 'model_kwargs'; VGG needs 'vgg_config' or a VGG 'model': net A's Table-1
-    channel list); `target_kwargs` the options `model` was built with. Raises `WeightsError`
+    channel list; its 'class_names': a head trained on other classes than `target_classes`
+    stays fresh too); `target_kwargs` the options `model` was built with. Raises `WeightsError`
     when the source is another family, or when the nets differ in width or options.
     """
     if rule not in ("paper", "all"):
@@ -171,12 +181,23 @@ def grow_from(
     for k in target_state:
         layers.setdefault(k.rsplit(".", 1)[0], []).append(k)
     head = getattr(model, "head_name", None)
+    source_classes = meta.get("class_names")
+    relabelled = (source_classes is not None and target_classes is not None
+                  and list(source_classes) != list(target_classes))  # fmt: skip
     misfit: list[tuple[str, str, str]] = []  # (layer, source shape, target shape), body only
     for prefix, keys in layers.items():
         needed = [k for k in keys if not k.endswith("num_batches_tracked")]
         sources = [pairs.get(k) for k in needed]
         if not needed or any(s is None or s not in source_state for s in sources):
             report.fresh.extend(needed)
+            continue
+        if prefix == head and relabelled:
+            report.fresh.extend(needed)
+            if all(source_state[s].shape == target_state[k].shape
+                   for k, s in zip(needed, sources, strict=True)):  # fmt: skip
+                report.other_classes = (list(source_classes), list(target_classes))
+            else:
+                report.reshaped.append(prefix)
             continue
         wrong = [(k, s) for k, s in zip(needed, sources, strict=True)
                  if source_state[s].shape != target_state[k].shape]

@@ -330,7 +330,7 @@ def train_classifier(
     say_head_note(model_name, model, model_kwargs, say)
     if src is not None:
         report = grow_from(model, src["model"], source_meta=src.get("meta"), rule=grow_rule,
-                           target_kwargs=model_kwargs)
+                           target_kwargs=model_kwargs, target_classes=list(splits.class_names))
         say(f"initialised from {init_from}:")
         for line in report.lines():
             say("  " + line)
