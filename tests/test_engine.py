@@ -1716,6 +1716,23 @@ def test_a_run_folder_given_for_a_checkpoint_file_says_which_file(tmp_path, monk
         assert capsys.readouterr().err.splitlines()[-1] == f"cnnzoo train: error: {message}"
 
 
+def test_a_weights_file_given_for_a_run_checkpoint_says_where_it_goes(tmp_path, capsys):
+    """A plain state_dict or a .safetensors file (a `cnnzoo convert` output) has no run: it
+    said "not a cnnzoo training checkpoint (no 'model' entry)" and nothing about what to do."""
+    from safetensors.torch import save_file
+
+    plain, safe = tmp_path / "resnet20.pth", tmp_path / "resnet20.safetensors"
+    torch.save(create_model("resnet20").state_dict(), plain)
+    save_file(create_model("resnet20").state_dict(), safe)
+    for path in (plain, safe):
+        assert main(["evaluate", str(path), "--data", "digits"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"cnnzoo evaluate: error: {path} holds weights only, not a "
+                              "`cnnzoo train` checkpoint") and "\n" not in err
+        assert err.endswith("weights files go to `cnnzoo predict --weights` and `cnnzoo "
+                            "transfer --weights`")
+
+
 def test_epoch_lines_show_top5_only_above_5_classes():
     """Top-5 accuracy of 5 classes or fewer is 1 by definition: the demo's lines read
     'train_top5 1 ... val_top5 1' every epoch. metrics.jsonl keeps it."""

@@ -67,7 +67,12 @@ def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> dict
         raise WeightsError(f"cannot read checkpoint {path} ({type(exc).__name__}): "
                            "is it a file written by `cnnzoo train`?") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise WeightsError(f"{path} is not a cnnzoo training checkpoint (no 'model' entry)")
+        # A state_dict, a `cnnzoo convert` output, a .safetensors file (which torch.load reads
+        # by its name): weights without the run they came from.
+        raise WeightsError(f"{path} holds weights only, not a `cnnzoo train` checkpoint (which "
+                           "also records the model, its classes and input): give a run's "
+                           "best.pt or last.pt; weights files go to `cnnzoo predict --weights` "
+                           "and `cnnzoo transfer --weights`")  # fmt: skip
     return ckpt
 
 
