@@ -562,6 +562,12 @@ def test_csv_manifest(tmp_path):
     # Written on Windows: backslashes separate the folders (here they would be file names).
     manifest.write_text("\n".join(r.rsplit(",", 1)[0].replace("/", "\\") for r in rows[1:-1]))
     assert load_csv(manifest, val_fraction=0.5, progress=False).train.class_counts() == [3, 3]
+    # Excel where the decimal mark is a comma writes ';' between cells; some tools a tab. Each
+    # row was one cell: a line per row "expected path,label", then no image at all.
+    for sep in (";", "\t"):
+        manifest.write_text("\n".join(r.replace(",", sep) for r in rows) + "\n")
+        s = load_csv(manifest, progress=False)
+        assert s.train.class_counts() == [4, 4] and s.val.class_counts() == [2, 2]
     manifest.write_text("a.png,cat\n")
     with pytest.raises(DataError, match="two or more"):
         load_csv(manifest, progress=False)

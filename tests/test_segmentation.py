@@ -18,7 +18,7 @@ from PIL import Image
 from cnnzoo.cli import main
 from cnnzoo.data.augment import ElasticDeform, HorizontalFlip, RandomCrop, RandomRot90
 from cnnzoo.data.cells import make_cells, semantic_from_instances
-from cnnzoo.data.masks import IGNORE_INDEX, load_mask_pairs
+from cnnzoo.data.masks import IGNORE_INDEX, holds_mask_pairs, load_mask_pairs
 from cnnzoo.errors import DataError
 from cnnzoo.models import create_model
 from cnnzoo.segmentation.data import (
@@ -410,6 +410,10 @@ def test_csv_manifest_with_class_indices_and_a_missing_file(tmp_path):
     assert pairs.masks[0][0, 0] == 255 and pairs.masks[0][1, 0] == 2
     assert len(lines) == 2 and "gone.png" in lines[0] and "no such file" in lines[0]
     assert lines[1] == f"skipped x: no mask file given for {tmp_path / 'x.png'}"  # not EISDIR
+    # Semicolons, as Excel writes them where the decimal mark is a comma.
+    (tmp_path / "list.csv").write_text("\n;;\nimage;mask\nx.png;x_mask.png\n")
+    assert holds_mask_pairs(tmp_path / "list.csv")
+    assert load_mask_pairs(tmp_path / "list.csv", classes=["a", "b", "c"]).names == ["x"]
 
 
 def test_csv_manifest_split_column_picks_validation_and_holds_test_out(tmp_path, capsys):

@@ -24,6 +24,7 @@ Decoding runs on `workers` threads (PIL releases the GIL while decoding and resi
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 from collections.abc import Sequence
@@ -83,6 +84,18 @@ def _files_under(folder: Path, ignored: list[Path]) -> list[Path]:
                 continue
             (found if _is_image_file(name) else ignored).append(Path(dirpath, name))
     return found
+
+
+def manifest_rows(path: Path) -> list[list[str]]:
+    """A CSV manifest's rows, blank ones as []. Excel writes ';' between cells where the
+    decimal mark is a comma, and some tools a tab: when the first line has no comma, its
+    semicolon or tab is the delimiter (each row read as one cell said only 'expected
+    path,label', once per row)."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        text = fh.read()
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    delimiter = "," if "," in first else next((d for d in ";\t" if d in first), ",")
+    return list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
 
 
 def manifest_path(base: Path, text: str) -> Path:
@@ -479,8 +492,7 @@ def _manifest_rows(manifest: Path) -> tuple[list[tuple[Path, str, str]], list[st
     if not manifest.is_file():
         raise DataError(f"{manifest} does not exist: give a CSV with rows `path,label`")
     base = manifest.parent
-    with open(manifest, newline="", encoding="utf-8-sig") as fh:
-        rows = [r for r in csv.reader(fh)]
+    rows = manifest_rows(manifest)
     first = next((i for i, r in enumerate(rows) if any(c.strip() for c in r)), len(rows))
     columns = _header_columns(rows[first], manifest) if first < len(rows) else None
     start = first + 1 if columns else 0

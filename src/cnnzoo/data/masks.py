@@ -25,7 +25,6 @@ largest mask value, a note names the inferred classes that hardly occur or do no
 
 from __future__ import annotations
 
-import csv
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -163,19 +162,21 @@ def read_manifest(
     classification manifests take, `folder.manifest_split`), 'train' in an empty cell, None
     without a split column; rows of another split value are left out, one line per value in
     `problems`."""
-    from .folder import manifest_split, unknown_split_lines
+    from .folder import manifest_rows, manifest_split, unknown_split_lines
 
     path = Path(path)
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or not {"image", "mask"} <= set(rows[0]):
+    lines = [(n, r) for n, r in enumerate(manifest_rows(path), start=1)
+             if any(c.strip() for c in r)]  # (Excel's empty rows are ';;')
+    header = [c.strip() for c in lines[0][1]] if lines else []
+    if not {"image", "mask"} <= set(header):
         raise DataError(f"{path}: expected a header with the columns image,mask[,instances]"
                         "[,split].")
-    column = next((c for c in ("split", "subset") if c in rows[0]), None)
+    column = next((c for c in ("split", "subset") if c in header), None)
     base = path.parent
     out = []
     unknown: dict[str, list[int]] = {}
-    for lineno, row in enumerate(rows, start=2):
+    for lineno, cells in lines[1:]:
+        row = {k: cells[i] if i < len(cells) else "" for i, k in enumerate(header)}
         split = None
         if column is not None:
             split = manifest_split(row.get(column) or "")
@@ -323,8 +324,9 @@ def holds_mask_pairs(source: str | Path) -> bool:
     if source.is_dir():
         return (source / "images").is_dir() and (source / "masks").is_dir()
     if source.suffix.lower() == ".csv" and source.is_file():
-        with source.open(newline="", encoding="utf-8-sig") as f:
-            header = next(csv.reader(f), [])
+        from .folder import manifest_rows
+
+        header = next((r for r in manifest_rows(source) if any(c.strip() for c in r)), [])
         return {"image", "mask"} <= {c.strip() for c in header}
     return False
 
