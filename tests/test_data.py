@@ -505,7 +505,7 @@ def test_csv_header_names_the_columns_in_any_order(tmp_path, caplog):
         load_csv(manifest, progress=False)
 
 
-def test_an_image_a_manifest_lists_twice_is_read_once(tmp_path, caplog):
+def test_an_image_a_manifest_lists_twice_is_read_once(tmp_path, caplog, capsys):
     """Two manifests pasted together list images twice: each copy was read, so an image in
     both a train and a val row (or, without a split column, drawn to both sides) was validated
     on after being trained on, and the validation accuracy was that of training images."""
@@ -524,6 +524,11 @@ def test_an_image_a_manifest_lists_twice_is_read_once(tmp_path, caplog):
         "line 10 repeats line 2, imgs/cat0.png): each image is read once, from its first row" \
         in caplog.messages
     assert "skipped 3 of 11 images (each named above, with why)" in caplog.messages
+
+    from cnnzoo.cli import main
+
+    assert main(["data", "info", str(manifest)]) == 0  # its count said 1: the warning lines
+    assert capsys.readouterr().out.rstrip().endswith("3 files skipped")
 
 
 def test_train_val_test_subfolders(tmp_path):

@@ -95,7 +95,7 @@ def _info(args: argparse.Namespace) -> int:
         print(f"{cls:<{width}}" + "".join(f"{counts[name][k]:>8}" for name, _ in parts))
     print(f"{'total':<{width}}" + "".join(f"{len(ds):>8}" for _, ds in parts))
     c, h, w = splits.train.images.shape[1:]
-    n = len(splits.skipped)
+    n = len(splits.skipped) + splits.grouped
     print(f"\n{splits.num_classes} classes, images {c}x{h}x{w}; {plural(n, 'file')} "
           "skipped")  # fmt: skip
     return 0

@@ -205,6 +205,9 @@ class Splits:
     val: ImageDataset
     test: ImageDataset | None = None
     skipped: list[str] = field(default_factory=list)
+    # Skipped CSV rows beyond one per line of `skipped` (one line names every row of an unknown
+    # split value, or every repeated image): len(skipped) + grouped rows were left out.
+    grouped: int = 0
     # The validation part was drawn from the training images (val_fraction, seed), not given
     # (a val/ folder, rows marked val): only then can a changed folder move images between them.
     val_drawn: bool = False

@@ -393,7 +393,8 @@ def _build_parts(
 
 
 def _assemble(
-    datasets: dict[str, ImageDataset], skipped: list[str], val_fraction: float, seed: int
+    datasets: dict[str, ImageDataset], skipped: list[str], val_fraction: float, seed: int,
+    grouped: int = 0,
 ) -> Splits:
     train = datasets["train"]
     val = datasets.get("val")
@@ -410,7 +411,7 @@ def _assemble(
                 f"the train and validation images have different sizes: give a size to "
                 f"resize them to (size={n}, or --img-size {n})"
             )
-    return Splits(train, val, test, skipped, val_drawn=drawn)
+    return Splits(train, val, test, skipped, grouped=grouped, val_drawn=drawn)
 
 
 _SPLIT_NAMES = {
@@ -582,7 +583,7 @@ def load_csv(
         items, class_names, spec, dict.fromkeys(parts, manifest), skipped, [],
         workers=workers, progress=progress, grouped=grouped,
     )  # fmt: skip
-    return _assemble(datasets, skipped, val_fraction, seed)
+    return _assemble(datasets, skipped, val_fraction, seed, grouped)
 
 
 def write_image_folder(
