@@ -578,6 +578,23 @@ def test_csv_manifest(tmp_path):
         load_csv(manifest, progress=False)
 
 
+def test_manifest_delimiter_is_the_one_every_row_is_split_by(tmp_path):
+    # Not the first line alone: a ';' manifest whose first file name holds a comma (quoted or
+    # not), a tab one whose first name holds a comma and a ';', keep their delimiter.
+    for i in range(4):
+        for label in ("cat", "dog"):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / f"{label}{i}.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "a,b;c.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "a,b.png")
+    manifest = tmp_path / "m.csv"
+    for sep, first in ((";", '"a,b;c.png";cat'), (";", "a,b.png;cat"), ("\t", "a,b;c.png\tcat")):
+        rows = [first] + [f"{lab}{i}.png{sep}{lab}" for i in range(4) for lab in ("cat", "dog")]
+        manifest.write_text("\n".join(rows) + "\n")
+        s = load_csv(manifest, val_fraction=0.25, progress=False)
+        assert s.class_names == ["cat", "dog"] and not s.skipped, first
+        assert len(s.train) + len(s.val) == 9, first
+
+
 # --- augmentation -----------------------------------------------------------------------------
 
 
