@@ -271,6 +271,10 @@ def test_predict_a_training_checkpoint_as_evaluate_scores_it(tmp_path, capsys):
         [r["predictions"][0]["class"] for r in got]
     assert [r["predictions"][0]["probability"] for r in again] == pytest.approx(
         [r["predictions"][0]["probability"] for r in got], abs=1e-6)
+    # Renamed, it is told by its contents as the weights loader tells it (predict built Lite0).
+    shutil.copy(conv, tmp_path / "lenet5.bin")
+    assert main(["predict", str(test), "--weights", str(tmp_path / "lenet5.bin"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == again
     # In Python, create_model on either file feeds images as training did (it normalised with
     # the architecture's config: 0.33 where predict scored 0.70, in the QA's run).
     meta = torch.load(out / "best.pt", weights_only=True)["meta"]

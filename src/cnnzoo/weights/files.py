@@ -79,16 +79,20 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise WeightsError(f"{p}: empty file (0 bytes)")
     with open(p, "rb") as fh:
         magic = fh.read(9)
-    name = p.name.lower()
-    if magic[:8] == b"\x89HDF\r\n\x1a\n" or name.endswith(KERAS_SUFFIXES):
+    if magic[:8] == b"\x89HDF\r\n\x1a\n" or p.name.lower().endswith(KERAS_SUFFIXES):
         return _read_keras(p)
-    # Files get renamed (a safetensors `model.bin`), so the contents decide before the suffix:
-    # safetensors starts with its JSON header's length and then "{"; torch.save writes a zip
-    # (before PyTorch 1.6 a pickle, starting with its PROTO opcode), never "{" there.
-    saved_by_torch = magic[:2] == b"PK" or magic[:1] == b"\x80"
-    if magic[8:] == b"{" or (name.endswith(SAFETENSORS_SUFFIXES) and not saved_by_torch):
+    if _safetensors_magic(magic, p.name):
         return _read_safetensors(p)
     return _read_torch(p)
+
+
+def _safetensors_magic(magic: bytes, name: str) -> bool:
+    """Whether a file starting with `magic` (its first 9 bytes) is read as safetensors. Files
+    get renamed (a safetensors `model.bin`), so the contents decide before the suffix:
+    safetensors starts with its JSON header's length and then "{"; torch.save writes a zip
+    (before PyTorch 1.6 a pickle, starting with its PROTO opcode), never "{" there."""
+    saved_by_torch = magic[:2] == b"PK" or magic[:1] == b"\x80"
+    return magic[8:9] == b"{" or (name.lower().endswith(SAFETENSORS_SUFFIXES) and not saved_by_torch)
 
 
 def _read_torch(p: Path) -> Checkpoint:
@@ -201,7 +205,11 @@ def stored_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     from safetensors import SafetensorError, safe_open
 
     p = Path(path)
-    if not (p.is_file() and p.name.lower().endswith(SAFETENSORS_SUFFIXES)):
+    try:
+        with open(p, "rb") as fh:  # by its contents, as read_checkpoint tells it (a renamed .bin)
+            if not _safetensors_magic(fh.read(9), p.name):
+                return {}
+    except OSError:  # a folder, a missing file, 'imagenet': the weights loader says which
         return {}
     try:
         with safe_open(str(p), framework="pt", device="cpu") as f:
