@@ -27,7 +27,6 @@ import csv
 import io
 import logging
 import os
-from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -90,16 +89,15 @@ def _files_under(folder: Path, ignored: list[Path]) -> list[Path]:
 def manifest_rows(path: Path) -> list[list[str]]:
     """A CSV manifest's rows, blank ones as []. Excel writes ';' between cells where the
     decimal mark is a comma, and some tools a tab: the delimiter is the one (',' before ';'
-    before tab) that splits the most of the first lines into cells, as many cells each (each
-    row read as one cell said only 'expected path,label', once per row). Not the first line's
-    characters alone: a file name there may hold a comma or a ';'."""
+    before tab) that splits the most of the first lines into cells (each row read as one cell
+    said only 'expected path,label', once per row). Not the first line's characters alone: a
+    file name there may hold a comma or a ';'."""
     with open(path, newline="", encoding="utf-8-sig") as fh:
         text = fh.read()
     sample = [line for line in text.splitlines() if line.strip()][:50]
 
-    def rows_split(d: str) -> int:  # rows of the commonest cell count above one
-        counts = Counter(len(r) for r in csv.reader(sample, delimiter=d))
-        return max((n for k, n in counts.items() if k > 1), default=0)
+    def rows_split(d: str) -> int:
+        return sum(len(r) > 1 for r in csv.reader(sample, delimiter=d))
 
     delimiter = max(",;\t", key=rows_split)  # the first of equals: ','
     return list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
