@@ -292,6 +292,29 @@ def test_unet_forward_backward_at_minimum_size(in_chans, padding):
         model(torch.randn(2, in_chans, size - 1, size - 1))
 
 
+
+@pytest.mark.parametrize("encoder", [None, "resnet18", "efficientnet_lite0"])
+def test_unet_inputs_it_cannot_take_get_the_classifiers_one_line(encoder):
+    """As the classifiers: the classic U-Net and a ResNet encoder gave torch's errors ("expected
+    scalar type Byte but found Float", "weight of size [64, 1, 7, 7]"), an EfficientNet encoder
+    named itself ('efficientnet_lite0 takes 1-channel input') to a U-Net's user."""
+    kw = {"encoder_name": encoder} if encoder else {}
+    model = create_model("unet", in_chans=1, padding="same", **kw).eval()
+    checks = [
+        (torch.rand(1, 3, 64, 64), InputSizeError, r"^unet takes 1-channel input, got 3.*in_chans=3"),
+        (torch.rand(1, 64, 64, 1), InputSizeError, r"^unet takes 1-channel.*permute\(0, 3, 1, 2\)"),
+        (torch.randint(0, 256, (1, 1, 64, 64), dtype=torch.uint8), TypeError, r"not torch\.uint8"),
+        (torch.rand(1, 1, 64, 64, dtype=torch.float64), TypeError, r"x\.to\(torch\.float32\)"),
+    ]
+    for x, error, message in checks:
+        with pytest.raises(error, match=message):
+            model(x)
+    with pytest.raises(InputSizeError, match="unet \\(padding='same'\\) needs inputs of at least"):
+        model(torch.rand(1, 1, 8, 8))  # the size: its own message still
+    assert model(torch.rand(1, 1, 64, 64)).shape == (1, 2, 64, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(torch.rand(1, 1, 64, 64)).shape == (1, 2, 64, 64)
+
 def test_unet_encoder_protocol_with_a_zoo_classifier():
     """An encoder with forward_intermediates (EfficientNet-Lite0, strides 2..32) plugs in."""
     encoder = create_model("efficientnet_lite0", num_classes=0)

@@ -57,10 +57,10 @@ _PREPROCESS_HINT = ("images become one with model.weights_info.preprocessing.bat
                     "(no weights: cnnzoo.weights.Preprocessing.for_model(model))")
 
 
-def check_input_size(model: nn.Module, x: Tensor) -> None:
+def check_input_size(model: nn.Module, x: Tensor, *, sizes: bool = True) -> None:
     """Raise a one-line error saying what to do when `x` is not a float tensor (TypeError), not
     an (N, C, H, W) batch with the model's channel count, or smaller than the model's minimum
-    size (`InputSizeError`)."""
+    size (`InputSizeError`; sizes=False: the caller checks the size itself)."""
     if not isinstance(x, Tensor):  # a numpy array: torch's AttributeError named no remedy
         raise TypeError(f"expected a float tensor (N, C, H, W), not a {type(x).__name__}: "
                         f"torch.as_tensor(x); {_PREPROCESS_HINT}")  # fmt: skip
@@ -89,7 +89,7 @@ def check_input_size(model: nn.Module, x: Tensor) -> None:
         # numpy's float64 through torch.as_tensor: "expected scalar type Double but found Float"
         raise TypeError(f"expected a {conv.weight.dtype} tensor like the model's weights, not "
                         f"{x.dtype}: pass x.to({conv.weight.dtype}) (numpy arrays are float64)")
-    if cfg is None:
+    if cfg is None or not sizes:
         return
     h, w = x.shape[-2:]
     if h < cfg.min_size or w < cfg.min_size:

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InputSizeError
+from .base import check_input_size
 from .registry import ModelConfig, register_model
 
 Padding = Literal["valid", "same"]
@@ -297,6 +298,9 @@ class UNet(nn.Module):
         return valid_output_size(in_size)
 
     def _check(self, x: Tensor) -> None:
+        # dtype, batch, channels as the classifiers say them (an encoder's own check named the
+        # encoder, the others left torch's errors); the sizes below, with the padding's advice
+        check_input_size(self, x, sizes=False)
         h, w = x.shape[-2:]
         if min(h, w) < self.min_size:
             raise InputSizeError(
