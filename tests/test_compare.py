@@ -212,10 +212,12 @@ def test_the_validation_score_is_of_the_weights_the_run_ended_with(tmp_path):
 
     got = {r.label: (r.final, r.final_epoch, r.best, r.best_epoch) for r in summarize_runs(
         [run("stopped"), run("all_epochs", bad=1, epochs=4), run("killed", bad=1),
-         run("no_restore", restore=False), run("no_patience", patience=None)])}
+         run("no_restore", restore=False), run("no_patience", patience=None),
+         run("restore_alone", patience=None, restore=True, epochs=4)])}
     assert got == {"stopped": (0.75, 2, 0.8, 3), "all_epochs": (0.75, 2, 0.8, 3),
                    "killed": (0.7, 4, 0.8, 3), "no_restore": (0.7, 4, 0.8, 3),
-                   "no_patience": (0.7, 4, 0.8, 3)}  # fmt: skip
+                   "no_patience": (0.7, 4, 0.8, 3),
+                   "restore_alone": (0.75, 2, 0.8, 3)}  # fmt: skip
 
 
 def test_an_early_stopped_run_compares_with_the_score_train_reported(tmp_path, capsys):

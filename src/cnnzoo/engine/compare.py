@@ -244,10 +244,11 @@ def _kept_epoch(ckpt: dict[str, Any], config: dict[str, Any],
     whatever the last epoch scored. An unfinished run holds its last epoch's."""
     last = history[-1]
     patience, best_epoch = config.get("patience"), ckpt.get("best_epoch")
-    if patience is None or config.get("restore_best") is False or not best_epoch:
+    restores = config.get("restore_best")  # as the Trainer decides it
+    if not (patience is not None if restores is None else restores) or not best_epoch:
         return last
     finished = (int(last["epoch"]) >= int(config.get("epochs") or last["epoch"])
-                or int(ckpt.get("bad_epochs") or 0) >= int(patience))
+                or patience is not None and int(ckpt.get("bad_epochs") or 0) >= int(patience))
     kept = [r for r in history if r["epoch"] == best_epoch]
     return kept[0] if finished and kept else last
 
