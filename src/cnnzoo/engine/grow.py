@@ -61,7 +61,8 @@ class GrowReport:
         out.append(f"freshly initialised {len(self.fresh)} tensors "
                    f"({plural(len(fresh), 'layer')}): " + ", ".join(fresh))
         if self.other_classes is not None:
-            was, now = (", ".join(names) for names in self.other_classes)
+            was, now = (", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+                        for names in self.other_classes)
             out.append(f"the head is not copied: the source was trained on other classes ({was}; "
                        f"here {now})")
         if self.unused:
