@@ -99,6 +99,33 @@ def test_frozen_phase_of_finetune_moves_only_the_head(fmnist):
     assert all(p.requires_grad for _, p in backbone_parameters(model))
 
 
+def test_googlenets_auxiliary_classifiers_train_with_the_new_head(fmnist):
+    """GoogLeNet's auxiliary classifiers are new heads too: `reset_classifier` replaces their
+    output layers with random ones, and torchvision's ImageNet file holds untrained ones. They
+    sat in the frozen backbone in phase 1, adding a constant random loss (train loss 2.46
+    against a validation loss of 1.26 on 5 classes), and phase 2 began with them random,
+    pulling at inception 4a and 4d at a backbone rate. Now they train with the head in both
+    phases; the rest of the backbone still stays bit-identical in phase 1."""
+    from cnnzoo.transfer.finetune import layer_groups
+
+    model = create_model("googlenet", num_classes=5)
+    train, val = fmnist.with_channels(3).split(0.25, seed=0)
+    before = _state(model)
+    cfg = FinetuneConfig(head_epochs=1, epochs=0, batch_size=8, progress=False,
+                         precision="fp32", channels_last="off")  # fmt: skip
+    finetune(model, Splits(train, val), _small_pre(), cfg, out_dir=None, say=lambda _: None)
+    after = model.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    for k in moved:
+        assert k.startswith(("fc.", "aux1.", "aux2.")), k
+    assert {"fc.weight", "aux1.fc2.weight", "aux2.fc2.weight"} <= moved
+    head = layer_groups(model, 1e-3, 4, 0.7)[0]
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert head["name"] == "head"
+    assert {names[id(p)].split(".")[0] for p in head["params"]} == {"fc", "aux1", "aux2"}
+    assert not any(n.startswith("aux") for n, _ in backbone_parameters(model))
+
+
 def test_few_images_get_smaller_batches_and_at_least_min_steps():
     cfg = FinetuneConfig(epochs=6, min_steps=90, batch_size=32)
     # 50 images: batch 12 (a quarter), 4 steps per epoch (last partial batch dropped), 23 epochs.
