@@ -264,7 +264,17 @@ def test_predict_a_training_checkpoint_as_evaluate_scores_it(tmp_path, capsys):
     # Converted to .safetensors it keeps all that: the same predictions, without --model.
     conv = tmp_path / "lenet5.safetensors"
     assert main(["convert", str(out / "best.pt"), str(conv), "--model", "lenet5"]) == 0
-    capsys.readouterr()
+    # The checkpoint names its model, so convert needs no --model either (as predict and
+    # transfer): it was a required option, to be given what the file already says.
+    plain = tmp_path / "plain.safetensors"
+    assert main(["convert", str(out / "best.pt"), str(plain)]) == 0
+    assert "(lenet5, with its classes and input)" in capsys.readouterr().out
+    assert safe_open_metadata(plain) == safe_open_metadata(conv)
+    # Any other file must be told its model, in one line.
+    torch.save(cnnzoo.create_model("lenet5").state_dict(), tmp_path / "sd.pth")
+    assert main(["convert", str(tmp_path / "sd.pth"), str(tmp_path / "sd.safetensors")]) == 2
+    assert "pass --model NAME" in capsys.readouterr().err
+    assert not (tmp_path / "sd.safetensors").exists()
     assert main(["predict", str(test), "--weights", str(conv), "--json"]) == 0
     again = json.loads(capsys.readouterr().out)
     assert [r["predictions"][0]["class"] for r in again] == \
@@ -298,3 +308,12 @@ def test_a_file_named_twice_is_read_once(tmp_path):
         Image.new("L", (4, 4)).save(tmp_path / name)
     got = expand_paths([tmp_path, tmp_path / "b.png", str(tmp_path / "." / "a.png")])
     assert [p.name for p in got] == ["a.png", "b.png"]
+
+
+def safe_open_metadata(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    meta.pop("source_file", None)
+    return meta

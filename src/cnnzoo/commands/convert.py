@@ -1,4 +1,5 @@
-"""`cnnzoo convert IN OUT --model NAME`: any supported checkpoint -> .safetensors, cnnzoo keys."""
+"""`cnnzoo convert IN OUT --model NAME`: any supported checkpoint -> .safetensors, cnnzoo keys
+(a `cnnzoo train` checkpoint names its own model)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from .argtypes import model_arg
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", metavar="IN", help="checkpoint: .pth/.pt, .safetensors, Keras .h5")
     p.add_argument("output", metavar="OUT", help="output file (.safetensors)")
-    p.add_argument("--model", required=True, help="zoo model the checkpoint is for, e.g. vgg16")
+    p.add_argument("--model", help="zoo model the checkpoint is for, e.g. vgg16 (default: the "
+                                   "one a `cnnzoo train` checkpoint records)")  # fmt: skip
     p.add_argument("--model-arg", type=model_arg, action="append", default=[],
                    metavar="KEY=VALUE",
                    help="model option the checkpoint was built with, e.g. width_mult=0.25 "
@@ -30,6 +32,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{', '.join(taken)}: set by the checkpoint itself, not by --model-arg")
     if _convert_training_checkpoint(args):
         return 0
+    if args.model is None:
+        raise UsageError(f"{args.input} is not a cnnzoo train checkpoint, which names its "
+                         "model: pass --model NAME, the zoo model it is for")  # fmt: skip
     log = logging.getLogger("cnnzoo.weights")
     level = log.level
     log.setLevel(logging.ERROR)  # the notes are printed below, once
@@ -61,7 +66,7 @@ def _convert_training_checkpoint(args: argparse.Namespace) -> bool:
         raise UsageError(f"{args.input} is a cnnzoo train checkpoint, which records its model "
                          "options: leave out --model-arg")  # fmt: skip
     model, meta = model_from_checkpoint(args.input, ckpt)
-    if meta["model"] != args.model:
+    if args.model is not None and meta["model"] != args.model:
         raise UsageError(f"{args.input} holds {meta['model']}, not {args.model}: pass --model "
                          f"{meta['model']}")  # fmt: skip
     save_safetensors(model.state_dict(), args.output,
