@@ -269,9 +269,6 @@ def train_classifier(
     if taken:
         raise UsageError(f"{', '.join(taken)}: set by the data (its classes; its channels or "
                          "--channels), not by --model-arg")  # fmt: skip
-    # The options' names and values create_model can judge without building, before the data
-    # load (slow for a big folder); what needs the net (width_mult per stage, ...) fails later.
-    check_options(model_name, model_kwargs)
     # Input sizes before the data are loaded, in the options' own words. residual_net is built
     # for the size it trains at (its img_size option); any other net has a least size.
     fixed = fixed_input_size(model_name)
@@ -283,6 +280,9 @@ def train_classifier(
                                                       and given <= MAX_INPUT_SIZE):
         raise UsageError(f"--model-arg img_size={given}: the size {model_name} trains at, a "
                          f"whole number from 2 to {MAX_INPUT_SIZE}")  # fmt: skip
+    # The options' names and values create_model can judge without building, before the data
+    # load (slow for a big folder); what needs the net (width_mult per stage, ...) fails later.
+    check_options(model_name, model_kwargs)
     if fixed and data.progressive is not None:
         raise UsageError(f"--progressive: {model_name} is built for one input size, so it "
                          "cannot start at a smaller one")  # fmt: skip
