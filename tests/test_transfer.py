@@ -406,6 +406,20 @@ def test_unreadable_images(fmnist, tmp_path, capsys, caplog):
     assert "dress" in _one_line_error(capsys)
 
 
+def test_a_segmentation_model_is_one_line_naming_segment_training(folder, tmp_path, capsys):
+    """`cnnzoo transfer DIR --weights runs/unet/best.pt` (or `--model unet`) got as far as
+    `net.reset_classifier(k)`: an AttributeError traceback ('UNet' object has no attribute
+    'reset_classifier'), and `--model unet` alone said unet had no ImageNet weights."""
+    out = tmp_path / "out"
+    with pytest.raises(UsageError, match=r"^unet segments images: transfer learning fits a "
+                                         r"classifier; .*cnnzoo train unet --task segmentation"):
+        transfer(folder, model="unet", weights=None, out=out, say=lambda _: None)
+    assert main(["transfer", str(folder), "--model", "unet", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cnnzoo transfer: error: unet segments images") and err.count("\n") == 1
+    assert not out.exists()
+
+
 def test_out_or_cache_that_is_a_file_is_one_line_before_any_work(folder, tmp_path, capsys):
     afile = tmp_path / "afile"
     afile.write_text("x")
