@@ -1343,6 +1343,30 @@ def test_a_vgg_cut_for_small_images_hears_about_its_imagenet_head():
                     "small images (docs/training.md)"]
 
 
+def test_a_vgg_whose_last_map_is_smaller_than_its_pool_hears_which_pool_size_fits():
+    """`cnnzoo train vgg11_bn --data digits` (32 px) pools the 1x1 map of its fifth stage to the
+    7x7 grid of the ImageNet net: 49 copies of each feature into fc6, 25088 x 4096 weights that
+    then step 49 times too far. With the default recipe the loss went to 213 in epoch 1
+    (validation loss 2e14) and NaN in epoch 2, with no word about the pool; pool_size=1 trained
+    (loss 2.13). The run now says which pool_size the map fits."""
+    from cnnzoo.engine.run import say_head_note
+
+    said: list[str] = []
+    for kwargs, size in (({}, 32), ({}, 224), ({"pool_size": 1}, 32), ({}, 100),
+                         ({"stages": 3, "fc_dim": 256, "pool_size": 3}, 28)):  # fmt: skip
+        with torch.device("meta"):
+            net = create_model("vgg11_bn", num_classes=10, in_chans=1, **kwargs)
+        say_head_note("vgg11_bn", net, kwargs, said.append, size=size)
+    assert said == [
+        "note: at 32 px vgg11_bn's last feature map is 1x1, which pool_size=7 spreads over 7x7 "
+        "for the first dense layer (its weights then step as if 49 times as wide); "
+        "--model-arg pool_size=1 fits it",
+        "note: at 100 px vgg11_bn's last feature map is 3x3, which pool_size=7 spreads over 7x7 "
+        "for the first dense layer (its weights then step as if 5 times as wide); "
+        "--model-arg pool_size=3 fits it",
+    ]
+
+
 def test_accumulator_counts_and_flip_tta_averages_logits():
     acc = ClassificationTask(4).metrics()
     logits = torch.tensor([[4.0, 3, 2, 1], [1, 4, 3, 2], [1, 2, 3, 4], [4, 1, 2, 3]])

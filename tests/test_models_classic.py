@@ -511,3 +511,26 @@ def test_probability_options_take_a_number_in_0_1():
     for p in (0, 0.3):
         m = cnnzoo.create_model("alexnet", dropout=p)
         assert [d.p for d in m.modules() if isinstance(d, nn.Dropout)] == [p, p]
+
+
+def test_size_options_take_a_whole_number_of_at_least_1():
+    """VGG's fc_dim=0 built a net of empty dense layers that `cnnzoo train` trained to chance
+    without a word (residual_net hidden=0 too); pool_size=0, fc_dim=-3 or fc_dim=yes were
+    tracebacks from inside torch, and unet base_width=0 a ZeroDivisionError. Every option whose
+    default is a whole number is a size: one line naming it, before anything is built."""
+    from cnnzoo.errors import ModelOptionError
+    from cnnzoo.models.registry import model_options
+
+    sizes = {(n, o) for n in cnnzoo.list_models()
+             for o, spec in model_options(n).items()
+             if isinstance(spec.default, int) and not isinstance(spec.default, bool)}  # fmt: skip
+    assert {o for _, o in sizes} == {"fc_dim", "pool_size", "img_size", "hidden", "base_width"}
+    for name, option in sorted(sizes):
+        for bad in (0, -3, 1.5, True, "wide"):
+            with pytest.raises(ModelOptionError) as err:
+                _meta_model(name, **{option: bad})
+            assert str(err.value) == (f"{name}: {option} is a size, a whole number >= 1, "
+                                      f"not {bad!r}")  # fmt: skip
+    m = cnnzoo.create_model("vgg11", num_classes=3, in_chans=1, stages=2, width_mult=0.125,
+                            fc_dim=1, pool_size=1)  # fmt: skip
+    assert [m.classifier[i].out_features for i in (0, 3, 6)] == [1, 1, 3]

@@ -336,3 +336,30 @@ def test_unet_min_input_size_is_what_the_net_takes():
         net = create_model("unet", base_width=4, **kwargs)
         assert min_input_size("unet", **kwargs) == net.min_size == net.default_cfg.min_size
     assert [min_input_size("unet", **k) for k in cases[:2]] == [188, 16]
+
+
+def test_unet_decoder_channels_take_one_width_per_step_also_from_the_command_line(tmp_path,
+                                                                                  capsys):
+    """`cnnzoo models --json` lists decoder_channels, but `--model-arg decoder_channels=...`
+    could not give it: '32' was "'int' object is not iterable" and '32,16,8,8' a list of
+    characters; 0 (falsy) silently built the default decoder. Now "a,b,c,d" (as VGG's
+    width_mult) gives one width per up-step, and a bad value is one line."""
+    from cnnzoo.cli import main
+    from cnnzoo.errors import ModelOptionError
+
+    net = create_model("unet", base_width=8, padding="same", decoder_channels="32,16,8,4")
+    same = create_model("unet", base_width=8, padding="same", decoder_channels=(32, 16, 8, 4))
+    assert [u.out_channels for u in net.decoder.ups] == [32, 16, 8, 4]
+    assert count_parameters(net) == count_parameters(same)
+    for bad, says in ((0, "not 0"), (32, "not 32"), ("32,16", "needs 4 widths"),
+                      ("32,16,8,x", "not '32,16,8,x'"), ((32, 16, 8, 0), "not (32, 16, 8, 0)")):
+        with pytest.raises(ModelOptionError, match="decoder_channels") as err:
+            create_model("unet", base_width=8, padding="same", decoder_channels=bad)
+        assert says in str(err.value) and "\n" not in str(err.value)
+    out = tmp_path / "run"
+    assert main(["train", "unet", "--data", "cells", "--cells", "6", "--epochs", "1",
+                 "--base-width", "4", "--crop", "32", "--padding", "same", "--no-progress",
+                 "--no-tensorboard", "--precision", "fp32", "--channels-last", "off",
+                 "--model-arg", "decoder_channels=16,8,4,4", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "best.pt")]) == 0

@@ -99,6 +99,33 @@ def test_frozen_phase_of_finetune_moves_only_the_head(fmnist):
     assert all(p.requires_grad for _, p in backbone_parameters(model))
 
 
+def test_googlenets_auxiliary_classifiers_train_with_the_new_head(fmnist):
+    """GoogLeNet's auxiliary classifiers are new heads too: `reset_classifier` replaces their
+    output layers with random ones, and torchvision's ImageNet file holds untrained ones. They
+    sat in the frozen backbone in phase 1, adding a constant random loss (train loss 2.46
+    against a validation loss of 1.26 on 5 classes), and phase 2 began with them random,
+    pulling at inception 4a and 4d at a backbone rate. Now they train with the head in both
+    phases; the rest of the backbone still stays bit-identical in phase 1."""
+    from cnnzoo.transfer.finetune import layer_groups
+
+    model = create_model("googlenet", num_classes=5)
+    train, val = fmnist.with_channels(3).split(0.25, seed=0)
+    before = _state(model)
+    cfg = FinetuneConfig(head_epochs=1, epochs=0, batch_size=8, progress=False,
+                         precision="fp32", channels_last="off")  # fmt: skip
+    finetune(model, Splits(train, val), _small_pre(), cfg, out_dir=None, say=lambda _: None)
+    after = model.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    for k in moved:
+        assert k.startswith(("fc.", "aux1.", "aux2.")), k
+    assert {"fc.weight", "aux1.fc2.weight", "aux2.fc2.weight"} <= moved
+    head = layer_groups(model, 1e-3, 4, 0.7)[0]
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert head["name"] == "head"
+    assert {names[id(p)].split(".")[0] for p in head["params"]} == {"fc", "aux1", "aux2"}
+    assert not any(n.startswith("aux") for n, _ in backbone_parameters(model))
+
+
 def test_few_images_get_smaller_batches_and_at_least_min_steps():
     cfg = FinetuneConfig(epochs=6, min_steps=90, batch_size=32)
     # 50 images: batch 12 (a quarter), 4 steps per epoch (last partial batch dropped), 23 epochs.
@@ -377,6 +404,20 @@ def test_unreadable_images(fmnist, tmp_path, capsys, caplog):
                "--out", str(out), "--no-progress"])  # fmt: skip
     assert rc == 2 and not out.exists()
     assert "dress" in _one_line_error(capsys)
+
+
+def test_a_segmentation_model_is_one_line_naming_segment_training(folder, tmp_path, capsys):
+    """`cnnzoo transfer DIR --weights runs/unet/best.pt` (or `--model unet`) got as far as
+    `net.reset_classifier(k)`: an AttributeError traceback ('UNet' object has no attribute
+    'reset_classifier'), and `--model unet` alone said unet had no ImageNet weights."""
+    out = tmp_path / "out"
+    with pytest.raises(UsageError, match=r"^unet segments images: transfer learning fits a "
+                                         r"classifier; .*cnnzoo train unet --task segmentation"):
+        transfer(folder, model="unet", weights=None, out=out, say=lambda _: None)
+    assert main(["transfer", str(folder), "--model", "unet", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cnnzoo transfer: error: unet segments images") and err.count("\n") == 1
+    assert not out.exists()
 
 
 def test_out_or_cache_that_is_a_file_is_one_line_before_any_work(folder, tmp_path, capsys):

@@ -269,9 +269,6 @@ def train_classifier(
     if taken:
         raise UsageError(f"{', '.join(taken)}: set by the data (its classes; its channels or "
                          "--channels), not by --model-arg")  # fmt: skip
-    # The options' names and values create_model can judge without building, before the data
-    # load (slow for a big folder); what needs the net (width_mult per stage, ...) fails later.
-    check_options(model_name, model_kwargs)
     # Input sizes before the data are loaded, in the options' own words. residual_net is built
     # for the size it trains at (its img_size option); any other net has a least size.
     fixed = fixed_input_size(model_name)
@@ -283,6 +280,9 @@ def train_classifier(
                                                       and given <= MAX_INPUT_SIZE):
         raise UsageError(f"--model-arg img_size={given}: the size {model_name} trains at, a "
                          f"whole number from 2 to {MAX_INPUT_SIZE}")  # fmt: skip
+    # The options' names and values create_model can judge without building, before the data
+    # load (slow for a big folder); what needs the net (width_mult per stage, ...) fails later.
+    check_options(model_name, model_kwargs)
     if fixed and data.progressive is not None:
         raise UsageError(f"--progressive: {model_name} is built for one input size, so it "
                          "cannot start at a smaller one")  # fmt: skip
@@ -327,7 +327,7 @@ def train_classifier(
     torch.manual_seed(config.seed)
     model = create_model(model_name, num_classes=splits.num_classes, in_chans=channels,
                          **model_kwargs)
-    say_head_note(model_name, model, model_kwargs, say)
+    say_head_note(model_name, model, model_kwargs, say, size=size)
     if src is not None:
         report = grow_from(model, src["model"], source_meta=src.get("meta"), rule=grow_rule,
                            target_kwargs=model_kwargs, target_classes=list(splits.class_names))
@@ -359,15 +359,27 @@ def train_classifier(
 
 
 def say_head_note(model_name: str, model: nn.Module, model_kwargs: dict[str, Any],
-                  say: Any) -> None:
+                  say: Any, *, size: int | None = None) -> None:
     """A VGG cut to fewer stages for small images keeps the 4096-wide ImageNet head behind a
     7x7 pool, which then only repeats a 3x3 map: say so, with the options that fit (a QA run
-    found vgg11_bn stages=3 width_mult=0.25 to be 29.7 M parameters, 60,864 of them convs)."""
+    found vgg11_bn stages=3 width_mult=0.25 to be 29.7 M parameters, 60,864 of them convs).
+    A VGG whose last map at the training `size` is smaller than its `pool_size` (the full
+    vgg11_bn at 32 px: 1x1 spread over 7x7) hears which pool_size fits: at the default recipe
+    that net's loss went to NaN in epoch 2, and trained with pool_size=1."""
     from ..models import get_config
     from ..models.base import count_parameters
 
-    if get_config(model_name).family != "vgg" or model_kwargs.get("stages", 5) >= 5 \
-            or "fc_dim" in model_kwargs:
+    if get_config(model_name).family != "vgg":
+        return
+    stages = model_kwargs.get("stages") or 5
+    if stages >= 5 or "fc_dim" in model_kwargs:
+        pool = model.avgpool.output_size[0]
+        grid = None if size is None else size >> stages
+        if grid and grid < pool:
+            say(f"note: at {size} px {model_name}'s last feature map is {grid}x{grid}, which "
+                f"pool_size={pool} spreads over {pool}x{pool} for the first dense layer (its "
+                f"weights then step as if {round(pool**2 / grid**2)} times as wide); "
+                f"--model-arg pool_size={grid} fits it")  # fmt: skip
         return
     total = count_parameters(model)
     head = count_parameters(model.classifier)

@@ -245,8 +245,9 @@ def _no_option_message(name: str, cfg: ModelConfig, option: str) -> str:
 
 def check_options(name: str, options: dict[str, Any]) -> None:
     """Raise create_model's one-line ModelOptionError for what can be told without building
-    `name`: an option it does not take, a probability outside [0, 1) (or a bool), a value
-    outside an option's fixed choices. Cheap, so a run can check before loading its data."""
+    `name`: an option it does not take, a probability outside [0, 1) (or a bool), a size (an
+    option whose default is a whole number: fc_dim, pool_size, hidden, base_width) that is not
+    a whole number >= 1, a value outside an option's fixed choices. Cheap, so a run can check before loading its data."""
     builder, cfg = _lookup(name)
     params = _builder_parameters(builder)
     if params is not None:
@@ -259,6 +260,10 @@ def check_options(name: str, options: dict[str, Any]) -> None:
                 isinstance(value, numbers.Real) and not isinstance(value, bool)
                 and 0 <= value < 1):  # fmt: skip
             raise ModelOptionError(f"{name}: {option} is a probability, a number in [0, 1), "
+                                   f"not {value!r}")  # fmt: skip
+        default = specs[option].default if option in specs else None
+        if is_whole(default) and not is_whole(value):  # fc_dim=0 built a net that cannot learn
+            raise ModelOptionError(f"{name}: {option} is a size, a whole number >= 1, "
                                    f"not {value!r}")  # fmt: skip
         choices = specs[option].choices if option in specs else None
         if choices is not None and value not in choices:  # (1 and 0 are a bool's too)

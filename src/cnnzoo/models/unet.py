@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import InputSizeError
-from .base import check_input_size
+from ..errors import InputSizeError, ModelOptionError
+from .base import check_input_size, is_whole
 from .registry import ModelConfig, register_model
 
 Padding = Literal["valid", "same"]
@@ -172,6 +172,31 @@ def _fit(x: Tensor, h: int, w: int) -> Tensor:
     return x
 
 
+def decoder_widths(decoder_channels: object, steps: int) -> list[int] | None:
+    """None (the default decoder) or the `steps` up-step widths from a sequence of whole
+    numbers >= 1 or, as `--model-arg` gives them, "a,b,c,d"."""
+    if decoder_channels is None:
+        return None
+    given = decoder_channels
+    bad = ModelOptionError(f"decoder_channels takes {steps} whole numbers >= 1, one per "
+                           f"up-step (e.g. \"{','.join(['32'] * steps)}\"), not {given!r}")
+    if isinstance(given, str):
+        try:
+            widths: list[object] = [int(v) for v in given.split(",")]
+        except ValueError:
+            raise bad from None
+    elif isinstance(given, list | tuple):
+        widths = list(given)
+    else:
+        raise bad
+    if len(widths) != steps:
+        raise ModelOptionError(f"decoder_channels needs {steps} widths, one per up-step, not "
+                               f"{given!r}")  # fmt: skip
+    if not all(is_whole(w) for w in widths):
+        raise bad
+    return [int(w) for w in widths]  # type: ignore[call-overload]
+
+
 class UNetDecoder(nn.Module):
     """The expanding path, built from an encoder's `feature_channels` and `feature_strides`.
 
@@ -189,9 +214,8 @@ class UNetDecoder(nn.Module):
         super().__init__()
         skips = list(feature_channels[:-1])[::-1]  # deepest skip first
         n_extra = int(round(math.log2(feature_strides[0])))
-        widths = list(decoder_channels or [*skips, *[max(skips[-1] // 2, 16)] * n_extra])
-        if len(widths) != len(skips) + n_extra:
-            raise ValueError(f"decoder_channels needs {len(skips) + n_extra} widths, got {widths}")
+        widths = decoder_widths(decoder_channels, len(skips) + n_extra) \
+            or [*skips, *[max(skips[-1] // 2, 16)] * n_extra]
         self.padding = padding
         self.ups = nn.ModuleList()
         self.blocks = nn.ModuleList()

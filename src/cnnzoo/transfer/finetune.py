@@ -5,8 +5,8 @@ Two phases, two ordinary runs of `engine.Trainer` (so atomic checkpoints, resume
 channels_last, the progress bar, early stopping and the curves hold as in `cnnzoo train`):
 
 1. *head*: every backbone parameter has `requires_grad=False` and BatchNorm runs in eval mode,
-   so only the new classifier moves; the backbone's weights and running statistics stay
-   bit-identical. Skipped when `head_epochs` is 0.
+   so only the new classifier (and GoogLeNet's auxiliary ones) moves; the backbone's weights
+   and running statistics stay bit-identical. Skipped when `head_epochs` is 0.
 2. *full*: the backbone is unfrozen in `groups` blocks of consecutive layers; the block next to
    the head trains at `lr * lr_decay`, the next at `lr * lr_decay**2`, ... (discriminative
    fine-tuning, Howard & Ruder 2018, ULMFiT Sec. 3.2): early layers hold generic edges and
@@ -33,6 +33,7 @@ from ..engine.loop import FitResult, TrainConfig, Trainer
 from ..engine.task import ClassificationTask
 from ..text import plural
 from ..weights import Preprocessing
+from ..weights.adapt import aux_classifiers
 from .features import inference_dtype
 
 
@@ -77,22 +78,32 @@ class FinetuneConfig:
     verbose: bool = True  # the engine's per-epoch lines
 
 
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The classifier's parameters and those of the auxiliary classifiers (GoogLeNet's aux1,
+    aux2): their output layers are new too (`reset_classifier`), and torchvision's ImageNet
+    file holds untrained ones. Outside the training loss they compute nothing."""
+    params = list(model.get_classifier().parameters())
+    for aux in aux_classifiers(model).values():
+        params += [p for p in aux.parameters() if all(p is not q for q in params)]
+    return params
+
+
 def backbone_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
-    """(name, parameter) of everything but the classifier, in module (= depth) order."""
-    head = {id(p) for p in model.get_classifier().parameters()}
+    """(name, parameter) of everything but the heads, in module (= depth) order."""
+    head = {id(p) for p in head_parameters(model)}
     return [(n, p) for n, p in model.named_parameters() if id(p) not in head]
 
 
 def freeze_backbone(model: nn.Module, frozen: bool = True) -> None:
-    """requires_grad=False on every backbone parameter (True when unfreezing); the head trains."""
+    """requires_grad=False on every backbone parameter (True when unfreezing); the heads train."""
     for _, p in backbone_parameters(model):
         p.requires_grad_(not frozen)
-    for p in model.get_classifier().parameters():
+    for p in head_parameters(model):
         p.requires_grad_(True)
 
 
 def layer_groups(model: nn.Module, lr: float, groups: int, decay: float) -> list[dict[str, Any]]:
-    """Parameter groups for the engine: the head at `lr`, then the backbone cut into `groups`
+    """Parameter groups for the engine: the heads at `lr`, then the backbone cut into `groups`
     consecutive blocks of about equal parameter count, the deepest at lr*decay, the one below
     at lr*decay**2, ..."""
     named = backbone_parameters(model)
@@ -105,7 +116,7 @@ def layer_groups(model: nn.Module, lr: float, groups: int, decay: float) -> list
         blocks[idx].append(p)
         seen += p.numel()
     out: list[dict[str, Any]] = [
-        {"params": list(model.get_classifier().parameters()), "lr": lr, "name": "head"}
+        {"params": head_parameters(model), "lr": lr, "name": "head"}
     ]
     for depth, params in enumerate(reversed(blocks), start=1):
         if params:
@@ -193,7 +204,7 @@ def finetune(
         config.freeze_bn = True  # nothing in the backbone may move in this phase
         # The lone new head trains at 3x --lr. As a group's own rate, not as the config's lr:
         # the config keeps --lr, which a resume compares with the checkpoint's.
-        head = [{"params": list(model.get_classifier().parameters()), "lr": cfg.lr * 3,
+        head = [{"params": head_parameters(model), "lr": cfg.lr * 3,
                  "name": "head"}]  # fmt: skip
         trainer = Trainer(model, task, train, val, config, param_groups=head,
                           out_dir=out / "head" if out else None, meta=meta, say=say)  # fmt: skip

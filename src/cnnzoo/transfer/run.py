@@ -315,6 +315,12 @@ def transfer(
     docstring."""
     cfg = _config(config, options)
     check_config(cfg, resume=resume)
+    from ..models import get_config
+
+    if get_config(model).task == "segmentation":  # it has no classifier to replace
+        raise UsageError(f"{model} segments images: transfer learning fits a classifier; train "
+                         f"it on image/mask pairs with `cnnzoo train {model} --task "
+                         "segmentation` (--encoder takes a pretrained backbone)")  # fmt: skip
     if out is not None:
         check_out(out, data, resume=resume, overwrite=overwrite)
     if cfg.use_cache and cfg.mode != "finetune":
