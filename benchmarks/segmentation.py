@@ -70,11 +70,13 @@ def main() -> None:
     ap.add_argument("--base-width", type=COUNT, default=8)
     ap.add_argument("--lr", type=LEARNING_RATE, default=3e-3)
     ap.add_argument("--seed", type=SEED, default=0)
+    ap.add_argument("--threads", type=COUNT, default=2,
+                    help="torch threads (default 2, as measured; 1 on a shared machine)")
     ap.add_argument("--out", default="runs/bench-segmentation",
                     help="one folder per loss in here (default runs/bench-segmentation)")
     args = ap.parse_args()
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; U-Net 'same' + BN, "
           f"base width {args.base_width}, {args.crop}px crops, batch {args.batch_size}, "
           f"{args.epochs} epochs, {args.cells} synthetic images, {args.test} held out")

@@ -29,6 +29,7 @@ BAD = [
     ("segmentation.py", ["--losses", "foo"], "--losses"),
     ("segmentation.py", ["--epochs", "0"], "--epochs"),
     ("segmentation.py", ["--test", "0"], "--test"),
+    ("segmentation.py", ["--threads", "0"], "--threads"),
     ("transfer.py", ["--sizes", "0"], "--sizes"),
     ("transfer.py", ["--test", "0"], "--test"),
     ("transfer.py", ["--val", "0"], "--val"),
