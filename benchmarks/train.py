@@ -243,7 +243,10 @@ def main() -> None:
     p.add_argument("--speed-models", type=speed_models,
                    default=",".join(c[0] for c in SPEED_CASES),
                    help="speed part: which of lenet5,resnet20,resnet18")
-    p.add_argument("--threads", type=COUNT, default=os.cpu_count() or 2)
+    # The cores this process may run on (taskset, cgroups), not the machine's: two threads
+    # pinned to one core wait on each other.
+    p.add_argument("--threads", type=COUNT, default=len(os.sched_getaffinity(0)),
+                   help="torch threads (default: the cores this process may use)")
     p.add_argument("--model", default="vgg13_bn", help="accuracy run: zoo model")
     p.add_argument("--model-arg", type=model_arg, action="append", default=None,
                    metavar="KEY=VALUE",
