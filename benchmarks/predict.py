@@ -25,7 +25,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from _cli import SRC, run
+
+from cnnzoo.commands.argtypes import COUNT
+
 GOAL_S = 3.0
+# The timed processes import cnnzoo from this checkout too, as this one does.
+CHILD_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    [SRC, *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 
 def wall(cmd: list[str], repeats: int) -> float:
@@ -33,7 +40,8 @@ def wall(cmd: list[str], repeats: int) -> float:
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       env=CHILD_ENV)  # fmt: skip
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
@@ -62,8 +70,10 @@ def cpu_name() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--repeats", type=int, default=3, help="fresh processes per command (median)")
-    ap.add_argument("--model", default="efficientnet_lite0")
+    ap.add_argument("--repeats", type=COUNT, default=3,
+                    help="fresh processes per command (median)")
+    ap.add_argument("--model", default="efficientnet_lite0",
+                    help="a model whose ImageNet weights are installed (efficientnet_lite0/1/2)")
     args = ap.parse_args()
 
     from PIL import Image
@@ -76,9 +86,14 @@ def main() -> None:
     rows: list[tuple[str, float]] = []
     try:
         # Warm the OS file cache once so that every repeat measures the same thing (a truly
-        # first run after boot also reads ~400 MB of torch libraries from disk).
-        subprocess.run([*cnnzoo_command(), "predict", str(photo)], check=True,
-                       stdout=subprocess.DEVNULL)  # fmt: skip
+        # first run after boot also reads ~400 MB of torch libraries from disk). A model
+        # without installed weights fails here, with cnnzoo's own one-line reason.
+        warm = subprocess.run([*cnnzoo_command(), "predict", str(photo), "--model", args.model],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env=CHILD_ENV)  # fmt: skip
+        if warm.returncode:
+            lines = warm.stderr.strip().splitlines() or [f"exit status {warm.returncode}"]
+            raise SystemExit(f"predict.py: error: {lines[-1]}")
         rows.append(("python -c 'import torch'", wall([py, "-c", "import torch"], args.repeats)))
         rows.append(("python -c 'import cnnzoo.cli'",
                      wall([py, "-c", "import cnnzoo.cli"], args.repeats)))  # fmt: skip
@@ -132,4 +147,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

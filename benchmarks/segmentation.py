@@ -21,8 +21,11 @@ import time
 from pathlib import Path
 
 import torch
+from _cli import run
 
+from cnnzoo.commands.argtypes import COUNT, LEARNING_RATE, SEED
 from cnnzoo.data.cells import make_cells
+from cnnzoo.segmentation.losses import LOSSES
 from cnnzoo.segmentation.metrics import SegmentationAccumulator
 from cnnzoo.segmentation.training import train
 
@@ -43,27 +46,42 @@ def evaluate_held_out(model, mean, std, n: int, seed: int) -> dict[str, float]:
     return acc.compute()
 
 
+def loss_list(text: str) -> list[str]:
+    """--losses: comma-separated names of cnnzoo's segmentation losses, at least one."""
+    losses = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in losses if s not in LOSSES]
+    if bad or not losses:
+        raise argparse.ArgumentTypeError(
+            f"{'unknown loss ' + repr(bad[0]) if bad else 'no loss'}: choose from "
+            f"{', '.join(LOSSES)} (comma-separated)")
+    return losses
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--losses", default="ce,weighted_ce",
-                    help="comma-separated losses to compare (default ce,weighted_ce)")
-    ap.add_argument("--epochs", type=int, default=25)
-    ap.add_argument("--cells", type=int, default=200, help="synthetic images (80%% train)")
-    ap.add_argument("--test", type=int, default=48, help="held-out images")
-    ap.add_argument("--crop", type=int, default=128)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--base-width", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="runs/bench-segmentation")
+    ap.add_argument("--losses", type=loss_list, default="ce,weighted_ce",
+                    help=f"comma-separated losses to compare, of {', '.join(LOSSES)} "
+                         "(default ce,weighted_ce)")
+    ap.add_argument("--epochs", type=COUNT, default=25)
+    ap.add_argument("--cells", type=COUNT, default=200, help="synthetic images (80%% train)")
+    ap.add_argument("--test", type=COUNT, default=48, help="held-out images")
+    ap.add_argument("--crop", type=COUNT, default=128)
+    ap.add_argument("--batch-size", type=COUNT, default=8)
+    ap.add_argument("--base-width", type=COUNT, default=8)
+    ap.add_argument("--lr", type=LEARNING_RATE, default=3e-3)
+    ap.add_argument("--seed", type=SEED, default=0)
+    ap.add_argument("--threads", type=COUNT, default=2,
+                    help="torch threads (default 2, as measured; 1 on a shared machine)")
+    ap.add_argument("--out", default="runs/bench-segmentation",
+                    help="one folder per loss in here (default runs/bench-segmentation)")
     args = ap.parse_args()
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; U-Net 'same' + BN, "
           f"base width {args.base_width}, {args.crop}px crops, batch {args.batch_size}, "
           f"{args.epochs} epochs, {args.cells} synthetic images, {args.test} held out")
     rows = []
-    for loss in [s.strip() for s in args.losses.split(",") if s.strip()]:
+    for loss in args.losses:
         out = Path(args.out) / loss.replace("+", "_")
         t0 = time.perf_counter()
         run = train("cells", out_dir=out, loss=loss, cells=args.cells, crop=args.crop,
@@ -100,4 +118,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

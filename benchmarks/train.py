@@ -15,25 +15,23 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from _cli import run
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from cnnzoo.commands.argtypes import model_arg, size_epochs  # noqa: E402
-from cnnzoo.data.loader import BatchLoader  # noqa: E402
-from cnnzoo.engine.loop import TrainConfig, Trainer  # noqa: E402
-from cnnzoo.engine.precision import Precision  # noqa: E402
-from cnnzoo.engine.task import ClassificationTask  # noqa: E402
-from cnnzoo.models import create_model  # noqa: E402
+from cnnzoo.commands.argtypes import COUNT, LEARNING_RATE, SEED, model_arg, real, size_epochs
+from cnnzoo.data.loader import BatchLoader
+from cnnzoo.engine.loop import TrainConfig, Trainer
+from cnnzoo.engine.precision import Precision
+from cnnzoo.engine.task import ClassificationTask
+from cnnzoo.models import create_model
 
 QUIET = {"progress": False, "verbose": False, "tensorboard": False, "report": False}
-# (model, input size, batch): the sizes of the measurements in /work/shared/README.md.
+# (model, input size, batch): the sizes of the tables in docs/training.md.
 SPEED_CASES = [("lenet5", 32, 256), ("resnet20", 28, 128), ("resnet18", 64, 64)]
 
 
@@ -226,13 +224,29 @@ def part_accuracy(args: argparse.Namespace) -> None:
               f"{r['images_per_s']:,.0f} img/s")
 
 
+def speed_models(text: str) -> list[str]:
+    """--speed-models: comma-separated names among SPEED_CASES' models, at least one."""
+    known = [c[0] for c in SPEED_CASES]
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in names if s not in known]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"{'not a speed model: ' + repr(bad[0]) if bad else 'no model'}: choose from "
+            f"{','.join(known)}")
+    return names
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--part", choices=("speed", "loading", "accuracy", "all"), default="all")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
-    p.add_argument("--speed-models", default=",".join(c[0] for c in SPEED_CASES),
+    p.add_argument("--rounds", type=COUNT, default=3, help="interleaved timing rounds")
+    p.add_argument("--speed-models", type=speed_models,
+                   default=",".join(c[0] for c in SPEED_CASES),
                    help="speed part: which of lenet5,resnet20,resnet18")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    # The cores this process may run on (taskset, cgroups), not the machine's: two threads
+    # pinned to one core wait on each other.
+    p.add_argument("--threads", type=COUNT, default=len(os.sched_getaffinity(0)),
+                   help="torch threads (default: the cores this process may use)")
     p.add_argument("--model", default="vgg13_bn", help="accuracy run: zoo model")
     p.add_argument("--model-arg", type=model_arg, action="append", default=None,
                    metavar="KEY=VALUE",
@@ -240,19 +254,19 @@ def main() -> None:
                         "stages=3 width_mult=0.25,0.5,0.5 fc_dim=256 pool_size=3 dropout=0.0)")
     # 18 epochs of the net with a 16-channel first stage: 536 s of training on 2 threads,
     # 94.39 % / 94.68 % with flip-shift TTA (docs/training.md, run R).
-    p.add_argument("--epochs", type=int, default=18)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=0.2)
+    p.add_argument("--epochs", type=COUNT, default=18)
+    p.add_argument("--batch-size", type=COUNT, default=256)
+    p.add_argument("--lr", type=LEARNING_RATE, default=0.2)
     # 0.05 rather than the engine's 0.1: 16 epochs of the earlier recipe (width_mult=0.5), seeds
     # 0 / 1, test accuracy with flip-shift TTA 94.53 / 94.58 % (94.48 % with 0.1, seed 0).
-    p.add_argument("--label-smoothing", type=float, default=0.05)
-    p.add_argument("--erase", type=float, default=0.0,
+    p.add_argument("--label-smoothing", type=real(0, 1, below=True), default=0.05)
+    p.add_argument("--erase", type=real(0, 1), default=0.0,
                    help="accuracy run: random-erasing probability (cnnzoo train --erase)")
     p.add_argument("--progressive", type=size_epochs, default=None, metavar="SIZE:EPOCHS",
                    help="accuracy run: progressive resizing (cnnzoo train --progressive)")
     p.add_argument("--tta", default="flip-shift", choices=("flip", "flip-shift"),
                    help="accuracy run: the test-time augmentation of the extra column")
-    p.add_argument("--seed", type=int, default=0, help="accuracy run: the training seed")
+    p.add_argument("--seed", type=SEED, default=0, help="accuracy run: the training seed")
     p.add_argument("--out", default="runs/bench-fmnist")
     args = p.parse_args()
     if args.model_arg is None:
@@ -269,7 +283,7 @@ def main() -> None:
     print(f"# cnnzoo training benchmark: {cpu}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, load average {os.getloadavg()[0]:.1f} at start")
     if args.part in ("speed", "all"):
-        part_speed(args.rounds, args.speed_models.split(","))
+        part_speed(args.rounds, args.speed_models)
     if args.part in ("loading", "all"):
         part_loading(args.rounds)
     if args.part in ("accuracy", "all"):
@@ -277,4 +291,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -41,30 +41,27 @@ import math
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
+from _cli import run
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-
-from cnnzoo.commands.argtypes import beta_alpha  # noqa: E402
-from cnnzoo.commands.transfer import stages_arg  # noqa: E402
-from cnnzoo.data import ImageDataset, Splits, load_fashion_mnist  # noqa: E402
-from cnnzoo.data.augment import default_augmentation  # noqa: E402
-from cnnzoo.data.loader import BatchLoader  # noqa: E402
-from cnnzoo.engine.loop import TrainConfig, Trainer  # noqa: E402
-from cnnzoo.engine.run import channel_stats  # noqa: E402
-from cnnzoo.engine.task import ClassificationTask  # noqa: E402
-from cnnzoo.models import create_model  # noqa: E402
-from cnnzoo.transfer import FinetuneConfig, TransferConfig, transfer  # noqa: E402
-from cnnzoo.transfer.bundle import predict_tensor  # noqa: E402
-from cnnzoo.transfer.features import cached_features  # noqa: E402
-from cnnzoo.transfer.heads import head_probabilities  # noqa: E402
-from cnnzoo.transfer.run import resolve_stages  # noqa: E402
-from cnnzoo.weights import get_weights  # noqa: E402
+from cnnzoo.commands.argtypes import COUNT, IMG_SIZE, SEED, beta_alpha, whole
+from cnnzoo.commands.transfer import stages_arg
+from cnnzoo.data import ImageDataset, Splits, load_fashion_mnist
+from cnnzoo.data.augment import default_augmentation
+from cnnzoo.data.loader import BatchLoader
+from cnnzoo.engine.loop import TrainConfig, Trainer
+from cnnzoo.engine.run import channel_stats
+from cnnzoo.engine.task import ClassificationTask
+from cnnzoo.models import create_model
+from cnnzoo.transfer import FinetuneConfig, TransferConfig, transfer
+from cnnzoo.transfer.bundle import predict_tensor
+from cnnzoo.transfer.features import cached_features
+from cnnzoo.transfer.heads import head_probabilities
+from cnnzoo.transfer.run import resolve_stages
+from cnnzoo.weights import get_weights
 
 SETS = {
     "easy": ["tshirt", "trouser", "sneaker", "bag", "ankle_boot"],
@@ -133,22 +130,22 @@ def scratch(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sets", nargs="+", default=["easy", "hard"], choices=list(SETS))
-    ap.add_argument("--sizes", nargs="+", type=int, default=[10, 50, 200])
+    ap.add_argument("--sizes", nargs="+", type=COUNT, default=[10, 50, 200])
     ap.add_argument("--methods", nargs="+", default=["scratch", "features", "finetune"],
                     choices=["scratch", "features", "finetune"])  # fmt: skip
-    ap.add_argument("--val", type=int, default=10, help="validation images per class")
-    ap.add_argument("--test", type=int, default=200, help="test images per class")
+    ap.add_argument("--val", type=COUNT, default=10, help="validation images per class")
+    ap.add_argument("--test", type=COUNT, default=200, help="test images per class")
     ap.add_argument("--model", default="efficientnet_lite0",
                     help="backbone with ImageNet weights (efficientnet_lite0/1/2 install offline)")
-    ap.add_argument("--img-size", type=int, default=None,
+    ap.add_argument("--img-size", type=IMG_SIZE, default=None,
                     help="input size (default: the weights' own, 224 for Lite0)")
     ap.add_argument("--fit", default="resize", choices=["resize", "crop"])
-    ap.add_argument("--views", type=int, default=2)
+    ap.add_argument("--views", type=int, default=2, choices=(1, 2, 3, 4))
     ap.add_argument("--stages", type=stages_arg, default="auto", metavar="4,5|auto|none",
                     help="the features head reads these pooled stages (default: the model's)")
-    ap.add_argument("--epochs", type=int, default=FinetuneConfig.epochs,
+    ap.add_argument("--epochs", type=COUNT, default=FinetuneConfig.epochs,
                     help="fine-tuning epochs")
-    ap.add_argument("--min-steps", type=int, default=FinetuneConfig.min_steps,
+    ap.add_argument("--min-steps", type=whole(0), default=FinetuneConfig.min_steps,
                     help="fine-tuning steps at least")
     ap.add_argument("--mixup", type=beta_alpha, default=FinetuneConfig.mixup,
                     help="fine-tuning mixup alpha (0: off)")
@@ -156,8 +153,8 @@ def main() -> None:
                     help="fine-tuning CutMix alpha (0: off)")
     ap.add_argument("--scratch-nets", nargs="+", default=list(SCRATCH), choices=list(SCRATCH),
                     help="zoo nets trained from scratch; the table shows the best on the mean")
-    ap.add_argument("--scratch-steps", type=int, default=600)
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0],
+    ap.add_argument("--scratch-steps", type=COUNT, default=600)
+    ap.add_argument("--seeds", nargs="+", type=SEED, default=[0],
                     help="one row per set and size averages these seeds (each its own draw "
                          "of training, validation and test images, and its own training run)")
     args = ap.parse_args()
@@ -285,4 +282,4 @@ def _table(rows: list[dict], n_seeds: int) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

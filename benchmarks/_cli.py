@@ -1,0 +1,30 @@
+"""What the benchmark scripts share: cnnzoo imported from this checkout's src/ (not whatever
+cnnzoo the Python has installed), and, as `cnnzoo` itself does, one line instead of a traceback
+for a cnnzoo error (exit 2) or Ctrl-C (exit 130). Import it before anything from cnnzoo."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+if SRC not in sys.path:
+    sys.path.insert(0, SRC)
+
+
+def run(main: Callable[[], object]) -> None:
+    """Call `main`; a CnnzooError or KeyboardInterrupt ends the script with one line on stderr
+    (temporary folders are removed by the scripts' own `finally` blocks on the way out)."""
+    from cnnzoo.errors import CnnzooError
+
+    name = Path(sys.argv[0]).name
+    try:
+        main()
+    except CnnzooError as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        # On a line of its own: a progress line may hold the cursor.
+        print(f"\n{name}: interrupted", file=sys.stderr)
+        sys.exit(130)
