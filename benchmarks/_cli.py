@@ -4,8 +4,9 @@ for a cnnzoo error (exit 2) or Ctrl-C (exit 130). Import it before anything from
 
 from __future__ import annotations
 
+import argparse
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -28,3 +29,18 @@ def run(main: Callable[[], object]) -> None:
         # On a line of its own: a progress line may hold the cursor.
         print(f"\n{name}: interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def names_of(known: Sequence[str], what: str) -> Callable[[str], list[str]]:
+    """An argparse type: comma-separated names among `known` (at least one), e.g. --losses."""
+
+    def parse(text: str) -> list[str]:
+        names = [s.strip() for s in text.split(",") if s.strip()]
+        bad = [s for s in names if s not in known]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(
+                f"{f'unknown {what} {bad[0]!r}' if bad else f'no {what}'}: choose from "
+                f"{', '.join(known)} (comma-separated)")
+        return names
+
+    return parse

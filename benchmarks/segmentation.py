@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from _cli import run
+from _cli import names_of, run
 
 from cnnzoo.commands.argtypes import COUNT, LEARNING_RATE, SEED
 from cnnzoo.data.cells import make_cells
@@ -46,20 +46,9 @@ def evaluate_held_out(model, mean, std, n: int, seed: int) -> dict[str, float]:
     return acc.compute()
 
 
-def loss_list(text: str) -> list[str]:
-    """--losses: comma-separated names of cnnzoo's segmentation losses, at least one."""
-    losses = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [s for s in losses if s not in LOSSES]
-    if bad or not losses:
-        raise argparse.ArgumentTypeError(
-            f"{'unknown loss ' + repr(bad[0]) if bad else 'no loss'}: choose from "
-            f"{', '.join(LOSSES)} (comma-separated)")
-    return losses
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--losses", type=loss_list, default="ce,weighted_ce",
+    ap.add_argument("--losses", type=names_of(LOSSES, "loss"), default="ce,weighted_ce",
                     help=f"comma-separated losses to compare, of {', '.join(LOSSES)} "
                          "(default ce,weighted_ce)")
     ap.add_argument("--epochs", type=COUNT, default=25)

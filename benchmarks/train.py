@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from _cli import run
+from _cli import names_of, run
 
 from cnnzoo.commands.argtypes import COUNT, LEARNING_RATE, SEED, model_arg, real, size_epochs
 from cnnzoo.data.loader import BatchLoader
@@ -224,23 +224,11 @@ def part_accuracy(args: argparse.Namespace) -> None:
               f"{r['images_per_s']:,.0f} img/s")
 
 
-def speed_models(text: str) -> list[str]:
-    """--speed-models: comma-separated names among SPEED_CASES' models, at least one."""
-    known = [c[0] for c in SPEED_CASES]
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [s for s in names if s not in known]
-    if bad or not names:
-        raise argparse.ArgumentTypeError(
-            f"{'not a speed model: ' + repr(bad[0]) if bad else 'no model'}: choose from "
-            f"{','.join(known)}")
-    return names
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--part", choices=("speed", "loading", "accuracy", "all"), default="all")
     p.add_argument("--rounds", type=COUNT, default=3, help="interleaved timing rounds")
-    p.add_argument("--speed-models", type=speed_models,
+    p.add_argument("--speed-models", type=names_of([c[0] for c in SPEED_CASES], "model"),
                    default=",".join(c[0] for c in SPEED_CASES),
                    help="speed part: which of lenet5,resnet20,resnet18")
     # The cores this process may run on (taskset, cgroups), not the machine's: two threads
