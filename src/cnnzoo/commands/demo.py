@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..text import plural
 from .argtypes import COUNT, IMG_SIZE, whole
 
 MODEL = "efficientnet_lite0"
@@ -183,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
     # 4. Scratch -----------------------------------------------------------------------------
     size = 64
     steps.start(4, f"The same network from scratch on the same {args.per_class} images per class "
-                   f"({args.scratch_epochs} epochs at {size} px: the 28-pixel images hold no "
+                   f"({plural(args.scratch_epochs, 'epoch')} at {size} px: the 28-pixel images hold no "
                    "more, and the scratch run gets many more epochs in the same time)")  # fmt: skip
     scratch_acc = _scratch(data, size, args.scratch_epochs, out / "scratch", args.progress)
     steps.done()
