@@ -943,6 +943,90 @@ def test_torchrun_ddp_averages_gradients_like_one_process_on_the_global_batch(tm
     assert ranks[0]["val_count"] == int(result.accumulator.count) == 64
 
 
+_DDP_BN_WORKER = """
+import os
+import sys
+import torch
+import cnnzoo.engine.loop as loop
+from cnnzoo.data.loader import BatchLoader
+from cnnzoo.engine.distributed import cleanup, init_distributed
+from cnnzoo.engine.loop import TrainConfig, Trainer
+from cnnzoo.engine.precision import Precision
+from cnnzoo.engine.task import ClassificationTask
+from cnnzoo.errors import DataError
+from cnnzoo.models import create_model
+
+out, mode = sys.argv[1], sys.argv[2]
+ctx = init_distributed()
+if mode == "fail":  # a data error on rank 1 alone, in the 2nd epoch, through the command line
+    orig = loop.Trainer._train_epoch
+    def failing(self, net, opt, sch, epoch):
+        if epoch == 1 and ctx.rank == 1:
+            raise DataError("rank 1 cannot read its images")
+        return orig(self, net, opt, sch, epoch)
+    loop.Trainer._train_epoch = failing
+    from cnnzoo.cli import main
+    sys.exit(main(["train", "lenet5", "--data", "digits", "--epochs", "3", "--out",
+                   f"{out}/run", "--no-progress", "--no-tensorboard", "--precision", "fp32"]))
+# 'auto' precision timed on each process can differ: rank 1 would pick bf16 here.
+loop.choose_precision = lambda *a, **k: Precision("bf16" if ctx.rank else "fp32", False)
+g = torch.Generator().manual_seed(5)
+x = torch.randint(0, 256, (96, 1, 16, 16), generator=g, dtype=torch.uint8)
+y = torch.randint(0, 3, (96,), generator=g)
+def loader(sl):
+    return BatchLoader(x[sl], y[sl], batch_size=16, shuffle=False, mean=[0.5], std=[0.25],
+                       shard=ctx.shard)
+torch.manual_seed(0)
+model = create_model("resnet20", num_classes=3, in_chans=1)
+cfg = TrainConfig(epochs=1, lr=0.3, progress=False, verbose=False, tensorboard=False,
+                  report=False)
+trainer = Trainer(model, ClassificationTask(3), loader(slice(0, 64)), loader(slice(64, 96)),
+                  cfg, dist=ctx)
+result = trainer.fit()
+torch.save({"model": model.state_dict(), "final": result.final,
+            "precision": trainer.precision.dtype}, f"{out}/rank{ctx.rank}.pt")
+cleanup()
+"""
+
+
+def test_torchrun_ranks_validate_one_model_and_a_one_rank_error_ends_the_run(tmp_path):
+    """Under torchrun every process scores its validation shard with rank 0's BatchNorm
+    statistics and precision (those the checkpoint holds), so the metrics equal a single
+    process's evaluation of rank 0's model; an error on one rank ends the run, no hang."""
+    script = tmp_path / "worker.py"
+    script.write_text(_DDP_BN_WORKER)
+    port = 29500 + (os.getpid() + 500) % 1000
+
+    def launch(mode: str, port: int) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+               "--master-addr", "127.0.0.1", "--master-port", str(port), str(script),
+               str(tmp_path), mode]
+        return subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120)
+
+    done = launch("fit", port)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["precision"] == ranks[1]["precision"] == "fp32"
+    for k, v in ranks[0]["model"].items():
+        assert torch.equal(v, ranks[1]["model"][k]), k
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 256, (96, 1, 16, 16), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, 3, (96,), generator=g)
+    model = create_model("resnet20", num_classes=3, in_chans=1)
+    model.load_state_dict(ranks[0]["model"])
+    val = BatchLoader(x[64:], y[64:], batch_size=16, shuffle=False, mean=[0.5], std=[0.25])
+    task = ClassificationTask(3)
+    alone = Trainer(model, task, val, val, TrainConfig(epochs=1, **FP32)).evaluate(val).compute()
+    for k, v in alone.items():
+        assert ranks[0]["final"][k] == pytest.approx(v, rel=1e-5), k
+
+    # A DataError on rank 1 alone: it exits at once (no barrier its peer never reaches), with
+    # one line, and torchrun stops rank 0.
+    done = launch("fail", port + 1)
+    assert done.returncode != 0
+    assert done.stderr.count("cnnzoo train: error: rank 1 cannot read its images") == 1
+
+
 # --------------------------------------------------------------------------- command line
 
 

@@ -203,8 +203,10 @@ def run(args: argparse.Namespace) -> int:
                 init_from=args.init_from, grow_rule=args.grow_rule,
                 label_smoothing=args.label_smoothing, model_kwargs=dict(args.model_arg),
                 dist=dist, say=say, overwrite=args.overwrite)
-    finally:
-        cleanup()
+    except BaseException:
+        cleanup(ok=False)
+        raise
+    cleanup()
     if dist.is_main:
         # top-5 of 5 classes or fewer is 1 by definition: noise in the line
         few = getattr(result.accumulator, "num_classes", 6) <= 5

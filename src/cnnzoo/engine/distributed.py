@@ -13,8 +13,10 @@ across processes before they are computed; only rank 0 writes files and prints.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -54,6 +56,9 @@ def init_distributed(backend: str = "gloo") -> DistContext:
     )
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
+    if not ctx.is_main:
+        # Only rank 0 prints: the data warnings (skipped files, ...) are the same on every rank.
+        logging.getLogger("cnnzoo").setLevel(logging.ERROR)
     # N processes on one machine each default to all cores: oversubscription halves throughput.
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.local_world))
@@ -94,14 +99,39 @@ def broadcast_flag(flag: bool) -> bool:
     return flag
 
 
+def _active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's `obj` on every process (itself in a single process)."""
+    if _active():
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+    return obj
+
+
+def sync_buffers(model: nn.Module) -> None:
+    """Copy rank 0's buffers (BatchNorm running statistics) to every process. DDP does this at
+    each forward of the wrapped model; an evaluation of the bare module needs it done first,
+    else each process scores its shard with its own statistics."""
+    if _active():
+        for buf in model.buffers():
+            dist.broadcast(buf, src=0)
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
 
 
-def cleanup() -> None:
+def cleanup(ok: bool = True) -> None:
     """Leave the process group. The barrier first: a rank that shuts gloo down while its peer
-    still has traffic in flight can take the peer down with an abort (seen once in CI)."""
-    if dist.is_available() and dist.is_initialized():
+    still has traffic in flight can take the peer down with an abort (seen once in CI).
+    ok=False (this rank is failing): no barrier and no teardown, since the peers may be waiting
+    in another collective and would never meet it (both would hang); the process exits and
+    torchrun stops the others."""
+    if ok and dist.is_available() and dist.is_initialized():
         barrier()
         dist.destroy_process_group()

@@ -30,7 +30,15 @@ from ..errors import TrainingError, WeightsError
 from ..paths import check_folder, remove_entries, same_source
 from ..text import plural
 from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
-from .distributed import DistContext, all_reduce_sum, broadcast_flag, unwrap_model, wrap_model
+from .distributed import (
+    DistContext,
+    all_reduce_sum,
+    broadcast_flag,
+    broadcast_object,
+    sync_buffers,
+    unwrap_model,
+    wrap_model,
+)
 from .logs import MetricsLog
 from .mixing import BatchMixer
 from .optim import ParamGroup, StepSchedule, build_optimizer
@@ -233,9 +241,13 @@ class Trainer:
         else:
             torch.manual_seed(cfg.seed)
             sample = next(iter(self.train_loader))
-            with one_image_batchnorm_hint():
-                self.precision = choose_precision(
-                    model, task, sample, precision=cfg.precision, channels_last=cfg.channels_last)
+            # Rank 0 chooses for all: timed on each process, 'auto' can differ between them.
+            if self.dist.is_main:
+                with one_image_batchnorm_hint():
+                    self.precision = choose_precision(
+                        model, task, sample, precision=cfg.precision,
+                        channels_last=cfg.channels_last)
+            self.precision = broadcast_object(self.precision)
         prec = self.precision
         self._say(f"precision: {prec.describe()}")
         if prec.channels_last:
@@ -507,6 +519,7 @@ class Trainer:
         model's logits for the views of each image are averaged (the loss is that of the
         averaged logits); dense (segmentation) logits are moved back into place first."""
         net = unwrap_model(model if model is not None else self.model)
+        sync_buffers(net)  # rank 0's BatchNorm statistics: the ones its checkpoint holds
         was_training = net.training
         net.eval()
         acc = self.task.metrics()
