@@ -1025,6 +1025,16 @@ def test_torchrun_ranks_validate_one_model_and_a_one_rank_error_ends_the_run(tmp
     done = launch("fail", port + 1)
     assert done.returncode != 0
     assert done.stderr.count("cnnzoo train: error: rank 1 cannot read its images") == 1
+    assert "closed by peer" not in done.stderr  # rank 0: no gloo traceback
+
+
+def test_under_torchrun_only_rank_0_reports_a_command_line_mistake(monkeypatch, capsys):
+    for rank, lines in (("1", 0), ("0", 1)):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit) as stop:
+            main(["train", "lenet5", "--data", "digits", "--epochs", "0"])
+        assert stop.value.code == 2
+        assert capsys.readouterr().err.count("--epochs") == lines
 
 
 # --------------------------------------------------------------------------- command line

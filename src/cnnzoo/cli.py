@@ -33,6 +33,8 @@ class _Parser(argparse.ArgumentParser):
     ran to 25 lines above the one that said what was wrong."""
 
     def error(self, message: str) -> typing.NoReturn:
+        if os.environ.get("RANK", "0") != "0":
+            self.exit(2)  # under torchrun every rank parses the same line: rank 0 says it
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 

@@ -203,8 +203,15 @@ def run(args: argparse.Namespace) -> int:
                 init_from=args.init_from, grow_rule=args.grow_rule,
                 label_smoothing=args.label_smoothing, model_kwargs=dict(args.model_arg),
                 dist=dist, say=say, overwrite=args.overwrite)
-    except BaseException:
+    except BaseException as exc:
         cleanup(ok=False)
+        if dist.enabled and isinstance(exc, RuntimeError) and "closed by peer" in str(exc):
+            # gloo's words when another rank has failed (it says why) or been stopped: one
+            # line, not this rank's traceback through DDP's backward.
+            from ..errors import TrainingError
+
+            raise TrainingError(f"rank {dist.rank} stopped: another process of the run "
+                                "failed or was stopped (see its message)") from None
         raise
     cleanup()
     if dist.is_main:
