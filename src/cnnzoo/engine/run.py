@@ -307,8 +307,11 @@ def train_classifier(
     # The net to grow from, read before the data load (slow for a big folder): a typo or a
     # run's folder fails at once.
     src = load_checkpoint(init_from) if init_from is not None and not resuming else None
-    before = _trained_input(Path(out_dir) / "last.pt" if resuming else init_from,
-                            data.source)  # fmt: skip
+    if resuming:
+        ran = _run_meta(Path(out_dir) / "last.pt")
+    else:  # the growth source, already read (before, it was read a second time here)
+        ran = src.get("meta") if src is not None else None
+    before = _trained_input(ran, data.source)
     if before is not None:
         ran_size, ran_channels = before
         if data.img_size is None and "img_size" not in model_kwargs and ran_size >= smallest:
@@ -388,16 +391,19 @@ def say_head_note(model_name: str, model: nn.Module, model_kwargs: dict[str, Any
         "fit small images (docs/training.md)")
 
 
-def _trained_input(path: str | os.PathLike[str] | None, source: str) -> tuple[int, int] | None:
-    """(img_size, in_chans) a `cnnzoo train` checkpoint was trained with on `source`; None when
-    there is no such file, it was trained on other data, or it does not say (loading it later
-    says what is wrong)."""
-    if path is None or not Path(path).is_file():
-        return None
-    try:  # mapped, not read: the Trainer (or the growth) reads the file afterwards
-        meta = load_checkpoint(path, mmap=True).get("meta") or {}
+def _run_meta(path: Path) -> dict[str, Any] | None:
+    """The meta of a run's checkpoint, mapped, not read (the Trainer reads the file afterwards);
+    None when it cannot be read (the Trainer then says what is wrong)."""
+    try:
+        return load_checkpoint(path, mmap=True).get("meta")
     except WeightsError:
         return None
+
+
+def _trained_input(meta: dict[str, Any] | None, source: str) -> tuple[int, int] | None:
+    """(img_size, in_chans) a `cnnzoo train` checkpoint's `meta` says it was trained with on
+    `source`; None without one, when it was trained on other data, or when it does not say."""
+    meta = meta or {}
     size, chans = meta.get("img_size"), meta.get("in_chans")
     if not same_source(meta.get("dataset"), source):
         return None
