@@ -82,25 +82,27 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         model, nn.parallel.DistributedDataParallel) else model
 
 
+def _active() -> bool:
+    """Whether this process is one of several in a process group (collectives are no-ops
+    otherwise)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def all_reduce_sum(t: Tensor) -> Tensor:
     """Sum `t` in place over all processes (no-op in a single process). gloo has no int64
     reduction issue, but float64/int64 are reduced as they are."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _active():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
 def broadcast_flag(flag: bool) -> bool:
     """True on every process if it is True on any (used to stop all ranks together)."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _active():
         t = torch.tensor([1 if flag else 0], dtype=torch.int64)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
     return flag
-
-
-def _active() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def broadcast_object(obj: Any) -> Any:
@@ -122,7 +124,7 @@ def sync_buffers(model: nn.Module) -> None:
 
 
 def barrier() -> None:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _active():
         dist.barrier()
 
 
