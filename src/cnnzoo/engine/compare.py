@@ -239,9 +239,10 @@ def _summary(path: Path, label: str, ckpt: dict[str, Any]) -> RunSummary:
 def _kept_epoch(ckpt: dict[str, Any], config: dict[str, Any],
                 history: list[dict[str, Any]]) -> dict[str, Any]:
     """The record of the epoch whose weights the run ended with: with early stopping on (and
-    its restoring not turned off), a finished run -- all its epochs, or stopped early -- gives back the
-    weights of its best epoch by the monitored metric (the validation loss for classifiers),
-    whatever the last epoch scored. An unfinished run holds its last epoch's."""
+    its restoring not turned off) or restore_best, a finished run -- all its epochs, or stopped
+    early -- gives back the weights of its best epoch by the monitored metric (the validation
+    loss for classifiers), whatever the last epoch scored. An unfinished run holds its last
+    epoch's."""
     last = history[-1]
     patience, best_epoch = config.get("patience"), ckpt.get("best_epoch")
     restores = config.get("restore_best")  # as the Trainer decides it

@@ -128,10 +128,10 @@ class ClassificationAccumulator:
         measured (a 0 read as a class never found)."""
         cm = self.confusion.double()
         tp = cm.diag()
-        predicted = cm.sum(0).tolist()
-        actual = cm.sum(1).tolist()
-        precision = (tp / cm.sum(0).clamp(min=1)).tolist()
-        recall = (tp / cm.sum(1).clamp(min=1)).tolist()
+        predicted, actual = cm.sum(0), cm.sum(1)
+        precision = (tp / predicted.clamp(min=1)).tolist()
+        recall = (tp / actual.clamp(min=1)).tolist()
+        predicted, actual = predicted.tolist(), actual.tolist()
         return {"precision": [p if m > 0 or n > 0 else None
                               for p, m, n in zip(precision, predicted, actual, strict=True)],
                 "recall": [r if n > 0 else None for r, n in zip(recall, actual, strict=True)]}
