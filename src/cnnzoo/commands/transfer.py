@@ -194,8 +194,9 @@ def model_of(args: argparse.Namespace) -> str:
 
 
 def out_folder(args: argparse.Namespace) -> Path:
-    """Where the run writes: --out, or runs/transfer-MODEL."""
-    return Path(args.out) if args.out else Path("runs") / f"transfer-{args.model}"
+    """Where the run writes: --out, or runs/transfer-MODEL (`model_of`: also for the hint after
+    an interruption, which may come before `run` has settled --model)."""
+    return Path(args.out) if args.out else Path("runs") / f"transfer-{model_of(args)}"
 
 
 def run(args: argparse.Namespace) -> int:

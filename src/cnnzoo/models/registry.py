@@ -247,7 +247,8 @@ def check_options(name: str, options: dict[str, Any]) -> None:
     """Raise create_model's one-line ModelOptionError for what can be told without building
     `name`: an option it does not take, a probability outside [0, 1) (or a bool), a size (an
     option whose default is a whole number: fc_dim, pool_size, hidden, base_width) that is not
-    a whole number >= 1, a value outside an option's fixed choices. Cheap, so a run can check before loading its data."""
+    a whole number >= 1, a value outside an option's fixed choices. Cheap, so a run can check
+    before loading its data."""
     builder, cfg = _lookup(name)
     params = _builder_parameters(builder)
     if params is not None:
