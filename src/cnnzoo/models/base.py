@@ -83,7 +83,7 @@ def check_input_size(model: nn.Module, x: Tensor, *, sizes: bool = True) -> None
             if c == 3 and x.shape[1] == 1:
                 hint += " (RGB weights are summed over the colours), or pass x.expand(-1, 3, -1, -1)"
         raise InputSizeError(f"{name} takes {c}-channel input, got {x.shape[1]} channels "
-                             f"(shape {shape})" + (f": {hint}" if hint else ""))  # fmt: skip
+                             f"(shape {shape}): {hint}")  # fmt: skip
     if (conv is not None and x.dtype != conv.weight.dtype
             and not torch.is_autocast_enabled(x.device.type)):  # fmt: skip
         # numpy's float64 through torch.as_tensor: "expected scalar type Double but found Float"
