@@ -379,6 +379,24 @@ def test_non_real_float_tensors_are_one_error(tmp_path, dtype):
     assert "\n" not in msg and "conv1.weight" in msg and str(dtype).split(".")[1] in msg
 
 
+
+def test_nan_weights_load_with_a_warning_naming_them(tmp_path, caplog):
+    """A diverged run's file (NaN in two tensors) loads, since one may want to inspect it, but
+    says so: before, it loaded silently and every prediction came out NaN."""
+    sd = cnnzoo.create_model("resnet20").state_dict()
+    sd["conv1.weight"][0, 0, 0, 0] = float("nan")
+    sd["fc.bias"][1] = float("inf")
+    path = tmp_path / "diverged.pth"
+    torch.save(sd, path)
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.weights"):
+        model = cnnzoo.create_model("resnet20", weights=str(path))
+    assert "2 tensors hold NaN or infinite values (conv1.weight, fc.bias)" in caplog.text
+    assert any("NaN" in n for n in model.weights_info.notes)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.weights"):
+        cnnzoo.create_model("resnet20", weights=cnnzoo.create_model("resnet20").state_dict())
+    assert "NaN" not in caplog.text
+
 # -- conversions and safetensors round trip -----------------------------------------------------
 
 def test_convert_to_safetensors_round_trip(tv_resnet18, tmp_path):

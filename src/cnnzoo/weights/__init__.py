@@ -31,6 +31,7 @@ from .adapt import (
     first_conv_key,
     head_keys,
     load_into,
+    non_finite_note,
 )
 from .classes import Prediction, decode_predictions, imagenet_classes, imagenet_wnids
 from .files import Checkpoint, read_checkpoint, save_safetensors, state_dict_tensors
@@ -155,6 +156,8 @@ def _fit(
     if missing or unexpected or conflicts:
         raise WeightsError(_mismatch_message(ckpt, name, conv.layout, missing, unexpected,
                                              conflicts, _architecture_of(ckpt, name)))  # fmt: skip
+    if (bad := non_finite_note(sd)) is not None:
+        notes.append(bad)
     head_loaded = getattr(model, "num_classes", None) != 0 and not any(
         "classifier re-initialised" in n for n in notes
     )

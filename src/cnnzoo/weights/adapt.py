@@ -199,6 +199,17 @@ def check_fit(sd: dict[str, Tensor], model: nn.Module) -> tuple[list[str], list[
     return missing, unexpected, conflicts
 
 
+def non_finite_note(sd: dict[str, Tensor]) -> str | None:
+    """A note naming the tensors that hold NaN or infinity, or None: such a file (a diverged
+    run's, or damaged) loads without complaint but makes every prediction NaN."""
+    bad = [k for k, t in sd.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if not bad:
+        return None
+    shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+    return (f"{len(bad)} tensor{'s' if len(bad) > 1 else ''} hold NaN or infinite values ({shown}):"
+            " predictions will be NaN; the file is from a diverged run or damaged")
+
+
 @torch.no_grad()
 def load_into(model: nn.Module, sd: dict[str, Tensor]) -> None:
     """Copy `sd` into the model; keys absent from `sd` (only a re-initialised head) are kept."""
