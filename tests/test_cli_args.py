@@ -180,6 +180,32 @@ def test_train_refusals_before_any_work(tmp_path, monkeypatch, capsys):
     assert "num_classes: set by the checkpoint itself" in capsys.readouterr().err
 
 
+def test_a_full_disk_after_the_checkpoint_is_one_line_that_says_how_to_continue(
+        tmp_path, monkeypatch, capsys):
+    """The epoch's checkpoint is written, then metrics.jsonl meets a full disk: one line naming
+    the file and the resume, not a traceback. Other OS errors (a bug's) keep their traceback."""
+    import errno
+
+    from cnnzoo.engine.logs import MetricsLog
+
+    def full(self, record):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+
+    monkeypatch.setattr(MetricsLog, "write", full)
+    argv = ["train", "lenet5", "--data", "digits", "--epochs", "1", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err == (f"cnnzoo train: error: {tmp_path / 'metrics.jsonl'}: No space left on device: "
+                   f"free some space and run it again; {tmp_path / 'last.pt'} holds the last "
+                   "finished epoch: add --resume to continue")
+
+    def broken(self, record):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(MetricsLog, "write", broken)
+    with pytest.raises(OSError, match="Input/output"):
+        main([*argv, "--overwrite"])
+
 def test_an_interrupted_training_or_transfer_run_says_how_to_continue(tmp_path, monkeypatch, capsys):
     import cnnzoo.commands.train as train_command
 

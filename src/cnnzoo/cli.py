@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -55,6 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# File errors that the user, not the code, must fix, and what to do about each.
+_TODO = {
+    errno.ENOSPC: "free some space and run it again",
+    errno.EDQUOT: "free some space and run it again",
+    errno.EROFS: "choose another --out",
+    errno.EACCES: "check its permissions, or choose another --out if results go there",
+    errno.EPERM: "check its permissions, or choose another --out if results go there",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -77,6 +88,16 @@ def main(argv: list[str] | None = None) -> int:
         # flush from failing on the closed pipe again (the recipe in the `signal` docs).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as exc:
+        # A full disk or a folder it may not write, met after the checkpoints (metrics.jsonl,
+        # the report's figures, the feature cache): the user's one line, not a traceback.
+        # Anything else is a bug and keeps its traceback.
+        if exc.errno not in _TODO:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"cnnzoo {args.command}: error: {where}{exc.strerror}: {_TODO[exc.errno]}"
+              f"{_resume_hint(args, started)}", file=sys.stderr)
+        return 2
 
 
 def _resume_hint(args: argparse.Namespace, started: float) -> str:
