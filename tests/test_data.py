@@ -347,6 +347,22 @@ def test_folder_with_bad_files_loads_the_good_ones(tmp_path, caplog):
     assert torch.equal(all_imgs[:, 0, 0, 0] > 100, all_lbls == 1)
 
 
+def test_a_mac_zips_macosx_folder_is_neither_a_class_nor_hides_a_train_val_layout(tmp_path):
+    """Unzipping a Mac's zip leaves __MACOSX/<class>/._x.jpg beside the classes: it stopped the
+    run ("class folder __MACOSX has no images") and, beside train/ + val/, made those classes."""
+    for part, n in (("train", 3), ("val", 1)):
+        for cls, value in (("cat", 10), ("dog", 200)):
+            for i in range(n):
+                _png(tmp_path / part / cls / f"{i}.png", value)
+    junk = tmp_path / "__MACOSX" / "train" / "cat"
+    junk.mkdir(parents=True)
+    (junk / "._0.png").write_bytes(b"\0\5\26\7" + b"\0" * 80)
+    s = load_folder(tmp_path, ImageSpec(channels=1), progress=False)
+    assert s.class_names == ["cat", "dog"] and (len(s.train), len(s.val)) == (6, 2)
+    (tmp_path / "train" / "__MACOSX").mkdir()  # an empty one beside classes
+    assert load_folder(tmp_path / "train", progress=False).class_names == ["cat", "dog"]
+
+
 def test_linked_folders_inside_a_class_are_read_once_and_a_link_loop_ends(tmp_path):
     """A folder linked into a class folder holds that class's images, as a linked file or a
     linked class folder does; they vanished without a word (os.walk does not follow links)."""

@@ -11,10 +11,10 @@ Layouts (class names are folder names, sorted as torchvision's ImageFolder and K
 
 Bad files never stop loading: a file with an image extension that does not decode (corrupt,
 truncated, empty, not really an image) is skipped with one warning line naming it and the cause,
-and a count follows at the end. Hidden files and folders (".DS_Store", "._x.jpg"), Thumbs.db and
-desktop.ini are skipped silently; other files without an image extension (notes.txt, a CSV) are
-listed in one note line. What cannot be trained on -- no images, one class, a class folder with
-no readable image -- raises a one-line `DataError` that says what to do; the skip lines are
+and a count follows at the end. Hidden files and folders (".DS_Store", "._x.jpg"), Thumbs.db,
+desktop.ini and a Mac zip's __MACOSX/ are skipped silently; other files without an image
+extension (notes.txt, a CSV) are listed in one note line. What cannot be trained on -- no
+images, one class, a class folder with no readable image -- raises a one-line `DataError` that says what to do; the skip lines are
 reported before it, since such an error points at them ("see warnings").
 
 Messages go to the "cnnzoo.data" logger; without logging configured Python prints them to stderr.
@@ -45,7 +45,10 @@ log = logging.getLogger("cnnzoo.data")
 TRAIN_DIRS = ("train", "training")
 VAL_DIRS = ("val", "valid", "validation")
 TEST_DIRS = ("test", "testing")
-_QUIET = {"thumbs.db", "desktop.ini"}
+# Junk other systems leave beside the images: Windows' thumbnail caches and folder settings, and
+# the __MACOSX/ folder of a zip made on a Mac (its ._x.jpg resource forks); as classes, they
+# would stop a run ("class folder __MACOSX has no images") or hide a train/ + val/ layout.
+_QUIET = {"thumbs.db", "desktop.ini", "__macosx"}
 _EXAMPLE = "one sub-folder per class, e.g. DIR/cat/1.jpg and DIR/dog/2.jpg"
 
 
