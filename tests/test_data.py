@@ -291,6 +291,29 @@ def test_unreadable_files_give_one_line_image_errors(tmp_path):
         assert msg.startswith(str(path)) and cause in msg and "\n" not in msg
 
 
+def test_iphone_heic_and_avif_photos_in_a_folder_are_images_not_unknown_files(tmp_path, caplog):
+    """HEIC photos were listed among the 'files without an image extension' (so a class of
+    iPhone photos was 'a class folder with no images'), and AVIF ones, which PIL reads, too."""
+    from PIL import features
+
+    if not features.check("avif"):  # Pillow >= 11.3 reads AVIF
+        pytest.skip("this Pillow has no AVIF support")
+    (tmp_path / "dog").mkdir()
+    for i in range(3):
+        _png(tmp_path / "cat" / f"{i}.png", 10)
+        _save(Image.new("L", (8, 8), 200), tmp_path / "dog" / f"{i}.AVIF")
+    # An iPhone photo's first bytes: an ISO-BMFF 'ftyp' box of brand heic (no HEVC decoder here).
+    heic = b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + bytes(64)
+    (tmp_path / "dog" / "IMG_0001.HEIC").write_bytes(heic)
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        s = load_folder(tmp_path, ImageSpec(channels=1), progress=False)
+    both = torch.cat([s.train.labels, s.val.labels])
+    assert torch.bincount(both).tolist() == [3, 3] and len(s.skipped) == 1
+    (line,) = [m for m in caplog.messages if "IMG_0001.HEIC" in m]
+    assert "HEIC" in line and "convert it to JPEG" in line
+    assert not any("without an image extension" in m for m in caplog.messages)
+
+
 @pytest.mark.parametrize("side", [12, 20])  # PIL warns above the limit and raises above twice it
 def test_decompression_bomb_refused(tmp_path, monkeypatch, side):
     p = _save(Image.new("L", (side, side)), tmp_path / "bomb.png")
