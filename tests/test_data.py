@@ -617,6 +617,27 @@ def test_csv_manifest(tmp_path):
         load_csv(manifest, progress=False)
 
 
+def test_a_manifest_excel_saved_in_the_windows_code_page_is_a_one_line_error(tmp_path):
+    """Excel's plain "CSV" is cp1252 ('Würfel' holds the byte 0xfc): reading it as UTF-8 ended
+    in a UnicodeDecodeError traceback. Its UTF-8 save (BOM, CRLF, ';', quotes) loads."""
+    rows = []
+    for i in range(3):
+        for cls, v in (("Würfel", 10), ("Kugel", 200)):
+            _png(tmp_path / "imgs" / f"{cls} {i}.png", v)
+            rows.append(f'"imgs\\{cls} {i}.png";{cls};;')
+    manifest = tmp_path / "m.csv"
+    text = "\r\n".join(["Filename;Class;Notes;", *rows]) + "\r\n"
+    manifest.write_bytes(text.encode("cp1252"))
+    with pytest.raises(DataError, match=r"m.csv is not UTF-8 text \(byte 0xfc on line 2\): save "
+                       r"it as UTF-8 \(Excel: Save As > CSV UTF-8\)"):
+        load_csv(manifest, progress=False)
+    assert main(["data", "info", str(manifest)]) == 2  # one line, no traceback
+    manifest.write_bytes(text.encode("utf-8-sig"))
+    s = load_csv(manifest, val_fraction=1 / 3, progress=False)
+    assert s.class_names == ["Kugel", "Würfel"] and not s.skipped
+    assert s.train.class_counts() == [2, 2] and s.val.class_counts() == [1, 1]
+
+
 def test_manifest_delimiter_is_the_one_every_row_is_split_by(tmp_path):
     # Not the first line alone: a ';' manifest whose first file name holds a comma (quoted or
     # not), a tab one whose first name holds a comma and a ';', keep their delimiter.

@@ -94,9 +94,17 @@ def manifest_rows(path: Path) -> list[list[str]]:
     decimal mark is a comma, and some tools a tab: the delimiter is the one (',' before ';'
     before tab) that splits the most of the first lines into cells (each row read as one cell
     said only 'expected path,label', once per row). Not the first line's characters alone: a
-    file name there may hold a comma or a ';'."""
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        text = fh.read()
+    file name there may hold a comma or a ';'. The text is UTF-8, with or without Excel's BOM;
+    other bytes are a one-line `DataError`."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        # Excel's plain "CSV" is in the Windows code page (cp1252: ü is one byte, 0xfc); which
+        # one cannot be told from the bytes, and a wrong guess would misname every file.
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}): "
+                        "save it as UTF-8 (Excel: Save As > CSV UTF-8)") from None
     sample = [line for line in text.splitlines() if line.strip()][:50]
 
     def rows_split(d: str) -> int:
