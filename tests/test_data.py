@@ -500,6 +500,12 @@ def test_csv_header_names_the_columns_in_any_order(tmp_path, caplog):
     assert dark_is_cat(s)
     write("class,file", lambda p, c, _: f"{c},{p}")  # aliases other tools' manifests use
     assert dark_is_cat(load_csv(manifest, ImageSpec(channels=1), progress=False))
+    # A spreadsheet's headings: any case, spaces or hyphens for underscores. "Image Path,Label"
+    # was a data row, so "Label" became a third class (of the file "Image Path").
+    for header in ("Image Path,Label", "File name,Class name", " File-Name , CLASS "):
+        write(header, lambda p, c, _: f"{p},{c}")
+        s = load_csv(manifest, ImageSpec(channels=1), progress=False)
+        assert s.class_names == ["cat", "dog"] and not s.skipped and dark_is_cat(s), header
     # Headerless manifests keep the documented order path,label[,split].
     write("", lambda p, c, sp: f"{p},{c},{sp}")
     s = load_csv(manifest, ImageSpec(channels=1), progress=False)

@@ -453,9 +453,11 @@ def unknown_split_lines(manifest: Path, unknown: dict[str, list[int]]) -> list[s
 
 
 # Header names a manifest's columns may have, in any order (the aliases are what other tools'
-# CSVs use: a Kaggle `file,class` manifest should load as it is).
+# CSVs use: a Kaggle `file,class` manifest should load as it is), compared in lower case with
+# spaces and hyphens as underscores: a spreadsheet's "Image Path" or "File name" is image_path.
 _COLUMN_NAMES = {
-    **{n: "path" for n in ("path", "file", "filename", "filepath", "image", "image_path")},
+    **{n: "path" for n in ("path", "file", "filename", "file_name", "filepath", "image",
+                           "image_path")},
     **{n: "label" for n in ("label", "class", "class_name", "category", "target")},
     **{n: "split" for n in ("split", "subset")},
 }
@@ -468,7 +470,7 @@ def _header_columns(row: list[str], manifest: Path) -> dict[str, int] | None:
     are ignored), or starts with a path column name (then the label is the second column, the
     layout older manifests have). A row holding an image file name is data, and so is one where
     only some cell happens to read 'class' or 'image' (a path without an extension, a label)."""
-    names = [c.strip().lower() for c in row]
+    names = ["_".join(c.lower().replace("-", " ").split()) for c in row]
     if any(_is_image_file(n) for n in names):
         return None
     columns: dict[str, int] = {}
