@@ -644,6 +644,34 @@ def test_a_manifest_excel_saved_in_the_windows_code_page_is_a_one_line_error(tmp
     assert s.train.class_counts() == [2, 2] and s.val.class_counts() == [1, 1]
 
 
+def test_accented_names_in_a_macs_and_in_windows_unicode_form_are_one_class_and_file(tmp_path):
+    """A Mac writes 'ü' in file names as 'u' + a combining mark (NFD), Windows as one character
+    (NFC). train/Würfel from a Mac and val/Würfel typed on Windows was 'a class that train does
+    not have'; a manifest mixing both labels made two classes that print alike; and a manifest
+    naming a file in the other form said 'no such file'."""
+    import unicodedata
+
+    from cnnzoo.engine.run import evaluation_images
+
+    nfc, nfd = (functools.partial(unicodedata.normalize, f) for f in ("NFC", "NFD"))
+    for part, form, n in (("train", nfd, 3), ("val", nfc, 1)):
+        for cls, v in (("Würfel", 10), ("Kugel", 200)):
+            for i in range(n):
+                _png(tmp_path / "d" / part / form(cls) / f"{i}.png", v)
+    s = load_folder(tmp_path / "d", progress=False)
+    assert s.class_names == ["Kugel", nfc("Würfel")]
+    assert s.train.class_counts() == [3, 3] and s.val.class_counts() == [1, 1]
+    rows = ["path,label"] + [f"{nfc(f'd/train/{c}/{i}.png')},{(nfc, nfd)[i % 2](c)}"
+                             for c in ("Würfel", "Kugel") for i in range(3)]  # fmt: skip
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    s = load_csv(tmp_path / "m.csv", val_fraction=1 / 3, progress=False)
+    assert s.class_names == ["Kugel", nfc("Würfel")] and not s.skipped
+    assert s.train.class_counts() == [2, 2] and s.val.class_counts() == [1, 1]
+    # A model trained before names were composed keeps the Mac's form: still its class.
+    ds = evaluation_images(str(tmp_path / "d" / "val"), ImageSpec(), "all", [nfd("Würfel"), "Kugel"])
+    assert ds.labels.tolist() == [1, 0] and ds.images[:, 0, 0, 0].tolist() == [200, 10]
+
+
 def test_manifest_delimiter_is_the_one_every_row_is_split_by(tmp_path):
     # Not the first line alone: a ';' manifest whose first file name holds a comma (quoted or
     # not), a tab one whose first name holds a comma and a ';', keep their delimiter.

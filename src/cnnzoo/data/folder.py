@@ -27,6 +27,7 @@ import csv
 import io
 import logging
 import os
+import unicodedata
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -117,12 +118,20 @@ def manifest_rows(path: Path) -> list[list[str]]:
 def manifest_path(base: Path, text: str) -> Path:
     """A CSV manifest's path cell, relative to the CSV's folder `base` unless absolute. A
     manifest written on Windows separates folders with backslashes, which here are part of a
-    file name: read them as separators when only that names an existing file."""
+    file name: read them as separators when only that names an existing file. Likewise a name
+    with accents written in the other Unicode form than the file's ('ü' as one character or as
+    'u' + a combining mark, as a Mac writes file names) names that file."""
     path = base / text
-    if "\\" in text and os.sep == "/" and not path.exists():
-        posix = base / text.replace("\\", "/")
-        if posix.exists():
-            return posix
+    if path.exists():
+        return path
+    spellings = [text]
+    if "\\" in text and os.sep == "/":
+        spellings.insert(0, text.replace("\\", "/"))
+    for spelling in spellings:
+        for form in ("", "NFC", "NFD"):
+            other = base / (unicodedata.normalize(form, spelling) if form else spelling)
+            if other.exists():
+                return other
     return path
 
 
@@ -173,12 +182,24 @@ def seen_images(source: str | os.PathLike[str], sample: int = 256) -> ImagesSeen
                       grey=all(grey for _, _, grey in heads))  # fmt: skip
 
 
+def class_name(text: str) -> str:
+    """A class name as a folder or a manifest's label cell spells it, in Unicode's composed form
+    (NFC). A Mac writes 'ü' in folder names as 'u' + a combining diaeresis (NFD), Windows and
+    most editors as one character: both are one class, which two spellings split in two (and
+    then a val/Würfel typed on Windows was 'a class that train/ does not have')."""
+    return unicodedata.normalize("NFC", text)
+
+
 def _scan_classes(root: Path, ignored: list[Path]) -> dict[str, list[Path]]:
-    """{class name: image files} for a folder with one sub-folder per class."""
+    """{class name: image files} for a folder with one sub-folder per class, sorted by name
+    (folders whose names differ only in their Unicode form are one class)."""
     for p in root.iterdir():
         if p.is_file() and _visible(p.name):
             ignored.append(p)
-    return {d.name: _files_under(d, ignored) for d in _subdirs(root)}
+    classes: dict[str, list[Path]] = {}
+    for d in _subdirs(root):
+        classes.setdefault(class_name(d.name), []).extend(_files_under(d, ignored))
+    return dict(sorted(classes.items()))
 
 
 def _check_classes(
@@ -544,7 +565,7 @@ def _manifest_rows(manifest: Path) -> tuple[list[tuple[Path, str, str]], list[st
             repeats.append((lineno, first_row[key], cells["path"]))
             continue
         first_row[key] = lineno
-        entries.append((path, cells["label"], split))
+        entries.append((path, class_name(cells["label"]), split))
     skipped += unknown_split_lines(manifest, unknown_splits)
     grouped = sum(len(lines) - 1 for lines in unknown_splits.values())
     if repeats:
