@@ -414,6 +414,12 @@ def test_csv_manifest_with_class_indices_and_a_missing_file(tmp_path):
     (tmp_path / "list.csv").write_text("\n;;\nimage;mask\nx.png;x_mask.png\n")
     assert holds_mask_pairs(tmp_path / "list.csv")
     assert load_mask_pairs(tmp_path / "list.csv", classes=["a", "b", "c"]).names == ["x"]
+    # Excel's capitalised headings: "expected a header with the columns image,mask", and the
+    # manifest was not told apart from a classifier's.
+    (tmp_path / "list.csv").write_text("Image;Mask;Split\r\nx.png;x_mask.png;Val\r\n")
+    assert holds_mask_pairs(tmp_path / "list.csv")
+    pairs = load_mask_pairs(tmp_path / "list.csv", classes=["a", "b", "c"], parts=("val",))
+    assert pairs.names == ["x"] and pairs.splits == ["val"]
 
 
 def test_csv_manifest_split_column_picks_validation_and_holds_test_out(tmp_path, capsys):

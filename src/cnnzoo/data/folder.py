@@ -484,6 +484,12 @@ _COLUMN_NAMES = {
 }
 
 
+def header_name(cell: str) -> str:
+    """A manifest header cell as the column names are spelt here: a spreadsheet's "Image Path"
+    or "Mask" is image_path or mask."""
+    return "_".join(cell.lower().replace("-", " ").split())
+
+
 def _header_columns(row: list[str], manifest: Path) -> dict[str, int] | None:
     """{'path'|'label'|'split': column index} when `row` is a header, None for a data row.
 
@@ -491,7 +497,7 @@ def _header_columns(row: list[str], manifest: Path) -> dict[str, int] | None:
     are ignored), or starts with a path column name (then the label is the second column, the
     layout older manifests have). A row holding an image file name is data, and so is one where
     only some cell happens to read 'class' or 'image' (a path without an extension, a label)."""
-    names = ["_".join(c.lower().replace("-", " ").split()) for c in row]
+    names = [header_name(c) for c in row]
     if any(_is_image_file(n) for n in names):
         return None
     columns: dict[str, int] = {}

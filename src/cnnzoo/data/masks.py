@@ -162,12 +162,12 @@ def read_manifest(
     classification manifests take, `folder.manifest_split`), 'train' in an empty cell, None
     without a split column; rows of another split value are left out, one line per value in
     `problems`."""
-    from .folder import manifest_rows, manifest_split, unknown_split_lines
+    from .folder import header_name, manifest_rows, manifest_split, unknown_split_lines
 
     path = Path(path)
     lines = [(n, r) for n, r in enumerate(manifest_rows(path), start=1)
              if any(c.strip() for c in r)]  # (Excel's empty rows are ';;')
-    header = [c.strip() for c in lines[0][1]] if lines else []
+    header = [header_name(c) for c in lines[0][1]] if lines else []  # Excel's Image,Mask too
     if not {"image", "mask"} <= set(header):
         raise DataError(f"{path}: expected a header with the columns image,mask[,instances]"
                         "[,split].")
@@ -324,10 +324,10 @@ def holds_mask_pairs(source: str | Path) -> bool:
     if source.is_dir():
         return (source / "images").is_dir() and (source / "masks").is_dir()
     if source.suffix.lower() == ".csv" and source.is_file():
-        from .folder import manifest_rows
+        from .folder import header_name, manifest_rows
 
         header = next((r for r in manifest_rows(source) if any(c.strip() for c in r)), [])
-        return {"image", "mask"} <= {c.strip() for c in header}
+        return {"image", "mask"} <= {header_name(c) for c in header}
     return False
 
 
