@@ -973,3 +973,10 @@ def test_a_segmentation_folder_is_not_read_as_classes(tmp_path):
     assert str(err.value) == ("'cells' is the built-in segmentation set (image/mask pairs), not "
                               "one class per folder: train a U-Net on it (cnnzoo train unet "
                               "--data cells)")
+    # Its manifest too: read as path,label it made each mask file a class, and stopped at the
+    # first validation row with "has label 'masks\\0.png', which no training row has".
+    rows = [f"images\\{i}.png;masks\\{i}.png;{'val' if i == 2 else 'train'}" for i in range(3)]
+    (tmp_path / "pairs.csv").write_text("\n".join(["Image;Mask;Split", *rows]) + "\n")
+    with pytest.raises(DataError, match=r"pairs.csv lists image/mask pairs for segmentation .*: "
+                       r"train a U-Net on it \(cnnzoo train unet --data .*pairs.csv\)"):
+        load_dataset(tmp_path / "pairs.csv")

@@ -602,8 +602,14 @@ def load_csv(
     come in any order under the names in `_COLUMN_NAMES` (path/file/filename/image,
     label/class, split). Relative paths are relative to the CSV's folder. Without a split
     column, a stratified split is made."""
+    from .masks import holds_mask_pairs  # masks imports this module
+
     spec = spec or ImageSpec()
     manifest = Path(manifest)
+    if holds_mask_pairs(manifest):  # read as path,label, every mask file would be a class
+        raise DataError(f"{manifest} lists image/mask pairs for segmentation (image and mask "
+                        f"columns), not labelled images: train a U-Net on it (cnnzoo train "
+                        f"unet --data {manifest})")
     entries, skipped, grouped = _manifest_rows(manifest)
     if not entries:  # the malformed lines say why no row was taken
         _report(skipped, [], len(skipped) + grouped, grouped)
