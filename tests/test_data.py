@@ -415,6 +415,16 @@ def test_folder_errors(tmp_path):
     shutil.rmtree(tmp_path / "b")
     with pytest.raises(DataError, match="single class folder"):
         load_folder(tmp_path, progress=False)
+    # Unzipped one level too high (photos/photos/cat/...): "a single class folder ('photos')"
+    # did not say that the classes are one level down.
+    for cls in ("cat", "dog"):
+        _png(tmp_path / "up" / "photos" / cls / "1.png", 0)
+    with pytest.raises(DataError) as err:
+        load_folder(tmp_path / "up", progress=False)
+    assert str(err.value) == (f"{tmp_path / 'up'} holds a single folder, 'photos', whose "
+                              "sub-folders (cat, dog) look like the data: give "
+                              f"{tmp_path / 'up' / 'photos'} as the data folder")
+    shutil.rmtree(tmp_path / "up")
     shutil.rmtree(tmp_path / "a")
     with pytest.raises(DataError, match="no images found"):
         load_folder(tmp_path, progress=False)

@@ -227,6 +227,13 @@ def _check_classes(
         )
     if len(classes) < min_classes:
         (name,) = classes
+        inner = [d.name for d in _subdirs(root / name)]
+        if len(inner) > 1:  # unzipped one level too high: photos/photos/{cat,dog}/
+            raise DataError(
+                f"{root} holds a single folder, {name!r}, whose sub-folders ("
+                f"{', '.join(inner[:4])}{', ...' if len(inner) > 4 else ''}) look like the "
+                f"data: give {root / name} as the data folder"
+            )
         raise DataError(
             f"{root} has a single class folder ({name!r}): a classifier needs two or more, "
             f"{_EXAMPLE}"
