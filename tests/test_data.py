@@ -284,6 +284,9 @@ def test_unreadable_files_give_one_line_image_errors(tmp_path):
         truncated: "truncated",
         tmp_path / "missing.png": "no such file",
     }
+    # A link whose file was moved said "no such file" of a file the user can see listed.
+    (tmp_path / "link.jpg").symlink_to(tmp_path / "moved" / "photo.jpg")
+    cases[tmp_path / "link.jpg"] = f"a link to a file that is not there ({tmp_path}/moved/photo.jpg)"
     for path, cause in cases.items():
         with pytest.raises(ImageError) as exc:
             load_image(path)

@@ -92,6 +92,9 @@ def load_image(
     try:
         size = os.path.getsize(path)
     except FileNotFoundError:
+        if os.path.islink(path):  # a link whose file was moved: say where it points
+            raise _fail(path, f"a link to a file that is not there ({os.readlink(path)})") \
+                from None
         raise _fail(path, "no such file") from None
     except OSError as exc:
         raise _fail(path, f"cannot read the file ({exc.strerror or exc})") from None
