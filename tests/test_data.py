@@ -403,6 +403,8 @@ def test_linked_folders_inside_a_class_are_read_once_and_a_link_loop_ends(tmp_pa
     (root / "dog" / "again").symlink_to(extra, target_is_directory=True)  # the same folder twice
     (extra / "up").symlink_to(root / "dog", target_is_directory=True)  # a loop back up
     (root / "dog" / "all").symlink_to(root, target_is_directory=True)  # the data folder itself
+    (root / "cat" / "same.png").symlink_to(root / "cat" / "0.png")  # a photo and a link to it
+    (root / "dog" / "x0.png").symlink_to(extra / "x0.png")  # one of the linked folder's
     s = load_folder(root, ImageSpec(size=6, channels=1), progress=False)
     assert len(s.train) + len(s.val) == 9  # 3 cats, 3 dogs and the 3 linked ones, once each
     counts = [t + v for t, v in zip(s.train.class_counts(), s.val.class_counts(), strict=True)]

@@ -71,10 +71,12 @@ def _files_under(folder: Path, ignored: list[Path]) -> list[Path]:
     Linked folders are followed, as linked files and a linked class folder are (a phone's
     export linked into a class folder), each real folder once. A link to a folder above
     `folder` is not: it would walk `folder` again and, from the data folder, the other
-    classes' images too."""
+    classes' images too. A file reached twice (a link to a photo beside the photo) is listed
+    once, as a manifest's repeated rows are: its copies could land on both sides of the split."""
     found: list[Path] = []
     top = os.path.realpath(folder)
     seen = {top}
+    seen_files: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         keep = []
         for d in sorted(d for d in dirnames if _visible(d)):
@@ -86,7 +88,13 @@ def _files_under(folder: Path, ignored: list[Path]) -> list[Path]:
         for name in sorted(filenames):
             if not _visible(name):
                 continue
-            (found if _is_image_file(name) else ignored).append(Path(dirpath, name))
+            if not _is_image_file(name):
+                ignored.append(Path(dirpath, name))
+                continue
+            real = os.path.realpath(os.path.join(dirpath, name))
+            if real not in seen_files:
+                seen_files.add(real)
+                found.append(Path(dirpath, name))
     return found
 
 
