@@ -379,6 +379,13 @@ def test_mask_pairs_report_missing_and_mismatched_pairs_one_line_each(tmp_path):
     lines.clear()
     pairs = load_mask_pairs(tmp_path, classes=["background", "cell"], report=lines.append)
     assert pairs.names == ["a", "c", "d", "w"] and len(lines) == 2  # b and e, as before
+    # Accents spelt as a Mac spells file names (NFD) in masks/, as Windows does in images/:
+    # "skipped images/Zelle é.png: no mask Zelle é.* in masks" beside masks/Zelle é.png.
+    _png(tmp_path / "images" / "Zelle \u00e9.png", img)
+    _png(tmp_path / "masks" / "Zelle e\u0301.png", m)
+    lines.clear()
+    pairs = load_mask_pairs(tmp_path, classes=["background", "cell"], report=lines.append)
+    assert pairs.names == ["Zelle \u00e9", "a", "c", "d", "w"] and len(lines) == 2
     # A mask with the image's sides swapped: drawn on a photo before its EXIF turn.
     _png(tmp_path / "masks" / "b.png", m.T.copy())
     lines.clear()

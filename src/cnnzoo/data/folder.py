@@ -190,11 +190,11 @@ def seen_images(source: str | os.PathLike[str], sample: int = 256) -> ImagesSeen
                       grey=all(grey for _, _, grey in heads))  # fmt: skip
 
 
-def class_name(text: str) -> str:
-    """A class name as a folder or a manifest's label cell spells it, in Unicode's composed form
-    (NFC). A Mac writes 'ü' in folder names as 'u' + a combining diaeresis (NFD), Windows and
-    most editors as one character: both are one class, which two spellings split in two (and
-    then a val/Würfel typed on Windows was 'a class that train/ does not have')."""
+def composed(text: str) -> str:
+    """A name (class folder, manifest label, file stem) in Unicode's composed form (NFC), to
+    compare it. A Mac writes 'ü' in file names as 'u' + a combining diaeresis (NFD), Windows
+    and most editors as one character: both spellings are one class (two split it in two, and
+    a val/Würfel typed on Windows was 'a class that train/ does not have'), one file stem."""
     return unicodedata.normalize("NFC", text)
 
 
@@ -206,7 +206,7 @@ def _scan_classes(root: Path, ignored: list[Path]) -> dict[str, list[Path]]:
             ignored.append(p)
     classes: dict[str, list[Path]] = {}
     for d in _subdirs(root):
-        classes.setdefault(class_name(d.name), []).extend(_files_under(d, ignored))
+        classes.setdefault(composed(d.name), []).extend(_files_under(d, ignored))
     return dict(sorted(classes.items()))
 
 
@@ -586,7 +586,7 @@ def _manifest_rows(manifest: Path) -> tuple[list[tuple[Path, str, str]], list[st
             repeats.append((lineno, first_row[key], cells["path"]))
             continue
         first_row[key] = lineno
-        entries.append((path, class_name(cells["label"]), split))
+        entries.append((path, composed(cells["label"]), split))
     skipped += unknown_split_lines(manifest, unknown_splits)
     grouped = sum(len(lines) - 1 for lines in unknown_splits.values())
     if repeats:

@@ -35,7 +35,7 @@ from scipy import ndimage
 
 from ..errors import DataError
 from ..text import plural
-from .folder import manifest_path
+from .folder import composed, manifest_path
 from .images import IMAGE_EXTENSIONS
 
 IGNORE_INDEX = 255
@@ -111,7 +111,8 @@ def _files_by_stem(folder: Path, problems: list[str], ambiguous: set[str]) -> di
     for p in sorted(folder.iterdir()):
         # Every format images are read in (.webp, .gif, ...); no hidden files (macOS's ._a.png).
         if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."):
-            by_stem.setdefault(p.stem, []).append(p)
+            # One stem however its accents are spelt: a Mac's masks/é.png names images/é.jpg.
+            by_stem.setdefault(composed(p.stem), []).append(p)
     for stem, paths in by_stem.items():
         if len(paths) > 1:
             ambiguous.add(stem)

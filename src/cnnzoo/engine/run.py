@@ -478,7 +478,7 @@ def evaluation_images(
     """
     from ..data import builtin
     from ..data.dataset import ImageDataset
-    from ..data.folder import class_name
+    from ..data.folder import composed
     from ..data.images import ImageSpec
 
     is_builtin = builtin_name(src) is not None
@@ -511,9 +511,9 @@ def evaluation_images(
             raise DataError(f"{src} has changed since the run was trained (images added, "
                             "removed, renamed or now readable), so its validation split would "
                             "hold images the run trained on: pass --data with held-out images")
-    # Data's class names are NFC (`folder.class_name`); a model trained before that may hold a
+    # Data's class names are NFC (`folder.composed`); a model trained before that may hold a
     # Mac folder's decomposed 'ü'.
-    trained = [class_name(c) for c in class_names]
+    trained = [composed(c) for c in class_names]
     if ds.class_names != class_names:
         if set(ds.class_names) - set(trained):
             raise DataError(f"{src} has classes the model was not trained on: "
