@@ -348,6 +348,19 @@ def _png(path, arr):
     Image.fromarray(arr).save(path)
 
 
+def test_a_pair_folder_named_on_windows_says_which_folders_to_rename(tmp_path):
+    """Images/ and Masks/ (Windows ignores case) gave "DIR/images is not a folder: put images
+    in DIR/images", beside the folder holding them."""
+    _pair_folder(tmp_path, ["a"])
+    (tmp_path / "images").rename(tmp_path / "Images")
+    (tmp_path / "masks").rename(tmp_path / "Masks")
+    with pytest.raises(DataError) as err:
+        load_mask_pairs(tmp_path)
+    assert str(err.value) == (f"{tmp_path / 'images'} is not a folder, but {tmp_path / 'Images'} "
+                              "is: folder names are case-sensitive here, rename Images, Masks "
+                              "to images, masks")
+
+
 def test_mask_pairs_report_missing_and_mismatched_pairs_one_line_each(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()

@@ -220,7 +220,8 @@ def _check_classes(
                 f"{root} holds images but no class sub-folders: move them into {_EXAMPLE}"
             )
         raise DataError(f"no images found in {root}: expected {_EXAMPLE} (or a CSV manifest)")
-    if {"images", "masks"} <= set(classes) and set(classes) <= {"images", "masks", "instances"}:
+    folders = {name.lower() for name in classes}  # Images/ + Masks/, made on Windows, too
+    if {"images", "masks"} <= folders and folders <= {"images", "masks", "instances"}:
         # The layout of a segmentation set: as classes, every mask would be a "mask" image.
         raise DataError(
             f"{root} is a segmentation set (images/ + masks/), not one sub-folder per class: "

@@ -132,6 +132,14 @@ def find_pairs(
     img_dir, mask_dir, inst_dir = root / images, root / masks, root / instances
     for d in (img_dir, mask_dir):
         if not d.is_dir():
+            # Windows' folder names ignore case, so its Images/ is images/ there, not here.
+            other = [p.name for p in sorted(root.iterdir()) if p.is_dir() and p.name !=
+                     p.name.lower() and p.name.lower() in (images, masks, instances)] \
+                if root.is_dir() else []  # fmt: skip
+            if other:
+                raise DataError(f"{d} is not a folder, but {root / other[0]} is: folder names "
+                                f"are case-sensitive here, rename {', '.join(other)} to "
+                                f"{', '.join(n.lower() for n in other)}")  # fmt: skip
             raise DataError(
                 f"{d} is not a folder: put images in {img_dir} and masks (same file stems) in "
                 f"{mask_dir}, or pass a CSV manifest."
