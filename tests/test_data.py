@@ -633,6 +633,15 @@ def test_csv_manifest(tmp_path):
         manifest.write_text("\n".join(r.replace(",", sep) for r in rows) + "\n")
         s = load_csv(manifest, progress=False)
         assert s.train.class_counts() == [4, 4] and s.val.class_counts() == [2, 2]
+    # Every path written from elsewhere (the current folder, a PC's C:\Users\...): one line
+    # naming the CSV's folder, where it was one "no such file" line per row.
+    manifest.write_text("\n".join(f"C:\\Users\\anna\\{r.split(',')[0]},{r.split(',')[1]}"
+                                  for r in rows[1:]) + "\n")
+    with pytest.raises(DataError) as err:
+        load_csv(manifest, progress=False)
+    assert str(err.value) == (f"none of the 13 files {manifest} lists is there (the first: "
+                              f"{tmp_path}/C:\\Users\\anna\\imgs/2_0.png): write the paths "
+                              f"relative to the CSV's folder, {tmp_path} (or absolute)")
     manifest.write_text("a.png,cat\n")
     with pytest.raises(DataError, match="two or more"):
         load_csv(manifest, progress=False)

@@ -643,6 +643,12 @@ def load_csv(
                 f"{manifest}: {path.name} ({split}) has label {label!r}, which no training row has: "
                 "fix the label or add training images of it"
             )
+    if not any(path.exists() or path.is_symlink() for path, _, _ in entries):
+        # One line, not one "no such file" per row: every path was written from elsewhere (the
+        # current folder, C:\Users\... on the PC that made the CSV).
+        raise DataError(f"none of the {plural(len(entries), 'file')} {manifest} lists is there "
+                        f"(the first: {entries[0][0]}): write the paths relative to the CSV's "
+                        f"folder, {manifest.parent} (or absolute)")  # fmt: skip
     parts = ("train", "val", "test")
     items = {part: [(p, index[label]) for p, label, split in entries if split == part]
              for part in parts}  # fmt: skip
