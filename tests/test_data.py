@@ -284,11 +284,37 @@ def test_unreadable_files_give_one_line_image_errors(tmp_path):
         truncated: "truncated",
         tmp_path / "missing.png": "no such file",
     }
+    # A link whose file was moved said "no such file" of a file the user can see listed.
+    (tmp_path / "link.jpg").symlink_to(tmp_path / "moved" / "photo.jpg")
+    cases[tmp_path / "link.jpg"] = f"a link to a file that is not there ({tmp_path}/moved/photo.jpg)"
     for path, cause in cases.items():
         with pytest.raises(ImageError) as exc:
             load_image(path)
         msg = str(exc.value)
         assert msg.startswith(str(path)) and cause in msg and "\n" not in msg
+
+
+def test_iphone_heic_and_avif_photos_in_a_folder_are_images_not_unknown_files(tmp_path, caplog):
+    """HEIC photos were listed among the 'files without an image extension' (so a class of
+    iPhone photos was 'a class folder with no images'), and AVIF ones, which PIL reads, too."""
+    from PIL import features
+
+    if not features.check("avif"):  # Pillow >= 11.3 reads AVIF
+        pytest.skip("this Pillow has no AVIF support")
+    (tmp_path / "dog").mkdir()
+    for i in range(3):
+        _png(tmp_path / "cat" / f"{i}.png", 10)
+        _save(Image.new("L", (8, 8), 200), tmp_path / "dog" / f"{i}.AVIF")
+    # An iPhone photo's first bytes: an ISO-BMFF 'ftyp' box of brand heic (no HEVC decoder here).
+    heic = b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + bytes(64)
+    (tmp_path / "dog" / "IMG_0001.HEIC").write_bytes(heic)
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        s = load_folder(tmp_path, ImageSpec(channels=1), progress=False)
+    both = torch.cat([s.train.labels, s.val.labels])
+    assert torch.bincount(both).tolist() == [3, 3] and len(s.skipped) == 1
+    (line,) = [m for m in caplog.messages if "IMG_0001.HEIC" in m]
+    assert "HEIC" in line and "convert it to JPEG" in line
+    assert not any("without an image extension" in m for m in caplog.messages)
 
 
 @pytest.mark.parametrize("side", [12, 20])  # PIL warns above the limit and raises above twice it
@@ -347,6 +373,22 @@ def test_folder_with_bad_files_loads_the_good_ones(tmp_path, caplog):
     assert torch.equal(all_imgs[:, 0, 0, 0] > 100, all_lbls == 1)
 
 
+def test_a_mac_zips_macosx_folder_is_neither_a_class_nor_hides_a_train_val_layout(tmp_path):
+    """Unzipping a Mac's zip leaves __MACOSX/<class>/._x.jpg beside the classes: it stopped the
+    run ("class folder __MACOSX has no images") and, beside train/ + val/, made those classes."""
+    for part, n in (("train", 3), ("val", 1)):
+        for cls, value in (("cat", 10), ("dog", 200)):
+            for i in range(n):
+                _png(tmp_path / part / cls / f"{i}.png", value)
+    junk = tmp_path / "__MACOSX" / "train" / "cat"
+    junk.mkdir(parents=True)
+    (junk / "._0.png").write_bytes(b"\0\5\26\7" + b"\0" * 80)
+    s = load_folder(tmp_path, ImageSpec(channels=1), progress=False)
+    assert s.class_names == ["cat", "dog"] and (len(s.train), len(s.val)) == (6, 2)
+    (tmp_path / "train" / "__MACOSX").mkdir()  # an empty one beside classes
+    assert load_folder(tmp_path / "train", progress=False).class_names == ["cat", "dog"]
+
+
 def test_linked_folders_inside_a_class_are_read_once_and_a_link_loop_ends(tmp_path):
     """A folder linked into a class folder holds that class's images, as a linked file or a
     linked class folder does; they vanished without a word (os.walk does not follow links)."""
@@ -361,6 +403,8 @@ def test_linked_folders_inside_a_class_are_read_once_and_a_link_loop_ends(tmp_pa
     (root / "dog" / "again").symlink_to(extra, target_is_directory=True)  # the same folder twice
     (extra / "up").symlink_to(root / "dog", target_is_directory=True)  # a loop back up
     (root / "dog" / "all").symlink_to(root, target_is_directory=True)  # the data folder itself
+    (root / "cat" / "same.png").symlink_to(root / "cat" / "0.png")  # a photo and a link to it
+    (root / "dog" / "x0.png").symlink_to(extra / "x0.png")  # one of the linked folder's
     s = load_folder(root, ImageSpec(size=6, channels=1), progress=False)
     assert len(s.train) + len(s.val) == 9  # 3 cats, 3 dogs and the 3 linked ones, once each
     counts = [t + v for t, v in zip(s.train.class_counts(), s.val.class_counts(), strict=True)]
@@ -376,6 +420,16 @@ def test_folder_errors(tmp_path):
     shutil.rmtree(tmp_path / "b")
     with pytest.raises(DataError, match="single class folder"):
         load_folder(tmp_path, progress=False)
+    # Unzipped one level too high (photos/photos/cat/...): "a single class folder ('photos')"
+    # did not say that the classes are one level down.
+    for cls in ("cat", "dog"):
+        _png(tmp_path / "up" / "photos" / cls / "1.png", 0)
+    with pytest.raises(DataError) as err:
+        load_folder(tmp_path / "up", progress=False)
+    assert str(err.value) == (f"{tmp_path / 'up'} holds a single folder, 'photos', whose "
+                              "sub-folders (cat, dog) look like the data: give "
+                              f"{tmp_path / 'up' / 'photos'} as the data folder")
+    shutil.rmtree(tmp_path / "up")
     shutil.rmtree(tmp_path / "a")
     with pytest.raises(DataError, match="no images found"):
         load_folder(tmp_path, progress=False)
@@ -461,6 +515,12 @@ def test_csv_header_names_the_columns_in_any_order(tmp_path, caplog):
     assert dark_is_cat(s)
     write("class,file", lambda p, c, _: f"{c},{p}")  # aliases other tools' manifests use
     assert dark_is_cat(load_csv(manifest, ImageSpec(channels=1), progress=False))
+    # A spreadsheet's headings: any case, spaces or hyphens for underscores. "Image Path,Label"
+    # was a data row, so "Label" became a third class (of the file "Image Path").
+    for header in ("Image Path,Label", "File name,Class name", " File-Name , CLASS "):
+        write(header, lambda p, c, _: f"{p},{c}")
+        s = load_csv(manifest, ImageSpec(channels=1), progress=False)
+        assert s.class_names == ["cat", "dog"] and not s.skipped and dark_is_cat(s), header
     # Headerless manifests keep the documented order path,label[,split].
     write("", lambda p, c, sp: f"{p},{c},{sp}")
     s = load_csv(manifest, ImageSpec(channels=1), progress=False)
@@ -573,9 +633,67 @@ def test_csv_manifest(tmp_path):
         manifest.write_text("\n".join(r.replace(",", sep) for r in rows) + "\n")
         s = load_csv(manifest, progress=False)
         assert s.train.class_counts() == [4, 4] and s.val.class_counts() == [2, 2]
+    # Every path written from elsewhere (the current folder, a PC's C:\Users\...): one line
+    # naming the CSV's folder, where it was one "no such file" line per row.
+    manifest.write_text("\n".join(f"C:\\Users\\anna\\{r.split(',')[0]},{r.split(',')[1]}"
+                                  for r in rows[1:]) + "\n")
+    with pytest.raises(DataError) as err:
+        load_csv(manifest, progress=False)
+    assert str(err.value) == (f"none of the 13 files {manifest} lists is there (the first: "
+                              f"{tmp_path}/C:\\Users\\anna\\imgs/2_0.png): write the paths "
+                              f"relative to the CSV's folder, {tmp_path} (or absolute)")
     manifest.write_text("a.png,cat\n")
     with pytest.raises(DataError, match="two or more"):
         load_csv(manifest, progress=False)
+
+
+def test_a_manifest_excel_saved_in_the_windows_code_page_is_a_one_line_error(tmp_path):
+    """Excel's plain "CSV" is cp1252 ('Würfel' holds the byte 0xfc): reading it as UTF-8 ended
+    in a UnicodeDecodeError traceback. Its UTF-8 save (BOM, CRLF, ';', quotes) loads."""
+    rows = []
+    for i in range(3):
+        for cls, v in (("Würfel", 10), ("Kugel", 200)):
+            _png(tmp_path / "imgs" / f"{cls} {i}.png", v)
+            rows.append(f'"imgs\\{cls} {i}.png";{cls};;')
+    manifest = tmp_path / "m.csv"
+    text = "\r\n".join(["Filename;Class;Notes;", *rows]) + "\r\n"
+    manifest.write_bytes(text.encode("cp1252"))
+    with pytest.raises(DataError, match=r"m.csv is not UTF-8 text \(byte 0xfc on line 2\): save "
+                       r"it as UTF-8 \(Excel: Save As > CSV UTF-8\)"):
+        load_csv(manifest, progress=False)
+    assert main(["data", "info", str(manifest)]) == 2  # one line, no traceback
+    manifest.write_bytes(text.encode("utf-8-sig"))
+    s = load_csv(manifest, val_fraction=1 / 3, progress=False)
+    assert s.class_names == ["Kugel", "Würfel"] and not s.skipped
+    assert s.train.class_counts() == [2, 2] and s.val.class_counts() == [1, 1]
+
+
+def test_accented_names_in_a_macs_and_in_windows_unicode_form_are_one_class_and_file(tmp_path):
+    """A Mac writes 'ü' in file names as 'u' + a combining mark (NFD), Windows as one character
+    (NFC). train/Würfel from a Mac and val/Würfel typed on Windows was 'a class that train does
+    not have'; a manifest mixing both labels made two classes that print alike; and a manifest
+    naming a file in the other form said 'no such file'."""
+    import unicodedata
+
+    from cnnzoo.engine.run import evaluation_images
+
+    nfc, nfd = (functools.partial(unicodedata.normalize, f) for f in ("NFC", "NFD"))
+    for part, form, n in (("train", nfd, 3), ("val", nfc, 1)):
+        for cls, v in (("Würfel", 10), ("Kugel", 200)):
+            for i in range(n):
+                _png(tmp_path / "d" / part / form(cls) / f"{i}.png", v)
+    s = load_folder(tmp_path / "d", progress=False)
+    assert s.class_names == ["Kugel", nfc("Würfel")]
+    assert s.train.class_counts() == [3, 3] and s.val.class_counts() == [1, 1]
+    rows = ["path,label"] + [f"{nfc(f'd/train/{c}/{i}.png')},{(nfc, nfd)[i % 2](c)}"
+                             for c in ("Würfel", "Kugel") for i in range(3)]  # fmt: skip
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    s = load_csv(tmp_path / "m.csv", val_fraction=1 / 3, progress=False)
+    assert s.class_names == ["Kugel", nfc("Würfel")] and not s.skipped
+    assert s.train.class_counts() == [2, 2] and s.val.class_counts() == [1, 1]
+    # A model trained before names were composed keeps the Mac's form: still its class.
+    ds = evaluation_images(str(tmp_path / "d" / "val"), ImageSpec(), "all", [nfd("Würfel"), "Kugel"])
+    assert ds.labels.tolist() == [1, 0] and ds.images[:, 0, 0, 0].tolist() == [200, 10]
 
 
 def test_manifest_delimiter_is_the_one_every_row_is_split_by(tmp_path):
@@ -872,6 +990,10 @@ def test_a_segmentation_folder_is_not_read_as_classes(tmp_path):
             _png(tmp_path / sub / f"{i}.png", 40 * i)
     with pytest.raises(DataError, match=r"is a segmentation set \(images/ \+ masks/\).*unet"):
         load_folder(tmp_path, progress=False)
+    for sub in ("images", "masks", "instances"):  # named on Windows: trained as 3 classes
+        (tmp_path / sub).rename(tmp_path / sub.capitalize())
+    with pytest.raises(DataError, match=r"is a segmentation set \(images/ \+ masks/\).*unet"):
+        load_folder(tmp_path, progress=False)
     # The built-in segmentation set by name: 'neither a built-in data set (fashion-mnist,
     # digits)' said cnnzoo had no 'cells', which `cnnzoo train unet --data cells` trains on.
     with pytest.raises(DataError) as err:
@@ -879,3 +1001,10 @@ def test_a_segmentation_folder_is_not_read_as_classes(tmp_path):
     assert str(err.value) == ("'cells' is the built-in segmentation set (image/mask pairs), not "
                               "one class per folder: train a U-Net on it (cnnzoo train unet "
                               "--data cells)")
+    # Its manifest too: read as path,label it made each mask file a class, and stopped at the
+    # first validation row with "has label 'masks\\0.png', which no training row has".
+    rows = [f"images\\{i}.png;masks\\{i}.png;{'val' if i == 2 else 'train'}" for i in range(3)]
+    (tmp_path / "pairs.csv").write_text("\n".join(["Image;Mask;Split", *rows]) + "\n")
+    with pytest.raises(DataError, match=r"pairs.csv lists image/mask pairs for segmentation .*: "
+                       r"train a U-Net on it \(cnnzoo train unet --data .*pairs.csv\)"):
+        load_dataset(tmp_path / "pairs.csv")

@@ -348,6 +348,19 @@ def _png(path, arr):
     Image.fromarray(arr).save(path)
 
 
+def test_a_pair_folder_named_on_windows_says_which_folders_to_rename(tmp_path):
+    """Images/ and Masks/ (Windows ignores case) gave "DIR/images is not a folder: put images
+    in DIR/images", beside the folder holding them."""
+    _pair_folder(tmp_path, ["a"])
+    (tmp_path / "images").rename(tmp_path / "Images")
+    (tmp_path / "masks").rename(tmp_path / "Masks")
+    with pytest.raises(DataError) as err:
+        load_mask_pairs(tmp_path)
+    assert str(err.value) == (f"{tmp_path / 'images'} is not a folder, but {tmp_path / 'Images'} "
+                              "is: folder names are case-sensitive here, rename Images, Masks "
+                              "to images, masks")
+
+
 def test_mask_pairs_report_missing_and_mismatched_pairs_one_line_each(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()
@@ -379,6 +392,13 @@ def test_mask_pairs_report_missing_and_mismatched_pairs_one_line_each(tmp_path):
     lines.clear()
     pairs = load_mask_pairs(tmp_path, classes=["background", "cell"], report=lines.append)
     assert pairs.names == ["a", "c", "d", "w"] and len(lines) == 2  # b and e, as before
+    # Accents spelt as a Mac spells file names (NFD) in masks/, as Windows does in images/:
+    # "skipped images/Zelle é.png: no mask Zelle é.* in masks" beside masks/Zelle é.png.
+    _png(tmp_path / "images" / "Zelle \u00e9.png", img)
+    _png(tmp_path / "masks" / "Zelle e\u0301.png", m)
+    lines.clear()
+    pairs = load_mask_pairs(tmp_path, classes=["background", "cell"], report=lines.append)
+    assert pairs.names == ["Zelle \u00e9", "a", "c", "d", "w"] and len(lines) == 2
     # A mask with the image's sides swapped: drawn on a photo before its EXIF turn.
     _png(tmp_path / "masks" / "b.png", m.T.copy())
     lines.clear()
@@ -414,6 +434,12 @@ def test_csv_manifest_with_class_indices_and_a_missing_file(tmp_path):
     (tmp_path / "list.csv").write_text("\n;;\nimage;mask\nx.png;x_mask.png\n")
     assert holds_mask_pairs(tmp_path / "list.csv")
     assert load_mask_pairs(tmp_path / "list.csv", classes=["a", "b", "c"]).names == ["x"]
+    # Excel's capitalised headings: "expected a header with the columns image,mask", and the
+    # manifest was not told apart from a classifier's.
+    (tmp_path / "list.csv").write_text("Image;Mask;Split\r\nx.png;x_mask.png;Val\r\n")
+    assert holds_mask_pairs(tmp_path / "list.csv")
+    pairs = load_mask_pairs(tmp_path / "list.csv", classes=["a", "b", "c"], parts=("val",))
+    assert pairs.names == ["x"] and pairs.splits == ["val"]
 
 
 def test_csv_manifest_split_column_picks_validation_and_holds_test_out(tmp_path, capsys):

@@ -11,10 +11,10 @@ Layouts (class names are folder names, sorted as torchvision's ImageFolder and K
 
 Bad files never stop loading: a file with an image extension that does not decode (corrupt,
 truncated, empty, not really an image) is skipped with one warning line naming it and the cause,
-and a count follows at the end. Hidden files and folders (".DS_Store", "._x.jpg"), Thumbs.db and
-desktop.ini are skipped silently; other files without an image extension (notes.txt, a CSV) are
-listed in one note line. What cannot be trained on -- no images, one class, a class folder with
-no readable image -- raises a one-line `DataError` that says what to do; the skip lines are
+and a count follows at the end. Hidden files and folders (".DS_Store", "._x.jpg"), Thumbs.db,
+desktop.ini and a Mac zip's __MACOSX/ are skipped silently; other files without an image
+extension (notes.txt, a CSV) are listed in one note line. What cannot be trained on -- no
+images, one class, a class folder with no readable image -- raises a one-line `DataError` that says what to do; the skip lines are
 reported before it, since such an error points at them ("see warnings").
 
 Messages go to the "cnnzoo.data" logger; without logging configured Python prints them to stderr.
@@ -27,6 +27,7 @@ import csv
 import io
 import logging
 import os
+import unicodedata
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -45,7 +46,10 @@ log = logging.getLogger("cnnzoo.data")
 TRAIN_DIRS = ("train", "training")
 VAL_DIRS = ("val", "valid", "validation")
 TEST_DIRS = ("test", "testing")
-_QUIET = {"thumbs.db", "desktop.ini"}
+# Junk other systems leave beside the images: Windows' thumbnail caches and folder settings, and
+# the __MACOSX/ folder of a zip made on a Mac (its ._x.jpg resource forks); as classes, they
+# would stop a run ("class folder __MACOSX has no images") or hide a train/ + val/ layout.
+_QUIET = {"thumbs.db", "desktop.ini", "__macosx"}
 _EXAMPLE = "one sub-folder per class, e.g. DIR/cat/1.jpg and DIR/dog/2.jpg"
 
 
@@ -67,10 +71,12 @@ def _files_under(folder: Path, ignored: list[Path]) -> list[Path]:
     Linked folders are followed, as linked files and a linked class folder are (a phone's
     export linked into a class folder), each real folder once. A link to a folder above
     `folder` is not: it would walk `folder` again and, from the data folder, the other
-    classes' images too."""
+    classes' images too. A file reached twice (a link to a photo beside the photo) is listed
+    once, as a manifest's repeated rows are: its copies could land on both sides of the split."""
     found: list[Path] = []
     top = os.path.realpath(folder)
     seen = {top}
+    seen_files: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         keep = []
         for d in sorted(d for d in dirnames if _visible(d)):
@@ -82,7 +88,13 @@ def _files_under(folder: Path, ignored: list[Path]) -> list[Path]:
         for name in sorted(filenames):
             if not _visible(name):
                 continue
-            (found if _is_image_file(name) else ignored).append(Path(dirpath, name))
+            if not _is_image_file(name):
+                ignored.append(Path(dirpath, name))
+                continue
+            real = os.path.realpath(os.path.join(dirpath, name))
+            if real not in seen_files:
+                seen_files.add(real)
+                found.append(Path(dirpath, name))
     return found
 
 
@@ -91,9 +103,17 @@ def manifest_rows(path: Path) -> list[list[str]]:
     decimal mark is a comma, and some tools a tab: the delimiter is the one (',' before ';'
     before tab) that splits the most of the first lines into cells (each row read as one cell
     said only 'expected path,label', once per row). Not the first line's characters alone: a
-    file name there may hold a comma or a ';'."""
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        text = fh.read()
+    file name there may hold a comma or a ';'. The text is UTF-8, with or without Excel's BOM;
+    other bytes are a one-line `DataError`."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        # Excel's plain "CSV" is in the Windows code page (cp1252: ü is one byte, 0xfc); which
+        # one cannot be told from the bytes, and a wrong guess would misname every file.
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}): "
+                        "save it as UTF-8 (Excel: Save As > CSV UTF-8)") from None
     sample = [line for line in text.splitlines() if line.strip()][:50]
 
     def rows_split(d: str) -> int:
@@ -106,12 +126,20 @@ def manifest_rows(path: Path) -> list[list[str]]:
 def manifest_path(base: Path, text: str) -> Path:
     """A CSV manifest's path cell, relative to the CSV's folder `base` unless absolute. A
     manifest written on Windows separates folders with backslashes, which here are part of a
-    file name: read them as separators when only that names an existing file."""
+    file name: read them as separators when only that names an existing file. Likewise a name
+    with accents written in the other Unicode form than the file's ('ü' as one character or as
+    'u' + a combining mark, as a Mac writes file names) names that file."""
     path = base / text
-    if "\\" in text and os.sep == "/" and not path.exists():
-        posix = base / text.replace("\\", "/")
-        if posix.exists():
-            return posix
+    if path.exists():
+        return path
+    spellings = [text]
+    if "\\" in text and os.sep == "/":
+        spellings.insert(0, text.replace("\\", "/"))
+    for spelling in spellings:
+        for form in ("", "NFC", "NFD"):
+            other = base / (unicodedata.normalize(form, spelling) if form else spelling)
+            if other.exists():
+                return other
     return path
 
 
@@ -162,12 +190,24 @@ def seen_images(source: str | os.PathLike[str], sample: int = 256) -> ImagesSeen
                       grey=all(grey for _, _, grey in heads))  # fmt: skip
 
 
+def composed(text: str) -> str:
+    """A name (class folder, manifest label, file stem) in Unicode's composed form (NFC), to
+    compare it. A Mac writes 'ü' in file names as 'u' + a combining diaeresis (NFD), Windows
+    and most editors as one character: both spellings are one class (two split it in two, and
+    a val/Würfel typed on Windows was 'a class that train/ does not have'), one file stem."""
+    return unicodedata.normalize("NFC", text)
+
+
 def _scan_classes(root: Path, ignored: list[Path]) -> dict[str, list[Path]]:
-    """{class name: image files} for a folder with one sub-folder per class."""
+    """{class name: image files} for a folder with one sub-folder per class, sorted by name
+    (folders whose names differ only in their Unicode form are one class)."""
     for p in root.iterdir():
         if p.is_file() and _visible(p.name):
             ignored.append(p)
-    return {d.name: _files_under(d, ignored) for d in _subdirs(root)}
+    classes: dict[str, list[Path]] = {}
+    for d in _subdirs(root):
+        classes.setdefault(composed(d.name), []).extend(_files_under(d, ignored))
+    return dict(sorted(classes.items()))
 
 
 def _check_classes(
@@ -180,7 +220,8 @@ def _check_classes(
                 f"{root} holds images but no class sub-folders: move them into {_EXAMPLE}"
             )
         raise DataError(f"no images found in {root}: expected {_EXAMPLE} (or a CSV manifest)")
-    if {"images", "masks"} <= set(classes) and set(classes) <= {"images", "masks", "instances"}:
+    folders = {name.lower() for name in classes}  # Images/ + Masks/, made on Windows, too
+    if {"images", "masks"} <= folders and folders <= {"images", "masks", "instances"}:
         # The layout of a segmentation set: as classes, every mask would be a "mask" image.
         raise DataError(
             f"{root} is a segmentation set (images/ + masks/), not one sub-folder per class: "
@@ -195,6 +236,13 @@ def _check_classes(
         )
     if len(classes) < min_classes:
         (name,) = classes
+        inner = [d.name for d in _subdirs(root / name)]
+        if len(inner) > 1:  # unzipped one level too high: photos/photos/{cat,dog}/
+            raise DataError(
+                f"{root} holds a single folder, {name!r}, whose sub-folders ("
+                f"{', '.join(inner[:4])}{', ...' if len(inner) > 4 else ''}) look like the "
+                f"data: give {root / name} as the data folder"
+            )
         raise DataError(
             f"{root} has a single class folder ({name!r}): a classifier needs two or more, "
             f"{_EXAMPLE}"
@@ -442,12 +490,20 @@ def unknown_split_lines(manifest: Path, unknown: dict[str, list[int]]) -> list[s
 
 
 # Header names a manifest's columns may have, in any order (the aliases are what other tools'
-# CSVs use: a Kaggle `file,class` manifest should load as it is).
+# CSVs use: a Kaggle `file,class` manifest should load as it is), compared in lower case with
+# spaces and hyphens as underscores: a spreadsheet's "Image Path" or "File name" is image_path.
 _COLUMN_NAMES = {
-    **{n: "path" for n in ("path", "file", "filename", "filepath", "image", "image_path")},
+    **{n: "path" for n in ("path", "file", "filename", "file_name", "filepath", "image",
+                           "image_path")},
     **{n: "label" for n in ("label", "class", "class_name", "category", "target")},
     **{n: "split" for n in ("split", "subset")},
 }
+
+
+def header_name(cell: str) -> str:
+    """A manifest header cell as the column names are spelt here: a spreadsheet's "Image Path"
+    or "Mask" is image_path or mask."""
+    return "_".join(cell.lower().replace("-", " ").split())
 
 
 def _header_columns(row: list[str], manifest: Path) -> dict[str, int] | None:
@@ -457,7 +513,7 @@ def _header_columns(row: list[str], manifest: Path) -> dict[str, int] | None:
     are ignored), or starts with a path column name (then the label is the second column, the
     layout older manifests have). A row holding an image file name is data, and so is one where
     only some cell happens to read 'class' or 'image' (a path without an extension, a label)."""
-    names = [c.strip().lower() for c in row]
+    names = [header_name(c) for c in row]
     if any(_is_image_file(n) for n in names):
         return None
     columns: dict[str, int] = {}
@@ -531,7 +587,7 @@ def _manifest_rows(manifest: Path) -> tuple[list[tuple[Path, str, str]], list[st
             repeats.append((lineno, first_row[key], cells["path"]))
             continue
         first_row[key] = lineno
-        entries.append((path, cells["label"], split))
+        entries.append((path, composed(cells["label"]), split))
     skipped += unknown_split_lines(manifest, unknown_splits)
     grouped = sum(len(lines) - 1 for lines in unknown_splits.values())
     if repeats:
@@ -562,8 +618,14 @@ def load_csv(
     come in any order under the names in `_COLUMN_NAMES` (path/file/filename/image,
     label/class, split). Relative paths are relative to the CSV's folder. Without a split
     column, a stratified split is made."""
+    from .masks import holds_mask_pairs  # masks imports this module
+
     spec = spec or ImageSpec()
     manifest = Path(manifest)
+    if holds_mask_pairs(manifest):  # read as path,label, every mask file would be a class
+        raise DataError(f"{manifest} lists image/mask pairs for segmentation (image and mask "
+                        f"columns), not labelled images: train a U-Net on it (cnnzoo train "
+                        f"unet --data {manifest})")
     entries, skipped, grouped = _manifest_rows(manifest)
     if not entries:  # the malformed lines say why no row was taken
         _report(skipped, [], len(skipped) + grouped, grouped)
@@ -581,6 +643,12 @@ def load_csv(
                 f"{manifest}: {path.name} ({split}) has label {label!r}, which no training row has: "
                 "fix the label or add training images of it"
             )
+    if not any(path.exists() or path.is_symlink() for path, _, _ in entries):
+        # One line, not one "no such file" per row: every path was written from elsewhere (the
+        # current folder, C:\Users\... on the PC that made the CSV).
+        raise DataError(f"none of the {plural(len(entries), 'file')} {manifest} lists is there "
+                        f"(the first: {entries[0][0]}): write the paths relative to the CSV's "
+                        f"folder, {manifest.parent} (or absolute)")  # fmt: skip
     parts = ("train", "val", "test")
     items = {part: [(p, index[label]) for p, label, split in entries if split == part]
              for part in parts}  # fmt: skip

@@ -49,12 +49,16 @@ _RESAMPLE = {
     "lanczos": Image.Resampling.LANCZOS,
 }
 
-# File suffixes PIL decodes that users keep photos and scans in. Folder readers use this to tell
-# an image that failed to decode (warned about) from a file that was never meant to be an image.
+# File suffixes users keep photos and scans in. Folder readers use this to tell an image that
+# failed to decode (warned about) from a file that was never meant to be an image. HEIC/HEIF (an
+# iPhone's photos) is listed although PIL cannot read it, so that such photos are skipped with a
+# line saying to convert them, not counted among the "files without an image extension".
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".dib", ".gif", ".tif", ".tiff",
-     ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".jp2", ".j2k"}
+     ".webp", ".avif", ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".ico", ".jp2", ".j2k",
+     ".heic", ".heif"}
 )  # fmt: skip
+_HEIF = (".heic", ".heif")
 
 # `warnings.catch_warnings` swaps the process-wide filter list, so two decoding threads entering
 # it at once could leave the "error" filter installed for good; the lock serialises only the
@@ -88,6 +92,9 @@ def load_image(
     try:
         size = os.path.getsize(path)
     except FileNotFoundError:
+        if os.path.islink(path):  # a link whose file was moved: say where it points
+            raise _fail(path, f"a link to a file that is not there ({os.readlink(path)})") \
+                from None
         raise _fail(path, "no such file") from None
     except OSError as exc:
         raise _fail(path, f"cannot read the file ({exc.strerror or exc})") from None
@@ -103,6 +110,9 @@ def load_image(
     except ImageError:
         raise
     except UnidentifiedImageError:
+        if os.fspath(path).lower().endswith(_HEIF):
+            raise _fail(path, "a HEIC/HEIF photo, which PIL cannot read: convert it to JPEG or "
+                        "PNG (on a Mac: Preview, File > Export)") from None
         raise _fail(path, "not an image (PIL does not recognise the format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise _fail(path, f"refused as a decompression bomb ({exc})") from None

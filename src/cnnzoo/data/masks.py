@@ -35,7 +35,7 @@ from scipy import ndimage
 
 from ..errors import DataError
 from ..text import plural
-from .folder import manifest_path
+from .folder import composed, manifest_path
 from .images import IMAGE_EXTENSIONS
 
 IGNORE_INDEX = 255
@@ -111,7 +111,8 @@ def _files_by_stem(folder: Path, problems: list[str], ambiguous: set[str]) -> di
     for p in sorted(folder.iterdir()):
         # Every format images are read in (.webp, .gif, ...); no hidden files (macOS's ._a.png).
         if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."):
-            by_stem.setdefault(p.stem, []).append(p)
+            # One stem however its accents are spelt: a Mac's masks/é.png names images/é.jpg.
+            by_stem.setdefault(composed(p.stem), []).append(p)
     for stem, paths in by_stem.items():
         if len(paths) > 1:
             ambiguous.add(stem)
@@ -131,6 +132,14 @@ def find_pairs(
     img_dir, mask_dir, inst_dir = root / images, root / masks, root / instances
     for d in (img_dir, mask_dir):
         if not d.is_dir():
+            # Windows' folder names ignore case, so its Images/ is images/ there, not here.
+            other = [p.name for p in sorted(root.iterdir()) if p.is_dir() and p.name !=
+                     p.name.lower() and p.name.lower() in (images, masks, instances)] \
+                if root.is_dir() else []  # fmt: skip
+            if other:
+                raise DataError(f"{d} is not a folder, but {root / other[0]} is: folder names "
+                                f"are case-sensitive here, rename {', '.join(other)} to "
+                                f"{', '.join(n.lower() for n in other)}")  # fmt: skip
             raise DataError(
                 f"{d} is not a folder: put images in {img_dir} and masks (same file stems) in "
                 f"{mask_dir}, or pass a CSV manifest."
@@ -162,12 +171,12 @@ def read_manifest(
     classification manifests take, `folder.manifest_split`), 'train' in an empty cell, None
     without a split column; rows of another split value are left out, one line per value in
     `problems`."""
-    from .folder import manifest_rows, manifest_split, unknown_split_lines
+    from .folder import header_name, manifest_rows, manifest_split, unknown_split_lines
 
     path = Path(path)
     lines = [(n, r) for n, r in enumerate(manifest_rows(path), start=1)
              if any(c.strip() for c in r)]  # (Excel's empty rows are ';;')
-    header = [c.strip() for c in lines[0][1]] if lines else []
+    header = [header_name(c) for c in lines[0][1]] if lines else []  # Excel's Image,Mask too
     if not {"image", "mask"} <= set(header):
         raise DataError(f"{path}: expected a header with the columns image,mask[,instances]"
                         "[,split].")
@@ -324,10 +333,10 @@ def holds_mask_pairs(source: str | Path) -> bool:
     if source.is_dir():
         return (source / "images").is_dir() and (source / "masks").is_dir()
     if source.suffix.lower() == ".csv" and source.is_file():
-        from .folder import manifest_rows
+        from .folder import header_name, manifest_rows
 
         header = next((r for r in manifest_rows(source) if any(c.strip() for c in r)), [])
-        return {"image", "mask"} <= {c.strip() for c in header}
+        return {"image", "mask"} <= {header_name(c) for c in header}
     return False
 
 

@@ -478,6 +478,7 @@ def evaluation_images(
     """
     from ..data import builtin
     from ..data.dataset import ImageDataset
+    from ..data.folder import composed
     from ..data.images import ImageSpec
 
     is_builtin = builtin_name(src) is not None
@@ -510,12 +511,15 @@ def evaluation_images(
             raise DataError(f"{src} has changed since the run was trained (images added, "
                             "removed, renamed or now readable), so its validation split would "
                             "hold images the run trained on: pass --data with held-out images")
+    # Data's class names are NFC (`folder.composed`); a model trained before that may hold a
+    # Mac folder's decomposed 'ü'.
+    trained = [composed(c) for c in class_names]
     if ds.class_names != class_names:
-        if set(ds.class_names) - set(class_names):
+        if set(ds.class_names) - set(trained):
             raise DataError(f"{src} has classes the model was not trained on: "
-                            f"{sorted(set(ds.class_names) - set(class_names))}; score it on "
+                            f"{sorted(set(ds.class_names) - set(trained))}; score it on "
                             f"images of its classes ({', '.join(class_names)})")  # fmt: skip
-        remap = torch.tensor([class_names.index(c) for c in ds.class_names])
+        remap = torch.tensor([trained.index(c) for c in ds.class_names])
         ds.labels = remap[ds.labels]
         ds.class_names = list(class_names)
     return ds
