@@ -14,8 +14,9 @@ truncated, empty, not really an image) is skipped with one warning line naming i
 and a count follows at the end. Hidden files and folders (".DS_Store", "._x.jpg"), Thumbs.db,
 desktop.ini and a Mac zip's __MACOSX/ are skipped silently; other files without an image
 extension (notes.txt, a CSV) are listed in one note line. What cannot be trained on -- no
-images, one class, a class folder with no readable image -- raises a one-line `DataError` that says what to do; the skip lines are
-reported before it, since such an error points at them ("see warnings").
+images, one class, a class folder with no readable image -- raises a one-line `DataError`
+that says what to do; the skip lines are reported before it, since such an error points at
+them ("see warnings").
 
 Messages go to the "cnnzoo.data" logger; without logging configured Python prints them to stderr.
 Decoding runs on `workers` threads (PIL releases the GIL while decoding and resizing).
