@@ -920,6 +920,35 @@ def test_segment_rejects_a_classification_checkpoint(tmp_path, capsys):
     assert rc == 2 and len(err) == 1 and "not a segmentation checkpoint" in err[0]
 
 
+def test_segment_predicts_in_the_runs_precision_as_evaluate_scores(tmp_path, capsys):
+    """A bf16 run's masks: `evaluate` scores the bf16 prediction (the run's own validation), and
+    `segment` wrote the fp32 one. This net's two logits sit near 100, where bf16 keeps steps of
+    0.5, so nearly every pixel's class depends on the precision."""
+    from cnnzoo.engine.checkpoint import atomic_save
+
+    torch.manual_seed(0)
+    kwargs = {"padding": "same", "base_width": 4, "batchnorm": False}
+    net = create_model("unet", num_classes=2, in_chans=1, **kwargs).eval()
+    with torch.no_grad():
+        net.head.weight.mul_(0.05)
+        net.head.bias.fill_(100)
+    meta = {"task": "segmentation", "model": "unet", "model_kwargs": kwargs, "num_classes": 2,
+            "in_chans": 1, "mean": [0.0], "std": [1.0], "class_names": ["background", "cell"]}
+    atomic_save({"format": "cnnzoo-checkpoint-1", "model": net.state_dict(),
+                 "task": "segmentation", "meta": meta,
+                 "precision": {"dtype": "bf16", "channels_last": False}}, tmp_path / "net.pt")
+    img = np.random.default_rng(0).integers(0, 256, (48, 40), dtype=np.uint8)
+    _png(tmp_path / "x.png", img)
+    assert main(["segment", str(tmp_path / "x.png"), "--checkpoint", str(tmp_path / "net.pt"),
+                 "--out", str(tmp_path / "out"), "--tile", "64"]) == 0
+    written = np.asarray(Image.open(tmp_path / "out" / "x_mask.png")) // 255
+    fp32 = predict_tiled(net, img, tile=64, output="mask").numpy()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = predict_tiled(net, img, tile=64, output="mask").numpy()
+    assert (fp32 != bf16).mean() > 0.5  # the precision matters here
+    np.testing.assert_array_equal(written, bf16)
+
+
 # ----------------------------------------------------------------------------- evaluate
 
 

@@ -213,8 +213,7 @@ def evaluate_segmenter(
                                   count_instances=meta.get("count_instances", k == 2))  # fmt: skip
     # The run's own precision (bf16 autocast if it trained in bf16): its validation numbers,
     # repeated, as `engine.run.evaluate_checkpoint` does for classifiers.
-    precision = Precision(**{**ckpt["precision"], "source": "checkpoint"}) \
-        if "precision" in ckpt else Precision()
+    precision = Precision.of_checkpoint(ckpt)
     model.to(memory_format=precision.memory_format)
     ignored = 0
     from tqdm.auto import tqdm
