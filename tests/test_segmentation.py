@@ -341,6 +341,31 @@ def test_valid_unet_tiles_equal_whole_mirrored_image():
                        predict_tiled(net, np.array(pil.convert("L")), tile=220, output="logits"))
 
 
+
+def test_predict_tiled_takes_a_read_only_array_without_a_warning(monkeypatch):
+    """np.asarray(PIL image), what the docs and the channel advice suggest, is read-only, and
+    torch warned about it (UserWarning: "The given NumPy array is not writable"). torch warns
+    only once per process, so the test checks what it warns about: no read-only array reaches
+    torch."""
+    as_tensor = torch.as_tensor
+    given = []
+
+    def checked(data, *args, **kwargs):
+        if isinstance(data, np.ndarray):
+            given.append(data.flags.writeable)
+        return as_tensor(data, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "as_tensor", checked)
+    torch.manual_seed(0)
+    net = create_model("unet", num_classes=2, in_chans=1, padding="same", base_width=4).eval()
+    img = np.asarray(Image.fromarray(np.arange(1200, dtype=np.uint8).reshape(30, 40)))
+    assert not img.flags.writeable
+    mask = predict_tiled(net, img, tile=64, output="mask")
+    assert given and all(given)
+    assert mask.shape == (30, 40)
+    assert torch.equal(mask, predict_tiled(net, img.copy(), tile=64, output="mask"))
+
+
 # ----------------------------------------------------------------------------- data
 
 
