@@ -974,6 +974,33 @@ def test_segment_predicts_in_the_runs_precision_as_evaluate_scores(tmp_path, cap
     np.testing.assert_array_equal(written, bf16)
 
 
+
+def test_segment_run_again_leaves_out_its_own_earlier_outputs(tmp_path, capsys):
+    """`cnnzoo segment .` run twice: the first run's folder ./segmented is inside the folder
+    given, and the second run segmented its masks and overlays too (x_mask_mask.png, ...)."""
+    _threshold_unet(tmp_path / "net.pt", "elsewhere")
+    scans = tmp_path / "scans"
+    _put(scans / "x.png", np.tile(np.array([0, 200], np.uint8).repeat(8), (20, 2)))
+    args = ["segment", str(scans), "--checkpoint", str(tmp_path / "net.pt"), "--out",
+            str(scans / "segmented")]
+    assert main(args) == 0
+    first = {p: p.read_bytes() for p in (scans / "segmented").iterdir()}
+    assert sorted(p.name for p in first) == ["x_mask.png", "x_overlay.png"]
+    capsys.readouterr()
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert sorted(p.name for p in (scans / "segmented").iterdir()) == ["x_mask.png",
+                                                                         "x_overlay.png"]
+    assert len(out.splitlines()) == 1 and out.startswith(f"{scans / 'x.png'}: 32x20 -> ")
+    assert err.strip() == (f"cnnzoo segment: note: left out 2 files in {scans / 'segmented'}, "
+                           "the masks and overlays of an earlier run")
+    assert {p: p.read_bytes() for p in (scans / "segmented").iterdir()} == first
+    # Named on the command line, an earlier mask is segmented as asked.
+    assert main(["segment", str(scans / "segmented" / "x_mask.png"), "--checkpoint",
+                 str(tmp_path / "net.pt"), "--out", str(scans / "segmented")]) == 0
+    assert (scans / "segmented" / "x_mask_mask.png").is_file()
+
+
 # ----------------------------------------------------------------------------- evaluate
 
 

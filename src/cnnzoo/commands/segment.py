@@ -8,7 +8,8 @@ the exit code is then 1) and segmented with the paper's overlap-tile strategy
 (`cnnzoo.segmentation.tiling`), so memory stays bounded whatever the image size, in the run's
 numeric precision (bf16 autocast if it trained in bf16), as `cnnzoo evaluate` scores it. Writes
 `<stem>_mask.png` (0/255 for two classes, class indices otherwise: the format training reads)
-and `<stem>_overlay.png` (the predicted contours over the image).
+and `<stem>_overlay.png` (the predicted contours over the image). Folders are expanded
+recursively, without the masks and overlays an earlier run wrote into the output folder.
 
 Also home of the segmentation options of `cnnzoo train --task segmentation`
 (`add_training_arguments`), so that they live next to the rest of the segmentation CLI.
@@ -111,6 +112,22 @@ def output_stems(paths: list[Path]) -> dict[Path, str]:
     return names
 
 
+OUTPUT_SUFFIXES = ("_mask.png", "_overlay.png")  # the files `run` writes for each image
+
+
+def earlier_outputs(paths: list[Path], given: list[str], out: Path) -> list[Path]:
+    """The files of `paths` that a folder expanded to and that are this command's own outputs:
+    `*_mask.png` and `*_overlay.png` inside `out`. Run twice on a folder that holds `out` (the
+    default ./segmented with `cnnzoo segment .`), the second run segmented the first one's masks
+    and overlays (x_mask_mask.png, x_overlay_overlay.png), one more layer each time. A file
+    named on the command line is taken as asked."""
+    named = {os.path.realpath(g) for g in given if not os.path.isdir(g)}
+    root = Path(os.path.realpath(out))
+    return [p for p in paths
+            if p.name.endswith(OUTPUT_SUFFIXES) and os.path.realpath(p) not in named
+            and Path(os.path.realpath(p)).is_relative_to(root)]  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
@@ -125,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
     from ..segmentation.tiling import checked_geometry, predict_tiled
     from ..segmentation.training import load_segmenter
     from ..segmentation.visual import overlay
+    from ..text import plural
     from .predict import expand_paths
 
     if args.threads:
@@ -135,6 +153,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"cnnzoo segment: {line}", file=sys.stderr)
     out = Path(args.out)
     check_folder(out, "--out")
+    skip = earlier_outputs(paths, args.images, out)
+    if skip:
+        paths = [p for p in paths if p not in skip]
+        print(f"cnnzoo segment: note: left out {plural(len(skip), 'file')} in {out}, the "
+              "masks and overlays of an earlier run", file=sys.stderr)
+        if not paths:
+            raise ImageError(f"no images to segment: the folders given hold only the masks and "
+                             f"overlays in {out}")  # fmt: skip
     ckpt = load_checkpoint(args.checkpoint)
     model, meta = load_segmenter(args.checkpoint, ckpt)
     # The run's own precision, as `cnnzoo evaluate` predicts: the masks written are the ones it
