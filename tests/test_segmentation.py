@@ -1160,6 +1160,57 @@ def test_evaluate_scores_held_out_pairs_as_computed_by_hand(tmp_path, capsys):
     assert "cell count error 1.00 per image" in lines[5] and (tmp_path / "cm.png").is_file()
 
 
+
+def test_evaluate_held_out_masks_say_what_their_255_means(tmp_path, capsys):
+    """A run read its own masks' 255 one way; other pairs are read as training reads a folder.
+    Before, the run's reading was forced on them: a run on 0/1 masks scored on 0/255 ones
+    ignored every cell pixel (Dice 0, 'save them with 1'), and a run on 0/255 masks counted
+    the 'ignore' pixels of 0/1/255 masks as cells."""
+    from cnnzoo.engine.checkpoint import atomic_save
+
+    img = np.zeros((16, 24), np.uint8)
+    img[2:9, 3:12] = 200  # predicted cell (the threshold net: >= 128)
+    truth = np.zeros((16, 24), np.uint8)
+    truth[4:10, 5:14] = 1
+    ignore = np.zeros((16, 24), bool)
+    ignore[12:, :] = True
+    img[12:, :4] = 255  # predicted, but ignored in the 0/1/255 masks
+    # The cell pixels recounted with numpy: 0/255 masks (255 = cell) and 0/1/255 masks.
+    pred = img >= 128
+    tp, fp = (pred & (truth == 1)).sum(), (pred & (truth == 0)).sum()
+    fn = (~pred & (truth == 1)).sum()
+    k = ~ignore
+    tp_i, fp_i = (pred & (truth == 1) & k).sum(), (pred & (truth == 0) & k).sum()
+    fn_i = (~pred & (truth == 1) & k).sum()
+    white, grey = tmp_path / "white", tmp_path / "grey"
+    for i in range(2):
+        _put(white / "images" / f"a{i}.png", img)
+        _put(white / "masks" / f"a{i}.png", truth * 255)
+        _put(grey / "images" / f"a{i}.png", img)
+        _put(grey / "masks" / f"a{i}.png", np.where(ignore, IGNORE_INDEX, truth).astype(np.uint8))
+    _threshold_unet(tmp_path / "on01.pt", str(tmp_path / "elsewhere"))  # trained on 0/1 masks
+    def evaluate(*args):
+        capsys.readouterr()
+        assert main(["evaluate", *map(str, args), "--tile", "64", "--json"]) == 0
+        out, err = capsys.readouterr()
+        return json.loads(out), err
+
+    got, err = evaluate(tmp_path / "on01.pt", "--data", white)
+    assert got["ignored_pixels"] == 0 and err == ""
+    assert got["dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-12)
+    ckpt = torch.load(tmp_path / "on01.pt", weights_only=True)
+    ckpt["meta"]["binary_255"] = True  # a run on 0/255 masks
+    atomic_save(ckpt, tmp_path / "on255.pt")
+    got, err = evaluate(tmp_path / "on255.pt", "--data", grey)
+    assert got["ignored_pixels"] == 2 * ignore.sum() and err == ""
+    assert got["dice"] == pytest.approx(2 * tp_i / (2 * tp_i + fp_i + fn_i), abs=1e-12)
+    # On the data a run trained on, its own reading: these 0/255 masks as a 0/1 run read them.
+    ckpt["meta"]["binary_255"], ckpt["meta"]["dataset"] = False, str(white)
+    atomic_save(ckpt, tmp_path / "own.pt")
+    got, err = evaluate(tmp_path / "own.pt", "--split", "all")
+    assert got["ignored_pixels"] == 2 * (truth == 1).sum()
+    assert "255 means 'ignore' for the training masks" in err
+
 def test_evaluate_mismatched_checkpoints_and_data_are_one_line(trained, tmp_path, capsys):
     from cnnzoo.engine.checkpoint import atomic_save
 
