@@ -418,6 +418,18 @@ def test_mask_pairs_report_missing_and_mismatched_pairs_one_line_each(tmp_path):
         "note: every mask holds only 0 and 255, and with 3 classes 255 means 'ignore', so no "
         "pixel is labelled cell, extra; if 255 marks the foreground, name two classes (--classes "
         "background,cell)"]
+    # The names as one string, as --classes takes them (from Python, a str is a sequence of
+    # str: 'background,cell' gave 15 classes b, a, c, k, ...).
+    pairs = load_mask_pairs(tmp_path, classes=" background, cell", report=None)
+    assert pairs.classes == ["background", "cell"] and pairs.masks[0].max() == 1
+    # Fewer than two names (--classes cell, --classes ','): one line, before any file is read
+    # (it came after the skipped pairs and a note on '1 classes'; ',' named no class and was
+    # dropped in silence, the classes inferred instead).
+    for given in ("cell", ",", ["cell"]):
+        lines.clear()
+        with pytest.raises(DataError, match="needs at least two classes"):
+            load_mask_pairs(tmp_path, classes=given, report=lines.append)
+        assert lines == []
 
 
 def test_csv_manifest_with_class_indices_and_a_missing_file(tmp_path):

@@ -360,8 +360,9 @@ def load_mask_pairs(
 ) -> MaskPairs:
     """Load pairs from a folder (`images/` + `masks/`) or a CSV manifest (a `.csv` path).
 
-    classes: class names, index order (`--classes background,cell`); default `classes.txt` in the
-        folder if present, else '0', '1', ... up to the largest index found.
+    classes: class names, index order: a list, or one comma-separated string as `--classes`
+        takes it ('background,cell'); default `classes.txt` in the folder if present, else '0',
+        '1', ... up to the largest index found.
     report: called with one line per skipped pair (kept in `MaskPairs.skipped` too) and per
         note (pairs without an instance file, rare inferred classes); None: silent.
     binary_255: whether 255 is class 1 (True) or ignored (False); None: decided from these
@@ -369,6 +370,8 @@ def load_mask_pairs(
     parts: the rows of a manifest's split column that are read (test rows are held out).
     channels: decode every image with 1 or 3 channels (a trained net's); None: each file's own.
     """
+    if isinstance(classes, str):  # a str is a Sequence[str]: 'background,cell' made 15 classes
+        classes = [c.strip() for c in classes.split(",") if c.strip()]
     source = Path(source)
     if source.suffix.lower() == ".csv":
         problems: list[str] = []
@@ -384,6 +387,8 @@ def load_mask_pairs(
         )
     if classes is None and (root / "classes.txt").is_file():
         classes = [c.strip() for c in (root / "classes.txt").read_text().splitlines() if c.strip()]
+    if classes is not None and len(classes) < 2:  # before reading every file for nothing
+        raise DataError("segmentation needs at least two classes (e.g. --classes background,cell).")
 
     images, masks, insts, names, splits = [], [], [], [], []
     # Instance files for some pairs only: use them where they exist and components elsewhere
@@ -496,8 +501,6 @@ def load_mask_pairs(
         for line in notes:
             report(line)
     classes = list(classes)
-    if len(classes) < 2:
-        raise DataError("segmentation needs at least two classes (e.g. --classes background,cell).")
     if largest >= len(classes):
         # Drop the offending masks rather than fail: one stray value should not cost the run.
         keep = []
