@@ -575,6 +575,38 @@ def test_jpeg_masks_are_skipped_and_all_jpeg_is_one_line(tmp_path):
         load_mask_pairs(tmp_path / "d", report=None)
 
 
+
+def test_masks_in_every_grey_mode_are_read_and_odd_values_refused(tmp_path):
+    """Big-endian 16-bit TIFFs (ImageJ's), float TIFFs of whole values and grey PNGs with an
+    alpha channel are masks of class indices; they were refused as "mask mode I;16B; save one
+    channel of class indices". Fractional and negative values are refused (-1 became 255,
+    'ignore', and -100 class 156, without a word)."""
+    stems = ["be16", "float", "la", "frac", "neg"]
+    _pair_folder(tmp_path, stems)
+    idx = np.zeros((16, 20), np.uint8)
+    idx[4:8, 4:8] = 1
+    idx[10, :] = 2
+    masks = tmp_path / "masks"
+    for stem in stems:
+        (masks / f"{stem}.png").unlink()
+    Image.fromarray(idx.astype(">u2")).save(masks / "be16.tif")
+    Image.fromarray(idx.astype(np.float32)).save(masks / "float.tif")
+    Image.fromarray(np.dstack([idx, np.full_like(idx, 255)]), "LA").save(masks / "la.png")
+    Image.fromarray(idx.astype(np.float32) / 2).save(masks / "frac.tif")
+    Image.fromarray(idx.astype(np.int32) - 1).save(masks / "neg.tif")
+    assert [Image.open(masks / f).mode for f in ("be16.tif", "float.tif", "la.png")] == [
+        "I;16B", "F", "LA"]
+    lines: list[str] = []
+    pairs = load_mask_pairs(tmp_path, classes=["bg", "a", "b"], report=lines.append)
+    assert pairs.names == ["be16", "float", "la"]
+    for m in pairs.masks:
+        np.testing.assert_array_equal(m, idx)
+    assert lines == [
+        f"skipped frac: cannot read mask {masks / 'frac.tif'}: mask of fractional values (a "
+        "float image); save whole class indices",
+        f"skipped neg: cannot read mask {masks / 'neg.tif'}: mask values below 0; save class "
+        "indices 0..254 (255: ignore)"]
+
 def test_stray_mask_value_is_named_when_classes_are_inferred(tmp_path):
     _pair_folder(tmp_path, ["a", "b", "c"], (40, 40))
     m = np.asarray(Image.open(tmp_path / "masks" / "b.png")) // 255
