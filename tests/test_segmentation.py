@@ -1045,6 +1045,22 @@ def test_segment_run_again_leaves_out_its_own_earlier_outputs(tmp_path, capsys):
     assert (scans / "segmented" / "x_mask_mask.png").is_file()
 
 
+
+def test_segment_says_when_a_stack_had_only_its_first_frame_segmented(tmp_path, capsys):
+    """A microscope's TIFF stack (time-lapse, z-stack) is decoded as its first frame: its other
+    frames were left out without a word."""
+    _threshold_unet(tmp_path / "net.pt", "elsewhere")
+    frames = [Image.fromarray(np.full((12, 16), v, np.uint8)) for v in (200, 0, 0)]
+    frames[0].save(tmp_path / "stack.tif", save_all=True, append_images=frames[1:])
+    frames[1].save(tmp_path / "one.tif")
+    assert main(["segment", str(tmp_path / "stack.tif"), str(tmp_path / "one.tif"),
+                 "--checkpoint", str(tmp_path / "net.pt"), "--out", str(tmp_path / "out")]) == 0
+    assert (np.asarray(Image.open(tmp_path / "out" / "stack_mask.png")) == 255).all()  # frame 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"cnnzoo segment: note: {tmp_path / 'stack.tif'} holds 3 frames (a stack); only the "
+        "first was segmented: save each frame as its own image to segment them all"]
+
+
 # ----------------------------------------------------------------------------- evaluate
 
 

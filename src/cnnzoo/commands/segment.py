@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image
     from tqdm.auto import tqdm
 
-    from ..data.images import load_image
+    from ..data.images import frame_count, load_image
     from ..engine.checkpoint import load_checkpoint
     from ..engine.precision import Precision
     from ..errors import ImageError
@@ -201,4 +201,9 @@ def run(args: argparse.Namespace) -> int:
         share = ", ".join(f"{name} {float((mask == i).mean()):.1%}"
                           for i, name in enumerate(meta.get("class_names") or range(k)))
         print(f"{path}: {img.shape[1]}x{img.shape[0]} -> {mask_path}, {overlay_path} ({share})")
+        frames = frame_count(path)
+        if frames > 1:  # a microscope's time-lapse or z-stack: said, not segmented in part silently
+            print(f"cnnzoo segment: note: {path} holds {frames} frames (a stack); only the first "
+                  "was segmented: save each frame as its own image to segment them all",
+                  file=sys.stderr)  # fmt: skip
     return 1 if failed or problems else 0
