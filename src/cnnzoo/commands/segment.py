@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     # scores (in fp32, a bf16 run's masks differed from them on about 1 % of the pixels).
     precision = Precision.of_checkpoint(ckpt)
     model.to(memory_format=precision.memory_format)
-    del ckpt
+    del ckpt  # the model holds its own copy of the weights: not two in memory while segmenting
     k, channels = int(meta["num_classes"]), int(meta["in_chans"])
     geo = checked_geometry(model, args.tile, args.margin)
     if geo.out_size * 4 < geo.in_size:

@@ -5,10 +5,11 @@ Layout read by `load_mask_pairs(root)`::
     root/images/a.png   root/masks/a.png   [root/instances/a.png]   [root/classes.txt]
 
 Masks are single-channel PNGs of class indices (0, 1, 2, ...; palette PNGs, 16-bit and float
-TIFFs of whole values and grey PNGs with alpha count as indices), or 0/255 for two classes: when every mask holds only 0 and 255 (and no more than two classes are
-given), 255 becomes class 1. Otherwise 255 means "ignore" (the Pascal VOC convention) and is kept
-as `IGNORE_INDEX`, also in a mask that holds only 0 and 255. JPEG and lossy WebP masks are refused: compression adds
-in-between values along every edge, and each would become a class. An optional `instances/`
+TIFFs of whole values and grey PNGs with alpha count as indices), or 0/255 for two classes:
+when every mask holds only 0 and 255 (and no more than two classes are given), 255 becomes
+class 1. Otherwise 255 means "ignore" (the Pascal VOC convention) and is kept as `IGNORE_INDEX`,
+also in a mask that holds only 0 and 255. JPEG and lossy WebP masks are refused: compression
+adds in-between values along every edge, and each would become a class. An optional `instances/`
 folder holds 16-bit PNGs of instance ids (0 = background), used for the border weight map of
 U-Net's loss; without it, instances are the connected components of the foreground -- also for
 the pairs that lack an instance file when others have one (a note names them).

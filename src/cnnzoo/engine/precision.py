@@ -69,7 +69,7 @@ class Precision:
     def of_checkpoint(cls, ckpt: dict[str, Any]) -> Precision:
         """The setup a checkpoint's run trained and validated in (fp32 NCHW when it records
         none): what scoring or predicting with it repeats, so that `cnnzoo evaluate` scores the
-        very masks `cnnzoo segment` writes (bf16 flips about 1 % of a U-Net's pixels)."""
+        very masks `cnnzoo segment` writes (bf16 and fp32 differ on pixels near a tie)."""
         saved = ckpt.get("precision")
         return cls(**{**saved, "source": "checkpoint"}) if saved else cls()
 
