@@ -341,6 +341,31 @@ def test_valid_unet_tiles_equal_whole_mirrored_image():
                        predict_tiled(net, np.array(pil.convert("L")), tile=220, output="logits"))
 
 
+
+def test_predict_tiled_takes_a_read_only_array_without_a_warning(monkeypatch):
+    """np.asarray(PIL image), what the docs and the channel advice suggest, is read-only, and
+    torch warned about it (UserWarning: "The given NumPy array is not writable"). torch warns
+    only once per process, so the test checks what it warns about: no read-only array reaches
+    torch."""
+    as_tensor = torch.as_tensor
+    given = []
+
+    def checked(data, *args, **kwargs):
+        if isinstance(data, np.ndarray):
+            given.append(data.flags.writeable)
+        return as_tensor(data, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "as_tensor", checked)
+    torch.manual_seed(0)
+    net = create_model("unet", num_classes=2, in_chans=1, padding="same", base_width=4).eval()
+    img = np.asarray(Image.fromarray(np.arange(1200, dtype=np.uint8).reshape(30, 40)))
+    assert not img.flags.writeable
+    mask = predict_tiled(net, img, tile=64, output="mask")
+    assert given and all(given)
+    assert mask.shape == (30, 40)
+    assert torch.equal(mask, predict_tiled(net, img.copy(), tile=64, output="mask"))
+
+
 # ----------------------------------------------------------------------------- data
 
 
@@ -413,6 +438,18 @@ def test_mask_pairs_report_missing_and_mismatched_pairs_one_line_each(tmp_path):
         "note: every mask holds only 0 and 255, and with 3 classes 255 means 'ignore', so no "
         "pixel is labelled cell, extra; if 255 marks the foreground, name two classes (--classes "
         "background,cell)"]
+    # The names as one string, as --classes takes them (from Python, a str is a sequence of
+    # str: 'background,cell' gave 15 classes b, a, c, k, ...).
+    pairs = load_mask_pairs(tmp_path, classes=" background, cell", report=None)
+    assert pairs.classes == ["background", "cell"] and pairs.masks[0].max() == 1
+    # Fewer than two names (--classes cell, --classes ','): one line, before any file is read
+    # (it came after the skipped pairs and a note on '1 classes'; ',' named no class and was
+    # dropped in silence, the classes inferred instead).
+    for given in ("cell", ",", ["cell"]):
+        lines.clear()
+        with pytest.raises(DataError, match="needs at least two classes"):
+            load_mask_pairs(tmp_path, classes=given, report=lines.append)
+        assert lines == []
 
 
 def test_csv_manifest_with_class_indices_and_a_missing_file(tmp_path):
@@ -563,6 +600,38 @@ def test_jpeg_masks_are_skipped_and_all_jpeg_is_one_line(tmp_path):
     with pytest.raises(DataError, match=r"^no mask in .* has the stem of an image in .*file stem"):
         load_mask_pairs(tmp_path / "d", report=None)
 
+
+
+def test_masks_in_every_grey_mode_are_read_and_odd_values_refused(tmp_path):
+    """Big-endian 16-bit TIFFs (ImageJ's), float TIFFs of whole values and grey PNGs with an
+    alpha channel are masks of class indices; they were refused as "mask mode I;16B; save one
+    channel of class indices". Fractional and negative values are refused (-1 became 255,
+    'ignore', and -100 class 156, without a word)."""
+    stems = ["be16", "float", "la", "frac", "neg"]
+    _pair_folder(tmp_path, stems)
+    idx = np.zeros((16, 20), np.uint8)
+    idx[4:8, 4:8] = 1
+    idx[10, :] = 2
+    masks = tmp_path / "masks"
+    for stem in stems:
+        (masks / f"{stem}.png").unlink()
+    Image.fromarray(idx.astype(">u2")).save(masks / "be16.tif")
+    Image.fromarray(idx.astype(np.float32)).save(masks / "float.tif")
+    Image.fromarray(np.dstack([idx, np.full_like(idx, 255)]), "LA").save(masks / "la.png")
+    Image.fromarray(idx.astype(np.float32) / 2).save(masks / "frac.tif")
+    Image.fromarray(idx.astype(np.int32) - 1).save(masks / "neg.tif")
+    assert [Image.open(masks / f).mode for f in ("be16.tif", "float.tif", "la.png")] == [
+        "I;16B", "F", "LA"]
+    lines: list[str] = []
+    pairs = load_mask_pairs(tmp_path, classes=["bg", "a", "b"], report=lines.append)
+    assert pairs.names == ["be16", "float", "la"]
+    for m in pairs.masks:
+        np.testing.assert_array_equal(m, idx)
+    assert lines == [
+        f"skipped frac: cannot read mask {masks / 'frac.tif'}: mask of fractional values (a "
+        "float image); save whole class indices",
+        f"skipped neg: cannot read mask {masks / 'neg.tif'}: mask values below 0; save class "
+        "indices 0..254 (255: ignore)"]
 
 def test_stray_mask_value_is_named_when_classes_are_inferred(tmp_path):
     _pair_folder(tmp_path, ["a", "b", "c"], (40, 40))
@@ -946,6 +1015,78 @@ def test_segment_rejects_a_classification_checkpoint(tmp_path, capsys):
     assert rc == 2 and len(err) == 1 and "not a segmentation checkpoint" in err[0]
 
 
+def test_segment_predicts_in_the_runs_precision_as_evaluate_scores(tmp_path, capsys):
+    """A bf16 run's masks: `evaluate` scores the bf16 prediction (the run's own validation), and
+    `segment` wrote the fp32 one. This net's two logits sit near 100, where bf16 keeps steps of
+    0.5, so nearly every pixel's class depends on the precision."""
+    from cnnzoo.engine.checkpoint import atomic_save
+
+    torch.manual_seed(0)
+    kwargs = {"padding": "same", "base_width": 4, "batchnorm": False}
+    net = create_model("unet", num_classes=2, in_chans=1, **kwargs).eval()
+    with torch.no_grad():
+        net.head.weight.mul_(0.05)
+        net.head.bias.fill_(100)
+    meta = {"task": "segmentation", "model": "unet", "model_kwargs": kwargs, "num_classes": 2,
+            "in_chans": 1, "mean": [0.0], "std": [1.0], "class_names": ["background", "cell"]}
+    atomic_save({"format": "cnnzoo-checkpoint-1", "model": net.state_dict(),
+                 "task": "segmentation", "meta": meta,
+                 "precision": {"dtype": "bf16", "channels_last": False}}, tmp_path / "net.pt")
+    img = np.random.default_rng(0).integers(0, 256, (48, 40), dtype=np.uint8)
+    _png(tmp_path / "x.png", img)
+    assert main(["segment", str(tmp_path / "x.png"), "--checkpoint", str(tmp_path / "net.pt"),
+                 "--out", str(tmp_path / "out"), "--tile", "64"]) == 0
+    written = np.asarray(Image.open(tmp_path / "out" / "x_mask.png")) // 255
+    fp32 = predict_tiled(net, img, tile=64, output="mask").numpy()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = predict_tiled(net, img, tile=64, output="mask").numpy()
+    assert (fp32 != bf16).mean() > 0.5  # the precision matters here
+    np.testing.assert_array_equal(written, bf16)
+
+
+
+def test_segment_run_again_leaves_out_its_own_earlier_outputs(tmp_path, capsys):
+    """`cnnzoo segment .` run twice: the first run's folder ./segmented is inside the folder
+    given, and the second run segmented its masks and overlays too (x_mask_mask.png, ...)."""
+    _threshold_unet(tmp_path / "net.pt", "elsewhere")
+    scans = tmp_path / "scans"
+    _put(scans / "x.png", np.tile(np.array([0, 200], np.uint8).repeat(8), (20, 2)))
+    args = ["segment", str(scans), "--checkpoint", str(tmp_path / "net.pt"), "--out",
+            str(scans / "segmented")]
+    assert main(args) == 0
+    first = {p: p.read_bytes() for p in (scans / "segmented").iterdir()}
+    assert sorted(p.name for p in first) == ["x_mask.png", "x_overlay.png"]
+    capsys.readouterr()
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert sorted(p.name for p in (scans / "segmented").iterdir()) == ["x_mask.png",
+                                                                         "x_overlay.png"]
+    assert len(out.splitlines()) == 1 and out.startswith(f"{scans / 'x.png'}: 32x20 -> ")
+    assert err.strip() == (f"cnnzoo segment: note: left out 2 files in {scans / 'segmented'}, "
+                           "the masks and overlays of an earlier run")
+    assert {p: p.read_bytes() for p in (scans / "segmented").iterdir()} == first
+    # Named on the command line, an earlier mask is segmented as asked.
+    assert main(["segment", str(scans / "segmented" / "x_mask.png"), "--checkpoint",
+                 str(tmp_path / "net.pt"), "--out", str(scans / "segmented")]) == 0
+    assert (scans / "segmented" / "x_mask_mask.png").is_file()
+
+
+
+def test_segment_says_when_a_stack_had_only_its_first_frame_segmented(tmp_path, capsys):
+    """A microscope's TIFF stack (time-lapse, z-stack) is decoded as its first frame: its other
+    frames were left out without a word."""
+    _threshold_unet(tmp_path / "net.pt", "elsewhere")
+    frames = [Image.fromarray(np.full((12, 16), v, np.uint8)) for v in (200, 0, 0)]
+    frames[0].save(tmp_path / "stack.tif", save_all=True, append_images=frames[1:])
+    frames[1].save(tmp_path / "one.tif")
+    assert main(["segment", str(tmp_path / "stack.tif"), str(tmp_path / "one.tif"),
+                 "--checkpoint", str(tmp_path / "net.pt"), "--out", str(tmp_path / "out")]) == 0
+    assert (np.asarray(Image.open(tmp_path / "out" / "stack_mask.png")) == 255).all()  # frame 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"cnnzoo segment: note: {tmp_path / 'stack.tif'} holds 3 frames (a stack); only the "
+        "first was segmented: save each frame as its own image to segment them all"]
+
+
 # ----------------------------------------------------------------------------- evaluate
 
 
@@ -1104,6 +1245,57 @@ def test_evaluate_scores_held_out_pairs_as_computed_by_hand(tmp_path, capsys):
     assert lines[3].split()[:2] == ["cell", f"{dice:.4f}"] and lines[4].startswith("foreground")
     assert "cell count error 1.00 per image" in lines[5] and (tmp_path / "cm.png").is_file()
 
+
+
+def test_evaluate_held_out_masks_say_what_their_255_means(tmp_path, capsys):
+    """A run read its own masks' 255 one way; other pairs are read as training reads a folder.
+    Before, the run's reading was forced on them: a run on 0/1 masks scored on 0/255 ones
+    ignored every cell pixel (Dice 0, 'save them with 1'), and a run on 0/255 masks counted
+    the 'ignore' pixels of 0/1/255 masks as cells."""
+    from cnnzoo.engine.checkpoint import atomic_save
+
+    img = np.zeros((16, 24), np.uint8)
+    img[2:9, 3:12] = 200  # predicted cell (the threshold net: >= 128)
+    truth = np.zeros((16, 24), np.uint8)
+    truth[4:10, 5:14] = 1
+    ignore = np.zeros((16, 24), bool)
+    ignore[12:, :] = True
+    img[12:, :4] = 255  # predicted, but ignored in the 0/1/255 masks
+    # The cell pixels recounted with numpy: 0/255 masks (255 = cell) and 0/1/255 masks.
+    pred = img >= 128
+    tp, fp = (pred & (truth == 1)).sum(), (pred & (truth == 0)).sum()
+    fn = (~pred & (truth == 1)).sum()
+    k = ~ignore
+    tp_i, fp_i = (pred & (truth == 1) & k).sum(), (pred & (truth == 0) & k).sum()
+    fn_i = (~pred & (truth == 1) & k).sum()
+    white, grey = tmp_path / "white", tmp_path / "grey"
+    for i in range(2):
+        _put(white / "images" / f"a{i}.png", img)
+        _put(white / "masks" / f"a{i}.png", truth * 255)
+        _put(grey / "images" / f"a{i}.png", img)
+        _put(grey / "masks" / f"a{i}.png", np.where(ignore, IGNORE_INDEX, truth).astype(np.uint8))
+    _threshold_unet(tmp_path / "on01.pt", str(tmp_path / "elsewhere"))  # trained on 0/1 masks
+    def evaluate(*args):
+        capsys.readouterr()
+        assert main(["evaluate", *map(str, args), "--tile", "64", "--json"]) == 0
+        out, err = capsys.readouterr()
+        return json.loads(out), err
+
+    got, err = evaluate(tmp_path / "on01.pt", "--data", white)
+    assert got["ignored_pixels"] == 0 and err == ""
+    assert got["dice"] == pytest.approx(2 * tp / (2 * tp + fp + fn), abs=1e-12)
+    ckpt = torch.load(tmp_path / "on01.pt", weights_only=True)
+    ckpt["meta"]["binary_255"] = True  # a run on 0/255 masks
+    atomic_save(ckpt, tmp_path / "on255.pt")
+    got, err = evaluate(tmp_path / "on255.pt", "--data", grey)
+    assert got["ignored_pixels"] == 2 * ignore.sum() and err == ""
+    assert got["dice"] == pytest.approx(2 * tp_i / (2 * tp_i + fp_i + fn_i), abs=1e-12)
+    # On the data a run trained on, its own reading: these 0/255 masks as a 0/1 run read them.
+    ckpt["meta"]["binary_255"], ckpt["meta"]["dataset"] = False, str(white)
+    atomic_save(ckpt, tmp_path / "own.pt")
+    got, err = evaluate(tmp_path / "own.pt", "--split", "all")
+    assert got["ignored_pixels"] == 2 * (truth == 1).sum()
+    assert "255 means 'ignore' for the training masks" in err
 
 def test_evaluate_mismatched_checkpoints_and_data_are_one_line(trained, tmp_path, capsys):
     from cnnzoo.engine.checkpoint import atomic_save

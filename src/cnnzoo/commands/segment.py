@@ -5,9 +5,11 @@
 
 Each image is decoded on its own (a bad file prints one line; the others are still segmented;
 the exit code is then 1) and segmented with the paper's overlap-tile strategy
-(`cnnzoo.segmentation.tiling`), so memory stays bounded whatever the image size. Writes
+(`cnnzoo.segmentation.tiling`), so memory stays bounded whatever the image size, in the run's
+numeric precision (bf16 autocast if it trained in bf16), as `cnnzoo evaluate` scores it. Writes
 `<stem>_mask.png` (0/255 for two classes, class indices otherwise: the format training reads)
-and `<stem>_overlay.png` (the predicted contours over the image).
+and `<stem>_overlay.png` (the predicted contours over the image). Folders are expanded
+recursively, without the masks and overlays an earlier run wrote into the output folder.
 
 Also home of the segmentation options of `cnnzoo train --task segmentation`
 (`add_training_arguments`), so that they live next to the rest of the segmentation CLI.
@@ -110,18 +112,37 @@ def output_stems(paths: list[Path]) -> dict[Path, str]:
     return names
 
 
+OUTPUT_SUFFIXES = ("_mask.png", "_overlay.png")  # the files `run` writes for each image
+
+
+def earlier_outputs(paths: list[Path], given: list[str], out: Path) -> list[Path]:
+    """The files of `paths` that a folder expanded to and that are this command's own outputs:
+    `*_mask.png` and `*_overlay.png` inside `out`. Run twice on a folder that holds `out` (the
+    default ./segmented with `cnnzoo segment .`), the second run segmented the first one's masks
+    and overlays (x_mask_mask.png, x_overlay_overlay.png), one more layer each time. A file
+    named on the command line is taken as asked."""
+    named = {os.path.realpath(g) for g in given if not os.path.isdir(g)}
+    root = Path(os.path.realpath(out))
+    return [p for p in paths
+            if p.name.endswith(OUTPUT_SUFFIXES) and os.path.realpath(p) not in named
+            and Path(os.path.realpath(p)).is_relative_to(root)]  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
     from PIL import Image
     from tqdm.auto import tqdm
 
-    from ..data.images import load_image
+    from ..data.images import frame_count, load_image
+    from ..engine.checkpoint import load_checkpoint
+    from ..engine.precision import Precision
     from ..errors import ImageError
     from ..paths import check_folder
     from ..segmentation.tiling import checked_geometry, predict_tiled
     from ..segmentation.training import load_segmenter
     from ..segmentation.visual import overlay
+    from ..text import plural
     from .predict import expand_paths
 
     if args.threads:
@@ -132,7 +153,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"cnnzoo segment: {line}", file=sys.stderr)
     out = Path(args.out)
     check_folder(out, "--out")
-    model, meta = load_segmenter(args.checkpoint)
+    skip = earlier_outputs(paths, args.images, out)
+    if skip:
+        paths = [p for p in paths if p not in skip]
+        print(f"cnnzoo segment: note: left out {plural(len(skip), 'file')} in {out}, the "
+              "masks and overlays of an earlier run", file=sys.stderr)
+        if not paths:
+            raise ImageError(f"no images to segment: the folders given hold only the masks and "
+                             f"overlays in {out}")  # fmt: skip
+    ckpt = load_checkpoint(args.checkpoint)
+    model, meta = load_segmenter(args.checkpoint, ckpt)
+    # The run's own precision, as `cnnzoo evaluate` predicts: the masks written are the ones it
+    # scores (in fp32, a bf16 run's masks differed from them on about 1 % of the pixels).
+    precision = Precision.of_checkpoint(ckpt)
+    model.to(memory_format=precision.memory_format)
+    del ckpt  # the model holds its own copy of the weights: not two in memory while segmenting
     k, channels = int(meta["num_classes"]), int(meta["in_chans"])
     geo = checked_geometry(model, args.tile, args.margin)
     if geo.out_size * 4 < geo.in_size:
@@ -153,10 +188,11 @@ def run(args: argparse.Namespace) -> int:
             failed += 1
             continue
         chw = torch.from_numpy(img[None] if img.ndim == 2 else img.transpose(2, 0, 1).copy())
-        mask = predict_tiled(model, chw, tile=args.tile, margin=args.margin,
-                             batch_size=args.batch_size, mean=tuple(meta["mean"]),
-                             std=tuple(meta["std"]), output="mask",
-                             progress=len(paths) == 1).numpy()
+        with precision.autocast():
+            mask = predict_tiled(model, chw, tile=args.tile, margin=args.margin,
+                                 batch_size=args.batch_size, mean=tuple(meta["mean"]),
+                                 std=tuple(meta["std"]), output="mask",
+                                 progress=len(paths) == 1).numpy()
         stem = names[path]
         (out / stem).parent.mkdir(parents=True, exist_ok=True)
         mask_path = write_mask_png(mask, k, out / f"{stem}_mask.png")
@@ -165,4 +201,9 @@ def run(args: argparse.Namespace) -> int:
         share = ", ".join(f"{name} {float((mask == i).mean()):.1%}"
                           for i, name in enumerate(meta.get("class_names") or range(k)))
         print(f"{path}: {img.shape[1]}x{img.shape[0]} -> {mask_path}, {overlay_path} ({share})")
+        frames = frame_count(path)
+        if frames > 1:  # a microscope's time-lapse or z-stack: said, not segmented in part silently
+            print(f"cnnzoo segment: note: {path} holds {frames} frames (a stack); only the first "
+                  "was segmented: save each frame as its own image to segment them all",
+                  file=sys.stderr)  # fmt: skip
     return 1 if failed or problems else 0

@@ -146,6 +146,18 @@ def image_header(path: str | os.PathLike[str]) -> tuple[int, int, bool] | None:
     return (height, width, grey) if turned else (width, height, grey)
 
 
+def frame_count(path: str | os.PathLike[str]) -> int:
+    """Frames in an image file (a TIFF stack's planes, an animated GIF's frames; 1 for most
+    files and for one that does not open): `load_image` decodes only the first."""
+    try:
+        with _OPEN_LOCK, warnings.catch_warnings():  # see _OPEN_LOCK
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                return int(getattr(img, "n_frames", 1))
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
+        return 1
+
+
 def _check_pixels(path: str | os.PathLike[str], size: tuple[int, int]) -> None:
     limit = Image.MAX_IMAGE_PIXELS
     if limit is not None and size[0] * size[1] > limit:

@@ -4,11 +4,12 @@ Layout read by `load_mask_pairs(root)`::
 
     root/images/a.png   root/masks/a.png   [root/instances/a.png]   [root/classes.txt]
 
-Masks are single-channel PNGs of class indices (0, 1, 2, ...; palette PNGs count as indices), or
-0/255 for two classes: when every mask holds only 0 and 255 (and no more than two classes are
-given), 255 becomes class 1. Otherwise 255 means "ignore" (the Pascal VOC convention) and is kept
-as `IGNORE_INDEX`, also in a mask that holds only 0 and 255. JPEG and lossy WebP masks are refused: compression adds
-in-between values along every edge, and each would become a class. An optional `instances/`
+Masks are single-channel PNGs of class indices (0, 1, 2, ...; palette PNGs, 16-bit and float
+TIFFs of whole values and grey PNGs with alpha count as indices), or 0/255 for two classes:
+when every mask holds only 0 and 255 (and no more than two classes are given), 255 becomes
+class 1. Otherwise 255 means "ignore" (the Pascal VOC convention) and is kept as `IGNORE_INDEX`,
+also in a mask that holds only 0 and 255. JPEG and lossy WebP masks are refused: compression
+adds in-between values along every edge, and each would become a class. An optional `instances/`
 folder holds 16-bit PNGs of instance ids (0 = background), used for the border weight map of
 U-Net's loss; without it, instances are the connected components of the foreground -- also for
 the pairs that lack an instance file when others have one (a note names them).
@@ -36,7 +37,7 @@ from scipy import ndimage
 from ..errors import DataError
 from ..text import plural
 from .folder import composed, manifest_path
-from .images import IMAGE_EXTENSIONS
+from .images import GREY_MODES, IMAGE_EXTENSIONS
 
 IGNORE_INDEX = 255
 # Lossy formats: their compression puts in-between values along every edge of a mask, and each
@@ -279,13 +280,21 @@ def _read_mask(path: Path) -> np.ndarray:
             ):
                 raise ValueError("colour mask; save one channel of class indices (or 0/255)")
             return arr[..., 0].copy()
-        if im.mode not in ("L", "P", "1", "I", "I;16"):
+        if im.mode == "LA":  # grey with alpha (an editor's layer with transparency): the grey
+            im = im.getchannel("L")  # is the mask, as an RGBA mask's grey is
+        # Every grey mode: 16-bit TIFFs are I;16B when big-endian (ImageJ writes those), float
+        # TIFFs F; these were refused as "mask mode I;16B; save one channel of class indices".
+        if im.mode not in GREY_MODES and im.mode != "P":
             raise ValueError(f"mask mode {im.mode}; save one channel of class indices")
         arr = np.asarray(im)
     if arr.dtype == bool:
         return arr.astype(np.uint8)
+    if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+        raise ValueError("mask of fractional values (a float image); save whole class indices")
     if arr.max(initial=0) > 255:
         raise ValueError("mask values above 255; save class indices 0..254")
+    if arr.min(initial=0) < 0:  # -1 wrapped round to 255 (ignore), -100 to 156 (a class)
+        raise ValueError("mask values below 0; save class indices 0..254 (255: ignore)")
     return arr.astype(np.uint8)
 
 
@@ -302,9 +311,6 @@ def _read_instances(path: Path) -> np.ndarray:
     return arr.astype(np.int32)
 
 
-_GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
-
-
 def _read_image(path: Path, channels: int | None = None) -> np.ndarray:
     """uint8 (H, W, 1) for grey files, (H, W, 3) otherwise (or `channels`, 1 or 3: what a
     trained net takes, converted as `cnnzoo segment` converts its files); decoded by
@@ -317,7 +323,7 @@ def _read_image(path: Path, channels: int | None = None) -> np.ndarray:
     if channels is None:
         try:
             with Image.open(path) as im:
-                channels = 1 if im.mode in _GREY_MODES else 3
+                channels = 1 if im.mode in GREY_MODES else 3
         except OSError:
             channels = 3  # let load_image produce the one-line error
     arr = np.asarray(load_image(path, channels))
@@ -369,8 +375,9 @@ def load_mask_pairs(
 ) -> MaskPairs:
     """Load pairs from a folder (`images/` + `masks/`) or a CSV manifest (a `.csv` path).
 
-    classes: class names, index order (`--classes background,cell`); default `classes.txt` in the
-        folder if present, else '0', '1', ... up to the largest index found.
+    classes: class names, index order: a list, or one comma-separated string as `--classes`
+        takes it ('background,cell'); default `classes.txt` in the folder if present, else '0',
+        '1', ... up to the largest index found.
     report: called with one line per skipped pair (kept in `MaskPairs.skipped` too) and per
         note (pairs without an instance file, rare inferred classes); None: silent.
     binary_255: whether 255 is class 1 (True) or ignored (False); None: decided from these
@@ -378,6 +385,8 @@ def load_mask_pairs(
     parts: the rows of a manifest's split column that are read (test rows are held out).
     channels: decode every image with 1 or 3 channels (a trained net's); None: each file's own.
     """
+    if isinstance(classes, str):  # a str is a Sequence[str]: 'background,cell' made 15 classes
+        classes = [c.strip() for c in classes.split(",") if c.strip()]
     source = Path(source)
     if source.suffix.lower() == ".csv":
         problems: list[str] = []
@@ -393,6 +402,8 @@ def load_mask_pairs(
         )
     if classes is None and (root / "classes.txt").is_file():
         classes = [c.strip() for c in (root / "classes.txt").read_text().splitlines() if c.strip()]
+    if classes is not None and len(classes) < 2:  # before reading every file for nothing
+        raise DataError("segmentation needs at least two classes (e.g. --classes background,cell).")
 
     images, masks, insts, names, splits = [], [], [], [], []
     # Instance files for some pairs only: use them where they exist and components elsewhere
@@ -505,8 +516,6 @@ def load_mask_pairs(
         for line in notes:
             report(line)
     classes = list(classes)
-    if len(classes) < 2:
-        raise DataError("segmentation needs at least two classes (e.g. --classes background,cell).")
     if largest >= len(classes):
         # Drop the offending masks rather than fail: one stray value should not cost the run.
         keep = []

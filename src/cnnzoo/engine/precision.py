@@ -65,6 +65,14 @@ class Precision:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def of_checkpoint(cls, ckpt: dict[str, Any]) -> Precision:
+        """The setup a checkpoint's run trained and validated in (fp32 NCHW when it records
+        none): what scoring or predicting with it repeats, so that `cnnzoo evaluate` scores the
+        very masks `cnnzoo segment` writes (bf16 and fp32 differ on pixels near a tie)."""
+        saved = ckpt.get("precision")
+        return cls(**{**saved, "source": "checkpoint"}) if saved else cls()
+
 
 def cpu_features() -> dict[str, Any]:
     """What the CPU offers for bf16: torch's dispatch level and the relevant /proc/cpuinfo flags."""

@@ -554,7 +554,7 @@ def evaluate_checkpoint(
     task = ClassificationTask(meta["num_classes"], class_names=names)
     trainer = Trainer(model, task, loader, config=TrainConfig(progress=False, verbose=False))
     if "precision" in ckpt:  # the run's own (bf16 or fp32): its validation numbers, repeated
-        trainer.precision = Precision(**{**ckpt["precision"], "source": "checkpoint"})
+        trainer.precision = Precision.of_checkpoint(ckpt)
         model.to(memory_format=trainer.precision.memory_format)
     if tta and meta.get("augment", "flip-crop") not in FLIPPING:
         logging.getLogger("cnnzoo.engine").warning(tta_note(meta["augment"]))

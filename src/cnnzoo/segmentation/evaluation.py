@@ -127,7 +127,8 @@ def evaluation_pairs(
 ) -> tuple[_Pairs, str, bool]:
     """(the pairs to score, the split taken, whether it is the run's own validation split) of
     `src` ('cells', a folder or a CSV manifest) for a net whose checkpoint meta is `meta`;
-    masks read with its class names, its reading of 255 and its channels."""
+    masks read with its class names and channels, and with its reading of 255 on the data it
+    trained on (other pairs: 255 is class 1 when every mask is 0/255, as training reads them)."""
     from ..data.builtin import builtin_name
     from ..data.masks import holds_mask_pairs, load_mask_pairs
 
@@ -155,7 +156,12 @@ def evaluation_pairs(
         raise DataError(f"{src} has no {missing} folder: {how}")
     names = list(meta["class_names"])
     _check_classes_file(path, names)
-    read = {"classes": names, "binary_255": meta.get("binary_255"), "channels": meta["in_chans"]}
+    # Other pairs than the run's own say themselves what their 255 means, by the rule training
+    # reads a folder with (class 1 when every mask is 0/255, else 'ignore'): with the run's
+    # reading, a run on 0/1 masks scored on 0/255 ones ignored every foreground pixel (Dice 0),
+    # and a run on 0/255 masks counted the ignored 255 of 0/1/255 masks as cells.
+    read = {"classes": names, "binary_255": meta.get("binary_255") if same else None,
+            "channels": meta["in_chans"]}
     if split == "val":
         sp = split_pairs(path, val_fraction=meta.get("val_fraction", 0.2), seed=seed, **read)
         if same and sp.drawn:
@@ -213,8 +219,7 @@ def evaluate_segmenter(
                                   count_instances=meta.get("count_instances", k == 2))  # fmt: skip
     # The run's own precision (bf16 autocast if it trained in bf16): its validation numbers,
     # repeated, as `engine.run.evaluate_checkpoint` does for classifiers.
-    precision = Precision(**{**ckpt["precision"], "source": "checkpoint"}) \
-        if "precision" in ckpt else Precision()
+    precision = Precision.of_checkpoint(ckpt)
     model.to(memory_format=precision.memory_format)
     ignored = 0
     from tqdm.auto import tqdm

@@ -150,6 +150,10 @@ def predict_tiled(
     if isinstance(image, Image.Image):  # as `cnnzoo segment` reads a file for this net
         image = np.array(convert_image(image, 1 if chans == 1 else 3))  # a writable copy
         image = image if image.ndim == 2 else np.ascontiguousarray(image.transpose(2, 0, 1))
+    if isinstance(image, np.ndarray) and not image.flags.writeable:
+        # np.asarray(PIL image) is read-only, and torch warns about such arrays (a UserWarning
+        # for the very call this docstring and the channel advice suggest); tiles only read it.
+        image = image.copy()
     img = torch.as_tensor(image)
     given = tuple(img.shape)
     if img.dim() == 2:  # one grey image (H, W), as skimage and PIL give it

@@ -404,13 +404,12 @@ def train_segmentation(
         if getattr(args, "weight_decay", None) is None:
             changes["weight_decay"] = SEGMENTATION_DEFAULTS["weight_decay"]
     cfg = replace(config, **changes)
-    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     run = train(
         args.data, out_dir=out_dir, model=args.model, padding=args.padding,
         base_width=args.base_width, encoder_name=args.encoder,
         encoder_weights=args.encoder_weights, loss=args.loss,
         crop=args.crop or args.img_size or 128, batch_size=args.batch_size or 8,
-        classes=classes, val_fraction=args.val_fraction, cells=args.cells,
+        classes=args.classes, val_fraction=args.val_fraction, cells=args.cells,
         elastic=args.elastic, w0=args.w0, sigma=args.sigma, config=cfg, resume=args.resume,
         model_kwargs=dict(args.model_arg), dist=dist, say=say,
         overwrite=getattr(args, "overwrite", False))
