@@ -715,6 +715,58 @@ def test_grey_file_pil_image_and_tensor_give_the_same_prediction(features_run, f
     assert torch.allclose(stacked, a.expand(2, -1), atol=1e-6)
 
 
+def test_a_long_list_is_decoded_a_chunk_at_a_time(features_run, folder, monkeypatch):
+    """`predict` decoded every image of the list into one batch first: 5,000 files took 1.7 GB
+    at 224 px. Now at most DECODE_CHUNK at a time, a generator too, with the same answers in
+    the same order."""
+    from cnnzoo.transfer import bundle as bundle_module
+
+    res, _ = features_run
+    files = sorted(folder.rglob("*.png"))[:7]
+    whole = res.bundle.predict(files)
+    sizes: list[int] = []
+    load_images = bundle_module.Bundle.load_images
+
+    def counting(self, images):
+        sizes.append(len(images))
+        return load_images(self, images)
+
+    monkeypatch.setattr(bundle_module, "DECODE_CHUNK", 3)
+    monkeypatch.setattr(bundle_module.Bundle, "load_images", counting)
+    for given in (files, (f for f in files)):
+        sizes.clear()
+        got = res.bundle.predict(given)
+        assert sizes == [3, 3, 1]
+        assert got.classes == whole.classes
+        assert torch.allclose(got.probabilities, whole.probabilities, atol=1e-6)
+
+
+def test_predict_prints_each_batch_as_it_is_done(features_run, folder, monkeypatch, capsys):
+    """`cnnzoo predict --bundle` decoded every file, then predicted them all, then printed: an
+    interrupted run of thousands of files printed nothing. Now each batch is printed when it is
+    predicted: Ctrl-C keeps what was done (and exit code 130)."""
+    from cnnzoo.data.images import ImageSpec
+
+    _, out = features_run
+    files = sorted(folder.rglob("*.png"))[:6]
+    load = ImageSpec.load
+    calls = []
+
+    def interrupted_at_the_fifth(self, path):
+        calls.append(path)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return load(self, path)
+
+    monkeypatch.setattr(ImageSpec, "load", interrupted_at_the_fifth)
+    argv = ["predict", *map(str, files), "--bundle", str(out / "bundle"), "--top", "1"]
+    assert main([*argv, "--batch-size", "2"]) == 130
+    captured = capsys.readouterr()
+    assert [line for line in captured.out.splitlines() if line.endswith(".png")] == \
+        [str(f) for f in files[:4]]  # fmt: skip
+    assert captured.out.count("Prediction:") == 4 and "interrupted" in captured.err
+
+
 # ------------------------------------------------------------------- heads on feature stages
 
 

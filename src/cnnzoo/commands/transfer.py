@@ -9,10 +9,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -241,46 +240,34 @@ def probability_line(probs: Sequence[float]) -> str:
 
 
 def predict_with_bundle(bundle_dir: str | os.PathLike[str], paths: Sequence[Path], *,
-                        top: int = 5, as_json: bool = False) -> int:  # fmt: skip
+                        top: int = 5, as_json: bool = False, batch_size: int = 16,
+                        precision: str = "auto") -> int:  # fmt: skip
     """Print, per image, "Prediction: <class>  Probability: [...]" and the top-k classes (or
-    JSON). An unreadable image prints one error line and the others are still predicted;
-    returns 1 if any failed, else 0."""
-    import torch
-
-    from ..errors import ImageError
+    JSON), a batch at a time (`predict.predict_files`). An unreadable image prints one error
+    line and the others are still predicted; returns 1 if any failed, else 0."""
     from ..transfer import load_bundle
-    from .predict import format_predictions
+    from .predict import format_predictions, predict_files, print_results
 
     bundle = load_bundle(bundle_dir)
     names = bundle.class_names
-    results: list[dict[str, Any]] = []
-    good: list[tuple[dict[str, Any], Any]] = []
-    failed = 0
-    for path in paths:  # decoded one by one: a bad file costs only its own line
-        r: dict[str, Any] = {"image": os.fspath(path)}
-        results.append(r)
-        try:
-            good.append((r, bundle.load_images([path])[0]))
-        except ImageError as exc:
-            r["error"] = str(exc)
-            failed += 1
-    pred = bundle.predict_loaded(torch.stack([x for _, x in good])) if good else None
-    for i, (r, _) in enumerate(good):
-        probs = pred.probabilities[i]
-        order = probs.argsort(descending=True)[: max(1, min(top, len(names)))].tolist()
-        r.update(prediction=pred.classes[i], probabilities=dict(zip(names, probs.tolist(), strict=True)),
-                 predictions=[{"rank": k, "index": j, "class": names[j],
-                               "probability": float(probs[j])}
-                              for k, j in enumerate(order, 1)])  # fmt: skip
-    for r in results:
-        if "error" in r:
-            print(f"cnnzoo predict: error: {r['error']}", file=sys.stderr)
-        elif not as_json:
-            print(r["image"])
-            print(f"Prediction: {r['prediction']}  Probability: "
-                  f"{probability_line(list(r['probabilities'].values()))}")  # fmt: skip
-            print("\n".join(format_predictions(r["predictions"])))
-    if as_json:
-        json.dump(results, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    return 1 if failed else 0
+
+    def records() -> Iterator[dict[str, Any]]:
+        for r, probs in predict_files(
+                paths, lambda path: bundle.load_images([path])[0],
+                lambda batch: bundle.predict_loaded(batch, precision=precision).probabilities,
+                batch_size=batch_size):  # fmt: skip
+            if probs is not None:
+                order = probs.argsort(descending=True)[: max(1, min(top, len(names)))].tolist()
+                r.update(prediction=names[int(probs.argmax())],
+                         probabilities=dict(zip(names, probs.tolist(), strict=True)),
+                         predictions=[{"rank": k, "index": j, "class": names[j],
+                                       "probability": float(probs[j])}
+                                      for k, j in enumerate(order, 1)])  # fmt: skip
+            yield r
+
+    def lines(r: dict[str, Any]) -> list[str]:
+        return [f"Prediction: {r['prediction']}  Probability: "
+                f"{probability_line(list(r['probabilities'].values()))}",
+                *format_predictions(r["predictions"])]  # fmt: skip
+
+    return 1 if print_results(records(), as_json=as_json, lines=lines) else 0

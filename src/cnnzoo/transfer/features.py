@@ -22,7 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -81,13 +82,35 @@ def model_input(images: Tensor, pre: Preprocessing, view_index: int = 0) -> Tens
     return pre.normalize(view(x, view_index))
 
 
+@contextmanager
+def inference_layout(model: nn.Module, dtype: str) -> Iterator[None]:
+    """Channels-last weights while `dtype` is 'bf16' (its kernels want them; the input is
+    converted by `run_model`), contiguous again after. Converted outside any inference mode,
+    the caller's too: inside it, the parameters would become inference tensors for good, and
+    Grad-CAM or more fine-tuning would fail on them."""
+    if dtype == "bf16":
+        with torch.inference_mode(False):
+            model.to(memory_format=torch.channels_last)
+    try:
+        yield
+    finally:
+        with torch.inference_mode(False):
+            model.to(memory_format=torch.contiguous_format)
+
+
 @torch.inference_mode()
-def forward_pre_logits(model: nn.Module, x: Tensor, dtype: str = "fp32") -> Tensor:
-    """The model's pooled pre-logits vector (N, D) in float32; the model must be in eval mode."""
+def run_model(forward: Callable[[Tensor], Tensor], x: Tensor, dtype: str = "fp32") -> Tensor:
+    """`forward(x)` in float32, computed in `dtype`: 'bf16' autocast on a channels-last input
+    (bf16 in NCHW loses most of its gain), inside `inference_layout`; or 'fp32'."""
     x = x.contiguous(memory_format=torch.channels_last) if dtype == "bf16" else x
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
-        f = model.forward_head(model.forward_features(x), pre_logits=True)
-    return f.float()
+        return forward(x).float()
+
+
+def forward_pre_logits(model: nn.Module, x: Tensor, dtype: str = "fp32") -> Tensor:
+    """The model's pooled pre-logits vector (N, D) in float32; the model must be in eval mode."""
+    return run_model(lambda t: model.forward_head(model.forward_features(t), pre_logits=True),
+                     x, dtype)  # fmt: skip
 
 
 def extract_features(
@@ -114,13 +137,11 @@ def extract_features(
     dtype = inference_dtype(precision)
     was_training = model.training
     model.eval()
-    if dtype == "bf16":  # outside any inference mode: see bundle.predict_tensor
-        with torch.inference_mode(False):
-            model.to(memory_format=torch.channels_last)
     out: list[Tensor] = []
     try:
-        with tqdm(total=len(images) * views, desc=desc, unit="img", leave=False,
-                  disable=None if progress else True) as bar:  # fmt: skip
+        with inference_layout(model, dtype), tqdm(
+                total=len(images) * views, desc=desc, unit="img", leave=False,
+                disable=None if progress else True) as bar:  # fmt: skip
             for start in range(0, len(images), batch_size):
                 chunk = images[start:start + batch_size]
                 per_view = []
@@ -130,8 +151,6 @@ def extract_features(
                 out.append(torch.stack(per_view, dim=1))
     finally:
         model.train(was_training)
-        with torch.inference_mode(False):
-            model.to(memory_format=torch.contiguous_format)
     if not out:
         return torch.zeros(0, views, 0)
     return torch.cat(out)

@@ -138,8 +138,9 @@ def _read_torch(p: Path) -> Checkpoint:
 
 def training_metadata(obj: Any) -> dict[str, str]:
     """For a checkpoint written by `cnnzoo train`, what `cnnzoo convert` writes into the
-    safetensors it makes of one: the model, its options and class names and, for a classifier,
-    the input it was trained on (size, channels, the training images' mean and std). A
+    safetensors it makes of one: the model, its options and class names, the precision it ran
+    in and, for a classifier, the input it was trained on (size, channels, the training
+    images' mean and std). A
     transfer fine-tuning checkpoint is marked as one (its bundle is what to load); {} for
     anything else."""
     if not isinstance(obj, Mapping):
@@ -156,6 +157,9 @@ def training_metadata(obj: Any) -> dict[str, str]:
                "class_names": json.dumps(meta.get("class_names"))}  # fmt: skip
         if obj.get("task", "classification") == "classification":  # segmentation tiles instead
             out["checkpoint_input"] = json.dumps(training_input(meta))
+        if isinstance(obj.get("precision"), Mapping) and obj["precision"].get("dtype") in (
+                "bf16", "fp32"):  # fmt: skip
+            out["precision"] = obj["precision"]["dtype"]  # predict's default, as for the .pt
         return out
     except (KeyError, TypeError, ValueError):
         return {}  # a meta that does not say: loaded as a plain state_dict
