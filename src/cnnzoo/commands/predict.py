@@ -63,7 +63,6 @@ def _predict(args: argparse.Namespace, paths: list[Path]) -> bool:
     from ..engine.run import model_from_checkpoint, training_checkpoint
     from ..errors import UsageError, WeightsError
     from ..models import get_config
-    from ..transfer.bundle import FORMAT as BUNDLE_FORMAT
     from ..weights import Preprocessing, create_pretrained
     from ..weights.files import stored_metadata, training_input
 
@@ -85,9 +84,6 @@ def _predict(args: argparse.Namespace, paths: list[Path]) -> bool:
         names = meta.get("class_names")
     else:
         stored = stored_metadata(args.weights)  # a `cnnzoo convert` output says what it is
-        if stored.get("format") == BUNDLE_FORMAT:  # its classes, input and views are elsewhere
-            raise UsageError(f"{args.weights} is the weights file of a transfer bundle: pass "
-                             f"its folder, --bundle {Path(args.weights).parent}")  # fmt: skip
         args.model = args.model or stored.get("model") or "efficientnet_lite0"
         if get_config(args.model).task == "segmentation":
             raise UsageError(f"{args.model} segments images: train it with `cnnzoo train "
