@@ -347,6 +347,25 @@ def test_folder_with_bad_files_loads_the_good_ones(tmp_path, caplog):
     assert torch.equal(all_imgs[:, 0, 0, 0] > 100, all_lbls == 1)
 
 
+def test_images_beside_the_class_folders_are_named_as_such(tmp_path, caplog):
+    """Images dropped next to the class folders have no class and are left out; the note
+    called them files "without an image extension" (a.jpg), which sent the user looking for
+    a wrong suffix."""
+    for cls, value in (("cat", 10), ("dog", 200)):
+        for i in range(3):
+            _png(tmp_path / cls / f"{i}.png", value)
+    _png(tmp_path / "stray.png", 50)
+    (tmp_path / "readme.txt").write_text("notes")
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        s = load_folder(tmp_path, ImageSpec(channels=1), progress=False)
+    assert len(s.train) + len(s.val) == 6
+    assert caplog.messages == [
+        "ignored 1 image outside the class folders (stray.png): move each into its class's "
+        "sub-folder to train on it",
+        "ignored 1 file without an image extension (readme.txt)",
+    ]
+
+
 def test_linked_folders_inside_a_class_are_read_once_and_a_link_loop_ends(tmp_path):
     """A folder linked into a class folder holds that class's images, as a linked file or a
     linked class folder does; they vanished without a word (os.walk does not follow links)."""
