@@ -11,6 +11,7 @@ import functools
 import http.server
 import io
 import logging
+import re
 import shutil
 import threading
 
@@ -393,7 +394,14 @@ def test_folder_errors(tmp_path):
     with pytest.raises(DataError, match=r"class folder .*b has no images.*add images"):
         load_folder(tmp_path, progress=False)
     shutil.rmtree(tmp_path / "b")
-    with pytest.raises(DataError, match="single class folder"):
+    with pytest.raises(DataError, match="single class folder.*two or more"):
+        load_folder(tmp_path, progress=False)
+    # The data's parent folder given: its one sub-folder holds the class folders.
+    _png(tmp_path / "a" / "cat" / "1.png", 0)
+    _png(tmp_path / "a" / "dog" / "1.png", 0)
+    parent = re.escape(str(tmp_path / "a"))
+    with pytest.raises(DataError, match=r"single class folder \('a'\), whose sub-folders \(cat, "
+                                        rf"dog\) look like the classes: pass {parent}$"):
         load_folder(tmp_path, progress=False)
     shutil.rmtree(tmp_path / "a")
     with pytest.raises(DataError, match="no images found"):

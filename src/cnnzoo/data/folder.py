@@ -196,6 +196,11 @@ def _check_classes(
         )
     if len(classes) < min_classes:
         (name,) = classes
+        inner = [d.name for d in _subdirs(root / name)]
+        if len(inner) >= 2:  # the data's parent folder given: its one sub-folder holds classes
+            shown = ", ".join(inner[:3]) + (", ..." if len(inner) > 3 else "")
+            raise DataError(f"{root} has a single class folder ({name!r}), whose sub-folders "
+                            f"({shown}) look like the classes: pass {root / name}")
         raise DataError(
             f"{root} has a single class folder ({name!r}): a classifier needs two or more, "
             f"{_EXAMPLE}"
