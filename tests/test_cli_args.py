@@ -256,3 +256,27 @@ def test_resume_names_every_changed_setting(tmp_path, capsys):
         assert change in warning, warning
     # --freeze-bn changes nothing for a net without BatchNorm: its resume is not refused.
     assert main([*base, "--epochs", "3", "--resume", "--freeze-bn"]) == 0
+
+
+def test_every_option_with_a_default_says_it_in_help():
+    """`--help` shows each option's default: `train --epochs`, `--seed`, `--val-fraction`,
+    `transfer --batch-size`, `--precision` and others had none (no help at all), so a newcomer
+    had to read the docs to learn that `train` runs 10 epochs."""
+    import argparse
+
+    from cnnzoo.cli import build_parser
+
+    def options(parser, prog):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from options(sub, f"{prog} {name}")
+            elif action.option_strings and action.default not in (None, False, []) \
+                    and action.help != argparse.SUPPRESS and not isinstance(
+                        action, (argparse._HelpAction, argparse._VersionAction,
+                                 argparse._StoreFalseAction)):
+                yield prog, action
+
+    silent = [f"{prog} {a.option_strings[-1]}" for prog, a in options(build_parser(), "cnnzoo")
+              if "default" not in (a.help or "")]
+    assert not silent

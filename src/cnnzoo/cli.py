@@ -23,7 +23,7 @@ COMMANDS: dict[str, str] = {
     "compare": "compare training runs: parameters, FLOPs, time, accuracy, and what else differed",
     "transfer": "transfer learning: pretrained backbone + new head on your image folder",
     "segment": "segment images with a trained U-Net",
-    "data": "export built-in data sets as image folders",
+    "data": "export built-in data sets as image folders, or show what a data set holds (info)",
     "convert": "convert a checkpoint to .safetensors with cnnzoo's key names",
 }
 
