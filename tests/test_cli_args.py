@@ -280,3 +280,14 @@ def test_every_option_with_a_default_says_it_in_help():
     silent = [f"{prog} {a.option_strings[-1]}" for prog, a in options(build_parser(), "cnnzoo")
               if "default" not in (a.help or "")]
     assert not silent
+
+
+def test_the_package_metadata_builds_without_a_deprecation():
+    """`bash scripts/setup.sh` printed setuptools' warning three times: `license = { text =
+    ... }` is deprecated and, it says, fails to build from 2027-02-18. An SPDX string needs
+    setuptools 77."""
+    import tomllib
+
+    meta = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert meta["project"]["license"] == "MIT"
+    assert "setuptools>=77" in meta["build-system"]["requires"]
