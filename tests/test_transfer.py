@@ -1113,6 +1113,26 @@ def test_report_without_mistakes_says_so_and_the_l2_curve_marks_the_chosen_value
         assert a.size == b.size and a.tobytes() != b.tobytes()  # the chosen L2 drawn in
 
 
+def test_top_losses_titles_stay_clear_of_the_row_above(tmp_path, monkeypatch):
+    """Each image's two-line title ran into the image above it (tight_layout with square
+    images); the grid is highest loss first, which the suptitle called "most confident"."""
+    import cnnzoo.transfer.report as report
+
+    figures = []
+    monkeypatch.setattr(report, "save_figure", lambda fig, path, dpi: figures.append(fig))
+    probs = torch.tensor([[0.39, 0.31, 0.30], [0.20, 0.25, 0.55], [0.41, 0.50, 0.09],
+                          [0.54, 0.05, 0.41], [0.48, 0.09, 0.43], [0.08, 0.43, 0.49]])
+    report.plot_top_losses(torch.zeros(6, 1, 96, 96, dtype=torch.uint8), probs,
+                           torch.tensor([2, 1, 0, 2, 2, 1]), ["boot", "sandal", "sneaker"],
+                           tmp_path / "t.png")  # fmt: skip
+    (fig,) = figures
+    fig.canvas.draw()
+    axes = [ax for ax in fig.axes if ax.images]
+    first_row_bottom = min(ax.get_window_extent().y0 for ax in axes[:4])
+    assert all(ax.title.get_window_extent().y1 <= first_row_bottom for ax in axes[4:])
+    assert "highest loss" in fig.get_suptitle()
+
+
 def test_a_file_that_names_its_model_needs_no_model_option(folder, tmp_path, capsys):
     """`cnnzoo transfer DATA --weights FILE` with a `cnnzoo convert` output (or a `cnnzoo train`
     checkpoint): the model it records is used, as predict does, instead of the default
