@@ -302,6 +302,11 @@ def test_settings_as_keywords_and_a_clear_message_for_the_others(fmnist):
         transfer(splits, model="resnet18", weights=None, epochs=3)
     with pytest.raises(TypeError, match="unexpected keyword argument 'modes'.*TransferConfig"):
         transfer(splits, model="resnet18", weights=None, modes="features")
+    # transfer()'s own keywords are no TransferConfig fields: a misspelt one is named
+    with pytest.raises(TypeError, match=r"'modle' \(did you mean 'mode' or 'model'\?\)"):
+        transfer(splits, modle="resnet18", weights=None)
+    with pytest.raises(TypeError, match=r"'out_dir' \(did you mean 'out'\?\)"):
+        transfer(splits, model="resnet18", weights=None, out_dir="runs/x")
 
 
 @pytest.mark.parametrize("stages", [(), (4, 5)])
