@@ -142,6 +142,11 @@ def test_load_dataset_builtin_with_spec_and_unknown_source(tmp_path):
     assert torch.equal(s.train.images[:, 0], s.train.images[:, 2])
     with pytest.raises(DataError, match="neither a built-in"):
         load_dataset(str(tmp_path / "nope"))
+    # One photo given as the data (the one a newcomer wants to classify) is named as such.
+    _png(tmp_path / "cat.png", 0)
+    with pytest.raises(DataError, match=r"cat.png is a single image: the data is a folder of "
+                                        r"them, one sub-folder per class"):  # fmt: skip
+        load_dataset(str(tmp_path / "cat.png"))
 
 
 # --- the in-memory data set -------------------------------------------------------------------
