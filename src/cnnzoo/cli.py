@@ -62,14 +62,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     started = time.time()
+    # `cnnzoo data export: error: ...`, as argparse names the subcommand in its own errors
+    command = " ".join(filter(None, (args.command, getattr(args, "action", None))))
     try:
         return int(args._run(args) or 0)
     except CnnzooError as exc:
-        print(f"cnnzoo {args.command}: error: {exc}", file=sys.stderr)
+        print(f"cnnzoo {command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         # On a line of its own: a progress bar may hold the cursor.
-        print(f"\ncnnzoo {args.command}: interrupted{_resume_hint(args, started)}",
+        print(f"\ncnnzoo {command}: interrupted{_resume_hint(args, started)}",
               file=sys.stderr)
         return 130
     except BrokenPipeError:
