@@ -293,3 +293,14 @@ def test_the_package_metadata_builds_without_a_deprecation():
     meta = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     assert meta["project"]["license"] == "MIT"
     assert "setuptools>=77" in meta["build-system"]["requires"]
+
+
+def test_a_bare_tta_before_the_checkpoint_says_where_it_goes(capsys):
+    """`--tta` takes an optional mode, so `cnnzoo evaluate --tta runs/a/best.pt` read the
+    checkpoint as the mode: "invalid choice" alone left the newcomer puzzled."""
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", "--tta", "runs/a/best.pt"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "'runs/a/best.pt' is not flip or flip-shift" in err
+    assert "put it after the positional arguments" in err and err.count("\n") == 1

@@ -114,7 +114,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def add_tta_argument(p: argparse.ArgumentParser, what: str) -> None:
     # The choices are engine.loop.TTA_MODES, spelt out so that building the parser does not
     # import torch (a test checks they agree).
-    p.add_argument("--tta", nargs="?", const="flip", default=None, choices=("flip", "flip-shift"),
+    modes = ("flip", "flip-shift")
+
+    def mode(text: str) -> str:
+        # `--tta` takes an optional value, so `evaluate --tta runs/a/best.pt` read the checkpoint
+        # as the mode and said only "invalid choice".
+        if text not in modes:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not flip or flip-shift (a bare --tta takes the word after it as "
+                "its mode: put it after the positional arguments)")
+        return text
+
+    p.add_argument("--tta", nargs="?", const="flip", default=None, choices=modes, type=mode,
                    help=f"{what}: flip (the default: each image and its mirror image, "
                         "averaged), or flip-shift (also their one-pixel diagonal shifts: 10 "
                         "views); for models trained with flips and crops")
