@@ -141,6 +141,11 @@ def test_load_dataset_builtin_with_spec_and_unknown_source(tmp_path):
     assert torch.equal(s.train.images[:, 0], s.train.images[:, 2])
     with pytest.raises(DataError, match="neither a built-in"):
         load_dataset(str(tmp_path / "nope"))
+    # One photo given as the data (the one a newcomer wants to classify) is named as such.
+    _png(tmp_path / "cat.png", 0)
+    with pytest.raises(DataError, match=r"cat.png is a single image: the data is a folder of "
+                                        r"them, one sub-folder per class"):  # fmt: skip
+        load_dataset(str(tmp_path / "cat.png"))
 
 
 # --- the in-memory data set -------------------------------------------------------------------
@@ -389,6 +394,25 @@ def test_a_mac_zips_macosx_folder_is_neither_a_class_nor_hides_a_train_val_layou
     assert load_folder(tmp_path / "train", progress=False).class_names == ["cat", "dog"]
 
 
+def test_images_beside_the_class_folders_are_named_as_such(tmp_path, caplog):
+    """Images dropped next to the class folders have no class and are left out; the note
+    called them files "without an image extension" (a.jpg), which sent the user looking for
+    a wrong suffix."""
+    for cls, value in (("cat", 10), ("dog", 200)):
+        for i in range(3):
+            _png(tmp_path / cls / f"{i}.png", value)
+    _png(tmp_path / "stray.png", 50)
+    (tmp_path / "readme.txt").write_text("notes")
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        s = load_folder(tmp_path, ImageSpec(channels=1), progress=False)
+    assert len(s.train) + len(s.val) == 6
+    assert caplog.messages == [
+        "ignored 1 image outside the class folders (stray.png): move each into its class's "
+        "sub-folder to train on it",
+        "ignored 1 file without an image extension (readme.txt)",
+    ]
+
+
 def test_linked_folders_inside_a_class_are_read_once_and_a_link_loop_ends(tmp_path):
     """A folder linked into a class folder holds that class's images, as a linked file or a
     linked class folder does; they vanished without a word (os.walk does not follow links)."""
@@ -418,7 +442,7 @@ def test_folder_errors(tmp_path):
     with pytest.raises(DataError, match=r"class folder .*b has no images.*add images"):
         load_folder(tmp_path, progress=False)
     shutil.rmtree(tmp_path / "b")
-    with pytest.raises(DataError, match="single class folder"):
+    with pytest.raises(DataError, match="single class folder.*two or more"):
         load_folder(tmp_path, progress=False)
     # Unzipped one level too high (photos/photos/cat/...): "a single class folder ('photos')"
     # did not say that the classes are one level down.

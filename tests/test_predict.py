@@ -277,7 +277,8 @@ def test_predict_checkpoints_of_other_input_channels_and_a_unet(image_dir, tmp_p
               bundle / "model.safetensors", metadata={"format": "cnnzoo-bundle-1",
                                                       "model": "resnet20"})  # fmt: skip
     assert main(["predict", photo, "--weights", str(bundle / "model.safetensors")]) == 2
-    assert capsys.readouterr().err.strip().endswith(f"pass its folder, --bundle {bundle}")
+    assert f"weights file of a transfer bundle: a bundle is used whole, with its classes and " \
+           f"input: --bundle {bundle}" in capsys.readouterr().err
     for name, kwargs, expect in [
         ("resnet18", {"in_chans": 4, "num_classes": 3}, "4 input channels"),
         ("unet", {"base_width": 4}, "cnnzoo segment"),

@@ -302,6 +302,11 @@ def test_settings_as_keywords_and_a_clear_message_for_the_others(fmnist):
         transfer(splits, model="resnet18", weights=None, epochs=3)
     with pytest.raises(TypeError, match="unexpected keyword argument 'modes'.*TransferConfig"):
         transfer(splits, model="resnet18", weights=None, modes="features")
+    # transfer()'s own keywords are no TransferConfig fields: a misspelt one is named
+    with pytest.raises(TypeError, match=r"'modle' \(did you mean 'mode' or 'model'\?\)"):
+        transfer(splits, modle="resnet18", weights=None)
+    with pytest.raises(TypeError, match=r"'out_dir' \(did you mean 'out'\?\)"):
+        transfer(splits, model="resnet18", weights=None, out_dir="runs/x")
 
 
 @pytest.mark.parametrize("stages", [(), (4, 5)])
@@ -1163,6 +1168,26 @@ def test_report_without_mistakes_says_so_and_the_l2_curve_marks_the_chosen_value
     plain = plot_l2_curve(cv, tmp_path / "plain.png")
     with Image.open(tmp_path / "run" / "curves.png") as a, Image.open(plain) as b:
         assert a.size == b.size and a.tobytes() != b.tobytes()  # the chosen L2 drawn in
+
+
+def test_top_losses_titles_stay_clear_of_the_row_above(tmp_path, monkeypatch):
+    """Each image's two-line title ran into the image above it (tight_layout with square
+    images); the grid is highest loss first, which the suptitle called "most confident"."""
+    import cnnzoo.transfer.report as report
+
+    figures = []
+    monkeypatch.setattr(report, "save_figure", lambda fig, path, dpi: figures.append(fig))
+    probs = torch.tensor([[0.39, 0.31, 0.30], [0.20, 0.25, 0.55], [0.41, 0.50, 0.09],
+                          [0.54, 0.05, 0.41], [0.48, 0.09, 0.43], [0.08, 0.43, 0.49]])
+    report.plot_top_losses(torch.zeros(6, 1, 96, 96, dtype=torch.uint8), probs,
+                           torch.tensor([2, 1, 0, 2, 2, 1]), ["boot", "sandal", "sneaker"],
+                           tmp_path / "t.png")  # fmt: skip
+    (fig,) = figures
+    fig.canvas.draw()
+    axes = [ax for ax in fig.axes if ax.images]
+    first_row_bottom = min(ax.get_window_extent().y0 for ax in axes[:4])
+    assert all(ax.title.get_window_extent().y1 <= first_row_bottom for ax in axes[4:])
+    assert "highest loss" in fig.get_suptitle()
 
 
 def test_a_file_that_names_its_model_needs_no_model_option(folder, tmp_path, capsys):

@@ -88,8 +88,32 @@ def test_unreadable_files_give_one_line_errors(tmp_path):
         assert "pickled" not in str(e.value)
     with pytest.raises(WeightsError, match="not a PyTorch checkpoint"):
         read_checkpoint(photo)
-    with pytest.raises(WeightsError, match="a folder, not a weights file"):
+    with pytest.raises(WeightsError, match="is a folder: give a checkpoint file"):
         read_checkpoint(folder)
+
+
+def test_a_bundle_or_a_run_folder_given_as_weights_says_what_to_pass(tmp_path):
+    """A transfer run's folder, its bundle/ or the bundle's model.safetensors given as weights
+    (predict --weights, transfer --weights, create_model) names the bundle to use whole; until
+    then the folders were "pass the checkpoint file in it", and that file failed to fit with a
+    list of ~500 keys. A `cnnzoo train` run's folder names its best.pt."""
+    from safetensors.torch import save_file
+
+    run = tmp_path / "parts"
+    bundle = run / "bundle"
+    bundle.mkdir(parents=True)
+    (bundle / "bundle.json").write_text("{}")
+    save_file({"backbone.fc.weight": torch.zeros(3, 4)}, bundle / "model.safetensors",
+              metadata={"format": "cnnzoo-bundle-1", "model": "resnet20"})  # fmt: skip
+    for given in (run, bundle, bundle / "model.safetensors"):
+        with pytest.raises(WeightsError) as e:
+            cnnzoo.create_model("resnet20", weights=str(given))
+        assert f"--bundle {bundle}" in str(e.value) and "missing keys" not in str(e.value)
+    trained = tmp_path / "lenet5"
+    trained.mkdir()
+    (trained / "best.pt").touch()
+    with pytest.raises(WeightsError, match=re.escape(f"e.g. {trained / 'best.pt'}")):
+        read_checkpoint(trained)
 
 
 # -- torchvision layout, wrappers, adaptation ---------------------------------------------------

@@ -24,7 +24,7 @@ COMMANDS: dict[str, str] = {
     "compare": "compare training runs: parameters, FLOPs, time, accuracy, and what else differed",
     "transfer": "transfer learning: pretrained backbone + new head on your image folder",
     "segment": "segment images with a trained U-Net",
-    "data": "export built-in data sets as image folders",
+    "data": "export built-in data sets as image folders, or show what a data set holds (info)",
     "convert": "convert a checkpoint to .safetensors with cnnzoo's key names",
 }
 
@@ -73,14 +73,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     started = time.time()
+    # `cnnzoo data export: error: ...`, as argparse names the subcommand in its own errors
+    command = " ".join(filter(None, (args.command, getattr(args, "action", None))))
     try:
         return int(args._run(args) or 0)
     except CnnzooError as exc:
-        print(f"cnnzoo {args.command}: error: {exc}", file=sys.stderr)
+        print(f"cnnzoo {command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         # On a line of its own: a progress bar may hold the cursor.
-        print(f"\ncnnzoo {args.command}: interrupted{_resume_hint(args, started)}",
+        print(f"\ncnnzoo {command}: interrupted{_resume_hint(args, started)}",
               file=sys.stderr)
         return 130
     except BrokenPipeError:

@@ -30,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--per-class", type=COUNT,
                    help="images per class (default: all; cells: number of images, default 200)")
     e.add_argument("--split", default="train", choices=("train", "test"), help="default: train")
-    e.add_argument("--seed", type=SEED, default=0, help="which images --per-class picks")
+    e.add_argument("--seed", type=SEED, default=0,
+                   help="which images --per-class picks (default 0)")
     e.add_argument("--overwrite", action="store_true",
                    help="write into a non-empty folder (same-named files are replaced, nothing "
                         "is deleted)")
@@ -42,12 +43,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "does (bad files are reported and skipped) and print classes, counts and sizes.",
     )
     i.add_argument("source", help="image folder, CSV manifest, fashion-mnist or digits")
-    i.add_argument("--img-size", type=IMG_SIZE, help="resize images to this square size")
+    i.add_argument("--img-size", type=IMG_SIZE,
+                   help="resize images to this square size (default: their own)")
     i.add_argument("--channels", type=int, choices=(1, 3), default=None,
                    help="default: the data's own, as `cnnzoo train` reads them (1 when every "
                         "image is grey, as the built-ins are, else 3)")  # fmt: skip
-    i.add_argument("--val-fraction", type=FRACTION, default=0.2, help="when there is no val/ folder")
-    i.add_argument("--seed", type=SEED, default=0, help="seed of the stratified split")
+    i.add_argument("--val-fraction", type=FRACTION, default=0.2,
+                   help="validation share when there is no val/ folder (default 0.2)")
+    i.add_argument("--seed", type=SEED, default=0, help="seed of the stratified split (default 0)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -77,7 +77,6 @@ def _predict(args: argparse.Namespace, paths: list[Path]) -> bool:
     from ..engine.run import model_from_checkpoint, training_checkpoint
     from ..errors import UsageError, WeightsError
     from ..models import get_config
-    from ..transfer.bundle import FORMAT as BUNDLE_FORMAT
     from ..weights import Preprocessing, create_pretrained
     from ..weights.files import stored_metadata, training_input
 
@@ -103,9 +102,6 @@ def _predict(args: argparse.Namespace, paths: list[Path]) -> bool:
             args.precision = (trained.get("precision") or {}).get("dtype", "auto")
     else:
         stored = stored_metadata(args.weights)  # a `cnnzoo convert` output says what it is
-        if stored.get("format") == BUNDLE_FORMAT:  # its classes, input and views are elsewhere
-            raise UsageError(f"{args.weights} is the weights file of a transfer bundle: pass "
-                             f"its folder, --bundle {Path(args.weights).parent}")  # fmt: skip
         args.model = args.model or stored.get("model") or "efficientnet_lite0"
         if args.precision == "auto":  # a converted `cnnzoo train` checkpoint's, as for its .pt
             args.precision = {"bf16": "bf16", "fp32": "fp32"}.get(stored.get("precision"), "auto")

@@ -48,10 +48,11 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cells", type=COUNT, default=200,
                    help="--data cells: number of synthetic images (default 200)")
     g.add_argument("--elastic", type=real(0), default=10.0,
-                   help="elastic deformation std in pixels (paper: 10; 0 disables)")
-    g.add_argument("--w0", type=real(0), default=10.0, help="weighted_ce border weight (paper: 10)")
+                   help="elastic deformation std in pixels (default 10, the paper's; 0 disables)")
+    g.add_argument("--w0", type=real(0), default=10.0,
+                   help="weighted_ce border weight (default 10, the paper's)")
     g.add_argument("--sigma", type=real(0, above=True), default=5.0,
-                   help="weighted_ce border width in pixels (paper: about 5)")
+                   help="weighted_ce border width in pixels (default 5; paper: about 5)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -61,7 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="DIR", default="segmented",
                    help="output folder (default ./segmented)")
     add_tiling_arguments(p)
-    p.add_argument("--batch-size", type=COUNT, default=4, help="tiles per forward pass")
+    p.add_argument("--batch-size", type=COUNT, default=4, help="tiles per forward pass (default 4)")
     p.add_argument("--threads", type=COUNT, default=None, help="torch threads (default: all)")
 
 

@@ -35,18 +35,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "or 'cells'")
     p.add_argument("--task", choices=("classification", "segmentation"), default=None,
                    help="default: segmentation for unet, classification otherwise")
-    p.add_argument("--epochs", type=COUNT, default=10)
+    p.add_argument("--epochs", type=COUNT, default=10, help="training epochs (default 10)")
     p.add_argument("--batch-size", type=COUNT, default=None,
                    help="default 128 (segmentation: 8)")
     p.add_argument("--lr", type=LEARNING_RATE, default=None,
                    help="peak learning rate (default 0.1 for sgd, 2e-3 for adamw)")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default=None,
                    help="default sgd (segmentation: adamw, lr 3e-3, weight decay 1e-4)")
-    p.add_argument("--momentum", type=real(0, 1, below=True), default=0.9)
-    p.add_argument("--no-nesterov", dest="nesterov", action="store_false")
-    p.add_argument("--schedule", choices=("onecycle", "cosine", "constant"), default="onecycle")
+    p.add_argument("--momentum", type=real(0, 1, below=True), default=0.9,
+                   help="SGD momentum (default 0.9)")
+    p.add_argument("--no-nesterov", dest="nesterov", action="store_false",
+                   help="plain momentum instead of Nesterov's")
+    p.add_argument("--schedule", choices=("onecycle", "cosine", "constant"), default="onecycle",
+                   help="learning-rate schedule, stepped every batch (default onecycle)")
     p.add_argument("--warmup-epochs", type=real(0), default=0.0,
-                   help="linear warm-up for cosine/constant schedules")
+                   help="linear warm-up for cosine/constant schedules (default 0)")
     p.add_argument("--label-smoothing", type=real(0, 1, below=True), default=LABEL_SMOOTHING,
                    help="classification only (default 0.1)")
     p.add_argument("--weight-decay", type=real(0), default=None,
@@ -54,8 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grad-clip", type=real(0, above=True), default=None,
                    help="max gradient norm")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
-                   help="auto: time both on this CPU and model, keep the faster")
-    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto")
+                   help="auto (default): time both on this CPU and model, keep the faster")
+    p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                   help="memory layout (default auto: timed with the precision)")
     p.add_argument("--freeze-bn", action="store_true",
                    help="freeze BatchNorm layers: running statistics are used, not updated, "
                         "and their scale/shift do not train")
@@ -63,7 +67,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="early stopping: epochs without a better validation loss "
                         "(segmentation: foreground Dice); the best weights are restored "
                         "(default and 0: off)")
-    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--seed", type=SEED, default=0,
+                   help="the split, the initialisation, the order and the augmentation "
+                        "(default 0)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint")
     p.add_argument("--overwrite", action="store_true",
@@ -73,7 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="start from a trained shallower net of the same family (growth)")
     p.add_argument("--grow-rule", choices=("paper", "all"), default="paper",
                    help="VGG growth: the paper's first four convs + dense layers, or every "
-                        "conv whose place exists in both")
+                        "conv whose place exists in both (default paper)")
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/MODEL)")
     p.add_argument("--img-size", type=IMG_SIZE, default=None,
                    help="input size (default: the images' largest side, raised to the model's "
@@ -92,7 +98,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the rest at the full size, e.g. 20:8 for 28-px Fashion-MNIST")
     add_tta_argument(p, "also report the final validation accuracy with test-time augmentation")
     add_mixing_arguments(p)
-    p.add_argument("--val-fraction", type=FRACTION, default=0.2)
+    p.add_argument("--val-fraction", type=FRACTION, default=0.2,
+                   help="validation share when DATA has no val/ part (default 0.2)")
     p.add_argument("--model-arg", type=model_arg, action="append", default=[],
                    metavar="KEY=VALUE",
                    help="extra model option, e.g. width_mult=0.25 (repeatable)")
@@ -107,7 +114,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def add_tta_argument(p: argparse.ArgumentParser, what: str) -> None:
     # The choices are engine.loop.TTA_MODES, spelt out so that building the parser does not
     # import torch (a test checks they agree).
-    p.add_argument("--tta", nargs="?", const="flip", default=None, choices=("flip", "flip-shift"),
+    modes = ("flip", "flip-shift")
+
+    def mode(text: str) -> str:
+        # `--tta` takes an optional value, so `evaluate --tta runs/a/best.pt` read the checkpoint
+        # as the mode and said only "invalid choice".
+        if text not in modes:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not flip or flip-shift (a bare --tta takes the word after it as "
+                "its mode: put it after the positional arguments)")
+        return text
+
+    p.add_argument("--tta", nargs="?", const="flip", default=None, choices=modes, type=mode,
                    help=f"{what}: flip (the default: each image and its mirror image, "
                         "averaged), or flip-shift (also their one-pixel diagonal shifts: 10 "
                         "views); for models trained with flips and crops")

@@ -84,19 +84,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--augment", choices=("none", "flip-crop", "crop", "photo"),
                    default="flip-crop", help="fine-tuning augmentation (default flip-crop)")
     add_mixing_arguments(p)
-    p.add_argument("--batch-size", type=COUNT, default=32)
+    p.add_argument("--batch-size", type=COUNT, default=32,
+                   help="images per batch (default 32; fine-tuning takes at most a quarter of "
+                        "the training images, at least 8)")
     p.add_argument("--val-fraction", type=FRACTION, default=0.2,
                    help="validation share when DATA has no val/ part (default 0.2)")
-    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                   help="auto (default): bf16 on CPUs with native bf16, else fp32")
     p.add_argument("--cache", metavar="DIR", default=None,
                    help="feature cache folder (default $CNNZOO_CACHE/features)")
-    p.add_argument("--no-cache", dest="use_cache", action="store_false")
+    p.add_argument("--no-cache", dest="use_cache", action="store_false",
+                   help="compute every feature afresh and store none")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted fine-tuning in --out")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run --out holds (its files go when this run starts "
                         "writing); without it (or --resume) such a folder is refused")
-    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--seed", type=SEED, default=0,
+                   help="the split, the heads' initialisation and the batches (default 0)")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="output folder (default runs/transfer-MODEL)")
     p.add_argument("--threads", type=COUNT, default=None, help="torch threads (default: all cores)")

@@ -29,8 +29,8 @@ import torch
 from ..errors import DataError
 from ..paths import cache_root
 from .dataset import ImageDataset, Splits
-from .folder import ImagesSeen, load_csv, load_folder
-from .images import ImageSpec
+from .folder import _EXAMPLE, ImagesSeen, load_csv, load_folder
+from .images import IMAGE_EXTENSIONS, ImageSpec
 
 FASHION_MNIST_CLASSES = (
     "tshirt", "trouser", "pullover", "dress", "coat",
@@ -265,6 +265,9 @@ def load_dataset(
             path, spec, val_fraction=val_fraction, seed=seed, workers=workers, progress=progress,
             min_classes=min_classes,
         )
+    if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+        raise DataError(f"{name} is a single image: the data is a folder of them, {_EXAMPLE} "
+                        "(or a CSV manifest)")  # fmt: skip
     if name == "cells":  # the segmentation set's name, as `cnnzoo train unet --data` reads it
         raise DataError("'cells' is the built-in segmentation set (image/mask pairs), not one "
                         "class per folder: train a U-Net on it (cnnzoo train unet --data cells)")

@@ -13,10 +13,10 @@ Bad files never stop loading: a file with an image extension that does not decod
 truncated, empty, not really an image) is skipped with one warning line naming it and the cause,
 and a count follows at the end. Hidden files and folders (".DS_Store", "._x.jpg"), Thumbs.db,
 desktop.ini and a Mac zip's __MACOSX/ are skipped silently; other files without an image
-extension (notes.txt, a CSV) are listed in one note line. What cannot be trained on -- no
-images, one class, a class folder with no readable image -- raises a one-line `DataError`
-that says what to do; the skip lines are reported before it, since such an error points at
-them ("see warnings").
+extension (notes.txt, a CSV) are listed in one note line, and images beside the class folders
+(they have no class) in another. What cannot be trained on -- no images, one class, a class
+folder with no readable image -- raises a one-line `DataError` that says what to do; the skip
+lines are reported before it, since such an error points at them ("see warnings").
 
 Messages go to the "cnnzoo.data" logger; without logging configured Python prints them to stderr.
 Decoding runs on `workers` threads (PIL releases the GIL while decoding and resizing).
@@ -354,10 +354,20 @@ def _report(skipped: list[str], ignored: list[Path], total: int, grouped: int = 
     if skipped:
         log.warning("skipped %d of %d images (each named above, with why)",
                     len(skipped) + grouped, total)  # fmt: skip
-    if ignored:
-        names = ", ".join(p.name for p in ignored[:3]) + (", ..." if len(ignored) > 3 else "")
+    # Images among the ignored files lie beside the class folders (a class folder's own files
+    # all count): they have an extension, but no class.
+    loose = [p for p in ignored if _is_image_file(p.name)]
+    other = [p for p in ignored if not _is_image_file(p.name)]
+    if loose:
+        log.warning("ignored %s outside the class folders (%s): move each into its class's "
+                    "sub-folder to train on it", plural(len(loose), "image"), _some(loose))
+    if other:
         log.warning("ignored %s without an image extension (%s)",
-                    plural(len(ignored), "file"), names)  # fmt: skip
+                    plural(len(other), "file"), _some(other))  # fmt: skip
+
+
+def _some(paths: list[Path]) -> str:
+    return ", ".join(p.name for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
 
 
 def load_folder(

@@ -76,11 +76,12 @@ def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> dict
     return ckpt
 
 
-def folder_given(path: Path) -> str:
-    """What to say when a run's folder is given where its checkpoint file belongs."""
+def folder_given(path: Path, otherwise: str = " (a run's best.pt or last.pt)") -> str:
+    """What to say when a run's folder is given where its checkpoint file belongs; `otherwise`
+    ends it when the folder holds no run."""
     found = [path / n for n in ("best.pt", "last.pt") if (path / n).is_file()]
-    return (f"{path} is a folder: give a checkpoint file"
-            + (f", e.g. {found[0]}" if found else " (a run's best.pt or last.pt)"))
+    return f"{path} is a folder: give a checkpoint file" + (f", e.g. {found[0]}" if found
+                                                            else otherwise)
 
 
 def rng_state() -> dict[str, Any]:

@@ -39,10 +39,10 @@ from ..models.base import is_whole
 from ..paths import usual_permissions
 from ..text import plural
 from ..weights import Preprocessing
+from ..weights.files import BUNDLE_FORMAT as FORMAT
 from ..weights.files import save_safetensors
 from .features import MAX_VIEWS, forward_pre_logits, inference_dtype, inference_layout, model_input
 
-FORMAT = "cnnzoo-bundle-1"
 WEIGHTS_FILE = "model.safetensors"
 JSON_FILE = "bundle.json"
 # How images are brought to the input size (`input_spec`): the weights' resize + centre crop, or

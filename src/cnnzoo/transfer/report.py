@@ -1,5 +1,5 @@
 """The transfer report: the engine's confusion matrix, curves and per-class table, plus the grid of
-"top losses" -- the validation images the model got wrong most confidently, with their
+"top losses" -- the validation images the model got wrong, highest loss first, with their
 probabilities (what fastai users know as `plot_top_losses`): mislabelled images, ambiguous
 classes and what the model latches onto show up there first."""
 
@@ -46,7 +46,8 @@ def top_losses(probs: Tensor, labels: Tensor, k: int = 16) -> list[int]:
 @quiet_glyphs
 def plot_top_losses(images: Tensor, probs: Tensor, labels: Tensor, class_names: list[str],
                     path: Path, k: int = 16) -> Path:  # fmt: skip
-    """A grid of the `k` most confidently wrong images: true class, prediction, probabilities."""
+    """A grid of the `k` wrongly predicted images of the highest loss: true class, prediction,
+    probabilities."""
     plt = pyplot()
     idx = top_losses(probs, labels, k)
     if not idx:  # a one-line picture, not an empty grid under a title promising images
@@ -57,7 +58,8 @@ def plot_top_losses(images: Tensor, probs: Tensor, labels: Tensor, class_names: 
         return save_figure(fig, path, dpi=100)
     cols = 4
     rows = -(-len(idx) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False,
+                             layout="constrained")  # titles never run into the row above
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, idx, strict=False):
@@ -67,8 +69,8 @@ def plot_top_losses(images: Tensor, probs: Tensor, labels: Tensor, class_names: 
         pred, true = int(p.argmax()), int(labels[i])
         ax.set_title(f"true {class_names[true]} ({p[true]:.2f})\npredicted {class_names[pred]} "
                      f"({p[pred]:.2f})", fontsize=9, parse_math=False)  # fmt: skip
-    fig.suptitle("validation images predicted wrong, most confident first", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.suptitle("validation images predicted wrong, highest loss (lowest probability of the "
+                 "true class) first", fontsize=11)
     return save_figure(fig, path, dpi=100)
 
 

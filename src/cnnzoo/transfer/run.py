@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
+import inspect
 import math
 import os
 import sys
@@ -198,7 +200,12 @@ def _config(config: TransferConfig | None, options: dict[str, Any]) -> TransferC
             raise TypeError(f"transfer(): {name!r} is a fine-tuning setting: pass "
                             f"finetune=FinetuneConfig({name}=...)")  # fmt: skip
         if name not in fields:
-            raise TypeError(f"transfer() got an unexpected keyword argument {name!r}: its "
+            # A misspelt `model` or `weights` is no field: the list below would not show it.
+            own = [p for p in inspect.signature(transfer).parameters if p not in ("data", "say",
+                                                                                   "options")]
+            close = difflib.get_close_matches(name, [*own, *fields, *ft_fields], n=2)
+            hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+            raise TypeError(f"transfer() got an unexpected keyword argument {name!r}{hint}: its "
                             f"settings are TransferConfig's fields ({', '.join(sorted(fields))})")
     return dataclasses.replace(cfg, **options)
 

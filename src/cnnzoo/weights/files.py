@@ -33,6 +33,8 @@ from ..paths import usual_permissions
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 SAFETENSORS_SUFFIXES = (".safetensors",)
 KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
+# The `format` in the metadata of a transfer bundle's model.safetensors (transfer/bundle.py).
+BUNDLE_FORMAT = "cnnzoo-bundle-1"
 
 # Containers that training scripts wrap a state_dict in (timm/engine checkpoints, Lightning, ...).
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "model_state", "net", "module")
@@ -72,7 +74,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise WeightsError("an empty name is not a weights file: pass a checkpoint file path")
     p = Path(path)
     if p.is_dir():
-        raise WeightsError(f"{p}: a folder, not a weights file; pass the checkpoint file in it")
+        raise WeightsError(_folder_given(p))
     if not p.is_file():
         raise WeightsError(f"{p}: no such weights file")
     if p.stat().st_size == 0:
@@ -82,8 +84,30 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     if magic[:8] == b"\x89HDF\r\n\x1a\n" or p.name.lower().endswith(KERAS_SUFFIXES):
         return _read_keras(p)
     if _safetensors_magic(magic, p.name):
-        return _read_safetensors(p)
+        checkpoint = _read_safetensors(p)
+        if checkpoint.metadata.get("format") == BUNDLE_FORMAT:
+            # Its keys are the bundle's (backbone. + head), and its classes, input and views are
+            # in bundle.json: as a model's weights it would only fail to fit, naming 500 keys.
+            raise WeightsError(f"{p} is the weights file of a transfer bundle: "
+                               + _use_bundle(p.parent))
+        return checkpoint
     return _read_torch(p)
+
+
+def _use_bundle(folder: Path) -> str:
+    return (f"a bundle is used whole, with its classes and input: --bundle {folder} "
+            f"(cnnzoo predict, evaluate), cnnzoo.load_bundle('{folder}') in Python")
+
+
+def _folder_given(p: Path) -> str:
+    """What to say when a folder is given as weights: the bundle or the run's checkpoint it
+    holds, when it holds one (`runs/parts`, `runs/parts/bundle`, `runs/lenet5`)."""
+    from ..engine.checkpoint import folder_given
+
+    for bundle in (p, p / "bundle"):
+        if (bundle / "bundle.json").is_file():
+            return f"{p} holds a transfer bundle, not a weights file: " + _use_bundle(bundle)
+    return folder_given(p, otherwise=" (the weights file in it)")
 
 
 def _safetensors_magic(magic: bytes, name: str) -> bool:
