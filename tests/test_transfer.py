@@ -84,6 +84,48 @@ def test_features_leave_the_backbone_bit_identical(fmnist):
     assert not torch.allclose(feats[:, 0], feats[:, 1])
 
 
+def test_predicting_from_two_threads_does_not_switch_the_weights_under_a_forward_pass():
+    # A bf16 pass turns the weights channels-last and back. Two threads predicting with one
+    # bundle (a web server) each switched them while the other ran: a pass read weights
+    # mid-switch and an image got the wrong class at probability 1. One at a time now.
+    import threading
+
+    from cnnzoo.transfer.bundle import predict_tensor
+
+    model = create_model("resnet20", num_classes=3).eval()
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    pre = _small_pre()
+    alone = predict_tensor(model, images, pre, precision="bf16", views=1)
+    conv, forward = model.conv1.weight, model.forward_features
+    second_done, first_inside = threading.Event(), threading.Event()
+    seen, got = [], {}
+
+    def watched(x):  # the first thread's pass waits while the second one predicts
+        if threading.current_thread().name == "first":
+            before = conv.is_contiguous(memory_format=torch.channels_last)
+            first_inside.set()
+            second_done.wait(timeout=0.5)  # never set while the second waits its turn
+            seen.append((before, conv.is_contiguous(memory_format=torch.channels_last)))
+        return forward(x)
+
+    model.forward_features = watched
+
+    def run(name):
+        got[name] = predict_tensor(model, images, pre, precision="bf16", views=1)
+        if name == "second":
+            second_done.set()
+
+    first = threading.Thread(target=run, args=("first",), name="first")
+    first.start()
+    assert first_inside.wait(timeout=10)
+    second = threading.Thread(target=run, args=("second",), name="second")
+    second.start()
+    first.join(), second.join()
+    assert seen == [(True, True)]  # was [(True, False)]: switched back under the pass
+    assert torch.equal(got["first"], alone) and torch.equal(got["second"], alone)
+    assert conv.is_contiguous()  # and plain again afterwards
+
+
 def test_frozen_phase_of_finetune_moves_only_the_head(fmnist):
     model = create_model("resnet18", num_classes=5)
     train, val = fmnist.with_channels(3).split(0.25, seed=0)

@@ -39,7 +39,13 @@ from ..paths import usual_permissions
 from ..text import plural
 from ..weights import Preprocessing
 from ..weights.files import save_safetensors
-from .features import MAX_VIEWS, forward_pre_logits, inference_dtype, model_input
+from .features import (
+    MAX_VIEWS,
+    forward_pre_logits,
+    inference_dtype,
+    inference_layout,
+    model_input,
+)
 
 FORMAT = "cnnzoo-bundle-1"
 WEIGHTS_FILE = "model.safetensors"
@@ -104,15 +110,9 @@ def predict_tensor(model: nn.Module, images: Tensor, pre: Preprocessing, *, view
     if not is_whole(batch_size):
         raise ValueError(f"batch_size must be a whole number >= 1, not {batch_size!r}")
     dtype = inference_dtype(precision)
-    # bf16 kernels want channels_last weights too (the input is converted). Outside inference
-    # mode, the caller's too: converted inside it, the parameters would become inference
-    # tensors for good.
-    if dtype == "bf16":
-        with torch.inference_mode(False):
-            model.to(memory_format=torch.channels_last)
     out = []
     starts = range(0, len(images), batch_size)
-    try:
+    with inference_layout(model, dtype):  # one thread at a time: see inference_layout
         for start in tqdm(starts, desc="predict", unit="batch", leave=False,
                           disable=None if progress else True):  # fmt: skip
             chunk = images[start:start + batch_size]
@@ -123,9 +123,6 @@ def predict_tensor(model: nn.Module, images: Tensor, pre: Preprocessing, *, view
                     feats = forward_pre_logits(model, x, dtype)
                     probs = probs + model.get_classifier()(feats).float().softmax(-1)
             out.append(probs / views)
-    finally:
-        with torch.inference_mode(False):
-            model.to(memory_format=torch.contiguous_format)
     if not out:
         return torch.zeros(0, getattr(model, "num_classes", 0))
     return torch.cat(out)

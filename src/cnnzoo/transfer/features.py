@@ -22,7 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -81,6 +83,34 @@ def model_input(images: Tensor, pre: Preprocessing, view_index: int = 0) -> Tens
     return pre.normalize(view(x, view_index))
 
 
+# The weights are turned channels-last for a bf16 pass and back afterwards, which reassigns every
+# parameter's data: a second thread running the same model meanwhile (two requests to one
+# bundle) read weights mid-switch and got wrong classes at probability 1. One lock for every
+# model, not one each: on a CPU a single forward pass already keeps all the cores busy.
+_LAYOUT_LOCK = threading.RLock()
+
+
+@contextmanager
+def inference_layout(model: nn.Module, dtype: str) -> Iterator[None]:
+    """Hold the model for forward passes in `dtype` ('bf16' or 'fp32'): its weights
+    channels-last for bf16 (the input is converted too), and plain contiguous tensors again
+    afterwards, made outside any inference mode so that they stay trainable (Grad-CAM, more
+    fine-tuning). Calls from several threads run one at a time."""
+    with _LAYOUT_LOCK:
+        if dtype != "bf16":
+            yield
+            return
+        # Outside inference mode, the caller's too: converted inside it, the parameters would
+        # become inference tensors for good.
+        with torch.inference_mode(False):
+            model.to(memory_format=torch.channels_last)
+        try:
+            yield
+        finally:
+            with torch.inference_mode(False):
+                model.to(memory_format=torch.contiguous_format)
+
+
 @torch.inference_mode()
 def forward_pre_logits(model: nn.Module, x: Tensor, dtype: str = "fp32") -> Tensor:
     """The model's pooled pre-logits vector (N, D) in float32; the model must be in eval mode."""
@@ -112,26 +142,23 @@ def extract_features(
     if not 1 <= views <= MAX_VIEWS:
         raise ValueError(f"views must lie in [1, {MAX_VIEWS}], not {views}")
     dtype = inference_dtype(precision)
-    was_training = model.training
-    model.eval()
-    if dtype == "bf16":  # outside any inference mode: see bundle.predict_tensor
-        with torch.inference_mode(False):
-            model.to(memory_format=torch.channels_last)
     out: list[Tensor] = []
-    try:
-        with tqdm(total=len(images) * views, desc=desc, unit="img", leave=False,
-                  disable=None if progress else True) as bar:  # fmt: skip
-            for start in range(0, len(images), batch_size):
-                chunk = images[start:start + batch_size]
-                per_view = []
-                for v in range(views):
-                    per_view.append(forward_pre_logits(model, model_input(chunk, pre, v), dtype))
-                    bar.update(len(chunk))
-                out.append(torch.stack(per_view, dim=1))
-    finally:
-        model.train(was_training)
-        with torch.inference_mode(False):
-            model.to(memory_format=torch.contiguous_format)
+    with inference_layout(model, dtype):
+        was_training = model.training
+        model.eval()
+        try:
+            with tqdm(total=len(images) * views, desc=desc, unit="img", leave=False,
+                      disable=None if progress else True) as bar:  # fmt: skip
+                for start in range(0, len(images), batch_size):
+                    chunk = images[start:start + batch_size]
+                    per_view = []
+                    for v in range(views):
+                        x = model_input(chunk, pre, v)
+                        per_view.append(forward_pre_logits(model, x, dtype))
+                        bar.update(len(chunk))
+                    out.append(torch.stack(per_view, dim=1))
+        finally:
+            model.train(was_training)
     if not out:
         return torch.zeros(0, views, 0)
     return torch.cat(out)
