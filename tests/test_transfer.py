@@ -807,6 +807,34 @@ def test_stage_taps_bad_choices_are_one_line_errors(tmp_path, capsys, folder):
     assert "no feature stages" in _one_line_error(capsys)
 
 
+def test_a_bundles_weights_with_its_own_head_point_to_load_bundle(tmp_path):
+    # A bundle's head on pooled stages (Lite0's default) is no zoo net's: loading its file into
+    # create_model said "is it a checkpoint of another architecture or width?", and the bundle
+    # folder "pass the checkpoint file in it" -- that same file.
+    from cnnzoo.models.taps import StageTaps
+    from cnnzoo.transfer import Bundle
+
+    names = ["a", "b", "c"]
+    taps = StageTaps(create_model("resnet18", num_classes=0), (4, 5), 3)
+    Bundle(taps, "resnet18", names, _small_pre()).save(tmp_path / "taps")
+    with pytest.raises(WeightsError) as err:
+        create_model("resnet18", weights=tmp_path / "taps" / "model.safetensors")
+    assert str(err.value) == (
+        f"{tmp_path / 'taps' / 'model.safetensors'} is the weights file of a transfer bundle "
+        "whose head (on feature stages, or an MLP) resnet18 does not have: load the bundle, "
+        f"cnnzoo.load_bundle('{tmp_path / 'taps'}'), whose .model is the whole network")
+    with pytest.raises(WeightsError, match=r"taps is a transfer bundle, not a weights file: "
+                       r"load it with cnnzoo.load_bundle\('.*taps'\) \(on the command line, "
+                       r"--bundle .*taps\)"):  # fmt: skip
+        create_model("resnet18", weights=tmp_path / "taps")
+    # A plain linear head is the zoo net's own: its file loads as it did.
+    plain = create_model("resnet18", num_classes=3).eval()
+    Bundle(plain, "resnet18", names, _small_pre()).save(tmp_path / "plain")
+    again = create_model("resnet18", weights=tmp_path / "plain" / "model.safetensors").eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert again.num_classes == 3 and torch.equal(again(x), plain(x))
+
+
 def test_transfer_on_feature_stages_round_trips_and_has_its_own_cache(folder, tmp_path):
     out = tmp_path / "run"
     cache = str(tmp_path / "cache")

@@ -357,6 +357,13 @@ def _mismatch_message(ckpt, name, layout, missing, unexpected, conflicts, holds=
     if conflicts:
         parts.append(f"{len(conflicts)} conflicts: {few(conflicts)}")
     stored = ckpt.metadata.get("model")  # `cnnzoo convert` records it
+    if ckpt.metadata.get("format", "").startswith("cnnzoo-bundle"):
+        # A bundle's head on pooled feature stages, or an MLP, is no zoo net's own ("another
+        # architecture?" sent the user looking for one); a plain linear head loads.
+        return (f"{ckpt.path} is the weights file of a transfer bundle whose head (on feature "
+                f"stages, or an MLP) {name or 'the model'} does not have: load the bundle, "
+                f"cnnzoo.load_bundle('{Path(ckpt.path).parent}'), whose .model is the whole "
+                "network")  # fmt: skip
     if stored and stored != name:
         hint = f"the file holds {stored}; use that model name"
     elif holds:  # what the file is, before the keys that tell it

@@ -72,6 +72,11 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise WeightsError("an empty name is not a weights file: pass a checkpoint file path")
     p = Path(path)
     if p.is_dir():
+        from ..transfer.bundle import JSON_FILE  # only on this error path
+
+        if (p / JSON_FILE).is_file():  # its model.safetensors alone lacks the head's shape
+            raise WeightsError(f"{p} is a transfer bundle, not a weights file: load it with "
+                               f"cnnzoo.load_bundle('{p}') (on the command line, --bundle {p})")
         raise WeightsError(f"{p}: a folder, not a weights file; pass the checkpoint file in it")
     if not p.is_file():
         raise WeightsError(f"{p}: no such weights file")
