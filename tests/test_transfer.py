@@ -770,6 +770,8 @@ def test_stage_taps_pool_the_chosen_stages_of_the_backbone():
     state = _state(r18)
     net = StageTaps(r18, "5,4", num_classes=3).eval()
     assert net.stages == (4, 5) and net.num_features == 256 + 512
+    # Its config counts its own head's classes (it said 0, the headless backbone's).
+    assert net.num_classes == net.default_cfg.num_classes == 3
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         h = r18.maxpool(r18.relu(r18.bn1(r18.conv1(x))))
