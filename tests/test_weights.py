@@ -694,6 +694,10 @@ def test_preprocessing_takes_arrays_tensors_and_paths_alike(tmp_path):
     with pytest.raises(ValueError, match=r"must lie in \[0, 1\] .*not \[0\.0, 231\.0\]: divide it by "
                                          "255, or pass uint8"):  # fmt: skip
         pre(arr.astype(np.float32))  # 0..255 floats would turn white
+    # Its own output given back (to bundle.predict, say): dividing by 255 was no remedy.
+    with pytest.raises(ValueError, match=r"not \[-2\.0.*\]: it looks normalised already: pass "
+                       "the image before normalising, or pass uint8"):  # fmt: skip
+        pre(want)
     with pytest.raises(ValueError, match=r"not a batch \(2, 3, 300, 451\): use \.batch\(images\)"):
         pre(torch.from_numpy(np.stack([arr, arr])).permute(0, 3, 1, 2))
     with pytest.raises(ValueError, match="top must be at least 1"):
