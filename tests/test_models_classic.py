@@ -331,6 +331,14 @@ def test_reset_classifier_updates_what_records_the_head():
     g = cnnzoo.create_model("googlenet", num_classes=5)
     g.reset_classifier(3)
     assert g.default_cfg.num_classes == 3 and g.aux1.fc2.out_features == 3
+    # A net already in bf16 gets its new heads in bf16 ("mat1 and mat2 must have the same
+    # dtype" at the first forward pass with float32 ones).
+    for net, shape in ((cnnzoo.create_model("resnet20"), (2, 3, 32, 32)), (g, (2, 3, 64, 64))):
+        net.to(torch.bfloat16).train()
+        net.reset_classifier(4)
+        out = net(torch.rand(shape, dtype=torch.bfloat16))
+        assert all(o.dtype == torch.bfloat16 and o.shape == (2, 4) for o in
+                   (out if isinstance(out, tuple) else (out,)))  # fmt: skip
     with pytest.raises(cnnzoo.errors.ModelOptionError, match="num_classes must be a whole"):
         cnnzoo.create_model("lenet5", num_classes=True)  # a bool is an int to isinstance
     for bad in (-1, 2.0, True):  # -1 gave a headless net that said num_classes=-1

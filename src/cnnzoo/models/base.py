@@ -127,7 +127,8 @@ class Classifier(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         """A new, freshly initialised head for `num_classes` (0: none, return pre-logits)."""
         parent, _, leaf = self.head_name.rpartition(".")
-        setattr(self.get_submodule(parent), leaf, new_head(self.num_features, num_classes))
+        head = placed_like(new_head(self.num_features, num_classes), self)
+        setattr(self.get_submodule(parent), leaf, head)
         self._head_replaced(num_classes)
 
     def _head_replaced(self, num_classes: int) -> None:
@@ -176,6 +177,14 @@ def new_head(num_features: int, num_classes: int) -> nn.Module:
     if n < 0:  # reset_classifier(-1) built a headless net
         raise ModelOptionError(f"num_classes must be a whole number >= 0, not {num_classes!r}")
     return nn.Identity() if n == 0 else nn.Linear(num_features, n)
+
+
+def placed_like(module: nn.Module, model: nn.Module) -> nn.Module:
+    """A new `module` (a head) in the dtype and on the device of `model`'s parameters: a net
+    turned bf16 before `reset_classifier` fed its bf16 features to a float32 head ("mat1 and
+    mat2 must have the same dtype")."""
+    ref = next(model.parameters(), None)
+    return module if ref is None else module.to(device=ref.device, dtype=ref.dtype)
 
 
 # The `act` option of the nets where ReLU is compared with what came before it (LeNet-5, AlexNet,
