@@ -314,6 +314,16 @@ def test_create_model_gives_back_a_saved_fine_tuned_net(tmp_path):
         assert again.weights_info.head_loaded
         with torch.no_grad():
             assert torch.equal(again(_x(64, c=1)), src(_x(64, c=1)))
+    # Built from another net's state_dict, it is a copy: its parameters and BN statistics
+    # were that net's own tensors, so a training step on one moved the other too.
+    again.train()
+    opt = torch.optim.SGD(again.parameters(), lr=0.1)
+    again(_x(64, c=1)).sum().backward()
+    opt.step()
+    after = src.state_dict()
+    assert not any(v.data_ptr() == after[k].data_ptr() for k, v in again.state_dict().items())
+    assert not torch.equal(again.conv1.weight, src.conv1.weight)
+    assert not torch.equal(again.bn1.running_mean, src.bn1.running_mean)
 
 
 def test_grey_checkpoint_into_rgb_model_repeats_the_kernel(tmp_path):
