@@ -126,6 +126,26 @@ def test_predicting_from_two_threads_does_not_switch_the_weights_under_a_forward
     assert conv.is_contiguous()  # and plain again afterwards
 
 
+def test_predict_and_evaluate_leave_a_training_model_training(fmnist, folder):
+    # Fine-tuning bundle.model in your own loop and checking it with bundle.predict or
+    # .evaluate between steps left it in eval mode: the next steps silently trained with
+    # dropout off and BatchNorm frozen. The mode is restored now, as extract_features does.
+    from cnnzoo.transfer import Bundle
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=5)
+    bundle = Bundle(model, "resnet20", sorted(CLASSES), _small_pre())
+    images = fmnist.with_channels(3).images[:6]
+    model.eval()
+    want = bundle.predict(images).probabilities
+    model.train()
+    before = model.bn1.running_mean.clone()
+    assert torch.equal(bundle.predict(images).probabilities, want)  # still run in eval mode
+    assert model.training
+    bundle.evaluate(folder, progress=False)
+    assert model.training and torch.equal(model.bn1.running_mean, before)
+
+
 def test_frozen_phase_of_finetune_moves_only_the_head(fmnist):
     model = create_model("resnet18", num_classes=5)
     train, val = fmnist.with_channels(3).split(0.25, seed=0)

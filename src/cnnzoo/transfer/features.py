@@ -83,32 +83,35 @@ def model_input(images: Tensor, pre: Preprocessing, view_index: int = 0) -> Tens
     return pre.normalize(view(x, view_index))
 
 
-# The weights are turned channels-last for a bf16 pass and back afterwards, which reassigns every
-# parameter's data: a second thread running the same model meanwhile (two requests to one
-# bundle) read weights mid-switch and got wrong classes at probability 1. One lock for every
-# model, not one each: on a CPU a single forward pass already keeps all the cores busy.
-_LAYOUT_LOCK = threading.RLock()
+# The model is put in eval mode and, for bf16, its weights turned channels-last, then both are
+# restored; the switch reassigns every parameter's data. A second thread running the same model
+# meanwhile (two requests to one bundle) read weights mid-switch and got wrong classes at
+# probability 1. One lock for every model, not one each: on a CPU a single forward pass already
+# keeps all the cores busy.
+_INFERENCE_LOCK = threading.RLock()
 
 
 @contextmanager
-def inference_layout(model: nn.Module, dtype: str) -> Iterator[None]:
-    """Hold the model for forward passes in `dtype` ('bf16' or 'fp32'): its weights
-    channels-last for bf16 (the input is converted too), and plain contiguous tensors again
-    afterwards, made outside any inference mode so that they stay trainable (Grad-CAM, more
-    fine-tuning). Calls from several threads run one at a time."""
-    with _LAYOUT_LOCK:
-        if dtype != "bf16":
-            yield
-            return
-        # Outside inference mode, the caller's too: converted inside it, the parameters would
-        # become inference tensors for good.
-        with torch.inference_mode(False):
-            model.to(memory_format=torch.channels_last)
+def held_for_inference(model: nn.Module, dtype: str) -> Iterator[None]:
+    """Hold the model for forward passes in `dtype` ('bf16' or 'fp32'): in eval mode (dropout
+    off, BatchNorm on its running statistics), its weights channels-last for bf16 (the input is
+    converted too). Afterwards its train/eval mode is restored and its weights are plain
+    contiguous tensors again, made outside any inference mode so that they stay trainable
+    (Grad-CAM, more fine-tuning). Calls from several threads run one at a time."""
+    with _INFERENCE_LOCK:
+        was_training = model.training
+        model.eval()
+        bf16 = dtype == "bf16"
         try:
+            if bf16:  # outside inference mode, the caller's too: see the docstring
+                with torch.inference_mode(False):
+                    model.to(memory_format=torch.channels_last)
             yield
         finally:
-            with torch.inference_mode(False):
-                model.to(memory_format=torch.contiguous_format)
+            model.train(was_training)
+            if bf16:
+                with torch.inference_mode(False):
+                    model.to(memory_format=torch.contiguous_format)
 
 
 @torch.inference_mode()
@@ -143,22 +146,16 @@ def extract_features(
         raise ValueError(f"views must lie in [1, {MAX_VIEWS}], not {views}")
     dtype = inference_dtype(precision)
     out: list[Tensor] = []
-    with inference_layout(model, dtype):
-        was_training = model.training
-        model.eval()
-        try:
-            with tqdm(total=len(images) * views, desc=desc, unit="img", leave=False,
-                      disable=None if progress else True) as bar:  # fmt: skip
-                for start in range(0, len(images), batch_size):
-                    chunk = images[start:start + batch_size]
-                    per_view = []
-                    for v in range(views):
-                        x = model_input(chunk, pre, v)
-                        per_view.append(forward_pre_logits(model, x, dtype))
-                        bar.update(len(chunk))
-                    out.append(torch.stack(per_view, dim=1))
-        finally:
-            model.train(was_training)
+    with held_for_inference(model, dtype), tqdm(
+            total=len(images) * views, desc=desc, unit="img", leave=False,
+            disable=None if progress else True) as bar:  # fmt: skip
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            per_view = []
+            for v in range(views):
+                per_view.append(forward_pre_logits(model, model_input(chunk, pre, v), dtype))
+                bar.update(len(chunk))
+            out.append(torch.stack(per_view, dim=1))
     if not out:
         return torch.zeros(0, views, 0)
     return torch.cat(out)
