@@ -542,3 +542,27 @@ def test_size_options_take_a_whole_number_of_at_least_1():
     m = cnnzoo.create_model("vgg11", num_classes=3, in_chans=1, stages=2, width_mult=0.125,
                             fc_dim=1, pool_size=1)  # fmt: skip
     assert [m.classifier[i].out_features for i in (0, 3, 6)] == [1, 1, 3]
+
+
+@pytest.mark.parametrize("name, kwargs, shape", [
+    ("resnet20", {}, (1, 3, 32, 32)),
+    ("residual_net", {}, (1, 1, 28, 28)),
+    ("unet", {"base_width": 4}, (1, 1, 188, 188)),
+])  # fmt: skip
+def test_tracing_warns_only_of_what_the_trace_cannot_follow(name, kwargs, shape):
+    """torch.jit.trace of a zoo net gave 30-54 TracerWarnings, none about the net: the input
+    checks' size comparisons, and their shape text printing the traced sizes as tensors. They
+    drowned the warnings that matter (EfficientNet's 'SAME' padding, fixed at the traced
+    size). The checks guard nothing in a trace (it keeps no Python branch): skipped there."""
+    import warnings
+
+    model = cnnzoo.create_model(name, **kwargs).eval()
+    x = torch.rand(shape)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        traced = torch.jit.trace(model, x)
+    tracer = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    assert tracer == []
+    assert torch.equal(traced(x), model(x))
+    with pytest.raises(InputSizeError):  # the eager net still checks
+        model(x[0])

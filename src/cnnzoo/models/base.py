@@ -67,6 +67,11 @@ def check_input_size(model: nn.Module, x: Tensor, *, sizes: bool = True) -> None
     if not x.is_floating_point():  # uint8 images: "expected scalar type Byte but found Float"
         raise TypeError(f"expected a float tensor, not {x.dtype}: scale and normalise it as the "
                         f"weights expect; {_PREPROCESS_HINT}")  # fmt: skip
+    if torch.jit.is_tracing():
+        # A trace keeps no Python branch, so the checks below guard nothing in it; each
+        # comparison of its traced sizes was a TracerWarning, and the shape text below printed
+        # them as tensors (54 warnings per torch.jit.trace of residual_net).
+        return
     shape = "(" + ", ".join(map(str, x.shape)) + ")"
     if x.dim() != 4:  # torch would fail deep inside, at the first flatten or dense layer
         raise InputSizeError(f"expected a batch (N, C, H, W), got shape {shape}"
