@@ -849,6 +849,9 @@ def test_a_bundles_weights_with_its_own_head_point_to_load_bundle(tmp_path):
                        r"load it with cnnzoo.load_bundle\('.*taps'\) \(on the command line, "
                        r"--bundle .*taps\)"):  # fmt: skip
         create_model("resnet18", weights=tmp_path / "taps")
+    with pytest.raises(WeightsError, match=r"model.safetensors is the weights file of a "
+                       r"transfer bundle of resnet18, not resnet34: load the bundle"):
+        create_model("resnet34", weights=tmp_path / "taps" / "model.safetensors")
     # A plain linear head is the zoo net's own: its file loads as it did.
     plain = create_model("resnet18", num_classes=3).eval()
     Bundle(plain, "resnet18", names, _small_pre()).save(tmp_path / "plain")

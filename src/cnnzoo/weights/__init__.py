@@ -364,8 +364,9 @@ def _mismatch_message(ckpt, name, layout, missing, unexpected, conflicts, holds=
     if ckpt.metadata.get("format", "").startswith("cnnzoo-bundle"):
         # A bundle's head on pooled feature stages, or an MLP, is no zoo net's own ("another
         # architecture?" sent the user looking for one); a plain linear head loads.
-        return (f"{ckpt.path} is the weights file of a transfer bundle whose head (on feature "
-                f"stages, or an MLP) {name or 'the model'} does not have: load the bundle, "
+        what = (f"of {stored}, not {name}" if stored and name and stored != name else
+                f"whose head (on feature stages, or an MLP) {name or 'the model'} does not have")
+        return (f"{ckpt.path} is the weights file of a transfer bundle {what}: load the bundle, "
                 f"cnnzoo.load_bundle('{Path(ckpt.path).parent}'), whose .model is the whole "
                 "network")  # fmt: skip
     if stored and stored != name:
