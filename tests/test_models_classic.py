@@ -331,6 +331,14 @@ def test_reset_classifier_updates_what_records_the_head():
     g = cnnzoo.create_model("googlenet", num_classes=5)
     g.reset_classifier(3)
     assert g.default_cfg.num_classes == 3 and g.aux1.fc2.out_features == 3
+    # A net already in bf16 gets its new heads in bf16 ("mat1 and mat2 must have the same
+    # dtype" at the first forward pass with float32 ones).
+    for net, shape in ((cnnzoo.create_model("resnet20"), (2, 3, 32, 32)), (g, (2, 3, 64, 64))):
+        net.to(torch.bfloat16).train()
+        net.reset_classifier(4)
+        out = net(torch.rand(shape, dtype=torch.bfloat16))
+        assert all(o.dtype == torch.bfloat16 and o.shape == (2, 4) for o in
+                   (out if isinstance(out, tuple) else (out,)))  # fmt: skip
     with pytest.raises(cnnzoo.errors.ModelOptionError, match="num_classes must be a whole"):
         cnnzoo.create_model("lenet5", num_classes=True)  # a bool is an int to isinstance
     for bad in (-1, 2.0, True):  # -1 gave a headless net that said num_classes=-1
@@ -534,3 +542,27 @@ def test_size_options_take_a_whole_number_of_at_least_1():
     m = cnnzoo.create_model("vgg11", num_classes=3, in_chans=1, stages=2, width_mult=0.125,
                             fc_dim=1, pool_size=1)  # fmt: skip
     assert [m.classifier[i].out_features for i in (0, 3, 6)] == [1, 1, 3]
+
+
+@pytest.mark.parametrize("name, kwargs, shape", [
+    ("resnet20", {}, (1, 3, 32, 32)),
+    ("residual_net", {}, (1, 1, 28, 28)),
+    ("unet", {"base_width": 4}, (1, 1, 188, 188)),
+])  # fmt: skip
+def test_tracing_warns_only_of_what_the_trace_cannot_follow(name, kwargs, shape):
+    """torch.jit.trace of a zoo net gave 30-54 TracerWarnings, none about the net: the input
+    checks' size comparisons, and their shape text printing the traced sizes as tensors. They
+    drowned the warnings that matter (EfficientNet's 'SAME' padding, fixed at the traced
+    size). The checks guard nothing in a trace (it keeps no Python branch): skipped there."""
+    import warnings
+
+    model = cnnzoo.create_model(name, **kwargs).eval()
+    x = torch.rand(shape)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        traced = torch.jit.trace(model, x)
+    tracer = [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    assert tracer == []
+    assert torch.equal(traced(x), model(x))
+    with pytest.raises(InputSizeError):  # the eager net still checks
+        model(x[0])

@@ -84,6 +84,68 @@ def test_features_leave_the_backbone_bit_identical(fmnist):
     assert not torch.allclose(feats[:, 0], feats[:, 1])
 
 
+def test_predicting_from_two_threads_does_not_switch_the_weights_under_a_forward_pass():
+    # A bf16 pass turns the weights channels-last and back. Two threads predicting with one
+    # bundle (a web server) each switched them while the other ran: a pass read weights
+    # mid-switch and an image got the wrong class at probability 1. One at a time now.
+    import threading
+
+    from cnnzoo.transfer.bundle import predict_tensor
+
+    model = create_model("resnet20", num_classes=3).eval()
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    pre = _small_pre()
+    alone = predict_tensor(model, images, pre, precision="bf16", views=1)
+    conv, forward = model.conv1.weight, model.forward_features
+    second_done, first_inside = threading.Event(), threading.Event()
+    seen, got = [], {}
+
+    def watched(x):  # the first thread's pass waits while the second one predicts
+        if threading.current_thread().name == "first":
+            before = conv.is_contiguous(memory_format=torch.channels_last)
+            first_inside.set()
+            second_done.wait(timeout=0.5)  # never set while the second waits its turn
+            seen.append((before, conv.is_contiguous(memory_format=torch.channels_last)))
+        return forward(x)
+
+    model.forward_features = watched
+
+    def run(name):
+        got[name] = predict_tensor(model, images, pre, precision="bf16", views=1)
+        if name == "second":
+            second_done.set()
+
+    first = threading.Thread(target=run, args=("first",), name="first")
+    first.start()
+    assert first_inside.wait(timeout=10)
+    second = threading.Thread(target=run, args=("second",), name="second")
+    second.start()
+    first.join(), second.join()
+    assert seen == [(True, True)]  # was [(True, False)]: switched back under the pass
+    assert torch.equal(got["first"], alone) and torch.equal(got["second"], alone)
+    assert conv.is_contiguous()  # and plain again afterwards
+
+
+def test_predict_and_evaluate_leave_a_training_model_training(fmnist, folder):
+    # Fine-tuning bundle.model in your own loop and checking it with bundle.predict or
+    # .evaluate between steps left it in eval mode: the next steps silently trained with
+    # dropout off and BatchNorm frozen. The mode is restored now, as extract_features does.
+    from cnnzoo.transfer import Bundle
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", num_classes=5)
+    bundle = Bundle(model, "resnet20", sorted(CLASSES), _small_pre())
+    images = fmnist.with_channels(3).images[:6]
+    model.eval()
+    want = bundle.predict(images).probabilities
+    model.train()
+    before = model.bn1.running_mean.clone()
+    assert torch.equal(bundle.predict(images).probabilities, want)  # still run in eval mode
+    assert model.training
+    bundle.evaluate(folder, progress=False)
+    assert model.training and torch.equal(model.bn1.running_mean, before)
+
+
 def test_frozen_phase_of_finetune_moves_only_the_head(fmnist):
     model = create_model("resnet18", num_classes=5)
     train, val = fmnist.with_channels(3).split(0.25, seed=0)
@@ -785,6 +847,8 @@ def test_stage_taps_pool_the_chosen_stages_of_the_backbone():
     state = _state(r18)
     net = StageTaps(r18, "5,4", num_classes=3).eval()
     assert net.stages == (4, 5) and net.num_features == 256 + 512
+    # Its config counts its own head's classes (it said 0, the headless backbone's).
+    assert net.num_classes == net.default_cfg.num_classes == 3
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         h = r18.maxpool(r18.relu(r18.bn1(r18.conv1(x))))
@@ -820,6 +884,34 @@ def test_stage_taps_bad_choices_are_one_line_errors(tmp_path, capsys, folder):
                "--stages", "4,5", "--out", str(out), "--no-progress"])  # fmt: skip
     assert rc == 2 and not out.exists()
     assert "no feature stages" in _one_line_error(capsys)
+
+
+def test_a_bundles_weights_file_or_folder_given_as_weights_point_to_the_bundle(tmp_path):
+    # A bundle's head on pooled stages (Lite0's default) is no zoo net's: loading its file into
+    # create_model said "is it a checkpoint of another architecture or width?", and the bundle
+    # folder "pass the checkpoint file in it" -- that same file. A plain linear head's file is
+    # refused too: its classes, input and views are in bundle.json.
+    from cnnzoo.models.taps import StageTaps
+    from cnnzoo.transfer import Bundle
+
+    names = ["a", "b", "c"]
+    taps = StageTaps(create_model("resnet18", num_classes=0), (4, 5), 3)
+    Bundle(taps, "resnet18", names, _small_pre()).save(tmp_path / "taps")
+    plain = create_model("resnet18", num_classes=3).eval()
+    Bundle(plain, "resnet18", names, _small_pre()).save(tmp_path / "plain")
+    for folder in (tmp_path / "taps", tmp_path / "plain"):
+        use = (f"a bundle is used whole, with its classes and input: --bundle {folder} (cnnzoo "
+               f"predict, evaluate), cnnzoo.load_bundle('{folder}') in Python")
+        for model in ("resnet18", "resnet34"):
+            with pytest.raises(WeightsError) as err:
+                create_model(model, weights=folder / "model.safetensors")
+            assert str(err.value) == (f"{folder / 'model.safetensors'} is the weights file of a "
+                                      f"transfer bundle: {use}")
+        with pytest.raises(WeightsError) as err:
+            create_model("resnet18", weights=folder)
+        assert str(err.value) == f"{folder} holds a transfer bundle, not a weights file: {use}"
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(load_bundle(tmp_path / "plain").model.eval()(x), plain(x))
 
 
 def test_transfer_on_feature_stages_round_trips_and_has_its_own_cache(folder, tmp_path):

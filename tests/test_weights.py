@@ -338,6 +338,16 @@ def test_create_model_gives_back_a_saved_fine_tuned_net(tmp_path):
         assert again.weights_info.head_loaded
         with torch.no_grad():
             assert torch.equal(again(_x(64, c=1)), src(_x(64, c=1)))
+    # Built from another net's state_dict, it is a copy: its parameters and BN statistics
+    # were that net's own tensors, so a training step on one moved the other too.
+    again.train()
+    opt = torch.optim.SGD(again.parameters(), lr=0.1)
+    again(_x(64, c=1)).sum().backward()
+    opt.step()
+    after = src.state_dict()
+    assert not any(v.data_ptr() == after[k].data_ptr() for k, v in again.state_dict().items())
+    assert not torch.equal(again.conv1.weight, src.conv1.weight)
+    assert not torch.equal(again.bn1.running_mean, src.bn1.running_mean)
 
 
 def test_grey_checkpoint_into_rgb_model_repeats_the_kernel(tmp_path):
@@ -736,6 +746,10 @@ def test_preprocessing_takes_arrays_tensors_and_paths_alike(tmp_path):
     with pytest.raises(ValueError, match=r"must lie in \[0, 1\] .*not \[0\.0, 231\.0\]: divide it by "
                                          "255, or pass uint8"):  # fmt: skip
         pre(arr.astype(np.float32))  # 0..255 floats would turn white
+    # Its own output given back (to bundle.predict, say): dividing by 255 was no remedy.
+    with pytest.raises(ValueError, match=r"not \[-2\.0.*\]: it looks normalised already: pass "
+                       "the image before normalising, or pass uint8"):  # fmt: skip
+        pre(want)
     with pytest.raises(ValueError, match=r"not a batch \(2, 3, 300, 451\): use \.batch\(images\)"):
         pre(torch.from_numpy(np.stack([arr, arr])).permute(0, 3, 1, 2))
     with pytest.raises(ValueError, match="top must be at least 1"):

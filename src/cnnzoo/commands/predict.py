@@ -260,7 +260,7 @@ def iter_classified(
 
     from torch import nn
 
-    from ..transfer.features import inference_dtype, inference_layout, run_model
+    from ..transfer.features import held_for_inference, inference_dtype, run_model
     from ..weights import decode_predictions
 
     dtype = inference_dtype(precision)
@@ -272,7 +272,7 @@ def iter_classified(
 
     # A hand-written loop in bf16 + channels-last ran EfficientNet-Lite0 2.5-3x faster than
     # this one did in fp32 NCHW (bundles already predicted in bf16).
-    layout = inference_layout(model, dtype) if isinstance(model, nn.Module) else nullcontext()
+    layout = held_for_inference(model, dtype) if isinstance(model, nn.Module) else nullcontext()
     with layout:
         for record, probs in predict_files(paths, preprocessing.load, probabilities,
                                            batch_size=batch_size):  # fmt: skip

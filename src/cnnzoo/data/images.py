@@ -235,9 +235,13 @@ def array_to_uint8(a: np.ndarray) -> np.ndarray:
         return _scale16(a)
     if np.issubdtype(a.dtype, np.floating):
         if a.size and not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1):
+            # Below 0 it was normalised already (Preprocessing.batch's output passed to
+            # bundle.predict): dividing it by 255 would not help.
+            fix = ("it looks normalised already: pass the image before normalising"
+                   if a.min() < 0 else "divide it by 255")  # fmt: skip
             raise ValueError(f"a float image must lie in [0, 1] (scikit-image's convention), "
-                             f"not [{float(a.min())!r}, {float(a.max())!r}]: divide it by "
-                             "255, or pass uint8")  # fmt: skip
+                             f"not [{float(a.min())!r}, {float(a.max())!r}]: {fix}, or pass "
+                             "uint8")  # fmt: skip
         return np.rint(a * 255).astype(np.uint8)
     if np.issubdtype(a.dtype, np.integer) and (not a.size or (a.min() >= 0 and a.max() <= 255)):
         return a.astype(np.uint8)

@@ -67,6 +67,11 @@ def check_input_size(model: nn.Module, x: Tensor, *, sizes: bool = True) -> None
     if not x.is_floating_point():  # uint8 images: "expected scalar type Byte but found Float"
         raise TypeError(f"expected a float tensor, not {x.dtype}: scale and normalise it as the "
                         f"weights expect; {_PREPROCESS_HINT}")  # fmt: skip
+    if torch.jit.is_tracing():
+        # A trace keeps no Python branch, so the checks below guard nothing in it; each
+        # comparison of its traced sizes was a TracerWarning, and the shape text below printed
+        # them as tensors (54 warnings per torch.jit.trace of residual_net).
+        return
     shape = "(" + ", ".join(map(str, x.shape)) + ")"
     if x.dim() != 4:  # torch would fail deep inside, at the first flatten or dense layer
         raise InputSizeError(f"expected a batch (N, C, H, W), got shape {shape}"
@@ -127,7 +132,8 @@ class Classifier(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         """A new, freshly initialised head for `num_classes` (0: none, return pre-logits)."""
         parent, _, leaf = self.head_name.rpartition(".")
-        setattr(self.get_submodule(parent), leaf, new_head(self.num_features, num_classes))
+        head = placed_like(new_head(self.num_features, num_classes), self)
+        setattr(self.get_submodule(parent), leaf, head)
         self._head_replaced(num_classes)
 
     def _head_replaced(self, num_classes: int) -> None:
@@ -176,6 +182,14 @@ def new_head(num_features: int, num_classes: int) -> nn.Module:
     if n < 0:  # reset_classifier(-1) built a headless net
         raise ModelOptionError(f"num_classes must be a whole number >= 0, not {num_classes!r}")
     return nn.Identity() if n == 0 else nn.Linear(num_features, n)
+
+
+def placed_like(module: nn.Module, model: nn.Module) -> nn.Module:
+    """A new `module` (a head) in the dtype and on the device of `model`'s parameters: a net
+    turned bf16 before `reset_classifier` fed its bf16 features to a float32 head ("mat1 and
+    mat2 must have the same dtype")."""
+    ref = next(model.parameters(), None)
+    return module if ref is None else module.to(device=ref.device, dtype=ref.dtype)
 
 
 # The `act` option of the nets where ReLU is compared with what came before it (LeNet-5, AlexNet,

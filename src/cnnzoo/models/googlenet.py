@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import CnnzooError
-from .base import AuxOutputs, Classifier, check_input_size, new_head
+from .base import AuxOutputs, Classifier, check_input_size, new_head, placed_like
 from .registry import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, register_model
 
 PAPER = "Szegedy et al., Going Deeper with Convolutions"
@@ -229,7 +229,7 @@ class GoogLeNet(Classifier):
 
         `num_classes=0` removes the head and the auxiliary classifiers.
         """
-        self.fc = new_head(self.num_features, num_classes)
+        self.fc = placed_like(new_head(self.num_features, num_classes), self)
         self._head_replaced(num_classes)
         if num_classes <= 0:
             self.aux1 = self.aux2 = None
@@ -237,7 +237,7 @@ class GoogLeNet(Classifier):
             return
         for aux in (self.aux1, self.aux2):
             if aux is not None:
-                aux.fc2 = nn.Linear(aux.fc1.out_features, num_classes)
+                aux.fc2 = placed_like(nn.Linear(aux.fc1.out_features, num_classes), self)
 
 
 def _build(*, num_classes: int, in_chans: int, **kwargs: Any) -> GoogLeNet:

@@ -25,6 +25,7 @@ skip adds).
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from ..errors import InputSizeError, ModelOptionError
@@ -96,7 +97,8 @@ class ResidualNet(Classifier):
     def forward(self, x: Tensor) -> Tensor:
         check_input_size(self, x)
         h, w = x.shape[-2:]
-        if (h, w) != (self.img_size, self.img_size):
+        # Not while tracing, as check_input_size: a trace keeps no Python branch.
+        if not torch.jit.is_tracing() and (h, w) != (self.img_size, self.img_size):
             rebuild = f" or build it with create_model('residual_net', img_size={h})" if h == w else ""
             raise InputSizeError(
                 f"residual_net was built for {self.img_size}x{self.img_size} inputs, got "

@@ -21,6 +21,7 @@ keeps its key names.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
@@ -70,8 +71,8 @@ class StageTaps(Classifier):
         self.num_features = sum(backbone.feature_channels[s - 1] for s in stages)
         self.fc = new_head(self.num_features, num_classes)
         cfg = getattr(backbone, "default_cfg", None)
-        if cfg is not None:  # the input-size check of `forward`
-            self.default_cfg = cfg
+        if cfg is not None:  # the input-size check of `forward`; the class count is this head's
+            self.default_cfg = replace(cfg, num_classes=num_classes)
 
     def forward_features(self, x: Tensor) -> Tensor:
         """Image -> the pooled, concatenated stage outputs (N, num_features)."""

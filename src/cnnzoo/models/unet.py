@@ -325,6 +325,8 @@ class UNet(nn.Module):
         # dtype, batch, channels as the classifiers say them (an encoder's own check named the
         # encoder, the others left torch's errors); the sizes below, with the padding's advice
         check_input_size(self, x, sizes=False)
+        if torch.jit.is_tracing():  # as check_input_size: a trace keeps no Python branch
+            return
         h, w = x.shape[-2:]
         if min(h, w) < self.min_size:
             raise InputSizeError(

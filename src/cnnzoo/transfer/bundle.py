@@ -41,7 +41,13 @@ from ..text import plural
 from ..weights import Preprocessing
 from ..weights.files import BUNDLE_FORMAT as FORMAT
 from ..weights.files import save_safetensors
-from .features import MAX_VIEWS, forward_pre_logits, inference_dtype, inference_layout, model_input
+from .features import (
+    MAX_VIEWS,
+    forward_pre_logits,
+    held_for_inference,
+    inference_dtype,
+    model_input,
+)
 
 WEIGHTS_FILE = "model.safetensors"
 JSON_FILE = "bundle.json"
@@ -100,8 +106,9 @@ def predict_tensor(model: nn.Module, images: Tensor, pre: Preprocessing, *, view
                    batch_size: int = 32, precision: str = "auto",
                    progress: bool = False) -> Tensor:  # fmt: skip
     """Class probabilities (N, K) of uint8 images (N, C, H, W): softmax of the logits, averaged
-    over `views` (the image and its mirror by default). The model must be in eval mode; its
-    parameters stay plain contiguous tensors (so Grad-CAM or more fine-tuning still work)."""
+    over `views` (the image and its mirror by default). The model runs in eval mode; its
+    train/eval mode is restored afterwards and its parameters stay plain contiguous tensors
+    (so Grad-CAM or more fine-tuning still work)."""
     from tqdm.auto import tqdm
 
     if not is_whole(batch_size):
@@ -109,7 +116,7 @@ def predict_tensor(model: nn.Module, images: Tensor, pre: Preprocessing, *, view
     dtype = inference_dtype(precision)
     out = []
     starts = range(0, len(images), batch_size)
-    with inference_layout(model, dtype):
+    with held_for_inference(model, dtype):  # one thread at a time, its mode restored
         for start in tqdm(starts, desc="predict", unit="batch", leave=False,
                           disable=None if progress else True):  # fmt: skip
             chunk = images[start:start + batch_size]
@@ -213,7 +220,6 @@ class Bundle:
         return self._predict(batch, batch_size, precision)
 
     def _predict(self, batch: Tensor, batch_size: int, precision: str = "auto") -> Predictions:
-        self.model.eval()
         if len(batch) == 0:
             return Predictions([], torch.zeros(0, len(self.class_names)), list(self.class_names))
         probs = predict_tensor(self.model, batch, self.preprocessing, views=self.views,
@@ -249,7 +255,6 @@ class Bundle:
                                val_files=data.get("val_files"))  # fmt: skip
         if ds.channels != self.preprocessing.channels:
             ds = ds.with_channels(self.preprocessing.channels)
-        self.model.eval()
         probs = predict_tensor(self.model, ds.images, self.preprocessing, views=self.views,
                                batch_size=batch_size, progress=progress)  # fmt: skip
         log_probs = probs.clamp_min(1e-12).log()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
@@ -82,26 +83,41 @@ def model_input(images: Tensor, pre: Preprocessing, view_index: int = 0) -> Tens
     return pre.normalize(view(x, view_index))
 
 
+# The model is put in eval mode and, for bf16, its weights turned channels-last, then both are
+# restored; the switch reassigns every parameter's data. A second thread running the same model
+# meanwhile (two requests to one bundle) read weights mid-switch and got wrong classes at
+# probability 1. One lock for every model, not one each: on a CPU a single forward pass already
+# keeps all the cores busy.
+_INFERENCE_LOCK = threading.RLock()
+
+
 @contextmanager
-def inference_layout(model: nn.Module, dtype: str) -> Iterator[None]:
-    """Channels-last weights while `dtype` is 'bf16' (its kernels want them; the input is
-    converted by `run_model`), contiguous again after. Converted outside any inference mode,
-    the caller's too: inside it, the parameters would become inference tensors for good, and
-    Grad-CAM or more fine-tuning would fail on them."""
-    if dtype == "bf16":
-        with torch.inference_mode(False):
-            model.to(memory_format=torch.channels_last)
-    try:
-        yield
-    finally:
-        with torch.inference_mode(False):
-            model.to(memory_format=torch.contiguous_format)
+def held_for_inference(model: nn.Module, dtype: str) -> Iterator[None]:
+    """Hold the model for forward passes in `dtype` ('bf16' or 'fp32'): in eval mode (dropout
+    off, BatchNorm on its running statistics), its weights channels-last for bf16 (the input is
+    converted too). Afterwards its train/eval mode is restored and its weights are plain
+    contiguous tensors again, made outside any inference mode so that they stay trainable
+    (Grad-CAM, more fine-tuning). Calls from several threads run one at a time."""
+    with _INFERENCE_LOCK:
+        was_training = model.training
+        model.eval()
+        bf16 = dtype == "bf16"
+        try:
+            if bf16:  # outside inference mode, the caller's too: see the docstring
+                with torch.inference_mode(False):
+                    model.to(memory_format=torch.channels_last)
+            yield
+        finally:
+            model.train(was_training)
+            if bf16:
+                with torch.inference_mode(False):
+                    model.to(memory_format=torch.contiguous_format)
 
 
 @torch.inference_mode()
 def run_model(forward: Callable[[Tensor], Tensor], x: Tensor, dtype: str = "fp32") -> Tensor:
     """`forward(x)` in float32, computed in `dtype`: 'bf16' autocast on a channels-last input
-    (bf16 in NCHW loses most of its gain), inside `inference_layout`; or 'fp32'."""
+    (bf16 in NCHW loses most of its gain), inside `held_for_inference`; or 'fp32'."""
     x = x.contiguous(memory_format=torch.channels_last) if dtype == "bf16" else x
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
         return forward(x).float()
@@ -135,22 +151,17 @@ def extract_features(
     if not 1 <= views <= MAX_VIEWS:
         raise ValueError(f"views must lie in [1, {MAX_VIEWS}], not {views}")
     dtype = inference_dtype(precision)
-    was_training = model.training
-    model.eval()
     out: list[Tensor] = []
-    try:
-        with inference_layout(model, dtype), tqdm(
-                total=len(images) * views, desc=desc, unit="img", leave=False,
-                disable=None if progress else True) as bar:  # fmt: skip
-            for start in range(0, len(images), batch_size):
-                chunk = images[start:start + batch_size]
-                per_view = []
-                for v in range(views):
-                    per_view.append(forward_pre_logits(model, model_input(chunk, pre, v), dtype))
-                    bar.update(len(chunk))
-                out.append(torch.stack(per_view, dim=1))
-    finally:
-        model.train(was_training)
+    with held_for_inference(model, dtype), tqdm(
+            total=len(images) * views, desc=desc, unit="img", leave=False,
+            disable=None if progress else True) as bar:  # fmt: skip
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            per_view = []
+            for v in range(views):
+                per_view.append(forward_pre_logits(model, model_input(chunk, pre, v), dtype))
+                bar.update(len(chunk))
+            out.append(torch.stack(per_view, dim=1))
     if not out:
         return torch.zeros(0, views, 0)
     return torch.cat(out)

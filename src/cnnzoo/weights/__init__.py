@@ -97,7 +97,11 @@ def open_weights(
     if isinstance(weights, Checkpoint):
         return weights, None
     if isinstance(weights, Mapping):
-        tensors = state_dict_tensors(weights, "state_dict")
+        # The caller's own tensors (another net's state_dict() shares its parameters): copied,
+        # or the new net, which takes the checkpoint's tensors as its parameters, shared them,
+        # and training one changed the other.
+        tensors = {k: v.detach().clone()
+                   for k, v in state_dict_tensors(weights, "state_dict").items()}  # fmt: skip
         return Checkpoint(path="state_dict", format="torch", tensors=tensors), None
     if is_weights_tag(weights) and not os.path.exists(weights):
         if name is None:
