@@ -127,6 +127,38 @@ def test_classification_task_against_hand_computed_values(tmp_path):
     assert torch.allclose(task.loss(aux, y), want)
 
 
+def test_tied_logits_count_as_argmax_predicts_and_top5_never_below_top1():
+    # bf16 logits tie often (8 bits of mantissa; 14 of 1,797 digits for an unsure LeNet-5).
+    # topk's order among ties is unspecified: it took the other class of a tie for the
+    # confusion matrix, so `evaluate` disagreed with the argmax of the same logits (scikit-learn,
+    # `cnnzoo predict`, a bundle), and a top-1 hit could be a top-5 miss.
+    from sklearn.metrics import accuracy_score, confusion_matrix
+
+    from cnnzoo.engine.task import ClassificationAccumulator
+
+    g = torch.Generator().manual_seed(0)
+    for classes in (3, 7, 12):
+        logits = torch.randint(0, 3, (400, classes), generator=g).float()  # full of ties
+        y = torch.randint(0, classes, (400,), generator=g)
+        acc = ClassificationAccumulator(classes)
+        acc.update(logits, y, torch.tensor(0.0))
+        pred = logits.numpy().argmax(1)  # numpy's argmax: the first of equal maxima
+        assert acc.confusion.tolist() == confusion_matrix(y, pred, labels=range(classes)).tolist()
+        assert acc.compute()["acc"] == accuracy_score(y, pred)
+        # top-5 with ties broken the same way: the target's place in a stable descending sort.
+        order = torch.sort(logits, dim=1, descending=True, stable=True).indices
+        place = (order == y[:, None]).float().argmax(1)
+        assert acc.compute()["top5"] == float((place < 5).double().mean())
+    # Eight equal logits, the target the first of them: a hit at top-1, so at top-5 too.
+    acc = ClassificationAccumulator(8)
+    acc.update(torch.zeros(1, 8), torch.tensor([0]), torch.tensor(0.0))
+    assert acc.compute()["acc"] == acc.compute()["top5"] == 1.0
+    # A NaN output is no hit at top-5.
+    acc = ClassificationAccumulator(8)
+    acc.update(torch.full((1, 8), float("nan")), torch.tensor([3]), torch.tensor(0.0))
+    assert acc.compute()["top5"] == 0.0
+
+
 # --------------------------------------------------------------------------- optimiser
 
 

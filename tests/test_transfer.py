@@ -1128,3 +1128,22 @@ def test_a_file_that_names_its_model_needs_no_model_option(folder, tmp_path, cap
                  "--out", str(out)]) == 0  # fmt: skip
     assert "resnet20: validation accuracy" in capsys.readouterr().out
     assert json.loads((out / "bundle" / "bundle.json").read_text())["model"] == "resnet20"
+
+
+def test_bundle_ranks_equal_probabilities_in_class_order(tmp_path, capsys):
+    """Rank 1 of `predict --bundle` is the 'Prediction:' class (argmax) when probabilities tie:
+    an unstable sort listed another class first for 120 equal ones, under "Prediction: c0"."""
+    from cnnzoo.transfer import Bundle
+
+    names = [f"c{i}" for i in range(120)]
+    model = create_model("lenet5", num_classes=120, in_chans=3).eval()
+    with torch.no_grad():  # every class scores the same
+        model.get_classifier().weight.zero_()
+        model.get_classifier().bias.zero_()
+    Bundle(model, "lenet5", names, _small_pre(), fit="resize", views=1).save(tmp_path / "b")
+    img = tmp_path / "grey.png"
+    Image.new("RGB", (32, 32), (90, 90, 90)).save(img)
+    assert main(["predict", str(img), "--bundle", str(tmp_path / "b"), "--json"]) == 0
+    (record,) = json.loads(capsys.readouterr().out)
+    assert record["prediction"] == "c0"
+    assert [p["class"] for p in record["predictions"]] == ["c0", "c1", "c2", "c3", "c4"]

@@ -267,7 +267,8 @@ def predict_with_bundle(bundle_dir: str | os.PathLike[str], paths: Sequence[Path
     pred = bundle.predict_loaded(torch.stack([x for _, x in good])) if good else None
     for i, (r, _) in enumerate(good):
         probs = pred.probabilities[i]
-        order = probs.argsort(descending=True)[: max(1, min(top, len(names)))].tolist()
+        # Stable: among equal probabilities the lower class first, as `prediction` (argmax).
+        order = probs.argsort(descending=True, stable=True)[: max(1, min(top, len(names)))].tolist()
         r.update(prediction=pred.classes[i], probabilities=dict(zip(names, probs.tolist(), strict=True)),
                  predictions=[{"rank": k, "index": j, "class": names[j],
                                "probability": float(probs[j])}
