@@ -645,6 +645,9 @@ def test_progressive_size_must_be_below_the_training_size():
     res = Trainer(net, ClassificationTask(10), train, config=TrainConfig(epochs=3, **FP32)).fit()
     assert [r.get("train_px") for r in res.history] == [16, 16, None]
     from cnnzoo.engine.loop import _epoch_line
+    from cnnzoo.engine.report import logged_metrics
+
+    assert logged_metrics(res.history) == ["acc", "loss", "top5"]  # curves.png: no 'px' panel
 
     assert _epoch_line(res.history[0], 3).startswith("epoch 1/3  at 16 px  lr ")
     assert " px " not in _epoch_line(res.history[2], 3)
