@@ -1928,6 +1928,21 @@ def test_demo_scratch_reports_the_validation_accuracy_of_the_weights_it_tests(tm
     assert f"epoch {tested['epoch']} of 6" in lines[0]
 
 
+def test_final_lines_leave_out_top5_of_5_classes_or_fewer(tmp_path, capsys):
+    """The TTA line repeated 'top5 1.0000' for 3 classes, which the line above it leaves out."""
+    from cnnzoo.data import load_fashion_mnist
+    from cnnzoo.data.folder import write_image_folder
+
+    data = tmp_path / "d"
+    write_image_folder(load_fashion_mnist("test").subset(classes=[0, 1, 2], per_class=8), data)
+    assert main(["train", "lenet5", "--data", str(data), "--epochs", "1", "--batch-size", "8",
+                 "--tta", "--precision", "fp32", "--channels-last", "off", "--no-progress",
+                 "--no-tensorboard", "--out", str(tmp_path / "run")]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    tta = [line for line in out.splitlines() if line.startswith("final validation with flip")]
+    assert len(tta) == 1 and "acc " in tta[0] and "top5" not in out
+
+
 def test_a_bad_model_arg_is_refused_before_the_data_load(tmp_path, monkeypatch, capsys):
     """An option the model does not take, a probability given as yes (True, which built
     Dropout(p=1.0)) or 1, a value outside an option's choices: one line before any image is
