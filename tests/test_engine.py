@@ -127,6 +127,38 @@ def test_classification_task_against_hand_computed_values(tmp_path):
     assert torch.allclose(task.loss(aux, y), want)
 
 
+def test_tied_logits_count_as_argmax_predicts_and_top5_never_below_top1():
+    # bf16 logits tie often (8 bits of mantissa; 14 of 1,797 digits for an unsure LeNet-5).
+    # topk's order among ties is unspecified: it took the other class of a tie for the
+    # confusion matrix, so `evaluate` disagreed with the argmax of the same logits (scikit-learn,
+    # `cnnzoo predict`, a bundle), and a top-1 hit could be a top-5 miss.
+    from sklearn.metrics import accuracy_score, confusion_matrix
+
+    from cnnzoo.engine.task import ClassificationAccumulator
+
+    g = torch.Generator().manual_seed(0)
+    for classes in (3, 7, 12):
+        logits = torch.randint(0, 3, (400, classes), generator=g).float()  # full of ties
+        y = torch.randint(0, classes, (400,), generator=g)
+        acc = ClassificationAccumulator(classes)
+        acc.update(logits, y, torch.tensor(0.0))
+        pred = logits.numpy().argmax(1)  # numpy's argmax: the first of equal maxima
+        assert acc.confusion.tolist() == confusion_matrix(y, pred, labels=range(classes)).tolist()
+        assert acc.compute()["acc"] == accuracy_score(y, pred)
+        # top-5 with ties broken the same way: the target's place in a stable descending sort.
+        order = torch.sort(logits, dim=1, descending=True, stable=True).indices
+        place = (order == y[:, None]).float().argmax(1)
+        assert acc.compute()["top5"] == float((place < 5).double().mean())
+    # Eight equal logits, the target the first of them: a hit at top-1, so at top-5 too.
+    acc = ClassificationAccumulator(8)
+    acc.update(torch.zeros(1, 8), torch.tensor([0]), torch.tensor(0.0))
+    assert acc.compute()["acc"] == acc.compute()["top5"] == 1.0
+    # A NaN output is no hit at top-5.
+    acc = ClassificationAccumulator(8)
+    acc.update(torch.full((1, 8), float("nan")), torch.tensor([3]), torch.tensor(0.0))
+    assert acc.compute()["top5"] == 0.0
+
+
 # --------------------------------------------------------------------------- optimiser
 
 
@@ -613,6 +645,9 @@ def test_progressive_size_must_be_below_the_training_size():
     res = Trainer(net, ClassificationTask(10), train, config=TrainConfig(epochs=3, **FP32)).fit()
     assert [r.get("train_px") for r in res.history] == [16, 16, None]
     from cnnzoo.engine.loop import _epoch_line
+    from cnnzoo.engine.report import logged_metrics
+
+    assert logged_metrics(res.history) == ["acc", "loss", "top5"]  # curves.png: no 'px' panel
 
     assert _epoch_line(res.history[0], 3).startswith("epoch 1/3  at 16 px  lr ")
     assert " px " not in _epoch_line(res.history[2], 3)
@@ -1862,6 +1897,50 @@ def test_epoch_lines_show_top5_only_above_5_classes():
     assert _epoch_line(record, 3, 5) == ("epoch 2/3  lr 0.1  train_loss 0.5  train_acc 0.75  "
                                          "val_loss 0.25  val_acc 0.5  1.5s 1,000 img/s")
     assert "train_top5 1  val_loss 0.25  val_acc 0.5  val_top5 1  1.5s" in _epoch_line(record, 3, 6)
+
+
+def test_demo_scratch_reports_the_validation_accuracy_of_the_weights_it_tests(tmp_path,
+                                                                              monkeypatch):
+    """The demo's scratch run restores the epoch of the lowest validation loss and scores it
+    on the test images; it printed the highest validation accuracy of any epoch instead (0.45
+    here, when the weights it tested scored 0.375). LeNet-5 stands in for its EfficientNet."""
+    from cnnzoo.commands import demo
+    from cnnzoo.data import load_fashion_mnist
+    from cnnzoo.data.folder import write_image_folder
+
+    classes = ["tshirt", "pullover", "dress", "coat", "shirt"]
+    for part, split, n, seed in (("train", "train", 16, 0), ("val", "train", 8, 5),
+                                 ("test", "test", 8, 0)):  # fmt: skip
+        write_image_folder(load_fashion_mnist(split).subset(classes=classes, per_class=n,
+                                                            seed=seed), tmp_path / "d" / part)
+    lines: list[str] = []
+    monkeypatch.setattr(demo, "MODEL", "lenet5")
+    monkeypatch.setattr(demo, "_say", lines.append)
+    # fp32 on every CPU (the demo takes bf16 where it is native), so the run is the same.
+    monkeypatch.setattr("cnnzoo.transfer.features.inference_dtype", lambda *a, **k: "fp32")
+    monkeypatch.setattr("cnnzoo.engine.report.write_report", lambda *a: [])  # 3 s of plots
+    demo._scratch(tmp_path / "d", 32, 6, tmp_path / "out", False)
+    history = [json.loads(r) for r in (tmp_path / "out" / "metrics.jsonl").open()]
+    tested = min(history, key=lambda r: r["val_loss"])
+    assert max(r["val_acc"] for r in history) > tested["val_acc"]  # the case that misled
+    said = float(re.search(r"validation accuracy (\d\.\d+)", lines[0])[1])
+    assert said == round(tested["val_acc"], 3)
+    assert f"epoch {tested['epoch']} of 6" in lines[0]
+
+
+def test_final_lines_leave_out_top5_of_5_classes_or_fewer(tmp_path, capsys):
+    """The TTA line repeated 'top5 1.0000' for 3 classes, which the line above it leaves out."""
+    from cnnzoo.data import load_fashion_mnist
+    from cnnzoo.data.folder import write_image_folder
+
+    data = tmp_path / "d"
+    write_image_folder(load_fashion_mnist("test").subset(classes=[0, 1, 2], per_class=8), data)
+    assert main(["train", "lenet5", "--data", str(data), "--epochs", "1", "--batch-size", "8",
+                 "--tta", "--precision", "fp32", "--channels-last", "off", "--no-progress",
+                 "--no-tensorboard", "--out", str(tmp_path / "run")]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    tta = [line for line in out.splitlines() if line.startswith("final validation with flip")]
+    assert len(tta) == 1 and "acc " in tta[0] and "top5" not in out
 
 
 def test_a_bad_model_arg_is_refused_before_the_data_load(tmp_path, monkeypatch, capsys):

@@ -1297,3 +1297,46 @@ def test_a_file_that_names_its_model_needs_no_model_option(folder, tmp_path, cap
                  "--out", str(out)]) == 0  # fmt: skip
     assert "resnet20: validation accuracy" in capsys.readouterr().out
     assert json.loads((out / "bundle" / "bundle.json").read_text())["model"] == "resnet20"
+
+
+def test_bundle_ranks_equal_probabilities_in_class_order(tmp_path, capsys):
+    """Rank 1 of `predict --bundle` is the 'Prediction:' class (argmax) when probabilities tie:
+    an unstable sort listed another class first for 120 equal ones, under "Prediction: c0"."""
+    from cnnzoo.transfer import Bundle
+
+    names = [f"c{i}" for i in range(120)]
+    model = create_model("lenet5", num_classes=120, in_chans=3).eval()
+    with torch.no_grad():  # every class scores the same
+        model.get_classifier().weight.zero_()
+        model.get_classifier().bias.zero_()
+    Bundle(model, "lenet5", names, _small_pre(), fit="resize", views=1).save(tmp_path / "b")
+    img = tmp_path / "grey.png"
+    Image.new("RGB", (32, 32), (90, 90, 90)).save(img)
+    assert main(["predict", str(img), "--bundle", str(tmp_path / "b"), "--json"]) == 0
+    (record,) = json.loads(capsys.readouterr().out)
+    assert record["prediction"] == "c0"
+    assert [p["class"] for p in record["predictions"]] == ["c0", "c1", "c2", "c3", "c4"]
+
+
+def test_a_bundle_predicts_in_the_precision_its_run_validated_in(folder, tmp_path, monkeypatch):
+    """A `--precision fp32` run on a CPU with native bf16: its bundle predicted in bf16 ('auto'),
+    so `evaluate --bundle` did not repeat the validation loss bundle.json records (0.281
+    against 0.312 with EfficientNet-Lite0)."""
+    import cnnzoo.engine.precision as precision
+
+    real = precision.cpu_features()
+    monkeypatch.setattr(precision, "cpu_features", lambda: {**real, "native_bf16": True})
+    out = tmp_path / "run"
+    res = transfer(folder, model="resnet18", weights=None, out=out,
+                   config=_tiny_config(mode="features", precision="fp32"),
+                   say=lambda _: None)  # fmt: skip
+    bundle = load_bundle(out / "bundle")
+    assert bundle.precision == "fp32"
+    metrics, _ = bundle.evaluate(progress=False)
+    assert metrics["loss"] == pytest.approx(res.metrics["val_loss"], rel=1e-6)
+    assert metrics["acc"] == res.metrics["val_acc"]
+    # A bundle.json naming another precision is refused in one line.
+    meta = json.loads((out / "bundle" / "bundle.json").read_text())
+    (out / "bundle" / "bundle.json").write_text(json.dumps({**meta, "precision": "fp16"}))
+    with pytest.raises(WeightsError, match="precision must be auto, bf16, fp32, not 'fp16'"):
+        load_bundle(out / "bundle")

@@ -694,6 +694,10 @@ def test_decode_predictions_by_hand():
     assert [t.name for t in custom[0]] == ["dog", "cat"]
     # Keras users pass numpy arrays ('ndarray' object has no attribute 'dim').
     assert decode_predictions(p[None].numpy(), top=2) == decode_predictions(p, top=2)
+    # Equal probabilities keep class order, so rank 1 is argmax's class, the one `evaluate`
+    # counts (topk ranked the eight tied classes 4, 7, 6, 5, 2).
+    tied = decode_predictions(torch.full((1, 8), 0.125), top=5, class_names=list("abcdefgh"))
+    assert [t.index for t in tied[0]] == [0, 1, 2, 3, 4]
     # Logits would read as probabilities of 15: refused, saying what to pass.
     with pytest.raises(ValueError, match=r"not probabilities .* pass model\(x\)\.softmax\(1\)"):
         decode_predictions(torch.tensor([[15.1, -2.0, 3.0]]), class_names=["a", "b", "c"])

@@ -249,7 +249,10 @@ def _scratch(data: Path, size: int, epochs: int, out: Path, progress: bool) -> f
                               class_names=splits.class_names)  # fmt: skip
     trainer = Trainer(model, task, train, val, cfg, out_dir=out)
     result = trainer.fit()
-    _say(f"best validation accuracy {max(r.get('val_acc', 0) for r in result.history):.3f}")
+    # The weights scored on the test images below are those of the lowest validation loss
+    # (restore_best): their validation accuracy, not the highest any epoch reached.
+    _say(f"validation accuracy {result.final['acc']:.3f} (epoch {result.best_epoch} of "
+         f"{len(result.history)}: the lowest validation loss; its weights are tested)")
     if splits.test is None:
         return float("nan")
     test = BatchLoader(splits.test.images, splits.test.labels, batch_size=64,

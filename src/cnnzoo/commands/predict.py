@@ -52,7 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="CPU threads (default: 1 for up to 16 images, else all cores)")  # fmt: skip
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="auto (default): bf16 + channels-last on CPUs with native bf16, where "
-                        "it runs 2-3x faster, else fp32; a `cnnzoo train` checkpoint's own")  # fmt: skip
+                        "it runs 2-3x faster, else fp32; a `cnnzoo train` checkpoint's and a "
+                        "bundle's own, as their metrics were measured")  # fmt: skip
     p.add_argument("--batch-size", type=COUNT, default=16, help=argparse.SUPPRESS)
 
 

@@ -240,7 +240,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.model}: best {result.monitor} {result.best_value:.4f} at epoch "
               f"{result.best_epoch}; final validation {final}")
         if result.final_tta:
-            tta = ", ".join(f"{k} {v:.4f}" for k, v in result.final_tta.items())
+            tta = ", ".join(f"{k} {v:.4f}" for k, v in result.final_tta.items()
+                            if not (few and k == "top5"))  # fmt: skip
             print(f"final validation with {args.tta} TTA: {tta}")
         print(f"checkpoints, metrics and report in {out}/")
     return 0

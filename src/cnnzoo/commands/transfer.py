@@ -255,14 +255,18 @@ def predict_with_bundle(bundle_dir: str | os.PathLike[str], paths: Sequence[Path
 
     bundle = load_bundle(bundle_dir)
     names = bundle.class_names
+    own = None if precision == "auto" else precision  # auto: the run's own, as recorded
 
     def records() -> Iterator[dict[str, Any]]:
         for r, probs in predict_files(
                 paths, lambda path: bundle.load_images([path])[0],
-                lambda batch: bundle.predict_loaded(batch, precision=precision).probabilities,
+                lambda batch: bundle.predict_loaded(batch, precision=own).probabilities,
                 batch_size=batch_size):  # fmt: skip
             if probs is not None:
-                order = probs.argsort(descending=True)[: max(1, min(top, len(names)))].tolist()
+                # Stable: among equal probabilities the lower class first, as `prediction`
+                # (argmax).
+                order = probs.argsort(descending=True, stable=True)[: max(1, min(top, len(names)))]
+                order = order.tolist()
                 r.update(prediction=names[int(probs.argmax())],
                          probabilities=dict(zip(names, probs.tolist(), strict=True)),
                          predictions=[{"rank": k, "index": j, "class": names[j],

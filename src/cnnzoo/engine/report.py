@@ -48,10 +48,15 @@ def quiet_glyphs(plot: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+# Keys of an epoch's record that say how it trained, not what it scored: progressive
+# resizing's input size drew a 'px' panel of curves.png, beside loss and accuracy.
+NOT_METRICS = ("train_px",)
+
+
 def logged_metrics(history: list[dict[str, Any]]) -> list[str]:
     """The metrics the history logs for train or validation (loss, acc, ...), sorted."""
     return sorted({k.split("_", 1)[1] for r in history for k in r
-                   if k.startswith(("train_", "val_"))})  # fmt: skip
+                   if k.startswith(("train_", "val_")) and k not in NOT_METRICS})  # fmt: skip
 
 
 @quiet_glyphs

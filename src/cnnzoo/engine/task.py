@@ -98,12 +98,20 @@ class ClassificationAccumulator:
         n = targets.shape[0]
         self.loss_sum.add_(loss.detach(), alpha=n)
         self.count += n
-        k = min(5, logits.shape[1])
-        top = logits.topk(k, dim=1).indices
-        # top-k indices are distinct, so each row holds its target at most once.
-        self.correct5 += (top == targets[:, None]).sum()
+        # Ties (bf16 logits have 8 bits: two classes of an unsure net often score the same)
+        # go to the lower class index, as argmax -- and so `cnnzoo predict`, a bundle's
+        # prediction and numpy -- breaks them; topk's order among ties is unspecified, and took
+        # the other class of the tie for the confusion matrix, and so the accuracy. The
+        # target's rank under that order decides top-5, so a top-1 hit is a top-5 hit. (Ranked
+        # by the classes behind the target: a NaN ranks first, as in argmax, not last.)
+        true = logits.gather(1, targets[:, None])
+        higher = torch.arange(logits.shape[1], device=logits.device) > targets[:, None]
+        behind = (logits < true) | (logits == true) & higher
+        rank = logits.shape[1] - 1 - behind.sum(1)
+        self.correct5 += (rank < 5).sum()
         c = self.num_classes
-        self.confusion += torch.bincount(targets * c + top[:, 0], minlength=c * c).view(c, c)
+        pred = logits.argmax(1)
+        self.confusion += torch.bincount(targets * c + pred, minlength=c * c).view(c, c)
 
     def reduce(self, fn: Reducer) -> None:
         for t in (self.loss_sum, self.count, self.correct5, self.confusion):

@@ -1,7 +1,8 @@
 """The result of transfer learning: a bundle folder that predicts on its own.
 
     DIR/model.safetensors   the whole network (backbone + new head) in cnnzoo's key names
-    DIR/bundle.json         model name, class names, preprocessing, views, head, val metrics
+    DIR/bundle.json         model name, class names, preprocessing, views, head, numeric
+                            precision, val metrics
 
 `load_bundle(DIR)` rebuilds the network from the JSON, checks that every tensor of the
 .safetensors file fits it (a JSON that does not match its weights is one `WeightsError`), and
@@ -57,6 +58,7 @@ FITS = ("crop", "resize")
 HEAD_KINDS = ("linear", "mlp")
 # Images `Bundle.predict` decodes at a time: 38 MB of uint8 at 224 px, however long the list.
 DECODE_CHUNK = 256
+PRECISIONS = ("auto", "bf16", "fp32")  # `features.inference_dtype`'s
 
 
 class Predictions(NamedTuple):
@@ -146,6 +148,10 @@ class Bundle:
     metrics: dict[str, Any] | None = None
     extra: dict[str, Any] | None = None
     path: Path | None = None
+    # The run's --precision ('auto', 'bf16', 'fp32'): prediction uses it, so the bundle repeats
+    # the validation metrics it records (a fp32 run predicted in bf16 where the CPU has it:
+    # validation loss 0.281 against the 0.312 in bundle.json).
+    precision: str = "auto"
 
     def __repr__(self) -> str:  # not the whole network and every setting: a notebook line
         names = ", ".join(self.class_names[:8]) + (", ..." if len(self.class_names) > 8 else "")
@@ -171,14 +177,15 @@ class Bundle:
         return torch.stack(out)
 
     def predict(self, images: Iterable[Any] | Any, *, batch_size: int = 32,
-                precision: str = "auto") -> Predictions:  # fmt: skip
+                precision: str | None = None) -> Predictions:  # fmt: skip
         """Class names and probabilities for images: a list of image files, PIL images,
         (C, H, W) tensors or (H, W[, C]) arrays (uint8, uint16, bool, or float in [0, 1]); one
         (N, C, H, W) batch at any size; or a single image of any of these kinds (then one
         row). Every image, those of a batch included, is decoded and sized as a file would be
         (`load_images`): the same picture gets one answer whatever its form. An empty list
         gives empty predictions. Any iterable (a generator too) is decoded a few hundred images
-        at a time, so a long list does not sit decoded in memory. precision: 'auto' (bf16 on a
+        at a time, so a long list does not sit decoded in memory. precision: None (the run's
+        own, `self.precision`, which its recorded metrics were measured in), 'auto' (bf16 on a
         CPU with native bf16, else fp32), 'bf16' or 'fp32'."""
         # One image, not a sequence to iterate: a path would otherwise be taken apart into its
         # characters, a (C, H, W) tensor into its channels, an (H, W, C) array into its rows.
@@ -208,7 +215,7 @@ class Bundle:
                            list(self.class_names))  # fmt: skip
 
     def predict_loaded(self, batch: Tensor, *, batch_size: int = 32,
-                       precision: str = "auto") -> Predictions:  # fmt: skip
+                       precision: str | None = None) -> Predictions:  # fmt: skip
         """`predict` for images already decoded and sized by `load_images`: a uint8 batch
         (N, C, crop_size, crop_size). (`predict` would size them once more: a 'crop' bundle
         would crop their centre again.)"""
@@ -219,11 +226,12 @@ class Bundle:
                              "pass other images to predict")  # fmt: skip
         return self._predict(batch, batch_size, precision)
 
-    def _predict(self, batch: Tensor, batch_size: int, precision: str = "auto") -> Predictions:
+    def _predict(self, batch: Tensor, batch_size: int, precision: str | None) -> Predictions:
         if len(batch) == 0:
             return Predictions([], torch.zeros(0, len(self.class_names)), list(self.class_names))
         probs = predict_tensor(self.model, batch, self.preprocessing, views=self.views,
-                               batch_size=batch_size, precision=precision)  # fmt: skip
+                               batch_size=batch_size,
+                               precision=precision or self.precision)  # fmt: skip
         classes = [self.class_names[i] for i in probs.argmax(1).tolist()]
         return Predictions(classes, probs, list(self.class_names))
 
@@ -256,7 +264,8 @@ class Bundle:
         if ds.channels != self.preprocessing.channels:
             ds = ds.with_channels(self.preprocessing.channels)
         probs = predict_tensor(self.model, ds.images, self.preprocessing, views=self.views,
-                               batch_size=batch_size, progress=progress)  # fmt: skip
+                               batch_size=batch_size, precision=self.precision,
+                               progress=progress)  # fmt: skip
         log_probs = probs.clamp_min(1e-12).log()
         acc = ClassificationAccumulator(len(self.class_names))
         acc.update(log_probs, ds.labels, torch.nn.functional.nll_loss(log_probs, ds.labels))
@@ -267,8 +276,8 @@ class Bundle:
             "format": FORMAT, "model": self.model_name, "class_names": list(self.class_names),
             "num_classes": len(self.class_names), "in_chans": self.preprocessing.channels,
             "preprocessing": self.preprocessing.to_dict(), "fit": self.fit, "views": self.views,
-            "head": self.head or {"kind": "linear"}, "metrics": self.metrics or {},
-            **(self.extra or {}),
+            "head": self.head or {"kind": "linear"}, "precision": self.precision,
+            "metrics": self.metrics or {}, **(self.extra or {}),
         }  # fmt: skip
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
@@ -369,6 +378,8 @@ def check_description(meta: Any, path: Path) -> None:
         raise bad(f"preprocessing.std must be > 0 (it divides), not {pre['std']!r}")
     if meta.get("fit", "crop") not in FITS:
         raise bad(f"fit must be {' or '.join(map(repr, FITS))}, not {meta.get('fit')!r}")
+    if meta.get("precision", "auto") not in PRECISIONS:
+        raise bad(f"precision must be {', '.join(PRECISIONS)}, not {meta.get('precision')!r}")
     if not (is_whole(meta.get("views", 1)) and meta.get("views", 1) <= MAX_VIEWS):
         raise bad(f"views must be a whole number from 1 to {MAX_VIEWS}, not {meta.get('views')!r}")
     head = meta.get("head")
@@ -439,7 +450,9 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
     model.load_state_dict(state)
     model.eval()
     known = {"format", "model", "class_names", "num_classes", "in_chans", "preprocessing", "fit",
-             "views", "head", "metrics"}  # fmt: skip
+             "views", "head", "metrics", "precision"}  # fmt: skip
+    # Bundles written before the precision was recorded predict as 'auto' did for them.
     return Bundle(model, meta["model"], names, pre, meta.get("fit", "crop"), meta.get("views", 1),
                   meta.get("head"), meta.get("metrics"),
-                  {k: v for k, v in meta.items() if k not in known}, d)  # fmt: skip
+                  {k: v for k, v in meta.items() if k not in known}, d,
+                  precision=meta.get("precision", "auto"))  # fmt: skip

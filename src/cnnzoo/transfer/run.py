@@ -511,7 +511,7 @@ def transfer(
     summary = copy.deepcopy(metrics)
     summary.get("features", {}).pop("cv", None)  # the full table is in the report's metrics.json
     bundle = Bundle(net, model, list(splits.class_names), pre, fit_used, cfg.views, head_info,
-                    summary, extra)
+                    summary, extra, precision=cfg.precision)
     if out_dir is not None:
         t = time.perf_counter()
         # The old run's bundle and report go only now: a fine-tuning that fails (a resume on

@@ -65,7 +65,10 @@ def decode_predictions(
     names = class_names if class_names is not None else (imagenet_classes() if k == 1000 else None)
     if names is not None and len(names) != k:
         raise ValueError(f"{len(names)} class names for {k} outputs")
-    values, indices = torch.topk(probs.detach().float(), min(top, k), dim=1)
+    # A stable sort, not topk: equal probabilities (bf16 logits tie often) keep class order,
+    # so rank 1 is argmax's class -- the one `cnnzoo evaluate` counts as predicted.
+    values, indices = torch.sort(probs.detach().float(), dim=1, descending=True, stable=True)
+    values, indices = values[:, :top], indices[:, :top]
     return [
         [
             Prediction(int(i), names[int(i)] if names else str(int(i)), float(p))
