@@ -1891,3 +1891,44 @@ def test_a_bad_model_arg_is_refused_before_the_data_load(tmp_path, monkeypatch, 
         assert main(argv) == 2, model
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1] == f"cnnzoo train: error: {message}"
+
+
+def test_a_channel_flat_in_every_training_image_is_not_scaled_up(tmp_path, capsys):
+    """Images whose blue channel is 0 everywhere (two-stain microscopy saved as RGB), or all
+    black: the channel's std was stored as 1e-6, so a new image with blue at 2 of 255 fed the
+    net a value of about 8,000 and its prediction flipped to 100 % of one class."""
+    import numpy as np
+    from PIL import Image
+
+    from cnnzoo.engine.run import channel_stats
+
+    flat = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+    flat[:, 0] = torch.arange(4 * 64).view(4, 8, 8) % 200
+    flat[:, 1] = 90  # constant, but not zero
+    mean, std = channel_stats(flat)
+    assert std[1:] == [1.0, 1.0] and 0.2 < std[0] < 0.3
+    assert mean[1] == pytest.approx(90 / 255) and mean[2] == 0.0
+
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        (tmp_path / "data" / f"c{c}").mkdir(parents=True)
+        for i in range(6):
+            a = np.zeros((32, 32, 3), np.uint8)
+            a[..., c] = rng.integers(100, 255, (32, 32))
+            Image.fromarray(a).save(tmp_path / "data" / f"c{c}" / f"{i}.png")
+    out = tmp_path / "run"
+    assert main(["train", "lenet5", "--data", str(tmp_path / "data"), "--epochs", "1",
+                 "--no-progress", "--no-tensorboard", "--out", str(out)]) == 0  # fmt: skip
+    assert load_checkpoint(out / "best.pt")["meta"]["std"][2] == 1.0
+    a = np.zeros((32, 32, 3), np.uint8)
+    a[..., 0] = 180
+    Image.fromarray(a).save(tmp_path / "red.png")
+    a[..., 2] = 2  # one JPEG artefact's worth of blue
+    Image.fromarray(a).save(tmp_path / "red_blue2.png")
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "red.png"), str(tmp_path / "red_blue2.png"),
+                 "--weights", str(out / "best.pt"), "--json", "--top", "2"]) == 0  # fmt: skip
+    plain, blue = json.loads(capsys.readouterr().out)
+    p = {r["class"]: r["probability"] for r in plain["predictions"]}
+    q = {r["class"]: r["probability"] for r in blue["predictions"]}
+    assert p == pytest.approx(q, abs=0.01)
