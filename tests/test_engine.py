@@ -1932,3 +1932,54 @@ def test_a_channel_flat_in_every_training_image_is_not_scaled_up(tmp_path, capsy
     p = {r["class"]: r["probability"] for r in plain["predictions"]}
     q = {r["class"]: r["probability"] for r in blue["predictions"]}
     assert p == pytest.approx(q, abs=0.01)
+
+
+def test_a_confusion_matrix_of_long_class_names_or_many_classes_stays_readable(tmp_path,
+                                                                               monkeypatch):
+    """200-character folder names were drawn whole: the matrix shrank into a corner and the
+    labels ran off the figure; 120 classes' labels were drawn over one another."""
+    from cnnzoo.engine import report
+
+    figures: list = []
+    monkeypatch.setattr(report, "save_figure", lambda fig, path, dpi=110: figures.append(fig))
+
+    def drawn(names: list[str]) -> tuple:
+        report.plot_confusion(torch.eye(len(names), dtype=torch.long) * 3, names,
+                              tmp_path / "c.png")  # fmt: skip
+        fig = figures.pop()
+        fig.canvas.draw()
+        renderer, ax = fig.canvas.get_renderer(), fig.axes[0]
+        return fig, ax, [t.get_window_extent(renderer) for t in ax.get_yticklabels()], \
+            [t.get_window_extent(renderer) for t in ax.get_xticklabels()], renderer
+
+    long_names = ["x" * 190 + f"{i:010d}" for i in range(25)]
+    fig, ax, ys, xs, renderer = drawn(long_names)
+    whole = fig.bbox
+    for box in ys + xs:  # every label inside the picture
+        assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= whole.x1 and box.y1 <= whole.y1
+    assert ax.get_window_extent(renderer).width > 0.5 * whole.width
+    texts = [t.get_text() for t in ax.get_yticklabels()]
+    assert texts[7].endswith("0000000007") and len(set(texts)) == 25  # still told apart
+    report.pyplot().close(fig)
+
+    fig, ax, ys, xs, _ = drawn([f"class{i:03d}" for i in range(120)])
+    ys = sorted(ys, key=lambda b: b.y0)
+    assert all(a.y1 <= b.y0 + 0.5 for a, b in zip(ys, ys[1:], strict=False))  # no overlap
+    report.pyplot().close(fig)
+
+    from cnnzoo.transfer import report as transfer_report  # the top-losses grid's titles
+
+    monkeypatch.setattr(transfer_report, "save_figure", lambda fig, path, dpi=100:
+                        figures.append(fig))  # fmt: skip
+    transfer_report.plot_top_losses(torch.zeros(1, 1, 8, 8, dtype=torch.uint8),
+                                    torch.tensor([[0.2, 0.8]]), torch.tensor([0]),
+                                    long_names[:2], tmp_path / "t.png")  # fmt: skip
+    fig = figures.pop()
+    title = fig.axes[0].get_title()
+    assert "0000000000 (0.20)" in title and max(map(len, title.splitlines())) <= 50
+    report.pyplot().close(fig)
+
+    assert report.short_labels(["a" * 40 + "1", "a" * 40 + "2", "b"]) == [
+        "a" * 16 + "…" + "a" * 14 + "1", "a" * 16 + "…" + "a" * 14 + "2", "b"]
+    assert report.short_labels(["a" * 20 + "X" + "b" * 20, "a" * 20 + "Y" + "b" * 20])[1] \
+        .startswith("1: ")  # alike once shortened: numbered
