@@ -327,6 +327,32 @@ def test_decompression_bomb_refused(tmp_path, monkeypatch, side):
     assert load_image(p).size == (side, side)
 
 
+def test_a_big_jpeg_to_be_shrunk_is_decoded_scaled_and_not_refused(tmp_path, monkeypatch):
+    """A 12,000 x 9,000 camera JPEG (108 Mpx, over PIL's 89.5 Mpx) was skipped as a
+    decompression bomb by every command, with no way to accept it on the command line. Here the
+    limit is lowered to 1,000 pixels so that a 40 x 40 photo plays that part."""
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    jpg = _save(photo, tmp_path / "camera.jpg", quality=95)
+    png = _save(photo, tmp_path / "scan.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    for path in (jpg, png):  # decoded whole: refused, saying what to do
+        with pytest.raises(ImageError, match="decompression bomb .*save a smaller copy"):
+            load_image(path)
+    assert load_image(jpg, shrink_to=8).size == (20, 20)  # libjpeg's 1/2 scale, >= 2 x 8
+    assert ImageSpec(size=8).load(jpg).shape == (3, 8, 8)
+    assert ImageSpec(size=6, method="crop", resize_size=8).load(jpg).shape == (3, 6, 6)
+    from cnnzoo.weights.preprocess import Preprocessing  # what `cnnzoo predict` decodes with
+
+    assert Preprocessing(crop_size=6, resize_size=8).load(jpg).shape == (3, 6, 6)
+    with pytest.raises(ImageError, match="save a smaller copy"):  # a PNG has no scaled decoding
+        ImageSpec(size=8).load(png)
+    with pytest.raises(ImageError, match="save a smaller copy"):  # half of 40 < twice 11
+        load_image(jpg, shrink_to=11)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)
+    assert load_image(jpg, shrink_to=8).size == (40, 40)  # within the limit: decoded whole
+
+
 def test_resize_helpers():
     img = Image.new("RGB", (300, 200))
     assert resize_shorter(img, 100).size == (150, 100)
