@@ -1128,3 +1128,20 @@ def test_a_file_that_names_its_model_needs_no_model_option(folder, tmp_path, cap
                  "--out", str(out)]) == 0  # fmt: skip
     assert "resnet20: validation accuracy" in capsys.readouterr().out
     assert json.loads((out / "bundle" / "bundle.json").read_text())["model"] == "resnet20"
+
+
+def test_the_data_line_of_many_classes_names_a_few(tmp_path):
+    """60 class folders with long names were all listed in the run's first line: thousands of
+    characters before anything else was said. The line names the first 12 and the count."""
+    from PIL import Image
+
+    names = [f"{'specimen_' * 4}{i:02d}" for i in range(14)]
+    for i, name in enumerate(names):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for j in range(2):
+            Image.new("L", (8, 8), 10 * i + j).save(tmp_path / "data" / name / f"{j}.png")
+    said: list[str] = []
+    transfer(tmp_path / "data", model="resnet18", weights=None, out=None,
+             config=_tiny_config(mode="features"), say=said.append)  # fmt: skip
+    (line,) = [s for s in said if s.startswith("data: ")]
+    assert f"14 classes ({', '.join(names[:12])}, ...);" in line and names[12] not in line
