@@ -183,8 +183,9 @@ def load_splits(
         raise DataError(f"{opts.source} has a single class: training needs at least two")
     if splits.val is None or len(splits.val) == 0:
         # Else every epoch reports val_loss 0 and 'best' and early stopping mean nothing.
-        raise DataError(f"{opts.source} leaves no image for validation: add images (at least 2 "
-                        "per class), a val/ folder, or raise --val-fraction")  # fmt: skip
+        # Only a class of one image sends none to validation, whatever --val-fraction says.
+        raise DataError(f"{opts.source} leaves no image for validation (one image per class): "
+                        "add images (at least 2 per class) or a val/ folder")  # fmt: skip
     return splits, size, channels, why
 
 
