@@ -1537,6 +1537,19 @@ def test_flip_shift_tta_views_and_their_undo():
     assert tuple(p._option_string_actions["--tta"].choices) == TTA_MODES
 
 
+def test_flip_shift_tta_of_one_pixel_images():
+    """A net trained at --img-size 1 (resnet20 takes it) with --tta flip-shift trained, then
+    ended in a RuntimeError traceback from reflect padding before writing its report, and
+    `cnnzoo evaluate --tta flip-shift` did the same."""
+    dot = torch.arange(6.0).view(2, 3, 1, 1)
+    views = tta_views(dot, "flip-shift")
+    assert len(views) == 10 and all(torch.equal(v, dot) for v, _ in views)  # nothing to shift
+    row = torch.arange(10.0).view(2, 1, 1, 5)  # 1 px high: the columns still shift
+    views = tta_views(row, "flip-shift")
+    assert all(v.shape == row.shape for v, _ in views)
+    assert torch.equal(views[2][0][..., 1:], row[..., :-1])
+
+
 # --------------------------------------------------------------------------- mixup / CutMix
 
 
