@@ -611,6 +611,39 @@ def test_bundle_json_not_matching_weights(features_run, folder, tmp_path, capsys
     assert captured.err.count("error:") == 1 and "empty" in captured.err
 
 
+def test_predicting_a_folder_with_a_bundle_goes_a_chunk_at_a_time(features_run, folder,
+                                                                  tmp_path, monkeypatch,
+                                                                  capsys):  # fmt: skip
+    """`cnnzoo predict FOLDER --bundle` decoded every image before predicting any: 5,000 small
+    files took 2.2 GB and three minutes without a word. It goes a chunk at a time now, with
+    the same answers and a bad file's line in its place."""
+    import os
+    import shutil
+
+    from cnnzoo.commands import transfer as command
+    from cnnzoo.transfer import Bundle
+
+    _, out = features_run
+    files = sorted(folder.rglob("*.png"))[:7]
+    for i, f in enumerate(files):
+        shutil.copy(f, tmp_path / f"{i}.png")
+    (tmp_path / "3b.png").write_bytes(b"")  # sorted between 3.png and 4.png
+    sizes: list[int] = []
+    loaded = Bundle.predict_loaded
+    monkeypatch.setattr(Bundle, "predict_loaded",
+                        lambda self, batch, **kw: (sizes.append(len(batch)),
+                                                   loaded(self, batch, **kw))[1])  # fmt: skip
+    monkeypatch.setattr(command, "PREDICT_CHUNK", 3)
+    assert main(["predict", str(tmp_path), "--bundle", str(out / "bundle"), "--json"]) == 1
+    got = json.loads(capsys.readouterr().out)
+    assert sizes == [3, 3, 1]
+    assert [os.path.basename(r["image"]) for r in got] == [f"{i}.png" for i in range(4)] + [
+        "3b.png"] + [f"{i}.png" for i in range(4, 7)]  # fmt: skip
+    assert "empty" in got[4]["error"]
+    want = load_bundle(out / "bundle").predict([str(f) for f in files])
+    assert [r["prediction"] for r in got if "error" not in r] == want.classes
+
+
 def test_bundle_folder_has_the_usual_permissions(features_run):
     import os
     import stat
