@@ -166,7 +166,8 @@ def test_train_refusals_before_any_work(tmp_path, monkeypatch, capsys):
         (base + ["--model-arg", "num_classes=5"], "num_classes: set by the data"),
         (["train", "vgg11", "--data", "digits", "--model-arg", "stages=9"],
          "vgg: stages must lie in 1..5, not 9"),
-        (["train", "lenet5", "--data", str(tmp_path / "one")], "leaves no image for validation"),
+        (["train", "lenet5", "--data", str(tmp_path / "one")], "leaves no image for validation "
+         "(one image per class): add images (at least 2 per class) or a val/ folder"),
         (base + ["--out", str(tmp_path / "readonly" / "run")], "readonly is not writable"),
         (["train", "lenet5", "--data", ""], "the data source is empty"),
     ]

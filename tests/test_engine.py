@@ -1572,6 +1572,19 @@ def test_flip_shift_tta_views_and_their_undo():
     assert tuple(p._option_string_actions["--tta"].choices) == TTA_MODES
 
 
+def test_flip_shift_tta_of_one_pixel_images():
+    """A net trained at --img-size 1 (resnet20 takes it) with --tta flip-shift trained, then
+    ended in a RuntimeError traceback from reflect padding before writing its report, and
+    `cnnzoo evaluate --tta flip-shift` did the same."""
+    dot = torch.arange(6.0).view(2, 3, 1, 1)
+    views = tta_views(dot, "flip-shift")
+    assert len(views) == 10 and all(torch.equal(v, dot) for v, _ in views)  # nothing to shift
+    row = torch.arange(10.0).view(2, 1, 1, 5)  # 1 px high: the columns still shift
+    views = tta_views(row, "flip-shift")
+    assert all(v.shape == row.shape for v, _ in views)
+    assert torch.equal(views[2][0][..., 1:], row[..., :-1])
+
+
 # --------------------------------------------------------------------------- mixup / CutMix
 
 
@@ -1970,3 +1983,95 @@ def test_a_bad_model_arg_is_refused_before_the_data_load(tmp_path, monkeypatch, 
         assert main(argv) == 2, model
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1] == f"cnnzoo train: error: {message}"
+
+
+def test_a_channel_flat_in_every_training_image_is_not_scaled_up(tmp_path, capsys):
+    """Images whose blue channel is 0 everywhere (two-stain microscopy saved as RGB), or all
+    black: the channel's std was stored as 1e-6, so a new image with blue at 2 of 255 fed the
+    net a value of about 8,000 and its prediction flipped to 100 % of one class."""
+    import numpy as np
+    from PIL import Image
+
+    from cnnzoo.engine.run import channel_stats
+
+    flat = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+    flat[:, 0] = torch.arange(4 * 64).view(4, 8, 8) % 200
+    flat[:, 1] = 90  # constant, but not zero
+    mean, std = channel_stats(flat)
+    assert std[1:] == [1.0, 1.0] and 0.2 < std[0] < 0.3
+    assert mean[1] == pytest.approx(90 / 255) and mean[2] == 0.0
+
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        (tmp_path / "data" / f"c{c}").mkdir(parents=True)
+        for i in range(6):
+            a = np.zeros((32, 32, 3), np.uint8)
+            a[..., c] = rng.integers(100, 255, (32, 32))
+            Image.fromarray(a).save(tmp_path / "data" / f"c{c}" / f"{i}.png")
+    out = tmp_path / "run"
+    assert main(["train", "lenet5", "--data", str(tmp_path / "data"), "--epochs", "1",
+                 "--no-progress", "--no-tensorboard", "--out", str(out)]) == 0  # fmt: skip
+    assert load_checkpoint(out / "best.pt")["meta"]["std"][2] == 1.0
+    a = np.zeros((32, 32, 3), np.uint8)
+    a[..., 0] = 180
+    Image.fromarray(a).save(tmp_path / "red.png")
+    a[..., 2] = 2  # one JPEG artefact's worth of blue
+    Image.fromarray(a).save(tmp_path / "red_blue2.png")
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "red.png"), str(tmp_path / "red_blue2.png"),
+                 "--weights", str(out / "best.pt"), "--json", "--top", "2"]) == 0  # fmt: skip
+    plain, blue = json.loads(capsys.readouterr().out)
+    p = {r["class"]: r["probability"] for r in plain["predictions"]}
+    q = {r["class"]: r["probability"] for r in blue["predictions"]}
+    assert p == pytest.approx(q, abs=0.01)
+
+
+def test_a_confusion_matrix_of_long_class_names_or_many_classes_stays_readable(tmp_path,
+                                                                               monkeypatch):
+    """200-character folder names were drawn whole: the matrix shrank into a corner and the
+    labels ran off the figure; 120 classes' labels were drawn over one another."""
+    from cnnzoo.engine import report
+
+    figures: list = []
+    monkeypatch.setattr(report, "save_figure", lambda fig, path, dpi=110: figures.append(fig))
+
+    def drawn(names: list[str]) -> tuple:
+        report.plot_confusion(torch.eye(len(names), dtype=torch.long) * 3, names,
+                              tmp_path / "c.png")  # fmt: skip
+        fig = figures.pop()
+        fig.canvas.draw()
+        renderer, ax = fig.canvas.get_renderer(), fig.axes[0]
+        return fig, ax, [t.get_window_extent(renderer) for t in ax.get_yticklabels()], \
+            [t.get_window_extent(renderer) for t in ax.get_xticklabels()], renderer
+
+    long_names = ["x" * 190 + f"{i:010d}" for i in range(25)]
+    fig, ax, ys, xs, renderer = drawn(long_names)
+    whole = fig.bbox
+    for box in ys + xs:  # every label inside the picture
+        assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= whole.x1 and box.y1 <= whole.y1
+    assert ax.get_window_extent(renderer).width > 0.5 * whole.width
+    texts = [t.get_text() for t in ax.get_yticklabels()]
+    assert texts[7].endswith("0000000007") and len(set(texts)) == 25  # still told apart
+    report.pyplot().close(fig)
+
+    fig, ax, ys, xs, _ = drawn([f"class{i:03d}" for i in range(120)])
+    ys = sorted(ys, key=lambda b: b.y0)
+    assert all(a.y1 <= b.y0 + 0.5 for a, b in zip(ys, ys[1:], strict=False))  # no overlap
+    report.pyplot().close(fig)
+
+    from cnnzoo.transfer import report as transfer_report  # the top-losses grid's titles
+
+    monkeypatch.setattr(transfer_report, "save_figure", lambda fig, path, dpi=100:
+                        figures.append(fig))  # fmt: skip
+    transfer_report.plot_top_losses(torch.zeros(1, 1, 8, 8, dtype=torch.uint8),
+                                    torch.tensor([[0.2, 0.8]]), torch.tensor([0]),
+                                    long_names[:2], tmp_path / "t.png")  # fmt: skip
+    fig = figures.pop()
+    title = fig.axes[0].get_title()
+    assert "0000000000 (0.20)" in title and max(map(len, title.splitlines())) <= 50
+    report.pyplot().close(fig)
+
+    assert report.short_labels(["a" * 40 + "1", "a" * 40 + "2", "b"]) == [
+        "a" * 16 + "…" + "a" * 14 + "1", "a" * 16 + "…" + "a" * 14 + "2", "b"]
+    assert report.short_labels(["a" * 20 + "X" + "b" * 20, "a" * 20 + "Y" + "b" * 20])[1] \
+        .startswith("1: ")  # alike once shortened: numbered

@@ -20,9 +20,15 @@ Mode conversion, decided once here:
 - The EXIF orientation tag is applied (phones store portrait photos as rotated landscapes).
 - Multi-frame files (GIF, TIFF stacks) give their first frame.
 
-Decompression bombs: an image with more pixels than `PIL.Image.MAX_IMAGE_PIXELS` (89,478,485 by
-default, about 9,459 x 9,459) is refused with an `ImageError` before its pixels are decoded. Raise
-that module attribute to accept larger images (or set it to None to disable the check).
+Decompression bombs: an image that would decode to more pixels than `PIL.Image.MAX_IMAGE_PIXELS`
+(89,478,485 by default, about 9,459 x 9,459) is refused with an `ImageError` before its pixels are
+decoded. Raise that module attribute to accept larger images (or set it to None to disable the
+check). A JPEG over the limit that is to be shrunk anyway (`load_image(..., shrink_to=)`, which
+`ImageSpec.load` and `Preprocessing.load` pass) is decoded at 1/2, 1/4 or 1/8 of its size where
+that still leaves twice the pixels needed (libjpeg's scaled decoding, as PIL's `thumbnail` does),
+and it is that size which must stay under the limit: a 12,000 x 9,000 camera JPEG (108 Mpx) is
+read, in 0.06 s and 0.2 GB, instead of refused. Images within the limit decode in full as before,
+so their pixels stay those of torchvision's pipeline.
 
 Sizes follow torch: `size` is an int (square, or the shorter side) or `(height, width)`.
 """
@@ -78,12 +84,16 @@ def load_image(
     channels: Literal[1, 3] = 3,
     *,
     alpha: Literal["white", "drop"] = "white",
+    shrink_to: int | None = None,
 ) -> Image.Image:
     """Decode an image file into a PIL image in mode RGB (channels=3) or L (channels=1).
 
     Any mode PIL reads is accepted (see the module docstring for how each one converts); the
     EXIF orientation is applied. Raises `ImageError` with one line naming the file and the cause:
     missing, empty, not an image, truncated/corrupt data, or a decompression bomb.
+    shrink_to: the caller shrinks the image until its sides are no larger than this
+    (`least_side`); a JPEG over the decompression-bomb limit is then decoded at a reduced scale
+    that keeps both sides at least twice that.
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, not {channels!r}")
@@ -103,8 +113,14 @@ def load_image(
     try:
         with open(path, "rb") as fh:
             with _OPEN_LOCK, warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                # PIL warns above MAX_IMAGE_PIXELS: checked below, on the pixels decoded.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 img = Image.open(fh)
+            limit = Image.MAX_IMAGE_PIXELS
+            if (shrink_to is not None and img.format == "JPEG" and limit is not None
+                    and img.size[0] * img.size[1] > limit):  # fmt: skip
+                # Square: which side is which depends on the EXIF orientation, applied later.
+                img.draft(None, (2 * shrink_to, 2 * shrink_to))
             _check_pixels(path, img.size)
             img.load()  # decode now, while the file is open and errors can name it
     except ImageError:
@@ -114,8 +130,8 @@ def load_image(
             raise _fail(path, "a HEIC/HEIF photo, which PIL cannot read: convert it to JPEG or "
                         "PNG (on a Mac: Preview, File > Export)") from None
         raise _fail(path, "not an image (PIL does not recognise the format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise _fail(path, f"refused as a decompression bomb ({exc})") from None
+    except Image.DecompressionBombError as exc:  # over twice the limit: PIL refuses to open it
+        raise _fail(path, f"refused as a decompression bomb ({exc}); {_BOMB_ADVICE}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         # PIL reports truncated files as OSError("image file is truncated"), broken streams as
         # OSError/SyntaxError/ValueError depending on the plugin.
@@ -158,13 +174,18 @@ def frame_count(path: str | os.PathLike[str]) -> int:
         return 1
 
 
+# What a user can do about a refused image; on the command line the limit cannot be raised.
+_BOMB_ADVICE = ("if the image is genuine, save a smaller copy of it (or, in Python, raise "
+                "PIL.Image.MAX_IMAGE_PIXELS)")
+
+
 def _check_pixels(path: str | os.PathLike[str], size: tuple[int, int]) -> None:
     limit = Image.MAX_IMAGE_PIXELS
     if limit is not None and size[0] * size[1] > limit:
         raise _fail(
             path,
             f"refused as a decompression bomb ({size[0]}x{size[1]} = {size[0] * size[1]:,} pixels "
-            f"> PIL.Image.MAX_IMAGE_PIXELS = {limit:,}; raise that limit if the image is genuine)",
+            f"> PIL.Image.MAX_IMAGE_PIXELS = {limit:,}); {_BOMB_ADVICE}",
         )
 
 
@@ -264,11 +285,24 @@ def resize_shorter(
     w, h = img.size
     if min(w, h) == size:
         return img
+    return img.resize(_shorter_side_to(img.size, size), _RESAMPLE[interpolation])
+
+
+def _shorter_side_to(wh: tuple[int, int], size: int) -> tuple[int, int]:
+    """(width, height) with the shorter side `size` and the aspect ratio kept."""
+    w, h = wh
     if w <= h:
-        new_w, new_h = size, max(1, round(h * size / w))
-    else:
-        new_w, new_h = max(1, round(w * size / h)), size
-    return img.resize((new_w, new_h), _RESAMPLE[interpolation])
+        return size, max(1, round(h * size / w))
+    return max(1, round(w * size / h)), size
+
+
+# `fit_image`'s "crop" resizes only the part its centre crop keeps when the whole image,
+# resized, would hold more than this many times the crop's pixels: a strip 1 px high and 30,000
+# long (a few hundred bytes of PNG) became 256 x 7,680,000 pixels -- 8 GB and 25 s for
+# `cnnzoo predict` -- to keep its middle 224 x 224. Below it (every photo up to ~3.5:1) the
+# whole image is resized as torchvision does; the region's pixels differ from those by at most
+# one grey level on under 0.1 % of them.
+CROP_FIRST_RATIO = 4
 
 
 def center_crop(img: Image.Image, size: int | tuple[int, int]) -> Image.Image:
@@ -291,6 +325,20 @@ def resize_exact(
     return img.resize((tw, th), _RESAMPLE[interpolation])
 
 
+def least_side(
+    size: int | tuple[int, int] | None,
+    method: Literal["resize", "crop"] = "resize",
+    resize_size: int | None = None,
+) -> int | None:
+    """The least size both sides of an image need for `fit_image(img, size, method=...,
+    resize_size=...)` to lose nothing (`load_image`'s shrink_to); None for no size."""
+    if size is None:
+        return None
+    if method == "crop" and resize_size is not None:
+        return max(*_hw(size), resize_size)
+    return max(_hw(size))
+
+
 def fit_image(
     img: Image.Image,
     size: int | tuple[int, int],
@@ -309,7 +357,23 @@ def fit_image(
         return resize_exact(img, size, interpolation)
     if method == "crop":
         shorter = resize_size if resize_size is not None else max(_hw(size))
-        return center_crop(resize_shorter(img, shorter, interpolation), size)
+        th, tw = _hw(size)
+        new_w, new_h = _shorter_side_to(img.size, shorter)
+        if new_w * new_h <= CROP_FIRST_RATIO * tw * th:
+            return center_crop(resize_shorter(img, shorter, interpolation), size)
+        # The crop box of `center_crop` on the resized image, kept to what the image covers
+        # (the rest is zeros there too), and the source region it comes from.
+        left, top = int(round((new_w - tw) / 2.0)), int(round((new_h - th) / 2.0))
+        x0, y0 = max(left, 0), max(top, 0)
+        x1, y1 = min(left + tw, new_w), min(top + th, new_h)
+        sx, sy = img.size[0] / new_w, img.size[1] / new_h
+        part = img.resize((x1 - x0, y1 - y0), _RESAMPLE[interpolation],
+                          box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy))  # fmt: skip
+        if part.size == (tw, th):
+            return part
+        canvas = Image.new(img.mode, (tw, th))
+        canvas.paste(part, (x0 - left, y0 - top))
+        return canvas
     raise ValueError(f"method must be 'resize' or 'crop', not {method!r}")
 
 
@@ -353,4 +417,7 @@ class ImageSpec:
 
     def load(self, path: str | os.PathLike[str]) -> torch.Tensor:
         """Decode, convert, resize: a uint8 (C, H, W) tensor, or `ImageError`."""
-        return to_tensor_uint8(self.apply(load_image(path, self.channels, alpha=self.alpha)))
+        shrink = least_side(self.size, self.method, self.resize_size)
+        return to_tensor_uint8(
+            self.apply(load_image(path, self.channels, alpha=self.alpha, shrink_to=shrink))
+        )

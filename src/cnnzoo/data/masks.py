@@ -35,7 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import DataError
-from ..text import plural
+from ..text import plural, some
 from .folder import composed, manifest_path
 from .images import GREY_MODES, IMAGE_EXTENSIONS
 
@@ -205,10 +205,6 @@ class _LossyFile(ValueError):
     """A mask or instance file in a lossy format (its values are not the ones saved)."""
 
 
-def _some(names: Sequence[str], limit: int = 3) -> str:
-    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
-
-
 def _rare_values_note(masks: Sequence[np.ndarray], names: Sequence[str], k: int) -> list[str]:
     """A note when classes inferred from the largest mask value include classes (above 0) that
     hardly occur or do not occur: usually stray values, each of which adds classes silently."""
@@ -226,7 +222,7 @@ def _rare_values_note(masks: Sequence[np.ndarray], names: Sequence[str], k: int)
         return []
     parts = [
         f"value {v} is on {plural(counts[v], 'pixel')} in "
-        f"{plural(len(files[v]), 'mask')} ({_some(files[v])})"
+        f"{plural(len(files[v]), 'mask')} ({some(files[v])})"
         for v in rare
     ]
     if absent:
@@ -493,18 +489,18 @@ def load_mask_pairs(
                      "if 255 marks the foreground, name two classes (--classes background,cell)")
     if mixed:
         notes.append(f"note: {len(white)} of {len(names)} masks hold only 0 and 255 "
-                     f"({_some(white)}), the others class indices: 255 means 'ignore' in such a "
+                     f"({some(white)}), the others class indices: 255 means 'ignore' in such a "
                      "set, so these masks have no foreground; save them with 1 for the "
                      "foreground if 255 marks it")  # fmt: skip
     if inherited_ignore:
         notes.append(f"note: {len(white)} of {len(names)} masks in {source} hold only 0 and 255 "
-                     f"({_some(white)}), but 255 means 'ignore' for the training masks, so these "
+                     f"({some(white)}), but 255 means 'ignore' for the training masks, so these "
                      "masks have no foreground; save them with 1 for the foreground if 255 "
                      "marks it")  # fmt: skip
     if without_instances:
         notes.append(
             f"note: {len(without_instances)} of {len(names)} pairs have no instance file "
-            f"({_some(without_instances)}): their instances are the connected components of "
+            f"({some(without_instances)}): their instances are the connected components of "
             "the mask's foreground"
         )
 

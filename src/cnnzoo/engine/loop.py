@@ -689,8 +689,11 @@ def tta_views(x: Tensor, mode: bool | str) -> list[tuple[Tensor, Any]]:
 
     views: list[tuple[Tensor, Any]] = [(x, lambda out: out), (x.flip(-1), flip_back)]
     if mode == "flip-shift":
-        padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
         h, w = x.shape[-2:]
+        # Reflection needs a side of 2 px or more; a 1-px side (a net trained at --img-size 1)
+        # repeats its pixel instead, as the training pad-and-crop does not shift it at all.
+        padded = torch.nn.functional.pad(x, (1, 1, 1, 1),
+                                         mode="reflect" if min(h, w) > 1 else "replicate")
         for dy in (-1, 1):
             for dx in (-1, 1):
                 # view[i, j] = x[i + dy, j + dx]; a dense output moves back by (-dy, -dx).

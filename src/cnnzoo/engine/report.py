@@ -126,21 +126,51 @@ def plot_runs(runs: Sequence[Any], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-@quiet_glyphs
-def plot_confusion(confusion: Any, class_names: list[str], path: Path) -> Path:
-    """Row-normalised confusion matrix (rows: true class) with the counts written in."""
+def short_labels(names: Sequence[str], width: int = 32) -> list[str]:
+    """Class names for a figure: one longer than `width` keeps its start and its end around
+    a '…' (folder names that differ only in a number at the end stay apart); names that come
+    out alike are told apart by their index. A 200-character name drawn whole pushed the
+    confusion matrix into a corner of its figure and its labels off the edge."""
+    keep = width - 1
+    out = [n if len(n) <= width else f"{n[: keep - keep // 2]}…{n[len(n) - keep // 2:]}"
+           for n in names]  # fmt: skip
+    if len(set(out)) < len(out):
+        out = [n if n == s else f"{i}: {s}" for i, (n, s) in enumerate(zip(names, out,
+                                                                         strict=True))]
+    return out
+
+
+# Inches per class row and the largest side of a confusion matrix figure: up to ~30 classes
+# every label is drawn at the default size; more get smaller labels, and past what fits in
+# CONFUSION_MAX_INCHES (4,400 px at 110 dpi) only every k-th class is labelled.
+CONFUSION_MAX_INCHES = 40.0
+
+
+def confusion_figure(confusion: Any, class_names: list[str]) -> Any:
+    """The figure `plot_confusion` saves (matplotlib), for a test to measure."""
+    import math
+
     plt = pyplot()
     cm = confusion.double()
     norm = cm / cm.sum(1, keepdim=True).clamp(min=1)
     n = len(class_names)
-    size = min(2.0 + 0.55 * n, 16)
+    labels = short_labels(class_names)
+    font = 10.0 if n <= 30 else 7.0 if n <= 100 else 5.0
+    # Room for the longest label (the x labels are turned 45 degrees) beside the matrix, and
+    # a row height each label fits in.
+    margin = 0.9 + max(len(x) for x in labels) * font * 0.6 / 72
+    pitch = font * 1.5 / 72
+    size = min(max(min(2.0 + 0.55 * n, 16), n * pitch + margin), CONFUSION_MAX_INCHES)
+    step = max(1, math.ceil(n * pitch / (size - margin)))
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
+    ticks = range(0, n, step)
     # parse_math=False: class names are text; matplotlib would read "$100 to $200" as maths
     # and fail.
-    ax.set_xticks(range(n), class_names, rotation=45, ha="right", parse_math=False)
-    ax.set_yticks(range(n), class_names, parse_math=False)
-    ax.set_xlabel("predicted")
+    ax.set_xticks(ticks, [labels[i] for i in ticks], rotation=45, ha="right",
+                  rotation_mode="anchor", parse_math=False, fontsize=font)  # fmt: skip
+    ax.set_yticks(ticks, [labels[i] for i in ticks], parse_math=False, fontsize=font)
+    ax.set_xlabel("predicted" + (f" (one class in {step} named)" if step > 1 else ""))
     ax.set_ylabel("true")
     if n <= 30:
         for i in range(n):
@@ -148,7 +178,14 @@ def plot_confusion(confusion: Any, class_names: list[str], path: Path) -> Path:
                 ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
                         color="white" if norm[i, j] > 0.5 else "black")
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
+
+
+@quiet_glyphs
+def plot_confusion(confusion: Any, class_names: list[str], path: Path) -> Path:
+    """Row-normalised confusion matrix (rows: true class) with the counts written in (up to
+    30 classes); long class names shortened (`short_labels`)."""
+    return save_figure(confusion_figure(confusion, class_names), path)
 
 
 def per_class_table(acc: ClassificationAccumulator, class_names: list[str]) -> list[str]:

@@ -107,9 +107,15 @@ def image_size_choice(
                   f"{floor}{squashed}")
 
 
+# A channel whose pixels spread by less than one grey level (all-black images, a blue channel
+# that is 0 in every training image) is not scaled: divided by its std, 1e-6, one grey level of
+# noise in a new image was thousands of standard deviations and decided the prediction alone.
+FLAT_CHANNEL_STD = 1 / 255
+
+
 def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of uint8 images in [0, 1] units, in chunks (no float copy of
-    the whole set)."""
+    the whole set); std 1 for a channel that is flat (`FLAT_CHANNEL_STD`)."""
     from ..data.dataset import CHUNK_BYTES
 
     c = images.shape[1]
@@ -122,7 +128,8 @@ def channel_stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
         s2 += (x * x).sum((0, 2, 3))
     n = images.shape[0] * images.shape[2] * images.shape[3]
     mean = s / n
-    std = (s2 / n - mean**2).clamp(min=1e-12).sqrt()
+    std = (s2 / n - mean**2).clamp(min=0).sqrt()
+    std = torch.where(std < FLAT_CHANNEL_STD, torch.ones_like(std), std)
     return mean.tolist(), std.tolist()
 
 
@@ -176,8 +183,9 @@ def load_splits(
         raise DataError(f"{opts.source} has a single class: training needs at least two")
     if splits.val is None or len(splits.val) == 0:
         # Else every epoch reports val_loss 0 and 'best' and early stopping mean nothing.
-        raise DataError(f"{opts.source} leaves no image for validation: add images (at least 2 "
-                        "per class), a val/ folder, or raise --val-fraction")  # fmt: skip
+        # Only a class of one image sends none to validation, whatever --val-fraction says.
+        raise DataError(f"{opts.source} leaves no image for validation (one image per class): "
+                        "add images (at least 2 per class) or a val/ folder")  # fmt: skip
     return splits, size, channels, why
 
 

@@ -38,7 +38,7 @@ from ..data.images import ImageSpec, Interpolation, convert_image, to_tensor_uin
 from ..errors import WeightsError
 from ..models.base import is_whole
 from ..paths import usual_permissions
-from ..text import plural
+from ..text import plural, some
 from ..weights import Preprocessing
 from ..weights.files import BUNDLE_FORMAT as FORMAT
 from ..weights.files import save_safetensors
@@ -154,7 +154,7 @@ class Bundle:
     precision: str = "auto"
 
     def __repr__(self) -> str:  # not the whole network and every setting: a notebook line
-        names = ", ".join(self.class_names[:8]) + (", ..." if len(self.class_names) > 8 else "")
+        names = some(self.class_names, 8)
         acc = (self.metrics or {}).get("val_acc")
         return (f"Bundle({self.model_name}, {plural(len(self.class_names), 'class', 'classes')} "
                 f"({names}), {self.preprocessing.crop_size} px"

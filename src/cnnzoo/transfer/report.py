@@ -20,6 +20,7 @@ from ..engine.report import (
     pyplot,
     quiet_glyphs,
     save_figure,
+    short_labels,
     write_per_class_csv,
 )
 from ..engine.task import ClassificationAccumulator
@@ -62,12 +63,13 @@ def plot_top_losses(images: Tensor, probs: Tensor, labels: Tensor, class_names: 
                              layout="constrained")  # titles never run into the row above
     for ax in axes.flat:
         ax.axis("off")
+    names = short_labels(class_names, 30)  # a title fits one panel's width
     for ax, i in zip(axes.flat, idx, strict=False):
         img = images[i].permute(1, 2, 0).numpy()
         ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
         p = probs[i]
         pred, true = int(p.argmax()), int(labels[i])
-        ax.set_title(f"true {class_names[true]} ({p[true]:.2f})\npredicted {class_names[pred]} "
+        ax.set_title(f"true {names[true]} ({p[true]:.2f})\npredicted {names[pred]} "
                      f"({p[pred]:.2f})", fontsize=9, parse_math=False)  # fmt: skip
     fig.suptitle("validation images predicted wrong, highest loss (lowest probability of the "
                  "true class) first", fontsize=11)

@@ -43,6 +43,7 @@ from ..errors import DataError, UsageError
 from ..models.base import is_whole
 from ..models.taps import StageTaps, check_stages
 from ..paths import check_folder, check_outside, remove_entries
+from ..text import some
 from ..weights import Preprocessing
 from .bundle import FITS, HEAD_KINDS, Bundle, input_spec, predict_tensor
 from .features import (
@@ -365,7 +366,7 @@ def transfer(
     elif fit_used == "resize" and not fit_given:
         squashed = " (images resized whole, as these weights were trained: fit resize)"
     say(f"data: {len(splits.train)} training and {len(splits.val)} validation images, {k} classes "
-        f"({', '.join(splits.class_names)}); {model} at {pre.crop_size} px{squashed}, "
+        f"({some(splits.class_names, 12)}); {model} at {pre.crop_size} px{squashed}, "
         f"{inference_dtype(cfg.precision)} [{timings['load']:.1f}s]")  # fmt: skip
     if weights is None:  # allowed (a baseline, tests), but not what anyone means by transfer
         say(f"note: no weights given, so {model} is randomly initialised: its frozen features "

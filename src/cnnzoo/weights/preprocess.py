@@ -21,6 +21,7 @@ from ..data.images import (
     array_to_uint8,
     convert_image,
     fit_image,
+    least_side,
     load_image,
     to_tensor_uint8,
 )
@@ -149,7 +150,8 @@ class Preprocessing:
 
     def load(self, path: str | os.PathLike[str]) -> Tensor:
         """Decode an image file (any mode, EXIF-rotated; `ImageError` if unreadable) and apply."""
-        return self(load_image(path, channels=1 if self.channels == 1 else 3))
+        shrink = least_side(self.crop_size, self.fit, self.resize_size)  # type: ignore[arg-type]
+        return self(load_image(path, channels=1 if self.channels == 1 else 3, shrink_to=shrink))
 
     def batch(self, images: Sequence[Image.Image | Tensor | np.ndarray | str]) -> Tensor:
         """Stack several images into one (N, C, crop, crop) batch (N = 0 for none)."""
