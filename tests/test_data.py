@@ -512,6 +512,24 @@ def test_linked_folders_inside_a_class_are_read_once_and_a_link_loop_ends(tmp_pa
     assert len(image_files(root / "dog")) == 6  # what `cnnzoo predict` finds in the folder
 
 
+def test_a_folder_of_only_unreadable_images_names_its_part_only_where_there_is_one(tmp_path):
+    """A flat folder (what `cnnzoo evaluate --data` is given) said "none of the 2 train
+    images"; a val/ folder or a manifest's rows name their part."""
+    for cls in ("cat", "dog"):
+        (tmp_path / "flat" / cls).mkdir(parents=True)
+        (tmp_path / "flat" / cls / "1.png").write_bytes(b"not a png")
+    with pytest.raises(DataError) as err:
+        load_folder(tmp_path / "flat", progress=False)
+    assert str(err.value) == (f"none of the 2 images in {tmp_path / 'flat'} could be read "
+                              "(see warnings)")
+    for cls in ("cat", "dog"):
+        _png(tmp_path / "split" / "train" / cls / "1.png", 0)
+        (tmp_path / "split" / "val" / cls).mkdir(parents=True)
+        (tmp_path / "split" / "val" / cls / "1.png").write_bytes(b"")
+    with pytest.raises(DataError, match=r"none of the 2 val images in .*split/val could be"):
+        load_folder(tmp_path / "split", progress=False)
+
+
 def test_folder_errors(tmp_path):
     _png(tmp_path / "a" / "1.png", 0)
     (tmp_path / "b").mkdir()

@@ -361,8 +361,11 @@ def _build(
             images[len(kept)] = result
         kept.append(i)
     if images is None:
-        raise DataError(f"none of the {len(items)} {part} images in {where} could be read (see "
-                        "warnings)")
+        # The part is named where it is one (a manifest's rows, DIR/val/); a flat folder is all
+        # "train" here, which read wrongly for the held-out folder `cnnzoo evaluate` was given.
+        named = where.is_file() or where.name.lower() in (*TRAIN_DIRS, *VAL_DIRS, *TEST_DIRS)
+        what = plural(len(items), f"{part} image" if named else "image")
+        raise DataError(f"none of the {what} in {where} could be read (see warnings)")
     if len(shapes) > 1:
         raise _sizes_differ(shapes, where)
     # The rows of skipped files stay unused at the end of the block: a view, not another copy.
