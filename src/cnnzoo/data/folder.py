@@ -39,7 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import DataError, ImageError
-from ..text import plural
+from ..text import plural, some
 from .dataset import ImageDataset, Splits
 from .images import IMAGE_EXTENSIONS, ImageSpec, image_header
 
@@ -242,7 +242,7 @@ def _check_classes(
         if len(inner) > 1:  # unzipped one level too high: photos/photos/{cat,dog}/
             raise DataError(
                 f"{root} holds a single folder, {name!r}, whose sub-folders ("
-                f"{', '.join(inner[:4])}{', ...' if len(inner) > 4 else ''}) look like the "
+                f"{some(inner, 4)}) look like the "
                 f"data: give {root / name} as the data folder"
             )
         raise DataError(
@@ -390,18 +390,14 @@ def _report(skipped: list[str], ignored: list[Path], total: int, grouped: int = 
                     len(skipped) + grouped, total)  # fmt: skip
     # Images among the ignored files lie beside the class folders (a class folder's own files
     # all count): they have an extension, but no class.
-    loose = [p for p in ignored if _is_image_file(p.name)]
-    other = [p for p in ignored if not _is_image_file(p.name)]
+    loose = [p.name for p in ignored if _is_image_file(p.name)]
+    other = [p.name for p in ignored if not _is_image_file(p.name)]
     if loose:
         log.warning("ignored %s outside the class folders (%s): move each into its class's "
-                    "sub-folder to train on it", plural(len(loose), "image"), _some(loose))
+                    "sub-folder to train on it", plural(len(loose), "image"), some(loose))
     if other:
         log.warning("ignored %s without an image extension (%s)",
-                    plural(len(other), "file"), _some(other))  # fmt: skip
-
-
-def _some(paths: list[Path]) -> str:
-    return ", ".join(p.name for p in paths[:3]) + (", ..." if len(paths) > 3 else "")
+                    plural(len(other), "file"), some(other))  # fmt: skip
 
 
 def load_folder(
@@ -529,8 +525,8 @@ def manifest_split(cell: str) -> str | None:
 def unknown_split_lines(manifest: Path, unknown: dict[str, list[int]]) -> list[str]:
     """One line per split value no part is called (rows left out), with up to 3 of its lines."""
     return [f"{manifest}: {plural(len(lines), 'row')} with split {value!r} (line"
-            f"{'s' if len(lines) > 1 else ''} {', '.join(map(str, lines[:3]))}"
-            f"{', ...' if len(lines) > 3 else ''}): the split is train, val or test"
+            f"{'s' if len(lines) > 1 else ''} {some([str(n) for n in lines])}): the split is "
+            "train, val or test"
             for value, lines in unknown.items()]  # fmt: skip
 
 
@@ -639,8 +635,7 @@ def _manifest_rows(manifest: Path) -> tuple[list[tuple[Path, str, str]], list[st
         line, first, written = repeats[0]
         where = f"line {line} repeats line {first}, {written}"
         if len(repeats) > 1:
-            lines = ", ".join(str(r[0]) for r in repeats[:3]) + (", ..." if len(repeats) > 3 else "")
-            where = f"lines {lines}; {where}"
+            where = f"lines {some([str(r[0]) for r in repeats])}; {where}"
         skipped.append(f"{manifest}: {plural(len(repeats), 'row')} "
                        f"{'lists' if len(repeats) == 1 else 'list'} an image an earlier row lists "
                        f"({where}): each image is read once, from its first row")
