@@ -82,6 +82,18 @@ def same_source(a: object, b: object) -> bool:
     return a.lower() == b.lower()
 
 
+BUNDLE_JSON = "bundle.json"  # a transfer bundle's description (transfer/bundle.py)
+
+
+def bundle_in(folder: str | os.PathLike[str]) -> Path | None:
+    """The transfer bundle a folder given where something else belongs is (a bundle/ folder)
+    or holds (a transfer run's OUT, with OUT/bundle/), or None: for messages that point to it."""
+    for d in (Path(folder), Path(folder) / "bundle"):
+        if (d / BUNDLE_JSON).is_file():
+            return d
+    return None
+
+
 def transfer_bundle(checkpoint: str | os.PathLike[str]) -> Path:
     """The bundle folder of the transfer run a fine-tuning checkpoint (OUT/finetune/full/last.pt)
     belongs to, for messages that point to it: OUT/bundle."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CnnzooError, UsageError, WeightsError
-from ..paths import transfer_bundle
+from ..paths import BUNDLE_JSON, bundle_in, transfer_bundle
 from ..text import plural
 from .checkpoint import load_checkpoint
 
@@ -93,10 +93,10 @@ def run_checkpoint(path: str | os.PathLike[str]) -> Path:
     """The checkpoint of a run: the file given, or a run folder's last.pt (its whole history),
     else its best.pt."""
     p = Path(path)
-    for bundle in (p / "bundle", p):
-        if (bundle / "bundle.json").is_file():
-            raise UsageError(f"{p} is a transfer run: its validation metrics are in "
-                             f"{bundle / 'bundle.json'}; compare compares `cnnzoo train` runs")
+    bundle = bundle_in(p)
+    if bundle is not None:
+        raise UsageError(f"{p} is a transfer run: its validation metrics are in "
+                         f"{bundle / BUNDLE_JSON}; compare compares `cnnzoo train` runs")
     if p.is_dir():
         for name in ("last.pt", "best.pt"):
             if (p / name).is_file():
@@ -181,7 +181,7 @@ def _summary(path: Path, label: str, ckpt: dict[str, Any]) -> RunSummary:
     meta, config = ckpt.get("meta") or {}, ckpt.get("config") or {}
     if meta.get("transfer"):
         raise UsageError(f"{path} is a transfer fine-tuning checkpoint: its validation metrics "
-                         f"are in {transfer_bundle(path) / 'bundle.json'}; compare compares "
+                         f"are in {transfer_bundle(path) / BUNDLE_JSON}; compare compares "
                          "`cnnzoo train` runs")  # fmt: skip
     task = str(ckpt.get("task") or meta.get("task") or "classification")
     history = list(ckpt.get("history") or [])

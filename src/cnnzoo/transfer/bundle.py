@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from ..data.images import ImageSpec, Interpolation, convert_image, to_tensor_uint8
 from ..errors import WeightsError
 from ..models.base import is_whole
-from ..paths import usual_permissions
+from ..paths import BUNDLE_JSON, usual_permissions
 from ..text import plural, some
 from ..weights import Preprocessing
 from ..weights.files import BUNDLE_FORMAT as FORMAT
@@ -51,7 +51,7 @@ from .features import (
 )
 
 WEIGHTS_FILE = "model.safetensors"
-JSON_FILE = "bundle.json"
+JSON_FILE = BUNDLE_JSON
 # How images are brought to the input size (`input_spec`): the weights' resize + centre crop, or
 # the whole image squashed.
 FITS = ("crop", "resize")

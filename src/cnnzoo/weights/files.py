@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..errors import WeightsError
-from ..paths import usual_permissions
+from ..paths import bundle_in, usual_permissions
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -104,9 +104,9 @@ def _folder_given(p: Path) -> str:
     holds, when it holds one (`runs/parts`, `runs/parts/bundle`, `runs/lenet5`)."""
     from ..engine.checkpoint import folder_given
 
-    for bundle in (p, p / "bundle"):
-        if (bundle / "bundle.json").is_file():
-            return f"{p} holds a transfer bundle, not a weights file: " + _use_bundle(bundle)
+    bundle = bundle_in(p)
+    if bundle is not None:
+        return f"{p} holds a transfer bundle, not a weights file: " + _use_bundle(bundle)
     return folder_given(p, otherwise=" (the weights file in it)")
 
 
