@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         if exc.errno not in _TODO:
             raise
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"cnnzoo {args.command}: error: {where}{exc.strerror}: {_TODO[exc.errno]}"
+        print(f"cnnzoo {command}: error: {where}{exc.strerror}: {_TODO[exc.errno]}"
               f"{_resume_hint(args, started)}", file=sys.stderr)
         return 2
 

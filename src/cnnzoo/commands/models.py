@@ -10,7 +10,8 @@ from .argtypes import IMG_SIZE
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pattern", default="*", help="shell-style filter, e.g. 'res*' or 'vgg1?' (default: all)")
+    p.add_argument("--pattern", default="*",
+                   help="shell-style filter, e.g. 'res*' or 'vgg1?' (default: all)")
     p.add_argument("--img-size", type=IMG_SIZE, default=None, metavar="N",
                    help="count parameters and GFLOPs for N x N inputs (default: each model's "
                         "own size), e.g. 28 for Fashion-MNIST; '-' where a net does not take it")
