@@ -362,9 +362,11 @@ def _kind_from_arrays(arrays: list[Tensor]) -> str:
 
 
 def save_safetensors(
-    tensors: Mapping[str, Tensor], path: str | os.PathLike[str], metadata: dict[str, str] | None
+    tensors: Mapping[str, Tensor], path: str | os.PathLike[str], metadata: dict[str, str] | None,
+    *, advice: str = "choose another output path",
 ) -> None:
-    """Write `tensors` as .safetensors atomically (temp file + rename, so no half-written file)."""
+    """Write `tensors` as .safetensors atomically (temp file + rename, so no half-written file).
+    A failure is a `WeightsError` line ending with `advice`: what the caller's user can do."""
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
@@ -379,7 +381,7 @@ def save_safetensors(
         os.replace(tmp, p)
     except (OSError, SafetensorError) as exc:  # read-only folder, disk full, p is a folder
         reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:120]
-        raise WeightsError(f"{p}: cannot write ({reason}); choose another output path") from None
+        raise WeightsError(f"{p}: cannot write ({reason}); {advice}") from None
     finally:
         if tmp.exists():
             tmp.unlink()
