@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..errors import WeightsError
-from ..paths import bundle_in, usual_permissions
+from ..paths import bundle_in, remove_stale_temps, usual_permissions
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -373,6 +373,7 @@ def save_safetensors(
     p = Path(path)
     if not p.parent.is_dir():
         raise WeightsError(f"{p}: no folder {p.parent} to write into; create it first")
+    remove_stale_temps(p)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     data = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     try:
