@@ -461,8 +461,8 @@ def test_convert_to_safetensors_round_trip(tv_resnet18, tmp_path):
 
 def test_a_safetensors_write_clears_what_killed_writes_left(tmp_path):
     """`cnnzoo convert`, the feature cache and a bundle write a hidden .NAME.PID.tmp and rename
-    it; SIGKILL during the write (measured: 2 of 12 kills of a ResNet-50 convert) left it,
-    as large as the weights, for good. The next write of that file removes it -- but not one
+    it; SIGKILL during the write left it, as large as the weights, for good (a checkpoint's
+    did too, until its next write removed it). The next write of that file removes it -- but not one
     whose process is still writing (two transfer runs filling one feature cache)."""
     import os
 
