@@ -244,6 +244,39 @@ def test_an_interrupted_training_or_transfer_run_says_how_to_continue(tmp_path, 
     assert capsys.readouterr().err == "\ncnnzoo transfer: interrupted\n"
 
 
+def test_ctrl_c_while_torch_is_being_imported_is_one_line(tmp_path, monkeypatch, capsys):
+    """`python -m cnnzoo` and the `cnnzoo` script import the package before cli.main runs.
+    It imported torch (seconds under load), so a Ctrl-C right after starting a command printed
+    torch's 40-line import traceback; and the hint for an interrupted run imported the
+    half-initialised torch again (a segfault or 'function already has a docstring')."""
+    import subprocess
+    import sys
+
+    import cnnzoo.cli as cli
+
+    code = ("import sys, cnnzoo, cnnzoo.cli; cnnzoo.cli.build_parser(); "
+            "print('torch' in sys.modules, cnnzoo.list_models('lenet*')[0])")
+    src = str(Path(cli.__file__).parents[1])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": src})
+    assert out.stdout.split() == ["False", "lenet5"]  # lazy, and still there on first use
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert main(["train", "lenet5", "--data", "digits"]) == 130
+    assert capsys.readouterr().err == "\ncnnzoo: interrupted\n"
+    monkeypatch.undo()
+    # Interrupted inside the command while torch was still importing: no hint, no import.
+    import argparse
+
+    monkeypatch.delitem(sys.modules, "torch")
+    (tmp_path / "last.pt").write_bytes(b"")  # an earlier run's
+    args = argparse.Namespace(command="train", model="lenet5", out=str(tmp_path))
+    assert cli._resume_hint(args, 0.0) == ""
+
+
 def test_tta_on_a_net_trained_without_flips_says_so(tmp_path, capsys, caplog):
     """Digits train without flips (a mirrored digit is no digit): averaging over mirrored
     images lowered the accuracy (0.997 -> 0.947) without a word."""

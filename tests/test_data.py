@@ -1001,6 +1001,34 @@ def test_export_fashion_mnist_loads_back(tmp_path, fmnist_test):
         export_dataset("fashion-mnist", out, ExportOptions(per_class=1))
 
 
+def test_an_export_killed_mid_file_leaves_no_half_written_image(tmp_path, monkeypatch):
+    """`cnnzoo data export` killed while writing (3 of 9 kills of a Fashion-MNIST export)
+    left an empty PNG among the finished ones, which every later run reported as unreadable.
+    The kill is simulated by PIL dying after half the bytes of the third file."""
+    from PIL import Image
+
+    real_save = Image.Image.save
+    saved = []
+
+    def dying_save(self, fp, *args, **kwargs):
+        saved.append(fp)
+        if len(saved) == 3:
+            with open(fp, "wb") as f:
+                f.write(b"\x89PNG\r\n")  # the process dies here
+            raise KeyboardInterrupt
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        export_dataset("digits", tmp_path / "d", ExportOptions(per_class=2, classes=["0", "1"]))
+    files = sorted(p for p in (tmp_path / "d").rglob("*") if p.is_file())
+    assert len(files) == 2  # the two finished ones, and nothing else
+    for f in files:
+        assert not f.name.startswith(".")
+        with Image.open(f) as im:
+            im.load()
+
+
 def test_data_cli(tmp_path, capsys):
     assert main(["data", "export", "digits", str(tmp_path / "d"), "--per-class", "3",
                  "--classes", "0,7"]) == 0  # fmt: skip

@@ -219,6 +219,50 @@ def test_feature_cache_reused_and_invalidated_per_image(fmnist, tmp_path):
     assert n4 == 10
 
 
+def test_a_feature_cache_that_cannot_be_written_costs_a_warning_not_the_run(
+        fmnist, tmp_path, monkeypatch, caplog):
+    """A disk that fills up (or a cache folder made read-only) after transfer's first check
+    of the cache folder: the write failed with 'cannot write (...); choose another output path'
+    and the run ended, its features computed and thrown away."""
+    import errno
+
+    import safetensors.torch
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    model = create_model("lenet5", num_classes=0, in_chans=3).eval()
+    images = fmnist.with_channels(3).images[:4]
+    kw = dict(model_name="lenet5", weights_id="random-test", views=1, cache_dir=tmp_path / "c",
+              progress=False)  # fmt: skip
+    feats, computed = cached_features(model, images, _small_pre(), **kw)
+    assert feats.shape[:2] == (4, 1) and computed == 4
+    assert "No space left on device" in caplog.text and "computed again next time" in caplog.text
+    assert "output path" not in caplog.text  # no --out is involved
+    assert list((tmp_path / "c").iterdir()) == []  # nothing half-written either
+    monkeypatch.undo()
+    _, computed = cached_features(model, images, _small_pre(), **kw)
+    assert computed == 4  # nothing was cached, and the cache works again once it can
+
+
+def test_a_bundle_save_clears_what_a_killed_save_left(tmp_path):
+    """A transfer run killed while writing its bundle left the hidden temporary folder (the
+    model's weights in it) in --out, and one more with each such kill; the next save of the
+    bundle removes them, and the folder the old bundle is moved aside to, had the kill come
+    between its two renames."""
+    from cnnzoo.transfer import Bundle
+
+    model = create_model("lenet5", num_classes=2, in_chans=3).eval()
+    out = tmp_path / "run"
+    for left in (out / ".bundle.k2x9_a1q.tmp", out / ".bundle.999999999.old.tmp"):
+        left.mkdir(parents=True)
+        (left / "model.safetensors").write_bytes(b"part of the weights")
+    Bundle(model, "lenet5", ["a", "b"], _small_pre()).save(out / "bundle")
+    Bundle(model, "lenet5", ["a", "b"], _small_pre()).save(out / "bundle")  # replaces one
+    assert sorted(p.name for p in out.iterdir()) == ["bundle"]
+
+
 def _tiny_config(**kw) -> TransferConfig:
     ft = FinetuneConfig(head_epochs=1, epochs=1, min_steps=0)
     return TransferConfig(img_size=32, fit="resize", batch_size=8, progress=False,

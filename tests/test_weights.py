@@ -459,6 +459,26 @@ def test_convert_to_safetensors_round_trip(tv_resnet18, tmp_path):
         cnnzoo.create_model("resnet34", weights=str(out))
 
 
+def test_a_safetensors_write_clears_what_killed_writes_left(tmp_path):
+    """`cnnzoo convert`, the feature cache and a bundle write a hidden .NAME.PID.tmp and rename
+    it; SIGKILL during the write left it, as large as the weights, for good (a checkpoint's
+    did too, until its next write removed it). The next write of that file removes it -- but not one
+    whose process is still writing (two transfer runs filling one feature cache)."""
+    import os
+
+    from cnnzoo.weights.files import save_safetensors
+
+    out = tmp_path / "w.safetensors"
+    stale = tmp_path / ".w.safetensors.999999999.tmp"  # no such process
+    running = tmp_path / f".w.safetensors.{os.getppid()}.tmp"
+    other = tmp_path / ".x.safetensors.999999999.tmp"  # another file's
+    for p in (stale, running, other):
+        p.write_bytes(b"part of the weights")
+    save_safetensors({"w": torch.ones(2)}, out, None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [out.name, running.name, other.name])
+
+
 def test_convert_records_the_model_options_for_predict(tmp_path, capsys):
     """`--model-arg` (as `cnnzoo train` takes it) builds the narrow VGG the checkpoint is for,
     and the output records the options, so predict needs neither --model nor them."""

@@ -2,14 +2,22 @@
 that runs in minutes on a CPU."""
 
 from .errors import CnnzooError
-from .models import create_model, get_config, list_models
 
 __version__ = "0.1.0"
 
+# Imported on first use, so `import cnnzoo` (which `python -m cnnzoo` and the `cnnzoo` script
+# do before any of cli.main runs) does not import torch: a Ctrl-C during torch's seconds-long
+# import then reaches cli.main, which says "interrupted" in one line instead of a traceback.
+_MODELS = ("create_model", "get_config", "list_models")
+
 
 def __getattr__(name: str):
-    # Transfer learning pulls in the data, engine and plotting modules: imported on first use,
-    # so `import cnnzoo` (and every CLI command) stays quick.
+    if name in _MODELS:
+        from . import models
+
+        return getattr(models, name)
+    # Transfer learning pulls in the data, engine and plotting modules: imported on first use
+    # too, so every CLI command stays quick.
     if name in ("load_bundle", "transfer"):
         import importlib
 
@@ -22,7 +30,7 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     # The lazy names too, so that a notebook's tab completion offers them before first use.
-    return sorted({*globals(), "load_bundle", "transfer"})
+    return sorted({*globals(), *_MODELS, "load_bundle", "transfer"})
 
 
 __all__ = [

@@ -67,8 +67,12 @@ _TODO = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:  # Ctrl-C right after starting: no command has begun
+        print("\ncnnzoo: interrupted", file=sys.stderr)
+        return 130
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
@@ -110,6 +114,11 @@ def _resume_hint(args: argparse.Namespace, started: float) -> str:
         return path.is_file() and not (getattr(args, "overwrite", False)
                                        and path.stat().st_mtime < started)
 
+    if "torch" not in sys.modules:
+        # Interrupted while torch was being imported (Python drops a module whose import
+        # failed): nothing can have been saved, and importing the modules below would import
+        # the half-initialised torch again -- a segfault or a traceback instead of the line.
+        return ""
     if args.command == "train":
         from .engine.run import out_dir_for
 

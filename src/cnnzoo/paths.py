@@ -3,6 +3,7 @@ way costs nothing first), their permissions, and whether two data sources are on
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 from collections.abc import Sequence
@@ -61,6 +62,33 @@ def remove_entries(folder: Path, names: Sequence[str]) -> None:
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
             path.unlink()
+
+
+def remove_stale_temps(path: str | os.PathLike[str]) -> None:
+    """Delete what killed writes of `path` left beside it: the hidden `.NAME.*.tmp` files and
+    folders the atomic writers (checkpoints, .safetensors files, bundles) rename into place
+    when done. SIGKILL, the OOM killer or a closed terminal leave them behind, as large as
+    what they were writing, and nothing else removes them. One named with the id of a running
+    process (`.NAME.PID.tmp`) is another process's write in progress, and is left alone."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = stale.name[len(path.name) + 2:].split(".")[0]
+        if pid.isdigit() and _running(int(pid)):
+            continue
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):  # another user's, or not a pid at all
+        return True
+    return True
 
 
 def usual_permissions(path: str | os.PathLike[str]) -> None:

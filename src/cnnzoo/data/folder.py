@@ -725,6 +725,13 @@ def write_image_folder(
     for i in range(len(dataset)):
         a = dataset.images[i].permute(1, 2, 0).numpy()
         img = Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a)
-        name = dataset.class_names[int(dataset.labels[i])]
-        img.save(root / name / f"{stems[i]}.png")
+        path = root / dataset.class_names[int(dataset.labels[i])] / f"{stems[i]}.png"
+        # Written beside it under a hidden name, then renamed: an export killed mid-file left
+        # an empty or truncated PNG among the good ones; a hidden file is one no loader reads.
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            img.save(tmp, format="PNG")
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return dataset.class_counts()

@@ -8,7 +8,6 @@ new one, never half of one.
 
 from __future__ import annotations
 
-import glob
 import os
 import random
 import tempfile
@@ -18,17 +17,14 @@ from typing import Any
 import torch
 
 from ..errors import TrainingError, WeightsError
-from ..paths import usual_permissions
+from ..paths import remove_stale_temps, usual_permissions
 
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     """`torch.save(obj, path)` via temp file + fsync + os.replace (atomic on POSIX)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # What a write of this file that was killed (SIGKILL, the OOM killer) left: as large as a
-    # checkpoint, and hidden.
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        stale.unlink(missing_ok=True)
+    remove_stale_temps(path)  # a killed write's: as large as a checkpoint, and hidden
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:

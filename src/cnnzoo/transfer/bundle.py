@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from ..data.images import ImageSpec, Interpolation, convert_image, to_tensor_uint8
 from ..errors import WeightsError
 from ..models.base import is_whole
-from ..paths import BUNDLE_JSON, usual_permissions
+from ..paths import BUNDLE_JSON, remove_stale_temps, usual_permissions
 from ..text import plural, some
 from ..weights import Preprocessing
 from ..weights.files import BUNDLE_FORMAT as FORMAT
@@ -284,6 +284,7 @@ class Bundle:
         """Write the bundle folder atomically (temp folder + rename); returns its path."""
         target = Path(directory)
         target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(target)  # a killed save's folders, the model's weights in each
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
         try:
             usual_permissions(tmp)  # mkdtemp's folder is private; the bundle is not
@@ -292,7 +293,7 @@ class Bundle:
             (tmp / JSON_FILE).write_text(json.dumps(self.to_json(), indent=2) + "\n")
             old = None
             if target.exists():
-                old = target.with_name(f".{target.name}.old-{os.getpid()}")
+                old = target.with_name(f".{target.name}.{os.getpid()}.old.tmp")
                 os.replace(target, old)
             os.replace(tmp, target)
             if old is not None:

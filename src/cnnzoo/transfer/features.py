@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -33,9 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import WeightsError
 from ..paths import cache_root
 from ..weights import Preprocessing
 from ..weights.files import save_safetensors
+
+log = logging.getLogger("cnnzoo.transfer")
 
 MAX_VIEWS = 4
 VIEW_NAMES = ("image", "mirror", "zoom", "zoom+mirror")
@@ -246,10 +250,21 @@ class FeatureCache:
     def put(self, hashes: Sequence[str], features: Tensor) -> None:
         rows = self._load()
         rows.update(zip(hashes, features, strict=True))
-        self.root.mkdir(parents=True, exist_ok=True)
         keys = list(rows)
         meta = {"hashes": json.dumps(keys), "key": json.dumps(self.key, sort_keys=True)}
-        save_safetensors({"features": torch.stack([rows[k] for k in keys])}, self.path, meta)
+        again = ("the features are computed again next time (--cache DIR for another cache "
+                 "folder, --no-cache for none)")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            save_safetensors({"features": torch.stack([rows[k] for k in keys])}, self.path, meta,
+                             advice=again)
+        except OSError as exc:
+            log.warning("warning: feature cache %s: cannot write (%s); %s", self.root,
+                        exc.strerror or exc, again)
+        except WeightsError as exc:
+            # The cache only saves time. A disk that filled up, or a cache folder made read-only,
+            # after the run's first check cost the run itself, with the features computed.
+            log.warning("warning: %s", exc)
 
 
 def cached_features(

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..errors import WeightsError
-from ..paths import bundle_in, usual_permissions
+from ..paths import bundle_in, remove_stale_temps, usual_permissions
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -362,15 +362,18 @@ def _kind_from_arrays(arrays: list[Tensor]) -> str:
 
 
 def save_safetensors(
-    tensors: Mapping[str, Tensor], path: str | os.PathLike[str], metadata: dict[str, str] | None
+    tensors: Mapping[str, Tensor], path: str | os.PathLike[str], metadata: dict[str, str] | None,
+    *, advice: str = "choose another output path",
 ) -> None:
-    """Write `tensors` as .safetensors atomically (temp file + rename, so no half-written file)."""
+    """Write `tensors` as .safetensors atomically (temp file + rename, so no half-written file).
+    A failure is a `WeightsError` line ending with `advice`: what the caller's user can do."""
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     p = Path(path)
     if not p.parent.is_dir():
         raise WeightsError(f"{p}: no folder {p.parent} to write into; create it first")
+    remove_stale_temps(p)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     data = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     try:
@@ -379,7 +382,7 @@ def save_safetensors(
         os.replace(tmp, p)
     except (OSError, SafetensorError) as exc:  # read-only folder, disk full, p is a folder
         reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:120]
-        raise WeightsError(f"{p}: cannot write ({reason}); choose another output path") from None
+        raise WeightsError(f"{p}: cannot write ({reason}); {advice}") from None
     finally:
         if tmp.exists():
             tmp.unlink()
