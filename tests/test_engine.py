@@ -601,6 +601,47 @@ def test_a_resumed_early_stopped_run_stays_finished(tmp_path):
     assert len(more.history) > len(first.history)
 
 
+def _global_rng() -> tuple:
+    """The caller's global random states (torch, NumPy, Python), comparable with ==."""
+    import random
+
+    import numpy as np
+
+    name, keys, pos, gauss, cached = np.random.get_state()
+    return (torch.get_rng_state().tolist(), (name, keys.tolist(), pos, gauss, cached),
+            random.getstate())
+
+
+def test_fit_leaves_the_callers_random_streams_as_they_were(tmp_path):
+    """fit() seeded the global torch RNG (and a resume set all three from its checkpoint), so a
+    notebook's own random draws after a run changed with it; the run's numbers must not."""
+    import random
+
+    import numpy as np
+
+    train, val = _tiny_loader(n=32, seed=1), _tiny_loader(n=32, seed=2)
+    cfg = TrainConfig(epochs=1, report=False, **FP32)
+    histories = []
+    for seed in (123, 7):
+        torch.manual_seed(0)  # the same net each time
+        net = nn.Sequential(nn.Dropout(0.5), _TinyNet())  # dropout draws from the global RNG
+        torch.manual_seed(seed), np.random.seed(seed), random.seed(seed)
+        before = _global_rng()
+        res = Trainer(net, ClassificationTask(3), train, val, cfg, out_dir=tmp_path / str(seed)
+                      ).fit()
+        assert _global_rng() == before
+        histories.append([{k: v for k, v in r.items() if k not in ("images_per_s", "seconds")}
+                          for r in res.history])
+    assert histories[0] == histories[1]  # seeded by the config, not by the caller's state
+    # A resumed run sets the RNGs from its checkpoint, and gives the caller's back too.
+    net = nn.Sequential(nn.Dropout(0.5), _TinyNet())
+    np.random.seed(99), random.seed(99)
+    before = _global_rng()
+    cfg.epochs = 2
+    Trainer(net, ClassificationTask(3), train, val, cfg, out_dir=tmp_path / "7").fit(resume=True)
+    assert _global_rng() == before
+
+
 def test_patience_zero_means_no_early_stopping():
     # "0 epochs without improvement" would stop after the first epoch: it means off, as the
     # transfer command's --patience 0 always did; a negative count is an error.

@@ -834,6 +834,22 @@ def test_valid_padding_crop_is_the_output_side_and_images_get_the_trimmed_contex
     assert lines[0].endswith("training tiles 236x236 in, 52x52 out")
 
 
+def test_training_leaves_the_callers_random_streams_as_they_were():
+    """train() seeded the global torch RNG: a notebook's own draws after it changed."""
+    import random
+
+    from cnnzoo.segmentation.training import train
+
+    torch.manual_seed(123), np.random.seed(123), random.seed(123)
+    before = torch.rand(3), np.random.rand(3), random.random()
+    torch.manual_seed(123), np.random.seed(123), random.seed(123)
+    train("cells", cells=4, crop=32, batch_size=2, base_width=4, epochs=1, say=lambda _: None,
+          precision="fp32", channels_last="off", progress=False, verbose=False, report=False)
+    after = torch.rand(3), np.random.rand(3), random.random()
+    assert torch.equal(after[0], before[0]) and (after[1] == before[1]).all()
+    assert after[2] == before[2]
+
+
 def test_cells_need_two_images_to_validate():
     with pytest.raises(DataError, match="cells has 1 image: need at least 2 to validate"):
         load_segmentation("cells", cells=1)

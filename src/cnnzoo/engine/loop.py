@@ -29,7 +29,13 @@ from torch import Tensor, nn
 from ..errors import TrainingError, WeightsError
 from ..paths import check_folder, remove_entries, same_source
 from ..text import plural
-from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from .checkpoint import (
+    atomic_save,
+    caller_rng_kept,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+)
 from .distributed import (
     DistContext,
     all_reduce_sum,
@@ -197,6 +203,7 @@ class Trainer:
         }
 
     # ----------------------------------------------------------------- main
+    @caller_rng_kept()
     def fit(self, *, resume: bool | str | Path = False, overwrite: bool = True) -> FitResult:
         """Train for `config.epochs` epochs (continuing from a checkpoint with `resume`).
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..data.loader import BatchLoader
+from ..engine.checkpoint import caller_rng_kept
 from ..engine.distributed import DistContext, unwrap_model
 from ..engine.loop import FitResult, TrainConfig, Trainer, check_out_dir
 from ..errors import CnnzooError, DataError, ModelOptionError, UsageError
@@ -168,6 +169,7 @@ def _encoder_error(exc: CnnzooError, model: str) -> CnnzooError:
     return ModelOptionError(f"{model}: {text}")
 
 
+@caller_rng_kept()
 def train(
     data: str | os.PathLike[str] | SegmentationSplits = "cells",
     *,
