@@ -489,6 +489,43 @@ def test_images_beside_the_class_folders_are_named_as_such(tmp_path, caplog):
     ]
 
 
+def test_class_folders_holding_only_sub_folders_are_named_in_a_note(tmp_path, caplog):
+    """DATA/shoes/{boot,sandal} + DATA/shirts/{polo,tee} trained 2 classes from the images
+    found recursively, without a word to a user who meant 4 classes (or one of the sets)."""
+    root = tmp_path / "data"
+    for group, kinds in (("shoes", ("boot", "sandal")), ("shirts", ("polo", "tee"))):
+        for kind in kinds:
+            for i in range(2):
+                _png(root / group / kind / f"{i}.png", 10)
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        s = load_folder(root, ImageSpec(channels=1), progress=False)
+    assert s.class_names == ["shirts", "shoes"]  # still trains: a real layout for some
+    assert caplog.messages == [
+        f"note: every class folder in {root} keeps its images in sub-folders (shirts/: polo, "
+        f"tee; shoes/: boot, sandal): training 2 classes (shirts, shoes); if the sub-folders "
+        f"are the classes, give one set ({root / 'shirts'}) or list the images with their "
+        "labels in a CSV manifest"]
+    # train/ and val/ inside each class: pooled and split again, so the note says where they go.
+    caplog.clear()
+    for cls in ("cat", "dog"):
+        for part in ("train", "val"):
+            _png(tmp_path / "parts" / cls / part / "0.png", 10)
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        load_folder(tmp_path / "parts", ImageSpec(channels=1), progress=False)
+    (line,) = caplog.messages
+    assert "hold their images in part folders (cat/: train, val; dog/: train, val)" in line
+    assert line.endswith(f"put them above the classes ({tmp_path / 'parts' / 'train' / 'cat'})")
+    # No note when a class folder holds images itself, or each has one sub-folder.
+    caplog.clear()
+    _png(root / "shoes" / "loose.png", 10)
+    _png(tmp_path / "one" / "cat" / "cat" / "0.png", 10)
+    _png(tmp_path / "one" / "dog" / "dog" / "0.png", 10)
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        load_folder(root, ImageSpec(channels=1), progress=False)
+        load_folder(tmp_path / "one", ImageSpec(channels=1), progress=False)
+    assert caplog.messages == []
+
+
 def test_linked_folders_inside_a_class_are_read_once_and_a_link_loop_ends(tmp_path):
     """A folder linked into a class folder holds that class's images, as a linked file or a
     linked class folder does; they vanished without a word (os.walk does not follow links)."""

@@ -251,6 +251,42 @@ def _check_classes(
         )
 
 
+def _note_nested(root: Path, classes: dict[str, list[Path]]) -> None:
+    """One note line when no class folder holds an image itself, all of them sit in its
+    sub-folders, and one has two or more: `DATA/shoes/{boot,sandal}` + `DATA/shirts/{tee,polo}`
+    trains 2 classes (shoes, shirts) from the images found recursively, which is right for a
+    class whose photos come in dated folders, and silently wrong for a user who meant 4
+    classes, or one of the sets. Not an error, since both layouts are real: the line says
+    which classes were made and what to give for the others."""
+    inner: dict[str, list[str]] = {}
+    for name, files in classes.items():
+        subs: set[str] = set()
+        for f in files:
+            parts = f.relative_to(root).parts
+            if len(parts) == 2:  # an image right in its class folder: a plain class
+                return
+            subs.add(parts[1])
+        inner[name] = sorted(subs)
+    if max(len(subs) for subs in inner.values()) < 2:
+        return
+    where = "; ".join(f"{name}/: {some(subs)}" for name, subs in list(inner.items())[:2])
+    if len(inner) > 2:
+        where += "; ..."
+    if {n.lower() for subs in inner.values() for n in subs} <= set(_SPLIT_NAMES):
+        # DATA/cat/train/, DATA/cat/val/: the parts one level too low, pooled and split again.
+        log.warning("note: the class folders in %s hold their images in part folders (%s), "
+                    "which are pooled and split again: to train and validate on those parts, "
+                    "put them above the classes (%s)", root, where,
+                    root / "train" / next(iter(inner)))  # fmt: skip
+        return
+    first = next(iter(inner))
+    log.warning("note: every class folder in %s keeps its images in sub-folders (%s): training "
+                "%s (%s); if the sub-folders are the classes, give one set (%s) or list the "
+                "images with their labels in a CSV manifest",
+                root, where, plural(len(inner), "class", "classes"), some(list(inner), 6),
+                root / first)  # fmt: skip
+
+
 def _find_parts(root: Path) -> dict[str, Path]:
     """{'train'|'val'|'test': folder} when `root` is split into such sub-folders."""
     by_name = {d.name.lower(): d for d in _subdirs(root)}
@@ -427,6 +463,7 @@ def load_folder(
         parts = {"train": root}
     scans = {part: _scan_classes(folder, ignored) for part, folder in parts.items()}
     _check_classes(parts["train"], scans["train"], ignored, min_classes)
+    _note_nested(parts["train"], scans["train"])
     class_names = list(scans["train"])
     index = {name: i for i, name in enumerate(class_names)}
     for part in ("val", "test"):
