@@ -526,6 +526,41 @@ def test_class_folders_holding_only_sub_folders_are_named_in_a_note(tmp_path, ca
     assert caplog.messages == []
 
 
+def test_class_names_that_differ_only_in_case_are_named_in_a_note(tmp_path, caplog):
+    """Cat/ and cat/ (a case-sensitive disk), or labels Cat and cat, were two classes without a
+    word; a validation class spelt otherwise was 'a class that train does not have'."""
+    for cls in ("Cat", "cat", "dog", "A", "a"):  # one-letter classes: letters, meant apart
+        _png(tmp_path / "f" / cls / "0.png", 10)
+        _png(tmp_path / "f" / cls / "1.png", 10)
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        s = load_folder(tmp_path / "f", ImageSpec(channels=1), progress=False)
+    assert s.class_names == ["A", "Cat", "a", "cat", "dog"]  # still apart: they may be meant so
+    assert caplog.messages == [
+        f"note: classes 'Cat' and 'cat' in {tmp_path / 'f'} differ only in case, so they are "
+        "separate classes; if they are one, move the images of one folder into the other"]
+    caplog.clear()
+    rows = ["path,label,split"] + [f"f/{c}/{i}.png,{c},train" for c in ("Cat", "dog")
+                                   for i in range(2)]  # fmt: skip
+    (tmp_path / "m.csv").write_text("\n".join([*rows, "f/cat/0.png,CAT,train"]) + "\n")
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        load_csv(tmp_path / "m.csv", ImageSpec(channels=1), progress=False)
+    assert caplog.messages == [
+        f"note: classes 'CAT' and 'Cat' in {tmp_path / 'm.csv'} differ only in case, so they "
+        "are separate classes; if they are one, give their rows one label"]
+    # A validation class spelt otherwise than its training class says how it is spelt there.
+    (tmp_path / "m.csv").write_text("\n".join([*rows, "f/cat/0.png,cat,val"]) + "\n")
+    with pytest.raises(DataError, match=r"has label 'cat', which no training row has \(they "
+                       r"spell it 'Cat'\): fix the label"):  # fmt: skip
+        load_csv(tmp_path / "m.csv", ImageSpec(channels=1), progress=False)
+    for part, cls in (("train", "cat"), ("train", "dog"), ("val", "Cat"), ("val", "dog")):
+        _png(tmp_path / "p" / part / cls / "0.png", 10)
+    with pytest.raises(DataError) as err:
+        load_folder(tmp_path / "p", ImageSpec(channels=1), progress=False)
+    assert str(err.value) == (f"{tmp_path / 'p' / 'val' / 'Cat'} is a class that "
+                              f"{tmp_path / 'p' / 'train'} does not have: rename it 'cat', as "
+                              "the training folder spells it")  # fmt: skip
+
+
 def test_linked_folders_inside_a_class_are_read_once_and_a_link_loop_ends(tmp_path):
     """A folder linked into a class folder holds that class's images, as a linked file or a
     linked class folder does; they vanished without a word (os.walk does not follow links)."""

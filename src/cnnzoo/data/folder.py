@@ -200,6 +200,29 @@ def composed(text: str) -> str:
     return unicodedata.normalize("NFC", text)
 
 
+def _note_case(class_names: Sequence[str], where: Path | str, fix: str) -> None:
+    """One note line naming the classes whose names differ only in case (Cat/ and cat/ on a
+    case-sensitive disk, or manifest labels): they stay apart, silently, as two classes of half
+    the images each. Not an error, nor merged: letters are such classes ('A' and 'a' of a
+    handwriting set), so names of one character are left out of the note too. `fix`: what
+    to do to make them one class."""
+    groups: dict[str, list[str]] = {}
+    for name in class_names:
+        if len(name) > 1:
+            groups.setdefault(name.casefold(), []).append(name)
+    clashes = [" and ".join(repr(n) for n in names) for names in groups.values() if len(names) > 1]
+    if clashes:
+        log.warning("note: classes %s in %s differ only in case, so they are separate classes; "
+                    "if they are one, %s", "; ".join(clashes[:3])
+                    + ("; ..." if len(clashes) > 3 else ""), where, fix)  # fmt: skip
+
+
+def _same_but_case(name: str, names: Sequence[str]) -> str | None:
+    """The one of `names` that `name` is but for case (a val/Cat/ folder or a val row labelled
+    'Cat' beside the training 'cat'), else None."""
+    return next((n for n in names if n.casefold() == name.casefold()), None)
+
+
 def _scan_classes(root: Path, ignored: list[Path]) -> dict[str, list[Path]]:
     """{class name: image files} for a folder with one sub-folder per class, sorted by name
     (folders whose names differ only in their Unicode form are one class)."""
@@ -465,14 +488,16 @@ def load_folder(
     _check_classes(parts["train"], scans["train"], ignored, min_classes)
     _note_nested(parts["train"], scans["train"])
     class_names = list(scans["train"])
+    _note_case(class_names, parts["train"], "move the images of one folder into the other")
     index = {name: i for i, name in enumerate(class_names)}
     for part in ("val", "test"):
         for name, files in scans.get(part, {}).items():
             if name not in index and files:
+                same = _same_but_case(name, class_names)
                 raise DataError(
                     f"{parts[part] / name} is a class that {parts['train']} does not have: "
-                    "add it to the training folder or remove it"
-                )
+                    + (f"rename it {same!r}, as the training folder spells it" if same
+                       else "add it to the training folder or remove it"))  # fmt: skip
 
     skipped: list[str] = []
     items = {
@@ -713,12 +738,15 @@ def load_csv(
             f"{manifest} has {len(class_names)} class among its training rows: "
             "a classifier needs two or more labels"
         )
+    _note_case(class_names, manifest, "give their rows one label")
     index = {name: i for i, name in enumerate(class_names)}
     for path, label, split in entries:
         if label not in index:
+            same = _same_but_case(label, class_names)
             raise DataError(
-                f"{manifest}: {path.name} ({split}) has label {label!r}, which no training row has: "
-                "fix the label or add training images of it"
+                f"{manifest}: {path.name} ({split}) has label {label!r}, which no training row "
+                f"has{f' (they spell it {same!r})' if same else ''}: fix the label or add "
+                "training images of it"
             )
     if not any(path.exists() or path.is_symlink() for path, _, _ in entries):
         # One line, not one "no such file" per row: every path was written from elsewhere (the
