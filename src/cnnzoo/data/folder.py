@@ -52,7 +52,9 @@ TEST_DIRS = ("test", "testing")
 # the __MACOSX/ folder of a zip made on a Mac (its ._x.jpg resource forks); as classes, they
 # would stop a run ("class folder __MACOSX has no images") or hide a train/ + val/ layout.
 _QUIET = {"thumbs.db", "desktop.ini", "__macosx"}
-_EXAMPLE = "one sub-folder per class, e.g. DIR/cat/1.jpg and DIR/dog/2.jpg"
+# The layout a folder of labelled images needs, as the messages about it (here and in
+# builtin.py) put it.
+CLASS_FOLDERS = "one sub-folder per class, e.g. DIR/cat/1.jpg and DIR/dog/2.jpg"
 
 
 def _is_image_file(name: str) -> bool:
@@ -242,9 +244,9 @@ def _check_classes(
         loose = [p for p in ignored if p.parent == root and _is_image_file(p.name)]
         if loose:
             raise DataError(
-                f"{root} holds images but no class sub-folders: move them into {_EXAMPLE}"
+                f"{root} holds images but no class sub-folders: move them into {CLASS_FOLDERS}"
             )
-        raise DataError(f"no images found in {root}: expected {_EXAMPLE} (or a CSV manifest)")
+        raise DataError(f"no images found in {root}: expected {CLASS_FOLDERS} (or a CSV manifest)")
     folders = {name.lower() for name in classes}  # Images/ + Masks/, made on Windows, too
     if {"images", "masks"} <= folders and folders <= {"images", "masks", "instances"}:
         # The layout of a segmentation set: as classes, every mask would be a "mask" image.
@@ -270,7 +272,7 @@ def _check_classes(
             )
         raise DataError(
             f"{root} has a single class folder ({name!r}): a classifier needs two or more, "
-            f"{_EXAMPLE}"
+            f"{CLASS_FOLDERS}"
         )
 
 
@@ -479,7 +481,7 @@ def load_folder(
     spec = spec or ImageSpec()
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"{root} is not a folder: give an image folder ({_EXAMPLE})")
+        raise DataError(f"{root} is not a folder: give an image folder ({CLASS_FOLDERS})")
     ignored: list[Path] = []
     parts = _find_parts(root)
     if not parts:
