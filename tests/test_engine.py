@@ -1104,6 +1104,40 @@ def test_torchrun_ranks_validate_one_model_and_a_one_rank_error_ends_the_run(tmp
     assert "closed by peer" not in done.stderr  # rank 0: no gloo traceback
 
 
+def test_under_torchrun_an_error_every_rank_meets_is_said_once(tmp_path, monkeypatch, capsys):
+    """Bad data under torchrun printed its one line once per process: every rank loads the
+    same folder and fails alike before the ranks first meet. An error after they met may be a
+    rank's own (its shard: the test above) and is said by that rank; a NaN loss stops every
+    rank together and is said once."""
+    from PIL import Image
+
+    from cnnzoo.engine import distributed
+    from cnnzoo.engine.distributed import DistContext
+
+    (tmp_path / "one" / "cat").mkdir(parents=True)
+    for i in range(4):
+        Image.new("L", (8, 8), 10 * i).save(tmp_path / "one" / "cat" / f"{i}.png")
+    ranks = [DistContext(rank=r, world=2, local_rank=r, local_world=2) for r in (0, 1)]
+    for ctx, lines in zip(ranks, (1, 0), strict=True):  # each process of a 2-process torchrun
+        monkeypatch.setattr(distributed, "init_distributed", lambda ctx=ctx: ctx)
+        with pytest.raises(SystemExit) as stop:
+            sys.exit(main(["train", "lenet5", "--data", str(tmp_path / "one"), "--out",
+                           str(tmp_path / "run")]))
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("cnnzoo train: error: ") == lines, err
+        assert lines == 0 or "has a single class folder ('cat')" in err
+    # After the ranks have met: a rank's own error is said by it, a NaN loss by local rank 0.
+    monkeypatch.setattr(distributed, "_met", True)
+    said_elsewhere = distributed.said_elsewhere
+    assert not said_elsewhere(DataError("rank 1 cannot read its images"), ranks[1])
+    trainer = Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), None,
+                      TrainConfig(**FP32))  # fmt: skip
+    with pytest.raises(TrainingError) as nan:
+        trainer._diverged(0, 3, StepSchedule(build_optimizer(_TinyNet(), lr=0.1), 10))
+    assert said_elsewhere(nan.value, ranks[1]) and not said_elsewhere(nan.value, ranks[0])
+
+
 def test_under_torchrun_only_rank_0_reports_a_command_line_mistake(monkeypatch, capsys):
     for rank, lines in (("1", 0), ("0", 1)):
         monkeypatch.setenv("RANK", rank)

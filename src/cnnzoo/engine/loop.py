@@ -512,9 +512,11 @@ class Trainer:
                 if self.out_dir is not None and epoch > 0 else "no checkpoint was written")
         if self._replacing:
             keep += f" and the run already in {self.out_dir} is left as it was"
-        raise TrainingError(
+        err = TrainingError(
             f"loss became NaN/inf in {where} (lr {lr:.3g}): lower --lr or set --grad-clip; "
             f"{keep}")
+        err.every_rank = True  # every process stops here together (broadcast_flag)
+        raise err
 
     @torch.no_grad()
     def evaluate(
