@@ -642,6 +642,29 @@ def test_fit_leaves_the_callers_random_streams_as_they_were(tmp_path):
     assert _global_rng() == before
 
 
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_the_logged_lr_is_the_one_the_epochs_last_step_used(schedule):
+    """The epoch line (and metrics.jsonl) showed `get_last_lr()`, the rate of the step after
+    the epoch: a one-step one-cycle epoch logged the peak 0.1, which no step used (the step
+    ran at 0.1 / 25), and a run's last epoch the value after its final step."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    used: list[float] = []
+    hook = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
+    try:
+        for n, epochs in ((16, 1), (64, 3)):  # 1 step per epoch, then 4
+            used.clear()
+            cfg = TrainConfig(epochs=epochs, lr=0.1, schedule=schedule, report=False, **FP32)
+            res = Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(n=n, batch=16), None,
+                          cfg).fit()  # fmt: skip
+            per_epoch = len(used) // epochs
+            assert [r["lr"] for r in res.history] == pytest.approx(used[per_epoch - 1::per_epoch])
+    finally:
+        hook.remove()
+    assert used[-1] < 0.1  # the last step of a one-cycle or cosine run is not at the peak
+
+
 def test_patience_zero_means_no_early_stopping():
     # "0 epochs without improvement" would stop after the first epoch: it means off, as the
     # transfer command's --patience 0 always did; a negative count is an error.

@@ -311,7 +311,8 @@ class Trainer:
                 with one_image_batchnorm_hint():
                     train_acc, n_images = self._train_epoch(net, optimizer, scheduler, epoch)
                 seconds = time.perf_counter() - t0
-                record: dict[str, Any] = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}
+                # The rate the epoch ended with: the one its last step used (first group).
+                record: dict[str, Any] = {"epoch": epoch + 1, "lr": scheduler.used_lr()}
                 # Progressive resizing: which epochs trained at the smaller size, in the log.
                 smaller = getattr(getattr(self.train_loader, "transform", None), "smaller_size",
                                   None)  # fmt: skip
@@ -507,7 +508,7 @@ class Trainer:
 
     def _diverged(self, epoch: int, step: int, scheduler: StepSchedule) -> None:
         where = f"epoch {epoch + 1}, by step {step + 1}"
-        lr = scheduler.get_last_lr()[0]
+        lr = scheduler.used_lr()
         keep = (f"the last good checkpoint is {self.out_dir / 'last.pt'} (epoch {epoch})"
                 if self.out_dir is not None and epoch > 0 else "no checkpoint was written")
         if self._replacing:
