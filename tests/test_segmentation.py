@@ -845,6 +845,8 @@ def test_valid_padding_crop_is_the_output_side_and_images_get_the_trimmed_contex
     train(tmp_path / "d", padding="valid", base_width=4, epochs=1, say=lines.append,
           precision="fp32", channels_last="off", progress=False, tensorboard=False, report=False)
     assert lines[0].endswith("training tiles 236x236 in, 52x52 out")
+    # The engine's lines go to `say` too: they went to stderr whatever `say` was.
+    assert lines[1] == "precision: fp32 NCHW (forced)" and lines[2].startswith("epoch 1/1  lr ")
 
 
 def test_training_leaves_the_callers_random_streams_as_they_were():
