@@ -1184,6 +1184,10 @@ def test_a_segmentation_folder_is_not_read_as_classes(tmp_path):
         (tmp_path / sub).rename(tmp_path / sub.capitalize())
     with pytest.raises(DataError, match=r"is a segmentation set \(images/ \+ masks/\).*unet"):
         load_folder(tmp_path, progress=False)
+    for sub in ("images", "masks"):  # its val/ part beside them: trained as 4 classes
+        _png(tmp_path / "val" / sub / "0.png", 40)
+    with pytest.raises(DataError, match=r"is a segmentation set \(images/ \+ masks/\).*unet"):
+        load_folder(tmp_path, progress=False)
     # The built-in segmentation set by name: 'neither a built-in data set (fashion-mnist,
     # digits)' said cnnzoo had no 'cells', which `cnnzoo train unet --data cells` trains on.
     with pytest.raises(DataError) as err:

@@ -248,7 +248,10 @@ def _check_classes(
             )
         raise DataError(f"no images found in {root}: expected {CLASS_FOLDERS} (or a CSV manifest)")
     folders = {name.lower() for name in classes}  # Images/ + Masks/, made on Windows, too
-    if {"images", "masks"} <= folders and folders <= {"images", "masks", "instances"}:
+    # With its val/ (or test/) part beside them too: that trained 4 classes (images, instances,
+    # masks, val) without a word.
+    if {"images", "masks"} <= folders and folders <= {"images", "masks", "instances", "val",
+                                                      "test"}:
         # The layout of a segmentation set: as classes, every mask would be a "mask" image.
         raise DataError(
             f"{root} is a segmentation set (images/ + masks/), not one sub-folder per class: "
