@@ -489,6 +489,78 @@ def test_images_beside_the_class_folders_are_named_as_such(tmp_path, caplog):
     ]
 
 
+def test_class_folders_holding_only_sub_folders_are_named_in_a_note(tmp_path, caplog):
+    """DATA/shoes/{boot,sandal} + DATA/shirts/{polo,tee} trained 2 classes from the images
+    found recursively, without a word to a user who meant 4 classes (or one of the sets)."""
+    root = tmp_path / "data"
+    for group, kinds in (("shoes", ("boot", "sandal")), ("shirts", ("polo", "tee"))):
+        for kind in kinds:
+            for i in range(2):
+                _png(root / group / kind / f"{i}.png", 10)
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        s = load_folder(root, ImageSpec(channels=1), progress=False)
+    assert s.class_names == ["shirts", "shoes"]  # still trains: a real layout for some
+    assert caplog.messages == [
+        f"note: every class folder in {root} keeps its images in sub-folders (shirts/: polo, "
+        f"tee; shoes/: boot, sandal): training 2 classes (shirts, shoes); if the sub-folders "
+        f"are the classes, give one set ({root / 'shirts'}) or list the images with their "
+        "labels in a CSV manifest"]
+    # train/ and val/ inside each class: pooled and split again, so the note says where they go.
+    caplog.clear()
+    for cls in ("cat", "dog"):
+        for part in ("train", "val"):
+            _png(tmp_path / "parts" / cls / part / "0.png", 10)
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        load_folder(tmp_path / "parts", ImageSpec(channels=1), progress=False)
+    (line,) = caplog.messages
+    assert "hold their images in part folders (cat/: train, val; dog/: train, val)" in line
+    assert line.endswith(f"put them above the classes ({tmp_path / 'parts' / 'train' / 'cat'})")
+    # No note when a class folder holds images itself, or each has one sub-folder.
+    caplog.clear()
+    _png(root / "shoes" / "loose.png", 10)
+    _png(tmp_path / "one" / "cat" / "cat" / "0.png", 10)
+    _png(tmp_path / "one" / "dog" / "dog" / "0.png", 10)
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        load_folder(root, ImageSpec(channels=1), progress=False)
+        load_folder(tmp_path / "one", ImageSpec(channels=1), progress=False)
+    assert caplog.messages == []
+
+
+def test_class_names_that_differ_only_in_case_are_named_in_a_note(tmp_path, caplog):
+    """Cat/ and cat/ (a case-sensitive disk), or labels Cat and cat, were two classes without a
+    word; a validation class spelt otherwise was 'a class that train does not have'."""
+    for cls in ("Cat", "cat", "dog", "A", "a"):  # one-letter classes: letters, meant apart
+        _png(tmp_path / "f" / cls / "0.png", 10)
+        _png(tmp_path / "f" / cls / "1.png", 10)
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        s = load_folder(tmp_path / "f", ImageSpec(channels=1), progress=False)
+    assert s.class_names == ["A", "Cat", "a", "cat", "dog"]  # still apart: they may be meant so
+    assert caplog.messages == [
+        f"note: classes 'Cat' and 'cat' in {tmp_path / 'f'} differ only in case, so they are "
+        "separate classes; if they are one, move the images of one folder into the other"]
+    caplog.clear()
+    rows = ["path,label,split"] + [f"f/{c}/{i}.png,{c},train" for c in ("Cat", "dog")
+                                   for i in range(2)]  # fmt: skip
+    (tmp_path / "m.csv").write_text("\n".join([*rows, "f/cat/0.png,CAT,train"]) + "\n")
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        load_csv(tmp_path / "m.csv", ImageSpec(channels=1), progress=False)
+    assert caplog.messages == [
+        f"note: classes 'CAT' and 'Cat' in {tmp_path / 'm.csv'} differ only in case, so they "
+        "are separate classes; if they are one, give their rows one label"]
+    # A validation class spelt otherwise than its training class says how it is spelt there.
+    (tmp_path / "m.csv").write_text("\n".join([*rows, "f/cat/0.png,cat,val"]) + "\n")
+    with pytest.raises(DataError, match=r"has label 'cat', which no training row has \(they "
+                       r"spell it 'Cat'\): fix the label"):  # fmt: skip
+        load_csv(tmp_path / "m.csv", ImageSpec(channels=1), progress=False)
+    for part, cls in (("train", "cat"), ("train", "dog"), ("val", "Cat"), ("val", "dog")):
+        _png(tmp_path / "p" / part / cls / "0.png", 10)
+    with pytest.raises(DataError) as err:
+        load_folder(tmp_path / "p", ImageSpec(channels=1), progress=False)
+    assert str(err.value) == (f"{tmp_path / 'p' / 'val' / 'Cat'} is a class that "
+                              f"{tmp_path / 'p' / 'train'} does not have: rename it 'cat', as "
+                              "the training folder spells it")  # fmt: skip
+
+
 def test_linked_folders_inside_a_class_are_read_once_and_a_link_loop_ends(tmp_path):
     """A folder linked into a class folder holds that class's images, as a linked file or a
     linked class folder does; they vanished without a word (os.walk does not follow links)."""
@@ -1138,6 +1210,10 @@ def test_a_segmentation_folder_is_not_read_as_classes(tmp_path):
         load_folder(tmp_path, progress=False)
     for sub in ("images", "masks", "instances"):  # named on Windows: trained as 3 classes
         (tmp_path / sub).rename(tmp_path / sub.capitalize())
+    with pytest.raises(DataError, match=r"is a segmentation set \(images/ \+ masks/\).*unet"):
+        load_folder(tmp_path, progress=False)
+    for sub in ("images", "masks"):  # its val/ part beside them: trained as 4 classes
+        _png(tmp_path / "val" / sub / "0.png", 40)
     with pytest.raises(DataError, match=r"is a segmentation set \(images/ \+ masks/\).*unet"):
         load_folder(tmp_path, progress=False)
     # The built-in segmentation set by name: 'neither a built-in data set (fashion-mnist,

@@ -601,6 +601,70 @@ def test_a_resumed_early_stopped_run_stays_finished(tmp_path):
     assert len(more.history) > len(first.history)
 
 
+def _global_rng() -> tuple:
+    """The caller's global random states (torch, NumPy, Python), comparable with ==."""
+    import random
+
+    import numpy as np
+
+    name, keys, pos, gauss, cached = np.random.get_state()
+    return (torch.get_rng_state().tolist(), (name, keys.tolist(), pos, gauss, cached),
+            random.getstate())
+
+
+def test_fit_leaves_the_callers_random_streams_as_they_were(tmp_path):
+    """fit() seeded the global torch RNG (and a resume set all three from its checkpoint), so a
+    notebook's own random draws after a run changed with it; the run's numbers must not."""
+    import random
+
+    import numpy as np
+
+    train, val = _tiny_loader(n=32, seed=1), _tiny_loader(n=32, seed=2)
+    cfg = TrainConfig(epochs=1, report=False, **FP32)
+    histories = []
+    for seed in (123, 7):
+        torch.manual_seed(0)  # the same net each time
+        net = nn.Sequential(nn.Dropout(0.5), _TinyNet())  # dropout draws from the global RNG
+        torch.manual_seed(seed), np.random.seed(seed), random.seed(seed)
+        before = _global_rng()
+        res = Trainer(net, ClassificationTask(3), train, val, cfg, out_dir=tmp_path / str(seed)
+                      ).fit()
+        assert _global_rng() == before
+        histories.append([{k: v for k, v in r.items() if k not in ("images_per_s", "seconds")}
+                          for r in res.history])
+    assert histories[0] == histories[1]  # seeded by the config, not by the caller's state
+    # A resumed run sets the RNGs from its checkpoint, and gives the caller's back too.
+    net = nn.Sequential(nn.Dropout(0.5), _TinyNet())
+    np.random.seed(99), random.seed(99)
+    before = _global_rng()
+    cfg.epochs = 2
+    Trainer(net, ClassificationTask(3), train, val, cfg, out_dir=tmp_path / "7").fit(resume=True)
+    assert _global_rng() == before
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "cosine"])
+def test_the_logged_lr_is_the_one_the_epochs_last_step_used(schedule):
+    """The epoch line (and metrics.jsonl) showed `get_last_lr()`, the rate of the step after
+    the epoch: a one-step one-cycle epoch logged the peak 0.1, which no step used (the step
+    ran at 0.1 / 25), and a run's last epoch the value after its final step."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    used: list[float] = []
+    hook = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: used.append(opt.param_groups[0]["lr"]))
+    try:
+        for n, epochs in ((16, 1), (64, 3)):  # 1 step per epoch, then 4
+            used.clear()
+            cfg = TrainConfig(epochs=epochs, lr=0.1, schedule=schedule, report=False, **FP32)
+            res = Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(n=n, batch=16), None,
+                          cfg).fit()  # fmt: skip
+            per_epoch = len(used) // epochs
+            assert [r["lr"] for r in res.history] == pytest.approx(used[per_epoch - 1::per_epoch])
+    finally:
+        hook.remove()
+    assert used[-1] < 0.1  # the last step of a one-cycle or cosine run is not at the peak
+
+
 def test_patience_zero_means_no_early_stopping():
     # "0 epochs without improvement" would stop after the first epoch: it means off, as the
     # transfer command's --patience 0 always did; a negative count is an error.
@@ -1063,6 +1127,40 @@ def test_torchrun_ranks_validate_one_model_and_a_one_rank_error_ends_the_run(tmp
     assert "closed by peer" not in done.stderr  # rank 0: no gloo traceback
 
 
+def test_under_torchrun_an_error_every_rank_meets_is_said_once(tmp_path, monkeypatch, capsys):
+    """Bad data under torchrun printed its one line once per process: every rank loads the
+    same folder and fails alike before the ranks first meet. An error after they met may be a
+    rank's own (its shard: the test above) and is said by that rank; a NaN loss stops every
+    rank together and is said once."""
+    from PIL import Image
+
+    from cnnzoo.engine import distributed
+    from cnnzoo.engine.distributed import DistContext
+
+    (tmp_path / "one" / "cat").mkdir(parents=True)
+    for i in range(4):
+        Image.new("L", (8, 8), 10 * i).save(tmp_path / "one" / "cat" / f"{i}.png")
+    ranks = [DistContext(rank=r, world=2, local_rank=r, local_world=2) for r in (0, 1)]
+    for ctx, lines in zip(ranks, (1, 0), strict=True):  # each process of a 2-process torchrun
+        monkeypatch.setattr(distributed, "init_distributed", lambda ctx=ctx: ctx)
+        with pytest.raises(SystemExit) as stop:
+            sys.exit(main(["train", "lenet5", "--data", str(tmp_path / "one"), "--out",
+                           str(tmp_path / "run")]))
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("cnnzoo train: error: ") == lines, err
+        assert lines == 0 or "has a single class folder ('cat')" in err
+    # After the ranks have met: a rank's own error is said by it, a NaN loss by local rank 0.
+    monkeypatch.setattr(distributed, "_met", True)
+    said_elsewhere = distributed.said_elsewhere
+    assert not said_elsewhere(DataError("rank 1 cannot read its images"), ranks[1])
+    trainer = Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), None,
+                      TrainConfig(**FP32))  # fmt: skip
+    with pytest.raises(TrainingError) as nan:
+        trainer._diverged(0, 3, StepSchedule(build_optimizer(_TinyNet(), lr=0.1), 10))
+    assert said_elsewhere(nan.value, ranks[1]) and not said_elsewhere(nan.value, ranks[0])
+
+
 def test_under_torchrun_only_rank_0_reports_a_command_line_mistake(monkeypatch, capsys):
     for rank, lines in (("1", 0), ("0", 1)):
         monkeypatch.setenv("RANK", rank)
@@ -1233,13 +1331,14 @@ def test_cli_refuses_to_replace_or_mix_runs_in_one_line(tmp_path, capsys):
 
 
 def test_segmentation_resume_checks_model_options_and_encoder_errors_read_cleanly(
-        tmp_path, monkeypatch, capsys):
+        tmp_path, monkeypatch):
     from cnnzoo.errors import WeightsError
     from cnnzoo.segmentation.training import build_model, train
 
+    said: list[str] = []  # the engine's lines (resume warnings) go to `say` too
     opts = dict(cells=4, crop=32, batch_size=2, epochs=1, base_width=4, progress=False,
                 tensorboard=False, report=False, precision="fp32", channels_last="off",
-                say=lambda m: None)
+                say=said.append)
     train("cells", out_dir=tmp_path, **opts)
     kept = (tmp_path / "last.pt").read_bytes()
     with pytest.raises(TrainingError) as err:
@@ -1251,13 +1350,13 @@ def test_segmentation_resume_checks_model_options_and_encoder_errors_read_cleanl
     with pytest.raises(TrainingError, match="holds a run"):
         train("cells", out_dir=tmp_path, **opts)
     assert (tmp_path / "last.pt").read_bytes() == kept
-    capsys.readouterr()
+    said.clear()
     train("cells", out_dir=tmp_path, resume=True, loss="dice", **{**opts, "epochs": 2})
-    assert "loss (was ce+dice, now dice)" in capsys.readouterr().err
+    assert any("loss (was ce+dice, now dice)" in line for line in said), said
     # Another --cells is other data of the same name: warned, with the old counts.
     train("cells", out_dir=tmp_path, resume=True, loss="dice",
           **{**opts, "epochs": 3, "cells": 6})  # fmt: skip
-    assert "images (was train 3, val 1, now train 5, val 1)" in capsys.readouterr().err
+    assert any("images (was train 3, val 1, now train 5, val 1)" in line for line in said)
 
     with pytest.raises(UsageError, match="^--encoder-weights needs --encoder NAME"):
         build_model(2, 1, encoder_weights="imagenet")

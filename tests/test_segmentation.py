@@ -373,17 +373,30 @@ def _png(path, arr):
     Image.fromarray(arr).save(path)
 
 
-def test_a_pair_folder_named_on_windows_says_which_folders_to_rename(tmp_path):
-    """Images/ and Masks/ (Windows ignores case) gave "DIR/images is not a folder: put images
-    in DIR/images", beside the folder holding them."""
-    _pair_folder(tmp_path, ["a"])
-    (tmp_path / "images").rename(tmp_path / "Images")
-    (tmp_path / "masks").rename(tmp_path / "Masks")
+def test_a_pair_folder_named_on_windows_reads_in_any_case(tmp_path):
+    """Images/ and Masks/ (made where folder names ignore case, and read there as images/ and
+    masks/) were refused here with a hint to rename them, while a classification folder's
+    Train/ and Val/ were read: they read as images/ and masks/, a VAL/ folder as val/, and
+    `evaluate` finds them too. Both spellings at once cannot be told apart: one line."""
+    from cnnzoo.segmentation.data import split_pairs
+    from cnnzoo.segmentation.evaluation import _has_test
+
+    _pair_folder(tmp_path / "d", ["a", "b", "c"])
+    _pair_folder(tmp_path / "d" / "VAL", ["v"])
+    (tmp_path / "d" / "images").rename(tmp_path / "d" / "Images")
+    (tmp_path / "d" / "masks").rename(tmp_path / "d" / "MASKS")
+    (tmp_path / "d" / "VAL" / "images").rename(tmp_path / "d" / "VAL" / "Images")
+    assert holds_mask_pairs(tmp_path / "d")
+    assert load_mask_pairs(tmp_path / "d").names == ["a", "b", "c"]
+    split = split_pairs(tmp_path / "d")
+    assert not split.drawn and split.val.names == ["v"] and len(split.train) == 3
+    (tmp_path / "d" / "VAL").rename(tmp_path / "d" / "Test")
+    assert _has_test(tmp_path / "d")
+    (tmp_path / "d" / "images").mkdir()
     with pytest.raises(DataError) as err:
-        load_mask_pairs(tmp_path)
-    assert str(err.value) == (f"{tmp_path / 'images'} is not a folder, but {tmp_path / 'Images'} "
-                              "is: folder names are case-sensitive here, rename Images, Masks "
-                              "to images, masks")
+        load_mask_pairs(tmp_path / "d")
+    assert str(err.value) == (f"{tmp_path / 'd'} has Images/ and images/: folder names that "
+                              "differ only in case; keep one images/ folder")
 
 
 def test_mask_pairs_report_missing_and_mismatched_pairs_one_line_each(tmp_path):
@@ -832,6 +845,24 @@ def test_valid_padding_crop_is_the_output_side_and_images_get_the_trimmed_contex
     train(tmp_path / "d", padding="valid", base_width=4, epochs=1, say=lines.append,
           precision="fp32", channels_last="off", progress=False, tensorboard=False, report=False)
     assert lines[0].endswith("training tiles 236x236 in, 52x52 out")
+    # The engine's lines go to `say` too: they went to stderr whatever `say` was.
+    assert lines[1] == "precision: fp32 NCHW (forced)" and lines[2].startswith("epoch 1/1  lr ")
+
+
+def test_training_leaves_the_callers_random_streams_as_they_were():
+    """train() seeded the global torch RNG: a notebook's own draws after it changed."""
+    import random
+
+    from cnnzoo.segmentation.training import train
+
+    torch.manual_seed(123), np.random.seed(123), random.seed(123)
+    before = torch.rand(3), np.random.rand(3), random.random()
+    torch.manual_seed(123), np.random.seed(123), random.seed(123)
+    train("cells", cells=4, crop=32, batch_size=2, base_width=4, epochs=1, say=lambda _: None,
+          precision="fp32", channels_last="off", progress=False, verbose=False, report=False)
+    after = torch.rand(3), np.random.rand(3), random.random()
+    assert torch.equal(after[0], before[0]) and (after[1] == before[1]).all()
+    assert after[2] == before[2]
 
 
 def test_cells_need_two_images_to_validate():

@@ -415,6 +415,23 @@ def test_settings_as_keywords_and_a_clear_message_for_the_others(fmnist):
         transfer(splits, model="resnet18", weights=None, out_dir="runs/x")
 
 
+def test_transfer_leaves_the_callers_random_streams_as_they_were(fmnist):
+    """transfer() seeded the global torch RNG: a notebook's own draws after it changed."""
+    import random
+
+    import numpy as np
+
+    splits = Splits(fmnist, fmnist.subset(per_class=3, seed=2))
+    torch.manual_seed(123), np.random.seed(123), random.seed(123)
+    before = torch.rand(3), np.random.rand(3), random.random()
+    torch.manual_seed(123), np.random.seed(123), random.seed(123)
+    transfer(splits, model="resnet18", weights=None, mode="features", img_size=32, fit="resize",
+             views=1, use_cache=False, progress=False, say=lambda _: None)  # fmt: skip
+    after = torch.rand(3), np.random.rand(3), random.random()
+    assert torch.equal(after[0], before[0]) and (after[1] == before[1]).all()
+    assert after[2] == before[2]
+
+
 @pytest.mark.parametrize("stages", [(), (4, 5)])
 def test_keep_best_restores_the_features_net_exactly(fmnist, stages):
     """Mode 'both' fine-tunes from a new head; when `keep_best` prefers the features head (here

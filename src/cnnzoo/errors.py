@@ -4,6 +4,10 @@
 class CnnzooError(Exception):
     """Base class: the command line prints these as one line, without a traceback."""
 
+    # Under torchrun: raised alike by every process of the run (all of them stop together on a
+    # NaN loss), so one process says it (`distributed.said_elsewhere`).
+    every_rank: bool = False
+
 
 class UnknownModelError(CnnzooError, KeyError):
     def __str__(self) -> str:  # KeyError would quote the message

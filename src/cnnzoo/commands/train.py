@@ -162,7 +162,7 @@ def config_from_args(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..engine.distributed import cleanup, init_distributed
+    from ..engine.distributed import cleanup, init_distributed, said_elsewhere
     from ..engine.run import DataOptions, out_dir_for, train_classifier
 
     if args.resume and args.overwrite:
@@ -223,6 +223,8 @@ def run(args: argparse.Namespace) -> int:
                 dist=dist, say=say, overwrite=args.overwrite)
     except BaseException as exc:
         cleanup(ok=False)
+        if said_elsewhere(exc, dist):  # one line per run, not one per process
+            raise SystemExit(2) from None
         if dist.enabled and isinstance(exc, RuntimeError) and "closed by peer" in str(exc):
             # gloo's words when another rank has failed (it says why) or been stopped: one
             # line, not this rank's traceback through DDP's backward.

@@ -29,7 +29,7 @@ import torch
 from ..errors import DataError
 from ..paths import cache_root
 from .dataset import ImageDataset, Splits
-from .folder import _EXAMPLE, ImagesSeen, load_csv, load_folder
+from .folder import CLASS_FOLDERS, ImagesSeen, load_csv, load_folder
 from .images import IMAGE_EXTENSIONS, ImageSpec
 
 FASHION_MNIST_CLASSES = (
@@ -266,7 +266,7 @@ def load_dataset(
             min_classes=min_classes,
         )
     if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
-        raise DataError(f"{name} is a single image: the data is a folder of them, {_EXAMPLE} "
+        raise DataError(f"{name} is a single image: the data is a folder of them, {CLASS_FOLDERS} "
                         "(or a CSV manifest)")  # fmt: skip
     if name == "cells":  # the segmentation set's name, as `cnnzoo train unet --data` reads it
         raise DataError("'cells' is the built-in segmentation set (image/mask pairs), not one "

@@ -52,7 +52,9 @@ TEST_DIRS = ("test", "testing")
 # the __MACOSX/ folder of a zip made on a Mac (its ._x.jpg resource forks); as classes, they
 # would stop a run ("class folder __MACOSX has no images") or hide a train/ + val/ layout.
 _QUIET = {"thumbs.db", "desktop.ini", "__macosx"}
-_EXAMPLE = "one sub-folder per class, e.g. DIR/cat/1.jpg and DIR/dog/2.jpg"
+# The layout a folder of labelled images needs, as the messages about it (here and in
+# builtin.py) put it.
+CLASS_FOLDERS = "one sub-folder per class, e.g. DIR/cat/1.jpg and DIR/dog/2.jpg"
 
 
 def _is_image_file(name: str) -> bool:
@@ -200,6 +202,29 @@ def composed(text: str) -> str:
     return unicodedata.normalize("NFC", text)
 
 
+def _note_case(class_names: Sequence[str], where: Path | str, fix: str) -> None:
+    """One note line naming the classes whose names differ only in case (Cat/ and cat/ on a
+    case-sensitive disk, or manifest labels): they stay apart, silently, as two classes of half
+    the images each. Not an error, nor merged: letters are such classes ('A' and 'a' of a
+    handwriting set), so names of one character are left out of the note too. `fix`: what
+    to do to make them one class."""
+    groups: dict[str, list[str]] = {}
+    for name in class_names:
+        if len(name) > 1:
+            groups.setdefault(name.casefold(), []).append(name)
+    clashes = [" and ".join(repr(n) for n in names) for names in groups.values() if len(names) > 1]
+    if clashes:
+        log.warning("note: classes %s in %s differ only in case, so they are separate classes; "
+                    "if they are one, %s", "; ".join(clashes[:3])
+                    + ("; ..." if len(clashes) > 3 else ""), where, fix)  # fmt: skip
+
+
+def _same_but_case(name: str, names: Sequence[str]) -> str | None:
+    """The one of `names` that `name` is but for case (a val/Cat/ folder or a val row labelled
+    'Cat' beside the training 'cat'), else None."""
+    return next((n for n in names if n.casefold() == name.casefold()), None)
+
+
 def _scan_classes(root: Path, ignored: list[Path]) -> dict[str, list[Path]]:
     """{class name: image files} for a folder with one sub-folder per class, sorted by name
     (folders whose names differ only in their Unicode form are one class)."""
@@ -219,11 +244,14 @@ def _check_classes(
         loose = [p for p in ignored if p.parent == root and _is_image_file(p.name)]
         if loose:
             raise DataError(
-                f"{root} holds images but no class sub-folders: move them into {_EXAMPLE}"
+                f"{root} holds images but no class sub-folders: move them into {CLASS_FOLDERS}"
             )
-        raise DataError(f"no images found in {root}: expected {_EXAMPLE} (or a CSV manifest)")
+        raise DataError(f"no images found in {root}: expected {CLASS_FOLDERS} (or a CSV manifest)")
     folders = {name.lower() for name in classes}  # Images/ + Masks/, made on Windows, too
-    if {"images", "masks"} <= folders and folders <= {"images", "masks", "instances"}:
+    # With its val/ (or test/) part beside them too: that trained 4 classes (images, instances,
+    # masks, val) without a word.
+    if {"images", "masks"} <= folders and folders <= {"images", "masks", "instances", "val",
+                                                      "test"}:
         # The layout of a segmentation set: as classes, every mask would be a "mask" image.
         raise DataError(
             f"{root} is a segmentation set (images/ + masks/), not one sub-folder per class: "
@@ -247,8 +275,44 @@ def _check_classes(
             )
         raise DataError(
             f"{root} has a single class folder ({name!r}): a classifier needs two or more, "
-            f"{_EXAMPLE}"
+            f"{CLASS_FOLDERS}"
         )
+
+
+def _note_nested(root: Path, classes: dict[str, list[Path]]) -> None:
+    """One note line when no class folder holds an image itself, all of them sit in its
+    sub-folders, and one has two or more: `DATA/shoes/{boot,sandal}` + `DATA/shirts/{tee,polo}`
+    trains 2 classes (shoes, shirts) from the images found recursively, which is right for a
+    class whose photos come in dated folders, and silently wrong for a user who meant 4
+    classes, or one of the sets. Not an error, since both layouts are real: the line says
+    which classes were made and what to give for the others."""
+    inner: dict[str, list[str]] = {}
+    for name, files in classes.items():
+        subs: set[str] = set()
+        for f in files:
+            parts = f.relative_to(root).parts
+            if len(parts) == 2:  # an image right in its class folder: a plain class
+                return
+            subs.add(parts[1])
+        inner[name] = sorted(subs)
+    if max(len(subs) for subs in inner.values()) < 2:
+        return
+    where = "; ".join(f"{name}/: {some(subs)}" for name, subs in list(inner.items())[:2])
+    if len(inner) > 2:
+        where += "; ..."
+    if {n.lower() for subs in inner.values() for n in subs} <= set(_SPLIT_NAMES):
+        # DATA/cat/train/, DATA/cat/val/: the parts one level too low, pooled and split again.
+        log.warning("note: the class folders in %s hold their images in part folders (%s), "
+                    "which are pooled and split again: to train and validate on those parts, "
+                    "put them above the classes (%s)", root, where,
+                    root / "train" / next(iter(inner)))  # fmt: skip
+        return
+    first = next(iter(inner))
+    log.warning("note: every class folder in %s keeps its images in sub-folders (%s): training "
+                "%s (%s); if the sub-folders are the classes, give one set (%s) or list the "
+                "images with their labels in a CSV manifest",
+                root, where, plural(len(inner), "class", "classes"), some(list(inner), 6),
+                root / first)  # fmt: skip
 
 
 def _find_parts(root: Path) -> dict[str, Path]:
@@ -420,22 +484,25 @@ def load_folder(
     spec = spec or ImageSpec()
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"{root} is not a folder: give an image folder ({_EXAMPLE})")
+        raise DataError(f"{root} is not a folder: give an image folder ({CLASS_FOLDERS})")
     ignored: list[Path] = []
     parts = _find_parts(root)
     if not parts:
         parts = {"train": root}
     scans = {part: _scan_classes(folder, ignored) for part, folder in parts.items()}
     _check_classes(parts["train"], scans["train"], ignored, min_classes)
+    _note_nested(parts["train"], scans["train"])
     class_names = list(scans["train"])
+    _note_case(class_names, parts["train"], "move the images of one folder into the other")
     index = {name: i for i, name in enumerate(class_names)}
     for part in ("val", "test"):
         for name, files in scans.get(part, {}).items():
             if name not in index and files:
+                same = _same_but_case(name, class_names)
                 raise DataError(
                     f"{parts[part] / name} is a class that {parts['train']} does not have: "
-                    "add it to the training folder or remove it"
-                )
+                    + (f"rename it {same!r}, as the training folder spells it" if same
+                       else "add it to the training folder or remove it"))  # fmt: skip
 
     skipped: list[str] = []
     items = {
@@ -676,12 +743,15 @@ def load_csv(
             f"{manifest} has {len(class_names)} class among its training rows: "
             "a classifier needs two or more labels"
         )
+    _note_case(class_names, manifest, "give their rows one label")
     index = {name: i for i, name in enumerate(class_names)}
     for path, label, split in entries:
         if label not in index:
+            same = _same_but_case(label, class_names)
             raise DataError(
-                f"{manifest}: {path.name} ({split}) has label {label!r}, which no training row has: "
-                "fix the label or add training images of it"
+                f"{manifest}: {path.name} ({split}) has label {label!r}, which no training row "
+                f"has{f' (they spell it {same!r})' if same else ''}: fix the label or add "
+                "training images of it"
             )
     if not any(path.exists() or path.is_symlink() for path, _, _ in entries):
         # One line, not one "no such file" per row: every path was written from elsewhere (the

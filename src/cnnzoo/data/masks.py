@@ -105,6 +105,21 @@ def foreground_components(mask: np.ndarray) -> np.ndarray:
     return ndimage.label((mask > 0) & (mask != IGNORE_INDEX))[0].astype(np.int32)
 
 
+def layout_folder(root: str | Path, name: str) -> Path:
+    """`root`'s sub-folder `name` (images, masks, instances, val, test) in whatever case it is
+    spelt: Images/ made on Windows or a Mac, whose folder names ignore case and where it already
+    reads as images/, reads so here too, as Train/ and Val/ of a classification folder do.
+    `root / name` (which may not exist) when no spelling is there; two (images/ and Images/)
+    are a one-line `DataError`, since which is meant cannot be told."""
+    root = Path(root)
+    found = [p for p in sorted(root.iterdir()) if p.name.lower() == name and p.is_dir()] \
+        if root.is_dir() else []  # fmt: skip
+    if len(found) > 1:
+        raise DataError(f"{root} has {' and '.join(p.name + '/' for p in found)}: folder names "
+                        f"that differ only in case; keep one {name}/ folder")  # fmt: skip
+    return found[0] if found else root / name
+
+
 def _files_by_stem(folder: Path, problems: list[str], ambiguous: set[str]) -> dict[str, Path]:
     """{stem: file}; a stem held by two files (a.png and a.jpg) is left out, added to
     `ambiguous` and reported in `problems`: which of them the pair means cannot be told."""
@@ -130,17 +145,9 @@ def find_pairs(
     """(name, image, mask, instances-or-None) per stem present in both folders, and one message
     per image without a mask or mask without an image."""
     root = Path(root)
-    img_dir, mask_dir, inst_dir = root / images, root / masks, root / instances
+    img_dir, mask_dir, inst_dir = (layout_folder(root, n) for n in (images, masks, instances))
     for d in (img_dir, mask_dir):
         if not d.is_dir():
-            # Windows' folder names ignore case, so its Images/ is images/ there, not here.
-            other = [p.name for p in sorted(root.iterdir()) if p.is_dir() and p.name !=
-                     p.name.lower() and p.name.lower() in (images, masks, instances)] \
-                if root.is_dir() else []  # fmt: skip
-            if other:
-                raise DataError(f"{d} is not a folder, but {root / other[0]} is: folder names "
-                                f"are case-sensitive here, rename {', '.join(other)} to "
-                                f"{', '.join(n.lower() for n in other)}")  # fmt: skip
             raise DataError(
                 f"{d} is not a folder: put images in {img_dir} and masks (same file stems) in "
                 f"{mask_dir}, or pass a CSV manifest."
@@ -333,7 +340,7 @@ def holds_mask_pairs(source: str | Path) -> bool:
     if str(source) == "cells":
         return True
     if source.is_dir():
-        return (source / "images").is_dir() and (source / "masks").is_dir()
+        return layout_folder(source, "images").is_dir() and layout_folder(source, "masks").is_dir()
     if source.suffix.lower() == ".csv" and source.is_file():
         from .folder import header_name, manifest_rows
 
@@ -346,16 +353,17 @@ def _no_pairs(source: Path) -> str:
     """Why a folder or manifest gave no image/mask pair at all, in one line."""
     if source.suffix.lower() == ".csv":
         return f"{source} lists no image/mask pair: write one `image,mask` row per image."
+    img_dir, mask_dir = layout_folder(source, "images"), layout_folder(source, "masks")
     todo = {"images": "put the images there, and their masks (same file stems) in "
-                      f"{source / 'masks'}.",
-            "masks": f"save one mask per image in {source / 'masks'}, named by the image's stem "
+                      f"{mask_dir}.",
+            "masks": f"save one mask per image in {mask_dir}, named by the image's stem "
                      "(masks/a.png for images/a.jpg)."}
     for what, how in todo.items():
-        d = source / what
+        d = img_dir if what == "images" else mask_dir
         if not any(p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
                    for p in d.iterdir()):
             return f"{d} holds no {what}: {how}"
-    return (f"no mask in {source / 'masks'} has the stem of an image in {source / 'images'}: "
+    return (f"no mask in {mask_dir} has the stem of an image in {img_dir}: "
             "pairs are matched by file stem (masks/a.png or masks/a_mask.png for images/a.jpg); "
             "see the lines above.")
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -105,3 +107,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
         name, keys, pos, has_gauss, cached = state["numpy"]
         np.random.set_state((name, keys.numpy().astype("uint32"), pos, has_gauss, cached))
+
+
+@contextmanager
+def caller_rng_kept() -> Iterator[None]:
+    """Give the global RNGs (torch, Python, NumPy) back as they were when the block started.
+
+    A run seeds them (`TrainConfig.seed`) so its numbers are reproducible, and a resumed run
+    sets them from its checkpoint; a notebook that calls `transfer` or `Trainer.fit` must still
+    draw from its own random stream afterwards, as if the run had not touched it. Also used as a
+    decorator (nested uses are fine: each restores what it found)."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)

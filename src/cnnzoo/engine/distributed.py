@@ -82,10 +82,29 @@ def unwrap_model(model: nn.Module) -> nn.Module:
         model, nn.parallel.DistributedDataParallel) else model
 
 
+# Whether this process has met the others in a collective: until then every process ran the
+# same checks on the same command line and files, and an error there is every process's.
+_met = False
+
+
 def _active() -> bool:
     """Whether this process is one of several in a process group (collectives are no-ops
-    otherwise)."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    otherwise); each collective asks, so a True answer means the processes are meeting."""
+    global _met
+    active = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    _met = _met or active
+    return active
+
+
+def said_elsewhere(exc: BaseException, ctx: DistContext) -> bool:
+    """Whether another process of the run reports `exc`, so this one stays silent: an error
+    every process meets alike (bad data or settings, found before the processes first meet; a
+    NaN loss, `CnnzooError.every_rank`) is said by the first process of each machine, not
+    once per process. One that may be this process's own (its shard) is said by it."""
+    from ..errors import CnnzooError
+
+    return (ctx.enabled and ctx.local_rank != 0 and isinstance(exc, CnnzooError)
+            and (not _met or exc.every_rank))
 
 
 def all_reduce_sum(t: Tensor) -> Tensor:

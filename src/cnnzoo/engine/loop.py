@@ -29,7 +29,13 @@ from torch import Tensor, nn
 from ..errors import TrainingError, WeightsError
 from ..paths import check_folder, remove_entries, same_source
 from ..text import plural
-from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from .checkpoint import (
+    atomic_save,
+    caller_rng_kept,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+)
 from .distributed import (
     DistContext,
     all_reduce_sum,
@@ -197,6 +203,7 @@ class Trainer:
         }
 
     # ----------------------------------------------------------------- main
+    @caller_rng_kept()
     def fit(self, *, resume: bool | str | Path = False, overwrite: bool = True) -> FitResult:
         """Train for `config.epochs` epochs (continuing from a checkpoint with `resume`).
 
@@ -304,7 +311,8 @@ class Trainer:
                 with one_image_batchnorm_hint():
                     train_acc, n_images = self._train_epoch(net, optimizer, scheduler, epoch)
                 seconds = time.perf_counter() - t0
-                record: dict[str, Any] = {"epoch": epoch + 1, "lr": scheduler.get_last_lr()[0]}
+                # The rate the epoch ended with: the one its last step used (first group).
+                record: dict[str, Any] = {"epoch": epoch + 1, "lr": scheduler.used_lr()}
                 # Progressive resizing: which epochs trained at the smaller size, in the log.
                 smaller = getattr(getattr(self.train_loader, "transform", None), "smaller_size",
                                   None)  # fmt: skip
@@ -500,14 +508,16 @@ class Trainer:
 
     def _diverged(self, epoch: int, step: int, scheduler: StepSchedule) -> None:
         where = f"epoch {epoch + 1}, by step {step + 1}"
-        lr = scheduler.get_last_lr()[0]
+        lr = scheduler.used_lr()
         keep = (f"the last good checkpoint is {self.out_dir / 'last.pt'} (epoch {epoch})"
                 if self.out_dir is not None and epoch > 0 else "no checkpoint was written")
         if self._replacing:
             keep += f" and the run already in {self.out_dir} is left as it was"
-        raise TrainingError(
+        err = TrainingError(
             f"loss became NaN/inf in {where} (lr {lr:.3g}): lower --lr or set --grad-clip; "
             f"{keep}")
+        err.every_rank = True  # every process stops here together (broadcast_flag)
+        raise err
 
     @torch.no_grad()
     def evaluate(

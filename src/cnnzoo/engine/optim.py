@@ -148,6 +148,13 @@ class StepSchedule(torch.optim.lr_scheduler.LambdaLR):
 
         super().__init__(optimizer, factor)
 
+    def used_lr(self) -> float:
+        """The first group's learning rate in the last optimizer step taken (the one before
+        the latest `step()`; the initial rate before any). Not `get_last_lr()`: that is the
+        rate of the next step, which after a one-cycle run's last step is its final value and
+        after a one-step epoch the peak, never used."""
+        return self.base_lrs[0] * self.lr_lambdas[0](max(self.last_epoch - 1, 0))
+
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state.pop("lr_lambdas", None)  # rebuilt from the config, never pickled

@@ -24,7 +24,7 @@ from ..data.folder import ImagesSeen, seen_images
 from ..data.loader import BatchLoader
 from ..errors import DataError, UsageError, WeightsError
 from ..paths import check_outside, same_source, transfer_bundle
-from .checkpoint import load_checkpoint
+from .checkpoint import caller_rng_kept, load_checkpoint
 from .distributed import DistContext
 from .grow import grow_from
 from .loop import FitResult, TrainConfig, Trainer, check_out_dir
@@ -239,6 +239,7 @@ def model_meta(model_name: str, model: nn.Module, *, num_classes: int, in_chans:
     return meta
 
 
+@caller_rng_kept()
 def train_classifier(
     model_name: str,
     data: DataOptions,

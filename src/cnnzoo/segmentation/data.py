@@ -305,12 +305,12 @@ def split_pairs(
     """The training and validation pairs of a folder or manifest, as `load_segmentation` splits
     them (see there). binary_255 / channels: as `load_mask_pairs` takes them (a trained net's
     reading of 255 and its channels, when scoring it)."""
-    from ..data.masks import load_mask_pairs
+    from ..data.masks import layout_folder, load_mask_pairs
 
     source = Path(source)
     pairs = load_mask_pairs(source, classes=classes, binary_255=binary_255, channels=channels)
-    val_dir = source / "val" if source.is_dir() else None
-    if val_dir is not None and (val_dir / "images").is_dir():
+    val_dir = layout_folder(source, "val") if source.is_dir() else None
+    if val_dir is not None and layout_folder(val_dir, "images").is_dir():
         # The training folder's reading of 255 (class 1 or ignore), whatever val/'s masks hold.
         val_pairs = load_mask_pairs(val_dir, classes=pairs.classes, binary_255=pairs.binary_255,
                                     channels=channels)  # fmt: skip

@@ -102,11 +102,11 @@ def _cells(split: str, meta: dict[str, Any], seed: int, trained_on_cells: bool) 
 
 
 def _has_test(src: Path) -> bool:
-    from ..data.masks import read_manifest
+    from ..data.masks import layout_folder, read_manifest
 
     if src.suffix.lower() == ".csv":
         return any(row[4] == "test" for row in read_manifest(src))
-    return (src / "test" / "images").is_dir()
+    return layout_folder(layout_folder(src, "test"), "images").is_dir()
 
 
 def _check_classes_file(src: Path, names: list[str]) -> None:
@@ -130,7 +130,7 @@ def evaluation_pairs(
     masks read with its class names and channels, and with its reading of 255 on the data it
     trained on (other pairs: 255 is class 1 when every mask is 0/255, as training reads them)."""
     from ..data.builtin import builtin_name
-    from ..data.masks import holds_mask_pairs, load_mask_pairs
+    from ..data.masks import holds_mask_pairs, layout_folder, load_mask_pairs
 
     is_cells = src == "cells"
     same = trained_on == "cells" if is_cells else same_source(src, trained_on)
@@ -152,7 +152,8 @@ def evaluation_pairs(
                             "pass the pairs to score with --data")  # fmt: skip
         raise DataError(f"{src} does not exist: {how}")
     if path.is_dir() and not holds_mask_pairs(path):
-        missing = "images/ and masks/" if not (path / "images").is_dir() else "masks/"
+        missing = ("images/ and masks/" if not layout_folder(path, "images").is_dir()
+                   else "masks/")  # fmt: skip
         raise DataError(f"{src} has no {missing} folder: {how}")
     names = list(meta["class_names"])
     _check_classes_file(path, names)
@@ -183,8 +184,9 @@ def evaluation_pairs(
     if path.suffix.lower() == ".csv":
         parts = ("test",) if split == "test" else ("train", "val", "test")
         return _Pairs.of(load_mask_pairs(path, parts=parts, **read)), split, own
-    folders = [path / "test"] if split == "test" else [
-        p for p in (path, path / "val", path / "test") if p == path or (p / "images").is_dir()]
+    val, test = layout_folder(path, "val"), layout_folder(path, "test")
+    folders = [test] if split == "test" else [
+        p for p in (path, val, test) if p == path or layout_folder(p, "images").is_dir()]
     pairs = load_mask_pairs(folders[0], **read)
     for extra in folders[1:]:  # val/ and test/ read 255 as the folder does (split_pairs)
         pairs = pairs + load_mask_pairs(extra, **{**read, "binary_255": pairs.binary_255})

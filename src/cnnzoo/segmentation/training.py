@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..data.loader import BatchLoader
+from ..engine.checkpoint import caller_rng_kept
 from ..engine.distributed import DistContext, unwrap_model
 from ..engine.loop import FitResult, TrainConfig, Trainer, check_out_dir
 from ..errors import CnnzooError, DataError, ModelOptionError, UsageError
@@ -168,6 +169,7 @@ def _encoder_error(exc: CnnzooError, model: str) -> CnnzooError:
     return ModelOptionError(f"{model}: {text}")
 
 
+@caller_rng_kept()
 def train(
     data: str | os.PathLike[str] | SegmentationSplits = "cells",
     *,
@@ -206,6 +208,7 @@ def train(
     count_instances: report the cell count error (default: when there are two classes).
     model_kwargs: further U-Net options (batchnorm, dropout, decoder_channels).
     dist: the process group under torchrun (each rank trains on its shard of the images).
+    say: where the data, precision and per-epoch lines go (with `config.verbose`).
     overwrite: replace a run `out_dir` already holds (last.pt); without it (or `resume`) such a
     folder is refused with one line before the data are loaded.
     Writes last.pt / best.pt, metrics, learning curves and `validation.png` into `out_dir`.
@@ -285,7 +288,7 @@ def train(
     if splits.val_files is not None:
         meta["val_files"] = splits.val_files
     trainer = Trainer(net, task, train_loader, val_loader, cfg, out_dir=out_dir, meta=meta,
-                      dist=dist)
+                      dist=dist, say=say)
     result = trainer.fit(resume=resume, overwrite=overwrite)
     net = unwrap_model(trainer.model)
     if out_dir is not None and cfg.report and dist.is_main:

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.dataset import Splits
+from ..engine.checkpoint import caller_rng_kept
 from ..errors import DataError, UsageError
 from ..models.base import is_whole
 from ..models.taps import StageTaps, check_stages
@@ -300,6 +301,7 @@ def _stage_metrics(probs: Tensor, labels: Tensor) -> dict[str, float]:
             "val_loss": float(loss), "val_images": len(labels)}  # fmt: skip
 
 
+@caller_rng_kept()
 def transfer(
     data: Any,
     *,
