@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _cli import SRC, run
+from _cli import SRC, run, usable_cores
 
 from cnnzoo.commands.argtypes import COUNT
 
@@ -131,7 +131,8 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    print(f"cnnzoo predict benchmark -- {cpu_name()}, {os.cpu_count()} cores, "
+    print(f"cnnzoo predict benchmark -- {cpu_name()}, {usable_cores()} of {os.cpu_count()} "
+          "cores usable, "
           f"torch {torch.__version__}, load average {load}")  # fmt: skip
     print(f"fresh processes: median of {args.repeats}; in-process steps: one run each unless "
           "stated\n")  # fmt: skip

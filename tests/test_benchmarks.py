@@ -71,3 +71,31 @@ def test_interrupt_and_cnnzoo_error_are_one_line(exc, code, line, capsys, monkey
     assert info.value.code == code
     err = capsys.readouterr().err
     assert err.strip() == line
+
+
+def test_segmentation_benchmark_threads_default_to_the_usable_cores(monkeypatch):
+    """Pinned to one core (taskset), the segmentation benchmark still ran 2 threads, which
+    wait on each other there; train.py already took the cores the process may use."""
+    import os
+
+    import torch
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    spec = importlib.util.spec_from_file_location("_bench_seg", BENCH / "segmentation.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    spec.loader.exec_module(bench)
+
+    class Stop(Exception):
+        pass
+
+    def no_training(*args, **kwargs):
+        raise Stop
+
+    threads = []
+    monkeypatch.setattr(bench, "train", no_training)
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    monkeypatch.setattr(sys, "argv", ["segmentation.py"])
+    with pytest.raises(Stop):
+        bench.main()
+    assert threads == [1]
