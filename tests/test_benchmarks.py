@@ -99,3 +99,32 @@ def test_segmentation_benchmark_threads_default_to_the_usable_cores(monkeypatch)
     with pytest.raises(Stop):
         bench.main()
     assert threads == [1]
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_predict_benchmark_times_forward_passes_in_the_precision_predict_uses(dtype,
+                                                                             monkeypatch):
+    """`cnnzoo predict` runs bf16 + channels-last on a CPU with native bf16; the benchmark's
+    step rows timed fp32 NCHW passes under it, so the breakdown described another computation
+    than its end-to-end line. LeNet-5 stands in for EfficientNet-Lite0."""
+    import torch
+
+    import cnnzoo.transfer.features as features
+    from cnnzoo.models import create_model
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    spec = importlib.util.spec_from_file_location("_bench_predict", BENCH / "predict.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(features, "inference_dtype", lambda precision="auto": dtype)
+    model = create_model("lenet5").eval()
+    seen = set()
+    model.c1.register_forward_hook(lambda m, i, out: seen.add(out.dtype))
+    threads = torch.get_num_threads()
+    try:
+        rows = bench.forward_rows(model, torch.zeros(1, 1, 32, 32))
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == {torch.bfloat16 if dtype == "bf16" else torch.float32}
+    how = "bf16 channels_last" if dtype == "bf16" else "fp32"
+    assert len(rows) == 5 and all(how in name and sec > 0 for name, sec in rows)
