@@ -24,8 +24,9 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from _cli import SRC, run
+from _cli import SRC, run, usable_cores
 
 from cnnzoo.commands.argtypes import COUNT
 
@@ -50,6 +51,37 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
     t = time.perf_counter()
     out = fn()
     return time.perf_counter() - t, out
+
+
+def forward_rows(model: Any, x: Any) -> list[tuple[str, float]]:
+    """The first and the warm forward passes of one image `x` (1, C, H, W) and of 16, on 1 and
+    2 threads, in the precision and memory layout `cnnzoo predict` runs them in (bf16 +
+    channels-last on a CPU with native bf16, else fp32), named in each row: timed in fp32 NCHW,
+    they described another computation than the end-to-end line's."""
+    import torch
+
+    from cnnzoo.transfer.features import held_for_inference, inference_dtype, run_model
+
+    dtype = inference_dtype("auto")
+    how = "bf16 channels_last" if dtype == "bf16" else "fp32"
+    rows = []
+    torch.set_num_threads(1)  # what `cnnzoo predict` uses for one batch
+    with held_for_inference(model, dtype):
+        rows.append((f"  first forward pass (1 image, 1 thread, {how})",
+                     timed(lambda: run_model(model, x, dtype))[0]))  # fmt: skip
+        batch = x.repeat(16, 1, 1, 1)
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            run_model(model, x, dtype)
+            one = statistics.median(timed(lambda: run_model(model, x, dtype))[0]
+                                    for _ in range(10))  # fmt: skip
+            sixteen = statistics.median(timed(lambda: run_model(model, batch, dtype))[0]
+                                        for _ in range(3))  # fmt: skip
+            rows += [
+                (f"  warm forward, 1 image, {threads} thread(s), {how} (median of 10)", one),
+                (f"  warm forward, 16 images, {threads} thread(s), {how} (median of 3)", sixteen),
+            ]
+    return rows
 
 
 def cnnzoo_command() -> list[str]:
@@ -115,23 +147,13 @@ def main() -> None:
             (f"  create_pretrained({args.model!r}, 'imagenet') (build + load)", t_load),
             ("  decode + preprocess the JPEG (451x300)", t_img),
         ]
-        with torch.inference_mode():
-            rows.append(("  first forward pass (1 image, 1 thread)", timed(lambda: model(x))[0]))
-            batch = x.repeat(16, 1, 1, 1)
-            for threads in (1, 2):
-                torch.set_num_threads(threads)
-                model(x)
-                one = statistics.median(timed(lambda: model(x))[0] for _ in range(10))
-                sixteen = statistics.median(timed(lambda: model(batch))[0] for _ in range(3))
-                rows += [
-                    (f"  warm forward, 1 image, {threads} thread(s) (median of 10)", one),
-                    (f"  warm forward, 16 images, {threads} thread(s) (median of 3)", sixteen),
-                ]
+        rows += forward_rows(model, x)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
-    print(f"cnnzoo predict benchmark -- {cpu_name()}, {os.cpu_count()} cores, "
+    print(f"cnnzoo predict benchmark -- {cpu_name()}, {usable_cores()} of {os.cpu_count()} "
+          "cores usable, "
           f"torch {torch.__version__}, load average {load}")  # fmt: skip
     print(f"fresh processes: median of {args.repeats}; in-process steps: one run each unless "
           "stated\n")  # fmt: skip

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import torch
-from _cli import names_of, run
+from _cli import names_of, run, usable_cores
 
 from cnnzoo.commands.argtypes import COUNT, LEARNING_RATE, SEED
 from cnnzoo.data.cells import make_cells
@@ -59,8 +59,9 @@ def main() -> None:
     ap.add_argument("--base-width", type=COUNT, default=8)
     ap.add_argument("--lr", type=LEARNING_RATE, default=3e-3)
     ap.add_argument("--seed", type=SEED, default=0)
-    ap.add_argument("--threads", type=COUNT, default=2,
-                    help="torch threads (default 2, as measured; 1 on a shared machine)")
+    ap.add_argument("--threads", type=COUNT, default=usable_cores(),
+                    help="torch threads (default: the cores this process may use; 1 on a "
+                         "shared machine)")
     ap.add_argument("--out", default="runs/bench-segmentation",
                     help="one folder per loss in here (default runs/bench-segmentation)")
     args = ap.parse_args()

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from _cli import names_of, run
+from _cli import names_of, run, usable_cores
 
 from cnnzoo.commands.argtypes import COUNT, LEARNING_RATE, SEED, model_arg, real, size_epochs
 from cnnzoo.data.loader import BatchLoader
@@ -231,9 +231,7 @@ def main() -> None:
     p.add_argument("--speed-models", type=names_of([c[0] for c in SPEED_CASES], "model"),
                    default=",".join(c[0] for c in SPEED_CASES),
                    help="speed part: which of lenet5,resnet20,resnet18")
-    # The cores this process may run on (taskset, cgroups), not the machine's: two threads
-    # pinned to one core wait on each other.
-    p.add_argument("--threads", type=COUNT, default=len(os.sched_getaffinity(0)),
+    p.add_argument("--threads", type=COUNT, default=usable_cores(),
                    help="torch threads (default: the cores this process may use)")
     p.add_argument("--model", default="vgg13_bn", help="accuracy run: zoo model")
     p.add_argument("--model-arg", type=model_arg, action="append", default=None,

@@ -14,11 +14,13 @@ on 200 test images per class from the official test split. Methods:
 
 - scratch: cnnzoo's own from-scratch training (`engine.Trainer`, as `cnnzoo train` runs it:
   one-cycle, label smoothing 0.1, pad-crop + flip, at least `--scratch-steps` steps, the final
-  model scored, SGD + Nesterov at 0.1) of each of `--scratch-nets` (`SCRATCH`): LeNet-5 at
-  32 px, the lecture's small residual net and the CIFAR ResNet-20 at the native 28 px. The
-  table shows the net with the best mean accuracy: which net trains best from scratch depends
-  on the number of images (the small nets at 10 and 50 per class, ResNet-20 at 200), and
-  scratch is not to be shown weaker than cnnzoo can make it.
+  model scored on each test image and its mirror as the transfer methods are (with
+  `--views 1`: on the image alone), SGD + Nesterov at 0.1, in the transfer methods'
+  precision: bf16 on a CPU with native bf16) of each of `--scratch-nets` (`SCRATCH`):
+  LeNet-5 at 32 px, the lecture's small residual net and the CIFAR ResNet-20 at the native
+  28 px. The table shows the net with the best mean accuracy: which net trains best from
+  scratch depends on the number of images (the small nets at 10 and 50 per class, ResNet-20
+  at 200), and scratch is not to be shown weaker than cnnzoo can make it.
 - features: `cnnzoo.transfer` mode 'features' -- the frozen ImageNet backbone (`--model`,
   default EfficientNet-Lite0; efficientnet_lite1 / lite2 install offline too), features of the
   image and its mirror, logistic regression with the L2 cross-validated.
@@ -58,7 +60,7 @@ from cnnzoo.engine.task import ClassificationTask
 from cnnzoo.models import create_model
 from cnnzoo.transfer import FinetuneConfig, TransferConfig, transfer
 from cnnzoo.transfer.bundle import predict_tensor
-from cnnzoo.transfer.features import cached_features
+from cnnzoo.transfer.features import cached_features, inference_dtype
 from cnnzoo.transfer.heads import head_probabilities
 from cnnzoo.transfer.run import resolve_stages
 from cnnzoo.weights import get_weights
@@ -96,9 +98,13 @@ SCRATCH = {"lenet5": 32, "residual_net": 28, "resnet20": 28}
 
 
 def scratch(
-    splits: Splits, test: ImageDataset, net: str, steps: int, seed: int
+    splits: Splits, test: ImageDataset, net: str, steps: int, seed: int, views: int = 2
 ) -> tuple[float, float]:
-    """cnnzoo's own from-scratch training of `net` on the grey images; (test accuracy, seconds)."""
+    """cnnzoo's own from-scratch training of `net` on the grey images; (test accuracy, seconds).
+
+    views: the test views of the transfer methods (`--views`); from 2 on, the scratch net is
+    scored on each image and its mirror too (the engine's flip TTA), as they are -- scoring
+    only one side with the mirror would favour it."""
     size = SCRATCH[net]
     t0 = time.perf_counter()
     n = len(splits.train)
@@ -115,15 +121,23 @@ def scratch(
     # The final model of the one-cycle schedule, not the epoch of best validation loss: with
     # 10 validation images per class and batch statistics of 50 images, that loss jumps
     # around (1.7 -> 14 -> 1.7 in a measured run) and "best" picked near-chance early epochs.
+    # The precision the transfer methods run in (`transfer.finetune`'s rule: bf16 +
+    # channels_last on a CPU with native bf16), not the engine's timed trial: under load the
+    # trial chose fp32 for LeNet-5 at batch 128 (0.690 at 50 per class on the hard set, 0.701
+    # in bf16), so scratch's accuracy hung on a timing race and could differ in precision
+    # from the transfer side's.
+    dtype = inference_dtype("auto")
     cfg = TrainConfig(epochs=epochs, restore_best=False, seed=seed, progress=False,
-                      verbose=False, tensorboard=False, report=False)  # fmt: skip
+                      verbose=False, tensorboard=False, report=False, precision=dtype,
+                      channels_last="on" if dtype == "bf16" else "off")  # fmt: skip
     task = ClassificationTask(5, label_smoothing=0.1)
     trainer = Trainer(model, task, train, val, cfg)
     trainer.fit()
     seconds = time.perf_counter() - t0
     test_loader = BatchLoader(test.images, test.labels, batch_size=256,
                               transform=default_augmentation("none", size), mean=mean, std=std)  # fmt: skip
-    acc = trainer.evaluate(test_loader).compute()["acc"]
+    # (Zoom views 3 and 4 have no counterpart in the engine: the scratch net gets the mirror.)
+    acc = trainer.evaluate(test_loader, tta="flip" if views >= 2 else False).compute()["acc"]
     return acc, seconds
 
 
@@ -192,7 +206,7 @@ def run_row(set_name: str, n: int, seed: int, args: argparse.Namespace, cache: s
     if "scratch" in args.methods:
         for net in args.scratch_nets:
             row[f"scratch:{net}"], row[f"t_scratch:{net}"] = scratch(
-                splits, test, net, args.scratch_steps, seed)
+                splits, test, net, args.scratch_steps, seed, args.views)
     base = dict(img_size=args.img_size, fit=args.fit, views=args.views, stages=args.stages,
                 cache_dir=cache, progress=False, seed=seed)  # fmt: skip
     # Test images are images too: their features are cached once per set and size.

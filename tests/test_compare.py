@@ -17,7 +17,7 @@ TRAIN = ["--data", "digits", "--epochs", "2", "--batch-size", "64", "--precision
 
 
 def _fake_run(folder, *, model="resnet20", kwargs=None, size=28, task="classification",
-              history=None, **settings):  # fmt: skip
+              history=None, machine=None, **settings):  # fmt: skip
     """A run folder whose last.pt holds what `cnnzoo train` records (no weights needed)."""
     meta = {"model": model, "model_kwargs": kwargs or {}, "num_classes": 10, "in_chans": 1,
             "img_size": size, "dataset": "fashion-mnist", "val_fraction": 0.2, "seed": 0,
@@ -35,8 +35,8 @@ def _fake_run(folder, *, model="resnet20", kwargs=None, size=28, task="classific
     ]  # fmt: skip
     folder.mkdir(parents=True)
     atomic_save({"format": "cnnzoo-checkpoint-1", "model": {}, "task": task, "meta": meta,
-                 "config": config, "history": history, "epoch": len(history)},
-                folder / "last.pt")  # fmt: skip
+                 "config": config, "history": history, "epoch": len(history),
+                 **({"machine": machine} if machine else {})}, folder / "last.pt")  # fmt: skip
     return folder
 
 
@@ -76,6 +76,22 @@ def test_differences_besides_the_model_are_named(tmp_path):
     assert got[0] == ("data: fashion-mnist (48000 training, 12000 validation) (a), "
                       "digits (1438 training, 359 validation) (d)")
     assert not any(line.startswith("validation images") for line in got)
+
+
+def test_the_cpu_and_threads_the_times_were_measured_with_are_named(tmp_path):
+    """Two runs of one recipe, one trained on 1 thread and one on 2, read as one net being
+    twice as fast as the other unless the table says where their seconds came from."""
+    epyc = "AMD EPYC 9R14"
+    a = _fake_run(tmp_path / "a", machine={"cpu": epyc, "threads": 1, "processes": 1})
+    b = _fake_run(tmp_path / "b", machine={"cpu": epyc, "threads": 2, "processes": 1})
+    c = _fake_run(tmp_path / "c", machine={"cpu": "Intel Xeon", "threads": 1, "processes": 2})
+    old = _fake_run(tmp_path / "old")  # before runs recorded it
+    assert differences(summarize_runs([a, b, c, old])) == [
+        f"CPU (train s, img/s): {epyc} (a, b), Intel Xeon (c), not recorded (old)",
+        "threads (train s, img/s): 1 (a), 2 (b), 2 processes x 1 thread (c), not recorded (old)",
+    ]
+    same = _fake_run(tmp_path / "same", machine={"cpu": epyc, "threads": 1, "processes": 1})
+    assert differences(summarize_runs([a, same])) == []
 
 
 def test_runs_that_cannot_be_compared_are_one_line(tmp_path):
@@ -122,7 +138,11 @@ def test_compare_two_real_runs_from_the_command_line(tmp_path, capsys):
     assert "  augmentation: crop (relu), none (classic)" in text
     assert main(["compare", str(out_a), str(out_b / "last.pt"), "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
-    hist = torch.load(out_a / "last.pt", weights_only=True)["history"]
+    ckpt = torch.load(out_a / "last.pt", weights_only=True)
+    hist = ckpt["history"]
+    # Where its seconds were measured: this process's threads (the tests' own CPU).
+    assert ckpt["machine"]["threads"] == torch.get_num_threads()
+    assert ckpt["machine"]["processes"] == 1 and ckpt["machine"]["cpu"]
     row = got["runs"][0]
     assert row["best"] == max(h["val_acc"] for h in hist) and row["epochs"] == 2
     assert row["train_seconds"] == pytest.approx(sum(h["seconds"] for h in hist))

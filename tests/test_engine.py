@@ -2040,6 +2040,34 @@ def test_demo_scratch_reports_the_validation_accuracy_of_the_weights_it_tests(tm
     assert f"epoch {tested['epoch']} of 6" in lines[0]
 
 
+def test_demo_scratch_is_scored_on_the_views_the_transfer_bundles_get(tmp_path, monkeypatch):
+    """Step 5 of the demo scores the transfer bundles on each test image and its mirror (their
+    2 views); the scratch net it compares them with was scored on the image alone."""
+    from cnnzoo.commands import demo
+    from cnnzoo.data import load_fashion_mnist
+    from cnnzoo.data.folder import write_image_folder
+    from cnnzoo.engine.loop import Trainer
+
+    for part, split in (("train", "train"), ("val", "train"), ("test", "test")):
+        write_image_folder(load_fashion_mnist(split).subset(classes=[0, 1], per_class=4),
+                           tmp_path / "d" / part)  # fmt: skip
+    scored = []
+    evaluate = Trainer.evaluate
+
+    def spy(self, loader, model=None, *, tta=False):
+        scored.append(tta)
+        return evaluate(self, loader, model, tta=tta)
+
+    monkeypatch.setattr(Trainer, "evaluate", spy)
+    monkeypatch.setattr(demo, "MODEL", "lenet5")
+    monkeypatch.setattr(demo, "_say", lambda line: None)
+    monkeypatch.setattr("cnnzoo.transfer.features.inference_dtype", lambda *a, **k: "fp32")
+    monkeypatch.setattr("cnnzoo.engine.report.write_report", lambda *a: [])
+    for views, tta in ((2, "flip"), (1, False)):
+        acc = demo._scratch(tmp_path / "d", 32, 1, tmp_path / f"out{views}", False, views=views)
+        assert scored[-1] == tta and 0.0 <= acc <= 1.0  # the test images, after validation
+
+
 def test_final_lines_leave_out_top5_of_5_classes_or_fewer(tmp_path, capsys):
     """The TTA line repeated 'top5 1.0000' for 3 classes, which the line above it leaves out."""
     from cnnzoo.data import load_fashion_mnist

@@ -186,7 +186,8 @@ def run(args: argparse.Namespace) -> int:
     steps.start(4, f"The same network from scratch on the same {args.per_class} images per class "
                    f"({plural(args.scratch_epochs, 'epoch')} at {size} px: the 28-pixel images hold no "
                    "more, and the scratch run gets many more epochs in the same time)")  # fmt: skip
-    scratch_acc = _scratch(data, size, args.scratch_epochs, out / "scratch", args.progress)
+    scratch_acc = _scratch(data, size, args.scratch_epochs, out / "scratch", args.progress,
+                           views=both_res.bundle.views)  # fmt: skip
     steps.done()
 
     # 5. Held-out results ----------------------------------------------------------------------
@@ -221,9 +222,12 @@ def _accuracy(bundle: Any, files: list[Path], truth: list[str]) -> float:
     return sum(p == t for p, t in zip(pred.classes, truth, strict=True)) / max(len(truth), 1)
 
 
-def _scratch(data: Path, size: int, epochs: int, out: Path, progress: bool) -> float:
+def _scratch(data: Path, size: int, epochs: int, out: Path, progress: bool,
+             views: int = 2) -> float:  # fmt: skip
     """EfficientNet-Lite0 from random weights on the engine, as `cnnzoo train` runs it (data
-    statistics for normalisation, flip-crop augmentation), scored on the test folder."""
+    statistics for normalisation, flip-crop augmentation), scored on the test folder: with
+    `views` >= 2 (the transfer bundles' test-time views) on each image and its mirror, as the
+    bundles predict them -- the mirror for one side only would tilt the comparison."""
     import torch
 
     from ..data.augment import default_augmentation
@@ -257,4 +261,4 @@ def _scratch(data: Path, size: int, epochs: int, out: Path, progress: bool) -> f
         return float("nan")
     test = BatchLoader(splits.test.images, splits.test.labels, batch_size=64,
                        transform=default_augmentation("none", size), mean=mean, std=std)  # fmt: skip
-    return float(trainer.evaluate(test).compute()["acc"])
+    return float(trainer.evaluate(test, tta="flip" if views >= 2 else False).compute()["acc"])

@@ -40,7 +40,11 @@ RECIPE = (
 # What a setting a checkpoint does not record was (older runs did not record every one); how
 # an unset one reads.
 ABSENT = {"erase": 0.0, "progressive": None, "init_from": None, "grad_clip": None}
-UNSET = {"init_from": "scratch", "progressive": "off", "grad_clip": "off"}
+UNSET = {"init_from": "scratch", "progressive": "off", "grad_clip": "off",
+         "cpu": "not recorded", "threads": "not recorded"}
+# Where a run's seconds were measured (its checkpoint's `machine`): they change the table's
+# train s and img/s, not what the nets learn, and are named after the recipe.
+TIMING = (("cpu", "CPU (train s, img/s)"), ("threads", "threads (train s, img/s)"))
 
 
 @dataclass(frozen=True)
@@ -224,6 +228,14 @@ def _summary(path: Path, label: str, ckpt: dict[str, Any]) -> RunSummary:
         settings.pop("warmup_epochs", None)
     if isinstance(ckpt.get("precision"), dict):  # what the run used (auto picks per model)
         settings["precision"] = str(ckpt["precision"].get("dtype"))
+    machine = ckpt.get("machine") or {}  # (runs before cnnzoo recorded it: None, 'not recorded')
+    settings["cpu"] = machine.get("cpu")
+    if machine.get("threads"):
+        threads, procs = int(machine["threads"]), int(machine.get("processes") or 1)
+        settings["threads"] = (str(threads) if procs == 1
+                               else f"{procs} processes x {plural(threads, 'thread')}")
+    else:
+        settings["threads"] = None
     return RunSummary(
         label=label, path=path, task=task, model=name, model_kwargs=kwargs, params=params,
         macs=macs, input=f"{chans}x{size}", epochs=int(last["epoch"]),
@@ -258,7 +270,7 @@ def differences(runs: list[RunSummary]) -> list[str]:
     """What differs between the runs besides the model, one line per setting: 'input: 1x28
     (resnet20, resnet56), 1x32 (lenet5)'. [] for a like-for-like comparison."""
     words = {"data": "data", "validation images": "validation images", "input": "input",
-             **dict(RECIPE)}  # fmt: skip
+             **dict(RECIPE), **dict(TIMING)}  # fmt: skip
     lines = []
     for key, word in words.items():
         groups: dict[str, list[str]] = {}

@@ -48,7 +48,7 @@ from .distributed import (
 from .logs import MetricsLog
 from .mixing import BatchMixer
 from .optim import ParamGroup, StepSchedule, build_optimizer
-from .precision import Precision, choose_precision
+from .precision import Precision, choose_precision, cpu_features
 from .task import MetricAccumulator, Task, is_better
 
 
@@ -173,6 +173,7 @@ class Trainer:
         self.dist = dist or DistContext()
         self.precision = Precision()
         self._replacing = False  # fit() is replacing the run out_dir holds, not yet cleared
+        self._machine: dict[str, Any] = {}  # set by fit(): the CPU and threads it trains on
         cfg = self.config
         self.mixer = BatchMixer(cfg.mixup, cfg.cutmix, seed=cfg.seed, rank=self.dist.rank)
         if self.mixer.enabled and task.name != "classification":
@@ -197,6 +198,8 @@ class Trainer:
             "model": unwrap_model(self.model).state_dict(),
             "config": self.config.to_dict(),
             "precision": self.precision.to_dict(),
+            # Where the epochs' seconds were measured (`cnnzoo compare` names a difference).
+            "machine": self._machine,
             "task": self.task.name,
             "meta": self.meta,
             **state,
@@ -230,6 +233,9 @@ class Trainer:
 
     def _fit(self, resume: bool | str | Path, overwrite: bool, loaders: list[Any]) -> FitResult:
         cfg, task = self.config, self.task
+        # The timing conditions of this session (a resumed run records its last session's).
+        self._machine = {"cpu": cpu_features()["model"], "threads": torch.get_num_threads(),
+                         "processes": self.dist.world}
         check_out_dir(self.out_dir, resume=resume is not False and resume is not None,
                       overwrite=overwrite)
         ckpt = self._load_resume(resume)
