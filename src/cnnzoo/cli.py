@@ -66,7 +66,17 @@ _TODO = {
 }
 
 
+def _tolerant_stdout() -> None:
+    """Results whose text the output's encoding lacks (a class named 'Würfel' printed under
+    PYTHONIOENCODING=ascii or a Latin-1 locale) are printed as 'W\\xfcrfel', as Python prints
+    stderr, instead of a UnicodeEncodeError traceback after the work is done. --json output is
+    ASCII either way."""
+    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _tolerant_stdout()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
