@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import errno
 import importlib
 import os
@@ -68,11 +69,19 @@ _TODO = {
 
 def _tolerant_stdout() -> None:
     """Results whose text the output's encoding lacks (a class named 'Würfel' printed under
-    PYTHONIOENCODING=ascii or a Latin-1 locale) are printed as 'W\\xfcrfel', as Python prints
-    stderr, instead of a UnicodeEncodeError traceback after the work is done. --json output is
-    ASCII either way."""
-    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
-        sys.stdout.reconfigure(errors="backslashreplace")
+    PYTHONIOENCODING=ascii or an ASCII or Latin-1 locale) are printed as 'W\\xfcrfel', as Python
+    prints stderr, instead of a UnicodeEncodeError traceback after the work is done. UTF-8
+    mode's surrogateescape (LC_ALL=C) is kept: it prints a file name that is not UTF-8 as its
+    bytes. --json output is ASCII either way."""
+    out = sys.stdout
+    if not hasattr(out, "reconfigure"):
+        return
+    try:
+        utf8 = codecs.lookup(out.encoding).name == "utf-8"
+    except (LookupError, TypeError):
+        utf8 = False
+    if out.errors == "strict" or (out.errors == "surrogateescape" and not utf8):
+        out.reconfigure(errors="backslashreplace")
 
 
 def main(argv: list[str] | None = None) -> int:
