@@ -219,6 +219,33 @@ def test_feature_cache_reused_and_invalidated_per_image(fmnist, tmp_path):
     assert n4 == 10
 
 
+def test_cache_writers_that_share_a_process_id_do_not_take_each_others_files(
+        tmp_path, monkeypatch):
+    """Two containers sharing one cache volume each run cnnzoo as their process 1. The cache
+    writes named their temporary file after the process id, so one wrote into, renamed or
+    deleted the other's, and that run stopped with 'cannot write ... (No such file or
+    directory)' (seen with two PID-1 processes writing one feature cache file)."""
+    import os
+
+    from cnnzoo.engine import precision
+    from cnnzoo.weights.files import save_safetensors
+
+    monkeypatch.setattr(os, "getpid", lambda: 1)
+    monkeypatch.setenv("CNNZOO_CACHE", str(tmp_path))
+    # What the other container is writing at that moment, under the names the pid gave.
+    others = [tmp_path / ".f.safetensors.1.tmp", tmp_path / "precision.1.tmp"]
+    for other in others:
+        other.write_bytes(b"another writer's half-written file")
+    save_safetensors({"features": torch.ones(2, 3)}, tmp_path / "f.safetensors", None)
+    precision._write_cache("key", {"dtype": "bf16", "channels_last": True, "speedup": 1.5})
+    for other in others:
+        assert other.read_bytes() == b"another writer's half-written file"
+    assert precision._read_cache() == {"key": {"dtype": "bf16", "channels_last": True,
+                                               "speedup": 1.5}}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [o.name for o in others] + ["f.safetensors", "precision.json"])  # no temp file left
+
+
 def _tiny_config(**kw) -> TransferConfig:
     ft = FinetuneConfig(head_epochs=1, epochs=1, min_steps=0)
     return TransferConfig(img_size=32, fit="resize", batch_size=8, progress=False,

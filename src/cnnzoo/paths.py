@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -70,6 +71,30 @@ def usual_permissions(path: str | os.PathLike[str]) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~umask)
+
+
+def temp_beside(path: str | os.PathLike[str], suffix: str = ".tmp") -> Path:
+    """A new, empty, hidden file in `path`'s folder (so that `os.replace` onto `path` is
+    atomic) to write the next version of `path` into, with the permissions the umask gives.
+    Its name is unique among every writer of that folder: one made of the process id was
+    shared by two containers using one cache volume, each cnnzoo its process 1, and one
+    run's rename found the file gone ('cannot write ... No such file or directory')."""
+    p = Path(path)
+    fd, name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=suffix, dir=p.parent)
+    os.close(fd)
+    usual_permissions(name)
+    return Path(name)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Replace `path` with `text` (UTF-8) in one step: a reader, another process among them,
+    sees the old file or the new one, never half of one. The temporary file goes on failure."""
+    tmp = temp_beside(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def same_source(a: object, b: object) -> bool:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -75,7 +74,7 @@ def table_counts(names: Sequence[str]) -> dict[str, tuple[int, int]]:
     Counting all 34 models takes 5-10 s on this CPU, so the counts are kept in cnnzoo's cache
     (models.json), keyed by torch's version and the zoo's source files: a changed model, or
     counting code, is counted again. A cache that cannot be written is only slower."""
-    from ..paths import cache_root
+    from ..paths import cache_root, write_text_atomic
 
     here = Path(__file__).parent
     digest = hashlib.sha256(torch.__version__.encode())
@@ -97,9 +96,7 @@ def table_counts(names: Sequence[str]) -> dict[str, tuple[int, int]]:
     if missing:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"key": key, "counts": counts}))
-            os.replace(tmp, path)  # atomic: a reader never sees half a file
+            write_text_atomic(path, json.dumps({"key": key, "counts": counts}))
         except OSError:
             pass
     return {n: (int(counts[n][0]), int(counts[n][1])) for n in names}
