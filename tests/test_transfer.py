@@ -514,7 +514,8 @@ def test_a_segmentation_model_is_one_line_naming_segment_training(folder, tmp_pa
     assert not out.exists()
 
 
-def test_out_or_cache_that_is_a_file_is_one_line_before_any_work(folder, tmp_path, capsys):
+def test_out_or_cache_that_is_a_file_is_one_line_before_any_work(folder, tmp_path, capsys,
+                                                                 monkeypatch):
     afile = tmp_path / "afile"
     afile.write_text("x")
     missing = str(tmp_path / "no-such-data")  # checked after the folders, if at all
@@ -530,6 +531,14 @@ def test_out_or_cache_that_is_a_file_is_one_line_before_any_work(folder, tmp_pat
     with pytest.raises(UsageError, match="feature cache"):
         transfer(missing, model="resnet18", weights=None, say=print,
                  config=TransferConfig(mode="features", cache_dir=str(afile)))  # fmt: skip
+    # The default cache, in a HOME a container mounts read-only (here: under a file), was
+    # 'choose another folder', with no option naming it: the line says how.
+    monkeypatch.setenv("CNNZOO_CACHE", str(afile / "cache"))
+    assert main(["transfer", missing, "--mode", "features", "--no-progress"]) == 2
+    assert _one_line_error(capsys).endswith(
+        f"feature cache {afile / 'cache' / 'features'}: {afile} is a file, not a folder: set "
+        "$CNNZOO_CACHE to a writable folder, or choose one for this run (--cache DIR) or none "
+        "(--no-cache)")
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -21,20 +21,20 @@ def cache_root() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "cnnzoo"
 
 
-def check_folder(path: str | os.PathLike[str], what: str) -> None:
+def check_folder(path: str | os.PathLike[str], what: str,
+                 todo: str = "choose another folder") -> None:
     """`path` is a folder to write into (it may not exist yet): the first part of it that exists
     must be a folder we may write into, else one `UsageError` line naming `what` (e.g. '--out')
-    and the file or folder in the way -- instead of mkdir's or the checkpoint's traceback after
-    the work is done."""
+    and the file or folder in the way, ending in `todo` -- instead of mkdir's or the
+    checkpoint's traceback after the work is done."""
     p = Path(path)
     for part in (p, *p.parents):
         if part.exists():
             if not part.is_dir():
-                raise UsageError(f"{what} {p}: {part} is a file, not a folder: choose another "
-                                 "folder")  # fmt: skip
+                raise UsageError(f"{what} {p}: {part} is a file, not a folder: {todo}")
             # access() also says no on a read-only file system, for root too.
             if not os.access(part, os.W_OK | os.X_OK):
-                raise UsageError(f"{what} {p}: {part} is not writable: choose another folder")
+                raise UsageError(f"{what} {p}: {part} is not writable: {todo}")
             return
 
 
