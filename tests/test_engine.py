@@ -911,6 +911,30 @@ def test_a_precision_cache_of_another_shape_is_measured_again(tmp_path, monkeypa
 
 # --------------------------------------------------------------------------- distributed
 
+
+def test_processes_share_the_cores_they_may_run_on_not_the_machines(monkeypatch):
+    """Launched with one process per node (torchrun then leaves OMP_NUM_THREADS unset) on a
+    node whose job may use 2 of its 64 cores (taskset, Slurm's CPU set), each process took
+    os.cpu_count() = 64 threads on those 2 cores."""
+    from cnnzoo.engine import distributed
+
+    for key, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_WORLD_SIZE", "1")):
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)  # no process group
+    monkeypatch.setattr(distributed.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(distributed.os, "sched_getaffinity", lambda pid: {3, 7}, raising=False)
+    before = torch.get_num_threads()
+    try:
+        assert distributed.init_distributed().world == 2
+        assert torch.get_num_threads() == 2
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two processes on the node: one core each
+        distributed.init_distributed()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 _DDP_WORKER = '''
 import sys
 import torch
