@@ -137,6 +137,31 @@ def test_demo_names_every_missing_extra_at_once(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "demo").exists()
 
 
+def test_demo_with_a_read_only_home_runs_without_the_feature_cache(tmp_path, monkeypatch,
+                                                                    capsys):
+    """In a container whose HOME is read-only the demo stopped at step 3 with 'feature cache
+    ...: not writable', naming --cache and --no-cache, options it does not have."""
+    import cnnzoo.transfer
+    from cnnzoo.errors import DataError
+
+    (tmp_path / "afile").write_text("x")  # the cache's folder cannot be made: as read-only
+    monkeypatch.setenv("CNNZOO_CACHE", str(tmp_path / "afile" / "cache"))
+    configs = []
+
+    def transfer(data, *, config, **kw):  # the real one is minutes: its settings are the point
+        configs.append(config)
+        raise DataError("stop here")
+
+    monkeypatch.setattr(cnnzoo.transfer, "transfer", transfer)
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--per-class", "1",
+                 "--test-per-class", "1", "--no-progress"]) == 2
+    out, err = capsys.readouterr()
+    assert err.strip() == "cnnzoo demo: error: stop here"
+    assert [c.use_cache for c in configs] == [False]
+    assert (f"note: feature cache {tmp_path / 'afile' / 'cache' / 'features'}: "
+            f"{tmp_path / 'afile'} is a file, not a folder: the demo runs without it") in out
+
+
 def test_model_arg_values_are_typed():
     from cnnzoo.commands.argtypes import model_arg
 
@@ -223,6 +248,7 @@ def test_an_interrupted_training_or_transfer_run_says_how_to_continue(tmp_path, 
     assert main(argv) == 130
     assert capsys.readouterr().err == (f"\ncnnzoo train: interrupted; {tmp_path / 'last.pt'} "
                                        "holds the last finished epoch: add --resume to continue\n")
+
     # Transfer: its fine-tuning phases keep their checkpoints under OUT/finetune/.
     import cnnzoo.commands.transfer as transfer_command
 
