@@ -270,6 +270,30 @@ def test_an_interrupted_training_or_transfer_run_says_how_to_continue(tmp_path, 
     assert capsys.readouterr().err == "\ncnnzoo transfer: interrupted\n"
 
 
+def test_a_terminated_run_says_so_and_how_to_continue(tmp_path, monkeypatch, capsys):
+    """SIGTERM (a batch system's time limit, `docker stop`, `timeout`) killed a run with
+    nothing in its log: now it ends as Ctrl-C does, with its own line and exit status 143, and
+    SIGTERM's handler is put back after the command."""
+    import signal
+
+    import cnnzoo.commands.train as train_command
+
+    def killed(args):
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # it would end pytest unannounced
+            raise AssertionError("SIGTERM is not caught while a command runs")
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered to this (the main) thread
+        raise AssertionError("not reached: the signal ends the command")
+
+    monkeypatch.setattr(train_command, "run", killed)
+    (tmp_path / "last.pt").write_bytes(b"")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert main(["train", "lenet5", "--data", "digits", "--out", str(tmp_path)]) == 143
+    assert capsys.readouterr().err == (
+        f"\ncnnzoo train: terminated (SIGTERM); {tmp_path / 'last.pt'} holds the last finished "
+        "epoch: add --resume to continue\n")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 def test_tta_on_a_net_trained_without_flips_says_so(tmp_path, capsys, caplog):
     """Digits train without flips (a mirrored digit is no digit): averaging over mirrored
     images lowered the accuracy (0.997 -> 0.947) without a word."""

@@ -8,7 +8,9 @@ import codecs
 import errno
 import importlib
 import os
+import signal
 import sys
+import threading
 import time
 import typing
 from pathlib import Path
@@ -94,8 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     # `cnnzoo data export: error: ...`, as argparse names the subcommand in its own errors
     command = " ".join(filter(None, (args.command, getattr(args, "action", None))))
+    previous = _catch_sigterm()
     try:
         return int(args._run(args) or 0)
+    except Terminated:
+        print(f"\ncnnzoo {command}: terminated (SIGTERM){_resume_hint(args, started)}",
+              file=sys.stderr)
+        return 128 + signal.SIGTERM
     except CnnzooError as exc:
         print(f"cnnzoo {command}: error: {exc}", file=sys.stderr)
         return 2
@@ -119,6 +126,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cnnzoo {command}: error: {where}{exc.strerror}: {_TODO[exc.errno]}"
               f"{_resume_hint(args, started)}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(BaseException):  # not an Exception: no `except Exception` may swallow it
+    """SIGTERM -- a batch system's time limit, `docker stop`, `timeout`, `kill` -- raised in
+    the main thread, so that the run ends as Ctrl-C ends it."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _catch_sigterm() -> typing.Any:
+    """Make SIGTERM raise `Terminated` while a command runs; the handler it replaces, or None
+    when it leaves SIGTERM alone (a handler of a program that runs `main`, or a thread that is
+    not the main one, which may not set one). Without it, a killed run ended its log with
+    nothing: no line saying why it stopped, nor that --resume continues it."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return None
+    return signal.signal(signal.SIGTERM, _terminated)
 
 
 def _resume_hint(args: argparse.Namespace, started: float) -> str:
