@@ -17,8 +17,14 @@ def cache_root() -> Path:
     $CNNZOO_CACHE, else $XDG_CACHE_HOME/cnnzoo, else ~/.cache/cnnzoo."""
     if env := os.environ.get("CNNZOO_CACHE"):
         return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "cnnzoo"
+    if xdg := os.environ.get("XDG_CACHE_HOME"):
+        return Path(xdg) / "cnnzoo"
+    try:
+        return Path.home() / ".cache" / "cnnzoo"
+    except RuntimeError:  # pathlib's traceback, e.g. under `env -i` with a user id of no name
+        raise UsageError("cnnzoo cannot tell where its cache goes: $HOME is not set and this "
+                         "user has no home folder: set $CNNZOO_CACHE (or $HOME) to a writable "
+                         "folder") from None
 
 
 def check_folder(path: str | os.PathLike[str], what: str,

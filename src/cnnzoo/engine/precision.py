@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from ..paths import cache_root, write_text_atomic
 from .task import Task
 
@@ -124,14 +125,14 @@ def _read_cache() -> dict[str, Any]:
 
 
 def _write_cache(key: str, value: dict[str, Any]) -> None:
-    path = _cache_path()
     try:
+        path = _cache_path()
         path.parent.mkdir(parents=True, exist_ok=True)
         data = _read_cache()
         data[key] = value
         write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True))
-    except OSError:
-        pass  # a read-only home only costs a re-measurement next time
+    except (OSError, UsageError):
+        pass  # a read-only home (or none) only costs a re-measurement next time
 
 
 class _Trial:
