@@ -137,6 +137,31 @@ def test_demo_names_every_missing_extra_at_once(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "demo").exists()
 
 
+def test_demo_with_a_read_only_home_runs_without_the_feature_cache(tmp_path, monkeypatch,
+                                                                    capsys):
+    """In a container whose HOME is read-only the demo stopped at step 3 with 'feature cache
+    ...: not writable', naming --cache and --no-cache, options it does not have."""
+    import cnnzoo.transfer
+    from cnnzoo.errors import DataError
+
+    (tmp_path / "afile").write_text("x")  # the cache's folder cannot be made: as read-only
+    monkeypatch.setenv("CNNZOO_CACHE", str(tmp_path / "afile" / "cache"))
+    configs = []
+
+    def transfer(data, *, config, **kw):  # the real one is minutes: its settings are the point
+        configs.append(config)
+        raise DataError("stop here")
+
+    monkeypatch.setattr(cnnzoo.transfer, "transfer", transfer)
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--per-class", "1",
+                 "--test-per-class", "1", "--no-progress"]) == 2
+    out, err = capsys.readouterr()
+    assert err.strip() == "cnnzoo demo: error: stop here"
+    assert [c.use_cache for c in configs] == [False]
+    assert (f"note: feature cache {tmp_path / 'afile' / 'cache' / 'features'}: "
+            f"{tmp_path / 'afile'} is a file, not a folder: the demo runs without it") in out
+
+
 def test_model_arg_values_are_typed():
     from cnnzoo.commands.argtypes import model_arg
 
@@ -223,6 +248,7 @@ def test_an_interrupted_training_or_transfer_run_says_how_to_continue(tmp_path, 
     assert main(argv) == 130
     assert capsys.readouterr().err == (f"\ncnnzoo train: interrupted; {tmp_path / 'last.pt'} "
                                        "holds the last finished epoch: add --resume to continue\n")
+
     # Transfer: its fine-tuning phases keep their checkpoints under OUT/finetune/.
     import cnnzoo.commands.transfer as transfer_command
 
@@ -275,6 +301,28 @@ def test_ctrl_c_while_torch_is_being_imported_is_one_line(tmp_path, monkeypatch,
     (tmp_path / "last.pt").write_bytes(b"")  # an earlier run's
     args = argparse.Namespace(command="train", model="lenet5", out=str(tmp_path))
     assert cli._resume_hint(args, 0.0) == ""
+def test_a_terminated_run_says_so_and_how_to_continue(tmp_path, monkeypatch, capsys):
+    """SIGTERM (a batch system's time limit, `docker stop`, `timeout`) killed a run with
+    nothing in its log: now it ends as Ctrl-C does, with its own line and exit status 143, and
+    SIGTERM's handler is put back after the command."""
+    import signal
+
+    import cnnzoo.commands.train as train_command
+
+    def killed(args):
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # it would end pytest unannounced
+            raise AssertionError("SIGTERM is not caught while a command runs")
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered to this (the main) thread
+        raise AssertionError("not reached: the signal ends the command")
+
+    monkeypatch.setattr(train_command, "run", killed)
+    (tmp_path / "last.pt").write_bytes(b"")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert main(["train", "lenet5", "--data", "digits", "--out", str(tmp_path)]) == 143
+    assert capsys.readouterr().err == (
+        f"\ncnnzoo train: terminated (SIGTERM); {tmp_path / 'last.pt'} holds the last finished "
+        "epoch: add --resume to continue\n")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 def test_tta_on_a_net_trained_without_flips_says_so(tmp_path, capsys, caplog):

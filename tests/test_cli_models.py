@@ -67,6 +67,35 @@ def test_counts_are_kept_and_counted_again_when_the_zoo_changes(tmp_path, monkey
         assert table_counts(["lenet5"]) == {"lenet5": (61_706, 416_520)}
 
 
+def test_without_a_home_folder_caches_are_skipped_or_one_line(tmp_path, monkeypatch, capsys):
+    """No $HOME and a user id without a home (`env -i`, `docker run --user 1234` in some
+    set-ups): pathlib's 'Could not determine home directory' was a traceback from `cnnzoo
+    models` and from `cnnzoo train`'s precision cache. Optional caches now go without; the
+    feature cache, which a transfer run needs, is one line saying what to set."""
+    from pathlib import Path
+
+    from cnnzoo.data import builtin
+    from cnnzoo.engine import precision
+
+    for var in ("HOME", "CNNZOO_CACHE", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+
+    def no_home(cls):
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(Path, "home", classmethod(no_home))
+    assert main(["models", "--pattern", "lenet5"]) == 0
+    assert capsys.readouterr().out.startswith("model")
+    precision._write_cache("key", {"dtype": "bf16", "channels_last": True})
+    assert precision._read_cache() == {}
+    if builtin.SYSTEM_FASHION_MNIST.is_dir():  # found where it is, without a cache to look in
+        assert builtin.load_fashion_mnist("test").images.shape == (10_000, 1, 28, 28)
+    assert main(["transfer", str(tmp_path / "data"), "--mode", "features"]) == 2
+    assert capsys.readouterr().err == (
+        "cnnzoo transfer: error: cnnzoo cannot tell where its cache goes: $HOME is not set and "
+        "this user has no home folder: set $CNNZOO_CACHE (or $HOME) to a writable folder\n")
+
+
 def test_gflops_match_torchvision_tables(table):
     for name, gflops in PUBLISHED_GFLOPS.items():
         assert table[name]["gflops"] == pytest.approx(gflops, abs=0.006), name

@@ -11,7 +11,9 @@ import functools
 import http.server
 import io
 import logging
+import os
 import shutil
+import sys
 import threading
 from pathlib import Path
 
@@ -884,6 +886,38 @@ def test_accented_names_in_a_macs_and_in_windows_unicode_form_are_one_class_and_
     # A model trained before names were composed keeps the Mac's form: still its class.
     ds = evaluation_images(str(tmp_path / "d" / "val"), ImageSpec(), "all", [nfd("Würfel"), "Kugel"])
     assert ds.labels.tolist() == [1, 0] and ds.images[:, 0, 0, 0].tolist() == [200, 10]
+
+
+def test_names_that_are_not_utf8_and_output_that_is_not_either(tmp_path, monkeypatch):
+    """Files named in Latin-1 on an old machine ('é' the one byte 0xe9) arrive with surrogate
+    escapes: `cnnzoo train` on such a folder ended in a UnicodeEncodeError traceback (the
+    validation split's digest), and after a fix there in matplotlib's, drawing the class name.
+    And results printed to an ASCII stdout (PYTHONIOENCODING=ascii, a Latin-1 locale) ended
+    in one when a class name had an accent."""
+    root = tmp_path / "d"
+    try:
+        for i in range(3):
+            for cls, v in ((b"caf\xe9", 10), (b"plain", 200)):
+                folder = os.fsencode(root) + b"/" + cls
+                os.makedirs(folder, exist_ok=True)
+                Image.new("L", (8, 8), v).save(os.fsdecode(folder + b"/img%d\xe9.png" % i))
+    except (OSError, UnicodeError):  # a file system that holds only UTF-8 names (macOS)
+        pytest.skip("this file system refuses names that are not UTF-8")
+    s = load_folder(root, val_fraction=1 / 3, progress=False)
+    assert s.class_names == ["caf\\xe9", "plain"] and not s.skipped
+    assert s.train.class_counts() == [2, 2]
+    assert len(s.val.files_digest(root)) == 16
+
+    (tmp_path / "w" / "Würfel").mkdir(parents=True)
+    (tmp_path / "w" / "Kugel").mkdir()
+    for i in range(2):
+        _png(tmp_path / "w" / "Würfel" / f"{i}.png", 10)
+        _png(tmp_path / "w" / "Kugel" / f"{i}.png", 200)
+    raw = io.BytesIO()
+    monkeypatch.setattr("sys.stdout", io.TextIOWrapper(raw, encoding="ascii"))
+    assert main(["data", "info", str(tmp_path / "w")]) == 0
+    sys.stdout.flush()
+    assert b"W\\xfcrfel" in raw.getvalue()
 
 
 def test_manifest_delimiter_is_the_one_every_row_is_split_by(tmp_path):

@@ -127,6 +127,37 @@ def test_classification_task_against_hand_computed_values(tmp_path):
     assert torch.allclose(task.loss(aux, y), want)
 
 
+
+def test_a_locale_that_is_not_utf8_writes_and_prints_every_class_name(tmp_path):
+    """Under an ASCII or Latin-1 locale without Python's UTF-8 mode (PYTHONUTF8=0 LC_ALL=C
+    here), `cnnzoo train` on a class named 'Würfel' ended in a UnicodeEncodeError traceback
+    writing per_class.csv (in the locale's encoding), and `cnnzoo data info` / `evaluate` in
+    one printing the class name to stdout."""
+    from PIL import Image
+
+    for cls in ("Würfel", "Kugel"):
+        (tmp_path / "d" / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.new("L", (8, 8), 40 * i).save(tmp_path / "d" / cls / f"{i}.png")
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from cnnzoo.cli import main\n"
+        "from cnnzoo.engine.report import write_per_class_csv\n"
+        "from cnnzoo.engine.task import ClassificationAccumulator\n"
+        "acc = ClassificationAccumulator(2)\n"
+        "acc.confusion[0, 0] = acc.confusion[1, 1] = 1\n"
+        "write_per_class_csv(acc, ['W\\xfcrfel', '\\u732b'], Path(sys.argv[1]) / 'pc.csv')\n"
+        "sys.exit(main(['data', 'info', sys.argv[2]]))\n")
+    env = dict(_env(), PYTHONUTF8="0", LC_ALL="C")
+    env.pop("PYTHONIOENCODING", None)
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path), str(tmp_path / "d")],
+                          env=env, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-600:]
+    assert (tmp_path / "pc.csv").read_text("utf-8").splitlines()[1:] == [
+        "Würfel,1.0000,1.0000,1", "猫,1.0000,1.0000,1"]
+    assert b"W\\xfcrfel" in done.stdout
+
 def test_tied_logits_count_as_argmax_predicts_and_top5_never_below_top1():
     # bf16 logits tie often (8 bits of mantissa; 14 of 1,797 digits for an unsure LeNet-5).
     # topk's order among ties is unspecified: it took the other class of a tie for the
@@ -943,6 +974,30 @@ def test_a_precision_cache_of_another_shape_is_measured_again(tmp_path, monkeypa
 
 
 # --------------------------------------------------------------------------- distributed
+
+
+def test_processes_share_the_cores_they_may_run_on_not_the_machines(monkeypatch):
+    """Launched with one process per node (torchrun then leaves OMP_NUM_THREADS unset) on a
+    node whose job may use 2 of its 64 cores (taskset, Slurm's CPU set), each process took
+    os.cpu_count() = 64 threads on those 2 cores."""
+    from cnnzoo.engine import distributed
+
+    for key, value in (("WORLD_SIZE", "2"), ("RANK", "0"), ("LOCAL_WORLD_SIZE", "1")):
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)  # no process group
+    monkeypatch.setattr(distributed.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(distributed.os, "sched_getaffinity", lambda pid: {3, 7}, raising=False)
+    before = torch.get_num_threads()
+    try:
+        assert distributed.init_distributed().world == 2
+        assert torch.get_num_threads() == 2
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two processes on the node: one core each
+        distributed.init_distributed()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
 
 _DDP_WORKER = '''
 import sys

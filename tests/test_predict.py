@@ -4,6 +4,7 @@ bad files (one broken file never stops the others)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -227,6 +228,19 @@ def test_paths_from_a_list_file_or_stdin(image_dir, tmp_path, monkeypatch, capsy
     assert main([*base, str(image_dir / "rgba.png"), "--files-from", "-"]) == 0
     assert [r["image"] for r in json.loads(capsys.readouterr().out)] == \
         [str(image_dir / "rgba.png"), listed[0]]  # fmt: skip
+    # `find | cnnzoo predict --files-from -` with a name that is not UTF-8 (a Latin-1 'é'),
+    # read from a stdin that decodes UTF-8 strictly (a UTF-8 locale): a UnicodeDecodeError.
+    latin1 = os.fsencode(tmp_path) + b"/caf\xe9.jpg"
+    try:
+        shutil.copy(listed[0], os.fsdecode(latin1))
+    except (OSError, UnicodeError):  # a file system that holds only UTF-8 names (macOS)
+        pass
+    else:
+        stdin = io.TextIOWrapper(io.BytesIO(latin1 + b"\n"), encoding="utf-8", errors="strict")
+        monkeypatch.setattr("sys.stdin", stdin)
+        assert main([*base, "--files-from", "-"]) == 0
+        assert [r["image"] for r in json.loads(capsys.readouterr().out)] == [
+            os.fsdecode(latin1)]
     for argv, message in ((["--files-from", str(tmp_path / "no.txt")], "cannot read it"),
                           ([], "say which images to predict")):  # fmt: skip
         assert main([*base, *argv]) == 2

@@ -261,6 +261,31 @@ def test_a_bundle_save_clears_what_a_killed_save_left(tmp_path):
     Bundle(model, "lenet5", ["a", "b"], _small_pre()).save(out / "bundle")
     Bundle(model, "lenet5", ["a", "b"], _small_pre()).save(out / "bundle")  # replaces one
     assert sorted(p.name for p in out.iterdir()) == ["bundle"]
+def test_cache_writers_that_share_a_process_id_do_not_take_each_others_files(
+        tmp_path, monkeypatch):
+    """Two containers sharing one cache volume each run cnnzoo as their process 1. The cache
+    writes named their temporary file after the process id, so one wrote into, renamed or
+    deleted the other's, and that run stopped with 'cannot write ... (No such file or
+    directory)' (seen with two PID-1 processes writing one feature cache file)."""
+    import os
+
+    from cnnzoo.engine import precision
+    from cnnzoo.weights.files import save_safetensors
+
+    monkeypatch.setattr(os, "getpid", lambda: 1)
+    monkeypatch.setenv("CNNZOO_CACHE", str(tmp_path))
+    # What the other container is writing at that moment, under the names the pid gave.
+    others = [tmp_path / ".f.safetensors.1.tmp", tmp_path / "precision.1.tmp"]
+    for other in others:
+        other.write_bytes(b"another writer's half-written file")
+    save_safetensors({"features": torch.ones(2, 3)}, tmp_path / "f.safetensors", None)
+    precision._write_cache("key", {"dtype": "bf16", "channels_last": True, "speedup": 1.5})
+    for other in others:
+        assert other.read_bytes() == b"another writer's half-written file"
+    assert precision._read_cache() == {"key": {"dtype": "bf16", "channels_last": True,
+                                               "speedup": 1.5}}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [o.name for o in others] + ["f.safetensors", "precision.json"])  # no temp file left
 
 
 def _tiny_config(**kw) -> TransferConfig:
@@ -548,7 +573,8 @@ def test_a_segmentation_model_is_one_line_naming_segment_training(folder, tmp_pa
     assert not out.exists()
 
 
-def test_out_or_cache_that_is_a_file_is_one_line_before_any_work(folder, tmp_path, capsys):
+def test_out_or_cache_that_is_a_file_is_one_line_before_any_work(folder, tmp_path, capsys,
+                                                                 monkeypatch):
     afile = tmp_path / "afile"
     afile.write_text("x")
     missing = str(tmp_path / "no-such-data")  # checked after the folders, if at all
@@ -564,6 +590,14 @@ def test_out_or_cache_that_is_a_file_is_one_line_before_any_work(folder, tmp_pat
     with pytest.raises(UsageError, match="feature cache"):
         transfer(missing, model="resnet18", weights=None, say=print,
                  config=TransferConfig(mode="features", cache_dir=str(afile)))  # fmt: skip
+    # The default cache, in a HOME a container mounts read-only (here: under a file), was
+    # 'choose another folder', with no option naming it: the line says how.
+    monkeypatch.setenv("CNNZOO_CACHE", str(afile / "cache"))
+    assert main(["transfer", missing, "--mode", "features", "--no-progress"]) == 2
+    assert _one_line_error(capsys).endswith(
+        f"feature cache {afile / 'cache' / 'features'}: {afile} is a file, not a folder: set "
+        "$CNNZOO_CACHE to a writable folder, or choose one for this run (--cache DIR) or none "
+        "(--no-cache)")
 
 
 @pytest.mark.parametrize("argv, message", [

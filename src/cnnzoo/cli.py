@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import errno
 import importlib
 import os
+import signal
 import sys
+import threading
 import time
 import typing
 from pathlib import Path
@@ -66,7 +69,25 @@ _TODO = {
 }
 
 
+def _tolerant_stdout() -> None:
+    """Results whose text the output's encoding lacks (a class named 'Würfel' printed under
+    PYTHONIOENCODING=ascii or an ASCII or Latin-1 locale) are printed as 'W\\xfcrfel', as Python
+    prints stderr, instead of a UnicodeEncodeError traceback after the work is done. UTF-8
+    mode's surrogateescape (LC_ALL=C) is kept: it prints a file name that is not UTF-8 as its
+    bytes. --json output is ASCII either way."""
+    out = sys.stdout
+    if not hasattr(out, "reconfigure"):
+        return
+    try:
+        utf8 = codecs.lookup(out.encoding).name == "utf-8"
+    except (LookupError, TypeError):
+        utf8 = False
+    if out.errors == "strict" or (out.errors == "surrogateescape" and not utf8):
+        out.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _tolerant_stdout()
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -79,8 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     # `cnnzoo data export: error: ...`, as argparse names the subcommand in its own errors
     command = " ".join(filter(None, (args.command, getattr(args, "action", None))))
+    previous = _catch_sigterm()
     try:
         return int(args._run(args) or 0)
+    except Terminated:
+        print(f"\ncnnzoo {command}: terminated (SIGTERM){_resume_hint(args, started)}",
+              file=sys.stderr)
+        return 128 + signal.SIGTERM
     except CnnzooError as exc:
         print(f"cnnzoo {command}: error: {exc}", file=sys.stderr)
         return 2
@@ -104,6 +130,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cnnzoo {command}: error: {where}{exc.strerror}: {_TODO[exc.errno]}"
               f"{_resume_hint(args, started)}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(BaseException):  # not an Exception: no `except Exception` may swallow it
+    """SIGTERM -- a batch system's time limit, `docker stop`, `timeout`, `kill` -- raised in
+    the main thread, so that the run ends as Ctrl-C ends it."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _catch_sigterm() -> typing.Any:
+    """Make SIGTERM raise `Terminated` while a command runs; the handler it replaces, or None
+    when it leaves SIGTERM alone (a handler of a program that runs `main`, or a thread that is
+    not the main one, which may not set one). Without it, a killed run ended its log with
+    nothing: no line saying why it stopped, nor that --resume continues it."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return None
+    return signal.signal(signal.SIGTERM, _terminated)
 
 
 def _resume_hint(args: argparse.Namespace, started: float) -> str:

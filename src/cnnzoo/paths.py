@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,24 +18,30 @@ def cache_root() -> Path:
     $CNNZOO_CACHE, else $XDG_CACHE_HOME/cnnzoo, else ~/.cache/cnnzoo."""
     if env := os.environ.get("CNNZOO_CACHE"):
         return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "cnnzoo"
+    if xdg := os.environ.get("XDG_CACHE_HOME"):
+        return Path(xdg) / "cnnzoo"
+    try:
+        return Path.home() / ".cache" / "cnnzoo"
+    except RuntimeError:  # pathlib's traceback, e.g. under `env -i` with a user id of no name
+        raise UsageError("cnnzoo cannot tell where its cache goes: $HOME is not set and this "
+                         "user has no home folder: set $CNNZOO_CACHE (or $HOME) to a writable "
+                         "folder") from None
 
 
-def check_folder(path: str | os.PathLike[str], what: str) -> None:
+def check_folder(path: str | os.PathLike[str], what: str,
+                 todo: str = "choose another folder") -> None:
     """`path` is a folder to write into (it may not exist yet): the first part of it that exists
     must be a folder we may write into, else one `UsageError` line naming `what` (e.g. '--out')
-    and the file or folder in the way -- instead of mkdir's or the checkpoint's traceback after
-    the work is done."""
+    and the file or folder in the way, ending in `todo` -- instead of mkdir's or the
+    checkpoint's traceback after the work is done."""
     p = Path(path)
     for part in (p, *p.parents):
         if part.exists():
             if not part.is_dir():
-                raise UsageError(f"{what} {p}: {part} is a file, not a folder: choose another "
-                                 "folder")  # fmt: skip
+                raise UsageError(f"{what} {p}: {part} is a file, not a folder: {todo}")
             # access() also says no on a read-only file system, for root too.
             if not os.access(part, os.W_OK | os.X_OK):
-                raise UsageError(f"{what} {p}: {part} is not writable: choose another folder")
+                raise UsageError(f"{what} {p}: {part} is not writable: {todo}")
             return
 
 
@@ -64,12 +71,21 @@ def remove_entries(folder: Path, names: Sequence[str]) -> None:
             path.unlink()
 
 
+def temp_prefix(path: str | os.PathLike[str]) -> str:
+    """The start of the name of a temporary file or folder written beside `path` and renamed
+    onto it (`.NAME.PID.`; mkstemp / mkdtemp add a unique part): hidden, so no loader reads
+    it, and naming its writer, so `remove_stale_temps` can tell a killed write's leftover from
+    another process's write in progress."""
+    return f".{Path(path).name}.{os.getpid()}."
+
+
 def remove_stale_temps(path: str | os.PathLike[str]) -> None:
     """Delete what killed writes of `path` left beside it: the hidden `.NAME.*.tmp` files and
     folders the atomic writers (checkpoints, .safetensors files, bundles) rename into place
     when done. SIGKILL, the OOM killer or a closed terminal leave them behind, as large as
     what they were writing, and nothing else removes them. One named with the id of a running
-    process (`.NAME.PID.tmp`) is another process's write in progress, and is left alone."""
+    process (`temp_prefix`) is another process's write in progress, and is left alone (so is
+    everything of a process with our own id: two containers' process 1 sharing a cache)."""
     path = Path(path)
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         pid = stale.name[len(path.name) + 2:].split(".")[0]
@@ -98,6 +114,30 @@ def usual_permissions(path: str | os.PathLike[str]) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~umask)
+
+
+def temp_beside(path: str | os.PathLike[str], suffix: str = ".tmp") -> Path:
+    """A new, empty, hidden file in `path`'s folder (so that `os.replace` onto `path` is
+    atomic) to write the next version of `path` into, with the permissions the umask gives.
+    Its name is unique among every writer of that folder: one made of the process id was
+    shared by two containers using one cache volume, each cnnzoo its process 1, and one
+    run's rename found the file gone ('cannot write ... No such file or directory')."""
+    p = Path(path)
+    fd, name = tempfile.mkstemp(prefix=temp_prefix(p), suffix=suffix, dir=p.parent)
+    os.close(fd)
+    usual_permissions(name)
+    return Path(name)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Replace `path` with `text` (UTF-8) in one step: a reader, another process among them,
+    sees the old file or the new one, never half of one. The temporary file goes on failure."""
+    tmp = temp_beside(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def same_source(a: object, b: object) -> bool:

@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from ..models import create_model
 
     _check_extras()
+    cache_problem = _unwritable_feature_cache()
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -170,7 +171,10 @@ def run(args: argparse.Namespace) -> int:
     _say(f"= cnnzoo transfer {data} --mode features --fit resize{size} --out {out / 'features'}")
     _say(f"  cnnzoo transfer {data} --fit resize{size} --epochs {args.epochs} --min-steps "
          f"{args.min_steps} --out {out / 'transfer'}")  # fmt: skip
-    base = dict(img_size=args.img_size, fit="resize", progress=args.progress)
+    if cache_problem:
+        _say(f"note: {cache_problem}")
+    base = dict(img_size=args.img_size, fit="resize", progress=args.progress,
+                use_cache=not cache_problem)
     # Half of `cnnzoo transfer`'s 90 steps, so that the demo ends within a few minutes. With
     # the final weights kept, 16 steps (4 epochs of 4) left the net worse than the features
     # head (0.670 vs 0.703 held out).
@@ -215,6 +219,23 @@ def run(args: argparse.Namespace) -> int:
     print(f"\ndemo finished in {steps.total():.0f}s; reports (confusion matrix, curves, top "
           f"losses) in {out / 'transfer'}/")  # fmt: skip
     return 0
+
+
+def _unwritable_feature_cache() -> str | None:
+    """What is wrong with the default feature cache folder, or None when it can be written. A
+    container's read-only HOME stopped the demo at step 3, a minute in, with a line naming
+    options the demo does not have; it now runs without the cache instead."""
+    from ..errors import UsageError
+    from ..paths import check_folder
+    from ..transfer.features import feature_cache_dir
+
+    try:
+        check_folder(feature_cache_dir(), "feature cache", "the demo runs without it, and its "
+                     "fine-tuning run computes the features again (set $CNNZOO_CACHE to a "
+                     "writable folder to keep them)")
+    except UsageError as exc:
+        return str(exc)
+    return None
 
 
 def _accuracy(bundle: Any, files: list[Path], truth: list[str]) -> float:

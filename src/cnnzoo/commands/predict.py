@@ -155,9 +155,14 @@ def read_path_list(source: str) -> list[str]:
 
     try:
         if source == "-":
-            text = sys.stdin.read()
+            # Bytes, as from a file: `find` prints names as the file system holds them, and one
+            # that is not UTF-8 (a Latin-1 'é') was a UnicodeDecodeError from a UTF-8 stdin.
+            stdin = getattr(sys.stdin, "buffer", None)
+            raw = stdin.read() if stdin is not None else sys.stdin.read().encode(
+                "utf-8", "surrogateescape")
         else:
-            text = Path(source).read_text(encoding="utf-8", errors="surrogateescape")
+            raw = Path(source).read_bytes()
+        text = raw.decode("utf-8", "surrogateescape")
     except OSError as exc:
         raise UsageError(f"--files-from {source}: cannot read it ({exc.strerror or exc})") from None
     # Only the line ending is cut: a file name may begin or end with a space.

@@ -174,9 +174,9 @@ def run(args: argparse.Namespace) -> int:
 
         segmenter = get_config(args.model).task == "segmentation"
         args.task = "segmentation" if segmenter else "classification"
-    if args.threads:
-        torch.set_num_threads(args.threads)
     dist = init_distributed()
+    if args.threads:  # after: init_distributed shares the cores between a node's processes
+        torch.set_num_threads(args.threads)
     config = config_from_args(args)
     out = out_dir_for(args.model, args.out)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, UsageError
 from ..paths import cache_root
 from .dataset import ImageDataset, Splits
 from .folder import CLASS_FOLDERS, ImagesSeen, load_csv, load_folder
@@ -55,8 +55,12 @@ _SPLIT_PREFIX = {"train": "train", "test": "t10k"}
 
 
 def fashion_mnist_dirs() -> list[Path]:
-    """Where Fashion-MNIST is looked for, in order."""
-    return [SYSTEM_FASHION_MNIST, cache_root() / "fashion-mnist"]
+    """Where Fashion-MNIST is looked for, in order (without a home folder, and so a cache: the
+    system's copy only)."""
+    try:
+        return [SYSTEM_FASHION_MNIST, cache_root() / "fashion-mnist"]
+    except UsageError:
+        return [SYSTEM_FASHION_MNIST]
 
 
 # --- idx files --------------------------------------------------------------------------------

@@ -215,7 +215,7 @@ def export_cells(
         Image.fromarray(data.images[i]).save(out / "images" / stem)
         Image.fromarray(data.masks[i] * 255).save(out / "masks" / stem)
         Image.fromarray(data.instances[i].astype(np.uint16)).save(out / "instances" / stem)
-    (out / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    (out / "classes.txt").write_text("\n".join(CLASSES) + "\n", encoding="utf-8")
     return out
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -24,6 +24,14 @@ from ..errors import DataError
 _LUMA = (0.299, 0.587, 0.114)
 # Work on a data set's images in float copies of about this size (resizing, statistics).
 CHUNK_BYTES = 64 * 2**20
+
+
+def names_digest(names: Iterable[str]) -> str:
+    """A short digest of a set of file names (their order does not matter). Hashed as the file
+    system stores them: a name that is not UTF-8 (a file named in Latin-1 on an old machine, its
+    'é' the one byte 0xe9) is read with surrogate escapes, which str.encode() refused with a
+    traceback."""
+    return hashlib.sha256(b"\n".join(os.fsencode(n) for n in sorted(names))).hexdigest()[:16]
 
 
 @dataclass
@@ -87,8 +95,7 @@ class ImageDataset:
         if not self.paths:
             return None
         base = os.path.abspath(source if os.path.isdir(source) else os.path.dirname(source))
-        names = sorted(os.path.relpath(os.path.abspath(p), base) for p in self.paths)
-        return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+        return names_digest(os.path.relpath(os.path.abspath(p), base) for p in self.paths)
 
     def class_counts(self) -> list[int]:
         """Number of images per class, in `class_names` order."""

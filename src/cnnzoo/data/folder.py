@@ -198,7 +198,11 @@ def composed(text: str) -> str:
     """A name (class folder, manifest label, file stem) in Unicode's composed form (NFC), to
     compare it. A Mac writes 'ü' in file names as 'u' + a combining diaeresis (NFD), Windows
     and most editors as one character: both spellings are one class (two split it in two, and
-    a val/Würfel typed on Windows was 'a class that train/ does not have'), one file stem."""
+    a val/Würfel typed on Windows was 'a class that train/ does not have'), one file stem.
+    A name whose bytes are not UTF-8 (named in Latin-1 on an old machine: 'é' the one byte
+    0xe9) arrives with surrogate escapes, which printing, plotting and saving a class name
+    refused with a traceback after training; such bytes become the text '\\xe9'."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     return unicodedata.normalize("NFC", text)
 
 

@@ -405,7 +405,8 @@ def load_mask_pairs(
             f"{source} is neither a folder with images/ and masks/ nor a .csv manifest."
         )
     if classes is None and (root / "classes.txt").is_file():
-        classes = [c.strip() for c in (root / "classes.txt").read_text().splitlines() if c.strip()]
+        text = (root / "classes.txt").read_text("utf-8")
+        classes = [c.strip() for c in text.splitlines() if c.strip()]
     if classes is not None and len(classes) < 2:  # before reading every file for nothing
         raise DataError("segmentation needs at least two classes (e.g. --classes background,cell).")
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..errors import TrainingError, WeightsError
-from ..paths import remove_stale_temps, usual_permissions
+from ..paths import remove_stale_temps, temp_prefix, usual_permissions
 
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
@@ -27,7 +27,7 @@ def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)  # a killed write's: as large as a checkpoint, and hidden
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)

@@ -60,9 +60,19 @@ def init_distributed(backend: str = "gloo") -> DistContext:
         # Only rank 0 prints: the data warnings (skipped files, ...) are the same on every rank.
         logging.getLogger("cnnzoo").setLevel(logging.ERROR)
     # N processes on one machine each default to all cores: oversubscription halves throughput.
+    # (torchrun sets OMP_NUM_THREADS=1 itself for more than one process per node.)
     if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // ctx.local_world))
+        torch.set_num_threads(max(1, usable_cores() // ctx.local_world))
     return ctx
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: those of its CPU affinity (taskset, a Slurm or
+    container CPU set), not the machine's. os.cpu_count() gave a process pinned to 4 of 64
+    cores 64 threads."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
 
 
 def wrap_model(model: nn.Module, ctx: DistContext) -> nn.Module:

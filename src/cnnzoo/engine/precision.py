@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -22,7 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..paths import cache_root
+from ..errors import UsageError
+from ..paths import cache_root, write_text_atomic
 from .task import Task
 
 
@@ -125,16 +125,14 @@ def _read_cache() -> dict[str, Any]:
 
 
 def _write_cache(key: str, value: dict[str, Any]) -> None:
-    path = _cache_path()
     try:
+        path = _cache_path()
         path.parent.mkdir(parents=True, exist_ok=True)
         data = _read_cache()
         data[key] = value
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only home only costs a re-measurement next time
+        write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True))
+    except (OSError, UsageError):
+        pass  # a read-only home (or none) only costs a re-measurement next time
 
 
 class _Trial:

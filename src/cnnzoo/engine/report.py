@@ -219,7 +219,9 @@ def write_per_class_csv(acc: ClassificationAccumulator, class_names: list[str],
     writer.writerows([n, "" if p is None else f"{p:.4f}", "" if r is None else f"{r:.4f}", s]
                      for n, p, r, s in zip(class_names, pc["precision"], pc["recall"], support,
                                            strict=True))  # fmt: skip
-    path.write_text(text.getvalue())
+    # UTF-8, not the locale's encoding: a Latin-1 or ASCII locale (PYTHONUTF8=0) cannot write
+    # every class name, and the run ended in a traceback after its checkpoints.
+    path.write_text(text.getvalue(), encoding="utf-8")
     return path
 
 

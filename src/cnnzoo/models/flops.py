@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -75,31 +74,35 @@ def table_counts(names: Sequence[str]) -> dict[str, tuple[int, int]]:
     Counting all 34 models takes 5-10 s on this CPU, so the counts are kept in cnnzoo's cache
     (models.json), keyed by torch's version and the zoo's source files: a changed model, or
     counting code, is counted again. A cache that cannot be written is only slower."""
-    from ..paths import cache_root
+    from ..errors import UsageError
+    from ..paths import cache_root, write_text_atomic
 
     here = Path(__file__).parent
     digest = hashlib.sha256(torch.__version__.encode())
     for source in sorted(here.glob("*.py")):
         digest.update(source.name.encode() + source.read_bytes())
     key = digest.hexdigest()[:16]
-    path = cache_root() / "models.json"
+    counts: dict[str, Any] = {}
     try:
-        stored = json.loads(path.read_text())
-        counts = stored["counts"] if stored.get("key") == key else {}
-        # Only well-formed entries: [parameters, multiply-adds]; anything else is counted again.
-        counts = {n: c for n, c in counts.items()
-                  if isinstance(c, list) and len(c) == 2 and all(type(v) is int for v in c)}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        counts = {}
+        path: Path | None = cache_root() / "models.json"
+    except UsageError:  # no home folder to find the cache in: counted every time
+        path = None
+    if path is not None:
+        try:
+            stored = json.loads(path.read_text())
+            counts = stored["counts"] if stored.get("key") == key else {}
+            # Only well-formed entries, [parameters, multiply-adds]: others are counted again.
+            counts = {n: c for n, c in counts.items()
+                      if isinstance(c, list) and len(c) == 2 and all(type(v) is int for v in c)}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            counts = {}
     missing = [n for n in names if n not in counts]
     for name in missing:
         counts[name] = [count_params(name), count_macs(name)]
-    if missing:
+    if missing and path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"key": key, "counts": counts}))
-            os.replace(tmp, path)  # atomic: a reader never sees half a file
+            write_text_atomic(path, json.dumps({"key": key, "counts": counts}))
         except OSError:
             pass
     return {n: (int(counts[n][0]), int(counts[n][1])) for n in names}

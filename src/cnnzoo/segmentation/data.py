@@ -15,7 +15,6 @@ tiles do not overlap and their padding is ignored, so each pixel counts once in 
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from ..data.augment import (
     RandomRot90,
     VerticalFlip,
 )
+from ..data.dataset import names_digest
 from ..data.loader import BatchTransform
 from ..data.masks import MaskPairs, foreground_components
 from ..errors import DataError
@@ -295,7 +295,7 @@ class PairSplit:
         still splits the same way (`segmentation.evaluation`)."""
         if not self.drawn:
             return None
-        return hashlib.sha256("\n".join(sorted(self.val.names)).encode()).hexdigest()[:16]
+        return names_digest(self.val.names)
 
 
 def split_pairs(

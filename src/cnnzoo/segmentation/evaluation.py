@@ -116,7 +116,7 @@ def _check_classes_file(src: Path, names: list[str]) -> None:
     path = root / "classes.txt"
     if not path.is_file():
         return
-    own = [c.strip() for c in path.read_text().splitlines() if c.strip()]
+    own = [c.strip() for c in path.read_text("utf-8").splitlines() if c.strip()]
     if own != list(names):
         raise DataError(f"{path} names the classes {', '.join(own)}, the model predicts "
                         f"{', '.join(names)}: score it on masks of the model's classes")

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from ..data.images import ImageSpec, Interpolation, convert_image, to_tensor_uint8
 from ..errors import WeightsError
 from ..models.base import is_whole
-from ..paths import BUNDLE_JSON, remove_stale_temps, usual_permissions
+from ..paths import BUNDLE_JSON, remove_stale_temps, temp_prefix, usual_permissions
 from ..text import plural, some
 from ..weights import Preprocessing
 from ..weights.files import BUNDLE_FORMAT as FORMAT
@@ -285,7 +285,7 @@ class Bundle:
         target = Path(directory)
         target.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(target)  # a killed save's folders, the model's weights in each
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target), suffix=".tmp", dir=target.parent))
         try:
             usual_permissions(tmp)  # mkdtemp's folder is private; the bundle is not
             meta = {"format": FORMAT, "model": self.model_name}

@@ -334,7 +334,11 @@ def transfer(
     if out is not None:
         check_out(out, data, resume=resume, overwrite=overwrite)
     if cfg.use_cache and cfg.mode != "finetune":
-        check_folder(cfg.cache_dir or feature_cache_dir(), "feature cache")
+        # The default one is in a HOME that a container may mount read-only: say where else.
+        check_folder(cfg.cache_dir or feature_cache_dir(), "feature cache",
+                     "choose another folder" if cfg.cache_dir else
+                     "set $CNNZOO_CACHE to a writable folder, or choose one for this run "
+                     "(--cache DIR) or none (--no-cache)")
     if cfg.img_size is not None:  # in the option's words, before the weights load
         from ..models import min_input_size
 

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..errors import WeightsError
-from ..paths import bundle_in, remove_stale_temps, usual_permissions
+from ..paths import bundle_in, remove_stale_temps, temp_beside, usual_permissions
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -374,9 +374,10 @@ def save_safetensors(
     if not p.parent.is_dir():
         raise WeightsError(f"{p}: no folder {p.parent} to write into; create it first")
     remove_stale_temps(p)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     data = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    tmp = None
     try:
+        tmp = temp_beside(p)
         save_file(data, str(tmp), metadata=metadata)
         usual_permissions(tmp)  # safetensors creates 0600
         os.replace(tmp, p)
@@ -384,5 +385,5 @@ def save_safetensors(
         reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:120]
         raise WeightsError(f"{p}: cannot write ({reason}); {advice}") from None
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             tmp.unlink()

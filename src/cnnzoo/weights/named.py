@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import WeightsError
-from ..paths import cache_root
+from ..paths import cache_root, temp_beside
 from .classes import imagenet_classes
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
@@ -201,7 +201,7 @@ def download_weights(
     target = folder / entry.file
     if target.is_file():
         return target
-    tmp = folder / f".{entry.file}.{os.getpid()}.part"
+    tmp = temp_beside(target, ".part")
     digest = hashlib.sha256()
     try:
         with urllib.request.urlopen(entry.url, timeout=timeout) as resp, open(tmp, "wb") as out:
