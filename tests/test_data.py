@@ -11,6 +11,7 @@ import functools
 import http.server
 import io
 import logging
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -812,6 +813,23 @@ def test_accented_names_in_a_macs_and_in_windows_unicode_form_are_one_class_and_
     # A model trained before names were composed keeps the Mac's form: still its class.
     ds = evaluation_images(str(tmp_path / "d" / "val"), ImageSpec(), "all", [nfd("Würfel"), "Kugel"])
     assert ds.labels.tolist() == [1, 0] and ds.images[:, 0, 0, 0].tolist() == [200, 10]
+
+
+def test_a_single_class_folder_named_the_macs_way_is_one_line_not_a_traceback(tmp_path):
+    """The class name is composed (NFC) but a Mac's folder is not: the single-class check
+    listed the folder by its composed name, which does not exist on Linux, and stopped in a
+    FileNotFoundError traceback (one such folder, alone or unzipped a level too high)."""
+    import unicodedata
+
+    nfd = unicodedata.normalize("NFD", "Würfel")
+    for cls in ("a", "b"):
+        _png(tmp_path / "high" / nfd / cls / "0.png", 10)
+    _png(tmp_path / "one" / nfd / "0.png", 10)
+    with pytest.raises(DataError, match="whose sub-folders \\(a, b\\) look like the data: give "
+                       + re.escape(str(tmp_path / "high" / nfd)) + " as the data folder"):
+        load_folder(tmp_path / "high", progress=False)
+    with pytest.raises(DataError, match="has a single class folder"):
+        load_folder(tmp_path / "one", progress=False)
 
 
 def test_manifest_delimiter_is_the_one_every_row_is_split_by(tmp_path):

@@ -238,12 +238,14 @@ def _check_classes(
         )
     if len(classes) < min_classes:
         (name,) = classes
-        inner = [d.name for d in _subdirs(root / name)]
+        # The folder as it is spelt on disk: `name` is composed, a Mac's folder is not.
+        folder = next(d for d in _subdirs(root) if composed(d.name) == name)
+        inner = [d.name for d in _subdirs(folder)]
         if len(inner) > 1:  # unzipped one level too high: photos/photos/{cat,dog}/
             raise DataError(
                 f"{root} holds a single folder, {name!r}, whose sub-folders ("
                 f"{some(inner, 4)}) look like the "
-                f"data: give {root / name} as the data folder"
+                f"data: give {folder} as the data folder"
             )
         raise DataError(
             f"{root} has a single class folder ({name!r}): a classifier needs two or more, "
