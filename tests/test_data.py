@@ -360,6 +360,31 @@ def test_a_big_jpeg_to_be_shrunk_is_decoded_scaled_and_not_refused(tmp_path, mon
     assert load_image(jpg, shrink_to=8).size == (40, 40)  # within the limit: decoded whole
 
 
+def test_a_big_phone_jpeg_over_twice_the_limit_or_with_a_second_picture_is_decoded_scaled(
+    tmp_path, monkeypatch
+):
+    """Two camera JPEGs the scaled decoding did not reach: one over twice the limit, which PIL
+    refuses to open at all (a 200 Mpx phone photo, 16,320 x 12,240: refused with PIL's 'could
+    be decompression bomb DOS attack'), and one holding a second picture (a phone's depth or
+    HDR gain map), which PIL opens as an MPO, not a 'JPEG'. The limit is lowered to 1,000 px."""
+    rng = np.random.default_rng(0)
+    wide = Image.fromarray(rng.integers(0, 256, (40, 80, 3), dtype=np.uint8))  # 3,200 px > 2 x
+    huge = _save(wide, tmp_path / "200mp.jpg", quality=95)
+    photo = Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    mpo = tmp_path / "depth.jpg"
+    photo.save(mpo, format="MPO", save_all=True, append_images=[photo.convert("L").convert("RGB")])
+    png = _save(wide, tmp_path / "scan.png")
+    with Image.open(mpo) as im:
+        assert im.format == "MPO"
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    assert load_image(huge, shrink_to=8).size == (40, 20)  # libjpeg's 1/2 scale
+    assert load_image(mpo, shrink_to=8).size == (20, 20)
+    assert ImageSpec(size=6, method="crop", resize_size=8).load(huge).shape == (3, 6, 6)
+    for path in (huge, png):  # decoded whole, or no scaled decoding: still refused
+        with pytest.raises(ImageError, match="decompression bomb .*save a smaller copy"):
+            load_image(path, shrink_to=None if path == huge else 8)
+
+
 def test_a_folder_is_decoded_into_one_block_not_stacked_from_a_list(tmp_path, monkeypatch):
     """Each decoded image goes straight into the data set's tensor: a list of them stacked at
     the end held every image twice (5,000 files at 224 px: a peak of 2.4 GB for 0.72 GB of
