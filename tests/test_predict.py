@@ -227,8 +227,15 @@ def test_paths_from_a_list_file_or_stdin(image_dir, tmp_path, monkeypatch, capsy
     assert main([*base, str(image_dir / "rgba.png"), "--files-from", "-"]) == 0
     assert [r["image"] for r in json.loads(capsys.readouterr().out)] == \
         [str(image_dir / "rgba.png"), listed[0]]  # fmt: skip
+    # Saved by Notepad or Excel: a byte-order mark and CRLF; the first path was 'no such file'.
+    (tmp_path / "bom.txt").write_bytes(("\r\n".join(listed[::2]) + "\r\n").encode("utf-8-sig"))
+    assert main([*base, "--files-from", str(tmp_path / "bom.txt")]) == 0
+    assert [r["image"] for r in json.loads(capsys.readouterr().out)] == listed[::2]
+    (tmp_path / "none.txt").write_text("\n")  # what `find ... > none.txt` wrote: nothing
     for argv, message in ((["--files-from", str(tmp_path / "no.txt")], "cannot read it"),
-                          ([], "say which images to predict")):  # fmt: skip
+                          ([], "say which images to predict"),
+                          (["--files-from", str(tmp_path / "none.txt")],
+                           "none.txt lists no files: nothing to predict")):  # fmt: skip
         assert main([*base, *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err

@@ -60,8 +60,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import UsageError
 
-    items = list(args.images) + (read_path_list(args.files_from) if args.files_from else [])
+    listed = read_path_list(args.files_from) if args.files_from else []
+    items = list(args.images) + listed
     if not items:
+        if args.files_from:  # `find ... | cnnzoo predict --files-from -` that found nothing
+            raise UsageError(f"--files-from {args.files_from} lists no files: nothing to "
+                             "predict")  # fmt: skip
         raise UsageError("say which images to predict: IMAGE... (files or folders) or "
                          "--files-from FILE")  # fmt: skip
     problems: list[str] = []
@@ -150,14 +154,15 @@ def _threads(threads: int | None, n_images: int, batch_size: int) -> Iterator[No
 
 def read_path_list(source: str) -> list[str]:
     """The paths listed in file `source` ('-': stdin), one per line, blank lines skipped;
-    relative ones are relative to the current folder, as on the command line."""
+    relative ones are relative to the current folder, as on the command line. A list saved by
+    Notepad or Excel starts with a byte-order mark, which is not part of the first path."""
     from ..errors import UsageError
 
     try:
         if source == "-":
             text = sys.stdin.read()
         else:
-            text = Path(source).read_text(encoding="utf-8", errors="surrogateescape")
+            text = Path(source).read_text(encoding="utf-8-sig", errors="surrogateescape")
     except OSError as exc:
         raise UsageError(f"--files-from {source}: cannot read it ({exc.strerror or exc})") from None
     # Only the line ending is cut: a file name may begin or end with a space.
