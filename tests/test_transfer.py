@@ -309,6 +309,29 @@ def test_transfer_bundle_round_trip_and_report(folder, tmp_path, capsys):
                  config=_tiny_config(mode="features"), say=lambda _: None)  # fmt: skip
 
 
+def test_a_feature_no_training_image_fires_does_not_decide_the_heads_prediction():
+    """A ReLU unit none of the training images fires is a flat feature: its std of 0 was clamped
+    to 1e-6, and the MLP head's first layer (random at the start) was divided by it, so weights
+    of ~30,000 met the slightest activation in a new image (efficientnet_lite0's 1,280 features on
+    18 images: 93 flat; a whole photo of a training class was predicted as another, 0.5/0.5)."""
+    from cnnzoo.transfer.heads import fit_logistic, fit_mlp, head_probabilities
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(3).repeat(8)
+    feats = torch.randn(24, 1, 16, generator=g) * 0.1
+    feats[:, 0, :3] += torch.nn.functional.one_hot(labels, 3) * 2  # the classes' own features
+    feats[:, 0, 3:8] = 0  # five units no training image fires
+    fired = feats.clone()
+    fired[:, 0, 3:8] = 0.5  # a new image fires them a little
+    for fit in (fit_mlp(feats, labels, 3, epochs=30), fit_logistic(feats, labels, 3, l2=1e-2)):
+        first = fit.head[0] if fit.kind == "mlp" else fit.head
+        assert first.weight.abs().max() < 10, fit.kind  # ~30,000 on the flat features
+        before, after = head_probabilities(fit.head, feats), head_probabilities(fit.head, fired)
+        assert torch.equal(before.argmax(1), labels)
+        assert torch.equal(after.argmax(1), labels), fit.kind
+        assert (after - before).abs().max() < 0.2, fit.kind
+
+
 def test_curves_put_the_two_phases_one_after_the_other(tmp_path, monkeypatch):
     """Each phase's log counts epochs from 1: plotted as logged, the head phase and the
     whole-net phase overlapped and were joined into a zig-zag."""
