@@ -4,6 +4,7 @@ bad files (one broken file never stops the others)."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -321,6 +322,32 @@ def test_predict_refuses_a_checkpoint_without_a_head(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "create it first" in err and "\n" not in err
     assert not (tmp_path / "new").exists()
+
+
+def test_weights_holding_nan_give_an_error_line_per_image_not_a_traceback(image_dir, tmp_path,
+                                                                         capsys, caplog):
+    """NaN weights (a diverged run's last.pt) made every probability NaN, which decode_predictions
+    refuses: cnnzoo predict ended in a ValueError traceback saying to 'pass model(x).softmax(1),
+    not the logits'; and a `cnnzoo train` checkpoint (or a bundle, a U-Net's) said nothing of
+    its NaN, which only weights read by create_model were warned of."""
+    net = cnnzoo.create_model("lenet5", num_classes=3, in_chans=1)
+    sd = net.state_dict()
+    sd["fc.weight"][0, 0] = float("nan")
+    torch.save(sd, tmp_path / "diverged.pth")
+    meta = {"model": "lenet5", "num_classes": 3, "in_chans": 1, "img_size": 32, "mean": [0.5],
+            "std": [0.25], "class_names": ["a", "b", "c"], "model_kwargs": {}}
+    torch.save({"format": "cnnzoo-checkpoint-1", "task": "classification", "meta": meta,
+                "model": sd, "precision": {"dtype": "fp32"}}, tmp_path / "last.pt")
+    files = [str(image_dir / "rgb.jpg"), str(image_dir / "grey16.png")]
+    for weights in (["--model", "lenet5", "--weights", str(tmp_path / "diverged.pth")],
+                    ["--weights", str(tmp_path / "last.pt")]):  # fmt: skip
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="cnnzoo.weights"):
+            assert main(["predict", *files, *weights]) == 1
+        out, err = capsys.readouterr()
+        assert out == "" and "Traceback" not in err
+        assert err.count("the model's output is NaN, so there is no prediction") == 2, err
+        assert "1 tensor holds NaN or infinite values (fc.weight)" in caplog.text, weights
 
 
 def test_predict_a_training_checkpoint_as_evaluate_scores_it(tmp_path, capsys):

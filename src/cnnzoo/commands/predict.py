@@ -282,7 +282,12 @@ def iter_classified(
     with layout:
         for record, probs in predict_files(paths, preprocessing.load, probabilities,
                                            batch_size=batch_size):  # fmt: skip
-            if probs is not None:
+            if probs is not None and not bool(probs.isfinite().all()):
+                # Weights holding NaN (a diverged run's, warned of when read): no ranking to
+                # print, and decode_predictions refuses such a row as 'not probabilities'.
+                record["error"] = (f"{record['image']}: the model's output is NaN, so there is "
+                                   "no prediction (its weights hold NaN or infinite values)")
+            elif probs is not None:
                 (preds,) = decode_predictions(probs[None], top, class_names)
                 record["predictions"] = [
                     {"rank": r, "index": p.index, "class": p.name, "probability": p.probability}

@@ -40,6 +40,7 @@ from ..models.base import is_whole
 from ..paths import BUNDLE_JSON, usual_permissions
 from ..text import plural, some
 from ..weights import Preprocessing
+from ..weights.adapt import warn_non_finite
 from ..weights.files import BUNDLE_FORMAT as FORMAT
 from ..weights.files import save_safetensors
 from .features import (
@@ -448,6 +449,7 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
             f"{len(names)} classes): {len(missing)} missing, {len(unexpected)} unexpected, "
             f"{len(shapes)} mis-shaped tensors, e.g. {'; '.join(what)}")  # fmt: skip
     model.load_state_dict(state)
+    warn_non_finite(state, d / WEIGHTS_FILE)
     model.eval()
     known = {"format", "model", "class_names", "num_classes", "in_chans", "preprocessing", "fit",
              "views", "head", "metrics", "precision"}  # fmt: skip
