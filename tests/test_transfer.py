@@ -733,6 +733,30 @@ def test_predicting_a_folder_with_a_bundle_goes_a_chunk_at_a_time(features_run, 
     assert [r["prediction"] for r in got if "error" not in r] == want.classes
 
 
+def test_a_full_disk_names_the_bundle_not_its_hidden_temporary_folder(features_run, tmp_path,
+                                                                     monkeypatch):
+    """A bundle is written into a hidden temporary folder first; a full disk said
+    'out/.bundle.zlqmfxlx.tmp/model.safetensors: cannot write', a path that no longer exists
+    (and bundle.json's write, a traceback-free line naming that folder too)."""
+    import errno
+    from pathlib import Path as P
+
+    import safetensors.torch
+
+    res, _ = features_run
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    for target, name in ((safetensors.torch, "save_file"), (P, "write_text")):
+        with monkeypatch.context() as m:
+            m.setattr(target, name, full)
+            with pytest.raises(WeightsError) as e:
+                res.bundle.save(tmp_path / "bundle")
+        assert str(e.value).startswith(f"{tmp_path / 'bundle'}: cannot write (No space left")
+        assert ".tmp" not in str(e.value) and sorted(tmp_path.iterdir()) == []
+
+
 def test_bundle_folder_has_the_usual_permissions(features_run):
     import os
     import stat

@@ -289,8 +289,13 @@ class Bundle:
         try:
             usual_permissions(tmp)  # mkdtemp's folder is private; the bundle is not
             meta = {"format": FORMAT, "model": self.model_name}
-            save_safetensors(self.model.state_dict(), tmp / WEIGHTS_FILE, meta)
-            (tmp / JSON_FILE).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+            # A full disk names the bundle, not the hidden folder it is written into first.
+            save_safetensors(self.model.state_dict(), tmp / WEIGHTS_FILE, meta, shown_as=target)
+            try:
+                (tmp / JSON_FILE).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+            except OSError as exc:
+                raise WeightsError(f"{target}: cannot write ({exc.strerror or exc}); choose "
+                                   "another output path") from None
             old = None
             if target.exists():
                 old = target.with_name(f".{target.name}.old-{os.getpid()}")

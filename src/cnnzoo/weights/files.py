@@ -362,9 +362,12 @@ def _kind_from_arrays(arrays: list[Tensor]) -> str:
 
 
 def save_safetensors(
-    tensors: Mapping[str, Tensor], path: str | os.PathLike[str], metadata: dict[str, str] | None
+    tensors: Mapping[str, Tensor], path: str | os.PathLike[str], metadata: dict[str, str] | None,
+    *, shown_as: str | os.PathLike[str] | None = None,
 ) -> None:
-    """Write `tensors` as .safetensors atomically (temp file + rename, so no half-written file)."""
+    """Write `tensors` as .safetensors atomically (temp file + rename, so no half-written file).
+    shown_as: the path an error names instead of `path` (a bundle is written into a hidden
+    temporary folder first, which the user never sees)."""
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
@@ -379,7 +382,8 @@ def save_safetensors(
         os.replace(tmp, p)
     except (OSError, SafetensorError) as exc:  # read-only folder, disk full, p is a folder
         reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:120]
-        raise WeightsError(f"{p}: cannot write ({reason}); choose another output path") from None
+        raise WeightsError(f"{shown_as or p}: cannot write ({reason}); choose another output "
+                           "path") from None
     finally:
         if tmp.exists():
             tmp.unlink()
