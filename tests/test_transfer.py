@@ -144,6 +144,15 @@ def test_predict_and_evaluate_leave_a_training_model_training(fmnist, folder):
     assert model.training
     bundle.evaluate(folder, progress=False)
     assert model.training and torch.equal(model.bn1.running_mean, before)
+    # BatchNorm frozen in eval inside the training model, as fine-tuning keeps it: each layer's
+    # own mode comes back (model.train() unfroze them, and the next steps moved their stats).
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    modes = [m.training for m in model.modules()]
+    bundle.predict(images, precision="bf16")
+    bundle.evaluate(folder, progress=False)
+    assert [m.training for m in model.modules()] == modes and model.training
 
 
 def test_frozen_phase_of_finetune_moves_only_the_head(fmnist):

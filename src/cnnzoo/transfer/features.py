@@ -95,11 +95,13 @@ _INFERENCE_LOCK = threading.RLock()
 def held_for_inference(model: nn.Module, dtype: str) -> Iterator[None]:
     """Hold the model for forward passes in `dtype` ('bf16' or 'fp32'): in eval mode (dropout
     off, BatchNorm on its running statistics), its weights channels-last for bf16 (the input is
-    converted too). Afterwards its train/eval mode is restored and its weights are plain
-    contiguous tensors again, made outside any inference mode so that they stay trainable
-    (Grad-CAM, more fine-tuning). Calls from several threads run one at a time."""
+    converted too). Afterwards every module's train/eval mode is restored (not the whole model's
+    at once: fine-tuning keeps BatchNorm in eval inside a training model, and `model.train()`
+    made those layers update their statistics again) and its weights are plain contiguous
+    tensors again, made outside any inference mode so that they stay trainable (Grad-CAM, more
+    fine-tuning). Calls from several threads run one at a time."""
     with _INFERENCE_LOCK:
-        was_training = model.training
+        modes = [(m, m.training) for m in model.modules()]
         model.eval()
         bf16 = dtype == "bf16"
         try:
@@ -108,7 +110,8 @@ def held_for_inference(model: nn.Module, dtype: str) -> Iterator[None]:
                     model.to(memory_format=torch.channels_last)
             yield
         finally:
-            model.train(was_training)
+            for m, training in modes:
+                m.training = training
             if bf16:
                 with torch.inference_mode(False):
                     model.to(memory_format=torch.contiguous_format)
