@@ -100,22 +100,31 @@ def _files_under(folder: Path, ignored: list[Path]) -> list[Path]:
     return found
 
 
+def user_text(path: Path) -> str:
+    """A text file the user wrote (a CSV manifest, a classes.txt) in UTF-8, with or without the
+    byte-order mark Excel and Notepad put first (part of the first name otherwise); other bytes
+    are a one-line `DataError`."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        # Excel's plain "CSV" and Notepad's "ANSI" are in the Windows code page (cp1252: ü is
+        # one byte, 0xfc); which one cannot be told from the bytes, and a wrong guess would
+        # misname every file.
+        line = raw.count(b"\n", 0, exc.start) + 1
+        how = ("Excel: Save As > CSV UTF-8" if path.suffix.lower() == ".csv"
+               else "Notepad: Save As, Encoding UTF-8")  # fmt: skip
+        raise DataError(f"{path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}): "
+                        f"save it as UTF-8 ({how})") from None
+
+
 def manifest_rows(path: Path) -> list[list[str]]:
     """A CSV manifest's rows, blank ones as []. Excel writes ';' between cells where the
     decimal mark is a comma, and some tools a tab: the delimiter is the one (',' before ';'
     before tab) that splits the most of the first lines into cells (each row read as one cell
     said only 'expected path,label', once per row). Not the first line's characters alone: a
-    file name there may hold a comma or a ';'. The text is UTF-8, with or without Excel's BOM;
-    other bytes are a one-line `DataError`."""
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        # Excel's plain "CSV" is in the Windows code page (cp1252: ü is one byte, 0xfc); which
-        # one cannot be told from the bytes, and a wrong guess would misname every file.
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise DataError(f"{path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}): "
-                        "save it as UTF-8 (Excel: Save As > CSV UTF-8)") from None
+    file name there may hold a comma or a ';'. The text is UTF-8 (`user_text`)."""
+    text = user_text(path)
     sample = [line for line in text.splitlines() if line.strip()][:50]
 
     def rows_split(d: str) -> int:
