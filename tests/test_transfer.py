@@ -998,6 +998,11 @@ def test_a_bundles_weights_file_or_folder_given_as_weights_point_to_the_bundle(t
         with pytest.raises(WeightsError) as err:
             create_model("resnet18", weights=folder)
         assert str(err.value) == f"{folder} holds a transfer bundle, not a weights file: {use}"
+        # Its bundle.json (tab-completed): 'not a PyTorch checkpoint (Unsupported operand 123)'.
+        with pytest.raises(WeightsError) as err:
+            create_model("resnet18", weights=folder / "bundle.json")
+        assert str(err.value) == (f"{folder / 'bundle.json'} is the description of a transfer "
+                                  f"bundle: {use}")
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(load_bundle(tmp_path / "plain").model.eval()(x), plain(x))
 

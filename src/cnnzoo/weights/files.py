@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..errors import WeightsError
-from ..paths import bundle_in, usual_permissions
+from ..paths import BUNDLE_JSON, bundle_in, usual_permissions
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -79,6 +79,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise WeightsError(f"{p}: no such weights file")
     if p.stat().st_size == 0:
         raise WeightsError(f"{p}: empty file (0 bytes)")
+    if p.name == BUNDLE_JSON and bundle_in(p.parent) is not None:  # as its model.safetensors
+        raise WeightsError(f"{p} is the description of a transfer bundle: "
+                           + _use_bundle(p.parent))
     with open(p, "rb") as fh:
         magic = fh.read(9)
     if magic[:8] == b"\x89HDF\r\n\x1a\n" or p.name.lower().endswith(KERAS_SUFFIXES):
