@@ -513,6 +513,18 @@ def test_images_beside_the_class_folders_are_named_as_such(tmp_path, caplog):
         "sub-folder to train on it",
         "ignored 1 file without an image extension (readme.txt)",
     ]
+    # Beside train/ and val/ they were left out without a word.
+    for part in ("train", "val"):
+        for cls in ("cat", "dog"):
+            _png(tmp_path / "split" / part / cls / "0.png", 10)
+    _png(tmp_path / "split" / "stray.png", 50)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        s = load_folder(tmp_path / "split", ImageSpec(channels=1), progress=False)
+    assert len(s.train) + len(s.val) == 4
+    assert caplog.messages == [
+        "ignored 1 image outside the class folders (stray.png): move each into its class's "
+        "sub-folder to train on it"]
 
 
 def test_linked_folders_inside_a_class_are_read_once_and_a_link_loop_ends(tmp_path):

@@ -434,7 +434,9 @@ def load_folder(
         raise DataError(f"{root} is not a folder: give an image folder ({_EXAMPLE})")
     ignored: list[Path] = []
     parts = _find_parts(root)
-    if not parts:
+    if parts:  # files beside train/ and val/ are in no part: named, as beside class folders
+        ignored.extend(p for p in sorted(root.iterdir()) if p.is_file() and _visible(p.name))
+    else:
         parts = {"train": root}
     scans = {part: _scan_classes(folder, ignored) for part, folder in parts.items()}
     _check_classes(parts["train"], scans["train"], ignored, min_classes)
