@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 
 import numpy as np
@@ -232,6 +233,26 @@ def test_paths_from_a_list_file_or_stdin(image_dir, tmp_path, monkeypatch, capsy
     (tmp_path / "bom.txt").write_bytes(("\r\n".join(listed[::2]) + "\r\n").encode("utf-8-sig"))
     assert main([*base, "--files-from", str(tmp_path / "bom.txt")]) == 0
     assert [r["image"] for r in json.loads(capsys.readouterr().out)] == listed[::2]
+    # A name that is not UTF-8 (Latin-1 from an old zip) piped in from find, on a desktop whose
+    # stdin and stdout are strict UTF-8: a UnicodeDecodeError traceback reading the list, then
+    # 'surrogates not allowed' printing the name. It is printed as its own bytes, as ls does.
+    latin = os.fsdecode(b"caf\xe9.jpg")
+    shutil.copy(listed[0], tmp_path / latin)
+    stdin = io.TextIOWrapper(io.BytesIO(os.fsencode(tmp_path / latin) + b"\n"), "utf-8", "strict")
+    stdout = io.TextIOWrapper(io.BytesIO(), "utf-8", "strict")
+    monkeypatch.setattr("sys.stdin", stdin)
+    monkeypatch.setattr("sys.stdout", stdout)
+    assert main([*base[:-1], "--files-from", "-", "--top", "1"]) == 0
+    stdout.flush()
+    assert stdout.buffer.getvalue().startswith(os.fsencode(tmp_path / latin) + b"\n  1. ")
+    assert stdout.errors == "strict"  # as it was, for in-process callers
+    monkeypatch.undo()
+    monkeypatch.setattr("sys.stdin", None)  # run with its input closed (cron, `<&-`)
+    capsys.readouterr()
+    assert main([*base, "--files-from", "-"]) == 2  # was an AttributeError traceback
+    err = capsys.readouterr().err.strip()
+    assert "--files-from -: there is no standard input to read the list from" in err
+    monkeypatch.undo()
     (tmp_path / "none.txt").write_text("\n")  # what `find ... > none.txt` wrote: nothing
     for argv, message in ((["--files-from", str(tmp_path / "no.txt")], "cannot read it"),
                           ([], "say which images to predict"),

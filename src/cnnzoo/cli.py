@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import os
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     # `cnnzoo data export: error: ...`, as argparse names the subcommand in its own errors
     command = " ".join(filter(None, (args.command, getattr(args, "action", None))))
     try:
-        return int(args._run(args) or 0)
+        with _names_printable():
+            return int(args._run(args) or 0)
     except CnnzooError as exc:
         print(f"cnnzoo {command}: error: {exc}", file=sys.stderr)
         return 2
@@ -100,6 +102,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cnnzoo {command}: error: {where}{exc.strerror}: {_TODO[exc.errno]}"
               f"{_resume_hint(args, started)}", file=sys.stderr)
         return 2
+
+
+@contextlib.contextmanager
+def _names_printable() -> typing.Iterator[None]:
+    """Print file names that are not UTF-8 (Latin-1 bytes from an old zip, which Python holds
+    as 'caf\\udce9.jpg') as their own bytes, as `ls` does: a UTF-8 desktop locale's stdout
+    refused them ('surrogates not allowed'), a traceback after the image was predicted."""
+    out = sys.stdout
+    errors = getattr(out, "errors", None)
+    if errors != "strict" or not hasattr(out, "reconfigure"):
+        yield
+        return
+    out.reconfigure(errors="surrogateescape")
+    try:
+        yield
+    finally:
+        out.reconfigure(errors=errors)
 
 
 def _resume_hint(args: argparse.Namespace, started: float) -> str:

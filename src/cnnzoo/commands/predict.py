@@ -158,13 +158,21 @@ def read_path_list(source: str) -> list[str]:
     Notepad or Excel starts with a byte-order mark, which is not part of the first path."""
     from ..errors import UsageError
 
+    if source == "-" and sys.stdin is None:  # run with its input closed (cron, `<&-`)
+        raise UsageError("--files-from -: there is no standard input to read the list from: "
+                         "pipe it in (find DIR -name '*.jpg' | cnnzoo predict --files-from -)")
     try:
-        if source == "-":
-            text = sys.stdin.read()
-        else:
-            text = Path(source).read_text(encoding="utf-8-sig", errors="surrogateescape")
+        # Bytes, decoded as file names are: a name that is not UTF-8 (Latin-1 from an old zip)
+        # is kept as it is on disk, where stdin's text decoding stopped in a traceback.
+        if source != "-":
+            raw = Path(source).read_bytes()
+        elif (buffer := getattr(sys.stdin, "buffer", None)) is not None:
+            raw = buffer.read()
+        else:  # a text-only stdin (a notebook's, a test's StringIO)
+            raw = sys.stdin.read().encode("utf-8", errors="surrogateescape")
     except OSError as exc:
         raise UsageError(f"--files-from {source}: cannot read it ({exc.strerror or exc})") from None
+    text = raw.decode("utf-8-sig", errors="surrogateescape")
     # Only the line ending is cut: a file name may begin or end with a space.
     return [line.rstrip("\r") for line in text.split("\n") if line.strip()]
 
