@@ -766,6 +766,27 @@ def test_a_full_disk_names_the_bundle_not_its_hidden_temporary_folder(features_r
         assert ".tmp" not in str(e.value) and sorted(tmp_path.iterdir()) == []
 
 
+def test_a_bundle_holding_nan_warns_and_predicts_no_class(tmp_path, capsys, caplog):
+    """A bundle's NaN weights loaded in silence, and predict --bundle printed 'Prediction: a
+    Probability: [nan nan nan]' and '1. a: nan%', a class for no reason: now the warning that
+    create_model gives, and an error line per image, as for a checkpoint."""
+    import logging
+
+    from cnnzoo.transfer import Bundle
+
+    model = create_model("resnet20", num_classes=3)
+    with torch.no_grad():
+        model.fc.weight[0, 0] = float("nan")
+    Bundle(model, "resnet20", ["a", "b", "c"], _small_pre()).save(tmp_path / "bundle")
+    Image.new("RGB", (40, 40), (90, 20, 200)).save(tmp_path / "x.png")
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.weights"):
+        code = main(["predict", str(tmp_path / "x.png"), "--bundle", str(tmp_path / "bundle")])
+    out, err = capsys.readouterr()
+    assert code == 1 and out == ""
+    assert "x.png: the model's output is NaN, so there is no prediction" in err
+    assert "1 tensor holds NaN or infinite values (fc.weight)" in caplog.text
+
+
 def test_bundle_folder_has_the_usual_permissions(features_run):
     import os
     import stat

@@ -227,7 +227,7 @@ def predict_files(
     Each file is decoded on its own by `load` (an `ImageError` becomes the record's "error",
     with probabilities None, and the others go on); `batch_size` decoded images at a time go
     through `probabilities` ((n, C, H, W) -> (n, K)). A record is `{"image": path}`, plus
-    "error" for a file that failed. Only one batch is held, and its records come as soon as it
+    "error" for a file that failed, or whose probabilities are NaN. Only one batch is held, and its records come as soon as it
     is predicted: 5,000 files do not sit decoded in memory, the output streams, and an
     interrupted run has printed what it finished (all of it was lost before)."""
     import torch
@@ -252,7 +252,16 @@ def predict_files(
             xs = [x for _, x in batch if x is not None]
             rows = iter(probabilities(torch.stack(xs)) if xs else ())
             for record, x in batch:
-                yield record, None if x is None else next(rows)
+                probs = None if x is None else next(rows)
+                if probs is not None and not bool(probs.isfinite().all()):
+                    # Weights holding NaN (a diverged run's, warned of when read): no class to
+                    # name ('Prediction: <class 0>' at nan %, or a traceback from
+                    # decode_predictions, which refuses such a row as 'not probabilities').
+                    record["error"] = (f"{record['image']}: the model's output is NaN, so there "
+                                       "is no prediction (its weights hold NaN or infinite "
+                                       "values)")
+                    probs = None
+                yield record, probs
             bar.update(len(batch))
             batch, decoded = [], 0
     finally:
@@ -290,12 +299,7 @@ def iter_classified(
     with layout:
         for record, probs in predict_files(paths, preprocessing.load, probabilities,
                                            batch_size=batch_size):  # fmt: skip
-            if probs is not None and not bool(probs.isfinite().all()):
-                # Weights holding NaN (a diverged run's, warned of when read): no ranking to
-                # print, and decode_predictions refuses such a row as 'not probabilities'.
-                record["error"] = (f"{record['image']}: the model's output is NaN, so there is "
-                                   "no prediction (its weights hold NaN or infinite values)")
-            elif probs is not None:
+            if probs is not None:
                 (preds,) = decode_predictions(probs[None], top, class_names)
                 record["predictions"] = [
                     {"rank": r, "index": p.index, "class": p.name, "probability": p.probability}
