@@ -347,7 +347,7 @@ def test_predict_refuses_a_checkpoint_without_a_head(tmp_path, capsys):
 
 def test_weights_holding_nan_give_an_error_line_per_image_not_a_traceback(image_dir, tmp_path,
                                                                          capsys, caplog):
-    """NaN weights (a diverged run's last.pt) made every probability NaN, which decode_predictions
+    """NaN weights (a diverged run's file) made every probability NaN, which decode_predictions
     refuses: cnnzoo predict ended in a ValueError traceback saying to 'pass model(x).softmax(1),
     not the logits'; and a `cnnzoo train` checkpoint (or a bundle, a U-Net's) said nothing of
     its NaN, which only weights read by create_model were warned of."""

@@ -216,8 +216,9 @@ def non_finite_note(sd: dict[str, Tensor]) -> str | None:
 
 def warn_non_finite(sd: dict[str, Tensor], source: str | os.PathLike[str]) -> None:
     """Log `non_finite_note` for weights read other than by `load_weights` (which lists it
-    in its notes): a `cnnzoo train` checkpoint -- a diverged run's last.pt is the likeliest
-    such file -- a segmentation checkpoint, a transfer bundle."""
+    in its notes): a `cnnzoo train` checkpoint (training never saves NaN weights, but a file
+    can be damaged, or written by other code in cnnzoo's format), a segmentation checkpoint, a
+    transfer bundle."""
     if (note := non_finite_note(sd)) is not None:
         log.warning("cnnzoo: %s: %s", os.fspath(source), note)
 
