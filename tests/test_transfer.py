@@ -228,6 +228,34 @@ def test_feature_cache_reused_and_invalidated_per_image(fmnist, tmp_path):
     assert n4 == 10
 
 
+def test_a_cache_that_cannot_be_written_is_a_warning_and_the_features_come_back(
+    fmnist, tmp_path, monkeypatch, caplog
+):
+    """A full disk (or a read-only --cache folder) at the feature cache stopped the transfer run
+    after its features were computed, with 'cannot write (...); choose another output path'; a
+    cache that cannot be read is only recomputed, and so now one that cannot be written."""
+    import errno
+    import logging
+
+    import safetensors.torch
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    model = create_model("resnet18", num_classes=0).eval()
+    images = fmnist.with_channels(3).images[:4].clone()
+    kw = dict(model_name="resnet18", weights_id="random-test", views=1, progress=False)
+    want = extract_features(model, images, _small_pre(), views=1, progress=False)
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.transfer"):
+        for _ in range(2):  # said once
+            got, n = cached_features(model, images, _small_pre(), cache_dir=tmp_path / "c", **kw)
+            assert n == 4 and torch.equal(got, want)
+    (line,) = caplog.messages
+    assert "cannot write the feature cache" in line and "(No space left on device)" in line
+    assert "the run goes on without it" in line and "--no-cache" in line
+
+
 def _tiny_config(**kw) -> TransferConfig:
     ft = FinetuneConfig(head_epochs=1, epochs=1, min_steps=0)
     return TransferConfig(img_size=32, fit="resize", batch_size=8, progress=False,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -33,9 +34,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import WeightsError
 from ..paths import cache_root
 from ..weights import Preprocessing
 from ..weights.files import save_safetensors
+
+log = logging.getLogger("cnnzoo.transfer")
 
 MAX_VIEWS = 4
 VIEW_NAMES = ("image", "mirror", "zoom", "zoom+mirror")
@@ -211,6 +215,9 @@ def feature_cache_dir() -> Path:
     return cache_root() / "features"
 
 
+_UNWRITABLE: set[Path] = set()  # cache files a write failed on, warned of once
+
+
 class FeatureCache:
     """Features of images under one key (model, weights, preprocessing, views, precision).
 
@@ -247,12 +254,26 @@ class FeatureCache:
         return {i: rows[h] for i, h in enumerate(hashes) if h in rows}
 
     def put(self, hashes: Sequence[str], features: Tensor) -> None:
+        """Add features to the file. One that cannot be written (a full disk, a read-only
+        folder) is a warning, not the end of the run: the features are at hand, and a cache
+        that cannot be read is recomputed alike (it stopped the run, saying 'choose another
+        output path' of a cache file)."""
         rows = self._load()
         rows.update(zip(hashes, features, strict=True))
-        self.root.mkdir(parents=True, exist_ok=True)
         keys = list(rows)
         meta = {"hashes": json.dumps(keys), "key": json.dumps(self.key, sort_keys=True)}
-        save_safetensors({"features": torch.stack([rows[k] for k in keys])}, self.path, meta)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            save_safetensors({"features": torch.stack([rows[k] for k in keys])}, self.path, meta)
+        except (OSError, WeightsError) as exc:
+            if self.path in _UNWRITABLE:  # said once (the training and the validation images)
+                return
+            _UNWRITABLE.add(self.path)
+            cause = exc.__context__ if isinstance(exc, WeightsError) else exc  # the OS's reason
+            why = getattr(cause, "strerror", None) or " ".join(str(cause).split())
+            log.warning("cnnzoo: cannot write the feature cache %s (%s): the run goes on "
+                        "without it; free some space, or give another --cache DIR or --no-cache",
+                        self.path, why)
 
 
 def cached_features(
