@@ -114,7 +114,8 @@ def held_for_inference(model: nn.Module, dtype: str) -> Iterator[None]:
                     model.to(memory_format=torch.channels_last)
             yield
         finally:
-            for m, training in modes:
+            model.train(modes[0][1])  # through train(), for a model that overrides it
+            for m, training in modes:  # then the sub-modules in another mode than the model
                 m.training = training
             if bf16:
                 with torch.inference_mode(False):
