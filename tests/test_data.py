@@ -12,6 +12,7 @@ import http.server
 import io
 import logging
 import os
+import re
 import shutil
 import sys
 import threading
@@ -361,6 +362,31 @@ def test_a_big_jpeg_to_be_shrunk_is_decoded_scaled_and_not_refused(tmp_path, mon
     assert load_image(jpg, shrink_to=8).size == (40, 40)  # within the limit: decoded whole
 
 
+def test_a_big_phone_jpeg_over_twice_the_limit_or_with_a_second_picture_is_decoded_scaled(
+    tmp_path, monkeypatch
+):
+    """Two camera JPEGs the scaled decoding did not reach: one over twice the limit, which PIL
+    refuses to open at all (a 200 Mpx phone photo, 16,320 x 12,240: refused with PIL's 'could
+    be decompression bomb DOS attack'), and one holding a second picture (a phone's depth or
+    HDR gain map), which PIL opens as an MPO, not a 'JPEG'. The limit is lowered to 1,000 px."""
+    rng = np.random.default_rng(0)
+    wide = Image.fromarray(rng.integers(0, 256, (40, 80, 3), dtype=np.uint8))  # 3,200 px > 2 x
+    huge = _save(wide, tmp_path / "200mp.jpg", quality=95)
+    photo = Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    mpo = tmp_path / "depth.jpg"
+    photo.save(mpo, format="MPO", save_all=True, append_images=[photo.convert("L").convert("RGB")])
+    png = _save(wide, tmp_path / "scan.png")
+    with Image.open(mpo) as im:
+        assert im.format == "MPO"
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    assert load_image(huge, shrink_to=8).size == (40, 20)  # libjpeg's 1/2 scale
+    assert load_image(mpo, shrink_to=8).size == (20, 20)
+    assert ImageSpec(size=6, method="crop", resize_size=8).load(huge).shape == (3, 6, 6)
+    for path in (huge, png):  # decoded whole, or no scaled decoding: still refused
+        with pytest.raises(ImageError, match="decompression bomb .*save a smaller copy"):
+            load_image(path, shrink_to=None if path == huge else 8)
+
+
 def test_a_folder_is_decoded_into_one_block_not_stacked_from_a_list(tmp_path, monkeypatch):
     """Each decoded image goes straight into the data set's tensor: a list of them stacked at
     the end held every image twice (5,000 files at 224 px: a peak of 2.4 GB for 0.72 GB of
@@ -489,6 +515,18 @@ def test_images_beside_the_class_folders_are_named_as_such(tmp_path, caplog):
         "sub-folder to train on it",
         "ignored 1 file without an image extension (readme.txt)",
     ]
+    # Beside train/ and val/ they were left out without a word.
+    for part in ("train", "val"):
+        for cls in ("cat", "dog"):
+            _png(tmp_path / "split" / part / cls / "0.png", 10)
+    _png(tmp_path / "split" / "stray.png", 50)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        s = load_folder(tmp_path / "split", ImageSpec(channels=1), progress=False)
+    assert len(s.train) + len(s.val) == 4
+    assert caplog.messages == [
+        "ignored 1 image outside the class folders (stray.png): move each into its class's "
+        "sub-folder to train on it"]
 
 
 def test_class_folders_holding_only_sub_folders_are_named_in_a_note(tmp_path, caplog):
@@ -918,6 +956,23 @@ def test_names_that_are_not_utf8_and_output_that_is_not_either(tmp_path, monkeyp
     assert main(["data", "info", str(tmp_path / "w")]) == 0
     sys.stdout.flush()
     assert b"W\\xfcrfel" in raw.getvalue()
+
+
+def test_a_single_class_folder_named_the_macs_way_is_one_line_not_a_traceback(tmp_path):
+    """The class name is composed (NFC) but a Mac's folder is not: the single-class check
+    listed the folder by its composed name, which does not exist on Linux, and stopped in a
+    FileNotFoundError traceback (one such folder, alone or unzipped a level too high)."""
+    import unicodedata
+
+    nfd = unicodedata.normalize("NFD", "Würfel")
+    for cls in ("a", "b"):
+        _png(tmp_path / "high" / nfd / cls / "0.png", 10)
+    _png(tmp_path / "one" / nfd / "0.png", 10)
+    with pytest.raises(DataError, match="whose sub-folders \\(a, b\\) look like the data: give "
+                       + re.escape(str(tmp_path / "high" / nfd)) + " as the data folder"):
+        load_folder(tmp_path / "high", progress=False)
+    with pytest.raises(DataError, match="has a single class folder"):
+        load_folder(tmp_path / "one", progress=False)
 
 
 def test_manifest_delimiter_is_the_one_every_row_is_split_by(tmp_path):

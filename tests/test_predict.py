@@ -4,6 +4,7 @@ bad files (one broken file never stops the others)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 
@@ -228,21 +229,35 @@ def test_paths_from_a_list_file_or_stdin(image_dir, tmp_path, monkeypatch, capsy
     assert main([*base, str(image_dir / "rgba.png"), "--files-from", "-"]) == 0
     assert [r["image"] for r in json.loads(capsys.readouterr().out)] == \
         [str(image_dir / "rgba.png"), listed[0]]  # fmt: skip
-    # `find | cnnzoo predict --files-from -` with a name that is not UTF-8 (a Latin-1 'é'),
-    # read from a stdin that decodes UTF-8 strictly (a UTF-8 locale): a UnicodeDecodeError.
-    latin1 = os.fsencode(tmp_path) + b"/caf\xe9.jpg"
-    try:
-        shutil.copy(listed[0], os.fsdecode(latin1))
-    except (OSError, UnicodeError):  # a file system that holds only UTF-8 names (macOS)
-        pass
-    else:
-        stdin = io.TextIOWrapper(io.BytesIO(latin1 + b"\n"), encoding="utf-8", errors="strict")
-        monkeypatch.setattr("sys.stdin", stdin)
-        assert main([*base, "--files-from", "-"]) == 0
-        assert [r["image"] for r in json.loads(capsys.readouterr().out)] == [
-            os.fsdecode(latin1)]
+    # Saved by Notepad or Excel: a byte-order mark and CRLF; the first path was 'no such file'.
+    (tmp_path / "bom.txt").write_bytes(("\r\n".join(listed[::2]) + "\r\n").encode("utf-8-sig"))
+    assert main([*base, "--files-from", str(tmp_path / "bom.txt")]) == 0
+    assert [r["image"] for r in json.loads(capsys.readouterr().out)] == listed[::2]
+    # A name that is not UTF-8 (Latin-1 from an old zip) piped in from find, on a desktop whose
+    # stdin and stdout are strict UTF-8: a UnicodeDecodeError traceback reading the list, then
+    # 'surrogates not allowed' printing the name. It is printed as its own bytes, as ls does.
+    latin = os.fsdecode(b"caf\xe9.jpg")
+    shutil.copy(listed[0], tmp_path / latin)
+    stdin = io.TextIOWrapper(io.BytesIO(os.fsencode(tmp_path / latin) + b"\n"), "utf-8", "strict")
+    stdout = io.TextIOWrapper(io.BytesIO(), "utf-8", "strict")
+    monkeypatch.setattr("sys.stdin", stdin)
+    monkeypatch.setattr("sys.stdout", stdout)
+    assert main([*base[:-1], "--files-from", "-", "--top", "1"]) == 0
+    stdout.flush()
+    assert stdout.buffer.getvalue().startswith(os.fsencode(tmp_path / latin) + b"\n  1. ")
+    assert stdout.errors == "strict"  # as it was, for in-process callers
+    monkeypatch.undo()
+    monkeypatch.setattr("sys.stdin", None)  # run with its input closed (cron, `<&-`)
+    capsys.readouterr()
+    assert main([*base, "--files-from", "-"]) == 2  # was an AttributeError traceback
+    err = capsys.readouterr().err.strip()
+    assert "--files-from -: there is no standard input to read the list from" in err
+    monkeypatch.undo()
+    (tmp_path / "none.txt").write_text("\n")  # what `find ... > none.txt` wrote: nothing
     for argv, message in ((["--files-from", str(tmp_path / "no.txt")], "cannot read it"),
-                          ([], "say which images to predict")):  # fmt: skip
+                          ([], "say which images to predict"),
+                          (["--files-from", str(tmp_path / "none.txt")],
+                           "none.txt lists no files: nothing to predict")):  # fmt: skip
         assert main([*base, *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err
@@ -328,6 +343,32 @@ def test_predict_refuses_a_checkpoint_without_a_head(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "create it first" in err and "\n" not in err
     assert not (tmp_path / "new").exists()
+
+
+def test_weights_holding_nan_give_an_error_line_per_image_not_a_traceback(image_dir, tmp_path,
+                                                                         capsys, caplog):
+    """NaN weights (a diverged run's file) made every probability NaN, which decode_predictions
+    refuses: cnnzoo predict ended in a ValueError traceback saying to 'pass model(x).softmax(1),
+    not the logits'; and a `cnnzoo train` checkpoint (or a bundle, a U-Net's) said nothing of
+    its NaN, which only weights read by create_model were warned of."""
+    net = cnnzoo.create_model("lenet5", num_classes=3, in_chans=1)
+    sd = net.state_dict()
+    sd["fc.weight"][0, 0] = float("nan")
+    torch.save(sd, tmp_path / "diverged.pth")
+    meta = {"model": "lenet5", "num_classes": 3, "in_chans": 1, "img_size": 32, "mean": [0.5],
+            "std": [0.25], "class_names": ["a", "b", "c"], "model_kwargs": {}}
+    torch.save({"format": "cnnzoo-checkpoint-1", "task": "classification", "meta": meta,
+                "model": sd, "precision": {"dtype": "fp32"}}, tmp_path / "last.pt")
+    files = [str(image_dir / "rgb.jpg"), str(image_dir / "grey16.png")]
+    for weights in (["--model", "lenet5", "--weights", str(tmp_path / "diverged.pth")],
+                    ["--weights", str(tmp_path / "last.pt")]):  # fmt: skip
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="cnnzoo.weights"):
+            assert main(["predict", *files, *weights]) == 1
+        out, err = capsys.readouterr()
+        assert out == "" and "Traceback" not in err
+        assert err.count("the model's output is NaN, so there is no prediction") == 2, err
+        assert "1 tensor holds NaN or infinite values (fc.weight)" in caplog.text, weights
 
 
 def test_predict_a_training_checkpoint_as_evaluate_scores_it(tmp_path, capsys):

@@ -524,6 +524,25 @@ def _pair_folder(root, stems, size=(16, 20)):
     return m
 
 
+def test_a_classes_txt_saved_on_windows_is_read_or_refused_in_one_line(tmp_path):
+    """Notepad's classes.txt: with a byte-order mark, the first class was '\\ufeffbackground'
+    (printed as 'background', but not equal to the held-out set's); in 'ANSI' (cp1252), a
+    UnicodeDecodeError traceback."""
+    from cnnzoo.segmentation.evaluation import _check_classes_file
+
+    _pair_folder(tmp_path, ["a", "b"])
+    txt = tmp_path / "classes.txt"
+    txt.write_bytes("background\r\nZellkörper\r\n".encode("utf-8-sig"))
+    assert load_mask_pairs(tmp_path).classes == ["background", "Zellkörper"]
+    _check_classes_file(tmp_path, ["background", "Zellkörper"])  # the run's own names: fine
+    txt.write_bytes("background\r\nZellkörper\r\n".encode("cp1252"))
+    for read in (lambda: load_mask_pairs(tmp_path),
+                 lambda: _check_classes_file(tmp_path, ["background", "Zellkörper"])):
+        with pytest.raises(DataError, match=r"classes.txt is not UTF-8 text \(byte 0xf6 on line "
+                           r"2\): save it as UTF-8 \(Notepad: Save As, Encoding UTF-8\)"):
+            read()
+
+
 def test_255_is_class_one_only_when_every_mask_is_0_255(tmp_path):
     _pair_folder(tmp_path / "two", ["a", "b"])
     assert [np.unique(m).tolist() for m in load_mask_pairs(tmp_path / "two").masks] == [[0, 1]] * 2

@@ -144,6 +144,15 @@ def test_predict_and_evaluate_leave_a_training_model_training(fmnist, folder):
     assert model.training
     bundle.evaluate(folder, progress=False)
     assert model.training and torch.equal(model.bn1.running_mean, before)
+    # BatchNorm frozen in eval inside the training model, as fine-tuning keeps it: each layer's
+    # own mode comes back (model.train() unfroze them, and the next steps moved their stats).
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    modes = [m.training for m in model.modules()]
+    bundle.predict(images, precision="bf16")
+    bundle.evaluate(folder, progress=False)
+    assert [m.training for m in model.modules()] == modes and model.training
 
 
 def test_frozen_phase_of_finetune_moves_only_the_head(fmnist):
@@ -219,12 +228,14 @@ def test_feature_cache_reused_and_invalidated_per_image(fmnist, tmp_path):
     assert n4 == 10
 
 
-def test_a_feature_cache_that_cannot_be_written_costs_a_warning_not_the_run(
-        fmnist, tmp_path, monkeypatch, caplog):
-    """A disk that fills up (or a cache folder made read-only) after transfer's first check
-    of the cache folder: the write failed with 'cannot write (...); choose another output path'
-    and the run ended, its features computed and thrown away."""
+def test_a_cache_that_cannot_be_written_is_a_warning_and_the_features_come_back(
+    fmnist, tmp_path, monkeypatch, caplog
+):
+    """A full disk (or a read-only --cache folder) at the feature cache stopped the transfer run
+    after its features were computed, with 'cannot write (...); choose another output path'; a
+    cache that cannot be read is only recomputed, and so now one that cannot be written."""
     import errno
+    import logging
 
     import safetensors.torch
 
@@ -232,18 +243,19 @@ def test_a_feature_cache_that_cannot_be_written_costs_a_warning_not_the_run(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(safetensors.torch, "save_file", full)
-    model = create_model("lenet5", num_classes=0, in_chans=3).eval()
-    images = fmnist.with_channels(3).images[:4]
-    kw = dict(model_name="lenet5", weights_id="random-test", views=1, cache_dir=tmp_path / "c",
-              progress=False)  # fmt: skip
-    feats, computed = cached_features(model, images, _small_pre(), **kw)
-    assert feats.shape[:2] == (4, 1) and computed == 4
-    assert "No space left on device" in caplog.text and "computed again next time" in caplog.text
-    assert "output path" not in caplog.text  # no --out is involved
+    model = create_model("resnet18", num_classes=0).eval()
+    images = fmnist.with_channels(3).images[:4].clone()
+    kw = dict(model_name="resnet18", weights_id="random-test", views=1, progress=False)
+    want = extract_features(model, images, _small_pre(), views=1, progress=False)
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.transfer"):
+        for _ in range(2):  # said once
+            got, n = cached_features(model, images, _small_pre(), cache_dir=tmp_path / "c", **kw)
+            assert n == 4 and torch.equal(got, want)
+    (line,) = caplog.messages
+    assert "cannot write the feature cache" in line and "(No space left on device)" in line
+    assert "the run goes on without it" in line and "--no-cache" in line
+    assert "output path" not in line  # no --out is involved
     assert list((tmp_path / "c").iterdir()) == []  # nothing half-written either
-    monkeypatch.undo()
-    _, computed = cached_features(model, images, _small_pre(), **kw)
-    assert computed == 4  # nothing was cached, and the cache works again once it can
 
 
 def test_a_bundle_save_clears_what_a_killed_save_left(tmp_path):
@@ -261,6 +273,8 @@ def test_a_bundle_save_clears_what_a_killed_save_left(tmp_path):
     Bundle(model, "lenet5", ["a", "b"], _small_pre()).save(out / "bundle")
     Bundle(model, "lenet5", ["a", "b"], _small_pre()).save(out / "bundle")  # replaces one
     assert sorted(p.name for p in out.iterdir()) == ["bundle"]
+
+
 def test_cache_writers_that_share_a_process_id_do_not_take_each_others_files(
         tmp_path, monkeypatch):
     """Two containers sharing one cache volume each run cnnzoo as their process 1. The cache
@@ -376,6 +390,29 @@ def test_transfer_bundle_round_trip_and_report(folder, tmp_path, capsys):
     with pytest.raises(UsageError, match="holds a transfer run"):
         transfer(folder, model="resnet18", weights=None, out=out, overwrite=False,
                  config=_tiny_config(mode="features"), say=lambda _: None)  # fmt: skip
+
+
+def test_a_feature_no_training_image_fires_does_not_decide_the_heads_prediction():
+    """A ReLU unit none of the training images fires is a flat feature: its std of 0 was clamped
+    to 1e-6, and the MLP head's first layer (random at the start) was divided by it, so weights
+    of ~30,000 met the slightest activation in a new image (efficientnet_lite0's 1,280 features on
+    18 images: 93 flat; a whole photo of a training class was predicted as another, 0.5/0.5)."""
+    from cnnzoo.transfer.heads import fit_logistic, fit_mlp, head_probabilities
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(3).repeat(8)
+    feats = torch.randn(24, 1, 16, generator=g) * 0.1
+    feats[:, 0, :3] += torch.nn.functional.one_hot(labels, 3) * 2  # the classes' own features
+    feats[:, 0, 3:8] = 0  # five units no training image fires
+    fired = feats.clone()
+    fired[:, 0, 3:8] = 0.5  # a new image fires them a little
+    for fit in (fit_mlp(feats, labels, 3, epochs=30), fit_logistic(feats, labels, 3, l2=1e-2)):
+        first = fit.head[0] if fit.kind == "mlp" else fit.head
+        assert first.weight.abs().max() < 10, fit.kind  # ~30,000 on the flat features
+        before, after = head_probabilities(fit.head, feats), head_probabilities(fit.head, fired)
+        assert torch.equal(before.argmax(1), labels)
+        assert torch.equal(after.argmax(1), labels), fit.kind
+        assert (after - before).abs().max() < 0.2, fit.kind
 
 
 def test_curves_put_the_two_phases_one_after_the_other(tmp_path, monkeypatch):
@@ -805,6 +842,51 @@ def test_predicting_a_folder_with_a_bundle_goes_a_chunk_at_a_time(features_run, 
     assert [r["prediction"] for r in got if "error" not in r] == want.classes
 
 
+def test_a_full_disk_names_the_bundle_not_its_hidden_temporary_folder(features_run, tmp_path,
+                                                                     monkeypatch):
+    """A bundle is written into a hidden temporary folder first; a full disk said
+    'out/.bundle.zlqmfxlx.tmp/model.safetensors: cannot write', a path that no longer exists
+    (and bundle.json's write, a traceback-free line naming that folder too)."""
+    import errno
+    from pathlib import Path as P
+
+    import safetensors.torch
+
+    res, _ = features_run
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    for target, name in ((safetensors.torch, "save_file"), (P, "write_text")):
+        with monkeypatch.context() as m:
+            m.setattr(target, name, full)
+            with pytest.raises(WeightsError) as e:
+                res.bundle.save(tmp_path / "bundle")
+        assert str(e.value).startswith(f"{tmp_path / 'bundle'}: cannot write (No space left")
+        assert ".tmp" not in str(e.value) and sorted(tmp_path.iterdir()) == []
+
+
+def test_a_bundle_holding_nan_warns_and_predicts_no_class(tmp_path, capsys, caplog):
+    """A bundle's NaN weights loaded in silence, and predict --bundle printed 'Prediction: a
+    Probability: [nan nan nan]' and '1. a: nan%', a class for no reason: now the warning that
+    create_model gives, and an error line per image, as for a checkpoint."""
+    import logging
+
+    from cnnzoo.transfer import Bundle
+
+    model = create_model("resnet20", num_classes=3)
+    with torch.no_grad():
+        model.fc.weight[0, 0] = float("nan")
+    Bundle(model, "resnet20", ["a", "b", "c"], _small_pre()).save(tmp_path / "bundle")
+    Image.new("RGB", (40, 40), (90, 20, 200)).save(tmp_path / "x.png")
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.weights"):
+        code = main(["predict", str(tmp_path / "x.png"), "--bundle", str(tmp_path / "bundle")])
+    out, err = capsys.readouterr()
+    assert code == 1 and out == ""
+    assert "x.png: the model's output is NaN, so there is no prediction" in err
+    assert "1 tensor holds NaN or infinite values (fc.weight)" in caplog.text
+
+
 def test_bundle_folder_has_the_usual_permissions(features_run):
     import os
     import stat
@@ -1037,6 +1119,11 @@ def test_a_bundles_weights_file_or_folder_given_as_weights_point_to_the_bundle(t
         with pytest.raises(WeightsError) as err:
             create_model("resnet18", weights=folder)
         assert str(err.value) == f"{folder} holds a transfer bundle, not a weights file: {use}"
+        # Its bundle.json (tab-completed): 'not a PyTorch checkpoint (Unsupported operand 123)'.
+        with pytest.raises(WeightsError) as err:
+            create_model("resnet18", weights=folder / "bundle.json")
+        assert str(err.value) == (f"{folder / 'bundle.json'} is the description of a transfer "
+                                  f"bundle: {use}")
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(load_bundle(tmp_path / "plain").model.eval()(x), plain(x))
 

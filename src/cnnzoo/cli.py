@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import contextlib
 import errno
 import importlib
 import os
@@ -69,25 +70,38 @@ _TODO = {
 }
 
 
-def _tolerant_stdout() -> None:
-    """Results whose text the output's encoding lacks (a class named 'Würfel' printed under
-    PYTHONIOENCODING=ascii or an ASCII or Latin-1 locale) are printed as 'W\\xfcrfel', as Python
-    prints stderr, instead of a UnicodeEncodeError traceback after the work is done. UTF-8
-    mode's surrogateescape (LC_ALL=C) is kept: it prints a file name that is not UTF-8 as its
-    bytes. --json output is ASCII either way."""
+@contextlib.contextmanager
+def _printable_stdout() -> typing.Iterator[None]:
+    """While a command runs, print what stdout's encoding cannot take instead of ending in a
+    UnicodeEncodeError traceback after the work is done. A UTF-8 stdout prints a file name
+    that is not UTF-8 (Latin-1 bytes from an old zip, held as 'caf\\udce9.jpg') as its own
+    bytes, as `ls` does; another (PYTHONIOENCODING=ascii, a Latin-1 locale) prints a class
+    named 'Würfel' as 'W\\xfcrfel', as Python prints stderr. --json output is ASCII either way.
+    The stream is put back as it was afterwards (main may be called from a notebook)."""
     out = sys.stdout
-    if not hasattr(out, "reconfigure"):
-        return
+    errors = getattr(out, "errors", None)
     try:
         utf8 = codecs.lookup(out.encoding).name == "utf-8"
-    except (LookupError, TypeError):
+    except (AttributeError, LookupError, TypeError):
         utf8 = False
-    if out.errors == "strict" or (out.errors == "surrogateescape" and not utf8):
-        out.reconfigure(errors="backslashreplace")
+    wanted = "surrogateescape" if utf8 else "backslashreplace"
+    if errors not in ("strict", "surrogateescape") or errors == wanted or not hasattr(
+            out, "reconfigure"):
+        yield
+        return
+    out.reconfigure(errors=wanted)
+    try:
+        yield
+    finally:
+        out.reconfigure(errors=errors)
 
 
 def main(argv: list[str] | None = None) -> int:
-    _tolerant_stdout()
+    with _printable_stdout():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

@@ -60,8 +60,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..errors import UsageError
 
-    items = list(args.images) + (read_path_list(args.files_from) if args.files_from else [])
+    listed = read_path_list(args.files_from) if args.files_from else []
+    items = list(args.images) + listed
     if not items:
+        if args.files_from:  # `find ... | cnnzoo predict --files-from -` that found nothing
+            raise UsageError(f"--files-from {args.files_from} lists no files: nothing to "
+                             "predict")  # fmt: skip
         raise UsageError("say which images to predict: IMAGE... (files or folders) or "
                          "--files-from FILE")  # fmt: skip
     problems: list[str] = []
@@ -150,21 +154,25 @@ def _threads(threads: int | None, n_images: int, batch_size: int) -> Iterator[No
 
 def read_path_list(source: str) -> list[str]:
     """The paths listed in file `source` ('-': stdin), one per line, blank lines skipped;
-    relative ones are relative to the current folder, as on the command line."""
+    relative ones are relative to the current folder, as on the command line. A list saved by
+    Notepad or Excel starts with a byte-order mark, which is not part of the first path."""
     from ..errors import UsageError
 
+    if source == "-" and sys.stdin is None:  # run with its input closed (cron, `<&-`)
+        raise UsageError("--files-from -: there is no standard input to read the list from: "
+                         "pipe it in (find DIR -name '*.jpg' | cnnzoo predict --files-from -)")
     try:
-        if source == "-":
-            # Bytes, as from a file: `find` prints names as the file system holds them, and one
-            # that is not UTF-8 (a Latin-1 'é') was a UnicodeDecodeError from a UTF-8 stdin.
-            stdin = getattr(sys.stdin, "buffer", None)
-            raw = stdin.read() if stdin is not None else sys.stdin.read().encode(
-                "utf-8", "surrogateescape")
-        else:
+        # Bytes, decoded as file names are: a name that is not UTF-8 (Latin-1 from an old zip)
+        # is kept as it is on disk, where stdin's text decoding stopped in a traceback.
+        if source != "-":
             raw = Path(source).read_bytes()
-        text = raw.decode("utf-8", "surrogateescape")
+        elif (buffer := getattr(sys.stdin, "buffer", None)) is not None:
+            raw = buffer.read()
+        else:  # a text-only stdin (a notebook's, a test's StringIO)
+            raw = sys.stdin.read().encode("utf-8", errors="surrogateescape")
     except OSError as exc:
         raise UsageError(f"--files-from {source}: cannot read it ({exc.strerror or exc})") from None
+    text = raw.decode("utf-8-sig", errors="surrogateescape")
     # Only the line ending is cut: a file name may begin or end with a space.
     return [line.rstrip("\r") for line in text.split("\n") if line.strip()]
 
@@ -219,7 +227,7 @@ def predict_files(
     Each file is decoded on its own by `load` (an `ImageError` becomes the record's "error",
     with probabilities None, and the others go on); `batch_size` decoded images at a time go
     through `probabilities` ((n, C, H, W) -> (n, K)). A record is `{"image": path}`, plus
-    "error" for a file that failed. Only one batch is held, and its records come as soon as it
+    "error" for a file that failed, or whose probabilities are NaN. Only one batch is held, and its records come as soon as it
     is predicted: 5,000 files do not sit decoded in memory, the output streams, and an
     interrupted run has printed what it finished (all of it was lost before)."""
     import torch
@@ -244,7 +252,16 @@ def predict_files(
             xs = [x for _, x in batch if x is not None]
             rows = iter(probabilities(torch.stack(xs)) if xs else ())
             for record, x in batch:
-                yield record, None if x is None else next(rows)
+                probs = None if x is None else next(rows)
+                if probs is not None and not bool(probs.isfinite().all()):
+                    # Weights holding NaN (a diverged run's, warned of when read): no class to
+                    # name ('Prediction: <class 0>' at nan %, or a traceback from
+                    # decode_predictions, which refuses such a row as 'not probabilities').
+                    record["error"] = (f"{record['image']}: the model's output is NaN, so there "
+                                       "is no prediction (its weights hold NaN or infinite "
+                                       "values)")
+                    probs = None
+                yield record, probs
             bar.update(len(batch))
             batch, decoded = [], 0
     finally:

@@ -102,22 +102,31 @@ def _files_under(folder: Path, ignored: list[Path]) -> list[Path]:
     return found
 
 
+def user_text(path: Path) -> str:
+    """A text file the user wrote (a CSV manifest, a classes.txt) in UTF-8, with or without the
+    byte-order mark Excel and Notepad put first (part of the first name otherwise); other bytes
+    are a one-line `DataError`."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        # Excel's plain "CSV" and Notepad's "ANSI" are in the Windows code page (cp1252: ü is
+        # one byte, 0xfc); which one cannot be told from the bytes, and a wrong guess would
+        # misname every file.
+        line = raw.count(b"\n", 0, exc.start) + 1
+        how = ("Excel: Save As > CSV UTF-8" if path.suffix.lower() == ".csv"
+               else "Notepad: Save As, Encoding UTF-8")  # fmt: skip
+        raise DataError(f"{path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}): "
+                        f"save it as UTF-8 ({how})") from None
+
+
 def manifest_rows(path: Path) -> list[list[str]]:
     """A CSV manifest's rows, blank ones as []. Excel writes ';' between cells where the
     decimal mark is a comma, and some tools a tab: the delimiter is the one (',' before ';'
     before tab) that splits the most of the first lines into cells (each row read as one cell
     said only 'expected path,label', once per row). Not the first line's characters alone: a
-    file name there may hold a comma or a ';'. The text is UTF-8, with or without Excel's BOM;
-    other bytes are a one-line `DataError`."""
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        # Excel's plain "CSV" is in the Windows code page (cp1252: ü is one byte, 0xfc); which
-        # one cannot be told from the bytes, and a wrong guess would misname every file.
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise DataError(f"{path} is not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}): "
-                        "save it as UTF-8 (Excel: Save As > CSV UTF-8)") from None
+    file name there may hold a comma or a ';'. The text is UTF-8 (`user_text`)."""
+    text = user_text(path)
     sample = [line for line in text.splitlines() if line.strip()][:50]
 
     def rows_split(d: str) -> int:
@@ -270,12 +279,14 @@ def _check_classes(
         )
     if len(classes) < min_classes:
         (name,) = classes
-        inner = [d.name for d in _subdirs(root / name)]
+        # The folder as it is spelt on disk: `name` is composed, a Mac's folder is not.
+        folder = next(d for d in _subdirs(root) if composed(d.name) == name)
+        inner = [d.name for d in _subdirs(folder)]
         if len(inner) > 1:  # unzipped one level too high: photos/photos/{cat,dog}/
             raise DataError(
                 f"{root} holds a single folder, {name!r}, whose sub-folders ("
                 f"{some(inner, 4)}) look like the "
-                f"data: give {root / name} as the data folder"
+                f"data: give {folder} as the data folder"
             )
         raise DataError(
             f"{root} has a single class folder ({name!r}): a classifier needs two or more, "
@@ -491,7 +502,9 @@ def load_folder(
         raise DataError(f"{root} is not a folder: give an image folder ({CLASS_FOLDERS})")
     ignored: list[Path] = []
     parts = _find_parts(root)
-    if not parts:
+    if parts:  # files beside train/ and val/ are in no part: named, as beside class folders
+        ignored.extend(p for p in sorted(root.iterdir()) if p.is_file() and _visible(p.name))
+    else:
         parts = {"train": root}
     scans = {part: _scan_classes(folder, ignored) for part, folder in parts.items()}
     _check_classes(parts["train"], scans["train"], ignored, min_classes)

@@ -36,7 +36,7 @@ from scipy import ndimage
 
 from ..errors import DataError
 from ..text import plural, some
-from .folder import composed, manifest_path
+from .folder import composed, manifest_path, user_text
 from .images import GREY_MODES, IMAGE_EXTENSIONS
 
 IGNORE_INDEX = 255
@@ -137,6 +137,17 @@ def _files_by_stem(folder: Path, problems: list[str], ambiguous: set[str]) -> di
                 "keep one of them (pairs are matched by file stem)"
             )
     return {stem: paths[0] for stem, paths in by_stem.items() if len(paths) == 1}
+
+
+def classes_file(root: Path) -> list[str] | None:
+    """The class names `root/classes.txt` lists, one per line (None without one): UTF-8, a
+    Notepad byte-order mark and Windows line ends allowed (a cp1252 file was a traceback, and
+    the mark made the first name '\\ufeffbackground', which prints as 'background' but is not
+    the held-out set's)."""
+    path = root / "classes.txt"
+    if not path.is_file():
+        return None
+    return [c.strip() for c in user_text(path).splitlines() if c.strip()]
 
 
 def find_pairs(
@@ -404,9 +415,8 @@ def load_mask_pairs(
         raise DataError(
             f"{source} is neither a folder with images/ and masks/ nor a .csv manifest."
         )
-    if classes is None and (root / "classes.txt").is_file():
-        text = (root / "classes.txt").read_text("utf-8")
-        classes = [c.strip() for c in text.splitlines() if c.strip()]
+    if classes is None:
+        classes = classes_file(root)
     if classes is not None and len(classes) < 2:  # before reading every file for nothing
         raise DataError("segmentation needs at least two classes (e.g. --classes background,cell).")
 

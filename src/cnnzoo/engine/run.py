@@ -425,6 +425,7 @@ def model_from_checkpoint(
     """Rebuild the classifier a `cnnzoo train` checkpoint holds (`ckpt`: the file already
     loaded); returns (model in eval mode, meta)."""
     from ..models import create_model
+    from ..weights.adapt import warn_non_finite
 
     ckpt = ckpt if ckpt is not None else load_checkpoint(path)
     meta = ckpt.get("meta") or {}
@@ -443,6 +444,7 @@ def model_from_checkpoint(
     model = create_model(meta["model"], num_classes=meta["num_classes"],
                          in_chans=meta["in_chans"], **meta.get("model_kwargs", {}))
     model.load_state_dict(ckpt["model"])
+    warn_non_finite(ckpt["model"], path)
     return model.eval(), meta
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.masks import IGNORE_INDEX, MaskPairs
+from ..data.masks import IGNORE_INDEX, MaskPairs, classes_file
 from ..errors import DataError
 from ..paths import same_source
 from ..text import plural
@@ -113,10 +113,10 @@ def _check_classes_file(src: Path, names: list[str]) -> None:
     """A held-out folder naming its classes otherwise than the model (classes.txt): its mask
     values would mean other classes than the ones the net predicts."""
     root = src.parent if src.suffix.lower() == ".csv" else src
-    path = root / "classes.txt"
-    if not path.is_file():
+    own = classes_file(root)
+    if own is None:
         return
-    own = [c.strip() for c in path.read_text("utf-8").splitlines() if c.strip()]
+    path = root / "classes.txt"
     if own != list(names):
         raise DataError(f"{path} names the classes {', '.join(own)}, the model predicts "
                         f"{', '.join(names)}: score it on masks of the model's classes")

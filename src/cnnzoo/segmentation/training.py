@@ -365,6 +365,7 @@ def load_segmenter(
     from ..engine.checkpoint import load_checkpoint
     from ..errors import WeightsError
     from ..models import create_model
+    from ..weights.adapt import warn_non_finite
 
     ckpt = ckpt if ckpt is not None else load_checkpoint(checkpoint)
     meta = ckpt.get("meta") or {}
@@ -381,6 +382,7 @@ def load_segmenter(
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise WeightsError(f"{checkpoint} does not fit the model it names ({first})") from None
+    warn_non_finite(ckpt["model"], checkpoint)
     return model.eval(), meta
 
 

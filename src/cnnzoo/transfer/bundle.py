@@ -40,6 +40,7 @@ from ..models.base import is_whole
 from ..paths import BUNDLE_JSON, remove_stale_temps, temp_prefix, usual_permissions
 from ..text import plural, some
 from ..weights import Preprocessing
+from ..weights.adapt import warn_non_finite
 from ..weights.files import BUNDLE_FORMAT as FORMAT
 from ..weights.files import save_safetensors
 from .features import (
@@ -289,8 +290,13 @@ class Bundle:
         try:
             usual_permissions(tmp)  # mkdtemp's folder is private; the bundle is not
             meta = {"format": FORMAT, "model": self.model_name}
-            save_safetensors(self.model.state_dict(), tmp / WEIGHTS_FILE, meta)
-            (tmp / JSON_FILE).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+            # A full disk names the bundle, not the hidden folder it is written into first.
+            save_safetensors(self.model.state_dict(), tmp / WEIGHTS_FILE, meta, shown_as=target)
+            try:
+                (tmp / JSON_FILE).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+            except OSError as exc:
+                raise WeightsError(f"{target}: cannot write ({exc.strerror or exc}); choose "
+                                   "another output path") from None
             old = None
             if target.exists():
                 old = target.with_name(f".{target.name}.{os.getpid()}.old.tmp")
@@ -449,6 +455,7 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
             f"{len(names)} classes): {len(missing)} missing, {len(unexpected)} unexpected, "
             f"{len(shapes)} mis-shaped tensors, e.g. {'; '.join(what)}")  # fmt: skip
     model.load_state_dict(state)
+    warn_non_finite(state, d / WEIGHTS_FILE)
     model.eval()
     known = {"format", "model", "class_names", "num_classes", "in_chans", "preprocessing", "fit",
              "views", "head", "metrics", "precision"}  # fmt: skip

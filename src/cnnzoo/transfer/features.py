@@ -99,11 +99,13 @@ _INFERENCE_LOCK = threading.RLock()
 def held_for_inference(model: nn.Module, dtype: str) -> Iterator[None]:
     """Hold the model for forward passes in `dtype` ('bf16' or 'fp32'): in eval mode (dropout
     off, BatchNorm on its running statistics), its weights channels-last for bf16 (the input is
-    converted too). Afterwards its train/eval mode is restored and its weights are plain
-    contiguous tensors again, made outside any inference mode so that they stay trainable
-    (Grad-CAM, more fine-tuning). Calls from several threads run one at a time."""
+    converted too). Afterwards every module's train/eval mode is restored (not the whole model's
+    at once: fine-tuning keeps BatchNorm in eval inside a training model, and `model.train()`
+    made those layers update their statistics again) and its weights are plain contiguous
+    tensors again, made outside any inference mode so that they stay trainable (Grad-CAM, more
+    fine-tuning). Calls from several threads run one at a time."""
     with _INFERENCE_LOCK:
-        was_training = model.training
+        modes = [(m, m.training) for m in model.modules()]
         model.eval()
         bf16 = dtype == "bf16"
         try:
@@ -112,7 +114,9 @@ def held_for_inference(model: nn.Module, dtype: str) -> Iterator[None]:
                     model.to(memory_format=torch.channels_last)
             yield
         finally:
-            model.train(was_training)
+            model.train(modes[0][1])  # through train(), for a model that overrides it
+            for m, training in modes:  # then the sub-modules in another mode than the model
+                m.training = training
             if bf16:
                 with torch.inference_mode(False):
                     model.to(memory_format=torch.contiguous_format)
@@ -212,6 +216,9 @@ def feature_cache_dir() -> Path:
     return cache_root() / "features"
 
 
+_UNWRITABLE: set[Path] = set()  # cache files a write failed on, warned of once
+
+
 class FeatureCache:
     """Features of images under one key (model, weights, preprocessing, views, precision).
 
@@ -248,23 +255,26 @@ class FeatureCache:
         return {i: rows[h] for i, h in enumerate(hashes) if h in rows}
 
     def put(self, hashes: Sequence[str], features: Tensor) -> None:
+        """Add features to the file. One that cannot be written (a full disk, a read-only
+        folder) is a warning, not the end of the run: the features are at hand, and a cache
+        that cannot be read is recomputed alike (it stopped the run, saying 'choose another
+        output path' of a cache file)."""
         rows = self._load()
         rows.update(zip(hashes, features, strict=True))
         keys = list(rows)
         meta = {"hashes": json.dumps(keys), "key": json.dumps(self.key, sort_keys=True)}
-        again = ("the features are computed again next time (--cache DIR for another cache "
-                 "folder, --no-cache for none)")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            save_safetensors({"features": torch.stack([rows[k] for k in keys])}, self.path, meta,
-                             advice=again)
-        except OSError as exc:
-            log.warning("warning: feature cache %s: cannot write (%s); %s", self.root,
-                        exc.strerror or exc, again)
-        except WeightsError as exc:
-            # The cache only saves time. A disk that filled up, or a cache folder made read-only,
-            # after the run's first check cost the run itself, with the features computed.
-            log.warning("warning: %s", exc)
+            save_safetensors({"features": torch.stack([rows[k] for k in keys])}, self.path, meta)
+        except (OSError, WeightsError) as exc:
+            if self.path in _UNWRITABLE:  # said once (the training and the validation images)
+                return
+            _UNWRITABLE.add(self.path)
+            cause = exc.__context__ if isinstance(exc, WeightsError) else exc  # the OS's reason
+            why = getattr(cause, "strerror", None) or " ".join(str(cause).split())
+            log.warning("cnnzoo: cannot write the feature cache %s (%s): the run goes on "
+                        "without it, and the features are computed again next time; free some "
+                        "space, or give another --cache DIR or --no-cache", self.path, why)
 
 
 def cached_features(

@@ -52,9 +52,15 @@ def single_thread() -> Iterator[None]:
 
 
 def _standardise(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-feature mean and std of features (N, D). A feature flat in every training image (a
+    ReLU unit none of them fires) gets std 1, as a flat input channel does
+    (`engine.run.channel_stats`): divided by ~0, the slightest activation in a new image became
+    ~10^5 and outweighed every other feature in the MLP head, whose first layer starts random
+    (efficientnet_lite0's 1,280 features on 18 images: 93 flat, and a whole photo of a
+    training class predicted as another)."""
     mu = x.mean(0)
-    sd = x.std(0, unbiased=False).clamp_min(1e-6)
-    return mu, sd
+    sd = x.std(0, unbiased=False)
+    return mu, torch.where(sd < 1e-6, torch.ones_like(sd), sd)
 
 
 def _lbfgs_logistic(x: Tensor, y: Tensor, k: int, l2: float, *, max_iter: int = 150,
@@ -227,7 +233,7 @@ def fit_mlp(
     labels = torch.as_tensor(labels, dtype=torch.int64)
     x, y = _flatten(feats, labels)
     x = x.float()
-    mu, sd = x.mean(0), x.std(0, unbiased=False).clamp_min(1e-6)
+    mu, sd = _standardise(x)
     with torch.random.fork_rng(devices=[]), single_thread():
         torch.manual_seed(seed)
         head = MLPHead(feats.shape[2], num_classes, hidden, dropout)

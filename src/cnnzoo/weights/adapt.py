@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import WeightsError
+from ..text import plural
 
 log = logging.getLogger("cnnzoo.weights")
 
@@ -201,13 +203,24 @@ def check_fit(sd: dict[str, Tensor], model: nn.Module) -> tuple[list[str], list[
 
 def non_finite_note(sd: dict[str, Tensor]) -> str | None:
     """A note naming the tensors that hold NaN or infinity, or None: such a file (a diverged
-    run's, or damaged) loads without complaint but makes every prediction NaN."""
+    run's, or damaged) loads without complaint but makes every prediction NaN (NaN weights) or
+    quietly wrong (an infinite BatchNorm running_var zeroes its channel)."""
     bad = [k for k, t in sd.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if not bad:
         return None
     shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-    return (f"{len(bad)} tensor{'s' if len(bad) > 1 else ''} hold NaN or infinite values ({shown}):"
-            " predictions will be NaN; the file is from a diverged run or damaged")
+    return (f"{plural(len(bad), 'tensor')} hold{'s' if len(bad) == 1 else ''} NaN or infinite "
+            f"values ({shown}): predictions will be NaN or wrong; the file is from a diverged run "
+            "or damaged")
+
+
+def warn_non_finite(sd: dict[str, Tensor], source: str | os.PathLike[str]) -> None:
+    """Log `non_finite_note` for weights read other than by `load_weights` (which lists it
+    in its notes): a `cnnzoo train` checkpoint (training never saves NaN weights, but a file
+    can be damaged, or written by other code in cnnzoo's format), a segmentation checkpoint, a
+    transfer bundle."""
+    if (note := non_finite_note(sd)) is not None:
+        log.warning("cnnzoo: %s: %s", os.fspath(source), note)
 
 
 @torch.no_grad()

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..errors import WeightsError
-from ..paths import bundle_in, remove_stale_temps, temp_beside, usual_permissions
+from ..paths import BUNDLE_JSON, bundle_in, remove_stale_temps, temp_beside, usual_permissions
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -79,6 +79,9 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise WeightsError(f"{p}: no such weights file")
     if p.stat().st_size == 0:
         raise WeightsError(f"{p}: empty file (0 bytes)")
+    if p.name == BUNDLE_JSON and bundle_in(p.parent) is not None:  # as its model.safetensors
+        raise WeightsError(f"{p} is the description of a transfer bundle: "
+                           + _use_bundle(p.parent))
     with open(p, "rb") as fh:
         magic = fh.read(9)
     if magic[:8] == b"\x89HDF\r\n\x1a\n" or p.name.lower().endswith(KERAS_SUFFIXES):
@@ -363,10 +366,11 @@ def _kind_from_arrays(arrays: list[Tensor]) -> str:
 
 def save_safetensors(
     tensors: Mapping[str, Tensor], path: str | os.PathLike[str], metadata: dict[str, str] | None,
-    *, advice: str = "choose another output path",
+    *, shown_as: str | os.PathLike[str] | None = None,
 ) -> None:
     """Write `tensors` as .safetensors atomically (temp file + rename, so no half-written file).
-    A failure is a `WeightsError` line ending with `advice`: what the caller's user can do."""
+    shown_as: the path an error names instead of `path` (a bundle is written into a hidden
+    temporary folder first, which the user never sees)."""
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
@@ -383,7 +387,8 @@ def save_safetensors(
         os.replace(tmp, p)
     except (OSError, SafetensorError) as exc:  # read-only folder, disk full, p is a folder
         reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:120]
-        raise WeightsError(f"{p}: cannot write ({reason}); {advice}") from None
+        raise WeightsError(f"{shown_as or p}: cannot write ({reason}); choose another output "
+                           "path") from None
     finally:
         if tmp is not None and tmp.exists():
             tmp.unlink()
