@@ -1833,6 +1833,43 @@ def test_a_given_val_folder_may_grow_after_training(tmp_path, capsys):
     assert sum(map(sum, json.loads(capsys.readouterr().out)["confusion"])) == 5
 
 
+def test_a_project_moved_whole_still_resumes_and_evaluates_its_own_split(tmp_path, capsys,
+                                                                         monkeypatch):
+    """A project folder holding its data and its runs, moved (another name, another machine):
+    the run's recorded absolute data path is gone. `--resume` was refused as 'trained on
+    OLD/data, not NEW/data: resume on OLD/data', which no longer existed, and `evaluate --data
+    data` scored every image, the training ones too. The run also records its data relative to
+    itself, and finds it there."""
+    import shutil
+
+    old = tmp_path / "project"
+    _photo_folder(old / "data")
+    (old / "data" / "empty").rmdir()
+    monkeypatch.chdir(old)  # relative paths, as a user types them
+    args = ["train", "lenet5", "--data", "data", "--epochs", "1", "--batch-size", "8",
+            "--precision", "fp32", "--channels-last", "off", "--no-progress", "--no-tensorboard",
+            "--out", "runs/a"]  # fmt: skip
+    assert main(args) == 0
+    assert main(["evaluate", "runs/a/last.pt", "--json"]) == 0
+    capsys.readouterr()
+    new = tmp_path / "moved"
+    shutil.move(old, new)
+    monkeypatch.chdir(new)
+    for extra in ([], ["--data", "data"], ["--data", str(new / "data")]):
+        assert main(["evaluate", "runs/a/last.pt", "--json", *extra]) == 0
+        assert sum(map(sum, json.loads(capsys.readouterr().out)["confusion"])) == 4  # val only
+    assert main([*(a if a != "1" else "2" for a in args), "--resume"]) == 0
+    assert [json.loads(ln)["epoch"] for ln in
+            Path("runs/a/metrics.jsonl").read_text().splitlines()] == [1, 2]  # fmt: skip
+    # Changed since, it is refused as before; and other data is still other data.
+    (new / "data" / "dog" / "0.png").rename(new / "data" / "dog" / "renamed.png")
+    assert main(["evaluate", "runs/a/last.pt"]) == 2
+    assert "has changed since the run was trained" in capsys.readouterr().err
+    shutil.copytree(new / "data", tmp_path / "other")
+    assert main([*args[:-1], "runs/a", "--data", str(tmp_path / "other"), "--resume"]) == 2
+    assert f"was trained on {new / 'data'}, not {tmp_path / 'other'}" in capsys.readouterr().err
+
+
 def test_growing_across_channels_names_the_flag_that_fixes_it():
     """A grey source and data read as colour (a run from before channels followed the data, on
     a copied folder): the fix is --channels, which the message now says."""

@@ -1273,6 +1273,35 @@ def test_evaluate_refuses_the_validation_split_of_a_folder_changed_since(folder,
     assert int(bundle.evaluate(progress=False).accumulator.confusion.sum()) == n_val
 
 
+def test_a_transfer_run_moved_with_its_data_evaluates_and_resumes(folder, tmp_path, capsys):
+    """A project folder holding the data and the transfer run, moved: `evaluate --bundle` said
+    the data 'is not there any more', and `--resume` was refused as 'trained on OLD/data, not
+    NEW/data'. The bundle and the fine-tuning checkpoints record the data relative to
+    themselves too, and find it there."""
+    import shutil
+
+    shutil.copytree(folder, tmp_path / "project" / "data")
+    cfg = _tiny_config(mode="finetune")
+    transfer(tmp_path / "project" / "data", model="resnet20", weights=None,
+             out=tmp_path / "project" / "run", config=cfg, say=lambda _: None)  # fmt: skip
+    n_val = load_bundle(tmp_path / "project" / "run" / "bundle").metrics["finetune"]["val_images"]
+    shutil.move(tmp_path / "project", tmp_path / "moved")
+    data, out = tmp_path / "moved" / "data", tmp_path / "moved" / "run"
+    bundle = load_bundle(out / "bundle")
+    for source in (None, data):  # the run's own validation split, not every image
+        assert int(bundle.evaluate(source, progress=False).accumulator.confusion.sum()) == n_val
+    assert main(["evaluate", "--bundle", str(out / "bundle")]) == 0
+    assert capsys.readouterr().out.startswith(f"{n_val} images: accuracy ")
+    transfer(data, model="resnet20", weights=None, out=out, resume=True, config=cfg,
+             say=lambda _: None)  # fmt: skip
+    # Saved again elsewhere, the bundle records the way from there.
+    bundle.save(tmp_path / "kept" / "b")
+    kept = load_bundle(tmp_path / "kept" / "b")
+    assert kept.extra["data"]["source_from_bundle"] == "../../moved/data"
+    shutil.rmtree(out)
+    assert int(kept.evaluate(progress=False).accumulator.confusion.sum()) == n_val
+
+
 def test_report_without_mistakes_says_so_and_the_l2_curve_marks_the_chosen_value(tmp_path):
     from PIL import Image
 

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import TrainingError, WeightsError
-from ..paths import check_folder, remove_entries, same_source
+from ..paths import check_folder, from_run, remove_entries, run_data, same_source
 from ..text import plural
 from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from .distributed import (
@@ -186,13 +186,16 @@ class Trainer:
                 self.say(msg)
 
     def _checkpoint(self, **state: Any) -> dict[str, Any]:
+        meta = self.meta
+        if self.out_dir is not None and (rel := from_run(meta.get("dataset"), self.out_dir)):
+            meta = {**meta, "dataset_from_run": rel}  # see paths.run_data
         return {
             "format": "cnnzoo-checkpoint-1",
             "model": unwrap_model(self.model).state_dict(),
             "config": self.config.to_dict(),
             "precision": self.precision.to_dict(),
             "task": self.task.name,
-            "meta": self.meta,
+            "meta": meta,
             **state,
         }
 
@@ -389,8 +392,11 @@ class Trainer:
         if "optimizer" not in ckpt:
             raise TrainingError(f"{path} holds weights only, not a resumable run: resume from "
                                 "last.pt, or start a new run with --init-from")
-        conflict = resume_conflict(ckpt.get("meta") or {}, self.meta, ckpt.get("task"),
-                                   self.task.name)
+        old_meta = dict(ckpt.get("meta") or {})
+        if "dataset" in old_meta and "dataset" in self.meta:  # moved with its data: the same
+            old_meta["dataset"] = run_data(old_meta["dataset"], old_meta.get("dataset_from_run"),
+                                           path.parent, given=self.meta["dataset"])
+        conflict = resume_conflict(old_meta, self.meta, ckpt.get("task"), self.task.name)
         if conflict:
             raise TrainingError(f"the checkpoint in {self._resume_where(resume)} {conflict}, or "
                                 "start a new run with another --out")

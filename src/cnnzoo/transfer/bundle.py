@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from ..data.images import ImageSpec, Interpolation, convert_image, to_tensor_uint8
 from ..errors import WeightsError
 from ..models.base import is_whole
-from ..paths import BUNDLE_JSON, usual_permissions
+from ..paths import BUNDLE_JSON, from_run, run_data, usual_permissions
 from ..text import plural, some
 from ..weights import Preprocessing
 from ..weights.files import BUNDLE_FORMAT as FORMAT
@@ -252,7 +252,7 @@ class Bundle:
         from ..errors import DataError
 
         data = (self.extra or {}).get("data") or {}
-        trained_on = str(data.get("source") or "")
+        trained_on = self._trained_on(source)
         src = str(source or trained_on)
         if not src:
             raise DataError("this bundle was trained on images passed in memory: say which "
@@ -270,6 +270,13 @@ class Bundle:
         acc = ClassificationAccumulator(len(self.class_names))
         acc.update(log_probs, ds.labels, torch.nn.functional.nll_loss(log_probs, ds.labels))
         return Evaluation(acc.compute(), acc)
+
+    def _trained_on(self, given: object = None) -> str:
+        """The data the bundle was trained on, where it is now (`paths.run_data`); `given`
+        when it is that data; '' for images passed in memory."""
+        data = (self.extra or {}).get("data") or {}
+        return run_data(data.get("source"), data.get("source_from_bundle"),
+                        self.path or Path(), given)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -289,7 +296,12 @@ class Bundle:
             usual_permissions(tmp)  # mkdtemp's folder is private; the bundle is not
             meta = {"format": FORMAT, "model": self.model_name}
             save_safetensors(self.model.state_dict(), tmp / WEIGHTS_FILE, meta)
-            (tmp / JSON_FILE).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+            description = self.to_json()
+            if isinstance(data := description.get("data"), dict):  # see paths.run_data
+                data = {k: v for k, v in data.items() if k != "source_from_bundle"}
+                rel = from_run(self._trained_on(), target)
+                description["data"] = {**data, "source_from_bundle": rel} if rel else data
+            (tmp / JSON_FILE).write_text(json.dumps(description, indent=2) + "\n")
             old = None
             if target.exists():
                 old = target.with_name(f".{target.name}.old-{os.getpid()}")
