@@ -330,6 +330,45 @@ def test_a_folder_holding_a_run_is_refused_without_overwrite(tmp_path):
                     out_dir=out).fit()  # fmt: skip
 
 
+def test_a_checkpoint_of_a_newer_cnnzoo_says_to_upgrade(tmp_path, capsys):
+    """The format tag of a checkpoint was never read: one of a newer format (which this cnnzoo
+    might misread) was resumed, evaluated and predicted with as if it were its own, and
+    `--resume` on a file it could not read said to start the run again with --overwrite."""
+    import cnnzoo
+    from cnnzoo.engine.run import training_checkpoint
+
+    out, data = tmp_path / "run", tmp_path / "data"
+    _photo_folder(data)
+    (data / "empty").rmdir()
+    train = ["train", "lenet5", "--data", str(data), "--epochs", "1", "--batch-size", "8",
+             "--precision", "fp32", "--channels-last", "off", "--no-progress",
+             "--no-tensorboard", "--out", str(out)]  # fmt: skip
+    assert main(train) == 0
+    ckpt = load_checkpoint(out / "last.pt")
+    assert (ckpt["format"], ckpt["cnnzoo_version"]) == ("cnnzoo-checkpoint-1", cnnzoo.__version__)
+    for name in ("last.pt", "best.pt"):
+        atomic_save({**torch.load(out / name, weights_only=True), "format": "cnnzoo-checkpoint-2",
+                     "cnnzoo_version": "9.0.0"}, out / name)  # fmt: skip
+    kept = (out / "last.pt").read_bytes()
+    capsys.readouterr()
+    says = (f"was written by cnnzoo 9.0.0 in format cnnzoo-checkpoint-2; this cnnzoo "
+            f"({cnnzoo.__version__}) reads cnnzoo-checkpoint-1: upgrade cnnzoo to use it")
+    for argv in (["evaluate", str(out / "best.pt")],
+                 [*(a if a != "1" else "2" for a in train), "--resume"],
+                 ["predict", str(out / "best.pt"), "--weights", str(out / "best.pt")],
+                 ["convert", str(out / "best.pt"), str(tmp_path / "w.safetensors")]):  # fmt: skip
+        assert main(argv) == 2, argv
+        errors = [ln for ln in capsys.readouterr().err.splitlines() if "error:" in ln]
+        assert len(errors) == 1 and errors[0].endswith(says), errors
+    with pytest.raises(WeightsError, match=re.escape(says)):
+        training_checkpoint(out / "best.pt")
+    assert (out / "last.pt").read_bytes() == kept
+    # Other tags are read as before: the format of a file written by this cnnzoo, or none.
+    atomic_save({**torch.load(out / "best.pt", weights_only=True), "format":
+                 "cnnzoo-checkpoint-1"}, out / "best.pt")  # fmt: skip
+    assert main(["evaluate", str(out / "best.pt")]) == 0
+
+
 def test_resume_refuses_another_model_data_or_options_and_warns_of_another_loss(tmp_path,
                                                                                capsys):
     meta = {"model": "tiny", "model_kwargs": {"width": 4}, "dataset": "digits",

@@ -1157,6 +1157,39 @@ def test_a_damaged_bundle_json_is_one_line_naming_the_field(features_run, folder
     assert field in _one_line_error(capsys)
 
 
+def test_a_bundle_of_a_newer_cnnzoo_says_to_upgrade_and_keeps_what_it_does_not_know(
+        features_run, folder, tmp_path, capsys):  # fmt: skip
+    """A bundle.json of another format said only "format 'cnnzoo-bundle-2', expected
+    'cnnzoo-bundle-1'", not what to do. A newer format now says to upgrade cnnzoo (naming the
+    version that wrote it, which bundles record); an unknown one, to write the bundle again.
+    Keys this cnnzoo does not know, in a bundle of its format, are kept when it is saved."""
+    import shutil
+
+    import cnnzoo
+
+    _, out = features_run
+    assert json.loads((out / "bundle" / "bundle.json").read_text())["cnnzoo_version"] \
+        == cnnzoo.__version__  # fmt: skip
+    bad = tmp_path / "bundle"
+    shutil.copytree(out / "bundle", bad)
+    meta = json.loads((bad / "bundle.json").read_text())
+    img = str(next(folder.rglob("*.png")))
+    for fmt, says in (("cnnzoo-bundle-2", f"{bad / 'bundle.json'} was written by cnnzoo 9.0.0 in "
+                                          f"format cnnzoo-bundle-2; this cnnzoo "
+                                          f"({cnnzoo.__version__}) reads cnnzoo-bundle-1: "
+                                          f"upgrade cnnzoo to use it"),
+                      (None, "format None is not a bundle this cnnzoo reads (cnnzoo-bundle-1): "
+                             "write the bundle again with cnnzoo transfer")):  # fmt: skip
+        (bad / "bundle.json").write_text(json.dumps({**meta, "format": fmt,
+                                                     "cnnzoo_version": "9.0.0"}))  # fmt: skip
+        assert main(["predict", img, "--bundle", str(bad)]) == 2
+        assert _one_line_error(capsys).endswith(says)
+    (bad / "bundle.json").write_text(json.dumps({**meta, "cnnzoo_version": "9.0.0",
+                                                 "calibration": {"t": 1.5}}))  # fmt: skip
+    saved = json.loads((load_bundle(bad).save(tmp_path / "again") / "bundle.json").read_text())
+    assert saved["calibration"] == {"t": 1.5} and saved["cnnzoo_version"] == cnnzoo.__version__
+
+
 def test_the_run_folder_given_for_its_bundle_says_where_the_bundle_is(features_run, tmp_path):
     _, out = features_run
     with pytest.raises(WeightsError, match=f"{out} is the folder of a transfer run: its bundle "

@@ -26,9 +26,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import TrainingError, WeightsError
+from ..errors import NewerFormatError, TrainingError, WeightsError
 from ..paths import check_folder, from_run, remove_entries, run_data, same_source
 from ..text import plural
+from ..weights.files import CHECKPOINT_FORMAT
 from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from .distributed import (
     DistContext,
@@ -189,8 +190,11 @@ class Trainer:
         meta = self.meta
         if self.out_dir is not None and (rel := from_run(meta.get("dataset"), self.out_dir)):
             meta = {**meta, "dataset_from_run": rel}  # see paths.run_data
+        from .. import __version__
+
         return {
-            "format": "cnnzoo-checkpoint-1",
+            "format": CHECKPOINT_FORMAT,
+            "cnnzoo_version": __version__,
             "model": unwrap_model(self.model).state_dict(),
             "config": self.config.to_dict(),
             "precision": self.precision.to_dict(),
@@ -382,8 +386,8 @@ class Trainer:
             path = Path(resume)
         try:
             ckpt = load_checkpoint(path)
-        except WeightsError:
-            if resume is not True:
+        except WeightsError as exc:
+            if resume is not True or isinstance(exc, NewerFormatError):
                 raise
             # The run's own last.pt, cut short or damaged: asking whether it is a file of
             # `cnnzoo train` does not help; say how to go on.

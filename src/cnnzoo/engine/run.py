@@ -22,7 +22,7 @@ from ..data.augment import FLIPPING
 from ..data.builtin import builtin_name, own_channels
 from ..data.folder import ImagesSeen, seen_images
 from ..data.loader import BatchLoader
-from ..errors import DataError, UsageError, WeightsError
+from ..errors import DataError, NewerFormatError, UsageError, WeightsError
 from ..paths import check_outside, run_data, same_source, transfer_bundle
 from .checkpoint import load_checkpoint
 from .distributed import DistContext
@@ -470,6 +470,8 @@ def training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         # Mapped, not read: a torchvision .pth of 500 MB took 0.32 s to be read here only to be
         # told apart, before the weights loader read it again.
         ckpt = load_checkpoint(p, mmap=True)
+    except NewerFormatError:
+        raise  # ours, from a newer cnnzoo: read as plain weights it lost its model and classes
     except WeightsError:
         return None  # not one of ours (or a legacy-format file): the weights loader reads it
     meta = ckpt.get("meta")

@@ -41,7 +41,7 @@ from ..paths import BUNDLE_JSON, from_run, run_data, usual_permissions
 from ..text import plural, some
 from ..weights import Preprocessing
 from ..weights.files import BUNDLE_FORMAT as FORMAT
-from ..weights.files import save_safetensors
+from ..weights.files import newer_format, save_safetensors
 from .features import (
     MAX_VIEWS,
     forward_pre_logits,
@@ -279,12 +279,16 @@ class Bundle:
                         self.path or Path(), given)
 
     def to_json(self) -> dict[str, Any]:
+        from .. import __version__
+
         return {
-            "format": FORMAT, "model": self.model_name, "class_names": list(self.class_names),
+            "format": FORMAT, "cnnzoo_version": __version__, "model": self.model_name,
+            "class_names": list(self.class_names),
             "num_classes": len(self.class_names), "in_chans": self.preprocessing.channels,
             "preprocessing": self.preprocessing.to_dict(), "fit": self.fit, "views": self.views,
             "head": self.head or {"kind": "linear"}, "precision": self.precision,
-            "metrics": self.metrics or {}, **(self.extra or {}),
+            "metrics": self.metrics or {},
+            **{k: v for k, v in (self.extra or {}).items() if k != "cnnzoo_version"},
         }  # fmt: skip
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
@@ -358,7 +362,9 @@ def check_description(meta: Any, path: Path) -> None:
         raise WeightsError(f"{path} must hold a JSON object, not a {type(meta).__name__}: write "
                            "the bundle again with cnnzoo transfer")  # fmt: skip
     if meta.get("format") != FORMAT:
-        raise WeightsError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        newer_format(path, meta.get("format"), FORMAT, meta.get("cnnzoo_version"))
+        raise WeightsError(f"{path}: format {meta.get('format')!r} is not a bundle this cnnzoo "
+                           f"reads ({FORMAT}): write the bundle again with cnnzoo transfer")
     if not isinstance(meta.get("model"), str):
         raise bad(f"model must be a zoo model name, not {meta.get('model')!r}")
     names = meta.get("class_names")
