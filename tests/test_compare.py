@@ -58,6 +58,23 @@ def test_the_table_reads_each_run_and_counts_its_net(tmp_path):
     assert differences(runs) == []
 
 
+def test_runs_of_one_project_before_and_after_it_moved_read_the_same_data(tmp_path):
+    """Run a trained before the project folder moved records the old absolute path; run b,
+    trained after, the new one. Both find the data beside them (`paths.run_data`), so the
+    data are not named as a difference (they were, the two paths side by side)."""
+    (tmp_path / "project" / "data").mkdir(parents=True)
+    moved = {"dataset_from_run": "../../data", "val_files": "0123456789abcdef"}
+    a = _fake_run(tmp_path / "project" / "runs" / "a", dataset=str(tmp_path / "old" / "data"),
+                  **moved)  # fmt: skip
+    b = _fake_run(tmp_path / "project" / "runs" / "b", dataset=str(tmp_path / "project" / "data"),
+                  **moved)  # fmt: skip
+    assert differences(summarize_runs([a, b])) == []
+    c = _fake_run(tmp_path / "c", dataset=str(tmp_path / "old" / "data"), **moved)  # nothing there
+    assert differences(summarize_runs([a, c]))[0].startswith(
+        f"data: {tmp_path / 'project' / 'data'} (48000 training, 12000 validation) (a), "
+        f"{tmp_path / 'old' / 'data'} ")  # fmt: skip
+
+
 def test_differences_besides_the_model_are_named(tmp_path):
     a = _fake_run(tmp_path / "a", model="lenet5", size=32)
     b = _fake_run(tmp_path / "b", augment="none", lr=0.05)

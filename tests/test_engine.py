@@ -361,6 +361,45 @@ def test_a_folder_holding_a_run_is_refused_without_overwrite(tmp_path):
                     out_dir=out).fit()  # fmt: skip
 
 
+def test_a_checkpoint_of_a_newer_cnnzoo_says_to_upgrade(tmp_path, capsys):
+    """The format tag of a checkpoint was never read: one of a newer format (which this cnnzoo
+    might misread) was resumed, evaluated and predicted with as if it were its own, and
+    `--resume` on a file it could not read said to start the run again with --overwrite."""
+    import cnnzoo
+    from cnnzoo.engine.run import training_checkpoint
+
+    out, data = tmp_path / "run", tmp_path / "data"
+    _photo_folder(data)
+    (data / "empty").rmdir()
+    train = ["train", "lenet5", "--data", str(data), "--epochs", "1", "--batch-size", "8",
+             "--precision", "fp32", "--channels-last", "off", "--no-progress",
+             "--no-tensorboard", "--out", str(out)]  # fmt: skip
+    assert main(train) == 0
+    ckpt = load_checkpoint(out / "last.pt")
+    assert (ckpt["format"], ckpt["cnnzoo_version"]) == ("cnnzoo-checkpoint-1", cnnzoo.__version__)
+    for name in ("last.pt", "best.pt"):
+        atomic_save({**torch.load(out / name, weights_only=True), "format": "cnnzoo-checkpoint-2",
+                     "cnnzoo_version": "9.0.0"}, out / name)  # fmt: skip
+    kept = (out / "last.pt").read_bytes()
+    capsys.readouterr()
+    says = (f"was written by cnnzoo 9.0.0 in format cnnzoo-checkpoint-2; this cnnzoo "
+            f"({cnnzoo.__version__}) reads cnnzoo-checkpoint-1: upgrade cnnzoo to use it")
+    for argv in (["evaluate", str(out / "best.pt")],
+                 [*(a if a != "1" else "2" for a in train), "--resume"],
+                 ["predict", str(out / "best.pt"), "--weights", str(out / "best.pt")],
+                 ["convert", str(out / "best.pt"), str(tmp_path / "w.safetensors")]):  # fmt: skip
+        assert main(argv) == 2, argv
+        errors = [ln for ln in capsys.readouterr().err.splitlines() if "error:" in ln]
+        assert len(errors) == 1 and errors[0].endswith(says), errors
+    with pytest.raises(WeightsError, match=re.escape(says)):
+        training_checkpoint(out / "best.pt")
+    assert (out / "last.pt").read_bytes() == kept
+    # Other tags are read as before: the format of a file written by this cnnzoo, or none.
+    atomic_save({**torch.load(out / "best.pt", weights_only=True), "format":
+                 "cnnzoo-checkpoint-1"}, out / "best.pt")  # fmt: skip
+    assert main(["evaluate", str(out / "best.pt")]) == 0
+
+
 def test_resume_refuses_another_model_data_or_options_and_warns_of_another_loss(tmp_path,
                                                                                capsys):
     meta = {"model": "tiny", "model_kwargs": {"width": 4}, "dataset": "digits",
@@ -1985,6 +2024,43 @@ def test_a_given_val_folder_may_grow_after_training(tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", str(out / "last.pt"), "--json"]) == 0
     assert sum(map(sum, json.loads(capsys.readouterr().out)["confusion"])) == 5
+
+
+def test_a_project_moved_whole_still_resumes_and_evaluates_its_own_split(tmp_path, capsys,
+                                                                         monkeypatch):
+    """A project folder holding its data and its runs, moved (another name, another machine):
+    the run's recorded absolute data path is gone. `--resume` was refused as 'trained on
+    OLD/data, not NEW/data: resume on OLD/data', which no longer existed, and `evaluate --data
+    data` scored every image, the training ones too. The run also records its data relative to
+    itself, and finds it there."""
+    import shutil
+
+    old = tmp_path / "project"
+    _photo_folder(old / "data")
+    (old / "data" / "empty").rmdir()
+    monkeypatch.chdir(old)  # relative paths, as a user types them
+    args = ["train", "lenet5", "--data", "data", "--epochs", "1", "--batch-size", "8",
+            "--precision", "fp32", "--channels-last", "off", "--no-progress", "--no-tensorboard",
+            "--out", "runs/a"]  # fmt: skip
+    assert main(args) == 0
+    assert main(["evaluate", "runs/a/last.pt", "--json"]) == 0
+    capsys.readouterr()
+    new = tmp_path / "moved"
+    shutil.move(old, new)
+    monkeypatch.chdir(new)
+    for extra in ([], ["--data", "data"], ["--data", str(new / "data")]):
+        assert main(["evaluate", "runs/a/last.pt", "--json", *extra]) == 0
+        assert sum(map(sum, json.loads(capsys.readouterr().out)["confusion"])) == 4  # val only
+    assert main([*(a if a != "1" else "2" for a in args), "--resume"]) == 0
+    assert [json.loads(ln)["epoch"] for ln in
+            Path("runs/a/metrics.jsonl").read_text().splitlines()] == [1, 2]  # fmt: skip
+    # Changed since, it is refused as before; and other data is still other data.
+    (new / "data" / "dog" / "0.png").rename(new / "data" / "dog" / "renamed.png")
+    assert main(["evaluate", "runs/a/last.pt"]) == 2
+    assert "has changed since the run was trained" in capsys.readouterr().err
+    shutil.copytree(new / "data", tmp_path / "other")
+    assert main([*args[:-1], "runs/a", "--data", str(tmp_path / "other"), "--resume"]) == 2
+    assert f"was trained on {new / 'data'}, not {tmp_path / 'other'}" in capsys.readouterr().err
 
 
 def test_growing_across_channels_names_the_flag_that_fixes_it():

@@ -1339,6 +1339,39 @@ def test_a_damaged_bundle_json_is_one_line_naming_the_field(features_run, folder
     assert field in _one_line_error(capsys)
 
 
+def test_a_bundle_of_a_newer_cnnzoo_says_to_upgrade_and_keeps_what_it_does_not_know(
+        features_run, folder, tmp_path, capsys):  # fmt: skip
+    """A bundle.json of another format said only "format 'cnnzoo-bundle-2', expected
+    'cnnzoo-bundle-1'", not what to do. A newer format now says to upgrade cnnzoo (naming the
+    version that wrote it, which bundles record); an unknown one, to write the bundle again.
+    Keys this cnnzoo does not know, in a bundle of its format, are kept when it is saved."""
+    import shutil
+
+    import cnnzoo
+
+    _, out = features_run
+    assert json.loads((out / "bundle" / "bundle.json").read_text())["cnnzoo_version"] \
+        == cnnzoo.__version__  # fmt: skip
+    bad = tmp_path / "bundle"
+    shutil.copytree(out / "bundle", bad)
+    meta = json.loads((bad / "bundle.json").read_text())
+    img = str(next(folder.rglob("*.png")))
+    for fmt, says in (("cnnzoo-bundle-2", f"{bad / 'bundle.json'} was written by cnnzoo 9.0.0 in "
+                                          f"format cnnzoo-bundle-2; this cnnzoo "
+                                          f"({cnnzoo.__version__}) reads cnnzoo-bundle-1: "
+                                          f"upgrade cnnzoo to use it"),
+                      (None, "format None is not a bundle this cnnzoo reads (cnnzoo-bundle-1): "
+                             "write the bundle again with cnnzoo transfer")):  # fmt: skip
+        (bad / "bundle.json").write_text(json.dumps({**meta, "format": fmt,
+                                                     "cnnzoo_version": "9.0.0"}))  # fmt: skip
+        assert main(["predict", img, "--bundle", str(bad)]) == 2
+        assert _one_line_error(capsys).endswith(says)
+    (bad / "bundle.json").write_text(json.dumps({**meta, "cnnzoo_version": "9.0.0",
+                                                 "calibration": {"t": 1.5}}))  # fmt: skip
+    saved = json.loads((load_bundle(bad).save(tmp_path / "again") / "bundle.json").read_text())
+    assert saved["calibration"] == {"t": 1.5} and saved["cnnzoo_version"] == cnnzoo.__version__
+
+
 def test_the_run_folder_given_for_its_bundle_says_where_the_bundle_is(features_run, tmp_path):
     _, out = features_run
     with pytest.raises(WeightsError, match=f"{out} is the folder of a transfer run: its bundle "
@@ -1453,6 +1486,35 @@ def test_evaluate_refuses_the_validation_split_of_a_folder_changed_since(folder,
     for i in range(3):
         (data / "coat" / f"new{i}.png").unlink()
     assert int(bundle.evaluate(progress=False).accumulator.confusion.sum()) == n_val
+
+
+def test_a_transfer_run_moved_with_its_data_evaluates_and_resumes(folder, tmp_path, capsys):
+    """A project folder holding the data and the transfer run, moved: `evaluate --bundle` said
+    the data 'is not there any more', and `--resume` was refused as 'trained on OLD/data, not
+    NEW/data'. The bundle and the fine-tuning checkpoints record the data relative to
+    themselves too, and find it there."""
+    import shutil
+
+    shutil.copytree(folder, tmp_path / "project" / "data")
+    cfg = _tiny_config(mode="finetune")
+    transfer(tmp_path / "project" / "data", model="resnet20", weights=None,
+             out=tmp_path / "project" / "run", config=cfg, say=lambda _: None)  # fmt: skip
+    n_val = load_bundle(tmp_path / "project" / "run" / "bundle").metrics["finetune"]["val_images"]
+    shutil.move(tmp_path / "project", tmp_path / "moved")
+    data, out = tmp_path / "moved" / "data", tmp_path / "moved" / "run"
+    bundle = load_bundle(out / "bundle")
+    for source in (None, data):  # the run's own validation split, not every image
+        assert int(bundle.evaluate(source, progress=False).accumulator.confusion.sum()) == n_val
+    assert main(["evaluate", "--bundle", str(out / "bundle")]) == 0
+    assert capsys.readouterr().out.startswith(f"{n_val} images: accuracy ")
+    transfer(data, model="resnet20", weights=None, out=out, resume=True, config=cfg,
+             say=lambda _: None)  # fmt: skip
+    # Saved again elsewhere, the bundle records the way from there.
+    bundle.save(tmp_path / "kept" / "b")
+    kept = load_bundle(tmp_path / "kept" / "b")
+    assert kept.extra["data"]["source_from_bundle"] == "../../moved/data"
+    shutil.rmtree(out)
+    assert int(kept.evaluate(progress=False).accumulator.confusion.sum()) == n_val
 
 
 def test_report_without_mistakes_says_so_and_the_l2_curve_marks_the_chosen_value(tmp_path):

@@ -27,6 +27,11 @@ class WeightsError(CnnzooError, ValueError):
     """A checkpoint that cannot be read or does not fit the model."""
 
 
+class NewerFormatError(WeightsError):
+    """A checkpoint or bundle written by a newer cnnzoo, in a format this one does not read: no
+    fallback (another way of reading it, a 'start again' hint) applies; upgrading does."""
+
+
 class ImageError(CnnzooError, ValueError):
     """A file that is not a readable image."""
 

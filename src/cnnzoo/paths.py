@@ -150,6 +150,41 @@ def same_source(a: object, b: object) -> bool:
     return a.lower() == b.lower()
 
 
+def from_run(source: object, run_dir: str | os.PathLike[str]) -> str | None:
+    """The data folder or CSV `source` (recorded absolute) as a path relative to `run_dir`,
+    the folder a run writes its checkpoints or bundle to; None for a built-in name or a path
+    that is gone. Recorded beside the absolute path, so that `run_data` still finds the data
+    of a project moved or copied whole."""
+    if not (isinstance(source, str | os.PathLike) and Path(source).is_absolute()
+            and Path(source).exists()):  # fmt: skip
+        return None
+    return os.path.relpath(os.path.abspath(source), os.path.abspath(run_dir))
+
+
+def run_data(recorded: object, relative: object, run_dir: str | os.PathLike[str],
+             given: object = None) -> str:
+    """The data a run recorded (`recorded`: absolute; `relative`: `from_run`'s path from the
+    run's folder), where it is now. A project folder holding both the data and the runs, moved
+    or copied (to another machine, or under another name), keeps the second path valid when
+    the first is gone or names the old copy: without it a resume there was refused as another
+    data set, with advice to resume on a folder that no longer existed, and `evaluate --data`
+    scored every image, training ones too, as if they were held out.
+
+    given: the data the user passed (--data), returned when it is the run's data at either
+    path, so that comparing it with the result tells whether it is the run's data. Otherwise
+    the recorded path while it exists, else the relative one when that exists, else the
+    recorded path (for the messages that say it is gone)."""
+    recorded = str(recorded or "")
+    places = [recorded] if recorded else []
+    if isinstance(relative, str) and relative:
+        moved = Path(run_dir) / relative
+        if moved.exists():
+            places.append(str(moved.resolve()))
+    if given is not None and any(same_source(given, p) for p in places):
+        return str(given)
+    return next((p for p in places if Path(p).exists()), recorded)
+
+
 BUNDLE_JSON = "bundle.json"  # a transfer bundle's description (transfer/bundle.py)
 
 

@@ -20,6 +20,7 @@ import torch
 
 from ..errors import TrainingError, WeightsError
 from ..paths import remove_stale_temps, temp_prefix, usual_permissions
+from ..weights.files import CHECKPOINT_FORMAT, newer_format
 
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
@@ -71,6 +72,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> dict
                            "also records the model, its classes and input): give a run's "
                            "best.pt or last.pt; weights files go to `cnnzoo predict --weights` "
                            "and `cnnzoo transfer --weights`")  # fmt: skip
+    newer_format(path, ckpt.get("format"), CHECKPOINT_FORMAT, ckpt.get("cnnzoo_version"))
     return ckpt
 
 

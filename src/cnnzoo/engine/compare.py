@@ -206,13 +206,17 @@ def _summary(path: Path, label: str, ckpt: dict[str, Any]) -> RunSummary:
     last = history[-1]
     kept = _kept_epoch(ckpt, config, history)
     speeds = [r["images_per_s"] for r in history if r.get("images_per_s")]
-    data = f"{meta.get('dataset')}"
+    from .run import trained_data
+
+    # Where the data is now: two runs of one project, one trained before the project folder
+    # moved, read the same data (their recorded absolute paths differ).
+    source = trained_data(meta, path.parent) if "dataset" in meta else None
+    data = f"{source}"
     if meta.get("images"):
         data += f" ({meta['images'].get('train')} training, {meta['images'].get('val')} validation)"
     # The validation images: the same folder split the same way (its digest when drawn from a
     # folder), or the same built-in split.
-    val = meta.get("val_files") or (meta.get("dataset"), meta.get("val_fraction"),
-                                    meta.get("seed"))  # fmt: skip
+    val = meta.get("val_files") or (source, meta.get("val_fraction"), meta.get("seed"))
     settings: dict[str, Any] = {"data": data, "validation images": val,
                                 "input": f"{chans}x{size}"}  # fmt: skip
     for key, _ in RECIPE:

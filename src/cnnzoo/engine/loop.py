@@ -26,9 +26,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import TrainingError, WeightsError
-from ..paths import check_folder, remove_entries, same_source
+from ..errors import NewerFormatError, TrainingError, WeightsError
+from ..paths import check_folder, from_run, remove_entries, run_data, same_source
 from ..text import plural
+from ..weights.files import CHECKPOINT_FORMAT
 from .checkpoint import (
     atomic_save,
     caller_rng_kept,
@@ -193,15 +194,21 @@ class Trainer:
                 self.say(msg)
 
     def _checkpoint(self, **state: Any) -> dict[str, Any]:
+        meta = self.meta
+        if self.out_dir is not None and (rel := from_run(meta.get("dataset"), self.out_dir)):
+            meta = {**meta, "dataset_from_run": rel}  # see paths.run_data
+        from .. import __version__
+
         return {
-            "format": "cnnzoo-checkpoint-1",
+            "format": CHECKPOINT_FORMAT,
+            "cnnzoo_version": __version__,
             "model": unwrap_model(self.model).state_dict(),
             "config": self.config.to_dict(),
             "precision": self.precision.to_dict(),
             # Where the epochs' seconds were measured (`cnnzoo compare` names a difference).
             "machine": self._machine,
             "task": self.task.name,
-            "meta": self.meta,
+            "meta": meta,
             **state,
         }
 
@@ -393,8 +400,8 @@ class Trainer:
             path = Path(resume)
         try:
             ckpt = load_checkpoint(path)
-        except WeightsError:
-            if resume is not True:
+        except WeightsError as exc:
+            if resume is not True or isinstance(exc, NewerFormatError):
                 raise
             # The run's own last.pt, cut short or damaged: asking whether it is a file of
             # `cnnzoo train` does not help; say how to go on.
@@ -403,8 +410,11 @@ class Trainer:
         if "optimizer" not in ckpt:
             raise TrainingError(f"{path} holds weights only, not a resumable run: resume from "
                                 "last.pt, or start a new run with --init-from")
-        conflict = resume_conflict(ckpt.get("meta") or {}, self.meta, ckpt.get("task"),
-                                   self.task.name)
+        old_meta = dict(ckpt.get("meta") or {})
+        if "dataset" in old_meta and "dataset" in self.meta:  # moved with its data: the same
+            old_meta["dataset"] = run_data(old_meta["dataset"], old_meta.get("dataset_from_run"),
+                                           path.parent, given=self.meta["dataset"])
+        conflict = resume_conflict(old_meta, self.meta, ckpt.get("task"), self.task.name)
         if conflict:
             raise TrainingError(f"the checkpoint in {self._resume_where(resume)} {conflict}, or "
                                 "start a new run with another --out")

@@ -22,8 +22,8 @@ from ..data.augment import FLIPPING
 from ..data.builtin import builtin_name, own_channels
 from ..data.folder import ImagesSeen, seen_images
 from ..data.loader import BatchLoader
-from ..errors import DataError, UsageError, WeightsError
-from ..paths import check_outside, same_source, transfer_bundle
+from ..errors import DataError, NewerFormatError, UsageError, WeightsError
+from ..paths import check_outside, run_data, same_source, transfer_bundle
 from .checkpoint import caller_rng_kept, load_checkpoint
 from .distributed import DistContext
 from .grow import grow_from
@@ -318,9 +318,11 @@ def train_classifier(
     src = load_checkpoint(init_from) if init_from is not None and not resuming else None
     if resuming:
         ran = _run_meta(Path(out_dir) / "last.pt")
+        ran_dir = Path(out_dir)
     else:  # the growth source, already read (before, it was read a second time here)
         ran = src.get("meta") if src is not None else None
-    before = _trained_input(ran, data.source)
+        ran_dir = Path(init_from).parent if init_from is not None else Path()
+    before = _trained_input(ran, data.source, ran_dir)
     if before is not None:
         ran_size, ran_channels = before
         if data.img_size is None and "img_size" not in model_kwargs and ran_size >= smallest:
@@ -409,14 +411,22 @@ def _run_meta(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _trained_input(meta: dict[str, Any] | None, source: str) -> tuple[int, int] | None:
-    """(img_size, in_chans) a `cnnzoo train` checkpoint's `meta` says it was trained with on
-    `source`; None without one, when it was trained on other data, or when it does not say."""
+def _trained_input(meta: dict[str, Any] | None, source: str,
+                   run_dir: Path) -> tuple[int, int] | None:  # fmt: skip
+    """(img_size, in_chans) a `cnnzoo train` checkpoint's `meta` (in `run_dir`) says it was
+    trained with on `source`; None without one, when it was trained on other data, or when it
+    does not say."""
     meta = meta or {}
     size, chans = meta.get("img_size"), meta.get("in_chans")
-    if not same_source(meta.get("dataset"), source):
+    if not same_source(trained_data(meta, run_dir, source), source):
         return None
     return (size, chans) if isinstance(size, int) and chans in (1, 3) else None
+
+
+def trained_data(meta: dict[str, Any], run_dir: Path, given: object = None) -> str:
+    """The data the run whose checkpoint `meta` lies in `run_dir` trained on, where it is now
+    (`paths.run_data`); `given` (--data) when it is that data."""
+    return run_data(meta.get("dataset"), meta.get("dataset_from_run"), run_dir, given)
 
 
 def model_from_checkpoint(
@@ -463,6 +473,8 @@ def training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         # Mapped, not read: a torchvision .pth of 500 MB took 0.32 s to be read here only to be
         # told apart, before the weights loader read it again.
         ckpt = load_checkpoint(p, mmap=True)
+    except NewerFormatError:
+        raise  # ours, from a newer cnnzoo: read as plain weights it lost its model and classes
     except WeightsError:
         return None  # not one of ours (or a legacy-format file): the weights loader reads it
     meta = ckpt.get("meta")
@@ -549,7 +561,7 @@ def evaluate_checkpoint(
 
     ckpt = load_checkpoint(path)
     model, meta = model_from_checkpoint(path, ckpt)
-    trained_on = str(meta.get("dataset") or "")
+    trained_on = trained_data(meta, Path(path).parent, source)
     src = str(source or trained_on)
     if not src:
         raise DataError("say which data to evaluate on: --data DIR|fashion-mnist|digits")

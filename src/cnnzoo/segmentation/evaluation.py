@@ -203,13 +203,14 @@ def evaluate_segmenter(
     each image's weight map) is the training's business, not a held-out score."""
     from ..engine.checkpoint import load_checkpoint
     from ..engine.precision import Precision
+    from ..engine.run import trained_data
     from .tiling import checked_geometry, predict_tiled
     from .training import load_segmenter
 
     ckpt = load_checkpoint(path)
     model, meta = load_segmenter(path, ckpt)
     geo = checked_geometry(model, tile, margin)
-    trained_on = str(meta.get("dataset") or "")
+    trained_on = trained_data(meta, Path(path).parent, source)
     src = str(source or trained_on)
     if not src:
         raise DataError("say which pairs to evaluate on: --data DIR|CSV|cells")

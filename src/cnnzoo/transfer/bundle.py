@@ -37,12 +37,19 @@ from torch import Tensor, nn
 from ..data.images import ImageSpec, Interpolation, convert_image, to_tensor_uint8
 from ..errors import WeightsError
 from ..models.base import is_whole
-from ..paths import BUNDLE_JSON, remove_stale_temps, temp_prefix, usual_permissions
+from ..paths import (
+    BUNDLE_JSON,
+    from_run,
+    remove_stale_temps,
+    run_data,
+    temp_prefix,
+    usual_permissions,
+)
 from ..text import plural, some
 from ..weights import Preprocessing
 from ..weights.adapt import warn_non_finite
 from ..weights.files import BUNDLE_FORMAT as FORMAT
-from ..weights.files import save_safetensors
+from ..weights.files import newer_format, save_safetensors
 from .features import (
     MAX_VIEWS,
     forward_pre_logits,
@@ -253,7 +260,7 @@ class Bundle:
         from ..errors import DataError
 
         data = (self.extra or {}).get("data") or {}
-        trained_on = str(data.get("source") or "")
+        trained_on = self._trained_on(source)
         src = str(source or trained_on)
         if not src:
             raise DataError("this bundle was trained on images passed in memory: say which "
@@ -272,13 +279,24 @@ class Bundle:
         acc.update(log_probs, ds.labels, torch.nn.functional.nll_loss(log_probs, ds.labels))
         return Evaluation(acc.compute(), acc)
 
+    def _trained_on(self, given: object = None) -> str:
+        """The data the bundle was trained on, where it is now (`paths.run_data`); `given`
+        when it is that data; '' for images passed in memory."""
+        data = (self.extra or {}).get("data") or {}
+        return run_data(data.get("source"), data.get("source_from_bundle"),
+                        self.path or Path(), given)
+
     def to_json(self) -> dict[str, Any]:
+        from .. import __version__
+
         return {
-            "format": FORMAT, "model": self.model_name, "class_names": list(self.class_names),
+            "format": FORMAT, "cnnzoo_version": __version__, "model": self.model_name,
+            "class_names": list(self.class_names),
             "num_classes": len(self.class_names), "in_chans": self.preprocessing.channels,
             "preprocessing": self.preprocessing.to_dict(), "fit": self.fit, "views": self.views,
             "head": self.head or {"kind": "linear"}, "precision": self.precision,
-            "metrics": self.metrics or {}, **(self.extra or {}),
+            "metrics": self.metrics or {},
+            **{k: v for k, v in (self.extra or {}).items() if k != "cnnzoo_version"},
         }  # fmt: skip
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
@@ -292,8 +310,13 @@ class Bundle:
             meta = {"format": FORMAT, "model": self.model_name}
             # A full disk names the bundle, not the hidden folder it is written into first.
             save_safetensors(self.model.state_dict(), tmp / WEIGHTS_FILE, meta, shown_as=target)
+            description = self.to_json()
+            if isinstance(data := description.get("data"), dict):  # see paths.run_data
+                data = {k: v for k, v in data.items() if k != "source_from_bundle"}
+                rel = from_run(self._trained_on(), target)
+                description["data"] = {**data, "source_from_bundle": rel} if rel else data
             try:
-                (tmp / JSON_FILE).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+                (tmp / JSON_FILE).write_text(json.dumps(description, indent=2) + "\n")
             except OSError as exc:
                 raise WeightsError(f"{target}: cannot write ({exc.strerror or exc}); choose "
                                    "another output path") from None
@@ -353,7 +376,9 @@ def check_description(meta: Any, path: Path) -> None:
         raise WeightsError(f"{path} must hold a JSON object, not a {type(meta).__name__}: write "
                            "the bundle again with cnnzoo transfer")  # fmt: skip
     if meta.get("format") != FORMAT:
-        raise WeightsError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+        newer_format(path, meta.get("format"), FORMAT, meta.get("cnnzoo_version"))
+        raise WeightsError(f"{path}: format {meta.get('format')!r} is not a bundle this cnnzoo "
+                           f"reads ({FORMAT}): write the bundle again with cnnzoo transfer")
     if not isinstance(meta.get("model"), str):
         raise bad(f"model must be a zoo model name, not {meta.get('model')!r}")
     names = meta.get("class_names")

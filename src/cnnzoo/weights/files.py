@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import WeightsError
+from ..errors import NewerFormatError, WeightsError
 from ..paths import BUNDLE_JSON, bundle_in, remove_stale_temps, temp_beside, usual_permissions
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
@@ -35,6 +35,24 @@ SAFETENSORS_SUFFIXES = (".safetensors",)
 KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
 # The `format` in the metadata of a transfer bundle's model.safetensors (transfer/bundle.py).
 BUNDLE_FORMAT = "cnnzoo-bundle-1"
+# The `format` of a `cnnzoo train` checkpoint (engine/loop.py). A change that an older cnnzoo
+# would misread raises the number: that cnnzoo then refuses the file (`newer_format`).
+CHECKPOINT_FORMAT = "cnnzoo-checkpoint-1"
+
+
+def newer_format(path: object, found: object, known: str, written_by: object = None) -> None:
+    """One `WeightsError` line when the format tag `found` is `known`'s kind at a higher number
+    ('cnnzoo-bundle-2' where this cnnzoo reads 'cnnzoo-bundle-1'): a newer cnnzoo wrote the
+    file, and reading it as the old format could predict wrongly without a word. Nothing for
+    any other tag. written_by: the cnnzoo version the file records, for the message."""
+    from .. import __version__
+
+    kind, _, number = known.rpartition("-")
+    tail = found[len(kind) + 1:] if isinstance(found, str) and found.startswith(kind + "-") else ""
+    if tail.isdigit() and int(tail) > int(number):
+        by = f"cnnzoo {written_by}" if isinstance(written_by, str) else "a newer cnnzoo"
+        raise NewerFormatError(f"{path} was written by {by} in format {found}; this cnnzoo "
+                           f"({__version__}) reads {known}: upgrade cnnzoo to use it")
 
 # Containers that training scripts wrap a state_dict in (timm/engine checkpoints, Lightning, ...).
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "model_state", "net", "module")
@@ -159,6 +177,8 @@ def _read_torch(p: Path) -> Checkpoint:
         raise WeightsError(
             f"{p}: not a readable PyTorch checkpoint (truncated, or another format?){msg}"
         ) from None
+    if isinstance(obj, Mapping):
+        newer_format(p, obj.get("format"), CHECKPOINT_FORMAT, obj.get("cnnzoo_version"))
     return Checkpoint(path=str(p), format="torch", tensors=state_dict_tensors(obj, str(p)),
                       metadata=training_metadata(obj))
 
