@@ -361,6 +361,52 @@ def test_a_folder_holding_a_run_is_refused_without_overwrite(tmp_path):
                     out_dir=out).fit()  # fmt: skip
 
 
+def test_a_folder_another_run_is_writing_into_is_refused_and_a_finished_run_frees_it(
+        tmp_path):
+    """Two batch jobs given one --out both passed the 'holds a run' check while the folder was
+    empty, then wrote, renamed and deleted each other's checkpoints; one died with 'cannot
+    write best.pt (No such file or directory): free some space'. The second is now refused at
+    its first write, in one line, before writing anything."""
+    import fcntl
+
+    from cnnzoo.paths import LOCK_FILE
+
+    cfg = TrainConfig(epochs=1, lr=0.05, **FP32)
+    out = tmp_path / "run"
+    out.mkdir()
+    # The other run: any process holding the lock (an open file of its own, as a job's is).
+    other = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(other, fcntl.LOCK_EX)
+    with pytest.raises(UsageError) as err:
+        Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg,
+                out_dir=out).fit()  # fmt: skip
+    assert str(err.value) == (f"--out {out}: another cnnzoo run is writing into it: wait for "
+                              "it to end, or choose another --out")
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # nothing of this run's
+    os.close(other)  # the other run ended (the OS lets go of its lock however it ends)
+    Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg, out_dir=out).fit()
+    assert "last.pt" in {p.name for p in out.iterdir()}
+    assert not (out / LOCK_FILE).exists()  # a finished run leaves no lock behind
+    # A run into the folder that finished while this one started is refused like any other.
+    late = Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg, out_dir=out)
+    (out / "last.pt").rename(tmp_path / "last.pt")  # as it was when `late` checked ...
+    import cnnzoo.engine.loop as loop
+
+    real_hold = loop.hold_folder
+
+    def finished_meanwhile(folder):  # ... and is again when it first writes
+        (tmp_path / "last.pt").rename(out / "last.pt")
+        real_hold(folder)
+
+    loop.hold_folder = finished_meanwhile
+    try:
+        with pytest.raises(TrainingError, match="holds a run"):
+            late.fit(overwrite=False)
+    finally:
+        loop.hold_folder = real_hold
+    assert not (out / LOCK_FILE).exists()
+
+
 def test_a_checkpoint_of_a_newer_cnnzoo_says_to_upgrade(tmp_path, capsys):
     """The format tag of a checkpoint was never read: one of a newer format (which this cnnzoo
     might misread) was resumed, evaluated and predicted with as if it were its own, and

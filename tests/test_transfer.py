@@ -575,6 +575,28 @@ def test_one_class_folder_is_one_line_and_writes_nothing(fmnist, tmp_path, capsy
     assert "single class" in _one_line_error(capsys)
 
 
+def test_a_transfer_into_a_folder_another_run_is_writing_into_is_refused(folder, tmp_path):
+    """Two transfer jobs given one --out wrote each other's bundle and checkpoints; the second
+    is now refused at its first write, with nothing of its own written there."""
+    import fcntl
+    import os
+
+    from cnnzoo.paths import LOCK_FILE
+
+    out = tmp_path / "run"
+    out.mkdir()
+    other = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(other, fcntl.LOCK_EX)
+    with pytest.raises(UsageError, match="another cnnzoo run is writing into it"):
+        transfer(folder, model="resnet18", weights=None, out=out,
+                 config=_tiny_config(mode="features"), say=lambda _: None)  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]
+    os.close(other)
+    transfer(folder, model="resnet18", weights=None, out=out,
+             config=_tiny_config(mode="features"), say=lambda _: None)  # fmt: skip
+    assert (out / "bundle").is_dir() and not (out / LOCK_FILE).exists()
+
+
 def test_unreadable_images(fmnist, tmp_path, capsys, caplog):
     data = tmp_path / "data"
     write_image_folder(fmnist, data)

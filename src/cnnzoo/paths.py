@@ -7,8 +7,15 @@ import glob
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs into one folder are not guarded there
+    fcntl = None  # type: ignore[assignment]
 
 from .errors import UsageError
 
@@ -43,6 +50,65 @@ def check_folder(path: str | os.PathLike[str], what: str,
             if not os.access(part, os.W_OK | os.X_OK):
                 raise UsageError(f"{what} {p}: {part} is not writable: {todo}")
             return
+
+
+LOCK_FILE = ".cnnzoo.lock"
+_held = threading.local()  # .folders: [(folder, fd)] this thread holds, in the order taken
+
+
+def hold_folder(folder: str | os.PathLike[str], what: str = "--out") -> None:
+    """Make this run the only one writing into `folder` until the enclosing `folders_released`
+    ends: a second run into it meanwhile (two batch jobs given one --out, a --resume started
+    twice) gets one `UsageError` line instead of both writing, renaming and deleting each
+    other's checkpoints. Taken when a run first writes there, not when it checks its options,
+    so that a run that fails before writing leaves no folder behind. An flock on a hidden file,
+    which the OS lets go of however the process ends (SIGKILL too); a file system without locks
+    goes unguarded."""
+    if fcntl is None:
+        return
+    folder = Path(os.path.abspath(folder))
+    held = _held.__dict__.setdefault("folders", [])
+    if any(f == folder for f, _ in held):  # transfer's fine-tuning inside its own run
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_FILE
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:  # a folder it cannot write: the run's own first write says so
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UsageError(f"{what} {folder}: another cnnzoo run is writing into it: wait "
+                             f"for it to end, or choose another {what}") from None
+        except OSError:
+            os.close(fd)
+            return
+        # The run that held it removed the file between our open and flock: lock the new one.
+        with suppress(FileNotFoundError):
+            if os.path.samestat(os.fstat(fd), os.stat(lock)):
+                break
+        os.close(fd)
+    held.append((folder, fd))
+
+
+@contextmanager
+def folders_released() -> Iterator[None]:
+    """Let go of the folders `hold_folder` took inside this block when it ends (a decorator
+    of `Trainer.fit` and `transfer`), and remove their lock files: a finished run leaves no
+    trace of it."""
+    held = _held.__dict__.setdefault("folders", [])
+    n = len(held)
+    try:
+        yield
+    finally:
+        while len(held) > n:
+            folder, fd = held.pop()
+            with suppress(OSError):
+                os.unlink(folder / LOCK_FILE)  # before letting go, so no one locks it meanwhile
+            os.close(fd)
 
 
 def check_outside(out: str | os.PathLike[str], data: object) -> None:

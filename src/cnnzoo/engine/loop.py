@@ -27,7 +27,15 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import NewerFormatError, TrainingError, WeightsError
-from ..paths import check_folder, from_run, remove_entries, run_data, same_source
+from ..paths import (
+    check_folder,
+    folders_released,
+    from_run,
+    hold_folder,
+    remove_entries,
+    run_data,
+    same_source,
+)
 from ..text import plural
 from ..weights.files import CHECKPOINT_FORMAT
 from .checkpoint import (
@@ -214,6 +222,7 @@ class Trainer:
 
     # ----------------------------------------------------------------- main
     @caller_rng_kept()
+    @folders_released()
     def fit(self, *, resume: bool | str | Path = False, overwrite: bool = True) -> FitResult:
         """Train for `config.epochs` epochs (continuing from a checkpoint with `resume`).
 
@@ -313,6 +322,11 @@ class Trainer:
             else:
                 self._say(f"resuming after epoch {start} of {cfg.epochs}")
 
+        if self._writes:  # its first write: from here on this run alone writes there
+            hold_folder(self.out_dir)
+            # A run into the same folder that ended while this one started (it passed the same
+            # check when the folder was empty) left its files there: refused as any would be.
+            check_out_dir(self.out_dir, resume=ckpt is not None, overwrite=overwrite)
         log = MetricsLog(self.out_dir, tensorboard=cfg.tensorboard, history=history) \
             if self._writes else None
         try:

@@ -43,7 +43,7 @@ from ..engine.checkpoint import caller_rng_kept
 from ..errors import DataError, UsageError
 from ..models.base import is_whole
 from ..models.taps import StageTaps, check_stages
-from ..paths import check_folder, check_outside, remove_entries
+from ..paths import check_folder, check_outside, folders_released, hold_folder, remove_entries
 from ..text import some
 from ..weights import Preprocessing
 from .bundle import FITS, HEAD_KINDS, Bundle, input_spec, predict_tensor
@@ -302,6 +302,7 @@ def _stage_metrics(probs: Tensor, labels: Tensor) -> dict[str, float]:
 
 
 @caller_rng_kept()
+@folders_released()
 def transfer(
     data: Any,
     *,
@@ -440,6 +441,9 @@ def transfer(
 
     # What an earlier run wrote goes just before this run writes the same kind of thing (a
     # features run into a fine-tuning run's folder left its curves.png and finetune/ there).
+    if out_dir is not None:  # its first write: from here on this run alone writes there
+        hold_folder(out_dir)
+        check_out(out_dir, data, resume=resume, overwrite=overwrite)  # one that ended meanwhile
     if out_dir is not None and not resume:  # the old run's checkpoints, before ours are written
         remove_entries(out_dir, ("finetune",))
     history: list[dict[str, Any]] = []
