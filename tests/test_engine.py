@@ -110,7 +110,9 @@ def test_classification_task_against_hand_computed_values(tmp_path):
     assert per_class_table(four, ["a", "b", "c", "d"]) == [
         "class     precision  recall  support", "a             1.000   0.500        2",
         "b             0.500   1.000        1", "c             0.000   0.000        1",
-        "d                 -       -        0", "(no image of d among these: not measured)"]
+        "d                 -       -        0", "(no image of d among these: not measured)",
+        # recall (0.5 + 1 + 0) / 3; F1 a 2/3, b 2/3, c 0 (d has no image and no prediction)
+        "balanced accuracy 0.500 (the mean recall), macro F1 0.444"]
     # Neither predicted nor present: no precision either (0/0; it read 0.000). A class with
     # images that is never predicted keeps scikit-learn's 0 ('c' above: each was missed).
     assert four.per_class()["recall"][3] is None and four.per_class()["precision"][3] is None
@@ -188,6 +190,69 @@ def test_tied_logits_count_as_argmax_predicts_and_top5_never_below_top1():
     acc = ClassificationAccumulator(8)
     acc.update(torch.full((1, 8), float("nan")), torch.tensor([3]), torch.tensor(0.0))
     assert acc.compute()["top5"] == 0.0
+
+
+def test_class_weighted_loss_against_hand_computed_values_and_scikit_learns_weights():
+    """--class-weight balanced: scikit-learn's n / (K n_k), applied as torch's
+    CrossEntropyLoss(weight=): sum of w_y * CE over sum of w_y (also with label smoothing)."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    from cnnzoo.engine.task import balanced_weights, class_weights
+
+    labels = torch.tensor([0] * 30 + [1] * 3 + [2] * 5)
+    w = class_weights("balanced", labels, 3)
+    sk = compute_class_weight("balanced", classes=labels.unique().numpy(), y=labels.numpy())
+    assert torch.allclose(w, torch.as_tensor(sk)) and w.tolist()[1] == pytest.approx(38 / 9)
+    assert class_weights("none", labels, 3) is None and class_weights(None, labels, 3) is None
+    assert balanced_weights([4, 0, 4]).tolist() == [1.0, 0.0, 1.0]  # a class with no image
+    with pytest.raises(UsageError, match=r"class_weight \(--class-weight\) must be one of none, "
+                                         r"balanced, not 'auto'"):
+        class_weights("auto", labels, 3)
+    logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 2.0], [0.0, 1.0, 0.5]])
+    y = torch.tensor([0, 1, 0, 2])
+    weights = [0.5, 4.0, 2.0]
+    ce = logits.exp().sum(1).log() - logits[torch.arange(4), y]
+    wy = torch.tensor([0.5, 4.0, 0.5, 2.0])
+    task = ClassificationTask(3, class_weights=weights)
+    assert torch.allclose(task.loss(logits, y), (wy * ce).sum() / wy.sum())
+    assert not torch.allclose(task.loss(logits, y), ClassificationTask(3).loss(logits, y))
+    logp = logits.log_softmax(1)
+    per_class = -logp * torch.tensor(weights)  # smoothing's uniform part weighs each class
+    hand = (0.7 * wy * ce + 0.3 * per_class.mean(1)).sum() / wy.sum()
+    assert torch.allclose(ClassificationTask(3, label_smoothing=0.3,
+                                             class_weights=weights).loss(logits, y), hand)
+    with pytest.raises(ValueError, match="one weight per class"):
+        ClassificationTask(3, class_weights=[1.0, 2.0])
+
+
+def test_balanced_accuracy_and_macro_f1_agree_with_scikit_learn():
+    """Accuracy hides a net that never finds the rare classes; the final reports add the mean
+    recall and macro F1, as scikit-learn computes them."""
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    from cnnzoo.engine.task import ClassificationAccumulator
+
+    # 300 good parts, 12 of each defect: always 'good' is 0.89 accurate, balanced 0.25.
+    y = torch.tensor([0] * 300 + [1] * 12 + [2] * 12 + [3] * 12)
+    acc = ClassificationAccumulator(4)
+    acc.update(F.one_hot(torch.zeros_like(y), 4).float(), y, torch.tensor(0.0))
+    assert acc.compute()["acc"] == pytest.approx(300 / 336)
+    assert acc.balanced()["balanced_acc"] == 0.25
+    assert acc.summary()["macro_f1"] == pytest.approx(f1_score(y, y * 0, average="macro",
+                                                               zero_division=0))
+    g = torch.Generator().manual_seed(0)
+    for classes in (2, 5, 9):
+        y = torch.randint(0, classes - 1, (300,), generator=g)  # the last class has no image,
+        logits = torch.randn(300, classes, generator=g)  # but is predicted now and then
+        acc = ClassificationAccumulator(classes)
+        acc.update(logits, y, torch.tensor(0.0))
+        pred = logits.argmax(1)
+        with warnings.catch_warnings():  # "y_pred contains classes not in y_true": meant
+            warnings.simplefilter("ignore", UserWarning)
+            want = balanced_accuracy_score(y, pred)
+        assert acc.balanced()["balanced_acc"] == pytest.approx(want)
+        assert acc.balanced()["macro_f1"] == pytest.approx(
+            f1_score(y, pred, average="macro", zero_division=0))
 
 
 # --------------------------------------------------------------------------- optimiser
@@ -2258,6 +2323,65 @@ def test_final_lines_leave_out_top5_of_5_classes_or_fewer(tmp_path, capsys):
     out = capsys.readouterr().out
     tta = [line for line in out.splitlines() if line.startswith("final validation with flip")]
     assert len(tta) == 1 and "acc " in tta[0] and "top5" not in out
+
+
+def _imbalanced_folder(root: Path) -> Path:
+    """12 good parts and 4 of each of two defects (real Fashion-MNIST images, 28 px)."""
+    from cnnzoo.data import load_fashion_mnist
+    from cnnzoo.data.folder import write_image_folder
+
+    ds = load_fashion_mnist("test").subset(classes=[7, 5, 9], per_class=12)
+    keep = [i for c in range(3) for i in torch.nonzero(ds.labels == c).flatten().tolist()
+            [: 12 if c == 0 else 4]]
+    ds = ds.select(keep)
+    ds.class_names = ["good", "crack", "dent"]
+    write_image_folder(ds, root)
+    return root
+
+
+def test_class_weight_is_recorded_and_a_resumed_run_keeps_it(tmp_path, capsys):
+    """--class-weight balanced weighs the loss, is recorded in the run, and `--resume` without
+    the option goes on weighting: the resumed run ends bit-identical to an uninterrupted one.
+    Another value given on resume is used and warned of, as other recipe changes are."""
+    data = _imbalanced_folder(tmp_path / "parts")
+    # A constant rate: a run cut after one epoch then trains as the whole one (one-cycle's
+    # rate depends on --epochs).
+    common = ["train", "lenet5", "--data", str(data), "--batch-size", "8", "--lr", "0.05",
+              "--schedule", "constant", "--precision", "fp32", "--channels-last", "off",
+              "--no-progress", "--no-tensorboard"]  # fmt: skip
+
+    def run(out: str, epochs: int, *extra: str) -> dict:
+        assert main([*common, "--epochs", str(epochs), "--out", str(tmp_path / out),
+                     *extra]) == 0  # fmt: skip
+        return load_checkpoint(tmp_path / out / "last.pt")
+
+    whole = run("whole", 2, "--class-weight", "balanced")
+    out, err = capsys.readouterr()
+    # The final lines name what accuracy hides.
+    assert re.search(r"final validation loss [0-9.]+, acc [0-9.]+, balanced_acc [0-9.]+, "
+                     r"macro_f1 [0-9.]+$", out.splitlines()[0])
+    assert re.search(r"^balanced accuracy [0-9.]+ \(the mean recall\), macro F1 [0-9.]+$", err,
+                     re.M)
+    # n / (K n_k) of the 16 training images: 16 / (3 x 10) for good, 16 / (3 x 3) for crack
+    assert "class weights (balanced, on the loss): crack 1.78, dent 1.78, good 0.533" in err
+    assert whole["meta"]["class_weight"] == "balanced"
+    run("cut", 1, "--class-weight", "balanced")
+    resumed = run("cut", 2, "--resume")
+    err = capsys.readouterr().err
+    assert resumed["meta"]["class_weight"] == "balanced" and "class_weight (was" not in err
+    assert "class weights (balanced, on the loss)" in err
+    for k, v in whole["model"].items():
+        assert torch.equal(v, resumed["model"][k]), k
+    plain = run("plain", 2)  # the default is unweighted, and the weights mattered
+    assert plain["meta"]["class_weight"] == "none" and "class weights" not in capsys.readouterr().err
+    assert not torch.equal(plain["model"]["fc.weight"], whole["model"]["fc.weight"])
+    changed = run("cut", 3, "--resume", "--class-weight", "none")
+    assert changed["meta"]["class_weight"] == "none"
+    assert "class_weight (was balanced, now none)" in capsys.readouterr().err
+    # Segmentation has its own class balancing.
+    assert main(["train", "unet", "--data", "cells", "--class-weight", "balanced"]) == 2
+    assert "--class-weight is for classification; segmentation balances its classes' pixels " \
+           "with --loss weighted_ce" in capsys.readouterr().err
 
 
 def test_a_bad_model_arg_is_refused_before_the_data_load(tmp_path, monkeypatch, capsys):

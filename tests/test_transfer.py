@@ -1655,3 +1655,103 @@ def test_the_data_line_of_many_classes_names_a_few(tmp_path):
              config=_tiny_config(mode="features"), say=said.append)  # fmt: skip
     (line,) = [s for s in said if s.startswith("data: ")]
     assert f"14 classes ({', '.join(names[:12])}, ...);" in line and names[12] not in line
+
+
+def test_a_balanced_logistic_head_decides_as_scikit_learns(monkeypatch):
+    """class_weight='balanced' on the features head is scikit-learn's LogisticRegression(
+    class_weight='balanced') at C = 1 / (n l2) on the standardised features: the same
+    probabilities and decisions. Unweighted, it is class_weight=None; and the weights move the
+    decision towards the rare classes."""
+    from sklearn.linear_model import LogisticRegression
+
+    from cnnzoo.engine.task import balanced_weights
+    from cnnzoo.transfer.heads import fit_logistic
+
+    g = torch.Generator().manual_seed(0)
+    counts, dim, l2 = (40, 4, 6), 5, 0.05
+    labels = torch.cat([torch.full((c,), k) for k, c in enumerate(counts)])
+    centres = torch.randn(3, dim, generator=g)
+    x = centres[labels] + 1.5 * torch.randn(len(labels), dim, generator=g)
+    mu, sd = x.double().mean(0), x.double().std(0, unbiased=False)
+    probe = torch.randn(400, dim, generator=g) * 2
+    decisions = {}
+    for weighted in (False, True):
+        cw = balanced_weights(torch.bincount(labels)) if weighted else None
+        head = fit_logistic(x[:, None], labels, 3, l2=l2, class_weights=cw).head
+        sk = LogisticRegression(C=1 / (len(labels) * l2), tol=1e-10, max_iter=10_000,
+                                class_weight="balanced" if weighted else None)
+        sk.fit(((x.double() - mu) / sd).numpy(), labels.numpy())
+        want = torch.as_tensor(sk.predict_proba(((probe.double() - mu) / sd).numpy()))
+        with torch.no_grad():
+            ours = head(probe).softmax(1).double()
+        assert torch.allclose(ours, want, atol=1e-4), (ours - want).abs().max()
+        assert torch.equal(ours.argmax(1), want.argmax(1))
+        decisions[weighted] = ours.argmax(1)
+    rare = lambda d: int((d != 0).sum())  # noqa: E731
+    assert rare(decisions[True]) > rare(decisions[False])
+
+
+def test_class_weight_weighs_both_heads_is_recorded_and_kept_on_resume(fmnist, tmp_path,
+                                                                      monkeypatch):
+    """TransferConfig(class_weight='balanced') (--class-weight): the features head and
+    fine-tuning weigh the loss, the bundle and the fine-tuning checkpoints record it, a resume
+    that does not give it goes on with it, and the reports show the balanced accuracy."""
+    import importlib
+
+    from cnnzoo.transfer.run import resumed_class_weight
+
+    # The modules, not the functions of the same names that cnnzoo.transfer exports.
+    ft = importlib.import_module("cnnzoo.transfer.finetune")
+    run_module = importlib.import_module("cnnzoo.transfer.run")
+
+    keep = [i for c in range(3) for i in torch.nonzero(fmnist.labels == c).flatten().tolist()
+            [: 8 if c == 0 else 3]]  # 8 of one class, 3 of two others
+    data = tmp_path / "parts"
+    write_image_folder(fmnist.select(keep).subset(classes=[0, 1, 2]), data)
+    tasks = []  # the tasks fine-tuning trains with
+
+    class Task(ft.ClassificationTask):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            tasks.append(self)
+
+    monkeypatch.setattr(ft, "ClassificationTask", Task)
+    fits = []  # the class weights the features head is fitted with
+    original = run_module.fit_logistic
+
+    def fit_logistic(*args, **kwargs):
+        fits.append(kwargs.get("class_weights"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "fit_logistic", fit_logistic)
+    said = []
+    transfer(data, model="resnet18", weights=None, out=tmp_path / "balanced",
+             config=_tiny_config(mode="both", views=1, class_weight="balanced"),
+             say=said.append)  # fmt: skip
+    # 10 training images: 6 of tshirt (10 / 18), 2 of the others (10 / 6)
+    assert "class weights (balanced, on the loss): dress 1.67, pullover 1.67, tshirt 0.556" \
+        in said  # fmt: skip
+    want = torch.tensor([10 / 6, 10 / 6, 10 / 18])
+    assert len(fits) == 1 and torch.allclose(fits[0].float(), want)
+    assert len(tasks) == 1 and torch.allclose(tasks[0].class_weights, want)
+    out = tmp_path / "balanced"
+    saved = json.loads((out / "bundle" / "bundle.json").read_text())
+    assert saved["class_weight"] == "balanced"
+    assert {"val_balanced_acc", "val_macro_f1"} <= set(saved["metrics"]["features"])
+    assert 0 <= saved["metrics"]["val_balanced_acc"] <= 1
+    for phase in ("head", "full"):
+        ckpt = torch.load(out / "finetune" / phase / "last.pt", weights_only=True)
+        assert ckpt["meta"]["class_weight"] == "balanced"
+    assert any("balanced accuracy" in line for line in said)  # the per-class table's last line
+    assert resumed_class_weight(out) == "balanced"
+    assert resumed_class_weight(tmp_path / "nothing-here") == "none"
+    # Resumed without it: as the run began, with no warning (`cnnzoo train`'s test checks the
+    # warning for another value, which is the engine's).
+    said, tasks[:] = [], []
+    transfer(data, model="resnet18", weights=None, out=out, resume=True,
+             config=_tiny_config(mode="finetune", views=1), say=said.append)  # fmt: skip
+    assert len(tasks) == 1 and torch.allclose(tasks[0].class_weights, want)
+    assert not any("class_weight (was" in line for line in said), said
+    with pytest.raises(UsageError, match=r"class_weight \(--class-weight\) must be one of none, "
+                                         r"balanced, not 'yes'"):
+        transfer(data, model="resnet18", weights=None, class_weight="yes")

@@ -52,6 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="linear warm-up for cosine/constant schedules (default 0)")
     p.add_argument("--label-smoothing", type=real(0, 1, below=True), default=LABEL_SMOOTHING,
                    help="classification only (default 0.1)")
+    add_class_weight_argument(p)
     p.add_argument("--weight-decay", type=real(0), default=None,
                    help="default 5e-4 for sgd, 0.05 for adamw; never on norms and biases")
     p.add_argument("--grad-clip", type=real(0, above=True), default=None,
@@ -131,6 +132,15 @@ def add_tta_argument(p: argparse.ArgumentParser, what: str) -> None:
                         "views); for models trained with flips and crops")
 
 
+def add_class_weight_argument(p: argparse.ArgumentParser, where: str = "") -> None:
+    """--class-weight, for `cnnzoo train` and `cnnzoo transfer` (engine.task.class_weights)."""
+    p.add_argument("--class-weight", choices=("none", "balanced"), default=None,
+                   help=f"balanced: weight each class's loss{where} by n / (classes x its "
+                        "training images), scikit-learn's class_weight='balanced', so rare "
+                        "classes count as much as common ones (default none; with --resume: "
+                        "the run's own)")
+
+
 def add_mixing_arguments(p: argparse.ArgumentParser) -> None:
     """--mixup / --cutmix, for `cnnzoo train` and `cnnzoo transfer` (engine/mixing.py)."""
     p.add_argument("--mixup", type=beta_alpha, default=0.0, metavar="ALPHA",
@@ -206,6 +216,9 @@ def run(args: argparse.Namespace) -> int:
             if args.label_smoothing != LABEL_SMOOTHING:
                 raise DataError("--label-smoothing is for classification; segmentation's loss "
                                 "is chosen with --loss")
+            if args.class_weight is not None:
+                raise DataError("--class-weight is for classification; segmentation balances "
+                                "its classes' pixels with --loss weighted_ce")
             # Segmentation is a configuration of the same loop; its data, losses and metrics
             # live in cnnzoo.segmentation (issue 7).
             from ..segmentation.training import train_segmentation
@@ -219,7 +232,8 @@ def run(args: argparse.Namespace) -> int:
             result = train_classifier(
                 args.model, data, config, out_dir=out, resume=args.resume,
                 init_from=args.init_from, grow_rule=args.grow_rule,
-                label_smoothing=args.label_smoothing, model_kwargs=dict(args.model_arg),
+                label_smoothing=args.label_smoothing, class_weight=args.class_weight,
+                model_kwargs=dict(args.model_arg),
                 dist=dist, say=say, overwrite=args.overwrite)
     except BaseException as exc:
         cleanup(ok=False)
@@ -239,6 +253,9 @@ def run(args: argparse.Namespace) -> int:
         few = getattr(result.accumulator, "num_classes", 6) <= 5
         final = ", ".join(f"{k} {v:.4f}" for k, v in result.final.items()
                           if not (few and k == "top5"))  # fmt: skip
+        if hasattr(result.accumulator, "balanced"):  # what accuracy hides on imbalanced data
+            final += ", " + ", ".join(f"{k} {v:.4f}"
+                                      for k, v in result.accumulator.balanced().items())
         print(f"{args.model}: best {result.monitor} {result.best_value:.4f} at epoch "
               f"{result.best_epoch}; final validation {final}")
         if result.final_tta:

@@ -25,7 +25,7 @@ from .argtypes import (
     real,
     whole,
 )
-from .train import add_mixing_arguments
+from .train import add_class_weight_argument, add_mixing_arguments
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -84,6 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--augment", choices=("none", "flip-crop", "crop", "photo"),
                    default="flip-crop", help="fine-tuning augmentation (default flip-crop)")
     add_mixing_arguments(p)
+    add_class_weight_argument(p, " in the features head and in fine-tuning")
     p.add_argument("--batch-size", type=COUNT, default=32,
                    help="images per batch (default 32; fine-tuning takes at most a quarter of "
                         "the training images, at least 8)")
@@ -134,7 +135,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         stages=args.stages, fit=args.fit, batch_size=args.batch_size,
         val_fraction=args.val_fraction,
         precision=args.precision, cache_dir=args.cache, use_cache=args.use_cache,
-        keep_best=args.keep_best, seed=args.seed, progress=args.progress, finetune=ft,
+        keep_best=args.keep_best, class_weight=args.class_weight, seed=args.seed,
+        progress=args.progress, finetune=ft,
     )  # fmt: skip
 
 
@@ -223,7 +225,8 @@ def run(args: argparse.Namespace) -> int:
                       config=config_from_args(args), resume=args.resume,
                       overwrite=args.overwrite)  # fmt: skip
     m = result.metrics
-    stages = ", ".join(f"{s} {m[s]['val_acc']:.3f}" for s in ("features", "finetune") if s in m)
+    stages = ", ".join(f"{s} {m[s]['val_acc']:.3f} (balanced {m[s]['val_balanced_acc']:.3f})"
+                       for s in ("features", "finetune") if s in m)  # fmt: skip
     print(f"{args.model}: validation accuracy {stages}; kept {m['kept']}")
     # Only fine-tuning writes checkpoints (OUT/finetune/), for --resume.
     print(f"bundle and report in {out}/" if args.mode == "features"

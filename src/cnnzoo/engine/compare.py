@@ -29,8 +29,8 @@ RECIPE = (
     ("init_from", "initialised from"), ("epochs", "epochs"), ("augment", "augmentation"),
     ("erase", "random erasing"), ("progressive", "progressive resizing"),
     ("elastic", "elastic deformation"), ("jitter", "jitter"),
-    ("label_smoothing", "label smoothing"), ("loss", "loss"), ("w0", "border weight w0"),
-    ("sigma", "border weight sigma"), ("batch_size", "batch size"), ("optimizer", "optimizer"),
+    ("label_smoothing", "label smoothing"), ("class_weight", "class weights"), ("loss", "loss"),
+    ("w0", "border weight w0"), ("sigma", "border weight sigma"), ("batch_size", "batch size"), ("optimizer", "optimizer"),
     ("lr", "learning rate"), ("momentum", "momentum"), ("nesterov", "Nesterov"),
     ("weight_decay", "weight decay"), ("schedule", "schedule"),
     ("warmup_epochs", "warm-up epochs"), ("grad_clip", "gradient clipping"), ("mixup", "mixup"),
@@ -39,7 +39,8 @@ RECIPE = (
 )  # fmt: skip
 # What a setting a checkpoint does not record was (older runs did not record every one); how
 # an unset one reads.
-ABSENT = {"erase": 0.0, "progressive": None, "init_from": None, "grad_clip": None}
+ABSENT = {"erase": 0.0, "progressive": None, "init_from": None, "grad_clip": None,
+          "class_weight": "none"}
 UNSET = {"init_from": "scratch", "progressive": "off", "grad_clip": "off",
          "cpu": "not recorded", "threads": "not recorded"}
 # Where a run's seconds were measured (its checkpoint's `machine`): they change the table's

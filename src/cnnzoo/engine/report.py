@@ -189,7 +189,8 @@ def plot_confusion(confusion: Any, class_names: list[str], path: Path) -> Path:
 
 
 def per_class_table(acc: ClassificationAccumulator, class_names: list[str]) -> list[str]:
-    """Lines of a per-class precision / recall / support table."""
+    """Lines of a per-class precision / recall / support table, and a last line with the
+    balanced accuracy and macro F1 (`ClassificationAccumulator.balanced`)."""
     pc = acc.per_class()
     support = acc.confusion.sum(1).tolist()
     width = max(8, *(len(c) for c in class_names))
@@ -202,6 +203,10 @@ def per_class_table(acc: ClassificationAccumulator, class_names: list[str]) -> l
     unseen = [name for name, s in zip(class_names, support, strict=True) if not s]
     if unseen:
         lines.append(f"(no image of {', '.join(unseen)} among these: not measured)")
+    if any(support):
+        bal = acc.balanced()
+        lines.append(f"balanced accuracy {bal['balanced_acc']:.3f} (the mean recall), macro F1 "
+                     f"{bal['macro_f1']:.3f}")
     return lines
 
 

@@ -29,7 +29,13 @@ from .distributed import DistContext
 from .grow import grow_from
 from .loop import FitResult, TrainConfig, Trainer, check_out_dir
 from .precision import Precision
-from .task import ClassificationAccumulator, ClassificationTask
+from .task import (
+    ClassificationAccumulator,
+    ClassificationTask,
+    check_class_weight,
+    class_weights,
+    class_weights_line,
+)
 
 BUILTIN_NATIVE_SIZE = {"fashion-mnist": 28, "digits": 8}
 # The smallest size a built-in trains at by default. scikit-learn's 8x8 digits are UCI's 32x32
@@ -250,12 +256,17 @@ def train_classifier(
     init_from: str | os.PathLike[str] | None = None,
     grow_rule: str = "paper",
     label_smoothing: float = 0.1,
+    class_weight: str | None = None,
     model_kwargs: dict[str, Any] | None = None,
     dist: DistContext | None = None,
     say: Any = print,
     overwrite: bool = False,
 ) -> FitResult:
     """Train `model_name` from scratch (or grown from `init_from`) on `data.source`.
+
+    class_weight: 'balanced' weights each class's loss by n / (K n_k) over the training images
+    (scikit-learn's class_weight='balanced'; `task.class_weights`), for imbalanced data;
+    'none' does not; None: 'none', or what the run being resumed used.
 
     overwrite: replace a run that `out_dir` already holds (last.pt); without it (and without
     `resume`) such a folder is refused with one line before any data is loaded, so a repeated
@@ -273,6 +284,8 @@ def train_classifier(
     check_out_dir(out_dir, resume=resume, overwrite=overwrite)
     if out_dir is not None:
         check_outside(out_dir, data.source)
+    if class_weight is not None:
+        check_class_weight(class_weight)
     model_kwargs = dict(model_kwargs or {})
     taken = sorted({"num_classes", "in_chans"} & set(model_kwargs))
     if taken:
@@ -317,11 +330,13 @@ def train_classifier(
     # run's folder fails at once.
     src = load_checkpoint(init_from) if init_from is not None and not resuming else None
     if resuming:
-        ran = _run_meta(Path(out_dir) / "last.pt")
+        ran = run_meta(Path(out_dir) / "last.pt")
         ran_dir = Path(out_dir)
     else:  # the growth source, already read (before, it was read a second time here)
         ran = src.get("meta") if src is not None else None
         ran_dir = Path(init_from).parent if init_from is not None else Path()
+    if class_weight is None:  # a resumed run goes on weighting its loss as it began
+        class_weight = str((ran or {}).get("class_weight", "none")) if resuming else "none"
     before = _trained_input(ran, data.source, ran_dir)
     if before is not None:
         ran_size, ran_channels = before
@@ -365,8 +380,12 @@ def train_classifier(
         meta["init_from"] = str(Path(init_from).resolve())
     if config.tta and meta["augment"] not in FLIPPING:
         say(tta_note(meta["augment"]))
+    meta["class_weight"] = class_weight
+    weights = class_weights(class_weight, splits.train.labels, splits.num_classes)
+    if weights is not None:
+        say(class_weights_line(class_weight, weights, splits.class_names))
     task = ClassificationTask(splits.num_classes, label_smoothing=label_smoothing,
-                              class_names=splits.class_names)
+                              class_names=splits.class_names, class_weights=weights)
     trainer = Trainer(model, task, train, val, config, out_dir=out_dir, meta=meta, dist=dist,
                       say=say)
     return trainer.fit(resume=resume, overwrite=overwrite)
@@ -402,7 +421,7 @@ def say_head_note(model_name: str, model: nn.Module, model_kwargs: dict[str, Any
         "fit small images (docs/training.md)")
 
 
-def _run_meta(path: Path) -> dict[str, Any] | None:
+def run_meta(path: Path) -> dict[str, Any] | None:
     """The meta of a run's checkpoint, mapped, not read (the Trainer reads the file afterwards);
     None when it cannot be read (the Trainer then says what is wrong)."""
     try:
@@ -582,7 +601,7 @@ def evaluate_checkpoint(
     if tta and meta.get("augment", "flip-crop") not in FLIPPING:
         logging.getLogger("cnnzoo.engine").warning(tta_note(meta["augment"]))
     acc = trainer.evaluate(loader, tta=tta)
-    return acc.compute(), acc, names
+    return acc.summary(), acc, names
 
 
 def tta_note(augment: str) -> str:

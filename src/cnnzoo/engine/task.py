@@ -12,15 +12,21 @@ epoch's numbers are computed (a mean over the whole epoch, not a mean of batch m
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import TrainingError
+from ..errors import TrainingError, UsageError
 from ..models.base import AuxOutputs
+from ..text import some
+
+# What a run's `class_weight` setting may be: 'none' (every image counts the same) or
+# 'balanced' (scikit-learn's class_weight='balanced', `balanced_weights`).
+CLASS_WEIGHTS = ("none", "balanced")
 
 # Applied in place to every accumulated tensor before `compute()`; the distributed engine passes
 # an all-reduce(SUM), so every rank computes the metrics of the whole (global) epoch.
@@ -74,6 +80,40 @@ def is_better(value: float, best: float | None, mode: str) -> bool:
     if best is None:
         return True
     return value < best if mode == "min" else value > best
+
+
+def balanced_weights(counts: Sequence[float] | Tensor) -> Tensor:
+    """w_k = n / (K n_k) for the K classes with n_k > 0 of n samples (scikit-learn's
+    class_weight='balanced'), 0 for a class with none: each class then weighs as much in the
+    loss as any other, and the weights average to 1 over the samples (float64)."""
+    counts = torch.as_tensor(counts, dtype=torch.float64)
+    present = counts > 0
+    weights = torch.zeros_like(counts)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights
+
+
+def check_class_weight(kind: str | None, option: str = "--class-weight") -> str:
+    """`kind` ('none' for None) when it is one of `CLASS_WEIGHTS`, else one `UsageError` line."""
+    kind = "none" if kind is None else kind
+    if kind not in CLASS_WEIGHTS:
+        raise UsageError(f"class_weight ({option}) must be one of {', '.join(CLASS_WEIGHTS)}, "
+                         f"not {kind!r}")
+    return kind
+
+
+def class_weights(kind: str | None, labels: Tensor, num_classes: int) -> Tensor | None:
+    """The loss weight of each class a `class_weight` setting asks for, from the training
+    `labels`: None for 'none' (None), `balanced_weights` of their counts for 'balanced'."""
+    if check_class_weight(kind) == "none":
+        return None
+    return balanced_weights(torch.bincount(torch.as_tensor(labels), minlength=num_classes))
+
+
+def class_weights_line(kind: str, weights: Tensor, class_names: list[str]) -> str:
+    """'class weights (balanced, on the loss): crack 9.33, good 0.28, ...' for a run's log."""
+    pairs = [f"{name} {w:.3g}" for name, w in zip(class_names, weights.tolist(), strict=True)]
+    return f"class weights ({kind}, on the loss): {some(pairs, 12)}"
 
 
 class ClassificationAccumulator:
@@ -144,11 +184,37 @@ class ClassificationAccumulator:
                               for p, m, n in zip(precision, predicted, actual, strict=True)],
                 "recall": [r if n > 0 else None for r, n in zip(recall, actual, strict=True)]}
 
+    def balanced(self) -> dict[str, float]:
+        """What accuracy hides on imbalanced data (300 good parts, 12 of each defect: a net
+        that never finds a defect scores 0.91): 'balanced_acc', the mean recall over the
+        classes with images here (scikit-learn's balanced_accuracy_score), and 'macro_f1', the
+        mean F1 over the classes with images or predictions here (f1_score(average='macro'),
+        0 for a class never found). NaN when nothing was counted."""
+        cm = self.confusion.double()
+        tp = cm.diag()
+        predicted, actual = cm.sum(0), cm.sum(1)
+        seen = actual > 0
+        counted = seen | (predicted > 0)
+        if not bool(seen.any()):
+            return {"balanced_acc": math.nan, "macro_f1": math.nan}
+        recall = tp[seen] / actual[seen]
+        f1 = 2 * tp[counted] / (predicted[counted] + actual[counted])
+        return {"balanced_acc": float(recall.mean()), "macro_f1": float(f1.mean())}
+
+    def summary(self) -> dict[str, float]:
+        """`compute()` and `balanced()`: the metrics of a final evaluation (the per-epoch logs
+        keep `compute()`'s)."""
+        return {**self.compute(), **self.balanced()}
+
 
 class ClassificationTask:
     """Cross-entropy with label smoothing (Szegedy et al. 2016, "Rethinking the Inception
     Architecture", Sec. 7); for `AuxOutputs` (GoogLeNet, Szegedy et al. 2015, Sec. 5) the loss is
     main + aux_weight * sum(aux losses). Monitors validation loss (lower is better).
+
+    class_weights: a weight per class (`class_weights`), as torch's CrossEntropyLoss(weight=)
+    applies them: each image's loss times its class's weight, the batch's mean divided by the
+    sum of those weights. None: every image counts the same.
     """
 
     name = "classification"
@@ -161,9 +227,16 @@ class ClassificationTask:
         class_names: list[str] | None = None,
         monitor: str = "loss",
         mode: Literal["min", "max"] = "min",
+        class_weights: Sequence[float] | Tensor | None = None,
     ) -> None:
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
+        self.class_weights = None
+        if class_weights is not None:
+            self.class_weights = torch.as_tensor(class_weights, dtype=torch.float32)
+            if self.class_weights.shape != (num_classes,):
+                raise ValueError(f"class_weights must hold one weight per class "
+                                 f"({num_classes}), not {tuple(self.class_weights.shape)}")
         self.class_names = class_names or [str(i) for i in range(num_classes)]
         self.monitor = monitor
         self.mode = mode
@@ -175,7 +248,8 @@ class ClassificationTask:
                                 f"{self.num_classes}-class task: build it with "
                                 f"num_classes={self.num_classes}")  # fmt: skip
         # fp32 loss even under bf16 autocast: log-softmax in bf16 loses the small probabilities.
-        return F.cross_entropy(logits.float(), targets, label_smoothing=self.label_smoothing)
+        return F.cross_entropy(logits.float(), targets, weight=self.class_weights,
+                               label_smoothing=self.label_smoothing)
 
     def loss(self, outputs: Any, targets: Tensor) -> Tensor:
         if isinstance(outputs, AuxOutputs):

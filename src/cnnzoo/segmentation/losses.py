@@ -35,6 +35,8 @@ import torch.nn.functional as F
 from scipy import ndimage
 from torch import Tensor
 
+from ..engine.task import balanced_weights
+
 IGNORE_INDEX = 255
 LOSSES = ("ce", "dice", "ce+dice", "weighted_ce")
 
@@ -46,11 +48,7 @@ def balanced_class_weights(masks: Sequence[np.ndarray] | np.ndarray, num_classes
     for m in masks:
         m = np.asarray(m)
         counts += np.bincount(m[m != IGNORE_INDEX].ravel(), minlength=num_classes)[:num_classes]
-    present = counts > 0
-    total = counts.sum()
-    weights = np.zeros(num_classes, dtype=np.float64)
-    weights[present] = total / (present.sum() * counts[present])
-    return weights.astype(np.float32)
+    return balanced_weights(counts).numpy().astype(np.float32)  # a classifier's formula too
 
 
 def border_distances(instances: np.ndarray, cutoff: float) -> tuple[np.ndarray, np.ndarray]:

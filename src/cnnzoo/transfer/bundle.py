@@ -79,7 +79,8 @@ class Predictions(NamedTuple):
 
 
 class Evaluation(NamedTuple):
-    """What `Bundle.evaluate` returns: `metrics` {'acc', 'top5', 'loss'} and the engine's
+    """What `Bundle.evaluate` returns: `metrics` {'acc', 'top5', 'loss', 'balanced_acc',
+    'macro_f1'} and the engine's
     `ClassificationAccumulator` (`.confusion` (K, K), rows the true class; `.per_class()`).
     A tuple, so `metrics, acc = bundle.evaluate(...)` works too."""
 
@@ -247,7 +248,8 @@ class Bundle:
         self, source: str | os.PathLike[str] | None = None, *, split: str | None = None,
         batch_size: int = 32, progress: bool = True,
     ) -> Evaluation:
-        """Accuracy, top-5, loss and the confusion matrix on labelled images, predicted exactly
+        """Accuracy, top-5, loss, balanced accuracy, macro F1 and the confusion matrix on
+        labelled images, predicted exactly
         as `predict` does; returns an `Evaluation` (metrics, accumulator).
 
         source: an image folder, CSV manifest or built-in name (default: the data the bundle
@@ -277,7 +279,7 @@ class Bundle:
         log_probs = probs.clamp_min(1e-12).log()
         acc = ClassificationAccumulator(len(self.class_names))
         acc.update(log_probs, ds.labels, torch.nn.functional.nll_loss(log_probs, ds.labels))
-        return Evaluation(acc.compute(), acc)
+        return Evaluation(acc.summary(), acc)
 
     def _trained_on(self, given: object = None) -> str:
         """The data the bundle was trained on, where it is now (`paths.run_data`); `given`

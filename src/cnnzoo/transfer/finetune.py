@@ -30,7 +30,7 @@ from ..data.augment import default_augmentation
 from ..data.dataset import Splits
 from ..data.loader import BatchLoader
 from ..engine.loop import FitResult, TrainConfig, Trainer
-from ..engine.task import ClassificationTask
+from ..engine.task import ClassificationTask, class_weights
 from ..text import plural
 from ..weights import Preprocessing
 from ..weights.adapt import aux_classifiers
@@ -63,11 +63,14 @@ class FinetuneConfig:
     # per class, lr_decay 0.7, 0.645 / 0.719 with the best-loss epoch restored, 0.691 / 0.769
     # with the final weights.
     patience: int | None = None
-    # batch_size, precision, seed and progress: `transfer` sets them from its TransferConfig
-    # (one value for the whole run; `run.SHARED_FIELDS`).
+    # batch_size, precision, seed, progress and class_weight: `transfer` sets them from its
+    # TransferConfig (one value for the whole run; `run.SHARED_FIELDS`).
     batch_size: int = 32  # capped at a quarter of the training images (at least 8)
     augment: str = "flip-crop"  # see data.augment.default_augmentation
     label_smoothing: float = 0.1
+    # 'balanced': each class's loss weighted by n / (K n_k) over the training images
+    # (`engine.task.class_weights`); 'none' or None: unweighted.
+    class_weight: str | None = None
     # Batch mixing in both phases (engine/mixing.py): Beta alphas, 0 for off.
     mixup: float = 0.0
     cutmix: float = 0.0
@@ -192,7 +195,9 @@ def finetune(
     on `model` in place; returns their results. Checkpoints go to out_dir/head and
     out_dir/full; `resume=True` continues an interrupted run from them."""
     task = ClassificationTask(splits.num_classes, label_smoothing=cfg.label_smoothing,
-                              class_names=splits.class_names)  # fmt: skip
+                              class_names=splits.class_names,
+                              class_weights=class_weights(cfg.class_weight, splits.train.labels,
+                                                          splits.num_classes))  # fmt: skip
     train, val = make_loaders(splits, pre, cfg)
     out = Path(out_dir) if out_dir is not None else None
     head_result = full_result = None

@@ -3,9 +3,12 @@
 Logistic regression (multinomial, on standardised features) is the classic linear probe: with a
 few images per class it cannot overfit much, and its one hyper-parameter, the L2 strength, is
 chosen by stratified k-fold cross-validation on the training images (folds split images, never
-the views of one image). It is fitted with full-batch L-BFGS in float64, so the result depends
-on the data and the L2 only -- no learning rate, no epochs. The fitted standardisation is folded
-into an ordinary `nn.Linear` (W' = W / sd, b' = b - W' mu), which becomes the model's classifier.
+the views of one image). With class weights (`class_weight='balanced'` in scikit-learn's words)
+each image's loss is scaled by its class's weight, in the fit and in the cross-validation's
+scores, so the L2 is chosen for the rare classes too. It is fitted with full-batch L-BFGS in
+float64, so the result depends on the data and the L2 only -- no learning rate, no epochs. The
+fitted standardisation is folded into an ordinary `nn.Linear` (W' = W / sd, b' = b - W' mu),
+which becomes the model's classifier.
 
 Every feature tensor here is (N, views, D): training uses every view as a sample, prediction
 averages the class probabilities over the views.
@@ -64,8 +67,11 @@ def _standardise(x: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _lbfgs_logistic(x: Tensor, y: Tensor, k: int, l2: float, *, max_iter: int = 150,
-                    init: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """Minimise mean CE(x W^T + b, y) + l2/2 ||W||^2 over (W, b) with L-BFGS, in float64.
+                    init: tuple[Tensor, Tensor] | None = None,
+                    class_weights: Tensor | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Minimise mean CE(x W^T + b, y) + l2/2 ||W||^2 over (W, b) with L-BFGS, in float64; with
+    `class_weights`, each sample's CE times its class's weight (the mean still over n: with
+    balanced weights they sum to n, and this is scikit-learn's objective at C = 1 / (n l2)).
 
     The gradient is written out ((P - Y)^T x / n + l2 W, the column sums of P - Y) rather than
     taken by autograd: these problems are small and autograd's bookkeeping dominated their time.
@@ -73,6 +79,8 @@ def _lbfgs_logistic(x: Tensor, y: Tensor, k: int, l2: float, *, max_iter: int = 
     """
     n = x.shape[0]
     onehot = F.one_hot(y, k).double()
+    if class_weights is not None:  # folded into the one-hot targets: no cost per evaluation
+        onehot = onehot * class_weights.double()[y, None]
     w0, b0 = init if init is not None else (torch.zeros(k, x.shape[1], dtype=torch.float64),
                                             torch.zeros(k, dtype=torch.float64))  # fmt: skip
     w, b = w0.clone().requires_grad_(True), b0.clone().requires_grad_(True)
@@ -85,7 +93,8 @@ def _lbfgs_logistic(x: Tensor, y: Tensor, k: int, l2: float, *, max_iter: int = 
         z = x @ w.T + b
         logp = z.log_softmax(1)
         loss = -(logp * onehot).sum() / n + 0.5 * l2 * (w * w).sum()
-        g = (logp.exp() - onehot) / n
+        # d/dz of -s log p_y is s (p - onehot): the sample's weight s is onehot's row sum.
+        g = (logp.exp() * onehot.sum(1, keepdim=True) - onehot) / n
         w.grad = g.T @ x + l2 * w
         b.grad = g.sum(0)
         return loss
@@ -130,19 +139,24 @@ def fit_logistic(
     l2: float | None = None,
     folds: int = 5,
     seed: int = 0,
+    class_weights: Tensor | None = None,
 ) -> HeadFit:
     """Logistic regression on features (N, views, D); `l2=None` tunes it by cross-validation.
 
     The number of folds is capped by the smallest class (each fold must hold every class once
     at least); with fewer than 2 images in some class `FALLBACK_L2` is used and `cv` is empty.
+    class_weights: a loss weight per class (`engine.task.class_weights`), also weighting the
+    cross-validation's accuracy and loss; None: every image counts the same.
     """
     with single_thread():
-        return _fit_logistic(feats, labels, num_classes, l2=l2, folds=folds, seed=seed)
+        return _fit_logistic(feats, labels, num_classes, l2=l2, folds=folds, seed=seed,
+                             class_weights=class_weights)
 
 
 def _fit_logistic(feats: Tensor, labels: Tensor, num_classes: int, *, l2: float | None,
-                  folds: int, seed: int) -> HeadFit:  # fmt: skip
+                  folds: int, seed: int, class_weights: Tensor | None = None) -> HeadFit:  # fmt: skip
     labels = torch.as_tensor(labels, dtype=torch.int64)
+    cw = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float64)
     cv: list[dict[str, float]] = []
     if l2 is None:
         smallest = int(torch.bincount(labels, minlength=num_classes).min())
@@ -162,15 +176,18 @@ def _fit_logistic(feats: Tensor, labels: Tensor, num_classes: int, *, l2: float 
             for val, yt, mu, sd, z, v in prepared:
                 init = None
                 for lam in sorted(L2_GRID, reverse=True):  # strong to weak: warm starts
-                    a_, b_ = _lbfgs_logistic(z, yt, num_classes, lam, init=init)
+                    a_, b_ = _lbfgs_logistic(z, yt, num_classes, lam, init=init,
+                                             class_weights=cw)
                     init = (a_, b_)
                     w = a_ @ v.T if v is not None else a_
                     probs = _probs(feats[val].double(), w / sd, b_ - (w / sd) @ mu)
                     s_ = scores[lam]
-                    s_[0] += float((probs.argmax(1) == labels[val]).sum())
-                    s_[1] += float(F.nll_loss(probs.clamp_min(1e-12).log(), labels[val],
-                                              reduction="sum"))  # fmt: skip
-                    s_[2] += len(val)
+                    yv = labels[val]
+                    sw = cw[yv] if cw is not None else torch.ones(len(val), dtype=torch.float64)
+                    s_[0] += float((sw * (probs.argmax(1) == yv)).sum())
+                    s_[1] += float((sw * -probs[torch.arange(len(val)), yv]
+                                    .clamp_min(1e-12).log()).sum())
+                    s_[2] += float(sw.sum())
             cv = [{"l2": lam, "cv_acc": s_[0] / s_[2], "cv_loss": s_[1] / s_[2]}
                   for lam, s_ in scores.items()]  # fmt: skip
             # Best accuracy; ties (common with few images) go to the lower loss.
@@ -178,7 +195,7 @@ def _fit_logistic(feats: Tensor, labels: Tensor, num_classes: int, *, l2: float 
     x, y = _flatten(feats, labels)
     mu, sd = _standardise(x)
     z, v = _reduce((x - mu) / sd)
-    a, b = _lbfgs_logistic(z, y, num_classes, l2, max_iter=300)
+    a, b = _lbfgs_logistic(z, y, num_classes, l2, max_iter=300, class_weights=cw)
     w = a @ v.T if v is not None else a
     head = nn.Linear(feats.shape[2], num_classes)
     with torch.no_grad():
@@ -225,11 +242,14 @@ def fit_mlp(
     lr: float = 1e-3,
     weight_decay: float = 1e-2,
     seed: int = 0,
+    class_weights: Tensor | None = None,
 ) -> HeadFit:
     """A small MLP on (standardised) features, AdamW with a cosine schedule, full-batch steps.
 
     The standardisation is folded into the first layer, so the result is a plain module.
+    class_weights: a loss weight per class, as `ClassificationTask` applies them.
     """
+    cw = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
     labels = torch.as_tensor(labels, dtype=torch.int64)
     x, y = _flatten(feats, labels)
     x = x.float()
@@ -244,7 +264,7 @@ def fit_mlp(
             for step in range(epochs):
                 for group in opt.param_groups:
                     group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / epochs))
-                loss = F.cross_entropy(head(xs), y, label_smoothing=0.1)
+                loss = F.cross_entropy(head(xs), y, weight=cw, label_smoothing=0.1)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from ..data.dataset import Splits
 from ..engine.checkpoint import caller_rng_kept
+from ..engine.task import check_class_weight, class_weights, class_weights_line
 from ..errors import DataError, UsageError
 from ..models.base import is_whole
 from ..models.taps import StageTaps, check_stages
@@ -56,14 +57,14 @@ from .features import (
 )
 from .finetune import FinetuneConfig, finetune
 from .heads import HeadFit, MLPHead, fit_logistic, fit_mlp, head_probabilities, install_head
-from .report import REPORT_FILES, write_report
+from .report import REPORT_FILES, accumulate, write_report
 
 MODES = ("features", "finetune", "both")
 # Everything a run writes into its output folder; a new run there replaces all of it.
 RUN_FILES = ("bundle", "finetune", *REPORT_FILES)
 # Settings of the whole run that fine-tuning reads from its own FinetuneConfig: `transfer`
 # fills them in from TransferConfig, so the library and the command line agree.
-SHARED_FIELDS = ("batch_size", "precision", "seed", "progress")
+SHARED_FIELDS = ("batch_size", "precision", "seed", "progress", "class_weight")
 
 
 @dataclass
@@ -76,8 +77,11 @@ class TransferConfig:
     tightly framed images); None (default): as the weights were trained, 'crop' for ImageNet
     weights, 'resize' for a `cnnzoo train` checkpoint; built-in sets are always squashed, and
     their bundles say 'resize'.
-    batch_size, precision, seed and progress hold for the whole run, fine-tuning included
-    (`SHARED_FIELDS`: `finetune`'s fields of those names are set from them)."""
+    class_weight: 'balanced' weighs each class's loss by n / (K n_k) over the training images
+    (scikit-learn's class_weight='balanced'), in the features head and in fine-tuning; 'none'
+    does not; None: 'none', or, resuming, what the interrupted fine-tuning used.
+    batch_size, precision, seed, progress and class_weight hold for the whole run, fine-tuning
+    included (`SHARED_FIELDS`: `finetune`'s fields of those names are set from them)."""
 
     mode: str = "both"
     head: str = "linear"
@@ -102,6 +106,7 @@ class TransferConfig:
     # picked the features head in 3 of 6 cases and was wrong each time (costing 0.063, 0.005
     # and 0.018 test accuracy): the fine-tuned net scored higher in all 6.
     keep_best: bool = False
+    class_weight: str | None = None
     seed: int = 0
     progress: bool = True
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -246,6 +251,7 @@ def check_config(cfg: TransferConfig, *, resume: bool = False) -> None:
         if not (isinstance(cfg.l2, int | float) and math.isfinite(cfg.l2) and cfg.l2 > 0):
             raise UsageError(f"l2 (--l2) must be a number > 0 (None: chosen by "
                              f"cross-validation), not {cfg.l2!r}")  # fmt: skip
+    check_class_weight(cfg.class_weight)
     if cfg.keep_best and cfg.mode != "both":
         raise UsageError("keep_best (--keep-best) chooses between the features head and the "
                          "fine-tuned net in mode 'both'; for the best fine-tuning epoch set "
@@ -296,9 +302,23 @@ def check_out(out: str | os.PathLike[str], data: Any, *, resume: bool, overwrite
 
 
 def _stage_metrics(probs: Tensor, labels: Tensor) -> dict[str, float]:
-    loss = torch.nn.functional.nll_loss(probs.clamp_min(1e-12).log(), labels)
-    return {"val_acc": float((probs.argmax(1) == labels).double().mean()),
-            "val_loss": float(loss), "val_images": len(labels)}  # fmt: skip
+    """Validation accuracy, loss (unweighted), balanced accuracy and macro F1 of `probs`."""
+    m = accumulate(probs, labels, probs.shape[1]).summary()
+    return {"val_acc": m["acc"], "val_loss": m["loss"], "val_balanced_acc": m["balanced_acc"],
+            "val_macro_f1": m["macro_f1"], "val_images": len(labels)}  # fmt: skip
+
+
+def resumed_class_weight(out: str | os.PathLike[str] | None) -> str:
+    """The class weighting of the interrupted fine-tuning in `out` (its checkpoints' meta);
+    'none' when they do not say."""
+    from ..engine.run import run_meta
+
+    for phase in ("full", "head"):
+        path = Path(out) / "finetune" / phase / "last.pt" if out is not None else None
+        meta = run_meta(path) if path is not None and path.is_file() else None
+        if meta and "class_weight" in meta:
+            return str(meta["class_weight"])
+    return "none"
 
 
 @caller_rng_kept()
@@ -347,6 +367,9 @@ def transfer(
         if cfg.img_size < smallest:
             raise UsageError(f"img_size (--img-size) {cfg.img_size}: {model} takes inputs of at "
                              f"least {smallest} px")  # fmt: skip
+    if cfg.class_weight is None:  # a resumed fine-tuning goes on weighting as it began
+        cfg = dataclasses.replace(cfg, class_weight=resumed_class_weight(out) if resume
+                                  else "none")
     timings: dict[str, float] = {}
     t = time.perf_counter()
     # Seeded before anything random: the new heads (and a random backbone) are initialised from
@@ -375,6 +398,9 @@ def transfer(
     say(f"data: {len(splits.train)} training and {len(splits.val)} validation images, {k} classes "
         f"({some(splits.class_names, 12)}); {model} at {pre.crop_size} px{squashed}, "
         f"{inference_dtype(cfg.precision)} [{timings['load']:.1f}s]")  # fmt: skip
+    weights_k = class_weights(cfg.class_weight, splits.train.labels, k)
+    if weights_k is not None:
+        say(class_weights_line(cfg.class_weight, weights_k, splits.class_names))
     if weights is None:  # allowed (a baseline, tests), but not what anyone means by transfer
         say(f"note: no weights given, so {model} is randomly initialised: its frozen features "
             "transfer nothing learnt; give weights='imagenet' or a checkpoint file")
@@ -416,9 +442,10 @@ def transfer(
             f"[{timings['features']:.1f}s]")  # fmt: skip
         t = time.perf_counter()
         if cfg.head == "linear":
-            fit = fit_logistic(ftr, splits.train.labels, k, l2=cfg.l2, seed=cfg.seed)
+            fit = fit_logistic(ftr, splits.train.labels, k, l2=cfg.l2, seed=cfg.seed,
+                               class_weights=weights_k)
         else:
-            fit = fit_mlp(ftr, splits.train.labels, k, seed=cfg.seed)
+            fit = fit_mlp(ftr, splits.train.labels, k, seed=cfg.seed, class_weights=weights_k)
         install_head(net, fit.head)
         probs = head_probabilities(fit.head, fva)
         metrics["features"] = {**_stage_metrics(probs, labels), "head": cfg.head,
@@ -455,7 +482,8 @@ def transfer(
         t = time.perf_counter()
         ft = dataclasses.replace(cfg.finetune, **{n: getattr(cfg, n) for n in SHARED_FIELDS})
         meta = {"model": model, "num_classes": k, "class_names": splits.class_names,
-                "preprocessing": pre.to_dict(), "img_size": pre.crop_size, "transfer": True}
+                "preprocessing": pre.to_dict(), "img_size": pre.crop_size, "transfer": True,
+                "class_weight": cfg.class_weight}
         if isinstance(data, str | os.PathLike):  # a resume on other data is refused, as in train
             meta["dataset"] = str(Path(data).resolve() if Path(data).exists() else data)
         head_res, full_res = finetune(
@@ -492,8 +520,8 @@ def transfer(
         metrics["kept"] = kept
     else:
         metrics["kept"] = "features"
-    metrics["val_acc"] = metrics[metrics["kept"]]["val_acc"]
-    metrics["val_loss"] = metrics[metrics["kept"]]["val_loss"]
+    for key in ("val_acc", "val_loss", "val_balanced_acc", "val_macro_f1"):
+        metrics[key] = metrics[metrics["kept"]][key]
 
     net.eval()
     # What the bundle needs to rebuild the head, read off the head the net now has.
@@ -510,7 +538,8 @@ def transfer(
     own = {key: value for key, value in {**built_with, **(model_kwargs or {})}.items()
            if key not in ("num_classes", "in_chans")}  # fmt: skip
     extra = {"weights": {"source": str(weights), "fingerprint": wid}, "mode": cfg.mode,
-             "model_kwargs": own, "skipped_files": list(splits.skipped)}  # fmt: skip
+             "model_kwargs": own, "skipped_files": list(splits.skipped),
+             "class_weight": cfg.class_weight}  # fmt: skip
     if isinstance(data, str | os.PathLike):  # `Bundle.evaluate` finds the validation split again
         source = Path(data).resolve() if Path(data).exists() else data
         extra["data"] = {"source": str(source), "val_fraction": cfg.val_fraction,
