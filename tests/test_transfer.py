@@ -597,6 +597,27 @@ def test_a_transfer_into_a_folder_another_run_is_writing_into_is_refused(folder,
     assert (out / "bundle").is_dir() and not (out / LOCK_FILE).exists()
 
 
+def test_a_new_bundle_that_cannot_be_written_leaves_the_old_one(folder, tmp_path, monkeypatch):
+    """`transfer --overwrite` deleted the old bundle before writing the new one: a disk full
+    at that moment left the folder with neither."""
+    import cnnzoo.transfer.bundle as bundle_module
+
+    out = tmp_path / "run"
+    kw = dict(model="resnet18", weights=None, out=out, config=_tiny_config(mode="features"),
+              say=lambda _: None)  # fmt: skip
+    transfer(folder, **kw)
+    before = {p.name: p.read_bytes() for p in (out / "bundle").iterdir()}
+
+    def full(*args, **kwargs):
+        raise WeightsError(f"{out / 'bundle'}: cannot write (No space left on device); choose "
+                           "another output path")
+
+    monkeypatch.setattr(bundle_module, "save_safetensors", full)
+    with pytest.raises(WeightsError, match="No space left"):
+        transfer(folder, **kw)
+    assert {p.name: p.read_bytes() for p in (out / "bundle").iterdir()} == before
+
+
 def test_unreadable_images(fmnist, tmp_path, capsys, caplog):
     data = tmp_path / "data"
     write_image_folder(fmnist, data)

@@ -554,9 +554,10 @@ def transfer(
                     summary, extra, precision=cfg.precision)
     if out_dir is not None:
         t = time.perf_counter()
-        # The old run's bundle and report go only now: a fine-tuning that fails (a resume on
-        # other data, a NaN) leaves them as they were.
-        remove_entries(out_dir, [n for n in RUN_FILES if n != "finetune"])
+        # The old run's report goes only now: a fine-tuning that fails (a resume on other data,
+        # a NaN) leaves it as it was. Its bundle is replaced in one step by the save, so a new
+        # one that cannot be written (a full disk) leaves the old one, not neither.
+        remove_entries(out_dir, [n for n in RUN_FILES if n not in ("finetune", "bundle")])
         path = bundle.save(out_dir / "bundle")
         cv = fit.cv if fit is not None else None
         lines = write_report(out_dir, images=splits.val.images, probs=final_probs, labels=labels,
