@@ -49,7 +49,7 @@ import time
 import torch
 from _cli import run
 
-from cnnzoo.commands.argtypes import COUNT, IMG_SIZE, SEED, beta_alpha, whole
+from cnnzoo.commands.argtypes import COUNT, IMG_SIZE, SEED, beta_alpha, sam_radius, whole
 from cnnzoo.commands.transfer import stages_arg
 from cnnzoo.data import ImageDataset, Splits, load_fashion_mnist
 from cnnzoo.data.augment import default_augmentation
@@ -165,6 +165,8 @@ def main() -> None:
                     help="fine-tuning mixup alpha (0: off)")
     ap.add_argument("--cutmix", type=beta_alpha, default=FinetuneConfig.cutmix,
                     help="fine-tuning CutMix alpha (0: off)")
+    ap.add_argument("--sam", type=sam_radius, default=FinetuneConfig.sam,
+                    help="fine-tuning's SAM radius rho (0: off)")
     ap.add_argument("--scratch-nets", nargs="+", default=list(SCRATCH), choices=list(SCRATCH),
                     help="zoo nets trained from scratch; the table shows the best on the mean")
     ap.add_argument("--scratch-steps", type=COUNT, default=600)
@@ -227,7 +229,7 @@ def run_row(set_name: str, n: int, seed: int, args: argparse.Namespace, cache: s
         row["l2"] = res.metrics["features"]["l2"]
     if "finetune" in args.methods:
         ft = FinetuneConfig(epochs=args.epochs, min_steps=args.min_steps, mixup=args.mixup,
-                            cutmix=args.cutmix, progress=False, verbose=False,
+                            cutmix=args.cutmix, sam=args.sam, progress=False, verbose=False,
                             seed=seed)  # fmt: skip
         t0 = time.perf_counter()
         res = transfer(splits, model=args.model, out=None,

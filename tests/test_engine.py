@@ -472,6 +472,38 @@ def test_a_folder_another_run_is_writing_into_is_refused_and_a_finished_run_free
     assert not (out / LOCK_FILE).exists()
 
 
+def test_sam_steps_with_the_gradient_at_the_worst_nearby_point():
+    """--sam RHO: one SGD step moves w by -lr times the gradient at w + RHO * g / ||g||, g the
+    gradient at w (Foret et al. 2021), computed here by hand with autograd; and the weights
+    it steps from are w, not the perturbed ones."""
+    loader = _tiny_loader(n=16, batch=16)
+    x, y = next(iter(loader))
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    w0 = [p.detach().clone() for p in net.parameters()]
+
+    def loss_at(w):
+        return F.cross_entropy(x.flatten(1) @ w[0].T + w[1], y)
+
+    w = [t.clone().requires_grad_() for t in w0]
+    g = torch.autograd.grad(loss_at(w), w)
+    norm = torch.sqrt(sum((gi ** 2).sum() for gi in g))
+    worst = [(t + 0.05 * gi / norm).requires_grad_() for t, gi in zip(w0, g, strict=True)]
+    g_worst = torch.autograd.grad(loss_at(worst), worst)
+    lr = 0.5
+    want = [t - lr * gi for t, gi in zip(w0, g_worst, strict=True)]
+    plain = [t - lr * gi for t, gi in zip(w0, g, strict=True)]
+    cfg = TrainConfig(epochs=1, optimizer="sgd", lr=lr, momentum=0.0, nesterov=False,
+                      weight_decay=0.0, schedule="constant", sam=0.05, **FP32)
+    Trainer(net, ClassificationTask(3), loader, config=cfg).fit()
+    got = [p.detach() for p in net.parameters()]
+    for a, b, c in zip(got, want, plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(a, c, rtol=1e-5, atol=1e-6)  # not the plain step
+    with pytest.raises(ValueError, match="sam is a radius >= 0"):
+        TrainConfig(sam=-0.1)
+
+
 def test_a_checkpoint_of_a_newer_cnnzoo_says_to_upgrade(tmp_path, capsys):
     """The format tag of a checkpoint was never read: one of a newer format (which this cnnzoo
     might misread) was resumed, evaluated and predicted with as if it were its own, and

@@ -101,6 +101,17 @@ def beta_alpha(text: str) -> float:
     return value
 
 
+def sam_radius(text: str) -> float:
+    """--sam: the radius rho of sharpness-aware minimisation, 0 for off."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a radius >= 0 (0: off), e.g. 0.05, not {text!r}")
+    return value
+
+
 def size_epochs(text: str) -> tuple[int, int]:
     """--progressive SIZE:EPOCHS, two positive whole numbers."""
     size, sep, epochs = text.partition(":")

@@ -21,6 +21,7 @@ from .argtypes import (
     model_arg,
     patience_epochs,
     real,
+    sam_radius,
     size_epochs,
 )
 
@@ -142,13 +143,17 @@ def add_class_weight_argument(p: argparse.ArgumentParser, where: str = "") -> No
 
 
 def add_mixing_arguments(p: argparse.ArgumentParser) -> None:
-    """--mixup / --cutmix, for `cnnzoo train` and `cnnzoo transfer` (engine/mixing.py)."""
+    """--mixup / --cutmix (engine/mixing.py) and --sam, for `cnnzoo train` and `cnnzoo transfer`."""
     p.add_argument("--mixup", type=beta_alpha, default=0.0, metavar="ALPHA",
                    help="mixup (Zhang et al. 2018): blend each training batch with a shuffled "
                         "copy, weights from Beta(ALPHA, ALPHA) (default 0: off)")
     p.add_argument("--cutmix", type=beta_alpha, default=0.0, metavar="ALPHA",
                    help="CutMix (Yun et al. 2019): paste a box of another image instead "
                         "(default 0: off; with --mixup too, each batch uses one of the two)")
+    p.add_argument("--sam", type=sam_radius, default=0.0, metavar="RHO",
+                   help="sharpness-aware minimisation (Foret et al. 2021): step with the "
+                        "gradient at the worst point within RHO of the weights, e.g. 0.05; two "
+                        "passes per step (default 0: off; transfer: the fine-tuning phase only)")
 
 
 def config_from_args(args: argparse.Namespace):
@@ -165,7 +170,7 @@ def config_from_args(args: argparse.Namespace):
         precision=args.precision, channels_last=args.channels_last, freeze_bn=args.freeze_bn,
         patience=args.patience, seed=args.seed, progress=args.progress,
         tensorboard=args.tensorboard, tta=getattr(args, "tta", None) or False,
-        mixup=args.mixup, cutmix=args.cutmix,
+        mixup=args.mixup, cutmix=args.cutmix, sam=args.sam,
     )
 
 

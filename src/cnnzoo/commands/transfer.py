@@ -128,7 +128,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
     ft = FinetuneConfig(
         head_epochs=args.head_epochs, epochs=args.epochs, min_steps=args.min_steps, lr=args.lr,
         lr_decay=args.lr_decay, freeze_bn=not args.update_bn, patience=args.patience or None,
-        augment=args.augment, mixup=args.mixup, cutmix=args.cutmix,
+        augment=args.augment, mixup=args.mixup, cutmix=args.cutmix, sam=args.sam,
     )  # fmt: skip
     return TransferConfig(
         mode=args.mode, head=args.head, l2=args.l2, views=args.views, img_size=args.img_size,
@@ -143,7 +143,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
 # Options only one step reads (fine-tuning; the features step). Given in a mode without that
 # step they are ignored, and a note says so.
 FINETUNE_OPTIONS = ("epochs", "min_steps", "head_epochs", "lr", "lr_decay", "update_bn",
-                    "patience", "augment", "mixup", "cutmix")  # fmt: skip
+                    "patience", "augment", "mixup", "cutmix", "sam")  # fmt: skip
 FEATURES_OPTIONS = ("l2", "cache", "use_cache")
 
 

@@ -34,13 +34,13 @@ RECIPE = (
     ("lr", "learning rate"), ("momentum", "momentum"), ("nesterov", "Nesterov"),
     ("weight_decay", "weight decay"), ("schedule", "schedule"),
     ("warmup_epochs", "warm-up epochs"), ("grad_clip", "gradient clipping"), ("mixup", "mixup"),
-    ("cutmix", "CutMix"), ("freeze_bn", "frozen BatchNorm"), ("precision", "precision"),
+    ("cutmix", "CutMix"), ("sam", "SAM radius"), ("freeze_bn", "frozen BatchNorm"), ("precision", "precision"),
     ("seed", "seed"),
 )  # fmt: skip
 # What a setting a checkpoint does not record was (older runs did not record every one); how
 # an unset one reads.
 ABSENT = {"erase": 0.0, "progressive": None, "init_from": None, "grad_clip": None,
-          "class_weight": "none"}
+          "class_weight": "none", "sam": 0.0}
 UNSET = {"init_from": "scratch", "progressive": "off", "grad_clip": "off",
          "cpu": "not recorded", "threads": "not recorded"}
 # Where a run's seconds were measured (its checkpoint's `machine`): they change the table's

@@ -101,6 +101,11 @@ class TrainConfig:
     # 0 for off; with both on, each batch uses one of them.
     mixup: float = 0.0
     cutmix: float = 0.0
+    # Sharpness-aware minimisation (Foret et al., ICLR 2021): the radius rho, 0 for off. Each
+    # step takes the gradient at w + rho * g / ||g|| (g: the batch's gradient at w, the norm
+    # over every trained parameter) and steps the optimizer from w with it: two forward and
+    # backward passes per step. Measured in transfer's fine-tuning, docs/transfer.md.
+    sam: float = 0.0
 
     def __post_init__(self) -> None:
         if self.patience is not None and self.patience < 0:
@@ -108,6 +113,8 @@ class TrainConfig:
                              f"not {self.patience}")
         if self.patience == 0:
             self.patience = None
+        if not self.sam >= 0:
+            raise ValueError(f"sam is a radius >= 0 (0: off), not {self.sam}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -502,14 +509,21 @@ class Trainer:
                 x, mix = self.mixer(x)
             if cl and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
+
+            def loss_of(out: Any, y: Tensor = y, mix: Any = mix) -> Tensor:
+                loss = task.loss(out, y)
+                if mix is not None:
+                    partner = task.loss(out, y.index_select(0, mix.perm))
+                    loss = mix.lam * loss + (1.0 - mix.lam) * partner
+                return loss
+
             with prec.autocast():
                 out = net(x)
-            loss = task.loss(out, y)
-            if mix is not None:
-                partner = task.loss(out, y.index_select(0, mix.perm))
-                loss = mix.lam * loss + (1.0 - mix.lam) * partner
+            loss = loss_of(out)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.sam:
+                self._sharpness_aware(net, x, loss_of, optimizer, params, cfg.sam)
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             optimizer.step()
@@ -535,6 +549,28 @@ class Trainer:
             bar.close()
         acc.reduce(all_reduce_sum)
         return acc, n_images * self.dist.world
+
+    def _sharpness_aware(self, net: nn.Module, x: Tensor, loss_of: Any,
+                         optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
+                         rho: float) -> None:
+        """Replace the gradients (at w) by those at w + rho * g / ||g||, the nearby point where
+        the batch's loss rises fastest, and put the weights back: the optimizer then steps from
+        w toward a flat minimum (SAM, Foret et al. 2021). The metrics keep the first pass's."""
+        with torch.no_grad():
+            live = [p for p in params if p.grad is not None]
+            norm = torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(p.grad.float()) for p in live]))
+            scale = rho / (norm + 1e-12)
+            steps = [(p.grad.float() * scale).to(p.dtype) for p in live]
+            for p, e in zip(live, steps, strict=True):
+                p.add_(e)
+        optimizer.zero_grad(set_to_none=True)
+        with self.precision.autocast():
+            out = net(x)
+        loss_of(out).backward()
+        with torch.no_grad():
+            for p, e in zip(live, steps, strict=True):
+                p.sub_(e)
 
     def _diverged(self, epoch: int, step: int, scheduler: StepSchedule) -> None:
         where = f"epoch {epoch + 1}, by step {step + 1}"
@@ -585,7 +621,7 @@ class Trainer:
 # config's, and the meta's (segmentation's loss; the input size, the validation split and the
 # number of images, which a folder given more images or another --cells changes).
 RESUME_WARN_CONFIG = ("epochs", "lr", "schedule", "warmup_epochs", "weight_decay", "momentum",
-                      "nesterov", "grad_clip", "seed", "mixup", "cutmix", "patience")
+                      "nesterov", "grad_clip", "seed", "mixup", "cutmix", "sam", "patience")
 # batch_size too: another one changes the steps per epoch, so the schedule's step lands elsewhere.
 # The rest of the recipe as runs record it (`cnnzoo compare` shows a resumed run's last values).
 RESUME_WARN_META = ("loss", "img_size", "val_fraction", "images", "batch_size", "augment",
