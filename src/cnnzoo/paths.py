@@ -53,7 +53,9 @@ def check_folder(path: str | os.PathLike[str], what: str,
 
 
 LOCK_FILE = ".cnnzoo.lock"
-_held = threading.local()  # .folders: [(folder, fd)] this thread holds, in the order taken
+# .folders: [(folder, fd, made)] this thread holds, in the order taken; made: the folder did not
+# exist before, and goes again if the run wrote nothing into it (a NaN in its first epoch).
+_held = threading.local()
 
 
 def hold_folder(folder: str | os.PathLike[str], what: str = "--out") -> None:
@@ -68,8 +70,9 @@ def hold_folder(folder: str | os.PathLike[str], what: str = "--out") -> None:
         return
     folder = Path(os.path.abspath(folder))
     held = _held.__dict__.setdefault("folders", [])
-    if any(f == folder for f, _ in held):  # transfer's fine-tuning inside its own run
+    if any(f == folder for f, _, _ in held):  # transfer's fine-tuning inside its own run
         return
+    made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / LOCK_FILE
     while True:
@@ -91,24 +94,27 @@ def hold_folder(folder: str | os.PathLike[str], what: str = "--out") -> None:
             if os.path.samestat(os.fstat(fd), os.stat(lock)):
                 break
         os.close(fd)
-    held.append((folder, fd))
+    held.append((folder, fd, made))
 
 
 @contextmanager
 def folders_released() -> Iterator[None]:
     """Let go of the folders `hold_folder` took inside this block when it ends (a decorator
     of `Trainer.fit` and `transfer`), and remove their lock files: a finished run leaves no
-    trace of it."""
+    trace of it (nor the folder, when it made it and wrote nothing there)."""
     held = _held.__dict__.setdefault("folders", [])
     n = len(held)
     try:
         yield
     finally:
         while len(held) > n:
-            folder, fd = held.pop()
+            folder, fd, made = held.pop()
             with suppress(OSError):
                 os.unlink(folder / LOCK_FILE)  # before letting go, so no one locks it meanwhile
             os.close(fd)
+            if made:
+                with suppress(OSError):  # only if empty: a run that wrote nothing leaves nothing
+                    folder.rmdir()
 
 
 def check_outside(out: str | os.PathLike[str], data: object) -> None:
