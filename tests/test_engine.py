@@ -500,6 +500,18 @@ def test_sam_steps_with_the_gradient_at_the_worst_nearby_point():
     for a, b, c in zip(got, want, plain, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
         assert not torch.allclose(a, c, rtol=1e-5, atol=1e-6)  # not the plain step
+    # BatchNorm's running statistics average the batches once, as without SAM: the pass at the
+    # perturbed weights leaves them be.
+    stats = []
+    for rho in (0.0, 0.05):
+        torch.manual_seed(0)
+        bn_net = _TinyNet()
+        cfg = TrainConfig(epochs=1, optimizer="sgd", lr=lr, momentum=0.0, nesterov=False,
+                          weight_decay=0.0, schedule="constant", sam=rho, **FP32)
+        Trainer(bn_net, ClassificationTask(3), _tiny_loader(n=16, batch=16), config=cfg).fit()
+        stats.append((bn_net.bn.running_mean.clone(), bn_net.bn.running_var.clone()))
+        assert bn_net.bn.momentum == 0.1  # put back
+    torch.testing.assert_close(stats[0], stats[1])
     with pytest.raises(ValueError, match="sam is a radius >= 0"):
         TrainConfig(sam=-0.1)
 

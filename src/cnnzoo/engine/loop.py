@@ -555,7 +555,9 @@ class Trainer:
                          rho: float) -> None:
         """Replace the gradients (at w) by those at w + rho * g / ||g||, the nearby point where
         the batch's loss rises fastest, and put the weights back: the optimizer then steps from
-        w toward a flat minimum (SAM, Foret et al. 2021). The metrics keep the first pass's."""
+        w toward a flat minimum (SAM, Foret et al. 2021). The metrics keep the first pass's, and
+        BatchNorm's running statistics too: the pass at the perturbed weights leaves them be (a
+        momentum of 0), so they average the batches once, as without SAM."""
         with torch.no_grad():
             live = [p for p in params if p.grad is not None]
             norm = torch.linalg.vector_norm(
@@ -565,9 +567,18 @@ class Trainer:
             for p, e in zip(live, steps, strict=True):
                 p.add_(e)
         optimizer.zero_grad(set_to_none=True)
-        with self.precision.autocast():
-            out = net(x)
-        loss_of(out).backward()
+        norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                 and m.training and m.momentum is not None]  # fmt: skip
+        momenta = [m.momentum for m in norms]
+        try:
+            for m in norms:
+                m.momentum = 0.0
+            with self.precision.autocast():
+                out = net(x)
+            loss_of(out).backward()
+        finally:
+            for m, momentum in zip(norms, momenta, strict=True):
+                m.momentum = momentum
         with torch.no_grad():
             for p, e in zip(live, steps, strict=True):
                 p.sub_(e)
