@@ -75,8 +75,9 @@ class FinetuneConfig:
     mixup: float = 0.0
     cutmix: float = 0.0
     # Sharpness-aware minimisation's radius in phase 2 (`TrainConfig.sam`), 0 for off. Hard
-    # Fashion-MNIST set at 10 images per class, draws 0 / 1 / 2: 0.05 gave 0.694 / 0.652 / 0.678
-    # against 0.667 / 0.633 / 0.644, for 1.6x the CPU time (docs/transfer.md).
+    # Fashion-MNIST set, draws 0 / 1 / 2: 0.05 gave 0.694 / 0.652 / 0.678 against 0.667 / 0.633 /
+    # 0.644 at 10 images per class, 0.791 / 0.757 / 0.778 against 0.775 / 0.748 / 0.777 at 50,
+    # for 1.6x the CPU time (docs/transfer.md).
     sam: float = 0.0
     precision: str = "auto"
     channels_last: str = "auto"
