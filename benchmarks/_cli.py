@@ -5,7 +5,6 @@ for a cnnzoo error (exit 2) or Ctrl-C (exit 130). Import it before anything from
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,11 +13,9 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 if SRC not in sys.path:
     sys.path.insert(0, SRC)
 
-
-def usable_cores() -> int:
-    """The cores this process may run on (taskset, cgroups), not the machine's: the default
-    thread count of the scripts, as two threads pinned to one core wait on each other."""
-    return len(os.sched_getaffinity(0))
+# The cores this process may run on (taskset, cgroups), not the machine's: the scripts' default
+# thread count, as two threads pinned to one core wait on each other.
+from cnnzoo.engine.distributed import usable_cores  # noqa: E402, F401 (re-exported)
 
 
 def run(main: Callable[[], object]) -> None:
