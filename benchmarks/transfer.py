@@ -49,7 +49,7 @@ import time
 import torch
 from _cli import run
 
-from cnnzoo.commands.argtypes import COUNT, IMG_SIZE, SEED, beta_alpha, sam_radius, whole
+from cnnzoo.commands.argtypes import COUNT, IMG_SIZE, SAM_RADIUS, SEED, beta_alpha, whole
 from cnnzoo.commands.transfer import stages_arg
 from cnnzoo.data import ImageDataset, Splits, load_fashion_mnist
 from cnnzoo.data.augment import default_augmentation
@@ -165,7 +165,7 @@ def main() -> None:
                     help="fine-tuning mixup alpha (0: off)")
     ap.add_argument("--cutmix", type=beta_alpha, default=FinetuneConfig.cutmix,
                     help="fine-tuning CutMix alpha (0: off)")
-    ap.add_argument("--sam", type=sam_radius, default=FinetuneConfig.sam,
+    ap.add_argument("--sam", type=SAM_RADIUS, default=FinetuneConfig.sam,
                     help="fine-tuning's SAM radius rho (0: off)")
     ap.add_argument("--scratch-nets", nargs="+", default=list(SCRATCH), choices=list(SCRATCH),
                     help="zoo nets trained from scratch; the table shows the best on the mean")

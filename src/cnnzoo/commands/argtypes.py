@@ -101,17 +101,6 @@ def beta_alpha(text: str) -> float:
     return value
 
 
-def sam_radius(text: str) -> float:
-    """--sam: the radius rho of sharpness-aware minimisation, 0 for off."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a radius >= 0 (0: off), e.g. 0.05, not {text!r}")
-    return value
-
-
 def size_epochs(text: str) -> tuple[int, int]:
     """--progressive SIZE:EPOCHS, two positive whole numbers."""
     size, sep, epochs = text.partition(":")
@@ -130,3 +119,4 @@ IMG_SIZE = whole(1, high=MAX_INPUT_SIZE, high_note="a batch of larger images doe
 SEED = whole(0)  # numpy's generators take no negative seed
 FRACTION = real(0, 1, above=True, below=True)  # --val-fraction
 LEARNING_RATE = real(0, above=True)
+SAM_RADIUS = real(0, note="0: off; e.g. 0.05")  # --sam: sharpness-aware minimisation's rho

@@ -16,12 +16,12 @@ from .argtypes import (
     FRACTION,
     IMG_SIZE,
     LEARNING_RATE,
+    SAM_RADIUS,
     SEED,
     beta_alpha,
     model_arg,
     patience_epochs,
     real,
-    sam_radius,
     size_epochs,
 )
 
@@ -150,7 +150,7 @@ def add_mixing_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cutmix", type=beta_alpha, default=0.0, metavar="ALPHA",
                    help="CutMix (Yun et al. 2019): paste a box of another image instead "
                         "(default 0: off; with --mixup too, each batch uses one of the two)")
-    p.add_argument("--sam", type=sam_radius, default=0.0, metavar="RHO",
+    p.add_argument("--sam", type=SAM_RADIUS, default=0.0, metavar="RHO",
                    help="sharpness-aware minimisation (Foret et al. 2021): step with the "
                         "gradient at the worst point within RHO of the weights, e.g. 0.05; two "
                         "passes per step (default 0: off; transfer: the fine-tuning phase only)")
