@@ -39,6 +39,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import DataError, ImageError
+from ..paths import temp_beside
 from ..text import plural, some
 from .dataset import ImageDataset, Splits
 from .images import IMAGE_EXTENSIONS, ImageSpec, image_header
@@ -815,7 +816,7 @@ def write_image_folder(
         path = root / dataset.class_names[int(dataset.labels[i])] / f"{stems[i]}.png"
         # Written beside it under a hidden name, then renamed: an export killed mid-file left
         # an empty or truncated PNG among the good ones; a hidden file is one no loader reads.
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp = temp_beside(path)
         try:
             img.save(tmp, format="PNG")
             os.replace(tmp, path)

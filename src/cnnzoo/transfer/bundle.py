@@ -324,7 +324,7 @@ class Bundle:
                                    "another output path") from None
             old = None
             if target.exists():
-                old = target.with_name(f".{target.name}.{os.getpid()}.old.tmp")
+                old = target.with_name(f"{temp_prefix(target)}old.tmp")  # remove_stale_temps finds it
                 os.replace(target, old)
             os.replace(tmp, target)
             if old is not None:
