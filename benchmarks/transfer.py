@@ -3,6 +3,7 @@
     python benchmarks/transfer.py                       # both sets, 10/50/200 images per class
     python benchmarks/transfer.py --sets hard --sizes 10 50 --methods features
     python benchmarks/transfer.py --sets hard --sizes 10 50 --seeds 0 1 2   # mean of 3 draws
+    python benchmarks/transfer.py --sets hard --sizes 10 --seeds 0 1 2 --train-seed-offset 100
     python benchmarks/transfer.py --model efficientnet_lite2 --sets hard      # another backbone
     flock /tmp/cnnzoo-bench.lock python benchmarks/transfer.py    # on a shared machine
 
@@ -173,6 +174,9 @@ def main() -> None:
     ap.add_argument("--seeds", nargs="+", type=SEED, default=[0],
                     help="one row per set and size averages these seeds (each its own draw "
                          "of training, validation and test images, and its own training run)")
+    ap.add_argument("--train-seed-offset", type=whole(0), default=0, metavar="K",
+                    help="train with seed + K on each seed's draw (default 0: the draw's seed); "
+                         "another K measures what one run moves by on the same images")
     args = ap.parse_args()
 
     cache = tempfile.mkdtemp(prefix="cnnzoo-bench-features-")
@@ -205,12 +209,17 @@ def run_row(set_name: str, n: int, seed: int, args: argparse.Namespace, cache: s
     """Every method on one seeded draw of the set at n images per class."""
     splits, test = make_sets(set_name, n, args.val, args.test, seed)
     row: dict[str, object] = {"set": set_name, "n": n, "seed": seed}
+    # The draw stays seed's; the training runs may take another seed, to tell a setting's gain
+    # on a draw from what one run moves by on it (dropout, batch order, heads).
+    run_seed = seed + args.train_seed_offset
+    if args.train_seed_offset:
+        row["train_seed"] = run_seed
     if "scratch" in args.methods:
         for net in args.scratch_nets:
             row[f"scratch:{net}"], row[f"t_scratch:{net}"] = scratch(
-                splits, test, net, args.scratch_steps, seed, args.views)
+                splits, test, net, args.scratch_steps, run_seed, args.views)
     base = dict(img_size=args.img_size, fit=args.fit, views=args.views, stages=args.stages,
-                cache_dir=cache, progress=False, seed=seed)  # fmt: skip
+                cache_dir=cache, progress=False, seed=run_seed)  # fmt: skip
     # Test images are images too: their features are cached once per set and size.
     test_splits = Splits(test, test)
     if "features" in args.methods:
@@ -230,7 +239,7 @@ def run_row(set_name: str, n: int, seed: int, args: argparse.Namespace, cache: s
     if "finetune" in args.methods:
         ft = FinetuneConfig(epochs=args.epochs, min_steps=args.min_steps, mixup=args.mixup,
                             cutmix=args.cutmix, sam=args.sam, progress=False, verbose=False,
-                            seed=seed)  # fmt: skip
+                            seed=run_seed)  # fmt: skip
         t0 = time.perf_counter()
         res = transfer(splits, model=args.model, out=None,
                        config=TransferConfig(mode="both", keep_best=False, finetune=ft, **base),
