@@ -702,6 +702,56 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
+def test_a_report_figure_killed_mid_write_keeps_the_last_good_one(tmp_path, monkeypatch):
+    """curves.png, confusion.png and top_losses.png were written in place: a run killed while
+    matplotlib wrote one (SIGTERM at a time limit) left a truncated PNG instead of the last
+    epoch's good one. The kill is simulated by savefig dying after a PNG's first bytes."""
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    import cnnzoo.engine.report as report
+
+    history = [{"epoch": 1, "train_loss": 1.0, "val_loss": 1.1}]
+    curves = report.plot_curves(history, tmp_path / "curves.png")
+    before = curves.read_bytes()
+
+    def dying_savefig(self, fname, *args, **kwargs):
+        with open(fname, "wb") as f:
+            f.write(b"\x89PNG\r\n")  # the process dies here
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", dying_savefig)
+    with pytest.raises(KeyboardInterrupt):
+        report.plot_curves(history * 2, curves)
+    assert curves.read_bytes() == before
+    with Image.open(curves) as im:
+        im.load()
+    assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]
+
+
+def test_metrics_log_rewritten_on_resume_in_one_step(tmp_path, monkeypatch):
+    """A resumed run rewrites metrics.jsonl from its checkpoint's history; a kill during that
+    rewrite left the log empty or cut, every epoch's line lost. The kill is simulated by the
+    write dying after half the text."""
+    from cnnzoo.engine.logs import MetricsLog
+
+    history = [{"epoch": e, "train_loss": 1.0 / e} for e in range(1, 4)]
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in history))
+    before = log.read_text()
+
+    def dying_write_text(self, text, *args, **kwargs):
+        with open(self, "w") as f:
+            f.write(text[: len(text) // 2])  # the process dies here
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", dying_write_text)
+    with pytest.raises(KeyboardInterrupt):
+        MetricsLog(tmp_path, tensorboard=False, history=history[:2])
+    assert log.read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+
+
 def test_a_checkpoint_write_clears_what_a_killed_one_left(tmp_path):
     """SIGKILL (or the OOM killer) during a write leaves the hidden temporary file, as large as a
     checkpoint (1 GB for a VGG-11's last.pt), and it stayed there for good; the next write of

@@ -39,10 +39,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import DataError, ImageError
-from ..paths import temp_beside
 from ..text import plural, some
 from .dataset import ImageDataset, Splits
-from .images import IMAGE_EXTENSIONS, ImageSpec, image_header
+from .images import IMAGE_EXTENSIONS, ImageSpec, image_header, write_png
 
 log = logging.getLogger("cnnzoo.data")
 
@@ -813,13 +812,5 @@ def write_image_folder(
     for i in range(len(dataset)):
         a = dataset.images[i].permute(1, 2, 0).numpy()
         img = Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a)
-        path = root / dataset.class_names[int(dataset.labels[i])] / f"{stems[i]}.png"
-        # Written beside it under a hidden name, then renamed: an export killed mid-file left
-        # an empty or truncated PNG among the good ones; a hidden file is one no loader reads.
-        tmp = temp_beside(path)
-        try:
-            img.save(tmp, format="PNG")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_png(img, root / dataset.class_names[int(dataset.labels[i])] / f"{stems[i]}.png")
     return dataset.class_counts()

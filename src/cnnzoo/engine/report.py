@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+from ..paths import replacing, write_text_atomic
 from .task import ClassificationAccumulator, Task
 
 P = ParamSpec("P")
@@ -28,9 +29,14 @@ def pyplot() -> Any:
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
-    """Write `fig` to `path` and close it."""
-    fig.savefig(path, dpi=dpi)
-    pyplot().close(fig)
+    """Write `fig` to `path` (in the format its extension names) in one step, and close it: a
+    run killed while drawing left a truncated PNG that no viewer opens, in place of the last
+    good one."""
+    try:
+        with replacing(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=Path(path).suffix[1:] or "png")
+    finally:
+        pyplot().close(fig)
     return Path(path)
 
 
@@ -226,7 +232,7 @@ def write_per_class_csv(acc: ClassificationAccumulator, class_names: list[str],
                                            strict=True))  # fmt: skip
     # UTF-8, not the locale's encoding: a Latin-1 or ASCII locale (PYTHONUTF8=0) cannot write
     # every class name, and the run ended in a traceback after its checkpoints.
-    path.write_text(text.getvalue(), encoding="utf-8")
+    write_text_atomic(path, text.getvalue())
     return path
 
 

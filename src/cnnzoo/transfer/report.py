@@ -24,6 +24,7 @@ from ..engine.report import (
     write_per_class_csv,
 )
 from ..engine.task import ClassificationAccumulator
+from ..paths import write_text_atomic
 
 
 def accumulate(probs: Tensor, labels: Tensor, num_classes: int) -> ClassificationAccumulator:
@@ -147,6 +148,6 @@ def write_report(out_dir: Path, *, images: Tensor, probs: Tensor, labels: Tensor
     said.append(f"top losses: {grid}" if top_losses(probs, labels, 1)
                 else f"top losses: none, every validation image is predicted right ({grid})")
     write_per_class_csv(acc, class_names, out_dir / "per_class.csv")
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     said.extend(per_class_table(acc, class_names))
     return said
