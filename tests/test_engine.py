@@ -1243,6 +1243,61 @@ def test_processes_share_the_cores_they_may_run_on_not_the_machines(monkeypatch)
         torch.set_num_threads(before)
 
 
+def _fake_cgroup(root: Path, files: dict[str, str], membership: str) -> tuple[Path, Path]:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    (root / "self-cgroup").write_text(membership)
+    return root, root / "self-cgroup"
+
+
+@pytest.mark.parametrize("files, membership, cores", [
+    ({"cpu.max": "200000 100000\n"}, "0::/\n", 2),  # docker --cpus=2, cgroup v2
+    ({"cpu.max": "150000 100000\n"}, "0::/\n", 2),  # --cpus=1.5: rounded up
+    ({"cpu.max": "max 100000\n"}, "0::/\n", 64),  # no quota
+    ({"user.slice/cpu.max": "max 100000\n", "cpu.max": "300000 100000\n"},
+     "0::/user.slice\n", 3),  # a host's process under its own group, a parent's quota
+    ({"cpu,cpuacct/docker/ab/cpu.cfs_quota_us": "50000\n",
+      "cpu,cpuacct/docker/ab/cpu.cfs_period_us": "100000\n"},
+     "5:memory:/docker/ab\n4:cpu,cpuacct:/docker/ab\n", 1),  # cgroup v1, on the host's mount
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"},
+     "4:cpu,cpuacct:/\n", 64),  # v1, no quota
+    ({}, "", 64),  # nothing to read: not Linux, or no cgroup mounted
+])  # fmt: skip
+def test_threads_stay_within_a_containers_cpu_quota(tmp_path, monkeypatch, files, membership,
+                                                    cores):
+    """`docker run --cpus=2` on a 64-core host: the container's affinity holds all 64 cores, so
+    every command ran 64 torch threads on 2 cores' worth of time, each throttled most of every
+    100 ms period. The quota (cgroup v2 cpu.max, v1 cpu.cfs_quota_us / cpu.cfs_period_us)
+    rounded up now caps the cores counted."""
+    from cnnzoo.engine import distributed
+
+    monkeypatch.setattr(distributed.os, "sched_getaffinity", lambda pid: set(range(64)),
+                        raising=False)  # fmt: skip
+    root, self_cgroup = _fake_cgroup(tmp_path, files, membership)
+    assert distributed.usable_cores(root, self_cgroup) == cores
+
+
+def test_a_command_runs_no_more_threads_than_the_cpu_quota(tmp_path, monkeypatch):
+    """Without --threads or OMP_NUM_THREADS a command keeps torch's default (the affinity) but
+    no more than the quota; --threads still says how many."""
+    from cnnzoo.engine import distributed
+
+    root, self_cgroup = _fake_cgroup(tmp_path / "cg", {"cpu.max": "100000 100000"}, "0::/")
+    monkeypatch.setattr(distributed, "CGROUP", root)
+    monkeypatch.setattr(distributed, "MEMBERSHIP", self_cgroup)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 64)
+    threads: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    args = ["train", "lenet5", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]
+    assert main(args) == 2  # no such data: after the threads are set
+    assert threads == [1]
+    threads.clear()
+    assert main([*args, "--threads", "3"]) == 2
+    assert threads == [3]
+
+
 _DDP_WORKER = '''
 import sys
 import torch

@@ -141,11 +141,10 @@ def _threads(threads: int | None, n_images: int, batch_size: int) -> Iterator[No
     EfficientNet-Lite0 5-8x slower than one thread (benchmarks/predict.py)."""
     import torch
 
-    if threads is None and n_images <= batch_size:
-        threads = 1
+    from ..engine.distributed import use_threads
+
     before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
+    use_threads(1 if threads is None and n_images <= batch_size else threads)
     try:
         yield
     finally:

@@ -63,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="output folder (default ./segmented)")
     add_tiling_arguments(p)
     p.add_argument("--batch-size", type=COUNT, default=4, help="tiles per forward pass (default 4)")
-    p.add_argument("--threads", type=COUNT, default=None, help="torch threads (default: all)")
+    p.add_argument("--threads", type=COUNT, default=None, help="torch threads (default: the usable cores)")
 
 
 def add_tiling_arguments(p: argparse.ArgumentParser, default: int | None = 512,
@@ -137,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data.images import frame_count, load_image, write_png
     from ..engine.checkpoint import load_checkpoint
+    from ..engine.distributed import use_threads
     from ..engine.precision import Precision
     from ..errors import ImageError
     from ..paths import check_folder
@@ -146,8 +147,7 @@ def run(args: argparse.Namespace) -> int:
     from ..text import plural
     from .predict import expand_paths
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     problems: list[str] = []
     paths = expand_paths(args.images, problems)
     for line in problems:
