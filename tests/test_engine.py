@@ -729,6 +729,33 @@ def test_a_report_figure_killed_mid_write_keeps_the_last_good_one(tmp_path, monk
     assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]
 
 
+def test_report_figures_under_a_home_that_cannot_be_written_say_nothing(tmp_path):
+    """A batch job or container with a read-only or missing HOME: matplotlib could not make
+    ~/.config/matplotlib and printed two lines on every run ('mkdir -p failed ...', 'created a
+    temporary cache directory ... highly recommended to set the MPLCONFIGDIR'). Its folder is
+    now cnnzoo's cache, else a temporary one, without a word; the user's own MPLCONFIGDIR
+    stays theirs."""
+    (tmp_path / "a-file").write_text("")
+    env = {k: v for k, v in _env().items()
+           if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "CNNZOO_CACHE")}
+    env["HOME"] = str(tmp_path / "a-file" / "home")  # no folder can be made there
+    script = ("import os, sys; from cnnzoo.engine.report import plot_curves; "
+              "plot_curves([{'epoch': 1, 'train_loss': 1.0}], sys.argv[1]); "
+              "print(os.environ['MPLCONFIGDIR'])")
+
+    def draw(**more: str) -> str:
+        done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "curves.png")],
+                              env={**env, **more}, capture_output=True, text=True, timeout=120)
+        assert (done.returncode, done.stderr) == (0, "")
+        assert (tmp_path / "curves.png").stat().st_size > 0
+        return done.stdout.strip()
+
+    assert draw(CNNZOO_CACHE=str(tmp_path / "cache")) == str(tmp_path / "cache" / "matplotlib")
+    assert Path(draw()).name.startswith("cnnzoo-matplotlib-")  # no cache either
+    assert not Path(draw()).exists()  # removed at exit
+    assert draw(MPLCONFIGDIR=str(tmp_path / "mine")) == str(tmp_path / "mine")
+
+
 def test_metrics_log_rewritten_on_resume_in_one_step(tmp_path, monkeypatch):
     """A resumed run rewrites metrics.jsonl from its checkpoint's history; a kill during that
     rewrite left the log empty or cut, every epoch's line lost. The kill is simulated by the
