@@ -2533,11 +2533,15 @@ def test_class_weight_is_recorded_and_a_resumed_run_keeps_it(tmp_path, capsys):
 
     whole = run("whole", 2, "--class-weight", "balanced")
     out, err = capsys.readouterr()
-    # The final lines name what accuracy hides.
+    # The final lines name what accuracy hides; the per-class table (and the balanced accuracy
+    # under it) is a result, on stdout before them, as `cnnzoo evaluate` prints it: it went to
+    # stderr, among the per-epoch lines.
+    assert out.splitlines()[0].split() == ["class", "precision", "recall", "support"]
     assert re.search(r"final validation loss [0-9.]+, acc [0-9.]+, balanced_acc [0-9.]+, "
-                     r"macro_f1 [0-9.]+$", out.splitlines()[0])
-    assert re.search(r"^balanced accuracy [0-9.]+ \(the mean recall\), macro F1 [0-9.]+$", err,
+                     r"macro_f1 [0-9.]+$", out, re.M)
+    assert re.search(r"^balanced accuracy [0-9.]+ \(the mean recall\), macro F1 [0-9.]+$", out,
                      re.M)
+    assert "balanced accuracy" not in err and "precision  recall" not in err
     # n / (K n_k) of the 16 training images: 16 / (3 x 10) for good, 16 / (3 x 3) for crack
     assert "class weights (balanced, on the loss): crack 1.78, dent 1.78, good 0.533" in err
     assert whole["meta"]["class_weight"] == "balanced"

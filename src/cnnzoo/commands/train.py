@@ -236,7 +236,8 @@ def run(args: argparse.Namespace) -> int:
                 init_from=args.init_from, grow_rule=args.grow_rule,
                 label_smoothing=args.label_smoothing, class_weight=args.class_weight,
                 model_kwargs=dict(args.model_arg),
-                dist=dist, say=say, overwrite=args.overwrite)
+                dist=dist, say=say, overwrite=args.overwrite,
+                show=print)  # the per-class table: a result, on stdout as evaluate's is
     except BaseException as exc:
         cleanup(ok=False)
         if said_elsewhere(exc, dist):  # one line per run, not one per process

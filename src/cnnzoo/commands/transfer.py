@@ -221,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
     use_threads(args.threads)
     result = transfer(args.data, model=args.model, weights=args.weights, out=out,
                       config=config_from_args(args), resume=args.resume,
-                      overwrite=args.overwrite)  # fmt: skip
+                      overwrite=args.overwrite, show=print)  # fmt: skip
     m = result.metrics
     stages = ", ".join(f"{s} {m[s]['val_acc']:.3f} (balanced {m[s]['val_balanced_acc']:.3f})"
                        for s in ("features", "finetune") if s in m)  # fmt: skip

@@ -284,14 +284,15 @@ def write_per_class_csv(acc: ClassificationAccumulator, class_names: list[str],
 
 
 def write_report(out_dir: Path, history: list[dict[str, Any]],
-                 acc: Any, task: Task) -> list[str]:
+                 acc: Any, task: Task) -> tuple[list[str], list[str]]:
     """Write curves.png (+ confusion.png and per_class.csv for classification); return what to
-    print."""
+    print: the files written (notes), and the per-class table (a result)."""
     out_dir = Path(out_dir)
     said = [f"learning curves: {plot_curves(history, out_dir / 'curves.png')}"]
+    table: list[str] = []
     if isinstance(acc, ClassificationAccumulator):
         names = getattr(task, "class_names", None) or [str(i) for i in range(acc.num_classes)]
         said.append(f"confusion matrix: {plot_confusion(acc.confusion, names, out_dir / 'confusion.png')}")
         write_per_class_csv(acc, names, out_dir / "per_class.csv")
-        said.extend(per_class_table(acc, names))
-    return said
+        table = per_class_table(acc, names)
+    return said, table
