@@ -898,6 +898,35 @@ def test_a_manifest_excel_saved_in_the_windows_code_page_is_a_one_line_error(tmp
     assert s.train.class_counts() == [2, 2] and s.val.class_counts() == [1, 1]
 
 
+def test_a_manifest_excel_saved_as_unicode_text_is_read(tmp_path, capsys):
+    """Excel's "Unicode Text" export is UTF-16 (little-endian, with its byte-order mark),
+    tab-separated, named .txt: refused as 'not UTF-8 text (byte 0xff on line 1)', and as a .txt
+    'neither a built-in data set nor an image folder or CSV manifest: check the path'. Renamed
+    .csv it is read as its UTF-8 save is; the .txt gets one line saying to rename it."""
+    rows = []
+    for i in range(3):
+        for cls, v in (("Würfel", 10), ("Kugel", 200)):
+            _png(tmp_path / "imgs" / f"{cls} {i}.png", v)
+            rows.append(f"imgs/{cls} {i}.png\t{cls}")
+    text = "\r\n".join(["Filename\tClass", *rows]) + "\r\n"
+    for codec, name in (("utf-16", "le16.csv"), ("utf-16-be", "be16.csv"), ("utf-32", "w32.csv")):
+        manifest = tmp_path / name
+        bom = b"\xfe\xff" if codec == "utf-16-be" else b""  # utf-16 and utf-32 write their own
+        manifest.write_bytes(bom + text.encode(codec))
+        s = load_csv(manifest, val_fraction=1 / 3, progress=False)
+        assert s.class_names == ["Kugel", "Würfel"] and not s.skipped, name
+        assert s.train.class_counts() == [2, 2] and s.val.class_counts() == [1, 1]
+    (tmp_path / "m.txt").write_bytes(text.encode("utf-16"))
+    assert main(["data", "info", str(tmp_path / "m.txt")]) == 2
+    assert capsys.readouterr().err == (
+        f"cnnzoo data info: error: {tmp_path / 'm.txt'}: a manifest's name ends in .csv (rows "
+        "`path,label`; tabs or ';' between the cells are read too): rename it m.csv\n")
+    (tmp_path / "cut.csv").write_bytes(text.encode("utf-16")[:-1])  # an odd number of bytes
+    with pytest.raises(DataError, match=r"cut.csv is damaged UTF-16 text \(byte \d+\): save it "
+                       r"again, as UTF-8 \(Excel: Save As > CSV UTF-8\)$"):
+        load_csv(tmp_path / "cut.csv", progress=False)
+
+
 def test_accented_names_in_a_macs_and_in_windows_unicode_form_are_one_class_and_file(tmp_path):
     """A Mac writes 'ü' in file names as 'u' + a combining mark (NFD), Windows as one character
     (NFC). train/Würfel from a Mac and val/Würfel typed on Windows was 'a class that train does
