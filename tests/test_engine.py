@@ -2448,7 +2448,7 @@ def test_demo_scratch_reports_the_validation_accuracy_of_the_weights_it_tests(tm
     monkeypatch.setattr(demo, "_say", lines.append)
     # fp32 on every CPU (the demo takes bf16 where it is native), so the run is the same.
     monkeypatch.setattr("cnnzoo.transfer.features.inference_dtype", lambda *a, **k: "fp32")
-    monkeypatch.setattr("cnnzoo.engine.report.write_report", lambda *a: [])  # 3 s of plots
+    monkeypatch.setattr("cnnzoo.engine.report.write_report", lambda *a: ([], []))  # 3 s of plots
     demo._scratch(tmp_path / "d", 32, 6, tmp_path / "out", False)
     history = [json.loads(r) for r in (tmp_path / "out" / "metrics.jsonl").open()]
     tested = min(history, key=lambda r: r["val_loss"])
@@ -2480,7 +2480,7 @@ def test_demo_scratch_is_scored_on_the_views_the_transfer_bundles_get(tmp_path, 
     monkeypatch.setattr(demo, "MODEL", "lenet5")
     monkeypatch.setattr(demo, "_say", lambda line: None)
     monkeypatch.setattr("cnnzoo.transfer.features.inference_dtype", lambda *a, **k: "fp32")
-    monkeypatch.setattr("cnnzoo.engine.report.write_report", lambda *a: [])
+    monkeypatch.setattr("cnnzoo.engine.report.write_report", lambda *a: ([], []))
     for views, tta in ((2, "flip"), (1, False)):
         acc = demo._scratch(tmp_path / "d", 32, 1, tmp_path / f"out{views}", False, views=views)
         assert scored[-1] == tta and 0.0 <= acc <= 1.0  # the test images, after validation
