@@ -1323,6 +1323,9 @@ def test_a_command_runs_no_more_threads_than_the_cpu_quota(tmp_path, monkeypatch
     threads.clear()
     assert main([*args, "--threads", "3"]) == 2
     assert threads == [3]
+    threads.clear()
+    assert main(["evaluate", str(tmp_path / "missing.pt")]) == 2  # evaluate has no --threads
+    assert threads == [1]
 
 
 _DDP_WORKER = '''
