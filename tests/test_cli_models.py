@@ -101,6 +101,21 @@ def test_gflops_match_torchvision_tables(table):
         assert table[name]["gflops"] == pytest.approx(gflops, abs=0.006), name
 
 
+def test_models_and_compare_name_the_multiply_adds_alike(table, capsys):
+    """`models --json` called them `gflops` and its table GFLOPs, while `compare --json` said
+    `macs` and its table MFLOPs, for the same multiply-adds (torchvision's naming; a FLOP is
+    half a multiply-add). `gmacs` is the name now, `gflops` the same number kept for scripts
+    that read it, and both tables say MACs."""
+    from cnnzoo.models import count_macs
+
+    for row in table.values():
+        assert row["gmacs"] == row["gflops"]
+    assert round(table["resnet20"]["gmacs"] * 1e9) == count_macs("resnet20")
+    assert main(["models", "--pattern", "resnet20"]) == 0
+    header, *_ = capsys.readouterr().out.splitlines()
+    assert header.split()[:3] == ["model", "params", "GMACs"]
+
+
 def test_lenet5_operations_counted_by_hand(table):
     """32x32 grey input: C1 6x28x28x25 = 117,600; C3 16x10x10x150 = 240,000; C5 120x400 =
     48,000; F6 120x84 = 10,080; output 84x10 = 840. The classic C3 reads 60 of the 96 input
@@ -138,7 +153,7 @@ def test_unknown_pattern_says_so(capsys):
     assert main(["models", "--pattern", "resnet"]) == 2  # a name part, not a pattern
     assert "'*resnet*' matches names that contain it" in capsys.readouterr().err
     assert main(["models", "--pattern", "alexnet"]) == 0
-    assert "\n1 model. GFLOPs" in capsys.readouterr().out
+    assert "\n1 model. GMACs" in capsys.readouterr().out
 
 
 def test_a_closed_pipe_is_not_a_traceback():
@@ -206,13 +221,13 @@ def test_counts_at_another_input_size(capsys):
                  "--json"]) == 0  # fmt: skip
     (row,) = json.loads(capsys.readouterr().out)
     by_hand = 112_896 + 6 * 1_806_336 + 2 * (903_168 + 5 * 1_806_336) + 640
-    assert round(row["gflops"] * 1e9) == by_hand == 30_821_248
+    assert round(row["gmacs"] * 1e9) == by_hand == 30_821_248
     assert row["params"] == 269_722 - 16 * 2 * 9 and row["input"] == "1x28x28"
     assert main(["models", "--pattern", "lenet5", "--img-size", "28"]) == 0  # LeNet takes 32
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("lenet5 "))
     assert line.split()[2] == "-" and "3x28x28" not in line and "1x28x28" in line
     # 224 is not one of the valid-padding U-Net's sizes (it stopped the whole table).
     assert main(["models", "--pattern", "unet", "--img-size", "224", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)[0]["gflops"] is None
+    assert json.loads(capsys.readouterr().out)[0]["gmacs"] is None
     assert main(["models", "--channels", "1"]) == 2
     assert "--channels goes with --img-size" in capsys.readouterr().err

@@ -153,6 +153,9 @@ def test_compare_two_real_runs_from_the_command_line(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "61,706" in text and "60,850" in text and png.stat().st_size > 0
     assert "  augmentation: crop (relu), none (classic)" in text
+    # Multiply-adds, as `cnnzoo models` names them (the header said MFLOPs).
+    assert text.splitlines()[0].split()[3] == "MMACs"
+    assert "MMACs: millions of multiply-adds of one image" in text
     assert main(["compare", str(out_a), str(out_b / "last.pt"), "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
     ckpt = torch.load(out_a / "last.pt", weights_only=True)

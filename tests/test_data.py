@@ -898,6 +898,35 @@ def test_a_manifest_excel_saved_in_the_windows_code_page_is_a_one_line_error(tmp
     assert s.train.class_counts() == [2, 2] and s.val.class_counts() == [1, 1]
 
 
+def test_a_manifest_excel_saved_as_unicode_text_is_read(tmp_path, capsys):
+    """Excel's "Unicode Text" export is UTF-16 (little-endian, with its byte-order mark),
+    tab-separated, named .txt: refused as 'not UTF-8 text (byte 0xff on line 1)', and as a .txt
+    'neither a built-in data set nor an image folder or CSV manifest: check the path'. Renamed
+    .csv it is read as its UTF-8 save is; the .txt gets one line saying to rename it."""
+    rows = []
+    for i in range(3):
+        for cls, v in (("Würfel", 10), ("Kugel", 200)):
+            _png(tmp_path / "imgs" / f"{cls} {i}.png", v)
+            rows.append(f"imgs/{cls} {i}.png\t{cls}")
+    text = "\r\n".join(["Filename\tClass", *rows]) + "\r\n"
+    for codec, name in (("utf-16", "le16.csv"), ("utf-16-be", "be16.csv"), ("utf-32", "w32.csv")):
+        manifest = tmp_path / name
+        bom = b"\xfe\xff" if codec == "utf-16-be" else b""  # utf-16 and utf-32 write their own
+        manifest.write_bytes(bom + text.encode(codec))
+        s = load_csv(manifest, val_fraction=1 / 3, progress=False)
+        assert s.class_names == ["Kugel", "Würfel"] and not s.skipped, name
+        assert s.train.class_counts() == [2, 2] and s.val.class_counts() == [1, 1]
+    (tmp_path / "m.txt").write_bytes(text.encode("utf-16"))
+    assert main(["data", "info", str(tmp_path / "m.txt")]) == 2
+    assert capsys.readouterr().err == (
+        f"cnnzoo data info: error: {tmp_path / 'm.txt'}: a manifest's name ends in .csv (rows "
+        "`path,label`; tabs or ';' between the cells are read too): rename it m.csv\n")
+    (tmp_path / "cut.csv").write_bytes(text.encode("utf-16")[:-1])  # an odd number of bytes
+    with pytest.raises(DataError, match=r"cut.csv is damaged UTF-16 text \(byte \d+\): save it "
+                       r"again, as UTF-8 \(Excel: Save As > CSV UTF-8\)$"):
+        load_csv(tmp_path / "cut.csv", progress=False)
+
+
 def test_accented_names_in_a_macs_and_in_windows_unicode_form_are_one_class_and_file(tmp_path):
     """A Mac writes 'ü' in file names as 'u' + a combining mark (NFD), Windows as one character
     (NFC). train/Würfel from a Mac and val/Würfel typed on Windows was 'a class that train does
@@ -1162,10 +1191,12 @@ def test_export_fashion_mnist_loads_back(tmp_path, fmnist_test):
         export_dataset("fashion-mnist", out, ExportOptions(per_class=1))
 
 
-def test_an_export_killed_mid_file_leaves_no_half_written_image(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", ["digits", "cells"])
+def test_an_export_killed_mid_file_leaves_no_half_written_image(tmp_path, monkeypatch, name):
     """`cnnzoo data export` killed while writing (3 of 9 kills of a Fashion-MNIST export)
-    left an empty PNG among the finished ones, which every later run reported as unreadable.
-    The kill is simulated by PIL dying after half the bytes of the third file."""
+    left an empty PNG among the finished ones, which every later run reported as unreadable;
+    the segmentation set (`cells`: an image, its mask, its instances) did so after the others
+    were mended. The kill is simulated by PIL dying after half the bytes of the third file."""
     from PIL import Image
 
     real_save = Image.Image.save
@@ -1180,8 +1211,9 @@ def test_an_export_killed_mid_file_leaves_no_half_written_image(tmp_path, monkey
         return real_save(self, fp, *args, **kwargs)
 
     monkeypatch.setattr(Image.Image, "save", dying_save)
+    options = ExportOptions(per_class=2, classes=["0", "1"] if name == "digits" else None)
     with pytest.raises(KeyboardInterrupt):
-        export_dataset("digits", tmp_path / "d", ExportOptions(per_class=2, classes=["0", "1"]))
+        export_dataset(name, tmp_path / "d", options)
     files = sorted(p for p in (tmp_path / "d").rglob("*") if p.is_file())
     assert len(files) == 2  # the two finished ones, and nothing else
     for f in files:

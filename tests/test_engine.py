@@ -702,6 +702,83 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
 
 
+def test_a_report_figure_killed_mid_write_keeps_the_last_good_one(tmp_path, monkeypatch):
+    """curves.png, confusion.png and top_losses.png were written in place: a run killed while
+    matplotlib wrote one (SIGTERM at a time limit) left a truncated PNG instead of the last
+    epoch's good one. The kill is simulated by savefig dying after a PNG's first bytes."""
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    import cnnzoo.engine.report as report
+
+    history = [{"epoch": 1, "train_loss": 1.0, "val_loss": 1.1}]
+    curves = report.plot_curves(history, tmp_path / "curves.png")
+    before = curves.read_bytes()
+
+    def dying_savefig(self, fname, *args, **kwargs):
+        with open(fname, "wb") as f:
+            f.write(b"\x89PNG\r\n")  # the process dies here
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", dying_savefig)
+    with pytest.raises(KeyboardInterrupt):
+        report.plot_curves(history * 2, curves)
+    assert curves.read_bytes() == before
+    with Image.open(curves) as im:
+        im.load()
+    assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]
+
+
+def test_report_figures_under_a_home_that_cannot_be_written_say_nothing(tmp_path):
+    """A batch job or container with a read-only or missing HOME: matplotlib could not make
+    ~/.config/matplotlib and printed two lines on every run ('mkdir -p failed ...', 'created a
+    temporary cache directory ... highly recommended to set the MPLCONFIGDIR'). Its folder is
+    now cnnzoo's cache, else a temporary one, without a word; the user's own MPLCONFIGDIR
+    stays theirs."""
+    (tmp_path / "a-file").write_text("")
+    env = {k: v for k, v in _env().items()
+           if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "CNNZOO_CACHE")}
+    env["HOME"] = str(tmp_path / "a-file" / "home")  # no folder can be made there
+    script = ("import os, sys; from cnnzoo.engine.report import plot_curves; "
+              "plot_curves([{'epoch': 1, 'train_loss': 1.0}], sys.argv[1]); "
+              "print(os.environ['MPLCONFIGDIR'])")
+
+    def draw(**more: str) -> str:
+        done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "curves.png")],
+                              env={**env, **more}, capture_output=True, text=True, timeout=120)
+        assert (done.returncode, done.stderr) == (0, "")
+        assert (tmp_path / "curves.png").stat().st_size > 0
+        return done.stdout.strip()
+
+    assert draw(CNNZOO_CACHE=str(tmp_path / "cache")) == str(tmp_path / "cache" / "matplotlib")
+    assert Path(draw()).name.startswith("cnnzoo-matplotlib-")  # no cache either
+    assert not Path(draw()).exists()  # removed at exit
+    assert draw(MPLCONFIGDIR=str(tmp_path / "mine")) == str(tmp_path / "mine")
+
+
+def test_metrics_log_rewritten_on_resume_in_one_step(tmp_path, monkeypatch):
+    """A resumed run rewrites metrics.jsonl from its checkpoint's history; a kill during that
+    rewrite left the log empty or cut, every epoch's line lost. The kill is simulated by the
+    write dying after half the text."""
+    from cnnzoo.engine.logs import MetricsLog
+
+    history = [{"epoch": e, "train_loss": 1.0 / e} for e in range(1, 4)]
+    log = tmp_path / "metrics.jsonl"
+    log.write_text("".join(json.dumps(r) + "\n" for r in history))
+    before = log.read_text()
+
+    def dying_write_text(self, text, *args, **kwargs):
+        with open(self, "w") as f:
+            f.write(text[: len(text) // 2])  # the process dies here
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", dying_write_text)
+    with pytest.raises(KeyboardInterrupt):
+        MetricsLog(tmp_path, tensorboard=False, history=history[:2])
+    assert log.read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]
+
+
 def test_a_checkpoint_write_clears_what_a_killed_one_left(tmp_path):
     """SIGKILL (or the OOM killer) during a write leaves the hidden temporary file, as large as a
     checkpoint (1 GB for a VGG-11's last.pt), and it stayed there for good; the next write of
@@ -1191,6 +1268,64 @@ def test_processes_share_the_cores_they_may_run_on_not_the_machines(monkeypatch)
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def _fake_cgroup(root: Path, files: dict[str, str], membership: str) -> tuple[Path, Path]:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    (root / "self-cgroup").write_text(membership)
+    return root, root / "self-cgroup"
+
+
+@pytest.mark.parametrize("files, membership, cores", [
+    ({"cpu.max": "200000 100000\n"}, "0::/\n", 2),  # docker --cpus=2, cgroup v2
+    ({"cpu.max": "150000 100000\n"}, "0::/\n", 2),  # --cpus=1.5: rounded up
+    ({"cpu.max": "max 100000\n"}, "0::/\n", 64),  # no quota
+    ({"user.slice/cpu.max": "max 100000\n", "cpu.max": "300000 100000\n"},
+     "0::/user.slice\n", 3),  # a host's process under its own group, a parent's quota
+    ({"cpu,cpuacct/docker/ab/cpu.cfs_quota_us": "50000\n",
+      "cpu,cpuacct/docker/ab/cpu.cfs_period_us": "100000\n"},
+     "5:memory:/docker/ab\n4:cpu,cpuacct:/docker/ab\n", 1),  # cgroup v1, on the host's mount
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"},
+     "4:cpu,cpuacct:/\n", 64),  # v1, no quota
+    ({}, "", 64),  # nothing to read: not Linux, or no cgroup mounted
+])  # fmt: skip
+def test_threads_stay_within_a_containers_cpu_quota(tmp_path, monkeypatch, files, membership,
+                                                    cores):
+    """`docker run --cpus=2` on a 64-core host: the container's affinity holds all 64 cores, so
+    every command ran 64 torch threads on 2 cores' worth of time, each throttled most of every
+    100 ms period. The quota (cgroup v2 cpu.max, v1 cpu.cfs_quota_us / cpu.cfs_period_us)
+    rounded up now caps the cores counted."""
+    from cnnzoo.engine import distributed
+
+    monkeypatch.setattr(distributed.os, "sched_getaffinity", lambda pid: set(range(64)),
+                        raising=False)  # fmt: skip
+    root, self_cgroup = _fake_cgroup(tmp_path, files, membership)
+    assert distributed.usable_cores(root, self_cgroup) == cores
+
+
+def test_a_command_runs_no_more_threads_than_the_cpu_quota(tmp_path, monkeypatch):
+    """Without --threads or OMP_NUM_THREADS a command keeps torch's default (the affinity) but
+    no more than the quota; --threads still says how many."""
+    from cnnzoo.engine import distributed
+
+    root, self_cgroup = _fake_cgroup(tmp_path / "cg", {"cpu.max": "100000 100000"}, "0::/")
+    monkeypatch.setattr(distributed, "CGROUP", root)
+    monkeypatch.setattr(distributed, "MEMBERSHIP", self_cgroup)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 64)
+    threads: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    args = ["train", "lenet5", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r")]
+    assert main(args) == 2  # no such data: after the threads are set
+    assert threads == [1]
+    threads.clear()
+    assert main([*args, "--threads", "3"]) == 2
+    assert threads == [3]
+    threads.clear()
+    assert main(["evaluate", str(tmp_path / "missing.pt")]) == 2  # evaluate has no --threads
+    assert threads == [1]
 
 
 _DDP_WORKER = '''
@@ -2316,7 +2451,7 @@ def test_demo_scratch_reports_the_validation_accuracy_of_the_weights_it_tests(tm
     monkeypatch.setattr(demo, "_say", lines.append)
     # fp32 on every CPU (the demo takes bf16 where it is native), so the run is the same.
     monkeypatch.setattr("cnnzoo.transfer.features.inference_dtype", lambda *a, **k: "fp32")
-    monkeypatch.setattr("cnnzoo.engine.report.write_report", lambda *a: [])  # 3 s of plots
+    monkeypatch.setattr("cnnzoo.engine.report.write_report", lambda *a: ([], []))  # 3 s of plots
     demo._scratch(tmp_path / "d", 32, 6, tmp_path / "out", False)
     history = [json.loads(r) for r in (tmp_path / "out" / "metrics.jsonl").open()]
     tested = min(history, key=lambda r: r["val_loss"])
@@ -2348,7 +2483,7 @@ def test_demo_scratch_is_scored_on_the_views_the_transfer_bundles_get(tmp_path, 
     monkeypatch.setattr(demo, "MODEL", "lenet5")
     monkeypatch.setattr(demo, "_say", lambda line: None)
     monkeypatch.setattr("cnnzoo.transfer.features.inference_dtype", lambda *a, **k: "fp32")
-    monkeypatch.setattr("cnnzoo.engine.report.write_report", lambda *a: [])
+    monkeypatch.setattr("cnnzoo.engine.report.write_report", lambda *a: ([], []))
     for views, tta in ((2, "flip"), (1, False)):
         acc = demo._scratch(tmp_path / "d", 32, 1, tmp_path / f"out{views}", False, views=views)
         assert scored[-1] == tta and 0.0 <= acc <= 1.0  # the test images, after validation
@@ -2401,11 +2536,15 @@ def test_class_weight_is_recorded_and_a_resumed_run_keeps_it(tmp_path, capsys):
 
     whole = run("whole", 2, "--class-weight", "balanced")
     out, err = capsys.readouterr()
-    # The final lines name what accuracy hides.
+    # The final lines name what accuracy hides; the per-class table (and the balanced accuracy
+    # under it) is a result, on stdout before them, as `cnnzoo evaluate` prints it: it went to
+    # stderr, among the per-epoch lines.
+    assert out.splitlines()[0].split() == ["class", "precision", "recall", "support"]
     assert re.search(r"final validation loss [0-9.]+, acc [0-9.]+, balanced_acc [0-9.]+, "
-                     r"macro_f1 [0-9.]+$", out.splitlines()[0])
-    assert re.search(r"^balanced accuracy [0-9.]+ \(the mean recall\), macro F1 [0-9.]+$", err,
+                     r"macro_f1 [0-9.]+$", out, re.M)
+    assert re.search(r"^balanced accuracy [0-9.]+ \(the mean recall\), macro F1 [0-9.]+$", out,
                      re.M)
+    assert "balanced accuracy" not in err and "precision  recall" not in err
     # n / (K n_k) of the 16 training images: 16 / (3 x 10) for good, 16 / (3 x 3) for crack
     assert "class weights (balanced, on the loss): crack 1.78, dent 1.78, good 0.533" in err
     assert whole["meta"]["class_weight"] == "balanced"

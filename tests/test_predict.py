@@ -233,6 +233,11 @@ def test_paths_from_a_list_file_or_stdin(image_dir, tmp_path, monkeypatch, capsy
     (tmp_path / "bom.txt").write_bytes(("\r\n".join(listed[::2]) + "\r\n").encode("utf-8-sig"))
     assert main([*base, "--files-from", str(tmp_path / "bom.txt")]) == 0
     assert [r["image"] for r in json.loads(capsys.readouterr().out)] == listed[::2]
+    # Notepad's "Unicode" (UTF-16 with its mark): read as UTF-8, its NUL bytes were a
+    # traceback ('embedded null byte').
+    (tmp_path / "wide.txt").write_bytes(("\r\n".join(listed[::2]) + "\r\n").encode("utf-16"))
+    assert main([*base, "--files-from", str(tmp_path / "wide.txt")]) == 0
+    assert [r["image"] for r in json.loads(capsys.readouterr().out)] == listed[::2]
     # A name that is not UTF-8 (Latin-1 from an old zip) piped in from find, on a desktop whose
     # stdin and stdout are strict UTF-8: a UnicodeDecodeError traceback reading the list, then
     # 'surrogates not allowed' printing the name. It is printed as its own bytes, as ls does.

@@ -1122,6 +1122,27 @@ def test_segment_run_again_leaves_out_its_own_earlier_outputs(tmp_path, capsys):
 
 
 
+def test_segment_killed_while_writing_a_mask_keeps_the_earlier_one(tmp_path, monkeypatch):
+    """`cnnzoo segment` run again into the same --out, and killed while PIL wrote a mask: the
+    mask was written in place, so the earlier run's good one was left cut to its first bytes,
+    a PNG nothing opens. The kill is simulated by PIL dying after a PNG's first bytes."""
+    _threshold_unet(tmp_path / "net.pt", "elsewhere")
+    _put(tmp_path / "x.png", np.tile(np.array([0, 200], np.uint8).repeat(8), (20, 2)))
+    args = ["segment", str(tmp_path / "x.png"), "--checkpoint", str(tmp_path / "net.pt"),
+            "--out", str(tmp_path / "out")]
+    assert main(args) == 0
+    first = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+
+    def dying_save(self, fp, *args, **kwargs):
+        with open(fp, "wb") as f:
+            f.write(b"\x89PNG\r\n")  # the process dies here
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", dying_save)
+    assert main(args) == 130  # Ctrl-C's status
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == first
+
+
 def test_segment_says_when_a_stack_had_only_its_first_frame_segmented(tmp_path, capsys):
     """A microscope's TIFF stack (time-lapse, z-stack) is decoded as its first frame: its other
     frames were left out without a word."""

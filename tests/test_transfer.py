@@ -534,6 +534,10 @@ def test_torchvision_vgg16_checkpoint_end_to_end(tv_models, folder, tmp_path, ca
     notes = [line for line in captured.err.splitlines() if "note:" in line]
     assert len(notes) == 1 and "--epochs, --mixup" in notes[0] and "ignored" in notes[0]
     assert captured.out.splitlines()[-1] == f"bundle and report in {out}/"
+    # The per-class table is a result: on stdout with the final lines, as `evaluate` prints
+    # it (it went to stderr, among the progress lines, in train and transfer).
+    assert captured.out.splitlines()[0].split() == ["class", "precision", "recall", "support"]
+    assert "balanced accuracy" in captured.out and "precision  recall" not in captured.err
     assert not (out / "finetune").exists()
     bundle = load_bundle(out / "bundle")
     sd = bundle.model.state_dict()
@@ -1501,10 +1505,11 @@ def test_report_draws_class_names_with_dollars_and_emoji_as_text(tmp_path):
     probs = torch.tensor([[0.1, 0.8, 0.1], [0.2, 0.7, 0.1], [0.6, 0.2, 0.2], [0.9, 0.05, 0.05]])
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # any warning fails the test
-        said = write_report(tmp_path, images=torch.rand(4, 1, 8, 8), probs=probs, labels=labels,
-                            class_names=names, history=None, cv=None, metrics={"acc": 0.25})
+        _, table = write_report(tmp_path, images=torch.rand(4, 1, 8, 8), probs=probs,
+                                labels=labels, class_names=names, history=None, cv=None,
+                                metrics={"acc": 0.25})  # fmt: skip
     assert all((tmp_path / f).stat().st_size > 0 for f in ("confusion.png", "top_losses.png"))
-    assert any("$100_to_$200" in line for line in said)  # the per-class table
+    assert any("$100_to_$200" in line for line in table)  # the per-class table
 
 
 def test_evaluate_refuses_the_validation_split_of_a_folder_changed_since(folder, tmp_path,
@@ -1569,9 +1574,9 @@ def test_report_without_mistakes_says_so_and_the_l2_curve_marks_the_chosen_value
     probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6]])  # all right
     cv = [{"l2": lam, "cv_acc": acc, "cv_loss": loss}
           for lam, acc, loss in [(0.01, 0.5, 0.9), (0.1, 0.7, 0.6), (1.0, 0.6, 0.7)]]  # fmt: skip
-    said = write_report(tmp_path / "run", images=torch.rand(3, 1, 8, 8), probs=probs,
-                        labels=labels, class_names=["a", "b"], history=None, cv=cv,
-                        metrics={"acc": 1.0}, l2=0.1)  # fmt: skip
+    said, _ = write_report(tmp_path / "run", images=torch.rand(3, 1, 8, 8), probs=probs,
+                           labels=labels, class_names=["a", "b"], history=None, cv=cv,
+                           metrics={"acc": 1.0}, l2=0.1)  # fmt: skip
     assert f"top losses: none, every validation image is predicted right " \
            f"({tmp_path / 'run' / 'top_losses.png'})" in said
     with Image.open(tmp_path / "run" / "top_losses.png") as im:

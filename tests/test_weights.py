@@ -479,6 +479,35 @@ def test_a_safetensors_write_clears_what_killed_writes_left(tmp_path):
         [out.name, running.name, other.name])
 
 
+def test_a_safetensors_write_is_on_disk_before_its_rename(tmp_path, monkeypatch):
+    """save_safetensors renamed its temporary file onto the name without an fsync, unlike a
+    checkpoint: after a power cut the file system may keep the rename but not the data, an
+    empty .safetensors (converted weights, a bundle's) where the old one was."""
+    import os
+
+    from cnnzoo.weights.files import save_safetensors
+
+    events: list[tuple[str, str]] = []
+    fsync, replace = os.fsync, os.replace
+
+    def spy_fsync(fd):
+        events.append(("fsync", os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))))
+        return fsync(fd)
+
+    def spy_replace(src, dst):
+        events.append(("replace", os.path.basename(src)))
+        return replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", spy_fsync)
+    monkeypatch.setattr(os, "replace", spy_replace)
+    save_safetensors({"w": torch.ones(2)}, tmp_path / "w.safetensors", None)
+    assert [e[0] for e in events] == ["fsync", "replace"]
+    assert events[0][1] == events[1][1]  # the file renamed is the one synced
+    from safetensors.torch import load_file
+
+    assert torch.equal(load_file(tmp_path / "w.safetensors")["w"], torch.ones(2))
+
+
 def test_convert_records_the_model_options_for_predict(tmp_path, capsys):
     """`--model-arg` (as `cnnzoo train` takes it) builds the narrow VGG the checkpoint is for,
     and the output records the options, so predict needs neither --model nor them."""

@@ -21,7 +21,7 @@ from .errors import CnnzooError
 # name -> one-line help. Modules are imported only to build their own parser.
 COMMANDS: dict[str, str] = {
     "demo": "replay the transfer-learning lecture offline: ImageNet predictions, then a new task",
-    "models": "list the architectures with parameters, GFLOPs, year and paper",
+    "models": "list the architectures with parameters, multiply-adds (GMACs), year and paper",
     "predict": "classify images with a zoo model or a trained bundle",
     "train": "train a zoo model from scratch (or grow it from a smaller one)",
     "evaluate": "evaluate a checkpoint on a data set",

@@ -201,15 +201,35 @@ def temp_beside(path: str | os.PathLike[str], suffix: str = ".tmp") -> Path:
     return Path(name)
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Replace `path` with `text` (UTF-8) in one step: a reader, another process among them,
-    sees the old file or the new one, never half of one. The temporary file goes on failure."""
+@contextmanager
+def replacing(path: str | os.PathLike[str], *, durable: bool = False) -> Iterator[Path]:
+    """Write the next version of `path` in one step: the block writes the `temp_beside` file
+    it is given, which is renamed onto `path` when the block ends without an error and removed
+    otherwise. A reader (another process, or the user after a kill or a full disk) sees the
+    old file or the new one, never an empty or half-written one. The temporary name ends in
+    .tmp, so a writer that picks its format from the name must be told it (PIL's `format=`).
+
+    durable: fsync'ed before the rename (weights and checkpoints), so that a power cut right
+    after does not leave an empty file under the name; not for the many small files of an
+    export or a segmentation, where it would cost a disk flush each."""
     tmp = temp_beside(path)
     try:
-        tmp.write_text(text, encoding="utf-8")
+        yield tmp
+        if durable:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """Replace `path` with `text` (UTF-8) in one step (`replacing`)."""
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
 
 
 def same_source(a: object, b: object) -> bool:

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"runs": [r.to_dict() for r in runs], "differences": diffs}, indent=1))
         return 0
     m = runs[0].metric
-    head = ["run", "model", "params", "MFLOPs", "input", "epochs", "train s", "img/s",
+    head = ["run", "model", "params", "MMACs", "input", "epochs", "train s", "img/s",
             "train loss", f"train {m}", f"val {m}", f"best val {m}"]  # fmt: skip
     rows = [[r.label, r.name, f"{r.params:,}", _num(r.macs and r.macs / 1e6, ".2f"), r.input,
              str(r.epochs) if r.epochs >= r.planned else f"{r.epochs}/{r.planned}",
@@ -53,8 +53,8 @@ def run(args: argparse.Namespace) -> int:
     for row in [head, *rows]:  # text left, numbers right
         print("  ".join(c.ljust(w) if i < 2 else c.rjust(w)
                         for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip())
-    print("MFLOPs: multiply-adds of one image at the run's input, as `cnnzoo models` counts "
-          "them; train s and img/s: as measured during each run, on its machine and load")
+    print("MMACs: millions of multiply-adds of one image at the run's input, as `cnnzoo models` "
+          "counts them; train s and img/s: as measured during each run, on its machine and load")
     if any(r.epochs < r.planned for r in runs):
         print("N/M epochs: N of the M the run was to train (interrupted, or stopped early)")
     if any(r.final_epoch != r.epochs for r in runs):

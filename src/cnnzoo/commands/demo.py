@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fine-tuning steps at least (default 48; cnnzoo transfer's is 90)")
     p.add_argument("--scratch-epochs", type=COUNT, default=30,
                    help="epochs of the from-scratch comparison (default 30)")
-    p.add_argument("--threads", type=COUNT, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--threads", type=COUNT, default=None, help="torch threads (default: the usable cores)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 
@@ -100,13 +100,13 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data import load_fashion_mnist
     from ..data.folder import write_image_folder
+    from ..engine.distributed import use_threads
     from ..errors import DataError
     from ..models import create_model
 
     _check_extras()
     cache_problem = _unwritable_feature_cache()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     out = Path(args.out)
     steps = _Steps()
 

@@ -72,9 +72,12 @@ def check_checkpoint_path(path: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..engine.distributed import use_threads
     from ..engine.report import per_class_table, plot_confusion
     from ..engine.run import evaluate_checkpoint
     from ..errors import UsageError
+
+    use_threads(None)  # it has no --threads: the cores it may use, within a CPU quota
 
     given = Path(args.checkpoint) if args.checkpoint is not None else None
     if args.bundle is not None and given is not None and args.data is None and (

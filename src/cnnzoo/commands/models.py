@@ -13,7 +13,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pattern", default="*",
                    help="shell-style filter, e.g. 'res*' or 'vgg1?' (default: all)")
     p.add_argument("--img-size", type=IMG_SIZE, default=None, metavar="N",
-                   help="count parameters and GFLOPs for N x N inputs (default: each model's "
+                   help="count parameters and multiply-adds for N x N inputs (default: each model's "
                         "own size), e.g. 28 for Fashion-MNIST; '-' where a net does not take it")
     p.add_argument("--channels", type=int, choices=(1, 3), default=None,
                    help="with --img-size: input channels (default: each model's own)")
@@ -49,6 +49,9 @@ def run(args: argparse.Namespace) -> int:
             {
                 "name": name,
                 "params": counts[name][0],
+                "gmacs": None if macs is None else macs / 1e9,
+                # The same number under the name torchvision's tables give it (they count a
+                # multiply-add as one operation); kept for scripts that read it.
                 "gflops": None if macs is None else macs / 1e9,
                 "input": "x".join(str(v) for v in size),
                 "classes": cfg.num_classes,
@@ -70,25 +73,25 @@ def run(args: argparse.Namespace) -> int:
             "matches names that contain it)"
         raise UnknownModelError(f"no model matches {args.pattern!r}{glob}; `cnnzoo models` lists "
                                 "them all")  # fmt: skip
-    header = f"{'model':<22}{'params':>14}{'GFLOPs':>9}  {'input':<11}{'classes':>7}  year  paper"
+    header = f"{'model':<22}{'params':>14}{'GMACs':>9}  {'input':<11}{'classes':>7}  year  paper"
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
-            f"{r['name']:<22}{r['params']:>14,}{_gflops(r['gflops']):>9}  {r['input']:<11}"
+            f"{r['name']:<22}{r['params']:>14,}{_billions(r['gmacs']):>9}  {r['input']:<11}"
             f"{r['classes']:>7}  {r['year']}  {r['paper']}"
         )
     where = "at the default input size" if args.img_size is None else \
         f"at {args.img_size}x{args.img_size} ('-': a size the net does not take), with each " \
         "model's default head"
     print(
-        f"\n{plural(len(rows), 'model')}. GFLOPs: one multiply-add counted "
-        f"as one operation, {where} (the convention of the papers and of torchvision's tables)."
+        f"\n{plural(len(rows), 'model')}. GMACs: billions of multiply-adds (2 FLOPs each) of "
+        f"one image, {where}: what the papers and torchvision's tables list as GFLOPs."
     )
     return 0
 
 
-def _gflops(g: float | None) -> str:
+def _billions(g: float | None) -> str:
     if g is None:
         return "-"
     # LeNet-sized nets would print 0.00 with two decimals.

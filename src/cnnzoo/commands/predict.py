@@ -141,11 +141,10 @@ def _threads(threads: int | None, n_images: int, batch_size: int) -> Iterator[No
     EfficientNet-Lite0 5-8x slower than one thread (benchmarks/predict.py)."""
     import torch
 
-    if threads is None and n_images <= batch_size:
-        threads = 1
+    from ..engine.distributed import use_threads
+
     before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
+    use_threads(1 if threads is None and n_images <= batch_size else threads)
     try:
         yield
     finally:
@@ -172,7 +171,10 @@ def read_path_list(source: str) -> list[str]:
             raw = sys.stdin.read().encode("utf-8", errors="surrogateescape")
     except OSError as exc:
         raise UsageError(f"--files-from {source}: cannot read it ({exc.strerror or exc})") from None
-    text = raw.decode("utf-8-sig", errors="surrogateescape")
+    from ..data.folder import wide_unicode
+
+    # Notepad's "Unicode" is UTF-16: read as UTF-8, its NUL bytes were a traceback.
+    text = raw.decode(wide_unicode(raw) or "utf-8-sig", errors="surrogateescape")
     # Only the line ending is cut: a file name may begin or end with a space.
     return [line.rstrip("\r") for line in text.split("\n") if line.strip()]
 

@@ -63,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="output folder (default ./segmented)")
     add_tiling_arguments(p)
     p.add_argument("--batch-size", type=COUNT, default=4, help="tiles per forward pass (default 4)")
-    p.add_argument("--threads", type=COUNT, default=None, help="torch threads (default: all)")
+    p.add_argument("--threads", type=COUNT, default=None, help="torch threads (default: the usable cores)")
 
 
 def add_tiling_arguments(p: argparse.ArgumentParser, default: int | None = 512,
@@ -82,10 +82,11 @@ def add_tiling_arguments(p: argparse.ArgumentParser, default: int | None = 512,
 def write_mask_png(mask, num_classes: int, path: Path) -> Path:
     """Save a (H, W) class-index mask: 0/255 for two classes, indices otherwise."""
     import numpy as np
-    from PIL import Image
+
+    from ..data.images import write_png
 
     m = np.asarray(mask, dtype=np.uint8)
-    Image.fromarray(m * 255 if num_classes == 2 else m).save(path)
+    write_png(m * 255 if num_classes == 2 else m, path)  # a kill leaves no cut mask
     return path
 
 
@@ -132,11 +133,11 @@ def earlier_outputs(paths: list[Path], given: list[str], out: Path) -> list[Path
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
-    from PIL import Image
     from tqdm.auto import tqdm
 
-    from ..data.images import frame_count, load_image
+    from ..data.images import frame_count, load_image, write_png
     from ..engine.checkpoint import load_checkpoint
+    from ..engine.distributed import use_threads
     from ..engine.precision import Precision
     from ..errors import ImageError
     from ..paths import check_folder
@@ -146,8 +147,7 @@ def run(args: argparse.Namespace) -> int:
     from ..text import plural
     from .predict import expand_paths
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     problems: list[str] = []
     paths = expand_paths(args.images, problems)
     for line in problems:
@@ -198,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
         (out / stem).parent.mkdir(parents=True, exist_ok=True)
         mask_path = write_mask_png(mask, k, out / f"{stem}_mask.png")
         overlay_path = out / f"{stem}_overlay.png"
-        Image.fromarray(overlay(img, mask)).save(overlay_path)
+        write_png(overlay(img, mask), overlay_path)
         share = ", ".join(f"{name} {float((mask == i).mean()):.1%}"
                           for i, name in enumerate(meta.get("class_names") or range(k)))
         print(f"{path}: {img.shape[1]}x{img.shape[0]} -> {mask_path}, {overlay_path} ({share})")

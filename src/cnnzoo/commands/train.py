@@ -105,7 +105,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-arg", type=model_arg, action="append", default=[],
                    metavar="KEY=VALUE",
                    help="extra model option, e.g. width_mult=0.25 (repeatable)")
-    p.add_argument("--threads", type=COUNT, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--threads", type=COUNT, default=None, help="torch threads (default: the usable cores)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
     from .segment import add_training_arguments
@@ -175,9 +175,7 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..engine.distributed import cleanup, init_distributed, said_elsewhere
+    from ..engine.distributed import cleanup, init_distributed, said_elsewhere, use_threads
     from ..engine.run import DataOptions, out_dir_for, train_classifier
 
     if args.resume and args.overwrite:
@@ -190,8 +188,7 @@ def run(args: argparse.Namespace) -> int:
         segmenter = get_config(args.model).task == "segmentation"
         args.task = "segmentation" if segmenter else "classification"
     dist = init_distributed()
-    if args.threads:  # after: init_distributed shares the cores between a node's processes
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)  # after: init_distributed shares the cores between a node's processes
     config = config_from_args(args)
     out = out_dir_for(args.model, args.out)
 
@@ -239,7 +236,8 @@ def run(args: argparse.Namespace) -> int:
                 init_from=args.init_from, grow_rule=args.grow_rule,
                 label_smoothing=args.label_smoothing, class_weight=args.class_weight,
                 model_kwargs=dict(args.model_arg),
-                dist=dist, say=say, overwrite=args.overwrite)
+                dist=dist, say=say, overwrite=args.overwrite,
+                show=print)  # the per-class table: a result, on stdout as evaluate's is
     except BaseException as exc:
         cleanup(ok=False)
         if said_elsewhere(exc, dist):  # one line per run, not one per process

@@ -105,7 +105,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the split, the heads' initialisation and the batches (default 0)")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="output folder (default runs/transfer-MODEL)")
-    p.add_argument("--threads", type=COUNT, default=None, help="torch threads (default: all cores)")
+    p.add_argument("--threads", type=COUNT, default=None, help="torch threads (default: the usable cores)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
 
 
@@ -206,8 +206,7 @@ def out_folder(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
+    from ..engine.distributed import use_threads
     from ..paths import check_folder
     from ..transfer import transfer
 
@@ -219,11 +218,10 @@ def run(args: argparse.Namespace) -> int:
         check_folder(args.cache, "--cache")
     for note in notes:
         print(f"cnnzoo transfer: {note}", file=sys.stderr)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads)
     result = transfer(args.data, model=args.model, weights=args.weights, out=out,
                       config=config_from_args(args), resume=args.resume,
-                      overwrite=args.overwrite)  # fmt: skip
+                      overwrite=args.overwrite, show=print)  # fmt: skip
     m = result.metrics
     stages = ", ".join(f"{s} {m[s]['val_acc']:.3f} (balanced {m[s]['val_balanced_acc']:.3f})"
                        for s in ("features", "finetune") if s in m)  # fmt: skip

@@ -269,6 +269,10 @@ def load_dataset(
             path, spec, val_fraction=val_fraction, seed=seed, workers=workers, progress=progress,
             min_classes=min_classes,
         )
+    if path.is_file() and path.suffix.lower() in (".txt", ".tsv"):
+        # Excel's "Unicode Text" export (UTF-16, tab-separated) is a .txt.
+        raise DataError(f"{name}: a manifest's name ends in .csv (rows `path,label`; tabs or "
+                        f"';' between the cells are read too): rename it {path.stem}.csv")
     if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
         raise DataError(f"{name} is a single image: the data is a folder of them, {CLASS_FOLDERS} "
                         "(or a CSV manifest)")  # fmt: skip

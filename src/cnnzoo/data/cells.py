@@ -200,9 +200,9 @@ def export_cells(
 ) -> Path:
     """Write `n` cell images as `images/`, `masks/` (0/255 PNG), `instances/` (16-bit PNG ids)
     and `classes.txt`: the layout `cnnzoo train unet --task segmentation --data DIR` reads."""
-    from PIL import Image
-
     from ..errors import DataError
+    from ..paths import write_text_atomic
+    from .images import write_png
 
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -212,10 +212,10 @@ def export_cells(
     data = make_cells(n, size=size, seed=seed, split=split)
     for i in range(n):
         stem = f"{split}_{i:04d}.png"
-        Image.fromarray(data.images[i]).save(out / "images" / stem)
-        Image.fromarray(data.masks[i] * 255).save(out / "masks" / stem)
-        Image.fromarray(data.instances[i].astype(np.uint16)).save(out / "instances" / stem)
-    (out / "classes.txt").write_text("\n".join(CLASSES) + "\n", encoding="utf-8")
+        write_png(data.images[i], out / "images" / stem)  # a kill leaves no cut PNG
+        write_png(data.masks[i] * 255, out / "masks" / stem)
+        write_png(data.instances[i].astype(np.uint16), out / "instances" / stem)
+    write_text_atomic(out / "classes.txt", "\n".join(CLASSES) + "\n")
     return out
 
 

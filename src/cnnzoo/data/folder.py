@@ -24,6 +24,7 @@ Decoding runs on `workers` threads (PIL releases the GIL while decoding and resi
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import logging
@@ -39,10 +40,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import DataError, ImageError
-from ..paths import temp_beside
 from ..text import plural, some
 from .dataset import ImageDataset, Splits
-from .images import IMAGE_EXTENSIONS, ImageSpec, image_header
+from .images import IMAGE_EXTENSIONS, ImageSpec, image_header, write_png
 
 log = logging.getLogger("cnnzoo.data")
 
@@ -103,14 +103,32 @@ def _files_under(folder: Path, ignored: list[Path]) -> list[Path]:
     return found
 
 
+# The byte-order marks of the wide Unicode encodings, which Excel's "Unicode Text" export
+# (tab-separated) and Notepad's "Unicode" / "UTF-16 LE" put first. UTF-32's come first: its
+# little-endian mark begins with UTF-16's.
+_WIDE_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+              (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))  # fmt: skip
+
+
+def wide_unicode(raw: bytes) -> str | None:
+    """'utf-16' or 'utf-32' for text that starts with that encoding's byte-order mark (the
+    codec then reads the mark and leaves it out), else None."""
+    return next((codec for bom, codec in _WIDE_BOMS if raw.startswith(bom)), None)
+
+
 def user_text(path: Path) -> str:
     """A text file the user wrote (a CSV manifest, a classes.txt) in UTF-8, with or without the
-    byte-order mark Excel and Notepad put first (part of the first name otherwise); other bytes
-    are a one-line `DataError`."""
+    byte-order mark Excel and Notepad put first (part of the first name otherwise), or in
+    UTF-16 / UTF-32 with their mark (Excel's "Unicode Text", which read as UTF-8 was refused
+    at its first byte); other bytes are a one-line `DataError`."""
     raw = path.read_bytes()
+    wide = wide_unicode(raw)
     try:
-        return raw.decode("utf-8-sig")
+        return raw.decode(wide or "utf-8-sig")
     except UnicodeDecodeError as exc:
+        if wide:  # a cut file: an odd number of bytes
+            raise DataError(f"{path} is damaged {wide.upper()} text (byte {exc.start}): save it "
+                            "again, as UTF-8 (Excel: Save As > CSV UTF-8)") from None
         # Excel's plain "CSV" and Notepad's "ANSI" are in the Windows code page (cp1252: ü is
         # one byte, 0xfc); which one cannot be told from the bytes, and a wrong guess would
         # misname every file.
@@ -813,13 +831,5 @@ def write_image_folder(
     for i in range(len(dataset)):
         a = dataset.images[i].permute(1, 2, 0).numpy()
         img = Image.fromarray(a[:, :, 0] if a.shape[2] == 1 else a)
-        path = root / dataset.class_names[int(dataset.labels[i])] / f"{stems[i]}.png"
-        # Written beside it under a hidden name, then renamed: an export killed mid-file left
-        # an empty or truncated PNG among the good ones; a hidden file is one no loader reads.
-        tmp = temp_beside(path)
-        try:
-            img.save(tmp, format="PNG")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_png(img, root / dataset.class_names[int(dataset.labels[i])] / f"{stems[i]}.png")
     return dataset.class_counts()

@@ -435,3 +435,15 @@ class ImageSpec:
         return to_tensor_uint8(
             self.apply(load_image(path, self.channels, alpha=self.alpha, shrink_to=shrink))
         )
+
+
+def write_png(image: Image.Image | np.ndarray, path: str | os.PathLike[str]) -> None:
+    """Save a PIL image or an array (uint8, or uint16 for instance ids) as a PNG at `path` in
+    one step (`paths.replacing`), for every PNG cnnzoo writes for a user to read back: a kill
+    mid-file (an export, a `segment` of a whole folder) left an empty or cut PNG among the good
+    ones, which the next run read as a corrupt image."""
+    from ..paths import replacing
+
+    img = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    with replacing(path) as tmp:
+        img.save(tmp, format="PNG")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,26 +18,19 @@ from typing import Any
 import torch
 
 from ..errors import TrainingError, WeightsError
-from ..paths import remove_stale_temps, temp_prefix, usual_permissions
+from ..paths import remove_stale_temps, replacing
 from ..weights.files import CHECKPOINT_FORMAT, newer_format
 
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """`torch.save(obj, path)` via temp file + fsync + os.replace (atomic on POSIX)."""
+    """`torch.save(obj, path)` via temp file + fsync + os.replace (`paths.replacing`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path)  # a killed write's: as large as a checkpoint, and hidden
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with replacing(path, durable=True) as tmp, open(tmp, "wb") as f:
             torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        usual_permissions(tmp)  # mkstemp's file is private; a run's other files are not
-        os.replace(tmp, path)
     except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         # A full disk: torch's zip writer reports the OSError as a RuntimeError raised from it.
         cause = exc if isinstance(exc, OSError) else exc.__context__
         if isinstance(exc, OSError | RuntimeError) and isinstance(cause, OSError):

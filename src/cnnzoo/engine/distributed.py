@@ -14,8 +14,10 @@ across processes before they are computed; only rank 0 writes files and prints.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -66,13 +68,78 @@ def init_distributed(backend: str = "gloo") -> DistContext:
     return ctx
 
 
-def usable_cores() -> int:
+CGROUP = Path("/sys/fs/cgroup")
+MEMBERSHIP = Path("/proc/self/cgroup")
+
+
+def usable_cores(cgroup: Path | None = None, membership: Path | None = None) -> int:
     """The cores this process may run on: those of its CPU affinity (taskset, a Slurm or
-    container CPU set), not the machine's. os.cpu_count() gave a process pinned to 4 of 64
-    cores 64 threads."""
+    container CPU set), not the machine's, and no more than its CPU quota (`cpu_quota`)
+    rounded up. os.cpu_count() gave a process pinned to 4 of 64 cores 64 threads; the affinity
+    alone gave a container run with `docker --cpus=2` on a 64-core host 64 threads, which the
+    quota then let run for 2 cores' time: each throttled most of every 100 ms."""
     if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0)) or 1
-    return os.cpu_count() or 1
+        cores = len(os.sched_getaffinity(0)) or 1
+    else:
+        cores = os.cpu_count() or 1
+    quota = cpu_quota(cgroup, membership)
+    return cores if quota is None else max(1, min(cores, math.ceil(quota)))
+
+
+def cpu_quota(cgroup: Path | None = None, membership: Path | None = None) -> float | None:
+    """The CPU time, in cores, that this process's control groups allow it (docker --cpus,
+    a Kubernetes CPU limit, systemd's CPUQuota=): cgroup v2's cpu.max (`200000 100000`: 2.0),
+    or v1's cpu.cfs_quota_us / cpu.cfs_period_us, the least over the process's group and its
+    parents; None when there is none (`max`, -1) or nothing to read (not Linux).
+
+    cgroup: where the groups are mounted (default CGROUP); membership: the process's groups
+    (default MEMBERSHIP, /proc/self/cgroup: `0::/PATH` for v2, `N:cpu,cpuacct:/PATH` for v1). A
+    container sees its own group at the top of the mount, a process on a host under its path:
+    both are looked at."""
+    cgroup, membership = cgroup or CGROUP, membership or MEMBERSHIP
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:
+        lines = []
+    folders = {cgroup, cgroup / "cpu", cgroup / "cpu,cpuacct"}
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":
+            bases = [cgroup]
+        elif "cpu" in controllers.split(","):
+            bases = [cgroup / controllers, cgroup / "cpu"]
+        else:
+            continue
+        parts = [p for p in path.split("/") if p and p != ".."]
+        folders.update(base.joinpath(*parts[:i]) for base in bases for i in range(len(parts) + 1))
+    quotas = [q for q in map(_quota_in, folders) if q is not None]
+    return min(quotas, default=None)
+
+
+def _quota_in(folder: Path) -> float | None:
+    """One group's CPU quota in cores (see `cpu_quota`), or None."""
+    for quota_file, period_file in (("cpu.max", None),
+                                    ("cpu.cfs_quota_us", "cpu.cfs_period_us")):  # fmt: skip
+        try:
+            words = (folder / quota_file).read_text().split()
+            if period_file is not None:
+                words += (folder / period_file).read_text().split()
+            quota, period = float(words[0]), float(words[1])
+        except (OSError, ValueError, IndexError):  # absent, unreadable, or v2's 'max'
+            continue
+        if quota > 0 and period > 0 and math.isfinite(quota / period):
+            return quota / period
+    return None
+
+
+def use_threads(threads: int | None) -> None:
+    """Set torch's CPU threads for a command: `threads` (its --threads) when given; else, unless
+    OMP_NUM_THREADS chose, no more than `usable_cores`. Torch's own default follows the CPU
+    affinity, but not a container's CPU quota."""
+    if threads:
+        torch.set_num_threads(threads)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(min(torch.get_num_threads(), usable_cores()))
 
 
 def wrap_model(model: nn.Module, ctx: DistContext) -> nn.Module:

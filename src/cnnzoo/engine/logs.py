@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..paths import write_text_atomic
+
 
 class MetricsLog:
     """Appends epoch records to `out_dir/metrics.jsonl` and TensorBoard scalars to `out_dir/tb`.
@@ -30,7 +32,8 @@ class MetricsLog:
 
     def _open(self, history: list[dict[str, Any]]) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in history))
+        # In one step: a kill during the rewrite of a long run's log left it empty or cut.
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in history))
         self.opened = True
         if self.tensorboard:
             try:

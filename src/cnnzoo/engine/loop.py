@@ -161,6 +161,8 @@ class Trainer:
         `cnnzoo evaluate` can rebuild the model.
     say: where the per-epoch, precision and resume lines go (default: stderr); they are said
         only with `config.verbose`, on the main process.
+    show: where the run's result at the end goes, the per-class table (default: as `say`):
+        `cnnzoo train` prints it on stdout with its final lines, as `cnnzoo evaluate` does.
     """
 
     def __init__(
@@ -176,9 +178,11 @@ class Trainer:
         meta: dict[str, Any] | None = None,
         dist: DistContext | None = None,
         say: Callable[[str], None] | None = None,
+        show: Callable[[str], None] | None = None,
     ) -> None:
         self.model = model
         self.say = say
+        self.show = show
         self.task = task
         self.train_loader = train_loader
         self.val_loader = val_loader
@@ -201,12 +205,13 @@ class Trainer:
     def _writes(self) -> bool:
         return self.out_dir is not None and self.dist.is_main
 
-    def _say(self, msg: str) -> None:
+    def _say(self, msg: str, to: Callable[[str], None] | None = None) -> None:
         if self.dist.is_main and self.config.verbose:
-            if self.say is None:
+            to = to or self.say
+            if to is None:
                 print(msg, file=sys.stderr, flush=True)
             else:
-                self.say(msg)
+                to(msg)
 
     def _checkpoint(self, **state: Any) -> dict[str, Any]:
         meta = self.meta
@@ -403,8 +408,11 @@ class Trainer:
         if self._writes and cfg.report and history:
             from .report import write_report
 
-            for line in write_report(self.out_dir, history, result.accumulator, task):
+            notes, table = write_report(self.out_dir, history, result.accumulator, task)
+            for line in notes:
                 self._say(line)
+            for line in table:
+                self._say(line, self.show)
         return result
 
     def _load_resume(self, resume: bool | str | Path) -> dict[str, Any] | None:

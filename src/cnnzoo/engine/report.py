@@ -6,12 +6,19 @@ the learning curves; their own figures (segmentation contours) belong to their h
 
 from __future__ import annotations
 
+import atexit
 import functools
+import os
+import shutil
+import sys
+import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+from ..errors import UsageError
+from ..paths import cache_root, replacing, write_text_atomic
 from .task import ClassificationAccumulator, Task
 
 P = ParamSpec("P")
@@ -19,6 +26,7 @@ R = TypeVar("R")
 
 
 def pyplot() -> Any:
+    _writable_matplotlib_dir()
     import matplotlib
 
     matplotlib.use("Agg")
@@ -27,10 +35,55 @@ def pyplot() -> Any:
     return plt
 
 
+def _writable_matplotlib_dir() -> None:
+    """Before matplotlib is first imported: when the folders it keeps its settings and font
+    cache in cannot be written (a read-only or missing HOME: a batch job, a container), point
+    MPLCONFIGDIR at cnnzoo's cache, or else a temporary folder removed at exit. matplotlib
+    itself falls back to a temporary folder too, but says so in two lines on every run, asking
+    the user to set MPLCONFIGDIR. A user's own MPLCONFIGDIR is left alone."""
+    if os.environ.get("MPLCONFIGDIR") or "matplotlib" in sys.modules:
+        return
+    try:
+        if sys.platform.startswith(("linux", "freebsd")):  # matplotlib's own choice of folders
+            home = Path.home
+            ours = [Path(os.environ.get("XDG_CONFIG_HOME") or home() / ".config") / "matplotlib",
+                    Path(os.environ.get("XDG_CACHE_HOME") or home() / ".cache") / "matplotlib"]
+        elif sys.platform == "win32" and os.environ.get("LOCALAPPDATA"):
+            ours = [Path(os.environ["LOCALAPPDATA"]) / "matplotlib"]
+        else:
+            ours = [Path.home() / ".matplotlib"]
+        if all(map(_writable_folder, ours)):
+            return
+    except RuntimeError:  # pathlib's: no HOME, and a user of no name
+        pass
+    try:
+        if _writable_folder(folder := cache_root() / "matplotlib"):
+            os.environ["MPLCONFIGDIR"] = str(folder)
+            return
+        folder = Path(tempfile.mkdtemp(prefix="cnnzoo-matplotlib-"))
+    except (UsageError, OSError):  # no cache; no temporary folder: matplotlib says what it can
+        return
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.environ["MPLCONFIGDIR"] = str(folder)
+
+
+def _writable_folder(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return folder.is_dir() and os.access(folder, os.W_OK)
+
+
 def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
-    """Write `fig` to `path` and close it."""
-    fig.savefig(path, dpi=dpi)
-    pyplot().close(fig)
+    """Write `fig` to `path` (in the format its extension names) in one step, and close it: a
+    run killed while drawing left a truncated PNG that no viewer opens, in place of the last
+    good one."""
+    try:
+        with replacing(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=Path(path).suffix[1:] or "png")
+    finally:
+        pyplot().close(fig)
     return Path(path)
 
 
@@ -68,9 +121,9 @@ def plot_curves(
 
     epochs: the x values (default: each record's 'epoch'); breaks: x positions of dotted lines
     (where a phase of training starts); title: above the panels."""
+    plt = pyplot()  # first: it chooses matplotlib's folder before matplotlib is imported
     from matplotlib import ticker
 
-    plt = pyplot()
     metrics = logged_metrics(history) if metrics is None else metrics
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
     epochs = [r["epoch"] for r in history] if epochs is None else epochs
@@ -96,9 +149,9 @@ def plot_curves(
 def plot_runs(runs: Sequence[Any], path: Path) -> Path:
     """Several runs' curves over one another (`engine.compare.RunSummary`s): training loss,
     validation loss and the validation metric per epoch, one line (and colour) per run."""
+    plt = pyplot()  # first: it chooses matplotlib's folder before matplotlib is imported
     from matplotlib import ticker
 
-    plt = pyplot()
     metric = runs[0].metric
     panels = (("train_loss", "training loss"), ("val_loss", "validation loss"),
               (f"val_{metric}", f"validation {metric}"))  # fmt: skip
@@ -226,19 +279,20 @@ def write_per_class_csv(acc: ClassificationAccumulator, class_names: list[str],
                                            strict=True))  # fmt: skip
     # UTF-8, not the locale's encoding: a Latin-1 or ASCII locale (PYTHONUTF8=0) cannot write
     # every class name, and the run ended in a traceback after its checkpoints.
-    path.write_text(text.getvalue(), encoding="utf-8")
+    write_text_atomic(path, text.getvalue())
     return path
 
 
 def write_report(out_dir: Path, history: list[dict[str, Any]],
-                 acc: Any, task: Task) -> list[str]:
+                 acc: Any, task: Task) -> tuple[list[str], list[str]]:
     """Write curves.png (+ confusion.png and per_class.csv for classification); return what to
-    print."""
+    print: the files written (notes), and the per-class table (a result)."""
     out_dir = Path(out_dir)
     said = [f"learning curves: {plot_curves(history, out_dir / 'curves.png')}"]
+    table: list[str] = []
     if isinstance(acc, ClassificationAccumulator):
         names = getattr(task, "class_names", None) or [str(i) for i in range(acc.num_classes)]
         said.append(f"confusion matrix: {plot_confusion(acc.confusion, names, out_dir / 'confusion.png')}")
         write_per_class_csv(acc, names, out_dir / "per_class.csv")
-        said.extend(per_class_table(acc, names))
-    return said
+        table = per_class_table(acc, names)
+    return said, table

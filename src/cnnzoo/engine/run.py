@@ -261,6 +261,7 @@ def train_classifier(
     dist: DistContext | None = None,
     say: Any = print,
     overwrite: bool = False,
+    show: Any = None,
 ) -> FitResult:
     """Train `model_name` from scratch (or grown from `init_from`) on `data.source`.
 
@@ -271,6 +272,9 @@ def train_classifier(
     overwrite: replace a run that `out_dir` already holds (last.pt); without it (and without
     `resume`) such a folder is refused with one line before any data is loaded, so a repeated
     command never silently replaces the results of an earlier run.
+
+    say: where progress and notes go; show: where the per-class table at the end goes
+    (default: as `say`).
     """
     from ..limits import MAX_INPUT_SIZE
     from ..models import create_model, fixed_input_size, get_config, min_input_size
@@ -387,7 +391,7 @@ def train_classifier(
     task = ClassificationTask(splits.num_classes, label_smoothing=label_smoothing,
                               class_names=splits.class_names, class_weights=weights)
     trainer = Trainer(model, task, train, val, config, out_dir=out_dir, meta=meta, dist=dist,
-                      say=say)
+                      say=say, show=show)
     return trainer.fit(resume=resume, overwrite=overwrite)
 
 

@@ -24,6 +24,7 @@ from ..engine.report import (
     write_per_class_csv,
 )
 from ..engine.task import ClassificationAccumulator
+from ..paths import write_text_atomic
 
 
 def accumulate(probs: Tensor, labels: Tensor, num_classes: int) -> ClassificationAccumulator:
@@ -129,10 +130,10 @@ def plot_l2_curve(cv: list[dict[str, float]], path: Path, chosen: float | None =
 def write_report(out_dir: Path, *, images: Tensor, probs: Tensor, labels: Tensor,
                  class_names: list[str], history: list[dict[str, Any]] | None,
                  cv: list[dict[str, float]] | None, metrics: dict[str, Any],
-                 l2: float | None = None) -> list[str]:  # fmt: skip
+                 l2: float | None = None) -> tuple[list[str], list[str]]:  # fmt: skip
     """confusion.png, per_class.csv, curves.png, top_losses.png and metrics.json in `out_dir`;
-    returns the lines to print (file names and the per-class table). `l2`: the features
-    head's, marked on its cross-validation curve `cv`."""
+    returns the lines to print: the file names (notes), and the per-class table (a result).
+    `l2`: the features head's, marked on its cross-validation curve `cv`."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     acc = accumulate(probs, labels, len(class_names))
@@ -147,6 +148,5 @@ def write_report(out_dir: Path, *, images: Tensor, probs: Tensor, labels: Tensor
     said.append(f"top losses: {grid}" if top_losses(probs, labels, 1)
                 else f"top losses: none, every validation image is predicted right ({grid})")
     write_per_class_csv(acc, class_names, out_dir / "per_class.csv")
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    said.extend(per_class_table(acc, class_names))
-    return said
+    write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return said, per_class_table(acc, class_names)

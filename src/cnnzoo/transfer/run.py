@@ -209,7 +209,7 @@ def _config(config: TransferConfig | None, options: dict[str, Any]) -> TransferC
         if name not in fields:
             # A misspelt `model` or `weights` is no field: the list below would not show it.
             own = [p for p in inspect.signature(transfer).parameters if p not in ("data", "say",
-                                                                                   "options")]
+                                                                                   "show", "options")]
             close = difflib.get_close_matches(name, [*own, *fields, *ft_fields], n=2)
             hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
             raise TypeError(f"transfer() got an unexpected keyword argument {name!r}{hint}: its "
@@ -334,6 +334,7 @@ def transfer(
     overwrite: bool = True,
     model_kwargs: dict[str, Any] | None = None,
     say: Any = _stderr,
+    show: Any = None,
     **options: Any,
 ) -> TransferResult:
     """Transfer learning on `data` (image folder, CSV manifest, built-in name or `Splits`) with
@@ -342,8 +343,9 @@ def transfer(
     `config` (a `TransferConfig`), or its fields as keywords (`mode="features"`), which
     override `config`'s. resume: continue the interrupted fine-tuning in `out`. overwrite: an
     `out` that holds an earlier run is emptied of it when this run starts writing (False
-    refuses such a folder, as `cnnzoo transfer` does without --overwrite). See the module
-    docstring."""
+    refuses such a folder, as `cnnzoo transfer` does without --overwrite). say: where progress
+    and notes go; show: where the per-class table at the end goes (default: as `say`). See the
+    module docstring."""
     cfg = _config(config, options)
     check_config(cfg, resume=resume)
     from ..models import get_config
@@ -560,12 +562,14 @@ def transfer(
         remove_entries(out_dir, [n for n in RUN_FILES if n not in ("finetune", "bundle")])
         path = bundle.save(out_dir / "bundle")
         cv = fit.cv if fit is not None else None
-        lines = write_report(out_dir, images=splits.val.images, probs=final_probs, labels=labels,
-                             class_names=list(splits.class_names), history=history, cv=cv,
-                             metrics={**metrics, "timings_s": timings},
-                             l2=fit.l2 if fit is not None else None)  # fmt: skip
+        notes, table = write_report(
+            out_dir, images=splits.val.images, probs=final_probs, labels=labels,
+            class_names=list(splits.class_names), history=history, cv=cv,
+            metrics={**metrics, "timings_s": timings}, l2=fit.l2 if fit is not None else None)
         timings["report"] = time.perf_counter() - t
         say(f"bundle: {path} (predict with `cnnzoo predict IMAGE --bundle {path}`)")
-        for line in lines:
+        for line in notes:
             say(line)
+        for line in table:
+            (show or say)(line)
     return TransferResult(bundle, out_dir, metrics, timings, computed, history, final_probs)

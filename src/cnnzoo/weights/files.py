@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..errors import NewerFormatError, WeightsError
-from ..paths import BUNDLE_JSON, bundle_in, remove_stale_temps, temp_beside, usual_permissions
+from ..paths import BUNDLE_JSON, bundle_in, remove_stale_temps, replacing, usual_permissions
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -388,7 +388,8 @@ def save_safetensors(
     tensors: Mapping[str, Tensor], path: str | os.PathLike[str], metadata: dict[str, str] | None,
     *, shown_as: str | os.PathLike[str] | None = None,
 ) -> None:
-    """Write `tensors` as .safetensors atomically (temp file + rename, so no half-written file).
+    """Write `tensors` as .safetensors in one step, fsync'ed (`paths.replacing`): no half-written
+    file after a kill, nor an empty one after a power cut.
     shown_as: the path an error names instead of `path` (a bundle is written into a hidden
     temporary folder first, which the user never sees)."""
     from safetensors import SafetensorError
@@ -399,16 +400,11 @@ def save_safetensors(
         raise WeightsError(f"{p}: no folder {p.parent} to write into; create it first")
     remove_stale_temps(p)
     data = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    tmp = None
     try:
-        tmp = temp_beside(p)
-        save_file(data, str(tmp), metadata=metadata)
-        usual_permissions(tmp)  # safetensors creates 0600
-        os.replace(tmp, p)
+        with replacing(p, durable=True) as tmp:
+            save_file(data, str(tmp), metadata=metadata)
+            usual_permissions(tmp)  # safetensors creates 0600
     except (OSError, SafetensorError) as exc:  # read-only folder, disk full, p is a folder
         reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:120]
         raise WeightsError(f"{shown_as or p}: cannot write ({reason}); choose another output "
                            "path") from None
-    finally:
-        if tmp is not None and tmp.exists():
-            tmp.unlink()
