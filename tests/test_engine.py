@@ -2218,6 +2218,27 @@ def test_a_project_moved_whole_still_resumes_and_evaluates_its_own_split(tmp_pat
     assert f"was trained on {new / 'data'}, not {tmp_path / 'other'}" in capsys.readouterr().err
 
 
+def test_a_run_written_through_a_linked_folder_finds_its_data_after_the_project_moves(
+        tmp_path):
+    """An --out given through a link (a cluster's /home/u -> /gpfs/u, `--out $PWD/runs/a`)
+    with the data recorded with links resolved: the path from the run to its data climbed out
+    through the link's target (../../../../real/project/data), so a copy of the project
+    elsewhere still looked for the old one, and resume and evaluate said the data was gone."""
+    from cnnzoo.paths import from_run, run_data
+
+    (tmp_path / "real" / "project" / "data").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    run = tmp_path / "link" / "project" / "runs" / "a"
+    run.mkdir(parents=True)
+    data = (tmp_path / "real" / "project" / "data").resolve()  # as the run records it
+    rel = from_run(str(data), run)
+    assert rel == os.path.join("..", "..", "data")
+    (tmp_path / "link").unlink()
+    (tmp_path / "real").rename(tmp_path / "copy")  # the project, elsewhere; the old one gone
+    moved = tmp_path / "copy" / "project"
+    assert run_data(str(data), rel, moved / "runs" / "a") == str((moved / "data").resolve())
+
+
 def test_growing_across_channels_names_the_flag_that_fixes_it():
     """A grey source and data read as colour (a run from before channels followed the data, on
     a copied folder): the fix is --channels, which the message now says."""

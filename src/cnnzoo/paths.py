@@ -226,11 +226,14 @@ def from_run(source: object, run_dir: str | os.PathLike[str]) -> str | None:
     """The data folder or CSV `source` (recorded absolute) as a path relative to `run_dir`,
     the folder a run writes its checkpoints or bundle to; None for a built-in name or a path
     that is gone. Recorded beside the absolute path, so that `run_data` still finds the data
-    of a project moved or copied whole."""
+    of a project moved or copied whole. Both ends with links resolved, as the data's recorded
+    path is: an --out written through a linked folder (a cluster's /home/u -> /gpfs/u,
+    `--out $PWD/runs/a`) made the path climb out through the link's target, which a copy of
+    the project elsewhere does not have."""
     if not (isinstance(source, str | os.PathLike) and Path(source).is_absolute()
             and Path(source).exists()):  # fmt: skip
         return None
-    return os.path.relpath(os.path.abspath(source), os.path.abspath(run_dir))
+    return os.path.relpath(Path(source).resolve(), Path(run_dir).resolve())
 
 
 def run_data(recorded: object, relative: object, run_dir: str | os.PathLike[str],
