@@ -472,6 +472,31 @@ def test_a_folder_another_run_is_writing_into_is_refused_and_a_finished_run_free
     assert not (out / LOCK_FILE).exists()
 
 
+def test_a_file_system_without_locks_is_left_without_the_lock_file(tmp_path, monkeypatch):
+    """Where flock fails (NFS without its lock daemon: ENOLCK) the run goes unguarded, and
+    left its .cnnzoo.lock behind for good: in a finished run's folder, and as the only file
+    of a folder the run made and wrote nothing into (a NaN in epoch 1)."""
+    import errno
+    import fcntl
+
+    from cnnzoo.paths import LOCK_FILE
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    out = tmp_path / "run"
+    Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(),
+            config=TrainConfig(epochs=1, lr=0.05, **FP32), out_dir=out).fit()  # fmt: skip
+    assert "last.pt" in {p.name for p in out.iterdir()}
+    assert not (out / LOCK_FILE).exists()
+    diverging = TrainConfig(epochs=1, lr=float("inf"), **FP32)
+    with pytest.raises(TrainingError, match="NaN"):
+        Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=diverging,
+                out_dir=tmp_path / "nan").fit()  # fmt: skip
+    assert not (tmp_path / "nan").exists()
+
+
 def test_sam_steps_with_the_gradient_at_the_worst_nearby_point():
     """--sam RHO: one SGD step moves w by -lr times the gradient at w + RHO * g / ||g||, g the
     gradient at w (Foret et al. 2021), computed here by hand with autograd; and the weights

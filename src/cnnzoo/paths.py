@@ -65,7 +65,7 @@ def hold_folder(folder: str | os.PathLike[str], what: str = "--out") -> None:
     other's checkpoints. Taken when a run first writes there, not when it checks its options,
     so that a run that fails before writing leaves no folder behind. An flock on a hidden file,
     which the OS lets go of however the process ends (SIGKILL too); a file system without locks
-    goes unguarded."""
+    goes unguarded (and is left as clean: the lock file goes at the end all the same)."""
     if fcntl is None:
         return
     folder = Path(os.path.abspath(folder))
@@ -86,9 +86,8 @@ def hold_folder(folder: str | os.PathLike[str], what: str = "--out") -> None:
             os.close(fd)
             raise UsageError(f"{what} {folder}: another cnnzoo run is writing into it: wait "
                              f"for it to end, or choose another {what}") from None
-        except OSError:
-            os.close(fd)
-            return
+        except OSError:  # a file system without locks (ENOLCK): unguarded, but listed as
+            break  # held all the same, so that the run's end removes the file it made there
         # The run that held it removed the file between our open and flock: lock the new one.
         with suppress(FileNotFoundError):
             if os.path.samestat(os.fstat(fd), os.stat(lock)):
