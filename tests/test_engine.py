@@ -497,6 +497,25 @@ def test_a_file_system_without_locks_is_left_without_the_lock_file(tmp_path, mon
     assert not (tmp_path / "nan").exists()
 
 
+def test_a_run_in_a_folder_named_in_latin1_is_read_back_by_evaluate_and_convert(tmp_path):
+    """A run written into a folder named in Latin-1 bytes: its checkpoints were written, but
+    `evaluate` and `compare` map them (torch.load mmap=True), which takes only UTF-8 names:
+    'cannot read checkpoint r\udce9s/last.pt (UnicodeEncodeError): is it a file written by
+    `cnnzoo train`?'. Its `convert` output (.safetensors) was not readable either."""
+    from cnnzoo.weights.files import read_checkpoint, save_safetensors, stored_metadata
+
+    out = tmp_path / os.fsdecode(b"r\xe9s")
+    Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(),
+            config=TrainConfig(epochs=1, lr=0.05, **FP32), out_dir=out).fit()  # fmt: skip
+    ckpt = load_checkpoint(out / "last.pt", mmap=True)
+    assert ckpt["epoch"] == 1
+    weights = {k: v.clone() for k, v in ckpt["model"].items()}
+    save_safetensors(weights, out / "w.safetensors", {"format": "cnnzoo", "model": "tiny"})
+    assert stored_metadata(out / "w.safetensors")["model"] == "tiny"
+    read = read_checkpoint(out / "w.safetensors").tensors
+    assert all(torch.equal(read[k], v) for k, v in weights.items())
+
+
 def test_sam_steps_with_the_gradient_at_the_worst_nearby_point():
     """--sam RHO: one SGD step moves w by -lr times the gradient at w + RHO * g / ||g||, g the
     gradient at w (Foret et al. 2021), computed here by hand with autograd; and the weights

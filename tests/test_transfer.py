@@ -275,6 +275,28 @@ def test_a_bundle_save_clears_what_a_killed_save_left(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["bundle"]
 
 
+def test_a_bundle_and_a_feature_cache_in_a_folder_named_in_latin1_are_read_back(tmp_path):
+    """A folder named in Latin-1 bytes (an old zip's 'r\xe9sultats'): the bundle and the
+    feature cache were written there, but safetensors opens only UTF-8 names, so `predict
+    --bundle` and `evaluate --bundle` said 'Path ... is not valid UTF-8', and the cache was
+    silently computed again on every run."""
+    import os
+
+    from cnnzoo.transfer import Bundle, load_bundle
+    from cnnzoo.transfer.features import FeatureCache
+
+    latin = tmp_path / os.fsdecode(b"r\xe9sultats")
+    model = create_model("lenet5", num_classes=2, in_chans=3).eval()
+    Bundle(model, "lenet5", ["a", "b"], _small_pre()).save(latin / "bundle")
+    loaded = load_bundle(latin / "bundle")
+    assert all(torch.equal(v, loaded.model.state_dict()[k]) for k, v in
+               model.state_dict().items())  # fmt: skip
+    feats = torch.randn(2, 1, 4)
+    FeatureCache(latin / "cache", {"k": 1}).put(["h1", "h2"], feats)
+    found = FeatureCache(latin / "cache", {"k": 1}).get(["h2", "h1"])
+    assert torch.equal(found[0], feats[1]) and torch.equal(found[1], feats[0])
+
+
 def test_cache_writers_that_share_a_process_id_do_not_take_each_others_files(
         tmp_path, monkeypatch):
     """Two containers sharing one cache volume each run cnnzoo as their process 1. The cache

@@ -211,6 +211,27 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+@contextmanager
+def utf8_path(path: str | os.PathLike[str]) -> Iterator[str]:
+    """`path` as a name that safetensors and torch's mmap loading can open: they take only
+    UTF-8 names, so a file in a folder named in Latin-1 bytes (an old zip's 'r\xe9sultats',
+    held as 'r\udce9sultats') was written but never read back ('Path ... is not valid UTF-8',
+    'cannot read checkpoint ... (UnicodeEncodeError)'). Such a name is given as a link with
+    an ASCII name in a temporary folder, for the block's time; any other as it is."""
+    name = os.fspath(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        yield name
+        return
+    with tempfile.TemporaryDirectory(prefix="cnnzoo-") as tmp:
+        link = os.path.join(tmp, "file")
+        os.symlink(os.path.abspath(name), link)
+        yield link
+
+
 def same_source(a: object, b: object) -> bool:
     """Two data sources are one: equal names (built-ins in any case: 'Fashion-MNIST') or the
     same existing file or folder however written (relative, absolute, a trailing slash)."""
