@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -150,6 +151,13 @@ def temp_prefix(path: str | os.PathLike[str]) -> str:
     return f".{Path(path).name}.{os.getpid()}."
 
 
+# What lies between '.NAME.' and '.tmp' in the names the writers use: PID + mkstemp's 8
+# characters (or 'old', a bundle moved aside), and the older forms, PID alone or a random part.
+# A name with more parts is not ours: '.w.safetensors.v2.PID.abcd1234.tmp' is the live
+# temporary file of another writer's w.safetensors.v2, which the glob also matches.
+_TEMP_MIDDLE = re.compile(r"\d+\.(?:[a-z0-9_]{8}|old)|[^.]+")
+
+
 def remove_stale_temps(path: str | os.PathLike[str]) -> None:
     """Delete what killed writes of `path` left beside it: the hidden `.NAME.*.tmp` files and
     folders the atomic writers (checkpoints, .safetensors files, bundles) rename into place
@@ -159,7 +167,10 @@ def remove_stale_temps(path: str | os.PathLike[str]) -> None:
     everything of a process with our own id: two containers' process 1 sharing a cache)."""
     path = Path(path)
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        pid = stale.name[len(path.name) + 2:].split(".")[0]
+        middle = stale.name[len(path.name) + 2:-len(".tmp")]
+        if not _TEMP_MIDDLE.fullmatch(middle):
+            continue  # not a name we write: a user's, or the temp of another file (NAME.v2)
+        pid = middle.split(".")[0]
         if pid.isdigit() and _running(int(pid)):
             continue
         if stale.is_dir() and not stale.is_symlink():
