@@ -155,7 +155,8 @@ def _threads(threads: int | None, n_images: int, batch_size: int) -> Iterator[No
 def read_path_list(source: str) -> list[str]:
     """The paths listed in file `source` ('-': stdin), one per line, blank lines skipped;
     relative ones are relative to the current folder, as on the command line. A list saved by
-    Notepad or Excel starts with a byte-order mark, which is not part of the first path."""
+    Notepad or Excel starts with a byte-order mark, which is not part of the first path; a
+    UTF-16 or NUL-separated list is a one-line `UsageError`."""
     from ..errors import UsageError
 
     if source == "-" and sys.stdin is None:  # run with its input closed (cron, `<&-`)
@@ -172,6 +173,12 @@ def read_path_list(source: str) -> list[str]:
             raw = sys.stdin.read().encode("utf-8", errors="surrogateescape")
     except OSError as exc:
         raise UsageError(f"--files-from {source}: cannot read it ({exc.strerror or exc})") from None
+    if b"\0" in raw or raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        # No file name holds a NUL: the list is UTF-16 (what Windows PowerShell's `>` writes)
+        # or NUL-separated (`find -print0`); read as lines, its names went to a traceback.
+        raise UsageError(f"--files-from {source}: the list is UTF-16 text (PowerShell's `>`) "
+                         "or NUL-separated (find -print0): give one path per line, in UTF-8 "
+                         "(`| Out-File -Encoding utf8 LIST`; find without -print0)")
     text = raw.decode("utf-8-sig", errors="surrogateescape")
     # Only the line ending is cut: a file name may begin or end with a space.
     return [line.rstrip("\r") for line in text.split("\n") if line.strip()]
