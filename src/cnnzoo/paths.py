@@ -227,14 +227,15 @@ def utf8_path(path: str | os.PathLike[str]) -> Iterator[str]:
     """`path` as a name that safetensors and torch's mmap loading can open: they take only
     UTF-8 names, so a file in a folder named in Latin-1 bytes (an old zip's 'r\xe9sultats',
     held as 'r\udce9sultats') was written but never read back ('Path ... is not valid UTF-8',
-    'cannot read checkpoint ... (UnicodeEncodeError)'). Such a name is given as a link with
+    'cannot read checkpoint ... (UnicodeEncodeError)'). Such a name (or one whose UTF-8 bytes
+    are not its bytes on disk: a Latin-1 locale decodes 0xe9 as 'é') is given as a link with
     an ASCII name in a temporary folder, for the block's time; any other as it is."""
     name = os.fspath(path)
     try:
-        name.encode("utf-8")
+        as_is = name.encode("utf-8") == os.fsencode(name)
     except UnicodeEncodeError:
-        pass
-    else:
+        as_is = False
+    if as_is:
         yield name
         return
     with tempfile.TemporaryDirectory(prefix="cnnzoo-") as tmp:
