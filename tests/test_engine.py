@@ -426,6 +426,26 @@ def test_a_folder_holding_a_run_is_refused_without_overwrite(tmp_path):
                     out_dir=out).fit()  # fmt: skip
 
 
+def test_an_out_folder_behind_a_link_to_nothing_is_one_line(tmp_path):
+    """runs -> /scratch/runs with the scratch disk not mounted (or its folder removed): every
+    command's first write made the folder, and mkdir's FileExistsError traceback came after
+    the work (transfer: after its features). Refused first, naming the link."""
+    (tmp_path / "runs").symlink_to(tmp_path / "scratch" / "runs")
+    cfg = TrainConfig(epochs=1, lr=0.05, **FP32)
+    for out in (tmp_path / "runs", tmp_path / "runs" / "a"):
+        with pytest.raises(UsageError) as err:
+            Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg,
+                    out_dir=out).fit()  # fmt: skip
+        assert str(err.value) == (
+            f"--out {out}: {tmp_path / 'runs'} is a link to {tmp_path / 'scratch' / 'runs'}, "
+            "which does not exist: create that folder (or mount its disk), or choose another "
+            "folder")  # fmt: skip
+    (tmp_path / "scratch" / "runs").mkdir(parents=True)  # mounted: the run goes there
+    Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg,
+            out_dir=tmp_path / "runs" / "a").fit()  # fmt: skip
+    assert (tmp_path / "scratch" / "runs" / "a" / "last.pt").is_file()
+
+
 def test_a_folder_another_run_is_writing_into_is_refused_and_a_finished_run_frees_it(
         tmp_path):
     """Two batch jobs given one --out both passed the 'holds a run' check while the folder was

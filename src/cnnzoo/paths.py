@@ -44,6 +44,11 @@ def check_folder(path: str | os.PathLike[str], what: str,
     checkpoint's traceback after the work is done."""
     p = Path(path)
     for part in (p, *p.parents):
+        if part.is_symlink() and not part.exists():
+            # A link to a disk that is not mounted, or a folder since removed: mkdir's
+            # FileExistsError traceback came after the work (transfer: its features).
+            raise UsageError(f"{what} {p}: {part} is a link to {os.readlink(part)}, which does "
+                             f"not exist: create that folder (or mount its disk), or {todo}")
         if part.exists():
             if not part.is_dir():
                 raise UsageError(f"{what} {p}: {part} is a file, not a folder: {todo}")
