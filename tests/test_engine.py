@@ -517,6 +517,17 @@ def test_a_file_system_without_locks_is_left_without_the_lock_file(tmp_path, mon
     assert not (tmp_path / "nan").exists()
 
 
+def test_a_run_that_writes_nothing_leaves_no_folder_it_made_nor_their_parents(tmp_path):
+    """The --out lock makes its folder with its parents; a run that failed before writing (a
+    NaN in epoch 1) removed the folder but left the parents it had made: runs/ of runs/a, and
+    transfer's OUT/finetune/ of OUT/finetune/head, which then refused the retry."""
+    diverging = TrainConfig(epochs=1, lr=float("inf"), **FP32)
+    with pytest.raises(TrainingError, match="NaN"):
+        Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=diverging,
+                out_dir=tmp_path / "runs" / "a").fit()  # fmt: skip
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_run_in_a_folder_named_in_latin1_is_read_back_by_evaluate_and_convert(tmp_path):
     """A run written into a folder named in Latin-1 bytes: its checkpoints were written, but
     `evaluate` and `compare` map them (torch.load mmap=True), which takes only UTF-8 names:

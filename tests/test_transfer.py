@@ -325,9 +325,8 @@ def test_cache_writers_that_share_a_process_id_do_not_take_each_others_files(
 
 
 def _tiny_config(**kw) -> TransferConfig:
-    ft = FinetuneConfig(head_epochs=1, epochs=1, min_steps=0)
-    return TransferConfig(img_size=32, fit="resize", batch_size=8, progress=False,
-                          finetune=ft, **kw)  # fmt: skip
+    kw.setdefault("finetune", FinetuneConfig(head_epochs=1, epochs=1, min_steps=0))
+    return TransferConfig(img_size=32, fit="resize", batch_size=8, progress=False, **kw)
 
 
 def test_transfer_bundle_round_trip_and_report(folder, tmp_path, capsys):
@@ -1450,6 +1449,21 @@ def test_the_run_folder_given_for_its_bundle_says_where_the_bundle_is(features_r
         with pytest.raises(WeightsError, match=f"is a file of the bundle: give its folder, "
                                                f"{out / 'bundle'}$"):  # fmt: skip
             load_bundle(out / "bundle" / name)
+
+
+def test_a_fine_tuning_that_fails_before_writing_leaves_nothing_to_refuse_a_retry(folder,
+                                                                                  tmp_path):
+    """A NaN in the first epoch of fine-tuning ('lower --lr'): the --out lock had made
+    OUT/finetune/head and removed only head, so OUT/finetune stayed, and the retry with a
+    lower --lr was refused: 'OUT holds a transfer run (finetune): pass --overwrite'."""
+    from cnnzoo.errors import TrainingError
+
+    out = tmp_path / "runs" / "parts"
+    ft = FinetuneConfig(head_epochs=1, epochs=1, min_steps=0, lr=1e30)
+    with pytest.raises(TrainingError, match="loss became NaN/inf"):
+        transfer(folder, model="resnet18", weights=None, out=out,
+                 config=_tiny_config(mode="finetune", finetune=ft), say=lambda _: None)  # fmt: skip
+    assert not (tmp_path / "runs").exists()
 
 
 def test_resuming_fine_tuning_on_other_data_is_refused(folder, tmp_path):

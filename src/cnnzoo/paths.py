@@ -4,6 +4,7 @@ way costs nothing first), their permissions, and whether two data sources are on
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import re
 import shutil
@@ -59,8 +60,9 @@ def check_folder(path: str | os.PathLike[str], what: str,
 
 
 LOCK_FILE = ".cnnzoo.lock"
-# .folders: [(folder, fd, made)] this thread holds, in the order taken; made: the folder did not
-# exist before, and goes again if the run wrote nothing into it (a NaN in its first epoch).
+# .folders: [(folder, fd, made)] this thread holds, in the order taken; made: the folders that
+# did not exist before (the folder and the parents made for it, deepest first), which go again
+# if the run wrote nothing into them (a NaN in its first epoch).
 _held = threading.local()
 
 
@@ -78,7 +80,9 @@ def hold_folder(folder: str | os.PathLike[str], what: str = "--out") -> None:
     held = _held.__dict__.setdefault("folders", [])
     if any(f == folder for f, _, _ in held):  # transfer's fine-tuning inside its own run
         return
-    made = not folder.exists()
+    # transfer's OUT/finetune/head: a fine-tuning that failed before writing left OUT/finetune
+    # behind, and the retry with a lower --lr was refused as a folder holding a transfer run.
+    made = list(itertools.takewhile(lambda p: not p.exists(), (folder, *folder.parents)))
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / LOCK_FILE
     while True:
@@ -106,7 +110,7 @@ def hold_folder(folder: str | os.PathLike[str], what: str = "--out") -> None:
 def folders_released() -> Iterator[None]:
     """Let go of the folders `hold_folder` took inside this block when it ends (a decorator
     of `Trainer.fit` and `transfer`), and remove their lock files: a finished run leaves no
-    trace of it (nor the folder, when it made it and wrote nothing there)."""
+    trace of it (nor the folders it made, when it wrote nothing there)."""
     held = _held.__dict__.setdefault("folders", [])
     n = len(held)
     try:
@@ -117,9 +121,9 @@ def folders_released() -> Iterator[None]:
             with suppress(OSError):
                 os.unlink(folder / LOCK_FILE)  # before letting go, so no one locks it meanwhile
             os.close(fd)
-            if made:
-                with suppress(OSError):  # only if empty: a run that wrote nothing leaves nothing
-                    folder.rmdir()
+            for made_here in made:  # deepest first, and only if empty: a run that wrote
+                with suppress(OSError):  # nothing leaves nothing
+                    made_here.rmdir()
 
 
 def check_outside(out: str | os.PathLike[str], data: object) -> None:
