@@ -426,6 +426,26 @@ def test_a_folder_holding_a_run_is_refused_without_overwrite(tmp_path):
                     out_dir=out).fit()  # fmt: skip
 
 
+def test_an_out_folder_behind_a_link_to_nothing_is_one_line(tmp_path):
+    """runs -> /scratch/runs with the scratch disk not mounted (or its folder removed): every
+    command's first write made the folder, and mkdir's FileExistsError traceback came after
+    the work (transfer: after its features). Refused first, naming the link."""
+    (tmp_path / "runs").symlink_to(tmp_path / "scratch" / "runs")
+    cfg = TrainConfig(epochs=1, lr=0.05, **FP32)
+    for out in (tmp_path / "runs", tmp_path / "runs" / "a"):
+        with pytest.raises(UsageError) as err:
+            Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg,
+                    out_dir=out).fit()  # fmt: skip
+        assert str(err.value) == (
+            f"--out {out}: {tmp_path / 'runs'} is a link to {tmp_path / 'scratch' / 'runs'}, "
+            "which does not exist: create that folder (or mount its disk), or choose another "
+            "folder")  # fmt: skip
+    (tmp_path / "scratch" / "runs").mkdir(parents=True)  # mounted: the run goes there
+    Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg,
+            out_dir=tmp_path / "runs" / "a").fit()  # fmt: skip
+    assert (tmp_path / "scratch" / "runs" / "a" / "last.pt").is_file()
+
+
 def test_a_folder_another_run_is_writing_into_is_refused_and_a_finished_run_frees_it(
         tmp_path):
     """Two batch jobs given one --out both passed the 'holds a run' check while the folder was
@@ -470,6 +490,61 @@ def test_a_folder_another_run_is_writing_into_is_refused_and_a_finished_run_free
     finally:
         loop.hold_folder = real_hold
     assert not (out / LOCK_FILE).exists()
+
+
+def test_a_file_system_without_locks_is_left_without_the_lock_file(tmp_path, monkeypatch):
+    """Where flock fails (NFS without its lock daemon: ENOLCK) the run goes unguarded, and
+    left its .cnnzoo.lock behind for good: in a finished run's folder, and as the only file
+    of a folder the run made and wrote nothing into (a NaN in epoch 1)."""
+    import errno
+    import fcntl
+
+    from cnnzoo.paths import LOCK_FILE
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    out = tmp_path / "run"
+    Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(),
+            config=TrainConfig(epochs=1, lr=0.05, **FP32), out_dir=out).fit()  # fmt: skip
+    assert "last.pt" in {p.name for p in out.iterdir()}
+    assert not (out / LOCK_FILE).exists()
+    diverging = TrainConfig(epochs=1, lr=float("inf"), **FP32)
+    with pytest.raises(TrainingError, match="NaN"):
+        Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=diverging,
+                out_dir=tmp_path / "nan").fit()  # fmt: skip
+    assert not (tmp_path / "nan").exists()
+
+
+def test_a_run_that_writes_nothing_leaves_no_folder_it_made_nor_their_parents(tmp_path):
+    """The --out lock makes its folder with its parents; a run that failed before writing (a
+    NaN in epoch 1) removed the folder but left the parents it had made: runs/ of runs/a, and
+    transfer's OUT/finetune/ of OUT/finetune/head, which then refused the retry."""
+    diverging = TrainConfig(epochs=1, lr=float("inf"), **FP32)
+    with pytest.raises(TrainingError, match="NaN"):
+        Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=diverging,
+                out_dir=tmp_path / "runs" / "a").fit()  # fmt: skip
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_run_in_a_folder_named_in_latin1_is_read_back_by_evaluate_and_convert(tmp_path):
+    """A run written into a folder named in Latin-1 bytes: its checkpoints were written, but
+    `evaluate` and `compare` map them (torch.load mmap=True), which takes only UTF-8 names:
+    'cannot read checkpoint r\udce9s/last.pt (UnicodeEncodeError): is it a file written by
+    `cnnzoo train`?'. Its `convert` output (.safetensors) was not readable either."""
+    from cnnzoo.weights.files import read_checkpoint, save_safetensors, stored_metadata
+
+    out = tmp_path / os.fsdecode(b"r\xe9s")
+    Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(),
+            config=TrainConfig(epochs=1, lr=0.05, **FP32), out_dir=out).fit()  # fmt: skip
+    ckpt = load_checkpoint(out / "last.pt", mmap=True)
+    assert ckpt["epoch"] == 1
+    weights = {k: v.clone() for k, v in ckpt["model"].items()}
+    save_safetensors(weights, out / "w.safetensors", {"format": "cnnzoo", "model": "tiny"})
+    assert stored_metadata(out / "w.safetensors")["model"] == "tiny"
+    read = read_checkpoint(out / "w.safetensors").tensors
+    assert all(torch.equal(read[k], v) for k, v in weights.items())
 
 
 def test_sam_steps_with_the_gradient_at_the_worst_nearby_point():
@@ -544,8 +619,10 @@ def test_a_checkpoint_of_a_newer_cnnzoo_says_to_upgrade(tmp_path, capsys):
                  ["predict", str(out / "best.pt"), "--weights", str(out / "best.pt")],
                  ["convert", str(out / "best.pt"), str(tmp_path / "w.safetensors")]):  # fmt: skip
         assert main(argv) == 2, argv
-        errors = [ln for ln in capsys.readouterr().err.splitlines() if "error:" in ln]
+        err = capsys.readouterr().err
+        errors = [ln for ln in err.splitlines() if "error:" in ln]
         assert len(errors) == 1 and errors[0].endswith(says), errors
+        assert "data:" not in err  # said before the data load, slow for a big folder
     with pytest.raises(WeightsError, match=re.escape(says)):
         training_checkpoint(out / "best.pt")
     assert (out / "last.pt").read_bytes() == kept
@@ -2351,6 +2428,27 @@ def test_a_project_moved_whole_still_resumes_and_evaluates_its_own_split(tmp_pat
     shutil.copytree(new / "data", tmp_path / "other")
     assert main([*args[:-1], "runs/a", "--data", str(tmp_path / "other"), "--resume"]) == 2
     assert f"was trained on {new / 'data'}, not {tmp_path / 'other'}" in capsys.readouterr().err
+
+
+def test_a_run_written_through_a_linked_folder_finds_its_data_after_the_project_moves(
+        tmp_path):
+    """An --out given through a link (a cluster's /home/u -> /gpfs/u, `--out $PWD/runs/a`)
+    with the data recorded with links resolved: the path from the run to its data climbed out
+    through the link's target (../../../../real/project/data), so a copy of the project
+    elsewhere still looked for the old one, and resume and evaluate said the data was gone."""
+    from cnnzoo.paths import from_run, run_data
+
+    (tmp_path / "real" / "project" / "data").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    run = tmp_path / "link" / "project" / "runs" / "a"
+    run.mkdir(parents=True)
+    data = (tmp_path / "real" / "project" / "data").resolve()  # as the run records it
+    rel = from_run(str(data), run)
+    assert rel == os.path.join("..", "..", "data")
+    (tmp_path / "link").unlink()
+    (tmp_path / "real").rename(tmp_path / "copy")  # the project, elsewhere; the old one gone
+    moved = tmp_path / "copy" / "project"
+    assert run_data(str(data), rel, moved / "runs" / "a") == str((moved / "data").resolve())
 
 
 def test_growing_across_channels_names_the_flag_that_fixes_it():

@@ -259,10 +259,18 @@ def test_paths_from_a_list_file_or_stdin(image_dir, tmp_path, monkeypatch, capsy
     assert "--files-from -: there is no standard input to read the list from" in err
     monkeypatch.undo()
     (tmp_path / "none.txt").write_text("\n")  # what `find ... > none.txt` wrote: nothing
+    # Windows PowerShell's `dir -Name > list.txt` writes UTF-16; `find -print0` NULs between
+    # names: both were a traceback ('ValueError: embedded null byte').
+    (tmp_path / "ps.txt").write_bytes("\r\n".join(listed).encode("utf-16"))
+    (tmp_path / "nul.txt").write_bytes(b"\0".join(map(os.fsencode, listed)) + b"\0")
     for argv, message in ((["--files-from", str(tmp_path / "no.txt")], "cannot read it"),
                           ([], "say which images to predict"),
                           (["--files-from", str(tmp_path / "none.txt")],
-                           "none.txt lists no files: nothing to predict")):  # fmt: skip
+                           "none.txt lists no files: nothing to predict"),
+                          (["--files-from", str(tmp_path / "ps.txt")], "ps.txt: the list is "
+                           "UTF-16 text (PowerShell's `>`) or NUL-separated (find -print0)"),
+                          (["--files-from", str(tmp_path / "nul.txt")], "give one path per "
+                           "line, in UTF-8")):  # fmt: skip
         assert main([*base, *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err

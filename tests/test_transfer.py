@@ -275,6 +275,28 @@ def test_a_bundle_save_clears_what_a_killed_save_left(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["bundle"]
 
 
+def test_a_bundle_and_a_feature_cache_in_a_folder_named_in_latin1_are_read_back(tmp_path):
+    """A folder named in Latin-1 bytes (an old zip's 'r\xe9sultats'): the bundle and the
+    feature cache were written there, but safetensors opens only UTF-8 names, so `predict
+    --bundle` and `evaluate --bundle` said 'Path ... is not valid UTF-8', and the cache was
+    silently computed again on every run."""
+    import os
+
+    from cnnzoo.transfer import Bundle, load_bundle
+    from cnnzoo.transfer.features import FeatureCache
+
+    latin = tmp_path / os.fsdecode(b"r\xe9sultats")
+    model = create_model("lenet5", num_classes=2, in_chans=3).eval()
+    Bundle(model, "lenet5", ["a", "b"], _small_pre()).save(latin / "bundle")
+    loaded = load_bundle(latin / "bundle")
+    assert all(torch.equal(v, loaded.model.state_dict()[k]) for k, v in
+               model.state_dict().items())  # fmt: skip
+    feats = torch.randn(2, 1, 4)
+    FeatureCache(latin / "cache", {"k": 1}).put(["h1", "h2"], feats)
+    found = FeatureCache(latin / "cache", {"k": 1}).get(["h2", "h1"])
+    assert torch.equal(found[0], feats[1]) and torch.equal(found[1], feats[0])
+
+
 def test_cache_writers_that_share_a_process_id_do_not_take_each_others_files(
         tmp_path, monkeypatch):
     """Two containers sharing one cache volume each run cnnzoo as their process 1. The cache
@@ -303,9 +325,8 @@ def test_cache_writers_that_share_a_process_id_do_not_take_each_others_files(
 
 
 def _tiny_config(**kw) -> TransferConfig:
-    ft = FinetuneConfig(head_epochs=1, epochs=1, min_steps=0)
-    return TransferConfig(img_size=32, fit="resize", batch_size=8, progress=False,
-                          finetune=ft, **kw)  # fmt: skip
+    kw.setdefault("finetune", FinetuneConfig(head_epochs=1, epochs=1, min_steps=0))
+    return TransferConfig(img_size=32, fit="resize", batch_size=8, progress=False, **kw)
 
 
 def test_transfer_bundle_round_trip_and_report(folder, tmp_path, capsys):
@@ -1432,6 +1453,21 @@ def test_the_run_folder_given_for_its_bundle_says_where_the_bundle_is(features_r
         with pytest.raises(WeightsError, match=f"is a file of the bundle: give its folder, "
                                                f"{out / 'bundle'}$"):  # fmt: skip
             load_bundle(out / "bundle" / name)
+
+
+def test_a_fine_tuning_that_fails_before_writing_leaves_nothing_to_refuse_a_retry(folder,
+                                                                                  tmp_path):
+    """A NaN in the first epoch of fine-tuning ('lower --lr'): the --out lock had made
+    OUT/finetune/head and removed only head, so OUT/finetune stayed, and the retry with a
+    lower --lr was refused: 'OUT holds a transfer run (finetune): pass --overwrite'."""
+    from cnnzoo.errors import TrainingError
+
+    out = tmp_path / "runs" / "parts"
+    ft = FinetuneConfig(head_epochs=1, epochs=1, min_steps=0, lr=1e30)
+    with pytest.raises(TrainingError, match="loss became NaN/inf"):
+        transfer(folder, model="resnet18", weights=None, out=out,
+                 config=_tiny_config(mode="finetune", finetune=ft), say=lambda _: None)  # fmt: skip
+    assert not (tmp_path / "runs").exists()
 
 
 def test_resuming_fine_tuning_on_other_data_is_refused(folder, tmp_path):

@@ -508,6 +508,24 @@ def test_a_safetensors_write_is_on_disk_before_its_rename(tmp_path, monkeypatch)
     assert torch.equal(load_file(tmp_path / "w.safetensors")["w"], torch.ones(2))
 
 
+def test_a_safetensors_write_leaves_files_it_did_not_write(tmp_path):
+    """The stale-temp sweep of w.safetensors globs .w.safetensors.*.tmp, which also matched
+    the live temporary file of another writer's w.safetensors.v2 (deleted under it, so its
+    rename failed) and a user's own .w.safetensors.999999999.y.tmp. Only the names the writers
+    use go: PID + mkstemp's 8 characters, and the older PID-alone or random forms."""
+    from cnnzoo.weights.files import save_safetensors
+
+    kept = [tmp_path / ".w.safetensors.v2.999999999.abcd_123.tmp",  # another file's, live
+            tmp_path / ".w.safetensors.999999999.y.tmp"]  # fmt: skip
+    stale = [tmp_path / ".w.safetensors.999999999.abcd_123.tmp",
+             tmp_path / ".w.safetensors.999999999.tmp", tmp_path / ".w.safetensors.k2x9_a1q.tmp"]
+    for p in kept + stale:
+        p.write_bytes(b"part of the weights")
+    save_safetensors({"w": torch.ones(2)}, tmp_path / "w.safetensors", None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["w.safetensors"] + [p.name for p in kept])
+
+
 def test_convert_records_the_model_options_for_predict(tmp_path, capsys):
     """`--model-arg` (as `cnnzoo train` takes it) builds the narrow VGG the checkpoint is for,
     and the output records the options, so predict needs neither --model nor them."""

@@ -4,7 +4,9 @@ way costs nothing first), their permissions, and whether two data sources are on
 from __future__ import annotations
 
 import glob
+import itertools
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -43,6 +45,11 @@ def check_folder(path: str | os.PathLike[str], what: str,
     checkpoint's traceback after the work is done."""
     p = Path(path)
     for part in (p, *p.parents):
+        if part.is_symlink() and not part.exists():
+            # A link to a disk that is not mounted, or a folder since removed: mkdir's
+            # FileExistsError traceback came after the work (transfer: its features).
+            raise UsageError(f"{what} {p}: {part} is a link to {os.readlink(part)}, which does "
+                             f"not exist: create that folder (or mount its disk), or {todo}")
         if part.exists():
             if not part.is_dir():
                 raise UsageError(f"{what} {p}: {part} is a file, not a folder: {todo}")
@@ -53,8 +60,9 @@ def check_folder(path: str | os.PathLike[str], what: str,
 
 
 LOCK_FILE = ".cnnzoo.lock"
-# .folders: [(folder, fd, made)] this thread holds, in the order taken; made: the folder did not
-# exist before, and goes again if the run wrote nothing into it (a NaN in its first epoch).
+# .folders: [(folder, fd, made)] this thread holds, in the order taken; made: the folders that
+# did not exist before (the folder and the parents made for it, deepest first), which go again
+# if the run wrote nothing into them (a NaN in its first epoch).
 _held = threading.local()
 
 
@@ -65,14 +73,16 @@ def hold_folder(folder: str | os.PathLike[str], what: str = "--out") -> None:
     other's checkpoints. Taken when a run first writes there, not when it checks its options,
     so that a run that fails before writing leaves no folder behind. An flock on a hidden file,
     which the OS lets go of however the process ends (SIGKILL too); a file system without locks
-    goes unguarded."""
+    goes unguarded (and is left as clean: the lock file goes at the end all the same)."""
     if fcntl is None:
         return
     folder = Path(os.path.abspath(folder))
     held = _held.__dict__.setdefault("folders", [])
     if any(f == folder for f, _, _ in held):  # transfer's fine-tuning inside its own run
         return
-    made = not folder.exists()
+    # transfer's OUT/finetune/head: a fine-tuning that failed before writing left OUT/finetune
+    # behind, and the retry with a lower --lr was refused as a folder holding a transfer run.
+    made = list(itertools.takewhile(lambda p: not p.exists(), (folder, *folder.parents)))
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / LOCK_FILE
     while True:
@@ -86,9 +96,8 @@ def hold_folder(folder: str | os.PathLike[str], what: str = "--out") -> None:
             os.close(fd)
             raise UsageError(f"{what} {folder}: another cnnzoo run is writing into it: wait "
                              f"for it to end, or choose another {what}") from None
-        except OSError:
-            os.close(fd)
-            return
+        except OSError:  # a file system without locks (ENOLCK): unguarded, but listed as
+            break  # held all the same, so that the run's end removes the file it made there
         # The run that held it removed the file between our open and flock: lock the new one.
         with suppress(FileNotFoundError):
             if os.path.samestat(os.fstat(fd), os.stat(lock)):
@@ -101,7 +110,7 @@ def hold_folder(folder: str | os.PathLike[str], what: str = "--out") -> None:
 def folders_released() -> Iterator[None]:
     """Let go of the folders `hold_folder` took inside this block when it ends (a decorator
     of `Trainer.fit` and `transfer`), and remove their lock files: a finished run leaves no
-    trace of it (nor the folder, when it made it and wrote nothing there)."""
+    trace of it (nor the folders it made, when it wrote nothing there)."""
     held = _held.__dict__.setdefault("folders", [])
     n = len(held)
     try:
@@ -112,9 +121,9 @@ def folders_released() -> Iterator[None]:
             with suppress(OSError):
                 os.unlink(folder / LOCK_FILE)  # before letting go, so no one locks it meanwhile
             os.close(fd)
-            if made:
-                with suppress(OSError):  # only if empty: a run that wrote nothing leaves nothing
-                    folder.rmdir()
+            for made_here in made:  # deepest first, and only if empty: a run that wrote
+                with suppress(OSError):  # nothing leaves nothing
+                    made_here.rmdir()
 
 
 def check_outside(out: str | os.PathLike[str], data: object) -> None:
@@ -151,6 +160,13 @@ def temp_prefix(path: str | os.PathLike[str]) -> str:
     return f".{Path(path).name}.{os.getpid()}."
 
 
+# What lies between '.NAME.' and '.tmp' in the names the writers use: PID + mkstemp's 8
+# characters (or 'old', a bundle moved aside), and the older forms, PID alone or a random part.
+# A name with more parts is not ours: '.w.safetensors.v2.PID.abcd1234.tmp' is the live
+# temporary file of another writer's w.safetensors.v2, which the glob also matches.
+_TEMP_MIDDLE = re.compile(r"\d+\.(?:[a-z0-9_]{8}|old)|[^.]+")
+
+
 def remove_stale_temps(path: str | os.PathLike[str]) -> None:
     """Delete what killed writes of `path` left beside it: the hidden `.NAME.*.tmp` files and
     folders the atomic writers (checkpoints, .safetensors files, bundles) rename into place
@@ -160,7 +176,10 @@ def remove_stale_temps(path: str | os.PathLike[str]) -> None:
     everything of a process with our own id: two containers' process 1 sharing a cache)."""
     path = Path(path)
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        pid = stale.name[len(path.name) + 2:].split(".")[0]
+        middle = stale.name[len(path.name) + 2:-len(".tmp")]
+        if not _TEMP_MIDDLE.fullmatch(middle):
+            continue  # not a name we write: a user's, or the temp of another file (NAME.v2)
+        pid = middle.split(".")[0]
         if pid.isdigit() and _running(int(pid)):
             continue
         if stale.is_dir() and not stale.is_symlink():
@@ -232,6 +251,28 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+@contextmanager
+def utf8_path(path: str | os.PathLike[str]) -> Iterator[str]:
+    """`path` as a name that safetensors and torch's mmap loading can open: they take only
+    UTF-8 names, so a file in a folder named in Latin-1 bytes (an old zip's 'r\xe9sultats',
+    held as 'r\udce9sultats') was written but never read back ('Path ... is not valid UTF-8',
+    'cannot read checkpoint ... (UnicodeEncodeError)'). Such a name (or one whose UTF-8 bytes
+    are not its bytes on disk: a Latin-1 locale decodes 0xe9 as 'é') is given as a link with
+    an ASCII name in a temporary folder, for the block's time; any other as it is."""
+    name = os.fspath(path)
+    try:
+        as_is = name.encode("utf-8") == os.fsencode(name)
+    except UnicodeEncodeError:
+        as_is = False
+    if as_is:
+        yield name
+        return
+    with tempfile.TemporaryDirectory(prefix="cnnzoo-") as tmp:
+        link = os.path.join(tmp, "file")
+        os.symlink(os.path.abspath(name), link)
+        yield link
+
+
 def same_source(a: object, b: object) -> bool:
     """Two data sources are one: equal names (built-ins in any case: 'Fashion-MNIST') or the
     same existing file or folder however written (relative, absolute, a trailing slash)."""
@@ -246,11 +287,14 @@ def from_run(source: object, run_dir: str | os.PathLike[str]) -> str | None:
     """The data folder or CSV `source` (recorded absolute) as a path relative to `run_dir`,
     the folder a run writes its checkpoints or bundle to; None for a built-in name or a path
     that is gone. Recorded beside the absolute path, so that `run_data` still finds the data
-    of a project moved or copied whole."""
+    of a project moved or copied whole. Both ends with links resolved, as the data's recorded
+    path is: an --out written through a linked folder (a cluster's /home/u -> /gpfs/u,
+    `--out $PWD/runs/a`) made the path climb out through the link's target, which a copy of
+    the project elsewhere does not have."""
     if not (isinstance(source, str | os.PathLike) and Path(source).is_absolute()
             and Path(source).exists()):  # fmt: skip
         return None
-    return os.path.relpath(os.path.abspath(source), os.path.abspath(run_dir))
+    return os.path.relpath(Path(source).resolve(), Path(run_dir).resolve())
 
 
 def run_data(recorded: object, relative: object, run_dir: str | os.PathLike[str],

@@ -154,7 +154,8 @@ def _threads(threads: int | None, n_images: int, batch_size: int) -> Iterator[No
 def read_path_list(source: str) -> list[str]:
     """The paths listed in file `source` ('-': stdin), one per line, blank lines skipped;
     relative ones are relative to the current folder, as on the command line. A list saved by
-    Notepad or Excel starts with a byte-order mark, which is not part of the first path."""
+    Notepad or Excel starts with a byte-order mark, which is not part of the first path; a
+    UTF-16 or NUL-separated list is a one-line `UsageError`."""
     from ..errors import UsageError
 
     if source == "-" and sys.stdin is None:  # run with its input closed (cron, `<&-`)
@@ -173,8 +174,16 @@ def read_path_list(source: str) -> list[str]:
         raise UsageError(f"--files-from {source}: cannot read it ({exc.strerror or exc})") from None
     from ..data.folder import wide_unicode
 
-    # Notepad's "Unicode" is UTF-16: read as UTF-8, its NUL bytes were a traceback.
-    text = raw.decode(wide_unicode(raw) or "utf-8-sig", errors="surrogateescape")
+    # Notepad's "Unicode" and PowerShell's `>` are UTF-16 with a byte-order mark: read as
+    # UTF-8, their NUL bytes were a traceback.
+    wide = wide_unicode(raw)
+    if wide is None and b"\0" in raw:
+        # No file name holds a NUL: the list is NUL-separated (`find -print0`), or UTF-16
+        # without its mark; read as lines, its names went to a traceback.
+        raise UsageError(f"--files-from {source}: the list is NUL-separated (find -print0) or "
+                         "UTF-16 without a byte-order mark: give one path per line, in UTF-8 "
+                         "(find without -print0)")
+    text = raw.decode(wide or "utf-8-sig", errors="surrogateescape")
     # Only the line ending is cut: a file name may begin or end with a space.
     return [line.rstrip("\r") for line in text.split("\n") if line.strip()]
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import TrainingError, WeightsError
-from ..paths import remove_stale_temps, replacing
+from ..paths import remove_stale_temps, replacing, utf8_path
 from ..weights.files import CHECKPOINT_FORMAT, newer_format
 
 
@@ -53,7 +53,8 @@ def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> dict
     if not path.is_file():
         raise WeightsError(f"checkpoint {path} does not exist: pass the file written by `cnnzoo train`")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        with utf8_path(path) as name:  # mapped tensors stay readable once the name goes
+            ckpt = torch.load(name, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
         raise WeightsError(f"cannot read checkpoint {path} ({type(exc).__name__}): "
                            "is it a file written by `cnnzoo train`?") from None

@@ -427,9 +427,13 @@ def say_head_note(model_name: str, model: nn.Module, model_kwargs: dict[str, Any
 
 def run_meta(path: Path) -> dict[str, Any] | None:
     """The meta of a run's checkpoint, mapped, not read (the Trainer reads the file afterwards);
-    None when it cannot be read (the Trainer then says what is wrong)."""
+    None when it cannot be read (the Trainer then says what is wrong). One of a newer cnnzoo
+    is its `NewerFormatError` here, before the data load (minutes for a big folder) that the
+    Trainer's own refusal comes after."""
     try:
         return load_checkpoint(path, mmap=True).get("meta")
+    except NewerFormatError:
+        raise
     except WeightsError:
         return None
 

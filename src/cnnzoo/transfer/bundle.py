@@ -44,6 +44,7 @@ from ..paths import (
     run_data,
     temp_prefix,
     usual_permissions,
+    utf8_path,
 )
 from ..text import plural, some
 from ..weights import Preprocessing
@@ -464,7 +465,8 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
     names = list(meta["class_names"])
     pre = Preprocessing.from_dict(meta["preprocessing"])
     try:
-        state = load_file(str(d / WEIGHTS_FILE))
+        with utf8_path(d / WEIGHTS_FILE) as name:
+            state = load_file(name)
     except (SafetensorError, OSError) as exc:
         raise WeightsError(f"{d / WEIGHTS_FILE} cannot be read ({' '.join(str(exc).split())})") from None
     model = build_model(meta["model"], len(names), pre.channels, meta.get("head"),

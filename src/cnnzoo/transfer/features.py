@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import WeightsError
-from ..paths import cache_root
+from ..paths import cache_root, utf8_path
 from ..weights import Preprocessing
 from ..weights.files import save_safetensors
 
@@ -240,7 +240,7 @@ class FeatureCache:
                 try:
                     from safetensors import safe_open
 
-                    with safe_open(str(self.path), framework="pt") as f:
+                    with utf8_path(self.path) as name, safe_open(name, framework="pt") as f:
                         hashes = json.loads((f.metadata() or {}).get("hashes", "[]"))
                         feats = f.get_tensor("features")
                     if len(hashes) == len(feats):

@@ -28,7 +28,14 @@ import torch
 from torch import Tensor
 
 from ..errors import NewerFormatError, WeightsError
-from ..paths import BUNDLE_JSON, bundle_in, remove_stale_temps, replacing, usual_permissions
+from ..paths import (
+    BUNDLE_JSON,
+    bundle_in,
+    remove_stale_temps,
+    replacing,
+    usual_permissions,
+    utf8_path,
+)
 
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 SAFETENSORS_SUFFIXES = (".safetensors",)
@@ -263,7 +270,7 @@ def stored_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     except OSError:  # a folder, a missing file, 'imagenet': the weights loader says which
         return {}
     try:
-        with safe_open(str(p), framework="pt", device="cpu") as f:
+        with utf8_path(p) as name, safe_open(name, framework="pt", device="cpu") as f:
             meta = dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError):
         return {}  # read_checkpoint reports it
@@ -274,7 +281,7 @@ def _read_safetensors(p: Path) -> Checkpoint:
     from safetensors import SafetensorError, safe_open
 
     try:
-        with safe_open(str(p), framework="pt", device="cpu") as f:
+        with utf8_path(p) as name, safe_open(name, framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 -- not a dict
     except (SafetensorError, OSError, ValueError) as exc:
