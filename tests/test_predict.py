@@ -259,16 +259,17 @@ def test_paths_from_a_list_file_or_stdin(image_dir, tmp_path, monkeypatch, capsy
     assert "--files-from -: there is no standard input to read the list from" in err
     monkeypatch.undo()
     (tmp_path / "none.txt").write_text("\n")  # what `find ... > none.txt` wrote: nothing
-    # Windows PowerShell's `dir -Name > list.txt` writes UTF-16; `find -print0` NULs between
-    # names: both were a traceback ('ValueError: embedded null byte').
-    (tmp_path / "ps.txt").write_bytes("\r\n".join(listed).encode("utf-16"))
+    # `find -print0` puts NULs between names, and UTF-16 without its byte-order mark has NULs
+    # in every name: both were a traceback ('ValueError: embedded null byte'). (With its mark,
+    # as PowerShell's `>` writes it, the list is read: wide.txt above.)
+    (tmp_path / "le.txt").write_bytes("\r\n".join(listed).encode("utf-16-le"))
     (tmp_path / "nul.txt").write_bytes(b"\0".join(map(os.fsencode, listed)) + b"\0")
     for argv, message in ((["--files-from", str(tmp_path / "no.txt")], "cannot read it"),
                           ([], "say which images to predict"),
                           (["--files-from", str(tmp_path / "none.txt")],
                            "none.txt lists no files: nothing to predict"),
-                          (["--files-from", str(tmp_path / "ps.txt")], "ps.txt: the list is "
-                           "UTF-16 text (PowerShell's `>`) or NUL-separated (find -print0)"),
+                          (["--files-from", str(tmp_path / "le.txt")], "le.txt: the list is "
+                           "NUL-separated (find -print0) or UTF-16 without a byte-order mark"),
                           (["--files-from", str(tmp_path / "nul.txt")], "give one path per "
                            "line, in UTF-8")):  # fmt: skip
         assert main([*base, *argv]) == 2
