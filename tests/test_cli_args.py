@@ -412,3 +412,30 @@ def test_a_bare_tta_before_the_checkpoint_says_where_it_goes(capsys):
     err = capsys.readouterr().err
     assert "'runs/a/best.pt' is not flip or flip-shift" in err
     assert "put it after the positional arguments" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("argv", "prog", "unknown"), [
+    (["train", "lenet5", "--data", "digits", "--bogus"], "cnnzoo train", "--bogus"),
+    (["evaluate", "runs/a/best.pt", "extra"], "cnnzoo evaluate", "extra"),
+    (["data", "export", "digits", "DIR", "--bogus", "1"], "cnnzoo data export", "--bogus 1"),
+    (["models", "--prec", "bf16"], "cnnzoo models", "--prec bf16"),
+])
+def test_an_unknown_option_is_named_by_its_command(argv, prog, unknown, capsys):
+    """argparse left unrecognized arguments to the top-level parser: `cnnzoo: error:
+    unrecognized arguments: --bogus (see `cnnzoo --help`)`, the one usage error that named no
+    command and pointed to a help without the command's options."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith(f"{prog}: error: unrecognized arguments: {unknown} (")
+    assert f"(see `{prog} --help`)" in err
+
+
+def test_no_command_is_a_usage_error_on_stderr(capsys):
+    """`cnnzoo` alone exits 2, a usage error, but printed its help on stdout: `cnnzoo $CMD >
+    out.txt` with an empty $CMD left the help in the results file."""
+    assert main([]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "usage: cnnzoo" in err and "transfer" in err
