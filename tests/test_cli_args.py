@@ -392,6 +392,31 @@ def test_every_option_with_a_default_says_it_in_help():
     assert not silent
 
 
+def test_every_option_says_what_it_does_in_help():
+    """`--no-progress` (train, transfer, demo) and `--no-tensorboard` had no help line at all;
+    the options several commands share are added by one helper each, so they read alike."""
+    import argparse
+
+    from cnnzoo.cli import build_parser
+
+    def actions(parser, prog):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from actions(sub, f"{prog} {name}")
+            else:
+                yield prog, action
+
+    mute = [f"{prog} {(a.option_strings or [a.dest])[-1]}"
+            for prog, a in actions(build_parser(), "cnnzoo") if not a.help]
+    assert not mute
+    threads = {prog: a.help for prog, a in actions(build_parser(), "cnnzoo")
+               if "--threads" in a.option_strings and prog != "cnnzoo predict"}
+    assert set(threads) == {f"cnnzoo {c}" for c in ("train", "transfer", "evaluate", "segment",
+                                                    "demo")}
+    assert len(set(threads.values())) == 1
+
+
 def test_the_package_metadata_builds_without_a_deprecation():
     """`bash scripts/setup.sh` printed setuptools' warning three times: `license = { text =
     ... }` is deprecated and, it says, fails to build from 2027-02-18. An SPDX string needs

@@ -120,3 +120,16 @@ SEED = whole(0)  # numpy's generators take no negative seed
 FRACTION = real(0, 1, above=True, below=True)  # --val-fraction
 LEARNING_RATE = real(0, above=True)
 SAM_RADIUS = real(0, note="0: off; e.g. 0.05")  # --sam: sharpness-aware minimisation's rho
+
+
+def add_threads_argument(p: argparse.ArgumentParser) -> None:
+    """--threads, alike in every command that computes (engine.distributed.use_threads; predict
+    has its own default)."""
+    p.add_argument("--threads", type=COUNT, default=None,
+                   help="torch threads (default: the usable cores)")
+
+
+def add_progress_argument(p: argparse.ArgumentParser) -> None:
+    """--no-progress (dest `progress`), alike in the commands that draw progress bars."""
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars (they are drawn only when stderr is a terminal)")

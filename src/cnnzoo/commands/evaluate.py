@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from ..text import plural
-from .argtypes import COUNT
+from .argtypes import COUNT, add_threads_argument
 from .segment import add_tiling_arguments
 from .train import add_tta_argument
 
@@ -37,6 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                "`cnnzoo segment` does: ")
     p.add_argument("--confusion", metavar="PNG", help="also write the confusion matrix as a PNG")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_threads_argument(p)
 
 
 PICTURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.run import evaluate_checkpoint
     from ..errors import UsageError
 
-    use_threads(None)  # it has no --threads: the cores it may use, within a CPU quota
+    use_threads(args.threads)
 
     given = Path(args.checkpoint) if args.checkpoint is not None else None
     if args.bundle is not None and given is not None and args.data is None and (

@@ -18,6 +18,8 @@ from .argtypes import (
     LEARNING_RATE,
     SAM_RADIUS,
     SEED,
+    add_progress_argument,
+    add_threads_argument,
     beta_alpha,
     model_arg,
     patience_epochs,
@@ -105,9 +107,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-arg", type=model_arg, action="append", default=[],
                    metavar="KEY=VALUE",
                    help="extra model option, e.g. width_mult=0.25 (repeatable)")
-    p.add_argument("--threads", type=COUNT, default=None, help="torch threads (default: the usable cores)")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
+    add_threads_argument(p)
+    add_progress_argument(p)
+    p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
+                   help="no TensorBoard event files in OUT/tb (metrics.jsonl is written anyway)")
     from .segment import add_training_arguments
 
     add_training_arguments(p)

@@ -21,6 +21,8 @@ from .argtypes import (
     IMG_SIZE,
     LEARNING_RATE,
     SEED,
+    add_progress_argument,
+    add_threads_argument,
     patience_epochs,
     real,
     whole,
@@ -105,8 +107,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the split, the heads' initialisation and the batches (default 0)")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="output folder (default runs/transfer-MODEL)")
-    p.add_argument("--threads", type=COUNT, default=None, help="torch threads (default: the usable cores)")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    add_threads_argument(p)
+    add_progress_argument(p)
 
 
 def stages_arg(text: str) -> tuple[int, ...] | str:
