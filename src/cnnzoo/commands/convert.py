@@ -21,9 +21,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import logging
+    from pathlib import Path
 
     from ..errors import UsageError, WeightsError
     from ..weights import convert_file
+    from ..weights.files import read_checkpoint
 
     if not args.output.endswith(".safetensors"):
         raise WeightsError(f"{args.output}: the output must end in .safetensors")
@@ -33,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     if _convert_training_checkpoint(args):
         return 0
     if args.model is None:
+        if not Path(args.input).is_file():  # missing, or a folder: that, not a missing --model
+            read_checkpoint(args.input)  # raises its one line
         raise UsageError(f"{args.input} does not say which zoo model it holds: pass --model NAME "
                          "(`cnnzoo models` lists them)")  # fmt: skip
     log = logging.getLogger("cnnzoo.weights")
