@@ -30,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "data and built-ins), the test part (DIR/test/, rows marked test), or "
                         "all (default on other data)")
     p.add_argument("--batch-size", type=COUNT, default=None,
-                   help="images per forward pass (default 256); segmentation: tiles (default 4)")
+                   help="images per forward pass (default 256; a bundle: 64); segmentation: "
+                        "tiles (default 4)")
     add_tta_argument(p, "test-time augmentation (classifier checkpoints; a bundle averages the "
                         "views it was trained with)")
     add_tiling_arguments(p, default=None, note="segmentation checkpoints, predicted as "
@@ -103,7 +104,6 @@ def run(args: argparse.Namespace) -> int:
     if args.tile is not None or args.margin is not None:
         raise UsageError(f"{'--tile' if args.tile is not None else '--margin'} is for "
                          "segmentation checkpoints: a classifier scores whole images")
-    batch_size = args.batch_size or 256
     if args.bundle is not None:
         if args.tta:
             raise UsageError("--tta is for checkpoints: a bundle predicts with the views it was "
@@ -112,13 +112,15 @@ def run(args: argparse.Namespace) -> int:
 
         bundle = load_bundle(args.bundle)
         # --batch-size's default (256) suits checkpoints at their training size; a bundle's net
-        # runs at its weights' size (224-260 px) over several views, so batches stay at 64.
+        # runs at its weights' size (224-260 px) over several views, so its default is 64. A
+        # --batch-size given is used as given (it was cut to 64 without a word).
         metrics, acc = bundle.evaluate(args.data, split=args.split,
-                                       batch_size=min(batch_size, 64))  # fmt: skip
+                                       batch_size=args.batch_size or 64)  # fmt: skip
         names = bundle.class_names
     else:
         metrics, acc, names = evaluate_checkpoint(args.checkpoint, args.data,
-                                                  batch_size=batch_size, split=args.split,
+                                                  batch_size=args.batch_size or 256,
+                                                  split=args.split,
                                                   tta=args.tta or False)  # fmt: skip
     if args.confusion:
         # Its folder is made, as `--out` folders are: a path that names a new folder is one
