@@ -339,7 +339,9 @@ def test_predict_refuses_a_checkpoint_without_a_head(tmp_path, capsys):
     # still refuses the converted file; a missing output folder is a one-line error.
     out = tmp_path / "backbone.safetensors"
     assert main(["convert", str(path), str(out), "--model", "resnet20"]) == 0
-    assert "backbone only" in capsys.readouterr().out
+    printed, noted = capsys.readouterr()  # the result line on stdout, its notes on stderr
+    assert "backbone only" in noted and "backbone only" not in printed
+    assert "cnnzoo keys" in printed
     assert main(["predict", str(tmp_path / "x.png"), "--model", "resnet20",
                  "--weights", str(out)]) == 2
     assert "no trained classifier" in capsys.readouterr().err

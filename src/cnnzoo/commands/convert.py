@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .argtypes import model_arg
 
@@ -47,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         log.setLevel(level)
     print(f"{args.input} ({info.layout} layout) -> {args.output} ({args.model}, cnnzoo keys)")
-    for note in info.notes:
-        print(f"  note: {note}")
+    for note in info.notes:  # on stderr, as every command's notes (stdout: the result line)
+        print(f"cnnzoo convert: note: {note}", file=sys.stderr)
     return 0
 
 
