@@ -415,6 +415,13 @@ def test_every_option_says_what_it_does_in_help():
     assert set(threads) == {f"cnnzoo {c}" for c in ("train", "transfer", "evaluate", "segment",
                                                     "demo")}
     assert len(set(threads.values())) == 1
+    # Positional arguments are named in upper case in every usage line (IMAGE, RUN, DATA, IN
+    # OUT), as in the docs: train's `model`, evaluate's `checkpoint` and data's `name dir` /
+    # `source` were the lower-case exceptions.
+    lower = [f"{prog} {a.metavar or a.dest}" for prog, a in actions(build_parser(), "cnnzoo")
+             if not a.option_strings and not isinstance(a, argparse._SubParsersAction)
+             and not (a.metavar or a.dest).isupper()]
+    assert not lower
 
 
 def test_the_package_metadata_builds_without_a_deprecation():

@@ -20,9 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         description="Write a built-in data set as PNG files in one sub-folder per class: the "
         "layout your own images need for `cnnzoo train/transfer --data DIR`.",
     )
-    e.add_argument("name", help="built-in data set: fashion-mnist, digits, or cells (synthetic "
+    e.add_argument("name", metavar="NAME", help="built-in data set: fashion-mnist, digits, or cells (synthetic "
                    "microscopy: images/ + masks/ + instances/ for segmentation)")
-    e.add_argument("dir", help="output folder (must be new or empty unless --overwrite)")
+    e.add_argument("dir", metavar="DIR", help="output folder (must be new or empty unless --overwrite)")
     e.add_argument(
         "--classes",
         help="comma-separated class names or indices, e.g. tshirt,trouser,sneaker (default: all)",
@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         description="Load an image folder, a CSV manifest or a built-in set the way `train` "
         "does (bad files are reported and skipped) and print classes, counts and sizes.",
     )
-    i.add_argument("source", help="image folder, CSV manifest, fashion-mnist or digits")
+    i.add_argument("source", metavar="DATA", help="image folder, CSV manifest, fashion-mnist or digits")
     i.add_argument("--img-size", type=IMG_SIZE,
                    help="resize images to this square size (default: their own)")
     i.add_argument("--channels", type=int, choices=(1, 3), default=None,

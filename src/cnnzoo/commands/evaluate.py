@@ -15,7 +15,7 @@ from .train import add_tta_argument
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", nargs="?", help="last.pt or best.pt written by `cnnzoo train` "
+    p.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT", help="last.pt or best.pt written by `cnnzoo train` "
                    "(a classifier, or a U-Net of --task segmentation)")
     p.add_argument("--bundle", metavar="DIR",
                    help="instead of a checkpoint: a bundle written by `cnnzoo transfer` "

@@ -31,7 +31,7 @@ LABEL_SMOOTHING = 0.1
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="zoo model name (`cnnzoo models` lists them)")
+    p.add_argument("model", metavar="MODEL", help="zoo model name (`cnnzoo models` lists them)")
     p.add_argument("--data", required=True,
                    help="image folder (one sub-folder per class), CSV manifest, 'fashion-mnist' "
                         "or 'digits'; with --task segmentation: a folder of images/ + masks/, "
