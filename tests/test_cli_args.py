@@ -471,3 +471,43 @@ def test_no_command_is_a_usage_error_on_stderr(capsys):
     assert main([]) == 2
     out, err = capsys.readouterr()
     assert out == "" and "usage: cnnzoo" in err and "transfer" in err
+
+
+def test_train_takes_model_and_transfer_data_as_the_other_commands_spell_them(
+        tmp_path, monkeypatch, capsys):
+    """predict, transfer and convert take `--model NAME`; train took its model only as its first
+    argument, and `cnnzoo train --model lenet5 --data digits` was read as an abbreviation of
+    --model-arg: "expected KEY=VALUE, got 'lenet5'". Likewise train and evaluate take `--data`,
+    transfer only DATA. Each now takes both spellings, and says so when given two."""
+    import cnnzoo.transfer
+    from cnnzoo.errors import DataError
+
+    seen = []
+
+    def stop(name, *args, **kwargs):
+        seen.append(name)
+        raise DataError("stop here")
+
+    monkeypatch.setattr("cnnzoo.engine.run.train_classifier", stop)
+    for argv in (["train", "--model", "lenet5", "--data", "digits"],
+                 ["train", "--data", "digits", "lenet5"],
+                 ["train", "lenet5", "--model", "lenet5", "--data", "digits"]):
+        assert main([*argv, "--out", str(tmp_path / "r")]) == 2
+        assert seen.pop() == "lenet5" and "stop here" in capsys.readouterr().err
+    assert main(["train", "lenet5", "--model", "resnet20", "--data", "digits"]) == 2
+    err = capsys.readouterr().err
+    assert "MODEL lenet5 and --model resnet20 say two different things" in err
+    assert main(["train", "--data", "digits"]) == 2
+    assert "required: MODEL" in capsys.readouterr().err
+
+    def transfer(data, **kwargs):
+        seen.append(str(data))
+        raise DataError("stop here")
+
+    monkeypatch.setattr(cnnzoo.transfer, "transfer", transfer)
+    for argv in (["transfer", "--data", str(tmp_path)], ["transfer", str(tmp_path)]):
+        assert main([*argv, "--mode", "features", "--out", str(tmp_path / "t")]) == 2
+        assert seen.pop() == str(tmp_path) and "stop here" in capsys.readouterr().err
+    assert main(["transfer"]) == 2
+    err = capsys.readouterr().err
+    assert "required: DATA" in err and err.count("\n") == 1
