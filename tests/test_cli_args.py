@@ -392,6 +392,38 @@ def test_every_option_with_a_default_says_it_in_help():
     assert not silent
 
 
+def test_every_option_says_what_it_does_in_help():
+    """`--no-progress` (train, transfer, demo) and `--no-tensorboard` had no help line at all;
+    the options several commands share are added by one helper each, so they read alike."""
+    import argparse
+
+    from cnnzoo.cli import build_parser
+
+    def actions(parser, prog):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from actions(sub, f"{prog} {name}")
+            else:
+                yield prog, action
+
+    mute = [f"{prog} {(a.option_strings or [a.dest])[-1]}"
+            for prog, a in actions(build_parser(), "cnnzoo") if not a.help]
+    assert not mute
+    threads = {prog: a.help for prog, a in actions(build_parser(), "cnnzoo")
+               if "--threads" in a.option_strings and prog != "cnnzoo predict"}
+    assert set(threads) == {f"cnnzoo {c}" for c in ("train", "transfer", "evaluate", "segment",
+                                                    "demo")}
+    assert len(set(threads.values())) == 1
+    # Positional arguments are named in upper case in every usage line (IMAGE, RUN, DATA, IN
+    # OUT), as in the docs: train's `model`, evaluate's `checkpoint` and data's `name dir` /
+    # `source` were the lower-case exceptions.
+    lower = [f"{prog} {a.metavar or a.dest}" for prog, a in actions(build_parser(), "cnnzoo")
+             if not a.option_strings and not isinstance(a, argparse._SubParsersAction)
+             and not (a.metavar or a.dest).isupper()]
+    assert not lower
+
+
 def test_the_package_metadata_builds_without_a_deprecation():
     """`bash scripts/setup.sh` printed setuptools' warning three times: `license = { text =
     ... }` is deprecated and, it says, fails to build from 2027-02-18. An SPDX string needs
@@ -412,3 +444,70 @@ def test_a_bare_tta_before_the_checkpoint_says_where_it_goes(capsys):
     err = capsys.readouterr().err
     assert "'runs/a/best.pt' is not flip or flip-shift" in err
     assert "put it after the positional arguments" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("argv", "prog", "unknown"), [
+    (["train", "lenet5", "--data", "digits", "--bogus"], "cnnzoo train", "--bogus"),
+    (["evaluate", "runs/a/best.pt", "extra"], "cnnzoo evaluate", "extra"),
+    (["data", "export", "digits", "DIR", "--bogus", "1"], "cnnzoo data export", "--bogus 1"),
+    (["models", "--prec", "bf16"], "cnnzoo models", "--prec bf16"),
+])
+def test_an_unknown_option_is_named_by_its_command(argv, prog, unknown, capsys):
+    """argparse left unrecognized arguments to the top-level parser: `cnnzoo: error:
+    unrecognized arguments: --bogus (see `cnnzoo --help`)`, the one usage error that named no
+    command and pointed to a help without the command's options."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith(f"{prog}: error: unrecognized arguments: {unknown} (")
+    assert f"(see `{prog} --help`)" in err
+
+
+def test_no_command_is_a_usage_error_on_stderr(capsys):
+    """`cnnzoo` alone exits 2, a usage error, but printed its help on stdout: `cnnzoo $CMD >
+    out.txt` with an empty $CMD left the help in the results file."""
+    assert main([]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "usage: cnnzoo" in err and "transfer" in err
+
+
+def test_train_takes_model_and_transfer_data_as_the_other_commands_spell_them(
+        tmp_path, monkeypatch, capsys):
+    """predict, transfer and convert take `--model NAME`; train took its model only as its first
+    argument, and `cnnzoo train --model lenet5 --data digits` was read as an abbreviation of
+    --model-arg: "expected KEY=VALUE, got 'lenet5'". Likewise train and evaluate take `--data`,
+    transfer only DATA. Each now takes both spellings, and says so when given two."""
+    import cnnzoo.transfer
+    from cnnzoo.errors import DataError
+
+    seen = []
+
+    def stop(name, *args, **kwargs):
+        seen.append(name)
+        raise DataError("stop here")
+
+    monkeypatch.setattr("cnnzoo.engine.run.train_classifier", stop)
+    for argv in (["train", "--model", "lenet5", "--data", "digits"],
+                 ["train", "--data", "digits", "lenet5"],
+                 ["train", "lenet5", "--model", "lenet5", "--data", "digits"]):
+        assert main([*argv, "--out", str(tmp_path / "r")]) == 2
+        assert seen.pop() == "lenet5" and "stop here" in capsys.readouterr().err
+    assert main(["train", "lenet5", "--model", "resnet20", "--data", "digits"]) == 2
+    err = capsys.readouterr().err
+    assert "MODEL lenet5 and --model resnet20 say two different things" in err
+    assert main(["train", "--data", "digits"]) == 2
+    assert "required: MODEL" in capsys.readouterr().err
+
+    def transfer(data, **kwargs):
+        seen.append(str(data))
+        raise DataError("stop here")
+
+    monkeypatch.setattr(cnnzoo.transfer, "transfer", transfer)
+    for argv in (["transfer", "--data", str(tmp_path)], ["transfer", str(tmp_path)]):
+        assert main([*argv, "--mode", "features", "--out", str(tmp_path / "t")]) == 2
+        assert seen.pop() == str(tmp_path) and "stop here" in capsys.readouterr().err
+    assert main(["transfer"]) == 2
+    err = capsys.readouterr().err
+    assert "required: DATA" in err and err.count("\n") == 1

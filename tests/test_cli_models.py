@@ -154,6 +154,10 @@ def test_unknown_pattern_says_so(capsys):
     assert "'*resnet*' matches names that contain it" in capsys.readouterr().err
     assert main(["models", "--pattern", "alexnet"]) == 0
     assert "\n1 model. GMACs" in capsys.readouterr().out
+    # --json too: it printed [] with exit status 0, so a script's typo passed as "no models".
+    assert main(["models", "--pattern", "nosuchnet*", "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("cnnzoo models: error: no model matches")
 
 
 def test_a_closed_pipe_is_not_a_traceback():

@@ -150,7 +150,10 @@ def test_compare_two_real_runs_from_the_command_line(tmp_path, capsys):
     capsys.readouterr()
     png = tmp_path / "curves" / "compare.png"
     assert main(["compare", str(out_a), str(out_b), "--plot", str(png)]) == 0
-    text = capsys.readouterr().out
+    text, err = capsys.readouterr()
+    # The file written is a note, on stderr as train's "learning curves:" line (it was the
+    # last line of the table on stdout).
+    assert f"learning curves: {png}" in err and "learning curves" not in text
     assert "61,706" in text and "60,850" in text and png.stat().st_size > 0
     assert "  augmentation: crop (relu), none (classic)" in text
     # Multiply-adds, as `cnnzoo models` names them (the header said MFLOPs).

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import http.server
 import io
+import json
 import logging
 import os
 import re
@@ -1232,6 +1233,13 @@ def test_data_cli(tmp_path, capsys):
     # Without --channels, the data's own, as `cnnzoo train` reads them (it said 3x8x8).
     assert main(["data", "info", str(tmp_path / "d")]) == 0
     assert "2 classes, images 1x8x8" in capsys.readouterr().out
+    # --json, as the other commands that print results have it: the table, for scripts.
+    (tmp_path / "d" / "7" / "bad.png").write_bytes(b"not a png")
+    assert main(["data", "info", str(tmp_path / "d"), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)  # one document, nothing else on stdout
+    assert got["classes"] == ["0", "7"] and got["shape"] == [1, 8, 8] and got["skipped"] == 1
+    assert {k: sum(v) for k, v in got["counts"].items()} == got["images"]
+    assert sum(got["images"].values()) == 6
     fm = tmp_path / "fm"
     assert main(["data", "export", "fashion-mnist", str(fm), "--classes", "tshirt,Ankle boot",
                  "--per-class", "4"]) == 0  # fmt: skip

@@ -1401,8 +1401,13 @@ def test_a_command_runs_no_more_threads_than_the_cpu_quota(tmp_path, monkeypatch
     assert main([*args, "--threads", "3"]) == 2
     assert threads == [3]
     threads.clear()
-    assert main(["evaluate", str(tmp_path / "missing.pt")]) == 2  # evaluate has no --threads
+    assert main(["evaluate", str(tmp_path / "missing.pt")]) == 2
     assert threads == [1]
+    threads.clear()
+    # evaluate takes --threads as train, transfer, segment and predict do (it was refused as an
+    # unrecognized argument, so a script passing --threads 1 to every command stopped there).
+    assert main(["evaluate", str(tmp_path / "missing.pt"), "--threads", "2"]) == 2
+    assert threads == [2]
 
 
 _DDP_WORKER = '''

@@ -348,7 +348,9 @@ def test_predict_refuses_a_checkpoint_without_a_head(tmp_path, capsys):
     # still refuses the converted file; a missing output folder is a one-line error.
     out = tmp_path / "backbone.safetensors"
     assert main(["convert", str(path), str(out), "--model", "resnet20"]) == 0
-    assert "backbone only" in capsys.readouterr().out
+    printed, noted = capsys.readouterr()  # the result line on stdout, its notes on stderr
+    assert "backbone only" in noted and "backbone only" not in printed
+    assert "cnnzoo keys" in printed
     assert main(["predict", str(tmp_path / "x.png"), "--model", "resnet20",
                  "--weights", str(out)]) == 2
     assert "no trained classifier" in capsys.readouterr().err
@@ -357,6 +359,20 @@ def test_predict_refuses_a_checkpoint_without_a_head(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "create it first" in err and "\n" not in err
     assert not (tmp_path / "new").exists()
+
+
+def test_convert_of_a_missing_file_says_so_with_or_without_model(tmp_path, capsys):
+    """Without --model, `cnnzoo convert typo.pth out.safetensors` said the file "does not say
+    which zoo model it holds: pass --model NAME", and after adding --model, that it does not
+    exist: the missing file is said first."""
+    for extra in ([], ["--model", "resnet20"]):
+        assert main(["convert", str(tmp_path / "typo.pth"), str(tmp_path / "o.safetensors"),
+                     *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.endswith("typo.pth: no such weights file") and "\n" not in err
+    assert main(["convert", str(tmp_path), str(tmp_path / "o.safetensors")]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert not (tmp_path / "o.safetensors").exists()
 
 
 def test_weights_holding_nan_give_an_error_line_per_image_not_a_traceback(image_dir, tmp_path,

@@ -967,6 +967,25 @@ def test_bundle_folder_has_the_usual_permissions(features_run):
     assert stat.S_IMODE((out / "bundle").stat().st_mode) == stat.S_IMODE(out.stat().st_mode)
 
 
+def test_evaluate_bundle_uses_the_batch_size_given(tmp_path, monkeypatch):
+    """`cnnzoo evaluate --bundle DIR --batch-size 128` ran batches of 64: the bundle's cap on
+    the default (256, meant for checkpoints) cut a value given too, without a word."""
+    import cnnzoo.transfer
+    from cnnzoo.errors import DataError
+
+    asked = []
+
+    class Bundle:
+        def evaluate(self, data, *, split=None, batch_size):
+            asked.append(batch_size)
+            raise DataError("stop here")
+
+    monkeypatch.setattr(cnnzoo.transfer, "load_bundle", lambda path: Bundle())
+    for extra, size in (([], 64), (["--batch-size", "128"], 128), (["--batch-size", "8"], 8)):
+        assert main(["evaluate", "--bundle", str(tmp_path), *extra]) == 2
+        assert asked.pop() == size
+
+
 def test_evaluate_bundle_scores_what_predict_predicts(features_run, folder, tmp_path, capsys):
     import shutil
 

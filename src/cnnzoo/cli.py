@@ -60,6 +60,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_parser(parser: argparse.ArgumentParser,
+                    args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the (sub)command that `args` chose: `cnnzoo data export`'s for
+    `cnnzoo data export ...`; `parser` itself when no command was given."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = action.choices.get(getattr(args, action.dest, None))
+            if chosen is not None:
+                return _command_parser(chosen, args)
+    return parser
+
+
 # File errors that the user, not the code, must fix, and what to do about each.
 _TODO = {
     errno.ENOSPC: "free some space and run it again",
@@ -104,12 +116,18 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            # argparse lets the top-level parser say it ("cnnzoo: error: unrecognized arguments
+            # ... (see `cnnzoo --help`)"), which lists no command's options: the command's
+            # own parser says it, as it says every other mistake in its options.
+            _command_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     except KeyboardInterrupt:  # Ctrl-C right after starting: no command has begun
         print("\ncnnzoo: interrupted", file=sys.stderr)
         return 130
     if not getattr(args, "_run", None):
-        parser.print_help()
+        # A usage error (exit 2), so on stderr: `cnnzoo > out.txt` left the help in the file.
+        parser.print_help(sys.stderr)
         return 2
     started = time.time()
     # `cnnzoo data export: error: ...`, as argparse names the subcommand in its own errors

@@ -120,3 +120,40 @@ SEED = whole(0)  # numpy's generators take no negative seed
 FRACTION = real(0, 1, above=True, below=True)  # --val-fraction
 LEARNING_RATE = real(0, above=True)
 SAM_RADIUS = real(0, note="0: off; e.g. 0.05")  # --sam: sharpness-aware minimisation's rho
+
+
+def add_threads_argument(p: argparse.ArgumentParser) -> None:
+    """--threads, alike in every command that computes (engine.distributed.use_threads; predict
+    has its own default)."""
+    p.add_argument("--threads", type=COUNT, default=None,
+                   help="torch threads (default: the usable cores)")
+
+
+def add_progress_argument(p: argparse.ArgumentParser) -> None:
+    """--no-progress (dest `progress`), alike in the commands that draw progress bars."""
+    p.add_argument("--no-progress", dest="progress", action="store_false",
+                   help="no progress bars (they are drawn only when stderr is a terminal)")
+
+
+def add_positional_or_option(p: argparse.ArgumentParser, dest: str, *, help: str) -> None:
+    """A positional argument that may also be given as --DEST, the spelling other commands use
+    for it (`train --model`, as predict, transfer and convert; `transfer --data`, as train and
+    evaluate). Without the option, train's `--model lenet5` was taken for an abbreviation of
+    --model-arg ("expected KEY=VALUE, got 'lenet5'"). `settle_positional` joins the two."""
+    p.add_argument(dest, nargs="?", metavar=dest.upper(), help=f"{help} (or --{dest})")
+    p.add_argument(f"--{dest}", dest=f"{dest}_option", metavar=dest.upper(),
+                   help=f"the same as {dest.upper()}")
+
+
+def settle_positional(args: argparse.Namespace, dest: str, example: str) -> None:
+    """`args.<dest>` from the positional or its --DEST spelling (`add_positional_or_option`);
+    a `UsageError` when neither or two different ones are given."""
+    from ..errors import UsageError
+
+    given, option = getattr(args, dest), getattr(args, f"{dest}_option")
+    if given is not None and option is not None and given != option:
+        raise UsageError(f"{dest.upper()} {given} and --{dest} {option} say two different "
+                         f"things: pass one ({example})")  # fmt: skip
+    if given is None and option is None:
+        raise UsageError(f"the following arguments are required: {dest.upper()} ({example})")
+    setattr(args, dest, given if given is not None else option)

@@ -67,6 +67,6 @@ def run(args: argparse.Namespace) -> int:
     elif len(runs) > 1:  # (one run is compared with nothing)
         print("same data, validation images, input and training recipe: the nets are what "
               "differs")
-    if args.plot:
-        print(f"learning curves: {args.plot}")
+    if args.plot:  # a note on the file written, on stderr as train's "learning curves:" line
+        print(f"learning curves: {args.plot}", file=sys.stderr)
     return 0

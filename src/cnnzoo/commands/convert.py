@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from .argtypes import model_arg
 
@@ -21,9 +22,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import logging
+    from pathlib import Path
 
     from ..errors import UsageError, WeightsError
     from ..weights import convert_file
+    from ..weights.files import read_checkpoint
 
     if not args.output.endswith(".safetensors"):
         raise WeightsError(f"{args.output}: the output must end in .safetensors")
@@ -33,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
     if _convert_training_checkpoint(args):
         return 0
     if args.model is None:
+        if not Path(args.input).is_file():  # missing, or a folder: that, not a missing --model
+            read_checkpoint(args.input)  # raises its one line
         raise UsageError(f"{args.input} does not say which zoo model it holds: pass --model NAME "
                          "(`cnnzoo models` lists them)")  # fmt: skip
     log = logging.getLogger("cnnzoo.weights")
@@ -43,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         log.setLevel(level)
     print(f"{args.input} ({info.layout} layout) -> {args.output} ({args.model}, cnnzoo keys)")
-    for note in info.notes:
-        print(f"  note: {note}")
+    for note in info.notes:  # on stderr, as every command's notes (stdout: the result line)
+        print(f"cnnzoo convert: note: {note}", file=sys.stderr)
     return 0
 
 

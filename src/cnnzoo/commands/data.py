@@ -7,6 +7,7 @@ cnnzoo data info DIR --img-size 64
 from __future__ import annotations
 
 import argparse
+import json
 
 from ..text import plural
 from .argtypes import COUNT, FRACTION, IMG_SIZE, SEED
@@ -20,9 +21,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         description="Write a built-in data set as PNG files in one sub-folder per class: the "
         "layout your own images need for `cnnzoo train/transfer --data DIR`.",
     )
-    e.add_argument("name", help="built-in data set: fashion-mnist, digits, or cells (synthetic "
+    e.add_argument("name", metavar="NAME", help="built-in data set: fashion-mnist, digits, or cells (synthetic "
                    "microscopy: images/ + masks/ + instances/ for segmentation)")
-    e.add_argument("dir", help="output folder (must be new or empty unless --overwrite)")
+    e.add_argument("dir", metavar="DIR", help="output folder (must be new or empty unless --overwrite)")
     e.add_argument(
         "--classes",
         help="comma-separated class names or indices, e.g. tshirt,trouser,sneaker (default: all)",
@@ -42,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         description="Load an image folder, a CSV manifest or a built-in set the way `train` "
         "does (bad files are reported and skipped) and print classes, counts and sizes.",
     )
-    i.add_argument("source", help="image folder, CSV manifest, fashion-mnist or digits")
+    i.add_argument("source", metavar="DATA", help="image folder, CSV manifest, fashion-mnist or digits")
     i.add_argument("--img-size", type=IMG_SIZE,
                    help="resize images to this square size (default: their own)")
     i.add_argument("--channels", type=int, choices=(1, 3), default=None,
@@ -51,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     i.add_argument("--val-fraction", type=FRACTION, default=0.2,
                    help="validation share when there is no val/ folder (default 0.2)")
     i.add_argument("--seed", type=SEED, default=0, help="seed of the stratified split (default 0)")
+    i.add_argument("--json", action="store_true",
+                   help="machine-readable output: classes, per-class counts of each part, "
+                        "image shape, files skipped")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,13 +96,19 @@ def _info(args: argparse.Namespace) -> int:
     if splits.test is not None:
         parts.append(("test", splits.test))
     counts = {name: ds.class_counts() for name, ds in parts}
+    c, h, w = splits.train.images.shape[1:]
+    n = len(splits.skipped) + splits.grouped
+    if args.json:  # what the table says, for scripts (as models, predict, evaluate, compare)
+        print(json.dumps({"classes": list(splits.class_names),
+                          "counts": {name: [int(v) for v in counts[name]] for name, _ in parts},
+                          "images": {name: len(ds) for name, ds in parts},
+                          "shape": [int(c), int(h), int(w)], "skipped": n}))
+        return 0
     width = max(len("class"), *(len(c) for c in splits.class_names))
     print(f"{'class':<{width}}" + "".join(f"{name:>8}" for name, _ in parts))
     for k, cls in enumerate(splits.class_names):
         print(f"{cls:<{width}}" + "".join(f"{counts[name][k]:>8}" for name, _ in parts))
     print(f"{'total':<{width}}" + "".join(f"{len(ds):>8}" for _, ds in parts))
-    c, h, w = splits.train.images.shape[1:]
-    n = len(splits.skipped) + splits.grouped
     print(f"\n{splits.num_classes} classes, images {c}x{h}x{w}; {plural(n, 'file')} "
           "skipped")  # fmt: skip
     return 0

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..text import plural
-from .argtypes import COUNT, IMG_SIZE, whole
+from .argtypes import COUNT, IMG_SIZE, add_progress_argument, add_threads_argument, whole
 
 MODEL = "efficientnet_lite0"
 # The hard 5-class set of the benchmark: tops that differ in sleeves, length and collars.
@@ -41,8 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fine-tuning steps at least (default 48; cnnzoo transfer's is 90)")
     p.add_argument("--scratch-epochs", type=COUNT, default=30,
                    help="epochs of the from-scratch comparison (default 30)")
-    p.add_argument("--threads", type=COUNT, default=None, help="torch threads (default: the usable cores)")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    add_threads_argument(p)
+    add_progress_argument(p)
 
 
 class _Steps:

@@ -9,13 +9,13 @@ import json
 from pathlib import Path
 
 from ..text import plural
-from .argtypes import COUNT
+from .argtypes import COUNT, add_threads_argument
 from .segment import add_tiling_arguments
 from .train import add_tta_argument
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", nargs="?", help="last.pt or best.pt written by `cnnzoo train` "
+    p.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT", help="last.pt or best.pt written by `cnnzoo train` "
                    "(a classifier, or a U-Net of --task segmentation)")
     p.add_argument("--bundle", metavar="DIR",
                    help="instead of a checkpoint: a bundle written by `cnnzoo transfer` "
@@ -30,13 +30,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "data and built-ins), the test part (DIR/test/, rows marked test), or "
                         "all (default on other data)")
     p.add_argument("--batch-size", type=COUNT, default=None,
-                   help="images per forward pass (default 256); segmentation: tiles (default 4)")
+                   help="images per forward pass (default 256; a bundle: 64); segmentation: "
+                        "tiles (default 4)")
     add_tta_argument(p, "test-time augmentation (classifier checkpoints; a bundle averages the "
                         "views it was trained with)")
     add_tiling_arguments(p, default=None, note="segmentation checkpoints, predicted as "
                                                "`cnnzoo segment` does: ")
     p.add_argument("--confusion", metavar="PNG", help="also write the confusion matrix as a PNG")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_threads_argument(p)
 
 
 PICTURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.run import evaluate_checkpoint
     from ..errors import UsageError
 
-    use_threads(None)  # it has no --threads: the cores it may use, within a CPU quota
+    use_threads(args.threads)
 
     given = Path(args.checkpoint) if args.checkpoint is not None else None
     if args.bundle is not None and given is not None and args.data is None and (
@@ -102,7 +104,6 @@ def run(args: argparse.Namespace) -> int:
     if args.tile is not None or args.margin is not None:
         raise UsageError(f"{'--tile' if args.tile is not None else '--margin'} is for "
                          "segmentation checkpoints: a classifier scores whole images")
-    batch_size = args.batch_size or 256
     if args.bundle is not None:
         if args.tta:
             raise UsageError("--tta is for checkpoints: a bundle predicts with the views it was "
@@ -111,13 +112,15 @@ def run(args: argparse.Namespace) -> int:
 
         bundle = load_bundle(args.bundle)
         # --batch-size's default (256) suits checkpoints at their training size; a bundle's net
-        # runs at its weights' size (224-260 px) over several views, so batches stay at 64.
+        # runs at its weights' size (224-260 px) over several views, so its default is 64. A
+        # --batch-size given is used as given (it was cut to 64 without a word).
         metrics, acc = bundle.evaluate(args.data, split=args.split,
-                                       batch_size=min(batch_size, 64))  # fmt: skip
+                                       batch_size=args.batch_size or 64)  # fmt: skip
         names = bundle.class_names
     else:
         metrics, acc, names = evaluate_checkpoint(args.checkpoint, args.data,
-                                                  batch_size=batch_size, split=args.split,
+                                                  batch_size=args.batch_size or 256,
+                                                  split=args.split,
                                                   tta=args.tta or False)  # fmt: skip
     if args.confusion:
         # Its folder is made, as `--out` folders are: a path that names a new folder is one

@@ -32,6 +32,11 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--channels goes with --img-size (the input to count at)")
     rows = []
     names = list_models(args.pattern)
+    if not names:  # with --json too: a mistyped pattern is not a successful empty list
+        glob = "" if set("*?[") & set(args.pattern) else f" (a pattern: '*{args.pattern}*' " \
+            "matches names that contain it)"
+        raise UnknownModelError(f"no model matches {args.pattern!r}{glob}; `cnnzoo models` lists "
+                                "them all")  # fmt: skip
     if args.img_size is None:
         counts: dict[str, tuple[int, int | None]] = dict(table_counts(names))
     else:  # not cached: counting every model at another size takes about 10 s
@@ -68,11 +73,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    if not rows:
-        glob = "" if set("*?[") & set(args.pattern) else f" (a pattern: '*{args.pattern}*' " \
-            "matches names that contain it)"
-        raise UnknownModelError(f"no model matches {args.pattern!r}{glob}; `cnnzoo models` lists "
-                                "them all")  # fmt: skip
     header = f"{'model':<22}{'params':>14}{'GMACs':>9}  {'input':<11}{'classes':>7}  year  paper"
     print(header)
     print("-" * len(header))

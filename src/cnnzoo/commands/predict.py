@@ -49,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top", type=COUNT, default=5, help="classes shown per image (default 5)")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     p.add_argument("--threads", type=COUNT, default=None,
-                   help="CPU threads (default: 1 for up to 16 images, else all cores)")  # fmt: skip
+                   help="torch threads (default: 1 for up to 16 images, else the usable cores)")  # fmt: skip
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="auto (default): bf16 + channels-last on CPUs with native bf16, where "
                         "it runs 2-3x faster, else fp32; a `cnnzoo train` checkpoint's and a "

@@ -22,7 +22,7 @@ import os
 import sys
 from pathlib import Path
 
-from .argtypes import COUNT, real, whole
+from .argtypes import COUNT, add_threads_argument, real, whole
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
@@ -63,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="output folder (default ./segmented)")
     add_tiling_arguments(p)
     p.add_argument("--batch-size", type=COUNT, default=4, help="tiles per forward pass (default 4)")
-    p.add_argument("--threads", type=COUNT, default=None, help="torch threads (default: the usable cores)")
+    add_threads_argument(p)
 
 
 def add_tiling_arguments(p: argparse.ArgumentParser, default: int | None = 512,

@@ -18,10 +18,14 @@ from .argtypes import (
     LEARNING_RATE,
     SAM_RADIUS,
     SEED,
+    add_positional_or_option,
+    add_progress_argument,
+    add_threads_argument,
     beta_alpha,
     model_arg,
     patience_epochs,
     real,
+    settle_positional,
     size_epochs,
 )
 
@@ -29,7 +33,7 @@ LABEL_SMOOTHING = 0.1
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="zoo model name (`cnnzoo models` lists them)")
+    add_positional_or_option(p, "model", help="zoo model name (`cnnzoo models` lists them)")
     p.add_argument("--data", required=True,
                    help="image folder (one sub-folder per class), CSV manifest, 'fashion-mnist' "
                         "or 'digits'; with --task segmentation: a folder of images/ + masks/, "
@@ -105,9 +109,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-arg", type=model_arg, action="append", default=[],
                    metavar="KEY=VALUE",
                    help="extra model option, e.g. width_mult=0.25 (repeatable)")
-    p.add_argument("--threads", type=COUNT, default=None, help="torch threads (default: the usable cores)")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
+    add_threads_argument(p)
+    add_progress_argument(p)
+    p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
+                   help="no TensorBoard event files in OUT/tb (metrics.jsonl is written anyway)")
     from .segment import add_training_arguments
 
     add_training_arguments(p)
@@ -178,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.distributed import cleanup, init_distributed, said_elsewhere, use_threads
     from ..engine.run import DataOptions, out_dir_for, train_classifier
 
+    settle_positional(args, "model", "cnnzoo train MODEL --data DATA")
     if args.resume and args.overwrite:
         from ..errors import UsageError
 

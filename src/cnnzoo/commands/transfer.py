@@ -21,17 +21,20 @@ from .argtypes import (
     IMG_SIZE,
     LEARNING_RATE,
     SEED,
+    add_positional_or_option,
+    add_progress_argument,
+    add_threads_argument,
     patience_epochs,
     real,
+    settle_positional,
     whole,
 )
 from .train import add_class_weight_argument, add_mixing_arguments
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("data", metavar="DATA",
-                   help="image folder (one sub-folder per class, optionally train/ val/ test/) "
-                        "or CSV manifest (path,label[,split])")  # fmt: skip
+    add_positional_or_option(p, "data", help="image folder (one sub-folder per class, optionally "
+                             "train/ val/ test/) or CSV manifest (path,label[,split])")
     p.add_argument("--model", default=None,
                    help="zoo model name (default: the one a `cnnzoo train` checkpoint or "
                         "`cnnzoo convert` file given as --weights records, else "
@@ -105,8 +108,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the split, the heads' initialisation and the batches (default 0)")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="output folder (default runs/transfer-MODEL)")
-    p.add_argument("--threads", type=COUNT, default=None, help="torch threads (default: the usable cores)")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
+    add_threads_argument(p)
+    add_progress_argument(p)
 
 
 def stages_arg(text: str) -> tuple[int, ...] | str:
@@ -157,7 +160,8 @@ def given_options(args: argparse.Namespace) -> set[str]:
     parser = argparse.ArgumentParser(add_help=False)
     add_arguments(parser)
     defaults = vars(parser.parse_args(["--", args.data]))
-    return {k for k, v in defaults.items() if k != "data" and getattr(args, k, v) != v}
+    return {k for k, v in defaults.items()
+            if k not in ("data", "data_option") and getattr(args, k, v) != v}
 
 
 def check_options(args: argparse.Namespace) -> list[str]:
@@ -210,6 +214,7 @@ def run(args: argparse.Namespace) -> int:
     from ..paths import check_folder
     from ..transfer import transfer
 
+    settle_positional(args, "data", "cnnzoo transfer DATA")
     args.model = model_of(args)
     notes = check_options(args)
     out = out_folder(args)
