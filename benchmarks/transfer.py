@@ -167,7 +167,8 @@ def main() -> None:
     ap.add_argument("--cutmix", type=beta_alpha, default=FinetuneConfig.cutmix,
                     help="fine-tuning CutMix alpha (0: off)")
     ap.add_argument("--sam", type=SAM_RADIUS, default=FinetuneConfig.sam,
-                    help="fine-tuning's SAM radius rho (0: off)")
+                    help="fine-tuning's SAM radius rho (default: the library's, 0.05 below 100 "
+                         "training images per class, else 0; 0: off)")
     ap.add_argument("--scratch-nets", nargs="+", default=list(SCRATCH), choices=list(SCRATCH),
                     help="zoo nets trained from scratch; the table shows the best on the mean")
     ap.add_argument("--scratch-steps", type=COUNT, default=600)

@@ -810,6 +810,46 @@ def test_fine_tuning_gets_the_run_wide_settings_from_the_library_and_the_cli(fol
     assert cli == api
 
 
+def test_fine_tuning_uses_sam_on_small_sets_unless_told(folder, monkeypatch, capsys):
+    """SAM (rho 0.05) in phase 2 is the default below 100 training images per class, where it
+    was measured to pay (docs/transfer.md), and off above, where it doubled the time for
+    little; --sam RHO (FinetuneConfig.sam) chooses, 0 for off; the help says the same rule."""
+    import importlib
+
+    from cnnzoo.transfer.finetune import SAM_BELOW, SAM_RHO, default_sam
+
+    finetune_module = importlib.import_module("cnnzoo.transfer.finetune")  # not the function
+
+    assert (SAM_RHO, SAM_BELOW) == (0.05, 100)
+    assert default_sam(499, 5) == 0.05 and default_sam(500, 5) == 0.0 and default_sam(3, 1) == 0.05
+    seen: list[float] = []
+
+    class Seen(Exception):
+        pass
+
+    class Spy:
+        def __init__(self, model, task, train, val, config, **kw):
+            seen.append(config.sam)
+            raise Seen  # phase 2's engine config is all this test needs
+
+    monkeypatch.setattr(finetune_module, "Trainer", Spy)
+    said: list[str] = []
+    for sam in (None, 0.0, 0.2):
+        with pytest.raises(Seen):
+            transfer(folder, model="resnet18", weights=None, mode="finetune", say=said.append,
+                     config=_tiny_config(finetune=FinetuneConfig(head_epochs=0, epochs=1,
+                                                                 min_steps=0, sam=sam)))  # fmt: skip
+    assert seen == [0.05, 0.0, 0.2]  # the fixture's folder: a few images per class
+    assert sum("SAM radius 0.05" in line for line in said) == 1, said
+    with pytest.raises(UsageError, match=r"FinetuneConfig.sam \(--sam\) must be a number >= 0"):
+        transfer(folder, model="resnet18", weights=None, mode="finetune", say=said.append,
+                 config=_tiny_config(finetune=FinetuneConfig(sam=-1.0)))  # fmt: skip
+    with pytest.raises(SystemExit):
+        main(["transfer", "--help"])
+    assert "default 0.05 in fine-tuning below 100 training images per class, else off" in \
+        " ".join(capsys.readouterr().out.split())
+
+
 def test_unused_options_get_a_note_and_head_epochs_help_names_both_modes(capsys):
     import argparse
 

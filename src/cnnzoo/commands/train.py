@@ -147,18 +147,21 @@ def add_class_weight_argument(p: argparse.ArgumentParser, where: str = "") -> No
                         "the run's own)")
 
 
-def add_mixing_arguments(p: argparse.ArgumentParser) -> None:
-    """--mixup / --cutmix (engine/mixing.py) and --sam, for `cnnzoo train` and `cnnzoo transfer`."""
+def add_mixing_arguments(
+    p: argparse.ArgumentParser, sam: float | None = 0.0, sam_words: str = "0: off"
+) -> None:
+    """--mixup / --cutmix (engine/mixing.py) and --sam, for `cnnzoo train` and `cnnzoo transfer`
+    (sam: --sam's default, said in sam_words; transfer's is None, a rule of the set's size)."""
     p.add_argument("--mixup", type=beta_alpha, default=0.0, metavar="ALPHA",
                    help="mixup (Zhang et al. 2018): blend each training batch with a shuffled "
                         "copy, weights from Beta(ALPHA, ALPHA) (default 0: off)")
     p.add_argument("--cutmix", type=beta_alpha, default=0.0, metavar="ALPHA",
                    help="CutMix (Yun et al. 2019): paste a box of another image instead "
                         "(default 0: off; with --mixup too, each batch uses one of the two)")
-    p.add_argument("--sam", type=SAM_RADIUS, default=0.0, metavar="RHO",
+    p.add_argument("--sam", type=SAM_RADIUS, default=sam, metavar="RHO",
                    help="sharpness-aware minimisation (Foret et al. 2021): step with the "
                         "gradient at the worst point within RHO of the weights, e.g. 0.05; two "
-                        "passes per step (default 0: off; transfer: the fine-tuning phase only)")
+                        f"passes per step (default {sam_words})")
 
 
 def config_from_args(args: argparse.Namespace):

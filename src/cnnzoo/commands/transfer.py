@@ -86,7 +86,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "images per class choose badly)")
     p.add_argument("--augment", choices=("none", "flip-crop", "crop", "photo"),
                    default="flip-crop", help="fine-tuning augmentation (default flip-crop)")
-    add_mixing_arguments(p)
+    # transfer.finetune.default_sam's rule, in words (its module imports torch: not at parse time)
+    add_mixing_arguments(p, sam=None, sam_words="0.05 in fine-tuning below 100 training images "
+                         "per class, else off; 0: off")
     add_class_weight_argument(p, " in the features head and in fine-tuning")
     p.add_argument("--batch-size", type=COUNT, default=32,
                    help="images per batch (default 32; fine-tuning takes at most a quarter of "

@@ -278,6 +278,10 @@ def check_config(cfg: TransferConfig, *, resume: bool = False) -> None:
     if not (isinstance(ft.lr_decay, int | float) and 0 < ft.lr_decay <= 1):
         raise UsageError(f"FinetuneConfig.lr_decay (--lr-decay) must lie in (0, 1], not "
                          f"{ft.lr_decay!r}")  # fmt: skip
+    if ft.sam is not None and not (isinstance(ft.sam, int | float) and math.isfinite(ft.sam)
+                                   and ft.sam >= 0):  # fmt: skip
+        raise UsageError(f"FinetuneConfig.sam (--sam) must be a number >= 0 (0: off), or None "
+                         f"for the default (on for small sets), not {ft.sam!r}")  # fmt: skip
     default = FinetuneConfig()
     for name in SHARED_FIELDS:  # a FinetuneConfig value that would be replaced is a mistake
         mine, run_wide = getattr(cfg.finetune, name), getattr(cfg, name)
