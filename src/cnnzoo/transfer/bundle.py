@@ -24,6 +24,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from torch import Tensor, nn
 
 from ..data.images import ImageSpec, Interpolation, convert_image, to_tensor_uint8
 from ..errors import WeightsError
+from ..limits import MAX_INPUT_SIZE
 from ..models.base import is_whole
 from ..paths import (
     BUNDLE_JSON,
@@ -387,15 +389,19 @@ def check_description(meta: Any, path: Path) -> None:
     if not (isinstance(names, list) and len(names) >= 2
             and all(isinstance(c, str) and c for c in names)):  # fmt: skip
         raise bad("class_names must be a list of 2 or more class names")
-    twice = [c for i, c in enumerate(names) if c in names[:i]]
-    if twice:
-        raise bad(f"class_names lists {twice[0]!r} twice")
+    # Counted once: comparing each name with all before it took minutes for 100,000 names.
+    twice = next((c for c, n in Counter(names).items() if n > 1), None)
+    if twice is not None:
+        raise bad(f"class_names lists {twice!r} twice")
     pre = meta.get("preprocessing")
     if not isinstance(pre, dict):
         raise bad("preprocessing must be an object (crop_size, resize_size, mean, std, ...)")
     for key in ("crop_size", "resize_size"):
         if not is_whole(pre.get(key)):
             raise bad(f"preprocessing.{key} must be a whole number >= 1, not {pre.get(key)!r}")
+    if pre["crop_size"] > MAX_INPUT_SIZE:  # every image is sized to it: 10^9 px ran out of memory
+        raise bad(f"preprocessing.crop_size must be at most {MAX_INPUT_SIZE} (the largest input "
+                  f"a net takes here), not {pre['crop_size']!r}")
     interpolations = get_args(Interpolation)
     if pre.get("interpolation", "bilinear") not in interpolations:
         raise bad(f"preprocessing.interpolation must be one of {', '.join(interpolations)}, "
@@ -457,7 +463,7 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
                            "(the bundle/ folder `cnnzoo transfer` writes)")  # fmt: skip
     try:
         meta = json.loads((d / JSON_FILE).read_text())
-    except ValueError as exc:  # not JSON, or not text
+    except (ValueError, RecursionError) as exc:  # not JSON, not text, or nested 100,000 deep
         raise WeightsError(f"{d / JSON_FILE} is not a valid bundle description "
                            f"({type(exc).__name__}: {exc})") from None  # fmt: skip
     check_description(meta, d / JSON_FILE)
@@ -467,9 +473,13 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
         state = load_file(str(d / WEIGHTS_FILE))
     except (SafetensorError, OSError) as exc:
         raise WeightsError(f"{d / WEIGHTS_FILE} cannot be read ({' '.join(str(exc).split())})") from None
-    model = build_model(meta["model"], len(names), pre.channels, meta.get("head"),
-                        meta.get("model_kwargs"))  # fmt: skip
-    own = model.state_dict()
+    # The network is built on the meta device first (shapes only, no memory) and checked
+    # against the weights: an edited head.hidden or width_mult of 10^9 otherwise asked for
+    # hundreds of GB (a traceback, or the machine's memory) before the mismatch was seen.
+    with torch.device("meta"):
+        skeleton = build_model(meta["model"], len(names), pre.channels, meta.get("head"),
+                               meta.get("model_kwargs"))  # fmt: skip
+    own = skeleton.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
@@ -481,6 +491,8 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
             f"{d / JSON_FILE} does not match {d / WEIGHTS_FILE} ({meta['model']} with "
             f"{len(names)} classes): {len(missing)} missing, {len(unexpected)} unexpected, "
             f"{len(shapes)} mis-shaped tensors, e.g. {'; '.join(what)}")  # fmt: skip
+    model = build_model(meta["model"], len(names), pre.channels, meta.get("head"),
+                        meta.get("model_kwargs"))  # fmt: skip
     model.load_state_dict(state)
     warn_non_finite(state, d / WEIGHTS_FILE)
     model.eval()
