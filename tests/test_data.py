@@ -624,6 +624,29 @@ def test_linked_folders_inside_a_class_are_read_once_and_a_link_loop_ends(tmp_pa
     assert len(image_files(root / "dog")) == 6  # what `cnnzoo predict` finds in the folder
 
 
+@pytest.mark.parametrize("target", ["data", "above", "part"])
+def test_a_class_folder_linked_to_a_folder_holding_the_data_is_refused(tmp_path, target):
+    """A downloaded set whose class folder is a link to / (or to a folder above the data, or
+    to the data folder itself) read every image on the disk, the other classes' among them,
+    as that class: `cnnzoo data info` on a class folder linked to / listed 6,000 images of
+    the machine's under it. One line says to remove the link."""
+    root = tmp_path / "top" / "data"
+    for i in range(2):
+        _png(root / "cat" / f"{i}.png", 10)
+        _png(root / "dog" / f"{i}.png", 200)
+    if target == "part":  # a class folder of DATA/train/ linked above DATA
+        for cls in ("cat", "dog"):
+            shutil.move(root / cls, root / "val" / cls)
+        (root / "train").mkdir()
+        (root / "train" / "up").symlink_to(tmp_path / "top", target_is_directory=True)
+    else:
+        to = root if target == "data" else tmp_path / "top"
+        (root / "zlink").symlink_to(to, target_is_directory=True)
+    with pytest.raises(DataError, match=r"class folder .* leads to .*, which holds the data "
+                                        r"folder .* itself: .*remove the link"):
+        load_folder(root, ImageSpec(size=6, channels=1), progress=False)
+
+
 def test_a_folder_of_only_unreadable_images_names_its_part_only_where_there_is_one(tmp_path):
     """A flat folder (what `cnnzoo evaluate --data` is given) said "none of the 2 train
     images"; a val/ folder or a manifest's rows name their part."""
