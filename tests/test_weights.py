@@ -58,6 +58,26 @@ def test_pickled_object_is_refused_and_nothing_runs(tmp_path):
     assert marker.exists()
 
 
+def test_a_pickled_payload_in_a_run_checkpoint_is_said_to_be_one(tmp_path, capsys):
+    """evaluate, segment, compare and train --init-from / --resume read checkpoints through
+    load_checkpoint, which refused a payload but said only 'cannot read checkpoint
+    (UnpicklingError): is it a file written by cnnzoo train?': not that it had been sent one.
+    It says what predict --weights says, and the payload still does not run."""
+    from cnnzoo.cli import main
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "best.pt"
+    torch.save({"format": "cnnzoo-checkpoint-1", "model": {"w": torch.zeros(1)},
+                "meta": {"model": "lenet5", "x": _Payload(str(marker))}}, evil)  # fmt: skip
+    for argv in (["evaluate", str(evil)],
+                 ["segment", str(evil), "--checkpoint", str(evil), "--out", str(tmp_path / "o")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and f"{evil}: refused: the file contains pickled Python objects " \
+            "(io.open)" in err, err  # fmt: skip
+    assert not marker.exists()
+
+
 def test_unreadable_files_give_one_line_errors(tmp_path):
     empty = tmp_path / "e.pth"
     empty.touch()

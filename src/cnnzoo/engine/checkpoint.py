@@ -9,6 +9,7 @@ new one, never half of one.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import tempfile
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ from torch import nn
 
 from ..errors import DamagedCheckpointError, TrainingError, WeightsError
 from ..paths import remove_stale_temps, temp_prefix, usual_permissions
-from ..weights.files import CHECKPOINT_FORMAT, newer_format
+from ..weights.files import CHECKPOINT_FORMAT, newer_format, pickled_objects
 
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
@@ -64,6 +65,11 @@ def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> dict
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        # A pickled payload is said to be one, as predict --weights says it: "cannot read
+        # checkpoint (UnpicklingError)" did not tell a user it had been sent one.
+        if isinstance(exc, pickle.UnpicklingError) and (
+                refusal := pickled_objects(path, exc)) is not None:  # fmt: skip
+            raise refusal from None
         raise WeightsError(f"cannot read checkpoint {path} ({type(exc).__name__}): "
                            "is it a file written by `cnnzoo train`?") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:

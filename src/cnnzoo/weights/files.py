@@ -193,17 +193,9 @@ def _read_torch(p: Path) -> Checkpoint:
             with open(p, "rb") as fh:
                 obj = torch.load(fh, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        # weights_only's unpickler stops at the first global it does not allow-list, before
-        # calling it: the file's code never runs.
+        if (refusal := pickled_objects(p, exc)) is not None:
+            raise refusal from None
         text = str(exc)
-        found = re.search(r"GLOBAL ([\w.]+)", text)
-        if found or "Unsupported global" in text:
-            what = f" ({found.group(1)})" if found else ""
-            raise WeightsError(
-                f"{p}: refused: the file contains pickled Python objects{what}, and loading them "
-                "could run arbitrary code; cnnzoo reads tensors only -- re-save it with "
-                "torch.save(model.state_dict(), path) or as .safetensors"
-            ) from None
         # Anything else the safe unpickler cannot parse: not a PyTorch file at all (an image, a
         # text file), or a pickle written by something other than torch.save.
         detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
@@ -225,6 +217,22 @@ def _read_torch(p: Path) -> Checkpoint:
         newer_format(p, obj.get("format"), CHECKPOINT_FORMAT, obj.get("cnnzoo_version"))
     return Checkpoint(path=str(p), format="torch", tensors=state_dict_tensors(obj, str(p)),
                       metadata=training_metadata(obj))
+
+
+def pickled_objects(p: object, exc: pickle.UnpicklingError) -> WeightsError | None:
+    """The error that refuses a file holding pickled Python objects, from torch.load's
+    weights_only failure `exc`; None when `exc` is another unpickling failure. weights_only's
+    unpickler stops at the first global it does not allow-list, before calling it: the
+    file's code never runs."""
+    text = str(exc)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if not (found or "Unsupported global" in text):
+        return None
+    what = f" ({found.group(1)})" if found else ""
+    return WeightsError(f"{p}: refused: the file contains pickled Python objects{what}, and "
+                        "loading them could run arbitrary code; cnnzoo reads tensors only -- "
+                        "re-save it with torch.save(model.state_dict(), path) or as "
+                        ".safetensors")  # fmt: skip
 
 
 def training_metadata(obj: Any) -> dict[str, str]:
