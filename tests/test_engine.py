@@ -583,9 +583,13 @@ def lenet_run(tmp_path_factory):
     (lambda c: c["meta"].update(model_kwargs=[1]), "meta model_kwargs must be a dict"),
     (lambda c: c["meta"].update(class_names=[{}, {}]), "meta class_names must be a list of names"),
     (lambda c: c["meta"].update(model=5), "meta model must be a string"),
+    (lambda c: c["meta"].update(mean=[0.5] * 3), "meta mean must be a list of numbers, one per "
+                                                "channel (1), not [0.5, 0.5, 0.5]"),
+    (lambda c: c["meta"].update(class_names=["cat"]), "meta class_names lists 1 class, its "
+                                                      "num_classes is 2"),
     # Fits its weights only when built: compared on the meta device, no 10^6-channel conv made.
-    (lambda c: c["meta"].update(in_chans=10**6), "does not fit the model its meta describes: "
-                                                 "0 missing, 0 unexpected, 1 mis-shaped"),
+    (lambda c: (c["meta"].update(in_chans=10**6), c["meta"].pop("mean"), c["meta"].pop("std")),
+     "does not fit the model its meta describes: 0 missing, 0 unexpected, 1 mis-shaped"),
 ])  # fmt: skip
 def test_a_checkpoint_with_a_damaged_meta_is_one_line_everywhere(lenet_run, tmp_path, capsys,
                                                                  edit, says):  # fmt: skip

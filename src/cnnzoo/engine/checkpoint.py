@@ -92,6 +92,7 @@ def check_description(ckpt: dict[str, Any], path: Path) -> None:
     evaluate, predict, convert or segment (an image size of 10^9: a MemoryError)."""
     from ..limits import MAX_INPUT_SIZE
     from ..models.base import finite_numbers, is_whole
+    from ..text import plural
 
     def bad(problem: str) -> DamagedCheckpointError:
         return DamagedCheckpointError(f"{path}: {problem}: the checkpoint is damaged or was not "
@@ -120,12 +121,17 @@ def check_description(ckpt: dict[str, Any], path: Path) -> None:
     if meta.get("img_size", 0) > MAX_INPUT_SIZE:  # every image is sized to it
         raise bad(f"meta img_size must be at most {MAX_INPUT_SIZE}, not {meta['img_size']!r}")
     for key in ("mean", "std"):
-        if key in meta and not finite_numbers(meta[key]):
-            raise bad(f"meta {key} must be a list of numbers, one per channel, not {meta[key]!r}")
+        if key in meta and not finite_numbers(meta[key], meta.get("in_chans")):
+            raise bad(f"meta {key} must be a list of numbers, one per channel "
+                      f"({meta.get('in_chans', 'in_chans')}), not {meta[key]!r}")
     names = meta.get("class_names")
     if names is not None and not (isinstance(names, list)
                                   and all(isinstance(c, str) for c in names)):  # fmt: skip
         raise bad(f"meta class_names must be a list of names, not {names!r}")
+    if names and "num_classes" in meta and len(names) != meta["num_classes"]:
+        # A segmentation checkpoint's per-class table ended in zip()'s traceback.
+        raise bad(f"meta class_names lists {plural(len(names), 'class', 'classes')}, its "
+                  f"num_classes is {meta['num_classes']}")
 
 
 def fitted_model(build: Callable[[], nn.Module], state: dict[str, torch.Tensor],
