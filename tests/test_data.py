@@ -457,6 +457,35 @@ def _png(path, value: int, size=(8, 8)):
     Image.new("L", size, value).save(path)
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_named_pipe_named_like_an_image_is_skipped_not_waited_on(tmp_path, caplog):
+    """A named pipe called x.png (a tar from the web can hold one) hung `cnnzoo train` and
+    `cnnzoo data info` for ever before any work: reading its header opened it, and opening a
+    pipe waits for a writer. Decoding said 'empty file (0 bytes)'. Neither opens it now."""
+    from cnnzoo.data.folder import seen_images
+    from cnnzoo.data.images import frame_count, image_header
+
+    for cls, value in (("cat", 10), ("dog", 200)):
+        for i in range(3):
+            _png(tmp_path / cls / f"{i}.png", value)
+    pipe = tmp_path / "cat" / "x.png"
+    os.mkfifo(pipe)
+    found: list[object] = []
+    reader = threading.Thread(target=lambda: found.extend(
+        [image_header(pipe), frame_count(pipe), seen_images(tmp_path)]), daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # waiting on the pipe: let it go, then fail
+        with open(pipe, "wb"):
+            pass
+        reader.join(10)
+    assert found[:2] == [None, 1] and found[2].largest == 8
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        s = load_folder(tmp_path, ImageSpec(channels=1), progress=False)
+    assert len(s.train) + len(s.val) == 6
+    assert f"skipped {pipe}: a named pipe or a device, not an image file" in caplog.text
+
+
 def test_folder_with_bad_files_loads_the_good_ones(tmp_path, caplog):
     for cls, value in (("cat", 10), ("dog", 200)):
         for i in range(5):
