@@ -229,11 +229,15 @@ def test_what_had_no_effect_is_not_a_difference_and_what_did_is(tmp_path):
     # The model column leaves out options at their defaults (act=relu is resnet20 itself).
     f = _fake_run(tmp_path / "f", kwargs={"act": "relu", "shortcut": "none"})
     assert summarize_runs([f])[0].name == "resnet20 shortcut=none"
-    # A hand-made file is skipped with a line, not a traceback.
+    # A hand-made file is skipped with a line, not a traceback: its meta of the wrong kind
+    # (load_checkpoint says), or a history that is not one.
     atomic_save({"model": {}, "meta": 5, "history": [{"epoch": 1}]}, tmp_path / "odd.pt")
+    atomic_save({"model": {}, "meta": {}, "history": 5}, tmp_path / "odd2.pt")
     said: list[str] = []
-    assert len(summarize_runs([f, tmp_path / "odd.pt"], skip=said.append)) == 1
-    assert "is not laid out as `cnnzoo train` writes checkpoints" in said[0]
+    assert len(summarize_runs([f, tmp_path / "odd.pt", tmp_path / "odd2.pt"],
+                              skip=said.append)) == 1  # fmt: skip
+    assert "its meta must be a dict, not 5: the checkpoint is damaged" in said[0]
+    assert "is not laid out as `cnnzoo train` writes checkpoints" in said[1]
 
 
 def test_the_validation_score_is_of_the_weights_the_run_ended_with(tmp_path):

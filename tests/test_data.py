@@ -458,6 +458,35 @@ def _png(path, value: int, size=(8, 8)):
     Image.new("L", size, value).save(path)
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_named_pipe_named_like_an_image_is_skipped_not_waited_on(tmp_path, caplog):
+    """A named pipe called x.png (a tar from the web can hold one) hung `cnnzoo train` and
+    `cnnzoo data info` for ever before any work: reading its header opened it, and opening a
+    pipe waits for a writer. Decoding said 'empty file (0 bytes)'. Neither opens it now."""
+    from cnnzoo.data.folder import seen_images
+    from cnnzoo.data.images import frame_count, image_header
+
+    for cls, value in (("cat", 10), ("dog", 200)):
+        for i in range(3):
+            _png(tmp_path / cls / f"{i}.png", value)
+    pipe = tmp_path / "cat" / "x.png"
+    os.mkfifo(pipe)
+    found: list[object] = []
+    reader = threading.Thread(target=lambda: found.extend(
+        [image_header(pipe), frame_count(pipe), seen_images(tmp_path)]), daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # waiting on the pipe: let it go, then fail
+        with open(pipe, "wb"):
+            pass
+        reader.join(10)
+    assert found[:2] == [None, 1] and found[2].largest == 8
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        s = load_folder(tmp_path, ImageSpec(channels=1), progress=False)
+    assert len(s.train) + len(s.val) == 6
+    assert f"skipped {pipe}: a named pipe or a device, not an image file" in caplog.text
+
+
 def test_folder_with_bad_files_loads_the_good_ones(tmp_path, caplog):
     for cls, value in (("cat", 10), ("dog", 200)):
         for i in range(5):
@@ -623,6 +652,29 @@ def test_linked_folders_inside_a_class_are_read_once_and_a_link_loop_ends(tmp_pa
     counts = [t + v for t, v in zip(s.train.class_counts(), s.val.class_counts(), strict=True)]
     assert counts == [3, 6]  # no cat among the dogs through the link to the data folder
     assert len(image_files(root / "dog")) == 6  # what `cnnzoo predict` finds in the folder
+
+
+@pytest.mark.parametrize("target", ["data", "above", "part"])
+def test_a_class_folder_linked_to_a_folder_holding_the_data_is_refused(tmp_path, target):
+    """A downloaded set whose class folder is a link to / (or to a folder above the data, or
+    to the data folder itself) read every image on the disk, the other classes' among them,
+    as that class: `cnnzoo data info` on a class folder linked to / listed 6,000 images of
+    the machine's under it. One line says to remove the link."""
+    root = tmp_path / "top" / "data"
+    for i in range(2):
+        _png(root / "cat" / f"{i}.png", 10)
+        _png(root / "dog" / f"{i}.png", 200)
+    if target == "part":  # a class folder of DATA/train/ linked above DATA
+        for cls in ("cat", "dog"):
+            shutil.move(root / cls, root / "val" / cls)
+        (root / "train").mkdir()
+        (root / "train" / "up").symlink_to(tmp_path / "top", target_is_directory=True)
+    else:
+        to = root if target == "data" else tmp_path / "top"
+        (root / "zlink").symlink_to(to, target_is_directory=True)
+    with pytest.raises(DataError, match=r"class folder .* leads to .*, which holds the data "
+                                        r"folder .* itself: .*remove the link"):
+        load_folder(root, ImageSpec(size=6, channels=1), progress=False)
 
 
 def test_a_folder_of_only_unreadable_images_names_its_part_only_where_there_is_one(tmp_path):

@@ -632,6 +632,66 @@ def test_a_checkpoint_of_a_newer_cnnzoo_says_to_upgrade(tmp_path, capsys):
     assert main(["evaluate", str(out / "best.pt")]) == 0
 
 
+@pytest.fixture(scope="module")
+def lenet_run(tmp_path_factory):
+    """A real `cnnzoo train` checkpoint of lenet5 on a tiny folder, for tests that edit it."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("lenet_run")
+    data, out = root / "data", root / "run"
+    for cls, level in (("cat", 50), ("dog", 190)):
+        (data / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.new("L", (12, 12), level + i).save(data / cls / f"{i}.png")
+    assert main(["train", "lenet5", "--data", str(data), "--epochs", "1", "--batch-size", "4",
+                 "--precision", "fp32", "--channels-last", "off", "--no-progress",
+                 "--no-tensorboard", "--out", str(out)]) == 0  # fmt: skip
+    return out / "best.pt", data
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda c: c.update(meta=[1, 2]), "its meta must be a dict, not [1, 2]"),
+    (lambda c: c.update(model=[1]), "its model must be a state_dict"),
+    (lambda c: c.update(precision="bf16"), "its precision must be a dict with dtype bf16 or fp32"),
+    (lambda c: c["meta"].update(img_size="x"), "meta img_size must be a whole number >= 1"),
+    (lambda c: c["meta"].update(img_size=10**9), "meta img_size must be at most 4096"),
+    (lambda c: c["meta"].update(mean="abc"), "meta mean must be a list of numbers"),
+    (lambda c: c["meta"].update(std=[float("nan")]), "meta std must be a list of numbers"),
+    (lambda c: c["meta"].update(model_kwargs=[1]), "meta model_kwargs must be a dict"),
+    (lambda c: c["meta"].update(class_names=[{}, {}]), "meta class_names must be a list of names"),
+    (lambda c: c["meta"].update(model=5), "meta model must be a string"),
+    (lambda c: c["meta"].update(mean=[0.5] * 3), "meta mean must be a list of numbers, one per "
+                                                "channel (1), not [0.5, 0.5, 0.5]"),
+    (lambda c: c["meta"].update(class_names=["cat"]), "meta class_names lists 1 class, its "
+                                                      "num_classes is 2"),
+    # Fits its weights only when built: compared on the meta device, no 10^6-channel conv made.
+    (lambda c: (c["meta"].update(in_chans=10**6), c["meta"].pop("mean"), c["meta"].pop("std")),
+     "does not fit the model its meta describes: 0 missing, 0 unexpected, 1 mis-shaped"),
+])  # fmt: skip
+def test_a_checkpoint_with_a_damaged_meta_is_one_line_everywhere(lenet_run, tmp_path, capsys,
+                                                                 edit, says):  # fmt: skip
+    """A checkpoint from elsewhere (downloaded, sent, edited) is read with weights_only, but
+    its meta was trusted: a list for the meta, a string for the image size or a list for the
+    model options ended in a traceback in evaluate, predict and convert (AttributeError,
+    TypeError, ValueError; an image size of 10^9 a MemoryError; 10^6 input channels
+    load_state_dict's RuntimeError). Each is one line naming the file and the field."""
+    from PIL import Image
+
+    best, data = lenet_run
+    ckpt = torch.load(best, weights_only=True)
+    edit(ckpt)
+    bad = tmp_path / "bad.pt"
+    torch.save(ckpt, bad)
+    img = tmp_path / "x.png"
+    Image.new("L", (12, 12), 90).save(img)
+    for argv in (["evaluate", str(bad), "--data", str(data)],
+                 ["predict", str(img), "--weights", str(bad)],
+                 ["convert", str(bad), str(tmp_path / "w.safetensors")]):  # fmt: skip
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(bad) in err[0] and says in err[0], (argv, err)
+
+
 def test_resume_refuses_another_model_data_or_options_and_warns_of_another_loss(tmp_path,
                                                                                capsys):
     meta = {"model": "tiny", "model_kwargs": {"width": 4}, "dataset": "digits",

@@ -399,6 +399,27 @@ def test_a_pair_folder_named_on_windows_reads_in_any_case(tmp_path):
                               "differ only in case; keep one images/ folder")
 
 
+def test_a_decompression_bomb_among_the_masks_is_a_skip_line(tmp_path, monkeypatch):
+    """Masks and instance ids are read with Image.open for their own values, without
+    load_image's refusals: a mask past twice the pixel limit (a tiny PNG declaring 3.6 Gpx)
+    raised PIL's DecompressionBombError, which is no OSError or ValueError: a traceback
+    before training. It is skipped with one line, as a bomb among the images is."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 16 x 20 = 320 px: past twice that
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    img = np.full((16, 20), 100, dtype=np.uint8)
+    for stem in ("a", "b", "c"):
+        _png(tmp_path / "images" / f"{stem}.png", img[:8, :8])
+        _png(tmp_path / "masks" / f"{stem}.png", np.zeros((8, 8), dtype=np.uint8))
+    _png(tmp_path / "images" / "d.png", img[:8, :8])
+    _png(tmp_path / "masks" / "d.png", np.zeros((16, 20), dtype=np.uint8))
+    lines: list[str] = []
+    pairs = load_mask_pairs(tmp_path, classes=["background", "cell"], report=lines.append)
+    assert pairs.names == ["a", "b", "c"]
+    assert len(lines) == 1 and lines[0].startswith("skipped d: cannot read mask") \
+        and "refused as a decompression bomb" in lines[0], lines  # fmt: skip
+
+
 def test_mask_pairs_report_missing_and_mismatched_pairs_one_line_each(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "masks").mkdir()

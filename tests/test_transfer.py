@@ -1447,6 +1447,12 @@ def test_the_head_line_says_how_the_l2_was_chosen(fmnist):
     (lambda m: m.update(views="2"), "views must be a whole number from 1 to 4"),
     (lambda m: m["head"].update(kind="mlp"), "head.hidden"),
     (lambda m: [1, 2], "must hold a JSON object, not a list"),
+    # Every image is sized to it: 10^9 ended in a MemoryError traceback from PIL's resize.
+    (lambda m: m["preprocessing"].update(crop_size=10**9),
+     "preprocessing.crop_size must be at most 4096"),
+    # The duplicate among 100,000 names: each compared with all before it took minutes.
+    (lambda m: m.update(class_names=[f"c{i}" for i in range(100_000)] + ["c7"]),
+     "class_names lists 'c7' twice"),
 ])  # fmt: skip
 def test_a_damaged_bundle_json_is_one_line_naming_the_field(features_run, folder, tmp_path,
                                                            capsys, edit, field):  # fmt: skip
@@ -1464,6 +1470,43 @@ def test_a_damaged_bundle_json_is_one_line_naming_the_field(features_run, folder
     img = str(next(folder.rglob("*.png")))
     assert main(["predict", img, "--bundle", str(bad)]) == 2
     assert field in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m.update(head={"kind": "mlp", "hidden": 10**9}),
+    lambda m: m.update(model="vgg11", model_kwargs={"width_mult": 1000.0}),
+])
+def test_a_bundle_json_asking_for_a_huge_net_is_refused_before_it_is_built(
+        features_run, folder, tmp_path, capsys, edit):  # fmt: skip
+    """A bundle.json edited (or sent) with an MLP head 10^9 wide, or a VGG 1000 times wider,
+    built the net before comparing it with the weights: the allocator's traceback (2 TB), or
+    all of the machine's memory where it could. It is checked on the meta device first."""
+    import shutil
+
+    _, out = features_run
+    bad = tmp_path / "bundle"
+    shutil.copytree(out / "bundle", bad)
+    meta = json.loads((bad / "bundle.json").read_text())
+    edit(meta)
+    (bad / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(WeightsError, match="does not match"):
+        load_bundle(bad)
+    img = str(next(folder.rglob("*.png")))
+    assert main(["predict", img, "--bundle", str(bad)]) == 2
+    assert "does not match" in _one_line_error(capsys)
+
+
+def test_a_bundle_json_nested_too_deeply_is_one_line(features_run, tmp_path):
+    """json.loads raises RecursionError, not ValueError, on 100,000 nested brackets: that was
+    a traceback."""
+    import shutil
+
+    _, out = features_run
+    bad = tmp_path / "bundle"
+    shutil.copytree(out / "bundle", bad)
+    (bad / "bundle.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(WeightsError, match="is not a valid bundle description"):
+        load_bundle(bad)
 
 
 def test_a_bundle_of_a_newer_cnnzoo_says_to_upgrade_and_keeps_what_it_does_not_know(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import json
 import logging
 import re
 
@@ -57,6 +58,26 @@ def test_pickled_object_is_refused_and_nothing_runs(tmp_path):
     assert marker.exists()
 
 
+def test_a_pickled_payload_in_a_run_checkpoint_is_said_to_be_one(tmp_path, capsys):
+    """evaluate, segment, compare and train --init-from / --resume read checkpoints through
+    load_checkpoint, which refused a payload but said only 'cannot read checkpoint
+    (UnpicklingError): is it a file written by cnnzoo train?': not that it had been sent one.
+    It says what predict --weights says, and the payload still does not run."""
+    from cnnzoo.cli import main
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "best.pt"
+    torch.save({"format": "cnnzoo-checkpoint-1", "model": {"w": torch.zeros(1)},
+                "meta": {"model": "lenet5", "x": _Payload(str(marker))}}, evil)  # fmt: skip
+    for argv in (["evaluate", str(evil)],
+                 ["segment", str(evil), "--checkpoint", str(evil), "--out", str(tmp_path / "o")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and f"{evil}: refused: the file contains pickled Python objects " \
+            "(io.open)" in err, err  # fmt: skip
+    assert not marker.exists()
+
+
 def test_unreadable_files_give_one_line_errors(tmp_path):
     empty = tmp_path / "e.pth"
     empty.touch()
@@ -90,6 +111,50 @@ def test_unreadable_files_give_one_line_errors(tmp_path):
         read_checkpoint(photo)
     with pytest.raises(WeightsError, match="is a folder: give a checkpoint file"):
         read_checkpoint(folder)
+
+
+def test_keras_files_that_reach_outside_themselves_or_unpack_to_gigabytes_are_refused(tmp_path):
+    """h5py follows what an HDF5 file names: a dataset stored in another file had the bytes of
+    that file (a key, /etc/passwd) read as weights, which `cnnzoo convert` then wrote into its
+    output; an external link read another HDF5 file. A dataset declaring 400 MB that stores
+    nothing (a gzip-chunked fill value), and a .keras zip whose model.weights.h5 unpacks 100
+    times larger than stored, were read into memory: MemoryError tracebacks (37 GB, 6 GB), or
+    the machine's memory. Each is refused in one line, as Keras itself refuses them."""
+    import zipfile
+
+    import h5py
+
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"SECRET" * 200)
+
+    def legacy(path, make):  # the Keras 2 layout: layer_names, weight_names
+        with h5py.File(path, "w") as f:
+            f.attrs["layer_names"] = [b"conv1"]
+            g = f.create_group("conv1")
+            g.attrs["weight_names"] = [b"conv1/kernel:0"]
+            make(g)
+        return path
+
+    external = legacy(tmp_path / "external.h5", lambda g: g.create_dataset(
+        "conv1/kernel:0", shape=(3, 3, 3, 16), dtype="f4", external=[(str(secret), 0, 1728)]))
+    bomb = legacy(tmp_path / "bomb.h5", lambda g: g.create_dataset(
+        "conv1/kernel:0", shape=(10_000, 10_000), dtype="f4", chunks=(1000, 1000),
+        compression="gzip"))
+    linked = tmp_path / "linked.h5"
+    with h5py.File(linked, "w") as f:
+        f.attrs["layer_names"] = [b"conv1"]
+        f["conv1"] = h5py.ExternalLink(str(external), "/conv1")
+    archive = tmp_path / "bomb.keras"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("model.weights.h5", bytes(70 << 20))
+    for path, says in ((external, f"dataset conv1/conv1/kernel:0 is stored in other files "
+                                  f"({secret})"),
+                       (linked, f"conv1 is a link to {external}, another file"),
+                       (bomb, "dataset conv1/conv1/kernel:0 unpacks to 400,000,000 bytes "
+                              "from 0 stored, a decompression bomb"),
+                       (archive, "model.weights.h5 unpacks to 73,400,320 bytes")):  # fmt: skip
+        with pytest.raises(WeightsError, match=re.escape(f"{path}: refused: {says}")):
+            read_checkpoint(path)
 
 
 def test_a_bundle_or_a_run_folder_given_as_weights_says_what_to_pass(tmp_path):
@@ -596,6 +661,63 @@ def test_a_train_checkpoint_converts_without_model(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == (
         f"cnnzoo convert: error: {plain} does not say which zoo model it holds: pass --model "
         "NAME (`cnnzoo models` lists them)")
+
+
+_PRE = {"crop_size": 32, "resize_size": 32, "interpolation": "bilinear", "mean": [0.5] * 3,
+        "std": [0.5] * 3, "channels": 3}
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("model_kwargs", "[1, 2]", "its metadata's model_kwargs must be an object"),
+    ("model_kwargs", "{not json", "its metadata's model_kwargs is not JSON"),
+    ("model_kwargs", "[" * 100_000 + "]" * 100_000, "its metadata's model_kwargs is not JSON"),
+    ("preprocessing", "[1]", "its metadata's preprocessing must be an object"),
+    ("preprocessing", json.dumps({**_PRE, "crop_size": 10**9}),
+     "its metadata's preprocessing.crop_size must be at most 4096"),
+    ("preprocessing", json.dumps({**_PRE, "interpolation": "evil"}),
+     "its metadata's preprocessing.interpolation must be one of"),
+    ("class_names", "[1, 2]", "its metadata's class_names must be a list of names"),
+    ("checkpoint_input", "[1]", "its metadata's checkpoint_input must be an object"),
+    ("checkpoint_input", json.dumps({"size": 10**9, "channels": 3, "mean": [0.5] * 3,
+                                     "std": [0.5] * 3}), "checkpoint_input must be an object"),
+])  # fmt: skip
+def test_a_converted_file_with_damaged_metadata_is_one_line(tmp_path, capsys, field, value, says):
+    """The metadata a `cnnzoo convert` output carries (JSON text per field) was trusted: a
+    .safetensors from elsewhere whose model_kwargs was a list or not JSON, or whose
+    preprocessing asked for a 10^9-px input or an unknown interpolation, ended in a
+    traceback (AttributeError, JSONDecodeError, RecursionError, KeyError, MemoryError) in
+    predict or create_model. Each is one line naming the file and the field."""
+    from PIL import Image
+
+    from cnnzoo.cli import main
+    from cnnzoo.weights.files import save_safetensors
+
+    path = tmp_path / "w.safetensors"
+    sd = cnnzoo.create_model("lenet5", num_classes=2).state_dict()
+    save_safetensors(sd, path, {"format": "cnnzoo", "model": "lenet5", field: value})
+    with pytest.raises(WeightsError, match=re.escape(says)):
+        cnnzoo.create_model("lenet5", weights=str(path))
+    img = tmp_path / "x.png"
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(img)
+    assert main(["predict", str(img), "--weights", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(path) in err[0] and says in err[0], err
+
+
+def test_a_file_whose_recorded_options_build_a_huge_net_is_refused_before_it_is_built(tmp_path):
+    """create_pretrained built the net with the options a file records before comparing it
+    with the file: a .safetensors recording residual_net's hidden=10^9 asked the allocator for
+    25 TB (a RuntimeError traceback; a smaller lie, the machine's memory). It is shaped and
+    checked on the meta device first."""
+    from cnnzoo.weights.files import save_safetensors
+
+    path = tmp_path / "w.safetensors"
+    sd = cnnzoo.create_model("residual_net", num_classes=2).state_dict()
+    save_safetensors(sd, path, {"format": "cnnzoo", "model": "residual_net",
+                                "model_kwargs": json.dumps({"hidden": 10**9})})  # fmt: skip
+    with pytest.raises(WeightsError, match=r"does not fit residual_net .*fc1.bias \(128,\) vs "
+                                           r"\(1000000000,\)"):
+        cnnzoo.create_model("residual_net", weights=str(path))
 
 
 def test_timm_vgg_conv_mlp_layout(tmp_path):

@@ -32,6 +32,11 @@ class NewerFormatError(WeightsError):
     fallback (another way of reading it, a 'start again' hint) applies; upgrading does."""
 
 
+class DamagedCheckpointError(WeightsError):
+    """A `cnnzoo train` checkpoint whose description (its meta) is of the wrong kind: read as
+    plain weights instead, it would lose its model, classes and input without a word."""
+
+
 class ImageError(CnnzooError, ValueError):
     """A file that is not a readable image."""
 

@@ -257,14 +257,23 @@ def _same_but_case(name: str, names: Sequence[str]) -> str | None:
     return next((n for n in names if n.casefold() == name.casefold()), None)
 
 
-def _scan_classes(root: Path, ignored: list[Path]) -> dict[str, list[Path]]:
+def _scan_classes(root: Path, ignored: list[Path], data: Path | None = None) -> dict[str, list[Path]]:
     """{class name: image files} for a folder with one sub-folder per class, sorted by name
-    (folders whose names differ only in their Unicode form are one class)."""
+    (folders whose names differ only in their Unicode form are one class). data: the data
+    folder `root` is a part of (DATA for DATA/train), which no class folder may hold."""
     for p in root.iterdir():
         if p.is_file() and _visible(p.name):
             ignored.append(p)
     classes: dict[str, list[Path]] = {}
+    top = os.path.realpath(data or root)
     for d in _subdirs(root):
+        real = os.path.realpath(d)
+        if top == real or top.startswith(real.rstrip(os.sep) + os.sep):
+            # A link to / (or to $HOME, or to DATA) in a downloaded set: `_files_under` follows
+            # it, and read every image on the disk, the other classes' too, as this class.
+            raise DataError(f"class folder {d} leads to {real}, which holds the data folder "
+                            f"{data or root} itself: its images would be every class's, and all "
+                            f"of {real}'s; remove the link")
         classes.setdefault(composed(d.name), []).extend(_files_under(d, ignored))
     return dict(sorted(classes.items()))
 
@@ -525,7 +534,7 @@ def load_folder(
         ignored.extend(p for p in sorted(root.iterdir()) if p.is_file() and _visible(p.name))
     else:
         parts = {"train": root}
-    scans = {part: _scan_classes(folder, ignored) for part, folder in parts.items()}
+    scans = {part: _scan_classes(folder, ignored, root) for part, folder in parts.items()}
     _check_classes(parts["train"], scans["train"], ignored, min_classes)
     _note_nested(parts["train"], scans["train"])
     class_names = list(scans["train"])

@@ -37,6 +37,7 @@ Sizes follow torch: `size` is an int (square, or the shorter side) or `(height, 
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import warnings
 from dataclasses import dataclass
@@ -109,6 +110,8 @@ def load_image(
         raise _fail(path, "no such file") from None
     except OSError as exc:
         raise _fail(path, f"cannot read the file ({exc.strerror or exc})") from None
+    if not _regular(path):
+        raise _fail(path, NOT_A_FILE)
     if size == 0:
         raise _fail(path, "empty file (0 bytes)")
     try:
@@ -155,6 +158,40 @@ def load_image(
         raise _fail(path, f"cannot convert mode {img.mode} ({exc})") from None
 
 
+# A named pipe or a device named like an image (x.png, in a tar from the web): opening a pipe
+# with no writer waits forever, and `cnnzoo train` hung before any work reading its header.
+NOT_A_FILE = "a named pipe or a device, not an image file"
+
+
+def _regular(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` is a regular file (links followed): what may be opened to read an image."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def open_raw(path: str | os.PathLike[str]) -> Image.Image:
+    """`Image.open` for readers that need a file's own mode and values (masks, instance ids),
+    with `load_image`'s refusals: a pipe or device is not opened, and a decompression bomb is
+    an `ImageError` (PIL's own DecompressionBombError is no OSError or ValueError, and ended
+    in a traceback), as is an image over `PIL.Image.MAX_IMAGE_PIXELS`."""
+    if not _regular(path):
+        raise _fail(path, NOT_A_FILE if os.path.exists(path) else "no such file")
+    with _OPEN_LOCK, warnings.catch_warnings():  # see _OPEN_LOCK
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(path)
+        except Image.DecompressionBombError as exc:
+            raise _fail(path, f"refused as a decompression bomb ({exc}); {_BOMB_ADVICE}") from None
+    try:
+        _check_pixels(path, img.size)
+    except ImageError:
+        img.close()
+        raise
+    return img
+
+
 # PIL modes of grey images (`convert_image` turns LA into L on white, 16-bit and float into L).
 GREY_MODES = frozenset({"1", "L", "LA", "I", "F", "I;16", "I;16B", "I;16L", "I;16N"})
 
@@ -163,6 +200,8 @@ def image_header(path: str | os.PathLike[str]) -> tuple[int, int, bool] | None:
     """(width, height, grey) of an image file as `load_image` gives it (EXIF orientation
     applied), read from its header without decoding the pixels; None for a file that does not
     open. Palette images count as colour (their palette is not looked at)."""
+    if not _regular(path):
+        return None
     try:
         with _OPEN_LOCK, warnings.catch_warnings():  # see _OPEN_LOCK
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -178,6 +217,8 @@ def image_header(path: str | os.PathLike[str]) -> tuple[int, int, bool] | None:
 def frame_count(path: str | os.PathLike[str]) -> int:
     """Frames in an image file (a TIFF stack's planes, an animated GIF's frames; 1 for most
     files and for one that does not open): `load_image` decodes only the first."""
+    if not _regular(path):
+        return 1
     try:
         with _OPEN_LOCK, warnings.catch_warnings():  # see _OPEN_LOCK
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -277,9 +277,9 @@ def _lossy_format(path: Path, fmt: str | None) -> str | None:
 
 
 def _read_mask(path: Path) -> np.ndarray:
-    from PIL import Image
+    from .images import open_raw
 
-    with Image.open(path) as im:
+    with open_raw(path) as im:
         lossy = _lossy_format(path, im.format)
         if lossy:
             raise _LossyFile(
@@ -313,9 +313,9 @@ def _read_mask(path: Path) -> np.ndarray:
 
 
 def _read_instances(path: Path) -> np.ndarray:
-    from PIL import Image
+    from .images import open_raw
 
-    with Image.open(path) as im:
+    with open_raw(path) as im:
         lossy = _lossy_format(path, im.format)
         if lossy:
             raise _LossyFile(f"{lossy} instance ids: lossy compression changes them; save a PNG")
@@ -330,15 +330,13 @@ def _read_image(path: Path, channels: int | None = None) -> np.ndarray:
     trained net takes, converted as `cnnzoo segment` converts its files); decoded by
     `images.load_image`, so every mode converts as everywhere else in cnnzoo and a bad file
     fails with one line."""
-    from PIL import Image
-
-    from .images import load_image
+    from .images import load_image, open_raw
 
     if channels is None:
         try:
-            with Image.open(path) as im:
+            with open_raw(path) as im:
                 channels = 1 if im.mode in GREY_MODES else 3
-        except OSError:
+        except (OSError, ValueError):
             channels = 3  # let load_image produce the one-line error
     arr = np.asarray(load_image(path, channels))
     return arr[..., None] if arr.ndim == 2 else arr

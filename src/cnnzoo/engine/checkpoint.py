@@ -9,17 +9,19 @@ new one, never half of one.
 from __future__ import annotations
 
 import os
+import pickle
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from ..errors import TrainingError, WeightsError
+from ..errors import DamagedCheckpointError, TrainingError, WeightsError
 from ..paths import remove_stale_temps, replacing, utf8_path
-from ..weights.files import CHECKPOINT_FORMAT, newer_format
+from ..weights.files import CHECKPOINT_FORMAT, newer_format, pickled_objects
 
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
@@ -56,6 +58,11 @@ def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> dict
         with utf8_path(path) as name:  # mapped tensors stay readable once the name goes
             ckpt = torch.load(name, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file for the user
+        # A pickled payload is said to be one, as predict --weights says it: "cannot read
+        # checkpoint (UnpicklingError)" did not tell a user it had been sent one.
+        if isinstance(exc, pickle.UnpicklingError) and (
+                refusal := pickled_objects(path, exc)) is not None:  # fmt: skip
+            raise refusal from None
         raise WeightsError(f"cannot read checkpoint {path} ({type(exc).__name__}): "
                            "is it a file written by `cnnzoo train`?") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
@@ -66,7 +73,75 @@ def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> dict
                            "best.pt or last.pt; weights files go to `cnnzoo predict --weights` "
                            "and `cnnzoo transfer --weights`")  # fmt: skip
     newer_format(path, ckpt.get("format"), CHECKPOINT_FORMAT, ckpt.get("cnnzoo_version"))
+    check_description(ckpt, path)
     return ckpt
+
+
+def check_description(ckpt: dict[str, Any], path: Path) -> None:
+    """The fields of a checkpoint that rebuild and feed its model, as `cnnzoo train` writes
+    them, or one `DamagedCheckpointError` line naming the file and the first field that is
+    not. A checkpoint from elsewhere (downloaded, sent, edited) with a list for its meta, a
+    string for its image size or a list for its options ended in a traceback deep in
+    evaluate, predict, convert or segment (an image size of 10^9: a MemoryError)."""
+    from ..limits import MAX_INPUT_SIZE
+    from ..models.base import finite_numbers, is_whole
+    from ..text import plural
+
+    def bad(problem: str) -> DamagedCheckpointError:
+        return DamagedCheckpointError(f"{path}: {problem}: the checkpoint is damaged or was not "
+                                      "written by `cnnzoo train`")  # fmt: skip
+
+    state, meta = ckpt["model"], ckpt.get("meta")
+    if not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
+        raise bad("its model must be a state_dict (names -> tensors)")
+    if meta is None:
+        return
+    if not isinstance(meta, dict):
+        raise bad(f"its meta must be a dict, not {meta!r}")
+    if ckpt.get("config") is not None and not isinstance(ckpt["config"], dict):
+        raise bad(f"its config must be a dict, not {ckpt['config']!r}")
+    precision = ckpt.get("precision")
+    if precision is not None and not (  # what `Precision.to_dict` writes
+            isinstance(precision, dict) and precision.get("dtype") in ("bf16", "fp32")
+            and set(precision) <= {"dtype", "channels_last", "source", "speedup"}):  # fmt: skip
+        raise bad(f"its precision must be a dict with dtype bf16 or fp32, not {precision!r}")
+    for key, kind in (("model", str), ("task", str), ("model_kwargs", dict)):
+        if meta.get(key) is not None and not isinstance(meta[key], kind):
+            raise bad(f"meta {key} must be a {'string' if kind is str else 'dict'}, not {meta[key]!r}")
+    for key in ("num_classes", "in_chans", "img_size"):
+        if key in meta and not is_whole(meta[key]):
+            raise bad(f"meta {key} must be a whole number >= 1, not {meta[key]!r}")
+    if meta.get("img_size", 0) > MAX_INPUT_SIZE:  # every image is sized to it
+        raise bad(f"meta img_size must be at most {MAX_INPUT_SIZE}, not {meta['img_size']!r}")
+    for key in ("mean", "std"):
+        if key in meta and not finite_numbers(meta[key], meta.get("in_chans")):
+            raise bad(f"meta {key} must be a list of numbers, one per channel "
+                      f"({meta.get('in_chans', 'in_chans')}), not {meta[key]!r}")
+    names = meta.get("class_names")
+    if names is not None and not (isinstance(names, list)
+                                  and all(isinstance(c, str) for c in names)):  # fmt: skip
+        raise bad(f"meta class_names must be a list of names, not {names!r}")
+    if names and "num_classes" in meta and len(names) != meta["num_classes"]:
+        # A segmentation checkpoint's per-class table ended in zip()'s traceback.
+        raise bad(f"meta class_names lists {plural(len(names), 'class', 'classes')}, its "
+                  f"num_classes is {meta['num_classes']}")
+
+
+def fitted_model(build: Callable[[], nn.Module], state: dict[str, torch.Tensor],
+                 path: str | os.PathLike[str]) -> nn.Module:
+    """`build()` with the checkpoint's `state` loaded, after checking on the meta device that
+    it fits (`weights.adapt.state_mismatch`): a meta edited to 10^6 input channels or a
+    1000-times wider net asked the allocator for terabytes, and one that merely did not fit
+    its weights ended in load_state_dict's traceback."""
+    from ..weights.adapt import state_mismatch
+
+    with torch.device("meta"):
+        skeleton = build()
+    if (mismatch := state_mismatch(skeleton, state)) is not None:
+        raise WeightsError(f"{path} does not fit the model its meta describes: {mismatch}")
+    model = build()
+    model.load_state_dict(state)
+    return model
 
 
 def folder_given(path: Path, otherwise: str = " (a run's best.pt or last.pt)") -> str:

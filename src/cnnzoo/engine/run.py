@@ -22,9 +22,9 @@ from ..data.augment import FLIPPING
 from ..data.builtin import builtin_name, own_channels
 from ..data.folder import ImagesSeen, seen_images
 from ..data.loader import BatchLoader
-from ..errors import DataError, NewerFormatError, UsageError, WeightsError
+from ..errors import DamagedCheckpointError, DataError, NewerFormatError, UsageError, WeightsError
 from ..paths import check_outside, run_data, same_source, transfer_bundle
-from .checkpoint import caller_rng_kept, load_checkpoint
+from .checkpoint import caller_rng_kept, fitted_model, load_checkpoint
 from .distributed import DistContext
 from .grow import grow_from
 from .loop import FitResult, TrainConfig, Trainer, check_out_dir
@@ -478,9 +478,10 @@ def model_from_checkpoint(
         raise WeightsError(f"{path} is a segmentation checkpoint ({meta['model']}): segment "
                            "images with cnnzoo segment IMAGE --checkpoint FILE; score it on "
                            "image/mask pairs with cnnzoo evaluate FILE --data DIR")  # fmt: skip
-    model = create_model(meta["model"], num_classes=meta["num_classes"],
-                         in_chans=meta["in_chans"], **meta.get("model_kwargs", {}))
-    model.load_state_dict(ckpt["model"])
+    model = fitted_model(lambda: create_model(meta["model"], num_classes=meta["num_classes"],
+                                              in_chans=meta["in_chans"],
+                                              **meta.get("model_kwargs") or {}),
+                         ckpt["model"], path)  # fmt: skip
     warn_non_finite(ckpt["model"], path)
     return model.eval(), meta
 
@@ -500,8 +501,8 @@ def training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         # Mapped, not read: a torchvision .pth of 500 MB took 0.32 s to be read here only to be
         # told apart, before the weights loader read it again.
         ckpt = load_checkpoint(p, mmap=True)
-    except NewerFormatError:
-        raise  # ours, from a newer cnnzoo: read as plain weights it lost its model and classes
+    except (NewerFormatError, DamagedCheckpointError):
+        raise  # ours (newer, or damaged): read as plain weights it lost its model and classes
     except WeightsError:
         return None  # not one of ours (or a legacy-format file): the weights loader reads it
     meta = ckpt.get("meta")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Sequence
 from dataclasses import replace
@@ -171,6 +172,14 @@ def is_whole(value: object, low: int = 1) -> bool:
     """An int (not a bool: True is an int to isinstance) >= low: what a count or a size given
     in code, on the command line or in a JSON file must be."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def finite_numbers(value: object, n: int | None = None) -> bool:
+    """A list of finite ints or floats (not bools), of `n` of them when given, else of one or
+    more: what a mean or std read from a file must be."""
+    return (isinstance(value, list) and (len(value) == n if n is not None else bool(value))
+            and all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                    for v in value))  # fmt: skip
 
 
 def new_head(num_features: int, num_classes: int) -> nn.Module:

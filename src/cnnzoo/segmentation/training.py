@@ -362,7 +362,7 @@ def load_segmenter(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """(model in eval mode, meta) from a checkpoint written by a segmentation run (`ckpt`: the
     file already loaded)."""
-    from ..engine.checkpoint import load_checkpoint
+    from ..engine.checkpoint import fitted_model, load_checkpoint
     from ..errors import WeightsError
     from ..models import create_model
     from ..weights.adapt import warn_non_finite
@@ -375,13 +375,10 @@ def load_segmenter(
             "`cnnzoo train unet --task segmentation`."
         )
     kwargs = dict(meta.get("model_kwargs") or {})
-    model = create_model(meta.get("model", "unet"), num_classes=meta["num_classes"],
-                         in_chans=meta["in_chans"], **kwargs)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise WeightsError(f"{checkpoint} does not fit the model it names ({first})") from None
+    model = fitted_model(lambda: create_model(meta.get("model", "unet"),
+                                              num_classes=meta["num_classes"],
+                                              in_chans=meta["in_chans"], **kwargs),
+                         ckpt["model"], checkpoint)  # fmt: skip
     warn_non_finite(ckpt["model"], checkpoint)
     return model.eval(), meta
 

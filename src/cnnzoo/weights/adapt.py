@@ -201,6 +201,26 @@ def check_fit(sd: dict[str, Tensor], model: nn.Module) -> tuple[list[str], list[
     return missing, unexpected, conflicts
 
 
+def state_mismatch(model: nn.Module, state: dict[str, Tensor]) -> str | None:
+    """How a state_dict read from a file does not fit `model` exactly ('2 missing, 1
+    unexpected, 1 mis-shaped tensors, e.g. ...'), or None. Meant for a `model` built on the
+    meta device (`with torch.device("meta")`): the file's description (a bundle.json, a
+    checkpoint's meta) is checked against its weights before the net takes any memory, so a
+    description edited to a 10^9-wide layer is this line, not terabytes asked of the
+    allocator."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and state[k].shape != v.shape]  # fmt: skip
+    if not (missing or unexpected or shapes):
+        return None
+    what = shapes[:2] or [f"missing {k}" for k in missing[:2]] or [
+        f"unexpected {k}" for k in unexpected[:2]]  # fmt: skip
+    return (f"{len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} mis-shaped "
+            f"tensors, e.g. {'; '.join(what)}")
+
+
 def non_finite_note(sd: dict[str, Tensor]) -> str | None:
     """A note naming the tensors that hold NaN or infinity, or None: such a file (a diverged
     run's, or damaged) loads without complaint but makes every prediction NaN (NaN weights) or

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import pickle
 import re
@@ -118,8 +119,51 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             # in bundle.json: as a model's weights it would only fail to fit, naming 500 keys.
             raise WeightsError(f"{p} is the weights file of a transfer bundle: "
                                + _use_bundle(p.parent))
-        return checkpoint
-    return _read_torch(p)
+    else:
+        checkpoint = _read_torch(p)
+    check_stored(checkpoint.metadata, p)
+    return checkpoint
+
+
+def check_stored(metadata: Mapping[str, str], path: object) -> None:
+    """The description a `cnnzoo convert` output carries in its metadata (or `training_metadata`
+    gives a `cnnzoo train` checkpoint), each field JSON text, as `convert_file` writes it; or
+    one `WeightsError` line naming the file and the field. A .safetensors from elsewhere whose
+    model_kwargs was a list, or whose preprocessing was not JSON, or asked for a 10^9-px
+    input, ended in a traceback (a MemoryError) when it was loaded or used."""
+    from ..limits import MAX_INPUT_SIZE
+    from ..models.base import finite_numbers, is_whole
+    from .preprocess import preprocessing_problem
+
+    if metadata.get("format") != "cnnzoo":
+        return
+
+    def bad(problem: str) -> WeightsError:
+        return WeightsError(f"{path}: its metadata's {problem}: the file is damaged or was not "
+                            "written by cnnzoo convert; convert the original checkpoint again")
+
+    fields: dict[str, Any] = {}
+    for key in ("model_kwargs", "preprocessing", "class_names", "checkpoint_input"):
+        if key in metadata:
+            try:
+                fields[key] = json.loads(metadata[key])
+            except (ValueError, TypeError, RecursionError):
+                raise bad(f"{key} is not JSON") from None
+    if not isinstance(fields.get("model_kwargs", {}), dict):
+        raise bad(f"model_kwargs must be an object, not {metadata['model_kwargs']!r}")
+    if "preprocessing" in fields and (problem := preprocessing_problem(fields["preprocessing"])):
+        raise bad(problem)
+    names = fields.get("class_names")
+    if names is not None and not (isinstance(names, list)
+                                  and all(isinstance(c, str) for c in names)):  # fmt: skip
+        raise bad(f"class_names must be a list of names, not {metadata['class_names']!r}")
+    given = fields.get("checkpoint_input", {})
+    if not (isinstance(given, dict) and set(given) <= {"size", "channels", "mean", "std"}
+            and all(is_whole(given.get(k, 1)) for k in ("size", "channels"))
+            and given.get("size", 1) <= MAX_INPUT_SIZE
+            and all(finite_numbers(given.get(k, [0])) for k in ("mean", "std"))):  # fmt: skip
+        raise bad(f"checkpoint_input must be an object of size (at most {MAX_INPUT_SIZE}), "
+                  f"channels, mean and std, not {metadata['checkpoint_input']!r}")
 
 
 def _use_bundle(folder: Path) -> str:
@@ -156,17 +200,9 @@ def _read_torch(p: Path) -> Checkpoint:
             with open(p, "rb") as fh:
                 obj = torch.load(fh, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        # weights_only's unpickler stops at the first global it does not allow-list, before
-        # calling it: the file's code never runs.
+        if (refusal := pickled_objects(p, exc)) is not None:
+            raise refusal from None
         text = str(exc)
-        found = re.search(r"GLOBAL ([\w.]+)", text)
-        if found or "Unsupported global" in text:
-            what = f" ({found.group(1)})" if found else ""
-            raise WeightsError(
-                f"{p}: refused: the file contains pickled Python objects{what}, and loading them "
-                "could run arbitrary code; cnnzoo reads tensors only -- re-save it with "
-                "torch.save(model.state_dict(), path) or as .safetensors"
-            ) from None
         # Anything else the safe unpickler cannot parse: not a PyTorch file at all (an image, a
         # text file), or a pickle written by something other than torch.save.
         detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
@@ -188,6 +224,22 @@ def _read_torch(p: Path) -> Checkpoint:
         newer_format(p, obj.get("format"), CHECKPOINT_FORMAT, obj.get("cnnzoo_version"))
     return Checkpoint(path=str(p), format="torch", tensors=state_dict_tensors(obj, str(p)),
                       metadata=training_metadata(obj))
+
+
+def pickled_objects(p: object, exc: pickle.UnpicklingError) -> WeightsError | None:
+    """The error that refuses a file holding pickled Python objects, from torch.load's
+    weights_only failure `exc`; None when `exc` is another unpickling failure. weights_only's
+    unpickler stops at the first global it does not allow-list, before calling it: the
+    file's code never runs."""
+    text = str(exc)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if not (found or "Unsupported global" in text):
+        return None
+    what = f" ({found.group(1)})" if found else ""
+    return WeightsError(f"{p}: refused: the file contains pickled Python objects{what}, and "
+                        "loading them could run arbitrary code; cnnzoo reads tensors only -- "
+                        "re-save it with torch.save(model.state_dict(), path) or as "
+                        ".safetensors")  # fmt: skip
 
 
 def training_metadata(obj: Any) -> dict[str, str]:
@@ -309,6 +361,7 @@ def _read_keras(p: Path) -> Checkpoint:
         source = _keras_archive_weights(p)
     try:
         with h5py.File(source, "r") as f:
+            _refuse_unsafe_h5(f, p)
             if "layers" in f and isinstance(f["layers"], h5py.Group) and "layer_names" not in f.attrs:
                 layers = _keras3_layers(f["layers"])
             else:
@@ -324,11 +377,57 @@ def _read_keras(p: Path) -> Checkpoint:
     return Checkpoint(path=str(p), format="keras", keras_layers=layers)
 
 
+# Keras's own guards (keras.src.saving.saving_lib) against archives and HDF5 files that store
+# next to nothing yet unpack into gigabytes: Keras stores its members uncompressed and weights
+# do not compress, so a zip member or a dataset more than 100 (zip) or 1000 (HDF5) times
+# larger unpacked than stored is a bomb once it passes this size (a .keras file of 28 MB held
+# 6 GB of zeros: read into memory, a MemoryError traceback, or the machine's memory).
+BOMB_FLOOR_BYTES = 64 << 20
+
+
+def _refuse_unsafe_h5(f: Any, p: Path) -> None:
+    """One `WeightsError` line for an HDF5 file that reaches outside itself (an external link,
+    a dataset stored in another file or a virtual one mapping other files: h5py read the
+    bytes of any file the HDF5 named, /etc/passwd or a key, as weights, which `cnnzoo convert`
+    then wrote into its output) or that holds a dataset unpacking to far more than it stores."""
+    import h5py
+
+    itself = "; a weights file must hold its arrays itself"
+    # The visitors return what is wrong, which ends the visit (raising inside one is a
+    # SystemError from h5py's lock).
+    def link(name: str, found: Any) -> str | None:
+        if isinstance(found, h5py.ExternalLink):
+            return f"{name} is a link to {found.filename}, another file{itself}"
+        return None
+
+    def dataset(name: str, obj: Any) -> str | None:
+        if not isinstance(obj, h5py.Dataset):
+            return None
+        if obj.external or obj.is_virtual:
+            return (f"dataset {name} is stored in other files "
+                    f"({'virtual' if obj.is_virtual else obj.external[0][0]}){itself}")  # fmt: skip
+        declared = math.prod(obj.shape or ()) * obj.dtype.itemsize
+        stored = obj.id.get_storage_size()
+        if declared > BOMB_FLOOR_BYTES and declared > 1000 * stored:
+            return (f"dataset {name} unpacks to {declared:,} bytes from {stored:,} stored, a "
+                    "decompression bomb, not weights")
+        return None
+
+    problem = f.visititems_links(link) or f.visititems(dataset)
+    if problem:
+        raise WeightsError(f"{p}: refused: {problem}")
+
+
 def _keras_archive_weights(p: Path) -> io.BytesIO:
     """The weights of a Keras 3 `.keras` archive (`model.save`): a zip holding the model's
     config and `model.weights.h5`, the `.weights.h5` layout; read from memory."""
     try:
         with zipfile.ZipFile(p) as z:
+            info = z.getinfo("model.weights.h5")
+            if info.file_size > BOMB_FLOOR_BYTES and info.file_size > 100 * info.compress_size:
+                raise WeightsError(f"{p}: refused: model.weights.h5 unpacks to "
+                                   f"{info.file_size:,} bytes from {info.compress_size:,} "
+                                   "stored, a decompression bomb, not weights")
             return io.BytesIO(z.read("model.weights.h5"))
     except (zipfile.BadZipFile, KeyError, OSError) as exc:
         raise WeightsError(f"{p}: not a readable .keras archive ({exc}); save the weights "

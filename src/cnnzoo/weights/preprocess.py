@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import get_args
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..data.images import (
+    Interpolation,
     array_to_uint8,
     convert_image,
     fit_image,
@@ -25,7 +27,43 @@ from ..data.images import (
     load_image,
     to_tensor_uint8,
 )
-from ..models.base import stats_for_channels
+from ..limits import MAX_INPUT_SIZE
+from ..models.base import finite_numbers, is_whole, stats_for_channels
+from ..text import plural
+
+
+def preprocessing_problem(pre: object) -> str | None:
+    """What is wrong with a preprocessing read from a file (a bundle.json's, the metadata of
+    a `cnnzoo convert` output) for `Preprocessing.from_dict` to use it, in one phrase naming
+    the field ('preprocessing.std must be > 0 ...'), or None. Such a file edited or damaged
+    otherwise ended in a traceback deep in decoding (a crop_size of 10^9: a MemoryError), or
+    predicted nan (std 0)."""
+    if not isinstance(pre, dict):
+        return "preprocessing must be an object (crop_size, resize_size, mean, std, ...)"
+    for key in ("crop_size", "resize_size"):
+        if not is_whole(pre.get(key)):
+            return f"preprocessing.{key} must be a whole number >= 1, not {pre.get(key)!r}"
+    if pre["crop_size"] > MAX_INPUT_SIZE:  # every image is sized to it
+        return (f"preprocessing.crop_size must be at most {MAX_INPUT_SIZE} (the largest input "
+                f"a net takes here), not {pre['crop_size']!r}")
+    interpolations = get_args(Interpolation)
+    if pre.get("interpolation", "bilinear") not in interpolations:
+        return (f"preprocessing.interpolation must be one of {', '.join(interpolations)}, "
+                f"not {pre.get('interpolation')!r}")  # fmt: skip
+    if pre.get("fit", "crop") not in ("crop", "resize"):
+        return f"preprocessing.fit must be 'crop' or 'resize', not {pre.get('fit')!r}"
+    mean = pre.get("mean")
+    channels = pre.get("channels", len(mean) if isinstance(mean, list) else None)
+    if not is_whole(channels):
+        return f"preprocessing.channels must be a whole number >= 1, not {channels!r}"
+    for key in ("mean", "std"):
+        if not finite_numbers(pre.get(key), channels):
+            return (f"preprocessing.{key} must be {plural(channels, 'number')}, one per "
+                    f"channel, not {pre.get(key)!r}")  # fmt: skip
+    if not all(v > 0 for v in pre["std"]):
+        return f"preprocessing.std must be > 0 (it divides), not {pre['std']!r}"
+    return None
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
