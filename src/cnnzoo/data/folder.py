@@ -40,7 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import DataError, ImageError
-from ..text import plural, some
+from ..text import plural, shown, some
 from .dataset import ImageDataset, Splits
 from .images import IMAGE_EXTENSIONS, ImageSpec, image_header, write_png
 
@@ -340,7 +340,7 @@ def _note_nested(root: Path, classes: dict[str, list[Path]]) -> None:
         inner[name] = sorted(subs)
     if max(len(subs) for subs in inner.values()) < 2:
         return
-    where = "; ".join(f"{name}/: {some(subs)}" for name, subs in list(inner.items())[:2])
+    where = "; ".join(f"{shown(name)}/: {some(subs)}" for name, subs in list(inner.items())[:2])
     if len(inner) > 2:
         where += "; ..."
     if {n.lower() for subs in inner.values() for n in subs} <= set(_SPLIT_NAMES):
@@ -491,7 +491,7 @@ def _build(
 
 def _report(skipped: list[str], ignored: list[Path], total: int, grouped: int = 0) -> None:
     for message in skipped:
-        log.warning("skipped %s", message)
+        log.warning("skipped %s", shown(message))  # one line, whatever the file is named
     if skipped:
         log.warning("skipped %d of %d images (each named above, with why)",
                     len(skipped) + grouped, total)  # fmt: skip

@@ -35,7 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import DataError
-from ..text import plural, some
+from ..text import plural, shown, some
 from .folder import composed, manifest_path, user_text
 from .images import GREY_MODES, IMAGE_EXTENSIONS
 
@@ -49,7 +49,7 @@ _RARE_SHARE = 1e-3
 
 
 def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr)
+    print(shown(msg), file=sys.stderr)  # a skip line names a file: one line, whatever its name
 
 
 @dataclass
