@@ -36,7 +36,7 @@ from scipy import ndimage
 
 from ..errors import DataError
 from ..text import plural, shown, some
-from .folder import composed, manifest_path, user_text
+from .folder import composed, manifest_path, refuse_control, user_text
 from .images import GREY_MODES, IMAGE_EXTENSIONS
 
 IGNORE_INDEX = 255
@@ -415,6 +415,8 @@ def load_mask_pairs(
         )
     if classes is None:
         classes = classes_file(root)
+        if classes is not None:
+            refuse_control(classes, f"in {root / 'classes.txt'}", "class", "fix its line")
     if classes is not None and len(classes) < 2:  # before reading every file for nothing
         raise DataError("segmentation needs at least two classes (e.g. --classes background,cell).")
 
