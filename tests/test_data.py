@@ -1411,3 +1411,39 @@ def test_a_segmentation_folder_is_not_read_as_classes(tmp_path):
     with pytest.raises(DataError, match=r"pairs.csv lists image/mask pairs for segmentation .*: "
                        r"train a U-Net on it \(cnnzoo train unet --data .*pairs.csv\)"):
         load_dataset(tmp_path / "pairs.csv")
+
+
+def test_class_names_with_control_characters_are_refused_and_skip_lines_escaped(tmp_path,
+                                                                                caplog, capsys):
+    """A class folder named 'e\\x1b[2J...' (a downloaded set's, or a '\\r' from a list written
+    on Windows) trained and went into every checkpoint, bundle and report, and printing it
+    cleared the screen: it is refused in one line that shows it escaped, as is such a manifest
+    label. A file with a newline in its name is no class: its skip line is one line."""
+    evil = "e\x1b[2Jvil"
+    for cls, value in (("cat", 10), (evil, 200)):
+        for i in range(2):
+            _png(tmp_path / "d" / cls / f"{i}.png", value)
+    assert main(["data", "info", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"cnnzoo data info: error: class folder 'e\\x1b[2Jvil' in {tmp_path / 'd'} "
+                   "holds a control character: rename the folder\n")
+    rows = [f"d/cat/{i}.png,cat" for i in range(2)]
+    rows += [f'd/{evil}/{i}.png,"dog\rx"' for i in range(2)]  # a trailing '\r' is stripped
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n", newline="")
+    with pytest.raises(DataError, match=r"^label 'dog\\rx' of .*m\.csv holds a control "):
+        load_csv(tmp_path / "m.csv", progress=False)
+    from cnnzoo.data.masks import load_mask_pairs
+
+    _png(tmp_path / "s" / "images" / "a.png", 0)
+    _png(tmp_path / "s" / "masks" / "a.png", 0)
+    (tmp_path / "s" / "classes.txt").write_text(f"background\n{evil}\n")  # a U-Net's classes
+    with pytest.raises(DataError, match=r"^class 'e\\x1b\[2Jvil' in .*classes\.txt holds a "):
+        load_mask_pairs(tmp_path / "s")
+    os.rename(tmp_path / "d" / evil, tmp_path / "d" / "dog")
+    (tmp_path / "d" / "dog" / "x\nPrediction: cat.png").write_bytes(b"not an image")
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        splits = load_folder(tmp_path / "d", val_fraction=0.5, progress=False)
+    assert splits.class_names == ["cat", "dog"] and "\n" in splits.skipped[0]  # kept as it is
+    assert [r.getMessage() for r in caplog.records][0] == \
+        f"skipped {tmp_path / 'd' / 'dog'}/x\\nPrediction: cat.png: not an image (PIL does " \
+        "not recognise the format)"

@@ -130,6 +130,27 @@ def test_classification_task_against_hand_computed_values(tmp_path):
 
 
 
+def test_class_names_with_control_characters_print_escaped_and_are_kept_in_files(tmp_path):
+    """A checkpoint's class named '\x1b[2J' cleared the screen in `cnnzoo evaluate`'s and
+    train's per-class table, and one named 'a\nb' split its row in two. The table shows them
+    escaped (`text.shown`); per_class.csv keeps the real names, the csv module quoting them."""
+    import csv
+
+    from cnnzoo.engine.report import per_class_table, write_per_class_csv
+    from cnnzoo.engine.task import ClassificationAccumulator
+    from cnnzoo.text import shown
+
+    assert shown("e\x1b[2J\r\t\x7f\x9b\u2028caf\udce9 Würfel") == \
+        "e\\x1b[2J\\r\\t\\x7f\\x9b\\u2028caf\udce9 Würfel"  # surrogates stay bytes
+    acc = ClassificationAccumulator(2)
+    acc.confusion[0, 0] = acc.confusion[1, 1] = 1
+    names = ["e\x1b[2Jvil", "a\nb"]
+    assert per_class_table(acc, names)[1:3] == ["e\\x1b[2Jvil      1.000   1.000        1",
+                                                 "a\\nb             1.000   1.000        1"]
+    rows = list(csv.reader(write_per_class_csv(acc, names, tmp_path / "pc.csv").open()))
+    assert [r[0] for r in rows[1:]] == names
+
+
 def test_a_locale_that_is_not_utf8_writes_and_prints_every_class_name(tmp_path):
     """Under an ASCII or Latin-1 locale without Python's UTF-8 mode (PYTHONUTF8=0 LC_ALL=C
     here), `cnnzoo train` on a class named 'Würfel' ended in a UnicodeEncodeError traceback

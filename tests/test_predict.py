@@ -473,3 +473,46 @@ def test_a_file_named_twice_is_read_once(tmp_path):
         Image.new("L", (4, 4)).save(tmp_path / name)
     got = expand_paths([tmp_path, tmp_path / "b.png", str(tmp_path / "." / "a.png")])
     assert [p.name for p in got] == ["a.png", "b.png"]
+
+
+def test_names_with_control_characters_print_escaped_on_one_line(tmp_path, capsys):
+    """A checkpoint (or bundle) whose class names hold '\\x1b[2J' cleared the user's screen when
+    predict printed them, and a file named 'a\\nPrediction: cat ...\\n.png' forged result lines.
+    Text output shows each control character escaped, one line per name; --json keeps the
+    real names (JSON escapes them itself)."""
+    from cnnzoo.engine.checkpoint import atomic_save
+
+    data = tmp_path / "data"
+    for cls, value in (("cat", 10), ("dog", 200)):
+        (data / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.new("L", (32, 32), value + i).save(data / cls / f"{i}.png")
+    run = tmp_path / "run"
+    assert main(["train", "lenet5", "--data", str(data), "--epochs", "1", "--precision", "fp32",
+                 "--channels-last", "off", "--no-progress", "--no-tensorboard",
+                 "--out", str(run)]) == 0
+    evil = "e\x1b[2J\x1b]0;pwned\x07vil"
+    ckpt = torch.load(run / "best.pt", weights_only=True)
+    ckpt["meta"]["class_names"] = [evil, "new\nline"]
+    atomic_save(ckpt, run / "best.pt")
+    forged = "a\nPrediction: cat  Probability: [1.0]\n.png"
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    Image.new("L", (32, 32), 10).save(pics / forged, format="PNG")
+    (pics / "bad\x1b[31m.png").write_bytes(b"not an image")
+    capsys.readouterr()
+    assert main(["predict", str(pics), "--weights", str(run / "best.pt"), "--top", "2"]) == 1
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0] == str(pics).replace("\n", "\\n") + "/a\\nPrediction: cat  Probability: " \
+        "[1.0]\\n.png" and len(lines) == 3  # the file's line and its top 2, nothing forged
+    assert sorted(line.split(": ")[0].split(". ")[1] for line in lines[1:]) == \
+        ["e\\x1b[2J\\x1b]0;pwned\\x07vil", "new\\nline"]
+    assert "\x1b" not in captured.out + captured.err
+    assert captured.err.count("\n") == 1 and "bad\\x1b[31m.png: not an image" in captured.err
+    assert main(["predict", str(pics), "--weights", str(run / "best.pt"), "--top", "2",
+                 "--json"]) == 1
+    got = json.loads(capsys.readouterr().out)
+    assert [os.path.basename(r["image"]) for r in got] == ["a\nPrediction: cat  Probability: "
+                                                           "[1.0]\n.png", "bad\x1b[31m.png"]
+    assert {p["class"] for p in got[0]["predictions"]} == {evil, "new\nline"}

@@ -17,6 +17,7 @@ import typing
 from pathlib import Path
 
 from .errors import CnnzooError
+from .text import shown
 
 # name -> one-line help. Modules are imported only to build their own parser.
 COMMANDS: dict[str, str] = {
@@ -140,7 +141,8 @@ def _main(argv: list[str] | None) -> int:
               file=sys.stderr)
         return 128 + signal.SIGTERM
     except CnnzooError as exc:
-        print(f"cnnzoo {command}: error: {exc}", file=sys.stderr)
+        # One line, whatever the names in it hold (a class or file name with '\n' or '\x1b[2J')
+        print(f"cnnzoo {command}: error: {shown(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         # On a line of its own: a progress bar may hold the cursor.
@@ -158,7 +160,7 @@ def _main(argv: list[str] | None) -> int:
         # Anything else is a bug and keeps its traceback.
         if exc.errno not in _TODO:
             raise
-        where = f"{exc.filename}: " if exc.filename else ""
+        where = f"{shown(exc.filename)}: " if exc.filename else ""
         print(f"cnnzoo {command}: error: {where}{exc.strerror}: {_TODO[exc.errno]}"
               f"{_resume_hint(args, started)}", file=sys.stderr)
         return 2

@@ -1,6 +1,23 @@
 """Wording that messages share (kept free of heavy imports, as limits.py)."""
 
+import re
 from collections.abc import Sequence
+
+# C0 and C1 control characters, DEL, and the Unicode line and paragraph separators: no name
+# (class, file, folder) legitimately holds one, and printed raw they act on the terminal
+# ('\x1b[2J' clears the screen, '\x1b]0;...' retitles the window) or break the
+# one-line-per-result text that scripts read ('\n', '\r': a file named
+# 'a\nPrediction: cat\n.png' forged a result line).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def shown(name: object) -> str:
+    """`name` (a class name, a path, an error message) for text output: each control character
+    as the escape Python writes for it ('\\x1b', '\\n', '\\t'), as `ls -b` shows it, so a name
+    prints as one line that does nothing to the terminal. Everything else is kept, non-UTF-8
+    bytes of a file name too (cli._printable_stdout prints them as they are). For text only:
+    --json output and the files cnnzoo writes keep the real name (both escape it their way)."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(name))
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:
@@ -9,7 +26,7 @@ def plural(n: int, word: str, many: str | None = None) -> str:
     return f"{n} {word if n == 1 else many or word + 's'}"
 
 
-def some(names: Sequence[str], limit: int = 3) -> str:
+def some(names: Sequence[object], limit: int = 3) -> str:
     """The first `limit` names, comma-separated, with ', ...' when there are more: a line that
-    names 60 classes of long folder names ran to thousands of characters."""
-    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+    names 60 classes of long folder names ran to thousands of characters. Each `shown`."""
+    return ", ".join(shown(n) for n in names[:limit]) + (", ..." if len(names) > limit else "")

@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..text import shown
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN",
@@ -29,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         from .evaluate import check_picture_path
 
         check_picture_path(args.plot, "--plot")
-    runs = summarize_runs(args.runs, skip=lambda line: print(line, file=sys.stderr))
+    runs = summarize_runs(args.runs, skip=lambda line: print(shown(line), file=sys.stderr))
     diffs = differences(runs)
     if args.plot:
         from ..engine.report import plot_runs
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     m = runs[0].metric
     head = ["run", "model", "params", "MMACs", "input", "epochs", "train s", "img/s",
             "train loss", f"train {m}", f"val {m}", f"best val {m}"]  # fmt: skip
-    rows = [[r.label, r.name, f"{r.params:,}", _num(r.macs and r.macs / 1e6, ".2f"), r.input,
+    rows = [[shown(r.label), shown(r.name), f"{r.params:,}", _num(r.macs and r.macs / 1e6, ".2f"), r.input,
              str(r.epochs) if r.epochs >= r.planned else f"{r.epochs}/{r.planned}",
              f"{r.train_seconds:.1f}", _num(r.images_per_s, ".0f"),
              _num(r.train_loss, ".4f"), _num(r.train_metric, ".4f"),
@@ -63,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         print("besides the model, these runs differ in (so the table compares more than the "
               "nets):")
         for line in diffs:
-            print(f"  {line}")
+            print(f"  {shown(line)}")
     elif len(runs) > 1:  # (one run is compared with nothing)
         print("same data, validation images, input and training recipe: the nets are what "
               "differs")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..text import plural
+from ..text import plural, shown
 from .argtypes import COUNT, FRACTION, IMG_SIZE, SEED
 
 
@@ -104,9 +104,10 @@ def _info(args: argparse.Namespace) -> int:
                           "images": {name: len(ds) for name, ds in parts},
                           "shape": [int(c), int(h), int(w)], "skipped": n}))
         return 0
-    width = max(len("class"), *(len(c) for c in splits.class_names))
+    names = [shown(c) for c in splits.class_names]
+    width = max(len("class"), *(len(c) for c in names))
     print(f"{'class':<{width}}" + "".join(f"{name:>8}" for name, _ in parts))
-    for k, cls in enumerate(splits.class_names):
+    for k, cls in enumerate(names):
         print(f"{cls:<{width}}" + "".join(f"{counts[name][k]:>8}" for name, _ in parts))
     print(f"{'total':<{width}}" + "".join(f"{len(ds):>8}" for _, ds in parts))
     print(f"\n{splits.num_classes} classes, images {c}x{h}x{w}; {plural(n, 'file')} "

@@ -8,7 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..text import plural
+from ..text import plural, shown
 from .argtypes import COUNT, add_threads_argument
 from .segment import add_tiling_arguments
 from .train import add_tta_argument
@@ -135,11 +135,11 @@ def run(args: argparse.Namespace) -> int:
     # Top-5 of 5 classes or fewer is 1 by definition: not worth a column.
     top5 = f"  top-5 {metrics['top5']:.4f}" if len(names) > 5 else ""
     print(f"{plural(n, 'image')}: accuracy {metrics['acc']:.4f}{top5}  loss {metrics['loss']:.4f}")
-    width = max(5, *(len(c) for c in names))
+    width = max(5, *(len(shown(c)) for c in names))
     print("confusion matrix (rows: true class, columns: predicted)")
     print(" " * width + " " + " ".join(f"{i:>5d}" for i in range(len(names))))
     for i, (name, row) in enumerate(zip(names, acc.confusion.tolist(), strict=True)):
-        print(f"{name:>{width}} " + " ".join(f"{v:>5d}" for v in row) + f"   ({i})")
+        print(f"{shown(name):>{width}} " + " ".join(f"{v:>5d}" for v in row) + f"   ({i})")
     print("\n".join(per_class_table(acc, names)))
     return 0
 
@@ -182,7 +182,7 @@ def run_segmentation(args: argparse.Namespace) -> int:
                             tile=args.tile or 512, margin=args.margin,
                             batch_size=args.batch_size or 4, progress=True)  # fmt: skip
     for line in ev.notes:
-        print(line, file=sys.stderr)
+        print(shown(line), file=sys.stderr)
     acc, m, names = ev.accumulator, ev.metrics, ev.class_names
     if args.confusion:
         Path(args.confusion).parent.mkdir(parents=True, exist_ok=True)
@@ -195,14 +195,14 @@ def run_segmentation(args: argparse.Namespace) -> int:
     pixels = int(acc.confusion.sum())
     ignored = f", {ev.ignored:,} ignored (255)" if ev.ignored else ""
     geo = ev.geometry
-    print(f"{ev.source}, {which}: {plural(len(ev.names), 'image')}, {pixels:,} pixels scored"
+    print(f"{shown(ev.source)}, {which}: {plural(len(ev.names), 'image')}, {pixels:,} pixels scored"
           f"{ignored}; overlap-tile prediction, {geo.in_size}-px tiles with {geo.margin} px of "
           "context")
-    width = max(10, *(len(c) for c in names))
+    width = max(10, *(len(shown(c)) for c in names))
     support = acc.confusion.sum(1).tolist()
     print(f"{'class':<{width}}    Dice     IoU   pixels")
     for name, n in zip(names, support, strict=True):
-        print(f"{name:<{width}}  {m[f'dice_{name}']:.4f}  {m[f'iou_{name}']:.4f}  {n:>7,}")
+        print(f"{shown(name):<{width}}  {m[f'dice_{name}']:.4f}  {m[f'iou_{name}']:.4f}  {n:>7,}")
     fg = "mean (fg)" if len(names) > 2 else "foreground"
     print(f"{fg:<{width}}  {m['dice']:.4f}  {m['iou']:.4f}")
     line = f"pixel accuracy {m['pixel_acc']:.4f}"

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from ..text import shown
 from .argtypes import COUNT
 
 
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     problems: list[str] = []
     paths = expand_paths(items, problems)
     for line in problems:
-        print(f"cnnzoo predict: {line}", file=sys.stderr)
+        print(f"cnnzoo predict: {shown(line)}", file=sys.stderr)
     with _threads(args.threads, len(paths), args.batch_size):
         failed = _predict(args, paths)
     return 1 if failed or problems else 0
@@ -383,13 +384,15 @@ def print_results(
     for r in results:
         if "error" in r:
             failed += 1
-            print(f"cnnzoo predict: error: {r['error']}", file=err)
+            print(f"cnnzoo predict: error: {shown(r['error'])}", file=err)
         if as_json:
-            kept.append(r)
+            kept.append(r)  # the real names: JSON escapes what `shown` would
         elif "error" not in r:
-            print(r["image"], file=out)
-            print("\n".join(lines(r) if lines else format_predictions(r["predictions"])),
-                  file=out)  # fmt: skip
+            # Each line `shown`: a file named 'a\nPrediction: cat\n.png' printed a forged
+            # result line, and a class named '\x1b[2J' cleared the screen.
+            print(shown(r["image"]), file=out)
+            for line in lines(r) if lines else format_predictions(r["predictions"]):
+                print(shown(line), file=out)
     if as_json:
         json.dump(kept, out, indent=2)
         out.write("\n")

@@ -144,14 +144,14 @@ def run(args: argparse.Namespace) -> int:
     from ..segmentation.tiling import checked_geometry, predict_tiled
     from ..segmentation.training import load_segmenter
     from ..segmentation.visual import overlay
-    from ..text import plural
+    from ..text import plural, shown
     from .predict import expand_paths
 
     use_threads(args.threads)
     problems: list[str] = []
     paths = expand_paths(args.images, problems)
     for line in problems:
-        print(f"cnnzoo segment: {line}", file=sys.stderr)
+        print(f"cnnzoo segment: {shown(line)}", file=sys.stderr)
     out = Path(args.out)
     check_folder(out, "--out")
     skip = earlier_outputs(paths, args.images, out)
@@ -185,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             img = np.array(load_image(path, 1 if channels == 1 else 3))
         except ImageError as exc:
-            print(f"cnnzoo segment: error: {exc}", file=sys.stderr)  # as predict says it
+            print(f"cnnzoo segment: error: {shown(exc)}", file=sys.stderr)  # as predict says it
             failed += 1
             continue
         chw = torch.from_numpy(img[None] if img.ndim == 2 else img.transpose(2, 0, 1).copy())
@@ -201,10 +201,12 @@ def run(args: argparse.Namespace) -> int:
         write_png(overlay(img, mask), overlay_path)
         share = ", ".join(f"{name} {float((mask == i).mean()):.1%}"
                           for i, name in enumerate(meta.get("class_names") or range(k)))
-        print(f"{path}: {img.shape[1]}x{img.shape[0]} -> {mask_path}, {overlay_path} ({share})")
+        # One line, whatever the file and its classes are named (as predict's)
+        print(shown(f"{path}: {img.shape[1]}x{img.shape[0]} -> {mask_path}, {overlay_path} "
+                    f"({share})"))
         frames = frame_count(path)
         if frames > 1:  # a microscope's time-lapse or z-stack: said, not segmented in part silently
-            print(f"cnnzoo segment: note: {path} holds {frames} frames (a stack); only the first "
+            print(f"cnnzoo segment: note: {shown(path)} holds {frames} frames (a stack); only the first "
                   "was segmented: save each frame as its own image to segment them all",
                   file=sys.stderr)  # fmt: skip
     return 1 if failed or problems else 0

@@ -40,7 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import DataError, ImageError
-from ..text import plural, some
+from ..text import plural, shown, some
 from .dataset import ImageDataset, Splits
 from .images import IMAGE_EXTENSIONS, ImageSpec, image_header, write_png
 
@@ -251,6 +251,16 @@ def _note_case(class_names: Sequence[str], where: Path | str, fix: str) -> None:
                     + ("; ..." if len(clashes) > 3 else ""), where, fix)  # fmt: skip
 
 
+def refuse_control(class_names: Sequence[str], where: str, what: str, fix: str) -> None:
+    """Refuse a class name holding a control character ('\x1b[2J', '\n', a '\r' from a list
+    made on Windows): never meant, and the name would travel into every checkpoint, bundle,
+    per_class.csv and figure, for each program that shows them to deal with; its text output
+    broke the one-line-per-result format (cnnzoo prints it `shown`, others may not)."""
+    bad = next((name for name in class_names if shown(name) != name), None)
+    if bad is not None:
+        raise DataError(f"{what} '{shown(bad)}' {where} holds a control character: {fix}")
+
+
 def _same_but_case(name: str, names: Sequence[str]) -> str | None:
     """The one of `names` that `name` is but for case (a val/Cat/ folder or a val row labelled
     'Cat' beside the training 'cat'), else None."""
@@ -340,7 +350,7 @@ def _note_nested(root: Path, classes: dict[str, list[Path]]) -> None:
         inner[name] = sorted(subs)
     if max(len(subs) for subs in inner.values()) < 2:
         return
-    where = "; ".join(f"{name}/: {some(subs)}" for name, subs in list(inner.items())[:2])
+    where = "; ".join(f"{shown(name)}/: {some(subs)}" for name, subs in list(inner.items())[:2])
     if len(inner) > 2:
         where += "; ..."
     if {n.lower() for subs in inner.values() for n in subs} <= set(_SPLIT_NAMES):
@@ -491,7 +501,7 @@ def _build(
 
 def _report(skipped: list[str], ignored: list[Path], total: int, grouped: int = 0) -> None:
     for message in skipped:
-        log.warning("skipped %s", message)
+        log.warning("skipped %s", shown(message))  # one line, whatever the file is named
     if skipped:
         log.warning("skipped %d of %d images (each named above, with why)",
                     len(skipped) + grouped, total)  # fmt: skip
@@ -538,6 +548,7 @@ def load_folder(
     _check_classes(parts["train"], scans["train"], ignored, min_classes)
     _note_nested(parts["train"], scans["train"])
     class_names = list(scans["train"])
+    refuse_control(class_names, f"in {parts['train']}", "class folder", "rename the folder")
     _note_case(class_names, parts["train"], "move the images of one folder into the other")
     index = {name: i for i, name in enumerate(class_names)}
     for part in ("val", "test"):
@@ -788,6 +799,7 @@ def load_csv(
             f"{manifest} has {len(class_names)} class among its training rows: "
             "a classifier needs two or more labels"
         )
+    refuse_control(class_names, f"of {manifest}", "label", "fix the label")
     _note_case(class_names, manifest, "give their rows one label")
     index = {name: i for i, name in enumerate(class_names)}
     for path, label, split in entries:

@@ -35,8 +35,8 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import DataError
-from ..text import plural, some
-from .folder import composed, manifest_path, user_text
+from ..text import plural, shown, some
+from .folder import composed, manifest_path, refuse_control, user_text
 from .images import GREY_MODES, IMAGE_EXTENSIONS
 
 IGNORE_INDEX = 255
@@ -49,7 +49,7 @@ _RARE_SHARE = 1e-3
 
 
 def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr)
+    print(shown(msg), file=sys.stderr)  # a skip line names a file: one line, whatever its name
 
 
 @dataclass
@@ -415,6 +415,8 @@ def load_mask_pairs(
         )
     if classes is None:
         classes = classes_file(root)
+        if classes is not None:
+            refuse_control(classes, f"in {root / 'classes.txt'}", "class", "fix its line")
     if classes is not None and len(classes) < 2:  # before reading every file for nothing
         raise DataError("segmentation needs at least two classes (e.g. --classes background,cell).")
 

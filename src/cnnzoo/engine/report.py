@@ -19,6 +19,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from ..errors import UsageError
 from ..paths import cache_root, replacing, write_text_atomic
+from ..text import shown
 from .task import ClassificationAccumulator, Task
 
 P = ParamSpec("P")
@@ -244,6 +245,7 @@ def plot_confusion(confusion: Any, class_names: list[str], path: Path) -> Path:
 def per_class_table(acc: ClassificationAccumulator, class_names: list[str]) -> list[str]:
     """Lines of a per-class precision / recall / support table, and a last line with the
     balanced accuracy and macro F1 (`ClassificationAccumulator.balanced`)."""
+    class_names = [shown(c) for c in class_names]  # the table's, escaped: per_class.csv's are not
     pc = acc.per_class()
     support = acc.confusion.sum(1).tolist()
     width = max(8, *(len(c) for c in class_names))

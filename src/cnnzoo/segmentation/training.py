@@ -28,6 +28,7 @@ from ..engine.checkpoint import caller_rng_kept
 from ..engine.distributed import DistContext, unwrap_model
 from ..engine.loop import FitResult, TrainConfig, Trainer, check_out_dir
 from ..errors import CnnzooError, DataError, ModelOptionError, UsageError
+from ..text import shown
 from .data import PadToNet, SegmentationSplits, load_segmentation, train_transform
 from .task import SegmentationTask
 from .tiling import receptive_margin
@@ -252,7 +253,7 @@ def train(
         count_instances=(k == 2) if count_instances is None else count_instances)
     weighted = task.needs_weight_map
     cw = splits.class_weights() if weighted else None
-    say(f"data: {splits.source}: {splits.describe()}, {k} classes ({', '.join(splits.classes)}); "
+    say(f"data: {splits.source}: {splits.describe()}, {k} classes ({', '.join(map(shown, splits.classes))}); "
         f"loss {loss}, training tiles {tiles}")
     train_targets = train_set.targets(weighted, cw, w0=w0, sigma=sigma)
     val_targets = splits.val.targets(weighted, cw, w0=w0, sigma=sigma)
