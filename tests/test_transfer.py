@@ -436,6 +436,39 @@ def test_a_feature_no_training_image_fires_does_not_decide_the_heads_prediction(
         assert (after - before).abs().max() < 0.2, fit.kind
 
 
+def test_a_feature_one_training_image_fires_faintly_gets_a_bounded_value_on_a_new_image():
+    """A unit that fires faintly on one training image has a std near 0 but not under 1e-6:
+    divided by it, an ordinary activation in a new image stood thousands of standard deviations
+    out and decided both heads' predictions (Lite0's 1,280 head features, `--stages none`: up
+    to 67,000 at 2 images per class). Its std is now at least `STD_FLOOR` x the median std."""
+    from cnnzoo.transfer.heads import (
+        STD_FLOOR,
+        _standardise,
+        fit_logistic,
+        fit_mlp,
+        head_probabilities,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(3).repeat(8)
+    feats = torch.randn(24, 1, 64, generator=g) * 0.1  # many ordinary features, std ~0.1
+    feats[:, 0, :3] += torch.nn.functional.one_hot(labels, 3) * 2  # the classes' own features
+    feats[:, 0, 3] = 0
+    feats[0, 0, 3] = 1e-4  # a unit only training image 0 (class 0) fires, faintly
+    mu, sd = _standardise(feats[:, 0].double())
+    x = feats[:, 0].double().std(0, unbiased=False)
+    assert sd[3] == pytest.approx(STD_FLOOR * x.median())
+    assert torch.equal(sd[4:], x[4:])  # ordinary features keep their own std
+    fired = feats.clone()
+    fired[:, 0, 3] = 0.2  # new images fire it by two stds of an ordinary feature
+    assert (fired[:, 0, 3] - mu[3]).abs().max() / sd[3] < 10  # ~10,000 before
+    for fit in (fit_mlp(feats, labels, 3, epochs=30), fit_logistic(feats, labels, 3, l2=1e-2)):
+        before, after = head_probabilities(fit.head, feats), head_probabilities(fit.head, fired)
+        assert torch.equal(before.argmax(1), labels), fit.kind
+        # before the floor every one of them was predicted as class 0, image 0's class
+        assert torch.equal(after.argmax(1), labels), fit.kind
+
+
 def test_curves_put_the_two_phases_one_after_the_other(tmp_path, monkeypatch):
     """Each phase's log counts epochs from 1: plotted as logged, the head phase and the
     whole-net phase overlapped and were joined into a zig-zag."""
