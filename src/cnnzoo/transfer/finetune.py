@@ -87,10 +87,10 @@ class FinetuneConfig:
 
 # SAM's radius and the set size below which fine-tuning uses it unless told (`default_sam`).
 # Hard Fashion-MNIST set, 3 draws, each with two training seeds (docs/transfer.md), rho 0.05
-# against off: at 10 images per class 0.668 against 0.645 (higher in all 6 runs), at 50 per
-# class MEAN50; at 200, one draw, 0.844 against 0.839 for twice the time (phase 2's steps
-# take two passes each). rho 0.1 and 0.2 did worse at 10 per class (0.676 / 0.636 and 0.594
-# on draws 0 / 1 against 0.694 / 0.652).
+# against off: at 10 images per class 0.668 against 0.645, at 50 per class 0.776 against 0.766
+# (higher in all 6 paired runs at each size); at 200, one draw, 0.844 against 0.839 for twice
+# the time (phase 2's steps take two passes each). rho 0.1 and 0.2 did worse at 10 per class
+# (0.676 / 0.636 and 0.594 on draws 0 / 1 against 0.694 / 0.652).
 SAM_RHO = 0.05
 SAM_BELOW = 100
 
