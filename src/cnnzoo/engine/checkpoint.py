@@ -11,13 +11,12 @@ from __future__ import annotations
 import os
 import pickle
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..errors import DamagedCheckpointError, TrainingError, WeightsError
 from ..paths import remove_stale_temps, replacing, utf8_path
@@ -125,23 +124,6 @@ def check_description(ckpt: dict[str, Any], path: Path) -> None:
         # A segmentation checkpoint's per-class table ended in zip()'s traceback.
         raise bad(f"meta class_names lists {plural(len(names), 'class', 'classes')}, its "
                   f"num_classes is {meta['num_classes']}")
-
-
-def fitted_model(build: Callable[[], nn.Module], state: dict[str, torch.Tensor],
-                 path: str | os.PathLike[str]) -> nn.Module:
-    """`build()` with the checkpoint's `state` loaded, after checking on the meta device that
-    it fits (`weights.adapt.state_mismatch`): a meta edited to 10^6 input channels or a
-    1000-times wider net asked the allocator for terabytes, and one that merely did not fit
-    its weights ended in load_state_dict's traceback."""
-    from ..weights.adapt import state_mismatch
-
-    with torch.device("meta"):
-        skeleton = build()
-    if (mismatch := state_mismatch(skeleton, state)) is not None:
-        raise WeightsError(f"{path} does not fit the model its meta describes: {mismatch}")
-    model = build()
-    model.load_state_dict(state)
-    return model
 
 
 def folder_given(path: Path, otherwise: str = " (a run's best.pt or last.pt)") -> str:

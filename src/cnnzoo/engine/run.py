@@ -24,7 +24,7 @@ from ..data.folder import ImagesSeen, seen_images
 from ..data.loader import BatchLoader
 from ..errors import DamagedCheckpointError, DataError, NewerFormatError, UsageError, WeightsError
 from ..paths import check_outside, run_data, same_source, transfer_bundle
-from .checkpoint import caller_rng_kept, fitted_model, load_checkpoint
+from .checkpoint import caller_rng_kept, load_checkpoint
 from .distributed import DistContext
 from .grow import grow_from
 from .loop import FitResult, TrainConfig, Trainer, check_out_dir
@@ -462,7 +462,7 @@ def model_from_checkpoint(
     """Rebuild the classifier a `cnnzoo train` checkpoint holds (`ckpt`: the file already
     loaded); returns (model in eval mode, meta)."""
     from ..models import create_model
-    from ..weights.adapt import warn_non_finite
+    from ..weights.adapt import fitted_model, warn_non_finite
 
     ckpt = ckpt if ckpt is not None else load_checkpoint(path)
     meta = ckpt.get("meta") or {}

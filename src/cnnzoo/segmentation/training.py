@@ -363,10 +363,10 @@ def load_segmenter(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """(model in eval mode, meta) from a checkpoint written by a segmentation run (`ckpt`: the
     file already loaded)."""
-    from ..engine.checkpoint import fitted_model, load_checkpoint
+    from ..engine.checkpoint import load_checkpoint
     from ..errors import WeightsError
     from ..models import create_model
-    from ..weights.adapt import warn_non_finite
+    from ..weights.adapt import fitted_model, warn_non_finite
 
     ckpt = ckpt if ckpt is not None else load_checkpoint(checkpoint)
     meta = ckpt.get("meta") or {}

@@ -48,7 +48,7 @@ from ..paths import (
 )
 from ..text import plural, some
 from ..weights import Preprocessing
-from ..weights.adapt import state_mismatch, warn_non_finite
+from ..weights.adapt import fitted_model, warn_non_finite
 from ..weights.files import BUNDLE_FORMAT as FORMAT
 from ..weights.files import newer_format, save_safetensors
 from ..weights.preprocess import preprocessing_problem
@@ -452,15 +452,11 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
         raise WeightsError(f"{d / WEIGHTS_FILE} cannot be read ({' '.join(str(exc).split())})") from None
     # Checked on the meta device before it is built: an edited head.hidden or width_mult of
     # 10^9 asked for terabytes (a traceback, or the machine's memory) before the mismatch.
-    with torch.device("meta"):
-        skeleton = build_model(meta["model"], len(names), pre.channels, meta.get("head"),
-                               meta.get("model_kwargs"))  # fmt: skip
-    if (mismatch := state_mismatch(skeleton, state)) is not None:
-        raise WeightsError(f"{d / JSON_FILE} does not match {d / WEIGHTS_FILE} ({meta['model']} "
-                           f"with {len(names)} classes): {mismatch}")  # fmt: skip
-    model = build_model(meta["model"], len(names), pre.channels, meta.get("head"),
-                        meta.get("model_kwargs"))  # fmt: skip
-    model.load_state_dict(state)
+    model = fitted_model(lambda: build_model(meta["model"], len(names), pre.channels,
+                                             meta.get("head"), meta.get("model_kwargs")),
+                         state, d / WEIGHTS_FILE,
+                         says=f"{d / JSON_FILE} does not match {d / WEIGHTS_FILE} "
+                              f"({meta['model']} with {len(names)} classes)")  # fmt: skip
     warn_non_finite(state, d / WEIGHTS_FILE)
     model.eval()
     known = {"format", "model", "class_names", "num_classes", "in_chans", "preprocessing", "fit",

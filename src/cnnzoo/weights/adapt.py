@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -219,6 +220,23 @@ def state_mismatch(model: nn.Module, state: dict[str, Tensor]) -> str | None:
         f"unexpected {k}" for k in unexpected[:2]]  # fmt: skip
     return (f"{len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} mis-shaped "
             f"tensors, e.g. {'; '.join(what)}")
+
+
+def fitted_model(build: Callable[[], nn.Module], state: dict[str, Tensor],
+                 path: str | os.PathLike[str], says: str | None = None) -> nn.Module:
+    """`build()` with `state` (read from the file `path`) loaded, after checking on the meta
+    device that it fits (`state_mismatch`): a description edited to 10^6 input channels or a
+    1000-times wider net asked the allocator for terabytes, and one that merely did not fit
+    its weights ended in load_state_dict's traceback. says: the error's words before the
+    mismatch (default: a checkpoint's, '{path} does not fit the model its meta describes')."""
+    with torch.device("meta"):
+        skeleton = build()
+    if (mismatch := state_mismatch(skeleton, state)) is not None:
+        raise WeightsError(f"{says or f'{path} does not fit the model its meta describes'}: "
+                           f"{mismatch}")
+    model = build()
+    model.load_state_dict(state)
+    return model
 
 
 def non_finite_note(sd: dict[str, Tensor]) -> str | None:
