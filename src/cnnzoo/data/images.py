@@ -40,6 +40,8 @@ import os
 import stat
 import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -72,6 +74,17 @@ _HEIF = (".heic", ".heif")
 # it at once could leave the "error" filter installed for good; the lock serialises only the
 # header read in `Image.open` (microseconds), never the pixel decoding.
 _OPEN_LOCK = threading.Lock()
+
+
+@contextmanager
+def _opening() -> Iterator[None]:
+    """Where `Image.open` reads a header: under _OPEN_LOCK, with PIL's warning above
+    MAX_IMAGE_PIXELS silenced (each reader checks the size itself, `_check_pixels`)."""
+    with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
 # The EXIF tag saying how a camera held the picture; 5-8 mean turned a quarter (ImageOps).
 _EXIF_ORIENTATION = 0x0112
 
@@ -116,9 +129,7 @@ def load_image(
         raise _fail(path, "empty file (0 bytes)")
     try:
         with open(path, "rb") as fh:
-            with _OPEN_LOCK, warnings.catch_warnings():
-                # PIL warns above MAX_IMAGE_PIXELS: checked below, on the pixels decoded.
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with _opening():  # the pixels decoded are checked below
                 try:
                     img = Image.open(fh)
                 except Image.DecompressionBombError:
@@ -178,8 +189,7 @@ def open_raw(path: str | os.PathLike[str]) -> Image.Image:
     in a traceback), as is an image over `PIL.Image.MAX_IMAGE_PIXELS`."""
     if not _regular(path):
         raise _fail(path, NOT_A_FILE if os.path.exists(path) else "no such file")
-    with _OPEN_LOCK, warnings.catch_warnings():  # see _OPEN_LOCK
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    with _opening():
         try:
             img = Image.open(path)
         except Image.DecompressionBombError as exc:
@@ -203,8 +213,7 @@ def image_header(path: str | os.PathLike[str]) -> tuple[int, int, bool] | None:
     if not _regular(path):
         return None
     try:
-        with _OPEN_LOCK, warnings.catch_warnings():  # see _OPEN_LOCK
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with _opening():
             with Image.open(path) as img:
                 width, height = img.size
                 grey = img.mode in GREY_MODES
@@ -220,8 +229,7 @@ def frame_count(path: str | os.PathLike[str]) -> int:
     if not _regular(path):
         return 1
     try:
-        with _OPEN_LOCK, warnings.catch_warnings():  # see _OPEN_LOCK
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with _opening():
             with Image.open(path) as img:
                 return int(getattr(img, "n_frames", 1))
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError):
