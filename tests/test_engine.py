@@ -151,6 +151,29 @@ def test_class_names_with_control_characters_print_escaped_and_are_kept_in_files
     assert [r[0] for r in rows[1:]] == names
 
 
+def test_per_class_csv_writes_formula_like_class_names_as_text(tmp_path):
+    """A class (a folder name, a manifest label) named '=HYPERLINK("http://x","y")' went into
+    per_class.csv as it was, and Excel or LibreOffice opened it as a live formula. Names that
+    begin with = + - @ tab or CR get a leading "'" (OWASP's advice); other names, the numbers
+    and the printed table are as they were."""
+    import csv
+
+    from cnnzoo.engine.report import per_class_table, write_per_class_csv
+    from cnnzoo.engine.task import ClassificationAccumulator
+    from cnnzoo.text import spreadsheet_text
+
+    names = ['=HYPERLINK("http://x","y")', "+1", "-cat", "@SUM(A1)", "\tx", "\ry", "a=b", "'q"]
+    acc = ClassificationAccumulator(len(names))
+    for i in range(len(names)):
+        acc.confusion[i, i] = 1
+    rows = list(csv.reader(write_per_class_csv(acc, names, tmp_path / "pc.csv").open(newline="")))
+    assert [r[0] for r in rows[1:]] == [
+        '\'=HYPERLINK("http://x","y")', "'+1", "'-cat", "'@SUM(A1)", "'\tx", "'\ry", "a=b", "'q"]
+    assert all(r[1:] == ["1.0000", "1.0000", "1"] for r in rows[1:])
+    assert spreadsheet_text("plain") == "plain" and spreadsheet_text("") == ""
+    assert per_class_table(acc, names)[1].startswith('=HYPERLINK("http://x","y")  ')
+
+
 def test_a_locale_that_is_not_utf8_writes_and_prints_every_class_name(tmp_path):
     """Under an ASCII or Latin-1 locale without Python's UTF-8 mode (PYTHONUTF8=0 LC_ALL=C
     here), `cnnzoo train` on a class named 'Würfel' ended in a UnicodeEncodeError traceback

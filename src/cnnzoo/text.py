@@ -20,6 +20,19 @@ def shown(name: object) -> str:
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(name))
 
 
+# What makes a spreadsheet read a cell as a formula (OWASP's "CSV injection" list): a class named
+# '=HYPERLINK("http://x","y")' in per_class.csv opened in Excel or LibreOffice was a live link.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(name: str) -> str:
+    """`name` (a class name: user data, never a number) for a CSV cell: with a leading "'" when
+    it begins with a character that makes a spreadsheet read it as a formula, so the cell shows
+    the name as text. Numbers are written as they are (-0.5 stays a number); --json output and
+    bundle.json keep the real name."""
+    return "'" + name if name.startswith(_FORMULA_START) else name
+
+
 def plural(n: int, word: str, many: str | None = None) -> str:
     """'1 image', '3 images': the count with its noun in agreement; `many` for a plural that is
     not the word + 's' ('1 class', '2 classes')."""
