@@ -29,7 +29,14 @@ from cnnzoo.engine.optim import StepSchedule, build_optimizer
 from cnnzoo.engine.precision import Precision, choose_precision
 from cnnzoo.engine.run import DataOptions, make_loaders, train_classifier
 from cnnzoo.engine.task import ClassificationTask
-from cnnzoo.errors import DataError, ModelOptionError, TrainingError, UsageError, WeightsError
+from cnnzoo.errors import (
+    DamagedCheckpointError,
+    DataError,
+    ModelOptionError,
+    TrainingError,
+    UsageError,
+    WeightsError,
+)
 from cnnzoo.models import create_model
 from cnnzoo.models.base import AuxOutputs
 from cnnzoo.models.vgg import VGG_DENSE_LAYERS, vgg_conv_layers
@@ -863,6 +870,59 @@ def test_a_damaged_last_pt_says_how_to_go_on(tmp_path):
                 out_dir=tmp_path).fit(resume=True)  # fmt: skip
     assert str(err.value) == (f"cannot read {last}, so the run cannot be resumed: start it "
                               "again with --overwrite, or train into another --out")
+
+
+
+def _forge_rng_python(c):
+    c["rng"]["python"] = (3, (1, 2), None)
+
+
+@pytest.mark.parametrize("forge, says", [
+    (lambda c: c["optimizer"].update(param_groups=c["optimizer"]["param_groups"][:1]),
+     "its optimizer state has 1 parameter group, the resumed run's optimizer 2"),
+    (lambda c: c["optimizer"]["state"][0].update(momentum_buffer=torch.zeros(3)),
+     "its optimizer's momentum_buffer for a parameter of shape (4, 1, 3, 3) has shape (3,)"),
+    (lambda c: c["optimizer"]["state"][0].update(momentum_buffer=torch.zeros(4, 1, 3, 3).log()),
+     "its optimizer's momentum_buffer holds NaN or inf"),
+    (lambda c: c["optimizer"]["state"].update({99: {}}),
+     "its optimizer state names parameter 99, which none of its parameter groups lists"),
+    (lambda c: c["rng"].update(torch=c["rng"]["torch"].long()),
+     "its RNG states (torch, Python, NumPy) are not ones they can take"),
+    (lambda c: c["rng"].update(torch=c["rng"]["torch"][:10]),
+     "its RNG states (torch, Python, NumPy) are not ones they can take"),
+    (_forge_rng_python, "its RNG states (torch, Python, NumPy) are not ones they can take"),
+    (lambda c: c.update(history=["a"]),
+     "its history must be a list of dicts of numbers, one per epoch"),
+    (lambda c: c["history"][0].update(val_loss="x"),
+     "its history must be a list of dicts of numbers, one per epoch"),
+    (lambda c: c.update(epoch=10**12), "its history has 1 epoch, its epoch is 1000000000000"),
+    (lambda c: c.update(best="x"), "its best must be a number, not 'x'"),
+    (lambda c: c.update(scheduler="x"), "its scheduler must be a dict, not 'x'"),
+    (lambda c: c.pop("precision"), "its precision must be a dict, not None"),
+])
+def test_a_damaged_run_state_is_one_line_before_anything_is_resumed(forge, says, tmp_path):
+    """A last.pt damaged or forged in what --resume continues (optimizer state, RNG states,
+    history, epoch) ended in a traceback from torch, random or numpy (another group count,
+    an RNG state of the wrong size or dtype, a history row that is a string), or resumed
+    wrongly without a word (an epoch of 10^12: 'nothing left to train'; a momentum of NaN)."""
+    cfg = TrainConfig(epochs=1, lr=0.05, **FP32)
+    Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg, out_dir=tmp_path).fit()
+    last = tmp_path / "last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    forge(ckpt)
+    torch.save(ckpt, last)
+    kept = last.read_bytes()
+    cfg.epochs = 2
+    with pytest.raises(TrainingError) as err:  # the run's own last.pt: how to go on
+        Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg,
+                out_dir=tmp_path).fit(resume=True)  # fmt: skip
+    assert str(err.value) == (f"{last}: {says}: the checkpoint is damaged or was not written by "
+                              "`cnnzoo train`, so the run cannot be resumed: start it again "
+                              "with --overwrite, or train into another --out")
+    with pytest.raises(DamagedCheckpointError, match=re.escape(f"{last}: {says}: ")):
+        Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg,
+                out_dir=tmp_path / "other").fit(resume=last)  # a file given: its own error
+    assert last.read_bytes() == kept  # nothing trained or written
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
