@@ -158,6 +158,25 @@ def test_class_names_with_control_characters_print_escaped_and_are_kept_in_files
     assert [r[0] for r in rows[1:]] == names
 
 
+def test_bidi_controls_in_names_print_escaped_and_emoji_joiners_stay():
+    """A file or class named 'invoice\u202egnp.exe' printed as 'invoiceexe.png': the right-to-
+    left override reorders what follows ("Trojan Source"). Unicode's 12 Bidi_Control
+    characters are escaped as the control characters are; other format characters are not
+    (the zero-width joiner U+200D builds emoji and Indic letters)."""
+    from cnnzoo.engine.report import per_class_table
+    from cnnzoo.engine.task import ClassificationAccumulator
+    from cnnzoo.text import shown
+
+    bidi = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+    assert shown(bidi) == "".join(f"\\u{ord(c):04x}" for c in bidi)
+    assert shown("invoice\u202egnp.exe") == "invoice\\u202egnp.exe"
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
+    assert shown(family) == family and shown("\u0915\u094d\u200d\u0937") == "\u0915\u094d\u200d\u0937"
+    acc = ClassificationAccumulator(2)
+    acc.confusion[0, 0] = acc.confusion[1, 1] = 1
+    assert per_class_table(acc, ["cat\u202etac", "dog"])[1].startswith("cat\\u202etac  ")
+
+
 def test_per_class_csv_writes_formula_like_class_names_as_text(tmp_path):
     """A class (a folder name, a manifest label) named '=HYPERLINK("http://x","y")' went into
     per_class.csv as it was, and Excel or LibreOffice opened it as a live formula. Names that
