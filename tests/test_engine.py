@@ -1593,6 +1593,48 @@ def test_a_command_runs_no_more_threads_than_the_cpu_quota(tmp_path, monkeypatch
     assert threads == [2]
 
 
+def test_library_callers_get_threads_within_the_cpu_quota_once_unless_they_chose(tmp_path,
+                                                                               monkeypatch):
+    """A Python caller of `transfer()`, `Trainer.fit` or `load_bundle` kept torch's default, the
+    affinity's cores (64 in a container given 2 CPUs of a 64-core host: each thread throttled
+    most of the time). The library caps them as the commands do, once per process, unless the
+    caller chose: OMP_NUM_THREADS, or torch.set_num_threads to another count."""
+    from cnnzoo import load_bundle, transfer
+    from cnnzoo.engine import distributed
+
+    root, self_cgroup = _fake_cgroup(tmp_path / "cg", {"cpu.max": "200000 100000"}, "0::/")
+    monkeypatch.setattr(distributed, "CGROUP", root)
+    monkeypatch.setattr(distributed, "MEMBERSHIP", self_cgroup)
+    monkeypatch.setattr(distributed, "_affinity_cores", lambda: 64)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    threads = [64]
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads[0])
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: threads.__setitem__(0, n))
+    cfg = TrainConfig(epochs=1, lr=0.05, **FP32)
+    entries = [
+        lambda: Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg).fit(),
+        lambda: pytest.raises(DataError, transfer, tmp_path / "missing", weights=None),
+        lambda: pytest.raises(WeightsError, load_bundle, tmp_path / "missing"),
+    ]
+    for entry in entries:
+        monkeypatch.setattr(distributed, "_threads_set", False)
+        threads[0] = 64
+        entry()
+        assert threads[0] == 2
+        threads[0] = 64  # the caller's own choice afterwards: kept (capped once)
+        entry()
+        assert threads[0] == 64
+    monkeypatch.setattr(distributed, "_threads_set", False)
+    threads[0] = 8  # set by the caller: kept
+    entries[0]()
+    assert threads[0] == 8
+    monkeypatch.setattr(distributed, "_threads_set", False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "64")
+    threads[0] = 64
+    entries[0]()
+    assert threads[0] == 64
+
+
 _DDP_WORKER = '''
 import sys
 import torch

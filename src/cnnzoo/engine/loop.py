@@ -52,6 +52,7 @@ from .distributed import (
     all_reduce_sum,
     broadcast_flag,
     broadcast_object,
+    library_threads,
     sync_buffers,
     unwrap_model,
     wrap_model,
@@ -250,6 +251,7 @@ class Trainer:
         with contiguous parameters (training may switch it to channels_last), also when training
         fails or is interrupted.
         """
+        library_threads()  # a Python caller's, within a container's CPU quota
         # A BatchLoader makes channels_last batches itself when training does (set in _fit);
         # whatever happens, the loaders go back as they came and the model ready to predict:
         # in eval mode, with contiguous parameters (safetensors refuses channels-last ones).

@@ -425,6 +425,9 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from ..engine.distributed import library_threads
+
+    library_threads()  # a Python caller's predictions, within a container's CPU quota
     d = Path(directory)
     if not (d / JSON_FILE).is_file() or not (d / WEIGHTS_FILE).is_file():
         if not d.exists():
