@@ -1052,6 +1052,35 @@ def test_a_checkpoint_write_clears_what_a_killed_one_left(tmp_path):
         ["last.pt"] + [p.name for p in kept])
 
 
+
+def test_in_a_container_a_killed_runs_own_pid_temp_goes_from_the_folder_the_run_holds(tmp_path):
+    """In a container every run is process 1: the temporary last.pt a killed run left was named
+    with the next run's own id, taken for its write in progress, and kept for good. In the
+    folder the run holds (no other cnnzoo run writes there) it goes, unless this process has
+    it open; elsewhere (a cache two containers' process 1 may share) it stays."""
+    from cnnzoo.paths import folders_released, hold_folder, remove_stale_temps
+
+    pid = os.getpid()
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    for folder in (run, cache):
+        folder.mkdir()
+        for name in (f".last.pt.{pid}.abcd1234.tmp", f".bundle.{pid}.old.tmp"):
+            (folder / name).write_bytes(b"part of a checkpoint")
+        (folder / f".bundle.{pid}.old.tmp").unlink()
+        (folder / f".bundle.{pid}.old.tmp").mkdir()
+    atomic_save({"model": {"w": torch.ones(3)}, "epoch": 1}, cache / "last.pt")
+    assert (cache / f".last.pt.{pid}.abcd1234.tmp").exists()  # not held: kept
+    open_one = run / f".best.pt.{pid}.efgh5678.tmp"
+    open_one.write_bytes(b"being written")
+    with folders_released(), open(open_one, "rb"):
+        hold_folder(run)
+        atomic_save({"model": {"w": torch.ones(3)}, "epoch": 1}, run / "last.pt")
+        remove_stale_temps(run / "bundle")
+        remove_stale_temps(run / "best.pt")
+        assert sorted(p.name for p in run.iterdir()) == sorted(
+            [".cnnzoo.lock", "last.pt", open_one.name])  # the open one stays
+
+
 @pytest.mark.parametrize("torch_error", ["oserror", "zip-writer"])
 def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_old_one(
         tmp_path, monkeypatch, torch_error):
