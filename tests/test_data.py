@@ -125,6 +125,38 @@ def test_fashion_mnist_download_checks_md5_and_leaves_nothing(monkeypatch, tmp_p
     assert list(cache.iterdir()) == []  # no half-written or unverified file
 
 
+
+def test_fashion_mnist_download_is_fsynced_and_clears_a_killed_ones_temp(monkeypatch, tmp_path):
+    """Each file was renamed into place without an fsync (a power cut could leave an empty
+    file that looks downloaded), and a killed download's '.part' file stayed for good. A local
+    file:// address and four small files stand in for the network and the real ones."""
+    import hashlib
+
+    served = tmp_path / "served"
+    served.mkdir()
+    files = {}
+    for i, name in enumerate(builtin.FASHION_MNIST_FILES):
+        (served / name).write_bytes(bytes([i]) * 100)
+        files[name] = hashlib.md5((served / name).read_bytes()).hexdigest()
+    monkeypatch.setattr(builtin, "FASHION_MNIST_FILES", files)
+    dest = tmp_path / "fmnist"
+    dest.mkdir()
+    first = next(iter(files))
+    (dest / f".{first}.999999999.abcd1234.tmp").write_bytes(b"half")  # no such process
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")).name)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    builtin.download_fashion_mnist(dest, url=served.as_uri() + "/")
+    assert sorted(p.name for p in dest.iterdir()) == sorted(files)
+    assert all((dest / n).read_bytes() == (served / n).read_bytes() for n in files)
+    assert len(synced) == 4 and all(s.startswith(f".{n}.") for s, n in zip(synced, files, strict=True))
+
+
 def test_digits_scaled_from_sklearn():
     from sklearn.datasets import load_digits as sk
 

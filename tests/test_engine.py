@@ -29,7 +29,14 @@ from cnnzoo.engine.optim import StepSchedule, build_optimizer
 from cnnzoo.engine.precision import Precision, choose_precision
 from cnnzoo.engine.run import DataOptions, make_loaders, train_classifier
 from cnnzoo.engine.task import ClassificationTask
-from cnnzoo.errors import DataError, ModelOptionError, TrainingError, UsageError, WeightsError
+from cnnzoo.errors import (
+    DamagedCheckpointError,
+    DataError,
+    ModelOptionError,
+    TrainingError,
+    UsageError,
+    WeightsError,
+)
 from cnnzoo.models import create_model
 from cnnzoo.models.base import AuxOutputs
 from cnnzoo.models.vgg import VGG_DENSE_LAYERS, vgg_conv_layers
@@ -149,6 +156,48 @@ def test_class_names_with_control_characters_print_escaped_and_are_kept_in_files
                                                  "a\\nb             1.000   1.000        1"]
     rows = list(csv.reader(write_per_class_csv(acc, names, tmp_path / "pc.csv").open()))
     assert [r[0] for r in rows[1:]] == names
+
+
+def test_bidi_controls_in_names_print_escaped_and_emoji_joiners_stay():
+    """A file or class named 'invoice\u202egnp.exe' printed as 'invoiceexe.png': the right-to-
+    left override reorders what follows ("Trojan Source"). Unicode's 12 Bidi_Control
+    characters are escaped as the control characters are; other format characters are not
+    (the zero-width joiner U+200D builds emoji and Indic letters)."""
+    from cnnzoo.engine.report import per_class_table
+    from cnnzoo.engine.task import ClassificationAccumulator
+    from cnnzoo.text import shown
+
+    bidi = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+    assert shown(bidi) == "".join(f"\\u{ord(c):04x}" for c in bidi)
+    assert shown("invoice\u202egnp.exe") == "invoice\\u202egnp.exe"
+    family = "\U0001f468\u200d\U0001f469\u200d\U0001f467"
+    assert shown(family) == family and shown("\u0915\u094d\u200d\u0937") == "\u0915\u094d\u200d\u0937"
+    acc = ClassificationAccumulator(2)
+    acc.confusion[0, 0] = acc.confusion[1, 1] = 1
+    assert per_class_table(acc, ["cat\u202etac", "dog"])[1].startswith("cat\\u202etac  ")
+
+
+def test_per_class_csv_writes_formula_like_class_names_as_text(tmp_path):
+    """A class (a folder name, a manifest label) named '=HYPERLINK("http://x","y")' went into
+    per_class.csv as it was, and Excel or LibreOffice opened it as a live formula. Names that
+    begin with = + - @ tab or CR get a leading "'" (OWASP's advice); other names, the numbers
+    and the printed table are as they were."""
+    import csv
+
+    from cnnzoo.engine.report import per_class_table, write_per_class_csv
+    from cnnzoo.engine.task import ClassificationAccumulator
+    from cnnzoo.text import spreadsheet_text
+
+    names = ['=HYPERLINK("http://x","y")', "+1", "-cat", "@SUM(A1)", "\tx", "\ry", "a=b", "'q"]
+    acc = ClassificationAccumulator(len(names))
+    for i in range(len(names)):
+        acc.confusion[i, i] = 1
+    rows = list(csv.reader(write_per_class_csv(acc, names, tmp_path / "pc.csv").open(newline="")))
+    assert [r[0] for r in rows[1:]] == [
+        '\'=HYPERLINK("http://x","y")', "'+1", "'-cat", "'@SUM(A1)", "'\tx", "'\ry", "a=b", "'q"]
+    assert all(r[1:] == ["1.0000", "1.0000", "1"] for r in rows[1:])
+    assert spreadsheet_text("plain") == "plain" and spreadsheet_text("") == ""
+    assert per_class_table(acc, names)[1].startswith('=HYPERLINK("http://x","y")  ')
 
 
 def test_a_locale_that_is_not_utf8_writes_and_prints_every_class_name(tmp_path):
@@ -842,6 +891,59 @@ def test_a_damaged_last_pt_says_how_to_go_on(tmp_path):
                               "again with --overwrite, or train into another --out")
 
 
+
+def _forge_rng_python(c):
+    c["rng"]["python"] = (3, (1, 2), None)
+
+
+@pytest.mark.parametrize("forge, says", [
+    (lambda c: c["optimizer"].update(param_groups=c["optimizer"]["param_groups"][:1]),
+     "its optimizer state has 1 parameter group, the resumed run's optimizer 2"),
+    (lambda c: c["optimizer"]["state"][0].update(momentum_buffer=torch.zeros(3)),
+     "its optimizer's momentum_buffer for a parameter of shape (4, 1, 3, 3) has shape (3,)"),
+    (lambda c: c["optimizer"]["state"][0].update(momentum_buffer=torch.zeros(4, 1, 3, 3).log()),
+     "its optimizer's momentum_buffer holds NaN or inf"),
+    (lambda c: c["optimizer"]["state"].update({99: {}}),
+     "its optimizer state names parameter 99, which none of its parameter groups lists"),
+    (lambda c: c["rng"].update(torch=c["rng"]["torch"].long()),
+     "its RNG states (torch, Python, NumPy) are not ones they can take"),
+    (lambda c: c["rng"].update(torch=c["rng"]["torch"][:10]),
+     "its RNG states (torch, Python, NumPy) are not ones they can take"),
+    (_forge_rng_python, "its RNG states (torch, Python, NumPy) are not ones they can take"),
+    (lambda c: c.update(history=["a"]),
+     "its history must be a list of dicts of numbers, one per epoch"),
+    (lambda c: c["history"][0].update(val_loss="x"),
+     "its history must be a list of dicts of numbers, one per epoch"),
+    (lambda c: c.update(epoch=10**12), "its history has 1 epoch, its epoch is 1000000000000"),
+    (lambda c: c.update(best="x"), "its best must be a number, not 'x'"),
+    (lambda c: c.update(scheduler="x"), "its scheduler must be a dict, not 'x'"),
+    (lambda c: c.pop("precision"), "its precision must be a dict, not None"),
+])
+def test_a_damaged_run_state_is_one_line_before_anything_is_resumed(forge, says, tmp_path):
+    """A last.pt damaged or forged in what --resume continues (optimizer state, RNG states,
+    history, epoch) ended in a traceback from torch, random or numpy (another group count,
+    an RNG state of the wrong size or dtype, a history row that is a string), or resumed
+    wrongly without a word (an epoch of 10^12: 'nothing left to train'; a momentum of NaN)."""
+    cfg = TrainConfig(epochs=1, lr=0.05, **FP32)
+    Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg, out_dir=tmp_path).fit()
+    last = tmp_path / "last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    forge(ckpt)
+    torch.save(ckpt, last)
+    kept = last.read_bytes()
+    cfg.epochs = 2
+    with pytest.raises(TrainingError) as err:  # the run's own last.pt: how to go on
+        Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg,
+                out_dir=tmp_path).fit(resume=True)  # fmt: skip
+    assert str(err.value) == (f"{last}: {says}: the checkpoint is damaged or was not written by "
+                              "`cnnzoo train`, so the run cannot be resumed: start it again "
+                              "with --overwrite, or train into another --out")
+    with pytest.raises(DamagedCheckpointError, match=re.escape(f"{last}: {says}: ")):
+        Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg,
+                out_dir=tmp_path / "other").fit(resume=last)  # a file given: its own error
+    assert last.read_bytes() == kept  # nothing trained or written
+
+
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     atomic_save({"model": {"w": torch.ones(3)}, "epoch": 1}, path)
@@ -948,6 +1050,35 @@ def test_a_checkpoint_write_clears_what_a_killed_one_left(tmp_path):
     atomic_save({"model": {"w": torch.ones(3)}, "epoch": 1}, tmp_path / "last.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["last.pt"] + [p.name for p in kept])
+
+
+
+def test_in_a_container_a_killed_runs_own_pid_temp_goes_from_the_folder_the_run_holds(tmp_path):
+    """In a container every run is process 1: the temporary last.pt a killed run left was named
+    with the next run's own id, taken for its write in progress, and kept for good. In the
+    folder the run holds (no other cnnzoo run writes there) it goes, unless this process has
+    it open; elsewhere (a cache two containers' process 1 may share) it stays."""
+    from cnnzoo.paths import folders_released, hold_folder, remove_stale_temps
+
+    pid = os.getpid()
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    for folder in (run, cache):
+        folder.mkdir()
+        for name in (f".last.pt.{pid}.abcd1234.tmp", f".bundle.{pid}.old.tmp"):
+            (folder / name).write_bytes(b"part of a checkpoint")
+        (folder / f".bundle.{pid}.old.tmp").unlink()
+        (folder / f".bundle.{pid}.old.tmp").mkdir()
+    atomic_save({"model": {"w": torch.ones(3)}, "epoch": 1}, cache / "last.pt")
+    assert (cache / f".last.pt.{pid}.abcd1234.tmp").exists()  # not held: kept
+    open_one = run / f".best.pt.{pid}.efgh5678.tmp"
+    open_one.write_bytes(b"being written")
+    with folders_released(), open(open_one, "rb"):
+        hold_folder(run)
+        atomic_save({"model": {"w": torch.ones(3)}, "epoch": 1}, run / "last.pt")
+        remove_stale_temps(run / "bundle")
+        remove_stale_temps(run / "best.pt")
+        assert sorted(p.name for p in run.iterdir()) == sorted(
+            [".cnnzoo.lock", "last.pt", open_one.name])  # the open one stays
 
 
 @pytest.mark.parametrize("torch_error", ["oserror", "zip-writer"])
@@ -1489,6 +1620,48 @@ def test_a_command_runs_no_more_threads_than_the_cpu_quota(tmp_path, monkeypatch
     # unrecognized argument, so a script passing --threads 1 to every command stopped there).
     assert main(["evaluate", str(tmp_path / "missing.pt"), "--threads", "2"]) == 2
     assert threads == [2]
+
+
+def test_library_callers_get_threads_within_the_cpu_quota_once_unless_they_chose(tmp_path,
+                                                                               monkeypatch):
+    """A Python caller of `transfer()`, `Trainer.fit` or `load_bundle` kept torch's default, the
+    affinity's cores (64 in a container given 2 CPUs of a 64-core host: each thread throttled
+    most of the time). The library caps them as the commands do, once per process, unless the
+    caller chose: OMP_NUM_THREADS, or torch.set_num_threads to another count."""
+    from cnnzoo import load_bundle, transfer
+    from cnnzoo.engine import distributed
+
+    root, self_cgroup = _fake_cgroup(tmp_path / "cg", {"cpu.max": "200000 100000"}, "0::/")
+    monkeypatch.setattr(distributed, "CGROUP", root)
+    monkeypatch.setattr(distributed, "MEMBERSHIP", self_cgroup)
+    monkeypatch.setattr(distributed, "_affinity_cores", lambda: 64)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    threads = [64]
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads[0])
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: threads.__setitem__(0, n))
+    cfg = TrainConfig(epochs=1, lr=0.05, **FP32)
+    entries = [
+        lambda: Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg).fit(),
+        lambda: pytest.raises(DataError, transfer, tmp_path / "missing", weights=None),
+        lambda: pytest.raises(WeightsError, load_bundle, tmp_path / "missing"),
+    ]
+    for entry in entries:
+        monkeypatch.setattr(distributed, "_threads_set", False)
+        threads[0] = 64
+        entry()
+        assert threads[0] == 2
+        threads[0] = 64  # the caller's own choice afterwards: kept (capped once)
+        entry()
+        assert threads[0] == 64
+    monkeypatch.setattr(distributed, "_threads_set", False)
+    threads[0] = 8  # set by the caller: kept
+    entries[0]()
+    assert threads[0] == 8
+    monkeypatch.setattr(distributed, "_threads_set", False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "64")
+    threads[0] = 64
+    entries[0]()
+    assert threads[0] == 64
 
 
 _DDP_WORKER = '''

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import json
 import logging
+import os
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -789,6 +792,52 @@ def test_named_weights_needing_a_download_say_where_and_how(tmp_path, monkeypatc
     assert "--weights" in msg and "\n" not in msg
     with pytest.raises(WeightsError, match="no named weights"):
         cnnzoo.create_model("lenet5", weights="imagenet")
+
+
+
+def test_a_download_is_fsynced_before_its_rename_and_a_killed_ones_temp_goes(tmp_path,
+                                                                           monkeypatch):
+    """download_weights wrote and renamed without an fsync, so a power cut after it could leave
+    an empty file under the weights' name, which looks downloaded; and its '.part' temporary
+    file, left by a killed download (as large as the weights), was never removed. A local
+    file:// address stands in for the network."""
+    import hashlib
+
+    from cnnzoo.weights import named
+    from cnnzoo.weights.preprocess import Preprocessing
+
+    served = tmp_path / "served.pth"
+    served.write_bytes(b"weights" * 1000)
+    digest = hashlib.sha256(served.read_bytes()).hexdigest()
+    entry = named.WeightsEntry(model="lenet5", tag="test", file=f"w-{digest[:8]}.pth",
+                               preprocessing=Preprocessing(32, 32), source="a test",
+                               url=served.as_uri(), sha256_prefix=digest[:8])  # fmt: skip
+    monkeypatch.setitem(named._ENTRIES, ("lenet5", "test"), entry)
+    dest = tmp_path / "cache"
+    dest.mkdir()
+    killed = dest / f".{entry.file}.999999999.abcd1234.tmp"  # a killed download's (no such pid)
+    killed.write_bytes(b"half")
+    synced: list[tuple[str, bytes]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        synced.append((Path(name).name, Path(name).read_bytes()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    got = named.download_weights("lenet5", "test", dest=dest)
+    assert got == dest / entry.file and got.read_bytes() == served.read_bytes()
+    [(name, data)] = synced  # the whole file, under its temporary name, before the rename
+    assert name.startswith(f".{entry.file}.") and data == served.read_bytes()
+    assert sorted(p.name for p in dest.iterdir()) == [entry.file]
+    # A file that does not match its hash is neither renamed nor left behind.
+    got.unlink()
+    monkeypatch.setitem(named._ENTRIES, ("lenet5", "test"),
+                        dataclasses.replace(entry, sha256_prefix="00000000"))
+    with pytest.raises(WeightsError, match="corrupted download"):
+        named.download_weights("lenet5", "test", dest=dest)
+    assert list(dest.iterdir()) == []
 
 
 def test_unknown_or_empty_weights_names_say_what_exists():

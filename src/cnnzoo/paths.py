@@ -173,19 +173,47 @@ def remove_stale_temps(path: str | os.PathLike[str]) -> None:
     when done. SIGKILL, the OOM killer or a closed terminal leave them behind, as large as
     what they were writing, and nothing else removes them. One named with the id of a running
     process (`temp_prefix`) is another process's write in progress, and is left alone (so is
-    everything of a process with our own id: two containers' process 1 sharing a cache)."""
+    everything of a process with our own id: two containers' process 1 sharing a cache),
+    except our own id's in a folder this run holds (`_own_leftover`)."""
     path = Path(path)
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         middle = stale.name[len(path.name) + 2:-len(".tmp")]
         if not _TEMP_MIDDLE.fullmatch(middle):
             continue  # not a name we write: a user's, or the temp of another file (NAME.v2)
         pid = middle.split(".")[0]
-        if pid.isdigit() and _running(int(pid)):
+        if pid.isdigit() and _running(int(pid)) and not (
+                int(pid) == os.getpid() and _own_leftover(stale)):  # fmt: skip
             continue
         if stale.is_dir() and not stale.is_symlink():
             shutil.rmtree(stale, ignore_errors=True)
         else:
             stale.unlink(missing_ok=True)
+
+
+def _own_leftover(stale: Path) -> bool:
+    """Whether `stale`, named with this process's id, was left by a killed earlier process of
+    the same id: in a container every run is process 1, so a killed run's temporary file
+    looked like this run's own write in progress and stayed for good (a VGG's last.pt: 1 GB
+    per kill). Told only in a folder this run holds (`hold_folder`: no other cnnzoo run, in
+    this container or another sharing the volume, writes there) and of a file this process
+    does not have open; anywhere else (a cache shared by two containers' process 1) it is
+    kept."""
+    folder = Path(os.path.abspath(stale.parent))
+    if not any(f == folder for f, _, _ in _held.__dict__.get("folders", [])):
+        return False
+    name = os.path.abspath(stale)
+    try:
+        fds = os.listdir("/proc/self/fd")
+    except OSError:  # not Linux: cannot tell
+        return False
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # closed meanwhile (listdir's own fd)
+            continue
+        if target == name or target.startswith(name + os.sep):  # the file, or in the folder
+            return False
+    return True
 
 
 def _running(pid: int) -> bool:

@@ -8,16 +8,36 @@ from collections.abc import Sequence
 # ('\x1b[2J' clears the screen, '\x1b]0;...' retitles the window) or break the
 # one-line-per-result text that scripts read ('\n', '\r': a file named
 # 'a\nPrediction: cat\n.png' forged a result line).
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# And Unicode's Bidi_Control characters (the embeddings, overrides and isolates U+202A-U+202E,
+# U+2066-U+2069, the marks U+200E, U+200F, U+061C): invisible, they reorder what follows, so
+# 'invoice\u202egnp.exe' printed as 'invoiceexe.png' ("Trojan Source"). Not the rest of the
+# format characters (Cf): the zero-width joiner U+200D joins emoji (man + woman + girl:
+# one family) and Indic letters.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029"
+                      "\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
 
 
 def shown(name: object) -> str:
     """`name` (a class name, a path, an error message) for text output: each control character
-    as the escape Python writes for it ('\\x1b', '\\n', '\\t'), as `ls -b` shows it, so a name
-    prints as one line that does nothing to the terminal. Everything else is kept, non-UTF-8
-    bytes of a file name too (cli._printable_stdout prints them as they are). For text only:
-    --json output and the files cnnzoo writes keep the real name (both escape it their way)."""
+    as the escape Python writes for it ('\\x1b', '\\n', '\\t', '\\u202e'), as `ls -b` shows it,
+    so a name prints as one line, in its own order, that does nothing to the terminal.
+    Everything else is kept, non-UTF-8 bytes of a file name too (cli._printable_stdout prints
+    them as they are). For text only: --json output and the files cnnzoo writes keep the real
+    name (both escape it their way)."""
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(name))
+
+
+# What makes a spreadsheet read a cell as a formula (OWASP's "CSV injection" list): a class named
+# '=HYPERLINK("http://x","y")' in per_class.csv opened in Excel or LibreOffice was a live link.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(name: str) -> str:
+    """`name` (a class name: user data, never a number) for a CSV cell: with a leading "'" when
+    it begins with a character that makes a spreadsheet read it as a formula, so the cell shows
+    the name as text. Numbers are written as they are (-0.5 stays a number); --json output and
+    bundle.json keep the real name."""
+    return "'" + name if name.startswith(_FORMULA_START) else name
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:

@@ -18,7 +18,6 @@ import gzip
 import hashlib
 import os
 import shutil
-import tempfile
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, UsageError
-from ..paths import cache_root
+from ..paths import cache_root, remove_stale_temps, replacing
 from .dataset import ImageDataset, Splits
 from .folder import CLASS_FOLDERS, ImagesSeen, load_csv, load_folder
 from .images import IMAGE_EXTENSIONS, ImageSpec
@@ -121,23 +120,21 @@ def _find_fashion_mnist(download: bool) -> Path:
 
 
 def download_fashion_mnist(dest: str | os.PathLike[str], url: str = FASHION_MNIST_URL) -> None:
-    """Download the four files into `dest`, each written atomically and checked by MD5."""
+    """Download the four files into `dest`, each checked by MD5 and written in one step,
+    fsync'ed (`paths.replacing`): a kill or a power cut leaves no file that looks whole, and
+    the next download removes what a killed one left."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     for name, md5 in FASHION_MNIST_FILES.items():
         if (dest / name).is_file():
             continue
-        fd, tmp = tempfile.mkstemp(dir=dest, prefix=f".{name}.", suffix=".part")
-        try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url + name, timeout=30) as r:
+        remove_stale_temps(dest / name)
+        with replacing(dest / name, durable=True) as tmp:
+            with open(tmp, "wb") as out, urllib.request.urlopen(url + name, timeout=30) as r:
                 shutil.copyfileobj(r, out)
-            digest = hashlib.md5(Path(tmp).read_bytes()).hexdigest()
-            if digest != md5:
+            digest = hashlib.md5(tmp.read_bytes()).hexdigest()
+            if digest != md5:  # before the rename: the temporary file goes
                 raise OSError(f"{name} has MD5 {digest}, expected {md5}")
-            os.replace(tmp, dest / name)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
 
 
 def load_fashion_mnist(split: str = "train", *, download: bool = True) -> ImageDataset:

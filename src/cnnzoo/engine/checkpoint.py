@@ -20,6 +20,7 @@ import torch
 
 from ..errors import DamagedCheckpointError, TrainingError, WeightsError
 from ..paths import remove_stale_temps, replacing, utf8_path
+from ..text import plural
 from ..weights.files import CHECKPOINT_FORMAT, newer_format, pickled_objects
 
 
@@ -84,11 +85,9 @@ def check_description(ckpt: dict[str, Any], path: Path) -> None:
     evaluate, predict, convert or segment (an image size of 10^9: a MemoryError)."""
     from ..limits import MAX_INPUT_SIZE
     from ..models.base import finite_numbers, is_whole
-    from ..text import plural
 
     def bad(problem: str) -> DamagedCheckpointError:
-        return DamagedCheckpointError(f"{path}: {problem}: the checkpoint is damaged or was not "
-                                      "written by `cnnzoo train`")  # fmt: skip
+        return damaged(path, problem)
 
     state, meta = ckpt["model"], ckpt.get("meta")
     if not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
@@ -126,6 +125,107 @@ def check_description(ckpt: dict[str, Any], path: Path) -> None:
                   f"num_classes is {meta['num_classes']}")
 
 
+def damaged(path: Path, problem: str) -> DamagedCheckpointError:
+    """The one line for a checkpoint with a field of the wrong kind (`problem` names it)."""
+    return DamagedCheckpointError(f"{path}: {problem}: the checkpoint is damaged or was not "
+                                  "written by `cnnzoo train`")
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_run_state(ckpt: dict[str, Any], path: Path) -> None:
+    """The parts of a run's last.pt that `--resume` continues from, beyond `check_description`'s
+    (its config, precision, epoch, history, best so far, scheduler and RNG states), or one
+    `DamagedCheckpointError` line naming the first that is not as `cnnzoo train` writes it. A
+    damaged or forged one ended in a traceback deep in the resume (an RNG state of the wrong
+    size, a history row that is a string), or went on wrongly without a word (an epoch of
+    10^12: 'nothing left to train'). The optimizer state is checked against the optimizer it
+    is to continue (`check_optimizer_state`)."""
+    from ..models.base import is_whole
+
+    for key in ("config", "precision", "optimizer", "scheduler", "rng"):
+        if not isinstance(ckpt.get(key), dict):
+            raise damaged(path, f"its {key} must be a dict, not {ckpt.get(key)!r}"[:200])
+    epoch, history = ckpt.get("epoch"), ckpt.get("history")
+    if not is_whole(epoch):
+        raise damaged(path, f"its epoch must be a whole number >= 1, not {epoch!r}")
+    # One row per epoch trained, each the numbers of metrics.jsonl's line (the file is
+    # rewritten from it, and the curves drawn).
+    if not (isinstance(history, list) and all(
+            isinstance(row, dict) and row.get("epoch") == i
+            and all(isinstance(k, str) and _number(v) for k, v in row.items())
+            for i, row in enumerate(history, 1))):  # fmt: skip
+        raise damaged(path, "its history must be a list of dicts of numbers, one per epoch")
+    if len(history) != epoch:
+        raise damaged(path, f"its history has {plural(len(history), 'epoch')}, its epoch is "
+                            f"{epoch}")
+    if ckpt.get("best") is not None and not _number(ckpt["best"]):
+        raise damaged(path, f"its best must be a number, not {ckpt['best']!r}")
+    for key in ("best_epoch", "bad_epochs"):
+        if not (is_whole(ckpt.get(key), 0) and ckpt[key] <= epoch):
+            raise damaged(path, f"its {key} must be a whole number from 0 to its epoch "
+                                f"({epoch}), not {ckpt.get(key)!r}")
+    if not is_whole(ckpt["scheduler"].get("last_epoch"), 0):
+        raise damaged(path, "its scheduler's last_epoch must be a whole number >= 0")
+    optimizer = ckpt["optimizer"]
+    if not (isinstance(optimizer.get("state"), dict)
+            and all(isinstance(v, dict) for v in optimizer["state"].values())
+            and isinstance(optimizer.get("param_groups"), list)
+            and all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                    and all(is_whole(i, 0) for i in g["params"])
+                    for g in optimizer["param_groups"])):  # fmt: skip
+        raise damaged(path, "its optimizer must hold a state dict and a list of parameter groups")
+    # Set on throwaway generators, each of which checks its state as the global one would.
+    import numpy as np
+
+    try:
+        set_rng_state(ckpt["rng"], into=(torch.Generator(), random.Random(),
+                                         np.random.RandomState()))
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError):
+        raise damaged(path, "its RNG states (torch, Python, NumPy) are not ones they can "
+                            "take") from None
+
+
+def check_optimizer_state(saved: dict[str, Any], optimizer: torch.optim.Optimizer,
+                          path: Path) -> None:
+    """`saved` (a last.pt's optimizer, past `check_run_state`) fits `optimizer`, the one the
+    resumed run built: as many parameter groups and parameters, each parameter's state of its
+    shape and finite. Else one `DamagedCheckpointError` line: torch's load raised a ValueError
+    for another group count, and a momentum of another shape loaded without a word and failed
+    at the first step (or broadcast into a wrong run)."""
+    groups, saved_groups = optimizer.param_groups, saved["param_groups"]
+    if len(saved_groups) != len(groups):
+        has = plural(len(saved_groups), "parameter group")
+        raise damaged(path, f"its optimizer state has {has}, the resumed run's optimizer "
+                            f"{len(groups)}")
+    params: dict[object, torch.Tensor] = {}
+    for i, (was, now) in enumerate(zip(saved_groups, groups, strict=True), 1):
+        if len(was["params"]) != len(now["params"]):
+            raise damaged(path, f"its optimizer's parameter group {i} has "
+                                f"{plural(len(was['params']), 'parameter')}, the resumed "
+                                f"run's {len(now['params'])}")
+        params.update(zip(was["params"], now["params"], strict=True))
+    for key, state in saved["state"].items():
+        param = params.get(key)
+        if param is None:
+            raise damaged(path, f"its optimizer state names parameter {key!r}, which none "
+                                "of its parameter groups lists")
+        for name, value in state.items():
+            if isinstance(value, torch.Tensor):
+                # Adam's step is a 0-d tensor; the rest (moments, momentum) are per weight.
+                shape = () if name == "step" else tuple(param.shape)
+                if tuple(value.shape) != shape:
+                    raise damaged(path, f"its optimizer's {name} for a parameter of shape "
+                                        f"{tuple(param.shape)} has shape {tuple(value.shape)}")
+                if not bool(torch.isfinite(value).all()):
+                    raise damaged(path, f"its optimizer's {name} holds NaN or inf")
+            elif not (value is None or _number(value)):
+                raise damaged(path, f"its optimizer's {name} must be a tensor or a number, "
+                                    f"not {value!r}"[:200])
+
+
 def folder_given(path: Path, otherwise: str = " (a run's best.pt or last.pt)") -> str:
     """What to say when a run's folder is given where its checkpoint file belongs; `otherwise`
     ends it when the folder holds no run."""
@@ -148,17 +248,19 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore what `rng_state` captured."""
-    torch.set_rng_state(state["torch"])
+def set_rng_state(state: dict[str, Any], into: tuple[Any, Any, Any] | None = None) -> None:
+    """Restore what `rng_state` captured; `into`: a torch.Generator, random.Random and NumPy
+    RandomState to set instead of the global ones (`check_run_state` tries them)."""
+    import numpy as np
+
+    gen, py_rng, np_rng = into or (torch.default_generator, random, np.random)
+    gen.set_state(state["torch"])
     py = state["python"]
     # weights_only loading turns the inner tuple into a list; random.setstate wants tuples.
-    random.setstate((py[0], tuple(py[1]), py[2]))
+    py_rng.setstate((py[0], tuple(py[1]), py[2]))
     if "numpy" in state:
-        import numpy as np
-
         name, keys, pos, has_gauss, cached = state["numpy"]
-        np.random.set_state((name, keys.numpy().astype("uint32"), pos, has_gauss, cached))
+        np_rng.set_state((name, keys.numpy().astype("uint32"), pos, has_gauss, cached))
 
 
 @contextmanager

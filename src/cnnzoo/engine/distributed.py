@@ -47,6 +47,7 @@ class DistContext:
 
 def init_distributed(backend: str = "gloo") -> DistContext:
     """Join the process group torchrun set up (if any) and share the cores between processes."""
+    global _threads_set
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()
@@ -65,6 +66,7 @@ def init_distributed(backend: str = "gloo") -> DistContext:
     # (torchrun sets OMP_NUM_THREADS=1 itself for more than one process per node.)
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, usable_cores() // ctx.local_world))
+    _threads_set = True
     return ctx
 
 
@@ -78,12 +80,15 @@ def usable_cores(cgroup: Path | None = None, membership: Path | None = None) -> 
     rounded up. os.cpu_count() gave a process pinned to 4 of 64 cores 64 threads; the affinity
     alone gave a container run with `docker --cpus=2` on a 64-core host 64 threads, which the
     quota then let run for 2 cores' time: each throttled most of every 100 ms."""
-    if hasattr(os, "sched_getaffinity"):
-        cores = len(os.sched_getaffinity(0)) or 1
-    else:
-        cores = os.cpu_count() or 1
+    cores = _affinity_cores()
     quota = cpu_quota(cgroup, membership)
     return cores if quota is None else max(1, min(cores, math.ceil(quota)))
+
+
+def _affinity_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
 
 
 def cpu_quota(cgroup: Path | None = None, membership: Path | None = None) -> float | None:
@@ -132,10 +137,32 @@ def _quota_in(folder: Path) -> float | None:
     return None
 
 
+# Whether this process's torch threads have been chosen: by a command (`use_threads`),
+# torchrun's share (`init_distributed`), or `library_threads` once.
+_threads_set = False
+
+
+def library_threads() -> None:
+    """For a Python caller of the library (`transfer()`, `Trainer.fit`, `load_bundle`), once
+    per process: torch's threads capped at `usable_cores`, as the commands cap them
+    (`use_threads`). Torch's default follows the CPU affinity but not a container's CPU quota,
+    so a notebook in a container given 2 CPUs of a 64-core host ran 64 threads, each throttled
+    most of every 100 ms. Left as they are when chosen: by a command, OMP_NUM_THREADS, or the
+    caller's torch.set_num_threads to another count than the affinity's (torch's default)."""
+    global _threads_set
+    if _threads_set:
+        return
+    _threads_set = True
+    if "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() == _affinity_cores():
+        torch.set_num_threads(min(torch.get_num_threads(), usable_cores()))
+
+
 def use_threads(threads: int | None) -> None:
     """Set torch's CPU threads for a command: `threads` (its --threads) when given; else, unless
     OMP_NUM_THREADS chose, no more than `usable_cores`. Torch's own default follows the CPU
     affinity, but not a container's CPU quota."""
+    global _threads_set
+    _threads_set = True
     if threads:
         torch.set_num_threads(threads)
     elif "OMP_NUM_THREADS" not in os.environ:

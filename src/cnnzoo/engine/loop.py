@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import NewerFormatError, TrainingError, WeightsError
+from ..errors import DamagedCheckpointError, NewerFormatError, TrainingError, WeightsError
 from ..paths import (
     check_folder,
     folders_released,
@@ -41,6 +41,8 @@ from ..weights.files import CHECKPOINT_FORMAT
 from .checkpoint import (
     atomic_save,
     caller_rng_kept,
+    check_optimizer_state,
+    check_run_state,
     load_checkpoint,
     rng_state,
     set_rng_state,
@@ -50,6 +52,7 @@ from .distributed import (
     all_reduce_sum,
     broadcast_flag,
     broadcast_object,
+    library_threads,
     sync_buffers,
     unwrap_model,
     wrap_model,
@@ -194,6 +197,7 @@ class Trainer:
         self.precision = Precision()
         self._replacing = False  # fit() is replacing the run out_dir holds, not yet cleared
         self._machine: dict[str, Any] = {}  # set by fit(): the CPU and threads it trains on
+        self._resumed_from: Path | None = None  # the checkpoint fit() resumes from
         cfg = self.config
         self.mixer = BatchMixer(cfg.mixup, cfg.cutmix, seed=cfg.seed, rank=self.dist.rank)
         if self.mixer.enabled and task.name != "classification":
@@ -247,6 +251,7 @@ class Trainer:
         with contiguous parameters (training may switch it to channels_last), also when training
         fails or is interrupted.
         """
+        library_threads()  # a Python caller's, within a container's CPU quota
         # A BatchLoader makes channels_last batches itself when training does (set in _fit);
         # whatever happens, the loaders go back as they came and the model ready to predict:
         # in eval mode, with contiguous parameters (safetensors refuses channels-last ones).
@@ -313,6 +318,10 @@ class Trainer:
         best_state: dict[str, Tensor] | None = None
         stopped = False
         if ckpt is not None:
+            try:  # here, once the weights fit: a model of other shapes is said as such above
+                check_optimizer_state(ckpt["optimizer"], optimizer, self._resumed_from)
+            except DamagedCheckpointError as exc:
+                raise self._unresumable(exc, resume) from None
             restore_optimizer(optimizer, scheduler, ckpt)
             set_rng_state(ckpt["rng"])
             start, history = ckpt["epoch"], list(ckpt["history"])
@@ -427,15 +436,13 @@ class Trainer:
                 return None
         else:
             path = Path(resume)
+        self._resumed_from = path
         try:
             ckpt = load_checkpoint(path)
+            if "optimizer" in ckpt:  # (weights only: said below)
+                check_run_state(ckpt, path)
         except WeightsError as exc:
-            if resume is not True or isinstance(exc, NewerFormatError):
-                raise
-            # The run's own last.pt, cut short or damaged: asking whether it is a file of
-            # `cnnzoo train` does not help; say how to go on.
-            raise TrainingError(f"cannot read {path}, so the run cannot be resumed: start it "
-                                "again with --overwrite, or train into another --out") from None
+            raise self._unresumable(exc, resume) from None
         if "optimizer" not in ckpt:
             raise TrainingError(f"{path} holds weights only, not a resumable run: resume from "
                                 "last.pt, or start a new run with --init-from")
@@ -489,6 +496,18 @@ class Trainer:
         if "init_from" in old_meta:  # a grown run stays one when resumed without --init-from
             self.meta.setdefault("init_from", old_meta["init_from"])
         return ckpt
+
+    def _unresumable(self, exc: WeightsError,
+                     resume: bool | str | Path) -> WeightsError | TrainingError:
+        """What to raise for `exc`, a checkpoint to resume from that cannot be read or is
+        damaged: the run's own last.pt (resume=True) says how to go on, as asking whether it
+        is a file of `cnnzoo train` does not help."""
+        if resume is not True or isinstance(exc, NewerFormatError):
+            return exc
+        why = (str(exc) if isinstance(exc, DamagedCheckpointError)
+               else f"cannot read {self._resumed_from}")  # fmt: skip
+        return TrainingError(f"{why}, so the run cannot be resumed: start it again with "
+                             "--overwrite, or train into another --out")
 
     def _resume_where(self, resume: bool | str | Path) -> Path:
         """The folder (resume=True) or file a resumed run continues from, for messages."""

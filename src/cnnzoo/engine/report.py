@@ -19,7 +19,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from ..errors import UsageError
 from ..paths import cache_root, replacing, write_text_atomic
-from ..text import shown
+from ..text import shown, spreadsheet_text
 from .task import ClassificationAccumulator, Task
 
 P = ParamSpec("P")
@@ -267,16 +267,21 @@ def per_class_table(acc: ClassificationAccumulator, class_names: list[str]) -> l
 
 def write_per_class_csv(acc: ClassificationAccumulator, class_names: list[str],
                         path: Path) -> Path:
-    """per_class.csv: class, precision, recall, support (the table above, for machines)."""
+    """per_class.csv: class, precision, recall, support (the table above, for machines); a class
+    name that a spreadsheet would take for a formula gets a leading "'" (`spreadsheet_text`)."""
     import csv
     import io
 
     pc = acc.per_class()
     support = acc.confusion.sum(1).tolist()
     text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")  # quotes a class named "red, large"
+    # Quotes a class named "red, large", and (with CRLF, RFC 4180's line end and Excel's)
+    # one named with a '\r' too: under "\n" the csv module left '\r' unquoted, and a
+    # reader split that class's row in two.
+    writer = csv.writer(text, lineterminator="\r\n")
     writer.writerow(["class", "precision", "recall", "support"])
-    writer.writerows([n, "" if p is None else f"{p:.4f}", "" if r is None else f"{r:.4f}", s]
+    writer.writerows([spreadsheet_text(n), "" if p is None else f"{p:.4f}",
+                      "" if r is None else f"{r:.4f}", s]
                      for n, p, r, s in zip(class_names, pc["precision"], pc["recall"], support,
                                            strict=True))  # fmt: skip
     # UTF-8, not the locale's encoding: a Latin-1 or ASCII locale (PYTHONUTF8=0) cannot write

@@ -362,7 +362,7 @@ def build_model(name: str, num_classes: int, in_chans: int, head: dict[str, Any]
     return model
 
 
-def check_description(meta: Any, path: Path) -> None:
+def check_bundle_json(meta: Any, path: Path) -> None:
     """A bundle.json that `Bundle` can use, or one `WeightsError` line naming the file and the
     first field that is wrong. A hand-edited or damaged description otherwise crashed with a
     traceback deep in decoding, or loaded and predicted nan (std 0) or wrong names (duplicate
@@ -425,6 +425,9 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from ..engine.distributed import library_threads
+
+    library_threads()  # a Python caller's predictions, within a container's CPU quota
     d = Path(directory)
     if not (d / JSON_FILE).is_file() or not (d / WEIGHTS_FILE).is_file():
         if not d.exists():
@@ -442,7 +445,7 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
     except (ValueError, RecursionError) as exc:  # not JSON, not text, or nested 100,000 deep
         raise WeightsError(f"{d / JSON_FILE} is not a valid bundle description "
                            f"({type(exc).__name__}: {exc})") from None  # fmt: skip
-    check_description(meta, d / JSON_FILE)
+    check_bundle_json(meta, d / JSON_FILE)
     names = list(meta["class_names"])
     pre = Preprocessing.from_dict(meta["preprocessing"])
     try:

@@ -352,7 +352,10 @@ def transfer(
     module docstring."""
     cfg = _config(config, options)
     check_config(cfg, resume=resume)
+    from ..engine.distributed import library_threads
     from ..models import get_config
+
+    library_threads()  # a Python caller's, within a container's CPU quota
 
     if get_config(model).task == "segmentation":  # it has no classifier to replace
         raise UsageError(f"{model} segments images: transfer learning fits a classifier; train "

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import WeightsError
-from ..paths import cache_root, temp_beside
+from ..paths import cache_root, remove_stale_temps, replacing
 from .classes import imagenet_classes
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
@@ -189,9 +189,11 @@ def download_weights(
 ) -> Path:  # fmt: skip
     """Download a named weights file into the cache (or `dest`), checking its SHA-256.
 
-    The only function in cnnzoo that touches the network, and only when called. The file is
-    written to a temporary name and renamed when complete and verified, so an interrupted
-    download never leaves a file that looks valid.
+    The only network access for weights (Fashion-MNIST's download is the other), and only
+    when called. The file is
+    written to a temporary name, fsync'ed and renamed when complete and verified
+    (`paths.replacing`), so an interrupted download (or a power cut after it) never leaves a
+    file that looks valid; a killed download's temporary file goes at the next one.
     """
     entry = get_weights(model, tag)
     if entry.url is None:
@@ -201,26 +203,23 @@ def download_weights(
     target = folder / entry.file
     if target.is_file():
         return target
-    tmp = temp_beside(target, ".part")
+    remove_stale_temps(target)  # a killed download's: as large as the weights, and hidden
     digest = hashlib.sha256()
     try:
-        with urllib.request.urlopen(entry.url, timeout=timeout) as resp, open(tmp, "wb") as out:
+        with (replacing(target, durable=True) as tmp, open(tmp, "wb") as out,
+              urllib.request.urlopen(entry.url, timeout=timeout) as resp):  # fmt: skip
             while chunk := resp.read(1 << 20):
                 digest.update(chunk)
                 out.write(chunk)
-        if entry.sha256_prefix and not digest.hexdigest().startswith(entry.sha256_prefix):
-            raise WeightsError(
-                f"{entry.url}: downloaded file's SHA-256 {digest.hexdigest()[:12]}... does not "
-                f"start with {entry.sha256_prefix}: corrupted download, try again"
-            )
-        os.replace(tmp, target)
+            if entry.sha256_prefix and not digest.hexdigest().startswith(entry.sha256_prefix):
+                raise WeightsError(  # before the rename: the temporary file goes
+                    f"{entry.url}: downloaded file's SHA-256 {digest.hexdigest()[:12]}... does "
+                    f"not start with {entry.sha256_prefix}: corrupted download, try again"
+                )
     except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
         reason = getattr(exc, "reason", exc)
         raise WeightsError(
             f"cannot download {entry.url} ({reason}): no network? Fetch the file on another "
             f"machine and pass its path (weights='{entry.file}', CLI --weights FILE)"
         ) from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return target
