@@ -465,6 +465,47 @@ def test_an_unknown_option_is_named_by_its_command(argv, prog, unknown, capsys):
     assert f"(see `{prog} --help`)" in err
 
 
+@pytest.mark.parametrize(("argv", "prog", "meant"), [
+    (["predict", "--mode", "x", "a.jpg"], "cnnzoo predict", "--mode; did you mean --model?"),
+    (["predict", "--mod=x", "a.jpg"], "cnnzoo predict", "--mod=x; did you mean --model?"),
+    (["train", "lenet5", "--data", "digits", "--epoch", "1"], "cnnzoo train",
+     "--epoch 1; did you mean --epochs?"),
+    (["data", "export", "digits", "DIR", "--per", "3"], "cnnzoo data export",
+     "--per 3; did you mean --per-class?"),
+    (["segment", "a.png", "--checkpoint", "c.pt", "--t", "3"], "cnnzoo segment",
+     "--t 3; did you mean --threads or --tile?"),
+])
+def test_options_are_not_abbreviated(argv, prog, meant, tmp_path, monkeypatch, capsys):
+    """argparse's allow_abbrev read `predict --mode x` as --model x without a word (and a new
+    option could change what an old script's prefix meant, or make it ambiguous). Every
+    command now refuses a prefix, and names the options it begins."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith(f"{prog}: error: unrecognized arguments: {meant} Options are not "
+                          "abbreviated (see")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_parser_takes_abbreviations():
+    import argparse
+
+    from cnnzoo.cli import build_parser
+
+    def parsers(parser):
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from parsers(sub)
+
+    found = list(parsers(build_parser()))
+    assert len(found) > 10 and not [p.prog for p in found if p.allow_abbrev]
+
+
 def test_no_command_is_a_usage_error_on_stderr(capsys):
     """`cnnzoo` alone exits 2, a usage error, but printed its help on stdout: `cnnzoo $CMD >
     out.txt` with an empty $CMD left the help in the results file."""
