@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -415,6 +416,13 @@ def test_every_option_says_what_it_does_in_help():
     assert set(threads) == {f"cnnzoo {c}" for c in ("train", "transfer", "evaluate", "segment",
                                                     "demo")}
     assert len(set(threads.values())) == 1
+    # --no-progress on every command that draws a bar (predict, evaluate, segment and data
+    # info had none), in the same words.
+    quiet = {prog: a.help for prog, a in actions(build_parser(), "cnnzoo")
+             if "--no-progress" in a.option_strings}
+    assert set(quiet) == {f"cnnzoo {c}" for c in ("train", "transfer", "demo", "predict",
+                                                  "evaluate", "segment", "data info")}
+    assert len(set(quiet.values())) == 1
     # Positional arguments are named in upper case in every usage line (IMAGE, RUN, DATA, IN
     # OUT), as in the docs: train's `model`, evaluate's `checkpoint` and data's `name dir` /
     # `source` were the lower-case exceptions.
@@ -552,3 +560,44 @@ def test_train_takes_model_and_transfer_data_as_the_other_commands_spell_them(
     assert main(["transfer"]) == 2
     err = capsys.readouterr().err
     assert "required: DATA" in err and err.count("\n") == 1
+
+
+class _Terminal(io.StringIO):
+    """A stderr that says it is a terminal: where progress bars are drawn."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_no_progress_turns_off_the_bars_of_predict_evaluate_and_data_info(tmp_path, monkeypatch):
+    """predict, evaluate and data info drew progress bars (on a terminal) but had no
+    --no-progress, which train, transfer and demo have: a terminal recorded with `script`, or
+    a notebook's `!cnnzoo ...`, filled with bar updates. They take it now, alike (segment's:
+    test_segmentation)."""
+    from PIL import Image
+
+    from cnnzoo import create_model
+    from cnnzoo.engine.checkpoint import atomic_save
+
+    data = tmp_path / "data"
+    for cls, value in (("cat", 10), ("dog", 200)):
+        (data / cls).mkdir(parents=True)
+        for i in range(5):
+            Image.new("L", (32, 32), value + i).save(data / cls / f"{i}.png")
+    run = tmp_path / "run"
+    run.mkdir()
+    meta = {"model": "lenet5", "model_kwargs": {}, "num_classes": 2, "in_chans": 1,
+            "img_size": 32, "class_names": ["cat", "dog"], "mean": [0.5], "std": [0.25],
+            "dataset": str(data), "val_fraction": 0.2, "seed": 0}
+    net = create_model("lenet5", num_classes=2, in_chans=1)
+    atomic_save({"format": "cnnzoo-checkpoint-1", "model": net.state_dict(),
+                 "task": "classification", "meta": meta}, run / "best.pt")
+    for argv in (["predict", str(data), "--weights", str(run / "best.pt"), "--batch-size", "2"],
+                 ["evaluate", str(run / "best.pt"), "--data", str(data)],
+                 ["data", "info", str(data)]):
+        for quiet in (False, True):
+            term = _Terminal()
+            monkeypatch.setattr("sys.stderr", term)
+            assert main([*argv, "--no-progress"] if quiet else argv) == 0
+            drawn = "\r" in term.getvalue()  # how tqdm redraws its line
+            assert drawn is not quiet, (argv[0], quiet, term.getvalue())

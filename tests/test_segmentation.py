@@ -1143,6 +1143,31 @@ def test_segment_run_again_leaves_out_its_own_earlier_outputs(tmp_path, capsys):
 
 
 
+def test_segment_and_evaluate_take_no_progress(tmp_path, monkeypatch):
+    """segment drew a bar over the images (or one image's tiles) and evaluate one over the
+    pairs, on a terminal, with no --no-progress to turn them off as train's are."""
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    _threshold_unet(tmp_path / "net.pt", "elsewhere")
+    _pair_folder(tmp_path / "pairs", ["a", "b"])
+    net = str(tmp_path / "net.pt")
+    for quiet in (False, True):
+        for i, argv in enumerate((
+                ["segment", str(tmp_path / "pairs" / "images"), "--checkpoint", net],
+                ["segment", str(tmp_path / "pairs" / "images" / "a.png"), "--checkpoint", net,
+                 "--tile", "16"],  # one image: its tiles' bar
+                ["evaluate", net, "--data", str(tmp_path / "pairs"), "--split", "all"])):
+            term = Terminal()
+            monkeypatch.setattr("sys.stderr", term)
+            out = ["--out", str(tmp_path / f"out{i}{quiet}")] if argv[0] == "segment" else []
+            assert main([*argv, *out, *(["--no-progress"] if quiet else [])]) == 0
+            assert ("\r" in term.getvalue()) is not quiet, (argv, term.getvalue())
+
+
 def test_segment_killed_while_writing_a_mask_keeps_the_earlier_one(tmp_path, monkeypatch):
     """`cnnzoo segment` run again into the same --out, and killed while PIL wrote a mask: the
     mask was written in place, so the earlier run's good one was left cut to its first bytes,

@@ -22,7 +22,7 @@ import os
 import sys
 from pathlib import Path
 
-from .argtypes import COUNT, add_threads_argument, real, whole
+from .argtypes import COUNT, add_progress_argument, add_threads_argument, real, whole
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
@@ -64,6 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_tiling_arguments(p)
     p.add_argument("--batch-size", type=COUNT, default=4, help="tiles per forward pass (default 4)")
     add_threads_argument(p)
+    add_progress_argument(p)
 
 
 def add_tiling_arguments(p: argparse.ArgumentParser, default: int | None = 512,
@@ -181,7 +182,9 @@ def run(args: argparse.Namespace) -> int:
     names = output_stems(paths)
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
-    for path in tqdm(paths, desc="segment", leave=False, disable=True if len(paths) < 2 else None):
+    # A bar over the images, or for one image over its tiles (a large scan takes minutes).
+    for path in tqdm(paths, desc="segment", leave=False,
+                     disable=None if args.progress and len(paths) > 1 else True):
         try:
             img = np.array(load_image(path, 1 if channels == 1 else 3))
         except ImageError as exc:
@@ -193,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
             mask = predict_tiled(model, chw, tile=args.tile, margin=args.margin,
                                  batch_size=args.batch_size, mean=tuple(meta["mean"]),
                                  std=tuple(meta["std"]), output="mask",
-                                 progress=len(paths) == 1).numpy()
+                                 progress=args.progress and len(paths) == 1).numpy()
         stem = names[path]
         (out / stem).parent.mkdir(parents=True, exist_ok=True)
         mask_path = write_mask_png(mask, k, out / f"{stem}_mask.png")

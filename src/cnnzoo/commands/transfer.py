@@ -254,7 +254,7 @@ def probability_line(probs: Sequence[float]) -> str:
 
 def predict_with_bundle(bundle_dir: str | os.PathLike[str], paths: Sequence[Path], *,
                         top: int = 5, as_json: bool = False, batch_size: int = 16,
-                        precision: str = "auto") -> int:  # fmt: skip
+                        precision: str = "auto", progress: bool = True) -> int:  # fmt: skip
     """Print, per image, "Prediction: <class>  Probability: [...]" and the top-k classes (or
     JSON), a batch at a time (`predict.predict_files`). An unreadable image prints one error
     line and the others are still predicted; returns 1 if any failed, else 0."""
@@ -269,7 +269,7 @@ def predict_with_bundle(bundle_dir: str | os.PathLike[str], paths: Sequence[Path
         for r, probs in predict_files(
                 paths, lambda path: bundle.load_images([path])[0],
                 lambda batch: bundle.predict_loaded(batch, precision=own).probabilities,
-                batch_size=batch_size):  # fmt: skip
+                batch_size=batch_size, progress=progress):  # fmt: skip
             if probs is not None:
                 # Stable: among equal probabilities the lower class first, as `prediction`
                 # (argmax).
