@@ -196,6 +196,10 @@ def test_train_refusals_before_any_work(tmp_path, monkeypatch, capsys):
          "(one image per class): add images (at least 2 per class) or a val/ folder"),
         (base + ["--out", str(tmp_path / "readonly" / "run")], "readonly is not writable"),
         (["train", "lenet5", "--data", ""], "the data source is empty"),
+        # transfer took both and ran (train and segment refuse them, one shared check)
+        (base + ["--resume", "--overwrite"], "--overwrite replaces it: pass one"),
+        (["transfer", str(tmp_path / "one"), "--resume", "--overwrite"],
+         "--overwrite replaces it: pass one"),
     ]
     for argv, expect in cases:
         out = [] if "--out" in argv else ["--out", str(tmp_path / "run")]

@@ -214,8 +214,9 @@ def _catch_sigterm() -> typing.Any:
 
 
 def _resume_hint(args: argparse.Namespace, started: float) -> str:
-    """For an interrupted training or fine-tuning run that has saved an epoch: how to continue
-    it. With --overwrite, a checkpoint older than this command is the replaced run's."""
+    """For an interrupted training or fine-tuning run that has saved an epoch, or a segment run
+    that has written a mask: how to continue it. With --overwrite, a checkpoint older than
+    this command is the replaced run's."""
 
     def ours(path: Path) -> bool:
         return path.is_file() and not (getattr(args, "overwrite", False)
@@ -239,6 +240,10 @@ def _resume_hint(args: argparse.Namespace, started: float) -> str:
         if any(ours(tuned / phase / "last.pt") for phase in ("head", "full")):
             return (f"; {tuned} holds the fine-tuning's last finished epoch: add --resume to "
                     "continue")
+    elif args.command == "segment":
+        out = Path(args.out)  # the masks this command wrote: --resume does not redo them
+        if any(f.stat().st_mtime >= started for f in out.glob("**/*_mask.png")):
+            return f"; {out} holds the masks finished so far: add --resume to segment the rest"
     return ""
 
 

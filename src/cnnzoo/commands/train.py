@@ -25,6 +25,7 @@ from .argtypes import (
     model_arg,
     patience_epochs,
     real,
+    refuse_resume_with_overwrite,
     settle_positional,
     size_epochs,
 )
@@ -187,10 +188,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.run import DataOptions, out_dir_for, train_classifier
 
     settle_positional(args, "model", "cnnzoo train MODEL --data DATA")
-    if args.resume and args.overwrite:
-        from ..errors import UsageError
-
-        raise UsageError("--resume continues the run in --out, --overwrite replaces it: pass one")
+    refuse_resume_with_overwrite(args)
     if args.task is None:
         from ..models import get_config
 

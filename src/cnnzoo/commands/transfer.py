@@ -26,6 +26,7 @@ from .argtypes import (
     add_threads_argument,
     patience_epochs,
     real,
+    refuse_resume_with_overwrite,
     settle_positional,
     whole,
 )
@@ -217,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
     from ..transfer import transfer
 
     settle_positional(args, "data", "cnnzoo transfer DATA")
+    refuse_resume_with_overwrite(args)
     args.model = model_of(args)
     notes = check_options(args)
     out = out_folder(args)
