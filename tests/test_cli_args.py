@@ -447,6 +447,27 @@ def test_the_package_metadata_builds_without_a_deprecation():
     assert "setuptools>=77" in meta["build-system"]["requires"]
 
 
+def test_the_version_is_set_in_one_place(capsys):
+    """pyproject.toml and cnnzoo/__init__.py each spelt out "0.1.0": a release that bumped one
+    left `cnnzoo --version` (and the version checkpoints record) saying another than the wheel.
+    The package's __version__ is the one place; setuptools reads it from the source."""
+    import tomllib
+
+    import cnnzoo
+
+    root = Path(__file__).parents[1]
+    meta = tomllib.loads((root / "pyproject.toml").read_text())
+    assert "version" not in meta["project"] and "version" in meta["project"]["dynamic"]
+    assert meta["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "cnnzoo.__version__"}
+    expand = pytest.importorskip("setuptools.config.expand")
+    # What a build puts in the wheel's metadata: read from the file, not imported.
+    assert expand.read_attr("cnnzoo.__version__", {"": "src"}, root) == cnnzoo.__version__
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out == f"cnnzoo {cnnzoo.__version__}\n"
+
+
 def test_a_bare_tta_before_the_checkpoint_says_where_it_goes(capsys):
     """`--tta` takes an optional mode, so `cnnzoo evaluate --tta runs/a/best.pt` read the
     checkpoint as the mode: "invalid choice" alone left the newcomer puzzled."""
