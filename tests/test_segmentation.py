@@ -1182,7 +1182,7 @@ def test_segment_into_an_out_that_holds_these_images_outputs(tmp_path, monkeypat
     printed, err = capsys.readouterr()
     assert [line.split(":")[0] for line in printed.splitlines()] == [str(images / "b.png"),
                                                                      str(images / "c.png")]
-    assert err == f"cnnzoo segment: resuming: 1 of 3 images already segmented in {out}\n"
+    assert err == f"cnnzoo segment: note: resuming: 1 of 3 images already segmented in {out}\n"
     assert (out / "a_overlay.png").read_bytes() == first and len(list(out.iterdir())) == 6
     assert main([*args, "--resume"]) == 0
     assert "all 3 images given are segmented" in capsys.readouterr().err

@@ -72,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
                          "--files-from FILE")  # fmt: skip
     problems: list[str] = []
     paths = expand_paths(items, problems)
-    for line in problems:
-        print(f"cnnzoo predict: {shown(line)}", file=sys.stderr)
+    for line in problems:  # a folder without images: exit status 1, as an unreadable image
+        print(f"cnnzoo predict: error: {shown(line)}", file=sys.stderr)
     with _threads(args.threads, len(paths), args.batch_size):
         failed = _predict(args, paths)
     return 1 if failed or problems else 0

@@ -192,8 +192,8 @@ def run(args: argparse.Namespace) -> int:
     use_threads(args.threads)
     problems: list[str] = []
     paths = expand_paths(args.images, problems)
-    for line in problems:
-        print(f"cnnzoo segment: {shown(line)}", file=sys.stderr)
+    for line in problems:  # a folder without images: exit status 1, as an unreadable image
+        print(f"cnnzoo segment: error: {shown(line)}", file=sys.stderr)
     out = Path(args.out)
     check_folder(out, "--out")
     skip = earlier_outputs(paths, args.images, out)
@@ -212,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
               f"{out} already: nothing to do (--overwrite segments them again)", file=sys.stderr)
         return 1 if problems else 0
     if len(todo) < len(paths):
-        print(f"cnnzoo segment: resuming: {len(paths) - len(todo)} of "
+        print(f"cnnzoo segment: note: resuming: {len(paths) - len(todo)} of "
               f"{plural(len(paths), 'image')} already segmented in {out}", file=sys.stderr)
         paths = todo
     ckpt = load_checkpoint(args.checkpoint)
