@@ -587,6 +587,34 @@ def test_train_takes_model_and_transfer_data_as_the_other_commands_spell_them(
     assert "required: DATA" in err and err.count("\n") == 1
 
 
+def test_transfer_json_prints_its_metrics_json_alone_on_stdout(tmp_path, monkeypatch, capsys):
+    """models, predict, evaluate, compare and data info had --json, transfer none: a script
+    read OUT/metrics.json after the run, or parsed the summary line. Its --json prints that
+    document, and nothing else on stdout (the per-class table, a result in text mode, goes to
+    stderr)."""
+    import json
+    from types import SimpleNamespace
+
+    import cnnzoo.transfer
+
+    metrics = {"features": {"val_acc": 0.75, "val_balanced_acc": 0.7}, "kept": "features",
+               "val_acc": 0.75, "val_balanced_acc": 0.7}
+
+    def transfer(data, *, show, **kwargs):
+        show("class  precision  recall  support")
+        return SimpleNamespace(metrics=metrics, timings={"features": 1.5})
+
+    monkeypatch.setattr(cnnzoo.transfer, "transfer", transfer)
+    argv = ["transfer", str(tmp_path), "--mode", "features", "--out", str(tmp_path / "t")]
+    assert main([*argv, "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {**metrics, "timings_s": {"features": 1.5}}
+    assert out.count("\n") == 1 and "class  precision" in err
+    assert main(argv) == 0  # text: the table and the summary on stdout, as before
+    out, err = capsys.readouterr()
+    assert out.startswith("class  precision") and "validation accuracy features 0.750" in out
+
+
 class _Terminal(io.StringIO):
     """A stderr that says it is a terminal: where progress bars are drawn."""
 

@@ -111,6 +111,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the split, the heads' initialisation and the batches (default 0)")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="output folder (default runs/transfer-MODEL)")
+    p.add_argument("--json", action="store_true",
+                   help="machine-readable output: OUT/metrics.json's document on stdout at the "
+                        "end (the per-class table goes to stderr)")
     add_threads_argument(p)
     add_progress_argument(p)
 
@@ -228,10 +231,17 @@ def run(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"cnnzoo transfer: {note}", file=sys.stderr)
     use_threads(args.threads)
+    # The per-class table is a result, on stdout; with --json stdout holds the JSON alone.
+    show = (lambda line: print(line, file=sys.stderr)) if args.json else print
     result = transfer(args.data, model=args.model, weights=args.weights, out=out,
                       config=config_from_args(args), resume=args.resume,
-                      overwrite=args.overwrite, show=print)  # fmt: skip
+                      overwrite=args.overwrite, show=show)  # fmt: skip
     m = result.metrics
+    if args.json:  # what metrics.json holds (transfer.report.write_report), as one document
+        import json
+
+        print(json.dumps({**m, "timings_s": result.timings}))
+        return 0
     stages = ", ".join(f"{s} {m[s]['val_acc']:.3f} (balanced {m[s]['val_balanced_acc']:.3f})"
                        for s in ("features", "finetune") if s in m)  # fmt: skip
     print(f"{args.model}: validation accuracy {stages}; kept {m['kept']}")
