@@ -615,6 +615,34 @@ def test_transfer_json_prints_its_metrics_json_alone_on_stdout(tmp_path, monkeyp
     assert out.startswith("class  precision") and "validation accuracy features 0.750" in out
 
 
+def test_train_json_prints_the_summary_alone_on_stdout(tmp_path, monkeypatch, capsys):
+    """train had no --json: a script parsed 'lenet5: best val_loss 0.0412 at epoch 9; final
+    validation ...'. Its --json is those numbers as one document, alone on stdout."""
+    import json
+    from types import SimpleNamespace
+
+    def train_classifier(name, data, config, *, show, **kwargs):
+        show("class  precision  recall  support")
+        return SimpleNamespace(
+            monitor="val_loss", best_value=0.25, best_epoch=3, stopped_early=True,
+            final={"loss": 0.3, "acc": 0.9, "top5": 1.0}, final_tta={},
+            accumulator=SimpleNamespace(num_classes=3,
+                                        balanced=lambda: {"balanced_acc": 0.8, "macro_f1": 0.7}))
+
+    monkeypatch.setattr("cnnzoo.engine.run.train_classifier", train_classifier)
+    out = str(tmp_path / "r")
+    assert main(["train", "lenet5", "--data", "digits", "--out", out, "--json"]) == 0
+    printed, err = capsys.readouterr()
+    assert json.loads(printed) == {
+        "model": "lenet5", "out": out, "monitor": "val_loss", "best": 0.25, "best_epoch": 3,
+        "stopped_early": True, "final_tta": None,
+        "final": {"loss": 0.3, "acc": 0.9, "top5": 1.0, "balanced_acc": 0.8, "macro_f1": 0.7}}
+    assert printed.count("\n") == 1 and "class  precision" in err
+    assert main(["train", "lenet5", "--data", "digits", "--out", out]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("class  precision") and "lenet5: best val_loss 0.2500" in printed
+
+
 class _Terminal(io.StringIO):
     """A stderr that says it is a terminal: where progress bars are drawn."""
 
