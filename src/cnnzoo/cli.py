@@ -240,10 +240,8 @@ def _resume_hint(args: argparse.Namespace, started: float) -> str:
         if any(ours(tuned / phase / "last.pt") for phase in ("head", "full")):
             return (f"; {tuned} holds the fine-tuning's last finished epoch: add --resume to "
                     "continue")
-    elif args.command == "segment":
-        out = Path(args.out)  # the masks this command wrote: --resume does not redo them
-        if any(f.stat().st_mtime >= started for f in out.glob("**/*_mask.png")):
-            return f"; {out} holds the masks finished so far: add --resume to segment the rest"
+    elif args.command == "segment" and getattr(args, "segmented", 0):  # (set by segment.run)
+        return f"; {args.out} holds the masks finished so far: add --resume to segment the rest"
     return ""
 
 

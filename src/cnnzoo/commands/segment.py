@@ -252,6 +252,7 @@ def run(args: argparse.Namespace) -> int:
         mask_path.parent.mkdir(parents=True, exist_ok=True)
         write_mask_png(mask, k, mask_path)
         write_png(overlay(img, mask), overlay_path)  # last: --resume redoes an image without it
+        args.segmented = getattr(args, "segmented", 0) + 1  # for cli's line after a Ctrl-C
         share = ", ".join(f"{name} {float((mask == i).mean()):.1%}"
                           for i, name in enumerate(meta.get("class_names") or range(k)))
         # One line, whatever the file and its classes are named (as predict's)
