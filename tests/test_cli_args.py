@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -195,6 +196,10 @@ def test_train_refusals_before_any_work(tmp_path, monkeypatch, capsys):
          "(one image per class): add images (at least 2 per class) or a val/ folder"),
         (base + ["--out", str(tmp_path / "readonly" / "run")], "readonly is not writable"),
         (["train", "lenet5", "--data", ""], "the data source is empty"),
+        # transfer took both and ran (train and segment refuse them, one shared check)
+        (base + ["--resume", "--overwrite"], "--overwrite replaces it: pass one"),
+        (["transfer", str(tmp_path / "one"), "--resume", "--overwrite"],
+         "--overwrite replaces it: pass one"),
     ]
     for argv, expect in cases:
         out = [] if "--out" in argv else ["--out", str(tmp_path / "run")]
@@ -415,6 +420,13 @@ def test_every_option_says_what_it_does_in_help():
     assert set(threads) == {f"cnnzoo {c}" for c in ("train", "transfer", "evaluate", "segment",
                                                     "demo")}
     assert len(set(threads.values())) == 1
+    # --no-progress on every command that draws a bar (predict, evaluate, segment and data
+    # info had none), in the same words.
+    quiet = {prog: a.help for prog, a in actions(build_parser(), "cnnzoo")
+             if "--no-progress" in a.option_strings}
+    assert set(quiet) == {f"cnnzoo {c}" for c in ("train", "transfer", "demo", "predict",
+                                                  "evaluate", "segment", "data info")}
+    assert len(set(quiet.values())) == 1
     # Positional arguments are named in upper case in every usage line (IMAGE, RUN, DATA, IN
     # OUT), as in the docs: train's `model`, evaluate's `checkpoint` and data's `name dir` /
     # `source` were the lower-case exceptions.
@@ -433,6 +445,27 @@ def test_the_package_metadata_builds_without_a_deprecation():
     meta = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     assert meta["project"]["license"] == "MIT"
     assert "setuptools>=77" in meta["build-system"]["requires"]
+
+
+def test_the_version_is_set_in_one_place(capsys):
+    """pyproject.toml and cnnzoo/__init__.py each spelt out "0.1.0": a release that bumped one
+    left `cnnzoo --version` (and the version checkpoints record) saying another than the wheel.
+    The package's __version__ is the one place; setuptools reads it from the source."""
+    import tomllib
+
+    import cnnzoo
+
+    root = Path(__file__).parents[1]
+    meta = tomllib.loads((root / "pyproject.toml").read_text())
+    assert "version" not in meta["project"] and "version" in meta["project"]["dynamic"]
+    assert meta["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "cnnzoo.__version__"}
+    expand = pytest.importorskip("setuptools.config.expand")
+    # What a build puts in the wheel's metadata: read from the file, not imported.
+    assert expand.read_attr("cnnzoo.__version__", {"": "src"}, root) == cnnzoo.__version__
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out == f"cnnzoo {cnnzoo.__version__}\n"
 
 
 def test_a_bare_tta_before_the_checkpoint_says_where_it_goes(capsys):
@@ -463,6 +496,47 @@ def test_an_unknown_option_is_named_by_its_command(argv, prog, unknown, capsys):
     assert out == "" and err.count("\n") == 1
     assert err.startswith(f"{prog}: error: unrecognized arguments: {unknown} (")
     assert f"(see `{prog} --help`)" in err
+
+
+@pytest.mark.parametrize(("argv", "prog", "meant"), [
+    (["predict", "--mode", "x", "a.jpg"], "cnnzoo predict", "--mode; did you mean --model?"),
+    (["predict", "--mod=x", "a.jpg"], "cnnzoo predict", "--mod=x; did you mean --model?"),
+    (["train", "lenet5", "--data", "digits", "--epoch", "1"], "cnnzoo train",
+     "--epoch 1; did you mean --epochs?"),
+    (["data", "export", "digits", "DIR", "--per", "3"], "cnnzoo data export",
+     "--per 3; did you mean --per-class?"),
+    (["segment", "a.png", "--checkpoint", "c.pt", "--t", "3"], "cnnzoo segment",
+     "--t 3; did you mean --threads or --tile?"),
+])
+def test_options_are_not_abbreviated(argv, prog, meant, tmp_path, monkeypatch, capsys):
+    """argparse's allow_abbrev read `predict --mode x` as --model x without a word (and a new
+    option could change what an old script's prefix meant, or make it ambiguous). Every
+    command now refuses a prefix, and names the options it begins."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith(f"{prog}: error: unrecognized arguments: {meant} Options are not "
+                          "abbreviated (see")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_no_parser_takes_abbreviations():
+    import argparse
+
+    from cnnzoo.cli import build_parser
+
+    def parsers(parser):
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from parsers(sub)
+
+    found = list(parsers(build_parser()))
+    assert len(found) > 10 and not [p.prog for p in found if p.allow_abbrev]
 
 
 def test_no_command_is_a_usage_error_on_stderr(capsys):
@@ -511,3 +585,100 @@ def test_train_takes_model_and_transfer_data_as_the_other_commands_spell_them(
     assert main(["transfer"]) == 2
     err = capsys.readouterr().err
     assert "required: DATA" in err and err.count("\n") == 1
+
+
+def test_transfer_json_prints_its_metrics_json_alone_on_stdout(tmp_path, monkeypatch, capsys):
+    """models, predict, evaluate, compare and data info had --json, transfer none: a script
+    read OUT/metrics.json after the run, or parsed the summary line. Its --json prints that
+    document, and nothing else on stdout (the per-class table, a result in text mode, goes to
+    stderr)."""
+    import json
+    from types import SimpleNamespace
+
+    import cnnzoo.transfer
+
+    metrics = {"features": {"val_acc": 0.75, "val_balanced_acc": 0.7}, "kept": "features",
+               "val_acc": 0.75, "val_balanced_acc": 0.7}
+
+    def transfer(data, *, show, **kwargs):
+        show("class  precision  recall  support")
+        return SimpleNamespace(metrics=metrics, timings={"features": 1.5})
+
+    monkeypatch.setattr(cnnzoo.transfer, "transfer", transfer)
+    argv = ["transfer", str(tmp_path), "--mode", "features", "--out", str(tmp_path / "t")]
+    assert main([*argv, "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {**metrics, "timings_s": {"features": 1.5}}
+    assert out.count("\n") == 1 and "class  precision" in err
+    assert main(argv) == 0  # text: the table and the summary on stdout, as before
+    out, err = capsys.readouterr()
+    assert out.startswith("class  precision") and "validation accuracy features 0.750" in out
+
+
+def test_train_json_prints_the_summary_alone_on_stdout(tmp_path, monkeypatch, capsys):
+    """train had no --json: a script parsed 'lenet5: best val_loss 0.0412 at epoch 9; final
+    validation ...'. Its --json is those numbers as one document, alone on stdout."""
+    import json
+    from types import SimpleNamespace
+
+    def train_classifier(name, data, config, *, show, **kwargs):
+        show("class  precision  recall  support")
+        return SimpleNamespace(
+            monitor="val_loss", best_value=0.25, best_epoch=3, stopped_early=True,
+            final={"loss": 0.3, "acc": 0.9, "top5": 1.0}, final_tta={},
+            accumulator=SimpleNamespace(num_classes=3,
+                                        balanced=lambda: {"balanced_acc": 0.8, "macro_f1": 0.7}))
+
+    monkeypatch.setattr("cnnzoo.engine.run.train_classifier", train_classifier)
+    out = str(tmp_path / "r")
+    assert main(["train", "lenet5", "--data", "digits", "--out", out, "--json"]) == 0
+    printed, err = capsys.readouterr()
+    assert json.loads(printed) == {
+        "model": "lenet5", "out": out, "monitor": "val_loss", "best": 0.25, "best_epoch": 3,
+        "stopped_early": True, "final_tta": None,
+        "final": {"loss": 0.3, "acc": 0.9, "top5": 1.0, "balanced_acc": 0.8, "macro_f1": 0.7}}
+    assert printed.count("\n") == 1 and "class  precision" in err
+    assert main(["train", "lenet5", "--data", "digits", "--out", out]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("class  precision") and "lenet5: best val_loss 0.2500" in printed
+
+
+class _Terminal(io.StringIO):
+    """A stderr that says it is a terminal: where progress bars are drawn."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_no_progress_turns_off_the_bars_of_predict_evaluate_and_data_info(tmp_path, monkeypatch):
+    """predict, evaluate and data info drew progress bars (on a terminal) but had no
+    --no-progress, which train, transfer and demo have: a terminal recorded with `script`, or
+    a notebook's `!cnnzoo ...`, filled with bar updates. They take it now, alike (segment's:
+    test_segmentation)."""
+    from PIL import Image
+
+    from cnnzoo import create_model
+    from cnnzoo.engine.checkpoint import atomic_save
+
+    data = tmp_path / "data"
+    for cls, value in (("cat", 10), ("dog", 200)):
+        (data / cls).mkdir(parents=True)
+        for i in range(5):
+            Image.new("L", (32, 32), value + i).save(data / cls / f"{i}.png")
+    run = tmp_path / "run"
+    run.mkdir()
+    meta = {"model": "lenet5", "model_kwargs": {}, "num_classes": 2, "in_chans": 1,
+            "img_size": 32, "class_names": ["cat", "dog"], "mean": [0.5], "std": [0.25],
+            "dataset": str(data), "val_fraction": 0.2, "seed": 0}
+    net = create_model("lenet5", num_classes=2, in_chans=1)
+    atomic_save({"format": "cnnzoo-checkpoint-1", "model": net.state_dict(),
+                 "task": "classification", "meta": meta}, run / "best.pt")
+    for argv in (["predict", str(data), "--weights", str(run / "best.pt"), "--batch-size", "2"],
+                 ["evaluate", str(run / "best.pt"), "--data", str(data)],
+                 ["data", "info", str(data)]):
+        for quiet in (False, True):
+            term = _Terminal()
+            monkeypatch.setattr("sys.stderr", term)
+            assert main([*argv, "--no-progress"] if quiet else argv) == 0
+            drawn = "\r" in term.getvalue()  # how tqdm redraws its line
+            assert drawn is not quiet, (argv[0], quiet, term.getvalue())

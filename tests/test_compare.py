@@ -208,6 +208,23 @@ def test_labels_and_entries_that_are_not_runs(tmp_path):
         summarize_runs([tmp_path / "failed"], skip=said.append)
 
 
+def test_a_run_that_does_not_exist_is_a_usage_error(tmp_path, capsys):
+    """`cnnzoo compare runs/a runs/typo` printed 'skipped runs/typo: ...' and the table of a
+    alone, exit status 0: a script went on with half a comparison. A path that is not there
+    was typed (a glob names what exists), so it stops the command, before any run is read;
+    entries of runs/* that hold no run are still left out with a line."""
+    a = _fake_run(tmp_path / "a")
+    (tmp_path / "failed").mkdir()
+    typo, gone = tmp_path / "typo", tmp_path / "gone.pt"
+    assert main(["compare", str(a), str(typo), str(tmp_path / "failed"), str(gone)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == (f"cnnzoo compare: error: {typo}, {gone}: no such run folder "
+                                 "or checkpoint\n")
+    assert main(["compare", str(a), str(tmp_path / "failed")]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("run ") and err.startswith(f"skipped {tmp_path / 'failed'}: ")
+
+
 def test_what_had_no_effect_is_not_a_difference_and_what_did_is(tmp_path):
     # AdamW has no momentum, one-cycle its own warm-up: such settings changed nothing.
     a = _fake_run(tmp_path / "a", optimizer="adamw", momentum=0.9, warmup_epochs=0.0)

@@ -142,7 +142,8 @@ def test_predict_cli_text_format_and_folders(image_dir, capsys):
     (image_dir / "no_images").mkdir(exist_ok=True)
     assert main(["predict", str(image_dir / "no_images"), str(sub), "--top", "2"]) == 1
     captured = capsys.readouterr()
-    assert captured.err == f"cnnzoo predict: {image_dir / 'no_images'}: no image files in this folder\n"
+    assert captured.err == (f"cnnzoo predict: error: {image_dir / 'no_images'}: no image files in "
+                            "this folder\n")
     assert captured.out.splitlines() == lines
     # The lecture's list: "  1. tiger_cat: 39.47%".
     rank, name, pct = lines[1].split()

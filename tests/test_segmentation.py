@@ -1128,7 +1128,7 @@ def test_segment_run_again_leaves_out_its_own_earlier_outputs(tmp_path, capsys):
     first = {p: p.read_bytes() for p in (scans / "segmented").iterdir()}
     assert sorted(p.name for p in first) == ["x_mask.png", "x_overlay.png"]
     capsys.readouterr()
-    assert main(args) == 0
+    assert main([*args, "--overwrite"]) == 0
     out, err = capsys.readouterr()
     assert sorted(p.name for p in (scans / "segmented").iterdir()) == ["x_mask.png",
                                                                          "x_overlay.png"]
@@ -1141,6 +1141,85 @@ def test_segment_run_again_leaves_out_its_own_earlier_outputs(tmp_path, capsys):
                  str(tmp_path / "net.pt"), "--out", str(scans / "segmented")]) == 0
     assert (scans / "segmented" / "x_mask_mask.png").is_file()
 
+
+
+def test_segment_into_an_out_that_holds_these_images_outputs(tmp_path, monkeypatch, capsys):
+    """`cnnzoo segment` into an --out holding its masks of the same images (an earlier run,
+    perhaps of another checkpoint) replaced them without a word, and a killed run could only
+    start over. Now, as `cnnzoo train` treats its --out: refused in one line unless --resume
+    (segment only the images without a mask and overlay) or --overwrite; masks of other
+    images are left alone and do not stop it (a folder that collects batch after batch)."""
+    import cnnzoo.segmentation.visual as visual
+
+    _threshold_unet(tmp_path / "net.pt", "elsewhere")
+    _pair_folder(tmp_path / "pairs", ["a", "b", "c"])
+    images, out = tmp_path / "pairs" / "images", tmp_path / "out"
+    args = ["segment", str(images), "--checkpoint", str(tmp_path / "net.pt"), "--out", str(out)]
+    # Interrupted after its first image: it says how to go on.
+    drawn = []
+
+    def interrupted(img, mask):
+        if drawn:
+            raise KeyboardInterrupt
+        drawn.append(img)
+        return np.zeros((*img.shape[:2], 3), np.uint8)
+
+    monkeypatch.setattr(visual, "overlay", interrupted)
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert err.endswith(f"interrupted; {out} holds the masks finished so far: add --resume to "
+                        "segment the rest\n")
+    monkeypatch.undo()
+    assert sorted(p.name for p in out.iterdir()) == ["a_mask.png", "a_overlay.png",
+                                                     "b_mask.png"]  # b's overlay: never written
+    first = (out / "a_overlay.png").read_bytes()  # (the stand-in's)
+    assert main(args) == 2
+    assert capsys.readouterr().err == (
+        f"cnnzoo segment: error: {out} holds what an earlier run wrote for 2 of these 3 images "
+        f"({out / 'a_mask.png'}): pass --resume to segment only the others, --overwrite to "
+        "replace it, or another --out\n")
+    assert main([*args, "--resume"]) == 0
+    printed, err = capsys.readouterr()
+    assert [line.split(":")[0] for line in printed.splitlines()] == [str(images / "b.png"),
+                                                                     str(images / "c.png")]
+    assert err == f"cnnzoo segment: note: resuming: 1 of 3 images already segmented in {out}\n"
+    assert (out / "a_overlay.png").read_bytes() == first and len(list(out.iterdir())) == 6
+    assert main([*args, "--resume"]) == 0
+    assert "all 3 images given are segmented" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+    assert (out / "a_overlay.png").read_bytes() != first
+    assert main([*args, "--overwrite", "--resume"]) == 2
+    assert "--overwrite replaces it: pass one" in capsys.readouterr().err
+    # Another image into the same folder: its own outputs only, nothing in the way.
+    _put(tmp_path / "more" / "d.png", np.full((16, 20), 100, np.uint8))
+    assert main(["segment", str(tmp_path / "more"), "--checkpoint", str(tmp_path / "net.pt"),
+                 "--out", str(out)]) == 0
+    assert len(list(out.iterdir())) == 8
+
+
+def test_segment_and_evaluate_take_no_progress(tmp_path, monkeypatch):
+    """segment drew a bar over the images (or one image's tiles) and evaluate one over the
+    pairs, on a terminal, with no --no-progress to turn them off as train's are."""
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    _threshold_unet(tmp_path / "net.pt", "elsewhere")
+    _pair_folder(tmp_path / "pairs", ["a", "b"])
+    net = str(tmp_path / "net.pt")
+    for quiet in (False, True):
+        for i, argv in enumerate((
+                ["segment", str(tmp_path / "pairs" / "images"), "--checkpoint", net],
+                ["segment", str(tmp_path / "pairs" / "images" / "a.png"), "--checkpoint", net,
+                 "--tile", "16"],  # one image: its tiles' bar
+                ["evaluate", net, "--data", str(tmp_path / "pairs"), "--split", "all"])):
+            term = Terminal()
+            monkeypatch.setattr("sys.stderr", term)
+            out = ["--out", str(tmp_path / f"out{i}{quiet}")] if argv[0] == "segment" else []
+            assert main([*argv, *out, *(["--no-progress"] if quiet else [])]) == 0
+            assert ("\r" in term.getvalue()) is not quiet, (argv, term.getvalue())
 
 
 def test_segment_killed_while_writing_a_mask_keeps_the_earlier_one(tmp_path, monkeypatch):
@@ -1160,7 +1239,7 @@ def test_segment_killed_while_writing_a_mask_keeps_the_earlier_one(tmp_path, mon
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Image.Image, "save", dying_save)
-    assert main(args) == 130  # Ctrl-C's status
+    assert main([*args, "--overwrite"]) == 130  # Ctrl-C's status
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == first
 
 

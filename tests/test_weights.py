@@ -319,6 +319,10 @@ def test_num_classes_mismatch_loads_all_but_the_head(tv_resnet18, caplog):
     with caplog.at_level(logging.WARNING, logger="cnnzoo.weights"):
         model = cnnzoo.create_model("resnet18", num_classes=7, weights=str(path))
     assert "re-initialised" in caplog.text and "1000 classes" in caplog.text
+    # A note, in the words of the data's and the engine's (it began 'cnnzoo: ', which read as
+    # the command's own line, as 'cnnzoo transfer: note: ...' does)
+    assert caplog.messages == ["note: classifier re-initialised (the checkpoint's head has 1000 "
+                               "classes, the model 7); all other layers loaded"]
     sd, ref_sd = model.state_dict(), ref.state_dict()
     assert sd["fc.weight"].shape == (7, 512)
     assert all(torch.equal(sd[k], ref_sd[k]) for k in ref_sd if not k.startswith("fc."))

@@ -3,6 +3,7 @@ that runs in minutes on a CPU."""
 
 from .errors import CnnzooError
 
+# The one place the version is set: pyproject.toml reads it from here (tool.setuptools.dynamic).
 __version__ = "0.1.0"
 
 # Imported on first use, so `import cnnzoo` (which `python -m cnnzoo` and the `cnnzoo` script

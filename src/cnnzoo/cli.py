@@ -36,7 +36,15 @@ COMMANDS: dict[str, str] = {
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a mistake is one line and a pointer to --help: the full usage of `train`
-    ran to 25 lines above the one that said what was wrong."""
+    ran to 25 lines above the one that said what was wrong.
+
+    Options are not abbreviated (argparse's allow_abbrev, off here and, through
+    add_subparsers, in every command's parser): `predict --mode x` was silently read as
+    --model x, and a new option could change what an old script's prefix meant."""
+
+    def __init__(self, *args: typing.Any, **kwargs: typing.Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> typing.NoReturn:
         if os.environ.get("RANK", "0") != "0":
@@ -71,6 +79,19 @@ def _command_parser(parser: argparse.ArgumentParser,
             if chosen is not None:
                 return _command_parser(chosen, args)
     return parser
+
+
+def _spelled_out(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
+    """For an unknown option that begins a real one (`--mode` of --model, which argparse took
+    as its abbreviation until abbreviations were turned off): the options it may have meant."""
+    for word in unknown:
+        given = word.partition("=")[0]
+        if not given.startswith("--"):
+            continue
+        meant = sorted(o for o in parser._option_string_actions if o.startswith(given))
+        if meant:
+            return f"; did you mean {' or '.join(meant)}? Options are not abbreviated"
+    return ""
 
 
 # File errors that the user, not the code, must fix, and what to do about each.
@@ -122,7 +143,9 @@ def _main(argv: list[str] | None) -> int:
             # argparse lets the top-level parser say it ("cnnzoo: error: unrecognized arguments
             # ... (see `cnnzoo --help`)"), which lists no command's options: the command's
             # own parser says it, as it says every other mistake in its options.
-            _command_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
+            command = _command_parser(parser, args)
+            command.error(f"unrecognized arguments: {' '.join(unknown)}"
+                          f"{_spelled_out(command, unknown)}")
     except KeyboardInterrupt:  # Ctrl-C right after starting: no command has begun
         print("\ncnnzoo: interrupted", file=sys.stderr)
         return 130
@@ -191,8 +214,9 @@ def _catch_sigterm() -> typing.Any:
 
 
 def _resume_hint(args: argparse.Namespace, started: float) -> str:
-    """For an interrupted training or fine-tuning run that has saved an epoch: how to continue
-    it. With --overwrite, a checkpoint older than this command is the replaced run's."""
+    """For an interrupted training or fine-tuning run that has saved an epoch, or a segment run
+    that has written a mask: how to continue it. With --overwrite, a checkpoint older than
+    this command is the replaced run's."""
 
     def ours(path: Path) -> bool:
         return path.is_file() and not (getattr(args, "overwrite", False)
@@ -216,6 +240,8 @@ def _resume_hint(args: argparse.Namespace, started: float) -> str:
         if any(ours(tuned / phase / "last.pt") for phase in ("head", "full")):
             return (f"; {tuned} holds the fine-tuning's last finished epoch: add --resume to "
                     "continue")
+    elif args.command == "segment" and getattr(args, "segmented", 0):  # (set by segment.run)
+        return f"; {args.out} holds the masks finished so far: add --resume to segment the rest"
     return ""
 
 

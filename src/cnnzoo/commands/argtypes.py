@@ -135,6 +135,15 @@ def add_progress_argument(p: argparse.ArgumentParser) -> None:
                    help="no progress bars (they are drawn only when stderr is a terminal)")
 
 
+def refuse_resume_with_overwrite(args: argparse.Namespace) -> None:
+    """--resume and --overwrite (train, transfer, segment) together: a `UsageError`, not one
+    silently winning over the other."""
+    if args.resume and args.overwrite:
+        from ..errors import UsageError
+
+        raise UsageError("--resume continues what --out holds, --overwrite replaces it: pass one")
+
+
 def add_positional_or_option(p: argparse.ArgumentParser, dest: str, *, help: str) -> None:
     """A positional argument that may also be given as --DEST, the spelling other commands use
     for it (`train --model`, as predict, transfer and convert; `transfer --data`, as train and

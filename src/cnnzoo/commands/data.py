@@ -10,7 +10,7 @@ import argparse
 import json
 
 from ..text import plural, shown
-from .argtypes import COUNT, FRACTION, IMG_SIZE, SEED
+from .argtypes import COUNT, FRACTION, IMG_SIZE, SEED, add_progress_argument
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,6 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     i.add_argument("--json", action="store_true",
                    help="machine-readable output: classes, per-class counts of each part, "
                         "image shape, files skipped")
+    add_progress_argument(i)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,7 +92,8 @@ def _info(args: argparse.Namespace) -> int:
 
     channels = args.channels or own_channels(args.source, seen_images(args.source)) or 3
     spec = ImageSpec(size=args.img_size, channels=channels)
-    splits = load_dataset(args.source, spec, val_fraction=args.val_fraction, seed=args.seed)
+    splits = load_dataset(args.source, spec, val_fraction=args.val_fraction, seed=args.seed,
+                          progress=args.progress)
     parts = [("train", splits.train), ("val", splits.val)]
     if splits.test is not None:
         parts.append(("test", splits.test))

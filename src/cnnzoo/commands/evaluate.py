@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from ..text import plural, shown
-from .argtypes import COUNT, add_threads_argument
+from .argtypes import COUNT, add_progress_argument, add_threads_argument
 from .segment import add_tiling_arguments
 from .train import add_tta_argument
 
@@ -39,6 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--confusion", metavar="PNG", help="also write the confusion matrix as a PNG")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     add_threads_argument(p)
+    add_progress_argument(p)
 
 
 PICTURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
@@ -115,13 +116,15 @@ def run(args: argparse.Namespace) -> int:
         # runs at its weights' size (224-260 px) over several views, so its default is 64. A
         # --batch-size given is used as given (it was cut to 64 without a word).
         metrics, acc = bundle.evaluate(args.data, split=args.split,
-                                       batch_size=args.batch_size or 64)  # fmt: skip
+                                       batch_size=args.batch_size or 64,
+                                       progress=args.progress)  # fmt: skip
         names = bundle.class_names
     else:
         metrics, acc, names = evaluate_checkpoint(args.checkpoint, args.data,
                                                   batch_size=args.batch_size or 256,
                                                   split=args.split,
-                                                  tta=args.tta or False)  # fmt: skip
+                                                  tta=args.tta or False,
+                                                  progress=args.progress)  # fmt: skip
     if args.confusion:
         # Its folder is made, as `--out` folders are: a path that names a new folder is one
         # the user meant to have.
@@ -180,7 +183,8 @@ def run_segmentation(args: argparse.Namespace) -> int:
                          "masks `cnnzoo segment` writes, which averages no views")
     ev = evaluate_segmenter(args.checkpoint, args.data, split=args.split,
                             tile=args.tile or 512, margin=args.margin,
-                            batch_size=args.batch_size or 4, progress=True)  # fmt: skip
+                            batch_size=args.batch_size or 4,
+                            progress=args.progress)  # fmt: skip
     for line in ev.notes:
         print(shown(line), file=sys.stderr)
     acc, m, names = ev.accumulator, ev.metrics, ev.class_names

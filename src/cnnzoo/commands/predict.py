@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ..text import shown
-from .argtypes import COUNT
+from .argtypes import COUNT, add_progress_argument
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,6 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto (default): bf16 + channels-last on CPUs with native bf16, where "
                         "it runs 2-3x faster, else fp32; a `cnnzoo train` checkpoint's and a "
                         "bundle's own, as their metrics were measured")  # fmt: skip
+    add_progress_argument(p)
     p.add_argument("--batch-size", type=COUNT, default=16, help=argparse.SUPPRESS)
 
 
@@ -71,8 +72,8 @@ def run(args: argparse.Namespace) -> int:
                          "--files-from FILE")  # fmt: skip
     problems: list[str] = []
     paths = expand_paths(items, problems)
-    for line in problems:
-        print(f"cnnzoo predict: {shown(line)}", file=sys.stderr)
+    for line in problems:  # a folder without images: exit status 1, as an unreadable image
+        print(f"cnnzoo predict: error: {shown(line)}", file=sys.stderr)
     with _threads(args.threads, len(paths), args.batch_size):
         failed = _predict(args, paths)
     return 1 if failed or problems else 0
@@ -93,8 +94,8 @@ def _predict(args: argparse.Namespace, paths: list[Path]) -> bool:
             raise UsageError("--bundle brings its own model and weights; leave out --model "
                              "and --weights")
         return bool(predict_with_bundle(args.bundle, paths, top=args.top, as_json=args.json,
-                                        batch_size=args.batch_size,
-                                        precision=args.precision))  # fmt: skip
+                                        batch_size=args.batch_size, precision=args.precision,
+                                        progress=args.progress))  # fmt: skip
     args.weights = args.weights or "imagenet"
     trained = training_checkpoint(args.weights)
     if trained is not None:  # `cnnzoo train`'s best.pt / last.pt: its model, classes, input
@@ -129,7 +130,8 @@ def _predict(args: argparse.Namespace, paths: list[Path]) -> bool:
         raise UsageError(f"{args.weights} is a net with {pre.channels} input channels, but "
                          "images decode to grey or RGB (1 or 3)")  # fmt: skip
     results = iter_classified(model, pre, paths, class_names=names, top=args.top,
-                              batch_size=args.batch_size, precision=args.precision)  # fmt: skip
+                              batch_size=args.batch_size, precision=args.precision,
+                              progress=args.progress)  # fmt: skip
     return bool(print_results(results, as_json=args.json))
 
 
@@ -233,6 +235,7 @@ def predict_files(
     probabilities: Callable[[Any], Any],
     *,
     batch_size: int = 16,
+    progress: bool = True,
 ) -> Iterator[tuple[dict[str, Any], Any]]:
     """(record, class probabilities (K,) or None) per path, in order, one batch at a time.
 
@@ -241,12 +244,13 @@ def predict_files(
     through `probabilities` ((n, C, H, W) -> (n, K)). A record is `{"image": path}`, plus
     "error" for a file that failed, or whose probabilities are NaN. Only one batch is held, and its records come as soon as it
     is predicted: 5,000 files do not sit decoded in memory, the output streams, and an
-    interrupted run has printed what it finished (all of it was lost before)."""
+    interrupted run has printed what it finished (all of it was lost before). progress: a bar
+    over the images (`_progress`: more than one batch, on a terminal)."""
     import torch
 
     from ..errors import ImageError
 
-    bar = _progress(len(paths), batch_size)
+    bar = _progress(len(paths), batch_size) if progress else _NoBar()
     batch: list[tuple[dict[str, Any], Any]] = []
     decoded = 0
     try:
@@ -289,6 +293,7 @@ def iter_classified(
     top: int = 5,
     batch_size: int = 16,
     precision: str = "auto",
+    progress: bool = True,
 ) -> Iterator[dict[str, Any]]:
     """`classify_files`'s records one at a time, each batch as soon as it is predicted."""
     from contextlib import nullcontext
@@ -310,7 +315,8 @@ def iter_classified(
     layout = held_for_inference(model, dtype) if isinstance(model, nn.Module) else nullcontext()
     with layout:
         for record, probs in predict_files(paths, preprocessing.load, probabilities,
-                                           batch_size=batch_size):  # fmt: skip
+                                           batch_size=batch_size,
+                                           progress=progress):  # fmt: skip
             if probs is not None:
                 (preds,) = decode_predictions(probs[None], top, class_names)
                 record["predictions"] = [
@@ -329,6 +335,7 @@ def classify_files(
     top: int = 5,
     batch_size: int = 16,
     precision: str = "auto",
+    progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Classify image files in batches: one record per path, in order.
 
@@ -336,10 +343,11 @@ def classify_files(
     or `{"image": path, "error": one line}` for a file that cannot be decoded (`ImageError`).
     `preprocessing.load(path)` must give the model's (C, H, W) input (a weights `Preprocessing`).
     precision: 'auto' (bf16 + channels-last on a CPU with native bf16, else fp32), 'bf16' or
-    'fp32' (`transfer.features.inference_dtype`).
+    'fp32' (`transfer.features.inference_dtype`). progress: `predict_files`'.
     """
     return list(iter_classified(model, preprocessing, paths, class_names=class_names, top=top,
-                                batch_size=batch_size, precision=precision))  # fmt: skip
+                                batch_size=batch_size, precision=precision,
+                                progress=progress))  # fmt: skip
 
 
 def _progress(total: int, batch_size: int) -> Any:

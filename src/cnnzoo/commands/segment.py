@@ -22,7 +22,14 @@ import os
 import sys
 from pathlib import Path
 
-from .argtypes import COUNT, add_threads_argument, real, whole
+from .argtypes import (
+    COUNT,
+    add_progress_argument,
+    add_threads_argument,
+    real,
+    refuse_resume_with_overwrite,
+    whole,
+)
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
@@ -61,9 +68,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="best.pt or last.pt of `cnnzoo train unet --task segmentation`")
     p.add_argument("--out", metavar="DIR", default="segmented",
                    help="output folder (default ./segmented)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run into --out: segment only the images it "
+                        "holds no mask and overlay for")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the masks and overlays --out holds for these images (those "
+                        "of other images stay); without it (or --resume) they are refused")
     add_tiling_arguments(p)
     p.add_argument("--batch-size", type=COUNT, default=4, help="tiles per forward pass (default 4)")
     add_threads_argument(p)
+    add_progress_argument(p)
 
 
 def add_tiling_arguments(p: argparse.ArgumentParser, default: int | None = 512,
@@ -117,6 +131,33 @@ def output_stems(paths: list[Path]) -> dict[Path, str]:
 OUTPUT_SUFFIXES = ("_mask.png", "_overlay.png")  # the files `run` writes for each image
 
 
+def outputs_of(path: Path, names: dict[Path, str], out: Path) -> list[Path]:
+    """The files `run` writes for image `path` (`output_stems` names them)."""
+    return [out / f"{names[path]}{suffix}" for suffix in OUTPUT_SUFFIXES]
+
+
+def check_earlier_outputs(paths: list[Path], names: dict[Path, str], out: Path, *,
+                          resume: bool, overwrite: bool) -> list[Path]:  # fmt: skip
+    """The images still to segment: all of `paths`, or with `resume` those whose mask and
+    overlay `out` does not hold yet. Outputs of these images already in `out` (an earlier run:
+    another checkpoint's masks, or the first half of a killed run) are a `UsageError` unless
+    `resume` or `overwrite` says what to do with them, as `cnnzoo train` treats a run in its
+    --out: they were replaced without a word. Outputs of other images are not this run's
+    business (a folder that collects the masks of one batch of scans after another)."""
+    from ..errors import UsageError
+
+    held = [p for p in paths if any(f.exists() for f in outputs_of(p, names, out))]
+    if not held or overwrite:
+        return paths
+    if not resume:
+        first = next(f for f in outputs_of(held[0], names, out) if f.exists())
+        which = "this image" if len(paths) == 1 else f"{len(held)} of these {len(paths)} images"
+        raise UsageError(f"{out} holds what an earlier run wrote for {which} ({first}): pass "
+                         "--resume to segment only the others, --overwrite to replace it, or "
+                         "another --out")
+    return [p for p in paths if not all(f.exists() for f in outputs_of(p, names, out))]
+
+
 def earlier_outputs(paths: list[Path], given: list[str], out: Path) -> list[Path]:
     """The files of `paths` that a folder expanded to and that are this command's own outputs:
     `*_mask.png` and `*_overlay.png` inside `out`. Run twice on a folder that holds `out` (the
@@ -147,11 +188,12 @@ def run(args: argparse.Namespace) -> int:
     from ..text import plural, shown
     from .predict import expand_paths
 
+    refuse_resume_with_overwrite(args)
     use_threads(args.threads)
     problems: list[str] = []
     paths = expand_paths(args.images, problems)
-    for line in problems:
-        print(f"cnnzoo segment: {shown(line)}", file=sys.stderr)
+    for line in problems:  # a folder without images: exit status 1, as an unreadable image
+        print(f"cnnzoo segment: error: {shown(line)}", file=sys.stderr)
     out = Path(args.out)
     check_folder(out, "--out")
     skip = earlier_outputs(paths, args.images, out)
@@ -162,6 +204,17 @@ def run(args: argparse.Namespace) -> int:
         if not paths:
             raise ImageError(f"no images to segment: the folders given hold only the masks and "
                              f"overlays in {out}")  # fmt: skip
+    names = output_stems(paths)
+    todo = check_earlier_outputs(paths, names, out, resume=args.resume,
+                                 overwrite=args.overwrite)  # fmt: skip
+    if not todo:
+        print(f"cnnzoo segment: note: all {plural(len(paths), 'image')} given are segmented in "
+              f"{out} already: nothing to do (--overwrite segments them again)", file=sys.stderr)
+        return 1 if problems else 0
+    if len(todo) < len(paths):
+        print(f"cnnzoo segment: note: resuming: {len(paths) - len(todo)} of "
+              f"{plural(len(paths), 'image')} already segmented in {out}", file=sys.stderr)
+        paths = todo
     ckpt = load_checkpoint(args.checkpoint)
     model, meta = load_segmenter(args.checkpoint, ckpt)
     # The run's own precision, as `cnnzoo evaluate` predicts: the masks written are the ones it
@@ -178,10 +231,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"cnnzoo segment: note: tiles of {geo.in_size} px keep {geo.out_size} px each "
               f"({geo.margin} px of context per side); {faster} is faster",
               file=sys.stderr)  # fmt: skip
-    names = output_stems(paths)
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
-    for path in tqdm(paths, desc="segment", leave=False, disable=True if len(paths) < 2 else None):
+    # A bar over the images, or for one image over its tiles (a large scan takes minutes).
+    for path in tqdm(paths, desc="segment", leave=False,
+                     disable=None if args.progress and len(paths) > 1 else True):
         try:
             img = np.array(load_image(path, 1 if channels == 1 else 3))
         except ImageError as exc:
@@ -193,12 +247,12 @@ def run(args: argparse.Namespace) -> int:
             mask = predict_tiled(model, chw, tile=args.tile, margin=args.margin,
                                  batch_size=args.batch_size, mean=tuple(meta["mean"]),
                                  std=tuple(meta["std"]), output="mask",
-                                 progress=len(paths) == 1).numpy()
-        stem = names[path]
-        (out / stem).parent.mkdir(parents=True, exist_ok=True)
-        mask_path = write_mask_png(mask, k, out / f"{stem}_mask.png")
-        overlay_path = out / f"{stem}_overlay.png"
-        write_png(overlay(img, mask), overlay_path)
+                                 progress=args.progress and len(paths) == 1).numpy()
+        mask_path, overlay_path = outputs_of(path, names, out)
+        mask_path.parent.mkdir(parents=True, exist_ok=True)
+        write_mask_png(mask, k, mask_path)
+        write_png(overlay(img, mask), overlay_path)  # last: --resume redoes an image without it
+        args.segmented = getattr(args, "segmented", 0) + 1  # for cli's line after a Ctrl-C
         share = ", ".join(f"{name} {float((mask == i).mean()):.1%}"
                           for i, name in enumerate(meta.get("class_names") or range(k)))
         # One line, whatever the file and its classes are named (as predict's)

@@ -25,6 +25,7 @@ from .argtypes import (
     model_arg,
     patience_epochs,
     real,
+    refuse_resume_with_overwrite,
     settle_positional,
     size_epochs,
 )
@@ -109,6 +110,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model-arg", type=model_arg, action="append", default=[],
                    metavar="KEY=VALUE",
                    help="extra model option, e.g. width_mult=0.25 (repeatable)")
+    p.add_argument("--json", action="store_true",
+                   help="machine-readable output: the run's best and final validation metrics "
+                        "as one JSON document on stdout at the end (the per-class table goes to "
+                        "stderr)")
     add_threads_argument(p)
     add_progress_argument(p)
     p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
@@ -187,10 +192,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.run import DataOptions, out_dir_for, train_classifier
 
     settle_positional(args, "model", "cnnzoo train MODEL --data DATA")
-    if args.resume and args.overwrite:
-        from ..errors import UsageError
-
-        raise UsageError("--resume continues the run in --out, --overwrite replaces it: pass one")
+    refuse_resume_with_overwrite(args)
     if args.task is None:
         from ..models import get_config
 
@@ -246,7 +248,9 @@ def run(args: argparse.Namespace) -> int:
                 label_smoothing=args.label_smoothing, class_weight=args.class_weight,
                 model_kwargs=dict(args.model_arg),
                 dist=dist, say=say, overwrite=args.overwrite,
-                show=print)  # the per-class table: a result, on stdout as evaluate's is
+                # the per-class table: a result, on stdout as evaluate's is (--json: the JSON
+                # alone is)
+                show=(lambda line: print(line, file=sys.stderr)) if args.json else print)
     except BaseException as exc:
         cleanup(ok=False)
         if said_elsewhere(exc, dist):  # one line per run, not one per process
@@ -260,7 +264,18 @@ def run(args: argparse.Namespace) -> int:
                                 "failed or was stopped (see its message)") from None
         raise
     cleanup()
-    if dist.is_main:
+    if dist.is_main and args.json:
+        # The numbers of the summary line below; `final` under `cnnzoo evaluate --json`'s names.
+        import json
+
+        balanced = result.accumulator.balanced() if hasattr(result.accumulator, "balanced") \
+            else {}
+        print(json.dumps({"model": args.model, "out": str(out), "monitor": result.monitor,
+                          "best": result.best_value, "best_epoch": result.best_epoch,
+                          "stopped_early": result.stopped_early,
+                          "final": {**result.final, **balanced},
+                          "final_tta": result.final_tta or None}))
+    elif dist.is_main:
         # top-5 of 5 classes or fewer is 1 by definition: noise in the line
         few = getattr(result.accumulator, "num_classes", 6) <= 5
         final = ", ".join(f"{k} {v:.4f}" for k, v in result.final.items()

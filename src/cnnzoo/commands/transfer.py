@@ -26,6 +26,7 @@ from .argtypes import (
     add_threads_argument,
     patience_epochs,
     real,
+    refuse_resume_with_overwrite,
     settle_positional,
     whole,
 )
@@ -110,6 +111,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the split, the heads' initialisation and the batches (default 0)")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="output folder (default runs/transfer-MODEL)")
+    p.add_argument("--json", action="store_true",
+                   help="machine-readable output: OUT/metrics.json's document on stdout at the "
+                        "end (the per-class table goes to stderr)")
     add_threads_argument(p)
     add_progress_argument(p)
 
@@ -217,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
     from ..transfer import transfer
 
     settle_positional(args, "data", "cnnzoo transfer DATA")
+    refuse_resume_with_overwrite(args)
     args.model = model_of(args)
     notes = check_options(args)
     out = out_folder(args)
@@ -226,10 +231,17 @@ def run(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"cnnzoo transfer: {note}", file=sys.stderr)
     use_threads(args.threads)
+    # The per-class table is a result, on stdout; with --json stdout holds the JSON alone.
+    show = (lambda line: print(line, file=sys.stderr)) if args.json else print
     result = transfer(args.data, model=args.model, weights=args.weights, out=out,
                       config=config_from_args(args), resume=args.resume,
-                      overwrite=args.overwrite, show=print)  # fmt: skip
+                      overwrite=args.overwrite, show=show)  # fmt: skip
     m = result.metrics
+    if args.json:  # what metrics.json holds (transfer.report.write_report), as one document
+        import json
+
+        print(json.dumps({**m, "timings_s": result.timings}))
+        return 0
     stages = ", ".join(f"{s} {m[s]['val_acc']:.3f} (balanced {m[s]['val_balanced_acc']:.3f})"
                        for s in ("features", "finetune") if s in m)  # fmt: skip
     print(f"{args.model}: validation accuracy {stages}; kept {m['kept']}")
@@ -254,7 +266,7 @@ def probability_line(probs: Sequence[float]) -> str:
 
 def predict_with_bundle(bundle_dir: str | os.PathLike[str], paths: Sequence[Path], *,
                         top: int = 5, as_json: bool = False, batch_size: int = 16,
-                        precision: str = "auto") -> int:  # fmt: skip
+                        precision: str = "auto", progress: bool = True) -> int:  # fmt: skip
     """Print, per image, "Prediction: <class>  Probability: [...]" and the top-k classes (or
     JSON), a batch at a time (`predict.predict_files`). An unreadable image prints one error
     line and the others are still predicted; returns 1 if any failed, else 0."""
@@ -269,7 +281,7 @@ def predict_with_bundle(bundle_dir: str | os.PathLike[str], paths: Sequence[Path
         for r, probs in predict_files(
                 paths, lambda path: bundle.load_images([path])[0],
                 lambda batch: bundle.predict_loaded(batch, precision=own).probabilities,
-                batch_size=batch_size):  # fmt: skip
+                batch_size=batch_size, progress=progress):  # fmt: skip
             if probs is not None:
                 # Stable: among equal probabilities the lower class first, as `prediction`
                 # (argmax).

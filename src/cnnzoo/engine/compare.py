@@ -129,7 +129,13 @@ def summarize_runs(paths: list[str | os.PathLike[str]],
                    skip: Callable[[str], None] | None = None) -> list[RunSummary]:  # fmt: skip
     """Read each run (a run folder or a checkpoint of `cnnzoo train`); all must be of one task.
     skip: given, a path that holds no run (an empty or failed run's folder, a log file in
-    runs/*) is reported to it in one line and left out, instead of stopping the comparison."""
+    runs/*) is reported to it in one line and left out, instead of stopping the comparison.
+    A path that does not exist is a `UsageError` either way: a glob such as runs/* names only
+    what is there, so a missing one was typed (`runs/typo` was skipped, and the comparison of
+    the others ended with exit status 0)."""
+    missing = [str(p) for p in paths if not Path(p).exists()]
+    if missing:
+        raise UsageError(f"{', '.join(missing)}: no such run folder or checkpoint")
     files, read, given = [], [], []
     for p in paths:
         try:

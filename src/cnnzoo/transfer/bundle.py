@@ -272,7 +272,7 @@ class Bundle:
         ds = evaluation_images(src, self.spec, split, list(self.class_names),
                                trained_on=trained_on, val_fraction=data.get("val_fraction", 0.2),
                                seed=data.get("seed", 0),
-                               val_files=data.get("val_files"))  # fmt: skip
+                               val_files=data.get("val_files"), progress=progress)  # fmt: skip
         if ds.channels != self.preprocessing.channels:
             ds = ds.with_channels(self.preprocessing.channels)
         probs = predict_tensor(self.model, ds.images, self.preprocessing, views=self.views,

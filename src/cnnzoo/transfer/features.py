@@ -272,7 +272,7 @@ class FeatureCache:
             _UNWRITABLE.add(self.path)
             cause = exc.__context__ if isinstance(exc, WeightsError) else exc  # the OS's reason
             why = getattr(cause, "strerror", None) or " ".join(str(cause).split())
-            log.warning("cnnzoo: cannot write the feature cache %s (%s): the run goes on "
+            log.warning("warning: cannot write the feature cache %s (%s): the run goes on "
                         "without it, and the features are computed again next time; free some "
                         "space, or give another --cache DIR or --no-cache", self.path, why)
 

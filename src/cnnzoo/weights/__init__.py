@@ -194,7 +194,7 @@ def load_weights(model: nn.Module, weights: Any, *, name: str | None = None) -> 
 
 def _record(model: nn.Module, info: WeightsInfo) -> None:
     for note in info.notes:
-        log.warning("cnnzoo: %s", note)
+        log.warning("note: %s", note)  # as the data's and the engine's notes
     model.weights_info = info
     # timm's rule: the config travels with the weights (GoogLeNet's TensorFlow-trained ones
     # want (x - 0.5) / 0.5, not the ImageNet statistics its architecture's config names).

@@ -258,7 +258,7 @@ def warn_non_finite(sd: dict[str, Tensor], source: str | os.PathLike[str]) -> No
     can be damaged, or written by other code in cnnzoo's format), a segmentation checkpoint, a
     transfer bundle."""
     if (note := non_finite_note(sd)) is not None:
-        log.warning("cnnzoo: %s: %s", os.fspath(source), note)
+        log.warning("note: %s: %s", os.fspath(source), note)  # as load_weights says it
 
 
 @torch.no_grad()
