@@ -208,6 +208,29 @@ def test_labels_and_entries_that_are_not_runs(tmp_path):
         summarize_runs([tmp_path / "failed"], skip=said.append)
 
 
+def test_a_best_pt_is_not_called_an_interrupted_run(tmp_path, capsys):
+    """A best.pt holds the weights of its run's best epoch (here 2 of 5), not a run cut short:
+    the table's N/M note says so, and calls only a last.pt with fewer epochs interrupted."""
+    killed = _fake_run(tmp_path / "killed", epochs=5)
+    ckpt = torch.load(killed / "last.pt", weights_only=True)
+    atomic_save({**ckpt, "optimizer": {"state": {}, "param_groups": []}}, killed / "last.pt")
+    finished = _fake_run(tmp_path / "finished", epochs=5)
+    ckpt = torch.load(finished / "last.pt", weights_only=True)
+    atomic_save(ckpt, finished / "best.pt")  # what the Trainer writes: no optimizer state
+    runs = summarize_runs([finished / "best.pt", killed])
+    assert [(r.epochs, r.planned, r.weights_only) for r in runs] == [(2, 5, True), (2, 5, False)]
+    interrupted = "N/M epochs: N of the M the run was to train (interrupted, or stopped early)"
+    assert main(["compare", str(finished / "best.pt")]) == 0
+    text = capsys.readouterr().out
+    assert "2/5" in text and interrupted not in text
+    assert "N/M epochs of a best.pt: the weights and scores of epoch N" in text
+    assert main(["compare", str(killed), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["runs"][0]["weights_only"] is False
+    assert main(["compare", str(killed)]) == 0
+    text = capsys.readouterr().out
+    assert interrupted in text and "of a best.pt" not in text
+
+
 def test_what_had_no_effect_is_not_a_difference_and_what_did_is(tmp_path):
     # AdamW has no momentum, one-cycle its own warm-up: such settings changed nothing.
     a = _fake_run(tmp_path / "a", optimizer="adamw", momentum=0.9, warmup_epochs=0.0)

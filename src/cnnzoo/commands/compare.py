@@ -57,8 +57,11 @@ def run(args: argparse.Namespace) -> int:
                         for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip())
     print("MMACs: millions of multiply-adds of one image at the run's input, as `cnnzoo models` "
           "counts them; train s and img/s: as measured during each run, on its machine and load")
-    if any(r.epochs < r.planned for r in runs):
+    if any(r.epochs < r.planned and not r.weights_only for r in runs):
         print("N/M epochs: N of the M the run was to train (interrupted, or stopped early)")
+    if any(r.epochs < r.planned and r.weights_only for r in runs):
+        print("N/M epochs of a best.pt: the weights and scores of epoch N, the run's best when "
+              "it was written, of the M the run was to train")
     if any(r.final_epoch != r.epochs for r in runs):
         print(f"val {m} (E): of epoch E's weights, which early stopping restored at the end")
     if diffs:
