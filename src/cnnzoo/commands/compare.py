@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
     if any(r.epochs < r.planned and not r.weights_only for r in runs):
         print("N/M epochs: N of the M the run was to train (interrupted, or stopped early)")
     if any(r.epochs < r.planned and r.weights_only for r in runs):
-        print("N/M epochs of a best.pt: the weights and scores of epoch N, the run's best when "
-              "it was written, of the M the run was to train")
+        print("N/M epochs of a best.pt: the weights and scores of epoch N (the lowest "
+              "validation loss so far; a U-Net's best Dice), of the M the run was to train")
     if any(r.final_epoch != r.epochs for r in runs):
         print(f"val {m} (E): of epoch E's weights, which early stopping restored at the end")
     if diffs:
