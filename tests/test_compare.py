@@ -231,6 +231,21 @@ def test_a_best_pt_is_not_called_an_interrupted_run(tmp_path, capsys):
     assert interrupted in text and "of a best.pt" not in text
 
 
+def test_a_training_loss_with_auxiliary_heads_is_said_to_be_one(tmp_path, capsys):
+    """GoogLeNet's training loss adds 0.3 x each aux head's: the table says so for that run
+    (and not for the one built without them), instead of showing a worse fit."""
+    aux = _fake_run(tmp_path / "aux", model="googlenet", size=32)
+    plain = _fake_run(tmp_path / "plain", model="googlenet", size=32,
+                      kwargs={"aux_logits": False})
+    r20 = _fake_run(tmp_path / "r20", size=32)
+    assert [r.aux_loss for r in summarize_runs([aux, plain, r20])] == [True, False, False]
+    assert main(["compare", str(aux), str(plain), str(r20)]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if "auxiliary" in line]
+    assert notes == ["train loss of aux: the main head's plus 0.3 times each auxiliary "
+                     "classifier's (GoogLeNet's training loss), so it reads higher than the "
+                     "other nets'; compare accuracies"]  # fmt: skip
+
+
 def test_what_had_no_effect_is_not_a_difference_and_what_did_is(tmp_path):
     # AdamW has no momentum, one-cycle its own warm-up: such settings changed nothing.
     a = _fake_run(tmp_path / "a", optimizer="adamw", momentum=0.9, warmup_epochs=0.0)

@@ -62,6 +62,13 @@ def run(args: argparse.Namespace) -> int:
     if any(r.epochs < r.planned and r.weights_only for r in runs):
         print("N/M epochs of a best.pt: the weights and scores of epoch N (the lowest "
               "validation loss so far; a U-Net's best Dice), of the M the run was to train")
+    aux = [r.label for r in runs if r.aux_loss]
+    if aux:  # (the docs said so; the table did not, and 3.9 against 2.0 read as a worse fit)
+        from ..models.googlenet import AUX_WEIGHT
+
+        print(f"train loss of {', '.join(shown(a) for a in aux)}: the main head's plus "
+              f"{AUX_WEIGHT:g} times each auxiliary classifier's (GoogLeNet's training loss), so "
+              "it reads higher than the other nets'; compare accuracies")
     if any(r.final_epoch != r.epochs for r in runs):
         print(f"val {m} (E): of epoch E's weights, which early stopping restored at the end")
     if diffs:

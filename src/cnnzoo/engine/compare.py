@@ -90,6 +90,15 @@ class RunSummary:
                         if defaults.get(k, ...) != v)  # act=relu is resnet20 itself
         return f"{self.model} {opts}".strip()
 
+    @property
+    def aux_loss(self) -> bool:
+        """Whether the run's training loss adds auxiliary classifiers' losses (GoogLeNet with
+        its aux heads): it then reads higher than another net's and its own validation loss."""
+        from ..models.registry import option_defaults
+
+        return bool(self.model_kwargs.get("aux_logits",
+                                          option_defaults(self.model).get("aux_logits", False)))
+
     def to_dict(self) -> dict[str, Any]:
         keys = ("label", "task", "model", "model_kwargs", "params", "macs", "input", "epochs",
                 "planned", "train_seconds", "images_per_s", "train_loss", "metric", "train_metric",
