@@ -246,6 +246,21 @@ def test_a_training_loss_with_auxiliary_heads_is_said_to_be_one(tmp_path, capsys
                      "other nets'; compare accuracies"]  # fmt: skip
 
 
+def test_runs_of_one_net_are_not_said_to_compare_nets(tmp_path, capsys):
+    """Two runs of one net with one recipe repeat one another (the table used to say 'the nets
+    are what differs'); runs of one net with other seeds compare the seeds, not nets."""
+    a, b = _fake_run(tmp_path / "a"), _fake_run(tmp_path / "b")
+    c = _fake_run(tmp_path / "c", seed=1)
+    assert main(["compare", str(a), str(b)]) == 0
+    text = capsys.readouterr().out
+    assert text.splitlines()[-1] == ("same net (resnet20), data, validation images, input and "
+                                     "training recipe: the runs repeat one another")
+    assert main(["compare", str(a), str(c)]) == 0
+    text = capsys.readouterr().out
+    assert "these runs of resnet20 differ in:\n" in text and "  seed: 0 (a), 1 (c)" in text
+    assert "compares more than the nets" not in text
+
+
 def test_what_had_no_effect_is_not_a_difference_and_what_did_is(tmp_path):
     # AdamW has no momentum, one-cycle its own warm-up: such settings changed nothing.
     a = _fake_run(tmp_path / "a", optimizer="adamw", momentum=0.9, warmup_epochs=0.0)

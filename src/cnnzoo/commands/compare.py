@@ -71,11 +71,17 @@ def run(args: argparse.Namespace) -> int:
               "it reads higher than the other nets'; compare accuracies")
     if any(r.final_epoch != r.epochs for r in runs):
         print(f"val {m} (E): of epoch E's weights, which early stopping restored at the end")
+    # Runs of one net (the same options) compare the settings below, or repeat one another.
+    one_net = len({r.name for r in runs}) == 1
     if diffs:
-        print("besides the model, these runs differ in (so the table compares more than the "
-              "nets):")
+        print(f"these runs of {shown(runs[0].name)} differ in:" if one_net else
+              "besides the model, these runs differ in (so the table compares more than the "
+              "nets):")  # fmt: skip
         for line in diffs:
             print(f"  {shown(line)}")
+    elif len(runs) > 1 and one_net:  # (not "the nets are what differs": they are one net)
+        print(f"same net ({shown(runs[0].name)}), data, validation images, input and training "
+              "recipe: the runs repeat one another")
     elif len(runs) > 1:  # (one run is compared with nothing)
         print("same data, validation images, input and training recipe: the nets are what "
               "differs")
