@@ -242,8 +242,8 @@ def test_a_training_loss_with_auxiliary_heads_is_said_to_be_one(tmp_path, capsys
     assert main(["compare", str(aux), str(plain), str(r20)]) == 0
     notes = [line for line in capsys.readouterr().out.splitlines() if "auxiliary" in line]
     assert notes == ["train loss of aux: the main head's plus 0.3 times each auxiliary "
-                     "classifier's (GoogLeNet's training loss), so it reads higher than the "
-                     "other nets'; compare accuracies"]  # fmt: skip
+                     "classifier's (GoogLeNet's training loss), higher than the main "
+                     "head's loss alone; compare accuracies"]  # fmt: skip
 
 
 def test_runs_of_one_net_are_not_said_to_compare_nets(tmp_path, capsys):

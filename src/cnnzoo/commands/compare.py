@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
         from ..models.googlenet import AUX_WEIGHT
 
         print(f"train loss of {', '.join(shown(a) for a in aux)}: the main head's plus "
-              f"{AUX_WEIGHT:g} times each auxiliary classifier's (GoogLeNet's training loss), so "
-              "it reads higher than the other nets'; compare accuracies")
+              f"{AUX_WEIGHT:g} times each auxiliary classifier's (GoogLeNet's training loss), "
+              "higher than the main head's loss alone; compare accuracies")
     if any(r.final_epoch != r.epochs for r in runs):
         print(f"val {m} (E): of epoch E's weights, which early stopping restored at the end")
     # Runs of one net (the same options) compare the settings below, or repeat one another.
