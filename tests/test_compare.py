@@ -225,6 +225,59 @@ def test_a_run_that_does_not_exist_is_a_usage_error(tmp_path, capsys):
     assert out.startswith("run ") and err.startswith(f"skipped {tmp_path / 'failed'}: ")
 
 
+def test_a_best_pt_is_not_called_an_interrupted_run(tmp_path, capsys):
+    """A best.pt holds the weights of its run's best epoch (here 2 of 5), not a run cut short:
+    the table's N/M note says so, and calls only a last.pt with fewer epochs interrupted."""
+    killed = _fake_run(tmp_path / "killed", epochs=5)
+    ckpt = torch.load(killed / "last.pt", weights_only=True)
+    atomic_save({**ckpt, "optimizer": {"state": {}, "param_groups": []}}, killed / "last.pt")
+    finished = _fake_run(tmp_path / "finished", epochs=5)
+    ckpt = torch.load(finished / "last.pt", weights_only=True)
+    atomic_save(ckpt, finished / "best.pt")  # what the Trainer writes: no optimizer state
+    runs = summarize_runs([finished / "best.pt", killed])
+    assert [(r.epochs, r.planned, r.weights_only) for r in runs] == [(2, 5, True), (2, 5, False)]
+    interrupted = "N/M epochs: N of the M the run was to train (interrupted, or stopped early)"
+    assert main(["compare", str(finished / "best.pt")]) == 0
+    text = capsys.readouterr().out
+    assert "2/5" in text and interrupted not in text
+    assert "N/M epochs of a best.pt: the weights and scores of epoch N" in text
+    assert main(["compare", str(killed), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["runs"][0]["weights_only"] is False
+    assert main(["compare", str(killed)]) == 0
+    text = capsys.readouterr().out
+    assert interrupted in text and "of a best.pt" not in text
+
+
+def test_a_training_loss_with_auxiliary_heads_is_said_to_be_one(tmp_path, capsys):
+    """GoogLeNet's training loss adds 0.3 x each aux head's: the table says so for that run
+    (and not for the one built without them), instead of showing a worse fit."""
+    aux = _fake_run(tmp_path / "aux", model="googlenet", size=32)
+    plain = _fake_run(tmp_path / "plain", model="googlenet", size=32,
+                      kwargs={"aux_logits": False})
+    r20 = _fake_run(tmp_path / "r20", size=32)
+    assert [r.aux_loss for r in summarize_runs([aux, plain, r20])] == [True, False, False]
+    assert main(["compare", str(aux), str(plain), str(r20)]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if "auxiliary" in line]
+    assert notes == ["train loss of aux: the main head's plus 0.3 times each auxiliary "
+                     "classifier's (GoogLeNet's training loss), higher than the main "
+                     "head's loss alone; compare accuracies"]  # fmt: skip
+
+
+def test_runs_of_one_net_are_not_said_to_compare_nets(tmp_path, capsys):
+    """Two runs of one net with one recipe repeat one another (the table used to say 'the nets
+    are what differs'); runs of one net with other seeds compare the seeds, not nets."""
+    a, b = _fake_run(tmp_path / "a"), _fake_run(tmp_path / "b")
+    c = _fake_run(tmp_path / "c", seed=1)
+    assert main(["compare", str(a), str(b)]) == 0
+    text = capsys.readouterr().out
+    assert text.splitlines()[-1] == ("same net (resnet20), data, validation images, input and "
+                                     "training recipe: the runs repeat one another")
+    assert main(["compare", str(a), str(c)]) == 0
+    text = capsys.readouterr().out
+    assert "these runs of resnet20 differ in:\n" in text and "  seed: 0 (a), 1 (c)" in text
+    assert "compares more than the nets" not in text
+
+
 def test_what_had_no_effect_is_not_a_difference_and_what_did_is(tmp_path):
     # AdamW has no momentum, one-cycle its own warm-up: such settings changed nothing.
     a = _fake_run(tmp_path / "a", optimizer="adamw", momentum=0.9, warmup_epochs=0.0)

@@ -57,15 +57,31 @@ def run(args: argparse.Namespace) -> int:
                         for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip())
     print("MMACs: millions of multiply-adds of one image at the run's input, as `cnnzoo models` "
           "counts them; train s and img/s: as measured during each run, on its machine and load")
-    if any(r.epochs < r.planned for r in runs):
+    if any(r.epochs < r.planned and not r.weights_only for r in runs):
         print("N/M epochs: N of the M the run was to train (interrupted, or stopped early)")
+    if any(r.epochs < r.planned and r.weights_only for r in runs):
+        print("N/M epochs of a best.pt: the weights and scores of epoch N (the lowest "
+              "validation loss so far; a U-Net's best Dice), of the M the run was to train")
+    aux = [r.label for r in runs if r.aux_loss]
+    if aux:  # (the docs said so; the table did not, and 3.9 against 2.0 read as a worse fit)
+        from ..models.googlenet import AUX_WEIGHT
+
+        print(f"train loss of {', '.join(shown(a) for a in aux)}: the main head's plus "
+              f"{AUX_WEIGHT:g} times each auxiliary classifier's (GoogLeNet's training loss), "
+              "higher than the main head's loss alone; compare accuracies")
     if any(r.final_epoch != r.epochs for r in runs):
         print(f"val {m} (E): of epoch E's weights, which early stopping restored at the end")
+    # Runs of one net (the same options) compare the settings below, or repeat one another.
+    one_net = len({r.name for r in runs}) == 1
     if diffs:
-        print("besides the model, these runs differ in (so the table compares more than the "
-              "nets):")
+        print(f"these runs of {shown(runs[0].name)} differ in:" if one_net else
+              "besides the model, these runs differ in (so the table compares more than the "
+              "nets):")  # fmt: skip
         for line in diffs:
             print(f"  {shown(line)}")
+    elif len(runs) > 1 and one_net:  # (not "the nets are what differs": they are one net)
+        print(f"same net ({shown(runs[0].name)}), data, validation images, input and training "
+              "recipe: the runs repeat one another")
     elif len(runs) > 1:  # (one run is compared with nothing)
         print("same data, validation images, input and training recipe: the nets are what "
               "differs")

@@ -74,6 +74,9 @@ class RunSummary:
     final_epoch: int
     best: float | None
     best_epoch: int | None
+    # Weights without the optimizer's state (a best.pt): a snapshot of epoch `epochs`, which
+    # need not be the last the run trained, not a run cut short.
+    weights_only: bool
     settings: dict[str, Any] = field(repr=False)
     history: list[dict[str, Any]] = field(repr=False)
 
@@ -87,10 +90,20 @@ class RunSummary:
                         if defaults.get(k, ...) != v)  # act=relu is resnet20 itself
         return f"{self.model} {opts}".strip()
 
+    @property
+    def aux_loss(self) -> bool:
+        """Whether the run's training loss adds auxiliary classifiers' losses (GoogLeNet with
+        its aux heads): it then reads higher than another net's and its own validation loss."""
+        from ..models.registry import option_defaults
+
+        return bool(self.model_kwargs.get("aux_logits",
+                                          option_defaults(self.model).get("aux_logits", False)))
+
     def to_dict(self) -> dict[str, Any]:
         keys = ("label", "task", "model", "model_kwargs", "params", "macs", "input", "epochs",
                 "planned", "train_seconds", "images_per_s", "train_loss", "metric", "train_metric",
-                "final", "final_epoch", "best", "best_epoch", "settings")  # fmt: skip
+                "final", "final_epoch", "best", "best_epoch", "weights_only",
+                "settings")  # fmt: skip
         return {"path": str(self.path), **{k: getattr(self, k) for k in keys}}
 
 
@@ -256,7 +269,8 @@ def _summary(path: Path, label: str, ckpt: dict[str, Any]) -> RunSummary:
         train_loss=last.get("train_loss"), metric=metric,
         train_metric=last.get(f"train_{metric}"), final=kept.get(f"val_{metric}"),
         final_epoch=int(kept["epoch"]), best=best,
-        best_epoch=best_epoch, settings=settings, history=history)  # fmt: skip
+        best_epoch=best_epoch, weights_only="optimizer" not in ckpt, settings=settings,
+        history=history)  # fmt: skip
 
 
 def _kept_epoch(ckpt: dict[str, Any], config: dict[str, Any],
