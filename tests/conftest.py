@@ -45,3 +45,16 @@ def tv_models():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def grey_classes(tmp_path):
+    """A tiny image folder: classes cat (dark) and dog (light), five 32-px grey PNGs each."""
+    from PIL import Image
+
+    data = tmp_path / "data"
+    for cls, value in (("cat", 10), ("dog", 200)):
+        (data / cls).mkdir(parents=True)
+        for i in range(5):
+            Image.new("L", (32, 32), value + i).save(data / cls / f"{i}.png")
+    return data

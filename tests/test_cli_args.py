@@ -650,21 +650,16 @@ class _Terminal(io.StringIO):
         return True
 
 
-def test_no_progress_turns_off_the_bars_of_predict_evaluate_and_data_info(tmp_path, monkeypatch):
+def test_no_progress_turns_off_the_bars_of_predict_evaluate_and_data_info(tmp_path, monkeypatch,
+                                                                         grey_classes):
     """predict, evaluate and data info drew progress bars (on a terminal) but had no
     --no-progress, which train, transfer and demo have: a terminal recorded with `script`, or
     a notebook's `!cnnzoo ...`, filled with bar updates. They take it now, alike (segment's:
     test_segmentation)."""
-    from PIL import Image
-
     from cnnzoo import create_model
     from cnnzoo.engine.checkpoint import atomic_save
 
-    data = tmp_path / "data"
-    for cls, value in (("cat", 10), ("dog", 200)):
-        (data / cls).mkdir(parents=True)
-        for i in range(5):
-            Image.new("L", (32, 32), value + i).save(data / cls / f"{i}.png")
+    data = grey_classes
     run = tmp_path / "run"
     run.mkdir()
     meta = {"model": "lenet5", "model_kwargs": {}, "num_classes": 2, "in_chans": 1,

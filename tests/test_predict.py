@@ -476,20 +476,15 @@ def test_a_file_named_twice_is_read_once(tmp_path):
     assert [p.name for p in got] == ["a.png", "b.png"]
 
 
-def test_names_with_control_characters_print_escaped_on_one_line(tmp_path, capsys):
+def test_names_with_control_characters_print_escaped_on_one_line(tmp_path, capsys, grey_classes):
     """A checkpoint (or bundle) whose class names hold '\\x1b[2J' cleared the user's screen when
     predict printed them, and a file named 'a\\nPrediction: cat ...\\n.png' forged result lines.
     Text output shows each control character escaped, one line per name; --json keeps the
     real names (JSON escapes them itself)."""
     from cnnzoo.engine.checkpoint import atomic_save
 
-    data = tmp_path / "data"
-    for cls, value in (("cat", 10), ("dog", 200)):
-        (data / cls).mkdir(parents=True)
-        for i in range(4):
-            Image.new("L", (32, 32), value + i).save(data / cls / f"{i}.png")
     run = tmp_path / "run"
-    assert main(["train", "lenet5", "--data", str(data), "--epochs", "1", "--precision", "fp32",
+    assert main(["train", "lenet5", "--data", str(grey_classes), "--epochs", "1", "--precision", "fp32",
                  "--channels-last", "off", "--no-progress", "--no-tensorboard",
                  "--out", str(run)]) == 0
     evil = "e\x1b[2J\x1b]0;pwned\x07vil"
