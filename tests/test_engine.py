@@ -1961,7 +1961,15 @@ def test_cli_trains_on_a_messy_folder_and_evaluates(tmp_path, capsys, caplog):
     # Another folder is a held-out set: all of its images count.
     assert main(["evaluate", str(out / "last.pt"), "--data", str(data), "--split", "all"]) == 0
     text = capsys.readouterr().out
-    assert text.startswith("24 images: accuracy ")
+    # The first line names the images scored: it said only "24 images", the same words as
+    # for the run's validation split (4 of them), so which one was scored went unsaid.
+    assert text.startswith(f"{data}, all its images, the training ones too: 24 images, accuracy ")
+    assert main(["evaluate", str(out / "last.pt"), "--data", str(data)]) == 0
+    assert capsys.readouterr().out.startswith(f"{data}, the run's validation split: 4 images, "
+                                              "accuracy ")  # fmt: skip
+    assert main(["evaluate", str(out / "last.pt"), "--json", "--split", "all"]) == 0
+    assert {k: v for k, v in json.loads(capsys.readouterr().out).items()
+            if k in ("data", "split")} == {"data": str(data), "split": "all"}  # fmt: skip
     assert "confusion matrix (rows: true class, columns: predicted)" in text
     assert main(["evaluate", str(tmp_path / "nothing.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -1970,11 +1978,12 @@ def test_cli_trains_on_a_messy_folder_and_evaluates(tmp_path, capsys, caplog):
 
     shutil.copytree(data / "dog", tmp_path / "held" / "dog")
     assert main(["evaluate", str(out / "last.pt"), "--data", str(tmp_path / "held")]) == 0
-    assert capsys.readouterr().out.startswith("12 images: accuracy ")
+    assert capsys.readouterr().out.startswith(f"{tmp_path / 'held'}, all its images: 12 images, "
+                                              "accuracy ")  # fmt: skip
     (tmp_path / "one" / "dog").mkdir(parents=True)
     shutil.copy(data / "dog" / "0.png", tmp_path / "one" / "dog")
     assert main(["evaluate", str(out / "last.pt"), "--data", str(tmp_path / "one")]) == 0
-    assert capsys.readouterr().out.startswith("1 image: accuracy ")  # not "1 images"
+    assert ": 1 image, accuracy " in capsys.readouterr().out  # not "1 images"
     # One line each, before anything is predicted: a folder for the checkpoint, a --confusion
     # matplotlib cannot write, a class the model does not know.
     for args, expect in [

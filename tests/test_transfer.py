@@ -1089,7 +1089,8 @@ def test_evaluate_bundle_scores_what_predict_predicts(features_run, folder, tmp_
     png = tmp_path / "new" / "folder" / "confusion.png"  # its folder is made
     assert main(["evaluate", "--bundle", str(out / "bundle"), "--data", str(held),
                  "--confusion", str(png)]) == 0  # fmt: skip
-    assert f"{len(files)} images: accuracy {hits / len(files):.4f}" in capsys.readouterr().out
+    assert (f"{held}, all its images: {len(files)} images, accuracy {hits / len(files):.4f}"
+            in capsys.readouterr().out)  # fmt: skip
     assert png.stat().st_size > 0
     # A --confusion that cannot be written: one line, before anything is predicted or printed.
     (tmp_path / "afile").write_text("x")
@@ -1726,7 +1727,8 @@ def test_a_transfer_run_moved_with_its_data_evaluates_and_resumes(folder, tmp_pa
     for source in (None, data):  # the run's own validation split, not every image
         assert int(bundle.evaluate(source, progress=False).accumulator.confusion.sum()) == n_val
     assert main(["evaluate", "--bundle", str(out / "bundle")]) == 0
-    assert capsys.readouterr().out.startswith(f"{n_val} images: accuracy ")
+    assert capsys.readouterr().out.startswith(f"{data}, the run's validation split: {n_val} "
+                                              "images, accuracy ")  # fmt: skip
     transfer(data, model="resnet20", weights=None, out=out, resume=True, config=cfg,
              say=lambda _: None)  # fmt: skip
     # Saved again elsewhere, the bundle records the way from there.

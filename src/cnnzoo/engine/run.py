@@ -511,6 +511,30 @@ def training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     return None
 
 
+def evaluation_split(src: str, split: str | None, trained_on: str = "") -> str:
+    """The split of `src` that `evaluation_images` scores: `split`, or by default 'val' on the
+    data the run trained on and on a built-in, 'all' on another folder or CSV."""
+    if split is None:
+        split = "val" if builtin_name(src) is not None or same_source(src, trained_on) else "all"
+    if split not in ("val", "test", "all"):
+        raise DataError(f"split must be val, test or all, not {split!r}")
+    return split
+
+
+def scored_images(src: str, split: str | None, trained_on: str = "") -> str:
+    """Which images `evaluation_images` scores, in words: 'digits, the run's validation
+    split'. (`cnnzoo evaluate` said only '100 images', and on a training folder a reader could
+    not tell its validation split from all of it.)"""
+    split = evaluation_split(src, split, trained_on)
+    own = same_source(src, trained_on)
+    if split == "test" and builtin_name(src) is not None:  # a built-in's test set is its val
+        split = "val"
+    which = {"val": "the run's validation split" if own else "its validation split",
+             "test": "its test part",
+             "all": "all its images, the training ones too" if own else "all its images"}[split]
+    return f"{src}, {which}"
+
+
 def evaluation_images(
     src: str, spec: Any, split: str | None, class_names: list[str], *, trained_on: str = "",
     val_fraction: float = 0.2, seed: int = 0, size: int | None = None,
@@ -534,10 +558,7 @@ def evaluation_images(
     from ..data.images import ImageSpec
 
     is_builtin = builtin_name(src) is not None
-    if split is None:
-        split = "val" if is_builtin or same_source(src, trained_on) else "all"
-    if split not in ("val", "test", "all"):
-        raise DataError(f"split must be val, test or all, not {split!r}")
+    split = evaluation_split(src, split, trained_on)
     if not is_builtin and not Path(src).exists() and same_source(src, trained_on):
         raise DataError(f"{src}, the data the model was trained on, is not there any more: "
                         "pass the images to score with --data")  # fmt: skip
