@@ -201,6 +201,16 @@ def augment_kind(opts: DataOptions) -> str:
     return opts.augment or ("crop" if builtin_name(opts.source) == "digits" else "flip-crop")
 
 
+def flip_note(augment: str, source: object) -> str | None:
+    """The note on a mirroring augmentation asked for on digits, as `tta_note` says the other
+    way round (--augment flip-crop there trained on mirrored digits without a word); None
+    otherwise."""
+    if augment not in FLIPPING or builtin_name(str(source)) != "digits":
+        return None
+    return (f"note: --augment {augment} mirrors images, and a mirrored digit is another symbol "
+            "or none: its accuracy may be lower, not higher (the default for digits is crop)")
+
+
 def make_loaders(
     splits: Any, size: int, opts: DataOptions, *, seed: int, mean: list[float],
     std: list[float], dist: DistContext | None = None,
@@ -384,6 +394,8 @@ def train_classifier(
         meta["init_from"] = str(Path(init_from).resolve())
     if config.tta and meta["augment"] not in FLIPPING:
         say(tta_note(meta["augment"]))
+    if note := flip_note(meta["augment"], data.source):
+        say(note)
     meta["class_weight"] = class_weight
     weights = class_weights(class_weight, splits.train.labels, splits.num_classes)
     if weights is not None:
