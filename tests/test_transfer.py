@@ -6,6 +6,7 @@ most use small random-weight nets on tiny real Fashion-MNIST images."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -1422,6 +1423,32 @@ def test_a_builtin_sets_bundle_records_the_fit_it_was_trained_with(tmp_path):
     assert float((pred == res.val_probabilities.argmax(1)).double().mean()) > 0.98
     acc = float((pred == val.labels).double().mean())
     assert acc == pytest.approx(res.metrics["val_acc"], abs=0.01)
+
+
+def test_digits_transfer_without_mirrors_unless_asked(tmp_path):
+    """A mirrored digit is another symbol or none: `cnnzoo train` leaves flips out on digits,
+    but transfer took each digit and its mirror (views 2) and fine-tuned with flips by
+    default. Now digits get one view and crop unless told; mirrors asked for get a note, and
+    other data keep the image and its mirror, with flips."""
+    from cnnzoo.transfer.run import mirror_defaults
+
+    said: list[str] = []
+    res = transfer("digits", model="resnet20", weights=None, mode="features", img_size=8,
+                   l2=0.01, use_cache=False, progress=False, say=said.append)  # fmt: skip
+    assert res.bundle.views == 1 and not any("mirror" in line for line in said)
+    assert "over 1797 images x 1 views" in " ".join(said)
+    picked = mirror_defaults(TransferConfig(), "Digits", said.append)
+    assert (picked.views, picked.finetune.augment) == (1, "crop")
+    picked = mirror_defaults(TransferConfig(), tmp_path, said.append)  # a folder of photos
+    assert (picked.views, picked.finetune.augment) == (2, "flip-crop")
+    said.clear()
+    asked = TransferConfig(views=2, finetune=FinetuneConfig(augment="flip-crop"))
+    assert mirror_defaults(asked, "digits", said.append) == asked
+    assert [line.split(" averages")[0].split(" mirrors")[0] for line in said] == [
+        "note: --views 2", "note: --augment flip-crop"]  # fmt: skip
+    said.clear()
+    mirror_defaults(dataclasses.replace(asked, mode="features"), "digits", said.append)
+    assert len(said) == 1  # features mode does not fine-tune: its augmentation is unused
 
 
 def test_a_bundle_made_with_model_kwargs_in_chans_loads(folder, tmp_path):

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..data.augment import FLIPPING
-from ..data.builtin import builtin_name, own_channels
+from ..data.builtin import builtin_name, mirror_changes_class, own_channels
 from ..data.folder import ImagesSeen, seen_images
 from ..data.loader import BatchLoader
 from ..errors import DamagedCheckpointError, DataError, NewerFormatError, UsageError, WeightsError
@@ -198,14 +198,20 @@ def load_splits(
 def augment_kind(opts: DataOptions) -> str:
     """The training augmentation: the one asked for, else pad-crop, plus flips unless the data
     are digits (a mirrored digit is another symbol or none)."""
-    return opts.augment or ("crop" if builtin_name(opts.source) == "digits" else "flip-crop")
+    return opts.augment or default_augment(opts.source)
+
+
+def default_augment(source: object) -> str:
+    """The augmentation `source` trains with unless told: pad-crop and flips, without the
+    flips on data whose mirror images change their class (digits)."""
+    return "crop" if mirror_changes_class(source) else "flip-crop"
 
 
 def flip_note(augment: str, source: object) -> str | None:
     """The note on a mirroring augmentation asked for on digits, as `tta_note` says the other
     way round (--augment flip-crop there trained on mirrored digits without a word); None
     otherwise."""
-    if augment not in FLIPPING or builtin_name(str(source)) != "digits":
+    if augment not in FLIPPING or not mirror_changes_class(source):
         return None
     return (f"note: --augment {augment} mirrors images, and a mirrored digit is another symbol "
             "or none: its accuracy may be lower, not higher (the default for digits is crop)")
