@@ -1441,6 +1441,20 @@ def test_growth_copies_whole_layers_and_refuses_other_widths_or_families():
         assert torch.equal(v, state[k]), k
     with pytest.raises(WeightsError, match=r"features.0: 8x1x3x3 in the source, 16x1x3x3 here"):
         grow_from(wide, a.state_dict(), source_meta={"model": "vgg11"})  # no options stored
+    # An option left out reads as what it builds: VGG's stages=None is all five ("this model
+    # with stages unset" said nothing), and fc_dim its default 4096.
+    few = create_model("vgg11", width_mult=0.125, stages=2, **kw)
+    with pytest.raises(WeightsError, match=r"built with stages=2, this model with all five "
+                                           r"stages \(classifier.0: "):
+        grow_from(create_model("vgg13", width_mult=0.125, **kw), few.state_dict(),
+                  source_meta={"model": "vgg11", "model_kwargs": {**src_meta["model_kwargs"],
+                                                                  "stages": 2}},
+                  target_kwargs=src_meta["model_kwargs"])  # fmt: skip
+    with pytest.raises(WeightsError, match=r"built with fc_dim=64, this model with "
+                                           r"fc_dim=4096 \(classifier.0: "):
+        grow_from(create_model("vgg13", width_mult=0.125, num_classes=10, in_chans=1,
+                               pool_size=1), a.state_dict(), source_meta=src_meta,
+                  target_kwargs={"width_mult": 0.125, "pool_size": 1})  # fmt: skip
     with pytest.raises(WeightsError) as err:
         grow_from(wide, create_model("lenet5").state_dict(), source_meta={"model": "lenet5"})
     assert str(err.value).startswith("the source checkpoint is lenet5, not a VGG; growth goes "

@@ -215,7 +215,8 @@ def grow_from(
                     source_state[s].shape == target_state[k].shape:
                 report.copied[k] = s
     first_conv = next((k.rsplit(".", 1)[0] for k, v in target_state.items() if v.dim() == 4), None)
-    _check_fit(misfit, family, meta, target_kwargs, first_conv)  # before a tensor is changed
+    _check_fit(misfit, family, meta, target_kwargs, first_conv,
+               getattr(getattr(model, "default_cfg", None), "name", None))  # before any copy
     _check_function(meta.get("model_kwargs"), target_kwargs,
                     getattr(getattr(model, "default_cfg", None), "name", None))
     with torch.no_grad():
@@ -253,14 +254,17 @@ def _check_function(src: dict[str, Any] | None, tgt: dict[str, Any] | None,
 
 
 def _check_fit(misfit: list[tuple[str, str, str]], family: str | None, meta: dict[str, Any],
-               target_kwargs: dict[str, Any] | None, first_conv: str | None) -> None:
+               target_kwargs: dict[str, Any] | None, first_conv: str | None,
+               name: str | None = None) -> None:  # fmt: skip
     """A one-line error when layers other than the head do not fit because the two nets were
     built with other options or for other input channels (or, for VGG, whose places always
-    match, for any reason)."""
+    match, for any reason). name: the target model's, whose option defaults an option left out
+    is shown at (one family: the source's are the same)."""
     if not misfit:
         return
     src, tgt = meta.get("model_kwargs"), target_kwargs
-    diff = differing_options(src, tgt) if src is not None and tgt is not None else None
+    defaults = option_defaults(name) if name is not None else None
+    diff = differing_options(src, tgt, defaults) if src is not None and tgt is not None else None
     layer, there, here = misfit[0]
     shapes = f"{layer}: {there} in the source, {here} here"
     a, b = there.split("x"), here.split("x")
