@@ -1401,6 +1401,30 @@ def test_growth_of_resnets_copies_every_shared_place():
         k for k in a.state_dict() if k.endswith("num_batches_tracked") and k in b.state_dict()}
 
 
+def test_growth_refuses_a_deeper_source_for_a_shallower_net():
+    """vgg13 -> vgg11 copied two convs (the paper's rule) and the dense layers, and left the
+    rest unused, without a word; the docs grow a deeper net from a shallower one. It is one
+    line now, and nothing is copied; a run's own net (a new run from its weights) still is."""
+    kw = {"num_classes": 10, "width_mult": 0.125, "fc_dim": 32, "pool_size": 1}
+    small = create_model("vgg11", **kw)
+    before = {k: v.clone() for k, v in small.state_dict().items()}
+    with pytest.raises(WeightsError) as err:
+        grow_from(small, create_model("vgg13", **kw).state_dict(), source_meta={"model": "vgg13"})
+    assert str(err.value) == (
+        "the source checkpoint is vgg13 (10 conv layers), deeper than vgg11 (8): --init-from "
+        "grows a deeper net from a shallower one (vgg11 → vgg13 → vgg16 → vgg19); train vgg11 "
+        "from scratch, or grow a net at least as deep from this checkpoint")
+    assert all(torch.equal(v, before[k]) for k, v in small.state_dict().items())
+    with pytest.raises(WeightsError, match=r"is resnet32 \(31 conv layers\), deeper than "
+                                           r"resnet20 \(19\): --init-from grows a deeper net "
+                                           r"from a shallower one; train resnet20"):
+        grow_from(create_model("resnet20"), create_model("resnet32").state_dict(),
+                  source_meta={"model": "resnet32"})  # fmt: skip
+    same = grow_from(create_model("vgg11", **kw), small.state_dict(), source_meta={"model": "vgg11"},
+                     rule="all")  # fmt: skip
+    assert not same.fresh and not same.unused
+
+
 def test_growth_refuses_options_that_change_what_layers_compute():
     """A resnet20 trained with tanh grew into a ReLU resnet32 without a word (every shape fits;
     validation loss 140 after growth); shortcut 'A' against 'none' fits too."""
