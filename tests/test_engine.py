@@ -1401,6 +1401,19 @@ def test_growth_of_resnets_copies_every_shared_place():
         k for k in a.state_dict() if k.endswith("num_batches_tracked") and k in b.state_dict()}
 
 
+def test_other_model_options_read_as_what_an_option_left_out_builds():
+    """Resuming a VGG of three stages without the option said '(stages=3, not stages unset)';
+    it names what the net would be, and an option given at its default is no conflict."""
+    from cnnzoo.engine.loop import resume_conflict
+
+    old = {"model": "vgg11", "model_kwargs": {"stages": 3}}
+    assert resume_conflict(old, {"model": "vgg11", "model_kwargs": {}}) == (
+        "was trained with other model options (stages=3, not all five stages): resume with the "
+        "checkpoint's options")
+    assert resume_conflict({"model": "vgg11", "model_kwargs": {"act": "relu"}},
+                           {"model": "vgg11", "model_kwargs": {}}) is None  # fmt: skip
+
+
 def test_growth_refuses_a_deeper_source_for_a_shallower_net():
     """vgg13 -> vgg11 copied two convs (the paper's rule) and the dense layers, and left the
     rest unused, without a word; the docs grow a deeper net from a shallower one. It is one

@@ -730,7 +730,14 @@ def resume_conflict(old: dict[str, Any], new: dict[str, Any], old_task: str | No
         return (f"is {old['model']}, not {new['model']}: resume it as "
                 f"`cnnzoo train {old['model']} ... --resume`")
     if "model_kwargs" in old and "model_kwargs" in new:
-        diff = differing_options(old["model_kwargs"], new["model_kwargs"])
+        from ..errors import UnknownModelError
+        from ..models.registry import option_defaults
+
+        try:  # an option left out is its default, and reads as one ('all five stages')
+            defaults = option_defaults(str(new.get("model")))
+        except UnknownModelError:  # (a net of the caller's own: its options as given)
+            defaults = None
+        diff = differing_options(old["model_kwargs"], new["model_kwargs"], defaults)
         if diff:
             return (f"was trained with other model options ({diff[0]}, not {diff[1]}): resume "
                     "with the checkpoint's options")
