@@ -345,6 +345,21 @@ def test_tta_on_a_net_trained_without_flips_says_so(tmp_path, capsys, caplog):
     assert not any(note in m for m in caplog.messages)
 
 
+def test_a_mirroring_augmentation_asked_for_on_digits_says_so(tmp_path, capsys):
+    """--augment flip-crop on digits trained on mirrored digits without a word, where --tta
+    said the same of mirrored views; it now gives the one-line note. The default (crop) gives
+    none."""
+    note = ("note: --augment flip-crop mirrors images, and a mirrored digit is another symbol "
+            "or none: its accuracy may be lower, not higher (the default for digits is crop)")
+    train = ["train", "lenet5", "--epochs", "1", "--no-progress", "--no-tensorboard",
+             "--out", str(tmp_path / "run"), "--overwrite"]  # fmt: skip
+    assert main([*train, "--data", "digits", "--augment", "flip-crop"]) == 0
+    err = capsys.readouterr().err
+    assert err.count(note) == 1 and f"\n{note}\n" in f"\n{err}"
+    assert main([*train, "--data", "digits"]) == 0
+    assert "mirrored digit" not in capsys.readouterr().err
+
+
 def test_same_source_ignores_case_for_built_in_names_only(tmp_path, monkeypatch):
     from cnnzoo.paths import same_source
 

@@ -263,6 +263,29 @@ def test_a_training_loss_with_auxiliary_heads_is_said_to_be_one(tmp_path, capsys
                      "head's loss alone; compare accuracies"]  # fmt: skip
 
 
+def test_the_plot_says_a_training_loss_has_auxiliary_heads_too(tmp_path, capsys, monkeypatch):
+    """The plot's training-loss panel drew GoogLeNet's (main + 0.3 x each aux head's) over
+    the others' with no word; it now carries the table's note under the panels, and a plot
+    of nets without aux heads none."""
+    from cnnzoo.engine import report
+
+    texts = []
+
+    def keep_texts(fig, path, dpi=110):
+        texts.append([t.get_text() for t in fig.texts])
+        report.pyplot().close(fig)
+        return path
+
+    monkeypatch.setattr(report, "save_figure", keep_texts)
+    aux = _fake_run(tmp_path / "aux", model="googlenet", size=32)
+    r20 = _fake_run(tmp_path / "r20", size=32)
+    assert main(["compare", str(aux), str(r20), "--plot", str(tmp_path / "c.png")]) == 0
+    note = next(line for line in capsys.readouterr().out.splitlines() if "auxiliary" in line)
+    assert len(texts) == 1 and " ".join(texts[0][0].split("\n")) == note
+    assert main(["compare", str(r20), "--plot", str(tmp_path / "d.png")]) == 0
+    assert texts[1] == []
+
+
 def test_runs_of_one_net_are_not_said_to_compare_nets(tmp_path, capsys):
     """Two runs of one net with one recipe repeat one another (the table used to say 'the nets
     are what differs'); runs of one net with other seeds compare the seeds, not nets."""

@@ -1401,6 +1401,43 @@ def test_growth_of_resnets_copies_every_shared_place():
         k for k in a.state_dict() if k.endswith("num_batches_tracked") and k in b.state_dict()}
 
 
+def test_other_model_options_read_as_what_an_option_left_out_builds():
+    """Resuming a VGG of three stages without the option said '(stages=3, not stages unset)';
+    it names what the net would be, and an option given at its default is no conflict."""
+    from cnnzoo.engine.loop import resume_conflict
+
+    old = {"model": "vgg11", "model_kwargs": {"stages": 3}}
+    assert resume_conflict(old, {"model": "vgg11", "model_kwargs": {}}) == (
+        "was trained with other model options (stages=3, not all five stages): resume with the "
+        "checkpoint's options")
+    assert resume_conflict({"model": "vgg11", "model_kwargs": {"act": "relu"}},
+                           {"model": "vgg11", "model_kwargs": {}}) is None  # fmt: skip
+
+
+def test_growth_refuses_a_deeper_source_for_a_shallower_net():
+    """vgg13 -> vgg11 copied two convs (the paper's rule) and the dense layers, and left the
+    rest unused, without a word; the docs grow a deeper net from a shallower one. It is one
+    line now, and nothing is copied; a run's own net (a new run from its weights) still is."""
+    kw = {"num_classes": 10, "width_mult": 0.125, "fc_dim": 32, "pool_size": 1}
+    small = create_model("vgg11", **kw)
+    before = {k: v.clone() for k, v in small.state_dict().items()}
+    with pytest.raises(WeightsError) as err:
+        grow_from(small, create_model("vgg13", **kw).state_dict(), source_meta={"model": "vgg13"})
+    assert str(err.value) == (
+        "the source checkpoint is vgg13 (10 conv layers), deeper than vgg11 (8): --init-from "
+        "grows a deeper net from a shallower one (vgg11 → vgg13 → vgg16 → vgg19); train vgg11 "
+        "from scratch, or grow a net at least as deep from this checkpoint")
+    assert all(torch.equal(v, before[k]) for k, v in small.state_dict().items())
+    with pytest.raises(WeightsError, match=r"is resnet32 \(31 conv layers\), deeper than "
+                                           r"resnet20 \(19\): --init-from grows a deeper net "
+                                           r"from a shallower one; train resnet20"):
+        grow_from(create_model("resnet20"), create_model("resnet32").state_dict(),
+                  source_meta={"model": "resnet32"})  # fmt: skip
+    same = grow_from(create_model("vgg11", **kw), small.state_dict(), source_meta={"model": "vgg11"},
+                     rule="all")  # fmt: skip
+    assert not same.fresh and not same.unused
+
+
 def test_growth_refuses_options_that_change_what_layers_compute():
     """A resnet20 trained with tanh grew into a ReLU resnet32 without a word (every shape fits;
     validation loss 140 after growth); shortcut 'A' against 'none' fits too."""
@@ -1441,6 +1478,20 @@ def test_growth_copies_whole_layers_and_refuses_other_widths_or_families():
         assert torch.equal(v, state[k]), k
     with pytest.raises(WeightsError, match=r"features.0: 8x1x3x3 in the source, 16x1x3x3 here"):
         grow_from(wide, a.state_dict(), source_meta={"model": "vgg11"})  # no options stored
+    # An option left out reads as what it builds: VGG's stages=None is all five ("this model
+    # with stages unset" said nothing), and fc_dim its default 4096.
+    few = create_model("vgg11", width_mult=0.125, stages=2, **kw)
+    with pytest.raises(WeightsError, match=r"built with stages=2, this model with all five "
+                                           r"stages \(classifier.0: "):
+        grow_from(create_model("vgg13", width_mult=0.125, **kw), few.state_dict(),
+                  source_meta={"model": "vgg11", "model_kwargs": {**src_meta["model_kwargs"],
+                                                                  "stages": 2}},
+                  target_kwargs=src_meta["model_kwargs"])  # fmt: skip
+    with pytest.raises(WeightsError, match=r"built with fc_dim=64, this model with "
+                                           r"fc_dim=4096 \(classifier.0: "):
+        grow_from(create_model("vgg13", width_mult=0.125, num_classes=10, in_chans=1,
+                               pool_size=1), a.state_dict(), source_meta=src_meta,
+                  target_kwargs={"width_mult": 0.125, "pool_size": 1})  # fmt: skip
     with pytest.raises(WeightsError) as err:
         grow_from(wide, create_model("lenet5").state_dict(), source_meta={"model": "lenet5"})
     assert str(err.value).startswith("the source checkpoint is lenet5, not a VGG; growth goes "
@@ -1961,7 +2012,15 @@ def test_cli_trains_on_a_messy_folder_and_evaluates(tmp_path, capsys, caplog):
     # Another folder is a held-out set: all of its images count.
     assert main(["evaluate", str(out / "last.pt"), "--data", str(data), "--split", "all"]) == 0
     text = capsys.readouterr().out
-    assert text.startswith("24 images: accuracy ")
+    # The first line names the images scored: it said only "24 images", the same words as
+    # for the run's validation split (4 of them), so which one was scored went unsaid.
+    assert text.startswith(f"{data}, all its images, the training ones too: 24 images, accuracy ")
+    assert main(["evaluate", str(out / "last.pt"), "--data", str(data)]) == 0
+    assert capsys.readouterr().out.startswith(f"{data}, the run's validation split: 4 images, "
+                                              "accuracy ")  # fmt: skip
+    assert main(["evaluate", str(out / "last.pt"), "--json", "--split", "all"]) == 0
+    assert {k: v for k, v in json.loads(capsys.readouterr().out).items()
+            if k in ("data", "split")} == {"data": str(data), "split": "all"}  # fmt: skip
     assert "confusion matrix (rows: true class, columns: predicted)" in text
     assert main(["evaluate", str(tmp_path / "nothing.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -1970,11 +2029,12 @@ def test_cli_trains_on_a_messy_folder_and_evaluates(tmp_path, capsys, caplog):
 
     shutil.copytree(data / "dog", tmp_path / "held" / "dog")
     assert main(["evaluate", str(out / "last.pt"), "--data", str(tmp_path / "held")]) == 0
-    assert capsys.readouterr().out.startswith("12 images: accuracy ")
+    assert capsys.readouterr().out.startswith(f"{tmp_path / 'held'}, all its images: 12 images, "
+                                              "accuracy ")  # fmt: skip
     (tmp_path / "one" / "dog").mkdir(parents=True)
     shutil.copy(data / "dog" / "0.png", tmp_path / "one" / "dog")
     assert main(["evaluate", str(out / "last.pt"), "--data", str(tmp_path / "one")]) == 0
-    assert capsys.readouterr().out.startswith("1 image: accuracy ")  # not "1 images"
+    assert ": 1 image, accuracy " in capsys.readouterr().out  # not "1 images"
     # One line each, before anything is predicted: a folder for the checkpoint, a --confusion
     # matplotlib cannot write, a class the model does not know.
     for args, expect in [

@@ -1143,6 +1143,42 @@ def test_segment_run_again_leaves_out_its_own_earlier_outputs(tmp_path, capsys):
 
 
 
+def test_segment_json_gives_a_record_per_image_as_predict_does(tmp_path, capsys):
+    """`segment` had no --json, where `predict` has one: one JSON list on stdout (nothing else
+    there), a record per image with its files and each class's share of the pixels, and an
+    unreadable image's error (on stderr too, with exit status 1)."""
+    _threshold_unet(tmp_path / "net.pt", "elsewhere")
+    scans = tmp_path / "scans"
+    _put(scans / "a.png", np.tile(np.array([0, 200], np.uint8).repeat(8), (20, 2)))  # half cell
+    _put(scans / "b.png", np.zeros((16, 24), np.uint8))
+    (scans / "c.png").write_bytes(b"not a png")
+    args = ["segment", str(scans), "--checkpoint", str(tmp_path / "net.pt"), "--out",
+            str(tmp_path / "out")]  # fmt: skip
+    assert main([*args, "--json"]) == 1
+    out, err = capsys.readouterr()
+    records = json.loads(out)
+    assert [r["image"] for r in records] == [str(scans / n) for n in ("a.png", "b.png", "c.png")]
+    a, b, c = records
+    assert a == {"image": str(scans / "a.png"), "width": 32, "height": 20,
+                 "mask": str(tmp_path / "out" / "a_mask.png"),
+                 "overlay": str(tmp_path / "out" / "a_overlay.png"),
+                 "classes": [{"index": 0, "class": "background", "share": 0.5},
+                             {"index": 1, "class": "cell", "share": 0.5}]}  # fmt: skip
+    assert [x["share"] for x in b["classes"]] == [1.0, 0.0]
+    assert (tmp_path / "out" / "b_mask.png").is_file()
+    assert set(c) == {"image", "error"} and "c.png" in c["error"]
+    assert err.strip() == f"cnnzoo segment: error: {c['error']}"
+    # The text output says the same, a line per image.
+    assert main([*args, "--overwrite"]) == 1
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"{scans / 'a.png'}: 32x20 -> {tmp_path / 'out' / 'a_mask.png'}, "
+        f"{tmp_path / 'out' / 'a_overlay.png'} (background 50.0%, cell 50.0%)")
+    # Nothing left to segment: still a JSON document.
+    (scans / "c.png").unlink()
+    assert main([*args, "--resume", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
 def test_segment_into_an_out_that_holds_these_images_outputs(tmp_path, monkeypatch, capsys):
     """`cnnzoo segment` into an --out holding its masks of the same images (an earlier run,
     perhaps of another checkpoint) replaced them without a word, and a killed run could only

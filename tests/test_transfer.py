@@ -6,6 +6,7 @@ most use small random-weight nets on tiny real Fashion-MNIST images."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -1089,7 +1090,8 @@ def test_evaluate_bundle_scores_what_predict_predicts(features_run, folder, tmp_
     png = tmp_path / "new" / "folder" / "confusion.png"  # its folder is made
     assert main(["evaluate", "--bundle", str(out / "bundle"), "--data", str(held),
                  "--confusion", str(png)]) == 0  # fmt: skip
-    assert f"{len(files)} images: accuracy {hits / len(files):.4f}" in capsys.readouterr().out
+    assert (f"{held}, all its images: {len(files)} images, accuracy {hits / len(files):.4f}"
+            in capsys.readouterr().out)  # fmt: skip
     assert png.stat().st_size > 0
     # A --confusion that cannot be written: one line, before anything is predicted or printed.
     (tmp_path / "afile").write_text("x")
@@ -1423,6 +1425,32 @@ def test_a_builtin_sets_bundle_records_the_fit_it_was_trained_with(tmp_path):
     assert acc == pytest.approx(res.metrics["val_acc"], abs=0.01)
 
 
+def test_digits_transfer_without_mirrors_unless_asked(tmp_path):
+    """A mirrored digit is another symbol or none: `cnnzoo train` leaves flips out on digits,
+    but transfer took each digit and its mirror (views 2) and fine-tuned with flips by
+    default. Now digits get one view and crop unless told; mirrors asked for get a note, and
+    other data keep the image and its mirror, with flips."""
+    from cnnzoo.transfer.run import mirror_defaults
+
+    said: list[str] = []
+    res = transfer("digits", model="resnet20", weights=None, mode="features", img_size=8,
+                   l2=0.01, use_cache=False, progress=False, say=said.append)  # fmt: skip
+    assert res.bundle.views == 1 and not any("mirror" in line for line in said)
+    assert "over 1797 images x 1 views" in " ".join(said)
+    picked = mirror_defaults(TransferConfig(), "Digits", said.append)
+    assert (picked.views, picked.finetune.augment) == (1, "crop")
+    picked = mirror_defaults(TransferConfig(), tmp_path, said.append)  # a folder of photos
+    assert (picked.views, picked.finetune.augment) == (2, "flip-crop")
+    said.clear()
+    asked = TransferConfig(views=2, finetune=FinetuneConfig(augment="flip-crop"))
+    assert mirror_defaults(asked, "digits", said.append) == asked
+    assert [line.split(" averages")[0].split(" mirrors")[0] for line in said] == [
+        "note: --views 2", "note: --augment flip-crop"]  # fmt: skip
+    said.clear()
+    mirror_defaults(dataclasses.replace(asked, mode="features"), "digits", said.append)
+    assert len(said) == 1  # features mode does not fine-tune: its augmentation is unused
+
+
 def test_a_bundle_made_with_model_kwargs_in_chans_loads(folder, tmp_path):
     """`create_model` got in_chans twice (the bundle's own and model_kwargs') and the bundle
     could not be loaded."""
@@ -1726,7 +1754,8 @@ def test_a_transfer_run_moved_with_its_data_evaluates_and_resumes(folder, tmp_pa
     for source in (None, data):  # the run's own validation split, not every image
         assert int(bundle.evaluate(source, progress=False).accumulator.confusion.sum()) == n_val
     assert main(["evaluate", "--bundle", str(out / "bundle")]) == 0
-    assert capsys.readouterr().out.startswith(f"{n_val} images: accuracy ")
+    assert capsys.readouterr().out.startswith(f"{data}, the run's validation split: {n_val} "
+                                              "images, accuracy ")  # fmt: skip
     transfer(data, model="resnet20", weights=None, out=out, resume=True, config=cfg,
              say=lambda _: None)  # fmt: skip
     # Saved again elsewhere, the bundle records the way from there.

@@ -25,7 +25,7 @@ def _num(value: float | None, fmt: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.compare import differences, summarize_runs
+    from ..engine.compare import aux_loss_note, differences, summarize_runs
 
     if args.plot:
         from .evaluate import check_picture_path
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         from ..engine.report import plot_runs
 
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-        plot_runs(runs, Path(args.plot))
+        plot_runs(runs, Path(args.plot), caption=aux_loss_note(runs))
     if args.json:
         print(json.dumps({"runs": [r.to_dict() for r in runs], "differences": diffs}, indent=1))
         return 0
@@ -62,13 +62,8 @@ def run(args: argparse.Namespace) -> int:
     if any(r.epochs < r.planned and r.weights_only for r in runs):
         print("N/M epochs of a best.pt: the weights and scores of epoch N (the lowest "
               "validation loss so far; a U-Net's best Dice), of the M the run was to train")
-    aux = [r.label for r in runs if r.aux_loss]
-    if aux:  # (the docs said so; the table did not, and 3.9 against 2.0 read as a worse fit)
-        from ..models.googlenet import AUX_WEIGHT
-
-        print(f"train loss of {', '.join(shown(a) for a in aux)}: the main head's plus "
-              f"{AUX_WEIGHT:g} times each auxiliary classifier's (GoogLeNet's training loss), "
-              "higher than the main head's loss alone; compare accuracies")
+    if aux := aux_loss_note(runs):
+        print(aux)
     if any(r.final_epoch != r.epochs for r in runs):
         print(f"val {m} (E): of epoch E's weights, which early stopping restored at the end")
     # Runs of one net (the same options) compare the settings below, or repeat one another.

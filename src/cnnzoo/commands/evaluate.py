@@ -77,7 +77,7 @@ def check_checkpoint_path(path: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..engine.distributed import use_threads
     from ..engine.report import per_class_table, plot_confusion
-    from ..engine.run import evaluate_checkpoint
+    from ..engine.run import evaluate_checkpoint, evaluation_split, scored_images, trained_data
     from ..errors import UsageError
 
     use_threads(args.threads)
@@ -119,25 +119,31 @@ def run(args: argparse.Namespace) -> int:
                                        batch_size=args.batch_size or 64,
                                        progress=args.progress)  # fmt: skip
         names = bundle.class_names
+        trained_on = bundle._trained_on(args.data)
     else:
         metrics, acc, names = evaluate_checkpoint(args.checkpoint, args.data,
                                                   batch_size=args.batch_size or 256,
                                                   split=args.split,
                                                   tta=args.tta or False,
                                                   progress=args.progress)  # fmt: skip
+        trained_on = trained_data(meta, Path(args.checkpoint).parent, args.data)
+    source = str(args.data or trained_on)
     if args.confusion:
         # Its folder is made, as `--out` folders are: a path that names a new folder is one
         # the user meant to have.
         Path(args.confusion).parent.mkdir(parents=True, exist_ok=True)
         plot_confusion(acc.confusion, names, Path(args.confusion))
     if args.json:
-        print(json.dumps({**metrics, "classes": names, "confusion": acc.confusion.tolist(),
-                          **acc.per_class()}))
+        print(json.dumps({**metrics, "data": source,
+                          "split": evaluation_split(source, args.split, trained_on),
+                          "classes": names, "confusion": acc.confusion.tolist(),
+                          **acc.per_class()}))  # fmt: skip
         return 0
     n = int(acc.confusion.sum())
     # Top-5 of 5 classes or fewer is 1 by definition: not worth a column.
     top5 = f"  top-5 {metrics['top5']:.4f}" if len(names) > 5 else ""
-    print(f"{plural(n, 'image')}: accuracy {metrics['acc']:.4f}{top5}  loss {metrics['loss']:.4f}")
+    print(f"{shown(scored_images(source, args.split, trained_on))}: {plural(n, 'image')}, "
+          f"accuracy {metrics['acc']:.4f}{top5}  loss {metrics['loss']:.4f}")
     width = max(5, *(len(shown(c)) for c in names))
     print("confusion matrix (rows: true class, columns: predicted)")
     print(" " * width + " " + " ".join(f"{i:>5d}" for i in range(len(names))))

@@ -380,11 +380,12 @@ def print_results(
     out: IO[str] | None = None,
     err: IO[str] | None = None,
     lines: Callable[[dict[str, Any]], list[str]] | None = None,
+    command: str = "predict",
 ) -> int:
     """Print `classify_files` records: per image its path and `lines(record)` (default: the
     top-k list), each as it comes, or everything as one JSON document on `out` at the end.
-    Errors go to `err` as one line each (in JSON they are also the record's "error"). Returns
-    the number of images that failed."""
+    Errors go to `err` as one line each, 'cnnzoo COMMAND: error: ...' (in JSON they are also
+    the record's "error"). Returns the number of images that failed."""
     out = out or sys.stdout
     err = err or sys.stderr
     failed = 0
@@ -392,7 +393,7 @@ def print_results(
     for r in results:
         if "error" in r:
             failed += 1
-            print(f"cnnzoo predict: error: {shown(r['error'])}", file=err)
+            print(f"cnnzoo {command}: error: {shown(r['error'])}", file=err)
         if as_json:
             kept.append(r)  # the real names: JSON escapes what `shown` would
         elif "error" not in r:

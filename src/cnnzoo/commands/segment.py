@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from .argtypes import (
     COUNT,
@@ -76,6 +78,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "of other images stay); without it (or --resume) they are refused")
     add_tiling_arguments(p)
     p.add_argument("--batch-size", type=COUNT, default=4, help="tiles per forward pass (default 4)")
+    p.add_argument("--json", action="store_true",
+                   help="machine-readable output on stdout: one JSON list of records, one per "
+                        "image, as `cnnzoo predict --json` gives")  # fmt: skip
     add_threads_argument(p)
     add_progress_argument(p)
 
@@ -186,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
     from ..segmentation.training import load_segmenter
     from ..segmentation.visual import overlay
     from ..text import plural, shown
-    from .predict import expand_paths
+    from .predict import expand_paths, print_results
 
     refuse_resume_with_overwrite(args)
     use_threads(args.threads)
@@ -210,6 +215,8 @@ def run(args: argparse.Namespace) -> int:
     if not todo:
         print(f"cnnzoo segment: note: all {plural(len(paths), 'image')} given are segmented in "
               f"{out} already: nothing to do (--overwrite segments them again)", file=sys.stderr)
+        if args.json:  # a JSON reader gets its document all the same
+            print_results([], as_json=True, command="segment")
         return 1 if problems else 0
     if len(todo) < len(paths):
         print(f"cnnzoo segment: note: resuming: {len(paths) - len(todo)} of "
@@ -232,35 +239,53 @@ def run(args: argparse.Namespace) -> int:
               f"({geo.margin} px of context per side); {faster} is faster",
               file=sys.stderr)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
+    class_names = [str(c) for c in meta.get("class_names") or range(k)]
+
+    def segmented() -> Iterator[dict[str, Any]]:
+        """One record per image, as `predict`'s: {"image", "error"} for a file that cannot be
+        read, else its size, the files written and each class's share of the pixels."""
+        # A bar over the images, or for one image over its tiles (a large scan takes minutes).
+        for path in tqdm(paths, desc="segment", leave=False,
+                         disable=None if args.progress and len(paths) > 1 else True):
+            try:
+                img = np.array(load_image(path, 1 if channels == 1 else 3))
+            except ImageError as exc:
+                yield {"image": os.fspath(path), "error": str(exc)}
+                continue
+            chw = torch.from_numpy(img[None] if img.ndim == 2 else img.transpose(2, 0, 1).copy())
+            with precision.autocast():
+                mask = predict_tiled(model, chw, tile=args.tile, margin=args.margin,
+                                     batch_size=args.batch_size, mean=tuple(meta["mean"]),
+                                     std=tuple(meta["std"]), output="mask",
+                                     progress=args.progress and len(paths) == 1).numpy()
+            mask_path, overlay_path = outputs_of(path, names, out)
+            mask_path.parent.mkdir(parents=True, exist_ok=True)
+            write_mask_png(mask, k, mask_path)
+            write_png(overlay(img, mask), overlay_path)  # last: --resume redoes an image without it
+            args.segmented = getattr(args, "segmented", 0) + 1  # for cli's line after a Ctrl-C
+            frames = frame_count(path)
+            if frames > 1:  # a microscope's time-lapse or z-stack: said, not segmented in part silently
+                print(f"cnnzoo segment: note: {shown(path)} holds {frames} frames (a stack); only the first "
+                      "was segmented: save each frame as its own image to segment them all",
+                      file=sys.stderr)  # fmt: skip
+            yield {"image": os.fspath(path), "width": int(img.shape[1]),
+                   "height": int(img.shape[0]), "mask": os.fspath(mask_path),
+                   "overlay": os.fspath(overlay_path),
+                   "classes": [{"index": i, "class": name, "share": float((mask == i).mean())}
+                               for i, name in enumerate(class_names)]}  # fmt: skip
+
+    def line(r: dict[str, Any]) -> str:
+        share = ", ".join(f"{c['class']} {c['share']:.1%}" for c in r["classes"])
+        return f"{r['image']}: {r['width']}x{r['height']} -> {r['mask']}, {r['overlay']} ({share})"
+
     failed = 0
-    # A bar over the images, or for one image over its tiles (a large scan takes minutes).
-    for path in tqdm(paths, desc="segment", leave=False,
-                     disable=None if args.progress and len(paths) > 1 else True):
-        try:
-            img = np.array(load_image(path, 1 if channels == 1 else 3))
-        except ImageError as exc:
-            print(f"cnnzoo segment: error: {shown(exc)}", file=sys.stderr)  # as predict says it
-            failed += 1
-            continue
-        chw = torch.from_numpy(img[None] if img.ndim == 2 else img.transpose(2, 0, 1).copy())
-        with precision.autocast():
-            mask = predict_tiled(model, chw, tile=args.tile, margin=args.margin,
-                                 batch_size=args.batch_size, mean=tuple(meta["mean"]),
-                                 std=tuple(meta["std"]), output="mask",
-                                 progress=args.progress and len(paths) == 1).numpy()
-        mask_path, overlay_path = outputs_of(path, names, out)
-        mask_path.parent.mkdir(parents=True, exist_ok=True)
-        write_mask_png(mask, k, mask_path)
-        write_png(overlay(img, mask), overlay_path)  # last: --resume redoes an image without it
-        args.segmented = getattr(args, "segmented", 0) + 1  # for cli's line after a Ctrl-C
-        share = ", ".join(f"{name} {float((mask == i).mean()):.1%}"
-                          for i, name in enumerate(meta.get("class_names") or range(k)))
-        # One line, whatever the file and its classes are named (as predict's)
-        print(shown(f"{path}: {img.shape[1]}x{img.shape[0]} -> {mask_path}, {overlay_path} "
-                    f"({share})"))
-        frames = frame_count(path)
-        if frames > 1:  # a microscope's time-lapse or z-stack: said, not segmented in part silently
-            print(f"cnnzoo segment: note: {shown(path)} holds {frames} frames (a stack); only the first "
-                  "was segmented: save each frame as its own image to segment them all",
-                  file=sys.stderr)  # fmt: skip
+    if args.json:  # errors on stderr too, as predict's
+        failed = print_results(segmented(), as_json=True, command="segment")
+    else:
+        for r in segmented():
+            if "error" in r:
+                print(f"cnnzoo segment: error: {shown(r['error'])}", file=sys.stderr)
+                failed += 1
+            else:  # one line, whatever the file and its classes are named (as predict's)
+                print(shown(line(r)))
     return 1 if failed or problems else 0

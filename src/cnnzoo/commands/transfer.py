@@ -56,9 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "efficientnet_lite* (measured better), none for the others. "
                         "Fine-tuning always trains the model with its own head")  # fmt: skip
     p.add_argument("--l2", type=real(0, above=True), default=None, help="fixed L2 strength (default: tuned)")
-    p.add_argument("--views", type=int, default=2, choices=(1, 2, 3, 4),
+    p.add_argument("--views", type=int, default=None, choices=(1, 2, 3, 4),
                    help="views per image for features and prediction: 1 image, 2 + mirror "
-                        "(default), 3 + centre zoom, 4 + its mirror")  # fmt: skip
+                        "(default; digits: 1), 3 + centre zoom, 4 + its mirror")  # fmt: skip
     p.add_argument("--img-size", type=IMG_SIZE, default=None,
                    help="input size (default: the weights', 224 for ImageNet)")
     p.add_argument("--fit", choices=("crop", "resize"), default=None,
@@ -86,7 +86,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "fine-tuned net's (default: keep the fine-tuned net; a few validation "
                         "images per class choose badly)")
     p.add_argument("--augment", choices=("none", "flip-crop", "crop", "photo"),
-                   default="flip-crop", help="fine-tuning augmentation (default flip-crop)")
+                   default=None, help="fine-tuning augmentation (default flip-crop; digits: "
+                                      "crop, as a mirrored digit is no digit)")
     # transfer.finetune.default_sam's rule, in words (its module imports torch: not at parse time)
     add_mixing_arguments(p, sam=None, sam_words="0.05 in fine-tuning below 100 training images "
                          "per class, else off; 0: off")

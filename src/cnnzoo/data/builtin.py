@@ -221,6 +221,16 @@ def builtin_name(source: str | os.PathLike[str]) -> str | None:
     return key if key in BUILTIN_DATASETS and not Path(str(source)).exists() else None
 
 
+# Built-in sets whose mirror images are another class or none (a mirrored 2 is no digit): their
+# default augmentation does not flip, and a transfer run's default views leave out the mirror.
+UNMIRRORED = ("digits",)
+
+
+def mirror_changes_class(source: object) -> bool:
+    """Whether `source` (a data source as users give it) is a built-in set of `UNMIRRORED`."""
+    return isinstance(source, str | os.PathLike) and builtin_name(source) in UNMIRRORED
+
+
 def own_channels(source: str | os.PathLike[str], seen: ImagesSeen | None) -> int | None:
     """The channels a data source's images have, as training reads them: 1 for the (grey)
     built-ins and for files that are all grey (`seen`, from `folder.seen_images`), 3 for files

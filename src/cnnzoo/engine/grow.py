@@ -111,6 +111,11 @@ def _family(model_name: Any) -> str | None:
         return None
 
 
+def _conv_count(state: dict[str, Tensor]) -> int:
+    """The conv layers of a state_dict (its 4-d weights): how deep the net is."""
+    return sum(1 for k, v in state.items() if k.endswith("weight") and v.dim() == 4)
+
+
 def _shape(t: Tensor) -> str:
     return "x".join(map(str, t.shape)) or "scalar"
 
@@ -148,12 +153,24 @@ def grow_from(
                                "train vgg11 ...` (or of the VGG before this one)")
         raise WeightsError(f"the source checkpoint is {source_name}, not a {family} model: grow "
                            f"from a trained shallower {family} model")
+    # A deeper source into a shallower net (vgg13 -> vgg11) copied a few layers (two convs
+    # by the paper's rule) and left the rest unused: growth goes the other way (the docs'
+    # "a deeper net from a trained shallower one"). The same net (a new run from a run's
+    # weights) is not compared: its options decide its layers, checked below.
+    target_name = getattr(getattr(model, "default_cfg", None), "name", None)
+    deep_src, deep_tgt = _conv_count(source_state), _conv_count(target_state)
+    if source_name and target_name and source_name != target_name and deep_src > deep_tgt:
+        chain = " (vgg11 → vgg13 → vgg16 → vgg19)" if family == "vgg" else ""
+        raise WeightsError(f"the source checkpoint is {source_name} ({deep_src} conv layers), "
+                           f"deeper than {target_name} ({deep_tgt}): --init-from grows a deeper "
+                           f"net from a shallower one{chain}; train {target_name} from scratch, "
+                           "or grow a net at least as deep from this checkpoint")  # fmt: skip
     # Conv weights trained with BatchNorm after them are on another scale without it (and the
     # reverse): copied, they would start the net far off, with no warning.
     source_bn = any(k.endswith("running_mean") for k in source_state)
     target_bn = any(k.endswith("running_mean") for k in target_state)
     if source_bn != target_bn:
-        target = getattr(getattr(model, "default_cfg", None), "name", None) or "this model"
+        target = target_name or "this model"
         source = source_name or "the source checkpoint"
         has, lacks = (source, target) if source_bn else (target, source)
         raise WeightsError(f"{has} has BatchNorm and {lacks} does not: grow between nets that "
@@ -215,9 +232,8 @@ def grow_from(
                     source_state[s].shape == target_state[k].shape:
                 report.copied[k] = s
     first_conv = next((k.rsplit(".", 1)[0] for k, v in target_state.items() if v.dim() == 4), None)
-    _check_fit(misfit, family, meta, target_kwargs, first_conv)  # before a tensor is changed
-    _check_function(meta.get("model_kwargs"), target_kwargs,
-                    getattr(getattr(model, "default_cfg", None), "name", None))
+    _check_fit(misfit, family, meta, target_kwargs, first_conv, target_name)  # before any copy
+    _check_function(meta.get("model_kwargs"), target_kwargs, target_name)
     with torch.no_grad():
         for k, s in report.copied.items():
             target_state[k].copy_(source_state[s])
@@ -253,14 +269,17 @@ def _check_function(src: dict[str, Any] | None, tgt: dict[str, Any] | None,
 
 
 def _check_fit(misfit: list[tuple[str, str, str]], family: str | None, meta: dict[str, Any],
-               target_kwargs: dict[str, Any] | None, first_conv: str | None) -> None:
+               target_kwargs: dict[str, Any] | None, first_conv: str | None,
+               name: str | None = None) -> None:  # fmt: skip
     """A one-line error when layers other than the head do not fit because the two nets were
     built with other options or for other input channels (or, for VGG, whose places always
-    match, for any reason)."""
+    match, for any reason). name: the target model's, whose option defaults an option left out
+    is shown at (one family: the source's are the same)."""
     if not misfit:
         return
     src, tgt = meta.get("model_kwargs"), target_kwargs
-    diff = differing_options(src, tgt) if src is not None and tgt is not None else None
+    defaults = option_defaults(name) if name is not None else None
+    diff = differing_options(src, tgt, defaults) if src is not None and tgt is not None else None
     layer, there, here = misfit[0]
     shapes = f"{layer}: {there} in the source, {here} here"
     a, b = there.split("x"), here.split("x")

@@ -696,17 +696,25 @@ def _plain(value: Any) -> str:
 
 
 def differing_options(
-    a: dict[str, Any] | None, b: dict[str, Any] | None
+    a: dict[str, Any] | None, b: dict[str, Any] | None, defaults: dict[str, Any] | None = None
 ) -> tuple[str, str] | None:
     """The model options two nets were built with, where they differ, for a message:
-    ('width_mult=0.5 fc_dim unset', 'width_mult=1 fc_dim=256'); None when they agree."""
-    a, b = a or {}, b or {}
+    ('width_mult=0.5 fc_dim unset', 'width_mult=1 fc_dim=256'); None when they agree.
+    defaults: the model's (`registry.option_defaults`): an option left out is its default, and
+    reads as one ('all five stages', 'fc_dim=4096'; 'stages unset' said nothing)."""
+    from ..models.registry import option_words
+
+    a, b = dict(a or {}), dict(b or {})
+    for k, v in (defaults or {}).items():
+        if k in a or k in b:
+            a.setdefault(k, v)
+            b.setdefault(k, v)
     keys = sorted(k for k in {*a, *b} if a.get(k, ...) != b.get(k, ...))
     if not keys:
         return None
 
     def show(kwargs: dict[str, Any]) -> str:
-        return " ".join(f"{k}={kwargs[k]}" if k in kwargs else f"{k} unset" for k in keys)
+        return " ".join(option_words(k, kwargs[k]) if k in kwargs else f"{k} unset" for k in keys)
 
     return show(a), show(b)
 
@@ -722,7 +730,14 @@ def resume_conflict(old: dict[str, Any], new: dict[str, Any], old_task: str | No
         return (f"is {old['model']}, not {new['model']}: resume it as "
                 f"`cnnzoo train {old['model']} ... --resume`")
     if "model_kwargs" in old and "model_kwargs" in new:
-        diff = differing_options(old["model_kwargs"], new["model_kwargs"])
+        from ..errors import UnknownModelError
+        from ..models.registry import option_defaults
+
+        try:  # an option left out is its default, and reads as one ('all five stages')
+            defaults = option_defaults(str(new.get("model")))
+        except UnknownModelError:  # (a net of the caller's own: its options as given)
+            defaults = None
+        diff = differing_options(old["model_kwargs"], new["model_kwargs"], defaults)
         if diff:
             return (f"was trained with other model options ({diff[0]}, not {diff[1]}): resume "
                     "with the checkpoint's options")

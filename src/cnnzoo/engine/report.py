@@ -147,9 +147,11 @@ def plot_curves(
 
 
 @quiet_glyphs
-def plot_runs(runs: Sequence[Any], path: Path) -> Path:
+def plot_runs(runs: Sequence[Any], path: Path, caption: str | None = None) -> Path:
     """Several runs' curves over one another (`engine.compare.RunSummary`s): training loss,
-    validation loss and the validation metric per epoch, one line (and colour) per run."""
+    validation loss and the validation metric per epoch, one line (and colour) per run.
+    caption: a note under the panels (the table's on GoogLeNet's training loss, which a
+    reader of the plot alone took for a worse fit)."""
     plt = pyplot()  # first: it chooses matplotlib's folder before matplotlib is imported
     from matplotlib import ticker
 
@@ -175,8 +177,18 @@ def plot_runs(runs: Sequence[Any], path: Path) -> Path:
     # Beside the panels, in as many columns as the runs need (25 runs overflowed one panel).
     columns = 1 + (len(runs) - 1) // 20
     axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1), ncol=columns)
-    fig.set_size_inches(13 + 2.2 * columns, 3.8 + 0.12 * max(0, min(len(runs), 20) - 12))
-    fig.tight_layout()
+    width = 13 + 2.2 * columns
+    fig.set_size_inches(width, 3.8 + 0.12 * max(0, min(len(runs), 20) - 12))
+    if caption:  # wrapped to the figure's width (8 pt: about 0.065 in a character)
+        import textwrap
+
+        lines = textwrap.wrap(caption, int(width / 0.065))
+        fig.text(0.01, 0.01, "\n".join(lines), fontsize=8, ha="left", va="bottom",
+                 parse_math=False)  # (run labels are text)
+        fig.set_size_inches(width, fig.get_size_inches()[1] + 0.16 * len(lines))
+        fig.tight_layout(rect=(0, 0.16 * len(lines) / fig.get_size_inches()[1] + 0.01, 1, 1))
+    else:
+        fig.tight_layout()
     return save_figure(fig, path)
 
 

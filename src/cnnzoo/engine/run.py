@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..data.augment import FLIPPING
-from ..data.builtin import builtin_name, own_channels
+from ..data.builtin import builtin_name, mirror_changes_class, own_channels
 from ..data.folder import ImagesSeen, seen_images
 from ..data.loader import BatchLoader
 from ..errors import DamagedCheckpointError, DataError, NewerFormatError, UsageError, WeightsError
@@ -198,7 +198,23 @@ def load_splits(
 def augment_kind(opts: DataOptions) -> str:
     """The training augmentation: the one asked for, else pad-crop, plus flips unless the data
     are digits (a mirrored digit is another symbol or none)."""
-    return opts.augment or ("crop" if builtin_name(opts.source) == "digits" else "flip-crop")
+    return opts.augment or default_augment(opts.source)
+
+
+def default_augment(source: object) -> str:
+    """The augmentation `source` trains with unless told: pad-crop and flips, without the
+    flips on data whose mirror images change their class (digits)."""
+    return "crop" if mirror_changes_class(source) else "flip-crop"
+
+
+def flip_note(augment: str, source: object) -> str | None:
+    """The note on a mirroring augmentation asked for on digits, as `tta_note` says the other
+    way round (--augment flip-crop there trained on mirrored digits without a word); None
+    otherwise."""
+    if augment not in FLIPPING or not mirror_changes_class(source):
+        return None
+    return (f"note: --augment {augment} mirrors images, and a mirrored digit is another symbol "
+            "or none: its accuracy may be lower, not higher (the default for digits is crop)")
 
 
 def make_loaders(
@@ -384,6 +400,8 @@ def train_classifier(
         meta["init_from"] = str(Path(init_from).resolve())
     if config.tta and meta["augment"] not in FLIPPING:
         say(tta_note(meta["augment"]))
+    if note := flip_note(meta["augment"], data.source):
+        say(note)
     meta["class_weight"] = class_weight
     weights = class_weights(class_weight, splits.train.labels, splits.num_classes)
     if weights is not None:
@@ -511,6 +529,30 @@ def training_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     return None
 
 
+def evaluation_split(src: str, split: str | None, trained_on: str = "") -> str:
+    """The split of `src` that `evaluation_images` scores: `split`, or by default 'val' on the
+    data the run trained on and on a built-in, 'all' on another folder or CSV."""
+    if split is None:
+        split = "val" if builtin_name(src) is not None or same_source(src, trained_on) else "all"
+    if split not in ("val", "test", "all"):
+        raise DataError(f"split must be val, test or all, not {split!r}")
+    return split
+
+
+def scored_images(src: str, split: str | None, trained_on: str = "") -> str:
+    """Which images `evaluation_images` scores, in words: 'digits, the run's validation
+    split'. (`cnnzoo evaluate` said only '100 images', and on a training folder a reader could
+    not tell its validation split from all of it.)"""
+    split = evaluation_split(src, split, trained_on)
+    own = same_source(src, trained_on)
+    if split == "test" and builtin_name(src) is not None:  # a built-in's test set is its val
+        split = "val"
+    which = {"val": "the run's validation split" if own else "its validation split",
+             "test": "its test part",
+             "all": "all its images, the training ones too" if own else "all its images"}[split]
+    return f"{src}, {which}"
+
+
 def evaluation_images(
     src: str, spec: Any, split: str | None, class_names: list[str], *, trained_on: str = "",
     val_fraction: float = 0.2, seed: int = 0, size: int | None = None,
@@ -534,10 +576,7 @@ def evaluation_images(
     from ..data.images import ImageSpec
 
     is_builtin = builtin_name(src) is not None
-    if split is None:
-        split = "val" if is_builtin or same_source(src, trained_on) else "all"
-    if split not in ("val", "test", "all"):
-        raise DataError(f"split must be val, test or all, not {split!r}")
+    split = evaluation_split(src, split, trained_on)
     if not is_builtin and not Path(src).exists() and same_source(src, trained_on):
         raise DataError(f"{src}, the data the model was trained on, is not there any more: "
                         "pass the images to score with --data")  # fmt: skip

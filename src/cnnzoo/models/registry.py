@@ -233,6 +233,17 @@ def option_defaults(name: str) -> dict[str, Any]:
     return {k: spec.default for k, spec in model_options(name).items()}
 
 
+# What an option's None (its default) builds, for messages: "stages unset" said nothing.
+NONE_WORDS = {"stages": "all five stages"}
+
+
+def option_words(option: str, value: Any) -> str:
+    """A model option and its value in a message: 'width_mult=0.5', 'all five stages'."""
+    if value is None and option in NONE_WORDS:
+        return NONE_WORDS[option]
+    return f"{option}={value}"
+
+
 def _no_option_message(name: str, cfg: ModelConfig, option: str) -> str:
     hint = _PEER_OPTIONS.get(option)
     if hint is None:

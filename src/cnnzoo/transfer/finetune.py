@@ -66,7 +66,9 @@ class FinetuneConfig:
     # batch_size, precision, seed, progress and class_weight: `transfer` sets them from its
     # TransferConfig (one value for the whole run; `run.SHARED_FIELDS`).
     batch_size: int = 32  # capped at a quarter of the training images (at least 8)
-    augment: str = "flip-crop"  # see data.augment.default_augmentation
+    # See data.augment.default_augmentation; None: `transfer` picks it for its data (flip-crop,
+    # or crop on digits: `engine.run.default_augment`), and fine-tuning alone takes flip-crop.
+    augment: str | None = None
     label_smoothing: float = 0.1
     # 'balanced': each class's loss weighted by n / (K n_k) over the training images
     # (`engine.task.class_weights`); 'none' or None: unweighted.
@@ -170,7 +172,7 @@ def make_loaders(splits: Splits, pre: Preprocessing, cfg: FinetuneConfig) -> tup
     batch = train_batch_size(cfg, n)
     train = BatchLoader(
         splits.train.images, splits.train.labels, batch_size=batch, shuffle=True,
-        drop_last=n > batch, transform=default_augmentation(cfg.augment, size),
+        drop_last=n > batch, transform=default_augmentation(cfg.augment or "flip-crop", size),
         mean=pre.mean, std=pre.std, seed=cfg.seed,
     )  # fmt: skip
     val = BatchLoader(

@@ -71,7 +71,9 @@ SHARED_FIELDS = ("batch_size", "precision", "seed", "progress", "class_weight")
 class TransferConfig:
     """mode: 'features', 'finetune' or 'both'. head: 'linear' (logistic regression, L2 tuned by
     cross-validation unless `l2` is given) or 'mlp'. views: 1-4 fixed views per image for the
-    features and for prediction (2 = the image and its mirror). img_size: input size (default:
+    features and for prediction (2 = the image and its mirror); None (default): 2, or 1 on
+    digits, whose mirror images are no digits (as `finetune.augment` None is flip-crop, or crop
+    on digits). img_size: input size (default:
     the weights' crop size, 224 for ImageNet weights). fit: 'crop' (the weights' resize-and-
     centre-crop) or 'resize' (the whole image squashed to the input size; better for small,
     tightly framed images); None (default): as the weights were trained, 'crop' for ImageNet
@@ -86,7 +88,7 @@ class TransferConfig:
     mode: str = "both"
     head: str = "linear"
     l2: float | None = None
-    views: int = 2
+    views: int | None = None
     img_size: int | None = None
     # Feature stages the features head reads, pooled and concatenated (models.taps.StageTaps),
     # e.g. (4, 5); 'auto': the model's default (`ModelConfig.transfer_stages`: (4, 5) for
@@ -238,9 +240,9 @@ def check_config(cfg: TransferConfig, *, resume: bool = False) -> None:
     if cfg.mode == "finetune" and cfg.stages and cfg.stages != "auto":
         raise UsageError("stages (--stages) choose what the features head reads; mode "
                          "'finetune' has none (use mode 'features' or 'both')")  # fmt: skip
-    if not (is_whole(cfg.views) and cfg.views <= MAX_VIEWS):
-        raise UsageError(f"views (--views) must be a whole number from 1 to {MAX_VIEWS}, not "
-                         f"{cfg.views!r}")  # fmt: skip
+    if cfg.views is not None and not (is_whole(cfg.views) and cfg.views <= MAX_VIEWS):
+        raise UsageError(f"views (--views) must be a whole number from 1 to {MAX_VIEWS} (None: "
+                         f"the data's default), not {cfg.views!r}")  # fmt: skip
     if cfg.img_size is not None:
         count("img_size", "--img-size", cfg.img_size, " (None: the weights' size)")
     count("batch_size", "--batch-size", cfg.batch_size)
@@ -289,6 +291,30 @@ def check_config(cfg: TransferConfig, *, resume: bool = False) -> None:
             raise UsageError(f"FinetuneConfig({name}={mine!r}) disagrees with the run's "
                              f"{name}={run_wide!r}: {name} holds for the whole run, set it on "
                              "transfer (TransferConfig) only")  # fmt: skip
+
+
+def mirror_defaults(cfg: TransferConfig, data: Any, say: Any) -> TransferConfig:
+    """`cfg` with its views and fine-tuning augmentation set for `data` where not given: the
+    image and its mirror, and flips, except on data whose mirror images change their class
+    (digits: one view, crop), where given mirrors get a note instead. (Digits took the mirror
+    by default: at 96 px, frozen Lite0 features scored 0.989 / 0.978 on seeds 0 / 1 with it,
+    0.992 / 0.986 without, in half the time.)"""
+    from ..data.builtin import mirror_changes_class
+    from ..engine.run import default_augment, flip_note
+
+    unmirrored = mirror_changes_class(data)
+    if cfg.views is None:
+        cfg = dataclasses.replace(cfg, views=1 if unmirrored else 2)
+    elif unmirrored and cfg.views > 1:  # (the features and every prediction use them)
+        say(f"note: --views {cfg.views} averages over mirrored images, and a mirrored digit is "
+            "another symbol or none: its accuracy may be lower, not higher (the default for "
+            "digits is 1)")
+    ft = cfg.finetune
+    if ft.augment is None:
+        ft = dataclasses.replace(ft, augment=default_augment(data))
+    elif cfg.mode != "features" and (note := flip_note(ft.augment, data)):
+        say(note)
+    return dataclasses.replace(cfg, finetune=ft)
 
 
 def check_out(out: str | os.PathLike[str], data: Any, *, resume: bool, overwrite: bool) -> None:
@@ -376,6 +402,7 @@ def transfer(
         if cfg.img_size < smallest:
             raise UsageError(f"img_size (--img-size) {cfg.img_size}: {model} takes inputs of at "
                              f"least {smallest} px")  # fmt: skip
+    cfg = mirror_defaults(cfg, data, say)
     if cfg.class_weight is None:  # a resumed fine-tuning goes on weighting as it began
         cfg = dataclasses.replace(cfg, class_weight=resumed_class_weight(out) if resume
                                   else "none")
