@@ -239,7 +239,9 @@ def main() -> None:
                    help="accuracy run: model option (default for the VGGs: the best recipe, "
                         "stages=3 width_mult=0.25,0.5,0.5 fc_dim=256 pool_size=3 dropout=0.0)")
     # 18 epochs of the net with a 16-channel first stage: 536 s of training on 2 threads,
-    # 94.39 % / 94.68 % with flip-shift TTA (docs/training.md, run R).
+    # 94.39 % / 94.68 % with flip-shift TTA (docs/training.md, run R; with the VGG dense-layer
+    # init of before 2026-11-27; the current one gave 94.22 / 94.58 % on one thread, run T0,
+    # and 94.05 / 94.46 % with seed 1).
     p.add_argument("--epochs", type=COUNT, default=18)
     p.add_argument("--batch-size", type=COUNT, default=256)
     p.add_argument("--lr", type=LEARNING_RATE, default=0.2)
