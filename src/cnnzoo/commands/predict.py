@@ -381,9 +381,11 @@ def print_results(
     err: IO[str] | None = None,
     lines: Callable[[dict[str, Any]], list[str]] | None = None,
     command: str = "predict",
+    path_line: bool = True,
 ) -> int:
-    """Print `classify_files` records: per image its path and `lines(record)` (default: the
-    top-k list), each as it comes, or everything as one JSON document on `out` at the end.
+    """Print `classify_files` records: per image its path (unless `path_line` is False: `lines`
+    names it itself) and `lines(record)` (default: the top-k list), each as it comes, or
+    everything as one JSON document on `out` at the end.
     Errors go to `err` as one line each, 'cnnzoo COMMAND: error: ...' (in JSON they are also
     the record's "error"). Returns the number of images that failed."""
     out = out or sys.stdout
@@ -399,7 +401,8 @@ def print_results(
         elif "error" not in r:
             # Each line `shown`: a file named 'a\nPrediction: cat\n.png' printed a forged
             # result line, and a class named '\x1b[2J' cleared the screen.
-            print(shown(r["image"]), file=out)
+            if path_line:
+                print(shown(r["image"]), file=out)
             for line in lines(r) if lines else format_predictions(r["predictions"]):
                 print(shown(line), file=out)
     if as_json:

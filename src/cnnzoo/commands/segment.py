@@ -278,14 +278,8 @@ def run(args: argparse.Namespace) -> int:
         share = ", ".join(f"{c['class']} {c['share']:.1%}" for c in r["classes"])
         return f"{r['image']}: {r['width']}x{r['height']} -> {r['mask']}, {r['overlay']} ({share})"
 
-    failed = 0
-    if args.json:  # errors on stderr too, as predict's
-        failed = print_results(segmented(), as_json=True, command="segment")
-    else:
-        for r in segmented():
-            if "error" in r:
-                print(f"cnnzoo segment: error: {shown(r['error'])}", file=sys.stderr)
-                failed += 1
-            else:  # one line, whatever the file and its classes are named (as predict's)
-                print(shown(line(r)))
+    # One line per image (`shown` by print_results, whatever the file and its classes are
+    # named), or the JSON records; errors on stderr either way, as predict's.
+    failed = print_results(segmented(), as_json=args.json, command="segment",
+                           lines=lambda r: [line(r)], path_line=False)  # fmt: skip
     return 1 if failed or problems else 0
