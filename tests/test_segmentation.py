@@ -1233,6 +1233,45 @@ def test_segment_into_an_out_that_holds_these_images_outputs(tmp_path, monkeypat
     assert len(list(out.iterdir())) == 8
 
 
+def test_segment_resume_refuses_another_checkpoints_masks(tmp_path, capsys):
+    """`segment --resume` took any mask in --out as done: resumed with another checkpoint, the
+    folder ended up half one net's masks and half the other's, and nothing said so. Each mask
+    now carries its checkpoint's fingerprint (a PNG tEXt chunk) and --resume with another
+    checkpoint is refused in one line; masks without it (older runs) still resume."""
+    from PIL import Image
+
+    from cnnzoo.commands.segment import MADE_BY
+    from cnnzoo.transfer.features import weights_fingerprint
+
+    _threshold_unet(tmp_path / "net.pt", "here")
+    _threshold_unet(tmp_path / "other.pt", "elsewhere")  # another file: another fingerprint
+    _pair_folder(tmp_path / "pairs", ["a", "b"])
+    images, out = tmp_path / "pairs" / "images", tmp_path / "out"
+    args = ["segment", str(images), "--out", str(out), "--resume"]
+    assert main([*args, "--checkpoint", str(tmp_path / "net.pt")]) == 0
+    with Image.open(out / "a_mask.png") as m:
+        assert m.text == {MADE_BY: weights_fingerprint(tmp_path / "net.pt")}
+    (out / "b_overlay.png").unlink()  # as a killed run leaves b: to be redone
+    capsys.readouterr()
+    assert main([*args, "--checkpoint", str(tmp_path / "other.pt")]) == 2
+    assert capsys.readouterr().err == (
+        f"cnnzoo segment: error: {out} holds masks another checkpoint wrote "
+        f"({out / 'a_mask.png'}): --resume continues with the same --checkpoint only; pass "
+        "--overwrite to segment every image again, or another --out\n")
+    assert not (out / "b_overlay.png").exists()
+    # The same checkpoint resumes; so does a mask with no record (written before there was one).
+    assert main([*args, "--checkpoint", str(tmp_path / "net.pt")]) == 0
+    assert (out / "b_overlay.png").is_file()
+    for name in ("a_mask.png", "b_mask.png"):
+        with Image.open(out / name) as m:
+            plain = m.copy()
+        plain.save(out / name)
+    (out / "b_overlay.png").unlink()
+    assert main([*args, "--checkpoint", str(tmp_path / "other.pt")]) == 0
+    with Image.open(out / "b_mask.png") as m:
+        assert m.text == {MADE_BY: weights_fingerprint(tmp_path / "other.pt")}
+
+
 def test_segment_and_evaluate_take_no_progress(tmp_path, monkeypatch):
     """segment drew a bar over the images (or one image's tiles) and evaluate one over the
     pairs, on a terminal, with no --no-progress to turn them off as train's are."""

@@ -98,14 +98,19 @@ def add_tiling_arguments(p: argparse.ArgumentParser, default: int | None = 512,
                         "whose receptive field is larger, 96 px: nearly)")
 
 
-def write_mask_png(mask, num_classes: int, path: Path) -> Path:
-    """Save a (H, W) class-index mask: 0/255 for two classes, indices otherwise."""
+MADE_BY = "cnnzoo checkpoint"  # a mask PNG's tEXt key: the fingerprint of the net that made it
+
+
+def write_mask_png(mask, num_classes: int, path: Path, made_by: str | None = None) -> Path:
+    """Save a (H, W) class-index mask: 0/255 for two classes, indices otherwise; `made_by`, the
+    checkpoint's fingerprint, goes into the PNG, for --resume to tell another net's masks."""
     import numpy as np
 
     from ..data.images import write_png
 
     m = np.asarray(mask, dtype=np.uint8)
-    write_png(m * 255 if num_classes == 2 else m, path)  # a kill leaves no cut mask
+    text = {MADE_BY: made_by} if made_by else None
+    write_png(m * 255 if num_classes == 2 else m, path, text=text)  # a kill leaves no cut mask
     return path
 
 
@@ -142,13 +147,16 @@ def outputs_of(path: Path, names: dict[Path, str], out: Path) -> list[Path]:
 
 
 def check_earlier_outputs(paths: list[Path], names: dict[Path, str], out: Path, *,
-                          resume: bool, overwrite: bool) -> list[Path]:  # fmt: skip
+                          resume: bool, overwrite: bool, made_by: str) -> list[Path]:  # fmt: skip
     """The images still to segment: all of `paths`, or with `resume` those whose mask and
     overlay `out` does not hold yet. Outputs of these images already in `out` (an earlier run:
     another checkpoint's masks, or the first half of a killed run) are a `UsageError` unless
     `resume` or `overwrite` says what to do with them, as `cnnzoo train` treats a run in its
     --out: they were replaced without a word. Outputs of other images are not this run's
-    business (a folder that collects the masks of one batch of scans after another)."""
+    business (a folder that collects the masks of one batch of scans after another). `resume`
+    refuses masks that another checkpoint than `made_by` wrote (their PNG says which): a folder
+    of two nets' masks, half and half, looks like one run's."""
+    from ..data.images import png_text
     from ..errors import UsageError
 
     held = [p for p in paths if any(f.exists() for f in outputs_of(p, names, out))]
@@ -160,7 +168,15 @@ def check_earlier_outputs(paths: list[Path], names: dict[Path, str], out: Path, 
         raise UsageError(f"{out} holds what an earlier run wrote for {which} ({first}): pass "
                          "--resume to segment only the others, --overwrite to replace it, or "
                          "another --out")
-    return [p for p in paths if not all(f.exists() for f in outputs_of(p, names, out))]
+    done = [p for p in paths if all(f.exists() for f in outputs_of(p, names, out))]
+    for p in done:  # masks from before checkpoints were recorded carry no name: taken as ours
+        mask = outputs_of(p, names, out)[0]
+        other = png_text(mask).get(MADE_BY)
+        if other not in (None, made_by):
+            raise UsageError(f"{out} holds masks another checkpoint wrote ({mask}): --resume "
+                             "continues with the same --checkpoint only; pass --overwrite to "
+                             "segment every image again, or another --out")
+    return [p for p in paths if p not in done]
 
 
 def earlier_outputs(paths: list[Path], given: list[str], out: Path) -> list[Path]:
@@ -191,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
     from ..segmentation.training import load_segmenter
     from ..segmentation.visual import overlay
     from ..text import plural, shown
+    from ..transfer.features import weights_fingerprint
     from .predict import expand_paths, print_results
 
     refuse_resume_with_overwrite(args)
@@ -210,8 +227,9 @@ def run(args: argparse.Namespace) -> int:
             raise ImageError(f"no images to segment: the folders given hold only the masks and "
                              f"overlays in {out}")  # fmt: skip
     names = output_stems(paths)
+    made_by = weights_fingerprint(args.checkpoint)
     todo = check_earlier_outputs(paths, names, out, resume=args.resume,
-                                 overwrite=args.overwrite)  # fmt: skip
+                                 overwrite=args.overwrite, made_by=made_by)  # fmt: skip
     if not todo:
         print(f"cnnzoo segment: note: all {plural(len(paths), 'image')} given are segmented in "
               f"{out} already: nothing to do (--overwrite segments them again)", file=sys.stderr)
@@ -260,7 +278,7 @@ def run(args: argparse.Namespace) -> int:
                                      progress=args.progress and len(paths) == 1).numpy()
             mask_path, overlay_path = outputs_of(path, names, out)
             mask_path.parent.mkdir(parents=True, exist_ok=True)
-            write_mask_png(mask, k, mask_path)
+            write_mask_png(mask, k, mask_path, made_by)
             write_png(overlay(img, mask), overlay_path)  # last: --resume redoes an image without it
             args.segmented = getattr(args, "segmented", 0) + 1  # for cli's line after a Ctrl-C
             frames = frame_count(path)

@@ -486,13 +486,30 @@ class ImageSpec:
         )
 
 
-def write_png(image: Image.Image | np.ndarray, path: str | os.PathLike[str]) -> None:
+def write_png(image: Image.Image | np.ndarray, path: str | os.PathLike[str],
+              text: dict[str, str] | None = None) -> None:
     """Save a PIL image or an array (uint8, or uint16 for instance ids) as a PNG at `path` in
     one step (`paths.replacing`), for every PNG cnnzoo writes for a user to read back: a kill
     mid-file (an export, a `segment` of a whole folder) left an empty or cut PNG among the good
-    ones, which the next run read as a corrupt image."""
+    ones, which the next run read as a corrupt image. `text` goes into tEXt chunks (what made
+    the file; `png_text` reads them back)."""
+    from PIL.PngImagePlugin import PngInfo
+
     from ..paths import replacing
 
     img = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    info = PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value)
     with replacing(path) as tmp:
-        img.save(tmp, format="PNG")
+        img.save(tmp, format="PNG", pnginfo=info)
+
+
+def png_text(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The tEXt chunks of a PNG (`write_png`'s `text`); {} for a file that is not a readable
+    PNG: what made it is then unknown, not an error."""
+    try:
+        with Image.open(path) as img:
+            return {str(k): str(v) for k, v in getattr(img, "text", {}).items()}
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return {}
