@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
                                        batch_size=args.batch_size or 64,
                                        progress=args.progress)  # fmt: skip
         names = bundle.class_names
-        trained_on = bundle._trained_on(args.data)
+        trained_on = bundle.trained_on_data(args.data)
     else:
         metrics, acc, names = evaluate_checkpoint(args.checkpoint, args.data,
                                                   batch_size=args.batch_size or 256,

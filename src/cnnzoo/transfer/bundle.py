@@ -264,7 +264,7 @@ class Bundle:
         from ..errors import DataError
 
         data = (self.extra or {}).get("data") or {}
-        trained_on = self._trained_on(source)
+        trained_on = self.trained_on_data(source)
         src = str(source or trained_on)
         if not src:
             raise DataError("this bundle was trained on images passed in memory: say which "
@@ -283,7 +283,7 @@ class Bundle:
         acc.update(log_probs, ds.labels, torch.nn.functional.nll_loss(log_probs, ds.labels))
         return Evaluation(acc.summary(), acc)
 
-    def _trained_on(self, given: object = None) -> str:
+    def trained_on_data(self, given: object = None) -> str:
         """The data the bundle was trained on, where it is now (`paths.run_data`); `given`
         when it is that data; '' for images passed in memory."""
         data = (self.extra or {}).get("data") or {}
@@ -317,7 +317,7 @@ class Bundle:
             description = self.to_json()
             if isinstance(data := description.get("data"), dict):  # see paths.run_data
                 data = {k: v for k, v in data.items() if k != "source_from_bundle"}
-                rel = from_run(self._trained_on(), target)
+                rel = from_run(self.trained_on_data(), target)
                 description["data"] = {**data, "source_from_bundle": rel} if rel else data
             try:
                 (tmp / JSON_FILE).write_text(json.dumps(description, indent=2) + "\n")
