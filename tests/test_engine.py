@@ -188,16 +188,35 @@ def test_per_class_csv_writes_formula_like_class_names_as_text(tmp_path):
     from cnnzoo.engine.task import ClassificationAccumulator
     from cnnzoo.text import spreadsheet_text
 
-    names = ['=HYPERLINK("http://x","y")', "+1", "-cat", "@SUM(A1)", "\tx", "\ry", "a=b", "'q"]
+    names = ['=HYPERLINK("http://x","y")', "+A1", "-cat", "@SUM(A1)", "\tx", "\ry", "a=b", "'q"]
     acc = ClassificationAccumulator(len(names))
     for i in range(len(names)):
         acc.confusion[i, i] = 1
     rows = list(csv.reader(write_per_class_csv(acc, names, tmp_path / "pc.csv").open(newline="")))
     assert [r[0] for r in rows[1:]] == [
-        '\'=HYPERLINK("http://x","y")', "'+1", "'-cat", "'@SUM(A1)", "'\tx", "'\ry", "a=b", "'q"]
+        '\'=HYPERLINK("http://x","y")', "'+A1", "'-cat", "'@SUM(A1)", "'\tx", "'\ry", "a=b", "'q"]
     assert all(r[1:] == ["1.0000", "1.0000", "1"] for r in rows[1:])
     assert spreadsheet_text("plain") == "plain" and spreadsheet_text("") == ""
     assert per_class_table(acc, names)[1].startswith('=HYPERLINK("http://x","y")  ')
+
+
+def test_per_class_csv_keeps_class_names_that_are_numbers_as_numbers(tmp_path):
+    """A binary set labelled -1 and +1 (folders '-1', '+1') had per_class.csv rows "'-1" and
+    "'+1": a spreadsheet showed that text, neither the class's name nor a number, though a
+    plain number is never run as a formula. Plain numbers are written as they are; a name that
+    only starts like one ('-1+cmd', '-', '+1 cat') still gets the "'"."""
+    import csv
+
+    from cnnzoo.engine.report import write_per_class_csv
+    from cnnzoo.engine.task import ClassificationAccumulator
+
+    names = ["-1", "+1", "-0.5", "+.5", "-2e3", "-1+2", "-", "+1 cat", "-1e", "=1"]
+    acc = ClassificationAccumulator(len(names))
+    for i in range(len(names)):
+        acc.confusion[i, i] = 1
+    rows = list(csv.reader(write_per_class_csv(acc, names, tmp_path / "pc.csv").open(newline="")))
+    assert [r[0] for r in rows[1:]] == [
+        "-1", "+1", "-0.5", "+.5", "-2e3", "'-1+2", "'-", "'+1 cat", "'-1e", "'=1"]
 
 
 def test_a_locale_that_is_not_utf8_writes_and_prints_every_class_name(tmp_path):

@@ -30,14 +30,20 @@ def shown(name: object) -> str:
 # What makes a spreadsheet read a cell as a formula (OWASP's "CSV injection" list): a class named
 # '=HYPERLINK("http://x","y")' in per_class.csv opened in Excel or LibreOffice was a live link.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# A name that is a plain number ('-1', '+5', '-0.5', '1e-3': the -1/+1 labels of a binary set) is
+# read as that number, never as a formula; with the "'" it showed as the text "'-1", which is
+# neither the class's name nor its number (defusedcsv leaves such numbers alone too).
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 
 def spreadsheet_text(name: str) -> str:
-    """`name` (a class name: user data, never a number) for a CSV cell: with a leading "'" when
-    it begins with a character that makes a spreadsheet read it as a formula, so the cell shows
-    the name as text. Numbers are written as they are (-0.5 stays a number); --json output and
-    bundle.json keep the real name."""
-    return "'" + name if name.startswith(_FORMULA_START) else name
+    """`name` (a class name) for a CSV cell: with a leading "'" when it begins with a character
+    that makes a spreadsheet read it as a formula, so the cell shows the name as text; a name
+    that is a plain number ('-1', '+5') is written as it is. The metric columns are numbers
+    and written as they are; --json output and bundle.json keep the real name."""
+    if name.startswith(_FORMULA_START) and not _NUMBER.fullmatch(name):
+        return "'" + name
+    return name
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:
