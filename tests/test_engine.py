@@ -1734,6 +1734,38 @@ def test_library_callers_get_threads_within_the_cpu_quota_once_unless_they_chose
     assert threads[0] == 64
 
 
+def test_library_threads_are_capped_on_a_host_with_hyperthreads(tmp_path, monkeypatch):
+    """Torch built with MKL starts with the affinity's physical cores, not its logical CPUs: 32
+    threads in a container given 2 CPUs of a 64-vCPU host with hyperthreads. `library_threads`
+    took only the logical count for torch's default, so it read 32 as the caller's choice and
+    never capped; the physical cores (from sysfs' topology) count as the default too."""
+    from cnnzoo.engine import distributed
+
+    root, self_cgroup = _fake_cgroup(tmp_path / "cg", {"cpu.max": "200000 100000"}, "0::/")
+    monkeypatch.setattr(distributed, "CGROUP", root)
+    monkeypatch.setattr(distributed, "MEMBERSHIP", self_cgroup)
+    monkeypatch.setattr(distributed.os, "sched_getaffinity", lambda pid: set(range(64)),
+                        raising=False)  # fmt: skip
+    for cpu in range(64):  # CPUs n and n + 32 are the two threads of core n
+        topology = tmp_path / "cpu" / f"cpu{cpu}" / "topology"
+        topology.mkdir(parents=True)
+        (topology / "physical_package_id").write_text("0\n")
+        (topology / "core_id").write_text(f"{cpu % 32}\n")
+    monkeypatch.setattr(distributed, "CPUS", tmp_path / "cpu", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    threads = [32]
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads[0])
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: threads.__setitem__(0, n))
+    monkeypatch.setattr(distributed, "_threads_set", False)
+    distributed.library_threads()
+    assert threads[0] == 2
+    assert distributed._physical_cores() == 32
+    threads[0] = 12  # the caller's own count: kept
+    monkeypatch.setattr(distributed, "_threads_set", False)
+    distributed.library_threads()
+    assert threads[0] == 12
+
+
 _DDP_WORKER = '''
 import sys
 import torch
