@@ -1433,6 +1433,25 @@ def test_other_model_options_read_as_what_an_option_left_out_builds():
                            {"model": "vgg11", "model_kwargs": {}}) is None  # fmt: skip
 
 
+def test_stages_5_resumes_a_vgg_trained_without_stages_and_back():
+    """A VGG trained without `stages` (all five) and resumed with --model-arg stages=5, the
+    same net, was refused: 'other model options (all five stages, not stages=5)'. Both build
+    one net, so neither way round is a conflict; stages=4 still is."""
+    from cnnzoo.engine.loop import resume_conflict
+
+    left_out = {"model": "vgg11_bn", "model_kwargs": {"width_mult": 0.125}}
+    given = {"model": "vgg11_bn", "model_kwargs": {"width_mult": 0.125, "stages": 5}}
+    assert resume_conflict(left_out, given) is None
+    assert resume_conflict(given, left_out) is None
+    small = {"width_mult": 0.125, "fc_dim": 8, "pool_size": 1}
+    assert create_model("vgg11_bn", stages=5, **small).state_dict().keys() == \
+        create_model("vgg11_bn", **small).state_dict().keys()
+    assert resume_conflict(left_out, {"model": "vgg11_bn",
+                                      "model_kwargs": {"width_mult": 0.125, "stages": 4}}) == (
+        "was trained with other model options (all five stages, not stages=4): resume with the "
+        "checkpoint's options")
+
+
 def test_growth_refuses_a_deeper_source_for_a_shallower_net():
     """vgg13 -> vgg11 copied two convs (the paper's rule) and the dense layers, and left the
     rest unused, without a word; the docs grow a deeper net from a shallower one. It is one
