@@ -13,8 +13,12 @@ from collections.abc import Sequence
 # 'invoice\u202egnp.exe' printed as 'invoiceexe.png' ("Trojan Source"). Not the rest of the
 # format characters (Cf): the zero-width joiner U+200D joins emoji (man + woman + girl:
 # one family) and Indic letters.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029"
-                      "\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
+# A name with a bidi control is escaped when printed, but is no mistake in the data: Hebrew
+# and Arabic text holds the marks (a right-to-left mark after a number), so `has_control`,
+# which refuses class names, looks for the control characters alone.
+_CONTROL_ONLY = "\x00-\x1f\x7f-\x9f\u2028\u2029"
+_CONTROL = re.compile(f"[{_CONTROL_ONLY}\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
+_CONTROL_CHARACTER = re.compile(f"[{_CONTROL_ONLY}]")
 
 
 def shown(name: object) -> str:
@@ -25,6 +29,12 @@ def shown(name: object) -> str:
     them as they are). For text only: --json output and the files cnnzoo writes keep the real
     name (both escape it their way)."""
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(name))
+
+
+def has_control(name: str) -> bool:
+    """Whether `name` holds a control character (C0, C1, DEL, a line or paragraph separator);
+    a bidi control is not one here (`shown` escapes it for printing all the same)."""
+    return _CONTROL_CHARACTER.search(name) is not None
 
 
 # What makes a spreadsheet read a cell as a formula (OWASP's "CSV injection" list): a class named
