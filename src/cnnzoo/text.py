@@ -1,5 +1,7 @@
 """Wording that messages share (kept free of heavy imports, as limits.py)."""
 
+import json
+import math
 import re
 from collections.abc import Sequence
 
@@ -54,6 +56,24 @@ def spreadsheet_text(name: str) -> str:
     if name.startswith(_FORMULA_START) and not _NUMBER.fullmatch(name):
         return "'" + name
     return name
+
+
+def json_text(document: object, indent: int | None = None) -> str:
+    """`document` as the one JSON document a --json option prints: ASCII, and strict JSON
+    (RFC 8259), so a NaN or infinite number (the loss of a net with NaN weights) is null.
+    json.dumps wrote the bare word NaN, which Python reads back but JavaScript's JSON.parse,
+    Go's encoding/json and serde_json refuse."""
+    return json.dumps(_finite(document), indent=indent, allow_nan=False)
+
+
+def _finite(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:
