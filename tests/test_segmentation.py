@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -1231,6 +1232,37 @@ def test_segment_into_an_out_that_holds_these_images_outputs(tmp_path, monkeypat
     assert main(["segment", str(tmp_path / "more"), "--checkpoint", str(tmp_path / "net.pt"),
                  "--out", str(out)]) == 0
     assert len(list(out.iterdir())) == 8
+
+
+def test_segment_tells_another_image_of_the_same_name_from_this_one(tmp_path, capsys):
+    """One --out collecting batch after batch: day2/x.png where day1/x.png's x_mask.png already
+    is was refused as 'what an earlier run wrote for this image', and --resume then skipped it
+    ('all 1 image given are segmented ... nothing to do', exit 0): an image never segmented.
+    The mask records its image's contents; another image's is refused even with --resume (only
+    --overwrite replaces it), and the same image's (moved or copied) counts as done."""
+    _threshold_unet(tmp_path / "net.pt", "elsewhere")
+    for day, value in (("day1", 40), ("day2", 200)):
+        _put(tmp_path / day / "x.png", np.full((16, 20), value, np.uint8))
+    (tmp_path / "day3").mkdir()
+    shutil.copy(tmp_path / "day1" / "x.png", tmp_path / "day3" / "x.png")
+    out = tmp_path / "out"
+
+    def segment(day: str, *extra: str) -> int:
+        return main(["segment", str(tmp_path / day / "x.png"), "--checkpoint",
+                     str(tmp_path / "net.pt"), "--out", str(out), *extra])  # fmt: skip
+
+    assert segment("day1") == 0
+    capsys.readouterr()
+    for extra in ((), ("--resume",)):
+        assert segment("day2", *extra) == 2
+        assert capsys.readouterr().err == (
+            f"cnnzoo segment: error: {out / 'x_mask.png'} is the mask of another image than "
+            f"{tmp_path / 'day2' / 'x.png'} (the same name, other contents): segment into "
+            "another --out, or pass --overwrite to replace it\n")
+    assert segment("day3", "--resume") == 0  # the same bytes: segmented already
+    assert "all 1 image given are segmented" in capsys.readouterr().err
+    assert segment("day2", "--overwrite") == 0
+    assert segment("day2", "--resume") == 0 and "nothing to do" in capsys.readouterr().err
 
 
 def test_segment_and_evaluate_take_no_progress(tmp_path, monkeypatch):

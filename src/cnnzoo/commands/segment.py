@@ -98,15 +98,33 @@ def add_tiling_arguments(p: argparse.ArgumentParser, default: int | None = 512,
                         "whose receptive field is larger, 96 px: nearly)")
 
 
-def write_mask_png(mask, num_classes: int, path: Path) -> Path:
-    """Save a (H, W) class-index mask: 0/255 for two classes, indices otherwise."""
+# The tEXt key of a mask that names its image by content (`file_digest`): another image of the
+# same name (day2/x.png, where day1/x.png's mask is x_mask.png) is then told from this one.
+SOURCE_KEY = "cnnzoo-source-sha256"
+
+
+def write_mask_png(mask, num_classes: int, path: Path, source: str | None = None) -> Path:
+    """Save a (H, W) class-index mask: 0/255 for two classes, indices otherwise; `source`, the
+    image's `file_digest`, stored in it (SOURCE_KEY)."""
     import numpy as np
 
     from ..data.images import write_png
 
     m = np.asarray(mask, dtype=np.uint8)
-    write_png(m * 255 if num_classes == 2 else m, path)  # a kill leaves no cut mask
+    write_png(m * 255 if num_classes == 2 else m, path,  # a kill leaves no cut mask
+              text={SOURCE_KEY: source} if source else None)
     return path
+
+
+def mask_source(path: Path) -> str | None:
+    """The image digest a mask written by `run` holds (None: not recorded, or unreadable)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            return getattr(img, "text", {}).get(SOURCE_KEY)
+    except (OSError, SyntaxError, ValueError):
+        return None
 
 
 def output_stems(paths: list[Path]) -> dict[Path, str]:
@@ -150,10 +168,21 @@ def check_earlier_outputs(paths: list[Path], names: dict[Path, str], out: Path, 
     --out: they were replaced without a word. Outputs of other images are not this run's
     business (a folder that collects the masks of one batch of scans after another)."""
     from ..errors import UsageError
+    from ..transfer.features import file_digest
 
     held = [p for p in paths if any(f.exists() for f in outputs_of(p, names, out))]
     if not held or overwrite:
         return paths
+    # A mask recorded for other bytes is another image's of the same name (day2/x.png where
+    # day1/x.png's x_mask.png is): --resume took it for this one's, and skipped an image never
+    # segmented ('nothing to do'). Masks of older versions record nothing: taken as this one's.
+    other = [p for p in held if (recorded := mask_source(outputs_of(p, names, out)[0]))
+             and recorded != file_digest(p)]  # fmt: skip
+    if other:
+        mask = outputs_of(other[0], names, out)[0]
+        raise UsageError(f"{mask} is the mask of another image than {other[0]} (the same name, "
+                         "other contents): segment into another --out, or pass --overwrite to "
+                         "replace it")  # fmt: skip
     if not resume:
         first = next(f for f in outputs_of(held[0], names, out) if f.exists())
         which = "this image" if len(paths) == 1 else f"{len(held)} of these {len(paths)} images"
@@ -191,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
     from ..segmentation.training import load_segmenter
     from ..segmentation.visual import overlay
     from ..text import plural, shown
+    from ..transfer.features import file_digest
     from .predict import expand_paths, print_results
 
     refuse_resume_with_overwrite(args)
@@ -260,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
                                      progress=args.progress and len(paths) == 1).numpy()
             mask_path, overlay_path = outputs_of(path, names, out)
             mask_path.parent.mkdir(parents=True, exist_ok=True)
-            write_mask_png(mask, k, mask_path)
+            write_mask_png(mask, k, mask_path, file_digest(path))
             write_png(overlay(img, mask), overlay_path)  # last: --resume redoes an image without it
             args.segmented = getattr(args, "segmented", 0) + 1  # for cli's line after a Ctrl-C
             frames = frame_count(path)

@@ -47,7 +47,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
 
 from ..errors import ImageError
 
@@ -486,13 +486,19 @@ class ImageSpec:
         )
 
 
-def write_png(image: Image.Image | np.ndarray, path: str | os.PathLike[str]) -> None:
+def write_png(image: Image.Image | np.ndarray, path: str | os.PathLike[str],
+              text: dict[str, str] | None = None) -> None:
     """Save a PIL image or an array (uint8, or uint16 for instance ids) as a PNG at `path` in
     one step (`paths.replacing`), for every PNG cnnzoo writes for a user to read back: a kill
     mid-file (an export, a `segment` of a whole folder) left an empty or cut PNG among the good
-    ones, which the next run read as a corrupt image."""
+    ones, which the next run read as a corrupt image. text: tEXt chunks to store in it."""
     from ..paths import replacing
 
     img = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    info = None
+    if text:
+        info = PngImagePlugin.PngInfo()
+        for key, value in text.items():
+            info.add_text(key, value)
     with replacing(path) as tmp:
-        img.save(tmp, format="PNG")
+        img.save(tmp, format="PNG", pnginfo=info)
