@@ -1445,6 +1445,22 @@ def test_a_segmentation_folder_is_not_read_as_classes(tmp_path):
         load_dataset(tmp_path / "pairs.csv")
 
 
+def test_class_names_with_a_bidi_mark_are_read_and_printed_escaped(tmp_path, capsys):
+    """Escaping bidi controls in printed names also made the class-folder check refuse them:
+    a Hebrew class with a right-to-left mark ('\u05d0 2\u200f') stopped training with
+    'holds a control character: rename the folder', though such names were read before. They
+    are read again; `data info` prints the mark escaped, and the label is the real name."""
+    names = ["\u05d0 2\u200f", "\u0642\u0637\u0629"]
+    for value, cls in enumerate(names):
+        for i in range(2):
+            _png(tmp_path / "d" / cls / f"{i}.png", 100 * value + i)
+    assert main(["data", "info", str(tmp_path / "d"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "\u05d0 2\\u200f" in out and "\u0642\u0637\u0629" in out
+    splits = load_folder(tmp_path / "d", val_fraction=0.5, progress=False)
+    assert sorted(splits.class_names) == sorted(names)
+
+
 def test_class_names_with_control_characters_are_refused_and_skip_lines_escaped(tmp_path,
                                                                                 caplog, capsys):
     """A class folder named 'e\\x1b[2J...' (a downloaded set's, or a '\\r' from a list written

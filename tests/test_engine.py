@@ -188,16 +188,35 @@ def test_per_class_csv_writes_formula_like_class_names_as_text(tmp_path):
     from cnnzoo.engine.task import ClassificationAccumulator
     from cnnzoo.text import spreadsheet_text
 
-    names = ['=HYPERLINK("http://x","y")', "+1", "-cat", "@SUM(A1)", "\tx", "\ry", "a=b", "'q"]
+    names = ['=HYPERLINK("http://x","y")', "+A1", "-cat", "@SUM(A1)", "\tx", "\ry", "a=b", "'q"]
     acc = ClassificationAccumulator(len(names))
     for i in range(len(names)):
         acc.confusion[i, i] = 1
     rows = list(csv.reader(write_per_class_csv(acc, names, tmp_path / "pc.csv").open(newline="")))
     assert [r[0] for r in rows[1:]] == [
-        '\'=HYPERLINK("http://x","y")', "'+1", "'-cat", "'@SUM(A1)", "'\tx", "'\ry", "a=b", "'q"]
+        '\'=HYPERLINK("http://x","y")', "'+A1", "'-cat", "'@SUM(A1)", "'\tx", "'\ry", "a=b", "'q"]
     assert all(r[1:] == ["1.0000", "1.0000", "1"] for r in rows[1:])
     assert spreadsheet_text("plain") == "plain" and spreadsheet_text("") == ""
     assert per_class_table(acc, names)[1].startswith('=HYPERLINK("http://x","y")  ')
+
+
+def test_per_class_csv_keeps_class_names_that_are_numbers_as_numbers(tmp_path):
+    """A binary set labelled -1 and +1 (folders '-1', '+1') had per_class.csv rows "'-1" and
+    "'+1": a spreadsheet showed that text, neither the class's name nor a number, though a
+    plain number is never run as a formula. Plain numbers are written as they are; a name that
+    only starts like one ('-1+cmd', '-', '+1 cat') still gets the "'"."""
+    import csv
+
+    from cnnzoo.engine.report import write_per_class_csv
+    from cnnzoo.engine.task import ClassificationAccumulator
+
+    names = ["-1", "+1", "-0.5", "+.5", "-2e3", "-1+2", "-", "+1 cat", "-1e", "=1"]
+    acc = ClassificationAccumulator(len(names))
+    for i in range(len(names)):
+        acc.confusion[i, i] = 1
+    rows = list(csv.reader(write_per_class_csv(acc, names, tmp_path / "pc.csv").open(newline="")))
+    assert [r[0] for r in rows[1:]] == [
+        "-1", "+1", "-0.5", "+.5", "-2e3", "'-1+2", "'-", "'+1 cat", "'-1e", "'=1"]
 
 
 def test_a_locale_that_is_not_utf8_writes_and_prints_every_class_name(tmp_path):
@@ -1414,6 +1433,25 @@ def test_other_model_options_read_as_what_an_option_left_out_builds():
                            {"model": "vgg11", "model_kwargs": {}}) is None  # fmt: skip
 
 
+def test_stages_5_resumes_a_vgg_trained_without_stages_and_back():
+    """A VGG trained without `stages` (all five) and resumed with --model-arg stages=5, the
+    same net, was refused: 'other model options (all five stages, not stages=5)'. Both build
+    one net, so neither way round is a conflict; stages=4 still is."""
+    from cnnzoo.engine.loop import resume_conflict
+
+    left_out = {"model": "vgg11_bn", "model_kwargs": {"width_mult": 0.125}}
+    given = {"model": "vgg11_bn", "model_kwargs": {"width_mult": 0.125, "stages": 5}}
+    assert resume_conflict(left_out, given) is None
+    assert resume_conflict(given, left_out) is None
+    small = {"width_mult": 0.125, "fc_dim": 8, "pool_size": 1}
+    assert create_model("vgg11_bn", stages=5, **small).state_dict().keys() == \
+        create_model("vgg11_bn", **small).state_dict().keys()
+    assert resume_conflict(left_out, {"model": "vgg11_bn",
+                                      "model_kwargs": {"width_mult": 0.125, "stages": 4}}) == (
+        "was trained with other model options (all five stages, not stages=4): resume with the "
+        "checkpoint's options")
+
+
 def test_growth_refuses_a_deeper_source_for_a_shallower_net():
     """vgg13 -> vgg11 copied two convs (the paper's rule) and the dense layers, and left the
     rest unused, without a word; the docs grow a deeper net from a shallower one. It is one
@@ -1713,6 +1751,38 @@ def test_library_callers_get_threads_within_the_cpu_quota_once_unless_they_chose
     threads[0] = 64
     entries[0]()
     assert threads[0] == 64
+
+
+def test_library_threads_are_capped_on_a_host_with_hyperthreads(tmp_path, monkeypatch):
+    """Torch built with MKL starts with the affinity's physical cores, not its logical CPUs: 32
+    threads in a container given 2 CPUs of a 64-vCPU host with hyperthreads. `library_threads`
+    took only the logical count for torch's default, so it read 32 as the caller's choice and
+    never capped; the physical cores (from sysfs' topology) count as the default too."""
+    from cnnzoo.engine import distributed
+
+    root, self_cgroup = _fake_cgroup(tmp_path / "cg", {"cpu.max": "200000 100000"}, "0::/")
+    monkeypatch.setattr(distributed, "CGROUP", root)
+    monkeypatch.setattr(distributed, "MEMBERSHIP", self_cgroup)
+    monkeypatch.setattr(distributed.os, "sched_getaffinity", lambda pid: set(range(64)),
+                        raising=False)  # fmt: skip
+    for cpu in range(64):  # CPUs n and n + 32 are the two threads of core n
+        topology = tmp_path / "cpu" / f"cpu{cpu}" / "topology"
+        topology.mkdir(parents=True)
+        (topology / "physical_package_id").write_text("0\n")
+        (topology / "core_id").write_text(f"{cpu % 32}\n")
+    monkeypatch.setattr(distributed, "CPUS", tmp_path / "cpu", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    threads = [32]
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads[0])
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: threads.__setitem__(0, n))
+    monkeypatch.setattr(distributed, "_threads_set", False)
+    distributed.library_threads()
+    assert threads[0] == 2
+    assert distributed._physical_cores() == 32
+    threads[0] = 12  # the caller's own count: kept
+    monkeypatch.setattr(distributed, "_threads_set", False)
+    distributed.library_threads()
+    assert threads[0] == 12
 
 
 _DDP_WORKER = '''

@@ -402,6 +402,33 @@ def test_weights_holding_nan_give_an_error_line_per_image_not_a_traceback(image_
         assert "1 tensor holds NaN or infinite values (fc.weight)" in caplog.text, weights
 
 
+def test_json_output_of_nan_weights_is_strict_json(tmp_path, grey_classes, capsys):
+    """`cnnzoo evaluate --json` on a diverged run's checkpoint printed {"loss": NaN, ...}: Python
+    reads that back, but it is not JSON (RFC 8259), and JavaScript's JSON.parse, Go and
+    serde_json refuse the whole document. A number that is not finite is null in every --json
+    output; the other numbers are as they were."""
+    net = cnnzoo.create_model("lenet5", num_classes=2, in_chans=1)
+    sd = net.state_dict()
+    sd["fc.weight"][0, 0] = float("nan")
+    meta = {"model": "lenet5", "num_classes": 2, "in_chans": 1, "img_size": 32, "mean": [0.5],
+            "std": [0.25], "class_names": ["cat", "dog"], "model_kwargs": {}}
+    torch.save({"format": "cnnzoo-checkpoint-1", "task": "classification", "meta": meta,
+                "model": sd, "precision": {"dtype": "fp32"}}, tmp_path / "last.pt")
+    assert main(["evaluate", str(tmp_path / "last.pt"), "--data", str(grey_classes),
+                 "--split", "all", "--json", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+
+    def refuse(word: str) -> None:
+        raise ValueError(f"not JSON: {word}")
+
+    doc = json.loads(out, parse_constant=refuse)
+    assert doc["loss"] is None and doc["acc"] == 0.5 and doc["split"] == "all"
+    from cnnzoo.text import json_text
+
+    assert json_text({"a": [float("inf"), -float("inf"), 1.5, (2, float("nan"))]}) == \
+        '{"a": [null, null, 1.5, [2, null]]}'
+
+
 def test_predict_a_training_checkpoint_as_evaluate_scores_it(tmp_path, capsys):
     """`cnnzoo train`'s best.pt carries its model, class names, input size and the training
     images' mean/std: predict uses them all (it fell back to Lite0, or with --model printed

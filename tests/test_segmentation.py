@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -1240,8 +1241,8 @@ def test_segment_resume_refuses_another_checkpoints_masks(tmp_path, capsys):
     checkpoint is refused in one line; masks without it (older runs) still resume."""
     from PIL import Image
 
-    from cnnzoo.commands.segment import MADE_BY
-    from cnnzoo.transfer.features import weights_fingerprint
+    from cnnzoo.commands.segment import MADE_BY, SOURCE_KEY
+    from cnnzoo.transfer.features import file_digest, weights_fingerprint
 
     _threshold_unet(tmp_path / "net.pt", "here")
     _threshold_unet(tmp_path / "other.pt", "elsewhere")  # another file: another fingerprint
@@ -1250,7 +1251,8 @@ def test_segment_resume_refuses_another_checkpoints_masks(tmp_path, capsys):
     args = ["segment", str(images), "--out", str(out), "--resume"]
     assert main([*args, "--checkpoint", str(tmp_path / "net.pt")]) == 0
     with Image.open(out / "a_mask.png") as m:
-        assert m.text == {MADE_BY: weights_fingerprint(tmp_path / "net.pt")}
+        assert m.text == {MADE_BY: weights_fingerprint(tmp_path / "net.pt"),
+                          SOURCE_KEY: file_digest(images / "a.png")}
     (out / "b_overlay.png").unlink()  # as a killed run leaves b: to be redone
     capsys.readouterr()
     assert main([*args, "--checkpoint", str(tmp_path / "other.pt")]) == 2
@@ -1269,7 +1271,38 @@ def test_segment_resume_refuses_another_checkpoints_masks(tmp_path, capsys):
     (out / "b_overlay.png").unlink()
     assert main([*args, "--checkpoint", str(tmp_path / "other.pt")]) == 0
     with Image.open(out / "b_mask.png") as m:
-        assert m.text == {MADE_BY: weights_fingerprint(tmp_path / "other.pt")}
+        assert m.text[MADE_BY] == weights_fingerprint(tmp_path / "other.pt")
+
+
+def test_segment_tells_another_image_of_the_same_name_from_this_one(tmp_path, capsys):
+    """One --out collecting batch after batch: day2/x.png where day1/x.png's x_mask.png already
+    is was refused as 'what an earlier run wrote for this image', and --resume then skipped it
+    ('all 1 image given are segmented ... nothing to do', exit 0): an image never segmented.
+    The mask records its image's contents; another image's is refused even with --resume (only
+    --overwrite replaces it), and the same image's (moved or copied) counts as done."""
+    _threshold_unet(tmp_path / "net.pt", "elsewhere")
+    for day, value in (("day1", 40), ("day2", 200)):
+        _put(tmp_path / day / "x.png", np.full((16, 20), value, np.uint8))
+    (tmp_path / "day3").mkdir()
+    shutil.copy(tmp_path / "day1" / "x.png", tmp_path / "day3" / "x.png")
+    out = tmp_path / "out"
+
+    def segment(day: str, *extra: str) -> int:
+        return main(["segment", str(tmp_path / day / "x.png"), "--checkpoint",
+                     str(tmp_path / "net.pt"), "--out", str(out), *extra])  # fmt: skip
+
+    assert segment("day1") == 0
+    capsys.readouterr()
+    for extra in ((), ("--resume",)):
+        assert segment("day2", *extra) == 2
+        assert capsys.readouterr().err == (
+            f"cnnzoo segment: error: {out / 'x_mask.png'} is the mask of another image than "
+            f"{tmp_path / 'day2' / 'x.png'} (the same name, other contents): segment into "
+            "another --out, or pass --overwrite to replace it\n")
+    assert segment("day3", "--resume") == 0  # the same bytes: segmented already
+    assert "all 1 image given are segmented" in capsys.readouterr().err
+    assert segment("day2", "--overwrite") == 0
+    assert segment("day2", "--resume") == 0 and "nothing to do" in capsys.readouterr().err
 
 
 def test_segment_and_evaluate_take_no_progress(tmp_path, monkeypatch):

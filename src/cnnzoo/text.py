@@ -1,5 +1,7 @@
 """Wording that messages share (kept free of heavy imports, as limits.py)."""
 
+import json
+import math
 import re
 from collections.abc import Sequence
 
@@ -13,8 +15,12 @@ from collections.abc import Sequence
 # 'invoice\u202egnp.exe' printed as 'invoiceexe.png' ("Trojan Source"). Not the rest of the
 # format characters (Cf): the zero-width joiner U+200D joins emoji (man + woman + girl:
 # one family) and Indic letters.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029"
-                      "\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
+# A name with a bidi control is escaped when printed, but is no mistake in the data: Hebrew
+# and Arabic text holds the marks (a right-to-left mark after a number), so `has_control`,
+# which refuses class names, looks for the control characters alone.
+_CONTROL_ONLY = "\x00-\x1f\x7f-\x9f\u2028\u2029"
+_CONTROL = re.compile(f"[{_CONTROL_ONLY}\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
+_CONTROL_CHARACTER = re.compile(f"[{_CONTROL_ONLY}]")
 
 
 def shown(name: object) -> str:
@@ -27,17 +33,47 @@ def shown(name: object) -> str:
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], str(name))
 
 
+def has_control(name: str) -> bool:
+    """Whether `name` holds a control character (C0, C1, DEL, a line or paragraph separator);
+    a bidi control is not one here (`shown` escapes it for printing all the same)."""
+    return _CONTROL_CHARACTER.search(name) is not None
+
+
 # What makes a spreadsheet read a cell as a formula (OWASP's "CSV injection" list): a class named
 # '=HYPERLINK("http://x","y")' in per_class.csv opened in Excel or LibreOffice was a live link.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# A name that is a plain number ('-1', '+5', '-0.5', '1e-3': the -1/+1 labels of a binary set) is
+# read as that number, never as a formula; with the "'" it showed as the text "'-1", which is
+# neither the class's name nor its number (defusedcsv leaves such numbers alone too).
+_NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 
 
 def spreadsheet_text(name: str) -> str:
-    """`name` (a class name: user data, never a number) for a CSV cell: with a leading "'" when
-    it begins with a character that makes a spreadsheet read it as a formula, so the cell shows
-    the name as text. Numbers are written as they are (-0.5 stays a number); --json output and
-    bundle.json keep the real name."""
-    return "'" + name if name.startswith(_FORMULA_START) else name
+    """`name` (a class name) for a CSV cell: with a leading "'" when it begins with a character
+    that makes a spreadsheet read it as a formula, so the cell shows the name as text; a name
+    that is a plain number ('-1', '+5') is written as it is. The metric columns are numbers
+    and written as they are; --json output and bundle.json keep the real name."""
+    if name.startswith(_FORMULA_START) and not _NUMBER.fullmatch(name):
+        return "'" + name
+    return name
+
+
+def json_text(document: object, indent: int | None = None) -> str:
+    """`document` as the one JSON document a --json option prints: ASCII, and strict JSON
+    (RFC 8259), so a NaN or infinite number (the loss of a net with NaN weights) is null.
+    json.dumps wrote the bare word NaN, which Python reads back but JavaScript's JSON.parse,
+    Go's encoding/json and serde_json refuse."""
+    return json.dumps(_finite(document), indent=indent, allow_nan=False)
+
+
+def _finite(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def plural(n: int, word: str, many: str | None = None) -> str:

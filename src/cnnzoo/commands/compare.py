@@ -4,11 +4,10 @@ and what differed between them besides the model."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from ..text import shown
+from ..text import json_text, shown
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         plot_runs(runs, Path(args.plot), caption=aux_loss_note(runs))
     if args.json:
-        print(json.dumps({"runs": [r.to_dict() for r in runs], "differences": diffs}, indent=1))
+        print(json_text({"runs": [r.to_dict() for r in runs], "differences": diffs}, indent=1))
         return 0
     m = runs[0].metric
     head = ["run", "model", "params", "MMACs", "input", "epochs", "train s", "img/s",

@@ -7,9 +7,8 @@ cnnzoo data info DIR --img-size 64
 from __future__ import annotations
 
 import argparse
-import json
 
-from ..text import plural, shown
+from ..text import json_text, plural, shown
 from .argtypes import COUNT, FRACTION, IMG_SIZE, SEED, add_progress_argument
 
 
@@ -101,10 +100,10 @@ def _info(args: argparse.Namespace) -> int:
     c, h, w = splits.train.images.shape[1:]
     n = len(splits.skipped) + splits.grouped
     if args.json:  # what the table says, for scripts (as models, predict, evaluate, compare)
-        print(json.dumps({"classes": list(splits.class_names),
-                          "counts": {name: [int(v) for v in counts[name]] for name, _ in parts},
-                          "images": {name: len(ds) for name, ds in parts},
-                          "shape": [int(c), int(h), int(w)], "skipped": n}))
+        print(json_text({"classes": list(splits.class_names),
+                         "counts": {name: [int(v) for v in counts[name]] for name, _ in parts},
+                         "images": {name: len(ds) for name, ds in parts},
+                         "shape": [int(c), int(h), int(w)], "skipped": n}))
         return 0
     names = [shown(c) for c in splits.class_names]
     width = max(len("class"), *(len(c) for c in names))

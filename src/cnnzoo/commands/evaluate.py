@@ -5,10 +5,9 @@ accuracy and the cell count error of a segmentation checkpoint (`segmentation.ev
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from ..text import plural, shown
+from ..text import json_text, plural, shown
 from .argtypes import COUNT, add_progress_argument, add_threads_argument
 from .segment import add_tiling_arguments
 from .train import add_tta_argument
@@ -134,10 +133,10 @@ def run(args: argparse.Namespace) -> int:
         Path(args.confusion).parent.mkdir(parents=True, exist_ok=True)
         plot_confusion(acc.confusion, names, Path(args.confusion))
     if args.json:
-        print(json.dumps({**metrics, "data": source,
-                          "split": evaluation_split(source, args.split, trained_on),
-                          "classes": names, "confusion": acc.confusion.tolist(),
-                          **acc.per_class()}))  # fmt: skip
+        print(json_text({**metrics, "data": source,
+                         "split": evaluation_split(source, args.split, trained_on),
+                         "classes": names, "confusion": acc.confusion.tolist(),
+                         **acc.per_class()}))  # fmt: skip
         return 0
     n = int(acc.confusion.sum())
     # Top-5 of 5 classes or fewer is 1 by definition: not worth a column.
@@ -198,7 +197,7 @@ def run_segmentation(args: argparse.Namespace) -> int:
         Path(args.confusion).parent.mkdir(parents=True, exist_ok=True)
         plot_confusion(acc.confusion, names, Path(args.confusion))
     if args.json:
-        print(json.dumps(ev.to_dict()))
+        print(json_text(ev.to_dict()))
         return 0
     which = {"val": "the run's validation split" if ev.own_split else "its validation split",
              "test": "its test part", "all": "all its pairs"}[ev.split]

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from ..text import plural
+from ..text import json_text, plural
 from .argtypes import IMG_SIZE
 
 
@@ -71,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
             }
         )
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json_text(rows, indent=2))
         return 0
     header = f"{'model':<22}{'params':>14}{'GMACs':>9}  {'input':<11}{'classes':>7}  year  paper"
     print(header)

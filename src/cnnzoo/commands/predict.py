@@ -18,7 +18,6 @@ image) and `print_results` (the text list as it comes, or `--json`).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -26,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from ..text import shown
+from ..text import json_text, shown
 from .argtypes import COUNT, add_progress_argument
 
 
@@ -406,6 +405,5 @@ def print_results(
             for line in lines(r) if lines else format_predictions(r["predictions"]):
                 print(shown(line), file=out)
     if as_json:
-        json.dump(kept, out, indent=2)
-        out.write("\n")
+        out.write(json_text(kept, indent=2) + "\n")
     return failed

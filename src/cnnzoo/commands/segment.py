@@ -98,19 +98,23 @@ def add_tiling_arguments(p: argparse.ArgumentParser, default: int | None = 512,
                         "whose receptive field is larger, 96 px: nearly)")
 
 
-MADE_BY = "cnnzoo checkpoint"  # a mask PNG's tEXt key: the fingerprint of the net that made it
+# What a mask PNG records of its making (tEXt keys), for --resume and a folder that collects batch
+# after batch: the image by content (`file_digest`: day2/x.png is told from day1/x.png, whose
+# mask x_mask.png is) and the checkpoint (`weights_fingerprint`: two nets' masks, half and half,
+# are not one run's).
+SOURCE_KEY = "cnnzoo-source-sha256"
+MADE_BY = "cnnzoo checkpoint"
 
 
-def write_mask_png(mask, num_classes: int, path: Path, made_by: str | None = None) -> Path:
-    """Save a (H, W) class-index mask: 0/255 for two classes, indices otherwise; `made_by`, the
-    checkpoint's fingerprint, goes into the PNG, for --resume to tell another net's masks."""
+def write_mask_png(mask, num_classes: int, path: Path, record: dict[str, str] | None = None) -> Path:
+    """Save a (H, W) class-index mask: 0/255 for two classes, indices otherwise; `record`
+    ({SOURCE_KEY: ..., MADE_BY: ...}) stored in it."""
     import numpy as np
 
     from ..data.images import write_png
 
     m = np.asarray(mask, dtype=np.uint8)
-    text = {MADE_BY: made_by} if made_by else None
-    write_png(m * 255 if num_classes == 2 else m, path, text=text)  # a kill leaves no cut mask
+    write_png(m * 255 if num_classes == 2 else m, path, text=record)  # a kill leaves no cut mask
     return path
 
 
@@ -158,25 +162,36 @@ def check_earlier_outputs(paths: list[Path], names: dict[Path, str], out: Path, 
     of two nets' masks, half and half, looks like one run's."""
     from ..data.images import png_text
     from ..errors import UsageError
+    from ..transfer.features import file_digest
 
     held = [p for p in paths if any(f.exists() for f in outputs_of(p, names, out))]
     if not held or overwrite:
         return paths
+    # What each mask records (`write_mask_png`); masks of older versions record nothing and are
+    # taken as this image's and this checkpoint's.
+    records = {p: png_text(outputs_of(p, names, out)[0]) for p in held}
+    # A mask recorded for other bytes is another image's of the same name (day2/x.png where
+    # day1/x.png's x_mask.png is): --resume took it for this one's, and skipped an image never
+    # segmented ('nothing to do').
+    other = [p for p in held if records[p].get(SOURCE_KEY) not in (None, file_digest(p))]
+    if other:
+        mask = outputs_of(other[0], names, out)[0]
+        raise UsageError(f"{mask} is the mask of another image than {other[0]} (the same name, "
+                         "other contents): segment into another --out, or pass --overwrite to "
+                         "replace it")  # fmt: skip
     if not resume:
         first = next(f for f in outputs_of(held[0], names, out) if f.exists())
         which = "this image" if len(paths) == 1 else f"{len(held)} of these {len(paths)} images"
         raise UsageError(f"{out} holds what an earlier run wrote for {which} ({first}): pass "
                          "--resume to segment only the others, --overwrite to replace it, or "
                          "another --out")
-    done = [p for p in paths if all(f.exists() for f in outputs_of(p, names, out))]
-    for p in done:  # masks from before checkpoints were recorded carry no name: taken as ours
-        mask = outputs_of(p, names, out)[0]
-        other = png_text(mask).get(MADE_BY)
-        if other not in (None, made_by):
-            raise UsageError(f"{out} holds masks another checkpoint wrote ({mask}): --resume "
-                             "continues with the same --checkpoint only; pass --overwrite to "
-                             "segment every image again, or another --out")
-    return [p for p in paths if p not in done]
+    by_other_net = [p for p in held if records[p].get(MADE_BY) not in (None, made_by)]
+    if by_other_net:
+        raise UsageError(f"{out} holds masks another checkpoint wrote "
+                         f"({outputs_of(by_other_net[0], names, out)[0]}): --resume continues "
+                         "with the same --checkpoint only; pass --overwrite to segment every "
+                         "image again, or another --out")  # fmt: skip
+    return [p for p in paths if not all(f.exists() for f in outputs_of(p, names, out))]
 
 
 def earlier_outputs(paths: list[Path], given: list[str], out: Path) -> list[Path]:
@@ -207,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
     from ..segmentation.training import load_segmenter
     from ..segmentation.visual import overlay
     from ..text import plural, shown
-    from ..transfer.features import weights_fingerprint
+    from ..transfer.features import file_digest, weights_fingerprint
     from .predict import expand_paths, print_results
 
     refuse_resume_with_overwrite(args)
@@ -278,7 +293,7 @@ def run(args: argparse.Namespace) -> int:
                                      progress=args.progress and len(paths) == 1).numpy()
             mask_path, overlay_path = outputs_of(path, names, out)
             mask_path.parent.mkdir(parents=True, exist_ok=True)
-            write_mask_png(mask, k, mask_path, made_by)
+            write_mask_png(mask, k, mask_path, {SOURCE_KEY: file_digest(path), MADE_BY: made_by})
             write_png(overlay(img, mask), overlay_path)  # last: --resume redoes an image without it
             args.segmented = getattr(args, "segmented", 0) + 1  # for cli's line after a Ctrl-C
             frames = frame_count(path)

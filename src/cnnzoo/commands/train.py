@@ -266,15 +266,15 @@ def run(args: argparse.Namespace) -> int:
     cleanup()
     if dist.is_main and args.json:
         # The numbers of the summary line below; `final` under `cnnzoo evaluate --json`'s names.
-        import json
+        from ..text import json_text
 
         balanced = result.accumulator.balanced() if hasattr(result.accumulator, "balanced") \
             else {}
-        print(json.dumps({"model": args.model, "out": str(out), "monitor": result.monitor,
-                          "best": result.best_value, "best_epoch": result.best_epoch,
-                          "stopped_early": result.stopped_early,
-                          "final": {**result.final, **balanced},
-                          "final_tta": result.final_tta or None}))
+        print(json_text({"model": args.model, "out": str(out), "monitor": result.monitor,
+                         "best": result.best_value, "best_epoch": result.best_epoch,
+                         "stopped_early": result.stopped_early,
+                         "final": {**result.final, **balanced},
+                         "final_tta": result.final_tta or None}))
     elif dist.is_main:
         # top-5 of 5 classes or fewer is 1 by definition: noise in the line
         few = getattr(result.accumulator, "num_classes", 6) <= 5

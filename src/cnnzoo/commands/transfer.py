@@ -239,9 +239,9 @@ def run(args: argparse.Namespace) -> int:
                       overwrite=args.overwrite, show=show)  # fmt: skip
     m = result.metrics
     if args.json:  # what metrics.json holds (transfer.report.write_report), as one document
-        import json
+        from ..text import json_text
 
-        print(json.dumps({**m, "timings_s": result.timings}))
+        print(json_text({**m, "timings_s": result.timings}))
         return 0
     stages = ", ".join(f"{s} {m[s]['val_acc']:.3f} (balanced {m[s]['val_balanced_acc']:.3f})"
                        for s in ("features", "finetune") if s in m)  # fmt: skip

@@ -40,7 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import DataError, ImageError
-from ..text import plural, shown, some
+from ..text import has_control, plural, shown, some
 from .dataset import ImageDataset, Splits
 from .images import IMAGE_EXTENSIONS, ImageSpec, image_header, write_png
 
@@ -255,8 +255,10 @@ def refuse_control(class_names: Sequence[str], where: str, what: str, fix: str) 
     """Refuse a class name holding a control character ('\x1b[2J', '\n', a '\r' from a list
     made on Windows): never meant, and the name would travel into every checkpoint, bundle,
     per_class.csv and figure, for each program that shows them to deal with; its text output
-    broke the one-line-per-result format (cnnzoo prints it `shown`, others may not)."""
-    bad = next((name for name in class_names if shown(name) != name), None)
+    broke the one-line-per-result format (cnnzoo prints it `shown`, others may not). A bidi
+    control (the right-to-left mark of a Hebrew or Arabic name) is taken: `shown` escapes it,
+    and refusing it refused such names, which the bidi escaping never meant to."""
+    bad = next((name for name in class_names if has_control(name)), None)
     if bad is not None:
         raise DataError(f"{what} '{shown(bad)}' {where} holds a control character: {fix}")
 

@@ -47,7 +47,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
 
 from ..errors import ImageError
 
@@ -493,12 +493,10 @@ def write_png(image: Image.Image | np.ndarray, path: str | os.PathLike[str],
     mid-file (an export, a `segment` of a whole folder) left an empty or cut PNG among the good
     ones, which the next run read as a corrupt image. `text` goes into tEXt chunks (what made
     the file; `png_text` reads them back)."""
-    from PIL.PngImagePlugin import PngInfo
-
     from ..paths import replacing
 
     img = image if isinstance(image, Image.Image) else Image.fromarray(image)
-    info = PngInfo()
+    info = PngImagePlugin.PngInfo()
     for key, value in (text or {}).items():
         info.add_text(key, value)
     with replacing(path) as tmp:
@@ -511,5 +509,5 @@ def png_text(path: str | os.PathLike[str]) -> dict[str, str]:
     try:
         with Image.open(path) as img:
             return {str(k): str(v) for k, v in getattr(img, "text", {}).items()}
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return {}
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):  # PIL: SyntaxError
+        return {}  # for a broken chunk

@@ -91,6 +91,25 @@ def _affinity_cores() -> int:
     return os.cpu_count() or 1
 
 
+CPUS = Path("/sys/devices/system/cpu")
+
+
+def _physical_cores(cpus: Path | None = None) -> int | None:
+    """The physical cores among the affinity's logical CPUs (hyperthreads of one core counted
+    once), from each CPU's topology under `cpus` (default CPUS); None when it cannot be read."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    cores = set()
+    for cpu in os.sched_getaffinity(0):
+        topology = (cpus or CPUS) / f"cpu{cpu}" / "topology"
+        try:
+            cores.add(((topology / "physical_package_id").read_text().strip(),
+                       (topology / "core_id").read_text().strip()))
+        except OSError:
+            return None
+    return len(cores) or None
+
+
 def cpu_quota(cgroup: Path | None = None, membership: Path | None = None) -> float | None:
     """The CPU time, in cores, that this process's control groups allow it (docker --cpus,
     a Kubernetes CPU limit, systemd's CPUQuota=): cgroup v2's cpu.max (`200000 100000`: 2.0),
@@ -148,12 +167,16 @@ def library_threads() -> None:
     (`use_threads`). Torch's default follows the CPU affinity but not a container's CPU quota,
     so a notebook in a container given 2 CPUs of a 64-core host ran 64 threads, each throttled
     most of every 100 ms. Left as they are when chosen: by a command, OMP_NUM_THREADS, or the
-    caller's torch.set_num_threads to another count than the affinity's (torch's default)."""
+    caller's torch.set_num_threads to another count than torch's default: the affinity's
+    logical CPUs, or on a host with hyperthreads (most cloud machines' vCPUs) their physical
+    cores, which torch built with MKL starts with (MKL scales down to them): the affinity
+    alone read that default as the caller's choice, and the cap never applied there."""
     global _threads_set
     if _threads_set:
         return
     _threads_set = True
-    if "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() == _affinity_cores():
+    if "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() in {
+            _affinity_cores(), _physical_cores()}:  # fmt: skip
         torch.set_num_threads(min(torch.get_num_threads(), usable_cores()))
 
 

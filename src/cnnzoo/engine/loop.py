@@ -702,14 +702,14 @@ def differing_options(
     ('width_mult=0.5 fc_dim unset', 'width_mult=1 fc_dim=256'); None when they agree.
     defaults: the model's (`registry.option_defaults`): an option left out is its default, and
     reads as one ('all five stages', 'fc_dim=4096'; 'stages unset' said nothing)."""
-    from ..models.registry import option_words
+    from ..models.registry import option_words, same_option
 
     a, b = dict(a or {}), dict(b or {})
     for k, v in (defaults or {}).items():
         if k in a or k in b:
             a.setdefault(k, v)
             b.setdefault(k, v)
-    keys = sorted(k for k in {*a, *b} if a.get(k, ...) != b.get(k, ...))
+    keys = sorted(k for k in {*a, *b} if not (k in a and k in b and same_option(k, a[k], b[k])))
     if not keys:
         return None
 

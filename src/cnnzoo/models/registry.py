@@ -235,6 +235,19 @@ def option_defaults(name: str) -> dict[str, Any]:
 
 # What an option's None (its default) builds, for messages: "stages unset" said nothing.
 NONE_WORDS = {"stages": "all five stages"}
+# The value that builds what an option's None does: VGG's stages=5 is the whole net, and a
+# run trained without it was refused as another net when resumed with it ('all five stages,
+# not stages=5').
+NONE_VALUES = {"stages": 5}
+
+
+def same_option(option: str, a: Any, b: Any) -> bool:
+    """Whether two values of a model option build the same net: equal, or one None (the
+    default) and the other the value it stands for (`NONE_VALUES`: stages=5)."""
+    if a == b:
+        return True
+    whole = NONE_VALUES.get(option, ...)
+    return (a is None and b == whole) or (b is None and a == whole)
 
 
 def option_words(option: str, value: Any) -> str:

@@ -207,8 +207,13 @@ def weights_fingerprint(source: str | os.PathLike[str] | None) -> str:
     p = Path(source)
     if not p.is_file():
         return str(source)
-    st = p.stat()
-    return _file_digest(str(p.resolve()), st.st_size, st.st_mtime_ns)
+    return file_digest(p)
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's bytes (24 hex digits), memoised per path, size and mtime."""
+    st = os.stat(path)
+    return _file_digest(os.path.realpath(path), st.st_size, st.st_mtime_ns)
 
 
 def feature_cache_dir() -> Path:
