@@ -1016,6 +1016,29 @@ def test_report_figures_under_a_home_that_cannot_be_written_say_nothing(tmp_path
     assert draw(MPLCONFIGDIR=str(tmp_path / "mine")) == str(tmp_path / "mine")
 
 
+def test_report_figures_leave_the_callers_matplotlib_backend_alone(tmp_path):
+    """Drawing a report called matplotlib.use("Agg"): in a notebook, a transfer() or fit()
+    switched the inline backend to Agg for the rest of the session, and the user's own plots
+    showed nothing after it. The report's figures are now drawn outside pyplot."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    import cnnzoo.engine.report as report
+
+    before = matplotlib.get_backend()
+    plt.switch_backend("svg")  # stands for the notebook's inline backend
+    try:
+        report.plot_curves([{"epoch": 1, "train_loss": 1.0, "val_loss": 1.1}],
+                           tmp_path / "curves.png")  # fmt: skip
+        report.plot_confusion(torch.eye(3, dtype=torch.long), ["a", "b", "c"],
+                              tmp_path / "confusion.png")  # fmt: skip
+        assert matplotlib.get_backend() == "svg"
+        assert plt.get_fignums() == []  # nothing for the notebook to show under the cell
+    finally:
+        plt.switch_backend(before)
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_metrics_log_rewritten_on_resume_in_one_step(tmp_path, monkeypatch):
     """A resumed run rewrites metrics.jsonl from its checkpoint's history; a kill during that
     rewrite left the log empty or cut, every epoch's line lost. The kill is simulated by the
@@ -3080,12 +3103,10 @@ def test_a_confusion_matrix_of_long_class_names_or_many_classes_stays_readable(t
     assert ax.get_window_extent(renderer).width > 0.5 * whole.width
     texts = [t.get_text() for t in ax.get_yticklabels()]
     assert texts[7].endswith("0000000007") and len(set(texts)) == 25  # still told apart
-    report.pyplot().close(fig)
 
     fig, ax, ys, xs, _ = drawn([f"class{i:03d}" for i in range(120)])
     ys = sorted(ys, key=lambda b: b.y0)
     assert all(a.y1 <= b.y0 + 0.5 for a, b in zip(ys, ys[1:], strict=False))  # no overlap
-    report.pyplot().close(fig)
 
     from cnnzoo.transfer import report as transfer_report  # the top-losses grid's titles
 
@@ -3097,7 +3118,6 @@ def test_a_confusion_matrix_of_long_class_names_or_many_classes_stays_readable(t
     fig = figures.pop()
     title = fig.axes[0].get_title()
     assert "0000000000 (0.20)" in title and max(map(len, title.splitlines())) <= 50
-    report.pyplot().close(fig)
 
     assert report.short_labels(["a" * 40 + "1", "a" * 40 + "2", "b"]) == [
         "a" * 16 + "…" + "a" * 14 + "1", "a" * 16 + "…" + "a" * 14 + "2", "b"]

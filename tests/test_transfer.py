@@ -474,30 +474,29 @@ def test_a_feature_one_training_image_fires_faintly_gets_a_bounded_value_on_a_ne
 def test_curves_put_the_two_phases_one_after_the_other(tmp_path, monkeypatch):
     """Each phase's log counts epochs from 1: plotted as logged, the head phase and the
     whole-net phase overlapped and were joined into a zig-zag."""
-    import matplotlib.pyplot as plt
-
+    from cnnzoo.engine import report
     from cnnzoo.transfer.report import plot_finetune_curves
 
     figures = []
-    subplots = plt.subplots
-    monkeypatch.setattr(plt, "subplots", lambda *a, **k: figures.append(subplots(*a, **k))
+    new_figure = report.new_figure
+    monkeypatch.setattr(report, "new_figure", lambda **k: figures.append(new_figure(**k))
                         or figures[-1])  # fmt: skip
     row = {"train_loss": 1.0, "train_acc": 0.5, "train_top5": 1.0, "val_loss": 1.1,
            "val_acc": 0.4, "val_top5": 1.0}  # fmt: skip
     history = [{**row, "epoch": e, "phase": "head"} for e in (1, 2, 3)] + [
         {**row, "epoch": e, "phase": "full"} for e in (1, 2, 3, 4)]
     plot_finetune_curves(history, tmp_path / "curves.png", num_classes=5)
-    fig, axes = figures[-1]
+    fig = figures[-1]
     # top-5 is 1 throughout with 5 classes: no panel for it.
-    assert [ax.get_title() for ax in axes[0]] == ["acc", "loss"]
-    for ax in axes[0]:
+    assert [ax.get_title() for ax in fig.axes] == ["acc", "loss"]
+    for ax in fig.axes:
         lines = [line for line in ax.get_lines() if line.get_label() in ("train", "val")]
         assert [list(line.get_xdata()) for line in lines] == [list(range(1, 8))] * 2
         switch = [line for line in ax.get_lines() if line not in lines]
         assert [list(line.get_xdata()) for line in switch] == [[3.5, 3.5]]  # the phase switch
     assert "epochs 1-3" in fig._suptitle.get_text() and "epochs 4-7" in fig._suptitle.get_text()
     plot_finetune_curves(history, tmp_path / "curves.png", num_classes=6)
-    assert [ax.get_title() for ax in figures[-1][1][0]] == ["acc", "loss", "top5"]
+    assert [ax.get_title() for ax in figures[-1].axes] == ["acc", "loss", "top5"]
     assert (tmp_path / "curves.png").stat().st_size > 0
 
 
