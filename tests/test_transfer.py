@@ -777,6 +777,22 @@ def test_conflicting_transfer_options_are_one_line(argv, message, tmp_path, caps
     # A dict of FinetuneConfig's fields was an AttributeError ('dict' object has no attribute).
     (dict(finetune={"epochs": 1}), False,
      r"finetune must be a FinetuneConfig, not a dict: finetune=FinetuneConfig\(\*\*settings\)"),
+    (dict(config={"mode": "features"}), False, r"config must be a TransferConfig, not a dict"),
+    # These were refused late, or in another library's words: a negative patience after phase
+    # 1 had trained, as -23 for -1 (scaled to the epochs min_steps adds); a negative seed in
+    # numpy's "expected non-negative integer"; a string seed by torch's manual_seed.
+    (dict(finetune=FinetuneConfig(patience=-1)), False,
+     r"FinetuneConfig.patience \(--patience\) must be a whole number of epochs >= 1 \(0 or "
+     r"None: off\), not -1$"),
+    (dict(finetune=FinetuneConfig(patience="2")), False, r"FinetuneConfig.patience"),
+    (dict(seed=-1), False, r"seed \(--seed\) must be a whole number >= 0, not -1"),
+    (dict(seed="1"), False, r"seed \(--seed\) must be a whole number >= 0, not '1'"),
+    (dict(val_fraction=1.5), False, r"val_fraction \(--val-fraction\) must lie strictly"),
+    (dict(finetune=FinetuneConfig(mixup=-1.0)), False, r"FinetuneConfig.mixup \(--mixup\)"),
+    (dict(finetune=FinetuneConfig(cutmix=float("nan"))), False, r"FinetuneConfig.cutmix"),
+    (dict(finetune=FinetuneConfig(label_smoothing=2.0)), False, r"label_smoothing must lie"),
+    (dict(finetune=FinetuneConfig(augment="flipp")), False,
+     r"FinetuneConfig.augment \(--augment\) must be one of none, flip-crop, crop, photo"),
 ])  # fmt: skip
 def test_the_library_refuses_what_the_command_line_refuses(settings, resume, message, tmp_path):
     """One place checks the settings, `transfer` itself, before anything is read (the data
@@ -785,6 +801,17 @@ def test_the_library_refuses_what_the_command_line_refuses(settings, resume, mes
         transfer(tmp_path / "no-such-data", model="resnet18", weights=None, resume=resume,
                  out=tmp_path / "out", say=print, **settings)  # fmt: skip
     assert "\n" not in str(info.value) and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("data", [None, 3, ["a.png", "b.png"]])
+def test_data_of_another_kind_is_one_line_naming_what_data_may_be(data, tmp_path):
+    """A notebook's list of files or a None was os.fspath's TypeError ('expected str, bytes or
+    os.PathLike object, not list'), raised from deep in the data loader after the weights had
+    loaded."""
+    with pytest.raises(UsageError, match=r"^data must be an image folder or CSV manifest \(a "
+                       r"path\), a built-in set's name or a cnnzoo.data Splits \(got "):
+        transfer(data, model="resnet18", weights=None, out=tmp_path / "out", say=print)
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_output_folder_inside_the_data_is_refused(folder, tmp_path, capsys):

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..data.augment import AUGMENTATIONS
 from ..data.dataset import Splits
 from ..engine.checkpoint import caller_rng_kept
 from ..engine.task import check_class_weight, class_weights, class_weights_line
@@ -199,6 +200,10 @@ def _load_data(data: Any, pre: Preprocessing, cfg: TransferConfig) -> tuple[Spli
 
 def _config(config: TransferConfig | None, options: dict[str, Any]) -> TransferConfig:
     """`config` with `TransferConfig` fields given as keywords (`transfer(data, mode=...)`)."""
+    if config is not None and not isinstance(config, TransferConfig):
+        raise UsageError(f"config must be a TransferConfig, not a {type(config).__name__}: "
+                         "config=TransferConfig(**settings) (from cnnzoo.transfer), or the "
+                         "settings as keywords")  # fmt: skip
     cfg = config or TransferConfig()
     if not options:
         return cfg
@@ -246,6 +251,11 @@ def check_config(cfg: TransferConfig, *, resume: bool = False) -> None:
     if cfg.img_size is not None:
         count("img_size", "--img-size", cfg.img_size, " (None: the weights' size)")
     count("batch_size", "--batch-size", cfg.batch_size)
+    if not is_whole(cfg.seed, 0):  # numpy's generators take no negative seed
+        raise UsageError(f"seed (--seed) must be a whole number >= 0, not {cfg.seed!r}")
+    if not (isinstance(cfg.val_fraction, int | float) and 0 < cfg.val_fraction < 1):
+        raise UsageError(f"val_fraction (--val-fraction) must lie strictly between 0 and 1, not "
+                         f"{cfg.val_fraction!r}")  # fmt: skip
     if cfg.l2 is not None:
         if cfg.head == "mlp":
             raise UsageError("l2 (--l2) is the linear head's L2 strength; head 'mlp' has none "
@@ -284,6 +294,24 @@ def check_config(cfg: TransferConfig, *, resume: bool = False) -> None:
                                    and ft.sam >= 0):  # fmt: skip
         raise UsageError(f"FinetuneConfig.sam (--sam) must be a number >= 0 (0: off), or None "
                          f"for the default (on for small sets), not {ft.sam!r}")  # fmt: skip
+    # Checked here, not where fine-tuning meets them: a bad patience was scaled to the epochs
+    # added for min_steps and refused after phase 1 had trained, with another number (-23
+    # for -1); a bad mixup only after the images had been decoded.
+    if ft.patience is not None and not is_whole(ft.patience, 0):
+        raise UsageError(f"FinetuneConfig.patience (--patience) must be a whole number of epochs "
+                         f">= 1 (0 or None: off), not {ft.patience!r}")  # fmt: skip
+    for name in ("mixup", "cutmix"):
+        alpha = getattr(ft, name)
+        if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha >= 0):
+            raise UsageError(f"FinetuneConfig.{name} (--{name}) must be a Beta alpha >= 0 (0: "
+                             f"off), not {alpha!r}")  # fmt: skip
+    if not (isinstance(ft.label_smoothing, int | float) and 0 <= ft.label_smoothing < 1):
+        raise UsageError(f"FinetuneConfig.label_smoothing must lie in [0, 1), not "
+                         f"{ft.label_smoothing!r}")  # fmt: skip
+    if ft.augment is not None and ft.augment not in AUGMENTATIONS:
+        raise UsageError(f"FinetuneConfig.augment (--augment) must be one of "
+                         f"{', '.join(AUGMENTATIONS)} (None: the data's default), not "
+                         f"{ft.augment!r}")  # fmt: skip
     default = FinetuneConfig()
     for name in SHARED_FIELDS:  # a FinetuneConfig value that would be replaced is a mistake
         mine, run_wide = getattr(cfg.finetune, name), getattr(cfg, name)
@@ -378,6 +406,9 @@ def transfer(
     module docstring."""
     cfg = _config(config, options)
     check_config(cfg, resume=resume)
+    if not isinstance(data, str | os.PathLike | Splits):  # os.fspath's TypeError named no data
+        raise UsageError(f"data must be an image folder or CSV manifest (a path), a built-in "
+                         f"set's name or a cnnzoo.data Splits (got {type(data).__name__})")
     from ..engine.distributed import library_threads
     from ..models import get_config
 
