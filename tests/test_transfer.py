@@ -1170,6 +1170,8 @@ def test_grey_file_pil_image_and_tensor_give_the_same_prediction(features_run, f
     with pytest.raises(TypeError, match="expected a PIL image, uint8 tensor or array, or a "
                                         "path, not int"):  # fmt: skip
         res.bundle.predict(3)
+    with pytest.raises(TypeError, match="or a path, not bytes"):  # was "not int": its first byte
+        res.bundle.predict(f.read_bytes())
     # A 2-D tensor is one grey image; a grey (N, 1, H, W) batch for this RGB bundle, and an
     # (N, H, W, C) array, are their images.
     grey = torch.from_numpy(np.array(pil))

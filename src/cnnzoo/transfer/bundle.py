@@ -204,7 +204,7 @@ class Bundle:
             images = list(images)
         if isinstance(images, Tensor) and images.dim() == 2:  # (H, W): one grey image
             images = images[None]
-        single = (str, os.PathLike, Image.Image, np.ndarray)
+        single = (str, bytes, os.PathLike, Image.Image, np.ndarray)
         if (isinstance(images, single) or isinstance(images, Tensor) and images.dim() == 3
                 or not isinstance(images, Iterable)):  # fmt: skip
             images = [images]  # (not an image at all: the decoder's error says what may be)

@@ -179,6 +179,14 @@ class Preprocessing:
         if isinstance(img, np.ndarray):
             if img.ndim not in (2, 3):
                 raise ValueError(f"expected an image array (H, W) or (H, W, C), not {img.shape}")
+            # PIL said "Cannot handle this data type: (1, 1, 28), |u1" to a (C, H, W) array (a
+            # tensor's .numpy()), and an empty array ended in a ZeroDivisionError.
+            if img.ndim == 3 and img.shape[-1] not in (1, 2, 3, 4):
+                hint = ": use img.transpose(1, 2, 0)" if img.shape[0] in (1, 3, 4) else ""
+                raise ValueError(f"expected an image array (H, W) or (H, W, C) of 1 to 4 "
+                                 f"channels, not {img.shape}{hint}")  # fmt: skip
+            if img.size == 0:
+                raise ValueError(f"expected an image, not an empty array {img.shape}")
             img = array_to_uint8(img)
             img = Image.fromarray(img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img)
         if not isinstance(img, Image.Image):
