@@ -512,6 +512,20 @@ def test_the_lazy_library_entry_points_are_listed_by_dir():
     assert done.stdout.split() == ["[]", "False"]  # listed, and still not imported
 
 
+def test_the_callable_package_shows_transfers_signature_and_docstring():
+    """`cnnzoo.transfer` is the package, made callable: a notebook's Shift+Tab and
+    `cnnzoo.transfer?` (inspect.signature) showed `(*args, **kwargs)` and the package's
+    docstring, none of the function's parameters."""
+    import inspect
+
+    import cnnzoo
+    from cnnzoo.transfer import run
+
+    assert inspect.signature(cnnzoo.transfer) == inspect.signature(run.transfer)
+    assert list(inspect.signature(cnnzoo.transfer).parameters)[:3] == ["data", "model", "weights"]
+    assert cnnzoo.transfer.__call__.__doc__ == run.transfer.__doc__
+
+
 def test_settings_as_keywords_and_a_clear_message_for_the_others(fmnist):
     import cnnzoo
 
