@@ -546,6 +546,17 @@ def test_settings_as_keywords_and_a_clear_message_for_the_others(fmnist):
         transfer(splits, model="resnet18", weights=None, out_dir="runs/x")
 
 
+def test_say_none_is_the_default_stderr_as_in_trainer(fmnist, capsys):
+    """say=None (Trainer's default, 'stderr') was called: a TypeError once the weights and
+    images had loaded."""
+    splits = Splits(fmnist, fmnist.subset(per_class=3, seed=2))
+    res = transfer(splits, model="resnet18", weights=None, mode="features", img_size=32,
+                   fit="resize", views=1, use_cache=False, progress=False, say=None)  # fmt: skip
+    err = capsys.readouterr().err
+    assert res.bundle.extra["mode"] == "features"
+    assert err.startswith("data: ") and "head: linear" in err
+
+
 def test_transfer_leaves_the_callers_random_streams_as_they_were(fmnist):
     """transfer() seeded the global torch RNG: a notebook's own draws after it changed."""
     import random

@@ -31,6 +31,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -391,8 +392,8 @@ def transfer(
     resume: bool = False,
     overwrite: bool = True,
     model_kwargs: dict[str, Any] | None = None,
-    say: Any = _stderr,
-    show: Any = None,
+    say: Callable[[str], Any] | None = None,
+    show: Callable[[str], Any] | None = None,
     **options: Any,
 ) -> TransferResult:
     """Transfer learning on `data` (image folder, CSV manifest, built-in name or `Splits`) with
@@ -402,8 +403,9 @@ def transfer(
     override `config`'s. resume: continue the interrupted fine-tuning in `out`. overwrite: an
     `out` that holds an earlier run is emptied of it when this run starts writing (False
     refuses such a folder, as `cnnzoo transfer` does without --overwrite). say: where progress
-    and notes go; show: where the per-class table at the end goes (default: as `say`). See the
-    module docstring."""
+    and notes go (None: stderr, as `Trainer`'s); show: where the per-class table at the end
+    goes (default: as `say`). See the module docstring."""
+    say = say or _stderr  # None was called, a TypeError after the weights and images loaded
     cfg = _config(config, options)
     check_config(cfg, resume=resume)
     if not isinstance(data, str | os.PathLike | Splits):  # os.fspath's TypeError named no data
