@@ -125,7 +125,9 @@ class TrainConfig:
 
 @dataclass
 class FitResult:
-    history: list[dict[str, Any]]
+    # Out of the repr, as TransferResult's: a notebook cell ending in `result` printed every
+    # epoch's record (20 numbers each for a segmentation run); `pd.DataFrame(result.history)`.
+    history: list[dict[str, Any]] = field(repr=False)
     best_epoch: int
     best_value: float | None
     monitor: str
