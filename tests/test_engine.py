@@ -82,6 +82,22 @@ class _TinyNet(nn.Module):
 # --------------------------------------------------------------------------- task
 
 
+def test_the_classification_task_and_accumulator_print_in_a_line():
+    """`bundle.evaluate(...)` in a notebook showed `accumulator=<cnnzoo.engine.task.
+    ClassificationAccumulator object at 0x7f...>`, and a task `<... object at 0x...>`, where
+    the segmentation ones print a line."""
+    from cnnzoo.engine.task import ClassificationAccumulator
+
+    acc = ClassificationAccumulator(3)
+    assert repr(acc) == "ClassificationAccumulator(3 classes, 0 images)"
+    acc.update(torch.eye(3)[[0, 1, 2, 1]], torch.tensor([0, 1, 2, 0]), torch.tensor(0.5))
+    assert repr(acc) == "ClassificationAccumulator(3 classes, 4 images, acc 0.750)"
+    assert repr(ClassificationTask(10, label_smoothing=0.1)) == (
+        "ClassificationTask(10 classes, label_smoothing=0.1, monitor='loss')")
+    assert repr(ClassificationTask(2, class_weights=[1.0, 3.0])) == (
+        "ClassificationTask(2 classes, label_smoothing=0, class_weights, monitor='loss')")
+
+
 def test_classification_task_against_hand_computed_values(tmp_path):
     task = ClassificationTask(3, label_smoothing=0.0)
     logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 2.0], [0.0, 1.0, 0.5]])
