@@ -526,6 +526,22 @@ def test_the_callable_package_shows_transfers_signature_and_docstring():
     assert cnnzoo.transfer.__call__.__doc__ == run.transfer.__doc__
 
 
+def test_the_library_results_and_settings_have_their_own_help():
+    """help(FinetuneConfig), TransferResult and FitResult showed only the signature dataclass
+    makes up ('FinetuneConfig(head_epochs: int = 3, ...)'): nothing of what a field does."""
+    import dataclasses
+
+    from cnnzoo.engine.loop import FitResult, TrainConfig
+    from cnnzoo.transfer import TransferConfig, TransferResult
+
+    for cls in (FinetuneConfig, TransferConfig, TransferResult, FitResult, TrainConfig):
+        assert not cls.__doc__.startswith(f"{cls.__name__}("), cls.__name__
+    # every field of the results is named in their help
+    for cls in (TransferResult, FitResult):
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in cls.__doc__]
+        assert not missing, (cls.__name__, missing)
+
+
 def test_settings_as_keywords_and_a_clear_message_for_the_others(fmnist):
     import cnnzoo
 

@@ -125,6 +125,15 @@ class TrainConfig:
 
 @dataclass
 class FitResult:
+    """What `Trainer.fit` returns. history: one record per epoch ({'epoch', 'lr', 'train_loss',
+    'val_loss', 'val_acc', ..., 'seconds', 'images_per_s'}: plain numbers, for
+    `pandas.DataFrame(result.history)`); best_epoch and best_value: the epoch of the best
+    `monitor` value (e.g. 'val_loss'); precision: how it ran (bf16 / fp32, memory format);
+    stopped_early: early stopping ended it; final: the validation metrics of the weights the
+    model holds at the end (the best epoch's when they were restored); out_dir: its
+    checkpoints and report; accumulator: the final validation pass's (a confusion matrix for
+    classification); final_tta: `final` with test-time augmentation (`TrainConfig.tta`)."""
+
     # Out of the repr, as TransferResult's: a notebook cell ending in `result` printed every
     # epoch's record (20 numbers each for a segmentation run); `pd.DataFrame(result.history)`.
     history: list[dict[str, Any]] = field(repr=False)

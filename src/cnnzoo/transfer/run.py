@@ -118,6 +118,14 @@ class TransferConfig:
 
 @dataclass
 class TransferResult:
+    """What `transfer` returns. bundle: the trained classifier (`Bundle.predict`,
+    `.evaluate`, `.save`); out_dir: where the bundle and report were written (None: nowhere);
+    metrics: per stage ('features', 'finetune': validation accuracy, loss, balanced accuracy,
+    macro F1) and the kept one's at the top level ('kept', 'val_acc', ...); timings: seconds per
+    step; features_computed: feature vectors computed (the others came from the cache);
+    history: fine-tuning's epoch records ('phase' 'head' or 'full'); val_probabilities: the kept
+    model's validation probabilities (N, K)."""
+
     bundle: Bundle
     out_dir: Path | None
     metrics: dict[str, Any]  # per stage: {'features': {...}, 'finetune': {...}, 'kept': ...}
