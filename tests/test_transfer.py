@@ -1213,6 +1213,18 @@ def test_grey_file_pil_image_and_tensor_give_the_same_prediction(features_run, f
         res.bundle.predict(3)
     with pytest.raises(TypeError, match="or a path, not bytes"):  # was "not int": its first byte
         res.bundle.predict(f.read_bytes())
+    # load_images took one path apart into its characters ("/: a folder, not an image file");
+    # a batch inside a list was told to use `.batch(images)`, which a bundle has not; a 1-D
+    # tensor was taken apart into numbers ("not ()").
+    assert torch.equal(res.bundle.load_images(str(f)), res.bundle.load_images([f]))
+    with pytest.raises(ValueError, match=r"not a batch \(2, 1, 28, 28\): pass the batch itself, "
+                                         r"not in a list"):  # fmt: skip
+        res.bundle.predict([grey_batch := torch.from_numpy(np.array(pil))[None, None].repeat(2, 1,
+                                                                                          1, 1)])
+    assert torch.allclose(res.bundle.predict(grey_batch).probabilities, a.expand(2, -1), atol=1e-6)
+    with pytest.raises(ValueError, match=r"an image \(C, H, W\) or a batch \(N, C, H, W\), not "
+                                         r"\(5,\)$"):  # fmt: skip
+        res.bundle.predict(torch.zeros(5))
     # A 2-D tensor is one grey image; a grey (N, 1, H, W) batch for this RGB bundle, and an
     # (N, H, W, C) array, are their images.
     grey = torch.from_numpy(np.array(pil))
