@@ -486,8 +486,10 @@ def test_a_folder_holding_a_run_is_refused_without_overwrite(tmp_path):
     with pytest.raises(TrainingError) as err:
         Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg,
                 out_dir=tmp_path).fit(overwrite=False)  # fmt: skip
-    assert str(err.value) == (f"{tmp_path} holds a run (last.pt): pass --resume to continue it, "
-                              "--overwrite to replace it, or another --out")
+    # The library's spelling too: a notebook's fit() was told of --resume and --overwrite alone.
+    assert str(err.value) == (f"{tmp_path} holds a run (last.pt): pass --resume (resume=True) to "
+                              "continue it, --overwrite (overwrite=True) to replace it, or another "
+                              "--out")  # fmt: skip
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     # Resuming it is fine; so is a new folder.
     Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg,
@@ -499,7 +501,7 @@ def test_a_folder_holding_a_run_is_refused_without_overwrite(tmp_path):
     (tmp_path / "new" / "last.pt").unlink()
     kept = {p.name: p.read_bytes() for p in (tmp_path / "new").iterdir() if p.is_file()}
     for resume, message in ((False, "holds a run's files (best.pt, metrics.jsonl) but no "
-                                    "last.pt to resume: pass --overwrite"),
+                                    "last.pt to resume: pass --overwrite (overwrite=True)"),
                             (True, "has no last.pt to resume (it holds best.pt, metrics.jsonl")):
         with pytest.raises(TrainingError, match=re.escape(message)):
             Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg,
@@ -2116,8 +2118,9 @@ def test_cli_refuses_to_replace_or_mix_runs_in_one_line(tmp_path, capsys):
         assert "Traceback" not in "\n".join(err)
         return err[-1]
 
-    assert error(base) == (f"cnnzoo train: error: {out} holds a run (last.pt): pass --resume to "
-                           "continue it, --overwrite to replace it, or another --out")
+    assert error(base) == (f"cnnzoo train: error: {out} holds a run (last.pt): pass --resume "
+                           "(resume=True) to continue it, --overwrite (overwrite=True) to replace "
+                           "it, or another --out")  # fmt: skip
     assert error(["train", "resnet20", *base[2:], "--resume"]) == (
         f"cnnzoo train: error: the checkpoint in {out} is lenet5, not resnet20: resume it as "
         "`cnnzoo train lenet5 ... --resume`, or start a new run with another --out")

@@ -791,14 +791,18 @@ def check_out_dir(out_dir: str | Path | None, *, resume: bool, overwrite: bool) 
     held = run_files(out)
     if not held or overwrite or (resume and "last.pt" in held):
         return
+    # Each option in the library's spelling too, as transfer's check_out says it: a notebook
+    # calling fit() or train() was told of --resume and --overwrite alone.
     if resume:
         raise TrainingError(f"{out} has no last.pt to resume (it holds {', '.join(held)}): pass "
-                            "--overwrite to start a new run there, or another --out")
+                            "--overwrite (overwrite=True) to start a new run there, or another "
+                            "--out")  # fmt: skip
     if "last.pt" not in held:  # nothing --resume could continue
         raise TrainingError(f"{out} holds a run's files ({', '.join(held)}) but no last.pt to "
-                            "resume: pass --overwrite to replace them, or another --out")
-    raise TrainingError(f"{out} holds a run ({held[0]}): pass --resume to continue it, "
-                        "--overwrite to replace it, or another --out")
+                            "resume: pass --overwrite (overwrite=True) to replace them, or "
+                            "another --out")  # fmt: skip
+    raise TrainingError(f"{out} holds a run ({held[0]}): pass --resume (resume=True) to continue "
+                        "it, --overwrite (overwrite=True) to replace it, or another --out")
 
 
 def clear_run(out_dir: Path) -> None:
