@@ -462,6 +462,28 @@ def test_the_package_metadata_builds_without_a_deprecation():
     assert "setuptools>=77" in meta["build-system"]["requires"]
 
 
+def test_the_wheel_marks_its_type_hints_for_type_checkers():
+    """No py.typed marker: a user's mypy said 'Skipping analyzing "cnnzoo": module is installed,
+    but missing library stubs or py.typed marker' and took every cnnzoo name as Any. With it,
+    the names `import cnnzoo` makes on first use must be visible to a checker too, or
+    `cnnzoo.transfer(...)` read as calling the subpackage ('Module not callable')."""
+    import ast
+    import tomllib
+
+    root = Path(__file__).parents[1]
+    meta = tomllib.loads((root / "pyproject.toml").read_text())
+    assert "py.typed" in meta["tool"]["setuptools"]["package-data"]["cnnzoo"]
+    assert (root / "src" / "cnnzoo" / "py.typed").is_file()
+    init = ast.parse((root / "src" / "cnnzoo" / "__init__.py").read_text())
+    checked = next(node for node in init.body if isinstance(node, ast.If)
+                   and ast.unparse(node.test) == "TYPE_CHECKING")  # fmt: skip
+    seen = {alias.asname or alias.name for node in checked.body
+            for alias in node.names}  # fmt: skip
+    import cnnzoo
+
+    assert seen == set(cnnzoo.__all__) - {"CnnzooError", "__version__"}
+
+
 def test_the_version_is_set_in_one_place(capsys):
     """pyproject.toml and cnnzoo/__init__.py each spelt out "0.1.0": a release that bumped one
     left `cnnzoo --version` (and the version checkpoints record) saying another than the wheel.

@@ -273,7 +273,6 @@ def test_the_plot_says_a_training_loss_has_auxiliary_heads_too(tmp_path, capsys,
 
     def keep_texts(fig, path, dpi=110):
         texts.append([t.get_text() for t in fig.texts])
-        report.pyplot().close(fig)
         return path
 
     monkeypatch.setattr(report, "save_figure", keep_texts)

@@ -82,6 +82,22 @@ class _TinyNet(nn.Module):
 # --------------------------------------------------------------------------- task
 
 
+def test_the_classification_task_and_accumulator_print_in_a_line():
+    """`bundle.evaluate(...)` in a notebook showed `accumulator=<cnnzoo.engine.task.
+    ClassificationAccumulator object at 0x7f...>`, and a task `<... object at 0x...>`, where
+    the segmentation ones print a line."""
+    from cnnzoo.engine.task import ClassificationAccumulator
+
+    acc = ClassificationAccumulator(3)
+    assert repr(acc) == "ClassificationAccumulator(3 classes, 0 images)"
+    acc.update(torch.eye(3)[[0, 1, 2, 1]], torch.tensor([0, 1, 2, 0]), torch.tensor(0.5))
+    assert repr(acc) == "ClassificationAccumulator(3 classes, 4 images, acc 0.750)"
+    assert repr(ClassificationTask(10, label_smoothing=0.1)) == (
+        "ClassificationTask(10 classes, label_smoothing=0.1, monitor='loss')")
+    assert repr(ClassificationTask(2, class_weights=[1.0, 3.0])) == (
+        "ClassificationTask(2 classes, label_smoothing=0, class_weights, monitor='loss')")
+
+
 def test_classification_task_against_hand_computed_values(tmp_path):
     task = ClassificationTask(3, label_smoothing=0.0)
     logits = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 2.0], [0.0, 1.0, 0.5]])
@@ -489,8 +505,10 @@ def test_a_folder_holding_a_run_is_refused_without_overwrite(tmp_path):
     with pytest.raises(TrainingError) as err:
         Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg,
                 out_dir=tmp_path).fit(overwrite=False)  # fmt: skip
-    assert str(err.value) == (f"{tmp_path} holds a run (last.pt): pass --resume to continue it, "
-                              "--overwrite to replace it, or another --out")
+    # The library's spelling too: a notebook's fit() was told of --resume and --overwrite alone.
+    assert str(err.value) == (f"{tmp_path} holds a run (last.pt): pass --resume (resume=True) to "
+                              "continue it, --overwrite (overwrite=True) to replace it, or another "
+                              "--out")  # fmt: skip
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     # Resuming it is fine; so is a new folder.
     Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg,
@@ -502,7 +520,7 @@ def test_a_folder_holding_a_run_is_refused_without_overwrite(tmp_path):
     (tmp_path / "new" / "last.pt").unlink()
     kept = {p.name: p.read_bytes() for p in (tmp_path / "new").iterdir() if p.is_file()}
     for resume, message in ((False, "holds a run's files (best.pt, metrics.jsonl) but no "
-                                    "last.pt to resume: pass --overwrite"),
+                                    "last.pt to resume: pass --overwrite (overwrite=True)"),
                             (True, "has no last.pt to resume (it holds best.pt, metrics.jsonl")):
         with pytest.raises(TrainingError, match=re.escape(message)):
             Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg,
@@ -1033,6 +1051,29 @@ def test_report_figures_under_a_home_that_cannot_be_written_say_nothing(tmp_path
     assert Path(draw()).name.startswith("cnnzoo-matplotlib-")  # no cache either
     assert not Path(draw()).exists()  # removed at exit
     assert draw(MPLCONFIGDIR=str(tmp_path / "mine")) == str(tmp_path / "mine")
+
+
+def test_report_figures_leave_the_callers_matplotlib_backend_alone(tmp_path):
+    """Drawing a report called matplotlib.use("Agg"): in a notebook, a transfer() or fit()
+    switched the inline backend to Agg for the rest of the session, and the user's own plots
+    showed nothing after it. The report's figures are now drawn outside pyplot."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    import cnnzoo.engine.report as report
+
+    before = matplotlib.get_backend()
+    plt.switch_backend("svg")  # stands for the notebook's inline backend
+    try:
+        report.plot_curves([{"epoch": 1, "train_loss": 1.0, "val_loss": 1.1}],
+                           tmp_path / "curves.png")  # fmt: skip
+        report.plot_confusion(torch.eye(3, dtype=torch.long), ["a", "b", "c"],
+                              tmp_path / "confusion.png")  # fmt: skip
+        assert matplotlib.get_backend() == "svg"
+        assert plt.get_fignums() == []  # nothing for the notebook to show under the cell
+    finally:
+        plt.switch_backend(before)
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_metrics_log_rewritten_on_resume_in_one_step(tmp_path, monkeypatch):
@@ -2147,8 +2188,9 @@ def test_cli_refuses_to_replace_or_mix_runs_in_one_line(tmp_path, capsys):
         assert "Traceback" not in "\n".join(err)
         return err[-1]
 
-    assert error(base) == (f"cnnzoo train: error: {out} holds a run (last.pt): pass --resume to "
-                           "continue it, --overwrite to replace it, or another --out")
+    assert error(base) == (f"cnnzoo train: error: {out} holds a run (last.pt): pass --resume "
+                           "(resume=True) to continue it, --overwrite (overwrite=True) to replace "
+                           "it, or another --out")  # fmt: skip
     assert error(["train", "resnet20", *base[2:], "--resume"]) == (
         f"cnnzoo train: error: the checkpoint in {out} is lenet5, not resnet20: resume it as "
         "`cnnzoo train lenet5 ... --resume`, or start a new run with another --out")
@@ -3150,12 +3192,10 @@ def test_a_confusion_matrix_of_long_class_names_or_many_classes_stays_readable(t
     assert ax.get_window_extent(renderer).width > 0.5 * whole.width
     texts = [t.get_text() for t in ax.get_yticklabels()]
     assert texts[7].endswith("0000000007") and len(set(texts)) == 25  # still told apart
-    report.pyplot().close(fig)
 
     fig, ax, ys, xs, _ = drawn([f"class{i:03d}" for i in range(120)])
     ys = sorted(ys, key=lambda b: b.y0)
     assert all(a.y1 <= b.y0 + 0.5 for a, b in zip(ys, ys[1:], strict=False))  # no overlap
-    report.pyplot().close(fig)
 
     from cnnzoo.transfer import report as transfer_report  # the top-losses grid's titles
 
@@ -3167,7 +3207,6 @@ def test_a_confusion_matrix_of_long_class_names_or_many_classes_stays_readable(t
     fig = figures.pop()
     title = fig.axes[0].get_title()
     assert "0000000000 (0.20)" in title and max(map(len, title.splitlines())) <= 50
-    report.pyplot().close(fig)
 
     assert report.short_labels(["a" * 40 + "1", "a" * 40 + "2", "b"]) == [
         "a" * 16 + "…" + "a" * 14 + "1", "a" * 16 + "…" + "a" * 14 + "2", "b"]

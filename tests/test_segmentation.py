@@ -367,6 +367,41 @@ def test_predict_tiled_takes_a_read_only_array_without_a_warning(monkeypatch):
     assert torch.equal(mask, predict_tiled(net, img.copy(), tile=64, output="mask"))
 
 
+def test_predict_tiled_reads_a_path_as_cnnzoo_segment_does(tmp_path):
+    """A notebook's file name was torch's "new(): invalid data type 'str'"; now read as
+    `cnnzoo segment` reads it (for a grey net, its grey version), and anything else that is
+    no image is one line naming what may be passed."""
+    torch.manual_seed(0)
+    net = create_model("unet", num_classes=2, in_chans=1, padding="same", base_width=4).eval()
+    colour = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    Image.fromarray(colour).save(tmp_path / "a.png")
+    want = predict_tiled(net, Image.fromarray(colour), tile=64, output="mask")
+    for path in (tmp_path / "a.png", str(tmp_path / "a.png")):
+        assert torch.equal(predict_tiled(net, path, tile=64, output="mask"), want)
+    with pytest.raises(TypeError, match=r"^expected an image: .* or a file's path, not list$"):
+        predict_tiled(net, [[1, 2], [3, 4]], tile=64)
+
+
+def test_a_run_and_its_fit_result_print_in_a_few_lines():
+    """A notebook cell ending in `run` (what `train` returns) printed the whole U-Net and
+    every epoch's record: 90 lines and 7,000 characters after one epoch of a narrow net.
+    The model and the history are its attributes, out of the repr."""
+    from cnnzoo.engine.loop import FitResult
+    from cnnzoo.engine.precision import Precision
+    from cnnzoo.segmentation.training import SegmentationRun
+
+    record = {"epoch": 1, **{f"val_metric_{i}": 0.5 for i in range(20)}}
+    result = FitResult([record] * 40, best_epoch=40, best_value=0.5, monitor="val_dice",
+                       precision=Precision(), final={"dice": 0.5})  # fmt: skip
+    run = SegmentationRun(result, create_model("unet", num_classes=2, in_chans=1,
+                                               padding="same", base_width=4),
+                          splits="splits", task="task", meta={"model": "unet"})  # fmt: skip
+    text = repr(run)
+    assert "\n" not in text and len(text) < 600
+    assert "best_epoch=40" in text and "final={'dice': 0.5}" in text and "UNet" not in text
+    assert len(run.result.history) == 40  # still there, for pandas
+
+
 # ----------------------------------------------------------------------------- data
 
 

@@ -474,30 +474,29 @@ def test_a_feature_one_training_image_fires_faintly_gets_a_bounded_value_on_a_ne
 def test_curves_put_the_two_phases_one_after_the_other(tmp_path, monkeypatch):
     """Each phase's log counts epochs from 1: plotted as logged, the head phase and the
     whole-net phase overlapped and were joined into a zig-zag."""
-    import matplotlib.pyplot as plt
-
+    from cnnzoo.engine import report
     from cnnzoo.transfer.report import plot_finetune_curves
 
     figures = []
-    subplots = plt.subplots
-    monkeypatch.setattr(plt, "subplots", lambda *a, **k: figures.append(subplots(*a, **k))
+    new_figure = report.new_figure
+    monkeypatch.setattr(report, "new_figure", lambda **k: figures.append(new_figure(**k))
                         or figures[-1])  # fmt: skip
     row = {"train_loss": 1.0, "train_acc": 0.5, "train_top5": 1.0, "val_loss": 1.1,
            "val_acc": 0.4, "val_top5": 1.0}  # fmt: skip
     history = [{**row, "epoch": e, "phase": "head"} for e in (1, 2, 3)] + [
         {**row, "epoch": e, "phase": "full"} for e in (1, 2, 3, 4)]
     plot_finetune_curves(history, tmp_path / "curves.png", num_classes=5)
-    fig, axes = figures[-1]
+    fig = figures[-1]
     # top-5 is 1 throughout with 5 classes: no panel for it.
-    assert [ax.get_title() for ax in axes[0]] == ["acc", "loss"]
-    for ax in axes[0]:
+    assert [ax.get_title() for ax in fig.axes] == ["acc", "loss"]
+    for ax in fig.axes:
         lines = [line for line in ax.get_lines() if line.get_label() in ("train", "val")]
         assert [list(line.get_xdata()) for line in lines] == [list(range(1, 8))] * 2
         switch = [line for line in ax.get_lines() if line not in lines]
         assert [list(line.get_xdata()) for line in switch] == [[3.5, 3.5]]  # the phase switch
     assert "epochs 1-3" in fig._suptitle.get_text() and "epochs 4-7" in fig._suptitle.get_text()
     plot_finetune_curves(history, tmp_path / "curves.png", num_classes=6)
-    assert [ax.get_title() for ax in figures[-1][1][0]] == ["acc", "loss", "top5"]
+    assert [ax.get_title() for ax in figures[-1].axes] == ["acc", "loss", "top5"]
     assert (tmp_path / "curves.png").stat().st_size > 0
 
 
@@ -511,6 +510,36 @@ def test_the_lazy_library_entry_points_are_listed_by_dir():
             "'cnnzoo.transfer' in sys.modules)")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["[]", "False"]  # listed, and still not imported
+
+
+def test_the_callable_package_shows_transfers_signature_and_docstring():
+    """`cnnzoo.transfer` is the package, made callable: a notebook's Shift+Tab and
+    `cnnzoo.transfer?` (inspect.signature) showed `(*args, **kwargs)` and the package's
+    docstring, none of the function's parameters."""
+    import inspect
+
+    import cnnzoo
+    from cnnzoo.transfer import run
+
+    assert inspect.signature(cnnzoo.transfer) == inspect.signature(run.transfer)
+    assert list(inspect.signature(cnnzoo.transfer).parameters)[:3] == ["data", "model", "weights"]
+    assert cnnzoo.transfer.__call__.__doc__ == run.transfer.__doc__
+
+
+def test_the_library_results_and_settings_have_their_own_help():
+    """help(FinetuneConfig), TransferResult and FitResult showed only the signature dataclass
+    makes up ('FinetuneConfig(head_epochs: int = 3, ...)'): nothing of what a field does."""
+    import dataclasses
+
+    from cnnzoo.engine.loop import FitResult, TrainConfig
+    from cnnzoo.transfer import TransferConfig, TransferResult
+
+    for cls in (FinetuneConfig, TransferConfig, TransferResult, FitResult, TrainConfig):
+        assert not cls.__doc__.startswith(f"{cls.__name__}("), cls.__name__
+    # every field of the results is named in their help
+    for cls in (TransferResult, FitResult):
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in cls.__doc__]
+        assert not missing, (cls.__name__, missing)
 
 
 def test_settings_as_keywords_and_a_clear_message_for_the_others(fmnist):
@@ -531,6 +560,17 @@ def test_settings_as_keywords_and_a_clear_message_for_the_others(fmnist):
         transfer(splits, modle="resnet18", weights=None)
     with pytest.raises(TypeError, match=r"'out_dir' \(did you mean 'out'\?\)"):
         transfer(splits, model="resnet18", weights=None, out_dir="runs/x")
+
+
+def test_say_none_is_the_default_stderr_as_in_trainer(fmnist, capsys):
+    """say=None (Trainer's default, 'stderr') was called: a TypeError once the weights and
+    images had loaded."""
+    splits = Splits(fmnist, fmnist.subset(per_class=3, seed=2))
+    res = transfer(splits, model="resnet18", weights=None, mode="features", img_size=32,
+                   fit="resize", views=1, use_cache=False, progress=False, say=None)  # fmt: skip
+    err = capsys.readouterr().err
+    assert res.bundle.extra["mode"] == "features"
+    assert err.startswith("data: ") and "head: linear" in err
 
 
 def test_transfer_leaves_the_callers_random_streams_as_they_were(fmnist):
@@ -778,6 +818,22 @@ def test_conflicting_transfer_options_are_one_line(argv, message, tmp_path, caps
     # A dict of FinetuneConfig's fields was an AttributeError ('dict' object has no attribute).
     (dict(finetune={"epochs": 1}), False,
      r"finetune must be a FinetuneConfig, not a dict: finetune=FinetuneConfig\(\*\*settings\)"),
+    (dict(config={"mode": "features"}), False, r"config must be a TransferConfig, not a dict"),
+    # These were refused late, or in another library's words: a negative patience after phase
+    # 1 had trained, as -23 for -1 (scaled to the epochs min_steps adds); a negative seed in
+    # numpy's "expected non-negative integer"; a string seed by torch's manual_seed.
+    (dict(finetune=FinetuneConfig(patience=-1)), False,
+     r"FinetuneConfig.patience \(--patience\) must be a whole number of epochs >= 1 \(0 or "
+     r"None: off\), not -1$"),
+    (dict(finetune=FinetuneConfig(patience="2")), False, r"FinetuneConfig.patience"),
+    (dict(seed=-1), False, r"seed \(--seed\) must be a whole number >= 0, not -1"),
+    (dict(seed="1"), False, r"seed \(--seed\) must be a whole number >= 0, not '1'"),
+    (dict(val_fraction=1.5), False, r"val_fraction \(--val-fraction\) must lie strictly"),
+    (dict(finetune=FinetuneConfig(mixup=-1.0)), False, r"FinetuneConfig.mixup \(--mixup\)"),
+    (dict(finetune=FinetuneConfig(cutmix=float("nan"))), False, r"FinetuneConfig.cutmix"),
+    (dict(finetune=FinetuneConfig(label_smoothing=2.0)), False, r"label_smoothing must lie"),
+    (dict(finetune=FinetuneConfig(augment="flipp")), False,
+     r"FinetuneConfig.augment \(--augment\) must be one of none, flip-crop, crop, photo"),
 ])  # fmt: skip
 def test_the_library_refuses_what_the_command_line_refuses(settings, resume, message, tmp_path):
     """One place checks the settings, `transfer` itself, before anything is read (the data
@@ -786,6 +842,17 @@ def test_the_library_refuses_what_the_command_line_refuses(settings, resume, mes
         transfer(tmp_path / "no-such-data", model="resnet18", weights=None, resume=resume,
                  out=tmp_path / "out", say=print, **settings)  # fmt: skip
     assert "\n" not in str(info.value) and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("data", [None, 3, ["a.png", "b.png"]])
+def test_data_of_another_kind_is_one_line_naming_what_data_may_be(data, tmp_path):
+    """A notebook's list of files or a None was os.fspath's TypeError ('expected str, bytes or
+    os.PathLike object, not list'), raised from deep in the data loader after the weights had
+    loaded."""
+    with pytest.raises(UsageError, match=r"^data must be an image folder or CSV manifest \(a "
+                       r"path\), a built-in set's name or a cnnzoo.data Splits \(got "):
+        transfer(data, model="resnet18", weights=None, out=tmp_path / "out", say=print)
+    assert not (tmp_path / "out").exists()
 
 
 def test_an_output_folder_inside_the_data_is_refused(folder, tmp_path, capsys):
@@ -1144,6 +1211,20 @@ def test_grey_file_pil_image_and_tensor_give_the_same_prediction(features_run, f
     with pytest.raises(TypeError, match="expected a PIL image, uint8 tensor or array, or a "
                                         "path, not int"):  # fmt: skip
         res.bundle.predict(3)
+    with pytest.raises(TypeError, match="or a path, not bytes"):  # was "not int": its first byte
+        res.bundle.predict(f.read_bytes())
+    # load_images took one path apart into its characters ("/: a folder, not an image file");
+    # a batch inside a list was told to use `.batch(images)`, which a bundle has not; a 1-D
+    # tensor was taken apart into numbers ("not ()").
+    assert torch.equal(res.bundle.load_images(str(f)), res.bundle.load_images([f]))
+    with pytest.raises(ValueError, match=r"not a batch \(2, 1, 28, 28\): pass the batch itself, "
+                                         r"not in a list"):  # fmt: skip
+        res.bundle.predict([grey_batch := torch.from_numpy(np.array(pil))[None, None].repeat(2, 1,
+                                                                                          1, 1)])
+    assert torch.allclose(res.bundle.predict(grey_batch).probabilities, a.expand(2, -1), atol=1e-6)
+    with pytest.raises(ValueError, match=r"an image \(C, H, W\) or a batch \(N, C, H, W\), not "
+                                         r"\(5,\)$"):  # fmt: skip
+        res.bundle.predict(torch.zeros(5))
     # A 2-D tensor is one grey image; a grey (N, 1, H, W) batch for this RGB bundle, and an
     # (N, H, W, C) array, are their images.
     grey = torch.from_numpy(np.array(pil))

@@ -998,6 +998,13 @@ def test_preprocessing_takes_arrays_tensors_and_paths_alike(tmp_path):
         pre(want)
     with pytest.raises(ValueError, match=r"not a batch \(2, 3, 300, 451\): use \.batch\(images\)"):
         pre(torch.from_numpy(np.stack([arr, arr])).permute(0, 3, 1, 2))
+    # A (C, H, W) array (a tensor's .numpy()) was PIL's "Cannot handle this data type: (1, 1,
+    # 451), |u1", and an empty array a ZeroDivisionError.
+    with pytest.raises(ValueError, match=r"^expected an image array \(H, W\) or \(H, W, C\) of 1 "
+                       r"to 4 channels, not \(3, 300, 451\): use img.transpose\(1, 2, 0\)$"):
+        pre(arr.transpose(2, 0, 1))
+    with pytest.raises(ValueError, match=r"^expected an image, not an empty array \(0, 5\)$"):
+        pre(np.zeros((0, 5), np.uint8))
     with pytest.raises(ValueError, match="top must be at least 1"):
         decode_predictions(torch.rand(1, 1000), top=0)
 

@@ -1,7 +1,14 @@
 """cnnzoo: the landmark convolutional networks, their pretrained weights, and transfer learning
 that runs in minutes on a CPU."""
 
+from typing import TYPE_CHECKING
+
 from .errors import CnnzooError
+
+if TYPE_CHECKING:  # what a type checker sees for the names imported on first use (below)
+    from .models import create_model, get_config, list_models
+    from .transfer import load_bundle
+    from .transfer.run import transfer
 
 # The one place the version is set: pyproject.toml reads it from here (tool.setuptools.dynamic).
 __version__ = "0.1.0"

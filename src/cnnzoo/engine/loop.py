@@ -125,7 +125,18 @@ class TrainConfig:
 
 @dataclass
 class FitResult:
-    history: list[dict[str, Any]]
+    """What `Trainer.fit` returns. history: one record per epoch ({'epoch', 'lr', 'train_loss',
+    'val_loss', 'val_acc', ..., 'seconds', 'images_per_s'}: plain numbers, for
+    `pandas.DataFrame(result.history)`); best_epoch and best_value: the epoch of the best
+    `monitor` value (e.g. 'val_loss'); precision: how it ran (bf16 / fp32, memory format);
+    stopped_early: early stopping ended it; final: the validation metrics of the weights the
+    model holds at the end (the best epoch's when they were restored); out_dir: its
+    checkpoints and report; accumulator: the final validation pass's (a confusion matrix for
+    classification); final_tta: `final` with test-time augmentation (`TrainConfig.tta`)."""
+
+    # Out of the repr, as TransferResult's: a notebook cell ending in `result` printed every
+    # epoch's record (20 numbers each for a segmentation run); `pd.DataFrame(result.history)`.
+    history: list[dict[str, Any]] = field(repr=False)
     best_epoch: int
     best_value: float | None
     monitor: str
@@ -780,14 +791,18 @@ def check_out_dir(out_dir: str | Path | None, *, resume: bool, overwrite: bool) 
     held = run_files(out)
     if not held or overwrite or (resume and "last.pt" in held):
         return
+    # Each option in the library's spelling too, as transfer's check_out says it: a notebook
+    # calling fit() or train() was told of --resume and --overwrite alone.
     if resume:
         raise TrainingError(f"{out} has no last.pt to resume (it holds {', '.join(held)}): pass "
-                            "--overwrite to start a new run there, or another --out")
+                            "--overwrite (overwrite=True) to start a new run there, or another "
+                            "--out")  # fmt: skip
     if "last.pt" not in held:  # nothing --resume could continue
         raise TrainingError(f"{out} holds a run's files ({', '.join(held)}) but no last.pt to "
-                            "resume: pass --overwrite to replace them, or another --out")
-    raise TrainingError(f"{out} holds a run ({held[0]}): pass --resume to continue it, "
-                        "--overwrite to replace it, or another --out")
+                            "resume: pass --overwrite (overwrite=True) to replace them, or "
+                            "another --out")  # fmt: skip
+    raise TrainingError(f"{out} holds a run ({held[0]}): pass --resume (resume=True) to continue "
+                        "it, --overwrite (overwrite=True) to replace it, or another --out")
 
 
 def clear_run(out_dir: Path) -> None:

@@ -1,7 +1,8 @@
 """End-of-run report: learning curves, confusion matrix and per-class precision/recall.
 
-Written with matplotlib's Agg backend (no display needed). Tasks other than classification get
-the learning curves; their own figures (segmentation contours) belong to their helpers.
+Drawn on matplotlib's Agg canvas, without pyplot (no display needed, and a notebook's backend is
+left alone). Tasks other than classification get the learning curves; their own figures
+(segmentation contours) belong to their helpers.
 """
 
 from __future__ import annotations
@@ -26,14 +27,18 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def pyplot() -> Any:
-    _writable_matplotlib_dir()
-    import matplotlib
+def new_figure(**kwargs: Any) -> Any:
+    """A matplotlib `Figure(**kwargs)` on its own Agg canvas, outside pyplot: drawing a report
+    changes nothing of the caller's matplotlib. `matplotlib.use("Agg")` switched a notebook's
+    inline backend to Agg for the rest of its session (its own plots then showed nothing), and
+    pyplot's figures would be shown by that backend at the end of the cell."""
+    _writable_matplotlib_dir()  # first: it chooses matplotlib's folder before it is imported
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def _writable_matplotlib_dir() -> None:
@@ -77,14 +82,11 @@ def _writable_folder(folder: Path) -> bool:
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
-    """Write `fig` to `path` (in the format its extension names) in one step, and close it: a
-    run killed while drawing left a truncated PNG that no viewer opens, in place of the last
+    """Write `fig` (a `new_figure`) to `path` (in the format its extension names) in one step:
+    a run killed while drawing left a truncated PNG that no viewer opens, in place of the last
     good one."""
-    try:
-        with replacing(path) as tmp:
-            fig.savefig(tmp, dpi=dpi, format=Path(path).suffix[1:] or "png")
-    finally:
-        pyplot().close(fig)
+    with replacing(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=Path(path).suffix[1:] or "png")
     return Path(path)
 
 
@@ -122,11 +124,11 @@ def plot_curves(
 
     epochs: the x values (default: each record's 'epoch'); breaks: x positions of dotted lines
     (where a phase of training starts); title: above the panels."""
-    plt = pyplot()  # first: it chooses matplotlib's folder before matplotlib is imported
+    metrics = logged_metrics(history) if metrics is None else metrics
+    fig = new_figure(figsize=(4.2 * len(metrics), 3.4))
     from matplotlib import ticker
 
-    metrics = logged_metrics(history) if metrics is None else metrics
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    axes = fig.subplots(1, len(metrics), squeeze=False)
     epochs = [r["epoch"] for r in history] if epochs is None else epochs
     for ax, m in zip(axes[0], metrics, strict=True):
         for split, style in (("train", "-o"), ("val", "-s")):
@@ -152,13 +154,13 @@ def plot_runs(runs: Sequence[Any], path: Path, caption: str | None = None) -> Pa
     validation loss and the validation metric per epoch, one line (and colour) per run.
     caption: a note under the panels (the table's on GoogLeNet's training loss, which a
     reader of the plot alone took for a worse fit)."""
-    plt = pyplot()  # first: it chooses matplotlib's folder before matplotlib is imported
+    fig = new_figure(figsize=(13, 3.8))
     from matplotlib import ticker
 
     metric = runs[0].metric
     panels = (("train_loss", "training loss"), ("val_loss", "validation loss"),
               (f"val_{metric}", f"validation {metric}"))  # fmt: skip
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), squeeze=False)
+    axes = fig.subplots(1, 3, squeeze=False)
     for ax, (key, title) in zip(axes[0], panels, strict=True):
         ys: list[float] = []
         for i, r in enumerate(runs):
@@ -216,7 +218,6 @@ def confusion_figure(confusion: Any, class_names: list[str]) -> Any:
     """The figure `plot_confusion` saves (matplotlib), for a test to measure."""
     import math
 
-    plt = pyplot()
     cm = confusion.double()
     norm = cm / cm.sum(1, keepdim=True).clamp(min=1)
     n = len(class_names)
@@ -228,7 +229,8 @@ def confusion_figure(confusion: Any, class_names: list[str]) -> Any:
     pitch = font * 1.5 / 72
     size = min(max(min(2.0 + 0.55 * n, 16), n * pitch + margin), CONFUSION_MAX_INCHES)
     step = max(1, math.ceil(n * pitch / (size - margin)))
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig = new_figure(figsize=(size, size))
+    ax = fig.subplots()
     ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
     ticks = range(0, n, step)
     # parse_math=False: class names are text; matplotlib would read "$100 to $200" as maths

@@ -126,6 +126,11 @@ class ClassificationAccumulator:
         self.correct5 = torch.zeros((), dtype=torch.float64)
         self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
 
+    def __repr__(self) -> str:  # the sums so far, in a line (`Bundle.evaluate`'s, in a notebook)
+        n = int(self.count)
+        acc = f", acc {float(self.correct) / n:.3f}" if n else ""
+        return f"ClassificationAccumulator({self.num_classes} classes, {n} images{acc})"
+
     @property
     def correct(self) -> Tensor:
         """Top-1 hits: the trace of the confusion matrix (not summed separately per step)."""
@@ -240,6 +245,11 @@ class ClassificationTask:
         self.class_names = class_names or [str(i) for i in range(num_classes)]
         self.monitor = monitor
         self.mode = mode
+
+    def __repr__(self) -> str:  # a line, as SegmentationTask's, not `<... at 0x...>`
+        weighted = ", class_weights" if self.class_weights is not None else ""
+        return (f"ClassificationTask({self.num_classes} classes, label_smoothing="
+                f"{self.label_smoothing:g}{weighted}, monitor={self.monitor!r})")
 
     def _ce(self, logits: Tensor, targets: Tensor) -> Tensor:
         if logits.dim() != 2 or logits.shape[1] != self.num_classes:

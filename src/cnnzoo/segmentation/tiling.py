@@ -20,6 +20,7 @@ tiles plus the output (a uint8 mask with `output='mask'`), whatever the image si
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -28,7 +29,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from ..data.images import convert_image
+from ..data.images import convert_image, load_image
 from ..text import plural
 
 
@@ -127,7 +128,7 @@ def _channel_advice(shape: tuple[int, ...], chans: int) -> str:
 @torch.no_grad()
 def predict_tiled(
     model: nn.Module,
-    image: Tensor | np.ndarray | Image.Image,
+    image: Tensor | np.ndarray | Image.Image | str | os.PathLike[str],
     *,
     tile: int = 512,
     margin: int | None = None,
@@ -139,14 +140,17 @@ def predict_tiled(
 ) -> Tensor:
     """Segment one image (C, H, W) of any size with the overlap-tile strategy.
 
-    image: uint8 (divided by 255) or float, or a PIL image (converted to the net's channels as
-        `cnnzoo segment` reads files); `mean`/`std` normalise each tile after that.
+    image: uint8 (divided by 255) or float, or a PIL image or an image file's path (converted
+        to the net's channels as `cnnzoo segment` reads files); `mean`/`std` normalise each
+        tile after that.
     tile: input tile side in pixels (snapped to a legal size); margin: context per side in
         'same' mode (default: the receptive-field radius, exact); batch_size: tiles per forward.
     progress: a tqdm bar over the tiles (for large images).
     Returns (num_classes, H, W) float32 probabilities or logits, or a uint8 (H, W) mask.
     """
     chans = getattr(model, "in_chans", None)
+    if isinstance(image, str | os.PathLike):  # was torch's "new(): invalid data type 'str'"
+        image = load_image(image, 1 if chans == 1 else 3)
     if isinstance(image, Image.Image):  # as `cnnzoo segment` reads a file for this net
         image = np.array(convert_image(image, 1 if chans == 1 else 3))  # a writable copy
         image = image if image.ndim == 2 else np.ascontiguousarray(image.transpose(2, 0, 1))
@@ -154,6 +158,9 @@ def predict_tiled(
         # np.asarray(PIL image) is read-only, and torch warns about such arrays (a UserWarning
         # for the very call this docstring and the channel advice suggest); tiles only read it.
         image = image.copy()
+    if not isinstance(image, Tensor | np.ndarray):
+        raise TypeError(f"expected an image: a (C, H, W) tensor, an (H, W) array, a PIL image or "
+                        f"a file's path, not {type(image).__name__}")  # fmt: skip
     img = torch.as_tensor(image)
     given = tuple(img.shape)
     if img.dim() == 2:  # one grey image (H, W), as skimage and PIL give it

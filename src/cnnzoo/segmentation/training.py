@@ -15,7 +15,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,8 @@ class SegmentationRun:
     """What `train` returns: the engine's `FitResult`, the trained model, the data and task."""
 
     result: FitResult
-    model: nn.Module
+    # Out of the repr: a notebook cell ending in `run` printed the whole U-Net, 90 lines.
+    model: nn.Module = field(repr=False)
     splits: SegmentationSplits
     task: SegmentationTask
     meta: dict[str, Any]

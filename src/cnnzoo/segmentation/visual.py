@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine.report import pyplot, quiet_glyphs, save_figure
+from ..engine.report import new_figure, quiet_glyphs, save_figure
 
 # Class k >= 1 is drawn in PALETTE[(k - 1) % len]; ground truth is always green.
 PALETTE = np.array(
@@ -64,12 +64,12 @@ def save_validation_grid(
 ) -> Path:
     """A PNG grid of validation images with ground-truth (green) and predicted (magenta)
     contours; the valid-mode prediction may be smaller than the image (it is centred)."""
-    plt = pyplot()
     n = len(images)
     cols = min(columns, n)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(max(3.2 * cols, 6.4), 3.5 * rows), squeeze=False,
-                             layout="constrained")  # titles never run into the row above
+    # constrained: titles never run into the row above
+    fig = new_figure(figsize=(max(3.2 * cols, 6.4), 3.5 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for i in range(n):

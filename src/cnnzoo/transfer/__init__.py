@@ -1,5 +1,7 @@
 """Transfer learning, the main job: a pretrained network + a small folder of your images -> a
-classifier with probabilities, in minutes on a CPU.
+classifier with probabilities, in minutes on a CPU. This package is also callable:
+`cnnzoo.transfer(data, model=..., weights=..., out=...)` runs `run.transfer` (its settings:
+`help(cnnzoo.transfer.transfer)`, `TransferConfig`).
 
 - `features`: the frozen backbone as a feature extractor, with an on-disk feature cache.
 - `heads`: logistic regression with a cross-validated L2, or a small MLP, on those features.
@@ -9,6 +11,7 @@ classifier with probabilities, in minutes on a CPU.
 - `run`: `transfer(data, model=..., weights=...)`, which chains them.
 """
 
+import inspect
 import sys
 import types
 from typing import Any
@@ -45,5 +48,10 @@ class _CallableModule(types.ModuleType):
     def __call__(self, *args: Any, **kwargs: Any) -> TransferResult:
         return transfer(*args, **kwargs)
 
+    __call__.__doc__ = transfer.__doc__
+
 
 sys.modules[__name__].__class__ = _CallableModule
+# What a notebook's Shift+Tab, `cnnzoo.transfer?` and inspect.signature show for the call:
+# transfer's parameters, which (*args, **kwargs) hid.
+__signature__ = inspect.signature(transfer)

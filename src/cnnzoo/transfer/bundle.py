@@ -24,10 +24,10 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -97,6 +97,8 @@ class _Decoder(Preprocessing):
     `fit` may squash instead of crop) and no normalisation: a uint8 (C, H, W) tensor."""
 
     spec: ImageSpec = ImageSpec()
+    # A batch inside the list: Preprocessing's advice, `.batch(images)`, is no Bundle method.
+    batch_hint: ClassVar[str] = "pass the batch itself, not in a list (or torch.cat the batches)"
 
     def load(self, path: str | os.PathLike[str]) -> Tensor:
         return self.spec.load(path)
@@ -145,6 +147,31 @@ def predict_tensor(model: nn.Module, images: Tensor, pre: Preprocessing, *, view
     return torch.cat(out)
 
 
+def _images(images: Iterable[Any] | Any) -> Iterable[Any]:
+    """What `Bundle.predict` and `load_images` were given, as images to iterate. One image is
+    not a sequence to iterate: a path would otherwise be taken apart into its characters (a
+    load_images("a.png") read "a" as a file), a (C, H, W) tensor into its channels, an
+    (H, W, C) array into its rows."""
+    if isinstance(images, np.ndarray) and images.ndim == 4:  # (N, H, W, C): its images
+        return list(images)
+    if isinstance(images, Tensor):
+        if images.dim() == 2:  # (H, W): one grey image
+            return [images[None]]
+        if images.dim() == 3:
+            return [images]
+        if images.dim() != 4:  # a 1-D one was taken apart into numbers, of shape ()
+            raise ValueError(f"expected an image (C, H, W) or a batch (N, C, H, W), not "
+                             f"{tuple(images.shape)}")  # fmt: skip
+        if images.shape[1] not in (1, 3, 4):
+            hint = ": use images.permute(0, 3, 1, 2)" if images.shape[-1] in (1, 3, 4) else ""
+            raise ValueError(f"expected a batch (N, C, H, W), not {tuple(images.shape)}{hint}")
+        return images
+    if isinstance(images, str | bytes | os.PathLike | Image.Image | np.ndarray) or not isinstance(
+            images, Iterable):  # fmt: skip
+        return [images]  # (not an image at all: the decoder's error says what may be)
+    return images
+
+
 @dataclass
 class Bundle:
     """A trained transfer-learning model with everything needed to use it."""
@@ -176,12 +203,13 @@ class Bundle:
     def spec(self) -> ImageSpec:
         return input_spec(self.preprocessing, self.fit)
 
-    def load_images(self, images: Sequence[Any]) -> Tensor:
-        """Paths, PIL images, uint8 (C, H, W) tensors or uint8 (H, W[, C]) arrays -> one uint8
-        batch (N, C, H, W) at the bundle's size. An unreadable file raises a one-line
-        `ImageError` naming it; an image of another type or layout a one-line `ValueError`."""
+    def load_images(self, images: Iterable[Any] | Any) -> Tensor:
+        """Paths, PIL images, uint8 (C, H, W) tensors or uint8 (H, W[, C]) arrays (a list, a
+        batch, or one of them, as `predict` takes them) -> one uint8 batch (N, C, H, W) at the
+        bundle's size. An unreadable file raises a one-line `ImageError` naming it; an image of
+        another type or layout a one-line `ValueError`."""
         decode = _Decoder(self.preprocessing.crop_size, spec=self.spec)
-        out = [decode(item) for item in images]
+        out = [decode(item) for item in _images(images)]
         if not out:
             return torch.zeros(0, self.spec.channels, self.preprocessing.crop_size,
                                self.preprocessing.crop_size, dtype=torch.uint8)  # fmt: skip
@@ -198,19 +226,7 @@ class Bundle:
         at a time, so a long list does not sit decoded in memory. precision: None (the run's
         own, `self.precision`, which its recorded metrics were measured in), 'auto' (bf16 on a
         CPU with native bf16, else fp32), 'bf16' or 'fp32'."""
-        # One image, not a sequence to iterate: a path would otherwise be taken apart into its
-        # characters, a (C, H, W) tensor into its channels, an (H, W, C) array into its rows.
-        if isinstance(images, np.ndarray) and images.ndim == 4:  # (N, H, W, C): its images
-            images = list(images)
-        if isinstance(images, Tensor) and images.dim() == 2:  # (H, W): one grey image
-            images = images[None]
-        single = (str, os.PathLike, Image.Image, np.ndarray)
-        if (isinstance(images, single) or isinstance(images, Tensor) and images.dim() == 3
-                or not isinstance(images, Iterable)):  # fmt: skip
-            images = [images]  # (not an image at all: the decoder's error says what may be)
-        if isinstance(images, Tensor) and images.dim() == 4 and images.shape[1] not in (1, 3, 4):
-            hint = ": use images.permute(0, 3, 1, 2)" if images.shape[-1] in (1, 3, 4) else ""
-            raise ValueError(f"expected a batch (N, C, H, W), not {tuple(images.shape)}{hint}")
+        images = _images(images)
         # A 'crop' bundle's batch, squashed straight to the input size, lost the centre crop its
         # files get, and the same picture got another answer: sized as a file would be. A
         # chunk at a time: all 5,000 files of a folder decoded at once took 1.7 GB at 224 px.

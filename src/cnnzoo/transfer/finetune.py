@@ -39,6 +39,18 @@ from .features import inference_dtype
 
 @dataclass
 class FinetuneConfig:
+    """Fine-tuning's settings (`transfer(..., finetune=FinetuneConfig(...))`; the command's
+    options in brackets). Phase 1 trains the new head alone for `head_epochs` (--head-epochs;
+    0 skips it); phase 2 the whole network for `epochs` (--epochs), raised to reach `min_steps`
+    optimizer steps (--min-steps), with AdamW at `lr` (--lr) for the head and `lr_decay`
+    (--lr-decay) times less per block below it (`groups` blocks), BatchNorm statistics frozen
+    unless `freeze_bn=False` (--update-bn). patience (--patience): early stopping on the
+    validation loss, restoring the best epoch (None: off). augment (--augment): none, flip-crop,
+    crop or photo (None: the data's default); label_smoothing; class_weight; mixup, cutmix
+    (--mixup, --cutmix: Beta alphas, 0 off); sam (--sam: SAM's radius, 0 off, None: on for
+    small sets). batch_size, precision, seed, progress and class_weight are set from the run's
+    TransferConfig; verbose: the per-epoch lines."""
+
     head_epochs: int = 3  # phase 1 (0 skips it)
     # Phase 2 epochs, raised to reach `min_steps`. Only larger sets reach 12 epochs before
     # min_steps: hard set at 200 images per class 0.830 with 12 (1,152 s on one busy core),

@@ -14,10 +14,10 @@ from torch import Tensor
 
 from ..engine.report import (
     logged_metrics,
+    new_figure,
     per_class_table,
     plot_confusion,
     plot_curves,
-    pyplot,
     quiet_glyphs,
     save_figure,
     short_labels,
@@ -50,18 +50,19 @@ def plot_top_losses(images: Tensor, probs: Tensor, labels: Tensor, class_names: 
                     path: Path, k: int = 16) -> Path:  # fmt: skip
     """A grid of the `k` wrongly predicted images of the highest loss: true class, prediction,
     probabilities."""
-    plt = pyplot()
     idx = top_losses(probs, labels, k)
     if not idx:  # a one-line picture, not an empty grid under a title promising images
-        fig, ax = plt.subplots(figsize=(6.4, 0.9))
+        fig = new_figure(figsize=(6.4, 0.9))
+        ax = fig.subplots()
         ax.axis("off")
         ax.text(0.5, 0.5, f"every one of the {len(labels)} validation images is predicted "
                 "right", ha="center", va="center", fontsize=11)  # fmt: skip
         return save_figure(fig, path, dpi=100)
     cols = 4
     rows = -(-len(idx) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False,
-                             layout="constrained")  # titles never run into the row above
+    # constrained: titles never run into the row above
+    fig = new_figure(figsize=(3.2 * cols, 3.4 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     names = short_labels(class_names, 30)  # a title fits one panel's width
@@ -112,8 +113,8 @@ def plot_finetune_curves(history: list[dict[str, Any]], path: Path, num_classes:
 def plot_l2_curve(cv: list[dict[str, float]], path: Path, chosen: float | None = None) -> Path:
     """For the features head: cross-validated accuracy and loss against the L2 strength, the
     `chosen` one (the head's) marked."""
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.4))
+    fig = new_figure(figsize=(8.4, 3.4))
+    axes = fig.subplots(1, 2)
     l2 = [r["l2"] for r in cv]
     for ax, key in zip(axes, ("cv_loss", "cv_acc"), strict=True):
         ax.semilogx(l2, [r[key] for r in cv], "-o", ms=3)

@@ -31,6 +31,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..data.augment import AUGMENTATIONS
 from ..data.dataset import Splits
 from ..engine.checkpoint import caller_rng_kept
 from ..engine.task import check_class_weight, class_weights, class_weights_line
@@ -116,6 +118,14 @@ class TransferConfig:
 
 @dataclass
 class TransferResult:
+    """What `transfer` returns. bundle: the trained classifier (`Bundle.predict`,
+    `.evaluate`, `.save`); out_dir: where the bundle and report were written (None: nowhere);
+    metrics: per stage ('features', 'finetune': validation accuracy, loss, balanced accuracy,
+    macro F1) and the kept one's at the top level ('kept', 'val_acc', ...); timings: seconds per
+    step; features_computed: feature vectors computed (the others came from the cache);
+    history: fine-tuning's epoch records ('phase' 'head' or 'full'); val_probabilities: the kept
+    model's validation probabilities (N, K)."""
+
     bundle: Bundle
     out_dir: Path | None
     metrics: dict[str, Any]  # per stage: {'features': {...}, 'finetune': {...}, 'kept': ...}
@@ -199,6 +209,10 @@ def _load_data(data: Any, pre: Preprocessing, cfg: TransferConfig) -> tuple[Spli
 
 def _config(config: TransferConfig | None, options: dict[str, Any]) -> TransferConfig:
     """`config` with `TransferConfig` fields given as keywords (`transfer(data, mode=...)`)."""
+    if config is not None and not isinstance(config, TransferConfig):
+        raise UsageError(f"config must be a TransferConfig, not a {type(config).__name__}: "
+                         "config=TransferConfig(**settings) (from cnnzoo.transfer), or the "
+                         "settings as keywords")  # fmt: skip
     cfg = config or TransferConfig()
     if not options:
         return cfg
@@ -246,6 +260,11 @@ def check_config(cfg: TransferConfig, *, resume: bool = False) -> None:
     if cfg.img_size is not None:
         count("img_size", "--img-size", cfg.img_size, " (None: the weights' size)")
     count("batch_size", "--batch-size", cfg.batch_size)
+    if not is_whole(cfg.seed, 0):  # numpy's generators take no negative seed
+        raise UsageError(f"seed (--seed) must be a whole number >= 0, not {cfg.seed!r}")
+    if not (isinstance(cfg.val_fraction, int | float) and 0 < cfg.val_fraction < 1):
+        raise UsageError(f"val_fraction (--val-fraction) must lie strictly between 0 and 1, not "
+                         f"{cfg.val_fraction!r}")  # fmt: skip
     if cfg.l2 is not None:
         if cfg.head == "mlp":
             raise UsageError("l2 (--l2) is the linear head's L2 strength; head 'mlp' has none "
@@ -284,6 +303,24 @@ def check_config(cfg: TransferConfig, *, resume: bool = False) -> None:
                                    and ft.sam >= 0):  # fmt: skip
         raise UsageError(f"FinetuneConfig.sam (--sam) must be a number >= 0 (0: off), or None "
                          f"for the default (on for small sets), not {ft.sam!r}")  # fmt: skip
+    # Checked here, not where fine-tuning meets them: a bad patience was scaled to the epochs
+    # added for min_steps and refused after phase 1 had trained, with another number (-23
+    # for -1); a bad mixup only after the images had been decoded.
+    if ft.patience is not None and not is_whole(ft.patience, 0):
+        raise UsageError(f"FinetuneConfig.patience (--patience) must be a whole number of epochs "
+                         f">= 1 (0 or None: off), not {ft.patience!r}")  # fmt: skip
+    for name in ("mixup", "cutmix"):
+        alpha = getattr(ft, name)
+        if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha >= 0):
+            raise UsageError(f"FinetuneConfig.{name} (--{name}) must be a Beta alpha >= 0 (0: "
+                             f"off), not {alpha!r}")  # fmt: skip
+    if not (isinstance(ft.label_smoothing, int | float) and 0 <= ft.label_smoothing < 1):
+        raise UsageError(f"FinetuneConfig.label_smoothing must lie in [0, 1), not "
+                         f"{ft.label_smoothing!r}")  # fmt: skip
+    if ft.augment is not None and ft.augment not in AUGMENTATIONS:
+        raise UsageError(f"FinetuneConfig.augment (--augment) must be one of "
+                         f"{', '.join(AUGMENTATIONS)} (None: the data's default), not "
+                         f"{ft.augment!r}")  # fmt: skip
     default = FinetuneConfig()
     for name in SHARED_FIELDS:  # a FinetuneConfig value that would be replaced is a mistake
         mine, run_wide = getattr(cfg.finetune, name), getattr(cfg, name)
@@ -363,8 +400,8 @@ def transfer(
     resume: bool = False,
     overwrite: bool = True,
     model_kwargs: dict[str, Any] | None = None,
-    say: Any = _stderr,
-    show: Any = None,
+    say: Callable[[str], Any] | None = None,
+    show: Callable[[str], Any] | None = None,
     **options: Any,
 ) -> TransferResult:
     """Transfer learning on `data` (image folder, CSV manifest, built-in name or `Splits`) with
@@ -374,10 +411,14 @@ def transfer(
     override `config`'s. resume: continue the interrupted fine-tuning in `out`. overwrite: an
     `out` that holds an earlier run is emptied of it when this run starts writing (False
     refuses such a folder, as `cnnzoo transfer` does without --overwrite). say: where progress
-    and notes go; show: where the per-class table at the end goes (default: as `say`). See the
-    module docstring."""
+    and notes go (None: stderr, as `Trainer`'s); show: where the per-class table at the end
+    goes (default: as `say`). See the module docstring."""
+    say = say or _stderr  # None was called, a TypeError after the weights and images loaded
     cfg = _config(config, options)
     check_config(cfg, resume=resume)
+    if not isinstance(data, str | os.PathLike | Splits):  # os.fspath's TypeError named no data
+        raise UsageError(f"data must be an image folder or CSV manifest (a path), a built-in "
+                         f"set's name or a cnnzoo.data Splits (got {type(data).__name__})")
     from ..engine.distributed import library_threads
     from ..models import get_config
 

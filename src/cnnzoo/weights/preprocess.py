@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import get_args
+from typing import ClassVar, get_args
 
 import numpy as np
 import torch
@@ -83,6 +83,8 @@ class Preprocessing:
     std: tuple[float, ...] = IMAGENET_STD
     channels: int = 3
     fit: str = "crop"
+    # What to do with a batch given as one image (a subclass for another API says its own).
+    batch_hint: ClassVar[str] = "use .batch(images)"
 
     @classmethod
     def for_model(
@@ -168,7 +170,7 @@ class Preprocessing:
         if isinstance(img, Tensor):
             if img.dim() == 4:
                 raise ValueError(f"expected one image (C, H, W), not a batch {tuple(img.shape)}: "
-                                 "use .batch(images)")  # fmt: skip
+                                 f"{self.batch_hint}")  # fmt: skip
             if img.dim() != 3:
                 raise ValueError(f"expected an image tensor (C, H, W), not {tuple(img.shape)}")
             if img.shape[0] not in (1, 3, 4) and img.shape[-1] in (1, 3, 4):
@@ -179,6 +181,14 @@ class Preprocessing:
         if isinstance(img, np.ndarray):
             if img.ndim not in (2, 3):
                 raise ValueError(f"expected an image array (H, W) or (H, W, C), not {img.shape}")
+            # PIL said "Cannot handle this data type: (1, 1, 28), |u1" to a (C, H, W) array (a
+            # tensor's .numpy()), and an empty array ended in a ZeroDivisionError.
+            if img.ndim == 3 and img.shape[-1] not in (1, 2, 3, 4):
+                hint = ": use img.transpose(1, 2, 0)" if img.shape[0] in (1, 3, 4) else ""
+                raise ValueError(f"expected an image array (H, W) or (H, W, C) of 1 to 4 "
+                                 f"channels, not {img.shape}{hint}")  # fmt: skip
+            if img.size == 0:
+                raise ValueError(f"expected an image, not an empty array {img.shape}")
             img = array_to_uint8(img)
             img = Image.fromarray(img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img)
         if not isinstance(img, Image.Image):
