@@ -2906,6 +2906,37 @@ def test_demo_scratch_is_scored_on_the_views_the_transfer_bundles_get(tmp_path, 
         assert scored[-1] == tta and 0.0 <= acc <= 1.0  # the test images, after validation
 
 
+def test_a_trainers_own_checkpoint_without_meta_is_one_line_in_every_command(tmp_path, capsys):
+    """The engine as a library (docs/training.md) writes runs/x/best.pt with no meta unless
+    given one. `cnnzoo transfer DATA --weights runs/x/best.pt` ended in a KeyError traceback
+    ('model'); it now reads the file as plain weights, as the weights loader and `--model` do,
+    and says which model they fit. predict / evaluate / convert said 'evaluate checkpoints
+    written by `cnnzoo train`', evaluate's words in every command."""
+    from cnnzoo.data import load_fashion_mnist
+    from cnnzoo.data.folder import write_image_folder
+
+    data = tmp_path / "d"
+    write_image_folder(load_fashion_mnist("test").subset(classes=[0, 1], per_class=4), data)
+    x, y = torch.rand(8, 1, 32, 32), torch.arange(8) % 2
+    Trainer(create_model("lenet5", num_classes=2), ClassificationTask(2),
+            BatchLoader(x, y, batch_size=4), None,
+            TrainConfig(epochs=1, precision="fp32", channels_last="off", progress=False,
+                        verbose=False, tensorboard=False),
+            out_dir=tmp_path / "x").fit()  # fmt: skip
+    ckpt = str(tmp_path / "x" / "last.pt")
+    capsys.readouterr()
+    assert main(["transfer", str(data), "--weights", ckpt, "--mode", "features", "--out",
+                 str(tmp_path / "t"), "--no-progress"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "looks like lenet5's weights" in err
+    for args in (["predict", str(data), "--weights", ckpt], ["evaluate", ckpt],
+                 ["convert", ckpt, str(tmp_path / "x.safetensors")]):  # fmt: skip
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err == (f"cnnzoo {args[0]}: error: {ckpt} does not say which model it holds: "
+                       "give a checkpoint written by `cnnzoo train` (last.pt or best.pt)\n")
+
+
 def test_final_lines_leave_out_top5_of_5_classes_or_fewer(tmp_path, capsys):
     """The TTA line repeated 'top5 1.0000' for 3 classes, which the line above it leaves out."""
     from cnnzoo.data import load_fashion_mnist
