@@ -412,6 +412,17 @@ def test_every_option_with_a_default_says_it_in_help():
     assert not silent
 
 
+def test_command_summaries_name_multiply_adds_as_the_tables_do(capsys):
+    """`cnnzoo --help` summed compare up as 'parameters, FLOPs, ...' while its table (and the
+    README) gives multiply-adds, MMACs: half the FLOPs. Both summaries say multiply-adds."""
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "FLOPs" not in text
+    assert "compare training runs: parameters, multiply-adds (MMACs)" in text
+    assert "models list the architectures with parameters, multiply-adds (GMACs)" in text
+
+
 def test_every_option_says_what_it_does_in_help():
     """`--no-progress` (train, transfer, demo) and `--no-tensorboard` had no help line at all;
     the options several commands share are added by one helper each, so they read alike."""
