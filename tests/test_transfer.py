@@ -1436,7 +1436,7 @@ def test_digits_transfer_without_mirrors_unless_asked(tmp_path):
     res = transfer("digits", model="resnet20", weights=None, mode="features", img_size=8,
                    l2=0.01, use_cache=False, progress=False, say=said.append)  # fmt: skip
     assert res.bundle.views == 1 and not any("mirror" in line for line in said)
-    assert "over 1797 images x 1 views" in " ".join(said)
+    assert "over 1797 images x 1 view," in " ".join(said)  # not '1 views
     picked = mirror_defaults(TransferConfig(), "Digits", said.append)
     assert (picked.views, picked.finetune.augment) == (1, "crop")
     picked = mirror_defaults(TransferConfig(), tmp_path, said.append)  # a folder of photos

@@ -45,7 +45,7 @@ from ..errors import DataError, UsageError
 from ..models.base import is_whole
 from ..models.taps import StageTaps, check_stages
 from ..paths import check_folder, check_outside, folders_released, hold_folder, remove_entries
-from ..text import some
+from ..text import plural, some
 from ..weights import Preprocessing
 from .bundle import FITS, HEAD_KINDS, Bundle, input_spec, predict_tensor
 from .features import (
@@ -473,7 +473,7 @@ def transfer(
         n_img = len(splits.train) + len(splits.val)
         taps = f" (stages {'+'.join(map(str, stages))}, {net.num_features} features)" if (
             stages) else ""
-        say(f"features: frozen {model}{taps} over {n_img} images x {cfg.views} views, "
+        say(f"features: frozen {model}{taps} over {n_img} images x {plural(cfg.views, 'view')}, "
             f"{computed} computed, {n_img - computed} from the cache "
             f"[{timings['features']:.1f}s]")  # fmt: skip
         t = time.perf_counter()
