@@ -36,7 +36,7 @@ from ..data.augment import (
 )
 from ..data.dataset import names_digest
 from ..data.loader import BatchTransform
-from ..data.masks import MaskPairs, foreground_components
+from ..data.masks import MaskPairs, class_list, foreground_components
 from ..errors import DataError
 from ..text import plural
 from .losses import IGNORE_INDEX, balanced_class_weights, unet_weight_map
@@ -350,9 +350,8 @@ def load_segmentation(
     if str(source) == "cells":
         from ..data.cells import CLASSES
 
-        if isinstance(classes, str):  # as --classes gives them, and load_mask_pairs reads them
-            classes = [c.strip() for c in classes.split(",") if c.strip()]
-        if classes is not None and list(classes) != list(CLASSES):
+        classes = class_list(classes)
+        if classes is not None and classes != list(CLASSES):
             # They name a folder's mask values; the synthetic cells have their own two, and
             # other names were dropped without a word (the run trained 'background, cell').
             raise DataError(f"cells has its own classes ({', '.join(CLASSES)}), not "
