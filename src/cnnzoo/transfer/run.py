@@ -326,9 +326,11 @@ def check_out(out: str | os.PathLike[str], data: Any, *, resume: bool, overwrite
     check_outside(out, data)
     held = [name for name in RUN_FILES if (Path(out) / name).exists()]
     if held and not (overwrite or resume):
+        # --resume only where there is a fine-tuning to continue: after a features run it is
+        # refused in turn ("mode 'features' has none").
+        resumable = ", --resume to continue its fine-tuning" if "finetune" in held else ""
         raise UsageError(f"{out} holds a transfer run ({held[0]}): pass --overwrite "
-                         "(overwrite=True) to replace it, --resume to continue its "
-                         "fine-tuning, or another --out")  # fmt: skip
+                         f"(overwrite=True) to replace it{resumable}, or another --out")
 
 
 def _stage_metrics(probs: Tensor, labels: Tensor) -> dict[str, float]:
