@@ -401,7 +401,10 @@ def test_every_option_with_a_default_says_it_in_help():
             if isinstance(action, argparse._SubParsersAction):
                 for name, sub in action.choices.items():
                     yield from options(sub, f"{prog} {name}")
-            elif action.option_strings and action.default not in (None, False, []) \
+            # `not in (None, False, [])` also let 0 and 0.0 by (0 == False): --erase said
+            # '0: off' but not that it was the default.
+            elif action.option_strings and action.default is not None \
+                    and not isinstance(action.default, bool) and action.default != [] \
                     and action.help != argparse.SUPPRESS and not isinstance(
                         action, (argparse._HelpAction, argparse._VersionAction,
                                  argparse._StoreFalseAction)):
