@@ -401,7 +401,10 @@ def test_every_option_with_a_default_says_it_in_help():
             if isinstance(action, argparse._SubParsersAction):
                 for name, sub in action.choices.items():
                     yield from options(sub, f"{prog} {name}")
-            elif action.option_strings and action.default not in (None, False, []) \
+            # `not in (None, False, [])` also let 0 and 0.0 by (0 == False): --erase said
+            # '0: off' but not that it was the default.
+            elif action.option_strings and action.default is not None \
+                    and not isinstance(action.default, bool) and action.default != [] \
                     and action.help != argparse.SUPPRESS and not isinstance(
                         action, (argparse._HelpAction, argparse._VersionAction,
                                  argparse._StoreFalseAction)):
@@ -410,6 +413,17 @@ def test_every_option_with_a_default_says_it_in_help():
     silent = [f"{prog} {a.option_strings[-1]}" for prog, a in options(build_parser(), "cnnzoo")
               if "default" not in (a.help or "")]
     assert not silent
+
+
+def test_command_summaries_name_multiply_adds_as_the_tables_do(capsys):
+    """`cnnzoo --help` summed compare up as 'parameters, FLOPs, ...' while its table (and the
+    README) gives multiply-adds, MMACs: half the FLOPs. Both summaries say multiply-adds."""
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "FLOPs" not in text
+    assert "compare training runs: parameters, multiply-adds (MMACs)" in text
+    assert "models list the architectures with parameters, multiply-adds (GMACs)" in text
 
 
 def test_every_option_says_what_it_does_in_help():

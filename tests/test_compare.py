@@ -370,5 +370,6 @@ def test_an_early_stopped_run_compares_with_the_score_train_reported(tmp_path, c
     assert round(row["final"], 4) == final_acc
     assert main(["compare", str(out)]) == 0
     # The table marks a score that is not the last epoch's.
-    marked = "which early stopping restored" in capsys.readouterr().out
+    marked = "val acc (E): of epoch E's weights, the best epoch's, which the run restored at " \
+             "the end" in capsys.readouterr().out
     assert marked == (row["final_epoch"] != row["epochs"])

@@ -3018,6 +3018,65 @@ def test_demo_scratch_is_scored_on_the_views_the_transfer_bundles_get(tmp_path, 
         assert scored[-1] == tta and 0.0 <= acc <= 1.0  # the test images, after validation
 
 
+def test_demo_scratch_checkpoints_are_read_by_evaluate_and_compare(tmp_path, monkeypatch,
+                                                                   capsys):
+    """The demo's scratch run left runs/demo/scratch/best.pt without a meta: `cnnzoo evaluate`
+    (and predict, compare) refused it, 'does not say which model it holds: evaluate checkpoints
+    written by `cnnzoo train`'. It now records what `cnnzoo train` records, and evaluate on the
+    test images repeats the accuracy the demo reported for them."""
+    from cnnzoo.commands import demo
+    from cnnzoo.data import load_fashion_mnist
+    from cnnzoo.data.folder import write_image_folder
+
+    for part, split in (("train", "train"), ("val", "train"), ("test", "test")):
+        write_image_folder(load_fashion_mnist(split).subset(classes=[0, 1], per_class=4),
+                           tmp_path / "d" / part)  # fmt: skip
+    monkeypatch.setattr(demo, "MODEL", "lenet5")
+    monkeypatch.setattr(demo, "_say", lambda line: None)
+    monkeypatch.setattr("cnnzoo.transfer.features.inference_dtype", lambda *a, **k: "fp32")
+    monkeypatch.setattr("cnnzoo.engine.report.write_report", lambda *a: ([], []))
+    out = tmp_path / "scratch"
+    acc = demo._scratch(tmp_path / "d", 32, 2, out, False, views=1)
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "best.pt"), "--data", str(tmp_path / "d"), "--split",
+                 "test", "--json", "--no-progress"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["acc"] == pytest.approx(acc)
+    assert main(["compare", str(out), "--json"]) == 0
+    [run] = json.loads(capsys.readouterr().out)["runs"]
+    assert run["model"] == "lenet5" and run["input"] == "1x32"
+
+
+def test_a_trainers_own_checkpoint_without_meta_is_one_line_in_every_command(tmp_path, capsys):
+    """The engine as a library (docs/training.md) writes runs/x/best.pt with no meta unless
+    given one. `cnnzoo transfer DATA --weights runs/x/best.pt` ended in a KeyError traceback
+    ('model'); it now reads the file as plain weights, as the weights loader and `--model` do,
+    and says which model they fit. predict / evaluate / convert said 'evaluate checkpoints
+    written by `cnnzoo train`', evaluate's words in every command."""
+    from cnnzoo.data import load_fashion_mnist
+    from cnnzoo.data.folder import write_image_folder
+
+    data = tmp_path / "d"
+    write_image_folder(load_fashion_mnist("test").subset(classes=[0, 1], per_class=4), data)
+    x, y = torch.rand(8, 1, 32, 32), torch.arange(8) % 2
+    Trainer(create_model("lenet5", num_classes=2), ClassificationTask(2),
+            BatchLoader(x, y, batch_size=4), None,
+            TrainConfig(epochs=1, precision="fp32", channels_last="off", progress=False,
+                        verbose=False, tensorboard=False),
+            out_dir=tmp_path / "x").fit()  # fmt: skip
+    ckpt = str(tmp_path / "x" / "last.pt")
+    capsys.readouterr()
+    assert main(["transfer", str(data), "--weights", ckpt, "--mode", "features", "--out",
+                 str(tmp_path / "t"), "--no-progress"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "looks like lenet5's weights" in err
+    for args in (["predict", str(data), "--weights", ckpt], ["evaluate", ckpt],
+                 ["convert", ckpt, str(tmp_path / "x.safetensors")]):  # fmt: skip
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err == (f"cnnzoo {args[0]}: error: {ckpt} does not say which model it holds: "
+                       "give a checkpoint written by `cnnzoo train` (last.pt or best.pt)\n")
+
+
 def test_final_lines_leave_out_top5_of_5_classes_or_fewer(tmp_path, capsys):
     """The TTA line repeated 'top5 1.0000' for 3 classes, which the line above it leaves out."""
     from cnnzoo.data import load_fashion_mnist

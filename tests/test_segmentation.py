@@ -949,6 +949,23 @@ def test_cells_need_two_images_to_validate():
     assert splits.describe() == "1 training and 1 validation images of 256x256"
 
 
+def test_classes_given_for_the_cells_are_refused_unless_they_are_theirs(tmp_path, capsys):
+    """`cnnzoo train unet --data cells --classes a,b,c` trained 'background, cell' and dropped
+    the names without a word: --classes names a folder's mask values. Now a one-line error
+    before anything is written; the cells' own names are accepted."""
+    with pytest.raises(DataError, match=r"^cells has its own classes \(background, cell\), not "
+                                        r"a, b, c: leave out --classes"):
+        load_segmentation("cells", cells=2, classes="a,b,c")
+    assert load_segmentation("cells", cells=2, classes=["background", "cell"]).classes == [
+        "background", "cell"]
+    out = tmp_path / "run"
+    assert main(["train", "unet", "--data", "cells", "--cells", "2", "--classes", "bg,cell",
+                 "--out", str(out)]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.startswith("cnnzoo train: error: cells has its own classes") and err.count("\n") == 1
+    assert not out.exists()
+
+
 def test_segmentation_objects_have_one_line_reprs(tmp_path):
     # repr(splits) was ~15,000 characters of arrays; the task and accumulator `<... at 0x...>`.
     from cnnzoo.segmentation.task import SegmentationTask

@@ -415,6 +415,24 @@ def test_transfer_bundle_round_trip_and_report(folder, tmp_path, capsys):
                  config=_tiny_config(mode="features"), say=lambda _: None)  # fmt: skip
 
 
+def test_an_out_holding_a_run_offers_resume_only_with_a_fine_tuning_to_continue(tmp_path):
+    """After `cnnzoo demo` the command it prints for its features step (`--out
+    runs/demo/features`) was refused with 'pass --overwrite ..., --resume to continue its
+    fine-tuning', and --resume was then refused too: a features run has no fine-tuning."""
+    from cnnzoo.transfer.run import check_out
+
+    features, both = tmp_path / "features", tmp_path / "both"
+    (features / "bundle").mkdir(parents=True)
+    (both / "finetune").mkdir(parents=True)
+    with pytest.raises(UsageError) as err:
+        check_out(features, tmp_path / "data", resume=False, overwrite=False)
+    assert str(err.value) == (f"{features} holds a transfer run (bundle): pass --overwrite "
+                              "(overwrite=True) to replace it, or another --out")
+    with pytest.raises(UsageError, match=r"\(finetune\): pass --overwrite \(overwrite=True\) to "
+                                         r"replace it, --resume to continue its fine-tuning, or"):
+        check_out(both, tmp_path / "data", resume=False, overwrite=False)
+
+
 def test_a_feature_no_training_image_fires_does_not_decide_the_heads_prediction():
     """A ReLU unit none of the training images fires is a flat feature: its std of 0 was clamped
     to 1e-6, and the MLP head's first layer (random at the start) was divided by it, so weights
@@ -1517,7 +1535,7 @@ def test_digits_transfer_without_mirrors_unless_asked(tmp_path):
     res = transfer("digits", model="resnet20", weights=None, mode="features", img_size=8,
                    l2=0.01, use_cache=False, progress=False, say=said.append)  # fmt: skip
     assert res.bundle.views == 1 and not any("mirror" in line for line in said)
-    assert "over 1797 images x 1 views" in " ".join(said)
+    assert "over 1797 images x 1 view," in " ".join(said)  # not '1 views
     picked = mirror_defaults(TransferConfig(), "Digits", said.append)
     assert (picked.views, picked.finetune.augment) == (1, "crop")
     picked = mirror_defaults(TransferConfig(), tmp_path, said.append)  # a folder of photos

@@ -26,7 +26,8 @@ COMMANDS: dict[str, str] = {
     "predict": "classify images with a zoo model or a trained bundle",
     "train": "train a zoo model from scratch (or grow it from a smaller one)",
     "evaluate": "evaluate a checkpoint on a data set",
-    "compare": "compare training runs: parameters, FLOPs, time, accuracy, and what else differed",
+    "compare": "compare training runs: parameters, multiply-adds (MMACs), time, accuracy, "
+               "and what else differed",
     "transfer": "transfer learning: pretrained backbone + new head on your image folder",
     "segment": "segment images with a trained U-Net",
     "data": "export built-in data sets as image folders, or show what a data set holds (info)",

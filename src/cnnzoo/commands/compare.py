@@ -64,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
     if aux := aux_loss_note(runs):
         print(aux)
     if any(r.final_epoch != r.epochs for r in runs):
-        print(f"val {m} (E): of epoch E's weights, which early stopping restored at the end")
+        # (Early stopping restores them; so does the demo's scratch run, which has no --patience.)
+        print(f"val {m} (E): of epoch E's weights, the best epoch's, which the run restored at "
+              "the end")
     # Runs of one net (the same options) compare the settings below, or repeat one another.
     one_net = len({r.name for r in runs}) == 1
     if diffs:

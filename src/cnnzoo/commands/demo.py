@@ -258,7 +258,14 @@ def _scratch(data: Path, size: int, epochs: int, out: Path, progress: bool,
     from ..data.augment import default_augmentation
     from ..data.loader import BatchLoader
     from ..engine.loop import TrainConfig, Trainer
-    from ..engine.run import DataOptions, channel_stats, load_splits, make_loaders
+    from ..engine.run import (
+        DataOptions,
+        augment_kind,
+        channel_stats,
+        load_splits,
+        make_loaders,
+        model_meta,
+    )
     from ..engine.task import ClassificationTask
     from ..models import create_model
     from ..transfer.features import inference_dtype
@@ -276,7 +283,14 @@ def _scratch(data: Path, size: int, epochs: int, out: Path, progress: bool,
                       tensorboard=False)  # fmt: skip
     task = ClassificationTask(splits.num_classes, label_smoothing=0.1,
                               class_names=splits.class_names)  # fmt: skip
-    trainer = Trainer(model, task, train, val, cfg, out_dir=out)
+    # The checkpoints say what they hold, as `cnnzoo train`'s do: without a meta, `cnnzoo
+    # evaluate`, `predict` and `compare` refused out/best.pt ("does not say which model it holds").
+    meta = model_meta(MODEL, model, num_classes=splits.num_classes, in_chans=channels,
+                      img_size=size, mean=mean, std=std, class_names=splits.class_names,
+                      dataset=str(data), model_kwargs={})
+    meta.update(augment=augment_kind(opts), batch_size=opts.batch_size, label_smoothing=0.1,
+                class_weight=None)
+    trainer = Trainer(model, task, train, val, cfg, out_dir=out, meta=meta)
     result = trainer.fit()
     # The weights scored on the test images below are those of the lowest validation loss
     # (restore_best): their validation accuracy, not the highest any epoch reached.

@@ -51,9 +51,10 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="channels of the first U-Net level (paper: 64; default 16)")
     g.add_argument("--encoder", metavar="NAME", default=None,
                    help="a zoo classifier as the contracting path: resnet18, resnet34, "
-                        "resnet50, vgg16_bn or efficientnet_lite0/1/2")
+                        "resnet50, vgg16_bn or efficientnet_lite0/1/2 (default: none, the "
+                        "paper's own)")
     g.add_argument("--encoder-weights", metavar="imagenet|FILE", default=None,
-                   help="pretrained weights of the encoder")
+                   help="pretrained weights of the encoder (default: none, a random start)")
     g.add_argument("--cells", type=COUNT, default=200,
                    help="--data cells: number of synthetic images (default 200)")
     g.add_argument("--elastic", type=real(0), default=10.0,

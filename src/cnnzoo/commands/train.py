@@ -62,7 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=real(0), default=None,
                    help="default 5e-4 for sgd, 0.05 for adamw; never on norms and biases")
     p.add_argument("--grad-clip", type=real(0, above=True), default=None,
-                   help="max gradient norm")
+                   help="max gradient norm (default: none, no clipping)")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="auto (default): time both on this CPU and model, keep the faster")
     p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
@@ -99,10 +99,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="default: crop for digits, flip-crop otherwise (classification only)")
     p.add_argument("--erase", type=real(0, 1), default=0.0, metavar="P",
                    help="random erasing (Zhong et al. 2017) with probability P on top of "
-                        "--augment (0: off; the paper uses 0.5)")
+                        "--augment (default 0: off; the paper uses 0.5)")
     p.add_argument("--progressive", type=size_epochs, default=None, metavar="SIZE:EPOCHS",
                    help="progressive resizing: train the first EPOCHS epochs at SIZE px (cheaper), "
-                        "the rest at the full size, e.g. 20:8 for 28-px Fashion-MNIST")
+                        "the rest at the full size, e.g. 20:8 for 28-px Fashion-MNIST (default: "
+                        "off)")
     add_tta_argument(p, "also report the final validation accuracy with test-time augmentation")
     add_mixing_arguments(p)
     p.add_argument("--val-fraction", type=FRACTION, default=0.2,

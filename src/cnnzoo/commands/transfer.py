@@ -205,7 +205,9 @@ def model_of(args: argparse.Namespace) -> str:
     if args.model:
         return args.model
     trained = training_checkpoint(args.weights)
-    if trained is not None:
+    # A Trainer's own checkpoint (engine as a library, no meta= given) names no model: the
+    # weights loader reads it as a plain state_dict, and so does this (it was a KeyError).
+    if trained is not None and isinstance(trained["meta"].get("model"), str):
         return trained["meta"]["model"]
     return stored_metadata(args.weights).get("model") or "efficientnet_lite0"
 

@@ -377,6 +377,13 @@ def _no_pairs(source: Path) -> str:
             "see the lines above.")
 
 
+def class_list(classes: Sequence[str] | None) -> list[str] | None:
+    """Class names as `--classes` gives them ('background,cell') or as a list; None stays None."""
+    if isinstance(classes, str):  # a str is a Sequence[str]: 'background,cell' made 15 classes
+        return [c.strip() for c in classes.split(",") if c.strip()]
+    return None if classes is None else list(classes)
+
+
 def load_mask_pairs(
     source: str | Path,
     *,
@@ -398,8 +405,7 @@ def load_mask_pairs(
     parts: the rows of a manifest's split column that are read (test rows are held out).
     channels: decode every image with 1 or 3 channels (a trained net's); None: each file's own.
     """
-    if isinstance(classes, str):  # a str is a Sequence[str]: 'background,cell' made 15 classes
-        classes = [c.strip() for c in classes.split(",") if c.strip()]
+    classes = class_list(classes)
     source = Path(source)
     if source.suffix.lower() == ".csv":
         problems: list[str] = []

@@ -485,7 +485,7 @@ def model_from_checkpoint(
     ckpt = ckpt if ckpt is not None else load_checkpoint(path)
     meta = ckpt.get("meta") or {}
     if "model" not in meta or not isinstance(meta.get("model"), str):
-        raise WeightsError(f"{path} does not say which model it holds: evaluate checkpoints "
+        raise WeightsError(f"{path} does not say which model it holds: give a checkpoint "
                            "written by `cnnzoo train` (last.pt or best.pt)")
     if meta.get("transfer"):
         bundle = transfer_bundle(path)

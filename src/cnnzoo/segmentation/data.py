@@ -36,7 +36,7 @@ from ..data.augment import (
 )
 from ..data.dataset import names_digest
 from ..data.loader import BatchTransform
-from ..data.masks import MaskPairs, foreground_components
+from ..data.masks import MaskPairs, class_list, foreground_components
 from ..errors import DataError
 from ..text import plural
 from .losses import IGNORE_INDEX, balanced_class_weights, unet_weight_map
@@ -348,6 +348,15 @@ def load_segmentation(
     left out); without a `val/` folder or val rows a seeded `val_fraction` of the images (whole
     images, before tiling) is held out."""
     if str(source) == "cells":
+        from ..data.cells import CLASSES
+
+        classes = class_list(classes)
+        if classes is not None and classes != list(CLASSES):
+            # They name a folder's mask values; the synthetic cells have their own two, and
+            # other names were dropped without a word (the run trained 'background, cell').
+            raise DataError(f"cells has its own classes ({', '.join(CLASSES)}), not "
+                            f"{', '.join(classes)}: leave out --classes, which names the mask "
+                            "values of a folder or manifest")
         n_val = cells_val_count(cells, val_fraction)
         return load_cells(cells - n_val, n_val, seed=seed)
     split = split_pairs(source, classes=classes, val_fraction=val_fraction, seed=seed)

@@ -47,7 +47,7 @@ from ..errors import DataError, UsageError
 from ..models.base import is_whole
 from ..models.taps import StageTaps, check_stages
 from ..paths import check_folder, check_outside, folders_released, hold_folder, remove_entries
-from ..text import some
+from ..text import plural, some
 from ..weights import Preprocessing
 from .bundle import FITS, HEAD_KINDS, Bundle, input_spec, predict_tensor
 from .features import (
@@ -363,9 +363,11 @@ def check_out(out: str | os.PathLike[str], data: Any, *, resume: bool, overwrite
     check_outside(out, data)
     held = [name for name in RUN_FILES if (Path(out) / name).exists()]
     if held and not (overwrite or resume):
+        # --resume only where there is a fine-tuning to continue: after a features run it is
+        # refused in turn ("mode 'features' has none").
+        resumable = ", --resume to continue its fine-tuning" if "finetune" in held else ""
         raise UsageError(f"{out} holds a transfer run ({held[0]}): pass --overwrite "
-                         "(overwrite=True) to replace it, --resume to continue its "
-                         "fine-tuning, or another --out")  # fmt: skip
+                         f"(overwrite=True) to replace it{resumable}, or another --out")
 
 
 def _stage_metrics(probs: Tensor, labels: Tensor) -> dict[str, float]:
@@ -514,7 +516,7 @@ def transfer(
         n_img = len(splits.train) + len(splits.val)
         taps = f" (stages {'+'.join(map(str, stages))}, {net.num_features} features)" if (
             stages) else ""
-        say(f"features: frozen {model}{taps} over {n_img} images x {cfg.views} views, "
+        say(f"features: frozen {model}{taps} over {n_img} images x {plural(cfg.views, 'view')}, "
             f"{computed} computed, {n_img - computed} from the cache "
             f"[{timings['features']:.1f}s]")  # fmt: skip
         t = time.perf_counter()
