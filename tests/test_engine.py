@@ -407,6 +407,40 @@ def _train_cmd(out: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.slow
+def test_a_small_folder_trains_in_batches_of_a_quarter_of_its_images(tmp_path, capsys):
+    """`cnnzoo train` on a folder of a few dozen images took batches of 128: one step per
+    epoch, ten in a run (150 exported shoes, LeNet-5: 0.43 validation accuracy, 0.77 in batches
+    of 32). The default batch is now at most a quarter of the training images (at least 8),
+    said in a note; a resumed run keeps its batch, and a --batch-size given is used as given."""
+    from PIL import Image
+
+    from cnnzoo.data.loader import small_set_batch
+    from cnnzoo.engine.run import default_batch_size
+
+    assert [small_set_batch(128, n) for n in (5, 20, 64, 400, 1000)] == [5, 8, 16, 100, 128]
+    assert default_batch_size(64) == 16 and default_batch_size(60000) == 128
+    data = tmp_path / "data"
+    for cls, value in (("dark", 20), ("light", 220)):
+        (data / cls).mkdir(parents=True)
+        for i in range(40):
+            Image.new("L", (32, 32), value + i).save(data / cls / f"{i}.png")
+    out = tmp_path / "run"
+    args = ["train", "lenet5", "--data", str(data), "--out", str(out), "--no-progress",
+            "--epochs", "1"]  # fmt: skip
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert ("note: batches of 16 for 64 training images: 4 steps per epoch, where batches of "
+            "128 made 1; --batch-size N for another") in err
+    assert load_checkpoint(out / "last.pt")["meta"]["batch_size"] == 16
+    assert main([*args[:-1], "2", "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "batch_size" not in err and "note: batches" not in err  # no change, no note
+    assert load_checkpoint(out / "last.pt")["meta"]["batch_size"] == 16
+    assert main([*args, "--overwrite", "--batch-size", "64"]) == 0
+    assert "note: batches" not in capsys.readouterr().err
+    assert load_checkpoint(out / "last.pt")["meta"]["batch_size"] == 64
+
+
 def test_sigkill_then_resume_gives_bit_identical_weights(tmp_path):
     ref = subprocess.Popen(_train_cmd(tmp_path / "ref"), env=_env(), stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)

@@ -43,7 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="default: segmentation for unet, classification otherwise")
     p.add_argument("--epochs", type=COUNT, default=10, help="training epochs (default 10)")
     p.add_argument("--batch-size", type=COUNT, default=None,
-                   help="default 128 (segmentation: 8)")
+                   help="default 128, at most a quarter of the training images (at least "
+                        "8) so that an epoch makes several steps (segmentation: 8)")
     p.add_argument("--lr", type=LEARNING_RATE, default=None,
                    help="peak learning rate (default 0.1 for sgd, 2e-3 for adamw)")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default=None,
@@ -240,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
             result = train_segmentation(args, config, out_dir=out, dist=dist, say=say)
         else:
             data = DataOptions(args.data, img_size=args.img_size, channels=args.channels,
-                               batch_size=args.batch_size or 128,
+                               batch_size=args.batch_size,
                                augment=args.augment, val_fraction=args.val_fraction,
                                erase=args.erase, progressive=args.progressive)
             result = train_classifier(

@@ -52,7 +52,7 @@ LEAST_OWN_SIZE = 32
 class DataOptions:
     source: str
     img_size: int | None = None  # default: see `default_image_size`
-    batch_size: int = 128
+    batch_size: int | None = None  # default: `default_batch_size`
     augment: str | None = None  # default: 'crop' for digits, 'flip-crop' otherwise
     val_fraction: float = 0.2
     channels: int | None = None  # default: the data's own (grey built-ins) / the model's
@@ -217,6 +217,18 @@ def flip_note(augment: str, source: object) -> str | None:
             "or none: its accuracy may be lower, not higher (the default for digits is crop)")
 
 
+DEFAULT_BATCH = 128
+
+
+def default_batch_size(n_train: int) -> int:
+    """The batch a run takes when none is given: DEFAULT_BATCH, but at most a quarter of its
+    `n_train` training images (`small_set_batch`). A folder of a few hundred images made one
+    or two steps per epoch in batches of 128, and ten epochs trained next to nothing."""
+    from ..data.loader import small_set_batch
+
+    return small_set_batch(DEFAULT_BATCH, n_train)
+
+
 def make_loaders(
     splits: Any, size: int, opts: DataOptions, *, seed: int, mean: list[float],
     std: list[float], dist: DistContext | None = None,
@@ -224,6 +236,8 @@ def make_loaders(
     from ..data.augment import ProgressiveResize, default_augmentation
 
     shard = (dist or DistContext()).shard
+    if opts.batch_size is None:
+        opts = replace(opts, batch_size=default_batch_size(len(splits.train) // shard[1]))
     kind = augment_kind(opts)
     transform = default_augmentation(kind, size, erase=opts.erase)
     if opts.progressive is not None:
@@ -371,6 +385,15 @@ def train_classifier(
         + (f" ({why}; --img-size N for another)" if why else ""))
     if fixed:
         model_kwargs.setdefault("img_size", size)
+    if data.batch_size is None:  # a resumed run goes on in the batches it began with
+        given = (ran or {}).get("batch_size") if resuming else None
+        per_rank = len(splits.train) // (dist or DistContext()).shard[1]
+        data = replace(data, batch_size=int(given) if given else default_batch_size(per_rank))
+        steps = {b: per_rank // b if per_rank > b else 1 for b in (data.batch_size, DEFAULT_BATCH)}
+        if not given and steps[data.batch_size] > steps[DEFAULT_BATCH]:
+            say(f"note: batches of {data.batch_size} for {per_rank} training images: "
+                f"{steps[data.batch_size]} steps per epoch, where batches of {DEFAULT_BATCH} "
+                f"made {steps[DEFAULT_BATCH]}; --batch-size N for another")
     mean, std = channel_stats(splits.train.images)
     train, val = make_loaders(splits, size, data, seed=config.seed, mean=mean, std=std, dist=dist)
     torch.manual_seed(config.seed)

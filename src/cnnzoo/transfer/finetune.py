@@ -164,9 +164,12 @@ def layer_groups(model: nn.Module, lr: float, groups: int, decay: float) -> list
 
 
 def train_batch_size(cfg: FinetuneConfig, n: int) -> int:
-    """`cfg.batch_size`, but at most n // 4 (at least 8): with 50 images a batch of 32 makes one
-    step per epoch, and the per-epoch validation would cost as much as the training."""
-    return max(1, min(cfg.batch_size, max(8, n // 4), n))
+    """`cfg.batch_size`, but at most n // 4 (at least 8; `small_set_batch`): with 50 images a
+    batch of 32 makes one step per epoch, and the per-epoch validation would cost as much as
+    the training."""
+    from ..data.loader import small_set_batch
+
+    return small_set_batch(cfg.batch_size, n)
 
 
 def phase_epochs(cfg: FinetuneConfig, n: int) -> int:
