@@ -961,6 +961,8 @@ def test_fine_tuning_uses_sam_on_small_sets_unless_told(folder, monkeypatch, cap
                                                                  min_steps=0, sam=sam)))  # fmt: skip
     assert seen == [0.05, 0.0, 0.2]  # the fixture's folder: a few images per class
     assert sum("SAM radius 0.05" in line for line in said) == 1, said
+    # With phase 1 skipped the whole network is the one phase, not "2/2".
+    assert sum(line.startswith("fine-tune 1/1: the whole network") for line in said) == 3, said
     with pytest.raises(UsageError, match=r"FinetuneConfig.sam \(--sam\) must be a number >= 0"):
         transfer(folder, model="resnet18", weights=None, mode="finetune", say=said.append,
                  config=_tiny_config(finetune=FinetuneConfig(sam=-1.0)))  # fmt: skip

@@ -239,8 +239,9 @@ def finetune(
     train, val = make_loaders(splits, pre, cfg)
     out = Path(out_dir) if out_dir is not None else None
     head_result = full_result = None
+    phases = (cfg.head_epochs > 0) + (cfg.epochs > 0)  # "2/2" with the first skipped was odd
     if cfg.head_epochs > 0:
-        say(f"fine-tune 1/2: the new head alone for {plural(cfg.head_epochs, 'epoch')} "
+        say(f"fine-tune 1/{phases}: the new head alone for {plural(cfg.head_epochs, 'epoch')} "
             "(backbone and BatchNorm statistics frozen)")  # fmt: skip
         freeze_backbone(model, True)
         config = _engine_config(cfg, cfg.head_epochs, cfg.lr, None)
@@ -257,7 +258,7 @@ def finetune(
         epochs = phase_epochs(cfg, len(splits.train))
         # SAM where it was measured: the whole network, not the lone head.
         sam = cfg.sam if cfg.sam is not None else default_sam(len(splits.train), splits.num_classes)
-        say(f"fine-tune 2/2: the whole network for up to {plural(epochs, 'epoch')}, layer-wise lr "
+        say(f"fine-tune {phases}/{phases}: the whole network for up to {plural(epochs, 'epoch')}, layer-wise lr "
             f"{cfg.lr:g} (head) down to {cfg.lr * cfg.lr_decay ** cfg.groups:.2g}, BatchNorm "
             f"statistics {bn}" + (f", SAM radius {sam:g}" if sam else ""))  # fmt: skip
         freeze_backbone(model, False)
