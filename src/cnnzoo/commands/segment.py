@@ -107,7 +107,8 @@ SOURCE_KEY = "cnnzoo-source-sha256"
 MADE_BY = "cnnzoo checkpoint"
 
 
-def write_mask_png(mask, num_classes: int, path: Path, record: dict[str, str] | None = None) -> Path:
+def write_mask_png(mask, num_classes: int, path: Path,
+                   record: dict[str, str] | None = None) -> Path:
     """Save a (H, W) class-index mask: 0/255 for two classes, indices otherwise; `record`
     ({SOURCE_KEY: ..., MADE_BY: ...}) stored in it."""
     import numpy as np
