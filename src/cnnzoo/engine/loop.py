@@ -846,8 +846,11 @@ def tta_views(x: Tensor, mode: bool | str) -> list[tuple[Tensor, Any]]:
                 def back(out: Tensor, dy: int = dy, dx: int = dx) -> Tensor:
                     if out.dim() != 4:
                         return out
+                    # The output's own size: a 'valid' U-Net's is the input's, centred, less
+                    # what its convolutions trim, and it shifts with the input all the same.
+                    oh, ow = out.shape[-2:]
                     out = torch.nn.functional.pad(out, (1, 1, 1, 1), mode="replicate")
-                    return out[..., 1 - dy:1 - dy + h, 1 - dx:1 - dx + w]
+                    return out[..., 1 - dy:1 - dy + oh, 1 - dx:1 - dx + ow]
 
                 views.append((view, back))
                 views.append((view.flip(-1), lambda out, back=back: back(flip_back(out))))
