@@ -655,8 +655,7 @@ class Trainer:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with self.precision.autocast():
                     if tta:
-                        outs = [undo(net(view).float()) for view, undo in tta_views(x, tta)]
-                        out = torch.stack(outs).mean(0)
+                        out = tta_forward(net, x, tta)
                     else:
                         out = net(x)
                 acc.update(out, y, self.task.loss(out, y))
@@ -855,6 +854,14 @@ def tta_views(x: Tensor, mode: bool | str) -> list[tuple[Tensor, Any]]:
                 views.append((view, back))
                 views.append((view.flip(-1), lambda out, back=back: back(flip_back(out))))
     return views
+
+
+def tta_forward(net: Any, x: Tensor, mode: bool | str) -> Tensor:
+    """The mean of `net`'s float32 outputs for the `tta_views` of x, each moved back into place:
+    the one averaging of test-time augmentation, for the training's final validation
+    (`Trainer.evaluate`) and `cnnzoo evaluate`'s overlap tiles (`segmentation.tiling`) alike."""
+    outs = [undo(net(view).float()) for view, undo in tta_views(x, mode)]
+    return torch.stack(outs).mean(0)
 
 
 def _progress(total: int, desc: str, *, enabled: bool) -> Any:
