@@ -2597,6 +2597,24 @@ def test_flip_shift_tta_views_and_their_undo():
     assert tuple(p._option_string_actions["--tta"].choices) == TTA_MODES
 
 
+def test_flip_shift_tta_undoes_outputs_smaller_than_the_input():
+    """A 'valid' U-Net's output is its input less a trimmed border: `train unet --padding valid
+    --tta flip-shift` ended, after its last epoch, in a traceback (torch.stack of 260- and
+    262-px maps), as the undo cropped each shifted map to the input's size."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 12, 14)
+
+    def net(v: torch.Tensor) -> torch.Tensor:  # a per-pixel map, 3 px trimmed per side
+        return torch.cat([v, 1 - v], 1)[..., 3:-3, 3:-3]
+
+    ref = net(x)
+    for view, undo in tta_views(x, "flip-shift"):
+        back = undo(net(view))
+        assert back.shape == ref.shape
+        # In place, away from the one-pixel rim the shifts fill.
+        assert torch.equal(back[..., 1:-1, 1:-1], ref[..., 1:-1, 1:-1])
+
+
 def test_flip_shift_tta_of_one_pixel_images():
     """A net trained at --img-size 1 (resnet20 takes it) with --tta flip-shift trained, then
     ended in a RuntimeError traceback from reflect padding before writing its report, and

@@ -1488,6 +1488,41 @@ def test_evaluate_repeats_the_runs_final_validation_scores(data, precision, tmp_
     assert len(err) == 1 and "cannot be reproduced exactly" in err[0]
 
 
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_evaluate_tta_repeats_the_runs_final_tta_scores(padding, tmp_path, capsys):
+    """`train unet --tta flip-shift` printed a TTA Dice at its end that `cnnzoo evaluate --tta`
+    refused to compute ('--tta is for classifiers'). Evaluate now averages the same views per
+    overlap tile: with the training's validation input as the one tile (the image's side and no
+    context in 'same' mode; the image with the 94 px of mirrored context per side a 'valid' net
+    validates 256-px cells with, a 444-px tile) every score is the training's, to the digit."""
+    out = tmp_path / "run"
+    width = ["--base-width", "8", "--crop", "32"] if padding == "same" else [
+        "--base-width", "4", "--crop", "16"]
+    assert main(["train", "unet", "--task", "segmentation", "--data", "cells", "--cells", "2",
+                 "--epochs", "1", "--batch-size", "2", *width, "--padding", padding,
+                 "--tta", "flip-shift", "--precision", "fp32", "--no-progress",
+                 "--no-tensorboard", "--json", "--out", str(out)]) == 0
+    final = json.loads(capsys.readouterr().out)
+    tta, plain = final["final_tta"], final["final"]
+    tile = ["--tile", 256, "--margin", 0] if padding == "same" else ["--tile", 444]
+    got = _evaluate_json(capsys, out / "last.pt", *tile, "--tta", "flip-shift")
+    assert got["tta"] == "flip-shift" and got["pixels"] == 256 * 256
+    keys = [k for k in tta if k != "loss"]
+    assert {"dice", "iou", "pixel_acc", "count_err"} <= set(keys)
+    for key in keys:
+        assert got[key] == pytest.approx(tta[key], abs=1e-12), key
+    assert any(tta[k] != plain[k] for k in keys)  # the views changed the masks
+    # The default geometry (512-px tiles with mirrored context): the same views per tile, the
+    # border context aside (as without --tta).
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "last.pt"), "--tta", "flip-shift"]) == 0
+    text = capsys.readouterr().out
+    assert "flip-shift TTA per tile" in text.splitlines()[0]
+    dice = float(next(ln for ln in text.splitlines() if ln.startswith("cell "))
+                 .split()[1])
+    assert abs(dice - tta["dice"]) < 0.05
+
+
 def _threshold_unet(path, dataset: str) -> None:
     """A U-Net checkpoint that predicts 'cell' exactly where a pixel is >= 128: every weight 0
     but the centre taps that carry the input to the head along the top level (ReLU keeps it,
@@ -1644,7 +1679,6 @@ def test_evaluate_mismatched_checkpoints_and_data_are_one_line(trained, tmp_path
         (["evaluate", str(tmp_path / "c.pt"), "--data", "cells"], "holds image/mask pairs"),
         (["evaluate", seg, "--data", "digits"], "is a classification data set"),
         (["evaluate", seg, "--data", str(classes)], "has no images/ and masks/ folder"),
-        (["evaluate", seg, "--tta"], "--tta is for classifiers"),
         (["evaluate", seg, "--data", str(pairs), "--split", "test"], "has no test part"),
         (["evaluate", str(tmp_path / "c.pt"), "--tile", "64"], "--tile is for segmentation"),
     ]

@@ -31,8 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=COUNT, default=None,
                    help="images per forward pass (default 256; a bundle: 64); segmentation: "
                         "tiles (default 4)")
-    add_tta_argument(p, "test-time augmentation (classifier checkpoints; a bundle averages the "
-                        "views it was trained with)")
+    add_tta_argument(p, "test-time augmentation, as `cnnzoo train --tta` validates (a "
+                        "segmentation checkpoint: per overlap tile; not for a bundle, which "
+                        "averages the views it was trained with)")
     add_tiling_arguments(p, default=None, note="segmentation checkpoints, predicted as "
                                                "`cnnzoo segment` does: ")
     p.add_argument("--confusion", metavar="PNG", help="also write the confusion matrix as a PNG")
@@ -180,16 +181,12 @@ def run_segmentation(args: argparse.Namespace) -> int:
     import sys
 
     from ..engine.report import plot_confusion
-    from ..errors import UsageError
     from ..segmentation.evaluation import evaluate_segmenter
 
-    if args.tta:
-        raise UsageError("--tta is for classifiers: a segmentation checkpoint is scored on the "
-                         "masks `cnnzoo segment` writes, which averages no views")
     ev = evaluate_segmenter(args.checkpoint, args.data, split=args.split,
                             tile=args.tile or 512, margin=args.margin,
                             batch_size=args.batch_size or 4,
-                            progress=args.progress)  # fmt: skip
+                            progress=args.progress, tta=args.tta or False)  # fmt: skip
     for line in ev.notes:
         print(shown(line), file=sys.stderr)
     acc, m, names = ev.accumulator, ev.metrics, ev.class_names
@@ -204,9 +201,10 @@ def run_segmentation(args: argparse.Namespace) -> int:
     pixels = int(acc.confusion.sum())
     ignored = f", {ev.ignored:,} ignored (255)" if ev.ignored else ""
     geo = ev.geometry
+    tta = f", {ev.tta} TTA per tile" if ev.tta else ""
     print(f"{shown(ev.source)}, {which}: {plural(len(ev.names), 'image')}, {pixels:,} pixels scored"
           f"{ignored}; overlap-tile prediction, {geo.in_size}-px tiles with {geo.margin} px of "
-          "context")
+          f"context{tta}")
     width = max(10, *(len(shown(c)) for c in names))
     support = acc.confusion.sum(1).tolist()
     print(f"{'class':<{width}}    Dice     IoU   pixels")

@@ -655,8 +655,7 @@ class Trainer:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with self.precision.autocast():
                     if tta:
-                        outs = [undo(net(view).float()) for view, undo in tta_views(x, tta)]
-                        out = torch.stack(outs).mean(0)
+                        out = tta_forward(net, x, tta)
                     else:
                         out = net(x)
                 acc.update(out, y, self.task.loss(out, y))
@@ -846,12 +845,23 @@ def tta_views(x: Tensor, mode: bool | str) -> list[tuple[Tensor, Any]]:
                 def back(out: Tensor, dy: int = dy, dx: int = dx) -> Tensor:
                     if out.dim() != 4:
                         return out
+                    # The output's own size: a 'valid' U-Net's is the input's, centred, less
+                    # what its convolutions trim, and it shifts with the input all the same.
+                    oh, ow = out.shape[-2:]
                     out = torch.nn.functional.pad(out, (1, 1, 1, 1), mode="replicate")
-                    return out[..., 1 - dy:1 - dy + h, 1 - dx:1 - dx + w]
+                    return out[..., 1 - dy:1 - dy + oh, 1 - dx:1 - dx + ow]
 
                 views.append((view, back))
                 views.append((view.flip(-1), lambda out, back=back: back(flip_back(out))))
     return views
+
+
+def tta_forward(net: Any, x: Tensor, mode: bool | str) -> Tensor:
+    """The mean of `net`'s float32 outputs for the `tta_views` of x, each moved back into place:
+    the one averaging of test-time augmentation, for the training's final validation
+    (`Trainer.evaluate`) and `cnnzoo evaluate`'s overlap tiles (`segmentation.tiling`) alike."""
+    outs = [undo(net(view).float()) for view, undo in tta_views(x, mode)]
+    return torch.stack(outs).mean(0)
 
 
 def _progress(total: int, desc: str, *, enabled: bool) -> Any:

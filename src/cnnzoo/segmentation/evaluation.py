@@ -18,6 +18,9 @@ Why the scores on 'val' can differ a little from the run's own val_dice: the tra
 validates each image in one pass with the convolutions' zero padding at its border, `segment`
 gives the border pixels mirrored context instead. `tile` = the images' side (a multiple of 16)
 and `margin=0` make the two the same pass (docs/segmentation.md).
+
+`tta` ('flip', 'flip-shift') averages the views of `cnnzoo train --tta` per overlap tile
+(`tiling.predict_tiled`); with that one-pass geometry it repeats the run's final TTA scores.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ class SegmentationEvaluation:
     geometry: TileGeometry
     own_split: bool = False  # the run's own validation split
     notes: list[str] = field(default_factory=list)
+    tta: str | None = None  # the test-time augmentation, 'flip' or 'flip-shift'
 
     def to_dict(self) -> dict[str, Any]:
         """What `cnnzoo evaluate --json` prints: the metrics under the training log's names
@@ -66,7 +70,8 @@ class SegmentationEvaluation:
                 "images": len(self.names), "pixels": int(self.accumulator.confusion.sum()),
                 "ignored_pixels": self.ignored, "classes": self.class_names,
                 "confusion": self.accumulator.confusion.tolist(),
-                "tile": self.geometry.in_size, "margin": self.geometry.margin}  # fmt: skip
+                "tile": self.geometry.in_size, "margin": self.geometry.margin,
+                "tta": self.tta}  # fmt: skip
 
 
 @dataclass
@@ -196,10 +201,12 @@ def evaluation_pairs(
 def evaluate_segmenter(
     path: str | os.PathLike[str], source: str | None = None, *, split: str | None = None,
     tile: int = 512, margin: int | None = None, batch_size: int = 4, progress: bool = False,
+    tta: bool | str = False,
 ) -> SegmentationEvaluation:
     """Score the U-Net of a segmentation checkpoint on `source` (default: the data it was
     trained on); `split` as in `evaluation_pairs`; tile, margin, batch_size: the overlap-tile
-    prediction's (`predict_tiled`). No loss is reported: the run's loss (a weighted one needs
+    prediction's (`predict_tiled`); tta: 'flip' (or True) or 'flip-shift', the views and the
+    averaging of `cnnzoo train --tta`'s final validation, per tile. No loss is reported: the run's loss (a weighted one needs
     each image's weight map) is the training's business, not a held-out score."""
     from ..engine.checkpoint import load_checkpoint
     from ..engine.precision import Precision
@@ -233,7 +240,7 @@ def evaluate_segmenter(
             pred = predict_tiled(model, torch.from_numpy(np.array(image)),  # (a writable copy)
                                  tile=tile, margin=margin, batch_size=batch_size,
                                  mean=tuple(meta["mean"]), std=tuple(meta["std"]),
-                                 output="mask")  # fmt: skip
+                                 output="mask", tta=tta)  # fmt: skip
         truth = torch.from_numpy(mask)
         acc.add_masks(pred[None], truth[None])
         ignored += int((truth == IGNORE_INDEX).sum())
@@ -244,4 +251,4 @@ def evaluate_segmenter(
         notes.append(f"note: every pixel of the {plural(len(pairs.names), 'mask')} is marked "
                      "255 (ignore): there is nothing to score")  # fmt: skip
     return SegmentationEvaluation(metrics, acc, names, src, split, pairs.names, ignored, geo,
-                                  own, notes)  # fmt: skip
+                                  own, notes, ("flip" if tta is True else tta) or None)  # fmt: skip

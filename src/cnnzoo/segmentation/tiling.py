@@ -137,6 +137,7 @@ def predict_tiled(
     std: tuple[float, ...] | None = None,
     output: Literal["probs", "logits", "mask"] = "probs",
     progress: bool = False,
+    tta: bool | str = False,
 ) -> Tensor:
     """Segment one image (C, H, W) of any size with the overlap-tile strategy.
 
@@ -146,6 +147,8 @@ def predict_tiled(
     tile: input tile side in pixels (snapped to a legal size); margin: context per side in
         'same' mode (default: the receptive-field radius, exact); batch_size: tiles per forward.
     progress: a tqdm bar over the tiles (for large images).
+    tta: test-time augmentation, 'flip' (or True) or 'flip-shift': each tile's logits are the
+        mean over the views of `engine.loop.tta_views`, as `cnnzoo train --tta` validates.
     Returns (num_classes, H, W) float32 probabilities or logits, or a uint8 (H, W) mask.
     """
     chans = getattr(model, "in_chans", None)
@@ -199,7 +202,17 @@ def predict_tiled(
                 if mean_t is not None:
                     t = (t - mean_t) / std_t
                 tiles.append(t)
-            logits = model(torch.stack(tiles)).float()
+            batch = torch.stack(tiles)
+            if tta:
+                # Per input tile, not per whole image: memory stays one batch of tiles (times the
+                # views), and with margin 0 and a tile of the image's side the one tile is the
+                # whole image the training's --tta validated, so the scores are its exactly.
+                # With context, a view mirrors or shifts the tile's mirrored context with it.
+                from ..engine.loop import tta_forward
+
+                logits = tta_forward(model, batch, tta)
+            else:
+                logits = model(batch).float()
             crop = geo.margin - geo.trim
             logits = logits[..., crop : crop + k, crop : crop + k]
             if result is None:
