@@ -215,7 +215,7 @@ def _config(config: TransferConfig | None, options: dict[str, Any]) -> TransferC
                          "settings as keywords")  # fmt: skip
     cfg = config or TransferConfig()
     if not options:
-        return cfg
+        return _plain_numbers(cfg)
     fields = {f.name for f in dataclasses.fields(TransferConfig)}
     ft_fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
     for name in options:
@@ -230,7 +230,24 @@ def _config(config: TransferConfig | None, options: dict[str, Any]) -> TransferC
             hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
             raise TypeError(f"transfer() got an unexpected keyword argument {name!r}{hint}: its "
                             f"settings are TransferConfig's fields ({', '.join(sorted(fields))})")
-    return dataclasses.replace(cfg, **options)
+    return _plain_numbers(dataclasses.replace(cfg, **options))
+
+
+def _plain_numbers(cfg: TransferConfig) -> TransferConfig:
+    """`cfg` with numpy scalars as Python numbers: seed=np.int64(3) (a seed from np.arange, a
+    batch size from a grid) was refused as 'must be a whole number >= 0, not np.int64(3)', and
+    an np.float32 val_fraction as not between 0 and 1, where each is the number it shows."""
+    import numpy as np
+
+    def plain(obj: Any) -> Any:
+        numbers = {f.name: value.item() for f in dataclasses.fields(obj)
+                   if isinstance(value := getattr(obj, f.name), np.generic)}  # fmt: skip
+        return dataclasses.replace(obj, **numbers) if numbers else obj
+
+    cfg = plain(cfg)
+    if isinstance(cfg.finetune, FinetuneConfig):  # anything else: check_config's line
+        cfg = dataclasses.replace(cfg, finetune=plain(cfg.finetune))
+    return cfg
 
 
 def check_config(cfg: TransferConfig, *, resume: bool = False) -> None:
