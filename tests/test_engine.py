@@ -3078,6 +3078,17 @@ def test_demo_scratch_checkpoints_are_read_by_evaluate_and_compare(tmp_path, mon
     assert main(["compare", str(out), "--json"]) == 0
     [run] = json.loads(capsys.readouterr().out)["runs"]
     assert run["model"] == "lenet5" and run["input"] == "1x32"
+    # Next to a `cnnzoo train` run on the same folder, only the recipes' real differences are
+    # listed: the demo weighted no class, as train's default, and trained on the same images
+    # (its None and its missing image counts were listed as a class weighting and data of
+    # their own).
+    assert main(["train", "lenet5", "--data", str(tmp_path / "d"), "--epochs", "1", "--out",
+                 str(tmp_path / "train"), "--no-progress"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["compare", str(out), str(tmp_path / "train")]) == 0
+    printed = capsys.readouterr().out
+    assert "differ in" in printed and "optimizer: adamw (scratch), sgd (train)" in printed
+    assert "class weights" not in printed and "data:" not in printed
 
 
 def test_a_trainers_own_checkpoint_without_meta_is_one_line_in_every_command(tmp_path, capsys):
