@@ -44,6 +44,7 @@ from ..data.dataset import Splits
 from ..engine.checkpoint import caller_rng_kept
 from ..engine.task import check_class_weight, class_weights, class_weights_line
 from ..errors import DataError, UsageError
+from ..limits import MAX_SEED
 from ..models.base import is_whole
 from ..models.taps import StageTaps, check_stages
 from ..paths import check_folder, check_outside, folders_released, hold_folder, remove_entries
@@ -277,8 +278,9 @@ def check_config(cfg: TransferConfig, *, resume: bool = False) -> None:
     if cfg.img_size is not None:
         count("img_size", "--img-size", cfg.img_size, " (None: the weights' size)")
     count("batch_size", "--batch-size", cfg.batch_size)
-    if not is_whole(cfg.seed, 0):  # numpy's generators take no negative seed
-        raise UsageError(f"seed (--seed) must be a whole number >= 0, not {cfg.seed!r}")
+    if not (is_whole(cfg.seed, 0) and cfg.seed <= MAX_SEED):  # numpy's: none below 0
+        raise UsageError(f"seed (--seed) must be a whole number from 0 to {MAX_SEED}, not "
+                         f"{cfg.seed!r}")  # fmt: skip
     if not (isinstance(cfg.val_fraction, int | float) and 0 < cfg.val_fraction < 1):
         raise UsageError(f"val_fraction (--val-fraction) must lie strictly between 0 and 1, not "
                          f"{cfg.val_fraction!r}")  # fmt: skip
