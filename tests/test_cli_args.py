@@ -29,6 +29,9 @@ BAD = [
     (["train", "lenet5", "--data", "digits", "--patience", "x"], "--patience"),
     (["train", "lenet5", "--data", "digits", "--seed", "-1"], "--seed"),
     (["transfer", "DIR", "--seed", "-1"], "--seed"),
+    # torch's generators take a signed 64-bit seed: a larger one was a traceback after the load.
+    (["train", "lenet5", "--data", "digits", "--seed", str(2**63)], "--seed"),
+    (["transfer", "DIR", "--seed", str(2**64)], "--seed"),
     (["train", "unet", "--task", "segmentation", "--data", "cells", "--crop", "0"], "--crop"),
     (["transfer", "DIR", "--lr-decay", "0"], "--lr-decay"),
     (["transfer", "DIR", "--epochs", "-2"], "--epochs"),

@@ -441,6 +441,36 @@ def test_a_small_folder_trains_in_batches_of_a_quarter_of_its_images(tmp_path, c
     assert load_checkpoint(out / "last.pt")["meta"]["batch_size"] == 64
 
 
+def test_the_small_set_batch_note_under_torchrun_counts_each_process_images(tmp_path):
+    """Under torchrun (2 processes, 160 training images) the note read 'batches of 20 for 80
+    training images' under a data line of train=160, as if half the images were lost: the
+    batch and the count are each process's, and the note now says so."""
+    from PIL import Image
+
+    from cnnzoo.engine.distributed import DistContext
+
+    for cls, value in (("dark", 20), ("light", 220)):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for i in range(40):
+            Image.new("L", (32, 32), value + i).save(tmp_path / "data" / cls / f"{i}.png")
+
+    class Said(Exception):
+        pass
+
+    def say(line: str) -> None:
+        if line.startswith("note: batches"):
+            raise Said(line)  # the note is all this test needs: no process group to train in
+
+    config = TrainConfig(epochs=1, progress=False)
+    for world, words in ((1, "for 64 training images"),
+                         (2, "for each process's 32 training images (2 processes)")):
+        with pytest.raises(Said) as said:
+            train_classifier("lenet5", DataOptions(str(tmp_path / "data")), config,
+                             out_dir=None, dist=DistContext(rank=0, world=world), say=say)
+        batch = 16 if world == 1 else 8
+        assert str(said.value).startswith(f"note: batches of {batch} {words}: 4 steps per epoch")
+
+
 def test_sigkill_then_resume_gives_bit_identical_weights(tmp_path):
     ref = subprocess.Popen(_train_cmd(tmp_path / "ref"), env=_env(), stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
@@ -3096,6 +3126,17 @@ def test_demo_scratch_checkpoints_are_read_by_evaluate_and_compare(tmp_path, mon
     assert main(["compare", str(out), "--json"]) == 0
     [run] = json.loads(capsys.readouterr().out)["runs"]
     assert run["model"] == "lenet5" and run["input"] == "1x32"
+    # Next to a `cnnzoo train` run on the same folder, only the recipes' real differences are
+    # listed: the demo weighted no class, as train's default, and trained on the same images
+    # (its None and its missing image counts were listed as a class weighting and data of
+    # their own).
+    assert main(["train", "lenet5", "--data", str(tmp_path / "d"), "--epochs", "1", "--out",
+                 str(tmp_path / "train"), "--no-progress"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["compare", str(out), str(tmp_path / "train")]) == 0
+    printed = capsys.readouterr().out
+    assert "differ in" in printed and "optimizer: adamw (scratch), sgd (train)" in printed
+    assert "class weights" not in printed and "data:" not in printed
 
 
 def test_a_trainers_own_checkpoint_without_meta_is_one_line_in_every_command(tmp_path, capsys):

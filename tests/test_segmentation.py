@@ -1326,6 +1326,31 @@ def test_segment_resume_refuses_another_checkpoints_masks(tmp_path, capsys):
         assert m.text[MADE_BY] == weights_fingerprint(tmp_path / "other.pt")
 
 
+def test_segment_resume_names_a_bad_checkpoint_before_the_masks(tmp_path, capsys):
+    """With masks in --out, a mistyped --checkpoint, a run's folder or a classifier's
+    checkpoint was judged by its 'fingerprint' (the path as written) and refused with --resume as
+    'holds masks another checkpoint wrote', without --resume as a folder to --resume: the user
+    was sent after masks when the checkpoint was the mistake. The checkpoint is read first."""
+    from cnnzoo.engine.checkpoint import atomic_save
+
+    _threshold_unet(tmp_path / "net.pt", "elsewhere")
+    _pair_folder(tmp_path / "pairs", ["a"])
+    images, out = tmp_path / "pairs" / "images", tmp_path / "out"
+    assert main(["segment", str(images), "--checkpoint", str(tmp_path / "net.pt"),
+                 "--out", str(out)]) == 0
+    classifier = tmp_path / "lenet.pt"
+    atomic_save({"model": {}, "meta": {"model": "lenet5", "task": "classification"}}, classifier)
+    for checkpoint, said in ((tmp_path / "nett.pt", "does not exist"),
+                             (tmp_path, "is a folder"),
+                             (classifier, "is not a segmentation checkpoint")):
+        for extra in ((), ("--resume",)):
+            capsys.readouterr()
+            assert main(["segment", str(images), "--checkpoint", str(checkpoint), "--out",
+                         str(out), *extra]) != 0
+            err = capsys.readouterr().err
+            assert said in err and "masks" not in err and err.count("\n") == 1, err
+
+
 def test_segment_tells_another_image_of_the_same_name_from_this_one(tmp_path, capsys):
     """One --out collecting batch after batch: day2/x.png where day1/x.png's x_mask.png already
     is was refused as 'what an earlier run wrote for this image', and --resume then skipped it

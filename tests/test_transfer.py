@@ -16,7 +16,7 @@ from PIL import Image
 from cnnzoo.cli import main
 from cnnzoo.data import ImageDataset, Splits
 from cnnzoo.data.folder import write_image_folder
-from cnnzoo.errors import UsageError, WeightsError
+from cnnzoo.errors import DataError, UsageError, WeightsError
 from cnnzoo.models import create_model
 from cnnzoo.transfer import (
     FinetuneConfig,
@@ -844,8 +844,10 @@ def test_conflicting_transfer_options_are_one_line(argv, message, tmp_path, caps
      r"FinetuneConfig.patience \(--patience\) must be a whole number of epochs >= 1 \(0 or "
      r"None: off\), not -1$"),
     (dict(finetune=FinetuneConfig(patience="2")), False, r"FinetuneConfig.patience"),
-    (dict(seed=-1), False, r"seed \(--seed\) must be a whole number >= 0, not -1"),
-    (dict(seed="1"), False, r"seed \(--seed\) must be a whole number >= 0, not '1'"),
+    (dict(seed=-1), False, r"seed \(--seed\) must be a whole number from 0 to 9223372036854775807, not -1"),
+    (dict(seed="1"), False, r"seed \(--seed\) must be a whole number from 0 to \d+, not '1'"),
+    # torch's generators take no larger seed: a traceback once the images had loaded.
+    (dict(seed=2**63), False, r"seed \(--seed\) must be a whole number from 0 to \d+, not 9223"),
     (dict(val_fraction=1.5), False, r"val_fraction \(--val-fraction\) must lie strictly"),
     (dict(finetune=FinetuneConfig(mixup=-1.0)), False, r"FinetuneConfig.mixup \(--mixup\)"),
     (dict(finetune=FinetuneConfig(cutmix=float("nan"))), False, r"FinetuneConfig.cutmix"),
@@ -860,6 +862,27 @@ def test_the_library_refuses_what_the_command_line_refuses(settings, resume, mes
         transfer(tmp_path / "no-such-data", model="resnet18", weights=None, resume=resume,
                  out=tmp_path / "out", say=print, **settings)  # fmt: skip
     assert "\n" not in str(info.value) and not (tmp_path / "out").exists()
+
+
+def test_numpy_numbers_are_taken_as_the_numbers_they_are(tmp_path):
+    """A notebook's seed from np.arange (np.int64(3)), a batch size from a grid or an np.float32
+    val_fraction was refused as 'seed (--seed) must be a whole number >= 0, not np.int64(3)'
+    (before the checks: numpy's or json's TypeError). They are read as the Python numbers they
+    show, and recorded so (metrics.json holds no numpy type)."""
+    import numpy as np
+
+    from cnnzoo.transfer.run import _config
+
+    settings = dict(seed=np.int64(3), batch_size=np.int32(16), val_fraction=np.float32(0.5),
+                    finetune=FinetuneConfig(epochs=np.int64(2), patience=np.int64(0),
+                                            mixup=np.float64(0.0)))  # fmt: skip
+    cfg = _config(None, settings)
+    assert (cfg.seed, cfg.batch_size, cfg.val_fraction) == (3, 16, 0.5)
+    assert [type(v) for v in (cfg.seed, cfg.batch_size, cfg.val_fraction, cfg.finetune.epochs,
+                              cfg.finetune.patience)] == [int, int, float, int, int]
+    with pytest.raises(DataError, match="no-such-data"):  # past the settings, to the data
+        transfer(tmp_path / "no-such-data", model="resnet18", weights=None,
+                 out=tmp_path / "out", say=print, **settings)  # fmt: skip
 
 
 @pytest.mark.parametrize("data", [None, 3, ["a.png", "b.png"]])

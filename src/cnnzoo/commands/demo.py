@@ -288,8 +288,10 @@ def _scratch(data: Path, size: int, epochs: int, out: Path, progress: bool,
     meta = model_meta(MODEL, model, num_classes=splits.num_classes, in_chans=channels,
                       img_size=size, mean=mean, std=std, class_names=splits.class_names,
                       dataset=str(data), model_kwargs={})
+    # class_weight in train's words: None read as a setting of its own in `cnnzoo compare`
+    # ('class weights: - (scratch), none (...)'), where both runs weighted no class.
     meta.update(augment=augment_kind(opts), batch_size=opts.batch_size, label_smoothing=0.1,
-                class_weight=None)
+                class_weight="none", images={"train": len(splits.train), "val": len(splits.val)})
     trainer = Trainer(model, task, train, val, cfg, out_dir=out, meta=meta)
     result = trainer.fit()
     # The weights scored on the test images below are those of the lowest validation loss

@@ -244,6 +244,10 @@ def run(args: argparse.Namespace) -> int:
             raise ImageError(f"no images to segment: the folders given hold only the masks and "
                              f"overlays in {out}")  # fmt: skip
     names = output_stems(paths)
+    # The checkpoint before the masks in --out are judged by it: a mistyped path, a run's folder
+    # or a classifier's checkpoint was 'seg holds masks another checkpoint wrote' with --resume.
+    ckpt = load_checkpoint(args.checkpoint)
+    model, meta = load_segmenter(args.checkpoint, ckpt)
     made_by = weights_fingerprint(args.checkpoint)
     todo = check_earlier_outputs(paths, names, out, resume=args.resume,
                                  overwrite=args.overwrite, made_by=made_by)  # fmt: skip
@@ -257,8 +261,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"cnnzoo segment: note: resuming: {len(paths) - len(todo)} of "
               f"{plural(len(paths), 'image')} already segmented in {out}", file=sys.stderr)
         paths = todo
-    ckpt = load_checkpoint(args.checkpoint)
-    model, meta = load_segmenter(args.checkpoint, ckpt)
     # The run's own precision, as `cnnzoo evaluate` predicts: the masks written are the ones it
     # scores (in fp32, a bf16 run's masks differed from them on about 1 % of the pixels).
     precision = Precision.of_checkpoint(ckpt)

@@ -387,11 +387,16 @@ def train_classifier(
         model_kwargs.setdefault("img_size", size)
     if data.batch_size is None:  # a resumed run goes on in the batches it began with
         given = (ran or {}).get("batch_size") if resuming else None
-        per_rank = len(splits.train) // (dist or DistContext()).shard[1]
+        world = (dist or DistContext()).world
+        per_rank = len(splits.train) // world
         data = replace(data, batch_size=int(given) if given else default_batch_size(per_rank))
         steps = {b: per_rank // b if per_rank > b else 1 for b in (data.batch_size, DEFAULT_BATCH)}
+        # Under torchrun the batch is each process's: 'for 80 training images' under a data
+        # line of train=160 read as half the images lost.
+        images = (f"{per_rank} training images" if world == 1 else
+                  f"each process's {per_rank} training images ({world} processes)")
         if not given and steps[data.batch_size] > steps[DEFAULT_BATCH]:
-            say(f"note: batches of {data.batch_size} for {per_rank} training images: "
+            say(f"note: batches of {data.batch_size} for {images}: "
                 f"{steps[data.batch_size]} steps per epoch, where batches of {DEFAULT_BATCH} "
                 f"made {steps[DEFAULT_BATCH]}; --batch-size N for another")
     mean, std = channel_stats(splits.train.images)

@@ -44,6 +44,7 @@ from ..data.dataset import Splits
 from ..engine.checkpoint import caller_rng_kept
 from ..engine.task import check_class_weight, class_weights, class_weights_line
 from ..errors import DataError, UsageError
+from ..limits import MAX_SEED
 from ..models.base import is_whole
 from ..models.taps import StageTaps, check_stages
 from ..paths import check_folder, check_outside, folders_released, hold_folder, remove_entries
@@ -215,7 +216,7 @@ def _config(config: TransferConfig | None, options: dict[str, Any]) -> TransferC
                          "settings as keywords")  # fmt: skip
     cfg = config or TransferConfig()
     if not options:
-        return cfg
+        return _plain_numbers(cfg)
     fields = {f.name for f in dataclasses.fields(TransferConfig)}
     ft_fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
     for name in options:
@@ -230,7 +231,24 @@ def _config(config: TransferConfig | None, options: dict[str, Any]) -> TransferC
             hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
             raise TypeError(f"transfer() got an unexpected keyword argument {name!r}{hint}: its "
                             f"settings are TransferConfig's fields ({', '.join(sorted(fields))})")
-    return dataclasses.replace(cfg, **options)
+    return _plain_numbers(dataclasses.replace(cfg, **options))
+
+
+def _plain_numbers(cfg: TransferConfig) -> TransferConfig:
+    """`cfg` with numpy scalars as Python numbers: seed=np.int64(3) (a seed from np.arange, a
+    batch size from a grid) was refused as 'must be a whole number >= 0, not np.int64(3)', and
+    an np.float32 val_fraction as not between 0 and 1, where each is the number it shows."""
+    import numpy as np
+
+    def plain(obj: Any) -> Any:
+        numbers = {f.name: value.item() for f in dataclasses.fields(obj)
+                   if isinstance(value := getattr(obj, f.name), np.generic)}  # fmt: skip
+        return dataclasses.replace(obj, **numbers) if numbers else obj
+
+    cfg = plain(cfg)
+    if isinstance(cfg.finetune, FinetuneConfig):  # anything else: check_config's line
+        cfg = dataclasses.replace(cfg, finetune=plain(cfg.finetune))
+    return cfg
 
 
 def check_config(cfg: TransferConfig, *, resume: bool = False) -> None:
@@ -260,8 +278,9 @@ def check_config(cfg: TransferConfig, *, resume: bool = False) -> None:
     if cfg.img_size is not None:
         count("img_size", "--img-size", cfg.img_size, " (None: the weights' size)")
     count("batch_size", "--batch-size", cfg.batch_size)
-    if not is_whole(cfg.seed, 0):  # numpy's generators take no negative seed
-        raise UsageError(f"seed (--seed) must be a whole number >= 0, not {cfg.seed!r}")
+    if not (is_whole(cfg.seed, 0) and cfg.seed <= MAX_SEED):  # numpy's: none below 0
+        raise UsageError(f"seed (--seed) must be a whole number from 0 to {MAX_SEED}, not "
+                         f"{cfg.seed!r}")  # fmt: skip
     if not (isinstance(cfg.val_fraction, int | float) and 0 < cfg.val_fraction < 1):
         raise UsageError(f"val_fraction (--val-fraction) must lie strictly between 0 and 1, not "
                          f"{cfg.val_fraction!r}")  # fmt: skip
