@@ -411,7 +411,8 @@ def test_a_small_folder_trains_in_batches_of_a_quarter_of_its_images(tmp_path, c
     """`cnnzoo train` on a folder of a few dozen images took batches of 128: one step per
     epoch, ten in a run (150 exported shoes, LeNet-5: 0.43 validation accuracy, 0.77 in batches
     of 32). The default batch is now at most a quarter of the training images (at least 8),
-    said in a note; a resumed run keeps its batch, and a --batch-size given is used as given."""
+    with SGD's default lr scaled by sqrt(batch / 128), said in a note; a resumed run keeps its
+    batch and lr, and a --batch-size or --lr given is used as given."""
     from PIL import Image
 
     from cnnzoo.data.loader import small_set_batch
@@ -429,16 +430,26 @@ def test_a_small_folder_trains_in_batches_of_a_quarter_of_its_images(tmp_path, c
             "--epochs", "1"]  # fmt: skip
     assert main(args) == 0
     err = capsys.readouterr().err
-    assert ("note: batches of 16 for 64 training images: 4 steps per epoch, where batches of "
-            "128 made 1; --batch-size N for another") in err
-    assert load_checkpoint(out / "last.pt")["meta"]["batch_size"] == 16
+    # SGD's default lr goes with it, by the square-root rule: 0.1 x sqrt(16 / 128).
+    assert ("note: batches of 16 and lr 0.035 (0.1 x sqrt(16/128)) for 64 training images: 4 "
+            "steps per epoch, where batches of 128 made 1; --batch-size N, --lr X for others") in err
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["meta"]["batch_size"] == 16
+    assert ckpt["config"]["lr"] == pytest.approx(0.1 * (16 / 128) ** 0.5, rel=1e-12)
     assert main([*args[:-1], "2", "--resume"]) == 0
     err = capsys.readouterr().err
     assert "batch_size" not in err and "note: batches" not in err  # no change, no note
-    assert load_checkpoint(out / "last.pt")["meta"]["batch_size"] == 16
+    assert "lr (was" not in err  # nor in the learning rate (epochs do: 1, now 2)
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["meta"]["batch_size"] == 16
+    assert ckpt["config"]["lr"] == pytest.approx(0.1 * (16 / 128) ** 0.5, rel=1e-12)
     assert main([*args, "--overwrite", "--batch-size", "64"]) == 0
     assert "note: batches" not in capsys.readouterr().err
-    assert load_checkpoint(out / "last.pt")["meta"]["batch_size"] == 64
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["meta"]["batch_size"] == 64 and ckpt["config"]["lr"] == 0.1  # as given: as is
+    assert main([*args, "--overwrite", "--lr", "0.2"]) == 0  # a chosen lr is not scaled
+    assert "note: batches of 16 for 64" in capsys.readouterr().err
+    assert load_checkpoint(out / "last.pt")["config"]["lr"] == 0.2
 
 
 def test_the_small_set_batch_note_under_torchrun_counts_each_process_images(tmp_path):

@@ -46,7 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="default 128, at most a quarter of the training images (at least "
                         "8) so that an epoch makes several steps (segmentation: 8)")
     p.add_argument("--lr", type=LEARNING_RATE, default=None,
-                   help="peak learning rate (default 0.1 for sgd, 2e-3 for adamw)")
+                   help="peak learning rate (default 0.1 for sgd, times sqrt(batch / 128) "
+                        "when a small folder's default batch is below 128; 2e-3 for adamw)")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default=None,
                    help="default sgd (segmentation: adamw, lr 3e-3, weight decay 1e-4)")
     p.add_argument("--momentum", type=real(0, 1, below=True), default=0.9,
@@ -250,6 +251,7 @@ def run(args: argparse.Namespace) -> int:
                 label_smoothing=args.label_smoothing, class_weight=args.class_weight,
                 model_kwargs=dict(args.model_arg),
                 dist=dist, say=say, overwrite=args.overwrite,
+                default_lr=args.lr is None and (args.optimizer or "sgd") == "sgd",
                 # the per-class table: a result, on stdout as evaluate's is (--json: the JSON
                 # alone is)
                 show=(lambda line: print(line, file=sys.stderr)) if args.json else print)
