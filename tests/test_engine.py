@@ -447,6 +447,11 @@ def test_a_small_folder_trains_in_batches_of_a_quarter_of_its_images(tmp_path, c
     assert "note: batches" not in capsys.readouterr().err
     ckpt = load_checkpoint(out / "last.pt")
     assert ckpt["meta"]["batch_size"] == 64 and ckpt["config"]["lr"] == 0.1  # as given: as is
+    # Resumed without --batch-size, it goes on in its batch at its own lr, not at the rate of
+    # a default batch of 64 (0.1 x sqrt(64/128)) that it never had.
+    assert main([*args[:-1], "2", "--resume"]) == 0
+    assert "lr (was" not in capsys.readouterr().err
+    assert load_checkpoint(out / "last.pt")["config"]["lr"] == 0.1
     assert main([*args, "--overwrite", "--lr", "0.2"]) == 0  # a chosen lr is not scaled
     assert "note: batches of 16 for 64" in capsys.readouterr().err
     assert load_checkpoint(out / "last.pt")["config"]["lr"] == 0.2

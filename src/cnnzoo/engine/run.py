@@ -368,8 +368,10 @@ def train_classifier(
     # The net to grow from, read before the data load (slow for a big folder): a typo or a
     # run's folder fails at once.
     src = load_checkpoint(init_from) if init_from is not None and not resuming else None
+    ran_lr = None  # the resumed run's learning rate, kept when none is given (below)
     if resuming:
-        ran = run_meta(Path(out_dir) / "last.pt")
+        record = run_checkpoint(Path(out_dir) / "last.pt") or {}
+        ran, ran_lr = record.get("meta"), (record.get("config") or {}).get("lr")
         ran_dir = Path(out_dir)
     else:  # the growth source, already read (before, it was read a second time here)
         ran = src.get("meta") if src is not None else None
@@ -401,7 +403,11 @@ def train_classifier(
         images = (f"{per_rank} training images" if world == 1 else
                   f"each process's {per_rank} training images ({world} processes)")
         lr = ""
-        if default_lr and data.batch_size < DEFAULT_BATCH:
+        if default_lr and given and ran_lr is not None:
+            # Its own, scaled or not: a run begun with --batch-size 32 (lr 0.1 as given) was
+            # resumed at 0.1 x sqrt(32/128), the rate of a default batch it never had.
+            config = replace(config, lr=float(ran_lr))
+        elif default_lr and data.batch_size < DEFAULT_BATCH:
             # The square-root rule (Krizhevsky 2014; Hoffer et al. 2017): SGD's 0.1 suits
             # batches of 128. 120 training shoes in batches of 30, test accuracy on 600, seeds
             # 0-4: LeNet-5 0.608 / 0.770 / 0.678 at lr 0.1 / 0.05 (this rule: 0.048) / 0.023 (the
@@ -486,17 +492,22 @@ def say_head_note(model_name: str, model: nn.Module, model_kwargs: dict[str, Any
         "fit small images (docs/training.md)")
 
 
-def run_meta(path: Path) -> dict[str, Any] | None:
-    """The meta of a run's checkpoint, mapped, not read (the Trainer reads the file afterwards);
-    None when it cannot be read (the Trainer then says what is wrong). One of a newer cnnzoo
-    is its `NewerFormatError` here, before the data load (minutes for a big folder) that the
+def run_checkpoint(path: Path) -> dict[str, Any] | None:
+    """A run's checkpoint, mapped, not read (the Trainer reads the file afterwards); None when
+    it cannot be read (the Trainer then says what is wrong). One of a newer cnnzoo is its
+    `NewerFormatError` here, before the data load (minutes for a big folder) that the
     Trainer's own refusal comes after."""
     try:
-        return load_checkpoint(path, mmap=True).get("meta")
+        return load_checkpoint(path, mmap=True)
     except NewerFormatError:
         raise
     except WeightsError:
         return None
+
+
+def run_meta(path: Path) -> dict[str, Any] | None:
+    """The meta of a run's checkpoint (`run_checkpoint`), or None."""
+    return (run_checkpoint(path) or {}).get("meta")
 
 
 def _trained_input(meta: dict[str, Any] | None, source: str,
