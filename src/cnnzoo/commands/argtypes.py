@@ -116,7 +116,8 @@ def size_epochs(text: str) -> tuple[int, int]:
 # The options several commands share, with their ranges.
 COUNT = whole(1)  # epochs, batch sizes, threads, images per class, top-k
 IMG_SIZE = whole(1, high=MAX_INPUT_SIZE, high_note="a batch of larger images does not fit in memory")
-SEED = whole(0, high=MAX_SEED, high_note="torch's generators take none larger")  # numpy's: no negative one
+# numpy's generators take no negative seed, torch's none above MAX_SEED
+SEED = whole(0, high=MAX_SEED, high_note="torch's generators take none larger")
 FRACTION = real(0, 1, above=True, below=True)  # --val-fraction
 LEARNING_RATE = real(0, above=True)
 SAM_RADIUS = real(0, note="0: off; e.g. 0.05")  # --sam: sharpness-aware minimisation's rho

@@ -206,8 +206,9 @@ def evaluate_segmenter(
     """Score the U-Net of a segmentation checkpoint on `source` (default: the data it was
     trained on); `split` as in `evaluation_pairs`; tile, margin, batch_size: the overlap-tile
     prediction's (`predict_tiled`); tta: 'flip' (or True) or 'flip-shift', the views and the
-    averaging of `cnnzoo train --tta`'s final validation, per tile. No loss is reported: the run's loss (a weighted one needs
-    each image's weight map) is the training's business, not a held-out score."""
+    averaging of `cnnzoo train --tta`'s final validation, per tile. No loss is reported: the
+    run's loss (a weighted one needs each image's weight map) is the training's business, not
+    a held-out score."""
     from ..engine.checkpoint import load_checkpoint
     from ..engine.precision import Precision
     from ..engine.run import trained_data
