@@ -457,6 +457,65 @@ def test_a_small_folder_trains_in_batches_of_a_quarter_of_its_images(tmp_path, c
     assert load_checkpoint(out / "last.pt")["config"]["lr"] == 0.2
 
 
+def _two_class_folder(root: Path, n: int = 40) -> Path:
+    from PIL import Image
+
+    for cls, value in (("dark", 20), ("light", 220)):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.new("L", (32, 32), value + i).save(root / cls / f"{i}.png")
+    return root
+
+
+def test_a_small_folder_trains_for_at_least_min_steps(tmp_path, capsys):
+    """A default run on a folder of a few hundred images was 10 epochs of a handful of steps:
+    120 training shoes made 40 steps in all. Without --epochs the epochs are now raised to
+    make DEFAULT_MIN_STEPS steps (or --min-steps), said in a note, and patience with them;
+    --epochs alone is exact; a bare --resume goes on for the run's own epochs."""
+    from cnnzoo.data.loader import epoch_steps, epochs_for_steps
+    from cnnzoo.engine.run import DEFAULT_MIN_STEPS
+
+    assert [epoch_steps(n, 16) for n in (8, 16, 17, 64, 70)] == [1, 1, 1, 4, 4]
+    assert epochs_for_steps(10, 300, 4) == 75 and epochs_for_steps(10, 30, 4) == 10
+    with pytest.raises(SystemExit):  # --help names the default (written there, not imported)
+        main(["train", "--help"])
+    assert f"(default {DEFAULT_MIN_STEPS} without --epochs" in " ".join(
+        capsys.readouterr().out.split())
+    data = _two_class_folder(tmp_path / "data")  # 64 training images: batches of 16, 4 steps
+
+    class Said(Exception):
+        pass
+
+    def say(line: str) -> None:
+        if line.startswith("note: ") and " epochs of " in line:
+            raise Said(line)  # the note and the config are all this part needs: no training
+
+    with pytest.raises(Said) as said:
+        train_classifier("lenet5", DataOptions(str(data)), TrainConfig(progress=False),
+                         out_dir=None, say=say, min_steps=None)
+    epochs = -(-DEFAULT_MIN_STEPS // 4)
+    assert str(said.value) == (f"note: {epochs} epochs of 4 steps instead of 10, to make at "
+                               f"least {DEFAULT_MIN_STEPS} steps; --epochs N for exactly N")
+    out = tmp_path / "run"
+    args = ["train", "lenet5", "--data", str(data), "--out", str(out), "--no-progress",
+            "--no-tensorboard", "--precision", "fp32", "--channels-last", "off"]  # fmt: skip
+    assert main([*args, "--epochs", "2", "--min-steps", "20", "--patience", "1"]) == 0
+    assert ("note: 5 epochs of 4 steps instead of 2, to make at least 20 steps; --epochs N for "
+            "exactly N") in capsys.readouterr().err
+    ckpt = load_checkpoint(out / "last.pt")
+    # patience 1 of the 2 epochs asked for is 3 of the 5 run (ceil(1 x 5 / 2))
+    assert ckpt["config"]["epochs"] == 5 and ckpt["config"]["patience"] == 3
+    assert ckpt["meta"]["min_steps"] == 20
+    assert main([*args, "--overwrite", "--epochs", "3"]) == 0  # --epochs alone: exactly
+    assert " epochs of " not in capsys.readouterr().err
+    assert len(load_checkpoint(out / "last.pt")["history"]) == 3
+    # A bare --resume of a finished run goes on for its own 3 epochs (it took 10, the default,
+    # and trained 7 more), and adds no steps.
+    assert main([*args, "--resume"]) == 0
+    assert "nothing left to train" in capsys.readouterr().err
+    assert len(load_checkpoint(out / "last.pt")["history"]) == 3
+
+
 def test_the_small_set_batch_note_under_torchrun_counts_each_process_images(tmp_path):
     """Under torchrun (2 processes, 160 training images) the note read 'batches of 20 for 80
     training images' under a data line of train=160, as if half the images were lost: the

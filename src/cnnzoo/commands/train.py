@@ -28,6 +28,7 @@ from .argtypes import (
     refuse_resume_with_overwrite,
     settle_positional,
     size_epochs,
+    whole,
 )
 
 LABEL_SMOOTHING = 0.1
@@ -41,7 +42,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "or 'cells'")
     p.add_argument("--task", choices=("classification", "segmentation"), default=None,
                    help="default: segmentation for unet, classification otherwise")
-    p.add_argument("--epochs", type=COUNT, default=10, help="training epochs (default 10)")
+    p.add_argument("--epochs", type=COUNT, default=None,
+                   help="training epochs, exactly (default 10, raised on a small folder to "
+                        "make --min-steps steps; with --resume: the run's own)")
+    p.add_argument("--min-steps", type=whole(0), default=None,
+                   help="classification: training steps at least, epochs raised to reach them "
+                        "(default 300 without --epochs, none with it: a folder of a few hundred "
+                        "images makes a handful of steps per epoch; with --resume: the run's "
+                        "own)")
     p.add_argument("--batch-size", type=COUNT, default=None,
                    help="default 128, at most a quarter of the training images (at least "
                         "8) so that an epoch makes several steps (segmentation: 8)")
@@ -177,7 +185,7 @@ def config_from_args(args: argparse.Namespace):
 
     adamw = args.optimizer == "adamw"
     return TrainConfig(
-        epochs=args.epochs, optimizer=args.optimizer or "sgd",
+        epochs=args.epochs or 10, optimizer=args.optimizer or "sgd",
         lr=args.lr if args.lr is not None else (2e-3 if adamw else 0.1),
         momentum=args.momentum, nesterov=args.nesterov,
         weight_decay=args.weight_decay if args.weight_decay is not None else
@@ -235,6 +243,9 @@ def run(args: argparse.Namespace) -> int:
             if args.class_weight is not None:
                 raise DataError("--class-weight is for classification; segmentation balances "
                                 "its classes' pixels with --loss weighted_ce")
+            if args.min_steps is not None:
+                raise DataError("--min-steps is for classification; segmentation trains for "
+                                "exactly --epochs")
             # Segmentation is a configuration of the same loop; its data, losses and metrics
             # live in cnnzoo.segmentation (issue 7).
             from ..segmentation.training import train_segmentation
@@ -252,6 +263,9 @@ def run(args: argparse.Namespace) -> int:
                 model_kwargs=dict(args.model_arg),
                 dist=dist, say=say, overwrite=args.overwrite,
                 default_lr=args.lr is None and (args.optimizer or "sgd") == "sgd",
+                # --epochs alone is exact; neither: the default, raised on a small folder.
+                min_steps=args.min_steps if args.min_steps is not None or args.epochs is None
+                else 0,
                 # the per-class table: a result, on stdout as evaluate's is (--json: the JSON
                 # alone is)
                 show=(lambda line: print(line, file=sys.stderr)) if args.json else print)

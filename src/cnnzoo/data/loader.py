@@ -8,6 +8,7 @@ their time on the network, not on data loading.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -25,6 +26,18 @@ def small_set_batch(batch_size: int, n: int) -> int:
     train), lenet5, 10 epochs: batches of 128 (10 steps in all) reached 0.43 validation
     accuracy, batches of 30 (40 steps) 0.77; transfer's fine-tuning had the same problem."""
     return max(1, min(batch_size, max(8, n // 4), n))
+
+
+def epoch_steps(n: int, batch_size: int) -> int:
+    """Optimizer steps per epoch over `n` images: whole batches only (the training loaders drop
+    the last, smaller batch) unless the images fit in one batch."""
+    return n // batch_size if n > batch_size else 1
+
+
+def epochs_for_steps(epochs: int, min_steps: int, steps_per_epoch: int) -> int:
+    """`epochs`, raised so that they make at least `min_steps` steps: on a few hundred images
+    an epoch is a handful of steps, and a run measured in epochs alone hardly trains."""
+    return max(epochs, math.ceil(min_steps / max(steps_per_epoch, 1)))
 
 
 class BatchLoader:

@@ -174,9 +174,9 @@ def train_batch_size(cfg: FinetuneConfig, n: int) -> int:
 
 def phase_epochs(cfg: FinetuneConfig, n: int) -> int:
     """Phase-2 epochs: `cfg.epochs`, raised so that they make at least `cfg.min_steps` steps."""
-    batch = train_batch_size(cfg, n)
-    steps = n // batch if n > batch else 1
-    return max(cfg.epochs, math.ceil(cfg.min_steps / max(steps, 1)))
+    from ..data.loader import epoch_steps, epochs_for_steps
+
+    return epochs_for_steps(cfg.epochs, cfg.min_steps, epoch_steps(n, train_batch_size(cfg, n)))
 
 
 def make_loaders(splits: Splits, pre: Preprocessing, cfg: FinetuneConfig) -> tuple[BatchLoader, BatchLoader]:
