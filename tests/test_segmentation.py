@@ -1105,6 +1105,46 @@ def test_segment_cli_1024_image_writes_mask_and_overlay(trained, tmp_path, capsy
         "more than 4096 px fit in memory: choose a smaller --tile or --margin")
 
 
+def test_segment_tta_writes_the_masks_evaluate_tta_scores(trained, tmp_path):
+    """`evaluate --tta` scored masks that `segment` could not write (it had no --tta). Now
+    `segment --tta` averages the same views per overlap tile: its mask is the argmax of the TTA
+    probabilities of evaluate's code (`predict_tiled(..., tta=...)`, the same tiles), and with
+    the whole image as its one tile, the mean of the net's logits for the image and its mirror
+    image, worked out here by hand. Each mask records its TTA mode."""
+    from cnnzoo.commands.segment import TTA_KEY
+    from cnnzoo.segmentation.training import load_segmenter
+
+    img = make_cells(1, size=64, seed=2, split="test").images[0][:, :48]  # 64 x 48, 4 tiles
+    _png(tmp_path / "x.png", img)
+    model, meta = load_segmenter(trained / "best.pt")
+    norm = {"mean": tuple(meta["mean"]), "std": tuple(meta["std"])}
+    written = {}
+    for tta in ("flip", "flip-shift", None):
+        out = tmp_path / f"out-{tta}"
+        assert main(["segment", str(tmp_path / "x.png"), "--checkpoint", str(trained / "best.pt"),
+                     "--out", str(out), "--tile", "224", *(["--tta", tta] if tta else [])]) == 0
+        with Image.open(out / "x_mask.png") as m:
+            written[tta] = np.asarray(m) // 255
+            assert m.text.get(TTA_KEY) == tta
+        if tta:
+            probs = predict_tiled(model, img, tile=224, tta=tta, **norm)
+            assert probs.shape == (2, 64, 48)
+            np.testing.assert_array_equal(written[tta], probs.argmax(0).numpy())
+    assert (written["flip"] != written[None]).any()  # the views change the masks
+    assert (written["flip-shift"] != written["flip"]).any()
+    # One tile, no context: the whole 64 x 48 image and its mirror image, averaged.
+    assert main(["segment", str(tmp_path / "x.png"), "--checkpoint", str(trained / "best.pt"),
+                 "--out", str(tmp_path / "one"), "--tile", "64", "--margin", "0",
+                 "--tta"]) == 0  # a bare --tta: flip
+    x = (torch.from_numpy(img).float()[None, None] / 255 - meta["mean"][0]) / meta["std"][0]
+    x = torch.nn.functional.pad(x, (0, 16, 0, 0), mode="reflect")  # the tile: 64 x 64, mirrored
+    with torch.no_grad():
+        logits = (model(x) + model(x.flip(-1)).flip(-1)) / 2
+    with Image.open(tmp_path / "one" / "x_mask.png") as m:
+        np.testing.assert_array_equal(np.asarray(m) // 255, logits[0, :, :, :48].argmax(0))
+        assert m.text[TTA_KEY] == "flip"
+
+
 @pytest.mark.parametrize("option", [["--augment", "photo"], ["--erase", "0.5"],
                                     ["--label-smoothing", "0"]])
 def test_classification_options_are_refused_for_segmentation(option, tmp_path, capsys):
@@ -1324,6 +1364,41 @@ def test_segment_resume_refuses_another_checkpoints_masks(tmp_path, capsys):
     assert main([*args, "--checkpoint", str(tmp_path / "other.pt")]) == 0
     with Image.open(out / "b_mask.png") as m:
         assert m.text[MADE_BY] == weights_fingerprint(tmp_path / "other.pt")
+
+
+def test_segment_resume_refuses_masks_of_another_tta(tmp_path, capsys):
+    """A mask made with --tta is not the one made without: resumed with another --tta (or none),
+    the folder would be half one kind and half the other. Refused in one line, as another
+    checkpoint is; the same --tta resumes, and --overwrite redoes them all."""
+    from cnnzoo.commands.segment import TTA_KEY
+
+    _threshold_unet(tmp_path / "net.pt", "elsewhere")
+    _pair_folder(tmp_path / "pairs", ["a", "b"])
+    images, out = tmp_path / "pairs" / "images", tmp_path / "out"
+    args = ["segment", str(images), "--checkpoint", str(tmp_path / "net.pt"), "--out", str(out)]
+    assert main([*args, "--tta", "flip-shift"]) == 0
+    (out / "b_overlay.png").unlink()  # as a killed run leaves b: to be redone
+    for tta in ([], ["--tta"]):  # none, and flip
+        capsys.readouterr()
+        assert main([*args, "--resume", *tta]) == 2
+        assert capsys.readouterr().err == (
+            f"cnnzoo segment: error: {out} holds masks made with --tta flip-shift "
+            f"({out / 'a_mask.png'}): "
+            "--resume continues with the test-time augmentation they were made with (--tta "
+            "flip-shift); pass --overwrite to segment every image again, or another --out\n")
+        assert not (out / "b_overlay.png").exists()
+    assert main([*args, "--resume", "--tta", "flip-shift"]) == 0
+    assert (out / "b_overlay.png").is_file()
+    assert main([*args, "--overwrite"]) == 0  # now plain masks: no record of a TTA
+    with Image.open(out / "a_mask.png") as m:
+        assert TTA_KEY not in m.text
+    (out / "b_overlay.png").unlink()
+    capsys.readouterr()
+    assert main([*args, "--resume", "--tta", "flip"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out} holds masks made without --tta ({out / 'a_mask.png'})" in err
+    assert "made with (no --tta)" in err and err.count("\n") == 1
+    assert main([*args, "--resume"]) == 0 and (out / "b_overlay.png").is_file()
 
 
 def test_segment_resume_names_a_bad_checkpoint_before_the_masks(tmp_path, capsys):

@@ -10,6 +10,7 @@ numeric precision (bf16 autocast if it trained in bf16), as `cnnzoo evaluate` sc
 `<stem>_mask.png` (0/255 for two classes, class indices otherwise: the format training reads)
 and `<stem>_overlay.png` (the predicted contours over the image). Folders are expanded
 recursively, without the masks and overlays an earlier run wrote into the output folder.
+`--tta` averages test-time augmentation views per tile, as `cnnzoo evaluate --tta` scores.
 
 Also home of the segmentation options of `cnnzoo train --task segmentation`
 (`add_training_arguments`), so that they live next to the rest of the segmentation CLI.
@@ -32,6 +33,7 @@ from .argtypes import (
     refuse_resume_with_overwrite,
     whole,
 )
+from .train import add_tta_argument
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
@@ -78,6 +80,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="replace the masks and overlays --out holds for these images (those "
                         "of other images stay); without it (or --resume) they are refused")
     add_tiling_arguments(p)
+    add_tta_argument(p, "test-time augmentation of each overlap tile, as `cnnzoo evaluate --tta` "
+                        "scores (default off)")
     p.add_argument("--batch-size", type=COUNT, default=4, help="tiles per forward pass (default 4)")
     p.add_argument("--json", action="store_true",
                    help="machine-readable output on stdout: one JSON list of records, one per "
@@ -101,10 +105,20 @@ def add_tiling_arguments(p: argparse.ArgumentParser, default: int | None = 512,
 
 # What a mask PNG records of its making (tEXt keys), for --resume and a folder that collects batch
 # after batch: the image by content (`file_digest`: day2/x.png is told from day1/x.png, whose
-# mask x_mask.png is) and the checkpoint (`weights_fingerprint`: two nets' masks, half and half,
-# are not one run's).
+# mask x_mask.png is), the checkpoint (`weights_fingerprint`: two nets' masks, half and half,
+# are not one run's) and the test-time augmentation (`--tta`: another mask of the same net).
+# TTA_KEY is written only with --tta, so a mask without it was made without (as every mask was
+# before segment had --tta) and plain masks are what they were.
 SOURCE_KEY = "cnnzoo-source-sha256"
 MADE_BY = "cnnzoo checkpoint"
+TTA_KEY = "cnnzoo tta"
+
+
+def mask_record(image: Path, made_by: str, tta: str | None) -> dict[str, str]:
+    """The record `write_mask_png` stores for the mask of `image` (the keys above)."""
+    from ..transfer.features import file_digest
+
+    return {SOURCE_KEY: file_digest(image), MADE_BY: made_by, **({TTA_KEY: tta} if tta else {})}
 
 
 def write_mask_png(mask, num_classes: int, path: Path,
@@ -153,15 +167,17 @@ def outputs_of(path: Path, names: dict[Path, str], out: Path) -> list[Path]:
 
 
 def check_earlier_outputs(paths: list[Path], names: dict[Path, str], out: Path, *,
-                          resume: bool, overwrite: bool, made_by: str) -> list[Path]:  # fmt: skip
+                          resume: bool, overwrite: bool, made_by: str,
+                          tta: str | None = None) -> list[Path]:  # fmt: skip
     """The images still to segment: all of `paths`, or with `resume` those whose mask and
     overlay `out` does not hold yet. Outputs of these images already in `out` (an earlier run:
     another checkpoint's masks, or the first half of a killed run) are a `UsageError` unless
     `resume` or `overwrite` says what to do with them, as `cnnzoo train` treats a run in its
     --out: they were replaced without a word. Outputs of other images are not this run's
     business (a folder that collects the masks of one batch of scans after another). `resume`
-    refuses masks that another checkpoint than `made_by` wrote (their PNG says which): a folder
-    of two nets' masks, half and half, looks like one run's."""
+    refuses masks that another checkpoint than `made_by` wrote (their PNG says which), or that
+    were made with another `tta` (None: none): a folder of two nets' masks, or of one net's
+    with and without test-time augmentation, half and half, looks like one run's."""
     from ..data.images import png_text
     from ..errors import UsageError
     from ..transfer.features import file_digest
@@ -193,6 +209,15 @@ def check_earlier_outputs(paths: list[Path], names: dict[Path, str], out: Path, 
                          f"({outputs_of(by_other_net[0], names, out)[0]}): --resume continues "
                          "with the same --checkpoint only; pass --overwrite to segment every "
                          "image again, or another --out")  # fmt: skip
+    by_other_tta = [p for p in held if records[p].get(TTA_KEY) != tta]
+    if by_other_tta:
+        theirs = records[by_other_tta[0]].get(TTA_KEY)
+        made = f"with --tta {theirs}" if theirs else "without --tta"
+        again = f"--tta {theirs}" if theirs else "no --tta"
+        raise UsageError(f"{out} holds masks made {made} "
+                         f"({outputs_of(by_other_tta[0], names, out)[0]}): --resume continues "
+                         f"with the test-time augmentation they were made with ({again}); pass "
+                         "--overwrite to segment every image again, or another --out")  # fmt: skip
     return [p for p in paths if not all(f.exists() for f in outputs_of(p, names, out))]
 
 
@@ -224,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
     from ..segmentation.training import load_segmenter
     from ..segmentation.visual import overlay
     from ..text import plural, shown
-    from ..transfer.features import file_digest, weights_fingerprint
+    from ..transfer.features import weights_fingerprint
     from .predict import expand_paths, print_results
 
     refuse_resume_with_overwrite(args)
@@ -250,7 +275,8 @@ def run(args: argparse.Namespace) -> int:
     model, meta = load_segmenter(args.checkpoint, ckpt)
     made_by = weights_fingerprint(args.checkpoint)
     todo = check_earlier_outputs(paths, names, out, resume=args.resume,
-                                 overwrite=args.overwrite, made_by=made_by)  # fmt: skip
+                                 overwrite=args.overwrite, made_by=made_by,
+                                 tta=args.tta)  # fmt: skip
     if not todo:
         print(f"cnnzoo segment: note: all {plural(len(paths), 'image')} given are segmented in "
               f"{out} already: nothing to do (--overwrite segments them again)", file=sys.stderr)
@@ -294,10 +320,11 @@ def run(args: argparse.Namespace) -> int:
                 mask = predict_tiled(model, chw, tile=args.tile, margin=args.margin,
                                      batch_size=args.batch_size, mean=tuple(meta["mean"]),
                                      std=tuple(meta["std"]), output="mask",
-                                     progress=args.progress and len(paths) == 1).numpy()
+                                     progress=args.progress and len(paths) == 1,
+                                     tta=args.tta or False).numpy()
             mask_path, overlay_path = outputs_of(path, names, out)
             mask_path.parent.mkdir(parents=True, exist_ok=True)
-            write_mask_png(mask, k, mask_path, {SOURCE_KEY: file_digest(path), MADE_BY: made_by})
+            write_mask_png(mask, k, mask_path, mask_record(path, made_by, args.tta))
             write_png(overlay(img, mask), overlay_path)  # last: --resume redoes an image without it
             args.segmented = getattr(args, "segmented", 0) + 1  # for cli's line after a Ctrl-C
             frames = frame_count(path)
