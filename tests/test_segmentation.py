@@ -966,6 +966,24 @@ def test_classes_given_for_the_cells_are_refused_unless_they_are_theirs(tmp_path
     assert not out.exists()
 
 
+def test_cells_given_with_a_folder_is_refused(tmp_path, capsys):
+    """`cnnzoo train unet --data DIR --cells 50` trained on every pair of DIR and dropped the
+    number without a word (it counts the synthetic cells only). Now a one-line error before
+    anything is written; without --cells the folder loads."""
+    _pair_folder(tmp_path / "pairs", ["a", "b", "c"])
+    with pytest.raises(DataError, match=r"^--cells is the number of synthetic images of --data "
+                                        r"cells; .*pairs is image/mask pairs, all of which are "
+                                        r"used: leave out --cells$"):
+        load_segmentation(tmp_path / "pairs", cells=50)
+    assert len(load_segmentation(tmp_path / "pairs").train) == 2
+    out = tmp_path / "run"
+    assert main(["train", "unet", "--data", str(tmp_path / "pairs"), "--cells", "50",
+                 "--out", str(out)]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.startswith("cnnzoo train: error: --cells is the number") and err.count("\n") == 1
+    assert not out.exists()
+
+
 def test_segmentation_objects_have_one_line_reprs(tmp_path):
     # repr(splits) was ~15,000 characters of arrays; the task and accumulator `<... at 0x...>`.
     from cnnzoo.segmentation.task import SegmentationTask

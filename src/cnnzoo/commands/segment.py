@@ -57,8 +57,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                         "paper's own)")
     g.add_argument("--encoder-weights", metavar="imagenet|FILE", default=None,
                    help="pretrained weights of the encoder (default: none, a random start)")
-    g.add_argument("--cells", type=COUNT, default=200,
-                   help="--data cells: number of synthetic images (default 200)")
+    g.add_argument("--cells", type=COUNT, default=None,
+                   help="--data cells: number of synthetic images (default 200; refused with "
+                        "other data)")
     g.add_argument("--elastic", type=real(0), default=10.0,
                    help="elastic deformation std in pixels (default 10, the paper's; 0 disables)")
     g.add_argument("--w0", type=real(0), default=10.0,
