@@ -1284,10 +1284,27 @@ def test_segment_json_gives_a_record_per_image_as_predict_does(tmp_path, capsys)
     assert capsys.readouterr().out.splitlines()[0] == (
         f"{scans / 'a.png'}: 32x20 -> {tmp_path / 'out' / 'a_mask.png'}, "
         f"{tmp_path / 'out' / 'a_overlay.png'} (background 50.0%, cell 50.0%)")
-    # Nothing left to segment: still a JSON document.
+    # Resumed (a first run stopped before it printed its JSON): every image's record, in order,
+    # those of the earlier run read from their masks, so a script learns where every mask is.
+    # It listed only this run's images, and [] with nothing left to segment.
     (scans / "c.png").unlink()
+    (tmp_path / "out" / "b_overlay.png").unlink()  # b: to be redone
     assert main([*args, "--resume", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == []
+    assert json.loads(capsys.readouterr().out) == [{**a, "earlier_run": True}, b]
+    assert main([*args, "--resume", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == [{**a, "earlier_run": True}, {**b, "earlier_run": True}]
+    assert "nothing to do" in err
+    assert main([*args, "--resume"]) == 0  # the text output: this run's lines (none) and a note
+    assert capsys.readouterr().out == ""
+    (tmp_path / "out" / "b_mask.png").write_bytes(b"cut")  # not a PNG any more: said
+    assert main([*args, "--resume", "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out)[1] == {"image": str(scans / "b.png"), "error": (
+        f"{tmp_path / 'out' / 'b_mask.png'}, the mask an earlier run wrote, cannot be read "
+        f"(cannot identify image file {str(tmp_path / 'out' / 'b_mask.png')!r}): pass "
+        "--overwrite to segment again")}
+    assert err.count("\n") == 2  # the note and the error
 
 
 def test_segment_into_an_out_that_holds_these_images_outputs(tmp_path, monkeypatch, capsys):

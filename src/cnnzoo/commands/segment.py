@@ -135,6 +135,40 @@ def write_mask_png(mask, num_classes: int, path: Path,
     return path
 
 
+def mask_result(image: Path, mask, mask_path: Path, overlay_path: Path,
+                class_names: list[str]) -> dict[str, Any]:
+    """`run`'s record of one image (as `predict --json`'s): its size, its files and each
+    class's share of the pixels of its (H, W) class-index `mask`."""
+    import numpy as np
+
+    m = np.asarray(mask)
+    return {"image": os.fspath(image), "width": int(m.shape[1]), "height": int(m.shape[0]),
+            "mask": os.fspath(mask_path), "overlay": os.fspath(overlay_path),
+            "classes": [{"index": i, "class": name, "share": float((m == i).mean())}
+                        for i, name in enumerate(class_names)]}  # fmt: skip
+
+
+def earlier_result(image: Path, names: dict[Path, str], out: Path,
+                   class_names: list[str]) -> dict[str, Any]:
+    """The record of an image an earlier run segmented into `out` (`--resume` skips it), read
+    from its mask, with "earlier_run": true; {"image", "error"} when that mask cannot be read.
+    `--resume --json` lists every image given, so a script whose first run was stopped before
+    it printed its JSON still learns where every mask is."""
+    import numpy as np
+    from PIL import Image
+
+    mask_path, overlay_path = outputs_of(image, names, out)
+    try:
+        with Image.open(mask_path) as img:
+            m = np.asarray(img)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return {"image": os.fspath(image), "error": f"{mask_path}, the mask an earlier run "
+                f"wrote, cannot be read ({exc}): pass --overwrite to segment again"}  # fmt: skip
+    if len(class_names) == 2:  # 0/255, as `write_mask_png` writes two classes
+        m = m // 255
+    return {**mask_result(image, m, mask_path, overlay_path, class_names), "earlier_run": True}
+
+
 def output_stems(paths: list[Path]) -> dict[Path, str]:
     """Output name (without _mask.png) per image: its stem, or, for the images that share a stem
     (a/x.png, b/x.png, x.jpg), their path below their common folder, and their extension when
@@ -278,22 +312,28 @@ def run(args: argparse.Namespace) -> int:
     todo = check_earlier_outputs(paths, names, out, resume=args.resume,
                                  overwrite=args.overwrite, made_by=made_by,
                                  tta=args.tta)  # fmt: skip
+    k, channels = int(meta["num_classes"]), int(meta["in_chans"])
+    class_names = [str(c) for c in meta.get("class_names") or range(k)]
     if not todo:
         print(f"cnnzoo segment: note: all {plural(len(paths), 'image')} given are segmented in "
               f"{out} already: nothing to do (--overwrite segments them again)", file=sys.stderr)
-        if args.json:  # a JSON reader gets its document all the same
-            print_results([], as_json=True, command="segment")
+        if args.json:  # every image's record, read from its mask
+            failed = print_results((earlier_result(p, names, out, class_names) for p in paths),
+                                   as_json=True, command="segment")  # fmt: skip
+            return 1 if failed or problems else 0
         return 1 if problems else 0
     if len(todo) < len(paths):
         print(f"cnnzoo segment: note: resuming: {len(paths) - len(todo)} of "
               f"{plural(len(paths), 'image')} already segmented in {out}", file=sys.stderr)
-        paths = todo
+    # --json lists every image given, those an earlier run segmented too (read from their
+    # masks); the text output has this run's lines, and the note above counts the others.
+    listed = paths if args.json else todo
+    todo_set = set(todo)
     # The run's own precision, as `cnnzoo evaluate` predicts: the masks written are the ones it
     # scores (in fp32, a bf16 run's masks differed from them on about 1 % of the pixels).
     precision = Precision.of_checkpoint(ckpt)
     model.to(memory_format=precision.memory_format)
     del ckpt  # the model holds its own copy of the weights: not two in memory while segmenting
-    k, channels = int(meta["num_classes"]), int(meta["in_chans"])
     geo = checked_geometry(model, args.tile, args.margin)
     if geo.out_size * 4 < geo.in_size:
         # Each input tile is mostly context: many more forward passes than the image needs.
@@ -303,14 +343,16 @@ def run(args: argparse.Namespace) -> int:
               f"({geo.margin} px of context per side); {faster} is faster",
               file=sys.stderr)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    class_names = [str(c) for c in meta.get("class_names") or range(k)]
 
     def segmented() -> Iterator[dict[str, Any]]:
         """One record per image, as `predict`'s: {"image", "error"} for a file that cannot be
         read, else its size, the files written and each class's share of the pixels."""
         # A bar over the images, or for one image over its tiles (a large scan takes minutes).
-        for path in tqdm(paths, desc="segment", leave=False,
-                         disable=None if args.progress and len(paths) > 1 else True):
+        for path in tqdm(listed, desc="segment", leave=False,
+                         disable=None if args.progress and len(todo) > 1 else True):
+            if path not in todo_set:
+                yield earlier_result(path, names, out, class_names)
+                continue
             try:
                 img = np.array(load_image(path, 1 if channels == 1 else 3))
             except ImageError as exc:
@@ -321,7 +363,7 @@ def run(args: argparse.Namespace) -> int:
                 mask = predict_tiled(model, chw, tile=args.tile, margin=args.margin,
                                      batch_size=args.batch_size, mean=tuple(meta["mean"]),
                                      std=tuple(meta["std"]), output="mask",
-                                     progress=args.progress and len(paths) == 1,
+                                     progress=args.progress and len(todo) == 1,
                                      tta=args.tta or False).numpy()
             mask_path, overlay_path = outputs_of(path, names, out)
             mask_path.parent.mkdir(parents=True, exist_ok=True)
@@ -333,11 +375,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"cnnzoo segment: note: {shown(path)} holds {frames} frames (a stack); only the first "
                       "was segmented: save each frame as its own image to segment them all",
                       file=sys.stderr)  # fmt: skip
-            yield {"image": os.fspath(path), "width": int(img.shape[1]),
-                   "height": int(img.shape[0]), "mask": os.fspath(mask_path),
-                   "overlay": os.fspath(overlay_path),
-                   "classes": [{"index": i, "class": name, "share": float((mask == i).mean())}
-                               for i, name in enumerate(class_names)]}  # fmt: skip
+            yield mask_result(path, mask, mask_path, overlay_path, class_names)
 
     def line(r: dict[str, Any]) -> str:
         share = ", ".join(f"{c['class']} {c['share']:.1%}" for c in r["classes"])
