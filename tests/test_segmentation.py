@@ -1175,6 +1175,18 @@ def test_classification_options_are_refused_for_segmentation(option, tmp_path, c
     assert not out.exists()  # before any work
 
 
+@pytest.mark.parametrize("option", [["--cells", "50"], ["--crop", "64"], ["--loss", "dice"],
+                                    ["--encoder", "resnet18"], ["--classes", "a,b"]])
+def test_segmentation_options_are_refused_for_a_classifier(option, tmp_path, capsys):
+    # They had no effect: `train lenet5 --data digits --cells 50` was the default run.
+    out = tmp_path / "run"
+    rc = main(["train", "lenet5", "--data", "digits", *option, "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"cnnzoo train: error: {option[0]} is for segmentation (--task "
+                               "segmentation, a U-Net); lenet5 trains a classifier: leave it out"]
+    assert not out.exists()  # before any work
+
+
 def test_classification_options_at_their_defaults_pass_and_patience_says_dice(capsys):
     # At their defaults they are no request: the run goes on to the data (here refused later).
     rc = main(["train", "unet", "--task", "segmentation", "--data", "cells", "--cells", "1",

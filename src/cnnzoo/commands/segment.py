@@ -68,6 +68,16 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="weighted_ce border width in pixels (default 5; paper: about 5)")
 
 
+def segmentation_options_set(args: argparse.Namespace) -> list[str]:
+    """The options of `add_training_arguments` that `args` sets away from their defaults (read
+    from a parser of those options alone, so they are written down once): a classifier's run
+    has no use for them."""
+    p = argparse.ArgumentParser(add_help=False)
+    add_training_arguments(p)
+    return [a.option_strings[0] for a in p._actions
+            if getattr(args, a.dest, a.default) != a.default]
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders")
     p.add_argument("--checkpoint", required=True, metavar="FILE",
