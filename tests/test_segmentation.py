@@ -1182,8 +1182,8 @@ def test_segmentation_options_are_refused_for_a_classifier(option, tmp_path, cap
     out = tmp_path / "run"
     rc = main(["train", "lenet5", "--data", "digits", *option, "--out", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and err == [f"cnnzoo train: error: {option[0]} is for segmentation (--task "
-                               "segmentation, a U-Net); lenet5 trains a classifier: leave it out"]
+    assert rc == 2 and err == [f"cnnzoo train: error: {option[0]} is for --task segmentation "
+                               "(a U-Net); this run trains lenet5 as a classifier: leave it out"]
     assert not out.exists()  # before any work
 
 

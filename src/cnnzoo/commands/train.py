@@ -249,8 +249,8 @@ def run(args: argparse.Namespace) -> int:
             if given:
                 from ..errors import UsageError
 
-                raise UsageError(f"{given[0]} is for segmentation (--task segmentation, a "
-                                 f"U-Net); {args.model} trains a classifier: leave it out")
+                raise UsageError(f"{given[0]} is for --task segmentation (a U-Net); this run "
+                                 f"trains {args.model} as a classifier: leave it out")
             data = DataOptions(args.data, img_size=args.img_size, channels=args.channels,
                                batch_size=args.batch_size,
                                augment=args.augment, val_fraction=args.val_fraction,
