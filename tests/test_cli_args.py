@@ -560,7 +560,7 @@ def test_an_unknown_option_is_named_by_its_command(argv, prog, unknown, capsys):
     (["data", "export", "digits", "DIR", "--per", "3"], "cnnzoo data export",
      "--per 3; did you mean --per-class?"),
     (["segment", "a.png", "--checkpoint", "c.pt", "--t", "3"], "cnnzoo segment",
-     "--t 3; did you mean --threads or --tile?"),
+     "--t 3; did you mean --threads or --tile or --tta?"),
 ])
 def test_options_are_not_abbreviated(argv, prog, meant, tmp_path, monkeypatch, capsys):
     """argparse's allow_abbrev read `predict --mode x` as --model x without a word (and a new

@@ -966,6 +966,24 @@ def test_classes_given_for_the_cells_are_refused_unless_they_are_theirs(tmp_path
     assert not out.exists()
 
 
+def test_cells_given_with_a_folder_is_refused(tmp_path, capsys):
+    """`cnnzoo train unet --data DIR --cells 50` trained on every pair of DIR and dropped the
+    number without a word (it counts the synthetic cells only). Now a one-line error before
+    anything is written; without --cells the folder loads."""
+    _pair_folder(tmp_path / "pairs", ["a", "b", "c"])
+    with pytest.raises(DataError, match=r"^--cells is the number of synthetic images of --data "
+                                        r"cells; .*pairs is image/mask pairs, all of which are "
+                                        r"used: leave out --cells$"):
+        load_segmentation(tmp_path / "pairs", cells=50)
+    assert len(load_segmentation(tmp_path / "pairs").train) == 2
+    out = tmp_path / "run"
+    assert main(["train", "unet", "--data", str(tmp_path / "pairs"), "--cells", "50",
+                 "--out", str(out)]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.startswith("cnnzoo train: error: --cells is the number") and err.count("\n") == 1
+    assert not out.exists()
+
+
 def test_segmentation_objects_have_one_line_reprs(tmp_path):
     # repr(splits) was ~15,000 characters of arrays; the task and accumulator `<... at 0x...>`.
     from cnnzoo.segmentation.task import SegmentationTask
@@ -1105,6 +1123,46 @@ def test_segment_cli_1024_image_writes_mask_and_overlay(trained, tmp_path, capsy
         "more than 4096 px fit in memory: choose a smaller --tile or --margin")
 
 
+def test_segment_tta_writes_the_masks_evaluate_tta_scores(trained, tmp_path):
+    """`evaluate --tta` scored masks that `segment` could not write (it had no --tta). Now
+    `segment --tta` averages the same views per overlap tile: its mask is the argmax of the TTA
+    probabilities of evaluate's code (`predict_tiled(..., tta=...)`, the same tiles), and with
+    the whole image as its one tile, the mean of the net's logits for the image and its mirror
+    image, worked out here by hand. Each mask records its TTA mode."""
+    from cnnzoo.commands.segment import TTA_KEY
+    from cnnzoo.segmentation.training import load_segmenter
+
+    img = make_cells(1, size=64, seed=2, split="test").images[0][:, :48]  # 64 x 48, 4 tiles
+    _png(tmp_path / "x.png", img)
+    model, meta = load_segmenter(trained / "best.pt")
+    norm = {"mean": tuple(meta["mean"]), "std": tuple(meta["std"])}
+    written = {}
+    for tta in ("flip", "flip-shift", None):
+        out = tmp_path / f"out-{tta}"
+        assert main(["segment", str(tmp_path / "x.png"), "--checkpoint", str(trained / "best.pt"),
+                     "--out", str(out), "--tile", "224", *(["--tta", tta] if tta else [])]) == 0
+        with Image.open(out / "x_mask.png") as m:
+            written[tta] = np.asarray(m) // 255
+            assert m.text.get(TTA_KEY) == tta
+        if tta:
+            probs = predict_tiled(model, img, tile=224, tta=tta, **norm)
+            assert probs.shape == (2, 64, 48)
+            np.testing.assert_array_equal(written[tta], probs.argmax(0).numpy())
+    assert (written["flip"] != written[None]).any()  # the views change the masks
+    assert (written["flip-shift"] != written["flip"]).any()
+    # One tile, no context: the whole 64 x 48 image and its mirror image, averaged.
+    assert main(["segment", str(tmp_path / "x.png"), "--checkpoint", str(trained / "best.pt"),
+                 "--out", str(tmp_path / "one"), "--tile", "64", "--margin", "0",
+                 "--tta"]) == 0  # a bare --tta: flip
+    x = (torch.from_numpy(img).float()[None, None] / 255 - meta["mean"][0]) / meta["std"][0]
+    x = torch.nn.functional.pad(x, (0, 16, 0, 0), mode="reflect")  # the tile: 64 x 64, mirrored
+    with torch.no_grad():
+        logits = (model(x) + model(x.flip(-1)).flip(-1)) / 2
+    with Image.open(tmp_path / "one" / "x_mask.png") as m:
+        np.testing.assert_array_equal(np.asarray(m) // 255, logits[0, :, :, :48].argmax(0))
+        assert m.text[TTA_KEY] == "flip"
+
+
 @pytest.mark.parametrize("option", [["--augment", "photo"], ["--erase", "0.5"],
                                     ["--label-smoothing", "0"]])
 def test_classification_options_are_refused_for_segmentation(option, tmp_path, capsys):
@@ -1114,6 +1172,18 @@ def test_classification_options_are_refused_for_segmentation(option, tmp_path, c
                "--out", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and f"{option[0]} is for classification" in err[0]
+    assert not out.exists()  # before any work
+
+
+@pytest.mark.parametrize("option", [["--cells", "50"], ["--crop", "64"], ["--loss", "dice"],
+                                    ["--encoder", "resnet18"], ["--classes", "a,b"]])
+def test_segmentation_options_are_refused_for_a_classifier(option, tmp_path, capsys):
+    # They had no effect: `train lenet5 --data digits --cells 50` was the default run.
+    out = tmp_path / "run"
+    rc = main(["train", "lenet5", "--data", "digits", *option, "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"cnnzoo train: error: {option[0]} is for --task segmentation "
+                               "(a U-Net); this run trains lenet5 as a classifier: leave it out"]
     assert not out.exists()  # before any work
 
 
@@ -1226,10 +1296,27 @@ def test_segment_json_gives_a_record_per_image_as_predict_does(tmp_path, capsys)
     assert capsys.readouterr().out.splitlines()[0] == (
         f"{scans / 'a.png'}: 32x20 -> {tmp_path / 'out' / 'a_mask.png'}, "
         f"{tmp_path / 'out' / 'a_overlay.png'} (background 50.0%, cell 50.0%)")
-    # Nothing left to segment: still a JSON document.
+    # Resumed (a first run stopped before it printed its JSON): every image's record, in order,
+    # those of the earlier run read from their masks, so a script learns where every mask is.
+    # It listed only this run's images, and [] with nothing left to segment.
     (scans / "c.png").unlink()
+    (tmp_path / "out" / "b_overlay.png").unlink()  # b: to be redone
     assert main([*args, "--resume", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == []
+    assert json.loads(capsys.readouterr().out) == [{**a, "earlier_run": True}, b]
+    assert main([*args, "--resume", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out) == [{**a, "earlier_run": True}, {**b, "earlier_run": True}]
+    assert "nothing to do" in err
+    assert main([*args, "--resume"]) == 0  # the text output: this run's lines (none) and a note
+    assert capsys.readouterr().out == ""
+    (tmp_path / "out" / "b_mask.png").write_bytes(b"cut")  # not a PNG any more: said
+    assert main([*args, "--resume", "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out)[1] == {"image": str(scans / "b.png"), "error": (
+        f"{tmp_path / 'out' / 'b_mask.png'}, the mask an earlier run wrote, cannot be read "
+        f"(cannot identify image file {str(tmp_path / 'out' / 'b_mask.png')!r}): pass "
+        "--overwrite to segment again")}
+    assert err.count("\n") == 2  # the note and the error
 
 
 def test_segment_into_an_out_that_holds_these_images_outputs(tmp_path, monkeypatch, capsys):
@@ -1324,6 +1411,41 @@ def test_segment_resume_refuses_another_checkpoints_masks(tmp_path, capsys):
     assert main([*args, "--checkpoint", str(tmp_path / "other.pt")]) == 0
     with Image.open(out / "b_mask.png") as m:
         assert m.text[MADE_BY] == weights_fingerprint(tmp_path / "other.pt")
+
+
+def test_segment_resume_refuses_masks_of_another_tta(tmp_path, capsys):
+    """A mask made with --tta is not the one made without: resumed with another --tta (or none),
+    the folder would be half one kind and half the other. Refused in one line, as another
+    checkpoint is; the same --tta resumes, and --overwrite redoes them all."""
+    from cnnzoo.commands.segment import TTA_KEY
+
+    _threshold_unet(tmp_path / "net.pt", "elsewhere")
+    _pair_folder(tmp_path / "pairs", ["a", "b"])
+    images, out = tmp_path / "pairs" / "images", tmp_path / "out"
+    args = ["segment", str(images), "--checkpoint", str(tmp_path / "net.pt"), "--out", str(out)]
+    assert main([*args, "--tta", "flip-shift"]) == 0
+    (out / "b_overlay.png").unlink()  # as a killed run leaves b: to be redone
+    for tta in ([], ["--tta"]):  # none, and flip
+        capsys.readouterr()
+        assert main([*args, "--resume", *tta]) == 2
+        assert capsys.readouterr().err == (
+            f"cnnzoo segment: error: {out} holds masks made with --tta flip-shift "
+            f"({out / 'a_mask.png'}): "
+            "--resume continues with the test-time augmentation they were made with (--tta "
+            "flip-shift); pass --overwrite to segment every image again, or another --out\n")
+        assert not (out / "b_overlay.png").exists()
+    assert main([*args, "--resume", "--tta", "flip-shift"]) == 0
+    assert (out / "b_overlay.png").is_file()
+    assert main([*args, "--overwrite"]) == 0  # now plain masks: no record of a TTA
+    with Image.open(out / "a_mask.png") as m:
+        assert TTA_KEY not in m.text
+    (out / "b_overlay.png").unlink()
+    capsys.readouterr()
+    assert main([*args, "--resume", "--tta", "flip"]) == 2
+    err = capsys.readouterr().err
+    assert f"{out} holds masks made without --tta ({out / 'a_mask.png'})" in err
+    assert "made with (no --tta)" in err and err.count("\n") == 1
+    assert main([*args, "--resume"]) == 0 and (out / "b_overlay.png").is_file()
 
 
 def test_segment_resume_names_a_bad_checkpoint_before_the_masks(tmp_path, capsys):

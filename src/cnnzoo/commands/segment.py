@@ -10,6 +10,7 @@ numeric precision (bf16 autocast if it trained in bf16), as `cnnzoo evaluate` sc
 `<stem>_mask.png` (0/255 for two classes, class indices otherwise: the format training reads)
 and `<stem>_overlay.png` (the predicted contours over the image). Folders are expanded
 recursively, without the masks and overlays an earlier run wrote into the output folder.
+`--tta` averages test-time augmentation views per tile, as `cnnzoo evaluate --tta` scores.
 
 Also home of the segmentation options of `cnnzoo train --task segmentation`
 (`add_training_arguments`), so that they live next to the rest of the segmentation CLI.
@@ -32,6 +33,7 @@ from .argtypes import (
     refuse_resume_with_overwrite,
     whole,
 )
+from .train import add_tta_argument
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,14 +57,25 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                         "paper's own)")
     g.add_argument("--encoder-weights", metavar="imagenet|FILE", default=None,
                    help="pretrained weights of the encoder (default: none, a random start)")
-    g.add_argument("--cells", type=COUNT, default=200,
-                   help="--data cells: number of synthetic images (default 200)")
+    g.add_argument("--cells", type=COUNT, default=None,
+                   help="--data cells: number of synthetic images (default 200; refused with "
+                        "other data)")
     g.add_argument("--elastic", type=real(0), default=10.0,
                    help="elastic deformation std in pixels (default 10, the paper's; 0 disables)")
     g.add_argument("--w0", type=real(0), default=10.0,
                    help="weighted_ce border weight (default 10, the paper's)")
     g.add_argument("--sigma", type=real(0, above=True), default=5.0,
                    help="weighted_ce border width in pixels (default 5; paper: about 5)")
+
+
+def segmentation_options_set(args: argparse.Namespace) -> list[str]:
+    """The options of `add_training_arguments` that `args` sets away from their defaults (read
+    from a parser of those options alone, so they are written down once): a classifier's run
+    has no use for them."""
+    p = argparse.ArgumentParser(add_help=False)
+    add_training_arguments(p)
+    return [a.option_strings[0] for a in p._actions
+            if getattr(args, a.dest, a.default) != a.default]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -78,6 +91,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="replace the masks and overlays --out holds for these images (those "
                         "of other images stay); without it (or --resume) they are refused")
     add_tiling_arguments(p)
+    add_tta_argument(p, "test-time augmentation of each overlap tile, as `cnnzoo evaluate --tta` "
+                        "scores (default off)")
     p.add_argument("--batch-size", type=COUNT, default=4, help="tiles per forward pass (default 4)")
     p.add_argument("--json", action="store_true",
                    help="machine-readable output on stdout: one JSON list of records, one per "
@@ -101,10 +116,20 @@ def add_tiling_arguments(p: argparse.ArgumentParser, default: int | None = 512,
 
 # What a mask PNG records of its making (tEXt keys), for --resume and a folder that collects batch
 # after batch: the image by content (`file_digest`: day2/x.png is told from day1/x.png, whose
-# mask x_mask.png is) and the checkpoint (`weights_fingerprint`: two nets' masks, half and half,
-# are not one run's).
+# mask x_mask.png is), the checkpoint (`weights_fingerprint`: two nets' masks, half and half,
+# are not one run's) and the test-time augmentation (`--tta`: another mask of the same net).
+# TTA_KEY is written only with --tta, so a mask without it was made without (as every mask was
+# before segment had --tta) and plain masks are what they were.
 SOURCE_KEY = "cnnzoo-source-sha256"
 MADE_BY = "cnnzoo checkpoint"
+TTA_KEY = "cnnzoo tta"
+
+
+def mask_record(image: Path, made_by: str, tta: str | None) -> dict[str, str]:
+    """The record `write_mask_png` stores for the mask of `image` (the keys above)."""
+    from ..transfer.features import file_digest
+
+    return {SOURCE_KEY: file_digest(image), MADE_BY: made_by, **({TTA_KEY: tta} if tta else {})}
 
 
 def write_mask_png(mask, num_classes: int, path: Path,
@@ -118,6 +143,40 @@ def write_mask_png(mask, num_classes: int, path: Path,
     m = np.asarray(mask, dtype=np.uint8)
     write_png(m * 255 if num_classes == 2 else m, path, text=record)  # a kill leaves no cut mask
     return path
+
+
+def mask_result(image: Path, mask, mask_path: Path, overlay_path: Path,
+                class_names: list[str]) -> dict[str, Any]:
+    """`run`'s record of one image (as `predict --json`'s): its size, its files and each
+    class's share of the pixels of its (H, W) class-index `mask`."""
+    import numpy as np
+
+    m = np.asarray(mask)
+    return {"image": os.fspath(image), "width": int(m.shape[1]), "height": int(m.shape[0]),
+            "mask": os.fspath(mask_path), "overlay": os.fspath(overlay_path),
+            "classes": [{"index": i, "class": name, "share": float((m == i).mean())}
+                        for i, name in enumerate(class_names)]}  # fmt: skip
+
+
+def earlier_result(image: Path, names: dict[Path, str], out: Path,
+                   class_names: list[str]) -> dict[str, Any]:
+    """The record of an image an earlier run segmented into `out` (`--resume` skips it), read
+    from its mask, with "earlier_run": true; {"image", "error"} when that mask cannot be read.
+    `--resume --json` lists every image given, so a script whose first run was stopped before
+    it printed its JSON still learns where every mask is."""
+    import numpy as np
+    from PIL import Image
+
+    mask_path, overlay_path = outputs_of(image, names, out)
+    try:
+        with Image.open(mask_path) as img:
+            m = np.asarray(img)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return {"image": os.fspath(image), "error": f"{mask_path}, the mask an earlier run "
+                f"wrote, cannot be read ({exc}): pass --overwrite to segment again"}  # fmt: skip
+    if len(class_names) == 2:  # 0/255, as `write_mask_png` writes two classes
+        m = m // 255
+    return {**mask_result(image, m, mask_path, overlay_path, class_names), "earlier_run": True}
 
 
 def output_stems(paths: list[Path]) -> dict[Path, str]:
@@ -153,15 +212,17 @@ def outputs_of(path: Path, names: dict[Path, str], out: Path) -> list[Path]:
 
 
 def check_earlier_outputs(paths: list[Path], names: dict[Path, str], out: Path, *,
-                          resume: bool, overwrite: bool, made_by: str) -> list[Path]:  # fmt: skip
+                          resume: bool, overwrite: bool, made_by: str,
+                          tta: str | None = None) -> list[Path]:  # fmt: skip
     """The images still to segment: all of `paths`, or with `resume` those whose mask and
     overlay `out` does not hold yet. Outputs of these images already in `out` (an earlier run:
     another checkpoint's masks, or the first half of a killed run) are a `UsageError` unless
     `resume` or `overwrite` says what to do with them, as `cnnzoo train` treats a run in its
     --out: they were replaced without a word. Outputs of other images are not this run's
     business (a folder that collects the masks of one batch of scans after another). `resume`
-    refuses masks that another checkpoint than `made_by` wrote (their PNG says which): a folder
-    of two nets' masks, half and half, looks like one run's."""
+    refuses masks that another checkpoint than `made_by` wrote (their PNG says which), or that
+    were made with another `tta` (None: none): a folder of two nets' masks, or of one net's
+    with and without test-time augmentation, half and half, looks like one run's."""
     from ..data.images import png_text
     from ..errors import UsageError
     from ..transfer.features import file_digest
@@ -193,6 +254,15 @@ def check_earlier_outputs(paths: list[Path], names: dict[Path, str], out: Path, 
                          f"({outputs_of(by_other_net[0], names, out)[0]}): --resume continues "
                          "with the same --checkpoint only; pass --overwrite to segment every "
                          "image again, or another --out")  # fmt: skip
+    by_other_tta = [p for p in held if records[p].get(TTA_KEY) != tta]
+    if by_other_tta:
+        theirs = records[by_other_tta[0]].get(TTA_KEY)
+        made = f"with --tta {theirs}" if theirs else "without --tta"
+        again = f"--tta {theirs}" if theirs else "no --tta"
+        raise UsageError(f"{out} holds masks made {made} "
+                         f"({outputs_of(by_other_tta[0], names, out)[0]}): --resume continues "
+                         f"with the test-time augmentation they were made with ({again}); pass "
+                         "--overwrite to segment every image again, or another --out")  # fmt: skip
     return [p for p in paths if not all(f.exists() for f in outputs_of(p, names, out))]
 
 
@@ -224,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
     from ..segmentation.training import load_segmenter
     from ..segmentation.visual import overlay
     from ..text import plural, shown
-    from ..transfer.features import file_digest, weights_fingerprint
+    from ..transfer.features import weights_fingerprint
     from .predict import expand_paths, print_results
 
     refuse_resume_with_overwrite(args)
@@ -250,23 +320,30 @@ def run(args: argparse.Namespace) -> int:
     model, meta = load_segmenter(args.checkpoint, ckpt)
     made_by = weights_fingerprint(args.checkpoint)
     todo = check_earlier_outputs(paths, names, out, resume=args.resume,
-                                 overwrite=args.overwrite, made_by=made_by)  # fmt: skip
+                                 overwrite=args.overwrite, made_by=made_by,
+                                 tta=args.tta)  # fmt: skip
+    k, channels = int(meta["num_classes"]), int(meta["in_chans"])
+    class_names = [str(c) for c in meta.get("class_names") or range(k)]
     if not todo:
         print(f"cnnzoo segment: note: all {plural(len(paths), 'image')} given are segmented in "
               f"{out} already: nothing to do (--overwrite segments them again)", file=sys.stderr)
-        if args.json:  # a JSON reader gets its document all the same
-            print_results([], as_json=True, command="segment")
+        if args.json:  # every image's record, read from its mask
+            failed = print_results((earlier_result(p, names, out, class_names) for p in paths),
+                                   as_json=True, command="segment")  # fmt: skip
+            return 1 if failed or problems else 0
         return 1 if problems else 0
     if len(todo) < len(paths):
         print(f"cnnzoo segment: note: resuming: {len(paths) - len(todo)} of "
               f"{plural(len(paths), 'image')} already segmented in {out}", file=sys.stderr)
-        paths = todo
+    # --json lists every image given, those an earlier run segmented too (read from their
+    # masks); the text output has this run's lines, and the note above counts the others.
+    listed = paths if args.json else todo
+    todo_set = set(todo)
     # The run's own precision, as `cnnzoo evaluate` predicts: the masks written are the ones it
     # scores (in fp32, a bf16 run's masks differed from them on about 1 % of the pixels).
     precision = Precision.of_checkpoint(ckpt)
     model.to(memory_format=precision.memory_format)
     del ckpt  # the model holds its own copy of the weights: not two in memory while segmenting
-    k, channels = int(meta["num_classes"]), int(meta["in_chans"])
     geo = checked_geometry(model, args.tile, args.margin)
     if geo.out_size * 4 < geo.in_size:
         # Each input tile is mostly context: many more forward passes than the image needs.
@@ -276,14 +353,16 @@ def run(args: argparse.Namespace) -> int:
               f"({geo.margin} px of context per side); {faster} is faster",
               file=sys.stderr)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
-    class_names = [str(c) for c in meta.get("class_names") or range(k)]
 
     def segmented() -> Iterator[dict[str, Any]]:
         """One record per image, as `predict`'s: {"image", "error"} for a file that cannot be
         read, else its size, the files written and each class's share of the pixels."""
         # A bar over the images, or for one image over its tiles (a large scan takes minutes).
-        for path in tqdm(paths, desc="segment", leave=False,
-                         disable=None if args.progress and len(paths) > 1 else True):
+        for path in tqdm(listed, desc="segment", leave=False,
+                         disable=None if args.progress and len(todo) > 1 else True):
+            if path not in todo_set:
+                yield earlier_result(path, names, out, class_names)
+                continue
             try:
                 img = np.array(load_image(path, 1 if channels == 1 else 3))
             except ImageError as exc:
@@ -294,10 +373,11 @@ def run(args: argparse.Namespace) -> int:
                 mask = predict_tiled(model, chw, tile=args.tile, margin=args.margin,
                                      batch_size=args.batch_size, mean=tuple(meta["mean"]),
                                      std=tuple(meta["std"]), output="mask",
-                                     progress=args.progress and len(paths) == 1).numpy()
+                                     progress=args.progress and len(todo) == 1,
+                                     tta=args.tta or False).numpy()
             mask_path, overlay_path = outputs_of(path, names, out)
             mask_path.parent.mkdir(parents=True, exist_ok=True)
-            write_mask_png(mask, k, mask_path, {SOURCE_KEY: file_digest(path), MADE_BY: made_by})
+            write_mask_png(mask, k, mask_path, mask_record(path, made_by, args.tta))
             write_png(overlay(img, mask), overlay_path)  # last: --resume redoes an image without it
             args.segmented = getattr(args, "segmented", 0) + 1  # for cli's line after a Ctrl-C
             frames = frame_count(path)
@@ -305,11 +385,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"cnnzoo segment: note: {shown(path)} holds {frames} frames (a stack); only the first "
                       "was segmented: save each frame as its own image to segment them all",
                       file=sys.stderr)  # fmt: skip
-            yield {"image": os.fspath(path), "width": int(img.shape[1]),
-                   "height": int(img.shape[0]), "mask": os.fspath(mask_path),
-                   "overlay": os.fspath(overlay_path),
-                   "classes": [{"index": i, "class": name, "share": float((mask == i).mean())}
-                               for i, name in enumerate(class_names)]}  # fmt: skip
+            yield mask_result(path, mask, mask_path, overlay_path, class_names)
 
     def line(r: dict[str, Any]) -> str:
         share = ", ".join(f"{c['class']} {c['share']:.1%}" for c in r["classes"])

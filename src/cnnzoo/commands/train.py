@@ -252,6 +252,16 @@ def run(args: argparse.Namespace) -> int:
 
             result = train_segmentation(args, config, out_dir=out, dist=dist, say=say)
         else:
+            from .segment import segmentation_options_set
+
+            # The segmentation options, set for a classifier, were dropped without a word
+            # (--cells 50, --crop 64, --encoder resnet18): the run was the default one.
+            given = segmentation_options_set(args)
+            if given:
+                from ..errors import UsageError
+
+                raise UsageError(f"{given[0]} is for --task segmentation (a U-Net); this run "
+                                 f"trains {args.model} as a classifier: leave it out")
             data = DataOptions(args.data, img_size=args.img_size, channels=args.channels,
                                batch_size=args.batch_size,
                                augment=args.augment, val_fraction=args.val_fraction,

@@ -859,7 +859,8 @@ def tta_views(x: Tensor, mode: bool | str) -> list[tuple[Tensor, Any]]:
 def tta_forward(net: Any, x: Tensor, mode: bool | str) -> Tensor:
     """The mean of `net`'s float32 outputs for the `tta_views` of x, each moved back into place:
     the one averaging of test-time augmentation, for the training's final validation
-    (`Trainer.evaluate`) and `cnnzoo evaluate`'s overlap tiles (`segmentation.tiling`) alike."""
+    (`Trainer.evaluate`) and the overlap tiles of `cnnzoo evaluate` and `cnnzoo segment`
+    (`segmentation.tiling`) alike."""
     outs = [undo(net(view).float()) for view, undo in tta_views(x, mode)]
     return torch.stack(outs).mean(0)
 

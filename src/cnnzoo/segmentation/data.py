@@ -334,6 +334,10 @@ def split_pairs(
     return PairSplit(train, val, drawn)
 
 
+# How many synthetic images `load_segmentation("cells")` makes when not told.
+DEFAULT_CELLS = 200
+
+
 def load_segmentation(
     source: str | Path,
     *,
@@ -341,9 +345,9 @@ def load_segmentation(
     val_fraction: float = 0.2,
     tile: int = 256,
     seed: int = 0,
-    cells: int = 200,
+    cells: int | None = None,
 ) -> SegmentationSplits:
-    """'cells' (synthetic, `cells` images), a folder (`images/`, `masks/`, optional `val/` with
+    """'cells' (synthetic, `cells` images, default DEFAULT_CELLS), a folder (`images/`, `masks/`, optional `val/` with
     the same layout) or a CSV manifest (its `split` column's val rows validate, test rows are
     left out); without a `val/` folder or val rows a seeded `val_fraction` of the images (whole
     images, before tiling) is held out."""
@@ -357,8 +361,14 @@ def load_segmentation(
             raise DataError(f"cells has its own classes ({', '.join(CLASSES)}), not "
                             f"{', '.join(classes)}: leave out --classes, which names the mask "
                             "values of a folder or manifest")
+        cells = DEFAULT_CELLS if cells is None else cells
         n_val = cells_val_count(cells, val_fraction)
         return load_cells(cells - n_val, n_val, seed=seed)
+    if cells is not None:
+        # A number of synthetic images for real pairs: the run trained on every pair of the
+        # folder, without a word that the option meant nothing.
+        raise DataError(f"--cells is the number of synthetic images of --data cells; {source} "
+                        "is image/mask pairs, all of which are used: leave out --cells")
     split = split_pairs(source, classes=classes, val_fraction=val_fraction, seed=seed)
 
     def pick(p: MaskPairs, count_once: bool = False) -> SegmentationSet:

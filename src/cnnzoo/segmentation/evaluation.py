@@ -37,13 +37,11 @@ from ..data.masks import IGNORE_INDEX, MaskPairs, classes_file
 from ..errors import DataError
 from ..paths import same_source
 from ..text import plural
-from .data import cell_set, cells_val_count, split_pairs
+from .data import DEFAULT_CELLS, cell_set, cells_val_count, split_pairs
 from .metrics import SegmentationAccumulator
 from .tiling import TileGeometry
 
 SPLITS = ("val", "test", "all")
-# `load_segmentation`'s default number of synthetic images, for cells a run was not trained on.
-DEFAULT_CELLS = 200
 
 
 @dataclass
@@ -95,7 +93,7 @@ def _cells(split: str, meta: dict[str, Any], seed: int, trained_on_cells: bool) 
     if trained_on_cells and {"train", "val"} <= set(counts):
         n_train, n_val = int(counts["train"]), int(counts["val"])
     else:
-        n_val = cells_val_count(DEFAULT_CELLS)
+        n_val = cells_val_count(DEFAULT_CELLS)  # (load_segmentation's default)
         n_train = DEFAULT_CELLS - n_val
     streams = {"val": [("val", n_val)], "test": [("test", n_val)],
                "all": [("train", n_train), ("val", n_val)]}[split]  # fmt: skip

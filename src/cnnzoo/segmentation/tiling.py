@@ -148,7 +148,8 @@ def predict_tiled(
         'same' mode (default: the receptive-field radius, exact); batch_size: tiles per forward.
     progress: a tqdm bar over the tiles (for large images).
     tta: test-time augmentation, 'flip' (or True) or 'flip-shift': each tile's logits are the
-        mean over the views of `engine.loop.tta_views`, as `cnnzoo train --tta` validates.
+        mean over the views of `engine.loop.tta_views`, as `cnnzoo train --tta` validates
+        (`cnnzoo evaluate --tta` and `cnnzoo segment --tta` call this).
     Returns (num_classes, H, W) float32 probabilities or logits, or a uint8 (H, W) mask.
     """
     chans = getattr(model, "in_chans", None)

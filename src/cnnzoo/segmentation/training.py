@@ -186,7 +186,7 @@ def train(
     batch_size: int = 8,
     classes: Sequence[str] | None = None,
     val_fraction: float = 0.2,
-    cells: int = 200,
+    cells: int | None = None,
     elastic: float = 10.0,
     jitter: float = 0.2,
     w0: float = 10.0,
@@ -200,8 +200,9 @@ def train(
     overwrite: bool = False,
     **config_overrides: Any,
 ) -> SegmentationRun:
-    """Train a U-Net on `data`: 'cells' (synthetic microscopy, `cells` images), a folder with
-    `images/` + `masks/` (+ optional `instances/`, `val/`) or a CSV manifest.
+    """Train a U-Net on `data`: 'cells' (synthetic microscopy, `cells` images, default 200;
+    `cells` is refused for other data), a folder with `images/` + `masks/` (+ optional
+    `instances/`, `val/`) or a CSV manifest.
 
     loss: 'ce', 'dice', 'ce+dice' or 'weighted_ce' (U-Net's border weight map, w0 / sigma).
     crop: training tile side (random crops; snapped to a size the net accepts).
