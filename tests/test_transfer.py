@@ -1795,6 +1795,17 @@ def test_resuming_fine_tuning_on_other_data_is_refused(folder, tmp_path):
              say=said.append)  # fmt: skip
     warned = [line for line in said if line.startswith("warning: resuming with different")]
     assert len(warned) == 2 and all("lr (was 0.001, now 0.002)" in w for w in warned), said
+    # Another --augment or --label-smoothing: warned of too (they went on without a word).
+    cfg = _tiny_config(mode="finetune")
+    cfg = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, augment="none",
+                                                                label_smoothing=0.0))
+    said.clear()
+    transfer(folder, model="resnet18", weights=None, out=out, resume=True, config=cfg,
+             say=said.append)  # fmt: skip
+    warned = [line for line in said if line.startswith("warning: resuming with different")]
+    assert len(warned) == 2 and all("augment (was flip-crop, now none)" in w
+                                    and "label_smoothing (was 0.1, now 0.0)" in w
+                                    for w in warned), said
     other = tmp_path / "other"
     shutil.copytree(folder, other)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}

@@ -581,7 +581,10 @@ def transfer(
         ft = dataclasses.replace(cfg.finetune, **{n: getattr(cfg, n) for n in SHARED_FIELDS})
         meta = {"model": model, "num_classes": k, "class_names": splits.class_names,
                 "preprocessing": pre.to_dict(), "img_size": pre.crop_size, "transfer": True,
-                "class_weight": cfg.class_weight}
+                "class_weight": cfg.class_weight,
+                # The recipe the config does not hold: a resume with another --augment or
+                # --label-smoothing went on without a word, as `cnnzoo train` warns of it.
+                "augment": ft.augment or "flip-crop", "label_smoothing": ft.label_smoothing}
         if isinstance(data, str | os.PathLike):  # a resume on other data is refused, as in train
             meta["dataset"] = str(Path(data).resolve() if Path(data).exists() else data)
         head_res, full_res = finetune(
