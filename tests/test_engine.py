@@ -1597,6 +1597,27 @@ def test_growth_refuses_a_deeper_source_for_a_shallower_net():
     assert not same.fresh and not same.unused
 
 
+def test_growth_into_fewer_stages_names_the_stages_not_the_depth():
+    """A full vgg11 (8 convs) grown into vgg16 stages=3 (7 convs) was refused as 'vgg11 ...
+    deeper than vgg16': true of the counts, but the cause is the stages, which it now names,
+    with the option to pass."""
+    kw = {"num_classes": 10, "width_mult": 0.125, "fc_dim": 32, "pool_size": 1}
+    source = create_model("vgg11", **kw).state_dict()
+    target = create_model("vgg16", stages=3, **kw)
+    with pytest.raises(WeightsError) as err:
+        grow_from(target, source, source_meta={"model": "vgg11", "model_kwargs": kw},
+                  target_kwargs={**kw, "stages": 3})  # fmt: skip
+    assert str(err.value) == (
+        "the source checkpoint's vgg11 was built with all five stages (8 conv layers), this "
+        "vgg16 with stages=3 (7): grow with the source's stages (leave out --model-arg stages)")
+    three = create_model("vgg13", stages=3, **kw).state_dict()  # 6 convs into vgg16 stages=2's 4
+    with pytest.raises(WeightsError, match=r"built with stages=3 \(6 conv layers\), this vgg16 "
+                                           r"with stages=2 \(4\): .*\(--model-arg stages=3\)$"):
+        grow_from(create_model("vgg16", stages=2, **kw), three,
+                  source_meta={"model": "vgg13", "model_kwargs": {**kw, "stages": 3}},
+                  target_kwargs={**kw, "stages": 2})  # fmt: skip
+
+
 def test_growth_refuses_options_that_change_what_layers_compute():
     """A resnet20 trained with tanh grew into a ReLU resnet32 without a word (every shape fits;
     validation loss 140 after growth); shortcut 'A' against 'none' fits too."""

@@ -160,6 +160,18 @@ def grow_from(
     target_name = getattr(getattr(model, "default_cfg", None), "name", None)
     deep_src, deep_tgt = _conv_count(source_state), _conv_count(target_state)
     if source_name and target_name and source_name != target_name and deep_src > deep_tgt:
+        # A full vgg11 (8 convs) into vgg16 stages=3 (7) is no shallower net: the stages
+        # differ, and "vgg11 deeper than vgg16" sent the user after the wrong cause.
+        staged = differing_options(
+            {k: v for k, v in (meta.get("model_kwargs") or {}).items() if k == "stages"},
+            {k: v for k, v in (target_kwargs or {}).items() if k == "stages"},
+            {k: v for k, v in option_defaults(target_name).items() if k == "stages"})
+        if staged:
+            had = (meta.get("model_kwargs") or {}).get("stages")
+            arg = "leave out --model-arg stages" if had is None else f"--model-arg stages={had}"
+            raise WeightsError(f"the source checkpoint's {source_name} was built with "
+                               f"{staged[0]} ({deep_src} conv layers), this {target_name} with "
+                               f"{staged[1]} ({deep_tgt}): grow with the source's stages ({arg})")
         chain = " (vgg11 → vgg13 → vgg16 → vgg19)" if family == "vgg" else ""
         raise WeightsError(f"the source checkpoint is {source_name} ({deep_src} conv layers), "
                            f"deeper than {target_name} ({deep_tgt}): --init-from grows a deeper "
