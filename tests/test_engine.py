@@ -1618,6 +1618,26 @@ def test_growth_into_fewer_stages_names_the_stages_not_the_depth():
                   target_kwargs={**kw, "stages": 2})  # fmt: skip
 
 
+def test_growth_refuses_a_plain_net_into_a_residual_one_and_back():
+    """plain18 -> resnet34 fits every shape and was copied without a word, though the plain
+    net's layers were trained without the shortcuts resnet34 adds to them (resnet20
+    shortcut=none -> resnet32 was refused); plain18 carries 'none' in its name, not its options.
+    Built on the meta device: only names and shapes matter here."""
+    with torch.device("meta"):
+        plain18, res18 = create_model("plain18"), create_model("resnet18")
+        plain34, res34 = create_model("plain34"), create_model("resnet34")
+    for source, name, target in ((plain18, "plain18", res34), (res18, "resnet18", plain34)):
+        with pytest.raises(WeightsError, match=rf"^the source checkpoint is {name}, with .*"
+                                               r"shortcuts.*: its layers would compute other "
+                                               r"functions here; grow a plain net into a plain "
+                                               r"one \(plain18 -> plain34\)"):
+            grow_from(target, source.state_dict(), source_meta={"model": name, "model_kwargs": {}},
+                      target_kwargs={})  # fmt: skip
+    same = grow_from(plain34, plain18.state_dict(), source_meta={"model": "plain18"},
+                     target_kwargs={})  # fmt: skip
+    assert "layer1.0.conv1.weight" in same.copied
+
+
 def test_growth_refuses_options_that_change_what_layers_compute():
     """A resnet20 trained with tanh grew into a ReLU resnet32 without a word (every shape fits;
     validation loss 140 after growth); shortcut 'A' against 'none' fits too."""
