@@ -299,9 +299,11 @@ def _check_shortcuts(model: nn.Module, source_name: Any, source_kwargs: dict[str
     """A one-line error when one net has shortcuts and the other none: plain18 -> resnet34
     fits every shape, and was copied without a word, while resnet20 shortcut=none -> resnet32
     was refused (`_check_function`); the plain nets carry 'none' in their name."""
-    there = _shortcut_of(source_name, source_kwargs) if source_name else None
     here = getattr(model, "shortcut_type", None)
-    if there is None or here is None or (there == "none") == (here == "none"):
+    if here is None or not source_name:  # a net without shortcuts to compare (VGG, DenseNet)
+        return
+    there = _shortcut_of(source_name, source_kwargs)
+    if there is None or (there == "none") == (here == "none"):
         return
     words = {"none": "no shortcuts"}
     raise WeightsError(f"the source checkpoint is {source_name}, with "
