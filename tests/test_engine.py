@@ -1656,6 +1656,47 @@ def test_growth_refuses_a_deeper_source_for_a_shallower_net():
     assert not same.fresh and not same.unused
 
 
+def test_growth_into_fewer_stages_names_the_stages_not_the_depth():
+    """A full vgg11 (8 convs) grown into vgg16 stages=3 (7 convs) was refused as 'vgg11 ...
+    deeper than vgg16': true of the counts, but the cause is the stages, which it now names,
+    with the option to pass."""
+    kw = {"num_classes": 10, "width_mult": 0.125, "fc_dim": 32, "pool_size": 1}
+    source = create_model("vgg11", **kw).state_dict()
+    target = create_model("vgg16", stages=3, **kw)
+    with pytest.raises(WeightsError) as err:
+        grow_from(target, source, source_meta={"model": "vgg11", "model_kwargs": kw},
+                  target_kwargs={**kw, "stages": 3})  # fmt: skip
+    assert str(err.value) == (
+        "the source checkpoint's vgg11 was built with all five stages (8 conv layers), this "
+        "vgg16 with stages=3 (7): grow with the source's stages (leave out --model-arg stages)")
+    three = create_model("vgg13", stages=3, **kw).state_dict()  # 6 convs into vgg16 stages=2's 4
+    with pytest.raises(WeightsError, match=r"built with stages=3 \(6 conv layers\), this vgg16 "
+                                           r"with stages=2 \(4\): .*\(--model-arg stages=3\)$"):
+        grow_from(create_model("vgg16", stages=2, **kw), three,
+                  source_meta={"model": "vgg13", "model_kwargs": {**kw, "stages": 3}},
+                  target_kwargs={**kw, "stages": 2})  # fmt: skip
+
+
+def test_growth_refuses_a_plain_net_into_a_residual_one_and_back():
+    """plain18 -> resnet34 fits every shape and was copied without a word, though the plain
+    net's layers were trained without the shortcuts resnet34 adds to them (resnet20
+    shortcut=none -> resnet32 was refused); plain18 carries 'none' in its name, not its options.
+    Built on the meta device: only names and shapes matter here."""
+    with torch.device("meta"):
+        plain18, res18 = create_model("plain18"), create_model("resnet18")
+        plain34, res34 = create_model("plain34"), create_model("resnet34")
+    for source, name, target in ((plain18, "plain18", res34), (res18, "resnet18", plain34)):
+        with pytest.raises(WeightsError, match=rf"^the source checkpoint is {name}, with .*"
+                                               r"shortcuts.*: its layers would compute other "
+                                               r"functions here; grow a plain net into a plain "
+                                               r"one \(plain18 -> plain34\)"):
+            grow_from(target, source.state_dict(), source_meta={"model": name, "model_kwargs": {}},
+                      target_kwargs={})  # fmt: skip
+    same = grow_from(plain34, plain18.state_dict(), source_meta={"model": "plain18"},
+                     target_kwargs={})  # fmt: skip
+    assert "layer1.0.conv1.weight" in same.copied
+
+
 def test_growth_refuses_options_that_change_what_layers_compute():
     """A resnet20 trained with tanh grew into a ReLU resnet32 without a word (every shape fits;
     validation loss 140 after growth); shortcut 'A' against 'none' fits too."""

@@ -160,6 +160,18 @@ def grow_from(
     target_name = getattr(getattr(model, "default_cfg", None), "name", None)
     deep_src, deep_tgt = _conv_count(source_state), _conv_count(target_state)
     if source_name and target_name and source_name != target_name and deep_src > deep_tgt:
+        # A full vgg11 (8 convs) into vgg16 stages=3 (7) is no shallower net: the stages
+        # differ, and "vgg11 deeper than vgg16" sent the user after the wrong cause.
+        staged = differing_options(
+            {k: v for k, v in (meta.get("model_kwargs") or {}).items() if k == "stages"},
+            {k: v for k, v in (target_kwargs or {}).items() if k == "stages"},
+            {k: v for k, v in option_defaults(target_name).items() if k == "stages"})
+        if staged:
+            had = (meta.get("model_kwargs") or {}).get("stages")
+            arg = "leave out --model-arg stages" if had is None else f"--model-arg stages={had}"
+            raise WeightsError(f"the source checkpoint's {source_name} was built with "
+                               f"{staged[0]} ({deep_src} conv layers), this {target_name} with "
+                               f"{staged[1]} ({deep_tgt}): grow with the source's stages ({arg})")
         chain = " (vgg11 → vgg13 → vgg16 → vgg19)" if family == "vgg" else ""
         raise WeightsError(f"the source checkpoint is {source_name} ({deep_src} conv layers), "
                            f"deeper than {target_name} ({deep_tgt}): --init-from grows a deeper "
@@ -234,6 +246,7 @@ def grow_from(
     first_conv = next((k.rsplit(".", 1)[0] for k, v in target_state.items() if v.dim() == 4), None)
     _check_fit(misfit, family, meta, target_kwargs, first_conv, target_name)  # before any copy
     _check_function(meta.get("model_kwargs"), target_kwargs, target_name)
+    _check_shortcuts(model, source_name, meta.get("model_kwargs"), target_name)
     with torch.no_grad():
         for k, s in report.copied.items():
             target_state[k].copy_(source_state[s])
@@ -266,6 +279,38 @@ def _check_function(src: dict[str, Any] | None, tgt: dict[str, Any] | None,
         raise WeightsError(f"the source was built with {diff[0]}, this model with {diff[1]}: its "
                            "layers would compute other functions here; grow with the source's "
                            f"options ({given or 'leave out --model-arg ' + ' '.join(keys)})")
+
+
+def _shortcut_of(name: Any, kwargs: dict[str, Any] | None) -> str | None:
+    """The shortcuts of the net `name` built with `kwargs` ('A', 'B', 'none'; None for a family
+    without them or a net this version cannot build), read off the net built on the meta
+    device: plain18's 'none' is in its name, not in its options."""
+    from ..models import create_model
+
+    try:
+        with torch.device("meta"):
+            return getattr(create_model(str(name), **(kwargs or {})), "shortcut_type", None)
+    except Exception:  # noqa: BLE001 - nothing to compare; the copy decides as before
+        return None
+
+
+def _check_shortcuts(model: nn.Module, source_name: Any, source_kwargs: dict[str, Any] | None,
+                     target_name: str | None) -> None:  # fmt: skip
+    """A one-line error when one net has shortcuts and the other none: plain18 -> resnet34
+    fits every shape, and was copied without a word, while resnet20 shortcut=none -> resnet32
+    was refused (`_check_function`); the plain nets carry 'none' in their name."""
+    here = getattr(model, "shortcut_type", None)
+    if here is None or not source_name:  # a net without shortcuts to compare (VGG, DenseNet)
+        return
+    there = _shortcut_of(source_name, source_kwargs)
+    if there is None or (there == "none") == (here == "none"):
+        return
+    words = {"none": "no shortcuts"}
+    raise WeightsError(f"the source checkpoint is {source_name}, with "
+                       f"{words.get(there, 'shortcuts')}, and {target_name or 'this model'} has "
+                       f"{words.get(here, 'shortcuts')}: its layers would compute other "
+                       "functions here; grow a plain net into a plain one (plain18 -> plain34) "
+                       "and a residual one into a residual one (resnet18 -> resnet34)")
 
 
 def _check_fit(misfit: list[tuple[str, str, str]], family: str | None, meta: dict[str, Any],
