@@ -1286,6 +1286,40 @@ def test_segment_into_an_out_that_holds_these_images_outputs(tmp_path, monkeypat
     assert len(list(out.iterdir())) == 8
 
 
+def test_segment_into_an_out_another_run_is_writing_into_is_refused(tmp_path, capsys):
+    """Two segment runs into one --out (two batch jobs, a --resume started while the first
+    still ran) both went ahead: the second took the images the first was segmenting as still
+    to do, and the two wrote the same masks. --out is now held as `train` and `transfer` hold
+    theirs: the second is refused in one line before writing anything, and a finished run
+    leaves no lock behind."""
+    import fcntl
+    import os
+
+    from cnnzoo.paths import LOCK_FILE
+
+    _threshold_unet(tmp_path / "net.pt", "elsewhere")
+    _pair_folder(tmp_path / "pairs", ["a", "b"])
+    out = tmp_path / "out"
+    args = ["segment", str(tmp_path / "pairs" / "images"), "--checkpoint",
+            str(tmp_path / "net.pt"), "--out", str(out), "--json"]  # fmt: skip
+    out.mkdir()
+    other = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT)  # the first run, still writing
+    fcntl.flock(other, fcntl.LOCK_EX)
+    try:
+        assert main([*args, "--resume"]) == 2
+    finally:
+        os.close(other)  # the first run ends (the OS lets go of its lock however it ends)
+    printed, err = capsys.readouterr()
+    assert printed == ""
+    assert err == (f"cnnzoo segment: error: --out {out}: another cnnzoo run is writing into "
+                   "it: wait for it to end, or choose another --out\n")
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # nothing of this run's
+    assert main([*args, "--resume"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["a_mask.png", "a_overlay.png",
+                                                     "b_mask.png", "b_overlay.png"]
+
+
 def test_segment_resume_refuses_another_checkpoints_masks(tmp_path, capsys):
     """`segment --resume` took any mask in --out as done: resumed with another checkpoint, the
     folder ended up half one net's masks and half the other's, and nothing said so. Each mask

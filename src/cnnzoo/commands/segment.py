@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..paths import folders_released
 from .argtypes import (
     COUNT,
     add_progress_argument,
@@ -209,6 +210,7 @@ def earlier_outputs(paths: list[Path], given: list[str], out: Path) -> list[Path
             and Path(os.path.realpath(p)).is_relative_to(root)]  # fmt: skip
 
 
+@folders_released()  # lets go of --out (`hold_folder` below) however the run ends
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
@@ -219,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.distributed import use_threads
     from ..engine.precision import Precision
     from ..errors import ImageError
-    from ..paths import check_folder
+    from ..paths import check_folder, hold_folder
     from ..segmentation.tiling import checked_geometry, predict_tiled
     from ..segmentation.training import load_segmenter
     from ..segmentation.visual import overlay
@@ -249,6 +251,10 @@ def run(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.checkpoint)
     model, meta = load_segmenter(args.checkpoint, ckpt)
     made_by = weights_fingerprint(args.checkpoint)
+    # One run per --out, as `train` and `transfer` hold theirs: a --resume started while the
+    # first run still wrote there took the same masks as still to do, and both segmented
+    # them. Held before the masks there are judged, which another run may be writing.
+    hold_folder(out)
     todo = check_earlier_outputs(paths, names, out, resume=args.resume,
                                  overwrite=args.overwrite, made_by=made_by)  # fmt: skip
     if not todo:
