@@ -1230,6 +1230,17 @@ def test_segment_json_gives_a_record_per_image_as_predict_does(tmp_path, capsys)
     (scans / "c.png").unlink()
     assert main([*args, "--resume", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
+    # A folder without images among the others: exit status 1, and a record saying why (it
+    # was on stderr only, and the document held nothing that failed).
+    (tmp_path / "none").mkdir()
+    problem = {"image": str(tmp_path / "none"),
+               "error": f"{tmp_path / 'none'}: no image files in this folder"}
+    for again, images in (("--overwrite", 3), ("--resume", 1)):  # 1: only the folder's record
+        assert main([args[0], str(tmp_path / "none"), *args[1:], "--json", again]) == 1
+        out, err = capsys.readouterr()
+        records = json.loads(out)
+        assert records[0] == problem and len(records) == images
+        assert f"cnnzoo segment: error: {problem['error']}\n" in err
 
 
 def test_segment_into_an_out_that_holds_these_images_outputs(tmp_path, monkeypatch, capsys):

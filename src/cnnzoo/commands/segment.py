@@ -18,6 +18,7 @@ Also home of the segmentation options of `cnnzoo train --task segmentation`
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 from collections.abc import Iterator
@@ -231,10 +232,8 @@ def run(args: argparse.Namespace) -> int:
 
     refuse_resume_with_overwrite(args)
     use_threads(args.threads)
-    problems: list[str] = []
-    paths = expand_paths(args.images, problems)
-    for line in problems:  # a folder without images: exit status 1, as an unreadable image
-        print(f"cnnzoo segment: error: {shown(line)}", file=sys.stderr)
+    problems: list[dict[str, str]] = []  # a folder without images: exit status 1, as an
+    paths = expand_paths(args.images, problems)  # unreadable image, and its record in --json
     out = Path(args.out)
     check_folder(out, "--out")
     skip = earlier_outputs(paths, args.images, out)
@@ -260,9 +259,9 @@ def run(args: argparse.Namespace) -> int:
     if not todo:
         print(f"cnnzoo segment: note: all {plural(len(paths), 'image')} given are segmented in "
               f"{out} already: nothing to do (--overwrite segments them again)", file=sys.stderr)
-        if args.json:  # a JSON reader gets its document all the same
-            print_results([], as_json=True, command="segment")
-        return 1 if problems else 0
+        # A JSON reader gets its document all the same (the problems' records, or [])
+        failed = print_results(problems, as_json=args.json, command="segment")
+        return 1 if failed else 0
     if len(todo) < len(paths):
         print(f"cnnzoo segment: note: resuming: {len(paths) - len(todo)} of "
               f"{plural(len(paths), 'image')} already segmented in {out}", file=sys.stderr)
@@ -323,6 +322,7 @@ def run(args: argparse.Namespace) -> int:
 
     # One line per image (`shown` by print_results, whatever the file and its classes are
     # named), or the JSON records; errors on stderr either way, as predict's.
-    failed = print_results(segmented(), as_json=args.json, command="segment",
-                           lines=lambda r: [line(r)], path_line=False)  # fmt: skip
-    return 1 if failed or problems else 0
+    failed = print_results(itertools.chain(problems, segmented()), as_json=args.json,
+                           command="segment", lines=lambda r: [line(r)],
+                           path_line=False)  # fmt: skip
+    return 1 if failed else 0
