@@ -131,8 +131,26 @@ def _printable_stdout() -> typing.Iterator[None]:
         out.reconfigure(errors=errors)
 
 
+@contextlib.contextmanager
+def _streams_to_devnull_when_closed() -> typing.Iterator[None]:
+    """While a command runs, a closed stdout or stderr (`>&-`, `2>&-`, a service started without
+    them: Python makes it None) reads as /dev/null, as print() already treats it: `predict
+    --json` ended in a traceback after the work (its document is written with .write), and with
+    stderr closed any progress bar (tqdm) did, exit status 1 -- the status of an unreadable
+    image. Put back as it was afterwards."""
+    closed = [name for name in ("stdout", "stderr") if getattr(sys, name) is None]
+    with contextlib.ExitStack() as stack:
+        for name in closed:
+            setattr(sys, name, stack.enter_context(open(os.devnull, "w", encoding="utf-8")))
+        try:
+            yield
+        finally:
+            for name in closed:
+                setattr(sys, name, None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    with _printable_stdout():
+    with _streams_to_devnull_when_closed(), _printable_stdout():
         return _main(argv)
 
 
