@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 
 import numpy as np
@@ -1329,6 +1330,35 @@ def test_segment_into_an_out_another_run_is_writing_into_is_refused(tmp_path, ca
     assert len(json.loads(capsys.readouterr().out)) == 2
     assert sorted(p.name for p in out.iterdir()) == ["a_mask.png", "a_overlay.png",
                                                      "b_mask.png", "b_overlay.png"]
+
+
+def test_segment_writes_the_outputs_of_an_image_whose_name_is_near_the_limit(tmp_path, capsys):
+    """An image named with 240 bytes (a generated name; 'é' is two) has a legal name, but its
+    `<name>_overlay.png` is past the file system's 255: the run ended in a traceback (exit 1,
+    the status of an unreadable image) before segmenting any of the images given. Such a name
+    is now cut, with a hash of the whole so that two such names stay apart, to fit with the
+    temporary name it is written under; the others keep theirs."""
+    from cnnzoo.commands.segment import output_stems
+
+    _threshold_unet(tmp_path / "net.pt", "elsewhere")
+    scans = tmp_path / "scans"
+    long_a, long_b = "é" * 119 + "a", "é" * 119 + "b"
+    for stem in (long_a, long_b, "short"):
+        _put(scans / f"{stem}.png", np.tile(np.array([0, 200], np.uint8).repeat(8), (20, 2)))
+    out = tmp_path / "out"
+    args = ["segment", str(scans), "--checkpoint", str(tmp_path / "net.pt"), "--out", str(out),
+            "--json"]  # fmt: skip
+    assert main(args) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert len(records) == 3 and all("error" not in r for r in records)
+    written = sorted(p.name for p in out.iterdir())
+    assert len(written) == 6 and "short_mask.png" in written
+    assert max(len(os.fsencode(n)) for n in written) <= 255 - 22  # and '.NAME.PID.8chars.tmp'
+    stems = list(output_stems(sorted(scans.iterdir())).values())
+    assert len(set(stems)) == 3 and sum(s.startswith("é" * 100) for s in stems) == 2
+    assert {r["mask"] for r in records} == {str(out / f"{s}_mask.png") for s in stems}
+    assert main([*args, "--resume"]) == 0  # the cut names are found again
+    assert json.loads(capsys.readouterr().out) == []
 
 
 def test_segment_resume_refuses_another_checkpoints_masks(tmp_path, capsys):

@@ -143,7 +143,34 @@ def output_stems(paths: list[Path]) -> dict[Path, str]:
         names.update({p: p.resolve().relative_to(root).with_suffix("").as_posix() for p in same})
     names.update({p: f"{names[p]}_{p.suffix.lstrip('.')}" for p in clashing()})
     names.update({p: f"{names[p]}_{i}" for i, p in enumerate(clashing(), 1)})  # a.png, a_png.png
-    return names
+    return {p: _short_enough(name) for p, name in names.items()}
+
+
+NAME_MAX = 255  # bytes in one file name, on the usual file systems (ext4, XFS, btrfs, APFS)
+# What the atomic writers add to a name for the temporary file they rename into place
+# (`paths.temp_prefix` + mkstemp's part): '.NAME.PID.xxxxxxxx.tmp', with a PID of up to 7 digits.
+TEMP_EXTRA = len("." + ".4194304." + "xxxxxxxx" + ".tmp")
+
+
+def _short_enough(name: str) -> str:
+    """`name` (an `output_stems` value), its last part cut so that each output's file name, and
+    the temporary one it is written under, fit in NAME_MAX bytes, and told from other cuts by a
+    hash of the whole: an image named with 240 bytes (a generated name) has a legal name, but
+    its `_overlay.png` had none, and the run ended in a traceback before segmenting any image."""
+    head, _, base = name.rpartition("/")
+    room = NAME_MAX - TEMP_EXTRA - max(len(s) for s in OUTPUT_SUFFIXES)
+
+    def size(text: str) -> int:
+        return len(os.fsencode(text))
+
+    if size(base) <= room:
+        return name
+    import hashlib
+
+    tag = "~" + hashlib.sha256(os.fsencode(name)).hexdigest()[:8]
+    while size(base) + len(tag) > room:  # by characters: a multi-byte one is not split
+        base = base[:-1]
+    return f"{head}/{base}{tag}" if head else base + tag
 
 
 OUTPUT_SUFFIXES = ("_mask.png", "_overlay.png")  # the files `run` writes for each image
