@@ -753,3 +753,24 @@ def test_a_closed_stdout_or_stderr_reads_as_dev_null(tmp_path, grey_classes, mon
     monkeypatch.setattr(sys, "stdout", None)
     assert main(["predict", str(grey_classes), "--weights", str(run / "best.pt"), "--json"]) == 0
     assert sys.stdout is None
+
+
+def test_a_name_over_the_file_systems_limit_is_one_line(tmp_path, grey_classes, capsys):
+    """A path with a name over 255 bytes (a garbled line of a generated list, a long run name
+    in --out) ended every command in pathlib's OSError traceback, exit status 1 (the status of
+    an unreadable image); `train --out` printed a second traceback from its own resume hint.
+    Now it is one line, exit status 2; in predict's list it is that image's own error."""
+    from cnnzoo.commands.predict import expand_paths
+
+    long = "b" * 300
+    for argv in (["train", "lenet5", "--data", str(grey_classes), "--epochs", "1",
+                  "--out", str(tmp_path / long)],
+                 ["evaluate", str(tmp_path / f"{long}.pt")],
+                 ["compare", str(tmp_path / long)]):  # fmt: skip
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert err.endswith("File name too long: a name in the path is longer than the file "
+                            "system takes (255 bytes): give a shorter one\n")
+    good = grey_classes / "cat" / "0.png"
+    assert expand_paths([tmp_path / f"{long}.png", good]) == [tmp_path / f"{long}.png", good]

@@ -102,6 +102,9 @@ _TODO = {
     errno.EROFS: "choose another --out",
     errno.EACCES: "check its permissions, or choose another --out if results go there",
     errno.EPERM: "check its permissions, or choose another --out if results go there",
+    # A path given with a name over the file system's 255 bytes: pathlib's checks raise it.
+    errno.ENAMETOOLONG: "a name in the path is longer than the file system takes (255 bytes): "
+                        "give a shorter one",
 }
 
 
@@ -238,8 +241,9 @@ def _resume_hint(args: argparse.Namespace, started: float) -> str:
     this command is the replaced run's."""
 
     def ours(path: Path) -> bool:
-        return path.is_file() and not (getattr(args, "overwrite", False)
-                                       and path.stat().st_mtime < started)
+        # os.path's: Path.is_file raised again on the name too long that ended the command
+        return os.path.isfile(path) and not (getattr(args, "overwrite", False)
+                                             and path.stat().st_mtime < started)
 
     if "torch" not in sys.modules:
         # Interrupted while torch was being imported (Python drops a module whose import

@@ -208,7 +208,7 @@ def expand_paths(
     empty: list[dict[str, str]] = []
     for item in items:
         p = Path(item)
-        if p.is_dir():
+        if os.path.isdir(p):  # (Path.is_dir raised on a name over 255 bytes: a garbled list line)
             found = image_files(p)
             if not found:
                 empty.append({"image": os.fspath(p), "error": f"{p}: no image files in this "
