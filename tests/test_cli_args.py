@@ -731,3 +731,46 @@ def test_no_progress_turns_off_the_bars_of_predict_evaluate_and_data_info(tmp_pa
             assert main([*argv, "--no-progress"] if quiet else argv) == 0
             drawn = "\r" in term.getvalue()  # how tqdm redraws its line
             assert drawn is not quiet, (argv[0], quiet, term.getvalue())
+
+
+def test_a_closed_stdout_or_stderr_reads_as_dev_null(tmp_path, grey_classes, monkeypatch,
+                                                     capsys):
+    """A job started with stderr closed (`cnnzoo train ... --json 2>&-`, a service without one:
+    Python's sys.stderr is None) ended with exit status 1 and nothing said, its progress bar
+    writing to None; `predict --json >&-` wrote its document to None, a traceback after the
+    work. Either stream closed now reads as /dev/null, as print() already treated it, and is
+    put back as it was."""
+    import json
+    import sys
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(sys, "stderr", None)
+    assert main(["train", "lenet5", "--data", str(grey_classes), "--epochs", "1", "--precision",
+                 "fp32", "--channels-last", "off", "--no-tensorboard", "--out", str(run),
+                 "--json"]) == 0  # fmt: skip
+    assert sys.stderr is None
+    assert json.loads(capsys.readouterr().out)["model"] == "lenet5"
+    monkeypatch.setattr(sys, "stdout", None)
+    assert main(["predict", str(grey_classes), "--weights", str(run / "best.pt"), "--json"]) == 0
+    assert sys.stdout is None
+
+
+def test_a_name_over_the_file_systems_limit_is_one_line(tmp_path, grey_classes, capsys):
+    """A path with a name over 255 bytes (a garbled line of a generated list, a long run name
+    in --out) ended every command in pathlib's OSError traceback, exit status 1 (the status of
+    an unreadable image); `train --out` printed a second traceback from its own resume hint.
+    Now it is one line, exit status 2; in predict's list it is that image's own error."""
+    from cnnzoo.commands.predict import expand_paths
+
+    long = "b" * 300
+    for argv in (["train", "lenet5", "--data", str(grey_classes), "--epochs", "1",
+                  "--out", str(tmp_path / long)],
+                 ["evaluate", str(tmp_path / f"{long}.pt")],
+                 ["compare", str(tmp_path / long)]):  # fmt: skip
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert err.endswith("File name too long: a name in the path is longer than the file "
+                            "system takes (255 bytes): give a shorter one\n")
+    good = grey_classes / "cat" / "0.png"
+    assert expand_paths([tmp_path / f"{long}.png", good]) == [tmp_path / f"{long}.png", good]

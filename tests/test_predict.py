@@ -145,6 +145,15 @@ def test_predict_cli_text_format_and_folders(image_dir, capsys):
     assert captured.err == (f"cnnzoo predict: error: {image_dir / 'no_images'}: no image files in "
                             "this folder\n")
     assert captured.out.splitlines() == lines
+    # With --json the folder is a record of its own, as an unreadable image is: a script that
+    # got exit status 1 found no "error" in the document (the folder was on stderr only).
+    assert main(["predict", str(image_dir / "no_images"), str(sub), "--top", "2", "--json"]) == 1
+    captured = capsys.readouterr()
+    records = json.loads(captured.out)
+    assert records[0] == {"image": str(image_dir / "no_images"),
+                          "error": f"{image_dir / 'no_images'}: no image files in this folder"}
+    assert [r["image"] for r in records[1:]] == [str(sub / "a.jpg")]
+    assert captured.err == f"cnnzoo predict: error: {records[0]['error']}\n"  # once
     # The lecture's list: "  1. tiger_cat: 39.47%".
     rank, name, pct = lines[1].split()
     assert lines[1].startswith("  1. ") and lines[2].startswith("  2. ")

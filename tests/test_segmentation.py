@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 
 import numpy as np
@@ -1317,6 +1318,17 @@ def test_segment_json_gives_a_record_per_image_as_predict_does(tmp_path, capsys)
         f"(cannot identify image file {str(tmp_path / 'out' / 'b_mask.png')!r}): pass "
         "--overwrite to segment again")}
     assert err.count("\n") == 2  # the note and the error
+    # A folder without images among the others: exit status 1, and a record saying why (it
+    # was on stderr only, and the document held nothing that failed).
+    (tmp_path / "none").mkdir()
+    problem = {"image": str(tmp_path / "none"),
+               "error": f"{tmp_path / 'none'}: no image files in this folder"}
+    for again in ("--overwrite", "--resume"):  # --resume: a, b from their masks
+        assert main([args[0], str(tmp_path / "none"), *args[1:], "--json", again]) == 1
+        out, err = capsys.readouterr()
+        records = json.loads(out)
+        assert records[0] == problem and len(records) == 3
+        assert f"cnnzoo segment: error: {problem['error']}\n" in err
 
 
 def test_segment_into_an_out_that_holds_these_images_outputs(tmp_path, monkeypatch, capsys):
@@ -1371,6 +1383,70 @@ def test_segment_into_an_out_that_holds_these_images_outputs(tmp_path, monkeypat
     assert main(["segment", str(tmp_path / "more"), "--checkpoint", str(tmp_path / "net.pt"),
                  "--out", str(out)]) == 0
     assert len(list(out.iterdir())) == 8
+
+
+def test_segment_into_an_out_another_run_is_writing_into_is_refused(tmp_path, capsys):
+    """Two segment runs into one --out (two batch jobs, a --resume started while the first
+    still ran) both went ahead: the second took the images the first was segmenting as still
+    to do, and the two wrote the same masks. --out is now held as `train` and `transfer` hold
+    theirs: the second is refused in one line before writing anything, and a finished run
+    leaves no lock behind."""
+    import fcntl
+    import os
+
+    from cnnzoo.paths import LOCK_FILE
+
+    _threshold_unet(tmp_path / "net.pt", "elsewhere")
+    _pair_folder(tmp_path / "pairs", ["a", "b"])
+    out = tmp_path / "out"
+    args = ["segment", str(tmp_path / "pairs" / "images"), "--checkpoint",
+            str(tmp_path / "net.pt"), "--out", str(out), "--json"]  # fmt: skip
+    out.mkdir()
+    other = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT)  # the first run, still writing
+    fcntl.flock(other, fcntl.LOCK_EX)
+    try:
+        assert main([*args, "--resume"]) == 2
+    finally:
+        os.close(other)  # the first run ends (the OS lets go of its lock however it ends)
+    printed, err = capsys.readouterr()
+    assert printed == ""
+    assert err == (f"cnnzoo segment: error: --out {out}: another cnnzoo run is writing into "
+                   "it: wait for it to end, or choose another --out\n")
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # nothing of this run's
+    assert main([*args, "--resume"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["a_mask.png", "a_overlay.png",
+                                                     "b_mask.png", "b_overlay.png"]
+
+
+def test_segment_writes_the_outputs_of_an_image_whose_name_is_near_the_limit(tmp_path, capsys):
+    """An image named with 240 bytes (a generated name; 'é' is two) has a legal name, but its
+    `<name>_overlay.png` is past the file system's 255: the run ended in a traceback (exit 1,
+    the status of an unreadable image) before segmenting any of the images given. Such a name
+    is now cut, with a hash of the whole so that two such names stay apart, to fit with the
+    temporary name it is written under; the others keep theirs."""
+    from cnnzoo.commands.segment import output_stems
+
+    _threshold_unet(tmp_path / "net.pt", "elsewhere")
+    scans = tmp_path / "scans"
+    long_a, long_b = "é" * 119 + "a", "é" * 119 + "b"
+    for stem in (long_a, long_b, "short"):
+        _put(scans / f"{stem}.png", np.tile(np.array([0, 200], np.uint8).repeat(8), (20, 2)))
+    out = tmp_path / "out"
+    args = ["segment", str(scans), "--checkpoint", str(tmp_path / "net.pt"), "--out", str(out),
+            "--json"]  # fmt: skip
+    assert main(args) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert len(records) == 3 and all("error" not in r for r in records)
+    written = sorted(p.name for p in out.iterdir())
+    assert len(written) == 6 and "short_mask.png" in written
+    assert max(len(os.fsencode(n)) for n in written) <= 255 - 22  # and '.NAME.PID.8chars.tmp'
+    stems = list(output_stems(sorted(scans.iterdir())).values())
+    assert len(set(stems)) == 3 and sum(s.startswith("é" * 100) for s in stems) == 2
+    assert {r["mask"] for r in records} == {str(out / f"{s}_mask.png") for s in stems}
+    assert main([*args, "--resume"]) == 0  # the cut names are found again
+    again = json.loads(capsys.readouterr().out)
+    assert [r.pop("earlier_run") for r in again] == [True] * 3 and again == records
 
 
 def test_segment_resume_refuses_another_checkpoints_masks(tmp_path, capsys):

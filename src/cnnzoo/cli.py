@@ -102,6 +102,9 @@ _TODO = {
     errno.EROFS: "choose another --out",
     errno.EACCES: "check its permissions, or choose another --out if results go there",
     errno.EPERM: "check its permissions, or choose another --out if results go there",
+    # A path given with a name over the file system's 255 bytes: pathlib's checks raise it.
+    errno.ENAMETOOLONG: "a name in the path is longer than the file system takes (255 bytes): "
+                        "give a shorter one",
 }
 
 
@@ -131,8 +134,26 @@ def _printable_stdout() -> typing.Iterator[None]:
         out.reconfigure(errors=errors)
 
 
+@contextlib.contextmanager
+def _streams_to_devnull_when_closed() -> typing.Iterator[None]:
+    """While a command runs, a closed stdout or stderr (`>&-`, `2>&-`, a service started without
+    them: Python makes it None) reads as /dev/null, as print() already treats it: `predict
+    --json` ended in a traceback after the work (its document is written with .write), and with
+    stderr closed any progress bar (tqdm) did, exit status 1 -- the status of an unreadable
+    image. Put back as it was afterwards."""
+    closed = [name for name in ("stdout", "stderr") if getattr(sys, name) is None]
+    with contextlib.ExitStack() as stack:
+        for name in closed:
+            setattr(sys, name, stack.enter_context(open(os.devnull, "w", encoding="utf-8")))
+        try:
+            yield
+        finally:
+            for name in closed:
+                setattr(sys, name, None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    with _printable_stdout():
+    with _streams_to_devnull_when_closed(), _printable_stdout():
         return _main(argv)
 
 
@@ -220,8 +241,9 @@ def _resume_hint(args: argparse.Namespace, started: float) -> str:
     this command is the replaced run's."""
 
     def ours(path: Path) -> bool:
-        return path.is_file() and not (getattr(args, "overwrite", False)
-                                       and path.stat().st_mtime < started)
+        # os.path's: Path.is_file raised again on the name too long that ended the command
+        return os.path.isfile(path) and not (getattr(args, "overwrite", False)
+                                             and path.stat().st_mtime < started)
 
     if "torch" not in sys.modules:
         # Interrupted while torch was being imported (Python drops a module whose import

@@ -18,6 +18,7 @@ image) and `print_results` (the text list as it comes, or `--json`).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -69,17 +70,17 @@ def run(args: argparse.Namespace) -> int:
                              "predict")  # fmt: skip
         raise UsageError("say which images to predict: IMAGE... (files or folders) or "
                          "--files-from FILE")  # fmt: skip
-    problems: list[str] = []
-    paths = expand_paths(items, problems)
-    for line in problems:  # a folder without images: exit status 1, as an unreadable image
-        print(f"cnnzoo predict: error: {shown(line)}", file=sys.stderr)
+    problems: list[dict[str, str]] = []  # a folder without images: exit status 1, as an
+    paths = expand_paths(items, problems)  # unreadable image, and its record in --json
     with _threads(args.threads, len(paths), args.batch_size):
-        failed = _predict(args, paths)
-    return 1 if failed or problems else 0
+        failed = _predict(args, paths, problems)
+    return 1 if failed else 0
 
 
-def _predict(args: argparse.Namespace, paths: list[Path]) -> bool:
-    """Print the predictions for `paths`; True if any image could not be read."""
+def _predict(args: argparse.Namespace, paths: list[Path],
+             problems: Sequence[dict[str, str]] = ()) -> bool:
+    """Print the predictions for `paths`, after the `problems` records (`expand_paths`); True
+    if any image could not be read, or there are problems."""
     from ..engine.run import model_from_checkpoint, training_checkpoint
     from ..errors import UsageError, WeightsError
     from ..models import get_config
@@ -94,7 +95,7 @@ def _predict(args: argparse.Namespace, paths: list[Path]) -> bool:
                              "and --weights")
         return bool(predict_with_bundle(args.bundle, paths, top=args.top, as_json=args.json,
                                         batch_size=args.batch_size, precision=args.precision,
-                                        progress=args.progress))  # fmt: skip
+                                        progress=args.progress, problems=problems))  # fmt: skip
     args.weights = args.weights or "imagenet"
     trained = training_checkpoint(args.weights)
     if trained is not None:  # `cnnzoo train`'s best.pt / last.pt: its model, classes, input
@@ -131,7 +132,7 @@ def _predict(args: argparse.Namespace, paths: list[Path]) -> bool:
     results = iter_classified(model, pre, paths, class_names=names, top=args.top,
                               batch_size=args.batch_size, precision=args.precision,
                               progress=args.progress)  # fmt: skip
-    return bool(print_results(results, as_json=args.json))
+    return bool(print_results(itertools.chain(problems, results), as_json=args.json))
 
 
 @contextmanager
@@ -191,29 +192,32 @@ def read_path_list(source: str) -> list[str]:
 
 
 def expand_paths(
-    items: Sequence[str | os.PathLike[str]], problems: list[str] | None = None
+    items: Sequence[str | os.PathLike[str]], problems: list[dict[str, str]] | None = None
 ) -> list[Path]:
     """Files as given (whatever their suffix: a wrong one gets its own error line); folders
     expanded, recursively, to their image files (hidden ones skipped, as in training).
 
     A folder without image files is an `ImageError`, unless `problems` is given and other items
-    hold images: then it adds one line there and the others are still read."""
+    hold images: then it adds a record there, {"image": folder, "error": one line}, as
+    `print_results` takes an unreadable image's (so that --json says what the exit status 1 is
+    about: the folder was on stderr only), and the others are still read."""
     from ..data.folder import image_files
     from ..errors import ImageError
 
     out: list[Path] = []
-    empty: list[str] = []
+    empty: list[dict[str, str]] = []
     for item in items:
         p = Path(item)
-        if p.is_dir():
+        if os.path.isdir(p):  # (Path.is_dir raised on a name over 255 bytes: a garbled list line)
             found = image_files(p)
             if not found:
-                empty.append(f"{p}: no image files in this folder")
+                empty.append({"image": os.fspath(p), "error": f"{p}: no image files in this "
+                                                                "folder"})  # fmt: skip
             out.extend(found)
         else:
             out.append(p)
     if empty and (problems is None or not out):
-        raise ImageError(empty[0])
+        raise ImageError(empty[0]["error"])
     if problems is not None:
         problems.extend(empty)
     # A file named twice (a folder and one of its files, `*.png a.png`) is read once: segment

@@ -19,12 +19,14 @@ Also home of the segmentation options of `cnnzoo train --task segmentation`
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..paths import folders_released
 from .argtypes import (
     COUNT,
     add_progress_argument,
@@ -200,7 +202,34 @@ def output_stems(paths: list[Path]) -> dict[Path, str]:
         names.update({p: p.resolve().relative_to(root).with_suffix("").as_posix() for p in same})
     names.update({p: f"{names[p]}_{p.suffix.lstrip('.')}" for p in clashing()})
     names.update({p: f"{names[p]}_{i}" for i, p in enumerate(clashing(), 1)})  # a.png, a_png.png
-    return names
+    return {p: _short_enough(name) for p, name in names.items()}
+
+
+NAME_MAX = 255  # bytes in one file name, on the usual file systems (ext4, XFS, btrfs, APFS)
+# What the atomic writers add to a name for the temporary file they rename into place
+# (`paths.temp_prefix` + mkstemp's part): '.NAME.PID.xxxxxxxx.tmp', with a PID of up to 7 digits.
+TEMP_EXTRA = len("." + ".4194304." + "xxxxxxxx" + ".tmp")
+
+
+def _short_enough(name: str) -> str:
+    """`name` (an `output_stems` value), its last part cut so that each output's file name, and
+    the temporary one it is written under, fit in NAME_MAX bytes, and told from other cuts by a
+    hash of the whole: an image named with 240 bytes (a generated name) has a legal name, but
+    its `_overlay.png` had none, and the run ended in a traceback before segmenting any image."""
+    head, _, base = name.rpartition("/")
+    room = NAME_MAX - TEMP_EXTRA - max(len(s) for s in OUTPUT_SUFFIXES)
+
+    def size(text: str) -> int:
+        return len(os.fsencode(text))
+
+    if size(base) <= room:
+        return name
+    import hashlib
+
+    tag = "~" + hashlib.sha256(os.fsencode(name)).hexdigest()[:8]
+    while size(base) + len(tag) > room:  # by characters: a multi-byte one is not split
+        base = base[:-1]
+    return f"{head}/{base}{tag}" if head else base + tag
 
 
 OUTPUT_SUFFIXES = ("_mask.png", "_overlay.png")  # the files `run` writes for each image
@@ -279,6 +308,7 @@ def earlier_outputs(paths: list[Path], given: list[str], out: Path) -> list[Path
             and Path(os.path.realpath(p)).is_relative_to(root)]  # fmt: skip
 
 
+@folders_released()  # lets go of --out (`hold_folder` below) however the run ends
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
@@ -289,7 +319,7 @@ def run(args: argparse.Namespace) -> int:
     from ..engine.distributed import use_threads
     from ..engine.precision import Precision
     from ..errors import ImageError
-    from ..paths import check_folder
+    from ..paths import check_folder, hold_folder
     from ..segmentation.tiling import checked_geometry, predict_tiled
     from ..segmentation.training import load_segmenter
     from ..segmentation.visual import overlay
@@ -299,10 +329,8 @@ def run(args: argparse.Namespace) -> int:
 
     refuse_resume_with_overwrite(args)
     use_threads(args.threads)
-    problems: list[str] = []
-    paths = expand_paths(args.images, problems)
-    for line in problems:  # a folder without images: exit status 1, as an unreadable image
-        print(f"cnnzoo segment: error: {shown(line)}", file=sys.stderr)
+    problems: list[dict[str, str]] = []  # a folder without images: exit status 1, as an
+    paths = expand_paths(args.images, problems)  # unreadable image, and its record in --json
     out = Path(args.out)
     check_folder(out, "--out")
     skip = earlier_outputs(paths, args.images, out)
@@ -319,6 +347,10 @@ def run(args: argparse.Namespace) -> int:
     ckpt = load_checkpoint(args.checkpoint)
     model, meta = load_segmenter(args.checkpoint, ckpt)
     made_by = weights_fingerprint(args.checkpoint)
+    # One run per --out, as `train` and `transfer` hold theirs: a --resume started while the
+    # first run still wrote there took the same masks as still to do, and both segmented
+    # them. Held before the masks there are judged, which another run may be writing.
+    hold_folder(out)
     todo = check_earlier_outputs(paths, names, out, resume=args.resume,
                                  overwrite=args.overwrite, made_by=made_by,
                                  tta=args.tta)  # fmt: skip
@@ -327,11 +359,12 @@ def run(args: argparse.Namespace) -> int:
     if not todo:
         print(f"cnnzoo segment: note: all {plural(len(paths), 'image')} given are segmented in "
               f"{out} already: nothing to do (--overwrite segments them again)", file=sys.stderr)
-        if args.json:  # every image's record, read from its mask
-            failed = print_results((earlier_result(p, names, out, class_names) for p in paths),
-                                   as_json=True, command="segment")  # fmt: skip
-            return 1 if failed or problems else 0
-        return 1 if problems else 0
+        # A JSON reader gets its document all the same: the problems' records (folders without
+        # images) and every image's, read from its mask.
+        earlier = (earlier_result(p, names, out, class_names) for p in paths) if args.json else ()
+        failed = print_results(itertools.chain(problems, earlier), as_json=args.json,
+                               command="segment")  # fmt: skip
+        return 1 if failed else 0
     if len(todo) < len(paths):
         print(f"cnnzoo segment: note: resuming: {len(paths) - len(todo)} of "
               f"{plural(len(paths), 'image')} already segmented in {out}", file=sys.stderr)
@@ -393,6 +426,7 @@ def run(args: argparse.Namespace) -> int:
 
     # One line per image (`shown` by print_results, whatever the file and its classes are
     # named), or the JSON records; errors on stderr either way, as predict's.
-    failed = print_results(segmented(), as_json=args.json, command="segment",
-                           lines=lambda r: [line(r)], path_line=False)  # fmt: skip
-    return 1 if failed or problems else 0
+    failed = print_results(itertools.chain(problems, segmented()), as_json=args.json,
+                           command="segment", lines=lambda r: [line(r)],
+                           path_line=False)  # fmt: skip
+    return 1 if failed else 0

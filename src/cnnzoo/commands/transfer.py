@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -269,10 +270,12 @@ def probability_line(probs: Sequence[float]) -> str:
 
 def predict_with_bundle(bundle_dir: str | os.PathLike[str], paths: Sequence[Path], *,
                         top: int = 5, as_json: bool = False, batch_size: int = 16,
-                        precision: str = "auto", progress: bool = True) -> int:  # fmt: skip
+                        precision: str = "auto", progress: bool = True,
+                        problems: Sequence[dict[str, str]] = ()) -> int:  # fmt: skip
     """Print, per image, "Prediction: <class>  Probability: [...]" and the top-k classes (or
-    JSON), a batch at a time (`predict.predict_files`). An unreadable image prints one error
-    line and the others are still predicted; returns 1 if any failed, else 0."""
+    JSON), a batch at a time (`predict.predict_files`), after the `problems` records (folders
+    without images: `predict.expand_paths`). An unreadable image prints one error line and the
+    others are still predicted; returns 1 if any failed (or there are problems), else 0."""
     from ..transfer import load_bundle
     from .predict import format_predictions, predict_files, print_results
 
@@ -302,4 +305,5 @@ def predict_with_bundle(bundle_dir: str | os.PathLike[str], paths: Sequence[Path
                 f"{probability_line(list(r['probabilities'].values()))}",
                 *format_predictions(r["predictions"])]  # fmt: skip
 
-    return 1 if print_results(records(), as_json=as_json, lines=lines) else 0
+    return 1 if print_results(itertools.chain(problems, records()), as_json=as_json,
+                              lines=lines) else 0  # fmt: skip
