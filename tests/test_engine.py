@@ -3102,6 +3102,12 @@ def test_resume_into_a_new_folder_still_grows_from_init_from(tmp_path, capsys):
     assert main(["train", "resnet32", *common, "--init-from", str(tmp_path / "a" / "last.pt"),
                  "--resume", "--out", str(tmp_path / "b")]) == 0
     assert f"initialised from {tmp_path / 'a' / 'last.pt'}:" in capsys.readouterr().err
+    # Once the run exists, --init-from has nothing to do: said, not dropped without a word.
+    assert main(["train", "resnet32", *common, "--init-from", str(tmp_path / "a" / "last.pt"),
+                 "--resume", "--out", str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err
+    assert (f"note: --init-from {tmp_path / 'a' / 'last.pt'} is not used: the run resumes "
+            f"from its own {tmp_path / 'b' / 'last.pt'}") in err and "initialised" not in err
 
 
 def test_a_run_folder_given_for_a_checkpoint_file_says_which_file(tmp_path, monkeypatch,

@@ -377,6 +377,9 @@ def train_classifier(
     # --resume into a folder without last.pt starts afresh (the Trainer says so): then a given
     # --init-from still grows the net, which it silently skipped.
     resuming = resume and out_dir is not None and (Path(out_dir) / "last.pt").is_file()
+    if resuming and init_from is not None:  # it grew when it began: dropped without a word
+        say(f"note: --init-from {init_from} is not used: the run resumes from its own "
+            f"{Path(out_dir) / 'last.pt'}")
     # The net to grow from, read before the data load (slow for a big folder): a typo or a
     # run's folder fails at once.
     src = load_checkpoint(init_from) if init_from is not None and not resuming else None
