@@ -159,6 +159,10 @@ def test_compare_two_real_runs_from_the_command_line(tmp_path, capsys):
     # Multiply-adds, as `cnnzoo models` names them (the header said MFLOPs).
     assert text.splitlines()[0].split()[3] == "MMACs"
     assert "MMACs: millions of multiply-adds of one image" in text
+    # Label smoothing 0.1 (the default) over 10 classes: the smoothed targets' entropy,
+    # -(0.91 ln 0.91 + 9 x 0.01 ln 0.01) = 0.500, is the least the training loss can read.
+    assert ("train loss: against targets with the run's label smoothing, which it cannot go "
+            "below (0.1 over 10 classes: 0.50)") in text
     assert main(["compare", str(out_a), str(out_b / "last.pt"), "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
     ckpt = torch.load(out_a / "last.pt", weights_only=True)

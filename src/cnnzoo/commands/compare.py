@@ -63,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
               "validation loss so far; a U-Net's best Dice), of the M the run was to train")
     if aux := aux_loss_note(runs):
         print(aux)
+    if any(r.settings.get("label_smoothing") for r in runs):
+        # A student read LeNet-5's 0.5658 as far from trained: the smoothed targets' own entropy.
+        print("train loss: against targets with the run's label smoothing, which it cannot go "
+              "below (0.1 over 10 classes: 0.50)")
     if any(r.final_epoch != r.epochs for r in runs):
         # (Early stopping restores them; so does the demo's scratch run, which has no --patience.)
         print(f"val {m} (E): of epoch E's weights, the best epoch's, which the run restored at "
