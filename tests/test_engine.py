@@ -500,8 +500,9 @@ def test_a_small_folder_trains_for_at_least_min_steps(tmp_path, capsys):
     args = ["train", "lenet5", "--data", str(data), "--out", str(out), "--no-progress",
             "--no-tensorboard", "--precision", "fp32", "--channels-last", "off"]  # fmt: skip
     assert main([*args, "--epochs", "2", "--min-steps", "20", "--patience", "1"]) == 0
-    assert ("note: 5 epochs of 4 steps instead of 2, to make at least 20 steps; --epochs N for "
-            "exactly N") in capsys.readouterr().err
+    # --epochs was given: the way to exactly N leaves out --min-steps
+    assert ("note: 5 epochs of 4 steps instead of 2, to make at least 20 steps; --epochs N "
+            "without --min-steps for exactly N") in capsys.readouterr().err
     ckpt = load_checkpoint(out / "last.pt")
     # patience 1 of the 2 epochs asked for is 3 of the 5 run (ceil(1 x 5 / 2))
     assert ckpt["config"]["epochs"] == 5 and ckpt["config"]["patience"] == 3
@@ -514,6 +515,41 @@ def test_a_small_folder_trains_for_at_least_min_steps(tmp_path, capsys):
     assert main([*args, "--resume"]) == 0
     assert "nothing left to train" in capsys.readouterr().err
     assert len(load_checkpoint(out / "last.pt")["history"]) == 3
+
+
+def test_a_bare_resume_counts_patience_and_progressive_in_the_epochs_asked_for(tmp_path, capsys):
+    """A run raised from 10 epochs to 15 ran --patience 2 as 3; resumed with the same command
+    and --resume, the 2 was taken as 2 of the 15 (a warning, and a run that stopped sooner
+    than it would have). A --resume with --min-steps cut a run of 6 epochs to the default 10
+    raised; and a run of 12 resumed with its --progressive 32:10 was refused as covering all
+    10 epochs. Without --epochs, a resumed run's epochs are its own in each case."""
+    data = _two_class_folder(tmp_path / "data")  # 64 training images: batches of 16, 4 steps
+    out = tmp_path / "run"
+    args = ["train", "lenet5", "--data", str(data), "--out", str(out), "--no-progress",
+            "--no-tensorboard", "--precision", "fp32", "--channels-last", "off"]  # fmt: skip
+    assert main([*args, "--min-steps", "60", "--patience", "2"]) == 0
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["config"]["epochs"] == 15 and ckpt["config"]["patience"] == 3
+    assert ckpt["meta"]["asked_epochs"] == 10
+    capsys.readouterr()
+    assert main([*args, "--patience", "2", "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: resuming" not in err and " epochs of " not in err
+    assert load_checkpoint(out / "last.pt")["config"]["patience"] == 3
+
+    assert main([*args, "--overwrite", "--epochs", "6"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--resume", "--min-steps", "20"]) == 0  # 6 x 4 steps: 20 are made
+    err = capsys.readouterr().err
+    assert "warning: resuming" not in err and "nothing left to train" in err
+    assert len(load_checkpoint(out / "last.pt")["history"]) == 6
+
+    size = ["--img-size", "64", "--progressive", "32:10"]
+    assert main([*args, *size, "--overwrite", "--epochs", "12"]) == 0
+    capsys.readouterr()
+    assert main([*args, *size, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: resuming" not in err and "nothing left to train" in err
 
 
 def test_the_small_set_batch_note_under_torchrun_counts_each_process_images(tmp_path):

@@ -1068,6 +1068,24 @@ def trained(tmp_path_factory):
     return out
 
 
+def test_a_bare_resume_of_a_unet_run_keeps_its_epochs(tmp_path, capsys):
+    """`--epochs` says 'with --resume: the run's own', and a classifier's resume keeps them; a
+    U-Net's took the default 10: a run of 1 resumed as one of 10 ('warning: resuming with
+    different epochs (was 1, now 10)') and trained 9 more."""
+    from cnnzoo.engine.checkpoint import load_checkpoint
+
+    out = tmp_path / "run"
+    args = ["train", "unet", "--data", "cells", "--cells", "3", "--crop", "32", "--batch-size",
+            "2", "--base-width", "4", "--precision", "fp32", "--channels-last", "off",
+            "--no-progress", "--no-tensorboard", "--out", str(out)]  # fmt: skip
+    assert main([*args, "--epochs", "1"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: resuming" not in err and "nothing left to train" in err
+    assert len(load_checkpoint(out / "last.pt")["history"]) == 1
+
+
 def test_train_unet_segmentation_cli_end_to_end(trained, capsys):
     for name in ("best.pt", "last.pt", "curves.png", "validation.png", "metrics.jsonl"):
         assert (trained / name).is_file(), name

@@ -43,8 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", choices=("classification", "segmentation"), default=None,
                    help="default: segmentation for unet, classification otherwise")
     p.add_argument("--epochs", type=COUNT, default=None,
-                   help="training epochs, exactly (default 10, raised on a small folder to "
-                        "make --min-steps steps; with --resume: the run's own)")
+                   help="training epochs, exactly unless --min-steps is given (default 10, "
+                        "raised on a small folder to make --min-steps steps; with --resume: "
+                        "the run's own)")
     p.add_argument("--min-steps", type=whole(0), default=None,
                    help="classification: training steps at least, epochs raised to reach them "
                         "(default 300 without --epochs, none with it: a folder of a few hundred "
@@ -276,6 +277,7 @@ def run(args: argparse.Namespace) -> int:
                 # --epochs alone is exact; neither: the default, raised on a small folder.
                 min_steps=args.min_steps if args.min_steps is not None or args.epochs is None
                 else 0,
+                default_epochs=args.epochs is None,  # with --resume: the run's own
                 # the per-class table: a result, on stdout as evaluate's is (--json: the JSON
                 # alone is)
                 show=(lambda line: print(line, file=sys.stderr)) if args.json else print)

@@ -301,6 +301,7 @@ def train_classifier(
     show: Any = None,
     default_lr: bool = False,
     min_steps: int | None = 0,
+    default_epochs: bool = False,
 ) -> FitResult:
     """Train `model_name` from scratch (or grown from `init_from`) on `data.source`.
 
@@ -311,6 +312,9 @@ def train_classifier(
     steps (a folder of a few hundred images makes a handful per epoch); 0 (the default):
     exactly `config.epochs`; None, for a run given neither: DEFAULT_MIN_STEPS, and a resumed
     run goes on for its own epochs and steps.
+
+    default_epochs: `config.epochs` is the default, not chosen (as None `min_steps` says): a
+    resumed run goes on for its own epochs, raised if `min_steps` asks for more.
 
     class_weight: 'balanced' weights each class's loss by n / (K n_k) over the training images
     (scikit-learn's class_weight='balanced'; `task.class_weights`), for imbalanced data;
@@ -368,10 +372,6 @@ def train_classifier(
         if small < smallest:
             raise UsageError(f"--progressive {small}:{epochs}: {model_name} takes inputs of at "
                              f"least {smallest} px")  # fmt: skip
-        if epochs >= config.epochs:
-            raise UsageError(f"--progressive {small}:{epochs} covers all {config.epochs} epochs, "
-                             "so the net would never train at its full size: give fewer "
-                             "epochs than --epochs")  # fmt: skip
     # A resumed run keeps the size and channels it started with, a grown net those of the net
     # it grows from: the data's own would move when images are added to the folder.
     # --resume into a folder without last.pt starts afresh (the Trainer says so): then a given
@@ -384,16 +384,27 @@ def train_classifier(
     # run's folder fails at once.
     src = load_checkpoint(init_from) if init_from is not None and not resuming else None
     ran_lr = None  # the resumed run's learning rate, kept when none is given (below)
+    # The epochs --patience and --progressive count (`scaled` below): those asked for.
+    asked = config.epochs
     if resuming:
         record = run_checkpoint(Path(out_dir) / "last.pt") or {}
         ran, ran_lr = record.get("meta"), (record.get("config") or {}).get("lr")
         ran_epochs = (record.get("config") or {}).get("epochs")
-        if min_steps is None and ran_epochs:  # neither given: the epochs it was running
+        if (min_steps is None or default_epochs) and ran_epochs:  # the epochs it was running
             config = replace(config, epochs=int(ran_epochs))
+            # A run raised from 10 epochs to 75 ran --patience 3 as 23: the same --patience
+            # given again counts the 10 again (it was taken as 3 of the 75, with a warning).
+            asked = int((ran or {}).get("asked_epochs") or ran_epochs)
         ran_dir = Path(out_dir)
     else:  # the growth source, already read (before, it was read a second time here)
         ran = src.get("meta") if src is not None else None
         ran_dir = Path(init_from).parent if init_from is not None else Path()
+    # Against the epochs asked for, which --progressive counts: a bare --resume's are the run's
+    # own (a run of 40 resumed with its --progressive 16:20 was refused as covering all 10).
+    if data.progressive is not None and data.progressive[1] >= asked:
+        small, epochs = data.progressive
+        raise UsageError(f"--progressive {small}:{epochs} covers all {asked} epochs, so the net "
+                         "would never train at its full size: give fewer epochs than --epochs")
     if class_weight is None:  # a resumed run goes on weighting its loss as it began
         class_weight = str((ran or {}).get("class_weight", "none")) if resuming else "none"
     before = _trained_input(ran, data.source, ran_dir)
@@ -438,22 +449,26 @@ def train_classifier(
             say(f"note: batches of {data.batch_size}{lr} for {images}: "
                 f"{steps[data.batch_size]} steps per epoch, where batches of {DEFAULT_BATCH} "
                 f"made {steps[DEFAULT_BATCH]}; --batch-size N, --lr X for others")
+    # --epochs with --min-steps is not exact: the way to exactly N leaves out --min-steps.
+    exact = "--epochs N" if min_steps is None else "--epochs N without --min-steps"
     if min_steps is None:  # a resumed run keeps its own (0 for runs from before the option)
         min_steps = int((ran or {}).get("min_steps", 0)) if resuming else DEFAULT_MIN_STEPS
     per_epoch = epoch_steps(len(splits.train) // (dist or DistContext()).world, data.batch_size)
     epochs = epochs_for_steps(config.epochs, min_steps, per_epoch)
     if epochs > config.epochs:
         say(f"note: {epochs} epochs of {plural(per_epoch, 'step')} instead of "
-            f"{config.epochs}, to make at least {min_steps} steps; --epochs N for exactly N")
+            f"{config.epochs}, to make at least {min_steps} steps; {exact} for exactly N")
+    if epochs > asked:
         # Patience and --progressive count the epochs asked for, as transfer's fine-tuning
         # counts its patience: 4-step epochs would let noise in the validation loss stop the
         # run at once, and leave the small size a sliver of the run.
         def scaled(n: int) -> int:
-            return math.ceil(n * epochs / config.epochs)
+            return math.ceil(n * epochs / asked)
 
         if data.progressive is not None:
             data = replace(data, progressive=(data.progressive[0], scaled(data.progressive[1])))
-        config = replace(config, epochs=epochs, patience=config.patience and scaled(config.patience))
+        config = replace(config, patience=config.patience and scaled(config.patience))
+    config = replace(config, epochs=epochs)
     mean, std = channel_stats(splits.train.images)
     train, val = make_loaders(splits, size, data, seed=config.seed, mean=mean, std=std, dist=dist)
     torch.manual_seed(config.seed)
@@ -476,7 +491,7 @@ def train_classifier(
         meta["val_files"] = splits.val.files_digest(data.source)  # folder splits the same
     meta["augment"] = augment_kind(data)  # `evaluate --tta` says when the net never saw flips
     meta["batch_size"], meta["label_smoothing"] = data.batch_size, label_smoothing
-    meta["min_steps"] = min_steps
+    meta["min_steps"], meta["asked_epochs"] = min_steps, asked
     # The rest of the recipe the config does not hold, for `cnnzoo compare` to tell runs apart.
     meta["erase"] = data.erase
     meta["progressive"] = list(data.progressive) if data.progressive else None

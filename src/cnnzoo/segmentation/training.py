@@ -408,6 +408,14 @@ def train_segmentation(
             changes["lr"] = SEGMENTATION_DEFAULTS["lr"]
         if getattr(args, "weight_decay", None) is None:
             changes["weight_decay"] = SEGMENTATION_DEFAULTS["weight_decay"]
+    if getattr(args, "epochs", None) is None and args.resume and out_dir is not None:
+        # A bare --resume finishes the run it began, as a classifier's does: it took the
+        # default 10 epochs, and a killed run of 30 resumed as one of 10, with a warning.
+        from ..engine.run import run_checkpoint
+
+        ran = ((run_checkpoint(Path(out_dir) / "last.pt") or {}).get("config") or {})
+        if ran.get("epochs"):
+            changes["epochs"] = int(ran["epochs"])
     cfg = replace(config, **changes)
     run = train(
         args.data, out_dir=out_dir, model=args.model, padding=args.padding,
