@@ -679,6 +679,7 @@ def test_train_json_prints_the_summary_alone_on_stdout(tmp_path, monkeypatch, ca
         show("class  precision  recall  support")
         return SimpleNamespace(
             monitor="val_loss", best_value=0.25, best_epoch=3, stopped_early=True,
+            history=[{"epoch": e} for e in (1, 2, 3, 4, 5)],
             final={"loss": 0.3, "acc": 0.9, "top5": 1.0}, final_tta={},
             accumulator=SimpleNamespace(num_classes=3,
                                         balanced=lambda: {"balanced_acc": 0.8, "macro_f1": 0.7}))
@@ -689,6 +690,7 @@ def test_train_json_prints_the_summary_alone_on_stdout(tmp_path, monkeypatch, ca
     printed, err = capsys.readouterr()
     assert json.loads(printed) == {
         "model": "lenet5", "out": out, "monitor": "val_loss", "best": 0.25, "best_epoch": 3,
+        "epochs": 5,  # those the run trained: a small folder's are raised (--min-steps)
         "stopped_early": True, "final_tta": None,
         "final": {"loss": 0.3, "acc": 0.9, "top5": 1.0, "balanced_acc": 0.8, "macro_f1": 0.7}}
     assert printed.count("\n") == 1 and "class  precision" in err

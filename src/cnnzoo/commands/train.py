@@ -302,6 +302,8 @@ def run(args: argparse.Namespace) -> int:
             else {}
         print(json_text({"model": args.model, "out": str(out), "monitor": result.monitor,
                          "best": result.best_value, "best_epoch": result.best_epoch,
+                         # trained in all (raised by --min-steps on a small folder, or cut short)
+                         "epochs": len(result.history),
                          "stopped_early": result.stopped_early,
                          "final": {**result.final, **balanced},
                          "final_tta": result.final_tta or None}))
