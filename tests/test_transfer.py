@@ -1942,6 +1942,29 @@ def test_top_losses_titles_stay_clear_of_the_row_above(tmp_path, monkeypatch):
     assert "highest loss" in fig.get_suptitle()
 
 
+def test_top_losses_name_each_file_from_the_data_folder(tmp_path, monkeypatch):
+    """The grid is where a mislabelled photo shows up, but it named no file: among hundreds of
+    photos the wrong one could not be found again. Each panel now names its file, relative to
+    the folder the validation images share (class folder, sub-folder, name)."""
+    import cnnzoo.transfer.report as report
+
+    figures = []
+    monkeypatch.setattr(report, "save_figure", lambda fig, path, dpi=100: figures.append(fig))
+    data = tmp_path / "parts"
+    paths = [str(data / "Lager" / "a.jpg"), str(data / "Lager" / "second shift" / "n0.jpg"),
+             str(data / "Ölfilter" / "b.png")]  # fmt: skip
+    probs = torch.tensor([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]])  # the last two wrong
+    report.write_report(tmp_path / "run", images=torch.zeros(3, 3, 8, 8, dtype=torch.uint8),
+                        probs=probs, labels=torch.tensor([0, 0, 1]),
+                        class_names=["Lager", "Ölfilter"], history=None, cv=None,
+                        metrics={}, paths=paths)  # fmt: skip
+    grid = next(f for f in figures if "predicted wrong" in f.get_suptitle())
+    titles = [ax.get_title() for ax in grid.axes if ax.images]
+    assert [t.splitlines()[0] for t in titles] == ["Lager/second shift/n0.jpg", "Ölfilter/b.png"]
+    assert titles[1].splitlines()[1:] == ["true Ölfilter (0.40)", "predicted Lager (0.60)"]
+    assert report.shown_files([str(data / "x.jpg")]) == ["x.jpg"]  # one file: its name
+
+
 def test_a_file_that_names_its_model_needs_no_model_option(folder, tmp_path, capsys):
     """`cnnzoo transfer DATA --weights FILE` with a `cnnzoo convert` output (or a `cnnzoo train`
     checkpoint): the model it records is used, as predict does, instead of the default

@@ -664,7 +664,8 @@ def transfer(
         notes, table = write_report(
             out_dir, images=splits.val.images, probs=final_probs, labels=labels,
             class_names=list(splits.class_names), history=history, cv=cv,
-            metrics={**metrics, "timings_s": timings}, l2=fit.l2 if fit is not None else None)
+            metrics={**metrics, "timings_s": timings}, l2=fit.l2 if fit is not None else None,
+            paths=splits.val.paths)
         timings["report"] = time.perf_counter() - t
         say(f"bundle: {path} (predict with `cnnzoo predict IMAGE --bundle {path}`)")
         for line in notes:
