@@ -1140,6 +1140,29 @@ def test_a_bundle_holding_nan_warns_and_predicts_no_class(tmp_path, capsys, capl
     assert "1 tensor holds NaN or infinite values (fc.weight)" in caplog.text
 
 
+def test_predict_bundle_says_the_class_order_of_its_probability_line(tmp_path, capsys):
+    """'Prediction: b  Probability: [0.1 0.7 0.2]' gave bare numbers: which class each one is
+    could be read only in bundle.json (and --top below the class count named only some). A
+    note on stderr now names the classes in order; --json names each probability itself."""
+    from cnnzoo.commands.transfer import class_order
+    from cnnzoo.transfer import Bundle
+
+    model = create_model("resnet20", num_classes=3)
+    Bundle(model, "resnet20", ["Lager", "Schraube M8", "Ölfilter"], _small_pre()).save(
+        tmp_path / "bundle")
+    Image.new("RGB", (40, 40), (90, 20, 200)).save(tmp_path / "x.png")
+    argv = ["predict", str(tmp_path / "x.png"), "--bundle", str(tmp_path / "bundle"), "--top", "1"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert err == ("cnnzoo predict: note: Probability: [...] gives the classes in this order: "
+                   "Lager, Schraube M8, Ölfilter\n")
+    assert "Probability: [" in out
+    assert main([*argv, "--json"]) == 0
+    assert capsys.readouterr().err == ""
+    many = class_order([f"c{i}" for i in range(25)])
+    assert many.endswith("c18, c19, ... (25 classes: bundle.json's class_names)")
+
+
 def test_bundle_folder_has_the_usual_permissions(features_run):
     import os
     import stat
