@@ -1163,6 +1163,32 @@ def test_predict_bundle_says_the_class_order_of_its_probability_line(tmp_path, c
     assert many.endswith("c18, c19, ... (25 classes: bundle.json's class_names)")
 
 
+def test_printed_bundle_commands_are_quoted_for_the_shell(folder, tmp_path, capsys):
+    """`--out "Meine Läufe/teile 1"` printed 'predict with `cnnzoo predict IMAGE --bundle Meine
+    Läufe/teile 1/bundle`': pasted as printed, predict took the bundle 'Meine' and two more
+    images. The commands cnnzoo prints to copy now quote such a path."""
+    import re
+    import shlex
+
+    from cnnzoo.transfer import Bundle
+
+    out = tmp_path / "Meine Läufe" / "teile 1"
+    said: list[str] = []
+    transfer(folder, model="resnet18", weights=None, out=out,
+             config=_tiny_config(mode="features", cache_dir=str(tmp_path / "cache")),
+             say=said.append)  # fmt: skip
+    line = next(x for x in said if x.startswith("bundle: "))
+    command = line.split("`")[1]
+    assert shlex.split(command) == ["cnnzoo", "predict", "IMAGE", "--bundle", str(out / "bundle")]
+    # Where a bundle is given as something else, the --bundle of the advice is quoted too.
+    b = tmp_path / "mein bundle"
+    Bundle(create_model("lenet5", num_classes=2), "lenet5", ["a", "b"], _small_pre()).save(b)
+    assert main(["evaluate", str(b)]) == 2
+    assert _one_line_error(capsys).endswith(f"--bundle {shlex.quote(str(b))}")
+    with pytest.raises(WeightsError, match=re.escape(f"--bundle {shlex.quote(str(b))} ")):
+        create_model("lenet5", num_classes=2, weights=b / "model.safetensors")
+
+
 def test_bundle_folder_has_the_usual_permissions(features_run):
     import os
     import stat

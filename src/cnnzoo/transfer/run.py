@@ -29,6 +29,7 @@ import difflib
 import inspect
 import math
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -667,7 +668,9 @@ def transfer(
             metrics={**metrics, "timings_s": timings}, l2=fit.l2 if fit is not None else None,
             paths=splits.val.paths)
         timings["report"] = time.perf_counter() - t
-        say(f"bundle: {path} (predict with `cnnzoo predict IMAGE --bundle {path}`)")
+        # Quoted as the shell needs it: "--bundle Meine Läufe/teile/bundle" pasted as printed
+        # gave predict the bundle "Meine" and two images.
+        say(f"bundle: {path} (predict with `cnnzoo predict IMAGE --bundle {shlex.quote(str(path))}`)")
         for line in notes:
             say(line)
         for line in table:
