@@ -995,6 +995,35 @@ def test_fine_tuning_uses_sam_on_small_sets_unless_told(folder, monkeypatch, cap
         " ".join(capsys.readouterr().out.split())
 
 
+def test_epochs_raised_to_min_steps_say_so(folder, monkeypatch):
+    """`--epochs 3` on a small folder printed "the whole network for up to 23 epochs" and ran
+    them (8x the time asked for) with no word of why: --min-steps (90) had raised it. The line
+    now says what was asked, what raised it and how to keep it."""
+    import importlib
+    import re
+
+    finetune_module = importlib.import_module("cnnzoo.transfer.finetune")  # not the function
+
+    class Seen(Exception):
+        pass
+
+    def spy(*args, **kw):
+        raise Seen  # the line before phase 2 is all this test needs
+
+    monkeypatch.setattr(finetune_module, "Trainer", spy)
+    said: list[str] = []
+    for min_steps in (200, 0):
+        with pytest.raises(Seen):
+            transfer(folder, model="resnet18", weights=None, mode="finetune", say=said.append,
+                     config=_tiny_config(finetune=FinetuneConfig(head_epochs=0, epochs=1,
+                                                                 min_steps=min_steps)))  # fmt: skip
+    raised, kept = [line for line in said if line.startswith("fine-tune 1/1: ")]
+    assert re.search(r"the whole network for up to [1-9]\d+ epochs \(--epochs 1 raised to make "
+                     r"at least 200 optimizer steps; --min-steps 0 keeps 1\), layer-wise",
+                     raised), raised  # fmt: skip
+    assert "the whole network for up to 1 epoch, layer-wise" in kept, kept
+
+
 def test_unused_options_get_a_note_and_head_epochs_help_names_both_modes(capsys):
     import argparse
 
