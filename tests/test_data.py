@@ -1515,7 +1515,12 @@ def test_data_info_counts_a_folder_of_mixed_sizes(tmp_path, capsys):
         _png(tmp_path / "small" / "a" / f"{i}.png", 0, (8, 8))
         _png(tmp_path / "small" / "b" / f"{i}.png", 0, (9, 8))
     assert main(["data", "info", str(tmp_path / "small"), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["shape"] == [1, 9, 9]  # not raised to 224
+    out, err = capsys.readouterr()
+    assert json.loads(out)["shape"] == [1, 9, 9]  # not raised to 224
+    assert "read at 9x9 here, their largest side" in err
+    # From Python (no size given), the error's advice is that size too, not the 300 px side.
+    with pytest.raises(DataError, match=r"\(size=224, or --img-size 224\)$"):
+        load_folder(tmp_path / "photos", progress=False)
     assert main(["data", "info", str(tmp_path / "small"), "--img-size", "16"]) == 0
     out, err = capsys.readouterr()
     assert "images 1x16x16" in out and "note" not in err  # a size given: no note

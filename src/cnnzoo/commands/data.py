@@ -59,11 +59,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_progress_argument(i)
 
 
-# The size `data info` reads a folder of mixed image sizes at (no --img-size): that of the
-# ImageNet nets `cnnzoo transfer` starts from, or the largest side when all are smaller.
-MIXED_SIZES_READ_AT = 224
-
-
 def run(args: argparse.Namespace) -> int:
     if args.action == "export":
         return _export(args)
@@ -93,7 +88,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     from ..data.builtin import load_dataset, own_channels
-    from ..data.folder import seen_images
+    from ..data.folder import mixed_sizes_size, seen_images
     from ..data.images import ImageSpec
 
     seen = seen_images(args.source)
@@ -104,10 +99,12 @@ def _info(args: argparse.Namespace) -> int:
         # stopped with advice to resize all of them to the largest side (a 2000x200 image made
         # it 2000: 5 GB and 18 s to count 200 small photos, a phone's 4000 px more memory than
         # a laptop has). Counting needs no such size: the one ImageNet nets take will do.
-        size = min(seen.largest, MIXED_SIZES_READ_AT)
+        size = mixed_sizes_size(seen.largest)
+        why = "their largest side" if size == seen.largest else \
+            "the size `cnnzoo transfer` reads them at"
         print(f"cnnzoo data: note: the images differ in size (up to {seen.largest} px): read "
-              f"at {size}x{size} here, the size `cnnzoo transfer` reads them at (--img-size N "
-              "for another)", file=sys.stderr)  # fmt: skip
+              f"at {size}x{size} here, {why} (--img-size N for another)",
+              file=sys.stderr)  # fmt: skip
     spec = ImageSpec(size=size, channels=channels)
     splits = load_dataset(args.source, spec, val_fraction=args.val_fraction, seed=args.seed,
                           progress=args.progress)
