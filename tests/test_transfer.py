@@ -2041,6 +2041,14 @@ def test_top_losses_name_each_file_from_the_data_folder(tmp_path, monkeypatch):
     assert [t.splitlines()[0] for t in titles] == ["Lager/second shift/n0.jpg", "Ölfilter/b.png"]
     assert titles[1].splitlines()[1:] == ["true Ölfilter (0.40)", "predicted Lager (0.60)"]
     assert report.shown_files([str(data / "x.jpg")]) == ["x.jpg"]  # one file: its name
+    # A file named in Latin-1 bytes (a surrogate escape in its str) is drawn as an escape;
+    # as it was, matplotlib's drawing stopped the run's report in a TypeError.
+    figures.clear()
+    report.plot_top_losses(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), torch.tensor([[0.2, 0.8]]),
+                           torch.tensor([0]), ["a", "b"], tmp_path / "t.png",
+                           paths=[str(data / "a" / "caf\udce9.png")])  # fmt: skip
+    figures[0].canvas.draw()
+    assert figures[0].axes[0].get_title().startswith("caf\\xe9.png\n")
 
 
 def test_a_file_that_names_its_model_needs_no_model_option(folder, tmp_path, capsys):

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..data.folder import composed
 from ..engine.report import (
     logged_metrics,
     new_figure,
@@ -84,7 +85,11 @@ def plot_top_losses(images: Tensor, probs: Tensor, labels: Tensor, class_names: 
     names = short_labels(class_names, 30)  # a title fits one panel's width
     # The grid's use is finding mislabelled or odd images; without their file names a wrong
     # one among hundreds of photos could not be found again.
-    files = short_labels([shown(shown_files(paths)[i]) for i in idx], 30) if paths else []
+    files = []
+    if paths:
+        named = shown_files(paths)
+        # composed: a name in Latin-1 bytes ('caf\udce9.png') stopped matplotlib's drawing
+        files = short_labels([shown(composed(named[i])) for i in idx], 30)
     for n, (ax, i) in enumerate(zip(axes.flat, idx, strict=False)):
         img = images[i].permute(1, 2, 0).numpy()
         ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
