@@ -1495,3 +1495,32 @@ def test_class_names_with_control_characters_are_refused_and_skip_lines_escaped(
     assert [r.getMessage() for r in caplog.records][0] == \
         f"skipped {tmp_path / 'd' / 'dog'}/x\\nPrediction: cat.png: not an image (PIL does " \
         "not recognise the format)"
+
+
+def test_data_info_counts_a_folder_of_mixed_sizes(tmp_path, capsys):
+    """Photos come in many sizes, and `data info` on such a folder (the one `cnnzoo transfer`
+    reads without a word) stopped with an error whose advice, --img-size of the largest side,
+    took 5 GB and 18 s for 200 small photos with one 2000x200 image among them. It now reads
+    them at 224 px (or their largest side, if smaller) and says so in a note."""
+    from cnnzoo.cli import main
+
+    for cls, size in (("a", (8, 8)), ("b", (300, 20))):
+        for i in range(2):
+            _png(tmp_path / "photos" / cls / f"{i}.png", 10 * i, size)
+    assert main(["data", "info", str(tmp_path / "photos")]) == 0
+    out, err = capsys.readouterr()
+    assert "2 classes, images 1x224x224" in out
+    assert "cnnzoo data: note: the images differ in size (up to 300 px): read at 224x224" in err
+    for i in range(2):
+        _png(tmp_path / "small" / "a" / f"{i}.png", 0, (8, 8))
+        _png(tmp_path / "small" / "b" / f"{i}.png", 0, (9, 8))
+    assert main(["data", "info", str(tmp_path / "small"), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["shape"] == [1, 9, 9]  # not raised to 224
+    assert "read at 9x9 here, their largest side" in err
+    # From Python (no size given), the error's advice is that size too, not the 300 px side.
+    with pytest.raises(DataError, match=r"\(size=224, or --img-size 224\)$"):
+        load_folder(tmp_path / "photos", progress=False)
+    assert main(["data", "info", str(tmp_path / "small"), "--img-size", "16"]) == 0
+    out, err = capsys.readouterr()
+    assert "images 1x16x16" in out and "note" not in err  # a size given: no note

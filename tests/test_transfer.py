@@ -995,6 +995,35 @@ def test_fine_tuning_uses_sam_on_small_sets_unless_told(folder, monkeypatch, cap
         " ".join(capsys.readouterr().out.split())
 
 
+def test_epochs_raised_to_min_steps_say_so(folder, monkeypatch):
+    """`--epochs 3` on a small folder printed "the whole network for up to 23 epochs" and ran
+    them (8x the time asked for) with no word of why: --min-steps (90) had raised it. The line
+    now says what was asked, what raised it and how to keep it."""
+    import importlib
+    import re
+
+    finetune_module = importlib.import_module("cnnzoo.transfer.finetune")  # not the function
+
+    class Seen(Exception):
+        pass
+
+    def spy(*args, **kw):
+        raise Seen  # the line before phase 2 is all this test needs
+
+    monkeypatch.setattr(finetune_module, "Trainer", spy)
+    said: list[str] = []
+    for min_steps in (200, 0):
+        with pytest.raises(Seen):
+            transfer(folder, model="resnet18", weights=None, mode="finetune", say=said.append,
+                     config=_tiny_config(finetune=FinetuneConfig(head_epochs=0, epochs=1,
+                                                                 min_steps=min_steps)))  # fmt: skip
+    raised, kept = [line for line in said if line.startswith("fine-tune 1/1: ")]
+    assert re.search(r"the whole network for up to [1-9]\d+ epochs \(--epochs 1 raised to make "
+                     r"at least 200 optimizer steps; --min-steps 0 keeps 1\), layer-wise",
+                     raised), raised  # fmt: skip
+    assert "the whole network for up to 1 epoch, layer-wise" in kept, kept
+
+
 def test_unused_options_get_a_note_and_head_epochs_help_names_both_modes(capsys):
     import argparse
 
@@ -1138,6 +1167,55 @@ def test_a_bundle_holding_nan_warns_and_predicts_no_class(tmp_path, capsys, capl
     assert code == 1 and out == ""
     assert "x.png: the model's output is NaN, so there is no prediction" in err
     assert "1 tensor holds NaN or infinite values (fc.weight)" in caplog.text
+
+
+def test_predict_bundle_says_the_class_order_of_its_probability_line(tmp_path, capsys):
+    """'Prediction: b  Probability: [0.1 0.7 0.2]' gave bare numbers: which class each one is
+    could be read only in bundle.json (and --top below the class count named only some). A
+    note on stderr now names the classes in order; --json names each probability itself."""
+    from cnnzoo.commands.transfer import class_order
+    from cnnzoo.transfer import Bundle
+
+    model = create_model("resnet20", num_classes=3)
+    Bundle(model, "resnet20", ["Lager", "Schraube M8", "Ölfilter"], _small_pre()).save(
+        tmp_path / "bundle")
+    Image.new("RGB", (40, 40), (90, 20, 200)).save(tmp_path / "x.png")
+    argv = ["predict", str(tmp_path / "x.png"), "--bundle", str(tmp_path / "bundle"), "--top", "1"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert err == ("cnnzoo predict: note: Probability: [...] gives the classes in this order: "
+                   "Lager, Schraube M8, Ölfilter\n")
+    assert "Probability: [" in out
+    assert main([*argv, "--json"]) == 0
+    assert capsys.readouterr().err == ""
+    many = class_order([f"c{i}" for i in range(25)])
+    assert many.endswith("c18, c19, ... (25 classes: bundle.json's class_names)")
+
+
+def test_printed_bundle_commands_are_quoted_for_the_shell(folder, tmp_path, capsys):
+    """`--out "Meine Läufe/teile 1"` printed 'predict with `cnnzoo predict IMAGE --bundle Meine
+    Läufe/teile 1/bundle`': pasted as printed, predict took the bundle 'Meine' and two more
+    images. The commands cnnzoo prints to copy now quote such a path."""
+    import re
+    import shlex
+
+    from cnnzoo.transfer import Bundle
+
+    out = tmp_path / "Meine Läufe" / "teile 1"
+    said: list[str] = []
+    transfer(folder, model="resnet18", weights=None, out=out,
+             config=_tiny_config(mode="features", cache_dir=str(tmp_path / "cache")),
+             say=said.append)  # fmt: skip
+    line = next(x for x in said if x.startswith("bundle: "))
+    command = line.split("`")[1]
+    assert shlex.split(command) == ["cnnzoo", "predict", "IMAGE", "--bundle", str(out / "bundle")]
+    # Where a bundle is given as something else, the --bundle of the advice is quoted too.
+    b = tmp_path / "mein bundle"
+    Bundle(create_model("lenet5", num_classes=2), "lenet5", ["a", "b"], _small_pre()).save(b)
+    assert main(["evaluate", str(b)]) == 2
+    assert _one_line_error(capsys).endswith(f"--bundle {shlex.quote(str(b))}")
+    with pytest.raises(WeightsError, match=re.escape(f"--bundle {shlex.quote(str(b))} ")):
+        create_model("lenet5", num_classes=2, weights=b / "model.safetensors")
 
 
 def test_bundle_folder_has_the_usual_permissions(features_run):
@@ -1940,6 +2018,37 @@ def test_top_losses_titles_stay_clear_of_the_row_above(tmp_path, monkeypatch):
     first_row_bottom = min(ax.get_window_extent().y0 for ax in axes[:4])
     assert all(ax.title.get_window_extent().y1 <= first_row_bottom for ax in axes[4:])
     assert "highest loss" in fig.get_suptitle()
+
+
+def test_top_losses_name_each_file_from_the_data_folder(tmp_path, monkeypatch):
+    """The grid is where a mislabelled photo shows up, but it named no file: among hundreds of
+    photos the wrong one could not be found again. Each panel now names its file, relative to
+    the folder the validation images share (class folder, sub-folder, name)."""
+    import cnnzoo.transfer.report as report
+
+    figures = []
+    monkeypatch.setattr(report, "save_figure", lambda fig, path, dpi=100: figures.append(fig))
+    data = tmp_path / "parts"
+    paths = [str(data / "Lager" / "a.jpg"), str(data / "Lager" / "second shift" / "n0.jpg"),
+             str(data / "Ölfilter" / "b.png")]  # fmt: skip
+    probs = torch.tensor([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]])  # the last two wrong
+    report.write_report(tmp_path / "run", images=torch.zeros(3, 3, 8, 8, dtype=torch.uint8),
+                        probs=probs, labels=torch.tensor([0, 0, 1]),
+                        class_names=["Lager", "Ölfilter"], history=None, cv=None,
+                        metrics={}, paths=paths)  # fmt: skip
+    grid = next(f for f in figures if "predicted wrong" in f.get_suptitle())
+    titles = [ax.get_title() for ax in grid.axes if ax.images]
+    assert [t.splitlines()[0] for t in titles] == ["Lager/second shift/n0.jpg", "Ölfilter/b.png"]
+    assert titles[1].splitlines()[1:] == ["true Ölfilter (0.40)", "predicted Lager (0.60)"]
+    assert report.shown_files([str(data / "x.jpg")]) == ["x.jpg"]  # one file: its name
+    # A file named in Latin-1 bytes (a surrogate escape in its str) is drawn as an escape;
+    # as it was, matplotlib's drawing stopped the run's report in a TypeError.
+    figures.clear()
+    report.plot_top_losses(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), torch.tensor([[0.2, 0.8]]),
+                           torch.tensor([0]), ["a", "b"], tmp_path / "t.png",
+                           paths=[str(data / "a" / "caf\udce9.png")])  # fmt: skip
+    figures[0].canvas.draw()
+    assert figures[0].axes[0].get_title().startswith("caf\\xe9.png\n")
 
 
 def test_a_file_that_names_its_model_needs_no_model_option(folder, tmp_path, capsys):

@@ -7,6 +7,7 @@ cnnzoo data info DIR --img-size 64
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..text import json_text, plural, shown
 from .argtypes import COUNT, FRACTION, IMG_SIZE, SEED, add_progress_argument
@@ -44,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     i.add_argument("source", metavar="DATA", help="image folder, CSV manifest, fashion-mnist or digits")
     i.add_argument("--img-size", type=IMG_SIZE,
-                   help="resize images to this square size (default: their own)")
+                   help="resize images to this square size (default: their own; images of "
+                        "several sizes: 224, or their largest side if smaller)")
     i.add_argument("--channels", type=int, choices=(1, 3), default=None,
                    help="default: the data's own, as `cnnzoo train` reads them (1 when every "
                         "image is grey, as the built-ins are, else 3)")  # fmt: skip
@@ -86,11 +88,24 @@ def _export(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     from ..data.builtin import load_dataset, own_channels
-    from ..data.folder import seen_images
+    from ..data.folder import mixed_sizes_size, seen_images
     from ..data.images import ImageSpec
 
-    channels = args.channels or own_channels(args.source, seen_images(args.source)) or 3
-    spec = ImageSpec(size=args.img_size, channels=channels)
+    seen = seen_images(args.source)
+    channels = args.channels or own_channels(args.source, seen) or 3
+    size = args.img_size
+    if size is None and seen is not None and not seen.same:
+        # Photos come in many sizes; without a size the images could not be stacked and this
+        # stopped with advice to resize all of them to the largest side (a 2000x200 image made
+        # it 2000: 5 GB and 18 s to count 200 small photos, a phone's 4000 px more memory than
+        # a laptop has). Counting needs no such size: the one ImageNet nets take will do.
+        size = mixed_sizes_size(seen.largest)
+        why = "their largest side" if size == seen.largest else \
+            "the size `cnnzoo transfer` reads them at"
+        print(f"cnnzoo data: note: the images differ in size (up to {seen.largest} px): read "
+              f"at {size}x{size} here, {why} (--img-size N for another)",
+              file=sys.stderr)  # fmt: skip
+    spec = ImageSpec(size=size, channels=channels)
     splits = load_dataset(args.source, spec, val_fraction=args.val_fraction, seed=args.seed,
                           progress=args.progress)
     parts = [("train", splits.train), ("val", splits.val)]

@@ -15,6 +15,7 @@ downloads. Every step says what it does and how long it took.
 from __future__ import annotations
 
 import argparse
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -168,9 +169,11 @@ def run(args: argparse.Namespace) -> int:
     # Two runs, so that step 5 can score both bundles: the second repeats the features step
     # (from the cache) before it fine-tunes.
     size = f" --img-size {args.img_size}" if args.img_size != 224 else ""  # Lite0's own: 224
-    _say(f"= cnnzoo transfer {data} --mode features --fit resize{size} --out {out / 'features'}")
-    _say(f"  cnnzoo transfer {data} --fit resize{size} --epochs {args.epochs} --min-steps "
-         f"{args.min_steps} --sam 0 --out {out / 'transfer'}")  # fmt: skip
+    q = shlex.quote  # the commands as the shell takes them, an --out with spaces too
+    _say(f"= cnnzoo transfer {q(str(data))} --mode features --fit resize{size} --out "
+         f"{q(str(out / 'features'))}")  # fmt: skip
+    _say(f"  cnnzoo transfer {q(str(data))} --fit resize{size} --epochs {args.epochs} "
+         f"--min-steps {args.min_steps} --sam 0 --out {q(str(out / 'transfer'))}")  # fmt: skip
     if cache_problem:
         _say(f"note: {cache_problem}")
     base = dict(img_size=args.img_size, fit="resize", progress=args.progress,
@@ -218,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
          f"{', '.join(bundle_t.class_names)}:")  # fmt: skip
     _say(f"Prediction: {pred.classes[0]}  Probability: "
          f"{probability_line(pred.probabilities[0].tolist())}")  # fmt: skip
-    _say(f"your turn: cnnzoo predict IMAGE --bundle {out / 'transfer' / 'bundle'}")
+    _say(f"your turn: cnnzoo predict IMAGE --bundle {shlex.quote(str(out / 'transfer' / 'bundle'))}")
     steps.done()
     print(f"\ndemo finished in {steps.total():.0f}s; reports (confusion matrix, curves, top "
           f"losses) in {out / 'transfer'}/")  # fmt: skip

@@ -5,6 +5,7 @@ accuracy and the cell count error of a segmentation checkpoint (`segmentation.ev
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
 from ..text import json_text, plural, shown
@@ -69,7 +70,8 @@ def check_checkpoint_path(path: str) -> None:
     p = Path(path)
     for bundle in (p, p / "bundle", p.parent):
         if (bundle / "bundle.json").is_file() and (p.is_dir() or p.parent == bundle):
-            raise UsageError(f"{path}: a transfer bundle is evaluated with --bundle {bundle}")
+            raise UsageError(f"{path}: a transfer bundle is evaluated with --bundle "
+                             f"{shlex.quote(str(bundle))}")  # as the shell takes it
     if p.is_dir():
         raise UsageError(folder_given(p))
 

@@ -259,6 +259,17 @@ def run(args: argparse.Namespace) -> int:
 # `cnnzoo predict IMAGE... --bundle DIR` (the option lives in commands/predict.py)
 
 
+def class_order(names: Sequence[str], most: int = 20) -> str:
+    """What the numbers of `probability_line` are: its class names in order (the first `most`
+    of a long list). Without it the line's "[0.02 0.91 ...]" could be read only against
+    bundle.json, and --top below the class count names only some of them."""
+    from ..text import shown
+
+    listed = ", ".join(shown(n) for n in names[:most])
+    more = f", ... ({len(names)} classes: bundle.json's class_names)" if len(names) > most else ""
+    return f"Probability: [...] gives the classes in this order: {listed}{more}"
+
+
 def probability_line(probs: Sequence[float]) -> str:
     """The lecture's format: "[0.   0.99 0.01 0.   0.  ]" -- numpy's print of the rounded
     probabilities, in class order."""
@@ -282,6 +293,8 @@ def predict_with_bundle(bundle_dir: str | os.PathLike[str], paths: Sequence[Path
     bundle = load_bundle(bundle_dir)
     names = bundle.class_names
     own = None if precision == "auto" else precision  # auto: the run's own, as recorded
+    if not as_json:  # JSON names each probability; the line's bare numbers need the order
+        print(f"cnnzoo predict: note: {class_order(names)}", file=sys.stderr)
 
     def records() -> Iterator[dict[str, Any]]:
         for r, probs in predict_files(

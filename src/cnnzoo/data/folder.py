@@ -429,9 +429,20 @@ def _decoded(
             bar.update(1)
 
 
+# The size to read images of several sizes at, when none is given (`data info`, and the advice
+# of the error below): the largest side loses nothing, but photos' largest side (a 2000x200
+# panorama, a phone's 4,000 px) took gigabytes to decode; ImageNet nets read 224.
+MIXED_SIZES_AT_MOST = 224
+
+
+def mixed_sizes_size(largest: int) -> int:
+    """What to read images of several sizes at: their largest side, at most 224."""
+    return min(largest, MIXED_SIZES_AT_MOST)
+
+
 def _sizes_differ(shapes: set[tuple[int, ...]], where: Path) -> DataError:
     a, b = sorted(shapes)[:2]
-    n = max(max(s[1:]) for s in shapes)  # the largest side: nothing is lost by upsampling
+    n = mixed_sizes_size(max(max(s[1:]) for s in shapes))
     return DataError(
         f"images in {where} have different sizes (e.g. {a[2]}x{a[1]} and {b[2]}x{b[1]} "
         f"pixels): give a size to resize them to (size={n}, or --img-size {n})"
@@ -625,7 +636,7 @@ def _assemble(
         train, val = train.split(val_fraction, seed)
     for part in (val, test):
         if part is not None and part.images.shape[1:] != train.images.shape[1:]:
-            n = max(*part.images.shape[2:], *train.images.shape[2:])
+            n = mixed_sizes_size(max(*part.images.shape[2:], *train.images.shape[2:]))
             raise DataError(
                 f"the train and validation images have different sizes: give a size to "
                 f"resize them to (size={n}, or --img-size {n})"

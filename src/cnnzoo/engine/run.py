@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shlex
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -592,7 +593,7 @@ def model_from_checkpoint(
         raise WeightsError(f"{path} does not say which model it holds: give a checkpoint "
                            "written by `cnnzoo train` (last.pt or best.pt)")
     if meta.get("transfer"):
-        bundle = transfer_bundle(path)
+        bundle = shlex.quote(str(transfer_bundle(path)))  # as the shell takes it
         raise WeightsError(f"{path} is a checkpoint of transfer fine-tuning: use the bundle the "
                            f"run wrote (cnnzoo predict IMAGE --bundle {bundle}, cnnzoo evaluate "
                            f"--bundle {bundle} --data DIR)")  # fmt: skip

@@ -258,8 +258,11 @@ def finetune(
         epochs = phase_epochs(cfg, len(splits.train))
         # SAM where it was measured: the whole network, not the lone head.
         sam = cfg.sam if cfg.sam is not None else default_sam(len(splits.train), splits.num_classes)
+        # Said, or `--epochs 3` reads as ignored when 23 epochs run (8x the time asked for).
+        raised = (f" (--epochs {cfg.epochs} raised to make at least {cfg.min_steps} optimizer "
+                  f"steps; --min-steps 0 keeps {cfg.epochs})" if epochs > cfg.epochs else "")
         say(f"fine-tune {phases}/{phases}: the whole network for up to "
-            f"{plural(epochs, 'epoch')}, layer-wise lr "
+            f"{plural(epochs, 'epoch')}{raised}, layer-wise lr "
             f"{cfg.lr:g} (head) down to {cfg.lr * cfg.lr_decay ** cfg.groups:.2g}, BatchNorm "
             f"statistics {bn}" + (f", SAM radius {sam:g}" if sam else ""))  # fmt: skip
         freeze_backbone(model, False)

@@ -6,12 +6,15 @@ classes and what the model latches onto show up there first."""
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..data.folder import composed
 from ..engine.report import (
     logged_metrics,
     new_figure,
@@ -25,6 +28,7 @@ from ..engine.report import (
 )
 from ..engine.task import ClassificationAccumulator
 from ..paths import write_text_atomic
+from ..text import shown
 
 
 def accumulate(probs: Tensor, labels: Tensor, num_classes: int) -> ClassificationAccumulator:
@@ -45,11 +49,24 @@ def top_losses(probs: Tensor, labels: Tensor, k: int = 16) -> list[int]:
     return wrong[loss.argsort(descending=True)][:k].tolist()
 
 
+def shown_files(paths: Sequence[str]) -> list[str]:
+    """Each image's path as a figure names it: relative to the folder all of them lie in (the
+    data folder, or its val/), so 'Lager/img_003.png', 'Lager/shift 2/n0.jpg'; the paths as
+    they are when they share none (a manifest's on two drives)."""
+    try:
+        base = os.path.commonpath([os.path.abspath(p) for p in paths])
+    except ValueError:
+        return list(paths)
+    if len(paths) == 1:  # commonpath of one file is the file itself
+        base = os.path.dirname(base)
+    return [os.path.relpath(os.path.abspath(p), base) for p in paths]
+
+
 @quiet_glyphs
 def plot_top_losses(images: Tensor, probs: Tensor, labels: Tensor, class_names: list[str],
-                    path: Path, k: int = 16) -> Path:  # fmt: skip
+                    path: Path, k: int = 16, paths: Sequence[str] = ()) -> Path:  # fmt: skip
     """A grid of the `k` wrongly predicted images of the highest loss: true class, prediction,
-    probabilities."""
+    probabilities, and (given the images' `paths`) the file, to find a mislabelled one."""
     idx = top_losses(probs, labels, k)
     if not idx:  # a one-line picture, not an empty grid under a title promising images
         fig = new_figure(figsize=(6.4, 0.9))
@@ -66,12 +83,20 @@ def plot_top_losses(images: Tensor, probs: Tensor, labels: Tensor, class_names: 
     for ax in axes.flat:
         ax.axis("off")
     names = short_labels(class_names, 30)  # a title fits one panel's width
-    for ax, i in zip(axes.flat, idx, strict=False):
+    # The grid's use is finding mislabelled or odd images; without their file names a wrong
+    # one among hundreds of photos could not be found again.
+    files = []
+    if paths:
+        named = shown_files(paths)
+        # composed: a name in Latin-1 bytes ('caf\udce9.png') stopped matplotlib's drawing
+        files = short_labels([shown(composed(named[i])) for i in idx], 30)
+    for n, (ax, i) in enumerate(zip(axes.flat, idx, strict=False)):
         img = images[i].permute(1, 2, 0).numpy()
         ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray" if img.shape[-1] == 1 else None)
         p = probs[i]
         pred, true = int(p.argmax()), int(labels[i])
-        ax.set_title(f"true {names[true]} ({p[true]:.2f})\npredicted {names[pred]} "
+        file = f"{files[n]}\n" if files else ""
+        ax.set_title(f"{file}true {names[true]} ({p[true]:.2f})\npredicted {names[pred]} "
                      f"({p[pred]:.2f})", fontsize=9, parse_math=False)  # fmt: skip
     fig.suptitle("validation images predicted wrong, highest loss (lowest probability of the "
                  "true class) first", fontsize=11)
@@ -131,10 +156,12 @@ def plot_l2_curve(cv: list[dict[str, float]], path: Path, chosen: float | None =
 def write_report(out_dir: Path, *, images: Tensor, probs: Tensor, labels: Tensor,
                  class_names: list[str], history: list[dict[str, Any]] | None,
                  cv: list[dict[str, float]] | None, metrics: dict[str, Any],
-                 l2: float | None = None) -> tuple[list[str], list[str]]:  # fmt: skip
+                 l2: float | None = None,
+                 paths: Sequence[str] = ()) -> tuple[list[str], list[str]]:  # fmt: skip
     """confusion.png, per_class.csv, curves.png, top_losses.png and metrics.json in `out_dir`;
     returns the lines to print: the file names (notes), and the per-class table (a result).
-    `l2`: the features head's, marked on its cross-validation curve `cv`."""
+    `l2`: the features head's, marked on its cross-validation curve `cv`; `paths`: the
+    images' files, named in the top-losses grid."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     acc = accumulate(probs, labels, len(class_names))
@@ -145,7 +172,8 @@ def write_report(out_dir: Path, *, images: Tensor, probs: Tensor, labels: Tensor
     elif cv:
         curve = plot_l2_curve(cv, out_dir / "curves.png", l2)
         said.append(f"L2 cross-validation curve: {curve}")
-    grid = plot_top_losses(images, probs, labels, class_names, out_dir / "top_losses.png")
+    grid = plot_top_losses(images, probs, labels, class_names, out_dir / "top_losses.png",
+                           paths=paths)
     said.append(f"top losses: {grid}" if top_losses(probs, labels, 1)
                 else f"top losses: none, every validation image is predicted right ({grid})")
     write_per_class_csv(acc, class_names, out_dir / "per_class.csv")

@@ -29,6 +29,7 @@ import difflib
 import inspect
 import math
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -664,9 +665,12 @@ def transfer(
         notes, table = write_report(
             out_dir, images=splits.val.images, probs=final_probs, labels=labels,
             class_names=list(splits.class_names), history=history, cv=cv,
-            metrics={**metrics, "timings_s": timings}, l2=fit.l2 if fit is not None else None)
+            metrics={**metrics, "timings_s": timings}, l2=fit.l2 if fit is not None else None,
+            paths=splits.val.paths)
         timings["report"] = time.perf_counter() - t
-        say(f"bundle: {path} (predict with `cnnzoo predict IMAGE --bundle {path}`)")
+        # Quoted as the shell needs it: "--bundle Meine Läufe/teile/bundle" pasted as printed
+        # gave predict the bundle "Meine" and two images.
+        say(f"bundle: {path} (predict with `cnnzoo predict IMAGE --bundle {shlex.quote(str(path))}`)")
         for line in notes:
             say(line)
         for line in table:

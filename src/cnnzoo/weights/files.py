@@ -18,6 +18,7 @@ import math
 import os
 import pickle
 import re
+import shlex
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -167,7 +168,8 @@ def check_stored(metadata: Mapping[str, str], path: object) -> None:
 
 
 def _use_bundle(folder: Path) -> str:
-    return (f"a bundle is used whole, with its classes and input: --bundle {folder} "
+    return (f"a bundle is used whole, with its classes and input: --bundle "
+            f"{shlex.quote(str(folder))} "
             f"(cnnzoo predict, evaluate), cnnzoo.load_bundle('{folder}') in Python")
 
 
