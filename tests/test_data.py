@@ -296,6 +296,25 @@ def test_16_bit_and_float_images_are_scaled(tmp_path):
     ]
 
 
+def test_16_bit_images_of_12_bit_data_are_said_once(tmp_path, caplog, monkeypatch):
+    """A line camera's 12-bit data in 16-bit PNGs read nearly black (values / 257: 4095 -> 16)
+    without a word; one note per process now says so, and what to save instead."""
+    import threading
+
+    import cnnzoo.data.images as images
+
+    monkeypatch.setattr(images, "_LOW_DEPTH_SAID", threading.Event())
+    full = _save(Image.fromarray(np.array([[0, 40000]], np.uint16)), tmp_path / "full.png")
+    low = _save(Image.fromarray(np.array([[0, 4095]], np.uint16)), tmp_path / "low.png")
+    with caplog.at_level("WARNING", logger="cnnzoo.data"):
+        assert _pixels(load_image(full, 1)) == [0, 156]
+        assert not caplog.records  # the full range: nothing to say
+        assert _pixels(load_image(low, 1)) == [0, 16]  # 4095 / 257, rounded
+        load_image(low, 1)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "below 4096 (12-bit camera data?)" in said[0]
+
+
 def test_exif_orientation_is_applied(tmp_path):
     # Stored 3 wide x 2 high, red pixel at top-left; orientation 6 = "rotate 90 CW to display".
     img = Image.new("RGB", (3, 2), (0, 0, 0))

@@ -36,6 +36,7 @@ Sizes follow torch: `size` is an int (square, or the shorter side) or `(height, 
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import threading
@@ -50,6 +51,8 @@ import torch
 from PIL import Image, ImageOps, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
 
 from ..errors import ImageError
+
+log = logging.getLogger("cnnzoo.data")
 
 Interpolation = Literal["nearest", "bilinear", "bicubic", "lanczos"]
 _RESAMPLE = {
@@ -269,6 +272,7 @@ def convert_image(
         a = np.asarray(img)
         if mode == "I":
             a = np.clip(a, 0, 65535)
+        _say_if_low_depth(a)
         img = Image.fromarray(_scale16(a))
     elif mode == "F":
         a = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
@@ -297,6 +301,21 @@ def convert_image(
 
     target = "L" if channels == 1 else "RGB"
     return img if img.mode == target else img.convert(target)
+
+
+_LOW_DEPTH_SAID = threading.Event()  # once per process: a folder of such images is one note
+
+
+def _say_if_low_depth(a: np.ndarray) -> None:
+    """A note when a 16-bit image uses no more than 12 bits (a line camera's 12-bit data stored
+    in 16-bit files): scaled by 255/65535 its values keep 16 grey levels of 256, and the images
+    read nearly black. Its file, not cnnzoo, knows the depth, so this is said, not guessed."""
+    if a.size and 0 < int(a.max()) < 4096 and not _LOW_DEPTH_SAID.is_set():
+        _LOW_DEPTH_SAID.set()
+        log.warning("note: 16-bit images whose values all lie below 4096 (12-bit camera data?) "
+                    "read as 8 bits (values / 257) keep only 16 grey levels and look nearly "
+                    "black: save them scaled to the full 16 bits (values x 16), or as 8-bit "
+                    "images (values / 16)")
 
 
 def _scale16(a: np.ndarray) -> np.ndarray:
