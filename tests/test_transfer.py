@@ -229,6 +229,34 @@ def test_feature_cache_reused_and_invalidated_per_image(fmnist, tmp_path):
     assert n4 == 10
 
 
+def test_features_computed_before_an_interruption_stay_in_the_cache(fmnist, tmp_path,
+                                                                   monkeypatch):
+    """Ctrl-C (or SIGTERM) during feature extraction kept none of the features computed, and
+    the rerun of a large folder started again from its first image; the batches done are now
+    cached, and the rerun computes only the rest, to the same values."""
+    import cnnzoo.transfer.features as features
+
+    model = create_model("resnet18", num_classes=0).eval()
+    images = fmnist.with_channels(3).images[:10].clone()
+    kw = dict(model_name="resnet18", weights_id="random-test", views=1, batch_size=4,
+              cache_dir=tmp_path / "c", progress=False)  # fmt: skip
+    whole, _ = cached_features(model, images, _small_pre(), **{**kw, "use_cache": False})
+    forward, calls = features.forward_pre_logits, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # the third batch: 8 images done
+            raise KeyboardInterrupt
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(features, "forward_pre_logits", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cached_features(model, images, _small_pre(), **kw)
+    monkeypatch.setattr(features, "forward_pre_logits", forward)
+    again, computed = cached_features(model, images, _small_pre(), **kw)
+    assert computed == 2 and torch.allclose(again, whole, atol=1e-6)
+
+
 def test_a_cache_that_cannot_be_written_is_a_warning_and_the_features_come_back(
     fmnist, tmp_path, monkeypatch, caplog
 ):

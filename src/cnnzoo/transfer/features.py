@@ -154,12 +154,24 @@ def extract_features(
     under inference mode: its parameters and buffers are not changed. Its train/eval mode is
     restored afterwards.
     """
+    out = list(feature_batches(model, images, pre, views=views, batch_size=batch_size,
+                               precision=precision, progress=progress, desc=desc))  # fmt: skip
+    if not out:
+        return torch.zeros(0, views, 0)
+    return torch.cat(out)
+
+
+def feature_batches(
+    model: nn.Module, images: Tensor, pre: Preprocessing, *, views: int, batch_size: int,
+    precision: str, progress: bool, desc: str,
+) -> Iterator[Tensor]:
+    """`extract_features` a batch at a time: (n, views, D) for each `batch_size` images, in
+    order, so that a caller keeps what was computed before an interruption."""
     from tqdm.auto import tqdm
 
     if not 1 <= views <= MAX_VIEWS:
         raise ValueError(f"views must lie in [1, {MAX_VIEWS}], not {views}")
     dtype = inference_dtype(precision)
-    out: list[Tensor] = []
     with held_for_inference(model, dtype), tqdm(
             total=len(images) * views, desc=desc, unit="img", leave=False,
             disable=None if progress else True) as bar:  # fmt: skip
@@ -169,10 +181,7 @@ def extract_features(
             for v in range(views):
                 per_view.append(forward_pre_logits(model, model_input(chunk, pre, v), dtype))
                 bar.update(len(chunk))
-            out.append(torch.stack(per_view, dim=1))
-    if not out:
-        return torch.zeros(0, views, 0)
-    return torch.cat(out)
+            yield torch.stack(per_view, dim=1)
 
 
 # --------------------------------------------------------------------------------- the cache
@@ -314,8 +323,17 @@ def cached_features(
     found = store.get(hashes)
     todo = [i for i in range(len(images)) if i not in found]
     if todo:
-        new = extract_features(model, images[todo], pre, views=views, batch_size=batch_size,
-                               precision=precision, progress=progress, desc=desc)  # fmt: skip
-        store.put([hashes[i] for i in todo], new)
-        found.update(zip(todo, new, strict=True))
+        done: list[Tensor] = []
+        try:
+            for feats in feature_batches(model, images[todo], pre, views=views,
+                                         batch_size=batch_size, precision=precision,
+                                         progress=progress, desc=desc):  # fmt: skip
+                done.append(feats)
+        finally:
+            # Also when interrupted (Ctrl-C, SIGTERM): the batches computed are kept, and the
+            # rerun of a large folder goes on from there (it started again from the first).
+            if done:
+                new = torch.cat(done)
+                store.put([hashes[i] for i in todo[:len(new)]], new)
+                found.update(zip(todo, new, strict=False))
     return torch.stack([found[i] for i in range(len(images))]), len(todo)
