@@ -1220,6 +1220,22 @@ def test_predict_bundle_says_the_class_order_of_its_probability_line(tmp_path, c
     assert many.endswith("c18, c19, ... (25 classes: bundle.json's class_names)")
 
 
+def test_predict_bundle_prints_the_probabilities_of_many_classes_on_one_line(tmp_path, capsys):
+    """A bundle of 30 classes printed 'Probability: [0.01 0.   ... 0.02\\n 0.02 ...': numpy
+    wrapped the line at 75 characters and the newline showed escaped. It is one line now."""
+    from cnnzoo.transfer import Bundle
+
+    names = [f"c{i}" for i in range(30)]
+    Bundle(create_model("resnet20", num_classes=30), "resnet20", names, _small_pre()).save(
+        tmp_path / "bundle")
+    Image.new("RGB", (40, 40), (90, 20, 200)).save(tmp_path / "x.png")
+    assert main(["predict", str(tmp_path / "x.png"), "--bundle", str(tmp_path / "bundle"),
+                 "--top", "1"]) == 0
+    line = capsys.readouterr().out.splitlines()[1]
+    assert "\\" not in line and line.startswith("Prediction: c")
+    assert len(line.split("Probability: [")[1].rstrip("]").split()) == 30
+
+
 def test_printed_bundle_commands_are_quoted_for_the_shell(folder, tmp_path, capsys):
     """`--out "Meine Läufe/teile 1"` printed 'predict with `cnnzoo predict IMAGE --bundle Meine
     Läufe/teile 1/bundle`': pasted as printed, predict took the bundle 'Meine' and two more
