@@ -1537,6 +1537,25 @@ def test_a_bundles_weights_file_or_folder_given_as_weights_point_to_the_bundle(t
     assert torch.equal(load_bundle(tmp_path / "plain").model.eval()(x), plain(x))
 
 
+def test_a_bundle_given_as_weights_names_it_as_shell_and_python_take_it(tmp_path):
+    """A bundle in "Bob's runs" was named --bundle 'Bob'"'"'s runs/b' for the shell but
+    cnnzoo.load_bundle('Bob's runs/b') for Python, a syntax error when pasted."""
+    import ast
+    import shlex
+
+    from cnnzoo.transfer import Bundle
+
+    folder = tmp_path / "Bob's runs" / "b"
+    Bundle(create_model("resnet20", num_classes=2), "resnet20", ["a", "b"], _small_pre()).save(
+        folder)
+    with pytest.raises(WeightsError) as err:
+        create_model("resnet20", weights=folder)
+    shell = str(err.value).split("--bundle ")[1].split(" (cnnzoo predict")[0]
+    assert shlex.split(shell) == [str(folder)]
+    call = str(err.value).split("cnnzoo.load_bundle(")[1].split(") in Python")[0]
+    assert ast.literal_eval(call) == str(folder)
+
+
 def test_transfer_on_feature_stages_round_trips_and_has_its_own_cache(folder, tmp_path):
     out = tmp_path / "run"
     cache = str(tmp_path / "cache")
