@@ -1464,6 +1464,23 @@ def test_a_segmentation_folder_is_not_read_as_classes(tmp_path):
         load_dataset(tmp_path / "pairs.csv")
 
 
+
+def test_a_segmentation_set_is_named_for_the_u_net_as_the_shell_takes_it(tmp_path):
+    """'train a U-Net on it (cnnzoo train unet --data Zellen 2024)' pasted as printed gave
+    --data 'Zellen' and a stray argument: the folder (and a manifest) are shell-quoted now."""
+    import shlex
+
+    root = tmp_path / "Zellen 2024"
+    for sub in ("images", "masks"):
+        _png(root / sub / "0.png", 40)
+    (root / "pairs list.csv").write_text("image,mask\nimages/0.png,masks/0.png\n")
+    for data in (root, root / "pairs list.csv"):
+        with pytest.raises(DataError) as err:
+            load_dataset(data)
+        command = str(err.value).split("(cnnzoo train unet --data ")[1].rstrip(")")
+        assert shlex.split(command) == [str(data)]
+
+
 def test_class_names_with_a_bidi_mark_are_read_and_printed_escaped(tmp_path, capsys):
     """Escaping bidi controls in printed names also made the class-folder check refuse them:
     a Hebrew class with a right-to-left mark ('\u05d0 2\u200f') stopped training with

@@ -30,6 +30,7 @@ import io
 import logging
 import math
 import os
+import shlex
 import unicodedata
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -308,7 +309,7 @@ def _check_classes(
         # The layout of a segmentation set: as classes, every mask would be a "mask" image.
         raise DataError(
             f"{root} is a segmentation set (images/ + masks/), not one sub-folder per class: "
-            f"train a U-Net on it (cnnzoo train unet --data {root})"
+            f"train a U-Net on it (cnnzoo train unet --data {shlex.quote(str(root))})"
         )
     empty = [name for name, files in classes.items() if not files]
     if empty:
@@ -801,7 +802,7 @@ def load_csv(
     if holds_mask_pairs(manifest):  # read as path,label, every mask file would be a class
         raise DataError(f"{manifest} lists image/mask pairs for segmentation (image and mask "
                         f"columns), not labelled images: train a U-Net on it (cnnzoo train "
-                        f"unet --data {manifest})")
+                        f"unet --data {shlex.quote(str(manifest))})")  # as the shell takes it
     entries, skipped, grouped = _manifest_rows(manifest)
     if not entries:  # the malformed lines say why no row was taken
         _report(skipped, [], len(skipped) + grouped, grouped)
