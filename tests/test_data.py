@@ -315,6 +315,24 @@ def test_16_bit_images_of_12_bit_data_are_said_once(tmp_path, caplog, monkeypatc
     assert len(said) == 1 and "below 4096 (12-bit camera data?)" in said[0]
 
 
+def test_16_bit_arrays_of_12_bit_data_are_said_too(caplog, monkeypatch):
+    """bundle.predict(frame) on a camera's uint16 12-bit frame (tifffile, a grabber's SDK)
+    read it as nearly black as its file without the note that the file gets."""
+    import threading
+
+    import cnnzoo.data.images as images
+    from cnnzoo.weights import Preprocessing
+
+    monkeypatch.setattr(images, "_LOW_DEPTH_SAID", threading.Event())
+    pre = Preprocessing(crop_size=8, resize_size=8, mean=(0.5,), std=(0.5,), channels=1)
+    with caplog.at_level("WARNING", logger="cnnzoo.data"):
+        pre(np.array([[0, 40000], [7, 9]], np.uint16))
+        assert not caplog.records  # the full range: nothing to say
+        pre(np.array([[0, 4095], [7, 9]], np.uint16))
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "below 4096 (12-bit camera data?)" in said[0]
+
+
 def test_exif_orientation_is_applied(tmp_path):
     # Stored 3 wide x 2 high, red pixel at top-left; orientation 6 = "rotate 90 CW to display".
     img = Image.new("RGB", (3, 2), (0, 0, 0))
