@@ -800,8 +800,16 @@ def test_folder_errors(tmp_path):
         for cls in "xy":
             _png(tmp_path / "parts" / part / cls / "1.png", 0, (side, side))
     with pytest.raises(DataError, match=r"the train and validation images have different "
-                                        r"sizes: .*\(size=12, or --img-size 12\)$"):  # fmt: skip
+                                        r"sizes \(8x8 and 12x12 pixels\): .*\(size=12, or "
+                                        r"--img-size 12\)$"):  # fmt: skip
         load_folder(tmp_path / "parts", progress=False)
+    # A test/ part of another size was called the validation images too.
+    for part, side in (("train", 8), ("val", 8), ("test", 12)):
+        for cls in "xy":
+            _png(tmp_path / "tvt" / part / cls / "1.png", 0, (side, side))
+    with pytest.raises(DataError, match=r"^the train and test images have different sizes "
+                                        r"\(8x8 and 12x12 pixels\)"):  # fmt: skip
+        load_folder(tmp_path / "tvt", progress=False)
 
 
 def test_folder_all_files_of_a_class_unreadable(tmp_path):

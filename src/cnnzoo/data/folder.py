@@ -623,6 +623,10 @@ def _build_parts(
     return datasets
 
 
+def _wxh(part: ImageDataset) -> str:
+    return f"{part.images.shape[3]}x{part.images.shape[2]}"
+
+
 def _assemble(
     datasets: dict[str, ImageDataset], skipped: list[str], val_fraction: float, seed: int,
     grouped: int = 0,
@@ -635,12 +639,14 @@ def _assemble(
     drawn = val is None
     if drawn:
         train, val = train.split(val_fraction, seed)
-    for part in (val, test):
+    # Named: a test/ folder of other sizes was called 'the train and validation images'.
+    for name, part in (("validation", val), ("test", test)):
         if part is not None and part.images.shape[1:] != train.images.shape[1:]:
             n = mixed_sizes_size(max(*part.images.shape[2:], *train.images.shape[2:]))
             raise DataError(
-                f"the train and validation images have different sizes: give a size to "
-                f"resize them to (size={n}, or --img-size {n})"
+                f"the train and {name} images have different sizes ({_wxh(train)} and "
+                f"{_wxh(part)} pixels): give a size to resize them to (size={n}, or "
+                f"--img-size {n})"
             )
     return Splits(train, val, test, skipped, grouped=grouped, val_drawn=drawn)
 
