@@ -1572,7 +1572,7 @@ def test_data_info_counts_a_folder_of_mixed_sizes(tmp_path, capsys):
     assert main(["data", "info", str(tmp_path / "photos")]) == 0
     out, err = capsys.readouterr()
     assert "2 classes, images 1x224x224" in out
-    assert "cnnzoo data: note: the images differ in size (up to 300 px): read at 224x224" in err
+    assert "cnnzoo data info: note: the images differ in size (up to 300 px): read at 224x224" in err
     for i in range(2):
         _png(tmp_path / "small" / "a" / f"{i}.png", 0, (8, 8))
         _png(tmp_path / "small" / "b" / f"{i}.png", 0, (9, 8))
