@@ -315,6 +315,24 @@ def test_16_bit_images_of_12_bit_data_are_said_once(tmp_path, caplog, monkeypatc
     assert len(said) == 1 and "below 4096 (12-bit camera data?)" in said[0]
 
 
+def test_16_bit_arrays_of_12_bit_data_are_said_too(caplog, monkeypatch):
+    """bundle.predict(frame) on a camera's uint16 12-bit frame (tifffile, a grabber's SDK)
+    read it as nearly black as its file without the note that the file gets."""
+    import threading
+
+    import cnnzoo.data.images as images
+    from cnnzoo.weights import Preprocessing
+
+    monkeypatch.setattr(images, "_LOW_DEPTH_SAID", threading.Event())
+    pre = Preprocessing(crop_size=8, resize_size=8, mean=(0.5,), std=(0.5,), channels=1)
+    with caplog.at_level("WARNING", logger="cnnzoo.data"):
+        pre(np.array([[0, 40000], [7, 9]], np.uint16))
+        assert not caplog.records  # the full range: nothing to say
+        pre(np.array([[0, 4095], [7, 9]], np.uint16))
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "below 4096 (12-bit camera data?)" in said[0]
+
+
 def test_exif_orientation_is_applied(tmp_path):
     # Stored 3 wide x 2 high, red pixel at top-left; orientation 6 = "rotate 90 CW to display".
     img = Image.new("RGB", (3, 2), (0, 0, 0))
@@ -782,8 +800,16 @@ def test_folder_errors(tmp_path):
         for cls in "xy":
             _png(tmp_path / "parts" / part / cls / "1.png", 0, (side, side))
     with pytest.raises(DataError, match=r"the train and validation images have different "
-                                        r"sizes: .*\(size=12, or --img-size 12\)$"):  # fmt: skip
+                                        r"sizes \(8x8 and 12x12 pixels\): .*\(size=12, or "
+                                        r"--img-size 12\)$"):  # fmt: skip
         load_folder(tmp_path / "parts", progress=False)
+    # A test/ part of another size was called the validation images too.
+    for part, side in (("train", 8), ("val", 8), ("test", 12)):
+        for cls in "xy":
+            _png(tmp_path / "tvt" / part / cls / "1.png", 0, (side, side))
+    with pytest.raises(DataError, match=r"^the train and test images have different sizes "
+                                        r"\(8x8 and 12x12 pixels\)"):  # fmt: skip
+        load_folder(tmp_path / "tvt", progress=False)
 
 
 def test_folder_all_files_of_a_class_unreadable(tmp_path):
@@ -1464,6 +1490,23 @@ def test_a_segmentation_folder_is_not_read_as_classes(tmp_path):
         load_dataset(tmp_path / "pairs.csv")
 
 
+
+def test_a_segmentation_set_is_named_for_the_u_net_as_the_shell_takes_it(tmp_path):
+    """'train a U-Net on it (cnnzoo train unet --data Zellen 2024)' pasted as printed gave
+    --data 'Zellen' and a stray argument: the folder (and a manifest) are shell-quoted now."""
+    import shlex
+
+    root = tmp_path / "Zellen 2024"
+    for sub in ("images", "masks"):
+        _png(root / sub / "0.png", 40)
+    (root / "pairs list.csv").write_text("image,mask\nimages/0.png,masks/0.png\n")
+    for data in (root, root / "pairs list.csv"):
+        with pytest.raises(DataError) as err:
+            load_dataset(data)
+        command = str(err.value).split("(cnnzoo train unet --data ")[1].rstrip(")")
+        assert shlex.split(command) == [str(data)]
+
+
 def test_class_names_with_a_bidi_mark_are_read_and_printed_escaped(tmp_path, capsys):
     """Escaping bidi controls in printed names also made the class-folder check refuse them:
     a Hebrew class with a right-to-left mark ('\u05d0 2\u200f') stopped training with
@@ -1529,7 +1572,7 @@ def test_data_info_counts_a_folder_of_mixed_sizes(tmp_path, capsys):
     assert main(["data", "info", str(tmp_path / "photos")]) == 0
     out, err = capsys.readouterr()
     assert "2 classes, images 1x224x224" in out
-    assert "cnnzoo data: note: the images differ in size (up to 300 px): read at 224x224" in err
+    assert "cnnzoo data info: note: the images differ in size (up to 300 px): read at 224x224" in err
     for i in range(2):
         _png(tmp_path / "small" / "a" / f"{i}.png", 0, (8, 8))
         _png(tmp_path / "small" / "b" / f"{i}.png", 0, (9, 8))

@@ -1086,6 +1086,26 @@ def test_a_bare_resume_of_a_unet_run_keeps_its_epochs(tmp_path, capsys):
     assert len(load_checkpoint(out / "last.pt")["history"]) == 1
 
 
+
+def test_a_bare_resume_of_a_unet_run_keeps_its_tiles_and_batches(tmp_path, capsys):
+    """A run on 32-px tiles in batches of 2, resumed with --resume and --epochs alone, went on
+    with the defaults, 128-px tiles in batches of 8 ('warning: resuming with different
+    img_size (was 32, now 128), batch_size (was 2, now 8)'); a classifier's keeps its own."""
+    from cnnzoo.engine.checkpoint import load_checkpoint
+
+    out = tmp_path / "run"
+    args = ["train", "unet", "--data", "cells", "--cells", "3", "--base-width", "4",
+            "--precision", "fp32", "--channels-last", "off", "--no-progress",
+            "--no-tensorboard", "--out", str(out)]  # fmt: skip
+    assert main([*args, "--epochs", "1", "--crop", "32", "--batch-size", "2"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--epochs", "2", "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "img_size" not in err and "batch_size" not in err, err
+    meta = load_checkpoint(out / "last.pt")["meta"]
+    assert (meta["tile"], meta["batch_size"]) == (32, 2)
+
+
 def test_train_unet_segmentation_cli_end_to_end(trained, capsys):
     for name in ("best.pt", "last.pt", "curves.png", "validation.png", "metrics.jsonl"):
         assert (trained / name).is_file(), name

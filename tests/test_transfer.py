@@ -1242,6 +1242,22 @@ def test_predict_bundle_says_the_class_order_of_its_probability_line(tmp_path, c
     assert many.endswith("c18, c19, ... (25 classes: bundle.json's class_names)")
 
 
+def test_predict_bundle_prints_the_probabilities_of_many_classes_on_one_line(tmp_path, capsys):
+    """A bundle of 30 classes printed 'Probability: [0.01 0.   ... 0.02\\n 0.02 ...': numpy
+    wrapped the line at 75 characters and the newline showed escaped. It is one line now."""
+    from cnnzoo.transfer import Bundle
+
+    names = [f"c{i}" for i in range(30)]
+    Bundle(create_model("resnet20", num_classes=30), "resnet20", names, _small_pre()).save(
+        tmp_path / "bundle")
+    Image.new("RGB", (40, 40), (90, 20, 200)).save(tmp_path / "x.png")
+    assert main(["predict", str(tmp_path / "x.png"), "--bundle", str(tmp_path / "bundle"),
+                 "--top", "1"]) == 0
+    line = capsys.readouterr().out.splitlines()[1]
+    assert "\\" not in line and line.startswith("Prediction: c")
+    assert len(line.split("Probability: [")[1].rstrip("]").split()) == 30
+
+
 def test_printed_bundle_commands_are_quoted_for_the_shell(folder, tmp_path, capsys):
     """`--out "Meine Läufe/teile 1"` printed 'predict with `cnnzoo predict IMAGE --bundle Meine
     Läufe/teile 1/bundle`': pasted as printed, predict took the bundle 'Meine' and two more
@@ -1541,6 +1557,25 @@ def test_a_bundles_weights_file_or_folder_given_as_weights_point_to_the_bundle(t
                                   f"bundle: {use}")
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(load_bundle(tmp_path / "plain").model.eval()(x), plain(x))
+
+
+def test_a_bundle_given_as_weights_names_it_as_shell_and_python_take_it(tmp_path):
+    """A bundle in "Bob's runs" was named --bundle 'Bob'"'"'s runs/b' for the shell but
+    cnnzoo.load_bundle('Bob's runs/b') for Python, a syntax error when pasted."""
+    import ast
+    import shlex
+
+    from cnnzoo.transfer import Bundle
+
+    folder = tmp_path / "Bob's runs" / "b"
+    Bundle(create_model("resnet20", num_classes=2), "resnet20", ["a", "b"], _small_pre()).save(
+        folder)
+    with pytest.raises(WeightsError) as err:
+        create_model("resnet20", weights=folder)
+    shell = str(err.value).split("--bundle ")[1].split(" (cnnzoo predict")[0]
+    assert shlex.split(shell) == [str(folder)]
+    call = str(err.value).split("cnnzoo.load_bundle(")[1].split(") in Python")[0]
+    assert ast.literal_eval(call) == str(folder)
 
 
 def test_transfer_on_feature_stages_round_trips_and_has_its_own_cache(folder, tmp_path):

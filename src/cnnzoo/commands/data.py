@@ -102,7 +102,7 @@ def _info(args: argparse.Namespace) -> int:
         size = mixed_sizes_size(seen.largest)
         why = "their largest side" if size == seen.largest else \
             "the size `cnnzoo transfer` reads them at"
-        print(f"cnnzoo data: note: the images differ in size (up to {seen.largest} px): read "
+        print(f"cnnzoo data info: note: the images differ in size (up to {seen.largest} px): read "
               f"at {size}x{size} here, {why} (--img-size N for another)",
               file=sys.stderr)  # fmt: skip
     spec = ImageSpec(size=size, channels=channels)

@@ -47,7 +47,8 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--classes", help="class names in index order, e.g. background,cell "
                    "(default: classes.txt in the folder, else 0, 1, ...)")
     g.add_argument("--crop", type=COUNT, default=None,
-                   help="training tile side in pixels (default 128; snapped to a legal size); "
+                   help="training tile side in pixels (default 128, with --resume the run's "
+                        "own; snapped to a legal size); "
                         "with --padding valid the output side: 388 gives the paper's 572-px "
                         "input")
     g.add_argument("--padding", choices=("same", "valid"), default="same",

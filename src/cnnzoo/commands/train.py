@@ -53,7 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "own)")
     p.add_argument("--batch-size", type=COUNT, default=None,
                    help="default 128, at most a quarter of the training images (at least "
-                        "8) so that an epoch makes several steps (segmentation: 8)")
+                        "8) so that an epoch makes several steps (segmentation: 8); with "
+                        "--resume: the run's own")
     p.add_argument("--lr", type=LEARNING_RATE, default=None,
                    help="peak learning rate (default 0.1 for sgd, times sqrt(batch / 128) "
                         "when a small folder's default batch is below 128; 2e-3 for adamw)")

@@ -272,11 +272,13 @@ def class_order(names: Sequence[str], most: int = 20) -> str:
 
 def probability_line(probs: Sequence[float]) -> str:
     """The lecture's format: "[0.   0.99 0.01 0.   0.  ]" -- numpy's print of the rounded
-    probabilities, in class order."""
+    probabilities, in class order, on one line."""
     import numpy as np
 
+    # One line whatever the class count: numpy wraps at 75 characters (15 classes), and the
+    # newline, escaped as every printed line is, showed as a literal '\n' in the middle.
     return np.array2string(np.round(np.asarray(probs, dtype=np.float64), 2), precision=2,
-                           suppress_small=True)  # fmt: skip
+                           suppress_small=True, max_line_width=sys.maxsize)  # fmt: skip
 
 
 def predict_with_bundle(bundle_dir: str | os.PathLike[str], paths: Sequence[Path], *,

@@ -30,6 +30,7 @@ import io
 import logging
 import math
 import os
+import shlex
 import unicodedata
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -308,7 +309,7 @@ def _check_classes(
         # The layout of a segmentation set: as classes, every mask would be a "mask" image.
         raise DataError(
             f"{root} is a segmentation set (images/ + masks/), not one sub-folder per class: "
-            f"train a U-Net on it (cnnzoo train unet --data {root})"
+            f"train a U-Net on it (cnnzoo train unet --data {shlex.quote(str(root))})"
         )
     empty = [name for name, files in classes.items() if not files]
     if empty:
@@ -622,6 +623,10 @@ def _build_parts(
     return datasets
 
 
+def _wxh(part: ImageDataset) -> str:
+    return f"{part.images.shape[3]}x{part.images.shape[2]}"
+
+
 def _assemble(
     datasets: dict[str, ImageDataset], skipped: list[str], val_fraction: float, seed: int,
     grouped: int = 0,
@@ -634,12 +639,14 @@ def _assemble(
     drawn = val is None
     if drawn:
         train, val = train.split(val_fraction, seed)
-    for part in (val, test):
+    # Named: a test/ folder of other sizes was called 'the train and validation images'.
+    for name, part in (("validation", val), ("test", test)):
         if part is not None and part.images.shape[1:] != train.images.shape[1:]:
             n = mixed_sizes_size(max(*part.images.shape[2:], *train.images.shape[2:]))
             raise DataError(
-                f"the train and validation images have different sizes: give a size to "
-                f"resize them to (size={n}, or --img-size {n})"
+                f"the train and {name} images have different sizes ({_wxh(train)} and "
+                f"{_wxh(part)} pixels): give a size to resize them to (size={n}, or "
+                f"--img-size {n})"
             )
     return Splits(train, val, test, skipped, grouped=grouped, val_drawn=drawn)
 
@@ -801,7 +808,7 @@ def load_csv(
     if holds_mask_pairs(manifest):  # read as path,label, every mask file would be a class
         raise DataError(f"{manifest} lists image/mask pairs for segmentation (image and mask "
                         f"columns), not labelled images: train a U-Net on it (cnnzoo train "
-                        f"unet --data {manifest})")
+                        f"unet --data {shlex.quote(str(manifest))})")  # as the shell takes it
     entries, skipped, grouped = _manifest_rows(manifest)
     if not entries:  # the malformed lines say why no row was taken
         _report(skipped, [], len(skipped) + grouped, grouped)

@@ -334,6 +334,7 @@ def array_to_uint8(a: np.ndarray) -> np.ndarray:
     if a.dtype == np.bool_:
         return a.astype(np.uint8) * 255
     if a.dtype == np.uint16:
+        _say_if_low_depth(a)  # a camera's 12-bit frames read as nearly black as its files do
         return _scale16(a)
     if np.issubdtype(a.dtype, np.floating):
         if a.size and not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1):

@@ -273,7 +273,8 @@ def train(
     where = Path(splits.source)
     meta = {
         "task": "segmentation", "model": model, "model_kwargs": model_kwargs,
-        "num_classes": k, "in_chans": c, "img_size": tile, "tile": tile, "mean": mean,
+        "num_classes": k, "in_chans": c, "img_size": tile, "tile": tile, "crop": crop,
+        "mean": mean,
         "std": std, "class_names": list(splits.classes),
         # Absolute, as classification runs store it: `cnnzoo evaluate` finds it from anywhere.
         # ('cells' is the synthetic set even where a folder of that name exists.)
@@ -408,20 +409,28 @@ def train_segmentation(
             changes["lr"] = SEGMENTATION_DEFAULTS["lr"]
         if getattr(args, "weight_decay", None) is None:
             changes["weight_decay"] = SEGMENTATION_DEFAULTS["weight_decay"]
-    if getattr(args, "epochs", None) is None and args.resume and out_dir is not None:
+    crop, batch_size = args.crop or args.img_size, args.batch_size
+    if args.resume and out_dir is not None:
         # A bare --resume finishes the run it began, as a classifier's does: it took the
-        # default 10 epochs, and a killed run of 30 resumed as one of 10, with a warning.
+        # default 10 epochs, 128-px tiles and batches of 8, and a killed run of 30 epochs on
+        # 64-px tiles resumed as one of 10 on 128-px tiles, with a warning.
         from ..engine.run import run_checkpoint
 
-        ran = ((run_checkpoint(Path(out_dir) / "last.pt") or {}).get("config") or {})
-        if ran.get("epochs"):
+        ckpt = run_checkpoint(Path(out_dir) / "last.pt") or {}
+        ran, meta = ckpt.get("config") or {}, ckpt.get("meta") or {}
+        if getattr(args, "epochs", None) is None and ran.get("epochs"):
             changes["epochs"] = int(ran["epochs"])
+        # The tile is the input side; in 'valid' mode the crop asked for is the output side,
+        # which the run records as "crop" (earlier runs did not: those take the default).
+        same = (meta.get("model_kwargs") or {}).get("padding", "same") == "same"
+        crop = crop or meta.get("crop") or (meta.get("tile") if same else None)
+        batch_size = batch_size or meta.get("batch_size")
     cfg = replace(config, **changes)
     run = train(
         args.data, out_dir=out_dir, model=args.model, padding=args.padding,
         base_width=args.base_width, encoder_name=args.encoder,
         encoder_weights=args.encoder_weights, loss=args.loss,
-        crop=args.crop or args.img_size or 128, batch_size=args.batch_size or 8,
+        crop=int(crop or 128), batch_size=int(batch_size or 8),
         classes=args.classes, val_fraction=args.val_fraction, cells=args.cells,
         elastic=args.elastic, w0=args.w0, sigma=args.sigma, config=cfg, resume=args.resume,
         model_kwargs=dict(args.model_arg), dist=dist, say=say,

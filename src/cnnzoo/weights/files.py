@@ -168,9 +168,11 @@ def check_stored(metadata: Mapping[str, str], path: object) -> None:
 
 
 def _use_bundle(folder: Path) -> str:
+    # Each as it is pasted: shell-quoted, and a Python literal (a folder named "Bob's runs"
+    # made load_bundle('Bob's runs') a syntax error, as did C:\Users's '\U').
     return (f"a bundle is used whole, with its classes and input: --bundle "
             f"{shlex.quote(str(folder))} "
-            f"(cnnzoo predict, evaluate), cnnzoo.load_bundle('{folder}') in Python")
+            f"(cnnzoo predict, evaluate), cnnzoo.load_bundle({str(folder)!r}) in Python")
 
 
 def _folder_given(p: Path) -> str:
