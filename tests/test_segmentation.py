@@ -837,6 +837,35 @@ def test_validation_grid_draws_only_the_image_part_of_padded_tiles(tmp_path, mon
     assert np.array_equal(drawn["truths"][2], masks[1][35:])
 
 
+def test_validation_grid_of_tiled_images_shows_every_validation_image(tmp_path, monkeypatch):
+    """Validation images of mixed sizes are cut into tiles, and the report drew the first 8:
+    all of them corners of the first scan (9 tiles), the other validation image never shown.
+    It now draws one tile of each image in turn."""
+    from cnnzoo.segmentation import visual
+    from cnnzoo.engine.loop import TrainConfig
+    from cnnzoo.segmentation.training import train
+
+    _pair_folder(tmp_path / "d", ["t1"], (40, 48))
+    _pair_folder(tmp_path / "d" / "val", ["big"], (520, 530))
+    _png(tmp_path / "d" / "val" / "images" / "small.png", np.full((40, 30), 100, np.uint8))
+    _png(tmp_path / "d" / "val" / "masks" / "small.png", np.zeros((40, 30), np.uint8))
+    drawn = {}
+
+    def capture(imgs, truths, preds, path, titles=None):
+        drawn.update(imgs=imgs, titles=titles)
+        return path
+
+    monkeypatch.setattr(visual, "save_validation_grid", capture)
+    run = train(tmp_path / "d", out_dir=tmp_path / "run", base_width=4, crop=32, batch_size=2,
+                config=TrainConfig(epochs=1, precision="fp32", channels_last="off",
+                                   progress=False, tensorboard=False), say=lambda _: None)
+    assert len(run.splits.val) == 10  # big: 3 x 3 tiles of 256, small: 1
+    names = [t.split()[0] for t in drawn["titles"]]
+    assert len(names) == 8 and names.count("small@0,0") == 1
+    assert names == [n for n in run.splits.val.names if n in names]  # in the set's order
+    assert drawn["imgs"][names.index("small@0,0")].shape[:2] == (40, 30)  # not its padding
+
+
 @pytest.mark.parametrize("padding, size", [("same", (100, 150)), ("valid", (17, 90))])
 def test_validation_scores_every_pixel_of_any_shape_once(padding, size):
     from cnnzoo.segmentation.training import _whole_input

@@ -29,7 +29,7 @@ from ..engine.distributed import DistContext, unwrap_model
 from ..engine.loop import FitResult, TrainConfig, Trainer, check_out_dir
 from ..errors import CnnzooError, DataError, ModelOptionError, UsageError
 from ..text import shown
-from .data import PadToNet, SegmentationSplits, load_segmentation, train_transform
+from .data import PadToNet, SegmentationSet, SegmentationSplits, load_segmentation, train_transform
 from .task import SegmentationTask
 from .tiling import receptive_margin
 
@@ -295,11 +295,13 @@ def train(
     result = trainer.fit(resume=resume, overwrite=overwrite)
     net = unwrap_model(trainer.model)
     if out_dir is not None and cfg.report and dist.is_main:
-        if dist.world > 1:  # the grid shows the first validation images, not rank 0's share
-            val_loader = BatchLoader(
-                splits.val.image_tensor(), val_targets, batch_size=val_loader.batch_size,
-                transform=val_loader.transform, mean=mean, std=std)
-        path = write_validation_grid(net, splits, val_loader, Path(out_dir) / "validation.png")
+        # The grid's own loader: the tiles it draws (not rank 0's share of a DDP run's).
+        pick = grid_indices(splits.val)
+        grid_loader = BatchLoader(
+            splits.val.image_tensor()[pick], val_targets[pick], batch_size=val_loader.batch_size,
+            transform=val_loader.transform, mean=mean, std=std)
+        path = write_validation_grid(net, splits, grid_loader, Path(out_dir) / "validation.png",
+                                     pick=pick)
         say(f"wrote {path}")
     return SegmentationRun(result, net, splits, task, meta)
 
@@ -333,30 +335,48 @@ def _centre(a: np.ndarray, h: int, w: int) -> np.ndarray:
     return a[top : top + h, left : left + w]
 
 
+def grid_indices(val: SegmentationSet, n: int = 8) -> list[int]:
+    """Which validation samples the report draws: the first `n`, but of images cut into tiles,
+    one tile of each image in turn (the first tiles were all one image's: 8 corners of one
+    scan, the other validation images never shown)."""
+    if val.source_sizes is None:
+        return list(range(min(n, len(val))))
+    by_image: dict[str, list[int]] = {}
+    for i, name in enumerate(val.names):  # tiles are named 'stem@top,left' (`stack_pairs`)
+        by_image.setdefault(name.rsplit("@", 1)[0], []).append(i)
+    queues = list(by_image.values())
+    pick: list[int] = []
+    for rank in range(max(map(len, queues), default=0)):
+        pick += [q[rank] for q in queues if rank < len(q)]
+    return sorted(pick[:n])
+
+
 def write_validation_grid(
     model: nn.Module, splits: SegmentationSplits, val_loader: BatchLoader, path: Path,
-    n: int = 8,
+    n: int = 8, pick: Sequence[int] | None = None,
 ) -> Path:
-    """The report's picture: `n` validation images with true and predicted contours."""
+    """The report's picture: `n` validation images with true and predicted contours.
+    `pick`: the validation samples `val_loader` holds (`grid_indices`), else its first `n`."""
     from .metrics import confusion_matrix as cm
     from .metrics import dice_iou
     from .visual import save_validation_grid
 
     imgs, truths, preds = predict_batches(model, val_loader, n)
+    pick = list(range(len(imgs))) if pick is None else list(pick)[: len(imgs)]
     # The loader pads the images for the net (`PadToNet`); each image is the centre of all three.
     h, w = splits.val.masks.shape[1:]
     imgs, truths, preds = ([_centre(a, h, w) for a in part] for part in (imgs, truths, preds))
     if splits.val.regions is not None:
         # Tiles of validation images smaller than a tile are mostly mirrored padding: draw only
         # the image (a 65 x 116 image showed as ~8 mirrored copies with contours on them).
-        boxes = splits.val.regions[: len(imgs)]
+        boxes = [splits.val.regions[i] for i in pick]
         imgs, truths, preds = (
             [a[y0:y1, x0:x1] for a, (y0, y1, x0, x1) in zip(part, boxes, strict=True)]
             for part in (imgs, truths, preds))
     titles = []
     for i, (t, p) in enumerate(zip(truths, preds, strict=True)):
         _, iou = dice_iou(cm(torch.from_numpy(p), torch.from_numpy(t), splits.num_classes))
-        titles.append(f"{splits.val.names[i]}  IoU {float(iou[1:].mean()):.3f}")
+        titles.append(f"{splits.val.names[pick[i]]}  IoU {float(iou[1:].mean()):.3f}")
     return save_validation_grid(imgs, truths, preds, path, titles=titles)
 
 
