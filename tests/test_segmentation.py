@@ -841,8 +841,8 @@ def test_validation_grid_of_tiled_images_shows_every_validation_image(tmp_path, 
     """Validation images of mixed sizes are cut into tiles, and the report drew the first 8:
     all of them corners of the first scan (9 tiles), the other validation image never shown.
     It now draws one tile of each image in turn."""
-    from cnnzoo.segmentation import visual
     from cnnzoo.engine.loop import TrainConfig
+    from cnnzoo.segmentation import visual
     from cnnzoo.segmentation.training import train
 
     _pair_folder(tmp_path / "d", ["t1"], (40, 48))
@@ -1232,6 +1232,18 @@ def test_segmentation_options_are_refused_for_a_classifier(option, tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err == [f"cnnzoo train: error: {option[0]} is for --task segmentation "
                                "(a U-Net); this run trains lenet5 as a classifier: leave it out"]
+    assert not out.exists()  # before any work
+
+
+def test_base_width_with_an_encoder_is_refused_in_one_line(tmp_path, capsys):
+    """An encoder brings its own widths: `--encoder resnet18 --base-width 8` trained resnet18's
+    64 to 512 channels and dropped --base-width without a word."""
+    out = tmp_path / "run"
+    rc = main(["train", "unet", "--data", "cells", "--encoder", "resnet18", "--base-width", "8",
+               "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert "--base-width sets the widths of the plain U-Net; --encoder resnet18 has its own" in err[0]
     assert not out.exists()  # before any work
 
 

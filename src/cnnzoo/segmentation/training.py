@@ -112,7 +112,7 @@ def _val_batch_size(batch_size: int, tile: int, pixels: int) -> int:
 
 def build_model(
     num_classes: int, in_chans: int, *, model: str = "unet", padding: str = "same",
-    base_width: int = 16, encoder_name: str | None = None, encoder_weights: Any = None,
+    base_width: int | None = None, encoder_name: str | None = None, encoder_weights: Any = None,
     model_kwargs: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The zoo U-Net and the kwargs that rebuild it (stored in the checkpoint; the encoder's
@@ -125,7 +125,7 @@ def build_model(
         how = (f"use --encoder {model} to make {model} its contracting path" if model in ENCODERS
                else f"its --encoder may be one of {', '.join(ENCODERS)}")  # fmt: skip
         raise DataError(f"{model} is a classifier: segmentation trains unet ({how}).")
-    _check_encoder(encoder_name, encoder_weights)
+    _check_encoder(encoder_name, encoder_weights, base_width)
     # Options with their own flag: a --model-arg of the same name lost to the flag's default
     # (base_width) or silently beat the flag (padding).
     own = {"padding": "--padding", "base_width": "--base-width", "encoder_name": "--encoder",
@@ -143,12 +143,19 @@ def build_model(
         except CnnzooError as exc:
             raise _encoder_error(exc, model) from None
     else:
-        kwargs["base_width"] = base_width
+        kwargs["base_width"] = 16 if base_width is None else base_width
         net = create_model(model, num_classes=num_classes, in_chans=in_chans, **kwargs)
     return net, kwargs
 
 
-def _check_encoder(encoder_name: str | None, encoder_weights: Any) -> None:
+def _check_encoder(encoder_name: str | None, encoder_weights: Any,
+                   base_width: int | None = None) -> None:
+    # An encoder brings its own widths: --base-width was dropped without a word, and a run
+    # meant to be 8 wide trained resnet18's 64 to 512 channels.
+    if encoder_name and base_width is not None:
+        raise UsageError(f"--base-width sets the widths of the plain U-Net; --encoder "
+                         f"{encoder_name} has its own: leave out --base-width (the decoder's "
+                         "widths: --model-arg decoder_channels=...)")
     # Without an encoder the weights would be dropped (the plain U-Net has no pretrained form).
     if encoder_weights is not None and not encoder_name:
         raise UsageError("--encoder-weights needs --encoder NAME: the weights are a "
@@ -178,7 +185,7 @@ def train(
     out_dir: str | os.PathLike[str] | None = None,
     model: str = "unet",
     padding: str = "same",
-    base_width: int = 16,
+    base_width: int | None = None,
     encoder_name: str | None = None,
     encoder_weights: Any = None,
     loss: str = "ce+dice",
@@ -206,6 +213,7 @@ def train(
 
     loss: 'ce', 'dice', 'ce+dice' or 'weighted_ce' (U-Net's border weight map, w0 / sigma).
     crop: training tile side (random crops; snapped to a size the net accepts).
+    base_width: channels of the plain U-Net's first level (default 16); not with an encoder.
     encoder_name / encoder_weights: a zoo classifier as the contracting path (smp's names).
     config / config_overrides: the engine's `TrainConfig` (default `segmentation_config()`).
     count_instances: report the cell count error (default: when there are two classes).
@@ -221,7 +229,7 @@ def train(
     # (An --out inside the data folder is fine here: only images/, masks/, instances/ and val/
     # are read, so DIR/runs/ is never taken for data.)
     check_out_dir(out_dir, resume=bool(resume), overwrite=overwrite)
-    _check_encoder(encoder_name, encoder_weights)
+    _check_encoder(encoder_name, encoder_weights, base_width)
     cfg = config if config is not None else segmentation_config(**config_overrides)
     splits = data if isinstance(data, SegmentationSplits) else load_segmentation(
         data, classes=classes, val_fraction=val_fraction, tile=max(2 * crop, 256),
