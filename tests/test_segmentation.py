@@ -723,6 +723,28 @@ def test_masks_in_every_grey_mode_are_read_and_odd_values_refused(tmp_path):
         f"skipped neg: cannot read mask {masks / 'neg.tif'}: mask values below 0; save class "
         "indices 0..254 (255: ignore)"]
 
+def test_white_is_zero_tiff_masks_keep_their_stored_class_values(tmp_path):
+    """ImageJ saves an image with an inverting LUT as a TIFF marked WhiteIsZero, and PIL inverts
+    such 1- and 8-bit files to show them the right way round: a mask's cells (255) read as 0 and
+    its background as 255, the classes swapped without a word. The values stored are read."""
+    stems = ["ij8", "ij1"]
+    _pair_folder(tmp_path, stems)
+    idx = np.zeros((16, 20), np.uint8)
+    idx[4:8, 4:8] = 1
+    idx[10, :] = 2
+    masks = tmp_path / "masks"
+    for stem in stems:
+        (masks / f"{stem}.png").unlink()
+    # PIL inverts WhiteIsZero files on saving as on reading: these store idx and idx > 0.
+    Image.fromarray(255 - idx).save(masks / "ij8.tif", tiffinfo={262: 0})
+    Image.fromarray(idx == 0).save(masks / "ij1.tif", tiffinfo={262: 0})
+    assert [Image.open(masks / f).getpixel((5, 5)) for f in ("ij8.tif", "ij1.tif")] == [254, 0]
+    pairs = load_mask_pairs(tmp_path, classes=["bg", "a", "b"], report=None)
+    assert pairs.names == ["ij1", "ij8"]
+    np.testing.assert_array_equal(pairs.masks[0], (idx > 0).astype(np.uint8))
+    np.testing.assert_array_equal(pairs.masks[1], idx)
+
+
 def test_stray_mask_value_is_named_when_classes_are_inferred(tmp_path):
     _pair_folder(tmp_path, ["a", "b", "c"], (40, 40))
     m = np.asarray(Image.open(tmp_path / "masks" / "b.png")) // 255
