@@ -723,6 +723,28 @@ def test_masks_in_every_grey_mode_are_read_and_odd_values_refused(tmp_path):
         f"skipped neg: cannot read mask {masks / 'neg.tif'}: mask values below 0; save class "
         "indices 0..254 (255: ignore)"]
 
+def test_white_is_zero_tiff_masks_keep_their_stored_class_values(tmp_path):
+    """ImageJ saves an image with an inverting LUT as a TIFF marked WhiteIsZero, and PIL inverts
+    such 1- and 8-bit files to show them the right way round: a mask's cells (255) read as 0 and
+    its background as 255, the classes swapped without a word. The values stored are read."""
+    stems = ["ij8", "ij1"]
+    _pair_folder(tmp_path, stems)
+    idx = np.zeros((16, 20), np.uint8)
+    idx[4:8, 4:8] = 1
+    idx[10, :] = 2
+    masks = tmp_path / "masks"
+    for stem in stems:
+        (masks / f"{stem}.png").unlink()
+    # PIL inverts WhiteIsZero files on saving as on reading: these store idx and idx > 0.
+    Image.fromarray(255 - idx).save(masks / "ij8.tif", tiffinfo={262: 0})
+    Image.fromarray(idx == 0).save(masks / "ij1.tif", tiffinfo={262: 0})
+    assert [Image.open(masks / f).getpixel((5, 5)) for f in ("ij8.tif", "ij1.tif")] == [254, 0]
+    pairs = load_mask_pairs(tmp_path, classes=["bg", "a", "b"], report=None)
+    assert pairs.names == ["ij1", "ij8"]
+    np.testing.assert_array_equal(pairs.masks[0], (idx > 0).astype(np.uint8))
+    np.testing.assert_array_equal(pairs.masks[1], idx)
+
+
 def test_stray_mask_value_is_named_when_classes_are_inferred(tmp_path):
     _pair_folder(tmp_path, ["a", "b", "c"], (40, 40))
     m = np.asarray(Image.open(tmp_path / "masks" / "b.png")) // 255
@@ -835,6 +857,35 @@ def test_validation_grid_draws_only_the_image_part_of_padded_tiles(tmp_path, mon
     assert [im.shape[:2] for im in drawn["imgs"]] == [(30, 30), (35, 40), (35, 40)]
     assert all(np.array_equal(got[..., 0], w[..., 0]) for got, w in zip(drawn["imgs"], want, strict=True))
     assert np.array_equal(drawn["truths"][2], masks[1][35:])
+
+
+def test_validation_grid_of_tiled_images_shows_every_validation_image(tmp_path, monkeypatch):
+    """Validation images of mixed sizes are cut into tiles, and the report drew the first 8:
+    all of them corners of the first scan (9 tiles), the other validation image never shown.
+    It now draws one tile of each image in turn."""
+    from cnnzoo.engine.loop import TrainConfig
+    from cnnzoo.segmentation import visual
+    from cnnzoo.segmentation.training import train
+
+    _pair_folder(tmp_path / "d", ["t1"], (40, 48))
+    _pair_folder(tmp_path / "d" / "val", ["big"], (520, 530))
+    _png(tmp_path / "d" / "val" / "images" / "small.png", np.full((40, 30), 100, np.uint8))
+    _png(tmp_path / "d" / "val" / "masks" / "small.png", np.zeros((40, 30), np.uint8))
+    drawn = {}
+
+    def capture(imgs, truths, preds, path, titles=None):
+        drawn.update(imgs=imgs, titles=titles)
+        return path
+
+    monkeypatch.setattr(visual, "save_validation_grid", capture)
+    run = train(tmp_path / "d", out_dir=tmp_path / "run", base_width=4, crop=32, batch_size=2,
+                config=TrainConfig(epochs=1, precision="fp32", channels_last="off",
+                                   progress=False, tensorboard=False), say=lambda _: None)
+    assert len(run.splits.val) == 10  # big: 3 x 3 tiles of 256, small: 1
+    names = [t.split()[0] for t in drawn["titles"]]
+    assert len(names) == 8 and names.count("small@0,0") == 1
+    assert names == [n for n in run.splits.val.names if n in names]  # in the set's order
+    assert drawn["imgs"][names.index("small@0,0")].shape[:2] == (40, 30)  # not its padding
 
 
 @pytest.mark.parametrize("padding, size", [("same", (100, 150)), ("valid", (17, 90))])
@@ -1223,6 +1274,18 @@ def test_segmentation_options_are_refused_for_a_classifier(option, tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err == [f"cnnzoo train: error: {option[0]} is for --task segmentation "
                                "(a U-Net); this run trains lenet5 as a classifier: leave it out"]
+    assert not out.exists()  # before any work
+
+
+def test_base_width_with_an_encoder_is_refused_in_one_line(tmp_path, capsys):
+    """An encoder brings its own widths: `--encoder resnet18 --base-width 8` trained resnet18's
+    64 to 512 channels and dropped --base-width without a word."""
+    out = tmp_path / "run"
+    rc = main(["train", "unet", "--data", "cells", "--encoder", "resnet18", "--base-width", "8",
+               "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert "--base-width sets the widths of the plain U-Net; --encoder resnet18 has its own" in err[0]
     assert not out.exists()  # before any work
 
 

@@ -53,8 +53,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                         "input")
     g.add_argument("--padding", choices=("same", "valid"), default="same",
                    help="'valid' is the paper's net (output smaller than input); default same")
-    g.add_argument("--base-width", type=COUNT, default=16,
-                   help="channels of the first U-Net level (paper: 64; default 16)")
+    g.add_argument("--base-width", type=COUNT, default=None,
+                   help="channels of the first U-Net level (paper: 64; default 16; not with "
+                        "--encoder, which has its own)")
     g.add_argument("--encoder", metavar="NAME", default=None,
                    help="a zoo classifier as the contracting path: resnet18, resnet34, "
                         "resnet50, vgg16_bn or efficientnet_lite0/1/2 (default: none, the "

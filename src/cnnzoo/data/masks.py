@@ -30,6 +30,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
@@ -38,6 +39,9 @@ from ..errors import DataError
 from ..text import plural, shown, some
 from .folder import composed, manifest_path, refuse_control, user_text
 from .images import GREY_MODES, IMAGE_EXTENSIONS
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 IGNORE_INDEX = 255
 # Lossy formats: their compression puts in-between values along every edge of a mask, and each
@@ -276,6 +280,19 @@ def _lossy_format(path: Path, fmt: str | None) -> str | None:
     return None
 
 
+def _stored_values(im: Image.Image) -> np.ndarray:
+    """The values a file stores. PIL inverts 1- and 8-bit TIFFs marked WhiteIsZero (as ImageJ
+    saves an image with an inverting LUT) to show them the right way round, which for a mask
+    swapped its classes: 255 on the cells read as 0, the background as 255."""
+    tiles = getattr(im, "tile", None) or ()  # a file not yet decoded (not a channel of one)
+    inverted = any(str(t[3][0] if isinstance(t[3], tuple) else t[3]).endswith(";I")
+                   for t in tiles)
+    arr = np.asarray(im)
+    if not inverted:
+        return arr
+    return ~arr if arr.dtype == bool else np.iinfo(arr.dtype).max - arr
+
+
 def _read_mask(path: Path) -> np.ndarray:
     from .images import open_raw
 
@@ -300,7 +317,7 @@ def _read_mask(path: Path) -> np.ndarray:
         # TIFFs F; these were refused as "mask mode I;16B; save one channel of class indices".
         if im.mode not in GREY_MODES and im.mode != "P":
             raise ValueError(f"mask mode {im.mode}; save one channel of class indices")
-        arr = np.asarray(im)
+        arr = _stored_values(im)
     if arr.dtype == bool:
         return arr.astype(np.uint8)
     if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
@@ -319,7 +336,7 @@ def _read_instances(path: Path) -> np.ndarray:
         lossy = _lossy_format(path, im.format)
         if lossy:
             raise _LossyFile(f"{lossy} instance ids: lossy compression changes them; save a PNG")
-        arr = np.asarray(im)
+        arr = _stored_values(im)
     if arr.ndim != 2:
         raise ValueError("not one channel; save instance ids as a grey (16-bit) PNG")
     return arr.astype(np.int32)

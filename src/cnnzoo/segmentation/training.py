@@ -29,7 +29,7 @@ from ..engine.distributed import DistContext, unwrap_model
 from ..engine.loop import FitResult, TrainConfig, Trainer, check_out_dir
 from ..errors import CnnzooError, DataError, ModelOptionError, UsageError
 from ..text import shown
-from .data import PadToNet, SegmentationSplits, load_segmentation, train_transform
+from .data import PadToNet, SegmentationSet, SegmentationSplits, load_segmentation, train_transform
 from .task import SegmentationTask
 from .tiling import receptive_margin
 
@@ -112,7 +112,7 @@ def _val_batch_size(batch_size: int, tile: int, pixels: int) -> int:
 
 def build_model(
     num_classes: int, in_chans: int, *, model: str = "unet", padding: str = "same",
-    base_width: int = 16, encoder_name: str | None = None, encoder_weights: Any = None,
+    base_width: int | None = None, encoder_name: str | None = None, encoder_weights: Any = None,
     model_kwargs: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The zoo U-Net and the kwargs that rebuild it (stored in the checkpoint; the encoder's
@@ -125,7 +125,7 @@ def build_model(
         how = (f"use --encoder {model} to make {model} its contracting path" if model in ENCODERS
                else f"its --encoder may be one of {', '.join(ENCODERS)}")  # fmt: skip
         raise DataError(f"{model} is a classifier: segmentation trains unet ({how}).")
-    _check_encoder(encoder_name, encoder_weights)
+    _check_encoder(encoder_name, encoder_weights, base_width)
     # Options with their own flag: a --model-arg of the same name lost to the flag's default
     # (base_width) or silently beat the flag (padding).
     own = {"padding": "--padding", "base_width": "--base-width", "encoder_name": "--encoder",
@@ -143,12 +143,19 @@ def build_model(
         except CnnzooError as exc:
             raise _encoder_error(exc, model) from None
     else:
-        kwargs["base_width"] = base_width
+        kwargs["base_width"] = 16 if base_width is None else base_width
         net = create_model(model, num_classes=num_classes, in_chans=in_chans, **kwargs)
     return net, kwargs
 
 
-def _check_encoder(encoder_name: str | None, encoder_weights: Any) -> None:
+def _check_encoder(encoder_name: str | None, encoder_weights: Any,
+                   base_width: int | None = None) -> None:
+    # An encoder brings its own widths: --base-width was dropped without a word, and a run
+    # meant to be 8 wide trained resnet18's 64 to 512 channels.
+    if encoder_name and base_width is not None:
+        raise UsageError(f"--base-width sets the widths of the plain U-Net; --encoder "
+                         f"{encoder_name} has its own: leave out --base-width (the decoder's "
+                         "widths: --model-arg decoder_channels=...)")
     # Without an encoder the weights would be dropped (the plain U-Net has no pretrained form).
     if encoder_weights is not None and not encoder_name:
         raise UsageError("--encoder-weights needs --encoder NAME: the weights are a "
@@ -178,7 +185,7 @@ def train(
     out_dir: str | os.PathLike[str] | None = None,
     model: str = "unet",
     padding: str = "same",
-    base_width: int = 16,
+    base_width: int | None = None,
     encoder_name: str | None = None,
     encoder_weights: Any = None,
     loss: str = "ce+dice",
@@ -206,6 +213,7 @@ def train(
 
     loss: 'ce', 'dice', 'ce+dice' or 'weighted_ce' (U-Net's border weight map, w0 / sigma).
     crop: training tile side (random crops; snapped to a size the net accepts).
+    base_width: channels of the plain U-Net's first level (default 16); not with an encoder.
     encoder_name / encoder_weights: a zoo classifier as the contracting path (smp's names).
     config / config_overrides: the engine's `TrainConfig` (default `segmentation_config()`).
     count_instances: report the cell count error (default: when there are two classes).
@@ -221,7 +229,7 @@ def train(
     # (An --out inside the data folder is fine here: only images/, masks/, instances/ and val/
     # are read, so DIR/runs/ is never taken for data.)
     check_out_dir(out_dir, resume=bool(resume), overwrite=overwrite)
-    _check_encoder(encoder_name, encoder_weights)
+    _check_encoder(encoder_name, encoder_weights, base_width)
     cfg = config if config is not None else segmentation_config(**config_overrides)
     splits = data if isinstance(data, SegmentationSplits) else load_segmentation(
         data, classes=classes, val_fraction=val_fraction, tile=max(2 * crop, 256),
@@ -296,11 +304,13 @@ def train(
     result = trainer.fit(resume=resume, overwrite=overwrite)
     net = unwrap_model(trainer.model)
     if out_dir is not None and cfg.report and dist.is_main:
-        if dist.world > 1:  # the grid shows the first validation images, not rank 0's share
-            val_loader = BatchLoader(
-                splits.val.image_tensor(), val_targets, batch_size=val_loader.batch_size,
-                transform=val_loader.transform, mean=mean, std=std)
-        path = write_validation_grid(net, splits, val_loader, Path(out_dir) / "validation.png")
+        # The grid's own loader: the tiles it draws (not rank 0's share of a DDP run's).
+        pick = grid_indices(splits.val)
+        grid_loader = BatchLoader(
+            splits.val.image_tensor()[pick], val_targets[pick], batch_size=val_loader.batch_size,
+            transform=val_loader.transform, mean=mean, std=std)
+        path = write_validation_grid(net, splits, grid_loader, Path(out_dir) / "validation.png",
+                                     pick=pick)
         say(f"wrote {path}")
     return SegmentationRun(result, net, splits, task, meta)
 
@@ -334,30 +344,48 @@ def _centre(a: np.ndarray, h: int, w: int) -> np.ndarray:
     return a[top : top + h, left : left + w]
 
 
+def grid_indices(val: SegmentationSet, n: int = 8) -> list[int]:
+    """Which validation samples the report draws: the first `n`, but of images cut into tiles,
+    one tile of each image in turn (the first tiles were all one image's: 8 corners of one
+    scan, the other validation images never shown)."""
+    if val.source_sizes is None:
+        return list(range(min(n, len(val))))
+    by_image: dict[str, list[int]] = {}
+    for i, name in enumerate(val.names):  # tiles are named 'stem@top,left' (`stack_pairs`)
+        by_image.setdefault(name.rsplit("@", 1)[0], []).append(i)
+    queues = list(by_image.values())
+    pick: list[int] = []
+    for rank in range(max(map(len, queues), default=0)):
+        pick += [q[rank] for q in queues if rank < len(q)]
+    return sorted(pick[:n])
+
+
 def write_validation_grid(
     model: nn.Module, splits: SegmentationSplits, val_loader: BatchLoader, path: Path,
-    n: int = 8,
+    n: int = 8, pick: Sequence[int] | None = None,
 ) -> Path:
-    """The report's picture: `n` validation images with true and predicted contours."""
+    """The report's picture: `n` validation images with true and predicted contours.
+    `pick`: the validation samples `val_loader` holds (`grid_indices`), else its first `n`."""
     from .metrics import confusion_matrix as cm
     from .metrics import dice_iou
     from .visual import save_validation_grid
 
     imgs, truths, preds = predict_batches(model, val_loader, n)
+    pick = list(range(len(imgs))) if pick is None else list(pick)[: len(imgs)]
     # The loader pads the images for the net (`PadToNet`); each image is the centre of all three.
     h, w = splits.val.masks.shape[1:]
     imgs, truths, preds = ([_centre(a, h, w) for a in part] for part in (imgs, truths, preds))
     if splits.val.regions is not None:
         # Tiles of validation images smaller than a tile are mostly mirrored padding: draw only
         # the image (a 65 x 116 image showed as ~8 mirrored copies with contours on them).
-        boxes = splits.val.regions[: len(imgs)]
+        boxes = [splits.val.regions[i] for i in pick]
         imgs, truths, preds = (
             [a[y0:y1, x0:x1] for a, (y0, y1, x0, x1) in zip(part, boxes, strict=True)]
             for part in (imgs, truths, preds))
     titles = []
     for i, (t, p) in enumerate(zip(truths, preds, strict=True)):
         _, iou = dice_iou(cm(torch.from_numpy(p), torch.from_numpy(t), splits.num_classes))
-        titles.append(f"{splits.val.names[i]}  IoU {float(iou[1:].mean()):.3f}")
+        titles.append(f"{splits.val.names[pick[i]]}  IoU {float(iou[1:].mean()):.3f}")
     return save_validation_grid(imgs, truths, preds, path, titles=titles)
 
 
