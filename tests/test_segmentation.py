@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -692,12 +693,9 @@ def test_jpeg_masks_are_skipped_and_all_jpeg_is_one_line(tmp_path):
 
 
 
-def test_masks_in_every_grey_mode_are_read_and_odd_values_refused(tmp_path):
-    """Big-endian 16-bit TIFFs (ImageJ's), float TIFFs of whole values and grey PNGs with an
-    alpha channel are masks of class indices; they were refused as "mask mode I;16B; save one
-    channel of class indices". Fractional and negative values are refused (-1 became 255,
-    'ignore', and -100 class 156, without a word)."""
-    stems = ["be16", "float", "la", "frac", "neg"]
+def _three_class_masks_to_replace(tmp_path: Path, stems: list[str]) -> tuple[np.ndarray, Path]:
+    """A pair folder of `stems` whose PNG masks are removed, for a test to save its own files of
+    the returned 16x20 mask (classes 0, 1 and 2), and the masks folder."""
     _pair_folder(tmp_path, stems)
     idx = np.zeros((16, 20), np.uint8)
     idx[4:8, 4:8] = 1
@@ -705,6 +703,16 @@ def test_masks_in_every_grey_mode_are_read_and_odd_values_refused(tmp_path):
     masks = tmp_path / "masks"
     for stem in stems:
         (masks / f"{stem}.png").unlink()
+    return idx, masks
+
+
+def test_masks_in_every_grey_mode_are_read_and_odd_values_refused(tmp_path):
+    """Big-endian 16-bit TIFFs (ImageJ's), float TIFFs of whole values and grey PNGs with an
+    alpha channel are masks of class indices; they were refused as "mask mode I;16B; save one
+    channel of class indices". Fractional and negative values are refused (-1 became 255,
+    'ignore', and -100 class 156, without a word)."""
+    stems = ["be16", "float", "la", "frac", "neg"]
+    idx, masks = _three_class_masks_to_replace(tmp_path, stems)
     Image.fromarray(idx.astype(">u2")).save(masks / "be16.tif")
     Image.fromarray(idx.astype(np.float32)).save(masks / "float.tif")
     Image.fromarray(np.dstack([idx, np.full_like(idx, 255)]), "LA").save(masks / "la.png")
@@ -723,18 +731,13 @@ def test_masks_in_every_grey_mode_are_read_and_odd_values_refused(tmp_path):
         f"skipped neg: cannot read mask {masks / 'neg.tif'}: mask values below 0; save class "
         "indices 0..254 (255: ignore)"]
 
+
 def test_white_is_zero_tiff_masks_keep_their_stored_class_values(tmp_path):
     """ImageJ saves an image with an inverting LUT as a TIFF marked WhiteIsZero, and PIL inverts
     such 1- and 8-bit files to show them the right way round: a mask's cells (255) read as 0 and
     its background as 255, the classes swapped without a word. The values stored are read."""
     stems = ["ij8", "ij1"]
-    _pair_folder(tmp_path, stems)
-    idx = np.zeros((16, 20), np.uint8)
-    idx[4:8, 4:8] = 1
-    idx[10, :] = 2
-    masks = tmp_path / "masks"
-    for stem in stems:
-        (masks / f"{stem}.png").unlink()
+    idx, masks = _three_class_masks_to_replace(tmp_path, stems)
     # PIL inverts WhiteIsZero files on saving as on reading: these store idx and idx > 0.
     Image.fromarray(255 - idx).save(masks / "ij8.tif", tiffinfo={262: 0})
     Image.fromarray(idx == 0).save(masks / "ij1.tif", tiffinfo={262: 0})
