@@ -2013,3 +2013,20 @@ def test_evaluate_mismatched_checkpoints_and_data_are_one_line(trained, tmp_path
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0], (argv, err)
+
+
+def test_data_cells_beside_a_folder_named_cells_says_which_it_reads(tmp_path, monkeypatch,
+                                                                    caplog):
+    """`cnnzoo data export cells cells`, then `train unet --data cells`: the run trained on the
+    built-in synthetic set, not on the folder, without a word. A note now says so, and how to
+    name the folder."""
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level("WARNING", logger="cnnzoo.data"):
+        load_segmentation("cells", cells=4)
+        assert not caplog.records  # no such folder: nothing to say
+        (tmp_path / "cells").mkdir()
+        splits = load_segmentation("cells", cells=4)
+    assert splits.source == "cells" and len(splits.train) + len(splits.val) > 0
+    assert [r.getMessage() for r in caplog.records] == [
+        "note: --data cells is the built-in synthetic set, not the folder cells/ here: give "
+        "./cells for the folder"]

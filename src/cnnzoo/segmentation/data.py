@@ -15,6 +15,7 @@ tiles do not overlap and their padding is ignored, so each pixel counts once in 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ from ..errors import DataError
 from ..text import plural
 from .losses import IGNORE_INDEX, balanced_class_weights, unet_weight_map
 from .tiling import mirror_indices
+
+log = logging.getLogger("cnnzoo.data")
 
 
 @dataclass
@@ -361,6 +364,12 @@ def load_segmentation(
             raise DataError(f"cells has its own classes ({', '.join(CLASSES)}), not "
                             f"{', '.join(classes)}: leave out --classes, which names the mask "
                             "values of a folder or manifest")
+        if Path("cells").is_dir():
+            # `data export cells cells` then `--data cells` trained on the synthetic set without
+            # a word (the name stays the built-in's: a run records 'cells', and its evaluate,
+            # run later beside such a folder, must find the same images).
+            log.warning("note: --data cells is the built-in synthetic set, not the folder "
+                        "cells/ here: give ./cells for the folder")
         cells = DEFAULT_CELLS if cells is None else cells
         n_val = cells_val_count(cells, val_fraction)
         return load_cells(cells - n_val, n_val, seed=seed)
