@@ -221,7 +221,8 @@ def run(args: argparse.Namespace) -> int:
          f"{', '.join(bundle_t.class_names)}:")  # fmt: skip
     _say(f"Prediction: {pred.classes[0]}  Probability: "
          f"{probability_line(pred.probabilities[0].tolist())}")  # fmt: skip
-    _say(f"your turn: cnnzoo predict IMAGE --bundle {shlex.quote(str(out / 'transfer' / 'bundle'))}")
+    _say(f"your turn: cnnzoo predict IMAGE --bundle "
+         f"{shlex.quote(str(out / 'transfer' / 'bundle'))}")
     steps.done()
     print(f"\ndemo finished in {steps.total():.0f}s; reports (confusion matrix, curves, top "
           f"losses) in {out / 'transfer'}/")  # fmt: skip

@@ -7,7 +7,8 @@ Each image is decoded on its own (a bad file prints one line; the others are sti
 the exit code is then 1) and segmented with the paper's overlap-tile strategy
 (`cnnzoo.segmentation.tiling`), so the network's memory stays bounded whatever the image size
 (the decoded image, its mask and overlay are whole: about 40 bytes per pixel in all, 1.1 GB for
-a 24-Mpx photo), in the run's numeric precision (bf16 autocast if it trained in bf16), as `cnnzoo evaluate` scores it. Writes
+a 24-Mpx photo), in the run's numeric precision (bf16 autocast if it trained in bf16), as
+`cnnzoo evaluate` scores it. Writes
 `<stem>_mask.png` (0/255 for two classes, class indices otherwise: the format training reads)
 and `<stem>_overlay.png` (the predicted contours over the image). Folders are expanded
 recursively, without the masks and overlays an earlier run wrote into the output folder.

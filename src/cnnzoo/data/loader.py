@@ -40,6 +40,13 @@ def epochs_for_steps(epochs: int, min_steps: int, steps_per_epoch: int) -> int:
     return max(epochs, math.ceil(min_steps / max(steps_per_epoch, 1)))
 
 
+def in_raised_epochs(count: int, epochs: int, asked: int) -> int:
+    """`count` epochs of the `asked` ones (a patience, a --progressive span) in the `epochs` a
+    run was raised to (`epochs_for_steps`): they grow with them, or 4-step epochs would let
+    noise in a small validation loss stop the run at once."""
+    return math.ceil(count * epochs / max(asked, 1))
+
+
 class BatchLoader:
     """Iterates `(inputs, targets)` over in-memory tensors, one epoch per `iter()`.
 

@@ -23,7 +23,13 @@ from torch import nn
 from ..data.augment import FLIPPING
 from ..data.builtin import builtin_name, mirror_changes_class, own_channels
 from ..data.folder import ImagesSeen, seen_images
-from ..data.loader import BatchLoader, epoch_steps, epochs_for_steps
+from ..data.loader import (
+    BatchLoader,
+    epoch_steps,
+    epochs_for_steps,
+    in_raised_epochs,
+    small_set_batch,
+)
 from ..errors import DamagedCheckpointError, DataError, NewerFormatError, UsageError, WeightsError
 from ..paths import check_outside, run_data, same_source, transfer_bundle
 from ..text import plural
@@ -232,8 +238,6 @@ def default_batch_size(n_train: int) -> int:
     """The batch a run takes when none is given: DEFAULT_BATCH, but at most a quarter of its
     `n_train` training images (`small_set_batch`). A folder of a few hundred images made one
     or two steps per epoch in batches of 128, and ten epochs trained next to nothing."""
-    from ..data.loader import small_set_batch
-
     return small_set_batch(DEFAULT_BATCH, n_train)
 
 
@@ -385,7 +389,7 @@ def train_classifier(
     # run's folder fails at once.
     src = load_checkpoint(init_from) if init_from is not None and not resuming else None
     ran_lr = None  # the resumed run's learning rate, kept when none is given (below)
-    # The epochs --patience and --progressive count (`scaled` below): those asked for.
+    # The epochs --patience and --progressive count (`in_raised_epochs`): those asked for.
     asked = config.epochs
     if resuming:
         record = run_checkpoint(Path(out_dir) / "last.pt") or {}
@@ -461,14 +465,12 @@ def train_classifier(
             f"{config.epochs}, to make at least {min_steps} steps; {exact} for exactly N")
     if epochs > asked:
         # Patience and --progressive count the epochs asked for, as transfer's fine-tuning
-        # counts its patience: 4-step epochs would let noise in the validation loss stop the
-        # run at once, and leave the small size a sliver of the run.
-        def scaled(n: int) -> int:
-            return math.ceil(n * epochs / asked)
-
+        # counts its patience; the small size would otherwise be a sliver of the run.
         if data.progressive is not None:
-            data = replace(data, progressive=(data.progressive[0], scaled(data.progressive[1])))
-        config = replace(config, patience=config.patience and scaled(config.patience))
+            small, span = data.progressive
+            data = replace(data, progressive=(small, in_raised_epochs(span, epochs, asked)))
+        config = replace(config, patience=config.patience
+                         and in_raised_epochs(config.patience, epochs, asked))
     config = replace(config, epochs=epochs)
     mean, std = channel_stats(splits.train.images)
     train, val = make_loaders(splits, size, data, seed=config.seed, mean=mean, std=std, dist=dist)

@@ -350,10 +350,10 @@ def load_segmentation(
     seed: int = 0,
     cells: int | None = None,
 ) -> SegmentationSplits:
-    """'cells' (synthetic, `cells` images, default DEFAULT_CELLS), a folder (`images/`, `masks/`, optional `val/` with
-    the same layout) or a CSV manifest (its `split` column's val rows validate, test rows are
-    left out); without a `val/` folder or val rows a seeded `val_fraction` of the images (whole
-    images, before tiling) is held out."""
+    """'cells' (synthetic, `cells` images, default DEFAULT_CELLS), a folder (`images/`,
+    `masks/`, optional `val/` with the same layout) or a CSV manifest (its `split` column's val
+    rows validate, test rows are left out); without a `val/` folder or val rows a seeded
+    `val_fraction` of the images (whole images, before tiling) is held out."""
     if str(source) == "cells":
         from ..data.cells import CLASSES
 

@@ -19,7 +19,6 @@ channels_last, the progress bar, early stopping and the curves hold as in `cnnzo
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,13 @@ from torch import nn
 
 from ..data.augment import default_augmentation
 from ..data.dataset import Splits
-from ..data.loader import BatchLoader
+from ..data.loader import (
+    BatchLoader,
+    epoch_steps,
+    epochs_for_steps,
+    in_raised_epochs,
+    small_set_batch,
+)
 from ..engine.loop import FitResult, TrainConfig, Trainer
 from ..engine.task import ClassificationTask, class_weights
 from ..text import plural
@@ -167,15 +172,11 @@ def train_batch_size(cfg: FinetuneConfig, n: int) -> int:
     """`cfg.batch_size`, but at most n // 4 (at least 8; `small_set_batch`): with 50 images a
     batch of 32 makes one step per epoch, and the per-epoch validation would cost as much as
     the training."""
-    from ..data.loader import small_set_batch
-
     return small_set_batch(cfg.batch_size, n)
 
 
 def phase_epochs(cfg: FinetuneConfig, n: int) -> int:
     """Phase-2 epochs: `cfg.epochs`, raised so that they make at least `cfg.min_steps` steps."""
-    from ..data.loader import epoch_steps, epochs_for_steps
-
     return epochs_for_steps(cfg.epochs, cfg.min_steps, epoch_steps(n, train_batch_size(cfg, n)))
 
 
@@ -269,7 +270,7 @@ def finetune(
         groups = layer_groups(model, cfg.lr, cfg.groups, cfg.lr_decay)
         # Patience counts nominal epochs: when short epochs were added to reach min_steps, it
         # grows with them, or noise in a 50-image validation loss would stop the run at once.
-        patience = cfg.patience and math.ceil(cfg.patience * epochs / max(cfg.epochs, 1))
+        patience = cfg.patience and in_raised_epochs(cfg.patience, epochs, cfg.epochs)
         config = _engine_config(cfg, epochs, cfg.lr, patience)
         config.sam = sam
         trainer = Trainer(model, task, train, val, config, param_groups=groups,

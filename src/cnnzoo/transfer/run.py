@@ -676,7 +676,8 @@ def transfer(
         timings["report"] = time.perf_counter() - t
         # Quoted as the shell needs it: "--bundle Meine Läufe/teile/bundle" pasted as printed
         # gave predict the bundle "Meine" and two images.
-        say(f"bundle: {path} (predict with `cnnzoo predict IMAGE --bundle {shlex.quote(str(path))}`)")
+        say(f"bundle: {path} (predict with `cnnzoo predict IMAGE --bundle "
+            f"{shlex.quote(str(path))}`)")
         for line in notes:
             say(line)
         for line in table:
