@@ -235,3 +235,34 @@ def test_counts_at_another_input_size(capsys):
     assert json.loads(capsys.readouterr().out)[0]["gmacs"] is None
     assert main(["models", "--channels", "1"]) == 2
     assert "--channels goes with --img-size" in capsys.readouterr().err
+
+
+def test_models_counts_a_net_built_with_model_args(capsys):
+    """The 1x1 lesson in one command: GoogLeNet without its reductions, counted as `train
+    --model-arg` builds it; a pattern that takes in models without the option is refused, as
+    their rows would be the nets without it."""
+    import torch
+
+    from cnnzoo import create_model
+    from cnnzoo.models import count_macs
+
+    argv = ["models", "--pattern", "googlenet", "--model-arg", "reductions=false",
+            "--model-arg", "aux_logits=no"]
+    assert main([*argv, "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    with torch.device("meta"):
+        built = create_model("googlenet", reductions=False, aux_logits=False)
+    assert row["params"] == sum(p.numel() for p in built.parameters()) == 18_389_512
+    assert round(row["gmacs"] * 1e9) == count_macs("googlenet", reductions=False,
+                                                   aux_logits=False)
+    assert row["gmacs"] > 2 * 1.50  # the published 1.50 G with the reductions
+    assert row["model_args"] == {"reductions": False, "aux_logits": False}
+    assert main(argv) == 0
+    assert "googlenet reductions=False aux_logits=False  " in capsys.readouterr().out
+    assert main(["models", "--pattern", "g*", "--model-arg", "reductions=false", "--img-size",
+                 "32", "--channels", "1", "--json"]) == 0
+    (small,) = json.loads(capsys.readouterr().out)
+    assert small["input"] == "1x32x32" and small["model_args"] == {"reductions": False}
+    assert main(["models", "--model-arg", "reductions=false"]) == 2
+    err = capsys.readouterr().err
+    assert "alexnet" in err and "has no option 'reductions'" in err and "googlenet" in err

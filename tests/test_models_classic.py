@@ -45,6 +45,74 @@ def test_googlenet_without_aux_heads_has_published_count():
     assert count_parameters(_meta_model("googlenet", aux_logits=False)) == 6_624_904
 
 
+def _macs(module: nn.Module, channels: int, size: int) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        module(torch.empty(1, channels, size, size, device="meta"))
+    return counter.get_total_flops() // 2  # torch counts a multiply-add as two
+
+
+def test_googlenet_reductions_cost_what_the_lecture_says_in_inception_3a():
+    """Inception 3a at 224 px reads 28x28x192. Its 5x5 branch (the paper's kernel) with the
+    16-channel 1x1 reduction: 28*28*(192*16 + 25*16*32) = 12.4 M multiply-adds; without it,
+    the 5x5 conv on all 192 channels: 28*28*25*192*32 = 120.4 M, ten times as many."""
+    from cnnzoo.models.googlenet import INCEPTION_TABLE, Inception
+
+    name, channels = INCEPTION_TABLE[0]
+    assert name == "inception3a"
+    with torch.device("meta"):
+        reduced = Inception(*channels, kernel5=5)
+        naive = Inception(*channels, kernel5=5, reductions=False)
+        torchvision_kernel = Inception(*channels)
+    assert _macs(reduced.branch3, 192, 28) == 28 * 28 * (192 * 16 + 25 * 16 * 32) == 12_443_648
+    assert _macs(naive.branch3, 192, 28) == 28 * 28 * 25 * 192 * 32 == 120_422_400
+    assert _macs(naive.branch2, 192, 28) == 28 * 28 * 9 * 192 * 128
+    assert _macs(torchvision_kernel.branch3, 192, 28) == 28 * 28 * (192 * 16 + 9 * 16 * 32)
+    # The module's output is the same width either way: the rest of the net is unchanged.
+    x = torch.empty(1, 192, 28, 28, device="meta")
+    assert reduced(x).shape == naive(x).shape == (1, 256, 28, 28)
+
+
+@pytest.mark.parametrize("reductions", [True, False])
+@pytest.mark.parametrize("paper_5x5", [False, True])
+def test_googlenet_lesson_variants_counted_from_table_1(reductions, paper_5x5):
+    """From the published 6,624,904 (no auxiliary heads), by hand per module of Table 1: the
+    paper's 5x5 adds (25 - 9) * reduce * out weights to the "5x5" branch; dropping a reduction
+    removes the 1x1 conv (in * reduce weights, 2 * reduce BatchNorm parameters) and lets the
+    k x k conv read all `in` channels instead of `reduce`."""
+    from cnnzoo.models.googlenet import INCEPTION_TABLE
+
+    expected = 6_624_904
+    for entry in INCEPTION_TABLE:
+        if isinstance(entry, str):
+            continue
+        cin, _, red3, out3, red5, out5, _ = entry[1]
+        k5 = 25 if paper_5x5 else 9
+        expected += (k5 - 9) * red5 * out5
+        if not reductions:
+            for red, out, kk in ((red3, out3, 9), (red5, out5, k5)):
+                expected += kk * cin * out - (cin * red + 2 * red + kk * red * out)
+    model = _meta_model("googlenet", aux_logits=False, reductions=reductions, paper_5x5=paper_5x5)
+    assert count_parameters(model) == expected
+    assert {True: {False: 6_624_904, True: 7_005_832},
+            False: {False: 18_389_512, True: 25_311_752}}[reductions][paper_5x5] == expected
+
+
+def test_googlenet_without_reductions_trains_and_refuses_torchvision_weights():
+    torch.manual_seed(0)
+    options = {"num_classes": 3, "in_chans": 1, "aux_logits": False}
+    model = cnnzoo.create_model("googlenet", reductions=False, paper_5x5=True, **options)
+    out = model.train()(torch.randn(2, 1, 32, 32))
+    assert out.shape == (2, 3)
+    out.sum().backward()
+    assert model.inception3a.branch3[0].conv.weight.shape == (32, 192, 5, 5)
+    # torchvision's weights have the reductions: a shape they do not fit, not a silent load.
+    reference = cnnzoo.create_model("googlenet", **options).state_dict()
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        model.load_state_dict(reference)
+
+
 def test_lenet_parameter_counts_match_the_paper():
     # Section II.B: C1 156, S2 12, C3 1,516 (Table I), S4 32, C5 48,120, F6 10,164; plus the
     # 84*10+10 = 850 of the linear output layer that replaces the RBF units.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..text import json_text, plural
-from .argtypes import IMG_SIZE
+from .argtypes import IMG_SIZE, model_arg
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -16,6 +16,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "own size), e.g. 28 for Fashion-MNIST; '-' where a net does not take it")
     p.add_argument("--channels", type=int, choices=(1, 3), default=None,
                    help="with --img-size: input channels (default: each model's own)")
+    p.add_argument("--model-arg", type=model_arg, action="append", default=[],
+                   metavar="KEY=VALUE",
+                   help="count the models built with this option, as `train --model-arg` builds "
+                        "them, e.g. --pattern googlenet --model-arg reductions=false "
+                        "(repeatable)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -36,12 +41,15 @@ def run(args: argparse.Namespace) -> int:
             "matches names that contain it)"
         raise UnknownModelError(f"no model matches {args.pattern!r}{glob}; `cnnzoo models` lists "
                                 "them all")  # fmt: skip
-    if args.img_size is None:
+    options = dict(args.model_arg)
+    _check_options(names, options)
+    if args.img_size is None and not options:
         counts: dict[str, tuple[int, int | None]] = dict(table_counts(names))
     else:  # not cached: counting every model at another size takes about 10 s
         from ..models.flops import counts_at
 
-        counts = {n: counts_at(n, args.channels or get_config(n).input_size[0], args.img_size)
+        counts = {n: counts_at(n, args.channels or get_config(n).input_size[0],
+                               args.img_size or get_config(n).input_size[1], **options)
                   for n in names}  # fmt: skip
     for name in names:
         cfg = get_config(name)
@@ -61,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
                 "classes": cfg.num_classes,
                 "year": cfg.year,
                 "task": cfg.task,
+                "model_args": options,  # what --model-arg built it with
                 "options": list(cfg.options),  # --model-arg / create_model keywords
                 # Each option's default, and the values it takes where that set is fixed.
                 "option_defaults": {k: spec.default for k, spec in specs.items()},
@@ -72,13 +81,16 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json_text(rows, indent=2))
         return 0
-    header = f"{'model':<22}{'params':>14}{'GMACs':>9}  {'input':<11}{'classes':>7}  year  paper"
+    label = {r["name"]: " ".join([r["name"], *(f"{k}={v}" for k, v in options.items())])
+             for r in rows}  # fmt: skip
+    width = max(22, *(len(v) + 2 for v in label.values()))
+    header = f"{'model':<{width}}{'params':>14}{'GMACs':>9}  {'input':<11}{'classes':>7}  year  paper"
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
-            f"{r['name']:<22}{r['params']:>14,}{_billions(r['gmacs']):>9}  {r['input']:<11}"
-            f"{r['classes']:>7}  {r['year']}  {r['paper']}"
+            f"{label[r['name']]:<{width}}{r['params']:>14,}{_billions(r['gmacs']):>9}  "
+            f"{r['input']:<11}{r['classes']:>7}  {r['year']}  {r['paper']}"
         )
     where = "at the default input size" if args.img_size is None else \
         f"at {args.img_size}x{args.img_size} ('-': a size the net does not take), with each " \
@@ -88,6 +100,22 @@ def run(args: argparse.Namespace) -> int:
         f"one image, {where}: what the papers and torchvision's tables list as GFLOPs."
     )
     return 0
+
+
+def _check_options(names: list[str], options: dict[str, object]) -> None:
+    """Every model the pattern matches must take every --model-arg: counting the others without
+    it would print numbers for nets other than the ones asked for."""
+    from ..errors import UsageError
+    from ..models import get_config
+
+    for key in options:
+        without = [n for n in names if key not in get_config(n).options]
+        if without:
+            takers = [n for n in names if n not in without]
+            hint = (f"--pattern '{takers[0]}' counts {takers[0]} with it" if takers
+                    else "`cnnzoo models --json` lists each model's options")  # fmt: skip
+            raise UsageError(f"--model-arg {key}: {', '.join(without[:3])}"
+                             f"{' ...' if len(without) > 3 else ''} has no option {key!r}; {hint}")
 
 
 def _billions(g: float | None) -> str:

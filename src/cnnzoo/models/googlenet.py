@@ -20,6 +20,17 @@ Differences from the paper, all inherited from torchvision so that its checkpoin
 - `transform_input=True` re-normalises ImageNet-normalised input to (x - 0.5) / 0.5 inside the
   net, which torchvision's ImageNet weights expect (its factory turns it on when loading them).
   cnnzoo defaults to False: pass `transform_input=True` when loading torchvision's weights.
+
+Two options, for the lesson of what the 1x1 reductions buy (Section 4: "1x1 convolutions are
+used to compute reductions before the expensive 3x3 and 5x5 convolutions"); neither loads
+torchvision's weights, whose shapes they change:
+- `paper_5x5=True` gives the "5x5" branch the paper's 5x5 kernel;
+- `reductions=False` drops the 1x1 reduce before the 3x3 and "5x5" convs, which then read every
+  input channel. Unlike Figure 2(a)'s naive module the pool branch keeps its 1x1 projection, so
+  each module's output, and the rest of the net, stay as they are: only the reductions differ.
+  In inception 3a (28x28x192 input at 224 px), the paper's 5x5 branch with its 16-channel
+  reduction costs 28*28*(192*16 + 25*16*32) = 12.4 M multiply-adds, without it
+  28*28*25*192*32 = 120.4 M.
 """
 
 from __future__ import annotations
@@ -72,24 +83,31 @@ class BasicConv2d(nn.Module):
         return F.relu(self.bn(self.conv(x)), inplace=True)
 
 
+def _reduced(in_channels: int, reduce: int | None, out: int, kernel: int) -> nn.Sequential:
+    """[1x1 reduce ->] kxk conv: the 3x3 and "5x5" branches; reduce=None reads every input
+    channel (the `reductions=False` lesson)."""
+    if reduce is None:
+        return nn.Sequential(BasicConv2d(in_channels, out, kernel_size=kernel,
+                                         padding=kernel // 2))  # fmt: skip
+    return nn.Sequential(
+        BasicConv2d(in_channels, reduce, kernel_size=1),
+        BasicConv2d(reduce, out, kernel_size=kernel, padding=kernel // 2),
+    )
+
+
 class Inception(nn.Module):
-    """Figure 2(b): four parallel branches concatenated along channels."""
+    """Figure 2(b): four parallel branches concatenated along channels. `reductions=False`
+    drops the 1x1 reduce of the 3x3 and "5x5" branches; `kernel5` is the "5x5" branch's kernel
+    (3 as in torchvision's weights, see the module docstring)."""
 
     def __init__(
         self, in_channels: int, ch1x1: int, ch3x3red: int, ch3x3: int, ch5x5red: int,
-        ch5x5: int, pool_proj: int,
+        ch5x5: int, pool_proj: int, *, reductions: bool = True, kernel5: int = 3,
     ) -> None:
         super().__init__()
         self.branch1 = BasicConv2d(in_channels, ch1x1, kernel_size=1)
-        self.branch2 = nn.Sequential(
-            BasicConv2d(in_channels, ch3x3red, kernel_size=1),
-            BasicConv2d(ch3x3red, ch3x3, kernel_size=3, padding=1),
-        )
-        # 3x3 where the paper has 5x5: see the module docstring.
-        self.branch3 = nn.Sequential(
-            BasicConv2d(in_channels, ch5x5red, kernel_size=1),
-            BasicConv2d(ch5x5red, ch5x5, kernel_size=3, padding=1),
-        )
+        self.branch2 = _reduced(in_channels, ch3x3red if reductions else None, ch3x3, 3)
+        self.branch3 = _reduced(in_channels, ch5x5red if reductions else None, ch5x5, kernel5)
         self.branch4 = nn.Sequential(
             nn.MaxPool2d(kernel_size=3, stride=1, padding=1, ceil_mode=True),
             BasicConv2d(in_channels, pool_proj, kernel_size=1),
@@ -133,6 +151,8 @@ class GoogLeNet(Classifier):
         transform_input: bool = False,
         dropout: float = 0.2,
         dropout_aux: float = 0.7,
+        reductions: bool = True,
+        paper_5x5: bool = False,
     ) -> None:
         super().__init__()
         if transform_input and in_chans != 3:
@@ -159,7 +179,8 @@ class GoogLeNet(Classifier):
                 self.maxpool4 = nn.MaxPool2d(2, stride=2, ceil_mode=True)
             else:
                 name, channels = entry
-                self.add_module(name, Inception(*channels))
+                self.add_module(name, Inception(*channels, reductions=reductions,
+                                                kernel5=5 if paper_5x5 else 3))
 
         self.aux1: InceptionAux | None = None
         self.aux2: InceptionAux | None = None
@@ -251,7 +272,8 @@ register_model(
         paper=PAPER,
         year=2014,
         min_size=MIN_SIZE,
-        options=("aux_logits", "transform_input", "dropout", "dropout_aux"),
+        options=("aux_logits", "transform_input", "dropout", "dropout_aux", "reductions",
+                 "paper_5x5"),
         notes="Inception v1 with BatchNorm, 2 auxiliary classifiers (training only), Table 1",
     ),
     _build,
