@@ -230,10 +230,13 @@ def test_feature_cache_reused_and_invalidated_per_image(fmnist, tmp_path):
 
 
 def test_features_computed_before_an_interruption_stay_in_the_cache(fmnist, tmp_path,
-                                                                   monkeypatch):
+                                                                   monkeypatch, caplog):
     """Ctrl-C (or SIGTERM) during feature extraction kept none of the features computed, and
     the rerun of a large folder started again from its first image; the batches done are now
-    cached, and the rerun computes only the rest, to the same values."""
+    cached, and the rerun computes only the rest, to the same values. The interrupted run says
+    so (it ended with 'cnnzoo transfer: interrupted' alone, as if all were lost)."""
+    import logging
+
     import cnnzoo.transfer.features as features
 
     model = create_model("resnet18", num_classes=0).eval()
@@ -250,11 +253,16 @@ def test_features_computed_before_an_interruption_stay_in_the_cache(fmnist, tmp_
         return forward(*args, **kwargs)
 
     monkeypatch.setattr(features, "forward_pre_logits", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt), caplog.at_level(logging.WARNING, "cnnzoo.transfer"):
         cached_features(model, images, _small_pre(), **kw)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"note: the features of 8 images are kept in the cache ({tmp_path / 'c'}): the same "
+        "command computes only the rest"]
     monkeypatch.setattr(features, "forward_pre_logits", forward)
+    caplog.clear()
     again, computed = cached_features(model, images, _small_pre(), **kw)
     assert computed == 2 and torch.allclose(again, whole, atol=1e-6)
+    assert not caplog.records  # a run that finishes has nothing to say of it
 
 
 def test_a_cache_that_cannot_be_written_is_a_warning_and_the_features_come_back(
