@@ -2138,6 +2138,11 @@ def test_top_losses_name_each_file_from_the_data_folder(tmp_path, monkeypatch):
     assert [t.splitlines()[0] for t in titles] == ["Lager/second shift/n0.jpg", "Ölfilter/b.png"]
     assert titles[1].splitlines()[1:] == ["true Ölfilter (0.40)", "predicted Lager (0.60)"]
     assert report.shown_files([str(data / "x.jpg")]) == ["x.jpg"]  # one file: its name
+    # A built-in set's images are ids, not files: 'digits/521' was drawn as '521', a bare
+    # number, and 'fashion-mnist/train/17' as '17'. They are drawn as they are.
+    ids = ["fashion-mnist/train/17", "fashion-mnist/train/203"]
+    assert report.shown_files(ids) == ids
+    assert report.shown_files(["digits/521"]) == ["digits/521"]
     # A file named in Latin-1 bytes (a surrogate escape in its str) is drawn as an escape;
     # as it was, matplotlib's drawing stopped the run's report in a TypeError.
     figures.clear()
