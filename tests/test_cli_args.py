@@ -669,6 +669,34 @@ def test_transfer_json_prints_its_metrics_json_alone_on_stdout(tmp_path, monkeyp
     assert out.startswith("class  precision") and "validation accuracy features 0.750" in out
 
 
+def test_transfer_label_smoothing_is_an_option_as_docs_transfer_advises(tmp_path, monkeypatch,
+                                                                          capsys):
+    """docs/transfer.md: a fine-tuned net's probabilities are softened by label smoothing, so
+    for a fixed probability threshold 'fine-tune with --label-smoothing 0'. transfer had no such
+    option: the command stopped with 'unrecognized arguments: --label-smoothing 0'."""
+    import cnnzoo.transfer
+    from cnnzoo.errors import DataError
+    from cnnzoo.transfer import FinetuneConfig
+
+    configs = []
+
+    def transfer(data, *, config, **kw):  # its settings are the point, not minutes of training
+        configs.append(config)
+        raise DataError("stop here")
+
+    monkeypatch.setattr(cnnzoo.transfer, "transfer", transfer)
+    argv = ["transfer", str(tmp_path), "--out", str(tmp_path / "t")]
+    assert main([*argv, "--label-smoothing", "0"]) == 2
+    assert main(argv) == 2
+    assert [c.finetune.label_smoothing for c in configs] == [0.0, FinetuneConfig.label_smoothing]
+    assert capsys.readouterr().err.count("error: stop here") == 2
+    # Fine-tuning's, as --sam is: a features run notes it unused; a value past 1 is refused.
+    assert main([*argv, "--mode", "features", "--label-smoothing", "0"]) == 2
+    assert "note: --label-smoothing only applies to fine-tuning" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*argv, "--label-smoothing", "1"])
+
+
 def test_train_json_prints_the_summary_alone_on_stdout(tmp_path, monkeypatch, capsys):
     """train had no --json: a script parsed 'lenet5: best val_loss 0.0412 at epoch 9; final
     validation ...'. Its --json is those numbers as one document, alone on stdout."""

@@ -267,6 +267,26 @@ def test_a_training_loss_with_auxiliary_heads_is_said_to_be_one(tmp_path, capsys
                      "head's loss alone; compare accuracies"]  # fmt: skip
 
 
+def test_the_label_smoothing_floor_is_the_runs_own(tmp_path, capsys):
+    """The footer gave the floor of 0.1 over 10 classes (0.50) whatever the runs were: five
+    kinds of parts smoothed by 0.1 cannot go below 0.39, not 0.50, and 100 classes 0.78. It
+    now gives each run's, the entropy of its smoothed targets (1 - e + e/K for the true class,
+    e/K for each other one)."""
+    parts = _fake_run(tmp_path / "parts", num_classes=5)
+    many = _fake_run(tmp_path / "many", num_classes=100)
+    plain = _fake_run(tmp_path / "plain", label_smoothing=0.0)
+    assert main(["compare", str(parts), str(many), str(plain)]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if "smoothing" in line]
+    # -(0.92 ln 0.92 + 4 x 0.02 ln 0.02) = 0.3897; -(0.901 ln 0.901 + 99 x 0.001 ln 0.001) = 0.7778
+    assert notes[0] == ("train loss: against targets with the run's label smoothing, which it "
+                        "cannot go below (parts: 0.1 over 5 classes, 0.39; many: 0.1 over 100 "
+                        "classes, 0.78)")
+    assert main(["compare", str(parts), str(plain)]) == 0  # one run smooths: its own words
+    notes = [line for line in capsys.readouterr().out.splitlines() if "smoothing" in line]
+    assert notes[0] == ("train loss: against targets with the run's label smoothing, which it "
+                        "cannot go below (0.1 over 5 classes: 0.39)")
+
+
 def test_the_plot_says_a_training_loss_has_auxiliary_heads_too(tmp_path, capsys, monkeypatch):
     """The plot's training-loss panel drew GoogLeNet's (main + 0.3 x each aux head's) over
     the others' with no word; it now carries the table's note under the panels, and a plot

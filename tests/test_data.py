@@ -1586,3 +1586,23 @@ def test_data_info_counts_a_folder_of_mixed_sizes(tmp_path, capsys):
     assert main(["data", "info", str(tmp_path / "small"), "--img-size", "16"]) == 0
     out, err = capsys.readouterr()
     assert "images 1x16x16" in out and "note" not in err  # a size given: no note
+
+
+@pytest.mark.parametrize("parts", [("train", "test"), ("train", "val", "test")])
+def test_data_info_counts_a_test_part_of_another_size(tmp_path, capsys, parts):
+    """A camera swapped for the test shots: train/ (and val/) of 8x8 images, test/ of 12x12.
+    `cnnzoo train` reads such a folder (it resizes every part), but `data info`, which counts
+    the test part too, stopped with 'the train and test images have different sizes': its
+    mixed-sizes note looked at the training and validation images only. It now reads every
+    part it counts at one size, as it does for photos of several sizes."""
+    from cnnzoo.cli import main
+
+    for part in parts:
+        for cls in ("a", "b"):
+            _png(tmp_path / "d" / part / cls / "0.png", 0, (12, 12) if part == "test" else (8, 8))
+    assert main(["data", "info", str(tmp_path / "d"), "--json"]) == 0
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert doc["shape"] == [1, 12, 12]  # the largest side of all three parts, below 224
+    assert sum(sum(v) for v in doc["counts"].values()) == 2 * len(parts)
+    assert "the images differ in size (up to 12 px): read at 12x12 here, their largest side" in err

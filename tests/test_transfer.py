@@ -230,10 +230,13 @@ def test_feature_cache_reused_and_invalidated_per_image(fmnist, tmp_path):
 
 
 def test_features_computed_before_an_interruption_stay_in_the_cache(fmnist, tmp_path,
-                                                                   monkeypatch):
+                                                                   monkeypatch, caplog):
     """Ctrl-C (or SIGTERM) during feature extraction kept none of the features computed, and
     the rerun of a large folder started again from its first image; the batches done are now
-    cached, and the rerun computes only the rest, to the same values."""
+    cached, and the rerun computes only the rest, to the same values. The interrupted run says
+    so (it ended with 'cnnzoo transfer: interrupted' alone, as if all were lost)."""
+    import logging
+
     import cnnzoo.transfer.features as features
 
     model = create_model("resnet18", num_classes=0).eval()
@@ -250,11 +253,16 @@ def test_features_computed_before_an_interruption_stay_in_the_cache(fmnist, tmp_
         return forward(*args, **kwargs)
 
     monkeypatch.setattr(features, "forward_pre_logits", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt), caplog.at_level(logging.WARNING, "cnnzoo.transfer"):
         cached_features(model, images, _small_pre(), **kw)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"note: the features of 8 images are kept in the cache ({tmp_path / 'c'}): the same "
+        "command computes only the rest"]
     monkeypatch.setattr(features, "forward_pre_logits", forward)
+    caplog.clear()
     again, computed = cached_features(model, images, _small_pre(), **kw)
     assert computed == 2 and torch.allclose(again, whole, atol=1e-6)
+    assert not caplog.records  # a run that finishes has nothing to say of it
 
 
 def test_a_cache_that_cannot_be_written_is_a_warning_and_the_features_come_back(
@@ -359,11 +367,13 @@ def _tiny_config(**kw) -> TransferConfig:
     return TransferConfig(img_size=32, fit="resize", batch_size=8, progress=False, **kw)
 
 
+@pytest.mark.parametrize("use_cache", [True, False])
 def test_a_features_head_right_on_every_validation_image_says_fine_tuning_cannot_show_more(
-        tmp_path):
+        tmp_path, use_cache):
     """Mode both on five kinds of parts: the features head scored 1.000 in 13 s, then ten
     minutes of fine-tuning followed without a word; a note now says what --mode features
-    would have saved."""
+    would have saved (seconds to rerun from the feature cache; with --no-cache there is none,
+    and the note said so all the same)."""
     from PIL import Image
 
     for cls, value in (("dark", 20), ("light", 230)):
@@ -372,11 +382,13 @@ def test_a_features_head_right_on_every_validation_image_says_fine_tuning_cannot
             Image.new("L", (32, 32), value + i).save(tmp_path / "data" / cls / f"{i}.png")
     said: list[str] = []
     res = transfer(tmp_path / "data", model="resnet18", weights=None, out=None,
-                   config=_tiny_config(mode="both"), say=said.append)  # fmt: skip
+                   config=_tiny_config(mode="both", use_cache=use_cache),
+                   say=said.append)  # fmt: skip
     assert res.metrics["features"]["val_acc"] == 1.0
+    rerun = " (seconds to rerun, from the feature cache)" if use_cache else ""
     assert ("note: the features head predicts all 4 validation images right; fine-tuning, the "
-            "slow part, follows and cannot show a gain on them: --mode features stops here "
-            "(seconds to rerun, from the feature cache)") in said, said
+            f"slow part, follows and cannot show a gain on them: --mode features stops "
+            f"here{rerun}") in said, said
 
 
 def test_transfer_bundle_round_trip_and_report(folder, tmp_path, capsys):
@@ -2126,6 +2138,11 @@ def test_top_losses_name_each_file_from_the_data_folder(tmp_path, monkeypatch):
     assert [t.splitlines()[0] for t in titles] == ["Lager/second shift/n0.jpg", "Ölfilter/b.png"]
     assert titles[1].splitlines()[1:] == ["true Ölfilter (0.40)", "predicted Lager (0.60)"]
     assert report.shown_files([str(data / "x.jpg")]) == ["x.jpg"]  # one file: its name
+    # A built-in set's images are ids, not files: 'digits/521' was drawn as '521', a bare
+    # number, and 'fashion-mnist/train/17' as '17'. They are drawn as they are.
+    ids = ["fashion-mnist/train/17", "fashion-mnist/train/203"]
+    assert report.shown_files(ids) == ids
+    assert report.shown_files(["digits/521"]) == ["digits/521"]
     # A file named in Latin-1 bytes (a surrogate escape in its str) is drawn as an escape;
     # as it was, matplotlib's drawing stopped the run's report in a TypeError.
     figures.clear()

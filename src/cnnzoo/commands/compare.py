@@ -24,7 +24,7 @@ def _num(value: float | None, fmt: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.compare import aux_loss_note, differences, summarize_runs
+    from ..engine.compare import aux_loss_note, differences, smoothing_note, summarize_runs
 
     if args.plot:
         from .evaluate import check_picture_path
@@ -63,10 +63,9 @@ def run(args: argparse.Namespace) -> int:
               "validation loss so far; a U-Net's best Dice), of the M the run was to train")
     if aux := aux_loss_note(runs):
         print(aux)
-    if any(r.settings.get("label_smoothing") for r in runs):
+    if smoothed := smoothing_note(runs):
         # A student read LeNet-5's 0.5658 as far from trained: the smoothed targets' own entropy.
-        print("train loss: against targets with the run's label smoothing, which it cannot go "
-              "below (0.1 over 10 classes: 0.50)")
+        print(smoothed)
     if any(r.final_epoch != r.epochs for r in runs):
         # (Early stopping restores them; so does the demo's scratch run, which has no --patience.)
         print(f"val {m} (E): of epoch E's weights, the best epoch's, which the run restored at "

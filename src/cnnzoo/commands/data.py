@@ -94,6 +94,10 @@ def _info(args: argparse.Namespace) -> int:
     seen = seen_images(args.source)
     channels = args.channels or own_channels(args.source, seen) or 3
     size = args.img_size
+    if size is None:
+        # The sizes of every part counted, the test part too: a test/ of other sizes than
+        # train/ stopped this command, which `cnnzoo train` reads (the channels stay train's).
+        seen = seen_images(args.source, test=True)
     if size is None and seen is not None and not seen.same:
         # Photos come in many sizes; without a size the images could not be stacked and this
         # stopped with advice to resize all of them to the largest side (a 2000x200 image made

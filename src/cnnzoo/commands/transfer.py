@@ -31,7 +31,7 @@ from .argtypes import (
     settle_positional,
     whole,
 )
-from .train import add_class_weight_argument, add_mixing_arguments
+from .train import LABEL_SMOOTHING, add_class_weight_argument, add_mixing_arguments
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -89,6 +89,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--augment", choices=("none", "flip-crop", "crop", "photo"),
                    default=None, help="fine-tuning augmentation (default flip-crop; digits: "
                                       "crop, as a mirrored digit is no digit)")
+    p.add_argument("--label-smoothing", type=real(0, 1, below=True), default=LABEL_SMOOTHING,
+                   help="fine-tuning's label smoothing (default 0.1; 0: the plain cross-entropy, "
+                        "probabilities not softened, for a fixed threshold on them)")
     # transfer.finetune.default_sam's rule, in words (its module imports torch: not at parse time)
     add_mixing_arguments(p, sam=None, sam_words="0.05 in fine-tuning below 100 training images "
                          "per class, else off; 0: off")
@@ -140,6 +143,7 @@ def config_from_args(args: argparse.Namespace) -> Any:
         head_epochs=args.head_epochs, epochs=args.epochs, min_steps=args.min_steps, lr=args.lr,
         lr_decay=args.lr_decay, freeze_bn=not args.update_bn, patience=args.patience or None,
         augment=args.augment, mixup=args.mixup, cutmix=args.cutmix, sam=args.sam,
+        label_smoothing=args.label_smoothing,
     )  # fmt: skip
     return TransferConfig(
         mode=args.mode, head=args.head, l2=args.l2, views=args.views, img_size=args.img_size,
@@ -154,7 +158,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
 # Options only one step reads (fine-tuning; the features step). Given in a mode without that
 # step they are ignored, and a note says so.
 FINETUNE_OPTIONS = ("epochs", "min_steps", "head_epochs", "lr", "lr_decay", "update_bn",
-                    "patience", "augment", "mixup", "cutmix", "sam")  # fmt: skip
+                    "patience", "augment", "label_smoothing", "mixup", "cutmix",
+                    "sam")  # fmt: skip
 FEATURES_OPTIONS = ("l2", "cache", "use_cache")
 
 

@@ -192,27 +192,29 @@ class ImagesSeen:
     grey: bool  # all grey
 
 
-def source_images(source: str | os.PathLike[str]) -> list[Path]:
-    """The training and validation image files an image folder or CSV manifest names (not its
-    test part), without decoding them; [] for anything else (a built-in name, a missing path:
-    loading says what is wrong)."""
+def source_images(source: str | os.PathLike[str], *, test: bool = False) -> list[Path]:
+    """The training and validation image files an image folder or CSV manifest names (its test
+    part too with `test`), without decoding them; [] for anything else (a built-in name, a
+    missing path: loading says what is wrong)."""
     path = Path(source)
+    wanted = ("train", "val", "test") if test else ("train", "val")
     if path.is_dir():
         parts = _find_parts(path)
         if not parts:
             return image_files(path)
-        return [f for part in ("train", "val") if part in parts for f in image_files(parts[part])]
+        return [f for part in wanted if part in parts for f in image_files(parts[part])]
     if path.suffix.lower() == ".csv" and path.is_file():
-        return [p for p, _, split in _manifest_rows(path)[0] if split != "test"]
+        return [p for p, _, split in _manifest_rows(path)[0] if test or split != "test"]
     return []
 
 
-def seen_images(source: str | os.PathLike[str], sample: int = 256) -> ImagesSeen | None:
-    """Sizes and colour of a folder's or manifest's training and validation images, from the
-    headers of at most `sample` files spread evenly over them (`images.image_header`); None
-    when there are none that open (a built-in name, say). A sample: an image it misses is
-    resized like any other, it cannot break a run."""
-    files = source_images(source)
+def seen_images(source: str | os.PathLike[str], sample: int = 256, *,
+                test: bool = False) -> ImagesSeen | None:
+    """Sizes and colour of a folder's or manifest's training and validation images (and test
+    images, with `test`), from the headers of at most `sample` files spread evenly over them
+    (`images.image_header`); None when there are none that open (a built-in name, say). A
+    sample: an image it misses is resized like any other, it cannot break a run."""
+    files = source_images(source, test=test)
     step = max(1, -(-len(files) // sample))
     heads = {h for f in files[::step] if (h := image_header(f)) is not None}
     if not heads:

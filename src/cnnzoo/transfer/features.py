@@ -336,4 +336,10 @@ def cached_features(
                 new = torch.cat(done)
                 store.put([hashes[i] for i in todo[:len(new)]], new)
                 found.update(zip(todo, new, strict=False))
+                if len(new) < len(todo) and store.path not in _UNWRITABLE:
+                    # Said: 'interrupted' alone read as every feature lost.
+                    # (No 'of N': a run extracts its training and validation images apart.)
+                    log.warning("note: the features of %d images are kept in the cache (%s): "
+                                "the same command computes only the rest", len(found),
+                                store.root)  # fmt: skip
     return torch.stack([found[i] for i in range(len(images))]), len(todo)

@@ -52,7 +52,10 @@ def top_losses(probs: Tensor, labels: Tensor, k: int = 16) -> list[int]:
 def shown_files(paths: Sequence[str]) -> list[str]:
     """Each image's path as a figure names it: relative to the folder all of them lie in (the
     data folder, or its val/), so 'Lager/img_003.png', 'Lager/shift 2/n0.jpg'; the paths as
-    they are when they share none (a manifest's on two drives)."""
+    they are when they share none (a manifest's on two drives), or when they are a built-in
+    set's ids ('digits/521': relative, and no file), which relative to 'digits' read '521'."""
+    if not any(os.path.isabs(p) or os.path.exists(p) for p in paths):
+        return list(paths)
     try:
         base = os.path.commonpath([os.path.abspath(p) for p in paths])
     except ValueError:

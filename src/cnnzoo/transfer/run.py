@@ -564,9 +564,10 @@ def transfer(
         if cfg.mode == "both" and metrics["features"]["val_acc"] == 1.0:
             # A QA run on five kinds of parts: 1.000 here in 13 s, then 10 minutes of fine-tuning
             # that could not show a gain on those images (it is kept all the same).
+            rerun = " (seconds to rerun, from the feature cache)" if cfg.use_cache else ""
             say(f"note: the features head predicts all {len(labels)} validation images right; "
                 "fine-tuning, the slow part, follows and cannot show a gain on them: "
-                "--mode features stops here (seconds to rerun, from the feature cache)")
+                f"--mode features stops here{rerun}")
         final_probs = probs
         if cfg.mode == "both" and cfg.keep_best:  # fine-tuning changes the shared backbone
             features_net = copy.deepcopy(net)
