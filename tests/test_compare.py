@@ -397,3 +397,19 @@ def test_an_early_stopped_run_compares_with_the_score_train_reported(tmp_path, c
     marked = "val acc (E): of epoch E's weights, the best epoch's, which the run restored at " \
              "the end" in capsys.readouterr().out
     assert marked == (row["final_epoch"] != row["epochs"])
+
+
+def test_runs_validated_on_a_given_part_are_not_named_for_their_seeds(tmp_path):
+    """Two seeds of GoogLeNet on a folder with a val/ part read 'validation images: not the
+    same': the seed and --val-fraction choose the validation images only where they are drawn
+    from the training images (`Splits.val_drawn`, recorded since), not from a val/ part or
+    Fashion-MNIST's test set. digits draws them."""
+    from cnnzoo.data.builtin import load_dataset
+
+    a = _fake_run(tmp_path / "a", val_drawn=False)
+    b = _fake_run(tmp_path / "b", val_drawn=False, seed=1, val_fraction=0.1)
+    assert differences(summarize_runs([a, b])) == ["seed: 0 (a), 1 (b)"]
+    c = _fake_run(tmp_path / "c", dataset="digits", val_drawn=True)
+    d = _fake_run(tmp_path / "d", dataset="digits", val_drawn=True, val_fraction=0.1)
+    assert differences(summarize_runs([c, d])) == ["validation images: not the same (c; d)"]
+    assert load_dataset("digits").val_drawn

@@ -193,7 +193,7 @@ def _fashion_mnist_splits(spec: ImageSpec, val_fraction: float, seed: int) -> Sp
 
 def _digits_splits(spec: ImageSpec, val_fraction: float, seed: int) -> Splits:
     train, val = load_digits().split(val_fraction, seed)
-    return Splits(_fit(train, spec), _fit(val, spec))
+    return Splits(_fit(train, spec), _fit(val, spec), val_drawn=True)
 
 
 # name -> (spec, val_fraction, seed) -> Splits. A new built-in is one entry here.

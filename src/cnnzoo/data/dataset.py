@@ -216,7 +216,8 @@ class Splits:
     # split value, or every repeated image): len(skipped) + grouped rows were left out.
     grouped: int = 0
     # The validation part was drawn from the training images (val_fraction, seed), not given
-    # (a val/ folder, rows marked val): only then can a changed folder move images between them.
+    # (a val/ folder, rows marked val, Fashion-MNIST's test set): only then can a changed folder
+    # move images between them, or another seed pick others.
     val_drawn: bool = False
 
     @property

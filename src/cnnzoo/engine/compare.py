@@ -237,8 +237,11 @@ def _summary(path: Path, label: str, ckpt: dict[str, Any]) -> RunSummary:
     if meta.get("images"):
         data += f" ({meta['images'].get('train')} training, {meta['images'].get('val')} validation)"
     # The validation images: the same folder split the same way (its digest when drawn from a
-    # folder), or the same built-in split.
-    val = meta.get("val_files") or (source, meta.get("val_fraction"), meta.get("seed"))
+    # folder), or the same built-in split; a val/ part or Fashion-MNIST's test set whatever the
+    # seed (runs before `val_drawn` was recorded: the seed and fraction, as if drawn).
+    val = meta.get("val_files") or (
+        source if meta.get("val_drawn") is False else
+        (source, meta.get("val_fraction"), meta.get("seed")))
     settings: dict[str, Any] = {"data": data, "validation images": val,
                                 "input": f"{chans}x{size}"}  # fmt: skip
     for key, _ in RECIPE:

@@ -490,6 +490,9 @@ def train_classifier(
                       val_fraction=data.val_fraction, seed=config.seed)
     # How many images each part had: a resumed run warns when the folder (or --cells) changed.
     meta["images"] = {"train": len(splits.train), "val": len(splits.val)}
+    # Whether the seed and --val-fraction chose the validation images (`compare` names runs
+    # whose seeds differ as validated on other images only then).
+    meta["val_drawn"] = splits.val_drawn
     if splits.val_drawn and builtin_name(data.source) is None:  # `evaluate` checks that the
         meta["val_files"] = splits.val.files_digest(data.source)  # folder splits the same
     meta["augment"] = augment_kind(data)  # `evaluate --tta` says when the net never saw flips
