@@ -60,10 +60,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "when a small folder's default batch is below 128; 2e-3 for adamw)")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default=None,
                    help="default sgd (segmentation: adamw, lr 3e-3, weight decay 1e-4)")
-    p.add_argument("--momentum", type=real(0, 1, below=True), default=0.9,
-                   help="SGD momentum (default 0.9)")
+    # None, not 0.9: a --momentum given with adamw is refused (run), not dropped.
+    p.add_argument("--momentum", type=real(0, 1, below=True), default=None,
+                   help="SGD momentum (default 0.9; not for adamw)")
     p.add_argument("--no-nesterov", dest="nesterov", action="store_false",
-                   help="plain momentum instead of Nesterov's")
+                   help="plain momentum instead of Nesterov's (sgd only)")
     p.add_argument("--schedule", choices=("onecycle", "cosine", "constant"), default="onecycle",
                    help="learning-rate schedule, stepped every batch (default onecycle)")
     p.add_argument("--warmup-epochs", type=real(0), default=0.0,
@@ -189,7 +190,8 @@ def config_from_args(args: argparse.Namespace):
     return TrainConfig(
         epochs=args.epochs or 10, optimizer=args.optimizer or "sgd",
         lr=args.lr if args.lr is not None else (2e-3 if adamw else 0.1),
-        momentum=args.momentum, nesterov=args.nesterov,
+        momentum=TrainConfig.momentum if args.momentum is None else args.momentum,
+        nesterov=args.nesterov,
         weight_decay=args.weight_decay if args.weight_decay is not None else
         (0.05 if adamw else 5e-4),
         schedule=args.schedule, warmup_epochs=args.warmup_epochs, grad_clip=args.grad_clip,
@@ -198,6 +200,21 @@ def config_from_args(args: argparse.Namespace):
         tensorboard=args.tensorboard, tta=getattr(args, "tta", None) or False,
         mixup=args.mixup, cutmix=args.cutmix, sam=args.sam,
     )
+
+
+def refuse_sgd_options(args: argparse.Namespace) -> None:
+    """--momentum and --no-nesterov shape SGD's step; AdamW (a U-Net's default) has neither, so
+    a run given them with it was the default run: refused, as other unused options are."""
+    optimizer = args.optimizer or ("adamw" if args.task == "segmentation" else "sgd")
+    given = [flag for flag, set_ in (("--momentum", args.momentum is not None),
+                                     ("--no-nesterov", not args.nesterov)) if set_]
+    if optimizer == "adamw" and given:
+        from ..errors import UsageError
+
+        default = "" if args.optimizer else f" ({args.model}'s default)"
+        raise UsageError(f"{given[0]} is for --optimizer sgd; adamw{default} has no momentum "
+                         "to set (its betas are 0.9, 0.999): leave it out, or add "
+                         "--optimizer sgd")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -211,6 +228,7 @@ def run(args: argparse.Namespace) -> int:
 
         segmenter = get_config(args.model).task == "segmentation"
         args.task = "segmentation" if segmenter else "classification"
+    refuse_sgd_options(args)
     dist = init_distributed()
     use_threads(args.threads)  # after: init_distributed shares the cores between a node's processes
     config = config_from_args(args)
