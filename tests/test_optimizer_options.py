@@ -3,6 +3,7 @@ learning rate on a small folder."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,19 @@ def test_sgd_options_given_are_the_optimizers(tmp_path):
         assert main([*base, "--out", str(out), *extra]) == 0
         groups = load_checkpoint(out / "last.pt")["optimizer"]["param_groups"]
         assert {(g["momentum"], g["nesterov"]) for g in groups} == {(momentum, nesterov)}
+
+
+def test_train_json_names_the_optimizer_lr_and_batch_the_run_used(tmp_path, capsys):
+    """`train --json` left out the learning rate and batch: on a small folder the defaults
+    choose both from the data (SGD's lr scaled by sqrt(batch / 128)), said only on stderr.
+    AdamW's default lr is not scaled (measured: docs/training.md)."""
+    data = _two_class_folder(tmp_path / "data")  # 80 images: 64 to train, batches of 16
+    base = ["train", "lenet5", "--data", str(data), "--epochs", "1", "--no-progress",
+            "--no-tensorboard", "--precision", "fp32", "--channels-last", "off", "--json"]
+    for i, (extra, optimizer, lr) in enumerate((
+            ([], "sgd", 0.1 * (16 / 128) ** 0.5),  # 0.0354
+            (["--optimizer", "adamw"], "adamw", 2e-3))):
+        assert main([*base, "--out", str(tmp_path / f"run{i}"), *extra]) == 0
+        printed = json.loads(capsys.readouterr().out)
+        assert printed["optimizer"] == optimizer and printed["batch_size"] == 16
+        assert printed["lr"] == pytest.approx(lr, rel=1e-12)

@@ -125,9 +125,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    metavar="KEY=VALUE",
                    help="extra model option, e.g. width_mult=0.25 (repeatable)")
     p.add_argument("--json", action="store_true",
-                   help="machine-readable output: the run's best and final validation metrics "
-                        "as one JSON document on stdout at the end (the per-class table goes to "
-                        "stderr)")
+                   help="machine-readable output: the run's best and final validation metrics, "
+                        "its optimizer, peak lr and batch, as one JSON document on stdout at the "
+                        "end (the per-class table goes to stderr)")
     add_threads_argument(p)
     add_progress_argument(p)
     p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
@@ -315,14 +315,21 @@ def run(args: argparse.Namespace) -> int:
     cleanup()
     if dist.is_main and args.json:
         # The numbers of the summary line below; `final` under `cnnzoo evaluate --json`'s names.
+        from ..engine.run import run_checkpoint
         from ..text import json_text
 
         balanced = result.accumulator.balanced() if hasattr(result.accumulator, "balanced") \
             else {}
+        # The recipe as the run recorded it: the batch and lr a small folder's defaults chose
+        # (SGD's lr scaled) were on stderr only, not on any command line.
+        ran = run_checkpoint(out / "last.pt") or {}
+        cfg, meta = ran.get("config") or {}, ran.get("meta") or {}
         print(json_text({"model": args.model, "out": str(out), "monitor": result.monitor,
                          "best": result.best_value, "best_epoch": result.best_epoch,
                          # trained in all (raised by --min-steps on a small folder, or cut short)
                          "epochs": len(result.history),
+                         "optimizer": cfg.get("optimizer"), "lr": cfg.get("lr"),
+                         "batch_size": meta.get("batch_size"),
                          "stopped_early": result.stopped_early,
                          "final": {**result.final, **balanced},
                          "final_tta": result.final_tta or None}))
