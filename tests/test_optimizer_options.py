@@ -43,18 +43,42 @@ def test_sgd_options_are_refused_with_adamw(cmd, tmp_path, capsys):
     assert not out.exists()  # before any work
 
 
-def test_sgd_options_given_are_the_optimizers(tmp_path):
+@pytest.mark.parametrize("cmd", [["lenet5", "--warmup-epochs", "2"],
+                                 ["lenet5", "--optimizer", "adamw", "--warmup-epochs", "0.5"],
+                                 ["unet", "--warmup-epochs", "1"]])
+def test_a_warm_up_is_refused_with_one_cycle(cmd, tmp_path, capsys):
+    # One-cycle (the default schedule) rises on its own and never read --warmup-epochs.
+    data = "cells" if cmd[0] == "unet" else str(_two_class_folder(tmp_path / "data", 8))
+    out = tmp_path / "run"
+    rc = main(["train", *cmd, "--data", data, "--epochs", "1", "--out", str(out),
+               "--no-progress", "--no-tensorboard"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == ["cnnzoo train: error: --warmup-epochs is for --schedule cosine or "
+                               "constant; onecycle (the default) warms up on its own, rising "
+                               "over the first quarter of the steps (a U-Net's first 15 %): "
+                               "leave it out, or add --schedule cosine"]
+    assert not out.exists()
+
+
+def test_sgd_and_schedule_options_given_are_the_runs(tmp_path):
     """With SGD (the default) --momentum and --no-nesterov reach the optimizer, and without them
-    it is Nesterov's momentum 0.9 (read back from the optimizer state the run saved)."""
-    data = _two_class_folder(tmp_path / "data")
-    base = ["train", "lenet5", "--data", str(data), "--epochs", "1", "--no-progress",
+    it is Nesterov's momentum 0.9 (read back from the optimizer state the run saved); the
+    cosine schedule takes its --warmup-epochs."""
+    data = _two_class_folder(tmp_path / "data")  # 64 to train: batches of 16, 4 steps an epoch
+    base = ["train", "lenet5", "--data", str(data), "--epochs", "2", "--no-progress",
             "--no-tensorboard", "--precision", "fp32", "--channels-last", "off"]
+    peak = 0.1 * (16 / 128) ** 0.5
     for extra, momentum, nesterov in (([], 0.9, True),
-                                      (["--momentum", "0.5", "--no-nesterov"], 0.5, False)):
+                                      (["--momentum", "0.5", "--no-nesterov", "--schedule",
+                                        "cosine", "--warmup-epochs", "1"], 0.5, False)):
         out = tmp_path / f"run{momentum}"
         assert main([*base, "--out", str(out), *extra]) == 0
         groups = load_checkpoint(out / "last.pt")["optimizer"]["param_groups"]
         assert {(g["momentum"], g["nesterov"]) for g in groups} == {(momentum, nesterov)}
+    # The lr of each epoch's last step: step 3 ends the 4-step warm-up at the peak; step 7 is
+    # 3/4 of the way down the cosine's 4 steps, 0.5 (1 + cos(3 pi / 4)) of it.
+    lrs = [json.loads(line)["lr"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([peak, peak * 0.5 * (1 - 0.5 ** 0.5)], rel=1e-9)
 
 
 def test_train_json_names_the_optimizer_lr_and_batch_the_run_used(tmp_path, capsys):

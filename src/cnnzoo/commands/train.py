@@ -68,7 +68,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", choices=("onecycle", "cosine", "constant"), default="onecycle",
                    help="learning-rate schedule, stepped every batch (default onecycle)")
     p.add_argument("--warmup-epochs", type=real(0), default=0.0,
-                   help="linear warm-up for cosine/constant schedules (default 0)")
+                   help="linear warm-up for the cosine and constant schedules (default 0; "
+                        "onecycle has its own)")
     p.add_argument("--label-smoothing", type=real(0, 1, below=True), default=LABEL_SMOOTHING,
                    help="classification only (default 0.1)")
     add_class_weight_argument(p)
@@ -202,19 +203,27 @@ def config_from_args(args: argparse.Namespace):
     )
 
 
-def refuse_sgd_options(args: argparse.Namespace) -> None:
-    """--momentum and --no-nesterov shape SGD's step; AdamW (a U-Net's default) has neither, so
-    a run given them with it was the default run: refused, as other unused options are."""
-    optimizer = args.optimizer or ("adamw" if args.task == "segmentation" else "sgd")
+def refuse_unused_optimizer_options(args: argparse.Namespace) -> None:
+    """Options the run's optimizer or schedule has no use for, refused as other unused options
+    are: a run given them was the default run, without a word. --momentum and --no-nesterov
+    shape SGD's step, and AdamW (a U-Net's default) has neither; --warmup-epochs is
+    cosine's and constant's, and one-cycle has its own rise. A resumed run's own optimizer and
+    schedule, not the defaults, decide there, so only a given --optimizer adamw counts."""
+    from ..errors import UsageError
+
+    default = "adamw" if args.task == "segmentation" else "sgd"
+    optimizer = args.optimizer or (None if args.resume else default)
     given = [flag for flag, set_ in (("--momentum", args.momentum is not None),
                                      ("--no-nesterov", not args.nesterov)) if set_]
     if optimizer == "adamw" and given:
-        from ..errors import UsageError
-
-        default = "" if args.optimizer else f" ({args.model}'s default)"
-        raise UsageError(f"{given[0]} is for --optimizer sgd; adamw{default} has no momentum "
+        why = "" if args.optimizer else f" ({args.model}'s default)"
+        raise UsageError(f"{given[0]} is for --optimizer sgd; adamw{why} has no momentum "
                          "to set (its betas are 0.9, 0.999): leave it out, or add "
                          "--optimizer sgd")
+    if args.warmup_epochs and args.schedule == "onecycle" and not args.resume:
+        raise UsageError("--warmup-epochs is for --schedule cosine or constant; onecycle (the "
+                         "default) warms up on its own, rising over the first quarter of the "
+                         "steps (a U-Net's first 15 %): leave it out, or add --schedule cosine")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -228,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
 
         segmenter = get_config(args.model).task == "segmentation"
         args.task = "segmentation" if segmenter else "classification"
-    refuse_sgd_options(args)
+    refuse_unused_optimizer_options(args)
     dist = init_distributed()
     use_threads(args.threads)  # after: init_distributed shares the cores between a node's processes
     config = config_from_args(args)
