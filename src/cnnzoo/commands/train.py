@@ -60,14 +60,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "when a small folder's default batch is below 128; 2e-3 for adamw)")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default=None,
                    help="default sgd (segmentation: adamw, lr 3e-3, weight decay 1e-4)")
-    p.add_argument("--momentum", type=real(0, 1, below=True), default=0.9,
-                   help="SGD momentum (default 0.9)")
+    # None, not 0.9: a --momentum given with adamw is refused (run), not dropped.
+    p.add_argument("--momentum", type=real(0, 1, below=True), default=None,
+                   help="SGD momentum (default 0.9; not for adamw)")
     p.add_argument("--no-nesterov", dest="nesterov", action="store_false",
-                   help="plain momentum instead of Nesterov's")
+                   help="plain momentum instead of Nesterov's (sgd only)")
     p.add_argument("--schedule", choices=("onecycle", "cosine", "constant"), default="onecycle",
                    help="learning-rate schedule, stepped every batch (default onecycle)")
     p.add_argument("--warmup-epochs", type=real(0), default=0.0,
-                   help="linear warm-up for cosine/constant schedules (default 0)")
+                   help="linear warm-up for the cosine and constant schedules (default 0; "
+                        "onecycle has its own)")
     p.add_argument("--label-smoothing", type=real(0, 1, below=True), default=LABEL_SMOOTHING,
                    help="classification only (default 0.1)")
     add_class_weight_argument(p)
@@ -124,9 +126,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    metavar="KEY=VALUE",
                    help="extra model option, e.g. width_mult=0.25 (repeatable)")
     p.add_argument("--json", action="store_true",
-                   help="machine-readable output: the run's best and final validation metrics "
-                        "as one JSON document on stdout at the end (the per-class table goes to "
-                        "stderr)")
+                   help="machine-readable output: the run's best and final validation metrics, "
+                        "its optimizer, peak lr and batch, as one JSON document on stdout at the "
+                        "end (the per-class table goes to stderr)")
     add_threads_argument(p)
     add_progress_argument(p)
     p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
@@ -189,7 +191,8 @@ def config_from_args(args: argparse.Namespace):
     return TrainConfig(
         epochs=args.epochs or 10, optimizer=args.optimizer or "sgd",
         lr=args.lr if args.lr is not None else (2e-3 if adamw else 0.1),
-        momentum=args.momentum, nesterov=args.nesterov,
+        momentum=TrainConfig.momentum if args.momentum is None else args.momentum,
+        nesterov=args.nesterov,
         weight_decay=args.weight_decay if args.weight_decay is not None else
         (0.05 if adamw else 5e-4),
         schedule=args.schedule, warmup_epochs=args.warmup_epochs, grad_clip=args.grad_clip,
@@ -198,6 +201,29 @@ def config_from_args(args: argparse.Namespace):
         tensorboard=args.tensorboard, tta=getattr(args, "tta", None) or False,
         mixup=args.mixup, cutmix=args.cutmix, sam=args.sam,
     )
+
+
+def refuse_unused_optimizer_options(args: argparse.Namespace) -> None:
+    """Options the run's optimizer or schedule has no use for, refused as other unused options
+    are: a run given them was the default run, without a word. --momentum and --no-nesterov
+    shape SGD's step, and AdamW (a U-Net's default) has neither; --warmup-epochs is
+    cosine's and constant's, and one-cycle has its own rise. A resumed run's own optimizer and
+    schedule, not the defaults, decide there, so only a given --optimizer adamw counts."""
+    from ..errors import UsageError
+
+    default = "adamw" if args.task == "segmentation" else "sgd"
+    optimizer = args.optimizer or (None if args.resume else default)
+    given = [flag for flag, set_ in (("--momentum", args.momentum is not None),
+                                     ("--no-nesterov", not args.nesterov)) if set_]
+    if optimizer == "adamw" and given:
+        why = "" if args.optimizer else f" ({args.model}'s default)"
+        raise UsageError(f"{given[0]} is for --optimizer sgd; adamw{why} has no momentum "
+                         "to set (its betas are 0.9, 0.999): leave it out, or add "
+                         "--optimizer sgd")
+    if args.warmup_epochs and args.schedule == "onecycle" and not args.resume:
+        raise UsageError("--warmup-epochs is for --schedule cosine or constant; onecycle (the "
+                         "default) warms up on its own, rising over the first quarter of the "
+                         "steps (a U-Net's first 15 %): leave it out, or add --schedule cosine")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -211,6 +237,7 @@ def run(args: argparse.Namespace) -> int:
 
         segmenter = get_config(args.model).task == "segmentation"
         args.task = "segmentation" if segmenter else "classification"
+    refuse_unused_optimizer_options(args)
     dist = init_distributed()
     use_threads(args.threads)  # after: init_distributed shares the cores between a node's processes
     config = config_from_args(args)
@@ -297,14 +324,21 @@ def run(args: argparse.Namespace) -> int:
     cleanup()
     if dist.is_main and args.json:
         # The numbers of the summary line below; `final` under `cnnzoo evaluate --json`'s names.
+        from ..engine.run import run_checkpoint
         from ..text import json_text
 
         balanced = result.accumulator.balanced() if hasattr(result.accumulator, "balanced") \
             else {}
+        # The recipe as the run recorded it: the batch and lr a small folder's defaults chose
+        # (SGD's lr scaled) were on stderr only, not on any command line.
+        ran = run_checkpoint(out / "last.pt") or {}
+        cfg, meta = ran.get("config") or {}, ran.get("meta") or {}
         print(json_text({"model": args.model, "out": str(out), "monitor": result.monitor,
                          "best": result.best_value, "best_epoch": result.best_epoch,
                          # trained in all (raised by --min-steps on a small folder, or cut short)
                          "epochs": len(result.history),
+                         "optimizer": cfg.get("optimizer"), "lr": cfg.get("lr"),
+                         "batch_size": meta.get("batch_size"),
                          "stopped_early": result.stopped_early,
                          "final": {**result.final, **balanced},
                          "final_tta": result.final_tta or None}))
