@@ -3201,6 +3201,25 @@ def test_epoch_lines_show_top5_only_above_5_classes():
     assert "train_top5 1  val_loss 0.25  val_acc 0.5  val_top5 1  1.5s" in _epoch_line(record, 3, 6)
 
 
+def test_epoch_lines_say_how_long_the_remaining_epochs_take():
+    """A 10-minute fine-tuning said nothing of how long it would take: each epoch line but the
+    last now estimates the rest from the last epochs' pace."""
+    from cnnzoo.engine.loop import _epoch_line
+    from cnnzoo.text import duration
+
+    record = {"epoch": 1, "lr": 0.1, "seconds": 40.0, "images_per_s": 10.0}
+    assert _epoch_line(record, 4, left=3 * 43.0).endswith("40.0s 10 img/s  about 2 min left")
+    assert _epoch_line(record, 1).endswith("img/s")  # nothing left: no estimate
+    assert [duration(s) for s in (4.4, 89, 91, 5399, 5401, 9000)] == \
+        ["4 s", "89 s", "2 min", "90 min", "1.5 h", "2.5 h"]
+    said: list[str] = []
+    Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=TrainConfig(epochs=3, **FP32),
+            say=said.append).fit()  # fmt: skip
+    lines = [line for line in said if line.startswith("epoch ")]
+    assert len(lines) == 3 and all(" left" in line for line in lines[:2])
+    assert " left" not in lines[2]
+
+
 def test_demo_scratch_reports_the_validation_accuracy_of_the_weights_it_tests(tmp_path,
                                                                               monkeypatch):
     """The demo's scratch run restores the epoch of the lowest validation loss and scores it

@@ -82,6 +82,15 @@ def plural(n: int, word: str, many: str | None = None) -> str:
     return f"{n} {word if n == 1 else many or word + 's'}"
 
 
+def duration(seconds: float) -> str:
+    """'40 s', '7 min', '2.5 h': a time as a person reads it, for estimates."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def some(names: Sequence[object], limit: int = 3) -> str:
     """The first `limit` names, comma-separated, with ', ...' when there are more: a line that
     names 60 classes of long folder names ran to thousands of characters. Each `shown`."""

@@ -36,7 +36,7 @@ from ..paths import (
     run_data,
     same_source,
 )
-from ..text import plural
+from ..text import duration, plural
 from ..weights.files import CHECKPOINT_FORMAT
 from .checkpoint import (
     atomic_save,
@@ -361,6 +361,7 @@ class Trainer:
             check_out_dir(self.out_dir, resume=ckpt is not None, overwrite=overwrite)
         log = MetricsLog(self.out_dir, tensorboard=cfg.tensorboard, history=history) \
             if self._writes else None
+        walls: list[float] = []  # each epoch's whole time, validation and checkpoints included
         try:
             for epoch in range(start, start if stopped else cfg.epochs):
                 if hasattr(self.train_loader, "set_epoch"):
@@ -404,7 +405,11 @@ class Trainer:
                         scheduler=scheduler.state_dict(), rng=rng_state(), best=best,
                         best_epoch=best_epoch, bad_epochs=bad_epochs), self.out_dir / "last.pt")
                     log.write(record)
-                self._say(_epoch_line(record, cfg.epochs, getattr(self.task, "num_classes", 0)))
+                walls.append(time.perf_counter() - t0)
+                # The last epochs' pace: a progressive run's first epochs are faster than the rest.
+                left = sorted(walls[-3:])[len(walls[-3:]) // 2] * (cfg.epochs - epoch - 1)
+                self._say(_epoch_line(record, cfg.epochs, getattr(self.task, "num_classes", 0),
+                                      left=left))
                 if cfg.patience is not None and bad_epochs >= cfg.patience:
                     stopped = True
                     self._say(f"early stopping: {monitor} has not improved for "
@@ -890,9 +895,11 @@ def one_image_batchnorm_hint() -> Iterator[None]:
                             "(--img-size; --crop for segmentation)") from None
 
 
-def _epoch_line(record: dict[str, Any], epochs: int, num_classes: int = 0) -> str:
+def _epoch_line(record: dict[str, Any], epochs: int, num_classes: int = 0, *,
+                left: float = 0.0) -> str:
     """One epoch's log line; top-5 accuracy only above 5 classes, where it can be below 1
-    (metrics.jsonl keeps it)."""
+    (metrics.jsonl keeps it); `left`: the estimated seconds the run's remaining epochs take
+    (a 10-minute fine-tuning gave no word of how long it would take)."""
     parts = [f"epoch {record['epoch']}/{epochs}"]
     if "train_px" in record:
         parts.append(f"at {record['train_px']} px")
@@ -902,4 +909,6 @@ def _epoch_line(record: dict[str, Any], epochs: int, num_classes: int = 0) -> st
         if isinstance(v, float) and math.isfinite(v):
             parts.append(f"{k} {v:.4g}")
     parts.append(f"{record['seconds']:.1f}s {record['images_per_s']:,.0f} img/s")
+    if left > 0:
+        parts.append(f"about {duration(left)} left")
     return "  ".join(parts)
