@@ -1561,7 +1561,8 @@ def test_segment_resume_refuses_another_checkpoints_masks(tmp_path, capsys):
     from PIL import Image
 
     from cnnzoo.commands.segment import MADE_BY, SOURCE_KEY
-    from cnnzoo.transfer.features import file_digest, weights_fingerprint
+    from cnnzoo.paths import file_digest
+    from cnnzoo.weights.files import weights_fingerprint
 
     _threshold_unet(tmp_path / "net.pt", "here")
     _threshold_unet(tmp_path / "other.pt", "elsewhere")  # another file: another fingerprint

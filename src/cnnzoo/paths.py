@@ -4,6 +4,7 @@ way costs nothing first), their permissions, and whether two data sources are on
 from __future__ import annotations
 
 import glob
+import hashlib
 import itertools
 import os
 import re
@@ -12,6 +13,7 @@ import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
+from functools import cache
 from pathlib import Path
 
 try:
@@ -367,3 +369,19 @@ def transfer_bundle(checkpoint: str | os.PathLike[str]) -> Path:
     p = Path(checkpoint)
     return p.parents[2] / "bundle" if len(p.parents) > 2 and p.parent.parent.name == "finetune" \
         else Path("OUT/bundle")
+
+
+@cache
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    del size, mtime_ns  # part of the memo key: a rewritten file is hashed again
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()[:24]
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file's bytes (24 hex digits), memoised per path, size and mtime."""
+    st = os.stat(path)
+    return _file_digest(os.path.realpath(path), st.st_size, st.st_mtime_ns)

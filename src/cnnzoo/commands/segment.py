@@ -133,7 +133,7 @@ TTA_KEY = "cnnzoo tta"
 
 def mask_record(image: Path, made_by: str, tta: str | None) -> dict[str, str]:
     """The record `write_mask_png` stores for the mask of `image` (the keys above)."""
-    from ..transfer.features import file_digest
+    from ..paths import file_digest
 
     return {SOURCE_KEY: file_digest(image), MADE_BY: made_by, **({TTA_KEY: tta} if tta else {})}
 
@@ -258,7 +258,7 @@ def check_earlier_outputs(paths: list[Path], names: dict[Path, str], out: Path, 
     with and without test-time augmentation, half and half, looks like one run's."""
     from ..data.images import png_text
     from ..errors import UsageError
-    from ..transfer.features import file_digest
+    from ..paths import file_digest
 
     held = [p for p in paths if any(f.exists() for f in outputs_of(p, names, out))]
     if not held or overwrite:
@@ -328,7 +328,7 @@ def run(args: argparse.Namespace) -> int:
     from ..segmentation.training import load_segmenter
     from ..segmentation.visual import overlay
     from ..text import plural, shown
-    from ..transfer.features import weights_fingerprint
+    from ..weights.files import weights_fingerprint
     from .predict import expand_paths, print_results
 
     refuse_resume_with_overwrite(args)

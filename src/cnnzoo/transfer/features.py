@@ -26,7 +26,6 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -196,33 +195,6 @@ def image_hashes(images: Tensor) -> list[str]:
         h.update(img.contiguous().numpy().tobytes())
         out.append(h.hexdigest())
     return out
-
-
-@cache
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    del size, mtime_ns  # part of the memo key: a rewritten file is hashed again
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()[:24]
-
-
-def weights_fingerprint(source: str | os.PathLike[str] | None) -> str:
-    """What identifies a set of weights: the SHA-256 of the checkpoint file's bytes (the file a
-    named tag resolves to, or the path given), or 'random' for None."""
-    if source is None:
-        return "random"
-    p = Path(source)
-    if not p.is_file():
-        return str(source)
-    return file_digest(p)
-
-
-def file_digest(path: str | os.PathLike[str]) -> str:
-    """The SHA-256 of a file's bytes (24 hex digits), memoised per path, size and mtime."""
-    st = os.stat(path)
-    return _file_digest(os.path.realpath(path), st.st_size, st.st_mtime_ns)
 
 
 def feature_cache_dir() -> Path:

@@ -51,13 +51,13 @@ from ..models.taps import StageTaps, check_stages
 from ..paths import check_folder, check_outside, folders_released, hold_folder, remove_entries
 from ..text import plural, some
 from ..weights import Preprocessing
+from ..weights.files import weights_fingerprint
 from .bundle import FITS, HEAD_KINDS, Bundle, input_spec, predict_tensor
 from .features import (
     MAX_VIEWS,
     cached_features,
     feature_cache_dir,
     inference_dtype,
-    weights_fingerprint,
 )
 from .finetune import FinetuneConfig, finetune
 from .heads import HeadFit, MLPHead, fit_logistic, fit_mlp, head_probabilities, install_head

@@ -33,6 +33,7 @@ from ..errors import NewerFormatError, WeightsError
 from ..paths import (
     BUNDLE_JSON,
     bundle_in,
+    file_digest,
     remove_stale_temps,
     replacing,
     usual_permissions,
@@ -518,3 +519,14 @@ def save_safetensors(
         reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:120]
         raise WeightsError(f"{shown_as or p}: cannot write ({reason}); choose another output "
                            "path") from None
+
+
+def weights_fingerprint(source: str | os.PathLike[str] | None) -> str:
+    """What identifies a set of weights: the SHA-256 of the checkpoint file's bytes (the file a
+    named tag resolves to, or the path given), or 'random' for None."""
+    if source is None:
+        return "random"
+    p = Path(source)
+    if not p.is_file():
+        return str(source)
+    return file_digest(p)
