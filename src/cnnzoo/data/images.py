@@ -327,7 +327,7 @@ def array_to_uint8(a: np.ndarray) -> np.ndarray:
     """An image array of any usual pixel type as uint8: uint8 as it is; bool as 0 / 255; uint16
     scaled as 16-bit files are; float in [0, 1] (scikit-image's convention, what its
     `rgb2gray` and `resize` return) times 255, rounded; other integers that lie in 0..255.
-    Anything else is a `ValueError` saying what to pass (a float image of 0..255 would
+    Anything else is an `ImageError` saying what to pass (a float image of 0..255 would
     otherwise turn white)."""
     if a.dtype == np.uint8:
         return a
@@ -342,13 +342,13 @@ def array_to_uint8(a: np.ndarray) -> np.ndarray:
             # bundle.predict): dividing it by 255 would not help.
             fix = ("it looks normalised already: pass the image before normalising"
                    if a.min() < 0 else "divide it by 255")  # fmt: skip
-            raise ValueError(f"a float image must lie in [0, 1] (scikit-image's convention), "
+            raise ImageError(f"a float image must lie in [0, 1] (scikit-image's convention), "
                              f"not [{float(a.min())!r}, {float(a.max())!r}]: {fix}, or pass "
                              "uint8")  # fmt: skip
         return np.rint(a * 255).astype(np.uint8)
     if np.issubdtype(a.dtype, np.integer) and (not a.size or (a.min() >= 0 and a.max() <= 255)):
         return a.astype(np.uint8)
-    raise ValueError(f"cannot read a {a.dtype} array as an image: pass uint8 (0..255), uint16 "
+    raise ImageError(f"cannot read a {a.dtype} array as an image: pass uint8 (0..255), uint16 "
                      "or float in [0, 1]")
 
 

@@ -30,6 +30,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ..data.images import convert_image, load_image
+from ..errors import ImageError, NotAnImageError
 from ..text import plural
 
 
@@ -163,21 +164,21 @@ def predict_tiled(
         # for the very call this docstring and the channel advice suggest); tiles only read it.
         image = image.copy()
     if not isinstance(image, Tensor | np.ndarray):
-        raise TypeError(f"expected an image: a (C, H, W) tensor, an (H, W) array, a PIL image or "
+        raise NotAnImageError(f"expected an image: a (C, H, W) tensor, an (H, W) array, a PIL image or "
                         f"a file's path, not {type(image).__name__}")  # fmt: skip
     img = torch.as_tensor(image)
     given = tuple(img.shape)
     if img.dim() == 2:  # one grey image (H, W), as skimage and PIL give it
         img = img[None]
     if img.dim() != 3:
-        raise ValueError(f"expected one image (C, H, W), got shape {tuple(img.shape)}")
+        raise ImageError(f"expected one image (C, H, W), got shape {tuple(img.shape)}")
     if chans is not None and img.shape[0] != chans and img.shape[-1] == chans:
-        raise ValueError(f"image of shape {tuple(img.shape)} has its channels last (skimage's "
+        raise ImageError(f"image of shape {tuple(img.shape)} has its channels last (skimage's "
                          "and PIL's layout): pass image.transpose(2, 0, 1) (C, H, W)")
     if chans is not None and img.shape[0] != chans:
         # Another channel count (an RGB array for a grey net, RGBA): torch's own error names
         # tensor sizes, not the image. What `cnnzoo segment` does for such files, said here.
-        raise ValueError(_channel_advice(given, chans))
+        raise ImageError(_channel_advice(given, chans))
     _, h, w = img.shape
     geo = tile_geometry(model, tile, margin)
     k = geo.out_size
