@@ -47,3 +47,28 @@ def test_bad_images_and_batches_are_one_line_cnnzoo_errors_that_stay_value_or_ty
     _one_line_cnnzoo_error(lambda: predict_tiled(unet, [[1, 2], [3, 4]]), TypeError)
     _one_line_cnnzoo_error(lambda: predict_tiled(unet, np.zeros((40, 50, 3), np.uint8)),
                            ValueError)
+
+
+def test_predict_tiled_reads_pixel_values_as_bundle_predict_does():
+    """predict_tiled divided uint8 by 255 but took every other type as it was: a microscope's
+    uint16 frame reached the net as values up to 65535, and a float image of 0..255 (which
+    Bundle.predict refuses) unscaled, each a confident mask of nonsense without a word. Now
+    uint16 is scaled as a 16-bit file is (x / 257, to 8 bits), bool is 0 / 255, float must lie
+    in [0, 1]: one picture, one mask, however it is passed."""
+    torch.manual_seed(0)
+    unet = cnnzoo.create_model("unet", num_classes=2, in_chans=1, padding="same",
+                               base_width=4).eval()
+    grey = np.random.default_rng(0).integers(0, 256, (40, 48), dtype=np.uint8)
+    want = predict_tiled(unet, grey, tile=64, output="logits")
+    # 257 x, the 16-bit file of the same picture: the same logits, bit for bit.
+    frame = grey.astype(np.uint16) * 257
+    assert torch.equal(predict_tiled(unet, frame, tile=64, output="logits"), want)
+    unit = torch.from_numpy(grey).float() / 255  # what predict_tiled does to uint8, per tile
+    assert torch.equal(predict_tiled(unet, unit, tile=64, output="logits"), want)
+    mask = grey > 127
+    assert torch.equal(predict_tiled(unet, mask, tile=64, output="logits"),
+                       predict_tiled(unet, mask.astype(np.uint8) * 255, tile=64, output="logits"))
+    with pytest.raises(CnnzooError, match=r"must lie in \[0, 1\].*not \[0.0, 255.0\]: divide"):
+        predict_tiled(unet, grey.astype(np.float32), tile=64)
+    with pytest.raises(ValueError, match="looks normalised already"):
+        predict_tiled(unet, (unit - 0.5) / 0.25, tile=64)

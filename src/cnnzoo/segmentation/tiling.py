@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from ..data.images import convert_image, load_image
+from ..data.images import array_to_uint8, check_unit_range, convert_image, load_image
 from ..errors import ImageError, NotAnImageError
 from ..text import plural
 
@@ -126,6 +126,21 @@ def _channel_advice(shape: tuple[int, ...], chans: int) -> str:
             f"pass {how}")
 
 
+def _unit_pixels(img: Tensor) -> Tensor:
+    """The image's pixels as `Bundle.predict` and `cnnzoo segment` read them: uint8 as it is
+    (divided by 255 per tile), float only in [0, 1], and bool, uint16 (a microscope's 16-bit
+    frame) or other integers as `array_to_uint8` turns them into uint8. Before, anything but
+    uint8 went in unscaled, so a uint16 frame or a float image of 0..255 gave the net values up
+    to 65535 and a mask of one class, without a word."""
+    if img.dtype == torch.uint8:
+        return img
+    if img.is_floating_point():
+        if img.numel():
+            check_unit_range(float(img.min()), float(img.max()))
+        return img
+    return torch.from_numpy(array_to_uint8(img.numpy()))
+
+
 @torch.no_grad()
 def predict_tiled(
     model: nn.Module,
@@ -142,7 +157,9 @@ def predict_tiled(
 ) -> Tensor:
     """Segment one image (C, H, W) of any size with the overlap-tile strategy.
 
-    image: uint8 (divided by 255) or float, or a PIL image or an image file's path (converted
+    image: uint8 (divided by 255), float in [0, 1], bool, uint16 (scaled as 16-bit files are),
+        as `Bundle.predict` reads arrays (a float image outside [0, 1] is an `ImageError`), or
+        a PIL image or an image file's path (converted
         to the net's channels as `cnnzoo segment` reads files); `mean`/`std` normalise each
         tile after that.
     tile: input tile side in pixels (snapped to a legal size); margin: context per side in
@@ -179,6 +196,7 @@ def predict_tiled(
         # Another channel count (an RGB array for a grey net, RGBA): torch's own error names
         # tensor sizes, not the image. What `cnnzoo segment` does for such files, said here.
         raise ImageError(_channel_advice(given, chans))
+    img = _unit_pixels(img)
     _, h, w = img.shape
     geo = tile_geometry(model, tile, margin)
     k = geo.out_size
