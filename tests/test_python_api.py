@@ -72,3 +72,31 @@ def test_predict_tiled_reads_pixel_values_as_bundle_predict_does():
         predict_tiled(unet, grey.astype(np.float32), tile=64)
     with pytest.raises(ValueError, match="looks normalised already"):
         predict_tiled(unet, (unit - 0.5) / 0.25, tile=64)
+
+
+def test_a_loader_and_a_trainer_print_what_they_hold_in_one_line():
+    """A notebook cell ending in `train` or `trainer` printed `<cnnzoo.data.loader.BatchLoader
+    object at 0x7f...>`: nothing of the images, batches or normalisation it was given. Both say
+    it now in a line, the trainer only the settings changed from TrainConfig's defaults."""
+    from cnnzoo.data import BatchLoader, default_augmentation
+    from cnnzoo.engine.loop import Trainer, TrainConfig
+    from cnnzoo.engine.task import ClassificationTask
+
+    images = torch.zeros(100, 1, 8, 8, dtype=torch.uint8)
+    labels = torch.zeros(100, dtype=torch.long)
+    train = BatchLoader(images, labels, batch_size=32, shuffle=True, drop_last=True,
+                        transform=default_augmentation("none", 32), mean=[0.3], std=[0.4])
+    # 100 // 32 = 3 whole batches (drop_last); the validation loader keeps the 4th, of 4.
+    assert repr(train) == ("BatchLoader(100 images 1x8x8 uint8, batch_size=32, 3 batches, "
+                           "shuffle, drop_last, transform=Resize((32, 32)), mean=(0.3,), "
+                           "std=(0.4,))")
+    val = BatchLoader(images[:40], labels[:40], batch_size=40)
+    assert repr(val) == "BatchLoader(40 images 1x8x8 uint8, batch_size=40, 1 batch)"
+    model = cnnzoo.create_model("lenet5", num_classes=10, in_chans=1)
+    trainer = Trainer(model, ClassificationTask(10, label_smoothing=0.1), train, val,
+                      TrainConfig(epochs=8, lr=0.05), out_dir="runs/x")
+    # 61,706: LeNet-5's published parameter count (README's table).
+    assert repr(trainer) == ("Trainer(lenet5 (61,706 parameters), ClassificationTask(10 classes, "
+                             "label_smoothing=0.1, monitor='loss'), train=3 batches of 32, "
+                             "val=1 batch of 40, TrainConfig(epochs=8, lr=0.05), "
+                             "out_dir='runs/x')")

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
+from ..text import plural
+
 # (images float NCHW in [0, 1], targets, generator) -> (images, targets). Targets pass through for
 # classification; segmentation masks (N, H, W) get the same geometry as their images. A transform
 # with `accepts_uint8 = True` is given the uint8 batch (0-255) instead and may return either.
@@ -101,6 +103,24 @@ class BatchLoader:
         self.channels_last = channels_last
         self.even_shards = shuffle if even_shards is None else even_shards
         self.epoch = 0
+
+    def __repr__(self) -> str:
+        # A notebook line, as ImageDataset's: what is batched and how, not the tensors (a
+        # loader's default repr named only its address).
+        images = self.images
+        shape = "x".join(map(str, images.shape[1:]))
+        parts = [f"{len(images)} images {shape} {str(images.dtype).removeprefix('torch.')}",
+                 f"batch_size={self.batch_size}", plural(len(self), "batch", "batches")]
+        parts += [name for name in ("shuffle", "drop_last") if getattr(self, name)]
+        if self.transform is not None:
+            parts.append(f"transform={self.transform!r}")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None:
+                parts.append(f"{name}={tuple(round(v, 4) for v in value.flatten().tolist())}")
+        if self.world > 1:
+            parts.append(f"shard={self.rank, self.world}")
+        return f"BatchLoader({', '.join(parts)})"
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

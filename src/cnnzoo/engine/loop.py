@@ -19,7 +19,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import DamagedCheckpointError, NewerFormatError, TrainingError, WeightsError
+from ..models.base import count_parameters
 from ..paths import (
     check_folder,
     folders_released,
@@ -164,6 +165,18 @@ def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
                 m.eval()
 
 
+def _batches(loader: Any) -> str:
+    """'45 batches of 32' for a loader with a length, else its type (any iterable will do)."""
+    if loader is None:
+        return "None"
+    try:
+        n = len(loader)
+    except TypeError:
+        return type(loader).__name__
+    size = getattr(loader, "batch_size", None)
+    return plural(n, "batch", "batches") + (f" of {size}" if size else "")
+
+
 class Trainer:
     """Train `model` on `task` with batches from `train_loader` (a `BatchLoader` or any iterable
     of (inputs, targets) with `len()` and optional `set_epoch`).
@@ -214,6 +227,23 @@ class Trainer:
         if self.mixer.enabled and task.name != "classification":
             raise TrainingError(f"mixup and CutMix mix class labels; the {task.name} task has "
                                 "none: leave --mixup / --cutmix at 0")
+
+    def __repr__(self) -> str:
+        # A notebook line: the model by name and size, the task, the batches and only the
+        # settings changed from TrainConfig's defaults (its own repr has 25 fields), not the
+        # whole network that the default repr of the model attribute would print.
+        model = unwrap_model(self.model)
+        cfg = getattr(model, "default_cfg", None)
+        name = cfg.name if cfg is not None else type(model).__name__
+        changed = ", ".join(f"{f.name}={getattr(self.config, f.name)!r}"
+                            for f in fields(self.config)
+                            if getattr(self.config, f.name) != f.default)  # fmt: skip
+        parts = [f"{name} ({count_parameters(model):,} parameters)", repr(self.task),
+                 f"train={_batches(self.train_loader)}",
+                 f"val={_batches(self.val_loader)}", f"TrainConfig({changed})"]
+        if self.out_dir is not None:
+            parts.append(f"out_dir={str(self.out_dir)!r}")
+        return f"Trainer({', '.join(parts)})"
 
     # ----------------------------------------------------------------- files
     @property
