@@ -79,7 +79,7 @@ def test_a_loader_and_a_trainer_print_what_they_hold_in_one_line():
     object at 0x7f...>`: nothing of the images, batches or normalisation it was given. Both say
     it now in a line, the trainer only the settings changed from TrainConfig's defaults."""
     from cnnzoo.data import BatchLoader, default_augmentation
-    from cnnzoo.engine.loop import Trainer, TrainConfig
+    from cnnzoo.engine.loop import TrainConfig, Trainer
     from cnnzoo.engine.task import ClassificationTask
 
     images = torch.zeros(100, 1, 8, 8, dtype=torch.uint8)
@@ -100,3 +100,65 @@ def test_a_loader_and_a_trainer_print_what_they_hold_in_one_line():
                              "label_smoothing=0.1, monitor='loss'), train=3 batches of 32, "
                              "val=1 batch of 40, TrainConfig(epochs=8, lr=0.05), "
                              "out_dir='runs/x')")
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"optimizer": "adam"}, "optimizer must be one of sgd, adamw, not 'adam'"),
+    ({"schedule": "step"}, "schedule must be one of onecycle, cosine, constant, not 'step'"),
+    ({"precision": "fp16"}, "precision must be one of auto, bf16, fp32, not 'fp16'"),
+    ({"tta": "flips"}, "tta must be one of flip, flip-shift"),
+    ({"epochs": -1}, "epochs must be a whole number >= 0, not -1"),
+    ({"epochs": 2.5}, "epochs must be a whole number >= 0, not 2.5"),
+    ({"log_every": 0}, "log_every must be a whole number of steps >= 1, not 0"),
+    ({"lr": -0.1}, "lr must be a number >= 0, not -0.1"),
+    ({"weight_decay": float("nan")}, "weight_decay must be a number >= 0, not nan"),
+    ({"momentum": 1.5}, r"momentum must lie in \[0, 1\), not 1.5"),
+    ({"grad_clip": 0}, r"grad_clip must be a gradient norm > 0 \(None: off\), not 0"),
+])
+def test_train_config_refuses_what_the_command_line_refuses_when_it_is_built(kwargs, message):
+    """TrainConfig(optimizer='adam') was accepted, and fit() raised a plain ValueError after
+    loading and a precision trial; log_every=0 was a ZeroDivisionError at the first step;
+    epochs=-1, lr=-1's neighbours weight_decay=nan or momentum=1.5 trained without a word.
+    Each is now a one-line UsageError (a CnnzooError and a ValueError) when the config is made."""
+    from cnnzoo.engine.loop import TrainConfig
+    from cnnzoo.errors import UsageError
+
+    with pytest.raises(UsageError, match=f"^TrainConfig: {message}"):
+        TrainConfig(**kwargs)
+
+
+def test_train_config_takes_numpy_numbers_and_its_documented_values():
+    from cnnzoo.engine.loop import TrainConfig
+
+    cfg = TrainConfig(epochs=np.int64(3), lr=np.float32(0.05), patience=0, tta=True,
+                      grad_clip=1.0, momentum=0.0, optimizer="adamw", schedule="cosine")
+    assert cfg.epochs == 3 and cfg.patience is None
+
+
+def test_batch_loader_takes_numpy_arrays_and_says_what_is_wrong_with_bad_ones():
+    """Keras's (x_train, y_train) are numpy arrays: BatchLoader took them and failed at the
+    first batch with "'numpy.ndarray' object has no attribute 'index_select'"; a mean of three
+    numbers for grey images was torch's "shape '[1, 1, 1, 1]' is invalid for input of size 3",
+    and Keras's channels-last images were batched as they were, for the model to refuse at the
+    first step. Now numpy arrays are taken as the tensors they hold, and the rest is one line
+    each, when the loader is made."""
+    from cnnzoo.data import BatchLoader
+    from cnnzoo.errors import UsageError
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (10, 1, 4, 4), dtype=np.uint8)
+    y = np.arange(10) % 2
+    batches = list(BatchLoader(x, y, batch_size=4, mean=[0.5], std=[0.25]))
+    xb, yb = batches[0]
+    # (x / 255 - 0.5) / 0.25, computed here from the numbers themselves.
+    expected = (torch.from_numpy(x[:4]).float() / 255 - 0.5) / 0.25
+    torch.testing.assert_close(xb, expected)
+    assert yb.tolist() == [0, 1, 0, 1] and [len(b[1]) for b in batches] == [4, 4, 2]
+    with pytest.raises(UsageError, match=r"^mean needs one number per channel of the images "
+                                         r"\(1\), not 3: \[0.485, 0.456, 0.406\]$"):
+        BatchLoader(x, y, batch_size=4, mean=[0.485, 0.456, 0.406], std=[0.2] * 3)
+    with pytest.raises(UsageError, match=r"look channels-last .*permute\(0, 3, 1, 2\)"):
+        BatchLoader(rng.integers(0, 256, (10, 28, 28, 3), dtype=np.uint8), y, batch_size=4)
+    with pytest.raises(ValueError, match="^10 images but 3 targets$"):  # a ValueError still
+        BatchLoader(x, y[:3], batch_size=4)
+

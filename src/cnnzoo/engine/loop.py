@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +27,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import DamagedCheckpointError, NewerFormatError, TrainingError, WeightsError
+from ..errors import (
+    DamagedCheckpointError,
+    NewerFormatError,
+    TrainingError,
+    UsageError,
+    WeightsError,
+)
 from ..models.base import count_parameters
 from ..paths import (
     check_folder,
@@ -63,6 +70,49 @@ from .mixing import BatchMixer
 from .optim import ParamGroup, StepSchedule, build_optimizer
 from .precision import Precision, choose_precision, cpu_features
 from .task import MetricAccumulator, Task, is_better
+
+
+def _whole(value: object, low: int) -> bool:
+    # numpy's integers too (epochs=np.int64(5) from a grid), as transfer takes its seed.
+    return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            and int(value) >= low)  # fmt: skip
+
+
+def _config_problem(cfg: TrainConfig) -> str | None:
+    """What is wrong with `cfg`'s values, in a phrase, or None: what the command line's parser
+    refuses (`cnnzoo train --help` gives the same ranges)."""
+    choices = {"optimizer": ("sgd", "adamw"), "schedule": ("onecycle", "cosine", "constant"),
+               "precision": ("auto", "bf16", "fp32"), "channels_last": ("auto", "on", "off")}
+    for name, allowed in choices.items():
+        if getattr(cfg, name) not in allowed:
+            return f"{name} must be one of {', '.join(allowed)}, not {getattr(cfg, name)!r}"
+    if cfg.tta not in (False, None, True, *TTA_MODES):
+        return f"tta must be one of {', '.join(TTA_MODES)} (True: flip; False: off), not {cfg.tta!r}"
+    if not _whole(cfg.epochs, 0):
+        return f"epochs must be a whole number >= 0, not {cfg.epochs!r}"
+    if not _whole(cfg.log_every, 1):
+        return f"log_every must be a whole number of steps >= 1, not {cfg.log_every!r}"
+    if cfg.patience is not None and not _whole(cfg.patience, 0):
+        return f"patience must be a number of epochs >= 1 (0 or None: off), not {cfg.patience!r}"
+
+    def number(value: object, finite: bool = True) -> bool:
+        return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                and value >= 0 and (math.isfinite(value) or not finite))  # fmt: skip
+
+    # lr=inf is left to the run (a loss that becomes inf is a TrainingError at its step, which
+    # the tests use to make a run diverge); a negative or NaN rate is never meant.
+    if not number(cfg.lr, finite=False):
+        return f"lr must be a number >= 0, not {cfg.lr!r}"
+    for name in ("weight_decay", "warmup_epochs", "mixup", "cutmix"):
+        if not number(getattr(cfg, name)):
+            return f"{name} must be a number >= 0, not {getattr(cfg, name)!r}"
+    if not number(cfg.sam):
+        return f"sam is a radius >= 0 (0: off), not {cfg.sam!r}"
+    if not (number(cfg.momentum) and cfg.momentum < 1):
+        return f"momentum must lie in [0, 1), not {cfg.momentum!r}"
+    if cfg.grad_clip is not None and not (number(cfg.grad_clip) and cfg.grad_clip > 0):
+        return f"grad_clip must be a gradient norm > 0 (None: off), not {cfg.grad_clip!r}"
+    return None
 
 
 @dataclass
@@ -112,13 +162,15 @@ class TrainConfig:
     sam: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.patience is not None and self.patience < 0:
-            raise ValueError(f"patience must be a number of epochs >= 1 (0 or None: off), "
-                             f"not {self.patience}")
+        # Checked here, when a notebook builds the config, not steps into fit(): an unknown
+        # optimizer was a plain ValueError after the data and precision trial, log_every=0 a
+        # ZeroDivisionError, epochs=-1 a run that trained nothing without a word. The command
+        # line's parser refuses these before they get here.
+        problem = _config_problem(self)
+        if problem:
+            raise UsageError(f"TrainConfig: {problem}")
         if self.patience == 0:
             self.patience = None
-        if not self.sam >= 0:
-            raise ValueError(f"sam is a radius >= 0 (0: off), not {self.sam}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
