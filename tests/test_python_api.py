@@ -162,3 +162,32 @@ def test_batch_loader_takes_numpy_arrays_and_says_what_is_wrong_with_bad_ones():
     with pytest.raises(ValueError, match="^10 images but 3 targets$"):  # a ValueError still
         BatchLoader(x, y[:3], batch_size=4)
 
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Keras's torch backend, numpy 2
+def test_a_keras_vgg_files_preprocessing_is_keras_preprocess_input_and_its_note_says_so(tmp_path):
+    """Keras is the reference: `keras.applications.vgg16.preprocess_input` of a photo, turned
+    from BGR to RGB, equals the loaded file's `preprocessing.normalize`, and the note printed
+    when the file loads gives the means it subtracts. The note said 0.482 for the red mean,
+    123.68 / 255 = 0.485 (the preprocessing itself was right)."""
+    import re
+
+    keras = pytest.importorskip("keras")
+    pytest.importorskip("h5py")
+    if keras.backend.backend() != "torch":
+        pytest.skip("Keras runs on another backend here")
+    km = keras.applications.VGG16(weights=None, input_shape=(32, 32, 3), classes=10)  # 1x1 map
+    path = tmp_path / "vgg16.weights.h5"
+    km.save_weights(str(path))
+    model = cnnzoo.create_model("vgg16", pool_size=1, weights=str(path))
+    pre = model.weights_info.preprocessing
+    photo = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    ref = keras.ops.convert_to_numpy(
+        keras.applications.vgg16.preprocess_input(photo[None].astype("float32")))[0]
+    ours = pre.normalize(torch.from_numpy(photo).permute(2, 0, 1)).numpy()
+    np.testing.assert_allclose(ours, ref[..., ::-1].transpose(2, 0, 1), atol=1e-3)
+    note = next(n for n in model.weights_info.notes if "Caffe" in n)
+    said = [float(v) for v in re.search(r"mean=\(([^)]*)\)", note).group(1).split(",")]
+    # The means Keras subtracts from a black image, back on the 0..1 scale, in RGB order.
+    black = keras.ops.convert_to_numpy(
+        keras.applications.vgg16.preprocess_input(np.zeros((1, 1, 1, 3), "float32")))[0, 0, 0]
+    assert said == pytest.approx(list(-black[::-1] / 255), abs=5e-4)
