@@ -191,3 +191,33 @@ def test_a_keras_vgg_files_preprocessing_is_keras_preprocess_input_and_its_note_
     black = keras.ops.convert_to_numpy(
         keras.applications.vgg16.preprocess_input(np.zeros((1, 1, 1, 3), "float32")))[0, 0, 0]
     assert said == pytest.approx(list(-black[::-1] / 255), abs=5e-4)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"output": "labels"}, "output must be probs, logits or mask, not 'labels'"),
+    ({"tile": 0}, "tile must be a whole number >= 1, not 0"),
+    ({"margin": -1}, "margin must be a whole number >= 0, not -1"),
+    ({"batch_size": 0}, "batch_size must be a whole number >= 1, not 0"),
+    ({"mean": (0.5,)}, "mean and std go together"),
+    ({"mean": (0.485, 0.456, 0.406), "std": (0.2, 0.2, 0.2)},
+     r"mean needs one number per channel of the net \(1\), not \[0.485, 0.456, 0.406\]"),
+    ({"tta": "flips"}, "unknown TTA 'flips': choose one of flip, flip-shift"),
+])
+def test_predict_tiled_refuses_settings_it_cannot_use_in_one_line(kwargs, message):
+    """output='labels' returned logits, tile=0 and margin=-1 ran as if given sensible values,
+    batch_size=0 was range()'s "arg 3 must not be zero", mean without std a TypeError, and an
+    ImageNet mean for a grey net broadcast the image to three channels, which the net then
+    refused as "got 3 channels: build the model with in_chans=3"."""
+    from cnnzoo.errors import UsageError
+
+    unet = cnnzoo.create_model("unet", num_classes=2, in_chans=1, padding="same", base_width=4)
+    with pytest.raises(UsageError, match=f"^{message}"):
+        predict_tiled(unet, np.zeros((20, 24), np.uint8), **{"tile": 64, **kwargs})
+
+
+def test_predict_tiled_says_a_classifier_is_no_segmentation_net():
+    from cnnzoo.errors import UsageError
+
+    net = cnnzoo.create_model("resnet18", num_classes=4).eval()  # (N, 4): no map
+    with pytest.raises(UsageError, match=r"needs a net that outputs a map .* shape \(4, 4\)$"):
+        predict_tiled(net, np.zeros((3, 40, 40), np.uint8), tile=64)

@@ -30,7 +30,8 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ..data.images import array_to_uint8, check_unit_range, convert_image, load_image
-from ..errors import ImageError, NotAnImageError
+from ..errors import ImageError, NotAnImageError, UsageError
+from ..models.base import is_whole
 from ..text import plural
 
 
@@ -126,6 +127,27 @@ def _channel_advice(shape: tuple[int, ...], chans: int) -> str:
             f"pass {how}")
 
 
+def _check_options(chans: int | None, tile: object, margin: object, batch_size: object,
+                   mean: object, std: object, output: object) -> None:
+    """predict_tiled's settings, each refused in one line (`cnnzoo segment`'s parser refuses
+    them on the command line): tile=0 and margin=-1 ran as if valid, batch_size=0 was range()'s
+    "arg 3 must not be zero", mean without std a TypeError, and a mean of three numbers for a
+    grey net broadcast the image to three channels, for the net to refuse them."""
+    if output not in ("probs", "logits", "mask"):  # anything else gave logits
+        raise UsageError(f"output must be probs, logits or mask, not {output!r}")
+    for name, value, low in (("tile", tile, 1), ("batch_size", batch_size, 1),
+                             ("margin", 0 if margin is None else margin, 0)):
+        if not is_whole(value, low):
+            raise UsageError(f"{name} must be a whole number >= {low}, not {value!r}")
+    if (mean is None) != (std is None):
+        raise UsageError("mean and std go together: pass both (the net's training meta holds "
+                         "them: mean=meta['mean'], std=meta['std']) or neither")
+    for name, values in (("mean", mean), ("std", std)):
+        if values is not None and chans is not None and len(values) != chans:  # type: ignore[arg-type]
+            raise UsageError(f"{name} needs one number per channel of the net ({chans}), "
+                             f"not {list(values)}")  # type: ignore[call-overload]
+
+
 def _unit_pixels(img: Tensor) -> Tensor:
     """The image's pixels as `Bundle.predict` and `cnnzoo segment` read them: uint8 as it is
     (divided by 255 per tile), float only in [0, 1], and bool, uint16 (a microscope's 16-bit
@@ -171,6 +193,7 @@ def predict_tiled(
     Returns (num_classes, H, W) float32 probabilities or logits, or a uint8 (H, W) mask.
     """
     chans = getattr(model, "in_chans", None)
+    _check_options(chans, tile, margin, batch_size, mean, std, output)
     if isinstance(image, str | os.PathLike):  # was torch's "new(): invalid data type 'str'"
         image = load_image(image, 1 if chans == 1 else 3)
     if isinstance(image, Image.Image):  # as `cnnzoo segment` reads a file for this net
@@ -233,6 +256,10 @@ def predict_tiled(
                 logits = tta_forward(model, batch, tta)
             else:
                 logits = model(batch).float()
+            if logits.dim() != 4:  # a classifier's (N, K): zip() said "argument 2 is shorter"
+                raise UsageError(f"predict_tiled needs a net that outputs a map (N, classes, H, "
+                                 f"W), such as create_model('unet', padding='same'), not one of "
+                                 f"shape {tuple(logits.shape)}")  # fmt: skip
             crop = geo.margin - geo.trim
             logits = logits[..., crop : crop + k, crop : crop + k]
             if result is None:
