@@ -221,3 +221,31 @@ def test_predict_tiled_says_a_classifier_is_no_segmentation_net():
     net = cnnzoo.create_model("resnet18", num_classes=4).eval()  # (N, 4): no map
     with pytest.raises(UsageError, match=r"needs a net that outputs a map .* shape \(4, 4\)$"):
         predict_tiled(net, np.zeros((3, 40, 40), np.uint8), tile=64)
+
+
+def test_bundle_predict_and_decode_predictions_refuse_bad_input_as_cnnzoo_errors():
+    """Bundle.predict(precision='fp16'), batch_size=0, a 1-D tensor, a channels-last batch,
+    predict_loaded given a float batch, and decode_predictions given logits or top=0 raised
+    plain ValueErrors, past a notebook's `except CnnzooError`."""
+    from cnnzoo.transfer.bundle import Bundle
+    from cnnzoo.weights import decode_predictions
+
+    pre = Preprocessing(32, 32, "bilinear", (0.5,), (0.5,), 1)
+    bundle = Bundle(cnnzoo.create_model("lenet5", num_classes=2, in_chans=1), "lenet5",
+                    ["a", "b"], pre)
+    grey = np.zeros((32, 32), np.uint8)
+    assert bundle.predict(grey).probabilities.shape == (1, 2)  # the bundle itself works
+    text = _one_line_cnnzoo_error(lambda: bundle.predict(grey, precision="fp16"), ValueError)
+    assert text == "precision must be auto, bf16 or fp32, not 'fp16'"
+    _one_line_cnnzoo_error(lambda: bundle.predict(grey, batch_size=0), ValueError)
+    _one_line_cnnzoo_error(lambda: bundle.predict(torch.zeros(32, dtype=torch.uint8)),
+                           ValueError)
+    text = _one_line_cnnzoo_error(
+        lambda: bundle.predict(torch.zeros(2, 32, 32, 1, dtype=torch.uint8)), ValueError)
+    assert text.endswith("use images.permute(0, 3, 1, 2)")
+    _one_line_cnnzoo_error(lambda: bundle.predict_loaded(torch.zeros(1, 1, 32, 32)), ValueError)
+    logits = torch.tensor([[2.0, -1.0, 0.5]])
+    text = _one_line_cnnzoo_error(lambda: decode_predictions(logits, class_names=list("abc")),
+                                  ValueError)
+    assert text.endswith("pass model(x).softmax(1), not the logits")
+    _one_line_cnnzoo_error(lambda: decode_predictions(logits.softmax(1), top=0), ValueError)
