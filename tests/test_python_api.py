@@ -249,3 +249,34 @@ def test_bundle_predict_and_decode_predictions_refuse_bad_input_as_cnnzoo_errors
                                   ValueError)
     assert text.endswith("pass model(x).softmax(1), not the logits")
     _one_line_cnnzoo_error(lambda: decode_predictions(logits.softmax(1), top=0), ValueError)
+
+
+def test_trainer_checks_a_loaders_labels_before_training_and_takes_keras_integer_types():
+    """A label at or above the task's class count was torch's "IndexError: Target 2 is out of
+    bounds." at the first step, one-hot or float labels its "expected target dtype to be Long",
+    and Keras's int32 labels (what np.arange and many loaders give) the same error although
+    they are class indices. Out-of-range and float labels are now a one-line DataError when the
+    Trainer is made; integer labels of any width train."""
+    from cnnzoo.data import BatchLoader
+    from cnnzoo.engine.loop import TrainConfig, Trainer
+    from cnnzoo.engine.task import ClassificationTask
+    from cnnzoo.errors import DataError
+
+    x = np.random.default_rng(0).integers(0, 256, (12, 1, 32, 32), dtype=np.uint8)
+    y = (np.arange(12) % 3).astype(np.int32)
+    net = cnnzoo.create_model("lenet5", num_classes=2, in_chans=1)
+    with pytest.raises(DataError, match=r"^train_loader holds label 2, outside the task's 2 "
+                                        r"classes \(0..1\): .* num_classes=3, or check"):
+        Trainer(net, ClassificationTask(2), BatchLoader(x, y, batch_size=4))
+    one_hot = np.eye(3, dtype=np.float32)[y]
+    with pytest.raises(DataError, match=r"class indices \(N,\), not torch.float32 \(12, 3\): "
+                                        r"one-hot .* labels.argmax\(1\)$"):
+        Trainer(net, ClassificationTask(2), BatchLoader(x, y % 2, batch_size=4),
+                BatchLoader(x, one_hot, batch_size=4))
+    loader = BatchLoader(x, y, batch_size=4)
+    assert loader.targets.dtype == torch.int64 and loader.targets.tolist() == [0, 1, 2] * 4
+    cfg = TrainConfig(epochs=1, precision="fp32", channels_last="off", progress=False,
+                      verbose=False, tensorboard=False, report=False)
+    three = cnnzoo.create_model("lenet5", num_classes=3, in_chans=1)
+    result = Trainer(three, ClassificationTask(3), loader, loader, cfg).fit()
+    assert result.accumulator.confusion.sum() == 12  # every image scored once

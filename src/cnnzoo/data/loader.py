@@ -89,6 +89,10 @@ class BatchLoader:
         # Keras's habit, (x_train, y_train) as numpy arrays: index_select on one was an
         # AttributeError at the first batch.
         images, targets = _tensor(images, "images"), _tensor(targets, "targets")
+        if targets.dim() == 1 and targets.dtype in (torch.uint8, torch.int8, torch.int16,
+                                                    torch.int32):  # fmt: skip
+            # Class indices as Keras keeps them (uint8, int32): cross-entropy takes int64 only.
+            targets = targets.long()
         if len(images) != len(targets):
             raise UsageError(f"{len(images)} images but {len(targets)} targets")
         if batch_size < 1:

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from ..errors import (
     DamagedCheckpointError,
+    DataError,
     NewerFormatError,
     TrainingError,
     UsageError,
@@ -217,6 +218,27 @@ def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
                 m.eval()
 
 
+def _check_labels(task: Task, loader: Any, name: str) -> None:
+    """A classification loader's labels, once, before anything runs: a label at or above the
+    task's class count was torch's "IndexError: Target 2 is out of bounds" at the first step,
+    and float or one-hot labels (Keras's to_categorical) its "expected target dtype to be Long".
+    Other loaders (any iterable of batches) are taken as they are."""
+    k = getattr(task, "num_classes", None)
+    targets = getattr(loader, "targets", None)
+    if task.name != "classification" or not isinstance(k, int) or not isinstance(targets, Tensor):
+        return
+    if targets.is_floating_point() or targets.dim() != 1:
+        raise DataError(f"{name}'s targets must be class indices (N,), not {targets.dtype} "
+                        f"{tuple(targets.shape)}: one-hot labels (Keras's to_categorical) "
+                        "become indices with labels.argmax(1)")  # fmt: skip
+    if len(targets):
+        lo, hi = int(targets.min()), int(targets.max())
+        if lo < 0 or hi >= k:
+            raise DataError(f"{name} holds label {lo if lo < 0 else hi}, outside the task's "
+                            f"{k} classes (0..{k - 1}): build ClassificationTask and the model "
+                            f"with num_classes={max(hi + 1, k)}, or check the labels")
+
+
 def _batches(loader: Any) -> str:
     """'45 batches of 32' for a loader with a length, else its type (any iterable will do)."""
     if loader is None:
@@ -279,6 +301,8 @@ class Trainer:
         if self.mixer.enabled and task.name != "classification":
             raise TrainingError(f"mixup and CutMix mix class labels; the {task.name} task has "
                                 "none: leave --mixup / --cutmix at 0")
+        for name, loader in (("train_loader", train_loader), ("val_loader", val_loader)):
+            _check_labels(task, loader, name)
 
     def __repr__(self) -> str:
         # A notebook line: the model by name and size, the task, the batches and only the
