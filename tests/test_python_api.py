@@ -280,3 +280,15 @@ def test_trainer_checks_a_loaders_labels_before_training_and_takes_keras_integer
     three = cnnzoo.create_model("lenet5", num_classes=3, in_chans=1)
     result = Trainer(three, ClassificationTask(3), loader, loader, cfg).fit()
     assert result.accumulator.confusion.sum() == 12  # every image scored once
+
+
+def test_a_model_or_a_number_given_for_a_name_is_a_cnnzoo_error_and_still_a_type_error():
+    """list_models(3) said "'int' object is not iterable", and create_model(net) a plain
+    TypeError; both are one-line CnnzooErrors now, still TypeErrors."""
+    text = _one_line_cnnzoo_error(lambda: cnnzoo.list_models(3), TypeError)
+    assert text == "pattern must be a string or a list of strings, not 3"
+    net = cnnzoo.create_model("lenet5")
+    text = _one_line_cnnzoo_error(lambda: cnnzoo.create_model(net), TypeError)
+    assert text.endswith("not a LeNet5: a model's own is model.default_cfg")
+    # Several patterns, as timm takes them, from any iterable.
+    assert cnnzoo.list_models(p for p in ("vgg11", "lenet5")) == ["lenet5", "vgg11"]

@@ -62,3 +62,8 @@ class TrainingError(CnnzooError, RuntimeError):
 
 class UsageError(CnnzooError, ValueError):
     """Command-line options that do not go together (argparse cannot say it on its own)."""
+
+
+class ArgumentKindError(UsageError, TypeError):
+    """A Python argument of the wrong kind (a model passed for its name, a number for a name
+    pattern): a `TypeError` as well, as it was before it was a `CnnzooError`."""
