@@ -292,3 +292,12 @@ def test_a_model_or_a_number_given_for_a_name_is_a_cnnzoo_error_and_still_a_type
     assert text.endswith("not a LeNet5: a model's own is model.default_cfg")
     # Several patterns, as timm takes them, from any iterable.
     assert cnnzoo.list_models(p for p in ("vgg11", "lenet5")) == ["lenet5", "vgg11"]
+
+
+def test_an_unknown_segmentation_loss_is_a_cnnzoo_error():
+    """train('cells', loss='focal') and SegmentationTask(2, loss='focal') raised a plain
+    ValueError; now a UsageError naming the losses there are."""
+    from cnnzoo.segmentation.task import SegmentationTask
+
+    text = _one_line_cnnzoo_error(lambda: SegmentationTask(2, loss="focal"), ValueError)
+    assert text == "unknown loss 'focal'; choose one of ce, dice, ce+dice, weighted_ce"
