@@ -301,3 +301,23 @@ def test_an_unknown_segmentation_loss_is_a_cnnzoo_error():
 
     text = _one_line_cnnzoo_error(lambda: SegmentationTask(2, loss="focal"), ValueError)
     assert text == "unknown loss 'focal'; choose one of ce, dice, ce+dice, weighted_ce"
+
+
+def test_a_frozen_model_and_class_weights_of_another_length_are_cnnzoo_errors():
+    """Freezing a whole net (Keras's backbone.trainable = False, the new head forgotten) made
+    fit() raise a plain ValueError, and so did ClassificationTask given two class weights for
+    three classes; both are one-line UsageErrors now, the first saying what to unfreeze."""
+    from cnnzoo.data import BatchLoader
+    from cnnzoo.engine.loop import TrainConfig, Trainer
+    from cnnzoo.engine.task import ClassificationTask
+
+    net = cnnzoo.create_model("lenet5", num_classes=2, in_chans=1)
+    net.requires_grad_(False)
+    loader = BatchLoader(torch.zeros(4, 1, 32, 32, dtype=torch.uint8), torch.tensor([0, 1, 0, 1]),
+                         batch_size=2)
+    cfg = TrainConfig(epochs=1, precision="fp32", channels_last="off", progress=False,
+                      verbose=False, tensorboard=False, report=False)
+    text = _one_line_cnnzoo_error(lambda: Trainer(net, ClassificationTask(2), loader,
+                                                  config=cfg).fit(), ValueError)
+    assert text.startswith("no trainable parameters: every parameter is frozen")
+    _one_line_cnnzoo_error(lambda: ClassificationTask(3, class_weights=[1.0, 2.0]), ValueError)
