@@ -206,8 +206,9 @@ class Bundle:
     def load_images(self, images: Iterable[Any] | Any) -> Tensor:
         """Paths, PIL images, uint8 (C, H, W) tensors or uint8 (H, W[, C]) arrays (a list, a
         batch, or one of them, as `predict` takes them) -> one uint8 batch (N, C, H, W) at the
-        bundle's size. An unreadable file raises a one-line `ImageError` naming it; an image of
-        another type or layout a one-line `ValueError`."""
+        bundle's size. An unreadable file raises a one-line `ImageError` naming it, and so does
+        an image of another type or layout (`NotAnImageError`, also a `TypeError`, for an object
+        that is no image at all)."""
         decode = _Decoder(self.preprocessing.crop_size, spec=self.spec)
         out = [decode(item) for item in _images(images)]
         if not out:
