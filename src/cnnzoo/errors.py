@@ -23,6 +23,11 @@ class InputSizeError(CnnzooError, ValueError):
     first conv reads, or smaller than its minimum size."""
 
 
+class InputTypeError(InputSizeError, TypeError):
+    """A batch of a kind a model cannot take (a numpy array, uint8, float64): a `TypeError` as
+    well, as it was before it said what to pass instead."""
+
+
 class WeightsError(CnnzooError, ValueError):
     """A checkpoint that cannot be read or does not fit the model."""
 
@@ -38,7 +43,13 @@ class DamagedCheckpointError(WeightsError):
 
 
 class ImageError(CnnzooError, ValueError):
-    """A file that is not a readable image."""
+    """A file that is not a readable image, or an array or tensor given as an image that cannot
+    be one (its shape, its pixel type, a float image outside [0, 1])."""
+
+
+class NotAnImageError(ImageError, TypeError):
+    """An object given as an image that is none of the kinds cnnzoo reads (a list, bytes):
+    a `TypeError` as well, as it was before it was a `CnnzooError`."""
 
 
 class DataError(CnnzooError, ValueError):
@@ -51,3 +62,8 @@ class TrainingError(CnnzooError, RuntimeError):
 
 class UsageError(CnnzooError, ValueError):
     """Command-line options that do not go together (argparse cannot say it on its own)."""
+
+
+class ArgumentKindError(UsageError, TypeError):
+    """A Python argument of the wrong kind (a model passed for its name, a number for a name
+    pattern): a `TypeError` as well, as it was before it was a `CnnzooError`."""

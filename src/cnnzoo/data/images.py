@@ -323,11 +323,25 @@ def _scale16(a: np.ndarray) -> np.ndarray:
     return ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
 
 
+def check_unit_range(lo: float, hi: float) -> None:
+    """Refuse a float image whose values run from `lo` to `hi` unless they lie in [0, 1]
+    (NaN and inf fail the comparisons): one rule for every reader of float images, so that an
+    image of 0..255 is not turned white by one and refused by another."""
+    if lo >= 0 and hi <= 1:
+        return
+    # Below 0 it was normalised already (Preprocessing.batch's output passed to bundle.predict):
+    # dividing it by 255 would not help.
+    fix = ("it looks normalised already: pass the image before normalising" if lo < 0
+           else "divide it by 255")  # fmt: skip
+    raise ImageError(f"a float image must lie in [0, 1] (scikit-image's convention), not "
+                     f"[{lo!r}, {hi!r}]: {fix}, or pass uint8")
+
+
 def array_to_uint8(a: np.ndarray) -> np.ndarray:
     """An image array of any usual pixel type as uint8: uint8 as it is; bool as 0 / 255; uint16
     scaled as 16-bit files are; float in [0, 1] (scikit-image's convention, what its
     `rgb2gray` and `resize` return) times 255, rounded; other integers that lie in 0..255.
-    Anything else is a `ValueError` saying what to pass (a float image of 0..255 would
+    Anything else is an `ImageError` saying what to pass (a float image of 0..255 would
     otherwise turn white)."""
     if a.dtype == np.uint8:
         return a
@@ -337,18 +351,12 @@ def array_to_uint8(a: np.ndarray) -> np.ndarray:
         _say_if_low_depth(a)  # a camera's 12-bit frames read as nearly black as its files do
         return _scale16(a)
     if np.issubdtype(a.dtype, np.floating):
-        if a.size and not (np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1):
-            # Below 0 it was normalised already (Preprocessing.batch's output passed to
-            # bundle.predict): dividing it by 255 would not help.
-            fix = ("it looks normalised already: pass the image before normalising"
-                   if a.min() < 0 else "divide it by 255")  # fmt: skip
-            raise ValueError(f"a float image must lie in [0, 1] (scikit-image's convention), "
-                             f"not [{float(a.min())!r}, {float(a.max())!r}]: {fix}, or pass "
-                             "uint8")  # fmt: skip
+        if a.size:
+            check_unit_range(float(a.min()), float(a.max()))
         return np.rint(a * 255).astype(np.uint8)
     if np.issubdtype(a.dtype, np.integer) and (not a.size or (a.min() >= 0 and a.max() <= 255)):
         return a.astype(np.uint8)
-    raise ValueError(f"cannot read a {a.dtype} array as an image: pass uint8 (0..255), uint16 "
+    raise ImageError(f"cannot read a {a.dtype} array as an image: pass uint8 (0..255), uint16 "
                      "or float in [0, 1]")
 
 

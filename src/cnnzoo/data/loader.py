@@ -11,8 +11,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from ..errors import UsageError
+from ..text import plural
 
 # (images float NCHW in [0, 1], targets, generator) -> (images, targets). Targets pass through for
 # classification; segmentation masks (N, H, W) get the same geometry as their images. A transform
@@ -50,7 +54,8 @@ def in_raised_epochs(count: int, epochs: int, asked: int) -> int:
 class BatchLoader:
     """Iterates `(inputs, targets)` over in-memory tensors, one epoch per `iter()`.
 
-    images: uint8 (N, C, H, W) (or float in [0, 1]); targets: (N,) class indices or (N, H, W) masks.
+    images: uint8 (N, C, H, W) (or float in [0, 1]); targets: (N,) class indices or (N, H, W) masks;
+    tensors or numpy arrays (taken as tensors: Keras's x_train, y_train, once made (N, C, H, W)).
     Each epoch draws its order and augmentation from a generator seeded with `(seed, epoch)`, so
     an epoch replays identically after a resume. `shard=(rank, world)` keeps every `world`-th
     sample for distributed training; `mean`/`std` normalise after augmentation.
@@ -81,19 +86,31 @@ class BatchLoader:
         channels_last: bool = False,
         even_shards: bool | None = None,
     ) -> None:
+        # Keras's habit, (x_train, y_train) as numpy arrays: index_select on one was an
+        # AttributeError at the first batch.
+        images, targets = _tensor(images, "images"), _tensor(targets, "targets")
+        if targets.dim() == 1 and targets.dtype in (torch.uint8, torch.int8, torch.int16,
+                                                    torch.int32):  # fmt: skip
+            # Class indices as Keras keeps them (uint8, int32): cross-entropy takes int64 only.
+            targets = targets.long()
         if len(images) != len(targets):
-            raise ValueError(f"{len(images)} images but {len(targets)} targets")
+            raise UsageError(f"{len(images)} images but {len(targets)} targets")
         if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+            raise UsageError("batch_size must be at least 1")
+        if images.dim() < 2:
+            raise UsageError(f"images must be a batch (N, C, H, W), not shape {tuple(images.shape)}")
+        c = images.shape[1]
+        if images.dim() == 4 and c not in (1, 3, 4) and images.shape[-1] in (1, 3, 4):
+            raise UsageError(f"images of shape {tuple(images.shape)} look channels-last "
+                             "(N, H, W, C), Keras's layout: pass images.permute(0, 3, 1, 2) "
+                             "(numpy: .transpose(0, 3, 1, 2)), (N, C, H, W)")  # fmt: skip
         self.images = images
         self.targets = targets
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.transform = transform
-        c = images.shape[1]
-        self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1)
-        self.std = None if std is None else torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1)
+        self.mean, self.std = _per_channel(mean, "mean", c), _per_channel(std, "std", c)
         self._nhwc: Tensor | None = None  # images as (N, H, W, C), see `channels_last`
         self._patterns: dict[tuple, tuple[Tensor, Tensor]] = {}
         self.seed = seed
@@ -101,6 +118,24 @@ class BatchLoader:
         self.channels_last = channels_last
         self.even_shards = shuffle if even_shards is None else even_shards
         self.epoch = 0
+
+    def __repr__(self) -> str:
+        # A notebook line, as ImageDataset's: what is batched and how, not the tensors (a
+        # loader's default repr named only its address).
+        images = self.images
+        shape = "x".join(map(str, images.shape[1:]))
+        parts = [f"{len(images)} images {shape} {str(images.dtype).removeprefix('torch.')}",
+                 f"batch_size={self.batch_size}", plural(len(self), "batch", "batches")]
+        parts += [name for name in ("shuffle", "drop_last") if getattr(self, name)]
+        if self.transform is not None:
+            parts.append(f"transform={self.transform!r}")
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is not None:
+                parts.append(f"{name}={tuple(round(v, 4) for v in value.flatten().tolist())}")
+        if self.world > 1:
+            parts.append(f"shard={self.rank, self.world}")
+        return f"BatchLoader({', '.join(parts)})"
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -185,6 +220,28 @@ class BatchLoader:
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y
+
+
+def _tensor(value: object, name: str) -> Tensor:
+    if isinstance(value, Tensor):
+        return value
+    try:
+        return torch.as_tensor(np.asarray(value))
+    except (TypeError, ValueError, RuntimeError):  # a list of ragged shapes, object arrays
+        raise UsageError(f"{name} must be a tensor or numpy array, not "
+                         f"{type(value).__name__}") from None  # fmt: skip
+
+
+def _per_channel(values: Sequence[float] | None, name: str, channels: int) -> Tensor | None:
+    """`values` as a (1, C, 1, 1) tensor; one per channel, or a one-line error (a view of the
+    wrong size was torch's "shape '[1, 1, 1, 1]' is invalid for input of size 3")."""
+    if values is None:
+        return None
+    t = torch.tensor(values, dtype=torch.float32).flatten()
+    if len(t) != channels:
+        raise UsageError(f"{name} needs one number per channel of the images ({channels}), "
+                         f"not {len(t)}: {list(values)}")  # fmt: skip
+    return t.view(1, channels, 1, 1)
 
 
 def unit_float(x: Tensor) -> Tensor:

@@ -16,17 +16,26 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import DamagedCheckpointError, NewerFormatError, TrainingError, WeightsError
+from ..errors import (
+    DamagedCheckpointError,
+    DataError,
+    NewerFormatError,
+    TrainingError,
+    UsageError,
+    WeightsError,
+)
+from ..models.base import count_parameters
 from ..paths import (
     check_folder,
     folders_released,
@@ -62,6 +71,49 @@ from .mixing import BatchMixer
 from .optim import ParamGroup, StepSchedule, build_optimizer
 from .precision import Precision, choose_precision, cpu_features
 from .task import MetricAccumulator, Task, is_better
+
+
+def _whole(value: object, low: int) -> bool:
+    # numpy's integers too (epochs=np.int64(5) from a grid), as transfer takes its seed.
+    return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            and int(value) >= low)  # fmt: skip
+
+
+def _config_problem(cfg: TrainConfig) -> str | None:
+    """What is wrong with `cfg`'s values, in a phrase, or None: what the command line's parser
+    refuses (`cnnzoo train --help` gives the same ranges)."""
+    choices = {"optimizer": ("sgd", "adamw"), "schedule": ("onecycle", "cosine", "constant"),
+               "precision": ("auto", "bf16", "fp32"), "channels_last": ("auto", "on", "off")}
+    for name, allowed in choices.items():
+        if getattr(cfg, name) not in allowed:
+            return f"{name} must be one of {', '.join(allowed)}, not {getattr(cfg, name)!r}"
+    if cfg.tta not in (False, None, True, *TTA_MODES):
+        return f"tta must be one of {', '.join(TTA_MODES)} (True: flip; False: off), not {cfg.tta!r}"
+    if not _whole(cfg.epochs, 0):
+        return f"epochs must be a whole number >= 0, not {cfg.epochs!r}"
+    if not _whole(cfg.log_every, 1):
+        return f"log_every must be a whole number of steps >= 1, not {cfg.log_every!r}"
+    if cfg.patience is not None and not _whole(cfg.patience, 0):
+        return f"patience must be a number of epochs >= 1 (0 or None: off), not {cfg.patience!r}"
+
+    def number(value: object, finite: bool = True) -> bool:
+        return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                and value >= 0 and (math.isfinite(value) or not finite))  # fmt: skip
+
+    # lr=inf is left to the run (a loss that becomes inf is a TrainingError at its step, which
+    # the tests use to make a run diverge); a negative or NaN rate is never meant.
+    if not number(cfg.lr, finite=False):
+        return f"lr must be a number >= 0, not {cfg.lr!r}"
+    for name in ("weight_decay", "warmup_epochs", "mixup", "cutmix"):
+        if not number(getattr(cfg, name)):
+            return f"{name} must be a number >= 0, not {getattr(cfg, name)!r}"
+    if not number(cfg.sam):
+        return f"sam is a radius >= 0 (0: off), not {cfg.sam!r}"
+    if not (number(cfg.momentum) and cfg.momentum < 1):
+        return f"momentum must lie in [0, 1), not {cfg.momentum!r}"
+    if cfg.grad_clip is not None and not (number(cfg.grad_clip) and cfg.grad_clip > 0):
+        return f"grad_clip must be a gradient norm > 0 (None: off), not {cfg.grad_clip!r}"
+    return None
 
 
 @dataclass
@@ -111,13 +163,15 @@ class TrainConfig:
     sam: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.patience is not None and self.patience < 0:
-            raise ValueError(f"patience must be a number of epochs >= 1 (0 or None: off), "
-                             f"not {self.patience}")
+        # Checked here, when a notebook builds the config, not steps into fit(): an unknown
+        # optimizer was a plain ValueError after the data and precision trial, log_every=0 a
+        # ZeroDivisionError, epochs=-1 a run that trained nothing without a word. The command
+        # line's parser refuses these before they get here.
+        problem = _config_problem(self)
+        if problem:
+            raise UsageError(f"TrainConfig: {problem}")
         if self.patience == 0:
             self.patience = None
-        if not self.sam >= 0:
-            raise ValueError(f"sam is a radius >= 0 (0: off), not {self.sam}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -162,6 +216,39 @@ def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
+
+
+def _check_labels(task: Task, loader: Any, name: str) -> None:
+    """A classification loader's labels, once, before anything runs: a label at or above the
+    task's class count was torch's "IndexError: Target 2 is out of bounds" at the first step,
+    and float or one-hot labels (Keras's to_categorical) its "expected target dtype to be Long".
+    Other loaders (any iterable of batches) are taken as they are."""
+    k = getattr(task, "num_classes", None)
+    targets = getattr(loader, "targets", None)
+    if task.name != "classification" or not isinstance(k, int) or not isinstance(targets, Tensor):
+        return
+    if targets.is_floating_point() or targets.dim() != 1:
+        raise DataError(f"{name}'s targets must be class indices (N,), not {targets.dtype} "
+                        f"{tuple(targets.shape)}: one-hot labels (Keras's to_categorical) "
+                        "become indices with labels.argmax(1)")  # fmt: skip
+    if len(targets):
+        lo, hi = int(targets.min()), int(targets.max())
+        if lo < 0 or hi >= k:
+            raise DataError(f"{name} holds label {lo if lo < 0 else hi}, outside the task's "
+                            f"{k} classes (0..{k - 1}): build ClassificationTask and the model "
+                            f"with num_classes={max(hi + 1, k)}, or check the labels")
+
+
+def _batches(loader: Any) -> str:
+    """'45 batches of 32' for a loader with a length, else its type (any iterable will do)."""
+    if loader is None:
+        return "None"
+    try:
+        n = len(loader)
+    except TypeError:
+        return type(loader).__name__
+    size = getattr(loader, "batch_size", None)
+    return plural(n, "batch", "batches") + (f" of {size}" if size else "")
 
 
 class Trainer:
@@ -214,6 +301,25 @@ class Trainer:
         if self.mixer.enabled and task.name != "classification":
             raise TrainingError(f"mixup and CutMix mix class labels; the {task.name} task has "
                                 "none: leave --mixup / --cutmix at 0")
+        for name, loader in (("train_loader", train_loader), ("val_loader", val_loader)):
+            _check_labels(task, loader, name)
+
+    def __repr__(self) -> str:
+        # A notebook line: the model by name and size, the task, the batches and only the
+        # settings changed from TrainConfig's defaults (its own repr has 25 fields), not the
+        # whole network that the default repr of the model attribute would print.
+        model = unwrap_model(self.model)
+        cfg = getattr(model, "default_cfg", None)
+        name = cfg.name if cfg is not None else type(model).__name__
+        changed = ", ".join(f"{f.name}={getattr(self.config, f.name)!r}"
+                            for f in fields(self.config)
+                            if getattr(self.config, f.name) != f.default)  # fmt: skip
+        parts = [f"{name} ({count_parameters(model):,} parameters)", repr(self.task),
+                 f"train={_batches(self.train_loader)}",
+                 f"val={_batches(self.val_loader)}", f"TrainConfig({changed})"]
+        if self.out_dir is not None:
+            parts.append(f"out_dir={str(self.out_dir)!r}")
+        return f"Trainer({', '.join(parts)})"
 
     # ----------------------------------------------------------------- files
     @property
@@ -830,7 +936,7 @@ def tta_views(x: Tensor, mode: bool | str) -> list[tuple[Tensor, Any]]:
     (docs/training.md): +0.10..0.21 points for 'flip', +0.23..0.43 for 'flip-shift'."""
     mode = "flip" if mode is True else mode  # True: the original boolean option
     if mode not in TTA_MODES:
-        raise ValueError(f"unknown TTA {mode!r}: choose one of {', '.join(TTA_MODES)}")
+        raise UsageError(f"unknown TTA {mode!r}: choose one of {', '.join(TTA_MODES)}")
 
     def flip_back(out: Tensor) -> Tensor:
         return out.flip(-1) if out.dim() == 4 else out

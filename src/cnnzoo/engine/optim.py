@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import UsageError
+
 # A group the caller passes: {"params": [...], "lr": float (optional), "name": str (optional)}.
 ParamGroup = dict[str, Any]
 
@@ -72,7 +74,9 @@ def build_param_groups(
         sub["name"] = "model" if not groups else "rest"
         out.append(sub)
     if not out:
-        raise ValueError("no trainable parameters: every parameter is frozen")
+        # Keras's habit (backbone.trainable = False, then the new head forgotten) ends here.
+        raise UsageError("no trainable parameters: every parameter is frozen (requires_grad="
+                         "False): unfreeze the head at least, e.g. model.reset_classifier(k)")
     return out
 
 

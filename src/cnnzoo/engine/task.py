@@ -240,7 +240,7 @@ class ClassificationTask:
         if class_weights is not None:
             self.class_weights = torch.as_tensor(class_weights, dtype=torch.float32)
             if self.class_weights.shape != (num_classes,):
-                raise ValueError(f"class_weights must hold one weight per class "
+                raise UsageError(f"class_weights must hold one weight per class "
                                  f"({num_classes}), not {tuple(self.class_weights.shape)}")
         self.class_names = class_names or [str(i) for i in range(num_classes)]
         self.monitor = monitor

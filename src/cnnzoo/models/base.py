@@ -11,7 +11,7 @@ from typing import Any, Literal, NamedTuple, get_args
 import torch
 from torch import Tensor, nn
 
-from ..errors import InputSizeError, ModelOptionError
+from ..errors import InputSizeError, InputTypeError, ModelOptionError
 
 
 class _AuxFields(NamedTuple):
@@ -59,14 +59,14 @@ _PREPROCESS_HINT = ("images become one with model.weights_info.preprocessing.bat
 
 
 def check_input_size(model: nn.Module, x: Tensor, *, sizes: bool = True) -> None:
-    """Raise a one-line error saying what to do when `x` is not a float tensor (TypeError), not
+    """Raise a one-line error saying what to do when `x` is not a float tensor (`InputTypeError`), not
     an (N, C, H, W) batch with the model's channel count, or smaller than the model's minimum
     size (`InputSizeError`; sizes=False: the caller checks the size itself)."""
     if not isinstance(x, Tensor):  # a numpy array: torch's AttributeError named no remedy
-        raise TypeError(f"expected a float tensor (N, C, H, W), not a {type(x).__name__}: "
+        raise InputTypeError(f"expected a float tensor (N, C, H, W), not a {type(x).__name__}: "
                         f"torch.as_tensor(x); {_PREPROCESS_HINT}")  # fmt: skip
     if not x.is_floating_point():  # uint8 images: "expected scalar type Byte but found Float"
-        raise TypeError(f"expected a float tensor, not {x.dtype}: scale and normalise it as the "
+        raise InputTypeError(f"expected a float tensor, not {x.dtype}: scale and normalise it as the "
                         f"weights expect; {_PREPROCESS_HINT}")  # fmt: skip
     if torch.jit.is_tracing():
         # A trace keeps no Python branch, so the checks below guard nothing in it; each
@@ -93,7 +93,7 @@ def check_input_size(model: nn.Module, x: Tensor, *, sizes: bool = True) -> None
     if (conv is not None and x.dtype != conv.weight.dtype
             and not torch.is_autocast_enabled(x.device.type)):  # fmt: skip
         # numpy's float64 through torch.as_tensor: "expected scalar type Double but found Float"
-        raise TypeError(f"expected a {conv.weight.dtype} tensor like the model's weights, not "
+        raise InputTypeError(f"expected a {conv.weight.dtype} tensor like the model's weights, not "
                         f"{x.dtype}: pass x.to({conv.weight.dtype}) (numpy arrays are float64)")
     if cfg is None or not sizes:
         return

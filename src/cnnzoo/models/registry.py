@@ -12,13 +12,13 @@ import inspect
 import numbers
 import re
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from torch import nn
 
-from ..errors import CnnzooError, ModelOptionError, UnknownModelError
+from ..errors import ArgumentKindError, CnnzooError, ModelOptionError, UnknownModelError
 from .base import is_whole, stats_for_channels
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -100,9 +100,12 @@ def list_models(
     (cnnzoo[pretrained]); the other files are fetched on request (`weights.download_weights`)
     or put in cnnzoo's cache by hand (docs/weights.md)."""
     _ensure_loaded()
-    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    # list(3) said "'int' object is not iterable": the check comes first.
+    patterns = [pattern] if isinstance(pattern, str | bytes) or not isinstance(
+        pattern, Iterable) else list(pattern)  # fmt: skip
     if not all(isinstance(p, str) for p in patterns):
-        raise TypeError(f"pattern must be a string or a list of strings, not {pattern!r}")
+        raise ArgumentKindError(f"pattern must be a string or a list of strings, not "
+                                f"{pattern!r}")  # fmt: skip
     names = {n for n, (_, cfg) in _REGISTRY.items() if task is None or cfg.task == task
              for p in patterns if fnmatch.fnmatch(n, p.lower())}  # fmt: skip
     if pretrained:
@@ -143,8 +146,8 @@ def _lookup(name: str) -> tuple[Builder, ModelConfig]:
     _ensure_loaded()
     if not isinstance(name, str):  # a model passed for its name: its config travels with it
         hint = ": a model's own is model.default_cfg" if isinstance(name, nn.Module) else ""
-        raise TypeError(f"expected a model name such as 'resnet18', not a "
-                        f"{type(name).__name__}{hint}")  # fmt: skip
+        raise ArgumentKindError(f"expected a model name such as 'resnet18', not a "
+                                f"{type(name).__name__}{hint}")  # fmt: skip
     try:
         return _REGISTRY[name]
     except KeyError:

@@ -36,6 +36,7 @@ from scipy import ndimage
 from torch import Tensor
 
 from ..engine.task import balanced_weights
+from ..errors import UsageError
 
 IGNORE_INDEX = 255
 LOSSES = ("ce", "dice", "ce+dice", "weighted_ce")
@@ -167,7 +168,7 @@ def segmentation_loss(
     `class_weights` weight plain CE per class (ignored for 'weighted_ce', whose map holds w_c).
     """
     if kind not in LOSSES:
-        raise ValueError(f"unknown loss {kind!r}; choose one of {', '.join(LOSSES)}")
+        raise UsageError(f"unknown loss {kind!r}; choose one of {', '.join(LOSSES)}")
     logits = logits.float()  # fp32 even under bf16 autocast
     mask, weight = split_target(target, *logits.shape[-2:])
     if kind == "weighted_ce":

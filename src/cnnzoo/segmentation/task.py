@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from torch import Tensor
 
+from ..errors import UsageError
 from .losses import LOSSES, segmentation_loss
 from .metrics import SegmentationAccumulator
 
@@ -39,7 +40,7 @@ class SegmentationTask:
         mode: Literal["min", "max"] = "max",
     ) -> None:
         if loss not in LOSSES:
-            raise ValueError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+            raise UsageError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
         self.num_classes = num_classes
         self.loss_name = loss
         self.class_names = list(class_names or [str(i) for i in range(num_classes)])

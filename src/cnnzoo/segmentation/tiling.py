@@ -29,7 +29,9 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from ..data.images import convert_image, load_image
+from ..data.images import array_to_uint8, check_unit_range, convert_image, load_image
+from ..errors import ImageError, NotAnImageError, UsageError
+from ..models.base import is_whole
 from ..text import plural
 
 
@@ -125,6 +127,42 @@ def _channel_advice(shape: tuple[int, ...], chans: int) -> str:
             f"pass {how}")
 
 
+def _check_options(chans: int | None, tile: object, margin: object, batch_size: object,
+                   mean: object, std: object, output: object) -> None:
+    """predict_tiled's settings, each refused in one line (`cnnzoo segment`'s parser refuses
+    them on the command line): tile=0 and margin=-1 ran as if valid, batch_size=0 was range()'s
+    "arg 3 must not be zero", mean without std a TypeError, and a mean of three numbers for a
+    grey net broadcast the image to three channels, for the net to refuse them."""
+    if output not in ("probs", "logits", "mask"):  # anything else gave logits
+        raise UsageError(f"output must be probs, logits or mask, not {output!r}")
+    for name, value, low in (("tile", tile, 1), ("batch_size", batch_size, 1),
+                             ("margin", 0 if margin is None else margin, 0)):
+        if not is_whole(value, low):
+            raise UsageError(f"{name} must be a whole number >= {low}, not {value!r}")
+    if (mean is None) != (std is None):
+        raise UsageError("mean and std go together: pass both (the net's training meta holds "
+                         "them: mean=meta['mean'], std=meta['std']) or neither")
+    for name, values in (("mean", mean), ("std", std)):
+        if values is not None and chans is not None and len(values) != chans:  # type: ignore[arg-type]
+            raise UsageError(f"{name} needs one number per channel of the net ({chans}), "
+                             f"not {list(values)}")  # type: ignore[call-overload]
+
+
+def _unit_pixels(img: Tensor) -> Tensor:
+    """The image's pixels as `Bundle.predict` and `cnnzoo segment` read them: uint8 as it is
+    (divided by 255 per tile), float only in [0, 1], and bool, uint16 (a microscope's 16-bit
+    frame) or other integers as `array_to_uint8` turns them into uint8. Before, anything but
+    uint8 went in unscaled, so a uint16 frame or a float image of 0..255 gave the net values up
+    to 65535 and a mask of one class, without a word."""
+    if img.dtype == torch.uint8:
+        return img
+    if img.is_floating_point():
+        if img.numel():
+            check_unit_range(float(img.min()), float(img.max()))
+        return img
+    return torch.from_numpy(array_to_uint8(img.numpy()))
+
+
 @torch.no_grad()
 def predict_tiled(
     model: nn.Module,
@@ -141,7 +179,9 @@ def predict_tiled(
 ) -> Tensor:
     """Segment one image (C, H, W) of any size with the overlap-tile strategy.
 
-    image: uint8 (divided by 255) or float, or a PIL image or an image file's path (converted
+    image: uint8 (divided by 255), float in [0, 1], bool, uint16 (scaled as 16-bit files are),
+        as `Bundle.predict` reads arrays (a float image outside [0, 1] is an `ImageError`), or
+        a PIL image or an image file's path (converted
         to the net's channels as `cnnzoo segment` reads files); `mean`/`std` normalise each
         tile after that.
     tile: input tile side in pixels (snapped to a legal size); margin: context per side in
@@ -153,6 +193,7 @@ def predict_tiled(
     Returns (num_classes, H, W) float32 probabilities or logits, or a uint8 (H, W) mask.
     """
     chans = getattr(model, "in_chans", None)
+    _check_options(chans, tile, margin, batch_size, mean, std, output)
     if isinstance(image, str | os.PathLike):  # was torch's "new(): invalid data type 'str'"
         image = load_image(image, 1 if chans == 1 else 3)
     if isinstance(image, Image.Image):  # as `cnnzoo segment` reads a file for this net
@@ -163,21 +204,22 @@ def predict_tiled(
         # for the very call this docstring and the channel advice suggest); tiles only read it.
         image = image.copy()
     if not isinstance(image, Tensor | np.ndarray):
-        raise TypeError(f"expected an image: a (C, H, W) tensor, an (H, W) array, a PIL image or "
+        raise NotAnImageError(f"expected an image: a (C, H, W) tensor, an (H, W) array, a PIL image or "
                         f"a file's path, not {type(image).__name__}")  # fmt: skip
     img = torch.as_tensor(image)
     given = tuple(img.shape)
     if img.dim() == 2:  # one grey image (H, W), as skimage and PIL give it
         img = img[None]
     if img.dim() != 3:
-        raise ValueError(f"expected one image (C, H, W), got shape {tuple(img.shape)}")
+        raise ImageError(f"expected one image (C, H, W), got shape {tuple(img.shape)}")
     if chans is not None and img.shape[0] != chans and img.shape[-1] == chans:
-        raise ValueError(f"image of shape {tuple(img.shape)} has its channels last (skimage's "
+        raise ImageError(f"image of shape {tuple(img.shape)} has its channels last (skimage's "
                          "and PIL's layout): pass image.transpose(2, 0, 1) (C, H, W)")
     if chans is not None and img.shape[0] != chans:
         # Another channel count (an RGB array for a grey net, RGBA): torch's own error names
         # tensor sizes, not the image. What `cnnzoo segment` does for such files, said here.
-        raise ValueError(_channel_advice(given, chans))
+        raise ImageError(_channel_advice(given, chans))
+    img = _unit_pixels(img)
     _, h, w = img.shape
     geo = tile_geometry(model, tile, margin)
     k = geo.out_size
@@ -214,6 +256,10 @@ def predict_tiled(
                 logits = tta_forward(model, batch, tta)
             else:
                 logits = model(batch).float()
+            if logits.dim() != 4:  # a classifier's (N, K): zip() said "argument 2 is shorter"
+                raise UsageError(f"predict_tiled needs a net that outputs a map (N, classes, H, "
+                                 f"W), such as create_model('unet', padding='same'), not one of "
+                                 f"shape {tuple(logits.shape)}")  # fmt: skip
             crop = geo.margin - geo.trim
             logits = logits[..., crop : crop + k, crop : crop + k]
             if result is None:

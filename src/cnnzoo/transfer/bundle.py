@@ -35,7 +35,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ..data.images import ImageSpec, convert_image, to_tensor_uint8
-from ..errors import WeightsError
+from ..errors import ImageError, UsageError, WeightsError
 from ..models.base import finite_numbers, is_whole
 from ..paths import (
     BUNDLE_JSON,
@@ -127,7 +127,7 @@ def predict_tensor(model: nn.Module, images: Tensor, pre: Preprocessing, *, view
     from tqdm.auto import tqdm
 
     if not is_whole(batch_size):
-        raise ValueError(f"batch_size must be a whole number >= 1, not {batch_size!r}")
+        raise UsageError(f"batch_size must be a whole number >= 1, not {batch_size!r}")
     dtype = inference_dtype(precision)
     out = []
     starts = range(0, len(images), batch_size)
@@ -160,11 +160,11 @@ def _images(images: Iterable[Any] | Any) -> Iterable[Any]:
         if images.dim() == 3:
             return [images]
         if images.dim() != 4:  # a 1-D one was taken apart into numbers, of shape ()
-            raise ValueError(f"expected an image (C, H, W) or a batch (N, C, H, W), not "
+            raise ImageError(f"expected an image (C, H, W) or a batch (N, C, H, W), not "
                              f"{tuple(images.shape)}")  # fmt: skip
         if images.shape[1] not in (1, 3, 4):
             hint = ": use images.permute(0, 3, 1, 2)" if images.shape[-1] in (1, 3, 4) else ""
-            raise ValueError(f"expected a batch (N, C, H, W), not {tuple(images.shape)}{hint}")
+            raise ImageError(f"expected a batch (N, C, H, W), not {tuple(images.shape)}{hint}")
         return images
     if isinstance(images, str | bytes | os.PathLike | Image.Image | np.ndarray) or not isinstance(
             images, Iterable):  # fmt: skip
@@ -206,8 +206,9 @@ class Bundle:
     def load_images(self, images: Iterable[Any] | Any) -> Tensor:
         """Paths, PIL images, uint8 (C, H, W) tensors or uint8 (H, W[, C]) arrays (a list, a
         batch, or one of them, as `predict` takes them) -> one uint8 batch (N, C, H, W) at the
-        bundle's size. An unreadable file raises a one-line `ImageError` naming it; an image of
-        another type or layout a one-line `ValueError`."""
+        bundle's size. An unreadable file raises a one-line `ImageError` naming it, and so does
+        an image of another type or layout (`NotAnImageError`, also a `TypeError`, for an object
+        that is no image at all)."""
         decode = _Decoder(self.preprocessing.crop_size, spec=self.spec)
         out = [decode(item) for item in _images(images)]
         if not out:
@@ -248,7 +249,7 @@ class Bundle:
         would crop their centre again.)"""
         size = self.preprocessing.crop_size
         if batch.dtype != torch.uint8 or tuple(batch.shape[1:]) != (self.spec.channels, size, size):
-            raise ValueError(f"expected a uint8 batch (N, {self.spec.channels}, {size}, {size}) "
+            raise ImageError(f"expected a uint8 batch (N, {self.spec.channels}, {size}, {size}) "
                              f"from load_images, not {batch.dtype} {tuple(batch.shape)}: "
                              "pass other images to predict")  # fmt: skip
         return self._predict(batch, batch_size, precision)

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import WeightsError
+from ..errors import UsageError, WeightsError
 from ..paths import cache_root, utf8_path
 from ..weights import Preprocessing
 from ..weights.files import save_safetensors
@@ -64,7 +64,7 @@ def inference_dtype(precision: str = "auto") -> str:
     if precision in ("bf16", "fp32"):
         return precision
     if precision != "auto":
-        raise ValueError(f"precision must be auto, bf16 or fp32, not {precision!r}")
+        raise UsageError(f"precision must be auto, bf16 or fp32, not {precision!r}")
     from ..engine.precision import cpu_features
 
     return "bf16" if cpu_features()["native_bf16"] else "fp32"
@@ -169,7 +169,7 @@ def feature_batches(
     from tqdm.auto import tqdm
 
     if not 1 <= views <= MAX_VIEWS:
-        raise ValueError(f"views must lie in [1, {MAX_VIEWS}], not {views}")
+        raise UsageError(f"views must lie in [1, {MAX_VIEWS}], not {views}")
     dtype = inference_dtype(precision)
     with held_for_inference(model, dtype), tqdm(
             total=len(images) * views, desc=desc, unit="img", leave=False,

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import UsageError
+
 
 class Prediction(NamedTuple):
     index: int
@@ -50,21 +52,21 @@ def decode_predictions(
     values would read as probabilities of 15. Names default to ImageNet's when K is 1000.
     """
     if top < 1:
-        raise ValueError(f"top must be at least 1, not {top}")
+        raise UsageError(f"top must be at least 1, not {top}")
     probs = torch.as_tensor(probs)
     if probs.dim() == 1:
         probs = probs[None]
     if probs.dim() != 2:
-        raise ValueError(f"expected probabilities (N, K) or (K,), not shape {tuple(probs.shape)}")
+        raise UsageError(f"expected probabilities (N, K) or (K,), not shape {tuple(probs.shape)}")
     sums = probs.detach().double().sum(1)
     if len(sums) and not (torch.isfinite(sums).all() and (sums - 1).abs().max() <= 1e-2
                           and probs.min() >= 0):  # fmt: skip
-        raise ValueError("the rows are not probabilities (they do not sum to 1): pass "
+        raise UsageError("the rows are not probabilities (they do not sum to 1): pass "
                          "model(x).softmax(1), not the logits")
     k = probs.shape[1]
     names = class_names if class_names is not None else (imagenet_classes() if k == 1000 else None)
     if names is not None and len(names) != k:
-        raise ValueError(f"{len(names)} class names for {k} outputs")
+        raise UsageError(f"{len(names)} class names for {k} outputs")
     # A stable sort, not topk: equal probabilities (bf16 logits tie often) keep class order,
     # so rank 1 is argmax's class -- the one `cnnzoo evaluate` counts as predicted.
     values, indices = torch.sort(probs.detach().float(), dim=1, descending=True, stable=True)

@@ -216,9 +216,11 @@ def from_keras(layers: list[KerasLayer], model: nn.Module, name: str) -> Convert
             sd[first] = sd[first].flip(1).contiguous()  # BGR -> RGB input channels
         conv.mean = tuple(c / 255.0 for c in CAFFE_MEAN_RGB)
         conv.std = (1 / 255.0,) * 3
+        # The means from the constant itself: a hand-typed 0.482 stood for 123.68 / 255 = 0.485.
+        means = ", ".join(f"{m:.3f}" for m in conv.mean)
         conv.notes.append(
             "Keras VGG weights are Caffe's: first conv turned from BGR to RGB; inputs are "
-            "0..255 minus the ImageNet means (mean=(0.482, 0.458, 0.408), std=1/255)"
+            f"0..255 minus the ImageNet means (mean=({means}), std=1/255)"
         )
     return conv
 

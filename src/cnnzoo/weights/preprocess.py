@@ -27,6 +27,7 @@ from ..data.images import (
     load_image,
     to_tensor_uint8,
 )
+from ..errors import ImageError, NotAnImageError
 from ..limits import MAX_INPUT_SIZE
 from ..models.base import finite_numbers, is_whole, stats_for_channels
 from ..text import plural
@@ -169,30 +170,30 @@ class Preprocessing:
             return self.load(img)
         if isinstance(img, Tensor):
             if img.dim() == 4:
-                raise ValueError(f"expected one image (C, H, W), not a batch {tuple(img.shape)}: "
+                raise ImageError(f"expected one image (C, H, W), not a batch {tuple(img.shape)}: "
                                  f"{self.batch_hint}")  # fmt: skip
             if img.dim() != 3:
-                raise ValueError(f"expected an image tensor (C, H, W), not {tuple(img.shape)}")
+                raise ImageError(f"expected an image tensor (C, H, W), not {tuple(img.shape)}")
             if img.shape[0] not in (1, 3, 4) and img.shape[-1] in (1, 3, 4):
-                raise ValueError(f"expected a (C, H, W) tensor, not {tuple(img.shape)}: "
+                raise ImageError(f"expected a (C, H, W) tensor, not {tuple(img.shape)}: "
                                  "use img.permute(2, 0, 1)")  # fmt: skip
             img = img.detach().cpu()
             img = (img.float() if img.is_floating_point() else img).permute(1, 2, 0).numpy()
         if isinstance(img, np.ndarray):
             if img.ndim not in (2, 3):
-                raise ValueError(f"expected an image array (H, W) or (H, W, C), not {img.shape}")
+                raise ImageError(f"expected an image array (H, W) or (H, W, C), not {img.shape}")
             # PIL said "Cannot handle this data type: (1, 1, 28), |u1" to a (C, H, W) array (a
             # tensor's .numpy()), and an empty array ended in a ZeroDivisionError.
             if img.ndim == 3 and img.shape[-1] not in (1, 2, 3, 4):
                 hint = ": use img.transpose(1, 2, 0)" if img.shape[0] in (1, 3, 4) else ""
-                raise ValueError(f"expected an image array (H, W) or (H, W, C) of 1 to 4 "
+                raise ImageError(f"expected an image array (H, W) or (H, W, C) of 1 to 4 "
                                  f"channels, not {img.shape}{hint}")  # fmt: skip
             if img.size == 0:
-                raise ValueError(f"expected an image, not an empty array {img.shape}")
+                raise ImageError(f"expected an image, not an empty array {img.shape}")
             img = array_to_uint8(img)
             img = Image.fromarray(img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img)
         if not isinstance(img, Image.Image):
-            raise TypeError(f"expected a PIL image, uint8 tensor or array, or a path, not "
+            raise NotAnImageError(f"expected a PIL image, uint8 tensor or array, or a path, not "
                             f"{type(img).__name__}")  # fmt: skip
         return self.normalize(self.image_to_uint8(img))
 

@@ -1,0 +1,323 @@
+"""cnnzoo from a notebook, as a Keras Applications / timm user drives it: what bad input raises,
+what the objects print as, and how pixel values are read."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import cnnzoo
+from cnnzoo.errors import CnnzooError
+from cnnzoo.segmentation.tiling import predict_tiled
+from cnnzoo.weights import Preprocessing
+
+
+def _one_line_cnnzoo_error(call, *kinds: type[Exception]) -> str:
+    with pytest.raises(CnnzooError) as exc:
+        call()
+    for kind in kinds:  # what `except ValueError` / `except TypeError` callers caught before
+        assert isinstance(exc.value, kind), (type(exc.value).__mro__, kind)
+    text = str(exc.value)
+    assert text and "\n" not in text
+    return text
+
+
+def test_bad_images_and_batches_are_one_line_cnnzoo_errors_that_stay_value_or_type_errors():
+    """A float image of 0..255, a (C, H, W) array, a list given as an image, a numpy or uint8
+    batch given to a model: plain ValueError / TypeError, which a notebook's `except
+    CnnzooError` (the library's documented base) let through. They are CnnzooErrors now, and
+    still the ValueError or TypeError they were."""
+    pre = Preprocessing.for_model(cnnzoo.create_model("lenet5", in_chans=1))
+    grey = np.arange(32 * 32, dtype=np.uint8).reshape(32, 32)
+    text = _one_line_cnnzoo_error(lambda: pre(grey.astype(np.float64)), ValueError)
+    assert text.startswith("a float image must lie in [0, 1]")
+    _one_line_cnnzoo_error(lambda: pre(grey.astype(np.int8)), ValueError)
+    _one_line_cnnzoo_error(lambda: pre(np.stack([grey] * 3)), ValueError)  # (C, H, W) array
+    _one_line_cnnzoo_error(lambda: pre(torch.zeros(1, 1, 32, 32)), ValueError)  # a batch
+    _one_line_cnnzoo_error(lambda: pre(b"\x89PNG"), TypeError)
+
+    net = cnnzoo.create_model("resnet18", num_classes=3).eval()
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    _one_line_cnnzoo_error(lambda: net(x), TypeError)
+    _one_line_cnnzoo_error(lambda: net(torch.zeros(1, 3, 32, 32, dtype=torch.uint8)), TypeError)
+    _one_line_cnnzoo_error(lambda: net(torch.zeros(1, 3, 32, 32, dtype=torch.float64)), TypeError)
+
+    unet = cnnzoo.create_model("unet", num_classes=2, in_chans=1, padding="same", base_width=4)
+    _one_line_cnnzoo_error(lambda: predict_tiled(unet, [[1, 2], [3, 4]]), TypeError)
+    _one_line_cnnzoo_error(lambda: predict_tiled(unet, np.zeros((40, 50, 3), np.uint8)),
+                           ValueError)
+
+
+def test_predict_tiled_reads_pixel_values_as_bundle_predict_does():
+    """predict_tiled divided uint8 by 255 but took every other type as it was: a microscope's
+    uint16 frame reached the net as values up to 65535, and a float image of 0..255 (which
+    Bundle.predict refuses) unscaled, each a confident mask of nonsense without a word. Now
+    uint16 is scaled as a 16-bit file is (x / 257, to 8 bits), bool is 0 / 255, float must lie
+    in [0, 1]: one picture, one mask, however it is passed."""
+    torch.manual_seed(0)
+    unet = cnnzoo.create_model("unet", num_classes=2, in_chans=1, padding="same",
+                               base_width=4).eval()
+    grey = np.random.default_rng(0).integers(0, 256, (40, 48), dtype=np.uint8)
+    want = predict_tiled(unet, grey, tile=64, output="logits")
+    # 257 x, the 16-bit file of the same picture: the same logits, bit for bit.
+    frame = grey.astype(np.uint16) * 257
+    assert torch.equal(predict_tiled(unet, frame, tile=64, output="logits"), want)
+    unit = torch.from_numpy(grey).float() / 255  # what predict_tiled does to uint8, per tile
+    assert torch.equal(predict_tiled(unet, unit, tile=64, output="logits"), want)
+    mask = grey > 127
+    assert torch.equal(predict_tiled(unet, mask, tile=64, output="logits"),
+                       predict_tiled(unet, mask.astype(np.uint8) * 255, tile=64, output="logits"))
+    with pytest.raises(CnnzooError, match=r"must lie in \[0, 1\].*not \[0.0, 255.0\]: divide"):
+        predict_tiled(unet, grey.astype(np.float32), tile=64)
+    with pytest.raises(ValueError, match="looks normalised already"):
+        predict_tiled(unet, (unit - 0.5) / 0.25, tile=64)
+
+
+def test_a_loader_and_a_trainer_print_what_they_hold_in_one_line():
+    """A notebook cell ending in `train` or `trainer` printed `<cnnzoo.data.loader.BatchLoader
+    object at 0x7f...>`: nothing of the images, batches or normalisation it was given. Both say
+    it now in a line, the trainer only the settings changed from TrainConfig's defaults."""
+    from cnnzoo.data import BatchLoader, default_augmentation
+    from cnnzoo.engine.loop import TrainConfig, Trainer
+    from cnnzoo.engine.task import ClassificationTask
+
+    images = torch.zeros(100, 1, 8, 8, dtype=torch.uint8)
+    labels = torch.zeros(100, dtype=torch.long)
+    train = BatchLoader(images, labels, batch_size=32, shuffle=True, drop_last=True,
+                        transform=default_augmentation("none", 32), mean=[0.3], std=[0.4])
+    # 100 // 32 = 3 whole batches (drop_last); the validation loader keeps the 4th, of 4.
+    assert repr(train) == ("BatchLoader(100 images 1x8x8 uint8, batch_size=32, 3 batches, "
+                           "shuffle, drop_last, transform=Resize((32, 32)), mean=(0.3,), "
+                           "std=(0.4,))")
+    val = BatchLoader(images[:40], labels[:40], batch_size=40)
+    assert repr(val) == "BatchLoader(40 images 1x8x8 uint8, batch_size=40, 1 batch)"
+    model = cnnzoo.create_model("lenet5", num_classes=10, in_chans=1)
+    trainer = Trainer(model, ClassificationTask(10, label_smoothing=0.1), train, val,
+                      TrainConfig(epochs=8, lr=0.05), out_dir="runs/x")
+    # 61,706: LeNet-5's published parameter count (README's table).
+    assert repr(trainer) == ("Trainer(lenet5 (61,706 parameters), ClassificationTask(10 classes, "
+                             "label_smoothing=0.1, monitor='loss'), train=3 batches of 32, "
+                             "val=1 batch of 40, TrainConfig(epochs=8, lr=0.05), "
+                             "out_dir='runs/x')")
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"optimizer": "adam"}, "optimizer must be one of sgd, adamw, not 'adam'"),
+    ({"schedule": "step"}, "schedule must be one of onecycle, cosine, constant, not 'step'"),
+    ({"precision": "fp16"}, "precision must be one of auto, bf16, fp32, not 'fp16'"),
+    ({"tta": "flips"}, "tta must be one of flip, flip-shift"),
+    ({"epochs": -1}, "epochs must be a whole number >= 0, not -1"),
+    ({"epochs": 2.5}, "epochs must be a whole number >= 0, not 2.5"),
+    ({"log_every": 0}, "log_every must be a whole number of steps >= 1, not 0"),
+    ({"lr": -0.1}, "lr must be a number >= 0, not -0.1"),
+    ({"weight_decay": float("nan")}, "weight_decay must be a number >= 0, not nan"),
+    ({"momentum": 1.5}, r"momentum must lie in \[0, 1\), not 1.5"),
+    ({"grad_clip": 0}, r"grad_clip must be a gradient norm > 0 \(None: off\), not 0"),
+])
+def test_train_config_refuses_what_the_command_line_refuses_when_it_is_built(kwargs, message):
+    """TrainConfig(optimizer='adam') was accepted, and fit() raised a plain ValueError after
+    loading and a precision trial; log_every=0 was a ZeroDivisionError at the first step;
+    epochs=-1, lr=-1's neighbours weight_decay=nan or momentum=1.5 trained without a word.
+    Each is now a one-line UsageError (a CnnzooError and a ValueError) when the config is made."""
+    from cnnzoo.engine.loop import TrainConfig
+    from cnnzoo.errors import UsageError
+
+    with pytest.raises(UsageError, match=f"^TrainConfig: {message}"):
+        TrainConfig(**kwargs)
+
+
+def test_train_config_takes_numpy_numbers_and_its_documented_values():
+    from cnnzoo.engine.loop import TrainConfig
+
+    cfg = TrainConfig(epochs=np.int64(3), lr=np.float32(0.05), patience=0, tta=True,
+                      grad_clip=1.0, momentum=0.0, optimizer="adamw", schedule="cosine")
+    assert cfg.epochs == 3 and cfg.patience is None
+
+
+def test_batch_loader_takes_numpy_arrays_and_says_what_is_wrong_with_bad_ones():
+    """Keras's (x_train, y_train) are numpy arrays: BatchLoader took them and failed at the
+    first batch with "'numpy.ndarray' object has no attribute 'index_select'"; a mean of three
+    numbers for grey images was torch's "shape '[1, 1, 1, 1]' is invalid for input of size 3",
+    and Keras's channels-last images were batched as they were, for the model to refuse at the
+    first step. Now numpy arrays are taken as the tensors they hold, and the rest is one line
+    each, when the loader is made."""
+    from cnnzoo.data import BatchLoader
+    from cnnzoo.errors import UsageError
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (10, 1, 4, 4), dtype=np.uint8)
+    y = np.arange(10) % 2
+    batches = list(BatchLoader(x, y, batch_size=4, mean=[0.5], std=[0.25]))
+    xb, yb = batches[0]
+    # (x / 255 - 0.5) / 0.25, computed here from the numbers themselves.
+    expected = (torch.from_numpy(x[:4]).float() / 255 - 0.5) / 0.25
+    torch.testing.assert_close(xb, expected)
+    assert yb.tolist() == [0, 1, 0, 1] and [len(b[1]) for b in batches] == [4, 4, 2]
+    with pytest.raises(UsageError, match=r"^mean needs one number per channel of the images "
+                                         r"\(1\), not 3: \[0.485, 0.456, 0.406\]$"):
+        BatchLoader(x, y, batch_size=4, mean=[0.485, 0.456, 0.406], std=[0.2] * 3)
+    with pytest.raises(UsageError, match=r"look channels-last .*permute\(0, 3, 1, 2\)"):
+        BatchLoader(rng.integers(0, 256, (10, 28, 28, 3), dtype=np.uint8), y, batch_size=4)
+    with pytest.raises(ValueError, match="^10 images but 3 targets$"):  # a ValueError still
+        BatchLoader(x, y[:3], batch_size=4)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Keras's torch backend, numpy 2
+def test_a_keras_vgg_files_preprocessing_is_keras_preprocess_input_and_its_note_says_so(tmp_path):
+    """Keras is the reference: `keras.applications.vgg16.preprocess_input` of a photo, turned
+    from BGR to RGB, equals the loaded file's `preprocessing.normalize`, and the note printed
+    when the file loads gives the means it subtracts. The note said 0.482 for the red mean,
+    123.68 / 255 = 0.485 (the preprocessing itself was right)."""
+    import re
+
+    keras = pytest.importorskip("keras")
+    pytest.importorskip("h5py")
+    if keras.backend.backend() != "torch":
+        pytest.skip("Keras runs on another backend here")
+    km = keras.applications.VGG16(weights=None, input_shape=(32, 32, 3), classes=10)  # 1x1 map
+    path = tmp_path / "vgg16.weights.h5"
+    km.save_weights(str(path))
+    model = cnnzoo.create_model("vgg16", pool_size=1, weights=str(path))
+    pre = model.weights_info.preprocessing
+    photo = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    ref = keras.ops.convert_to_numpy(
+        keras.applications.vgg16.preprocess_input(photo[None].astype("float32")))[0]
+    ours = pre.normalize(torch.from_numpy(photo).permute(2, 0, 1)).numpy()
+    np.testing.assert_allclose(ours, ref[..., ::-1].transpose(2, 0, 1), atol=1e-3)
+    note = next(n for n in model.weights_info.notes if "Caffe" in n)
+    said = [float(v) for v in re.search(r"mean=\(([^)]*)\)", note).group(1).split(",")]
+    # The means Keras subtracts from a black image, back on the 0..1 scale, in RGB order.
+    black = keras.ops.convert_to_numpy(
+        keras.applications.vgg16.preprocess_input(np.zeros((1, 1, 1, 3), "float32")))[0, 0, 0]
+    assert said == pytest.approx(list(-black[::-1] / 255), abs=5e-4)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"output": "labels"}, "output must be probs, logits or mask, not 'labels'"),
+    ({"tile": 0}, "tile must be a whole number >= 1, not 0"),
+    ({"margin": -1}, "margin must be a whole number >= 0, not -1"),
+    ({"batch_size": 0}, "batch_size must be a whole number >= 1, not 0"),
+    ({"mean": (0.5,)}, "mean and std go together"),
+    ({"mean": (0.485, 0.456, 0.406), "std": (0.2, 0.2, 0.2)},
+     r"mean needs one number per channel of the net \(1\), not \[0.485, 0.456, 0.406\]"),
+    ({"tta": "flips"}, "unknown TTA 'flips': choose one of flip, flip-shift"),
+])
+def test_predict_tiled_refuses_settings_it_cannot_use_in_one_line(kwargs, message):
+    """output='labels' returned logits, tile=0 and margin=-1 ran as if given sensible values,
+    batch_size=0 was range()'s "arg 3 must not be zero", mean without std a TypeError, and an
+    ImageNet mean for a grey net broadcast the image to three channels, which the net then
+    refused as "got 3 channels: build the model with in_chans=3"."""
+    from cnnzoo.errors import UsageError
+
+    unet = cnnzoo.create_model("unet", num_classes=2, in_chans=1, padding="same", base_width=4)
+    with pytest.raises(UsageError, match=f"^{message}"):
+        predict_tiled(unet, np.zeros((20, 24), np.uint8), **{"tile": 64, **kwargs})
+
+
+def test_predict_tiled_says_a_classifier_is_no_segmentation_net():
+    from cnnzoo.errors import UsageError
+
+    net = cnnzoo.create_model("resnet18", num_classes=4).eval()  # (N, 4): no map
+    with pytest.raises(UsageError, match=r"needs a net that outputs a map .* shape \(4, 4\)$"):
+        predict_tiled(net, np.zeros((3, 40, 40), np.uint8), tile=64)
+
+
+def test_bundle_predict_and_decode_predictions_refuse_bad_input_as_cnnzoo_errors():
+    """Bundle.predict(precision='fp16'), batch_size=0, a 1-D tensor, a channels-last batch,
+    predict_loaded given a float batch, and decode_predictions given logits or top=0 raised
+    plain ValueErrors, past a notebook's `except CnnzooError`."""
+    from cnnzoo.transfer.bundle import Bundle
+    from cnnzoo.weights import decode_predictions
+
+    pre = Preprocessing(32, 32, "bilinear", (0.5,), (0.5,), 1)
+    bundle = Bundle(cnnzoo.create_model("lenet5", num_classes=2, in_chans=1), "lenet5",
+                    ["a", "b"], pre)
+    grey = np.zeros((32, 32), np.uint8)
+    assert bundle.predict(grey).probabilities.shape == (1, 2)  # the bundle itself works
+    text = _one_line_cnnzoo_error(lambda: bundle.predict(grey, precision="fp16"), ValueError)
+    assert text == "precision must be auto, bf16 or fp32, not 'fp16'"
+    _one_line_cnnzoo_error(lambda: bundle.predict(grey, batch_size=0), ValueError)
+    _one_line_cnnzoo_error(lambda: bundle.predict(torch.zeros(32, dtype=torch.uint8)),
+                           ValueError)
+    text = _one_line_cnnzoo_error(
+        lambda: bundle.predict(torch.zeros(2, 32, 32, 1, dtype=torch.uint8)), ValueError)
+    assert text.endswith("use images.permute(0, 3, 1, 2)")
+    _one_line_cnnzoo_error(lambda: bundle.predict_loaded(torch.zeros(1, 1, 32, 32)), ValueError)
+    logits = torch.tensor([[2.0, -1.0, 0.5]])
+    text = _one_line_cnnzoo_error(lambda: decode_predictions(logits, class_names=list("abc")),
+                                  ValueError)
+    assert text.endswith("pass model(x).softmax(1), not the logits")
+    _one_line_cnnzoo_error(lambda: decode_predictions(logits.softmax(1), top=0), ValueError)
+
+
+def test_trainer_checks_a_loaders_labels_before_training_and_takes_keras_integer_types():
+    """A label at or above the task's class count was torch's "IndexError: Target 2 is out of
+    bounds." at the first step, one-hot or float labels its "expected target dtype to be Long",
+    and Keras's int32 labels (what np.arange and many loaders give) the same error although
+    they are class indices. Out-of-range and float labels are now a one-line DataError when the
+    Trainer is made; integer labels of any width train."""
+    from cnnzoo.data import BatchLoader
+    from cnnzoo.engine.loop import TrainConfig, Trainer
+    from cnnzoo.engine.task import ClassificationTask
+    from cnnzoo.errors import DataError
+
+    x = np.random.default_rng(0).integers(0, 256, (12, 1, 32, 32), dtype=np.uint8)
+    y = (np.arange(12) % 3).astype(np.int32)
+    net = cnnzoo.create_model("lenet5", num_classes=2, in_chans=1)
+    with pytest.raises(DataError, match=r"^train_loader holds label 2, outside the task's 2 "
+                                        r"classes \(0..1\): .* num_classes=3, or check"):
+        Trainer(net, ClassificationTask(2), BatchLoader(x, y, batch_size=4))
+    one_hot = np.eye(3, dtype=np.float32)[y]
+    with pytest.raises(DataError, match=r"class indices \(N,\), not torch.float32 \(12, 3\): "
+                                        r"one-hot .* labels.argmax\(1\)$"):
+        Trainer(net, ClassificationTask(2), BatchLoader(x, y % 2, batch_size=4),
+                BatchLoader(x, one_hot, batch_size=4))
+    loader = BatchLoader(x, y, batch_size=4)
+    assert loader.targets.dtype == torch.int64 and loader.targets.tolist() == [0, 1, 2] * 4
+    cfg = TrainConfig(epochs=1, precision="fp32", channels_last="off", progress=False,
+                      verbose=False, tensorboard=False, report=False)
+    three = cnnzoo.create_model("lenet5", num_classes=3, in_chans=1)
+    result = Trainer(three, ClassificationTask(3), loader, loader, cfg).fit()
+    assert result.accumulator.confusion.sum() == 12  # every image scored once
+
+
+def test_a_model_or_a_number_given_for_a_name_is_a_cnnzoo_error_and_still_a_type_error():
+    """list_models(3) said "'int' object is not iterable", and create_model(net) a plain
+    TypeError; both are one-line CnnzooErrors now, still TypeErrors."""
+    text = _one_line_cnnzoo_error(lambda: cnnzoo.list_models(3), TypeError)
+    assert text == "pattern must be a string or a list of strings, not 3"
+    net = cnnzoo.create_model("lenet5")
+    text = _one_line_cnnzoo_error(lambda: cnnzoo.create_model(net), TypeError)
+    assert text.endswith("not a LeNet5: a model's own is model.default_cfg")
+    # Several patterns, as timm takes them, from any iterable.
+    assert cnnzoo.list_models(p for p in ("vgg11", "lenet5")) == ["lenet5", "vgg11"]
+
+
+def test_an_unknown_segmentation_loss_is_a_cnnzoo_error():
+    """train('cells', loss='focal') and SegmentationTask(2, loss='focal') raised a plain
+    ValueError; now a UsageError naming the losses there are."""
+    from cnnzoo.segmentation.task import SegmentationTask
+
+    text = _one_line_cnnzoo_error(lambda: SegmentationTask(2, loss="focal"), ValueError)
+    assert text == "unknown loss 'focal'; choose one of ce, dice, ce+dice, weighted_ce"
+
+
+def test_a_frozen_model_and_class_weights_of_another_length_are_cnnzoo_errors():
+    """Freezing a whole net (Keras's backbone.trainable = False, the new head forgotten) made
+    fit() raise a plain ValueError, and so did ClassificationTask given two class weights for
+    three classes; both are one-line UsageErrors now, the first saying what to unfreeze."""
+    from cnnzoo.data import BatchLoader
+    from cnnzoo.engine.loop import TrainConfig, Trainer
+    from cnnzoo.engine.task import ClassificationTask
+
+    net = cnnzoo.create_model("lenet5", num_classes=2, in_chans=1)
+    net.requires_grad_(False)
+    loader = BatchLoader(torch.zeros(4, 1, 32, 32, dtype=torch.uint8), torch.tensor([0, 1, 0, 1]),
+                         batch_size=2)
+    cfg = TrainConfig(epochs=1, precision="fp32", channels_last="off", progress=False,
+                      verbose=False, tensorboard=False, report=False)
+    text = _one_line_cnnzoo_error(lambda: Trainer(net, ClassificationTask(2), loader,
+                                                  config=cfg).fit(), ValueError)
+    assert text.startswith("no trainable parameters: every parameter is frozen")
+    _one_line_cnnzoo_error(lambda: ClassificationTask(3, class_weights=[1.0, 2.0]), ValueError)
