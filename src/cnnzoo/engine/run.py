@@ -463,6 +463,9 @@ def train_classifier(
     if epochs > config.epochs:
         say(f"note: {epochs} epochs of {plural(per_epoch, 'step')} instead of "
             f"{config.epochs}, to make at least {min_steps} steps; {exact} for exactly N")
+    # As asked for, in the meta: a bare --resume takes them again (`resume_options`).
+    meta_asked = {"asked_patience": config.patience, "asked_warmup_epochs": config.warmup_epochs,
+                  "asked_progressive": list(data.progressive) if data.progressive else None}
     if epochs > asked:
         # Patience and --progressive count the epochs asked for, as transfer's fine-tuning
         # counts its patience; the small size would otherwise be a sliver of the run.
@@ -495,6 +498,7 @@ def train_classifier(
     meta["augment"] = augment_kind(data)  # `evaluate --tta` says when the net never saw flips
     meta["batch_size"], meta["label_smoothing"] = data.batch_size, label_smoothing
     meta["min_steps"], meta["asked_epochs"] = min_steps, asked
+    meta.update(meta_asked)
     # The rest of the recipe the config does not hold, for `cnnzoo compare` to tell runs apart.
     meta["erase"] = data.erase
     meta["progressive"] = list(data.progressive) if data.progressive else None

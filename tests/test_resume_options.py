@@ -1,0 +1,116 @@
+"""A bare `cnnzoo train ... --resume` (a batch queue's restart command) continues the run as it
+was configured: every option left out is the run's own (`commands/resume_options.py`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnzoo.cli import Terminated, main
+from cnnzoo.engine import loop
+from cnnzoo.engine.checkpoint import load_checkpoint
+
+FAST = ["--no-progress", "--precision", "fp32", "--channels-last", "off"]
+
+
+def _folder(root: Path, n: int = 40) -> Path:
+    """Two classes of n grey 32-px images each, with some texture for the crops to move."""
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for k, cls in enumerate(("dark", "light")):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            pixels = (torch.rand(32, 32, generator=g) * 60 + 40 + 120 * k).to(torch.uint8)
+            Image.fromarray(pixels.numpy()).save(root / cls / f"{i}.png")
+    return root
+
+
+def _killed_after_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
+    """The scheduler's SIGTERM right after `epoch`'s checkpoint is written (its epoch line)."""
+    line = loop._epoch_line
+
+    def killed(record, *args, **kwargs):
+        if record["epoch"] == epoch:
+            raise Terminated
+        return line(record, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "_epoch_line", killed)
+
+
+def _same_run(a: Path, b: Path) -> None:
+    """Two runs' last.pt hold the same weights and the same metrics (but the timings)."""
+    wa, wb = load_checkpoint(a / "last.pt")["model"], load_checkpoint(b / "last.pt")["model"]
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa), "the weights differ"
+
+    def rows(run: Path) -> list[dict]:
+        return [{k: v for k, v in json.loads(line).items()
+                 if k not in ("seconds", "images_per_s")}
+                for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+    assert rows(a) == rows(b)
+
+
+def test_a_bare_resume_of_a_killed_classifier_run_keeps_every_option(tmp_path, monkeypatch,
+                                                                     capsys):
+    """A run killed after epoch 1 and restarted with the bare command went on with defaults:
+    early stopping off (its --patience 2 dropped, with a warning), and seed, validation
+    fraction, schedule, warm-up, momentum, mixing, SAM, label smoothing, erasing,
+    augmentation, progressive resizing and --model-arg all back at their defaults (another
+    validation split, so images it had trained on were scored; a tanh net refused as another
+    model). It now ends bit-identical to the uninterrupted run, with no warning."""
+    data = _folder(tmp_path / "data")
+    # 80 images at --val-fraction 0.25: 60 to train in batches of 15, 4 steps per epoch; the 2
+    # epochs asked for are raised to 3 to make 12 steps, patience 2 -> 3, --progressive
+    # 32:1 -> 32:2.
+    recipe = ["--epochs", "2", "--min-steps", "12", "--patience", "2", "--seed", "3",
+              "--val-fraction", "0.25", "--schedule", "cosine", "--warmup-epochs", "1",
+              "--weight-decay", "1e-3", "--momentum", "0.8", "--no-nesterov", "--grad-clip", "1",
+              "--mixup", "0.2", "--cutmix", "0.5", "--sam", "0.05", "--label-smoothing", "0.05",
+              "--erase", "0.3", "--augment", "crop", "--img-size", "48", "--progressive",
+              "32:1", "--model-arg", "act=tanh", "--no-tensorboard"]  # fmt: skip
+    base = ["train", "lenet5", "--data", str(data), *FAST]
+    assert main([*base, *recipe, "--out", str(tmp_path / "whole")]) == 0
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _killed_after_epoch(m, 1)
+        assert main([*base, *recipe, "--out", str(run)]) == 128 + 15
+    capsys.readouterr()
+    assert main([*base, "--out", str(run), "--resume"]) == 0  # the queue's restart
+    err = capsys.readouterr().err
+    assert "warning" not in err and "resuming after epoch 1 of 3" in err, err
+    _same_run(tmp_path / "whole", run)
+    assert not (run / "tb").exists()  # --no-tensorboard kept too
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["config"]["patience"] == 3
+    assert ckpt["meta"]["progressive"] == [32, 2] and ckpt["meta"]["model_kwargs"] == {
+        "act": "tanh"}
+
+
+def test_a_bare_resume_of_a_killed_unet_run_keeps_every_option(tmp_path, monkeypatch, capsys):
+    """A U-Net run of 4 synthetic cells, base width 4, Dice loss, elastic 3, dropout 0.1,
+    seed 2, killed after epoch 1 and restarted bare, was refused as another net (base_width=16)
+    after loading 200 cells; with --base-width it went on with another loss, deformation,
+    seed, validation split and 200 images. It now ends as the uninterrupted run."""
+    recipe = ["--cells", "4", "--base-width", "4", "--loss", "dice", "--elastic", "3",
+              "--crop", "32", "--batch-size", "2", "--seed", "2", "--val-fraction", "0.5",
+              "--patience", "3", "--model-arg", "dropout=0.1", "--epochs", "2",
+              "--no-tensorboard"]  # fmt: skip
+    base = ["train", "unet", "--data", "cells", *FAST]
+    assert main([*base, *recipe, "--out", str(tmp_path / "whole")]) == 0
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _killed_after_epoch(m, 1)
+        assert main([*base, *recipe, "--out", str(run)]) == 128 + 15
+    capsys.readouterr()
+    assert main([*base, "--out", str(run), "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "warning" not in err and "resuming after epoch 1 of 2" in err, err
+    _same_run(tmp_path / "whole", run)
+    meta = load_checkpoint(run / "last.pt")["meta"]
+    assert meta["images"] == {"train": 2, "val": 2} and meta["loss"] == "dice"
+    assert meta["model_kwargs"] == {"padding": "same", "dropout": 0.1, "base_width": 4}
