@@ -114,3 +114,26 @@ def test_a_bare_resume_of_a_killed_unet_run_keeps_every_option(tmp_path, monkeyp
     meta = load_checkpoint(run / "last.pt")["meta"]
     assert meta["images"] == {"train": 2, "val": 2} and meta["loss"] == "dice"
     assert meta["model_kwargs"] == {"padding": "same", "dropout": 0.1, "base_width": 4}
+
+
+def test_the_warm_up_grows_with_epochs_raised_by_min_steps(tmp_path, monkeypatch, capsys):
+    """--patience and --progressive grew when --min-steps raised the epochs, --warmup-epochs
+    did not: 1 epoch of the 2 asked for stayed 1 of the 3 run. It is now 1.5 epochs of 4 steps,
+    6 steps: the constant schedule's rate after epoch 1's 4th step is 4/6 of the peak (it was
+    the peak), and a bare resume raises it the same way."""
+    data = _folder(tmp_path / "data")  # 64 to train in batches of 16: 4 steps per epoch
+    args = ["train", "lenet5", "--data", str(data), *FAST, "--no-tensorboard", "--out",
+            str(tmp_path / "run"), "--epochs", "2", "--min-steps", "12", "--schedule",
+            "constant", "--warmup-epochs", "1", "--lr", "0.04"]  # fmt: skip
+    with monkeypatch.context() as m:
+        _killed_after_epoch(m, 2)
+        assert main(args) == 128 + 15
+    capsys.readouterr()
+    assert main(["train", "lenet5", "--data", str(data), "--out", str(tmp_path / "run"),
+                 "--resume", "--no-progress"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    lrs = [json.loads(line)["lr"] for line in
+           (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([0.04 * 4 / 6, 0.04, 0.04])
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["config"]["warmup_epochs"] == 1.5 and ckpt["meta"]["asked_warmup_epochs"] == 1

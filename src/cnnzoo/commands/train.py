@@ -69,7 +69,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--schedule", choices=("onecycle", "cosine", "constant"), default=None,
                    help="learning-rate schedule, stepped every batch (default onecycle)")
     p.add_argument("--warmup-epochs", type=real(0), default=None,
-                   help="linear warm-up for cosine/constant schedules (default 0)")
+                   help="linear warm-up for cosine/constant schedules (default 0; grows with "
+                        "epochs raised by --min-steps)")
     p.add_argument("--label-smoothing", type=real(0, 1, below=True), default=None,
                    help=f"classification only (default {LABEL_SMOOTHING})")
     add_class_weight_argument(p)

@@ -467,13 +467,16 @@ def train_classifier(
     meta_asked = {"asked_patience": config.patience, "asked_warmup_epochs": config.warmup_epochs,
                   "asked_progressive": list(data.progressive) if data.progressive else None}
     if epochs > asked:
-        # Patience and --progressive count the epochs asked for, as transfer's fine-tuning
-        # counts its patience; the small size would otherwise be a sliver of the run.
+        # Patience, --progressive and the warm-up count the epochs asked for, as transfer's
+        # fine-tuning counts its patience; the small size would otherwise be a sliver of the
+        # run, and a warm-up of 1 epoch of 10 one of 75.
         if data.progressive is not None:
             small, span = data.progressive
             data = replace(data, progressive=(small, in_raised_epochs(span, epochs, asked)))
         config = replace(config, patience=config.patience
-                         and in_raised_epochs(config.patience, epochs, asked))
+                         and in_raised_epochs(config.patience, epochs, asked),
+                         warmup_epochs=in_raised_epochs(float(config.warmup_epochs), epochs,
+                                                        asked))
     config = replace(config, epochs=epochs)
     mean, std = channel_stats(splits.train.images)
     train, val = make_loaders(splits, size, data, seed=config.seed, mean=mean, std=std, dist=dist)
