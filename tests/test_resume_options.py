@@ -137,3 +137,30 @@ def test_the_warm_up_grows_with_epochs_raised_by_min_steps(tmp_path, monkeypatch
     assert lrs == pytest.approx([0.04 * 4 / 6, 0.04, 0.04])
     ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
     assert ckpt["config"]["warmup_epochs"] == 1.5 and ckpt["meta"]["asked_warmup_epochs"] == 1
+
+
+def test_growth_refuses_the_papers_lenet5_into_the_modern_one_and_back():
+    """lenet5_classic -> lenet5 fits c1, c5, f6 and the head, and copied the paper's
+    scaled-tanh weights into a ReLU net without a word (lenet5 act=tanh -> lenet5 is refused,
+    as plain18 -> resnet34 is); refused now both ways, nothing copied. A classic run grows a
+    classic net (a new run from its weights) as before."""
+    from cnnzoo.engine.grow import grow_from
+    from cnnzoo.errors import WeightsError
+    from cnnzoo.models import create_model
+
+    torch.manual_seed(0)
+    classic, modern = create_model("lenet5_classic"), create_model("lenet5")
+    tanh = create_model("lenet5", act="tanh")
+    for source, name, target, kwargs in ((classic, "lenet5_classic", modern, {}),
+                                         (classic, "lenet5_classic", tanh, {"act": "tanh"}),
+                                         (modern, "lenet5", classic, {})):
+        before = {k: v.clone() for k, v in target.state_dict().items()}
+        with pytest.raises(WeightsError, match=rf"^the source checkpoint is {name}, the "
+                                               r".*: its layers would compute other functions"):
+            grow_from(target, source.state_dict(), source_meta={"model": name},
+                      target_kwargs=kwargs)
+        assert all(torch.equal(v, before[k]) for k, v in target.state_dict().items())
+    again = create_model("lenet5_classic")
+    report = grow_from(again, classic.state_dict(), source_meta={"model": "lenet5_classic"},
+                       target_kwargs={})
+    assert torch.equal(again.c1.weight, classic.c1.weight) and "c3.weight" in report.copied
