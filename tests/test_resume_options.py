@@ -164,3 +164,28 @@ def test_growth_refuses_the_papers_lenet5_into_the_modern_one_and_back():
     report = grow_from(again, classic.state_dict(), source_meta={"model": "lenet5_classic"},
                        target_kwargs={})
     assert torch.equal(again.c1.weight, classic.c1.weight) and "c3.weight" in report.copied
+
+
+def test_train_and_transfer_json_count_the_skipped_files_as_data_info_does(tmp_path, capsys,
+                                                                           monkeypatch):
+    """A folder with a file that is no image and one cut short: `data info --json` said
+    "skipped": 2, while `train --json` and `transfer --json` left the count out, so a script
+    could not tell the run lost two images (the warnings scroll by on stderr)."""
+    from cnnzoo.models import create_model
+
+    monkeypatch.setenv("CNNZOO_CACHE", str(tmp_path / "cache"))  # transfer's feature cache
+    data = _folder(tmp_path / "data", n=20)
+    (data / "dark" / "notes.png").write_bytes(b"not a png")
+    (data / "light" / "cut.png").write_bytes((data / "light" / "0.png").read_bytes()[:60])
+    counts = {}
+    assert main(["data", "info", str(data), "--json"]) == 0
+    counts["data info"] = json.loads(capsys.readouterr().out)["skipped"]
+    assert main(["train", "lenet5", "--data", str(data), "--epochs", "1", "--json", *FAST,
+                 "--no-tensorboard", "--out", str(tmp_path / "run")]) == 0
+    counts["train"] = json.loads(capsys.readouterr().out)["skipped"]
+    torch.save(create_model("resnet20", num_classes=10).state_dict(), tmp_path / "w.pt")
+    assert main(["transfer", str(data), "--model", "resnet20", "--weights",
+                 str(tmp_path / "w.pt"), "--mode", "features", "--img-size", "32", "--json",
+                 "--no-progress", "--out", str(tmp_path / "transfer")]) == 0
+    counts["transfer"] = json.loads(capsys.readouterr().out)["skipped"]
+    assert counts == {"data info": 2, "train": 2, "transfer": 2}

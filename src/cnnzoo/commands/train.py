@@ -320,6 +320,8 @@ def run(args: argparse.Namespace) -> int:
                          # trained in all (raised by --min-steps on a small folder, or cut short)
                          "epochs": len(result.history),
                          "stopped_early": result.stopped_early,
+                         # files left out as unreadable, under `data info --json`'s name
+                         "skipped": result.skipped,
                          "final": {**result.final, **balanced},
                          "final_tta": result.final_tta or None}))
     elif dist.is_main:

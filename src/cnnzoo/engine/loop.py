@@ -146,6 +146,7 @@ class FitResult:
     out_dir: Path | None = None
     accumulator: MetricAccumulator | None = None  # of the final validation pass
     final_tta: dict[str, float] = field(default_factory=dict)  # the same with config.tta
+    skipped: int = 0  # files of the data left out as unreadable (set by the run that loads them)
 
 
 def batchnorm_params(model: nn.Module) -> list[nn.Parameter]:

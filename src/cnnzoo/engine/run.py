@@ -519,7 +519,9 @@ def train_classifier(
                               class_names=splits.class_names, class_weights=weights)
     trainer = Trainer(model, task, train, val, config, out_dir=out_dir, meta=meta, dist=dist,
                       say=say, show=show)
-    return trainer.fit(resume=resume, overwrite=overwrite)
+    result = trainer.fit(resume=resume, overwrite=overwrite)
+    result.skipped = splits.skipped_count
+    return result
 
 
 def say_head_note(model_name: str, model: nn.Module, model_kwargs: dict[str, Any],

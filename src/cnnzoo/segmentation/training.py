@@ -306,6 +306,7 @@ def train(
     trainer = Trainer(net, task, train_loader, val_loader, cfg, out_dir=out_dir, meta=meta,
                       dist=dist, say=say)
     result = trainer.fit(resume=resume, overwrite=overwrite)
+    result.skipped = len(splits.skipped)
     net = unwrap_model(trainer.model)
     if out_dir is not None and cfg.report and dist.is_main:
         # The grid's own loader: the tiles it draws (not rank 0's share of a DDP run's).
