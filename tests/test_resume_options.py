@@ -189,3 +189,14 @@ def test_train_and_transfer_json_count_the_skipped_files_as_data_info_does(tmp_p
                  "--no-progress", "--out", str(tmp_path / "transfer")]) == 0
     counts["transfer"] = json.loads(capsys.readouterr().out)["skipped"]
     assert counts == {"data info": 2, "train": 2, "transfer": 2}
+
+
+def test_a_resume_with_no_checkpoint_says_it_starts_with_the_options_given(tmp_path, capsys):
+    """A run killed in its first epoch has written nothing; the queue's bare restart then
+    started a default run, said only as 'no checkpoint in DIR: starting a new run', which
+    read as the killed run going on. The note says whose options it starts with."""
+    data = _folder(tmp_path / "data", n=10)
+    assert main(["train", "lenet5", "--data", str(data), "--epochs", "1", *FAST,
+                 "--no-tensorboard", "--out", str(tmp_path / "run"), "--resume"]) == 0
+    assert (f"note: no checkpoint in {tmp_path / 'run'} (a run writes its first when epoch 1 "
+            "ends): starting a new run with the options given here") in capsys.readouterr().err

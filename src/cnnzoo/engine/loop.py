@@ -444,7 +444,10 @@ class Trainer:
                 raise TrainingError("resume needs an output folder: pass out_dir / --out DIR")
             path = self.out_dir / "last.pt"
             if not path.exists():
-                self._say(f"no checkpoint in {self.out_dir}: starting a new run")
+                # A queue's bare restart of a run killed in its first epoch gets only the
+                # options it gives: nothing of the killed run's was written to take.
+                self._say(f"note: no checkpoint in {self.out_dir} (a run writes its first when "
+                          "epoch 1 ends): starting a new run with the options given here")
                 return None
         else:
             path = Path(resume)
