@@ -200,3 +200,35 @@ def test_a_resume_with_no_checkpoint_says_it_starts_with_the_options_given(tmp_p
                  "--no-tensorboard", "--out", str(tmp_path / "run"), "--resume"]) == 0
     assert (f"note: no checkpoint in {tmp_path / 'run'} (a run writes its first when epoch 1 "
             "ends): starting a new run with the options given here") in capsys.readouterr().err
+
+
+def test_a_bare_resume_of_a_unet_keeps_its_encoder_and_weights_from_another_folder(
+        tmp_path, monkeypatch, capsys):
+    """A U-Net on a resnet18 encoder started from a weights file given by a relative path
+    normalises with the weights' ImageNet mean and std; a bare resume (from another working
+    folder, as a queue may run it) was refused as another net (no encoder), and given
+    --encoder alone it normalised with the cells' own statistics without a word. It keeps the
+    encoder, the file and so the normalisation."""
+    from cnnzoo.models import create_model
+
+    (tmp_path / "a").mkdir()
+    torch.save(create_model("resnet18").state_dict(), tmp_path / "a" / "enc.pt")
+    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path / "a")
+    argv = ["train", "unet", "--data", "cells", "--cells", "3", "--crop", "32", "--batch-size",
+            "2", "--encoder", "resnet18", "--encoder-weights", "enc.pt", "--epochs", "1",
+            "--model-arg", "decoder_channels=8,8,8,8,8",
+            *FAST, "--no-tensorboard", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    first = load_checkpoint(out / "last.pt")["meta"]
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["train", "unet", "--data", "cells", "--out", str(out), "--resume", "--epochs",
+                 "2", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming after epoch 1 of 2" in err
+    assert "warning: resuming with different epochs (was 1, now 2) than" in err  # that alone
+    meta = load_checkpoint(out / "last.pt")["meta"]
+    assert meta["mean"] == first["mean"] == [pytest.approx((0.485 + 0.456 + 0.406) / 3)]
+    assert meta["encoder_weights"] == str(tmp_path / "a" / "enc.pt")
+    assert meta["model_kwargs"]["encoder_name"] == "resnet18"

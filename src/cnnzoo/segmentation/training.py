@@ -163,6 +163,14 @@ def _check_encoder(encoder_name: str | None, encoder_weights: Any,
                          "resnet18 --encoder-weights imagenet)")
 
 
+def _weights_record(weights: Any) -> str | None:
+    """--encoder-weights as a run records it: None, 'imagenet', or a file's absolute path (a
+    state_dict given in Python: None, as nothing can name it again)."""
+    if not isinstance(weights, str | os.PathLike):
+        return None
+    return str(Path(weights).resolve()) if Path(weights).is_file() else str(weights)
+
+
 def _encoder_error(exc: CnnzooError, model: str) -> CnnzooError:
     """The encoder's own error, in the words of `cnnzoo train`: missing weights are passed with
     --encoder-weights FILE there, not --weights. (A `ModelOptionError` of `create_model` wraps a
@@ -296,9 +304,10 @@ def train(
         # The rest of the recipe, for `cnnzoo compare` to tell runs apart.
         "batch_size": batch_size, "elastic": elastic, "jitter": jitter,
         # What a bare --resume takes again (`commands.resume_options`): the data and weights
-        # it began from. (A weights file: where it was; 'imagenet' as said.)
+        # it began from ('imagenet' as said; a file by its absolute path, for a resume from
+        # another folder).
         "cells": cells, "classes": None if classes is None else list(splits.classes),
-        "encoder_weights": None if encoder_weights is None else str(encoder_weights),
+        "encoder_weights": _weights_record(encoder_weights),
         **({"w0": w0, "sigma": sigma} if task.needs_weight_map else {}),
     }
     if splits.val_files is not None:
