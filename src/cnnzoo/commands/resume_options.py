@@ -17,7 +17,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-# Options read from the checkpoint's `config` (TrainConfig), for both tasks: option -> key.
+# Options read from the checkpoint's `config` (TrainConfig's field of the option's name), for
+# both tasks.
 CONFIG_KEPT = ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule",
                "warmup_epochs", "grad_clip", "freeze_bn", "patience", "seed", "mixup", "cutmix",
                "sam", "tta", "tensorboard")
@@ -54,7 +55,8 @@ def keep_run_options(args: argparse.Namespace, out: Path) -> None:
             setattr(args, option, value)
 
     for option in CONFIG_KEPT:
-        keep(option, meta.get(ASKED.get(option, ""), config.get(option)))
+        asked = ASKED.get(option, "")
+        keep(option, meta[asked] if asked in meta else config.get(option))
     for option in META_KEPT.get(task, ()):
         keep(option, meta.get(option))
     kwargs = dict(meta.get("model_kwargs") or {})
