@@ -232,3 +232,30 @@ def test_a_bare_resume_of_a_unet_keeps_its_encoder_and_weights_from_another_fold
     assert meta["mean"] == first["mean"] == [pytest.approx((0.485 + 0.456 + 0.406) / 3)]
     assert meta["encoder_weights"] == str(tmp_path / "a" / "enc.pt")
     assert meta["model_kwargs"]["encoder_name"] == "resnet18"
+
+
+def test_a_bare_resume_of_a_run_from_before_reads_its_raised_counts_back(tmp_path, monkeypatch,
+                                                                        capsys):
+    """Runs written before the meta kept the counts asked for recorded --patience 1 and
+    --progressive 32:1 of 2 epochs raised to 3 as 2 and 32:2; taken as asked, a bare resume
+    raised them again (3, 32:3) and warned. They are read back to 1 and 32:1 (the one count
+    that rises to 2 and to 2 of 3), which rise to the same."""
+    data = _folder(tmp_path / "data")
+    run = tmp_path / "run"
+    argv = ["train", "lenet5", "--data", str(data), *FAST, "--no-tensorboard", "--out", str(run),
+            "--epochs", "2", "--min-steps", "12", "--patience", "1", "--img-size", "48",
+            "--progressive", "32:1"]  # fmt: skip
+    with monkeypatch.context() as m:
+        _killed_after_epoch(m, 1)
+        assert main(argv) == 128 + 15
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    assert (ckpt["config"]["patience"], ckpt["meta"]["progressive"]) == (2, [32, 2])
+    for key in ("asked_patience", "asked_warmup_epochs", "asked_progressive"):
+        del ckpt["meta"][key]  # as a run of the version before wrote it
+    torch.save(ckpt, run / "last.pt")
+    capsys.readouterr()
+    assert main(["train", "lenet5", "--data", str(data), "--out", str(run), "--resume",
+                 "--no-progress"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    ckpt = load_checkpoint(run / "last.pt")
+    assert (ckpt["config"]["patience"], ckpt["meta"]["progressive"]) == (2, [32, 2])

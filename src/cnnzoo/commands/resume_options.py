@@ -56,7 +56,9 @@ def keep_run_options(args: argparse.Namespace, out: Path) -> None:
 
     for option in CONFIG_KEPT:
         asked = ASKED.get(option, "")
-        keep(option, meta[asked] if asked in meta else config.get(option))
+        value = meta[asked] if asked in meta else config.get(option)
+        keep(option, _asked(value, config, meta) if option == "patience" and asked not in meta
+             else value)
     for option in META_KEPT.get(task, ()):
         keep(option, meta.get(option))
     kwargs = dict(meta.get("model_kwargs") or {})
@@ -75,6 +77,22 @@ def keep_run_options(args: argparse.Namespace, out: Path) -> None:
         for option, value in own.items():
             keep(option, value)
     elif args.progressive is None and meta.get("progressive"):
-        args.progressive = tuple(meta.get("asked_progressive") or meta["progressive"])
+        small, span = meta.get("asked_progressive") or meta["progressive"]
+        if "asked_progressive" not in meta:
+            span = _asked(span, config, meta)
+        args.progressive = (small, span)
     if not args.model_arg and kwargs:
         args.model_arg = list(kwargs.items())
+
+
+def _asked(count: Any, config: dict[str, Any], meta: dict[str, Any]) -> Any:
+    """A run written before the meta kept the counts asked for recorded --patience and the
+    --progressive span raised with its epochs (3 of 10 asked as 23 of 75): the count asked
+    for, which the run raises again to the same (`count` as it is when it was not raised)."""
+    from ..data.loader import asked_count
+
+    epochs, asked = config.get("epochs"), meta.get("asked_epochs")
+    if not (isinstance(count, int) and count and isinstance(epochs, int)
+            and isinstance(asked, int) and epochs > asked):
+        return count
+    return asked_count(count, epochs, asked)

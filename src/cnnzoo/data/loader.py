@@ -56,6 +56,14 @@ def in_raised_epochs(count: float, epochs: int, asked: int) -> float:
     return math.ceil(count * epochs / max(asked, 1))
 
 
+def asked_count(raised: int, epochs: int, asked: int) -> int:
+    """The count of `asked` epochs that `in_raised_epochs` made `raised` of `epochs` (unique:
+    with epochs >= asked each count rises to a larger one than the count before); `raised`
+    when none does. For runs that recorded only the raised count."""
+    return next((c for c in range(1, raised + 1) if in_raised_epochs(c, epochs, asked) == raised),
+                raised)
+
+
 class BatchLoader:
     """Iterates `(inputs, targets)` over in-memory tensors, one epoch per `iter()`.
 
