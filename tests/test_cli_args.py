@@ -706,7 +706,7 @@ def test_train_json_prints_the_summary_alone_on_stdout(tmp_path, monkeypatch, ca
     def train_classifier(name, data, config, *, show, **kwargs):
         show("class  precision  recall  support")
         return SimpleNamespace(
-            monitor="val_loss", best_value=0.25, best_epoch=3, stopped_early=True,
+            monitor="val_loss", best_value=0.25, best_epoch=3, stopped_early=True, skipped=1,
             history=[{"epoch": e} for e in (1, 2, 3, 4, 5)],
             final={"loss": 0.3, "acc": 0.9, "top5": 1.0}, final_tta={},
             accumulator=SimpleNamespace(num_classes=3,
@@ -721,7 +721,7 @@ def test_train_json_prints_the_summary_alone_on_stdout(tmp_path, monkeypatch, ca
         "epochs": 5,  # those the run trained: a small folder's are raised (--min-steps)
         # read from the run's last.pt, which this stand-in for a run did not write
         "optimizer": None, "lr": None, "batch_size": None,
-        "stopped_early": True, "final_tta": None,
+        "stopped_early": True, "skipped": 1, "final_tta": None,
         "final": {"loss": 0.3, "acc": 0.9, "top5": 1.0, "balanced_acc": 0.8, "macro_f1": 0.7}}
     assert printed.count("\n") == 1 and "class  precision" in err
     assert main(["train", "lenet5", "--data", "digits", "--out", out]) == 0

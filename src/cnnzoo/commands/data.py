@@ -117,7 +117,7 @@ def _info(args: argparse.Namespace) -> int:
         parts.append(("test", splits.test))
     counts = {name: ds.class_counts() for name, ds in parts}
     c, h, w = splits.train.images.shape[1:]
-    n = len(splits.skipped) + splits.grouped
+    n = splits.skipped_count
     if args.json:  # what the table says, for scripts (as models, predict, evaluate, compare)
         print(json_text({"classes": list(splits.class_names),
                          "counts": {name: [int(v) for v in counts[name]] for name, _ in parts},

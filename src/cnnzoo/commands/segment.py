@@ -41,9 +41,10 @@ from .train import add_tta_argument
 
 
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
-    """The `--task segmentation` options of `cnnzoo train`."""
+    """The `--task segmentation` options of `cnnzoo train` (left out: None, and `train`'s
+    defaults, or with --resume the run's own)."""
     g = p.add_argument_group("segmentation (--task segmentation; model unet)")
-    g.add_argument("--loss", choices=("ce", "dice", "ce+dice", "weighted_ce"), default="ce+dice",
+    g.add_argument("--loss", choices=("ce", "dice", "ce+dice", "weighted_ce"), default=None,
                    help="weighted_ce: U-Net's border-weighted cross-entropy (default ce+dice)")
     g.add_argument("--classes", help="class names in index order, e.g. background,cell "
                    "(default: classes.txt in the folder, else 0, 1, ...)")
@@ -52,7 +53,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                         "own; snapped to a legal size); "
                         "with --padding valid the output side: 388 gives the paper's 572-px "
                         "input")
-    g.add_argument("--padding", choices=("same", "valid"), default="same",
+    g.add_argument("--padding", choices=("same", "valid"), default=None,
                    help="'valid' is the paper's net (output smaller than input); default same")
     g.add_argument("--base-width", type=COUNT, default=None,
                    help="channels of the first U-Net level (paper: 64; default 16; not with "
@@ -66,11 +67,11 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cells", type=COUNT, default=None,
                    help="--data cells: number of synthetic images (default 200; refused with "
                         "other data)")
-    g.add_argument("--elastic", type=real(0), default=10.0,
+    g.add_argument("--elastic", type=real(0), default=None,
                    help="elastic deformation std in pixels (default 10, the paper's; 0 disables)")
-    g.add_argument("--w0", type=real(0), default=10.0,
+    g.add_argument("--w0", type=real(0), default=None,
                    help="weighted_ce border weight (default 10, the paper's)")
-    g.add_argument("--sigma", type=real(0, above=True), default=5.0,
+    g.add_argument("--sigma", type=real(0, above=True), default=None,
                    help="weighted_ce border width in pixels (default 5; paper: about 5)")
 
 

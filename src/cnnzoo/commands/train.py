@@ -60,18 +60,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "when a small folder's default batch is below 128; 2e-3 for adamw)")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default=None,
                    help="default sgd (segmentation: adamw, lr 3e-3, weight decay 1e-4)")
-    # None, not 0.9: a --momentum given with adamw is refused (run), not dropped.
+    # Options left out are None, not their defaults (TrainConfig's, config_from_args): a bare
+    # --resume takes the run's own for them (resume_options.keep_run_options).
     p.add_argument("--momentum", type=real(0, 1, below=True), default=None,
                    help="SGD momentum (default 0.9; not for adamw)")
-    p.add_argument("--no-nesterov", dest="nesterov", action="store_false",
-                   help="plain momentum instead of Nesterov's (sgd only)")
-    p.add_argument("--schedule", choices=("onecycle", "cosine", "constant"), default="onecycle",
+    p.add_argument("--no-nesterov", dest="nesterov", action="store_const", const=False,
+                   default=None, help="plain momentum instead of Nesterov's (sgd only)")
+    p.add_argument("--schedule", choices=("onecycle", "cosine", "constant"), default=None,
                    help="learning-rate schedule, stepped every batch (default onecycle)")
-    p.add_argument("--warmup-epochs", type=real(0), default=0.0,
+    p.add_argument("--warmup-epochs", type=real(0), default=None,
                    help="linear warm-up for the cosine and constant schedules (default 0; "
-                        "onecycle has its own)")
-    p.add_argument("--label-smoothing", type=real(0, 1, below=True), default=LABEL_SMOOTHING,
-                   help="classification only (default 0.1)")
+                        "onecycle has its own; grows with epochs raised by --min-steps)")
+    p.add_argument("--label-smoothing", type=real(0, 1, below=True), default=None,
+                   help=f"classification only (default {LABEL_SMOOTHING})")
     add_class_weight_argument(p)
     p.add_argument("--weight-decay", type=real(0), default=None,
                    help="default 5e-4 for sgd, 0.05 for adamw; never on norms and biases")
@@ -81,18 +82,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto (default): time both on this CPU and model, keep the faster")
     p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
                    help="memory layout (default auto: timed with the precision)")
-    p.add_argument("--freeze-bn", action="store_true",
+    p.add_argument("--freeze-bn", action="store_const", const=True, default=None,
                    help="freeze BatchNorm layers: running statistics are used, not updated, "
                         "and their scale/shift do not train")
     p.add_argument("--patience", type=patience_epochs, default=None,
                    help="early stopping: epochs without a better validation loss "
                         "(segmentation: foreground Dice); the best weights are restored "
                         "(default and 0: off)")
-    p.add_argument("--seed", type=SEED, default=0,
+    p.add_argument("--seed", type=SEED, default=None,
                    help="the split, the initialisation, the order and the augmentation "
                         "(default 0)")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --out from its last checkpoint")
+                   help="continue the run in --out from its last checkpoint, with the run's "
+                        "own options where none are given")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run --out holds (its files go when the new run writes its "
                         "first checkpoint)")
@@ -111,7 +113,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "every image is grey, as the built-ins are, else 3)")
     p.add_argument("--augment", choices=("none", "flip-crop", "crop", "photo"), default=None,
                    help="default: crop for digits, flip-crop otherwise (classification only)")
-    p.add_argument("--erase", type=real(0, 1), default=0.0, metavar="P",
+    p.add_argument("--erase", type=real(0, 1), default=None, metavar="P",
                    help="random erasing (Zhong et al. 2017) with probability P on top of "
                         "--augment (default 0: off; the paper uses 0.5)")
     p.add_argument("--progressive", type=size_epochs, default=None, metavar="SIZE:EPOCHS",
@@ -119,8 +121,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the rest at the full size, e.g. 20:8 for 28-px Fashion-MNIST (default: "
                         "off)")
     add_tta_argument(p, "also report the final validation accuracy with test-time augmentation")
-    add_mixing_arguments(p)
-    p.add_argument("--val-fraction", type=FRACTION, default=0.2,
+    add_mixing_arguments(p, sam=None, off=None)
+    p.add_argument("--val-fraction", type=FRACTION, default=None,
                    help="validation share when DATA has no val/ part (default 0.2)")
     p.add_argument("--model-arg", type=model_arg, action="append", default=[],
                    metavar="KEY=VALUE",
@@ -131,7 +133,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "end (the per-class table goes to stderr)")
     add_threads_argument(p)
     add_progress_argument(p)
-    p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
+    p.add_argument("--no-tensorboard", dest="tensorboard", action="store_const", const=False,
+                   default=None,
                    help="no TensorBoard event files in OUT/tb (metrics.jsonl is written anyway)")
     from .segment import add_training_arguments
 
@@ -168,14 +171,16 @@ def add_class_weight_argument(p: argparse.ArgumentParser, where: str = "") -> No
 
 
 def add_mixing_arguments(
-    p: argparse.ArgumentParser, sam: float | None = 0.0, sam_words: str = "0: off"
+    p: argparse.ArgumentParser, sam: float | None = 0.0, sam_words: str = "0: off",
+    off: float | None = 0.0,
 ) -> None:
     """--mixup / --cutmix (engine/mixing.py) and --sam, for `cnnzoo train` and `cnnzoo transfer`
-    (sam: --sam's default, said in sam_words; transfer's is None, a rule of the set's size)."""
-    p.add_argument("--mixup", type=beta_alpha, default=0.0, metavar="ALPHA",
+    (sam: --sam's default, said in sam_words; transfer's is None, a rule of the set's size;
+    off: --mixup's and --cutmix's; train's are None, left out, see add_arguments)."""
+    p.add_argument("--mixup", type=beta_alpha, default=off, metavar="ALPHA",
                    help="mixup (Zhang et al. 2018): blend each training batch with a shuffled "
                         "copy, weights from Beta(ALPHA, ALPHA) (default 0: off)")
-    p.add_argument("--cutmix", type=beta_alpha, default=0.0, metavar="ALPHA",
+    p.add_argument("--cutmix", type=beta_alpha, default=off, metavar="ALPHA",
                    help="CutMix (Yun et al. 2019): paste a box of another image instead "
                         "(default 0: off; with --mixup too, each batch uses one of the two)")
     p.add_argument("--sam", type=SAM_RADIUS, default=sam, metavar="RHO",
@@ -185,21 +190,21 @@ def add_mixing_arguments(
 
 
 def config_from_args(args: argparse.Namespace):
+    """The run's `TrainConfig`: the options given, TrainConfig's defaults for the rest."""
     from ..engine.loop import TrainConfig
 
     adamw = args.optimizer == "adamw"
+    given = {k: getattr(args, k, None) for k in (
+        "momentum", "nesterov", "schedule", "warmup_epochs", "grad_clip", "freeze_bn",
+        "patience", "seed", "tensorboard", "mixup", "cutmix", "sam")}
     return TrainConfig(
         epochs=args.epochs or 10, optimizer=args.optimizer or "sgd",
         lr=args.lr if args.lr is not None else (2e-3 if adamw else 0.1),
-        momentum=TrainConfig.momentum if args.momentum is None else args.momentum,
-        nesterov=args.nesterov,
         weight_decay=args.weight_decay if args.weight_decay is not None else
         (0.05 if adamw else 5e-4),
-        schedule=args.schedule, warmup_epochs=args.warmup_epochs, grad_clip=args.grad_clip,
-        precision=args.precision, channels_last=args.channels_last, freeze_bn=args.freeze_bn,
-        patience=args.patience, seed=args.seed, progress=args.progress,
-        tensorboard=args.tensorboard, tta=getattr(args, "tta", None) or False,
-        mixup=args.mixup, cutmix=args.cutmix, sam=args.sam,
+        precision=args.precision, channels_last=args.channels_last, progress=args.progress,
+        tta=getattr(args, "tta", None) or False,
+        **{k: v for k, v in given.items() if v is not None},
     )
 
 
@@ -214,13 +219,13 @@ def refuse_unused_optimizer_options(args: argparse.Namespace) -> None:
     default = "adamw" if args.task == "segmentation" else "sgd"
     optimizer = args.optimizer or (None if args.resume else default)
     given = [flag for flag, set_ in (("--momentum", args.momentum is not None),
-                                     ("--no-nesterov", not args.nesterov)) if set_]
+                                     ("--no-nesterov", args.nesterov is False)) if set_]
     if optimizer == "adamw" and given:
         why = "" if args.optimizer else f" ({args.model}'s default)"
         raise UsageError(f"{given[0]} is for --optimizer sgd; adamw{why} has no momentum "
                          "to set (its betas are 0.9, 0.999): leave it out, or add "
                          "--optimizer sgd")
-    if args.warmup_epochs and args.schedule == "onecycle" and not args.resume:
+    if args.warmup_epochs and (args.schedule or "onecycle") == "onecycle" and not args.resume:
         raise UsageError("--warmup-epochs is for --schedule cosine or constant; onecycle (the "
                          "default) warms up on its own, rising over the first quarter of the "
                          "steps (a U-Net's first 15 %): leave it out, or add --schedule cosine")
@@ -240,8 +245,12 @@ def run(args: argparse.Namespace) -> int:
     refuse_unused_optimizer_options(args)
     dist = init_distributed()
     use_threads(args.threads)  # after: init_distributed shares the cores between a node's processes
-    config = config_from_args(args)
     out = out_dir_for(args.model, args.out)
+    if args.resume:
+        from .resume_options import keep_run_options
+
+        keep_run_options(args, out)
+    config = config_from_args(args)
 
     def say(msg: str) -> None:
         if dist.is_main:
@@ -266,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
             if args.erase:
                 raise DataError("--erase is for classification; segmentation's augmentation "
                                 "is set with --elastic")
-            if args.label_smoothing != LABEL_SMOOTHING:
+            if args.label_smoothing not in (None, LABEL_SMOOTHING):
                 raise DataError("--label-smoothing is for classification; segmentation's loss "
                                 "is chosen with --loss")
             if args.class_weight is not None:
@@ -292,13 +301,15 @@ def run(args: argparse.Namespace) -> int:
                 raise UsageError(f"{given[0]} is for --task segmentation (a U-Net); this run "
                                  f"trains {args.model} as a classifier: leave it out")
             data = DataOptions(args.data, img_size=args.img_size, channels=args.channels,
-                               batch_size=args.batch_size,
-                               augment=args.augment, val_fraction=args.val_fraction,
-                               erase=args.erase, progressive=args.progressive)
+                               batch_size=args.batch_size, augment=args.augment,
+                               erase=args.erase or 0.0, progressive=args.progressive,
+                               **({} if args.val_fraction is None
+                                  else {"val_fraction": args.val_fraction}))
             result = train_classifier(
                 args.model, data, config, out_dir=out, resume=args.resume,
                 init_from=args.init_from, grow_rule=args.grow_rule,
-                label_smoothing=args.label_smoothing, class_weight=args.class_weight,
+                label_smoothing=LABEL_SMOOTHING if args.label_smoothing is None
+                else args.label_smoothing, class_weight=args.class_weight,
                 model_kwargs=dict(args.model_arg),
                 dist=dist, say=say, overwrite=args.overwrite,
                 default_lr=args.lr is None and (args.optimizer or "sgd") == "sgd",
@@ -340,6 +351,8 @@ def run(args: argparse.Namespace) -> int:
                          "optimizer": cfg.get("optimizer"), "lr": cfg.get("lr"),
                          "batch_size": meta.get("batch_size"),
                          "stopped_early": result.stopped_early,
+                         # files left out as unreadable, under `data info --json`'s name
+                         "skipped": result.skipped,
                          "final": {**result.final, **balanced},
                          "final_tta": result.final_tta or None}))
     elif dist.is_main:

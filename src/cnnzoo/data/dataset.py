@@ -228,6 +228,12 @@ class Splits:
     def num_classes(self) -> int:
         return self.train.num_classes
 
+    @property
+    def skipped_count(self) -> int:
+        """Files and CSV rows left out while loading: `data info`'s, `train`'s and
+        `transfer`'s "skipped"."""
+        return len(self.skipped) + self.grouped
+
     def __repr__(self) -> str:
         test = f", test={len(self.test)}" if self.test is not None else ""
         return (

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from typing import overload
 
 import numpy as np
 import torch
@@ -44,11 +45,27 @@ def epochs_for_steps(epochs: int, min_steps: int, steps_per_epoch: int) -> int:
     return max(epochs, math.ceil(min_steps / max(steps_per_epoch, 1)))
 
 
-def in_raised_epochs(count: int, epochs: int, asked: int) -> int:
-    """`count` epochs of the `asked` ones (a patience, a --progressive span) in the `epochs` a
-    run was raised to (`epochs_for_steps`): they grow with them, or 4-step epochs would let
-    noise in a small validation loss stop the run at once."""
+@overload
+def in_raised_epochs(count: int, epochs: int, asked: int) -> int: ...
+@overload
+def in_raised_epochs(count: float, epochs: int, asked: int) -> float: ...
+def in_raised_epochs(count: float, epochs: int, asked: int) -> float:
+    """`count` epochs of the `asked` ones (a patience, a --progressive span, a warm-up) in the
+    `epochs` a run was raised to (`epochs_for_steps`): they grow with them, or 4-step epochs
+    would let noise in a small validation loss stop the run at once, and a warm-up of 1 epoch
+    of 10 would be 1 of 75. A whole count is rounded up to whole epochs; a warm-up's fraction
+    (a float) is kept, as the schedule counts it in steps."""
+    if isinstance(count, float):
+        return count * epochs / max(asked, 1)
     return math.ceil(count * epochs / max(asked, 1))
+
+
+def asked_count(raised: int, epochs: int, asked: int) -> int:
+    """The count of `asked` epochs that `in_raised_epochs` made `raised` of `epochs` (unique:
+    with epochs >= asked each count rises to a larger one than the count before); `raised`
+    when none does. For runs that recorded only the raised count."""
+    return next((c for c in range(1, raised + 1) if in_raised_epochs(c, epochs, asked) == raised),
+                raised)
 
 
 class BatchLoader:

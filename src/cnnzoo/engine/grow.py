@@ -158,6 +158,9 @@ def grow_from(
     # "a deeper net from a trained shallower one"). The same net (a new run from a run's
     # weights) is not compared: its options decide its layers, checked below.
     target_name = getattr(getattr(model, "default_cfg", None), "name", None)
+    # Before the depths: the paper's sparse C3 is no conv weight, and lenet5 -> lenet5_classic
+    # read as a deeper net into a shallower one.
+    _check_classic(model, source_name, meta.get("model_kwargs"), target_name)
     deep_src, deep_tgt = _conv_count(source_state), _conv_count(target_state)
     if source_name and target_name and source_name != target_name and deep_src > deep_tgt:
         # A full vgg11 (8 convs) into vgg16 stages=3 (7) is no shallower net: the stages
@@ -281,17 +284,36 @@ def _check_function(src: dict[str, Any] | None, tgt: dict[str, Any] | None,
                            f"options ({given or 'leave out --model-arg ' + ' '.join(keys)})")
 
 
-def _shortcut_of(name: Any, kwargs: dict[str, Any] | None) -> str | None:
-    """The shortcuts of the net `name` built with `kwargs` ('A', 'B', 'none'; None for a family
-    without them or a net this version cannot build), read off the net built on the meta
-    device: plain18's 'none' is in its name, not in its options."""
+def _built_attribute(name: Any, kwargs: dict[str, Any] | None, attribute: str) -> Any:
+    """`attribute` of the net `name` built with `kwargs` on the meta device (None for a family
+    without it or a net this version cannot build): what its name says and its options do not
+    (plain18's shortcut_type 'none', lenet5_classic's `classic`)."""
     from ..models import create_model
 
     try:
         with torch.device("meta"):
-            return getattr(create_model(str(name), **(kwargs or {})), "shortcut_type", None)
+            return getattr(create_model(str(name), **(kwargs or {})), attribute, None)
     except Exception:  # noqa: BLE001 - nothing to compare; the copy decides as before
         return None
+
+
+def _check_classic(model: nn.Module, source_name: Any, source_kwargs: dict[str, Any] | None,
+                   target_name: str | None) -> None:  # fmt: skip
+    """A one-line error between the paper's LeNet-5 and the modern one: lenet5_classic ->
+    lenet5 fits c1, c5, f6 and the head, and copied its scaled-tanh weights into a ReLU net
+    without a word, where lenet5 act=tanh -> lenet5 is refused (`_check_function`)."""
+    here = getattr(model, "classic", None)
+    if here is None or not source_name:
+        return
+    there = _built_attribute(source_name, source_kwargs, "classic")
+    if there is None or there == here:
+        return
+    words = {True: "the paper's net (scaled tanh, trainable subsampling, sparse C3)",
+             False: "the modern form (max-pooling, full C3, ReLU or its act)"}
+    raise WeightsError(f"the source checkpoint is {source_name}, {words[there]}, and "
+                       f"{target_name or 'this model'} is {words[here]}: its layers would "
+                       "compute other functions here; grow lenet5 from lenet5 (with the "
+                       "source's act) and lenet5_classic from lenet5_classic")
 
 
 def _check_shortcuts(model: nn.Module, source_name: Any, source_kwargs: dict[str, Any] | None,
@@ -302,7 +324,7 @@ def _check_shortcuts(model: nn.Module, source_name: Any, source_kwargs: dict[str
     here = getattr(model, "shortcut_type", None)
     if here is None or not source_name:  # a net without shortcuts to compare (VGG, DenseNet)
         return
-    there = _shortcut_of(source_name, source_kwargs)
+    there = _built_attribute(source_name, source_kwargs, "shortcut_type")
     if there is None or (there == "none") == (here == "none"):
         return
     words = {"none": "no shortcuts"}

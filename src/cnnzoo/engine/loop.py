@@ -186,7 +186,9 @@ class FitResult:
     stopped_early: early stopping ended it; final: the validation metrics of the weights the
     model holds at the end (the best epoch's when they were restored); out_dir: its
     checkpoints and report; accumulator: the final validation pass's (a confusion matrix for
-    classification); final_tta: `final` with test-time augmentation (`TrainConfig.tta`)."""
+    classification); final_tta: `final` with test-time augmentation (`TrainConfig.tta`);
+    skipped: the files of the data left out as unreadable (`train_classifier`, a U-Net's
+    `train`; 0 from `fit` alone)."""
 
     # Out of the repr, as TransferResult's: a notebook cell ending in `result` printed every
     # epoch's record (20 numbers each for a segmentation run); `pd.DataFrame(result.history)`.
@@ -200,6 +202,7 @@ class FitResult:
     out_dir: Path | None = None
     accumulator: MetricAccumulator | None = None  # of the final validation pass
     final_tta: dict[str, float] = field(default_factory=dict)  # the same with config.tta
+    skipped: int = 0  # set by the run that loads the data (`Splits.skipped_count`)
 
 
 def batchnorm_params(model: nn.Module) -> list[nn.Parameter]:
@@ -554,7 +557,10 @@ class Trainer:
                 raise TrainingError("resume needs an output folder: pass out_dir / --out DIR")
             path = self.out_dir / "last.pt"
             if not path.exists():
-                self._say(f"no checkpoint in {self.out_dir}: starting a new run")
+                # A queue's bare restart of a run killed in its first epoch gets only the
+                # options it gives: nothing of the killed run's was written to take.
+                self._say(f"note: no checkpoint in {self.out_dir} (a run writes its first when "
+                          "epoch 1 ends): starting a new run with the options given here")
                 return None
         else:
             path = Path(resume)

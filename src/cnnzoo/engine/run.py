@@ -465,14 +465,20 @@ def train_classifier(
     if epochs > config.epochs:
         say(f"note: {epochs} epochs of {plural(per_epoch, 'step')} instead of "
             f"{config.epochs}, to make at least {min_steps} steps; {exact} for exactly N")
+    # As asked for, in the meta: a bare --resume takes them again (`resume_options`).
+    meta_asked = {"asked_patience": config.patience, "asked_warmup_epochs": config.warmup_epochs,
+                  "asked_progressive": list(data.progressive) if data.progressive else None}
     if epochs > asked:
-        # Patience and --progressive count the epochs asked for, as transfer's fine-tuning
-        # counts its patience; the small size would otherwise be a sliver of the run.
+        # Patience, --progressive and the warm-up count the epochs asked for, as transfer's
+        # fine-tuning counts its patience; the small size would otherwise be a sliver of the
+        # run, and a warm-up of 1 epoch of 10 one of 75.
         if data.progressive is not None:
             small, span = data.progressive
             data = replace(data, progressive=(small, in_raised_epochs(span, epochs, asked)))
         config = replace(config, patience=config.patience
-                         and in_raised_epochs(config.patience, epochs, asked))
+                         and in_raised_epochs(config.patience, epochs, asked),
+                         warmup_epochs=in_raised_epochs(float(config.warmup_epochs), epochs,
+                                                        asked))
     config = replace(config, epochs=epochs)
     mean, std = channel_stats(splits.train.images)
     train, val = make_loaders(splits, size, data, seed=config.seed, mean=mean, std=std, dist=dist)
@@ -500,6 +506,7 @@ def train_classifier(
     meta["augment"] = augment_kind(data)  # `evaluate --tta` says when the net never saw flips
     meta["batch_size"], meta["label_smoothing"] = data.batch_size, label_smoothing
     meta["min_steps"], meta["asked_epochs"] = min_steps, asked
+    meta.update(meta_asked)
     # The rest of the recipe the config does not hold, for `cnnzoo compare` to tell runs apart.
     meta["erase"] = data.erase
     meta["progressive"] = list(data.progressive) if data.progressive else None
@@ -517,7 +524,9 @@ def train_classifier(
                               class_names=splits.class_names, class_weights=weights)
     trainer = Trainer(model, task, train, val, config, out_dir=out_dir, meta=meta, dist=dist,
                       say=say, show=show)
-    return trainer.fit(resume=resume, overwrite=overwrite)
+    result = trainer.fit(resume=resume, overwrite=overwrite)
+    result.skipped = splits.skipped_count
+    return result
 
 
 def say_head_note(model_name: str, model: nn.Module, model_kwargs: dict[str, Any],

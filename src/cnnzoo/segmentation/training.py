@@ -163,6 +163,14 @@ def _check_encoder(encoder_name: str | None, encoder_weights: Any,
                          "resnet18 --encoder-weights imagenet)")
 
 
+def _weights_record(weights: Any) -> str | None:
+    """--encoder-weights as a run records it: None, 'imagenet', or a file's absolute path (a
+    state_dict given in Python: None, as nothing can name it again)."""
+    if not isinstance(weights, str | os.PathLike):
+        return None
+    return str(Path(weights).resolve()) if Path(weights).is_file() else str(weights)
+
+
 def _encoder_error(exc: CnnzooError, model: str) -> CnnzooError:
     """The encoder's own error, in the words of `cnnzoo train`: missing weights are passed with
     --encoder-weights FILE there, not --weights. (A `ModelOptionError` of `create_model` wraps a
@@ -295,6 +303,11 @@ def train(
         "count_instances": task.count_instances,
         # The rest of the recipe, for `cnnzoo compare` to tell runs apart.
         "batch_size": batch_size, "elastic": elastic, "jitter": jitter,
+        # What a bare --resume takes again (`commands.resume_options`): the data and weights
+        # it began from ('imagenet' as said; a file by its absolute path, for a resume from
+        # another folder).
+        "cells": cells, "classes": None if classes is None else list(splits.classes),
+        "encoder_weights": _weights_record(encoder_weights),
         **({"w0": w0, "sigma": sigma} if task.needs_weight_map else {}),
     }
     if splits.val_files is not None:
@@ -302,6 +315,7 @@ def train(
     trainer = Trainer(net, task, train_loader, val_loader, cfg, out_dir=out_dir, meta=meta,
                       dist=dist, say=say)
     result = trainer.fit(resume=resume, overwrite=overwrite)
+    result.skipped = len(splits.skipped)
     net = unwrap_model(trainer.model)
     if out_dir is not None and cfg.report and dist.is_main:
         # The grid's own loader: the tiles it draws (not rank 0's share of a DDP run's).
@@ -437,30 +451,16 @@ def train_segmentation(
             changes["lr"] = SEGMENTATION_DEFAULTS["lr"]
         if getattr(args, "weight_decay", None) is None:
             changes["weight_decay"] = SEGMENTATION_DEFAULTS["weight_decay"]
-    crop, batch_size = args.crop or args.img_size, args.batch_size
-    if args.resume and out_dir is not None:
-        # A bare --resume finishes the run it began, as a classifier's does: it took the
-        # default 10 epochs, 128-px tiles and batches of 8, and a killed run of 30 epochs on
-        # 64-px tiles resumed as one of 10 on 128-px tiles, with a warning.
-        from ..engine.run import run_checkpoint
-
-        ckpt = run_checkpoint(Path(out_dir) / "last.pt") or {}
-        ran, meta = ckpt.get("config") or {}, ckpt.get("meta") or {}
-        if getattr(args, "epochs", None) is None and ran.get("epochs"):
-            changes["epochs"] = int(ran["epochs"])
-        # The tile is the input side; in 'valid' mode the crop asked for is the output side,
-        # which the run records as "crop" (earlier runs did not: those take the default).
-        same = (meta.get("model_kwargs") or {}).get("padding", "same") == "same"
-        crop = crop or meta.get("crop") or (meta.get("tile") if same else None)
-        batch_size = batch_size or meta.get("batch_size")
     cfg = replace(config, **changes)
+    # Options left out (None; a bare --resume has the run's own, `keep_run_options`): train's
+    # defaults.
+    given = {k: getattr(args, k, None) for k in (
+        "padding", "loss", "classes", "val_fraction", "cells", "elastic", "w0", "sigma")}
     run = train(
-        args.data, out_dir=out_dir, model=args.model, padding=args.padding,
-        base_width=args.base_width, encoder_name=args.encoder,
-        encoder_weights=args.encoder_weights, loss=args.loss,
-        crop=int(crop or 128), batch_size=int(batch_size or 8),
-        classes=args.classes, val_fraction=args.val_fraction, cells=args.cells,
-        elastic=args.elastic, w0=args.w0, sigma=args.sigma, config=cfg, resume=args.resume,
-        model_kwargs=dict(args.model_arg), dist=dist, say=say,
-        overwrite=getattr(args, "overwrite", False))
+        args.data, out_dir=out_dir, model=args.model, base_width=args.base_width,
+        encoder_name=args.encoder, encoder_weights=args.encoder_weights,
+        crop=int(args.crop or args.img_size or 128), batch_size=int(args.batch_size or 8),
+        config=cfg, resume=args.resume, model_kwargs=dict(args.model_arg), dist=dist, say=say,
+        overwrite=getattr(args, "overwrite", False),
+        **{k: v for k, v in given.items() if v is not None})
     return run.result

@@ -631,6 +631,7 @@ def transfer(
         metrics["kept"] = "features"
     for key in ("val_acc", "val_loss", "val_balanced_acc", "val_macro_f1"):
         metrics[key] = metrics[metrics["kept"]][key]
+    metrics["skipped"] = splits.skipped_count  # unreadable files, as `data info --json` counts
 
     net.eval()
     # What the bundle needs to rebuild the head, read off the head the net now has.
