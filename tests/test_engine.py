@@ -1546,6 +1546,8 @@ def test_progressive_size_must_be_below_the_training_size():
 @pytest.mark.parametrize(("value", "expect"), [
     ("24:1", "--progressive 24:1: lenet5 takes inputs of at least 32 px"),
     ("36:3", "--progressive 36:3 covers all 3 epochs, so the net would never train at its full"),
+    # It named --epochs as the thing to change to a user who had given none (10 by default).
+    ("36:3", "give --progressive fewer than 3 epochs, or --epochs more (10 when not given)"),
 ])
 def test_progressive_sizes_and_epochs_the_net_cannot_use(value, expect, tmp_path, capsys):
     assert main(["train", "lenet5", "--data", "digits", "--epochs", "3", "--progressive", value,

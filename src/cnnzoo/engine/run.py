@@ -411,7 +411,8 @@ def train_classifier(
     if data.progressive is not None and data.progressive[1] >= asked:
         small, epochs = data.progressive
         raise UsageError(f"--progressive {small}:{epochs} covers all {asked} epochs, so the net "
-                         "would never train at its full size: give fewer epochs than --epochs")
+                         "would never train at its full size: give --progressive fewer than "
+                         f"{asked} epochs, or --epochs more (10 when not given)")
     if class_weight is None:  # a resumed run goes on weighting its loss as it began
         class_weight = str((ran or {}).get("class_weight", "none")) if resuming else "none"
     before = _trained_input(ran, data.source, ran_dir)
