@@ -500,9 +500,10 @@ def test_a_small_folder_trains_for_at_least_min_steps(tmp_path, capsys):
     args = ["train", "lenet5", "--data", str(data), "--out", str(out), "--no-progress",
             "--no-tensorboard", "--precision", "fp32", "--channels-last", "off"]  # fmt: skip
     assert main([*args, "--epochs", "2", "--min-steps", "20", "--patience", "1"]) == 0
-    # --epochs was given: the way to exactly N leaves out --min-steps
-    assert ("note: 5 epochs of 4 steps instead of 2, to make at least 20 steps; --epochs N "
-            "without --min-steps for exactly N") in capsys.readouterr().err
+    # --epochs was given: the way to exactly N leaves out --min-steps; the note says what grew
+    # (a QA run read "not improved for 15 epochs" after --patience 2 without knowing why)
+    assert ("note: 5 epochs of 4 steps instead of 2, to make at least 20 steps (--patience 1 "
+            "as 3); --epochs N without --min-steps for exactly N") in capsys.readouterr().err
     ckpt = load_checkpoint(out / "last.pt")
     # patience 1 of the 2 epochs asked for is 3 of the 5 run (ceil(1 x 5 / 2))
     assert ckpt["config"]["epochs"] == 5 and ckpt["config"]["patience"] == 3

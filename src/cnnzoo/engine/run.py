@@ -463,23 +463,29 @@ def train_classifier(
         min_steps = int((ran or {}).get("min_steps", 0)) if resuming else DEFAULT_MIN_STEPS
     per_epoch = epoch_steps(len(splits.train) // (dist or DistContext()).world, data.batch_size)
     epochs = epochs_for_steps(config.epochs, min_steps, per_epoch)
-    if epochs > config.epochs:
-        say(f"note: {epochs} epochs of {plural(per_epoch, 'step')} instead of "
-            f"{config.epochs}, to make at least {min_steps} steps; {exact} for exactly N")
     # As asked for, in the meta: a bare --resume takes them again (`resume_options`).
     meta_asked = {"asked_patience": config.patience, "asked_warmup_epochs": config.warmup_epochs,
                   "asked_progressive": list(data.progressive) if data.progressive else None}
-    if epochs > asked:
+    grown = []  # what the note says grew with the epochs: --patience 2 read as 15 stopped runs
+    if epochs > asked:  # "not improved for 15 epochs" where 2 were given, without a word
         # Patience, --progressive and the warm-up count the epochs asked for, as transfer's
         # fine-tuning counts its patience; the small size would otherwise be a sliver of the
         # run, and a warm-up of 1 epoch of 10 one of 75.
         if data.progressive is not None:
             small, span = data.progressive
             data = replace(data, progressive=(small, in_raised_epochs(span, epochs, asked)))
-        config = replace(config, patience=config.patience
-                         and in_raised_epochs(config.patience, epochs, asked),
-                         warmup_epochs=in_raised_epochs(float(config.warmup_epochs), epochs,
-                                                        asked))
+            grown.append(f"--progressive {small}:{span} as {small}:{data.progressive[1]}")
+        patience = config.patience and in_raised_epochs(config.patience, epochs, asked)
+        if patience:
+            grown.append(f"--patience {config.patience} as {patience}")
+        warmup = in_raised_epochs(float(config.warmup_epochs), epochs, asked)
+        if warmup:
+            grown.append(f"--warmup-epochs {config.warmup_epochs:g} as {warmup:g}")
+        config = replace(config, patience=patience, warmup_epochs=warmup)
+    if epochs > config.epochs:
+        also = f" ({', '.join(grown)})" if grown else ""
+        say(f"note: {epochs} epochs of {plural(per_epoch, 'step')} instead of "
+            f"{config.epochs}, to make at least {min_steps} steps{also}; {exact} for exactly N")
     config = replace(config, epochs=epochs)
     mean, std = channel_stats(splits.train.images)
     train, val = make_loaders(splits, size, data, seed=config.seed, mean=mean, std=std, dist=dist)
