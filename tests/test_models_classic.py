@@ -247,6 +247,58 @@ def test_torchvision_state_dict_loads_and_matches(tv_models, name):
                          ref.classifier[:6](feats))
 
 
+# The module of torchvision's net whose output is each of our feature stages (the last map at
+# each stride; DenseNet's last is norm5's, ReLU'd as its head does), for `--stages` taps.
+TV_STAGE_MODULES = {
+    "vgg16": ["features.4", "features.9", "features.16", "features.23", "features.30"],
+    "googlenet": ["conv1", "conv3", "inception3b", "inception4e", "inception5b"],
+    "densenet121": ["features.relu0", "features.denseblock1", "features.denseblock2",
+                    "features.denseblock3", "features.norm5"],
+}
+
+
+@pytest.mark.parametrize("name", list(TV_STAGE_MODULES))
+def test_feature_stages_are_torchvisions_maps_at_each_stride(tv_models, name):
+    """`forward_intermediates` of VGG, GoogLeNet and DenseNet (transfer's `--stages` taps)
+    against torchvision's own modules' outputs, caught with forward hooks, at strides 2 ... 32."""
+    ref = _tv_model(tv_models, name).eval()
+    ours = _ours_from(name, ref).eval()
+    caught: dict[str, torch.Tensor] = {}
+    modules = dict(ref.named_modules())
+    for key in TV_STAGE_MODULES[name]:
+        # clone: relu0 and torchvision's DenseNet ReLUs work in place on what follows them
+        modules[key].register_forward_hook(
+            lambda _m, _i, out, key=key: caught.__setitem__(key, out.clone()))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref(x)
+        feats = ours.forward_intermediates(x)
+    expected = [caught[k] for k in TV_STAGE_MODULES[name]]
+    if name == "densenet121":
+        expected[-1] = torch.relu(expected[-1])
+    assert len(feats) == 5 and ours.feature_strides == [2, 4, 8, 16, 32]
+    for got, want, channels, stride in zip(feats, expected, ours.feature_channels,
+                                           ours.feature_strides, strict=True):  # fmt: skip
+        assert got.shape[1:] == (channels, 64 // stride, 64 // stride)
+        _assert_same(got, want)
+
+
+def test_stage_taps_read_vgg_googlenet_and_densenet_stages():
+    """A transfer head on stages 4 + 5 of each: the pooled maps, concatenated."""
+    from cnnzoo.models.taps import StageTaps
+
+    for name, width in (("vgg11", 512 + 512), ("googlenet", 832 + 1024),
+                        ("densenet121", 1024 + 1024)):  # fmt: skip
+        net = StageTaps(cnnzoo.create_model(name), "4,5", num_classes=3).eval()
+        assert net.num_features == width, name
+        with torch.no_grad():
+            assert net(torch.randn(2, 3, 64, 64)).shape == (2, 3)
+    small = cnnzoo.create_model("vgg11_bn", stages=3)  # the Fashion-MNIST VGG: three stages
+    assert small.feature_strides == [2, 4, 8]
+    with pytest.raises(ValueError, match="stages 1-3"):
+        StageTaps(small, (4,), 3)
+
+
 def test_googlenet_matches_torchvision_in_training_and_with_transform_input(tv_models):
     # Dropout off so that training-mode outputs (BatchNorm on batch statistics) are
     # deterministic: checks the aux heads and their order (aux2, aux1) too.

@@ -1520,7 +1520,7 @@ def test_stage_taps_bad_choices_are_one_line_errors(tmp_path, capsys, folder):
     from cnnzoo.models.taps import StageTaps, parse_stages
 
     with pytest.raises(ValueError, match="no feature stages"):
-        StageTaps(create_model("vgg11"), (4, 5), 3)
+        StageTaps(create_model("alexnet"), (4, 5), 3)
     with pytest.raises(ValueError, match="stages 1-5"):
         StageTaps(create_model("resnet18"), (5, 6), 3)
     for bad in ("a,b", "0,1", ""):

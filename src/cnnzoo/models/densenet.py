@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Classifier, new_head
+from .base import Classifier, check_input_size, new_head
 from .registry import ModelConfig, register_model
 from .resnet import CIFAR_MEAN, CIFAR_STD
 
@@ -125,6 +125,12 @@ class DenseNet(Classifier):
         else:
             raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
         self.features = nn.Sequential(OrderedDict(stem_layers))
+        # The last map at each stride (`forward_intermediates`): the stem's, each dense block's
+        # but the last (its transition halves the size), and the final BN-ReLU's.
+        self._taps = [stem_layers[-2][0] if stem == "imagenet" else "conv0"]
+        self.feature_channels = [num_init_features]
+        self.feature_strides = [2] if stem == "imagenet" else [1]
+        stride = 4 if stem == "imagenet" else 1
 
         channels = num_init_features
         for i, num_layers in enumerate(block_config):
@@ -132,10 +138,17 @@ class DenseNet(Classifier):
             self.features.add_module(f"denseblock{i + 1}", block)
             channels += num_layers * growth_rate
             if i != len(block_config) - 1:
+                self._taps.append(f"denseblock{i + 1}")
+                self.feature_channels.append(channels)
+                self.feature_strides.append(stride)
+                stride *= 2
                 out = int(channels * compression)
                 self.features.add_module(f"transition{i + 1}", Transition(channels, out))
                 channels = out
         self.features.add_module("norm5", nn.BatchNorm2d(channels))
+        self._taps.append("norm5")
+        self.feature_channels.append(channels)
+        self.feature_strides.append(stride)
 
         self.num_features = channels
         self.num_classes = num_classes
@@ -154,6 +167,18 @@ class DenseNet(Classifier):
     def forward_features(self, x: Tensor) -> Tensor:
         # norm5 is the last module of `features`; its ReLU belongs to the head, as in torchvision.
         return self.features(x)
+
+    def forward_intermediates(self, x: Tensor) -> list[Tensor]:
+        """The last map at each stride (`feature_strides`: 2, 4, 8, 16, 32 for the ImageNet
+        nets; `feature_channels` 64, 256, 512, 1024, 1024 for densenet121): the stem's ReLU,
+        dense blocks 1-3 and the final BN-ReLU, the stages a transfer head taps (`--stages`)."""
+        check_input_size(self, x)
+        feats: list[Tensor] = []
+        for name, module in self.features.named_children():
+            x = module(x)
+            if name in self._taps:
+                feats.append(F.relu(x) if name == "norm5" else x)
+        return feats
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = F.adaptive_avg_pool2d(F.relu(x), 1).flatten(1)

@@ -188,6 +188,10 @@ class GoogLeNet(Classifier):
             self.aux1 = InceptionAux(512, num_classes, dropout=dropout_aux)
             self.aux2 = InceptionAux(528, num_classes, dropout=dropout_aux)
 
+        # conv1, conv3, inception 3b, 4e and 5b: the last map at each stride
+        # (`forward_intermediates`).
+        self.feature_channels = [64, 192, 480, 832, 1024]
+        self.feature_strides = [2, 4, 8, 16, 32]
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.dropout = nn.Dropout(p=dropout)
         self.fc = new_head(1024, num_classes)
@@ -226,6 +230,24 @@ class GoogLeNet(Classifier):
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self._4d_to_end(self._4a_to_4d(self._stem_to_4a(x)))
+
+    def forward_intermediates(self, x: Tensor) -> list[Tensor]:
+        """The last map at each stride, 2 to 32 (`feature_channels`: conv1 64, conv3 192,
+        inception 3b 480, 4e 832, 5b 1024), the stages a transfer head taps (`--stages`); the
+        auxiliary heads are not run."""
+        check_input_size(self, x)
+        x = self.conv1(self._transform_input(x))
+        feats = [x]
+        x = self.conv3(self.conv2(self.maxpool1(x)))
+        feats.append(x)
+        x = self.inception3b(self.inception3a(self.maxpool2(x)))
+        feats.append(x)
+        x = self.maxpool3(x)
+        for name in ("inception4a", "inception4b", "inception4c", "inception4d", "inception4e"):
+            x = getattr(self, name)(x)
+        feats.append(x)
+        feats.append(self.inception5b(self.inception5a(self.maxpool4(x))))
+        return feats
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.dropout(torch.flatten(self.avgpool(x), 1))

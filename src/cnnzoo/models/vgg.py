@@ -34,7 +34,14 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ModelOptionError
-from .base import Activation, Classifier, init_nonlinearity, make_activation, new_head
+from .base import (
+    Activation,
+    Classifier,
+    check_input_size,
+    init_nonlinearity,
+    make_activation,
+    new_head,
+)
 from .registry import ModelConfig, register_model
 
 PAPER = "Simonyan & Zisserman, Very Deep Convolutional Networks for Large-Scale Image Recognition"
@@ -162,6 +169,14 @@ class VGG(Classifier):
             config, in_chans=in_chans, batch_norm=batch_norm, width_mult=width_mult, act=act
         )
         last = [m for m in self.features if isinstance(m, nn.Conv2d)][-1].out_channels
+        # Each stage's output after its max-pool (`forward_intermediates`, `--stages` taps).
+        pools = [i for i, m in enumerate(self.features) if isinstance(m, nn.MaxPool2d)]
+        self._taps = frozenset(pools)
+        self.feature_channels = [
+            [m for m in self.features[:i] if isinstance(m, nn.Conv2d)][-1].out_channels
+            for i in pools
+        ]
+        self.feature_strides = [2 ** (s + 1) for s in range(len(pools))]
         self.avgpool = nn.AdaptiveAvgPool2d((pool_size, pool_size))
         self.num_features = fc_dim
         self.num_classes = num_classes
@@ -195,6 +210,19 @@ class VGG(Classifier):
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.features(x)
+
+    def forward_intermediates(self, x: Tensor) -> list[Tensor]:
+        """Each stage's output, after its 2x2 max-pool: strides 2, 4, 8, 16, 32
+        (`feature_strides`; `feature_channels` 64, 128, 256, 512, 512 at full width), the
+        stages a transfer head taps (`--stages`). The U-Net encoder takes the maps before the
+        pools instead (`models.unet.VGGEncoder`), as the paper's contracting path does."""
+        check_input_size(self, x)
+        feats: list[Tensor] = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in self._taps:
+                feats.append(x)
+        return feats
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = torch.flatten(self.avgpool(x), 1)
