@@ -266,3 +266,17 @@ def test_models_counts_a_net_built_with_model_args(capsys):
     assert main(["models", "--model-arg", "reductions=false"]) == 2
     err = capsys.readouterr().err
     assert "alexnet" in err and "has no option 'reductions'" in err and "googlenet" in err
+
+
+def test_models_names_an_option_given_as_1_as_the_net_takes_it(capsys):
+    """`--model-arg paper_5x5=1` builds the paper's 5x5 net (1 == True; 1.58 GMACs, not 1.50)
+    and the row said 'paper_5x5=1'; dropout=0 is the float 0.0 the net is built with."""
+    argv = ["models", "--pattern", "googlenet", "--model-arg", "paper_5x5=1", "--model-arg",
+            "dropout=0"]
+    assert main(argv) == 0
+    row = capsys.readouterr().out.splitlines()[2]
+    assert row.split()[:5] == ["googlenet", "paper_5x5=True", "dropout=0.0", "13,385,816", "1.58"]
+    assert main([*argv, "--json"]) == 0
+    (got,) = json.loads(capsys.readouterr().out)
+    assert got["model_args"] == {"paper_5x5": True, "dropout": 0.0}
+    assert type(got["model_args"]["paper_5x5"]) is bool

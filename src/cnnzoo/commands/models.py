@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import UnknownModelError
     from ..models import get_config, list_models
     from ..models.flops import table_counts
-    from ..models.registry import model_options
+    from ..models.registry import canonical_options, model_options
 
     if args.channels is not None and args.img_size is None:
         from ..errors import UsageError
@@ -69,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
                 "classes": cfg.num_classes,
                 "year": cfg.year,
                 "task": cfg.task,
-                "model_args": options,  # what --model-arg built it with
+                # What --model-arg built it with, as the net takes it (paper_5x5=1: True).
+                "model_args": canonical_options(name, options),
                 "options": list(cfg.options),  # --model-arg / create_model keywords
                 # Each option's default, and the values it takes where that set is fixed.
                 "option_defaults": {k: spec.default for k, spec in specs.items()},
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json_text(rows, indent=2))
         return 0
-    label = {r["name"]: " ".join([r["name"], *(f"{k}={v}" for k, v in options.items())])
+    label = {r["name"]: " ".join([r["name"], *(f"{k}={v}" for k, v in r["model_args"].items())])
              for r in rows}  # fmt: skip
     width = max(22, *(len(v) + 2 for v in label.values()))
     header = f"{'model':<{width}}{'params':>14}{'GMACs':>9}  {'input':<11}{'classes':>7}  year  paper"

@@ -85,10 +85,12 @@ class RunSummary:
     @property
     def name(self) -> str:
         """The model with its options: 'resnet20 shortcut=none'."""
-        from ..models.registry import option_defaults
+        from ..models.registry import canonical_options, option_defaults
 
         defaults = option_defaults(self.model)
-        opts = " ".join(f"{k}={v}" for k, v in sorted(self.model_kwargs.items())
+        # (runs from before canonical_options recorded paper_5x5=1 as given)
+        kwargs = canonical_options(self.model, self.model_kwargs)
+        opts = " ".join(f"{k}={v}" for k, v in sorted(kwargs.items())
                         if defaults.get(k, ...) != v)  # act=relu is resnet20 itself
         return f"{self.model} {opts}".strip()
 

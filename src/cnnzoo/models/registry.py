@@ -250,6 +250,26 @@ def same_option(option: str, a: Any, b: Any) -> bool:
     return (a is None and b == whole) or (b is None and a == whole)
 
 
+def canonical_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """`options` as `name`'s builder types them: 1/0 for a bool option (`--model-arg
+    paper_5x5=1` is accepted, 1 == True) becomes True/False, a whole number for an option whose
+    default is a float (`dropout=0`) a float. Runs record and tables show the options so: the
+    same net read 'paper_5x5=1' in one run and 'paper_5x5=True' in another, and `compare` took
+    them for two nets. Options `name` does not take are left as given (check_options names
+    them)."""
+    specs = model_options(name)
+    out = dict(options)
+    for key, value in options.items():
+        spec = specs.get(key)
+        if spec is None or isinstance(value, bool) or not isinstance(value, int):
+            continue
+        if spec.choices == (True, False) and value in (0, 1):
+            out[key] = bool(value)
+        elif isinstance(spec.default, float):
+            out[key] = float(value)
+    return out
+
+
 def option_words(option: str, value: Any) -> str:
     """A model option and its value in a message: 'width_mult=0.5', 'all five stages'."""
     if value is None and option in NONE_WORDS:
