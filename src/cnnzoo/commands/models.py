@@ -106,17 +106,26 @@ def run(args: argparse.Namespace) -> int:
 def _check_options(names: list[str], options: dict[str, object]) -> None:
     """Every model the pattern matches must take every --model-arg: counting the others without
     it would print numbers for nets other than the ones asked for."""
+    import difflib
+
     from ..errors import UsageError
     from ..models import get_config
+    from ..models.registry import no_option_message
 
     for key in options:
         without = [n for n in names if key not in get_config(n).options]
+        if without and len(names) == 1:  # as train says it: 'did you mean reductions?', ...
+            raise UsageError(f"--model-arg {key}: {no_option_message(names[0], key)}")
         if without:
             takers = [n for n in names if n not in without]
+            known = sorted({o for n in names for o in get_config(n).options})
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
             hint = (f"--pattern '{takers[0]}' counts {takers[0]} with it" if takers
-                    else "`cnnzoo models --json` lists each model's options")  # fmt: skip
+                    else (f"did you mean {close[0]}? " if close else "")
+                    + "`cnnzoo models --json` lists each model's options")  # fmt: skip
             raise UsageError(f"--model-arg {key}: {', '.join(without[:3])}"
-                             f"{' ...' if len(without) > 3 else ''} has no option {key!r}; {hint}")
+                             f"{' ...' if len(without) > 3 else ''} "
+                             f"{'has' if len(without) == 1 else 'have'} no option {key!r}; {hint}")
 
 
 def _billions(g: float | None) -> str:

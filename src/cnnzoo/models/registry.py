@@ -277,7 +277,10 @@ def option_words(option: str, value: Any) -> str:
     return f"{option}={value}"
 
 
-def _no_option_message(name: str, cfg: ModelConfig, option: str) -> str:
+def no_option_message(name: str, option: str) -> str:
+    """'NAME has no option OPTION: did you mean ...? its options are ...', for create_model's
+    error and `cnnzoo models --model-arg`'s."""
+    cfg = get_config(name)
     hint = _PEER_OPTIONS.get(option)
     if hint is None:
         close = difflib.get_close_matches(option, cfg.options, n=1, cutoff=0.6)
@@ -298,7 +301,7 @@ def check_options(name: str, options: dict[str, Any]) -> None:
     if params is not None:
         for option in options:
             if option not in params:
-                raise ModelOptionError(_no_option_message(name, cfg, option))
+                raise ModelOptionError(no_option_message(name, option))
     specs = model_options(name)
     for option, value in options.items():
         if option in PROBABILITY_OPTIONS and option in specs and not (
@@ -384,7 +387,7 @@ def create_model(
         # A misspelt or ill-formed option: say which, in one line, not a traceback.
         unknown = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
         if unknown:  # check_options tells most before building; a builder it cannot read
-            raise ModelOptionError(_no_option_message(name, cfg, unknown.group(1))) from None
+            raise ModelOptionError(no_option_message(name, unknown.group(1))) from None
         fixed = re.search(r"multiple values for keyword argument '(\w+)'", str(exc))
         if fixed:  # lenet5 classic=True: what its name already decides
             option = fixed.group(1)
