@@ -337,6 +337,9 @@ def test_an_option_given_as_1_or_0_is_the_same_net_as_given_as_a_bool_or_float(t
     assert text.splitlines()[-1] == ("same net (googlenet paper_5x5=True), data, validation "
                                      "images, input and training recipe: the runs repeat one "
                                      "another")  # fmt: skip
+    assert main(["compare", str(gn1), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["runs"]
+    assert row["model_kwargs"] == {"paper_5x5": True}
     # A run records the options as the net takes them: a tiny VGG trained with dropout=0.
     out = tmp_path / "vgg"
     assert main(["train", "vgg11_bn", *TRAIN, "--epochs", "1", "--out", str(out),

@@ -85,12 +85,10 @@ class RunSummary:
     @property
     def name(self) -> str:
         """The model with its options: 'resnet20 shortcut=none'."""
-        from ..models.registry import canonical_options, option_defaults
+        from ..models.registry import option_defaults
 
         defaults = option_defaults(self.model)
-        # (runs from before canonical_options recorded paper_5x5=1 as given)
-        kwargs = canonical_options(self.model, self.model_kwargs)
-        opts = " ".join(f"{k}={v}" for k, v in sorted(kwargs.items())
+        opts = " ".join(f"{k}={v}" for k, v in sorted(self.model_kwargs.items())
                         if defaults.get(k, ...) != v)  # act=relu is resnet20 itself
         return f"{self.model} {opts}".strip()
 
@@ -205,6 +203,7 @@ def summarize_runs(paths: list[str | os.PathLike[str]],
 
 def _summary(path: Path, label: str, ckpt: dict[str, Any]) -> RunSummary:
     from ..models.flops import counts_at
+    from ..models.registry import canonical_options
 
     meta, config = ckpt.get("meta") or {}, ckpt.get("config") or {}
     if meta.get("transfer"):
@@ -219,7 +218,9 @@ def _summary(path: Path, label: str, ckpt: dict[str, Any]) -> RunSummary:
                          "runs do: nothing to compare it by")  # fmt: skip
     if not history:
         raise UsageError(f"{path} records no finished epoch: nothing to compare yet")
-    name, kwargs = meta["model"], dict(meta.get("model_kwargs") or {})
+    # As the net takes them: runs from before canonical_options recorded paper_5x5=1 as given.
+    name = meta["model"]
+    kwargs = canonical_options(name, dict(meta.get("model_kwargs") or {}))
     size, chans = int(meta["img_size"]), int(meta["in_chans"])
     # Shapes only ('meta' device); '-' in the table for a size the net does not take alone.
     params, macs = counts_at(name, chans, size, num_classes=int(meta["num_classes"]), **kwargs)
