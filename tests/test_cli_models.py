@@ -265,4 +265,35 @@ def test_models_counts_a_net_built_with_model_args(capsys):
     assert small["input"] == "1x32x32" and small["model_args"] == {"reductions": False}
     assert main(["models", "--model-arg", "reductions=false"]) == 2
     err = capsys.readouterr().err
-    assert "alexnet" in err and "has no option 'reductions'" in err and "googlenet" in err
+    assert "alexnet" in err and "have no option 'reductions'" in err and "googlenet" in err
+
+
+def test_models_names_an_option_given_as_1_as_the_net_takes_it(capsys):
+    """`--model-arg paper_5x5=1` builds the paper's 5x5 net (1 == True; 1.58 GMACs, not 1.50)
+    and the row said 'paper_5x5=1'; dropout=0 is the float 0.0 the net is built with."""
+    argv = ["models", "--pattern", "googlenet", "--model-arg", "paper_5x5=1", "--model-arg",
+            "dropout=0"]
+    assert main(argv) == 0
+    row = capsys.readouterr().out.splitlines()[2]
+    assert row.split()[:5] == ["googlenet", "paper_5x5=True", "dropout=0.0", "13,385,816", "1.58"]
+    assert main([*argv, "--json"]) == 0
+    (got,) = json.loads(capsys.readouterr().out)
+    assert got["model_args"] == {"paper_5x5": True, "dropout": 0.0}
+    assert type(got["model_args"]["paper_5x5"]) is bool
+
+
+def test_models_says_what_a_mistyped_option_meant(capsys):
+    """`--model-arg reduction=false` (the lesson's option is reductions) said only that
+    googlenet has no such option, where `train` says 'did you mean reductions?'."""
+    assert main(["models", "--pattern", "googlenet", "--model-arg", "reduction=false"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "cnnzoo models: error: --model-arg reduction: googlenet has no option 'reduction': did "
+        "you mean reductions? its options are aux_logits, transform_input, dropout, dropout_aux, "
+        "reductions, paper_5x5")
+    # num_classes is not an option: the table counts each model's own head.
+    assert main(["models", "--pattern", "googlenet", "--model-arg", "num_classes=10"]) == 2
+    assert "googlenet has no option 'num_classes'" in capsys.readouterr().err
+    assert main(["models", "--pattern", "resnet[25]0", "--model-arg", "shortcuts=none"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "cnnzoo models: error: --model-arg shortcuts: resnet20, resnet50 have no option "
+        "'shortcuts'; did you mean shortcut? `cnnzoo models --json` lists each model's options")

@@ -324,6 +324,31 @@ def test_runs_of_one_net_are_not_said_to_compare_nets(tmp_path, capsys):
     assert "compares more than the nets" not in text
 
 
+def test_an_option_given_as_1_or_0_is_the_same_net_as_given_as_a_bool_or_float(tmp_path, capsys):
+    """`--model-arg paper_5x5=1` builds what paper_5x5=true builds (1 == True), and
+    dropout=0 what dropout=0.0 builds; the table named them 'paper_5x5=1' and 'paper_5x5=True'
+    and said 'the nets are what differs' of two runs of one net (equal training losses)."""
+    gn1 = _fake_run(tmp_path / "gn1", model="googlenet", size=32, kwargs={"paper_5x5": 1})
+    gnt = _fake_run(tmp_path / "gnt", model="googlenet", size=32, kwargs={"paper_5x5": True})
+    assert main(["compare", str(gn1), str(gnt)]) == 0
+    text = capsys.readouterr().out
+    assert [line.split()[1:3] for line in text.splitlines()[1:3]] == [
+        ["googlenet", "paper_5x5=True"]] * 2
+    assert text.splitlines()[-1] == ("same net (googlenet paper_5x5=True), data, validation "
+                                     "images, input and training recipe: the runs repeat one "
+                                     "another")  # fmt: skip
+    assert main(["compare", str(gn1), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)["runs"]
+    assert row["model_kwargs"] == {"paper_5x5": True}
+    # A run records the options as the net takes them: a tiny VGG trained with dropout=0.
+    out = tmp_path / "vgg"
+    assert main(["train", "vgg11_bn", *TRAIN, "--epochs", "1", "--out", str(out),
+                 *(a for kv in ("stages=1", "width_mult=0.125", "fc_dim=8", "pool_size=1",
+                                "dropout=0") for a in ("--model-arg", kv))]) == 0  # fmt: skip
+    dropout = torch.load(out / "last.pt", weights_only=True)["meta"]["model_kwargs"]["dropout"]
+    assert type(dropout) is float and dropout == 0.0
+
+
 def test_what_had_no_effect_is_not_a_difference_and_what_did_is(tmp_path):
     # AdamW has no momentum, one-cycle its own warm-up: such settings changed nothing.
     a = _fake_run(tmp_path / "a", optimizer="adamw", momentum=0.9, warmup_epochs=0.0)

@@ -1758,6 +1758,29 @@ def test_growth_refuses_options_that_change_what_layers_compute():
     assert grow_from(tanh32, a.state_dict(), source_meta=meta, target_kwargs={"act": "tanh"}).copied
 
 
+def test_growth_between_googlenets_with_and_without_reductions_says_what_to_pass():
+    """The 1x1 lesson's nets have other layers: --init-from between reductions=true and false,
+    or between the "5x5" kernels, is refused in one line naming what builds the source's net
+    (it said "(--model-arg)" and left the student to work out which option and value)."""
+    kw = {"num_classes": 10, "in_chans": 1, "aux_logits": False}
+    cases = [({}, {"reductions": False}, "leave out --model-arg reductions"),
+             ({"reductions": False}, {}, "--model-arg reductions=False"),
+             ({"paper_5x5": True}, {"reductions": True}, "--model-arg paper_5x5=True"),
+             ({"reductions": False, "paper_5x5": True}, {"paper_5x5": False},
+              "--model-arg paper_5x5=True; --model-arg reductions=False")]
+    for src, tgt, hint in cases:
+        source = create_model("googlenet", **kw, **src)
+        target = create_model("googlenet", **kw, **tgt)
+        before = {k: v.clone() for k, v in target.state_dict().items()}
+        with pytest.raises(WeightsError) as err:
+            grow_from(target, source.state_dict(), target_kwargs={"aux_logits": False, **tgt},
+                      source_meta={"model": "googlenet",
+                                   "model_kwargs": {"aux_logits": False, **src}})  # fmt: skip
+        said = str(err.value)
+        assert "\n" not in said and said.endswith(f"grow with the source's options ({hint})")
+        assert all(torch.equal(v, before[k]) for k, v in target.state_dict().items())
+
+
 def test_growth_copies_whole_layers_and_refuses_other_widths_or_families():
     kw = {"num_classes": 10, "in_chans": 1, "fc_dim": 64, "pool_size": 1}
     a = create_model("vgg11", width_mult=0.125, **kw)
@@ -1771,7 +1794,7 @@ def test_growth_copies_whole_layers_and_refuses_other_widths_or_families():
     assert str(err.value) == (
         "the source checkpoint's layers do not fit this model: the source was built with "
         "width_mult=0.125, this model with width_mult=0.25 (features.0: 8x1x3x3 in the source, "
-        "16x1x3x3 here); grow with the source's options (--model-arg)")
+        "16x1x3x3 here); grow with the source's options (--model-arg width_mult=0.125)")
     for k, v in wide.state_dict().items():  # not half a copy: nothing changed
         assert torch.equal(v, state[k]), k
     with pytest.raises(WeightsError, match=r"features.0: 8x1x3x3 in the source, 16x1x3x3 here"):

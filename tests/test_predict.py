@@ -548,3 +548,20 @@ def test_names_with_control_characters_print_escaped_on_one_line(tmp_path, capsy
     assert [os.path.basename(r["image"]) for r in got] == ["a\nPrediction: cat  Probability: "
                                                            "[1.0]\n.png", "bad\x1b[31m.png"]
     assert {p["class"] for p in got[0]["predictions"]} == {evil, "new\nline"}
+
+
+def test_a_checkpoint_given_as_an_image_is_refused_before_anything_is_predicted(tmp_path,
+                                                                                capsys):
+    """`cnnzoo predict runs/a/best.pt coat.png`: coat.png was classified by ImageNet's
+    EfficientNet-Lite0 (as 'mailbag') and best.pt then failed as 'not an image' (exit 1)."""
+    ckpt = tmp_path / "best.pt"
+    torch.save(cnnzoo.create_model("lenet5").state_dict(), ckpt)
+    Image.fromarray(skdata.camera()[::8, ::8]).save(tmp_path / "camera.png")
+    assert main(["predict", str(ckpt), str(tmp_path / "camera.png")]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip() == (
+        f"cnnzoo predict: error: {ckpt} is a checkpoint, not an image: give it as --weights "
+        f"{ckpt} (a transfer run's bundle folder as --bundle DIR)")
+    assert main(["predict", "--model", "lenet5", "--weights", str(ckpt), "--top", "1",
+                 str(tmp_path / "camera.png")]) == 0  # fmt: skip
+    assert capsys.readouterr().out.startswith(f"{tmp_path / 'camera.png'}\n  1. ")

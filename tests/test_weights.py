@@ -314,6 +314,39 @@ def test_googlenet_checkpoint_without_aux_heads_predicts_and_converts(tmp_path):
         cnnzoo.create_model("googlenet", aux_logits=True, weights=str(path))
 
 
+def test_googlenet_weights_into_the_1x1_lesson_nets_say_which_option_to_leave_out(tmp_path,
+                                                                                   capsys):
+    """torchvision's GoogLeNet has the 1x1 reductions and 3x3 "5x5" kernels: asked to load it
+    into reductions=False or paper_5x5=True, the error listed 108 unexpected keys and 90
+    conflicts and asked 'is it a checkpoint of another architecture or width?'. It names the
+    option now; a file that fits no googlenet keeps the keys' error."""
+    from cnnzoo.cli import main
+
+    path = tmp_path / "googlenet.pth"
+    torch.save(cnnzoo.create_model("googlenet", aux_logits=False, num_classes=5).state_dict(),
+               path)  # fmt: skip
+    with pytest.raises(WeightsError) as err:
+        cnnzoo.create_model("googlenet", weights=str(path), reductions=False, dropout=0.3)
+    assert str(err.value) == (
+        f"{path} does not fit googlenet built with reductions=False, which has other layers; it "
+        "fits googlenet without it: leave out reductions=False to load it (a net built with it "
+        "starts from scratch)")
+    with pytest.raises(WeightsError, match=r"built with reductions=False paper_5x5=True, which "
+                                           r"has other layers; it fits googlenet without them"):
+        cnnzoo.create_model("googlenet", weights=str(path), reductions=False, paper_5x5=True)
+    assert main(["convert", str(path), str(tmp_path / "g.safetensors"), "--model", "googlenet",
+                 "--model-arg", "paper_5x5=true"]) == 2  # fmt: skip
+    assert "leave out paper_5x5=True to load it" in capsys.readouterr().err
+    assert not (tmp_path / "g.safetensors").exists()
+    # The reduced net's weights load as themselves (the options travel with nothing here).
+    assert cnnzoo.create_model("googlenet", weights=str(path)).inception3a.branch2[0].conv \
+        .kernel_size == (1, 1)
+    lenet = tmp_path / "lenet.pth"
+    torch.save(cnnzoo.create_model("lenet5").state_dict(), lenet)
+    with pytest.raises(WeightsError, match="does not fit googlenet: the file looks like lenet5's"):
+        cnnzoo.create_model("googlenet", weights=str(lenet), reductions=False)
+
+
 def test_num_classes_mismatch_loads_all_but_the_head(tv_resnet18, caplog):
     ref, path = tv_resnet18
     with caplog.at_level(logging.WARNING, logger="cnnzoo.weights"):

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import UnknownModelError
     from ..models import get_config, list_models
     from ..models.flops import table_counts
-    from ..models.registry import model_options
+    from ..models.registry import canonical_options, model_options
 
     if args.channels is not None and args.img_size is None:
         from ..errors import UsageError
@@ -69,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
                 "classes": cfg.num_classes,
                 "year": cfg.year,
                 "task": cfg.task,
-                "model_args": options,  # what --model-arg built it with
+                # What --model-arg built it with, as the net takes it (paper_5x5=1: True).
+                "model_args": canonical_options(name, options),
                 "options": list(cfg.options),  # --model-arg / create_model keywords
                 # Each option's default, and the values it takes where that set is fixed.
                 "option_defaults": {k: spec.default for k, spec in specs.items()},
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json_text(rows, indent=2))
         return 0
-    label = {r["name"]: " ".join([r["name"], *(f"{k}={v}" for k, v in options.items())])
+    label = {r["name"]: " ".join([r["name"], *(f"{k}={v}" for k, v in r["model_args"].items())])
              for r in rows}  # fmt: skip
     width = max(22, *(len(v) + 2 for v in label.values()))
     header = f"{'model':<{width}}{'params':>14}{'GMACs':>9}  {'input':<11}{'classes':>7}  year  paper"
@@ -105,17 +106,26 @@ def run(args: argparse.Namespace) -> int:
 def _check_options(names: list[str], options: dict[str, object]) -> None:
     """Every model the pattern matches must take every --model-arg: counting the others without
     it would print numbers for nets other than the ones asked for."""
+    import difflib
+
     from ..errors import UsageError
     from ..models import get_config
+    from ..models.registry import no_option_message
 
     for key in options:
         without = [n for n in names if key not in get_config(n).options]
+        if without and len(names) == 1:  # as train says it: 'did you mean reductions?', ...
+            raise UsageError(f"--model-arg {key}: {no_option_message(names[0], key)}")
         if without:
             takers = [n for n in names if n not in without]
+            known = sorted({o for n in names for o in get_config(n).options})
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
             hint = (f"--pattern '{takers[0]}' counts {takers[0]} with it" if takers
-                    else "`cnnzoo models --json` lists each model's options")  # fmt: skip
+                    else (f"did you mean {close[0]}? " if close else "")
+                    + "`cnnzoo models --json` lists each model's options")  # fmt: skip
             raise UsageError(f"--model-arg {key}: {', '.join(without[:3])}"
-                             f"{' ...' if len(without) > 3 else ''} has no option {key!r}; {hint}")
+                             f"{' ...' if len(without) > 3 else ''} "
+                             f"{'has' if len(without) == 1 else 'have'} no option {key!r}; {hint}")
 
 
 def _billions(g: float | None) -> str:

@@ -203,6 +203,7 @@ def summarize_runs(paths: list[str | os.PathLike[str]],
 
 def _summary(path: Path, label: str, ckpt: dict[str, Any]) -> RunSummary:
     from ..models.flops import counts_at
+    from ..models.registry import canonical_options
 
     meta, config = ckpt.get("meta") or {}, ckpt.get("config") or {}
     if meta.get("transfer"):
@@ -217,7 +218,9 @@ def _summary(path: Path, label: str, ckpt: dict[str, Any]) -> RunSummary:
                          "runs do: nothing to compare it by")  # fmt: skip
     if not history:
         raise UsageError(f"{path} records no finished epoch: nothing to compare yet")
-    name, kwargs = meta["model"], dict(meta.get("model_kwargs") or {})
+    # As the net takes them: runs from before canonical_options recorded paper_5x5=1 as given.
+    name = meta["model"]
+    kwargs = canonical_options(name, dict(meta.get("model_kwargs") or {}))
     size, chans = int(meta["img_size"]), int(meta["in_chans"])
     # Shapes only ('meta' device); '-' in the table for a size the net does not take alone.
     params, macs = counts_at(name, chans, size, num_classes=int(meta["num_classes"]), **kwargs)

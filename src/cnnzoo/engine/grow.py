@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import WeightsError
-from ..models.registry import FUNCTION_OPTIONS, option_defaults
+from ..models.registry import FUNCTION_OPTIONS, option_defaults, same_option
 from ..text import plural
 from .loop import differing_options
 
@@ -278,10 +278,18 @@ def _check_function(src: dict[str, Any] | None, tgt: dict[str, Any] | None,
     diff = differing_options({k: full_src[k] for k in keys if k in full_src},
                              {k: full_tgt[k] for k in keys if k in full_tgt})  # fmt: skip
     if diff:  # (an option left out is shown at its default: act=relu, not 'act unset')
-        given = " ".join(f"--model-arg {k}={src[k]}" for k in keys if k in src)
         raise WeightsError(f"the source was built with {diff[0]}, this model with {diff[1]}: its "
                            "layers would compute other functions here; grow with the source's "
-                           f"options ({given or 'leave out --model-arg ' + ' '.join(keys)})")
+                           f"options ({_source_args(src, keys)})")
+
+
+def _source_args(src: dict[str, Any], keys: list[str]) -> str:
+    """What to pass to build the source's net where it differs in `keys`: the source's value of
+    each option it was built with, and leaving out those it was not ('(--model-arg)' alone left
+    the student to work out which)."""
+    given = [f"--model-arg {k}={src[k]}" for k in keys if k in src]
+    left = [k for k in keys if k not in src]
+    return "; ".join([*given, *(["leave out --model-arg " + " ".join(left)] if left else [])])
 
 
 def _built_attribute(name: Any, kwargs: dict[str, Any] | None, attribute: str) -> Any:
@@ -359,9 +367,11 @@ def _check_fit(misfit: list[tuple[str, str, str]], family: str | None, meta: dic
     if family != "vgg" and not diff:
         return  # e.g. DenseNet-121 -> 169: widths after the deeper block follow depth (reported)
     if diff:
+        keys = [k for k in sorted({*src, *tgt}) if not same_option(
+            k, src.get(k, (defaults or {}).get(k)), tgt.get(k, (defaults or {}).get(k)))]
         raise WeightsError(
             f"the source checkpoint's layers do not fit this model: the source was built with "
             f"{diff[0]}, this model with {diff[1]} ({shapes}); grow with the source's options "
-            "(--model-arg)")
+            f"({_source_args(src, keys)})")
     raise WeightsError(f"the source checkpoint's layers do not fit this model ({shapes}): grow "
                        "with the source's model options (--model-arg) and input channels")

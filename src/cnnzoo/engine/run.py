@@ -337,7 +337,7 @@ def train_classifier(
     from ..limits import MAX_INPUT_SIZE
     from ..models import create_model, fixed_input_size, get_config, min_input_size
     from ..models.base import is_whole
-    from ..models.registry import check_options
+    from ..models.registry import canonical_options, check_options
 
     if get_config(model_name).task == "segmentation":
         # Trained as a classifier, the U-Net would learn images/ against masks/ as two classes.
@@ -367,6 +367,7 @@ def train_classifier(
     # The options' names and values create_model can judge without building, before the data
     # load (slow for a big folder); what needs the net (width_mult per stage, ...) fails later.
     check_options(model_name, model_kwargs)
+    model_kwargs = canonical_options(model_name, model_kwargs)  # recorded as the net takes them
     if fixed and data.progressive is not None:
         raise UsageError(f"--progressive: {model_name} is built for one input size, so it "
                          "cannot start at a smaller one")  # fmt: skip

@@ -253,6 +253,26 @@ def same_option(option: str, a: Any, b: Any) -> bool:
     return (a is None and b == whole) or (b is None and a == whole)
 
 
+def canonical_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """`options` as `name`'s builder types them: 1/0 for a bool option (`--model-arg
+    paper_5x5=1` is accepted, 1 == True) becomes True/False, a whole number for an option whose
+    default is a float (`dropout=0`) a float. Runs record and tables show the options so: the
+    same net read 'paper_5x5=1' in one run and 'paper_5x5=True' in another, and `compare` took
+    them for two nets. Options `name` does not take are left as given (check_options names
+    them)."""
+    specs = model_options(name)
+    out = dict(options)
+    for key, value in options.items():
+        spec = specs.get(key)
+        if spec is None or isinstance(value, bool) or not isinstance(value, int):
+            continue
+        if spec.choices == (True, False) and value in (0, 1):
+            out[key] = bool(value)
+        elif isinstance(spec.default, float):
+            out[key] = float(value)
+    return out
+
+
 def option_words(option: str, value: Any) -> str:
     """A model option and its value in a message: 'width_mult=0.5', 'all five stages'."""
     if value is None and option in NONE_WORDS:
@@ -260,7 +280,10 @@ def option_words(option: str, value: Any) -> str:
     return f"{option}={value}"
 
 
-def _no_option_message(name: str, cfg: ModelConfig, option: str) -> str:
+def no_option_message(name: str, option: str) -> str:
+    """'NAME has no option OPTION: did you mean ...? its options are ...', for create_model's
+    error and `cnnzoo models --model-arg`'s."""
+    cfg = get_config(name)
     hint = _PEER_OPTIONS.get(option)
     if hint is None:
         close = difflib.get_close_matches(option, cfg.options, n=1, cutoff=0.6)
@@ -281,7 +304,7 @@ def check_options(name: str, options: dict[str, Any]) -> None:
     if params is not None:
         for option in options:
             if option not in params:
-                raise ModelOptionError(_no_option_message(name, cfg, option))
+                raise ModelOptionError(no_option_message(name, option))
     specs = model_options(name)
     for option, value in options.items():
         if option in PROBABILITY_OPTIONS and option in specs and not (
@@ -367,7 +390,7 @@ def create_model(
         # A misspelt or ill-formed option: say which, in one line, not a traceback.
         unknown = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
         if unknown:  # check_options tells most before building; a builder it cannot read
-            raise ModelOptionError(_no_option_message(name, cfg, unknown.group(1))) from None
+            raise ModelOptionError(no_option_message(name, unknown.group(1))) from None
         fixed = re.search(r"multiple values for keyword argument '(\w+)'", str(exc))
         if fixed:  # lenet5 classic=True: what its name already decides
             option = fixed.group(1)

@@ -255,7 +255,9 @@ def create_pretrained(name: str, weights: Any, **model_kwargs: Any) -> nn.Module
         built = {"in_chans": cfg.input_size[0], "num_classes": cfg.num_classes,
                  "aux_logits": bool(aux_classifiers(probe))}  # fmt: skip
         reshaped = any(built[k] != v for k, v in shape.items())
-        _fitted(create_model(name, **kwargs, **shape) if reshaped else probe, ckpt, name)
+        target = create_model(name, **kwargs, **shape) if reshaped else probe
+        _refuse_given_options(name, ckpt, recorded, model_kwargs, target)
+        _fitted(target, ckpt, name)
     model = create_model(name, **kwargs, **shape) if reshaped else create_model(name, **kwargs)
     sd, info = _fit(model, ckpt, entry, name)
     options = {k: v for k, v in {**kwargs, **shape}.items() if k not in ("num_classes", "in_chans")}
@@ -270,6 +272,52 @@ def create_pretrained(name: str, weights: Any, **model_kwargs: Any) -> nn.Module
         load_into(model, sd)
     _record(model, info)
     return model
+
+
+def _refuse_given_options(name: str, ckpt: Checkpoint, recorded: dict[str, Any],
+                          given: dict[str, Any], model: nn.Module) -> None:  # fmt: skip
+    """A one-line error when the file does not fit `model` but fits `name` without options the
+    caller gave that change its layers (googlenet reductions=False, paper_5x5=True, a VGG's
+    width_mult): the keys' error asked 'is it a checkpoint of another architecture or width?'
+    of torchvision's own googlenet weights. Each option alone is tried, then all of them;
+    nothing is said when the file fits `model` or none of those nets (the keys' error then)."""
+    import torch
+
+    from ..models import create_model
+    from ..models.registry import option_words
+
+    options = [k for k in given if k not in ("num_classes", "in_chans", "aux_logits")]
+
+    def fits(net: nn.Module) -> bool:
+        # (not _fitted: its error looks through every family for the file's, for seconds)
+        sd, _ = adapt_state_dict(convert_checkpoint(ckpt, net, name).state_dict, net)
+        return not any(check_fit(sd, net))
+
+    def fits_without(left_out: list[str]) -> bool:
+        kwargs = {**recorded, **{k: v for k, v in given.items() if k not in left_out}}
+        try:
+            with torch.device("meta"):
+                probe = create_model(name, **kwargs)
+                shape = {k: v for k, v in checkpoint_shape(ckpt, probe, name).items()
+                         if k not in kwargs}  # fmt: skip
+                return fits(create_model(name, **kwargs, **shape))
+        except Exception:  # noqa: BLE001 - a hint for the error to come: never replace it
+            return False
+
+    try:
+        if not options or fits(model):
+            return
+    except Exception:  # noqa: BLE001 - _fitted says what is wrong with the file
+        return
+    left = next(([k] for k in options if fits_without([k])), None)
+    if left is None and len(options) > 1 and fits_without(options):
+        left = options
+    if left:
+        words = " ".join(option_words(k, given[k]) for k in left)
+        them = "it" if len(left) == 1 else "them"
+        raise WeightsError(f"{ckpt.path} does not fit {name} built with {words}, which has other "
+                           f"layers; it fits {name} without {them}: leave out {words} to load "
+                           f"it (a net built with {them} starts from scratch)")
 
 
 def checkpoint_shape(ckpt: Checkpoint, model: nn.Module, name: str | None) -> dict[str, int | bool]:
