@@ -48,6 +48,23 @@ def _seed():
 
 
 @pytest.fixture
+def two_class_folder(tmp_path):
+    """A factory: `two_class_folder(n=40)` -> tmp_path/data, classes dark and light, n 32-px grey
+    PNGs each (80 images: 64 to train at the default --val-fraction, in batches of 16)."""
+    from PIL import Image
+
+    def make(n: int = 40):
+        root = tmp_path / "data"
+        for cls, value in (("dark", 20), ("light", 220)):
+            (root / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.new("L", (32, 32), value + i).save(root / cls / f"{i}.png")
+        return root
+
+    return make
+
+
+@pytest.fixture
 def grey_classes(tmp_path):
     """A tiny image folder: classes cat (dark) and dog (light), five 32-px grey PNGs each."""
     from PIL import Image

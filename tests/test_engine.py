@@ -457,17 +457,8 @@ def test_a_small_folder_trains_in_batches_of_a_quarter_of_its_images(tmp_path, c
     assert load_checkpoint(out / "last.pt")["config"]["lr"] == 0.2
 
 
-def _two_class_folder(root: Path, n: int = 40) -> Path:
-    from PIL import Image
 
-    for cls, value in (("dark", 20), ("light", 220)):
-        (root / cls).mkdir(parents=True)
-        for i in range(n):
-            Image.new("L", (32, 32), value + i).save(root / cls / f"{i}.png")
-    return root
-
-
-def test_a_small_folder_trains_for_at_least_min_steps(tmp_path, capsys):
+def test_a_small_folder_trains_for_at_least_min_steps(two_class_folder, tmp_path, capsys):
     """A default run on a folder of a few hundred images was 10 epochs of a handful of steps:
     120 training shoes made 40 steps in all. Without --epochs the epochs are now raised to
     make DEFAULT_MIN_STEPS steps (or --min-steps), said in a note, and patience with them;
@@ -481,7 +472,7 @@ def test_a_small_folder_trains_for_at_least_min_steps(tmp_path, capsys):
         main(["train", "--help"])
     assert f"(default {DEFAULT_MIN_STEPS} without --epochs" in " ".join(
         capsys.readouterr().out.split())
-    data = _two_class_folder(tmp_path / "data")  # 64 training images: batches of 16, 4 steps
+    data = two_class_folder()  # 64 training images: batches of 16, 4 steps
 
     class Said(Exception):
         pass
@@ -518,13 +509,14 @@ def test_a_small_folder_trains_for_at_least_min_steps(tmp_path, capsys):
     assert len(load_checkpoint(out / "last.pt")["history"]) == 3
 
 
-def test_a_bare_resume_counts_patience_and_progressive_in_the_epochs_asked_for(tmp_path, capsys):
+def test_a_bare_resume_counts_patience_and_progressive_in_the_epochs_asked_for(
+        two_class_folder, tmp_path, capsys):
     """A run raised from 10 epochs to 15 ran --patience 2 as 3; resumed with the same command
     and --resume, the 2 was taken as 2 of the 15 (a warning, and a run that stopped sooner
     than it would have). A --resume with --min-steps cut a run of 6 epochs to the default 10
     raised; and a run of 12 resumed with its --progressive 32:10 was refused as covering all
     10 epochs. Without --epochs, a resumed run's epochs are its own in each case."""
-    data = _two_class_folder(tmp_path / "data")  # 64 training images: batches of 16, 4 steps
+    data = two_class_folder()  # 64 training images: batches of 16, 4 steps
     out = tmp_path / "run"
     args = ["train", "lenet5", "--data", str(data), "--out", str(out), "--no-progress",
             "--no-tensorboard", "--precision", "fp32", "--channels-last", "off"]  # fmt: skip

@@ -4,21 +4,11 @@ learning rate on a small folder."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from cnnzoo.cli import main
 from cnnzoo.engine.checkpoint import load_checkpoint
-
-
-def _two_class_folder(root: Path, n: int = 40) -> Path:
-    for cls, value in (("dark", 20), ("light", 220)):
-        (root / cls).mkdir(parents=True)
-        for i in range(n):
-            Image.new("L", (32, 32), value + i).save(root / cls / f"{i}.png")
-    return root
 
 
 @pytest.mark.parametrize("cmd", [
@@ -27,10 +17,10 @@ def _two_class_folder(root: Path, n: int = 40) -> Path:
     ["lenet5", "--optimizer", "adamw", "--no-nesterov"],
     ["unet", "--momentum", "0.5"],  # a U-Net's default is adamw
 ])
-def test_sgd_options_are_refused_with_adamw(cmd, tmp_path, capsys):
+def test_sgd_options_are_refused_with_adamw(two_class_folder, cmd, tmp_path, capsys):
     # AdamW has no momentum: `--optimizer adamw --momentum 0.5` was the default AdamW run,
     # without a word.
-    data = "cells" if cmd[0] == "unet" else str(_two_class_folder(tmp_path / "data", 8))
+    data = "cells" if cmd[0] == "unet" else str(two_class_folder(8))
     out = tmp_path / "run"
     rc = main(["train", *cmd, "--data", data, "--epochs", "1", "--out", str(out),
                "--no-progress", "--no-tensorboard"])
@@ -46,9 +36,9 @@ def test_sgd_options_are_refused_with_adamw(cmd, tmp_path, capsys):
 @pytest.mark.parametrize("cmd", [["lenet5", "--warmup-epochs", "2"],
                                  ["lenet5", "--optimizer", "adamw", "--warmup-epochs", "0.5"],
                                  ["unet", "--warmup-epochs", "1"]])
-def test_a_warm_up_is_refused_with_one_cycle(cmd, tmp_path, capsys):
+def test_a_warm_up_is_refused_with_one_cycle(two_class_folder, cmd, tmp_path, capsys):
     # One-cycle (the default schedule) rises on its own and never read --warmup-epochs.
-    data = "cells" if cmd[0] == "unet" else str(_two_class_folder(tmp_path / "data", 8))
+    data = "cells" if cmd[0] == "unet" else str(two_class_folder(8))
     out = tmp_path / "run"
     rc = main(["train", *cmd, "--data", data, "--epochs", "1", "--out", str(out),
                "--no-progress", "--no-tensorboard"])
@@ -60,11 +50,11 @@ def test_a_warm_up_is_refused_with_one_cycle(cmd, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_sgd_and_schedule_options_given_are_the_runs(tmp_path):
+def test_sgd_and_schedule_options_given_are_the_runs(two_class_folder, tmp_path):
     """With SGD (the default) --momentum and --no-nesterov reach the optimizer, and without them
     it is Nesterov's momentum 0.9 (read back from the optimizer state the run saved); the
     cosine schedule takes its --warmup-epochs."""
-    data = _two_class_folder(tmp_path / "data")  # 64 to train: batches of 16, 4 steps an epoch
+    data = two_class_folder()  # 64 to train: batches of 16, 4 steps an epoch
     base = ["train", "lenet5", "--data", str(data), "--epochs", "2", "--no-progress",
             "--no-tensorboard", "--precision", "fp32", "--channels-last", "off"]
     peak = 0.1 * (16 / 128) ** 0.5
@@ -81,11 +71,12 @@ def test_sgd_and_schedule_options_given_are_the_runs(tmp_path):
     assert lrs == pytest.approx([peak, peak * 0.5 * (1 - 0.5 ** 0.5)], rel=1e-9)
 
 
-def test_train_json_names_the_optimizer_lr_and_batch_the_run_used(tmp_path, capsys):
+def test_train_json_names_the_optimizer_lr_and_batch_the_run_used(two_class_folder, tmp_path,
+                                                                   capsys):
     """`train --json` left out the learning rate and batch: on a small folder the defaults
     choose both from the data (SGD's lr scaled by sqrt(batch / 128)), said only on stderr.
     AdamW's default lr is not scaled (measured: docs/training.md)."""
-    data = _two_class_folder(tmp_path / "data")  # 80 images: 64 to train, batches of 16
+    data = two_class_folder()  # 80 images: 64 to train, batches of 16
     base = ["train", "lenet5", "--data", str(data), "--epochs", "1", "--no-progress",
             "--no-tensorboard", "--precision", "fp32", "--channels-last", "off", "--json"]
     for i, (extra, optimizer, lr) in enumerate((

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import replace
 from typing import Any, Literal, NamedTuple, get_args
 
@@ -235,6 +235,17 @@ def init_nonlinearity(act: str) -> str:
 
 
 @torch.no_grad()
+def tapped_outputs(layers: Iterable[nn.Module], x: Tensor, taps: Container[int]) -> list[Tensor]:
+    """`layers` run in turn from `x`; the outputs of those whose index is in `taps`: the feature
+    stages of a net that is one sequence (VGG's features, EfficientNet's blocks)."""
+    out: list[Tensor] = []
+    for i, layer in enumerate(layers):
+        x = layer(x)
+        if i in taps:
+            out.append(x)
+    return out
+
+
 def count_parameters(model: nn.Module) -> int:
     """The model's parameters (trainable or not; buffers such as BatchNorm statistics are not
     parameters)."""

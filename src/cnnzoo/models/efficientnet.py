@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Classifier, check_input_size, new_head
+from .base import Classifier, check_input_size, new_head, tapped_outputs
 from .registry import ModelConfig, register_model
 
 # Table 1 of the paper, EfficientNet-B0: (expand ratio, kernel, first stride, out channels, repeats).
@@ -264,13 +264,7 @@ class EfficientNetLite(Classifier):
         U-Net encoders (issue 7) use them; the 1280-channel head conv is not included.
         """
         check_input_size(self, x)
-        x = self._stem(x)
-        out: list[Tensor] = []
-        for i, block in enumerate(self._blocks):
-            x = block(x)
-            if i in self._taps:
-                out.append(x)
-        return out
+        return tapped_outputs(self._blocks, self._stem(x), self._taps)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = self._dropout(torch.flatten(self._avg_pooling(x), 1))

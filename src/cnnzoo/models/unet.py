@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InputSizeError, ModelOptionError
-from .base import check_input_size, is_whole
+from .base import check_input_size, is_whole, tapped_outputs
 from .registry import ModelConfig, register_model
 
 Padding = Literal["valid", "same"]
@@ -369,12 +369,7 @@ class VGGEncoder(nn.Module):
         self.feature_strides = tuple(2**i for i in range(len(pools)))
 
     def forward_intermediates(self, x: Tensor) -> list[Tensor]:
-        feats: list[Tensor] = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self._taps:
-                feats.append(x)
-        return feats
+        return tapped_outputs(self.features, x, self._taps)
 
 
 def build_encoder(name: str, in_chans: int, weights: object = None) -> tuple[nn.Module, ModelConfig]:

@@ -41,6 +41,7 @@ from .base import (
     init_nonlinearity,
     make_activation,
     new_head,
+    tapped_outputs,
 )
 from .registry import ModelConfig, register_model
 
@@ -217,12 +218,7 @@ class VGG(Classifier):
         stages a transfer head taps (`--stages`). The U-Net encoder takes the maps before the
         pools instead (`models.unet.VGGEncoder`), as the paper's contracting path does."""
         check_input_size(self, x)
-        feats: list[Tensor] = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self._taps:
-                feats.append(x)
-        return feats
+        return tapped_outputs(self.features, x, self._taps)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = torch.flatten(self.avgpool(x), 1)
