@@ -1151,6 +1151,35 @@ def test_manifest_delimiter_is_the_one_every_row_is_split_by(tmp_path):
         assert len(s.train) + len(s.val) == 9, first
 
 
+
+def test_excels_sep_line_names_the_delimiter_and_is_not_a_row(tmp_path, caplog):
+    """Excel reads (and hides) a first line `sep=;`, and exports meant for Excel in a German
+    locale write it: it was read as the first row, so the header `Filename;Label` under it was
+    data, a class 'Label' whose file 'Filename' does not exist (an error), and an image/mask
+    manifest was not recognised as one."""
+    for i in range(3):
+        for label, v in (("Hose", 10), ("Tasche", 200)):
+            _png(tmp_path / "bilder" / f"{label}{i}.png", v)
+    rows = ["sep=;", "Filename;Label;Notiz"]
+    rows += [f"bilder\\{lab}{i}.png;{lab};x, y" for i in range(3) for lab in ("Hose", "Tasche")]
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes(("\ufeff" + "\r\n".join(rows) + "\r\n").encode())
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        s = load_csv(manifest, val_fraction=1 / 3, progress=False)
+    assert s.class_names == ["Hose", "Tasche"] and not s.skipped and not caplog.records
+    assert s.train.class_counts() == [2, 2] and s.val.class_counts() == [1, 1]
+    # Each image keeps its row's label: the dark ones (10) are Hose.
+    for part in (s.train, s.val):
+        assert part.images[:, 0, 0, 0].tolist() == [(10, 200)[y] for y in part.labels.tolist()]
+
+    from cnnzoo.data.masks import holds_mask_pairs, read_manifest
+
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("sep=,\nimage,mask\nbilder/Hose0.png,bilder/Tasche0.png\n")
+    assert holds_mask_pairs(pairs)
+    assert [(r[1].name, r[2].name) for r in read_manifest(pairs)] == [("Hose0.png", "Tasche0.png")]
+
+
 # --- augmentation -----------------------------------------------------------------------------
 
 

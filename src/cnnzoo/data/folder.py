@@ -145,8 +145,18 @@ def manifest_rows(path: Path) -> list[list[str]]:
     decimal mark is a comma, and some tools a tab: the delimiter is the one (',' before ';'
     before tab) that splits the most of the first lines into cells (each row read as one cell
     said only 'expected path,label', once per row). Not the first line's characters alone: a
-    file name there may hold a comma or a ';'. The text is UTF-8 (`user_text`)."""
+    file name there may hold a comma or a ';'. The text is UTF-8 (`user_text`).
+
+    A first line `sep=;` (or `sep=,`, a tab after `sep=`) is Excel's way of naming the delimiter,
+    which Excel reads and hides and some exports write: that one is used, and the line is
+    returned as a blank row, so that row numbers stay line numbers. Read as a row, it was taken
+    for the data's first row, and the header below it for a row of data."""
     text = user_text(path)
+    first, _, rest = text.partition("\n")
+    named = first.rstrip("\r").strip('"')
+    if len(named) == 5 and named[:4].lower() == "sep=":
+        rows = list(csv.reader(io.StringIO(rest, newline=""), delimiter=named[4]))
+        return [[], *rows]
     sample = [line for line in text.splitlines() if line.strip()][:50]
 
     def rows_split(d: str) -> int:
