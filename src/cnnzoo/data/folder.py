@@ -798,6 +798,21 @@ def _manifest_rows(manifest: Path) -> tuple[list[tuple[Path, str, str]], list[st
     return entries, skipped, grouped
 
 
+def manifest_image_paths(manifest: Path) -> list[Path]:
+    """The image files a CSV manifest lists, from every row whatever its label and split (for
+    `cnnzoo predict --files-from labels.csv`): its path column (the first, unless a header
+    names another), relative to the CSV's folder as `load_csv` reads it. A list of file names
+    under a header such as `filename`, without labels, is a manifest too."""
+    rows = manifest_rows(manifest)
+    first = next((i for i, r in enumerate(rows) if any(c.strip() for c in r)), len(rows))
+    names = [header_name(c) for c in rows[first]] if first < len(rows) else []
+    column = next((i for i, n in enumerate(names) if _COLUMN_NAMES.get(n) == "path"), None)
+    header = column is not None and not any(_is_image_file(n) for n in names)
+    column = column if header else 0
+    cells = [r[column].strip() for r in rows[first + header:] if column < len(r)]
+    return [manifest_path(manifest.parent, c) for c in cells if c]
+
+
 def load_csv(
     manifest: str | os.PathLike[str],
     spec: ImageSpec | None = None,
