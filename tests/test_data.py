@@ -1180,6 +1180,43 @@ def test_excels_sep_line_names_the_delimiter_and_is_not_a_row(tmp_path, caplog):
     assert [(r[1].name, r[2].name) for r in read_manifest(pairs)] == [("Hose0.png", "Tasche0.png")]
 
 
+
+def test_a_header_of_unknown_names_or_paths_in_another_column_is_one_line(tmp_path, caplog):
+    """A German Excel's header `Dateiname;Klasse` was read as a row: a class 'Klasse' of a
+    missing file 'Dateiname', refused as 'has no readable image: add readable images'; rows
+    `Klasse;Datei` without a header took every label for a missing file ('none of the files
+    is there'). Each is now one line that says to name the columns."""
+    for i in range(2):
+        for label, v in (("Hose", 10), ("Tasche", 200)):
+            _png(tmp_path / "bilder" / f"{label}{i}.png", v)
+    rows = [(f"bilder/{lab}{i}.png", lab) for i in range(2) for lab in ("Hose", "Tasche")]
+    manifest = tmp_path / "m.csv"
+    cases = (("Dateiname;Klasse", rows, "line 1 ('Dateiname', 'Klasse') looks like a header, but "
+              "names no path column: name the columns path"),
+             ("Klasse;Dateiname", [r[::-1] for r in rows], "line 1 ('Klasse', 'Dateiname') looks "
+              "like a header"),
+             (None, [r[::-1] for r in rows], "the image files are in column 2 (line 1: 'Hose', "
+              "'bilder/Hose0.png'), but without a header the first column is the path"))
+    for header, body, message in cases:
+        lines = ([header] if header else []) + [";".join(r) for r in body]
+        manifest.write_text("\n".join(lines) + "\n")
+        with pytest.raises(DataError, match=re.escape(message)):
+            load_csv(manifest, progress=False)
+    # What is data stays data: a first row whose file is missing (skipped, named), and rows
+    # of files without an extension, which give nothing to tell a header by.
+    manifest.write_text("bilder/gone.png;Hose\n" + "\n".join(";".join(r) for r in rows) + "\n")
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        s = load_csv(manifest, val_fraction=0.5, progress=False)
+    assert s.train.class_counts() == [1, 1] and s.val.class_counts() == [1, 1]
+    assert f"skipped {tmp_path / 'bilder' / 'gone.png'}: no such file" in caplog.text
+    for png in (tmp_path / "bilder").glob("*.png"):
+        png.rename(png.with_suffix(""))
+    manifest.write_text("\n".join(f"bilder/{lab}{i};{lab}" for i in range(2)
+                                   for lab in ("Hose", "Tasche")) + "\n")
+    s = load_csv(manifest, val_fraction=0.5, progress=False)
+    assert s.train.class_counts() == [1, 1] and s.val.class_counts() == [1, 1]
+
+
 # --- augmentation -----------------------------------------------------------------------------
 
 

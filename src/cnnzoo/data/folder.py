@@ -737,6 +737,41 @@ def _header_columns(row: list[str], manifest: Path) -> dict[str, int] | None:
     return None
 
 
+def _refuse_unnamed_columns(rows: list[list[str]], first: int, manifest: Path) -> None:
+    """Without a header the columns are path,label[,split] by position. A `DataError` for a
+    manifest whose rows plainly say otherwise: a first row that is no image but a header of
+    names not known here (a German Excel's `Dateiname;Klasse`), read as data it was a class
+    'Klasse' of a missing file 'Dateiname' ("has no readable image: add images"); or image
+    file names in another column than the first, every row's label then taken for a file that
+    is not there. `first`: the index of the first non-blank row."""
+    data = [r for r in rows[first + 1 : first + 51] if any(c.strip() for c in r)]
+
+    def images_in(column: int) -> int:
+        return sum(column < len(r) and _is_image_file(r[column].strip()) for r in data)
+
+    width = max((len(r) for r in data), default=0)
+    column = max(range(width), key=images_in, default=0)  # the first of equals: 0
+    if width == 0 or images_in(column) == 0:
+        return  # no image file names to go by (files without an extension)
+    head = [c.strip() for c in rows[first]]
+    cells = ", ".join(repr(shown(c)) for c in head[:4]) + (", ..." if len(head) > 4 else "")
+    lead = head[0] if head else ""
+    if not any(_is_image_file(c) for c in head) and not (
+        column == 0 and lead and manifest_path(manifest.parent, lead).exists()
+    ):
+        raise DataError(
+            f"{manifest} line {first + 1} ({cells}) looks like a header, but names no path "
+            "column: name the columns path (or file, filename, image), label (or class, "
+            "category, target) and optionally split"
+        )
+    if column != 0:
+        raise DataError(
+            f"{manifest}: the image files are in column {column + 1} (line {first + 1}: {cells}), "
+            "but without a header the first column is the path: add a first row that names the "
+            "columns path, label and optionally split"
+        )
+
+
 def _class_order(labels: set[str]) -> list[str]:
     # Integer labels sort as numbers ("2" before "10"); names sort as ImageFolder sorts folders.
     if all(label.lstrip("-").isdigit() for label in labels):
@@ -753,6 +788,8 @@ def _manifest_rows(manifest: Path) -> tuple[list[tuple[Path, str, str]], list[st
     rows = manifest_rows(manifest)
     first = next((i for i, r in enumerate(rows) if any(c.strip() for c in r)), len(rows))
     columns = _header_columns(rows[first], manifest) if first < len(rows) else None
+    if columns is None:
+        _refuse_unnamed_columns(rows, first, manifest)
     start = first + 1 if columns else 0
     # What a malformed row is told to look like: the header's order, else the documented one.
     layout = ",".join(sorted(columns, key=columns.__getitem__)) if columns else "path,label[,split]"
@@ -808,6 +845,8 @@ def manifest_image_paths(manifest: Path) -> list[Path]:
     names = [header_name(c) for c in rows[first]] if first < len(rows) else []
     column = next((i for i, n in enumerate(names) if _COLUMN_NAMES.get(n) == "path"), None)
     header = column is not None and not any(_is_image_file(n) for n in names)
+    if not header:
+        _refuse_unnamed_columns(rows, first, manifest)
     column = column if header else 0
     cells = [r[column].strip() for r in rows[first + header:] if column < len(r)]
     return [manifest_path(manifest.parent, c) for c in cells if c]
