@@ -928,7 +928,8 @@ def test_csv_header_names_the_columns_in_any_order(tmp_path, caplog):
 def test_an_image_a_manifest_lists_twice_is_read_once(tmp_path, caplog, capsys):
     """Two manifests pasted together list images twice: each copy was read, so an image in
     both a train and a val row (or, without a split column, drawn to both sides) was validated
-    on after being trained on, and the validation accuracy was that of training images."""
+    on after being trained on, and the validation accuracy was that of training images. A
+    repeat with another label (two people's labels) is named: the first row's label wins."""
     rows = ["path,label,split"]
     for i in range(4):
         for cls, v in (("cat", 10), ("dog", 200)):
@@ -941,8 +942,9 @@ def test_an_image_a_manifest_lists_twice_is_read_once(tmp_path, caplog, capsys):
         s = load_csv(manifest, progress=False)
     assert s.train.class_counts() == [3, 3] and s.val.class_counts() == [1, 1]
     assert f"skipped {manifest}: 3 rows list an image an earlier row lists (lines 10, 11, 12; " \
-        "line 10 repeats line 2, imgs/cat0.png): each image is read once, from its first row" \
-        in caplog.messages
+        "line 10 repeats line 2, imgs/cat0.png): each image is read once, from its first row; " \
+        "1 of them gives another label (line 12 'cat', line 7 'dog'): remove the row that is " \
+        "wrong" in caplog.messages  # it was not said: dog2 was read as a dog, silently
     assert "skipped 3 of 11 images (each named above, with why)" in caplog.messages
 
     from cnnzoo.cli import main

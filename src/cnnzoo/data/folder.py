@@ -799,8 +799,9 @@ def _manifest_rows(manifest: Path) -> tuple[list[tuple[Path, str, str]], list[st
     unknown_splits: dict[str, list[int]] = {}  # one line per value, not per row
     # An image listed twice (pasted manifests) is read once: a copy on each side of the split
     # would be validated on after being trained on.
-    first_row: dict[str, int] = {}
+    first_row: dict[str, tuple[int, str]] = {}  # (line, label)
     repeats: list[tuple[int, int, str]] = []  # (line, line of the first row, path as written)
+    relabels: list[tuple[int, str, int, str]] = []  # (line, its label, first line, first label)
     for lineno, row in enumerate(rows[start:], start=start + 1):
         if not row or all(not c.strip() for c in row):
             continue
@@ -816,11 +817,15 @@ def _manifest_rows(manifest: Path) -> tuple[list[tuple[Path, str, str]], list[st
             continue
         path = manifest_path(base, cells["path"])
         key = os.path.normcase(os.path.abspath(path))
+        label = composed(cells["label"])
         if key in first_row:
-            repeats.append((lineno, first_row[key], cells["path"]))
+            line, first_label = first_row[key]
+            repeats.append((lineno, line, cells["path"]))
+            if label != first_label:
+                relabels.append((lineno, label, line, first_label))
             continue
-        first_row[key] = lineno
-        entries.append((path, composed(cells["label"]), split))
+        first_row[key] = (lineno, label)
+        entries.append((path, label, split))
     skipped += unknown_split_lines(manifest, unknown_splits)
     grouped = sum(len(lines) - 1 for lines in unknown_splits.values())
     if repeats:
@@ -828,9 +833,17 @@ def _manifest_rows(manifest: Path) -> tuple[list[tuple[Path, str, str]], list[st
         where = f"line {line} repeats line {first}, {written}"
         if len(repeats) > 1:
             where = f"lines {some([str(r[0]) for r in repeats])}; {where}"
+        # A repeat with another label is a disagreement (two people labelled the image), said
+        # in the same line: the first row's label is used without anyone having chosen it.
+        other = ""
+        if relabels:
+            line, label, first, first_label = relabels[0]
+            other = (f"; {len(relabels)} of them {'gives' if len(relabels) == 1 else 'give'} "
+                     f"another label (line {line} {shown(label)!r}, line {first} "
+                     f"{shown(first_label)!r}): remove the row that is wrong")
         skipped.append(f"{manifest}: {plural(len(repeats), 'row')} "
                        f"{'lists' if len(repeats) == 1 else 'list'} an image an earlier row lists "
-                       f"({where}): each image is read once, from its first row")
+                       f"({where}): each image is read once, from its first row{other}")
         grouped += len(repeats) - 1
     return entries, skipped, grouped
 
