@@ -32,7 +32,7 @@ from ..data.loader import (
 )
 from ..errors import DamagedCheckpointError, DataError, NewerFormatError, UsageError, WeightsError
 from ..paths import check_outside, run_data, same_source, transfer_bundle
-from ..text import plural
+from ..text import plural, some
 from .checkpoint import caller_rng_kept, load_checkpoint
 from .distributed import DistContext
 from .grow import grow_from
@@ -722,7 +722,7 @@ def evaluation_images(
         if set(ds.class_names) - set(trained):
             raise DataError(f"{src} has classes the model was not trained on: "
                             f"{sorted(set(ds.class_names) - set(trained))}; score it on "
-                            f"images of its classes ({', '.join(class_names)})")  # fmt: skip
+                            f"images of its classes ({some(class_names, len(class_names))})")  # fmt: skip
         remap = torch.tensor([trained.index(c) for c in ds.class_names])
         ds.labels = remap[ds.labels]
         ds.class_names = list(class_names)
