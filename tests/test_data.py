@@ -1219,6 +1219,55 @@ def test_a_header_of_unknown_names_or_paths_in_another_column_is_one_line(tmp_pa
     assert s.train.class_counts() == [1, 1] and s.val.class_counts() == [1, 1]
 
 
+
+def test_a_manifests_rows_sorted_in_the_sheet_split_the_same(tmp_path):
+    """The rows' order is no part of the data: sorting the sheet by label drew other validation
+    images for the same seed, so a run's own manifest, sorted, was refused by `evaluate` as
+    'changed since the run was trained' (and a resumed run validated on images it trained on).
+    Runs from before, which drew in row order, are still scored on their own split."""
+    import random
+
+    from cnnzoo.data.images import ImageSpec
+    from cnnzoo.engine.run import evaluation_images
+
+    names = [f"{lab}{i:02d}.png" for lab in ("hose", "tasche") for i in range(10)]
+    for n in names:
+        _png(tmp_path / "bilder" / n, 10 if n.startswith("hose") else 200)
+    shuffled = random.Random(1).sample(names, len(names))
+    manifest = tmp_path / "m.csv"
+
+    def write(order):
+        manifest.write_text("path,label\n" + "".join(f"bilder/{n},{n[:-6]}\n" for n in order))
+        return load_csv(manifest, val_fraction=0.25, progress=False)
+
+    got = {}
+    for key, order in (("sorted", sorted(names)), ("shuffled", shuffled),
+                       ("by label desc", sorted(names, reverse=True))):
+        s = write(order)
+        got[key] = sorted(os.path.basename(p) for p in s.val.paths)
+        assert s.val.class_counts() == [2, 2] and len(s.train) == 16
+    assert got["shuffled"] == got["sorted"] == got["by label desc"]
+
+    # A run from before drew from the rows in their order: ImageDataset.split over them.
+    s = write(shuffled)
+    pool = ImageDataset(torch.cat([s.train.images, s.val.images]),
+                        torch.cat([s.train.labels, s.val.labels]), s.class_names,
+                        [*s.train.paths, *s.val.paths])
+    rows = [pool.paths.index(str(tmp_path / "bilder" / n)) for n in shuffled]
+    old_val = pool.select(rows).split(0.25, 0)[1]
+    assert sorted(old_val.paths) != sorted(s.val.paths)  # (else this checks nothing)
+    ds = evaluation_images(str(manifest), ImageSpec(), None, s.class_names,
+                           trained_on=str(manifest), val_fraction=0.25, seed=0,
+                           val_files=old_val.files_digest(manifest), progress=False)
+    assert sorted(ds.paths) == sorted(old_val.paths)
+    write(sorted(names))  # its rows sorted since: that split cannot be told any more
+    with pytest.raises(DataError, match="has changed since the run was trained .*or its rows "
+                       "reordered, for a run from before rows were read in path order"):
+        evaluation_images(str(manifest), ImageSpec(), None, s.class_names,
+                          trained_on=str(manifest), val_fraction=0.25, seed=0,
+                          val_files=old_val.files_digest(manifest), progress=False)
+
+
 # --- augmentation -----------------------------------------------------------------------------
 
 

@@ -865,6 +865,15 @@ def manifest_image_paths(manifest: Path) -> list[Path]:
     return [manifest_path(manifest.parent, c) for c in cells if c]
 
 
+def legacy_row_order(manifest: Path, pool: ImageDataset) -> ImageDataset:
+    """`pool` (a manifest's training and validation images, with paths) in the order of the
+    manifest's rows, in which runs before `load_csv` sorted them by path drew their validation
+    split: `evaluate` redraws it to score such a run's own validation images."""
+    rank = {str(p): i for i, (p, _, _) in enumerate(_manifest_rows(manifest)[0])}
+    order = sorted(range(len(pool)), key=lambda i: rank.get(str(pool.paths[i]), len(rank)))
+    return pool.select(order)
+
+
 def load_csv(
     manifest: str | os.PathLike[str],
     spec: ImageSpec | None = None,
@@ -892,6 +901,11 @@ def load_csv(
     if not entries:  # the malformed lines say why no row was taken
         _report(skipped, [], len(skipped) + grouped, grouped)
         raise DataError(f"{manifest} lists no images: write one `path,label` row per image")
+    # The rows' order is no part of the data: read in it, sorting the sheet (by label, say) drew
+    # other validation images for the same seed, and `evaluate` refused the run's own manifest
+    # as changed. Path order, as a folder's files have (`legacy_row_order` keeps the old one).
+    first_listed = entries[0][0]
+    entries.sort(key=lambda entry: str(entry[0]))
     class_names = _class_order({label for _, label, split in entries if split == "train"})
     if len(class_names) < min_classes:
         raise DataError(
@@ -913,7 +927,7 @@ def load_csv(
         # One line, not one "no such file" per row: every path was written from elsewhere (the
         # current folder, C:\Users\... on the PC that made the CSV).
         raise DataError(f"none of the {plural(len(entries), 'file')} {manifest} lists is there "
-                        f"(the first: {entries[0][0]}): write the paths relative to the CSV's "
+                        f"(the first: {first_listed}): write the paths relative to the CSV's "
                         f"folder, {manifest.parent} (or absolute)")  # fmt: skip
     parts = ("train", "val", "test")
     items = {part: [(p, index[label]) for p, label, split in entries if split == part]

@@ -665,6 +665,22 @@ def scored_images(src: str, split: str | None, trained_on: str = "") -> str:
     return f"{src}, {which}"
 
 
+def _val_in_row_order(src: str, splits: Any, val_fraction: float, seed: int,
+                      val_files: str) -> Any:
+    """The validation split a run trained before a CSV manifest's rows were read in path order
+    drew, in the rows' order: when it is the run's own (`val_files`), else None."""
+    from ..data.dataset import ImageDataset
+    from ..data.folder import legacy_row_order
+
+    if Path(src).suffix.lower() != ".csv" or not splits.train.paths or not splits.val.paths:
+        return None
+    pool = ImageDataset(torch.cat([splits.train.images, splits.val.images]),
+                        torch.cat([splits.train.labels, splits.val.labels]), splits.class_names,
+                        [*splits.train.paths, *splits.val.paths])  # fmt: skip
+    val = legacy_row_order(Path(src), pool).split(val_fraction, seed)[1]
+    return val if val.files_digest(src) == val_files else None
+
+
 def evaluation_images(
     src: str, spec: Any, split: str | None, class_names: list[str], *, trained_on: str = "",
     val_fraction: float = 0.2, seed: int = 0, size: int | None = None,
@@ -711,10 +727,14 @@ def evaluation_images(
     else:
         ds = splits.val
         if (val_files and splits.val_drawn and not is_builtin and same_source(src, trained_on)
-                and ds.files_digest(src) != val_files):
+                and ds.files_digest(src) != val_files
+                and (ds := _val_in_row_order(src, splits, val_fraction, seed, val_files)) is None):
+            rows = (", or its rows reordered, for a run from before rows were read in path order" if
+                    src.lower().endswith(".csv") else "")  # fmt: skip
             raise DataError(f"{src} has changed since the run was trained (images added, "
-                            "removed, renamed or now readable), so its validation split would "
-                            "hold images the run trained on: pass --data with held-out images")
+                            f"removed, renamed or now readable{rows}), so its validation split "
+                            "would hold images the run trained on: pass --data with held-out "
+                            "images")
     # Data's class names are NFC (`folder.composed`); a model trained before that may hold a
     # Mac folder's decomposed 'ü'.
     trained = [composed(c) for c in class_names]
