@@ -17,6 +17,7 @@ import re
 import shutil
 import sys
 import threading
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -1266,6 +1267,32 @@ def test_a_manifests_rows_sorted_in_the_sheet_split_the_same(tmp_path):
         evaluation_images(str(manifest), ImageSpec(), None, s.class_names,
                           trained_on=str(manifest), val_fraction=0.25, seed=0,
                           val_files=old_val.files_digest(manifest), progress=False)
+
+
+
+def test_a_manifest_from_windows_names_files_in_any_case(tmp_path, caplog):
+    """Windows and macOS disks ignore case: a manifest listing 'bilder\\img_000.png' for the
+    camera's Bilder/IMG_000.PNG worked where it was written, and here every row was 'no such
+    file'. A name that matches one file in any case names it; one matching two does not."""
+    for i in range(3):
+        _png(tmp_path / "Bilder" / f"IMG_00{i}.PNG", 10)
+        _png(tmp_path / "Bilder" / f"Würfel_{i}.png", 200)
+    _png(tmp_path / "Bilder" / "twin.png", 10)
+    _png(tmp_path / "Bilder" / "TWIN.png", 200)
+    rows = [f"bilder\\img_00{i}.png,dunkel" for i in range(3)]
+    rows += [f"BILDER/{unicodedata.normalize('NFD', 'WÜRFEL')}_{i}.PNG,hell" for i in range(3)]
+    rows += ["bilder/Twin.png,hell"]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        s = load_csv(manifest, val_fraction=1 / 3, progress=False)
+    assert s.class_names == ["dunkel", "hell"]
+    assert s.train.class_counts() == [2, 2] and s.val.class_counts() == [1, 1]
+    for part in (s.train, s.val):  # each row read the file it names: dark ones dunkel
+        assert part.images[:, 0, 0, 0].tolist() == [(10, 200)[y] for y in part.labels.tolist()]
+    assert sorted(os.path.basename(p) for p in s.train.paths + s.val.paths) == \
+        sorted([f"IMG_00{i}.PNG" for i in range(3)] + [f"Würfel_{i}.png" for i in range(3)])
+    assert f"skipped {tmp_path / 'bilder/Twin.png'}: no such file" in caplog.messages
 
 
 # --- augmentation -----------------------------------------------------------------------------

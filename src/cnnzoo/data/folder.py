@@ -166,12 +166,17 @@ def manifest_rows(path: Path) -> list[list[str]]:
     return list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
 
 
-def manifest_path(base: Path, text: str) -> Path:
+def manifest_path(base: Path, text: str,
+                  listings: dict[str, dict[str, list[str]]] | None = None) -> Path:
     """A CSV manifest's path cell, relative to the CSV's folder `base` unless absolute. A
     manifest written on Windows separates folders with backslashes, which here are part of a
     file name: read them as separators when only that names an existing file. Likewise a name
     with accents written in the other Unicode form than the file's ('ü' as one character or as
-    'u' + a combining mark, as a Mac writes file names) names that file."""
+    'u' + a combining mark, as a Mac writes file names) names that file, and so does one that
+    differs from it only in case, when no other name does ('bilder\\img_1.jpg' for
+    Bilder/IMG_1.JPG: Windows and macOS disks ignore case, so the manifest worked where it was
+    written, and here each row was 'no such file'). listings: a cache of folder listings, for
+    the rows of one manifest."""
     path = base / text
     if path.exists():
         return path
@@ -183,7 +188,32 @@ def manifest_path(base: Path, text: str) -> Path:
             other = base / (unicodedata.normalize(form, spelling) if form else spelling)
             if other.exists():
                 return other
-    return path
+    return _any_case(base / spellings[0], {} if listings is None else listings) or path
+
+
+def _any_case(path: Path, listings: dict[str, dict[str, list[str]]]) -> Path | None:
+    """The existing file that `path` names when each part of it is compared in any case and
+    Unicode form, if exactly one does; else None."""
+    parts = path.parts[1:] if path.anchor else path.parts
+    found = Path(path.anchor)
+    for part in parts:
+        if part in (".", "..") or (found / part).exists():
+            found = found / part
+            continue
+        key = str(found)
+        if key not in listings:
+            names: dict[str, list[str]] = {}
+            try:
+                for name in os.listdir(found):
+                    names.setdefault(composed(name).casefold(), []).append(name)
+            except OSError:  # not a folder, or not readable
+                pass
+            listings[key] = names
+        same = listings[key].get(composed(part).casefold(), [])
+        if len(same) != 1:  # none, or Cat.png and cat.png both: not for us to choose
+            return None
+        found = found / same[0]
+    return found
 
 
 def image_files(folder: str | os.PathLike[str]) -> list[Path]:
@@ -800,6 +830,7 @@ def _manifest_rows(manifest: Path) -> tuple[list[tuple[Path, str, str]], list[st
     # An image listed twice (pasted manifests) is read once: a copy on each side of the split
     # would be validated on after being trained on.
     first_row: dict[str, tuple[int, str]] = {}  # (line, label)
+    listings: dict[str, dict[str, list[str]]] = {}  # folders read to match names in any case
     repeats: list[tuple[int, int, str]] = []  # (line, line of the first row, path as written)
     relabels: list[tuple[int, str, int, str]] = []  # (line, its label, first line, first label)
     for lineno, row in enumerate(rows[start:], start=start + 1):
@@ -815,7 +846,7 @@ def _manifest_rows(manifest: Path) -> tuple[list[tuple[Path, str, str]], list[st
         if split is None:
             unknown_splits.setdefault(cells["split"], []).append(lineno)
             continue
-        path = manifest_path(base, cells["path"])
+        path = manifest_path(base, cells["path"], listings)
         key = os.path.normcase(os.path.abspath(path))
         label = composed(cells["label"])
         if key in first_row:
@@ -862,7 +893,8 @@ def manifest_image_paths(manifest: Path) -> list[Path]:
         _refuse_unnamed_columns(rows, first, manifest)
     column = column if header else 0
     cells = [r[column].strip() for r in rows[first + header:] if column < len(r)]
-    return [manifest_path(manifest.parent, c) for c in cells if c]
+    listings: dict[str, dict[str, list[str]]] = {}
+    return [manifest_path(manifest.parent, c, listings) for c in cells if c]
 
 
 def legacy_row_order(manifest: Path, pool: ImageDataset) -> ImageDataset:
