@@ -1295,6 +1295,26 @@ def test_a_manifest_from_windows_names_files_in_any_case(tmp_path, caplog):
     assert f"skipped {tmp_path / 'bilder/Twin.png'}: no such file" in caplog.messages
 
 
+
+def test_a_spreadsheet_workbook_is_one_line_saying_to_save_it_as_csv(tmp_path, capsys):
+    """`--data labels.xlsx` said 'neither a built-in data set nor an image folder or CSV
+    manifest: check the path' (the path was right); renamed .csv, 'not UTF-8 text (byte 0x..)';
+    as `predict --files-from`, 'the list is NUL-separated (find -print0)'."""
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "labels.xlsx", "w") as z:  # what an .xlsx is: a zip
+        z.writestr("[Content_Types].xml", "<Types/>")
+    shutil.copy(tmp_path / "labels.xlsx", tmp_path / "renamed.csv")
+    (tmp_path / "old.xls").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(504))
+    for name in ("labels.xlsx", "renamed.csv", "old.xls"):
+        for argv in (["data", "info", str(tmp_path / name)],
+                     ["predict", "--files-from", str(tmp_path / name)]):
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and f"{tmp_path / name} is a spreadsheet workbook, not " \
+                "CSV text: save the sheet as CSV (Excel: Save As > CSV UTF-8" in err, err
+
+
 # --- augmentation -----------------------------------------------------------------------------
 
 

@@ -183,8 +183,10 @@ def read_path_list(source: str) -> list[str]:
             raw = sys.stdin.read().encode("utf-8", errors="surrogateescape")
     except OSError as exc:
         raise UsageError(f"--files-from {source}: cannot read it ({exc.strerror or exc})") from None
-    from ..data.folder import wide_unicode
+    from ..data.folder import wide_unicode, workbook_error
 
+    if (workbook := workbook_error(Path(source), raw[:8])) is not None:
+        raise workbook  # (its zip bytes were 'NUL-separated (find -print0)')
     # Notepad's "Unicode" and PowerShell's `>` are UTF-16 with a byte-order mark: read as
     # UTF-8, their NUL bytes were a traceback.
     wide = wide_unicode(raw)

@@ -117,12 +117,32 @@ def wide_unicode(raw: bytes) -> str | None:
     return next((codec for bom, codec in _WIDE_BOMS if raw.startswith(bom)), None)
 
 
+# Spreadsheet workbooks: Excel's .xlsx (and LibreOffice's .ods, Numbers' files) are zip
+# archives, the old .xls an OLE file; what they hold is not text, whatever the name.
+_WORKBOOK_SUFFIXES = (".xlsx", ".xlsm", ".xls", ".ods", ".numbers")
+_WORKBOOK_MAGIC = (b"PK\x03\x04", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1")
+
+
+def workbook_error(path: Path, raw: bytes | None = None) -> DataError | None:
+    """A one-line `DataError` for a spreadsheet workbook given where CSV text goes (by its name,
+    or by its first bytes `raw`: a workbook renamed .csv); None for anything else. Read as
+    text, a workbook was 'not UTF-8 text', 'NUL-separated', or 'neither a data set nor a
+    folder: check the path'."""
+    if path.suffix.lower() in _WORKBOOK_SUFFIXES or (raw and raw.startswith(_WORKBOOK_MAGIC)):
+        return DataError(f"{path} is a spreadsheet workbook, not CSV text: save the sheet as CSV "
+                         "(Excel: Save As > CSV UTF-8; LibreOffice: Text CSV, character set "
+                         "UTF-8) and give the .csv")
+    return None
+
+
 def user_text(path: Path) -> str:
     """A text file the user wrote (a CSV manifest, a classes.txt) in UTF-8, with or without the
     byte-order mark Excel and Notepad put first (part of the first name otherwise), or in
     UTF-16 / UTF-32 with their mark (Excel's "Unicode Text", which read as UTF-8 was refused
     at its first byte); other bytes are a one-line `DataError`."""
     raw = path.read_bytes()
+    if (workbook := workbook_error(path, raw[:8])) is not None:
+        raise workbook
     wide = wide_unicode(raw)
     try:
         return raw.decode(wide or "utf-8-sig")
