@@ -1315,6 +1315,38 @@ def test_a_spreadsheet_workbook_is_one_line_saying_to_save_it_as_csv(tmp_path, c
                 "CSV text: save the sheet as CSV (Excel: Save As > CSV UTF-8" in err, err
 
 
+
+def test_two_manifests_pasted_together_keep_no_second_header(tmp_path, caplog):
+    """`cat a.csv b.csv > all.csv` (or one sheet's rows pasted under another's, header and
+    all): the second header was read as a row, a class 'label' of a missing file 'path', and
+    the run stopped ('class 'label' has no readable image'). It is a header, not data."""
+    from cnnzoo.data.folder import manifest_image_paths
+    from cnnzoo.data.masks import read_manifest
+
+    for i in range(4):
+        for label, v in (("cat", 10), ("dog", 200)):
+            _png(tmp_path / "imgs" / f"{label}{i}.png", v)
+    half = [[f"imgs/{lab}{i}.png,{lab}" for lab in ("cat", "dog")] for i in range(4)]
+    a, b = sum(half[:2], []), sum(half[2:], [])
+    manifest = tmp_path / "all.csv"
+    for text in ("\n".join(["path,label", *a, "path,label", *b]),  # two with headers
+                 "\n".join([*a, "Filename,Class", *b]),  # a header only on the second
+                 "\n".join(["Label,File", *[",".join(r.split(",")[::-1]) for r in a],
+                            "Label,File", *[",".join(r.split(",")[::-1]) for r in b]])):
+        manifest.write_text(text + "\n")
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+            s = load_csv(manifest, val_fraction=0.25, progress=False)
+        assert s.class_names == ["cat", "dog"] and not caplog.records, text
+        assert s.train.class_counts() == [3, 3] and s.val.class_counts() == [1, 1]
+    assert [p.name for p in manifest_image_paths(manifest)] == \
+        [f"{lab}{i}.png" for i in range(4) for lab in ("cat", "dog")]  # fmt: skip
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("image,mask\nimgs/cat0.png,imgs/dog0.png\nimage,mask\n"
+                     "imgs/cat1.png,imgs/dog1.png\n")
+    assert [r[1].name for r in read_manifest(pairs)] == ["cat0.png", "cat1.png"]
+
+
 # --- augmentation -----------------------------------------------------------------------------
 
 

@@ -822,6 +822,18 @@ def _refuse_unnamed_columns(rows: list[list[str]], first: int, manifest: Path) -
         )
 
 
+def _header_again(row: list[str], header: list[str] | None, cells: dict[str, str]) -> bool:
+    """Whether `row`, below the first, is a header: the `header` row again (if the manifest
+    has one), or cells that name a path and a label column (`path,label`). Two manifests pasted together (`cat a.csv b.csv`,
+    or a sheet's rows copied under another's) carry the second one's header: read as data, it
+    was a class 'label' of a missing file 'path', which stopped the run."""
+    names = [header_name(c) for c in row]
+    if header is not None and names == [header_name(c) for c in header]:
+        return True
+    return (_COLUMN_NAMES.get(header_name(cells["path"])) == "path"
+            and _COLUMN_NAMES.get(header_name(cells["label"])) == "label")
+
+
 def _class_order(labels: set[str]) -> list[str]:
     # Integer labels sort as numbers ("2" before "10"); names sort as ImageFolder sorts folders.
     if all(label.lstrip("-").isdigit() for label in labels):
@@ -857,6 +869,8 @@ def _manifest_rows(manifest: Path) -> tuple[list[tuple[Path, str, str]], list[st
         if not row or all(not c.strip() for c in row):
             continue
         cells = {k: row[i].strip() if i < len(row) else "" for k, i in columns.items()}
+        if _header_again(row, rows[first] if start else None, cells):
+            continue
         split = manifest_split(cells.get("split", ""))
         if not cells["path"] or not cells["label"]:
             skipped.append(
@@ -913,6 +927,8 @@ def manifest_image_paths(manifest: Path) -> list[Path]:
         _refuse_unnamed_columns(rows, first, manifest)
     column = column if header else 0
     cells = [r[column].strip() for r in rows[first + header:] if column < len(r)]
+    if header:  # a header again, of a second manifest pasted below the first
+        cells = [c for c in cells if header_name(c) != names[column]]
     listings: dict[str, dict[str, list[str]]] = {}
     return [manifest_path(manifest.parent, c, listings) for c in cells if c]
 
