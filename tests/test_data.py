@@ -1347,6 +1347,26 @@ def test_two_manifests_pasted_together_keep_no_second_header(tmp_path, caplog):
     assert [r[1].name for r in read_manifest(pairs)] == ["cat0.png", "cat1.png"]
 
 
+
+def test_paths_written_relative_to_the_current_folder_are_named_as_such(tmp_path, monkeypatch):
+    """A manifest written beside the data (`find proj -name '*.png'`) and saved into proj/:
+    'none of the files is there' named the CSV's folder but not why; it now says that they
+    are there relative to the current folder."""
+    for i in range(2):
+        for label, v in (("cat", 10), ("dog", 200)):
+            _png(tmp_path / "proj" / "imgs" / f"{label}{i}.png", v)
+    manifest = tmp_path / "proj" / "m.csv"
+    manifest.write_text("".join(f"proj/imgs/{lab}{i}.png,{lab}\n" for i in range(2)
+                                for lab in ("cat", "dog")))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as err:
+        load_csv("proj/m.csv", progress=False)
+    assert str(err.value) == ("none of the 4 files proj/m.csv lists is there (the first: "
+                              "proj/proj/imgs/cat0.png); they are there relative to the current "
+                              "folder (proj/imgs/cat0.png is): write the paths relative to the "
+                              "CSV's folder, proj (or absolute)")
+
+
 # --- augmentation -----------------------------------------------------------------------------
 
 

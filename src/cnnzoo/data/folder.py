@@ -994,9 +994,14 @@ def load_csv(
     if not any(path.exists() or path.is_symlink() for path, _, _ in entries):
         # One line, not one "no such file" per row: every path was written from elsewhere (the
         # current folder, C:\Users\... on the PC that made the CSV).
+        # Written relative to the current folder (the CSV made beside the data, then moved
+        # into it), they are there from here: say so, the fix is then plain.
+        here = Path(os.path.relpath(first_listed, manifest.parent))
+        found = (f"; they are there relative to the current folder ({here} is)"
+                 if not here.is_absolute() and here.exists() else "")  # fmt: skip
         raise DataError(f"none of the {plural(len(entries), 'file')} {manifest} lists is there "
-                        f"(the first: {first_listed}): write the paths relative to the CSV's "
-                        f"folder, {manifest.parent} (or absolute)")  # fmt: skip
+                        f"(the first: {first_listed}){found}: write the paths relative to the "
+                        f"CSV's folder, {manifest.parent} (or absolute)")  # fmt: skip
     parts = ("train", "val", "test")
     items = {part: [(p, index[label]) for p, label, split in entries if split == part]
              for part in parts}  # fmt: skip
