@@ -1367,6 +1367,29 @@ def test_paths_written_relative_to_the_current_folder_are_named_as_such(tmp_path
                               "CSV's folder, proj (or absolute)")
 
 
+
+def test_one_number_written_two_ways_is_two_classes_in_a_fixed_order(tmp_path, caplog):
+    """Labels '7' and '07' sorted by their number alone came in the order of a set's, which
+    changes with each process's hash seed: a run's classes were in another order when it
+    resumed. They now sort by number, then text, and a note names them."""
+    labels = ["7", "07", "1", "007"]
+    for i in range(2):
+        for k in range(len(labels)):
+            _png(tmp_path / f"{k}_{i}.png", 40 * k)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("".join(f"{k}_{i}.png,{label}\n" for i in range(2)
+                                for k, label in enumerate(labels)))
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        s = load_csv(manifest, val_fraction=0.5, progress=False)
+    assert s.class_names == ["1", "007", "07", "7"]
+    for part in (s.train, s.val):  # each image has its row's label
+        assert part.images[:, 0, 0, 0].tolist() == \
+            [40 * labels.index(s.class_names[y]) for y in part.labels.tolist()]  # fmt: skip
+    assert f"note: labels '007', '07' and '7' in {manifest} are one number written in two " \
+        "ways, so they are separate classes; if they are one, give their rows one label" \
+        in caplog.messages
+
+
 # --- augmentation -----------------------------------------------------------------------------
 
 

@@ -834,11 +834,26 @@ def _header_again(row: list[str], header: list[str] | None, cells: dict[str, str
             and _COLUMN_NAMES.get(header_name(cells["label"])) == "label")
 
 
-def _class_order(labels: set[str]) -> list[str]:
-    # Integer labels sort as numbers ("2" before "10"); names sort as ImageFolder sorts folders.
-    if all(label.lstrip("-").isdigit() for label in labels):
-        return sorted(labels, key=int)
-    return sorted(labels)
+def _class_order(labels: set[str], manifest: Path) -> list[str]:
+    """Integer labels sort as numbers ("2" before "10"); names sort as ImageFolder sorts folders.
+    Labels of one number written two ways ("7" and "07": a spreadsheet keeps leading zeros
+    in one export and not in another) are two classes, in their text's order: by the number
+    alone, their order followed the set's, which changes from one process to the next, so
+    a run's classes were another order when it resumed. A note names them."""
+    if not all(label.lstrip("-").isdigit() for label in labels):
+        return sorted(labels)
+    order = sorted(labels, key=lambda label: (int(label), label))
+    groups: dict[int, list[str]] = {}
+    for label in order:
+        groups.setdefault(int(label), []).append(label)
+    same = [", ".join(repr(n) for n in names[:-1]) + f" and {names[-1]!r}"
+            for names in groups.values() if len(names) > 1]  # fmt: skip
+    if same:
+        log.warning("note: labels %s in %s are one number written in two ways, so they are "
+                    "separate classes; if they are one, give their rows one label",
+                    "; ".join(same[:3]) + ("; ..." if len(same) > 3 else ""),
+                    manifest)  # fmt: skip
+    return order
 
 
 def _manifest_rows(manifest: Path) -> tuple[list[tuple[Path, str, str]], list[str], int]:
@@ -974,7 +989,8 @@ def load_csv(
     # as changed. Path order, as a folder's files have (`legacy_row_order` keeps the old one).
     first_listed = entries[0][0]
     entries.sort(key=lambda entry: str(entry[0]))
-    class_names = _class_order({label for _, label, split in entries if split == "train"})
+    class_names = _class_order({label for _, label, split in entries if split == "train"},
+                               manifest)  # fmt: skip
     if len(class_names) < min_classes:
         raise DataError(
             f"{manifest} has {len(class_names)} class among its training rows: "
