@@ -1390,6 +1390,29 @@ def test_one_number_written_two_ways_is_two_classes_in_a_fixed_order(tmp_path, c
         in caplog.messages
 
 
+
+def test_a_row_with_more_cells_than_the_header_is_refused(tmp_path):
+    """A CSV written by a script without quotes: 'a.png,Hose, lang' under `path,label` was
+    the class 'Hose' (' lang' an ignored cell), and so was 'Hose, kurz': two classes merged
+    without a word. Quoted, they are two classes; cells Excel pads rows with are fine."""
+    labels = ["Hose, lang", "Hose, kurz", "Tasche"]
+    for i in range(2):
+        for k in range(3):
+            _png(tmp_path / f"{k}_{i}.png", 60 * k)
+    manifest = tmp_path / "m.csv"
+    rows = [(f"{k}_{i}.png", label) for i in range(2) for k, label in enumerate(labels)]
+    manifest.write_text("path,label\n" + "".join(f"{p},{lab}\n" for p, lab in rows))
+    with pytest.raises(DataError) as err:
+        load_csv(manifest, progress=False)
+    assert str(err.value) == (f"{manifest} line 2 has more cells than the header names (3: "
+                              "'0_0.png', 'Hose', ' lang'): put a label or file name holding a "
+                              "comma in quotes (\"T-Shirt, kurz\"), and name each column in the "
+                              "header")
+    manifest.write_text("path,label\n" + "".join(f'{p},"{lab}",,\n' for p, lab in rows))
+    s = load_csv(manifest, val_fraction=0.5, progress=False)
+    assert s.class_names == sorted(labels) and s.train.class_counts() == [1, 1, 1]
+
+
 # --- augmentation -----------------------------------------------------------------------------
 
 

@@ -886,6 +886,17 @@ def _manifest_rows(manifest: Path) -> tuple[list[tuple[Path, str, str]], list[st
         cells = {k: row[i].strip() if i < len(row) else "" for k, i in columns.items()}
         if _header_again(row, rows[first] if start else None, cells):
             continue
+        if start and any(c.strip() for c in row[len(rows[first]):]):
+            # Cells beyond the header's: a ',' inside an unquoted label or name split it (and
+            # 'Hose, lang' and 'Hose, kurz' were both the class 'Hose'), or a column has no
+            # name (a split column ignored). Excel pads every row to one width, so only a CSV
+            # written by hand or by a script gets here.
+            raise DataError(
+                f"{manifest} line {lineno} has more cells than the header names "
+                f"({len(row)}: {', '.join(repr(shown(c)) for c in row[:6])}): put a label or file "
+                "name holding a comma in quotes (\"T-Shirt, kurz\"), and name each column in "
+                "the header"
+            )
         split = manifest_split(cells.get("split", ""))
         if not cells["path"] or not cells["label"]:
             skipped.append(
