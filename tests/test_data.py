@@ -17,6 +17,7 @@ import re
 import shutil
 import sys
 import threading
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -928,7 +929,8 @@ def test_csv_header_names_the_columns_in_any_order(tmp_path, caplog):
 def test_an_image_a_manifest_lists_twice_is_read_once(tmp_path, caplog, capsys):
     """Two manifests pasted together list images twice: each copy was read, so an image in
     both a train and a val row (or, without a split column, drawn to both sides) was validated
-    on after being trained on, and the validation accuracy was that of training images."""
+    on after being trained on, and the validation accuracy was that of training images. A
+    repeat with another label (two people's labels) is named: the first row's label wins."""
     rows = ["path,label,split"]
     for i in range(4):
         for cls, v in (("cat", 10), ("dog", 200)):
@@ -941,8 +943,9 @@ def test_an_image_a_manifest_lists_twice_is_read_once(tmp_path, caplog, capsys):
         s = load_csv(manifest, progress=False)
     assert s.train.class_counts() == [3, 3] and s.val.class_counts() == [1, 1]
     assert f"skipped {manifest}: 3 rows list an image an earlier row lists (lines 10, 11, 12; " \
-        "line 10 repeats line 2, imgs/cat0.png): each image is read once, from its first row" \
-        in caplog.messages
+        "line 10 repeats line 2, imgs/cat0.png): each image is read once, from its first row; " \
+        "1 of them gives another label (line 12 'cat', line 7 'dog'): remove the row that is " \
+        "wrong" in caplog.messages  # it was not said: dog2 was read as a dog, silently
     assert "skipped 3 of 11 images (each named above, with why)" in caplog.messages
 
     from cnnzoo.cli import main
@@ -1149,6 +1152,265 @@ def test_manifest_delimiter_is_the_one_every_row_is_split_by(tmp_path):
         s = load_csv(manifest, val_fraction=0.25, progress=False)
         assert s.class_names == ["cat", "dog"] and not s.skipped, first
         assert len(s.train) + len(s.val) == 9, first
+
+
+
+def test_excels_sep_line_names_the_delimiter_and_is_not_a_row(tmp_path, caplog):
+    """Excel reads (and hides) a first line `sep=;`, and exports meant for Excel in a German
+    locale write it: it was read as the first row, so the header `Filename;Label` under it was
+    data, a class 'Label' whose file 'Filename' does not exist (an error), and an image/mask
+    manifest was not recognised as one."""
+    for i in range(3):
+        for label, v in (("Hose", 10), ("Tasche", 200)):
+            _png(tmp_path / "bilder" / f"{label}{i}.png", v)
+    rows = ["sep=;", "Filename;Label;Notiz"]
+    rows += [f"bilder\\{lab}{i}.png;{lab};x, y" for i in range(3) for lab in ("Hose", "Tasche")]
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes(("\ufeff" + "\r\n".join(rows) + "\r\n").encode())
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        s = load_csv(manifest, val_fraction=1 / 3, progress=False)
+    assert s.class_names == ["Hose", "Tasche"] and not s.skipped and not caplog.records
+    assert s.train.class_counts() == [2, 2] and s.val.class_counts() == [1, 1]
+    # Each image keeps its row's label: the dark ones (10) are Hose.
+    for part in (s.train, s.val):
+        assert part.images[:, 0, 0, 0].tolist() == [(10, 200)[y] for y in part.labels.tolist()]
+
+    from cnnzoo.data.masks import holds_mask_pairs, read_manifest
+
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("sep=,\nimage,mask\nbilder/Hose0.png,bilder/Tasche0.png\n")
+    assert holds_mask_pairs(pairs)
+    assert [(r[1].name, r[2].name) for r in read_manifest(pairs)] == [("Hose0.png", "Tasche0.png")]
+
+
+
+def test_a_header_of_unknown_names_or_paths_in_another_column_is_one_line(tmp_path, caplog):
+    """A German Excel's header `Dateiname;Klasse` was read as a row: a class 'Klasse' of a
+    missing file 'Dateiname', refused as 'has no readable image: add readable images'; rows
+    `Klasse;Datei` without a header took every label for a missing file ('none of the files
+    is there'). Each is now one line that says to name the columns."""
+    for i in range(2):
+        for label, v in (("Hose", 10), ("Tasche", 200)):
+            _png(tmp_path / "bilder" / f"{label}{i}.png", v)
+    rows = [(f"bilder/{lab}{i}.png", lab) for i in range(2) for lab in ("Hose", "Tasche")]
+    manifest = tmp_path / "m.csv"
+    cases = (("Dateiname;Klasse", rows, "line 1 ('Dateiname', 'Klasse') looks like a header, but "
+              "names no path column: name the columns path"),
+             ("Klasse;Dateiname", [r[::-1] for r in rows], "line 1 ('Klasse', 'Dateiname') looks "
+              "like a header"),
+             (None, [r[::-1] for r in rows], "the image files are in column 2 (line 1: 'Hose', "
+              "'bilder/Hose0.png'), but without a header the first column is the path"))
+    for header, body, message in cases:
+        lines = ([header] if header else []) + [";".join(r) for r in body]
+        manifest.write_text("\n".join(lines) + "\n")
+        with pytest.raises(DataError, match=re.escape(message)):
+            load_csv(manifest, progress=False)
+    # What is data stays data: a first row whose file is missing (skipped, named), and rows
+    # of files without an extension, which give nothing to tell a header by.
+    manifest.write_text("bilder/gone.png;Hose\n" + "\n".join(";".join(r) for r in rows) + "\n")
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        s = load_csv(manifest, val_fraction=0.5, progress=False)
+    assert s.train.class_counts() == [1, 1] and s.val.class_counts() == [1, 1]
+    assert f"skipped {tmp_path / 'bilder' / 'gone.png'}: no such file" in caplog.text
+    for png in (tmp_path / "bilder").glob("*.png"):
+        png.rename(png.with_suffix(""))
+    manifest.write_text("\n".join(f"bilder/{lab}{i};{lab}" for i in range(2)
+                                   for lab in ("Hose", "Tasche")) + "\n")
+    s = load_csv(manifest, val_fraction=0.5, progress=False)
+    assert s.train.class_counts() == [1, 1] and s.val.class_counts() == [1, 1]
+
+
+
+def test_a_manifests_rows_sorted_in_the_sheet_split_the_same(tmp_path):
+    """The rows' order is no part of the data: sorting the sheet by label drew other validation
+    images for the same seed, so a run's own manifest, sorted, was refused by `evaluate` as
+    'changed since the run was trained' (and a resumed run validated on images it trained on).
+    Runs from before, which drew in row order, are still scored on their own split."""
+    import random
+
+    from cnnzoo.data.images import ImageSpec
+    from cnnzoo.engine.run import evaluation_images
+
+    names = [f"{lab}{i:02d}.png" for lab in ("hose", "tasche") for i in range(10)]
+    for n in names:
+        _png(tmp_path / "bilder" / n, 10 if n.startswith("hose") else 200)
+    shuffled = random.Random(1).sample(names, len(names))
+    manifest = tmp_path / "m.csv"
+
+    def write(order):
+        manifest.write_text("path,label\n" + "".join(f"bilder/{n},{n[:-6]}\n" for n in order))
+        return load_csv(manifest, val_fraction=0.25, progress=False)
+
+    got = {}
+    for key, order in (("sorted", sorted(names)), ("shuffled", shuffled),
+                       ("by label desc", sorted(names, reverse=True))):
+        s = write(order)
+        got[key] = sorted(os.path.basename(p) for p in s.val.paths)
+        assert s.val.class_counts() == [2, 2] and len(s.train) == 16
+    assert got["shuffled"] == got["sorted"] == got["by label desc"]
+
+    # A run from before drew from the rows in their order: ImageDataset.split over them.
+    s = write(shuffled)
+    pool = ImageDataset(torch.cat([s.train.images, s.val.images]),
+                        torch.cat([s.train.labels, s.val.labels]), s.class_names,
+                        [*s.train.paths, *s.val.paths])
+    rows = [pool.paths.index(str(tmp_path / "bilder" / n)) for n in shuffled]
+    old_val = pool.select(rows).split(0.25, 0)[1]
+    assert sorted(old_val.paths) != sorted(s.val.paths)  # (else this checks nothing)
+    ds = evaluation_images(str(manifest), ImageSpec(), None, s.class_names,
+                           trained_on=str(manifest), val_fraction=0.25, seed=0,
+                           val_files=old_val.files_digest(manifest), progress=False)
+    assert sorted(ds.paths) == sorted(old_val.paths)
+    write(sorted(names))  # its rows sorted since: that split cannot be told any more
+    with pytest.raises(DataError, match="has changed since the run was trained .*or its rows "
+                       "reordered, for a run from before rows were read in path order"):
+        evaluation_images(str(manifest), ImageSpec(), None, s.class_names,
+                          trained_on=str(manifest), val_fraction=0.25, seed=0,
+                          val_files=old_val.files_digest(manifest), progress=False)
+
+
+
+def test_a_manifest_from_windows_names_files_in_any_case(tmp_path, caplog):
+    """Windows and macOS disks ignore case: a manifest listing 'bilder\\img_000.png' for the
+    camera's Bilder/IMG_000.PNG worked where it was written, and here every row was 'no such
+    file'. A name that matches one file in any case names it; one matching two does not."""
+    for i in range(3):
+        _png(tmp_path / "Bilder" / f"IMG_00{i}.PNG", 10)
+        _png(tmp_path / "Bilder" / f"Würfel_{i}.png", 200)
+    _png(tmp_path / "Bilder" / "twin.png", 10)
+    _png(tmp_path / "Bilder" / "TWIN.png", 200)
+    rows = [f"bilder\\img_00{i}.png,dunkel" for i in range(3)]
+    rows += [f"BILDER/{unicodedata.normalize('NFD', 'WÜRFEL')}_{i}.PNG,hell" for i in range(3)]
+    rows += ["bilder/Twin.png,hell"]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        s = load_csv(manifest, val_fraction=1 / 3, progress=False)
+    assert s.class_names == ["dunkel", "hell"]
+    assert s.train.class_counts() == [2, 2] and s.val.class_counts() == [1, 1]
+    for part in (s.train, s.val):  # each row read the file it names: dark ones dunkel
+        assert part.images[:, 0, 0, 0].tolist() == [(10, 200)[y] for y in part.labels.tolist()]
+    assert sorted(os.path.basename(p) for p in s.train.paths + s.val.paths) == \
+        sorted([f"IMG_00{i}.PNG" for i in range(3)] + [f"Würfel_{i}.png" for i in range(3)])
+    assert f"skipped {tmp_path / 'bilder/Twin.png'}: no such file" in caplog.messages
+
+
+
+def test_a_spreadsheet_workbook_is_one_line_saying_to_save_it_as_csv(tmp_path, capsys):
+    """`--data labels.xlsx` said 'neither a built-in data set nor an image folder or CSV
+    manifest: check the path' (the path was right); renamed .csv, 'not UTF-8 text (byte 0x..)';
+    as `predict --files-from`, 'the list is NUL-separated (find -print0)'."""
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "labels.xlsx", "w") as z:  # what an .xlsx is: a zip
+        z.writestr("[Content_Types].xml", "<Types/>")
+    shutil.copy(tmp_path / "labels.xlsx", tmp_path / "renamed.csv")
+    (tmp_path / "old.xls").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(504))
+    for name in ("labels.xlsx", "renamed.csv", "old.xls"):
+        for argv in (["data", "info", str(tmp_path / name)],
+                     ["predict", "--files-from", str(tmp_path / name)]):
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err
+            assert err.count("\n") == 1 and f"{tmp_path / name} is a spreadsheet workbook, not " \
+                "CSV text: save the sheet as CSV (Excel: Save As > CSV UTF-8" in err, err
+
+
+
+def test_two_manifests_pasted_together_keep_no_second_header(tmp_path, caplog):
+    """`cat a.csv b.csv > all.csv` (or one sheet's rows pasted under another's, header and
+    all): the second header was read as a row, a class 'label' of a missing file 'path', and
+    the run stopped ('class 'label' has no readable image'). It is a header, not data."""
+    from cnnzoo.data.folder import manifest_image_paths
+    from cnnzoo.data.masks import read_manifest
+
+    for i in range(4):
+        for label, v in (("cat", 10), ("dog", 200)):
+            _png(tmp_path / "imgs" / f"{label}{i}.png", v)
+    half = [[f"imgs/{lab}{i}.png,{lab}" for lab in ("cat", "dog")] for i in range(4)]
+    a, b = sum(half[:2], []), sum(half[2:], [])
+    manifest = tmp_path / "all.csv"
+    for text in ("\n".join(["path,label", *a, "path,label", *b]),  # two with headers
+                 "\n".join([*a, "Filename,Class", *b]),  # a header only on the second
+                 "\n".join(["Label,File", *[",".join(r.split(",")[::-1]) for r in a],
+                            "Label,File", *[",".join(r.split(",")[::-1]) for r in b]])):
+        manifest.write_text(text + "\n")
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+            s = load_csv(manifest, val_fraction=0.25, progress=False)
+        assert s.class_names == ["cat", "dog"] and not caplog.records, text
+        assert s.train.class_counts() == [3, 3] and s.val.class_counts() == [1, 1]
+    assert [p.name for p in manifest_image_paths(manifest)] == \
+        [f"{lab}{i}.png" for i in range(4) for lab in ("cat", "dog")]  # fmt: skip
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("image,mask\nimgs/cat0.png,imgs/dog0.png\nimage,mask\n"
+                     "imgs/cat1.png,imgs/dog1.png\n")
+    assert [r[1].name for r in read_manifest(pairs)] == ["cat0.png", "cat1.png"]
+
+
+
+def test_paths_written_relative_to_the_current_folder_are_named_as_such(tmp_path, monkeypatch):
+    """A manifest written beside the data (`find proj -name '*.png'`) and saved into proj/:
+    'none of the files is there' named the CSV's folder but not why; it now says that they
+    are there relative to the current folder."""
+    for i in range(2):
+        for label, v in (("cat", 10), ("dog", 200)):
+            _png(tmp_path / "proj" / "imgs" / f"{label}{i}.png", v)
+    manifest = tmp_path / "proj" / "m.csv"
+    manifest.write_text("".join(f"proj/imgs/{lab}{i}.png,{lab}\n" for i in range(2)
+                                for lab in ("cat", "dog")))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as err:
+        load_csv("proj/m.csv", progress=False)
+    assert str(err.value) == ("none of the 4 files proj/m.csv lists is there (the first: "
+                              "proj/proj/imgs/cat0.png); they are there relative to the current "
+                              "folder (proj/imgs/cat0.png is): write the paths relative to the "
+                              "CSV's folder, proj (or absolute)")
+
+
+
+def test_one_number_written_two_ways_is_two_classes_in_a_fixed_order(tmp_path, caplog):
+    """Labels '7' and '07' sorted by their number alone came in the order of a set's, which
+    changes with each process's hash seed: a run's classes were in another order when it
+    resumed. They now sort by number, then text, and a note names them."""
+    labels = ["7", "07", "1", "007"]
+    for i in range(2):
+        for k in range(len(labels)):
+            _png(tmp_path / f"{k}_{i}.png", 40 * k)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("".join(f"{k}_{i}.png,{label}\n" for i in range(2)
+                                for k, label in enumerate(labels)))
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        s = load_csv(manifest, val_fraction=0.5, progress=False)
+    assert s.class_names == ["1", "007", "07", "7"]
+    for part in (s.train, s.val):  # each image has its row's label
+        assert part.images[:, 0, 0, 0].tolist() == \
+            [40 * labels.index(s.class_names[y]) for y in part.labels.tolist()]  # fmt: skip
+    assert f"note: labels '007', '07' and '7' in {manifest} are one number written in two " \
+        "ways, so they are separate classes; if they are one, give their rows one label" \
+        in caplog.messages
+
+
+
+def test_a_row_with_more_cells_than_the_header_is_refused(tmp_path):
+    """A CSV written by a script without quotes: 'a.png,Hose, lang' under `path,label` was
+    the class 'Hose' (' lang' an ignored cell), and so was 'Hose, kurz': two classes merged
+    without a word. Quoted, they are two classes; cells Excel pads rows with are fine."""
+    labels = ["Hose, lang", "Hose, kurz", "Tasche"]
+    for i in range(2):
+        for k in range(3):
+            _png(tmp_path / f"{k}_{i}.png", 60 * k)
+    manifest = tmp_path / "m.csv"
+    rows = [(f"{k}_{i}.png", label) for i in range(2) for k, label in enumerate(labels)]
+    manifest.write_text("path,label\n" + "".join(f"{p},{lab}\n" for p, lab in rows))
+    with pytest.raises(DataError) as err:
+        load_csv(manifest, progress=False)
+    assert str(err.value) == (f"{manifest} line 2 has more cells than the header names (3: "
+                              "'0_0.png', 'Hose', ' lang'): put a label or file name holding a "
+                              "comma in quotes (\"T-Shirt, kurz\"), and name each column in the "
+                              "header")
+    manifest.write_text("path,label\n" + "".join(f'{p},"{lab}",,\n' for p, lab in rows))
+    s = load_csv(manifest, val_fraction=0.5, progress=False)
+    assert s.class_names == sorted(labels) and s.train.class_counts() == [1, 1, 1]
 
 
 # --- augmentation -----------------------------------------------------------------------------

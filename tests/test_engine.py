@@ -967,6 +967,28 @@ def test_a_checkpoint_with_a_damaged_meta_is_one_line_everywhere(lenet_run, tmp_
         assert len(err) == 1 and str(bad) in err[0] and says in err[0], (argv, err)
 
 
+def test_resume_warns_when_the_data_splits_into_other_validation_images(tmp_path, capsys):
+    """As many images as before, but other ones in validation (a manifest read in another
+    order, a training image swapped for another): resuming said nothing, and the remaining
+    epochs validated on images the first ones trained on."""
+    meta = {"model": "tiny", "model_kwargs": {"width": 4}, "dataset": "m.csv",
+            "class_names": ["a", "b", "c"], "num_classes": 3, "in_chans": 1, "loss": "ce",
+            "val_files": "0123abcd"}
+    cfg = TrainConfig(epochs=1, lr=0.05, **FP32)
+    Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg, out_dir=tmp_path,
+            meta=meta).fit()  # fmt: skip
+    capsys.readouterr()
+    cfg.epochs = 2
+    Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg, out_dir=tmp_path,
+            meta={**meta, "val_files": "4567ef01"}).fit(resume=True)  # fmt: skip
+    assert ("warning: resuming with different epochs (was 1, now 2), validation images (the "
+            "data splits otherwise now) than the checkpoint") in capsys.readouterr().err
+    cfg.epochs = 3  # the same split: no word of it
+    Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=cfg, out_dir=tmp_path,
+            meta=meta).fit(resume=True)  # fmt: skip
+    assert "validation images" not in capsys.readouterr().err
+
+
 def test_resume_refuses_another_model_data_or_options_and_warns_of_another_loss(tmp_path,
                                                                                capsys):
     meta = {"model": "tiny", "model_kwargs": {"width": 4}, "dataset": "digits",

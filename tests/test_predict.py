@@ -287,6 +287,32 @@ def test_paths_from_a_list_file_or_stdin(image_dir, tmp_path, monkeypatch, capsy
         assert message in err and "\n" not in err
 
 
+def test_files_from_a_csv_manifest_predicts_its_images(image_dir, tmp_path, monkeypatch, capsys):
+    """The labels.csv that --data reads, given to --files-from: each row
+    'bilder\\a.png;"Hose, lang";test' was read as a file name, one 'no such file' per row."""
+    net = cnnzoo.create_model("resnet20", num_classes=4)
+    torch.save(net.state_dict(), tmp_path / "four.pth")
+    base = ["predict", "--model", "resnet20", "--weights", str(tmp_path / "four.pth"), "--json"]
+    project = tmp_path / "projekt"
+    (project / "bilder").mkdir(parents=True)
+    names = ["rgb.jpg", "cmyk.jpg", "palette.png"]
+    for n in names:
+        shutil.copy(image_dir / n, project / "bilder" / n)
+    # Excel, German locale: sep line, byte-order mark, CRLF, the path in the second column.
+    rows = ["sep=;", "Label;Filename;Split", *(f'"Hose, lang";bilder\\{n};Test' for n in names),
+            ";;", ""]
+    (project / "labels.csv").write_bytes("\r\n".join(rows).encode("utf-8-sig"))
+    # A list of file names to label, under a header: no label column.
+    (project / "todo.csv").write_text("filename\n" + "\n".join(f"bilder/{n}" for n in names))
+    monkeypatch.chdir(tmp_path)  # not the CSV's folder: its paths are relative to it
+    for manifest in ("projekt/labels.csv", "projekt/todo.csv"):
+        assert main([*base, "--files-from", manifest]) == 0, manifest
+        got = json.loads(capsys.readouterr().out)
+        assert [os.path.relpath(r["image"]) for r in got] == \
+            [os.path.join("projekt", "bilder", n) for n in names]  # fmt: skip
+        assert all(len(r["predictions"]) == 4 for r in got)
+
+
 def test_an_interrupted_predict_keeps_the_batches_it_printed(image_dir, monkeypatch, capsys):
     """All results were printed at the end: Ctrl-C after an hour of predicting printed none."""
     from cnnzoo.weights import Preprocessing

@@ -1254,6 +1254,22 @@ def test_predict_bundle_says_the_class_order_of_its_probability_line(tmp_path, c
     assert many.endswith("c18, c19, ... (25 classes: bundle.json's class_names)")
 
 
+def test_class_names_holding_a_comma_are_quoted_in_lists():
+    """A spreadsheet's label 'T-Shirt, kurz' printed in a list of classes read as two:
+    'data: ... 4 classes (Hose, T-Shirt, kurz, Tasche, Turnschuh)' named five."""
+    from cnnzoo.commands.transfer import class_order
+    from cnnzoo.text import some
+
+    names = ["Hose", "T-Shirt, kurz", "Tasche", "Turnschuh"]
+    assert some(names, 12) == "Hose, 'T-Shirt, kurz', Tasche, Turnschuh"
+    assert class_order(names).endswith(": Hose, 'T-Shirt, kurz', Tasche, Turnschuh")
+    assert some(["Kinder's, groß", "a\nb"]) == "\"Kinder's, groß\", a\\nb"
+    from cnnzoo.engine.task import class_weights_line
+
+    assert class_weights_line("balanced", torch.tensor([1.5, 0.75]), names[:2]) == \
+        "class weights (balanced, on the loss): Hose 1.5, 'T-Shirt, kurz' 0.75"  # fmt: skip
+
+
 def test_predict_bundle_prints_the_probabilities_of_many_classes_on_one_line(tmp_path, capsys):
     """A bundle of 30 classes printed 'Probability: [0.01 0.   ... 0.02\\n 0.02 ...': numpy
     wrapped the line at 75 characters and the newline showed escaped. It is one line now."""

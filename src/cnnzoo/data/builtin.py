@@ -28,7 +28,7 @@ import torch
 from ..errors import DataError, UsageError
 from ..paths import cache_root, remove_stale_temps, replacing
 from .dataset import ImageDataset, Splits
-from .folder import CLASS_FOLDERS, ImagesSeen, load_csv, load_folder
+from .folder import CLASS_FOLDERS, ImagesSeen, load_csv, load_folder, workbook_error
 from .images import IMAGE_EXTENSIONS, ImageSpec
 
 FASHION_MNIST_CLASSES = (
@@ -276,6 +276,8 @@ def load_dataset(
             path, spec, val_fraction=val_fraction, seed=seed, workers=workers, progress=progress,
             min_classes=min_classes,
         )
+    if path.is_file() and (workbook := workbook_error(path)) is not None:
+        raise workbook
     if path.is_file() and path.suffix.lower() in (".txt", ".tsv"):
         # Excel's "Unicode Text" export (UTF-16, tab-separated) is a .txt.
         raise DataError(f"{name}: a manifest's name ends in .csv (rows `path,label`; tabs or "

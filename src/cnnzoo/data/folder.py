@@ -117,12 +117,32 @@ def wide_unicode(raw: bytes) -> str | None:
     return next((codec for bom, codec in _WIDE_BOMS if raw.startswith(bom)), None)
 
 
+# Spreadsheet workbooks: Excel's .xlsx (and LibreOffice's .ods, Numbers' files) are zip
+# archives, the old .xls an OLE file; what they hold is not text, whatever the name.
+_WORKBOOK_SUFFIXES = (".xlsx", ".xlsm", ".xls", ".ods", ".numbers")
+_WORKBOOK_MAGIC = (b"PK\x03\x04", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1")
+
+
+def workbook_error(path: Path, raw: bytes | None = None) -> DataError | None:
+    """A one-line `DataError` for a spreadsheet workbook given where CSV text goes (by its name,
+    or by its first bytes `raw`: a workbook renamed .csv); None for anything else. Read as
+    text, a workbook was 'not UTF-8 text', 'NUL-separated', or 'neither a data set nor a
+    folder: check the path'."""
+    if path.suffix.lower() in _WORKBOOK_SUFFIXES or (raw and raw.startswith(_WORKBOOK_MAGIC)):
+        return DataError(f"{path} is a spreadsheet workbook, not CSV text: save the sheet as CSV "
+                         "(Excel: Save As > CSV UTF-8; LibreOffice: Text CSV, character set "
+                         "UTF-8) and give the .csv")
+    return None
+
+
 def user_text(path: Path) -> str:
     """A text file the user wrote (a CSV manifest, a classes.txt) in UTF-8, with or without the
     byte-order mark Excel and Notepad put first (part of the first name otherwise), or in
     UTF-16 / UTF-32 with their mark (Excel's "Unicode Text", which read as UTF-8 was refused
     at its first byte); other bytes are a one-line `DataError`."""
     raw = path.read_bytes()
+    if (workbook := workbook_error(path, raw[:8])) is not None:
+        raise workbook
     wide = wide_unicode(raw)
     try:
         return raw.decode(wide or "utf-8-sig")
@@ -145,8 +165,18 @@ def manifest_rows(path: Path) -> list[list[str]]:
     decimal mark is a comma, and some tools a tab: the delimiter is the one (',' before ';'
     before tab) that splits the most of the first lines into cells (each row read as one cell
     said only 'expected path,label', once per row). Not the first line's characters alone: a
-    file name there may hold a comma or a ';'. The text is UTF-8 (`user_text`)."""
+    file name there may hold a comma or a ';'. The text is UTF-8 (`user_text`).
+
+    A first line `sep=;` (or `sep=,`, a tab after `sep=`) is Excel's way of naming the delimiter,
+    which Excel reads and hides and some exports write: that one is used, and the line is
+    returned as a blank row, so that row numbers stay line numbers. Read as a row, it was taken
+    for the data's first row, and the header below it for a row of data."""
     text = user_text(path)
+    first, _, rest = text.partition("\n")
+    named = first.rstrip("\r").strip('"')
+    if len(named) == 5 and named[:4].lower() == "sep=":
+        rows = list(csv.reader(io.StringIO(rest, newline=""), delimiter=named[4]))
+        return [[], *rows]
     sample = [line for line in text.splitlines() if line.strip()][:50]
 
     def rows_split(d: str) -> int:
@@ -156,12 +186,17 @@ def manifest_rows(path: Path) -> list[list[str]]:
     return list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
 
 
-def manifest_path(base: Path, text: str) -> Path:
+def manifest_path(base: Path, text: str,
+                  listings: dict[str, dict[str, list[str]]] | None = None) -> Path:
     """A CSV manifest's path cell, relative to the CSV's folder `base` unless absolute. A
     manifest written on Windows separates folders with backslashes, which here are part of a
     file name: read them as separators when only that names an existing file. Likewise a name
     with accents written in the other Unicode form than the file's ('ü' as one character or as
-    'u' + a combining mark, as a Mac writes file names) names that file."""
+    'u' + a combining mark, as a Mac writes file names) names that file, and so does one that
+    differs from it only in case, when no other name does ('bilder\\img_1.jpg' for
+    Bilder/IMG_1.JPG: Windows and macOS disks ignore case, so the manifest worked where it was
+    written, and here each row was 'no such file'). listings: a cache of folder listings, for
+    the rows of one manifest."""
     path = base / text
     if path.exists():
         return path
@@ -173,7 +208,32 @@ def manifest_path(base: Path, text: str) -> Path:
             other = base / (unicodedata.normalize(form, spelling) if form else spelling)
             if other.exists():
                 return other
-    return path
+    return _any_case(base / spellings[0], {} if listings is None else listings) or path
+
+
+def _any_case(path: Path, listings: dict[str, dict[str, list[str]]]) -> Path | None:
+    """The existing file that `path` names when each part of it is compared in any case and
+    Unicode form, if exactly one does; else None."""
+    parts = path.parts[1:] if path.anchor else path.parts
+    found = Path(path.anchor)
+    for part in parts:
+        if part in (".", "..") or (found / part).exists():
+            found = found / part
+            continue
+        key = str(found)
+        if key not in listings:
+            names: dict[str, list[str]] = {}
+            try:
+                for name in os.listdir(found):
+                    names.setdefault(composed(name).casefold(), []).append(name)
+            except OSError:  # not a folder, or not readable
+                pass
+            listings[key] = names
+        same = listings[key].get(composed(part).casefold(), [])
+        if len(same) != 1:  # none, or Cat.png and cat.png both: not for us to choose
+            return None
+        found = found / same[0]
+    return found
 
 
 def image_files(folder: str | os.PathLike[str]) -> list[Path]:
@@ -727,11 +787,73 @@ def _header_columns(row: list[str], manifest: Path) -> dict[str, int] | None:
     return None
 
 
-def _class_order(labels: set[str]) -> list[str]:
-    # Integer labels sort as numbers ("2" before "10"); names sort as ImageFolder sorts folders.
-    if all(label.lstrip("-").isdigit() for label in labels):
-        return sorted(labels, key=int)
-    return sorted(labels)
+def _refuse_unnamed_columns(rows: list[list[str]], first: int, manifest: Path) -> None:
+    """Without a header the columns are path,label[,split] by position. A `DataError` for a
+    manifest whose rows plainly say otherwise: a first row that is no image but a header of
+    names not known here (a German Excel's `Dateiname;Klasse`), read as data it was a class
+    'Klasse' of a missing file 'Dateiname' ("has no readable image: add images"); or image
+    file names in another column than the first, every row's label then taken for a file that
+    is not there. `first`: the index of the first non-blank row."""
+    data = [r for r in rows[first + 1 : first + 51] if any(c.strip() for c in r)]
+
+    def images_in(column: int) -> int:
+        return sum(column < len(r) and _is_image_file(r[column].strip()) for r in data)
+
+    width = max((len(r) for r in data), default=0)
+    column = max(range(width), key=images_in, default=0)  # the first of equals: 0
+    if width == 0 or images_in(column) == 0:
+        return  # no image file names to go by (files without an extension)
+    head = [c.strip() for c in rows[first]]
+    cells = ", ".join(repr(shown(c)) for c in head[:4]) + (", ..." if len(head) > 4 else "")
+    lead = head[0] if head else ""
+    if not any(_is_image_file(c) for c in head) and not (
+        column == 0 and lead and manifest_path(manifest.parent, lead).exists()
+    ):
+        raise DataError(
+            f"{manifest} line {first + 1} ({cells}) looks like a header, but names no path "
+            "column: name the columns path (or file, filename, image), label (or class, "
+            "category, target) and optionally split"
+        )
+    if column != 0:
+        raise DataError(
+            f"{manifest}: the image files are in column {column + 1} (line {first + 1}: {cells}), "
+            "but without a header the first column is the path: add a first row that names the "
+            "columns path, label and optionally split"
+        )
+
+
+def _header_again(row: list[str], header: list[str] | None, cells: dict[str, str]) -> bool:
+    """Whether `row`, below the first, is a header: the `header` row again (if the manifest
+    has one), or cells that name a path and a label column (`path,label`). Two manifests pasted together (`cat a.csv b.csv`,
+    or a sheet's rows copied under another's) carry the second one's header: read as data, it
+    was a class 'label' of a missing file 'path', which stopped the run."""
+    names = [header_name(c) for c in row]
+    if header is not None and names == [header_name(c) for c in header]:
+        return True
+    return (_COLUMN_NAMES.get(header_name(cells["path"])) == "path"
+            and _COLUMN_NAMES.get(header_name(cells["label"])) == "label")
+
+
+def _class_order(labels: set[str], manifest: Path) -> list[str]:
+    """Integer labels sort as numbers ("2" before "10"); names sort as ImageFolder sorts folders.
+    Labels of one number written two ways ("7" and "07": a spreadsheet keeps leading zeros
+    in one export and not in another) are two classes, in their text's order: by the number
+    alone, their order followed the set's, which changes from one process to the next, so
+    a run's classes were another order when it resumed. A note names them."""
+    if not all(label.lstrip("-").isdigit() for label in labels):
+        return sorted(labels)
+    order = sorted(labels, key=lambda label: (int(label), label))
+    groups: dict[int, list[str]] = {}
+    for label in order:
+        groups.setdefault(int(label), []).append(label)
+    same = [", ".join(repr(n) for n in names[:-1]) + f" and {names[-1]!r}"
+            for names in groups.values() if len(names) > 1]  # fmt: skip
+    if same:
+        log.warning("note: labels %s in %s are one number written in two ways, so they are "
+                    "separate classes; if they are one, give their rows one label",
+                    "; ".join(same[:3]) + ("; ..." if len(same) > 3 else ""),
+                    manifest)  # fmt: skip
+    return order
 
 
 def _manifest_rows(manifest: Path) -> tuple[list[tuple[Path, str, str]], list[str], int]:
@@ -743,6 +865,8 @@ def _manifest_rows(manifest: Path) -> tuple[list[tuple[Path, str, str]], list[st
     rows = manifest_rows(manifest)
     first = next((i for i, r in enumerate(rows) if any(c.strip() for c in r)), len(rows))
     columns = _header_columns(rows[first], manifest) if first < len(rows) else None
+    if columns is None:
+        _refuse_unnamed_columns(rows, first, manifest)
     start = first + 1 if columns else 0
     # What a malformed row is told to look like: the header's order, else the documented one.
     layout = ",".join(sorted(columns, key=columns.__getitem__)) if columns else "path,label[,split]"
@@ -752,12 +876,27 @@ def _manifest_rows(manifest: Path) -> tuple[list[tuple[Path, str, str]], list[st
     unknown_splits: dict[str, list[int]] = {}  # one line per value, not per row
     # An image listed twice (pasted manifests) is read once: a copy on each side of the split
     # would be validated on after being trained on.
-    first_row: dict[str, int] = {}
+    first_row: dict[str, tuple[int, str]] = {}  # (line, label)
+    listings: dict[str, dict[str, list[str]]] = {}  # folders read to match names in any case
     repeats: list[tuple[int, int, str]] = []  # (line, line of the first row, path as written)
+    relabels: list[tuple[int, str, int, str]] = []  # (line, its label, first line, first label)
     for lineno, row in enumerate(rows[start:], start=start + 1):
         if not row or all(not c.strip() for c in row):
             continue
         cells = {k: row[i].strip() if i < len(row) else "" for k, i in columns.items()}
+        if _header_again(row, rows[first] if start else None, cells):
+            continue
+        if start and any(c.strip() for c in row[len(rows[first]):]):
+            # Cells beyond the header's: a ',' inside an unquoted label or name split it (and
+            # 'Hose, lang' and 'Hose, kurz' were both the class 'Hose'), or a column has no
+            # name (a split column ignored). Excel pads every row to one width, so only a CSV
+            # written by hand or by a script gets here.
+            raise DataError(
+                f"{manifest} line {lineno} has more cells than the header names "
+                f"({len(row)}: {', '.join(repr(shown(c)) for c in row[:6])}): put a label or file "
+                "name holding a comma in quotes (\"T-Shirt, kurz\"), and name each column in "
+                "the header"
+            )
         split = manifest_split(cells.get("split", ""))
         if not cells["path"] or not cells["label"]:
             skipped.append(
@@ -767,13 +906,17 @@ def _manifest_rows(manifest: Path) -> tuple[list[tuple[Path, str, str]], list[st
         if split is None:
             unknown_splits.setdefault(cells["split"], []).append(lineno)
             continue
-        path = manifest_path(base, cells["path"])
+        path = manifest_path(base, cells["path"], listings)
         key = os.path.normcase(os.path.abspath(path))
+        label = composed(cells["label"])
         if key in first_row:
-            repeats.append((lineno, first_row[key], cells["path"]))
+            line, first_label = first_row[key]
+            repeats.append((lineno, line, cells["path"]))
+            if label != first_label:
+                relabels.append((lineno, label, line, first_label))
             continue
-        first_row[key] = lineno
-        entries.append((path, composed(cells["label"]), split))
+        first_row[key] = (lineno, label)
+        entries.append((path, label, split))
     skipped += unknown_split_lines(manifest, unknown_splits)
     grouped = sum(len(lines) - 1 for lines in unknown_splits.values())
     if repeats:
@@ -781,11 +924,48 @@ def _manifest_rows(manifest: Path) -> tuple[list[tuple[Path, str, str]], list[st
         where = f"line {line} repeats line {first}, {written}"
         if len(repeats) > 1:
             where = f"lines {some([str(r[0]) for r in repeats])}; {where}"
+        # A repeat with another label is a disagreement (two people labelled the image), said
+        # in the same line: the first row's label is used without anyone having chosen it.
+        other = ""
+        if relabels:
+            line, label, first, first_label = relabels[0]
+            other = (f"; {len(relabels)} of them {'gives' if len(relabels) == 1 else 'give'} "
+                     f"another label (line {line} {shown(label)!r}, line {first} "
+                     f"{shown(first_label)!r}): remove the row that is wrong")
         skipped.append(f"{manifest}: {plural(len(repeats), 'row')} "
                        f"{'lists' if len(repeats) == 1 else 'list'} an image an earlier row lists "
-                       f"({where}): each image is read once, from its first row")
+                       f"({where}): each image is read once, from its first row{other}")
         grouped += len(repeats) - 1
     return entries, skipped, grouped
+
+
+def manifest_image_paths(manifest: Path) -> list[Path]:
+    """The image files a CSV manifest lists, from every row whatever its label and split (for
+    `cnnzoo predict --files-from labels.csv`): its path column (the first, unless a header
+    names another), relative to the CSV's folder as `load_csv` reads it. A list of file names
+    under a header such as `filename`, without labels, is a manifest too."""
+    rows = manifest_rows(manifest)
+    first = next((i for i, r in enumerate(rows) if any(c.strip() for c in r)), len(rows))
+    names = [header_name(c) for c in rows[first]] if first < len(rows) else []
+    column = next((i for i, n in enumerate(names) if _COLUMN_NAMES.get(n) == "path"), None)
+    header = column is not None and not any(_is_image_file(n) for n in names)
+    if not header:
+        _refuse_unnamed_columns(rows, first, manifest)
+    column = column if header else 0
+    cells = [r[column].strip() for r in rows[first + header:] if column < len(r)]
+    if header:  # a header again, of a second manifest pasted below the first
+        cells = [c for c in cells if header_name(c) != names[column]]
+    listings: dict[str, dict[str, list[str]]] = {}
+    return [manifest_path(manifest.parent, c, listings) for c in cells if c]
+
+
+def legacy_row_order(manifest: Path, pool: ImageDataset) -> ImageDataset:
+    """`pool` (a manifest's training and validation images, with paths) in the order of the
+    manifest's rows, in which runs before `load_csv` sorted them by path drew their validation
+    split: `evaluate` redraws it to score such a run's own validation images."""
+    rank = {str(p): i for i, (p, _, _) in enumerate(_manifest_rows(manifest)[0])}
+    order = sorted(range(len(pool)), key=lambda i: rank.get(str(pool.paths[i]), len(rank)))
+    return pool.select(order)
 
 
 def load_csv(
@@ -815,7 +995,13 @@ def load_csv(
     if not entries:  # the malformed lines say why no row was taken
         _report(skipped, [], len(skipped) + grouped, grouped)
         raise DataError(f"{manifest} lists no images: write one `path,label` row per image")
-    class_names = _class_order({label for _, label, split in entries if split == "train"})
+    # The rows' order is no part of the data: read in it, sorting the sheet (by label, say) drew
+    # other validation images for the same seed, and `evaluate` refused the run's own manifest
+    # as changed. Path order, as a folder's files have (`legacy_row_order` keeps the old one).
+    first_listed = entries[0][0]
+    entries.sort(key=lambda entry: str(entry[0]))
+    class_names = _class_order({label for _, label, split in entries if split == "train"},
+                               manifest)  # fmt: skip
     if len(class_names) < min_classes:
         raise DataError(
             f"{manifest} has {len(class_names)} class among its training rows: "
@@ -835,9 +1021,14 @@ def load_csv(
     if not any(path.exists() or path.is_symlink() for path, _, _ in entries):
         # One line, not one "no such file" per row: every path was written from elsewhere (the
         # current folder, C:\Users\... on the PC that made the CSV).
+        # Written relative to the current folder (the CSV made beside the data, then moved
+        # into it), they are there from here: say so, the fix is then plain.
+        here = Path(os.path.relpath(first_listed, manifest.parent))
+        found = (f"; they are there relative to the current folder ({here} is)"
+                 if not here.is_absolute() and here.exists() else "")  # fmt: skip
         raise DataError(f"none of the {plural(len(entries), 'file')} {manifest} lists is there "
-                        f"(the first: {entries[0][0]}): write the paths relative to the CSV's "
-                        f"folder, {manifest.parent} (or absolute)")  # fmt: skip
+                        f"(the first: {first_listed}){found}: write the paths relative to the "
+                        f"CSV's folder, {manifest.parent} (or absolute)")  # fmt: skip
     parts = ("train", "val", "test")
     items = {part: [(p, index[label]) for p, label, split in entries if split == part]
              for part in parts}  # fmt: skip

@@ -208,6 +208,8 @@ def read_manifest(
     out = []
     unknown: dict[str, list[int]] = {}
     for lineno, cells in lines[1:]:
+        if [header_name(c) for c in cells] == header:  # a second manifest's, pasted below
+            continue
         row = {k: cells[i] if i < len(cells) else "" for i, k in enumerate(header)}
         split = None
         if column is not None:

@@ -613,6 +613,11 @@ class Trainer:
         self.precision = saved.resumed(self.config.precision, self.config.channels_last)
         if self.precision.source != "checkpoint":
             changed.append(f"precision (was {saved.setup}, now {self.precision.setup})")
+        if old_meta.get("val_files") and self.meta.get("val_files") not in (
+                None, old_meta["val_files"]):
+            # Of the same number (a manifest's rows read in another order, an image swapped for
+            # another): the epochs after the resume would validate on images it trained on.
+            changed.append("validation images (the data splits otherwise now)")
         if changed:
             self._say(f"warning: resuming with different {', '.join(changed)} than the "
                       "checkpoint; the result will differ from an uninterrupted run")

@@ -32,7 +32,7 @@ from ..data.loader import (
 )
 from ..errors import DamagedCheckpointError, DataError, NewerFormatError, UsageError, WeightsError
 from ..paths import check_outside, run_data, same_source, transfer_bundle
-from ..text import plural
+from ..text import plural, some
 from .checkpoint import caller_rng_kept, load_checkpoint
 from .distributed import DistContext
 from .grow import grow_from
@@ -682,6 +682,22 @@ def scored_images(src: str, split: str | None, trained_on: str = "") -> str:
     return f"{src}, {which}"
 
 
+def _val_in_row_order(src: str, splits: Any, val_fraction: float, seed: int,
+                      val_files: str) -> Any:
+    """The validation split a run trained before a CSV manifest's rows were read in path order
+    drew, in the rows' order: when it is the run's own (`val_files`), else None."""
+    from ..data.dataset import ImageDataset
+    from ..data.folder import legacy_row_order
+
+    if Path(src).suffix.lower() != ".csv" or not splits.train.paths or not splits.val.paths:
+        return None
+    pool = ImageDataset(torch.cat([splits.train.images, splits.val.images]),
+                        torch.cat([splits.train.labels, splits.val.labels]), splits.class_names,
+                        [*splits.train.paths, *splits.val.paths])  # fmt: skip
+    val = legacy_row_order(Path(src), pool).split(val_fraction, seed)[1]
+    return val if val.files_digest(src) == val_files else None
+
+
 def evaluation_images(
     src: str, spec: Any, split: str | None, class_names: list[str], *, trained_on: str = "",
     val_fraction: float = 0.2, seed: int = 0, size: int | None = None,
@@ -728,10 +744,14 @@ def evaluation_images(
     else:
         ds = splits.val
         if (val_files and splits.val_drawn and not is_builtin and same_source(src, trained_on)
-                and ds.files_digest(src) != val_files):
+                and ds.files_digest(src) != val_files
+                and (ds := _val_in_row_order(src, splits, val_fraction, seed, val_files)) is None):
+            rows = (", or its rows reordered, for a run from before rows were read in path order" if
+                    src.lower().endswith(".csv") else "")  # fmt: skip
             raise DataError(f"{src} has changed since the run was trained (images added, "
-                            "removed, renamed or now readable), so its validation split would "
-                            "hold images the run trained on: pass --data with held-out images")
+                            f"removed, renamed or now readable{rows}), so its validation split "
+                            "would hold images the run trained on: pass --data with held-out "
+                            "images")
     # Data's class names are NFC (`folder.composed`); a model trained before that may hold a
     # Mac folder's decomposed 'ü'.
     trained = [composed(c) for c in class_names]
@@ -739,7 +759,7 @@ def evaluation_images(
         if set(ds.class_names) - set(trained):
             raise DataError(f"{src} has classes the model was not trained on: "
                             f"{sorted(set(ds.class_names) - set(trained))}; score it on "
-                            f"images of its classes ({', '.join(class_names)})")  # fmt: skip
+                            f"images of its classes ({some(class_names, len(class_names))})")  # fmt: skip
         remap = torch.tensor([trained.index(c) for c in ds.class_names])
         ds.labels = remap[ds.labels]
         ds.class_names = list(class_names)

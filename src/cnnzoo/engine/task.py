@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..errors import TrainingError, UsageError
 from ..models.base import AuxOutputs
-from ..text import some
+from ..text import listed
 
 # What a run's `class_weight` setting may be: 'none' (every image counts the same) or
 # 'balanced' (scikit-learn's class_weight='balanced', `balanced_weights`).
@@ -112,8 +112,10 @@ def class_weights(kind: str | None, labels: Tensor, num_classes: int) -> Tensor 
 
 def class_weights_line(kind: str, weights: Tensor, class_names: list[str]) -> str:
     """'class weights (balanced, on the loss): crack 9.33, good 0.28, ...' for a run's log."""
-    pairs = [f"{name} {w:.3g}" for name, w in zip(class_names, weights.tolist(), strict=True)]
-    return f"class weights ({kind}, on the loss): {some(pairs, 12)}"
+    pairs = [f"{listed(name)} {w:.3g}"
+             for name, w in zip(class_names[:12], weights.tolist(), strict=False)]  # fmt: skip
+    more = ", ..." if len(class_names) > 12 else ""
+    return f"class weights ({kind}, on the loss): {', '.join(pairs)}{more}"
 
 
 class ClassificationAccumulator:
