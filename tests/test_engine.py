@@ -891,7 +891,7 @@ def test_a_checkpoint_of_a_newer_cnnzoo_says_to_upgrade(tmp_path, capsys):
             f"({cnnzoo.__version__}) reads cnnzoo-checkpoint-1: upgrade cnnzoo to use it")
     for argv in (["evaluate", str(out / "best.pt")],
                  [*(a if a != "1" else "2" for a in train), "--resume"],
-                 ["predict", str(out / "best.pt"), "--weights", str(out / "best.pt")],
+                 ["predict", str(data / "cat" / "0.png"), "--weights", str(out / "best.pt")],
                  ["convert", str(out / "best.pt"), str(tmp_path / "w.safetensors")]):  # fmt: skip
         assert main(argv) == 2, argv
         err = capsys.readouterr().err

@@ -591,3 +591,9 @@ def test_a_checkpoint_given_as_an_image_is_refused_before_anything_is_predicted(
     assert main(["predict", "--model", "lenet5", "--weights", str(ckpt), "--top", "1",
                  str(tmp_path / "camera.png")]) == 0  # fmt: skip
     assert capsys.readouterr().out.startswith(f"{tmp_path / 'camera.png'}\n  1. ")
+    # The --weights file listed among the images too: it is given already, so not "give it as
+    # --weights".
+    assert main(["predict", "--model", "lenet5", "--weights", str(ckpt), str(ckpt)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"cnnzoo predict: error: {ckpt} is the --weights checkpoint, not an image: leave it out "
+        "of the images to predict")
