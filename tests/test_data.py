@@ -954,16 +954,19 @@ def test_an_image_a_manifest_lists_twice_is_read_once(tmp_path, caplog, capsys):
     assert capsys.readouterr().out.rstrip().endswith("3 files skipped")
 
 
-def test_train_val_test_subfolders(tmp_path):
+def test_train_val_test_subfolders(tmp_path, caplog):
     for part, n in (("train", 4), ("valid", 2), ("test", 3)):
         for cls in ("x", "y"):
             for i in range(n):
                 _png(tmp_path / part / cls / f"{i}.png", 0)
     s = load_folder(tmp_path, progress=False)
     assert (len(s.train), len(s.val), len(s.test)) == (8, 4, 6)
-    shutil.rmtree(tmp_path / "valid")  # test/ then serves as validation
+    assert "no validation part" not in caplog.text
+    shutil.rmtree(tmp_path / "valid")  # test/ then serves as validation, and a note says so
     s = load_folder(tmp_path, progress=False)
     assert (len(s.train), len(s.val), s.test) == (8, 6, None)
+    assert ("note: no validation part, so the 6 test images validate the run and are no "
+            "held-out test; a val/ folder (or rows marked val) keeps them apart") in caplog.text
     # 'train' among other class folders is a class, not a part.
     _png(tmp_path / "bus" / "1.png", 0)
     assert "train" in load_folder(tmp_path, ImageSpec(size=8), progress=False).class_names

@@ -698,6 +698,11 @@ def _assemble(
     test = datasets.get("test")
     if val is None and test is not None:
         val, test = test, None  # train/ + test/ only: test/ is what there is to validate on
+        # Said: its score was read as a held-out test's, while the run chose by it (best.pt,
+        # early stopping) -- and manifest rows of a split spelled 'Validierung' end here too.
+        log.warning("note: no validation part, so the %d test images validate the run and are "
+                    "no held-out test; a val/ folder (or rows marked val) keeps them apart",
+                    len(val))  # fmt: skip
     drawn = val is None
     if drawn:
         train, val = train.split(val_fraction, seed)
