@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -151,13 +151,19 @@ def load_state_dict(
     return _fit(model, ckpt, entry, name)
 
 
-def _fitted(model: nn.Module, ckpt: Checkpoint, name: str | None) -> tuple[Any, dict[str, Tensor], list[str]]:
+def _fitted(
+    model: nn.Module, ckpt: Checkpoint, name: str | None, *,
+    clearer: Callable[[], None] | None = None,
+) -> tuple[Any, dict[str, Tensor], list[str]]:
     """(conversion, state_dict adapted to `model`, notes), or the `WeightsError` naming what
-    does not fit. Shapes only: `model` may be built on the meta device."""
+    does not fit. Shapes only: `model` may be built on the meta device. clearer: called first
+    when it does not fit, to raise a more telling error of the caller's where it has one."""
     conv = convert_checkpoint(ckpt, model, name)
     sd, notes = adapt_state_dict(conv.state_dict, model)
     missing, unexpected, conflicts = check_fit(sd, model)
     if missing or unexpected or conflicts:
+        if clearer is not None:
+            clearer()
         raise WeightsError(_mismatch_message(ckpt, name, conv.layout, missing, unexpected,
                                              conflicts, _architecture_of(ckpt, name)))  # fmt: skip
     return conv, sd, notes
@@ -255,9 +261,9 @@ def create_pretrained(name: str, weights: Any, **model_kwargs: Any) -> nn.Module
         built = {"in_chans": cfg.input_size[0], "num_classes": cfg.num_classes,
                  "aux_logits": bool(aux_classifiers(probe))}  # fmt: skip
         reshaped = any(built[k] != v for k, v in shape.items())
-        target = create_model(name, **kwargs, **shape) if reshaped else probe
-        _refuse_given_options(name, ckpt, recorded, model_kwargs, target)
-        _fitted(target, ckpt, name)
+        # (the options' refusal only when it does not fit: trying them costs conversions)
+        _fitted(create_model(name, **kwargs, **shape) if reshaped else probe, ckpt, name,
+                clearer=lambda: _refuse_given_options(name, ckpt, recorded, model_kwargs))
     model = create_model(name, **kwargs, **shape) if reshaped else create_model(name, **kwargs)
     sd, info = _fit(model, ckpt, entry, name)
     options = {k: v for k, v in {**kwargs, **shape}.items() if k not in ("num_classes", "in_chans")}
@@ -275,12 +281,13 @@ def create_pretrained(name: str, weights: Any, **model_kwargs: Any) -> nn.Module
 
 
 def _refuse_given_options(name: str, ckpt: Checkpoint, recorded: dict[str, Any],
-                          given: dict[str, Any], model: nn.Module) -> None:  # fmt: skip
-    """A one-line error when the file does not fit `model` but fits `name` without options the
-    caller gave that change its layers (googlenet reductions=False, paper_5x5=True, a VGG's
-    width_mult): the keys' error asked 'is it a checkpoint of another architecture or width?'
-    of torchvision's own googlenet weights. Each option alone is tried, then all of them;
-    nothing is said when the file fits `model` or none of those nets (the keys' error then)."""
+                          given: dict[str, Any]) -> None:  # fmt: skip
+    """For a file that does not fit `name` built with the options `given` (`_fitted`'s
+    `clearer`): a one-line error when it fits `name` without options that change its layers
+    (googlenet reductions=False, paper_5x5=True, a VGG's width_mult): the keys' error asked 'is
+    it a checkpoint of another architecture or width?' of torchvision's own googlenet weights.
+    Each option alone is tried, then all of them; nothing is said when none of those nets fits
+    (the keys' error then)."""
     import torch
 
     from ..models import create_model
@@ -304,10 +311,7 @@ def _refuse_given_options(name: str, ckpt: Checkpoint, recorded: dict[str, Any],
         except Exception:  # noqa: BLE001 - a hint for the error to come: never replace it
             return False
 
-    try:
-        if not options or fits(model):
-            return
-    except Exception:  # noqa: BLE001 - _fitted says what is wrong with the file
+    if not options:
         return
     left = next(([k] for k in options if fits_without([k])), None)
     if left is None and len(options) > 1 and fits_without(options):
