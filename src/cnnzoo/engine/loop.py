@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import numbers
+import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -516,7 +517,7 @@ class Trainer:
                     log.write(record)
                 walls.append(time.perf_counter() - t0)
                 # The last epochs' pace: a progressive run's first epochs are faster than the rest.
-                left = sorted(walls[-3:])[len(walls[-3:]) // 2] * (cfg.epochs - epoch - 1)
+                left = statistics.median_high(walls[-3:]) * (cfg.epochs - epoch - 1)
                 self._say(_epoch_line(record, cfg.epochs, getattr(self.task, "num_classes", 0),
                                       left=left))
                 if cfg.patience is not None and bad_epochs >= cfg.patience:
