@@ -41,6 +41,21 @@ def _killed_after_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int) -> None:
     monkeypatch.setattr(loop, "_epoch_line", killed)
 
 
+def _killed_and_resumed(base: list[str], recipe: list[str], tmp_path: Path,
+                        monkeypatch: pytest.MonkeyPatch, capsys) -> tuple[Path, str]:  # fmt: skip
+    """`base + recipe` run whole (tmp_path/whole), and killed after epoch 1 (tmp_path/run) then
+    restarted with the bare command, `base --resume`, as a queue restarts it; (the killed run's
+    folder, the restart's stderr)."""
+    assert main([*base, *recipe, "--out", str(tmp_path / "whole")]) == 0
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _killed_after_epoch(m, 1)
+        assert main([*base, *recipe, "--out", str(run)]) == 128 + 15
+    capsys.readouterr()
+    assert main([*base, "--out", str(run), "--resume"]) == 0  # the queue's restart
+    return run, capsys.readouterr().err
+
+
 def _same_run(a: Path, b: Path) -> None:
     """Two runs' last.pt hold the same weights and the same metrics (but the timings)."""
     wa, wb = load_checkpoint(a / "last.pt")["model"], load_checkpoint(b / "last.pt")["model"]
@@ -74,14 +89,7 @@ def test_a_bare_resume_of_a_killed_classifier_run_keeps_every_option(tmp_path, m
               "--erase", "0.3", "--augment", "crop", "--img-size", "48", "--progressive",
               "32:1", "--model-arg", "act=tanh", "--no-tensorboard"]  # fmt: skip
     base = ["train", "lenet5", "--data", str(data), *FAST]
-    assert main([*base, *recipe, "--out", str(tmp_path / "whole")]) == 0
-    run = tmp_path / "run"
-    with monkeypatch.context() as m:
-        _killed_after_epoch(m, 1)
-        assert main([*base, *recipe, "--out", str(run)]) == 128 + 15
-    capsys.readouterr()
-    assert main([*base, "--out", str(run), "--resume"]) == 0  # the queue's restart
-    err = capsys.readouterr().err
+    run, err = _killed_and_resumed(base, recipe, tmp_path, monkeypatch, capsys)
     assert "warning" not in err and "resuming after epoch 1 of 3" in err, err
     _same_run(tmp_path / "whole", run)
     assert not (run / "tb").exists()  # --no-tensorboard kept too
@@ -101,14 +109,7 @@ def test_a_bare_resume_of_a_killed_unet_run_keeps_every_option(tmp_path, monkeyp
               "--patience", "3", "--model-arg", "dropout=0.1", "--epochs", "2",
               "--no-tensorboard"]  # fmt: skip
     base = ["train", "unet", "--data", "cells", *FAST]
-    assert main([*base, *recipe, "--out", str(tmp_path / "whole")]) == 0
-    run = tmp_path / "run"
-    with monkeypatch.context() as m:
-        _killed_after_epoch(m, 1)
-        assert main([*base, *recipe, "--out", str(run)]) == 128 + 15
-    capsys.readouterr()
-    assert main([*base, "--out", str(run), "--resume"]) == 0
-    err = capsys.readouterr().err
+    run, err = _killed_and_resumed(base, recipe, tmp_path, monkeypatch, capsys)
     assert "warning" not in err and "resuming after epoch 1 of 2" in err, err
     _same_run(tmp_path / "whole", run)
     meta = load_checkpoint(run / "last.pt")["meta"]
