@@ -310,7 +310,8 @@ def _say_if_low_depth(a: np.ndarray) -> None:
     """A note when a 16-bit image uses no more than 12 bits (a line camera's 12-bit data stored
     in 16-bit files): scaled by 255/65535 its values keep 16 grey levels of 256, and the images
     read nearly black. Its file, not cnnzoo, knows the depth, so this is said, not guessed."""
-    if a.size and 0 < int(a.max()) < 4096 and not _LOW_DEPTH_SAID.is_set():
+    # (said first: once it is said, no image's maximum need be looked for again)
+    if not _LOW_DEPTH_SAID.is_set() and a.size and 0 < int(a.max()) < 4096:
         _LOW_DEPTH_SAID.set()
         log.warning("note: 16-bit images whose values all lie below 4096 (12-bit camera data?) "
                     "read as 8 bits (values / 257) keep only 16 grey levels and look nearly "
