@@ -1,0 +1,89 @@
+"""A --json command that fails still prints one JSON document on stdout: {"error": the line
+it said on stderr, "exit_status": its exit status}. Stdout was empty, and a script's
+json.loads(stdout) raised on "" instead of reading why."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cnnzoo import cli
+from cnnzoo.cli import main
+
+SRC = str(Path(cli.__file__).resolve().parents[1])
+
+
+def _failure(capsys) -> tuple[dict, str]:
+    """The one JSON document on stdout, and the last line on stderr."""
+    captured = capsys.readouterr()
+    return json.loads(captured.out), captured.err.strip().splitlines()[-1]
+
+
+def test_an_error_of_a_command_is_its_stderr_line_as_json(tmp_path, capsys):
+    assert main(["models", "--pattern", "zzz", "--json"]) == 2
+    doc, err = _failure(capsys)
+    assert err.startswith("cnnzoo models: error: no model matches 'zzz'")
+    assert doc == {"error": err, "exit_status": 2}
+    # predict's result is a list of records; its failure is the one object, not a list
+    assert main(["predict", str(tmp_path / "a.png"), "--weights", str(tmp_path / "none.pt"),
+                 "--json"]) == 2  # fmt: skip
+    doc, err = _failure(capsys)
+    assert doc == {"error": err, "exit_status": 2} and "none.pt" in err
+    # without --json stdout stays empty, as before
+    assert main(["models", "--pattern", "zzz"]) == 2
+    assert capsys.readouterr().out == ""
+
+
+def test_a_mistake_in_the_options_is_json_once_the_command_is_known(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "lenet5", "--data", "digits", "--epochs", "x", "--json"])
+    assert e.value.code == 2
+    doc, err = _failure(capsys)
+    assert doc == {"error": err, "exit_status": 2}
+    assert err.startswith("cnnzoo train: error: argument --epochs: must be a whole number")
+    with pytest.raises(SystemExit):  # an unknown option, said by the command's own parser
+        main(["data", "info", "digits", "--json", "--bogus"])
+    doc, err = _failure(capsys)
+    assert doc == {"error": err, "exit_status": 2} and "--bogus" in err
+    # no JSON where none was asked for, or the command has none (demo), or is unknown
+    for argv in (["train", "lenet5", "--epochs", "x"], ["demo", "--per-class", "0", "--json"],
+                 ["trian", "--json"], ["models", "--", "--json"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert capsys.readouterr().out == "", argv
+
+
+@pytest.mark.parametrize(("raised", "status", "words"), [
+    (OSError(errno.ENOSPC, "No space left on device", "runs/x/metrics.jsonl"), 2,
+     "cnnzoo compare: error: runs/x/metrics.jsonl: No space left on device: free some space"),
+    (KeyboardInterrupt(), 130, "cnnzoo compare: interrupted"),
+    (cli.Terminated(), 143, "cnnzoo compare: terminated (SIGTERM)"),
+])
+def test_every_way_a_command_ends_early_is_json(raised, status, words, monkeypatch, capsys):
+    """The handled file errors, Ctrl-C and SIGTERM are said in the same one place as errors."""
+    import cnnzoo.commands.compare
+
+    def run(args):
+        raise raised
+
+    monkeypatch.setattr(cnnzoo.commands.compare, "run", run)
+    assert main(["compare", "runs/x", "--json"]) == status
+    doc, err = _failure(capsys)
+    assert doc == {"error": err, "exit_status": status} and err.startswith(words)
+
+
+def test_a_script_reads_the_failure_from_a_real_process(tmp_path):
+    """As a CI script sees it: exit status 2, and stdout that json.loads reads."""
+    env = {**os.environ, "PYTHONPATH": SRC, "CNNZOO_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "cnnzoo", "data", "info", str(tmp_path / "no"),
+                           "--json"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2
+    doc = json.loads(done.stdout)
+    assert doc == {"error": done.stderr.strip(), "exit_status": 2}
+    assert "neither a built-in data set" in doc["error"]
