@@ -1,6 +1,7 @@
-"""A --json command that fails still prints one JSON document on stdout: {"error": the line
-it said on stderr, "exit_status": its exit status}. Stdout was empty, and a script's
-json.loads(stdout) raised on "" instead of reading why."""
+"""What a script reads from --json. A command that fails still prints one JSON document on
+stdout: {"error": the line it said on stderr, "exit_status": its exit status} (stdout was
+empty, and a script's json.loads(stdout) raised on "" instead of reading why). The same fact
+has the same key in every command."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from cnnzoo import cli
 from cnnzoo.cli import main
@@ -87,3 +89,37 @@ def test_a_script_reads_the_failure_from_a_real_process(tmp_path):
     doc = json.loads(done.stdout)
     assert doc == {"error": done.stderr.strip(), "exit_status": 2}
     assert "neither a built-in data set" in doc["error"]
+
+
+def test_train_and_transfer_json_give_the_same_facts_under_the_same_keys(tmp_path, capsys,
+                                                                         monkeypatch):
+    """train --json said `model`, `out` and the final validation metrics under `final` (as
+    evaluate names them); transfer --json had no `model` or `out`, and its metrics only as
+    `val_acc`, `val_loss`, ... at the top: a script reading both needed two parsers. Transfer's
+    `final` is what `cnnzoo evaluate --bundle` scores on the same validation images."""
+    from PIL import Image
+
+    monkeypatch.setenv("CNNZOO_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    g = torch.Generator().manual_seed(0)
+    for k, cls in enumerate(("dark", "light")):
+        (data / cls).mkdir(parents=True)
+        for i in range(12):
+            pixels = (torch.rand(32, 32, generator=g) * 60 + 40 + 120 * k).to(torch.uint8)
+            Image.fromarray(pixels.numpy()).save(data / cls / f"{i}.png")
+    quiet = ["--no-progress", "--precision", "fp32"]
+    run, moved = tmp_path / "run", tmp_path / "moved"
+    assert main(["train", "lenet5", "--data", str(data), "--epochs", "1", "--json", *quiet,
+                 "--no-tensorboard", "--out", str(run)]) == 0  # fmt: skip
+    trained = json.loads(capsys.readouterr().out)
+    assert main(["transfer", str(data), "--weights", str(run / "best.pt"), "--mode",
+                 "features", "--json", *quiet, "--out", str(moved)]) == 0  # fmt: skip
+    moved_doc = json.loads(capsys.readouterr().out)
+    for doc, out in ((trained, run), (moved_doc, moved)):
+        assert doc["model"] == "lenet5" and doc["out"] == str(out) and doc["skipped"] == 0
+    names = ("loss", "acc", "balanced_acc", "macro_f1")
+    assert set(names) <= set(trained["final"]) and set(moved_doc["final"]) == set(names)
+    assert main(["evaluate", "--bundle", str(moved / "bundle"), "--data", str(data),
+                 "--json", "--no-progress"]) == 0  # fmt: skip
+    scored = json.loads(capsys.readouterr().out)
+    assert moved_doc["final"] == pytest.approx({k: scored[k] for k in names})
