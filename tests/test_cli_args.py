@@ -577,6 +577,16 @@ def test_options_are_not_abbreviated(argv, prog, meant, tmp_path, monkeypatch, c
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_bare_double_dash_is_not_taken_for_a_prefix_of_every_option(capsys):
+    """`models -- --x` answered 'did you mean --channels or --help or --img-size or --json or
+    --model-arg or --pattern?': '--' begins them all."""
+    with pytest.raises(SystemExit):
+        main(["models", "--", "--x"])
+    err = capsys.readouterr().err
+    assert err == ("cnnzoo models: error: unrecognized arguments: -- --x (see `cnnzoo models "
+                   "--help`)\n")
+
+
 def test_no_parser_takes_abbreviations():
     import argparse
 

@@ -98,7 +98,7 @@ def _spelled_out(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
     as its abbreviation until abbreviations were turned off): the options it may have meant."""
     for word in unknown:
         given = word.partition("=")[0]
-        if not given.startswith("--"):
+        if not given.startswith("--") or given == "--":  # '--' alone begins every option
             continue
         meant = sorted(o for o in parser._option_string_actions if o.startswith(given))
         if meant:
