@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -96,7 +97,8 @@ def test_train_and_transfer_json_give_the_same_facts_under_the_same_keys(tmp_pat
     """train --json said `model`, `out` and the final validation metrics under `final` (as
     evaluate names them); transfer --json had no `model` or `out`, and its metrics only as
     `val_acc`, `val_loss`, ... at the top: a script reading both needed two parsers. Transfer's
-    `final` is what `cnnzoo evaluate --bundle` scores on the same validation images."""
+    `final` is what `cnnzoo evaluate --bundle` scores on the same validation images; evaluate
+    counts `images` and `skipped` as data info, train and transfer do."""
     from PIL import Image
 
     monkeypatch.setenv("CNNZOO_CACHE", str(tmp_path / "cache"))
@@ -123,3 +125,16 @@ def test_train_and_transfer_json_give_the_same_facts_under_the_same_keys(tmp_pat
                  "--json", "--no-progress"]) == 0  # fmt: skip
     scored = json.loads(capsys.readouterr().out)
     assert moved_doc["final"] == pytest.approx({k: scored[k] for k in names})
+    # evaluate counted neither the images it scored nor the unreadable ones it left out: a held
+    # out folder of 24 images and 2 broken files scored 24 with exit status 0 and no word of it
+    held = tmp_path / "held"
+    shutil.copytree(data, held)
+    (held / "dark" / "notes.png").write_bytes(b"not a png")
+    (held / "light" / "cut.png").write_bytes((held / "light" / "0.png").read_bytes()[:60])
+    assert main(["data", "info", str(held), "--json", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["skipped"] == 2
+    for given in (["--bundle", str(moved / "bundle")], [str(run / "best.pt")]):
+        assert main(["evaluate", *given, "--data", str(held), "--json", "--no-progress"]) == 0
+        scored = json.loads(capsys.readouterr().out)
+        assert (scored["images"], scored["skipped"]) == (24, 2), given
+        assert scored["images"] == sum(map(sum, scored["confusion"]))

@@ -1333,7 +1333,7 @@ def test_evaluate_bundle_uses_the_batch_size_given(tmp_path, monkeypatch):
     asked = []
 
     class Bundle:
-        def evaluate(self, data, *, split=None, batch_size, progress=True):
+        def evaluate(self, data, *, split=None, batch_size, progress=True, count_skipped=None):
             asked.append(batch_size)
             raise DataError("stop here")
 
