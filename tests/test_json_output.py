@@ -138,3 +138,17 @@ def test_train_and_transfer_json_give_the_same_facts_under_the_same_keys(tmp_pat
         scored = json.loads(capsys.readouterr().out)
         assert (scored["images"], scored["skipped"]) == (24, 2), given
         assert scored["images"] == sum(map(sum, scored["confusion"]))
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_a_failure_whose_json_cannot_be_written_is_still_its_one_line(tmp_path):
+    """stdout on a full disk (`> out.json`): the JSON of a failure cannot be written either;
+    the line on stderr and exit status 2 stay, without a traceback of the second failure."""
+    env = {**os.environ, "PYTHONPATH": SRC, "CNNZOO_CACHE": str(tmp_path / "cache")}
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "cnnzoo", "models", "--pattern", "zzz",
+                               "--json"], stdout=full, stderr=subprocess.PIPE, text=True,
+                              env=env, timeout=120)  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.startswith("cnnzoo models: error: no model matches 'zzz'")
+    assert done.stderr.count("\n") == 1

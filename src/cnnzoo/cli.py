@@ -175,7 +175,10 @@ def _json_failure(line: str, status: int) -> None:
 
     try:
         print(json_text({"error": line.strip(), "exit_status": status}), flush=True)
-    except BrokenPipeError:  # its reader went away (Ctrl-C in a pipe stops it too)
+    except OSError:
+        # Its reader went away (Ctrl-C in a pipe stops it too), or the failure was stdout's own
+        # (a full disk under `> out.json`): the line on stderr says it, and Python's flush at
+        # exit must not fail on the same stream again (the recipe in the `signal` docs).
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
