@@ -152,3 +152,16 @@ def test_a_failure_whose_json_cannot_be_written_is_still_its_one_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.startswith("cnnzoo models: error: no model matches 'zzz'")
     assert done.stderr.count("\n") == 1
+
+
+def test_an_unwritable_stdout_without_a_file_descriptor_is_no_traceback(monkeypatch, capsys):
+    """The same from Python (a notebook's stdout has no file descriptor to point elsewhere)."""
+    import io
+
+    class Full(io.StringIO):
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sys, "stdout", Full())
+    assert main(["models", "--pattern", "zzz", "--json"]) == 2
+    assert capsys.readouterr().err.startswith("cnnzoo models: error: no model matches 'zzz'")

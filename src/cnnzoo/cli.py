@@ -178,8 +178,10 @@ def _json_failure(line: str, status: int) -> None:
     except OSError:
         # Its reader went away (Ctrl-C in a pipe stops it too), or the failure was stdout's own
         # (a full disk under `> out.json`): the line on stderr says it, and Python's flush at
-        # exit must not fail on the same stream again (the recipe in the `signal` docs).
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # exit must not fail on the same stream again (the recipe in the `signal` docs). A
+        # stream without a file descriptor (a notebook's) has no such flush to fail.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _json_asked(argv: list[str] | None) -> bool:
