@@ -81,6 +81,27 @@ def test_every_way_a_command_ends_early_is_json(raised, status, words, monkeypat
     assert doc == {"error": err, "exit_status": status} and err.startswith(words)
 
 
+@pytest.mark.parametrize("raised", [RuntimeError("boom"), OSError(errno.EIO, "boom")])
+def test_a_bug_keeps_its_traceback_and_is_json_too(raised, monkeypatch, capsys):
+    """A bug is a traceback and exit status 1, as before; stdout was empty, which a script
+    could not tell from predict's exit 1 (some images unreadable, their records printed)."""
+    import cnnzoo.commands.compare
+
+    def run(args):
+        raise raised
+
+    monkeypatch.setattr(cnnzoo.commands.compare, "run", run)
+    with pytest.raises(type(raised)):
+        main(["compare", "runs/x", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["exit_status"] == 1
+    assert doc["error"].startswith(f"cnnzoo compare: internal error: {type(raised).__name__}: ")
+    assert doc["error"].endswith("boom (a bug: see the traceback)")
+    with pytest.raises(type(raised)):
+        main(["compare", "runs/x"])
+    assert capsys.readouterr().out == ""
+
+
 def test_a_script_reads_the_failure_from_a_real_process(tmp_path):
     """As a CI script sees it: exit status 2, and stdout that json.loads reads."""
     env = {**os.environ, "PYTHONPATH": SRC, "CNNZOO_CACHE": str(tmp_path / "cache")}

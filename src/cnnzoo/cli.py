@@ -225,6 +225,14 @@ def _main(argv: list[str] | None) -> int:
             _json_failure(line, status)
         return status
 
+    def bug(exc: Exception) -> None:
+        # A bug ends in its traceback on stderr and exit status 1, as any Python program's;
+        # with --json stdout still holds a document (an object, not predict's list of records,
+        # whose exit status 1 means some images could not be read).
+        if getattr(args, "json", False):
+            _json_failure(f"cnnzoo {command}: internal error: {type(exc).__name__}: "
+                          f"{shown(exc)} (a bug: see the traceback)", 1)
+
     try:
         return int(args._run(args) or 0)
     except Terminated:
@@ -246,10 +254,14 @@ def _main(argv: list[str] | None) -> int:
         # the report's figures, the feature cache): the user's one line, not a traceback.
         # Anything else is a bug and keeps its traceback.
         if exc.errno not in _TODO:
+            bug(exc)
             raise
         where = f"{shown(exc.filename)}: " if exc.filename else ""
         return failed(f"cnnzoo {command}: error: {where}{exc.strerror}: {_TODO[exc.errno]}"
                       f"{_resume_hint(args, started)}", 2)
+    except Exception as exc:
+        bug(exc)
+        raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
