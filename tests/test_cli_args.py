@@ -577,6 +577,16 @@ def test_options_are_not_abbreviated(argv, prog, meant, tmp_path, monkeypatch, c
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_bare_double_dash_is_not_taken_for_a_prefix_of_every_option(capsys):
+    """`models -- --x` answered 'did you mean --channels or --help or --img-size or --json or
+    --model-arg or --pattern?': '--' begins them all."""
+    with pytest.raises(SystemExit):
+        main(["models", "--", "--x"])
+    err = capsys.readouterr().err
+    assert err == ("cnnzoo models: error: unrecognized arguments: -- --x (see `cnnzoo models "
+                   "--help`)\n")
+
+
 def test_no_parser_takes_abbreviations():
     import argparse
 
@@ -652,7 +662,7 @@ def test_transfer_json_prints_its_metrics_json_alone_on_stdout(tmp_path, monkeyp
     import cnnzoo.transfer
 
     metrics = {"features": {"val_acc": 0.75, "val_balanced_acc": 0.7}, "kept": "features",
-               "val_acc": 0.75, "val_balanced_acc": 0.7}
+               "val_acc": 0.75, "val_balanced_acc": 0.7, "val_loss": 0.5, "val_macro_f1": 0.6}
 
     def transfer(data, *, show, **kwargs):
         show("class  precision  recall  support")
@@ -662,7 +672,10 @@ def test_transfer_json_prints_its_metrics_json_alone_on_stdout(tmp_path, monkeyp
     argv = ["transfer", str(tmp_path), "--mode", "features", "--out", str(tmp_path / "t")]
     assert main([*argv, "--json"]) == 0
     out, err = capsys.readouterr()
-    assert json.loads(out) == {**metrics, "timings_s": {"features": 1.5}}
+    assert json.loads(out) == {"model": "efficientnet_lite0", "out": str(tmp_path / "t"),
+                               **metrics, "timings_s": {"features": 1.5}, "final": {
+                                   "loss": 0.5, "acc": 0.75, "balanced_acc": 0.7,
+                                   "macro_f1": 0.6}}
     assert out.count("\n") == 1 and "class  precision" in err
     assert main(argv) == 0  # text: the table and the summary on stdout, as before
     out, err = capsys.readouterr()

@@ -155,9 +155,11 @@ def test_unknown_pattern_says_so(capsys):
     assert main(["models", "--pattern", "alexnet"]) == 0
     assert "\n1 model. GMACs" in capsys.readouterr().out
     # --json too: it printed [] with exit status 0, so a script's typo passed as "no models".
+    # Its document is now the error (test_json_output), not a list.
     assert main(["models", "--pattern", "nosuchnet*", "--json"]) == 2
     out, err = capsys.readouterr()
-    assert out == "" and err.startswith("cnnzoo models: error: no model matches")
+    assert err.startswith("cnnzoo models: error: no model matches")
+    assert json.loads(out) == {"error": err.strip(), "exit_status": 2}
 
 
 def test_a_closed_pipe_is_not_a_traceback():

@@ -438,3 +438,21 @@ def test_runs_validated_on_a_given_part_are_not_named_for_their_seeds(tmp_path):
     d = _fake_run(tmp_path / "d", dataset="digits", val_drawn=True, val_fraction=0.1)
     assert differences(summarize_runs([c, d])) == ["validation images: not the same (c; d)"]
     assert load_dataset("digits").val_drawn
+
+
+def test_compare_json_lists_the_paths_it_left_out(tmp_path, capsys):
+    """`compare runs/* --json` left out a U-Net among classifiers and an empty folder with a
+    line each on stderr, and its JSON held only the runs read: a script saw one run of three
+    and no word of why. `skipped_runs` holds those lines."""
+    a = _fake_run(tmp_path / "a")
+    seg = _fake_run(tmp_path / "seg", model="unet", task="segmentation",
+                    kwargs={"base_width": 8, "padding": "same"})
+    (tmp_path / "empty").mkdir()
+    assert main(["compare", str(a), str(seg), str(tmp_path / "empty"), "--json"]) == 0
+    out, err = capsys.readouterr()
+    got = json.loads(out)
+    assert [r["label"] for r in got["runs"]] == ["a"]
+    assert got["skipped_runs"] == err.splitlines() == [
+        f"skipped {tmp_path / 'empty'}: {tmp_path / 'empty'} holds no run (no last.pt or "
+        "best.pt): give the --out folder of a `cnnzoo train` run",
+        "skipped seg: a segmentation run among classification runs"]

@@ -15,6 +15,7 @@ from cnnzoo.engine.checkpoint import load_checkpoint
     ["lenet5", "--optimizer", "adamw", "--momentum", "0.5"],
     ["lenet5", "--optimizer", "adamw", "--momentum", "0.9"],
     ["lenet5", "--optimizer", "adamw", "--no-nesterov"],
+    ["lenet5", "--optimizer", "adamw", "--nesterov"],
     ["unet", "--momentum", "0.5"],  # a U-Net's default is adamw
 ])
 def test_sgd_options_are_refused_with_adamw(two_class_folder, cmd, tmp_path, capsys):
@@ -25,7 +26,7 @@ def test_sgd_options_are_refused_with_adamw(two_class_folder, cmd, tmp_path, cap
     rc = main(["train", *cmd, "--data", data, "--epochs", "1", "--out", str(out),
                "--no-progress", "--no-tensorboard"])
     err = capsys.readouterr().err.strip().splitlines()
-    flag = "--no-nesterov" if "--no-nesterov" in cmd else "--momentum"
+    flag = next((f for f in ("--nesterov", "--no-nesterov") if f in cmd), "--momentum")
     default = "" if "--optimizer" in cmd else " (unet's default)"
     assert rc == 2 and err == [f"cnnzoo train: error: {flag} is for --optimizer sgd; "
                                f"adamw{default} has no momentum to set (its betas are 0.9, "

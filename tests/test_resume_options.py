@@ -260,3 +260,41 @@ def test_a_bare_resume_of_a_run_from_before_reads_its_raised_counts_back(tmp_pat
     assert "warning" not in capsys.readouterr().err
     ckpt = load_checkpoint(run / "last.pt")
     assert (ckpt["config"]["patience"], ckpt["meta"]["progressive"]) == (2, [32, 2])
+
+
+def test_a_bare_resume_can_switch_back_what_a_killed_run_turned_off(tmp_path, monkeypatch,
+                                                                   capsys):
+    """A bare --resume keeps the run's --no-nesterov, --grad-clip 1, --no-tensorboard and --tta,
+    and no flag turned them back: --nesterov, --tensorboard and --no-tta were unknown and
+    --grad-clip 0 refused. Given, each applies to the epochs left, with the warning of any
+    changed option (the two that change the result) or a note (TensorBoard: the logs only),
+    and is recorded in the checkpoint; tb/ then holds every epoch, as metrics.jsonl does."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data = _folder(tmp_path / "data", n=20)  # 32 to train in batches of 8: 4 steps per epoch
+    run = tmp_path / "run"
+    base = ["train", "lenet5", "--data", str(data), *FAST, "--out", str(run)]
+    with monkeypatch.context() as m:
+        _killed_after_epoch(m, 1)
+        assert main([*base, "--epochs", "2", "--no-nesterov", "--grad-clip", "1",
+                     "--no-tensorboard", "--tta"]) == 128 + 15  # fmt: skip
+    assert not (run / "tb").exists()
+    capsys.readouterr()
+    assert main([*base, "--resume", "--nesterov", "--grad-clip", "0", "--tensorboard",
+                 "--no-tta"]) == 0  # fmt: skip
+    out, err = capsys.readouterr()
+    assert ("warning: resuming with different nesterov (was False, now True), grad_clip (was "
+            "1.0, now None) than the checkpoint") in err
+    assert (f"note: resuming with TensorBoard event files on (the run had them off): "
+            f"{run / 'tb'} gets the epochs so far too") in err
+    assert "TTA" not in out  # no 'final validation with flip TTA: ...'
+    ckpt = load_checkpoint(run / "last.pt")
+    assert ckpt["optimizer"]["param_groups"][0]["nesterov"] is True
+    assert {k: ckpt["config"][k] for k in ("nesterov", "grad_clip", "tensorboard", "tta")} == {
+        "nesterov": True, "grad_clip": None, "tensorboard": True, "tta": False}
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/loss")] == [1, 2]
+    losses = [json.loads(line)["val_loss"] for line in
+              (run / "metrics.jsonl").read_text().splitlines()]
+    assert [e.value for e in events.Scalars("val/loss")] == pytest.approx(losses)

@@ -1513,7 +1513,7 @@ def test_segment_into_an_out_another_run_is_writing_into_is_refused(tmp_path, ca
     finally:
         os.close(other)  # the first run ends (the OS lets go of its lock however it ends)
     printed, err = capsys.readouterr()
-    assert printed == ""
+    assert json.loads(printed) == {"error": err.strip(), "exit_status": 2}  # --json's failure
     assert err == (f"cnnzoo segment: error: --out {out}: another cnnzoo run is writing into "
                    "it: wait for it to end, or choose another --out\n")
     assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # nothing of this run's

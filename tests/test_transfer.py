@@ -1333,7 +1333,7 @@ def test_evaluate_bundle_uses_the_batch_size_given(tmp_path, monkeypatch):
     asked = []
 
     class Bundle:
-        def evaluate(self, data, *, split=None, batch_size, progress=True):
+        def evaluate(self, data, *, split=None, batch_size, progress=True, count_skipped=None):
             asked.append(batch_size)
             raise DataError("stop here")
 
@@ -2344,3 +2344,29 @@ def test_class_weight_weighs_both_heads_is_recorded_and_kept_on_resume(fmnist, t
     with pytest.raises(UsageError, match=r"class_weight \(--class-weight\) must be one of none, "
                                          r"balanced, not 'yes'"):
         transfer(data, model="resnet18", weights=None, class_weight="yes")
+
+
+def test_a_bare_resume_of_another_nets_fine_tuning_is_refused_before_any_work(
+        folder, tmp_path, monkeypatch, capsys):
+    """`cnnzoo transfer DATA --out DIR --resume` of a fine-tuning of lenet5 (its --weights a
+    train checkpoint) built the default efficientnet_lite0 with ImageNet weights, ran the
+    whole features phase, then was refused with 'resume it as `cnnzoo train lenet5 ...
+    --resume`': the wrong command, after minutes of work. It is now refused first."""
+    import cnnzoo.transfer.run
+    from cnnzoo.engine.checkpoint import atomic_save
+
+    out = tmp_path / "t"
+    (out / "finetune" / "head").mkdir(parents=True)
+    atomic_save({"format": "cnnzoo-checkpoint-1", "model": {}, "history": [{"epoch": 1}],
+                 "meta": {"model": "lenet5", "transfer": True}},
+                out / "finetune" / "head" / "last.pt")  # fmt: skip
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the backbone was loaded before the refusal")
+
+    monkeypatch.setattr(cnnzoo.transfer.run, "load_backbone", loaded)
+    assert main(["transfer", str(folder), "--out", str(out), "--resume", "--no-cache"]) == 2
+    assert capsys.readouterr().err == (
+        f"cnnzoo transfer: error: {out} holds a fine-tuning of lenet5, not efficientnet_lite0: "
+        "resume it with the --model lenet5 and --weights it began with, or start over with "
+        "--overwrite\n")

@@ -50,7 +50,18 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> typing.NoReturn:
         if os.environ.get("RANK", "0") != "0":
             self.exit(2)  # under torchrun every rank parses the same line: rank 0 says it
-        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+        line = f"{self.prog}: error: {message} (see `{self.prog} --help`)"
+        self._print_message(line + "\n", sys.stderr)
+        raise UsageExit(line, has_json="--json" in self._option_string_actions)
+
+
+class UsageExit(SystemExit):
+    """argparse's exit (status 2) after a mistake in the options, with the line it printed and
+    whether the command that refused them has --json (`_main` then says it as JSON too)."""
+
+    def __init__(self, line: str, has_json: bool) -> None:
+        super().__init__(2)
+        self.line, self.has_json = line, has_json
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +98,7 @@ def _spelled_out(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
     as its abbreviation until abbreviations were turned off): the options it may have meant."""
     for word in unknown:
         given = word.partition("=")[0]
-        if not given.startswith("--"):
+        if not given.startswith("--") or given == "--":  # '--' alone begins every option
             continue
         meant = sorted(o for o in parser._option_string_actions if o.startswith(given))
         if meant:
@@ -157,6 +168,29 @@ def main(argv: list[str] | None = None) -> int:
         return _main(argv)
 
 
+def _json_failure(line: str, status: int) -> None:
+    """A --json command that failed: the line it said on stderr, as the one JSON document on
+    stdout, so that a script's json.loads reads why instead of failing on an empty string."""
+    from .text import json_text
+
+    try:
+        print(json_text({"error": line.strip(), "exit_status": status}), flush=True)
+    except OSError:
+        # Its reader went away (Ctrl-C in a pipe stops it too), or the failure was stdout's own
+        # (a full disk under `> out.json`): the line on stderr says it, and Python's flush at
+        # exit must not fail on the same stream again (the recipe in the `signal` docs). A
+        # stream without a file descriptor (a notebook's) has no such flush to fail.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _json_asked(argv: list[str] | None) -> bool:
+    """Whether the command line holds --json before any `--` (the command's parser refused
+    it before `args` could say so)."""
+    words = sys.argv[1:] if argv is None else argv
+    return "--json" in (words[:words.index("--")] if "--" in words else words)
+
+
 def _main(argv: list[str] | None) -> int:
     try:
         parser = build_parser()
@@ -171,6 +205,10 @@ def _main(argv: list[str] | None) -> int:
     except KeyboardInterrupt:  # Ctrl-C right after starting: no command has begun
         print("\ncnnzoo: interrupted", file=sys.stderr)
         return 130
+    except UsageExit as exc:
+        if exc.has_json and _json_asked(argv):
+            _json_failure(exc.line, 2)
+        raise
     if not getattr(args, "_run", None):
         # A usage error (exit 2), so on stderr: `cnnzoo > out.txt` left the help in the file.
         parser.print_help(sys.stderr)
@@ -179,21 +217,33 @@ def _main(argv: list[str] | None) -> int:
     # `cnnzoo data export: error: ...`, as argparse names the subcommand in its own errors
     command = " ".join(filter(None, (args.command, getattr(args, "action", None))))
     previous = _catch_sigterm()
+
+    def failed(line: str, status: int) -> int:
+        # Every failure's line, in one place: with --json also stdout's one document.
+        print(line, file=sys.stderr)
+        if getattr(args, "json", False):
+            _json_failure(line, status)
+        return status
+
+    def bug(exc: Exception) -> None:
+        # A bug ends in its traceback on stderr and exit status 1, as any Python program's;
+        # with --json stdout still holds a document (an object, not predict's list of records,
+        # whose exit status 1 means some images could not be read).
+        if getattr(args, "json", False):
+            _json_failure(f"cnnzoo {command}: internal error: {type(exc).__name__}: "
+                          f"{shown(exc)} (a bug: see the traceback)", 1)
+
     try:
         return int(args._run(args) or 0)
     except Terminated:
-        print(f"\ncnnzoo {command}: terminated (SIGTERM){_resume_hint(args, started)}",
-              file=sys.stderr)
-        return 128 + signal.SIGTERM
+        return failed(f"\ncnnzoo {command}: terminated (SIGTERM){_resume_hint(args, started)}",
+                      128 + signal.SIGTERM)
     except CnnzooError as exc:
         # One line, whatever the names in it hold (a class or file name with '\n' or '\x1b[2J')
-        print(f"cnnzoo {command}: error: {shown(exc)}", file=sys.stderr)
-        return 2
+        return failed(f"cnnzoo {command}: error: {shown(exc)}", 2)
     except KeyboardInterrupt:
         # On a line of its own: a progress bar may hold the cursor.
-        print(f"\ncnnzoo {command}: interrupted{_resume_hint(args, started)}",
-              file=sys.stderr)
-        return 130
+        return failed(f"\ncnnzoo {command}: interrupted{_resume_hint(args, started)}", 130)
     except BrokenPipeError:
         # The reader went away (`cnnzoo models | head`): stop quietly, and keep Python's exit
         # flush from failing on the closed pipe again (the recipe in the `signal` docs).
@@ -204,11 +254,14 @@ def _main(argv: list[str] | None) -> int:
         # the report's figures, the feature cache): the user's one line, not a traceback.
         # Anything else is a bug and keeps its traceback.
         if exc.errno not in _TODO:
+            bug(exc)
             raise
         where = f"{shown(exc.filename)}: " if exc.filename else ""
-        print(f"cnnzoo {command}: error: {where}{exc.strerror}: {_TODO[exc.errno]}"
-              f"{_resume_hint(args, started)}", file=sys.stderr)
-        return 2
+        return failed(f"cnnzoo {command}: error: {where}{exc.strerror}: {_TODO[exc.errno]}"
+                      f"{_resume_hint(args, started)}", 2)
+    except Exception as exc:
+        bug(exc)
+        raise
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -30,7 +30,13 @@ def run(args: argparse.Namespace) -> int:
         from .evaluate import check_picture_path
 
         check_picture_path(args.plot, "--plot")
-    runs = summarize_runs(args.runs, skip=lambda line: print(shown(line), file=sys.stderr))
+    skipped: list[str] = []
+
+    def skip(line: str) -> None:
+        print(shown(line), file=sys.stderr)
+        skipped.append(line)
+
+    runs = summarize_runs(args.runs, skip=skip)
     diffs = differences(runs)
     if args.plot:
         from ..engine.report import plot_runs
@@ -38,7 +44,10 @@ def run(args: argparse.Namespace) -> int:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         plot_runs(runs, Path(args.plot), caption=aux_loss_note(runs))
     if args.json:
-        print(json_text({"runs": [r.to_dict() for r in runs], "differences": diffs}, indent=1))
+        # The paths left out too: `compare runs/* --json` read fewer runs than it was given
+        # without a word a script could see (the lines went to stderr only).
+        print(json_text({"runs": [r.to_dict() for r in runs], "differences": diffs,
+                         "skipped_runs": skipped}, indent=1))
         return 0
     m = runs[0].metric
     head = ["run", "model", "params", "MMACs", "input", "epochs", "train s", "img/s",

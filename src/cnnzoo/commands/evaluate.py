@@ -107,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     if args.tile is not None or args.margin is not None:
         raise UsageError(f"{'--tile' if args.tile is not None else '--margin'} is for "
                          "segmentation checkpoints: a classifier scores whole images")
+    skipped: list[int] = []  # unreadable files left out, for --json (train and transfer's)
     if args.bundle is not None:
         if args.tta:
             raise UsageError("--tta is for checkpoints: a bundle predicts with the views it was "
@@ -119,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
         # --batch-size given is used as given (it was cut to 64 without a word).
         metrics, acc = bundle.evaluate(args.data, split=args.split,
                                        batch_size=args.batch_size or 64,
-                                       progress=args.progress)  # fmt: skip
+                                       progress=args.progress,
+                                       count_skipped=skipped.append)  # fmt: skip
         names = bundle.class_names
         trained_on = bundle.trained_on_data(args.data)
     else:
@@ -127,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
                                                   batch_size=args.batch_size or 256,
                                                   split=args.split,
                                                   tta=args.tta or False,
-                                                  progress=args.progress)  # fmt: skip
+                                                  progress=args.progress,
+                                                  count_skipped=skipped.append)  # fmt: skip
         trained_on = trained_data(meta, Path(args.checkpoint).parent, args.data)
     source = str(args.data or trained_on)
     if args.confusion:
@@ -136,8 +139,11 @@ def run(args: argparse.Namespace) -> int:
         Path(args.confusion).parent.mkdir(parents=True, exist_ok=True)
         plot_confusion(acc.confusion, names, Path(args.confusion))
     if args.json:
+        # `images` scored and `skipped` (unreadable) as a U-Net's evaluation and `train --json`
+        # count them: a folder with unreadable files scored fewer images without a word here.
         print(json_text({**metrics, "data": source,
                          "split": evaluation_split(source, args.split, trained_on),
+                         "images": int(acc.confusion.sum()), "skipped": sum(skipped),
                          "classes": names, "confusion": acc.confusion.tolist(),
                          **acc.per_class()}))  # fmt: skip
         return 0

@@ -64,8 +64,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     # --resume takes the run's own for them (resume_options.keep_run_options).
     p.add_argument("--momentum", type=real(0, 1, below=True), default=None,
                    help="SGD momentum (default 0.9; not for adamw)")
-    p.add_argument("--no-nesterov", dest="nesterov", action="store_const", const=False,
-                   default=None, help="plain momentum instead of Nesterov's (sgd only)")
+    # Each switch has both forms (default None: with --resume, the run's own): a killed run's
+    # --no-nesterov carried over to a bare --resume, and no flag turned it back on.
+    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
+                   help="Nesterov's momentum (the default), or plain momentum with "
+                        "--no-nesterov (sgd only)")
     p.add_argument("--schedule", choices=("onecycle", "cosine", "constant"), default=None,
                    help="learning-rate schedule, stepped every batch (default onecycle)")
     p.add_argument("--warmup-epochs", type=real(0), default=None,
@@ -76,8 +79,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_class_weight_argument(p)
     p.add_argument("--weight-decay", type=real(0), default=None,
                    help="default 5e-4 for sgd, 0.05 for adamw; never on norms and biases")
-    p.add_argument("--grad-clip", type=real(0, above=True), default=None,
-                   help="max gradient norm (default: none, no clipping)")
+    p.add_argument("--grad-clip", type=real(0, note="0: off"), default=None,
+                   help="max gradient norm (default: none, no clipping; 0: off, e.g. to "
+                        "resume a run without its clipping)")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="auto (default): time both on this CPU and model, keep the faster")
     p.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
@@ -121,6 +125,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the rest at the full size, e.g. 20:8 for 28-px Fashion-MNIST (default: "
                         "off)")
     add_tta_argument(p, "also report the final validation accuracy with test-time augmentation")
+    p.add_argument("--no-tta", dest="tta", action="store_const", const=False,
+                   help="no test-time augmentation (the default; with --resume, a run's --tta "
+                        "is kept unless this is given)")
     add_mixing_arguments(p, sam=None, off=None)
     p.add_argument("--val-fraction", type=FRACTION, default=None,
                    help="validation share when DATA has no val/ part (default 0.2)")
@@ -133,9 +140,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "end (the per-class table goes to stderr)")
     add_threads_argument(p)
     add_progress_argument(p)
-    p.add_argument("--no-tensorboard", dest="tensorboard", action="store_const", const=False,
-                   default=None,
-                   help="no TensorBoard event files in OUT/tb (metrics.jsonl is written anyway)")
+    p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
+                   help="TensorBoard event files in OUT/tb (the default), or none with "
+                        "--no-tensorboard (metrics.jsonl is written anyway)")
     from .segment import add_training_arguments
 
     add_training_arguments(p)
@@ -197,6 +204,8 @@ def config_from_args(args: argparse.Namespace):
     given = {k: getattr(args, k, None) for k in (
         "momentum", "nesterov", "schedule", "warmup_epochs", "grad_clip", "freeze_bn",
         "patience", "seed", "tensorboard", "mixup", "cutmix", "sam")}
+    if given["grad_clip"] == 0:  # --grad-clip 0: off, as TrainConfig spells it
+        given["grad_clip"] = None
     return TrainConfig(
         epochs=args.epochs or 10, optimizer=args.optimizer or "sgd",
         lr=args.lr if args.lr is not None else (2e-3 if adamw else 0.1),
@@ -219,6 +228,7 @@ def refuse_unused_optimizer_options(args: argparse.Namespace) -> None:
     default = "adamw" if args.task == "segmentation" else "sgd"
     optimizer = args.optimizer or (None if args.resume else default)
     given = [flag for flag, set_ in (("--momentum", args.momentum is not None),
+                                     ("--nesterov", args.nesterov is True),
                                      ("--no-nesterov", args.nesterov is False)) if set_]
     if optimizer == "adamw" and given:
         why = "" if args.optimizer else f" ({args.model}'s default)"

@@ -118,7 +118,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="output folder (default runs/transfer-MODEL)")
     p.add_argument("--json", action="store_true",
                    help="machine-readable output: OUT/metrics.json's document on stdout at the "
-                        "end (the per-class table goes to stderr)")
+                        "end, with model, out and final as train --json has them (the "
+                        "per-class table goes to stderr)")
     add_threads_argument(p)
     add_progress_argument(p)
 
@@ -249,7 +250,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json:  # what metrics.json holds (transfer.report.write_report), as one document
         from ..text import json_text
 
-        print(json_text({**m, "timings_s": result.timings}))
+        # The facts train --json gives too, under its keys: the run's model and folder, and the
+        # kept net's validation metrics under `final`, named as `evaluate --json` names them.
+        final = {key: m[f"val_{key}"] for key in ("loss", "acc", "balanced_acc", "macro_f1")}
+        print(json_text({"model": args.model, "out": str(out), **m, "final": final,
+                         "timings_s": result.timings}))
         return 0
     stages = ", ".join(f"{s} {m[s]['val_acc']:.3f} (balanced {m[s]['val_balanced_acc']:.3f})"
                        for s in ("features", "finetune") if s in m)  # fmt: skip

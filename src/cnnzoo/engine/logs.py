@@ -41,10 +41,17 @@ class MetricsLog:
 
                 # Epochs are logged as steps 1..E; a resumed run drops the killed run's later ones.
                 n = self.resumed_epochs
+                # A run resumed with --tensorboard whose first epochs had none (--no-tensorboard):
+                # its epochs so far, so that tb/ shows the whole run, as metrics.jsonl does.
+                earlier = history if not (self.out_dir / "tb").exists() else []
                 self.writer = SummaryWriter(str(self.out_dir / "tb"),
                                             purge_step=n + 1 if n else None)
             except Exception:  # noqa: BLE001 - tensorboard missing or broken: JSONL is enough
                 self.writer = None
+                return
+            for record in earlier:
+                self._scalars(record)
+            self.writer.flush()
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.opened:
@@ -52,11 +59,13 @@ class MetricsLog:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         if self.writer is not None:
-            epoch = record["epoch"]
-            for k, v in record.items():
-                if k != "epoch" and isinstance(v, int | float):
-                    self.writer.add_scalar(k.replace("_", "/", 1), v, epoch)
+            self._scalars(record)
             self.writer.flush()
+
+    def _scalars(self, record: dict[str, Any]) -> None:
+        for k, v in record.items():
+            if k != "epoch" and isinstance(v, int | float):
+                self.writer.add_scalar(k.replace("_", "/", 1), v, record["epoch"])
 
     def close(self) -> None:
         if self.writer is not None:

@@ -622,6 +622,17 @@ class Trainer:
         if changed:
             self._say(f"warning: resuming with different {', '.join(changed)} than the "
                       "checkpoint; the result will differ from an uninterrupted run")
+        was, now = old.get("tensorboard", self.config.tensorboard), self.config.tensorboard
+        if self._writes and was != now:  # the logs differ, not the result: a note
+            tb = self.out_dir / "tb"
+            if not now:
+                where = f"{tb} keeps the epochs before this resume; metrics.jsonl has every epoch"
+            elif not tb.exists():  # MetricsLog writes the run's history there first
+                where = f"{tb} gets the epochs so far too"
+            else:
+                where = f"{tb} misses the epochs run without them"
+            self._say(f"note: resuming with TensorBoard event files {'on' if now else 'off'} "
+                      f"(the run had them {'on' if was else 'off'}): {where}")
         if "val_files" in old_meta:
             # The validation files the run started with: the epochs before this resume trained
             # on the rest, so a folder changed since still cannot be scored as its validation

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -702,6 +703,7 @@ def evaluation_images(
     src: str, spec: Any, split: str | None, class_names: list[str], *, trained_on: str = "",
     val_fraction: float = 0.2, seed: int = 0, size: int | None = None,
     val_files: str | None = None, progress: bool = True,
+    count_skipped: Callable[[int], None] | None = None,
 ) -> Any:
     """The labelled images to score a model on, labels in `class_names` order (an ImageDataset).
 
@@ -713,7 +715,8 @@ def evaluation_images(
     val_files: the run's `ImageDataset.files_digest` of its validation split: a folder that no
     longer splits into those files (images added, removed or renamed since) is refused for
     'val', whose images would now include some the run trained on. progress: the bar while a
-    folder's images are decoded.
+    folder's images are decoded. count_skipped: given, told how many files (and CSV rows) the
+    load left out as unreadable, as `Splits.skipped_count` (`cnnzoo data info --json`) counts.
     """
     from ..data import builtin
     from ..data.dataset import ImageDataset
@@ -729,6 +732,8 @@ def evaluation_images(
         spec = ImageSpec(size=None, channels=spec.channels)
     splits = builtin.load_dataset(src, spec, val_fraction=val_fraction, seed=seed, min_classes=1,
                                   progress=progress)
+    if count_skipped is not None:
+        count_skipped(splits.skipped_count)
     if is_builtin and size is not None:  # the same pixels the run validated on
         splits = resize_in_memory(splits, size)
     if split == "all":
@@ -769,10 +774,12 @@ def evaluation_images(
 def evaluate_checkpoint(
     path: str | os.PathLike[str], source: str | None = None, *, batch_size: int = 256,
     split: str | None = None, tta: bool | str = False, progress: bool = True,
+    count_skipped: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, float], ClassificationAccumulator, list[str]]:
     """Accuracy, top-5 and the confusion matrix of a checkpoint on `source` (default: the data
-    set it was trained on); `split` as in `evaluation_images`. tta: test-time augmentation, see
-    `engine.loop.tta_views`. progress: the bar while a folder's images are decoded.
+    set it was trained on); `split` and `count_skipped` as in `evaluation_images`. tta:
+    test-time augmentation, see `engine.loop.tta_views`. progress: the bar while a folder's
+    images are decoded.
     """
     from ..data.augment import default_augmentation
     from ..data.images import ImageSpec
@@ -788,7 +795,8 @@ def evaluate_checkpoint(
     ds = evaluation_images(src, ImageSpec(size=size, channels=meta["in_chans"]), split, names,
                            trained_on=trained_on, val_fraction=meta.get("val_fraction", 0.2),
                            seed=meta.get("seed", 0), size=size,
-                           val_files=meta.get("val_files"), progress=progress)  # fmt: skip
+                           val_files=meta.get("val_files"), progress=progress,
+                           count_skipped=count_skipped)  # fmt: skip
     loader = BatchLoader(ds.images, ds.labels, batch_size=batch_size,
                          transform=default_augmentation("none", size),
                          mean=meta["mean"], std=meta["std"])

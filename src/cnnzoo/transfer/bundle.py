@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
@@ -266,6 +266,7 @@ class Bundle:
     def evaluate(
         self, source: str | os.PathLike[str] | None = None, *, split: str | None = None,
         batch_size: int = 32, progress: bool = True,
+        count_skipped: Callable[[int], None] | None = None,
     ) -> Evaluation:
         """Accuracy, top-5, loss, balanced accuracy, macro F1 and the confusion matrix on
         labelled images, predicted exactly
@@ -274,7 +275,8 @@ class Bundle:
         source: an image folder, CSV manifest or built-in name (default: the data the bundle
         was trained on, when `cnnzoo transfer` read it from a folder, CSV or built-in). split:
         as in `engine.run.evaluation_images`; by default the run's validation split on its own
-        data, every image of another folder.
+        data, every image of another folder. count_skipped: given, told how many unreadable
+        files the load left out (`engine.run.evaluation_images`).
         """
         from ..engine.run import evaluation_images
         from ..engine.task import ClassificationAccumulator
@@ -289,7 +291,8 @@ class Bundle:
         ds = evaluation_images(src, self.spec, split, list(self.class_names),
                                trained_on=trained_on, val_fraction=data.get("val_fraction", 0.2),
                                seed=data.get("seed", 0),
-                               val_files=data.get("val_files"), progress=progress)  # fmt: skip
+                               val_files=data.get("val_files"), progress=progress,
+                               count_skipped=count_skipped)  # fmt: skip
         if ds.channels != self.preprocessing.channels:
             ds = ds.with_channels(self.preprocessing.channels)
         probs = predict_tensor(self.model, ds.images, self.preprocessing, views=self.views,

@@ -32,7 +32,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -397,17 +397,36 @@ def _stage_metrics(probs: Tensor, labels: Tensor) -> dict[str, float]:
             "val_macro_f1": m["macro_f1"], "val_images": len(labels)}  # fmt: skip
 
 
-def resumed_class_weight(out: str | os.PathLike[str] | None) -> str:
-    """The class weighting of the interrupted fine-tuning in `out` (its checkpoints' meta);
-    'none' when they do not say."""
+def _finetune_metas(out: str | os.PathLike[str] | None) -> Iterator[dict[str, Any]]:
+    """The meta of each checkpoint of the interrupted fine-tuning in `out`, its last phase's
+    first."""
     from ..engine.run import run_meta
 
     for phase in ("full", "head"):
         path = Path(out) / "finetune" / phase / "last.pt" if out is not None else None
         meta = run_meta(path) if path is not None and path.is_file() else None
-        if meta and "class_weight" in meta:
+        if meta:
+            yield meta
+
+
+def resumed_class_weight(out: str | os.PathLike[str] | None) -> str:
+    """The class weighting of the interrupted fine-tuning in `out` (its checkpoints' meta);
+    'none' when they do not say."""
+    for meta in _finetune_metas(out):
+        if "class_weight" in meta:
             return str(meta["class_weight"])
     return "none"
+
+
+def refuse_another_model(out: str | os.PathLike[str] | None, model: str) -> None:
+    """A resume of a fine-tuning of another net: a bare `--resume` builds the default model
+    (--model and --weights are not read from the run), and was refused only after its whole
+    features phase, with advice to resume it as a `cnnzoo train` run."""
+    was = next(_finetune_metas(out), {}).get("model")
+    if isinstance(was, str) and was != model:
+        raise UsageError(f"{out} holds a fine-tuning of {was}, not {model}: resume it with the "
+                         f"--model {was} and --weights it began with, or start over with "
+                         "--overwrite")
 
 
 @caller_rng_kept()
@@ -452,6 +471,8 @@ def transfer(
                          "segmentation` (--encoder takes a pretrained backbone)")  # fmt: skip
     if out is not None:
         check_out(out, data, resume=resume, overwrite=overwrite)
+        if resume:
+            refuse_another_model(out, model)
     if cfg.use_cache and cfg.mode != "finetune":
         # The default one is in a HOME that a container may mount read-only: say where else.
         check_folder(cfg.cache_dir or feature_cache_dir(), "feature cache",
