@@ -571,6 +571,55 @@ def test_csv_manifest_split_column_picks_validation_and_holds_test_out(tmp_path,
     assert len(splits.val) == 1
 
 
+def test_a_pair_manifests_rows_sorted_in_the_sheet_split_the_same(tmp_path, capsys):
+    """Image/mask manifests were split in row order: sorting the sheet drew other validation
+    pairs for the same seed (classification manifests had been read in path order since
+    session 23). Pairs are now read in path order; a run from before (no 'pair_order' in its
+    checkpoint) is resumed and evaluated on the pairs it drew in row order."""
+    from cnnzoo.data.dataset import names_digest
+    from cnnzoo.engine.checkpoint import atomic_save, load_checkpoint
+    from cnnzoo.segmentation.data import split_pairs
+    from cnnzoo.segmentation.evaluation import evaluate_segmenter
+
+    stems = [f"p{i}" for i in range(10)]
+    _pair_folder(tmp_path, stems, size=(32, 32))
+    shuffled = ["p7", "p2", "p9", "p0", "p5", "p3", "p8", "p1", "p6", "p4"]
+    for name, order in (("rows.csv", shuffled), ("sorted.csv", stems)):
+        (tmp_path / name).write_text("image,mask\n" + "".join(
+            f"images/{n}.png,masks/{n}.png\n" for n in order))
+    # The split by hand: seed 0's permutation of 10 pairs, the first round(10 * 0.2) validate.
+    drawn = sorted(np.random.default_rng(0).permutation(10)[:2])
+    by_path, by_rows = [stems[i] for i in drawn], [shuffled[i] for i in drawn]
+    assert by_path != by_rows  # (else this test would not tell the orders apart)
+    for name in ("rows.csv", "sorted.csv"):
+        sp = split_pairs(tmp_path / name)
+        assert sp.val.names == by_path and sp.train.names == sorted(set(stems) - set(by_path))
+    legacy = split_pairs(tmp_path / "rows.csv", row_order=True)
+    assert legacy.val.names == by_rows
+    assert legacy.train.names == [n for n in shuffled if n not in by_rows]
+    # A run on rows.csv, then made into one from before: no 'pair_order', the row-order split.
+    out = tmp_path / "run"
+    args = ["train", "unet", "--data", str(tmp_path / "rows.csv"), "--crop", "32",
+            "--batch-size", "4", "--base-width", "4", "--precision", "fp32", "--channels-last",
+            "off", "--no-progress", "--no-tensorboard", "--out", str(out)]  # fmt: skip
+    assert main([*args, "--epochs", "1"]) == 0
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["meta"]["pair_order"] == "path"
+    assert ckpt["meta"]["val_files"] == names_digest(by_path)
+    del ckpt["meta"]["pair_order"]
+    ckpt["meta"]["val_files"] = names_digest(by_rows)
+    atomic_save(ckpt, out / "last.pt")
+    # evaluate scores its own validation pairs (it was refused as 'changed since the run').
+    assert evaluate_segmenter(out / "last.pt", tile=32).names == by_rows
+    capsys.readouterr()
+    assert main([*args, "--epochs", "2", "--resume"]) == 0
+    # Resumed on the pairs it drew: no 'resuming with different validation images'.
+    assert "the data splits otherwise" not in capsys.readouterr().err
+    meta = load_checkpoint(out / "last.pt")["meta"]
+    assert meta["pair_order"] == "rows" and meta["val_files"] == names_digest(by_rows)
+    assert evaluate_segmenter(out / "last.pt", tile=32).names == by_rows
+
+
 def _pair_folder(root, stems, size=(16, 20)):
     """images/ and masks/ (0/255, a 4x4 square) for `stems`; returns the mask written."""
     (root / "images").mkdir(parents=True)

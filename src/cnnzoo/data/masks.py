@@ -16,7 +16,8 @@ the pairs that lack an instance file when others have one (a note names them).
 
 A CSV manifest has a header and columns `image,mask[,instances][,split]`, paths relative to the
 CSV; a split column (train/val/test, as in classification manifests) picks the validation pairs
-and holds the test ones out.
+and holds the test ones out. Its pairs are read in the order of their image paths, not of its
+rows, so sorting the sheet does not change a seeded split.
 
 A pair with a missing mask, an unreadable file, a JPEG mask, two files of one stem (a.png and
 a.jpg) or a mask whose size differs from its image is reported in one line (`report`, stderr by
@@ -70,6 +71,9 @@ class MaskPairs:
     binary_255: bool = False  # the masks' 255 was read as class 1 (a 0/255 two-class set)
     # Per pair 'train' or 'val': a manifest's split column; None without one (a folder).
     splits: list[str] | None = None
+    # Each pair's image file, for putting a manifest's pairs back in its rows' order
+    # (`row_ranks`); None when not known.
+    files: list[Path] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -90,17 +94,21 @@ class MaskPairs:
         """The pairs at `idx`, same classes and reading of 255 (`skipped` stays with the whole)."""
         inst = None if self.instances is None else [self.instances[i] for i in idx]
         splits = None if self.splits is None else [self.splits[i] for i in idx]
+        files = None if self.files is None else [self.files[i] for i in idx]
         return MaskPairs([self.images[i] for i in idx], [self.masks[i] for i in idx], inst,
                          [self.names[i] for i in idx], list(self.classes), [], self.binary_255,
-                         splits)  # fmt: skip
+                         splits, files)  # fmt: skip
 
     def __add__(self, other: MaskPairs) -> MaskPairs:
         """Both sets of pairs (a folder's and its val/ folder's), the classes of the first."""
         both = self.instances is not None and other.instances is not None
         inst = [*self.instances, *other.instances] if both else None
+        files = None if self.files is None or other.files is None else [*self.files,
+                                                                         *other.files]
         return MaskPairs([*self.images, *other.images], [*self.masks, *other.masks], inst,
                          [*self.names, *other.names], list(self.classes),
-                         [*self.skipped, *other.skipped], self.binary_255)  # fmt: skip
+                         [*self.skipped, *other.skipped], self.binary_255,
+                         files=files)  # fmt: skip
 
 
 def foreground_components(mask: np.ndarray) -> np.ndarray:
@@ -423,12 +431,18 @@ def load_mask_pairs(
         masks (module docstring). A `val/` folder takes its training folder's decision.
     parts: the rows of a manifest's split column that are read (test rows are held out).
     channels: decode every image with 1 or 3 channels (a trained net's); None: each file's own.
+    A manifest's pairs come in the order of their image paths, as a folder's come by file name
+    (`row_ranks` gives their rows' order back).
     """
     classes = class_list(classes)
     source = Path(source)
     if source.suffix.lower() == ".csv":
         problems: list[str] = []
         entries = [e for e in read_manifest(source, problems) if e[4] is None or e[4] in parts]
+        # The rows' order is no part of the data: read in it, sorting the sheet (by name, by
+        # split) drew other validation pairs for the same seed, as for classification
+        # manifests (`folder.load_csv`).
+        entries.sort(key=lambda e: str(e[1]))
         root = source.parent
     elif source.is_dir():
         found, problems = find_pairs(source)
@@ -445,7 +459,7 @@ def load_mask_pairs(
     if classes is not None and len(classes) < 2:  # before reading every file for nothing
         raise DataError("segmentation needs at least two classes (e.g. --classes background,cell).")
 
-    images, masks, insts, names, splits = [], [], [], [], []
+    images, masks, insts, names, splits, files = [], [], [], [], [], []
     # Instance files for some pairs only: use them where they exist and components elsewhere
     # (said in a note below), rather than dropping every instance file for one missing.
     have_instances = any(e[3] is not None for e in entries)
@@ -496,6 +510,7 @@ def load_mask_pairs(
         insts.append(inst)
         names.append(name)
         splits.append(split)
+        files.append(img_path)
     if report is not None:
         for line in problems:
             report(line)
@@ -570,7 +585,7 @@ def load_mask_pairs(
                 keep.append(i)
         images, masks = [images[i] for i in keep], [masks[i] for i in keep]
         insts, names = [insts[i] for i in keep], [names[i] for i in keep]
-        splits = [splits[i] for i in keep]
+        splits, files = [splits[i] for i in keep], [files[i] for i in keep]
         if not images:
             raise DataError(f"no mask in {source} fits the {len(classes)} classes given.")
     # Grey and colour mixed: promote the grey ones, so one data set has one channel count.
@@ -585,4 +600,14 @@ def load_mask_pairs(
         skipped=problems,
         binary_255=binary_255,
         splits=splits if entries and entries[0][4] is not None else None,
+        files=files,
     )
+
+
+def row_ranks(manifest: Path, pairs: MaskPairs) -> list[int]:
+    """The indices of `pairs` (read from `manifest`) in the order of the manifest's rows, in
+    which runs before `load_mask_pairs` sorted them by path drew their validation pairs and
+    shuffled their training pairs: `--resume` and `evaluate` of such a run take it again."""
+    rank = {str(row[1]): i for i, row in enumerate(read_manifest(manifest))}
+    files = pairs.files or []
+    return sorted(range(len(files)), key=lambda i: rank.get(str(files[i]), len(rank)))

@@ -37,7 +37,7 @@ from ..data.masks import IGNORE_INDEX, MaskPairs, classes_file
 from ..errors import DataError
 from ..paths import same_source
 from ..text import plural
-from .data import DEFAULT_CELLS, cell_set, cells_val_count, split_pairs
+from .data import DEFAULT_CELLS, cell_set, cells_val_count, rows_ordered, split_pairs
 from .metrics import SegmentationAccumulator
 from .tiling import TileGeometry
 
@@ -167,7 +167,8 @@ def evaluation_pairs(
     read = {"classes": names, "binary_255": meta.get("binary_255") if same else None,
             "channels": meta["in_chans"]}
     if split == "val":
-        sp = split_pairs(path, val_fraction=meta.get("val_fraction", 0.2), seed=seed, **read)
+        sp = split_pairs(path, val_fraction=meta.get("val_fraction", 0.2), seed=seed,
+                         row_order=same and rows_ordered(meta, path), **read)
         if same and sp.drawn:
             if "val_fraction" not in meta:
                 raise DataError(f"{src}: the run's validation pairs cannot be reproduced "

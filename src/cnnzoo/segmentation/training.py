@@ -29,7 +29,14 @@ from ..engine.distributed import DistContext, unwrap_model
 from ..engine.loop import FitResult, TrainConfig, Trainer, check_out_dir
 from ..errors import CnnzooError, DataError, ModelOptionError, UsageError
 from ..text import shown
-from .data import PadToNet, SegmentationSet, SegmentationSplits, load_segmentation, train_transform
+from .data import (
+    PadToNet,
+    SegmentationSet,
+    SegmentationSplits,
+    load_segmentation,
+    rows_ordered,
+    train_transform,
+)
 from .task import SegmentationTask
 from .tiling import receptive_margin
 
@@ -239,9 +246,10 @@ def train(
     check_out_dir(out_dir, resume=bool(resume), overwrite=overwrite)
     _check_encoder(encoder_name, encoder_weights, base_width)
     cfg = config if config is not None else segmentation_config(**config_overrides)
+    row_order = _resumed_in_row_order(data, out_dir, resume)
     splits = data if isinstance(data, SegmentationSplits) else load_segmentation(
         data, classes=classes, val_fraction=val_fraction, tile=max(2 * crop, 256),
-        seed=cfg.seed, cells=cells)
+        seed=cfg.seed, cells=cells, row_order=row_order)
     k, c = splits.num_classes, splits.in_chans
     torch.manual_seed(cfg.seed)
     net, model_kwargs = build_model(
@@ -300,6 +308,7 @@ def train(
         # What `cnnzoo evaluate` needs to score the run's own validation images again (the seed
         # is the config's) and to read held-out masks and count cells as the run did.
         "val_fraction": val_fraction, "binary_255": splits.binary_255,
+        "pair_order": "rows" if row_order else "path",  # (`data.rows_ordered`)
         "count_instances": task.count_instances,
         # The rest of the recipe, for `cnnzoo compare` to tell runs apart.
         "batch_size": batch_size, "elastic": elastic, "jitter": jitter,
@@ -327,6 +336,24 @@ def train(
                                      pick=pick)
         say(f"wrote {path}")
     return SegmentationRun(result, net, splits, task, meta)
+
+
+def _resumed_in_row_order(data: Any, out_dir: str | os.PathLike[str] | None,
+                          resume: bool | str | os.PathLike[str]) -> bool:
+    """Whether `resume` continues a run that took the pairs of its manifest `data` in the rows'
+    order (`data.rows_ordered`): read in path order, it would validate on pairs it trained on."""
+    from ..engine.run import run_meta
+
+    if not resume or isinstance(data, SegmentationSplits):
+        return False
+    if resume is True:
+        if out_dir is None:
+            return False  # (the Trainer says what is wrong)
+        path = Path(out_dir) / "last.pt"
+    else:
+        path = Path(resume)
+    meta = run_meta(path) if path.is_file() else None
+    return meta is not None and rows_ordered(meta, data)
 
 
 @torch.no_grad()
