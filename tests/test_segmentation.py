@@ -669,6 +669,44 @@ def test_255_is_class_one_only_when_every_mask_is_0_255(tmp_path):
             "the foreground if 255 marks it") in lines
 
 
+def test_a_two_class_set_of_0_1_and_0_255_masks_reads_255_as_the_foreground(tmp_path, capsys):
+    """Some masks saved 0/1 and the others 0/255 (two tools, two people): 255 was 'ignore' in
+    such a set, so the 0/255 masks had no foreground and their cells were learnt as background
+    (a note said so). With two classes and no mask holding 1 and 255 together, 255 is now the
+    foreground of its masks; a note names them."""
+    m255 = _pair_folder(tmp_path / "d", ["a", "b", "c"])  # a 4x4 square of 255 in each
+    _png(tmp_path / "d" / "masks" / "c.png", m255 // 255)  # c saved 0/1
+    for classes in (None, ["background", "cell"]):
+        lines: list[str] = []
+        pairs = load_mask_pairs(tmp_path / "d", classes=classes, report=lines.append)
+        assert pairs.num_classes == 2 and pairs.binary_255
+        for m in pairs.masks:  # each mask's square is class 1, nothing is ignored
+            np.testing.assert_array_equal(m, m255 // 255)
+        assert lines == ["note: 2 of 3 masks hold 0 and 255 (a, b), the others 0 and 1: 255 is "
+                         "read as 1, the foreground, in these; save every mask one way to "
+                         "silence this note"]
+    # A mask holding 1 and 255 together: 255 marks pixels to ignore in this set, as before.
+    both = m255 // 255
+    both[0] = 255
+    _png(tmp_path / "d" / "masks" / "c.png", both)
+    pairs = load_mask_pairs(tmp_path / "d", report=None)
+    assert not pairs.binary_255 and int((pairs.masks[0] == 255).sum()) == 16
+    # Three classes named: 255 stays 'ignore' (the note on the mix says so, as before).
+    _png(tmp_path / "d" / "masks" / "c.png", m255 // 255)
+    lines = []
+    pairs = load_mask_pairs(tmp_path / "d", classes=["bg", "a", "b"], report=lines.append)
+    assert int((pairs.masks[0] == 255).sum()) == 16 and "the others class indices" in lines[0]
+    # A val/ folder of 0/255 masks beside 0/1 training masks (which hold no 255 to decide by):
+    # its 255 is class 1 too (it was 'ignore', val_dice 0).
+    for stem in ("a", "b"):
+        _png(tmp_path / "d" / "masks" / f"{stem}.png", m255 // 255)
+    _pair_folder(tmp_path / "d" / "val", ["v"])
+    capsys.readouterr()
+    splits = load_segmentation(tmp_path / "d")
+    assert int(splits.val.masks.sum()) == 16 and (splits.val.masks <= 1).all()
+    assert capsys.readouterr().err == ""
+
+
 def test_a_val_folder_reads_255_as_its_training_folder_does(tmp_path, capsys):
     # Training masks 0/1 with ignored (255) pixels; one val mask holds only 0 and 255.
     m = np.zeros((16, 20), np.uint8)

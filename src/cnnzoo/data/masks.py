@@ -7,8 +7,10 @@ Layout read by `load_mask_pairs(root)`::
 Masks are single-channel PNGs of class indices (0, 1, 2, ...; palette PNGs, 16-bit and float
 TIFFs of whole values and grey PNGs with alpha count as indices), or 0/255 for two classes:
 when every mask holds only 0 and 255 (and no more than two classes are given), 255 becomes
-class 1. Otherwise 255 means "ignore" (the Pascal VOC convention) and is kept as `IGNORE_INDEX`,
-also in a mask that holds only 0 and 255. JPEG and lossy WebP masks are refused: compression
+class 1, and so it is in a two-class set whose masks are some 0/1 and the others 0/255 (none
+holding 1 and 255 together: two ways of saving one set's masks). Otherwise 255 means "ignore"
+(the Pascal VOC convention) and is kept as `IGNORE_INDEX`, also in a mask that holds only 0
+and 255. JPEG and lossy WebP masks are refused: compression
 adds in-between values along every edge, and each would become a class. An optional `instances/`
 folder holds 16-bit PNGs of instance ids (0 = background), used for the border weight map of
 U-Net's loss; without it, instances are the connected components of the foreground -- also for
@@ -369,6 +371,17 @@ def _read_image(path: Path, channels: int | None = None) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr
 
 
+def part_reading(pairs: MaskPairs) -> bool | None:
+    """How a val/ or test/ folder beside the folder `pairs` were read from reads its masks' 255
+    (`load_mask_pairs`'s binary_255): as that folder does, unless no mask there holds 255, so
+    that its reading decided nothing; then as the part's own masks say. (0/255 val/ masks
+    beside 0/1 training masks are one set's masks saved two ways, as within one folder; read
+    as 'ignore', they had no foreground.)"""
+    if pairs.binary_255 is False and not any((m == IGNORE_INDEX).any() for m in pairs.masks):
+        return None
+    return pairs.binary_255
+
+
 def holds_mask_pairs(source: str | Path) -> bool:
     """Whether `source` is segmentation data: 'cells', a folder with images/ and masks/, or a
     CSV manifest with image and mask columns (told apart from a classifier's data by layout)."""
@@ -528,15 +541,22 @@ def load_mask_pairs(
     # that holds just background and ignored pixels must not turn its ignored pixels into class 1.
     values = [set(np.unique(m).tolist()) for m in masks]
     only_0_255 = all(v <= {0, IGNORE_INDEX} for v in values)
-    # Some masks 0/255, the others class indices: the 0/255 ones lose their foreground.
     white = [n for n, v in zip(names, values, strict=True) if v == {0, IGNORE_INDEX}]
-    mixed = binary_255 is None and bool(white) and not only_0_255
+    # Two classes saved two ways, some masks 0/1 and the others 0/255 (a common slip: masks
+    # from two tools or two people), none holding 1 and 255 together: 255 is the foreground
+    # of its masks. Read as 'ignore' (as in a set that labels with 1 and ignores with 255),
+    # those masks had no foreground, and the net learnt to call their cells background.
+    two_ways = (binary_255 is None and bool(white) and not only_0_255
+                and (classes is None or len(classes) == 2)
+                and all(v <= {0, 1} or v <= {0, IGNORE_INDEX} for v in values))
+    # Some masks 0/255, the others class indices: the 0/255 ones lose their foreground.
+    mixed = binary_255 is None and bool(white) and not only_0_255 and not two_ways
     # A val/ folder reads 255 as its training folder does: 0/255 masks there next to 0/1 training
     # masks lose all their foreground just as a mix within one folder does, and are named too.
     inherited_ignore = binary_255 is False and bool(white)
     unlabelled = binary_255 is None and only_0_255 and classes is not None and len(classes) != 2
     if binary_255 is None:
-        binary_255 = (classes is None or len(classes) == 2) and only_0_255
+        binary_255 = two_ways or ((classes is None or len(classes) == 2) and only_0_255)
     if binary_255:
         masks = [np.where(m == IGNORE_INDEX, 1, m).astype(np.uint8) for m in masks]
     insts = [foreground_components(m) if have_instances and inst is None else inst
@@ -546,6 +566,10 @@ def load_mask_pairs(
         notes.append(f"note: every mask holds only 0 and 255, and with {len(classes)} classes "
                      f"255 means 'ignore', so no pixel is labelled {', '.join(classes[1:])}; "
                      "if 255 marks the foreground, name two classes (--classes background,cell)")
+    if two_ways:
+        notes.append(f"note: {len(white)} of {len(names)} masks hold 0 and 255 "
+                     f"({some(white)}), the others 0 and 1: 255 is read as 1, the foreground, "
+                     "in these; save every mask one way to silence this note")  # fmt: skip
     if mixed:
         notes.append(f"note: {len(white)} of {len(names)} masks hold only 0 and 255 "
                      f"({some(white)}), the others class indices: 255 means 'ignore' in such a "

@@ -311,7 +311,7 @@ def split_pairs(
     them (see there). binary_255 / channels: as `load_mask_pairs` takes them (a trained net's
     reading of 255 and its channels, when scoring it). row_order: a manifest's pairs in its
     rows' order, as runs before they were read in path order split them (`rows_ordered`)."""
-    from ..data.masks import layout_folder, load_mask_pairs, row_ranks
+    from ..data.masks import layout_folder, load_mask_pairs, part_reading, row_ranks
 
     source = Path(source)
     pairs = load_mask_pairs(source, classes=classes, binary_255=binary_255, channels=channels)
@@ -319,9 +319,10 @@ def split_pairs(
         pairs = _keep_skipped(pairs.subset(row_ranks(source, pairs)), pairs)
     val_dir = layout_folder(source, "val") if source.is_dir() else None
     if val_dir is not None and layout_folder(val_dir, "images").is_dir():
-        # The training folder's reading of 255 (class 1 or ignore), whatever val/'s masks hold.
-        val_pairs = load_mask_pairs(val_dir, classes=pairs.classes, binary_255=pairs.binary_255,
-                                    channels=channels)  # fmt: skip
+        # The training folder's reading of 255 (class 1 or ignore), whatever val/'s masks hold,
+        # where its masks hold 255 (`part_reading`).
+        val_pairs = load_mask_pairs(val_dir, classes=pairs.classes,
+                                    binary_255=part_reading(pairs), channels=channels)
         return PairSplit(pairs, val_pairs, drawn=False)
     if pairs.splits is not None and "val" in pairs.splits:
         # A manifest's split column, as classification manifests have it (test rows are not read).

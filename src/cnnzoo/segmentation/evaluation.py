@@ -133,7 +133,7 @@ def evaluation_pairs(
     masks read with its class names and channels, and with its reading of 255 on the data it
     trained on (other pairs: 255 is class 1 when every mask is 0/255, as training reads them)."""
     from ..data.builtin import builtin_name
-    from ..data.masks import holds_mask_pairs, layout_folder, load_mask_pairs
+    from ..data.masks import holds_mask_pairs, layout_folder, load_mask_pairs, part_reading
 
     is_cells = src == "cells"
     same = trained_on == "cells" if is_cells else same_source(src, trained_on)
@@ -192,8 +192,9 @@ def evaluation_pairs(
     folders = [test] if split == "test" else [
         p for p in (path, val, test) if p == path or layout_folder(p, "images").is_dir()]
     pairs = load_mask_pairs(folders[0], **read)
-    for extra in folders[1:]:  # val/ and test/ read 255 as the folder does (split_pairs)
-        pairs = pairs + load_mask_pairs(extra, **{**read, "binary_255": pairs.binary_255})
+    part = part_reading(pairs)  # val/ and test/ read 255 as the folder does (split_pairs)
+    for extra in folders[1:]:
+        pairs = pairs + load_mask_pairs(extra, **{**read, "binary_255": part})
     return _Pairs.of(pairs), split, own
 
 
