@@ -1681,6 +1681,34 @@ def test_segment_resume_refuses_another_checkpoints_masks(tmp_path, capsys):
         assert m.text[MADE_BY] == weights_fingerprint(tmp_path / "other.pt")
 
 
+@pytest.mark.skipif(not Path("/proc/self/io").is_file(), reason="counts bytes read (Linux)")
+def test_segment_reads_its_checkpoint_once(tmp_path):
+    """`segment` read the whole checkpoint to load it, then again for its SHA-256 (the
+    fingerprint its masks record): 2x the file's bytes, a last.pt holding Adam's moments too.
+    The checkpoint is now mapped, and only the hash reads it through."""
+    import re
+
+    from cnnzoo.engine.checkpoint import atomic_save
+    from cnnzoo.paths import _file_digest
+
+    def bytes_read() -> int:
+        return int(re.search(r"rchar: (\d+)", Path("/proc/self/io").read_text()).group(1))
+
+    _threshold_unet(tmp_path / "net.pt", "here")
+    ckpt = torch.load(tmp_path / "net.pt", weights_only=True)
+    ckpt["optimizer"] = {"state": {0: {"exp_avg": torch.ones(4_000_000)}}}  # 16 MB, as Adam's
+    atomic_save(ckpt, tmp_path / "net.pt")
+    size = (tmp_path / "net.pt").stat().st_size
+    _pair_folder(tmp_path / "pairs", ["a"])
+    args = ["segment", str(tmp_path / "pairs" / "images"), "--out", str(tmp_path / "out"),
+            "--checkpoint", str(tmp_path / "net.pt"), "--no-progress", "--overwrite"]
+    assert main(args) == 0  # (the modules it imports are read once, here)
+    _file_digest.cache_clear()  # the hash is remembered per file: it is taken again below
+    before = bytes_read()
+    assert main(args) == 0
+    assert size <= bytes_read() - before < 1.2 * size
+
+
 def test_segment_resume_refuses_masks_of_another_tta(tmp_path, capsys):
     """A mask made with --tta is not the one made without: resumed with another --tta (or none),
     the folder would be half one kind and half the other. Refused in one line, as another
