@@ -193,6 +193,48 @@ def test_accumulator_sums_over_the_set_not_a_mean_of_images():
     assert m["loss"] == pytest.approx(1.0)
 
 
+def test_the_metrics_are_smps_reductions_that_docs_segmentation_names():
+    """docs/segmentation.md maps the metrics to segmentation_models_pytorch's reductions; they
+    said 'micro' for all, which for three or more classes is smp's pooled score (a function of
+    the pixel accuracy), not the mean over classes `iou` is. smp's get_stats and reductions
+    are written out here from its documentation (zero_division=1)."""
+    rng = np.random.default_rng(0)
+    truth = torch.from_numpy(rng.choice(3, (3, 8, 8), p=[0.8, 0.15, 0.05]))  # mostly background
+    pred = torch.where(torch.from_numpy(rng.random((3, 8, 8))) < 0.7, truth,
+                       torch.from_numpy(rng.integers(0, 3, (3, 8, 8))))
+    truth[0, 0] = IGNORE_INDEX  # get_stats(..., ignore_index=255)
+
+    def stats(k: int, classes: list[int]) -> tuple[np.ndarray, ...]:  # (N, C) each, as smp's
+        keep = (truth != IGNORE_INDEX).numpy()
+        p, t = pred.numpy(), truth.numpy()
+        per = [[((p[i] == c) & (t[i] == c) & keep[i]).sum(), ((p[i] == c) & (t[i] != c) & keep[i]).sum(),
+                ((p[i] != c) & (t[i] == c) & keep[i]).sum()] for i in range(len(p)) for c in classes]  # fmt: skip
+        return tuple(np.array(per).reshape(len(p), len(classes), 3).transpose(2, 0, 1))
+
+    def iou(tp, fp, fn):
+        return np.where(tp + fp + fn == 0, 1.0, tp / np.maximum(tp + fp + fn, 1))
+
+    acc = SegmentationAccumulator(3)
+    acc.add_masks(pred, truth)
+    m = acc.compute()
+    tp, fp, fn = (a.sum(0) for a in stats(3, [0, 1, 2]))  # summed over the images
+    assert [m["iou_0"], m["iou_1"], m["iou_2"]] == pytest.approx(iou(tp, fp, fn).tolist())
+    assert m["iou"] == pytest.approx(iou(tp, fp, fn)[1:].mean())  # macro over 1..K-1
+    micro = iou(tp.sum(), fp.sum(), fn.sum())
+    wrong = int(fp.sum())
+    assert micro == pytest.approx(tp.sum() / (tp.sum() + 2 * wrong))
+    assert abs(m["iou"] - micro) > 0.05  # (so the two are told apart here)
+    # Two classes: smp's binary mode scores the foreground alone, micro = macro.
+    pred, truth = (pred > 0).long(), torch.where(truth == IGNORE_INDEX, truth, (truth > 0).long())
+    acc = SegmentationAccumulator(2)
+    acc.add_masks(pred, truth)
+    m = acc.compute()
+    tp, fp, fn = (a.sum() for a in stats(2, [1]))
+    assert m["iou"] == pytest.approx(iou(tp, fp, fn))
+    keep = truth != IGNORE_INDEX
+    assert m["pixel_acc"] == pytest.approx(float(((pred == truth) & keep).sum() / keep.sum()))
+
+
 def test_count_error_sees_merged_cells():
     inst = np.zeros((12, 12), dtype=np.int32)
     inst[2:6, 2:6] = 1
