@@ -660,6 +660,11 @@ def test_a_pair_manifests_rows_sorted_in_the_sheet_split_the_same(tmp_path, caps
     meta = load_checkpoint(out / "last.pt")["meta"]
     assert meta["pair_order"] == "rows" and meta["val_files"] == names_digest(by_rows)
     assert evaluate_segmenter(out / "last.pt", tile=32).names == by_rows
+    # Such a run's sheet sorted since: its split cannot be drawn again, and the line says why.
+    shutil.copy(tmp_path / "sorted.csv", tmp_path / "rows.csv")
+    with pytest.raises(DataError, match=r"or now readable, or its rows reordered, for a run "
+                       r"from before rows were read in path order\), so its validation split"):
+        evaluate_segmenter(out / "last.pt", tile=32)
 
 
 def _pair_folder(root, stems, size=(16, 20)):

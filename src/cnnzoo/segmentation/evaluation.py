@@ -176,9 +176,13 @@ def evaluation_pairs(
                                 "the fraction it drew them with): pass held-out pairs with "
                                 "--data")  # fmt: skip
             if meta.get("val_files") and sp.val_files() != meta["val_files"]:
+                # A run from before took the rows in their order: sorting the sheet since
+                # changed its split (as for classification manifests, `engine.run`).
+                rows = (", or its rows reordered, for a run from before rows were read in path "
+                        "order" if rows_ordered(meta, path) else "")  # fmt: skip
                 raise DataError(f"{src} has changed since the run was trained (pairs added, "
-                                "removed, renamed or now readable), so its validation split "
-                                "would hold pairs the run trained on: pass --data with "
+                                f"removed, renamed or now readable{rows}), so its validation "
+                                "split would hold pairs the run trained on: pass --data with "
                                 "held-out pairs")  # fmt: skip
         return _Pairs.of(sp.val), split, own
     if split == "test" and not _has_test(path):
