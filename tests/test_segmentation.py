@@ -679,6 +679,23 @@ def _pair_folder(root, stems, size=(16, 20)):
     return m
 
 
+def test_an_epoch_is_a_crop_per_image_or_per_tile_as_docs_segmentation_says(tmp_path):
+    """docs/segmentation.md's example: five 512-px training images are 5 crops an epoch; four
+    of them and one of 500 px are cut into 20 tiles of 256 px (2 x 2 each), 20 crops."""
+    _pair_folder(tmp_path / "same", [f"a{i}" for i in range(5)], size=(512, 512))
+    _pair_folder(tmp_path / "val", ["v"], size=(512, 512))
+    _pair_folder(tmp_path / "mixed", [f"a{i}" for i in range(4)], size=(512, 512))
+    _pair_folder(tmp_path / "odd", ["b"], size=(500, 500))
+    for part in ("images", "masks"):
+        shutil.copy(tmp_path / "odd" / part / "b.png", tmp_path / "mixed" / part / "b.png")
+    for root in ("same", "mixed"):
+        shutil.copytree(tmp_path / "val", tmp_path / root / "val")
+    same, mixed = (load_segmentation(tmp_path / root, tile=256) for root in ("same", "mixed"))
+    assert len(same.train) == 5 and len(mixed.train) == 20
+    assert mixed.describe().startswith("training: 5 images of 500x500 to 512x512 in 20 tiles "
+                                       "of 256x256")
+
+
 def test_a_classes_txt_saved_on_windows_is_read_or_refused_in_one_line(tmp_path):
     """Notepad's classes.txt: with a byte-order mark, the first class was '\\ufeffbackground'
     (printed as 'background', but not equal to the held-out set's); in 'ANSI' (cp1252), a

@@ -441,7 +441,8 @@ def load_mask_pairs(
     report: called with one line per skipped pair (kept in `MaskPairs.skipped` too) and per
         note (pairs without an instance file, rare inferred classes); None: silent.
     binary_255: whether 255 is class 1 (True) or ignored (False); None: decided from these
-        masks (module docstring). A `val/` folder takes its training folder's decision.
+        masks (module docstring). A `val/` folder takes its training folder's decision where
+        that folder's masks hold 255 (`part_reading`).
     parts: the rows of a manifest's split column that are read (test rows are held out).
     channels: decode every image with 1 or 3 channels (a trained net's); None: each file's own.
     A manifest's pairs come in the order of their image paths, as a folder's come by file name
