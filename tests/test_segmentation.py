@@ -696,6 +696,30 @@ def test_an_epoch_is_a_crop_per_image_or_per_tile_as_docs_segmentation_says(tmp_
                                        "of 256x256")
 
 
+def test_masks_in_a_folder_of_another_name_are_pointed_at(tmp_path, capsys):
+    """images/ beside labels/ (as many tools and data sets name the masks) was 'DIR/masks
+    is not a folder' in train and 'has no masks/ folder' in evaluate, with no word that the
+    masks were there under another name; both now name the folder to rename."""
+    _pair_folder(tmp_path / "d", ["a", "b"])
+    (tmp_path / "d" / "masks").rename(tmp_path / "d" / "labels")
+    (tmp_path / "d" / "notes").mkdir()  # another folder, of other files: not named
+    (tmp_path / "d" / "notes" / "x.png").write_bytes(b"")
+    hint = "(labels/ holds files named as the images': if they are the masks, rename it masks/)"
+    with pytest.raises(DataError) as err:
+        load_mask_pairs(tmp_path / "d")
+    assert hint in str(err.value)
+    _threshold_unet(tmp_path / "net.pt", "elsewhere")
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "net.pt"), "--data", str(tmp_path / "d")]) == 2
+    assert f"has no masks/ folder {hint}:" in capsys.readouterr().err
+    (tmp_path / "d" / "labels").rename(tmp_path / "d" / "other")  # of no image's stems
+    for f in (tmp_path / "d" / "other").iterdir():
+        f.rename(f.with_name("z" + f.name))
+    with pytest.raises(DataError) as err:
+        load_mask_pairs(tmp_path / "d")
+    assert "holds files named" not in str(err.value)
+
+
 def test_a_classes_txt_saved_on_windows_is_read_or_refused_in_one_line(tmp_path):
     """Notepad's classes.txt: with a byte-order mark, the first class was '\\ufeffbackground'
     (printed as 'background', but not equal to the held-out set's); in 'ANSI' (cp1252), a

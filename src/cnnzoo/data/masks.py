@@ -153,6 +153,24 @@ def _files_by_stem(folder: Path, problems: list[str], ambiguous: set[str]) -> di
     return {stem: paths[0] for stem, paths in by_stem.items() if len(paths) == 1}
 
 
+def masks_elsewhere(root: Path) -> str:
+    """', as labels/ may be (it holds files named as the images')' when `root` has images/ but
+    no masks/, and another folder of it holds files of the images' stems: masks under another
+    name (labels/, annotations/, gt/), which the layout does not look for; else ''."""
+    img_dir = layout_folder(root, "images")
+    if not img_dir.is_dir() or layout_folder(root, "masks").is_dir():
+        return ""
+    stems = {composed(p.stem) for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS}
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and p != img_dir):
+        if d.name.lower() in ("val", "test", "instances"):
+            continue
+        if any(composed(p.stem.removesuffix("_mask")) in stems for p in d.iterdir()
+               if p.suffix.lower() in IMAGE_EXTENSIONS):
+            return (f" ({d.name}/ holds files named as the images': if they are the masks, "
+                    f"rename it masks/)")
+    return ""
+
+
 def classes_file(root: Path) -> list[str] | None:
     """The class names `root/classes.txt` lists, one per line (None without one): UTF-8, a
     Notepad byte-order mark and Windows line ends allowed (a cp1252 file was a traceback, and
@@ -175,7 +193,7 @@ def find_pairs(
         if not d.is_dir():
             raise DataError(
                 f"{d} is not a folder: put images in {img_dir} and masks (same file stems) in "
-                f"{mask_dir}, or pass a CSV manifest."
+                f"{mask_dir}{masks_elsewhere(root)}, or pass a CSV manifest."
             )
     problems: list[str] = []
     ambiguous: set[str] = set()

@@ -133,7 +133,13 @@ def evaluation_pairs(
     masks read with its class names and channels, and with its reading of 255 on the data it
     trained on (other pairs: 255 is class 1 when every mask is 0/255, as training reads them)."""
     from ..data.builtin import builtin_name
-    from ..data.masks import holds_mask_pairs, layout_folder, load_mask_pairs, part_reading
+    from ..data.masks import (
+        holds_mask_pairs,
+        layout_folder,
+        load_mask_pairs,
+        masks_elsewhere,
+        part_reading,
+    )
 
     is_cells = src == "cells"
     same = trained_on == "cells" if is_cells else same_source(src, trained_on)
@@ -157,7 +163,7 @@ def evaluation_pairs(
     if path.is_dir() and not holds_mask_pairs(path):
         missing = ("images/ and masks/" if not layout_folder(path, "images").is_dir()
                    else "masks/")  # fmt: skip
-        raise DataError(f"{src} has no {missing} folder: {how}")
+        raise DataError(f"{src} has no {missing} folder{masks_elsewhere(path)}: {how}")
     names = list(meta["class_names"])
     _check_classes_file(path, names)
     # Other pairs than the run's own say themselves what their 255 means, by the rule training
