@@ -795,6 +795,30 @@ def test_a_two_class_set_of_0_1_and_0_255_masks_reads_255_as_the_foreground(tmp_
     assert capsys.readouterr().err == ""
 
 
+def test_a_resumed_run_reads_255_as_it_began(tmp_path, capsys):
+    """A run on 0/1 and 0/255 masks from before 255 was their foreground there (binary_255
+    False: ignored) went on after a --resume with 255 as class 1: half one reading, half the
+    other. A resume now reads the masks as the run recorded it did, as evaluate does."""
+    from cnnzoo.engine.checkpoint import atomic_save, load_checkpoint
+
+    m255 = _pair_folder(tmp_path / "d", [f"p{i}" for i in range(6)], size=(32, 32))
+    for i in range(3):
+        _png(tmp_path / "d" / "masks" / f"p{i}.png", m255 // 255)
+    out = tmp_path / "run"
+    args = ["train", "unet", "--data", str(tmp_path / "d"), "--crop", "32", "--batch-size", "4",
+            "--base-width", "4", "--precision", "fp32", "--channels-last", "off",
+            "--no-progress", "--no-tensorboard", "--out", str(out)]  # fmt: skip
+    assert main([*args, "--epochs", "1"]) == 0
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["meta"]["binary_255"] is True  # a new run: 255 is the foreground
+    ckpt["meta"]["binary_255"] = False  # as the run from before recorded it
+    atomic_save(ckpt, out / "last.pt")
+    capsys.readouterr()
+    assert main([*args, "--epochs", "2", "--resume"]) == 0
+    assert load_checkpoint(out / "last.pt")["meta"]["binary_255"] is False
+    assert "hold only 0 and 255 (p3, p4, p5), but 255 means 'ignore'" in capsys.readouterr().err
+
+
 def test_a_val_folder_reads_255_as_its_training_folder_does(tmp_path, capsys):
     # Training masks 0/1 with ignored (255) pixels; one val mask holds only 0 and 255.
     m = np.zeros((16, 20), np.uint8)

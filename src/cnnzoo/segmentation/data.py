@@ -367,12 +367,14 @@ def load_segmentation(
     seed: int = 0,
     cells: int | None = None,
     row_order: bool = False,
+    binary_255: bool | None = None,
 ) -> SegmentationSplits:
     """'cells' (synthetic, `cells` images, default DEFAULT_CELLS), a folder (`images/`,
     `masks/`, optional `val/` with the same layout) or a CSV manifest (its `split` column's val
     rows validate, test rows are left out); without a `val/` folder or val rows a seeded
     `val_fraction` of the images (whole images, before tiling) is held out. A manifest's pairs
-    are taken in the order of their image paths, or of its rows with `row_order` (`split_pairs`)."""
+    are taken in the order of their image paths, or of its rows with `row_order` (`split_pairs`).
+    binary_255: whether the masks' 255 is class 1; None: decided from them (`load_mask_pairs`)."""
     if str(source) == "cells":
         from ..data.cells import CLASSES
 
@@ -398,7 +400,7 @@ def load_segmentation(
         raise DataError(f"--cells is the number of synthetic images of --data cells; {source} "
                         "is image/mask pairs, all of which are used: leave out --cells")
     split = split_pairs(source, classes=classes, val_fraction=val_fraction, seed=seed,
-                        row_order=row_order)
+                        row_order=row_order, binary_255=binary_255)
 
     def pick(p: MaskPairs, count_once: bool = False) -> SegmentationSet:
         return stack_pairs(p.images, p.masks, p.instances, p.names, tile, count_once=count_once)
