@@ -363,3 +363,18 @@ def test_unet_decoder_channels_take_one_width_per_step_also_from_the_command_lin
                  "--model-arg", "decoder_channels=16,8,4,4", "--out", str(out)]) == 0
     capsys.readouterr()
     assert main(["evaluate", str(out / "best.pt")]) == 0
+
+
+def test_smps_option_names_say_cnnzoos():
+    """smp.Unet(encoder_name="resnet18", in_channels=1, classes=3, activation=None), typed as
+    create_model's: in_channels was 'did you mean decoder_channels?', a U-Net option that sets
+    something else; each of smp's names now says cnnzoo's."""
+    from cnnzoo.errors import ModelOptionError
+
+    for option, said in (("in_channels", "use in_chans=1 or 3"), ("classes", "use num_classes=N"),
+                         ("activation", "the models return logits")):
+        with pytest.raises(ModelOptionError) as err:
+            create_model("unet", encoder_name="resnet18", **{option: 1})
+        assert str(err.value).startswith(f"unet has no option '{option}': {said}")
+    net = create_model("unet", encoder_name="resnet18", in_chans=1, num_classes=3)
+    assert net(torch.zeros(1, 1, 64, 64)).shape == (1, 3, 64, 64)

@@ -193,6 +193,48 @@ def test_accumulator_sums_over_the_set_not_a_mean_of_images():
     assert m["loss"] == pytest.approx(1.0)
 
 
+def test_the_metrics_are_smps_reductions_that_docs_segmentation_names():
+    """docs/segmentation.md maps the metrics to segmentation_models_pytorch's reductions; they
+    said 'micro' for all, which for three or more classes is smp's pooled score (a function of
+    the pixel accuracy), not the mean over classes `iou` is. smp's get_stats and reductions
+    are written out here from its documentation (zero_division=1)."""
+    rng = np.random.default_rng(0)
+    truth = torch.from_numpy(rng.choice(3, (3, 8, 8), p=[0.8, 0.15, 0.05]))  # mostly background
+    pred = torch.where(torch.from_numpy(rng.random((3, 8, 8))) < 0.7, truth,
+                       torch.from_numpy(rng.integers(0, 3, (3, 8, 8))))
+    truth[0, 0] = IGNORE_INDEX  # get_stats(..., ignore_index=255)
+
+    def stats(k: int, classes: list[int]) -> tuple[np.ndarray, ...]:  # (N, C) each, as smp's
+        keep = (truth != IGNORE_INDEX).numpy()
+        p, t = pred.numpy(), truth.numpy()
+        per = [[((p[i] == c) & (t[i] == c) & keep[i]).sum(), ((p[i] == c) & (t[i] != c) & keep[i]).sum(),
+                ((p[i] != c) & (t[i] == c) & keep[i]).sum()] for i in range(len(p)) for c in classes]  # fmt: skip
+        return tuple(np.array(per).reshape(len(p), len(classes), 3).transpose(2, 0, 1))
+
+    def iou(tp, fp, fn):
+        return np.where(tp + fp + fn == 0, 1.0, tp / np.maximum(tp + fp + fn, 1))
+
+    acc = SegmentationAccumulator(3)
+    acc.add_masks(pred, truth)
+    m = acc.compute()
+    tp, fp, fn = (a.sum(0) for a in stats(3, [0, 1, 2]))  # summed over the images
+    assert [m["iou_0"], m["iou_1"], m["iou_2"]] == pytest.approx(iou(tp, fp, fn).tolist())
+    assert m["iou"] == pytest.approx(iou(tp, fp, fn)[1:].mean())  # macro over 1..K-1
+    micro = iou(tp.sum(), fp.sum(), fn.sum())
+    wrong = int(fp.sum())
+    assert micro == pytest.approx(tp.sum() / (tp.sum() + 2 * wrong))
+    assert abs(m["iou"] - micro) > 0.05  # (so the two are told apart here)
+    # Two classes: smp's binary mode scores the foreground alone, micro = macro.
+    pred, truth = (pred > 0).long(), torch.where(truth == IGNORE_INDEX, truth, (truth > 0).long())
+    acc = SegmentationAccumulator(2)
+    acc.add_masks(pred, truth)
+    m = acc.compute()
+    tp, fp, fn = (a.sum() for a in stats(2, [1]))
+    assert m["iou"] == pytest.approx(iou(tp, fp, fn))
+    keep = truth != IGNORE_INDEX
+    assert m["pixel_acc"] == pytest.approx(float(((pred == truth) & keep).sum() / keep.sum()))
+
+
 def test_count_error_sees_merged_cells():
     inst = np.zeros((12, 12), dtype=np.int32)
     inst[2:6, 2:6] = 1
@@ -571,6 +613,60 @@ def test_csv_manifest_split_column_picks_validation_and_holds_test_out(tmp_path,
     assert len(splits.val) == 1
 
 
+def test_a_pair_manifests_rows_sorted_in_the_sheet_split_the_same(tmp_path, capsys):
+    """Image/mask manifests were split in row order: sorting the sheet drew other validation
+    pairs for the same seed (classification manifests had been read in path order since
+    session 23). Pairs are now read in path order; a run from before (no 'pair_order' in its
+    checkpoint) is resumed and evaluated on the pairs it drew in row order."""
+    from cnnzoo.data.dataset import names_digest
+    from cnnzoo.engine.checkpoint import atomic_save, load_checkpoint
+    from cnnzoo.segmentation.data import split_pairs
+    from cnnzoo.segmentation.evaluation import evaluate_segmenter
+
+    stems = [f"p{i}" for i in range(10)]
+    _pair_folder(tmp_path, stems, size=(32, 32))
+    shuffled = ["p7", "p2", "p9", "p0", "p5", "p3", "p8", "p1", "p6", "p4"]
+    for name, order in (("rows.csv", shuffled), ("sorted.csv", stems)):
+        (tmp_path / name).write_text("image,mask\n" + "".join(
+            f"images/{n}.png,masks/{n}.png\n" for n in order))
+    # The split by hand: seed 0's permutation of 10 pairs, the first round(10 * 0.2) validate.
+    drawn = sorted(np.random.default_rng(0).permutation(10)[:2])
+    by_path, by_rows = [stems[i] for i in drawn], [shuffled[i] for i in drawn]
+    assert by_path != by_rows  # (else this test would not tell the orders apart)
+    for name in ("rows.csv", "sorted.csv"):
+        sp = split_pairs(tmp_path / name)
+        assert sp.val.names == by_path and sp.train.names == sorted(set(stems) - set(by_path))
+    legacy = split_pairs(tmp_path / "rows.csv", row_order=True)
+    assert legacy.val.names == by_rows
+    assert legacy.train.names == [n for n in shuffled if n not in by_rows]
+    # A run on rows.csv, then made into one from before: no 'pair_order', the row-order split.
+    out = tmp_path / "run"
+    args = ["train", "unet", "--data", str(tmp_path / "rows.csv"), "--crop", "32",
+            "--batch-size", "4", "--base-width", "4", "--precision", "fp32", "--channels-last",
+            "off", "--no-progress", "--no-tensorboard", "--out", str(out)]  # fmt: skip
+    assert main([*args, "--epochs", "1"]) == 0
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["meta"]["pair_order"] == "path"
+    assert ckpt["meta"]["val_files"] == names_digest(by_path)
+    del ckpt["meta"]["pair_order"]
+    ckpt["meta"]["val_files"] = names_digest(by_rows)
+    atomic_save(ckpt, out / "last.pt")
+    # evaluate scores its own validation pairs (it was refused as 'changed since the run').
+    assert evaluate_segmenter(out / "last.pt", tile=32).names == by_rows
+    capsys.readouterr()
+    assert main([*args, "--epochs", "2", "--resume"]) == 0
+    # Resumed on the pairs it drew: no 'resuming with different validation images'.
+    assert "the data splits otherwise" not in capsys.readouterr().err
+    meta = load_checkpoint(out / "last.pt")["meta"]
+    assert meta["pair_order"] == "rows" and meta["val_files"] == names_digest(by_rows)
+    assert evaluate_segmenter(out / "last.pt", tile=32).names == by_rows
+    # Such a run's sheet sorted since: its split cannot be drawn again, and the line says why.
+    shutil.copy(tmp_path / "sorted.csv", tmp_path / "rows.csv")
+    with pytest.raises(DataError, match=r"or now readable, or its rows reordered, for a run "
+                       r"from before rows were read in path order\), so its validation split"):
+        evaluate_segmenter(out / "last.pt", tile=32)
+
+
 def _pair_folder(root, stems, size=(16, 20)):
     """images/ and masks/ (0/255, a 4x4 square) for `stems`; returns the mask written."""
     (root / "images").mkdir(parents=True)
@@ -581,6 +677,47 @@ def _pair_folder(root, stems, size=(16, 20)):
         _png(root / "images" / f"{stem}.png", np.full(size, 100, dtype=np.uint8))
         _png(root / "masks" / f"{stem}.png", m)
     return m
+
+
+def test_an_epoch_is_a_crop_per_image_or_per_tile_as_docs_segmentation_says(tmp_path):
+    """docs/segmentation.md's example: five 512-px training images are 5 crops an epoch; four
+    of them and one of 500 px are cut into 20 tiles of 256 px (2 x 2 each), 20 crops."""
+    _pair_folder(tmp_path / "same", [f"a{i}" for i in range(5)], size=(512, 512))
+    _pair_folder(tmp_path / "val", ["v"], size=(512, 512))
+    _pair_folder(tmp_path / "mixed", [f"a{i}" for i in range(4)], size=(512, 512))
+    _pair_folder(tmp_path / "odd", ["b"], size=(500, 500))
+    for part in ("images", "masks"):
+        shutil.copy(tmp_path / "odd" / part / "b.png", tmp_path / "mixed" / part / "b.png")
+    for root in ("same", "mixed"):
+        shutil.copytree(tmp_path / "val", tmp_path / root / "val")
+    same, mixed = (load_segmentation(tmp_path / root, tile=256) for root in ("same", "mixed"))
+    assert len(same.train) == 5 and len(mixed.train) == 20
+    assert mixed.describe().startswith("training: 5 images of 500x500 to 512x512 in 20 tiles "
+                                       "of 256x256")
+
+
+def test_masks_in_a_folder_of_another_name_are_pointed_at(tmp_path, capsys):
+    """images/ beside labels/ (as many tools and data sets name the masks) was 'DIR/masks
+    is not a folder' in train and 'has no masks/ folder' in evaluate, with no word that the
+    masks were there under another name; both now name the folder to rename."""
+    _pair_folder(tmp_path / "d", ["a", "b"])
+    (tmp_path / "d" / "masks").rename(tmp_path / "d" / "labels")
+    (tmp_path / "d" / "notes").mkdir()  # another folder, of other files: not named
+    (tmp_path / "d" / "notes" / "x.png").write_bytes(b"")
+    hint = "(labels/ holds files named as the images': if they are the masks, rename it masks/)"
+    with pytest.raises(DataError) as err:
+        load_mask_pairs(tmp_path / "d")
+    assert hint in str(err.value)
+    _threshold_unet(tmp_path / "net.pt", "elsewhere")
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "net.pt"), "--data", str(tmp_path / "d")]) == 2
+    assert f"has no masks/ folder {hint}:" in capsys.readouterr().err
+    (tmp_path / "d" / "labels").rename(tmp_path / "d" / "other")  # of no image's stems
+    for f in (tmp_path / "d" / "other").iterdir():
+        f.rename(f.with_name("z" + f.name))
+    with pytest.raises(DataError) as err:
+        load_mask_pairs(tmp_path / "d")
+    assert "holds files named" not in str(err.value)
 
 
 def test_a_classes_txt_saved_on_windows_is_read_or_refused_in_one_line(tmp_path):
@@ -618,6 +755,68 @@ def test_255_is_class_one_only_when_every_mask_is_0_255(tmp_path):
     assert ("note: 2 of 3 masks hold only 0 and 255 (a, b), the others class indices: 255 means "
             "'ignore' in such a set, so these masks have no foreground; save them with 1 for "
             "the foreground if 255 marks it") in lines
+
+
+def test_a_two_class_set_of_0_1_and_0_255_masks_reads_255_as_the_foreground(tmp_path, capsys):
+    """Some masks saved 0/1 and the others 0/255 (two tools, two people): 255 was 'ignore' in
+    such a set, so the 0/255 masks had no foreground and their cells were learnt as background
+    (a note said so). With two classes and no mask holding 1 and 255 together, 255 is now the
+    foreground of its masks; a note names them."""
+    m255 = _pair_folder(tmp_path / "d", ["a", "b", "c"])  # a 4x4 square of 255 in each
+    _png(tmp_path / "d" / "masks" / "c.png", m255 // 255)  # c saved 0/1
+    for classes in (None, ["background", "cell"]):
+        lines: list[str] = []
+        pairs = load_mask_pairs(tmp_path / "d", classes=classes, report=lines.append)
+        assert pairs.num_classes == 2 and pairs.binary_255
+        for m in pairs.masks:  # each mask's square is class 1, nothing is ignored
+            np.testing.assert_array_equal(m, m255 // 255)
+        assert lines == ["note: 2 of 3 masks hold 0 and 255 (a, b), the others 0 and 1: 255 is "
+                         "read as 1, the foreground, in these; save every mask one way to "
+                         "silence this note"]
+    # A mask holding 1 and 255 together: 255 marks pixels to ignore in this set, as before.
+    both = m255 // 255
+    both[0] = 255
+    _png(tmp_path / "d" / "masks" / "c.png", both)
+    pairs = load_mask_pairs(tmp_path / "d", report=None)
+    assert not pairs.binary_255 and int((pairs.masks[0] == 255).sum()) == 16
+    # Three classes named: 255 stays 'ignore' (the note on the mix says so, as before).
+    _png(tmp_path / "d" / "masks" / "c.png", m255 // 255)
+    lines = []
+    pairs = load_mask_pairs(tmp_path / "d", classes=["bg", "a", "b"], report=lines.append)
+    assert int((pairs.masks[0] == 255).sum()) == 16 and "the others class indices" in lines[0]
+    # A val/ folder of 0/255 masks beside 0/1 training masks (which hold no 255 to decide by):
+    # its 255 is class 1 too (it was 'ignore', val_dice 0).
+    for stem in ("a", "b"):
+        _png(tmp_path / "d" / "masks" / f"{stem}.png", m255 // 255)
+    _pair_folder(tmp_path / "d" / "val", ["v"])
+    capsys.readouterr()
+    splits = load_segmentation(tmp_path / "d")
+    assert int(splits.val.masks.sum()) == 16 and (splits.val.masks <= 1).all()
+    assert capsys.readouterr().err == ""
+
+
+def test_a_resumed_run_reads_255_as_it_began(tmp_path, capsys):
+    """A run on 0/1 and 0/255 masks from before 255 was their foreground there (binary_255
+    False: ignored) went on after a --resume with 255 as class 1: half one reading, half the
+    other. A resume now reads the masks as the run recorded it did, as evaluate does."""
+    from cnnzoo.engine.checkpoint import atomic_save, load_checkpoint
+
+    m255 = _pair_folder(tmp_path / "d", [f"p{i}" for i in range(6)], size=(32, 32))
+    for i in range(3):
+        _png(tmp_path / "d" / "masks" / f"p{i}.png", m255 // 255)
+    out = tmp_path / "run"
+    args = ["train", "unet", "--data", str(tmp_path / "d"), "--crop", "32", "--batch-size", "4",
+            "--base-width", "4", "--precision", "fp32", "--channels-last", "off",
+            "--no-progress", "--no-tensorboard", "--out", str(out)]  # fmt: skip
+    assert main([*args, "--epochs", "1"]) == 0
+    ckpt = load_checkpoint(out / "last.pt")
+    assert ckpt["meta"]["binary_255"] is True  # a new run: 255 is the foreground
+    ckpt["meta"]["binary_255"] = False  # as the run from before recorded it
+    atomic_save(ckpt, out / "last.pt")
+    capsys.readouterr()
+    assert main([*args, "--epochs", "2", "--resume"]) == 0
+    assert load_checkpoint(out / "last.pt")["meta"]["binary_255"] is False
+    assert "hold only 0 and 255 (p3, p4, p5), but 255 means 'ignore'" in capsys.readouterr().err
 
 
 def test_a_val_folder_reads_255_as_its_training_folder_does(tmp_path, capsys):
@@ -1592,6 +1791,34 @@ def test_segment_resume_refuses_another_checkpoints_masks(tmp_path, capsys):
     assert main([*args, "--checkpoint", str(tmp_path / "other.pt")]) == 0
     with Image.open(out / "b_mask.png") as m:
         assert m.text[MADE_BY] == weights_fingerprint(tmp_path / "other.pt")
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").is_file(), reason="counts bytes read (Linux)")
+def test_segment_reads_its_checkpoint_once(tmp_path):
+    """`segment` read the whole checkpoint to load it, then again for its SHA-256 (the
+    fingerprint its masks record): 2x the file's bytes, a last.pt holding Adam's moments too.
+    The checkpoint is now mapped, and only the hash reads it through."""
+    import re
+
+    from cnnzoo.engine.checkpoint import atomic_save
+    from cnnzoo.paths import _file_digest
+
+    def bytes_read() -> int:
+        return int(re.search(r"rchar: (\d+)", Path("/proc/self/io").read_text()).group(1))
+
+    _threshold_unet(tmp_path / "net.pt", "here")
+    ckpt = torch.load(tmp_path / "net.pt", weights_only=True)
+    ckpt["optimizer"] = {"state": {0: {"exp_avg": torch.ones(4_000_000)}}}  # 16 MB, as Adam's
+    atomic_save(ckpt, tmp_path / "net.pt")
+    size = (tmp_path / "net.pt").stat().st_size
+    _pair_folder(tmp_path / "pairs", ["a"])
+    args = ["segment", str(tmp_path / "pairs" / "images"), "--out", str(tmp_path / "out"),
+            "--checkpoint", str(tmp_path / "net.pt"), "--no-progress", "--overwrite"]
+    assert main(args) == 0  # (the modules it imports are read once, here)
+    _file_digest.cache_clear()  # the hash is remembered per file: it is taken again below
+    before = bytes_read()
+    assert main(args) == 0
+    assert size <= bytes_read() - before < 1.2 * size
 
 
 def test_segment_resume_refuses_masks_of_another_tta(tmp_path, capsys):

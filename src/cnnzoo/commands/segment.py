@@ -349,7 +349,10 @@ def run(args: argparse.Namespace) -> int:
     names = output_stems(paths)
     # The checkpoint before the masks in --out are judged by it: a mistyped path, a run's folder
     # or a classifier's checkpoint was 'seg holds masks another checkpoint wrote' with --resume.
-    ckpt = load_checkpoint(args.checkpoint)
+    # Mapped, not read: the fingerprint below reads the file through once (loading it as well
+    # read it twice), and the pages the net's weights take come from the cache then; a
+    # last.pt's optimizer state is never read at all.
+    ckpt = load_checkpoint(args.checkpoint, mmap=True)
     model, meta = load_segmenter(args.checkpoint, ckpt)
     made_by = weights_fingerprint(args.checkpoint)
     # One run per --out, as `train` and `transfer` hold theirs: a --resume started while the

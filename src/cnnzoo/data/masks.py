@@ -7,8 +7,10 @@ Layout read by `load_mask_pairs(root)`::
 Masks are single-channel PNGs of class indices (0, 1, 2, ...; palette PNGs, 16-bit and float
 TIFFs of whole values and grey PNGs with alpha count as indices), or 0/255 for two classes:
 when every mask holds only 0 and 255 (and no more than two classes are given), 255 becomes
-class 1. Otherwise 255 means "ignore" (the Pascal VOC convention) and is kept as `IGNORE_INDEX`,
-also in a mask that holds only 0 and 255. JPEG and lossy WebP masks are refused: compression
+class 1, and so it is in a two-class set whose masks are some 0/1 and the others 0/255 (none
+holding 1 and 255 together: two ways of saving one set's masks). Otherwise 255 means "ignore"
+(the Pascal VOC convention) and is kept as `IGNORE_INDEX`, also in a mask that holds only 0
+and 255. JPEG and lossy WebP masks are refused: compression
 adds in-between values along every edge, and each would become a class. An optional `instances/`
 folder holds 16-bit PNGs of instance ids (0 = background), used for the border weight map of
 U-Net's loss; without it, instances are the connected components of the foreground -- also for
@@ -16,7 +18,8 @@ the pairs that lack an instance file when others have one (a note names them).
 
 A CSV manifest has a header and columns `image,mask[,instances][,split]`, paths relative to the
 CSV; a split column (train/val/test, as in classification manifests) picks the validation pairs
-and holds the test ones out.
+and holds the test ones out. Its pairs are read in the order of their image paths, not of its
+rows, so sorting the sheet does not change a seeded split.
 
 A pair with a missing mask, an unreadable file, a JPEG mask, two files of one stem (a.png and
 a.jpg) or a mask whose size differs from its image is reported in one line (`report`, stderr by
@@ -70,6 +73,9 @@ class MaskPairs:
     binary_255: bool = False  # the masks' 255 was read as class 1 (a 0/255 two-class set)
     # Per pair 'train' or 'val': a manifest's split column; None without one (a folder).
     splits: list[str] | None = None
+    # Each pair's image file, for putting a manifest's pairs back in its rows' order
+    # (`row_ranks`); None when not known.
+    files: list[Path] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -90,17 +96,21 @@ class MaskPairs:
         """The pairs at `idx`, same classes and reading of 255 (`skipped` stays with the whole)."""
         inst = None if self.instances is None else [self.instances[i] for i in idx]
         splits = None if self.splits is None else [self.splits[i] for i in idx]
+        files = None if self.files is None else [self.files[i] for i in idx]
         return MaskPairs([self.images[i] for i in idx], [self.masks[i] for i in idx], inst,
                          [self.names[i] for i in idx], list(self.classes), [], self.binary_255,
-                         splits)  # fmt: skip
+                         splits, files)  # fmt: skip
 
     def __add__(self, other: MaskPairs) -> MaskPairs:
         """Both sets of pairs (a folder's and its val/ folder's), the classes of the first."""
         both = self.instances is not None and other.instances is not None
         inst = [*self.instances, *other.instances] if both else None
+        files = None if self.files is None or other.files is None else [*self.files,
+                                                                         *other.files]
         return MaskPairs([*self.images, *other.images], [*self.masks, *other.masks], inst,
                          [*self.names, *other.names], list(self.classes),
-                         [*self.skipped, *other.skipped], self.binary_255)  # fmt: skip
+                         [*self.skipped, *other.skipped], self.binary_255,
+                         files=files)  # fmt: skip
 
 
 def foreground_components(mask: np.ndarray) -> np.ndarray:
@@ -143,6 +153,24 @@ def _files_by_stem(folder: Path, problems: list[str], ambiguous: set[str]) -> di
     return {stem: paths[0] for stem, paths in by_stem.items() if len(paths) == 1}
 
 
+def masks_elsewhere(root: Path) -> str:
+    """', as labels/ may be (it holds files named as the images')' when `root` has images/ but
+    no masks/, and another folder of it holds files of the images' stems: masks under another
+    name (labels/, annotations/, gt/), which the layout does not look for; else ''."""
+    img_dir = layout_folder(root, "images")
+    if not img_dir.is_dir() or layout_folder(root, "masks").is_dir():
+        return ""
+    stems = {composed(p.stem) for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS}
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and p != img_dir):
+        if d.name.lower() in ("val", "test", "instances"):
+            continue
+        if any(composed(p.stem.removesuffix("_mask")) in stems for p in d.iterdir()
+               if p.suffix.lower() in IMAGE_EXTENSIONS):
+            return (f" ({d.name}/ holds files named as the images': if they are the masks, "
+                    f"rename it masks/)")
+    return ""
+
+
 def classes_file(root: Path) -> list[str] | None:
     """The class names `root/classes.txt` lists, one per line (None without one): UTF-8, a
     Notepad byte-order mark and Windows line ends allowed (a cp1252 file was a traceback, and
@@ -165,7 +193,7 @@ def find_pairs(
         if not d.is_dir():
             raise DataError(
                 f"{d} is not a folder: put images in {img_dir} and masks (same file stems) in "
-                f"{mask_dir}, or pass a CSV manifest."
+                f"{mask_dir}{masks_elsewhere(root)}, or pass a CSV manifest."
             )
     problems: list[str] = []
     ambiguous: set[str] = set()
@@ -361,6 +389,17 @@ def _read_image(path: Path, channels: int | None = None) -> np.ndarray:
     return arr[..., None] if arr.ndim == 2 else arr
 
 
+def part_reading(pairs: MaskPairs) -> bool | None:
+    """How a val/ or test/ folder beside the folder `pairs` were read from reads its masks' 255
+    (`load_mask_pairs`'s binary_255): as that folder does, unless no mask there holds 255, so
+    that its reading decided nothing; then as the part's own masks say. (0/255 val/ masks
+    beside 0/1 training masks are one set's masks saved two ways, as within one folder; read
+    as 'ignore', they had no foreground.)"""
+    if pairs.binary_255 is False and not any((m == IGNORE_INDEX).any() for m in pairs.masks):
+        return None
+    return pairs.binary_255
+
+
 def holds_mask_pairs(source: str | Path) -> bool:
     """Whether `source` is segmentation data: 'cells', a folder with images/ and masks/, or a
     CSV manifest with image and mask columns (told apart from a classifier's data by layout)."""
@@ -420,15 +459,22 @@ def load_mask_pairs(
     report: called with one line per skipped pair (kept in `MaskPairs.skipped` too) and per
         note (pairs without an instance file, rare inferred classes); None: silent.
     binary_255: whether 255 is class 1 (True) or ignored (False); None: decided from these
-        masks (module docstring). A `val/` folder takes its training folder's decision.
+        masks (module docstring). A `val/` folder takes its training folder's decision where
+        that folder's masks hold 255 (`part_reading`).
     parts: the rows of a manifest's split column that are read (test rows are held out).
     channels: decode every image with 1 or 3 channels (a trained net's); None: each file's own.
+    A manifest's pairs come in the order of their image paths, as a folder's come by file name
+    (`row_ranks` gives their rows' order back).
     """
     classes = class_list(classes)
     source = Path(source)
     if source.suffix.lower() == ".csv":
         problems: list[str] = []
         entries = [e for e in read_manifest(source, problems) if e[4] is None or e[4] in parts]
+        # The rows' order is no part of the data: read in it, sorting the sheet (by name, by
+        # split) drew other validation pairs for the same seed, as for classification
+        # manifests (`folder.load_csv`).
+        entries.sort(key=lambda e: str(e[1]))
         root = source.parent
     elif source.is_dir():
         found, problems = find_pairs(source)
@@ -445,7 +491,7 @@ def load_mask_pairs(
     if classes is not None and len(classes) < 2:  # before reading every file for nothing
         raise DataError("segmentation needs at least two classes (e.g. --classes background,cell).")
 
-    images, masks, insts, names, splits = [], [], [], [], []
+    images, masks, insts, names, splits, files = [], [], [], [], [], []
     # Instance files for some pairs only: use them where they exist and components elsewhere
     # (said in a note below), rather than dropping every instance file for one missing.
     have_instances = any(e[3] is not None for e in entries)
@@ -496,6 +542,7 @@ def load_mask_pairs(
         insts.append(inst)
         names.append(name)
         splits.append(split)
+        files.append(img_path)
     if report is not None:
         for line in problems:
             report(line)
@@ -513,15 +560,22 @@ def load_mask_pairs(
     # that holds just background and ignored pixels must not turn its ignored pixels into class 1.
     values = [set(np.unique(m).tolist()) for m in masks]
     only_0_255 = all(v <= {0, IGNORE_INDEX} for v in values)
-    # Some masks 0/255, the others class indices: the 0/255 ones lose their foreground.
     white = [n for n, v in zip(names, values, strict=True) if v == {0, IGNORE_INDEX}]
-    mixed = binary_255 is None and bool(white) and not only_0_255
+    # Two classes saved two ways, some masks 0/1 and the others 0/255 (a common slip: masks
+    # from two tools or two people), none holding 1 and 255 together: 255 is the foreground
+    # of its masks. Read as 'ignore' (as in a set that labels with 1 and ignores with 255),
+    # those masks had no foreground, and the net learnt to call their cells background.
+    two_ways = (binary_255 is None and bool(white) and not only_0_255
+                and (classes is None or len(classes) == 2)
+                and all(v <= {0, 1} or v <= {0, IGNORE_INDEX} for v in values))
+    # Some masks 0/255, the others class indices: the 0/255 ones lose their foreground.
+    mixed = binary_255 is None and bool(white) and not only_0_255 and not two_ways
     # A val/ folder reads 255 as its training folder does: 0/255 masks there next to 0/1 training
     # masks lose all their foreground just as a mix within one folder does, and are named too.
     inherited_ignore = binary_255 is False and bool(white)
     unlabelled = binary_255 is None and only_0_255 and classes is not None and len(classes) != 2
     if binary_255 is None:
-        binary_255 = (classes is None or len(classes) == 2) and only_0_255
+        binary_255 = two_ways or ((classes is None or len(classes) == 2) and only_0_255)
     if binary_255:
         masks = [np.where(m == IGNORE_INDEX, 1, m).astype(np.uint8) for m in masks]
     insts = [foreground_components(m) if have_instances and inst is None else inst
@@ -531,6 +585,10 @@ def load_mask_pairs(
         notes.append(f"note: every mask holds only 0 and 255, and with {len(classes)} classes "
                      f"255 means 'ignore', so no pixel is labelled {', '.join(classes[1:])}; "
                      "if 255 marks the foreground, name two classes (--classes background,cell)")
+    if two_ways:
+        notes.append(f"note: {len(white)} of {len(names)} masks hold 0 and 255 "
+                     f"({some(white)}), the others 0 and 1: 255 is read as 1, the foreground, "
+                     "in these; save every mask one way to silence this note")  # fmt: skip
     if mixed:
         notes.append(f"note: {len(white)} of {len(names)} masks hold only 0 and 255 "
                      f"({some(white)}), the others class indices: 255 means 'ignore' in such a "
@@ -570,7 +628,7 @@ def load_mask_pairs(
                 keep.append(i)
         images, masks = [images[i] for i in keep], [masks[i] for i in keep]
         insts, names = [insts[i] for i in keep], [names[i] for i in keep]
-        splits = [splits[i] for i in keep]
+        splits, files = [splits[i] for i in keep], [files[i] for i in keep]
         if not images:
             raise DataError(f"no mask in {source} fits the {len(classes)} classes given.")
     # Grey and colour mixed: promote the grey ones, so one data set has one channel count.
@@ -585,4 +643,14 @@ def load_mask_pairs(
         skipped=problems,
         binary_255=binary_255,
         splits=splits if entries and entries[0][4] is not None else None,
+        files=files,
     )
+
+
+def row_ranks(manifest: Path, pairs: MaskPairs) -> list[int]:
+    """The indices of `pairs` (read from `manifest`) in the order of the manifest's rows, in
+    which runs before `load_mask_pairs` sorted them by path drew their validation pairs and
+    shuffled their training pairs: `--resume` and `evaluate` of such a run take it again."""
+    rank = {str(row[1]): i for i, row in enumerate(read_manifest(manifest))}
+    files = pairs.files or []
+    return sorted(range(len(files)), key=lambda i: rank.get(str(files[i]), len(rank)))

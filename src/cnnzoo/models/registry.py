@@ -338,6 +338,10 @@ _PEER_OPTIONS = {
     "input_shape": "use in_chans=1 or 3; the input size is free above the model's minimum",
     "classes": "use num_classes=N",
     "num_labels": "use num_classes=N",
+    # segmentation_models_pytorch's (smp.Unet(in_channels=1, classes=3, activation=None)):
+    # in_channels was 'did you mean decoder_channels?'
+    "in_channels": "use in_chans=1 or 3",
+    "activation": "the models return logits: apply model(x).softmax(1)",
 }
 
 

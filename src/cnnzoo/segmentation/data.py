@@ -20,6 +20,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -304,19 +305,24 @@ class PairSplit:
 def split_pairs(
     source: str | Path, *, classes: Sequence[str] | None = None, val_fraction: float = 0.2,
     seed: int = 0, binary_255: bool | None = None, channels: int | None = None,
+    row_order: bool = False,
 ) -> PairSplit:
     """The training and validation pairs of a folder or manifest, as `load_segmentation` splits
     them (see there). binary_255 / channels: as `load_mask_pairs` takes them (a trained net's
-    reading of 255 and its channels, when scoring it)."""
-    from ..data.masks import layout_folder, load_mask_pairs
+    reading of 255 and its channels, when scoring it). row_order: a manifest's pairs in its
+    rows' order, as runs before they were read in path order split them (`rows_ordered`)."""
+    from ..data.masks import layout_folder, load_mask_pairs, part_reading, row_ranks
 
     source = Path(source)
     pairs = load_mask_pairs(source, classes=classes, binary_255=binary_255, channels=channels)
+    if row_order and source.suffix.lower() == ".csv":
+        pairs = _keep_skipped(pairs.subset(row_ranks(source, pairs)), pairs)
     val_dir = layout_folder(source, "val") if source.is_dir() else None
     if val_dir is not None and layout_folder(val_dir, "images").is_dir():
-        # The training folder's reading of 255 (class 1 or ignore), whatever val/'s masks hold.
-        val_pairs = load_mask_pairs(val_dir, classes=pairs.classes, binary_255=pairs.binary_255,
-                                    channels=channels)  # fmt: skip
+        # The training folder's reading of 255 (class 1 or ignore), whatever val/'s masks hold,
+        # where its masks hold 255 (`part_reading`).
+        val_pairs = load_mask_pairs(val_dir, classes=pairs.classes,
+                                    binary_255=part_reading(pairs), channels=channels)
         return PairSplit(pairs, val_pairs, drawn=False)
     if pairs.splits is not None and "val" in pairs.splits:
         # A manifest's split column, as classification manifests have it (test rows are not read).
@@ -332,9 +338,20 @@ def split_pairs(
         n_val = min(max(1, round(len(pairs) * val_fraction)), len(pairs) - 1)
         val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
         drawn = True
-    train, val = pairs.subset(train_idx), pairs.subset(val_idx)
-    train.skipped = pairs.skipped
-    return PairSplit(train, val, drawn)
+    return PairSplit(_keep_skipped(pairs.subset(train_idx), pairs), pairs.subset(val_idx), drawn)
+
+
+def rows_ordered(meta: dict[str, Any], source: str | Path) -> bool:
+    """Whether the run of checkpoint `meta` took the pairs of its manifest `source` in the
+    rows' order: a run from before they were read in path order, which records no
+    'pair_order'. Its --resume and evaluate take them so again, to go on with (and score) the
+    validation pairs it drew and the training pairs in the order it shuffled them."""
+    return Path(source).suffix.lower() == ".csv" and meta.get("pair_order", "rows") == "rows"
+
+
+def _keep_skipped(part: MaskPairs, whole: MaskPairs) -> MaskPairs:
+    part.skipped = whole.skipped
+    return part
 
 
 # How many synthetic images `load_segmentation("cells")` makes when not told.
@@ -349,11 +366,15 @@ def load_segmentation(
     tile: int = 256,
     seed: int = 0,
     cells: int | None = None,
+    row_order: bool = False,
+    binary_255: bool | None = None,
 ) -> SegmentationSplits:
     """'cells' (synthetic, `cells` images, default DEFAULT_CELLS), a folder (`images/`,
     `masks/`, optional `val/` with the same layout) or a CSV manifest (its `split` column's val
     rows validate, test rows are left out); without a `val/` folder or val rows a seeded
-    `val_fraction` of the images (whole images, before tiling) is held out."""
+    `val_fraction` of the images (whole images, before tiling) is held out. A manifest's pairs
+    are taken in the order of their image paths, or of its rows with `row_order` (`split_pairs`).
+    binary_255: whether the masks' 255 is class 1; None: decided from them (`load_mask_pairs`)."""
     if str(source) == "cells":
         from ..data.cells import CLASSES
 
@@ -378,7 +399,8 @@ def load_segmentation(
         # folder, without a word that the option meant nothing.
         raise DataError(f"--cells is the number of synthetic images of --data cells; {source} "
                         "is image/mask pairs, all of which are used: leave out --cells")
-    split = split_pairs(source, classes=classes, val_fraction=val_fraction, seed=seed)
+    split = split_pairs(source, classes=classes, val_fraction=val_fraction, seed=seed,
+                        row_order=row_order, binary_255=binary_255)
 
     def pick(p: MaskPairs, count_once: bool = False) -> SegmentationSet:
         return stack_pairs(p.images, p.masks, p.instances, p.names, tile, count_once=count_once)

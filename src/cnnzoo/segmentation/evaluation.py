@@ -37,7 +37,7 @@ from ..data.masks import IGNORE_INDEX, MaskPairs, classes_file
 from ..errors import DataError
 from ..paths import same_source
 from ..text import plural
-from .data import DEFAULT_CELLS, cell_set, cells_val_count, split_pairs
+from .data import DEFAULT_CELLS, cell_set, cells_val_count, rows_ordered, split_pairs
 from .metrics import SegmentationAccumulator
 from .tiling import TileGeometry
 
@@ -133,7 +133,13 @@ def evaluation_pairs(
     masks read with its class names and channels, and with its reading of 255 on the data it
     trained on (other pairs: 255 is class 1 when every mask is 0/255, as training reads them)."""
     from ..data.builtin import builtin_name
-    from ..data.masks import holds_mask_pairs, layout_folder, load_mask_pairs
+    from ..data.masks import (
+        holds_mask_pairs,
+        layout_folder,
+        load_mask_pairs,
+        masks_elsewhere,
+        part_reading,
+    )
 
     is_cells = src == "cells"
     same = trained_on == "cells" if is_cells else same_source(src, trained_on)
@@ -157,7 +163,7 @@ def evaluation_pairs(
     if path.is_dir() and not holds_mask_pairs(path):
         missing = ("images/ and masks/" if not layout_folder(path, "images").is_dir()
                    else "masks/")  # fmt: skip
-        raise DataError(f"{src} has no {missing} folder: {how}")
+        raise DataError(f"{src} has no {missing} folder{masks_elsewhere(path)}: {how}")
     names = list(meta["class_names"])
     _check_classes_file(path, names)
     # Other pairs than the run's own say themselves what their 255 means, by the rule training
@@ -167,7 +173,8 @@ def evaluation_pairs(
     read = {"classes": names, "binary_255": meta.get("binary_255") if same else None,
             "channels": meta["in_chans"]}
     if split == "val":
-        sp = split_pairs(path, val_fraction=meta.get("val_fraction", 0.2), seed=seed, **read)
+        sp = split_pairs(path, val_fraction=meta.get("val_fraction", 0.2), seed=seed,
+                         row_order=same and rows_ordered(meta, path), **read)
         if same and sp.drawn:
             if "val_fraction" not in meta:
                 raise DataError(f"{src}: the run's validation pairs cannot be reproduced "
@@ -175,9 +182,13 @@ def evaluation_pairs(
                                 "the fraction it drew them with): pass held-out pairs with "
                                 "--data")  # fmt: skip
             if meta.get("val_files") and sp.val_files() != meta["val_files"]:
+                # A run from before took the rows in their order: sorting the sheet since
+                # changed its split (as for classification manifests, `engine.run`).
+                rows = (", or its rows reordered, for a run from before rows were read in path "
+                        "order" if rows_ordered(meta, path) else "")  # fmt: skip
                 raise DataError(f"{src} has changed since the run was trained (pairs added, "
-                                "removed, renamed or now readable), so its validation split "
-                                "would hold pairs the run trained on: pass --data with "
+                                f"removed, renamed or now readable{rows}), so its validation "
+                                "split would hold pairs the run trained on: pass --data with "
                                 "held-out pairs")  # fmt: skip
         return _Pairs.of(sp.val), split, own
     if split == "test" and not _has_test(path):
@@ -191,8 +202,9 @@ def evaluation_pairs(
     folders = [test] if split == "test" else [
         p for p in (path, val, test) if p == path or layout_folder(p, "images").is_dir()]
     pairs = load_mask_pairs(folders[0], **read)
-    for extra in folders[1:]:  # val/ and test/ read 255 as the folder does (split_pairs)
-        pairs = pairs + load_mask_pairs(extra, **{**read, "binary_255": pairs.binary_255})
+    part = part_reading(pairs)  # val/ and test/ read 255 as the folder does (split_pairs)
+    for extra in folders[1:]:
+        pairs = pairs + load_mask_pairs(extra, **{**read, "binary_255": part})
     return _Pairs.of(pairs), split, own
 
 

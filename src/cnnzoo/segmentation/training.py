@@ -29,7 +29,14 @@ from ..engine.distributed import DistContext, unwrap_model
 from ..engine.loop import FitResult, TrainConfig, Trainer, check_out_dir
 from ..errors import CnnzooError, DataError, ModelOptionError, UsageError
 from ..text import shown
-from .data import PadToNet, SegmentationSet, SegmentationSplits, load_segmentation, train_transform
+from .data import (
+    PadToNet,
+    SegmentationSet,
+    SegmentationSplits,
+    load_segmentation,
+    rows_ordered,
+    train_transform,
+)
 from .task import SegmentationTask
 from .tiling import receptive_margin
 
@@ -239,9 +246,14 @@ def train(
     check_out_dir(out_dir, resume=bool(resume), overwrite=overwrite)
     _check_encoder(encoder_name, encoder_weights, base_width)
     cfg = config if config is not None else segmentation_config(**config_overrides)
+    resumed = _resumed_meta(data, out_dir, resume)
+    row_order = resumed is not None and rows_ordered(resumed, data)
     splits = data if isinstance(data, SegmentationSplits) else load_segmentation(
         data, classes=classes, val_fraction=val_fraction, tile=max(2 * crop, 256),
-        seed=cfg.seed, cells=cells)
+        seed=cfg.seed, cells=cells, row_order=row_order,
+        # The masks' 255 as the run read it: a set of 0/1 and 0/255 masks trained before 255
+        # was its foreground must not change its masks at the resume (evaluate reads the same).
+        binary_255=None if resumed is None else resumed.get("binary_255"))
     k, c = splits.num_classes, splits.in_chans
     torch.manual_seed(cfg.seed)
     net, model_kwargs = build_model(
@@ -300,6 +312,7 @@ def train(
         # What `cnnzoo evaluate` needs to score the run's own validation images again (the seed
         # is the config's) and to read held-out masks and count cells as the run did.
         "val_fraction": val_fraction, "binary_255": splits.binary_255,
+        "pair_order": "rows" if row_order else "path",  # (`data.rows_ordered`)
         "count_instances": task.count_instances,
         # The rest of the recipe, for `cnnzoo compare` to tell runs apart.
         "batch_size": batch_size, "elastic": elastic, "jitter": jitter,
@@ -327,6 +340,24 @@ def train(
                                      pick=pick)
         say(f"wrote {path}")
     return SegmentationRun(result, net, splits, task, meta)
+
+
+def _resumed_meta(data: Any, out_dir: str | os.PathLike[str] | None,
+                  resume: bool | str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The meta of the run `resume` continues on the pairs `data` (mapped, not read), for how it
+    read them: a manifest's pairs in the rows' order (`data.rows_ordered`), read in path order,
+    would validate on pairs it trained on; its reading of 255. None for a new run or cells."""
+    from ..engine.run import run_meta
+
+    if not resume or isinstance(data, SegmentationSplits) or str(data) == "cells":
+        return None
+    if resume is True:
+        if out_dir is None:
+            return None  # (the Trainer says what is wrong)
+        path = Path(out_dir) / "last.pt"
+    else:
+        path = Path(resume)
+    return run_meta(path) if path.is_file() else None
 
 
 @torch.no_grad()
