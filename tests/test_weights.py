@@ -253,6 +253,31 @@ def test_every_source_is_unwrapped_and_prefix_stripped(tv_resnet18, tmp_path):
         assert all(torch.equal(sd[k], ref_sd[k]) for k in ref_sd), what
 
 
+def test_pytorch_examples_imagenet_checkpoint_with_dataparallel_features(tmp_path):
+    """pytorch/examples' ImageNet script (the way many AlexNet and VGG files were trained)
+    wraps only `model.features` in DataParallel and saves {'epoch', 'arch', 'state_dict',
+    'best_acc1', 'optimizer'}: its keys read features.module.0.weight beside classifier.1.weight,
+    and the file 'did not fit alexnet' with 10 missing and 10 unexpected keys."""
+    src = cnnzoo.create_model("vgg11_bn", width_mult=0.25, fc_dim=32, num_classes=7).eval()
+    for m in src.modules():  # trained statistics, so that eval outputs tell them apart
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    sd = {k.replace("features.", "features.module.", 1): v for k, v in src.state_dict().items()}
+    assert "features.module.0.weight" in sd and "classifier.0.weight" in sd
+    path = tmp_path / "model_best.pth.tar"
+    torch.save({"epoch": 90, "arch": "vgg11_bn", "state_dict": sd, "best_acc1": torch.tensor(70.4),
+                "optimizer": {"state": {}, "param_groups": [{"lr": 0.001, "params": [0]}]}},
+               path)  # fmt: skip
+    compiled = {k.replace("features.", "features._orig_mod.", 1): v
+                for k, v in src.state_dict().items()}  # torch.compile(model.features)
+    for weights in (str(path), compiled):
+        model = cnnzoo.create_model("vgg11_bn", width_mult=0.25, fc_dim=32,
+                                    weights=weights).eval()  # fmt: skip
+        with torch.no_grad():
+            torch.testing.assert_close(model(_x()), src(_x()), rtol=0, atol=0)
+
+
 def test_torchvision_googlenet_file_with_aux_heads_and_its_preprocessing(tv_models, tmp_path):
     """torchvision's googlenet file keeps the two auxiliary heads, and its TensorFlow-trained
     weights expect (x - 0.5) / 0.5, which torchvision makes from ImageNet-normalised input with

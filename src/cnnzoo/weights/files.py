@@ -70,6 +70,10 @@ _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "model_state", "net"
 # Lightning (the LightningModule's `self.model`), in any nesting; no zoo model has a child of
 # these names.
 _STRIP_PREFIXES = ("module.", "_orig_mod.", "model.")
+# The same wrappers around one submodule: pytorch/examples' ImageNet script puts only AlexNet's
+# and VGG's `features` in DataParallel (`features.module.0.weight` beside `classifier.1.weight`),
+# and torch.compile of a submodule gives `features._orig_mod.0.weight`.
+_INNER_WRAPPERS = re.compile(r"(?<=\.)(?:module|_orig_mod)\.")
 
 
 @dataclass
@@ -305,7 +309,7 @@ def state_dict_tensors(obj: Any, source: str) -> dict[str, Tensor]:
     while tensors and (prefix := next((p for p in _STRIP_PREFIXES
                                        if all(k.startswith(p) for k in tensors)), None)):  # fmt: skip
         tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
-    return tensors
+    return {_INNER_WRAPPERS.sub("", k): v for k, v in tensors.items()}
 
 
 def _is_tensor_dict(obj: Mapping) -> bool:
