@@ -188,6 +188,43 @@ def test_predict_with_a_fine_tuned_checkpoint_keeps_its_classes(image_dir, tmp_p
         assert p["probability"] == pytest.approx(want[p["index"]].item(), abs=1e-5)
 
 
+def test_a_fine_tuned_torchvision_checkpoint_names_its_classes(tv_models, image_dir, tmp_path,
+                                                              capsys):  # fmt: skip
+    """A 5-class torchvision resnet18 printed classes 0-4, and nothing could name them: the
+    names its training script kept beside the state_dict (ImageFolder's class_to_idx, as the
+    PyTorch tutorials save it) are now read, and --classes (predict, convert) gives them."""
+    torch.manual_seed(0)
+    ref = tv_models.resnet18()
+    ref.fc = torch.nn.Linear(512, 5)
+    names = ["daisy", "dandelion", "rose", "sunflower", "tulip"]
+    photo = str(image_dir / "rgb.jpg")
+    wrapped = tmp_path / "flowers.pth"
+    torch.save({"model_state_dict": ref.state_dict(), "epoch": 7,  # dict order is not index order
+                "class_to_idx": {"tulip": 4, "daisy": 0, "rose": 2, "sunflower": 3,
+                                 "dandelion": 1}}, wrapped)  # fmt: skip
+    plain = tmp_path / "plain.pth"
+    torch.save(ref.state_dict(), plain)
+    listed = tmp_path / "classes.txt"
+    listed.write_text("\n".join(names) + "\n")
+    converted = tmp_path / "flowers.safetensors"
+    assert main(["convert", str(plain), str(converted), "--model", "resnet18",
+                 "--classes", ",".join(names)]) == 0  # fmt: skip
+    capsys.readouterr()
+    runs = {"class_to_idx": [str(wrapped)], "--classes FILE": [str(plain), "--classes", str(listed)],
+            "converted": [str(converted)]}  # fmt: skip
+    for what, weights in runs.items():
+        assert main(["predict", photo, "--model", "resnet18", "--weights", *weights, "--json",
+                     "--top", "5"]) == 0, what  # fmt: skip
+        got = json.loads(capsys.readouterr().out)[0]["predictions"]
+        assert [(p["index"], p["class"]) for p in got] == [
+            (p["index"], names[p["index"]]) for p in got], what
+    assert main(["predict", photo, "--model", "resnet18", "--weights", str(plain),
+                 "--classes", "daisy,rose"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("--classes gives 2 names, but " + str(plain) + " has 5 classes: give one "
+                        "name per class, in the order of its outputs") and "\n" not in err
+
+
 def test_predict_runs_in_bf16_channels_last_where_the_cpu_has_it(image_dir, tmp_path,
                                                                   monkeypatch, capsys):
     """ImageNet / checkpoint prediction ran fp32 NCHW, 2.5-3x slower than a hand-written loop in

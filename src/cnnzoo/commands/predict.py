@@ -48,6 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", metavar="DIR",
                    help="a bundle folder written by `cnnzoo transfer` (replaces --model/--weights); "
                         "prints 'Prediction: <class>  Probability: [...]' per image")  # fmt: skip
+    p.add_argument("--classes", metavar="NAMES|FILE",
+                   help="the class names of the checkpoint's outputs, in order: a,b,c or a "
+                        "text file of one per line (default: those the file records, else "
+                        "ImageNet's for 1000 classes, else 0, 1, ...)")  # fmt: skip
     p.add_argument("--top", type=COUNT, default=5, help="classes shown per image (default 5)")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     p.add_argument("--threads", type=COUNT, default=None,
@@ -106,14 +110,15 @@ def _predict(args: argparse.Namespace, paths: list[Path],
     from ..errors import UsageError, WeightsError
     from ..models import get_config
     from ..weights import Preprocessing, create_pretrained
+    from ..weights.classes import check_class_names, given_class_names
     from ..weights.files import stored_metadata, training_input
 
     if args.bundle:  # a transfer-learning bundle: its own classes, preprocessing and views
         from .transfer import predict_with_bundle
 
-        if args.model or args.weights:
-            raise UsageError("--bundle brings its own model and weights; leave out --model "
-                             "and --weights")
+        if args.model or args.weights or args.classes:
+            raise UsageError("--bundle brings its own model, weights and classes; leave out "
+                             "--model, --weights and --classes")
         return bool(predict_with_bundle(args.bundle, paths, top=args.top, as_json=args.json,
                                         batch_size=args.batch_size, precision=args.precision,
                                         progress=args.progress, problems=problems))  # fmt: skip
@@ -147,6 +152,9 @@ def _predict(args: argparse.Namespace, paths: list[Path],
             )
         # A converted `cnnzoo train` checkpoint's input and classes are in its metadata.
         pre, names = info.preprocessing, info.class_names
+    if args.classes:  # a fine-tuned torchvision file's names, which it does not record
+        names = given_class_names(args.classes)
+        check_class_names(names, model.num_classes, args.weights)
     if getattr(pre, "channels", 3) not in (1, 3):
         raise UsageError(f"{args.weights} is a net with {pre.channels} input channels, but "
                          "images decode to grey or RGB (1 or 3)")  # fmt: skip

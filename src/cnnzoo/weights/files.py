@@ -231,8 +231,11 @@ def _read_torch(p: Path) -> Checkpoint:
         ) from None
     if isinstance(obj, Mapping):
         newer_format(p, obj.get("format"), CHECKPOINT_FORMAT, obj.get("cnnzoo_version"))
+    metadata = training_metadata(obj)
+    if not metadata and (names := names_beside(obj)) is not None:
+        metadata = {"class_names": json.dumps(names)}
     return Checkpoint(path=str(p), format="torch", tensors=state_dict_tensors(obj, str(p)),
-                      metadata=training_metadata(obj))
+                      metadata=metadata)
 
 
 def pickled_objects(p: object, exc: pickle.UnpicklingError) -> WeightsError | None:
@@ -278,6 +281,30 @@ def training_metadata(obj: Any) -> dict[str, str]:
         return out
     except (KeyError, TypeError, ValueError):
         return {}  # a meta that does not say: loaded as a plain state_dict
+
+
+# Where training scripts keep the class names beside the state_dict: a list, or ImageFolder's
+# `class_to_idx` (which the PyTorch transfer tutorials and the Udacity flower classifier save
+# with a fine-tuned torchvision net), or its inverse.
+_CLASS_KEYS = ("class_names", "classes", "labels", "class_to_idx", "idx_to_class")
+
+
+def names_beside(obj: Any) -> list[str] | None:
+    """The class names a checkpoint dict holds beside its state_dict, in logit order; None
+    when it holds none (or a list or mapping that is not one name per index 0..n-1)."""
+    if not isinstance(obj, Mapping):
+        return None
+    for key in _CLASS_KEYS:
+        found = obj.get(key)
+        if isinstance(found, list | tuple) and found and all(isinstance(c, str) for c in found):
+            return list(found)
+        if isinstance(found, Mapping) and found:
+            pairs = [(v, k) if key == "class_to_idx" else (k, v) for k, v in found.items()]
+            by_index = {int(i): c for i, c in pairs
+                        if isinstance(c, str) and str(i).isdigit()}  # fmt: skip
+            if len(by_index) == len(found) and sorted(by_index) == list(range(len(found))):
+                return [by_index[i] for i in range(len(found))]
+    return None
 
 
 def training_input(meta: Mapping[str, Any]) -> dict[str, Any]:
