@@ -313,6 +313,40 @@ def test_torchvision_googlenet_file_with_aux_heads_and_its_preprocessing(tv_mode
     assert not bare.weights_info.head_loaded
 
 
+def test_a_googlenet_fine_tuned_from_torchvisions_weights_is_told_of_transform_input(
+        tv_models, tmp_path, capsys):  # fmt: skip
+    """torchvision's googlenet(weights=...) turns transform_input on, and its state_dict does
+    not record it: such a fine-tuned file was read as transform_input=False without a word, its
+    input normalised another way than in training. A note says so and how to convert it; the
+    converted file then gives torchvision's own outputs on ImageNet-normalised input."""
+    from cnnzoo.cli import main
+    from cnnzoo.weights.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+    torch.manual_seed(0)
+    ref = tv_models.googlenet(aux_logits=False, transform_input=True, init_weights=False,
+                              num_classes=4).eval()  # fmt: skip
+    path = tmp_path / "birds-googlenet.pth"
+    torch.save(ref.state_dict(), path)
+    read = cnnzoo.create_model("googlenet", weights=str(path))
+    assert not read.transform_input
+    assert any("does not record torchvision's transform_input" in n
+               for n in read.weights_info.notes)  # fmt: skip
+    out = tmp_path / "birds.safetensors"
+    assert main(["convert", str(path), str(out), "--model", "googlenet",
+                 "--model-arg", "transform_input=true"]) == 0  # fmt: skip
+    assert "transform_input" not in capsys.readouterr().err  # given: no note
+    model = cnnzoo.create_model("googlenet", weights=str(out)).eval()
+    assert model.transform_input and not model.weights_info.notes
+    assert model.weights_info.preprocessing.mean == IMAGENET_MEAN  # as torchvision feeds it
+    img = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    x = (img - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), rtol=1e-4, atol=1e-5)
+    # The named file (googlenet-1378be20.pth) and cnnzoo's own files say what they need.
+    assert not cnnzoo.create_model("googlenet", weights=str(path),
+                                   transform_input=False).weights_info.notes  # fmt: skip
+
+
 def test_googlenet_checkpoint_without_aux_heads_predicts_and_converts(tmp_path):
     """torchvision's usual fine-tune, aux_logits=False: create_pretrained (predict, convert) and
     create_model build GoogLeNet without auxiliary heads; asked for them, they say to not."""

@@ -274,6 +274,9 @@ def create_pretrained(name: str, weights: Any, **model_kwargs: Any) -> nn.Module
     sd, info = _fit(model, ckpt, entry, name)
     options = {k: v for k, v in {**kwargs, **shape}.items() if k not in ("num_classes", "in_chans")}
     info = replace(info, model_kwargs=options)
+    if (name == "googlenet" and entry is None and info.layout == "torchvision"
+            and "transform_input" not in kwargs and _in_chans(model) == 3):  # fmt: skip
+        info.notes.append(GOOGLENET_TRANSFORM_NOTE.format(path=ckpt.path))
     own = model.state_dict()
     if own.keys() <= sd.keys():
         # The checkpoint's tensors become the parameters instead of being copied into them.
@@ -284,6 +287,18 @@ def create_pretrained(name: str, weights: Any, **model_kwargs: Any) -> nn.Module
         load_into(model, sd)
     _record(model, info)
     return model
+
+
+# torchvision's googlenet(weights=...) turns transform_input on (its ImageNet weights expect
+# (x - 0.5) / 0.5), so every GoogLeNet fine-tuned from them has it; a state_dict does not
+# record it, and one trained from scratch has it off. Read as off, a fine-tuned file gets its
+# input normalised another way than in training, without a word.
+GOOGLENET_TRANSFORM_NOTE = (
+    "googlenet: {path} does not record torchvision's transform_input, which "
+    "googlenet(weights=...) turns on; it is read as False. A GoogLeNet fine-tuned from "
+    "torchvision's ImageNet weights had it on: cnnzoo convert {path} OUT.safetensors --model "
+    "googlenet --model-arg transform_input=true, then use OUT"
+)
 
 
 def _refuse_given_options(name: str, ckpt: Checkpoint, recorded: dict[str, Any],
