@@ -2036,6 +2036,24 @@ def test_a_googlenet_file_without_aux_heads_is_a_backbone(folder, tmp_path):
     assert torch.equal(net.conv1.conv.weight, src.conv1.conv.weight)  # loaded, not random
 
 
+def test_a_fine_tuned_file_is_told_its_own_head_is_replaced(folder, tmp_path):
+    """A fine-tuned 5-class file (its class_to_idx beside the state_dict) went into transfer
+    without a word about its own head, which transfer replaces: a note names it, the new
+    head's classes and how to predict with the old one; the backbone is the file's."""
+    src = create_model("resnet20", num_classes=5)
+    path = tmp_path / "flowers.pth"
+    torch.save({"state_dict": src.state_dict(),
+                "class_to_idx": {c: i for i, c in enumerate("abcde")}}, path)  # fmt: skip
+    said: list[str] = []
+    res = transfer(folder, model="resnet20", weights=str(path), out=None,
+                   config=_tiny_config(mode="features"), say=said.append)  # fmt: skip
+    notes = [line for line in said if "trained 5-class head" in line]
+    assert notes == [f"note: {path} has a trained 5-class head (a, b, c, d, e); transfer keeps "
+                     f"its backbone and learns a new {len(CLASSES)}-class head (to predict "
+                     f"with its own: cnnzoo predict IMAGE --model resnet20 --weights {path})"]
+    assert torch.equal(res.bundle.model.conv1.weight, src.conv1.weight)
+
+
 def test_report_draws_class_names_with_dollars_and_emoji_as_text(tmp_path):
     """'$100 to $200' is a price range, not maths: matplotlib's mathtext parser failed on it
     after the bundle was written, leaving a run without its report. A glyph the font lacks is
