@@ -434,6 +434,23 @@ def test_predict_refuses_a_checkpoint_without_a_head(tmp_path, capsys):
     assert not (tmp_path / "new").exists()
 
 
+def test_predict_names_a_classifier_of_other_layers(image_dir, tmp_path, capsys):
+    """A fine-tune that made the fc an MLP (torchvision users' `model.fc = nn.Sequential(...)`)
+    was refused as 'only a backbone' and told to 'pass a checkpoint that includes the head',
+    which it does: the error names its layers and that transfer can use its backbone."""
+    net = cnnzoo.create_model("resnet20")
+    net.fc = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 5))
+    path = tmp_path / "mlp_head.pth"
+    torch.save(net.state_dict(), path)
+    assert main(["predict", str(image_dir / "rgb.jpg"), "--model", "resnet20",
+                 "--weights", str(path)]) == 2  # fmt: skip
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert errors == [f"cnnzoo predict: error: {path} has a classifier of other layers (fc.0, "
+                      "fc.2) than resnet20's fc, which cnnzoo cannot build, so it cannot predict "
+                      f"with it; its backbone loads: cnnzoo transfer DATA --model resnet20 "
+                      f"--weights {path} learns a new head"]
+
+
 def test_convert_of_a_missing_file_says_so_with_or_without_model(tmp_path, capsys):
     """Without --model, `cnnzoo convert typo.pth out.safetensors` said the file "does not say
     which zoo model it holds: pass --model NAME", and after adding --model, that it does not

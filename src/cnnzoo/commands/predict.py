@@ -145,11 +145,7 @@ def _predict(args: argparse.Namespace, paths: list[Path],
         model = create_pretrained(args.model, args.weights)  # with the file's stored options
         info = model.weights_info
         if not info.head_loaded:
-            raise WeightsError(
-                f"{info.source} has no trained classifier for {args.model} (only a "
-                "backbone), so its predictions would be random; pass a checkpoint that "
-                "includes the head"
-            )
+            raise WeightsError(_no_head(info, model, args.model))
         # A converted `cnnzoo train` checkpoint's input and classes are in its metadata.
         pre, names = info.preprocessing, info.class_names
     if args.classes:  # a fine-tuned torchvision file's names, which it does not record
@@ -162,6 +158,21 @@ def _predict(args: argparse.Namespace, paths: list[Path],
                               batch_size=args.batch_size, precision=args.precision,
                               progress=args.progress)  # fmt: skip
     return bool(print_results(itertools.chain(problems, results), as_json=args.json))
+
+
+def _no_head(info: Any, model: Any, name: str) -> str:
+    """Why a file has no classifier `model` can predict with: none (a backbone), or one of
+    other layers (a fine-tune that made resnet18's fc an MLP: fc.0, fc.3), which was said to be
+    'only a backbone' and to lack the head it has."""
+    left = [n for n in info.notes if n.startswith("checkpoint layers ")]  # (weights.adapt's)
+    if not left:
+        return (f"{info.source} has no trained classifier for {name} (only a backbone), so its "
+                "predictions would be random; pass a checkpoint that includes the head")
+    layers = left[0].removeprefix("checkpoint layers ").split(" not loaded")[0]
+    head = getattr(model, "head_name", "the classifier")
+    return (f"{info.source} has a classifier of other layers ({layers}) than {name}'s {head}, "
+            f"which cnnzoo cannot build, so it cannot predict with it; its backbone loads: "
+            f"cnnzoo transfer DATA --model {name} --weights {info.source} learns a new head")
 
 
 @contextmanager
