@@ -81,6 +81,34 @@ def test_a_pickled_payload_in_a_run_checkpoint_is_said_to_be_one(tmp_path, capsy
     assert not marker.exists()
 
 
+def test_a_torchscript_file_says_how_to_get_its_weights(tmp_path, capsys):
+    """A TorchScript archive (torch.jit.save) printed torch's UserWarning to call torch.jit.load
+    and then 'not a readable PyTorch checkpoint (truncated, or another format?)'. It is named
+    as what it is, in one line, by every command, with the line that gets its weights, which
+    then load as the net's own."""
+    from cnnzoo.cli import main
+
+    net = cnnzoo.create_model("lenet5").eval()
+    path = tmp_path / "lenet5_scripted.pt"
+    torch.jit.save(torch.jit.trace(net, torch.rand(1, 1, 32, 32)), str(path))
+    said = (f"{path} is a TorchScript archive (torch.jit.save), which holds the net's code "
+            "besides its weights; cnnzoo reads weights only: save them with "
+            f"torch.save(torch.jit.load({str(path)!r}).state_dict(), 'weights.pth') and pass "
+            "that file")
+    with pytest.raises(WeightsError) as err:
+        cnnzoo.create_model("lenet5", weights=str(path))
+    assert str(err.value) == said
+    for argv in (["predict", str(tmp_path), "--model", "lenet5", "--weights", str(path)],
+                 ["evaluate", str(path)]):  # fmt: skip
+        (tmp_path / "x.png").write_bytes(b"")
+        assert main(argv) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1].endswith(said), argv
+    weights = tmp_path / "weights.pth"
+    torch.save(torch.jit.load(str(path)).state_dict(), weights)  # what the line says to do
+    loaded = cnnzoo.create_model("lenet5", weights=str(weights)).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in net.state_dict().items())
+
+
 def test_unreadable_files_give_one_line_errors(tmp_path):
     empty = tmp_path / "e.pth"
     empty.touch()

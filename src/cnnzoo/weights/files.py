@@ -200,7 +200,25 @@ def _safetensors_magic(magic: bytes, name: str) -> bool:
     return magic[8:9] == b"{" or (name.lower().endswith(SAFETENSORS_SUFFIXES) and not saved_by_torch)
 
 
+def refuse_torchscript(p: Path) -> None:
+    """One `WeightsError` line for a TorchScript archive (torch.jit.save: a zip with
+    constants.pkl and the net's code), which torch.load(weights_only=True) refuses with
+    'Cannot use weights_only=True with TorchScript archives' after a warning to call
+    torch.jit.load: cnnzoo runs no code from a file, TorchScript's included."""
+    try:
+        with zipfile.ZipFile(p) as z:
+            scripted = any(n.rpartition("/")[2] == "constants.pkl" for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return  # not a zip: the reader says what it is
+    if scripted:
+        raise WeightsError(f"{p} is a TorchScript archive (torch.jit.save), which holds the "
+                           "net's code besides its weights; cnnzoo reads weights only: save "
+                           f"them with torch.save(torch.jit.load({str(p)!r}).state_dict(), "
+                           "'weights.pth') and pass that file")
+
+
 def _read_torch(p: Path) -> Checkpoint:
+    refuse_torchscript(p)
     try:
         with warnings.catch_warnings():
             # "Detected pickle protocol 4": noise before the error below explains the file.
