@@ -189,7 +189,7 @@ def test_predict_with_a_fine_tuned_checkpoint_keeps_its_classes(image_dir, tmp_p
 
 
 def test_a_fine_tuned_torchvision_checkpoint_names_its_classes(tv_models, image_dir, tmp_path,
-                                                              capsys):  # fmt: skip
+                                                              capsys, caplog):  # fmt: skip
     """A 5-class torchvision resnet18 printed classes 0-4, and nothing could name them: the
     names its training script kept beside the state_dict (ImageFolder's class_to_idx, as the
     PyTorch tutorials save it) are now read, and --classes (predict, convert) gives them."""
@@ -218,6 +218,13 @@ def test_a_fine_tuned_torchvision_checkpoint_names_its_classes(tv_models, image_
         got = json.loads(capsys.readouterr().out)[0]["predictions"]
         assert [(p["index"], p["class"]) for p in got] == [
             (p["index"], names[p["index"]]) for p in got], what
+    # Names that do not match the head are not used, and a note says so.
+    torch.save({"state_dict": ref.state_dict(), "classes": ["daisy", "rose"]}, wrapped)
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.weights"):
+        assert main(["predict", photo, "--model", "resnet18", "--weights", str(wrapped)]) == 0
+    assert "daisy" not in capsys.readouterr().out
+    assert ("note: the file's 2 class names (daisy, rose) do not match its 5-class head: left "
+            "unused") in caplog.text
     assert main(["predict", photo, "--model", "resnet18", "--weights", str(plain),
                  "--classes", "daisy,rose"]) == 2  # fmt: skip
     err = capsys.readouterr().err.strip()

@@ -185,6 +185,14 @@ def _fit(
         "classifier re-initialised" in n for n in notes
     )
     pre, classes = _preprocessing_and_classes(model, entry, conv, ckpt, head_loaded)
+    kept = _names_in(ckpt.metadata) if ckpt.format == "torch" and not ckpt.metadata.get(
+        "format") else None  # fmt: skip
+    if kept is not None and head_loaded and classes != kept:
+        from ..text import some
+
+        notes.append(f"the file's {len(kept)} class names ({some(kept)}) do not match its "
+                     f"{getattr(model, 'num_classes', '?')}-class head: left unused (predict "
+                     "--classes names its classes)")
     info = WeightsInfo(
         source=ckpt.path, layout=conv.layout, preprocessing=pre, class_names=classes,
         head_loaded=head_loaded, entry=entry, notes=conv.notes + notes,
