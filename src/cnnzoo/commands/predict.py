@@ -116,9 +116,11 @@ def _predict(args: argparse.Namespace, paths: list[Path],
     if args.bundle:  # a transfer-learning bundle: its own classes, preprocessing and views
         from .transfer import predict_with_bundle
 
-        if args.model or args.weights or args.classes:
-            raise UsageError("--bundle brings its own model, weights and classes; leave out "
-                             "--model, --weights and --classes")
+        if args.model or args.weights:
+            raise UsageError("--bundle brings its own model and weights; leave out --model "
+                             "and --weights")
+        if args.classes:
+            raise UsageError("--bundle brings its own class names; leave out --classes")
         return bool(predict_with_bundle(args.bundle, paths, top=args.top, as_json=args.json,
                                         batch_size=args.batch_size, precision=args.precision,
                                         progress=args.progress, problems=problems))  # fmt: skip
