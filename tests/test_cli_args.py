@@ -111,6 +111,9 @@ def test_predict_bundle_refuses_model_and_weights(tmp_path, capsys):
         assert main(["predict", str(img), "--bundle", str(tmp_path / "b"), *extra]) == 2
         err = capsys.readouterr().err.strip()
         assert err.endswith("leave out --model and --weights") and "\n" not in err
+    assert main(["predict", str(img), "--bundle", str(tmp_path / "b"), "--classes", "a,b"]) == 2
+    assert capsys.readouterr().err.strip().endswith("--bundle brings its own class names; "
+                                                    "leave out --classes")
 
 
 def test_transfer_without_pretrained_weights_points_to_train(tmp_path, capsys):

@@ -283,6 +283,36 @@ def test_feature_stages_are_torchvisions_maps_at_each_stride(tv_models, name):
         _assert_same(got, want)
 
 
+def test_alexnet_stages_are_torchvisions_maps_at_strides_4_to_32(tv_models):
+    """AlexNet had no `forward_intermediates`, so `transfer --stages` refused an AlexNet file.
+    Its stages are the last map at each stride (conv1's stride 4 is its first): torchvision's
+    own ReLUs after conv1, conv2 and conv5 and its last max-pool, caught with forward hooks,
+    55, 27, 13 and 6 px at 224 (the paper's 55x55 and 27x27 maps)."""
+    from cnnzoo.models.taps import StageTaps
+
+    ref = _tv_model(tv_models, "alexnet").eval()
+    ours = _ours_from("alexnet", ref).eval()
+    caught: dict[str, torch.Tensor] = {}
+    modules = dict(ref.named_modules())
+    keys = ["features.1", "features.4", "features.11", "features.12"]
+    for key in keys:
+        modules[key].register_forward_hook(
+            lambda _m, _i, out, key=key: caught.__setitem__(key, out.clone()))
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        ref(x)
+        feats = ours.forward_intermediates(x)
+    assert (ours.feature_channels, ours.feature_strides) == ([64, 192, 256, 256], [4, 8, 16, 32])
+    assert [f.shape[1:] for f in feats] == [(64, 55, 55), (192, 27, 27), (256, 13, 13),
+                                            (256, 6, 6)]  # fmt: skip
+    for got, key in zip(feats, keys, strict=True):
+        _assert_same(got, caught[key])
+    taps = StageTaps(ours, "3,4", num_classes=3)
+    assert taps.num_features == 512
+    with pytest.raises(ValueError, match=r"stages 1-4 \(strides 4, 8, 16, 32\), not 5"):
+        StageTaps(_ours_from("alexnet", ref), (4, 5), 3)
+
+
 def test_stage_taps_read_vgg_googlenet_and_densenet_stages():
     """A transfer head on stages 4 + 5 of each: the pooled maps, concatenated."""
     from cnnzoo.models.taps import StageTaps

@@ -326,6 +326,34 @@ def test_unet_encoder_protocol_with_a_zoo_classifier():
         UNet(encoder=encoder, padding="valid")
 
 
+@pytest.mark.parametrize("encoder", ["vgg11_bn", "efficientnet_lite0", "resnet18"])
+def test_unet_encoder_trains_as_the_decoder_does(encoder):
+    """The stages of a net that is one sequence (VGG's, EfficientNet's) were run under
+    torch.no_grad() (a decorator left on models.base.tapped_outputs), so a U-Net with a
+    vgg16_bn or efficientnet_lite0 encoder never trained its encoder, without a word: every
+    encoder parameter had no gradient. Truth: the gradient the same layers give when run as
+    the plain classifier (VGG's features, whose output is its last stage)."""
+    from cnnzoo.models.unet import VGGEncoder
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 32, 32)
+    if encoder == "vgg11_bn":  # the encoder build_encoder makes of vgg16_bn, at a small width
+        vgg = create_model("vgg11_bn", in_chans=1, width_mult=0.25, fc_dim=16).eval()
+        vgg.forward_intermediates(x)[-1].sum().backward()
+        got = vgg.features[0].weight.grad.clone()
+        vgg.zero_grad()
+        vgg.forward_features(x).sum().backward()
+        torch.testing.assert_close(got, vgg.features[0].weight.grad)
+        model = UNet(num_classes=2, in_chans=1, padding="same",
+                     encoder=VGGEncoder(vgg.features))  # fmt: skip
+    else:
+        model = create_model("unet", encoder_name=encoder, in_chans=1)
+    model.zero_grad()
+    model(x).square().mean().backward()
+    missing = [n for n, p in model.encoder.named_parameters() if p.grad is None]
+    assert not missing, missing[:3]
+
+
 def test_unet_min_input_size_is_what_the_net_takes():
     """The registry's rule (used to size data before a net is built) agrees with the net."""
     from cnnzoo.models import min_input_size

@@ -188,6 +188,50 @@ def test_predict_with_a_fine_tuned_checkpoint_keeps_its_classes(image_dir, tmp_p
         assert p["probability"] == pytest.approx(want[p["index"]].item(), abs=1e-5)
 
 
+def test_a_fine_tuned_torchvision_checkpoint_names_its_classes(tv_models, image_dir, tmp_path,
+                                                              capsys, caplog):  # fmt: skip
+    """A 5-class torchvision resnet18 printed classes 0-4, and nothing could name them: the
+    names its training script kept beside the state_dict (ImageFolder's class_to_idx, as the
+    PyTorch tutorials save it) are now read, and --classes (predict, convert) gives them."""
+    torch.manual_seed(0)
+    ref = tv_models.resnet18()
+    ref.fc = torch.nn.Linear(512, 5)
+    names = ["daisy", "dandelion", "rose", "sunflower", "tulip"]
+    photo = str(image_dir / "rgb.jpg")
+    wrapped = tmp_path / "flowers.pth"
+    torch.save({"model_state_dict": ref.state_dict(), "epoch": 7,  # dict order is not index order
+                "class_to_idx": {"tulip": 4, "daisy": 0, "rose": 2, "sunflower": 3,
+                                 "dandelion": 1}}, wrapped)  # fmt: skip
+    plain = tmp_path / "plain.pth"
+    torch.save(ref.state_dict(), plain)
+    listed = tmp_path / "classes.txt"
+    listed.write_text("\n".join(names) + "\n")
+    converted = tmp_path / "flowers.safetensors"
+    assert main(["convert", str(plain), str(converted), "--model", "resnet18",
+                 "--classes", ",".join(names)]) == 0  # fmt: skip
+    capsys.readouterr()
+    runs = {"class_to_idx": [str(wrapped)], "--classes FILE": [str(plain), "--classes", str(listed)],
+            "converted": [str(converted)]}  # fmt: skip
+    for what, weights in runs.items():
+        assert main(["predict", photo, "--model", "resnet18", "--weights", *weights, "--json",
+                     "--top", "5"]) == 0, what  # fmt: skip
+        got = json.loads(capsys.readouterr().out)[0]["predictions"]
+        assert [(p["index"], p["class"]) for p in got] == [
+            (p["index"], names[p["index"]]) for p in got], what
+    # Names that do not match the head are not used, and a note says so.
+    torch.save({"state_dict": ref.state_dict(), "classes": ["daisy", "rose"]}, wrapped)
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.weights"):
+        assert main(["predict", photo, "--model", "resnet18", "--weights", str(wrapped)]) == 0
+    assert "daisy" not in capsys.readouterr().out
+    assert ("note: the file's 2 class names (daisy, rose) do not match its 5-class head: left "
+            "unused") in caplog.text
+    assert main(["predict", photo, "--model", "resnet18", "--weights", str(plain),
+                 "--classes", "daisy,rose"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("--classes gives 2 names, but " + str(plain) + " has 5 classes: give one "
+                        "name per class, in the order of its outputs") and "\n" not in err
+
+
 def test_predict_runs_in_bf16_channels_last_where_the_cpu_has_it(image_dir, tmp_path,
                                                                   monkeypatch, capsys):
     """ImageNet / checkpoint prediction ran fp32 NCHW, 2.5-3x slower than a hand-written loop in
@@ -395,6 +439,23 @@ def test_predict_refuses_a_checkpoint_without_a_head(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "create it first" in err and "\n" not in err
     assert not (tmp_path / "new").exists()
+
+
+def test_predict_names_a_classifier_of_other_layers(image_dir, tmp_path, capsys):
+    """A fine-tune that made the fc an MLP (torchvision users' `model.fc = nn.Sequential(...)`)
+    was refused as 'only a backbone' and told to 'pass a checkpoint that includes the head',
+    which it does: the error names its layers and that transfer can use its backbone."""
+    net = cnnzoo.create_model("resnet20")
+    net.fc = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 5))
+    path = tmp_path / "mlp_head.pth"
+    torch.save(net.state_dict(), path)
+    assert main(["predict", str(image_dir / "rgb.jpg"), "--model", "resnet20",
+                 "--weights", str(path)]) == 2  # fmt: skip
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert errors == [f"cnnzoo predict: error: {path} has a classifier of other layers (fc.0, "
+                      "fc.2) than resnet20's fc, which cnnzoo cannot build, so it cannot predict "
+                      f"with it; its backbone loads: cnnzoo transfer DATA --model resnet20 "
+                      f"--weights {path} learns a new head"]
 
 
 def test_convert_of_a_missing_file_says_so_with_or_without_model(tmp_path, capsys):

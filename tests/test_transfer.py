@@ -728,6 +728,24 @@ def test_torchvision_vgg16_checkpoint_end_to_end(tv_models, folder, tmp_path, ca
     assert rec["prediction"] in CLASSES and sum(rec["probabilities"].values()) == pytest.approx(1)
 
 
+def test_torchvision_alexnet_checkpoint_with_feature_stages(tv_models, folder, tmp_path, capsys):
+    """`--stages` with an AlexNet file was 'AlexNet has no feature stages to tap'; its four
+    stages (strides 4 to 32) now feed the features head, and the bundle records them."""
+    with torch.device("meta"):  # torchvision's names and shapes; values drawn below, quicker
+        names = {k: v.shape for k, v in tv_models.alexnet().state_dict().items()}
+    gen = torch.Generator().manual_seed(0)
+    ckpt = tmp_path / "alexnet-made-here.pth"
+    torch.save({k: torch.randn(shape, generator=gen) * 0.02 for k, shape in names.items()}, ckpt)
+    out = tmp_path / "alex"
+    rc = main(["transfer", str(folder), "--model", "alexnet", "--weights", str(ckpt),
+               "--mode", "features", "--stages", "3,4", "--img-size", "64", "--fit", "resize",
+               "--views", "1", "--out", str(out), "--no-progress"])  # fmt: skip
+    assert rc == 0
+    assert "(stages 3+4, 512 features)" in capsys.readouterr().err
+    recorded = json.loads((out / "bundle" / "bundle.json").read_text())
+    assert recorded["head"] == {"kind": "linear", "stages": [3, 4]}
+
+
 # ------------------------------------------------------------------------------- bad input
 
 
@@ -1536,7 +1554,7 @@ def test_stage_taps_bad_choices_are_one_line_errors(tmp_path, capsys, folder):
     from cnnzoo.models.taps import StageTaps, parse_stages
 
     with pytest.raises(ValueError, match="no feature stages"):
-        StageTaps(create_model("alexnet"), (4, 5), 3)
+        StageTaps(create_model("lenet5"), (4, 5), 3)
     with pytest.raises(ValueError, match="stages 1-5"):
         StageTaps(create_model("resnet18"), (5, 6), 3)
     for bad in ("a,b", "0,1", ""):
@@ -2016,6 +2034,24 @@ def test_a_googlenet_file_without_aux_heads_is_a_backbone(folder, tmp_path):
     net = res.bundle.model
     assert not any(n.startswith("aux") for n, _ in net.named_children())
     assert torch.equal(net.conv1.conv.weight, src.conv1.conv.weight)  # loaded, not random
+
+
+def test_a_fine_tuned_file_is_told_its_own_head_is_replaced(folder, tmp_path):
+    """A fine-tuned 5-class file (its class_to_idx beside the state_dict) went into transfer
+    without a word about its own head, which transfer replaces: a note names it, the new
+    head's classes and how to predict with the old one; the backbone is the file's."""
+    src = create_model("resnet20", num_classes=5)
+    path = tmp_path / "flowers.pth"
+    torch.save({"state_dict": src.state_dict(),
+                "class_to_idx": {c: i for i, c in enumerate("abcde")}}, path)  # fmt: skip
+    said: list[str] = []
+    res = transfer(folder, model="resnet20", weights=str(path), out=None,
+                   config=_tiny_config(mode="features"), say=said.append)  # fmt: skip
+    notes = [line for line in said if "trained 5-class head" in line]
+    assert notes == [f"note: {path} has a trained 5-class head (a, b, c, d, e); transfer keeps "
+                     f"its backbone and learns a new {len(CLASSES)}-class head (to predict "
+                     f"with its own: cnnzoo predict IMAGE --model resnet20 --weights {path})"]
+    assert torch.equal(res.bundle.model.conv1.weight, src.conv1.weight)
 
 
 def test_report_draws_class_names_with_dollars_and_emoji_as_text(tmp_path):

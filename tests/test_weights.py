@@ -81,6 +81,34 @@ def test_a_pickled_payload_in_a_run_checkpoint_is_said_to_be_one(tmp_path, capsy
     assert not marker.exists()
 
 
+def test_a_torchscript_file_says_how_to_get_its_weights(tmp_path, capsys):
+    """A TorchScript archive (torch.jit.save) printed torch's UserWarning to call torch.jit.load
+    and then 'not a readable PyTorch checkpoint (truncated, or another format?)'. It is named
+    as what it is, in one line, by every command, with the line that gets its weights, which
+    then load as the net's own."""
+    from cnnzoo.cli import main
+
+    net = cnnzoo.create_model("lenet5").eval()
+    path = tmp_path / "lenet5_scripted.pt"
+    torch.jit.save(torch.jit.trace(net, torch.rand(1, 1, 32, 32)), str(path))
+    said = (f"{path} is a TorchScript archive (torch.jit.save), which holds the net's code "
+            "besides its weights; cnnzoo reads weights only: save them with "
+            f"torch.save(torch.jit.load({str(path)!r}).state_dict(), 'weights.pth') and pass "
+            "that file")
+    with pytest.raises(WeightsError) as err:
+        cnnzoo.create_model("lenet5", weights=str(path))
+    assert str(err.value) == said
+    for argv in (["predict", str(tmp_path), "--model", "lenet5", "--weights", str(path)],
+                 ["evaluate", str(path)]):  # fmt: skip
+        (tmp_path / "x.png").write_bytes(b"")
+        assert main(argv) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1].endswith(said), argv
+    weights = tmp_path / "weights.pth"
+    torch.save(torch.jit.load(str(path)).state_dict(), weights)  # what the line says to do
+    loaded = cnnzoo.create_model("lenet5", weights=str(weights)).state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in net.state_dict().items())
+
+
 def test_unreadable_files_give_one_line_errors(tmp_path):
     empty = tmp_path / "e.pth"
     empty.touch()
@@ -253,6 +281,31 @@ def test_every_source_is_unwrapped_and_prefix_stripped(tv_resnet18, tmp_path):
         assert all(torch.equal(sd[k], ref_sd[k]) for k in ref_sd), what
 
 
+def test_pytorch_examples_imagenet_checkpoint_with_dataparallel_features(tmp_path):
+    """pytorch/examples' ImageNet script (the way many AlexNet and VGG files were trained)
+    wraps only `model.features` in DataParallel and saves {'epoch', 'arch', 'state_dict',
+    'best_acc1', 'optimizer'}: its keys read features.module.0.weight beside classifier.1.weight,
+    and the file 'did not fit alexnet' with 10 missing and 10 unexpected keys."""
+    src = cnnzoo.create_model("vgg11_bn", width_mult=0.25, fc_dim=32, num_classes=7).eval()
+    for m in src.modules():  # trained statistics, so that eval outputs tell them apart
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    sd = {k.replace("features.", "features.module.", 1): v for k, v in src.state_dict().items()}
+    assert "features.module.0.weight" in sd and "classifier.0.weight" in sd
+    path = tmp_path / "model_best.pth.tar"
+    torch.save({"epoch": 90, "arch": "vgg11_bn", "state_dict": sd, "best_acc1": torch.tensor(70.4),
+                "optimizer": {"state": {}, "param_groups": [{"lr": 0.001, "params": [0]}]}},
+               path)  # fmt: skip
+    compiled = {k.replace("features.", "features._orig_mod.", 1): v
+                for k, v in src.state_dict().items()}  # torch.compile(model.features)
+    for weights in (str(path), compiled):
+        model = cnnzoo.create_model("vgg11_bn", width_mult=0.25, fc_dim=32,
+                                    weights=weights).eval()  # fmt: skip
+        with torch.no_grad():
+            torch.testing.assert_close(model(_x()), src(_x()), rtol=0, atol=0)
+
+
 def test_torchvision_googlenet_file_with_aux_heads_and_its_preprocessing(tv_models, tmp_path):
     """torchvision's googlenet file keeps the two auxiliary heads, and its TensorFlow-trained
     weights expect (x - 0.5) / 0.5, which torchvision makes from ImageNet-normalised input with
@@ -286,6 +339,40 @@ def test_torchvision_googlenet_file_with_aux_heads_and_its_preprocessing(tv_mode
     with torch.no_grad():
         torch.testing.assert_close(bare(x_ours), ref(x_theirs), rtol=1e-4, atol=1e-4)
     assert not bare.weights_info.head_loaded
+
+
+def test_a_googlenet_fine_tuned_from_torchvisions_weights_is_told_of_transform_input(
+        tv_models, tmp_path, capsys):  # fmt: skip
+    """torchvision's googlenet(weights=...) turns transform_input on, and its state_dict does
+    not record it: such a fine-tuned file was read as transform_input=False without a word, its
+    input normalised another way than in training. A note says so and how to convert it; the
+    converted file then gives torchvision's own outputs on ImageNet-normalised input."""
+    from cnnzoo.cli import main
+    from cnnzoo.weights.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
+    torch.manual_seed(0)
+    ref = tv_models.googlenet(aux_logits=False, transform_input=True, init_weights=False,
+                              num_classes=4).eval()  # fmt: skip
+    path = tmp_path / "birds-googlenet.pth"
+    torch.save(ref.state_dict(), path)
+    read = cnnzoo.create_model("googlenet", weights=str(path))
+    assert not read.transform_input
+    assert any("does not record torchvision's transform_input" in n
+               for n in read.weights_info.notes)  # fmt: skip
+    out = tmp_path / "birds.safetensors"
+    assert main(["convert", str(path), str(out), "--model", "googlenet",
+                 "--model-arg", "transform_input=true"]) == 0  # fmt: skip
+    assert "transform_input" not in capsys.readouterr().err  # given: no note
+    model = cnnzoo.create_model("googlenet", weights=str(out)).eval()
+    assert model.transform_input and not model.weights_info.notes
+    assert model.weights_info.preprocessing.mean == IMAGENET_MEAN  # as torchvision feeds it
+    img = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    x = (img - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ref(x), rtol=1e-4, atol=1e-5)
+    # The named file (googlenet-1378be20.pth) and cnnzoo's own files say what they need.
+    assert not cnnzoo.create_model("googlenet", weights=str(path),
+                                   transform_input=False).weights_info.notes  # fmt: skip
 
 
 def test_googlenet_checkpoint_without_aux_heads_predicts_and_converts(tmp_path):

@@ -18,6 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    metavar="KEY=VALUE",
                    help="model option the checkpoint was built with, e.g. width_mult=0.25 "
                         "(repeatable; recorded in OUT for predict)")  # fmt: skip
+    p.add_argument("--classes", metavar="NAMES|FILE",
+                   help="the class names of the checkpoint's outputs, in order: a,b,c or a text "
+                        "file of one per line (recorded in OUT for predict)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -26,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..errors import UsageError, WeightsError
     from ..weights import convert_file
+    from ..weights.classes import given_class_names
     from ..weights.files import read_checkpoint
 
     if not args.output.endswith(".safetensors"):
@@ -43,8 +47,10 @@ def run(args: argparse.Namespace) -> int:
     log = logging.getLogger("cnnzoo.weights")
     level = log.level
     log.setLevel(logging.ERROR)  # the notes are printed below, once
+    names = given_class_names(args.classes) if args.classes else None
     try:
-        info = convert_file(args.input, args.output, args.model, **dict(args.model_arg))
+        info = convert_file(args.input, args.output, args.model, class_names=names,
+                            **dict(args.model_arg))
     finally:
         log.setLevel(level)
     print(f"{args.input} ({info.layout} layout) -> {args.output} ({args.model}, cnnzoo keys)")
@@ -67,9 +73,9 @@ def _convert_training_checkpoint(args: argparse.Namespace) -> bool:
     ckpt = training_checkpoint(args.input)
     if ckpt is None:
         return False
-    if args.model_arg:  # they would be ignored: the checkpoint's own options rebuild the model
+    if args.model_arg or args.classes:  # ignored: the checkpoint records them
         raise UsageError(f"{args.input} is a cnnzoo train checkpoint, which records its model "
-                         "options: leave out --model-arg")  # fmt: skip
+                         "options and class names: leave out --model-arg and --classes")
     model, meta = model_from_checkpoint(args.input, ckpt)
     if args.model is not None and meta["model"] != args.model:
         raise UsageError(f"{args.input} holds {meta['model']}, not {args.model}: pass --model "

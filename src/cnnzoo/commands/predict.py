@@ -48,6 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", metavar="DIR",
                    help="a bundle folder written by `cnnzoo transfer` (replaces --model/--weights); "
                         "prints 'Prediction: <class>  Probability: [...]' per image")  # fmt: skip
+    p.add_argument("--classes", metavar="NAMES|FILE",
+                   help="the class names of the checkpoint's outputs, in order: a,b,c or a "
+                        "text file of one per line (default: those the file records, else "
+                        "ImageNet's for 1000 classes, else 0, 1, ...)")  # fmt: skip
     p.add_argument("--top", type=COUNT, default=5, help="classes shown per image (default 5)")
     p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     p.add_argument("--threads", type=COUNT, default=None,
@@ -106,6 +110,7 @@ def _predict(args: argparse.Namespace, paths: list[Path],
     from ..errors import UsageError, WeightsError
     from ..models import get_config
     from ..weights import Preprocessing, create_pretrained
+    from ..weights.classes import check_class_names, given_class_names
     from ..weights.files import stored_metadata, training_input
 
     if args.bundle:  # a transfer-learning bundle: its own classes, preprocessing and views
@@ -114,6 +119,8 @@ def _predict(args: argparse.Namespace, paths: list[Path],
         if args.model or args.weights:
             raise UsageError("--bundle brings its own model and weights; leave out --model "
                              "and --weights")
+        if args.classes:
+            raise UsageError("--bundle brings its own class names; leave out --classes")
         return bool(predict_with_bundle(args.bundle, paths, top=args.top, as_json=args.json,
                                         batch_size=args.batch_size, precision=args.precision,
                                         progress=args.progress, problems=problems))  # fmt: skip
@@ -140,13 +147,12 @@ def _predict(args: argparse.Namespace, paths: list[Path],
         model = create_pretrained(args.model, args.weights)  # with the file's stored options
         info = model.weights_info
         if not info.head_loaded:
-            raise WeightsError(
-                f"{info.source} has no trained classifier for {args.model} (only a "
-                "backbone), so its predictions would be random; pass a checkpoint that "
-                "includes the head"
-            )
+            raise WeightsError(_no_head(info, model, args.model))
         # A converted `cnnzoo train` checkpoint's input and classes are in its metadata.
         pre, names = info.preprocessing, info.class_names
+    if args.classes:  # a fine-tuned torchvision file's names, which it does not record
+        names = given_class_names(args.classes)
+        check_class_names(names, model.num_classes, args.weights)
     if getattr(pre, "channels", 3) not in (1, 3):
         raise UsageError(f"{args.weights} is a net with {pre.channels} input channels, but "
                          "images decode to grey or RGB (1 or 3)")  # fmt: skip
@@ -154,6 +160,21 @@ def _predict(args: argparse.Namespace, paths: list[Path],
                               batch_size=args.batch_size, precision=args.precision,
                               progress=args.progress)  # fmt: skip
     return bool(print_results(itertools.chain(problems, results), as_json=args.json))
+
+
+def _no_head(info: Any, model: Any, name: str) -> str:
+    """Why a file has no classifier `model` can predict with: none (a backbone), or one of
+    other layers (a fine-tune that made resnet18's fc an MLP: fc.0, fc.3), which was said to be
+    'only a backbone' and to lack the head it has."""
+    left = [n for n in info.notes if n.startswith("checkpoint layers ")]  # (weights.adapt's)
+    if not left:
+        return (f"{info.source} has no trained classifier for {name} (only a backbone), so its "
+                "predictions would be random; pass a checkpoint that includes the head")
+    layers = left[0].removeprefix("checkpoint layers ").split(" not loaded")[0]
+    head = getattr(model, "head_name", "the classifier")
+    return (f"{info.source} has a classifier of other layers ({layers}) than {name}'s {head}, "
+            f"which cnnzoo cannot build, so it cannot predict with it; its backbone loads: "
+            f"cnnzoo transfer DATA --model {name} --weights {info.source} learns a new head")
 
 
 @contextmanager

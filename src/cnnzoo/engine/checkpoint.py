@@ -21,7 +21,12 @@ import torch
 from ..errors import DamagedCheckpointError, TrainingError, WeightsError
 from ..paths import remove_stale_temps, replacing, utf8_path
 from ..text import plural
-from ..weights.files import CHECKPOINT_FORMAT, newer_format, pickled_objects
+from ..weights.files import (
+    CHECKPOINT_FORMAT,
+    newer_format,
+    pickled_objects,
+    refuse_torchscript,
+)
 
 
 def atomic_save(obj: Any, path: str | os.PathLike[str]) -> Path:
@@ -54,6 +59,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, mmap: bool = False) -> dict
         raise WeightsError(folder_given(path))
     if not path.is_file():
         raise WeightsError(f"checkpoint {path} does not exist: pass the file written by `cnnzoo train`")
+    refuse_torchscript(path)  # before torch.load, which warns first
     try:
         with utf8_path(path) as name:  # mapped tensors stay readable once the name goes
             ckpt = torch.load(name, map_location="cpu", weights_only=True, mmap=mmap)

@@ -23,7 +23,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import Activation, Classifier, make_activation, new_head
+from .base import (
+    Activation,
+    Classifier,
+    check_input_size,
+    make_activation,
+    new_head,
+    tapped_outputs,
+)
 from .registry import ModelConfig, register_model
 
 PAPER = "Krizhevsky et al., ImageNet Classification with Deep Convolutional Neural Networks"
@@ -64,6 +71,12 @@ class AlexNet(Classifier):
             a(),
             nn.MaxPool2d(kernel_size=3, stride=2),
         )
+        # The last map at each stride (`forward_intermediates`): conv1's and conv2's ReLUs
+        # (strides 4 and 8), conv5's ReLU (16) and the last max-pool (32). conv1's stride 4 is
+        # the first, so AlexNet has four stages where the others have a stride-2 one too.
+        self._taps = frozenset((1, 4, 11, 12))
+        self.feature_channels = [64, 192, 256, 256]
+        self.feature_strides = [4, 8, 16, 32]
         # 6x6 is the map size at 224x224; the adaptive pool lets other input sizes reach fc6.
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
         self.classifier = nn.Sequential(
@@ -78,6 +91,13 @@ class AlexNet(Classifier):
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.features(x)
+
+    def forward_intermediates(self, x: Tensor) -> list[Tensor]:
+        """The last map at each stride, 4 to 32 (`feature_strides`; `feature_channels` 64, 192,
+        256, 256: conv1's, conv2's and conv5's ReLUs and the last max-pool, 55, 27, 13 and 6 px
+        at 224), the stages a transfer head taps (`--stages`)."""
+        check_input_size(self, x)
+        return tapped_outputs(self.features, x, self._taps)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = torch.flatten(self.avgpool(x), 1)

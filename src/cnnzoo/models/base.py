@@ -234,7 +234,6 @@ def init_nonlinearity(act: str) -> str:
     return act if act in ("tanh", "sigmoid") else "relu"
 
 
-@torch.no_grad()
 def tapped_outputs(layers: Iterable[nn.Module], x: Tensor, taps: Container[int]) -> list[Tensor]:
     """`layers` run in turn from `x`; the outputs of those whose index is in `taps`: the feature
     stages of a net that is one sequence (VGG's features, EfficientNet's blocks)."""
@@ -246,6 +245,7 @@ def tapped_outputs(layers: Iterable[nn.Module], x: Tensor, taps: Container[int])
     return out
 
 
+@torch.no_grad()
 def count_parameters(model: nn.Module) -> int:
     """The model's parameters (trainable or not; buffers such as BatchNorm statistics are not
     parameters)."""

@@ -324,8 +324,9 @@ def check_options(name: str, options: dict[str, Any]) -> None:
 
 # What timm's and Keras Applications' options are called here, for users who come from them.
 _POOLED = "num_classes=0 gives globally average-pooled features; forward_features(x) the map"
-_STAGES = ("model.forward_intermediates(x) returns every stage's feature map (vgg*, googlenet, "
-           "resnet*, densenet*, efficientnet_lite*), model.forward_features(x) the last one")
+_STAGES = ("model.forward_intermediates(x) returns every stage's feature map (alexnet, vgg*, "
+           "googlenet, resnet*, densenet*, efficientnet_lite*), model.forward_features(x) the "
+           "last one")
 _PEER_OPTIONS = {
     "pretrained": "use weights='imagenet' (or a checkpoint path)",
     "checkpoint_path": "use weights='path/to/checkpoint' (.pth, .safetensors, .h5)",

@@ -45,8 +45,8 @@ def check_stages(model: nn.Module, stages: str | Sequence[int]) -> tuple[int, ..
     """`parse_stages(stages)`, checked against the feature stages `model` has (ValueError)."""
     if not (hasattr(model, "forward_intermediates") and hasattr(model, "feature_channels")):
         raise ValueError(f"{type(model).__name__} has no feature stages to tap (models with "
-                         "forward_intermediates: vgg*, googlenet, resnet*, densenet*, "
-                         "efficientnet_lite*)")  # fmt: skip
+                         "forward_intermediates: alexnet, vgg*, googlenet, resnet*, "
+                         "densenet*, efficientnet_lite*)")  # fmt: skip
     stages = parse_stages(stages)
     n = len(model.feature_channels)
     if stages[-1] > n:

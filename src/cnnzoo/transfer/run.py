@@ -166,6 +166,19 @@ def load_backbone(name: str, weights: Any, *, img_size: int | None = None,
     return model, pre, wid
 
 
+def _own_head_note(net: nn.Module, model: str, k: int) -> str | None:
+    """What to say when the weights bring a trained head of their own other than ImageNet's
+    (a fine-tuned 5-class file): transfer replaces it, which its owner may not expect."""
+    info = getattr(net, "weights_info", None)
+    n = getattr(net, "num_classes", 0)
+    if info is None or not info.head_loaded or n in (0, 1000):
+        return None
+    names = f" ({some(info.class_names, 6)})" if info.class_names else ""
+    return (f"note: {info.source} has a trained {n}-class head{names}; transfer keeps its "
+            f"backbone and learns a new {k}-class head (to predict with its own: cnnzoo "
+            f"predict IMAGE --model {model} --weights {shlex.quote(str(info.source))})")
+
+
 def resolve_stages(model: str, stages: tuple[int, ...] | str | None,
                    mode: str = "features") -> tuple[int, ...]:  # fmt: skip
     """The feature stages the features head on `model` reads: 'auto' is the model's default,
@@ -524,6 +537,8 @@ def transfer(
     if weights is None:  # allowed (a baseline, tests), but not what anyone means by transfer
         say(f"note: no weights given, so {model} is randomly initialised: its frozen features "
             "transfer nothing learnt; give weights='imagenet' or a checkpoint file")
+    elif (line := _own_head_note(net, model, k)) is not None:
+        say(line)
     net.reset_classifier(k)
     # Fine-tuning starts from this new, untrained head even in mode 'both', where the features
     # head replaces it first; phase 1 trains it on the frozen backbone (with augmentation and

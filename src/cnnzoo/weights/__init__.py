@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,13 @@ from .adapt import (
     load_into,
     non_finite_note,
 )
-from .classes import Prediction, decode_predictions, imagenet_classes, imagenet_wnids
+from .classes import (
+    Prediction,
+    check_class_names,
+    decode_predictions,
+    imagenet_classes,
+    imagenet_wnids,
+)
 from .files import Checkpoint, read_checkpoint, save_safetensors, state_dict_tensors
 from .layouts import convert_checkpoint
 from .named import (
@@ -179,6 +185,14 @@ def _fit(
         "classifier re-initialised" in n for n in notes
     )
     pre, classes = _preprocessing_and_classes(model, entry, conv, ckpt, head_loaded)
+    kept = _names_in(ckpt.metadata) if ckpt.format == "torch" and not ckpt.metadata.get(
+        "format") else None  # fmt: skip
+    if kept is not None and head_loaded and classes != kept:
+        from ..text import some
+
+        notes.append(f"the file's {len(kept)} class names ({some(kept)}) do not match its "
+                     f"{getattr(model, 'num_classes', '?')}-class head: left unused (predict "
+                     "--classes names its classes)")
     info = WeightsInfo(
         source=ckpt.path, layout=conv.layout, preprocessing=pre, class_names=classes,
         head_loaded=head_loaded, entry=entry, notes=conv.notes + notes,
@@ -268,6 +282,9 @@ def create_pretrained(name: str, weights: Any, **model_kwargs: Any) -> nn.Module
     sd, info = _fit(model, ckpt, entry, name)
     options = {k: v for k, v in {**kwargs, **shape}.items() if k not in ("num_classes", "in_chans")}
     info = replace(info, model_kwargs=options)
+    if (name == "googlenet" and entry is None and info.layout == "torchvision"
+            and "transform_input" not in kwargs and _in_chans(model) == 3):  # fmt: skip
+        info.notes.append(GOOGLENET_TRANSFORM_NOTE.format(path=ckpt.path))
     own = model.state_dict()
     if own.keys() <= sd.keys():
         # The checkpoint's tensors become the parameters instead of being copied into them.
@@ -278,6 +295,18 @@ def create_pretrained(name: str, weights: Any, **model_kwargs: Any) -> nn.Module
         load_into(model, sd)
     _record(model, info)
     return model
+
+
+# torchvision's googlenet(weights=...) turns transform_input on (its ImageNet weights expect
+# (x - 0.5) / 0.5), so every GoogLeNet fine-tuned from them has it; a state_dict does not
+# record it, and one trained from scratch has it off. Read as off, a fine-tuned file gets its
+# input normalised another way than in training, without a word.
+GOOGLENET_TRANSFORM_NOTE = (
+    "googlenet: {path} does not record torchvision's transform_input, which "
+    "googlenet(weights=...) turns on; it is read as False. A GoogLeNet fine-tuned from "
+    "torchvision's ImageNet weights had it on: cnnzoo convert {path} OUT.safetensors --model "
+    "googlenet --model-arg transform_input=true, then use OUT"
+)
 
 
 def _refuse_given_options(name: str, ckpt: Checkpoint, recorded: dict[str, Any],
@@ -361,14 +390,20 @@ def _preprocessing_and_classes(
     elif "checkpoint_input" in meta:  # a `cnnzoo train` checkpoint, or converted from one
         pre = Preprocessing.of_training_run(**json.loads(meta["checkpoint_input"]))
         classes = json.loads(meta.get("class_names", "null"))
-    else:
-        pre, classes = Preprocessing.for_model(model, conv.mean, conv.std), None
+    else:  # class names a training script kept beside the state_dict (`files.names_beside`)
+        pre = Preprocessing.for_model(model, conv.mean, conv.std)
+        classes = _names_in(meta) if ckpt.format == "torch" else None
     n_out = getattr(model, "num_classes", None)
     if not head_loaded or (classes is not None and n_out is not None and len(classes) != n_out):
         classes = None
     if classes is None and head_loaded and n_out == 1000:
         classes = imagenet_classes()
     return pre.with_channels(in_chans) if in_chans else pre, classes
+
+
+def _names_in(meta: Mapping[str, str]) -> list[str] | None:
+    names = json.loads(meta.get("class_names", "null"))  # (written by files._read_torch)
+    return names if isinstance(names, list) else None
 
 
 def _in_chans(model: nn.Module) -> int | None:
@@ -445,16 +480,25 @@ def _mismatch_message(ckpt, name, layout, missing, unexpected, conflicts, holds=
 
 
 def convert_file(
-    src: str | os.PathLike[str], dst: str | os.PathLike[str], model_name: str, **model_kwargs: Any
+    src: str | os.PathLike[str], dst: str | os.PathLike[str], model_name: str, *,
+    class_names: Sequence[str] | None = None, **model_kwargs: Any,
 ) -> WeightsInfo:
     """Convert any supported checkpoint to `.safetensors` with cnnzoo's key names.
 
     The model keeps the checkpoint's head size and input channels. The output records the model
     name and options (`model_kwargs`: width_mult, fc_dim, ...), source layout, preprocessing and
     class names in the safetensors metadata, so loading it later needs no guessing.
+    class_names: the names of the checkpoint's classes, in output order, for a file that does
+    not record them (a fine-tuned torchvision net's).
     """
     model = create_pretrained(model_name, src, **model_kwargs)
     info: WeightsInfo = model.weights_info
+    if class_names is not None:
+        if not info.head_loaded:
+            raise WeightsError(f"{src} has no trained classifier for {model_name}, so no classes "
+                               "to name: leave out the class names")  # fmt: skip
+        check_class_names(class_names, model.num_classes, src)
+        info = replace(info, class_names=list(class_names))
     meta = {
         "format": "cnnzoo", "model": model_name, "model_kwargs": json.dumps(info.model_kwargs),
         "source_layout": info.layout, "source_file": Path(info.source).name,

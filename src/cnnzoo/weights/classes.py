@@ -8,8 +8,10 @@ historic duplicates ('crane' 134 and 517, 'maillot' 638 and 639) and underscores
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -30,6 +32,32 @@ def _read() -> tuple[tuple[str, ...], tuple[str, ...]]:
     text = resources.files(__package__).joinpath("imagenet_classes.txt").read_text("utf-8")
     rows = [line.split(" ", 1) for line in text.splitlines() if line.strip()]
     return tuple(r[0] for r in rows), tuple(r[1] for r in rows)
+
+
+def given_class_names(text: str) -> list[str]:
+    """`--classes` as given: a text file of one name per line (a classes.txt, ImageFolder's
+    `classes` written out), or the names separated by commas ('daisy,rose,tulip')."""
+    from ..data.folder import user_text
+
+    path = Path(text)
+    if path.is_file():
+        names = [line.strip() for line in user_text(path).splitlines() if line.strip()]
+    else:
+        names = [c.strip() for c in text.split(",") if c.strip()]
+    if not names:
+        raise UsageError(f"--classes {text!r} names no class: give the names in the order of "
+                         "the net's outputs, daisy,rose,tulip, or a file of one name per line")
+    return names
+
+
+def check_class_names(names: Sequence[str], n_classes: int, source: object) -> None:
+    """A one-line `UsageError` unless `names` name each of the `n_classes` outputs once."""
+    if len(names) != n_classes:
+        raise UsageError(f"--classes gives {len(names)} names, but {source} has {n_classes} "
+                         "classes: give one name per class, in the order of its outputs")
+    if len(set(names)) != len(names):
+        twice = sorted({c for c in names if list(names).count(c) > 1})
+        raise UsageError(f"--classes names {', '.join(twice)} twice: give each class once")
 
 
 def imagenet_classes() -> list[str]:

@@ -70,6 +70,10 @@ _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "model_state", "net"
 # Lightning (the LightningModule's `self.model`), in any nesting; no zoo model has a child of
 # these names.
 _STRIP_PREFIXES = ("module.", "_orig_mod.", "model.")
+# The same wrappers around one submodule: pytorch/examples' ImageNet script puts only AlexNet's
+# and VGG's `features` in DataParallel (`features.module.0.weight` beside `classifier.1.weight`),
+# and torch.compile of a submodule gives `features._orig_mod.0.weight`.
+_INNER_WRAPPERS = re.compile(r"(?<=\.)(?:module|_orig_mod)\.")
 
 
 @dataclass
@@ -196,7 +200,25 @@ def _safetensors_magic(magic: bytes, name: str) -> bool:
     return magic[8:9] == b"{" or (name.lower().endswith(SAFETENSORS_SUFFIXES) and not saved_by_torch)
 
 
+def refuse_torchscript(p: Path) -> None:
+    """One `WeightsError` line for a TorchScript archive (torch.jit.save: a zip with
+    constants.pkl and the net's code), which torch.load(weights_only=True) refuses with
+    'Cannot use weights_only=True with TorchScript archives' after a warning to call
+    torch.jit.load: cnnzoo runs no code from a file, TorchScript's included."""
+    try:
+        with zipfile.ZipFile(p) as z:
+            scripted = any(n.rpartition("/")[2] == "constants.pkl" for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return  # not a zip: the reader says what it is
+    if scripted:
+        raise WeightsError(f"{p} is a TorchScript archive (torch.jit.save), which holds the "
+                           "net's code besides its weights; cnnzoo reads weights only: save "
+                           f"them with torch.save(torch.jit.load({str(p)!r}).state_dict(), "
+                           "'weights.pth') and pass that file")
+
+
 def _read_torch(p: Path) -> Checkpoint:
+    refuse_torchscript(p)
     try:
         with warnings.catch_warnings():
             # "Detected pickle protocol 4": noise before the error below explains the file.
@@ -227,8 +249,11 @@ def _read_torch(p: Path) -> Checkpoint:
         ) from None
     if isinstance(obj, Mapping):
         newer_format(p, obj.get("format"), CHECKPOINT_FORMAT, obj.get("cnnzoo_version"))
+    metadata = training_metadata(obj)
+    if not metadata and (names := names_beside(obj)) is not None:
+        metadata = {"class_names": json.dumps(names)}
     return Checkpoint(path=str(p), format="torch", tensors=state_dict_tensors(obj, str(p)),
-                      metadata=training_metadata(obj))
+                      metadata=metadata)
 
 
 def pickled_objects(p: object, exc: pickle.UnpicklingError) -> WeightsError | None:
@@ -276,6 +301,30 @@ def training_metadata(obj: Any) -> dict[str, str]:
         return {}  # a meta that does not say: loaded as a plain state_dict
 
 
+# Where training scripts keep the class names beside the state_dict: a list, or ImageFolder's
+# `class_to_idx` (which the PyTorch transfer tutorials and the Udacity flower classifier save
+# with a fine-tuned torchvision net), or its inverse.
+_CLASS_KEYS = ("class_names", "classes", "labels", "class_to_idx", "idx_to_class")
+
+
+def names_beside(obj: Any) -> list[str] | None:
+    """The class names a checkpoint dict holds beside its state_dict, in logit order; None
+    when it holds none (or a list or mapping that is not one name per index 0..n-1)."""
+    if not isinstance(obj, Mapping):
+        return None
+    for key in _CLASS_KEYS:
+        found = obj.get(key)
+        if isinstance(found, list | tuple) and found and all(isinstance(c, str) for c in found):
+            return list(found)
+        if isinstance(found, Mapping) and found:
+            pairs = [(v, k) if key == "class_to_idx" else (k, v) for k, v in found.items()]
+            by_index = {int(i): c for i, c in pairs
+                        if isinstance(c, str) and str(i).isdigit()}  # fmt: skip
+            if len(by_index) == len(found) and sorted(by_index) == list(range(len(found))):
+                return [by_index[i] for i in range(len(found))]
+    return None
+
+
 def training_input(meta: Mapping[str, Any]) -> dict[str, Any]:
     """The input a `cnnzoo train` classifier was trained on, from its checkpoint's meta: the
     keywords of `Preprocessing.of_training_run` (size, channels, the training images' mean and
@@ -305,7 +354,7 @@ def state_dict_tensors(obj: Any, source: str) -> dict[str, Tensor]:
     while tensors and (prefix := next((p for p in _STRIP_PREFIXES
                                        if all(k.startswith(p) for k in tensors)), None)):  # fmt: skip
         tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
-    return tensors
+    return {_INNER_WRAPPERS.sub("", k): v for k, v in tensors.items()}
 
 
 def _is_tensor_dict(obj: Mapping) -> bool:
