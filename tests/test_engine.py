@@ -1379,6 +1379,46 @@ def test_early_stopping_restores_the_best_weights(tmp_path):
     assert abs(result.final["loss"] - result.best_value) < 1e-9
 
 
+class _CountedPasses(BatchLoader):
+    """A loader that counts the passes made over it."""
+
+    passes = 0
+
+    def __iter__(self):
+        self.passes += 1
+        return super().__iter__()
+
+
+@pytest.mark.parametrize("patience", [None, 1])
+def test_the_final_scores_are_the_last_epochs_validation_without_a_second_pass(patience):
+    """fit() went over the validation set once more after the last epoch, with the weights that
+    epoch had just scored: a whole validation epoch for the same numbers. The final scores are
+    that epoch's (its loss, accuracy and confusion matrix), and restored best weights of an
+    earlier epoch are still scored anew."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (48, 1, 8, 8), generator=g, dtype=torch.uint8)
+    y = torch.randint(0, 3, (48,), generator=g)
+    val = _CountedPasses(x, y, batch_size=16, mean=[0.5], std=[0.25])
+    torch.manual_seed(0)
+    # lr 0.5 on random labels: the validation loss rises after its first epochs, so patience 1
+    # stops the run and restores an earlier epoch's weights.
+    cfg = TrainConfig(epochs=6, lr=0.5, schedule="constant", weight_decay=0, patience=patience,
+                      **FP32)
+    result = Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(n=64, seed=1), val,
+                     cfg).fit()
+    epochs = len(result.history)
+    if patience is None:  # the weights the last epoch scored
+        assert epochs == 6 and val.passes == 6
+        last = result.history[-1]
+        assert result.final == {k[4:]: v for k, v in last.items() if k.startswith("val_")}
+    else:  # an earlier epoch's weights restored: scored again, with that epoch's scores
+        assert result.stopped_early and result.best_epoch < epochs
+        assert val.passes == epochs + 1
+        best = result.history[result.best_epoch - 1]
+        assert result.final == {k[4:]: v for k, v in best.items() if k.startswith("val_")}
+    assert int(result.accumulator.confusion.sum()) == 48
+
+
 def test_fit_hands_the_model_back_ready_to_predict_and_save(tmp_path):
     """Training turns the net channels-last (where faster) and to train mode, and fit() left it
     so: safetensors refused to save it ('non contiguous tensor'), and predicting normalised with

@@ -1090,6 +1090,33 @@ def test_validation_grid_of_tiled_images_shows_every_validation_image(tmp_path, 
     assert drawn["imgs"][names.index("small@0,0")].shape[:2] == (40, 30)  # not its padding
 
 
+def test_the_validation_grid_shows_the_masks_the_run_scored(tmp_path, monkeypatch):
+    """validation.png predicted its masks in fp32 NCHW after a run that validated in bf16 +
+    channels-last (the default on a CPU with native bf16): its contours and IoUs were not the
+    scored ones (23 pixels of 2 cells images differed), and it took twice as long. Drawn in the
+    run's precision, the grid's masks count to the run's final confusion matrix exactly."""
+    from cnnzoo.engine.loop import TrainConfig
+    from cnnzoo.segmentation import visual
+    from cnnzoo.segmentation.training import train
+
+    drawn = {}
+
+    def capture(imgs, truths, preds, path, titles=None):
+        drawn.update(truths=truths, preds=preds)
+        return path
+
+    monkeypatch.setattr(visual, "save_validation_grid", capture)
+    run = train("cells", cells=10, out_dir=tmp_path / "run", base_width=4, crop=64,
+                batch_size=2, say=lambda _: None,
+                config=TrainConfig(epochs=1, precision="bf16", channels_last="on",
+                                   progress=False, tensorboard=False))  # fmt: skip
+    assert len(drawn["preds"]) == len(run.splits.val) == 2  # the whole validation set
+    grid = sum(confusion_matrix(torch.from_numpy(p).long(), torch.from_numpy(t).long(), 2)
+               for p, t in zip(drawn["preds"], drawn["truths"], strict=True))
+    assert torch.equal(grid, run.result.accumulator.confusion)
+    assert all(p.is_contiguous() for p in run.model.parameters())  # handed back as fit() does
+
+
 @pytest.mark.parametrize("padding, size", [("same", (100, 150)), ("valid", (17, 90))])
 def test_validation_scores_every_pixel_of_any_shape_once(padding, size):
     from cnnzoo.segmentation.training import _whole_input

@@ -187,7 +187,8 @@ class FitResult:
     stopped_early: early stopping ended it; final: the validation metrics of the weights the
     model holds at the end (the best epoch's when they were restored); out_dir: its
     checkpoints and report; accumulator: the final validation pass's (a confusion matrix for
-    classification); final_tta: `final` with test-time augmentation (`TrainConfig.tta`);
+    classification; the last epoch's own pass when the model ends with the weights it scored);
+    final_tta: `final` with test-time augmentation (`TrainConfig.tta`);
     skipped: the files of the data left out as unreadable (`train_classifier`, a U-Net's
     `train`; 0 from `fit` alone)."""
 
@@ -472,6 +473,10 @@ class Trainer:
         log = MetricsLog(self.out_dir, tensorboard=cfg.tensorboard, history=history) \
             if self._writes else None
         walls: list[float] = []  # each epoch's whole time, validation and checkpoints included
+        # The last epoch's validation and the epoch whose weights it scored: the final scores
+        # when the run ends with those weights (a second pass over the validation set gave the
+        # same numbers, at the cost of a whole validation epoch).
+        scored: tuple[int, MetricAccumulator] | None = None
         try:
             for epoch in range(start, start if stopped else cfg.epochs):
                 if hasattr(self.train_loader, "set_epoch"):
@@ -492,6 +497,7 @@ class Trainer:
                 if self.val_loader is not None:
                     val_acc = self.evaluate(self.val_loader)
                     record.update({f"val_{k}": v for k, v in val_acc.compute().items()})
+                    scored = (epoch + 1, val_acc)
                 record["seconds"] = round(seconds, 3)
                 record["images_per_s"] = round(n_images / max(seconds, 1e-9), 1)
                 history.append(record)
@@ -534,9 +540,11 @@ class Trainer:
         if restore and best_state is not None:
             unwrap_model(net).load_state_dict(best_state)
             self._say(f"restored the best weights (epoch {best_epoch})")
+            if scored is not None and scored[0] != best_epoch:
+                scored = None
         result = FitResult(history, best_epoch, best, monitor, prec, stopped, out_dir=self.out_dir)
         if self.val_loader is not None:
-            acc = self.evaluate(self.val_loader)
+            acc = scored[1] if scored is not None else self.evaluate(self.val_loader)
             result.final, result.accumulator = acc.compute(), acc
             if cfg.tta:
                 result.final_tta = self.evaluate(self.val_loader, tta=cfg.tta).compute()

@@ -245,6 +245,37 @@ def tapped_outputs(layers: Iterable[nn.Module], x: Tensor, taps: Container[int])
     return out
 
 
+# The in-place initialisers of torch.nn.init (normal_, trunc_normal_, ...), and the random
+# fills others (kaiming_normal_) call on the tensor itself.
+_INITIALISERS = frozenset({Tensor.normal_, Tensor.uniform_}
+                          | {getattr(nn.init, n) for n in dir(nn.init)
+                             if n.endswith("_") and not n.startswith("_")})  # fmt: skip
+
+
+class _NoInitOnMeta(torch.overrides.TorchFunctionMode):
+    """Skips torch.nn.init's initialisers on meta tensors, which hold no values to set. On the
+    meta device torch runs normal_ through its Python reference, whose first call imports
+    torch._dynamo (3-4 s): building EfficientNet-Lite0 there, to check a weights file before
+    the net takes memory, made `cnnzoo predict photo.jpg` seconds slower than building it."""
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (),
+                           kwargs: Any = None) -> Any:  # fmt: skip
+        kwargs = kwargs or {}
+        if func in _INITIALISERS:
+            tensor = args[0] if args else kwargs.get("tensor")
+            if isinstance(tensor, Tensor) and tensor.is_meta:
+                return tensor
+        return func(*args, **kwargs)
+
+
+def initialised_off_meta() -> Any:
+    """A context for building a net: its initialisers skipped where the default device is the
+    meta device (`with torch.device("meta")`), else nothing."""
+    from contextlib import nullcontext
+
+    return _NoInitOnMeta() if torch.get_default_device().type == "meta" else nullcontext()
+
+
 @torch.no_grad()
 def count_parameters(model: nn.Module) -> int:
     """The model's parameters (trainable or not; buffers such as BatchNorm statistics are not

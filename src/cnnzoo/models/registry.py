@@ -19,7 +19,7 @@ from typing import Any, Literal
 from torch import nn
 
 from ..errors import ArgumentKindError, CnnzooError, ModelOptionError, UnknownModelError
-from .base import is_whole, stats_for_channels
+from .base import initialised_off_meta, is_whole, stats_for_channels
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -386,7 +386,8 @@ def create_model(
     if not is_whole(n_in):
         raise ModelOptionError(f"{name}: in_chans must be a whole number >= 1, not {n_in!r}")
     try:
-        model = builder(num_classes=n_cls, in_chans=n_in, **kwargs)
+        with initialised_off_meta():
+            model = builder(num_classes=n_cls, in_chans=n_in, **kwargs)
     except CnnzooError:
         raise  # already one line (an encoder's weights that do not load, ...)
     except (TypeError, ValueError) as exc:

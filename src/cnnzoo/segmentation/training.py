@@ -27,6 +27,7 @@ from ..data.loader import BatchLoader
 from ..engine.checkpoint import caller_rng_kept
 from ..engine.distributed import DistContext, unwrap_model
 from ..engine.loop import FitResult, TrainConfig, Trainer, check_out_dir
+from ..engine.precision import Precision
 from ..errors import CnnzooError, DataError, ModelOptionError, UsageError
 from ..text import shown
 from .data import (
@@ -337,7 +338,7 @@ def train(
             splits.val.image_tensor()[pick], val_targets[pick], batch_size=val_loader.batch_size,
             transform=val_loader.transform, mean=mean, std=std)
         path = write_validation_grid(net, splits, grid_loader, Path(out_dir) / "validation.png",
-                                     pick=pick)
+                                     pick=pick, precision=result.precision)
         say(f"wrote {path}")
     return SegmentationRun(result, net, splits, task, meta)
 
@@ -361,17 +362,23 @@ def _resumed_meta(data: Any, out_dir: str | os.PathLike[str] | None,
 
 
 @torch.no_grad()
-def predict_batches(model: nn.Module, loader: BatchLoader, limit: int | None = None):
+def predict_batches(model: nn.Module, loader: BatchLoader, limit: int | None = None,
+                    precision: Precision | None = None):
     """(images uint8 (N, H, W, C) as fed, true masks, predicted masks) of the first `limit`
-    samples of a (non-shuffled) loader; for the report grid."""
+    samples of a (non-shuffled) loader; for the report grid. precision: the run's (default fp32
+    NCHW), which its validation scored the masks in: the grid was drawn in fp32, and its masks
+    and IoUs were not quite the scored ones (and took twice as long on a CPU with bf16)."""
+    precision = precision or Precision()
     was = model.training
     model.eval()
     imgs, truths, preds = [], [], []
     mean = loader.mean if loader.mean is not None else 0.0
     std = loader.std if loader.std is not None else 1.0
+    model.to(memory_format=precision.memory_format)
     try:
         for x, y in loader:
-            logits = model(x.float())
+            with precision.autocast():
+                logits = model(x.float().contiguous(memory_format=precision.memory_format))
             raw = (x * std + mean).clamp(0, 1).mul(255).round().to(torch.uint8)
             t = y[:, 0].round().to(torch.uint8) if y.dim() == 4 else y.to(torch.uint8)
             imgs.extend(raw.permute(0, 2, 3, 1).numpy())
@@ -381,6 +388,7 @@ def predict_batches(model: nn.Module, loader: BatchLoader, limit: int | None = N
                 break
     finally:
         model.train(was)
+        model.to(memory_format=torch.contiguous_format)  # as fit() hands it back
     return imgs[:limit], truths[:limit], preds[:limit]
 
 
@@ -407,15 +415,16 @@ def grid_indices(val: SegmentationSet, n: int = 8) -> list[int]:
 
 def write_validation_grid(
     model: nn.Module, splits: SegmentationSplits, val_loader: BatchLoader, path: Path,
-    n: int = 8, pick: Sequence[int] | None = None,
+    n: int = 8, pick: Sequence[int] | None = None, precision: Precision | None = None,
 ) -> Path:
     """The report's picture: `n` validation images with true and predicted contours.
-    `pick`: the validation samples `val_loader` holds (`grid_indices`), else its first `n`."""
+    `pick`: the validation samples `val_loader` holds (`grid_indices`), else its first `n`.
+    precision: the run's (`predict_batches`)."""
     from .metrics import confusion_matrix as cm
     from .metrics import dice_iou
     from .visual import save_validation_grid
 
-    imgs, truths, preds = predict_batches(model, val_loader, n)
+    imgs, truths, preds = predict_batches(model, val_loader, n, precision)
     pick = list(range(len(imgs))) if pick is None else list(pick)[: len(imgs)]
     # The loader pads the images for the net (`PadToNet`); each image is the centre of all three.
     h, w = splits.val.masks.shape[1:]
