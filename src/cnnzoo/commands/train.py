@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from .argtypes import (
     COUNT,
@@ -213,22 +214,38 @@ def refuse_unused_optimizer_options(args: argparse.Namespace) -> None:
     are: a run given them was the default run, without a word. --momentum and --no-nesterov
     shape SGD's step, and AdamW (a U-Net's default) has neither; --warmup-epochs is
     cosine's and constant's, and one-cycle has its own rise. A resumed run's own optimizer and
-    schedule, not the defaults, decide there, so only a given --optimizer adamw counts."""
+    schedule (from its last.pt), not the defaults, decide there: an AdamW run resumed with
+    --momentum 0.5 went on as before, warned of a momentum 'now 0.5' it never used."""
     from ..errors import UsageError
 
-    default = "adamw" if args.task == "segmentation" else "sgd"
-    optimizer = args.optimizer or (None if args.resume else default)
     given = [flag for flag, set_ in (("--momentum", args.momentum is not None),
                                      ("--no-nesterov", args.nesterov is False)) if set_]
+    if not given and not args.warmup_epochs:
+        return
+    run = _resumed_config(args) if args.resume else {}
+    default = "adamw" if args.task == "segmentation" else "sgd"
+    optimizer = args.optimizer or run.get("optimizer") or default
     if optimizer == "adamw" and given:
-        why = "" if args.optimizer else f" ({args.model}'s default)"
+        owner = "the run's optimizer" if run else f"{args.model}'s default"
+        why = "" if args.optimizer else f" ({owner})"
         raise UsageError(f"{given[0]} is for --optimizer sgd; adamw{why} has no momentum "
                          "to set (its betas are 0.9, 0.999): leave it out, or add "
                          "--optimizer sgd")
-    if args.warmup_epochs and (args.schedule or "onecycle") == "onecycle" and not args.resume:
-        raise UsageError("--warmup-epochs is for --schedule cosine or constant; onecycle (the "
-                         "default) warms up on its own, rising over the first quarter of the "
+    if args.warmup_epochs and (args.schedule or run.get("schedule") or "onecycle") == "onecycle":
+        whose = "the run's" if run and not args.schedule else "the default"
+        raise UsageError(f"--warmup-epochs is for --schedule cosine or constant; onecycle "
+                         f"({whose}) warms up on its own, rising over the first quarter of the "
                          "steps (a U-Net's first 15 %): leave it out, or add --schedule cosine")
+
+
+def _resumed_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields recorded in the last.pt that --resume continues ({} without one:
+    a new run starts, with the defaults)."""
+    from ..engine.run import out_dir_for, run_checkpoint
+
+    path = out_dir_for(args.model, args.out) / "last.pt"
+    ckpt = run_checkpoint(path) if path.is_file() else None
+    return dict((ckpt or {}).get("config") or {})
 
 
 def run(args: argparse.Namespace) -> int:
