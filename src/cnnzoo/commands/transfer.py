@@ -52,7 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="linear: logistic regression with L2 tuned by cross-validation (default)")
     p.add_argument("--stages", type=stages_arg, default="auto", metavar="4,5|auto|none",
                    help="the features head reads these feature stages, each globally pooled "
-                        "(1 = the first; resnet* and efficientnet_lite* have 5); none: the "
+                        "(1 = the first; vgg*, googlenet, resnet*, densenet* and "
+                        "efficientnet_lite* have 5, the CIFAR nets resnet20-110 and "
+                        "densenet_bc_100_k12 4, alexnet, lenet5 and residual_net none); none: the "
                         "model's last features; auto (default): the model's choice, 4,5 for "
                         "efficientnet_lite* (measured better), none for the others. "
                         "Fine-tuning always trains the model with its own head")  # fmt: skip
