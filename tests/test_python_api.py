@@ -282,6 +282,39 @@ def test_trainer_checks_a_loaders_labels_before_training_and_takes_keras_integer
     assert result.accumulator.confusion.sum() == 12  # every image scored once
 
 
+def test_trainer_arguments_of_the_wrong_kind_are_one_line_errors_before_any_training():
+    """Trainer(net, 'classification', train) was "'str' object has no attribute 'name'",
+    config={'epochs': 1} "'dict' object has no attribute 'mixup'", and Trainer(net, task,
+    train, cfg) -- the config in the validation loader's place -- trained a default run of 10
+    epochs for one epoch, then stopped with "'TrainConfig' object is not iterable"."""
+    from cnnzoo.data import BatchLoader
+    from cnnzoo.engine.loop import TrainConfig, Trainer
+    from cnnzoo.engine.task import ClassificationTask
+
+    x = np.zeros((8, 1, 32, 32), dtype=np.uint8)
+    loader = BatchLoader(x, np.arange(8) % 2, batch_size=4)
+    net, task, cfg = cnnzoo.create_model("lenet5", num_classes=2, in_chans=1), \
+        ClassificationTask(2), TrainConfig(epochs=1)
+    for args, kwargs, said in (
+            ((net, "classification", loader), {}, "task must be a task object, "
+             "ClassificationTask(num_classes) or SegmentationTask(num_classes), not the str "
+             "'classification'"),
+            ((net, task, loader), {"config": {"epochs": 1}},
+             "config must be a TrainConfig, not a dict: TrainConfig(**config)"),
+            ((net, task, loader, cfg), {}, "a TrainConfig was given as the validation loader: "
+             "pass it as config=..., Trainer(model, task, train_loader, config=cfg) (the "
+             "validation loader, if any, comes before it)"),
+            (("lenet5", task, loader), {}, "model must be a torch nn.Module such as "
+             "cnnzoo.create_model('lenet5', num_classes=10), not the str 'lenet5'"),
+            ((net, task, None), {}, "train_loader must be a BatchLoader (or any iterable of "
+             "(inputs, targets) batches), not None")):
+        assert _one_line_cnnzoo_error(lambda a=args, k=kwargs: Trainer(*a, **k), TypeError) \
+            == said
+    # Any iterable of batches is still a loader, and the config goes by keyword or fifth.
+    assert Trainer(net, task, [(torch.zeros(2, 1, 32, 32), torch.zeros(2, dtype=torch.long))],
+                   None, cfg).config is cfg
+
+
 def test_a_model_or_a_number_given_for_a_name_is_a_cnnzoo_error_and_still_a_type_error():
     """list_models(3) said "'int' object is not iterable", and create_model(net) a plain
     TypeError; both are one-line CnnzooErrors now, still TypeErrors."""
