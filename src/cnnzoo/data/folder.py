@@ -955,9 +955,11 @@ def refuse_none_there(paths: Sequence[Path], first: Path, manifest: Path) -> Non
     here = Path(os.path.relpath(first, manifest.parent))
     found = (f"; they are there relative to the current folder ({here} is)"
              if not here.is_absolute() and here.exists() else "")  # fmt: skip
+    # A CSV in the current folder: its folder read as '.'.
+    folder = manifest.parent if manifest.parent != Path() else Path.cwd()
     raise DataError(f"none of the {plural(len(paths), 'file')} {manifest} lists is there "
                     f"(the first: {first}){found}: write the paths relative to the CSV's "
-                    f"folder, {Path(os.path.abspath(manifest)).parent} (or absolute)")  # fmt: skip
+                    f"folder, {folder} (or absolute)")  # fmt: skip
 
 
 def manifest_image_paths(manifest: Path) -> list[Path]:
