@@ -626,3 +626,12 @@ def test_a_checkpoint_given_as_an_image_is_refused_before_anything_is_predicted(
     assert capsys.readouterr().err.strip() == (
         f"cnnzoo predict: error: {ckpt} is the --weights checkpoint, not an image: leave it out "
         "of the images to predict")
+    # With --bundle (whose model.safetensors tab-completes beside the images): not 'give it as
+    # --weights', which --bundle refuses.
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    assert main(["predict", "--bundle", str(bundle), str(tmp_path / "camera.png"),
+                 str(ckpt)]) == 2  # fmt: skip
+    assert capsys.readouterr().err.strip() == (
+        f"cnnzoo predict: error: {ckpt} is a checkpoint, not an image: --bundle {bundle} "
+        "predicts with its own weights; leave it out of the images")
