@@ -124,7 +124,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_tta_argument(p, "also report the final validation accuracy with test-time augmentation")
     add_mixing_arguments(p, sam=None, off=None)
     p.add_argument("--val-fraction", type=FRACTION, default=None,
-                   help="validation share when DATA has no val/ part (default 0.2)")
+                   help="validation share drawn from the training images when DATA has neither a "
+                        "val/ nor a test/ part (a test/ alone validates; default 0.2)")
     p.add_argument("--model-arg", type=model_arg, action="append", default=[],
                    metavar="KEY=VALUE",
                    help="extra model option, e.g. width_mult=0.25 (repeatable)")

@@ -102,7 +102,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="images per batch (default 32; fine-tuning takes at most a quarter of "
                         "the training images, at least 8)")
     p.add_argument("--val-fraction", type=FRACTION, default=0.2,
-                   help="validation share when DATA has no val/ part (default 0.2)")
+                   help="validation share drawn from the training images when DATA has neither a "
+                        "val/ nor a test/ part (a test/ alone validates; default 0.2)")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="auto (default): bf16 on CPUs with native bf16, else fp32")
     p.add_argument("--cache", metavar="DIR", default=None,

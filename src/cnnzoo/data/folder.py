@@ -700,9 +700,11 @@ def _assemble(
         val, test = test, None  # train/ + test/ only: test/ is what there is to validate on
         # Said: its score was read as a held-out test's, while the run chose by it (best.pt,
         # early stopping) -- and manifest rows of a split spelled 'Validierung' end here too.
+        # --val-fraction draws nothing here: it was the option a user tried to keep them apart.
         log.warning("note: no validation part, so the %d test images validate the run and are "
-                    "no held-out test; a val/ folder (or rows marked val) keeps them apart",
-                    len(val))  # fmt: skip
+                    "no held-out test; a val/ folder (or rows marked val) keeps them apart "
+                    "(--val-fraction draws validation images only when there is no test part "
+                    "either)", len(val))  # fmt: skip
     drawn = val is None
     if drawn:
         train, val = train.split(val_fraction, seed)
