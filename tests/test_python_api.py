@@ -114,6 +114,10 @@ def test_a_loader_and_a_trainer_print_what_they_hold_in_one_line():
     ({"weight_decay": float("nan")}, "weight_decay must be a number >= 0, not nan"),
     ({"momentum": 1.5}, r"momentum must lie in \[0, 1\), not 1.5"),
     ({"grad_clip": 0}, r"grad_clip must be a gradient norm > 0 \(None: off\), not 0"),
+    # A string is true whatever it says: freeze_bn='False' froze every BatchNorm layer.
+    ({"freeze_bn": "False"}, "freeze_bn must be True or False, not 'False'"),
+    ({"nesterov": "no"}, "nesterov must be True or False, not 'no'"),
+    ({"restore_best": "yes"}, "restore_best must be True or False, not 'yes'"),
 ])
 def test_train_config_refuses_what_the_command_line_refuses_when_it_is_built(kwargs, message):
     """TrainConfig(optimizer='adam') was accepted, and fit() raised a plain ValueError after
@@ -131,8 +135,9 @@ def test_train_config_takes_numpy_numbers_and_its_documented_values():
     from cnnzoo.engine.loop import TrainConfig
 
     cfg = TrainConfig(epochs=np.int64(3), lr=np.float32(0.05), patience=0, tta=True,
-                      grad_clip=1.0, momentum=0.0, optimizer="adamw", schedule="cosine")
-    assert cfg.epochs == 3 and cfg.patience is None
+                      grad_clip=1.0, momentum=0.0, optimizer="adamw", schedule="cosine",
+                      freeze_bn=np.bool_(True), restore_best=None, nesterov=False)
+    assert cfg.epochs == 3 and cfg.patience is None and cfg.freeze_bn
 
 
 def test_batch_loader_takes_numpy_arrays_and_says_what_is_wrong_with_bad_ones():

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -115,6 +116,13 @@ def _config_problem(cfg: TrainConfig) -> str | None:
         return f"momentum must lie in [0, 1), not {cfg.momentum!r}"
     if cfg.grad_clip is not None and not (number(cfg.grad_clip) and cfg.grad_clip > 0):
         return f"grad_clip must be a gradient norm > 0 (None: off), not {cfg.grad_clip!r}"
+    # The switches: freeze_bn='False' (a string from a config file) froze every BatchNorm, and
+    # nesterov='no' kept Nesterov's momentum, as any non-empty string is true.
+    for name in ("nesterov", "freeze_bn", "restore_best", "progress", "verbose", "tensorboard",
+                 "report"):
+        value = getattr(cfg, name)
+        if not (isinstance(value, bool | np.bool_) or value is None and name == "restore_best"):
+            return f"{name} must be True or False, not {value!r}"
     return None
 
 
