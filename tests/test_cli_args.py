@@ -719,7 +719,8 @@ def test_train_json_prints_the_summary_alone_on_stdout(tmp_path, monkeypatch, ca
     assert main(["train", "lenet5", "--data", "digits", "--out", out, "--json"]) == 0
     printed, err = capsys.readouterr()
     assert json.loads(printed) == {
-        "model": "lenet5", "out": out, "monitor": "val_loss", "best": 0.25, "best_epoch": 3,
+        "model": "lenet5", "model_args": None, "out": out, "monitor": "val_loss", "best": 0.25,
+        "best_epoch": 3,
         "epochs": 5,  # those the run trained: a small folder's are raised (--min-steps)
         # read from the run's last.pt, which this stand-in for a run did not write
         "optimizer": None, "lr": None, "batch_size": None,

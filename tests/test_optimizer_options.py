@@ -102,10 +102,13 @@ def test_train_json_names_the_optimizer_lr_and_batch_the_run_used(two_class_fold
     data = two_class_folder()  # 80 images: 64 to train, batches of 16
     base = ["train", "lenet5", "--data", str(data), "--epochs", "1", "--no-progress",
             "--no-tensorboard", "--precision", "fp32", "--channels-last", "off", "--json"]
-    for i, (extra, optimizer, lr) in enumerate((
-            ([], "sgd", 0.1 * (16 / 128) ** 0.5),  # 0.0354
-            (["--optimizer", "adamw"], "adamw", 2e-3))):
+    for i, (extra, optimizer, lr, model_args) in enumerate((
+            ([], "sgd", 0.1 * (16 / 128) ** 0.5, {}),  # 0.0354
+            (["--optimizer", "adamw", "--model-arg", "act=tanh"], "adamw", 2e-3,
+             {"act": "tanh"}))):
         assert main([*base, "--out", str(tmp_path / f"run{i}"), *extra]) == 0
         printed = json.loads(capsys.readouterr().out)
         assert printed["optimizer"] == optimizer and printed["batch_size"] == 16
+        # Which net it was (googlenet with or without reductions): the JSON said 'googlenet'.
+        assert printed["model_args"] == model_args
         assert printed["lr"] == pytest.approx(lr, rel=1e-12)

@@ -362,7 +362,10 @@ def run(args: argparse.Namespace) -> int:
         # (SGD's lr scaled) were on stderr only, not on any command line.
         ran = run_checkpoint(out / "last.pt") or {}
         cfg, meta = ran.get("config") or {}, ran.get("meta") or {}
-        print(json_text({"model": args.model, "out": str(out), "monitor": result.monitor,
+        print(json_text({"model": args.model,
+                         # as `models --json` names them: which net of the 1x1 lesson it was
+                         "model_args": meta.get("model_kwargs"),
+                         "out": str(out), "monitor": result.monitor,
                          "best": result.best_value, "best_epoch": result.best_epoch,
                          # trained in all (raised by --min-steps on a small folder, or cut short)
                          "epochs": len(result.history),
