@@ -384,10 +384,12 @@ def test_resume_names_every_changed_setting(tmp_path, capsys):
             "--out", str(tmp_path)]
     assert main([*base, "--epochs", "1"]) == 0
     capsys.readouterr()
+    # A warm-up is the cosine schedule's (one-cycle, the run's, is refused it).
     assert main([*base, "--epochs", "2", "--resume", "--batch-size", "64", "--warmup-epochs",
-                 "1", "--label-smoothing", "0", "--augment", "none"]) == 0
+                 "1", "--schedule", "cosine", "--label-smoothing", "0", "--augment", "none"]) == 0
     warning = next(ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln)
-    for change in ("warmup_epochs (was 0.0, now 1.0)", "batch_size (was 128, now 64)",
+    for change in ("warmup_epochs (was 0.0, now 1.0)", "schedule (was onecycle, now cosine)",
+                   "batch_size (was 128, now 64)",
                    "augment (was crop, now none)", "label_smoothing (was 0.1, now 0.0)"):
         assert change in warning, warning
     # --freeze-bn changes nothing for a net without BatchNorm: its resume is not refused.
@@ -733,7 +735,8 @@ def test_train_json_prints_the_summary_alone_on_stdout(tmp_path, monkeypatch, ca
     assert main(["train", "lenet5", "--data", "digits", "--out", out, "--json"]) == 0
     printed, err = capsys.readouterr()
     assert json.loads(printed) == {
-        "model": "lenet5", "out": out, "monitor": "val_loss", "best": 0.25, "best_epoch": 3,
+        "model": "lenet5", "model_args": None, "out": out, "monitor": "val_loss", "best": 0.25,
+        "best_epoch": 3,
         "epochs": 5,  # those the run trained: a small folder's are raised (--min-steps)
         # read from the run's last.pt, which this stand-in for a run did not write
         "optimizer": None, "lr": None, "batch_size": None,

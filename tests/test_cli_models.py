@@ -268,6 +268,16 @@ def test_models_counts_a_net_built_with_model_args(capsys):
     assert main(["models", "--model-arg", "reductions=false"]) == 2
     err = capsys.readouterr().err
     assert "alexnet" in err and "have no option 'reductions'" in err and "googlenet" in err
+    # Several take it: 'resnet*' named resnet20 alone, as if the other CIFAR nets had none.
+    from cnnzoo.models import get_config, list_models
+
+    takers = [n for n in list_models("resnet*") if "shortcut" in get_config(n).options]
+    assert takers == ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110"]
+    assert main(["models", "--pattern", "resnet*", "--model-arg", "shortcut=B"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "cnnzoo models: error: --model-arg shortcut: resnet18, resnet34, resnet50 ... have no "
+        "option 'shortcut'; resnet20, resnet32, resnet44, ... have it (--pattern 'resnet20' "
+        "counts resnet20 with it)")
 
 
 def test_models_names_an_option_given_as_1_as_the_net_takes_it(capsys):

@@ -965,8 +965,16 @@ def test_train_val_test_subfolders(tmp_path, caplog):
     shutil.rmtree(tmp_path / "valid")  # test/ then serves as validation, and a note says so
     s = load_folder(tmp_path, progress=False)
     assert (len(s.train), len(s.val), s.test) == (8, 6, None)
-    assert ("note: no validation part, so the 6 test images validate the run and are no "
-            "held-out test; a val/ folder (or rows marked val) keeps them apart") in caplog.text
+    note = ("note: no validation part, so the 6 test images validate the run and are no "
+            "held-out test; a val/ folder (or rows marked val) keeps them apart (--val-fraction "
+            "draws validation images only when there is no test part either)")
+    assert note in caplog.text
+    # A fraction given is no way to keep them apart (the note named only val/, and --help
+    # said the fraction applies 'when DATA has no val/ part'): test/ still validates.
+    caplog.clear()
+    s = load_folder(tmp_path, val_fraction=0.5, progress=False)
+    assert (len(s.train), len(s.val), s.test, s.val_drawn) == (8, 6, None, False)
+    assert note in caplog.text
     # 'train' among other class folders is a class, not a part.
     _png(tmp_path / "bus" / "1.png", 0)
     assert "train" in load_folder(tmp_path, ImageSpec(size=8), progress=False).class_names

@@ -3292,6 +3292,9 @@ def test_epoch_lines_say_how_long_the_remaining_epochs_take():
     assert _epoch_line(record, 1).endswith("img/s")  # nothing left: no estimate
     assert [duration(s) for s in (4.4, 89, 91, 5399, 5401, 9000)] == \
         ["4 s", "89 s", "2 min", "90 min", "1.5 h", "2.5 h"]
+    # A 60-image folder's epoch took 0.1 s: 'about 0 s left' said that nothing was left.
+    assert [duration(s) for s in (0.1, 0.49, 0.5, 1.4)] == ["1 s", "1 s", "1 s", "1 s"]
+    assert _epoch_line(record, 3, left=0.2).endswith("img/s  about 1 s left")
     said: list[str] = []
     Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=TrainConfig(epochs=3, **FP32),
             say=said.append).fit()  # fmt: skip

@@ -51,6 +51,29 @@ def test_a_warm_up_is_refused_with_one_cycle(two_class_folder, cmd, tmp_path, ca
     assert not out.exists()
 
 
+def test_a_resumed_runs_own_optimizer_and_schedule_refuse_what_they_cannot_use(
+        two_class_folder, tmp_path, capsys):
+    """An AdamW run (one-cycle) resumed with --momentum 0.5 or --warmup-epochs 1 went on as
+    before, warning of a momentum or warm-up 'now' changed that AdamW and one-cycle never read:
+    the refusals looked at the defaults only, and a resumed run's are its own."""
+    out = tmp_path / "run"
+    base = ["train", "lenet5", "--data", str(two_class_folder(8)), "--out", str(out),
+            "--no-progress", "--no-tensorboard", "--precision", "fp32", "--channels-last", "off"]
+    assert main([*base, "--epochs", "1", "--optimizer", "adamw"]) == 0
+    capsys.readouterr()
+    before = (out / "last.pt").read_bytes()
+    for extra, line in (
+            (["--momentum", "0.5"], "--momentum is for --optimizer sgd; adamw (the run's "
+             "optimizer) has no momentum to set (its betas are 0.9, 0.999): leave it out, or "
+             "add --optimizer sgd"),
+            (["--warmup-epochs", "1"], "--warmup-epochs is for --schedule cosine or constant; "
+             "onecycle (the run's) warms up on its own, rising over the first quarter of the "
+             "steps (a U-Net's first 15 %): leave it out, or add --schedule cosine")):
+        assert main([*base, "--epochs", "2", "--resume", *extra]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [f"cnnzoo train: error: {line}"]
+        assert (out / "last.pt").read_bytes() == before  # nothing trained
+
+
 def test_sgd_and_schedule_options_given_are_the_runs(two_class_folder, tmp_path):
     """With SGD (the default) --momentum and --no-nesterov reach the optimizer, and without them
     it is Nesterov's momentum 0.9 (read back from the optimizer state the run saved); the
@@ -80,10 +103,13 @@ def test_train_json_names_the_optimizer_lr_and_batch_the_run_used(two_class_fold
     data = two_class_folder()  # 80 images: 64 to train, batches of 16
     base = ["train", "lenet5", "--data", str(data), "--epochs", "1", "--no-progress",
             "--no-tensorboard", "--precision", "fp32", "--channels-last", "off", "--json"]
-    for i, (extra, optimizer, lr) in enumerate((
-            ([], "sgd", 0.1 * (16 / 128) ** 0.5),  # 0.0354
-            (["--optimizer", "adamw"], "adamw", 2e-3))):
+    for i, (extra, optimizer, lr, model_args) in enumerate((
+            ([], "sgd", 0.1 * (16 / 128) ** 0.5, {}),  # 0.0354
+            (["--optimizer", "adamw", "--model-arg", "act=tanh"], "adamw", 2e-3,
+             {"act": "tanh"}))):
         assert main([*base, "--out", str(tmp_path / f"run{i}"), *extra]) == 0
         printed = json.loads(capsys.readouterr().out)
         assert printed["optimizer"] == optimizer and printed["batch_size"] == 16
+        # Which net it was (googlenet with or without reductions): the JSON said 'googlenet'.
+        assert printed["model_args"] == model_args
         assert printed["lr"] == pytest.approx(lr, rel=1e-12)

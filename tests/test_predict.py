@@ -357,6 +357,35 @@ def test_files_from_a_csv_manifest_predicts_its_images(image_dir, tmp_path, monk
         assert all(len(r["predictions"]) == 4 for r in got)
 
 
+def test_files_from_a_csv_copied_away_from_its_images_is_one_line(image_dir, tmp_path,
+                                                                   monkeypatch, capsys):
+    """A labels.csv copied out of its project folder gave one 'no such file' per row (120 lines
+    for a 120-row sheet, exit 1) that named neither the folder looked in nor the fix; --data
+    gives the same CSV one line, and so does --files-from now."""
+    net = cnnzoo.create_model("resnet20", num_classes=4)
+    torch.save(net.state_dict(), tmp_path / "four.pth")
+    project = tmp_path / "projekt"
+    (project / "bilder").mkdir(parents=True)
+    names = ["rgb.jpg", "cmyk.jpg", "palette.png"]
+    for n in names:
+        shutil.copy(image_dir / n, project / "bilder" / n)
+    text = "path,label\n" + "".join(f"bilder\\{n},Hose\n" for n in names)
+    (project / "labels.csv").write_text(text)
+    (tmp_path / "copy.csv").write_text(text)  # beside projekt/, not in it
+    monkeypatch.chdir(tmp_path)
+    rc = main(["predict", "--model", "resnet20", "--weights", "four.pth", "--files-from",
+               "copy.csv"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [
+        "cnnzoo predict: error: none of the 3 files copy.csv lists is there (the first: "
+        f"bilder\\rgb.jpg): write the paths relative to the CSV's folder, {tmp_path} (or "
+        "absolute)"]
+    # In its folder, the same rows are its images.
+    assert main(["predict", "--model", "resnet20", "--weights", "four.pth", "--files-from",
+                 "projekt/labels.csv", "--json"]) == 0  # fmt: skip
+    assert len(json.loads(capsys.readouterr().out)) == 3
+
+
 def test_an_interrupted_predict_keeps_the_batches_it_printed(image_dir, monkeypatch, capsys):
     """All results were printed at the end: Ctrl-C after an hour of predicting printed none."""
     from cnnzoo.weights import Preprocessing
@@ -658,3 +687,12 @@ def test_a_checkpoint_given_as_an_image_is_refused_before_anything_is_predicted(
     assert capsys.readouterr().err.strip() == (
         f"cnnzoo predict: error: {ckpt} is the --weights checkpoint, not an image: leave it out "
         "of the images to predict")
+    # With --bundle (whose model.safetensors tab-completes beside the images): not 'give it as
+    # --weights', which --bundle refuses.
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    assert main(["predict", "--bundle", str(bundle), str(tmp_path / "camera.png"),
+                 str(ckpt)]) == 2  # fmt: skip
+    assert capsys.readouterr().err.strip() == (
+        f"cnnzoo predict: error: {ckpt} is a checkpoint, not an image: --bundle {bundle} "
+        "predicts with its own weights; leave it out of the images")

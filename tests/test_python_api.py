@@ -114,6 +114,10 @@ def test_a_loader_and_a_trainer_print_what_they_hold_in_one_line():
     ({"weight_decay": float("nan")}, "weight_decay must be a number >= 0, not nan"),
     ({"momentum": 1.5}, r"momentum must lie in \[0, 1\), not 1.5"),
     ({"grad_clip": 0}, r"grad_clip must be a gradient norm > 0 \(None: off\), not 0"),
+    # A string is true whatever it says: freeze_bn='False' froze every BatchNorm layer.
+    ({"freeze_bn": "False"}, "freeze_bn must be True or False, not 'False'"),
+    ({"nesterov": "no"}, "nesterov must be True or False, not 'no'"),
+    ({"restore_best": "yes"}, "restore_best must be True or False, not 'yes'"),
 ])
 def test_train_config_refuses_what_the_command_line_refuses_when_it_is_built(kwargs, message):
     """TrainConfig(optimizer='adam') was accepted, and fit() raised a plain ValueError after
@@ -131,8 +135,9 @@ def test_train_config_takes_numpy_numbers_and_its_documented_values():
     from cnnzoo.engine.loop import TrainConfig
 
     cfg = TrainConfig(epochs=np.int64(3), lr=np.float32(0.05), patience=0, tta=True,
-                      grad_clip=1.0, momentum=0.0, optimizer="adamw", schedule="cosine")
-    assert cfg.epochs == 3 and cfg.patience is None
+                      grad_clip=1.0, momentum=0.0, optimizer="adamw", schedule="cosine",
+                      freeze_bn=np.bool_(True), restore_best=None, nesterov=False)
+    assert cfg.epochs == 3 and cfg.patience is None and cfg.freeze_bn
 
 
 def test_batch_loader_takes_numpy_arrays_and_says_what_is_wrong_with_bad_ones():
@@ -161,6 +166,29 @@ def test_batch_loader_takes_numpy_arrays_and_says_what_is_wrong_with_bad_ones():
         BatchLoader(rng.integers(0, 256, (10, 28, 28, 3), dtype=np.uint8), y, batch_size=4)
     with pytest.raises(ValueError, match="^10 images but 3 targets$"):  # a ValueError still
         BatchLoader(x, y[:3], batch_size=4)
+
+
+def test_batch_loader_refuses_float_images_outside_0_1_as_every_reader_of_floats_does():
+    """Keras's x_train.astype("float32") is 0..255: BatchLoader took it as [0, 1] images, and
+    LeNet-5 trained on digits so given stayed at chance without a word (0.09 against 0.94 from
+    the same images as uint8, 3 epochs). Bundle.predict, predict_tiled and the image readers
+    refuse such floats (data.images.check_unit_range); the loader now does too."""
+    from cnnzoo.data import BatchLoader
+    from cnnzoo.errors import ImageError
+
+    x = np.array([0, 64, 255], dtype=np.uint8).reshape(3, 1, 1, 1).repeat(4, 2).repeat(4, 3)
+    y = np.arange(3)
+    for images, said in (
+            (x.astype(np.float32), "images: a float image must lie in [0, 1] (scikit-image's "
+             "convention), not [0.0, 255.0]: divide it by 255, or pass uint8"),
+            ((x / 255 - 0.5) / 0.25, "images: a float image must lie in [0, 1] (scikit-image's "
+             "convention), not [-2.0, 2.0]: it looks normalised already: pass the image before "
+             "normalising, or pass uint8")):
+        assert _one_line_cnnzoo_error(lambda i=images: BatchLoader(i, y, batch_size=2),
+                                      ImageError, ValueError) == said
+    # Floats in [0, 1] are the same batch as the uint8 images they came from.
+    as_float = next(iter(BatchLoader(x.astype(np.float32) / 255, y, batch_size=3)))[0]
+    torch.testing.assert_close(as_float, next(iter(BatchLoader(x, y, batch_size=3)))[0])
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Keras's torch backend, numpy 2
@@ -280,6 +308,39 @@ def test_trainer_checks_a_loaders_labels_before_training_and_takes_keras_integer
     three = cnnzoo.create_model("lenet5", num_classes=3, in_chans=1)
     result = Trainer(three, ClassificationTask(3), loader, loader, cfg).fit()
     assert result.accumulator.confusion.sum() == 12  # every image scored once
+
+
+def test_trainer_arguments_of_the_wrong_kind_are_one_line_errors_before_any_training():
+    """Trainer(net, 'classification', train) was "'str' object has no attribute 'name'",
+    config={'epochs': 1} "'dict' object has no attribute 'mixup'", and Trainer(net, task,
+    train, cfg) -- the config in the validation loader's place -- trained a default run of 10
+    epochs for one epoch, then stopped with "'TrainConfig' object is not iterable"."""
+    from cnnzoo.data import BatchLoader
+    from cnnzoo.engine.loop import TrainConfig, Trainer
+    from cnnzoo.engine.task import ClassificationTask
+
+    x = np.zeros((8, 1, 32, 32), dtype=np.uint8)
+    loader = BatchLoader(x, np.arange(8) % 2, batch_size=4)
+    net, task, cfg = cnnzoo.create_model("lenet5", num_classes=2, in_chans=1), \
+        ClassificationTask(2), TrainConfig(epochs=1)
+    for args, kwargs, said in (
+            ((net, "classification", loader), {}, "task must be a task object, "
+             "ClassificationTask(num_classes) or SegmentationTask(num_classes), not the str "
+             "'classification'"),
+            ((net, task, loader), {"config": {"epochs": 1}},
+             "config must be a TrainConfig, not a dict: TrainConfig(**config)"),
+            ((net, task, loader, cfg), {}, "a TrainConfig was given as the validation loader: "
+             "pass it as config=..., Trainer(model, task, train_loader, config=cfg) (the "
+             "validation loader, if any, comes before it)"),
+            (("lenet5", task, loader), {}, "model must be a torch nn.Module such as "
+             "cnnzoo.create_model('lenet5', num_classes=10), not the str 'lenet5'"),
+            ((net, task, None), {}, "train_loader must be a BatchLoader (or any iterable of "
+             "(inputs, targets) batches), not None")):
+        assert _one_line_cnnzoo_error(lambda a=args, k=kwargs: Trainer(*a, **k), TypeError) \
+            == said
+    # Any iterable of batches is still a loader, and the config goes by keyword or fifth.
+    assert Trainer(net, task, [(torch.zeros(2, 1, 32, 32), torch.zeros(2, dtype=torch.long))],
+                   None, cfg).config is cfg
 
 
 def test_a_model_or_a_number_given_for_a_name_is_a_cnnzoo_error_and_still_a_type_error():

@@ -1572,6 +1572,38 @@ def test_stage_taps_bad_choices_are_one_line_errors(tmp_path, capsys, folder):
     assert "no feature stages" in _one_line_error(capsys)
 
 
+def test_transfer_stages_help_and_docs_count_each_models_stages(capsys, monkeypatch):
+    """VGG, GoogLeNet and DenseNet got feature stages, but `transfer --help` still said
+    'resnet* and efficientnet_lite* have 5' and docs/transfer.md 'only resnet* and
+    efficientnet_lite* have feature stages; asking another model for them is an error'."""
+    import re
+    from pathlib import Path
+
+    monkeypatch.setenv("COLUMNS", "1000")  # no line broken at the hyphen of 'resnet20-110'
+    with pytest.raises(SystemExit):
+        main(["transfer", "--help"])
+    said = " ".join(capsys.readouterr().out.split())
+    said = said[said.index("--stages 4,5|auto|none the"):]
+    docs = " ".join((Path(__file__).parents[1] / "docs" / "transfer.md").read_text().split())
+    docs = docs[docs.index("**Which features the features head reads**"):]
+    docs = docs[:docs.index("**The features head**")]
+    with torch.device("meta"):  # built without memory or initialisation: only counted
+        for name, family in (("vgg11", "vgg*"), ("googlenet", "googlenet"),
+                             ("densenet121", "densenet*"), ("resnet18", "resnet*"),
+                             ("efficientnet_lite0", "efficientnet_lite*"),
+                             ("resnet20", "resnet20-110"),
+                             ("densenet_bc_100_k12", "densenet_bc_100_k12"),
+                             ("alexnet", "alexnet"), ("lenet5", "lenet5")):
+            n = len(getattr(create_model(name), "feature_channels", None) or ())
+            # The count said for a family is the first after its name: 'vgg*, ... have 5'.
+            for text, counts in ((said, {4: "4", 5: "5", 0: "none"}),
+                                 (docs, {4: "four", 5: "five", 0: "error"})):
+                assert family in text, (family, text[:400])
+                after = text[text.index(family):]
+                first = re.search(r"\b(4|5|none|four|five|error)\b", after)
+                assert first and first[1] == counts[n], (name, n, after[:200])
+
+
 def test_a_bundles_weights_file_or_folder_given_as_weights_point_to_the_bundle(tmp_path):
     # A bundle's head on pooled stages (Lite0's default) is no zoo net's: loading its file into
     # create_model said "is it a checkpoint of another architecture or width?", and the bundle

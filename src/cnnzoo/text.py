@@ -83,9 +83,10 @@ def plural(n: int, word: str, many: str | None = None) -> str:
 
 
 def duration(seconds: float) -> str:
-    """'40 s', '7 min', '2.5 h': a time as a person reads it, for estimates."""
+    """'40 s', '7 min', '2.5 h': a time as a person reads it, for estimates. A time under half
+    a second is '1 s': a quick run's epoch lines read 'about 0 s left' before its last epoch."""
     if seconds < 90:
-        return f"{seconds:.0f} s"
+        return f"{max(seconds, 1):.0f} s"
     if seconds < 90 * 60:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"

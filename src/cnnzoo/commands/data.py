@@ -51,7 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="default: the data's own, as `cnnzoo train` reads them (1 when every "
                         "image is grey, as the built-ins are, else 3)")  # fmt: skip
     i.add_argument("--val-fraction", type=FRACTION, default=0.2,
-                   help="validation share when there is no val/ folder (default 0.2)")
+                   help="validation share drawn from the training images when there is neither a "
+                        "val/ nor a test/ part (a test/ alone validates; default 0.2)")
     i.add_argument("--seed", type=SEED, default=0, help="seed of the stratified split (default 0)")
     i.add_argument("--json", action="store_true",
                    help="machine-readable output: classes, per-class counts of each part, "

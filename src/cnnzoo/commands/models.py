@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..text import json_text, plural
+from ..text import json_text, plural, some
 from .argtypes import IMG_SIZE, model_arg
 
 
@@ -123,6 +123,8 @@ def _check_options(names: list[str], options: dict[str, object]) -> None:
             hint = (f"--pattern '{takers[0]}' counts {takers[0]} with it" if takers
                     else (f"did you mean {close[0]}? " if close else "")
                     + "`cnnzoo models --json` lists each model's options")  # fmt: skip
+            if len(takers) > 1:  # 'resnet*': the five CIFAR nets have it, not resnet20 alone
+                hint = f"{some(takers)} have it ({hint})"
             raise UsageError(f"--model-arg {key}: {', '.join(without[:3])}"
                              f"{' ...' if len(without) > 3 else ''} "
                              f"{'has' if len(without) == 1 else 'have'} no option {key!r}; {hint}")

@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
                              "predict")  # fmt: skip
         raise UsageError("say which images to predict: IMAGE... (files or folders) or "
                          "--files-from FILE")  # fmt: skip
-    _refuse_checkpoints(items, getattr(args, "weights", None))
+    _refuse_checkpoints(items, getattr(args, "weights", None), getattr(args, "bundle", None))
     problems: list[dict[str, str]] = []  # a folder without images: exit status 1, as an
     paths = expand_paths(items, problems)  # unreadable image, and its record in --json
     with _threads(args.threads, len(paths), args.batch_size):
@@ -83,11 +83,13 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _refuse_checkpoints(items: Sequence[str], weights: str | None = None) -> None:
+def _refuse_checkpoints(items: Sequence[str], weights: str | None = None,
+                        bundle: str | None = None) -> None:
     """`cnnzoo predict runs/a/best.pt photo.jpg` (a student's first try) said 'best.pt: not an
     image' after predicting photo.jpg with ImageNet's EfficientNet-Lite0: say where it goes
-    before anything is predicted (and, when it is the --weights file already, to leave it out
-    of the images)."""
+    before anything is predicted (and, when it is the --weights file already, or a --bundle
+    predicts, to leave it out of the images: 'give it as --weights' is refused with
+    --bundle)."""
     from ..errors import UsageError
     from ..weights.files import KERAS_SUFFIXES, SAFETENSORS_SUFFIXES
 
@@ -98,6 +100,9 @@ def _refuse_checkpoints(items: Sequence[str], weights: str | None = None) -> Non
                                                                                   weights):
                 raise UsageError(f"{item} is the --weights checkpoint, not an image: leave it "
                                  "out of the images to predict")
+            if bundle is not None:
+                raise UsageError(f"{item} is a checkpoint, not an image: --bundle {bundle} "
+                                 "predicts with its own weights; leave it out of the images")
             raise UsageError(f"{item} is a checkpoint, not an image: give it as --weights "
                              f"{item} (a transfer run's bundle folder as --bundle DIR)")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from .argtypes import (
     COUNT,
@@ -130,7 +131,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "is kept unless this is given)")
     add_mixing_arguments(p, sam=None, off=None)
     p.add_argument("--val-fraction", type=FRACTION, default=None,
-                   help="validation share when DATA has no val/ part (default 0.2)")
+                   help="validation share drawn from the training images when DATA has neither a "
+                        "val/ nor a test/ part (a test/ alone validates; default 0.2)")
     p.add_argument("--model-arg", type=model_arg, action="append", default=[],
                    metavar="KEY=VALUE",
                    help="extra model option, e.g. width_mult=0.25 (repeatable)")
@@ -222,23 +224,39 @@ def refuse_unused_optimizer_options(args: argparse.Namespace) -> None:
     are: a run given them was the default run, without a word. --momentum and --no-nesterov
     shape SGD's step, and AdamW (a U-Net's default) has neither; --warmup-epochs is
     cosine's and constant's, and one-cycle has its own rise. A resumed run's own optimizer and
-    schedule, not the defaults, decide there, so only a given --optimizer adamw counts."""
+    schedule (from its last.pt), not the defaults, decide there: an AdamW run resumed with
+    --momentum 0.5 went on as before, warned of a momentum 'now 0.5' it never used."""
     from ..errors import UsageError
 
-    default = "adamw" if args.task == "segmentation" else "sgd"
-    optimizer = args.optimizer or (None if args.resume else default)
     given = [flag for flag, set_ in (("--momentum", args.momentum is not None),
                                      ("--nesterov", args.nesterov is True),
                                      ("--no-nesterov", args.nesterov is False)) if set_]
+    if not given and not args.warmup_epochs:
+        return
+    run = _resumed_config(args) if args.resume else {}
+    default = "adamw" if args.task == "segmentation" else "sgd"
+    optimizer = args.optimizer or run.get("optimizer") or default
     if optimizer == "adamw" and given:
-        why = "" if args.optimizer else f" ({args.model}'s default)"
+        owner = "the run's optimizer" if run else f"{args.model}'s default"
+        why = "" if args.optimizer else f" ({owner})"
         raise UsageError(f"{given[0]} is for --optimizer sgd; adamw{why} has no momentum "
                          "to set (its betas are 0.9, 0.999): leave it out, or add "
                          "--optimizer sgd")
-    if args.warmup_epochs and (args.schedule or "onecycle") == "onecycle" and not args.resume:
-        raise UsageError("--warmup-epochs is for --schedule cosine or constant; onecycle (the "
-                         "default) warms up on its own, rising over the first quarter of the "
+    if args.warmup_epochs and (args.schedule or run.get("schedule") or "onecycle") == "onecycle":
+        whose = "the run's" if run and not args.schedule else "the default"
+        raise UsageError(f"--warmup-epochs is for --schedule cosine or constant; onecycle "
+                         f"({whose}) warms up on its own, rising over the first quarter of the "
                          "steps (a U-Net's first 15 %): leave it out, or add --schedule cosine")
+
+
+def _resumed_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The TrainConfig fields recorded in the last.pt that --resume continues ({} without one:
+    a new run starts, with the defaults)."""
+    from ..engine.run import out_dir_for, run_checkpoint
+
+    path = out_dir_for(args.model, args.out) / "last.pt"
+    ckpt = run_checkpoint(path) if path.is_file() else None
+    return dict((ckpt or {}).get("config") or {})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -354,7 +372,10 @@ def run(args: argparse.Namespace) -> int:
         # (SGD's lr scaled) were on stderr only, not on any command line.
         ran = run_checkpoint(out / "last.pt") or {}
         cfg, meta = ran.get("config") or {}, ran.get("meta") or {}
-        print(json_text({"model": args.model, "out": str(out), "monitor": result.monitor,
+        print(json_text({"model": args.model,
+                         # as `models --json` names them: which net of the 1x1 lesson it was
+                         "model_args": meta.get("model_kwargs"),
+                         "out": str(out), "monitor": result.monitor,
                          "best": result.best_value, "best_epoch": result.best_epoch,
                          # trained in all (raised by --min-steps on a small folder, or cut short)
                          "epochs": len(result.history),

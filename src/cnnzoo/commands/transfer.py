@@ -52,7 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="linear: logistic regression with L2 tuned by cross-validation (default)")
     p.add_argument("--stages", type=stages_arg, default="auto", metavar="4,5|auto|none",
                    help="the features head reads these feature stages, each globally pooled "
-                        "(1 = the first; the ImageNet nets have 5, alexnet 4); none: the "
+                        "(1 = the first; vgg*, googlenet, resnet*, densenet* and "
+                        "efficientnet_lite* have 5, alexnet and the CIFAR nets resnet20-110 and "
+                        "densenet_bc_100_k12 4, lenet5 and residual_net none); none: the "
                         "model's last features; auto (default): the model's choice, 4,5 for "
                         "efficientnet_lite* (measured better), none for the others. "
                         "Fine-tuning always trains the model with its own head")  # fmt: skip
@@ -100,7 +102,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="images per batch (default 32; fine-tuning takes at most a quarter of "
                         "the training images, at least 8)")
     p.add_argument("--val-fraction", type=FRACTION, default=0.2,
-                   help="validation share when DATA has no val/ part (default 0.2)")
+                   help="validation share drawn from the training images when DATA has neither a "
+                        "val/ nor a test/ part (a test/ alone validates; default 0.2)")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="auto (default): bf16 on CPUs with native bf16, else fp32")
     p.add_argument("--cache", metavar="DIR", default=None,

@@ -700,9 +700,11 @@ def _assemble(
         val, test = test, None  # train/ + test/ only: test/ is what there is to validate on
         # Said: its score was read as a held-out test's, while the run chose by it (best.pt,
         # early stopping) -- and manifest rows of a split spelled 'Validierung' end here too.
+        # --val-fraction draws nothing here: it was the option a user tried to keep them apart.
         log.warning("note: no validation part, so the %d test images validate the run and are "
-                    "no held-out test; a val/ folder (or rows marked val) keeps them apart",
-                    len(val))  # fmt: skip
+                    "no held-out test; a val/ folder (or rows marked val) keeps them apart "
+                    "(--val-fraction draws validation images only when there is no test part "
+                    "either)", len(val))  # fmt: skip
     drawn = val is None
     if drawn:
         train, val = train.split(val_fraction, seed)
@@ -944,6 +946,24 @@ def _manifest_rows(manifest: Path) -> tuple[list[tuple[Path, str, str]], list[st
     return entries, skipped, grouped
 
 
+def refuse_none_there(paths: Sequence[Path], first: Path, manifest: Path) -> None:
+    """One line, not one "no such file" per row, when none of the files a manifest lists is
+    there: every path was written from elsewhere (the current folder, C:\\Users\\... on the PC
+    that made the CSV). first: the first row's. For --data and predict --files-from alike."""
+    if not paths or any(path.exists() or path.is_symlink() for path in paths):
+        return
+    # Written relative to the current folder (the CSV made beside the data, then moved into
+    # it), they are there from here: say so, the fix is then plain.
+    here = Path(os.path.relpath(first, manifest.parent))
+    found = (f"; they are there relative to the current folder ({here} is)"
+             if not here.is_absolute() and here.exists() else "")  # fmt: skip
+    # A CSV in the current folder: its folder read as '.'.
+    folder = manifest.parent if manifest.parent != Path() else Path.cwd()
+    raise DataError(f"none of the {plural(len(paths), 'file')} {manifest} lists is there "
+                    f"(the first: {first}){found}: write the paths relative to the CSV's "
+                    f"folder, {folder} (or absolute)")  # fmt: skip
+
+
 def manifest_image_paths(manifest: Path) -> list[Path]:
     """The image files a CSV manifest lists, from every row whatever its label and split (for
     `cnnzoo predict --files-from labels.csv`): its path column (the first, unless a header
@@ -961,7 +981,10 @@ def manifest_image_paths(manifest: Path) -> list[Path]:
     if header:  # a header again, of a second manifest pasted below the first
         cells = [c for c in cells if header_name(c) != names[column]]
     listings: dict[str, dict[str, list[str]]] = {}
-    return [manifest_path(manifest.parent, c, listings) for c in cells if c]
+    paths = [manifest_path(manifest.parent, c, listings) for c in cells if c]
+    # A manifest copied away from its images was one 'no such file' line per row.
+    refuse_none_there(paths, paths[0] if paths else manifest, manifest)
+    return paths
 
 
 def legacy_row_order(manifest: Path, pool: ImageDataset) -> ImageDataset:
@@ -1023,17 +1046,7 @@ def load_csv(
                 f"has{f' (they spell it {same!r})' if same else ''}: fix the label or add "
                 "training images of it"
             )
-    if not any(path.exists() or path.is_symlink() for path, _, _ in entries):
-        # One line, not one "no such file" per row: every path was written from elsewhere (the
-        # current folder, C:\Users\... on the PC that made the CSV).
-        # Written relative to the current folder (the CSV made beside the data, then moved
-        # into it), they are there from here: say so, the fix is then plain.
-        here = Path(os.path.relpath(first_listed, manifest.parent))
-        found = (f"; they are there relative to the current folder ({here} is)"
-                 if not here.is_absolute() and here.exists() else "")  # fmt: skip
-        raise DataError(f"none of the {plural(len(entries), 'file')} {manifest} lists is there "
-                        f"(the first: {first_listed}){found}: write the paths relative to the "
-                        f"CSV's folder, {manifest.parent} (or absolute)")  # fmt: skip
+    refuse_none_there([path for path, _, _ in entries], first_listed, manifest)
     parts = ("train", "val", "test")
     items = {part: [(p, index[label]) for p, label, split in entries if split == part]
              for part in parts}  # fmt: skip

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import UsageError
+from ..errors import ImageError, UsageError
 from ..text import plural
+from .images import check_unit_range
 
 # (images float NCHW in [0, 1], targets, generator) -> (images, targets). Targets pass through for
 # classification; segmentation masks (N, H, W) get the same geometry as their images. A transform
@@ -71,8 +72,9 @@ def asked_count(raised: int, epochs: int, asked: int) -> int:
 class BatchLoader:
     """Iterates `(inputs, targets)` over in-memory tensors, one epoch per `iter()`.
 
-    images: uint8 (N, C, H, W) (or float in [0, 1]); targets: (N,) class indices or (N, H, W) masks;
-    tensors or numpy arrays (taken as tensors: Keras's x_train, y_train, once made (N, C, H, W)).
+    images: uint8 (N, C, H, W), or float in [0, 1] (other floats are an ImageError); targets:
+    (N,) class indices or (N, H, W) masks; tensors or numpy arrays (taken as tensors: Keras's
+    x_train, y_train, once made (N, C, H, W)).
     Each epoch draws its order and augmentation from a generator seeded with `(seed, epoch)`, so
     an epoch replays identically after a resume. `shard=(rank, world)` keeps every `world`-th
     sample for distributed training; `mean`/`std` normalise after augmentation.
@@ -121,6 +123,13 @@ class BatchLoader:
             raise UsageError(f"images of shape {tuple(images.shape)} look channels-last "
                              "(N, H, W, C), Keras's layout: pass images.permute(0, 3, 1, 2) "
                              "(numpy: .transpose(0, 3, 1, 2)), (N, C, H, W)")  # fmt: skip
+        if images.is_floating_point() and images.numel():
+            # Keras's x_train.astype("float32") is 0..255: read as [0, 1] it trained LeNet-5 on
+            # digits to chance (0.09 against 0.94 as uint8) without a word.
+            try:
+                check_unit_range(float(images.min()), float(images.max()))
+            except ImageError as exc:
+                raise ImageError(f"images: {exc}") from None
         self.images = images
         self.targets = targets
         self.batch_size = batch_size

@@ -25,10 +25,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from ..errors import (
+    ArgumentKindError,
     DamagedCheckpointError,
     DataError,
     NewerFormatError,
@@ -114,6 +116,13 @@ def _config_problem(cfg: TrainConfig) -> str | None:
         return f"momentum must lie in [0, 1), not {cfg.momentum!r}"
     if cfg.grad_clip is not None and not (number(cfg.grad_clip) and cfg.grad_clip > 0):
         return f"grad_clip must be a gradient norm > 0 (None: off), not {cfg.grad_clip!r}"
+    # The switches: freeze_bn='False' (a string from a config file) froze every BatchNorm, and
+    # nesterov='no' kept Nesterov's momentum, as any non-empty string is true.
+    for name in ("nesterov", "freeze_bn", "restore_best", "progress", "verbose", "tensorboard",
+                 "report"):
+        value = getattr(cfg, name)
+        if not (isinstance(value, bool | np.bool_) or value is None and name == "restore_best"):
+            return f"{name} must be True or False, not {value!r}"
     return None
 
 
@@ -223,6 +232,41 @@ def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
                 m.eval()
 
 
+def _check_kinds(model: Any, task: Any, train_loader: Any, val_loader: Any,
+                 config: Any) -> None:
+    """Trainer's arguments of the wrong kind, one line each: a task given by its name
+    (Keras's compile(loss=...) habit), a config as a dict, or a TrainConfig in the place of
+    the validation loader (Trainer(model, task, train, cfg)) were "'str' object has no
+    attribute 'name'" in __init__, or "'TrainConfig' object is not iterable" after the first
+    epoch had trained."""
+    if not isinstance(model, nn.Module):
+        raise ArgumentKindError(f"model must be a torch nn.Module such as cnnzoo.create_model("
+                                f"'lenet5', num_classes=10), not {_kind(model)}")
+    if not all(hasattr(task, a) for a in ("name", "loss", "metrics")):
+        raise ArgumentKindError(f"task must be a task object, ClassificationTask(num_classes) "
+                                f"or SegmentationTask(num_classes), not {_kind(task)}")
+    if isinstance(val_loader, TrainConfig):
+        raise ArgumentKindError("a TrainConfig was given as the validation loader: pass it "
+                                "as config=..., Trainer(model, task, train_loader, config=cfg) "
+                                "(the validation loader, if any, comes before it)")
+    for name, loader in (("train_loader", train_loader), ("val_loader", val_loader)):
+        if (loader is not None or name == "train_loader") and not hasattr(loader, "__iter__"):
+            raise ArgumentKindError(f"{name} must be a BatchLoader (or any iterable of "
+                                    f"(inputs, targets) batches), not {_kind(loader)}")
+    if config is not None and not isinstance(config, TrainConfig):
+        how = ": TrainConfig(**config)" if isinstance(config, dict) else ""
+        raise ArgumentKindError(f"config must be a TrainConfig, not {_kind(config)}{how}")
+
+
+def _kind(value: Any) -> str:
+    """"the str 'classification'", 'a dict', 'None': what was given, for a one-line error."""
+    if value is None:
+        return "None"
+    if isinstance(value, str | int | float):
+        return f"the {type(value).__name__} {value!r}"
+    return f"a {type(value).__name__}"
+
+
 def _check_labels(task: Task, loader: Any, name: str) -> None:
     """A classification loader's labels, once, before anything runs: a label at or above the
     task's class count was torch's "IndexError: Target 2 is out of bounds" at the first step,
@@ -286,6 +330,7 @@ class Trainer:
         say: Callable[[str], None] | None = None,
         show: Callable[[str], None] | None = None,
     ) -> None:
+        _check_kinds(model, task, train_loader, val_loader, config)
         self.model = model
         self.say = say
         self.show = show
