@@ -99,3 +99,23 @@ def test_train_evaluate_resume_compare_keep_test_held_out(shoes, held, tmp_path,
     assert "(21 training, 12 validation) (old)" in out
     assert "(15 training, 6 validation, 12 test held out) (held)" in out
 
+
+def test_transfer_keeps_test_held_out_through_resume_and_evaluate(shoes, held, tmp_path, capsys):
+    out = tmp_path / "transfer"
+    run = ["transfer", str(shoes), "--model", "lenet5", "--weights", str(held / "best.pt"),
+           "--mode", "finetune", "--out", str(out), "--head-epochs", "1", "--min-steps", "1",
+           "--no-progress"]
+    assert main([*run, "--val-fraction", "0.3", "--epochs", "1"]) == 0
+    assert ("data: 15 training and 6 validation images (12 test images held out)"
+            in capsys.readouterr().err)
+    bundle = json.loads((out / "bundle" / "bundle.json").read_text())
+    assert (bundle["data"]["hold_out_test"], bundle["data"]["val_fraction"]) == (True, 0.3)
+    for split, n in ((None, 6), ("test", 12)):
+        assert main(["evaluate", "--bundle", str(out / "bundle"), "--json", "--no-progress",
+                     *(["--split", split] if split else [])]) == 0
+        assert _json(capsys)["images"] == n
+    # A bare --resume draws the run's split again (it validated on test/ before: 12 images).
+    assert main([*run, "--epochs", "2", "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "data: 15 training and 6 validation images (12 test images held out)" in err
+    assert "validation images (the data splits otherwise now)" not in err
