@@ -132,8 +132,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_mixing_arguments(p, sam=None, off=None)
     p.add_argument("--val-fraction", type=FRACTION, default=None,
                    help="validation share drawn from the training images when DATA has no "
-                        "val/ part (default 0.2); given, a test/ part (test rows) stays held out "
-                        "for `cnnzoo evaluate --split test`, else it validates")
+                        "val/ part (default 0.2); given, a classifier's test/ part (test rows) "
+                        "stays held out for `cnnzoo evaluate --split test`, else test/ "
+                        "validates")
     p.add_argument("--model-arg", type=model_arg, action="append", default=[],
                    metavar="KEY=VALUE",
                    help="extra model option, e.g. width_mult=0.25 (repeatable)")
