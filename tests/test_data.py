@@ -966,15 +966,24 @@ def test_train_val_test_subfolders(tmp_path, caplog):
     s = load_folder(tmp_path, progress=False)
     assert (len(s.train), len(s.val), s.test) == (8, 6, None)
     note = ("note: no validation part, so the 6 test images validate the run and are no "
-            "held-out test; a val/ folder (or rows marked val) keeps them apart (--val-fraction "
-            "draws validation images only when there is no test part either)")
+            "held-out test; --val-fraction 0.2 draws the validation images from the training "
+            "ones instead and keeps the test images apart (as a val/ folder, or rows marked "
+            "val, does)")
     assert note in caplog.text
-    # A fraction given is no way to keep them apart (the note named only val/, and --help
-    # said the fraction applies 'when DATA has no val/ part'): test/ still validates.
+    # A fraction alone keeps the default (runs so far validated on test/): test/ validates.
     caplog.clear()
     s = load_folder(tmp_path, val_fraction=0.5, progress=False)
     assert (len(s.train), len(s.val), s.test, s.val_drawn) == (8, 6, None, False)
     assert note in caplog.text
+    # Held out (`--val-fraction` given): 4 per class in train/, round(4 * 0.5) = 2 of each
+    # drawn to validate, and test/'s 3 per class stay the test part, without the note.
+    caplog.clear()
+    s = load_folder(tmp_path, val_fraction=0.5, progress=False, hold_out_test=True)
+    assert (s.train.class_counts(), s.val.class_counts(), s.test.class_counts(),
+            s.val_drawn) == ([2, 2], [2, 2], [3, 3], True)
+    assert {Path(p).parent.parent.name for p in s.test.paths} == {"test"}
+    assert {Path(p).parent.parent.name for p in s.val.paths} == {"train"}
+    assert "no validation part" not in caplog.text
     # 'train' among other class folders is a class, not a part.
     _png(tmp_path / "bus" / "1.png", 0)
     assert "train" in load_folder(tmp_path, ImageSpec(size=8), progress=False).class_names

@@ -50,9 +50,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     i.add_argument("--channels", type=int, choices=(1, 3), default=None,
                    help="default: the data's own, as `cnnzoo train` reads them (1 when every "
                         "image is grey, as the built-ins are, else 3)")  # fmt: skip
-    i.add_argument("--val-fraction", type=FRACTION, default=0.2,
-                   help="validation share drawn from the training images when there is neither a "
-                        "val/ nor a test/ part (a test/ alone validates; default 0.2)")
+    i.add_argument("--val-fraction", type=FRACTION, default=None,
+                   help="validation share drawn from the training images when there is no val/ "
+                        "part (default 0.2); given, a test/ part (test rows) stays held out, as "
+                        "`cnnzoo train` and `transfer` then keep it, else it validates")
     i.add_argument("--seed", type=SEED, default=0, help="seed of the stratified split (default 0)")
     i.add_argument("--json", action="store_true",
                    help="machine-readable output: classes, per-class counts of each part, "
@@ -111,8 +112,10 @@ def _info(args: argparse.Namespace) -> int:
               f"at {size}x{size} here, {why} (--img-size N for another)",
               file=sys.stderr)  # fmt: skip
     spec = ImageSpec(size=size, channels=channels)
-    splits = load_dataset(args.source, spec, val_fraction=args.val_fraction, seed=args.seed,
-                          progress=args.progress)
+    # A fraction given keeps a test/ part held out, as `train` and `transfer` do with it.
+    splits = load_dataset(args.source, spec, val_fraction=args.val_fraction or 0.2,
+                          seed=args.seed, progress=args.progress,
+                          hold_out_test=args.val_fraction is not None)
     parts = [("train", splits.train), ("val", splits.val)]
     if splits.test is not None:
         parts.append(("test", splits.test))

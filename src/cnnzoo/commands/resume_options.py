@@ -27,7 +27,7 @@ CONFIG_KEPT = ("optimizer", "lr", "momentum", "nesterov", "weight_decay", "sched
 ASKED = {"patience": "asked_patience", "warmup_epochs": "asked_warmup_epochs"}
 # Options read from the checkpoint's `meta`, per task.
 META_KEPT = {
-    "classification": ("label_smoothing", "augment", "erase", "val_fraction"),
+    "classification": ("label_smoothing", "augment", "erase", "val_fraction", "hold_out_test"),
     "segmentation": ("loss", "elastic", "w0", "sigma", "val_fraction", "cells", "classes",
                      "encoder_weights", "batch_size"),
 }

@@ -131,8 +131,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "is kept unless this is given)")
     add_mixing_arguments(p, sam=None, off=None)
     p.add_argument("--val-fraction", type=FRACTION, default=None,
-                   help="validation share drawn from the training images when DATA has neither a "
-                        "val/ nor a test/ part (a test/ alone validates; default 0.2)")
+                   help="validation share drawn from the training images when DATA has no "
+                        "val/ part (default 0.2); given, a classifier's test/ part (test rows) "
+                        "stays held out for `cnnzoo evaluate --split test`, else test/ "
+                        "validates")
     p.add_argument("--model-arg", type=model_arg, action="append", default=[],
                    metavar="KEY=VALUE",
                    help="extra model option, e.g. width_mult=0.25 (repeatable)")
@@ -274,6 +276,9 @@ def run(args: argparse.Namespace) -> int:
     dist = init_distributed()
     use_threads(args.threads)  # after: init_distributed shares the cores between a node's processes
     out = out_dir_for(args.model, args.out)
+    # --val-fraction given: a test/ part without val/ stays held out (DataOptions); left out on
+    # a bare --resume, the run's choice (None until `keep_run_options` reads it).
+    args.hold_out_test = True if args.val_fraction is not None else None
     if args.resume:
         from .resume_options import keep_run_options
 
@@ -331,6 +336,7 @@ def run(args: argparse.Namespace) -> int:
             data = DataOptions(args.data, img_size=args.img_size, channels=args.channels,
                                batch_size=args.batch_size, augment=args.augment,
                                erase=args.erase or 0.0, progressive=args.progressive,
+                               hold_out_test=bool(args.hold_out_test),
                                **({} if args.val_fraction is None
                                   else {"val_fraction": args.val_fraction}))
             result = train_classifier(

@@ -101,9 +101,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=COUNT, default=32,
                    help="images per batch (default 32; fine-tuning takes at most a quarter of "
                         "the training images, at least 8)")
-    p.add_argument("--val-fraction", type=FRACTION, default=0.2,
-                   help="validation share drawn from the training images when DATA has neither a "
-                        "val/ nor a test/ part (a test/ alone validates; default 0.2)")
+    p.add_argument("--val-fraction", type=FRACTION, default=None,
+                   help="validation share drawn from the training images when DATA has no "
+                        "val/ part (default 0.2); given, a test/ part (test rows) stays held out "
+                        "for `cnnzoo evaluate --bundle ... --split test`, else it validates")
     p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                    help="auto (default): bf16 on CPUs with native bf16, else fp32")
     p.add_argument("--cache", metavar="DIR", default=None,
@@ -152,7 +153,9 @@ def config_from_args(args: argparse.Namespace) -> Any:
     return TransferConfig(
         mode=args.mode, head=args.head, l2=args.l2, views=args.views, img_size=args.img_size,
         stages=args.stages, fit=args.fit, batch_size=args.batch_size,
-        val_fraction=args.val_fraction,
+        val_fraction=0.2 if args.val_fraction is None else args.val_fraction,
+        # --val-fraction given keeps a test/ part held out; a bare --resume, as the run did.
+        hold_out_test=getattr(args, "hold_out_test", args.val_fraction is not None),
         precision=args.precision, cache_dir=args.cache, use_cache=args.use_cache,
         keep_best=args.keep_best, class_weight=args.class_weight, seed=args.seed,
         progress=args.progress, finetune=ft,
@@ -236,8 +239,13 @@ def run(args: argparse.Namespace) -> int:
     settle_positional(args, "data", "cnnzoo transfer DATA")
     refuse_resume_with_overwrite(args)
     args.model = model_of(args)
-    notes = check_options(args)
     out = out_folder(args)
+    if args.resume and args.val_fraction is None:  # a bare --resume: the run's own split
+        from ..transfer.run import resumed_split
+
+        if (split := resumed_split(out)) is not None:
+            args.val_fraction, args.hold_out_test = split
+    notes = check_options(args)
     check_folder(out, "--out")
     if args.cache and args.use_cache and args.mode != "finetune":
         check_folder(args.cache, "--cache")

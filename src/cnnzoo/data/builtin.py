@@ -249,6 +249,7 @@ def load_dataset(
     workers: int = 2,
     progress: bool = True,
     min_classes: int = 2,
+    hold_out_test: bool = False,
 ) -> Splits:
     """Train/validation data from a built-in name, an image folder or a CSV manifest.
 
@@ -257,6 +258,8 @@ def load_dataset(
     spec: size and channels to bring every image to. For built-ins the default keeps their
     native 28x28 / 8x8 grey; a spec with size=None keeps the size but applies the channels.
     min_classes: what a folder or manifest must hold (1 for a held-out set to score on).
+    hold_out_test: a folder's test/ part (a manifest's test rows) without a val/ part stays the
+    test part, and validation is drawn from the training images; else it validates.
     """
     name = str(source)
     if not name.strip():  # Path("") is the current folder, which is not what an empty name meant
@@ -269,12 +272,12 @@ def load_dataset(
     if path.is_dir():
         return load_folder(
             path, spec, val_fraction=val_fraction, seed=seed, workers=workers, progress=progress,
-            min_classes=min_classes,
+            min_classes=min_classes, hold_out_test=hold_out_test,
         )
     if path.suffix.lower() == ".csv":
         return load_csv(
             path, spec, val_fraction=val_fraction, seed=seed, workers=workers, progress=progress,
-            min_classes=min_classes,
+            min_classes=min_classes, hold_out_test=hold_out_test,
         )
     if path.is_file() and (workbook := workbook_error(path)) is not None:
         raise workbook

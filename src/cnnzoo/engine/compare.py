@@ -238,7 +238,10 @@ def _summary(path: Path, label: str, ckpt: dict[str, Any]) -> RunSummary:
     source = trained_data(meta, path.parent) if "dataset" in meta else None
     data = f"{source}"
     if meta.get("images"):
-        data += f" ({meta['images'].get('train')} training, {meta['images'].get('val')} validation)"
+        held = (f", {meta['images']['test']} test held out" if "test" in meta["images"]
+                else "")  # (--val-fraction drew validation beside a test/ part)
+        data += (f" ({meta['images'].get('train')} training, {meta['images'].get('val')} "
+                 f"validation{held})")
     # The validation images: the same folder split the same way (its digest when drawn from a
     # folder), or the same built-in split; a val/ part or Fashion-MNIST's test set whatever the
     # seed (runs before `val_drawn` was recorded: the seed and fraction, as if drawn).

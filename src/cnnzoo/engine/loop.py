@@ -859,9 +859,9 @@ RESUME_WARN_CONFIG = ("epochs", "lr", "schedule", "warmup_epochs", "weight_decay
                       "nesterov", "grad_clip", "seed", "mixup", "cutmix", "sam", "patience")
 # batch_size too: another one changes the steps per epoch, so the schedule's step lands elsewhere.
 # The rest of the recipe as runs record it (`cnnzoo compare` shows a resumed run's last values).
-RESUME_WARN_META = ("loss", "img_size", "val_fraction", "images", "batch_size", "augment",
-                    "erase", "progressive", "label_smoothing", "class_weight", "elastic",
-                    "jitter", "w0", "sigma")
+RESUME_WARN_META = ("loss", "img_size", "val_fraction", "hold_out_test", "images", "batch_size",
+                    "augment", "erase", "progressive", "label_smoothing", "class_weight",
+                    "elastic", "jitter", "w0", "sigma")
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, scheduler: StepSchedule,

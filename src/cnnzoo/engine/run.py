@@ -65,6 +65,9 @@ class DataOptions:
     batch_size: int | None = None  # default: `default_batch_size`
     augment: str | None = None  # default: 'crop' for digits, 'flip-crop' otherwise
     val_fraction: float = 0.2
+    # A test/ part (test rows) without a val/ one stays held out, and validation is drawn from
+    # the training images (`--val-fraction` given); else test/ validates, as runs always did.
+    hold_out_test: bool = False
     channels: int | None = None  # default: the data's own (grey built-ins) / the model's
     erase: float = 0.0  # random-erasing probability added to the training augmentation
     # (size, epochs): the first `epochs` epochs train at the smaller `size` (progressive
@@ -192,7 +195,7 @@ def load_splits(
     # are resized once in memory when that is small, else per batch (see `resize_in_memory`).
     spec = ImageSpec(size=None if is_builtin else size, channels=channels)
     splits = builtin.load_dataset(opts.source, spec, val_fraction=opts.val_fraction, seed=seed,
-                                  progress=progress)
+                                  progress=progress, hold_out_test=opts.hold_out_test)
     if is_builtin:
         splits = resize_in_memory(splits, size)
     if splits.num_classes < 2:
@@ -507,9 +510,13 @@ def train_classifier(
                       val_fraction=data.val_fraction, seed=config.seed)
     # How many images each part had: a resumed run warns when the folder (or --cells) changed.
     meta["images"] = {"train": len(splits.train), "val": len(splits.val)}
+    if data.hold_out_test and splits.test is not None:  # `compare` names the part kept apart
+        meta["images"]["test"] = len(splits.test)
     # Whether the seed and --val-fraction chose the validation images (`compare` names runs
     # whose seeds differ as validated on other images only then).
     meta["val_drawn"] = splits.val_drawn
+    # `evaluate` (its split and --split test) and a bare --resume load the data as this run did.
+    meta["hold_out_test"] = data.hold_out_test
     if splits.val_drawn and builtin_name(data.source) is None:  # `evaluate` checks that the
         meta["val_files"] = splits.val.files_digest(data.source)  # folder splits the same
     meta["augment"] = augment_kind(data)  # `evaluate --tta` says when the net never saw flips
@@ -703,7 +710,7 @@ def evaluation_images(
     src: str, spec: Any, split: str | None, class_names: list[str], *, trained_on: str = "",
     val_fraction: float = 0.2, seed: int = 0, size: int | None = None,
     val_files: str | None = None, progress: bool = True,
-    count_skipped: Callable[[int], None] | None = None,
+    count_skipped: Callable[[int], None] | None = None, hold_out_test: bool = False,
 ) -> Any:
     """The labelled images to score a model on, labels in `class_names` order (an ImageDataset).
 
@@ -717,6 +724,7 @@ def evaluation_images(
     'val', whose images would now include some the run trained on. progress: the bar while a
     folder's images are decoded. count_skipped: given, told how many files (and CSV rows) the
     load left out as unreadable, as `Splits.skipped_count` (`cnnzoo data info --json`) counts.
+    hold_out_test: as the run loaded its data (`load_dataset`): its test part did not validate.
     """
     from ..data import builtin
     from ..data.dataset import ImageDataset
@@ -731,7 +739,7 @@ def evaluation_images(
     if is_builtin:
         spec = ImageSpec(size=None, channels=spec.channels)
     splits = builtin.load_dataset(src, spec, val_fraction=val_fraction, seed=seed, min_classes=1,
-                                  progress=progress)
+                                  progress=progress, hold_out_test=hold_out_test)
     if count_skipped is not None:
         count_skipped(splits.skipped_count)
     if is_builtin and size is not None:  # the same pixels the run validated on
@@ -743,8 +751,9 @@ def evaluation_images(
     elif split == "test":
         if splits.test is None and not is_builtin:
             raise DataError(f"{src} has no test part apart from its validation part (DIR/test/ "
-                            "beside DIR/val/, or rows marked test): use --split val or --split "
-                            "all")  # fmt: skip
+                            "beside DIR/val/, or rows marked test; a test/ alone validated the "
+                            "run unless it was trained with --val-fraction, which keeps test/ "
+                            "held out): use --split val or --split all")  # fmt: skip
         ds = splits.test if splits.test is not None else splits.val
     else:
         ds = splits.val
@@ -796,7 +805,8 @@ def evaluate_checkpoint(
                            trained_on=trained_on, val_fraction=meta.get("val_fraction", 0.2),
                            seed=meta.get("seed", 0), size=size,
                            val_files=meta.get("val_files"), progress=progress,
-                           count_skipped=count_skipped)  # fmt: skip
+                           count_skipped=count_skipped,
+                           hold_out_test=bool(meta.get("hold_out_test")))  # fmt: skip
     loader = BatchLoader(ds.images, ds.labels, batch_size=batch_size,
                          transform=default_augmentation("none", size),
                          mean=meta["mean"], std=meta["std"])

@@ -292,7 +292,8 @@ class Bundle:
                                trained_on=trained_on, val_fraction=data.get("val_fraction", 0.2),
                                seed=data.get("seed", 0),
                                val_files=data.get("val_files"), progress=progress,
-                               count_skipped=count_skipped)  # fmt: skip
+                               count_skipped=count_skipped,
+                               hold_out_test=bool(data.get("hold_out_test")))  # fmt: skip
         if ds.channels != self.preprocessing.channels:
             ds = ds.with_channels(self.preprocessing.channels)
         probs = predict_tensor(self.model, ds.images, self.preprocessing, views=self.views,

@@ -104,6 +104,9 @@ class TransferConfig:
     fit: str | None = None
     batch_size: int = 32
     val_fraction: float = 0.2
+    # A test/ part (test rows) without a val/ one stays held out, and validation is drawn from
+    # the training images (`--val-fraction` given); else test/ validates (`load_dataset`).
+    hold_out_test: bool = False
     precision: str = "auto"
     cache_dir: str | None = None
     use_cache: bool = True
@@ -207,7 +210,7 @@ def _load_data(data: Any, pre: Preprocessing, cfg: TransferConfig) -> tuple[Spli
         # 9 GB) and are resized per batch; image files are decoded at the input size directly.
         spec = ImageSpec(channels=pre.channels) if builtin else input_spec(pre, cfg.fit)
         splits = load_dataset(data, spec, val_fraction=cfg.val_fraction, seed=cfg.seed,
-                              progress=cfg.progress)  # fmt: skip
+                              progress=cfg.progress, hold_out_test=cfg.hold_out_test)  # fmt: skip
     if splits.num_classes < 2:
         raise DataError("transfer learning needs two or more classes")
     if len(splits.val) == 0:
@@ -431,6 +434,15 @@ def resumed_class_weight(out: str | os.PathLike[str] | None) -> str:
     return "none"
 
 
+def resumed_split(out: str | os.PathLike[str] | None) -> tuple[float, bool] | None:
+    """(val_fraction, hold_out_test) of the interrupted fine-tuning in `out` when it recorded
+    them, for a bare `cnnzoo transfer --resume`; else None."""
+    for meta in _finetune_metas(out):
+        if "hold_out_test" in meta:
+            return float(meta.get("val_fraction", 0.2)), bool(meta["hold_out_test"])
+    return None
+
+
 def refuse_another_model(out: str | os.PathLike[str] | None, model: str) -> None:
     """A resume of a fine-tuning of another net: a bare `--resume` builds the default model
     (--model and --weights are not read from the run), and was refused only after its whole
@@ -528,7 +540,11 @@ def transfer(
         squashed = " (images resized whole: fit resize)"
     elif fit_used == "resize" and not fit_given:
         squashed = " (images resized whole, as these weights were trained: fit resize)"
-    say(f"data: {len(splits.train)} training and {len(splits.val)} validation images, {k} classes "
+    # Held out: a test part beside a drawn split, which `evaluate --split test` scores.
+    held = (f" ({len(splits.test)} test images held out)"
+            if cfg.hold_out_test and splits.test is not None else "")
+    say(f"data: {len(splits.train)} training and {len(splits.val)} validation images{held}, "
+        f"{k} classes "
         f"({some(splits.class_names, 12)}); {model} at {pre.crop_size} px{squashed}, "
         f"{inference_dtype(cfg.precision)} [{timings['load']:.1f}s]")  # fmt: skip
     weights_k = class_weights(cfg.class_weight, splits.train.labels, k)
@@ -631,6 +647,13 @@ def transfer(
                 "augment": ft.augment or "flip-crop", "label_smoothing": ft.label_smoothing}
         if isinstance(data, str | os.PathLike):  # a resume on other data is refused, as in train
             meta["dataset"] = str(Path(data).resolve() if Path(data).exists() else data)
+            # The split, for a bare --resume to draw it again (`resumed_split`), and its files,
+            # for the Trainer to warn when the data split otherwise now.
+            meta["val_fraction"], meta["hold_out_test"] = cfg.val_fraction, cfg.hold_out_test
+            from ..data.builtin import builtin_name
+
+            if splits.val_drawn and builtin_name(data) is None:
+                meta["val_files"] = splits.val.files_digest(data)
         head_res, full_res = finetune(
             net, splits, pre, ft, out_dir=out_dir / "finetune" if out_dir else None, meta=meta,
             resume=resume, say=say)  # fmt: skip
@@ -689,7 +712,7 @@ def transfer(
     if isinstance(data, str | os.PathLike):  # `Bundle.evaluate` finds the validation split again
         source = Path(data).resolve() if Path(data).exists() else data
         extra["data"] = {"source": str(source), "val_fraction": cfg.val_fraction,
-                         "seed": cfg.seed}  # fmt: skip
+                         "seed": cfg.seed, "hold_out_test": cfg.hold_out_test}  # fmt: skip
         from ..data.builtin import builtin_name
 
         if splits.val_drawn and builtin_name(data) is None:  # `Bundle.evaluate` checks that

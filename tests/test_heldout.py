@@ -1,0 +1,121 @@
+"""--val-fraction on a folder with train/ and test/ but no val/ (or a manifest with test rows
+and no val rows): validation is drawn from train/, test/ stays held out, and the run's
+evaluate, resume and compare read it so. Counts are hand-counted on real Fashion-MNIST files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnzoo.cli import main
+from cnnzoo.data.export import ExportOptions, export_dataset
+from cnnzoo.data.folder import load_csv
+
+CLASSES = ["ankle_boot", "sandal", "sneaker"]
+
+
+@pytest.fixture(scope="module")
+def shoes(tmp_path_factory) -> Path:
+    """7 training and 4 test images per class: --val-fraction 0.3 draws round(7 * 0.3) = 2 of
+    each class's 7 to validate, leaving 5 to train on, and the 4 test images apart."""
+    root = tmp_path_factory.mktemp("heldout") / "shoes"
+    for split, n in (("train", 7), ("test", 4)):
+        export_dataset("fashion-mnist", root / split,
+                       ExportOptions(classes=CLASSES, per_class=n, split=split))
+    return root
+
+
+def _json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out)
+
+
+def test_data_info_holds_test_out_with_a_fraction(shoes, capsys):
+    assert main(["data", "info", str(shoes), "--json", "--no-progress"]) == 0
+    assert _json(capsys)["counts"] == {"train": [7, 7, 7], "val": [4, 4, 4]}  # test/ validates
+    assert main(["data", "info", str(shoes), "--val-fraction", "0.3", "--json",
+                 "--no-progress"]) == 0
+    assert _json(capsys)["counts"] == {"train": [5, 5, 5], "val": [2, 2, 2], "test": [4, 4, 4]}
+
+
+def test_manifest_with_test_rows_holds_them_out(shoes, tmp_path):
+    rows = ["path,label,split"] + [
+        f"{p},{p.parent.name},{p.parent.parent.name}" for p in sorted(shoes.rglob("*.png"))]
+    manifest = tmp_path / "shoes.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    s = load_csv(manifest, val_fraction=0.3, progress=False, hold_out_test=True)
+    assert (s.train.class_counts(), s.val.class_counts(), s.test.class_counts(),
+            s.val_drawn) == ([5, 5, 5], [2, 2, 2], [4, 4, 4], True)
+    assert all("/test/" in p for p in s.test.paths)
+    assert not any("/test/" in p for p in s.val.paths)
+    s = load_csv(manifest, val_fraction=0.3, progress=False)  # the default: test rows validate
+    assert (s.val.class_counts(), s.test, s.val_drawn) == ([4, 4, 4], None, False)
+
+
+def _meta(run: Path) -> dict:
+    return torch.load(run / "last.pt", weights_only=True, mmap=True)["meta"]
+
+
+COMMON = ["--epochs", "1", "--batch-size", "8", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def held(shoes, tmp_path_factory) -> Path:
+    """A lenet5 run on `shoes` with --val-fraction 0.3 given."""
+    out = tmp_path_factory.mktemp("runs") / "held"
+    assert main(["train", "lenet5", "--data", str(shoes), "--out", str(out),
+                 "--val-fraction", "0.3", *COMMON]) == 0
+    return out
+
+
+def test_train_evaluate_resume_compare_keep_test_held_out(shoes, held, tmp_path, capsys):
+    meta = _meta(held)
+    assert (meta["hold_out_test"], meta["val_drawn"], meta["images"]) == (
+        True, True, {"train": 15, "val": 6, "test": 12})
+    # evaluate: by default the 6 drawn validation images, --split test the 12 held out.
+    capsys.readouterr()
+    for split, n in ((None, 6), ("test", 12)):
+        assert main(["evaluate", str(held / "best.pt"), "--json", "--no-progress",
+                     *(["--split", split] if split else [])]) == 0
+        assert _json(capsys)["images"] == n
+    # A bare --resume draws the same split (the run's fraction and choice, not test/ again).
+    assert main(["train", "lenet5", "--data", str(shoes), "--out", str(held), "--resume",
+                 "--epochs", "2", "--no-progress"]) == 0
+    resumed = _meta(held)
+    assert (resumed["hold_out_test"], resumed["images"], resumed["val_files"]) == (
+        True, meta["images"], meta["val_files"])
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "resuming with" in line]
+    assert warnings == ["warning: resuming with different epochs (was 1, now 2) than the "
+                        "checkpoint; the result will differ from an uninterrupted run"]
+    # Without --val-fraction test/ validates, as before, and compare tells the runs apart.
+    old = tmp_path / "old"
+    assert main(["train", "lenet5", "--data", str(shoes), "--out", str(old), *COMMON]) == 0
+    assert (_meta(old)["hold_out_test"], _meta(old)["images"]) == (False, {"train": 21, "val": 12})
+    capsys.readouterr()
+    assert main(["compare", str(old), str(held)]) == 0
+    out = capsys.readouterr().out
+    assert "(21 training, 12 validation) (old)" in out
+    assert "(15 training, 6 validation, 12 test held out) (held)" in out
+
+
+def test_transfer_keeps_test_held_out_through_resume_and_evaluate(shoes, held, tmp_path, capsys):
+    out = tmp_path / "transfer"
+    run = ["transfer", str(shoes), "--model", "lenet5", "--weights", str(held / "best.pt"),
+           "--mode", "finetune", "--out", str(out), "--head-epochs", "1", "--min-steps", "1",
+           "--no-progress"]
+    assert main([*run, "--val-fraction", "0.3", "--epochs", "1"]) == 0
+    assert ("data: 15 training and 6 validation images (12 test images held out)"
+            in capsys.readouterr().err)
+    bundle = json.loads((out / "bundle" / "bundle.json").read_text())
+    assert (bundle["data"]["hold_out_test"], bundle["data"]["val_fraction"]) == (True, 0.3)
+    for split, n in ((None, 6), ("test", 12)):
+        assert main(["evaluate", "--bundle", str(out / "bundle"), "--json", "--no-progress",
+                     *(["--split", split] if split else [])]) == 0
+        assert _json(capsys)["images"] == n
+    # A bare --resume draws the run's split again (it validated on test/ before: 12 images).
+    assert main([*run, "--epochs", "2", "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "data: 15 training and 6 validation images (12 test images held out)" in err
+    assert "validation images (the data splits otherwise now)" not in err
