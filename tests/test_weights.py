@@ -81,6 +81,8 @@ def test_a_pickled_payload_in_a_run_checkpoint_is_said_to_be_one(tmp_path, capsy
     assert not marker.exists()
 
 
+# TorchScript is deprecated in torch 2.13 (each jit call warns so): users still have such files.
+@pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
 def test_a_torchscript_file_says_how_to_get_its_weights(tmp_path, capsys):
     """A TorchScript archive (torch.jit.save) printed torch's UserWarning to call torch.jit.load
     and then 'not a readable PyTorch checkpoint (truncated, or another format?)'. It is named
