@@ -339,7 +339,7 @@ def test_a_bare_resume_of_a_killed_transfer_run_keeps_every_option(tmp_path, mon
     fine-tuning, built the default efficientnet_lite0 with ImageNet weights and was refused as
     another net; given --model and --weights again it went on with every other option at its
     default (head, views, size, fit, epochs, rates, mixing, SAM, smoothing, class weights,
-    batch size, seed, validation split). It now reads them all from OUT/finetune and ends with
+    batch size, seed, validation split, and the feature cache its --no-cache turned off). It now reads them all from OUT/finetune and ends with
     the bundle and metrics of the uninterrupted run, bit for bit, with no warning."""
     from safetensors.torch import load_file
 
@@ -349,7 +349,8 @@ def test_a_bare_resume_of_a_killed_transfer_run_keeps_every_option(tmp_path, mon
               "--min-steps", "0", "--head-epochs", "1", "--lr", "3e-3", "--lr-decay", "0.5",
               "--patience", "2", "--keep-best", "--augment", "crop", "--label-smoothing", "0.05",
               "--mixup", "0.2", "--sam", "0.05", "--class-weight", "balanced", "--batch-size",
-              "8", "--val-fraction", "0.25", "--seed", "3", "--precision", "fp32"]  # fmt: skip
+              "8", "--val-fraction", "0.25", "--seed", "3", "--precision", "fp32",
+              "--no-cache"]  # fmt: skip
     base = ["transfer", str(data), "--no-progress"]
     assert main([*base, *recipe, "--out", str(tmp_path / "whole")]) == 0
     run = tmp_path / "run"
@@ -363,6 +364,7 @@ def test_a_bare_resume_of_a_killed_transfer_run_keeps_every_option(tmp_path, mon
     for doc in (whole, resumed):
         doc.pop("timings_s")
     assert resumed == whole
+    assert not (tmp_path / "cache" / "features").exists()  # --no-cache kept (read-only HOME)
     assert (run / "bundle" / "bundle.json").read_text() == (
         tmp_path / "whole" / "bundle" / "bundle.json").read_text()
     # (Tensor by tensor: the file's metadata is a Rust HashMap, written in either order.)

@@ -133,6 +133,10 @@ def keep_transfer_options(args: argparse.Namespace, out: Path) -> None:
     for option in (*RUN_OPTIONS, *FINETUNE_OPTIONS):
         if own_mode or option not in MODE_BOUND:
             _keep(args, option, config.get(option))
+    cache = record.get("cache") or {}
+    if args.cache is None and args.use_cache is None:  # (one given decides alone)
+        _keep(args, "cache", cache.get("dir"))
+        _keep(args, "use_cache", cache.get("use"))
     if args.model not in (None, record.get("model")):
         return  # another net, given: `transfer` refuses it, naming the run's
     _keep(args, "model", record.get("model"))

@@ -112,7 +112,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto (default): bf16 on CPUs with native bf16, else fp32")
     p.add_argument("--cache", metavar="DIR", default=None,
                    help="feature cache folder (default $CNNZOO_CACHE/features)")
-    p.add_argument("--no-cache", dest="use_cache", action="store_false",
+    p.add_argument("--no-cache", dest="use_cache", action="store_false", default=None,
                    help="compute every feature afresh and store none")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted fine-tuning in --out, as it was configured: "
@@ -158,7 +158,8 @@ def config_from_args(args: argparse.Namespace) -> Any:
         ft["patience"] = ft["patience"] or None  # 0: off
     # --batch-size, --precision, --seed and --no-progress are the run's (TransferConfig's):
     # `transfer` hands them to fine-tuning.
-    return TransferConfig(**given(RUN_OPTIONS), cache_dir=args.cache, use_cache=args.use_cache,
+    cache = {"cache_dir": args.cache, "use_cache": args.use_cache}
+    return TransferConfig(**given(RUN_OPTIONS), **{k: v for k, v in cache.items() if v is not None},
                           progress=args.progress, finetune=FinetuneConfig(**ft))
 
 
@@ -264,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
     notes = check_options(args, given)
     check_folder(out, "--out")
     config = config_from_args(args)
-    if args.cache and args.use_cache and config.mode != "finetune":
+    if config.cache_dir and config.use_cache and config.mode != "finetune":
         check_folder(args.cache, "--cache")
     for note in notes:
         print(f"cnnzoo transfer: {note}", file=sys.stderr)

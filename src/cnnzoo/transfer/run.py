@@ -433,7 +433,7 @@ def resumed_class_weight(out: str | os.PathLike[str] | None) -> str:
 
 # TransferConfig's and FinetuneConfig's fields a run's record leaves out: where it writes and
 # what it shows, not what it computes.
-UNRECORDED = ("finetune", "progress", "verbose", "cache_dir", "use_cache")
+UNRECORDED = ("finetune", "progress", "verbose", "cache_dir", "use_cache")  # (cache: its own)
 # Recorded settings the engine's own resume warning names already (`loop.RESUME_WARN_CONFIG`
 # and `RESUME_WARN_META`: its epochs, as raised by min_steps, and its precision included).
 ENGINE_WARNS = ("epochs", "min_steps", "head_epochs", "lr", "weight_decay", "freeze_bn",
@@ -445,8 +445,8 @@ def run_record(cfg: TransferConfig, model: str, weights: Any,
                fingerprint: str) -> dict[str, Any]:  # fmt: skip
     """What a bare `cnnzoo transfer ... --resume` reads back from the fine-tuning checkpoints
     (`commands.resume_options.keep_transfer_options`): the model, the weights (a tag as given,
-    a file by its absolute path) with their fingerprint, and the settings as this run settled
-    them (views, fit, augmentation and class weighting for its data and weights), in one flat
+    a file by its absolute path) with their fingerprint, the feature cache, and the settings
+    as this run settled them (views, fit, augmentation and class weighting for its data and weights), in one flat
     mapping under the command's option names (`--update-bn` as `freeze_bn`)."""
     def plain(obj: Any) -> dict[str, Any]:
         return {f.name: list(v) if isinstance(v := getattr(obj, f.name), tuple) else v
@@ -458,8 +458,10 @@ def run_record(cfg: TransferConfig, model: str, weights: Any,
     # Fine-tuning's shared settings (SHARED_FIELDS) are the run's.
     own = {**plain(cfg), **{k: v for k, v in plain(cfg.finetune).items()
                             if k not in SHARED_FIELDS}}  # fmt: skip
+    # The feature cache changes no result, so no warning names it, but a bare resume keeps it:
+    # a run given --no-cache for a read-only HOME was refused when restarted without it.
     return {"model": model, "weights": {"source": source, "fingerprint": fingerprint},
-            "config": own}
+            "config": own, "cache": {"dir": cfg.cache_dir, "use": cfg.use_cache}}
 
 
 def resumed_record(out: str | os.PathLike[str] | None) -> dict[str, Any] | None:
