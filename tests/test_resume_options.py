@@ -4,6 +4,7 @@ was configured: every option left out is the run's own (`commands/resume_options
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -298,3 +299,123 @@ def test_a_bare_resume_can_switch_back_what_a_killed_run_turned_off(tmp_path, mo
     losses = [json.loads(line)["val_loss"] for line in
               (run / "metrics.jsonl").read_text().splitlines()]
     assert [e.value for e in events.Scalars("val/loss")] == pytest.approx(losses)
+
+
+def _fashion_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """5 classes x 8 real Fashion-MNIST images (30 to train, 10 to validate) in tmp_path/data,
+    random lenet5 weights in tmp_path/lenet5.pt, and a feature cache of the test's own."""
+    from cnnzoo.data import load_fashion_mnist
+    from cnnzoo.data.folder import write_image_folder
+    from cnnzoo.models import create_model
+
+    monkeypatch.setenv("CNNZOO_CACHE", str(tmp_path / "cache"))
+    write_image_folder(load_fashion_mnist("test").subset(
+        per_class=8, classes=["tshirt", "pullover", "dress", "coat", "shirt"], seed=1),
+        tmp_path / "data")  # fmt: skip
+    torch.manual_seed(0)
+    torch.save(create_model("lenet5").state_dict(), tmp_path / "lenet5.pt")
+    return tmp_path / "data"
+
+
+def _killed_in_fine_tuning(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cnnzoo transfer` run as `argv` (one head epoch) and SIGTERM'd right after its first
+    epoch of the whole net is checkpointed."""
+    line, lines = loop._epoch_line, []
+
+    def killed(record, *args, **kwargs):
+        lines.append(record)
+        if len(lines) == 2:  # the head's epoch, then the whole net's first
+            raise Terminated
+        return line(record, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "_epoch_line", killed)
+        assert main(argv) == 128 + 15
+
+
+def test_a_bare_resume_of_a_killed_transfer_run_keeps_every_option(tmp_path, monkeypatch,
+                                                                   capsys):
+    """`cnnzoo transfer DATA --out DIR --resume`, a queue's restart of a transfer run killed in
+    fine-tuning, built the default efficientnet_lite0 with ImageNet weights and was refused as
+    another net; given --model and --weights again it went on with every other option at its
+    default (head, views, size, fit, epochs, rates, mixing, SAM, smoothing, class weights,
+    batch size, seed, validation split, and the feature cache its --no-cache turned off). It now reads them all from OUT/finetune and ends with
+    the bundle and metrics of the uninterrupted run, bit for bit, with no warning."""
+    from safetensors.torch import load_file
+
+    data = _fashion_folder(tmp_path, monkeypatch)
+    recipe = ["--model", "lenet5", "--weights", str(tmp_path / "lenet5.pt"), "--head", "mlp",
+              "--views", "1", "--img-size", "32", "--fit", "resize", "--epochs", "2",
+              "--min-steps", "0", "--head-epochs", "1", "--lr", "3e-3", "--lr-decay", "0.5",
+              "--patience", "2", "--keep-best", "--augment", "crop", "--label-smoothing", "0.05",
+              "--mixup", "0.2", "--sam", "0.05", "--class-weight", "balanced", "--batch-size",
+              "8", "--val-fraction", "0.25", "--seed", "3", "--precision", "fp32",
+              "--no-cache"]  # fmt: skip
+    base = ["transfer", str(data), "--no-progress"]
+    assert main([*base, *recipe, "--out", str(tmp_path / "whole")]) == 0
+    run = tmp_path / "run"
+    _killed_in_fine_tuning([*base, *recipe, "--out", str(run)], monkeypatch)
+    capsys.readouterr()
+    assert main([*base, "--out", str(run), "--resume"]) == 0  # the queue's restart
+    err = capsys.readouterr().err
+    assert "warning" not in err and "resuming after epoch 1 of 2" in err, err
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    resumed = json.loads((run / "metrics.json").read_text())
+    for doc in (whole, resumed):
+        doc.pop("timings_s")
+    assert resumed == whole
+    assert not (tmp_path / "cache" / "features").exists()  # --no-cache kept (read-only HOME)
+    assert (run / "bundle" / "bundle.json").read_text() == (
+        tmp_path / "whole" / "bundle" / "bundle.json").read_text()
+    # (Tensor by tensor: the file's metadata is a Rust HashMap, written in either order.)
+    wa, wb = (load_file(r / "bundle" / "model.safetensors") for r in (tmp_path / "whole", run))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    _same_run(tmp_path / "whole" / "finetune" / "full", run / "finetune" / "full")
+    # Another mode given: the run's --keep-best (mode both alone) is not kept, not refused.
+    assert main([*base, "--out", str(run), "--resume", "--mode", "finetune"]) == 0
+    assert "mode (was both, now finetune), keep_best (was True, now False)" in \
+        capsys.readouterr().err  # fmt: skip
+
+
+def test_a_transfer_resume_warns_of_options_given_and_runs_from_before_resume_as_they_did(
+        tmp_path, monkeypatch, capsys):
+    """Options given to `transfer --resume` that differ from the run's are used and named in
+    one warning, as `train --resume` does (the engine's own, such as --lr, by the engine):
+    a weights file changed since the run began too. Checkpoints of a cnnzoo from before the
+    record keep nothing: their bare --resume is refused as another net, as it was."""
+    from cnnzoo.models import create_model
+
+    data = _fashion_folder(tmp_path, monkeypatch)
+    run = tmp_path / "run"
+    argv = ["transfer", str(data), "--no-progress", "--out", str(run), "--img-size", "32",
+            "--fit", "resize", "--views", "1", "--epochs", "2", "--min-steps", "0",
+            "--head-epochs", "1", "--precision", "fp32"]  # fmt: skip
+    _killed_in_fine_tuning([*argv, "--model", "lenet5", "--weights",
+                            str(tmp_path / "lenet5.pt"), "--head", "mlp"], monkeypatch)
+    before = tmp_path / "before"
+    shutil.copytree(run, before)
+    for phase in ("head", "full"):  # as a run of the version before wrote them
+        ckpt = torch.load(before / "finetune" / phase / "last.pt", weights_only=True)
+        record = ckpt["meta"].pop("transfer_run")
+        torch.save(ckpt, before / "finetune" / phase / "last.pt")
+    assert record["model"] == "lenet5" and record["config"]["head"] == "mlp"
+    assert record["weights"]["source"] == str(tmp_path / "lenet5.pt")
+    capsys.readouterr()
+    assert main(["transfer", str(data), "--out", str(before), "--resume"]) == 2
+    assert (f"{before} holds a fine-tuning of lenet5, not efficientnet_lite0: resume it with "
+            "the --model lenet5 and --weights") in capsys.readouterr().err
+    torch.manual_seed(1)  # other weights in the run's file
+    torch.save(create_model("lenet5").state_dict(), tmp_path / "lenet5.pt")
+    assert main(["transfer", str(data), "--out", str(run), "--resume", "--no-progress",
+                 "--views", "2", "--batch-size", "4", "--lr", "0.01"]) == 0
+    err = capsys.readouterr().err
+    assert (f"warning: resuming with different weights ({tmp_path / 'lenet5.pt'} changed since "
+            "the run began), views (was 1, now 2), batch_size (was 32, now 4) than the "
+            "checkpoint; the result will differ from an uninterrupted run") in err, err
+    assert "warning: resuming with different lr (was 0.001, now 0.01)" in err, err
+    (tmp_path / "lenet5.pt").unlink()  # moved away: one line, before any work
+    assert main(["transfer", str(data), "--out", str(run), "--resume"]) == 2
+    assert capsys.readouterr().err == (
+        f"cnnzoo transfer: error: the run in {run} began from --weights {tmp_path / 'lenet5.pt'}"
+        ", which is gone: give --weights with that file where it is now, or start over with "
+        "--overwrite\n")

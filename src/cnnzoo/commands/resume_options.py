@@ -7,6 +7,10 @@ stopping, one with --seed 3 or --val-fraction 0.25 drew another validation split
 trained on among those it was scored on), a U-Net of --base-width 4 was refused as another net.
 An option given is used as given; the engine warns when it differs from the run's.
 
+`cnnzoo transfer DATA --out DIR --resume` does the same with the record its fine-tuning
+checkpoints keep (DIR/finetune/{full,head}/last.pt, `transfer.run.run_record`): its model, its
+weights and its settings; one of a run from before the record keeps nothing, as before.
+
 The library keeps a few itself (`train_classifier`: epochs, --min-steps, batch size, class
 weights, image size and channels), as its callers have no command line to leave them out of.
 """
@@ -51,8 +55,7 @@ def keep_run_options(args: argparse.Namespace, out: Path) -> None:
         return
 
     def keep(option: str, value: Any) -> None:
-        if getattr(args, option, None) is None and value is not None:
-            setattr(args, option, value)
+        _keep(args, option, value)
 
     for option in CONFIG_KEPT:
         asked = ASKED.get(option, "")
@@ -96,3 +99,55 @@ def _asked(count: Any, config: dict[str, Any], meta: dict[str, Any]) -> Any:
             and isinstance(asked, int) and epochs > asked):
         return count
     return asked_count(count, epochs, asked)
+
+
+def _keep(args: argparse.Namespace, option: str, value: Any) -> None:
+    """`value` for `option` when it was left out (None)."""
+    if getattr(args, option, None) is None and value is not None:
+        setattr(args, option, value)
+
+
+# `cnnzoo transfer`'s options of the features step or of mode both alone (`check_config`
+# refuses --stages and --keep-best in the other modes).
+MODE_BOUND = ("stages", "l2", "keep_best")
+
+
+def keep_transfer_options(args: argparse.Namespace, out: Path) -> None:
+    """Set each option of `cnnzoo transfer`'s `args` left out (None) to the value the
+    interrupted fine-tuning in `out` recorded. Nothing without a record: the run starts
+    afresh, or `transfer` says what is wrong."""
+    from ..transfer.run import resumed_record
+    from .transfer import FINETUNE_OPTIONS, RUN_OPTIONS
+
+    record = resumed_record(out)
+    if record is None:
+        return
+    config = dict(record.get("config") or {})
+    if isinstance(config.get("stages"), list):
+        config["stages"] = tuple(config["stages"])
+    if isinstance(config.get("freeze_bn"), bool):
+        config["update_bn"] = not config["freeze_bn"]
+    # Another --mode given: the run's options that only its own mode takes are not kept
+    # (--stages 4,5 or --keep-best of a `both` run, resumed with --mode finetune, are refused).
+    own_mode = args.mode in (None, config.get("mode"))
+    for option in (*RUN_OPTIONS, *FINETUNE_OPTIONS):
+        if own_mode or option not in MODE_BOUND:
+            _keep(args, option, config.get(option))
+    # Not an option: --val-fraction given sets it (`commands.transfer.run`), else the run's.
+    _keep(args, "hold_out_test", config.get("hold_out_test"))
+    cache = record.get("cache") or {}
+    if args.cache is None and args.use_cache is None:  # (one given decides alone)
+        _keep(args, "cache", cache.get("dir"))
+        _keep(args, "use_cache", cache.get("use"))
+    if args.model not in (None, record.get("model")):
+        return  # another net, given: `transfer` refuses it, naming the run's
+    _keep(args, "model", record.get("model"))
+    source = (record.get("weights") or {}).get("source")
+    if args.weights is None and isinstance(source, str) and Path(source).is_absolute() \
+            and not Path(source).exists():  # (a tag, 'imagenet', is kept as it was given)
+        from ..errors import UsageError
+
+        raise UsageError(f"the run in {out} began from --weights {source}, which is gone: "
+                         "give --weights with that file where it is now, or start over with "
+                         "--overwrite")  # fmt: skip
+    _keep(args, "weights", source)

@@ -31,7 +31,10 @@ from .argtypes import (
     settle_positional,
     whole,
 )
-from .train import LABEL_SMOOTHING, add_class_weight_argument, add_mixing_arguments
+from .train import add_class_weight_argument, add_mixing_arguments
+
+# `transfer`'s own default for --weights.
+WEIGHTS = "imagenet"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,16 +44,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="zoo model name (default: the one a `cnnzoo train` checkpoint or "
                         "`cnnzoo convert` file given as --weights records, else "
                         "efficientnet_lite0)")
-    p.add_argument("--weights", default="imagenet",
+    p.add_argument("--weights", default=None,
                    help="'imagenet' (default) or a checkpoint file (.pth/.pt/.safetensors/.h5) "
                         "in torchvision, timm, Keras or cnnzoo layout")  # fmt: skip
-    p.add_argument("--mode", choices=("features", "finetune", "both"), default="both",
+    p.add_argument("--mode", choices=("features", "finetune", "both"), default=None,
                    help="features: frozen backbone + new head (fast); finetune: head, then the "
                         "whole net; both (default): features, then finetune (from a new head, which "
                         "measured better than starting from the features head)")  # fmt: skip
-    p.add_argument("--head", choices=("linear", "mlp"), default="linear",
+    p.add_argument("--head", choices=("linear", "mlp"), default=None,
                    help="linear: logistic regression with L2 tuned by cross-validation (default)")
-    p.add_argument("--stages", type=stages_arg, default="auto", metavar="4,5|auto|none",
+    p.add_argument("--stages", type=stages_arg, default=None, metavar="4,5|auto|none",
                    help="the features head reads these feature stages, each globally pooled "
                         "(1 = the first; vgg*, googlenet, resnet*, densenet* and "
                         "efficientnet_lite* have 5, alexnet and the CIFAR nets resnet20-110 and "
@@ -68,55 +71,57 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="crop: the weights' resize + centre crop; resize: squash the whole image "
                         "(small, tightly framed images); default: as the weights were trained, "
                         "crop for ImageNet, resize for a cnnzoo train checkpoint")  # fmt: skip
-    p.add_argument("--epochs", type=COUNT, default=12,
+    p.add_argument("--epochs", type=COUNT, default=None,
                    help="fine-tuning epochs (default 12, more when needed to reach --min-steps)")
-    p.add_argument("--min-steps", type=whole(0), default=90,
+    p.add_argument("--min-steps", type=whole(0), default=None,
                    help="fine-tuning steps at least, whatever --epochs says (default 90)")
-    p.add_argument("--head-epochs", type=whole(0), default=3,
+    p.add_argument("--head-epochs", type=whole(0), default=None,
                    help="epochs of the new head alone before fine-tuning the whole net "
                         "(modes finetune and both; default 3, 0 skips it)")
-    p.add_argument("--lr", type=LEARNING_RATE, default=1e-3, help="head learning rate (default 1e-3)")
-    p.add_argument("--lr-decay", type=real(0, 1, above=True), default=0.7,
+    p.add_argument("--lr", type=LEARNING_RATE, default=None, help="head learning rate (default 1e-3)")
+    p.add_argument("--lr-decay", type=real(0, 1, above=True), default=None,
                    help="learning-rate factor per backbone block, head to stem (default 0.7)")
-    p.add_argument("--update-bn", action="store_true",
+    p.add_argument("--update-bn", action="store_true", default=None,
                    help="update BatchNorm statistics while fine-tuning (default: frozen)")
     p.add_argument("--patience", type=patience_epochs, default=None,
                    help="early stopping on validation loss after N epochs without improvement, "
                         "restoring the best epoch (default off: the final weights are kept; "
                         "with a few validation images per class their loss is too noisy)")
-    p.add_argument("--keep-best", action="store_true",
+    p.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=None,
                    help="mode both: keep the features head when its validation loss beats the "
                         "fine-tuned net's (default: keep the fine-tuned net; a few validation "
-                        "images per class choose badly)")
+                        "images per class choose badly; --no-keep-best: turn a resumed "
+                        "run's off)")
     p.add_argument("--augment", choices=("none", "flip-crop", "crop", "photo"),
                    default=None, help="fine-tuning augmentation (default flip-crop; digits: "
                                       "crop, as a mirrored digit is no digit)")
-    p.add_argument("--label-smoothing", type=real(0, 1, below=True), default=LABEL_SMOOTHING,
+    p.add_argument("--label-smoothing", type=real(0, 1, below=True), default=None,
                    help="fine-tuning's label smoothing (default 0.1; 0: the plain cross-entropy, "
                         "probabilities not softened, for a fixed threshold on them)")
     # transfer.finetune.default_sam's rule, in words (its module imports torch: not at parse time)
-    add_mixing_arguments(p, sam=None, sam_words="0.05 in fine-tuning below 100 training images "
-                         "per class, else off; 0: off")
+    add_mixing_arguments(p, sam=None, off=None, sam_words="0.05 in fine-tuning below 100 "
+                         "training images per class, else off; 0: off")
     add_class_weight_argument(p, " in the features head and in fine-tuning")
-    p.add_argument("--batch-size", type=COUNT, default=32,
+    p.add_argument("--batch-size", type=COUNT, default=None,
                    help="images per batch (default 32; fine-tuning takes at most a quarter of "
                         "the training images, at least 8)")
     p.add_argument("--val-fraction", type=FRACTION, default=None,
                    help="validation share drawn from the training images when DATA has no "
                         "val/ part (default 0.2); given, a test/ part (test rows) stays held out "
                         "for `cnnzoo evaluate --bundle ... --split test`, else it validates")
-    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None,
                    help="auto (default): bf16 on CPUs with native bf16, else fp32")
     p.add_argument("--cache", metavar="DIR", default=None,
                    help="feature cache folder (default $CNNZOO_CACHE/features)")
-    p.add_argument("--no-cache", dest="use_cache", action="store_false",
+    p.add_argument("--no-cache", dest="use_cache", action="store_false", default=None,
                    help="compute every feature afresh and store none")
     p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted fine-tuning in --out")
+                   help="continue an interrupted fine-tuning in --out, as it was configured: "
+                        "each option left out (--model and --weights too) is the run's own")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run --out holds (its files go when this run starts "
                         "writing); without it (or --resume) such a folder is refused")
-    p.add_argument("--seed", type=SEED, default=0,
+    p.add_argument("--seed", type=SEED, default=None,
                    help="the split, the heads' initialisation and the batches (default 0)")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="output folder (default runs/transfer-MODEL)")
@@ -140,26 +145,27 @@ def stages_arg(text: str) -> tuple[int, ...] | str:
 
 
 def config_from_args(args: argparse.Namespace) -> Any:
+    """The run's `TransferConfig`: the options given, its and FinetuneConfig's defaults for
+    those left out (None)."""
     from ..transfer import FinetuneConfig, TransferConfig
 
+    def given(names: Sequence[str]) -> dict[str, Any]:
+        return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+    ft = given([n for n in FINETUNE_OPTIONS if n != "update_bn"])
+    if args.update_bn is not None:
+        ft["freeze_bn"] = not args.update_bn
+    if "patience" in ft:
+        ft["patience"] = ft["patience"] or None  # 0: off
     # --batch-size, --precision, --seed and --no-progress are the run's (TransferConfig's):
     # `transfer` hands them to fine-tuning.
-    ft = FinetuneConfig(
-        head_epochs=args.head_epochs, epochs=args.epochs, min_steps=args.min_steps, lr=args.lr,
-        lr_decay=args.lr_decay, freeze_bn=not args.update_bn, patience=args.patience or None,
-        augment=args.augment, mixup=args.mixup, cutmix=args.cutmix, sam=args.sam,
-        label_smoothing=args.label_smoothing,
-    )  # fmt: skip
-    return TransferConfig(
-        mode=args.mode, head=args.head, l2=args.l2, views=args.views, img_size=args.img_size,
-        stages=args.stages, fit=args.fit, batch_size=args.batch_size,
-        val_fraction=0.2 if args.val_fraction is None else args.val_fraction,
-        # --val-fraction given keeps a test/ part held out; a bare --resume, as the run did.
-        hold_out_test=getattr(args, "hold_out_test", args.val_fraction is not None),
-        precision=args.precision, cache_dir=args.cache, use_cache=args.use_cache,
-        keep_best=args.keep_best, class_weight=args.class_weight, seed=args.seed,
-        progress=args.progress, finetune=ft,
-    )  # fmt: skip
+    cache = {"cache_dir": args.cache, "use_cache": args.use_cache}
+    # --val-fraction given keeps a test/ part held out (`run` settles it; a bare --resume takes
+    # the run's choice).
+    hold = getattr(args, "hold_out_test", None)
+    return TransferConfig(**given(RUN_OPTIONS), **{k: v for k, v in cache.items() if v is not None},
+                          hold_out_test=args.val_fraction is not None if hold is None else hold,
+                          progress=args.progress, finetune=FinetuneConfig(**ft))
 
 
 # Options only one step reads (fine-tuning; the features step). Given in a mode without that
@@ -168,6 +174,22 @@ FINETUNE_OPTIONS = ("epochs", "min_steps", "head_epochs", "lr", "lr_decay", "upd
                     "patience", "augment", "label_smoothing", "mixup", "cutmix",
                     "sam")  # fmt: skip
 FEATURES_OPTIONS = ("l2", "cache", "use_cache")
+# The other options of the run's settings (TransferConfig's fields of their names).
+RUN_OPTIONS = ("mode", "head", "l2", "views", "img_size", "stages", "fit", "batch_size",
+               "val_fraction", "precision", "keep_best", "class_weight", "seed")
+
+
+def option_defaults() -> dict[str, Any]:
+    """The value of each option of the run's settings when left out: TransferConfig's and
+    FinetuneConfig's defaults (their parser defaults are None, so that a bare --resume can
+    tell an option left out from one given, and take the run's own)."""
+    from ..transfer import FinetuneConfig, TransferConfig
+
+    run, ft = TransferConfig(), FinetuneConfig()
+    values = {n: getattr(ft, n) for n in FINETUNE_OPTIONS if n != "update_bn"}
+    values.update({n: getattr(run, n) for n in RUN_OPTIONS}, update_bn=not ft.freeze_bn,
+                  cache=run.cache_dir, use_cache=run.use_cache)
+    return values
 
 
 def _option(dest: str) -> str:
@@ -175,37 +197,35 @@ def _option(dest: str) -> str:
 
 
 def given_options(args: argparse.Namespace) -> set[str]:
-    """The options set on the command line to something other than their default (argparse
-    does not record which were typed; a default typed out changes nothing anyway)."""
-    parser = argparse.ArgumentParser(add_help=False)
-    add_arguments(parser)
-    defaults = vars(parser.parse_args(["--", args.data]))
-    return {k for k, v in defaults.items()
-            if k not in ("data", "data_option") and getattr(args, k, v) != v}
+    """The options of the run's settings set on the command line to something other than
+    their default (a default typed out changes nothing)."""
+    return {k for k, v in option_defaults().items() if getattr(args, k, None) not in (None, v)}
 
 
-def check_options(args: argparse.Namespace) -> list[str]:
+def check_options(args: argparse.Namespace, given: set[str] | None = None) -> list[str]:
     """Options that contradict each other or the mode: one `UsageError` line, before anything
     is loaded (the library's `check_config`, and the weights here). Returns the notes for
-    options the mode merely does not use."""
+    options the mode merely does not use, of those `given` (default: `given_options`)."""
     from ..errors import UsageError
     from ..transfer.run import check_config
 
-    if str(args.weights).lower() in ("none", "random", "scratch") and not Path(args.weights).exists():
+    if args.weights is not None and str(args.weights).lower() in (
+            "none", "random", "scratch") and not Path(args.weights).exists():
         model = model_of(args)
         raise UsageError("transfer starts from pretrained weights (--weights imagenet or a "
                          f"checkpoint file); to train {model} from scratch: cnnzoo train "
                          f"{model} --data {args.data}")  # fmt: skip
     check_config(config_from_args(args), resume=args.resume)
-    given = given_options(args)
+    given = given_options(args) if given is None else given
     notes = []
-    unused = {"features": FINETUNE_OPTIONS, "finetune": FEATURES_OPTIONS}.get(args.mode, ())
+    mode = args.mode or option_defaults()["mode"]
+    unused = {"features": FINETUNE_OPTIONS, "finetune": FEATURES_OPTIONS}.get(mode, ())
     ignored = [_option(k) for k in unused if k in given]
     if ignored:
-        what = "fine-tuning" if args.mode == "features" else "the features step"
+        what = "fine-tuning" if mode == "features" else "the features step"
         verb = "applies" if len(ignored) == 1 else "apply"
         notes.append(f"note: {', '.join(ignored)} only {verb} to {what}, which --mode "
-                     f"{args.mode} does not run; ignored")  # fmt: skip
+                     f"{mode} does not run; ignored")  # fmt: skip
     return notes
 
 
@@ -217,12 +237,13 @@ def model_of(args: argparse.Namespace) -> str:
 
     if args.model:
         return args.model
-    trained = training_checkpoint(args.weights)
+    weights = WEIGHTS if args.weights is None else args.weights
+    trained = training_checkpoint(weights)
     # A Trainer's own checkpoint (engine as a library, no meta= given) names no model: the
     # weights loader reads it as a plain state_dict, and so does this (it was a KeyError).
     if trained is not None and isinstance(trained["meta"].get("model"), str):
         return trained["meta"]["model"]
-    return stored_metadata(args.weights).get("model") or "efficientnet_lite0"
+    return stored_metadata(weights).get("model") or "efficientnet_lite0"
 
 
 def out_folder(args: argparse.Namespace) -> Path:
@@ -238,16 +259,22 @@ def run(args: argparse.Namespace) -> int:
 
     settle_positional(args, "data", "cnnzoo transfer DATA")
     refuse_resume_with_overwrite(args)
-    args.model = model_of(args)
+    given = given_options(args)  # the notes below are for options typed, not the run's own
     out = out_folder(args)
-    if args.resume and args.val_fraction is None:  # a bare --resume: the run's own split
-        from ..transfer.run import resumed_split
+    # --val-fraction given: a test/ part without val/ stays held out; left out on a bare
+    # --resume, the run's choice (None until `keep_transfer_options` reads it).
+    args.hold_out_test = True if args.val_fraction is not None else None
+    if args.resume:  # each option left out is the interrupted run's own
+        from .resume_options import keep_transfer_options
 
-        if (split := resumed_split(out)) is not None:
-            args.val_fraction, args.hold_out_test = split
-    notes = check_options(args)
+        keep_transfer_options(args, out)
+    args.hold_out_test = bool(args.hold_out_test)
+    args.weights = WEIGHTS if args.weights is None else args.weights
+    args.model = model_of(args)
+    notes = check_options(args, given)
     check_folder(out, "--out")
-    if args.cache and args.use_cache and args.mode != "finetune":
+    config = config_from_args(args)
+    if config.cache_dir and config.use_cache and config.mode != "finetune":
         check_folder(args.cache, "--cache")
     for note in notes:
         print(f"cnnzoo transfer: {note}", file=sys.stderr)
@@ -255,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
     # The per-class table is a result, on stdout; with --json stdout holds the JSON alone.
     show = (lambda line: print(line, file=sys.stderr)) if args.json else print
     result = transfer(args.data, model=args.model, weights=args.weights, out=out,
-                      config=config_from_args(args), resume=args.resume,
+                      config=config, resume=args.resume,
                       overwrite=args.overwrite, show=show)  # fmt: skip
     m = result.metrics
     if args.json:  # what metrics.json holds (transfer.report.write_report), as one document
@@ -271,7 +298,7 @@ def run(args: argparse.Namespace) -> int:
                        for s in ("features", "finetune") if s in m)  # fmt: skip
     print(f"{args.model}: validation accuracy {stages}; kept {m['kept']}")
     # Only fine-tuning writes checkpoints (OUT/finetune/), for --resume.
-    print(f"bundle and report in {out}/" if args.mode == "features"
+    print(f"bundle and report in {out}/" if config.mode == "features"
           else f"bundle, report and fine-tuning checkpoints in {out}/")  # fmt: skip
     return 0
 

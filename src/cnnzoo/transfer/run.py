@@ -434,18 +434,65 @@ def resumed_class_weight(out: str | os.PathLike[str] | None) -> str:
     return "none"
 
 
-def resumed_split(out: str | os.PathLike[str] | None) -> tuple[float, bool] | None:
-    """(val_fraction, hold_out_test) of the interrupted fine-tuning in `out` when it recorded
-    them, for a bare `cnnzoo transfer --resume`; else None."""
-    for meta in _finetune_metas(out):
-        if "hold_out_test" in meta:
-            return float(meta.get("val_fraction", 0.2)), bool(meta["hold_out_test"])
-    return None
+# TransferConfig's and FinetuneConfig's fields a run's record leaves out: where it writes and
+# what it shows, not what it computes.
+UNRECORDED = ("finetune", "progress", "verbose", "cache_dir", "use_cache")  # (cache: its own)
+# Recorded settings the engine's own resume warning names already (`loop.RESUME_WARN_CONFIG`
+# and `RESUME_WARN_META`: its epochs, as raised by min_steps, and its precision included).
+ENGINE_WARNS = ("epochs", "min_steps", "head_epochs", "lr", "weight_decay", "freeze_bn",
+                "patience", "augment", "label_smoothing", "class_weight", "mixup", "cutmix",
+                "sam", "seed", "precision", "channels_last", "img_size", "val_fraction",
+                "hold_out_test")  # fmt: skip
+
+
+def run_record(cfg: TransferConfig, model: str, weights: Any,
+               fingerprint: str) -> dict[str, Any]:  # fmt: skip
+    """What a bare `cnnzoo transfer ... --resume` reads back from the fine-tuning checkpoints
+    (`commands.resume_options.keep_transfer_options`): the model, the weights (a tag as given,
+    a file by its absolute path) with their fingerprint, the feature cache, and the settings
+    as this run settled them (views, fit, augmentation and class weighting for its data and weights), in one flat
+    mapping under the command's option names (`--update-bn` as `freeze_bn`)."""
+    def plain(obj: Any) -> dict[str, Any]:
+        return {f.name: list(v) if isinstance(v := getattr(obj, f.name), tuple) else v
+                for f in dataclasses.fields(obj) if f.name not in UNRECORDED}  # fmt: skip
+
+    source = None if weights is None else str(weights)
+    if isinstance(weights, str | os.PathLike) and Path(weights).is_file():
+        source = str(Path(weights).resolve())  # a queue may restart it from another folder
+    # Fine-tuning's shared settings (SHARED_FIELDS) are the run's.
+    own = {**plain(cfg), **{k: v for k, v in plain(cfg.finetune).items()
+                            if k not in SHARED_FIELDS}}  # fmt: skip
+    # The feature cache changes no result, so no warning names it, but a bare resume keeps it:
+    # a run given --no-cache for a read-only HOME was refused when restarted without it.
+    return {"model": model, "weights": {"source": source, "fingerprint": fingerprint},
+            "config": own, "cache": {"dir": cfg.cache_dir, "use": cfg.use_cache}}
+
+
+def resumed_record(out: str | os.PathLike[str] | None) -> dict[str, Any] | None:
+    """`run_record` of the interrupted fine-tuning in `out`; None for one of a cnnzoo from
+    before the record (a bare --resume then takes the defaults, as it did)."""
+    return next((meta["transfer_run"] for meta in _finetune_metas(out)
+                 if isinstance(meta.get("transfer_run"), dict)), None)  # fmt: skip
+
+
+def record_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The settings of `new` (`run_record`) that differ from the resumed run's `old`, as the
+    engine's resume warning words them, but those it names itself (`ENGINE_WARNS`)."""
+    changes = []
+    was, now = old.get("weights") or {}, new["weights"]
+    if was.get("fingerprint") not in (None, now["fingerprint"]):
+        same = was.get("source") == now["source"]
+        changes.append(f"weights ({now['source']} changed since the run began)" if same else
+                       f"weights (was {was.get('source')}, now {now['source']})")
+    was, now = old.get("config") or {}, new["config"]
+    changes += [f"{k} (was {was[k]}, now {now[k]})" for k in now
+                if k in was and k not in ENGINE_WARNS and was[k] != now[k]]
+    return changes
 
 
 def refuse_another_model(out: str | os.PathLike[str] | None, model: str) -> None:
-    """A resume of a fine-tuning of another net: a bare `--resume` builds the default model
-    (--model and --weights are not read from the run), and was refused only after its whole
+    """A resume of a fine-tuning of another net: a bare `--resume` of a run from before its
+    record (`run_record`) builds the default model, and was refused only after its whole
     features phase, with advice to resume it as a `cnnzoo train` run."""
     was = next(_finetune_metas(out), {}).get("model")
     if isinstance(was, str) and was != model:
@@ -647,13 +694,18 @@ def transfer(
                 "augment": ft.augment or "flip-crop", "label_smoothing": ft.label_smoothing}
         if isinstance(data, str | os.PathLike):  # a resume on other data is refused, as in train
             meta["dataset"] = str(Path(data).resolve() if Path(data).exists() else data)
-            # The split, for a bare --resume to draw it again (`resumed_split`), and its files,
-            # for the Trainer to warn when the data split otherwise now.
+            # The split, and its files, for the Trainer to warn when a resume splits the
+            # data otherwise (`loop.RESUME_WARN_META`).
             meta["val_fraction"], meta["hold_out_test"] = cfg.val_fraction, cfg.hold_out_test
             from ..data.builtin import builtin_name
 
             if splits.val_drawn and builtin_name(data) is None:
                 meta["val_files"] = splits.val.files_digest(data)
+        meta["transfer_run"] = run_record(cfg, model, weights, wid)
+        old = resumed_record(out_dir) if resume else None
+        if old is not None and (changed := record_changes(old, meta["transfer_run"])):
+            say(f"warning: resuming with different {', '.join(changed)} than the checkpoint; "
+                "the result will differ from an uninterrupted run")
         head_res, full_res = finetune(
             net, splits, pre, ft, out_dir=out_dir / "finetune" if out_dir else None, meta=meta,
             resume=resume, say=say)  # fmt: skip
