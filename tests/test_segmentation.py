@@ -2194,6 +2194,30 @@ def test_evaluate_scores_held_out_pairs_as_computed_by_hand(tmp_path, capsys):
     assert "cell count error 1.00 per image" in lines[5] and (tmp_path / "cm.png").is_file()
 
 
+def test_evaluate_json_counts_the_pairs_it_left_out(tmp_path, capsys):
+    """A U-Net's evaluate --json said how many images it scored but not how many pairs it left
+    out as unreadable (a classifier's says both since session 24, as `train --json` counts
+    them): a folder with a broken image scored fewer pairs with exit status 0 and no key a script
+    could read. It is the whole data's count, on every split, as training counts it."""
+    root = tmp_path / "held"
+    for part, names in (("", ("a", "b", "c")), ("val/", ("d", "e"))):
+        for name in names:
+            _put(root / f"{part}images" / f"{name}.png", np.full((16, 16), 200, np.uint8))
+            _put(root / f"{part}masks" / f"{name}.png", np.ones((16, 16), np.uint8))
+    (root / "images" / "b.png").write_bytes(b"not a png")
+    (root / "val" / "masks" / "e.png").unlink()  # an image without its mask
+    _threshold_unet(tmp_path / "net.pt", str(tmp_path / "elsewhere"))
+    for split, images in (("all", 3), ("val", 1)):  # a, c, d; val/ holds d
+        got = _evaluate_json(capsys, tmp_path / "net.pt", "--data", root, "--split", split)
+        assert (got["split"], got["images"], got["skipped"]) == (split, images, 2)
+        assert got["pixels"] == images * 16 * 16 and got["dice"] == 1.0
+    # Nothing left out: 0, not a missing key.
+    (root / "images" / "b.png").unlink()
+    (root / "masks" / "b.png").unlink()
+    (root / "val" / "images" / "e.png").unlink()
+    assert _evaluate_json(capsys, tmp_path / "net.pt", "--data", root)["skipped"] == 0
+
+
 
 def test_evaluate_held_out_masks_say_what_their_255_means(tmp_path, capsys):
     """A run read its own masks' 255 one way; other pairs are read as training reads a folder.
