@@ -611,6 +611,15 @@ def test_csv_manifest_split_column_picks_validation_and_holds_test_out(tmp_path,
     splits = load_segmentation(tmp_path / "d" / "list.csv")
     assert sorted(splits.train.names + splits.val.names) == ["a", "b", "c", "d", "e"]
     assert len(splits.val) == 1
+    # Test rows only (all held out): that, not 'lists no image/mask pair' of a sheet that does.
+    sheet = tmp_path / "d" / "list.csv"
+    sheet.write_text("image,mask,split\nimages/a.png,masks/a.png,test\n"
+                     "images/b.png,masks/b.png,Test\n")
+    assert main(["train", "unet", "--data", str(sheet), "--epochs", "1", "--out",
+                 str(tmp_path / "run"), "--json"]) == 2  # fmt: skip
+    line = f"cnnzoo train: error: every row of {sheet} is marked test, held out: mark the pairs " \
+           "to train on train (or leave their split cell empty), and those to validate on val"
+    assert capsys.readouterr().err.strip() == line and not (tmp_path / "run").exists()
 
 
 def test_a_pair_manifests_rows_sorted_in_the_sheet_split_the_same(tmp_path, capsys):
