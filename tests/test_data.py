@@ -1888,3 +1888,27 @@ def test_data_info_counts_a_test_part_of_another_size(tmp_path, capsys, parts):
     assert doc["shape"] == [1, 12, 12]  # the largest side of all three parts, below 224
     assert sum(sum(v) for v in doc["counts"].values()) == 2 * len(parts)
     assert "the images differ in size (up to 12 px): read at 12x12 here, their largest side" in err
+
+
+def test_a_manifest_of_test_rows_only_says_so(tmp_path):
+    """A sheet whose rows were all marked test (the held-out images, listed apart) was '0 class
+    among its training rows: a classifier needs two or more labels' in train and in evaluate,
+    of a sheet with two labels: it now says that no row trains, and what to do in each."""
+    for n, v in (("a", 10), ("b", 200)):
+        _png(tmp_path / f"{n}.png", v)
+    manifest = tmp_path / "held.csv"
+    manifest.write_text("path,label,split\na.png,hose,test\nb.png,tasche,TEST\n")
+    ends = {2: "mark the images to train on train (or leave their split cell empty)",
+            1: "leave the split cells empty to score every row (another data set than the "
+               "run's is scored whole)"}  # training; an evaluation's load
+    for min_classes, how in ends.items():
+        with pytest.raises(DataError) as info:
+            builtin.load_dataset(str(manifest), ImageSpec(), min_classes=min_classes,
+                                 progress=False)  # fmt: skip
+        assert str(info.value) == (f"every row of {manifest} is marked test, and none is a "
+                                   f"training row: {how}")
+    # As advised: without the split, every row is read (and two labels train).
+    manifest.write_text("path,label\na.png,hose\nb.png,tasche\n")
+    s = builtin.load_dataset(str(manifest), ImageSpec(), min_classes=1, val_fraction=0.5,
+                             progress=False)  # fmt: skip
+    assert s.class_names == ["hose", "tasche"] and len(s.train) + len(s.val) == 2

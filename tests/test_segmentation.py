@@ -611,6 +611,15 @@ def test_csv_manifest_split_column_picks_validation_and_holds_test_out(tmp_path,
     splits = load_segmentation(tmp_path / "d" / "list.csv")
     assert sorted(splits.train.names + splits.val.names) == ["a", "b", "c", "d", "e"]
     assert len(splits.val) == 1
+    # Test rows only (all held out): that, not 'lists no image/mask pair' of a sheet that does.
+    sheet = tmp_path / "d" / "list.csv"
+    sheet.write_text("image,mask,split\nimages/a.png,masks/a.png,test\n"
+                     "images/b.png,masks/b.png,Test\n")
+    assert main(["train", "unet", "--data", str(sheet), "--epochs", "1", "--out",
+                 str(tmp_path / "run"), "--json"]) == 2  # fmt: skip
+    line = f"cnnzoo train: error: every row of {sheet} is marked test, held out: mark the pairs " \
+           "to train on train (or leave their split cell empty), and those to validate on val"
+    assert capsys.readouterr().err.strip() == line and not (tmp_path / "run").exists()
 
 
 def test_a_pair_manifests_rows_sorted_in_the_sheet_split_the_same(tmp_path, capsys):
@@ -2192,6 +2201,30 @@ def test_evaluate_scores_held_out_pairs_as_computed_by_hand(tmp_path, capsys):
     assert lines[0].startswith(f"{root}, its test part: 1 image, 357 pixels scored")
     assert lines[3].split()[:2] == ["cell", f"{dice:.4f}"] and lines[4].startswith("foreground")
     assert "cell count error 1.00 per image" in lines[5] and (tmp_path / "cm.png").is_file()
+
+
+def test_evaluate_json_counts_the_pairs_it_left_out(tmp_path, capsys):
+    """A U-Net's evaluate --json said how many images it scored but not how many pairs it left
+    out as unreadable (a classifier's says both since session 24, as `train --json` counts
+    them): a folder with a broken image scored fewer pairs with exit status 0 and no key a script
+    could read. It is the whole data's count, on every split, as training counts it."""
+    root = tmp_path / "held"
+    for part, names in (("", ("a", "b", "c")), ("val/", ("d", "e"))):
+        for name in names:
+            _put(root / f"{part}images" / f"{name}.png", np.full((16, 16), 200, np.uint8))
+            _put(root / f"{part}masks" / f"{name}.png", np.ones((16, 16), np.uint8))
+    (root / "images" / "b.png").write_bytes(b"not a png")
+    (root / "val" / "masks" / "e.png").unlink()  # an image without its mask
+    _threshold_unet(tmp_path / "net.pt", str(tmp_path / "elsewhere"))
+    for split, images in (("all", 3), ("val", 1)):  # a, c, d; val/ holds d
+        got = _evaluate_json(capsys, tmp_path / "net.pt", "--data", root, "--split", split)
+        assert (got["split"], got["images"], got["skipped"]) == (split, images, 2)
+        assert got["pixels"] == images * 16 * 16 and got["dice"] == 1.0
+    # Nothing left out: 0, not a missing key.
+    (root / "images" / "b.png").unlink()
+    (root / "masks" / "b.png").unlink()
+    (root / "val" / "images" / "e.png").unlink()
+    assert _evaluate_json(capsys, tmp_path / "net.pt", "--data", root)["skipped"] == 0
 
 
 

@@ -1036,10 +1036,17 @@ def load_csv(
     entries.sort(key=lambda entry: str(entry[0]))
     class_names = _class_order({label for _, label, split in entries if split == "train"},
                                manifest)  # fmt: skip
+    if not any(split == "train" for _, _, split in entries):  # was '0 class among its ...'
+        held = " or ".join(sorted({split for _, _, split in entries}))
+        how = ("mark the images to train on train (or leave their split cell empty)"
+               if min_classes > 1 else "leave the split cells empty to score every row "
+               "(another data set than the run's is scored whole)")  # an evaluation's
+        raise DataError(f"every row of {manifest} is marked {held}, and none is a training "
+                        f"row: {how}")
     if len(class_names) < min_classes:
         raise DataError(
-            f"{manifest} has {len(class_names)} class among its training rows: "
-            "a classifier needs two or more labels"
+            f"{manifest} has {plural(len(class_names), 'class', 'classes')} among its training "
+            "rows: a classifier needs two or more labels"
         )
     refuse_control(class_names, f"of {manifest}", "label", "fix the label")
     _note_case(class_names, manifest, "give their rows one label")

@@ -470,7 +470,15 @@ def load_mask_pairs(
     source = Path(source)
     if source.suffix.lower() == ".csv":
         problems: list[str] = []
-        entries = [e for e in read_manifest(source, problems) if e[4] is None or e[4] in parts]
+        rows = read_manifest(source, problems)
+        entries = [e for e in rows if e[4] is None or e[4] in parts]
+        if rows and not entries:
+            # A sheet of test rows only was 'lists no image/mask pair: write one image,mask row
+            # per image', of a sheet that lists them.
+            held = sorted({str(e[4]) for e in rows})
+            raise DataError(f"every row of {source} is marked {' or '.join(held)}, held out: "
+                            "mark the pairs to train on train (or leave their split cell "
+                            "empty), and those to validate on val")
         # The rows' order is no part of the data: read in it, sorting the sheet (by name, by
         # split) drew other validation pairs for the same seed, as for classification
         # manifests (`folder.load_csv`).

@@ -47,7 +47,8 @@ SPLITS = ("val", "test", "all")
 @dataclass
 class SegmentationEvaluation:
     """metrics: the accumulator's scores (no loss: see `evaluate_segmenter`); names: the pairs
-    scored; ignored: pixels marked 255, counted in no metric."""
+    scored; ignored: pixels marked 255, counted in no metric; skipped: the pairs left out as
+    unreadable (or without a mask, ...), as `train --json` counts them."""
 
     metrics: dict[str, float]
     accumulator: SegmentationAccumulator
@@ -60,12 +61,14 @@ class SegmentationEvaluation:
     own_split: bool = False  # the run's own validation split
     notes: list[str] = field(default_factory=list)
     tta: str | None = None  # the test-time augmentation, 'flip' or 'flip-shift'
+    skipped: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """What `cnnzoo evaluate --json` prints: the metrics under the training log's names
         (without its val_ prefix), the confusion matrix of pixel counts and what was scored."""
         return {**self.metrics, "task": "segmentation", "data": self.source, "split": self.split,
-                "images": len(self.names), "pixels": int(self.accumulator.confusion.sum()),
+                "images": len(self.names), "skipped": self.skipped,
+                "pixels": int(self.accumulator.confusion.sum()),
                 "ignored_pixels": self.ignored, "classes": self.class_names,
                 "confusion": self.accumulator.confusion.tolist(),
                 "tile": self.geometry.in_size, "margin": self.geometry.margin,
@@ -79,10 +82,12 @@ class _Pairs:
     images: list[np.ndarray]
     masks: list[np.ndarray]
     names: list[str]
+    skipped: int = 0  # pairs of the data left out as unreadable
 
     @classmethod
-    def of(cls, pairs: MaskPairs) -> _Pairs:
-        return cls([im.transpose(2, 0, 1) for im in pairs.images], pairs.masks, pairs.names)
+    def of(cls, pairs: MaskPairs, skipped: int | None = None) -> _Pairs:
+        return cls([im.transpose(2, 0, 1) for im in pairs.images], pairs.masks, pairs.names,
+                   len(pairs.skipped) if skipped is None else skipped)
 
 
 def _cells(split: str, meta: dict[str, Any], seed: int, trained_on_cells: bool) -> _Pairs:
@@ -190,7 +195,8 @@ def evaluation_pairs(
                                 f"removed, renamed or now readable{rows}), so its validation "
                                 "split would hold pairs the run trained on: pass --data with "
                                 "held-out pairs")  # fmt: skip
-        return _Pairs.of(sp.val), split, own
+        # (the whole data's: the training part holds those of the pairs it was drawn from)
+        return _Pairs.of(sp.val, len(sp.train.skipped) + len(sp.val.skipped)), split, own
     if split == "test" and not _has_test(path):
         raise DataError(f"{src} has no test part apart from its validation part (DIR/test/ with "
                         "images/ and masks/, or rows marked test): use --split val or --split "
@@ -262,4 +268,5 @@ def evaluate_segmenter(
         notes.append(f"note: every pixel of the {plural(len(pairs.names), 'mask')} is marked "
                      "255 (ignore): there is nothing to score")  # fmt: skip
     return SegmentationEvaluation(metrics, acc, names, src, split, pairs.names, ignored, geo,
-                                  own, notes, ("flip" if tta is True else tta) or None)  # fmt: skip
+                                  own, notes, ("flip" if tta is True else tta) or None,
+                                  pairs.skipped)  # fmt: skip

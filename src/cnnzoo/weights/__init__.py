@@ -286,7 +286,12 @@ def create_pretrained(name: str, weights: Any, **model_kwargs: Any) -> nn.Module
             and "transform_input" not in kwargs and _in_chans(model) == 3):  # fmt: skip
         info.notes.append(GOOGLENET_TRANSFORM_NOTE.format(path=ckpt.path))
     own = model.state_dict()
-    if own.keys() <= sd.keys():
+    if any(t.is_meta for t in own.values()):
+        # Built on the meta device (`with torch.device("meta")`: shapes, counts): the values have
+        # nowhere to go, and assigned they put CPU tensors among meta ones (a U-Net with
+        # encoder_weights='imagenet' in `cnnzoo models` then failed in its forward).
+        pass
+    elif own.keys() <= sd.keys():
         # The checkpoint's tensors become the parameters instead of being copied into them.
         sd = {k: (v.to(own[k].dtype) if v.is_floating_point() else v).contiguous()
               for k, v in sd.items()}  # fmt: skip

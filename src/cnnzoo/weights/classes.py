@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UsageError
+from ..text import plural
 
 
 class Prediction(NamedTuple):
@@ -42,6 +43,12 @@ def given_class_names(text: str) -> list[str]:
     path = Path(text)
     if path.is_file():
         names = [line.strip() for line in user_text(path).splitlines() if line.strip()]
+    elif "," not in text and (path.is_dir() or path.suffix or len(path.parts) > 1):
+        # A mistyped or moved classes.txt was one class named 'classes.txt': "--classes gives
+        # 1 names, but ... has 5 classes", no word of the file.
+        what = "is a folder" if path.is_dir() else "no such file"
+        raise UsageError(f"--classes {text}: {what}: give a text file of one class name per "
+                         "line, or the names separated by commas (daisy,rose,tulip)")
     else:
         names = [c.strip() for c in text.split(",") if c.strip()]
     if not names:
@@ -53,8 +60,9 @@ def given_class_names(text: str) -> list[str]:
 def check_class_names(names: Sequence[str], n_classes: int, source: object) -> None:
     """A one-line `UsageError` unless `names` name each of the `n_classes` outputs once."""
     if len(names) != n_classes:
-        raise UsageError(f"--classes gives {len(names)} names, but {source} has {n_classes} "
-                         "classes: give one name per class, in the order of its outputs")
+        raise UsageError(f"--classes gives {plural(len(names), 'name')}, but {source} has "
+                         f"{n_classes} classes: give one name per class, in the order of its "
+                         "outputs")
     if len(set(names)) != len(names):
         twice = sorted({c for c in names if list(names).count(c) > 1})
         raise UsageError(f"--classes names {', '.join(twice)} twice: give each class once")
