@@ -257,23 +257,30 @@ TV_STAGE_MODULES = {
 }
 
 
+def _caught_outputs(ref: torch.nn.Module, keys: list[str], x: torch.Tensor) -> list[torch.Tensor]:
+    """The outputs of `ref`'s modules named `keys` on `x`, caught with forward hooks."""
+    caught: dict[str, torch.Tensor] = {}
+    modules = dict(ref.named_modules())
+    hooks = [modules[key].register_forward_hook(
+        # clone: torchvision's in-place ReLUs (relu0, DenseNet's) change what they return
+        lambda _m, _i, out, key=key: caught.__setitem__(key, out.clone())) for key in keys]
+    with torch.no_grad():
+        ref(x)
+    for hook in hooks:
+        hook.remove()
+    return [caught[key] for key in keys]
+
+
 @pytest.mark.parametrize("name", list(TV_STAGE_MODULES))
 def test_feature_stages_are_torchvisions_maps_at_each_stride(tv_models, name):
     """`forward_intermediates` of VGG, GoogLeNet and DenseNet (transfer's `--stages` taps)
     against torchvision's own modules' outputs, caught with forward hooks, at strides 2 ... 32."""
     ref = _tv_model(tv_models, name).eval()
     ours = _ours_from(name, ref).eval()
-    caught: dict[str, torch.Tensor] = {}
-    modules = dict(ref.named_modules())
-    for key in TV_STAGE_MODULES[name]:
-        # clone: relu0 and torchvision's DenseNet ReLUs work in place on what follows them
-        modules[key].register_forward_hook(
-            lambda _m, _i, out, key=key: caught.__setitem__(key, out.clone()))
     x = torch.randn(1, 3, 64, 64)
+    expected = _caught_outputs(ref, TV_STAGE_MODULES[name], x)
     with torch.no_grad():
-        ref(x)
         feats = ours.forward_intermediates(x)
-    expected = [caught[k] for k in TV_STAGE_MODULES[name]]
     if name == "densenet121":
         expected[-1] = torch.relu(expected[-1])
     assert len(feats) == 5 and ours.feature_strides == [2, 4, 8, 16, 32]
@@ -292,21 +299,15 @@ def test_alexnet_stages_are_torchvisions_maps_at_strides_4_to_32(tv_models):
 
     ref = _tv_model(tv_models, "alexnet").eval()
     ours = _ours_from("alexnet", ref).eval()
-    caught: dict[str, torch.Tensor] = {}
-    modules = dict(ref.named_modules())
-    keys = ["features.1", "features.4", "features.11", "features.12"]
-    for key in keys:
-        modules[key].register_forward_hook(
-            lambda _m, _i, out, key=key: caught.__setitem__(key, out.clone()))
     x = torch.randn(1, 3, 224, 224)
+    expected = _caught_outputs(ref, ["features.1", "features.4", "features.11", "features.12"], x)
     with torch.no_grad():
-        ref(x)
         feats = ours.forward_intermediates(x)
     assert (ours.feature_channels, ours.feature_strides) == ([64, 192, 256, 256], [4, 8, 16, 32])
     assert [f.shape[1:] for f in feats] == [(64, 55, 55), (192, 27, 27), (256, 13, 13),
                                             (256, 6, 6)]  # fmt: skip
-    for got, key in zip(feats, keys, strict=True):
-        _assert_same(got, caught[key])
+    for got, want in zip(feats, expected, strict=True):
+        _assert_same(got, want)
     taps = StageTaps(ours, "3,4", num_classes=3)
     assert taps.num_features == 512
     with pytest.raises(ValueError, match=r"stages 1-4 \(strides 4, 8, 16, 32\), not 5"):
