@@ -459,6 +459,13 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
         if (d / "bundle" / JSON_FILE).is_file():  # the run's folder, given for its bundle
             raise WeightsError(f"{d} is the folder of a transfer run: its bundle is "
                                f"{d / 'bundle'}")  # fmt: skip
+        checkpoint = next((f for f in (d / "best.pt", d / "last.pt") if f.is_file()), None)
+        if checkpoint is None and d.suffix in (".pt", ".pth", ".safetensors", ".h5"):
+            checkpoint = d
+        if checkpoint is not None:  # a `cnnzoo train` run (or a checkpoint): not a bundle
+            what = "a checkpoint" if checkpoint == d else "the folder of a `cnnzoo train` run"
+            raise WeightsError(f"{d} is {what}, not a bundle: give {checkpoint} as `predict "
+                               f"--weights {checkpoint}` or `evaluate {checkpoint}`")
         raise WeightsError(f"{d} is not a bundle: it needs {JSON_FILE} and {WEIGHTS_FILE} "
                            "(the bundle/ folder `cnnzoo transfer` writes)")  # fmt: skip
     try:
