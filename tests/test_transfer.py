@@ -2438,3 +2438,28 @@ def test_a_bare_resume_of_another_nets_fine_tuning_is_refused_before_any_work(
         f"cnnzoo transfer: error: {out} holds a fine-tuning of lenet5, not efficientnet_lite0: "
         "resume it with the --model lenet5 and --weights it began with, or start over with "
         "--overwrite\n")
+
+
+def test_transfer_json_final_has_the_top5_that_evaluate_gives_the_bundle(tmp_path, capsys):
+    """train --json's and evaluate --json's `final` hold top5; transfer --json's left it out
+    (its stage metrics dropped it). On 10 real Fashion-MNIST classes, where top-5 is not 1 by
+    definition, the run's top5 is the one `evaluate --bundle --json` measures on its split."""
+    from cnnzoo.data import load_fashion_mnist
+
+    data = tmp_path / "fm10"
+    write_image_folder(load_fashion_mnist("test").subset(per_class=4, seed=1), data)
+    weights = tmp_path / "r20.pth"
+    torch.save(create_model("resnet20").state_dict(), weights)
+    out = tmp_path / "run"
+    assert main(["transfer", str(data), "--model", "resnet20", "--weights", str(weights),
+                 "--img-size", "32", "--mode", "features", "--no-cache", "--no-progress",
+                 "--out", str(out), "--json"]) == 0  # fmt: skip
+    doc = json.loads(capsys.readouterr().out)
+    assert list(doc["final"]) == ["loss", "acc", "top5", "balanced_acc", "macro_f1"]
+    assert doc["final"]["top5"] == doc["val_top5"] == doc["features"]["val_top5"]
+    assert json.loads((out / "metrics.json").read_text())["val_top5"] == doc["val_top5"]
+    assert main(["evaluate", "--bundle", str(out / "bundle"), "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["images"] == doc["features"]["val_images"] == 10
+    assert doc["final"]["top5"] == pytest.approx(scored["top5"], abs=1e-9)
+    assert doc["final"]["acc"] == pytest.approx(scored["acc"], abs=1e-9)

@@ -407,10 +407,12 @@ def check_out(out: str | os.PathLike[str], data: Any, *, resume: bool, overwrite
 
 
 def _stage_metrics(probs: Tensor, labels: Tensor) -> dict[str, float]:
-    """Validation accuracy, loss (unweighted), balanced accuracy and macro F1 of `probs`."""
+    """Validation accuracy, top-5 accuracy, loss (unweighted), balanced accuracy and macro F1
+    of `probs`."""
     m = accumulate(probs, labels, probs.shape[1]).summary()
-    return {"val_acc": m["acc"], "val_loss": m["loss"], "val_balanced_acc": m["balanced_acc"],
-            "val_macro_f1": m["macro_f1"], "val_images": len(labels)}  # fmt: skip
+    return {"val_acc": m["acc"], "val_top5": m["top5"], "val_loss": m["loss"],
+            "val_balanced_acc": m["balanced_acc"], "val_macro_f1": m["macro_f1"],
+            "val_images": len(labels)}  # fmt: skip
 
 
 def _finetune_metas(out: str | os.PathLike[str] | None) -> Iterator[dict[str, Any]]:
@@ -740,7 +742,7 @@ def transfer(
         metrics["kept"] = kept
     else:
         metrics["kept"] = "features"
-    for key in ("val_acc", "val_loss", "val_balanced_acc", "val_macro_f1"):
+    for key in ("val_acc", "val_top5", "val_loss", "val_balanced_acc", "val_macro_f1"):
         metrics[key] = metrics[metrics["kept"]][key]
     metrics["skipped"] = splits.skipped_count  # unreadable files, as `data info --json` counts
 
