@@ -1982,6 +1982,23 @@ def test_the_run_folder_given_for_its_bundle_says_where_the_bundle_is(features_r
         with pytest.raises(WeightsError, match=f"is a file of the bundle: give its folder, "
                                                f"{out / 'bundle'}$"):  # fmt: skip
             load_bundle(out / "bundle" / name)
+    # Its fine-tuning's checkpoints (OUT/finetune/full) point to its bundle, not to --weights
+    # (which refuses them for the bundle), or to the resume that writes it.
+    import shutil
+
+    run = tmp_path / "ft"
+    (run / "finetune" / "full").mkdir(parents=True)
+    torch.save(create_model("lenet5").state_dict(), run / "finetune" / "full" / "last.pt")
+    for given, what in ((run / "finetune" / "full", "the checkpoints' folder"),
+                        (run / "finetune" / "full" / "last.pt", "a checkpoint")):
+        with pytest.raises(WeightsError) as err:
+            load_bundle(given)
+        assert str(err.value) == (
+            f"{given} is {what} of a transfer run's fine-tuning, not a bundle: its run wrote no "
+            f"bundle yet (`cnnzoo transfer --resume --out {run}` finishes it)")
+    shutil.copytree(out / "bundle", run / "bundle")
+    with pytest.raises(WeightsError, match=f"not a bundle: its bundle is {run / 'bundle'}$"):
+        load_bundle(run / "finetune" / "full")
 
 
 def test_a_fine_tuning_that_fails_before_writing_leaves_nothing_to_refuse_a_retry(folder,
