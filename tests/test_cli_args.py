@@ -667,7 +667,8 @@ def test_transfer_json_prints_its_metrics_json_alone_on_stdout(tmp_path, monkeyp
     import cnnzoo.transfer
 
     metrics = {"features": {"val_acc": 0.75, "val_balanced_acc": 0.7}, "kept": "features",
-               "val_acc": 0.75, "val_balanced_acc": 0.7, "val_loss": 0.5, "val_macro_f1": 0.6}
+               "val_acc": 0.75, "val_top5": 1.0, "val_balanced_acc": 0.7, "val_loss": 0.5,
+               "val_macro_f1": 0.6}
 
     def transfer(data, *, show, **kwargs):
         show("class  precision  recall  support")
@@ -679,7 +680,7 @@ def test_transfer_json_prints_its_metrics_json_alone_on_stdout(tmp_path, monkeyp
     out, err = capsys.readouterr()
     assert json.loads(out) == {"model": "efficientnet_lite0", "out": str(tmp_path / "t"),
                                **metrics, "timings_s": {"features": 1.5}, "final": {
-                                   "loss": 0.5, "acc": 0.75, "balanced_acc": 0.7,
+                                   "loss": 0.5, "acc": 0.75, "top5": 1.0, "balanced_acc": 0.7,
                                    "macro_f1": 0.6}}
     assert out.count("\n") == 1 and "class  precision" in err
     assert main(argv) == 0  # text: the table and the summary on stdout, as before

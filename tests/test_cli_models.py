@@ -280,6 +280,30 @@ def test_models_counts_a_net_built_with_model_args(capsys):
         "counts resnet20 with it)")
 
 
+def test_a_unet_on_imagenet_weights_is_built_once_for_both_counts(capsys, caplog):
+    """Its one-channel default sums Lite0's RGB stem kernels, and that note came twice: the net
+    was built for the parameters and again for the multiply-adds. The counts are those of the
+    net built and run on its own."""
+    import torch
+
+    from cnnzoo import create_model
+    from cnnzoo.models import count_macs
+
+    options = {"encoder_name": "efficientnet_lite0", "encoder_weights": "imagenet"}
+    argv = ["models", "--pattern", "unet", "--json",
+            *(a for k, v in options.items() for a in ("--model-arg", f"{k}={v}"))]
+    with caplog.at_level("WARNING", logger="cnnzoo.weights"):
+        assert main(argv) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    notes = [m for m in caplog.messages if m.startswith("note: ")]
+    assert notes == ["note: convs reading the image (_conv_stem.weight): 3-channel kernels "
+                     "summed over their input channels for in_chans=1"]
+    with torch.device("meta"):
+        built = create_model("unet", **options)
+    assert row["params"] == sum(p.numel() for p in built.parameters())
+    assert round(row["gmacs"] * 1e9) == count_macs("unet", **options)
+
+
 def test_models_names_an_option_given_as_1_as_the_net_takes_it(capsys):
     """`--model-arg paper_5x5=1` builds the paper's 5x5 net (1 == True; 1.58 GMACs, not 1.50)
     and the row said 'paper_5x5=1'; dropout=0 is the float 0.0 the net is built with."""

@@ -408,6 +408,38 @@ def test_the_validation_score_is_of_the_weights_the_run_ended_with(tmp_path):
                    "restore_alone": (0.75, 2, 0.8, 3)}  # fmt: skip
 
 
+def test_patience_and_restoring_the_best_weights_are_differences(tmp_path, capsys):
+    """Runs apart only in --patience (or restore_best) were said to 'repeat one another',
+    though they ended with other epochs' weights: 0.75 (epoch 2, restored) against 0.7."""
+    history = [
+        {"epoch": e, "train_loss": 1.0, "train_acc": 0.5, "val_loss": loss, "val_acc": acc,
+         "seconds": 1.0, "images_per_s": 100.0}
+        for e, loss, acc in [(1, 1.0, 0.6), (2, 0.7, 0.75), (3, 0.9, 0.8), (4, 0.95, 0.7)]
+    ]  # fmt: skip
+
+    def run(name, *, patience, restore=None):
+        folder = _fake_run(tmp_path / name, history=history)
+        ckpt = torch.load(folder / "last.pt", weights_only=True)
+        ckpt["config"].update(patience=patience, restore_best=restore, epochs=4)
+        ckpt.update(best=0.7, best_epoch=2, bad_epochs=2)
+        atomic_save(ckpt, folder / "last.pt")
+        return folder
+
+    stopped, off, kept_last = run("p2", patience=2), run("off", patience=None), \
+        run("kept_last", patience=2, restore=False)  # fmt: skip
+    runs = summarize_runs([stopped, off])
+    assert [r.final for r in runs] == [0.75, 0.7]
+    assert differences(runs) == ["early stopping patience: 2 (p2), off (off)",
+                                 "best epoch's weights restored: True (p2), False (off)"]
+    assert differences(summarize_runs([stopped, kept_last])) == [
+        "best epoch's weights restored: True (p2), False (kept_last)"]
+    # restore_best=True given where patience turns it on anyway: the same run.
+    assert differences(summarize_runs([stopped, run("said", patience=2, restore=True)])) == []
+    assert main(["compare", str(stopped), str(off)]) == 0
+    out = capsys.readouterr().out
+    assert "repeat one another" not in out and "early stopping patience: 2 (p2), off (off)" in out
+
+
 def test_an_early_stopped_run_compares_with_the_score_train_reported(tmp_path, capsys):
     out = tmp_path / "stopped"
     assert main(["train", "lenet5", *TRAIN, "--epochs", "12", "--patience", "1", "--out",

@@ -140,8 +140,8 @@ def test_train_and_transfer_json_give_the_same_facts_under_the_same_keys(tmp_pat
     moved_doc = json.loads(capsys.readouterr().out)
     for doc, out in ((trained, run), (moved_doc, moved)):
         assert doc["model"] == "lenet5" and doc["out"] == str(out) and doc["skipped"] == 0
-    names = ("loss", "acc", "balanced_acc", "macro_f1")
-    assert set(names) <= set(trained["final"]) and set(moved_doc["final"]) == set(names)
+    names = ("loss", "acc", "top5", "balanced_acc", "macro_f1")  # (top5 was train's alone)
+    assert set(trained["final"]) == set(moved_doc["final"]) == set(names)
     assert main(["evaluate", "--bundle", str(moved / "bundle"), "--data", str(data),
                  "--json", "--no-progress"]) == 0  # fmt: skip
     scored = json.loads(capsys.readouterr().out)

@@ -189,6 +189,27 @@ def test_efficientnet_forward_backward_at_minimum_size(name, in_chans):
         model(torch.randn(2, in_chans, size - 1, size))
 
 
+def test_efficientnet_stages_is_a_table_and_a_count_gets_one_line_saying_so(capsys):
+    """`stages=4` (VGG's stages is a count) failed with "'int' object is not iterable"; a table
+    given as JSON gives it (lists of lists) still builds B0 to the published 4,652,008."""
+    from cnnzoo.cli import main
+    from cnnzoo.errors import ModelOptionError
+    from cnnzoo.models.efficientnet import B0_STAGES
+
+    for bad in (4, "4", (), ((1, 3, 1, 16),), ((1, 3, 1, 16, 0),), ((1, 3, 1, 16, True),)):
+        with pytest.raises(ModelOptionError, match=r"stages takes a stage table, not ") as err:
+            create_model("efficientnet_lite0", stages=bad)
+        assert "(expand ratio, kernel, first stride, out channels, repeats)" in str(err.value)
+        assert "\n" not in str(err.value)
+    with torch.device("meta"):
+        as_json = create_model("efficientnet_lite0", stages=[list(r) for r in B0_STAGES])
+    assert count_parameters(as_json) == 4_652_008
+    assert main(["models", "--pattern", "efficientnet_lite0", "--model-arg", "stages=4"]) == 2
+    err = capsys.readouterr().err
+    assert "stages takes a stage table, not 4" in err and "--model-arg cannot give one" in err
+    assert "not iterable" not in err and err.count("\n") == 1
+
+
 # ---------------------------------------------------------------------------------------------
 # U-Net
 

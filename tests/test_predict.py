@@ -609,6 +609,16 @@ def test_predict_a_training_checkpoint_as_evaluate_scores_it(tmp_path, capsys):
     assert main(["predict", str(test), "--weights", str(out / "best.pt"), "--model",
                  "resnet18"]) == 2
     assert "holds lenet5, not resnet18" in capsys.readouterr().err
+    # The run's folder (or its best.pt) as --bundle said only "not a bundle": it names the file
+    # and the option that reads it.
+    for command in (["predict", str(test)], ["evaluate", "--data", str(test)]):
+        for given in (out, out / "best.pt"):
+            assert main([*command, "--bundle", str(given)]) == 2
+            std = capsys.readouterr()
+            what = "the folder of a `cnnzoo train` run" if given == out else "a checkpoint"
+            assert std.out == "" and std.err.strip().endswith(
+                f"error: {given} is {what}, not a bundle: give {out / 'best.pt'} as `predict "
+                f"--weights {out / 'best.pt'}` or `evaluate {out / 'best.pt'}`")
     # Converted to .safetensors it keeps all that: the same predictions, without --model.
     conv = tmp_path / "lenet5.safetensors"
     assert main(["convert", str(out / "best.pt"), str(conv), "--model", "lenet5"]) == 0

@@ -419,3 +419,45 @@ def test_a_transfer_resume_warns_of_options_given_and_runs_from_before_resume_as
         f"cnnzoo transfer: error: the run in {run} began from --weights {tmp_path / 'lenet5.pt'}"
         ", which is gone: give --weights with that file where it is now, or start over with "
         "--overwrite\n")
+
+
+def test_a_bare_transfer_resume_with_nothing_to_resume_says_so_before_any_work(tmp_path,
+                                                                            monkeypatch, capsys):
+    """A transfer run killed before fine-tuning's first checkpoint (in its features or the
+    head's first epoch) has recorded none of its options; the queue's bare restart ran the
+    default efficientnet_lite0's features and head first, and only then said 'no checkpoint in
+    OUT/finetune/head ... starting a new run' (again for OUT/finetune/full). It says so once,
+    as its first line."""
+    from cnnzoo.errors import UsageError
+    from cnnzoo.transfer import transfer
+
+    data = _fashion_folder(tmp_path, monkeypatch)
+    run = tmp_path / "run"
+    small = ["--img-size", "32", "--fit", "resize", "--views", "1", "--epochs", "1",
+             "--min-steps", "0", "--head-epochs", "1", "--precision", "fp32", "--no-progress"]
+
+    def killed(*args, **kwargs):
+        raise Terminated
+
+    with monkeypatch.context() as m:
+        m.setattr(loop.Trainer, "_train_epoch", killed)  # the head's first epoch
+        assert main(["transfer", str(data), *small, "--model", "lenet5", "--weights",
+                     str(tmp_path / "lenet5.pt"), "--out", str(run)]) == 128 + 15
+    assert not list(run.rglob("last.pt"))  # (a SIGKILL leaves OUT/finetune/head, empty)
+    capsys.readouterr()
+    # (--mode finetune: the features head, minutes on real data, is not the point here)
+    resume = ["transfer", str(data), *small, "--out", str(run), "--resume", "--mode", "finetune"]
+    assert main(resume) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (f"note: nothing to resume in {run}: a fine-tuning writes its first "
+                      "checkpoint when the head's first epoch ends, and its options with it; "
+                      "starting a new run of efficientnet_lite0 with the options given here")
+    assert err[1].startswith("data: ") and not any("no checkpoint in" in e for e in err), err
+    assert json.loads((run / "bundle" / "bundle.json").read_text())["model"] == \
+        "efficientnet_lite0"  # fmt: skip
+    # Its checkpoints are there now: a second resume continues them without the note.
+    assert main(resume) == 0
+    assert "nothing to resume" not in capsys.readouterr().err
+    # Without a folder there is nothing to resume from: said before the features, too.
+    with pytest.raises(UsageError, match="resume continues the interrupted fine-tuning in out"):
+        transfer(data, model="lenet5", weights=None, resume=True, say=print)

@@ -1982,6 +1982,23 @@ def test_the_run_folder_given_for_its_bundle_says_where_the_bundle_is(features_r
         with pytest.raises(WeightsError, match=f"is a file of the bundle: give its folder, "
                                                f"{out / 'bundle'}$"):  # fmt: skip
             load_bundle(out / "bundle" / name)
+    # Its fine-tuning's checkpoints (OUT/finetune/full) point to its bundle, not to --weights
+    # (which refuses them for the bundle), or to the resume that writes it.
+    import shutil
+
+    run = tmp_path / "ft"
+    (run / "finetune" / "full").mkdir(parents=True)
+    torch.save(create_model("lenet5").state_dict(), run / "finetune" / "full" / "last.pt")
+    for given, what in ((run / "finetune" / "full", "the checkpoints' folder"),
+                        (run / "finetune" / "full" / "last.pt", "a checkpoint")):
+        with pytest.raises(WeightsError) as err:
+            load_bundle(given)
+        assert str(err.value) == (
+            f"{given} is {what} of a transfer run's fine-tuning, not a bundle: its run wrote no "
+            f"bundle yet (`cnnzoo transfer --resume --out {run}` finishes it)")
+    shutil.copytree(out / "bundle", run / "bundle")
+    with pytest.raises(WeightsError, match=f"not a bundle: its bundle is {run / 'bundle'}$"):
+        load_bundle(run / "finetune" / "full")
 
 
 def test_a_fine_tuning_that_fails_before_writing_leaves_nothing_to_refuse_a_retry(folder,
@@ -2438,3 +2455,28 @@ def test_a_bare_resume_of_another_nets_fine_tuning_is_refused_before_any_work(
         f"cnnzoo transfer: error: {out} holds a fine-tuning of lenet5, not efficientnet_lite0: "
         "resume it with the --model lenet5 and --weights it began with, or start over with "
         "--overwrite\n")
+
+
+def test_transfer_json_final_has_the_top5_that_evaluate_gives_the_bundle(tmp_path, capsys):
+    """train --json's and evaluate --json's `final` hold top5; transfer --json's left it out
+    (its stage metrics dropped it). On 10 real Fashion-MNIST classes, where top-5 is not 1 by
+    definition, the run's top5 is the one `evaluate --bundle --json` measures on its split."""
+    from cnnzoo.data import load_fashion_mnist
+
+    data = tmp_path / "fm10"
+    write_image_folder(load_fashion_mnist("test").subset(per_class=4, seed=1), data)
+    weights = tmp_path / "r20.pth"
+    torch.save(create_model("resnet20").state_dict(), weights)
+    out = tmp_path / "run"
+    assert main(["transfer", str(data), "--model", "resnet20", "--weights", str(weights),
+                 "--img-size", "32", "--mode", "features", "--no-cache", "--no-progress",
+                 "--out", str(out), "--json"]) == 0  # fmt: skip
+    doc = json.loads(capsys.readouterr().out)
+    assert list(doc["final"]) == ["loss", "acc", "top5", "balanced_acc", "macro_f1"]
+    assert doc["final"]["top5"] == doc["val_top5"] == doc["features"]["val_top5"]
+    assert json.loads((out / "metrics.json").read_text())["val_top5"] == doc["val_top5"]
+    assert main(["evaluate", "--bundle", str(out / "bundle"), "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert scored["images"] == doc["features"]["val_images"] == 10
+    assert doc["final"]["top5"] == pytest.approx(scored["top5"], abs=1e-9)
+    assert doc["final"]["acc"] == pytest.approx(scored["acc"], abs=1e-9)

@@ -289,8 +289,10 @@ def run(args: argparse.Namespace) -> int:
         from ..text import json_text
 
         # The facts train --json gives too, under its keys: the run's model and folder, and the
-        # kept net's validation metrics under `final`, named as `evaluate --json` names them.
-        final = {key: m[f"val_{key}"] for key in ("loss", "acc", "balanced_acc", "macro_f1")}
+        # kept net's validation metrics under `final`, named as `evaluate --json` names them
+        # (top5 where the run recorded it: a stand-in's metrics may not).
+        final = {key: m[f"val_{key}"] for key in ("loss", "acc", "top5", "balanced_acc",
+                                                   "macro_f1") if f"val_{key}" in m}  # fmt: skip
         print(json_text({"model": args.model, "out": str(out), **m, "final": final,
                          "timings_s": result.timings}))
         return 0

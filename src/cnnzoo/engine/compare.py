@@ -27,7 +27,10 @@ TASK_METRIC = {"classification": "acc", "segmentation": "dice"}
 # Training settings that should agree for a like-for-like comparison, in the order they are
 # reported, with their words; read from the checkpoint's config, else its meta.
 RECIPE = (
-    ("init_from", "initialised from"), ("epochs", "epochs"), ("augment", "augmentation"),
+    ("init_from", "initialised from"), ("epochs", "epochs"),
+    # Both decide which epoch's weights a run ends with, so its final score.
+    ("patience", "early stopping patience"), ("restore_best", "best epoch's weights restored"),
+    ("augment", "augmentation"),
     ("erase", "random erasing"), ("progressive", "progressive resizing"),
     ("elastic", "elastic deformation"), ("jitter", "jitter"),
     ("label_smoothing", "label smoothing"), ("class_weight", "class weights"), ("loss", "loss"),
@@ -42,7 +45,7 @@ RECIPE = (
 # an unset one reads.
 ABSENT = {"erase": 0.0, "progressive": None, "init_from": None, "grad_clip": None,
           "class_weight": "none", "sam": 0.0}
-UNSET = {"init_from": "scratch", "progressive": "off", "grad_clip": "off",
+UNSET = {"init_from": "scratch", "progressive": "off", "grad_clip": "off", "patience": "off",
          "cpu": "not recorded", "threads": "not recorded"}
 # Where a run's seconds were measured (its checkpoint's `machine`): they change the table's
 # train s and img/s, not what the nets learn, and are named after the recipe.
@@ -255,6 +258,7 @@ def _summary(path: Path, label: str, ckpt: dict[str, Any]) -> RunSummary:
         if value == "absent":  # (a classifier has no elastic deformation, a U-Net no erasing)
             continue
         settings[key] = tuple(value) if isinstance(value, list) else value
+    settings["restore_best"] = _restores(config)  # as the run decided it (None: by patience)
     # Settings the run had no use for: AdamW has no momentum, one-cycle its own warm-up.
     if settings.get("optimizer") == "adamw":
         settings.pop("momentum", None)
@@ -293,13 +297,19 @@ def _kept_epoch(ckpt: dict[str, Any], config: dict[str, Any],
     epoch's."""
     last = history[-1]
     patience, best_epoch = config.get("patience"), ckpt.get("best_epoch")
-    restores = config.get("restore_best")  # as the Trainer decides it
-    if not (patience is not None if restores is None else restores) or not best_epoch:
+    if not _restores(config) or not best_epoch:
         return last
     finished = (int(last["epoch"]) >= int(config.get("epochs") or last["epoch"])
                 or patience is not None and int(ckpt.get("bad_epochs") or 0) >= int(patience))
     kept = [r for r in history if r["epoch"] == best_epoch]
     return kept[0] if finished and kept else last
+
+
+def _restores(config: dict[str, Any]) -> bool:
+    """Whether a run gives back its best epoch's weights at the end, as the Trainer decides it:
+    restore_best as set, else whenever early stopping (patience) is on."""
+    restores = config.get("restore_best")
+    return bool(config.get("patience") is not None if restores is None else restores)
 
 
 def aux_loss_note(runs: list[RunSummary]) -> str | None:

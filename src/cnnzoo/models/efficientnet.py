@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Classifier, check_input_size, new_head, tapped_outputs
+from ..errors import ModelOptionError
+from .base import Classifier, check_input_size, is_whole, new_head, tapped_outputs
 from .registry import ModelConfig, register_model
 
 # Table 1 of the paper, EfficientNet-B0: (expand ratio, kernel, first stride, out channels, repeats).
@@ -111,6 +112,22 @@ def scaled_stages(width: float, depth: float) -> tuple[tuple[int, int, int, int,
          repeats if i in (0, last) else math.ceil(repeats * depth))
         for i, (expand, kernel, stride, out_ch, repeats) in enumerate(B0_STAGES)
     )  # fmt: skip
+
+
+def check_stage_table(stages: object) -> None:
+    """A stage table is one or more rows of five whole numbers >= 1. Checked before building:
+    `stages=4` (VGG's `stages` is a count) failed deep in the loop with "'int' object is not
+    iterable"."""
+    rows = stages if isinstance(stages, list | tuple) else None
+    if rows and all(isinstance(r, list | tuple) and len(r) == 5 and all(map(is_whole, r))
+                    for r in rows):  # fmt: skip
+        return
+    raise ModelOptionError(
+        f"efficientnet_lite: stages takes a stage table, not {stages!r} (it is not a count like "
+        "vgg's): rows of (expand ratio, kernel, first stride, out channels, repeats) such as "
+        "B0's ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), ...), given in Python "
+        "(cnnzoo.models.efficientnet.scaled_stages(width, depth) makes one); --model-arg cannot "
+        "give one")
 
 
 def _conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1, *,
@@ -192,6 +209,7 @@ class EfficientNetLite(Classifier):
         drop_path_rate: float = 0.0, tf_padding: bool = True,
         stages: tuple[tuple[int, int, int, int, int], ...] = B0_STAGES,
     ):
+        check_stage_table(stages)
         super().__init__()
         self.num_classes = num_classes
         self.num_features = HEAD_CHANNELS

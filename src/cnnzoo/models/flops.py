@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .registry import create_model, fixed_input_size, get_config
@@ -28,8 +29,15 @@ def count_macs(name: str, input_size: tuple[int, int, int] | None = None, **kwar
     if fixed_input_size(name) and h == w:
         kwargs = {"img_size": h, **kwargs}
     with torch.device("meta"):
-        model = create_model(name, in_chans=c, **kwargs).eval()
-        x = torch.empty(1, c, h, w)
+        model = create_model(name, in_chans=c, **kwargs)
+    return _forward_macs(model, (c, h, w))
+
+
+def _forward_macs(model: nn.Module, input_size: tuple[int, int, int]) -> int:
+    """Multiply-adds of one forward pass of a net built on the 'meta' device."""
+    model.eval()
+    with torch.device("meta"):
+        x = torch.empty(1, *input_size)
     # A sparse layer run as a dense one (LeNet-5's C3 table) counts only its connections.
     unused: list[int] = []
     hooks = [m.register_forward_hook(lambda mod, _, out: unused.append(mod.unused_macs(out)))
@@ -58,12 +66,15 @@ def counts_at(name: str, channels: int, size: int, **kwargs: Any) -> tuple[int, 
 
     if fixed_input_size(name):
         kwargs = {"img_size": size, **kwargs}
+    # Built once for both counts: a U-Net on an ImageNet encoder printed its weights' notes
+    # ('convs reading the image ...') once per build.
     with torch.device("meta"):
-        params = sum(p.numel() for p in create_model(name, in_chans=channels, **kwargs).parameters())
+        model = create_model(name, in_chans=channels, **kwargs)
+    params = sum(p.numel() for p in model.parameters())
     if size < min_input_size(name, **kwargs):
         return params, None
     try:
-        return params, count_macs(name, (channels, size, size), **kwargs)
+        return params, _forward_macs(model, (channels, size, size))
     except InputSizeError:
         return params, None
 

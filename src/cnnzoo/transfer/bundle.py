@@ -43,6 +43,7 @@ from ..paths import (
     remove_stale_temps,
     run_data,
     temp_prefix,
+    transfer_bundle,
     usual_permissions,
     utf8_path,
 )
@@ -459,6 +460,21 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
         if (d / "bundle" / JSON_FILE).is_file():  # the run's folder, given for its bundle
             raise WeightsError(f"{d} is the folder of a transfer run: its bundle is "
                                f"{d / 'bundle'}")  # fmt: skip
+        checkpoint = next((f for f in (d / "best.pt", d / "last.pt") if f.is_file()), None)
+        if checkpoint is None and d.suffix in (".pt", ".pth", ".safetensors", ".h5"):
+            checkpoint = d
+        if checkpoint is not None and checkpoint.parent.parent.name == "finetune":
+            bundle = transfer_bundle(checkpoint)  # OUT/finetune/full: a transfer run's own
+            where = (f"its bundle is {bundle}" if (bundle / JSON_FILE).is_file() else
+                     f"its run wrote no bundle yet (`cnnzoo transfer --resume --out "
+                     f"{bundle.parent}` finishes it)")
+            what = "a checkpoint" if checkpoint == d else "the checkpoints' folder"
+            raise WeightsError(f"{d} is {what} of a transfer run's fine-tuning, not a bundle: "
+                               f"{where}")  # fmt: skip
+        if checkpoint is not None:  # a `cnnzoo train` run (or a checkpoint): not a bundle
+            what = "a checkpoint" if checkpoint == d else "the folder of a `cnnzoo train` run"
+            raise WeightsError(f"{d} is {what}, not a bundle: give {checkpoint} as `predict "
+                               f"--weights {checkpoint}` or `evaluate {checkpoint}`")
         raise WeightsError(f"{d} is not a bundle: it needs {JSON_FILE} and {WEIGHTS_FILE} "
                            "(the bundle/ folder `cnnzoo transfer` writes)")  # fmt: skip
     try:

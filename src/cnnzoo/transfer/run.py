@@ -407,10 +407,12 @@ def check_out(out: str | os.PathLike[str], data: Any, *, resume: bool, overwrite
 
 
 def _stage_metrics(probs: Tensor, labels: Tensor) -> dict[str, float]:
-    """Validation accuracy, loss (unweighted), balanced accuracy and macro F1 of `probs`."""
+    """Validation accuracy, top-5 accuracy, loss (unweighted), balanced accuracy and macro F1
+    of `probs`."""
     m = accumulate(probs, labels, probs.shape[1]).summary()
-    return {"val_acc": m["acc"], "val_loss": m["loss"], "val_balanced_acc": m["balanced_acc"],
-            "val_macro_f1": m["macro_f1"], "val_images": len(labels)}  # fmt: skip
+    return {"val_acc": m["acc"], "val_top5": m["top5"], "val_loss": m["loss"],
+            "val_balanced_acc": m["balanced_acc"], "val_macro_f1": m["macro_f1"],
+            "val_images": len(labels)}  # fmt: skip
 
 
 def _finetune_metas(out: str | os.PathLike[str] | None) -> Iterator[dict[str, Any]]:
@@ -423,6 +425,13 @@ def _finetune_metas(out: str | os.PathLike[str] | None) -> Iterator[dict[str, An
         meta = run_meta(path) if path is not None and path.is_file() else None
         if meta:
             yield meta
+
+
+def finetune_started(out: str | os.PathLike[str] | None) -> bool:
+    """Whether `out` holds a checkpoint of a fine-tuning (its head's phase or the whole net's)
+    for a resume to continue."""
+    return out is not None and any((Path(out) / "finetune" / phase / "last.pt").is_file()
+                                   for phase in ("head", "full"))  # fmt: skip
 
 
 def resumed_class_weight(out: str | os.PathLike[str] | None) -> str:
@@ -545,6 +554,16 @@ def transfer(
         check_out(out, data, resume=resume, overwrite=overwrite)
         if resume:
             refuse_another_model(out, model)
+    # A run killed before fine-tuning's first checkpoint left nothing to resume, not even its
+    # options: said now, not after the features phase (which may take minutes with others').
+    if resume and out is None:  # (the Trainer said so only after the features phase)
+        raise UsageError("resume continues the interrupted fine-tuning in out: give out, the "
+                         "run's folder")  # fmt: skip
+    resume_ft = resume and finetune_started(out)
+    if resume and not resume_ft:
+        say(f"note: nothing to resume in {out}: a fine-tuning writes its first checkpoint when "
+            f"the head's first epoch ends, and its options with it; starting a new run of "
+            f"{model} with the options given here")  # fmt: skip
     if cfg.use_cache and cfg.mode != "finetune":
         # The default one is in a HOME that a container may mount read-only: say where else.
         check_folder(cfg.cache_dir or feature_cache_dir(), "feature cache",
@@ -676,7 +695,7 @@ def transfer(
     if out_dir is not None:  # its first write: from here on this run alone writes there
         hold_folder(out_dir)
         check_out(out_dir, data, resume=resume, overwrite=overwrite)  # one that ended meanwhile
-    if out_dir is not None and not resume:  # the old run's checkpoints, before ours are written
+    if out_dir is not None and not resume_ft:  # the old run's checkpoints, before ours
         remove_entries(out_dir, ("finetune",))
     history: list[dict[str, Any]] = []
     if cfg.mode in ("finetune", "both"):
@@ -702,13 +721,13 @@ def transfer(
             if splits.val_drawn and builtin_name(data) is None:
                 meta["val_files"] = splits.val.files_digest(data)
         meta["transfer_run"] = run_record(cfg, model, weights, wid)
-        old = resumed_record(out_dir) if resume else None
+        old = resumed_record(out_dir) if resume_ft else None
         if old is not None and (changed := record_changes(old, meta["transfer_run"])):
             say(f"warning: resuming with different {', '.join(changed)} than the checkpoint; "
                 "the result will differ from an uninterrupted run")
         head_res, full_res = finetune(
             net, splits, pre, ft, out_dir=out_dir / "finetune" if out_dir else None, meta=meta,
-            resume=resume, say=say)  # fmt: skip
+            resume=resume_ft, say=say)  # fmt: skip
         for res, phase in ((head_res, "head"), (full_res, "full")):
             if res is not None:
                 history.extend({**r, "phase": phase} for r in res.history)
@@ -740,7 +759,7 @@ def transfer(
         metrics["kept"] = kept
     else:
         metrics["kept"] = "features"
-    for key in ("val_acc", "val_loss", "val_balanced_acc", "val_macro_f1"):
+    for key in ("val_acc", "val_top5", "val_loss", "val_balanced_acc", "val_macro_f1"):
         metrics[key] = metrics[metrics["kept"]][key]
     metrics["skipped"] = splits.skipped_count  # unreadable files, as `data info --json` counts
 
