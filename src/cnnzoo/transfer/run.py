@@ -415,23 +415,28 @@ def _stage_metrics(probs: Tensor, labels: Tensor) -> dict[str, float]:
             "val_images": len(labels)}  # fmt: skip
 
 
+def _finetune_checkpoints(out: str | os.PathLike[str] | None) -> list[Path]:
+    """The checkpoints of the interrupted fine-tuning in `out`, its last phase's first."""
+    if out is None:
+        return []
+    paths = (Path(out) / "finetune" / phase / "last.pt" for phase in ("full", "head"))
+    return [path for path in paths if path.is_file()]
+
+
 def _finetune_metas(out: str | os.PathLike[str] | None) -> Iterator[dict[str, Any]]:
     """The meta of each checkpoint of the interrupted fine-tuning in `out`, its last phase's
     first."""
     from ..engine.run import run_meta
 
-    for phase in ("full", "head"):
-        path = Path(out) / "finetune" / phase / "last.pt" if out is not None else None
-        meta = run_meta(path) if path is not None and path.is_file() else None
-        if meta:
+    for path in _finetune_checkpoints(out):
+        if meta := run_meta(path):
             yield meta
 
 
 def finetune_started(out: str | os.PathLike[str] | None) -> bool:
     """Whether `out` holds a checkpoint of a fine-tuning (its head's phase or the whole net's)
     for a resume to continue."""
-    return out is not None and any((Path(out) / "finetune" / phase / "last.pt").is_file()
-                                   for phase in ("head", "full"))  # fmt: skip
+    return bool(_finetune_checkpoints(out))
 
 
 def resumed_class_weight(out: str | os.PathLike[str] | None) -> str:
@@ -497,6 +502,22 @@ def record_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     changes += [f"{k} (was {was[k]}, now {now[k]})" for k in now
                 if k in was and k not in ENGINE_WARNS and was[k] != now[k]]
     return changes
+
+
+def _split_record(data: Any, splits: Splits, cfg: TransferConfig) -> dict[str, Any] | None:
+    """How the run split the files `data` names, for finding the same split again: the data's
+    path, the fraction, seed and held-out choice, and the drawn validation files' digest (which
+    `Bundle.evaluate` checks, and the Trainer's resume warns on); None for data in memory."""
+    if not isinstance(data, str | os.PathLike):
+        return None
+    from ..data.builtin import builtin_name
+
+    source = Path(data).resolve() if Path(data).exists() else data
+    record = {"source": str(source), "val_fraction": cfg.val_fraction, "seed": cfg.seed,
+              "hold_out_test": cfg.hold_out_test}  # fmt: skip
+    if splits.val_drawn and builtin_name(data) is None:  # the folder must split the same
+        record["val_files"] = splits.val.files_digest(data)
+    return record
 
 
 def refuse_another_model(out: str | os.PathLike[str] | None, model: str) -> None:
@@ -697,6 +718,7 @@ def transfer(
         check_out(out_dir, data, resume=resume, overwrite=overwrite)  # one that ended meanwhile
     if out_dir is not None and not resume_ft:  # the old run's checkpoints, before ours
         remove_entries(out_dir, ("finetune",))
+    split = _split_record(data, splits, cfg)
     history: list[dict[str, Any]] = []
     if cfg.mode in ("finetune", "both"):
         if isinstance(net, StageTaps):  # fine-tuning trains the model with its own head
@@ -711,15 +733,12 @@ def transfer(
                 # The recipe the config does not hold: a resume with another --augment or
                 # --label-smoothing went on without a word, as `cnnzoo train` warns of it.
                 "augment": ft.augment or "flip-crop", "label_smoothing": ft.label_smoothing}
-        if isinstance(data, str | os.PathLike):  # a resume on other data is refused, as in train
-            meta["dataset"] = str(Path(data).resolve() if Path(data).exists() else data)
+        if split is not None:  # a resume on other data is refused, as in train
+            meta["dataset"] = split["source"]
             # The split, and its files, for the Trainer to warn when a resume splits the
             # data otherwise (`loop.RESUME_WARN_META`).
-            meta["val_fraction"], meta["hold_out_test"] = cfg.val_fraction, cfg.hold_out_test
-            from ..data.builtin import builtin_name
-
-            if splits.val_drawn and builtin_name(data) is None:
-                meta["val_files"] = splits.val.files_digest(data)
+            meta.update({k: split[k] for k in ("val_fraction", "hold_out_test", "val_files")
+                         if k in split})  # fmt: skip
         meta["transfer_run"] = run_record(cfg, model, weights, wid)
         old = resumed_record(out_dir) if resume_ft else None
         if old is not None and (changed := record_changes(old, meta["transfer_run"])):
@@ -780,14 +799,8 @@ def transfer(
     extra = {"weights": {"source": str(weights), "fingerprint": wid}, "mode": cfg.mode,
              "model_kwargs": own, "skipped_files": list(splits.skipped),
              "class_weight": cfg.class_weight}  # fmt: skip
-    if isinstance(data, str | os.PathLike):  # `Bundle.evaluate` finds the validation split again
-        source = Path(data).resolve() if Path(data).exists() else data
-        extra["data"] = {"source": str(source), "val_fraction": cfg.val_fraction,
-                         "seed": cfg.seed, "hold_out_test": cfg.hold_out_test}  # fmt: skip
-        from ..data.builtin import builtin_name
-
-        if splits.val_drawn and builtin_name(data) is None:  # `Bundle.evaluate` checks that
-            extra["data"]["val_files"] = splits.val.files_digest(data)  # it splits the same
+    if split is not None:  # `Bundle.evaluate` finds the validation split again
+        extra["data"] = split
     summary = copy.deepcopy(metrics)
     summary.get("features", {}).pop("cv", None)  # the full table is in the report's metrics.json
     bundle = Bundle(net, model, list(splits.class_names), pre, fit_used, cfg.views, head_info,
