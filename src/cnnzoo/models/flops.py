@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .base import count_parameters
 from .registry import create_model, fixed_input_size, get_config
 
 
@@ -53,7 +54,7 @@ def count_params(name: str) -> int:
     """Parameters at the model's default number of classes, without allocating them."""
     with torch.device("meta"):
         model = create_model(name)
-    return sum(p.numel() for p in model.parameters())
+    return count_parameters(model)
 
 
 def counts_at(name: str, channels: int, size: int, **kwargs: Any) -> tuple[int, int | None]:
@@ -70,7 +71,7 @@ def counts_at(name: str, channels: int, size: int, **kwargs: Any) -> tuple[int, 
     # ('convs reading the image ...') once per build.
     with torch.device("meta"):
         model = create_model(name, in_chans=channels, **kwargs)
-    params = sum(p.numel() for p in model.parameters())
+    params = count_parameters(model)
     if size < min_input_size(name, **kwargs):
         return params, None
     try:
