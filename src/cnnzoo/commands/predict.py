@@ -91,11 +91,10 @@ def _refuse_checkpoints(items: Sequence[str], weights: str | None = None,
     predicts, to leave it out of the images: 'give it as --weights' is refused with
     --bundle)."""
     from ..errors import UsageError
-    from ..weights.files import KERAS_SUFFIXES, SAFETENSORS_SUFFIXES
+    from ..weights.files import named_as_checkpoint
 
-    for item in items:  # (not .bin or .tar, which need not be weights)
-        if item.lower().endswith((".pt", ".pth", ".ckpt", *SAFETENSORS_SUFFIXES,
-                                  *KERAS_SUFFIXES)) and os.path.isfile(item):  # fmt: skip
+    for item in items:
+        if named_as_checkpoint(item) and os.path.isfile(item):
             if weights is not None and os.path.isfile(weights) and os.path.samefile(item,
                                                                                   weights):
                 raise UsageError(f"{item} is the --weights checkpoint, not an image: leave it "

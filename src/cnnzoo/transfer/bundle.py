@@ -51,7 +51,7 @@ from ..text import plural, some
 from ..weights import Preprocessing
 from ..weights.adapt import fitted_model, warn_non_finite
 from ..weights.files import BUNDLE_FORMAT as FORMAT
-from ..weights.files import newer_format, save_safetensors
+from ..weights.files import named_as_checkpoint, newer_format, save_safetensors
 from ..weights.preprocess import preprocessing_problem
 from .features import (
     MAX_VIEWS,
@@ -461,7 +461,7 @@ def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
             raise WeightsError(f"{d} is the folder of a transfer run: its bundle is "
                                f"{d / 'bundle'}")  # fmt: skip
         checkpoint = next((f for f in (d / "best.pt", d / "last.pt") if f.is_file()), None)
-        if checkpoint is None and d.suffix in (".pt", ".pth", ".safetensors", ".h5"):
+        if checkpoint is None and named_as_checkpoint(d):
             checkpoint = d
         if checkpoint is not None and checkpoint.parent.parent.name == "finetune":
             bundle = transfer_bundle(checkpoint)  # OUT/finetune/full: a transfer run's own

@@ -43,6 +43,14 @@ from ..paths import (
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".tar")
 SAFETENSORS_SUFFIXES = (".safetensors",)
 KERAS_SUFFIXES = (".h5", ".hdf5", ".keras")
+
+
+def named_as_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """Whether a file's name says it holds weights (.pt, .pth, .ckpt, .safetensors, .h5, ...),
+    to tell a checkpoint given where an image or a bundle goes; not .bin or .tar, which need
+    not be weights."""
+    return str(path).lower().endswith((".pt", ".pth", ".ckpt", *SAFETENSORS_SUFFIXES,
+                                       *KERAS_SUFFIXES))  # fmt: skip
 # The `format` in the metadata of a transfer bundle's model.safetensors (transfer/bundle.py).
 BUNDLE_FORMAT = "cnnzoo-bundle-1"
 # The `format` of a `cnnzoo train` checkpoint (engine/loop.py). A change that an older cnnzoo
