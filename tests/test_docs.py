@@ -119,3 +119,15 @@ def test_every_relative_link_and_anchor_resolves(doc):
         if not target.exists() or (anchor and anchor not in anchors(target)):
             broken.append(link)
     assert not broken, broken
+
+
+def test_the_command_list_says_what_evaluate_scores(capsys):
+    """README's table: `cnnzoo evaluate CHECKPOINT` (or `--bundle DIR`); `cnnzoo --help` said
+    'evaluate a checkpoint on a data set', so a transfer bundle seemed not to be scored there."""
+    from cnnzoo.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    listed = " ".join(capsys.readouterr().out.split())
+    said = listed[listed.index("evaluate "):listed.index(" compare ")]
+    assert "checkpoint" in said and "bundle" in said, said
