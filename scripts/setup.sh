@@ -17,7 +17,12 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 py=.venv/bin/python
 $py -m pip install -q --upgrade pip
-$py -m pip install -q -c constraints.txt torch
+# torch comes from PyTorch's CPU wheel index: PyPI's Linux torch 2.13.0 is the CUDA build, which
+# pulls about 20 nvidia-* and cuda-* packages (gigabytes) that a CPU never uses. The pin
+# torch==2.13.0 matches the index's 2.13.0+cpu (PEP 440 ignores a local label), which pip prefers.
+# CNNZOO_TORCH_INDEX=URL names another index (a mirror of it); empty, pip's own configuration alone.
+torch_index=${CNNZOO_TORCH_INDEX-https://download.pytorch.org/whl/cpu}
+$py -m pip install -q -c constraints.txt ${torch_index:+--extra-index-url "$torch_index"} torch
 if [ $dev = 1 ]; then
   $py -m pip install -q -c constraints.txt -e ".[all,test]"
   # torchvision's model code is a test oracle only: its compiled ops do not load against the CPU

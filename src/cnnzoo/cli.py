@@ -25,7 +25,7 @@ COMMANDS: dict[str, str] = {
     "models": "list the architectures with parameters, multiply-adds (GMACs), year and paper",
     "predict": "classify images with a zoo model or a trained bundle",
     "train": "train a zoo model from scratch (or grow it from a smaller one)",
-    "evaluate": "evaluate a checkpoint on a data set",
+    "evaluate": "score a training checkpoint or a transfer bundle on labelled images",
     "compare": "compare training runs: parameters, multiply-adds (MMACs), time, accuracy, "
                "and what else differed",
     "transfer": "transfer learning: pretrained backbone + new head on your image folder",
