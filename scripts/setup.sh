@@ -17,12 +17,20 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 py=.venv/bin/python
 $py -m pip install -q --upgrade pip
-# torch comes from PyTorch's CPU wheel index: PyPI's Linux torch 2.13.0 is the CUDA build, which
-# pulls about 20 nvidia-* and cuda-* packages (gigabytes) that a CPU never uses. The pin
-# torch==2.13.0 matches the index's 2.13.0+cpu (PEP 440 ignores a local label), which pip prefers.
-# CNNZOO_TORCH_INDEX=URL names another index (a mirror of it); empty, pip's own configuration alone.
+# torch must be a CPU build: PyPI's Linux torch 2.13.0 is the CUDA one, which pulls about 20
+# nvidia-* and cuda-* packages (gigabytes) that a CPU never uses. pip is asked first what its own
+# sources (PyPI, a wheel folder in pip's configuration) would install; only when that is not a
+# +cpu build does PyTorch's CPU index join in (the pin torch==2.13.0 matches its 2.13.0+cpu, as
+# PEP 440 ignores a local label, and pip prefers it). Not always: where that index cannot be
+# reached, each package pip looks up there costs about 9 s of retries and a warning.
+# CNNZOO_TORCH_INDEX=URL names another index (a mirror of it); empty, pip's own sources alone.
 torch_index=${CNNZOO_TORCH_INDEX-https://download.pytorch.org/whl/cpu}
-$py -m pip install -q -c constraints.txt ${torch_index:+--extra-index-url "$torch_index"} torch
+extra=()
+if [ -n "$torch_index" ] && ! $py -m pip install -q --dry-run --ignore-installed --report - \
+    -c constraints.txt torch 2>/dev/null | grep -q '"version": "[^"]*+cpu"'; then
+  extra=(--extra-index-url "$torch_index")
+fi
+$py -m pip install -q -c constraints.txt ${extra[@]+"${extra[@]}"} torch
 if [ $dev = 1 ]; then
   $py -m pip install -q -c constraints.txt -e ".[all,test]"
   # torchvision's model code is a test oracle only: its compiled ops do not load against the CPU
