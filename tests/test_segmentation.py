@@ -1670,6 +1670,48 @@ def test_segment_json_gives_a_record_per_image_as_predict_does(tmp_path, capsys)
         assert f"cnnzoo segment: error: {problem['error']}\n" in err
 
 
+def test_segment_writes_a_multi_class_mask_as_a_palette_png_of_class_indices(tmp_path, capsys):
+    """A three-class mask was an L-mode PNG of 0, 1, 2: black in every image viewer. It is now
+    a palette PNG, as Pascal VOC's masks are: its pixel values are still the class indices (PIL
+    and `load_mask_pairs` read them back unchanged), and its colours are the overlay's. Truth:
+    the threshold net's classes of three bands, by construction. Two classes stay 0/255 grey."""
+    _threshold_unet(tmp_path / "net3.pt", "elsewhere", classes=3)
+    data = tmp_path / "pairs"
+    img = np.repeat(np.array([0, 128, 255], np.uint8), [6, 7, 7])[:, None].repeat(32, 1)
+    want = np.repeat(np.array([0, 1, 2], np.uint8), [6, 7, 7])[:, None].repeat(32, 1)
+    _put(data / "images" / "x.png", img)
+    out = tmp_path / "out"
+    assert main(["segment", str(data / "images" / "x.png"), "--checkpoint",
+                 str(tmp_path / "net3.pt"), "--out", str(out)]) == 0
+    with Image.open(out / "x_mask.png") as m:
+        assert m.mode == "P"
+        np.testing.assert_array_equal(np.array(m), want)
+        rgb = np.array(m.convert("RGB"))
+    # Each class has its own colour, background black, and it is the overlay's contour colour.
+    colours = {i: tuple(rgb[want == i][0]) for i in range(3)}
+    assert colours[0] == (0, 0, 0) and len(set(colours.values())) == 3
+    edge = np.array(Image.open(out / "x_overlay.png"))
+    assert tuple(edge[6, 0]) == colours[1] and tuple(edge[13, 0]) == colours[2]  # top rows
+    # Read back as training reads masks: the same indices.
+    (data / "masks").mkdir()
+    shutil.copy(out / "x_mask.png", data / "masks" / "x_mask.png")
+    pairs = load_mask_pairs(data, classes="background,cell,nucleus", report=None)
+    np.testing.assert_array_equal(pairs.masks[0], want)
+    # --resume --json reads the shares back from the palette mask.
+    capsys.readouterr()
+    assert main(["segment", str(data / "images" / "x.png"), "--checkpoint",
+                 str(tmp_path / "net3.pt"), "--out", str(out), "--resume", "--json"]) == 0
+    shares = [c["share"] for c in json.loads(capsys.readouterr().out)[0]["classes"]]
+    assert shares == pytest.approx([6 / 20, 7 / 20, 7 / 20])
+    # Two classes: 0/255 grey, as docs/segmentation.md says.
+    _threshold_unet(tmp_path / "net2.pt", "elsewhere")
+    assert main(["segment", str(data / "images" / "x.png"), "--checkpoint",
+                 str(tmp_path / "net2.pt"), "--out", str(tmp_path / "two")]) == 0
+    with Image.open(tmp_path / "two" / "x_mask.png") as m:
+        assert m.mode == "L"
+        np.testing.assert_array_equal(np.array(m), np.where(img >= 128, 255, 0))
+
+
 def test_segment_into_an_out_that_holds_these_images_outputs(tmp_path, monkeypatch, capsys):
     """`cnnzoo segment` into an --out holding its masks of the same images (an earlier run,
     perhaps of another checkpoint) replaced them without a word, and a killed run could only
@@ -2114,14 +2156,16 @@ def test_evaluate_tta_repeats_the_runs_final_tta_scores(padding, tmp_path, capsy
     assert abs(dice - tta["dice"]) < 0.05
 
 
-def _threshold_unet(path, dataset: str) -> None:
+def _threshold_unet(path, dataset: str, classes: int = 2) -> None:
     """A U-Net checkpoint that predicts 'cell' exactly where a pixel is >= 128: every weight 0
     but the centre taps that carry the input to the head along the top level (ReLU keeps it,
-    the lower levels give 0), and a head bias of -0.5 (mean 0, std 1: the input is x / 255)."""
+    the lower levels give 0), and a head bias of -0.5 (mean 0, std 1: the input is x / 255).
+    With `classes=3`, the head's logits are 0, x - 0.25 and 4x - 2.5 for x = pixel / 255:
+    'background' below 0.25 (64 of 255), 'cell' up to 0.75 (191), 'nucleus' above."""
     from cnnzoo.engine.checkpoint import atomic_save
 
     kwargs = {"padding": "same", "base_width": 4, "batchnorm": False}
-    net = create_model("unet", num_classes=2, in_chans=1, **kwargs)
+    net = create_model("unet", num_classes=classes, in_chans=1, **kwargs)
     with torch.no_grad():
         for p in net.parameters():
             p.zero_()
@@ -2131,9 +2175,14 @@ def _threshold_unet(path, dataset: str) -> None:
         net.decoder.blocks[-1][2].weight[0, 0, 1, 1] = 1
         net.head.weight[1, 0] = 1
         net.head.bias[1] = -0.5
-    meta = {"task": "segmentation", "model": "unet", "model_kwargs": kwargs, "num_classes": 2,
-            "in_chans": 1, "mean": [0.0], "std": [1.0], "class_names": ["background", "cell"],
-            "dataset": dataset, "binary_255": False, "count_instances": True}
+        if classes == 3:
+            net.head.bias[1] = -0.25
+            net.head.weight[2, 0], net.head.bias[2] = 4, -2.5
+    names = ["background", "cell", "nucleus"][:classes]
+    meta = {"task": "segmentation", "model": "unet", "model_kwargs": kwargs,
+            "num_classes": classes, "in_chans": 1, "mean": [0.0], "std": [1.0],
+            "class_names": names,
+            "dataset": dataset, "binary_255": False, "count_instances": classes == 2}
     atomic_save({"format": "cnnzoo-checkpoint-1", "model": net.state_dict(),
                  "task": "segmentation", "meta": meta}, path)
 

@@ -9,7 +9,8 @@ the exit code is then 1) and segmented with the paper's overlap-tile strategy
 (the decoded image, its mask and overlay are whole: about 40 bytes per pixel in all, 1.1 GB for
 a 24-Mpx photo), in the run's numeric precision (bf16 autocast if it trained in bf16), as
 `cnnzoo evaluate` scores it. Writes
-`<stem>_mask.png` (0/255 for two classes, class indices otherwise: the format training reads)
+`<stem>_mask.png` (0/255 for two classes, else a palette PNG of class indices: the format
+training reads)
 and `<stem>_overlay.png` (the predicted contours over the image). Folders are expanded
 recursively, without the masks and overlays an earlier run wrote into the output folder.
 `--tta` averages test-time augmentation views per tile, as `cnnzoo evaluate --tta` scores.
@@ -141,14 +142,24 @@ def mask_record(image: Path, made_by: str, tta: str | None) -> dict[str, str]:
 
 def write_mask_png(mask, num_classes: int, path: Path,
                    record: dict[str, str] | None = None) -> Path:
-    """Save a (H, W) class-index mask: 0/255 for two classes, indices otherwise; `record`
-    ({SOURCE_KEY: ..., MADE_BY: ...}) stored in it."""
+    """Save a (H, W) class-index mask: 0/255 grey for two classes; otherwise a palette PNG, as
+    Pascal VOC's masks are, whose pixel values are the class indices (what training reads, and
+    `np.array(Image.open(path))` gives) and whose colours are the overlay's: an L-mode PNG of
+    0, 1, 2 looked black in every viewer. `record` ({SOURCE_KEY: ..., MADE_BY: ...}) is stored
+    in it."""
     import numpy as np
+    from PIL import Image
 
     from ..data.images import write_png
+    from ..segmentation.visual import CLASS_COLOURS
 
     m = np.asarray(mask, dtype=np.uint8)
-    write_png(m * 255 if num_classes == 2 else m, path, text=record)  # a kill leaves no cut mask
+    if num_classes == 2:
+        png = Image.fromarray(m * 255)
+    else:
+        png = Image.fromarray(m)
+        png.putpalette(CLASS_COLOURS.tobytes())  # an L image becomes P, its values unchanged
+    write_png(png, path, text=record)  # a kill leaves no cut mask
     return path
 
 

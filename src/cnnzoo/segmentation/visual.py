@@ -9,12 +9,31 @@ import numpy as np
 
 from ..engine.report import new_figure, quiet_glyphs, save_figure
 
-# Class k >= 1 is drawn in PALETTE[(k - 1) % len]; ground truth is always green.
+# Classes 1..6 are drawn in these colours, which stand out on grey microscopy; ground truth is
+# always green.
 PALETTE = np.array(
     [[255, 0, 255], [255, 160, 0], [0, 200, 255], [255, 255, 0], [255, 60, 60], [160, 100, 255]],
     dtype=np.uint8,
 )
 TRUTH = np.array([0, 255, 0], dtype=np.uint8)
+
+
+def _voc_colour(index: int) -> list[int]:
+    """Pascal VOC's colour of a class index (its devkit's bit-interleaved colour map)."""
+    rgb = [0, 0, 0]
+    for shift in range(7, -1, -1):
+        for channel in range(3):
+            rgb[channel] |= ((index >> channel) & 1) << shift
+        index >>= 3
+    return rgb
+
+
+# One colour per class index, the same in `cnnzoo segment`'s palette masks, its overlays and the
+# validation grid: 0 (background) black, 1..6 PALETTE, then Pascal VOC's colour map, whose
+# colours are all other than these, so that no two classes share one (PALETTE cycled, and class
+# 7 was drawn as class 1); 255 ('ignore') is VOC's cream (224, 224, 192).
+CLASS_COLOURS = np.array([_voc_colour(i) for i in range(256)], dtype=np.uint8)
+CLASS_COLOURS[1 : 1 + len(PALETTE)] = PALETTE
 
 
 def contours(mask: np.ndarray) -> np.ndarray:
@@ -47,8 +66,7 @@ def overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None = None
     if truth is not None:
         out[contours(truth)] = TRUTH
     edge = contours(pred)
-    colours = PALETTE[(np.clip(pred.astype(np.int64), 1, None) - 1) % len(PALETTE)]
-    out[edge] = colours[edge]
+    out[edge] = CLASS_COLOURS[np.asarray(pred)[edge].astype(np.int64)]
     return out
 
 
