@@ -1057,7 +1057,7 @@ def test_validation_grid_draws_only_the_image_part_of_padded_tiles(tmp_path, mon
     splits = SegmentationSplits(val, val, ["0", "1", "2"], [], "x")
     drawn = {}
 
-    def capture(imgs, truths, preds, path, titles=None):
+    def capture(imgs, truths, preds, path, titles=None, class_names=None):
         drawn.update(imgs=imgs, truths=truths, preds=preds)
         return path
 
@@ -1068,6 +1068,35 @@ def test_validation_grid_draws_only_the_image_part_of_padded_tiles(tmp_path, mon
     assert [im.shape[:2] for im in drawn["imgs"]] == [(30, 30), (35, 40), (35, 40)]
     assert all(np.array_equal(got[..., 0], w[..., 0]) for got, w in zip(drawn["imgs"], want, strict=True))
     assert np.array_equal(drawn["truths"][2], masks[1][35:])
+
+
+def test_validation_grid_of_many_classes_names_each_class_in_its_colour(tmp_path, monkeypatch):
+    """validation.png of a four-class run was titled 'prediction (magenta)' over contours of
+    three colours, and no class was named. Its legend now names each foreground class in the
+    colour its contours are drawn in (truth: the pixels of the drawn picture)."""
+    from cnnzoo.segmentation import visual
+
+    figures = []
+    monkeypatch.setattr(visual, "save_figure", lambda fig, path: figures.append(fig) or path)
+    pred = np.zeros((24, 24), np.uint8)
+    pred[2:8, 2:8], pred[2:8, 12:20], pred[14:22, 4:12] = 1, 2, 3  # a block of each class
+    image = np.full((24, 24, 1), 90, np.uint8)
+    names = ["background", "cell", "nucleus", "marker"]
+    visual.save_validation_grid([image], [pred], [pred], tmp_path / "v.png", class_names=names)
+    fig = figures[0]
+    legend = fig.legends[0]
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels == ["cell", "nucleus", "marker"]
+    drawn = fig.axes[0].images[0].get_array()  # the overlay shown: each block's top-left corner
+    for k, (y, x) in zip((1, 2, 3), [(2, 2), (2, 12), (14, 4)], strict=True):
+        colour = legend.legend_handles[k - 1].get_facecolor()[:3]
+        assert tuple(drawn[y, x]) == tuple(round(c * 255) for c in colour)
+    assert "magenta" not in fig.get_suptitle()
+    # Two classes: the title's 'prediction (magenta)' says it all; no legend.
+    figures.clear()
+    visual.save_validation_grid([image], [pred > 0], [pred > 0], tmp_path / "v.png",
+                                class_names=["background", "cell"])
+    assert not figures[0].legends and "(magenta)" in figures[0].get_suptitle()
 
 
 def test_validation_grid_of_tiled_images_shows_every_validation_image(tmp_path, monkeypatch):
@@ -1084,7 +1113,7 @@ def test_validation_grid_of_tiled_images_shows_every_validation_image(tmp_path, 
     _png(tmp_path / "d" / "val" / "masks" / "small.png", np.zeros((40, 30), np.uint8))
     drawn = {}
 
-    def capture(imgs, truths, preds, path, titles=None):
+    def capture(imgs, truths, preds, path, titles=None, class_names=None):
         drawn.update(imgs=imgs, titles=titles)
         return path
 
@@ -1110,7 +1139,7 @@ def test_the_validation_grid_shows_the_masks_the_run_scored(tmp_path, monkeypatc
 
     drawn = {}
 
-    def capture(imgs, truths, preds, path, titles=None):
+    def capture(imgs, truths, preds, path, titles=None, class_names=None):
         drawn.update(truths=truths, preds=preds)
         return path
 

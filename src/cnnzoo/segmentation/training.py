@@ -440,7 +440,8 @@ def write_validation_grid(
     for i, (t, p) in enumerate(zip(truths, preds, strict=True)):
         _, iou = dice_iou(cm(torch.from_numpy(p), torch.from_numpy(t), splits.num_classes))
         titles.append(f"{splits.val.names[pick[i]]}  IoU {float(iou[1:].mean()):.3f}")
-    return save_validation_grid(imgs, truths, preds, path, titles=titles)
+    return save_validation_grid(imgs, truths, preds, path, titles=titles,
+                                class_names=splits.classes)
 
 
 def load_segmenter(

@@ -79,9 +79,13 @@ def save_validation_grid(
     *,
     titles: Sequence[str] | None = None,
     columns: int = 4,
+    class_names: Sequence[str] | None = None,
 ) -> Path:
     """A PNG grid of validation images with ground-truth (green) and predicted (magenta)
-    contours; the valid-mode prediction may be smaller than the image (it is centred)."""
+    contours; the valid-mode prediction may be smaller than the image (it is centred). With
+    more than two `class_names`, each class's predicted contours have their colour
+    (`CLASS_COLOURS`), and a legend under the grid names them: the title said 'prediction
+    (magenta)' over orange and cyan contours of classes it did not name."""
     n = len(images)
     cols = min(columns, n)
     rows = -(-n // cols)
@@ -99,5 +103,15 @@ def save_validation_grid(
         ax.imshow(overlay(img, p, t), interpolation="nearest")
         if titles is not None:
             ax.set_title(titles[i], fontsize=8, parse_math=False)  # file names, not maths
-    fig.suptitle("validation: ground truth (green) vs prediction (magenta)", fontsize=10)
+    if class_names is None or len(class_names) <= 2:
+        fig.suptitle("validation: ground truth (green) vs prediction (magenta)", fontsize=10)
+        return save_figure(fig, path)
+    from matplotlib.patches import Patch
+
+    fig.suptitle("validation: ground truth (green) vs prediction (per class, below)",
+                 fontsize=10)
+    handles = [Patch(color=CLASS_COLOURS[k] / 255, label=str(name))
+               for k, name in enumerate(class_names) if k > 0]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6),
+               fontsize=8, frameon=False)
     return save_figure(fig, path)
