@@ -1544,6 +1544,29 @@ def test_segmentation_options_are_refused_for_a_classifier(option, tmp_path, cap
     assert not out.exists()  # before any work
 
 
+@pytest.mark.parametrize("arg, words", [
+    ("num_classes=5", "num_classes: set by the data (the classes: the masks' values, --classes"),
+    ("classes=5", "classes: set by the data (the classes: the masks' values, --classes"),
+    ("in_chans=3", "in_chans: set by the data (the channels: the images' own"),
+    ("in_channels=3", "in_channels: set by the data (the channels: the images' own"),
+    ("encoder_depth=4", "unet has no option 'encoder_depth': fixed: the U-Net's decoder takes "
+                        "every stage of its encoder"),
+])
+def test_model_args_the_data_set_are_refused_before_the_data_load(arg, words, tmp_path, capsys):
+    """smp's `classes=3, in_channels=1` as --model-arg: the registry's hint said 'use
+    num_classes=N', and --model-arg num_classes=5 (or in_chans) then ended in a traceback
+    (create_model got num_classes twice) after the data had loaded; encoder_depth was 'did you
+    mean encoder_name?'. Each is now one line, before the data are read (a folder that does not
+    exist would be a DataError)."""
+    out = tmp_path / "run"
+    rc = main(["train", "unet", "--data", str(tmp_path / "no such data"), "--model-arg", arg,
+               "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith(f"cnnzoo train: error: {words}"), err[0]
+    assert not out.exists()
+
+
 def test_base_width_with_an_encoder_is_refused_in_one_line(tmp_path, capsys):
     """An encoder brings its own widths: `--encoder resnet18 --base-width 8` trained resnet18's
     64 to 512 channels and dropped --base-width without a word."""
