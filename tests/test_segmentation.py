@@ -748,6 +748,25 @@ def test_a_classes_txt_saved_on_windows_is_read_or_refused_in_one_line(tmp_path)
             read()
 
 
+def test_two_classes_of_one_name_are_refused_in_one_line(tmp_path, capsys):
+    """`--classes bg,cell,cell,marker` trained, and every score is keyed by the class's name:
+    metrics.jsonl held class 2's Dice and IoU under 'cell' and none of class 1's, and evaluate
+    printed class 2's scores on both 'cell' rows. Refused, from --classes and classes.txt."""
+    _pair_folder(tmp_path / "d", ["a", "b"])
+    out = tmp_path / "run"
+    rc = main(["train", "unet", "--data", str(tmp_path / "d"), "--classes", "bg,cell,cell,marker",
+               "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == ["cnnzoo train: error: class 'cell' is named twice in --classes "
+                               "(classes 1 and 2): give each class a name of its own; its Dice "
+                               "and IoU are reported under it"]
+    assert not out.exists()
+    (tmp_path / "d" / "classes.txt").write_text("background\ncell\nbackground\n")
+    with pytest.raises(DataError, match=r"^class 'background' is named twice in .*classes.txt "
+                                        r"\(classes 0 and 2\)"):
+        load_mask_pairs(tmp_path / "d")
+
+
 def test_255_is_class_one_only_when_every_mask_is_0_255(tmp_path):
     _pair_folder(tmp_path / "two", ["a", "b"])
     assert [np.unique(m).tolist() for m in load_mask_pairs(tmp_path / "two").masks] == [[0, 1]] * 2

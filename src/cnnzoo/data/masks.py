@@ -442,6 +442,19 @@ def class_list(classes: Sequence[str] | None) -> list[str] | None:
     return None if classes is None else list(classes)
 
 
+def _refuse_twice_named(classes: Sequence[str] | None, named_in: str) -> None:
+    """A DataError for two classes of one name: each class's Dice and IoU are reported under
+    its name (`dice_cell`), and with 'bg,cell,cell,marker' class 2's scores replaced class 1's
+    in metrics.jsonl, and `evaluate` printed class 2's for both, without a word."""
+    seen: dict[str, int] = {}
+    for index, name in enumerate(classes or ()):
+        if name in seen:
+            raise DataError(f"class '{shown(name)}' is named twice in {named_in} (classes "
+                            f"{seen[name]} and {index}): give each class a name of its own; "
+                            "its Dice and IoU are reported under it")  # fmt: skip
+        seen[name] = index
+
+
 def load_mask_pairs(
     source: str | Path,
     *,
@@ -492,12 +505,15 @@ def load_mask_pairs(
         raise DataError(
             f"{source} is neither a folder with images/ and masks/ nor a .csv manifest."
         )
+    named_in = "--classes"
     if classes is None:
         classes = classes_file(root)
         if classes is not None:
-            refuse_control(classes, f"in {root / 'classes.txt'}", "class", "fix its line")
+            named_in = str(root / "classes.txt")
+            refuse_control(classes, f"in {named_in}", "class", "fix its line")
     if classes is not None and len(classes) < 2:  # before reading every file for nothing
         raise DataError("segmentation needs at least two classes (e.g. --classes background,cell).")
+    _refuse_twice_named(classes, named_in)
 
     images, masks, insts, names, splits, files = [], [], [], [], [], []
     # Instance files for some pairs only: use them where they exist and components elsewhere
