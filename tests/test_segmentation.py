@@ -1118,6 +1118,23 @@ def test_validation_grid_of_many_classes_names_each_class_in_its_colour(tmp_path
     assert not figures[0].legends and "(magenta)" in figures[0].get_suptitle()
 
 
+def test_curves_of_many_classes_wrap_into_rows(tmp_path):
+    """curves.png drew one panel per metric in one row: a four-class run's 12 (Dice and IoU of
+    each class, their means, loss, pixel accuracy) made a PNG 5,544 x 374 px, and Pascal VOC's
+    21 classes about 20,000 px wide. Rows of six panels: 2 x 6 panels of 4.2 x 3.4 in at 110
+    dpi."""
+    from cnnzoo.engine.report import plot_curves
+
+    names = ["background", "cell", "nucleus", "marker"]
+    keys = ["loss", "pixel_acc", "dice", "iou"] + [f"{m}_{c}" for c in names for m in ("dice", "iou")]
+    history = [{"epoch": e, **{f"{split}_{k}": 0.1 * e for k in keys for split in ("train", "val")}}
+               for e in (1, 2)]
+    with Image.open(plot_curves(history, tmp_path / "curves.png")) as im:
+        assert im.size == (round(6 * 4.2 * 110), round(2 * 3.4 * 110))
+    with Image.open(plot_curves(history[:1], tmp_path / "one.png", metrics=["loss"])) as im:
+        assert im.size == (round(4.2 * 110), round(3.4 * 110))  # one panel, as before
+
+
 def test_validation_grid_of_tiled_images_shows_every_validation_image(tmp_path, monkeypatch):
     """Validation images of mixed sizes are cut into tiles, and the report drew the first 8:
     all of them corners of the first scan (9 tiles), the other validation image never shown.
