@@ -767,6 +767,45 @@ def test_two_classes_of_one_name_are_refused_in_one_line(tmp_path, capsys):
         load_mask_pairs(tmp_path / "d")
 
 
+def test_a_pascal_voc_folder_says_how_to_read_it_and_its_recipe_works(tmp_path):
+    """`--data VOC2012`: 'VOC2012/images is not a folder: put images in VOC2012/images and masks
+    in VOC2012/masks', nothing of its split lists. The one line now says to write a manifest,
+    and one written as it says reads VOC's palette masks as class indices (255: ignore), split
+    by the lists. Truth: the masks' values as drawn."""
+    voc = tmp_path / "VOC2012"
+    lists = voc / "ImageSets" / "Segmentation"
+    lists.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    drawn = {}
+    for n in ("2007_000032", "2007_000033", "2007_000039"):
+        _put(voc / "JPEGImages" / f"{n}.jpg", rng.integers(0, 256, (16, 20, 3), dtype=np.uint8))
+        m = rng.choice(np.array([0, 1, 15, 255], np.uint8), (16, 20))
+        mask = Image.fromarray(m)
+        mask.putpalette([0, 0, 0, 128, 0, 0] + [0] * 3 * 254)
+        (voc / "SegmentationClass").mkdir(exist_ok=True)
+        mask.save(voc / "SegmentationClass" / f"{n}.png")
+        drawn[n] = m
+    _put(voc / "JPEGImages" / "2008_000001.jpg", np.zeros((16, 20, 3), np.uint8))  # no mask
+    (lists / "train.txt").write_text("2007_000032\n2007_000033\n")
+    (lists / "val.txt").write_text("2007_000039\n")
+    with pytest.raises(DataError) as err:
+        load_mask_pairs(voc)
+    assert str(err.value) == (
+        f"{voc} is a Pascal VOC folder (JPEGImages/, SegmentationClass/), which is read through a "
+        "CSV manifest: write one into it, a header image,mask,split and a row "
+        "JPEGImages/NAME.jpg,SegmentationClass/NAME.png,train for each NAME in "
+        f"{lists / 'train.txt'} (val for those in val.txt), and pass it as --data "
+        "(docs/segmentation.md)")
+    rows = ["image,mask,split"] + [f"JPEGImages/{n}.jpg,SegmentationClass/{n}.png,{split}"
+                                   for split in ("train", "val")
+                                   for n in (lists / f"{split}.txt").read_text().split()]
+    (voc / "segmentation.csv").write_text("\n".join(rows) + "\n")
+    pairs = load_mask_pairs(voc / "segmentation.csv", classes=[str(i) for i in range(21)])
+    assert pairs.names == list(drawn) and pairs.splits == ["train", "train", "val"]
+    for got, want in zip(pairs.masks, drawn.values(), strict=True):
+        np.testing.assert_array_equal(got, want)  # 255 kept: ignored
+
+
 def test_255_is_class_one_only_when_every_mask_is_0_255(tmp_path):
     _pair_folder(tmp_path / "two", ["a", "b"])
     assert [np.unique(m).tolist() for m in load_mask_pairs(tmp_path / "two").masks] == [[0, 1]] * 2

@@ -182,6 +182,22 @@ def classes_file(root: Path) -> list[str] | None:
     return [c.strip() for c in user_text(path).splitlines() if c.strip()]
 
 
+def _refuse_voc_layout(root: Path) -> None:
+    """A DataError saying how to train on a Pascal VOC folder, when `root` is one: its
+    JPEGImages/ and SegmentationClass/ were 'root/images is not a folder: put images in
+    root/images and masks in root/masks', which said nothing of its split lists, and renaming
+    the folders would pair each of VOC 2012's 17,125 photos, most of which have no mask."""
+    jpegs, classes = (layout_folder(root, n) for n in ("jpegimages", "segmentationclass"))
+    if not (jpegs.is_dir() and classes.is_dir()):
+        return
+    lists = layout_folder(layout_folder(root, "imagesets"), "segmentation")
+    raise DataError(f"{root} is a Pascal VOC folder ({jpegs.name}/, {classes.name}/), which is "
+                    "read through a CSV manifest: write one into it, a header image,mask,split "
+                    f"and a row {jpegs.name}/NAME.jpg,{classes.name}/NAME.png,train for each "
+                    f"NAME in {lists / 'train.txt'} (val for those in val.txt), and pass it as "
+                    "--data (docs/segmentation.md)")  # fmt: skip
+
+
 def find_pairs(
     root: str | Path, *, images: str = "images", masks: str = "masks", instances: str = "instances"
 ) -> tuple[list[tuple[str, Path, Path, Path | None]], list[str]]:
@@ -191,6 +207,7 @@ def find_pairs(
     img_dir, mask_dir, inst_dir = (layout_folder(root, n) for n in (images, masks, instances))
     for d in (img_dir, mask_dir):
         if not d.is_dir():
+            _refuse_voc_layout(root)
             raise DataError(
                 f"{d} is not a folder: put images in {img_dir} and masks (same file stems) in "
                 f"{mask_dir}{masks_elsewhere(root)}, or pass a CSV manifest."
