@@ -688,6 +688,33 @@ def _pair_folder(root, stems, size=(16, 20)):
     return m
 
 
+def test_epoch_lines_of_many_classes_leave_out_each_classs_scores(tmp_path, capsys):
+    """Each class's Dice and IoU, train and val, were on every epoch line: 24 numbers for four
+    classes, about 90 for Pascal VOC's 21. Beyond two classes the line keeps the foreground
+    means; metrics.jsonl and the final line keep every class's."""
+    data = tmp_path / "d"
+    m = np.zeros((32, 32), np.uint8)
+    m[4:12, 4:12], m[16:28, 8:20], m[0, :] = 1, 2, 255
+    for i in range(4):
+        _put(data / "images" / f"a{i}.png", np.where(m == 2, 200, np.where(m == 1, 120, 30))
+             .astype(np.uint8))
+        _put(data / "masks" / f"a{i}.png", m)
+    out = tmp_path / "run"
+    assert main(["train", "unet", "--data", str(data), "--classes", "bg,cell,nucleus", "--epochs",
+                 "1", "--crop", "32", "--batch-size", "2", "--base-width", "4", "--precision",
+                 "fp32", "--channels-last", "off", "--no-progress", "--no-tensorboard",
+                 "--out", str(out)]) == 0
+    said = capsys.readouterr()
+    lines = (said.out + said.err).splitlines()
+    epoch = next(line for line in lines if line.startswith("epoch 1/1"))
+    assert " val_dice " in epoch and " val_iou " in epoch and "nucleus" not in epoch
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {f"{s}_{m}_{c}" for s in ("train", "val") for m in ("dice", "iou")
+            for c in ("bg", "cell", "nucleus")} <= set(record)
+    final = next(line for line in lines if "final validation" in line)
+    assert "dice_nucleus" in final and "iou_cell" in final
+
+
 def test_an_epoch_is_a_crop_per_image_or_per_tile_as_docs_segmentation_says(tmp_path):
     """docs/segmentation.md's example: five 512-px training images are 5 crops an epoch; four
     of them and one of 500 px are cut into 20 tiles of 256 px (2 x 2 each), 20 crops."""
