@@ -1166,12 +1166,13 @@ def test_validation_grid_of_many_classes_names_each_class_in_its_colour(tmp_path
     pred = np.zeros((24, 24), np.uint8)
     pred[2:8, 2:8], pred[2:8, 12:20], pred[14:22, 4:12] = 1, 2, 3  # a block of each class
     image = np.full((24, 24, 1), 90, np.uint8)
-    names = ["background", "cell", "nucleus", "marker"]
+    names = ["background", "cell", "nucleus", r"$\frac$ marker"]  # a name, not maths
     visual.save_validation_grid([image], [pred], [pred], tmp_path / "v.png", class_names=names)
     fig = figures[0]
+    fig.canvas.draw()  # matplotlib would fail on the last name read as maths
     legend = fig.legends[0]
     labels = [t.get_text() for t in legend.get_texts()]
-    assert labels == ["cell", "nucleus", "marker"]
+    assert labels == names[1:]
     drawn = fig.axes[0].images[0].get_array()  # the overlay shown: each block's top-left corner
     for k, (y, x) in zip((1, 2, 3), [(2, 2), (2, 12), (14, 4)], strict=True):
         colour = legend.legend_handles[k - 1].get_facecolor()[:3]

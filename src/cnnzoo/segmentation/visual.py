@@ -112,6 +112,8 @@ def save_validation_grid(
                  fontsize=10)
     handles = [Patch(color=CLASS_COLOURS[k] / 255, label=str(name))
                for k, name in enumerate(class_names) if k > 0]
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6),
-               fontsize=8, frameon=False)
+    legend = fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6),
+                        fontsize=8, frameon=False)
+    for text in legend.get_texts():
+        text.set_parse_math(False)  # class names, not maths: "$100 to $200"
     return save_figure(fig, path)
