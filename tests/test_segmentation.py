@@ -1670,6 +1670,26 @@ def test_model_args_the_data_set_are_refused_before_the_data_load(arg, words, tm
     assert not out.exists()
 
 
+def test_encoder_weights_none_is_a_random_start(tmp_path, monkeypatch):
+    """`--encoder-weights none` (smp's encoder_weights=None; the help says 'default: none') was
+    looked up as a weights file after the data had loaded: 'none: no such weights file or named
+    weights'. It is now the random start that leaving the option out gives; a file named
+    'none' is still that file."""
+    from cnnzoo.cli import build_parser
+
+    def weights(*given: str):
+        argv = ["train", "unet", "--data", "d", "--encoder", "resnet18", *given]
+        return build_parser().parse_args(argv).encoder_weights
+
+    monkeypatch.chdir(tmp_path)
+    assert weights() is None
+    assert weights("--encoder-weights", "none") is None
+    assert weights("--encoder-weights", "None") is None
+    assert weights("--encoder-weights", "imagenet") == "imagenet"
+    (tmp_path / "none").write_bytes(b"")
+    assert weights("--encoder-weights", "none") == "none"
+
+
 def test_base_width_with_an_encoder_is_refused_in_one_line(tmp_path, capsys):
     """An encoder brings its own widths: `--encoder resnet18 --base-width 8` trained resnet18's
     64 to 512 channels and dropped --base-width without a word."""

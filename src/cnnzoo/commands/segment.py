@@ -63,7 +63,8 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="a zoo classifier as the contracting path: resnet18, resnet34, "
                         "resnet50, vgg16_bn or efficientnet_lite0/1/2 (default: none, the "
                         "paper's own)")
-    g.add_argument("--encoder-weights", metavar="imagenet|FILE", default=None,
+    g.add_argument("--encoder-weights", metavar="imagenet|FILE|none", default=None,
+                   type=_encoder_weights,
                    help="pretrained weights of the encoder (default: none, a random start)")
     g.add_argument("--cells", type=COUNT, default=None,
                    help="--data cells: number of synthetic images (default 200; refused with "
@@ -74,6 +75,13 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="weighted_ce border weight (default 10, the paper's)")
     g.add_argument("--sigma", type=real(0, above=True), default=None,
                    help="weighted_ce border width in pixels (default 5; paper: about 5)")
+
+
+def _encoder_weights(text: str) -> str | None:
+    """--encoder-weights: 'none' is a random start, as leaving the option out is (smp's
+    encoder_weights=None, and this help's 'default: none'); it was looked up as a weights file
+    and refused. A file of that name is taken as the file."""
+    return None if text.lower() == "none" and not Path(text).exists() else text
 
 
 def segmentation_options_set(args: argparse.Namespace) -> list[str]:
