@@ -1781,6 +1781,31 @@ def test_segment_run_again_leaves_out_its_own_earlier_outputs(tmp_path, capsys):
 
 
 
+def test_segment_of_a_pair_folder_leaves_out_its_masks(tmp_path, capsys):
+    """`cnnzoo segment held_out/` on a folder of image/mask pairs segmented its masks/ and
+    instances/ too, as images: a mask of each mask. The images only now, with a note; the
+    masks folder named itself is segmented as asked. Truth: the threshold net's masks of the
+    images, which are bright where their masks say cell."""
+    _threshold_unet(tmp_path / "net.pt", "elsewhere")
+    data = tmp_path / "held_out"
+    img = np.tile(np.array([0, 200], np.uint8).repeat(8), (20, 2))
+    _put(data / "Images" / "a.png", img)
+    _put(data / "Masks" / "a.png", (img > 0).astype(np.uint8))
+    _put(data / "instances" / "a.png", (img > 0).astype(np.uint8))
+    out = tmp_path / "out"
+    args = ["--checkpoint", str(tmp_path / "net.pt")]
+    assert main(["segment", str(tmp_path), *args, "--out", str(out)]) == 0  # a folder above
+    said = capsys.readouterr()
+    assert sorted(p.name for p in out.iterdir()) == ["a_mask.png", "a_overlay.png"]
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "a_mask.png")), (img > 0) * 255)
+    assert said.out.startswith(f"{data / 'Images' / 'a.png'}: 32x20 -> ")
+    assert said.err == (f"cnnzoo segment: note: left out 2 files in {data / 'Masks'}, "
+                        f"{data / 'instances'}, the masks of image/mask pairs: name that folder "
+                        "to segment them\n")
+    assert main(["segment", str(data / "Masks"), *args, "--out", str(tmp_path / "m")]) == 0
+    assert (tmp_path / "m" / "a_mask.png").is_file()
+
+
 def test_segment_json_gives_a_record_per_image_as_predict_does(tmp_path, capsys):
     """`segment` had no --json, where `predict` has one: one JSON list on stdout (nothing else
     there), a record per image with its files and each class's share of the pixels, and an

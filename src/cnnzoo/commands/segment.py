@@ -12,7 +12,8 @@ a 24-Mpx photo), in the run's numeric precision (bf16 autocast if it trained in 
 `<stem>_mask.png` (0/255 for two classes, else a palette PNG of class indices: the format
 training reads)
 and `<stem>_overlay.png` (the predicted contours over the image). Folders are expanded
-recursively, without the masks and overlays an earlier run wrote into the output folder.
+recursively, without the masks and overlays an earlier run wrote into the output folder, and
+without the masks/ and instances/ of image/mask pairs.
 `--tta` averages test-time augmentation views per tile, as `cnnzoo evaluate --tta` scores.
 
 Also home of the segmentation options of `cnnzoo train --task segmentation`
@@ -332,6 +333,26 @@ def earlier_outputs(paths: list[Path], given: list[str], out: Path) -> list[Path
             and Path(os.path.realpath(p)).is_relative_to(root)]  # fmt: skip
 
 
+def label_files(paths: list[Path], given: list[str]) -> list[Path]:
+    """The files of `paths` in the masks/ or instances/ folder of image/mask pairs (beside an
+    images/ folder, `holds_mask_pairs`) inside a folder given: `cnnzoo segment test_set/`
+    segmented the ground-truth masks as images, each into a mask of its own. The masks folder
+    given itself (`cnnzoo segment test_set/masks`) is taken as asked, as a file named is."""
+    from functools import cache
+
+    from ..data.masks import holds_mask_pairs
+
+    folders = [Path(os.path.realpath(g)) for g in given if os.path.isdir(g)]
+
+    @cache
+    def of_pairs(parent: Path) -> bool:
+        root = Path(os.path.realpath(parent.parent))
+        return (parent.name.lower() in ("masks", "instances") and holds_mask_pairs(root)
+                and any(root.is_relative_to(f) for f in folders))
+
+    return [p for p in paths if of_pairs(p.parent)]
+
+
 @folders_released()  # lets go of --out (`hold_folder` below) however the run ends
 def run(args: argparse.Namespace) -> int:
     import numpy as np
@@ -347,7 +368,7 @@ def run(args: argparse.Namespace) -> int:
     from ..segmentation.tiling import checked_geometry, predict_tiled
     from ..segmentation.training import load_segmenter
     from ..segmentation.visual import overlay
-    from ..text import plural, shown
+    from ..text import plural, shown, some
     from ..weights.files import weights_fingerprint
     from .predict import expand_paths, print_results
 
@@ -365,6 +386,15 @@ def run(args: argparse.Namespace) -> int:
         if not paths:
             raise ImageError(f"no images to segment: the folders given hold only the masks and "
                              f"overlays in {out}")  # fmt: skip
+    labels = label_files(paths, args.images)
+    if labels:
+        paths = [p for p in paths if p not in labels]
+        folders = sorted({shown(p.parent) for p in labels})
+        print(f"cnnzoo segment: note: left out {plural(len(labels), 'file')} in {some(folders)}, "
+              "the masks of image/mask pairs: name that folder to segment them",
+              file=sys.stderr)  # fmt: skip
+        if not paths:
+            raise ImageError("no images to segment: the folders given hold only masks")
     names = output_stems(paths)
     # The checkpoint before the masks in --out are judged by it: a mistyped path, a run's folder
     # or a classifier's checkpoint was 'seg holds masks another checkpoint wrote' with --resume.
