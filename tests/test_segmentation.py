@@ -688,6 +688,33 @@ def _pair_folder(root, stems, size=(16, 20)):
     return m
 
 
+def test_epoch_lines_of_many_classes_leave_out_each_classs_scores(tmp_path, capsys):
+    """Each class's Dice and IoU, train and val, were on every epoch line: 24 numbers for four
+    classes, about 90 for Pascal VOC's 21. Beyond two classes the line keeps the foreground
+    means; metrics.jsonl and the final line keep every class's."""
+    data = tmp_path / "d"
+    m = np.zeros((32, 32), np.uint8)
+    m[4:12, 4:12], m[16:28, 8:20], m[0, :] = 1, 2, 255
+    for i in range(4):
+        _put(data / "images" / f"a{i}.png", np.where(m == 2, 200, np.where(m == 1, 120, 30))
+             .astype(np.uint8))
+        _put(data / "masks" / f"a{i}.png", m)
+    out = tmp_path / "run"
+    assert main(["train", "unet", "--data", str(data), "--classes", "bg,cell,nucleus", "--epochs",
+                 "1", "--crop", "32", "--batch-size", "2", "--base-width", "4", "--precision",
+                 "fp32", "--channels-last", "off", "--no-progress", "--no-tensorboard",
+                 "--out", str(out)]) == 0
+    said = capsys.readouterr()
+    lines = (said.out + said.err).splitlines()
+    epoch = next(line for line in lines if line.startswith("epoch 1/1"))
+    assert " val_dice " in epoch and " val_iou " in epoch and "nucleus" not in epoch
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {f"{s}_{m}_{c}" for s in ("train", "val") for m in ("dice", "iou")
+            for c in ("bg", "cell", "nucleus")} <= set(record)
+    final = next(line for line in lines if "final validation" in line)
+    assert "dice_nucleus" in final and "iou_cell" in final
+
+
 def test_an_epoch_is_a_crop_per_image_or_per_tile_as_docs_segmentation_says(tmp_path):
     """docs/segmentation.md's example: five 512-px training images are 5 crops an epoch; four
     of them and one of 500 px are cut into 20 tiles of 256 px (2 x 2 each), 20 crops."""
@@ -746,6 +773,64 @@ def test_a_classes_txt_saved_on_windows_is_read_or_refused_in_one_line(tmp_path)
         with pytest.raises(DataError, match=r"classes.txt is not UTF-8 text \(byte 0xf6 on line "
                            r"2\): save it as UTF-8 \(Notepad: Save As, Encoding UTF-8\)"):
             read()
+
+
+def test_two_classes_of_one_name_are_refused_in_one_line(tmp_path, capsys):
+    """`--classes bg,cell,cell,marker` trained, and every score is keyed by the class's name:
+    metrics.jsonl held class 2's Dice and IoU under 'cell' and none of class 1's, and evaluate
+    printed class 2's scores on both 'cell' rows. Refused, from --classes and classes.txt."""
+    _pair_folder(tmp_path / "d", ["a", "b"])
+    out = tmp_path / "run"
+    rc = main(["train", "unet", "--data", str(tmp_path / "d"), "--classes", "bg,cell,cell,marker",
+               "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == ["cnnzoo train: error: class 'cell' is named twice in --classes "
+                               "(classes 1 and 2): give each class a name of its own; its Dice "
+                               "and IoU are reported under it"]
+    assert not out.exists()
+    (tmp_path / "d" / "classes.txt").write_text("background\ncell\nbackground\n")
+    with pytest.raises(DataError, match=r"^class 'background' is named twice in .*classes.txt "
+                                        r"\(classes 0 and 2\)"):
+        load_mask_pairs(tmp_path / "d")
+
+
+def test_a_pascal_voc_folder_says_how_to_read_it_and_its_recipe_works(tmp_path):
+    """`--data VOC2012`: 'VOC2012/images is not a folder: put images in VOC2012/images and masks
+    in VOC2012/masks', nothing of its split lists. The one line now says to write a manifest,
+    and one written as it says reads VOC's palette masks as class indices (255: ignore), split
+    by the lists. Truth: the masks' values as drawn."""
+    voc = tmp_path / "VOC2012"
+    lists = voc / "ImageSets" / "Segmentation"
+    lists.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    drawn = {}
+    for n in ("2007_000032", "2007_000033", "2007_000039"):
+        _put(voc / "JPEGImages" / f"{n}.jpg", rng.integers(0, 256, (16, 20, 3), dtype=np.uint8))
+        m = rng.choice(np.array([0, 1, 15, 255], np.uint8), (16, 20))
+        mask = Image.fromarray(m)
+        mask.putpalette([0, 0, 0, 128, 0, 0] + [0] * 3 * 254)
+        (voc / "SegmentationClass").mkdir(exist_ok=True)
+        mask.save(voc / "SegmentationClass" / f"{n}.png")
+        drawn[n] = m
+    _put(voc / "JPEGImages" / "2008_000001.jpg", np.zeros((16, 20, 3), np.uint8))  # no mask
+    (lists / "train.txt").write_text("2007_000032\n2007_000033\n")
+    (lists / "val.txt").write_text("2007_000039\n")
+    with pytest.raises(DataError) as err:
+        load_mask_pairs(voc)
+    assert str(err.value) == (
+        f"{voc} is a Pascal VOC folder (JPEGImages/, SegmentationClass/), which is read through a "
+        "CSV manifest: write one into it, a header image,mask,split and a row "
+        "JPEGImages/NAME.jpg,SegmentationClass/NAME.png,train for each NAME in "
+        f"{lists / 'train.txt'} (val for those in val.txt), and pass it as --data "
+        "(docs/segmentation.md)")
+    rows = ["image,mask,split"] + [f"JPEGImages/{n}.jpg,SegmentationClass/{n}.png,{split}"
+                                   for split in ("train", "val")
+                                   for n in (lists / f"{split}.txt").read_text().split()]
+    (voc / "segmentation.csv").write_text("\n".join(rows) + "\n")
+    pairs = load_mask_pairs(voc / "segmentation.csv", classes=[str(i) for i in range(21)])
+    assert pairs.names == list(drawn) and pairs.splits == ["train", "train", "val"]
+    for got, want in zip(pairs.masks, drawn.values(), strict=True):
+        np.testing.assert_array_equal(got, want)  # 255 kept: ignored
 
 
 def test_255_is_class_one_only_when_every_mask_is_0_255(tmp_path):
@@ -1057,7 +1142,7 @@ def test_validation_grid_draws_only_the_image_part_of_padded_tiles(tmp_path, mon
     splits = SegmentationSplits(val, val, ["0", "1", "2"], [], "x")
     drawn = {}
 
-    def capture(imgs, truths, preds, path, titles=None):
+    def capture(imgs, truths, preds, path, titles=None, class_names=None):
         drawn.update(imgs=imgs, truths=truths, preds=preds)
         return path
 
@@ -1068,6 +1153,53 @@ def test_validation_grid_draws_only_the_image_part_of_padded_tiles(tmp_path, mon
     assert [im.shape[:2] for im in drawn["imgs"]] == [(30, 30), (35, 40), (35, 40)]
     assert all(np.array_equal(got[..., 0], w[..., 0]) for got, w in zip(drawn["imgs"], want, strict=True))
     assert np.array_equal(drawn["truths"][2], masks[1][35:])
+
+
+def test_validation_grid_of_many_classes_names_each_class_in_its_colour(tmp_path, monkeypatch):
+    """validation.png of a four-class run was titled 'prediction (magenta)' over contours of
+    three colours, and no class was named. Its legend now names each foreground class in the
+    colour its contours are drawn in (truth: the pixels of the drawn picture)."""
+    from cnnzoo.segmentation import visual
+
+    figures = []
+    monkeypatch.setattr(visual, "save_figure", lambda fig, path: figures.append(fig) or path)
+    pred = np.zeros((24, 24), np.uint8)
+    pred[2:8, 2:8], pred[2:8, 12:20], pred[14:22, 4:12] = 1, 2, 3  # a block of each class
+    image = np.full((24, 24, 1), 90, np.uint8)
+    names = ["background", "cell", "nucleus", r"$\frac$ marker"]  # a name, not maths
+    visual.save_validation_grid([image], [pred], [pred], tmp_path / "v.png", class_names=names)
+    fig = figures[0]
+    fig.canvas.draw()  # matplotlib would fail on the last name read as maths
+    legend = fig.legends[0]
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels == names[1:]
+    drawn = fig.axes[0].images[0].get_array()  # the overlay shown: each block's top-left corner
+    for k, (y, x) in zip((1, 2, 3), [(2, 2), (2, 12), (14, 4)], strict=True):
+        colour = legend.legend_handles[k - 1].get_facecolor()[:3]
+        assert tuple(drawn[y, x]) == tuple(round(c * 255) for c in colour)
+    assert "magenta" not in fig.get_suptitle()
+    # Two classes: the title's 'prediction (magenta)' says it all; no legend.
+    figures.clear()
+    visual.save_validation_grid([image], [pred > 0], [pred > 0], tmp_path / "v.png",
+                                class_names=["background", "cell"])
+    assert not figures[0].legends and "(magenta)" in figures[0].get_suptitle()
+
+
+def test_curves_of_many_classes_wrap_into_rows(tmp_path):
+    """curves.png drew one panel per metric in one row: a four-class run's 12 (Dice and IoU of
+    each class, their means, loss, pixel accuracy) made a PNG 5,544 x 374 px, and Pascal VOC's
+    21 classes about 20,000 px wide. Rows of six panels: 2 x 6 panels of 4.2 x 3.4 in at 110
+    dpi."""
+    from cnnzoo.engine.report import plot_curves
+
+    names = ["background", "cell", "nucleus", "marker"]
+    keys = ["loss", "pixel_acc", "dice", "iou"] + [f"{m}_{c}" for c in names for m in ("dice", "iou")]
+    history = [{"epoch": e, **{f"{split}_{k}": 0.1 * e for k in keys for split in ("train", "val")}}
+               for e in (1, 2)]
+    with Image.open(plot_curves(history, tmp_path / "curves.png")) as im:
+        assert im.size == (round(6 * 4.2 * 110), round(2 * 3.4 * 110))
+    with Image.open(plot_curves(history[:1], tmp_path / "one.png", metrics=["loss"])) as im:
+        assert im.size == (round(4.2 * 110), round(3.4 * 110))  # one panel, as before
 
 
 def test_validation_grid_of_tiled_images_shows_every_validation_image(tmp_path, monkeypatch):
@@ -1084,7 +1216,7 @@ def test_validation_grid_of_tiled_images_shows_every_validation_image(tmp_path, 
     _png(tmp_path / "d" / "val" / "masks" / "small.png", np.zeros((40, 30), np.uint8))
     drawn = {}
 
-    def capture(imgs, truths, preds, path, titles=None):
+    def capture(imgs, truths, preds, path, titles=None, class_names=None):
         drawn.update(imgs=imgs, titles=titles)
         return path
 
@@ -1110,7 +1242,7 @@ def test_the_validation_grid_shows_the_masks_the_run_scored(tmp_path, monkeypatc
 
     drawn = {}
 
-    def capture(imgs, truths, preds, path, titles=None):
+    def capture(imgs, truths, preds, path, titles=None, class_names=None):
         drawn.update(truths=truths, preds=preds)
         return path
 
@@ -1515,6 +1647,49 @@ def test_segmentation_options_are_refused_for_a_classifier(option, tmp_path, cap
     assert not out.exists()  # before any work
 
 
+@pytest.mark.parametrize("arg, words", [
+    ("num_classes=5", "num_classes: set by the data (the classes: the masks' values, --classes"),
+    ("classes=5", "classes: set by the data (the classes: the masks' values, --classes"),
+    ("in_chans=3", "in_chans: set by the data (the channels: the images' own"),
+    ("in_channels=3", "in_channels: set by the data (the channels: the images' own"),
+    ("encoder_depth=4", "unet has no option 'encoder_depth': fixed: the U-Net's decoder takes "
+                        "every stage of its encoder"),
+])
+def test_model_args_the_data_set_are_refused_before_the_data_load(arg, words, tmp_path, capsys):
+    """smp's `classes=3, in_channels=1` as --model-arg: the registry's hint said 'use
+    num_classes=N', and --model-arg num_classes=5 (or in_chans) then ended in a traceback
+    (create_model got num_classes twice) after the data had loaded; encoder_depth was 'did you
+    mean encoder_name?'. Each is now one line, before the data are read (a folder that does not
+    exist would be a DataError)."""
+    out = tmp_path / "run"
+    rc = main(["train", "unet", "--data", str(tmp_path / "no such data"), "--model-arg", arg,
+               "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert err[0].startswith(f"cnnzoo train: error: {words}"), err[0]
+    assert not out.exists()
+
+
+def test_encoder_weights_none_is_a_random_start(tmp_path, monkeypatch):
+    """`--encoder-weights none` (smp's encoder_weights=None; the help says 'default: none') was
+    looked up as a weights file after the data had loaded: 'none: no such weights file or named
+    weights'. It is now the random start that leaving the option out gives; a file named
+    'none' is still that file."""
+    from cnnzoo.cli import build_parser
+
+    def weights(*given: str):
+        argv = ["train", "unet", "--data", "d", "--encoder", "resnet18", *given]
+        return build_parser().parse_args(argv).encoder_weights
+
+    monkeypatch.chdir(tmp_path)
+    assert weights() is None
+    assert weights("--encoder-weights", "none") is None
+    assert weights("--encoder-weights", "None") is None
+    assert weights("--encoder-weights", "imagenet") == "imagenet"
+    (tmp_path / "none").write_bytes(b"")
+    assert weights("--encoder-weights", "none") == "none"
+
+
 def test_base_width_with_an_encoder_is_refused_in_one_line(tmp_path, capsys):
     """An encoder brings its own widths: `--encoder resnet18 --base-width 8` trained resnet18's
     64 to 512 channels and dropped --base-width without a word."""
@@ -1606,6 +1781,31 @@ def test_segment_run_again_leaves_out_its_own_earlier_outputs(tmp_path, capsys):
 
 
 
+def test_segment_of_a_pair_folder_leaves_out_its_masks(tmp_path, capsys):
+    """`cnnzoo segment held_out/` on a folder of image/mask pairs segmented its masks/ and
+    instances/ too, as images: a mask of each mask. The images only now, with a note; the
+    masks folder named itself is segmented as asked. Truth: the threshold net's masks of the
+    images, which are bright where their masks say cell."""
+    _threshold_unet(tmp_path / "net.pt", "elsewhere")
+    data = tmp_path / "held_out"
+    img = np.tile(np.array([0, 200], np.uint8).repeat(8), (20, 2))
+    _put(data / "Images" / "a.png", img)
+    _put(data / "Masks" / "a.png", (img > 0).astype(np.uint8))
+    _put(data / "instances" / "a.png", (img > 0).astype(np.uint8))
+    out = tmp_path / "out"
+    args = ["--checkpoint", str(tmp_path / "net.pt")]
+    assert main(["segment", str(tmp_path), *args, "--out", str(out)]) == 0  # a folder above
+    said = capsys.readouterr()
+    assert sorted(p.name for p in out.iterdir()) == ["a_mask.png", "a_overlay.png"]
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "a_mask.png")), (img > 0) * 255)
+    assert said.out.startswith(f"{data / 'Images' / 'a.png'}: 32x20 -> ")
+    assert said.err == (f"cnnzoo segment: note: left out 2 files in {data / 'Masks'}, "
+                        f"{data / 'instances'}, the masks of image/mask pairs: name that folder "
+                        "to segment them\n")
+    assert main(["segment", str(data / "Masks"), *args, "--out", str(tmp_path / "m")]) == 0
+    assert (tmp_path / "m" / "a_mask.png").is_file()
+
+
 def test_segment_json_gives_a_record_per_image_as_predict_does(tmp_path, capsys):
     """`segment` had no --json, where `predict` has one: one JSON list on stdout (nothing else
     there), a record per image with its files and each class's share of the pixels, and an
@@ -1668,6 +1868,48 @@ def test_segment_json_gives_a_record_per_image_as_predict_does(tmp_path, capsys)
         records = json.loads(out)
         assert records[0] == problem and len(records) == 3
         assert f"cnnzoo segment: error: {problem['error']}\n" in err
+
+
+def test_segment_writes_a_multi_class_mask_as_a_palette_png_of_class_indices(tmp_path, capsys):
+    """A three-class mask was an L-mode PNG of 0, 1, 2: black in every image viewer. It is now
+    a palette PNG, as Pascal VOC's masks are: its pixel values are still the class indices (PIL
+    and `load_mask_pairs` read them back unchanged), and its colours are the overlay's. Truth:
+    the threshold net's classes of three bands, by construction. Two classes stay 0/255 grey."""
+    _threshold_unet(tmp_path / "net3.pt", "elsewhere", classes=3)
+    data = tmp_path / "pairs"
+    img = np.repeat(np.array([0, 128, 255], np.uint8), [6, 7, 7])[:, None].repeat(32, 1)
+    want = np.repeat(np.array([0, 1, 2], np.uint8), [6, 7, 7])[:, None].repeat(32, 1)
+    _put(data / "images" / "x.png", img)
+    out = tmp_path / "out"
+    assert main(["segment", str(data / "images" / "x.png"), "--checkpoint",
+                 str(tmp_path / "net3.pt"), "--out", str(out)]) == 0
+    with Image.open(out / "x_mask.png") as m:
+        assert m.mode == "P"
+        np.testing.assert_array_equal(np.array(m), want)
+        rgb = np.array(m.convert("RGB"))
+    # Each class has its own colour, background black, and it is the overlay's contour colour.
+    colours = {i: tuple(rgb[want == i][0]) for i in range(3)}
+    assert colours[0] == (0, 0, 0) and len(set(colours.values())) == 3
+    edge = np.array(Image.open(out / "x_overlay.png"))
+    assert tuple(edge[6, 0]) == colours[1] and tuple(edge[13, 0]) == colours[2]  # top rows
+    # Read back as training reads masks: the same indices.
+    (data / "masks").mkdir()
+    shutil.copy(out / "x_mask.png", data / "masks" / "x_mask.png")
+    pairs = load_mask_pairs(data, classes="background,cell,nucleus", report=None)
+    np.testing.assert_array_equal(pairs.masks[0], want)
+    # --resume --json reads the shares back from the palette mask.
+    capsys.readouterr()
+    assert main(["segment", str(data / "images" / "x.png"), "--checkpoint",
+                 str(tmp_path / "net3.pt"), "--out", str(out), "--resume", "--json"]) == 0
+    shares = [c["share"] for c in json.loads(capsys.readouterr().out)[0]["classes"]]
+    assert shares == pytest.approx([6 / 20, 7 / 20, 7 / 20])
+    # Two classes: 0/255 grey, as docs/segmentation.md says.
+    _threshold_unet(tmp_path / "net2.pt", "elsewhere")
+    assert main(["segment", str(data / "images" / "x.png"), "--checkpoint",
+                 str(tmp_path / "net2.pt"), "--out", str(tmp_path / "two")]) == 0
+    with Image.open(tmp_path / "two" / "x_mask.png") as m:
+        assert m.mode == "L"
+        np.testing.assert_array_equal(np.array(m), np.where(img >= 128, 255, 0))
 
 
 def test_segment_into_an_out_that_holds_these_images_outputs(tmp_path, monkeypatch, capsys):
@@ -2114,14 +2356,16 @@ def test_evaluate_tta_repeats_the_runs_final_tta_scores(padding, tmp_path, capsy
     assert abs(dice - tta["dice"]) < 0.05
 
 
-def _threshold_unet(path, dataset: str) -> None:
+def _threshold_unet(path, dataset: str, classes: int = 2) -> None:
     """A U-Net checkpoint that predicts 'cell' exactly where a pixel is >= 128: every weight 0
     but the centre taps that carry the input to the head along the top level (ReLU keeps it,
-    the lower levels give 0), and a head bias of -0.5 (mean 0, std 1: the input is x / 255)."""
+    the lower levels give 0), and a head bias of -0.5 (mean 0, std 1: the input is x / 255).
+    With `classes=3`, the head's logits are 0, x - 0.25 and 4x - 2.5 for x = pixel / 255:
+    'background' below 0.25 (64 of 255), 'cell' up to 0.75 (191), 'nucleus' above."""
     from cnnzoo.engine.checkpoint import atomic_save
 
     kwargs = {"padding": "same", "base_width": 4, "batchnorm": False}
-    net = create_model("unet", num_classes=2, in_chans=1, **kwargs)
+    net = create_model("unet", num_classes=classes, in_chans=1, **kwargs)
     with torch.no_grad():
         for p in net.parameters():
             p.zero_()
@@ -2131,9 +2375,14 @@ def _threshold_unet(path, dataset: str) -> None:
         net.decoder.blocks[-1][2].weight[0, 0, 1, 1] = 1
         net.head.weight[1, 0] = 1
         net.head.bias[1] = -0.5
-    meta = {"task": "segmentation", "model": "unet", "model_kwargs": kwargs, "num_classes": 2,
-            "in_chans": 1, "mean": [0.0], "std": [1.0], "class_names": ["background", "cell"],
-            "dataset": dataset, "binary_255": False, "count_instances": True}
+        if classes == 3:
+            net.head.bias[1] = -0.25
+            net.head.weight[2, 0], net.head.bias[2] = 4, -2.5
+    names = ["background", "cell", "nucleus"][:classes]
+    meta = {"task": "segmentation", "model": "unet", "model_kwargs": kwargs,
+            "num_classes": classes, "in_chans": 1, "mean": [0.0], "std": [1.0],
+            "class_names": names,
+            "dataset": dataset, "binary_255": False, "count_instances": classes == 2}
     atomic_save({"format": "cnnzoo-checkpoint-1", "model": net.state_dict(),
                  "task": "segmentation", "meta": meta}, path)
 

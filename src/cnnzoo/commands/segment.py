@@ -9,9 +9,11 @@ the exit code is then 1) and segmented with the paper's overlap-tile strategy
 (the decoded image, its mask and overlay are whole: about 40 bytes per pixel in all, 1.1 GB for
 a 24-Mpx photo), in the run's numeric precision (bf16 autocast if it trained in bf16), as
 `cnnzoo evaluate` scores it. Writes
-`<stem>_mask.png` (0/255 for two classes, class indices otherwise: the format training reads)
+`<stem>_mask.png` (0/255 for two classes, else a palette PNG of class indices: the format
+training reads)
 and `<stem>_overlay.png` (the predicted contours over the image). Folders are expanded
-recursively, without the masks and overlays an earlier run wrote into the output folder.
+recursively, without the masks and overlays an earlier run wrote into the output folder, and
+without the masks/ and instances/ of image/mask pairs.
 `--tta` averages test-time augmentation views per tile, as `cnnzoo evaluate --tta` scores.
 
 Also home of the segmentation options of `cnnzoo train --task segmentation`
@@ -62,7 +64,8 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="a zoo classifier as the contracting path: resnet18, resnet34, "
                         "resnet50, vgg16_bn or efficientnet_lite0/1/2 (default: none, the "
                         "paper's own)")
-    g.add_argument("--encoder-weights", metavar="imagenet|FILE", default=None,
+    g.add_argument("--encoder-weights", metavar="imagenet|FILE|none", default=None,
+                   type=_encoder_weights,
                    help="pretrained weights of the encoder (default: none, a random start)")
     g.add_argument("--cells", type=COUNT, default=None,
                    help="--data cells: number of synthetic images (default 200; refused with "
@@ -73,6 +76,13 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="weighted_ce border weight (default 10, the paper's)")
     g.add_argument("--sigma", type=real(0, above=True), default=None,
                    help="weighted_ce border width in pixels (default 5; paper: about 5)")
+
+
+def _encoder_weights(text: str) -> str | None:
+    """--encoder-weights: 'none' is a random start, as leaving the option out is (smp's
+    encoder_weights=None, and this help's 'default: none'); it was looked up as a weights file
+    and refused. A file of that name is taken as the file."""
+    return None if text.lower() == "none" and not Path(text).exists() else text
 
 
 def segmentation_options_set(args: argparse.Namespace) -> list[str]:
@@ -141,14 +151,24 @@ def mask_record(image: Path, made_by: str, tta: str | None) -> dict[str, str]:
 
 def write_mask_png(mask, num_classes: int, path: Path,
                    record: dict[str, str] | None = None) -> Path:
-    """Save a (H, W) class-index mask: 0/255 for two classes, indices otherwise; `record`
-    ({SOURCE_KEY: ..., MADE_BY: ...}) stored in it."""
+    """Save a (H, W) class-index mask: 0/255 grey for two classes; otherwise a palette PNG, as
+    Pascal VOC's masks are, whose pixel values are the class indices (what training reads, and
+    `np.array(Image.open(path))` gives) and whose colours are the overlay's: an L-mode PNG of
+    0, 1, 2 looked black in every viewer. `record` ({SOURCE_KEY: ..., MADE_BY: ...}) is stored
+    in it."""
     import numpy as np
+    from PIL import Image
 
     from ..data.images import write_png
+    from ..segmentation.visual import CLASS_COLOURS
 
     m = np.asarray(mask, dtype=np.uint8)
-    write_png(m * 255 if num_classes == 2 else m, path, text=record)  # a kill leaves no cut mask
+    if num_classes == 2:
+        png = Image.fromarray(m * 255)
+    else:
+        png = Image.fromarray(m)
+        png.putpalette(CLASS_COLOURS.tobytes())  # an L image becomes P, its values unchanged
+    write_png(png, path, text=record)  # a kill leaves no cut mask
     return path
 
 
@@ -313,6 +333,26 @@ def earlier_outputs(paths: list[Path], given: list[str], out: Path) -> list[Path
             and Path(os.path.realpath(p)).is_relative_to(root)]  # fmt: skip
 
 
+def label_files(paths: list[Path], given: list[str]) -> list[Path]:
+    """The files of `paths` in the masks/ or instances/ folder of image/mask pairs (beside an
+    images/ folder, `holds_mask_pairs`) inside a folder given: `cnnzoo segment test_set/`
+    segmented the ground-truth masks as images, each into a mask of its own. The masks folder
+    given itself (`cnnzoo segment test_set/masks`) is taken as asked, as a file named is."""
+    from functools import cache
+
+    from ..data.masks import holds_mask_pairs
+
+    folders = [Path(os.path.realpath(g)) for g in given if os.path.isdir(g)]
+
+    @cache
+    def of_pairs(parent: Path) -> bool:
+        root = Path(os.path.realpath(parent.parent))
+        return (parent.name.lower() in ("masks", "instances") and holds_mask_pairs(root)
+                and any(root.is_relative_to(f) for f in folders))
+
+    return [p for p in paths if of_pairs(p.parent)]
+
+
 @folders_released()  # lets go of --out (`hold_folder` below) however the run ends
 def run(args: argparse.Namespace) -> int:
     import numpy as np
@@ -328,7 +368,7 @@ def run(args: argparse.Namespace) -> int:
     from ..segmentation.tiling import checked_geometry, predict_tiled
     from ..segmentation.training import load_segmenter
     from ..segmentation.visual import overlay
-    from ..text import plural, shown
+    from ..text import plural, shown, some
     from ..weights.files import weights_fingerprint
     from .predict import expand_paths, print_results
 
@@ -346,6 +386,15 @@ def run(args: argparse.Namespace) -> int:
         if not paths:
             raise ImageError(f"no images to segment: the folders given hold only the masks and "
                              f"overlays in {out}")  # fmt: skip
+    labels = label_files(paths, args.images)
+    if labels:
+        paths = [p for p in paths if p not in labels]
+        folders = sorted({shown(p.parent) for p in labels})
+        print(f"cnnzoo segment: note: left out {plural(len(labels), 'file')} in {some(folders)}, "
+              "the masks of image/mask pairs: name that folder to segment them",
+              file=sys.stderr)  # fmt: skip
+        if not paths:
+            raise ImageError("no images to segment: the folders given hold only masks")
     names = output_stems(paths)
     # The checkpoint before the masks in --out are judged by it: a mistyped path, a run's folder
     # or a classifier's checkpoint was 'seg holds masks another checkpoint wrote' with --resume.

@@ -182,6 +182,22 @@ def classes_file(root: Path) -> list[str] | None:
     return [c.strip() for c in user_text(path).splitlines() if c.strip()]
 
 
+def _refuse_voc_layout(root: Path) -> None:
+    """A DataError saying how to train on a Pascal VOC folder, when `root` is one: its
+    JPEGImages/ and SegmentationClass/ were 'root/images is not a folder: put images in
+    root/images and masks in root/masks', which said nothing of its split lists, and renaming
+    the folders would pair each of VOC 2012's 17,125 photos, most of which have no mask."""
+    jpegs, classes = (layout_folder(root, n) for n in ("jpegimages", "segmentationclass"))
+    if not (jpegs.is_dir() and classes.is_dir()):
+        return
+    lists = layout_folder(layout_folder(root, "imagesets"), "segmentation")
+    raise DataError(f"{root} is a Pascal VOC folder ({jpegs.name}/, {classes.name}/), which is "
+                    "read through a CSV manifest: write one into it, a header image,mask,split "
+                    f"and a row {jpegs.name}/NAME.jpg,{classes.name}/NAME.png,train for each "
+                    f"NAME in {lists / 'train.txt'} (val for those in val.txt), and pass it as "
+                    "--data (docs/segmentation.md)")  # fmt: skip
+
+
 def find_pairs(
     root: str | Path, *, images: str = "images", masks: str = "masks", instances: str = "instances"
 ) -> tuple[list[tuple[str, Path, Path, Path | None]], list[str]]:
@@ -191,6 +207,7 @@ def find_pairs(
     img_dir, mask_dir, inst_dir = (layout_folder(root, n) for n in (images, masks, instances))
     for d in (img_dir, mask_dir):
         if not d.is_dir():
+            _refuse_voc_layout(root)
             raise DataError(
                 f"{d} is not a folder: put images in {img_dir} and masks (same file stems) in "
                 f"{mask_dir}{masks_elsewhere(root)}, or pass a CSV manifest."
@@ -442,6 +459,19 @@ def class_list(classes: Sequence[str] | None) -> list[str] | None:
     return None if classes is None else list(classes)
 
 
+def _refuse_twice_named(classes: Sequence[str] | None, named_in: str) -> None:
+    """A DataError for two classes of one name: each class's Dice and IoU are reported under
+    its name (`dice_cell`), and with 'bg,cell,cell,marker' class 2's scores replaced class 1's
+    in metrics.jsonl, and `evaluate` printed class 2's for both, without a word."""
+    seen: dict[str, int] = {}
+    for index, name in enumerate(classes or ()):
+        if name in seen:
+            raise DataError(f"class '{shown(name)}' is named twice in {named_in} (classes "
+                            f"{seen[name]} and {index}): give each class a name of its own; "
+                            "its Dice and IoU are reported under it")  # fmt: skip
+        seen[name] = index
+
+
 def load_mask_pairs(
     source: str | Path,
     *,
@@ -492,12 +522,15 @@ def load_mask_pairs(
         raise DataError(
             f"{source} is neither a folder with images/ and masks/ nor a .csv manifest."
         )
+    named_in = "--classes"
     if classes is None:
         classes = classes_file(root)
         if classes is not None:
-            refuse_control(classes, f"in {root / 'classes.txt'}", "class", "fix its line")
+            named_in = str(root / "classes.txt")
+            refuse_control(classes, f"in {named_in}", "class", "fix its line")
     if classes is not None and len(classes) < 2:  # before reading every file for nothing
         raise DataError("segmentation needs at least two classes (e.g. --classes background,cell).")
+    _refuse_twice_named(classes, named_in)
 
     images, masks, insts, names, splits, files = [], [], [], [], [], []
     # Instance files for some pairs only: use them where they exist and components elsewhere

@@ -20,7 +20,7 @@ import numbers
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -570,7 +570,7 @@ class Trainer:
                 # The last epochs' pace: a progressive run's first epochs are faster than the rest.
                 left = statistics.median_high(walls[-3:]) * (cfg.epochs - epoch - 1)
                 self._say(_epoch_line(record, cfg.epochs, getattr(self.task, "num_classes", 0),
-                                      left=left))
+                                      left=left, quiet=getattr(self.task, "line_quiet", ())))
                 if cfg.patience is not None and bad_epochs >= cfg.patience:
                     stopped = True
                     self._say(f"early stopping: {monitor} has not improved for "
@@ -1078,15 +1078,18 @@ def one_image_batchnorm_hint() -> Iterator[None]:
 
 
 def _epoch_line(record: dict[str, Any], epochs: int, num_classes: int = 0, *,
-                left: float = 0.0) -> str:
+                left: float = 0.0, quiet: Collection[str] = ()) -> str:
     """One epoch's log line; top-5 accuracy only above 5 classes, where it can be below 1
     (metrics.jsonl keeps it); `left`: the estimated seconds the run's remaining epochs take
-    (a 10-minute fine-tuning gave no word of how long it would take)."""
+    (a 10-minute fine-tuning gave no word of how long it would take); `quiet`: metrics (without
+    train_/val_) left out of the line, kept in metrics.jsonl (a task's `line_quiet`)."""
     parts = [f"epoch {record['epoch']}/{epochs}"]
     if "train_px" in record:
         parts.append(f"at {record['train_px']} px")
     for k, v in record.items():
         if k in ("epoch", "seconds", "images_per_s") or k.endswith("_top5") and num_classes <= 5:
+            continue
+        if k.split("_", 1)[-1] in quiet:
             continue
         if isinstance(v, float) and math.isfinite(v):
             parts.append(f"{k} {v:.4g}")

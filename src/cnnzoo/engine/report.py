@@ -115,6 +115,9 @@ def logged_metrics(history: list[dict[str, Any]]) -> list[str]:
                    if k.startswith(("train_", "val_")) and k not in NOT_METRICS})  # fmt: skip
 
 
+CURVE_COLUMNS = 6  # panels per row of curves.png
+
+
 @quiet_glyphs
 def plot_curves(
     history: list[dict[str, Any]], path: Path, *, metrics: list[str] | None = None,
@@ -125,12 +128,18 @@ def plot_curves(
     epochs: the x values (default: each record's 'epoch'); breaks: x positions of dotted lines
     (where a phase of training starts); title: above the panels."""
     metrics = logged_metrics(history) if metrics is None else metrics
-    fig = new_figure(figsize=(4.2 * len(metrics), 3.4))
+    # Rows of CURVE_COLUMNS panels: a segmentation run logs Dice and IoU per class, and in one
+    # row 4 classes made a PNG 5,544 px wide, Pascal VOC's 21 about 20,000.
+    cols = min(len(metrics), CURVE_COLUMNS)
+    rows = -(-len(metrics) // cols)
+    fig = new_figure(figsize=(4.2 * cols, 3.4 * rows))
     from matplotlib import ticker
 
-    axes = fig.subplots(1, len(metrics), squeeze=False)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[len(metrics):]:
+        ax.axis("off")
     epochs = [r["epoch"] for r in history] if epochs is None else epochs
-    for ax, m in zip(axes[0], metrics, strict=True):
+    for ax, m in zip(axes, metrics, strict=False):
         for split, style in (("train", "-o"), ("val", "-s")):
             ys = [r.get(f"{split}_{m}") for r in history]
             if any(y is not None for y in ys):

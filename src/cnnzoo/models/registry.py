@@ -343,6 +343,9 @@ _PEER_OPTIONS = {
     # in_channels was 'did you mean decoder_channels?'
     "in_channels": "use in_chans=1 or 3",
     "activation": "the models return logits: apply model(x).softmax(1)",
+    # was 'did you mean encoder_name?'
+    "encoder_depth": "fixed: the U-Net's decoder takes every stage of its encoder (smp's "
+                     "encoder_depth=5)",
 }
 
 

@@ -54,6 +54,16 @@ class SegmentationTask:
                 f"monitor={self.monitor!r})")
 
     @property
+    def line_quiet(self) -> frozenset[str]:
+        """The metrics the engine's epoch line leaves out (metrics.jsonl, curves.png and the
+        final line keep them): each class's Dice and IoU beyond two classes. Pascal VOC's 21
+        made a line of about 90 numbers an epoch, and four classes one of 24; the foreground
+        means `dice` and `iou` sum them up."""
+        if self.num_classes <= 2:
+            return frozenset()
+        return frozenset(f"{m}_{name}" for name in self.class_names for m in ("dice", "iou"))
+
+    @property
     def needs_weight_map(self) -> bool:
         return self.loss_name == "weighted_ce"
 

@@ -134,14 +134,7 @@ def build_model(
                else f"its --encoder may be one of {', '.join(ENCODERS)}")  # fmt: skip
         raise DataError(f"{model} is a classifier: segmentation trains unet ({how}).")
     _check_encoder(encoder_name, encoder_weights, base_width)
-    # Options with their own flag: a --model-arg of the same name lost to the flag's default
-    # (base_width) or silently beat the flag (padding).
-    own = {"padding": "--padding", "base_width": "--base-width", "encoder_name": "--encoder",
-           "encoder_weights": "--encoder-weights"}
-    taken = [k for k in own if k in (model_kwargs or {})]
-    if taken:
-        raise UsageError(f"{taken[0]} has an option of its own: use {own[taken[0]]} "
-                         f"(train({taken[0]}=...) in Python), not --model-arg")
+    _check_model_kwargs(model, model_kwargs)
     kwargs: dict[str, Any] = {"padding": padding, **(model_kwargs or {})}
     if encoder_name:
         kwargs["encoder_name"] = encoder_name
@@ -154,6 +147,37 @@ def build_model(
         kwargs["base_width"] = 16 if base_width is None else base_width
         net = create_model(model, num_classes=num_classes, in_chans=in_chans, **kwargs)
     return net, kwargs
+
+
+# Options with their own flag: a --model-arg of the same name lost to the flag's default
+# (base_width) or silently beat the flag (padding).
+_OWN_FLAGS = {"padding": "--padding", "base_width": "--base-width", "encoder_name": "--encoder",
+              "encoder_weights": "--encoder-weights"}
+# What the data decide, by cnnzoo's and segmentation_models_pytorch's names (smp.Unet(classes=3,
+# in_channels=1)): as --model-arg they ended in a traceback ('create_model() got multiple
+# values for keyword argument num_classes'), after the data had loaded.
+_SET_BY_DATA = {"num_classes": "the classes: the masks' values, --classes or classes.txt",
+                "classes": "the classes: the masks' values, --classes or classes.txt",
+                "in_chans": "the channels: the images' own (grey files: 1)",
+                "in_channels": "the channels: the images' own (grey files: 1)"}
+
+
+def _check_model_kwargs(model: str, model_kwargs: dict[str, Any] | None) -> None:
+    """Refuse in one line, before the data are loaded, a --model-arg the run sets otherwise
+    (a flag of its own, or the data) or that the U-Net does not take."""
+    from ..models import get_config
+    from ..models.registry import check_options
+
+    kwargs = model_kwargs or {}
+    for option in kwargs:
+        if option in _OWN_FLAGS:
+            raise UsageError(f"{option} has an option of its own: use {_OWN_FLAGS[option]} "
+                             f"(train({option}=...) in Python), not --model-arg")
+        if option in _SET_BY_DATA:
+            raise UsageError(f"{option}: set by the data ({_SET_BY_DATA[option]}), not by "
+                             "--model-arg")
+    if get_config(model).task == "segmentation":  # a classifier is refused with its own words
+        check_options(model, kwargs)
 
 
 def _check_encoder(encoder_name: str | None, encoder_weights: Any,
@@ -246,6 +270,7 @@ def train(
     # are read, so DIR/runs/ is never taken for data.)
     check_out_dir(out_dir, resume=bool(resume), overwrite=overwrite)
     _check_encoder(encoder_name, encoder_weights, base_width)
+    _check_model_kwargs(model, model_kwargs)
     cfg = config if config is not None else segmentation_config(**config_overrides)
     resumed = _resumed_meta(data, out_dir, resume)
     row_order = resumed is not None and rows_ordered(resumed, data)
@@ -440,7 +465,8 @@ def write_validation_grid(
     for i, (t, p) in enumerate(zip(truths, preds, strict=True)):
         _, iou = dice_iou(cm(torch.from_numpy(p), torch.from_numpy(t), splits.num_classes))
         titles.append(f"{splits.val.names[pick[i]]}  IoU {float(iou[1:].mean()):.3f}")
-    return save_validation_grid(imgs, truths, preds, path, titles=titles)
+    return save_validation_grid(imgs, truths, preds, path, titles=titles,
+                                class_names=splits.classes)
 
 
 def load_segmenter(

@@ -9,12 +9,31 @@ import numpy as np
 
 from ..engine.report import new_figure, quiet_glyphs, save_figure
 
-# Class k >= 1 is drawn in PALETTE[(k - 1) % len]; ground truth is always green.
+# Classes 1..6 are drawn in these colours, which stand out on grey microscopy; ground truth is
+# always green.
 PALETTE = np.array(
     [[255, 0, 255], [255, 160, 0], [0, 200, 255], [255, 255, 0], [255, 60, 60], [160, 100, 255]],
     dtype=np.uint8,
 )
 TRUTH = np.array([0, 255, 0], dtype=np.uint8)
+
+
+def _voc_colour(index: int) -> list[int]:
+    """Pascal VOC's colour of a class index (its devkit's bit-interleaved colour map)."""
+    rgb = [0, 0, 0]
+    for shift in range(7, -1, -1):
+        for channel in range(3):
+            rgb[channel] |= ((index >> channel) & 1) << shift
+        index >>= 3
+    return rgb
+
+
+# One colour per class index, the same in `cnnzoo segment`'s palette masks, its overlays and the
+# validation grid: 0 (background) black, 1..6 PALETTE, then Pascal VOC's colour map, whose
+# colours are all other than these, so that no two classes share one (PALETTE cycled, and class
+# 7 was drawn as class 1); 255 ('ignore') is VOC's cream (224, 224, 192).
+CLASS_COLOURS = np.array([_voc_colour(i) for i in range(256)], dtype=np.uint8)
+CLASS_COLOURS[1 : 1 + len(PALETTE)] = PALETTE
 
 
 def contours(mask: np.ndarray) -> np.ndarray:
@@ -47,8 +66,7 @@ def overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None = None
     if truth is not None:
         out[contours(truth)] = TRUTH
     edge = contours(pred)
-    colours = PALETTE[(np.clip(pred.astype(np.int64), 1, None) - 1) % len(PALETTE)]
-    out[edge] = colours[edge]
+    out[edge] = CLASS_COLOURS[np.asarray(pred)[edge].astype(np.int64)]
     return out
 
 
@@ -61,9 +79,13 @@ def save_validation_grid(
     *,
     titles: Sequence[str] | None = None,
     columns: int = 4,
+    class_names: Sequence[str] | None = None,
 ) -> Path:
     """A PNG grid of validation images with ground-truth (green) and predicted (magenta)
-    contours; the valid-mode prediction may be smaller than the image (it is centred)."""
+    contours; the valid-mode prediction may be smaller than the image (it is centred). With
+    more than two `class_names`, each class's predicted contours have their colour
+    (`CLASS_COLOURS`), and a legend under the grid names them: the title said 'prediction
+    (magenta)' over orange and cyan contours of classes it did not name."""
     n = len(images)
     cols = min(columns, n)
     rows = -(-n // cols)
@@ -81,5 +103,17 @@ def save_validation_grid(
         ax.imshow(overlay(img, p, t), interpolation="nearest")
         if titles is not None:
             ax.set_title(titles[i], fontsize=8, parse_math=False)  # file names, not maths
-    fig.suptitle("validation: ground truth (green) vs prediction (magenta)", fontsize=10)
+    if class_names is None or len(class_names) <= 2:
+        fig.suptitle("validation: ground truth (green) vs prediction (magenta)", fontsize=10)
+        return save_figure(fig, path)
+    from matplotlib.patches import Patch
+
+    fig.suptitle("validation: ground truth (green) vs prediction (per class, below)",
+                 fontsize=10)
+    handles = [Patch(color=CLASS_COLOURS[k] / 255, label=str(name))
+               for k, name in enumerate(class_names) if k > 0]
+    legend = fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6),
+                        fontsize=8, frameon=False)
+    for text in legend.get_texts():
+        text.set_parse_math(False)  # class names, not maths: "$100 to $200"
     return save_figure(fig, path)
