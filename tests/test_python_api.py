@@ -382,3 +382,39 @@ def test_a_frozen_model_and_class_weights_of_another_length_are_cnnzoo_errors():
                                                   config=cfg).fit(), ValueError)
     assert text.startswith("no trainable parameters: every parameter is frozen")
     _one_line_cnnzoo_error(lambda: ClassificationTask(3, class_weights=[1.0, 2.0]), ValueError)
+
+
+def test_the_library_s_training_functions_write_nothing_to_stdout_by_default(
+        two_class_folder, capsys):
+    """train_classifier, the U-Net's train and fine-tuning's finetune defaulted to say=print:
+    called from a notebook or a script, every data, precision and epoch line (and the per-class
+    table) went to stdout, among the caller's own output, while transfer() and Trainer.fit send
+    theirs to stderr. Now they all do: stdout stays the caller's."""
+    from cnnzoo.data import Splits, load_dataset
+    from cnnzoo.engine.loop import TrainConfig
+    from cnnzoo.engine.run import DataOptions, train_classifier
+    from cnnzoo.segmentation.training import train
+    from cnnzoo.transfer import FinetuneConfig
+    from cnnzoo.transfer.finetune import finetune as run_finetune
+
+    quick = dict(precision="fp32", channels_last="off", progress=False, tensorboard=False,
+                 report=False)
+    data = two_class_folder(8)
+    train_classifier("lenet5", DataOptions(str(data)), TrainConfig(epochs=1, **quick),
+                     out_dir=None)
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("data: ") and "epoch 1/1" in err
+
+    train("cells", cells=4, crop=32, batch_size=2, base_width=4, config=TrainConfig(
+        epochs=1, **quick))
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("data: cells") and "epoch 1/1" in err
+
+    splits = load_dataset(str(data), progress=False)
+    net = cnnzoo.create_model("resnet18", num_classes=2)  # the folder loads as RGB
+    pre = Preprocessing(32, 32, "bilinear", (0.5,) * 3, (0.5,) * 3, 3, fit="resize")
+    run_finetune(net, Splits(splits.train, splits.val), pre, FinetuneConfig(
+        head_epochs=1, epochs=0, batch_size=8, progress=False, precision="fp32",
+        channels_last="off"), out_dir=None)
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("fine-tune 1/1: the new head alone")

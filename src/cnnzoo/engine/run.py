@@ -33,7 +33,7 @@ from ..data.loader import (
 )
 from ..errors import DamagedCheckpointError, DataError, NewerFormatError, UsageError, WeightsError
 from ..paths import check_outside, run_data, same_source, transfer_bundle
-from ..text import plural, some
+from ..text import plural, some, to_stderr
 from .checkpoint import caller_rng_kept, load_checkpoint
 from .distributed import DistContext
 from .grow import grow_from
@@ -305,9 +305,9 @@ def train_classifier(
     class_weight: str | None = None,
     model_kwargs: dict[str, Any] | None = None,
     dist: DistContext | None = None,
-    say: Any = print,
+    say: Callable[[str], Any] | None = None,
     overwrite: bool = False,
-    show: Any = None,
+    show: Callable[[str], Any] | None = None,
     default_lr: bool = False,
     min_steps: int | None = 0,
     default_epochs: bool = False,
@@ -335,9 +335,10 @@ def train_classifier(
     `resume`) such a folder is refused with one line before any data is loaded, so a repeated
     command never silently replaces the results of an earlier run.
 
-    say: where progress and notes go; show: where the per-class table at the end goes
-    (default: as `say`).
+    say: where progress and notes go (None: stderr, as `Trainer`'s and `transfer`'s); show:
+    where the per-class table at the end goes (default: as `say`).
     """
+    say = say or to_stderr  # print was the default: a notebook's stdout got every epoch line
     from ..limits import MAX_INPUT_SIZE
     from ..models import create_model, fixed_input_size, get_config, min_input_size
     from ..models.base import is_whole

@@ -29,7 +29,7 @@ from ..engine.distributed import DistContext, unwrap_model
 from ..engine.loop import FitResult, TrainConfig, Trainer, check_out_dir
 from ..engine.precision import Precision
 from ..errors import CnnzooError, DataError, ModelOptionError, UsageError
-from ..text import shown
+from ..text import shown, to_stderr
 from .data import (
     PadToNet,
     SegmentationSet,
@@ -219,7 +219,7 @@ def train(
     resume: bool | str | os.PathLike[str] = False,
     model_kwargs: dict[str, Any] | None = None,
     dist: DistContext | None = None,
-    say: Callable[[str], Any] = print,
+    say: Callable[[str], Any] | None = None,
     overwrite: bool = False,
     **config_overrides: Any,
 ) -> SegmentationRun:
@@ -235,13 +235,15 @@ def train(
     count_instances: report the cell count error (default: when there are two classes).
     model_kwargs: further U-Net options (batchnorm, dropout, decoder_channels).
     dist: the process group under torchrun (each rank trains on its shard of the images).
-    say: where the data, precision and per-epoch lines go (with `config.verbose`).
+    say: where the data, precision and per-epoch lines go (with `config.verbose`; None:
+    stderr, as `Trainer`'s).
     overwrite: replace a run `out_dir` already holds (last.pt); without it (or `resume`) such a
     folder is refused with one line before the data are loaded.
     Writes last.pt / best.pt, metrics, learning curves and `validation.png` into `out_dir`.
     """
     from ..engine.run import channel_stats
 
+    say = say or to_stderr  # print was the default: a notebook's stdout got every epoch line
     # (An --out inside the data folder is fine here: only images/, masks/, instances/ and val/
     # are read, so DIR/runs/ is never taken for data.)
     check_out_dir(out_dir, resume=bool(resume), overwrite=overwrite)
@@ -471,7 +473,7 @@ def load_segmenter(
 
 def train_segmentation(
     args: Any, config: TrainConfig, *, out_dir: str | os.PathLike[str] | None,
-    dist: DistContext | None = None, say: Callable[[str], Any] = print,
+    dist: DistContext | None = None, say: Callable[[str], Any] | None = None,
 ) -> FitResult:
     """`cnnzoo train unet --task segmentation ...`: the parsed command line -> `train`.
 

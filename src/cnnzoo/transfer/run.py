@@ -30,7 +30,6 @@ import inspect
 import math
 import os
 import shlex
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -49,7 +48,7 @@ from ..limits import MAX_SEED
 from ..models.base import is_whole
 from ..models.taps import StageTaps, check_stages
 from ..paths import check_folder, check_outside, folders_released, hold_folder, remove_entries
-from ..text import plural, some
+from ..text import plural, some, to_stderr
 from ..weights import Preprocessing
 from ..weights.files import weights_fingerprint
 from .bundle import FITS, HEAD_KINDS, Bundle, input_spec, predict_tensor
@@ -138,10 +137,6 @@ class TransferResult:
     features_computed: int = 0
     history: list[dict[str, Any]] = field(default_factory=list, repr=False)
     val_probabilities: Tensor | None = field(default=None, repr=False)
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr)
 
 
 def load_backbone(name: str, weights: Any, *, img_size: int | None = None,
@@ -556,7 +551,7 @@ def transfer(
     refuses such a folder, as `cnnzoo transfer` does without --overwrite). say: where progress
     and notes go (None: stderr, as `Trainer`'s); show: where the per-class table at the end
     goes (default: as `say`). See the module docstring."""
-    say = say or _stderr  # None was called, a TypeError after the weights and images loaded
+    say = say or to_stderr  # None was called, a TypeError after the weights and images loaded
     cfg = _config(config, options)
     check_config(cfg, resume=resume)
     if not isinstance(data, str | os.PathLike | Splits):  # os.fspath's TypeError named no data
