@@ -418,3 +418,25 @@ def test_the_library_s_training_functions_write_nothing_to_stdout_by_default(
         channels_last="off"), out_dir=None)
     out, err = capsys.readouterr()
     assert out == "" and err.startswith("fine-tune 1/1: the new head alone")
+
+
+def test_the_finetune_submodule_is_the_module_and_runs_as_its_function():
+    """cnnzoo.transfer re-exported the function finetune under its submodule's name, which
+    hid the module: `import cnnzoo.transfer.finetune as ft` gave the function, so
+    `ft.FinetuneConfig` (and `cnnzoo.transfer.finetune.default_sam`) was an AttributeError.
+    The module is now callable as the function: both spellings work."""
+    import importlib
+    import inspect
+    import types
+
+    import cnnzoo.transfer.finetune as ft
+    from cnnzoo.transfer import FinetuneConfig, finetune
+
+    module = importlib.import_module("cnnzoo.transfer.finetune")
+    assert ft is module and finetune is module and isinstance(ft, types.ModuleType)
+    assert ft.FinetuneConfig is FinetuneConfig and cnnzoo.transfer.finetune.default_sam(3, 1) == 0.05
+    # Called, it is the function: its parameters, its own errors.
+    assert list(inspect.signature(finetune).parameters)[:4] == ["model", "splits", "pre", "cfg"]
+    with pytest.raises(TypeError, match=r"finetune\(\) missing 4 required positional"):
+        finetune()
+    assert callable(cnnzoo.transfer) and inspect.signature(cnnzoo.transfer).parameters["data"]

@@ -26,6 +26,7 @@ from typing import Any
 
 from torch import nn
 
+from ..callable_module import make_callable
 from ..data.augment import default_augmentation
 from ..data.dataset import Splits
 from ..data.loader import (
@@ -281,3 +282,7 @@ def finetune(
         full_result = trainer.fit(resume=resume)
     freeze_backbone(model, False)
     return head_result, full_result
+
+
+# `from cnnzoo.transfer import finetune` is this module, called as the function above.
+make_callable(__name__, finetune)
