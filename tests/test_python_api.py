@@ -440,3 +440,41 @@ def test_the_finetune_submodule_is_the_module_and_runs_as_its_function():
     with pytest.raises(TypeError, match=r"finetune\(\) missing 4 required positional"):
         finetune()
     assert callable(cnnzoo.transfer) and inspect.signature(cnnzoo.transfer).parameters["data"]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(batch_size=0), "DataOptions: batch_size must be a whole number >= 1 (None: the default), not 0"),
+    (dict(img_size=32.5), "DataOptions: img_size must be a whole number >= 1 (None: the default), not 32.5"),
+    (dict(val_fraction=2), "DataOptions: val_fraction must lie strictly between 0 and 1, not 2"),
+    (dict(channels=2), "DataOptions: channels must be 1, 3 or None (the data's own), not 2"),
+    (dict(augment="flip"), "DataOptions: augment must be one of none, flip-crop, crop, photo "
+                           "(None: the data's default), not 'flip'"),
+    (dict(erase=1.5), "DataOptions: erase is a probability in [0, 1], not 1.5"),
+    (dict(progressive=(20,)), "DataOptions: progressive must be (size, epochs), two whole "
+                              "numbers >= 1, not (20,)"),
+])
+def test_data_options_refuse_what_the_command_line_refuses_when_they_are_built(kwargs, message):
+    """train_classifier(..., DataOptions(...)) from a notebook: batch_size=0 was a
+    ZeroDivisionError, val_fraction=2 and channels=2 plain ValueErrors, each after the data
+    had loaded and the first lines were printed. DataOptions now refuses them when built, as
+    TrainConfig does, in one UsageError line."""
+    from cnnzoo.engine.run import DataOptions
+
+    assert _one_line_cnnzoo_error(lambda: DataOptions("digits", **kwargs), ValueError) == message
+    DataOptions("digits", batch_size=8, img_size=32, val_fraction=0.5, channels=1, augment="crop",
+                erase=0.5, progressive=(20, 2))  # the documented values pass
+
+
+def test_a_label_smoothing_outside_0_1_is_refused_before_the_data_load(tmp_path, capsys):
+    """label_smoothing=2 was torch's RuntimeError at the first training step, after the data
+    load, the precision trial and the first lines; train_classifier and ClassificationTask
+    now refuse it in one line first."""
+    from cnnzoo.engine.loop import TrainConfig
+    from cnnzoo.engine.run import DataOptions, train_classifier
+    from cnnzoo.engine.task import ClassificationTask
+
+    text = _one_line_cnnzoo_error(lambda: train_classifier(
+        "lenet5", DataOptions(str(tmp_path / "none yet")), TrainConfig(epochs=1), out_dir=None,
+        label_smoothing=2), ValueError)
+    assert text == "label_smoothing must lie in [0, 1), not 2" and capsys.readouterr().err == ""
+    _one_line_cnnzoo_error(lambda: ClassificationTask(3, label_smoothing=-0.1), ValueError)

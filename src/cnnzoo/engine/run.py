@@ -43,6 +43,7 @@ from .task import (
     ClassificationAccumulator,
     ClassificationTask,
     check_class_weight,
+    check_label_smoothing,
     class_weights,
     class_weights_line,
 )
@@ -73,6 +74,48 @@ class DataOptions:
     # (size, epochs): the first `epochs` epochs train at the smaller `size` (progressive
     # resizing, `augment.ProgressiveResize`); None: every epoch at the full size.
     progressive: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        # Checked when a notebook builds it, as TrainConfig is: batch_size=0 was a
+        # ZeroDivisionError, val_fraction=2 or channels=2 a plain ValueError, each after the
+        # data had loaded. The command line's parser refuses these before they get here.
+        problem = _data_options_problem(self)
+        if problem:
+            raise UsageError(f"DataOptions: {problem}")
+
+
+def _data_options_problem(opts: DataOptions) -> str | None:
+    """What is wrong with `opts`'s values, in a phrase, or None (`cnnzoo train --help`'s
+    ranges)."""
+    from ..data.augment import AUGMENTATIONS
+    from ..limits import MAX_INPUT_SIZE
+    from ..models.base import is_whole
+
+    def real(value: object) -> bool:
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+    for name in ("img_size", "batch_size"):
+        value = getattr(opts, name)
+        if value is not None and not is_whole(value):
+            return f"{name} must be a whole number >= 1 (None: the default), not {value!r}"
+    if opts.img_size is not None and opts.img_size > MAX_INPUT_SIZE:
+        return f"img_size must be at most {MAX_INPUT_SIZE}, not {opts.img_size!r}"
+    if opts.augment is not None and opts.augment not in AUGMENTATIONS:
+        return (f"augment must be one of {', '.join(AUGMENTATIONS)} (None: the data's default), "
+                f"not {opts.augment!r}")
+    if not (real(opts.val_fraction) and 0 < opts.val_fraction < 1):
+        return f"val_fraction must lie strictly between 0 and 1, not {opts.val_fraction!r}"
+    if opts.channels not in (None, 1, 3) or isinstance(opts.channels, bool):
+        return f"channels must be 1, 3 or None (the data's own), not {opts.channels!r}"
+    if not (real(opts.erase) and 0 <= opts.erase <= 1):
+        return f"erase is a probability in [0, 1], not {opts.erase!r}"
+    if opts.progressive is not None and not (
+            isinstance(opts.progressive, tuple | list) and len(opts.progressive) == 2
+            and all(is_whole(v) for v in opts.progressive)):  # fmt: skip
+        return f"progressive must be (size, epochs), two whole numbers >= 1, not {opts.progressive!r}"
+    if not isinstance(opts.hold_out_test, bool):
+        return f"hold_out_test must be True or False, not {opts.hold_out_test!r}"
+    return None
 
 
 def default_image_size(source: str, model_cfg: Any, min_size: int | None = None) -> int:
@@ -353,6 +396,7 @@ def train_classifier(
         check_outside(out_dir, data.source)
     if class_weight is not None:
         check_class_weight(class_weight)
+    check_label_smoothing(label_smoothing)  # before the data load, not at the first step
     model_kwargs = dict(model_kwargs or {})
     taken = sorted({"num_classes", "in_chans"} & set(model_kwargs))
     if taken:
