@@ -478,3 +478,31 @@ def test_a_label_smoothing_outside_0_1_is_refused_before_the_data_load(tmp_path,
         label_smoothing=2), ValueError)
     assert text == "label_smoothing must lie in [0, 1), not 2" and capsys.readouterr().err == ""
     _one_line_cnnzoo_error(lambda: ClassificationTask(3, label_smoothing=-0.1), ValueError)
+
+
+def test_the_data_layer_s_bad_arguments_are_one_line_cnnzoo_errors():
+    """load_dataset(val_fraction=2), ImageDataset with a label past its class names,
+    subset(per_class=0), with_channels(2), load_image(channels=2) and PadCrop(mode='x') raised
+    plain ValueErrors, which a notebook's `except CnnzooError` let through; ImageSpec(channels=2)
+    or method='center' were taken and failed at the first image (or never, with size=None).
+    Each is now a one-line CnnzooError that is still a ValueError."""
+    from cnnzoo.data import ImageDataset, ImageSpec, load_dataset, load_image
+    from cnnzoo.data.augment import PadCrop
+
+    images = torch.zeros(4, 1, 8, 8, dtype=torch.uint8)
+    data = ImageDataset(images, torch.tensor([0, 1, 0, 1]), ["a", "b"])
+    assert _one_line_cnnzoo_error(lambda: load_dataset("digits", val_fraction=2), ValueError) == (
+        "val_fraction must lie strictly between 0 and 1, not 2")
+    assert _one_line_cnnzoo_error(lambda: ImageDataset(images, torch.tensor([0, 1, 0, 2]),
+                                                       ["a", "b"]), ValueError) == (
+        "labels must lie in [0, 2): one index per class name, not 0..2")
+    _one_line_cnnzoo_error(lambda: data.subset(per_class=0), ValueError)
+    assert _one_line_cnnzoo_error(lambda: data.with_channels(2), ValueError) == (
+        "channels must be 1 or 3, not 2")
+    _one_line_cnnzoo_error(lambda: load_image("any.png", channels=2), ValueError)
+    _one_line_cnnzoo_error(lambda: PadCrop(mode="x"), ValueError)
+    assert _one_line_cnnzoo_error(lambda: ImageSpec(channels=2), ValueError) == (
+        "ImageSpec: channels must be 1 or 3, not 2")
+    _one_line_cnnzoo_error(lambda: ImageSpec(size=32, method="center"), ValueError)
+    assert data.with_channels(3).channels == 3 and ImageSpec(32, 1, "crop").channels == 1
+
