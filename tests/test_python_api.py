@@ -506,3 +506,20 @@ def test_the_data_layer_s_bad_arguments_are_one_line_cnnzoo_errors():
     _one_line_cnnzoo_error(lambda: ImageSpec(size=32, method="center"), ValueError)
     assert data.with_channels(3).channels == 3 and ImageSpec(32, 1, "crop").channels == 1
 
+
+def test_unknown_keywords_and_a_bundle_folder_of_the_wrong_kind_are_cnnzoo_errors():
+    """transfer(data, epochs=3), transfer(data, foo=1), the U-Net's train(data, foo=1) and
+    load_bundle(None) raised plain TypeErrors, which `except CnnzooError` (the README's bad
+    input: 'an unknown model or option') let through. They are one-line CnnzooErrors now, and
+    still TypeErrors, as Python's own for an unknown keyword is."""
+    from cnnzoo.segmentation.training import train
+
+    text = _one_line_cnnzoo_error(lambda: cnnzoo.transfer("DATA", epochs=3), TypeError)
+    assert text == ("transfer(): 'epochs' is a fine-tuning setting: pass "
+                    "finetune=FinetuneConfig(epochs=...)")
+    text = _one_line_cnnzoo_error(lambda: cnnzoo.transfer("DATA", modle="x"), TypeError)
+    assert text.startswith("transfer() got an unexpected keyword argument 'modle' (did you mean")
+    assert _one_line_cnnzoo_error(lambda: train("cells", foo=1), TypeError) == (
+        "unknown TrainConfig fields: foo")
+    assert _one_line_cnnzoo_error(lambda: cnnzoo.load_bundle(None), TypeError) == (
+        "expected the bundle's folder (a str or Path), not NoneType")

@@ -28,7 +28,7 @@ from ..engine.checkpoint import caller_rng_kept
 from ..engine.distributed import DistContext, unwrap_model
 from ..engine.loop import FitResult, TrainConfig, Trainer, check_out_dir
 from ..engine.precision import Precision
-from ..errors import CnnzooError, DataError, ModelOptionError, UsageError
+from ..errors import ArgumentKindError, CnnzooError, DataError, ModelOptionError, UsageError
 from ..text import shown, to_stderr
 from .data import (
     PadToNet,
@@ -71,7 +71,7 @@ def segmentation_config(**overrides: Any) -> TrainConfig:
     known = {f.name for f in fields(TrainConfig)}
     unknown = set(overrides) - known
     if unknown:
-        raise TypeError(f"unknown TrainConfig fields: {', '.join(sorted(unknown))}")
+        raise ArgumentKindError(f"unknown TrainConfig fields: {', '.join(sorted(unknown))}")
     return TrainConfig(**{**SEGMENTATION_DEFAULTS, **overrides})
 
 

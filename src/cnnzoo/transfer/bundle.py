@@ -35,7 +35,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ..data.images import ImageSpec, convert_image, to_tensor_uint8
-from ..errors import ImageError, UsageError, WeightsError
+from ..errors import ArgumentKindError, ImageError, UsageError, WeightsError
 from ..models.base import finite_numbers, is_whole
 from ..paths import (
     BUNDLE_JSON,
@@ -443,7 +443,14 @@ def check_bundle_json(meta: Any, path: Path) -> None:
 
 
 def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
-    """Load a bundle folder written by `cnnzoo transfer`; see the module docstring."""
+    """The `Bundle` in `directory`, the bundle/ folder `cnnzoo transfer` or `transfer(...,
+    out=OUT)` wrote (OUT/bundle): `.predict(images)` gives class names and probabilities,
+    `.evaluate(data)` the metrics and confusion matrix, `.model` the network. Its files and
+    checks: `help(cnnzoo.transfer.bundle)`. A folder that holds no bundle (a run's folder, a
+    checkpoint, a file of the bundle) is one `WeightsError` line that says what to give."""
+    if not isinstance(directory, str | os.PathLike):  # Path(None)'s TypeError named no folder
+        raise ArgumentKindError(f"expected the bundle's folder (a str or Path), not "
+                                f"{type(directory).__name__}")  # fmt: skip
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 

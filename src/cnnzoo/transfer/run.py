@@ -43,7 +43,7 @@ from ..data.augment import AUGMENTATIONS
 from ..data.dataset import Splits
 from ..engine.checkpoint import caller_rng_kept
 from ..engine.task import check_class_weight, class_weights, class_weights_line
-from ..errors import DataError, UsageError
+from ..errors import ArgumentKindError, DataError, UsageError
 from ..limits import MAX_SEED
 from ..models.base import is_whole
 from ..models.taps import StageTaps, check_stages
@@ -233,16 +233,17 @@ def _config(config: TransferConfig | None, options: dict[str, Any]) -> TransferC
     ft_fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
     for name in options:
         if name in ft_fields and name not in fields:
-            raise TypeError(f"transfer(): {name!r} is a fine-tuning setting: pass "
-                            f"finetune=FinetuneConfig({name}=...)")  # fmt: skip
+            raise ArgumentKindError(f"transfer(): {name!r} is a fine-tuning setting: pass "
+                                    f"finetune=FinetuneConfig({name}=...)")  # fmt: skip
         if name not in fields:
             # A misspelt `model` or `weights` is no field: the list below would not show it.
             own = [p for p in inspect.signature(transfer).parameters if p not in ("data", "say",
                                                                                    "show", "options")]
             close = difflib.get_close_matches(name, [*own, *fields, *ft_fields], n=2)
             hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
-            raise TypeError(f"transfer() got an unexpected keyword argument {name!r}{hint}: its "
-                            f"settings are TransferConfig's fields ({', '.join(sorted(fields))})")
+            raise ArgumentKindError(f"transfer() got an unexpected keyword argument {name!r}{hint}: its "
+                                    f"settings are TransferConfig's fields "
+                                    f"({', '.join(sorted(fields))})")  # fmt: skip
     return _plain_numbers(dataclasses.replace(cfg, **options))
 
 
