@@ -3,6 +3,8 @@ what the objects print as, and how pixel values are read."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -523,3 +525,23 @@ def test_unknown_keywords_and_a_bundle_folder_of_the_wrong_kind_are_cnnzoo_error
         "unknown TrainConfig fields: foo")
     assert _one_line_cnnzoo_error(lambda: cnnzoo.load_bundle(None), TypeError) == (
         "expected the bundle's folder (a str or Path), not NoneType")
+
+
+def test_a_transfer_result_prints_as_the_command_s_summary_line():
+    """A notebook cell ending in `result` printed the dataclass whole: the metrics dict with the
+    L2 search's rows of full-precision floats (about 1,500 characters for one features run).
+    It prints the line `cnnzoo transfer` ends with now, the time, the bundle and the folder."""
+    from cnnzoo.transfer import Bundle, TransferResult
+
+    net = cnnzoo.create_model("lenet5", num_classes=2, in_chans=1)
+    bundle = Bundle(net, "lenet5", ["bag", "coat"], Preprocessing.for_model(net),
+                    metrics={"val_acc": 0.96})
+    cv = [{"l2": 10.0 ** k, "cv_acc": 0.8, "cv_loss": 0.7168691303259249} for k in range(-4, 1)]
+    metrics = {"features": {"val_acc": 0.95, "val_balanced_acc": 0.9475, "cv": cv},
+               "finetune": {"val_acc": 0.96, "val_balanced_acc": 0.955}, "kept": "finetune",
+               "val_acc": 0.96, "val_balanced_acc": 0.955}
+    result = TransferResult(bundle, Path("runs/parts"), metrics, {"load": 0.75, "head": 8.3})
+    assert repr(result) == (
+        "TransferResult(validation accuracy features 0.950 (balanced 0.948), finetune 0.960 "
+        "(balanced 0.955); kept finetune; 9.1 s; bundle=Bundle(lenet5, 2 classes (bag, coat), "
+        "32 px, val_acc 0.960), out_dir='runs/parts')")

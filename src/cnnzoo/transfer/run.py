@@ -138,6 +138,22 @@ class TransferResult:
     history: list[dict[str, Any]] = field(default_factory=list, repr=False)
     val_probabilities: Tensor | None = field(default=None, repr=False)
 
+    def __repr__(self) -> str:
+        # The command's summary line, not the dataclass's: that printed the metrics dict whole,
+        # the L2 search's nine rows of full-precision floats included (1,500 characters).
+        out = f", out_dir={str(self.out_dir)!r}" if self.out_dir is not None else ""
+        return (f"TransferResult({validation_summary(self.metrics)}; "
+                f"{sum(self.timings.values()):.1f} s; bundle={self.bundle!r}{out})")
+
+
+def validation_summary(metrics: dict[str, Any]) -> str:
+    """'validation accuracy features 0.950 (balanced 0.950), finetune 0.960 (balanced 0.958);
+    kept finetune': what `cnnzoo transfer` ends with and a `TransferResult` prints as."""
+    stages = ", ".join(f"{s} {metrics[s]['val_acc']:.3f} (balanced "
+                       f"{metrics[s]['val_balanced_acc']:.3f})"
+                       for s in ("features", "finetune") if s in metrics)  # fmt: skip
+    return f"validation accuracy {stages}; kept {metrics.get('kept')}"
+
 
 def load_backbone(name: str, weights: Any, *, img_size: int | None = None,
                   model_kwargs: dict[str, Any] | None = None) -> tuple[nn.Module, Preprocessing, str]:  # fmt: skip
