@@ -545,3 +545,27 @@ def test_a_transfer_result_prints_as_the_command_s_summary_line():
         "TransferResult(validation accuracy features 0.950 (balanced 0.948), finetune 0.960 "
         "(balanced 0.955); kept finetune; 9.1 s; bundle=Bundle(lenet5, 2 classes (bag, coat), "
         "32 px, val_acc 0.960), out_dir='runs/parts')")
+
+
+def test_a_transfer_result_holds_the_per_class_numbers_the_command_prints(capsys):
+    """transfer(..., out=None) from a notebook printed no per-class table and kept no confusion
+    matrix: precision and recall per class, which `cnnzoo transfer` prints, were nowhere in the
+    result. result.accumulator has them, as FitResult's and Bundle.evaluate's do."""
+    from cnnzoo.data import Splits, load_fashion_mnist
+
+    data = load_fashion_mnist("test").subset(per_class=6, classes=["bag", "coat", "dress"],
+                                             seed=1)
+    train, val = data.split(0.5, seed=0)
+    res = cnnzoo.transfer(Splits(train, val), model="resnet18", weights=None, mode="features",
+                          img_size=32, fit="resize", views=1, use_cache=False, progress=False,
+                          l2=0.1)  # a fixed L2: no cross-validation, a second less
+    predicted = res.val_probabilities.argmax(1)
+    by_hand = torch.zeros(3, 3, dtype=torch.int64)
+    for true, guess in zip(val.labels.tolist(), predicted.tolist(), strict=True):
+        by_hand[true, guess] += 1
+    assert torch.equal(res.accumulator.confusion.long(), by_hand)
+    recall = [by_hand[k, k].item() / by_hand[k].sum().item() for k in range(3)]
+    assert res.accumulator.per_class()["recall"] == pytest.approx(recall)
+    assert res.accumulator.balanced()["balanced_acc"] == pytest.approx(
+        res.metrics["val_balanced_acc"]) == pytest.approx(sum(recall) / 3)
+    assert "accumulator" not in repr(res)

@@ -42,7 +42,12 @@ from torch import Tensor, nn
 from ..data.augment import AUGMENTATIONS
 from ..data.dataset import Splits
 from ..engine.checkpoint import caller_rng_kept
-from ..engine.task import check_class_weight, class_weights, class_weights_line
+from ..engine.task import (
+    ClassificationAccumulator,
+    check_class_weight,
+    class_weights,
+    class_weights_line,
+)
 from ..errors import ArgumentKindError, DataError, UsageError
 from ..limits import MAX_SEED
 from ..models.base import is_whole
@@ -128,7 +133,9 @@ class TransferResult:
     macro F1) and the kept one's at the top level ('kept', 'val_acc', ...); timings: seconds per
     step; features_computed: feature vectors computed (the others came from the cache);
     history: fine-tuning's epoch records ('phase' 'head' or 'full'); val_probabilities: the kept
-    model's validation probabilities (N, K)."""
+    model's validation probabilities (N, K); accumulator: their engine accumulator, as
+    `FitResult`'s and `Bundle.evaluate`'s (`.confusion`, rows the true class; `.per_class()`:
+    the precision and recall the per-class table prints; `.balanced()`)."""
 
     bundle: Bundle
     out_dir: Path | None
@@ -137,6 +144,9 @@ class TransferResult:
     features_computed: int = 0
     history: list[dict[str, Any]] = field(default_factory=list, repr=False)
     val_probabilities: Tensor | None = field(default=None, repr=False)
+    # With out=None nothing printed the per-class table or wrote the confusion matrix: here
+    # they are, for every run.
+    accumulator: ClassificationAccumulator | None = field(default=None, repr=False)
 
     def __repr__(self) -> str:
         # The command's summary line, not the dataclass's: that printed the metrics dict whole,
@@ -839,4 +849,5 @@ def transfer(
             say(line)
         for line in table:
             (show or say)(line)
-    return TransferResult(bundle, out_dir, metrics, timings, computed, history, final_probs)
+    return TransferResult(bundle, out_dir, metrics, timings, computed, history, final_probs,
+                          accumulate(final_probs, labels, len(splits.class_names)))
