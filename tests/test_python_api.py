@@ -569,3 +569,28 @@ def test_a_transfer_result_holds_the_per_class_numbers_the_command_prints(capsys
     assert res.accumulator.balanced()["balanced_acc"] == pytest.approx(
         res.metrics["val_balanced_acc"]) == pytest.approx(sum(recall) / 3)
     assert "accumulator" not in repr(res)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(crop=0), "crop must be a whole number >= 1, not 0"),
+    (dict(crop=2.5), "crop must be a whole number >= 1, not 2.5"),
+    (dict(val_fraction=3), "val_fraction must lie strictly between 0 and 1, not 3"),
+    (dict(w0=-1), "w0 must be a number >= 0, not -1"),
+    (dict(sigma=0), "sigma must be a border width in pixels > 0, not 0"),
+    (dict(elastic=-1), "elastic must be a number >= 0, not -1"),
+    (dict(jitter=1.5), "jitter must lie in [0, 1) (0: off), not 1.5"),
+    (dict(cells=0), "cells must be a whole number >= 1 (None: 200), not 0"),
+    (dict(count_instances="yes"), "count_instances must be True, False or None (when there are "
+                                  "two classes), not 'yes'"),
+])
+def test_the_unet_train_refuses_settings_the_command_line_refuses_before_the_data(
+        kwargs, message, capsys):
+    """The U-Net's train() from Python took crop=0 (a run on a snapped tile), val_fraction=3,
+    a negative w0 or elastic and count_instances='yes' without a word, and sigma=0 made the
+    border weights infinite (a divide-by-zero warning, then a NaN loss). Each is now one
+    UsageError line before anything is loaded or printed."""
+    from cnnzoo.segmentation.training import train
+
+    assert _one_line_cnnzoo_error(lambda: train("cells", loss="weighted_ce", **kwargs),
+                                  ValueError) == message
+    assert capsys.readouterr().err == ""
