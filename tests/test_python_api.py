@@ -594,3 +594,20 @@ def test_the_unet_train_refuses_settings_the_command_line_refuses_before_the_dat
     assert _one_line_cnnzoo_error(lambda: train("cells", loss="weighted_ce", **kwargs),
                                   ValueError) == message
     assert capsys.readouterr().err == ""
+
+
+def test_predictions_print_each_image_s_answer_not_the_whole_tensor():
+    """A notebook cell ending in bundle.predict(files) printed the named tuple whole: every
+    predicted name and the (N, K) tensor in exponent notation, thousands of lines for a
+    folder. It prints the first 8 answers with their probabilities, and the shapes."""
+    from cnnzoo.transfer import Predictions
+
+    names = ["bag", "coat", "T-Shirt, kurz"]
+    probs = torch.tensor([[0.9, 0.05, 0.05], [0.3, 0.6, 0.1], [0.1, 0.2, 0.7]])
+    assert repr(Predictions(["bag", "coat", "T-Shirt, kurz"], probs, names)) == (
+        "Predictions(3 images: bag 0.90, coat 0.60, 'T-Shirt, kurz' 0.70; probabilities (3, 3) "
+        "over 3 classes (bag, coat, 'T-Shirt, kurz'))")
+    many = Predictions(["bag"] * 10, probs[:1].repeat(10, 1), names)
+    assert repr(many) == ("Predictions(10 images: " + ", ".join(["bag 0.90"] * 8) + ", ...; "
+                          "probabilities (10, 3) over 3 classes (bag, coat, 'T-Shirt, kurz'))")
+    assert many.classes == ["bag"] * 10 and many[1] is many.probabilities  # still the tuple

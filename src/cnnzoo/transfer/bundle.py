@@ -47,7 +47,7 @@ from ..paths import (
     usual_permissions,
     utf8_path,
 )
-from ..text import plural, some
+from ..text import listed, plural, some
 from ..weights import Preprocessing
 from ..weights.adapt import fitted_model, warn_non_finite
 from ..weights.files import BUNDLE_FORMAT as FORMAT
@@ -79,6 +79,18 @@ class Predictions(NamedTuple):
     classes: list[str]
     probabilities: Tensor
     class_names: list[str]
+
+    def __repr__(self) -> str:
+        # The named tuple's own printed every class name and the whole (N, K) tensor in
+        # exponent notation: a notebook cell ending in bundle.predict(files) ran to thousands of
+        # lines for a folder. Each image's answer and probability instead, the first 8.
+        n = len(self.classes)
+        top = self.probabilities.max(1).values.tolist() if n else []
+        answers = [f"{listed(c)} {p:.2f}" for c, p in zip(self.classes[:8], top, strict=False)]
+        return (f"Predictions({plural(n, 'image')}" + (": " + ", ".join(answers) if n else "")
+                + (", ..." if n > 8 else "") + f"; probabilities {tuple(self.probabilities.shape)}"
+                f" over {plural(len(self.class_names), 'class', 'classes')} "
+                f"({some(self.class_names, 8)}))")
 
 
 class Evaluation(NamedTuple):
