@@ -611,3 +611,13 @@ def test_predictions_print_each_image_s_answer_not_the_whole_tensor():
     assert repr(many) == ("Predictions(10 images: " + ", ".join(["bag 0.90"] * 8) + ", ...; "
                           "probabilities (10, 3) over 3 classes (bag, coat, 'T-Shirt, kurz'))")
     assert many.classes == ["bag"] * 10 and many[1] is many.probabilities  # still the tuple
+
+
+def test_list_models_names_the_tasks_instead_of_listing_nothing_for_a_misspelt_one():
+    """list_models(task='segmentaton') returned [] without a word, as if the zoo had no such
+    model, and its docstring did not name the parameter; now a misspelt task is one line that
+    names the two there are."""
+    assert cnnzoo.list_models(task="segmentation") == ["unet"]
+    assert "resnet18" in cnnzoo.list_models("res*", task="classification")
+    assert _one_line_cnnzoo_error(lambda: cnnzoo.list_models(task="segmentaton"), ValueError) == (
+        "task must be one of classification, segmentation (None: all), not 'segmentaton'")

