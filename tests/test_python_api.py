@@ -621,3 +621,18 @@ def test_list_models_names_the_tasks_instead_of_listing_nothing_for_a_misspelt_o
     assert "resnet18" in cnnzoo.list_models("res*", task="classification")
     assert _one_line_cnnzoo_error(lambda: cnnzoo.list_models(task="segmentaton"), ValueError) == (
         "task must be one of classification, segmentation (None: all), not 'segmentaton'")
+
+
+@pytest.mark.parametrize("name", ["create_model", "get_config", "list_models", "load_bundle",
+                                  "transfer"])
+def test_help_of_each_top_level_function_names_every_parameter(name):
+    """help(cnnzoo.create_model) said nothing of its **kwargs (the model's options, the way to
+    build resnet20 without shortcuts), nor help(cnnzoo.transfer) of model_kwargs or
+    help(cnnzoo.list_models) of task: a notebook user reads the signature's names in the
+    docstring, so each must be there."""
+    import inspect
+
+    function = getattr(cnnzoo, name)
+    doc = inspect.getdoc(function.__call__ if name == "transfer" else function)
+    for parameter in inspect.signature(function).parameters:
+        assert parameter in doc, (name, parameter)

