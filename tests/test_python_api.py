@@ -636,3 +636,23 @@ def test_help_of_each_top_level_function_names_every_parameter(name):
     doc = inspect.getdoc(function.__call__ if name == "transfer" else function)
     for parameter in inspect.signature(function).parameters:
         assert parameter in doc, (name, parameter)
+
+
+def test_every_public_class_and_function_has_its_own_docstring():
+    """help(cnnzoo.weights.Prediction), what decode_predictions returns, showed the named
+    tuple's generated 'Prediction(index, name, probability)' and nothing of what index is or
+    how it unpacks as Keras's tuples do. Every class and function in the public modules'
+    __all__ has a docstring of its own now (type aliases such as BatchTransform have none to
+    give)."""
+    import importlib
+    import inspect
+
+    for module_name in ("cnnzoo", "cnnzoo.models", "cnnzoo.transfer", "cnnzoo.weights",
+                        "cnnzoo.data", "cnnzoo.data.augment"):
+        module = importlib.import_module(module_name)
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+                continue
+            doc = inspect.getdoc(obj) or ""
+            assert doc and not doc.startswith(f"{name}("), f"{module_name}.{name}"
