@@ -656,3 +656,27 @@ def test_every_public_class_and_function_has_its_own_docstring():
                 continue
             doc = inspect.getdoc(obj) or ""
             assert doc and not doc.startswith(f"{name}("), f"{module_name}.{name}"
+
+
+def test_a_numpy_batch_without_channels_last_is_refused_with_advice_that_fits_a_batch():
+    """Keras's Fashion-MNIST x_test is (N, 28, 28) uint8. Given to bundle.predict, (3, 28, 28)
+    was read as one image and the error advised x.transpose(1, 2, 0), which makes the three
+    grey images one RGB picture (one answer for three images); an (N, 1, 28, 28) array was
+    taken apart into images and each refused with that same advice. Now the error says how to
+    pass each as a batch, and the advice works: x[..., None] gives the answers of the images
+    one by one."""
+    from cnnzoo.transfer import Bundle
+
+    net = cnnzoo.create_model("lenet5", num_classes=2, in_chans=1).eval()
+    bundle = Bundle(net, "lenet5", ["bag", "coat"], Preprocessing.for_model(net), fit="resize",
+                    views=1)
+    x = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    text = _one_line_cnnzoo_error(lambda: bundle.predict(x), ValueError)
+    assert text == ("expected an image array (H, W) or (H, W, C), or a batch (N, H, W, C), not "
+                    "(3, 28, 28): for 3 grey images pass x[..., None], (N, H, W, 1); for one "
+                    "(C, H, W) image, x.transpose(1, 2, 0)")
+    one_by_one = torch.cat([bundle.predict(image).probabilities for image in x])
+    assert torch.equal(bundle.predict(x[..., None]).probabilities, one_by_one)
+    text = _one_line_cnnzoo_error(lambda: bundle.predict(x[:, None]), ValueError)
+    assert text.endswith("for a (N, C, H, W) batch pass x.transpose(0, 2, 3, 1), or "
+                         "torch.from_numpy(x)")

@@ -165,6 +165,19 @@ def _images(images: Iterable[Any] | Any) -> Iterable[Any]:
     not a sequence to iterate: a path would otherwise be taken apart into its characters (a
     load_images("a.png") read "a" as a file), a (C, H, W) tensor into its channels, an
     (H, W, C) array into its rows."""
+    if isinstance(images, np.ndarray) and images.ndim in (3, 4) and images.shape[-1] > 4:
+        # No channels last: a batch of grey images (Keras's x_test of Fashion-MNIST is
+        # (10000, 28, 28)) or channels first. Each image's own error advised a transpose that
+        # made Keras's x_test one 10000-channel image, or a (3, 28, 28) stack one RGB image.
+        shape = images.shape
+        if images.ndim == 3:
+            hint = f"for {shape[0]} grey images pass x[..., None], (N, H, W, 1)"
+            if shape[0] in (1, 3, 4):
+                hint += "; for one (C, H, W) image, x.transpose(1, 2, 0)"
+        else:
+            hint = "for a (N, C, H, W) batch pass x.transpose(0, 2, 3, 1), or torch.from_numpy(x)"
+        raise ImageError(f"expected an image array (H, W) or (H, W, C), or a batch "
+                         f"(N, H, W, C), not {shape}: {hint}")  # fmt: skip
     if isinstance(images, np.ndarray) and images.ndim == 4:  # (N, H, W, C): its images
         return list(images)
     if isinstance(images, Tensor):
