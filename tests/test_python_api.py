@@ -506,6 +506,9 @@ def test_the_data_layer_s_bad_arguments_are_one_line_cnnzoo_errors():
     assert _one_line_cnnzoo_error(lambda: ImageSpec(channels=2), ValueError) == (
         "ImageSpec: channels must be 1 or 3, not 2")
     _one_line_cnnzoo_error(lambda: ImageSpec(size=32, method="center"), ValueError)
+    # A net of 2 input channels: no image file decodes to that (the same kind of mistake).
+    two = Preprocessing.for_model(cnnzoo.create_model("lenet5", in_chans=2))
+    _one_line_cnnzoo_error(lambda: two(np.zeros((32, 32), np.uint8)), ValueError)
     assert data.with_channels(3).channels == 3 and ImageSpec(32, 1, "crop").channels == 1
 
 
