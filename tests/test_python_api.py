@@ -422,7 +422,7 @@ def test_the_library_s_training_functions_write_nothing_to_stdout_by_default(
     assert out == "" and err.startswith("fine-tune 1/1: the new head alone")
 
 
-def test_the_finetune_submodule_is_the_module_and_runs_as_its_function():
+def test_the_finetune_submodule_is_the_module_and_runs_as_its_function(monkeypatch):
     """cnnzoo.transfer re-exported the function finetune under its submodule's name, which
     hid the module: `import cnnzoo.transfer.finetune as ft` gave the function, so
     `ft.FinetuneConfig` (and `cnnzoo.transfer.finetune.default_sam`) was an AttributeError.
@@ -442,6 +442,9 @@ def test_the_finetune_submodule_is_the_module_and_runs_as_its_function():
     with pytest.raises(TypeError, match=r"finetune\(\) missing 4 required positional"):
         finetune()
     assert callable(cnnzoo.transfer) and inspect.signature(cnnzoo.transfer).parameters["data"]
+    # The call looks the function up when it is made: patching it patches the call.
+    monkeypatch.setattr(ft, "finetune", lambda *args, **kwargs: ("patched", args))
+    assert finetune(1, 2) == ("patched", (1, 2))
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

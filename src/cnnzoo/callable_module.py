@@ -19,10 +19,16 @@ def make_callable(module_name: str, function: Callable[..., Any]) -> None:
     for the call (what a notebook's Shift+Tab, `inspect.signature` and `help(module.__call__)`
     show); `help(module)` still shows the module."""
 
+    name = function.__name__
+
     def __call__(self: types.ModuleType, *args: Any, **kwargs: Any) -> Any:
-        return function(*args, **kwargs)
+        # Looked up at each call, as a module's functions call each other: a test (or a user)
+        # that patches module.transfer patches the call too.
+        return getattr(self, name)(*args, **kwargs)
 
     __call__.__doc__ = function.__doc__
     module = sys.modules[module_name]
+    if getattr(module, name, None) is not function:
+        raise AssertionError(f"{module_name}.{name} is not the function to call")
     module.__class__ = type("CallableModule", (types.ModuleType,), {"__call__": __call__})
     module.__signature__ = inspect.signature(function)  # type: ignore[attr-defined]
