@@ -468,6 +468,11 @@ def test_data_options_refuse_what_the_command_line_refuses_when_they_are_built(k
     assert _one_line_cnnzoo_error(lambda: DataOptions("digits", **kwargs), ValueError) == message
     DataOptions("digits", batch_size=8, img_size=32, val_fraction=0.5, channels=1, augment="crop",
                 erase=0.5, progressive=(20, 2))  # the documented values pass
+    # and numpy's numbers, as TrainConfig takes them (a grid search's np.int64 batch size)
+    opts = DataOptions("digits", batch_size=np.int64(8), img_size=np.int32(32),
+                       val_fraction=np.float32(0.5), erase=np.float64(0.5))
+    assert (opts.batch_size, opts.img_size, opts.val_fraction) == (8, 32, 0.5)
+    assert type(opts.batch_size) is int and type(opts.val_fraction) is float  # for its JSON
 
 
 def test_a_label_smoothing_outside_0_1_is_refused_before_the_data_load(tmp_path, capsys):
@@ -580,6 +585,7 @@ def test_a_transfer_result_holds_the_per_class_numbers_the_command_prints(capsys
 @pytest.mark.parametrize(("kwargs", "message"), [
     (dict(crop=0), "crop must be a whole number >= 1, not 0"),
     (dict(crop=2.5), "crop must be a whole number >= 1, not 2.5"),
+    (dict(crop=np.int64(0)), "crop must be a whole number >= 1, not np.int64(0)"),  # numpy's too
     (dict(val_fraction=3), "val_fraction must lie strictly between 0 and 1, not 3"),
     (dict(w0=-1), "w0 must be a number >= 0, not -1"),
     (dict(sigma=0), "sigma must be a border width in pixels > 0, not 0"),

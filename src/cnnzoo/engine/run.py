@@ -82,6 +82,13 @@ class DataOptions:
         problem = _data_options_problem(self)
         if problem:
             raise UsageError(f"DataOptions: {problem}")
+        # numpy's numbers as Python's: they go into the run's JSON records.
+        for name in ("img_size", "batch_size"):
+            if getattr(self, name) is not None:
+                setattr(self, name, int(getattr(self, name)))
+        self.val_fraction, self.erase = float(self.val_fraction), float(self.erase)
+        if self.progressive is not None:
+            self.progressive = (int(self.progressive[0]), int(self.progressive[1]))
 
 
 def _data_options_problem(opts: DataOptions) -> str | None:
@@ -89,29 +96,26 @@ def _data_options_problem(opts: DataOptions) -> str | None:
     ranges)."""
     from ..data.augment import AUGMENTATIONS
     from ..limits import MAX_INPUT_SIZE
-    from ..models.base import is_whole
-
-    def real(value: object) -> bool:
-        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    from ..models.base import is_integral, is_real
 
     for name in ("img_size", "batch_size"):
         value = getattr(opts, name)
-        if value is not None and not is_whole(value):
+        if value is not None and not is_integral(value):
             return f"{name} must be a whole number >= 1 (None: the default), not {value!r}"
     if opts.img_size is not None and opts.img_size > MAX_INPUT_SIZE:
         return f"img_size must be at most {MAX_INPUT_SIZE}, not {opts.img_size!r}"
     if opts.augment is not None and opts.augment not in AUGMENTATIONS:
         return (f"augment must be one of {', '.join(AUGMENTATIONS)} (None: the data's default), "
                 f"not {opts.augment!r}")
-    if not (real(opts.val_fraction) and 0 < opts.val_fraction < 1):
+    if not (is_real(opts.val_fraction) and 0 < opts.val_fraction < 1):
         return f"val_fraction must lie strictly between 0 and 1, not {opts.val_fraction!r}"
     if opts.channels not in (None, 1, 3) or isinstance(opts.channels, bool):
         return f"channels must be 1, 3 or None (the data's own), not {opts.channels!r}"
-    if not (real(opts.erase) and 0 <= opts.erase <= 1):
+    if not (is_real(opts.erase) and 0 <= opts.erase <= 1):
         return f"erase is a probability in [0, 1], not {opts.erase!r}"
     if opts.progressive is not None and not (
             isinstance(opts.progressive, tuple | list) and len(opts.progressive) == 2
-            and all(is_whole(v) for v in opts.progressive)):  # fmt: skip
+            and all(is_integral(v) for v in opts.progressive)):  # fmt: skip
         return f"progressive must be (size, epochs), two whole numbers >= 1, not {opts.progressive!r}"
     if not isinstance(opts.hold_out_test, bool):
         return f"hold_out_test must be True or False, not {opts.hold_out_test!r}"

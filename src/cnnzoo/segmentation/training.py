@@ -162,29 +162,22 @@ def _check_settings(*, crop: Any, batch_size: Any, val_fraction: Any, cells: Any
     `jitter`, which it does not have, one that cannot be a jitter), before the data load: from
     Python crop=0 or -5 trained on a snapped tile, val_fraction=3 and a negative w0 or elastic
     were taken without a word, and sigma=0 made the border weights infinite."""
-    import numbers
-
     # numpy's numbers too (crop=np.int64(64) from np.arange), as they were taken before.
-    def real(value: object) -> bool:
-        return (isinstance(value, numbers.Real) and not isinstance(value, bool)
-                and math.isfinite(value))  # fmt: skip
-
-    def is_whole(value: object) -> bool:
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+    from ..models.base import is_integral, is_real
 
     for name, value in (("crop", crop), ("batch_size", batch_size)):
-        if not is_whole(value):
+        if not is_integral(value):
             raise UsageError(f"{name} must be a whole number >= 1, not {value!r}")
-    if cells is not None and not is_whole(cells):
+    if cells is not None and not is_integral(cells):
         raise UsageError(f"cells must be a whole number >= 1 (None: 200), not {cells!r}")
-    if not (real(val_fraction) and 0 < val_fraction < 1):
+    if not (is_real(val_fraction) and 0 < val_fraction < 1):
         raise UsageError(f"val_fraction must lie strictly between 0 and 1, not {val_fraction!r}")
     for name, value in (("elastic", elastic), ("w0", w0)):
-        if not (real(value) and value >= 0):
+        if not (is_real(value) and value >= 0):
             raise UsageError(f"{name} must be a number >= 0, not {value!r}")
-    if not (real(sigma) and sigma > 0):
+    if not (is_real(sigma) and sigma > 0):
         raise UsageError(f"sigma must be a border width in pixels > 0, not {sigma!r}")
-    if not (real(jitter) and 0 <= jitter < 1):
+    if not (is_real(jitter) and 0 <= jitter < 1):
         raise UsageError(f"jitter must lie in [0, 1) (0: off), not {jitter!r}")
     if count_instances is not None and not isinstance(count_instances, bool):
         raise UsageError(f"count_instances must be True, False or None (when there are two "
