@@ -561,15 +561,17 @@ def test_a_transfer_result_prints_as_the_command_s_summary_line():
 def test_a_transfer_result_holds_the_per_class_numbers_the_command_prints(capsys):
     """transfer(..., out=None) from a notebook printed no per-class table and kept no confusion
     matrix: precision and recall per class, which `cnnzoo transfer` prints, were nowhere in the
-    result. result.accumulator has them, as FitResult's and Bundle.evaluate's do."""
+    result. result.accumulator has them, as FitResult's and Bundle.evaluate's do, and the
+    table is shown (`show`) whether or not a report is written."""
     from cnnzoo.data import Splits, load_fashion_mnist
 
     data = load_fashion_mnist("test").subset(per_class=6, classes=["bag", "coat", "dress"],
                                              seed=1)
     train, val = data.split(0.5, seed=0)
+    shown: list[str] = []
     res = cnnzoo.transfer(Splits(train, val), model="resnet18", weights=None, mode="features",
                           img_size=32, fit="resize", views=1, use_cache=False, progress=False,
-                          l2=0.1)  # a fixed L2: no cross-validation, a second less
+                          l2=0.1, show=shown.append)  # a fixed L2: no cross-validation
     predicted = res.val_probabilities.argmax(1)
     by_hand = torch.zeros(3, 3, dtype=torch.int64)
     for true, guess in zip(val.labels.tolist(), predicted.tolist(), strict=True):
@@ -580,6 +582,10 @@ def test_a_transfer_result_holds_the_per_class_numbers_the_command_prints(capsys
     assert res.accumulator.balanced()["balanced_acc"] == pytest.approx(
         res.metrics["val_balanced_acc"]) == pytest.approx(sum(recall) / 3)
     assert "accumulator" not in repr(res)
+    # and the table the command prints is shown, though nothing is written
+    assert shown[0].split() == ["class", "precision", "recall", "support"]
+    rows = {line.split()[0]: line.split() for line in shown[1:4]}
+    assert [rows[name][2] for name in val.class_names] == [f"{r:.3f}" for r in recall]
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

@@ -65,7 +65,7 @@ from .features import (
 )
 from .finetune import FinetuneConfig, finetune
 from .heads import HeadFit, MLPHead, fit_logistic, fit_mlp, head_probabilities, install_head
-from .report import REPORT_FILES, accumulate, write_report
+from .report import REPORT_FILES, accumulate, per_class_table, write_report
 
 MODES = ("features", "finetune", "both")
 # Everything a run writes into its output folder; a new run there replaces all of it.
@@ -828,6 +828,7 @@ def transfer(
     summary.get("features", {}).pop("cv", None)  # the full table is in the report's metrics.json
     bundle = Bundle(net, model, list(splits.class_names), pre, fit_used, cfg.views, head_info,
                     summary, extra, precision=cfg.precision)
+    accumulator = accumulate(final_probs, labels, len(splits.class_names))
     if out_dir is not None:
         t = time.perf_counter()
         # The old run's report goes only now: a fine-tuning that fails (a resume on other data,
@@ -848,7 +849,9 @@ def transfer(
             f"{shlex.quote(str(path))}`)")
         for line in notes:
             say(line)
-        for line in table:
-            (show or say)(line)
+    else:  # nothing written, but the table is a result all the same (none was shown)
+        table = per_class_table(accumulator, list(splits.class_names))
+    for line in table:
+        (show or say)(line)
     return TransferResult(bundle, out_dir, metrics, timings, computed, history, final_probs,
-                          accumulate(final_probs, labels, len(splits.class_names)))
+                          accumulator)
