@@ -3,6 +3,8 @@ what the objects print as, and how pixel values are read."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -382,3 +384,317 @@ def test_a_frozen_model_and_class_weights_of_another_length_are_cnnzoo_errors():
                                                   config=cfg).fit(), ValueError)
     assert text.startswith("no trainable parameters: every parameter is frozen")
     _one_line_cnnzoo_error(lambda: ClassificationTask(3, class_weights=[1.0, 2.0]), ValueError)
+
+
+def test_the_library_s_training_functions_write_nothing_to_stdout_by_default(
+        two_class_folder, capsys):
+    """train_classifier, the U-Net's train and fine-tuning's finetune defaulted to say=print:
+    called from a notebook or a script, every data, precision and epoch line (and the per-class
+    table) went to stdout, among the caller's own output, while transfer() and Trainer.fit send
+    theirs to stderr. Now they all do: stdout stays the caller's."""
+    from cnnzoo.data import Splits, load_dataset
+    from cnnzoo.engine.loop import TrainConfig
+    from cnnzoo.engine.run import DataOptions, train_classifier
+    from cnnzoo.segmentation.training import train
+    from cnnzoo.transfer import FinetuneConfig
+    from cnnzoo.transfer.finetune import finetune as run_finetune
+
+    quick = dict(precision="fp32", channels_last="off", progress=False, tensorboard=False,
+                 report=False)
+    data = two_class_folder(8)
+    train_classifier("lenet5", DataOptions(str(data)), TrainConfig(epochs=1, **quick),
+                     out_dir=None)
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("data: ") and "epoch 1/1" in err
+
+    train("cells", cells=4, crop=32, batch_size=2, base_width=4, config=TrainConfig(
+        epochs=1, **quick))
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("data: cells") and "epoch 1/1" in err
+
+    splits = load_dataset(str(data), progress=False)
+    net = cnnzoo.create_model("resnet18", num_classes=2)  # the folder loads as RGB
+    pre = Preprocessing(32, 32, "bilinear", (0.5,) * 3, (0.5,) * 3, 3, fit="resize")
+    run_finetune(net, Splits(splits.train, splits.val), pre, FinetuneConfig(
+        head_epochs=1, epochs=0, batch_size=8, progress=False, precision="fp32",
+        channels_last="off"), out_dir=None)
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("fine-tune 1/1: the new head alone")
+
+
+def test_the_finetune_submodule_is_the_module_and_runs_as_its_function(monkeypatch):
+    """cnnzoo.transfer re-exported the function finetune under its submodule's name, which
+    hid the module: `import cnnzoo.transfer.finetune as ft` gave the function, so
+    `ft.FinetuneConfig` (and `cnnzoo.transfer.finetune.default_sam`) was an AttributeError.
+    The module is now callable as the function: both spellings work."""
+    import importlib
+    import inspect
+    import types
+
+    import cnnzoo.transfer.finetune as ft
+    from cnnzoo.transfer import FinetuneConfig, finetune
+
+    module = importlib.import_module("cnnzoo.transfer.finetune")
+    assert ft is module and finetune is module and isinstance(ft, types.ModuleType)
+    assert ft.FinetuneConfig is FinetuneConfig and cnnzoo.transfer.finetune.default_sam(3, 1) == 0.05
+    # Called, it is the function: its parameters, its own errors.
+    assert list(inspect.signature(finetune).parameters)[:4] == ["model", "splits", "pre", "cfg"]
+    with pytest.raises(TypeError, match=r"finetune\(\) missing 4 required positional"):
+        finetune()
+    assert callable(cnnzoo.transfer) and inspect.signature(cnnzoo.transfer).parameters["data"]
+    # The call looks the function up when it is made: patching it patches the call.
+    monkeypatch.setattr(ft, "finetune", lambda *args, **kwargs: ("patched", args))
+    assert finetune(1, 2) == ("patched", (1, 2))
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(batch_size=0), "DataOptions: batch_size must be a whole number >= 1 (None: the default), not 0"),
+    (dict(img_size=32.5), "DataOptions: img_size must be a whole number >= 1 (None: the default), not 32.5"),
+    (dict(val_fraction=2), "DataOptions: val_fraction must lie strictly between 0 and 1, not 2"),
+    (dict(channels=2), "DataOptions: channels must be 1, 3 or None (the data's own), not 2"),
+    (dict(augment="flip"), "DataOptions: augment must be one of none, flip-crop, crop, photo "
+                           "(None: the data's default), not 'flip'"),
+    (dict(erase=1.5), "DataOptions: erase is a probability in [0, 1], not 1.5"),
+    (dict(progressive=(20,)), "DataOptions: progressive must be (size, epochs), two whole "
+                              "numbers >= 1, not (20,)"),
+])
+def test_data_options_refuse_what_the_command_line_refuses_when_they_are_built(kwargs, message):
+    """train_classifier(..., DataOptions(...)) from a notebook: batch_size=0 was a
+    ZeroDivisionError, val_fraction=2 and channels=2 plain ValueErrors, each after the data
+    had loaded and the first lines were printed. DataOptions now refuses them when built, as
+    TrainConfig does, in one UsageError line."""
+    from cnnzoo.engine.run import DataOptions
+
+    assert _one_line_cnnzoo_error(lambda: DataOptions("digits", **kwargs), ValueError) == message
+    DataOptions("digits", batch_size=8, img_size=32, val_fraction=0.5, channels=1, augment="crop",
+                erase=0.5, progressive=(20, 2))  # the documented values pass
+    # and numpy's numbers, as TrainConfig takes them (a grid search's np.int64 batch size)
+    opts = DataOptions("digits", batch_size=np.int64(8), img_size=np.int32(32),
+                       val_fraction=np.float32(0.5), erase=np.float64(0.5))
+    assert (opts.batch_size, opts.img_size, opts.val_fraction) == (8, 32, 0.5)
+    assert type(opts.batch_size) is int and type(opts.val_fraction) is float  # for its JSON
+
+
+def test_a_label_smoothing_outside_0_1_is_refused_before_the_data_load(tmp_path, capsys):
+    """label_smoothing=2 was torch's RuntimeError at the first training step, after the data
+    load, the precision trial and the first lines; train_classifier and ClassificationTask
+    now refuse it in one line first."""
+    from cnnzoo.engine.loop import TrainConfig
+    from cnnzoo.engine.run import DataOptions, train_classifier
+    from cnnzoo.engine.task import ClassificationTask
+
+    text = _one_line_cnnzoo_error(lambda: train_classifier(
+        "lenet5", DataOptions(str(tmp_path / "none yet")), TrainConfig(epochs=1), out_dir=None,
+        label_smoothing=2), ValueError)
+    assert text == "label_smoothing must lie in [0, 1), not 2" and capsys.readouterr().err == ""
+    _one_line_cnnzoo_error(lambda: ClassificationTask(3, label_smoothing=-0.1), ValueError)
+
+
+def test_the_data_layer_s_bad_arguments_are_one_line_cnnzoo_errors():
+    """load_dataset(val_fraction=2), ImageDataset with a label past its class names,
+    subset(per_class=0), with_channels(2), load_image(channels=2) and PadCrop(mode='x') raised
+    plain ValueErrors, which a notebook's `except CnnzooError` let through; ImageSpec(channels=2)
+    or method='center' were taken and failed at the first image (or never, with size=None).
+    Each is now a one-line CnnzooError that is still a ValueError."""
+    from cnnzoo.data import ImageDataset, ImageSpec, load_dataset, load_image
+    from cnnzoo.data.augment import PadCrop
+
+    images = torch.zeros(4, 1, 8, 8, dtype=torch.uint8)
+    data = ImageDataset(images, torch.tensor([0, 1, 0, 1]), ["a", "b"])
+    assert _one_line_cnnzoo_error(lambda: load_dataset("digits", val_fraction=2), ValueError) == (
+        "val_fraction must lie strictly between 0 and 1, not 2")
+    assert _one_line_cnnzoo_error(lambda: ImageDataset(images, torch.tensor([0, 1, 0, 2]),
+                                                       ["a", "b"]), ValueError) == (
+        "labels must lie in [0, 2): one index per class name, not 0..2")
+    _one_line_cnnzoo_error(lambda: data.subset(per_class=0), ValueError)
+    assert _one_line_cnnzoo_error(lambda: data.with_channels(2), ValueError) == (
+        "channels must be 1 or 3, not 2")
+    _one_line_cnnzoo_error(lambda: load_image("any.png", channels=2), ValueError)
+    _one_line_cnnzoo_error(lambda: PadCrop(mode="x"), ValueError)
+    assert _one_line_cnnzoo_error(lambda: ImageSpec(channels=2), ValueError) == (
+        "ImageSpec: channels must be 1 or 3, not 2")
+    _one_line_cnnzoo_error(lambda: ImageSpec(size=32, method="center"), ValueError)
+    # A net of 2 input channels: no image file decodes to that (the same kind of mistake).
+    two = Preprocessing.for_model(cnnzoo.create_model("lenet5", in_chans=2))
+    _one_line_cnnzoo_error(lambda: two(np.zeros((32, 32), np.uint8)), ValueError)
+    assert data.with_channels(3).channels == 3 and ImageSpec(32, 1, "crop").channels == 1
+
+
+def test_unknown_keywords_and_a_bundle_folder_of_the_wrong_kind_are_cnnzoo_errors():
+    """transfer(data, epochs=3), transfer(data, foo=1), the U-Net's train(data, foo=1) and
+    load_bundle(None) raised plain TypeErrors, which `except CnnzooError` (the README's bad
+    input: 'an unknown model or option') let through. They are one-line CnnzooErrors now, and
+    still TypeErrors, as Python's own for an unknown keyword is."""
+    from cnnzoo.segmentation.training import train
+
+    text = _one_line_cnnzoo_error(lambda: cnnzoo.transfer("DATA", epochs=3), TypeError)
+    assert text == ("transfer(): 'epochs' is a fine-tuning setting: pass "
+                    "finetune=FinetuneConfig(epochs=...)")
+    text = _one_line_cnnzoo_error(lambda: cnnzoo.transfer("DATA", modle="x"), TypeError)
+    assert text.startswith("transfer() got an unexpected keyword argument 'modle' (did you mean")
+    assert _one_line_cnnzoo_error(lambda: train("cells", foo=1), TypeError) == (
+        "unknown TrainConfig fields: foo")
+    assert _one_line_cnnzoo_error(lambda: cnnzoo.load_bundle(None), TypeError) == (
+        "expected the bundle's folder (a str or Path), not NoneType")
+
+
+def test_a_transfer_result_prints_as_the_command_s_summary_line():
+    """A notebook cell ending in `result` printed the dataclass whole: the metrics dict with the
+    L2 search's rows of full-precision floats (about 1,500 characters for one features run).
+    It prints the line `cnnzoo transfer` ends with now, the time, the bundle and the folder."""
+    from cnnzoo.transfer import Bundle, TransferResult
+
+    net = cnnzoo.create_model("lenet5", num_classes=2, in_chans=1)
+    bundle = Bundle(net, "lenet5", ["bag", "coat"], Preprocessing.for_model(net),
+                    metrics={"val_acc": 0.96})
+    cv = [{"l2": 10.0 ** k, "cv_acc": 0.8, "cv_loss": 0.7168691303259249} for k in range(-4, 1)]
+    metrics = {"features": {"val_acc": 0.95, "val_balanced_acc": 0.9475, "cv": cv},
+               "finetune": {"val_acc": 0.96, "val_balanced_acc": 0.955}, "kept": "finetune",
+               "val_acc": 0.96, "val_balanced_acc": 0.955}
+    result = TransferResult(bundle, Path("runs/parts"), metrics, {"load": 0.75, "head": 8.3})
+    assert repr(result) == (
+        "TransferResult(validation accuracy features 0.950 (balanced 0.948), finetune 0.960 "
+        "(balanced 0.955); kept finetune; 9.1 s; bundle=Bundle(lenet5, 2 classes (bag, coat), "
+        "32 px, val_acc 0.960), out_dir='runs/parts')")
+
+
+def test_a_transfer_result_holds_the_per_class_numbers_the_command_prints(capsys):
+    """transfer(..., out=None) from a notebook printed no per-class table and kept no confusion
+    matrix: precision and recall per class, which `cnnzoo transfer` prints, were nowhere in the
+    result. result.accumulator has them, as FitResult's and Bundle.evaluate's do, and the
+    table is shown (`show`) whether or not a report is written."""
+    from cnnzoo.data import Splits, load_fashion_mnist
+
+    data = load_fashion_mnist("test").subset(per_class=6, classes=["bag", "coat", "dress"],
+                                             seed=1)
+    train, val = data.split(0.5, seed=0)
+    shown: list[str] = []
+    res = cnnzoo.transfer(Splits(train, val), model="resnet18", weights=None, mode="features",
+                          img_size=32, fit="resize", views=1, use_cache=False, progress=False,
+                          l2=0.1, show=shown.append)  # a fixed L2: no cross-validation
+    predicted = res.val_probabilities.argmax(1)
+    by_hand = torch.zeros(3, 3, dtype=torch.int64)
+    for true, guess in zip(val.labels.tolist(), predicted.tolist(), strict=True):
+        by_hand[true, guess] += 1
+    assert torch.equal(res.accumulator.confusion.long(), by_hand)
+    recall = [by_hand[k, k].item() / by_hand[k].sum().item() for k in range(3)]
+    assert res.accumulator.per_class()["recall"] == pytest.approx(recall)
+    assert res.accumulator.balanced()["balanced_acc"] == pytest.approx(
+        res.metrics["val_balanced_acc"]) == pytest.approx(sum(recall) / 3)
+    assert "accumulator" not in repr(res)
+    # and the table the command prints is shown, though nothing is written
+    assert shown[0].split() == ["class", "precision", "recall", "support"]
+    rows = {line.split()[0]: line.split() for line in shown[1:4]}
+    assert [rows[name][2] for name in val.class_names] == [f"{r:.3f}" for r in recall]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(crop=0), "crop must be a whole number >= 1, not 0"),
+    (dict(crop=2.5), "crop must be a whole number >= 1, not 2.5"),
+    (dict(crop=np.int64(0)), "crop must be a whole number >= 1, not np.int64(0)"),  # numpy's too
+    (dict(val_fraction=3), "val_fraction must lie strictly between 0 and 1, not 3"),
+    (dict(w0=-1), "w0 must be a number >= 0, not -1"),
+    (dict(sigma=0), "sigma must be a border width in pixels > 0, not 0"),
+    (dict(elastic=-1), "elastic must be a number >= 0, not -1"),
+    (dict(jitter=1.5), "jitter must lie in [0, 1) (0: off), not 1.5"),
+    (dict(cells=0), "cells must be a whole number >= 1 (None: 200), not 0"),
+    (dict(count_instances="yes"), "count_instances must be True, False or None (when there are "
+                                  "two classes), not 'yes'"),
+])
+def test_the_unet_train_refuses_settings_the_command_line_refuses_before_the_data(
+        kwargs, message, capsys):
+    """The U-Net's train() from Python took crop=0 (a run on a snapped tile), val_fraction=3,
+    a negative w0 or elastic and count_instances='yes' without a word, and sigma=0 made the
+    border weights infinite (a divide-by-zero warning, then a NaN loss). Each is now one
+    UsageError line before anything is loaded or printed."""
+    from cnnzoo.segmentation.training import train
+
+    assert _one_line_cnnzoo_error(lambda: train("cells", loss="weighted_ce", **kwargs),
+                                  ValueError) == message
+    assert capsys.readouterr().err == ""
+
+
+def test_predictions_print_each_image_s_answer_not_the_whole_tensor():
+    """A notebook cell ending in bundle.predict(files) printed the named tuple whole: every
+    predicted name and the (N, K) tensor in exponent notation, thousands of lines for a
+    folder. It prints the first 8 answers with their probabilities, and the shapes."""
+    from cnnzoo.transfer import Predictions
+
+    names = ["bag", "coat", "T-Shirt, kurz"]
+    probs = torch.tensor([[0.9, 0.05, 0.05], [0.3, 0.6, 0.1], [0.1, 0.2, 0.7]])
+    assert repr(Predictions(["bag", "coat", "T-Shirt, kurz"], probs, names)) == (
+        "Predictions(3 images: bag 0.90, coat 0.60, 'T-Shirt, kurz' 0.70; probabilities (3, 3) "
+        "over 3 classes (bag, coat, 'T-Shirt, kurz'))")
+    many = Predictions(["bag"] * 10, probs[:1].repeat(10, 1), names)
+    assert repr(many) == ("Predictions(10 images: " + ", ".join(["bag 0.90"] * 8) + ", ...; "
+                          "probabilities (10, 3) over 3 classes (bag, coat, 'T-Shirt, kurz'))")
+    assert many.classes == ["bag"] * 10 and many[1] is many.probabilities  # still the tuple
+
+
+def test_list_models_names_the_tasks_instead_of_listing_nothing_for_a_misspelt_one():
+    """list_models(task='segmentaton') returned [] without a word, as if the zoo had no such
+    model, and its docstring did not name the parameter; now a misspelt task is one line that
+    names the two there are."""
+    assert cnnzoo.list_models(task="segmentation") == ["unet"]
+    assert "resnet18" in cnnzoo.list_models("res*", task="classification")
+    assert _one_line_cnnzoo_error(lambda: cnnzoo.list_models(task="segmentaton"), ValueError) == (
+        "task must be one of classification, segmentation (None: all), not 'segmentaton'")
+
+
+@pytest.mark.parametrize("name", ["create_model", "get_config", "list_models", "load_bundle",
+                                  "transfer"])
+def test_help_of_each_top_level_function_names_every_parameter(name):
+    """help(cnnzoo.create_model) said nothing of its **kwargs (the model's options, the way to
+    build resnet20 without shortcuts), nor help(cnnzoo.transfer) of model_kwargs or
+    help(cnnzoo.list_models) of task: a notebook user reads the signature's names in the
+    docstring, so each must be there."""
+    import inspect
+
+    function = getattr(cnnzoo, name)
+    doc = inspect.getdoc(function.__call__ if name == "transfer" else function)
+    for parameter in inspect.signature(function).parameters:
+        assert parameter in doc, (name, parameter)
+
+
+def test_every_public_class_and_function_has_its_own_docstring():
+    """help(cnnzoo.weights.Prediction), what decode_predictions returns, showed the named
+    tuple's generated 'Prediction(index, name, probability)' and nothing of what index is or
+    how it unpacks as Keras's tuples do. Every class and function in the public modules'
+    __all__ has a docstring of its own now (type aliases such as BatchTransform have none to
+    give)."""
+    import importlib
+    import inspect
+
+    for module_name in ("cnnzoo", "cnnzoo.models", "cnnzoo.transfer", "cnnzoo.weights",
+                        "cnnzoo.data", "cnnzoo.data.augment"):
+        module = importlib.import_module(module_name)
+        for name in module.__all__:
+            obj = getattr(module, name)
+            if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+                continue
+            doc = inspect.getdoc(obj) or ""
+            assert doc and not doc.startswith(f"{name}("), f"{module_name}.{name}"
+
+
+def test_a_numpy_batch_without_channels_last_is_refused_with_advice_that_fits_a_batch():
+    """Keras's Fashion-MNIST x_test is (N, 28, 28) uint8. Given to bundle.predict, (3, 28, 28)
+    was read as one image and the error advised x.transpose(1, 2, 0), which makes the three
+    grey images one RGB picture (one answer for three images); an (N, 1, 28, 28) array was
+    taken apart into images and each refused with that same advice. Now the error says how to
+    pass each as a batch, and the advice works: x[..., None] gives the answers of the images
+    one by one."""
+    from cnnzoo.transfer import Bundle
+
+    net = cnnzoo.create_model("lenet5", num_classes=2, in_chans=1).eval()
+    bundle = Bundle(net, "lenet5", ["bag", "coat"], Preprocessing.for_model(net), fit="resize",
+                    views=1)
+    x = np.random.default_rng(0).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    text = _one_line_cnnzoo_error(lambda: bundle.predict(x), ValueError)
+    assert text == ("expected an image array (H, W) or (H, W, C), or a batch (N, H, W, C), not "
+                    "(3, 28, 28): for 3 grey images pass x[..., None], (N, H, W, 1); for one "
+                    "(C, H, W) image, x.transpose(1, 2, 0)")
+    one_by_one = torch.cat([bundle.predict(image).probabilities for image in x])
+    assert torch.equal(bundle.predict(x[..., None]).probabilities, one_by_one)
+    text = _one_line_cnnzoo_error(lambda: bundle.predict(x[:, None]), ValueError)
+    assert text.endswith("for a (N, C, H, W) batch pass x.transpose(0, 2, 3, 1), or "
+                         "torch.from_numpy(x)")

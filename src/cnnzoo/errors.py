@@ -66,4 +66,6 @@ class UsageError(CnnzooError, ValueError):
 
 class ArgumentKindError(UsageError, TypeError):
     """A Python argument of the wrong kind (a model passed for its name, a number for a name
-    pattern): a `TypeError` as well, as it was before it was a `CnnzooError`."""
+    pattern, None for a folder) or an unknown keyword (`transfer(data, epochs=3)`): a
+    `TypeError` as well, as Python's own for these is and as it was before it was a
+    `CnnzooError`."""

@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import sys
 from collections.abc import Sequence
 
 # C0 and C1 control characters, DEL, and the Unicode line and paragraph separators: no name
@@ -103,3 +104,9 @@ def listed(name: object) -> str:
     comma, as a spreadsheet's label may ('T-Shirt, kurz'), which read as two classes otherwise."""
     text = shown(name)
     return repr(text) if "," in text else text
+
+
+def to_stderr(line: str) -> None:
+    """Where the library's progress lines and notes go unless a `say` is given: stderr, looked
+    up at each call (a notebook replaces it), so stdout holds only what a caller prints."""
+    print(line, file=sys.stderr)

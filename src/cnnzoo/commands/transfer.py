@@ -296,9 +296,9 @@ def run(args: argparse.Namespace) -> int:
         print(json_text({"model": args.model, "out": str(out), **m, "final": final,
                          "timings_s": result.timings}))
         return 0
-    stages = ", ".join(f"{s} {m[s]['val_acc']:.3f} (balanced {m[s]['val_balanced_acc']:.3f})"
-                       for s in ("features", "finetune") if s in m)  # fmt: skip
-    print(f"{args.model}: validation accuracy {stages}; kept {m['kept']}")
+    from ..transfer.run import validation_summary
+
+    print(f"{args.model}: {validation_summary(m)}")
     # Only fine-tuning writes checkpoints (OUT/finetune/), for --resume.
     print(f"bundle and report in {out}/" if config.mode == "features"
           else f"bundle, report and fine-tuning checkpoints in {out}/")  # fmt: skip

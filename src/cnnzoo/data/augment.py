@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import DataError
+from ..errors import DataError, UsageError
 from .loader import BatchTransform, unit_float
 
 __all__ = [
@@ -166,7 +166,7 @@ class PadCrop:
 
     def __init__(self, padding: int = 4, mode: str = "reflect", mask_fill: int = 0) -> None:
         if mode not in ("reflect", "zeros"):
-            raise ValueError(f"mode must be 'reflect' or 'zeros', not {mode!r}")
+            raise UsageError(f"PadCrop: mode must be 'reflect' or 'zeros', not {mode!r}")
         self.padding = padding
         self.mode = mode
         self.mask_fill = mask_fill

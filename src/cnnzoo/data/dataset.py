@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import DataError
+from ..errors import DataError, UsageError
 
 # ITU-R BT.601 luma weights, as PIL's convert("L") uses: RGB -> grey gives the same values
 # whether an image was converted while decoding or after loading.
@@ -50,22 +50,23 @@ class ImageDataset:
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise ValueError(
+            raise DataError(
                 f"images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}"
             )
         self.labels = torch.as_tensor(self.labels, dtype=torch.int64)
         if self.labels.shape != (len(self.images),):
-            raise ValueError(
+            raise DataError(
                 f"{len(self.images)} images but labels of shape {tuple(self.labels.shape)}"
             )
         self.class_names = list(self.class_names)
         if len(self.labels) and (
             int(self.labels.min()) < 0 or int(self.labels.max()) >= len(self.class_names)
         ):
-            raise ValueError(f"labels must lie in [0, {len(self.class_names)})")
+            raise DataError(f"labels must lie in [0, {len(self.class_names)}): one index per "
+                            f"class name, not {int(self.labels.min())}..{int(self.labels.max())}")
         self.paths = list(self.paths)
         if self.paths and len(self.paths) != len(self.images):
-            raise ValueError(f"{len(self.images)} images but {len(self.paths)} paths")
+            raise DataError(f"{len(self.images)} images but {len(self.paths)} paths")
 
     def __len__(self) -> int:
         return len(self.images)
@@ -115,7 +116,7 @@ class ImageDataset:
         or more images) none from validation. The same seed gives the same split.
         """
         if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction must lie strictly between 0 and 1, not {val_fraction}")
+            raise UsageError(f"val_fraction must lie strictly between 0 and 1, not {val_fraction}")
         g = torch.Generator().manual_seed(seed)
         train_idx: list[Tensor] = []
         val_idx: list[Tensor] = []
@@ -156,7 +157,7 @@ class ImageDataset:
             members = torch.nonzero(self.labels == old).flatten()
             if per_class is not None:
                 if per_class < 1:
-                    raise ValueError(f"per_class must be at least 1, not {per_class}")
+                    raise UsageError(f"per_class must be at least 1, not {per_class}")
                 members = (
                     members[torch.randperm(len(members), generator=g)[:per_class]].sort().values
                 )
@@ -179,7 +180,7 @@ class ImageDataset:
             w = torch.tensor(_LUMA).view(1, 3, 1, 1)
             images = (self.images.float() * w).sum(1, keepdim=True).round_().to(torch.uint8)
         else:
-            raise ValueError(f"cannot convert {c} channels to {channels}")
+            raise UsageError(f"channels must be 1 or 3, not {channels!r}")
         return ImageDataset(images, self.labels, self.class_names, self.paths)
 
     def resized(self, size: int | tuple[int, int]) -> ImageDataset:

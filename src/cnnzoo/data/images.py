@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
 
-from ..errors import ImageError
+from ..errors import ImageError, UsageError
 
 log = logging.getLogger("cnnzoo.data")
 
@@ -114,7 +114,7 @@ def load_image(
     that keeps both sides at least twice that.
     """
     if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, not {channels!r}")
+        raise UsageError(f"channels must be 1 or 3, not {channels!r}")
     if os.path.isdir(path):
         raise _fail(path, "a folder, not an image file")
     try:
@@ -466,7 +466,7 @@ def fit_image(
         canvas = Image.new(img.mode, (tw, th))
         canvas.paste(part, (x0 - left, y0 - top))
         return canvas
-    raise ValueError(f"method must be 'resize' or 'crop', not {method!r}")
+    raise UsageError(f"method must be 'resize' or 'crop', not {method!r}")
 
 
 def to_tensor_uint8(img: Image.Image) -> torch.Tensor:
@@ -494,6 +494,14 @@ class ImageSpec:
     resize_size: int | None = None
     interpolation: Interpolation = "bilinear"
     alpha: Literal["white", "drop"] = "white"
+
+    def __post_init__(self) -> None:
+        # Refused when built: channels=2 or method='center' was a plain ValueError at the first
+        # image decoded, or none at all with size=None (the method then unused).
+        if self.channels not in (1, 3) or isinstance(self.channels, bool):
+            raise UsageError(f"ImageSpec: channels must be 1 or 3, not {self.channels!r}")
+        if self.method not in ("resize", "crop"):
+            raise UsageError(f"ImageSpec: method must be 'resize' or 'crop', not {self.method!r}")
 
     def apply(self, img: Image.Image) -> Image.Image:
         """Fit an already-converted image (mode L/RGB) to this spec's size."""

@@ -33,7 +33,7 @@ from ..data.loader import (
 )
 from ..errors import DamagedCheckpointError, DataError, NewerFormatError, UsageError, WeightsError
 from ..paths import check_outside, run_data, same_source, transfer_bundle
-from ..text import plural, some
+from ..text import plural, some, to_stderr
 from .checkpoint import caller_rng_kept, load_checkpoint
 from .distributed import DistContext
 from .grow import grow_from
@@ -43,6 +43,7 @@ from .task import (
     ClassificationAccumulator,
     ClassificationTask,
     check_class_weight,
+    check_label_smoothing,
     class_weights,
     class_weights_line,
 )
@@ -73,6 +74,52 @@ class DataOptions:
     # (size, epochs): the first `epochs` epochs train at the smaller `size` (progressive
     # resizing, `augment.ProgressiveResize`); None: every epoch at the full size.
     progressive: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        # Checked when a notebook builds it, as TrainConfig is: batch_size=0 was a
+        # ZeroDivisionError, val_fraction=2 or channels=2 a plain ValueError, each after the
+        # data had loaded. The command line's parser refuses these before they get here.
+        problem = _data_options_problem(self)
+        if problem:
+            raise UsageError(f"DataOptions: {problem}")
+        # numpy's numbers as Python's: they go into the run's JSON records.
+        for name in ("img_size", "batch_size"):
+            if getattr(self, name) is not None:
+                setattr(self, name, int(getattr(self, name)))
+        self.val_fraction, self.erase = float(self.val_fraction), float(self.erase)
+        if self.progressive is not None:
+            self.progressive = (int(self.progressive[0]), int(self.progressive[1]))
+
+
+def _data_options_problem(opts: DataOptions) -> str | None:
+    """What is wrong with `opts`'s values, in a phrase, or None (`cnnzoo train --help`'s
+    ranges)."""
+    from ..data.augment import AUGMENTATIONS
+    from ..limits import MAX_INPUT_SIZE
+    from ..models.base import is_integral, is_real
+
+    for name in ("img_size", "batch_size"):
+        value = getattr(opts, name)
+        if value is not None and not is_integral(value):
+            return f"{name} must be a whole number >= 1 (None: the default), not {value!r}"
+    if opts.img_size is not None and opts.img_size > MAX_INPUT_SIZE:
+        return f"img_size must be at most {MAX_INPUT_SIZE}, not {opts.img_size!r}"
+    if opts.augment is not None and opts.augment not in AUGMENTATIONS:
+        return (f"augment must be one of {', '.join(AUGMENTATIONS)} (None: the data's default), "
+                f"not {opts.augment!r}")
+    if not (is_real(opts.val_fraction) and 0 < opts.val_fraction < 1):
+        return f"val_fraction must lie strictly between 0 and 1, not {opts.val_fraction!r}"
+    if opts.channels not in (None, 1, 3) or isinstance(opts.channels, bool):
+        return f"channels must be 1, 3 or None (the data's own), not {opts.channels!r}"
+    if not (is_real(opts.erase) and 0 <= opts.erase <= 1):
+        return f"erase is a probability in [0, 1], not {opts.erase!r}"
+    if opts.progressive is not None and not (
+            isinstance(opts.progressive, tuple | list) and len(opts.progressive) == 2
+            and all(is_integral(v) for v in opts.progressive)):  # fmt: skip
+        return f"progressive must be (size, epochs), two whole numbers >= 1, not {opts.progressive!r}"
+    if not isinstance(opts.hold_out_test, bool):
+        return f"hold_out_test must be True or False, not {opts.hold_out_test!r}"
+    return None
 
 
 def default_image_size(source: str, model_cfg: Any, min_size: int | None = None) -> int:
@@ -305,9 +352,9 @@ def train_classifier(
     class_weight: str | None = None,
     model_kwargs: dict[str, Any] | None = None,
     dist: DistContext | None = None,
-    say: Any = print,
+    say: Callable[[str], Any] | None = None,
     overwrite: bool = False,
-    show: Any = None,
+    show: Callable[[str], Any] | None = None,
     default_lr: bool = False,
     min_steps: int | None = 0,
     default_epochs: bool = False,
@@ -335,9 +382,10 @@ def train_classifier(
     `resume`) such a folder is refused with one line before any data is loaded, so a repeated
     command never silently replaces the results of an earlier run.
 
-    say: where progress and notes go; show: where the per-class table at the end goes
-    (default: as `say`).
+    say: where progress and notes go (None: stderr, as `Trainer`'s and `transfer`'s); show:
+    where the per-class table at the end goes (default: as `say`).
     """
+    say = say or to_stderr  # print was the default: a notebook's stdout got every epoch line
     from ..limits import MAX_INPUT_SIZE
     from ..models import create_model, fixed_input_size, get_config, min_input_size
     from ..models.base import is_whole
@@ -352,6 +400,7 @@ def train_classifier(
         check_outside(out_dir, data.source)
     if class_weight is not None:
         check_class_weight(class_weight)
+    check_label_smoothing(label_smoothing)  # before the data load, not at the first step
     model_kwargs = dict(model_kwargs or {})
     taken = sorted({"num_classes", "in_chans"} & set(model_kwargs))
     if taken:

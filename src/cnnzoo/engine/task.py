@@ -102,6 +102,13 @@ def check_class_weight(kind: str | None, option: str = "--class-weight") -> str:
     return kind
 
 
+def check_label_smoothing(value: object) -> None:
+    """One `UsageError` line unless `value` lies in [0, 1) (`--label-smoothing`'s range): torch
+    refuses others with a RuntimeError at the first step, after the data and precision trial."""
+    if not (isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1):
+        raise UsageError(f"label_smoothing must lie in [0, 1), not {value!r}")
+
+
 def class_weights(kind: str | None, labels: Tensor, num_classes: int) -> Tensor | None:
     """The loss weight of each class a `class_weight` setting asks for, from the training
     `labels`: None for 'none' (None), `balanced_weights` of their counts for 'balanced'."""
@@ -236,6 +243,7 @@ class ClassificationTask:
         mode: Literal["min", "max"] = "min",
         class_weights: Sequence[float] | Tensor | None = None,
     ) -> None:
+        check_label_smoothing(label_smoothing)
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
         self.class_weights = None

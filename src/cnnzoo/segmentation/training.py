@@ -28,8 +28,8 @@ from ..engine.checkpoint import caller_rng_kept
 from ..engine.distributed import DistContext, unwrap_model
 from ..engine.loop import FitResult, TrainConfig, Trainer, check_out_dir
 from ..engine.precision import Precision
-from ..errors import CnnzooError, DataError, ModelOptionError, UsageError
-from ..text import shown
+from ..errors import ArgumentKindError, CnnzooError, DataError, ModelOptionError, UsageError
+from ..text import shown, to_stderr
 from .data import (
     PadToNet,
     SegmentationSet,
@@ -71,7 +71,7 @@ def segmentation_config(**overrides: Any) -> TrainConfig:
     known = {f.name for f in fields(TrainConfig)}
     unknown = set(overrides) - known
     if unknown:
-        raise TypeError(f"unknown TrainConfig fields: {', '.join(sorted(unknown))}")
+        raise ArgumentKindError(f"unknown TrainConfig fields: {', '.join(sorted(unknown))}")
     return TrainConfig(**{**SEGMENTATION_DEFAULTS, **overrides})
 
 
@@ -180,6 +180,34 @@ def _check_model_kwargs(model: str, model_kwargs: dict[str, Any] | None) -> None
         check_options(model, kwargs)
 
 
+def _check_settings(*, crop: Any, batch_size: Any, val_fraction: Any, cells: Any,
+                    elastic: Any, jitter: Any, w0: Any, sigma: Any, count_instances: Any) -> None:
+    """One `UsageError` line for a `train` setting the command line's parser refuses (or, for
+    `jitter`, which it does not have, one that cannot be a jitter), before the data load: from
+    Python crop=0 or -5 trained on a snapped tile, val_fraction=3 and a negative w0 or elastic
+    were taken without a word, and sigma=0 made the border weights infinite."""
+    # numpy's numbers too (crop=np.int64(64) from np.arange), as they were taken before.
+    from ..models.base import is_integral, is_real
+
+    for name, value in (("crop", crop), ("batch_size", batch_size)):
+        if not is_integral(value):
+            raise UsageError(f"{name} must be a whole number >= 1, not {value!r}")
+    if cells is not None and not is_integral(cells):
+        raise UsageError(f"cells must be a whole number >= 1 (None: 200), not {cells!r}")
+    if not (is_real(val_fraction) and 0 < val_fraction < 1):
+        raise UsageError(f"val_fraction must lie strictly between 0 and 1, not {val_fraction!r}")
+    for name, value in (("elastic", elastic), ("w0", w0)):
+        if not (is_real(value) and value >= 0):
+            raise UsageError(f"{name} must be a number >= 0, not {value!r}")
+    if not (is_real(sigma) and sigma > 0):
+        raise UsageError(f"sigma must be a border width in pixels > 0, not {sigma!r}")
+    if not (is_real(jitter) and 0 <= jitter < 1):
+        raise UsageError(f"jitter must lie in [0, 1) (0: off), not {jitter!r}")
+    if count_instances is not None and not isinstance(count_instances, bool):
+        raise UsageError(f"count_instances must be True, False or None (when there are two "
+                         f"classes), not {count_instances!r}")  # fmt: skip
+
+
 def _check_encoder(encoder_name: str | None, encoder_weights: Any,
                    base_width: int | None = None) -> None:
     # An encoder brings its own widths: --base-width was dropped without a word, and a run
@@ -243,7 +271,7 @@ def train(
     resume: bool | str | os.PathLike[str] = False,
     model_kwargs: dict[str, Any] | None = None,
     dist: DistContext | None = None,
-    say: Callable[[str], Any] = print,
+    say: Callable[[str], Any] | None = None,
     overwrite: bool = False,
     **config_overrides: Any,
 ) -> SegmentationRun:
@@ -259,16 +287,21 @@ def train(
     count_instances: report the cell count error (default: when there are two classes).
     model_kwargs: further U-Net options (batchnorm, dropout, decoder_channels).
     dist: the process group under torchrun (each rank trains on its shard of the images).
-    say: where the data, precision and per-epoch lines go (with `config.verbose`).
+    say: where the data, precision and per-epoch lines go (with `config.verbose`; None:
+    stderr, as `Trainer`'s).
     overwrite: replace a run `out_dir` already holds (last.pt); without it (or `resume`) such a
     folder is refused with one line before the data are loaded.
     Writes last.pt / best.pt, metrics, learning curves and `validation.png` into `out_dir`.
     """
     from ..engine.run import channel_stats
 
+    say = say or to_stderr  # print was the default: a notebook's stdout got every epoch line
     # (An --out inside the data folder is fine here: only images/, masks/, instances/ and val/
     # are read, so DIR/runs/ is never taken for data.)
     check_out_dir(out_dir, resume=bool(resume), overwrite=overwrite)
+    _check_settings(crop=crop, batch_size=batch_size, val_fraction=val_fraction, cells=cells,
+                    elastic=elastic, jitter=jitter, w0=w0, sigma=sigma,
+                    count_instances=count_instances)  # fmt: skip
     _check_encoder(encoder_name, encoder_weights, base_width)
     _check_model_kwargs(model, model_kwargs)
     cfg = config if config is not None else segmentation_config(**config_overrides)
@@ -497,7 +530,7 @@ def load_segmenter(
 
 def train_segmentation(
     args: Any, config: TrainConfig, *, out_dir: str | os.PathLike[str] | None,
-    dist: DistContext | None = None, say: Callable[[str], Any] = print,
+    dist: DistContext | None = None, say: Callable[[str], Any] | None = None,
 ) -> FitResult:
     """`cnnzoo train unet --task segmentation ...`: the parsed command line -> `train`.
 

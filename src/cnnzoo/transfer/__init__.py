@@ -5,22 +5,27 @@ classifier with probabilities, in minutes on a CPU. This package is also callabl
 
 - `features`: the frozen backbone as a feature extractor, with an on-disk feature cache.
 - `heads`: logistic regression with a cross-validated L2, or a small MLP, on those features.
-- `finetune`: head first, then the whole net with layer-wise learning rates, on the engine.
+- `finetune`: head first, then the whole net with layer-wise learning rates, on the engine;
+  the module is callable as its function `finetune(model, splits, pre, cfg, out_dir=...)`, so
+  `from cnnzoo.transfer import finetune` and `import cnnzoo.transfer.finetune as ft` both work.
 - `bundle`: the result folder (weights .safetensors + JSON) and `load_bundle`.
 - `report`: confusion matrix, curves, per-class table and the top-losses grid.
 - `run`: `transfer(data, model=..., weights=...)`, which chains them.
 """
 
-import inspect
-import sys
-import types
-from typing import Any
+from typing import TYPE_CHECKING
 
+from ..callable_module import make_callable
 from .bundle import Bundle, Evaluation, Predictions, load_bundle
 from .features import FeatureCache, cached_features, extract_features
-from .finetune import FinetuneConfig, finetune
+from .finetune import FinetuneConfig
 from .heads import fit_logistic, fit_mlp
 from .run import TransferConfig, TransferResult, transfer
+
+if TYPE_CHECKING:  # what a type checker sees: the function, which the module is called as
+    from .finetune import finetune
+else:  # the module, callable as its function finetune(...) (see callable_module)
+    from . import finetune
 
 __all__ = [
     "Bundle",
@@ -40,18 +45,6 @@ __all__ = [
 ]
 
 
-class _CallableModule(types.ModuleType):
-    """`cnnzoo.transfer` is this package and, called, the `transfer` function: the library API
-    promises `cnnzoo.transfer(data, ...)`, and a package and a function cannot share the name
-    `cnnzoo.transfer` otherwise (whichever was bound last would hide the other)."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> TransferResult:
-        return transfer(*args, **kwargs)
-
-    __call__.__doc__ = transfer.__doc__
-
-
-sys.modules[__name__].__class__ = _CallableModule
-# What a notebook's Shift+Tab, `cnnzoo.transfer?` and inspect.signature show for the call:
-# transfer's parameters, which (*args, **kwargs) hid.
-__signature__ = inspect.signature(transfer)
+# `cnnzoo.transfer(data, ...)`, which the library API promises, runs `run.transfer`: a package
+# and a function cannot otherwise share the name `cnnzoo.transfer`.
+make_callable(__name__, transfer)

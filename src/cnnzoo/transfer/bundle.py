@@ -35,7 +35,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from ..data.images import ImageSpec, convert_image, to_tensor_uint8
-from ..errors import ImageError, UsageError, WeightsError
+from ..errors import ArgumentKindError, ImageError, UsageError, WeightsError
 from ..models.base import finite_numbers, is_whole
 from ..paths import (
     BUNDLE_JSON,
@@ -47,7 +47,7 @@ from ..paths import (
     usual_permissions,
     utf8_path,
 )
-from ..text import plural, some
+from ..text import listed, plural, some
 from ..weights import Preprocessing
 from ..weights.adapt import fitted_model, warn_non_finite
 from ..weights.files import BUNDLE_FORMAT as FORMAT
@@ -79,6 +79,18 @@ class Predictions(NamedTuple):
     classes: list[str]
     probabilities: Tensor
     class_names: list[str]
+
+    def __repr__(self) -> str:
+        # The named tuple's own printed every class name and the whole (N, K) tensor in
+        # exponent notation: a notebook cell ending in bundle.predict(files) ran to thousands of
+        # lines for a folder. Each image's answer and probability instead, the first 8.
+        n = len(self.classes)
+        top = self.probabilities.max(1).values.tolist() if n else []
+        answers = [f"{listed(c)} {p:.2f}" for c, p in zip(self.classes[:8], top, strict=False)]
+        return (f"Predictions({plural(n, 'image')}" + (": " + ", ".join(answers) if n else "")
+                + (", ..." if n > 8 else "") + f"; probabilities {tuple(self.probabilities.shape)}"
+                f" over {plural(len(self.class_names), 'class', 'classes')} "
+                f"({some(self.class_names, 8)}))")
 
 
 class Evaluation(NamedTuple):
@@ -153,6 +165,19 @@ def _images(images: Iterable[Any] | Any) -> Iterable[Any]:
     not a sequence to iterate: a path would otherwise be taken apart into its characters (a
     load_images("a.png") read "a" as a file), a (C, H, W) tensor into its channels, an
     (H, W, C) array into its rows."""
+    if isinstance(images, np.ndarray) and images.ndim in (3, 4) and images.shape[-1] > 4:
+        # No channels last: a batch of grey images (Keras's x_test of Fashion-MNIST is
+        # (10000, 28, 28)) or channels first. Each image's own error advised a transpose that
+        # made Keras's x_test one 10000-channel image, or a (3, 28, 28) stack one RGB image.
+        shape = images.shape
+        if images.ndim == 3:
+            hint = f"for {shape[0]} grey images pass x[..., None], (N, H, W, 1)"
+            if shape[0] in (1, 3, 4):
+                hint += "; for one (C, H, W) image, x.transpose(1, 2, 0)"
+        else:
+            hint = "for a (N, C, H, W) batch pass x.transpose(0, 2, 3, 1), or torch.from_numpy(x)"
+        raise ImageError(f"expected an image array (H, W) or (H, W, C), or a batch "
+                         f"(N, H, W, C), not {shape}: {hint}")  # fmt: skip
     if isinstance(images, np.ndarray) and images.ndim == 4:  # (N, H, W, C): its images
         return list(images)
     if isinstance(images, Tensor):
@@ -443,7 +468,14 @@ def check_bundle_json(meta: Any, path: Path) -> None:
 
 
 def load_bundle(directory: str | os.PathLike[str]) -> Bundle:
-    """Load a bundle folder written by `cnnzoo transfer`; see the module docstring."""
+    """The `Bundle` in `directory`, the bundle/ folder `cnnzoo transfer` or `transfer(...,
+    out=OUT)` wrote (OUT/bundle): `.predict(images)` gives class names and probabilities,
+    `.evaluate(data)` the metrics and confusion matrix, `.model` the network. Its files and
+    checks: `help(cnnzoo.transfer.bundle)`. A folder that holds no bundle (a run's folder, a
+    checkpoint, a file of the bundle) is one `WeightsError` line that says what to give."""
+    if not isinstance(directory, str | os.PathLike):  # Path(None)'s TypeError named no folder
+        raise ArgumentKindError(f"expected the bundle's folder (a str or Path), not "
+                                f"{type(directory).__name__}")  # fmt: skip
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 

@@ -19,12 +19,14 @@ channels_last, the progress bar, early stopping and the curves hold as in `cnnzo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
+from ..callable_module import make_callable
 from ..data.augment import default_augmentation
 from ..data.dataset import Splits
 from ..data.loader import (
@@ -36,7 +38,7 @@ from ..data.loader import (
 )
 from ..engine.loop import FitResult, TrainConfig, Trainer
 from ..engine.task import ClassificationTask, class_weights
-from ..text import plural
+from ..text import plural, to_stderr
 from ..weights import Preprocessing
 from ..weights.adapt import aux_classifiers
 from .features import inference_dtype
@@ -228,11 +230,13 @@ def finetune(
     out_dir: str | Path | None,
     meta: dict[str, Any] | None = None,
     resume: bool = False,
-    say: Any = print,
+    say: Callable[[str], Any] | None = None,
 ) -> tuple[FitResult | None, FitResult | None]:
     """Run phase 1 (unless head_epochs == 0) and phase 2 (unless epochs == 0)
     on `model` in place; returns their results. Checkpoints go to out_dir/head and
-    out_dir/full; `resume=True` continues an interrupted run from them."""
+    out_dir/full; `resume=True` continues an interrupted run from them. say: where the phase
+    and per-epoch lines go (None: stderr, as `Trainer`'s)."""
+    say = say or to_stderr
     task = ClassificationTask(splits.num_classes, label_smoothing=cfg.label_smoothing,
                               class_names=splits.class_names,
                               class_weights=class_weights(cfg.class_weight, splits.train.labels,
@@ -278,3 +282,7 @@ def finetune(
         full_result = trainer.fit(resume=resume)
     freeze_backbone(model, False)
     return head_result, full_result
+
+
+# `from cnnzoo.transfer import finetune` is this module, called as the function above.
+make_callable(__name__, finetune)

@@ -30,7 +30,6 @@ import inspect
 import math
 import os
 import shlex
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -43,13 +42,18 @@ from torch import Tensor, nn
 from ..data.augment import AUGMENTATIONS
 from ..data.dataset import Splits
 from ..engine.checkpoint import caller_rng_kept
-from ..engine.task import check_class_weight, class_weights, class_weights_line
-from ..errors import DataError, UsageError
+from ..engine.task import (
+    ClassificationAccumulator,
+    check_class_weight,
+    class_weights,
+    class_weights_line,
+)
+from ..errors import ArgumentKindError, DataError, UsageError
 from ..limits import MAX_SEED
 from ..models.base import is_whole
 from ..models.taps import StageTaps, check_stages
 from ..paths import check_folder, check_outside, folders_released, hold_folder, remove_entries
-from ..text import plural, some
+from ..text import plural, some, to_stderr
 from ..weights import Preprocessing
 from ..weights.files import weights_fingerprint
 from .bundle import FITS, HEAD_KINDS, Bundle, input_spec, predict_tensor
@@ -61,7 +65,7 @@ from .features import (
 )
 from .finetune import FinetuneConfig, finetune
 from .heads import HeadFit, MLPHead, fit_logistic, fit_mlp, head_probabilities, install_head
-from .report import REPORT_FILES, accumulate, write_report
+from .report import REPORT_FILES, accumulate, per_class_table, write_report
 
 MODES = ("features", "finetune", "both")
 # Everything a run writes into its output folder; a new run there replaces all of it.
@@ -129,7 +133,9 @@ class TransferResult:
     macro F1) and the kept one's at the top level ('kept', 'val_acc', ...); timings: seconds per
     step; features_computed: feature vectors computed (the others came from the cache);
     history: fine-tuning's epoch records ('phase' 'head' or 'full'); val_probabilities: the kept
-    model's validation probabilities (N, K)."""
+    model's validation probabilities (N, K); accumulator: their engine accumulator, as
+    `FitResult`'s and `Bundle.evaluate`'s (`.confusion`, rows the true class; `.per_class()`:
+    the precision and recall the per-class table prints; `.balanced()`)."""
 
     bundle: Bundle
     out_dir: Path | None
@@ -138,10 +144,25 @@ class TransferResult:
     features_computed: int = 0
     history: list[dict[str, Any]] = field(default_factory=list, repr=False)
     val_probabilities: Tensor | None = field(default=None, repr=False)
+    # With out=None nothing printed the per-class table or wrote the confusion matrix: here
+    # they are, for every run.
+    accumulator: ClassificationAccumulator | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        # The command's summary line, not the dataclass's: that printed the metrics dict whole,
+        # the L2 search's nine rows of full-precision floats included (1,500 characters).
+        out = f", out_dir={str(self.out_dir)!r}" if self.out_dir is not None else ""
+        return (f"TransferResult({validation_summary(self.metrics)}; "
+                f"{sum(self.timings.values()):.1f} s; bundle={self.bundle!r}{out})")
 
 
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr)
+def validation_summary(metrics: dict[str, Any]) -> str:
+    """'validation accuracy features 0.950 (balanced 0.950), finetune 0.960 (balanced 0.958);
+    kept finetune': what `cnnzoo transfer` ends with and a `TransferResult` prints as."""
+    stages = ", ".join(f"{s} {metrics[s]['val_acc']:.3f} (balanced "
+                       f"{metrics[s]['val_balanced_acc']:.3f})"
+                       for s in ("features", "finetune") if s in metrics)  # fmt: skip
+    return f"validation accuracy {stages}; kept {metrics.get('kept')}"
 
 
 def load_backbone(name: str, weights: Any, *, img_size: int | None = None,
@@ -238,16 +259,17 @@ def _config(config: TransferConfig | None, options: dict[str, Any]) -> TransferC
     ft_fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
     for name in options:
         if name in ft_fields and name not in fields:
-            raise TypeError(f"transfer(): {name!r} is a fine-tuning setting: pass "
-                            f"finetune=FinetuneConfig({name}=...)")  # fmt: skip
+            raise ArgumentKindError(f"transfer(): {name!r} is a fine-tuning setting: pass "
+                                    f"finetune=FinetuneConfig({name}=...)")  # fmt: skip
         if name not in fields:
             # A misspelt `model` or `weights` is no field: the list below would not show it.
             own = [p for p in inspect.signature(transfer).parameters if p not in ("data", "say",
                                                                                    "show", "options")]
             close = difflib.get_close_matches(name, [*own, *fields, *ft_fields], n=2)
             hint = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
-            raise TypeError(f"transfer() got an unexpected keyword argument {name!r}{hint}: its "
-                            f"settings are TransferConfig's fields ({', '.join(sorted(fields))})")
+            raise ArgumentKindError(f"transfer() got an unexpected keyword argument {name!r}{hint}: its "
+                                    f"settings are TransferConfig's fields "
+                                    f"({', '.join(sorted(fields))})")  # fmt: skip
     return _plain_numbers(dataclasses.replace(cfg, **options))
 
 
@@ -553,10 +575,11 @@ def transfer(
     `config` (a `TransferConfig`), or its fields as keywords (`mode="features"`), which
     override `config`'s. resume: continue the interrupted fine-tuning in `out`. overwrite: an
     `out` that holds an earlier run is emptied of it when this run starts writing (False
-    refuses such a folder, as `cnnzoo transfer` does without --overwrite). say: where progress
-    and notes go (None: stderr, as `Trainer`'s); show: where the per-class table at the end
-    goes (default: as `say`). See the module docstring."""
-    say = say or _stderr  # None was called, a TypeError after the weights and images loaded
+    refuses such a folder, as `cnnzoo transfer` does without --overwrite). model_kwargs: the
+    model's options (`create_model`'s keywords, --model-arg: e.g. {'dropout': 0.3}). say:
+    where progress and notes go (None: stderr, as `Trainer`'s); show: where the per-class
+    table at the end goes (default: as `say`). See the module docstring."""
+    say = say or to_stderr  # None was called, a TypeError after the weights and images loaded
     cfg = _config(config, options)
     check_config(cfg, resume=resume)
     if not isinstance(data, str | os.PathLike | Splits):  # os.fspath's TypeError named no data
@@ -805,6 +828,7 @@ def transfer(
     summary.get("features", {}).pop("cv", None)  # the full table is in the report's metrics.json
     bundle = Bundle(net, model, list(splits.class_names), pre, fit_used, cfg.views, head_info,
                     summary, extra, precision=cfg.precision)
+    accumulator = accumulate(final_probs, labels, len(splits.class_names))
     if out_dir is not None:
         t = time.perf_counter()
         # The old run's report goes only now: a fine-tuning that fails (a resume on other data,
@@ -825,6 +849,9 @@ def transfer(
             f"{shlex.quote(str(path))}`)")
         for line in notes:
             say(line)
-        for line in table:
-            (show or say)(line)
-    return TransferResult(bundle, out_dir, metrics, timings, computed, history, final_probs)
+    else:  # nothing written, but the table is a result all the same (none was shown)
+        table = per_class_table(accumulator, list(splits.class_names))
+    for line in table:
+        (show or say)(line)
+    return TransferResult(bundle, out_dir, metrics, timings, computed, history, final_probs,
+                          accumulator)

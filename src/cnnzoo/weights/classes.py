@@ -23,6 +23,10 @@ from ..text import plural
 
 
 class Prediction(NamedTuple):
+    """One of `decode_predictions`' top classes: its logit `index` (`imagenet_wnids()[index]` is
+    its WordNet id), its `name` and its `probability`. Unpacks as Keras's (wnid, name, score)
+    does: `for _, name, p in decode_predictions(probs)[0]`."""
+
     index: int
     name: str
     probability: float

@@ -27,7 +27,7 @@ from ..data.images import (
     load_image,
     to_tensor_uint8,
 )
-from ..errors import ImageError, NotAnImageError
+from ..errors import ImageError, NotAnImageError, UsageError
 from ..limits import MAX_INPUT_SIZE
 from ..models.base import finite_numbers, is_whole, stats_for_channels
 from ..text import plural
@@ -157,7 +157,7 @@ class Preprocessing:
         """A PIL image of any mode -> cropped uint8 (C, H, W), converted as `load_image` converts
         a file's (alpha composited on white, 16-bit scaled, EXIF orientation applied)."""
         if self.channels not in (1, 3):
-            raise ValueError(
+            raise UsageError(
                 f"the model takes {self.channels}-channel input, but images decode to grey or "
                 f"RGB: stack the (N, {self.channels}, H, W) input yourself and normalize() it")
         return to_tensor_uint8(self.geometry(convert_image(img, 1 if self.channels == 1 else 3)))
