@@ -119,3 +119,20 @@ def test_transfer_keeps_test_held_out_through_resume_and_evaluate(shoes, held, t
     err = capsys.readouterr().err
     assert "data: 15 training and 6 validation images (12 test images held out)" in err
     assert "validation images (the data splits otherwise now)" not in err
+
+
+def test_evaluate_does_not_advise_an_option_it_has_not(shoes, tmp_path, capsys, caplog):
+    """A run that validated on test/ (no --val-fraction) is told so when it trains, with the
+    --val-fraction that keeps test/ apart. `evaluate` of it, reading its data again, said the
+    same note each time, advising an option evaluate does not have (nor could use: the run
+    split its data so), also with --split all, where no part validates."""
+    run = tmp_path / "old"
+    assert main(["train", "lenet5", "--data", str(shoes), "--out", str(run), *COMMON]) == 0
+    assert "--val-fraction 0.2 draws the validation images" in caplog.text
+    for split, n in ((None, 12), ("all", 33)):
+        caplog.clear()
+        assert main(["evaluate", str(run / "best.pt"), "--no-progress",
+                     *(["--split", split] if split else [])]) == 0
+        out, err = capsys.readouterr()
+        assert "--val-fraction" not in caplog.text + err, caplog.text
+        assert f": {n} images, accuracy" in out

@@ -739,7 +739,8 @@ def evaluation_images(
     if is_builtin:
         spec = ImageSpec(size=None, channels=spec.channels)
     splits = builtin.load_dataset(src, spec, val_fraction=val_fraction, seed=seed, min_classes=1,
-                                  progress=progress, hold_out_test=hold_out_test)
+                                  progress=progress, hold_out_test=hold_out_test,
+                                  note_test=False)
     if count_skipped is not None:
         count_skipped(splits.skipped_count)
     if is_builtin and size is not None:  # the same pixels the run validated on
