@@ -461,3 +461,26 @@ def test_a_bare_transfer_resume_with_nothing_to_resume_says_so_before_any_work(t
     # Without a folder there is nothing to resume from: said before the features, too.
     with pytest.raises(UsageError, match="resume continues the interrupted fine-tuning in out"):
         transfer(data, model="lenet5", weights=None, resume=True, say=print)
+
+
+def test_both_phases_of_a_transfer_resume_warn_of_a_split_drawn_otherwise(tmp_path,
+                                                                          monkeypatch, capsys):
+    """A transfer run killed in its whole-net phase, resumed with another --seed, validates on
+    other images than it began with (some it trained on). The head's phase said so, 'validation
+    images (the data splits otherwise now)'; the whole net's, which goes on training, did not:
+    both phases shared one meta, into which the head's resume had put its checkpoint's
+    validation files."""
+    data = _fashion_folder(tmp_path, monkeypatch)
+    run = tmp_path / "run"
+    argv = ["transfer", str(data), "--no-progress", "--out", str(run), "--img-size", "32",
+            "--fit", "resize", "--views", "1", "--epochs", "2", "--min-steps", "0",
+            "--head-epochs", "1", "--precision", "fp32", "--model", "lenet5", "--weights",
+            str(tmp_path / "lenet5.pt"), "--mode", "finetune"]  # fmt: skip
+    _killed_in_fine_tuning(argv, monkeypatch)
+    capsys.readouterr()
+    assert main(["transfer", str(data), "--out", str(run), "--resume", "--seed", "3",
+                 "--no-progress"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines()
+                if line.startswith("warning: resuming with different")]
+    engine = [w for w in warnings if "validation images (the data splits otherwise now)" in w]
+    assert len(engine) == 2, warnings  # the head's phase and the whole net's
