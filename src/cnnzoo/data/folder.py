@@ -1040,15 +1040,16 @@ def load_csv(
     # as changed. Path order, as a folder's files have (`legacy_row_order` keeps the old one).
     first_listed = entries[0][0]
     entries.sort(key=lambda entry: str(entry[0]))
-    class_names = _class_order({label for _, label, split in entries if split == "train"},
-                               manifest)  # fmt: skip
-    if not any(split == "train" for _, _, split in entries):  # was '0 class among its ...'
+    # A sheet of held-out rows alone (all marked test) is a set to score a model on (min_classes
+    # 1): `evaluate` refused it, even with --split test, and said to empty its split cells.
+    held_out = not any(split == "train" for _, _, split in entries)
+    class_names = _class_order({label for _, label, split in entries
+                                if split == "train" or held_out}, manifest)  # fmt: skip
+    if held_out and min_classes > 1:  # was '0 class among its ...'
         held = " or ".join(sorted({split for _, _, split in entries}))
-        how = ("mark the images to train on train (or leave their split cell empty)"
-               if min_classes > 1 else "leave the split cells empty to score every row "
-               "(another data set than the run's is scored whole)")  # an evaluation's
         raise DataError(f"every row of {manifest} is marked {held}, and none is a training "
-                        f"row: {how}")
+                        "row: mark the images to train on train (or leave their split cell "
+                        "empty)")
     if len(class_names) < min_classes:
         raise DataError(
             f"{manifest} has {plural(len(class_names), 'class', 'classes')} among its training "
@@ -1073,6 +1074,11 @@ def load_csv(
         items, class_names, spec, dict.fromkeys(parts, manifest), skipped, [],
         workers=workers, progress=progress, grouped=grouped,
     )  # fmt: skip
+    if held_out:  # scored as it is: its test rows are the test part, nothing trains
+        rows = next(iter(datasets.values()))
+        none = rows.select([])
+        return Splits(none, datasets.get("val", none), datasets.get("test"), skipped,
+                      grouped=grouped)
     return _assemble(datasets, skipped, val_fraction, seed, grouped, hold_out_test, note_test)
 
 

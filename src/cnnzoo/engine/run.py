@@ -767,6 +767,9 @@ def evaluation_images(
                             f"removed, renamed or now readable{rows}), so its validation split "
                             "would hold images the run trained on: pass --data with held-out "
                             "images")
+    if len(ds) == 0:  # a held-out sheet of test rows alone has no validation rows
+        raise DataError(f"{src} has no {'validation' if split == 'val' else split} images: "
+                        "use --split test or --split all")
     # Data's class names are NFC (`folder.composed`); a model trained before that may hold a
     # Mac folder's decomposed 'ü'.
     trained = [composed(c) for c in class_names]
