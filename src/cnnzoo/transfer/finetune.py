@@ -278,6 +278,10 @@ def finetune(
         config.sam = sam
         trainer = Trainer(model, task, train, val, config, param_groups=groups,
                           out_dir=out / "full" if out else None, meta=metas[1], say=say)  # fmt: skip
-        full_result = trainer.fit(resume=resume)
+        # A run killed in the head's phase has no checkpoint of this one: it starts, without the
+        # Trainer's note of a restart that found none ('starting a new run with the options
+        # given here', of a bare --resume that goes on with the run's own).
+        full_resume = resume and (out is None or (out / "full" / "last.pt").exists())
+        full_result = trainer.fit(resume=full_resume)
     freeze_backbone(model, False)
     return head_result, full_result
