@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 
@@ -632,6 +633,33 @@ def test_a_bare_double_dash_is_not_taken_for_a_prefix_of_every_option(capsys):
     err = capsys.readouterr().err
     assert err == ("cnnzoo models: error: unrecognized arguments: -- --x (see `cnnzoo models "
                    "--help`)\n")
+
+
+@pytest.mark.parametrize(("argv", "prog", "option"), [
+    (["--json", "models"], "cnnzoo models", "--json"),
+    (["data", "--json", "info", "DIR"], "cnnzoo data info", "--json"),
+    (["data", "--no-progress", "info", "DIR"], "cnnzoo data info", "--no-progress"),
+])
+def test_a_commands_option_given_before_its_name_says_where_it_goes(argv, prog, option,
+                                                                     capsys):
+    """`cnnzoo --json models` (or `cnnzoo data --json info DIR`) answered 'unrecognized
+    arguments: --json; did you mean --json? Options are not abbreviated', on stderr and in the
+    --json document on stdout: the option is the command's own, given before the command's
+    name, where only the parser of that level saw it. After a '--' it is an argument, and no
+    option is suggested."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    out, err = capsys.readouterr()
+    line = (f"{prog}: error: unrecognized arguments: {option}; {option} is an option of "
+            f"`{prog}`: give it after `{prog}` (see `{prog} --help`)")
+    assert err == line + "\n"
+    if option == "--json":  # the document a script reads says the same
+        assert json.loads(out) == {"error": line, "exit_status": 2}
+    with pytest.raises(SystemExit):
+        main(["data", "info", "DIR", "--", option])
+    assert capsys.readouterr().err == (f"cnnzoo data info: error: unrecognized arguments: "
+                                       f"{option} (see `cnnzoo data info --help`)\n")
 
 
 def test_no_parser_takes_abbreviations():

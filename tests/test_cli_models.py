@@ -328,8 +328,25 @@ def test_models_says_what_a_mistyped_option_meant(capsys):
         "reductions, paper_5x5")
     # num_classes is not an option: the table counts each model's own head.
     assert main(["models", "--pattern", "googlenet", "--model-arg", "num_classes=10"]) == 2
-    assert "googlenet has no option 'num_classes'" in capsys.readouterr().err
+    assert "num_classes: models counts each net with its own head" in capsys.readouterr().err
     assert main(["models", "--pattern", "resnet[25]0", "--model-arg", "shortcuts=none"]) == 2
     assert capsys.readouterr().err.strip() == (
         "cnnzoo models: error: --model-arg shortcuts: resnet20, resnet50 have no option "
         "'shortcuts'; did you mean shortcut? `cnnzoo models --json` lists each model's options")
+
+
+@pytest.mark.parametrize(("pattern", "key", "said"), [
+    ("resnet18", "in_chans", "the input's channels are --channels, with --img-size"),
+    ("unet", "in_chans", "the input's channels are --channels, with --img-size"),
+    ("resnet18", "num_classes", "models counts each net with its own head"),
+])
+def test_models_model_arg_of_the_input_or_head_names_the_option_for_it(pattern, key, said,
+                                                                        capsys):
+    """`models --pattern resnet18 --model-arg in_chans=1` said 'resnet18 has no option
+    'in_chans': it has none besides num_classes and in_chans', and unet's list of options left
+    in_chans out, though create_model takes it from every net: the line now names --channels
+    (or, for num_classes, that each net is counted with its own head)."""
+    assert main(["models", "--pattern", pattern, "--model-arg", f"{key}=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"cnnzoo models: error: --model-arg {key}: {said}"), err
+    assert "has no option" not in err

@@ -119,3 +119,47 @@ def test_transfer_keeps_test_held_out_through_resume_and_evaluate(shoes, held, t
     err = capsys.readouterr().err
     assert "data: 15 training and 6 validation images (12 test images held out)" in err
     assert "validation images (the data splits otherwise now)" not in err
+
+
+def test_evaluate_does_not_advise_an_option_it_has_not(shoes, tmp_path, capsys, caplog):
+    """A run that validated on test/ (no --val-fraction) is told so when it trains, with the
+    --val-fraction that keeps test/ apart. `evaluate` of it, reading its data again, said the
+    same note each time, advising an option evaluate does not have (nor could use: the run
+    split its data so), also with --split all, where no part validates."""
+    run = tmp_path / "old"
+    assert main(["train", "lenet5", "--data", str(shoes), "--out", str(run), *COMMON]) == 0
+    assert "--val-fraction 0.2 draws the validation images" in caplog.text
+    for split, n in ((None, 12), ("all", 33)):
+        caplog.clear()
+        assert main(["evaluate", str(run / "best.pt"), "--no-progress",
+                     *(["--split", split] if split else [])]) == 0
+        out, err = capsys.readouterr()
+        assert "--val-fraction" not in caplog.text + err, caplog.text
+        assert f": {n} images, accuracy" in out
+
+
+def test_evaluate_scores_a_held_out_sheet_of_test_rows(shoes, held, tmp_path, capsys):
+    """Held-out images listed apart in a CSV, every row marked test, were refused by `evaluate
+    --data` even with --split test ('none is a training row: leave the split cells empty to
+    score every row'): the sheet now scores as the folder of the same images does, whole or as
+    its test part; its validation part, which it has not, is one line."""
+    sheet = tmp_path / "held_out.csv"
+    rows = [f"{p},{p.parent.name},test" for p in sorted((shoes / "test").rglob("*.png"))]
+    sheet.write_text("path,label,split\n" + "\n".join(rows) + "\n")
+    capsys.readouterr()
+    assert main(["evaluate", str(held / "best.pt"), "--data", str(shoes / "test"), "--json",
+                 "--no-progress"]) == 0  # fmt: skip
+    folder = _json(capsys)
+    assert folder["images"] == 12
+    for split in ([], ["--split", "test"], ["--split", "all"]):
+        assert main(["evaluate", str(held / "best.pt"), "--data", str(sheet), "--json",
+                     "--no-progress", *split]) == 0  # fmt: skip
+        scored = _json(capsys)
+        assert {k: scored[k] for k in ("images", "acc", "confusion")} == {
+            k: folder[k] for k in ("images", "acc", "confusion")}, split
+        assert scored["loss"] == pytest.approx(folder["loss"], rel=1e-6)
+    assert main(["evaluate", str(held / "best.pt"), "--data", str(sheet), "--split", "val",
+                 "--no-progress"]) == 2
+    assert capsys.readouterr().err.strip() == (f"cnnzoo evaluate: error: {sheet} has no "
+                                               "validation images: use --split test or "
+                                               "--split all")

@@ -186,3 +186,34 @@ def test_an_unwritable_stdout_without_a_file_descriptor_is_no_traceback(monkeypa
     monkeypatch.setattr(sys, "stdout", Full())
     assert main(["models", "--pattern", "zzz", "--json"]) == 2
     assert capsys.readouterr().err.startswith("cnnzoo models: error: no model matches 'zzz'")
+
+
+def test_train_json_final_loss_is_the_plain_cross_entropy_evaluate_gives(tmp_path, capsys,
+                                                                        monkeypatch):
+    """train --json's `final` is named as `evaluate --json` names its metrics, but its `loss`
+    was the log's val_loss, with the run's label smoothing (0.1 by default): 0.77 where
+    `evaluate` of the same weights on the same images said 0.72. It is now the plain
+    cross-entropy evaluate gives, with and without TTA; `best` stays the monitored val_loss."""
+    from PIL import Image
+
+    monkeypatch.setenv("CNNZOO_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    g = torch.Generator().manual_seed(0)
+    for k, cls in enumerate(("dark", "mid", "light")):
+        (data / cls).mkdir(parents=True)
+        for i in range(10):
+            pixels = (torch.rand(32, 32, generator=g) * 40 + 20 + 90 * k).to(torch.uint8)
+            Image.fromarray(pixels.numpy()).save(data / cls / f"{i}.png")
+    run = tmp_path / "run"
+    assert main(["train", "lenet5", "--data", str(data), "--epochs", "4", "--tta", "--json",
+                 "--precision", "fp32", "--no-progress", "--no-tensorboard", "--out",
+                 str(run)]) == 0  # fmt: skip
+    trained = json.loads(capsys.readouterr().out)
+    assert trained["best_epoch"] == 4  # (no early stopping: the final weights are last.pt's)
+    for tta, final in (([], trained["final"]), (["--tta"], trained["final_tta"])):
+        assert main(["evaluate", str(run / "last.pt"), "--json", "--no-progress", *tta]) == 0
+        scored = json.loads(capsys.readouterr().out)
+        assert final["acc"] == scored["acc"]
+        assert final["loss"] == pytest.approx(scored["loss"], rel=1e-5), tta
+    # the log's val_loss, against smoothed targets, is another number
+    assert abs(trained["best"] - trained["final"]["loss"]) > 1e-3

@@ -461,3 +461,60 @@ def test_a_bare_transfer_resume_with_nothing_to_resume_says_so_before_any_work(t
     # Without a folder there is nothing to resume from: said before the features, too.
     with pytest.raises(UsageError, match="resume continues the interrupted fine-tuning in out"):
         transfer(data, model="lenet5", weights=None, resume=True, say=print)
+
+
+def test_both_phases_of_a_transfer_resume_warn_of_a_split_drawn_otherwise(tmp_path,
+                                                                          monkeypatch, capsys):
+    """A transfer run killed in its whole-net phase, resumed with another --seed, validates on
+    other images than it began with (some it trained on). The head's phase said so, 'validation
+    images (the data splits otherwise now)'; the whole net's, which goes on training, did not:
+    both phases shared one meta, into which the head's resume had put its checkpoint's
+    validation files."""
+    data = _fashion_folder(tmp_path, monkeypatch)
+    run = tmp_path / "run"
+    argv = ["transfer", str(data), "--no-progress", "--out", str(run), "--img-size", "32",
+            "--fit", "resize", "--views", "1", "--epochs", "2", "--min-steps", "0",
+            "--head-epochs", "1", "--precision", "fp32", "--model", "lenet5", "--weights",
+            str(tmp_path / "lenet5.pt"), "--mode", "finetune"]  # fmt: skip
+    _killed_in_fine_tuning(argv, monkeypatch)
+    capsys.readouterr()
+    assert main(["transfer", str(data), "--out", str(run), "--resume", "--seed", "3",
+                 "--no-progress"]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines()
+                if line.startswith("warning: resuming with different")]
+    engine = [w for w in warnings if "validation images (the data splits otherwise now)" in w]
+    assert len(engine) == 2, warnings  # the head's phase and the whole net's
+
+
+def test_a_transfer_killed_in_the_heads_phase_resumes_without_a_restart_note(tmp_path,
+                                                                             monkeypatch,
+                                                                             capsys):
+    """A bare --resume of a transfer run killed after the head's first epoch (of two) went on
+    with the head, then said at the whole net's phase 'note: no checkpoint in OUT/finetune/full
+    ...: starting a new run with the options given here', as if the run's options were lost:
+    that phase simply begins. The run ends as the uninterrupted one."""
+    data = _fashion_folder(tmp_path, monkeypatch)
+    argv = ["transfer", str(data), "--no-progress", "--img-size", "32", "--fit", "resize",
+            "--views", "1", "--epochs", "1", "--min-steps", "0", "--head-epochs", "2",
+            "--precision", "fp32", "--model", "lenet5", "--weights",
+            str(tmp_path / "lenet5.pt"), "--mode", "finetune"]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "whole")]) == 0
+    run = tmp_path / "run"
+    line = loop._epoch_line
+
+    def killed(record, *args, **kwargs):
+        raise Terminated  # after the head's first epoch is checkpointed
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "_epoch_line", killed)
+        assert main([*argv, "--out", str(run)]) == 128 + 15
+    assert loop._epoch_line is line
+    capsys.readouterr()
+    assert main(["transfer", str(data), "--out", str(run), "--resume", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming after epoch 1 of 2" in err and "no checkpoint in" not in err, err
+    whole, resumed = (json.loads((r / "metrics.json").read_text())
+                      for r in (tmp_path / "whole", run))  # fmt: skip
+    for doc in (whole, resumed):
+        doc.pop("timings_s")
+    assert resumed == whole

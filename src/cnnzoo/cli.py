@@ -93,12 +93,21 @@ def _command_parser(parser: argparse.ArgumentParser,
     return parser
 
 
-def _spelled_out(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
+def _spelled_out(parser: argparse.ArgumentParser, unknown: list[str],
+                 words: list[str]) -> str:
     """For an unknown option that begins a real one (`--mode` of --model, which argparse took
-    as its abbreviation until abbreviations were turned off): the options it may have meant."""
+    as its abbreviation until abbreviations were turned off): the options it may have meant.
+    For one of the command's own options given before its name (`cnnzoo --json models`): that
+    it goes after it. `words`: the command line."""
     for word in unknown:
         given = word.partition("=")[0]
         if not given.startswith("--") or given == "--":  # '--' alone begins every option
+            continue
+        if given in parser._option_string_actions:
+            # Only the parser of the level it stood at saw it ('did you mean --json?' said
+            # nothing); one after a '--' is an argument, as the user meant.
+            if word in _options_part(words):
+                return f"; {given} is an option of `{parser.prog}`: give it after `{parser.prog}`"
             continue
         meant = sorted(o for o in parser._option_string_actions if o.startswith(given))
         if meant:
@@ -187,8 +196,16 @@ def _json_failure(line: str, status: int) -> None:
 def _json_asked(argv: list[str] | None) -> bool:
     """Whether the command line holds --json before any `--` (the command's parser refused
     it before `args` could say so)."""
-    words = sys.argv[1:] if argv is None else argv
-    return "--json" in (words[:words.index("--")] if "--" in words else words)
+    return "--json" in _options_part(_given(argv))
+
+
+def _given(argv: list[str] | None) -> list[str]:
+    return sys.argv[1:] if argv is None else argv
+
+
+def _options_part(words: list[str]) -> list[str]:
+    """The command line's words before a `--`, after which none is an option."""
+    return words[:words.index("--")] if "--" in words else words
 
 
 def _main(argv: list[str] | None) -> int:
@@ -201,7 +218,7 @@ def _main(argv: list[str] | None) -> int:
             # own parser says it, as it says every other mistake in its options.
             command = _command_parser(parser, args)
             command.error(f"unrecognized arguments: {' '.join(unknown)}"
-                          f"{_spelled_out(command, unknown)}")
+                          f"{_spelled_out(command, unknown, _given(argv))}")
     except KeyboardInterrupt:  # Ctrl-C right after starting: no command has begun
         print("\ncnnzoo: interrupted", file=sys.stderr)
         return 130

@@ -112,6 +112,15 @@ def _check_options(names: list[str], options: dict[str, object]) -> None:
     from ..models import get_config
     from ..models.registry import no_option_message
 
+    # Not options of a net but its input and head: 'resnet18 has no option 'in_chans': it has
+    # none besides num_classes and in_chans' contradicted itself (and unet's list left it out).
+    if "in_chans" in options:
+        raise UsageError("--model-arg in_chans: the input's channels are --channels, with "
+                         "--img-size (cnnzoo models --img-size 28 --channels 1)")
+    if "num_classes" in options:
+        raise UsageError("--model-arg num_classes: models counts each net with its own head "
+                         "(the classes column); `cnnzoo compare` counts a run's net with its "
+                         "head")
     for key in options:
         without = [n for n in names if key not in get_config(n).options]
         if without and len(names) == 1:  # as train says it: 'did you mean reductions?', ...

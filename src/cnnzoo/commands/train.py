@@ -372,8 +372,15 @@ def run(args: argparse.Namespace) -> int:
         from ..engine.run import run_checkpoint
         from ..text import json_text
 
-        balanced = result.accumulator.balanced() if hasattr(result.accumulator, "balanced") \
-            else {}
+        acc = result.accumulator
+        final = {**result.final, **(acc.balanced() if hasattr(acc, "balanced") else {})}
+        tta = result.final_tta or None
+        if hasattr(acc, "plain_loss"):
+            # A classifier's loss as `evaluate --json` gives it, the plain cross-entropy: the
+            # log's val_loss holds the run's label smoothing (0.77 where evaluate said 0.72).
+            final["loss"] = acc.plain_loss()
+            if tta and getattr(result, "tta_accumulator", None) is not None:
+                tta = {**tta, "loss": result.tta_accumulator.plain_loss()}
         # The recipe as the run recorded it: the batch and lr a small folder's defaults chose
         # (SGD's lr scaled) were on stderr only, not on any command line.
         ran = run_checkpoint(out / "last.pt") or {}
@@ -390,8 +397,7 @@ def run(args: argparse.Namespace) -> int:
                          "stopped_early": result.stopped_early,
                          # files left out as unreadable, under `data info --json`'s name
                          "skipped": result.skipped,
-                         "final": {**result.final, **balanced},
-                         "final_tta": result.final_tta or None}))
+                         "final": final, "final_tta": tta}))
     elif dist.is_main:
         # top-5 of 5 classes or fewer is 1 by definition: noise in the line
         few = getattr(result.accumulator, "num_classes", 6) <= 5

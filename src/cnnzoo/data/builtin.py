@@ -250,6 +250,7 @@ def load_dataset(
     progress: bool = True,
     min_classes: int = 2,
     hold_out_test: bool = False,
+    note_test: bool = True,
 ) -> Splits:
     """Train/validation data from a built-in name, an image folder or a CSV manifest.
 
@@ -259,7 +260,9 @@ def load_dataset(
     native 28x28 / 8x8 grey; a spec with size=None keeps the size but applies the channels.
     min_classes: what a folder or manifest must hold (1 for a held-out set to score on).
     hold_out_test: a folder's test/ part (a manifest's test rows) without a val/ part stays the
-    test part, and validation is drawn from the training images; else it validates.
+    test part, and validation is drawn from the training images; else it validates, and
+    note_test says so with the option that keeps it apart (a run's choice: not for `evaluate`,
+    which reads the run's data as it was split).
     """
     name = str(source)
     if not name.strip():  # Path("") is the current folder, which is not what an empty name meant
@@ -272,12 +275,12 @@ def load_dataset(
     if path.is_dir():
         return load_folder(
             path, spec, val_fraction=val_fraction, seed=seed, workers=workers, progress=progress,
-            min_classes=min_classes, hold_out_test=hold_out_test,
+            min_classes=min_classes, hold_out_test=hold_out_test, note_test=note_test,
         )
     if path.suffix.lower() == ".csv":
         return load_csv(
             path, spec, val_fraction=val_fraction, seed=seed, workers=workers, progress=progress,
-            min_classes=min_classes, hold_out_test=hold_out_test,
+            min_classes=min_classes, hold_out_test=hold_out_test, note_test=note_test,
         )
     if path.is_file() and (workbook := workbook_error(path)) is not None:
         raise workbook

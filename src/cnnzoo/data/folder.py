@@ -603,13 +603,15 @@ def load_folder(
     progress: bool = True,
     min_classes: int = 2,
     hold_out_test: bool = False,
+    note_test: bool = True,
 ) -> Splits:
     """Load an image folder (layouts in the module docstring) into memory.
 
     spec: how images are decoded and sized (default: RGB at each image's own size, which needs
     equally sized images). val_fraction/seed: the stratified split used when the folder has no
     val/ (or valid/, validation/) part nor a test/ one (which validates then, unless
-    hold_out_test: the split is drawn from train/ and test/ stays the test part).
+    hold_out_test: the split is drawn from train/ and test/ stays the test part; note_test:
+    said in a note, with the option that keeps it apart).
     min_classes: 2 to train a classifier; 1 for a held-out set to score one on, which may hold
     a single class.
     """
@@ -647,7 +649,8 @@ def load_folder(
     datasets = _build_parts(
         items, class_names, spec, parts, skipped, ignored, workers=workers, progress=progress
     )
-    return _assemble(datasets, skipped, val_fraction, seed, hold_out_test=hold_out_test)
+    return _assemble(datasets, skipped, val_fraction, seed, hold_out_test=hold_out_test,
+                     note_test=note_test)
 
 
 def _build_parts(
@@ -694,7 +697,7 @@ def _wxh(part: ImageDataset) -> str:
 
 def _assemble(
     datasets: dict[str, ImageDataset], skipped: list[str], val_fraction: float, seed: int,
-    grouped: int = 0, hold_out_test: bool = False,
+    grouped: int = 0, hold_out_test: bool = False, note_test: bool = True,
 ) -> Splits:
     train = datasets["train"]
     val = datasets.get("val")
@@ -704,11 +707,13 @@ def _assemble(
         # Said: its score was read as a held-out test's, while the run chose by it (best.pt,
         # early stopping) -- and manifest rows of a split spelled 'Validierung' end here too.
         # Kept as the default: runs so far validated on test/, and `evaluate` finds their
-        # validation images again only if it stays so.
-        log.warning("note: no validation part, so the %d test images validate the run and are "
-                    "no held-out test; --val-fraction 0.2 draws the validation images from the "
-                    "training ones instead and keeps the test images apart (as a val/ folder, "
-                    "or rows marked val, does)", len(val))  # fmt: skip
+        # validation images again only if it stays so. (Not in `evaluate`, which has no
+        # --val-fraction to give: it reads a run's data as the run split them.)
+        if note_test:
+            log.warning("note: no validation part, so the %d test images validate the run and are "
+                        "no held-out test; --val-fraction 0.2 draws the validation images from "
+                        "the training ones instead and keeps the test images apart (as a val/ "
+                        "folder, or rows marked val, does)", len(val))  # fmt: skip
     drawn = val is None
     if drawn:
         train, val = train.split(val_fraction, seed)
@@ -1010,13 +1015,14 @@ def load_csv(
     progress: bool = True,
     min_classes: int = 2,
     hold_out_test: bool = False,
+    note_test: bool = True,
 ) -> Splits:
     """Load a CSV manifest: rows `path,label` and optionally a third column `split`
     (train / val / test). A header row naming the columns is optional; with one, the columns may
     come in any order under the names in `_COLUMN_NAMES` (path/file/filename/image,
     label/class, split). Relative paths are relative to the CSV's folder. Without a split
-    column (or without val rows: hold_out_test as in `load_folder`), a stratified split is
-    made."""
+    column (or without val rows: hold_out_test and note_test as in `load_folder`), a
+    stratified split is made."""
     from .masks import holds_mask_pairs  # masks imports this module
 
     spec = spec or ImageSpec()
@@ -1034,15 +1040,16 @@ def load_csv(
     # as changed. Path order, as a folder's files have (`legacy_row_order` keeps the old one).
     first_listed = entries[0][0]
     entries.sort(key=lambda entry: str(entry[0]))
-    class_names = _class_order({label for _, label, split in entries if split == "train"},
-                               manifest)  # fmt: skip
-    if not any(split == "train" for _, _, split in entries):  # was '0 class among its ...'
+    # A sheet of held-out rows alone (all marked test) is a set to score a model on (min_classes
+    # 1): `evaluate` refused it, even with --split test, and said to empty its split cells.
+    held_out = not any(split == "train" for _, _, split in entries)
+    class_names = _class_order({label for _, label, split in entries
+                                if split == "train" or held_out}, manifest)  # fmt: skip
+    if held_out and min_classes > 1:  # was '0 class among its ...'
         held = " or ".join(sorted({split for _, _, split in entries}))
-        how = ("mark the images to train on train (or leave their split cell empty)"
-               if min_classes > 1 else "leave the split cells empty to score every row "
-               "(another data set than the run's is scored whole)")  # an evaluation's
         raise DataError(f"every row of {manifest} is marked {held}, and none is a training "
-                        f"row: {how}")
+                        "row: mark the images to train on train (or leave their split cell "
+                        "empty)")
     if len(class_names) < min_classes:
         raise DataError(
             f"{manifest} has {plural(len(class_names), 'class', 'classes')} among its training "
@@ -1067,7 +1074,12 @@ def load_csv(
         items, class_names, spec, dict.fromkeys(parts, manifest), skipped, [],
         workers=workers, progress=progress, grouped=grouped,
     )  # fmt: skip
-    return _assemble(datasets, skipped, val_fraction, seed, grouped, hold_out_test)
+    if held_out:  # scored as it is: its test rows are the test part, nothing trains
+        rows = next(iter(datasets.values()))
+        none = rows.select([])
+        return Splits(none, datasets.get("val", none), datasets.get("test"), skipped,
+                      grouped=grouped)
+    return _assemble(datasets, skipped, val_fraction, seed, grouped, hold_out_test, note_test)
 
 
 def write_image_folder(

@@ -197,7 +197,7 @@ class FitResult:
     model holds at the end (the best epoch's when they were restored); out_dir: its
     checkpoints and report; accumulator: the final validation pass's (a confusion matrix for
     classification; the last epoch's own pass when the model ends with the weights it scored);
-    final_tta: `final` with test-time augmentation (`TrainConfig.tta`);
+    final_tta: `final` with test-time augmentation (`TrainConfig.tta`), tta_accumulator its pass's;
     skipped: the files of the data left out as unreadable (`train_classifier`, a U-Net's
     `train`; 0 from `fit` alone)."""
 
@@ -213,6 +213,7 @@ class FitResult:
     out_dir: Path | None = None
     accumulator: MetricAccumulator | None = None  # of the final validation pass
     final_tta: dict[str, float] = field(default_factory=dict)  # the same with config.tta
+    tta_accumulator: MetricAccumulator | None = None
     skipped: int = 0  # set by the run that loads the data (`Splits.skipped_count`)
 
 
@@ -592,7 +593,8 @@ class Trainer:
             acc = scored[1] if scored is not None else self.evaluate(self.val_loader)
             result.final, result.accumulator = acc.compute(), acc
             if cfg.tta:
-                result.final_tta = self.evaluate(self.val_loader, tta=cfg.tta).compute()
+                result.tta_accumulator = self.evaluate(self.val_loader, tta=cfg.tta)
+                result.final_tta = result.tta_accumulator.compute()
         if self._writes and cfg.report and history:
             from .report import write_report
 

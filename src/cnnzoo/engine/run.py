@@ -788,7 +788,8 @@ def evaluation_images(
     if is_builtin:
         spec = ImageSpec(size=None, channels=spec.channels)
     splits = builtin.load_dataset(src, spec, val_fraction=val_fraction, seed=seed, min_classes=1,
-                                  progress=progress, hold_out_test=hold_out_test)
+                                  progress=progress, hold_out_test=hold_out_test,
+                                  note_test=False)
     if count_skipped is not None:
         count_skipped(splits.skipped_count)
     if is_builtin and size is not None:  # the same pixels the run validated on
@@ -815,6 +816,9 @@ def evaluation_images(
                             f"removed, renamed or now readable{rows}), so its validation split "
                             "would hold images the run trained on: pass --data with held-out "
                             "images")
+    if len(ds) == 0:  # a held-out sheet of test rows alone has no validation rows
+        raise DataError(f"{src} has no {'validation' if split == 'val' else split} images: "
+                        "use --split test or --split all")
     # Data's class names are NFC (`folder.composed`); a model trained before that may hold a
     # Mac folder's decomposed 'ü'.
     trained = [composed(c) for c in class_names]

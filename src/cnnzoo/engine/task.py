@@ -134,6 +134,7 @@ class ClassificationAccumulator:
         self.count = torch.zeros((), dtype=torch.float64)
         self.correct5 = torch.zeros((), dtype=torch.float64)
         self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        self.ce_sum = torch.zeros((), dtype=torch.float64)  # (`plain_loss`)
 
     def __repr__(self) -> str:  # the sums so far, in a line (`Bundle.evaluate`'s, in a notebook)
         n = int(self.count)
@@ -151,6 +152,7 @@ class ClassificationAccumulator:
         logits = main_output(outputs).detach()
         n = targets.shape[0]
         self.loss_sum.add_(loss.detach(), alpha=n)
+        self.ce_sum.add_(F.cross_entropy(logits.float(), targets, reduction="sum"))
         self.count += n
         # Ties (bf16 logits have 8 bits: two classes of an unsure net often score the same)
         # go to the lower class index, as argmax -- and so `cnnzoo predict`, a bundle's
@@ -168,7 +170,7 @@ class ClassificationAccumulator:
         self.confusion += torch.bincount(targets * c + pred, minlength=c * c).view(c, c)
 
     def reduce(self, fn: Reducer) -> None:
-        for t in (self.loss_sum, self.count, self.correct5, self.confusion):
+        for t in (self.loss_sum, self.count, self.correct5, self.confusion, self.ce_sum):
             fn(t)
 
     def running(self) -> dict[str, float]:
@@ -182,6 +184,11 @@ class ClassificationAccumulator:
             "acc": float(self.correct) / n,
             "top5": float(self.correct5) / n,
         }
+
+    def plain_loss(self) -> float:
+        """The mean plain cross-entropy, `cnnzoo evaluate`'s loss: `compute()`'s is the task's,
+        with the run's label smoothing and class weights (the loss it trained and monitored)."""
+        return float(self.ce_sum) / max(float(self.count), 1.0)
 
     def per_class(self) -> dict[str, list[float | None]]:
         """Per-class precision and recall from the confusion matrix: precision 0 for a class

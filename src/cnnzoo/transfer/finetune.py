@@ -243,6 +243,9 @@ def finetune(
                                                           splits.num_classes))  # fmt: skip
     train, val = make_loaders(splits, pre, cfg)
     out = Path(out_dir) if out_dir is not None else None
+    # Each phase's Trainer its own copy: a resumed phase puts its checkpoint's validation files
+    # into its meta, and through one shared dict the whole net's phase then saw no other split.
+    metas = [dict(meta or {}) for _ in range(2)]
     head_result = full_result = None
     phases = (cfg.head_epochs > 0) + (cfg.epochs > 0)  # "2/2" with the first skipped was odd
     if cfg.head_epochs > 0:
@@ -256,7 +259,7 @@ def finetune(
         head = [{"params": head_parameters(model), "lr": cfg.lr * 3,
                  "name": "head"}]  # fmt: skip
         trainer = Trainer(model, task, train, val, config, param_groups=head,
-                          out_dir=out / "head" if out else None, meta=meta, say=say)  # fmt: skip
+                          out_dir=out / "head" if out else None, meta=metas[0], say=say)  # fmt: skip
         head_result = trainer.fit(resume=resume)
     if cfg.epochs > 0:
         bn = "frozen" if cfg.freeze_bn else "updating"
@@ -278,8 +281,12 @@ def finetune(
         config = _engine_config(cfg, epochs, cfg.lr, patience)
         config.sam = sam
         trainer = Trainer(model, task, train, val, config, param_groups=groups,
-                          out_dir=out / "full" if out else None, meta=meta, say=say)  # fmt: skip
-        full_result = trainer.fit(resume=resume)
+                          out_dir=out / "full" if out else None, meta=metas[1], say=say)  # fmt: skip
+        # A run killed in the head's phase has no checkpoint of this one: it starts, without the
+        # Trainer's note of a restart that found none ('starting a new run with the options
+        # given here', of a bare --resume that goes on with the run's own).
+        full_resume = resume and (out is None or (out / "full" / "last.pt").exists())
+        full_result = trainer.fit(resume=full_resume)
     freeze_backbone(model, False)
     return head_result, full_result
 
