@@ -348,9 +348,7 @@ class Trainer:
         self._resumed_from: Path | None = None  # the checkpoint fit() resumes from
         cfg = self.config
         self.mixer = BatchMixer(cfg.mixup, cfg.cutmix, seed=cfg.seed, rank=self.dist.rank)
-        if self.mixer.enabled and task.name != "classification":
-            raise TrainingError(f"mixup and CutMix mix class labels; the {task.name} task has "
-                                "none: leave --mixup / --cutmix at 0")
+        check_mixing(cfg, task.name)
         for name, loader in (("train_loader", train_loader), ("val_loader", val_loader)):
             _check_labels(task, loader, name)
 
@@ -964,6 +962,14 @@ RUN_FILES = (*RUN_MARKERS, "curves.png", "confusion.png", "per_class.csv", "vali
 def run_files(out_dir: Path) -> list[str]:
     """The `RUN_MARKERS` that `out_dir` holds."""
     return [n for n in RUN_MARKERS if (out_dir / n).exists()]
+
+
+def check_mixing(config: TrainConfig, task_name: str) -> None:
+    """Refuse mixup / CutMix for a task without class labels to mix (segmentation's callers
+    ask before loading their data, the Trainer again for callers that build it directly)."""
+    if (config.mixup or config.cutmix) and task_name != "classification":
+        raise TrainingError(f"mixup and CutMix mix class labels; the {task_name} task has "
+                            "none: leave --mixup / --cutmix at 0")
 
 
 def check_out_dir(out_dir: str | Path | None, *, resume: bool, overwrite: bool) -> None:

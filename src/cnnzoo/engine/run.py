@@ -36,7 +36,7 @@ from ..paths import check_outside, run_data, same_source, transfer_bundle
 from ..text import plural, some
 from .checkpoint import caller_rng_kept, load_checkpoint
 from .distributed import DistContext
-from .grow import grow_from
+from .grow import check_source_family, grow_from
 from .loop import FitResult, TrainConfig, Trainer, check_out_dir
 from .precision import Precision
 from .task import (
@@ -395,6 +395,8 @@ def train_classifier(
     # The net to grow from, read before the data load (slow for a big folder): a typo or a
     # run's folder fails at once.
     src = load_checkpoint(init_from) if init_from is not None and not resuming else None
+    if src is not None:  # another family's net (lenet5 into vgg11) was refused after the load
+        check_source_family(get_config(model_name).family, (src.get("meta") or {}).get("model"))
     ran_lr = None  # the resumed run's learning rate, kept when none is given (below)
     # The epochs --patience and --progressive count (`in_raised_epochs`): those asked for.
     asked = config.epochs
