@@ -192,6 +192,17 @@ def _json_asked(argv: list[str] | None) -> bool:
 
 
 def _main(argv: list[str] | None) -> int:
+    # SIGTERM raises `Terminated` from the start, the parse too: a `timeout` or `kill` then
+    # ended the process without a line (nor --json's document) until the command had begun.
+    previous = _catch_sigterm()
+    try:
+        return _parse_and_run(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _parse_and_run(argv: list[str] | None) -> int:
     try:
         parser = build_parser()
         args, unknown = parser.parse_known_args(argv)
@@ -202,9 +213,16 @@ def _main(argv: list[str] | None) -> int:
             command = _command_parser(parser, args)
             command.error(f"unrecognized arguments: {' '.join(unknown)}"
                           f"{_spelled_out(command, unknown)}")
-    except KeyboardInterrupt:  # Ctrl-C right after starting: no command has begun
-        print("\ncnnzoo: interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as exc:  # right after starting: no command has begun
+        stopped = isinstance(exc, KeyboardInterrupt)
+        line = "cnnzoo: interrupted" if stopped else "cnnzoo: terminated (SIGTERM)"
+        status = 130 if stopped else 128 + signal.SIGTERM
+        print(f"\n{line}", file=sys.stderr)
+        # Whether the command takes --json is not known yet: the words ask for it, and a script
+        # that gave it reads the document it gets once the command has begun.
+        if _json_asked(argv):
+            _json_failure(line, status)
+        return status
     except UsageExit as exc:
         if exc.has_json and _json_asked(argv):
             _json_failure(exc.line, 2)
@@ -216,7 +234,6 @@ def _main(argv: list[str] | None) -> int:
     started = time.time()
     # `cnnzoo data export: error: ...`, as argparse names the subcommand in its own errors
     command = " ".join(filter(None, (args.command, getattr(args, "action", None))))
-    previous = _catch_sigterm()
 
     def failed(line: str, status: int) -> int:
         # Every failure's line, in one place: with --json also stdout's one document.
@@ -262,9 +279,6 @@ def _main(argv: list[str] | None) -> int:
     except Exception as exc:
         bug(exc)
         raise
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 class Terminated(BaseException):  # not an Exception: no `except Exception` may swallow it
