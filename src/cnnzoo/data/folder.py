@@ -1034,15 +1034,17 @@ def load_csv(
     # as changed. Path order, as a folder's files have (`legacy_row_order` keeps the old one).
     first_listed = entries[0][0]
     entries.sort(key=lambda entry: str(entry[0]))
-    class_names = _class_order({label for _, label, split in entries if split == "train"},
-                               manifest)  # fmt: skip
-    if not any(split == "train" for _, _, split in entries):  # was '0 class among its ...'
+    # No training row: a sheet of held-out images. An evaluation (min_classes 1: a run trained
+    # elsewhere, or on other images) scores its rows as marked, their labels its classes; it
+    # was refused, and the advice to empty the split cells lost which rows were val and test.
+    held_only = not any(split == "train" for _, _, split in entries)
+    if held_only and min_classes > 1:  # was '0 class among its ...'
         held = " or ".join(sorted({split for _, _, split in entries}))
-        how = ("mark the images to train on train (or leave their split cell empty)"
-               if min_classes > 1 else "leave the split cells empty to score every row "
-               "(another data set than the run's is scored whole)")  # an evaluation's
         raise DataError(f"every row of {manifest} is marked {held}, and none is a training "
-                        f"row: {how}")
+                        "row: mark the images to train on train (or leave their split cell "
+                        "empty)")
+    class_names = _class_order({label for _, label, split in entries
+                                if split == "train" or held_only}, manifest)  # fmt: skip
     if len(class_names) < min_classes:
         raise DataError(
             f"{manifest} has {plural(len(class_names), 'class', 'classes')} among its training "
@@ -1067,6 +1069,10 @@ def load_csv(
         items, class_names, spec, dict.fromkeys(parts, manifest), skipped, [],
         workers=workers, progress=progress, grouped=grouped,
     )  # fmt: skip
+    if held_only:  # its val and test rows as marked, beside an empty training part
+        empty = next(iter(datasets.values())).select([])
+        return Splits(empty, datasets.get("val", empty), datasets.get("test"), skipped,
+                      grouped=grouped)  # fmt: skip
     return _assemble(datasets, skipped, val_fraction, seed, grouped, hold_out_test)
 
 

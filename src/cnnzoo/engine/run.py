@@ -759,6 +759,9 @@ def evaluation_images(
         ds = splits.test if splits.test is not None else splits.val
     else:
         ds = splits.val
+        if not len(ds):  # a sheet of test rows alone (`load_csv`): nothing validates
+            raise DataError(f"{src} has no validation rows (none is marked val, and none "
+                            "trains to draw them from): use --split test or --split all")
         if (val_files and splits.val_drawn and not is_builtin and same_source(src, trained_on)
                 and ds.files_digest(src) != val_files
                 and (ds := _val_in_row_order(src, splits, val_fraction, seed, val_files)) is None):
