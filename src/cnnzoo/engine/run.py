@@ -31,13 +31,27 @@ from ..data.loader import (
     in_raised_epochs,
     small_set_batch,
 )
-from ..errors import DamagedCheckpointError, DataError, NewerFormatError, UsageError, WeightsError
+from ..errors import (
+    DamagedCheckpointError,
+    DataError,
+    NewerFormatError,
+    TrainingError,
+    UsageError,
+    WeightsError,
+)
 from ..paths import check_outside, run_data, same_source, transfer_bundle
 from ..text import plural, some
 from .checkpoint import caller_rng_kept, load_checkpoint
 from .distributed import DistContext
 from .grow import check_source_family, grow_from
-from .loop import FitResult, TrainConfig, Trainer, check_out_dir
+from .loop import (
+    FitResult,
+    TrainConfig,
+    Trainer,
+    check_out_dir,
+    optimizer_state_conflict,
+    resume_conflict,
+)
 from .precision import Precision
 from .task import (
     ClassificationAccumulator,
@@ -403,6 +417,19 @@ def train_classifier(
     if resuming:
         record = run_checkpoint(Path(out_dir) / "last.pt") or {}
         ran, ran_lr = record.get("meta"), (record.get("config") or {}).get("lr")
+        # What the Trainer refuses of the run once the data are loaded, said before the load
+        # (slow for a big folder) where the options alone decide it: another model given with
+        # its --out, --channels or --optimizer other than the run's. (Model options, classes
+        # and a net's own input size wait for the data: residual_net records its size then.)
+        new = {"model": model_name, **({} if data.channels is None
+                                       else {"in_chans": data.channels})}  # fmt: skip
+        conflict = resume_conflict(ran or {}, new, record.get("task"), "classification")
+        if conflict:  # (the Trainer's words)
+            raise TrainingError(f"the checkpoint in {out_dir} {conflict}, or start a new run "
+                                "with another --out")
+        conflict = optimizer_state_conflict(record.get("config") or {}, config, "optimizer")
+        if conflict:
+            raise TrainingError(f"the checkpoint in {out_dir} {conflict}")
         ran_epochs = (record.get("config") or {}).get("epochs")
         if (min_steps is None or default_epochs) and ran_epochs:  # the epochs it was running
             config = replace(config, epochs=int(ran_epochs))
