@@ -251,6 +251,12 @@ def _parse_and_run(argv: list[str] | None) -> int:
                           f"{shown(exc)} (a bug: see the traceback)", 1)
 
     try:
+        # numpy before any command imports torch: torch's own import of it swallows whatever
+        # ends it, so a Ctrl-C there left numpy half-imported and the command went on to a
+        # RecursionError or ImportError traceback (exit 1) instead of "interrupted". Here the
+        # KeyboardInterrupt is raised (torch imports numpy anyway: no time is added).
+        import numpy  # noqa: F401
+
         return int(args._run(args) or 0)
     except Terminated:
         return failed(f"\ncnnzoo {command}: terminated (SIGTERM){_resume_hint(args, started)}",
