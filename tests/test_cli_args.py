@@ -313,6 +313,33 @@ def test_ctrl_c_while_torch_is_being_imported_is_one_line(tmp_path, monkeypatch,
     (tmp_path / "last.pt").write_bytes(b"")  # an earlier run's
     args = argparse.Namespace(command="train", model="lenet5", out=str(tmp_path))
     assert cli._resume_hint(args, 0.0) == ""
+def test_ctrl_c_while_numpy_is_being_imported_stops_the_command(tmp_path):
+    """torch imports numpy and swallows whatever ends that import: a Ctrl-C then was lost (the
+    command went on to the end, exit 0) or left numpy half-imported (a RecursionError or
+    ImportError traceback later, exit 1; 3 of 15 Ctrl-Cs 0.7-1.3 s into `evaluate`). numpy is
+    imported before the command, where the Ctrl-C ends it as any other: its line, exit 130.
+    The Ctrl-C is a KeyboardInterrupt raised by the first attempt to import numpy."""
+    import subprocess
+    import sys
+
+    import cnnzoo.cli as cli
+
+    code = ("import sys\n"
+            "class Stop:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'numpy' and not sys.meta_path.remove(self):\n"
+            "            raise KeyboardInterrupt\n"
+            "sys.meta_path.insert(0, Stop())\n"
+            "import cnnzoo.cli\n"
+            "raise SystemExit(cnnzoo.cli.main(['models', '--json']))")
+    src = str(Path(cli.__file__).parents[1])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHONPATH": src,
+                                           "CNNZOO_CACHE": str(tmp_path)})
+    assert (out.returncode, out.stderr) == (130, "\ncnnzoo models: interrupted\n"), out
+    assert json.loads(out.stdout) == {"error": "cnnzoo models: interrupted", "exit_status": 130}
+
+
 def test_a_terminated_run_says_so_and_how_to_continue(tmp_path, monkeypatch, capsys):
     """SIGTERM (a batch system's time limit, `docker stop`, `timeout`) killed a run with
     nothing in its log: now it ends as Ctrl-C does, with its own line and exit status 143, and

@@ -111,6 +111,22 @@ def test_the_cpu_and_threads_the_times_were_measured_with_are_named(tmp_path):
     assert differences(summarize_runs([a, same])) == []
 
 
+def test_compare_json_gives_threads_and_processes_as_numbers(tmp_path, capsys):
+    """--json gave `threads` as the table's words ("2", "2 processes x 1 thread") where every
+    other count is a number: now threads per process and processes, numbers as recorded (null
+    for a run that did not record them); the table keeps its words."""
+    b = _fake_run(tmp_path / "b", machine={"cpu": "x", "threads": 2, "processes": 1})
+    c = _fake_run(tmp_path / "c", machine={"cpu": "x", "threads": 1, "processes": 2})
+    old = _fake_run(tmp_path / "old")
+    assert main(["compare", str(b), str(c), str(old), "--json"]) == 0
+    runs = json.loads(capsys.readouterr().out)["runs"]
+    assert [(r["settings"]["threads"], r["settings"]["processes"]) for r in runs] == [
+        (2, 1), (1, 2), (None, None)]
+    assert main(["compare", str(b), str(c), str(old)]) == 0
+    assert ("  threads (train s, img/s): 2 (b), 2 processes x 1 thread (c), not recorded (old)"
+            in capsys.readouterr().out.splitlines())
+
+
 def test_runs_that_cannot_be_compared_are_one_line(tmp_path):
     a = _fake_run(tmp_path / "a")
     seg = _fake_run(tmp_path / "seg", model="unet", task="segmentation",

@@ -1892,8 +1892,9 @@ def test_data_info_counts_a_test_part_of_another_size(tmp_path, capsys, parts):
 
 def test_a_manifest_of_test_rows_only_says_so(tmp_path):
     """A sheet whose rows were all marked test (the held-out images, listed apart) was '0 class
-    among its training rows: a classifier needs two or more labels' in train and in evaluate,
-    of a sheet with two labels: it now says that no row trains, and what to do in each."""
+    among its training rows: a classifier needs two or more labels' in train, of a sheet with
+    two labels: it now says that no row trains, and what to do. An evaluation's load (min
+    classes 1) reads its rows as marked (test_heldout scores one)."""
     for n, v in (("a", 10), ("b", 200)):
         _png(tmp_path / f"{n}.png", v)
     manifest = tmp_path / "held.csv"

@@ -3537,6 +3537,60 @@ def test_a_bad_model_arg_is_refused_before_the_data_load(tmp_path, monkeypatch, 
         assert err[-1] == f"cnnzoo train: error: {message}"
 
 
+def test_a_growth_source_of_another_family_is_refused_before_the_data_load(
+        tmp_path, monkeypatch, capsys):
+    """`cnnzoo train vgg11 --init-from <a lenet5 run>` loaded the whole data set, printed its
+    batch and epoch notes, built vgg11 and only then said the source was no VGG: the family
+    is in the checkpoint's meta, read before the data."""
+    import cnnzoo.engine.run as run_module
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data were loaded before --init-from's family was checked")
+
+    monkeypatch.setattr(run_module, "load_splits", no_data)
+    lenet = atomic_save({"model": create_model("lenet5").state_dict(),
+                         "meta": {"model": "lenet5"}}, tmp_path / "lenet5.pt")
+    for model, words in (("vgg11", "not a VGG; growth goes vgg11 → vgg13"),
+                         ("resnet32", "not a resnet model: grow from a trained shallower")):
+        assert main(["train", model, "--data", "digits", "--init-from", str(lenet),
+                     "--out", str(tmp_path / model)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith(f"cnnzoo train: error: the source checkpoint is lenet5, {words}")
+        assert not any(line.startswith(("data:", "note:")) for line in err)
+
+
+def test_a_resume_the_run_cannot_take_is_refused_before_the_data_load(tmp_path, monkeypatch,
+                                                                       capsys):
+    """`--resume` of a lenet5 run with --optimizer adamw, --channels 3 or as resnet20 loaded
+    and decoded the whole data set first, then said the checkpoint could not go on so: each
+    is now said before any image is read, in the same words."""
+    import cnnzoo.engine.run as run_module
+
+    out = tmp_path / "run"
+    assert main(["train", "lenet5", "--data", "digits", "--epochs", "1", "--batch-size", "256",
+                 "--precision", "fp32", "--channels-last", "off", "--no-progress",
+                 "--no-tensorboard", "--out", str(out)]) == 0
+    capsys.readouterr()
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data were loaded before the resume was checked")
+
+    monkeypatch.setattr(run_module, "load_splits", no_data)
+    cases = [
+        (["lenet5", "--optimizer", "adamw"], "was trained with optimizer=sgd, and its optimizer "
+         "state cannot continue with optimizer=adamw: resume with the run's optimizer, or start "
+         "a new run from its weights (--init-from)"),
+        (["lenet5", "--channels", "3"], "has in_chans=1, not 3: resume with the data it was "
+         "trained on (or --channels 1), or start a new run with another --out"),
+        (["resnet20"], "is lenet5, not resnet20: resume it as `cnnzoo train lenet5 ... "
+         "--resume`, or start a new run with another --out"),
+    ]
+    for args, words in cases:
+        assert main(["train", *args, "--data", "digits", "--out", str(out), "--resume"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"cnnzoo train: error: the checkpoint in {out} {words}"], args
+
+
 def test_a_channel_flat_in_every_training_image_is_not_scaled_up(tmp_path, capsys):
     """Images whose blue channel is 0 everywhere (two-stain microscopy saved as RGB), or all
     black: the channel's std was stored as 1e-6, so a new image with blue at 2 of 255 fed the

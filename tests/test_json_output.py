@@ -81,6 +81,31 @@ def test_every_way_a_command_ends_early_is_json(raised, status, words, monkeypat
     assert doc == {"error": err, "exit_status": status} and err.startswith(words)
 
 
+def test_ctrl_c_or_sigterm_while_the_command_line_is_parsed_is_json_too(monkeypatch, capsys):
+    """Stopped before the command began (its modules being imported to build the parser),
+    a --json command said so on stderr only (Ctrl-C), or was killed without a line (SIGTERM,
+    whose handler was set only after the parse): both now end as they do later, with the
+    line on stderr and the one JSON document on stdout."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert main(["compare", "runs/x", "--json"]) == 130
+    doc, err = _failure(capsys)
+    assert doc == {"error": "cnnzoo: interrupted", "exit_status": 130} and err == doc["error"]
+    assert main(["compare", "runs/x"]) == 130  # none asked for: none given
+    assert capsys.readouterr().out == ""
+    # SIGTERM in a process of its own: were it not caught, it would end pytest.
+    code = ("import os, signal, time, cnnzoo.cli as c\n"
+            "def parser():\n    os.kill(os.getpid(), signal.SIGTERM)\n    time.sleep(30)\n"
+            "c.build_parser = parser\nraise SystemExit(c.main(['compare', 'runs/x', '--json']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "PYTHONPATH": SRC})
+    assert out.returncode == 143, out
+    assert json.loads(out.stdout) == {"error": "cnnzoo: terminated (SIGTERM)", "exit_status": 143}
+    assert out.stderr == "\ncnnzoo: terminated (SIGTERM)\n"
+
+
 @pytest.mark.parametrize("raised", [RuntimeError("boom"), OSError(errno.EIO, "boom")])
 def test_a_bug_keeps_its_traceback_and_is_json_too(raised, monkeypatch, capsys):
     """A bug is a traceback and exit status 1, as before; stdout was empty, which a script

@@ -421,6 +421,26 @@ def test_a_transfer_resume_warns_of_options_given_and_runs_from_before_resume_as
         "--overwrite\n")
 
 
+def test_a_bare_transfer_resume_names_the_run_it_did_not_find(tmp_path, monkeypatch, capsys):
+    """`cnnzoo transfer DATA --model efficientnet_lite1` writes runs/transfer-efficientnet_lite1;
+    its bare restart, `cnnzoo transfer DATA --resume`, looked in the default model's
+    runs/transfer-efficientnet_lite0, found nothing and began a new efficientnet_lite0 run with a
+    note. It is refused, naming the folder it looked in and the --out that resumes the run."""
+    monkeypatch.chdir(tmp_path)
+    lite1 = Path("runs") / "transfer-efficientnet_lite1"
+    (lite1 / "finetune" / "head").mkdir(parents=True)
+    (lite1 / "finetune" / "head" / "last.pt").write_bytes(b"")  # (only its presence counts)
+    (Path("runs") / "transfer-resnet18").mkdir()  # a folder without a fine-tuning: not named
+    assert main(["transfer", str(tmp_path / "data"), "--resume"]) == 2
+    lite0 = Path("runs") / "transfer-efficientnet_lite0"
+    assert capsys.readouterr().err.splitlines() == [
+        f"cnnzoo transfer: error: --resume without --out or --model continues {lite0}, the "
+        "folder of efficientnet_lite0 (the model by default), which holds no fine-tuning to "
+        f"resume; {lite1} holds one: add --out {lite1} (or, to start a new run in {lite0}, "
+        "leave out --resume)"]
+    assert not lite0.exists()
+
+
 def test_a_bare_transfer_resume_with_nothing_to_resume_says_so_before_any_work(tmp_path,
                                                                             monkeypatch, capsys):
     """A transfer run killed before fine-tuning's first checkpoint (in its features or the

@@ -1702,6 +1702,39 @@ def test_base_width_with_an_encoder_is_refused_in_one_line(tmp_path, capsys):
     assert not out.exists()  # before any work
 
 
+def test_net_options_and_mixing_are_refused_before_the_data_load(tmp_path, monkeypatch,
+                                                                   capsys):
+    """A mistyped --model-arg, an encoder the U-Net does not take, --padding valid with an
+    encoder, missing encoder weights and --mixup were refused only after the data load (200
+    synthetic cells, or a big folder: many seconds): now before any image is read (the load
+    fails here), in the words the real build uses."""
+    import cnnzoo.segmentation.training as training
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data were loaded before the options were checked")
+
+    monkeypatch.setattr(training, "load_segmentation", no_data)
+    cases = [
+        (["--model-arg", "foo=1"], "unet has no option 'foo': its options are padding, "),
+        (["--model-arg", "dropout=2"], "unet: dropout is a probability, a number in [0, 1), "
+                                       "not 2"),
+        (["--model-arg", "decoder_channels=x"], "decoder_channels takes 4 whole numbers"),
+        (["--encoder", "lenet5"], "unet: encoder_name must be one of resnet18, "),
+        (["--encoder", "resnet18", "--padding", "valid"], "unet: a custom encoder needs "
+                                                          "padding='same'"),
+        (["--encoder", "resnet18", "--encoder-weights", str(tmp_path / "gone.pth")],
+         f"{tmp_path / 'gone.pth'}: no such weights file"),
+        (["--mixup", "0.2"], "mixup and CutMix mix class labels; the segmentation task has "
+                             "none: leave --mixup / --cutmix at 0"),
+    ]
+    out = tmp_path / "run"
+    for args, message in cases:
+        assert main(["train", "unet", "--data", "cells", *args, "--out", str(out)]) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith(f"cnnzoo train: error: {message}"), (args, err)
+        assert not out.exists()
+
+
 def test_classification_options_at_their_defaults_pass_and_patience_says_dice(capsys):
     # At their defaults they are no request: the run goes on to the data (here refused later).
     rc = main(["train", "unet", "--task", "segmentation", "--data", "cells", "--cells", "1",

@@ -209,6 +209,17 @@ def _options_part(words: list[str]) -> list[str]:
 
 
 def _main(argv: list[str] | None) -> int:
+    # SIGTERM raises `Terminated` from the start, the parse too: a `timeout` or `kill` then
+    # ended the process without a line (nor --json's document) until the command had begun.
+    previous = _catch_sigterm()
+    try:
+        return _parse_and_run(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _parse_and_run(argv: list[str] | None) -> int:
     try:
         parser = build_parser()
         args, unknown = parser.parse_known_args(argv)
@@ -219,9 +230,16 @@ def _main(argv: list[str] | None) -> int:
             command = _command_parser(parser, args)
             command.error(f"unrecognized arguments: {' '.join(unknown)}"
                           f"{_spelled_out(command, unknown, _given(argv))}")
-    except KeyboardInterrupt:  # Ctrl-C right after starting: no command has begun
-        print("\ncnnzoo: interrupted", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, Terminated) as exc:  # right after starting: no command has begun
+        stopped = isinstance(exc, KeyboardInterrupt)
+        line = "cnnzoo: interrupted" if stopped else "cnnzoo: terminated (SIGTERM)"
+        status = 130 if stopped else 128 + signal.SIGTERM
+        print(f"\n{line}", file=sys.stderr)
+        # Whether the command takes --json is not known yet: the words ask for it, and a script
+        # that gave it reads the document it gets once the command has begun.
+        if _json_asked(argv):
+            _json_failure(line, status)
+        return status
     except UsageExit as exc:
         if exc.has_json and _json_asked(argv):
             _json_failure(exc.line, 2)
@@ -233,7 +251,6 @@ def _main(argv: list[str] | None) -> int:
     started = time.time()
     # `cnnzoo data export: error: ...`, as argparse names the subcommand in its own errors
     command = " ".join(filter(None, (args.command, getattr(args, "action", None))))
-    previous = _catch_sigterm()
 
     def failed(line: str, status: int) -> int:
         # Every failure's line, in one place: with --json also stdout's one document.
@@ -251,6 +268,12 @@ def _main(argv: list[str] | None) -> int:
                           f"{shown(exc)} (a bug: see the traceback)", 1)
 
     try:
+        # numpy before any command imports torch: torch's own import of it swallows whatever
+        # ends it, so a Ctrl-C there left numpy half-imported and the command went on to a
+        # RecursionError or ImportError traceback (exit 1) instead of "interrupted". Here the
+        # KeyboardInterrupt is raised (torch imports numpy anyway: no time is added).
+        import numpy  # noqa: F401
+
         return int(args._run(args) or 0)
     except Terminated:
         return failed(f"\ncnnzoo {command}: terminated (SIGTERM){_resume_hint(args, started)}",
@@ -279,9 +302,6 @@ def _main(argv: list[str] | None) -> int:
     except Exception as exc:
         bug(exc)
         raise
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
 
 
 class Terminated(BaseException):  # not an Exception: no `except Exception` may swallow it

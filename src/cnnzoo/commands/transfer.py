@@ -252,6 +252,28 @@ def out_folder(args: argparse.Namespace) -> Path:
     return Path(args.out) if args.out else Path("runs") / f"transfer-{model_of(args)}"
 
 
+def refuse_resume_elsewhere(out: Path, model: str) -> None:
+    """A bare --resume (no --out, no --model) continues `out`, `model`'s default folder: one
+    that holds nothing to resume, while another runs/transfer-MODEL/ does, is refused naming
+    both. It started a new efficientnet_lite0 run with a note, where the user had fine-tuned
+    `--model efficientnet_lite1` into runs/transfer-efficientnet_lite1 and meant that one."""
+    from ..errors import UsageError
+    from ..text import some
+    from ..transfer.run import finetune_started
+
+    if finetune_started(out):
+        return
+    others = [str(d) for d in sorted(out.parent.glob("transfer-*"))
+              if d != out and finetune_started(d)]
+    if others:
+        holds = "holds one" if len(others) == 1 else "hold one each"
+        raise UsageError(f"--resume without --out or --model continues {out}, the folder "
+                         f"of {model} (the model by default), which holds no fine-tuning to "
+                         f"resume; "
+                         f"{some(others, 3)} {holds}: add --out {others[0]} (or, to start "
+                         f"a new run in {out}, leave out --resume)")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..engine.distributed import use_threads
     from ..paths import check_folder
@@ -264,6 +286,8 @@ def run(args: argparse.Namespace) -> int:
     # --val-fraction given: a test/ part without val/ stays held out; left out on a bare
     # --resume, the run's choice (None until `keep_transfer_options` reads it).
     args.hold_out_test = True if args.val_fraction is not None else None
+    if args.resume and args.out is None and args.model is None:
+        refuse_resume_elsewhere(out, model_of(args))
     if args.resume:  # each option left out is the interrupted run's own
         from .resume_options import keep_transfer_options
 

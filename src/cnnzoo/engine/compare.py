@@ -269,12 +269,11 @@ def _summary(path: Path, label: str, ckpt: dict[str, Any]) -> RunSummary:
         settings["precision"] = str(ckpt["precision"].get("dtype"))
     machine = ckpt.get("machine") or {}  # (runs before cnnzoo recorded it: None, 'not recorded')
     settings["cpu"] = machine.get("cpu")
-    if machine.get("threads"):
-        threads, procs = int(machine["threads"]), int(machine.get("processes") or 1)
-        settings["threads"] = (str(threads) if procs == 1
-                               else f"{procs} processes x {plural(threads, 'thread')}")
-    else:
-        settings["threads"] = None
+    # Numbers, as --json gives every other count (threads was the table's words, "1" or "2
+    # processes x 1 thread"); `_show` words them for the table. None: not recorded.
+    recorded = bool(machine.get("threads"))
+    settings["threads"] = int(machine["threads"]) if recorded else None
+    settings["processes"] = int(machine.get("processes") or 1) if recorded else None
     return RunSummary(
         label=label, path=path, task=task, model=name, model_kwargs=kwargs, params=params,
         macs=macs, input=f"{chans}x{size}", epochs=int(last["epoch"]),
@@ -370,6 +369,8 @@ def differences(runs: list[RunSummary]) -> list[str]:
         shown: dict[str, str] = {}
         for r in runs:
             value = r.settings.get(key)
+            if key == "threads" and value is not None:  # one line: 2 processes x 1 thread
+                value = (r.settings.get("processes") or 1, value)
             groups.setdefault(repr(value), []).append(r.label)
             shown[repr(value)] = _show(key, value)
         if len(groups) < 2:
@@ -393,6 +394,9 @@ def _show(key: str, value: Any) -> str:
         return UNSET.get(key, "-")
     if key == "progressive":
         return f"{value[0]} px for {plural(value[1], 'epoch')}"
+    if key == "threads":  # (processes, threads per process)
+        procs, threads = value
+        return str(threads) if procs == 1 else f"{procs} processes x {plural(threads, 'thread')}"
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)

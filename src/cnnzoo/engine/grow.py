@@ -120,6 +120,19 @@ def _shape(t: Tensor) -> str:
     return "x".join(map(str, t.shape)) or "scalar"
 
 
+def check_source_family(family: str | None, source_name: Any) -> None:
+    """Refuse growing a `family` net from a checkpoint of another family's `source_name` (the
+    one check that needs neither net built: `train_classifier` asks before loading its data)."""
+    source_family = _family(source_name) if source_name else None
+    if family and source_family and source_family != family:
+        if family == "vgg":
+            raise WeightsError(f"the source checkpoint is {source_name}, not a VGG; growth goes "
+                               "vgg11 → vgg13 → vgg16 → vgg19: pass a checkpoint of `cnnzoo "
+                               "train vgg11 ...` (or of the VGG before this one)")
+        raise WeightsError(f"the source checkpoint is {source_name}, not a {family} model: grow "
+                           f"from a trained shallower {family} model")
+
+
 def grow_from(
     model: nn.Module,
     source_state: dict[str, Tensor],
@@ -145,14 +158,7 @@ def grow_from(
     family = getattr(getattr(model, "default_cfg", None), "family", None)
     meta = source_meta or {}
     source_name = meta.get("model")
-    source_family = _family(source_name) if source_name else None
-    if family and source_family and source_family != family:
-        if family == "vgg":
-            raise WeightsError(f"the source checkpoint is {source_name}, not a VGG; growth goes "
-                               "vgg11 → vgg13 → vgg16 → vgg19: pass a checkpoint of `cnnzoo "
-                               "train vgg11 ...` (or of the VGG before this one)")
-        raise WeightsError(f"the source checkpoint is {source_name}, not a {family} model: grow "
-                           f"from a trained shallower {family} model")
+    check_source_family(family, source_name)
     # A deeper source into a shallower net (vgg13 -> vgg11) copied a few layers (two convs
     # by the paper's rule) and left the rest unused: growth goes the other way (the docs'
     # "a deeper net from a trained shallower one"). The same net (a new run from a run's

@@ -349,9 +349,7 @@ class Trainer:
         self._resumed_from: Path | None = None  # the checkpoint fit() resumes from
         cfg = self.config
         self.mixer = BatchMixer(cfg.mixup, cfg.cutmix, seed=cfg.seed, rank=self.dist.rank)
-        if self.mixer.enabled and task.name != "classification":
-            raise TrainingError(f"mixup and CutMix mix class labels; the {task.name} task has "
-                                "none: leave --mixup / --cutmix at 0")
+        check_mixing(cfg, task.name)
         for name, loader in (("train_loader", train_loader), ("val_loader", val_loader)):
             _check_labels(task, loader, name)
 
@@ -645,18 +643,10 @@ class Trainer:
         kinds = ("optimizer", "freeze_bn") if batchnorm_params(unwrap_model(self.model)) \
             else ("optimizer",)
         for k in kinds:
-            was = old.get(k, getattr(TrainConfig, k))
-            if was != getattr(self.config, k):
-                if self.meta.get("transfer") and k == "freeze_bn":  # in `cnnzoo transfer`'s words
-                    how = (f"resume {'without' if was else 'with'} --update-bn, as the run "
-                           "began, or start over (--overwrite)")
-                else:
-                    how = (f"resume with the run's {k}, or start a new run from its weights "
-                           "(--init-from)")
-                raise TrainingError(
-                    f"the checkpoint in {self._resume_where(resume)} was trained with {k}="
-                    f"{was}, and its optimizer state cannot continue with {k}="
-                    f"{getattr(self.config, k)}: {how}")
+            problem = optimizer_state_conflict(old, self.config, k,
+                                               transfer=bool(self.meta.get("transfer")))
+            if problem:
+                raise TrainingError(f"the checkpoint in {self._resume_where(resume)} {problem}")
         changed = [f"{k} (was {old.get(k)}, now {getattr(self.config, k)})"
                    for k in RESUME_WARN_CONFIG
                    if old.get(k) != getattr(self.config, k)]
@@ -966,6 +956,31 @@ RUN_FILES = (*RUN_MARKERS, "curves.png", "confusion.png", "per_class.csv", "vali
 def run_files(out_dir: Path) -> list[str]:
     """The `RUN_MARKERS` that `out_dir` holds."""
     return [n for n in RUN_MARKERS if (out_dir / n).exists()]
+
+
+def optimizer_state_conflict(old: dict[str, Any], config: TrainConfig, key: str, *,
+                             transfer: bool = False) -> str | None:
+    """Why a checkpoint whose config is `old` cannot go on with `config`'s `key` (optimizer or
+    freeze_bn: the optimizer's state is per parameter group), the end of a sentence starting
+    'the checkpoint in DIR ...'; None when they agree."""
+    was, now = old.get(key, getattr(TrainConfig, key)), getattr(config, key)
+    if was == now:
+        return None
+    if transfer and key == "freeze_bn":  # in `cnnzoo transfer`'s words
+        how = (f"resume {'without' if was else 'with'} --update-bn, as the run began, or start "
+               "over (--overwrite)")
+    else:
+        how = f"resume with the run's {key}, or start a new run from its weights (--init-from)"
+    return (f"was trained with {key}={was}, and its optimizer state cannot continue with "
+            f"{key}={now}: {how}")
+
+
+def check_mixing(config: TrainConfig, task_name: str) -> None:
+    """Refuse mixup / CutMix for a task without class labels to mix (segmentation's callers
+    ask before loading their data, the Trainer again for callers that build it directly)."""
+    if (config.mixup or config.cutmix) and task_name != "classification":
+        raise TrainingError(f"mixup and CutMix mix class labels; the {task_name} task has "
+                            "none: leave --mixup / --cutmix at 0")
 
 
 def check_out_dir(out_dir: str | Path | None, *, resume: bool, overwrite: bool) -> None:

@@ -31,13 +31,27 @@ from ..data.loader import (
     in_raised_epochs,
     small_set_batch,
 )
-from ..errors import DamagedCheckpointError, DataError, NewerFormatError, UsageError, WeightsError
+from ..errors import (
+    DamagedCheckpointError,
+    DataError,
+    NewerFormatError,
+    TrainingError,
+    UsageError,
+    WeightsError,
+)
 from ..paths import check_outside, run_data, same_source, transfer_bundle
 from ..text import plural, some, to_stderr
 from .checkpoint import caller_rng_kept, load_checkpoint
 from .distributed import DistContext
-from .grow import grow_from
-from .loop import FitResult, TrainConfig, Trainer, check_out_dir
+from .grow import check_source_family, grow_from
+from .loop import (
+    FitResult,
+    TrainConfig,
+    Trainer,
+    check_out_dir,
+    optimizer_state_conflict,
+    resume_conflict,
+)
 from .precision import Precision
 from .task import (
     ClassificationAccumulator,
@@ -444,12 +458,27 @@ def train_classifier(
     # The net to grow from, read before the data load (slow for a big folder): a typo or a
     # run's folder fails at once.
     src = load_checkpoint(init_from) if init_from is not None and not resuming else None
+    if src is not None:  # another family's net (lenet5 into vgg11) was refused after the load
+        check_source_family(get_config(model_name).family, (src.get("meta") or {}).get("model"))
     ran_lr = None  # the resumed run's learning rate, kept when none is given (below)
     # The epochs --patience and --progressive count (`in_raised_epochs`): those asked for.
     asked = config.epochs
     if resuming:
         record = run_checkpoint(Path(out_dir) / "last.pt") or {}
         ran, ran_lr = record.get("meta"), (record.get("config") or {}).get("lr")
+        # What the Trainer refuses of the run once the data are loaded, said before the load
+        # (slow for a big folder) where the options alone decide it: another model given with
+        # its --out, --channels or --optimizer other than the run's. (Model options, classes
+        # and a net's own input size wait for the data: residual_net records its size then.)
+        new = {"model": model_name, **({} if data.channels is None
+                                       else {"in_chans": data.channels})}  # fmt: skip
+        conflict = resume_conflict(ran or {}, new, record.get("task"), "classification")
+        if conflict:  # (the Trainer's words)
+            raise TrainingError(f"the checkpoint in {out_dir} {conflict}, or start a new run "
+                                "with another --out")
+        conflict = optimizer_state_conflict(record.get("config") or {}, config, "optimizer")
+        if conflict:
+            raise TrainingError(f"the checkpoint in {out_dir} {conflict}")
         ran_epochs = (record.get("config") or {}).get("epochs")
         if (min_steps is None or default_epochs) and ran_epochs:  # the epochs it was running
             config = replace(config, epochs=int(ran_epochs))
@@ -807,6 +836,9 @@ def evaluation_images(
         ds = splits.test if splits.test is not None else splits.val
     else:
         ds = splits.val
+        if not len(ds):  # a sheet of test rows alone (`load_csv`): nothing validates
+            raise DataError(f"{src} has no validation rows (none is marked val, and none "
+                            "trains to draw them from): use --split test or --split all")
         if (val_files and splits.val_drawn and not is_builtin and same_source(src, trained_on)
                 and ds.files_digest(src) != val_files
                 and (ds := _val_in_row_order(src, splits, val_fraction, seed, val_files)) is None):
@@ -816,7 +848,7 @@ def evaluation_images(
                             f"removed, renamed or now readable{rows}), so its validation split "
                             "would hold images the run trained on: pass --data with held-out "
                             "images")
-    if len(ds) == 0:  # a held-out sheet of test rows alone has no validation rows
+    if len(ds) == 0:  # an empty part (`--split val` on test rows alone is said above)
         raise DataError(f"{src} has no {'validation' if split == 'val' else split} images: "
                         "use --split test or --split all")
     # Data's class names are NFC (`folder.composed`); a model trained before that may hold a

@@ -26,7 +26,7 @@ from torch import nn
 from ..data.loader import BatchLoader
 from ..engine.checkpoint import caller_rng_kept
 from ..engine.distributed import DistContext, unwrap_model
-from ..engine.loop import FitResult, TrainConfig, Trainer, check_out_dir
+from ..engine.loop import FitResult, TrainConfig, Trainer, check_mixing, check_out_dir
 from ..engine.precision import Precision
 from ..errors import ArgumentKindError, CnnzooError, DataError, ModelOptionError, UsageError
 from ..text import shown, to_stderr
@@ -305,6 +305,15 @@ def train(
     _check_encoder(encoder_name, encoder_weights, base_width)
     _check_model_kwargs(model, model_kwargs)
     cfg = config if config is not None else segmentation_config(**config_overrides)
+    # The options, before the data load (200 synthetic cells or a big folder: many seconds):
+    # a mistyped --model-arg, --encoder or --padding valid with an encoder was refused only
+    # after it. A net on the meta device is built without memory in milliseconds and says what
+    # the real one would (3 channels: grey weights' note is the real build's to say).
+    check_mixing(cfg, "segmentation")
+    with torch.device("meta"):
+        build_model(2, 3, model=model, padding=padding, base_width=base_width,
+                    encoder_name=encoder_name, encoder_weights=encoder_weights,
+                    model_kwargs=model_kwargs)
     resumed = _resumed_meta(data, out_dir, resume)
     row_order = resumed is not None and rows_ordered(resumed, data)
     splits = data if isinstance(data, SegmentationSplits) else load_segmentation(
