@@ -1,0 +1,68 @@
+"""What a packager gets: the sdist and the wheel built from this tree, as `python -m build` builds
+them (setuptools' own hooks, without build isolation: nothing is downloaded)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# What the source tree holds besides src/: the sdist must carry all of it.
+TOP_FILES = ["pyproject.toml", "README.md", "LICENSE", "MANIFEST.in", "constraints.txt"]
+TREES = ["src", "tests", "docs", "benchmarks", "scripts"]
+
+
+def _source_files() -> list[str]:
+    """The tree's own files, read off the disk (not from MANIFEST.in): caches and the
+    editable install's egg-info are not sources."""
+    files = [name for name in TOP_FILES if (ROOT / name).is_file()]
+    for tree in TREES:
+        for path in sorted((ROOT / tree).rglob("*")):
+            rel = path.relative_to(ROOT)
+            if path.is_file() and not any(
+                part == "__pycache__" or part.endswith(".egg-info") or part.startswith(".")
+                for part in rel.parts
+            ) and path.suffix not in {".pyc", ".pyo"}:
+                files.append(rel.as_posix())
+    return files
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, Path, list[str]]:
+    """(sdist, wheel, the source files), built from a copy of the tree so that the build's
+    egg-info and build/ folders never land in the checkout."""
+    pytest.importorskip("setuptools.build_meta")
+    tmp = tmp_path_factory.mktemp("pkg")
+    tree, out = tmp / "tree", tmp / "dist"
+    files = _source_files()
+    for name in files:
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, tree / name)
+    out.mkdir()
+    for hook in ("build_sdist", "build_wheel"):  # one process each: setuptools keeps state
+        done = subprocess.run(
+            [sys.executable, "-c", f"import sys, setuptools.build_meta as b; b.{hook}(sys.argv[1])",
+             str(out)], cwd=tree, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+    [sdist], [wheel] = sorted(out.glob("*.tar.gz")), sorted(out.glob("*.whl"))
+    return sdist, wheel, files
+
+
+def test_the_wheel_holds_every_package_file_and_the_license(built):
+    """Whatever the package reads at run time (the ImageNet class names via importlib.resources,
+    py.typed) must be in the wheel, and the license text with the metadata."""
+    _, wheel, files = built
+    with zipfile.ZipFile(wheel) as whl:
+        held = set(whl.namelist())
+        meta = next(n for n in held if n.endswith(".dist-info/METADATA"))
+        metadata = whl.read(meta).decode()
+    package = {name.removeprefix("src/") for name in files if name.startswith("src/cnnzoo/")}
+    assert {"cnnzoo/py.typed", "cnnzoo/weights/imagenet_classes.txt"} <= package
+    assert sorted(package - held) == []
+    assert meta.replace("METADATA", "licenses/LICENSE") in held
+    assert "License-Expression: MIT" in metadata and "License-File: LICENSE" in metadata
