@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -51,6 +52,19 @@ def built(tmp_path_factory) -> tuple[Path, Path, list[str]]:
         assert done.returncode == 0, done.stderr[-2000:]
     [sdist], [wheel] = sorted(out.glob("*.tar.gz")), sorted(out.glob("*.whl"))
     return sdist, wheel, files
+
+
+def test_the_sdist_holds_the_tests_docs_benchmarks_pins_and_license(built):
+    """The sdist held src/, README.md and tests/test*.py only: no tests/conftest.py (every test
+    using a fixture of it failed from the unpacked sdist), no benchmarks/ (which
+    test_benchmarks runs), no docs/, constraints.txt, scripts/setup.sh, nor a LICENSE at all
+    although the metadata says MIT."""
+    sdist, _, files = built
+    with tarfile.open(sdist) as tar:
+        prefix = tar.getnames()[0].split("/")[0]
+        held = {name.removeprefix(prefix + "/") for name in tar.getnames()}
+    assert sorted(set(files) - held) == []
+    assert {"tests/conftest.py", "LICENSE", "docs/transfer.md", "scripts/setup.sh"} <= held
 
 
 def test_the_wheel_holds_every_package_file_and_the_license(built):
