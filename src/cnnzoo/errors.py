@@ -67,3 +67,9 @@ class UsageError(CnnzooError, ValueError):
 class ArgumentKindError(UsageError, TypeError):
     """A Python argument of the wrong kind (a model passed for its name, a number for a name
     pattern): a `TypeError` as well, as it was before it was a `CnnzooError`."""
+
+
+def pip_install_extra(*extras: str) -> str:
+    """The command that installs cnnzoo's optional extras, quoted: unquoted, zsh (macOS's shell)
+    refuses `pip install cnnzoo[data]` with 'no matches found' before pip runs."""
+    return f"pip install 'cnnzoo[{','.join(extras)}]'"
