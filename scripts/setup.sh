@@ -1,12 +1,36 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine for cnnzoo: a virtual environment in .venv with every pinned dependency.
-#   bash scripts/setup.sh          # the library, the command line and the pretrained-weights extra
+#   bash scripts/setup.sh          # the library, the command line and every extra (cnnzoo[all]:
+#                                  # the pretrained weights, scikit-image/-learn, h5py, tensorboard)
 #   bash scripts/setup.sh --dev    # plus the test tools and the reference implementations the tests use
+# Environment:
+#   PYTHON=python3.12              # the interpreter .venv is made with (default python3; >= 3.11)
 # Every install goes through constraints.txt: an unpinned torch would pull a multi-GB CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+usage() { sed -n '2,8s/^# \{0,1\}//p' "$0"; }
+fail() { echo "setup.sh: error: $*" >&2; exit 2; }
+
 dev=0
-[ "${1:-}" = "--dev" ] && dev=1
+for arg in "$@"; do
+  case $arg in
+    --dev) dev=1 ;;
+    -h|--help) usage; exit 0 ;;
+    *) fail "unknown option $arg: the only option is --dev (bash scripts/setup.sh --help)" ;;
+  esac
+done
+
+# Before anything is installed: a venv of an older Python failed only at cnnzoo's own install,
+# after torch, with pip's 'requires a different Python'.
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  command -v "$python" >/dev/null 2>&1 || fail "no $python on this machine: install Python >= 3.11, or name it with PYTHON=..."
+  "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || fail "cnnzoo needs Python >= 3.11 and $python is $("$python" -c 'import sys; print(sys.version.split()[0])'): run PYTHON=python3.11 bash scripts/setup.sh"
+else
+  .venv/bin/python -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || fail "cnnzoo needs Python >= 3.11 and .venv holds $(.venv/bin/python -c 'import sys; print(sys.version.split()[0])'): remove .venv and run this again"
+fi
 
 # Fashion-MNIST ships as a Debian package; cnnzoo reads it offline from /usr/share/datasets.
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
@@ -14,7 +38,7 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2
     || echo "note: could not install Debian's dataset-fashion-mnist; the Fashion-MNIST features will ask for the files" >&2
 fi
 
-[ -x .venv/bin/python ] || python3 -m venv .venv
+[ -x .venv/bin/python ] || "$python" -m venv .venv
 py=.venv/bin/python
 $py -m pip install -q --upgrade pip
 $py -m pip install -q -c constraints.txt torch

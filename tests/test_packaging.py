@@ -117,3 +117,36 @@ def test_the_pip_commands_in_missing_extra_errors_run_as_pasted_in_zsh(tmp_path,
                               cwd=tmp_path, capture_output=True, text=True)  # fmt: skip
         assert done.returncode == 0, f"{message!r}: {done.stderr}"
         assert done.stdout.split("\n") == ["pip", "install", f"cnnzoo[{extra}]", ""]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.parametrize(("args", "python", "said"), [
+    (["--dve"], None, "unknown option --dve: the only option is --dev"),
+    (["--help"], None, None),
+    ([], "old", "cnnzoo needs Python >= 3.11 and {python} is 3.10.4: run PYTHON=python3.11"),
+    ([], "missing", "no {python} on this machine"),
+])  # fmt: skip
+def test_setup_refuses_what_it_cannot_do_before_installing_anything(tmp_path, args, python, said):
+    """scripts/setup.sh read only `--dev` and ignored anything else: `--help`, or a typo such as
+    `--dve`, started a full install without the test tools. With a Python older than 3.11 it
+    installed torch and only then failed, in pip's words, at cnnzoo's own install."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy2(ROOT / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
+    env = {"PATH": "/usr/bin:/bin"}
+    if python == "old":  # a stand-in interpreter: Python 3.10.4 to every question
+        fake = tmp_path / "python3.10"
+        fake.write_text("#!/bin/sh\ncase \"$2\" in *exit*) exit 1;; *) echo 3.10.4;; esac\n")
+        fake.chmod(0o755)
+        env["PYTHON"] = str(fake)
+    elif python == "missing":
+        env["PYTHON"] = str(tmp_path / "no-such-python")
+    done = subprocess.run(["bash", "scripts/setup.sh", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert not (tmp_path / ".venv").exists()
+    if said is None:
+        assert done.returncode == 0 and done.stdout.startswith("Sets up a fresh machine")
+        assert "--dev" in done.stdout and "PYTHON=" in done.stdout and not done.stderr
+    else:
+        assert done.returncode == 2 and done.stdout == ""
+        assert done.stderr.count("\n") == 1
+        assert said.format(python=env.get("PYTHON")) in done.stderr
