@@ -5,10 +5,12 @@
 #   bash scripts/setup.sh --dev    # plus the test tools and the reference implementations the tests use
 # Environment:
 #   PYTHON=python3.12              # the interpreter .venv is made with (default python3; >= 3.11)
-# Every install goes through constraints.txt: an unpinned torch would pull a multi-GB CUDA build.
+#   TORCH_INDEX_URL=URL            # where the CPU build of torch comes from when PyPI's is the CUDA
+#                                  # build (default PyTorch's CPU index); TORCH_INDEX_URL=pypi takes PyPI's
+# Every install goes through constraints.txt: an unpinned torch would pull a newer release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-usage() { sed -n '2,8s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,10s/^# \{0,1\}//p' "$0"; }
 fail() { echo "setup.sh: error: $*" >&2; exit 2; }
 
 dev=0
@@ -41,7 +43,25 @@ fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 py=.venv/bin/python
 $py -m pip install -q --upgrade pip
-$py -m pip install -q -c constraints.txt torch
+
+# On Linux x86_64 (and for a Python without a CPU wheel at hand) PyPI's torch is the CUDA build:
+# about 3 GB of nvidia-* packages that cnnzoo, which runs on the CPU, never loads. pip says
+# what it would install before it downloads anything.
+cuda=$($py -m pip install -q --dry-run --report - -c constraints.txt torch 2>/dev/null | $py -c '
+import json, sys
+try:
+    plan = json.load(sys.stdin)["install"]
+except ValueError:  # pip could not resolve: the install below says why
+    plan = []
+print(sum(p["metadata"]["name"].lower().startswith("nvidia-") for p in plan))') || cuda=0
+index=${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}
+if [ "$cuda" != 0 ] && [ "$index" != pypi ]; then
+  echo "setup.sh: PyPI's torch here is the CUDA build ($cuda nvidia packages, about 3 GB): installing the CPU build from $index" >&2
+  $py -m pip install -q -c constraints.txt --index-url "$index" torch \
+    || fail "could not install torch's CPU build from $index: set TORCH_INDEX_URL to an index that has it, or TORCH_INDEX_URL=pypi to take PyPI's CUDA build"
+else
+  $py -m pip install -q -c constraints.txt torch
+fi
 if [ $dev = 1 ]; then
   $py -m pip install -q -c constraints.txt -e ".[all,test]"
   # torchvision's model code is a test oracle only: its compiled ops do not load against the CPU

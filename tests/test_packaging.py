@@ -150,3 +150,62 @@ def test_setup_refuses_what_it_cannot_do_before_installing_anything(tmp_path, ar
         assert done.returncode == 2 and done.stdout == ""
         assert done.stderr.count("\n") == 1
         assert said.format(python=env.get("PYTHON")) in done.stderr
+
+
+def _plan(*names: str) -> str:
+    """pip's --dry-run --report JSON, as much of it as setup.sh reads."""
+    import json
+
+    return json.dumps({"install": [{"metadata": {"name": n, "version": "1"}} for n in names]})
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.parametrize(("plan", "index", "installs_from"), [
+    (("torch", "nvidia-cublas", "nvidia-cudnn-cu13"), None, "https://download.pytorch.org/whl/cpu"),
+    (("torch", "nvidia-cublas"), "file:///mirror/cpu", "file:///mirror/cpu"),
+    (("torch", "nvidia-cublas"), "pypi", None),
+    (("torch", "sympy"), None, None),  # a CPU build at hand (this machine's, macOS's, Windows')
+    ((), None, None),  # torch already installed
+])  # fmt: skip
+def test_setup_takes_torchs_cpu_build_where_pypis_is_the_cuda_one(tmp_path, plan, index,
+                                                                 installs_from):  # fmt: skip
+    """constraints.txt said torch 2.13.0 'is the CPU wheel', but on PyPI it is the CUDA build for
+    Linux x86_64: on a user's machine (or with Python 3.12 here) setup.sh installed 15 nvidia-*
+    packages, about 3 GB, for a CPU-only library. It now reads pip's plan first and, when that
+    holds CUDA, takes torch from the CPU index ($TORCH_INDEX_URL; `pypi` keeps PyPI's). A
+    stand-in pip answers with the plan and records each install; the CPU index is unreachable."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy2(ROOT / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
+    (tmp_path / "plan.json").write_text(_plan(*plan))
+    venv_bin, tools = tmp_path / ".venv" / "bin", tmp_path / "tools"
+    venv_bin.mkdir(parents=True)
+    tools.mkdir()
+    (venv_bin / "python").write_text(f"""#!/bin/sh
+if [ "$1" = -m ]; then
+  echo "$*" >> "{tmp_path}/pip.log"
+  case "$*" in *--dry-run*) cat "{tmp_path}/plan.json";; *--index-url*) exit 1;; esac
+  exit 0
+fi
+case "$2" in *"import torch"*) echo torch 0; exit 0;; esac
+exec "{sys.executable}" "$@"
+""")
+    (tools / "apt-get").write_text("#!/bin/sh\nexit 1\n")  # never the machine's
+    for stub in (venv_bin / "python", tools / "apt-get"):
+        stub.chmod(0o755)
+    env = {"PATH": f"{tools}:/usr/bin:/bin"} | ({"TORCH_INDEX_URL": index} if index else {})
+    done = subprocess.run(["bash", "scripts/setup.sh"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    torch_installs = [line for line in (tmp_path / "pip.log").read_text().splitlines()
+                      if line.endswith(" torch") and "--dry-run" not in line]  # fmt: skip
+    cuda = sum(name.startswith("nvidia-") for name in plan)
+    if installs_from is None:
+        assert done.returncode == 0, done.stderr
+        assert torch_installs == ["-m pip install -q -c constraints.txt torch"]
+        assert "CUDA" not in done.stderr
+    else:
+        assert torch_installs == [f"-m pip install -q -c constraints.txt --index-url {installs_from} torch"]
+        assert f"the CUDA build ({cuda} nvidia packages, about 3 GB)" in done.stderr
+        assert done.returncode == 2 and done.stderr.splitlines()[-1] == (
+            f"setup.sh: error: could not install torch's CPU build from {installs_from}: set "
+            "TORCH_INDEX_URL to an index that has it, or TORCH_INDEX_URL=pypi to take PyPI's "
+            "CUDA build")
