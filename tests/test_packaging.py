@@ -209,3 +209,25 @@ exec "{sys.executable}" "$@"
             f"setup.sh: error: could not install torch's CPU build from {installs_from}: set "
             "TORCH_INDEX_URL to an index that has it, or TORCH_INDEX_URL=pypi to take PyPI's "
             "CUDA build")
+
+
+def test_the_wheels_metadata_says_what_a_package_index_shows(built):
+    """The METADATA had no classifier or keyword: an index or `pip show` could not tell the
+    Pythons, the audience or that the package is typed. The Python classifiers start at
+    requires-python's minimum, and Typing :: Typed goes with the py.typed the wheel ships."""
+    import re
+
+    _, wheel, _ = built
+    with zipfile.ZipFile(wheel) as whl:
+        meta = next(n for n in whl.namelist() if n.endswith(".dist-info/METADATA"))
+        text = whl.read(meta).decode()
+        typed = "cnnzoo/py.typed" in whl.namelist()
+    fields = re.findall(r"^([\w-]+): (.*)$", text.split("\n\n")[0], flags=re.M)
+    classifiers = [value for key, value in fields if key == "Classifier"]
+    minimum = dict(fields)["Requires-Python"].removeprefix(">=")
+    versions = sorted(c.rsplit(":: ", 1)[1] for c in classifiers
+                      if re.fullmatch(r"Programming Language :: Python :: 3\.\d+", c))  # fmt: skip
+    assert versions and versions[0] == minimum == "3.11"
+    assert typed and "Typing :: Typed" in classifiers
+    assert not [c for c in classifiers if c.startswith("License ::")]
+    assert "transfer learning" in dict(fields)["Keywords"]
