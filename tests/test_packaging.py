@@ -231,3 +231,18 @@ def test_the_wheels_metadata_says_what_a_package_index_shows(built):
     assert typed and "Typing :: Typed" in classifiers
     assert not [c for c in classifiers if c.startswith("License ::")]
     assert "transfer learning" in dict(fields)["Keywords"]
+
+
+def test_the_readme_names_every_extra_and_installs_torchs_cpu_build_first():
+    """The README told only of scripts/setup.sh: whoever installed the wheel into a venv of their
+    own got PyPI's CUDA torch and no word of the extras the commands ask for."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    readme = (ROOT / "README.md").read_text()
+    setup = readme[readme.index("## Set up and run"):readme.index("### Unattended")]
+    public = set(extras) - {"test"}  # the test tools come with setup.sh --dev
+    assert public and all(f"`{extra}`" in setup for extra in public)
+    cpu_first = setup.index("pip install -c constraints.txt torch --index-url")
+    assert cpu_first < setup.index("pip install -c constraints.txt 'dist/cnnzoo-")
