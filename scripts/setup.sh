@@ -40,8 +40,17 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2
     || echo "note: could not install Debian's dataset-fashion-mnist; the Fashion-MNIST features will ask for the files" >&2
 fi
 
-[ -x .venv/bin/python ] || "$python" -m venv .venv
+# Debian and Ubuntu ship venv without ensurepip until python3-venv is installed: venv then left a
+# .venv without pip, which the next run took as made and failed in with 'No module named pip'.
+if [ ! -x .venv/bin/python ]; then
+  made=0; [ -e .venv ] || made=1
+  "$python" -m venv .venv || {
+    [ $made = 1 ] && rm -rf .venv
+    fail "could not make .venv with $python (why: above; on Debian or Ubuntu: apt install python3-venv)"
+  }
+fi
 py=.venv/bin/python
+$py -m pip --version >/dev/null 2>&1 || fail ".venv has no pip (made without ensurepip): remove .venv and run this again"
 $py -m pip install -q --upgrade pip
 
 # On Linux x86_64 (and for a Python without a CPU wheel at hand) PyPI's torch is the CUDA build:

@@ -246,3 +246,40 @@ def test_the_readme_names_every_extra_and_installs_torchs_cpu_build_first():
     assert public and all(f"`{extra}`" in setup for extra in public)
     cpu_first = setup.index("pip install -c constraints.txt torch --index-url")
     assert cpu_first < setup.index("pip install -c constraints.txt 'dist/cnnzoo-")
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.parametrize("venv_before", [False, True])
+def test_setup_leaves_no_venv_without_pip(tmp_path, venv_before):
+    """On Debian or Ubuntu without python3-venv, `python3 -m venv .venv` fails at ensurepip but
+    leaves .venv/bin/python: setup.sh stopped there, and every later run (python3-venv installed
+    by then) took .venv as made and failed with 'No module named pip'. Now a .venv that setup.sh
+    could not finish is removed, and a pipless one found is named, with what to do."""
+    (tmp_path / "scripts").mkdir()
+    shutil.copy2(ROOT / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    # A stand-in for such a Python: 3.11, and its venv makes an interpreter without pip.
+    pipless = '#!/bin/sh\ncase "$*" in *"-m pip"*) echo "No module named pip" >&2; exit 1;; esac\n'
+    (tools / "python3").write_text(
+        '#!/bin/sh\ncase "$*" in\n'
+        '  "-m venv .venv") mkdir -p .venv/bin && cp "$0.pipless" .venv/bin/python\n'
+        '    echo "The virtual environment was not created successfully because ensurepip is'
+        ' not available." >&2; exit 1;;\nesac\nexit 0\n')  # fmt: skip
+    (tools / "python3.pipless").write_text(pipless)
+    (tools / "apt-get").write_text("#!/bin/sh\nexit 1\n")  # never the machine's
+    for stub in tools.iterdir():
+        stub.chmod(0o755)
+    if venv_before:  # the .venv such a run left, found by the next one
+        (tmp_path / ".venv" / "bin").mkdir(parents=True)
+        shutil.copy2(tools / "python3.pipless", tmp_path / ".venv" / "bin" / "python")
+    done = subprocess.run(["bash", "scripts/setup.sh"], cwd=tmp_path, capture_output=True,
+                          env={"PATH": f"{tools}:/usr/bin:/bin"}, text=True, timeout=60)  # fmt: skip
+    last = done.stderr.splitlines()[-1]
+    assert done.returncode == 2
+    if venv_before:
+        assert last == ("setup.sh: error: .venv has no pip (made without ensurepip): remove .venv "
+                        "and run this again")  # fmt: skip
+    else:
+        assert not (tmp_path / ".venv").exists()
+        assert last.endswith("on Debian or Ubuntu: apt install python3-venv)")
