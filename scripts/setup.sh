@@ -8,9 +8,11 @@
 #   TORCH_INDEX_URL=URL            # where the CPU build of torch comes from when PyPI's is the CUDA
 #                                  # build (default PyTorch's CPU index); TORCH_INDEX_URL=pypi takes PyPI's
 # Every install goes through constraints.txt: an unpinned torch would pull a newer release.
+# On Debian or Ubuntu it also installs the package dataset-fashion-mnist, as root or with a sudo
+# that asks no password (otherwise it says what to run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-usage() { sed -n '2,10s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,12s/^# \{0,1\}//p' "$0"; }
 fail() { echo "setup.sh: error: $*" >&2; exit 2; }
 
 dev=0
@@ -34,10 +36,25 @@ else
     || fail "cnnzoo needs Python >= 3.11 and .venv holds $(.venv/bin/python -c 'import sys; print(sys.version.split()[0])'): remove .venv and run this again"
 fi
 
-# Fashion-MNIST ships as a Debian package; cnnzoo reads it offline from /usr/share/datasets.
-if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
-    || echo "note: could not install Debian's dataset-fashion-mnist; the Fashion-MNIST features will ask for the files" >&2
+# Fashion-MNIST ships as a Debian package; cnnzoo reads it offline from /usr/share/datasets (the
+# demo and the tests use it). Not root, it takes sudo where that asks no password (a CI runner's),
+# else it says what to run: it used to skip the install without a word.
+fmnist=/usr/share/datasets/fashion-mnist
+if [ ! -d $fmnist ] && command -v apt-get >/dev/null 2>&1; then
+  as_root=
+  if [ "$(id -u)" != 0 ]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+      as_root="sudo -n"
+      echo "setup.sh: installing Debian's dataset-fashion-mnist with sudo" >&2
+    else
+      as_root=none
+      echo "note: Fashion-MNIST is not in $fmnist and installing it needs root: sudo apt-get install dataset-fashion-mnist (the demo and the tests read it; else cnnzoo downloads it on first use)" >&2
+    fi
+  fi
+  if [ "$as_root" != none ]; then
+    ($as_root apt-get update -qq && $as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
+      || echo "note: could not install Debian's dataset-fashion-mnist; the Fashion-MNIST features will ask for the files" >&2
+  fi
 fi
 
 # Debian and Ubuntu ship venv without ensurepip until python3-venv is installed: venv then left a

@@ -163,6 +163,43 @@ def _plan(*names: str) -> str:
     return json.dumps({"install": [{"metadata": {"name": n, "version": "1"}} for n in names]})
 
 
+def _setup_sandbox(tmp_path: Path, plan: tuple[str, ...] = ("torch",), uid: int = 0,
+                   sudo: bool = False) -> dict[str, str]:  # fmt: skip
+    """A copy of setup.sh in tmp_path that touches nothing of the machine's, and its PATH.
+
+    Its .venv/bin/python is a stand-in pip that answers --dry-run with `plan`, records each
+    call in pip.log and cannot reach another index; apt-get, sudo and id are stand-ins too
+    (user `uid`, sudo without a password if `sudo`), recording in apt.log, and Fashion-MNIST
+    is looked for in a folder that does not exist."""
+    (tmp_path / "scripts").mkdir()
+    script = (ROOT / "scripts" / "setup.sh").read_text()
+    (tmp_path / "scripts" / "setup.sh").write_text(
+        script.replace("/usr/share/datasets/fashion-mnist", str(tmp_path / "fashion-mnist")))
+    (tmp_path / "plan.json").write_text(_plan(*plan))
+    venv_bin, tools = tmp_path / ".venv" / "bin", tmp_path / "tools"
+    venv_bin.mkdir(parents=True)
+    tools.mkdir()
+    stubs = {
+        venv_bin / "python": f"""if [ "$1" = -m ]; then
+  echo "$*" >> "{tmp_path}/pip.log"
+  case "$*" in *--dry-run*) cat "{tmp_path}/plan.json";; *--index-url*) exit 1;; esac
+  exit 0
+fi
+case "$2" in *"import torch"*) echo torch 0; exit 0;; esac
+exec "{sys.executable}" "$@"
+""",
+        tools / "apt-get": f'echo "apt-get $*" >> "{tmp_path}/apt.log"\n',
+        tools / "id": f"echo {uid}\n",
+        tools / "sudo": f"""[ "$*" = "-n true" ] && exit {0 if sudo else 1}
+echo sudo >> "{tmp_path}/apt.log"; shift; exec "$@"
+""",
+    }
+    for path, body in stubs.items():
+        path.write_text("#!/bin/sh\n" + body)
+        path.chmod(0o755)
+    return {"PATH": f"{tools}:/usr/bin:/bin"}
+
+
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 @pytest.mark.parametrize(("plan", "index", "installs_from"), [
     (("torch", "nvidia-cublas", "nvidia-cudnn-cu13"), None, "https://download.pytorch.org/whl/cpu"),
@@ -178,25 +215,7 @@ def test_setup_takes_torchs_cpu_build_where_pypis_is_the_cuda_one(tmp_path, plan
     packages, about 3 GB, for a CPU-only library. It now reads pip's plan first and, when that
     holds CUDA, takes torch from the CPU index ($TORCH_INDEX_URL; `pypi` keeps PyPI's). A
     stand-in pip answers with the plan and records each install; the CPU index is unreachable."""
-    (tmp_path / "scripts").mkdir()
-    shutil.copy2(ROOT / "scripts" / "setup.sh", tmp_path / "scripts" / "setup.sh")
-    (tmp_path / "plan.json").write_text(_plan(*plan))
-    venv_bin, tools = tmp_path / ".venv" / "bin", tmp_path / "tools"
-    venv_bin.mkdir(parents=True)
-    tools.mkdir()
-    (venv_bin / "python").write_text(f"""#!/bin/sh
-if [ "$1" = -m ]; then
-  echo "$*" >> "{tmp_path}/pip.log"
-  case "$*" in *--dry-run*) cat "{tmp_path}/plan.json";; *--index-url*) exit 1;; esac
-  exit 0
-fi
-case "$2" in *"import torch"*) echo torch 0; exit 0;; esac
-exec "{sys.executable}" "$@"
-""")
-    (tools / "apt-get").write_text("#!/bin/sh\nexit 1\n")  # never the machine's
-    for stub in (venv_bin / "python", tools / "apt-get"):
-        stub.chmod(0o755)
-    env = {"PATH": f"{tools}:/usr/bin:/bin"} | ({"TORCH_INDEX_URL": index} if index else {})
+    env = _setup_sandbox(tmp_path, plan) | ({"TORCH_INDEX_URL": index} if index else {})
     done = subprocess.run(["bash", "scripts/setup.sh"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     torch_installs = [line for line in (tmp_path / "pip.log").read_text().splitlines()
@@ -271,7 +290,8 @@ def test_setup_leaves_no_venv_without_pip(tmp_path, venv_before):
         '    echo "The virtual environment was not created successfully because ensurepip is'
         ' not available." >&2; exit 1;;\nesac\nexit 0\n')  # fmt: skip
     (tools / "python3.pipless").write_text(pipless)
-    (tools / "apt-get").write_text("#!/bin/sh\nexit 1\n")  # never the machine's
+    for name in ("apt-get", "sudo"):  # never the machine's
+        (tools / name).write_text("#!/bin/sh\nexit 1\n")
     for stub in tools.iterdir():
         stub.chmod(0o755)
     if venv_before:  # the .venv such a run left, found by the next one
@@ -287,3 +307,30 @@ def test_setup_leaves_no_venv_without_pip(tmp_path, venv_before):
     else:
         assert not (tmp_path / ".venv").exists()
         assert last.endswith("on Debian or Ubuntu: apt install python3-venv)")
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.parametrize(("uid", "sudo", "apt"), [
+    (0, False, ["apt-get update -qq", "apt-get install -y -qq dataset-fashion-mnist"]),
+    (1000, True, ["sudo", "apt-get update -qq", "sudo",
+                  "apt-get install -y -qq dataset-fashion-mnist"]),
+    (1000, False, []),
+])  # fmt: skip
+def test_setup_installs_fashion_mnist_or_says_how(tmp_path, uid, sudo, apt):
+    """Run by a user other than root (a CI runner, a laptop) setup.sh skipped Debian's
+    dataset-fashion-mnist without a word, and the demo and the tests then went looking for the
+    files. It now uses sudo where that asks no password, and otherwise says what to run."""
+    env = _setup_sandbox(tmp_path, uid=uid, sudo=sudo)
+    done = subprocess.run(["bash", "scripts/setup.sh"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    log = tmp_path / "apt.log"
+    assert (log.read_text().splitlines() if log.exists() else []) == apt
+    said = [line for line in done.stderr.splitlines() if "dataset-fashion-mnist" in line]
+    if not apt:
+        assert said == [f"note: Fashion-MNIST is not in {tmp_path / 'fashion-mnist'} and installing "
+                        "it needs root: sudo apt-get install dataset-fashion-mnist (the demo and "
+                        "the tests read it; else cnnzoo downloads it on first use)"]
+    else:
+        assert said == (["setup.sh: installing Debian's dataset-fashion-mnist with sudo"] if sudo
+                        else [])  # fmt: skip
