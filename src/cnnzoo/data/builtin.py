@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataError, UsageError
+from ..errors import DataError, UsageError, pip_install_extra
 from ..paths import cache_root, remove_stale_temps, replacing
 from .dataset import ImageDataset, Splits
 from .folder import CLASS_FOLDERS, ImagesSeen, load_csv, load_folder, workbook_error
@@ -165,7 +165,7 @@ def load_digits() -> ImageDataset:
         from sklearn.datasets import load_digits as sk_load_digits
     except ImportError:
         raise DataError(
-            "the digits data set comes with scikit-learn: pip install 'cnnzoo[data]'"
+            f"the digits data set comes with scikit-learn: {pip_install_extra('data')}"
         ) from None
     bunch = sk_load_digits()
     images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import NewerFormatError, WeightsError
+from ..errors import NewerFormatError, WeightsError, pip_install_extra
 from ..paths import (
     BUNDLE_JSON,
     bundle_in,
@@ -416,7 +416,7 @@ def _read_keras(p: Path) -> Checkpoint:
         import h5py
     except ImportError:
         raise WeightsError(
-            f"{p}: reading Keras .h5 files needs h5py: pip install cnnzoo[keras]"
+            f"{p}: reading Keras .h5 files needs h5py: {pip_install_extra('keras')}"
         ) from None
     source: Any = p
     if p.name.lower().endswith(".keras"):

