@@ -100,30 +100,6 @@ def test_train_evaluate_resume_compare_keep_test_held_out(shoes, held, tmp_path,
     assert "(15 training, 6 validation, 12 test held out) (held)" in out
 
 
-def test_a_sheet_of_test_rows_alone_is_scored(shoes, held, tmp_path, capsys):
-    """A user who trained elsewhere keeps a test sheet: every row marked test, none train.
-    `evaluate --split test` refused it ('none is a training row: leave the split cells
-    empty'); it now scores the rows as marked, with the same numbers as the advised sheet
-    without a split column (all its images), and --split val says there is none."""
-    files = sorted((shoes / "test").rglob("*.png"))
-    marked, bare = tmp_path / "test.csv", tmp_path / "bare.csv"
-    marked.write_text("path,label,split\n" + "".join(f"{p},{p.parent.name},test\n"
-                                                      for p in files))
-    bare.write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in files))
-    scored = {}
-    for manifest, split in ((marked, ["--split", "test"]), (marked, []), (bare, [])):
-        assert main(["evaluate", str(held / "last.pt"), "--data", str(manifest), *split,
-                     "--json", "--no-progress"]) == 0, (manifest, split)
-        doc = _json(capsys)
-        scored[(manifest.name, *split)] = (doc["images"], doc["acc"], str(doc["confusion"]))
-    assert len(set(scored.values())) == 1 and scored[("bare.csv",)][0] == 12 == len(files)
-    assert main(["evaluate", str(held / "last.pt"), "--data", str(marked), "--split", "val",
-                 "--no-progress"]) == 2
-    assert capsys.readouterr().err.strip() == (
-        f"cnnzoo evaluate: error: {marked} has no validation rows (none is marked val, and "
-        "none trains to draw them from): use --split test or --split all")
-
-
 def test_transfer_keeps_test_held_out_through_resume_and_evaluate(shoes, held, tmp_path, capsys):
     out = tmp_path / "transfer"
     run = ["transfer", str(shoes), "--model", "lenet5", "--weights", str(held / "best.pt"),
@@ -184,6 +160,6 @@ def test_evaluate_scores_a_held_out_sheet_of_test_rows(shoes, held, tmp_path, ca
         assert scored["loss"] == pytest.approx(folder["loss"], rel=1e-6)
     assert main(["evaluate", str(held / "best.pt"), "--data", str(sheet), "--split", "val",
                  "--no-progress"]) == 2
-    assert capsys.readouterr().err.strip() == (f"cnnzoo evaluate: error: {sheet} has no "
-                                               "validation images: use --split test or "
-                                               "--split all")
+    assert capsys.readouterr().err.strip() == (
+        f"cnnzoo evaluate: error: {sheet} has no validation rows (none is marked val, and "
+        "none trains to draw them from): use --split test or --split all")
