@@ -732,6 +732,44 @@ def test_an_epoch_is_a_crop_per_image_or_per_tile_as_docs_segmentation_says(tmp_
                                        "of 256x256")
 
 
+def test_a_run_on_images_of_mixed_sizes_counts_images_and_tiles_apart(tmp_path):
+    """`cnnzoo compare` said '4 training, 3 validation' of a run on 3 and 2 images: the run
+    recorded its tiles as "images". It records both now, and compare says both; a run from
+    before, whose "images" are its tiles, resumes without a warning that its data changed."""
+    from cnnzoo.engine.checkpoint import load_checkpoint
+    from cnnzoo.engine.compare import summarize_runs
+    from cnnzoo.engine.loop import meta_changes
+
+    # Tiles of 256 px (max(2 x crop, 256)): a 40 x 300 image is 2 of them (training: windows
+    # at 0 and 44; validation: 512 px wide, padded), a 32 x 32 or 24 x 24 one is 1.
+    data = tmp_path / "d"
+    m = np.zeros((40, 300), np.uint8)
+    m[8:20, 8:30] = 1
+    for part, name, (h, w) in (("", "a0", (32, 32)), ("", "a1", (40, 300)),
+                               ("", "a2", (24, 24)), ("val", "v0", (40, 300)),
+                               ("val", "v1", (32, 32))):
+        _put(data / part / "images" / f"{name}.png", (m[:h, :w] * 150 + 40).astype(np.uint8))
+        _put(data / part / "masks" / f"{name}.png", m[:h, :w])
+    out = tmp_path / "run"
+    args = ["train", "unet", "--data", str(data), "--crop", "32", "--batch-size", "4",
+            "--base-width", "4", "--precision", "fp32", "--channels-last", "off",
+            "--no-progress", "--no-tensorboard", "--out", str(out)]  # fmt: skip
+    assert main([*args, "--epochs", "1"]) == 0
+    meta = load_checkpoint(out / "last.pt")["meta"]
+    assert meta["images"] == {"train": 3, "val": 2} and meta["tiles"] == {"train": 4, "val": 3}
+    assert summarize_runs([out])[0].settings["data"].endswith(
+        "(3 training images in 4 tiles, 2 validation images in 3 tiles)")
+    # A run from before "tiles" was recorded: its tiles were its "images". Compared with the
+    # images, its resume warned 'resuming with different images (was train 4, val 3, now
+    # train 3, val 2)'; a real change (one image more, of 2 tiles) is still warned.
+    before = {k: v for k, v in meta.items() if k != "tiles"} | {"images": meta["tiles"]}
+    assert meta_changes(before, meta) == []
+    grown = meta | {"images": {"train": 4, "val": 2}, "tiles": {"train": 6, "val": 3}}
+    assert meta_changes(before, grown) == ["tiles (was train 4, val 3, now train 6, val 3)"]
+    assert meta_changes(meta, grown) == ["images (was train 3, val 2, now train 4, val 2)",
+                                         "tiles (was train 4, val 3, now train 6, val 3)"]
+
+
 def test_masks_in_a_folder_of_another_name_are_pointed_at(tmp_path, capsys):
     """images/ beside labels/ (as many tools and data sets name the masks) was 'DIR/masks
     is not a folder' in train and 'has no masks/ folder' in evaluate, with no word that the

@@ -64,6 +64,11 @@ class SegmentationSet:
     def __len__(self) -> int:
         return len(self.images)
 
+    @property
+    def image_count(self) -> int:
+        """The images the set holds or was cut from (`len` counts the tiles)."""
+        return len(self) if self.source_sizes is None else len(self.source_sizes)
+
     def __repr__(self) -> str:  # a notebook line, as ImageDataset's (not the arrays)
         return f"SegmentationSet({self.describe()}, {plural(self.images.shape[1], 'channel')})"
 
@@ -83,8 +88,7 @@ class SegmentationSet:
         by_area = sorted(self.source_sizes, key=lambda s: (s[0] * s[1], s))
         (h0, w0), (h1, w1) = by_area[0], by_area[-1]
         sizes = f"{w0}x{h0}" if (h0, w0) == (h1, w1) else f"{w0}x{h0} to {w1}x{h1}"
-        n = len(self.source_sizes)
-        return f"{plural(n, 'image')} of {sizes} in {plural(len(self), 'tile')} of {w}x{h}"
+        return f"{plural(self.image_count, 'image')} of {sizes} in {plural(len(self), 'tile')} of {w}x{h}"
 
     def cell_instances(self) -> np.ndarray:
         """Instance ids: the stored ones, else the 4-connected components of the foreground."""

@@ -376,7 +376,11 @@ def train(
         # ('cells' is the synthetic set even where a folder of that name exists.)
         "dataset": splits.source if splits.source == "cells" or not where.exists()
         else str(where.resolve()),
-        "loss": loss, "images": {"train": len(splits.train), "val": len(splits.val)},
+        # Images, and the tiles images of mixed sizes were cut into (an epoch's crops): runs
+        # before 2026-11-28 recorded the tiles as "images" (`engine.loop.meta_changes`).
+        "loss": loss,
+        "images": {"train": splits.train.image_count, "val": splits.val.image_count},
+        "tiles": {"train": len(splits.train), "val": len(splits.val)},
         # What `cnnzoo evaluate` needs to score the run's own validation images again (the seed
         # is the config's) and to read held-out masks and count cells as the run did.
         "val_fraction": val_fraction, "binary_255": splits.binary_255,
