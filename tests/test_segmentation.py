@@ -2523,6 +2523,31 @@ def test_evaluate_scores_held_out_pairs_as_computed_by_hand(tmp_path, capsys):
     assert "cell count error 1.00 per image" in lines[5] and (tmp_path / "cm.png").is_file()
 
 
+def test_evaluate_of_a_held_out_pair_sheet_says_which_split_it_has(tmp_path, capsys):
+    """A sheet of held-out pairs (every row marked test) scored with --split val said 'mark the
+    pairs to train on train (or leave their split cell empty), and those to validate on val':
+    training advice to someone scoring a net. It now says what to pass, as a classifier's
+    evaluate does; --split test and all score its pairs as the folder of them scores."""
+    b_img = np.full((17, 21), 100, np.uint8)
+    b_img[3:9, 3:12] = 200
+    b_mask = np.zeros((17, 21), np.uint8)
+    b_mask[3:9, 3:8] = 1
+    _put(tmp_path / "held" / "images" / "b.png", b_img)
+    _put(tmp_path / "held" / "masks" / "b.png", b_mask)
+    sheet = tmp_path / "held.csv"
+    sheet.write_text("image,mask,split\nheld/images/b.png,held/masks/b.png,test\n")
+    _threshold_unet(tmp_path / "net.pt", str(tmp_path / "elsewhere"))
+    folder = _evaluate_json(capsys, tmp_path / "net.pt", "--data", tmp_path / "held")
+    for split in ("test", "all"):
+        got = _evaluate_json(capsys, tmp_path / "net.pt", "--data", sheet, "--split", split)
+        assert (got["images"], got["confusion"]) == (1, folder["confusion"]), split
+    assert main(["evaluate", str(tmp_path / "net.pt"), "--data", str(sheet), "--split",
+                 "val"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"cnnzoo evaluate: error: {sheet} has no validation rows (none is marked val, and none "
+        "trains to draw them from): use --split test or --split all")
+
+
 def test_evaluate_json_counts_the_pairs_it_left_out(tmp_path, capsys):
     """A U-Net's evaluate --json said how many images it scored but not how many pairs it left
     out as unreadable (a classifier's says both since session 24, as `train --json` counts

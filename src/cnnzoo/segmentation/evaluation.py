@@ -117,6 +117,15 @@ def _has_test(src: Path) -> bool:
     return layout_folder(layout_folder(src, "test"), "images").is_dir()
 
 
+def _held_out_only(manifest: Path) -> bool:
+    """Whether a manifest's rows are all held out (marked test): none validates, and none trains
+    to draw validation rows from (a split cell empty is train)."""
+    from ..data.masks import read_manifest
+
+    rows = read_manifest(manifest)
+    return bool(rows) and all(row[4] not in (None, "train", "val") for row in rows)
+
+
 def _check_classes_file(src: Path, names: list[str]) -> None:
     """A held-out folder naming its classes otherwise than the model (classes.txt): its mask
     values would mean other classes than the ones the net predicts."""
@@ -177,6 +186,11 @@ def evaluation_pairs(
     # and a run on 0/255 masks counted the ignored 255 of 0/1/255 masks as cells.
     read = {"classes": names, "binary_255": meta.get("binary_255") if same else None,
             "channels": meta["in_chans"]}
+    if split == "val" and path.suffix.lower() == ".csv" and _held_out_only(path):
+        # A held-out sheet (test rows alone): split_pairs's error said how to mark rows to
+        # train on, to someone scoring a net. As classification's evaluate says it (engine.run).
+        raise DataError(f"{src} has no validation rows (none is marked val, and none trains to "
+                        "draw them from): use --split test or --split all")
     if split == "val":
         sp = split_pairs(path, val_fraction=meta.get("val_fraction", 0.2), seed=seed,
                          row_order=same and rows_ordered(meta, path), **read)
