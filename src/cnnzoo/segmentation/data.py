@@ -137,6 +137,10 @@ class SegmentationSet:
 
 @dataclass
 class SegmentationSplits:
+    """What `load_segmentation` gives: the training and validation sets (validation images of
+    mixed sizes as tiles that count each pixel once), the class names in index order, one line
+    per pair skipped, and the source as given ('cells', a folder, a manifest)."""
+
     train: SegmentationSet
     val: SegmentationSet
     classes: list[str]
