@@ -458,8 +458,8 @@ def test_a_pair_folder_named_on_windows_reads_in_any_case(tmp_path):
     masks/) were refused here with a hint to rename them, while a classification folder's
     Train/ and Val/ were read: they read as images/ and masks/, a VAL/ folder as val/, and
     `evaluate` finds them too. Both spellings at once cannot be told apart: one line."""
+    from cnnzoo.data.masks import has_test_part
     from cnnzoo.segmentation.data import split_pairs
-    from cnnzoo.segmentation.evaluation import _has_test
 
     _pair_folder(tmp_path / "d", ["a", "b", "c"])
     _pair_folder(tmp_path / "d" / "VAL", ["v"])
@@ -471,7 +471,7 @@ def test_a_pair_folder_named_on_windows_reads_in_any_case(tmp_path):
     split = split_pairs(tmp_path / "d")
     assert not split.drawn and split.val.names == ["v"] and len(split.train) == 3
     (tmp_path / "d" / "VAL").rename(tmp_path / "d" / "Test")
-    assert _has_test(tmp_path / "d")
+    assert has_test_part(tmp_path / "d")
     (tmp_path / "d" / "images").mkdir()
     with pytest.raises(DataError) as err:
         load_mask_pairs(tmp_path / "d")
@@ -768,6 +768,46 @@ def test_a_run_on_images_of_mixed_sizes_counts_images_and_tiles_apart(tmp_path):
     assert meta_changes(before, grown) == ["tiles (was train 4, val 3, now train 6, val 3)"]
     assert meta_changes(meta, grown) == ["images (was train 3, val 2, now train 4, val 2)",
                                          "tiles (was train 4, val 3, now train 6, val 3)"]
+
+
+def test_data_info_counts_pairs_and_each_classs_share_of_the_pixels(tmp_path, capsys):
+    """`cnnzoo data info DIR` of images/ + masks/ said 'a segmentation set, not one sub-folder
+    per class' (after a note on resizing the images for a classifier). It now counts the pairs
+    of each part as train unet splits them (val/, and test/ held out), and each class's share of
+    the labelled pixels, and the ignored (255) share of all pixels, as counted here by hand."""
+    root = tmp_path / "d"
+    (root).mkdir()
+    (root / "classes.txt").write_text("bg\ncell\nnucleus\n")
+    a = np.zeros((10, 10), np.uint8)
+    a[0:4, 0:5], a[5], a[9] = 1, 2, IGNORE_INDEX  # 20 cell, 10 nucleus, 10 ignored, 60 bg
+    v = np.zeros((8, 8), np.uint8)
+    v[:4, :4] = 1  # 16 cell, 48 bg
+    t = np.zeros((6, 6), np.uint8)
+    t[0], t[5] = 2, IGNORE_INDEX  # 6 nucleus, 6 ignored, 24 bg
+    for part, name, mask in (("", "a", a), ("", "b", np.zeros((10, 10), np.uint8)),
+                             ("val", "v", v), ("test", "t", t)):
+        _put(root / part / "images" / f"{name}.png", np.full(mask.shape, 90, np.uint8))
+        _put(root / part / "masks" / f"{name}.png", mask)
+    _put(root / "images" / "c.png", np.full((10, 10), 90, np.uint8))  # no mask: skipped
+    assert main(["data", "info", str(root), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got == {"task": "segmentation", "classes": ["bg", "cell", "nucleus"],
+                   "images": {"train": 2, "val": 1, "test": 1},
+                   "pixels": {"train": [160, 20, 10], "val": [48, 16, 0], "test": [24, 0, 6]},
+                   "ignored_pixels": {"train": 10, "val": 0, "test": 6}, "channels": 1,
+                   "skipped": 1}
+    assert main(["data", "info", str(root)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split() for line in out[:6]] == [
+        ["class", "train", "val", "test"],
+        ["bg", "84.2%", "75.0%", "80.0%"],  # 160/190, 48/64, 24/30
+        ["cell", "10.5%", "25.0%", "0.0%"],
+        ["nucleus", "5.3%", "0.0%", "20.0%"],
+        ["ignored", "(255)", "5.0%", "0.0%", "16.7%"],  # 10/200, 6/36
+        ["pairs", "2", "1", "1"]]
+    assert out[7] == "3 classes, images 6x6 to 10x10, 1 channel; 1 pair skipped"
+    assert main(["data", "info", "cells"]) == 2
+    assert "`cnnzoo data export cells DIR --per-class N`" in capsys.readouterr().err
 
 
 def test_masks_in_a_folder_of_another_name_are_pointed_at(tmp_path, capsys):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ from ..data.dataset import names_digest
 from ..data.loader import BatchTransform
 from ..data.masks import MaskPairs, class_list, foreground_components
 from ..errors import DataError
-from ..text import plural
+from ..text import plural, shown
 from .losses import IGNORE_INDEX, balanced_class_weights, unet_weight_map
 from .tiling import mirror_indices
 
@@ -347,6 +348,41 @@ def split_pairs(
         val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
         drawn = True
     return PairSplit(_keep_skipped(pairs.subset(train_idx), pairs), pairs.subset(val_idx), drawn)
+
+
+def pair_parts(
+    source: str | Path, *, val_fraction: float = 0.2, seed: int = 0, channels: int | None = None,
+) -> dict[str, MaskPairs]:
+    """The whole pairs of a folder or manifest by part, as `cnnzoo train unet` splits them
+    ('train', 'val': `split_pairs`) and with the part it holds out, which `cnnzoo evaluate
+    --split test` scores ('test': DIR/test/ or the test rows, read with 255 as the training
+    masks read it), when there is one. A manifest of test rows alone is its 'test' part."""
+    from ..data.masks import (
+        has_test_part,
+        held_out_only,
+        layout_folder,
+        load_mask_pairs,
+        part_reading,
+    )
+
+    source = Path(source)
+    csv = source.suffix.lower() == ".csv"
+    if csv and held_out_only(source):
+        return {"test": load_mask_pairs(source, parts=("test",), channels=channels)}
+    split = split_pairs(source, val_fraction=val_fraction, seed=seed, channels=channels)
+    parts = {"train": split.train, "val": split.val}
+    if has_test_part(source):
+        said = set(split.train.skipped)  # (the sheet's lines on rows of no known split)
+
+        def report(line: str) -> None:
+            if line not in said:  # as load_mask_pairs says its lines
+                print(shown(line), file=sys.stderr)
+
+        parts["test"] = load_mask_pairs(
+            source if csv else layout_folder(source, "test"), classes=split.classes,
+            binary_255=part_reading(split.train), channels=channels, report=report,
+            **({"parts": ("test",)} if csv else {}))
+    return parts
 
 
 def rows_ordered(meta: dict[str, Any], source: str | Path) -> bool:

@@ -109,23 +109,6 @@ def _cells(split: str, meta: dict[str, Any], seed: int, trained_on_cells: bool) 
     return _Pairs(images, [m for s in sets for m in s.masks], [n for s in sets for n in s.names])
 
 
-def _has_test(src: Path) -> bool:
-    from ..data.masks import layout_folder, read_manifest
-
-    if src.suffix.lower() == ".csv":
-        return any(row[4] == "test" for row in read_manifest(src))
-    return layout_folder(layout_folder(src, "test"), "images").is_dir()
-
-
-def _held_out_only(manifest: Path) -> bool:
-    """Whether a manifest's rows are all held out (marked test): none validates, and none trains
-    to draw validation rows from (a split cell empty is train)."""
-    from ..data.masks import read_manifest
-
-    rows = read_manifest(manifest)
-    return bool(rows) and all(row[4] not in (None, "train", "val") for row in rows)
-
-
 def _check_classes_file(src: Path, names: list[str]) -> None:
     """A held-out folder naming its classes otherwise than the model (classes.txt): its mask
     values would mean other classes than the ones the net predicts."""
@@ -148,6 +131,8 @@ def evaluation_pairs(
     trained on (other pairs: 255 is class 1 when every mask is 0/255, as training reads them)."""
     from ..data.builtin import builtin_name
     from ..data.masks import (
+        has_test_part,
+        held_out_only,
         holds_mask_pairs,
         layout_folder,
         load_mask_pairs,
@@ -186,7 +171,7 @@ def evaluation_pairs(
     # and a run on 0/255 masks counted the ignored 255 of 0/1/255 masks as cells.
     read = {"classes": names, "binary_255": meta.get("binary_255") if same else None,
             "channels": meta["in_chans"]}
-    if split == "val" and path.suffix.lower() == ".csv" and _held_out_only(path):
+    if split == "val" and path.suffix.lower() == ".csv" and held_out_only(path):
         # A held-out sheet (test rows alone): split_pairs's error said how to mark rows to
         # train on, to someone scoring a net. As classification's evaluate says it (engine.run).
         raise DataError(f"{src} has no validation rows (none is marked val, and none trains to "
@@ -211,7 +196,7 @@ def evaluation_pairs(
                                 "held-out pairs")  # fmt: skip
         # (the whole data's: the training part holds those of the pairs it was drawn from)
         return _Pairs.of(sp.val, len(sp.train.skipped) + len(sp.val.skipped)), split, own
-    if split == "test" and not _has_test(path):
+    if split == "test" and not has_test_part(path):
         raise DataError(f"{src} has no test part apart from its validation part (DIR/test/ with "
                         "images/ and masks/, or rows marked test): use --split val or --split "
                         "all")  # fmt: skip
