@@ -2023,6 +2023,50 @@ def test_segment_writes_a_multi_class_mask_as_a_palette_png_of_class_indices(tmp
         np.testing.assert_array_equal(np.array(m), np.where(img >= 128, 255, 0))
 
 
+def test_a_named_class_in_no_mask_is_named_at_training_and_evaluation(tmp_path, capsys):
+    """A class named (--classes, classes.txt) that no mask holds scores Dice and IoU 1 while
+    the net predicts none of it, and 0 once it predicts any (smp's convention), and counts in
+    the foreground means: val_dice_nucleus 1.0 was logged without a word. Training and
+    evaluate now say so in one note; classes inferred from the values keep their own note."""
+    data = tmp_path / "d"
+    (data / "images").mkdir(parents=True)
+    (data / "classes.txt").write_text("bg\ncell\nnucleus\n")
+    img = np.repeat(np.array([0, 128], np.uint8), [16, 16])[:, None].repeat(32, 1)
+    mask = (img > 0).astype(np.uint8)  # bg and cell; nucleus nowhere
+    for i in range(3):
+        _put(data / "images" / f"a{i}.png", img)
+        _put(data / "masks" / f"a{i}.png", mask)
+    assert main(["train", "unet", "--data", str(data), "--epochs", "1", "--crop", "32",
+                 "--batch-size", "2", "--base-width", "4", "--precision", "fp32",
+                 "--channels-last", "off", "--no-progress", "--no-tensorboard", "--out",
+                 str(tmp_path / "run")]) == 0  # fmt: skip
+    assert ("note: no mask holds class nucleus: its validation Dice and IoU are 1 while the net "
+            "predicts none of it, 0 once it predicts any, and the foreground means (dice, iou) "
+            "count it") in capsys.readouterr().err.splitlines()
+    # Inferred classes (values 0 and 2, no classes.txt): load_mask_pairs's note names value 1.
+    (data / "classes.txt").unlink()
+    for i in range(3):
+        _put(data / "masks" / f"a{i}.png", mask * 2)
+    assert not load_segmentation(data).classes_named
+    assert "but value 1 in no mask" in capsys.readouterr().err
+    # evaluate: the threshold net predicts nucleus above 191 only; the masks hold bg and cell.
+    _threshold_unet(tmp_path / "net3.pt", "elsewhere", classes=3)
+    for i in range(3):
+        _put(data / "masks" / f"a{i}.png", mask)
+    scored = []
+    for bright in (128, 255):  # 255: nucleus predicted on a0's 16 x 32 bright pixels
+        _put(data / "images" / "a0.png", np.where(img > 0, bright, 0).astype(np.uint8))
+        assert main(["evaluate", str(tmp_path / "net3.pt"), "--data", str(data), "--tile", "32",
+                     "--json"]) == 0
+        said = capsys.readouterr()
+        scored.append((json.loads(said.out)["dice_nucleus"], said.err.strip()))
+    assert scored == [
+        (1, "note: no mask scored holds nucleus (Dice and IoU 1: the net predicts none of it); "
+            "the foreground means (dice, iou) count them"),
+        (0, "note: no mask scored holds nucleus (0: the net predicts 512 pixels of it); the "
+            "foreground means (dice, iou) count them")]
+
+
 def test_segment_into_an_out_that_holds_these_images_outputs(tmp_path, monkeypatch, capsys):
     """`cnnzoo segment` into an --out holding its masks of the same images (an earlier run,
     perhaps of another checkpoint) replaced them without a word, and a killed run could only

@@ -39,7 +39,7 @@ from ..data.augment import (
 )
 from ..data.dataset import names_digest
 from ..data.loader import BatchTransform
-from ..data.masks import MaskPairs, class_list, foreground_components
+from ..data.masks import MaskPairs, class_list, classes_file, foreground_components
 from ..errors import DataError
 from ..text import plural, shown
 from .losses import IGNORE_INDEX, balanced_class_weights, unet_weight_map
@@ -149,6 +149,9 @@ class SegmentationSplits:
     source: str
     val_files: str | None = None  # `PairSplit.val_files` of a folder's drawn validation pairs
     binary_255: bool | None = None  # the masks' 255 read as class 1 (None: cells, no masks read)
+    # The classes were named (--classes, classes.txt, the cells' own), not inferred from the
+    # mask values (whose absent values `load_mask_pairs` names in a note of its own).
+    classes_named: bool = True
 
     @property
     def num_classes(self) -> int:
@@ -456,9 +459,12 @@ def load_segmentation(
         for part in (train, val):
             if part.images.shape[1] == 1:
                 part.images = np.repeat(part.images, 3, axis=1)
+    root = Path(source).parent if Path(source).suffix.lower() == ".csv" else Path(source)
     return SegmentationSplits(train, val, split.classes, split.train.skipped + split.val.skipped,
                               str(source), val_files=split.val_files(),
-                              binary_255=split.train.binary_255)  # fmt: skip
+                              binary_255=split.train.binary_255,
+                              classes_named=class_list(classes) is not None
+                              or classes_file(root) is not None)  # fmt: skip
 
 
 class PairedTransform:

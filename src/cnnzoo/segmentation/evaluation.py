@@ -36,9 +36,9 @@ import torch
 from ..data.masks import IGNORE_INDEX, MaskPairs, classes_file
 from ..errors import DataError
 from ..paths import same_source
-from ..text import plural
+from ..text import plural, shown
 from .data import DEFAULT_CELLS, cell_set, cells_val_count, rows_ordered, split_pairs
-from .metrics import SegmentationAccumulator
+from .metrics import SegmentationAccumulator, absent_classes
 from .tiling import TileGeometry
 
 SPLITS = ("val", "test", "all")
@@ -213,6 +213,18 @@ def evaluation_pairs(
     return _Pairs.of(pairs), split, own
 
 
+def _absent_note(absent: list[int], names: list[str], confusion: torch.Tensor) -> str:
+    """The classes no scored mask holds, and what they scored: 1 where the net predicts none
+    of them, 0 where it predicts any (the empty-class convention, `metrics`)."""
+    said = []
+    for c in absent:
+        n = int(confusion[:, c].sum())
+        said.append(f"{shown(names[c])} (Dice and IoU 1: the net predicts none of it)" if n == 0
+                    else f"{shown(names[c])} (0: the net predicts {n:,} {'pixel' if n == 1 else 'pixels'} of it)")
+    means = "; the foreground means (dice, iou) count them" if max(absent) > 0 else ""
+    return f"note: no mask scored holds {' or '.join(said)}{means}"
+
+
 def evaluate_segmenter(
     path: str | os.PathLike[str], source: str | None = None, *, split: str | None = None,
     tile: int = 512, margin: int | None = None, batch_size: int = 4, progress: bool = False,
@@ -266,6 +278,8 @@ def evaluate_segmenter(
     if acc.confusion.sum() == 0:
         notes.append(f"note: every pixel of the {plural(len(pairs.names), 'mask')} is marked "
                      "255 (ignore): there is nothing to score")  # fmt: skip
+    elif absent := absent_classes(pairs.masks, k):
+        notes.append(_absent_note(absent, names, acc.confusion))
     return SegmentationEvaluation(metrics, acc, names, src, split, pairs.names, ignored, geo,
                                   own, notes, ("flip" if tta is True else tta) or None,
                                   pairs.skipped)  # fmt: skip

@@ -353,6 +353,8 @@ def train(
     cw = splits.class_weights() if weighted else None
     say(f"data: {splits.source}: {splits.describe()}, {k} classes ({', '.join(map(shown, splits.classes))}); "
         f"loss {loss}, training tiles {tiles}")
+    if splits.classes_named and (note := absent_classes_note(splits)):
+        say(note)
     train_targets = train_set.targets(weighted, cw, w0=w0, sigma=sigma)
     val_targets = splits.val.targets(weighted, cw, w0=w0, sigma=sigma)
     n_train = len(train_set) // dist.world
@@ -412,6 +414,24 @@ def train(
                                      pick=pick, precision=result.precision)
         say(f"wrote {path}")
     return SegmentationRun(result, net, splits, task, meta)
+
+
+def absent_classes_note(splits: SegmentationSplits) -> str | None:
+    """A note naming the classes that no training or validation mask holds: their validation
+    Dice and IoU are 1 while the net predicts none of them, as segmentation_models_pytorch
+    scores an empty class, and they count in the foreground means (a run of 'bg,cell,nucleus'
+    on masks without nucleus logged val_dice_nucleus 1.0 without a word)."""
+    from .metrics import absent_classes
+
+    absent = absent_classes([*splits.train.masks, *splits.val.masks], splits.num_classes)
+    if not absent:
+        return None
+    names = ", ".join(shown(splits.classes[c]) for c in absent)
+    it = "it" if len(absent) == 1 else "them"
+    means = f", and the foreground means (dice, iou) count {it}" if max(absent) > 0 else ""
+    return (f"note: no mask holds {'class' if len(absent) == 1 else 'classes'} {names}: "
+            f"{'its' if len(absent) == 1 else 'their'} validation Dice and IoU are 1 while the "
+            f"net predicts none of {it}, 0 once it predicts any{means}")
 
 
 def _resumed_meta(data: Any, out_dir: str | os.PathLike[str] | None,
