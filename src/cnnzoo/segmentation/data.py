@@ -89,7 +89,8 @@ class SegmentationSet:
         by_area = sorted(self.source_sizes, key=lambda s: (s[0] * s[1], s))
         (h0, w0), (h1, w1) = by_area[0], by_area[-1]
         sizes = f"{w0}x{h0}" if (h0, w0) == (h1, w1) else f"{w0}x{h0} to {w1}x{h1}"
-        return f"{plural(self.image_count, 'image')} of {sizes} in {plural(len(self), 'tile')} of {w}x{h}"
+        return (f"{plural(self.image_count, 'image')} of {sizes} in "
+                f"{plural(len(self), 'tile')} of {w}x{h}")
 
     def cell_instances(self) -> np.ndarray:
         """Instance ids: the stored ones, else the 4-connected components of the foreground."""
