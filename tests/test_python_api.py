@@ -666,7 +666,7 @@ def test_every_public_class_and_function_has_its_own_docstring():
     import inspect
 
     for module_name in ("cnnzoo", "cnnzoo.models", "cnnzoo.transfer", "cnnzoo.weights",
-                        "cnnzoo.data", "cnnzoo.data.augment"):
+                        "cnnzoo.data", "cnnzoo.data.augment", "cnnzoo.segmentation"):
         module = importlib.import_module(module_name)
         for name in module.__all__:
             obj = getattr(module, name)
@@ -674,6 +674,36 @@ def test_every_public_class_and_function_has_its_own_docstring():
                 continue
             doc = inspect.getdoc(obj) or ""
             assert doc and not doc.startswith(f"{name}("), f"{module_name}.{name}"
+
+
+def test_the_segmentation_package_names_what_docs_segmentation_calls_from_python():
+    """cnnzoo.segmentation had no __init__.py: a namespace package, help() of it said nothing,
+    and it had no __all__. It has a docstring now, and every name docs/segmentation.md imports
+    from its modules is in its __all__, the same object; importing it does not import torch."""
+    import importlib
+    import os
+    import re
+    import subprocess
+    import sys
+
+    import cnnzoo.segmentation as seg
+
+    docs = (Path(__file__).parents[1] / "docs" / "segmentation.md").read_text()
+    imports = re.findall(r"from cnnzoo\.segmentation\.(\w+) import ([\w, ]+)", docs)
+    assert len(imports) >= 4  # (training, tiling, data, task)
+    for module, names in imports:
+        for name in (n.strip() for n in names.split(",")):
+            assert name in seg.__all__, name
+            assert getattr(seg, name) is getattr(
+                importlib.import_module(f"cnnzoo.segmentation.{module}"), name)
+    assert seg.__file__ and seg.__file__.endswith("__init__.py")
+    assert "predict_tiled" in (seg.__doc__ or "") and set(seg.__all__) <= set(dir(seg))
+    code = ("import sys, cnnzoo.segmentation as s; "
+            "print('torch' in sys.modules, s.__file__ is not None)")
+    src = str(Path(cnnzoo.__file__).parents[1])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": src})
+    assert out.stdout.split() == ["False", "True"]
 
 
 def test_a_numpy_batch_without_channels_last_is_refused_with_advice_that_fits_a_batch():

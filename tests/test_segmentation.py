@@ -458,8 +458,8 @@ def test_a_pair_folder_named_on_windows_reads_in_any_case(tmp_path):
     masks/) were refused here with a hint to rename them, while a classification folder's
     Train/ and Val/ were read: they read as images/ and masks/, a VAL/ folder as val/, and
     `evaluate` finds them too. Both spellings at once cannot be told apart: one line."""
+    from cnnzoo.data.masks import has_test_part
     from cnnzoo.segmentation.data import split_pairs
-    from cnnzoo.segmentation.evaluation import _has_test
 
     _pair_folder(tmp_path / "d", ["a", "b", "c"])
     _pair_folder(tmp_path / "d" / "VAL", ["v"])
@@ -471,7 +471,7 @@ def test_a_pair_folder_named_on_windows_reads_in_any_case(tmp_path):
     split = split_pairs(tmp_path / "d")
     assert not split.drawn and split.val.names == ["v"] and len(split.train) == 3
     (tmp_path / "d" / "VAL").rename(tmp_path / "d" / "Test")
-    assert _has_test(tmp_path / "d")
+    assert has_test_part(tmp_path / "d")
     (tmp_path / "d" / "images").mkdir()
     with pytest.raises(DataError) as err:
         load_mask_pairs(tmp_path / "d")
@@ -730,6 +730,84 @@ def test_an_epoch_is_a_crop_per_image_or_per_tile_as_docs_segmentation_says(tmp_
     assert len(same.train) == 5 and len(mixed.train) == 20
     assert mixed.describe().startswith("training: 5 images of 500x500 to 512x512 in 20 tiles "
                                        "of 256x256")
+
+
+def test_a_run_on_images_of_mixed_sizes_counts_images_and_tiles_apart(tmp_path):
+    """`cnnzoo compare` said '4 training, 3 validation' of a run on 3 and 2 images: the run
+    recorded its tiles as "images". It records both now, and compare says both; a run from
+    before, whose "images" are its tiles, resumes without a warning that its data changed."""
+    from cnnzoo.engine.checkpoint import load_checkpoint
+    from cnnzoo.engine.compare import summarize_runs
+    from cnnzoo.engine.loop import meta_changes
+
+    # Tiles of 256 px (max(2 x crop, 256)): a 40 x 300 image is 2 of them (training: windows
+    # at 0 and 44; validation: 512 px wide, padded), a 32 x 32 or 24 x 24 one is 1.
+    data = tmp_path / "d"
+    m = np.zeros((40, 300), np.uint8)
+    m[8:20, 8:30] = 1
+    for part, name, (h, w) in (("", "a0", (32, 32)), ("", "a1", (40, 300)),
+                               ("", "a2", (24, 24)), ("val", "v0", (40, 300)),
+                               ("val", "v1", (32, 32))):
+        _put(data / part / "images" / f"{name}.png", (m[:h, :w] * 150 + 40).astype(np.uint8))
+        _put(data / part / "masks" / f"{name}.png", m[:h, :w])
+    out = tmp_path / "run"
+    args = ["train", "unet", "--data", str(data), "--crop", "32", "--batch-size", "4",
+            "--base-width", "4", "--precision", "fp32", "--channels-last", "off",
+            "--no-progress", "--no-tensorboard", "--out", str(out)]  # fmt: skip
+    assert main([*args, "--epochs", "1"]) == 0
+    meta = load_checkpoint(out / "last.pt")["meta"]
+    assert meta["images"] == {"train": 3, "val": 2} and meta["tiles"] == {"train": 4, "val": 3}
+    assert summarize_runs([out])[0].settings["data"].endswith(
+        "(3 training images in 4 tiles, 2 validation images in 3 tiles)")
+    # A run from before "tiles" was recorded: its tiles were its "images". Compared with the
+    # images, its resume warned 'resuming with different images (was train 4, val 3, now
+    # train 3, val 2)'; a real change (one image more, of 2 tiles) is still warned.
+    before = {k: v for k, v in meta.items() if k != "tiles"} | {"images": meta["tiles"]}
+    assert meta_changes(before, meta) == []
+    grown = meta | {"images": {"train": 4, "val": 2}, "tiles": {"train": 6, "val": 3}}
+    assert meta_changes(before, grown) == ["tiles (was train 4, val 3, now train 6, val 3)"]
+    assert meta_changes(meta, grown) == ["images (was train 3, val 2, now train 4, val 2)",
+                                         "tiles (was train 4, val 3, now train 6, val 3)"]
+
+
+def test_data_info_counts_pairs_and_each_classs_share_of_the_pixels(tmp_path, capsys):
+    """`cnnzoo data info DIR` of images/ + masks/ said 'a segmentation set, not one sub-folder
+    per class' (after a note on resizing the images for a classifier). It now counts the pairs
+    of each part as train unet splits them (val/, and test/ held out), and each class's share of
+    the labelled pixels, and the ignored (255) share of all pixels, as counted here by hand."""
+    root = tmp_path / "d"
+    (root).mkdir()
+    (root / "classes.txt").write_text("bg\ncell\nnucleus\n")
+    a = np.zeros((10, 10), np.uint8)
+    a[0:4, 0:5], a[5], a[9] = 1, 2, IGNORE_INDEX  # 20 cell, 10 nucleus, 10 ignored, 60 bg
+    v = np.zeros((8, 8), np.uint8)
+    v[:4, :4] = 1  # 16 cell, 48 bg
+    t = np.zeros((6, 6), np.uint8)
+    t[0], t[5] = 2, IGNORE_INDEX  # 6 nucleus, 6 ignored, 24 bg
+    for part, name, mask in (("", "a", a), ("", "b", np.zeros((10, 10), np.uint8)),
+                             ("val", "v", v), ("test", "t", t)):
+        _put(root / part / "images" / f"{name}.png", np.full(mask.shape, 90, np.uint8))
+        _put(root / part / "masks" / f"{name}.png", mask)
+    _put(root / "images" / "c.png", np.full((10, 10), 90, np.uint8))  # no mask: skipped
+    assert main(["data", "info", str(root), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got == {"task": "segmentation", "classes": ["bg", "cell", "nucleus"],
+                   "images": {"train": 2, "val": 1, "test": 1},
+                   "pixels": {"train": [160, 20, 10], "val": [48, 16, 0], "test": [24, 0, 6]},
+                   "ignored_pixels": {"train": 10, "val": 0, "test": 6}, "channels": 1,
+                   "skipped": 1}
+    assert main(["data", "info", str(root)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split() for line in out[:6]] == [
+        ["class", "train", "val", "test"],
+        ["bg", "84.2%", "75.0%", "80.0%"],  # 160/190, 48/64, 24/30
+        ["cell", "10.5%", "25.0%", "0.0%"],
+        ["nucleus", "5.3%", "0.0%", "20.0%"],
+        ["ignored", "(255)", "5.0%", "0.0%", "16.7%"],  # 10/200, 6/36
+        ["pairs", "2", "1", "1"]]
+    assert out[7] == "3 classes, images 6x6 to 10x10, 1 channel; 1 pair skipped"
+    assert main(["data", "info", "cells"]) == 2
+    assert "`cnnzoo data export cells DIR --per-class N`" in capsys.readouterr().err
 
 
 def test_masks_in_a_folder_of_another_name_are_pointed_at(tmp_path, capsys):
@@ -1945,6 +2023,50 @@ def test_segment_writes_a_multi_class_mask_as_a_palette_png_of_class_indices(tmp
         np.testing.assert_array_equal(np.array(m), np.where(img >= 128, 255, 0))
 
 
+def test_a_named_class_in_no_mask_is_named_at_training_and_evaluation(tmp_path, capsys):
+    """A class named (--classes, classes.txt) that no mask holds scores Dice and IoU 1 while
+    the net predicts none of it, and 0 once it predicts any (smp's convention), and counts in
+    the foreground means: val_dice_nucleus 1.0 was logged without a word. Training and
+    evaluate now say so in one note; classes inferred from the values keep their own note."""
+    data = tmp_path / "d"
+    (data / "images").mkdir(parents=True)
+    (data / "classes.txt").write_text("bg\ncell\nnucleus\n")
+    img = np.repeat(np.array([0, 128], np.uint8), [16, 16])[:, None].repeat(32, 1)
+    mask = (img > 0).astype(np.uint8)  # bg and cell; nucleus nowhere
+    for i in range(3):
+        _put(data / "images" / f"a{i}.png", img)
+        _put(data / "masks" / f"a{i}.png", mask)
+    assert main(["train", "unet", "--data", str(data), "--epochs", "1", "--crop", "32",
+                 "--batch-size", "2", "--base-width", "4", "--precision", "fp32",
+                 "--channels-last", "off", "--no-progress", "--no-tensorboard", "--out",
+                 str(tmp_path / "run")]) == 0  # fmt: skip
+    assert ("note: no mask holds class nucleus: its validation Dice and IoU are 1 while the net "
+            "predicts none of it, 0 once it predicts any, and the foreground means (dice, iou) "
+            "count it") in capsys.readouterr().err.splitlines()
+    # Inferred classes (values 0 and 2, no classes.txt): load_mask_pairs's note names value 1.
+    (data / "classes.txt").unlink()
+    for i in range(3):
+        _put(data / "masks" / f"a{i}.png", mask * 2)
+    assert not load_segmentation(data).classes_named
+    assert "but value 1 in no mask" in capsys.readouterr().err
+    # evaluate: the threshold net predicts nucleus above 191 only; the masks hold bg and cell.
+    _threshold_unet(tmp_path / "net3.pt", "elsewhere", classes=3)
+    for i in range(3):
+        _put(data / "masks" / f"a{i}.png", mask)
+    scored = []
+    for bright in (128, 255):  # 255: nucleus predicted on a0's 16 x 32 bright pixels
+        _put(data / "images" / "a0.png", np.where(img > 0, bright, 0).astype(np.uint8))
+        assert main(["evaluate", str(tmp_path / "net3.pt"), "--data", str(data), "--tile", "32",
+                     "--json"]) == 0
+        said = capsys.readouterr()
+        scored.append((json.loads(said.out)["dice_nucleus"], said.err.strip()))
+    assert scored == [
+        (1, "note: no mask scored holds nucleus (Dice and IoU 1: the net predicts none of it); "
+            "the foreground means (dice, iou) count them"),
+        (0, "note: no mask scored holds nucleus (0: the net predicts 512 pixels of it); the "
+            "foreground means (dice, iou) count them")]
+
+
 def test_segment_into_an_out_that_holds_these_images_outputs(tmp_path, monkeypatch, capsys):
     """`cnnzoo segment` into an --out holding its masks of the same images (an earlier run,
     perhaps of another checkpoint) replaced them without a word, and a killed run could only
@@ -2483,6 +2605,31 @@ def test_evaluate_scores_held_out_pairs_as_computed_by_hand(tmp_path, capsys):
     assert lines[0].startswith(f"{root}, its test part: 1 image, 357 pixels scored")
     assert lines[3].split()[:2] == ["cell", f"{dice:.4f}"] and lines[4].startswith("foreground")
     assert "cell count error 1.00 per image" in lines[5] and (tmp_path / "cm.png").is_file()
+
+
+def test_evaluate_of_a_held_out_pair_sheet_says_which_split_it_has(tmp_path, capsys):
+    """A sheet of held-out pairs (every row marked test) scored with --split val said 'mark the
+    pairs to train on train (or leave their split cell empty), and those to validate on val':
+    training advice to someone scoring a net. It now says what to pass, as a classifier's
+    evaluate does; --split test and all score its pairs as the folder of them scores."""
+    b_img = np.full((17, 21), 100, np.uint8)
+    b_img[3:9, 3:12] = 200
+    b_mask = np.zeros((17, 21), np.uint8)
+    b_mask[3:9, 3:8] = 1
+    _put(tmp_path / "held" / "images" / "b.png", b_img)
+    _put(tmp_path / "held" / "masks" / "b.png", b_mask)
+    sheet = tmp_path / "held.csv"
+    sheet.write_text("image,mask,split\nheld/images/b.png,held/masks/b.png,test\n")
+    _threshold_unet(tmp_path / "net.pt", str(tmp_path / "elsewhere"))
+    folder = _evaluate_json(capsys, tmp_path / "net.pt", "--data", tmp_path / "held")
+    for split in ("test", "all"):
+        got = _evaluate_json(capsys, tmp_path / "net.pt", "--data", sheet, "--split", split)
+        assert (got["images"], got["confusion"]) == (1, folder["confusion"]), split
+    assert main(["evaluate", str(tmp_path / "net.pt"), "--data", str(sheet), "--split",
+                 "val"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"cnnzoo evaluate: error: {sheet} has no validation rows (none is marked val, and none "
+        "trains to draw them from): use --split test or --split all")
 
 
 def test_evaluate_json_counts_the_pairs_it_left_out(tmp_path, capsys):

@@ -41,9 +41,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "info",
         help="load a data set as training would and print its classes and counts",
         description="Load an image folder, a CSV manifest or a built-in set the way `train` "
-        "does (bad files are reported and skipped) and print classes, counts and sizes.",
+        "does (bad files are reported and skipped) and print classes, counts and sizes; of "
+        "image/mask pairs, the pairs of each part and each class's share of the pixels.",
     )
-    i.add_argument("source", metavar="DATA", help="image folder, CSV manifest, fashion-mnist or digits")
+    i.add_argument("source", metavar="DATA", help="image folder, CSV manifest, fashion-mnist or "
+                   "digits; or image/mask pairs (images/ + masks/, or image,mask rows)")
     i.add_argument("--img-size", type=IMG_SIZE,
                    help="resize images to this square size (default: their own; images of "
                         "several sizes: 224, or their largest side if smaller)")
@@ -92,7 +94,17 @@ def _info(args: argparse.Namespace) -> int:
     from ..data.builtin import load_dataset, own_channels
     from ..data.folder import mixed_sizes_size, seen_images
     from ..data.images import ImageSpec
+    from ..data.masks import holds_mask_pairs
 
+    if args.source == "cells":  # (made when a run uses it: nothing to count on disk)
+        from ..errors import UsageError
+
+        raise UsageError("cells is the synthetic segmentation set, generated when a run uses it "
+                         "(256x256 images; background, cell): `cnnzoo data export cells DIR "
+                         "--per-class N` writes N of them as image/mask pairs, which "
+                         "`cnnzoo data info DIR` counts")  # fmt: skip
+    if holds_mask_pairs(args.source):
+        return _pairs_info(args)
     seen = seen_images(args.source)
     channels = args.channels or own_channels(args.source, seen) or 3
     size = args.img_size
@@ -136,4 +148,62 @@ def _info(args: argparse.Namespace) -> int:
     print(f"{'total':<{width}}" + "".join(f"{len(ds):>8}" for _, ds in parts))
     print(f"\n{splits.num_classes} classes, images {c}x{h}x{w}; {plural(n, 'file')} "
           "skipped")  # fmt: skip
+    return 0
+
+
+def _share(n: int, total: int) -> str:
+    """A percentage of one decimal; '<0.1%' for a few pixels, which 0.0% would hide."""
+    if n and n * 1000 < total:
+        return "<0.1%"
+    return f"{100 * n / max(total, 1):.1f}%"
+
+
+def _pairs_info(args: argparse.Namespace) -> int:
+    """`data info` of image/mask pairs (images/ + masks/, or a manifest of image,mask rows):
+    the pairs of each part as `cnnzoo train unet` splits them, the classes and their shares of
+    the labelled pixels, and the share of ignored (255) pixels. (They were refused as 'a
+    segmentation set, not one sub-folder per class', after a note on resizing the images.)"""
+    import numpy as np
+
+    from ..errors import UsageError
+    from ..segmentation.data import pair_parts
+    from ..segmentation.losses import IGNORE_INDEX
+
+    if args.img_size is not None:
+        raise UsageError(f"--img-size: {args.source} holds image/mask pairs, which a U-Net "
+                         "trains on at their own size (in crops, `train --crop`): leave it out")
+    parts = pair_parts(args.source, val_fraction=args.val_fraction or 0.2, seed=args.seed,
+                       channels=args.channels)
+    first = next(iter(parts.values()))
+    classes = first.classes
+    pixels = {name: np.zeros(256, np.int64) for name in parts}
+    for name, pairs in parts.items():
+        for m in pairs.masks:
+            pixels[name] += np.bincount(m.ravel(), minlength=256)
+    counts = {name: [int(v) for v in px[:len(classes)]] for name, px in pixels.items()}
+    ignored = {name: int(px[IGNORE_INDEX]) for name, px in pixels.items()}
+    skipped = len({line for pairs in parts.values() for line in pairs.skipped})
+    channels = max(p.in_chans for p in parts.values() if len(p))
+    if args.json:  # pixel counts: the shares of the table are these over each part's sum
+        print(json_text({"task": "segmentation", "classes": list(classes),
+                         "images": {name: len(pairs) for name, pairs in parts.items()},
+                         "pixels": counts, "ignored_pixels": ignored, "channels": channels,
+                         "skipped": skipped}))
+        return 0
+    names = [shown(c) for c in classes]
+    width = max(len("ignored (255)"), *(len(c) for c in names))
+    print(f"{'class':<{width}}" + "".join(f"{name:>8}" for name in parts))
+    for k, cls in enumerate(names):
+        print(f"{cls:<{width}}" + "".join(f"{_share(counts[n][k], sum(counts[n])):>8}"
+                                          for n in parts))
+    print(f"{'ignored (255)':<{width}}" + "".join(
+        f"{_share(ignored[n], int(pixels[n].sum())):>8}" for n in parts))
+    print(f"{'pairs':<{width}}" + "".join(f"{len(p):>8}" for p in parts.values()))
+    sizes = sorted({m.shape for p in parts.values() for m in p.masks},
+                   key=lambda hw: (hw[0] * hw[1], hw))
+    (h0, w0), (h1, w1) = sizes[0], sizes[-1]
+    size = f"{w0}x{h0}" if sizes[0] == sizes[-1] else f"{w0}x{h0} to {w1}x{h1}"
+    print(f"\n{len(classes)} classes, images {size}, {plural(channels, 'channel')}; "
+          f"{plural(skipped, 'pair')} skipped")
+    print("class shares: of each part's labelled pixels; ignored: of all its pixels")
     return 0

@@ -433,6 +433,21 @@ def holds_mask_pairs(source: str | Path) -> bool:
     return False
 
 
+def has_test_part(source: Path) -> bool:
+    """Whether a folder of pairs has a test/ part (with images/), or a manifest test rows: the
+    pairs held out from training, which `cnnzoo evaluate --split test` scores."""
+    if source.suffix.lower() == ".csv":
+        return any(row[4] == "test" for row in read_manifest(source))
+    return layout_folder(layout_folder(source, "test"), "images").is_dir()
+
+
+def held_out_only(manifest: Path) -> bool:
+    """Whether a manifest's rows are all held out (marked test): none validates, and none trains
+    to draw validation rows from (a split cell empty is train)."""
+    rows = read_manifest(manifest)
+    return bool(rows) and all(row[4] not in (None, "train", "val") for row in rows)
+
+
 def _no_pairs(source: Path) -> str:
     """Why a folder or manifest gave no image/mask pair at all, in one line."""
     if source.suffix.lower() == ".csv":

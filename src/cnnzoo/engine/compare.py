@@ -241,10 +241,7 @@ def _summary(path: Path, label: str, ckpt: dict[str, Any]) -> RunSummary:
     source = trained_data(meta, path.parent) if "dataset" in meta else None
     data = f"{source}"
     if meta.get("images"):
-        held = (f", {meta['images']['test']} test held out" if "test" in meta["images"]
-                else "")  # (--val-fraction drew validation beside a test/ part)
-        data += (f" ({meta['images'].get('train')} training, {meta['images'].get('val')} "
-                 f"validation{held})")
+        data += f" ({_counts(meta['images'], meta.get('tiles') or {})})"
     # The validation images: the same folder split the same way (its digest when drawn from a
     # folder), or the same built-in split; a val/ part or Fashion-MNIST's test set whatever the
     # seed (runs before `val_drawn` was recorded: the seed and fraction, as if drawn).
@@ -285,6 +282,20 @@ def _summary(path: Path, label: str, ckpt: dict[str, Any]) -> RunSummary:
         final_epoch=int(kept["epoch"]), best=best,
         best_epoch=best_epoch, weights_only="optimizer" not in ckpt, settings=settings,
         history=history, num_classes=int(meta["num_classes"]))  # fmt: skip
+
+
+def _counts(images: dict[str, int], tiles: dict[str, int]) -> str:
+    """'242 training, 60 validation', or of a U-Net's images of mixed sizes, cut into tiles,
+    '5 training images in 11 tiles, 2 validation images in 3 tiles' (the tiles were said to be
+    the images: 11 training, 3 validation)."""
+    parts = []
+    for part, word in (("train", "training"), ("val", "validation")):
+        n, t = images.get(part), tiles.get(part, images.get(part))
+        parts.append(f"{n} {word}" if t == n else
+                     f"{plural(n or 0, f'{word} image')} in {plural(t or 0, 'tile')}")
+    if "test" in images:  # (--val-fraction drew validation beside a test/ part)
+        parts.append(f"{images['test']} test held out")
+    return ", ".join(parts)
 
 
 def _kept_epoch(ckpt: dict[str, Any], config: dict[str, Any],

@@ -651,9 +651,7 @@ class Trainer:
                    for k in RESUME_WARN_CONFIG
                    if old.get(k) != getattr(self.config, k)]
         old_meta = ckpt.get("meta") or {}
-        changed += [f"{k} (was {_plain(old_meta[k])}, now {_plain(self.meta[k])})"
-                    for k in RESUME_WARN_META
-                    if k in old_meta and k in self.meta and old_meta[k] != self.meta[k]]
+        changed += meta_changes(old_meta, self.meta)
         # A --precision / --channels-last given explicitly applies to the remaining epochs.
         saved = Precision(**ckpt["precision"])
         self.precision = saved.resumed(self.config.precision, self.config.channels_last)
@@ -851,9 +849,24 @@ RESUME_WARN_CONFIG = ("epochs", "lr", "schedule", "warmup_epochs", "weight_decay
                       "nesterov", "grad_clip", "seed", "mixup", "cutmix", "sam", "patience")
 # batch_size too: another one changes the steps per epoch, so the schedule's step lands elsewhere.
 # The rest of the recipe as runs record it (`cnnzoo compare` shows a resumed run's last values).
-RESUME_WARN_META = ("loss", "img_size", "val_fraction", "hold_out_test", "images", "batch_size",
-                    "augment", "erase", "progressive", "label_smoothing", "class_weight",
-                    "elastic", "jitter", "w0", "sigma")
+RESUME_WARN_META = ("loss", "img_size", "val_fraction", "hold_out_test", "images", "tiles",
+                    "batch_size", "augment", "erase", "progressive", "label_smoothing",
+                    "class_weight", "elastic", "jitter", "w0", "sigma")
+
+
+def meta_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The RESUME_WARN_META settings of `new` that differ from the checkpoint's `old`, as
+    'images (was train 5, val 2, now train 6, val 2)'."""
+    old = dict(old)
+    if "tiles" in new and "tiles" not in old and "images" in old \
+            and new["tiles"] != new.get("images"):
+        # A U-Net run from before "tiles" was recorded counted the tiles of images of mixed
+        # sizes as its "images": compared with the images, every such run warned at its resume
+        # that its data had changed.
+        old["tiles"] = old.pop("images")
+        new = {k: v for k, v in new.items() if k != "images"}
+    return [f"{k} (was {_plain(old[k])}, now {_plain(new[k])})" for k in RESUME_WARN_META
+            if k in old and k in new and old[k] != new[k]]
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, scheduler: StepSchedule,

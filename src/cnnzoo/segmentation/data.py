@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +39,9 @@ from ..data.augment import (
 )
 from ..data.dataset import names_digest
 from ..data.loader import BatchTransform
-from ..data.masks import MaskPairs, class_list, foreground_components
+from ..data.masks import MaskPairs, class_list, classes_file, foreground_components
 from ..errors import DataError
-from ..text import plural
+from ..text import plural, shown
 from .losses import IGNORE_INDEX, balanced_class_weights, unet_weight_map
 from .tiling import mirror_indices
 
@@ -64,6 +65,11 @@ class SegmentationSet:
     def __len__(self) -> int:
         return len(self.images)
 
+    @property
+    def image_count(self) -> int:
+        """The images the set holds or was cut from (`len` counts the tiles)."""
+        return len(self) if self.source_sizes is None else len(self.source_sizes)
+
     def __repr__(self) -> str:  # a notebook line, as ImageDataset's (not the arrays)
         return f"SegmentationSet({self.describe()}, {plural(self.images.shape[1], 'channel')})"
 
@@ -83,8 +89,8 @@ class SegmentationSet:
         by_area = sorted(self.source_sizes, key=lambda s: (s[0] * s[1], s))
         (h0, w0), (h1, w1) = by_area[0], by_area[-1]
         sizes = f"{w0}x{h0}" if (h0, w0) == (h1, w1) else f"{w0}x{h0} to {w1}x{h1}"
-        n = len(self.source_sizes)
-        return f"{plural(n, 'image')} of {sizes} in {plural(len(self), 'tile')} of {w}x{h}"
+        return (f"{plural(self.image_count, 'image')} of {sizes} in "
+                f"{plural(len(self), 'tile')} of {w}x{h}")
 
     def cell_instances(self) -> np.ndarray:
         """Instance ids: the stored ones, else the 4-connected components of the foreground."""
@@ -133,6 +139,10 @@ class SegmentationSet:
 
 @dataclass
 class SegmentationSplits:
+    """What `load_segmentation` gives: the training and validation sets (validation images of
+    mixed sizes as tiles that count each pixel once), the class names in index order, one line
+    per pair skipped, and the source as given ('cells', a folder, a manifest)."""
+
     train: SegmentationSet
     val: SegmentationSet
     classes: list[str]
@@ -140,6 +150,9 @@ class SegmentationSplits:
     source: str
     val_files: str | None = None  # `PairSplit.val_files` of a folder's drawn validation pairs
     binary_255: bool | None = None  # the masks' 255 read as class 1 (None: cells, no masks read)
+    # The classes were named (--classes, classes.txt, the cells' own), not inferred from the
+    # mask values (whose absent values `load_mask_pairs` names in a note of its own).
+    classes_named: bool = True
 
     @property
     def num_classes(self) -> int:
@@ -341,6 +354,41 @@ def split_pairs(
     return PairSplit(_keep_skipped(pairs.subset(train_idx), pairs), pairs.subset(val_idx), drawn)
 
 
+def pair_parts(
+    source: str | Path, *, val_fraction: float = 0.2, seed: int = 0, channels: int | None = None,
+) -> dict[str, MaskPairs]:
+    """The whole pairs of a folder or manifest by part, as `cnnzoo train unet` splits them
+    ('train', 'val': `split_pairs`) and with the part it holds out, which `cnnzoo evaluate
+    --split test` scores ('test': DIR/test/ or the test rows, read with 255 as the training
+    masks read it), when there is one. A manifest of test rows alone is its 'test' part."""
+    from ..data.masks import (
+        has_test_part,
+        held_out_only,
+        layout_folder,
+        load_mask_pairs,
+        part_reading,
+    )
+
+    source = Path(source)
+    csv = source.suffix.lower() == ".csv"
+    if csv and held_out_only(source):
+        return {"test": load_mask_pairs(source, parts=("test",), channels=channels)}
+    split = split_pairs(source, val_fraction=val_fraction, seed=seed, channels=channels)
+    parts = {"train": split.train, "val": split.val}
+    if has_test_part(source):
+        said = set(split.train.skipped)  # (the sheet's lines on rows of no known split)
+
+        def report(line: str) -> None:
+            if line not in said:  # as load_mask_pairs says its lines
+                print(shown(line), file=sys.stderr)
+
+        parts["test"] = load_mask_pairs(
+            source if csv else layout_folder(source, "test"), classes=split.classes,
+            binary_255=part_reading(split.train), channels=channels, report=report,
+            **({"parts": ("test",)} if csv else {}))
+    return parts
+
+
 def rows_ordered(meta: dict[str, Any], source: str | Path) -> bool:
     """Whether the run of checkpoint `meta` took the pairs of its manifest `source` in the
     rows' order: a run from before they were read in path order, which records no
@@ -412,9 +460,12 @@ def load_segmentation(
         for part in (train, val):
             if part.images.shape[1] == 1:
                 part.images = np.repeat(part.images, 3, axis=1)
+    root = Path(source).parent if Path(source).suffix.lower() == ".csv" else Path(source)
     return SegmentationSplits(train, val, split.classes, split.train.skipped + split.val.skipped,
                               str(source), val_files=split.val_files(),
-                              binary_255=split.train.binary_255)  # fmt: skip
+                              binary_255=split.train.binary_255,
+                              classes_named=class_list(classes) is not None
+                              or classes_file(root) is not None)  # fmt: skip
 
 
 class PairedTransform:

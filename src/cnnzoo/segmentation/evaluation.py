@@ -36,9 +36,9 @@ import torch
 from ..data.masks import IGNORE_INDEX, MaskPairs, classes_file
 from ..errors import DataError
 from ..paths import same_source
-from ..text import plural
+from ..text import plural, shown
 from .data import DEFAULT_CELLS, cell_set, cells_val_count, rows_ordered, split_pairs
-from .metrics import SegmentationAccumulator
+from .metrics import SegmentationAccumulator, absent_classes
 from .tiling import TileGeometry
 
 SPLITS = ("val", "test", "all")
@@ -109,14 +109,6 @@ def _cells(split: str, meta: dict[str, Any], seed: int, trained_on_cells: bool) 
     return _Pairs(images, [m for s in sets for m in s.masks], [n for s in sets for n in s.names])
 
 
-def _has_test(src: Path) -> bool:
-    from ..data.masks import layout_folder, read_manifest
-
-    if src.suffix.lower() == ".csv":
-        return any(row[4] == "test" for row in read_manifest(src))
-    return layout_folder(layout_folder(src, "test"), "images").is_dir()
-
-
 def _check_classes_file(src: Path, names: list[str]) -> None:
     """A held-out folder naming its classes otherwise than the model (classes.txt): its mask
     values would mean other classes than the ones the net predicts."""
@@ -139,6 +131,8 @@ def evaluation_pairs(
     trained on (other pairs: 255 is class 1 when every mask is 0/255, as training reads them)."""
     from ..data.builtin import builtin_name
     from ..data.masks import (
+        has_test_part,
+        held_out_only,
         holds_mask_pairs,
         layout_folder,
         load_mask_pairs,
@@ -177,6 +171,11 @@ def evaluation_pairs(
     # and a run on 0/255 masks counted the ignored 255 of 0/1/255 masks as cells.
     read = {"classes": names, "binary_255": meta.get("binary_255") if same else None,
             "channels": meta["in_chans"]}
+    if split == "val" and path.suffix.lower() == ".csv" and held_out_only(path):
+        # A held-out sheet (test rows alone): split_pairs's error said how to mark rows to
+        # train on, to someone scoring a net. As classification's evaluate says it (engine.run).
+        raise DataError(f"{src} has no validation rows (none is marked val, and none trains to "
+                        "draw them from): use --split test or --split all")
     if split == "val":
         sp = split_pairs(path, val_fraction=meta.get("val_fraction", 0.2), seed=seed,
                          row_order=same and rows_ordered(meta, path), **read)
@@ -197,7 +196,7 @@ def evaluation_pairs(
                                 "held-out pairs")  # fmt: skip
         # (the whole data's: the training part holds those of the pairs it was drawn from)
         return _Pairs.of(sp.val, len(sp.train.skipped) + len(sp.val.skipped)), split, own
-    if split == "test" and not _has_test(path):
+    if split == "test" and not has_test_part(path):
         raise DataError(f"{src} has no test part apart from its validation part (DIR/test/ with "
                         "images/ and masks/, or rows marked test): use --split val or --split "
                         "all")  # fmt: skip
@@ -212,6 +211,18 @@ def evaluation_pairs(
     for extra in folders[1:]:
         pairs = pairs + load_mask_pairs(extra, **{**read, "binary_255": part})
     return _Pairs.of(pairs), split, own
+
+
+def _absent_note(absent: list[int], names: list[str], confusion: torch.Tensor) -> str:
+    """The classes no scored mask holds, and what they scored: 1 where the net predicts none
+    of them, 0 where it predicts any (the empty-class convention, `metrics`)."""
+    said = []
+    for c in absent:
+        n = int(confusion[:, c].sum())
+        said.append(f"{shown(names[c])} (Dice and IoU 1: the net predicts none of it)" if n == 0
+                    else f"{shown(names[c])} (0: the net predicts {n:,} {'pixel' if n == 1 else 'pixels'} of it)")
+    means = "; the foreground means (dice, iou) count them" if max(absent) > 0 else ""
+    return f"note: no mask scored holds {' or '.join(said)}{means}"
 
 
 def evaluate_segmenter(
@@ -267,6 +278,8 @@ def evaluate_segmenter(
     if acc.confusion.sum() == 0:
         notes.append(f"note: every pixel of the {plural(len(pairs.names), 'mask')} is marked "
                      "255 (ignore): there is nothing to score")  # fmt: skip
+    elif absent := absent_classes(pairs.masks, k):
+        notes.append(_absent_note(absent, names, acc.confusion))
     return SegmentationEvaluation(metrics, acc, names, src, split, pairs.names, ignored, geo,
                                   own, notes, ("flip" if tta is True else tta) or None,
                                   pairs.skipped)  # fmt: skip

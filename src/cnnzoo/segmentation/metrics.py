@@ -46,6 +46,15 @@ def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
     return torch.bincount(idx, minlength=k * k).view(k, k)
 
 
+def absent_classes(masks: Sequence[np.ndarray], num_classes: int) -> list[int]:
+    """The classes on no pixel of `masks` (uint8 class indices; ignored pixels aside): they
+    score 1 or 0 by the empty-class convention above, whatever the net has learnt."""
+    seen = np.zeros(256, dtype=bool)
+    for m in masks:
+        seen |= np.bincount(np.asarray(m, dtype=np.uint8).ravel(), minlength=256) > 0
+    return [c for c in range(num_classes) if not seen[c]]
+
+
 def dice_iou(confusion: Tensor) -> tuple[Tensor, Tensor]:
     """Per-class Dice and IoU (float64) from a confusion matrix, with the empty-class convention
     above (absent from truth and prediction: 1)."""

@@ -353,6 +353,8 @@ def train(
     cw = splits.class_weights() if weighted else None
     say(f"data: {splits.source}: {splits.describe()}, {k} classes ({', '.join(map(shown, splits.classes))}); "
         f"loss {loss}, training tiles {tiles}")
+    if splits.classes_named and (note := absent_classes_note(splits)):
+        say(note)
     train_targets = train_set.targets(weighted, cw, w0=w0, sigma=sigma)
     val_targets = splits.val.targets(weighted, cw, w0=w0, sigma=sigma)
     n_train = len(train_set) // dist.world
@@ -376,7 +378,11 @@ def train(
         # ('cells' is the synthetic set even where a folder of that name exists.)
         "dataset": splits.source if splits.source == "cells" or not where.exists()
         else str(where.resolve()),
-        "loss": loss, "images": {"train": len(splits.train), "val": len(splits.val)},
+        # Images, and the tiles images of mixed sizes were cut into (an epoch's crops): runs
+        # before 2026-11-28 recorded the tiles as "images" (`engine.loop.meta_changes`).
+        "loss": loss,
+        "images": {"train": splits.train.image_count, "val": splits.val.image_count},
+        "tiles": {"train": len(splits.train), "val": len(splits.val)},
         # What `cnnzoo evaluate` needs to score the run's own validation images again (the seed
         # is the config's) and to read held-out masks and count cells as the run did.
         "val_fraction": val_fraction, "binary_255": splits.binary_255,
@@ -408,6 +414,24 @@ def train(
                                      pick=pick, precision=result.precision)
         say(f"wrote {path}")
     return SegmentationRun(result, net, splits, task, meta)
+
+
+def absent_classes_note(splits: SegmentationSplits) -> str | None:
+    """A note naming the classes that no training or validation mask holds: their validation
+    Dice and IoU are 1 while the net predicts none of them, as segmentation_models_pytorch
+    scores an empty class, and they count in the foreground means (a run of 'bg,cell,nucleus'
+    on masks without nucleus logged val_dice_nucleus 1.0 without a word)."""
+    from .metrics import absent_classes
+
+    absent = absent_classes([*splits.train.masks, *splits.val.masks], splits.num_classes)
+    if not absent:
+        return None
+    names = ", ".join(shown(splits.classes[c]) for c in absent)
+    it = "it" if len(absent) == 1 else "them"
+    means = f", and the foreground means (dice, iou) count {it}" if max(absent) > 0 else ""
+    return (f"note: no mask holds {'class' if len(absent) == 1 else 'classes'} {names}: "
+            f"{'its' if len(absent) == 1 else 'their'} validation Dice and IoU are 1 while the "
+            f"net predicts none of {it}, 0 once it predicts any{means}")
 
 
 def _resumed_meta(data: Any, out_dir: str | os.PathLike[str] | None,
