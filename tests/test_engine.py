@@ -1410,13 +1410,45 @@ def test_the_final_scores_are_the_last_epochs_validation_without_a_second_pass(p
     if patience is None:  # the weights the last epoch scored
         assert epochs == 6 and val.passes == 6
         last = result.history[-1]
-        assert result.final == {k[4:]: v for k, v in last.items() if k.startswith("val_")}
+        scored = last
     else:  # an earlier epoch's weights restored: scored again, with that epoch's scores
         assert result.stopped_early and result.best_epoch < epochs
         assert val.passes == epochs + 1
-        best = result.history[result.best_epoch - 1]
-        assert result.final == {k[4:]: v for k, v in best.items() if k.startswith("val_")}
+        scored = result.history[result.best_epoch - 1]
+    # (with the final pass's balanced accuracy and macro F1, which the epochs' log leaves out)
+    assert result.final == {**{k[4:]: v for k, v in scored.items() if k.startswith("val_")},
+                            **result.accumulator.balanced()}
     assert int(result.accumulator.confusion.sum()) == 48
+
+
+def test_fit_result_final_has_balanced_accuracy_and_macro_f1_as_train_json_does():
+    """`train --json`'s `final` had balanced_acc and macro_f1; the FitResult that
+    Trainer.fit() and train_classifier() return lacked them, so a notebook on imbalanced data
+    read accuracy alone. Checked against scikit-learn on the model's own predictions, with
+    test-time augmentation's final too."""
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 256, (40, 1, 8, 8), generator=g, dtype=torch.uint8)
+    y = torch.tensor([0] * 28 + [1] * 6 + [2] * 6)  # imbalanced: accuracy alone hides it
+    val = BatchLoader(x, y, batch_size=16, mean=[0.5], std=[0.25])
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=2, lr=0.05, tta="flip", **FP32)
+    net = _TinyNet()
+    result = Trainer(net, ClassificationTask(3), _tiny_loader(n=48, seed=2), val, cfg).fit()
+    with torch.no_grad():
+        inputs = torch.cat([xb for xb, _ in val])
+        logits = net(inputs)
+        flipped = (logits.float() + net(inputs.flip(-1)).float()) / 2
+    for final, out in ((result.final, logits), (result.final_tta, flipped)):
+        pred = out.argmax(1)
+        with warnings.catch_warnings():  # a class never predicted: meant
+            warnings.simplefilter("ignore", UserWarning)
+            want = balanced_accuracy_score(y, pred)
+        assert final["balanced_acc"] == pytest.approx(want)
+        assert final["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro",
+                                                           zero_division=0))
+        assert final["acc"] == pytest.approx(float((pred == y).float().mean()))
 
 
 def test_fit_hands_the_model_back_ready_to_predict_and_save(tmp_path):

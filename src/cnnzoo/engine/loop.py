@@ -194,7 +194,8 @@ class FitResult:
     `pandas.DataFrame(result.history)`); best_epoch and best_value: the epoch of the best
     `monitor` value (e.g. 'val_loss'); precision: how it ran (bf16 / fp32, memory format);
     stopped_early: early stopping ended it; final: the validation metrics of the weights the
-    model holds at the end (the best epoch's when they were restored); out_dir: its
+    model holds at the end (the best epoch's when they were restored; a classifier's with
+    'balanced_acc' and 'macro_f1', as `train --json` gives them); out_dir: its
     checkpoints and report; accumulator: the final validation pass's (a confusion matrix for
     classification; the last epoch's own pass when the model ends with the weights it scored);
     final_tta: `final` with test-time augmentation (`TrainConfig.tta`), tta_accumulator its pass's;
@@ -215,6 +216,14 @@ class FitResult:
     final_tta: dict[str, float] = field(default_factory=dict)  # the same with config.tta
     tta_accumulator: MetricAccumulator | None = None
     skipped: int = 0  # set by the run that loads the data (`Splits.skipped_count`)
+
+
+def final_metrics(acc: MetricAccumulator) -> dict[str, float]:
+    """A final validation pass's metrics: a classifier's `summary()` (balanced accuracy and
+    macro F1 too, which `train --json` and `evaluate --json` give: `FitResult.final` lacked
+    them), another task's `compute()`."""
+    summary = getattr(acc, "summary", None)
+    return summary() if callable(summary) else acc.compute()
 
 
 def batchnorm_params(model: nn.Module) -> list[nn.Parameter]:
@@ -589,10 +598,10 @@ class Trainer:
         result = FitResult(history, best_epoch, best, monitor, prec, stopped, out_dir=self.out_dir)
         if self.val_loader is not None:
             acc = scored[1] if scored is not None else self.evaluate(self.val_loader)
-            result.final, result.accumulator = acc.compute(), acc
+            result.final, result.accumulator = final_metrics(acc), acc
             if cfg.tta:
                 result.tta_accumulator = self.evaluate(self.val_loader, tta=cfg.tta)
-                result.final_tta = result.tta_accumulator.compute()
+                result.final_tta = final_metrics(result.tta_accumulator)
         if self._writes and cfg.report and history:
             from .report import write_report
 
