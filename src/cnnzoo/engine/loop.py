@@ -662,7 +662,8 @@ class Trainer:
         old_meta = ckpt.get("meta") or {}
         changed += [f"{k} (was {_plain(old_meta[k])}, now {_plain(self.meta[k])})"
                     for k in RESUME_WARN_META
-                    if k in old_meta and k in self.meta and old_meta[k] != self.meta[k]]
+                    if k in old_meta and k in self.meta and old_meta[k] != self.meta[k]
+                    and _split_setting_applied(k, old_meta, self.meta)]
         # A --precision / --channels-last given explicitly applies to the remaining epochs.
         saved = Precision(**ckpt["precision"])
         self.precision = saved.resumed(self.config.precision, self.config.channels_last)
@@ -863,6 +864,19 @@ RESUME_WARN_CONFIG = ("epochs", "lr", "schedule", "warmup_epochs", "weight_decay
 RESUME_WARN_META = ("loss", "img_size", "val_fraction", "hold_out_test", "images", "batch_size",
                     "augment", "erase", "progressive", "label_smoothing", "class_weight",
                     "elastic", "jitter", "w0", "sigma")
+
+
+def _split_setting_applied(key: str, old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether `key`, when a split setting, chose the validation images of the run resumed
+    (meta `old`) or of this session (`new`): a run given val/ was warned of "val_fraction (was
+    0.2, now 0.1)", a fraction that drew nothing. val_fraction draws only a split that no
+    val/ part (nor test/ validating in its place) gives; hold_out_test changes the split only
+    of data with test/ and no val/, where it makes the validation images drawn or not. Meta
+    that does not record `val_drawn` (older runs, a caller's own): compared as before."""
+    drawn = old.get("val_drawn"), new.get("val_drawn")
+    if key not in ("val_fraction", "hold_out_test") or None in drawn:
+        return True
+    return all(drawn) if key == "val_fraction" else drawn[0] != drawn[1]
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, scheduler: StepSchedule,
