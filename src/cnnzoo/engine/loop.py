@@ -818,7 +818,8 @@ class Trainer:
         if self._replacing:
             keep += f" and the run already in {self.out_dir} is left as it was"
         err = TrainingError(
-            f"loss became NaN/inf in {where} (lr {lr:.3g}): lower --lr or set --grad-clip; "
+            f"loss became NaN/inf in {where} (lr {lr:.3g}): lower --lr or set --grad-clip "
+            "(TrainConfig lr=, grad_clip=); "
             f"{keep}")
         err.every_rank = True  # every process stops here together (broadcast_flag)
         raise err
@@ -1003,7 +1004,7 @@ def check_mixing(config: TrainConfig, task_name: str) -> None:
     ask before loading their data, the Trainer again for callers that build it directly)."""
     if (config.mixup or config.cutmix) and task_name != "classification":
         raise TrainingError(f"mixup and CutMix mix class labels; the {task_name} task has "
-                            "none: leave --mixup / --cutmix at 0")
+                            "none: leave --mixup / --cutmix at 0 (mixup=0, cutmix=0)")
 
 
 def check_out_dir(out_dir: str | Path | None, *, resume: bool, overwrite: bool) -> None:
@@ -1112,9 +1113,11 @@ def one_image_batchnorm_hint() -> Iterator[None]:
     except ValueError as exc:
         if "Expected more than 1 value per channel" not in str(exc):
             raise
+        # Trainer.fit's callers are notebooks too: each option with its keyword.
         raise TrainingError("a batch of one image reaches a BatchNorm layer as 1x1 maps, which "
-                            "it cannot normalise: use --batch-size 2 or more, or larger images "
-                            "(--img-size; --crop for segmentation)") from None
+                            "it cannot normalise: use --batch-size 2 or more (batch_size=2), "
+                            "or larger images (--img-size, img_size=; --crop for "
+                            "segmentation)") from None
 
 
 def _epoch_line(record: dict[str, Any], epochs: int, num_classes: int = 0, *,

@@ -797,8 +797,8 @@ def transfer(
             if "features" in metrics else 0.0
         if kept == "finetune" and gap >= 0.05:  # small validation sets mislead (docs), not this
             say(f"note: the features head scored {gap:.3f} higher on the validation images than "
-                "the fine-tuned net kept here; --keep-best keeps the one with the lower "
-                "validation loss")  # fmt: skip
+                "the fine-tuned net kept here; --keep-best (keep_best=True) keeps the one with "
+                "the lower validation loss")  # fmt: skip
         metrics["kept"] = kept
     else:
         metrics["kept"] = "features"
