@@ -647,6 +647,33 @@ def test_a_commands_option_given_before_its_name_says_where_it_goes(argv, prog, 
                                        f"{option} (see `cnnzoo data info --help`)\n")
 
 
+@pytest.mark.parametrize(("argv", "prog", "given", "hint"), [
+    (["--threads", "1", "train", "lenet5", "--data", "digits"], "cnnzoo train", "--threads 1",
+     "--threads"),
+    (["--threads=1", "--json", "evaluate", "run/last.pt"], "cnnzoo evaluate",
+     "--threads=1 --json", "--threads"),
+    (["data", "--per-class", "5", "export", "fashion-mnist", "DIR"], "cnnzoo data export",
+     "--per-class 5", "--per-class"),
+    (["--threads", "1", "models"], "cnnzoo models", "--threads 1", None),  # not one of its own
+])
+def test_an_option_with_a_value_given_before_the_commands_name_says_where_it_goes(
+        argv, prog, given, hint, tmp_path, monkeypatch, capsys):
+    """`cnnzoo --threads 1 train ...` answered "cnnzoo: error: argument COMMAND: invalid
+    choice: '1'": argparse took the option's value for the command's name. It is refused as a
+    switch given there is (`cnnzoo --json models`), by the command's parser, saying where it
+    goes; one the command does not have is unrecognized, as it is after the name."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    out, err = capsys.readouterr()
+    where = f"; {hint} is an option of `{prog}`: give it after `{prog}`" if hint else ""
+    line = f"{prog}: error: unrecognized arguments: {given}{where} (see `{prog} --help`)"
+    assert err == line + "\n"
+    assert json.loads(out) == {"error": line, "exit_status": 2} if "--json" in argv else not out
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_no_parser_takes_abbreviations():
     import argparse
 
@@ -782,9 +809,8 @@ def test_train_json_prints_the_summary_alone_on_stdout(tmp_path, monkeypatch, ca
         return SimpleNamespace(
             monitor="val_loss", best_value=0.25, best_epoch=3, stopped_early=True, skipped=1,
             history=[{"epoch": e} for e in (1, 2, 3, 4, 5)],
-            final={"loss": 0.3, "acc": 0.9, "top5": 1.0}, final_tta={},
-            accumulator=SimpleNamespace(num_classes=3,
-                                        balanced=lambda: {"balanced_acc": 0.8, "macro_f1": 0.7}))
+            final={"loss": 0.3, "acc": 0.9, "top5": 1.0, "balanced_acc": 0.8, "macro_f1": 0.7},
+            final_tta={}, accumulator=SimpleNamespace(num_classes=3))
 
     monkeypatch.setattr("cnnzoo.engine.run.train_classifier", train_classifier)
     out = str(tmp_path / "r")

@@ -228,6 +228,22 @@ def test_labels_and_entries_that_are_not_runs(tmp_path):
         summarize_runs([tmp_path / "failed"], skip=said.append)
 
 
+def test_compare_json_says_why_when_every_run_was_skipped(tmp_path, capsys):
+    """`compare empty log --json` failed with "none of these is a run of `cnnzoo train` (see
+    the lines above)": the document a script reads held no reason, which went to stderr
+    only. The line holds the first path's reason and how many more were skipped."""
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "train.log").write_text("epoch 1\n")
+    assert main(["compare", str(tmp_path / "empty"), str(tmp_path / "train.log"),
+                 "--json"]) == 2
+    out, err = capsys.readouterr()
+    line = (f"cnnzoo compare: error: none of these is a run of `cnnzoo train`: skipped "
+            f"{tmp_path / 'empty'}: {tmp_path / 'empty'} holds no run (no last.pt or best.pt): "
+            "give the --out folder of a `cnnzoo train` run (and 1 more, on stderr)")
+    assert json.loads(out) == {"error": line, "exit_status": 2}
+    assert err.splitlines()[-1] == line and err.count("skipped ") == 3  # 2 lines, and the error
+
+
 def test_a_run_that_does_not_exist_is_a_usage_error(tmp_path, capsys):
     """`cnnzoo compare runs/a runs/typo` printed 'skipped runs/typo: ...' and the table of a
     alone, exit status 0: a script went on with half a comparison. A path that is not there

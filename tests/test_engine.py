@@ -4,6 +4,7 @@ NaN stop, atomic checkpoints, optimizer groups and the precision chooser."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import signal
@@ -432,7 +433,8 @@ def test_a_small_folder_trains_in_batches_of_a_quarter_of_its_images(tmp_path, c
     err = capsys.readouterr().err
     # SGD's default lr goes with it, by the square-root rule: 0.1 x sqrt(16 / 128).
     assert ("note: batches of 16 and lr 0.035 (0.1 x sqrt(16/128)) for 64 training images: 4 "
-            "steps per epoch, where batches of 128 made 1; --batch-size N, --lr X for others") in err
+            "steps per epoch, where batches of 128 made 1; --batch-size N, --lr X (batch_size=, "
+            "lr=) for others") in err
     ckpt = load_checkpoint(out / "last.pt")
     assert ckpt["meta"]["batch_size"] == 16
     assert ckpt["config"]["lr"] == pytest.approx(0.1 * (16 / 128) ** 0.5, rel=1e-12)
@@ -1410,13 +1412,45 @@ def test_the_final_scores_are_the_last_epochs_validation_without_a_second_pass(p
     if patience is None:  # the weights the last epoch scored
         assert epochs == 6 and val.passes == 6
         last = result.history[-1]
-        assert result.final == {k[4:]: v for k, v in last.items() if k.startswith("val_")}
+        scored = last
     else:  # an earlier epoch's weights restored: scored again, with that epoch's scores
         assert result.stopped_early and result.best_epoch < epochs
         assert val.passes == epochs + 1
-        best = result.history[result.best_epoch - 1]
-        assert result.final == {k[4:]: v for k, v in best.items() if k.startswith("val_")}
+        scored = result.history[result.best_epoch - 1]
+    # (with the final pass's balanced accuracy and macro F1, which the epochs' log leaves out)
+    assert result.final == {**{k[4:]: v for k, v in scored.items() if k.startswith("val_")},
+                            **result.accumulator.balanced()}
     assert int(result.accumulator.confusion.sum()) == 48
+
+
+def test_fit_result_final_has_balanced_accuracy_and_macro_f1_as_train_json_does():
+    """`train --json`'s `final` had balanced_acc and macro_f1; the FitResult that
+    Trainer.fit() and train_classifier() return lacked them, so a notebook on imbalanced data
+    read accuracy alone. Checked against scikit-learn on the model's own predictions, with
+    test-time augmentation's final too."""
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 256, (40, 1, 8, 8), generator=g, dtype=torch.uint8)
+    y = torch.tensor([0] * 28 + [1] * 6 + [2] * 6)  # imbalanced: accuracy alone hides it
+    val = BatchLoader(x, y, batch_size=16, mean=[0.5], std=[0.25])
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=2, lr=0.05, tta="flip", **FP32)
+    net = _TinyNet()
+    result = Trainer(net, ClassificationTask(3), _tiny_loader(n=48, seed=2), val, cfg).fit()
+    with torch.no_grad():
+        inputs = torch.cat([xb for xb, _ in val])
+        logits = net(inputs)
+        flipped = (logits.float() + net(inputs.flip(-1)).float()) / 2
+    for final, out in ((result.final, logits), (result.final_tta, flipped)):
+        pred = out.argmax(1)
+        with warnings.catch_warnings():  # a class never predicted: meant
+            warnings.simplefilter("ignore", UserWarning)
+            want = balanced_accuracy_score(y, pred)
+        assert final["balanced_acc"] == pytest.approx(want)
+        assert final["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro",
+                                                           zero_division=0))
+        assert final["acc"] == pytest.approx(float((pred == y).float().mean()))
 
 
 def test_fit_hands_the_model_back_ready_to_predict_and_save(tmp_path):
@@ -2505,7 +2539,7 @@ def test_cli_refuses_to_replace_or_mix_runs_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "u").exists()
     # An input size the model cannot take, in the option's words (not "resize the images").
     assert error([*base[:-1], str(tmp_path / "small"), "--img-size", "28"]) == (
-        "cnnzoo train: error: --img-size 28: lenet5 takes inputs of at least 32 px")
+        "cnnzoo train: error: --img-size 28 (img_size=): lenet5 takes inputs of at least 32 px")
     # A run inside its own data folder: the next run would read its curves.png as a class
     # 'run'. Refused before any work. (A segmentation folder reads only images/ and masks/:
     # DIR/runs/ is allowed there.)
@@ -2704,7 +2738,7 @@ def test_a_folder_of_small_images_trains_at_their_own_size_and_colour(tmp_path, 
     assert main(args) == 0
     err = capsys.readouterr().err
     assert "1x32x32), training at 32x32 (the images are 28 px, raised to 32, the least cnnzoo " \
-           "trains small images at; --img-size N for another)" in err
+           "trains small images at; --img-size N, img_size=N, for another)" in err
     meta = load_checkpoint(out / "last.pt")["meta"]
     assert (meta["img_size"], meta["in_chans"]) == (32, 1)
     # create_model builds it with the options the run recorded (stages=3, ...), not defaults;
@@ -3076,6 +3110,31 @@ def test_residual_net_is_built_for_the_size_it_trains_at(tmp_path, capsys):
         assert message in err and err.count("\n") == 1, err
 
 
+def test_errors_a_python_caller_hits_name_the_keywords_too():
+    """Trainer.fit() and train_classifier() are called from notebooks, where "use --batch-size
+    2 or more", "lower --lr or set --grad-clip" and "--img-size 28" named options of a command
+    the caller never ran: each names the keyword it was given as, beside the option."""
+    from cnnzoo.engine.run import DataOptions, train_classifier
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (4, 1, 8, 8), generator=g, dtype=torch.uint8)
+    y = torch.tensor([0, 1, 2, 0])
+    # an 8x8 convolution leaves 1x1 maps: a batch of one is one value per channel for BatchNorm
+    net = nn.Sequential(nn.Conv2d(1, 4, 8), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 3))
+    one = BatchLoader(x, y, batch_size=1, mean=[0.5], std=[0.25])
+    with pytest.raises(TrainingError, match=r"use --batch-size 2 or more \(batch_size=2\), or "
+                                            r"larger images \(--img-size, img_size=;"):
+        Trainer(net, ClassificationTask(3), one, config=TrainConfig(epochs=1, **FP32)).fit()
+    diverging = TrainConfig(epochs=1, lr=math.inf, schedule="constant", **FP32)
+    with pytest.raises(TrainingError, match=r"lower --lr or set --grad-clip \(TrainConfig lr=, "
+                                            r"grad_clip=\)"):
+        Trainer(_TinyNet(), ClassificationTask(3), _tiny_loader(), config=diverging).fit()
+    with pytest.raises(UsageError, match=r"^--img-size 28 \(img_size=\): lenet5 takes inputs "
+                                         r"of at least 32 px$"):
+        train_classifier("lenet5", DataOptions("digits", img_size=28), TrainConfig(epochs=1),
+                         out_dir=None)
+
+
 @pytest.mark.parametrize("precision", [["--precision", "fp32", "--channels-last", "off"], []])
 def test_one_image_batches_into_1x1_batchnorm_maps_are_one_line(tmp_path, capsys, precision):
     """resnet18 at 32 px ends in 1x1 maps: with --batch-size 1 its BatchNorm sees one value
@@ -3086,8 +3145,8 @@ def test_one_image_batches_into_1x1_batchnorm_maps_are_one_line(tmp_path, capsys
                  "--out", str(out)]) == 2  # fmt: skip
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last == ("cnnzoo train: error: a batch of one image reaches a BatchNorm layer as 1x1 "
-                    "maps, which it cannot normalise: use --batch-size 2 or more, or larger "
-                    "images (--img-size; --crop for segmentation)")
+                    "maps, which it cannot normalise: use --batch-size 2 or more (batch_size=2), "
+                    "or larger images (--img-size, img_size=; --crop for segmentation)")
     assert not (out / "last.pt").exists()
 
 

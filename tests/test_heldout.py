@@ -163,3 +163,37 @@ def test_evaluate_scores_a_held_out_sheet_of_test_rows(shoes, held, tmp_path, ca
     assert capsys.readouterr().err.strip() == (
         f"cnnzoo evaluate: error: {sheet} has no validation rows (none is marked val, and "
         "none trains to draw them from): use --split test or --split all")
+
+
+def test_a_resume_warns_only_of_the_split_settings_that_split_the_data(shoes, tmp_path, capsys):
+    """A run given val/ was resumed with 'warning: resuming with different val_fraction (was
+    0.2, now 0.4), hold_out_test (was False, now True)': neither chose any image. The
+    fraction is named only when it drew both sessions' validation images, hold_out_test only
+    where it moved test/ out of validation."""
+    import shutil
+
+    given_val = tmp_path / "given_val"  # train/ + val/: nothing is drawn
+    shutil.copytree(shoes / "train", given_val / "train")
+    shutil.copytree(shoes / "test", given_val / "val")
+    train_only = tmp_path / "train_only"  # drawn from train/ either way
+    shutil.copytree(shoes / "train", train_only)
+    warned = {}
+    for name, data in (("given_val", given_val), ("train_and_test", shoes),
+                       ("train_only", train_only)):
+        out = tmp_path / "runs" / name
+        fast = ["--precision", "fp32", "--no-tensorboard"]  # (no timing trial, no event files)
+        assert main(["train", "lenet5", "--data", str(data), "--out", str(out), *COMMON,
+                     *fast]) == 0
+        capsys.readouterr()
+        assert main(["train", "lenet5", "--data", str(data), "--out", str(out), "--resume",
+                     "--epochs", "2", "--val-fraction", "0.4", "--no-progress", *fast]) == 0
+        warned[name] = [line for line in capsys.readouterr().err.splitlines()
+                        if line.startswith("warning: resuming with")]
+    assert warned["given_val"] == ["warning: resuming with different epochs (was 1, now 2) than "
+                                   "the checkpoint; the result will differ from an "
+                                   "uninterrupted run"]
+    # train/ + test/: test/ validated the first session, a drawn 40 % of train/ the second
+    (line,) = warned["train_and_test"]
+    assert "hold_out_test (was False, now True)" in line and "val_fraction" not in line
+    (line,) = warned["train_only"]
+    assert "val_fraction (was 0.2, now 0.4)" in line and "hold_out_test" not in line

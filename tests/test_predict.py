@@ -232,6 +232,35 @@ def test_a_fine_tuned_torchvision_checkpoint_names_its_classes(tv_models, image_
                         "name per class, in the order of its outputs") and "\n" not in err
 
 
+def test_class_names_numbered_from_one_name_the_right_outputs_or_say_why_not(
+        image_dir, tmp_path, capsys, caplog):
+    """A script's own class_to_idx numbering its classes from 1 (ImageFolder's count from 0)
+    was dropped without a word: the outputs printed as 0, 1, 2. With an output more than the
+    classes (trained on the numbers as they are) each names its output, output 0 by its
+    number; with one output per class which is which is not recorded, and a note says so."""
+    photo = str(image_dir / "rgb.jpg")
+    hand = {0: "0", 1: "daisy", 2: "rose", 3: "tulip"}  # output k: the class numbered k
+    for key, names in (("class_to_idx", {"daisy": 1, "tulip": 3, "rose": 2}),
+                       ("idx_to_class", {1: "daisy", 2: "rose", 3: "tulip"})):
+        path = tmp_path / f"{key}.pth"
+        torch.save({"state_dict": cnnzoo.create_model("lenet5", num_classes=4).state_dict(),
+                    key: names}, path)
+        assert main(["predict", photo, "--model", "lenet5", "--weights", str(path), "--json",
+                     "--top", "4"]) == 0
+        got = json.loads(capsys.readouterr().out)[0]["predictions"]
+        assert sorted((p["index"], p["class"]) for p in got) == sorted(hand.items()), key
+    three = tmp_path / "three.pth"
+    torch.save({"state_dict": cnnzoo.create_model("lenet5", num_classes=3).state_dict(),
+                "class_to_idx": {"daisy": 1, "rose": 2, "tulip": 3}}, three)
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.weights"):
+        assert main(["predict", photo, "--model", "lenet5", "--weights", str(three), "--json",
+                     "--top", "3"]) == 0
+    got = json.loads(capsys.readouterr().out)[0]["predictions"]
+    assert sorted(p["class"] for p in got) == ["0", "1", "2"]
+    assert ("note: the file numbers its 3 class names (daisy, rose, tulip) from 1, and its "
+            "head's 3 outputs are numbered from 0: left unused") in caplog.text
+
+
 def test_classes_given_as_a_file_that_is_not_there_is_said_as_such(tmp_path, capsys):
     """--classes classes.txt mistyped (or the file left behind) was read as one class named
     'classes.txt': 'gives 1 names, but ... has 3 classes', no word of the file. A name that is a

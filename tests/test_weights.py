@@ -754,6 +754,27 @@ def test_convert_records_the_model_options_for_predict(tmp_path, capsys):
     assert "leave out --model-arg" in capsys.readouterr().err
 
 
+def test_convert_says_its_notes_before_the_result_line(tmp_path):
+    """`cnnzoo convert` of a GoogLeNet printed its transform_input note after the line saying
+    what it wrote, as if about another file; every other command says its notes first."""
+    import contextlib
+    import io
+
+    from cnnzoo.cli import main
+
+    path = tmp_path / "googlenet.pth"
+    torch.save(cnnzoo.create_model("googlenet", num_classes=4).state_dict(), path)
+    both = io.StringIO()  # stdout and stderr as a terminal shows them, in order
+    with contextlib.redirect_stdout(both), contextlib.redirect_stderr(both):
+        assert main(["convert", str(path), str(tmp_path / "g.safetensors"), "--model",
+                     "googlenet"]) == 0
+    lines = both.getvalue().splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("cnnzoo convert: note: googlenet: ") and "transform_input" in lines[0]
+    assert lines[1] == f"{path} (torchvision layout) -> {tmp_path / 'g.safetensors'} (googlenet, " \
+                       "cnnzoo keys)"
+
+
 def test_a_train_checkpoint_converts_without_model(tmp_path, capsys):
     """A `cnnzoo train` checkpoint names its model, and convert checked a given --model against
     it, yet refused to run without one; a file that does not name its model still needs it."""

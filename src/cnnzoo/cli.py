@@ -93,6 +93,31 @@ def _command_parser(parser: argparse.ArgumentParser,
     return parser
 
 
+def _refuse_misplaced(parser: argparse.ArgumentParser, words: list[str]) -> None:
+    """Refuse options given before the name of the command they go with, in that command's
+    parser, saying where they go: for one that takes a value (`cnnzoo --threads 1 train`)
+    argparse took the value for the command's name ("invalid choice: '1'"), and only a
+    switch (`cnnzoo --json models`) reached `_spelled_out`. No parser above a command has
+    options of its own but -h and --version, so nothing it takes is refused here."""
+    words = _options_part(words)
+    level, i, misplaced = parser, 0, []
+    while (sub := _subcommands(level)) is not None:
+        j = next((k for k in range(i, len(words)) if words[k] in sub.choices), None)
+        if j is None or any(w.partition("=")[0] in level._option_string_actions
+                            for w in words[i:j]):  # (--help, --version: argparse's own)
+            return
+        misplaced += words[i:j]
+        level, i = sub.choices[words[j]], j + 1
+    if misplaced:
+        level.error(f"unrecognized arguments: {' '.join(misplaced)}"
+                    f"{_spelled_out(level, misplaced, words)}")
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction | None:
+    return next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)),
+                None)
+
+
 def _spelled_out(parser: argparse.ArgumentParser, unknown: list[str],
                  words: list[str]) -> str:
     """For an unknown option that begins a real one (`--mode` of --model, which argparse took
@@ -222,6 +247,7 @@ def _main(argv: list[str] | None) -> int:
 def _parse_and_run(argv: list[str] | None) -> int:
     try:
         parser = build_parser()
+        _refuse_misplaced(parser, _given(argv))
         args, unknown = parser.parse_known_args(argv)
         if unknown:
             # argparse lets the top-level parser say it ("cnnzoo: error: unrecognized arguments

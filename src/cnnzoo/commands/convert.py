@@ -53,9 +53,11 @@ def run(args: argparse.Namespace) -> int:
                             **dict(args.model_arg))
     finally:
         log.setLevel(level)
+    # On stderr, as every command's notes, and before the result line (stdout), as predict's
+    # and evaluate's: after it, GoogLeNet's transform_input note read as about another file.
+    for note in info.notes:
+        print(f"cnnzoo convert: note: {note}", file=sys.stderr, flush=True)
     print(f"{args.input} ({info.layout} layout) -> {args.output} ({args.model}, cnnzoo keys)")
-    for note in info.notes:  # on stderr, as every command's notes (stdout: the result line)
-        print(f"cnnzoo convert: note: {note}", file=sys.stderr)
     return 0
 
 

@@ -373,7 +373,7 @@ def run(args: argparse.Namespace) -> int:
         from ..text import json_text
 
         acc = result.accumulator
-        final = {**result.final, **(acc.balanced() if hasattr(acc, "balanced") else {})}
+        final = dict(result.final)  # balanced_acc and macro_f1 too (`loop.final_metrics`)
         tta = result.final_tta or None
         if hasattr(acc, "plain_loss"):
             # A classifier's loss as `evaluate --json` gives it, the plain cross-entropy: the
@@ -401,11 +401,9 @@ def run(args: argparse.Namespace) -> int:
     elif dist.is_main:
         # top-5 of 5 classes or fewer is 1 by definition: noise in the line
         few = getattr(result.accumulator, "num_classes", 6) <= 5
+        # with a classifier's balanced_acc and macro_f1: what accuracy hides on imbalanced data
         final = ", ".join(f"{k} {v:.4f}" for k, v in result.final.items()
                           if not (few and k == "top5"))  # fmt: skip
-        if hasattr(result.accumulator, "balanced"):  # what accuracy hides on imbalanced data
-            final += ", " + ", ".join(f"{k} {v:.4f}"
-                                      for k, v in result.accumulator.balanced().items())
         print(f"{args.model}: best {result.monitor} {result.best_value:.4f} at epoch "
               f"{result.best_epoch}; final validation {final}")
         if result.final_tta:

@@ -143,6 +143,14 @@ def _labels(paths: list[Path]) -> list[str]:
     return [str(p) for p in paths]
 
 
+def _none_left(left_out: list[str]) -> UsageError:
+    """The error when every path given was skipped: the first one's reason in the line
+    itself, as `compare --json`'s document holds that line alone ("see the lines above"
+    pointed at stderr)."""
+    more = f" (and {len(left_out) - 1} more, on stderr)" if len(left_out) > 1 else ""
+    return UsageError(f"none of these is a run of `cnnzoo train`: {left_out[0]}{more}")
+
+
 def summarize_runs(paths: list[str | os.PathLike[str]],
                    skip: Callable[[str], None] | None = None) -> list[RunSummary]:  # fmt: skip
     """Read each run (a run folder or a checkpoint of `cnnzoo train`); all must be of one task.
@@ -155,6 +163,13 @@ def summarize_runs(paths: list[str | os.PathLike[str]],
     if missing:
         raise UsageError(f"{', '.join(missing)}: no such run folder or checkpoint")
     files, read, given = [], [], []
+    left_out: list[str] = []  # the skipped paths' lines, for the error when none is left
+
+    def skipped(line: str) -> None:
+        left_out.append(line)
+        if skip is not None:
+            skip(line)
+
     for p in paths:
         try:
             f = run_checkpoint(p)
@@ -164,9 +179,9 @@ def summarize_runs(paths: list[str | os.PathLike[str]],
         except (UsageError, WeightsError) as exc:
             if skip is None:
                 raise
-            skip(f"skipped {p}: {exc}")
+            skipped(f"skipped {p}: {exc}")
     if not files:
-        raise UsageError("none of these is a run of `cnnzoo train` (see the lines above)")
+        raise _none_left(left_out)
     seen: dict[Path, Any] = {}
     for f, p in zip(files, given, strict=True):
         if f.resolve() in seen:
@@ -185,9 +200,9 @@ def summarize_runs(paths: list[str | os.PathLike[str]],
         except CnnzooError as exc:  # also a net cnnzoo no longer builds (dropout=True)
             if skip is None:
                 raise
-            skip(f"skipped {f}: {exc}")
+            skipped(f"skipped {f}: {exc}")
     if not runs:
-        raise UsageError("none of these is a run of `cnnzoo train` (see the lines above)")
+        raise _none_left(left_out)
     tasks: dict[str, list[str]] = {}
     for r in runs:
         tasks.setdefault(r.task, []).append(r.label)

@@ -194,7 +194,8 @@ class FitResult:
     `pandas.DataFrame(result.history)`); best_epoch and best_value: the epoch of the best
     `monitor` value (e.g. 'val_loss'); precision: how it ran (bf16 / fp32, memory format);
     stopped_early: early stopping ended it; final: the validation metrics of the weights the
-    model holds at the end (the best epoch's when they were restored); out_dir: its
+    model holds at the end (the best epoch's when they were restored; a classifier's with
+    'balanced_acc' and 'macro_f1', as `train --json` gives them); out_dir: its
     checkpoints and report; accumulator: the final validation pass's (a confusion matrix for
     classification; the last epoch's own pass when the model ends with the weights it scored);
     final_tta: `final` with test-time augmentation (`TrainConfig.tta`), tta_accumulator its pass's;
@@ -215,6 +216,14 @@ class FitResult:
     final_tta: dict[str, float] = field(default_factory=dict)  # the same with config.tta
     tta_accumulator: MetricAccumulator | None = None
     skipped: int = 0  # set by the run that loads the data (`Splits.skipped_count`)
+
+
+def final_metrics(acc: MetricAccumulator) -> dict[str, float]:
+    """A final validation pass's metrics: a classifier's `summary()` (balanced accuracy and
+    macro F1 too, which `train --json` and `evaluate --json` give: `FitResult.final` lacked
+    them), another task's `compute()`."""
+    summary = getattr(acc, "summary", None)
+    return summary() if callable(summary) else acc.compute()
 
 
 def batchnorm_params(model: nn.Module) -> list[nn.Parameter]:
@@ -589,10 +598,10 @@ class Trainer:
         result = FitResult(history, best_epoch, best, monitor, prec, stopped, out_dir=self.out_dir)
         if self.val_loader is not None:
             acc = scored[1] if scored is not None else self.evaluate(self.val_loader)
-            result.final, result.accumulator = acc.compute(), acc
+            result.final, result.accumulator = final_metrics(acc), acc
             if cfg.tta:
                 result.tta_accumulator = self.evaluate(self.val_loader, tta=cfg.tta)
-                result.final_tta = result.tta_accumulator.compute()
+                result.final_tta = final_metrics(result.tta_accumulator)
         if self._writes and cfg.report and history:
             from .report import write_report
 
@@ -806,7 +815,8 @@ class Trainer:
         if self._replacing:
             keep += f" and the run already in {self.out_dir} is left as it was"
         err = TrainingError(
-            f"loss became NaN/inf in {where} (lr {lr:.3g}): lower --lr or set --grad-clip; "
+            f"loss became NaN/inf in {where} (lr {lr:.3g}): lower --lr or set --grad-clip "
+            "(TrainConfig lr=, grad_clip=); "
             f"{keep}")
         err.every_rank = True  # every process stops here together (broadcast_flag)
         raise err
@@ -866,7 +876,21 @@ def meta_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         old["tiles"] = old.pop("images")
         new = {k: v for k, v in new.items() if k != "images"}
     return [f"{k} (was {_plain(old[k])}, now {_plain(new[k])})" for k in RESUME_WARN_META
-            if k in old and k in new and old[k] != new[k]]
+            if k in old and k in new and old[k] != new[k]
+            and _split_setting_applied(k, old, new)]
+
+
+def _split_setting_applied(key: str, old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether `key`, when a split setting, chose the validation images of the run resumed
+    (meta `old`) or of this session (`new`): a run given val/ was warned of "val_fraction (was
+    0.2, now 0.1)", a fraction that drew nothing. val_fraction draws only a split that no
+    val/ part (nor test/ validating in its place) gives; hold_out_test changes the split only
+    of data with test/ and no val/, where it makes the validation images drawn or not. Meta
+    that does not record `val_drawn` (older runs, a caller's own): compared as before."""
+    drawn = old.get("val_drawn"), new.get("val_drawn")
+    if key not in ("val_fraction", "hold_out_test") or None in drawn:
+        return True
+    return all(drawn) if key == "val_fraction" else drawn[0] != drawn[1]
 
 
 def restore_optimizer(optimizer: torch.optim.Optimizer, scheduler: StepSchedule,
@@ -993,7 +1017,7 @@ def check_mixing(config: TrainConfig, task_name: str) -> None:
     ask before loading their data, the Trainer again for callers that build it directly)."""
     if (config.mixup or config.cutmix) and task_name != "classification":
         raise TrainingError(f"mixup and CutMix mix class labels; the {task_name} task has "
-                            "none: leave --mixup / --cutmix at 0")
+                            "none: leave --mixup / --cutmix at 0 (mixup=0, cutmix=0)")
 
 
 def check_out_dir(out_dir: str | Path | None, *, resume: bool, overwrite: bool) -> None:
@@ -1102,9 +1126,11 @@ def one_image_batchnorm_hint() -> Iterator[None]:
     except ValueError as exc:
         if "Expected more than 1 value per channel" not in str(exc):
             raise
+        # Trainer.fit's callers are notebooks too: each option with its keyword.
         raise TrainingError("a batch of one image reaches a BatchNorm layer as 1x1 maps, which "
-                            "it cannot normalise: use --batch-size 2 or more, or larger images "
-                            "(--img-size; --crop for segmentation)") from None
+                            "it cannot normalise: use --batch-size 2 or more (batch_size=2), "
+                            "or larger images (--img-size, img_size=; --crop for "
+                            "segmentation)") from None
 
 
 def _epoch_line(record: dict[str, Any], epochs: int, num_classes: int = 0, *,

@@ -425,7 +425,8 @@ def train_classifier(
     fixed = fixed_input_size(model_name)
     given = model_kwargs.get("img_size", data.img_size)
     if fixed and data.img_size is not None and given != data.img_size:
-        raise UsageError(f"--img-size {data.img_size} and --model-arg img_size={given}: "
+        raise UsageError(f"--img-size {data.img_size} (img_size=) and --model-arg "
+                         f"img_size={given} (model_kwargs=): "
                          f"{model_name} is built for the size it trains at; give one")
     if fixed and "img_size" in model_kwargs and not (is_whole(given, 2)
                                                       and given <= MAX_INPUT_SIZE):
@@ -440,8 +441,8 @@ def train_classifier(
                          "cannot start at a smaller one")  # fmt: skip
     smallest = min_input_size(model_name, **model_kwargs)
     if not fixed and data.img_size is not None and data.img_size < smallest:
-        raise UsageError(f"--img-size {data.img_size}: {model_name} takes inputs of at least "
-                         f"{smallest} px")  # fmt: skip
+        raise UsageError(f"--img-size {data.img_size} (img_size=): {model_name} takes inputs "
+                         f"of at least {smallest} px")
     if data.progressive is not None:
         small, epochs = data.progressive
         if small < smallest:
@@ -509,7 +510,7 @@ def train_classifier(
                                               model_kwargs=model_kwargs,
                                               progress=config.progress)  # fmt: skip
     say(f"data: {splits!r}, training at {size}x{size}"
-        + (f" ({why}; --img-size N for another)" if why else ""))
+        + (f" ({why}; --img-size N, img_size=N, for another)" if why else ""))
     if fixed:
         model_kwargs.setdefault("img_size", size)
     if data.batch_size is None:  # a resumed run goes on in the batches it began with
@@ -539,7 +540,8 @@ def train_classifier(
         if not given and steps[data.batch_size] > steps[DEFAULT_BATCH]:
             say(f"note: batches of {data.batch_size}{lr} for {images}: "
                 f"{steps[data.batch_size]} steps per epoch, where batches of {DEFAULT_BATCH} "
-                f"made {steps[DEFAULT_BATCH]}; --batch-size N, --lr X for others")
+                f"made {steps[DEFAULT_BATCH]}; --batch-size N, --lr X (batch_size=, lr=) "
+                "for others")
     # --epochs with --min-steps is not exact: the way to exactly N leaves out --min-steps.
     exact = "--epochs N" if min_steps is None else "--epochs N without --min-steps"
     if min_steps is None:  # a resumed run keeps its own (0 for runs from before the option)

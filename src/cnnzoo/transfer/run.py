@@ -762,6 +762,7 @@ def transfer(
             # data otherwise (`loop.RESUME_WARN_META`).
             meta.update({k: split[k] for k in ("val_fraction", "hold_out_test", "val_files")
                          if k in split})  # fmt: skip
+            meta["val_drawn"] = splits.val_drawn  # (whether those split it: the warning's)
         meta["transfer_run"] = run_record(cfg, model, weights, wid)
         old = resumed_record(out_dir) if resume_ft else None
         if old is not None and (changed := record_changes(old, meta["transfer_run"])):
@@ -796,8 +797,8 @@ def transfer(
             if "features" in metrics else 0.0
         if kept == "finetune" and gap >= 0.05:  # small validation sets mislead (docs), not this
             say(f"note: the features head scored {gap:.3f} higher on the validation images than "
-                "the fine-tuned net kept here; --keep-best keeps the one with the lower "
-                "validation loss")  # fmt: skip
+                "the fine-tuned net kept here; --keep-best (keep_best=True) keeps the one with "
+                "the lower validation loss")  # fmt: skip
         metrics["kept"] = kept
     else:
         metrics["kept"] = "features"

@@ -187,7 +187,16 @@ def _fit(
     pre, classes = _preprocessing_and_classes(model, entry, conv, ckpt, head_loaded)
     kept = _names_in(ckpt.metadata) if ckpt.format == "torch" and not ckpt.metadata.get(
         "format") else None  # fmt: skip
-    if kept is not None and head_loaded and classes != kept:
+    if kept is not None and kept[0] is None:  # numbered from 1: used as such, or not at all
+        if head_loaded and classes is None:
+            from ..text import some
+
+            named = kept[1:]
+            notes.append(f"the file numbers its {len(named)} class names ({some(named)}) from "
+                         f"1, and its head's {getattr(model, 'num_classes', '?')} outputs are "
+                         "numbered from 0: left unused, as which output is which is not "
+                         "recorded (predict --classes names its outputs in order, from 0)")
+    elif kept is not None and head_loaded and classes != kept:
         from ..text import some
 
         notes.append(f"the file's {len(kept)} class names ({some(kept)}) do not match its "
@@ -399,6 +408,11 @@ def _preprocessing_and_classes(
         pre = Preprocessing.for_model(model, conv.mean, conv.std)
         classes = _names_in(meta) if ckpt.format == "torch" else None
     n_out = getattr(model, "num_classes", None)
+    if classes and classes[0] is None:  # numbered from 1 (`files.names_beside`)
+        # A head with an output more than the classes was trained on their numbers as they
+        # are, output 0 never a target: named by its number, as predict names unnamed ones.
+        # With one output per class, which is which is not recorded (`_fit` says so).
+        classes = ["0", *classes[1:]] if len(classes) == n_out else None
     if not head_loaded or (classes is not None and n_out is not None and len(classes) != n_out):
         classes = None
     if classes is None and head_loaded and n_out == 1000:

@@ -315,9 +315,12 @@ def training_metadata(obj: Any) -> dict[str, str]:
 _CLASS_KEYS = ("class_names", "classes", "labels", "class_to_idx", "idx_to_class")
 
 
-def names_beside(obj: Any) -> list[str] | None:
+def names_beside(obj: Any) -> list[str | None] | None:
     """The class names a checkpoint dict holds beside its state_dict, in logit order; None
-    when it holds none (or a list or mapping that is not one name per index 0..n-1)."""
+    when it holds none (or a list or mapping that is not one name per index 0..n-1). A mapping
+    that numbers its classes from 1 (a script's own class_to_idx; ImageFolder's count from 0)
+    gives None first, for output 0, which no class was numbered with (`weights._beside`
+    decides whether they name the head's outputs; they were dropped without a word)."""
     if not isinstance(obj, Mapping):
         return None
     for key in _CLASS_KEYS:
@@ -330,6 +333,8 @@ def names_beside(obj: Any) -> list[str] | None:
                         if isinstance(c, str) and str(i).isdigit()}  # fmt: skip
             if len(by_index) == len(found) and sorted(by_index) == list(range(len(found))):
                 return [by_index[i] for i in range(len(found))]
+            if len(by_index) == len(found) and sorted(by_index) == list(range(1, len(found) + 1)):
+                return [None, *(by_index[i] for i in range(1, len(found) + 1))]
     return None
 
 
