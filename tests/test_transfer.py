@@ -2365,6 +2365,22 @@ def test_a_balanced_logistic_head_decides_as_scikit_learns(monkeypatch):
     assert rare(decisions[True]) > rare(decisions[False])
 
 
+def test_the_logistic_head_builds_no_torch_optimizer_so_no_dynamo_import():
+    """The first torch optimizer a process builds imports torch._dynamo (2.7-4.5 s), and every
+    features run paid that in its head step, for an L-BFGS on a small convex problem: the head
+    fits with its own L-BFGS and leaves torch._dynamo unimported."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from cnnzoo.transfer.heads import fit_logistic; "
+            "g = torch.Generator().manual_seed(0); y = torch.arange(12) % 3; "
+            "x = torch.randn(12, 1, 4, generator=g) + y[:, None, None]; "
+            "fit = fit_logistic(x, y, 3); print(len(fit.cv), 'torch._dynamo' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)  # fmt: skip
+    assert done.stdout.split() == ["9", "False"]  # cross-validated over the grid, no dynamo
+
+
 def test_class_weight_weighs_both_heads_is_recorded_and_kept_on_resume(fmnist, tmp_path,
                                                                       monkeypatch):
     """TransferConfig(class_weight='balanced') (--class-weight): the features head and

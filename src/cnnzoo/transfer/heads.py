@@ -17,7 +17,7 @@ averages the class probabilities over the views.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -93,30 +93,74 @@ def _lbfgs_logistic(x: Tensor, y: Tensor, k: int, l2: float, *, max_iter: int = 
     taken by autograd: these problems are small and autograd's bookkeeping dominated their time.
     `init` warm-starts from another L2's solution (the grid is swept from strong to weak).
     """
-    n = x.shape[0]
+    n, d = x.shape
     onehot = F.one_hot(y, k).double()
     if class_weights is not None:  # folded into the one-hot targets: no cost per evaluation
         onehot = onehot * class_weights.double()[y, None]
-    w0, b0 = init if init is not None else (torch.zeros(k, x.shape[1], dtype=torch.float64),
-                                            torch.zeros(k, dtype=torch.float64))  # fmt: skip
-    w, b = w0.clone().requires_grad_(True), b0.clone().requires_grad_(True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-6,
-                            tolerance_change=1e-9, history_size=10,
-                            line_search_fn="strong_wolfe")  # fmt: skip
+    weight = onehot.sum(1, keepdim=True)  # each sample's weight s: d/dz of -s log p_y = s p - onehot
 
-    @torch.no_grad()
-    def closure() -> Tensor:
-        z = x @ w.T + b
-        logp = z.log_softmax(1)
+    def loss_grad(p: Tensor) -> tuple[float, Tensor]:
+        w, b = p[:k * d].view(k, d), p[k * d:]
+        logp = torch.addmm(b, x, w.T).log_softmax(1)
         loss = -(logp * onehot).sum() / n + 0.5 * l2 * (w * w).sum()
-        # d/dz of -s log p_y is s (p - onehot): the sample's weight s is onehot's row sum.
-        g = (logp.exp() * onehot.sum(1, keepdim=True) - onehot) / n
-        w.grad = g.T @ x + l2 * w
-        b.grad = g.sum(0)
-        return loss
+        g = (logp.exp() * weight - onehot) / n
+        return float(loss), torch.cat([torch.addmm(w, g.T, x, alpha=1.0, beta=l2).flatten(),
+                                       g.sum(0)])  # fmt: skip
 
-    opt.step(closure)
-    return w.detach(), b.detach()
+    if init is None:
+        p0 = torch.zeros(k * (d + 1), dtype=torch.float64)
+    else:
+        p0 = torch.cat([init[0].flatten(), init[1]]).double()
+    p = lbfgs(loss_grad, p0, max_iter=max_iter)
+    return p[:k * d].view(k, d).clone(), p[k * d:].clone()
+
+
+def lbfgs(loss_grad: Callable[[Tensor], tuple[float, Tensor]], p: Tensor, *, max_iter: int,
+          history: int = 10, tolerance_grad: float = 1e-6,
+          tolerance_change: float = 1e-9) -> Tensor:  # fmt: skip
+    """Minimise a smooth convex function of a float64 vector with L-BFGS and a backtracking
+    (Armijo) line search; `loss_grad(p)` gives (loss, gradient). It stops as torch.optim.LBFGS
+    did with these settings: the largest gradient entry at most `tolerance_grad`, or a step or
+    a change in loss below `tolerance_change`, or `max_iter` iterations.
+
+    Written out, not torch.optim.LBFGS: building the first torch optimizer in a process imports
+    torch._dynamo (2.7-4.5 s wall), which every features run paid in its head step."""
+    loss, g = loss_grad(p)
+    steps: list[tuple[Tensor, Tensor, float]] = []  # (s, y, 1 / s.y), oldest first
+    for it in range(max_iter):
+        if float(g.abs().max()) <= tolerance_grad:
+            break
+        q = -g  # the two-loop recursion: q becomes -H g, H the inverse-Hessian estimate
+        alphas = []
+        for s, yv, rho in reversed(steps):
+            a = rho * float(s @ q)
+            alphas.append(a)
+            q -= a * yv
+        if steps:
+            s, yv, _ = steps[-1]
+            q *= float(s @ yv) / float(yv @ yv)
+        for (s, yv, rho), a in zip(steps, reversed(alphas), strict=True):
+            q += (a - rho * float(yv @ q)) * s
+        slope = float(g @ q)
+        if slope > -tolerance_change:  # not a descent direction worth taking
+            break
+        t = 1.0 if it else min(1.0, 1.0 / float(g.abs().sum()))
+        while True:
+            new = p + t * q
+            new_loss, new_g = loss_grad(new)
+            if new_loss <= loss + 1e-4 * t * slope or t < 1e-10:
+                break
+            t *= 0.5
+        s, yv = new - p, new_g - g
+        sy = float(s @ yv)
+        if sy > 1e-10:  # curvature seen along the step: keep it (a convex loss has sy >= 0)
+            steps.append((s, yv, 1.0 / sy))
+            del steps[:-history]
+        change = abs(new_loss - loss)
+        p, loss, g = new, new_loss, new_g
+        if change < tolerance_change or float(s.abs().max()) <= tolerance_change:
+            break
+    return p
 
 
 def _reduce(x: Tensor) -> tuple[Tensor, Tensor | None]:
