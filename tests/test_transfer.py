@@ -2381,6 +2381,45 @@ def test_the_logistic_head_builds_no_torch_optimizer_so_no_dynamo_import():
     assert done.stdout.split() == ["9", "False"]  # cross-validated over the grid, no dynamo
 
 
+def test_the_l2_cross_validation_scores_as_scikit_learn_in_fewer_evaluations(monkeypatch):
+    """The L2 grid is swept strong to weak, each fit warm-started from the earlier solutions
+    extrapolated along the path (the plain last solution took 1.45x the loss evaluations here,
+    1.8x on the benchmark's features rows). The starts change the work, not the answer: every
+    fold's accuracy and loss at every L2 are scikit-learn's LogisticRegression at C = 1 / (n
+    L2) on the same folds and standardised features (real data: scikit-learn's digits)."""
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    from cnnzoo.transfer import heads
+
+    pixels, digit = load_digits(return_X_y=True)
+    keep = [i for c in range(10) for i in (digit == c).nonzero()[0][:30]]
+    x, y = torch.tensor(pixels[keep], dtype=torch.float64), torch.tensor(digit[keep])
+    evaluations = []
+    fit_lbfgs = heads.lbfgs
+
+    def counted(loss_grad, p, **kwargs):
+        return fit_lbfgs(lambda q: evaluations.append(1) or loss_grad(q), p, **kwargs)
+
+    monkeypatch.setattr(heads, "lbfgs", counted)
+    fit = heads.fit_logistic(x[:, None], y, 10)
+    assert len(evaluations) < 1300, len(evaluations)  # 1,052; 1,525 from the last solution
+    parts = heads._folds(y, 5, 0)
+    for row in fit.cv:
+        right, loss = 0, 0.0
+        for i, val in enumerate(parts):
+            train = torch.cat(parts[:i] + parts[i + 1:])
+            mu, sd = heads._standardise(x[train])
+            sk = LogisticRegression(C=1 / (len(train) * row["l2"]), tol=1e-10, max_iter=10_000)
+            sk.fit(((x[train] - mu) / sd).numpy(), y[train].numpy())
+            probs = torch.as_tensor(sk.predict_proba(((x[val] - mu) / sd).numpy()))
+            right += int((probs.argmax(1) == y[val]).sum())
+            loss -= float(probs[torch.arange(len(val)), y[val]].log().sum())
+        assert row["cv_acc"] == right / len(y), row
+        assert abs(row["cv_loss"] - loss / len(y)) < 1e-3, (row, loss / len(y))
+    assert fit.l2 == 1e-4  # the best accuracy (0.987 from 1e-4 to 3e-3), then the lowest loss
+
+
 def test_class_weight_weighs_both_heads_is_recorded_and_kept_on_resume(fmnist, tmp_path,
                                                                       monkeypatch):
     """TransferConfig(class_weight='balanced') (--class-weight): the features head and
