@@ -235,6 +235,7 @@ def _fit_logistic(feats: Tensor, labels: Tensor, num_classes: int, *, l2: float 
     labels = torch.as_tensor(labels, dtype=torch.int64)
     cw = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float64)
     cv: list[dict[str, float]] = []
+    raw: dict[float, list[tuple[Tensor, Tensor]]] = {}  # each fold's head on the raw features
     if l2 is None:
         smallest = int(torch.bincount(labels, minlength=num_classes).min())
         k = min(folds, smallest)
@@ -256,8 +257,9 @@ def _fit_logistic(feats: Tensor, labels: Tensor, num_classes: int, *, l2: float 
                     a_, b_ = _lbfgs_logistic(z, yt, num_classes, lam, init=_extrapolate(path),
                                              class_weights=cw)  # fmt: skip
                     path.append((a_, b_))
-                    w = a_ @ v.T if v is not None else a_
-                    probs = _probs(feats[val].double(), w / sd, b_ - (w / sd) @ mu)
+                    w = (a_ @ v.T if v is not None else a_) / sd
+                    raw.setdefault(lam, []).append((w, b_ - w @ mu))
+                    probs = _probs(feats[val].double(), *raw[lam][-1])
                     s_ = scores[lam]
                     yv = labels[val]
                     sw = cw[yv] if cw is not None else torch.ones(len(val), dtype=torch.float64)
@@ -272,7 +274,12 @@ def _fit_logistic(feats: Tensor, labels: Tensor, num_classes: int, *, l2: float 
     x, y = _flatten(feats, labels)
     mu, sd = _standardise(x)
     z, v = _reduce((x - mu) / sd)
-    a, b = _lbfgs_logistic(z, y, num_classes, l2, max_iter=300, class_weights=cw)
+    init = None
+    if l2 in raw:  # from the folds' mean head at this L2, in these features' coordinates
+        w = torch.stack([h[0] for h in raw[l2]]).mean(0)
+        b = torch.stack([h[1] for h in raw[l2]]).mean(0)
+        init = (w * sd @ v if v is not None else w * sd, b + w @ mu)
+    a, b = _lbfgs_logistic(z, y, num_classes, l2, max_iter=300, init=init, class_weights=cw)
     w = a @ v.T if v is not None else a
     head = nn.Linear(feats.shape[2], num_classes)
     with torch.no_grad():
