@@ -34,7 +34,8 @@ Times are wall-clock seconds of training (feature extraction + head, or fine-tun
 scratch run), not of scoring the test images. The draws are nested (the 10 images of a class
 are among its 50, those among its 200) and features go through the cache, so a features time
 covers only the images the smaller sizes had not seen, plus the head's cross-validation; the
-fine-tune time includes its own (cached) features step.
+fine-tune time includes its own (cached) features step. Each row's line also gives `t_head`,
+the part of the features time that fitted the head (the L2's cross-validation included).
 """
 
 from __future__ import annotations
@@ -228,6 +229,7 @@ def run_row(set_name: str, n: int, seed: int, args: argparse.Namespace, cache: s
         res = transfer(splits, model=args.model, out=None,
                        config=TransferConfig(mode="features", **base), say=lambda _: None)  # fmt: skip
         row["t_features"] = time.perf_counter() - t0
+        row["t_head"] = res.timings["head"]  # of t_features: the head's fit (and its CV)
         net = res.bundle.model
         feats, _ = cached_features(
             net, test_splits.train.with_channels(3).images, res.bundle.preprocessing,
