@@ -356,6 +356,23 @@ def test_runs_of_one_net_are_not_said_to_compare_nets(tmp_path, capsys):
     assert "compares more than the nets" not in text
 
 
+def test_an_option_the_runs_differ_in_is_named_in_every_row_at_its_default_too(tmp_path, capsys):
+    """A student's dropout=0 against VGG's default 0.5 read 'vgg11_bn dropout=0.0' beside a
+    bare 'vgg11_bn': the row of the run with dropout did not say it had any. An option that runs
+    of one model differ in is named in each row; one they share at its default is not."""
+    a = _fake_run(tmp_path / "a")  # ResNet-20's defaults: option-A shortcuts, ReLU
+    b = _fake_run(tmp_path / "b", kwargs={"shortcut": "none"})
+    c = _fake_run(tmp_path / "c", kwargs={"act": "tanh", "shortcut": "A"})
+    assert main(["compare", str(a), str(b), str(c)]) == 0
+    rows = [line.split()[1:4] for line in capsys.readouterr().out.splitlines()[1:4]]
+    assert rows == [["resnet20", "act=relu", "shortcut=A"], ["resnet20", "act=relu", "shortcut=none"],
+                    ["resnet20", "act=tanh", "shortcut=A"]]  # fmt: skip
+    assert main(["compare", str(a), str(b)]) == 0  # act=relu in both: not named
+    rows = [line.split()[1:4] for line in capsys.readouterr().out.splitlines()[1:3]]
+    assert rows == [["resnet20", "shortcut=A", "269,434"], ["resnet20", "shortcut=none", "269,434"]]
+    assert summarize_runs([a])[0].name == "resnet20"  # alone, a net is named by what it changes
+
+
 def test_an_option_given_as_1_or_0_is_the_same_net_as_given_as_a_bool_or_float(tmp_path, capsys):
     """`--model-arg paper_5x5=1` builds what paper_5x5=true builds (1 == True), and
     dropout=0 what dropout=0.0 builds; the table named them 'paper_5x5=1' and 'paper_5x5=True'

@@ -414,6 +414,9 @@ def test_create_model_arguments_are_checked_in_one_line():
         (dict(out_indices=(1, 2)), "has no option 'out_indices': model.forward_intermediates(x)"),
         (dict(checkpoint_path="r18.pth"), "has no option 'checkpoint_path': use weights='path/to"),
         (dict(global_pool="avg"), "has no option 'global_pool': num_classes=0 gives globally"),
+        # As the CIFAR ResNets take it: the ImageNet ResNet-18 without shortcuts is plain18.
+        (dict(shortcut="none"), "resnet18 has no option 'shortcut': plain18 is resnet18 without "
+                                "shortcuts (create_model('plain18'), --model plain18)"),
     ]
     for kwargs, message in cases:
         with pytest.raises(ModelOptionError) as err:

@@ -24,7 +24,13 @@ def _num(value: float | None, fmt: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.compare import aux_loss_note, differences, smoothing_note, summarize_runs
+    from ..engine.compare import (
+        aux_loss_note,
+        differences,
+        smoothing_note,
+        summarize_runs,
+        table_names,
+    )
 
     if args.plot:
         from .evaluate import check_picture_path
@@ -52,13 +58,13 @@ def run(args: argparse.Namespace) -> int:
     m = runs[0].metric
     head = ["run", "model", "params", "MMACs", "input", "epochs", "train s", "img/s",
             "train loss", f"train {m}", f"val {m}", f"best val {m}"]  # fmt: skip
-    rows = [[shown(r.label), shown(r.name), f"{r.params:,}", _num(r.macs and r.macs / 1e6, ".2f"), r.input,
+    rows = [[shown(r.label), shown(name), f"{r.params:,}", _num(r.macs and r.macs / 1e6, ".2f"), r.input,
              str(r.epochs) if r.epochs >= r.planned else f"{r.epochs}/{r.planned}",
              f"{r.train_seconds:.1f}", _num(r.images_per_s, ".0f"),
              _num(r.train_loss, ".4f"), _num(r.train_metric, ".4f"),
              _num(r.final, ".4f") + ("" if r.final_epoch == r.epochs else f" ({r.final_epoch})"),
              "-" if r.best is None else f"{r.best:.4f} ({r.best_epoch})"]
-            for r in runs]  # fmt: skip
+            for r, name in zip(runs, table_names(runs), strict=True)]  # fmt: skip
     widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
     for row in [head, *rows]:  # text left, numbers right
         print("  ".join(c.ljust(w) if i < 2 else c.rjust(w)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,11 +88,17 @@ class RunSummary:
     @property
     def name(self) -> str:
         """The model with its options: 'resnet20 shortcut=none'."""
+        return self.name_with()
+
+    def name_with(self, keep: Collection[str] = ()) -> str:
+        """`name`, with the options in `keep` named even at their defaults (a run given no
+        value for one was built with its default)."""
         from ..models.registry import option_defaults
 
         defaults = option_defaults(self.model)
-        opts = " ".join(f"{k}={v}" for k, v in sorted(self.model_kwargs.items())
-                        if defaults.get(k, ...) != v)  # act=relu is resnet20 itself
+        kwargs = {**{k: defaults.get(k) for k in keep}, **self.model_kwargs}
+        opts = " ".join(f"{k}={v}" for k, v in sorted(kwargs.items())
+                        if k in keep or defaults.get(k, ...) != v)  # act=relu is resnet20 itself
         return f"{self.model} {opts}".strip()
 
     @property
@@ -110,6 +116,21 @@ class RunSummary:
                 "final", "final_epoch", "best", "best_epoch", "weights_only",
                 "settings")  # fmt: skip
         return {"path": str(self.path), **{k: getattr(self, k) for k in keys}}
+
+
+def table_names(runs: list[RunSummary]) -> list[str]:
+    """Each run's net for the table's model column: its `name`, and an option that runs of one
+    model were built with differently named in each of them, at its default too. A student's
+    `--model-arg dropout=0` against `dropout=0.5` (VGG's default) read 'vgg11_bn dropout=0.0'
+    beside a bare 'vgg11_bn', which does not say that the second run dropped half its units."""
+    from ..models.registry import option_defaults
+
+    keep: dict[str, set[str]] = {}
+    for model in {r.model for r in runs}:
+        defaults, same = option_defaults(model), [r for r in runs if r.model == model]
+        keep[model] = {k for k in {k for r in same for k in r.model_kwargs}
+                       if len({repr(r.model_kwargs.get(k, defaults.get(k))) for r in same}) > 1}
+    return [r.name_with(keep[r.model]) for r in runs]
 
 
 def run_checkpoint(path: str | os.PathLike[str]) -> Path:

@@ -296,6 +296,10 @@ def no_option_message(name: str, option: str) -> str:
     error and `cnnzoo models --model-arg`'s."""
     cfg = get_config(name)
     hint = _PEER_OPTIONS.get(option)
+    plain = name.replace("resnet", "plain", 1)
+    if hint is None and option == "shortcut" and plain in _REGISTRY:
+        # `resnet18 --model-arg shortcut=none`, spelt as for resnet20: its plain twin is a model
+        hint = f"{plain} is {name} without shortcuts (create_model('{plain}'), --model {plain})"
     if hint is None:
         close = difflib.get_close_matches(option, cfg.options, n=1, cutoff=0.6)
         hint = (f"did you mean {close[0]}? " if close else "") + (
