@@ -38,7 +38,7 @@ from ..errors import (
     UsageError,
     WeightsError,
 )
-from ..models.base import count_parameters
+from ..models.base import count_parameters, is_integral
 from ..paths import (
     check_folder,
     folders_released,
@@ -76,12 +76,6 @@ from .precision import Precision, choose_precision, cpu_features
 from .task import MetricAccumulator, Task, is_better
 
 
-def _whole(value: object, low: int) -> bool:
-    # numpy's integers too (epochs=np.int64(5) from a grid), as transfer takes its seed.
-    return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
-            and int(value) >= low)  # fmt: skip
-
-
 def _config_problem(cfg: TrainConfig) -> str | None:
     """What is wrong with `cfg`'s values, in a phrase, or None: what the command line's parser
     refuses (`cnnzoo train --help` gives the same ranges)."""
@@ -92,11 +86,11 @@ def _config_problem(cfg: TrainConfig) -> str | None:
             return f"{name} must be one of {', '.join(allowed)}, not {getattr(cfg, name)!r}"
     if cfg.tta not in (False, None, True, *TTA_MODES):
         return f"tta must be one of {', '.join(TTA_MODES)} (True: flip; False: off), not {cfg.tta!r}"
-    if not _whole(cfg.epochs, 0):
+    if not is_integral(cfg.epochs, 0):
         return f"epochs must be a whole number >= 0, not {cfg.epochs!r}"
-    if not _whole(cfg.log_every, 1):
+    if not is_integral(cfg.log_every, 1):
         return f"log_every must be a whole number of steps >= 1, not {cfg.log_every!r}"
-    if cfg.patience is not None and not _whole(cfg.patience, 0):
+    if cfg.patience is not None and not is_integral(cfg.patience, 0):
         return f"patience must be a number of epochs >= 1 (0 or None: off), not {cfg.patience!r}"
 
     def number(value: object, finite: bool = True) -> bool:
