@@ -302,18 +302,17 @@ def train(
     _check_settings(crop=crop, batch_size=batch_size, val_fraction=val_fraction, cells=cells,
                     elastic=elastic, jitter=jitter, w0=w0, sigma=sigma,
                     count_instances=count_instances)  # fmt: skip
-    _check_encoder(encoder_name, encoder_weights, base_width)
-    _check_model_kwargs(model, model_kwargs)
-    cfg = config if config is not None else segmentation_config(**config_overrides)
-    # The options, before the data load (200 synthetic cells or a big folder: many seconds):
-    # a mistyped --model-arg, --encoder or --padding valid with an encoder was refused only
-    # after it. A net on the meta device is built without memory in milliseconds and says what
-    # the real one would (3 channels: grey weights' note is the real build's to say).
-    check_mixing(cfg, "segmentation")
+    # The net's options, before the data load (200 synthetic cells or a big folder: many
+    # seconds): a mistyped --model-arg, --encoder or --padding valid with an encoder was refused
+    # only after it. A net on the meta device is built without memory in milliseconds and says
+    # what the real one would (build_model checks the encoder and the --model-arg first; 3
+    # channels: grey weights' note is the real build's to say).
     with torch.device("meta"):
         build_model(2, 3, model=model, padding=padding, base_width=base_width,
                     encoder_name=encoder_name, encoder_weights=encoder_weights,
                     model_kwargs=model_kwargs)
+    cfg = config if config is not None else segmentation_config(**config_overrides)
+    check_mixing(cfg, "segmentation")
     resumed = _resumed_meta(data, out_dir, resume)
     row_order = resumed is not None and rows_ordered(resumed, data)
     splits = data if isinstance(data, SegmentationSplits) else load_segmentation(
