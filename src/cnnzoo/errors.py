@@ -56,6 +56,13 @@ class DataError(CnnzooError, ValueError):
     """A data set that cannot be used as given (no images, a single class, ...)."""
 
 
+def no_validation_rows(source: object) -> DataError:
+    """`evaluate --split val` of a held-out sheet, a manifest whose rows are all marked test
+    (images or image/mask pairs): the error, in one wording for both tasks."""
+    return DataError(f"{source} has no validation rows (none is marked val, and none trains "
+                     "to draw them from): use --split test or --split all")
+
+
 class TrainingError(CnnzooError, RuntimeError):
     """A training run that cannot go on (loss became NaN/inf, nothing to resume from)."""
 

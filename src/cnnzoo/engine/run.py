@@ -38,6 +38,7 @@ from ..errors import (
     TrainingError,
     UsageError,
     WeightsError,
+    no_validation_rows,
 )
 from ..paths import check_outside, run_data, same_source, transfer_bundle
 from ..text import plural, some, to_stderr
@@ -839,8 +840,7 @@ def evaluation_images(
     else:
         ds = splits.val
         if not len(ds):  # a sheet of test rows alone (`load_csv`): nothing validates
-            raise DataError(f"{src} has no validation rows (none is marked val, and none "
-                            "trains to draw them from): use --split test or --split all")
+            raise no_validation_rows(src)
         if (val_files and splits.val_drawn and not is_builtin and same_source(src, trained_on)
                 and ds.files_digest(src) != val_files
                 and (ds := _val_in_row_order(src, splits, val_fraction, seed, val_files)) is None):

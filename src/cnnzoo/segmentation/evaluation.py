@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from ..data.masks import IGNORE_INDEX, MaskPairs, classes_file
-from ..errors import DataError
+from ..errors import DataError, no_validation_rows
 from ..paths import same_source
 from ..text import plural, shown
 from .data import DEFAULT_CELLS, cell_set, cells_val_count, rows_ordered, split_pairs
@@ -174,8 +174,7 @@ def evaluation_pairs(
     if split == "val" and path.suffix.lower() == ".csv" and held_out_only(path):
         # A held-out sheet (test rows alone): split_pairs's error said how to mark rows to
         # train on, to someone scoring a net. As classification's evaluate says it (engine.run).
-        raise DataError(f"{src} has no validation rows (none is marked val, and none trains to "
-                        "draw them from): use --split test or --split all")
+        raise no_validation_rows(src)
     if split == "val":
         sp = split_pairs(path, val_fraction=meta.get("val_fraction", 0.2), seed=seed,
                          row_order=same and rows_ordered(meta, path), **read)
