@@ -850,9 +850,8 @@ def evaluation_images(
                             f"removed, renamed or now readable{rows}), so its validation split "
                             "would hold images the run trained on: pass --data with held-out "
                             "images")
-    if len(ds) == 0:  # an empty part (`--split val` on test rows alone is said above)
-        raise DataError(f"{src} has no {'validation' if split == 'val' else split} images: "
-                        "use --split test or --split all")
+    if len(ds) == 0:  # an empty test part, or nothing at all (an empty val part is said above)
+        raise DataError(f"{src} has no {split} images: use --split test or --split all")
     # Data's class names are NFC (`folder.composed`); a model trained before that may hold a
     # Mac folder's decomposed 'ü'.
     trained = [composed(c) for c in class_names]
